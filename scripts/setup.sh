@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian machine needs for the demo and the tests: Debian packages,
+# the Python environment, and the local control plane built from upstream Go modules.
+# Idempotent: a second run only checks. Caches live in the user's cache directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(ffmpeg espeak-ng libopus0 postgresql sox)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+export PIP_CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/pip"
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[dev]'
+
+# The upstream control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler), built once per version into the user's cache directory.
+.venv/bin/voicetrack local build

@@ -1,0 +1,26 @@
+"""One error family. Adapters translate client errors (ApiException, S3Error, DBAPIError)
+into these where they are raised; the operator maps them once to kopf's two kinds."""
+
+from __future__ import annotations
+
+
+class VoicetrackError(Exception):
+    """Base of every error Voicetrack raises on purpose."""
+
+
+class InvalidInputError(VoicetrackError):
+    """Bad input: retrying cannot help (kopf PermanentError; transcoder exit code 2)."""
+
+
+class TemporaryFailure(VoicetrackError):
+    """An infrastructure failure that may pass (kopf TemporaryError; Job retry).
+
+    `delay` is the suggested wait in seconds before trying again."""
+
+    def __init__(self, message: str, delay: float = 10.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class NotFoundError(InvalidInputError):
+    """A named thing (object, row, resource) does not exist."""
