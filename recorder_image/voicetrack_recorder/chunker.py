@@ -1,0 +1,153 @@
+"""The chunker: per-speaker Opus frames on the 20 ms slot grid, sealed into chunk windows.
+
+Every source (`files`, `discord`) ends here. A source pushes `(user_id, slot, packet)`
+where `slot` is session time in 20 ms units (slot 0 = session start). The chunker keeps
+each speaker's packets by slot, and `seal` cuts the open window `[start, end)` into one
+raw track per speaker who sent anything in it: each slot of the window holds the packet
+received for it or the Opus silence frame, so every track of a chunk decodes to exactly
+`(endMs - startMs) * 48` samples per channel and tracks align by construction (DESIGN.md,
+"Raw chunk format").
+
+The chunker holds no clock and does no I/O: the recorder's loop decides when to seal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME
+from voicetrack.resources import Gap
+
+MAX_AHEAD_SLOTS = 50 * 60
+"""Frames more than a minute ahead of the open window are refused (a bad timestamp)."""
+
+
+@dataclass
+class SealedTrack:
+    """One speaker's packets for a sealed window: `packets[i]` is slot `start + i`.
+    `frames` counts received packets; `first_ms`/`last_ms` are the session times of the
+    first and last of them."""
+
+    user_id: str
+    packets: list[bytes]
+    frames: int
+    first_ms: int
+    last_ms: int
+
+
+@dataclass
+class SealedChunk:
+    """A sealed window `[start_ms, end_ms)` of session time with its tracks."""
+
+    index: int
+    start_ms: int
+    end_ms: int
+    gap: Gap | None
+    tracks: list[SealedTrack] = field(default_factory=list)
+
+
+@dataclass
+class ChunkerStats:
+    """Frames pushed, and frames dropped by cause."""
+
+    accepted: int = 0
+    late: int = 0
+    duplicate: int = 0
+    closed: int = 0
+    ahead: int = 0
+
+
+class Chunker:
+    """Collects frames of many speakers and seals them into consecutive chunk windows.
+
+    `chunk_slots` is the nominal window length in 20 ms slots. A window opens with
+    `open(slot, gap)` (recording starts or resumes) and closes either at its nominal end
+    (`seal_due`) or early (`seal(end_slot, reopen=False)` on pause or stop).
+    """
+
+    def __init__(self, chunk_slots: int, first_index: int = 0) -> None:
+        if chunk_slots <= 0:
+            raise ValueError("chunk_slots must be positive")
+        self.chunk_slots = chunk_slots
+        self.next_index = first_index
+        self.start_slot: int | None = None
+        self.gap: Gap | None = None
+        self.stats = ChunkerStats()
+        self._frames: dict[str, dict[int, bytes]] = defaultdict(dict)
+
+    @property
+    def is_open(self) -> bool:
+        return self.start_slot is not None
+
+    @property
+    def end_slot(self) -> int:
+        """The nominal end slot (exclusive) of the open window."""
+        if self.start_slot is None:
+            raise RuntimeError("no open window")
+        return self.start_slot + self.chunk_slots
+
+    def open(self, slot: int, gap: Gap | None = None) -> None:
+        """Open a window at `slot`; `gap` is the interval since the previous window, if any."""
+        if self.start_slot is not None:
+            raise RuntimeError("a window is already open")
+        self.start_slot = slot
+        self.gap = gap
+        for frames in self._frames.values():  # anything before the new window is stale
+            for old in [s for s in frames if s < slot]:
+                del frames[old]
+
+    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+        """Record `packet` for `user_id` at `slot`; False (and counted) when dropped:
+        no open window, before the window, a duplicate slot, or absurdly far ahead."""
+        if self.start_slot is None:
+            self.stats.closed += 1
+            return False
+        if slot < self.start_slot:
+            self.stats.late += 1
+            return False
+        if slot >= self.end_slot + MAX_AHEAD_SLOTS:
+            self.stats.ahead += 1
+            return False
+        frames = self._frames[user_id]
+        if slot in frames:
+            self.stats.duplicate += 1
+            return False
+        frames[slot] = packet
+        self.stats.accepted += 1
+        return True
+
+    def due(self, now_slot: int) -> bool:
+        """True when the open window's nominal end has passed at `now_slot`."""
+        return self.start_slot is not None and now_slot >= self.end_slot
+
+    def seal(self, end_slot: int | None = None, *, reopen: bool = True) -> SealedChunk | None:
+        """Close the open window at `end_slot` (default: its nominal end) and return it.
+
+        With `reopen`, the next window opens at `end_slot` at once (no gap). Returns None
+        when no window is open or the window would be empty (end <= start)."""
+        if self.start_slot is None:
+            return None
+        start = self.start_slot
+        end = self.end_slot if end_slot is None else min(end_slot, self.end_slot)
+        gap = self.gap
+        self.start_slot, self.gap = None, None
+        if end <= start:
+            if reopen:
+                self.open(start, gap)
+            return None
+        tracks: list[SealedTrack] = []
+        for user_id in sorted(self._frames):
+            frames = self._frames[user_id]
+            got = sorted(s for s in frames if start <= s < end)
+            if not got:
+                continue
+            packets = [frames.pop(s, OPUS_SILENCE_FRAME) for s in range(start, end)]
+            tracks.append(SealedTrack(user_id=user_id, packets=packets, frames=len(got),
+                                      first_ms=got[0] * FRAME_MS, last_ms=got[-1] * FRAME_MS))
+        chunk = SealedChunk(index=self.next_index, start_ms=start * FRAME_MS,
+                            end_ms=end * FRAME_MS, gap=gap, tracks=tracks)
+        self.next_index += 1
+        if reopen:
+            self.open(end)
+        return chunk
