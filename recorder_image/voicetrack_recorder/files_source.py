@@ -1,0 +1,108 @@
+"""The `files` source: each listed audio object plays in real time as one speaker.
+
+Each speaker's object (any format ffmpeg reads) is decoded by ffmpeg to PCM s16le 48 kHz
+stereo, cut into 20 ms frames and encoded with libopus (discord.py's binding) as a Discord
+client would, then pushed into the sink at the slot where it plays: slot =
+`offsetMs / 20 + frame number`, delivered when session time reaches that slot. Frames of
+digital silence are not sent, as a client's voice activity detection would not send them;
+the chunker fills those slots with the Opus silence frame. Everything after this module is
+the code the `discord` source uses too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from discord import opus
+
+from voicetrack.audio import CHANNELS, FRAME_MS, FRAME_SAMPLES, PCM_BYTES_PER_SAMPLE, SAMPLE_RATE
+from voicetrack.objectstore import ObjectStore
+from voicetrack.resources import FileSpeaker
+from voicetrack_recorder.clock import FrameSink, SessionClock
+
+log = logging.getLogger(__name__)
+
+FRAME_BYTES = FRAME_SAMPLES * PCM_BYTES_PER_SAMPLE
+"""Bytes of one 20 ms PCM s16le stereo frame: 3840."""
+
+
+@dataclass
+class FilesSourceStats:
+    """Frames per speaker: encoded and sent, skipped as silence."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    silent: dict[str, int] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+
+
+class FilesSource:
+    """Plays `speakers` in real time into `sink` on `clock`'s session time."""
+
+    def __init__(self, speakers: list[FileSpeaker], store: ObjectStore, clock: SessionClock,
+                 sink: FrameSink, bitrate_kbps: int = 64) -> None:
+        if not opus.is_loaded() and not opus._load_default():
+            raise RuntimeError("libopus not found (Debian package libopus0)")
+        self.speakers = speakers
+        self.store = store
+        self.clock = clock
+        self.sink = sink
+        self.bitrate_kbps = bitrate_kbps
+        self.stats = FilesSourceStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Play every speaker until its audio ends or `stop` is set."""
+        with tempfile.TemporaryDirectory(prefix="vt-files-") as tmp:
+            await asyncio.gather(*(self._play(s, tmp, stop) for s in self.speakers))
+
+    async def _play(self, speaker: FileSpeaker, tmp: str, stop: asyncio.Event) -> None:
+        path = os.path.join(tmp, f"{speaker.user_id}.src")
+        await asyncio.to_thread(self.store.get_file, speaker.object_key, path)
+        proc = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-nostdin", "-loglevel", "error", "-i", path, "-f", "s16le",
+            "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS), "-",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        encoder = opus.Encoder(application="voip")
+        encoder.set_bitrate(self.bitrate_kbps)
+        first_slot = speaker.offset_ms // FRAME_MS
+        user = speaker.user_id
+        sent = silent = 0
+        frame_no = 0
+        try:
+            while not stop.is_set():
+                try:
+                    pcm = await proc.stdout.readexactly(FRAME_BYTES)
+                except asyncio.IncompleteReadError as short:
+                    if not short.partial:
+                        break
+                    pcm = short.partial.ljust(FRAME_BYTES, b"\0")
+                slot = first_slot + frame_no
+                frame_no += 1
+                wait_s = (slot * FRAME_MS - self.clock.now_ms()) / 1000
+                if wait_s > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=wait_s)
+                        break
+                    except TimeoutError:
+                        pass
+                if not any(pcm):
+                    silent += 1
+                    continue
+                packet = encoder.encode(pcm, FRAME_SAMPLES)
+                self.sink.push(user, slot, packet)
+                sent += 1
+                self.stats.sent[user] = sent
+        finally:
+            self.stats.silent[user] = silent
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            if proc.returncode not in (0, -9) and proc.stderr is not None:
+                err = (await proc.stderr.read()).decode(errors="replace").strip()
+                log.error("ffmpeg failed for speaker %s: %s", user, err[-300:])
+            self.stats.finished.add(user)
+            log.info("speaker %s finished: %d frames sent, %d silent", user, sent, silent)

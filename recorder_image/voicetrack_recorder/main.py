@@ -1,0 +1,99 @@
+"""`voicetrack-recorder`: the recorder pod's entry point.
+
+Everything comes from the environment the operator's pod manifest sets (each option also
+reads its VOICETRACK_* variable); S3 credentials and the bot token come from Secrets.
+Exit codes: 0 after a clean stop (SIGTERM, limits, session gone), 2 for a session spec it
+cannot record, 1 for anything else (the pod restarts and continues at the next index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import typer
+
+from voicetrack.errors import InvalidInputError
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.resources import SessionSpec
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.files_source import FilesSource
+from voicetrack_recorder.kube import RecorderKube, load_api
+from voicetrack_recorder.recorder import (
+    Recorder,
+    Source,
+    meeting_id_of,
+    session_layout,
+    start_pause_watch,
+)
+from voicetrack_recorder.uploader import ChunkUploader
+
+app = typer.Typer(no_args_is_help=True, help="Voicetrack recorder: capture one session.")
+
+
+def _build_source(spec: SessionSpec, store: ObjectStore, clock: SessionClock,
+                  recorder: Recorder) -> Source:
+    if spec.source.type == "files":
+        return FilesSource(spec.source.speakers, store, clock, recorder,
+                           bitrate_kbps=64)
+    from voicetrack_recorder.discord.source import DiscordSource
+
+    token = os.environ.get("VOICETRACK_DISCORD_TOKEN")
+    if not token:
+        raise InvalidInputError("VOICETRACK_DISCORD_TOKEN is not set (the bot token Secret)")
+    return DiscordSource(token=token, guild_id=spec.guild_id, channel_id=spec.channel_id,
+                         clock=clock, sink=recorder)
+
+
+async def _record(namespace: str, session: str, started_at_ms: int) -> int:
+    kube = RecorderKube(load_api(), namespace, session)
+    obj = await asyncio.to_thread(kube.get_session)
+    spec = SessionSpec.model_validate(obj["spec"])
+    layout = session_layout(spec, meeting_id_of(obj))
+    store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket))
+    await asyncio.to_thread(store.ensure_bucket)
+    uploader = ChunkUploader(store, kube, layout, session, obj["metadata"]["uid"],
+                             spec.storage.raw_format)
+    clock = SessionClock(started_at_ms)
+    kube.paused = bool(spec.paused)
+    watch_stop = start_pause_watch(kube)
+    recorder = Recorder(kube, uploader, spec, clock)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, recorder.stop.set)
+    try:
+        result = await recorder.run(_build_source(spec, store, clock, recorder))
+    finally:
+        watch_stop.set()
+    logging.getLogger(__name__).info("done: %s", result)
+    return 0
+
+
+@app.command()
+def run(
+    namespace: str = typer.Option(..., envvar="VOICETRACK_NAMESPACE"),
+    session: str = typer.Option(..., envvar="VOICETRACK_SESSION_NAME"),
+    started_at_ms: int = typer.Option(..., envvar="VOICETRACK_SESSION_STARTED_AT_MS",
+                                      help="Session start, Unix ms (status.startedAt)."),
+    log_level: str = typer.Option("INFO", envvar="VOICETRACK_LOG_LEVEL"),
+) -> None:
+    """Record session SESSION in NAMESPACE until SIGTERM."""
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code = asyncio.run(_record(namespace, session, started_at_ms))
+    except InvalidInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the recorder's version."""
+    from voicetrack import __version__
+
+    print(__version__)

@@ -1,0 +1,162 @@
+"""The recorder's capture loop: source → chunker → uploader, with pause, limits and stop.
+
+Session time starts at the session's `status.startedAt` (passed in by the operator), so a
+restarted recorder keeps the same timeline: it continues at the next chunk index and
+records the interval it missed as a gap with cause `recorder-restart`. A pause seals the
+open chunk at once; on resume the next chunk carries a `paused` gap, which promotion cuts.
+SIGTERM (pod deletion) seals and uploads the open chunk before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from voicetrack.audio import FRAME_MS
+from voicetrack.layout import MeetingLayout
+from voicetrack.resources import Gap, SessionSpec
+from voicetrack_recorder.chunker import Chunker, SealedChunk
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.uploader import ChunkUploader
+
+log = logging.getLogger(__name__)
+
+SEAL_DELAY_SLOTS = 10
+"""Seal a window 200 ms after its end so frames still in a jitter buffer make it in."""
+TICK_S = 0.05
+FLUSH_GRACE_S = 20.0
+"""How long a stopping recorder keeps retrying the upload of its last chunks."""
+
+
+class Source(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@dataclass
+class RecorderResult:
+    chunks: int
+    reason: str
+
+
+class Recorder:
+    """Records one session until stopped, its limits are reached, or the session goes."""
+
+    def __init__(self, kube: RecorderKube, uploader: ChunkUploader, spec: SessionSpec,
+                 clock: SessionClock) -> None:
+        self.kube = kube
+        self.uploader = uploader
+        self.spec = spec
+        self.clock = clock
+        self.chunker = Chunker(spec.chunk_seconds * 1000 // FRAME_MS)
+        self.stop = asyncio.Event()
+        self.source_stop = asyncio.Event()
+        self._queue: asyncio.Queue[SealedChunk | None] = asyncio.Queue()
+        self._paused_at: int | None = None
+
+    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+        """The FrameSink the source feeds (runs on the event loop thread)."""
+        return self.chunker.push(user_id, slot, packet)
+
+    def resume_point(self, existing_end_ms: int | None, paused: bool) -> None:
+        """Open the first window now, after a gap since `existing_end_ms` if any."""
+        now = max(self.clock.now_slot(), 0)
+        if paused:
+            self._paused_at = now if existing_end_ms is None else existing_end_ms // FRAME_MS
+            return
+        gap = None
+        if existing_end_ms is not None and now * FRAME_MS > existing_end_ms:
+            gap = Gap(start_ms=existing_end_ms, end_ms=now * FRAME_MS, cause="recorder-restart")
+        elif existing_end_ms is not None:
+            now = existing_end_ms // FRAME_MS
+        self.chunker.open(now, gap)
+
+    async def run(self, source: Source) -> RecorderResult:
+        """Capture until stop; returns how many chunks were written and why it ended."""
+        existing = await asyncio.to_thread(self.kube.list_chunks)
+        if existing:
+            self.chunker.next_index = existing[-1].index + 1
+        self.resume_point(existing[-1].end_ms if existing else None, bool(self.kube.paused))
+        uploader_task = asyncio.create_task(self._upload_loop())
+        source_task = asyncio.create_task(source.run(self.source_stop))
+        reason = "stopped"
+        max_ms = self.spec.limits.max_duration_seconds * 1000
+        try:
+            while not self.stop.is_set():
+                await asyncio.sleep(TICK_S)
+                now = self.clock.now_slot()
+                if self.kube.deleted.is_set():
+                    reason = "session-deleted"
+                    break
+                if now * FRAME_MS >= max_ms:
+                    reason = "max-duration"
+                    now = max_ms // FRAME_MS
+                    break
+                if self.uploader.stats.bytes >= self.spec.limits.max_bytes:
+                    reason = "max-bytes"
+                    break
+                self._follow_pause(now)
+                while self.chunker.due(now - SEAL_DELAY_SLOTS):
+                    self._enqueue(self.chunker.seal())
+            end = min(self.clock.now_slot(), max_ms // FRAME_MS)
+            self._enqueue(self.chunker.seal(end, reopen=False))
+        finally:
+            self.source_stop.set()
+            await self._queue.put(None)
+            await uploader_task
+            source_task.cancel()
+            await asyncio.gather(source_task, return_exceptions=True)
+        log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
+                 self.uploader.stats.bytes)
+        return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason)
+
+    def _follow_pause(self, now: int) -> None:
+        paused = bool(self.kube.paused)
+        if paused and self._paused_at is None:
+            self._enqueue(self.chunker.seal(now, reopen=False))
+            self._paused_at = now
+            log.info("paused at %d ms", now * FRAME_MS)
+        elif not paused and self._paused_at is not None:
+            start = self._paused_at
+            self._paused_at = None
+            gap = Gap(start_ms=start * FRAME_MS, end_ms=now * FRAME_MS, cause="paused") \
+                if now > start else None
+            self.chunker.open(now, gap)
+            log.info("resumed at %d ms", now * FRAME_MS)
+
+    def _enqueue(self, chunk: SealedChunk | None) -> None:
+        if chunk is not None:
+            self._queue.put_nowait(chunk)
+
+    async def _upload_loop(self) -> None:
+        while True:
+            chunk = await self._queue.get()
+            if chunk is None:
+                return
+            deadline = time.monotonic() + FLUSH_GRACE_S if self.stop.is_set() else None
+            await asyncio.to_thread(self.uploader.upload, chunk, deadline)
+
+
+def start_pause_watch(kube: RecorderKube) -> threading.Event:
+    """Start the session watch thread; returns the event that stops it."""
+    stop = threading.Event()
+    threading.Thread(target=kube.watch_paused, args=(stop,), daemon=True,
+                     name="session-watch").start()
+    return stop
+
+
+def session_layout(spec: SessionSpec, meeting_id: str) -> MeetingLayout:
+    return MeetingLayout(prefix=spec.storage.prefix, guild_id=spec.guild_id,
+                         meeting_id=meeting_id)
+
+
+def meeting_id_of(obj: dict[str, Any]) -> str:
+    """The session's meeting id: spec.meetingId, else the one the operator put in status."""
+    mid = obj.get("spec", {}).get("meetingId") or obj.get("status", {}).get("meetingId")
+    if not mid:
+        raise RuntimeError("session has no meetingId yet")
+    return str(mid)
