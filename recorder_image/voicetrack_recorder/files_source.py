@@ -2,11 +2,11 @@
 
 Each speaker's object (any format ffmpeg reads) is decoded by ffmpeg to PCM s16le 48 kHz
 stereo, cut into 20 ms frames and encoded with libopus (discord.py's binding) as a Discord
-client would, then pushed into the sink at the slot where it plays: slot =
-`offsetMs / 20 + frame number`, delivered when session time reaches that slot. Frames of
-digital silence are not sent, as a client's voice activity detection would not send them;
-the chunker fills those slots with the Opus silence frame. Everything after this module is
-the code the `discord` source uses too.
+client would, then pushed into the sink at the slot where it plays, `origin + offsetMs / 20
++ frame number` (origin = the capture start, t = 0 of the final recording), delivered when
+session time reaches that slot. Frames of digital silence are not sent, as a client's voice
+activity detection would not send them; the chunker fills those slots with the Opus
+silence frame. Everything after this module is the code the `discord` source uses too.
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ class FilesSource:
     """Plays `speakers` in real time into `sink` on `clock`'s session time."""
 
     def __init__(self, speakers: list[FileSpeaker], store: ObjectStore, clock: SessionClock,
-                 sink: FrameSink, bitrate_kbps: int = 64) -> None:
+                 sink: FrameSink, origin_slot: int = 0, bitrate_kbps: int = 64) -> None:
         if not opus.is_loaded() and not opus._load_default():
             raise RuntimeError("libopus not found (Debian package libopus0)")
         self.speakers = speakers
         self.store = store
         self.clock = clock
         self.sink = sink
+        self.origin_slot = origin_slot
         self.bitrate_kbps = bitrate_kbps
         self.stats = FilesSourceStats()
 
@@ -68,7 +69,7 @@ class FilesSource:
         assert proc.stdout is not None
         encoder = opus.Encoder(application="voip")
         encoder.set_bitrate(self.bitrate_kbps)
-        first_slot = speaker.offset_ms // FRAME_MS
+        first_slot = self.origin_slot + speaker.offset_ms // FRAME_MS
         user = speaker.user_id
         sent = silent = 0
         frame_no = 0

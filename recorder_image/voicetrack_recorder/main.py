@@ -35,10 +35,10 @@ app = typer.Typer(no_args_is_help=True, help="Voicetrack recorder: capture one s
 
 
 def _build_source(spec: SessionSpec, store: ObjectStore, clock: SessionClock,
-                  recorder: Recorder) -> Source:
+                  recorder: Recorder, origin_slot: int) -> Source:
     if spec.source.type == "files":
         return FilesSource(spec.source.speakers, store, clock, recorder,
-                           bitrate_kbps=64)
+                           origin_slot=origin_slot, bitrate_kbps=64)
     from voicetrack_recorder.discord.source import DiscordSource
 
     token = os.environ.get("VOICETRACK_DISCORD_TOKEN")
@@ -65,7 +65,8 @@ async def _record(namespace: str, session: str, started_at_ms: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, recorder.stop.set)
     try:
-        result = await recorder.run(_build_source(spec, store, clock, recorder))
+        origin = await recorder.prepare()
+        result = await recorder.run(_build_source(spec, store, clock, recorder, origin))
     finally:
         watch_stop.set()
     logging.getLogger(__name__).info("done: %s", result)

@@ -75,12 +75,23 @@ class Recorder:
             now = existing_end_ms // FRAME_MS
         self.chunker.open(now, gap)
 
-    async def run(self, source: Source) -> RecorderResult:
-        """Capture until stop; returns how many chunks were written and why it ended."""
+    async def prepare(self) -> int:
+        """Continue after the session's existing chunks (a restart) or start fresh; opens
+        the first window unless paused. Returns the capture origin slot: the start of the
+        session's first chunk, which is t = 0 of the final recording."""
         existing = await asyncio.to_thread(self.kube.list_chunks)
         if existing:
             self.chunker.next_index = existing[-1].index + 1
         self.resume_point(existing[-1].end_ms if existing else None, bool(self.kube.paused))
+        if existing:
+            return existing[0].start_ms // FRAME_MS
+        if self.chunker.start_slot is not None:
+            return self.chunker.start_slot
+        return max(self.clock.now_slot(), 0)
+
+    async def run(self, source: Source) -> RecorderResult:
+        """Capture until stop (call `prepare` first); returns how many chunks were written
+        and why it ended."""
         uploader_task = asyncio.create_task(self._upload_loop())
         source_task = asyncio.create_task(source.run(self.source_stop))
         reason = "stopped"
