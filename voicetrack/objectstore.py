@@ -13,7 +13,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -38,8 +38,7 @@ class S3Settings:
     @classmethod
     def from_env(cls, bucket: str | None = None) -> S3Settings:
         """Read VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY, VOICETRACK_S3_SECRET_KEY,
-        VOICETRACK_S3_BUCKET. Raises InvalidInputError-free KeyError-free: a missing
-        variable raises RuntimeError naming it."""
+        VOICETRACK_S3_BUCKET. Raises RuntimeError naming any missing variable."""
         missing = [
             n for n in ("VOICETRACK_S3_ENDPOINT", "VOICETRACK_S3_ACCESS_KEY",
                         "VOICETRACK_S3_SECRET_KEY") if not os.environ.get(n)
@@ -138,6 +137,24 @@ class ObjectStore:
         except Exception as err:
             raise self._wrap(err, f"get {key}") from err
 
+    def digest(self, key: str, part: int = 1 << 20) -> tuple[int, str]:
+        """(size in bytes, sha256 hex) of the object at `key`, streamed in `part`-byte reads.
+        Raises NotFoundError when it does not exist."""
+        h = hashlib.sha256()
+        size = 0
+        try:
+            resp = self.client.get_object(self.bucket, key)
+            try:
+                for block in resp.stream(part):
+                    h.update(block)
+                    size += len(block)
+            finally:
+                resp.close()
+                resp.release_conn()
+        except Exception as err:
+            raise self._wrap(err, f"get {key}") from err
+        return size, h.hexdigest()
+
     def get_file(self, key: str, path: str) -> None:
         """Download `key` to a local file, streamed."""
         try:
@@ -165,6 +182,15 @@ class ObjectStore:
             return sorted(o.object_name for o in
                           self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
                           if o.object_name)
+        except Exception as err:
+            raise self._wrap(err, f"list {prefix}") from err
+
+    def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
+        """(key, last modified, UTC) of every object under `prefix`, recursively."""
+        try:
+            return [(o.object_name, o.last_modified) for o in
+                    self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                    if o.object_name and o.last_modified]
         except Exception as err:
             raise self._wrap(err, f"list {prefix}") from err
 

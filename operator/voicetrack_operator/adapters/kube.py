@@ -1,0 +1,196 @@
+"""The operator's Kubernetes adapter: the calls its services make, idempotent.
+
+Wraps the official client (sync) off the event loop. A 409 on create counts as success (the
+names are deterministic); a 404 on delete counts as done. Other API errors become
+TemporaryFailure (5xx, network) or InvalidInputError (4xx: a manifest the API refuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.resources import (
+    CHUNK_PLURAL,
+    GROUP,
+    LABEL_COMPONENT,
+    LABEL_SESSION,
+    SESSION_PLURAL,
+    VERSION,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """An API client from `kubeconfig`, else KUBECONFIG / ~/.kube/config, else in-cluster."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def _translate(err: ApiException, what: str) -> Exception:
+    if err.status in (400, 403, 422):
+        return InvalidInputError(f"{what}: {err.status} {err.reason}: {err.body}")
+    return TemporaryFailure(f"{what}: {err.status} {err.reason}", delay=5)
+
+
+class KubeAdapter:
+    """Async facade over the Kubernetes API for the operator's services."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.objects = client.CustomObjectsApi(api)
+        self.writes = 0
+        """API writes made (creates, patches, deletes), for the figures."""
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kw)
+        except ApiException as err:
+            raise _translate(err, what) from err
+        except (OSError, ValueError) as err:  # urllib3 connection errors
+            raise TemporaryFailure(f"{what}: {err}", delay=5) from err
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+
+    async def _create(self, what: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """True when created, False when it already existed (409)."""
+        self.writes += 1
+        try:
+            await asyncio.to_thread(fn, *args)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise _translate(err, f"create {what}") from err
+
+    async def _delete(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> bool:
+        """True when deleted (or deleting), False when it was already gone (404)."""
+        self.writes += 1
+        try:
+            await asyncio.to_thread(fn, *args, **kw)
+            return True
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise _translate(err, f"delete {what}") from err
+
+    async def _get(self, what: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+        try:
+            return self._dict(await asyncio.to_thread(fn, *args))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise _translate(err, f"get {what}") from err
+
+    # ------------------------------------------------------------ generic children
+
+    async def ensure(self, manifest: dict[str, Any]) -> bool:
+        """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding); 409 is success."""
+        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
+        what = f"{kind} {ns}/{manifest['metadata']['name']}"
+        fn = {
+            "Pod": self.core.create_namespaced_pod,
+            "Job": self.batch.create_namespaced_job,
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+        }[kind]
+        return await self._create(what, fn, ns, manifest)
+
+    async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
+        return await self._get(f"pod {ns}/{name}", self.core.read_namespaced_pod, name, ns)
+
+    async def delete_pod(self, ns: str, name: str, grace_s: int | None = None) -> bool:
+        body = client.V1DeleteOptions(grace_period_seconds=grace_s)
+        return await self._delete(f"pod {ns}/{name}", self.core.delete_namespaced_pod, name,
+                                  ns, body=body)
+
+    async def pod_log_tail(self, ns: str, name: str, lines: int = 20) -> str:
+        """The last `lines` lines of a pod's log, or '' if it cannot be read."""
+        try:
+            return await asyncio.to_thread(self.core.read_namespaced_pod_log, name, ns,
+                                           tail_lines=lines)
+        except (ApiException, OSError) as err:
+            log.info("log of %s/%s unavailable: %s", ns, name, err)
+            return ""
+
+    async def list_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
+        res = await self._call(f"list pods {ns}", self.core.list_namespaced_pod, ns,
+                               label_selector=selector)
+        return list(self._dict(res)["items"])
+
+    async def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
+        return await self._get(f"job {ns}/{name}", self.batch.read_namespaced_job, name, ns)
+
+    async def delete_job(self, ns: str, name: str) -> bool:
+        body = client.V1DeleteOptions(propagation_policy="Background")
+        return await self._delete(f"job {ns}/{name}", self.batch.delete_namespaced_job, name,
+                                  ns, body=body)
+
+    async def list_jobs(self, ns: str, session: str) -> list[dict[str, Any]]:
+        res = await self._call(f"list jobs {ns}", self.batch.list_namespaced_job, ns,
+                               label_selector=f"{LABEL_SESSION}={session}")
+        return list(self._dict(res)["items"])
+
+    # ------------------------------------------------------------ custom resources
+
+    async def get_session(self, ns: str, name: str) -> dict[str, Any] | None:
+        return await self._get(f"session {ns}/{name}",
+                               self.objects.get_namespaced_custom_object,
+                               GROUP, VERSION, ns, SESSION_PLURAL, name)
+
+    async def list_sessions(self) -> list[dict[str, Any]]:
+        """Every RecordingSession in the cluster."""
+        res = await self._call("list sessions", self.objects.list_cluster_custom_object,
+                               GROUP, VERSION, SESSION_PLURAL)
+        return list(res["items"])
+
+    async def list_chunks(self, ns: str, session: str) -> list[dict[str, Any]]:
+        """The session's RecordingChunks, by spec.index."""
+        res = await self._call(
+            f"list chunks {ns}/{session}", self.objects.list_namespaced_custom_object,
+            GROUP, VERSION, ns, CHUNK_PLURAL, label_selector=f"{LABEL_SESSION}={session}")
+        return sorted(res["items"], key=lambda o: int(o["spec"]["index"]))
+
+    async def get_chunk(self, ns: str, name: str) -> dict[str, Any] | None:
+        return await self._get(f"chunk {ns}/{name}", self.objects.get_namespaced_custom_object,
+                               GROUP, VERSION, ns, CHUNK_PLURAL, name)
+
+    async def patch_chunk_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
+        self.writes += 1
+        try:
+            await asyncio.to_thread(self.objects.patch_namespaced_custom_object_status,
+                                    GROUP, VERSION, ns, CHUNK_PLURAL, name, {"status": status})
+        except ApiException as err:
+            if err.status == 404:
+                return
+            raise _translate(err, f"patch chunk {ns}/{name}") from err
+
+    async def delete_chunk(self, ns: str, name: str) -> bool:
+        return await self._delete(f"chunk {ns}/{name}",
+                                  self.objects.delete_namespaced_custom_object,
+                                  GROUP, VERSION, ns, CHUNK_PLURAL, name)
+
+    async def job_pods(self, ns: str, job: str) -> list[dict[str, Any]]:
+        return await self.list_pods(ns, f"job-name={job}")
+
+    @staticmethod
+    def component_selector(session: str, component: str) -> str:
+        return f"{LABEL_SESSION}={session},{LABEL_COMPONENT}={component}"

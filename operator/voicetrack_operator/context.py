@@ -1,0 +1,80 @@
+"""The operator's settings and the typed context built once at start-up (kept in memo)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from voicetrack.db.service import RecordingService
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack_operator.adapters.kube import KubeAdapter
+from voicetrack_operator.builders import PodSettings
+from voicetrack_operator.metrics import Metrics
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"VOICETRACK_{name}", default)
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Every setting reads a VOICETRACK_* variable.
+
+    DATABASE_URL: SQLAlchemy async URL (default SQLite file `voicetrack.db`);
+    S3_ENDPOINT / S3_ACCESS_KEY / S3_SECRET_KEY: the operator's own S3 access;
+    POD_S3_ENDPOINT: the endpoint pods use (default the same);
+    S3_SECRET_NAME / DISCORD_SECRET_NAME: Secrets pods read keys and token from;
+    RECORDER_IMAGE / TRANSCODER_IMAGE; TEMP_TTL_HOURS (24); KUBECONFIG (else the default
+    loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off."""
+
+    database_url: str
+    s3: S3Settings
+    pods: PodSettings
+    temp_ttl: timedelta = timedelta(hours=24)
+    kubeconfig: str | None = None
+    health_port: int = 8080
+    metrics_port: int = 9090
+    resync_interval_s: float = 30.0
+    observe_interval_s: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        s3 = S3Settings.from_env()
+        pods = PodSettings(
+            recorder_image=_env("RECORDER_IMAGE", PodSettings.recorder_image),
+            transcoder_image=_env("TRANSCODER_IMAGE", PodSettings.transcoder_image),
+            s3_endpoint=_env("POD_S3_ENDPOINT", s3.endpoint),
+            s3_secret=_env("S3_SECRET_NAME", PodSettings.s3_secret),
+            discord_secret=_env("DISCORD_SECRET_NAME", PodSettings.discord_secret),
+        )
+        return cls(
+            database_url=_env("DATABASE_URL", "sqlite+aiosqlite:///voicetrack.db"),
+            s3=s3,
+            pods=pods,
+            temp_ttl=timedelta(hours=float(_env("TEMP_TTL_HOURS", "24"))),
+            kubeconfig=os.environ.get("VOICETRACK_KUBECONFIG") or None,
+            health_port=int(_env("HEALTH_PORT", "8080")),
+            metrics_port=int(_env("METRICS_PORT", "9090")),
+            observe_interval_s=float(_env("OBSERVE_INTERVAL_S", "2")),
+        )
+
+
+@dataclass
+class Context:
+    """What every handler shares: settings and the three adapters."""
+
+    settings: OperatorSettings
+    kube: KubeAdapter
+    db: RecordingService
+    objects: dict[str, ObjectStore] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def store(self, bucket: str) -> ObjectStore:
+        """The object store for `bucket` (one client per bucket, made on first use)."""
+        if bucket not in self.objects:
+            s3 = self.settings.s3
+            self.objects[bucket] = ObjectStore(S3Settings(
+                endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
+                bucket=bucket, region=s3.region))
+        return self.objects[bucket]

@@ -1,0 +1,78 @@
+"""Operator start-up and clean-up: one typed context in memo; kopf's settings; the
+database at its Alembic head; heartbeat and orphan collection in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from voicetrack.db import migrate
+from voicetrack.db.service import RecordingService
+from voicetrack.resources import FINALIZER, GROUP
+from voicetrack_operator.adapters.kube import KubeAdapter, load_api_client
+from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.services.janitor import JanitorService
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 15.0
+ORPHAN_SWEEP_S = 3600.0
+
+
+async def _every(seconds: float, what: str, fn: Any) -> None:
+    while True:
+        try:
+            await fn()
+        except Exception as err:  # housekeeping must never stop the operator
+            log.warning("%s failed: %s", what, err)
+        await asyncio.sleep(seconds)
+
+
+@kopf.on.startup(id="context")
+async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = OperatorSettings.from_env()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.worker_limit = 64
+    settings.posting.level = logging.INFO
+    applied = await asyncio.to_thread(migrate.upgrade_head, cfg.database_url)
+    for revision in applied:
+        log.info("database migrated to revision %s", revision)
+    ctx = Context(settings=cfg, kube=KubeAdapter(load_api_client(cfg.kubeconfig)),
+                  db=RecordingService.from_url(cfg.database_url))
+    await asyncio.to_thread(ctx.store(cfg.s3.bucket).ensure_bucket)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr="127.0.0.1", registry=ctx.metrics.registry)
+    janitor = JanitorService(ctx)
+    memo.ctx = ctx
+    memo.tasks = [
+        asyncio.create_task(_every(HEARTBEAT_S, "heartbeat", janitor.beat)),
+        asyncio.create_task(_every(ORPHAN_SWEEP_S, "orphan sweep", janitor.collect_orphans)),
+    ]
+
+
+@kopf.on.cleanup(id="context")
+async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "tasks", []):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    ctx: Context | None = getattr(memo, "ctx", None)
+    if ctx is not None:
+        await JanitorService(ctx).beat("stopped")
+        await ctx.db.close()
+        ctx.kube.api.close()
+
+
+@kopf.on.probe(id="database")
+async def on_probe_database(memo: kopf.Memo, **_: Any) -> str:
+    ok = await JanitorService(memo.ctx).beat()
+    return "ok" if ok else "unavailable"

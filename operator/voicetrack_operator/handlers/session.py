@@ -1,0 +1,64 @@
+"""RecordingSession handlers: parse → one service call → status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION
+from voicetrack_operator.errors import kopf_errors
+from voicetrack_operator.services.sessions import SessionService, SessionView
+
+SESSION = (GROUP, VERSION, SESSION_PLURAL)
+
+
+@kopf.on.resume(*SESSION, id="start")
+@kopf.on.create(*SESSION, id="start")
+async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
+                            **_: Any) -> None:
+    with kopf_errors():
+        status = await SessionService(memo.ctx).ensure_session(SessionView.parse(dict(body)))
+    patch.status.update(status)
+    if status.get("state") == "Refused":
+        kopf.warn(dict(body), reason="GuildBusy", message=status["conditions"][-1]["message"])
+    elif status:
+        kopf.info(dict(body), reason="RecorderStarted",
+                  message=f"recorder pod {status['recorderPod']} created")
+
+
+@kopf.timer(*SESSION, id="observe", interval=2.0, initial_delay=1.0)
+async def on_session_observe(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
+                             **_: Any) -> None:
+    with kopf_errors():
+        changed = await SessionService(memo.ctx).observe_session(SessionView.parse(dict(body)))
+    patch.status.update(changed)
+
+
+@kopf.on.field(*SESSION, id="pause", field="spec.paused")
+async def on_session_pause(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+    if old is None and not new:
+        return
+    kopf.info(dict(body), reason="Paused" if new else "Resumed",
+              message="capture paused; the interval is left out of the recording" if new
+              else "capture resumed")
+
+
+@kopf.on.delete(*SESSION, id="promote")
+async def on_session_delete(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
+                            **_: Any) -> None:
+    try:
+        with kopf_errors():
+            status = await SessionService(memo.ctx).finalize_session(
+                SessionView.parse(dict(body)))
+    except kopf.TemporaryError as err:
+        patch.status["phaseMessage"] = str(err)
+        raise
+    except kopf.PermanentError as err:
+        patch.status["state"] = "PromotionFailed"
+        patch.status["phaseMessage"] = str(err)
+        kopf.exception(dict(body), reason="PromotionFailed", message=str(err))
+        raise
+    patch.status.update(status)
+    kopf.info(dict(body), reason="Promoted",
+              message=f"{len(status.get('recordingIds', []))} recording(s) written")

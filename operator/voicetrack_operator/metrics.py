@@ -1,0 +1,29 @@
+"""Prometheus metrics of the operator, served on `/metrics`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    """The operator's metrics in their own registry (one per Context, so tests can make
+    several without clashing)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.chunks = Counter("voicetrack_chunks_total", "Chunks by final transcode status",
+                              ["status"], registry=r)
+        self.chunk_latency = Histogram(
+            "voicetrack_chunk_done_seconds", "Chunk sealed (created) to transcode done",
+            buckets=(1, 2, 3, 5, 8, 13, 21, 34, 60, 120, 300), registry=r)
+        self.promotions = Counter("voicetrack_promotions_total", "Promotions by result",
+                                  ["result"], registry=r)
+        self.db_errors = Counter("voicetrack_db_errors_total", "SQL writes that failed",
+                                 registry=r)
+        self.sessions = Gauge("voicetrack_sessions", "Sessions by state", ["state"],
+                              registry=r)

@@ -1,0 +1,150 @@
+"""Session status, built in one place: condition-shaped (type, status, reason, message,
+lastTransitionTime) with observedGeneration, from what the operator observes. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+CONDITION_TYPES = ("Recording", "Paused", "TranscodesComplete", "Promoted",
+                   "DatabaseSynced", "Ready")
+
+
+@dataclass
+class ChunkView:
+    """What the status needs of one RecordingChunk."""
+
+    index: int
+    start_ms: int
+    end_ms: int
+    speakers: list[str]
+    transcode_status: str = "queued"
+    bytes: int = 0
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> ChunkView:
+        spec = obj.get("spec", {})
+        tracks = spec.get("tracks", [])
+        return cls(index=int(spec.get("index", 0)), start_ms=int(spec.get("startMs", 0)),
+                   end_ms=int(spec.get("endMs", 0)),
+                   speakers=[t["userId"] for t in tracks],
+                   transcode_status=(obj.get("status") or {}).get("transcodeStatus", "queued"),
+                   bytes=sum(int(t.get("bytes", 0)) for t in tracks))
+
+
+@dataclass
+class Observation:
+    """The observed state a session's status is computed from."""
+
+    generation: int
+    paused: bool
+    recorder_phase: str | None
+    """The recorder pod's phase, None when there is no pod."""
+    chunks: list[ChunkView] = field(default_factory=list)
+    refused: str | None = None
+    """Why the session was refused (a busy guild), if it was."""
+    deleting: bool = False
+    promoted: bool = False
+    database_synced: bool = True
+    database_message: str = ""
+
+
+def chunk_counts(chunks: Iterable[ChunkView]) -> dict[str, int]:
+    """`{total, queued, inProgress, done, failed}`."""
+    counts = {"total": 0, "queued": 0, "inProgress": 0, "done": 0, "failed": 0}
+    key = {"queued": "queued", "in_progress": "inProgress", "done": "done", "failed": "failed"}
+    for c in chunks:
+        counts["total"] += 1
+        counts[key.get(c.transcode_status, "queued")] += 1
+    return counts
+
+
+def human_duration(seconds: float) -> str:
+    """`1h02m03s`, `4m05s`, `12s`."""
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m{sec:02d}s"
+    if m:
+        return f"{m}m{sec:02d}s"
+    return f"{sec}s"
+
+
+def _state(o: Observation, counts: dict[str, int]) -> tuple[str, str]:
+    pending = counts["queued"] + counts["inProgress"]
+    if o.refused:
+        return "Refused", o.refused
+    if o.promoted:
+        return "Promoted", "recordings promoted"
+    if o.deleting:
+        return ("Stopping", f"waiting for {pending} transcode(s)") if pending else \
+            ("Promoting", "promoting chunks into recordings")
+    if o.recorder_phase in ("Succeeded",):
+        return "Stopped", "recorder finished (limit reached)"
+    if o.recorder_phase == "Failed":
+        return "Failed", "recorder pod failed"
+    if o.paused:
+        return "Paused", "capture paused"
+    if o.recorder_phase == "Running":
+        return "Recording", "recorder running"
+    return "Pending", "waiting for the recorder pod"
+
+
+def _cond(ctype: str, ok: bool, reason: str, message: str, previous: dict[str, Any],
+          now: str, generation: int) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    prev = previous.get(ctype)
+    since = prev["lastTransitionTime"] if prev and prev.get("status") == status else now
+    return {"type": ctype, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | None, now: str
+                 ) -> dict[str, Any]:
+    """The session's status fields (not `meetingId`/`startedAt`, which are set once).
+
+    `now` is an RFC 3339 timestamp used as lastTransitionTime of changed conditions."""
+    prev = {c["type"]: c for c in previous_conditions or []}
+    counts = chunk_counts(o.chunks)
+    recorded_ms = sum(c.end_ms - c.start_ms for c in o.chunks)
+    speakers = sorted({s for c in o.chunks for s in c.speakers})
+    state, state_message = _state(o, counts)
+    pending = counts["queued"] + counts["inProgress"]
+    g = o.generation
+    recording = state == "Recording"
+    conditions = [
+        _cond("Recording", recording, state if not recording else "RecorderRunning",
+              state_message, prev, now, g),
+        _cond("Paused", o.paused and not o.refused, "PausedBySpec" if o.paused else "NotPaused",
+              "spec.paused is true" if o.paused else "", prev, now, g),
+        _cond("TranscodesComplete", pending == 0,
+              "AllChunksTranscoded" if pending == 0 else "TranscodesPending",
+              f"{counts['done']} done, {counts['failed']} failed, {pending} pending",
+              prev, now, g),
+        _cond("Promoted", o.promoted, "Promoted" if o.promoted else "NotPromoted",
+              "recordings written" if o.promoted else "promotion runs when deleted",
+              prev, now, g),
+        _cond("DatabaseSynced", o.database_synced,
+              "Synced" if o.database_synced else "DatabaseUnavailable",
+              o.database_message, prev, now, g),
+        _cond("Ready", not o.refused and state not in ("Failed",),
+              "GuildBusy" if o.refused else state, state_message, prev, now, g),
+    ]
+    return {
+        "state": state,
+        "observedGeneration": g,
+        "conditions": conditions,
+        "chunks": counts,
+        "recordedSeconds": recorded_ms // 1000,
+        "duration": human_duration(recorded_ms / 1000),
+        "speakers": speakers,
+        "bytesBuffered": sum(c.bytes for c in o.chunks
+                             if c.transcode_status not in ("done", "failed")),
+    }
+
+
+def status_changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `new` that differs from `old` (a patch; empty when nothing moved)."""
+    return {k: v for k, v in new.items() if old.get(k) != v}
