@@ -1,0 +1,11 @@
+"""Discord voice receive under DAVE end-to-end encryption: the recorder's `discord` source.
+
+`DiscordSource` (source.py) joins the channel with discord.py; `VoiceReceiver`
+(receiver.py) is the pipeline from raw UDP datagrams to decrypted Opus frames on the
+session's slot grid. See docs/discord.md for what a server admin configures.
+"""
+
+from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
+from voicetrack_recorder.discord.source import DiscordSource
+
+__all__ = ["DiscordSource", "ReceiveStats", "VoiceReceiver"]

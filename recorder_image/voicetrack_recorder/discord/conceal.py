@@ -1,0 +1,92 @@
+"""Loss recovery: Opus in-band FEC and packet loss concealment, re-encoded to Opus.
+
+The raw track stores Opus packets, so a recovered frame must be an Opus packet too. For a
+run of `n` lost frames followed by a good packet `P` (at most `max_frames`; longer runs stay
+silent, since concealment fades to silence within ~100 ms anyway), the speaker's decoder
+(kept in step by decoding every packet) produces the lost audio: PLC for frames 1..n-1 and,
+for frame n, FEC from `P`'s LBRR data when `P` is a SILK or hybrid packet (RFC 6716 §2.1.7,
+§3.1: configs 0..15; CELT-only packets carry no FEC) or PLC otherwise. That PCM is encoded
+by a fresh libopus encoder fed one warm-up frame and shifted by the encoder's look-ahead
+(312 samples at 48 kHz for the `audio` application: `Fs/400 + Fs/250`, libopus
+`opus_encoder.c`), so each new packet decodes to its own slot's audio, not 6.5 ms later.
+The packets received are never altered; only missing slots get new packets. libopus comes
+through discord.py's bindings (`discord.opus`).
+"""
+
+from __future__ import annotations
+
+from discord import opus
+
+from voicetrack.audio import CHANNELS, FRAME_SAMPLES
+
+LOOKAHEAD = 312
+"""libopus encoder look-ahead at 48 kHz, application `audio`, in samples per channel."""
+_BYTES_PER_SAMPLE = 2 * CHANNELS
+_FRAME_BYTES = FRAME_SAMPLES * _BYTES_PER_SAMPLE
+
+
+def has_fec(packet: bytes) -> bool:
+    """True when `packet`'s mode (TOC config < 16: SILK or hybrid) can carry in-band FEC."""
+    return bool(packet) and packet[0] >> 3 < 16
+
+
+class Concealer:
+    """Keeps one speaker stream's decoder in step and rebuilds lost frames.
+
+    `recovered`, `fec` and `plc` count rebuilt frames (all, by FEC, by PLC); `errors`
+    counts packets libopus refused to decode.
+    """
+
+    def __init__(self, max_frames: int = 3, bitrate_kbps: int = 64) -> None:
+        self.max_frames = max_frames
+        self.bitrate_kbps = bitrate_kbps
+        self._decoder: opus.Decoder | None = None
+        self._last_pcm: bytes | None = None
+        self.recovered = self.fec = self.plc = self.errors = 0
+
+    def _frame(self, pcm: bytes) -> bytes:
+        """`pcm` cut or zero-padded to one 20 ms stereo frame."""
+        return pcm[:_FRAME_BYTES].ljust(_FRAME_BYTES, b"\0")
+
+    def feed(self, packet: bytes, lost_before: int) -> list[bytes]:
+        """Decode `packet` (the next good one, in order) and return Opus packets for the
+        `lost_before` frames missing just before it: `lost_before` packets, or none when
+        the run is too long, nothing was decoded before, or libopus fails."""
+        if self._decoder is None:
+            self._decoder = opus.Decoder()
+        dec = self._decoder
+        rebuilt: list[bytes] = []
+        try:
+            if 0 < lost_before <= self.max_frames and self._last_pcm is not None:
+                lost_pcm = [self._frame(dec.decode(None, fec=False))
+                            for _ in range(lost_before - 1)]
+                if has_fec(packet):
+                    lost_pcm.append(self._frame(dec.decode(packet, fec=True)))
+                    self.fec += 1
+                else:
+                    lost_pcm.append(self._frame(dec.decode(None, fec=False)))
+                self.plc += lost_before - (1 if has_fec(packet) else 0)
+                pcm = self._frame(dec.decode(packet, fec=False))
+                rebuilt = self._encode(self._last_pcm, lost_pcm, pcm)
+                self.recovered += len(rebuilt)
+            else:
+                pcm = self._frame(dec.decode(packet, fec=False))
+        except opus.OpusError:
+            self.errors += 1
+            self._last_pcm = None
+            return []
+        self._last_pcm = pcm
+        return rebuilt
+
+    def _encode(self, before: bytes, lost: list[bytes], after: bytes) -> list[bytes]:
+        enc = opus.Encoder(application="audio", bitrate=self.bitrate_kbps, fec=False)
+        signal = before + b"".join(lost) + after
+        shift = LOOKAHEAD * _BYTES_PER_SAMPLE
+        out = []
+        for k in range(len(lost) + 1):
+            start = k * _FRAME_BYTES + shift
+            frame = signal[start:start + _FRAME_BYTES]
+            packet = enc.encode(frame, FRAME_SAMPLES)
+            if k:  # frame 0 only warms the encoder up
+                out.append(packet)
+        return out

@@ -1,0 +1,245 @@
+"""The receive pipeline: raw UDP datagrams in, decrypted Opus frames on the slot grid out.
+
+    datagram → RTP header (rtp.py) → SSRC → user (ssrc.py; unknown SSRCs are held briefly)
+      → transport AEAD decrypt (transport.py) → per-SSRC jitter buffer (jitter.py)
+      → in sequence order: DAVE decrypt (dave.py) → FEC/PLC for lost frames (conceal.py)
+      → slot from the speaker's timeline (timeline.py) → FrameSink.push(user, slot, opus)
+
+Everything here runs on one thread (the event loop's: `DiscordSource` hands datagrams over
+from discord.py's socket-reader thread), the same thread on which discord.py processes the
+DAVE opcodes, so the davey session is never used from two threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import davey
+
+from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.discord.conceal import Concealer
+from voicetrack_recorder.discord.dave import DaveDecryptor, UserDecryptStats
+from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
+from voicetrack_recorder.discord.rtp import AUDIO_PAYLOAD_TYPE, RtpError, is_rtcp, parse_rtp
+from voicetrack_recorder.discord.ssrc import GatewayEventError, SsrcMap
+from voicetrack_recorder.discord.timeline import Timeline
+from voicetrack_recorder.discord.transport import TransportDecryptor, TransportError
+
+log = logging.getLogger(__name__)
+
+KeySource = Callable[[], "tuple[str, bytes] | None"]
+"""Returns the transport (mode, 32-byte secret key) now, or None before op 4 arrived."""
+SessionSource = Callable[[], "davey.DaveSession | None"]
+
+
+@dataclass
+class ReceiveStats:
+    """Counters of one receiver. `dropped` is keyed by cause: `not_rtp`, `rtcp`, `video`,
+    `payload_type`, `no_key`, `unknown_ssrc`, `transport_<cause>`, `late`, `duplicate`,
+    `overlap` (a slot the speaker already filled), `sink` (the chunker refused it)."""
+
+    datagrams: int = 0
+    frames: int = 0
+    """Opus frames pushed to the sink (received and rebuilt)."""
+    recovered: int = 0
+    """Frames rebuilt by FEC/PLC among `frames`."""
+    lost: int = 0
+    """Sequence numbers that never arrived in time, plus frames DAVE refused."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    frames_by_user: Counter[str] = field(default_factory=Counter)
+    decrypt: dict[str, UserDecryptStats] = field(default_factory=dict)
+    """DAVE results per user id (the receiver's `DaveDecryptor.stats`)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: every counter, DAVE results per user and cause."""
+        return {
+            "datagrams": self.datagrams, "frames": self.frames, "recovered": self.recovered,
+            "lost": self.lost, "dropped": dict(self.dropped),
+            "framesByUser": dict(self.frames_by_user),
+            "decrypt": {user: {"decrypted": s.decrypted, "silence": s.silence,
+                               "plain": s.plain, "failures": dict(s.failures)}
+                        for user, s in self.decrypt.items()},
+        }
+
+
+@dataclass
+class _Stream:
+    user_id: str
+    jitter: JitterBuffer
+    concealer: Concealer
+    pending_lost: int = 0
+
+
+class VoiceReceiver:
+    """Turns the datagrams of one voice connection into frames for `sink`.
+
+    `keys` and `session` are read per packet (discord.py renews both on reconnects).
+    `max_delay_ms`/`depth` tune the jitter buffer, `conceal_frames` the longest loss run
+    rebuilt by FEC/PLC (0 turns it off), `resync_ms` the timeline, `hold_unknown_ms` how
+    long packets of a not-yet-announced SSRC are kept waiting for its SPEAKING event.
+    """
+
+    def __init__(self, *, clock: SessionClock, sink: FrameSink, keys: KeySource,
+                 session: SessionSource, ssrc_map: SsrcMap | None = None,
+                 max_delay_ms: float = 100.0, depth: int = 5, conceal_frames: int = 3,
+                 resync_ms: int = 500, hold_unknown_ms: float = 1000.0) -> None:
+        self.clock = clock
+        self.sink = sink
+        self.ssrcs = ssrc_map or SsrcMap()
+        self.dave = DaveDecryptor(session)
+        self.timeline = Timeline(clock, resync_ms)
+        self.stats = ReceiveStats(decrypt=self.dave.stats)
+        self._keys = keys
+        self._transport: tuple[tuple[str, bytes], TransportDecryptor] | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._unknown: dict[int, list[tuple[bytes, float]]] = defaultdict(list)
+        self._max_delay_ms = max_delay_ms
+        self._depth = depth
+        self._conceal_frames = conceal_frames
+        self._hold_unknown_ms = hold_unknown_ms
+
+    # -- input ---------------------------------------------------------------------------
+
+    def datagram(self, data: bytes, arrival_ms: float | None = None) -> None:
+        """Process one UDP datagram that came off the socket at `arrival_ms` (Unix ms;
+        default now). Never raises for bad input: every refusal is counted in `stats`."""
+        if arrival_ms is None:
+            arrival_ms = self.clock.time_fn() * 1000
+        self.stats.datagrams += 1
+        self._ingest(data, arrival_ms)
+        self.tick(arrival_ms)
+
+    def gateway_event(self, op: int, data: Mapping[str, Any]) -> None:
+        """Apply one voice gateway JSON event (SPEAKING 5, CLIENTS_CONNECT 11,
+        CLIENT_CONNECT 12, CLIENT_DISCONNECT 13, video 18); other ops are ignored. Packets
+        held for an SSRC it maps are processed at once. A malformed event is logged."""
+        try:
+            mapped = self.ssrcs.handle(op, data)
+        except GatewayEventError as exc:
+            log.warning("ignoring voice gateway event: %s", exc)
+            return
+        for ssrc in mapped:
+            stream = self._streams.get(ssrc)
+            if stream is not None and stream.user_id != self.ssrcs.user_for(ssrc):
+                self._finish(ssrc)  # the SSRC now belongs to someone else
+            for data_, arrival in self._unknown.pop(ssrc, []):
+                self._ingest(data_, arrival)
+        self.tick()
+
+    # -- output --------------------------------------------------------------------------
+
+    def tick(self, now_ms: float | None = None) -> None:
+        """Release what the jitter buffers may release at `now_ms` (Unix ms; default now)
+        and drop unknown-SSRC packets held too long. Call it every 20 ms or so."""
+        if now_ms is None:
+            now_ms = self.clock.time_fn() * 1000
+        for ssrc, stream in list(self._streams.items()):
+            for released in stream.jitter.pop_ready(now_ms):
+                self._deliver(ssrc, stream, released)
+        for ssrc in list(self._unknown):
+            held = self._unknown[ssrc]
+            while held and now_ms - held[0][1] > self._hold_unknown_ms:
+                held.pop(0)
+                self.stats.dropped["unknown_ssrc"] += 1
+            if not held:
+                del self._unknown[ssrc]
+
+    def flush(self) -> None:
+        """Release everything held (at stop); unknown-SSRC packets are dropped."""
+        for ssrc in list(self._streams):
+            self._finish(ssrc)
+        for held in self._unknown.values():
+            self.stats.dropped["unknown_ssrc"] += len(held)
+        self._unknown.clear()
+
+    # -- pipeline ------------------------------------------------------------------------
+
+    def _transport_for(self) -> TransportDecryptor | None:
+        keys = self._keys()
+        if keys is None:
+            return None
+        if self._transport is None or self._transport[0] != keys:
+            self._transport = (keys, TransportDecryptor(*keys))
+        return self._transport[1]
+
+    def _ingest(self, data: bytes, arrival_ms: float) -> None:
+        if is_rtcp(data):
+            self.stats.dropped["rtcp"] += 1
+            return
+        try:
+            header = parse_rtp(data)
+        except RtpError:
+            self.stats.dropped["not_rtp"] += 1
+            return
+        if header.ssrc in self.ssrcs.video:
+            self.stats.dropped["video"] += 1
+            return
+        if header.payload_type != AUDIO_PAYLOAD_TYPE:
+            self.stats.dropped["payload_type"] += 1
+            return
+        user = self.ssrcs.user_for(header.ssrc)
+        if user is None:
+            self._unknown[header.ssrc].append((data, arrival_ms))
+            return
+        try:
+            transport = self._transport_for()
+        except TransportError as exc:
+            self.stats.dropped[f"transport_{exc.cause}"] += 1
+            return
+        if transport is None:
+            self.stats.dropped["no_key"] += 1
+            return
+        try:
+            payload = transport.decrypt(data, header)
+        except TransportError as exc:
+            self.stats.dropped[f"transport_{exc.cause}"] += 1
+            return
+        stream = self._streams.get(header.ssrc)
+        if stream is None or stream.user_id != user:
+            stream = self._streams[header.ssrc] = _Stream(
+                user, JitterBuffer(self._max_delay_ms, self._depth),
+                Concealer(self._conceal_frames))
+        refused = stream.jitter.push(Held(header.sequence, header.timestamp, payload,
+                                          arrival_ms))
+        if refused:
+            self.stats.dropped[refused] += 1
+
+    def _finish(self, ssrc: int) -> None:
+        stream = self._streams.pop(ssrc)
+        for released in stream.jitter.drain():
+            self._deliver(ssrc, stream, released)
+
+    def _deliver(self, ssrc: int, stream: _Stream, released: Released) -> None:
+        held = released.packet
+        lost = released.lost_before + stream.pending_lost
+        self.stats.lost += released.lost_before
+        opus = self.dave.decrypt(stream.user_id, held.payload)
+        if opus is None:
+            self.stats.lost += 1
+            stream.pending_lost = lost + 1
+            return
+        stream.pending_lost = 0
+        rebuilt = stream.concealer.feed(opus, lost) if self._conceal_frames else []
+        slot = self.timeline.slot(stream.user_id, ssrc, held.timestamp, held.arrival_ms)
+        first = slot - len(rebuilt)
+        for i, packet in enumerate(rebuilt):
+            if self._push(stream.user_id, first + i, packet):
+                self.stats.recovered += 1
+        self._push(stream.user_id, slot, opus)
+
+    def _push(self, user: str, slot: int, packet: bytes) -> bool:
+        if slot <= self.timeline.last_slot.get(user, slot - 1):
+            self.stats.dropped["overlap"] += 1
+            return False
+        self.timeline.placed(user, slot)
+        if not self.sink.push(user, slot, packet):
+            self.stats.dropped["sink"] += 1
+            return False
+        self.stats.frames += 1
+        self.stats.frames_by_user[user] += 1
+        return True
+

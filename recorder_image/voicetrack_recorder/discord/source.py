@@ -1,0 +1,259 @@
+"""The recorder's `discord` source: join a voice channel and record everyone in it.
+
+The bot joins `channelId` with discord.py 2.7.1's `VoiceClient`, whose connection state
+negotiates the transport (op 4 gives `mode` and `secret_key`) and DAVE (its `davey`
+session handles ops 21-31). We add no second socket and no second DAVE member: a
+`ConnectionReceiver` registers with the state's `add_socket_listener` (raw UDP datagrams,
+called on discord.py's socket-reader thread), hands each datagram to the event loop, and
+receives the voice gateway's JSON events through the connection state's websocket hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import discord
+from discord.voice_state import VoiceConnectionState
+
+from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
+from voicetrack_recorder.discord.transport import SUPPORTED_MODES
+
+log = logging.getLogger(__name__)
+
+REC_SUFFIX = " [REC]"
+NOTICE = ("🔴 This voice channel is being recorded by Voicetrack. Each speaker's audio is "
+          "saved; leave the channel if you do not want to be recorded.")
+KEEPALIVE_S = 5.0
+"""UDP keep-alive period: an 8-byte counter datagram keeps the NAT route to the voice
+server open while the bot itself never sends audio (as @discordjs/voice's VoiceUDPSocket
+does every 5 s)."""
+TICK_S = 0.02
+NICK_MAX = 32
+"""Discord nickname length limit (Discord developer docs, "Guild Member Object")."""
+
+
+class ConnectionReceiver:
+    """Binds a `VoiceReceiver` to one discord.py voice connection state.
+
+    `socket_listener` is the callback given to `add_socket_listener`: it may be called on
+    any thread and only stamps the arrival time and schedules the datagram on `loop`.
+    `ws_hook` is the voice websocket hook (`VoiceConnectionState(hook=...)`): it forwards
+    every JSON event (`{"op", "d"}`) to the receiver's SSRC map.
+    """
+
+    def __init__(self, receiver: VoiceReceiver, loop: asyncio.AbstractEventLoop) -> None:
+        self.receiver = receiver
+        self.loop = loop
+        self.state: VoiceConnectionState | None = None
+
+    def socket_listener(self, data: bytes) -> None:
+        arrival_ms = self.receiver.clock.time_fn() * 1000
+        self.loop.call_soon_threadsafe(self.receiver.datagram, bytes(data), arrival_ms)
+
+    async def ws_hook(self, ws: Any, msg: Mapping[str, Any]) -> None:
+        op, data = msg.get("op"), msg.get("d")
+        if isinstance(op, int) and isinstance(data, Mapping):
+            self.receiver.gateway_event(op, data)
+
+    def keys(self) -> tuple[str, bytes] | None:
+        """The transport (mode, key) of the attached state, once op 4 has set them."""
+        state = self.state
+        if state is None:
+            return None
+        mode, key = getattr(state, "mode", None), getattr(state, "secret_key", None)
+        if not isinstance(mode, str) or mode not in SUPPORTED_MODES or not key:
+            return None
+        return mode, bytes(key)
+
+    def session(self) -> Any:
+        state = self.state
+        return None if state is None else state.dave_session
+
+    def attach(self, state: VoiceConnectionState) -> None:
+        """Start receiving from `state` (after it is connected or while it connects)."""
+        self.state = state
+        state.add_socket_listener(self.socket_listener)
+
+    def detach(self) -> None:
+        if self.state is not None:
+            self.state.remove_socket_listener(self.socket_listener)
+
+
+def make_receiver(clock: SessionClock, sink: FrameSink,
+                  loop: asyncio.AbstractEventLoop, **options: Any) -> ConnectionReceiver:
+    """A `ConnectionReceiver` whose receiver reads keys and the DAVE session from the
+    state it is attached to. `options` go to `VoiceReceiver`."""
+    holder: list[ConnectionReceiver] = []
+    receiver = VoiceReceiver(clock=clock, sink=sink, keys=lambda: holder[0].keys(),
+                             session=lambda: holder[0].session(), **options)
+    holder.append(ConnectionReceiver(receiver, loop))
+    return holder[0]
+
+
+async def _forward_hook(ws: Any, msg: dict[str, Any]) -> None:
+    client = ws._connection.voice_client
+    receiver = getattr(client, "receiver", None)
+    if isinstance(receiver, ConnectionReceiver):
+        await receiver.ws_hook(ws, msg)
+
+
+class RecorderVoiceClient(discord.VoiceClient):
+    """discord.py's VoiceClient with the websocket hook installed (receive only)."""
+
+    receiver: ConnectionReceiver | None = None
+
+    def create_connection_state(self) -> VoiceConnectionState:
+        return VoiceConnectionState(self, hook=_forward_hook)
+
+
+class DiscordSource:
+    """Records the voice channel `channel_id` of guild `guild_id` into `sink`.
+
+    `token` is the bot token (from the Secret, via the environment); ids are snowflakes.
+    Frames go to `sink.push(user_id, slot, opus)` with slots of `clock`. `notice` sets the
+    nickname suffix `[REC]` and posts `NOTICE` in the channel's text chat (best effort).
+    `receiver_options` tune the pipeline (see `VoiceReceiver`). Raises InvalidInputError for
+    a bad token, an unknown or non-voice channel or missing permissions to connect;
+    TemporaryFailure when Discord cannot be reached.
+    """
+
+    def __init__(self, *, token: str, guild_id: str | int, channel_id: str | int,
+                 clock: SessionClock, sink: FrameSink, notice: bool = True,
+                 **receiver_options: Any) -> None:
+        if not token:
+            raise InvalidInputError("token: the bot token is empty")
+        for name, value in (("guild_id", guild_id), ("channel_id", channel_id)):
+            if not str(value).isdigit():
+                raise InvalidInputError(f"{name}: {value!r} is not a Discord snowflake")
+        self.token = token
+        self.guild_id = int(guild_id)
+        self.channel_id = int(channel_id)
+        self.clock = clock
+        self.sink = sink
+        self.notice = notice
+        self._options = receiver_options
+        self.connection: ConnectionReceiver | None = None
+        self._original_nick: str | None = None
+
+    @property
+    def stats(self) -> ReceiveStats:
+        """The receive counters (all zero before `run` starts)."""
+        return self.connection.receiver.stats if self.connection else ReceiveStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, record until `stop` is set, then flush, leave and log out."""
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.voice_states = True
+        client = discord.Client(intents=intents)
+        loop = asyncio.get_running_loop()
+        self.connection = make_receiver(self.clock, self.sink, loop, **self._options)
+        try:
+            await client.login(self.token)
+        except discord.LoginFailure as exc:
+            raise InvalidInputError(f"token: Discord refused the bot token ({exc})") from exc
+        except (discord.HTTPException, OSError) as exc:
+            raise TemporaryFailure(f"cannot reach Discord: {exc}") from exc
+        runner = asyncio.create_task(client.connect(reconnect=True))
+        voice: RecorderVoiceClient | None = None
+        try:
+            await self._until_ready(client, runner)
+            channel = await self._channel(client)
+            voice = await channel.connect(cls=RecorderVoiceClient, self_mute=True,
+                                          self_deaf=False, reconnect=True)
+            voice.receiver = self.connection
+            self.connection.attach(voice._connection)
+            if self.notice:
+                await self._announce(channel)
+            await self._record(voice, stop)
+        finally:
+            self.connection.detach()
+            self.connection.receiver.flush()
+            if self.notice:
+                await self._unannounce(client)
+            if voice is not None:
+                with contextlib.suppress(Exception):
+                    await voice.disconnect(force=True)
+            await client.close()
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+
+    async def _until_ready(self, client: discord.Client, runner: asyncio.Task[None]) -> None:
+        ready = asyncio.create_task(client.wait_until_ready())
+        done, _ = await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            ready.cancel()
+            exc = runner.exception()
+            if isinstance(exc, discord.PrivilegedIntentsRequired):
+                raise InvalidInputError(f"intents: {exc}") from exc
+            raise TemporaryFailure(f"Discord gateway closed before ready: {exc}")
+
+    async def _channel(self, client: discord.Client) -> discord.VoiceChannel:
+        channel = client.get_channel(self.channel_id)
+        if channel is None:
+            try:
+                channel = await client.fetch_channel(self.channel_id)
+            except discord.NotFound as exc:
+                raise InvalidInputError(f"channelId: channel {self.channel_id} not found") \
+                    from exc
+            except discord.Forbidden as exc:
+                raise InvalidInputError(f"channelId: no access to {self.channel_id}") from exc
+        if not isinstance(channel, (discord.VoiceChannel, discord.StageChannel)):
+            raise InvalidInputError(f"channelId: {self.channel_id} is not a voice channel")
+        if channel.guild.id != self.guild_id:
+            raise InvalidInputError(f"channelId: {self.channel_id} is not in guild "
+                                    f"{self.guild_id}")
+        perms = channel.permissions_for(channel.guild.me)
+        if not (perms.view_channel and perms.connect):
+            raise InvalidInputError(f"channelId: the bot lacks View Channel/Connect on "
+                                    f"{self.channel_id}")
+        return channel  # type: ignore[return-value]
+
+    async def _record(self, voice: RecorderVoiceClient, stop: asyncio.Event) -> None:
+        assert self.connection is not None
+        receiver = self.connection.receiver
+        next_keepalive = time.monotonic() + KEEPALIVE_S
+        counter = 0
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+            receiver.tick()
+            if time.monotonic() >= next_keepalive:
+                next_keepalive += KEEPALIVE_S
+                counter = (counter + 1) & 0xFFFF_FFFF
+                if voice.is_connected():
+                    with contextlib.suppress(OSError):
+                        voice._connection.send_packet(struct.pack("<Q", counter))
+
+    async def _announce(self, channel: discord.VoiceChannel) -> None:
+        me = channel.guild.me
+        self._original_nick = me.nick
+        base = me.nick or me.display_name
+        if not base.endswith(REC_SUFFIX.strip()):
+            nick = base[:NICK_MAX - len(REC_SUFFIX)] + REC_SUFFIX
+            try:
+                await me.edit(nick=nick)
+            except discord.HTTPException as exc:
+                log.warning("cannot set the [REC] nickname (Change Nickname?): %s", exc)
+        try:
+            await channel.send(NOTICE)
+        except discord.HTTPException as exc:
+            log.warning("cannot post the recording notice (Send Messages?): %s", exc)
+
+    async def _unannounce(self, client: discord.Client) -> None:
+        guild = client.get_guild(self.guild_id)
+        if guild is None or guild.me is None or not (guild.me.nick or "").endswith("[REC]"):
+            return
+        try:
+            await guild.me.edit(nick=self._original_nick)
+        except (discord.HTTPException, RuntimeError) as exc:
+            log.warning("cannot restore the nickname: %s", exc)

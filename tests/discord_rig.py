@@ -1,0 +1,367 @@
+"""A fake Discord voice server with real cryptography, for the `discord` source's tests.
+
+The rig plays what Discord's servers do; everything else is real:
+
+- It is the MLS external sender of the call's DAVE group: a P-256 ECDSA key whose op-25
+  package is `ExternalSender { opaque signature_key<V>; Credential credential; }` (RFC 9420
+  §12.1.8.1, basic credential, type 1). Adds and removes are external proposals: MLS
+  `PublicMessage`s (RFC 9420 §6.2) with group id = channel id (8 bytes big-endian), the
+  group's epoch, sender `external` index 0, signed with `SignWithLabel(...,
+  "FramedContentTBS", ...)` (§5.1.2; ECDSA P-256/SHA-256, DER) — delivered as op 27,
+  `[optype u8] + opaque proposal_messages<V>` (DAVE whitepaper, opcode 27).
+- Every participant (the recorder bot and each fake speaker) is a real
+  `davey.DaveSession`. One commit wins: every member processes it (op 29), joiners process
+  the welcome (op 30). The bot's session is driven exactly as discord.py 2.7.1's
+  `DiscordVoiceWebSocket.received_binary_message` drives it.
+- Speakers encode real audio with libopus (discord.py's bindings), DAVE-encrypt it with
+  `encrypt_opus`, wrap it in RTP (with a one-byte-header extension, as Discord clients send)
+  and transport-encrypt it with the real AEAD construction of the session's mode, built
+  here independently of the code under test (the AAD/nonce layout of discord.py's
+  `_encrypt_aead_xchacha20_poly1305_rtpsize`).
+- Voice gateway JSON events (op 5 SPEAKING, op 11 CLIENTS_CONNECT, op 13 CLIENT_DISCONNECT)
+  are handed to the hook in the documented formats.
+
+Time is virtual (`VirtualTime`), so a minute of speech takes well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import davey
+import nacl.bindings
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from discord import opus
+
+from voicetrack.audio import CHANNELS, FRAME_SAMPLES, OPUS_SILENCE_FRAME, SAMPLE_RATE
+
+DAVE_VERSION = 1
+MLS10 = 1
+WIRE_PUBLIC_MESSAGE = 1
+SENDER_EXTERNAL = 2
+CONTENT_PROPOSAL = 2
+PROPOSAL_ADD = 1
+PROPOSAL_REMOVE = 3
+CREDENTIAL_BASIC = 1
+
+
+def varint(n: int) -> bytes:
+    """MLS variable-length integer (RFC 9420 §2.1.2)."""
+    if n < 1 << 6:
+        return bytes([n])
+    if n < 1 << 14:
+        return struct.pack(">H", 0x4000 | n)
+    if n < 1 << 30:
+        return struct.pack(">I", 0x8000_0000 | n)
+    raise ValueError("vector too long")
+
+
+def vec(data: bytes) -> bytes:
+    """An MLS `opaque x<V>`: varint length then the bytes."""
+    return varint(len(data)) + data
+
+
+class ExternalSender:
+    """The voice server's MLS identity for one call (channel)."""
+
+    def __init__(self, channel_id: int) -> None:
+        self.channel_id = channel_id
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        public = self.key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        assert len(public) == 65
+        self.package = vec(public) + struct.pack(">H", CREDENTIAL_BASIC) + vec(b"voice-server")
+
+    def proposal(self, body: bytes, epoch: int) -> bytes:
+        """An MLSMessage(PublicMessage) carrying the Proposal `body`, signed for `epoch`."""
+        content = (vec(struct.pack(">Q", self.channel_id)) + struct.pack(">Q", epoch)
+                   + bytes([SENDER_EXTERNAL]) + struct.pack(">I", 0) + vec(b"")
+                   + bytes([CONTENT_PROPOSAL]) + body)
+        wire = struct.pack(">HH", MLS10, WIRE_PUBLIC_MESSAGE)
+        tbs = wire + content
+        signature = self.key.sign(vec(b"MLS 1.0 FramedContentTBS") + vec(tbs),
+                                  ec.ECDSA(hashes.SHA256()))
+        return wire + content + vec(signature)
+
+    def add(self, key_package: bytes, epoch: int) -> bytes:
+        return self.proposal(struct.pack(">H", PROPOSAL_ADD) + key_package, epoch)
+
+    def remove(self, leaf_index: int, epoch: int) -> bytes:
+        return self.proposal(struct.pack(">HI", PROPOSAL_REMOVE, leaf_index), epoch)
+
+
+def transport_encrypt(mode: str, key: bytes, header: bytes, plaintext: bytes,
+                      nonce: int) -> bytes:
+    """`header | AEAD(plaintext, aad=header) | nonce (4 bytes BE)` for Discord's rtpsize
+    modes; `header` includes the 4-byte extension header, `plaintext` starts with the
+    extension body."""
+    suffix = struct.pack(">I", nonce & 0xFFFF_FFFF)
+    if mode == "aead_aes256_gcm_rtpsize":
+        sealed = AESGCM(key).encrypt(suffix + bytes(8), plaintext, header)
+    elif mode == "aead_xchacha20_poly1305_rtpsize":
+        sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            plaintext, header, suffix + bytes(20), key)
+    else:
+        raise ValueError(mode)
+    return header + sealed + suffix
+
+
+def tone_pcm(frames: int, freq: float, *, start_frame: int = 0, amp: float = 0.3) -> bytes:
+    """`frames` 20 ms frames of a stereo s16le sine at `freq` Hz (phase-continuous)."""
+    import numpy as np
+    n0 = start_frame * FRAME_SAMPLES
+    t = (np.arange(n0, n0 + frames * FRAME_SAMPLES) / SAMPLE_RATE)
+    mono = (amp * 32767 * np.sin(2 * math.pi * freq * t)).astype("<i2")
+    return np.repeat(mono, CHANNELS).tobytes()
+
+
+def encode_frames(pcm: bytes, *, application: str = "audio", bitrate: int = 64,
+                  fec: bool = False) -> list[bytes]:
+    """Real libopus packets, one per 20 ms frame of stereo s16le `pcm`."""
+    enc = opus.Encoder(application=application, bitrate=bitrate,  # type: ignore[arg-type]
+                       fec=fec, expected_packet_loss=0.2 if fec else 0.15)
+    step = FRAME_SAMPLES * CHANNELS * 2
+    return [enc.encode(pcm[i:i + step], FRAME_SAMPLES) for i in range(0, len(pcm), step)]
+
+
+def decode_frames(packets: list[bytes]) -> bytes:
+    """Decode packets in order with one fresh libopus decoder (stereo s16le)."""
+    dec = opus.Decoder()
+    return b"".join(dec.decode(p, fec=False) for p in packets)
+
+
+@dataclass
+class Speaker:
+    """A fake Discord client in the call: its DAVE member, SSRC and RTP state."""
+
+    user_id: int
+    session: davey.DaveSession
+    ssrc: int
+    sequence: int = 0
+    timestamp: int = 0
+    nonce: int = 0
+    sent: list[bytes] = field(default_factory=list)
+
+    def frame(self, opus_packet: bytes) -> bytes:
+        """The DAVE-encrypted frame for one Opus packet (silence passes in the clear)."""
+        if opus_packet == OPUS_SILENCE_FRAME:
+            return opus_packet
+        return self.session.encrypt_opus(opus_packet)
+
+
+class VoiceServerRig:
+    """One call: the external sender, the bot's DAVE session, the fake speakers.
+
+    `events` receives voice gateway JSON messages `{"op": n, "d": {...}}` (give it the
+    source's hook); `mode`/`secret_key` are what op 4 SESSION_DESCRIPTION would carry.
+    """
+
+    def __init__(self, bot_user_id: int, channel_id: int, *,
+                 mode: str = "aead_xchacha20_poly1305_rtpsize",
+                 events: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.channel_id = channel_id
+        self.sender = ExternalSender(channel_id)
+        self.mode = mode
+        self.secret_key = os.urandom(32)
+        self.events = events or (lambda msg: None)
+        self.bot = davey.DaveSession(DAVE_VERSION, bot_user_id, channel_id)
+        self.bot.set_external_sender(self.sender.package)
+        self.speakers: dict[int, Speaker] = {}
+        self._next_ssrc = 1000
+        self.commits = 0
+
+    # -- membership ------------------------------------------------------------------
+
+    def _members(self) -> list[davey.DaveSession]:
+        return [self.bot, *(s.session for s in self.speakers.values())]
+
+    def _commit(self, proposals: list[bytes], joiners: list[davey.DaveSession]) -> None:
+        """Deliver op 27 to every member; the first commit wins (op 29); joiners get the
+        welcome (op 30)."""
+        payload = vec(b"".join(proposals))
+        members = [m for m in self._members() if m not in joiners]
+        results = [m.process_proposals(davey.ProposalsOperationType.append, payload)
+                   for m in members]
+        winner = next(r for r in results if r is not None)
+        for member in members:
+            member.process_commit(winner.commit)
+        for joiner in joiners:
+            assert winner.welcome is not None
+            joiner.process_welcome(winner.welcome)
+        self.commits += 1
+
+    def join(self, *user_ids: int, announce: bool = True) -> list[Speaker]:
+        """Speakers join the call (one commit adds them all to the group); `announce`
+        sends op 11 and each one's op 5 SPEAKING with its SSRC."""
+        new = []
+        for user_id in user_ids:
+            session = davey.DaveSession(DAVE_VERSION, user_id, self.channel_id)
+            session.set_external_sender(self.sender.package)
+            speaker = Speaker(user_id, session, self._next_ssrc,
+                              sequence=int.from_bytes(os.urandom(2), "big"),
+                              timestamp=int.from_bytes(os.urandom(4), "big"))
+            self._next_ssrc += 7
+            new.append(speaker)
+        epoch = self.bot.epoch or 0
+        if self.bot.status == davey.SessionStatus.pending:
+            epoch = 0
+        proposals = [self.sender.add(s.session.get_serialized_key_package(), epoch)
+                     for s in new]
+        for s in new:
+            self.speakers[s.user_id] = s
+        self._commit(proposals, [s.session for s in new])
+        if announce:
+            self.events({"op": 11, "d": {"user_ids": [str(s.user_id) for s in new]}})
+            for s in new:
+                self.speaking(s)
+        return new
+
+    def speaking(self, speaker: Speaker, flags: int = 1) -> None:
+        """Op 5 SPEAKING for `speaker` (flags: 1 = microphone)."""
+        self.events({"op": 5, "d": {"user_id": str(speaker.user_id), "ssrc": speaker.ssrc,
+                                    "speaking": flags}})
+
+    def leave(self, user_id: int) -> None:
+        """A speaker leaves: op 13, then an external Remove commits its removal."""
+        speaker = self.speakers.pop(user_id)
+        self.events({"op": 13, "d": {"user_id": str(user_id)}})
+        leaf = speaker.session.own_leaf_index
+        assert leaf is not None and self.bot.epoch is not None
+        self._commit([self.sender.remove(leaf, self.bot.epoch)], [])
+
+    # -- media -------------------------------------------------------------------------
+
+    def packet(self, speaker: Speaker, opus_packet: bytes, *, frames: int = 1,
+               dave_frame: bytes | None = None, extension: bytes = b"\x10\xab\x00\x00",
+               key: bytes | None = None) -> bytes:
+        """One UDP datagram from `speaker` carrying `opus_packet`; its RTP sequence and
+        timestamp then advance by one packet and `frames` x 960 ticks. `dave_frame`
+        replaces the DAVE-encrypted frame (forgeries); `key` the transport key."""
+        words = len(extension) // 4
+        header = struct.pack(">BBHII", 0x90 if words else 0x80, 0x78, speaker.sequence,
+                             speaker.timestamp, speaker.ssrc)
+        if words:
+            header += struct.pack(">HH", 0xBEDE, words)
+        body = extension + (dave_frame if dave_frame is not None else speaker.frame(opus_packet))
+        datagram = transport_encrypt(self.mode, key or self.secret_key, header, body,
+                                     speaker.nonce)
+        speaker.nonce += 1
+        speaker.sequence = (speaker.sequence + 1) & 0xFFFF
+        speaker.timestamp = (speaker.timestamp + frames * FRAME_SAMPLES) & 0xFFFF_FFFF
+        speaker.sent.append(opus_packet)
+        return datagram
+
+    def skip(self, speaker: Speaker, frames: int, *, sequence: bool = False) -> None:
+        """Advance `speaker`'s RTP timestamp by `frames` without sending (silence the
+        client did not send); with `sequence`, packets were sent but lost."""
+        speaker.timestamp = (speaker.timestamp + frames * FRAME_SAMPLES) & 0xFFFF_FFFF
+        if sequence:
+            speaker.sequence = (speaker.sequence + frames) & 0xFFFF
+
+
+@dataclass
+class VirtualTime:
+    """A settable clock for `SessionClock(time_fn=...)`: Unix seconds."""
+
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float) -> None:
+        self.now += ms / 1000
+
+
+class CaptureSink:
+    """A FrameSink that keeps every frame: `frames[user_id][slot] = packet`."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, dict[int, bytes]] = {}
+
+    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+        track = self.frames.setdefault(user_id, {})
+        if slot in track:
+            return False
+        track[slot] = packet
+        return True
+
+
+class Harness:
+    """The rig wired to the real receive path: a discord.py `VoiceConnectionState` holding
+    what op 4 and the DAVE handshake would set (mode, secret key, the bot's davey
+    session), a `ConnectionReceiver` attached to it with `add_socket_listener`, and the
+    websocket hook fed with the rig's gateway events. Times are session ms."""
+
+    BOT = 900_000_000_000_000_001
+    CHANNEL = 1_111_111_111_111_111_111
+
+    def __init__(self, sink: Any = None, *, mode: str = "aead_xchacha20_poly1305_rtpsize",
+                 **options: Any) -> None:
+        import asyncio
+
+        from discord.voice_state import VoiceConnectionState
+
+        from voicetrack_recorder.clock import SessionClock
+        from voicetrack_recorder.discord.source import make_receiver
+
+        self.time = VirtualTime()
+        self.t0_ms = int(self.time.now * 1000)
+        self.clock = SessionClock(self.t0_ms, time_fn=self.time)
+        self.sink = sink if sink is not None else CaptureSink()
+        self.rig = VoiceServerRig(self.BOT, self.CHANNEL, mode=mode, events=self._event)
+        self.state = VoiceConnectionState(None)  # type: ignore[arg-type]
+        self.state._create_socket()
+        self.state.mode = mode  # type: ignore[assignment]
+        self.state.secret_key = list(self.rig.secret_key)
+        self.state.dave_session = self.rig.bot
+        self.state.dave_protocol_version = DAVE_VERSION
+        self.conn = make_receiver(self.clock, self.sink, asyncio.get_running_loop(), **options)
+        self.conn.attach(self.state)
+        self.receiver = self.conn.receiver
+        self.now_ms = 0.0
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        import asyncio
+        asyncio.get_running_loop().create_task(self.conn.ws_hook(None, msg))
+
+    async def settle(self) -> None:
+        """Let scheduled callbacks (datagrams, hook events) run."""
+        import asyncio
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def at(self, ms: float) -> None:
+        """Advance virtual time to session `ms`, ticking the receiver every 20 ms."""
+        while self.now_ms + 20 <= ms:
+            self.now_ms += 20
+            self.time.now = (self.t0_ms + self.now_ms) / 1000
+            self.receiver.tick()
+        self.now_ms = ms
+        self.time.now = (self.t0_ms + ms) / 1000
+
+    async def deliver(self, datagram: bytes, at_ms: float | None = None) -> None:
+        """The datagram comes off the socket at session `at_ms` (default now)."""
+        if at_ms is not None:
+            await self.at(at_ms)
+        self.conn.socket_listener(datagram)
+        await self.settle()
+
+    async def play(self, schedule: list[tuple[float, bytes]]) -> None:
+        """Deliver `(session ms, datagram)` pairs in time order (stable for equal times)."""
+        for at_ms, datagram in sorted(schedule, key=lambda item: item[0]):
+            await self.deliver(datagram, at_ms)
+
+    async def finish(self, after_ms: float = 500) -> None:
+        """Run the clock on past the last delivery so every buffer drains, then flush."""
+        await self.at(self.now_ms + after_ms)
+        self.receiver.flush()
+        self.conn.detach()
+        self.state._socket_reader.stop()
+        self.state.socket.close()
