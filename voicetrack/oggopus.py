@@ -14,6 +14,7 @@ OpusTags, granule positions), RFC 6716 §3.1 (TOC byte and frame counts).
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -29,26 +30,16 @@ class OggOpusError(ValueError):
     """A byte string is not a well-formed Ogg Opus stream; the message says where."""
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
-        table.append(r & 0xFFFFFFFF)
-    return table
-
-
-_CRC_TABLE = _crc_table()
+_BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
 def ogg_crc(data: bytes) -> int:
-    """Ogg's CRC-32 (RFC 3533 §6: polynomial 0x04C11DB7, no reflection, initial 0)."""
-    crc = 0
-    table = _CRC_TABLE
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[((crc >> 24) & 0xFF) ^ byte]
-    return crc
+    """Ogg's CRC-32 (RFC 3533 §6: polynomial 0x04C11DB7, no reflection, initial 0, no final
+    XOR), computed in C by zlib: zlib's CRC-32 is the same polynomial bit-reflected, so
+    reflecting every input byte and the 32-bit result gives Ogg's. `zlib.crc32(d, ~0)`
+    starts the register at 0 and the final XOR with ~0 undoes zlib's own."""
+    crc = zlib.crc32(data.translate(_BIT_REVERSED), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{crc:032b}"[::-1], 2)
 
 
 def opus_packet_samples(packet: bytes) -> int:

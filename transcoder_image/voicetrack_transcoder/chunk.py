@@ -1,0 +1,95 @@
+"""`voicetrack-transcoder chunk`: one chunk's raw tracks → MP3 (FLAC, Opus) with integrity data.
+
+Order of work, which makes the command safe to run again: read and validate every raw track
+first (bad input stops here, before anything is written); encode all tracks and formats with
+one ffmpeg run; measure each output's true length by decoding it; upload the outputs; write
+`result.json` last, so its presence means every output it lists is in place. Outputs are
+bit-exact functions of the raw input, so a second run writes the same keys and bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from voicetrack.audio import RAW_FORMAT_OGG_OPUS, samples_to_ms
+from voicetrack.errors import InvalidInputError
+from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import TranscodeResult
+from voicetrack.objectstore import ObjectStore
+from voicetrack.resources import ChunkOutput, ChunkSpec
+from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.ffmpeg import (
+    BITEXACT,
+    CONTENT_TYPES,
+    PCM_INPUT,
+    decoded_samples,
+    encode_args,
+    run,
+)
+from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: list[str],
+                    mp3_bitrate: int = 128) -> TranscodeResult:
+    """Transcode every track of `chunk` into `formats` and write outputs and `result.json`
+    under `MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)`.
+
+    `mp3_bitrate` is in kbit/s. Each output's `durationMs` is its decoded sample count at
+    48 kHz in whole ms. Opus output of an Ogg Opus raw track is the received packets
+    remuxed (lossless); from PCM it is encoded with libopus.
+    Raises InvalidInputError (exit 2) for a bad window, a missing, empty or corrupt raw
+    object or a sha256 mismatch, before writing anything; TemporaryFailure (exit 1) for
+    S3 or ffmpeg failures.
+    """
+    check_window(chunk.start_ms, chunk.end_ms, f"chunk {chunk.index}")
+    if not 8 <= mp3_bitrate <= 320:
+        raise InvalidInputError(f"mp3 bitrate {mp3_bitrate} kbit/s is outside 8..320")
+    users = [t.user_id for t in chunk.tracks]
+    if len(set(users)) != len(users):
+        raise InvalidInputError(f"chunk {chunk.index}: a user id appears twice in tracks")
+    layout = MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)
+    raws: list[RawTrack] = [load_raw(store, chunk, t) for t in chunk.tracks]
+
+    outputs: list[ChunkOutput] = []
+    with tempfile.TemporaryDirectory(prefix="vt-chunk-") as tmp:
+        work = Path(tmp)
+        plan: list[tuple[RawTrack, str, Path]] = []
+        args: list[str] = []
+        for i, raw in enumerate(raws):
+            src = work / f"raw-{i}"
+            src.write_bytes(raw.data)
+            if raw.raw_format == RAW_FORMAT_OGG_OPUS:
+                args += ["-c:a", "libopus", "-f", "ogg", "-i", str(src)]
+            else:
+                args += [*PCM_INPUT, "-i", str(src)]
+        for i, raw in enumerate(raws):
+            for fmt in formats:
+                out = work / f"out-{i}-{fmt}"
+                plan.append((raw, fmt, out))
+                if fmt == "opus" and raw.raw_format == RAW_FORMAT_OGG_OPUS:
+                    codec = ["-c:a", "copy", "-f", "ogg"]
+                else:
+                    codec = encode_args(fmt, mp3_bitrate)
+                args += ["-map", f"{i}:a:0", *codec, *BITEXACT, str(out)]
+        if plan:
+            run(args, f"chunk {chunk.index}")
+        counts = decoded_samples([out for _, _, out in plan], work)
+        for (raw, fmt, out), samples in zip(plan, counts, strict=True):
+            key = layout.chunk_output_key(chunk.index, raw.track.user_id, fmt)
+            outputs.append(ChunkOutput(
+                user_id=raw.track.user_id, format=fmt, key=key, bytes=out.stat().st_size,
+                sha256=_file_sha256(out), duration_ms=samples_to_ms(samples)))
+            store.put_file(key, str(out), CONTENT_TYPES[fmt])
+    result = TranscodeResult(tool_version=TOOL_VERSION, index=chunk.index, outputs=outputs)
+    store.put_json(layout.result_key(chunk.index), result.to_api())
+    return result

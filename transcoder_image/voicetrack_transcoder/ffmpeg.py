@@ -1,0 +1,155 @@
+"""ffmpeg as the encoder: argument builders for each output format, and a streaming sink.
+
+Outputs are written with `-fflags +bitexact -flags:a +bitexact` so the same input gives the
+same bytes on every run (no random Ogg serial, no encoder version string): the transcoder's
+idempotence rests on it. Raw Ogg Opus is decoded with `-c:a libopus`, which is sample-exact
+with pre-skip 0 (ffmpeg 5.1's native `opus` decoder is not bit-identical to libopus).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import subprocess
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from voicetrack.audio import CHANNELS, SAMPLE_RATE
+from voicetrack.errors import TemporaryFailure
+
+FFMPEG = "ffmpeg"
+FORMATS = ("mp3", "flac", "opus")
+"""Output formats: MP3 (libmp3lame, CBR), FLAC, Opus in Ogg (libopus)."""
+OPUS_BITRATE_KBPS = 96
+"""Bitrate of Opus outputs encoded from PCM, in kbit/s (stereo)."""
+CONTENT_TYPES = {"mp3": "audio/mpeg", "flac": "audio/flac", "opus": "audio/ogg"}
+BITEXACT = ["-fflags", "+bitexact", "-flags:a", "+bitexact"]
+PCM_INPUT = ["-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS)]
+"""Input options for raw PCM: s16le, 48 kHz, stereo interleaved."""
+_PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
+def encode_args(fmt: str, mp3_bitrate: int) -> list[str]:
+    """Codec and muxer options of one output format (`mp3_bitrate` in kbit/s).
+
+    Raises ValueError for a format outside FORMATS."""
+    if fmt == "mp3":
+        return ["-c:a", "libmp3lame", "-b:a", f"{mp3_bitrate}k", "-f", "mp3"]
+    if fmt == "flac":
+        return ["-c:a", "flac", "-f", "flac"]
+    if fmt == "opus":
+        return ["-c:a", "libopus", "-b:a", f"{OPUS_BITRATE_KBPS}k", "-f", "ogg"]
+    raise ValueError(f"unknown output format {fmt!r} (expected one of {', '.join(FORMATS)})")
+
+
+def parse_formats(text: str) -> list[str]:
+    """`"mp3,flac"` → `["mp3", "flac"]`, order kept, duplicates dropped.
+
+    Raises ValueError naming an unknown format or an empty list."""
+    out: list[str] = []
+    for part in text.split(","):
+        fmt = part.strip().lower()
+        if not fmt:
+            continue
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r} (expected {', '.join(FORMATS)})")
+        if fmt not in out:
+            out.append(fmt)
+    if not out:
+        raise ValueError("no output format given")
+    return out
+
+
+def run(args: list[str], what: str) -> None:
+    """Run `ffmpeg -v error -nostdin -y <args>`; a non-zero exit raises TemporaryFailure
+    with the last line ffmpeg printed (ffmpeg failing on validated input is not the input's
+    fault, so the Job retries)."""
+    proc = subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-nostdin", "-y", *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise TemporaryFailure(f"ffmpeg ({what}) exited {proc.returncode}: {tail[0]}")
+
+
+def decoded_samples(paths: list[Path], workdir: Path) -> list[int]:
+    """Samples per channel at 48 kHz each file decodes to, by decoding (one ffmpeg run for
+    all files) to s16le stereo and measuring the bytes: the true length, not the
+    container's estimate. Raises TemporaryFailure if ffmpeg fails."""
+    if not paths:
+        return []
+    args: list[str] = []
+    for path in paths:
+        args += ["-i", str(path)]
+    outs = []
+    for i, _ in enumerate(paths):
+        out = workdir / f"decoded-{i}.pcm"
+        outs.append(out)
+        args += ["-map", f"{i}:a:0", "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS),
+                 "-c:a", "pcm_s16le", "-f", "s16le", str(out)]
+    run(args, "decode check")
+    counts = []
+    for out in outs:
+        counts.append(out.stat().st_size // (2 * CHANNELS))
+        out.unlink()
+    return counts
+
+
+class EncoderSink:
+    """One ffmpeg process encoding s16le 48 kHz stereo from its stdin into `path`.
+
+    `write()` takes int16 arrays of shape (n, 2); the pipe buffer is raised to 1 MiB so
+    several encoders run in parallel while one thread feeds them. `close()` waits for
+    ffmpeg and raises TemporaryFailure with its last error line if it failed. `samples`
+    counts samples per channel written.
+    """
+
+    def __init__(self, path: Path, fmt: str, mp3_bitrate: int) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.samples = 0
+        self._err = path.with_suffix(path.suffix + ".log").open("w+b")
+        self.proc = subprocess.Popen(
+            [FFMPEG, "-hide_banner", "-v", "error", "-nostdin", "-y", *PCM_INPUT, "-i", "pipe:0",
+             *encode_args(fmt, mp3_bitrate), *BITEXACT, str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
+        assert self.proc.stdin is not None
+        self._stdin: IO[bytes] = self.proc.stdin
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+
+    def write(self, block: np.ndarray) -> None:
+        """Append samples (int16, shape (n, 2)). Raises TemporaryFailure if ffmpeg died."""
+        try:
+            self._stdin.write(np.ascontiguousarray(block, dtype="<i2").data)
+        except BrokenPipeError:
+            self.close()
+            raise TemporaryFailure(f"ffmpeg encoding {self.path.name} stopped early") from None
+        self.samples += block.shape[0]
+
+    def close(self) -> None:
+        """Finish the file: close stdin and wait. Idempotent."""
+        if not self._stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self._stdin.close()
+        code = self.proc.wait()
+        if self._err.closed:
+            return
+        self._err.seek(0)
+        message = self._err.read().decode(errors="replace").strip().splitlines()
+        self._err.close()
+        if code != 0:
+            tail = message[-1] if message else "(no output)"
+            raise TemporaryFailure(f"ffmpeg encoding {self.path.name} exited {code}: {tail}")
+
+    def kill(self) -> None:
+        """Stop ffmpeg at once (on an error elsewhere)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait()
+        with contextlib.suppress(Exception):
+            self._stdin.close()
+        self._err.close()

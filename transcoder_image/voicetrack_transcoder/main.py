@@ -1,0 +1,98 @@
+"""The `voicetrack-transcoder` command (console script → `app`).
+
+    voicetrack-transcoder chunk --chunk-json '<ChunkSpec JSON>' --prefix <prefix>
+                                [--formats mp3,flac,opus] [--mp3-bitrate 128]
+    voicetrack-transcoder promote --plan-key <key of promotion.json>
+
+The bucket and credentials come from VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY,
+VOICETRACK_S3_SECRET_KEY and VOICETRACK_S3_BUCKET, and are never printed. Exit codes: 0 done;
+2 bad input (`error: <reason>` on stderr; the Job's podFailurePolicy fails it at once and the
+raw data is untouched); 1 anything else (the Job retries).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from voicetrack.errors import InvalidInputError
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.resources import ChunkSpec
+from voicetrack_transcoder.chunk import transcode_chunk
+from voicetrack_transcoder.ffmpeg import parse_formats
+from voicetrack_transcoder.promote import promote
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Voicetrack transcoder: chunk transcodes and session promotion.")
+
+T = TypeVar("T")
+
+
+def _fail(code: int, reason: str) -> typer.Exit:
+    print(f"error: {' '.join(reason.split())}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
+def _guarded(work: Callable[[], T]) -> T:
+    """Run `work`, mapping InvalidInputError to exit 2 and any other error to exit 1."""
+    try:
+        return work()
+    except InvalidInputError as err:
+        raise _fail(EXIT_BAD_INPUT, str(err)) from None
+    except Exception as err:  # infrastructure, ffmpeg, bugs: let the Job retry
+        raise _fail(EXIT_FAILURE, f"{type(err).__name__}: {err}") from None
+
+
+def _store() -> ObjectStore:
+    try:
+        return ObjectStore(S3Settings.from_env())
+    except RuntimeError as err:
+        raise _fail(EXIT_FAILURE, str(err)) from None
+
+
+@app.command()
+def chunk(
+    chunk_json: Annotated[str, typer.Option(
+        "--chunk-json", envvar="VOICETRACK_CHUNK_JSON",
+        help="The RecordingChunk spec (ChunkSpec) as camelCase JSON.")],
+    prefix: Annotated[str, typer.Option(
+        "--prefix", envvar="VOICETRACK_S3_PREFIX", help="Storage prefix of the session.")],
+    formats: Annotated[str, typer.Option(
+        "--formats", envvar="VOICETRACK_FORMATS", help="Comma-separated: mp3, flac, opus.")
+    ] = "mp3",
+    mp3_bitrate: Annotated[int, typer.Option(
+        "--mp3-bitrate", envvar="VOICETRACK_MP3_BITRATE", help="MP3 bitrate in kbit/s.")
+    ] = 128,
+) -> None:
+    """Transcode one chunk's raw tracks; write outputs and result.json (last)."""
+    try:
+        spec = ChunkSpec.model_validate(json.loads(chunk_json))
+        fmts = parse_formats(formats)
+    except (ValueError, ValidationError) as err:
+        raise _fail(EXIT_BAD_INPUT, f"bad --chunk-json or --formats: {err}") from None
+    store = _store()
+    result = _guarded(lambda: transcode_chunk(store, spec, prefix, fmts, mp3_bitrate))
+    print(f"chunk {result.index}: {len(result.outputs)} output(s) written", flush=True)
+
+
+@app.command(name="promote")
+def promote_cmd(
+    plan_key: Annotated[str, typer.Option(
+        "--plan-key", envvar="VOICETRACK_PLAN_KEY", help="S3 key of promotion.json.")],
+) -> None:
+    """Build the gapless per-speaker and mixed final tracks, waveforms and manifest.json."""
+    store = _store()
+
+    def progress(fraction: float) -> None:
+        print(f"progress: {int(fraction * 100):d}%", flush=True)
+
+    manifest = _guarded(lambda: promote(store, plan_key, progress))
+    print(f"promoted {len(manifest.tracks)} track(s), {manifest.duration_ms} ms", flush=True)

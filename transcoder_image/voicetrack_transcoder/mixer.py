@@ -1,0 +1,92 @@
+"""The mixed track: the speakers' samples summed, then a look-ahead limiter so the sum never
+clips.
+
+The limiter works on 10 ms pixels of 480 samples. Each pixel needs gain
+`r = min(1, threshold / peak)`; the applied gain `g` follows `r` down at once and recovers
+by at most `release_per_pixel` per pixel (`g[i] = min(r[i], g[i-1] + release)`, computed as a
+running minimum). Inside pixel i the gain ramps linearly between the boundary gains
+`min(g[i-1], g[i])` and `min(g[i], g[i+1])`, both ≤ g[i] ≤ r[i], so every output sample stays
+within ±threshold and no gain step is sudden. Looking one pixel ahead costs 10 ms of
+internal delay, which `process()`/`flush()` absorb: the output has exactly as many samples as
+the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PIXEL = 480
+THRESHOLD = 0.97 * 32767
+RELEASE_PER_PIXEL = 0.01
+"""Gain recovered per 10 ms: from half gain back to unity in 0.5 s."""
+
+
+def mix_sum(blocks: list[np.ndarray]) -> np.ndarray:
+    """Sum int16 (n, 2) blocks of equal shape into int32 (no wrap-around)."""
+    total = np.zeros(blocks[0].shape, dtype=np.int32)
+    for block in blocks:
+        total += block
+    return total
+
+
+class Limiter:
+    """Streams int32 stereo sums (n, 2) into int16 stereo that never exceeds `threshold`.
+
+    `process(x)` returns the samples it can finish (it holds back up to two pixels);
+    `flush()` returns the rest. Across all calls, output samples = input samples.
+    """
+
+    def __init__(self, threshold: float = THRESHOLD,
+                 release_per_pixel: float = RELEASE_PER_PIXEL) -> None:
+        self.threshold = threshold
+        self.release = release_per_pixel
+        self._held = np.empty((0, 2), dtype=np.int32)
+        self._g_before = 1.0  # applied gain of the last pixel already output
+
+    def _gains(self, x: np.ndarray) -> np.ndarray:
+        n = -(-x.shape[0] // PIXEL)
+        padded = np.zeros((n * PIXEL, 2), dtype=np.int64)
+        padded[: x.shape[0]] = x
+        peak = np.abs(padded).reshape(n, -1).max(axis=1).astype(np.float64)
+        need = np.minimum(1.0, self.threshold / np.maximum(peak, 1.0))
+        steps = np.arange(n) * self.release
+        run = np.minimum.accumulate(np.concatenate([[self._g_before + self.release],
+                                                    need - steps]))[1:]
+        return np.minimum(run + steps, 1.0)
+
+    def _apply(self, x: np.ndarray, gains: np.ndarray, pixels: int, end_gain: float
+               ) -> np.ndarray:
+        """Output the first `pixels` pixels of `x`, ramping to `end_gain` at their end."""
+        count = min(pixels * PIXEL, x.shape[0])
+        before = np.concatenate([[min(self._g_before, gains[0])],
+                                 np.minimum(gains[: pixels - 1], gains[1:pixels])])
+        after = np.concatenate([before[1:], [end_gain]])
+        frac = np.arange(PIXEL, dtype=np.float64) / PIXEL
+        ramp = (before[:, None] + (after - before)[:, None] * frac[None, :]).reshape(-1)
+        out = np.rint(x[:count] * ramp[:count, None])
+        self._g_before = float(gains[pixels - 1])
+        return np.clip(out, -32767, 32767).astype(np.int16)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """Limit int32 samples (n, 2); returns the int16 samples finished so far."""
+        buf = np.concatenate([self._held, x]) if self._held.shape[0] else x
+        pixels = buf.shape[0] // PIXEL
+        if pixels < 2:
+            self._held = buf
+            return np.empty((0, 2), dtype=np.int16)
+        gains = self._gains(buf[: pixels * PIXEL])
+        ready = pixels - 1
+        out = self._apply(buf, gains, ready, min(gains[ready - 1], gains[ready]))
+        self._held = buf[ready * PIXEL:].copy()
+        return out
+
+    def flush(self) -> np.ndarray:
+        """The held-back samples, limited; the limiter is reset afterwards."""
+        buf, self._held = self._held, np.empty((0, 2), dtype=np.int32)
+        if not buf.shape[0]:
+            return np.empty((0, 2), dtype=np.int16)
+        gains = self._gains(buf)
+        pixels = gains.size
+        out = self._apply(buf, gains, pixels, float(gains[-1]))
+        self._g_before = 1.0
+        return out

@@ -1,0 +1,93 @@
+"""An Opus decoder on libopus through ctypes: 20 ms packets in, s16le stereo samples out.
+
+discord.py's `discord.opus.Decoder` wraps the same library but copies every decoded frame
+through a Python list; promotion decodes a whole session (180 000 packets per speaker-hour),
+so this module decodes straight into a caller's numpy buffer. API: libopus `opus_defines.h`
+and `opus.h` (opus_decoder_create, opus_decode, opus_decoder_destroy, opus_strerror).
+ctypes releases the GIL during each call, so speakers decode in parallel threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from functools import cache
+
+import numpy as np
+
+from voicetrack.audio import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE
+
+
+class OpusDecodeError(ValueError):
+    """libopus rejected a packet (corrupt data); the message has libopus's reason."""
+
+
+@cache
+def _lib() -> ctypes.CDLL:
+    name = ctypes.util.find_library("opus") or "libopus.so.0"
+    lib = ctypes.CDLL(name)
+    lib.opus_decoder_create.restype = ctypes.c_void_p
+    lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int,
+                                        ctypes.POINTER(ctypes.c_int)]
+    lib.opus_decode.restype = ctypes.c_int
+    lib.opus_decode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32,
+                                ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.opus_decoder_destroy.restype = None
+    lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+    lib.opus_strerror.restype = ctypes.c_char_p
+    lib.opus_strerror.argtypes = [ctypes.c_int]
+    return lib
+
+
+class OpusDecoder:
+    """One libopus decoder state (48 kHz, stereo): feed packets in stream order.
+
+    The state carries history from packet to packet, which is why promotion keeps one
+    decoder per speaker for the whole session (DESIGN.md, "Raw chunk format").
+    """
+
+    def __init__(self) -> None:
+        lib = _lib()
+        err = ctypes.c_int(0)
+        state = lib.opus_decoder_create(SAMPLE_RATE, CHANNELS, ctypes.byref(err))
+        if err.value != 0 or not state:
+            raise RuntimeError(f"opus_decoder_create: {lib.opus_strerror(err.value)!r}")
+        self._state: int | None = state
+
+    def decode_into(self, packets: list[bytes], out: np.ndarray) -> int:
+        """Decode `packets` in order into `out` (int16, shape (n, 2), C-contiguous).
+
+        Returns samples per channel written. Every packet must decode to at most what is
+        left of `out`. Raises OpusDecodeError naming the packet's position for a packet
+        libopus rejects.
+        """
+        if out.dtype != np.int16 or out.ndim != 2 or out.shape[1] != CHANNELS \
+                or not out.flags.c_contiguous:
+            raise ValueError("out must be a C-contiguous int16 array of shape (n, 2)")
+        lib = _lib()
+        base = out.ctypes.data
+        pos = 0
+        capacity = out.shape[0]
+        for i, packet in enumerate(packets):
+            room = min(capacity - pos, 120 * SAMPLE_RATE // 1000)
+            n = lib.opus_decode(self._state, packet, len(packet), base + pos * 2 * CHANNELS,
+                                room, 0)
+            if n < 0:
+                raise OpusDecodeError(
+                    f"packet {i}: {lib.opus_strerror(n).decode(errors='replace')}")
+            pos += n
+        return pos
+
+    def decode(self, packets: list[bytes]) -> np.ndarray:
+        """Decode 20 ms packets into a new (n, 2) int16 array (n = 960 per packet)."""
+        out = np.empty((len(packets) * FRAME_SAMPLES, CHANNELS), dtype=np.int16)
+        n = self.decode_into(packets, out)
+        return out[:n]
+
+    def close(self) -> None:
+        if self._state is not None:
+            _lib().opus_decoder_destroy(self._state)
+            self._state = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,102 @@
+"""Reading a speaker's raw track from S3 and proving it is what the chunk says it is.
+
+A raw track (DESIGN.md, "Raw chunk format") covers its chunk window `[startMs, endMs)`
+exactly: Ogg Opus with pre-skip 0 and one 20 ms packet per slot, or s16le 48 kHz stereo PCM
+of `(endMs - startMs) * 48` samples. Anything else is bad input (InvalidInputError, exit 2)
+and the object is left as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voicetrack.audio import (
+    CHANNELS,
+    FRAME_MS,
+    FRAME_SAMPLES,
+    PCM_BYTES_PER_SAMPLE,
+    RAW_FORMAT_OGG_OPUS,
+    RAW_FORMAT_PCM,
+    ms_to_samples,
+)
+from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.objectstore import ObjectStore, sha256_hex
+from voicetrack.oggopus import OggOpusError, decode_ogg_opus, opus_packet_samples
+from voicetrack.resources import ChunkSpec, ChunkTrack
+
+
+def check_window(start_ms: int, end_ms: int, what: str) -> int:
+    """Number of 20 ms slots in `[start_ms, end_ms)`. Raises InvalidInputError when the
+    window is empty, reversed or off the 20 ms slot grid of session time."""
+    if end_ms <= start_ms:
+        raise InvalidInputError(f"{what}: endMs {end_ms} is not after startMs {start_ms}")
+    if start_ms % FRAME_MS or end_ms % FRAME_MS:
+        raise InvalidInputError(
+            f"{what}: [{start_ms}, {end_ms}) is not on the {FRAME_MS} ms slot grid")
+    return (end_ms - start_ms) // FRAME_MS
+
+
+@dataclass
+class RawTrack:
+    """A validated raw track: its bytes and, for Ogg Opus, its packets (one per slot)."""
+
+    track: ChunkTrack
+    raw_format: str
+    data: bytes
+    packets: list[bytes] | None
+    slots: int
+
+
+def fetch_raw(store: ObjectStore, chunk: ChunkSpec, track: ChunkTrack) -> bytes:
+    """The raw object's bytes. Raises InvalidInputError if it is missing or empty."""
+    try:
+        data = store.get_bytes(track.key)
+    except NotFoundError:
+        raise InvalidInputError(
+            f"chunk {chunk.index}: raw object {track.key} (user {track.user_id}) is missing"
+        ) from None
+    if not data:
+        raise InvalidInputError(f"chunk {chunk.index}: raw object {track.key} is empty")
+    return data
+
+
+def validate_raw(chunk: ChunkSpec, track: ChunkTrack, data: bytes) -> RawTrack:
+    """Check `data` against the chunk: sha256 equal to `track.sha256`, and a stream that
+    covers the window exactly (see the module docstring).
+
+    Raises InvalidInputError naming the chunk, the key and what is wrong."""
+    where = f"chunk {chunk.index}: raw object {track.key}"
+    slots = check_window(chunk.start_ms, chunk.end_ms, f"chunk {chunk.index}")
+    if not data:
+        raise InvalidInputError(f"{where} is empty")
+    digest = sha256_hex(data)
+    if digest != track.sha256:
+        raise InvalidInputError(
+            f"{where}: sha256 {digest} does not match the chunk's {track.sha256}")
+    if chunk.raw_format == RAW_FORMAT_PCM:
+        want = ms_to_samples(chunk.duration_ms) * PCM_BYTES_PER_SAMPLE
+        if len(data) != want:
+            raise InvalidInputError(
+                f"{where}: {len(data)} bytes of PCM, the window needs {want}")
+        return RawTrack(track, RAW_FORMAT_PCM, data, None, slots)
+    if chunk.raw_format != RAW_FORMAT_OGG_OPUS:
+        raise InvalidInputError(f"{where}: unknown raw format {chunk.raw_format!r}")
+    try:
+        stream = decode_ogg_opus(data)
+        if stream.channels != CHANNELS:
+            raise OggOpusError(f"{stream.channels} channel(s), expected {CHANNELS}")
+        if stream.pre_skip != 0:
+            raise OggOpusError(f"pre-skip {stream.pre_skip}, expected 0")
+        if len(stream.packets) != slots:
+            raise OggOpusError(f"{len(stream.packets)} packets for a window of {slots} slots")
+        for i, packet in enumerate(stream.packets):
+            if opus_packet_samples(packet) != FRAME_SAMPLES:
+                raise OggOpusError(f"packet {i} is not a single 20 ms frame")
+    except OggOpusError as err:
+        raise InvalidInputError(f"{where} is not a valid raw Ogg Opus track: {err}") from None
+    return RawTrack(track, RAW_FORMAT_OGG_OPUS, data, stream.packets, slots)
+
+
+def load_raw(store: ObjectStore, chunk: ChunkSpec, track: ChunkTrack) -> RawTrack:
+    """fetch_raw then validate_raw."""
+    return validate_raw(chunk, track, fetch_raw(store, chunk, track))
