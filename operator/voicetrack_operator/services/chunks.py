@@ -212,12 +212,24 @@ class ChunkService:
             ok = await self.mirror(chunk, chunk.transcode_status) and ok
         return ok
 
-    async def catch_up(self, namespace: str, session: str) -> None:
-        """Observe every transcoder Job of the session again (a Job event that failed or
-        was missed while the operator was down moves its chunk now)."""
+    async def catch_up(self, namespace: str, session: str,
+                       chunk_objs: list[dict[str, Any]]) -> int:
+        """Observe again each transcoder Job that is ahead of its chunk (an event that
+        failed, or was missed while the operator was down). Two list calls, then one
+        observe per lagging chunk. Returns how many were observed."""
+        seen = {int(o["spec"]["index"]): ChunkRef.from_object(o).transcode_status
+                for o in chunk_objs}
+        n = 0
         for job in await self.ctx.kube.list_jobs(namespace, session):
-            if (job["metadata"].get("labels") or {}).get(LABEL_COMPONENT) == "transcoder":
+            labels = job["metadata"].get("labels") or {}
+            if labels.get(LABEL_COMPONENT) != "transcoder" or LABEL_CHUNK_INDEX not in labels:
+                continue
+            state, _ = job_state(job)
+            current = seen.get(int(labels[LABEL_CHUNK_INDEX]))
+            if current is not None and TRANSCODE_ORDER[state] > TRANSCODE_ORDER[current]:
                 await self.observe_job(job)
+                n += 1
+        return n
 
     async def fail_pending(self, namespace: str, session: str, reason: str) -> int:
         """Mark every chunk still queued or in progress failed with `reason` (transcode

@@ -170,9 +170,10 @@ class SessionService:
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
         phase = ((pod or {}).get("status") or {}).get("phase")
-        await self.chunks.catch_up(s.ref.namespace, s.ref.name)
-        chunks = [ChunkView.from_object(o)
-                  for o in await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)]
+        objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
+        if await self.chunks.catch_up(s.ref.namespace, s.ref.name, objs):
+            objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
+        chunks = [ChunkView.from_object(o) for o in objs]
         synced = s.status.get("conditions") and any(
             c["type"] == "DatabaseSynced" and c["status"] == "True"
             for c in s.status["conditions"])
@@ -226,7 +227,7 @@ class SessionService:
                 chunk.status.update(status)
         pending = [c for c in chunks if c.transcode_status not in ("done", "failed")]
         if pending:
-            await self.chunks.catch_up(s.ref.namespace, s.ref.name)
+            await self.chunks.catch_up(s.ref.namespace, s.ref.name, objs)
             since = _parse_time(s.deletion) if s.deletion else datetime.now(UTC)
             waited = (datetime.now(UTC) - since).total_seconds()
             if waited < s.spec.transcode_timeout_seconds:
