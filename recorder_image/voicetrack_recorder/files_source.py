@@ -4,9 +4,10 @@ Each speaker's object (any format ffmpeg reads) is decoded by ffmpeg to PCM s16l
 stereo, cut into 20 ms frames and encoded with libopus (discord.py's binding) as a Discord
 client would, then pushed into the sink at the slot where it plays, `origin + offsetMs / 20
 + frame number` (origin = the capture start, t = 0 of the final recording), delivered when
-session time reaches that slot. Frames of digital silence are not sent, as a client's voice
-activity detection would not send them; the chunker fills those slots with the Opus
-silence frame. Everything after this module is the code the `discord` source uses too.
+session time reaches that slot. Frames of digital silence (after a silent frame) are not
+sent, as a client's voice activity detection would not send them; the chunker fills those
+slots with the Opus silence frame. Everything after this module is the code the `discord`
+source uses too.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class FilesSource:
         encoder.set_bitrate(self.bitrate_kbps)
         first_slot = self.origin_slot + speaker.offset_ms // FRAME_MS
         user = speaker.user_id
-        sent = silent = 0
+        sent = silent_run = 0
+        prev_silent = True
         frame_no = 0
         try:
             while not stop.is_set():
@@ -90,15 +92,18 @@ class FilesSource:
                         break
                     except TimeoutError:
                         pass
-                if not any(pcm):
-                    silent += 1
-                    continue
                 packet = encoder.encode(pcm, FRAME_SAMPLES)
+                silent = not any(pcm)
+                if silent and prev_silent:  # the encoder's look-ahead carries a sound's
+                    silent_run += 1         # end into the next packet: send that one
+                    prev_silent = True
+                    continue
+                prev_silent = silent
                 self.sink.push(user, slot, packet)
                 sent += 1
                 self.stats.sent[user] = sent
         finally:
-            self.stats.silent[user] = silent
+            self.stats.silent[user] = silent_run
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
@@ -106,4 +111,5 @@ class FilesSource:
                 err = (await proc.stderr.read()).decode(errors="replace").strip()
                 log.error("ffmpeg failed for speaker %s: %s", user, err[-300:])
             self.stats.finished.add(user)
-            log.info("speaker %s finished: %d frames sent, %d silent", user, sent, silent)
+            log.info("speaker %s finished: %d frames sent, %d silent", user, sent,
+                     silent_run)
