@@ -1,0 +1,95 @@
+"""Unit tests of the node agent's pure parts and of the local cluster's helpers."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from voicetrack.local.build import K8S_VERSION, ldflags, render_gomod
+from voicetrack.local.nodeagent import ConfigError, _field_value, expand, quantity
+from voicetrack.local.pki import ensure_pki
+from voicetrack.local.procs import ProcRecord, spawn, terminate
+
+pytestmark = pytest.mark.unit
+
+POD = {
+    "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "rec"},
+                 "annotations": {"a/b": "c"}},
+    "spec": {"nodeName": "n1", "serviceAccountName": "sa"},
+}
+
+
+def test_expand_follows_kubernetes_rules() -> None:
+    env = {"A": "1", "B": "two"}
+    assert expand("$(A)-$(B)", env) == "1-two"
+    assert expand("$(MISSING)", env) == "$(MISSING)"  # undefined references stay as written
+    assert expand("$$(A) costs $$5", env) == "$(A) costs $5"  # $$ escapes
+
+
+def test_quantity_parses_binary_and_decimal_suffixes() -> None:
+    assert quantity("500m") == 0.5
+    assert quantity("1Gi") == 1024**3
+    assert quantity("2k") == 2000
+    assert quantity(3) == 3
+    with pytest.raises(ConfigError, match="invalid resource quantity '12xyz'"):
+        quantity("12xyz")
+
+
+def test_field_refs() -> None:
+    assert _field_value(POD, "metadata.name") == "p"
+    assert _field_value(POD, "metadata.namespace") == "ns"
+    assert _field_value(POD, "metadata.uid") == "u-1"
+    assert _field_value(POD, "spec.nodeName") == "n1"
+    assert _field_value(POD, "metadata.labels['app']") == "rec"
+    assert _field_value(POD, "metadata.annotations['a/b']") == "c"
+    with pytest.raises(ConfigError, match="spec.bogus"):
+        _field_value(POD, "spec.bogus")
+
+
+def test_pki_chain_and_identities(tmp_path: Path) -> None:
+    pki = ensure_pki(tmp_path)
+    ca = x509.load_pem_x509_certificate(pki.ca.crt.read_bytes())
+    admin = x509.load_pem_x509_certificate(pki.admin.crt.read_bytes())
+    admin.verify_directly_issued_by(ca)
+    assert admin.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    server = x509.load_pem_x509_certificate(pki.apiserver.crt.read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
+    eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+    before = pki.admin.crt.read_bytes()
+    assert ensure_pki(tmp_path).admin.crt.read_bytes() == before  # reused, not regenerated
+
+
+def test_gomod_has_a_replace_per_staging_module_and_version_stamps() -> None:
+    text = render_gomod("1.36.3", ["k8s.io/api", "k8s.io/client-go"])
+    assert "require k8s.io/kubernetes v1.36.3" in text
+    assert "\tk8s.io/api => k8s.io/api v0.36.3" in text
+    assert "\tk8s.io/client-go => k8s.io/client-go v0.36.3" in text
+    flags = ldflags(K8S_VERSION)
+    assert f"-X k8s.io/component-base/version.gitVersion=v{K8S_VERSION}" in flags
+    assert f"-X k8s.io/client-go/pkg/version.gitVersion=v{K8S_VERSION}" in flags
+    committed = (Path(__file__).parents[2] / "voicetrack/local/k8s/go.mod").read_text()
+    assert committed.count("=> k8s.io/") == 33
+
+
+def test_terminate_escalates_and_spares_reused_pids(tmp_path: Path) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    proc, rec = spawn("stubborn", [sys.executable, "-c", code], tmp_path / "log")
+    deadline = time.monotonic() + 10
+    while "up" not in (tmp_path / "log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rec.alive()
+    stranger = ProcRecord("stranger", proc.pid, rec.start_ticks + 1, [])  # same pid, other start
+    assert not stranger.alive()
+    stranger.signal_group(9)  # must not touch our process
+    assert rec.alive()
+    t0 = time.monotonic()
+    terminate([rec], grace=0.5)
+    assert not rec.alive() and time.monotonic() - t0 >= 0.5
+    assert proc.wait(timeout=5) == -9

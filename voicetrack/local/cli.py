@@ -1,0 +1,127 @@
+"""``voicetrack local build|up|status|down``: the local control plane from the command line.
+
+Every option also reads a ``VOICETRACK_*`` variable (``VOICETRACK_STATE_DIR``,
+``VOICETRACK_K8S_TIMEOUT``); failures are one-line errors with exit code 1.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from voicetrack.errors import VoicetrackError
+from voicetrack.local import build as k8sbuild
+from voicetrack.local import cluster as k8scluster
+
+app = typer.Typer(no_args_is_help=True, help="The local control plane (the embedded default).")
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="VOICETRACK_STATE_DIR",
+        help="Where the cluster keeps its state (default ~/.local/state/voicetrack/local).",
+        show_default=False,
+    ),
+]
+
+
+def _err(msg: str) -> None:
+    typer.secho(msg, err=True)
+
+
+def _fail(e: Exception) -> typer.Exit:
+    typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+@app.command()
+def build(
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            envvar="VOICETRACK_K8S_FORCE_BUILD",
+            help="Rebuild even if the binaries exist.",
+        ),
+    ] = False,
+    regen_gomod: Annotated[
+        bool,
+        typer.Option(
+            "--regen-gomod",
+            help="Re-derive voicetrack/local/k8s/go.mod from kubernetes' go.mod first.",
+        ),
+    ] = False,
+) -> None:
+    """Build etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the Go
+    module proxy into ~/.cache/voicetrack/k8s-v<version>/ (reused when present)."""
+    try:
+        if regen_gomod:
+            k8sbuild.regen_gomod(log=_err)
+        if not force and k8sbuild.binaries_present():
+            typer.echo(f"{k8sbuild.bin_dir()} (already built)")
+            return
+        result = k8sbuild.build(force=force, log=_err)
+    except VoicetrackError as e:
+        raise _fail(e) from e
+    _err(f"built {', '.join(result.built) or 'nothing'} in {result.seconds:.0f} s")
+    typer.echo(str(result.bin_dir))
+
+
+@app.command()
+def up(
+    state_dir: StateDir = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", envvar="VOICETRACK_K8S_TIMEOUT", help="Seconds to wait for readiness."
+        ),
+    ] = 120,
+) -> None:
+    """Start the cluster (build first if needed) or reuse the running one; prints the path
+    of the admin kubeconfig."""
+    t0 = time.monotonic()
+    try:
+        c = k8scluster.up(state_dir, timeout=timeout, log=_err)
+    except VoicetrackError as e:
+        raise _fail(e) from e
+    if not c.owned:
+        _err(f"local: already running at {c.server}")
+    else:
+        _err(f"local: up in {time.monotonic() - t0:.1f} s at {c.server}")
+    typer.echo(str(c.kubeconfig))
+
+
+@app.command()
+def status(state_dir: StateDir = None) -> None:
+    """Show each process of the cluster and whether the API and the node are ready;
+    exit code 0 when all runs, 3 otherwise."""
+    st = k8scluster.status(state_dir)
+    for comp in st.components:
+        mark = "running" if comp.alive else "stopped"
+        typer.echo(f"{comp.name:<24} {mark:<8} pid {comp.pid or '-':<8} log {comp.log}")
+    typer.echo(f"{'api':<24} {'ready' if st.api_ready else 'not ready':<8} {st.server or '-'}")
+    typer.echo(f"{'node':<24} {'ready' if st.node_ready else 'not ready'}")
+    if st.running:
+        typer.echo(f"kubeconfig {st.state_dir / 'kubeconfig'}")
+    raise typer.Exit(0 if st.running else 3)
+
+
+@app.command()
+def down(
+    state_dir: StateDir = None,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            envvar="VOICETRACK_K8S_PURGE",
+            help="Also delete the state directory (etcd data, PKI).",
+        ),
+    ] = False,
+) -> None:
+    """Stop every process `up` started in the state directory, and only those."""
+    stopped = k8scluster.down(state_dir, purge=purge)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
