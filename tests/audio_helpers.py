@@ -16,6 +16,7 @@ import hashlib
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from typing import Literal
 
 import discord.opus
 import numpy as np
@@ -33,6 +34,8 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import ChunkSpec, ChunkTrack, Gap
+
+RawFormat = Literal["ogg-opus", "pcm-s16le"]
 
 CLICK_MS = 2
 """Length of a click marker in ms."""
@@ -111,7 +114,7 @@ class Session:
 
 def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Speaker],
                   windows: list[tuple[int, int]], session_ms: int, gaps: list[Gap],
-                  raw_format: str = RAW_FORMAT_OGG_OPUS) -> Session:
+                  raw_format: RawFormat = "ogg-opus") -> Session:
     """Write each speaker's raw track for every chunk window in which the speaker makes a
     sound, and return the chunk specs (index = position in `windows`)."""
     sources = {s.user_id: s.pcm(session_ms) for s in speakers}

@@ -1,0 +1,116 @@
+"""The transcoder's audio parts without servers: libopus decoding, the limiter, peaks."""
+
+from __future__ import annotations
+
+import json
+
+import discord.opus
+import numpy as np
+import pytest
+
+from tests.audio_helpers import Speaker, encode_session
+from voicetrack.audio import FRAME_SAMPLES, OPUS_SILENCE_FRAME
+from voicetrack_transcoder.mixer import PIXEL, THRESHOLD, Limiter, mix_sum
+from voicetrack_transcoder.opusdec import OpusDecodeError, OpusDecoder
+from voicetrack_transcoder.waveform import PeaksBuilder
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def speech() -> tuple[np.ndarray, list[bytes]]:
+    pcm = Speaker("1" * 18, 200, level=0.4, talks=[(100, 1500)], markers=[1700]).pcm(2000)
+    return pcm, encode_session(pcm)
+
+
+def test_decoder_matches_discord_py_and_continues_across_calls(
+        speech: tuple[np.ndarray, list[bytes]]) -> None:
+    _, packets = speech
+    reference = discord.opus.Decoder()
+    expected = np.frombuffer(b"".join(reference.decode(p) for p in packets),
+                             dtype="<i2").reshape(-1, 2)
+    ours = OpusDecoder()
+    got = np.concatenate([ours.decode(packets[i:i + 7]) for i in range(0, len(packets), 7)])
+    assert got.shape == (len(packets) * FRAME_SAMPLES, 2)
+    assert np.array_equal(got, expected)
+
+
+def test_silence_frame_decodes_to_digital_silence() -> None:
+    out = OpusDecoder().decode([OPUS_SILENCE_FRAME] * 10)
+    assert out.shape == (9600, 2) and not out.any()
+
+
+def test_decoder_rejects_a_corrupt_packet() -> None:
+    with pytest.raises(OpusDecodeError, match="packet 1"):
+        OpusDecoder().decode([OPUS_SILENCE_FRAME, bytes([0xFF])])  # code 3, no count byte
+
+
+def _limit_in_blocks(x: np.ndarray, sizes: list[int]) -> np.ndarray:
+    limiter = Limiter()
+    out, pos, i = [], 0, 0
+    while pos < x.shape[0]:
+        n = sizes[i % len(sizes)]
+        out.append(limiter.process(x[pos:pos + n]))
+        pos += n
+        i += 1
+    out.append(limiter.flush())
+    return np.concatenate(out)
+
+
+def test_limiter_never_clips_and_keeps_length() -> None:
+    rng = np.random.default_rng(3)
+    n = 48_000 * 3 + 123
+    loud = (rng.standard_normal((n, 2)) * 30_000).astype(np.int32)
+    loud[48_000:60_000] *= 4  # a burst far over full scale
+    out = _limit_in_blocks(loud, [48_000])
+    assert out.shape == loud.shape and out.dtype == np.int16
+    assert np.abs(out.astype(np.int32)).max() <= THRESHOLD + 1
+
+
+def test_limiter_leaves_quiet_audio_alone() -> None:
+    t = np.arange(48_000 * 2) / 48_000
+    tone = np.round(10_000 * np.sin(2 * np.pi * 300 * t)).astype(np.int32)
+    x = np.stack([tone, tone], axis=1)
+    out = _limit_in_blocks(x, [4_800])
+    assert np.array_equal(out.astype(np.int32), x)
+
+
+def test_limiter_output_does_not_depend_on_block_sizes() -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((48_000 * 2 + 77, 2)) * 40_000).astype(np.int32)
+    a = _limit_in_blocks(x, [48_000])
+    b = _limit_in_blocks(x, [PIXEL - 1, 3 * PIXEL + 5, 17, 20_000])
+    assert np.array_equal(a, b)
+
+
+def test_limiter_gain_changes_smoothly() -> None:
+    # A step from quiet to 3x over full scale: no sample-to-sample jump bigger than the
+    # signal's own (a sudden gain change would add one).
+    t = np.arange(48_000) / 48_000
+    tone = 20_000 * np.sin(2 * np.pi * 100 * t)
+    tone[24_000:] *= 4
+    x = np.stack([tone, tone], axis=1).astype(np.int32)
+    out = _limit_in_blocks(x, [9_600]).astype(np.int64)
+    own_step = 2 * np.pi * 100 / 48_000 * 32_767  # the largest step of a full-scale 100 Hz tone
+    assert np.abs(np.diff(out[:, 0])).max() <= own_step * 1.1
+
+
+def test_mix_sum_does_not_wrap() -> None:
+    a = np.full((10, 2), 30_000, dtype=np.int16)
+    assert mix_sum([a, a, a]).max() == 90_000
+
+
+def test_peaks_follow_audiowaveform_v2() -> None:
+    block = np.zeros((PIXEL * 3 + 100, 2), dtype=np.int16)
+    block[10, 0] = 32_767
+    block[PIXEL + 5, 1] = -32_768
+    block[PIXEL * 3 + 50, 0] = 256 * 5
+    builder = PeaksBuilder(PIXEL)
+    builder.add(block[:700])
+    builder.add(block[700:])
+    doc = builder.to_json()
+    assert doc["version"] == 2 and doc["channels"] == 1 and doc["bits"] == 8
+    assert doc["sample_rate"] == 48_000 and doc["samples_per_pixel"] == PIXEL
+    assert doc["length"] == 4
+    assert doc["data"] == [0, 127, -128, 0, 0, 0, 0, 5]
+    json.dumps(doc)
