@@ -71,9 +71,9 @@ def test_outputs_and_result_json(object_store: ObjectStore, session: Session) ->
         track = next(t for t in chunk.tracks if t.user_id == out.user_id)
         packets = decode_ogg_opus(object_store.get_bytes(track.key)).packets
         exact = OpusDecoder().decode(packets)
-        if out.format == "flac":  # lossless: exactly what libopus decodes from the raw
-            assert np.array_equal(pcm, exact)
-        elif out.format == "opus":  # the received packets, remuxed
+        if out.format in ("flac", "opus"):
+            # FLAC is lossless and Opus is the received packets remuxed: both decode to
+            # exactly what libopus decodes from the raw track.
             assert np.array_equal(pcm, exact)
         else:
             source = session.sources[out.user_id][ms_to_samples(2000):ms_to_samples(5000)]
