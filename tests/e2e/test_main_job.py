@@ -7,6 +7,7 @@ running the recorder and transcoder pods as processes, SeaweedFS, PostgreSQL, ff
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -16,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from tests.audio_helpers import Speaker, decode_file, find_click, session_to_output_ms
+from tests.audio_helpers import (
+    Speaker,
+    decode_file,
+    find_click,
+    session_to_output_ms,
+    upload_chunks,
+)
 from tests.e2e.conftest import Stack
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
@@ -215,3 +222,60 @@ def test_second_session_for_a_busy_guild_is_refused(stack: Stack, e2e_namespace:
     stack.kubectl("-n", ns, "delete", "recsess", "second", "first", "--wait=false")
     wait_for("both gone", lambda: get(stack, ns, "recsess", "first") is None
              and get(stack, ns, "recsess", "second") is None, 90, every_s=1)
+
+
+def test_corrupt_chunk_fails_with_its_reason_and_the_rest_promotes(
+        stack: Stack, e2e_namespace: str) -> None:
+    """Chunks injected as a recorder would write them (the session stays paused, so its
+    recorder adds none): chunk 0 sound, chunk 1 corrupt raw with a matching sha256."""
+    ns = e2e_namespace
+    stack.kubectl("apply", "-f", "-", input=session_yaml(ns, "broken", ["e2e-input/x"] * 3,
+                                                           paused=True))
+    obj = wait_for("meeting id", lambda: (lambda o: o if o and o.get("status", {}).get(
+        "meetingId") else None)(get(stack, ns, "recsess", "broken")), 30)
+    meeting, uid = obj["status"]["meetingId"], obj["metadata"]["uid"]
+    layout = MeetingLayout("recordings", GUILD, meeting)
+    spk = Speaker(user_id=USERS[0], f0=180.0, talks=[(200, 4000)], markers=[4500])
+    session = upload_chunks(stack.store, layout, [spk], [(0, 5000)], 5000, [])
+    good = session.chunks[0].model_copy(update={"session_name": "broken"})
+    junk = b"OggS this is not an Ogg Opus stream" * 10
+    bad_key = layout.raw_key(1, USERS[0], "ogg-opus")
+    stack.store.put_bytes(bad_key, junk)
+    bad = good.model_copy(update={"index": 1, "start_ms": 5000, "end_ms": 10_000,
+                                  "tracks": [good.tracks[0].model_copy(update={
+                                      "key": bad_key, "bytes": len(junk),
+                                      "sha256": hashlib.sha256(junk).hexdigest()})]})
+    for chunk in (good, bad):
+        stack.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingChunk",
+            "metadata": {"name": f"broken-chunk-{chunk.index:06d}", "namespace": ns,
+                         "labels": {"voicetrack.dev/session": "broken"},
+                         "ownerReferences": [{"apiVersion": "voicetrack.dev/v1alpha1",
+                                              "kind": "RecordingSession", "name": "broken",
+                                              "uid": uid, "controller": True}]},
+            "spec": chunk.to_api()}))
+
+    def final(name: str) -> dict[str, Any] | None:
+        st = (get(stack, ns, "recchunk", name) or {}).get("status", {})
+        return st if st.get("transcodeStatus") in ("done", "failed") else None
+
+    assert wait_for("chunk 0", lambda: final("broken-chunk-000000"), 90)[
+        "transcodeStatus"] == "done"
+    failed = wait_for("chunk 1", lambda: final("broken-chunk-000001"), 90)
+    assert failed["transcodeStatus"] == "failed"
+    assert "PodFailurePolicy" in failed["error"] and "error:" in failed["error"], failed
+    rows = stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting))
+    by_index = {r.chunk_index: r for r in rows}
+    assert str(by_index[1].transcode_status) == "failed" and by_index[1].error
+    assert stack.store.get_bytes(bad_key) == junk  # the raw is kept
+
+    stack.kubectl("-n", ns, "delete", "recsess", "broken", "--wait=false")
+    wait_for("promotion", lambda: get(stack, ns, "recsess", "broken") is None, 120, every_s=1)
+    manifest = FinalManifest.model_validate(stack.store.get_json(layout.final_manifest_key))
+    assert [(g.start_ms, g.end_ms, g.cause) for g in manifest.gaps] == [
+        (5000, 10_000, "chunk-failed")]
+    recs = stack.db(lambda s: s.get_recordings_for_meeting(meeting))
+    assert {str(r.kind) for r in recs} == {"speaker", "mixed"}
+    track = decode_file(stack.store.get_bytes(
+        next(t.key for t in manifest.tracks if t.user_id == USERS[0])))
+    assert abs(find_click(track, 4500) - 4500) <= 20
