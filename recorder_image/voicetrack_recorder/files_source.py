@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from discord import opus
 
 from voicetrack.audio import CHANNELS, FRAME_MS, FRAME_SAMPLES, PCM_BYTES_PER_SAMPLE, SAMPLE_RATE
+from voicetrack.errors import VoicetrackError
 from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import FileSpeaker
 from voicetrack_recorder.clock import FrameSink, SessionClock
@@ -62,7 +63,13 @@ class FilesSource:
 
     async def _play(self, speaker: FileSpeaker, tmp: str, stop: asyncio.Event) -> None:
         path = os.path.join(tmp, f"{speaker.user_id}.src")
-        await asyncio.to_thread(self.store.get_file, speaker.object_key, path)
+        try:
+            await asyncio.to_thread(self.store.get_file, speaker.object_key, path)
+        except VoicetrackError as err:  # one speaker's missing file must not stop the rest
+            log.error("speaker %s: cannot read %s: %s", speaker.user_id, speaker.object_key,
+                      err)
+            self.stats.finished.add(speaker.user_id)
+            return
         proc = await asyncio.create_subprocess_exec(
             "ffmpeg", "-nostdin", "-loglevel", "error", "-i", path, "-f", "s16le",
             "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS), "-",
