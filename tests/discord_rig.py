@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -339,6 +339,7 @@ class Harness:
 
     async def at(self, ms: float) -> None:
         """Advance virtual time to session `ms`, ticking the receiver every 20 ms."""
+        await self.settle()
         while self.now_ms + 20 <= ms:
             self.now_ms += 20
             self.time.now = (self.t0_ms + self.now_ms) / 1000
@@ -353,7 +354,7 @@ class Harness:
         self.conn.socket_listener(datagram)
         await self.settle()
 
-    async def play(self, schedule: list[tuple[float, bytes]]) -> None:
+    async def play(self, schedule: Sequence[tuple[float, bytes]]) -> None:
         """Deliver `(session ms, datagram)` pairs in time order (stable for equal times)."""
         for at_ms, datagram in sorted(schedule, key=lambda item: item[0]):
             await self.deliver(datagram, at_ms)

@@ -22,7 +22,8 @@ import davey
 
 from voicetrack.audio import OPUS_SILENCE_FRAME
 
-_CAUSE = re.compile(r"DecryptionFailed\((\w+)|:\s*(\w+)")
+_NESTED_CAUSE = re.compile(r"DecryptionFailed\((\w+)")
+_CAUSE = re.compile(r":\s*(\w+)")
 
 
 @dataclass
@@ -44,10 +45,9 @@ class UserDecryptStats:
 def failure_cause(error: Exception) -> str:
     """The short cause name of a davey decryption error (`NoDecryptorForUser`,
     `NoValidCryptorFound`, `UnencryptedWhenPassthroughDisabled`, ...), or `other`."""
-    match = _CAUSE.search(str(error))
-    if not match:
-        return "other"
-    return match.group(1) or match.group(2)
+    text = str(error)
+    match = _NESTED_CAUSE.search(text) or _CAUSE.search(text)
+    return match.group(1) if match else "other"
 
 
 class DaveDecryptor:

@@ -47,6 +47,8 @@ class ReceiveStats:
     """Opus frames pushed to the sink (received and rebuilt)."""
     recovered: int = 0
     """Frames rebuilt by FEC/PLC among `frames`."""
+    fec: int = 0
+    """Frames among `recovered` rebuilt from the next packet's in-band FEC data."""
     lost: int = 0
     """Sequence numbers that never arrived in time, plus frames DAVE refused."""
     dropped: Counter[str] = field(default_factory=Counter)
@@ -57,7 +59,8 @@ class ReceiveStats:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: every counter, DAVE results per user and cause."""
         return {
-            "datagrams": self.datagrams, "frames": self.frames, "recovered": self.recovered,
+            "datagrams": self.datagrams, "frames": self.frames,
+            "recovered": self.recovered, "fec": self.fec,
             "lost": self.lost, "dropped": dict(self.dropped),
             "framesByUser": dict(self.frames_by_user),
             "decrypt": {user: {"decrypted": s.decrypted, "silence": s.silence,
@@ -223,7 +226,9 @@ class VoiceReceiver:
             stream.pending_lost = lost + 1
             return
         stream.pending_lost = 0
+        fec_before = stream.concealer.fec
         rebuilt = stream.concealer.feed(opus, lost) if self._conceal_frames else []
+        self.stats.fec += stream.concealer.fec - fec_before
         slot = self.timeline.slot(stream.user_id, ssrc, held.timestamp, held.arrival_ms)
         first = slot - len(rebuilt)
         for i, packet in enumerate(rebuilt):

@@ -1,9 +1,12 @@
 """Placing a speaker's frames on the session's 20 ms slot grid.
 
-The first packet of a speaker's stream is anchored to session wall-clock time (the slot of
-its arrival); after that its RTP timestamp places each frame (960 ticks per 20 ms slot at
-48 kHz, RFC 7587 §4.1), so network jitter never moves audio and a lost stretch leaves a gap
-of the right length instead of pulling later audio earlier. The anchor is kept across
+The first packet of a speaker's stream is anchored to session wall-clock time: its 20 ms of
+audio had been captured by the time it arrived, so it is placed at the slot holding
+`arrival - 20 ms` (the remaining bias is the network latency, unknowable to a receiver and
+tens of ms on Discord, rounded down to the slot boundary); after that its RTP timestamp
+places each frame (960 ticks per 20 ms slot at 48 kHz, RFC 7587 §4.1), so network jitter
+never moves audio and a lost stretch leaves a gap of the right length instead of pulling
+later audio earlier. The anchor is kept across
 transport reconnects and DAVE epoch changes (neither touches RTP timestamps). It is renewed
 only when the stream changes (a new SSRC for the user: rejoin, new client) or when the
 RTP-derived slot and the arrival slot disagree by more than `resync_ms` (a sender whose
@@ -41,8 +44,9 @@ class Timeline:
 
     def slot(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float) -> int:
         """The slot of the frame with RTP `timestamp` on `ssrc` of `user_id` that arrived
-        at `arrival_ms` (Unix ms). Does not record it: see `placed`."""
-        arrival_slot = self.clock.slot_at(arrival_ms)
+        at `arrival_ms` (Unix ms). Does not record it: see `placed`. A first packet (or
+        one that renews the anchor) is placed at the slot of `arrival_ms - 20`."""
+        arrival_slot = self.clock.slot_at(arrival_ms - FRAME_MS)
         anchor = self._anchors.get(user_id)
         if anchor is not None and anchor.ssrc == ssrc:
             slot = anchor.slot + round(ts_diff(timestamp, anchor.timestamp) / FRAME_SAMPLES)

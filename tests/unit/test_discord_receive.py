@@ -1,0 +1,264 @@
+"""The receive pipeline through the rig: real davey sessions, real AEAD, real libopus.
+
+Datagrams enter through `ConnectionReceiver.socket_listener`, the callback registered with
+discord.py's `VoiceConnectionState.add_socket_listener`; gateway events through its
+websocket hook. Session time is virtual.
+"""
+
+from __future__ import annotations
+
+import random
+
+import davey
+import numpy as np
+import pytest
+
+from tests.discord_rig import (
+    DAVE_VERSION,
+    ExternalSender,
+    Harness,
+    decode_frames,
+    encode_frames,
+    tone_pcm,
+    vec,
+)
+from voicetrack.audio import OPUS_SILENCE_FRAME
+from voicetrack_recorder.discord.transport import MODE_AES256_GCM, MODE_XCHACHA20
+
+pytestmark = pytest.mark.unit
+
+START_MS = 1000
+LATENCY_MS = 8
+
+
+def track(h: Harness, user: int) -> dict[int, bytes]:
+    return h.sink.frames.get(str(user), {})
+
+
+def contiguous(frames: dict[int, bytes]) -> list[bytes]:
+    slots = sorted(frames)
+    assert slots == list(range(slots[0], slots[0] + len(slots))), "track has holes"
+    return [frames[s] for s in slots]
+
+
+@pytest.mark.parametrize("mode", [MODE_AES256_GCM, MODE_XCHACHA20])
+async def test_clean_input_is_sample_exact(mode: str) -> None:
+    h = Harness(mode=mode)
+    a, b = h.rig.join(222, 333)
+    await h.settle()
+    pa, pb = encode_frames(tone_pcm(150, 440)), encode_frames(tone_pcm(150, 660))
+    schedule = []
+    for i in range(150):
+        schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS, h.rig.packet(a, pa[i])))
+        schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS + 3, h.rig.packet(b, pb[i])))
+    await h.play(schedule)
+    await h.finish()
+    for user, sent in ((222, pa), (333, pb)):
+        frames = track(h, user)
+        assert min(frames) == START_MS // 20
+        got = contiguous(frames)
+        assert got == sent
+        assert decode_frames(got) == decode_frames(sent)
+    stats = h.receiver.stats
+    assert stats.frames == 300 and stats.lost == 0 and not stats.dropped
+    assert stats.decrypt["222"].decrypted == 150 and not stats.decrypt["222"].failures
+
+
+async def test_reordering_duplicates_jitter_and_wrap() -> None:
+    rng = random.Random(7)
+    h = Harness()
+    (a,) = h.rig.join(222)
+    a.sequence, a.timestamp = 65500, 2**32 - 960 * 30  # both wrap mid-stream
+    await h.settle()
+    sent = encode_frames(tone_pcm(120, 523))
+    schedule = []
+    for i, packet in enumerate(sent):
+        datagram = h.rig.packet(a, packet)
+        at = START_MS + 20 * (i + 1) + LATENCY_MS + (rng.uniform(0, 50) if i else 0)
+        schedule.append((at, datagram))
+        if i % 9 == 4:
+            schedule.append((at + rng.uniform(0, 30), datagram))  # duplicate
+    await h.play(schedule)
+    await h.finish()
+    assert contiguous(track(h, 222)) == sent
+    assert min(track(h, 222)) == START_MS // 20
+    assert h.receiver.stats.dropped["duplicate"] == len(range(4, 120, 9))
+    assert h.receiver.stats.lost == 0
+
+
+async def test_loss_is_a_gap_never_a_shift_and_short_runs_are_rebuilt() -> None:
+    h = Harness(conceal_frames=3)
+    (a,) = h.rig.join(222)
+    await h.settle()
+    pcm = tone_pcm(200, 330, amp=0.4)
+    sent = encode_frames(pcm)
+    lost = {30, 60, 61, 90, 91, 92} | set(range(120, 140))
+    schedule = []
+    for i, packet in enumerate(sent):
+        datagram = h.rig.packet(a, packet)
+        if i not in lost:
+            schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS, datagram))
+    await h.play(schedule)
+    await h.finish()
+    frames = track(h, 222)
+    base = START_MS // 20
+    for i, packet in enumerate(sent):  # every received packet at its own slot, unaltered
+        if i not in lost:
+            assert frames[base + i] == packet
+    rebuilt = {30, 60, 61, 90, 91, 92}
+    assert {s - base for s in frames} == set(range(200)) - set(range(120, 140))
+    assert all(frames[base + i] != sent[i] for i in rebuilt)
+    stats = h.receiver.stats
+    assert stats.recovered == len(rebuilt) and stats.lost == len(lost)
+    # the rebuilt frames sound like the lost audio: decode the track as promotion would
+    packets = [frames.get(base + i, OPUS_SILENCE_FRAME) for i in range(200)]
+    got = np.frombuffer(decode_frames(packets), "<i2").astype(float)
+    ref = np.frombuffer(decode_frames(sent), "<i2").astype(float)
+    for run in ((30, 31), (60, 62), (90, 93)):  # error energy vs silence's 100 %
+        seg = slice(run[0] * 1920, run[1] * 1920)
+        err = np.sum((got[seg] - ref[seg]) ** 2)
+        assert err < 0.15 * np.sum(ref[seg] ** 2), f"frames {run} not concealed"
+    assert np.all(got[121 * 1920: 139 * 1920] == 0)  # the long run stays silent
+
+
+async def test_fec_recovers_from_silk_packets() -> None:
+    h = Harness()
+    (a,) = h.rig.join(222)
+    await h.settle()
+    sent = encode_frames(tone_pcm(60, 300), application="voip", bitrate=20, fec=True)
+    assert sent[20][0] >> 3 < 16, "expected SILK/hybrid packets carrying LBRR"
+    for i, packet in enumerate(sent):
+        datagram = h.rig.packet(a, packet)
+        if i not in (20, 40):
+            await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    assert h.receiver.stats.recovered == 2 and h.receiver.stats.fec == 2
+    assert len(track(h, 222)) == 60
+
+
+async def test_unknown_ssrc_waits_for_speaking_then_is_dropped() -> None:
+    h = Harness(hold_unknown_ms=300)
+    a, b = h.rig.join(222, 333, announce=False)
+    await h.settle()
+    sent = encode_frames(tone_pcm(40, 440))
+    for i in range(40):  # a speaks before its SPEAKING event; b is never announced
+        await h.deliver(h.rig.packet(a, sent[i]), START_MS + 20 * (i + 1) + LATENCY_MS)
+        h.conn.socket_listener(h.rig.packet(b, sent[i]))
+        if i == 10:
+            h.rig.speaking(a)
+    await h.finish()
+    assert contiguous(track(h, 222)) == sent
+    assert min(track(h, 222)) == START_MS // 20  # held packets keep their arrival time
+    assert "333" not in h.sink.frames
+    assert h.receiver.stats.dropped["unknown_ssrc"] == 40
+
+
+async def test_leave_and_rejoin_keeps_the_timeline() -> None:
+    h = Harness()
+    _a, b = h.rig.join(222, 333)
+    await h.settle()
+    first = encode_frames(tone_pcm(50, 440))
+    second = encode_frames(tone_pcm(50, 880))
+    for i, packet in enumerate(first):
+        await h.deliver(h.rig.packet(b, packet), START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.at(START_MS + 1200)
+    h.rig.leave(333)
+    await h.settle()
+    await h.at(START_MS + 3000)
+    (b2,) = h.rig.join(333)  # a new client session: new keys, new SSRC, new RTP base
+    await h.settle()
+    assert b2.ssrc != b.ssrc
+    for i, packet in enumerate(second):
+        await h.deliver(h.rig.packet(b2, packet), START_MS + 4000 + 20 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    frames = track(h, 333)
+    base = START_MS // 20
+    assert [frames[base + i] for i in range(50)] == first
+    assert [frames[base + 200 + i] for i in range(50)] == second
+    assert len(frames) == 100
+    assert not h.receiver.stats.decrypt["333"].failures
+    assert h.rig.commits == 3
+
+
+async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each() -> None:
+    h = Harness()
+    a, _b = h.rig.join(222, 333)
+    await h.settle()
+    sent = encode_frames(tone_pcm(300, 440))
+    c_sent = encode_frames(tone_pcm(100, 700))
+    in_flight: list[tuple[float, bytes]] = []
+    c = None
+    for i, packet in enumerate(sent):
+        now = START_MS + 20 * i
+        await h.at(now)
+        if i == 100:
+            (c,) = h.rig.join(444)  # epoch 2: c is added
+            await h.settle()
+        if i == 200:
+            h.rig.leave(333)  # epoch 3: b is removed
+            await h.settle()
+        in_flight.append((now + 45, h.rig.packet(a, packet)))  # 45 ms in flight
+        if c is not None and i - 100 < len(c_sent):
+            in_flight.append((now + 45, h.rig.packet(c, c_sent[i - 100])))
+        due = [item for item in in_flight if item[0] <= now]
+        in_flight = [item for item in in_flight if item[0] > now]
+        for at, datagram in due:
+            await h.deliver(datagram, at)
+    await h.play(in_flight)
+    await h.finish()
+    assert h.rig.bot.epoch == 3
+    received = track(h, 222)
+    base = START_MS // 20 + 1  # the first packet arrived 45 ms after its capture began
+    exact = sum(received.get(base + i) == packet for i, packet in enumerate(sent))
+    assert exact >= len(sent) - 2  # ≤ 1 frame per transition
+    assert len(track(h, 444)) >= len(c_sent) - 1
+    failures = h.receiver.stats.decrypt["222"].failures
+    assert sum(failures.values()) <= 2
+    print(f"epoch test: {exact}/{len(sent)} exact, failures {dict(failures)}")
+
+
+async def test_forged_frames_are_refused_and_counted() -> None:
+    h = Harness()
+    (a,) = h.rig.join(222)
+    await h.settle()
+    # the forger: a DAVE member of another group, claiming to be user 222
+    other = ExternalSender(Harness.CHANNEL)
+    forger = davey.DaveSession(DAVE_VERSION, 222, Harness.CHANNEL)
+    helper = davey.DaveSession(DAVE_VERSION, 999, Harness.CHANNEL)
+    for s in (forger, helper):
+        s.set_external_sender(other.package)
+    result = helper.process_proposals(
+        davey.ProposalsOperationType.append,
+        vec(other.add(forger.get_serialized_key_package(), 0)))
+    assert result is not None and result.welcome is not None
+    helper.process_commit(result.commit)
+    forger.process_welcome(result.welcome)
+    sent = encode_frames(tone_pcm(60, 440))
+    forged = set(range(20, 25))
+    for i, packet in enumerate(sent):
+        frame = forger.encrypt_opus(packet) if i in forged else None
+        datagram = h.rig.packet(a, packet, dave_frame=frame)
+        await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
+    # and one datagram sealed with a wrong transport key
+    await h.deliver(h.rig.packet(a, sent[0], key=bytes(32)))
+    await h.finish()
+    frames = track(h, 222)
+    base = START_MS // 20
+    assert all(frames[base + i] == sent[i] for i in range(60) if i not in forged)
+    assert all(frames.get(base + i) != sent[i] for i in forged)
+    stats = h.receiver.stats
+    assert stats.decrypt["222"].failures == {"NoValidCryptorFound": 5}
+    assert stats.decrypt["222"].decrypted == 55
+    assert stats.dropped["transport_auth"] == 1
+
+
+async def test_silence_frames_pass_through() -> None:
+    h = Harness()
+    (a,) = h.rig.join(222)
+    await h.settle()
+    sent = encode_frames(tone_pcm(10, 440)) + [OPUS_SILENCE_FRAME] * 5
+    for i, packet in enumerate(sent):
+        await h.deliver(h.rig.packet(a, packet), START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    assert contiguous(track(h, 222)) == sent
+    assert h.receiver.stats.decrypt["222"].silence == 5
