@@ -12,8 +12,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from voicetrack.audio import RAW_FORMAT_OGG_OPUS
-
 GROUP = "voicetrack.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -34,6 +32,8 @@ MEETING_ID_PATTERN = r"^[A-Za-z0-9]{16}$"
 DNS_LABEL_MAX = 63
 
 TranscodeStatus = Literal["queued", "in_progress", "done", "failed"]
+OutputFormat = Literal["mp3", "flac", "opus"]
+RawFormat = Literal["ogg-opus", "pcm-s16le"]
 TRANSCODE_ORDER: dict[str, int] = {"queued": 0, "in_progress": 1, "done": 2, "failed": 2}
 """Forward-only rank of a transcode status: a write may only raise the rank."""
 
@@ -64,7 +64,7 @@ class SourceSpec(_Model):
 
 
 class OutputSpec(_Model):
-    formats: list[Literal["mp3", "flac", "opus"]] = Field(default_factory=lambda: ["mp3"])
+    formats: list[OutputFormat] = Field(default_factory=lambda: list[OutputFormat](["mp3"]))
     mp3_bitrate: int = Field(default=128, ge=32, le=320)
     """MP3 bitrate in kbit/s."""
     tracks: Literal["perSpeaker", "mixed", "both"] = "both"
@@ -78,7 +78,7 @@ class LimitsSpec(_Model):
 class StorageSpec(_Model):
     bucket: str = Field(default="voicetrack", min_length=3, max_length=63)
     prefix: str = "recordings"
-    raw_format: Literal["ogg-opus", "pcm-s16le"] = RAW_FORMAT_OGG_OPUS
+    raw_format: RawFormat = "ogg-opus"
 
 
 class SessionSpec(_Model):
@@ -142,7 +142,7 @@ class ChunkSpec(_Model):
     index: int = Field(ge=0)
     start_ms: int = Field(ge=0)
     end_ms: int = Field(ge=0)
-    raw_format: Literal["ogg-opus", "pcm-s16le"] = RAW_FORMAT_OGG_OPUS
+    raw_format: RawFormat = "ogg-opus"
     gap: Gap | None = None
     tracks: list[ChunkTrack] = Field(default_factory=list)
 

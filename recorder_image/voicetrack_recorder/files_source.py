@@ -115,8 +115,8 @@ class FilesSource:
                 proc.kill()
             await proc.wait()
             if proc.returncode not in (0, -9) and proc.stderr is not None:
-                err = (await proc.stderr.read()).decode(errors="replace").strip()
-                log.error("ffmpeg failed for speaker %s: %s", user, err[-300:])
+                text = (await proc.stderr.read()).decode(errors="replace").strip()
+                log.error("ffmpeg failed for speaker %s: %s", user, text[-300:])
             self.stats.finished.add(user)
             log.info("speaker %s finished: %d frames sent, %d silent", user, sent,
                      silent_run)

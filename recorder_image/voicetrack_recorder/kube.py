@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
@@ -56,8 +56,9 @@ class RecorderKube:
     def get_session(self) -> dict[str, Any]:
         """The RecordingSession object. Raises NotFoundError or TemporaryFailure."""
         try:
-            return self.objects.get_namespaced_custom_object(
+            obj = self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name)
+            return cast(dict[str, Any], obj)
         except ApiException as err:
             if err.status == 404:
                 raise NotFoundError(f"RecordingSession {self.name} not found") from err
@@ -66,9 +67,10 @@ class RecorderKube:
     def list_chunks(self) -> list[ChunkSpec]:
         """Every RecordingChunk of this session, by index."""
         try:
-            items = self.objects.list_namespaced_custom_object(
+            res = cast(dict[str, Any], self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL,
-                label_selector=f"{LABEL_SESSION}={self.name}")["items"]
+                label_selector=f"{LABEL_SESSION}={self.name}"))
+            items = res["items"]
         except ApiException as err:
             raise TemporaryFailure(f"list chunks: {err.status} {err.reason}") from err
         return sorted((ChunkSpec.model_validate(i["spec"]) for i in items),

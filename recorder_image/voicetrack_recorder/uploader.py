@@ -21,7 +21,7 @@ from voicetrack.errors import TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.oggopus import encode_ogg_opus
-from voicetrack.resources import ChunkSpec, ChunkTrack
+from voicetrack.resources import ChunkSpec, ChunkTrack, RawFormat
 from voicetrack_recorder.chunker import SealedChunk, SealedTrack
 from voicetrack_recorder.kube import RecorderKube
 
@@ -39,7 +39,7 @@ class ChunkUploader:
     """Writes sealed chunks of one session: raw objects, then the RecordingChunk."""
 
     def __init__(self, store: ObjectStore, kube: RecorderKube, layout: MeetingLayout,
-                 session_name: str, session_uid: str, raw_format: str = RAW_FORMAT_OGG_OPUS
+                 session_name: str, session_uid: str, raw_format: RawFormat = "ogg-opus"
                  ) -> None:
         self.store = store
         self.kube = kube

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -67,7 +67,7 @@ class KubeAdapter:
             raise TemporaryFailure(f"{what}: {err}", delay=5) from err
 
     def _dict(self, obj: Any) -> dict[str, Any]:
-        return self.api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+        return cast(dict[str, Any], self.api.sanitize_for_serialization(obj))
 
     async def _create(self, what: str, fn: Callable[..., Any], *args: Any) -> bool:
         """True when created, False when it already existed (409)."""
@@ -105,13 +105,14 @@ class KubeAdapter:
         """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding); 409 is success."""
         kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
         what = f"{kind} {ns}/{manifest['metadata']['name']}"
-        fn = {
+        creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
             "Job": self.batch.create_namespaced_job,
             "ServiceAccount": self.core.create_namespaced_service_account,
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
-        }[kind]
+        }
+        fn = creators[kind]
         return await self._create(what, fn, ns, manifest)
 
     async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
@@ -158,15 +159,16 @@ class KubeAdapter:
 
     async def list_sessions(self) -> list[dict[str, Any]]:
         """Every RecordingSession in the cluster."""
-        res = await self._call("list sessions", self.objects.list_cluster_custom_object,
-                               GROUP, VERSION, SESSION_PLURAL)
+        res = cast(dict[str, Any], await self._call(
+            "list sessions", self.objects.list_cluster_custom_object,
+            GROUP, VERSION, SESSION_PLURAL))
         return list(res["items"])
 
     async def list_chunks(self, ns: str, session: str) -> list[dict[str, Any]]:
         """The session's RecordingChunks, by spec.index."""
-        res = await self._call(
+        res = cast(dict[str, Any], await self._call(
             f"list chunks {ns}/{session}", self.objects.list_namespaced_custom_object,
-            GROUP, VERSION, ns, CHUNK_PLURAL, label_selector=f"{LABEL_SESSION}={session}")
+            GROUP, VERSION, ns, CHUNK_PLURAL, label_selector=f"{LABEL_SESSION}={session}"))
         return sorted(res["items"], key=lambda o: int(o["spec"]["index"]))
 
     async def get_chunk(self, ns: str, name: str) -> dict[str, Any] | None:

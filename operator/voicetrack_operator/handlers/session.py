@@ -21,9 +21,9 @@ async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
         status = await SessionService(memo.ctx).ensure_session(SessionView.parse(dict(body)))
     patch.status.update(status)
     if status.get("state") == "Refused":
-        kopf.warn(dict(body), reason="GuildBusy", message=status["conditions"][-1]["message"])
+        kopf.warn(body, reason="GuildBusy", message=status["conditions"][-1]["message"])
     elif status:
-        kopf.info(dict(body), reason="RecorderStarted",
+        kopf.info(body, reason="RecorderStarted",
                   message=f"recorder pod {status['recorderPod']} created")
 
 
@@ -39,7 +39,7 @@ async def on_session_observe(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch
 async def on_session_pause(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
     if old is None and not new:
         return
-    kopf.info(dict(body), reason="Paused" if new else "Resumed",
+    kopf.info(body, reason="Paused" if new else "Resumed",
               message="capture paused; the interval is left out of the recording" if new
               else "capture resumed")
 
@@ -57,8 +57,8 @@ async def on_session_delete(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
     except kopf.PermanentError as err:
         patch.status["state"] = "PromotionFailed"
         patch.status["phaseMessage"] = str(err)
-        kopf.exception(dict(body), reason="PromotionFailed", message=str(err))
+        kopf.exception(body, reason="PromotionFailed", message=str(err))
         raise
     patch.status.update(status)
-    kopf.info(dict(body), reason="Promoted",
+    kopf.info(body, reason="Promoted",
               message=f"{len(status.get('recordingIds', []))} recording(s) written")
