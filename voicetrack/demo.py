@@ -148,6 +148,44 @@ def _record(kubeconfig: Path, speakers: list[Speaker], pause: bool) -> None:
     raise RuntimeError("the recording did not finish in time")
 
 
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def api_writes(kubeconfig: Path) -> dict[str, int]:
+    """Write requests the apiserver has served, by resource (its own
+    `apiserver_request_total` counter, read through `kubectl get --raw /metrics`)."""
+    text = kubectl(kubeconfig, "get", "--raw", "/metrics", check=False).stdout
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        fields = dict(kv.split("=", 1) for kv in labels[labels.index("{") + 1:-1].split(",")
+                      if "=" in kv)
+        if fields.get("verb", "").strip('"') in WRITE_VERBS:
+            res = fields.get("resource", '""').strip('"')
+            sub = fields.get("subresource", '""').strip('"')
+            key = f"{res}/{sub}" if sub else res
+            out[key] = out.get(key, 0) + int(float(value))
+    return out
+
+
+def _latency(database_url: str, meeting_id: str) -> tuple[float, float, int]:
+    """p50 and p95 (s) of chunk rows from queued (created_at) to done (completed_at)."""
+    async def rows() -> list[Any]:
+        svc = RecordingService.from_url(database_url)
+        try:
+            return await svc.get_temp_recordings_for_meeting(meeting_id)
+        finally:
+            await svc.close()
+
+    lat = sorted((r.completed_at - r.created_at).total_seconds() for r in asyncio.run(rows())
+                 if r.completed_at is not None)
+    if not lat:
+        return 0.0, 0.0, 0
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.95))], len(lat)
+
+
 def _wait_deleted(kubeconfig: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     shown = ""
@@ -164,6 +202,16 @@ def _wait_deleted(kubeconfig: Path, timeout_s: float) -> None:
             raise RuntimeError(f"promotion failed: {st.get('phaseMessage')}")
         time.sleep(1)
     raise RuntimeError("the session was not promoted in time")
+
+
+def _wait_transcoded(kubeconfig: Path, timeout_s: float) -> None:
+    """Wait until no chunk of the session is queued or in progress."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = (_session(kubeconfig) or {}).get("status", {}).get("chunks", {})
+        if st.get("total") and not st.get("queued") and not st.get("inProgress"):
+            return
+        time.sleep(0.5)
 
 
 def _write_outputs(store: ObjectStore, manifest: FinalManifest, layout: MeetingLayout,
@@ -261,6 +309,7 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
             keys.append(key)
             console.print(f"speaker {s.user_id}: {s.source.name}, {s.duration_ms} ms, "
                           f"offset {s.offset_ms} ms")
+        writes_before = api_writes(kc.kubeconfig)
         kubectl(kc.kubeconfig, "apply", "-f", "-",
                 input=_session_manifest(speakers, keys, chunk_seconds, s3.bucket))
         console.print("[green]RecordingSession applied[/green]")
@@ -268,6 +317,9 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         console.print(_kget(kc.kubeconfig, "recchunk"))
         obj = _session(kc.kubeconfig) or {}
         meeting_id = obj.get("status", {}).get("meetingId", "")
+        chunks = int(obj.get("status", {}).get("chunks", {}).get("total", 0))
+        _wait_transcoded(kc.kubeconfig, 120)
+        p50, p95, n = _latency(database_url, meeting_id)
         kubectl(kc.kubeconfig, "-n", NAMESPACE, "delete", "recsess", SESSION, "--wait=false")
         console.print("[green]RecordingSession deleted: stop → transcodes → promotion[/green]")
         _wait_deleted(kc.kubeconfig, 300)
@@ -277,7 +329,16 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         doc = _write_outputs(store, manifest, layout, speakers, out)
         for t in [*doc["tracks"], doc["mix"]]:
             console.print(f"{Path(t['file']).name}: {t['url']}")
-        console.print(f"operator RSS {op.rss_mb():.0f} MB; final tracks in {out}")
+        writes_after = api_writes(kc.kubeconfig)
+        delta = {k: v - writes_before.get(k, 0) for k, v in writes_after.items()
+                 if v - writes_before.get(k, 0) > 0}
+        total = sum(delta.values())
+        console.print(f"chunk sealed → done: p50 {p50:.2f} s, p95 {p95:.2f} s over {n} "
+                      f"track(s); operator RSS {op.rss_mb():.0f} MB; API writes "
+                      f"{total} for {chunks} chunk(s) = {total / max(chunks, 1):.1f} per chunk")
+        console.print("API writes by resource: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])))
+        console.print(f"final tracks in {out}")
         return out / "manifest.json"
     except Exception:
         for part in started:
