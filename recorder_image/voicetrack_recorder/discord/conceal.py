@@ -2,8 +2,8 @@
 
 The raw track stores Opus packets, so a recovered frame must be an Opus packet too. For a
 run of `n` lost frames followed by a good packet `P` (at most `max_frames`; longer runs stay
-silent, since concealment fades to silence within ~100 ms anyway), the speaker's decoder
-(kept in step by decoding every packet) produces the lost audio: PLC for frames 1..n-1 and,
+silent, since concealment fades to silence within ~100 ms anyway), a decoder brought into
+step by replaying the speaker's last few packets produces the lost audio: PLC for frames 1..n-1 and,
 for frame n, FEC from `P`'s LBRR data when `P` is a SILK or hybrid packet (RFC 6716 §2.1.7,
 §3.1: configs 0..15; CELT-only packets carry no FEC) or PLC otherwise. That PCM is encoded
 by a fresh libopus encoder, first fed the speaker's last `warmup_frames` decoded frames (so
@@ -17,6 +17,8 @@ through discord.py's bindings (`discord.opus`).
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from discord import opus
 
@@ -34,19 +36,21 @@ def has_fec(packet: bytes) -> bool:
 
 
 class Concealer:
-    """Keeps one speaker stream's decoder in step and rebuilds lost frames.
+    """Rebuilds lost frames of one speaker stream from the packets around them.
 
-    `recovered`, `fec` and `plc` count rebuilt frames (all, by FEC, by PLC); `errors`
-    counts packets libopus refused to decode.
+    The stream's last `warmup_frames + 2` good packets are kept; on a loss a fresh libopus
+    decoder replays them (a decoder's state converges within a few frames), conceals the
+    lost frames and decodes the packet after them. Nothing is decoded while no packet is
+    lost, so the common case costs nothing. `recovered`, `fec` and `plc` count rebuilt
+    frames (all, by FEC, by PLC); `errors` counts packets libopus refused to decode.
     """
 
     def __init__(self, max_frames: int = 3, bitrate_kbps: int = 64,
                  warmup_frames: int = 3) -> None:
         self.max_frames = max_frames
         self.bitrate_kbps = bitrate_kbps
-        self._decoder: opus.Decoder | None = None
         self.warmup_frames = warmup_frames
-        self._history = b""
+        self._history: deque[bytes] = deque(maxlen=warmup_frames + 2)
         self.recovered = self.fec = self.plc = self.errors = 0
 
     def _frame(self, pcm: bytes) -> bytes:
@@ -54,34 +58,33 @@ class Concealer:
         return pcm[:_FRAME_BYTES].ljust(_FRAME_BYTES, b"\0")
 
     def feed(self, packet: bytes, lost_before: int) -> list[bytes]:
-        """Decode `packet` (the next good one, in order) and return Opus packets for the
+        """Take `packet` (the next good one, in order) and return Opus packets for the
         `lost_before` frames missing just before it: `lost_before` packets, or none when
-        the run is too long, nothing was decoded before, or libopus fails."""
-        if self._decoder is None:
-            self._decoder = opus.Decoder()
-        dec = self._decoder
+        the run is longer than `max_frames`, no packet came before, or libopus fails."""
         rebuilt: list[bytes] = []
-        try:
-            if 0 < lost_before <= self.max_frames and self._history:
-                lost_pcm = [self._frame(dec.decode(None, fec=False))
-                            for _ in range(lost_before - 1)]
-                if has_fec(packet):
-                    lost_pcm.append(self._frame(dec.decode(packet, fec=True)))
-                    self.fec += 1
-                else:
-                    lost_pcm.append(self._frame(dec.decode(None, fec=False)))
-                self.plc += lost_before - (1 if has_fec(packet) else 0)
-                pcm = self._frame(dec.decode(packet, fec=False))
-                rebuilt = self._encode(self._history, lost_pcm, pcm)
-                self.recovered += len(rebuilt)
-            else:
-                pcm = self._frame(dec.decode(packet, fec=False))
-        except opus.OpusError:
-            self.errors += 1
-            self._history = b""
-            return []
-        self._history = (self._history + pcm)[-self.warmup_frames * _FRAME_BYTES:]
+        if 0 < lost_before <= self.max_frames and self._history:
+            try:
+                rebuilt = self._rebuild(packet, lost_before)
+            except opus.OpusError:
+                self.errors += 1
+        self._history.append(packet)
         return rebuilt
+
+    def _rebuild(self, packet: bytes, lost: int) -> list[bytes]:
+        dec = opus.Decoder()
+        history = [self._frame(dec.decode(p, fec=False)) for p in self._history]
+        lost_pcm = [self._frame(dec.decode(None, fec=False)) for _ in range(lost - 1)]
+        if has_fec(packet):
+            lost_pcm.append(self._frame(dec.decode(packet, fec=True)))
+        else:
+            lost_pcm.append(self._frame(dec.decode(None, fec=False)))
+        after = self._frame(dec.decode(packet, fec=False))
+        out = self._encode(b"".join(history[-self.warmup_frames:]), lost_pcm, after)
+        fec = 1 if has_fec(packet) else 0
+        self.fec += fec
+        self.plc += lost - fec
+        self.recovered += len(out)
+        return out
 
     def _encode(self, before: bytes, lost: list[bytes], after: bytes) -> list[bytes]:
         enc = opus.Encoder(application="audio", bitrate=self.bitrate_kbps, fec=False)
