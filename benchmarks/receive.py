@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.discord_rig import VirtualTime, VoiceServerRig, encode_frames, tone_pcm  # noqa: E402
-from voicetrack_recorder.chunker import Chunker  # noqa: E402
-from voicetrack_recorder.clock import SessionClock  # noqa: E402
-from voicetrack_recorder.discord.receiver import VoiceReceiver  # noqa: E402
+from tests.discord_rig import VirtualTime, VoiceServerRig, encode_frames, tone_pcm
+from voicetrack_recorder.chunker import Chunker
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.discord.receiver import VoiceReceiver
 
 
 def main() -> None:
