@@ -110,6 +110,8 @@ class Session:
     chunks: list[ChunkSpec]
     gaps: list[Gap]
     sources: dict[str, np.ndarray]
+    packets: dict[str, list[bytes]]
+    """Ogg Opus sessions: every speaker's packets over the whole session, one per slot."""
 
 
 def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Speaker],
@@ -149,7 +151,7 @@ def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Spea
         for chunk in chunks:
             if chunk.start_ms == gap.end_ms:
                 chunk.gap = gap
-    return Session(layout, session_ms, chunks, gaps, sources)
+    return Session(layout, session_ms, chunks, gaps, sources, packets)
 
 
 def output_time(pcm: np.ndarray, gaps: list[Gap]) -> np.ndarray:
@@ -189,7 +191,7 @@ def best_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> tuple[float,
     y = b.astype(np.float64).sum(axis=1)
     n = min(x.size, y.size)
     x, y = x[:n], y[:n]
-    size = 1 << int(np.ceil(np.log2(2 * n)))
+    size = 1 << int(np.ceil(np.log2(n + max_lag + 1)))  # no wrap-around within ±max_lag
     spec = np.fft.rfft(y, size) * np.conj(np.fft.rfft(x, size))
     corr = np.fft.irfft(spec, size)
     lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
