@@ -180,7 +180,7 @@ def test_adopt_an_old_shape_database_keeps_its_rows(db_url: str) -> None:
     assert shape(db_url)["temp_recordings"] == OLD_TEMP_COLUMNS
     with connect(db_url) as conn:
         rows = conn.execute(sa.text("SELECT id, filename FROM temp_recordings ORDER BY id"))
-        names = dict(rows.all())
+        names: dict[str, str] = {row[0]: row[1] for row in rows}
         count = conn.execute(sa.text("SELECT count(*) FROM recordings")).scalar_one()
     assert names["oldtemp000000001"].endswith("300000000000000003-0001.pcm")
     assert names["oldtemp000000002"].endswith("300000000000000004-0001.pcm")

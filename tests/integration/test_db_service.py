@@ -7,10 +7,11 @@ import asyncio
 import hashlib
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from voicetrack.db.schema import TranscodeStatus
+from voicetrack.db.schema import TempRecording, TranscodeStatus
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalTrack
@@ -35,8 +36,8 @@ def chunk_key(index: int, user: str, ext: str = "opus") -> str:
 
 
 async def mirror(
-    svc: RecordingService, index: int, user: str, status: str, **extra: object
-) -> object:
+    svc: RecordingService, index: int, user: str, status: str, **extra: Any
+) -> TempRecording:
     if status == "done":
         extra.setdefault("mp3_path", chunk_key(index, user, "mp3"))
         extra.setdefault("sha256", sha(f"{index}-{user}"))
@@ -45,7 +46,7 @@ async def mirror(
         extra.setdefault("error", "ffmpeg exited 1")
     return await svc.upsert_chunk_status(
         SESSION_UID, index, user, MEETING, GUILD, chunk_key(index, user), "ogg-opus", status,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 
@@ -202,22 +203,23 @@ async def test_upsert_chunk_status_is_idempotent_and_forward_only(
     await db_service.create_meeting(MEETING, GUILD, CHANNEL, T0)
     first = await mirror(db_service, 3, ALICE, "queued")
     again = await mirror(db_service, 3, ALICE, "queued")
-    assert first.id == again.id  # type: ignore[attr-defined]
+    assert first.id == again.id
     running = await mirror(db_service, 3, ALICE, "in_progress", job_name="s-tx-000003")
-    assert running.transcode_status is TranscodeStatus.IN_PROGRESS  # type: ignore[attr-defined]
+    assert running.transcode_status is TranscodeStatus.IN_PROGRESS
     done = await mirror(db_service, 3, ALICE, "done")
-    assert done.transcode_status is TranscodeStatus.DONE  # type: ignore[attr-defined]
-    assert done.job_name == "s-tx-000003"  # type: ignore[attr-defined]
-    assert done.completed_at is not None  # type: ignore[attr-defined]
+    assert done.transcode_status is TranscodeStatus.DONE
+    assert done.job_name == "s-tx-000003"
+    assert done.completed_at is not None
     for late in ("in_progress", "queued", "failed"):
         row = await mirror(db_service, 3, ALICE, late, job_name="other-job")
-        assert row.transcode_status is TranscodeStatus.DONE  # type: ignore[attr-defined]
-        assert row.job_name == "s-tx-000003"  # type: ignore[attr-defined]
-        assert row.error is None  # type: ignore[attr-defined]
+        assert row.transcode_status is TranscodeStatus.DONE
+        assert row.job_name == "s-tx-000003"
+        assert row.error is None
     # First sight of a chunk may already be terminal (operator catching up after an outage).
     failed = await mirror(db_service, 4, BOB, "failed")
-    assert failed.transcode_status is TranscodeStatus.FAILED  # type: ignore[attr-defined]
-    assert (await mirror(db_service, 4, BOB, "done")).transcode_status is TranscodeStatus.FAILED  # type: ignore[attr-defined]
+    assert failed.transcode_status is TranscodeStatus.FAILED
+    late_done = await mirror(db_service, 4, BOB, "done")
+    assert late_done.transcode_status is TranscodeStatus.FAILED
 
     rows = await db_service.get_temp_recordings_for_meeting(MEETING)
     assert [(r.chunk_index, r.user_id) for r in rows] == [(3, ALICE), (4, BOB)]
@@ -255,7 +257,7 @@ async def test_twenty_concurrent_writers_on_one_chunk(
     async def writer(status: str) -> TranscodeStatus:
         await start.wait()
         row = await mirror(db_service, 0, ALICE, status, job_name="s-tx-000000")
-        return row.transcode_status  # type: ignore[attr-defined,no-any-return]
+        return row.transcode_status
 
     tasks = [asyncio.create_task(writer(s)) for s in statuses]
     await asyncio.sleep(0)

@@ -14,6 +14,7 @@ status, so concurrent writers cannot move a row backwards whatever order they co
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import secrets
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, case, delete, func, select, update
+from sqlalchemy import ColumnElement, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -362,36 +363,22 @@ class RecordingStore:
             raise InvalidInputError("error: required when status is failed")
         now = utcnow()
         terminal = TRANSCODE_RANK[target] == TRANSCODE_RANK[TranscodeStatus.DONE]
-        insert = self._insert(TempRecording).values(
-            id=new_id(),
-            created_at=now,
-            completed_at=now if terminal else None,
-            transcode_status=target,
-            cleaned=0,
+        params = {
             **values,
-        )
-        table = TempRecording.__table__
-        new = insert.excluded
-        keep = ("job_name", "mp3_path", "sha256", "duration_ms", "error", "completed_at")
-        stmt = insert.on_conflict_do_update(
-            index_elements=[table.c.session_uid, table.c.chunk_index, table.c.user_id],
-            set_={
-                "transcode_status": new.transcode_status,
-                **{name: func.coalesce(new[name], table.c[name]) for name in keep},
-            },
-            where=_rank(new.transcode_status) > _rank(table.c.transcode_status),
-        )
-        await self.session.execute(stmt)
-        row = await self.session.scalar(
-            select(TempRecording)
-            .where(
-                TempRecording.session_uid == session_uid,
-                TempRecording.chunk_index == chunk_index,
-                TempRecording.user_id == user_id,
+            "id": new_id(),
+            "created_at": now,
+            "completed_at": now if terminal else None,
+            "transcode_status": target,
+            "cleaned": 0,
+        }
+        upsert, lookup = _chunk_statements(self._dialect)
+        row = await self.session.scalar(upsert, params)
+        if row is None:  # the WHERE refused: the stored status already ranks as high
+            row = await self.session.scalar(
+                lookup,
+                {"k_session_uid": session_uid, "k_chunk_index": chunk_index, "k_user_id": user_id},
             )
-            .execution_options(populate_existing=True)
-        )
-        assert row is not None  # the statement above inserted or found it
+        assert row is not None  # the upsert inserted it or it was there
         return row
 
     async def get_temp_recordings_for_meeting(self, meeting_id: str) -> list[TempRecording]:
@@ -647,6 +634,43 @@ class RecordingStore:
         """The service's heartbeat, or None if it never beat."""
         _text("service_name", service_name, 64)
         return await self.session.get(Heartbeat, service_name, populate_existing=True)
+
+
+@functools.cache
+def _chunk_statements(dialect: str) -> tuple[Any, Any]:
+    """The mirror's upsert (ORM rows from `INSERT … ON CONFLICT DO UPDATE … WHERE
+    rank(new) > rank(old) RETURNING *`) and the lookup by unique key, built once per dialect
+    with bind parameters, so the hot path only binds values."""
+    table = TempRecording.metadata.tables[TempRecording.__tablename__]
+    columns = [c.name for c in table.c]
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table).values(
+        {name: bindparam(name, type_=table.c[name].type) for name in columns}
+    )
+    new = insert.excluded
+    keep = ("job_name", "mp3_path", "sha256", "duration_ms", "error", "completed_at")
+    upsert = insert.on_conflict_do_update(
+        index_elements=[table.c.session_uid, table.c.chunk_index, table.c.user_id],
+        set_={
+            "transcode_status": new.transcode_status,
+            **{name: func.coalesce(new[name], table.c[name]) for name in keep},
+        },
+        where=_rank(new.transcode_status) > _rank(table.c.transcode_status),
+    ).returning(*table.c)
+    upsert_rows = (
+        select(TempRecording)
+        .from_statement(upsert)
+        .execution_options(populate_existing=True)
+    )
+    lookup = (
+        select(TempRecording)
+        .where(
+            TempRecording.session_uid == bindparam("k_session_uid"),
+            TempRecording.chunk_index == bindparam("k_chunk_index"),
+            TempRecording.user_id == bindparam("k_user_id"),
+        )
+        .execution_options(populate_existing=True)
+    )
+    return upsert_rows, lookup
 
 
 def _select_tracks(strategy: str, tracks: Sequence[FinalTrack]) -> list[FinalTrack]:
