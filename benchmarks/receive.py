@@ -17,6 +17,7 @@ active speaker in real time (goal ≤ 2 %) and R the share of audio frames DAVE-
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import sys
 import time
@@ -24,7 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.discord_rig import VirtualTime, VoiceServerRig, encode_frames, tone_pcm
+from tests.discord_rig import (
+    DirectBot,
+    Speaker,
+    VirtualTime,
+    VoiceServerRig,
+    encode_frames,
+    tone_pcm,
+)
 from voicetrack_recorder.chunker import Chunker
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.discord.receiver import VoiceReceiver
@@ -45,16 +53,17 @@ def main() -> None:
     clock = SessionClock(t0, time_fn=vtime)
     chunker = Chunker(500)
     chunker.open(0)
-    receiver: VoiceReceiver | None = None
-
-    def events(msg: dict) -> None:
-        if receiver is not None:
-            receiver.gateway_event(msg["op"], msg["d"])
-
-    rig = VoiceServerRig(1, 2, mode=args.mode, events=events)
+    bot = DirectBot(1, 2)
+    rig = VoiceServerRig(bot, 2, mode=args.mode)
     receiver = VoiceReceiver(clock=clock, sink=chunker,
                              keys=lambda: (rig.mode, rig.secret_key), session=lambda: rig.bot)
-    speakers = rig.join(*range(100, 100 + args.speakers))
+    bot.events = lambda msg: receiver.gateway_event(msg["op"], msg["d"])
+
+    async def setup() -> list[Speaker]:
+        await rig.start()
+        return await rig.join(*range(100, 100 + args.speakers))
+
+    speakers = asyncio.run(setup())
     frames = args.seconds * 50
     prep = time.perf_counter()
     traffic: list[tuple[float, bytes]] = []

@@ -156,50 +156,189 @@ class Speaker:
         return self.session.encrypt_opus(opus_packet)
 
 
-class VoiceServerRig:
-    """One call: the external sender, the bot's DAVE session, the fake speakers.
+class DirectBot:
+    """The recorder bot's DAVE member driven with davey calls (benchmarks): the same calls
+    discord.py 2.7.1's `received_binary_message` makes for ops 25, 27, 29 and 30."""
 
-    `events` receives voice gateway JSON messages `{"op": n, "d": {...}}` (give it the
-    source's hook); `mode`/`secret_key` are what op 4 SESSION_DESCRIPTION would carry.
+    def __init__(self, user_id: int, channel_id: int) -> None:
+        self.session: davey.DaveSession = davey.DaveSession(DAVE_VERSION, user_id, channel_id)
+        self.events: Callable[[dict[str, Any]], Any] = lambda msg: None
+
+    async def start(self, mode: str, secret_key: bytes) -> bytes:
+        return self.session.get_serialized_key_package()
+
+    async def external_sender(self, package: bytes) -> None:
+        self.session.set_external_sender(package)
+
+    async def proposals(self, payload: bytes) -> None:
+        self.session.process_proposals(davey.ProposalsOperationType.append, payload[1:])
+
+    async def commit(self, transition_id: int, commit: bytes) -> None:
+        self.session.process_commit(commit)
+
+    async def welcome(self, transition_id: int, welcome: bytes) -> None:
+        self.session.process_welcome(welcome)
+
+    async def event(self, msg: dict[str, Any]) -> None:
+        result = self.events(msg)
+        if hasattr(result, "__await__"):
+            await result
+
+
+class ServerSocket:
+    """The voice server's end of the websocket, as discord.py's `DiscordVoiceWebSocket`
+    sees it (`send_str`/`send_bytes`/`close`): it records what the client sends."""
+
+    def __init__(self) -> None:
+        self.json: list[dict[str, Any]] = []
+        self.binary: list[tuple[int, bytes]] = []
+
+    async def send_str(self, data: str) -> None:
+        import json
+        self.json.append(json.loads(data))
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.binary.append((data[0], bytes(data[1:])))
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        return True
+
+
+class GatewayBot:
+    """The recorder bot as production runs it: discord.py 2.7.1's `DiscordVoiceWebSocket`
+    and `VoiceConnectionState` of a `RecorderVoiceClient` (whose websocket hook feeds the
+    source), receiving the voice server's frames: op 4 SESSION_DESCRIPTION (discord.py sets
+    `mode`, `secret_key`, creates its davey session and sends op 26), binary ops 25/27/29/30
+    (`[seq u16][op u8] payload`), JSON ops 5/11/13/22. Only the server is fake."""
+
+    def __init__(self, user_id: int, channel_id: int) -> None:
+        import asyncio
+
+        import discord
+        from discord.gateway import DiscordVoiceWebSocket
+        from discord.state import ClientUser
+
+        from voicetrack_recorder.discord.source import RecorderVoiceClient
+
+        self.client = discord.Client(intents=discord.Intents(guilds=True, voice_states=True))
+        self.client._connection.user = ClientUser(  # the READY event's user object
+            state=self.client._connection,
+            data={"id": str(user_id), "username": "voicetrack", "discriminator": "0",
+                  "avatar": None, "bot": True})  # type: ignore[typeddict-item]
+        self.voice = RecorderVoiceClient(self.client, discord.Object(channel_id))  # type: ignore[arg-type]
+        self.state = self.voice._connection
+        self.server = ServerSocket()
+        self.ws = DiscordVoiceWebSocket(self.server, asyncio.get_running_loop(),  # type: ignore[arg-type]
+                                        hook=self.state.hook)
+        self.ws._connection = self.state
+        self.state.ws = self.ws
+        self._seq = 0
+
+    @property
+    def session(self) -> davey.DaveSession:
+        session = self.state.dave_session
+        assert session is not None, "discord.py has no DAVE session yet"
+        return session
+
+    async def start(self, mode: str, secret_key: bytes) -> bytes:
+        """Op 4; returns the key package discord.py sent as op 26. (Op 2 READY's SSRC is
+        set directly: its handler would run UDP IP discovery against the server.)"""
+        self.state.ssrc = 1
+        await self.ws.received_message({"op": 4, "d": {
+            "mode": mode, "secret_key": list(secret_key), "dave_protocol_version": DAVE_VERSION}})
+        op, package = self.server.binary[-1]
+        assert op == 26
+        return package
+
+    async def _binary(self, op: int, payload: bytes) -> None:
+        self._seq += 1
+        await self.ws.received_binary_message(struct.pack(">HB", self._seq, op) + payload)
+
+    async def external_sender(self, package: bytes) -> None:
+        await self._binary(25, package)
+
+    async def proposals(self, payload: bytes) -> None:
+        await self._binary(27, payload)
+
+    async def commit(self, transition_id: int, commit: bytes) -> None:
+        await self._binary(29, struct.pack(">H", transition_id) + commit)
+        await self._execute(transition_id)
+
+    async def welcome(self, transition_id: int, welcome: bytes) -> None:
+        await self._binary(30, struct.pack(">H", transition_id) + welcome)
+        await self._execute(transition_id)
+
+    async def _execute(self, transition_id: int) -> None:
+        invalid = [m for m in self.server.json if m.get("op") == 31]
+        assert not invalid, f"discord.py refused a commit/welcome: {invalid}"
+        if transition_id:
+            await self.event({"op": 22, "d": {"transition_id": transition_id}})
+
+    async def event(self, msg: dict[str, Any]) -> None:
+        await self.ws.received_message(msg)
+
+
+class VoiceServerRig:
+    """One call: the external sender, the recorder bot's endpoint, the fake speakers.
+
+    `bot` is a `GatewayBot` (discord.py's real handlers) or a `DirectBot`; gateway JSON
+    events (op 5, 11, 13) go to `bot.event`. `mode`/`secret_key` are what op 4
+    SESSION_DESCRIPTION carries. Call `await start()` first.
     """
 
-    def __init__(self, bot_user_id: int, channel_id: int, *,
-                 mode: str = "aead_xchacha20_poly1305_rtpsize",
-                 events: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, bot: GatewayBot | DirectBot, channel_id: int, *,
+                 mode: str = "aead_xchacha20_poly1305_rtpsize") -> None:
         self.channel_id = channel_id
         self.sender = ExternalSender(channel_id)
         self.mode = mode
         self.secret_key = os.urandom(32)
-        self.events = events or (lambda msg: None)
-        self.bot = davey.DaveSession(DAVE_VERSION, bot_user_id, channel_id)
-        self.bot.set_external_sender(self.sender.package)
+        self.bot_endpoint = bot
         self.speakers: dict[int, Speaker] = {}
         self._next_ssrc = 1000
+        self._bot_package = b""
         self.commits = 0
+        self.transitions = 0
+
+    @property
+    def bot(self) -> davey.DaveSession:
+        """The bot's davey session (discord.py's `dave_session` for a GatewayBot)."""
+        return self.bot_endpoint.session
+
+    async def start(self) -> None:
+        """Op 4 then op 25: the bot is ready to be welcomed into the group."""
+        self._bot_package = await self.bot_endpoint.start(self.mode, self.secret_key)
+        await self.bot_endpoint.external_sender(self.sender.package)
 
     # -- membership ------------------------------------------------------------------
 
-    def _members(self) -> list[davey.DaveSession]:
-        return [self.bot, *(s.session for s in self.speakers.values())]
-
-    def _commit(self, proposals: list[bytes], joiners: list[davey.DaveSession]) -> None:
-        """Deliver op 27 to every member; the first commit wins (op 29); joiners get the
-        welcome (op 30)."""
-        payload = vec(b"".join(proposals))
-        members = [m for m in self._members() if m not in joiners]
-        results = [m.process_proposals(davey.ProposalsOperationType.append, payload)
-                   for m in members]
+    async def _commit(self, proposals: list[bytes], joiners: list[Speaker],
+                      bot_joins: bool) -> None:
+        """Op 27 to every member; the first speaker's commit wins; members get it as op 29
+        and joiners (the bot too, the first time) the welcome as op 30."""
+        payload = bytes([0]) + vec(b"".join(proposals))
+        members = [s for s in self.speakers.values() if s not in joiners]
+        if not members:  # the call's first speaker creates the group
+            members, joiners = joiners[:1], joiners[1:]
+        results = [m.session.process_proposals(davey.ProposalsOperationType.append,
+                                               payload[1:]) for m in members]
+        if not bot_joins:
+            await self.bot_endpoint.proposals(payload)
         winner = next(r for r in results if r is not None)
+        self.transitions += 1
         for member in members:
-            member.process_commit(winner.commit)
+            member.session.process_commit(winner.commit)
+        if not bot_joins:
+            await self.bot_endpoint.commit(self.transitions, winner.commit)
+        assert winner.welcome is not None or not (joiners or bot_joins)
         for joiner in joiners:
-            assert winner.welcome is not None
-            joiner.process_welcome(winner.welcome)
+            joiner.session.process_welcome(winner.welcome)  # type: ignore[arg-type]
+        if bot_joins:
+            await self.bot_endpoint.welcome(self.transitions, winner.welcome)  # type: ignore[arg-type]
         self.commits += 1
 
-    def join(self, *user_ids: int, announce: bool = True) -> list[Speaker]:
-        """Speakers join the call (one commit adds them all to the group); `announce`
-        sends op 11 and each one's op 5 SPEAKING with its SSRC."""
+    async def join(self, *user_ids: int, announce: bool = True) -> list[Speaker]:
+        """Speakers join the call (one commit adds them all; the first ones also bring the
+        bot in); `announce` sends op 11 and each one's op 5 SPEAKING with its SSRC."""
         new = []
         for user_id in user_ids:
             session = davey.DaveSession(DAVE_VERSION, user_id, self.channel_id)
@@ -209,32 +348,34 @@ class VoiceServerRig:
                               timestamp=int.from_bytes(os.urandom(4), "big"))
             self._next_ssrc += 7
             new.append(speaker)
-        epoch = self.bot.epoch or 0
-        if self.bot.status == davey.SessionStatus.pending:
-            epoch = 0
-        proposals = [self.sender.add(s.session.get_serialized_key_package(), epoch)
-                     for s in new]
+        creating = not self.speakers
+        epoch = 0 if creating else (self.bot.epoch or 0)
+        packages = [s.session.get_serialized_key_package() for s in new[1 if creating else 0:]]
+        if creating:
+            packages.append(self._bot_package)
+        proposals = [self.sender.add(p, epoch) for p in packages]
         for s in new:
             self.speakers[s.user_id] = s
-        self._commit(proposals, [s.session for s in new])
+        await self._commit(proposals, new, bot_joins=creating)
         if announce:
-            self.events({"op": 11, "d": {"user_ids": [str(s.user_id) for s in new]}})
+            await self.bot_endpoint.event(
+                {"op": 11, "d": {"user_ids": [str(s.user_id) for s in new]}})
             for s in new:
-                self.speaking(s)
+                await self.speaking(s)
         return new
 
-    def speaking(self, speaker: Speaker, flags: int = 1) -> None:
+    async def speaking(self, speaker: Speaker, flags: int = 1) -> None:
         """Op 5 SPEAKING for `speaker` (flags: 1 = microphone)."""
-        self.events({"op": 5, "d": {"user_id": str(speaker.user_id), "ssrc": speaker.ssrc,
-                                    "speaking": flags}})
+        await self.bot_endpoint.event({"op": 5, "d": {
+            "user_id": str(speaker.user_id), "ssrc": speaker.ssrc, "speaking": flags}})
 
-    def leave(self, user_id: int) -> None:
+    async def leave(self, user_id: int) -> None:
         """A speaker leaves: op 13, then an external Remove commits its removal."""
         speaker = self.speakers.pop(user_id)
-        self.events({"op": 13, "d": {"user_id": str(user_id)}})
+        await self.bot_endpoint.event({"op": 13, "d": {"user_id": str(user_id)}})
         leaf = speaker.session.own_leaf_index
         assert leaf is not None and self.bot.epoch is not None
-        self._commit([self.sender.remove(leaf, self.bot.epoch)], [])
+        await self._commit([self.sender.remove(leaf, self.bot.epoch)], [], bot_joins=False)
 
     # -- media -------------------------------------------------------------------------
 
@@ -294,10 +435,11 @@ class CaptureSink:
 
 
 class Harness:
-    """The rig wired to the real receive path: a discord.py `VoiceConnectionState` holding
-    what op 4 and the DAVE handshake would set (mode, secret key, the bot's davey
-    session), a `ConnectionReceiver` attached to it with `add_socket_listener`, and the
-    websocket hook fed with the rig's gateway events. Times are session ms."""
+    """The rig wired to the production receive path: a `GatewayBot` (discord.py's voice
+    websocket and connection state of a `RecorderVoiceClient`), a `ConnectionReceiver`
+    attached to that state with `add_socket_listener` and installed as the client's
+    receiver (so discord.py's websocket hook feeds it), and the speakers' datagrams handed
+    to the listener. Open it with `await Harness.open(...)`. Times are session ms."""
 
     BOT = 900_000_000_000_000_001
     CHANNEL = 1_111_111_111_111_111_111
@@ -306,8 +448,6 @@ class Harness:
                  **options: Any) -> None:
         import asyncio
 
-        from discord.voice_state import VoiceConnectionState
-
         from voicetrack_recorder.clock import SessionClock
         from voicetrack_recorder.discord.source import make_receiver
 
@@ -315,21 +455,22 @@ class Harness:
         self.t0_ms = int(self.time.now * 1000)
         self.clock = SessionClock(self.t0_ms, time_fn=self.time)
         self.sink = sink if sink is not None else CaptureSink()
-        self.rig = VoiceServerRig(self.BOT, self.CHANNEL, mode=mode, events=self._event)
-        self.state = VoiceConnectionState(None)  # type: ignore[arg-type]
+        self.gateway = GatewayBot(self.BOT, self.CHANNEL)
+        self.rig = VoiceServerRig(self.gateway, self.CHANNEL, mode=mode)
+        self.state = self.gateway.state
         self.state._create_socket()
-        self.state.mode = mode  # type: ignore[assignment]
-        self.state.secret_key = list(self.rig.secret_key)
-        self.state.dave_session = self.rig.bot
-        self.state.dave_protocol_version = DAVE_VERSION
         self.conn = make_receiver(self.clock, self.sink, asyncio.get_running_loop(), **options)
+        self.gateway.voice.receiver = self.conn
         self.conn.attach(self.state)
         self.receiver = self.conn.receiver
         self.now_ms = 0.0
 
-    def _event(self, msg: dict[str, Any]) -> None:
-        import asyncio
-        asyncio.get_running_loop().create_task(self.conn.ws_hook(None, msg))
+    @classmethod
+    async def open(cls, sink: Any = None, **kwargs: Any) -> Harness:
+        """A harness whose bot has had op 4 and op 25 (ready to be welcomed)."""
+        harness = cls(sink, **kwargs)
+        await harness.rig.start()
+        return harness
 
     async def settle(self) -> None:
         """Let scheduled callbacks (datagrams, hook events) run."""

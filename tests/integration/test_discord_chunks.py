@@ -70,8 +70,8 @@ async def test_markers_at_true_time_after_promotion(object_store: ObjectStore,
     rng = random.Random(11)
     chunker = Chunker(CHUNK_SLOTS)
     chunker.open(0)
-    h = Harness(sink=chunker)
-    speakers = {s.user_id: s for s in h.rig.join(222, 333)}
+    h = await Harness.open(sink=chunker)
+    speakers = {s.user_id: s for s in await h.rig.join(222, 333)}
     await h.settle()
     freqs = {222: 440.0, 333: 660.0, 444: 880.0}
     # silence between bursts: real encoders would code digital silence; tone only in bursts
@@ -97,7 +97,7 @@ async def test_markers_at_true_time_after_promotion(object_store: ObjectStore,
     sent_slots = {u: sorted(_burst_mask(onsets)) for u, onsets in MARKERS.items()}
     for arrival, user, slot in schedule:
         if not joined and arrival >= 3000:
-            speakers[444] = h.rig.join(444)[0]  # a member added: epoch change
+            speakers[444] = (await h.rig.join(444))[0]  # a member added: epoch change
             rtp_base[444] = (speakers[444].sequence, speakers[444].timestamp)
             await h.settle()
             joined = True

@@ -43,8 +43,8 @@ def contiguous(frames: dict[int, bytes]) -> list[bytes]:
 
 @pytest.mark.parametrize("mode", [MODE_AES256_GCM, MODE_XCHACHA20])
 async def test_clean_input_is_sample_exact(mode: str) -> None:
-    h = Harness(mode=mode)
-    a, b = h.rig.join(222, 333)
+    h = await Harness.open(mode=mode)
+    a, b = await h.rig.join(222, 333)
     await h.settle()
     pa, pb = encode_frames(tone_pcm(150, 440)), encode_frames(tone_pcm(150, 660))
     schedule = []
@@ -66,8 +66,8 @@ async def test_clean_input_is_sample_exact(mode: str) -> None:
 
 async def test_reordering_duplicates_jitter_and_wrap() -> None:
     rng = random.Random(7)
-    h = Harness()
-    (a,) = h.rig.join(222)
+    h = await Harness.open()
+    (a,) = await h.rig.join(222)
     a.sequence, a.timestamp = 65500, 2**32 - 960 * 30  # both wrap mid-stream
     await h.settle()
     sent = encode_frames(tone_pcm(120, 523))
@@ -87,8 +87,8 @@ async def test_reordering_duplicates_jitter_and_wrap() -> None:
 
 
 async def test_loss_is_a_gap_never_a_shift_and_short_runs_are_rebuilt() -> None:
-    h = Harness(conceal_frames=3)
-    (a,) = h.rig.join(222)
+    h = await Harness.open(conceal_frames=3)
+    (a,) = await h.rig.join(222)
     await h.settle()
     pcm = tone_pcm(200, 330, amp=0.4)
     sent = encode_frames(pcm)
@@ -122,8 +122,8 @@ async def test_loss_is_a_gap_never_a_shift_and_short_runs_are_rebuilt() -> None:
 
 
 async def test_fec_recovers_from_silk_packets() -> None:
-    h = Harness()
-    (a,) = h.rig.join(222)
+    h = await Harness.open()
+    (a,) = await h.rig.join(222)
     await h.settle()
     sent = encode_frames(tone_pcm(60, 300), application="voip", bitrate=20, fec=True)
     assert sent[20][0] >> 3 < 16, "expected SILK/hybrid packets carrying LBRR"
@@ -137,15 +137,15 @@ async def test_fec_recovers_from_silk_packets() -> None:
 
 
 async def test_unknown_ssrc_waits_for_speaking_then_is_dropped() -> None:
-    h = Harness(hold_unknown_ms=300)
-    a, b = h.rig.join(222, 333, announce=False)
+    h = await Harness.open(hold_unknown_ms=300)
+    a, b = await h.rig.join(222, 333, announce=False)
     await h.settle()
     sent = encode_frames(tone_pcm(40, 440))
     for i in range(40):  # a speaks before its SPEAKING event; b is never announced
         await h.deliver(h.rig.packet(a, sent[i]), START_MS + 20 * (i + 1) + LATENCY_MS)
         h.conn.socket_listener(h.rig.packet(b, sent[i]))
         if i == 10:
-            h.rig.speaking(a)
+            await h.rig.speaking(a)
     await h.finish()
     assert contiguous(track(h, 222)) == sent
     assert min(track(h, 222)) == START_MS // 20  # held packets keep their arrival time
@@ -154,18 +154,18 @@ async def test_unknown_ssrc_waits_for_speaking_then_is_dropped() -> None:
 
 
 async def test_leave_and_rejoin_keeps_the_timeline() -> None:
-    h = Harness()
-    _a, b = h.rig.join(222, 333)
+    h = await Harness.open()
+    _a, b = await h.rig.join(222, 333)
     await h.settle()
     first = encode_frames(tone_pcm(50, 440))
     second = encode_frames(tone_pcm(50, 880))
     for i, packet in enumerate(first):
         await h.deliver(h.rig.packet(b, packet), START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.at(START_MS + 1200)
-    h.rig.leave(333)
+    await h.rig.leave(333)
     await h.settle()
     await h.at(START_MS + 3000)
-    (b2,) = h.rig.join(333)  # a new client session: new keys, new SSRC, new RTP base
+    (b2,) = await h.rig.join(333)  # a new client session: new keys, new SSRC, new RTP base
     await h.settle()
     assert b2.ssrc != b.ssrc
     for i, packet in enumerate(second):
@@ -181,8 +181,8 @@ async def test_leave_and_rejoin_keeps_the_timeline() -> None:
 
 
 async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each() -> None:
-    h = Harness()
-    a, _b = h.rig.join(222, 333)
+    h = await Harness.open()
+    a, _b = await h.rig.join(222, 333)
     await h.settle()
     sent = encode_frames(tone_pcm(300, 440))
     c_sent = encode_frames(tone_pcm(100, 700))
@@ -192,10 +192,10 @@ async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each() -> None:
         now = START_MS + 20 * i
         await h.at(now)
         if i == 100:
-            (c,) = h.rig.join(444)  # epoch 2: c is added
+            (c,) = await h.rig.join(444)  # epoch 2: c is added
             await h.settle()
         if i == 200:
-            h.rig.leave(333)  # epoch 3: b is removed
+            await h.rig.leave(333)  # epoch 3: b is removed
             await h.settle()
         in_flight.append((now + 45, h.rig.packet(a, packet)))  # 45 ms in flight
         if c is not None and i - 100 < len(c_sent):
@@ -207,6 +207,12 @@ async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each() -> None:
     await h.play(in_flight)
     await h.finish()
     assert h.rig.bot.epoch == 3
+    # the bot went through discord.py's own handlers: its session is the connection's,
+    # it answered each proposal with a commit (op 28, lost the race) and acknowledged
+    # its welcome and both transitions (op 23)
+    assert h.state.dave_session is h.rig.bot
+    assert [op for op, _ in h.gateway.server.binary] == [26, 28, 28]
+    assert [m["d"]["transition_id"] for m in h.gateway.server.json if m["op"] == 23] == [1, 2, 3]
     received = track(h, 222)
     base = START_MS // 20 + 1  # the first packet arrived 45 ms after its capture began
     exact = sum(received.get(base + i) == packet for i, packet in enumerate(sent))
@@ -218,8 +224,8 @@ async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each() -> None:
 
 
 async def test_forged_frames_are_refused_and_counted() -> None:
-    h = Harness()
-    (a,) = h.rig.join(222)
+    h = await Harness.open()
+    (a,) = await h.rig.join(222)
     await h.settle()
     # the forger: a DAVE member of another group, claiming to be user 222
     other = ExternalSender(Harness.CHANNEL)
@@ -253,8 +259,8 @@ async def test_forged_frames_are_refused_and_counted() -> None:
 
 
 async def test_silence_frames_pass_through() -> None:
-    h = Harness()
-    (a,) = h.rig.join(222)
+    h = await Harness.open()
+    (a,) = await h.rig.join(222)
     await h.settle()
     sent = encode_frames(tone_pcm(10, 440)) + [OPUS_SILENCE_FRAME] * 5
     for i, packet in enumerate(sent):

@@ -31,6 +31,9 @@ from voicetrack_recorder.discord.transport import TransportDecryptor, TransportE
 
 log = logging.getLogger(__name__)
 
+MAX_HELD_UNKNOWN = 100
+"""Packets kept per not-yet-announced SSRC (2 s of audio); older ones are dropped."""
+
 KeySource = Callable[[], "tuple[str, bytes] | None"]
 """Returns the transport (mode, 32-byte secret key) now, or None before op 4 arrived."""
 SessionSource = Callable[[], "davey.DaveSession | None"]
@@ -125,10 +128,10 @@ class VoiceReceiver:
         except GatewayEventError as exc:
             log.warning("ignoring voice gateway event: %s", exc)
             return
+        for ssrc in list(self._streams):
+            if self._streams[ssrc].user_id != self.ssrcs.user_for(ssrc):
+                self._finish(ssrc)  # its user left, or the SSRC now belongs to someone else
         for ssrc in mapped:
-            stream = self._streams.get(ssrc)
-            if stream is not None and stream.user_id != self.ssrcs.user_for(ssrc):
-                self._finish(ssrc)  # the SSRC now belongs to someone else
             for data_, arrival in self._unknown.pop(ssrc, []):
                 self._ingest(data_, arrival)
         self.tick()
@@ -186,7 +189,11 @@ class VoiceReceiver:
             return
         user = self.ssrcs.user_for(header.ssrc)
         if user is None:
-            self._unknown[header.ssrc].append((data, arrival_ms))
+            held = self._unknown[header.ssrc]
+            if len(held) >= MAX_HELD_UNKNOWN:
+                held.pop(0)
+                self.stats.dropped["unknown_ssrc"] += 1
+            held.append((data, arrival_ms))
             return
         try:
             transport = self._transport_for()

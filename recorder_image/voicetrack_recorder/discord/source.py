@@ -56,7 +56,10 @@ class ConnectionReceiver:
 
     def socket_listener(self, data: bytes) -> None:
         arrival_ms = self.receiver.clock.time_fn() * 1000
-        self.loop.call_soon_threadsafe(self.receiver.datagram, bytes(data), arrival_ms)
+        try:
+            self.loop.call_soon_threadsafe(self.receiver.datagram, bytes(data), arrival_ms)
+        except RuntimeError:  # the loop has closed: we are shutting down
+            log.debug("datagram after the event loop closed; dropped")
 
     async def ws_hook(self, ws: Any, msg: Mapping[str, Any]) -> None:
         op, data = msg.get("op"), msg.get("d")
