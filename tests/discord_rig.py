@@ -211,7 +211,7 @@ class GatewayBot:
     `mode`, `secret_key`, creates its davey session and sends op 26), binary ops 25/27/29/30
     (`[seq u16][op u8] payload`), JSON ops 5/11/13/22. Only the server is fake."""
 
-    def __init__(self, user_id: int, channel_id: int) -> None:
+    def __init__(self, user_id: int, channel_id: int, receiver: Any = None) -> None:
         import asyncio
 
         import discord
@@ -225,7 +225,7 @@ class GatewayBot:
             state=self.client._connection,
             data={"id": str(user_id), "username": "voicetrack", "discriminator": "0",
                   "avatar": None, "bot": True})  # type: ignore[typeddict-item]
-        self.voice = RecorderVoiceClient(self.client, discord.Object(channel_id))  # type: ignore[arg-type]
+        self.voice = RecorderVoiceClient(self.client, discord.Object(channel_id), receiver)
         self.state = self.voice._connection
         self.server = ServerSocket()
         self.ws = DiscordVoiceWebSocket(self.server, asyncio.get_running_loop(),  # type: ignore[arg-type]
@@ -455,12 +455,11 @@ class Harness:
         self.t0_ms = int(self.time.now * 1000)
         self.clock = SessionClock(self.t0_ms, time_fn=self.time)
         self.sink = sink if sink is not None else CaptureSink()
-        self.gateway = GatewayBot(self.BOT, self.CHANNEL)
+        self.conn = make_receiver(self.clock, self.sink, asyncio.get_running_loop(), **options)
+        self.gateway = GatewayBot(self.BOT, self.CHANNEL, receiver=self.conn)
         self.rig = VoiceServerRig(self.gateway, self.CHANNEL, mode=mode)
         self.state = self.gateway.state
         self.state._create_socket()
-        self.conn = make_receiver(self.clock, self.sink, asyncio.get_running_loop(), **options)
-        self.gateway.voice.receiver = self.conn
         self.conn.attach(self.state)
         self.receiver = self.conn.receiver
         self.now_ms = 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import struct
 import time
@@ -36,6 +37,9 @@ KEEPALIVE_S = 5.0
 server open while the bot itself never sends audio (as @discordjs/voice's VoiceUDPSocket
 does every 5 s)."""
 TICK_S = 0.02
+REJOIN_AFTER_S = 30.0
+"""How long discord.py may stay disconnected (it reconnects by itself first) before the
+source joins the channel again; the timeline continues, the interval is silence."""
 NICK_MAX = 32
 """Discord nickname length limit (Discord developer docs, "Guild Member Object")."""
 
@@ -109,9 +113,16 @@ async def _forward_hook(ws: Any, msg: dict[str, Any]) -> None:
 
 
 class RecorderVoiceClient(discord.VoiceClient):
-    """discord.py's VoiceClient with the websocket hook installed (receive only)."""
+    """discord.py's VoiceClient with the websocket hook installed (receive only).
 
-    receiver: ConnectionReceiver | None = None
+    `receiver` gets every voice gateway JSON event from the first one on (users already
+    in the channel are announced right after the handshake); pass it with
+    `channel.connect(cls=functools.partial(RecorderVoiceClient, receiver=...))`."""
+
+    def __init__(self, client: discord.Client, channel: Any,
+                 receiver: ConnectionReceiver | None = None) -> None:
+        self.receiver = receiver
+        super().__init__(client, channel)
 
     def create_connection_state(self) -> VoiceConnectionState:
         return VoiceConnectionState(self, hook=_forward_hook)
@@ -144,6 +155,7 @@ class DiscordSource:
         self.notice = notice
         self._options = receiver_options
         self.connection: ConnectionReceiver | None = None
+        self._voice: RecorderVoiceClient | None = None
         self._original_nick: str | None = None
 
     @property
@@ -166,29 +178,38 @@ class DiscordSource:
         except (discord.HTTPException, OSError) as exc:
             raise TemporaryFailure(f"cannot reach Discord: {exc}") from exc
         runner = asyncio.create_task(client.connect(reconnect=True))
-        voice: RecorderVoiceClient | None = None
+        self._voice = None
         try:
             await self._until_ready(client, runner)
             channel = await self._channel(client)
-            voice = await channel.connect(cls=RecorderVoiceClient, self_mute=True,
-                                          self_deaf=False, reconnect=True)
-            voice.receiver = self.connection
-            self.connection.attach(voice._connection)
+            await self._join(channel)
             if self.notice:
                 await self._announce(channel)
-            await self._record(voice, stop)
+            await self._record(channel, stop)
         finally:
             self.connection.detach()
             self.connection.receiver.flush()
             if self.notice:
                 await self._unannounce(client)
-            if voice is not None:
+            if self._voice is not None:
                 with contextlib.suppress(Exception):
-                    await voice.disconnect(force=True)
+                    await self._voice.disconnect(force=True)
             await client.close()
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await runner
+
+    async def _join(self, channel: discord.VoiceChannel) -> RecorderVoiceClient:
+        """Connect (muted) and attach the receiver; the receiver, its SSRC map and the
+        speakers' timelines are the same for every (re)join."""
+        assert self.connection is not None
+        self.connection.detach()
+        voice = await channel.connect(
+            cls=functools.partial(RecorderVoiceClient, receiver=self.connection),
+            self_mute=True, self_deaf=False, reconnect=True)
+        self.connection.attach(voice._connection)
+        self._voice = voice
+        return voice
 
     async def _until_ready(self, client: discord.Client, runner: asyncio.Task[None]) -> None:
         ready = asyncio.create_task(client.wait_until_ready())
@@ -221,17 +242,36 @@ class DiscordSource:
                                     f"{self.channel_id}")
         return channel  # type: ignore[return-value]
 
-    async def _record(self, voice: RecorderVoiceClient, stop: asyncio.Event) -> None:
-        assert self.connection is not None
+    async def _record(self, channel: discord.VoiceChannel, stop: asyncio.Event) -> None:
+        """Tick the receiver every 20 ms, send UDP keep-alives, and rejoin when discord.py
+        has given up on the connection (kicked, voice server gone) for REJOIN_AFTER_S."""
+        assert self.connection is not None and self._voice is not None
         receiver = self.connection.receiver
         next_keepalive = time.monotonic() + KEEPALIVE_S
+        down_since: float | None = None
         counter = 0
         while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
             receiver.tick()
-            if time.monotonic() >= next_keepalive:
-                next_keepalive += KEEPALIVE_S
+            voice = self._voice
+            now = time.monotonic()
+            if voice.is_connected():
+                down_since = None
+            elif down_since is None:
+                down_since = now
+            elif now - down_since >= REJOIN_AFTER_S:
+                down_since = now
+                log.warning("voice connection lost for %.0f s; rejoining", REJOIN_AFTER_S)
+                try:
+                    with contextlib.suppress(Exception):
+                        await voice.disconnect(force=True)
+                    await self._join(channel)
+                except (TimeoutError, discord.ClientException, discord.HTTPException,
+                        OSError) as exc:
+                    log.warning("rejoin failed (%s); trying again later", exc)
+            if now >= next_keepalive:
+                next_keepalive = now + KEEPALIVE_S
                 counter = (counter + 1) & 0xFFFF_FFFF
                 if voice.is_connected():
                     with contextlib.suppress(OSError):
