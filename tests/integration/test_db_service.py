@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from voicetrack.db.migrate import upgrade_head
 from voicetrack.db.schema import TempRecording, TranscodeStatus
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.local.postgres import PostgresServer, free_port
 from voicetrack.manifests import FinalTrack
 
 pytestmark = pytest.mark.integration
@@ -432,8 +434,6 @@ async def test_unreachable_database_is_a_temporary_failure(
         # A directory where the database file should be: SQLite cannot open it.
         bad = db_url.replace("voicetrack.db", "")
     else:
-        from voicetrack.local.postgres import free_port
-
         bad = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres"
     svc = RecordingService.from_url(bad)
     try:
@@ -442,3 +442,26 @@ async def test_unreachable_database_is_a_temporary_failure(
         assert info.value.delay > 0
     finally:
         await svc.close()
+
+
+async def test_database_outage_is_temporary_and_recovers() -> None:
+    """A crashed PostgreSQL gives TemporaryFailure (never a bare client error); once it is
+    back, the same service works again without being rebuilt."""
+    server = PostgresServer()
+    url = await asyncio.to_thread(server.start)
+    try:
+        await asyncio.to_thread(upgrade_head, url)
+        svc = RecordingService.from_url(url)
+        try:
+            await svc.create_meeting(MEETING, GUILD, CHANNEL, T0)
+            await mirror(svc, 0, ALICE, "queued")
+            await asyncio.to_thread(server.crash)
+            with pytest.raises(TemporaryFailure, match="database"):
+                await mirror(svc, 0, ALICE, "in_progress")
+            await asyncio.to_thread(server.restart)
+            row = await mirror(svc, 0, ALICE, "in_progress")
+            assert row.transcode_status is TranscodeStatus.IN_PROGRESS
+        finally:
+            await svc.close()
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -250,8 +250,14 @@ class RecordingStore:
     ) -> TempRecording:
         """Insert one `queued` temp row (a new id) for a speaker's raw chunk at `pcm_path`.
         NotFoundError for an unknown meeting. (The mirror uses `upsert_chunk_status`, which
-        is idempotent; this plain insert always adds a row.)"""
-        await self.get_meeting(meeting_id)
+        is idempotent; this plain insert always adds a row.) InvalidInputError when
+        `guild_id` is not the meeting's guild."""
+        meeting = await self.get_meeting(meeting_id)
+        if meeting.guild_id != guild_id:
+            raise InvalidInputError(
+                f"guild_id: meeting {meeting_id} belongs to guild {meeting.guild_id}, "
+                f"not {guild_id}"
+            )
         row = TempRecording(
             id=new_id(),
             meeting_id=meeting_id,

@@ -48,8 +48,8 @@ def free_port() -> int:
 class PostgresServer:
     """One PostgreSQL server process on 127.0.0.1 (see the module docstring).
 
-    `durable=False` (tests) turns off fsync, full-page writes and synchronous commit:
-    fast, and a crash loses the data, which a throw-away server does not mind.
+    `durable=False` (tests) turns off fsync and full-page writes: fast; committed data
+    survives a crash of the server's processes (`crash()`), not one of the machine.
     `durable=True` keeps PostgreSQL's defaults (benchmarks that report real figures).
     `start_timeout_s` bounds initdb + start-up."""
 
@@ -178,7 +178,6 @@ class PostgresServer:
             settings += [
                 "-c", "fsync=off",
                 "-c", "full_page_writes=off",
-                "-c", "synchronous_commit=off",
             ]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -237,6 +236,33 @@ class PostgresServer:
         while pid is not None and time.monotonic() < deadline and _alive(pid):
             time.sleep(0.05)
 
+    def crash(self, timeout_s: float = 20.0) -> None:
+        """Kill the server the hard way (SIGKILL to its whole process group), keeping the
+        data directory and port, as a machine or container failure would. For disruptive
+        tests; `restart()` brings it back (PostgreSQL runs crash recovery)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            time.sleep(0.05)
+        # Every process of the server is dead (zombies awaiting their reaper at most), but
+        # PostgreSQL would take a zombie's pid in the lock file for a live postmaster.
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "postmaster.pid").unlink()
+
+    def restart(self) -> str:
+        """Start the server again on the same data directory and port (after `crash()` or
+        a stop of the process); returns `url()`."""
+        if self.base_dir is None or self.port is None:
+            raise InvalidInputError("PostgresServer.restart: never started")
+        if self._proc is None:
+            self._spawn()
+        return self.url()
+
     def _remove_dir(self) -> None:
         if self.base_dir is not None:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -276,6 +302,18 @@ class PostgresServer:
             raise InvalidInputError(f"database name {name!r}: lowercase letters, digits, _")
         with psycopg.connect(self._dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in process group `pgid`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:
