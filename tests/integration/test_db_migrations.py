@@ -5,6 +5,7 @@ head matches the typed models, and an old-shape database holding rows is adopted
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -62,7 +63,9 @@ def shape(url: str) -> dict[str, set[str]]:
         }
 
 
-def test_every_revision_upgrades_and_downgrades(db_url: str) -> None:
+def test_every_revision_upgrades_and_downgrades(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     assert migrate.current_revision(db_url) is None
     for previous, revision in zip([None, *REVISIONS], REVISIONS, strict=False):
         assert migrate.upgrade(db_url, "+1") == [revision]
@@ -76,7 +79,12 @@ def test_every_revision_upgrades_and_downgrades(db_url: str) -> None:
     assert migrate.upgrade_head(db_url) == []
     assert migrate.downgrade(db_url, "base") == REVISIONS[::-1]
     assert shape(db_url) == {}
-    assert migrate.upgrade_head(db_url) == REVISIONS
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="voicetrack.db.migrate"):
+        assert migrate.upgrade_head(db_url) == REVISIONS
+    logged = [r.getMessage() for r in caplog.records if r.name == "voicetrack.db.migrate"]
+    for revision in REVISIONS:
+        assert any(m.startswith(f"upgrade applied: {revision} ") for m in logged), logged
     migrate.require_head(db_url)
 
 

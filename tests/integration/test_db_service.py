@@ -413,6 +413,21 @@ async def test_cleanup_old_temp_recordings(db_service: RecordingService) -> None
     assert left == {ids["fresh"], ids["edge"]}
     assert await db_service.cleanup_old_temp_recordings(timedelta(hours=24), now=now) == 0
 
+    # A session that still exists keeps its rows however old they are.
+    other = "0ther0meeting0id"
+    await db_service.create_meeting(other, GUILD, CHANNEL, T0)
+    await db_service.insert_temp_recording(
+        other, BOB, GUILD, "k/old.opus", created_at=now - timedelta(days=3)
+    )
+    await db_service.insert_temp_recording(
+        MEETING, BOB, GUILD, "k/orphan.opus", created_at=now - timedelta(days=3)
+    )
+    assert await db_service.cleanup_old_temp_recordings(
+        timedelta(hours=24), keep_meetings=[other]
+    ) == 1
+    assert len(await db_service.get_temp_recordings_for_meeting(other)) == 1
+    assert await db_service.cleanup_old_temp_recordings(timedelta(hours=24)) == 1
+
 
 async def test_heartbeats(db_service: RecordingService) -> None:
     assert await db_service.read_heartbeat("operator") is None

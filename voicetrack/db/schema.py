@@ -33,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from voicetrack.resources import TRANSCODE_ORDER
+
 ID_LENGTH = 16
 """Length of every id (meetings, temp_recordings, recordings): `secrets.token_hex(8)`."""
 SNOWFLAKE_LENGTH = 20
@@ -65,12 +67,9 @@ class TranscodeStatus(enum.StrEnum):
 
 
 TRANSCODE_RANK: dict[TranscodeStatus, int] = {
-    TranscodeStatus.QUEUED: 0,
-    TranscodeStatus.IN_PROGRESS: 1,
-    TranscodeStatus.DONE: 2,
-    TranscodeStatus.FAILED: 2,
+    TranscodeStatus(name): rank for name, rank in TRANSCODE_ORDER.items()
 }
-"""A status write takes effect only when it raises this rank (same as
+"""A status write takes effect only when it raises this rank (from the one definition,
 `voicetrack.resources.TRANSCODE_ORDER`)."""
 
 

@@ -26,7 +26,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -217,10 +217,17 @@ class RecordingService:
         return await self._run(lambda s: s.delete_temp_recordings(meeting_id, temp_ids=ids))
 
     async def cleanup_old_temp_recordings(
-        self, ttl: timedelta, now: datetime | None = None
+        self,
+        ttl: timedelta,
+        now: datetime | None = None,
+        *,
+        keep_meetings: Collection[str] = (),
     ) -> int:
         """See `RecordingStore.cleanup_old_temp_recordings`."""
-        return await self._run(lambda s: s.cleanup_old_temp_recordings(ttl, now))
+        keep = list(keep_meetings)
+        return await self._run(
+            lambda s: s.cleanup_old_temp_recordings(ttl, now, keep_meetings=keep)
+        )
 
     # persistent recordings
     async def insert_persistent_recording(

@@ -18,7 +18,7 @@ import functools
 import posixpath
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -442,19 +442,24 @@ class RecordingStore:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def cleanup_old_temp_recordings(
-        self, ttl: timedelta, now: datetime | None = None
+        self,
+        ttl: timedelta,
+        now: datetime | None = None,
+        *,
+        keep_meetings: Collection[str] = (),
     ) -> int:
-        """Delete temp rows created more than `ttl` before `now` (default: the current
-        time). Returns the number deleted. InvalidInputError for a ttl that is not
-        positive."""
+        """Delete orphaned temp rows: those created more than `ttl` before `now` (default:
+        the current time), except rows of `keep_meetings` (the sessions that still exist,
+        e.g. one recording for longer than the ttl). Returns the number deleted.
+        InvalidInputError for a ttl that is not positive or a malformed meeting id."""
         if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
             raise InvalidInputError(f"ttl: expected a positive timedelta, got {ttl!r}")
         cutoff = _time("now", now or utcnow()) - ttl
-        result = await self.session.execute(
-            delete(TempRecording)
-            .where(TempRecording.created_at < cutoff)
-            .execution_options(synchronize_session=False)
-        )
+        keep = sorted({_id("keep_meetings", m) for m in keep_meetings})
+        stmt = delete(TempRecording).where(TempRecording.created_at < cutoff)
+        if keep:
+            stmt = stmt.where(TempRecording.meeting_id.not_in(keep))
+        result = await self.session.execute(stmt.execution_options(synchronize_session=False))
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ persistent recordings
