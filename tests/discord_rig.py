@@ -377,6 +377,19 @@ class VoiceServerRig:
         assert leaf is not None and self.bot.epoch is not None
         await self._commit([self.sender.remove(leaf, self.bot.epoch)], [], bot_joins=False)
 
+    async def reconnect_bot(self) -> None:
+        """The bot's voice connection is re-established: a new op 4 (new transport key;
+        discord.py re-initialises its DAVE session and sends a new key package), op 25,
+        and one commit that removes the bot's old leaf and adds its new key package."""
+        old_leaf = self.bot.own_leaf_index
+        epoch = self.bot.epoch
+        assert old_leaf is not None and epoch is not None
+        self.secret_key = os.urandom(32)
+        self._bot_package = await self.bot_endpoint.start(self.mode, self.secret_key)
+        await self.bot_endpoint.external_sender(self.sender.package)
+        await self._commit([self.sender.remove(old_leaf, epoch),
+                            self.sender.add(self._bot_package, epoch)], [], bot_joins=True)
+
     # -- media -------------------------------------------------------------------------
 
     def packet(self, speaker: Speaker, opus_packet: bytes, *, frames: int = 1,

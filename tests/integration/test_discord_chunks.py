@@ -10,6 +10,7 @@ with network latency, jitter, reordering and a lost packet; a speaker joins mid-
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -139,7 +140,7 @@ async def test_markers_at_true_time_after_promotion(object_store: ObjectStore,
     object_store.put_json(layout.promotion_plan_key, plan.to_api())
     exe = Path(sys.executable).with_name("voicetrack-transcoder")
     run = subprocess.run([str(exe), "promote", "--plan-key", layout.promotion_plan_key],
-                         env=object_store.settings.env() | {"PATH": "/usr/bin:/bin"},
+                         env=dict(os.environ) | object_store.settings.env(),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     for user_id in users:

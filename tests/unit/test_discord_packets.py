@@ -72,6 +72,21 @@ def test_transport_roundtrip_strips_extension(mode: str) -> None:
     assert TransportDecryptor(mode, key).decrypt(datagram, parse_rtp(datagram)) == b"opus?"
 
 
+def test_transport_strips_padding_and_refuses_oversized_extension() -> None:
+    key = os.urandom(32)
+    header = bytearray(build_rtp_header(9, 0, 42, extension_words=1))
+    header[0] |= 0x20  # P bit
+    datagram = transport_encrypt(MODE_AES256_GCM, key, bytes(header),
+                                 b"\x10\xab\x00\x00" + b"opus" + b"\0\0\x03", 5)
+    dec = TransportDecryptor(MODE_AES256_GCM, key)
+    assert dec.decrypt(datagram, parse_rtp(datagram)) == b"opus"
+    header = build_rtp_header(9, 0, 42, extension_words=40)  # 160 bytes claimed
+    datagram = transport_encrypt(MODE_AES256_GCM, key, header, b"short", 6)
+    with pytest.raises(TransportError) as err:
+        dec.decrypt(datagram, parse_rtp(datagram))
+    assert err.value.cause == "extension"
+
+
 @pytest.mark.parametrize("mode", [MODE_AES256_GCM, MODE_XCHACHA20])
 def test_transport_refuses_wrong_key_tamper_and_short(mode: str) -> None:
     key = os.urandom(32)

@@ -223,6 +223,32 @@ async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each() -> None:
     print(f"epoch test: {exact}/{len(sent)} exact, failures {dict(failures)}")
 
 
+async def test_bot_reconnect_keeps_the_timeline() -> None:
+    h = await Harness.open()
+    (a,) = await h.rig.join(222)
+    await h.settle()
+    sent = encode_frames(tone_pcm(150, 440))
+    old_key = h.rig.secret_key
+    for i, packet in enumerate(sent):
+        if i == 60:  # new transport key and a new DAVE membership for the bot
+            await h.rig.reconnect_bot()
+            await h.settle()
+        datagram = h.rig.packet(a, packet)
+        if 55 <= i < 60:
+            continue  # sent while the bot was away
+        await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
+    # a straggler sealed with the old transport key arrives after the reconnect
+    await h.deliver(h.rig.packet(a, OPUS_SILENCE_FRAME, key=old_key))
+    await h.finish()
+    assert h.rig.secret_key != old_key and h.rig.bot.epoch == 2
+    frames = track(h, 222)
+    base = START_MS // 20
+    assert all(frames[base + i] == sent[i] for i in range(150) if not 55 <= i < 60)
+    assert not any(base + i in frames for i in range(55, 60))  # a gap, not a shift
+    assert h.receiver.timeline.resyncs == 0
+    assert h.receiver.stats.dropped["transport_auth"] == 1
+
+
 async def test_forged_frames_are_refused_and_counted() -> None:
     h = await Harness.open()
     (a,) = await h.rig.join(222)

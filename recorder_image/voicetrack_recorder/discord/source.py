@@ -171,33 +171,40 @@ class DiscordSource:
         client = discord.Client(intents=intents)
         loop = asyncio.get_running_loop()
         self.connection = make_receiver(self.clock, self.sink, loop, **self._options)
-        try:
-            await client.login(self.token)
-        except discord.LoginFailure as exc:
-            raise InvalidInputError(f"token: Discord refused the bot token ({exc})") from exc
-        except (discord.HTTPException, OSError) as exc:
-            raise TemporaryFailure(f"cannot reach Discord: {exc}") from exc
-        runner = asyncio.create_task(client.connect(reconnect=True))
         self._voice = None
+        runner: asyncio.Task[None] | None = None
         try:
+            try:
+                await client.login(self.token)
+            except discord.LoginFailure as exc:
+                raise InvalidInputError(f"token: Discord refused the bot token ({exc})") \
+                    from exc
+            except (discord.HTTPException, OSError) as exc:
+                raise TemporaryFailure(f"cannot reach Discord: {exc}") from exc
+            runner = asyncio.create_task(client.connect(reconnect=True))
             await self._until_ready(client, runner)
             channel = await self._channel(client)
-            await self._join(channel)
+            try:
+                await self._join(channel)
+            except (TimeoutError, discord.ClientException, OSError) as exc:
+                raise TemporaryFailure(f"cannot join voice channel {self.channel_id}: "
+                                       f"{exc!r}") from exc
             if self.notice:
                 await self._announce(channel)
             await self._record(channel, stop)
         finally:
             self.connection.detach()
             self.connection.receiver.flush()
-            if self.notice:
+            if self.notice and runner is not None:
                 await self._unannounce(client)
             if self._voice is not None:
                 with contextlib.suppress(Exception):
                     await self._voice.disconnect(force=True)
             await client.close()
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
+            if runner is not None:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await runner
 
     async def _join(self, channel: discord.VoiceChannel) -> RecorderVoiceClient:
         """Connect (muted) and attach the receiver; the receiver, its SSRC map and the

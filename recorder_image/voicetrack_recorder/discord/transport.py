@@ -67,9 +67,10 @@ class TransportDecryptor:
 
     def decrypt(self, packet: bytes, header: RtpHeader) -> bytes:
         """The Opus payload (extension body stripped) of `packet`, whose parsed header is
-        `header`. Raises TransportError: `short` (no room for tag and nonce), `auth` (the
-        tag does not verify: wrong key, forged or corrupted), `extension` (the decrypted
-        extension body is longer than the plaintext)."""
+        `header`; RTP padding (P bit, count in the last byte) is removed too. Raises
+        TransportError: `short` (no room for tag and nonce), `auth` (the tag does not
+        verify: wrong key, forged or corrupted), `extension` (the extension body and
+        padding are longer than the plaintext)."""
         aad_end = header.header_bytes
         if len(packet) < aad_end + TAG_BYTES + NONCE_SUFFIX_BYTES:
             raise TransportError("short", f"packet of {len(packet)} bytes has no room for "
@@ -80,7 +81,9 @@ class TransportDecryptor:
         except (InvalidTag, nacl.exceptions.CryptoError):
             raise TransportError("auth", f"{self.mode} tag does not verify") from None
         skip = 4 * header.extension_words
-        if skip > len(plain):
-            raise TransportError("extension", f"extension body of {skip} bytes is longer "
-                                              f"than the {len(plain)}-byte plaintext")
-        return plain[skip:]
+        pad = plain[-1] if header.padding and plain else 0  # RFC 3550 §5.1: P bit
+        if skip + pad > len(plain):
+            raise TransportError("extension", f"extension body of {skip} bytes and {pad} "
+                                              f"padding bytes exceed the {len(plain)}-byte "
+                                              "plaintext")
+        return plain[skip:len(plain) - pad]
