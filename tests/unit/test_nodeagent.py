@@ -18,8 +18,13 @@ from voicetrack.local.procs import ProcRecord, spawn, terminate
 pytestmark = pytest.mark.unit
 
 POD = {
-    "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "rec"},
-                 "annotations": {"a/b": "c"}},
+    "metadata": {
+        "name": "p",
+        "namespace": "ns",
+        "uid": "u-1",
+        "labels": {"app": "rec"},
+        "annotations": {"a/b": "c"},
+    },
     "spec": {"nodeName": "n1", "serviceAccountName": "sa"},
 }
 
@@ -47,7 +52,7 @@ def test_field_refs() -> None:
     assert _field_value(POD, "spec.nodeName") == "n1"
     assert _field_value(POD, "metadata.labels['app']") == "rec"
     assert _field_value(POD, "metadata.annotations['a/b']") == "c"
-    with pytest.raises(ConfigError, match="spec.bogus"):
+    with pytest.raises(ConfigError, match=r"spec\.bogus"):
         _field_value(POD, "spec.bogus")
 
 
@@ -56,7 +61,9 @@ def test_pki_chain_and_identities(tmp_path: Path) -> None:
     ca = x509.load_pem_x509_certificate(pki.ca.crt.read_bytes())
     admin = x509.load_pem_x509_certificate(pki.admin.crt.read_bytes())
     admin.verify_directly_issued_by(ca)
-    assert admin.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    assert (
+        admin.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    )
     server = x509.load_pem_x509_certificate(pki.apiserver.crt.read_bytes())
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
@@ -79,7 +86,10 @@ def test_gomod_has_a_replace_per_staging_module_and_version_stamps() -> None:
 
 
 def test_terminate_escalates_and_spares_reused_pids(tmp_path: Path) -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(60)"
+    )
     proc, rec = spawn("stubborn", [sys.executable, "-c", code], tmp_path / "log")
     deadline = time.monotonic() + 10
     while "up" not in (tmp_path / "log").read_text() and time.monotonic() < deadline:

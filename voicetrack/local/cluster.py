@@ -146,8 +146,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:``port`` (TIME_WAIT leftovers do not count:
+    our servers bind with SO_REUSEADDR, as Go and Python servers do)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -400,7 +403,7 @@ def _ports(state_dir: Path) -> dict[str, int]:
     ports: dict[str, int] = {}
     for name in ("etcd", "etcd_peer", "apiserver", "kubelet"):
         p = old.get(name)
-        ports[name] = p if isinstance(p, int) and _port_free(p) else free_port()
+        ports[name] = p if isinstance(p, int) and port_free(p) else free_port()
     if len(set(ports.values())) != len(ports):  # a kernel pick collided with a kept port
         return {n: free_port() for n in ports}
     return ports

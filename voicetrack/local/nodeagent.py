@@ -375,7 +375,7 @@ class PodWorker(threading.Thread):
 
     def _loop(self) -> None:
         if self.start_time is None:
-            self.start_time = now_iso()
+            self.start_time = (self.pod.get("status") or {}).get("startTime") or now_iso()
         while True:
             with self.lock:
                 pod = self.pod
@@ -584,6 +584,10 @@ class PodWorker(threading.Thread):
             except ConfigError as e:
                 self._config_failed(str(e), self.inits + self.ctrs)
                 return
+            except Exception as e:  # API unreachable for a moment: try again shortly
+                log.warning("pod %s/%s: prepare: %s", self.ns, self.pod_name, e)
+                self.config_retry = time.monotonic() + 2
+                return
         self._poll_exits()
         policy = self.restart_policy()
         pending_init = next((c for c in self.inits if not c.succeeded or c.proc is not None), None)
@@ -624,6 +628,10 @@ class PodWorker(threading.Thread):
             env = self._container_env(pod, c)
         except ConfigError as e:
             self._config_failed(str(e), [c])
+            return
+        except Exception as e:  # API unreachable for a moment: try again shortly
+            log.warning("pod %s/%s: env of %s: %s", self.ns, self.pod_name, c.name, e)
+            self.config_retry = time.monotonic() + 2
             return
         command = [expand(str(x), env) for x in c.spec.get("command") or []]
         args = [expand(str(x), env) for x in c.spec.get("args") or []]

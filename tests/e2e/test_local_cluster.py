@@ -1,0 +1,508 @@
+"""The local control plane and node agent on real upstream binaries (issue 3, "Shows")."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voicetrack.local.cluster import port_free
+from voicetrack.local.procs import ProcRecord
+
+pytestmark = pytest.mark.e2e
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60, every: float = 0.2) -> Any:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def get_json(kubectl: Kubectl, *args: str) -> dict[str, Any] | None:
+    proc = kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype and c["status"] == "True":
+            return dict(c)
+    return None
+
+
+def apply(
+    kubectl: Kubectl, manifest: dict[str, Any] | str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+    return kubectl("apply", "-f", "-", input=text, check=check)
+
+
+def job(name: str, ns: str, code: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "backoffLimit": spec.pop("backoffLimit", 0),
+            **spec,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "python:3.11",
+                            "command": ["python", "-c", code],
+                            "env": [
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                }
+                            ],
+                        }
+                    ],
+                }
+            },
+        },
+    }
+
+
+# 1 ------------------------------------------------------------------------------------------
+
+
+def test_crd_printer_columns_defaults_and_validation(kubectl: Kubectl, namespace: str) -> None:
+    group = f"e2e{secrets.token_hex(3)}.voicetrack.dev"
+    crd = textwrap.dedent(f"""
+        apiVersion: apiextensions.k8s.io/v1
+        kind: CustomResourceDefinition
+        metadata: {{name: gadgets.{group}}}
+        spec:
+          group: {group}
+          scope: Namespaced
+          names: {{plural: gadgets, singular: gadget, kind: Gadget, shortNames: [gdg]}}
+          versions:
+          - name: v1
+            served: true
+            storage: true
+            additionalPrinterColumns:
+            - {{name: Size, type: integer, jsonPath: .spec.size}}
+            - {{name: Colour, type: string, jsonPath: .spec.colour}}
+            schema:
+              openAPIV3Schema:
+                type: object
+                properties:
+                  spec:
+                    type: object
+                    x-kubernetes-validations:
+                    - rule: "self.size <= self.maxSize"
+                      message: "size must not exceed maxSize"
+                      fieldPath: ".size"
+                    properties:
+                      size: {{type: integer, minimum: 1}}
+                      maxSize: {{type: integer, default: 10}}
+                      colour: {{type: string, default: blue}}
+        """)
+    apply(kubectl, crd)
+    try:
+        kubectl("wait", "--for=condition=Established", f"crd/gadgets.{group}", "--timeout=30s")
+        apply(
+            kubectl,
+            {
+                "apiVersion": f"{group}/v1",
+                "kind": "Gadget",
+                "metadata": {"name": "small", "namespace": namespace},
+                "spec": {"size": 3},
+            },
+        )
+        out = kubectl("get", "gdg", "-n", namespace).stdout.split("\n")
+        assert out[0].split() == ["NAME", "SIZE", "COLOUR"]
+        assert out[1].split() == ["small", "3", "blue"]  # the default filled in
+        bad = apply(
+            kubectl,
+            {
+                "apiVersion": f"{group}/v1",
+                "kind": "Gadget",
+                "metadata": {"name": "big", "namespace": namespace},
+                "spec": {"size": 11},
+            },
+            check=False,
+        )
+        assert bad.returncode != 0
+        assert "spec.size" in bad.stderr and "size must not exceed maxSize" in bad.stderr
+        bad = apply(
+            kubectl,
+            {
+                "apiVersion": f"{group}/v1",
+                "kind": "Gadget",
+                "metadata": {"name": "zero", "namespace": namespace},
+                "spec": {"size": 0},
+            },
+            check=False,
+        )
+        assert bad.returncode != 0 and "spec.size" in bad.stderr
+    finally:
+        kubectl("delete", "crd", f"gadgets.{group}", "--wait=false", check=False)
+
+
+# 2 ------------------------------------------------------------------------------------------
+
+
+def test_jobs_complete_fail_by_policy_and_retry(kubectl: Kubectl, namespace: str) -> None:
+    ok = job("ok", namespace, "import os; print('hello from', os.environ['POD_NAME'])")
+    by_policy = job(
+        "exit2",
+        namespace,
+        "raise SystemExit(2)",
+        backoffLimit=3,
+        podFailurePolicy={
+            "rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}],
+        },
+    )
+    retried = job("exit1", namespace, "raise SystemExit(1)", backoffLimit=1)
+    for j in (ok, by_policy, retried):
+        apply(kubectl, j)
+
+    wait_for(
+        "job ok Complete",
+        lambda: condition(get_json(kubectl, "job", "ok", "-n", namespace), "Complete"),
+    )
+    logs = kubectl("logs", "job/ok", "-n", namespace).stdout
+    assert logs.startswith("hello from ok-"), logs
+
+    failed = wait_for(
+        "job exit2 Failed",
+        lambda: condition(get_json(kubectl, "job", "exit2", "-n", namespace), "Failed"),
+    )
+    assert failed["reason"] == "PodFailurePolicy", failed
+    pods = get_json(kubectl, "pods", "-n", namespace, "-l", "job-name=exit2")
+    assert pods is not None and len(pods["items"]) == 1  # no retry
+    term = pods["items"][0]["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 2 and term["reason"] == "Error"
+
+    failed = wait_for(
+        "job exit1 Failed",
+        lambda: condition(get_json(kubectl, "job", "exit1", "-n", namespace), "Failed"),
+        timeout=90,
+    )
+    assert failed["reason"] == "BackoffLimitExceeded", failed
+    pods = get_json(kubectl, "pods", "-n", namespace, "-l", "job-name=exit1")
+    assert pods is not None and len(pods["items"]) == 2  # the first run and one retry
+    assert all(p["status"]["phase"] == "Failed" for p in pods["items"])
+
+
+# 3 ------------------------------------------------------------------------------------------
+
+
+def test_deleting_owner_garbage_collects_children(kubectl: Kubectl, namespace: str) -> None:
+    apply(
+        kubectl,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "owner", "namespace": namespace},
+        },
+    )
+    owner = get_json(kubectl, "configmap", "owner", "-n", namespace)
+    assert owner is not None
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+    }
+    for i in range(2):
+        apply(
+            kubectl,
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": f"child-{i}",
+                    "namespace": namespace,
+                    "ownerReferences": [ref],
+                },
+            },
+        )
+    apply(
+        kubectl,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "child-pod", "namespace": namespace, "ownerReferences": [ref]},
+            "spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{"name": "c", "image": "x", "command": ["sleep", "300"]}],
+            },
+        },
+    )
+    wait_for(
+        "child pod running",
+        lambda: (
+            (get_json(kubectl, "pod", "child-pod", "-n", namespace) or {})
+            .get("status", {})
+            .get("phase")
+            == "Running"
+        ),
+    )
+    kubectl("delete", "configmap", "owner", "-n", namespace)
+    wait_for(
+        "children collected",
+        lambda: (
+            get_json(kubectl, "configmap", "child-0", "-n", namespace) is None
+            and get_json(kubectl, "configmap", "child-1", "-n", namespace) is None
+            and get_json(kubectl, "pod", "child-pod", "-n", namespace) is None
+        ),
+        timeout=60,
+    )
+
+
+# 4 ------------------------------------------------------------------------------------------
+
+TRAP = """
+import os, signal, sys, time
+marker = os.environ["MARKER"]
+def on_term(sig, frame):
+    open(marker, "a").write("SIGTERM\\n")
+    sys.exit(0)
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, on_term)
+open(marker, "a").write("started " + os.getcwd() + " " + os.environ["TMPDIR"] + "\\n")
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _trap_pod(name: str, ns: str, marker: Path, grace: int, ignore: bool) -> dict[str, Any]:
+    env = [{"name": "MARKER", "value": str(marker)}] + (
+        [{"name": "IGNORE_TERM", "value": "1"}] if ignore else []
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "terminationGracePeriodSeconds": grace,
+            "restartPolicy": "Never",
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "x",
+                    "command": ["python", "-c", TRAP],
+                    "env": env,
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+                }
+            ],
+        },
+    }
+
+
+def test_deleting_a_running_pod_sends_sigterm_then_sigkill(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    polite, stubborn = tmp_path / "polite", tmp_path / "stubborn"
+    apply(kubectl, _trap_pod("polite", namespace, polite, grace=60, ignore=False))
+    apply(kubectl, _trap_pod("stubborn", namespace, stubborn, grace=2, ignore=True))
+    def started_in(marker: Path) -> bool:
+        return marker.exists() and "started" in marker.read_text()
+
+    wait_for("both pods started", lambda: started_in(polite) and started_in(stubborn))
+    started = polite.read_text().split()
+    assert started[2].startswith(started[1]) and started[2].endswith("/volumes/scratch")  # TMPDIR
+
+    t0 = time.monotonic()
+    kubectl("delete", "pod", "polite", "stubborn", "-n", namespace, "--wait=false")
+    wait_for("polite pod gone", lambda: get_json(kubectl, "pod", "polite", "-n", namespace) is None)
+    assert polite.read_text().splitlines()[-1] == "SIGTERM"
+    assert time.monotonic() - t0 < 30  # it exited on SIGTERM, long before its 60 s grace
+
+    wait_for(
+        "stubborn pod gone", lambda: get_json(kubectl, "pod", "stubborn", "-n", namespace) is None
+    )
+    assert time.monotonic() - t0 >= 2  # killed only once its 2 s grace was over
+    assert "SIGTERM" not in stubborn.read_text()
+
+
+def test_active_deadline_fails_the_pod(kubectl: Kubectl, namespace: str) -> None:
+    apply(
+        kubectl,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "slow", "namespace": namespace},
+            "spec": {
+                "activeDeadlineSeconds": 2,
+                "terminationGracePeriodSeconds": 1,
+                "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "x", "command": ["sleep", "60"]}],
+            },
+        },
+    )
+    pod = wait_for(
+        "pod Failed",
+        lambda: (lambda p: p if p and p["status"].get("phase") == "Failed" else None)(
+            get_json(kubectl, "pod", "slow", "-n", namespace)
+        ),
+        timeout=30,
+    )
+    assert pod["status"]["reason"] == "DeadlineExceeded"
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
+
+
+# 5 ------------------------------------------------------------------------------------------
+
+RBAC_CHECK = """
+import subprocess
+ok = subprocess.run(["kubectl", "get", "configmap", "settings", "-o", "jsonpath={.data.k}"],
+                    capture_output=True, text=True)
+no = subprocess.run(["kubectl", "get", "secret", "hidden"], capture_output=True, text=True)
+print("configmap:", ok.returncode, ok.stdout)
+print("secret:", no.returncode, no.stderr.strip())
+raise SystemExit(0 if ok.returncode == 0 and no.returncode != 0 else 1)
+"""
+
+
+def test_service_account_token_allows_only_what_its_role_allows(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    apply(
+        kubectl,
+        textwrap.dedent(f"""
+        apiVersion: v1
+        kind: List
+        items:
+        - apiVersion: v1
+          kind: ServiceAccount
+          metadata: {{name: reader, namespace: {namespace}}}
+        - apiVersion: rbac.authorization.k8s.io/v1
+          kind: Role
+          metadata: {{name: read-configmaps, namespace: {namespace}}}
+          rules: [{{apiGroups: [""], resources: [configmaps], verbs: [get, list]}}]
+        - apiVersion: rbac.authorization.k8s.io/v1
+          kind: RoleBinding
+          metadata: {{name: reader, namespace: {namespace}}}
+          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-configmaps}}
+          subjects: [{{kind: ServiceAccount, name: reader, namespace: {namespace}}}]
+        - apiVersion: v1
+          kind: ConfigMap
+          metadata: {{name: settings, namespace: {namespace}}}
+          data: {{k: v42}}
+        - apiVersion: v1
+          kind: Secret
+          metadata: {{name: hidden, namespace: {namespace}}}
+          stringData: {{p: x}}
+        """),
+    )
+    apply(
+        kubectl,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "rbac", "namespace": namespace},
+            "spec": {
+                "serviceAccountName": "reader",
+                "restartPolicy": "Never",
+                "containers": [
+                    {"name": "c", "image": "x", "command": ["python", "-c", RBAC_CHECK]}
+                ],
+            },
+        },
+    )
+    pod = wait_for(
+        "pod finished",
+        lambda: (
+            lambda p: p if p and p["status"].get("phase") in ("Succeeded", "Failed") else None
+        )(get_json(kubectl, "pod", "rbac", "-n", namespace)),
+    )
+    logs = kubectl("logs", "rbac", "-n", namespace).stdout
+    assert pod["status"]["phase"] == "Succeeded", logs
+    assert "configmap: 0 v42" in logs
+    assert f'system:serviceaccount:{namespace}:reader" cannot get resource "secrets"' in logs
+
+
+# 6 ------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "voicetrack"
+    return subprocess.run([str(exe), "local", *args], capture_output=True, text=True, timeout=240)
+
+
+def test_cli_up_twice_is_one_cluster_and_down_leaves_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = _cli("up", "--state-dir", str(state))
+    try:
+        assert first.returncode == 0, first.stderr
+        kubeconfig = Path(first.stdout.strip())
+        assert kubeconfig == state / "kubeconfig" and kubeconfig.exists()
+        pids = {p.stem: ProcRecord.load(p) for p in (state / "pids").glob("*.json")}
+        assert set(pids) == {
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "node-agent",
+        }
+
+        second = _cli("up", "--state-dir", str(state))
+        assert second.returncode == 0 and "already running" in second.stderr, second.stderr
+        assert {p.stem: ProcRecord.load(p) for p in (state / "pids").glob("*.json")} == pids
+        assert _cli("status", "--state-dir", str(state)).returncode == 0
+
+        kc = ["--kubeconfig", str(kubeconfig)]
+        from voicetrack.local.kubectl import kubectl_path
+
+        subprocess.run(
+            [
+                str(kubectl_path()),
+                *kc,
+                "run",
+                "sleeper",
+                "--image=x",
+                "--restart=Never",
+                "--command",
+                "--",
+                "sleep",
+                "300",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        pod_pid = wait_for(
+            "sleeper running",
+            lambda: next(
+                (
+                    ProcRecord.load(p)
+                    for p in (state / "agent" / "pods").glob("*sleeper*/pids/*.json")
+                ),
+                None,
+            ),
+        )
+        assert pod_pid is not None and pod_pid.alive()
+        ports = json.loads((state / "cluster.json").read_text())["ports"]
+    finally:
+        down = _cli("down", "--state-dir", str(state))
+    assert down.returncode == 0, down.stderr
+    for rec in [*pids.values(), pod_pid]:
+        assert rec is not None and not rec.alive(), rec
+    for name, port in ports.items():
+        assert port_free(port), f"{name} port {port} still listened on"
+    assert _cli("status", "--state-dir", str(state)).returncode == 3
