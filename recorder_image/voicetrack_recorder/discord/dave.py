@@ -39,6 +39,7 @@ class UserDecryptStats:
 
     @property
     def ok(self) -> int:
+        """Frames that yielded Opus: decrypted, silence and plain."""
         return self.decrypted + self.silence + self.plain
 
 

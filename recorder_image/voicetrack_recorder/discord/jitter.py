@@ -55,6 +55,7 @@ class JitterBuffer:
         self._recent_set: set[int] = set()
 
     def __len__(self) -> int:
+        """Packets held."""
         return len(self._held)
 
     def push(self, packet: Held) -> str | None:

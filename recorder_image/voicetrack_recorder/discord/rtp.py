@@ -50,6 +50,7 @@ class RtpHeader:
 
     @property
     def payload_offset(self) -> int:
+        """Byte offset of the payload when the extension body is in the clear."""
         return self.header_bytes + 4 * self.extension_words
 
 

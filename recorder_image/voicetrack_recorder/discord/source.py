@@ -59,6 +59,8 @@ class ConnectionReceiver:
         self.state: VoiceConnectionState | None = None
 
     def socket_listener(self, data: bytes) -> None:
+        """One raw UDP datagram from discord.py's socket-reader thread: stamped with the
+        session clock's time (Unix ms) and handed to `VoiceReceiver.datagram` on the loop."""
         arrival_ms = self.receiver.clock.time_fn() * 1000
         try:
             self.loop.call_soon_threadsafe(self.receiver.datagram, bytes(data), arrival_ms)
@@ -66,6 +68,8 @@ class ConnectionReceiver:
             log.debug("datagram after the event loop closed; dropped")
 
     async def ws_hook(self, ws: Any, msg: Mapping[str, Any]) -> None:
+        """The voice websocket hook: discord.py awaits it with every JSON message
+        (`{"op": int, "d": {...}}`) after handling it; other shapes are ignored."""
         op, data = msg.get("op"), msg.get("d")
         if isinstance(op, int) and isinstance(data, Mapping):
             self.receiver.gateway_event(op, data)
@@ -81,6 +85,7 @@ class ConnectionReceiver:
         return mode, bytes(key)
 
     def session(self) -> Any:
+        """The attached connection's `davey.DaveSession`, or None (DAVE off/not yet)."""
         state = self.state
         return None if state is None else state.dave_session
 
@@ -90,6 +95,7 @@ class ConnectionReceiver:
         state.add_socket_listener(self.socket_listener)
 
     def detach(self) -> None:
+        """Stop receiving from the attached state (idempotent)."""
         if self.state is not None:
             self.state.remove_socket_listener(self.socket_listener)
 
@@ -125,6 +131,7 @@ class RecorderVoiceClient(discord.VoiceClient):
         super().__init__(client, channel)
 
     def create_connection_state(self) -> VoiceConnectionState:
+        """discord.py's connection state, with the hook that forwards gateway events."""
         return VoiceConnectionState(self, hook=_forward_hook)
 
 
