@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +107,37 @@ def _session_manifest(speakers: list[Speaker], keys: list[str], chunk_seconds: i
 
 
 def _show(kubeconfig: Path, last: list[str]) -> None:
-    text = _kget(kubeconfig, "recsess", "-o", "wide").rstrip()
-    if text and text != last[0]:
-        console.print(f"[dim]$ kubectl get recsess -o wide[/dim]\n{text}")
-        last[0] = text
+    """Print `kubectl get recsess` when a column other than AGE changed."""
+    text = _kget(kubeconfig, "recsess").rstrip()
+    lines = text.splitlines()
+    if len(lines) < 2:
+        return
+    age = lines[0].split().index("AGE")
+    key = " ".join(w for i, w in enumerate(lines[1].split()) if i != age)
+    if key != last[0]:
+        console.print(f"[dim]$ kubectl get recsess[/dim]\n{text}", soft_wrap=True)
+        last[0] = key
+
+
+def _capture_origin(kubeconfig: Path, status: dict[str, Any]) -> float | None:
+    """Unix time (s) at which capture began: status.startedAt (the recorder's session
+    clock t0) plus the first chunk's startMs; None until the first chunk exists."""
+    res = kubectl(kubeconfig, "-n", NAMESPACE, "get", "recchunk", "-o", "json", check=False)
+    items = json.loads(res.stdout).get("items", []) if res.returncode == 0 else []
+    if not items or not status.get("startedAt"):
+        return None
+    first = min(items, key=lambda i: i["spec"]["index"])["spec"]["startMs"]
+    t0 = datetime.fromisoformat(status["startedAt"].replace("Z", "+00:00")).timestamp()
+    return t0 + first / 1000
 
 
 def _record(kubeconfig: Path, speakers: list[Speaker], pause: bool) -> None:
-    """Wait for the recorder to capture every speaker's audio, pausing once on the way."""
+    """Wait for the recorder to capture every speaker's audio, pausing once on the way
+    (the pause starts once the first chunk is sealed, so speech goes on through it and
+    that stretch is left out of the recording, as in a real meeting)."""
     last = [""]
     audio_end = max(s.offset_ms + s.duration_ms for s in speakers)
-    pause_at, pause_for = min(audio_end // 2, 6000), 3000
+    pause_for = 3000
     origin: float | None = None
     paused_total = 0.0
     state = "before"
@@ -127,22 +148,22 @@ def _record(kubeconfig: Path, speakers: list[Speaker], pause: bool) -> None:
         status = obj.get("status", {})
         if status.get("state") in ("Refused", "Failed"):
             raise RuntimeError(f"session {status.get('state')}: {status.get('conditions')}")
-        if origin is None and status.get("state") == "Recording":
-            origin = time.monotonic()
+        if origin is None:
+            origin = _capture_origin(kubeconfig, status)
         if origin is not None:
-            elapsed = (time.monotonic() - origin) * 1000 - paused_total
-            if pause and state == "before" and elapsed >= pause_at:
+            elapsed = (time.time() - origin) * 1000 - paused_total
+            if pause and state == "before":
                 kubectl(kubeconfig, "-n", NAMESPACE, "patch", "recsess", SESSION,
                         "--type=merge", "-p", '{"spec":{"paused":true}}')
                 console.print(f"[yellow]paused at ~{elapsed / 1000:.1f} s[/yellow]")
-                state, paused_since = "paused", time.monotonic()
-            elif state == "paused" and time.monotonic() - paused_since >= pause_for / 1000:
+                state, paused_since = "paused", time.time()
+            elif state == "paused" and time.time() - paused_since >= pause_for / 1000:
                 kubectl(kubeconfig, "-n", NAMESPACE, "patch", "recsess", SESSION,
                         "--type=merge", "-p", '{"spec":{"paused":false}}')
-                paused_total += (time.monotonic() - paused_since) * 1000
+                paused_total += (time.time() - paused_since) * 1000
                 console.print("[yellow]resumed[/yellow]")
                 state = "after"
-            elif state != "paused" and elapsed >= audio_end + 1500:
+            elif state != "paused" and elapsed >= audio_end + 500:
                 return
         time.sleep(0.5)
     raise RuntimeError("the recording did not finish in time")
@@ -287,7 +308,7 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         prepare_namespace(kc.kubeconfig, NAMESPACE, s3)
         kubectl(kc.kubeconfig, "-n", NAMESPACE, "delete", "recsess", "--all", "--wait=false",
                 check=False)
-        op = OperatorProcess(kc.kubeconfig, s3, database_url, work / "operator.log")
+        op = OperatorProcess(kc.kubeconfig, s3, database_url, out / "operator.log")
         op.start()
         started.append(op)
         console.print(f"operator running (log {op.log_path})")
@@ -328,7 +349,7 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         _print_rows(database_url, meeting_id)
         doc = _write_outputs(store, manifest, layout, speakers, out)
         for t in [*doc["tracks"], doc["mix"]]:
-            console.print(f"{Path(t['file']).name}: {t['url']}")
+            console.print(f"{Path(t['file']).name}: {t['url']}", soft_wrap=True)
         writes_after = api_writes(kc.kubeconfig)
         delta = {k: v - writes_before.get(k, 0) for k, v in writes_after.items()
                  if v - writes_before.get(k, 0) > 0}

@@ -45,7 +45,8 @@ class JanitorService:
                  if "/chunks/" in key and modified < cutoff
                  and key.split("/chunks/")[0].rsplit("/", 1)[-1] not in live]
         deleted = await asyncio.to_thread(store.delete_keys, stale)
-        rows = await self.ctx.db.cleanup_old_temp_recordings(self.ctx.settings.temp_ttl)
+        rows = await self.ctx.db.cleanup_old_temp_recordings(self.ctx.settings.temp_ttl,
+                                                             keep_meetings=live)
         if deleted or rows:
             log.info("orphans collected: %d object(s), %d temp row(s)", deleted, rows)
         return deleted, rows
