@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,6 +298,10 @@ class VoiceServerRig:
         self._bot_package = b""
         self.commits = 0
         self.transitions = 0
+        self.bot_lags = False
+        """When set, the bot processes commits only at `bot_catch_up()`: speakers already
+        encrypt with the new epoch's keys while the bot still has the old ones."""
+        self._bot_pending: list[Coroutine[Any, Any, None]] = []
 
     @property
     def bot(self) -> davey.DaveSession:
@@ -328,13 +332,23 @@ class VoiceServerRig:
         for member in members:
             member.session.process_commit(winner.commit)
         if not bot_joins:
-            await self.bot_endpoint.commit(self.transitions, winner.commit)
+            commit = self.bot_endpoint.commit(self.transitions, winner.commit)
+            if self.bot_lags:  # the bot's op 29 is still on its way: `await bot_catch_up()`
+                self._bot_pending.append(commit)
+            else:
+                await commit
         assert winner.welcome is not None or not (joiners or bot_joins)
         for joiner in joiners:
             joiner.session.process_welcome(winner.welcome)  # type: ignore[arg-type]
         if bot_joins:
             await self.bot_endpoint.welcome(self.transitions, winner.welcome)  # type: ignore[arg-type]
         self.commits += 1
+
+    async def bot_catch_up(self) -> None:
+        """Deliver the commits held back by `bot_lags`."""
+        pending, self._bot_pending = self._bot_pending, []
+        for commit in pending:
+            await commit
 
     async def join(self, *user_ids: int, announce: bool = True) -> list[Speaker]:
         """Speakers join the call (one commit adds them all; the first ones also bring the

@@ -25,6 +25,11 @@ from voicetrack.audio import OPUS_SILENCE_FRAME
 _NESTED_CAUSE = re.compile(r"DecryptionFailed\((\w+)")
 _CAUSE = re.compile(r":\s*(\w+)")
 
+KEY_NOT_YET_CAUSES = frozenset({"NoValidCryptorFound", "NoDecryptorForUser"})
+"""Failures that a later epoch may cure: the frame was sealed with keys of a commit this
+member has not processed yet (the sender switched first), or by a member it does not know
+yet. A forged frame fails the same way, and for good once the wait is over."""
+
 
 @dataclass
 class UserDecryptStats:
@@ -62,6 +67,7 @@ class DaveDecryptor:
     def __init__(self, session: Callable[[], davey.DaveSession | None]) -> None:
         self._session = session
         self.stats: dict[str, UserDecryptStats] = {}
+        self.last_cause: str | None = None
 
     def _user(self, user_id: str) -> UserDecryptStats:
         stats = self.stats.get(user_id)
@@ -69,11 +75,19 @@ class DaveDecryptor:
             stats = self.stats[user_id] = UserDecryptStats()
         return stats
 
-    def decrypt(self, user_id: str, frame: bytes) -> bytes | None:
+    def epoch(self) -> int | None:
+        """The DAVE group's epoch now (None without a session or group)."""
+        session = self._session()
+        return None if session is None else session.epoch
+
+    def decrypt(self, user_id: str, frame: bytes, *, count_failure: bool = True
+                ) -> bytes | None:
         """The Opus packet inside `frame` sent by `user_id` (a snowflake string), or None
-        when it cannot be opened (wrong or expired key, forged, unknown sender): the
-        failure is counted under its cause and the frame is to be treated as lost."""
+        when it cannot be opened (wrong or expired key, forged, unknown sender). The cause
+        of a failure is left in `last_cause` and, unless `count_failure` is False (the
+        caller may retry after the next epoch change), counted."""
         stats = self._user(user_id)
+        self.last_cause = None
         if frame == OPUS_SILENCE_FRAME:
             stats.silence += 1
             return frame
@@ -84,16 +98,22 @@ class DaveDecryptor:
         try:
             opus = session.decrypt(int(user_id), davey.MediaType.audio, frame)
         except ValueError as exc:
-            stats.failures[failure_cause(exc)] += 1
-            return None
-        if not opus:
-            stats.failures["empty"] += 1
-            return None
-        if opus == frame:
-            stats.plain += 1
+            self.last_cause = failure_cause(exc)
         else:
-            stats.decrypted += 1
-        return opus
+            if opus:
+                if opus == frame:
+                    stats.plain += 1
+                else:
+                    stats.decrypted += 1
+                return opus
+            self.last_cause = "empty"
+        if count_failure:
+            self.count_failure(user_id, self.last_cause)
+        return None
+
+    def count_failure(self, user_id: str, cause: str) -> None:
+        """Count one refused frame of `user_id` under `cause`."""
+        self._user(user_id).failures[cause] += 1
 
     @property
     def decrypted_ok(self) -> int:

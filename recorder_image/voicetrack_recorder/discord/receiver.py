@@ -2,7 +2,8 @@
 
     datagram → RTP header (rtp.py) → SSRC → user (ssrc.py; unknown SSRCs are held briefly)
       → transport AEAD decrypt (transport.py) → per-SSRC jitter buffer (jitter.py)
-      → in sequence order: DAVE decrypt (dave.py) → FEC/PLC for lost frames (conceal.py)
+      → in sequence order: DAVE decrypt (dave.py; a frame sealed with keys of an epoch
+        not processed yet waits ≤ key_wait_ms for it) → FEC/PLC for lost frames (conceal.py)
       → slot from the speaker's timeline (timeline.py) → FrameSink.push(user, slot, opus)
 
 Everything here runs on one thread (the event loop's: `DiscordSource` hands datagrams over
@@ -22,7 +23,7 @@ import davey
 
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.discord.conceal import Concealer
-from voicetrack_recorder.discord.dave import DaveDecryptor, UserDecryptStats
+from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor, UserDecryptStats
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
 from voicetrack_recorder.discord.rtp import AUDIO_PAYLOAD_TYPE, RtpError, is_rtcp, parse_rtp
 from voicetrack_recorder.discord.ssrc import GatewayEventError, SsrcMap
@@ -78,6 +79,10 @@ class _Stream:
     jitter: JitterBuffer
     concealer: Concealer
     pending_lost: int = 0
+    waiting: list[Released] = field(default_factory=list)
+    """Frames (in order) waiting for keys of an epoch not processed yet."""
+    waiting_epoch: int | None = None
+    waiting_since_ms: float = 0.0
 
 
 class VoiceReceiver:
@@ -86,13 +91,17 @@ class VoiceReceiver:
     `keys` and `session` are read per packet (discord.py renews both on reconnects).
     `max_delay_ms`/`depth` tune the jitter buffer, `conceal_frames` the longest loss run
     rebuilt by FEC/PLC (0 turns it off), `resync_ms` the timeline, `hold_unknown_ms` how
-    long packets of a not-yet-announced SSRC are kept waiting for its SPEAKING event.
+    long packets of a not-yet-announced SSRC are kept waiting for its SPEAKING event, and
+    `key_wait_ms` how long frames DAVE cannot open yet (sealed with the keys of a commit
+    this bot has not processed, or by a member it does not know yet) wait for the next
+    epoch before they count as failures (0: never).
     """
 
     def __init__(self, *, clock: SessionClock, sink: FrameSink, keys: KeySource,
                  session: SessionSource, ssrc_map: SsrcMap | None = None,
                  max_delay_ms: float = 100.0, depth: int = 5, conceal_frames: int = 3,
-                 resync_ms: int = 500, hold_unknown_ms: float = 1000.0) -> None:
+                 resync_ms: int = 500, hold_unknown_ms: float = 1000.0,
+                 key_wait_ms: float = 150.0) -> None:
         self.clock = clock
         self.sink = sink
         self.ssrcs = ssrc_map or SsrcMap()
@@ -107,6 +116,7 @@ class VoiceReceiver:
         self._depth = depth
         self._conceal_frames = conceal_frames
         self._hold_unknown_ms = hold_unknown_ms
+        self._key_wait_ms = key_wait_ms
 
     # -- input ---------------------------------------------------------------------------
 
@@ -144,6 +154,7 @@ class VoiceReceiver:
         if now_ms is None:
             now_ms = self.clock.time_fn() * 1000
         for ssrc, stream in list(self._streams.items()):
+            self._retry(ssrc, stream, now_ms)
             for released in stream.jitter.pop_ready(now_ms):
                 self._deliver(ssrc, stream, released)
         for ssrc in list(self._unknown):
@@ -222,16 +233,49 @@ class VoiceReceiver:
         stream = self._streams.pop(ssrc)
         for released in stream.jitter.drain():
             self._deliver(ssrc, stream, released)
+        self._retry(ssrc, stream, float("inf"))
 
     def _deliver(self, ssrc: int, stream: _Stream, released: Released) -> None:
+        if stream.waiting:  # keep sequence order behind frames waiting for keys
+            stream.waiting.append(released)
+            return
+        self._open(ssrc, stream, released, may_wait=True)
+
+    def _retry(self, ssrc: int, stream: _Stream, now_ms: float) -> None:
+        """Open the frames waiting for keys once the epoch has changed, or for good (their
+        failures counted) once the oldest has waited `key_wait_ms`."""
+        if not stream.waiting:
+            return
+        expired = now_ms - stream.waiting_since_ms >= self._key_wait_ms
+        if not expired and self.dave.epoch() == stream.waiting_epoch:
+            return
+        pending, stream.waiting = stream.waiting, []
+        for released in pending:
+            self._deliver_retry(ssrc, stream, released, may_wait=not expired)
+
+    def _deliver_retry(self, ssrc: int, stream: _Stream, released: Released,
+                       may_wait: bool) -> None:
+        if stream.waiting:
+            stream.waiting.append(released)
+        else:
+            self._open(ssrc, stream, released, may_wait=may_wait)
+
+    def _open(self, ssrc: int, stream: _Stream, released: Released, may_wait: bool) -> None:
         held = released.packet
+        opus = self.dave.decrypt(stream.user_id, held.payload, count_failure=False)
+        if opus is None:
+            cause = self.dave.last_cause or "other"
+            if may_wait and self._key_wait_ms > 0 and cause in KEY_NOT_YET_CAUSES:
+                stream.waiting = [released]
+                stream.waiting_epoch = self.dave.epoch()
+                stream.waiting_since_ms = held.arrival_ms
+                return
+            self.dave.count_failure(stream.user_id, cause)
+            self.stats.lost += released.lost_before + 1
+            stream.pending_lost += released.lost_before + 1
+            return
         lost = released.lost_before + stream.pending_lost
         self.stats.lost += released.lost_before
-        opus = self.dave.decrypt(stream.user_id, held.payload)
-        if opus is None:
-            self.stats.lost += 1
-            stream.pending_lost = lost + 1
-            return
         stream.pending_lost = 0
         fec_before = stream.concealer.fec
         rebuilt = stream.concealer.feed(opus, lost) if self._conceal_frames else []
