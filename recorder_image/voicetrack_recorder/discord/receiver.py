@@ -1,7 +1,8 @@
 """The receive pipeline: raw UDP datagrams in, decrypted Opus frames on the slot grid out.
 
-    datagram → RTP header (rtp.py) → SSRC → user (ssrc.py; unknown SSRCs are held briefly)
-      → transport AEAD decrypt (transport.py) → per-SSRC jitter buffer (jitter.py)
+    datagram → RTP header (rtp.py) → transport AEAD decrypt (transport.py)
+      → SSRC → user (ssrc.py; packets of an SSRC not announced yet are held briefly)
+      → per-SSRC jitter buffer (jitter.py)
       → in sequence order: DAVE decrypt (dave.py; a frame sealed with keys of an epoch
         not processed yet waits ≤ key_wait_ms for it) → FEC/PLC for lost frames (conceal.py)
       → slot from the speaker's timeline (timeline.py) → FrameSink.push(user, slot, opus)
@@ -111,7 +112,7 @@ class VoiceReceiver:
         self._keys = keys
         self._transport: tuple[tuple[str, bytes], TransportDecryptor] | None = None
         self._streams: dict[int, _Stream] = {}
-        self._unknown: dict[int, list[tuple[bytes, float]]] = defaultdict(list)
+        self._unknown: dict[int, list[Held]] = defaultdict(list)
         self._max_delay_ms = max_delay_ms
         self._depth = depth
         self._conceal_frames = conceal_frames
@@ -142,8 +143,8 @@ class VoiceReceiver:
             if self._streams[ssrc].user_id != self.ssrcs.user_for(ssrc):
                 self._finish(ssrc)  # its user left, or the SSRC now belongs to someone else
         for ssrc in mapped:
-            for data_, arrival in self._unknown.pop(ssrc, []):
-                self._ingest(data_, arrival)
+            for packet in self._unknown.pop(ssrc, []):
+                self._hold(ssrc, packet)
         self.tick()
 
     # -- output --------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class VoiceReceiver:
                 self._deliver(ssrc, stream, released)
         for ssrc in list(self._unknown):
             held = self._unknown[ssrc]
-            while held and now_ms - held[0][1] > self._hold_unknown_ms:
+            while held and now_ms - held[0].arrival_ms > self._hold_unknown_ms:
                 held.pop(0)
                 self.stats.dropped["unknown_ssrc"] += 1
             if not held:
@@ -198,14 +199,6 @@ class VoiceReceiver:
         if header.payload_type != AUDIO_PAYLOAD_TYPE:
             self.stats.dropped["payload_type"] += 1
             return
-        user = self.ssrcs.user_for(header.ssrc)
-        if user is None:
-            held = self._unknown[header.ssrc]
-            if len(held) >= MAX_HELD_UNKNOWN:
-                held.pop(0)
-                self.stats.dropped["unknown_ssrc"] += 1
-            held.append((data, arrival_ms))
-            return
         try:
             transport = self._transport_for()
         except TransportError as exc:
@@ -219,13 +212,25 @@ class VoiceReceiver:
         except TransportError as exc:
             self.stats.dropped[f"transport_{exc.cause}"] += 1
             return
-        stream = self._streams.get(header.ssrc)
+        self._hold(header.ssrc, Held(header.sequence, header.timestamp, payload, arrival_ms))
+
+    def _hold(self, ssrc: int, packet: Held) -> None:
+        """Put an authenticated packet in its speaker's jitter buffer, or, while its SSRC
+        is not announced yet, aside (at most MAX_HELD_UNKNOWN per SSRC)."""
+        user = self.ssrcs.user_for(ssrc)
+        if user is None:
+            held = self._unknown[ssrc]
+            if len(held) >= MAX_HELD_UNKNOWN:
+                held.pop(0)
+                self.stats.dropped["unknown_ssrc"] += 1
+            held.append(packet)
+            return
+        stream = self._streams.get(ssrc)
         if stream is None or stream.user_id != user:
-            stream = self._streams[header.ssrc] = _Stream(
+            stream = self._streams[ssrc] = _Stream(
                 user, JitterBuffer(self._max_delay_ms, self._depth),
                 Concealer(self._conceal_frames))
-        refused = stream.jitter.push(Held(header.sequence, header.timestamp, payload,
-                                          arrival_ms))
+        refused = stream.jitter.push(packet)
         if refused:
             self.stats.dropped[refused] += 1
 
