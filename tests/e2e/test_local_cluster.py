@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 
 from voicetrack.local.cluster import port_free
-from voicetrack.local.procs import ProcRecord
+from voicetrack.local.kubectl import kubectl as run_kubectl
+from voicetrack.local.procs import ProcRecord, spawn, terminate
 
 pytestmark = pytest.mark.e2e
 
@@ -441,14 +443,33 @@ def test_service_account_token_allows_only_what_its_role_allows(
 # 6 ------------------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "voicetrack"
-    return subprocess.run([str(exe), "local", *args], capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [str(exe), "local", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _restart_apiserver(state: Path) -> None:
+    """SIGKILL the apiserver and start it again with the same command (as a crash would)."""
+    path = state / "pids" / "kube-apiserver.json"
+    old = ProcRecord.load(path)
+    assert old is not None
+    terminate([old], grace=0)
+    _, new = spawn("kube-apiserver", old.cmd, state / "logs" / "kube-apiserver.log")
+    new.save(path)
 
 
 def test_cli_up_twice_is_one_cluster_and_down_leaves_nothing(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    first = _cli("up", "--state-dir", str(state))
+    # pod watches that end every 2 s: the agent must re-list and keep going
+    first = _cli("up", "--state-dir", str(state), env={"VOICETRACK_AGENT_WATCH_TIMEOUT": "2"})
+    pids: dict[str, ProcRecord | None] = {}
+    pod_pid: ProcRecord | None = None
     try:
         assert first.returncode == 0, first.stderr
         kubeconfig = Path(first.stdout.strip())
@@ -467,34 +488,19 @@ def test_cli_up_twice_is_one_cluster_and_down_leaves_nothing(tmp_path: Path) -> 
         assert {p.stem: ProcRecord.load(p) for p in (state / "pids").glob("*.json")} == pids
         assert _cli("status", "--state-dir", str(state)).returncode == 0
 
-        kc = ["--kubeconfig", str(kubeconfig)]
-        from voicetrack.local.kubectl import kubectl_path
-
-        subprocess.run(
-            [
-                str(kubectl_path()),
-                *kc,
-                "run",
-                "sleeper",
-                "--image=x",
-                "--restart=Never",
-                "--command",
-                "--",
-                "sleep",
-                "300",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        _restart_apiserver(state)  # the agent's watch breaks; it must come back by itself
+        pids["kube-apiserver"] = ProcRecord.load(state / "pids" / "kube-apiserver.json")
+        status = ["status", "--state-dir", str(state)]
+        wait_for("apiserver back", lambda: _cli(*status).returncode == 0)
+        time.sleep(2.5)  # at least one more watch time-out
+        run_kubectl(
+            kubeconfig, "run", "sleeper", "--image=x", "--restart=Never", "--command", "--",
+            "sleep", "300",
+        )  # fmt: skip
+        pods = state / "agent" / "pods"
         pod_pid = wait_for(
             "sleeper running",
-            lambda: next(
-                (
-                    ProcRecord.load(p)
-                    for p in (state / "agent" / "pods").glob("*sleeper*/pids/*.json")
-                ),
-                None,
-            ),
+            lambda: next((ProcRecord.load(p) for p in pods.glob("*sleeper*/pids/*.json")), None),
         )
         assert pod_pid is not None and pod_pid.alive()
         ports = json.loads((state / "cluster.json").read_text())["ports"]

@@ -80,7 +80,8 @@ def binaries_present(version: str = K8S_VERSION) -> bool:
 
 def go_env() -> dict[str, str]:
     """Environment for ``go``: module/build caches under ``<cache>/go``, ``GOFLAGS=-mod=mod``,
-    ``CGO_ENABLED=0`` (static binaries, no C toolchain needed)."""
+    ``CGO_ENABLED=0`` (static binaries, no C toolchain needed).  ``GOTOOLCHAIN`` is left to
+    the user: with Go's default (``auto``) an older local Go fetches go1.26 from the proxy."""
     root = cache_root() / "go"
     env = dict(os.environ)
     env.update(
@@ -88,7 +89,6 @@ def go_env() -> dict[str, str]:
         GOCACHE=str(root / "build"),
         GOFLAGS="-mod=mod",
         CGO_ENABLED="0",
-        GOTOOLCHAIN=env.get("GOTOOLCHAIN", "local"),
     )
     return env
 

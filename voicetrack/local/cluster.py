@@ -533,6 +533,7 @@ def _start(state_dir: Path, bins: Path, timeout: float, log: Callable[[str], Non
         f"--cluster-signing-cert-file={pki.ca.crt}",
         f"--cluster-signing-key-file={pki_dir / 'ca.key'}",
         "--controllers=*",
+        "--node-monitor-period=1s",  # untaints the new node sooner (default 5 s)
     ]
     kcm = start("kube-controller-manager", kcm_cmd)
     sched = start(

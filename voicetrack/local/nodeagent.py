@@ -303,6 +303,7 @@ class PodWorker(threading.Thread):
         self.config_error: str | None = None
         self.config_retry = 0.0
         self.prepared = False
+        self.retry = False  # an API call failed; try again in a second
         self.adopt_terminal(pod)
 
     # ---- inputs from the watch thread
@@ -397,7 +398,7 @@ class PodWorker(threading.Thread):
             busy = any(c.proc is not None for c in self.inits + self.ctrs) or (
                 self.phase not in ("Succeeded", "Failed")
             )
-            self.wake.wait(TICK if busy else None)
+            self.wake.wait(TICK if busy else 1.0 if self.retry else None)
             self.wake.clear()
 
     # ---- setup
@@ -801,16 +802,21 @@ class PodWorker(threading.Thread):
         if self.phase not in ("Succeeded", "Failed"):
             self.phase = "Succeeded" if all(c.succeeded for c in self.ctrs) else "Failed"
         self._report()
-        code, body = self.agent.kube.request(
-            "DELETE",
-            f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}",
-            body={
-                "apiVersion": "v1",
-                "kind": "DeleteOptions",
-                "gracePeriodSeconds": 0,
-                "preconditions": {"uid": self.uid},
-            },
-        )
+        try:
+            code, body = self.agent.kube.request(
+                "DELETE",
+                f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}",
+                body={
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": self.uid},
+                },
+            )
+        except Exception as e:  # apiserver away for a moment: the next tick retries
+            log.warning("pod %s/%s: final delete: %s", self.ns, self.pod_name, e)
+            self.retry = True
+            return False
         if code >= 300 and code not in (404, 409):
             log.warning(
                 "pod %s/%s: final delete: HTTP %s %s",
@@ -819,6 +825,7 @@ class PodWorker(threading.Thread):
                 code,
                 (body or {}).get("message"),
             )
+            self.retry = True
             return False
         self.final_deleted = True
         return True
@@ -935,12 +942,18 @@ class PodWorker(threading.Thread):
         cmp = self._comparable(st)
         if cmp == self.last_sent:
             return
-        code, body = self.agent.kube.request(
-            "PATCH",
-            f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}/status",
-            body={"metadata": {"uid": self.uid}, "status": st},
-            content_type="application/merge-patch+json",
-        )
+        try:
+            code, body = self.agent.kube.request(
+                "PATCH",
+                f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}/status",
+                body={"metadata": {"uid": self.uid}, "status": st},
+                content_type="application/merge-patch+json",
+            )
+        except Exception as e:  # apiserver away for a moment: the next tick retries
+            log.warning("pod %s/%s: status update: %s", self.ns, self.pod_name, e)
+            self.retry = True
+            return
+        self.retry = code >= 300 and code != 404
         if code == 404:
             self.gone = True
         elif code >= 300:
@@ -1100,6 +1113,8 @@ class NodeAgent:
         self.by_name: dict[tuple[str, str], str] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        #: seconds a pod watch lasts before the agent re-lists (tests shorten it)
+        self.watch_timeout = int(os.environ.get("VOICETRACK_AGENT_WATCH_TIMEOUT", "240"))
         mem_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
         disk = shutil.disk_usage(state_dir)
         self.capacity = {
@@ -1330,7 +1345,7 @@ class NodeAgent:
                     field_selector=selector,
                     resource_version=rv,
                     allow_watch_bookmarks=True,
-                    timeout_seconds=240,
+                    timeout_seconds=self.watch_timeout,
                     _request_timeout=(10, 300),
                     deserialize=False,
                 ):
