@@ -114,3 +114,19 @@ def test_peaks_follow_audiowaveform_v2() -> None:
     assert doc["length"] == 4
     assert doc["data"] == [0, 127, -128, 0, 0, 0, 0, 5]
     json.dumps(doc)
+
+
+def test_skipping_settled_silence_is_bit_exact(speech: tuple[np.ndarray, list[bytes]]) -> None:
+    """Speech broken by silence runs of every length decodes exactly as libopus decodes
+    every packet (the decoder skips only silence frames that leave its state unchanged)."""
+    _, packets = speech
+    talk = [p for p in packets if p != OPUS_SILENCE_FRAME]
+    stream: list[bytes] = []
+    for i, run in enumerate([1, 2, 3, 4, 5, 7, 10, 30, 1, 60, 2, 100]):
+        stream += talk[i * 6:(i + 1) * 6] + [OPUS_SILENCE_FRAME] * run
+    reference = discord.opus.Decoder()
+    expected = np.frombuffer(b"".join(reference.decode(p) for p in stream),
+                             dtype="<i2").reshape(-1, 2)
+    ours = OpusDecoder()
+    got = np.concatenate([ours.decode(stream[i:i + 13]) for i in range(0, len(stream), 13)])
+    assert np.array_equal(got, expected)

@@ -24,7 +24,7 @@ from voicetrack_transcoder.ffmpeg import (
     BITEXACT,
     CONTENT_TYPES,
     PCM_INPUT,
-    decoded_samples,
+    DecodeCheck,
     encode_args,
     run,
 )
@@ -83,13 +83,23 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
                 args += ["-map", f"{i}:a:0", *codec, *BITEXACT, str(out)]
         if plan:
             run(args, f"chunk {chunk.index}")
-        counts = decoded_samples([out for _, _, out in plan], work)
-        for (raw, fmt, out), samples in zip(plan, counts, strict=True):
-            key = layout.chunk_output_key(chunk.index, raw.track.user_id, fmt)
+        # Decode the outputs (true lengths) while hashing and uploading them: result.json,
+        # written last, is what makes the outputs count.
+        check = DecodeCheck([out for _, _, out in plan], work)
+        try:
+            uploaded = []
+            for raw, fmt, out in plan:
+                key = layout.chunk_output_key(chunk.index, raw.track.user_id, fmt)
+                uploaded.append((key, out.stat().st_size, _file_sha256(out)))
+                store.put_file(key, str(out), CONTENT_TYPES[fmt])
+            counts = check.counts()
+        finally:
+            check.kill()
+        for (raw, fmt, _), (key, size, digest), samples in zip(plan, uploaded, counts,
+                                                                strict=True):
             outputs.append(ChunkOutput(
-                user_id=raw.track.user_id, format=fmt, key=key, bytes=out.stat().st_size,
-                sha256=_file_sha256(out), duration_ms=samples_to_ms(samples)))
-            store.put_file(key, str(out), CONTENT_TYPES[fmt])
+                user_id=raw.track.user_id, format=fmt, key=key, bytes=size, sha256=digest,
+                duration_ms=samples_to_ms(samples)))
     result = TranscodeResult(tool_version=TOOL_VERSION, index=chunk.index, outputs=outputs)
     store.put_json(layout.result_key(chunk.index), result.to_api())
     return result

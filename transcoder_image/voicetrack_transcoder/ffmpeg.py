@@ -74,27 +74,45 @@ def run(args: list[str], what: str) -> None:
         raise TemporaryFailure(f"ffmpeg ({what}) exited {proc.returncode}: {tail[0]}")
 
 
-def decoded_samples(paths: list[Path], workdir: Path) -> list[int]:
-    """Samples per channel at 48 kHz each file decodes to, by decoding (one ffmpeg run for
-    all files) to s16le stereo and measuring the bytes: the true length, not the
-    container's estimate. Raises TemporaryFailure if ffmpeg fails."""
-    if not paths:
-        return []
-    args: list[str] = []
-    for path in paths:
-        args += ["-i", str(path)]
-    outs = []
-    for i, _ in enumerate(paths):
-        out = workdir / f"decoded-{i}.pcm"
-        outs.append(out)
-        args += ["-map", f"{i}:a:0", "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS),
-                 "-c:a", "pcm_s16le", "-f", "s16le", str(out)]
-    run(args, "decode check")
-    counts = []
-    for out in outs:
-        counts.append(out.stat().st_size // (2 * CHANNELS))
-        out.unlink()
-    return counts
+class DecodeCheck:
+    """Measures the samples per channel at 48 kHz each file decodes to, by decoding all of
+    them in one ffmpeg run (started at construction, in the background) to s16le stereo
+    files and measuring their bytes: the true length, not the container's estimate.
+
+    `counts()` waits and returns one count per path; raises TemporaryFailure if ffmpeg
+    fails."""
+
+    def __init__(self, paths: list[Path], workdir: Path) -> None:
+        self.outs = [workdir / f"decoded-{i}.pcm" for i in range(len(paths))]
+        args: list[str] = []
+        for path in paths:
+            args += ["-i", str(path)]
+        for i, out in enumerate(self.outs):
+            args += ["-map", f"{i}:a:0", "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS),
+                     "-c:a", "pcm_s16le", "-f", "s16le", str(out)]
+        self.proc = subprocess.Popen(
+            [FFMPEG, "-hide_banner", "-v", "error", "-nostdin", "-y", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ) if paths else None
+
+    def counts(self) -> list[int]:
+        if self.proc is None:
+            return []
+        _, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise TemporaryFailure(
+                f"ffmpeg (decode check) exited {self.proc.returncode}: {tail[0]}")
+        counts = []
+        for out in self.outs:
+            counts.append(out.stat().st_size // (2 * CHANNELS))
+            out.unlink()
+        return counts
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class EncoderSink:

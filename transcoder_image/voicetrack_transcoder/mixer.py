@@ -45,10 +45,14 @@ class Limiter:
 
     def _gains(self, x: np.ndarray) -> np.ndarray:
         n = -(-x.shape[0] // PIXEL)
-        padded = np.zeros((n * PIXEL, 2), dtype=np.int64)
-        padded[: x.shape[0]] = x
-        peak = np.abs(padded).reshape(n, -1).max(axis=1).astype(np.float64)
+        if x.shape[0] != n * PIXEL:
+            padded = np.zeros((n * PIXEL, 2), dtype=np.int32)
+            padded[: x.shape[0]] = x
+            x = padded
+        peak = np.abs(x).reshape(n, -1).max(axis=1).astype(np.float64)
         need = np.minimum(1.0, self.threshold / np.maximum(peak, 1.0))
+        if self._g_before >= 1.0 and need.min() >= 1.0:
+            return need  # nothing to limit
         steps = np.arange(n) * self.release
         run = np.minimum.accumulate(np.concatenate([[self._g_before + self.release],
                                                     need - steps]))[1:]
@@ -58,14 +62,21 @@ class Limiter:
                ) -> np.ndarray:
         """Output the first `pixels` pixels of `x`, ramping to `end_gain` at their end."""
         count = min(pixels * PIXEL, x.shape[0])
+        if end_gain >= 1.0 and self._g_before >= 1.0 and gains[:pixels].min() >= 1.0:
+            self._g_before = 1.0  # nothing to limit: the common case, kept cheap
+            return x[:count].astype(np.int16)
         before = np.concatenate([[min(self._g_before, gains[0])],
                                  np.minimum(gains[: pixels - 1], gains[1:pixels])])
         after = np.concatenate([before[1:], [end_gain]])
-        frac = np.arange(PIXEL, dtype=np.float64) / PIXEL
-        ramp = (before[:, None] + (after - before)[:, None] * frac[None, :]).reshape(-1)
-        out = np.rint(x[:count] * ramp[:count, None])
         self._g_before = float(gains[pixels - 1])
-        return np.clip(out, -32767, 32767).astype(np.int16)
+        out = np.zeros((pixels * PIXEL, 2), dtype=np.float64)
+        out[:count] = x[:count]
+        shaped = out.reshape(pixels, PIXEL, 2)
+        active = np.flatnonzero((before < 1.0) | (after < 1.0))
+        frac = np.arange(PIXEL, dtype=np.float64) / PIXEL
+        ramp = before[active, None] + (after - before)[active, None] * frac[None, :]
+        shaped[active] *= ramp[:, :, None]
+        return np.clip(np.rint(out[:count]), -32767, 32767).astype(np.int16)
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Limit int32 samples (n, 2); returns the int16 samples finished so far."""

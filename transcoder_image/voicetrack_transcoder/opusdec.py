@@ -3,8 +3,17 @@
 discord.py's `discord.opus.Decoder` wraps the same library but copies every decoded frame
 through a Python list; promotion decodes a whole session (180 000 packets per speaker-hour),
 so this module decodes straight into a caller's numpy buffer. API: libopus `opus_defines.h`
-and `opus.h` (opus_decoder_create, opus_decode, opus_decoder_destroy, opus_strerror).
-ctypes releases the GIL during each call, so speakers decode in parallel threads.
+and `opus.h` (opus_decoder_create, opus_decode, opus_decoder_destroy, opus_strerror,
+opus_decoder_get_size). ctypes releases the GIL during each call, so speakers decode in
+parallel threads.
+
+Runs of silence frames are most of a session (every slot a speaker is quiet or absent).
+`opus_decode` is a pure function of (decoder state, packet) and a decoder state is one
+relocatable block of `opus_decoder_get_size()` bytes (that is what `opus_decoder_init` on
+caller memory relies on). So once decoding the silence frame leaves the state bytes
+unchanged and yields only zeros, every further silence frame must do the same: the decoder
+has reached a fixed point, and the rest of the run is written as zeros without calling
+libopus. The output is bit-identical to decoding every frame (tests check it).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from functools import cache
 
 import numpy as np
 
-from voicetrack.audio import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE
+from voicetrack.audio import CHANNELS, FRAME_SAMPLES, OPUS_SILENCE_FRAME, SAMPLE_RATE
 
 
 class OpusDecodeError(ValueError):
@@ -36,6 +45,8 @@ def _lib() -> ctypes.CDLL:
     lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
     lib.opus_strerror.restype = ctypes.c_char_p
     lib.opus_strerror.argtypes = [ctypes.c_int]
+    lib.opus_decoder_get_size.restype = ctypes.c_int
+    lib.opus_decoder_get_size.argtypes = [ctypes.c_int]
     return lib
 
 
@@ -53,6 +64,9 @@ class OpusDecoder:
         if err.value != 0 or not state:
             raise RuntimeError(f"opus_decoder_create: {lib.opus_strerror(err.value)!r}")
         self._state: int | None = state
+        self._size = lib.opus_decoder_get_size(CHANNELS)
+        self._settled = False
+        """True when the state is a fixed point of decoding the silence frame."""
 
     def decode_into(self, packets: list[bytes], out: np.ndarray) -> int:
         """Decode `packets` in order into `out` (int16, shape (n, 2), C-contiguous).
@@ -64,17 +78,30 @@ class OpusDecoder:
         if out.dtype != np.int16 or out.ndim != 2 or out.shape[1] != CHANNELS \
                 or not out.flags.c_contiguous:
             raise ValueError("out must be a C-contiguous int16 array of shape (n, 2)")
+        state = self._state
+        if state is None:
+            raise ValueError("decoder is closed")
         lib = _lib()
         base = out.ctypes.data
         pos = 0
         capacity = out.shape[0]
         for i, packet in enumerate(packets):
+            silence = packet == OPUS_SILENCE_FRAME
+            if silence and self._settled and capacity - pos >= FRAME_SAMPLES:
+                out[pos:pos + FRAME_SAMPLES] = 0
+                pos += FRAME_SAMPLES
+                continue
+            before = ctypes.string_at(state, self._size) if silence else b""
             room = min(capacity - pos, 120 * SAMPLE_RATE // 1000)
-            n = lib.opus_decode(self._state, packet, len(packet), base + pos * 2 * CHANNELS,
+            n = lib.opus_decode(state, packet, len(packet), base + pos * 2 * CHANNELS,
                                 room, 0)
             if n < 0:
+                self._settled = False
                 raise OpusDecodeError(
                     f"packet {i}: {lib.opus_strerror(n).decode(errors='replace')}")
+            self._settled = silence and n == FRAME_SAMPLES \
+                and not out[pos:pos + n].any() \
+                and ctypes.string_at(state, self._size) == before
             pos += n
         return pos
 

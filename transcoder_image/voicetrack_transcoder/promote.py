@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -221,6 +222,49 @@ class SpeakerStream:
             self._decoder.close()
 
 
+class ReadAhead:
+    """Decodes one SpeakerStream in its own thread, up to `depth` blocks ahead of the
+    consumer, so decoding overlaps with encoding and mixing. `sizes` are the block sizes in
+    slots, in order; `get()` returns the next block or raises the decoder's error."""
+
+    def __init__(self, stream: SpeakerStream, sizes: list[int], depth: int = 4) -> None:
+        self.stream = stream
+        self.sizes = sizes
+        self._queue: queue.Queue[np.ndarray | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"decode-{stream.user_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, item: np.ndarray | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for n in self.sizes:
+                if not self._put(self.stream.read(n)):
+                    return
+        except BaseException as err:
+            self._put(err)
+
+    def get(self) -> np.ndarray:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.stream.close()
+
+
 @dataclass
 class _Track:
     name: str
@@ -274,12 +318,15 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
     want_speakers = plan.tracks in ("perSpeaker", "both")
     want_mix = plan.tracks in ("mixed", "both") and bool(speakers)
 
+    sizes = [BLOCK_SLOTS] * (total_slots // BLOCK_SLOTS)
+    if total_slots % BLOCK_SLOTS:
+        sizes.append(total_slots % BLOCK_SLOTS)
     with tempfile.TemporaryDirectory(prefix="vt-promote-") as tmp, \
-            ThreadPoolExecutor(4, thread_name_prefix="fetch") as fetch_pool, \
-            ThreadPoolExecutor(2, thread_name_prefix="decode") as decode_pool:
+            ThreadPoolExecutor(4, thread_name_prefix="fetch") as fetch_pool:
         work = Path(tmp)
         fetcher = RawFetcher(store, plan.chunks, fetch_pool)
-        streams = [SpeakerStream(u, plan, timeline, fetcher) for u in speakers]
+        readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher), sizes)
+                   for u in speakers]
         tracks: list[_Track] = []
 
         def open_track(name: str, kind: str, user_id: str | None) -> _Track:
@@ -301,15 +348,10 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                 track.peaks.add(block)
 
             done, last_report = 0, -1
-            while done < total_slots or tail_ms:
-                if done < total_slots:
-                    n = min(BLOCK_SLOTS, total_slots - done)
-                    blocks = list(decode_pool.map(lambda s, n=n: s.read(n), streams))
-                    done += n
-                else:
-                    tail = np.zeros((ms_to_samples(tail_ms), CHANNELS), dtype=np.int16)
-                    blocks = [tail for _ in streams]
-                    tail_ms = 0
+            tail = np.zeros((ms_to_samples(tail_ms), CHANNELS), dtype=np.int16)
+            for n in [*sizes, 0] if tail_ms else sizes:
+                blocks = [r.get() for r in readers] if n else [tail for _ in readers]
+                done += n
                 for track, block in zip(speaker_tracks, blocks, strict=False):
                     emit(track, block)
                 if mix is not None:
@@ -330,8 +372,8 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                     sink.kill()
             raise
         finally:
-            for stream in streams:
-                stream.close()
+            for reader in readers:
+                reader.close()
 
         final_tracks: list[FinalTrack] = []
         uploads: list[tuple[str, Path, str]] = []
