@@ -17,6 +17,7 @@ from tests.discord_rig import (
     DAVE_VERSION,
     ExternalSender,
     Harness,
+    Speaker,
     decode_frames,
     encode_frames,
     tone_pcm,
@@ -136,21 +137,56 @@ async def test_fec_recovers_from_silk_packets() -> None:
     assert len(track(h, 222)) == 60
 
 
-async def test_unknown_ssrc_waits_for_speaking_then_is_dropped() -> None:
+def outsider_session(user_id: int) -> davey.DaveSession:
+    """A DAVE member of another group (its own external sender) claiming `user_id`."""
+    other = ExternalSender(Harness.CHANNEL)
+    outsider = davey.DaveSession(DAVE_VERSION, user_id, Harness.CHANNEL)
+    helper = davey.DaveSession(DAVE_VERSION, 999, Harness.CHANNEL)
+    for s in (outsider, helper):
+        s.set_external_sender(other.package)
+    result = helper.process_proposals(
+        davey.ProposalsOperationType.append,
+        vec(other.add(outsider.get_serialized_key_package(), 0)))
+    assert result is not None and result.welcome is not None
+    helper.process_commit(result.commit)
+    outsider.process_welcome(result.welcome)
+    return outsider
+
+
+async def test_unknown_ssrc_waits_for_speaking_and_strangers_are_dropped() -> None:
     h = await Harness.open(hold_unknown_ms=300)
-    a, b = await h.rig.join(222, 333, announce=False)
+    (a,) = await h.rig.join(222, announce=False)
+    stranger = Speaker(555, outsider_session(555), ssrc=4242)  # sealed outside the group
     await h.settle()
     sent = encode_frames(tone_pcm(40, 440))
-    for i in range(40):  # a speaks before its SPEAKING event; b is never announced
+    for i in range(40):  # a speaks before its SPEAKING event
         await h.deliver(h.rig.packet(a, sent[i]), START_MS + 20 * (i + 1) + LATENCY_MS)
-        h.conn.socket_listener(h.rig.packet(b, sent[i]))
-        if i == 10:
+        h.conn.socket_listener(h.rig.packet(stranger, sent[i]))
+        if i == 3:
             await h.rig.speaking(a)
     await h.finish()
     assert contiguous(track(h, 222)) == sent
     assert min(track(h, 222)) == START_MS // 20  # held packets keep their arrival time
-    assert "333" not in h.sink.frames
+    assert set(h.sink.frames) == {"222"}
     assert h.receiver.stats.dropped["unknown_ssrc"] == 40
+    assert h.receiver.stats.identified == 0
+
+
+async def test_user_present_before_the_bot_is_identified_by_dave_key() -> None:
+    h = await Harness.open()
+    a, b = await h.rig.join(222, 333, announce=False)  # no op 5 ever comes
+    await h.settle()
+    sent = {222: encode_frames(tone_pcm(60, 440)), 333: encode_frames(tone_pcm(60, 660))}
+    for i in range(60):
+        for speaker in (a, b):
+            await h.deliver(h.rig.packet(speaker, sent[speaker.user_id][i]),
+                            START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    for user in (222, 333):
+        assert contiguous(track(h, user)) == sent[user]
+        assert min(track(h, user)) == START_MS // 20
+    assert h.receiver.stats.identified == 2
+    assert not h.receiver.stats.dropped
 
 
 async def test_leave_and_rejoin_keeps_the_timeline() -> None:
@@ -261,18 +297,7 @@ async def test_forged_frames_are_refused_and_counted() -> None:
     h = await Harness.open()
     (a,) = await h.rig.join(222)
     await h.settle()
-    # the forger: a DAVE member of another group, claiming to be user 222
-    other = ExternalSender(Harness.CHANNEL)
-    forger = davey.DaveSession(DAVE_VERSION, 222, Harness.CHANNEL)
-    helper = davey.DaveSession(DAVE_VERSION, 999, Harness.CHANNEL)
-    for s in (forger, helper):
-        s.set_external_sender(other.package)
-    result = helper.process_proposals(
-        davey.ProposalsOperationType.append,
-        vec(other.add(forger.get_serialized_key_package(), 0)))
-    assert result is not None and result.welcome is not None
-    helper.process_commit(result.commit)
-    forger.process_welcome(result.welcome)
+    forger = outsider_session(222)  # a DAVE member of another group claiming user 222
     sent = encode_frames(tone_pcm(60, 440))
     forged = set(range(20, 25))
     for i, packet in enumerate(sent):

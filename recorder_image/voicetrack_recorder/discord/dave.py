@@ -111,6 +111,26 @@ class DaveDecryptor:
             self.count_failure(user_id, self.last_cause)
         return None
 
+    def identify(self, frame: bytes) -> tuple[str, bytes] | None:
+        """Find which member of the DAVE group sealed `frame`: the one whose key opens it
+        (an AEAD tag verifies only under the sender's key). Returns (user id, Opus) with
+        the frame counted as decrypted for that user, or None (no session, silence, no
+        member's key fits). The bot itself is never a candidate."""
+        session = self._session()
+        if session is None or frame == OPUS_SILENCE_FRAME:
+            return None
+        for user_id in session.get_user_ids():
+            if int(user_id) == session.user_id:
+                continue
+            try:
+                opus = session.decrypt(int(user_id), davey.MediaType.audio, frame)
+            except ValueError:
+                continue
+            if opus and opus != frame:
+                self._user(str(user_id)).decrypted += 1
+                return str(user_id), opus
+        return None
+
     def count_failure(self, user_id: str, cause: str) -> None:
         """Count one refused frame of `user_id` under `cause`."""
         self._user(user_id).failures[cause] += 1

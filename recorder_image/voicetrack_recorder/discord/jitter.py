@@ -23,12 +23,14 @@ RESET_SEQ_JUMP = 3000
 @dataclass(slots=True)
 class Held:
     """One transport-decrypted packet waiting for release. `payload` is still DAVE-
-    encrypted; `arrival_ms` is when it came off the socket (Unix ms)."""
+    encrypted; `arrival_ms` is when it came off the socket (Unix ms); `opus` is set when
+    the frame was already opened (to identify its sender)."""
 
     sequence: int
     timestamp: int
     payload: bytes
     arrival_ms: float
+    opus: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -22,17 +22,26 @@ from typing import Any
 
 import davey
 
+from voicetrack.audio import OPUS_SILENCE_FRAME
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.discord.conceal import Concealer
 from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor, UserDecryptStats
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
-from voicetrack_recorder.discord.rtp import AUDIO_PAYLOAD_TYPE, RtpError, is_rtcp, parse_rtp
+from voicetrack_recorder.discord.rtp import (
+    AUDIO_PAYLOAD_TYPE,
+    RtpError,
+    is_rtcp,
+    parse_rtp,
+    seq_diff,
+)
 from voicetrack_recorder.discord.ssrc import GatewayEventError, SsrcMap
 from voicetrack_recorder.discord.timeline import Timeline
 from voicetrack_recorder.discord.transport import TransportDecryptor, TransportError
 
 log = logging.getLogger(__name__)
 
+IDENTIFY_RETRY_MS = 500.0
+"""How often the sender of a still-unknown SSRC is looked for by DAVE key."""
 MAX_HELD_UNKNOWN = 100
 """Packets kept per not-yet-announced SSRC (2 s of audio); older ones are dropped."""
 
@@ -54,6 +63,8 @@ class ReceiveStats:
     """Frames rebuilt by FEC/PLC among `frames`."""
     fec: int = 0
     """Frames among `recovered` rebuilt from the next packet's in-band FEC data."""
+    identified: int = 0
+    """SSRCs mapped by the DAVE key that opened their frames (no SPEAKING event)."""
     lost: int = 0
     """Sequence numbers that never arrived in time, plus frames DAVE refused."""
     dropped: Counter[str] = field(default_factory=Counter)
@@ -66,6 +77,7 @@ class ReceiveStats:
         return {
             "datagrams": self.datagrams, "frames": self.frames,
             "recovered": self.recovered, "fec": self.fec,
+            "identified": self.identified,
             "lost": self.lost, "dropped": dict(self.dropped),
             "framesByUser": dict(self.frames_by_user),
             "decrypt": {user: {"decrypted": s.decrypted, "silence": s.silence,
@@ -95,14 +107,15 @@ class VoiceReceiver:
     long packets of a not-yet-announced SSRC are kept waiting for its SPEAKING event, and
     `key_wait_ms` how long frames DAVE cannot open yet (sealed with the keys of a commit
     this bot has not processed, or by a member it does not know yet) wait for the next
-    epoch before they count as failures (0: never).
+    epoch before they count as failures (0: never); after `identify_after_ms` without a
+    SPEAKING event, an SSRC's sender is identified by the DAVE key that opens its frames.
     """
 
     def __init__(self, *, clock: SessionClock, sink: FrameSink, keys: KeySource,
                  session: SessionSource, ssrc_map: SsrcMap | None = None,
                  max_delay_ms: float = 100.0, depth: int = 5, conceal_frames: int = 3,
                  resync_ms: int = 500, hold_unknown_ms: float = 1000.0,
-                 key_wait_ms: float = 150.0) -> None:
+                 key_wait_ms: float = 150.0, identify_after_ms: float = 100.0) -> None:
         self.clock = clock
         self.sink = sink
         self.ssrcs = ssrc_map or SsrcMap()
@@ -118,6 +131,8 @@ class VoiceReceiver:
         self._conceal_frames = conceal_frames
         self._hold_unknown_ms = hold_unknown_ms
         self._key_wait_ms = key_wait_ms
+        self._identify_after_ms = identify_after_ms
+        self._tried: dict[int, float] = {}
 
     # -- input ---------------------------------------------------------------------------
 
@@ -160,6 +175,11 @@ class VoiceReceiver:
                 self._deliver(ssrc, stream, released)
         for ssrc in list(self._unknown):
             held = self._unknown[ssrc]
+            if (held and now_ms - held[0].arrival_ms >= self._identify_after_ms
+                    and now_ms - self._tried.get(ssrc, -1e18) >= IDENTIFY_RETRY_MS):
+                self._tried[ssrc] = now_ms
+                if self._identify(ssrc, held):
+                    continue
             while held and now_ms - held[0].arrival_ms > self._hold_unknown_ms:
                 held.pop(0)
                 self.stats.dropped["unknown_ssrc"] += 1
@@ -234,6 +254,28 @@ class VoiceReceiver:
         if refused:
             self.stats.dropped[refused] += 1
 
+    def _identify(self, ssrc: int, held: list[Held]) -> bool:
+        """Map an SSRC no SPEAKING event announced (a user already talking when the bot
+        joined) by finding the group member whose DAVE key opens its first audio frame;
+        that frame keeps its Opus (davey would refuse it a second time as a replay)."""
+        first = held[0].sequence
+        for packet in sorted(held, key=lambda p: seq_diff(p.sequence, first)):
+            found = self.dave.identify(packet.payload)
+            if found is None:
+                if packet.payload == OPUS_SILENCE_FRAME:
+                    continue
+                return False
+            user, opus = found
+            packet.opus = opus
+            log.info("SSRC %d identified by its DAVE key as user %s", ssrc, user)
+            self.stats.identified += 1
+            self.ssrcs.map(ssrc, user)
+            self._tried.pop(ssrc, None)
+            for pending in self._unknown.pop(ssrc, []):
+                self._hold(ssrc, pending)
+            return True
+        return False
+
     def _finish(self, ssrc: int) -> None:
         stream = self._streams.pop(ssrc)
         for released in stream.jitter.drain():
@@ -267,7 +309,8 @@ class VoiceReceiver:
 
     def _open(self, ssrc: int, stream: _Stream, released: Released, may_wait: bool) -> None:
         held = released.packet
-        opus = self.dave.decrypt(stream.user_id, held.payload, count_failure=False)
+        opus = held.opus if held.opus is not None else self.dave.decrypt(
+            stream.user_id, held.payload, count_failure=False)
         if opus is None:
             cause = self.dave.last_cause or "other"
             if may_wait and self._key_wait_ms > 0 and cause in KEY_NOT_YET_CAUSES:
