@@ -30,7 +30,7 @@ import math
 import os
 import struct
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import davey
@@ -147,7 +147,6 @@ class Speaker:
     sequence: int = 0
     timestamp: int = 0
     nonce: int = 0
-    sent: list[bytes] = field(default_factory=list)
 
     def frame(self, opus_packet: bytes) -> bytes:
         """The DAVE-encrypted frame for one Opus packet (silence passes in the clear)."""
@@ -423,15 +422,7 @@ class VoiceServerRig:
         speaker.nonce += 1
         speaker.sequence = (speaker.sequence + 1) & 0xFFFF
         speaker.timestamp = (speaker.timestamp + frames * FRAME_SAMPLES) & 0xFFFF_FFFF
-        speaker.sent.append(opus_packet)
         return datagram
-
-    def skip(self, speaker: Speaker, frames: int, *, sequence: bool = False) -> None:
-        """Advance `speaker`'s RTP timestamp by `frames` without sending (silence the
-        client did not send); with `sequence`, packets were sent but lost."""
-        speaker.timestamp = (speaker.timestamp + frames * FRAME_SAMPLES) & 0xFFFF_FFFF
-        if sequence:
-            speaker.sequence = (speaker.sequence + frames) & 0xFFFF
 
 
 @dataclass
@@ -442,9 +433,6 @@ class VirtualTime:
 
     def __call__(self) -> float:
         return self.now
-
-    def advance_ms(self, ms: float) -> None:
-        self.now += ms / 1000
 
 
 class CaptureSink:
