@@ -2,8 +2,9 @@
 
 Order of work, which makes the command safe to run again: read and validate every raw track
 first (bad input stops here, before anything is written); encode all tracks and formats with
-one ffmpeg run; measure each output's true length by decoding it; upload the outputs; write
-`result.json` last, so its presence means every output it lists is in place. Outputs are
+one ffmpeg run; hash and upload the outputs while one more ffmpeg run decodes them to measure
+their true length; write `result.json` last, so its presence means every output it lists is
+in place. Outputs are
 bit-exact functions of the raw input, so a second run writes the same keys and bytes.
 """
 

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +76,15 @@ class SeaweedServer:
     def log_path(self) -> Path:
         return self.data_dir / "weed.log"
 
+    def _socket(self, name: str) -> str:
+        """A Unix socket path for a component: in the data dir, unless that is too long for
+        a socket address (108 bytes), then in the temp dir, named by the S3 port."""
+        path = str(self.data_dir / f"{name}.sock")
+        if len(path) < 100:
+            return path
+        short = f"voicetrack-weed-{self.ports['s3']}-{name}.sock"
+        return os.path.join(tempfile.gettempdir(), short)
+
     def command(self) -> list[str]:
         """The `weed mini` command line (ports must already be chosen)."""
         p = self.ports
@@ -85,9 +95,9 @@ class SeaweedServer:
             f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
-            f"-filer.localSocket={self.data_dir / 'filer.sock'}",
+            f"-filer.localSocket={self._socket('filer')}",
             f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
-            f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            f"-s3.localSocket={self._socket('s3')}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
             "-webdav=false", "-master.telemetry=false",
