@@ -74,9 +74,9 @@ def test_transport_roundtrip_strips_extension(mode: str) -> None:
 
 def test_transport_strips_padding_and_refuses_oversized_extension() -> None:
     key = os.urandom(32)
-    header = bytearray(build_rtp_header(9, 0, 42, extension_words=1))
-    header[0] |= 0x20  # P bit
-    datagram = transport_encrypt(MODE_AES256_GCM, key, bytes(header),
+    padded = bytearray(build_rtp_header(9, 0, 42, extension_words=1))
+    padded[0] |= 0x20  # P bit
+    datagram = transport_encrypt(MODE_AES256_GCM, key, bytes(padded),
                                  b"\x10\xab\x00\x00" + b"opus" + b"\0\0\x03", 5)
     dec = TransportDecryptor(MODE_AES256_GCM, key)
     assert dec.decrypt(datagram, parse_rtp(datagram)) == b"opus"
