@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from tests.discord_rig import transport_encrypt
+from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer
 from voicetrack_recorder.discord.rtp import (
     RtpError,
@@ -18,6 +19,7 @@ from voicetrack_recorder.discord.rtp import (
     ts_diff,
 )
 from voicetrack_recorder.discord.ssrc import GatewayEventError, SsrcMap
+from voicetrack_recorder.discord.timeline import Timeline
 from voicetrack_recorder.discord.transport import (
     MODE_AES256_GCM,
     MODE_XCHACHA20,
@@ -160,3 +162,20 @@ def test_jitter_depth_bound_and_restart() -> None:
     assert [(r.packet.sequence, r.lost_before) for r in out] == [(12, 1), (13, 0), (14, 0)]
     jb.push(_held(30000, 3.0))  # a restarted stream, not 'late'
     assert [(r.packet.sequence, r.lost_before) for r in jb.drain()] == [(30000, 0)]
+
+
+def test_timeline_anchors_once_and_resyncs_on_a_timestamp_jump() -> None:
+    t0 = 1_800_000_000_000
+    tl = Timeline(SessionClock(t0), resync_ms=500)
+    ts = 2**32 - 960  # wraps on the next frame
+    assert tl.slot("u", 7, ts, t0 + 1000 + 20 + 9) == 50  # arrival - 20 ms → slot 50
+    tl.placed("u", 50)
+    # jitter up to the resync bound never moves a frame; the timestamp wraps cleanly
+    assert tl.slot("u", 7, (ts + 960 * 10) & 0xFFFFFFFF, t0 + 1000 + 220 + 400) == 60
+    tl.placed("u", 60)
+    # a stalled sender clock (timestamps 1 s behind arrival): re-anchored at arrival
+    assert tl.slot("u", 7, (ts + 960 * 11) & 0xFFFFFFFF, t0 + 3000 + 20) == 150
+    assert tl.resyncs == 1
+    # a new SSRC (rejoin) anchors anew but never before the last placed slot
+    tl.placed("u", 150)
+    assert tl.slot("u", 8, 12345, t0 + 2000) == 151
