@@ -65,6 +65,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -354,6 +355,17 @@ class PodWorker(threading.Thread):
         """The container (init or regular) called ``name``."""
         return next((c for c in self.inits + self.ctrs if c.name == name), None)
 
+    def event(self, reason: str, message: str, c: Container | None, warning: bool = False) -> None:
+        """Record a core/v1 Event on the pod, as the kubelet does (sent in the background)."""
+        ref: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "Pod", "namespace": self.ns, "name": self.pod_name,
+            "uid": self.uid,
+        }  # fmt: skip
+        if c is not None:
+            kind = "initContainers" if c.init else "containers"
+            ref["fieldPath"] = f"spec.{kind}{{{c.name}}}"
+        self.agent.event(self.ns, ref, reason, message, "Warning" if warning else "Normal")
+
     def restart_policy(self) -> str:
         return str(self.pod["spec"].get("restartPolicy") or "Always")
 
@@ -616,14 +628,25 @@ class PodWorker(threading.Thread):
         return "Pending"
 
     def _config_failed(self, msg: str, ctrs: list[Container]) -> None:
-        self.config_error = msg
         self.config_retry = time.monotonic() + 2
+        if self.config_error != msg:
+            self.event("Failed", f"Error: {msg}", None, warning=True)
+        self.config_error = msg
         for c in ctrs:
             if c.proc is None and not c.done:
                 c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": msg}}
 
     def _maybe_start(self, pod: dict[str, Any], c: Container) -> None:
         if time.monotonic() < c.next_start or time.monotonic() < self.config_retry:
+            return
+        if not c.spec.get("command"):
+            msg = (
+                f"container {c.name!r} has no command: the local node agent ignores "
+                "images, so their entrypoints cannot run; set command"
+            )
+            if (c.state.get("waiting") or {}).get("reason") != "CreateContainerError":
+                self.event("Failed", f"Error: {msg}", c, warning=True)
+            c.state = {"waiting": {"reason": "CreateContainerError", "message": msg}}
             return
         try:
             env = self._container_env(pod, c)
@@ -636,15 +659,6 @@ class PodWorker(threading.Thread):
             return
         command = [expand(str(x), env) for x in c.spec.get("command") or []]
         args = [expand(str(x), env) for x in c.spec.get("args") or []]
-        if not command:
-            c.state = {
-                "waiting": {
-                    "reason": "CreateContainerError",
-                    "message": f"container {c.name!r} has no command: the local node agent ignores "
-                    "images, so their entrypoints cannot run; set command",
-                }
-            }
-            return
         exe = command[0] if "/" in command[0] else shutil.which(command[0], path=env["PATH"])
         logf = self.log_file(c.name, c.restart_count)
         logf.parent.mkdir(parents=True, exist_ok=True)
@@ -670,6 +684,7 @@ class PodWorker(threading.Thread):
                 else (f"exec {command[0]!r}: {e.strerror or e}")
             )
             logf.write_text(f"StartError: {msg}\n")
+            self.event("Failed", f"Error: {msg}", c, warning=True)
             c.state = {
                 "terminated": {
                     "exitCode": 128,
@@ -686,6 +701,7 @@ class PodWorker(threading.Thread):
         c.record = ProcRecord(f"{self.ns}/{self.pod_name}/{c.name}", proc.pid, ticks, [exe])
         c.record.save(self.dir / "pids" / f"{c.name}.json")
         c.state = {"running": {"startedAt": started}}
+        self.event("Started", f"Started container {c.name}", c)
         c.started_mono = time.monotonic()
         c.term_sent = False
         self.config_error = None
@@ -737,6 +753,7 @@ class PodWorker(threading.Thread):
                 f"pod={self.pod_name}_{self.ns}({self.uid})",
             }
         }
+        self.event("BackOff", f"Back-off restarting failed container {c.name}", c, warning=True)
         c.backoff = min(c.backoff * 2, BACKOFF_MAX)
         c.restart_count += 1
 
@@ -759,6 +776,7 @@ class PodWorker(threading.Thread):
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.proc.pid, signal.SIGTERM)  # like a runtime: SIGTERM to the main process
+            self.event("Killing", f"Stopping container {c.name}", c)
             c.term_sent = True
 
     def _kill_progress(self) -> bool:
@@ -1000,12 +1018,25 @@ class _LogHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_POST(self) -> None:
+        what = urllib.parse.urlsplit(self.path).path.strip("/").split("/")[0]
+        self._text(
+            501,
+            f"{what} is not supported by the voicetrack local node agent "
+            "(it runs pods as plain processes: only container logs are served)",
+        )
+
+    do_PUT = do_POST
+
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         q = urllib.parse.parse_qs(url.query)
         parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
         if parts == ["healthz"]:
             self._text(200, "ok")
+            return
+        if parts[0] in ("exec", "attach", "portForward", "run"):
+            self.do_POST()
             return
         if len(parts) != 4 or parts[0] != "containerLogs":
             self._text(404, f"the local node agent serves only /containerLogs (not {url.path})")
@@ -1113,6 +1144,7 @@ class NodeAgent:
         self.by_name: dict[tuple[str, str], str] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        self.events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
         #: seconds a pod watch lasts before the agent re-lists (tests shorten it)
         self.watch_timeout = int(os.environ.get("VOICETRACK_AGENT_WATCH_TIMEOUT", "240"))
         mem_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
@@ -1164,6 +1196,34 @@ class NodeAgent:
                 f"{(body or {}).get('message')}"
             )
         return str(body["status"]["token"])
+
+    def event(self, ns: str, ref: dict[str, Any], reason: str, message: str, etype: str) -> None:
+        """Post a core/v1 Event about ``ref`` from this node (in the background; errors are
+        only logged: events are best effort, as in the kubelet)."""
+        t = now_iso()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{ref['name']}.", "namespace": ns},
+            "involvedObject": ref,
+            "reason": reason,
+            "message": message,
+            "type": etype,
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+            "firstTimestamp": t,
+            "lastTimestamp": t,
+            "count": 1,
+        }
+
+        def send() -> None:
+            try:
+                self.kube.request("POST", f"/api/v1/namespaces/{ns}/events", body=body)
+            except Exception as e:
+                log.debug("event %s: %s", reason, e)
+
+        self.events.submit(send)
 
     def worker_for(self, ns: str, name: str) -> PodWorker | None:
         with self.lock:
