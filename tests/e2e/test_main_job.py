@@ -24,7 +24,7 @@ from tests.audio_helpers import (
     session_to_output_ms,
     upload_chunks,
 )
-from tests.e2e.conftest import Stack
+from tests.fixtures.stack import Stack
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
 from voicetrack.resources import Gap
