@@ -70,6 +70,8 @@ async def _record(namespace: str, session: str, started_at_ms: int) -> int:
     finally:
         watch_stop.set()
     logging.getLogger(__name__).info("done: %s", result)
+    if result.error is not None:  # the open chunk is flushed; now fail the pod
+        raise result.error
     return 0
 
 
@@ -89,6 +91,9 @@ def run(
     except InvalidInputError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
+    except Exception as err:  # the pod restarts and continues at the next index
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
     raise typer.Exit(code)
 
 

@@ -26,8 +26,9 @@ from voicetrack_recorder.uploader import ChunkUploader
 
 log = logging.getLogger(__name__)
 
-SEAL_DELAY_SLOTS = 10
-"""Seal a window 200 ms after its end so frames still in a jitter buffer make it in."""
+SEAL_DELAY_SLOTS = 20
+"""Seal a window 400 ms after its end so frames still held by a jitter buffer (reordering,
+waiting for the next DAVE epoch's keys: up to ~250 ms) make it in."""
 TICK_S = 0.05
 FLUSH_GRACE_S = 20.0
 """How long a stopping recorder keeps retrying the upload of its last chunks."""
@@ -39,8 +40,11 @@ class Source(Protocol):
 
 @dataclass
 class RecorderResult:
+    """How a run ended: chunks written, why, and the source's error if it failed."""
+
     chunks: int
     reason: str
+    error: BaseException | None = None
 
 
 class Recorder:
@@ -95,6 +99,7 @@ class Recorder:
         uploader_task = asyncio.create_task(self._upload_loop())
         source_task = asyncio.create_task(source.run(self.source_stop))
         reason = "stopped"
+        error: BaseException | None = None
         max_ms = self.spec.limits.max_duration_seconds * 1000
         try:
             while not self.stop.is_set():
@@ -102,6 +107,11 @@ class Recorder:
                 now = self.clock.now_slot()
                 if self.kube.deleted.is_set():
                     reason = "session-deleted"
+                    break
+                if source_task.done() and source_task.exception() is not None:
+                    error = source_task.exception()
+                    reason = "source-failed"
+                    log.error("source failed: %s", error)
                     break
                 if now * FRAME_MS >= max_ms:
                     reason = "max-duration"
@@ -123,7 +133,7 @@ class Recorder:
             await asyncio.gather(source_task, return_exceptions=True)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
                  self.uploader.stats.bytes)
-        return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason)
+        return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason, error=error)
 
     def _follow_pause(self, now: int) -> None:
         paused = bool(self.kube.paused)
