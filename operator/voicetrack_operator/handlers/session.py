@@ -52,6 +52,7 @@ async def on_session_delete(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
             status = await SessionService(memo.ctx).finalize_session(
                 SessionView.parse(dict(body)))
     except kopf.TemporaryError as err:
+        patch.status["state"] = getattr(err.__cause__, "state", "Stopping")
         patch.status["phaseMessage"] = str(err)
         raise
     except kopf.PermanentError as err:

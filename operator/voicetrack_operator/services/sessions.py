@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 
 
 class Waiting(TemporaryFailure):
-    """A step is under way; come back in `delay` seconds (not an error)."""
+    """A step is under way; come back in `delay` seconds (not an error). `state` is the
+    session state to show meanwhile (Stopping, Transcoding, Promoting)."""
+
+    def __init__(self, message: str, delay: float = 2.0, state: str = "Stopping") -> None:
+        super().__init__(message, delay)
+        self.state = state
 
 
 class PromotionFailed(InvalidInputError):
@@ -231,7 +236,8 @@ class SessionService:
             since = _parse_time(s.deletion) if s.deletion else datetime.now(UTC)
             waited = (datetime.now(UTC) - since).total_seconds()
             if waited < s.spec.transcode_timeout_seconds:
-                raise Waiting(f"waiting for {len(pending)} transcode(s)", delay=2)
+                raise Waiting(f"waiting for {len(pending)} transcode(s)", delay=2,
+                          state="Transcoding")
             await self.chunks.fail_pending(
                 s.ref.namespace, s.ref.name,
                 f"transcode not finished within {s.spec.transcode_timeout_seconds} s")
@@ -254,7 +260,7 @@ class SessionService:
             await asyncio.to_thread(store.put_json, layout.promotion_plan_key, plan.to_api())
             await self.ctx.kube.ensure(build_promote_job(
                 s.ref, layout.promotion_plan_key, s.spec, self.ctx.settings.pods))
-            raise Waiting("promotion started", delay=2)
+            raise Waiting("promotion started", delay=2, state="Promoting")
         state, reason = job_state(job)
         if state == "failed":
             detail = await self.chunks.failure_detail(s.ref.namespace, job_name)
@@ -262,7 +268,7 @@ class SessionService:
             raise PromotionFailed(f"promotion Job {job_name} failed: {reason}"
                                   f"{'; ' + detail if detail else ''}; raw chunks kept")
         if state != "done":
-            raise Waiting("promotion running", delay=2)
+            raise Waiting("promotion running", delay=2, state="Promoting")
         try:
             manifest = FinalManifest.model_validate(
                 await asyncio.to_thread(store.get_json, layout.final_manifest_key))
