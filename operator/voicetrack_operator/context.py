@@ -69,6 +69,9 @@ class Context:
     db: RecordingService
     objects: dict[str, ObjectStore] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    unsynced: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Sessions (namespace, name) whose SQL mirror lags, with the last error: the
+    observe timer replays their chunks and reports DatabaseSynced meanwhile."""
 
     def store(self, bucket: str) -> ObjectStore:
         """The object store for `bucket` (one client per bucket, made on first use)."""

@@ -200,6 +200,7 @@ class ChunkService:
                     error=chunk.status.get("error"))
         except TemporaryFailure as err:
             self.ctx.metrics.db_errors.inc()
+            self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
             log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
             return False
         return True

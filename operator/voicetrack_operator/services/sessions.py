@@ -142,6 +142,7 @@ class SessionService:
             db_ok = True
         except TemporaryFailure as err:
             log.warning("meeting row for %s deferred: %s", s.ref.name, err)
+            self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = str(err)
             db_ok = False
         for manifest in build_recorder_rbac(s.ref.namespace):
             await self.ctx.kube.ensure(manifest)
@@ -179,32 +180,33 @@ class SessionService:
         if await self.chunks.catch_up(s.ref.namespace, s.ref.name, objs):
             objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
         chunks = [ChunkView.from_object(o) for o in objs]
-        synced = s.status.get("conditions") and any(
-            c["type"] == "DatabaseSynced" and c["status"] == "True"
-            for c in s.status["conditions"])
-        db_ok = bool(synced)
-        message = ""
-        if not db_ok:
-            db_ok = await self.chunks.resync_chunks(s.ref.namespace, s.ref.name)
-            if db_ok:
-                try:
-                    await self.ctx.db.create_meeting(
-                        s.meeting_id, s.spec.guild_id, s.spec.channel_id,
-                        _parse_time(s.status.get("startedAt") or s.created))
-                except TemporaryFailure as err:
-                    db_ok, message = False, str(err)
-            else:
-                message = "database unavailable; chunk states will be replayed"
+        db_ok, message = await self.resync(s)
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=phase,
                           chunks=chunks, database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         return status_changed(s.status, new)
 
-    async def mark_db_unsynced(self, s: SessionView, message: str) -> dict[str, Any]:
-        obs = Observation(generation=s.generation, paused=s.spec.paused,
-                          recorder_phase=None, database_synced=False, database_message=message)
-        new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
-        return {"conditions": new["conditions"]}
+    async def resync(self, s: SessionView) -> tuple[bool, str]:
+        """Replay the session's meeting row and chunk states into SQL when a write failed
+        earlier (or the condition says so). Returns (synced, message)."""
+        key = (s.ref.namespace, s.ref.name)
+        lagging = key in self.ctx.unsynced or any(
+            c["type"] == "DatabaseSynced" and c["status"] == "False"
+            for c in s.status.get("conditions") or [])
+        if not lagging:
+            return True, ""
+        self.ctx.unsynced.pop(key, None)
+        try:
+            await self.ctx.db.create_meeting(
+                s.meeting_id, s.spec.guild_id, s.spec.channel_id,
+                _parse_time(s.status.get("startedAt") or s.created))
+        except TemporaryFailure as err:
+            self.ctx.unsynced[key] = str(err)
+            return False, f"database unavailable: {err}"
+        if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name):
+            log.info("session %s/%s: SQL mirror caught up", *key)
+            return True, "chunk states replayed"
+        return False, f"database unavailable: {self.ctx.unsynced.get(key, '')}"
 
     # ------------------------------------------------------------------ finalize
 
@@ -285,6 +287,9 @@ class SessionService:
         elif manifest is None:
             ids = []
         else:
+            ok, message = await self.resync(s)  # rows missed while SQL was away, first
+            if not ok:
+                raise TemporaryFailure(message, delay=5)
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(
                 s.meeting_id, STRATEGY[s.spec.output.tracks], manifest.tracks,
                 keep_temp_rows=s.spec.retain_temp_rows)
