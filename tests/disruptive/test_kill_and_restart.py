@@ -1,5 +1,7 @@
 """Kill real processes at chosen points and check that nothing acknowledged is lost.
 
+(Each test also needs the `stack` fixture's PostgreSQL, SeaweedFS and local cluster.)
+
 The recorder is SIGKILLed mid-session: the node agent restarts it (restartPolicy
 OnFailure), it continues at the next chunk index on the same timeline, and the interval it
 missed is a `recorder-restart` gap — silence, never a time shift. The operator is SIGKILLed
@@ -13,6 +15,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,7 @@ from tests.audio_helpers import Speaker, decode_file, find_click, session_to_out
 from tests.e2e.test_main_job import get, session_yaml, wait_for, wav_bytes
 from tests.fixtures.stack import Stack
 from voicetrack.layout import MeetingLayout
+from voicetrack.local.postgres import PostgresServer
 from voicetrack.manifests import FinalManifest
 
 pytestmark = pytest.mark.disruptive
@@ -114,3 +118,48 @@ def test_recorder_and_operator_killed_midway_lose_nothing(stack: Stack,
             assert abs(find_click(track, expected) - expected) <= 20, (at, expected)
             checked += 1
     assert checked >= 4 and silent >= 1, (checked, silent, gap, manifest.duration_ms)
+
+
+def test_database_outage_is_caught_up(stack: Stack, e2e_namespace: str,
+                                      postgres_server: PostgresServer) -> None:
+    """PostgreSQL is SIGKILLed while chunks complete: the chunks still finish (Kubernetes
+    status), the session shows DatabaseSynced=False, and once the database is back the
+    observe timer replays every chunk state so the rows end `done` and promotion records."""
+    ns = e2e_namespace
+    spk = Speaker(user_id=USER, f0=150.0, talks=[(300, 3000), (6000, 9000)])
+    key = f"e2e-input/{ns}/{USER}.wav"
+    stack.store.put_bytes(key, wav_bytes(spk.pcm(12_000)), "audio/wav")
+    doc = json.loads(session_yaml(ns, "dbdown", [key, key, key]))
+    doc["spec"]["source"]["speakers"] = doc["spec"]["source"]["speakers"][:1]
+    stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+    def status() -> dict[str, Any]:
+        return (get(stack, ns, "recsess", "dbdown") or {}).get("status", {})
+
+    def condition(kind: str) -> str | None:
+        return next((c["status"] for c in status().get("conditions", [])
+                     if c["type"] == kind), None)
+
+    wait_for("recording", lambda: status().get("state") == "Recording", 60)
+    meeting = status()["meetingId"]
+    postgres_server.crash()
+    try:
+        wait_for("a chunk done while the database is down",
+                 lambda: status().get("chunks", {}).get("done", 0) >= 1, 60)
+        wait_for("DatabaseSynced=False", lambda: condition("DatabaseSynced") == "False", 30)
+    finally:
+        postgres_server.restart()
+    wait_for("DatabaseSynced=True", lambda: condition("DatabaseSynced") == "True", 60)
+
+    def rows_done() -> bool:
+        items = json.loads(stack.kubectl("-n", ns, "get", "recchunk", "-o", "json").stdout)
+        tracks = sum(len(i["spec"].get("tracks", [])) for i in items["items"])
+        rows = stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting))
+        return status().get("recordedSeconds", 0) >= 10 and len(rows) == tracks and all(
+            str(r.transcode_status) == "done" for r in rows)
+
+    wait_for("every row done", rows_done, 90, every_s=1)
+    stack.kubectl("-n", ns, "delete", "recsess", "dbdown", "--wait=false")
+    wait_for("promotion", lambda: get(stack, ns, "recsess", "dbdown") is None, 150, every_s=1)
+    recs = stack.db(lambda s: s.get_recordings_for_meeting(meeting))
+    assert {str(r.kind) for r in recs} == {"speaker", "mixed"}
