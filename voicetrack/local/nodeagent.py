@@ -258,7 +258,6 @@ class Container:
     backoff: float = BACKOFF_START
     started_mono: float = 0.0
     done: bool = False  # terminated and will not restart
-    term_sent: bool = False
 
     @property
     def running(self) -> bool:
@@ -268,10 +267,6 @@ class Container:
     def succeeded(self) -> bool:
         t = self.state.get("terminated") or {}
         return bool(t) and t.get("exitCode") == 0
-
-
-def _state3(state: dict[str, Any]) -> dict[str, Any]:
-    return dict(state) if state else {}
 
 
 class PodWorker(threading.Thread):
@@ -285,7 +280,8 @@ class PodWorker(threading.Thread):
         self.uid: str = meta["uid"]
         self.ns: str = meta["namespace"]
         self.pod_name: str = meta["name"]
-        self.dir = agent.pods_dir / f"{self.ns}_{self.pod_name}_{self.uid}"
+        # <ns>_<name>_<uid>, the name cut so the entry stays within NAME_MAX (255 bytes)
+        self.dir = agent.pods_dir / f"{self.ns}_{self.pod_name[:120]}_{self.uid}"
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.gone = False  # the API object no longer exists
@@ -305,6 +301,7 @@ class PodWorker(threading.Thread):
         self.config_retry = 0.0
         self.prepared = False
         self.retry = False  # an API call failed; try again in a second
+        self.crashed = False  # the worker hit a bug; a new one takes the pod over
         self.adopt_terminal(pod)
 
     # ---- inputs from the watch thread
@@ -375,6 +372,7 @@ class PodWorker(threading.Thread):
             self._loop()
         except Exception:  # a bug must not take the agent down; the pod is reported Failed
             log.exception("pod %s/%s: worker failed", self.ns, self.pod_name)
+            self.crashed = True
             self._kill_all(signal.SIGKILL)
             self.phase, self.reason, self.message = (
                 "Failed",
@@ -703,7 +701,6 @@ class PodWorker(threading.Thread):
         c.state = {"running": {"startedAt": started}}
         self.event("Started", f"Started container {c.name}", c)
         c.started_mono = time.monotonic()
-        c.term_sent = False
         self.config_error = None
 
     def _poll_exits(self) -> None:
@@ -777,7 +774,6 @@ class PodWorker(threading.Thread):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.proc.pid, signal.SIGTERM)  # like a runtime: SIGTERM to the main process
             self.event("Killing", f"Stopping container {c.name}", c)
-            c.term_sent = True
 
     def _kill_progress(self) -> bool:
         """Drive a kill started by :meth:`_begin_kill`; True once nothing runs."""
@@ -880,8 +876,8 @@ class PodWorker(threading.Thread):
                 "ready": c.running and not c.init,
                 "restartCount": c.restart_count,
                 "started": c.running,
-                "state": _state3(c.state),
-                "lastState": _state3(c.last_state),
+                "state": dict(c.state),
+                "lastState": dict(c.last_state),
             }
             if c.proc is not None:
                 out["containerID"] = f"voicetrack://{c.proc.pid}"
@@ -1234,7 +1230,8 @@ class NodeAgent:
         """Called by a worker thread as it ends: forget it and remove its directory once
         the pod is gone (or was finally deleted) or the agent stops."""
         with self.lock:
-            if self.workers.get(worker.uid) is worker and (worker.gone or worker.final_deleted):
+            ended = worker.gone or worker.final_deleted or worker.crashed
+            if self.workers.get(worker.uid) is worker and ended:
                 del self.workers[worker.uid]
                 if self.by_name.get((worker.ns, worker.pod_name)) == worker.uid:
                     del self.by_name[(worker.ns, worker.pod_name)]
