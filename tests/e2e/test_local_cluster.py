@@ -369,6 +369,67 @@ def test_active_deadline_fails_the_pod(kubectl: Kubectl, namespace: str) -> None
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
 
 
+RESTARTER = """
+import os, sys
+from pathlib import Path
+runs = Path(os.environ["RUNS"])
+n = int(runs.read_text()) + 1 if runs.exists() else 1
+runs.write_text(str(n))
+keys = ("PASSWORD", "COLOUR", "CFG_MODE", "SEC_TOKEN", "MY_NS", "MY_UID", "GREETING")
+print(f"run {n}:", " ".join(f"{k}={os.environ.get(k)}" for k in keys))
+sys.exit(1 if n == 1 else 0)
+"""
+
+
+def test_env_sources_and_restart_on_failure(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    kubectl("create", "secret", "generic", "creds", "-n", namespace, "--from-literal=pw=hunter2")
+    kubectl("create", "secret", "generic", "bulk", "-n", namespace, "--from-literal=TOKEN=t0k")
+    kubectl("create", "configmap", "cfg", "-n", namespace, "--from-literal=colour=teal",
+            "--from-literal=MODE=fast")  # fmt: skip
+
+    def ref(kind: str, name: str, key: str) -> dict[str, Any]:
+        return {kind: {"name": name, "key": key}}
+
+    env = [
+        {"name": "RUNS", "value": str(tmp_path / "runs")},
+        {"name": "PASSWORD", "valueFrom": ref("secretKeyRef", "creds", "pw")},
+        {"name": "COLOUR", "valueFrom": ref("configMapKeyRef", "cfg", "colour")},
+        {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "MY_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": "GREETING", "value": "hi-$(COLOUR)"},
+    ]
+    env_from = [
+        {"configMapRef": {"name": "cfg"}, "prefix": "CFG_"},
+        {"secretRef": {"name": "bulk"}, "prefix": "SEC_"},
+    ]
+    container = {"name": "c", "image": "x", "command": ["python", "-c", RESTARTER],
+                 "env": env, "envFrom": env_from}  # fmt: skip
+    apply(kubectl, {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "restarter", "namespace": namespace},
+                    "spec": {"restartPolicy": "OnFailure", "containers": [container]}})  # fmt: skip
+
+    def phase() -> str | None:
+        pod = get_json(kubectl, "pod", "restarter", "-n", namespace)
+        return (pod or {}).get("status", {}).get("phase")
+
+    wait_for("restarted pod Succeeded", lambda: phase() == "Succeeded", timeout=60)
+    pod = get_json(kubectl, "pod", "restarter", "-n", namespace)
+    assert pod is not None
+    status = pod["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 1
+    assert status["lastState"]["terminated"]["exitCode"] == 1
+    assert status["state"]["terminated"]["exitCode"] == 0
+    uid = pod["metadata"]["uid"]
+    first = kubectl("logs", "restarter", "-n", namespace, "--previous").stdout
+    assert first.strip() == (
+        f"run 1: PASSWORD=hunter2 COLOUR=teal CFG_MODE=fast SEC_TOKEN=t0k MY_NS={namespace} "
+        f"MY_UID={uid} GREETING=hi-teal"
+    )
+    assert kubectl("logs", "restarter", "-n", namespace).stdout.startswith("run 2: ")
+
+
 # 5 ------------------------------------------------------------------------------------------
 
 RBAC_CHECK = """
