@@ -52,6 +52,7 @@ def build(
         bool,
         typer.Option(
             "--regen-gomod",
+            envvar="VOICETRACK_K8S_REGEN_GOMOD",
             help="Re-derive voicetrack/local/k8s/go.mod from kubernetes' go.mod first.",
         ),
     ] = False,
