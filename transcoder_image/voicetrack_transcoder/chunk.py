@@ -82,12 +82,14 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
                 else:
                     codec = encode_args(fmt, mp3_bitrate)
                 args += ["-map", f"{i}:a:0", *codec, *BITEXACT, str(out)]
-        if plan:
-            run(args, f"chunk {chunk.index}")
-        # Decode the outputs (true lengths) while hashing and uploading them: result.json,
+        # The decode check starts now so that ffmpeg's start-up overlaps the encoding; it
+        # decodes the outputs (true lengths) while they are hashed and uploaded. result.json,
         # written last, is what makes the outputs count.
         check = DecodeCheck([out for _, _, out in plan], work)
         try:
+            if plan:
+                run(args, f"chunk {chunk.index}")
+            check.feed()
             uploaded = []
             for raw, fmt, out in plan:
                 key = layout.chunk_output_key(chunk.index, raw.track.user_id, fmt)
