@@ -290,6 +290,10 @@ def test_pcm_raw_chunks_promote_exactly(s3_server: S3Settings) -> None:
         assert np.array_equal(got, output_time(session.sources[user], [pause]))
     mix = decode_file(store.get_bytes(layout.final_key(MIX_TRACK, "flac")))
     assert np.array_equal(mix.astype(np.int32), expected_source(session, MIX_TRACK))
+    # promoting again writes the same objects
+    keys = {k: sha256_hex(store.get_bytes(k)) for k in store.list_keys(layout.final_root)}
+    assert promote(store, layout.promotion_plan_key) == manifest
+    assert {k: sha256_hex(store.get_bytes(k)) for k in store.list_keys(layout.final_root)} == keys
 
 
 def test_tracks_option_is_honoured(s3_server: S3Settings) -> None:

@@ -36,6 +36,7 @@ from voicetrack.audio import (
     FRAME_SAMPLES,
     OPUS_SILENCE_FRAME,
     RAW_FORMAT_OGG_OPUS,
+    RAW_FORMAT_PCM,
     ms_to_samples,
     samples_to_ms,
 )
@@ -54,7 +55,9 @@ from voicetrack_transcoder.waveform import PeaksBuilder, overview_png
 BLOCK_SLOTS = 50
 """Slots (20 ms) per processing block: one second of audio."""
 PREFETCH_CHUNKS = 6
-"""Chunks fetched ahead of the one being decoded."""
+"""At most this many chunks are fetched ahead of the one being decoded ..."""
+PREFETCH_AUDIO_MS = {RAW_FORMAT_OGG_OPUS: 60_000, RAW_FORMAT_PCM: 20_000}
+"""... and at most this much audio per speaker (PCM is 11.5 MB per minute per speaker)."""
 
 Progress = Callable[[float], None]
 
@@ -324,7 +327,11 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
     with tempfile.TemporaryDirectory(prefix="vt-promote-") as tmp, \
             ThreadPoolExecutor(4, thread_name_prefix="fetch") as fetch_pool:
         work = Path(tmp)
-        fetcher = RawFetcher(store, plan.chunks, fetch_pool)
+        longest = max((c.duration_ms for c in plan.chunks), default=1)
+        budget = PREFETCH_AUDIO_MS[plan.chunks[0].raw_format if plan.chunks
+                                   else RAW_FORMAT_OGG_OPUS]
+        fetcher = RawFetcher(store, plan.chunks, fetch_pool,
+                             ahead=min(PREFETCH_CHUNKS, budget // longest))
         readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher), sizes)
                    for u in speakers]
         tracks: list[_Track] = []
