@@ -3,10 +3,22 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint unit bench
+APT_PACKAGES := ffmpeg espeak-ng libopus0 postgresql sox
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: setup system-packages demo test lint unit bench
 
 setup:
 	bash scripts/setup.sh
+
+# Installs only what is missing, so a second run costs a dpkg query.
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "setup: installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 demo: setup
 	$(VENV)/voicetrack demo $(DEMO_ARGS)

@@ -5,17 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ffmpeg espeak-ng libopus0 postgresql sox)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "setup: installing Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Debian packages: ffmpeg (transcoder, files source), espeak-ng (demo voices), libopus0
+# (Opus through discord.py), postgresql (tests, demo --postgres), sox.
+make --no-print-directory -s system-packages
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
