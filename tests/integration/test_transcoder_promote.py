@@ -334,3 +334,6 @@ def test_bad_raw_exits_2_and_writes_nothing(s3_server: S3Settings) -> None:
     assert not store.list_keys(layout.final_root)
     proc = run_promote(store, layout.root + "/no-such-plan.json")
     assert proc.returncode == 2 and "no-such-plan.json" in proc.stderr
+    store.put_bytes(layout.root + "/garbled.json", b"{not json")
+    with pytest.raises(InvalidInputError, match=r"garbled\.json is malformed"):
+        promote(store, layout.root + "/garbled.json")

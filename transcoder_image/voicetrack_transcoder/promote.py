@@ -76,10 +76,9 @@ class Segment:
 
 def load_plan(store: ObjectStore, plan_key: str) -> PromotionPlan:
     """Read and parse promotion.json. Raises InvalidInputError if missing or malformed."""
-    doc = store.get_json(plan_key)
     try:
-        return PromotionPlan.model_validate(doc)
-    except ValidationError as err:
+        return PromotionPlan.model_validate(store.get_json(plan_key))
+    except (ValidationError, ValueError) as err:  # ValueError: not JSON at all
         raise InvalidInputError(f"promotion plan {plan_key} is malformed: {err}") from None
 
 
