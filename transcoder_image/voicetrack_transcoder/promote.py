@@ -90,6 +90,9 @@ def build_timeline(plan: PromotionPlan) -> list[Segment]:
     items: list[tuple[int, int, str, Segment]] = []
     for pos, chunk in enumerate(plan.chunks):
         check_window(chunk.start_ms, chunk.end_ms, f"chunk {chunk.index}")
+        users = [t.user_id for t in chunk.tracks]
+        if len(set(users)) != len(users):
+            raise InvalidInputError(f"chunk {chunk.index}: a user id appears twice in tracks")
         items.append((chunk.start_ms, chunk.end_ms, f"chunk {chunk.index}",
                       Segment(chunk.start_ms, chunk.end_ms, chunk=pos)))
     for gap in plan.gaps:
