@@ -14,7 +14,7 @@
 Speech for (2) is a pool of 60 s per speaker, encoded once with discord.py's libopus
 encoder and reused cyclically: decoding cost per packet is what matters, not novelty.
 
-Usage: python benchmarks/transcode.py [--hours 1.0] [--speakers 5] [--runs 8]
+Usage: python benchmarks/transcode.py [--hours 1.0] [--speakers 5] [--runs 12]
 Last line: `transcode: ratio R, promote_1h5 S s, rss M MB`.
 """
 
@@ -178,11 +178,20 @@ def bench_promote(store: ObjectStore, hours: float, speakers: int
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
 
+    own_cpu = 0.0  # the Python process alone: fetch, decode, mix, peaks
+
     def sample() -> None:
-        nonlocal peak_rss, peak_pss
+        nonlocal peak_rss, peak_pss, own_cpu
+        ticks = os.sysconf("SC_CLK_TCK")
         while not done.is_set():
             rss, pss = tree_memory_bytes(proc.pid)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                own_cpu = (int(fields[11]) + int(fields[12])) / ticks
+            except (OSError, IndexError, ValueError):
+                pass
             done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -197,6 +206,8 @@ def bench_promote(store: ObjectStore, hours: float, speakers: int
     if proc.returncode != 0:
         raise SystemExit(f"promote failed ({proc.returncode}): {err.strip()}")
     print(out.strip().splitlines()[-1])
+    print(f"promote CPU: Python (fetch, decode, mix, peaks) {own_cpu:.1f} s, "
+          f"ffmpeg encoders {cpu - own_cpu:.1f} s")
     return wall, cpu, peak_rss / 2**20, peak_pss / 2**20
 
 
@@ -204,7 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--speakers", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=12)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vt-bench-") as tmp:
         server = SeaweedServer(Path(tmp) / "seaweedfs", bucket="bench")
