@@ -55,7 +55,8 @@ class SeaweedServer:
     """One `weed mini` process serving S3 on `http://127.0.0.1:<free port>`.
 
     `data_dir` holds its volumes, metadata and log (`weed.log`). `start()` blocks until the
-    S3 gateway answers an authenticated request (or `timeout_s` passes) and returns the
+    S3 gateway answers authenticated requests (it creates `bucket` and writes, reads and
+    deletes a probe object there, or gives up after `timeout_s`) and returns the
     `S3Settings` to reach it; `stop()` terminates the process (SIGTERM, then SIGKILL after
     10 s) and waits for it, so nothing is left running. Usable as a context manager.
     """
