@@ -7,6 +7,8 @@
     <prefix>/<guildId>/<meetingId>/final/<userId>.<fmt> | mix.<fmt>        final tracks
     <prefix>/<guildId>/<meetingId>/final/waveform-<track>.json | .png      peaks, overview
     <prefix>/<guildId>/<meetingId>/final/manifest.json                     promotion manifest
+    <prefix>/<guildId>/<meetingId>/final/failed/<index:06d>/<userId>.<ext> raw of a failed chunk
+    <prefix>/<guildId>/<meetingId>/final/failed-chunks.json                why each one failed
 
 No clock, no client: functions of their arguments only.
 """
@@ -73,6 +75,15 @@ class MeetingLayout:
     @property
     def final_manifest_key(self) -> str:
         return f"{self.root}/final/manifest.json"
+
+    def failed_raw_key(self, index: int, user_id: str, raw_format: str) -> str:
+        """Where a failed chunk's raw track is kept after the session's temporary data is
+        collected (bad input loses nothing)."""
+        return f"{self.root}/final/failed/{index:06d}/{user_id}.{RAW_EXTENSIONS[raw_format]}"
+
+    @property
+    def failed_manifest_key(self) -> str:
+        return f"{self.root}/final/failed-chunks.json"
 
 
 def output_extension(fmt: str) -> str:

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
@@ -154,6 +155,13 @@ class ObjectStore:
         except Exception as err:
             raise self._wrap(err, f"get {key}") from err
         return size, h.hexdigest()
+
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side copy of `src` to `dst` in this bucket. NotFoundError if `src` is gone."""
+        try:
+            self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
+        except Exception as err:
+            raise self._wrap(err, f"copy {src}") from err
 
     def get_file(self, key: str, path: str) -> None:
         """Download `key` to a local file, streamed."""

@@ -279,3 +279,9 @@ def test_corrupt_chunk_fails_with_its_reason_and_the_rest_promotes(
     track = decode_file(stack.store.get_bytes(
         next(t.key for t in manifest.tracks if t.user_id == USERS[0])))
     assert abs(find_click(track, 4500) - 4500) <= 20
+    assert stack.store.list_keys(layout.chunks_root) == []
+    kept = stack.store.get_json(layout.failed_manifest_key)["failed"]
+    assert [(k["index"], k["userId"], k["sha256"]) for k in kept] == [
+        (1, USERS[0], hashlib.sha256(junk).hexdigest())]
+    assert "error:" in kept[0]["error"]
+    assert stack.store.get_bytes(kept[0]["key"]) == junk  # nothing lost after collection

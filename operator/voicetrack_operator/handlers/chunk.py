@@ -13,11 +13,16 @@ from voicetrack_operator.services.chunks import ChunkRef, ChunkService
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
 
 
-@kopf.on.resume(*CHUNK, id="transcode")
-@kopf.on.create(*CHUNK, id="transcode")
-async def on_chunk_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    with kopf_errors():
-        await ChunkService(memo.ctx).ensure_chunk(ChunkRef.from_object(dict(body)))
+@kopf.on.event(*CHUNK, id="transcode")
+async def on_chunk_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A new chunk (or one listed at start-up) gets its rows and Job. An event handler
+    keeps no state on the chunk (no annotations: fewer API writes per chunk); a failure
+    here is caught up by the session's observe timer, which ensures every new chunk."""
+    if event["type"] in ("ADDED", None) and "transcodeStatus" not in (
+            event["object"].get("status") or {}):
+        with kopf_errors():
+            await ChunkService(memo.ctx).ensure_chunk(ChunkRef.from_object(
+                dict(event["object"])))
 
 
 @kopf.on.event("batch", "v1", "jobs", id="transcode-job",

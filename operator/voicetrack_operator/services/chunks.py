@@ -213,6 +213,16 @@ class ChunkService:
             ok = await self.mirror(chunk, chunk.transcode_status) and ok
         return ok
 
+    async def ensure_new(self, chunk_objs: list[dict[str, Any]]) -> int:
+        """`ensure_chunk` for every chunk that has no transcode status yet (its event was
+        missed or failed). Returns how many."""
+        n = 0
+        for obj in chunk_objs:
+            if "transcodeStatus" not in (obj.get("status") or {}):
+                await self.ensure_chunk(ChunkRef.from_object(obj))
+                n += 1
+        return n
+
     async def catch_up(self, namespace: str, session: str,
                        chunk_objs: list[dict[str, Any]]) -> int:
         """Observe again each transcoder Job that is ahead of its chunk (an event that

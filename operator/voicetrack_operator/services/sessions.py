@@ -177,7 +177,8 @@ class SessionService:
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
         phase = ((pod or {}).get("status") or {}).get("phase")
         objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
-        if await self.chunks.catch_up(s.ref.namespace, s.ref.name, objs):
+        if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
+                s.ref.namespace, s.ref.name, objs):
             objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
         chunks = [ChunkView.from_object(o) for o in objs]
         db_ok, message = await self.resync(s)
@@ -227,11 +228,8 @@ class SessionService:
         pending ones are marked failed."""
         objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
         chunks = [ChunkRef.from_object(o) for o in objs]
-        for chunk in chunks:  # a chunk the operator never saw (it was down) gets its Job
-            if "transcodeStatus" not in chunk.status:
-                status = await self.chunks.ensure_chunk(chunk)
-                await self.ctx.kube.patch_chunk_status(chunk.namespace, chunk.name, status)
-                chunk.status.update(status)
+        if await self.chunks.ensure_new(objs):  # chunks whose event was missed
+            return await self.wait_transcodes(s)
         pending = [c for c in chunks if c.transcode_status not in ("done", "failed")]
         if pending:
             await self.chunks.catch_up(s.ref.namespace, s.ref.name, objs)
@@ -299,11 +297,45 @@ class SessionService:
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return ids
 
-    async def collect_garbage(self, s: SessionView) -> int:
-        """Delete the chunk objects, promotion plan, Jobs, RecordingChunks and (unless
-        retained) temp rows. Returns the number of objects deleted from S3."""
+    async def keep_failed(self, s: SessionView) -> int:
+        """Copy the raw tracks of failed chunks to `final/failed/…` and list them, with
+        their reasons, in `final/failed-chunks.json`, so collecting the chunk objects
+        loses nothing. Returns the number of tracks kept."""
+        failed = []
+        for obj in await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name):
+            chunk = ChunkRef.from_object(obj)
+            if chunk.transcode_status == "failed":
+                failed.append(chunk)
+        if not failed:
+            return 0
         store = self.ctx.store(s.spec.storage.bucket)
         layout = s.layout
+        entries = []
+        for chunk in failed:
+            for track in chunk.spec.tracks:
+                kept = layout.failed_raw_key(chunk.spec.index, track.user_id,
+                                             chunk.spec.raw_format)
+                if not await asyncio.to_thread(store.exists, kept):  # a retry keeps it
+                    try:
+                        await asyncio.to_thread(store.copy, track.key, kept)
+                    except NotFoundError:
+                        kept = ""  # the recorder never uploaded it: say so
+                entries.append({"index": chunk.spec.index, "startMs": chunk.spec.start_ms,
+                                "endMs": chunk.spec.end_ms, "userId": track.user_id,
+                                "key": kept, "sha256": track.sha256, "bytes": track.bytes,
+                                "rawFormat": chunk.spec.raw_format,
+                                "error": chunk.status.get("error", "")})
+        await asyncio.to_thread(store.put_json, layout.failed_manifest_key,
+                                {"meetingId": s.meeting_id, "failed": entries})
+        return len(entries)
+
+    async def collect_garbage(self, s: SessionView) -> int:
+        """Delete the chunk objects (failed chunks' raw kept first), the promotion plan,
+        Jobs, RecordingChunks and (unless retained) temp rows. Returns the number of
+        objects deleted from S3."""
+        store = self.ctx.store(s.spec.storage.bucket)
+        layout = s.layout
+        await self.keep_failed(s)
         deleted = await asyncio.to_thread(store.delete_prefix, layout.chunks_root)
         await asyncio.to_thread(store.delete_keys, [layout.promotion_plan_key])
         rows = await self.ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
