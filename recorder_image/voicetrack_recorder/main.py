@@ -98,6 +98,49 @@ def run(
 
 
 @app.command()
+def bot(
+    token: str = typer.Option(..., envvar="VOICETRACK_DISCORD_TOKEN", show_default=False,
+                              help="Discord bot token (from a Secret)."),
+    namespace: str = typer.Option(..., envvar="VOICETRACK_NAMESPACE",
+                                  help="Namespace of the RecordingSessions."),
+    roles: str = typer.Option("", envvar="VOICETRACK_BOT_ROLES",
+                              help="Comma-separated role ids that may start/stop/pause/resume "
+                                   "(besides Manage Server)."),
+    everyone: bool = typer.Option(False, envvar="VOICETRACK_BOT_EVERYONE",
+                                  help="Let every member start/stop/pause/resume."),
+    spec_defaults: str = typer.Option("", envvar="VOICETRACK_BOT_SPEC_DEFAULTS",
+                                      help="JSON partial RecordingSession spec for new "
+                                           "sessions, e.g. '{\"chunkSeconds\": 30}'."),
+    sync_guilds: str = typer.Option("", envvar="VOICETRACK_BOT_SYNC_GUILDS",
+                                    help="Comma-separated guild ids to sync /record to "
+                                         "(instant); default: global sync."),
+    kubeconfig: str = typer.Option("", envvar="KUBECONFIG",
+                                   help="Kubeconfig path (default: in-cluster)."),
+    log_level: str = typer.Option("INFO", envvar="VOICETRACK_LOG_LEVEL"),
+) -> None:
+    """Run the Discord bot: /record start|stop|pause|resume|status (docs/bot.md)."""
+    import json
+
+    from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands, VoicetrackBot
+    from voicetrack_recorder.bot.sessions import BotSessions, load_api_client
+
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        defaults = json.loads(spec_defaults) if spec_defaults.strip() else {}
+        if not isinstance(defaults, dict):
+            raise InvalidInputError("VOICETRACK_BOT_SPEC_DEFAULTS must be a JSON object")
+        guilds = [int(g) for g in sync_guilds.split(",") if g.strip()]
+        sessions = BotSessions(load_api_client(kubeconfig or None), namespace,
+                               spec_defaults=defaults)
+        policy = ControlPolicy.parse(roles, everyone)
+    except (InvalidInputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from err
+    VoicetrackBot(RecordCommands(sessions, policy), guilds).run(token, log_handler=None)
+
+
+@app.command()
 def version() -> None:
     """Print the recorder's version."""
     from voicetrack import __version__

@@ -1,0 +1,195 @@
+"""Discord embeds for the bot's answers. Pure: a RecordingSession object (the dict the
+Kubernetes API returns) or an error in, a `discord.Embed` out; no client, no clock.
+
+The status fields read are the operator's (`voicetrack_operator.status.build_status`,
+DESIGN.md "Custom resources"): `state`, `conditions` (type, status, reason, message),
+`chunks` {total, queued, inProgress, done, failed}, `recordedSeconds`, `duration`,
+`speakers`, `meetingId`, `startedAt`, `recordingIds`. A session the operator has not yet
+seen has no status; it shows as Pending.
+
+Discord's embed limits (https://discord.com/developers/docs/resources/message#embed-object-
+embed-limits): title 256, description 4096, field value 1024 characters, 25 fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import discord
+
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+
+FIELD_MAX = 1024
+DESCRIPTION_MAX = 4096
+TITLE_MAX = 256
+SPEAKERS_SHOWN = 20
+
+STATE_COLOURS: dict[str, int] = {
+    "Pending": 0x99AAB5,
+    "Recording": 0xED4245,
+    "Paused": 0xFAA61A,
+    "Stopping": 0x5865F2,
+    "Transcoding": 0x5865F2,
+    "Promoting": 0x5865F2,
+    "Promoted": 0x57F287,
+    "Stopped": 0x99AAB5,
+    "Refused": 0x992D22,
+    "Failed": 0x992D22,
+}
+"""Embed colour per `status.state` (Discord's brand palette)."""
+
+STATE_TITLES: dict[str, str] = {
+    "Pending": "Recording is starting",
+    "Recording": "Recording",
+    "Paused": "Recording paused",
+    "Stopping": "Recording stopped: finishing transcodes",
+    "Transcoding": "Recording stopped: finishing transcodes",
+    "Promoting": "Recording stopped: saving the tracks",
+    "Promoted": "Recording saved",
+    "Stopped": "Recording ended (limit reached)",
+    "Refused": "Recording refused",
+    "Failed": "Recording failed",
+}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def session_state(obj: dict[str, Any]) -> str:
+    """`status.state`; `Stopping` for a deleted session the operator has not yet
+    re-observed; `Pending` when there is no status yet."""
+    state = (obj.get("status") or {}).get("state")
+    deleting = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+    if deleting and state in (None, "Pending", "Recording", "Paused"):
+        return "Stopping"
+    return str(state or "Pending")
+
+
+def condition_line(cond: dict[str, Any]) -> str:
+    """One condition as `✅ Type — Reason: message` (❌ when status is not True)."""
+    mark = "✅" if cond.get("status") == "True" else "❌"
+    text = f"{mark} {cond.get('type', '?')} — {cond.get('reason', '')}"
+    if cond.get("message"):
+        text += f": {cond['message']}"
+    return text
+
+
+def refused_reason(obj: dict[str, Any]) -> str | None:
+    """Why the operator refused the session (the `Ready` condition's message, else the
+    `Recording` one's), None when it was not refused."""
+    if session_state(obj) != "Refused":
+        return None
+    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    for ctype in ("Ready", "Recording"):
+        message = (conds.get(ctype) or {}).get("message")
+        if message:
+            return str(message)
+    return "refused by the operator (no reason given)"
+
+
+def _started(status: dict[str, Any]) -> str | None:
+    value = status.get("startedAt")
+    if not value:
+        return None
+    try:
+        ts = int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return str(value)
+    return f"<t:{ts}:f> (<t:{ts}:R>)"
+
+
+def _duration(status: dict[str, Any]) -> str:
+    if status.get("duration"):
+        return str(status["duration"])
+    seconds = int(status.get("recordedSeconds") or 0)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _speakers(ids: list[str]) -> str:
+    if not ids:
+        return "nobody yet"
+    shown = " ".join(f"<@{i}>" for i in ids[:SPEAKERS_SHOWN])
+    if len(ids) > SPEAKERS_SHOWN:
+        shown += f" and {len(ids) - SPEAKERS_SHOWN} more"
+    return _clip(shown, FIELD_MAX)
+
+
+def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.Embed:
+    """The embed for one RecordingSession object.
+
+    Title: `title` or the state's (`STATE_TITLES`); description: for a Refused session
+    why (the operator's condition message), else the state's message. Fields: State,
+    Channel, Chunks (`<done> done · <failed> failed · <total> total`, plus pending),
+    Duration, Speakers (mentions), Meeting, Requested by, Started, Conditions (one line
+    each: type, reason, message). Footer: `namespace/name`."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    state = session_state(obj)
+    conds = status.get("conditions") or []
+    reason = refused_reason(obj)
+    if reason is not None:
+        description = f"**Why:** {reason}"
+    else:
+        by_type = {c.get("type"): c for c in conds}
+        message = (by_type.get("Recording") or {}).get("message")
+        if meta.get("deletionTimestamp") and state == "Stopping" and not message:
+            message = "stopping the recorder"
+        description = str(message or ("waiting for the operator" if not status else ""))
+    embed = discord.Embed(title=_clip(title or STATE_TITLES.get(state, state), TITLE_MAX),
+                          description=_clip(description, DESCRIPTION_MAX) or None,
+                          colour=STATE_COLOURS.get(state, 0x99AAB5))
+    embed.add_field(name="State", value=state)
+    if spec.get("channelId"):
+        embed.add_field(name="Channel", value=f"<#{spec['channelId']}>")
+    chunks = status.get("chunks") or {}
+    pending = int(chunks.get("queued", 0)) + int(chunks.get("inProgress", 0))
+    chunk_text = (f"{chunks.get('done', 0)} done · {chunks.get('failed', 0)} failed · "
+                  f"{chunks.get('total', 0)} total")
+    if pending:
+        chunk_text += f" ({pending} transcoding)"
+    embed.add_field(name="Chunks", value=chunk_text)
+    embed.add_field(name="Duration", value=_duration(status))
+    embed.add_field(name="Meeting", value=f"`{status['meetingId']}`"
+                    if status.get("meetingId") else "not assigned yet")
+    if spec.get("paused") and state not in ("Paused", "Refused"):
+        embed.add_field(name="Paused", value="requested (spec.paused)")
+    embed.add_field(name="Speakers", value=_speakers(list(status.get("speakers") or [])),
+                    inline=False)
+    if spec.get("requestedBy"):
+        embed.add_field(name="Requested by", value=f"<@{spec['requestedBy']}>")
+    started = _started(status)
+    if started:
+        embed.add_field(name="Started", value=started)
+    if status.get("recordingIds"):
+        embed.add_field(name="Recordings",
+                        value=_clip(", ".join(f"`{r}`" for r in status["recordingIds"]),
+                                    FIELD_MAX), inline=False)
+    if conds:
+        embed.add_field(name="Conditions",
+                        value=_clip("\n".join(condition_line(c) for c in conds), FIELD_MAX),
+                        inline=False)
+    if meta.get("name"):
+        embed.set_footer(text=f"{meta.get('namespace', '')}/{meta['name']}".lstrip("/"))
+    return embed
+
+
+def error_embed(err: Exception) -> discord.Embed:
+    """The embed for a failed command: NotFoundError → "No recording", other
+    InvalidInputError → "Cannot do that", TemporaryFailure → "Try again shortly" (with the
+    suggested delay), anything else → "Something went wrong". The description is the
+    error's message."""
+    if isinstance(err, NotFoundError):
+        title, colour = "No recording", 0x99AAB5
+    elif isinstance(err, InvalidInputError):
+        title, colour = "Cannot do that", 0xFAA61A
+    elif isinstance(err, TemporaryFailure):
+        title, colour = f"Try again in about {int(err.delay)} s", 0xFAA61A
+    else:
+        title, colour = "Something went wrong", 0x992D22
+    return discord.Embed(title=title, description=_clip(str(err) or type(err).__name__,
+                                                        DESCRIPTION_MAX), colour=colour)

@@ -1,0 +1,309 @@
+"""The bot's service: RecordingSession objects of one namespace, one per guild.
+
+`BotSessions` decides what each `/record` command does to the cluster; the Discord layer
+(`app.py`) only parses interactions and renders the returned object (`embeds.py`).
+
+- A guild's session is named `g-<guildId>` (deterministic: a second `start` meets 409 and
+  answers with the existing session, never a second one). A session for the guild made by
+  other means (`kubectl apply`) is found by `spec.guildId` and counts as the guild's too.
+- The kubernetes client is synchronous; every call runs in `asyncio.to_thread`.
+- `ApiException` is translated where it is raised: 404 → `NotFoundError`, 429 and 5xx and
+  network errors → `TemporaryFailure`, other 4xx → `InvalidInputError` carrying the API
+  server's own message (e.g. a CRD validation rule's text).
+
+RBAC the bot's ServiceAccount needs in its namespace (docs/bot.md): `recordingsessions` in
+API group `voicetrack.dev`: get, list, create, patch, delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.resources import (
+    API_VERSION,
+    GROUP,
+    LABEL_GUILD,
+    MANAGED_BY,
+    SESSION_KIND,
+    SESSION_PLURAL,
+    SNOWFLAKE_PATTERN,
+    VERSION,
+    SessionSpec,
+)
+
+log = logging.getLogger(__name__)
+
+CREATED_BY = "voicetrack.dev/created-by"
+"""Annotation naming who made the session (`discord-bot`)."""
+REQUEST_TIMEOUT_S = 10.0
+"""Timeout of each Kubernetes API call, seconds (an answer is due within Discord's 15 min
+interaction token lifetime; a hung API must not hold a command)."""
+INACTIVE_STATES = ("Refused", "Stopped", "Failed")
+"""States of a session that no longer records (the operator's status.state)."""
+
+
+def session_name(guild_id: str) -> str:
+    """The bot's session name for a guild: `g-<guildId>` (at most 22 characters).
+
+    Raises InvalidInputError when `guild_id` is not a snowflake (15-20 digits)."""
+    _check_snowflake("guild_id", guild_id)
+    return f"g-{guild_id}"
+
+
+def _check_snowflake(field: str, value: str) -> None:
+    if not isinstance(value, str) or not re.match(SNOWFLAKE_PATTERN, value):
+        raise InvalidInputError(f"{field} must be a Discord snowflake (15-20 digits), "
+                                f"got {value!r}")
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """An API client from `kubeconfig`, else in-cluster config, else KUBECONFIG /
+    ~/.kube/config."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def api_message(err: ApiException) -> str:
+    """The API server's own message from an ApiException's `Status` body, else the reason."""
+    try:
+        body = json.loads(err.body or "")
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    except (ValueError, TypeError):
+        pass
+    return f"{err.status} {err.reason}"
+
+
+def translate(err: ApiException, what: str) -> Exception:
+    """ApiException → the Voicetrack error family (see module docstring)."""
+    status = int(err.status or 0)
+    if status == 404:
+        return NotFoundError(f"{what}: {api_message(err)}")
+    if status == 429 or status >= 500 or status == 0:
+        return TemporaryFailure(f"{what}: {api_message(err)}", delay=5)
+    return InvalidInputError(f"{what}: {api_message(err)}")
+
+
+@dataclass(frozen=True)
+class Started:
+    """What `BotSessions.start` did: `session` is the RecordingSession object (a dict as
+    the API returns it); `created` is False when the guild already had a session."""
+
+    session: dict[str, Any]
+    created: bool
+
+
+class BotSessions:
+    """Start, stop, pause, resume and read the RecordingSession of a guild in `namespace`.
+
+    `spec_defaults` is a camelCase partial `RecordingSession.spec` applied to every session
+    the bot creates (e.g. `{"storage": {"bucket": "rec"}, "chunkSeconds": 30}`); it is
+    validated against `SessionSpec` here (InvalidInputError naming the field).
+    A `files` source in the defaults makes the bot record files instead of Discord (demos,
+    tests). `settle_seconds` is how long `start` waits for the operator's first status (state and
+    meeting id) so the answer can show it; 0 answers at once."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, *,
+                 spec_defaults: dict[str, Any] | None = None,
+                 settle_seconds: float = 4.0) -> None:
+        if not namespace:
+            raise InvalidInputError("namespace must be set (VOICETRACK_NAMESPACE)")
+        self.objects = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.spec_defaults = dict(spec_defaults or {})
+        for fixed in ("guildId", "channelId", "requestedBy", "meetingId"):
+            if fixed in self.spec_defaults:
+                raise InvalidInputError(f"spec defaults may not set {fixed}: the bot sets it")
+        self._validate({"guildId": "1" * 18, "channelId": "1" * 18, **self.spec_defaults},
+                       "spec defaults")
+        self.settle_seconds = settle_seconds
+
+    # ------------------------------------------------------------------ commands
+
+    async def start(self, guild_id: str, channel_id: str, requested_by: str,
+                    chunk_seconds: int | None = None) -> Started:
+        """Record `channel_id` of `guild_id` for user `requested_by` (snowflake strings).
+
+        Creates `g-<guildId>` unless the guild already has a session, which is returned
+        instead (`created=False`; also while a stopped session is still being promoted).
+        The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set.
+        Waits up to `settle_seconds` for the operator's first status.
+        Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
+        the object), TemporaryFailure (API unreachable, 5xx)."""
+        _check_snowflake("channel_id", channel_id)
+        _check_snowflake("requested_by", requested_by)
+        name = session_name(guild_id)
+        spec: dict[str, Any] = {**self.spec_defaults, "guildId": guild_id,
+                                "channelId": channel_id, "requestedBy": requested_by}
+        if chunk_seconds is not None:
+            spec["chunkSeconds"] = chunk_seconds
+        self._validate(spec, "session spec")
+        existing = await self.find(guild_id)
+        if existing is not None:
+            return Started(existing, created=False)
+        body = {
+            "apiVersion": API_VERSION, "kind": SESSION_KIND,
+            "metadata": {"name": name, "namespace": self.namespace,
+                         "labels": {LABEL_GUILD: guild_id, **MANAGED_BY},
+                         "annotations": {CREATED_BY: "discord-bot"}},
+            "spec": spec,
+        }
+        try:
+            obj = await self._call(f"create RecordingSession {name}",
+                                   self.objects.create_namespaced_custom_object,
+                                   GROUP, VERSION, self.namespace, SESSION_PLURAL, body)
+        except InvalidInputError as err:
+            if not (isinstance(err.__cause__, ApiException) and err.__cause__.status == 409):
+                raise
+            # a racing start won: answer with its session
+            return Started(await self._get(name), created=False)
+        log.info("started %s/%s for guild %s channel %s by %s", self.namespace, name,
+                 guild_id, channel_id, requested_by)
+        return Started(await self._settle(obj), created=True)
+
+    async def stop(self, guild_id: str) -> dict[str, Any]:
+        """Delete the guild's session: the operator stops the recorder, waits for the
+        transcodes and promotes the recording. Returns the object as it stands after the
+        delete (state Stopping/Promoting while the finalizer works). Stopping a session
+        already being deleted returns it unchanged.
+        Raises NotFoundError when the guild has no session, TemporaryFailure."""
+        obj = await self._require(guild_id)
+        name = obj["metadata"]["name"]
+        if obj["metadata"].get("deletionTimestamp"):
+            return obj
+        try:
+            await self._call(
+                f"delete RecordingSession {name}",
+                self.objects.delete_namespaced_custom_object,
+                GROUP, VERSION, self.namespace, SESSION_PLURAL, name,
+                body=client.V1DeleteOptions(
+                    preconditions=client.V1Preconditions(uid=obj["metadata"]["uid"])))
+        except NotFoundError:
+            return obj
+        log.info("stopped %s/%s for guild %s", self.namespace, name, guild_id)
+        try:
+            return await self._get(name)
+        except NotFoundError:  # no finalizer held it: already gone
+            return obj
+
+    async def pause(self, guild_id: str) -> dict[str, Any]:
+        """Set `spec.paused: true` on the guild's session (capture stops, the session stays;
+        paused time is cut from the output). Returns the patched object.
+        Raises NotFoundError, InvalidInputError (the session is being stopped),
+        TemporaryFailure."""
+        return await self._set_paused(guild_id, True)
+
+    async def resume(self, guild_id: str) -> dict[str, Any]:
+        """Set `spec.paused: false` on the guild's session. Returns the patched object.
+        Raises NotFoundError, InvalidInputError (being stopped), TemporaryFailure."""
+        return await self._set_paused(guild_id, False)
+
+    async def status(self, guild_id: str) -> dict[str, Any]:
+        """The guild's session object. Raises NotFoundError, TemporaryFailure."""
+        return await self._require(guild_id)
+
+    # ------------------------------------------------------------------ lookups
+
+    async def find(self, guild_id: str) -> dict[str, Any] | None:
+        """The guild's session: `g-<guildId>` if it exists, else the oldest session in
+        the namespace whose `spec.guildId` is the guild and that still records (not
+        Refused/Stopped/Failed, not being deleted); None when there is none."""
+        name = session_name(guild_id)
+        try:
+            return await self._get(name)
+        except NotFoundError:
+            pass
+        listed = await self._call("list RecordingSessions",
+                                  self.objects.list_namespaced_custom_object,
+                                  GROUP, VERSION, self.namespace, SESSION_PLURAL)
+        mine = [o for o in listed.get("items", [])
+                if (o.get("spec") or {}).get("guildId") == guild_id
+                and not o["metadata"].get("deletionTimestamp")
+                and (o.get("status") or {}).get("state") not in INACTIVE_STATES]
+        if not mine:
+            return None
+        return min(mine, key=lambda o: (str(o["metadata"].get("creationTimestamp", "")),
+                                        o["metadata"]["name"]))
+
+    async def _require(self, guild_id: str) -> dict[str, Any]:
+        obj = await self.find(guild_id)
+        if obj is None:
+            raise NotFoundError(f"no recording session for guild {guild_id} in namespace "
+                                f"{self.namespace}")
+        return obj
+
+    async def _get(self, name: str) -> dict[str, Any]:
+        return await self._call(f"get RecordingSession {name}",
+                                self.objects.get_namespaced_custom_object,
+                                GROUP, VERSION, self.namespace, SESSION_PLURAL, name)
+
+    async def _set_paused(self, guild_id: str, paused: bool) -> dict[str, Any]:
+        obj = await self._require(guild_id)
+        name = obj["metadata"]["name"]
+        if obj["metadata"].get("deletionTimestamp"):
+            raise InvalidInputError(f"session {name} is being stopped; it cannot be "
+                                    f"{'paused' if paused else 'resumed'}")
+        if bool((obj.get("spec") or {}).get("paused", False)) == paused:
+            return obj
+        return await self._call(f"patch RecordingSession {name}",
+                                self.objects.patch_namespaced_custom_object,
+                                GROUP, VERSION, self.namespace, SESSION_PLURAL, name,
+                                {"spec": {"paused": paused}})
+
+    async def _settle(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Poll (every 0.25 s, up to `settle_seconds`) until the operator has given the new
+        session a state and (unless refused) a meeting id; the latest object either way."""
+        name = obj["metadata"]["name"]
+        deadline = time.monotonic() + self.settle_seconds
+        while True:
+            status = obj.get("status") or {}
+            if status.get("state") == "Refused" or (status.get("state")
+                                                    and status.get("meetingId")):
+                return obj
+            if time.monotonic() >= deadline:
+                return obj
+            await asyncio.sleep(0.25)
+            try:
+                obj = await self._get(name)
+            except NotFoundError:  # deleted meanwhile: answer with what we had
+                return obj
+
+    # ------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _validate(spec: dict[str, Any], what: str) -> None:
+        try:
+            SessionSpec.model_validate(spec)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise InvalidInputError(f"{what}: {field}: {first['msg']}") from err
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any
+                    ) -> dict[str, Any]:
+        kw.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
+        try:
+            return cast(dict[str, Any], await asyncio.to_thread(fn, *args, **kw))
+        except ApiException as err:
+            raise translate(err, what) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise TemporaryFailure(f"{what}: Kubernetes API unreachable: {err}",
+                                   delay=5) from err
