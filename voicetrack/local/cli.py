@@ -58,18 +58,28 @@ def build(
     ] = False,
 ) -> None:
     """Build etcd, kube-apiserver, kube-controller-manager and kube-scheduler from the Go
-    module proxy into ~/.cache/voicetrack/k8s-v<version>/ (reused when present)."""
+    module proxy into ~/.cache/voicetrack/k8s-v<version>/, and helm into
+    ~/.cache/voicetrack/helm-v<version>/helm (each reused when present). The Kubernetes
+    directory is printed on stdout; helm's path on stderr."""
     try:
         if regen_gomod:
             k8sbuild.regen_gomod(log=_err)
         if not force and k8sbuild.binaries_present():
             typer.echo(f"{k8sbuild.bin_dir()} (already built)")
-            return
-        result = k8sbuild.build(force=force, log=_err)
+        else:
+            result = k8sbuild.build(force=force, log=_err)
+            _err(f"built {', '.join(result.built) or 'nothing'} in {result.seconds:.0f} s")
+            typer.echo(str(result.bin_dir))
+        _build_helm(force)
     except VoicetrackError as e:
         raise _fail(e) from e
-    _err(f"built {', '.join(result.built) or 'nothing'} in {result.seconds:.0f} s")
-    typer.echo(str(result.bin_dir))
+
+
+def _build_helm(force: bool) -> None:
+    """Build helm (`voicetrack.local.build.build_helm`) unless present; its path to stderr."""
+    present = not force and k8sbuild.helm_present()
+    path = k8sbuild.build_helm(force=force, log=_err)
+    _err(f"helm: {path}{' (already built)' if present else ''}")
 
 
 @app.command()

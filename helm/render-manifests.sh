@@ -1,0 +1,17 @@
+#!/bin/sh
+# Render the chart with its default values into manifests/voicetrack.yaml (or the path
+# given as $1). CI (tests/e2e/test_helm.py) fails when the checked-in file differs from a
+# fresh render, so run this after every chart change. helm comes from `voicetrack local
+# build` (~/.cache/voicetrack/helm-v<version>/helm), built here first when missing.
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-"$root/manifests/voicetrack.yaml"}
+helm=${HELM:-$("$root/.venv/bin/python" -c 'from voicetrack.local.build import ensure_helm; print(ensure_helm())')}
+trap 'rm -f "$out.tmp.$$"' EXIT
+{
+  echo "# Rendered from helm/voicetrack with default values by helm/render-manifests.sh; do not edit."
+  echo "# kubectl create namespace voicetrack && kubectl apply -f manifests/ (see docs/deploy.md)."
+  "$helm" template voicetrack "$root/helm/voicetrack" --namespace voicetrack \
+    --include-crds --skip-tests --kube-version 1.36.3
+} > "$out.tmp.$$"
+mv "$out.tmp.$$" "$out"

@@ -1,0 +1,71 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "voicetrack.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* `<release>-voicetrack`, or the release name when it already contains the chart name. */}}
+{{- define "voicetrack.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "voicetrack.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "voicetrack.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "voicetrack.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "voicetrack.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: voicetrack
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "voicetrack.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "voicetrack.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "voicetrack.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The Secret holding the S3 keys (`accessKey`, `secretKey`); pods read the same name. */}}
+{{- define "voicetrack.s3SecretName" -}}
+{{- default .Values.s3.secretName .Values.s3.existingSecret }}
+{{- end }}
+
+{{- define "voicetrack.databaseSecretName" -}}
+{{- default (printf "%s-database" (include "voicetrack.fullname" .)) .Values.database.existingSecret }}
+{{- end }}
+
+{{- define "voicetrack.databaseSecretKey" -}}
+{{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}url{{ end }}
+{{- end }}
+
+{{/* The Secret holding the bot token (`token`); the recorder pod reads the same name. */}}
+{{- define "voicetrack.discordSecretName" -}}
+{{- default .Values.discord.secretName .Values.discord.existingSecret }}
+{{- end }}
+
+{{/* Exec probe: the operator serves /healthz on 127.0.0.1 only, so kubelet's httpGet (which
+     dials the pod IP) cannot reach it; the container's own Python asks it instead. */}}
+{{- define "voicetrack.healthzCommand" -}}
+- python
+- -c
+- "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{{ .Values.operator.healthPort }}/healthz', timeout=5)"
+{{- end }}

@@ -1,0 +1,236 @@
+"""The Helm chart (helm/voicetrack) and its rendering (manifests/): lint, schema, drift, and
+the operator running with exactly the chart's RBAC on the local control plane.
+
+helm is built from the Go module proxy by `voicetrack local build` (`ensure_helm`), like
+the control plane. The RBAC test stops the shared `stack` operator (admin credentials)
+while it runs, so the only operator acting is the one holding the chart's ServiceAccount
+token; the stack operator is started again afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.audio_helpers import Speaker
+from tests.e2e.test_main_job import get, session_yaml, wait_for, wav_bytes
+from tests.fixtures.stack import Stack
+from voicetrack.local.build import K8S_VERSION, ensure_helm
+from voicetrack.local.stack import OperatorProcess
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "voicetrack"
+RENDER = ROOT / "helm" / "render-manifests.sh"
+MANIFESTS = ROOT / "manifests" / "voicetrack.yaml"
+RELEASE_NS = "voicetrack"  # the namespace manifests/ is rendered for
+USER = "400000000000000021"
+AUDIO_MS = 6_000
+KUBE = ("--kube-version", K8S_VERSION)  # helm template's offline default (v1.20) is too old
+
+Helm = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Helm:
+    """``helm(*args, check=True)``: the helm built by `voicetrack local build`."""
+    exe = ensure_helm()
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
+                              check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_chart_lints_and_the_schema_rejects_bad_values_naming_the_field(helm: Helm) -> None:
+    lint = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in lint.stdout, lint.stdout
+    bad = {
+        "operator.healthPort=http": "/operator/healthPort",
+        "operator.logLevel=LOUD": "/operator/logLevel",
+        "image.pullPolicy=Sometimes": "/image/pullPolicy",
+        "s3.endpoint=not-a-url": "/s3/endpoint",
+        "s3.endpiont=http://x:1": "endpiont",
+        "database.url=mysql://db": "/database/url",
+    }
+    for value, field in bad.items():
+        flag = "--set" if "Port=" not in value else "--set-string"
+        res = helm("template", "v", str(CHART), *KUBE, flag, value, check=False)
+        assert res.returncode != 0, value
+        assert "values don't meet the specifications of the schema" in res.stderr, res.stderr
+        assert field in res.stderr, (value, res.stderr)
+
+
+def test_existing_secrets_replace_the_chart_managed_ones(helm: Helm) -> None:
+    out = helm("template", "v", str(CHART), *KUBE, "--namespace", "ops",
+               "--set", "s3.existingSecret=my-s3", "--set", "database.existingSecret=my-db",
+               "--set", "database.existingSecretKey=dsn",
+               "--set", "discord.existingSecret=my-bot").stdout
+    objs = docs(out)
+    assert [o for o in objs if o["kind"] == "Secret"] == []
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VOICETRACK_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "my-s3", "key": "accessKey"}
+    assert env["VOICETRACK_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "my-db", "key": "dsn"}
+    assert env["VOICETRACK_S3_SECRET_NAME"]["value"] == "my-s3"
+    assert env["VOICETRACK_DISCORD_SECRET_NAME"]["value"] == "my-bot"
+    # Without them the chart manages all three, holding what the values say.
+    objs = docs(helm("template", "v", str(CHART), *KUBE, "--set", "s3.accessKey=AK",
+                     "--set", "s3.secretKey=SK", "--set", "discord.token=T").stdout)
+    secrets = {o["metadata"]["name"]: o["stringData"] for o in objs if o["kind"] == "Secret"}
+    assert secrets == {"voicetrack-s3": {"accessKey": "AK", "secretKey": "SK"},
+                       "v-voicetrack-database": {"url": "sqlite+aiosqlite:////tmp/voicetrack.db"},
+                       "voicetrack-discord": {"token": "T"}}
+
+
+def test_pod_security_restricted_and_probes(helm: Helm) -> None:
+    objs = docs(helm("template", "v", str(CHART), *KUBE,
+                     "--set", "operator.healthPort=8181").stdout)
+    pod = next(o for o in objs if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "http://127.0.0.1:8181/healthz" in c[probe]["exec"]["command"][-1]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["VOICETRACK_HEALTH_PORT"] == "8181"
+
+
+def test_manifests_match_a_fresh_render(helm: Helm, tmp_path: Path) -> None:
+    fresh = tmp_path / "voicetrack.yaml"
+    subprocess.run(["sh", str(RENDER), str(fresh)], check=True, capture_output=True,
+                   timeout=120)
+    assert MANIFESTS.read_text() == fresh.read_text(), (
+        "manifests/ is stale: run helm/render-manifests.sh and commit the result")
+    kinds = [o["kind"] for o in docs(fresh.read_text())]
+    assert kinds.count("CustomResourceDefinition") == 2 and "Deployment" in kinds
+    # The CRDs are the ones in crds/ (the chart holds symlinks), also in a packaged chart.
+    for name in ("recordingsessions.yaml", "recordingchunks.yaml"):
+        assert (ROOT / "crds" / name).read_text().strip() in fresh.read_text()
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (pkg,) = tmp_path.glob("voicetrack-*.tgz")
+    with tarfile.open(pkg) as tar:
+        member = tar.getmember("voicetrack/crds/recordingsessions.yaml")
+        assert member.isfile()
+        data = tar.extractfile(member)
+        assert data is not None
+        assert data.read().decode() == (ROOT / "crds" / "recordingsessions.yaml").read_text()
+
+
+def _apply_chart_rbac(stack: Stack) -> None:
+    """Apply manifests/'s CRDs, ServiceAccount, ClusterRole and ClusterRoleBinding."""
+    wanted = {"CustomResourceDefinition", "ServiceAccount", "ClusterRole",
+              "ClusterRoleBinding"}
+    objs = [o for o in docs(MANIFESTS.read_text()) if o["kind"] in wanted]
+    assert sorted(o["kind"] for o in objs) == sorted(
+        ["CustomResourceDefinition"] * 2 + ["ServiceAccount", "ClusterRole",
+                                            "ClusterRoleBinding"])
+    if stack.kubectl("get", "namespace", RELEASE_NS, check=False).returncode != 0:
+        stack.kubectl("create", "namespace", RELEASE_NS)
+    stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                  input="\n---\n".join(json.dumps(o) for o in objs))
+
+
+def _service_account_kubeconfig(stack: Stack, path: Path) -> Path:
+    """A kubeconfig for the chart's ServiceAccount (TokenRequest via `kubectl create token`)."""
+    token = stack.kubectl("-n", RELEASE_NS, "create", "token", "voicetrack",
+                          "--duration=20m").stdout.strip()
+    admin = yaml.safe_load(stack.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    ca = cluster.get("certificate-authority")
+    if ca and not Path(ca).is_absolute():
+        cluster["certificate-authority"] = str(stack.kubeconfig.parent / ca)
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "voicetrack",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "voicetrack-operator", "user": {"token": token}}],
+        "contexts": [{"name": "voicetrack", "context": {
+            "cluster": "local", "user": "voicetrack-operator"}}],
+    }))
+    return path
+
+
+@pytest.fixture
+def chart_operator(stack: Stack, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator process with only the chart's permissions; the admin `stack` operator
+    is stopped meanwhile and started again afterwards."""
+    _apply_chart_rbac(stack)
+    kubeconfig = _service_account_kubeconfig(stack, tmp_path / "operator.kubeconfig")
+    who = stack.kubectl("--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "json")
+    assert json.loads(who.stdout)["status"]["userInfo"]["username"] == (
+        f"system:serviceaccount:{RELEASE_NS}:voicetrack")
+    denied = stack.kubectl("--kubeconfig", str(kubeconfig), "get", "secrets", "-A",
+                           check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    op = OperatorProcess(kubeconfig, stack.s3, stack.database_url, tmp_path / "operator.log",
+                         extra_env={"VOICETRACK_KUBECONFIG": str(kubeconfig)})
+    stack.operator.stop()
+    try:
+        op.start()
+        try:
+            yield op
+        finally:
+            op.stop()
+            print(f"chart operator log: {op.log_path}\n{op.tail(40)}")
+    finally:
+        stack.operator.start()
+        for kind, name in (("clusterrolebinding", "voicetrack"), ("clusterrole", "voicetrack")):
+            stack.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+        stack.kubectl("delete", "namespace", RELEASE_NS, "--wait=false", check=False)
+
+
+def test_operator_records_and_promotes_with_only_the_charts_rbac(
+        stack: Stack, e2e_namespace: str, chart_operator: OperatorProcess) -> None:
+    ns = e2e_namespace
+    started = time.monotonic()
+    spk = Speaker(user_id=USER, f0=180.0, talks=[(300, 2500), (3500, 5600)])
+    key = f"e2e-input/{ns}/{USER}.wav"
+    stack.store.put_bytes(key, wav_bytes(spk.pcm(AUDIO_MS)), "audio/wav")
+    doc = json.loads(session_yaml(ns, "helm", [key] * 3))
+    doc["spec"]["source"]["speakers"] = [{"userId": USER, "objectKey": key}]
+    stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+    def transcoded() -> bool:
+        st = (get(stack, ns, "recsess", "helm") or {}).get("status", {})
+        chunks = json.loads(stack.kubectl("-n", ns, "get", "recchunk", "-o", "json").stdout)
+        return st.get("recordedSeconds", 0) * 1000 >= AUDIO_MS and bool(chunks["items"]) and all(
+            (c.get("status") or {}).get("transcodeStatus") == "done" for c in chunks["items"])
+
+    wait_for("the audio recorded and transcoded", transcoded, 60, every_s=0.5)
+    meeting = (get(stack, ns, "recsess", "helm") or {})["status"]["meetingId"]
+    stack.kubectl("-n", ns, "delete", "recsess", "helm", "--wait=false")
+    wait_for("promotion and clean-up", lambda: get(stack, ns, "recsess", "helm") is None, 60)
+
+    recs = stack.db(lambda s: s.get_recordings_for_meeting(meeting))
+    assert sorted((str(r.kind), r.user_id) for r in recs) == [("mixed", None),
+                                                              ("speaker", USER)]
+    for r in recs:
+        assert stack.store.digest(r.object_key) == (r.bytes, r.sha256)
+    log = chart_operator.log_path.read_text(errors="replace")
+    assert "forbidden" not in log.lower() and " 403 " not in log, chart_operator.tail(60)
+    print(f"helm rbac session: {time.monotonic() - started:.1f} s")
