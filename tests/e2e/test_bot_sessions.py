@@ -1,0 +1,171 @@
+"""The bot's commands against the local control plane with the operator running.
+
+Interactions are built offline as in tests/unit/test_bot_app.py (discord.py's state fed
+documented gateway payloads); everything behind `RecordCommands` is real: `BotSessions`
+on the API server, the operator starting a recorder pod, the transcodes and the promotion.
+The bot's spec defaults select the `files` source (one speaker, a 6 s tone in S3), because
+the `discord` source would need Discord's servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import time
+import wave
+from collections.abc import Callable
+from typing import Any
+
+import discord
+import numpy as np
+import pytest
+
+from tests.fixtures.stack import Stack
+from tests.unit.test_bot_app import (
+    ALICE,
+    BOB,
+    GUILD,
+    MANAGER_ROLE,
+    OTHER_VOICE,
+    RECORDER_ROLE,
+    VOICE,
+    discord_world,
+)
+from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands
+from voicetrack_recorder.bot.sessions import BotSessions, load_api_client, session_name
+
+pytestmark = pytest.mark.e2e
+
+SPEAKER = "400000000000000021"
+OTHER_GUILD = "300000000000000077"
+
+
+def tone_wav(ms: int) -> bytes:
+    t = np.arange(ms * 48) / 48_000
+    mono = (0.2 * 32767 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        w.writeframes(np.repeat(mono[:, None], 2, axis=1).tobytes())
+    return buf.getvalue()
+
+
+def get(stack: Stack, ns: str, name: str) -> dict[str, Any] | None:
+    res = stack.kubectl("-n", ns, "get", "recsess", name, "-o", "json", check=False)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+async def wait_for(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def field(embed: discord.Embed, name: str) -> str:
+    return next(f.value or "" for f in embed.fields if f.name == name)
+
+
+async def test_record_start_pause_resume_status_stop(stack: Stack, e2e_namespace: str) -> None:
+    ns = e2e_namespace
+    key = f"e2e-input/{ns}/{SPEAKER}.wav"
+    stack.store.put_bytes(key, tone_wav(6_000), "audio/wav")
+    defaults = {"chunkSeconds": 5, "source": {"type": "files", "speakers": [
+        {"userId": SPEAKER, "objectKey": key}]}}
+    sessions = BotSessions(load_api_client(str(stack.kubeconfig)), ns,
+                           spec_defaults=defaults, settle_seconds=15)
+    cmds = RecordCommands(sessions, ControlPolicy.parse(str(RECORDER_ROLE)))
+    name = session_name(str(GUILD))
+
+    async for world in discord_world(cmds):
+        # start: Alice (Manage Server) records the voice channel she is in.
+        embed = await cmds.start(world.interaction(ALICE, "alice", [MANAGER_ROLE]))
+        obj = get(stack, ns, name)
+        assert obj is not None, embed.description
+        assert obj["spec"]["guildId"] == str(GUILD) and obj["spec"]["channelId"] == str(VOICE)
+        assert obj["spec"]["requestedBy"] == str(ALICE) and obj["spec"]["chunkSeconds"] == 5
+        assert obj["spec"]["source"]["type"] == "files"
+        assert obj["metadata"]["labels"]["voicetrack.dev/guild"] == str(GUILD)
+        meeting = obj["status"]["meetingId"]  # the operator started it within settle time
+        assert field(embed, "Meeting") == f"`{meeting}`"
+        assert field(embed, "Channel") == f"<#{VOICE}>"
+        await wait_for("Recording", lambda: (get(stack, ns, name) or {}).get(
+            "status", {}).get("state") == "Recording", 60)
+
+        # start again (Bob, role holder, another channel): the same session answers.
+        other = world.guild.get_channel(OTHER_VOICE)
+        assert isinstance(other, discord.VoiceChannel)
+        again = await cmds.start(world.interaction(BOB, "bob", [RECORDER_ROLE]), other)
+        assert again.title == "Already recording in this server"
+        assert field(again, "Meeting") == f"`{meeting}`"
+        assert field(again, "Channel") == f"<#{VOICE}>"
+        listed = json.loads(stack.kubectl("-n", ns, "get", "recsess", "-o", "json").stdout)
+        assert [o["metadata"]["name"] for o in listed["items"]] == [name]
+
+        # pause / resume patch spec.paused; the operator reports Paused.
+        paused = await cmds.pause(world.interaction(ALICE, "alice", [MANAGER_ROLE], "pause"))
+        assert paused.title == "Recording paused", paused.description
+        assert (get(stack, ns, name) or {})["spec"]["paused"] is True
+        await wait_for("Paused", lambda: (get(stack, ns, name) or {}).get(
+            "status", {}).get("state") == "Paused", 30)
+        resumed = await cmds.resume(world.interaction(BOB, "bob", [RECORDER_ROLE], "resume"))
+        assert resumed.title == "Recording resumed", resumed.description
+        assert (get(stack, ns, name) or {})["spec"]["paused"] is False
+        await wait_for("a chunk", lambda: (get(stack, ns, name) or {}).get(
+            "status", {}).get("chunks", {}).get("total", 0) >= 1, 60)
+
+        # status: any member sees the live object.
+        status = await cmds.status(world.interaction(BOB, "bob", [], "status"))
+        assert field(status, "State") in ("Recording", "Paused")
+        assert field(status, "Meeting") == f"`{meeting}`"
+        total = re.search(r"(\d+) total", field(status, "Chunks"))
+        assert total is not None and int(total.group(1)) >= 1, field(status, "Chunks")
+
+        # stop deletes it; the operator promotes and releases it; then nothing is left.
+        stopped = await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop"))
+        assert field(stopped, "State") in ("Stopping", "Promoting", "Promoted"), stopped.title
+        again_stop = await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop"))
+        assert again_stop.title != "No recording" or get(stack, ns, name) is None
+        await wait_for("the session to be promoted and gone",
+                       lambda: get(stack, ns, name) is None, 120)
+        gone = await cmds.status(world.interaction(BOB, "bob", [], "status"))
+        assert gone.title == "No recording" and str(GUILD) in (gone.description or "")
+        recs = await asyncio.to_thread(
+            stack.db, lambda s, m=meeting: s.get_recordings_for_meeting(m))
+        assert sorted((str(r.kind), r.user_id) for r in recs) == [
+            ("mixed", None), ("speaker", SPEAKER)]
+        assert await asyncio.to_thread(
+            stack.db, lambda s, m=meeting: s.get_temp_recordings_for_meeting(m)) == []
+
+
+async def test_a_session_made_with_kubectl_is_the_guilds_session(stack: Stack,
+                                                                 e2e_namespace: str) -> None:
+    ns = e2e_namespace
+    doc = {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
+           "metadata": {"name": "standup", "namespace": ns},
+           "spec": {"guildId": OTHER_GUILD, "channelId": "300000000000000078",
+                    "paused": True, "source": {"type": "files", "speakers": [
+                        {"userId": SPEAKER, "objectKey": "absent.wav"}]}}}
+    stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    sessions = BotSessions(load_api_client(str(stack.kubeconfig)), ns, settle_seconds=0)
+    started = await sessions.start(OTHER_GUILD, "300000000000000079", "400000000000000001")
+    assert not started.created and started.session["metadata"]["name"] == "standup"
+    assert (await sessions.status(OTHER_GUILD))["metadata"]["name"] == "standup"
+    # a namespace that does not exist: the API server's 404 message comes through
+    bad = BotSessions(load_api_client(str(stack.kubeconfig)), f"{ns}-absent",
+                      settle_seconds=0)
+    with pytest.raises(Exception, match="not found") as info:
+        await bad.start(OTHER_GUILD, "300000000000000079", "400000000000000001")
+    assert type(info.value).__name__ == "NotFoundError"
+    stopped = await sessions.stop(OTHER_GUILD)
+    assert stopped["metadata"]["name"] == "standup"
+    assert (get(stack, ns, "standup") or {}).get("metadata", {}).get(
+        "deletionTimestamp") or get(stack, ns, "standup") is None
+
