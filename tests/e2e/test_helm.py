@@ -231,6 +231,8 @@ def test_operator_records_and_promotes_with_only_the_charts_rbac(
                                                               ("speaker", USER)]
     for r in recs:
         assert stack.store.digest(r.object_key) == (r.bytes, r.sha256)
-    log = chart_operator.log_path.read_text(errors="replace")
-    assert "forbidden" not in log.lower() and " 403 " not in log, chart_operator.tail(60)
+    # Nothing refused along the way (kopf retries or degrades on a 403 and logs it).
+    log = chart_operator.log_path.read_text(errors="replace").lower()
+    for sign in ("forbidden", " 403", "not enough permissions", "failed to post an event"):
+        assert sign not in log, (sign, chart_operator.tail(60))
     print(f"helm rbac session: {time.monotonic() - started:.1f} s")
