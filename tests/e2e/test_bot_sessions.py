@@ -16,11 +16,13 @@ import re
 import time
 import wave
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import discord
 import numpy as np
 import pytest
+from kubernetes import client, config
 
 from tests.fixtures.stack import Stack
 from tests.unit.test_bot_app import (
@@ -33,6 +35,7 @@ from tests.unit.test_bot_app import (
     VOICE,
     discord_world,
 )
+from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands
 from voicetrack_recorder.bot.sessions import BotSessions, load_api_client, session_name
 
@@ -40,6 +43,25 @@ pytestmark = pytest.mark.e2e
 
 SPEAKER = "400000000000000021"
 OTHER_GUILD = "300000000000000077"
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "bot.md"
+
+
+def bot_api(stack: Stack, ns: str, *, rbac: bool) -> client.ApiClient:
+    """An API client with the token of ServiceAccount `voicetrack-bot` in `ns`, bound to
+    the Role in docs/bot.md (the RBAC block, applied verbatim) when `rbac`."""
+    stack.kubectl("-n", ns, "create", "serviceaccount", "voicetrack-bot")
+    if rbac:
+        block = re.search(r"## RBAC.*?```yaml\n(.*?)```", DOCS.read_text(), re.S)
+        assert block is not None, "docs/bot.md has no RBAC yaml block"
+        stack.kubectl("-n", ns, "apply", "-f", "-", input=block.group(1))
+    token = stack.kubectl("-n", ns, "create", "token", "voicetrack-bot").stdout.strip()
+    conf = client.Configuration()
+    config.load_kube_config(config_file=str(stack.kubeconfig), client_configuration=conf)
+    conf.cert_file = conf.key_file = None  # not the admin's certificate: the token only
+    conf.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(conf)
 
 
 def tone_wav(ms: int) -> bytes:
@@ -79,8 +101,8 @@ async def test_record_start_pause_resume_status_stop(stack: Stack, e2e_namespace
     stack.store.put_bytes(key, tone_wav(6_000), "audio/wav")
     defaults = {"chunkSeconds": 5, "source": {"type": "files", "speakers": [
         {"userId": SPEAKER, "objectKey": key}]}}
-    sessions = BotSessions(load_api_client(str(stack.kubeconfig)), ns,
-                           spec_defaults=defaults, settle_seconds=15)
+    sessions = BotSessions(bot_api(stack, ns, rbac=True), ns, spec_defaults=defaults,
+                           settle_seconds=15)
     cmds = RecordCommands(sessions, ControlPolicy.parse(str(RECORDER_ROLE)))
     name = session_name(str(GUILD))
 
@@ -161,9 +183,12 @@ async def test_a_session_made_with_kubectl_is_the_guilds_session(stack: Stack,
     # a namespace that does not exist: the API server's 404 message comes through
     bad = BotSessions(load_api_client(str(stack.kubeconfig)), f"{ns}-absent",
                       settle_seconds=0)
-    with pytest.raises(Exception, match="not found") as info:
+    with pytest.raises(NotFoundError, match="not found"):
         await bad.start(OTHER_GUILD, "300000000000000079", "400000000000000001")
-    assert type(info.value).__name__ == "NotFoundError"
+    # without the Role the API server's 403 message reaches the member
+    forbidden = BotSessions(bot_api(stack, ns, rbac=False), ns, settle_seconds=0)
+    with pytest.raises(InvalidInputError, match=r"forbidden.*recordingsessions"):
+        await forbidden.status(OTHER_GUILD)
     stopped = await sessions.stop(OTHER_GUILD)
     assert stopped["metadata"]["name"] == "standup"
     assert (get(stack, ns, "standup") or {}).get("metadata", {}).get(
