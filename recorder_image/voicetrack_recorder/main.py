@@ -122,19 +122,32 @@ def bot(
     import json
 
     from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands, VoicetrackBot
-    from voicetrack_recorder.bot.sessions import BotSessions, load_api_client
+    from voicetrack_recorder.bot.sessions import (
+        BotSessions,
+        check_spec_defaults,
+        load_api_client,
+    )
 
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        defaults = json.loads(spec_defaults) if spec_defaults.strip() else {}
-        if not isinstance(defaults, dict):
-            raise InvalidInputError("VOICETRACK_BOT_SPEC_DEFAULTS must be a JSON object")
-        guilds = [int(g) for g in sync_guilds.split(",") if g.strip()]
+        try:
+            parsed = json.loads(spec_defaults or "{}")
+        except ValueError as err:
+            raise InvalidInputError(f"VOICETRACK_BOT_SPEC_DEFAULTS is not JSON: {err}"
+                                    ) from err
+        defaults = check_spec_defaults(parsed)
+        policy = ControlPolicy.parse(roles, everyone)
+        guilds = [int(g) for g in (p.strip() for p in sync_guilds.split(",")) if g]
+        bad = [g for g in guilds if not 15 <= len(str(g)) <= 20]
+        if bad:
+            raise InvalidInputError(f"VOICETRACK_BOT_SYNC_GUILDS: {bad[0]} is not a guild id")
         sessions = BotSessions(load_api_client(kubeconfig or None), namespace,
                                spec_defaults=defaults)
-        policy = ControlPolicy.parse(roles, everyone)
-    except (InvalidInputError, ValueError) as err:
+    except ValueError as err:
+        print(f"error: VOICETRACK_BOT_SYNC_GUILDS: {err}", file=sys.stderr)
+        raise typer.Exit(2) from err
+    except InvalidInputError as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(2) from err
     VoicetrackBot(RecordCommands(sessions, policy), guilds).run(token, log_handler=None)

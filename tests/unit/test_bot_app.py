@@ -272,3 +272,23 @@ async def test_the_command_group_as_discord_receives_it(world: World) -> None:
 def test_intents_are_guilds_and_voice_states_only() -> None:
     assert bot_intents().value == discord.Intents(guilds=True, voice_states=True).value
     assert not bot_intents().members and not bot_intents().message_content
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"VOICETRACK_BOT_SPEC_DEFAULTS": '{"chunkSeconds": 1}'}, "chunkSeconds"),
+    ({"VOICETRACK_BOT_SPEC_DEFAULTS": "{bad"}, "VOICETRACK_BOT_SPEC_DEFAULTS is not JSON"),
+    ({"VOICETRACK_BOT_ROLES": "admins"}, "VOICETRACK_BOT_ROLES: 'admins'"),
+    ({"VOICETRACK_BOT_SYNC_GUILDS": "12"}, "VOICETRACK_BOT_SYNC_GUILDS: 12"),
+    ({"KUBECONFIG": "/nonexistent/kubeconfig"}, "no usable Kubernetes configuration"),
+])
+def test_the_bot_command_refuses_bad_configuration(env: dict[str, str], message: str
+                                                   ) -> None:
+    from typer.testing import CliRunner
+
+    from voicetrack_recorder.main import app
+
+    base = {"VOICETRACK_DISCORD_TOKEN": "t", "VOICETRACK_NAMESPACE": "rec",
+            "KUBECONFIG": "/nonexistent/kubeconfig"}
+    result = CliRunner().invoke(app, ["bot"], env=base | env)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output

@@ -71,14 +71,18 @@ def _check_snowflake(field: str, value: str) -> None:
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """An API client from `kubeconfig`, else in-cluster config, else KUBECONFIG /
-    ~/.kube/config."""
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+    ~/.kube/config. Raises InvalidInputError when none is usable."""
     try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
+        if kubeconfig:
+            return config.new_client_from_config(config_file=kubeconfig)
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            return config.new_client_from_config()
+    except (config.ConfigException, OSError) as err:
+        raise InvalidInputError(f"no usable Kubernetes configuration (not in a cluster, "
+                                f"and KUBECONFIG / ~/.kube/config: {err})") from err
 
 
 def api_message(err: ApiException) -> str:
@@ -100,6 +104,20 @@ def translate(err: ApiException, what: str) -> Exception:
     if status == 429 or status >= 500 or status == 0:
         return TemporaryFailure(f"{what}: {api_message(err)}", delay=5)
     return InvalidInputError(f"{what}: {api_message(err)}")
+
+
+def check_spec_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `defaults` (camelCase partial `RecordingSession.spec`) once it is known
+    to make valid sessions. Raises InvalidInputError naming the field, or one the bot sets
+    itself (`guildId`, `channelId`, `requestedBy`, `meetingId`)."""
+    if not isinstance(defaults, dict):
+        raise InvalidInputError("spec defaults must be a JSON object")
+    for fixed in ("guildId", "channelId", "requestedBy", "meetingId"):
+        if fixed in defaults:
+            raise InvalidInputError(f"spec defaults may not set {fixed}: the bot sets it")
+    BotSessions._validate({"guildId": "1" * 18, "channelId": "1" * 18, **defaults},
+                          "spec defaults")
+    return dict(defaults)
 
 
 @dataclass(frozen=True)
@@ -128,12 +146,7 @@ class BotSessions:
             raise InvalidInputError("namespace must be set (VOICETRACK_NAMESPACE)")
         self.objects = client.CustomObjectsApi(api)
         self.namespace = namespace
-        self.spec_defaults = dict(spec_defaults or {})
-        for fixed in ("guildId", "channelId", "requestedBy", "meetingId"):
-            if fixed in self.spec_defaults:
-                raise InvalidInputError(f"spec defaults may not set {fixed}: the bot sets it")
-        self._validate({"guildId": "1" * 18, "channelId": "1" * 18, **self.spec_defaults},
-                       "spec defaults")
+        self.spec_defaults = check_spec_defaults(spec_defaults or {})
         self.settle_seconds = settle_seconds
 
     # ------------------------------------------------------------------ commands
