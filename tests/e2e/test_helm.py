@@ -22,6 +22,7 @@ import yaml
 
 from tests.audio_helpers import Speaker
 from tests.e2e.test_main_job import get, session_yaml, wait_for, wav_bytes
+from tests.fixtures.cluster import Kubectl
 from tests.fixtures.stack import Stack
 from voicetrack.local.build import K8S_VERSION, ensure_helm
 from voicetrack.local.stack import OperatorProcess
@@ -119,6 +120,37 @@ def test_pod_security_restricted_and_probes(helm: Helm) -> None:
         assert "http://127.0.0.1:8181/healthz" in c[probe]["exec"]["command"][-1]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["VOICETRACK_HEALTH_PORT"] == "8181"
+
+
+def test_the_api_server_admits_the_render_under_pod_security_restricted(
+        helm: Helm, kubectl: Kubectl, namespace: str) -> None:
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/warn=restricted")
+    objs = docs(helm("template", "v", str(CHART), *KUBE, "--namespace", namespace).stdout)
+    kinds = sorted(o["kind"] for o in objs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Pod", "Role",
+                     "RoleBinding", "Secret", "Secret", "Secret", "ServiceAccount",
+                     "ServiceAccount"]
+    # Every object but the Pod (its ServiceAccount is not created by a dry run) passes the
+    # API server's validation and admission.
+    res = kubectl("apply", "--dry-run=server", "-f", "-", check=False, input="\n---\n".join(
+        json.dumps(o) for o in objs if o["kind"] != "Pod"))
+    assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
+    # Pod Security admission enforces on Pods: the operator's pod template and the test pod.
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    pods = [{"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "operator", "namespace": namespace},
+             "spec": deploy["spec"]["template"]["spec"]},
+            next(o for o in objs if o["kind"] == "Pod")]
+    for pod in pods:
+        pod["spec"]["serviceAccountName"] = "default"  # the rendered ones are not created
+        res = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod),
+                      check=False)
+        assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
+    bad = json.loads(json.dumps(pods[0]))
+    del bad["spec"]["containers"][0]["securityContext"]["capabilities"]
+    res = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
+    assert res.returncode != 0 and "restricted" in res.stderr, res.stderr  # the check bites
 
 
 def test_manifests_match_a_fresh_render(helm: Helm, tmp_path: Path) -> None:
