@@ -10,9 +10,13 @@ token; the stack operator is started again afterwards.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import subprocess
 import tarfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from tests.e2e.test_main_job import get, session_yaml, wait_for, wav_bytes
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.stack import Stack
 from voicetrack.local.build import K8S_VERSION, ensure_helm
+from voicetrack.local.postgres import PostgresServer
 from voicetrack.local.stack import OperatorProcess
 
 pytestmark = pytest.mark.e2e
@@ -43,12 +48,13 @@ Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture(scope="module")
 def helm() -> Helm:
-    """``helm(*args, check=True)``: the helm built by `voicetrack local build`."""
+    """``helm(*args, check=True, env=None)``: the helm built by `voicetrack local build`."""
     exe = ensure_helm()
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
-                              check=False)
+    def run(*args: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=180,
+                              check=False, env=env)
         if check and proc.returncode != 0:
             raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
         return proc
@@ -172,6 +178,59 @@ def test_manifests_match_a_fresh_render(helm: Helm, tmp_path: Path) -> None:
         data = tar.extractfile(member)
         assert data is not None
         assert data.read().decode() == (ROOT / "crds" / "recordingsessions.yaml").read_text()
+
+
+def test_helm_install_runs_the_operator_deployment_with_its_service_account(
+        helm: Helm, stack: Stack, postgres_server: PostgresServer) -> None:
+    """`helm install --wait` on the local cluster: the node agent runs the Deployment's pod
+    (its `command`, with a token of the chart's ServiceAccount), whose /healthz answers on
+    the port from the values; `helm uninstall` stops it. (`helm test` itself needs
+    `kubectl exec`, which the local node agent does not serve.)"""
+    ns = f"vt-helm-{secrets.token_hex(3)}"
+    release = "vth"
+    health, metrics = _free_port(), _free_port()
+    db_url = postgres_server.create_database(f"vt_helm_{secrets.token_hex(4)}")
+    env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig)}
+    stack.kubectl("create", "namespace", ns)
+    try:
+        out = helm("install", release, str(CHART), "--namespace", ns, "--wait",
+                   "--timeout", "90s",
+                   "--set", f"s3.endpoint={stack.s3.endpoint}",
+                   "--set", f"s3.accessKey={stack.s3.access_key}",
+                   "--set", f"s3.secretKey={stack.s3.secret_key}",
+                   "--set", f"s3.bucket={stack.s3.bucket}",
+                   "--set", f"database.url={db_url}",
+                   "--set", f"operator.healthPort={health}",
+                   "--set", f"operator.metricsPort={metrics}", env=env)
+        assert f"helm test {release} -n {ns}" in out.stdout
+        pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
+        (pod,) = pods
+        assert pod["spec"]["serviceAccountName"] == f"{release}-voicetrack"
+        wait_for("the operator's /healthz", lambda: _healthz(health), 60)
+        status = json.loads(helm("status", release, "--namespace", ns, "-o", "json",
+                                 env=env).stdout)
+        assert status["info"]["status"] == "deployed"
+    finally:
+        helm("uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s",
+             env=env, check=False)
+        stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    wait_for("the operator stopped", lambda: not _healthz(health), 30)
+    assert stack.kubectl("get", "clusterrole", f"{release}-voicetrack",
+                         check=False).returncode != 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthz(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def _apply_chart_rbac(stack: Stack) -> None:
