@@ -76,13 +76,17 @@ def test_chart_lints_and_the_schema_rejects_bad_values_naming_the_field(helm: He
         "s3.endpoint=not-a-url": "/s3/endpoint",
         "s3.endpiont=http://x:1": "endpiont",
         "database.url=mysql://db": "/database/url",
+        "operator.tempTtlHours=0": "/operator/tempTtlHours",
+        "resources.requests.memory=lots": "/resources/requests/memory",
     }
     for value, field in bad.items():
-        flag = "--set" if "Port=" not in value else "--set-string"
-        res = helm("template", "v", str(CHART), *KUBE, flag, value, check=False)
+        res = helm("template", "v", str(CHART), *KUBE, "--set", value, check=False)
         assert res.returncode != 0, value
         assert "values don't meet the specifications of the schema" in res.stderr, res.stderr
         assert field in res.stderr, (value, res.stderr)
+    # Without an existingSecret the database URL is required.
+    res = helm("template", "v", str(CHART), *KUBE, "--set", "database.url=", check=False)
+    assert res.returncode != 0 and "database.url is required" in res.stderr, res.stderr
 
 
 def test_existing_secrets_replace_the_chart_managed_ones(helm: Helm) -> None:
