@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,11 @@ def test_same_chunk_twice_gives_one_set_of_outputs(object_store: ObjectStore,
     assert len([k for k in first if k.startswith(LAYOUT.chunk_dir(0))]) == 2 + 6 + 1
 
 
+Spoiler = Callable[[ObjectStore, ChunkSpec], ChunkSpec]
+"""Damages a chunk's second raw track in the store; returns the spec the recorder would
+have written for what is now stored."""
+
+
 def _missing(store: ObjectStore, chunk: ChunkSpec) -> ChunkSpec:
     store.delete_keys([chunk.tracks[1].key])
     return chunk
@@ -128,8 +134,7 @@ def _wrong_hash(store: ObjectStore, chunk: ChunkSpec) -> ChunkSpec:
     (_short, "149 packets for a window of 150 slots"), (_wrong_hash, "does not match"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(object_store: ObjectStore, session: Session,
-                                              spoil: object, reason: str) -> None:
-    assert callable(spoil)
+                                              spoil: Spoiler, reason: str) -> None:
     chunk = spoil(object_store, session.chunks[0])
     before = snapshot(object_store)
     proc = run_chunk(object_store, chunk)
