@@ -166,7 +166,7 @@ def test_the_api_server_admits_the_render_under_pod_security_restricted(
 def test_manifests_match_a_fresh_render(helm: Helm, tmp_path: Path) -> None:
     fresh = tmp_path / "voicetrack.yaml"
     subprocess.run(["sh", str(RENDER), str(fresh)], check=True, capture_output=True,
-                   timeout=120)
+                   timeout=120, env={**os.environ, "HELM": str(ensure_helm())})
     assert MANIFESTS.read_text() == fresh.read_text(), (
         "manifests/ is stale: run helm/render-manifests.sh and commit the result")
     kinds = [o["kind"] for o in docs(fresh.read_text())]
