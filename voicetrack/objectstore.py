@@ -23,7 +23,7 @@ from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from voicetrack.errors import NotFoundError, TemporaryFailure
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,13 @@ class ObjectStore:
             raise self._wrap(err, f"get {key}") from err
 
     def get_json(self, key: str) -> Any:
-        return json.loads(self.get_bytes(key))
+        """The object at `key` parsed as JSON. Raises NotFoundError when it does not exist,
+        InvalidInputError when it is not JSON."""
+        data = self.get_bytes(key)
+        try:
+            return json.loads(data)
+        except ValueError as err:
+            raise InvalidInputError(f"{key}: not JSON: {err}") from err
 
     def exists(self, key: str) -> bool:
         try:

@@ -40,7 +40,7 @@ from voicetrack.audio import (
     ms_to_samples,
     samples_to_ms,
 )
-from voicetrack.errors import InvalidInputError
+from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout, output_extension
 from voicetrack.manifests import FinalManifest, FinalTrack, PromotionPlan
 from voicetrack.objectstore import ObjectStore
@@ -78,7 +78,9 @@ def load_plan(store: ObjectStore, plan_key: str) -> PromotionPlan:
     """Read and parse promotion.json. Raises InvalidInputError if missing or malformed."""
     try:
         return PromotionPlan.model_validate(store.get_json(plan_key))
-    except (ValidationError, ValueError) as err:  # ValueError: not JSON at all
+    except NotFoundError:
+        raise
+    except (ValidationError, InvalidInputError) as err:  # InvalidInputError: not JSON
         raise InvalidInputError(f"promotion plan {plan_key} is malformed: {err}") from None
 
 

@@ -167,7 +167,7 @@ class ChunkService:
             result = TranscodeResult.model_validate(raw)
         except NotFoundError as err:
             raise InvalidInputError(f"no result.json for chunk {spec.index}") from err
-        except ValueError as err:
+        except (InvalidInputError, ValueError) as err:  # not JSON, or not a TranscodeResult
             raise InvalidInputError(str(err)) from err
         users = {o.user_id for o in result.outputs}
         missing = [t.user_id for t in spec.tracks if t.user_id not in users]

@@ -272,7 +272,7 @@ class SessionService:
         try:
             manifest = FinalManifest.model_validate(
                 await asyncio.to_thread(store.get_json, layout.final_manifest_key))
-        except (NotFoundError, ValueError) as err:
+        except (InvalidInputError, ValueError) as err:  # missing, not JSON, or not a manifest
             raise PromotionFailed(f"final manifest unusable: {err}; raw chunks kept") from err
         await asyncio.to_thread(verify_outputs, store, manifest)
         return manifest
