@@ -8,9 +8,12 @@ import kopf
 
 from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION
 from voicetrack_operator.errors import kopf_errors
-from voicetrack_operator.services.sessions import SessionService, SessionView
+from voicetrack_operator.services.sessions import PromotionFailed, SessionService, SessionView
 
 SESSION = (GROUP, VERSION, SESSION_PLURAL)
+PROMOTION_RETRY_S = 300
+"""A failed promotion is tried again this often (seconds); deleting its failed Job makes
+the next try run it anew."""
 
 
 @kopf.on.resume(*SESSION, id="start")
@@ -49,16 +52,18 @@ async def on_session_delete(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
                             **_: Any) -> None:
     try:
         with kopf_errors():
-            status = await SessionService(memo.ctx).finalize_session(
-                SessionView.parse(dict(body)))
+            try:
+                status = await SessionService(memo.ctx).finalize_session(
+                    SessionView.parse(dict(body)))
+            except PromotionFailed as err:  # kept, and tried again until a person fixes it
+                patch.status["state"] = "PromotionFailed"
+                patch.status["phaseMessage"] = str(err)
+                kopf.exception(body, reason="PromotionFailed", message=str(err))
+                raise kopf.TemporaryError(str(err), delay=PROMOTION_RETRY_S) from err
     except kopf.TemporaryError as err:
-        patch.status["state"] = getattr(err.__cause__, "state", "Stopping")
-        patch.status["phaseMessage"] = str(err)
-        raise
-    except kopf.PermanentError as err:
-        patch.status["state"] = "PromotionFailed"
-        patch.status["phaseMessage"] = str(err)
-        kopf.exception(body, reason="PromotionFailed", message=str(err))
+        if not isinstance(err.__cause__, PromotionFailed):
+            patch.status["state"] = getattr(err.__cause__, "state", "Stopping")
+            patch.status["phaseMessage"] = str(err)
         raise
     patch.status.update(status)
     kopf.info(body, reason="Promoted",

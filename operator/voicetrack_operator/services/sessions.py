@@ -45,7 +45,8 @@ class Waiting(TemporaryFailure):
 
 
 class PromotionFailed(InvalidInputError):
-    """Promotion cannot complete without a person: the raw chunks are kept."""
+    """Promotion did not complete: the raw chunks are kept and the finalizer stays. The
+    handler tries again every few minutes; deleting the failed promotion Job re-runs it."""
 
 
 @dataclass
@@ -266,7 +267,8 @@ class SessionService:
             detail = await self.chunks.failure_detail(s.ref.namespace, job_name)
             self.ctx.metrics.promotions.labels("failed").inc()
             raise PromotionFailed(f"promotion Job {job_name} failed: {reason}"
-                                  f"{'; ' + detail if detail else ''}; raw chunks kept")
+                                  f"{'; ' + detail if detail else ''}; raw chunks kept; "
+                                  f"delete Job {job_name} to run it again")
         if state != "done":
             raise Waiting("promotion running", delay=2, state="Promoting")
         try:
