@@ -230,6 +230,10 @@ def build_recorder_rbac(namespace: str) -> list[dict[str, Any]]:
               "verbs": ["get", "list", "watch"]},
              {"apiGroups": [group], "resources": ["recordingchunks"],
               "verbs": ["create", "get", "list"]},
+             # chunks it creates block their session's deletion (ownerReference with
+             # blockOwnerDeletion), which OwnerReferencesPermissionEnforcement checks
+             {"apiGroups": [group], "resources": ["recordingsessions/finalizers"],
+              "verbs": ["update"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {"name": RECORDER_SERVICE_ACCOUNT, "namespace": namespace,

@@ -35,8 +35,6 @@ class OperatorSettings:
     kubeconfig: str | None = None
     health_port: int = 8080
     metrics_port: int = 9090
-    resync_interval_s: float = 30.0
-    observe_interval_s: float = 2.0
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -56,7 +54,6 @@ class OperatorSettings:
             kubeconfig=os.environ.get("VOICETRACK_KUBECONFIG") or None,
             health_port=int(_env("HEALTH_PORT", "8080")),
             metrics_port=int(_env("METRICS_PORT", "9090")),
-            observe_interval_s=float(_env("OBSERVE_INTERVAL_S", "2")),
         )
 
 

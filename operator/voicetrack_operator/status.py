@@ -44,7 +44,6 @@ class Observation:
     chunks: list[ChunkView] = field(default_factory=list)
     refused: str | None = None
     """Why the session was refused (a busy guild), if it was."""
-    deleting: bool = False
     promoted: bool = False
     database_synced: bool = True
     database_message: str = ""
@@ -72,15 +71,11 @@ def human_duration(seconds: float) -> str:
     return f"{sec}s"
 
 
-def _state(o: Observation, counts: dict[str, int]) -> tuple[str, str]:
-    pending = counts["queued"] + counts["inProgress"]
+def _state(o: Observation) -> tuple[str, str]:
     if o.refused:
         return "Refused", o.refused
     if o.promoted:
         return "Promoted", "recordings promoted"
-    if o.deleting:
-        return ("Stopping", f"waiting for {pending} transcode(s)") if pending else \
-            ("Promoting", "promoting chunks into recordings")
     if o.recorder_phase in ("Succeeded",):
         return "Stopped", "recorder finished (limit reached)"
     if o.recorder_phase == "Failed":
@@ -110,7 +105,7 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
     counts = chunk_counts(o.chunks)
     recorded_ms = sum(c.end_ms - c.start_ms for c in o.chunks)
     speakers = sorted({s for c in o.chunks for s in c.speakers})
-    state, state_message = _state(o, counts)
+    state, state_message = _state(o)
     pending = counts["queued"] + counts["inProgress"]
     g = o.generation
     recording = state == "Recording"

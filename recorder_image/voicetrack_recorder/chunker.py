@@ -52,6 +52,7 @@ class ChunkerStats:
     """Frames pushed, and frames dropped by cause."""
 
     accepted: int = 0
+    empty: int = 0
     late: int = 0
     duplicate: int = 0
     closed: int = 0
@@ -99,7 +100,11 @@ class Chunker:
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
         """Record `packet` for `user_id` at `slot`; False (and counted) when dropped:
-        no open window, before the window, a duplicate slot, or absurdly far ahead."""
+        an empty packet, no open window, before the window, a duplicate slot, or absurdly
+        far ahead."""
+        if not packet:
+            self.stats.empty += 1
+            return False
         if self.start_slot is None:
             self.stats.closed += 1
             return False

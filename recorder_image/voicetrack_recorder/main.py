@@ -2,8 +2,10 @@
 
 Everything comes from the environment the operator's pod manifest sets (each option also
 reads its VOICETRACK_* variable); S3 credentials and the bot token come from Secrets.
-Exit codes: 0 after a clean stop (SIGTERM, limits, session gone), 2 for a session spec it
-cannot record, 1 for anything else (the pod restarts and continues at the next index).
+Exit codes: 0 after a clean stop (SIGTERM, limits, session gone), 2 for input it cannot
+record (a bad spec or token: the error line says which), 1 for anything else. The pod's
+restartPolicy OnFailure restarts it after either (with the kubelet's back-off); a restarted
+recorder continues at the next chunk index.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ SEAL_DELAY_SLOTS = 20
 waiting for the next DAVE epoch's keys: up to ~250 ms) make it in."""
 TICK_S = 0.05
 FLUSH_GRACE_S = 20.0
-"""How long a stopping recorder keeps retrying the upload of its last chunks."""
+"""How long a stopping recorder keeps retrying the upload of its last chunks, in all: one
+deadline from the moment capture ends, inside the pod's 30 s termination grace."""
 
 
 class Source(Protocol):
@@ -61,6 +63,8 @@ class Recorder:
         self.source_stop = asyncio.Event()
         self._queue: asyncio.Queue[SealedChunk | None] = asyncio.Queue()
         self._paused_at: int | None = None
+        self.flush_deadline: float | None = None
+        """Monotonic time after which uploads stop retrying; None while capturing."""
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
         """The FrameSink the source feeds (runs on the event loop thread)."""
@@ -113,9 +117,13 @@ class Recorder:
                     reason = "source-failed"
                     log.error("source failed: %s", error)
                     break
+                if uploader_task.done():  # it only ends early by failing: stop capturing
+                    error = uploader_task.exception()
+                    reason = "upload-failed"
+                    log.error("upload failed: %s", error)
+                    break
                 if now * FRAME_MS >= max_ms:
                     reason = "max-duration"
-                    now = max_ms // FRAME_MS
                     break
                 if self.uploader.stats.bytes >= self.spec.limits.max_bytes:
                     reason = "max-bytes"
@@ -123,12 +131,13 @@ class Recorder:
                 self._follow_pause(now)
                 while self.chunker.due(now - SEAL_DELAY_SLOTS):
                     self._enqueue(self.chunker.seal())
-            end = min(self.clock.now_slot(), max_ms // FRAME_MS)
-            self._enqueue(self.chunker.seal(end, reopen=False))
+            self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
         finally:
+            self.flush_deadline = time.monotonic() + FLUSH_GRACE_S
             self.source_stop.set()
             await self._queue.put(None)
-            await uploader_task
+            if not uploader_task.done():
+                await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
@@ -138,7 +147,7 @@ class Recorder:
     def _follow_pause(self, now: int) -> None:
         paused = bool(self.kube.paused)
         if paused and self._paused_at is None:
-            self._enqueue(self.chunker.seal(now, reopen=False))
+            self._seal_until(now)
             self._paused_at = now
             log.info("paused at %d ms", now * FRAME_MS)
         elif not paused and self._paused_at is not None:
@@ -149,6 +158,13 @@ class Recorder:
             self.chunker.open(now, gap)
             log.info("resumed at %d ms", now * FRAME_MS)
 
+    def _seal_until(self, end: int) -> None:
+        """Seal every window that ends by slot `end` (some may wait in the seal delay),
+        then the open one early at `end`, without opening another (pause or stop)."""
+        while self.chunker.due(end):
+            self._enqueue(self.chunker.seal())
+        self._enqueue(self.chunker.seal(end, reopen=False))
+
     def _enqueue(self, chunk: SealedChunk | None) -> None:
         if chunk is not None:
             self._queue.put_nowait(chunk)
@@ -158,8 +174,7 @@ class Recorder:
             chunk = await self._queue.get()
             if chunk is None:
                 return
-            deadline = time.monotonic() + FLUSH_GRACE_S if self.stop.is_set() else None
-            await asyncio.to_thread(self.uploader.upload, chunk, deadline)
+            await asyncio.to_thread(self.uploader.upload, chunk, lambda: self.flush_deadline)
 
 
 def start_pause_watch(kube: RecorderKube) -> threading.Event:
@@ -176,8 +191,10 @@ def session_layout(spec: SessionSpec, meeting_id: str) -> MeetingLayout:
 
 
 def meeting_id_of(obj: dict[str, Any]) -> str:
-    """The session's meeting id: spec.meetingId, else the one the operator put in status."""
-    mid = obj.get("spec", {}).get("meetingId") or obj.get("status", {}).get("meetingId")
+    """The session's meeting id: VOICETRACK_MEETING_ID (set by the operator in the pod, so
+    it is there before the session's status is), else spec.meetingId, else status."""
+    mid = (os.environ.get("VOICETRACK_MEETING_ID") or obj.get("spec", {}).get("meetingId")
+           or obj.get("status", {}).get("meetingId"))
     if not mid:
         raise RuntimeError("session has no meetingId yet")
     return str(mid)

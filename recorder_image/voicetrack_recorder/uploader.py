@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from discord import opus
@@ -77,9 +78,11 @@ class ChunkUploader:
                          raw_format=self.raw_format, gap=chunk.gap, tracks=tracks)
         return spec, objects
 
-    def upload(self, chunk: SealedChunk, deadline: float | None = None) -> ChunkSpec:
+    def upload(self, chunk: SealedChunk,
+               deadline: Callable[[], float | None] = lambda: None) -> ChunkSpec:
         """Write the chunk's raw objects then its RecordingChunk, retrying temporary
-        failures with backoff until `deadline` (monotonic seconds; None = forever).
+        failures with backoff until `deadline()` (monotonic seconds, or None = forever;
+        read before every retry, so a stop sets one deadline for all pending uploads).
         Raises TemporaryFailure when the deadline passes first."""
         spec, objects = self.build_spec(chunk)
         delay = 0.5
@@ -92,7 +95,8 @@ class ChunkUploader:
                 break
             except TemporaryFailure as err:
                 self.stats.retries += 1
-                if deadline is not None and time.monotonic() + delay > deadline:
+                limit = deadline()
+                if limit is not None and time.monotonic() + delay > limit:
                     raise
                 log.warning("chunk %d: %s; retrying in %.1fs", chunk.index, err, delay)
                 time.sleep(delay)

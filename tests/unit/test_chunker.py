@@ -25,6 +25,7 @@ def test_seal_fills_silence_and_aligns_every_track() -> None:
     assert c.push("b", 120, pkt(3))
     assert not c.push("a", 100, pkt(9))  # duplicate slot
     assert not c.push("a", 99, pkt(9))  # before the window
+    assert not c.push("a", 101, b"")  # an empty packet is no Opus frame
     assert c.push("b", 150, pkt(4))  # next window: kept for it
     chunk = c.seal()
     assert chunk is not None
@@ -38,7 +39,7 @@ def test_seal_fills_silence_and_aligns_every_track() -> None:
     nxt = c.seal()
     assert nxt is not None and nxt.index == 4 and nxt.start_ms == 3000
     assert [t.user_id for t in nxt.tracks] == ["b"] and nxt.tracks[0].packets[0] == pkt(4)
-    assert c.stats.duplicate == 1 and c.stats.late == 1
+    assert c.stats.duplicate == 1 and c.stats.late == 1 and c.stats.empty == 1
 
 
 def test_pause_closes_early_and_resume_carries_the_gap() -> None:

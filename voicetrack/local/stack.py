@@ -89,9 +89,9 @@ class OperatorProcess:
         with the log's tail when it exits or does not become healthy in time."""
         exe = Path(sys.executable).parent / "voicetrack-operator"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen([str(exe)], env=self.env(), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([str(exe)], env=self.env(), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

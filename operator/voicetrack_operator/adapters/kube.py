@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -40,6 +41,11 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
         return config.new_client_from_config()
 
 
+_NETWORK_ERRORS = (OSError, urllib3.exceptions.HTTPError)
+"""What the client raises when the API server cannot be reached (MaxRetryError,
+ProtocolError, … are not OSErrors)."""
+
+
 def _translate(err: ApiException, what: str) -> Exception:
     if err.status in (400, 403, 422):
         return InvalidInputError(f"{what}: {err.status} {err.reason}: {err.body}")
@@ -63,7 +69,7 @@ class KubeAdapter:
             return await asyncio.to_thread(fn, *args, **kw)
         except ApiException as err:
             raise _translate(err, what) from err
-        except (OSError, ValueError) as err:  # urllib3 connection errors
+        except _NETWORK_ERRORS as err:
             raise TemporaryFailure(f"{what}: {err}", delay=5) from err
 
     def _dict(self, obj: Any) -> dict[str, Any]:
@@ -79,6 +85,8 @@ class KubeAdapter:
             if err.status == 409:
                 return False
             raise _translate(err, f"create {what}") from err
+        except _NETWORK_ERRORS as err:
+            raise TemporaryFailure(f"create {what}: {err}", delay=5) from err
 
     async def _delete(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> bool:
         """True when deleted (or deleting), False when it was already gone (404)."""
@@ -90,6 +98,8 @@ class KubeAdapter:
             if err.status == 404:
                 return False
             raise _translate(err, f"delete {what}") from err
+        except _NETWORK_ERRORS as err:
+            raise TemporaryFailure(f"delete {what}: {err}", delay=5) from err
 
     async def _get(self, what: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
         try:
@@ -98,6 +108,8 @@ class KubeAdapter:
             if err.status == 404:
                 return None
             raise _translate(err, f"get {what}") from err
+        except _NETWORK_ERRORS as err:
+            raise TemporaryFailure(f"get {what}: {err}", delay=5) from err
 
     # ------------------------------------------------------------ generic children
 
@@ -175,15 +187,25 @@ class KubeAdapter:
         return await self._get(f"chunk {ns}/{name}", self.objects.get_namespaced_custom_object,
                                GROUP, VERSION, ns, CHUNK_PLURAL, name)
 
-    async def patch_chunk_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_chunk_status(self, ns: str, name: str, status: dict[str, Any],
+                                 resource_version: str | None = None) -> bool:
+        """Merge `status` into the chunk's status. With `resource_version`, only if the
+        chunk has not changed since it was read (optimistic concurrency): False on a
+        conflict, and for a chunk that is gone."""
         self.writes += 1
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             await asyncio.to_thread(self.objects.patch_namespaced_custom_object_status,
-                                    GROUP, VERSION, ns, CHUNK_PLURAL, name, {"status": status})
+                                    GROUP, VERSION, ns, CHUNK_PLURAL, name, body)
+            return True
         except ApiException as err:
-            if err.status == 404:
-                return
+            if err.status in (404, 409):
+                return False
             raise _translate(err, f"patch chunk {ns}/{name}") from err
+        except _NETWORK_ERRORS as err:
+            raise TemporaryFailure(f"patch chunk {ns}/{name}: {err}", delay=5) from err
 
     async def delete_chunk(self, ns: str, name: str) -> bool:
         return await self._delete(f"chunk {ns}/{name}",

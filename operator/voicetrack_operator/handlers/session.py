@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import kopf
 
+from voicetrack.errors import InvalidInputError
 from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION
 from voicetrack_operator.errors import kopf_errors
-from voicetrack_operator.services.sessions import PromotionFailed, SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService, SessionView
 
 SESSION = (GROUP, VERSION, SESSION_PLURAL)
+OBSERVE_INTERVAL_S = float(os.environ.get("VOICETRACK_OBSERVE_INTERVAL_S", "2"))
+"""How often each session's status is observed, coalesced and patched (seconds); read when
+the handlers are registered, since kopf fixes a timer's interval there."""
 PROMOTION_RETRY_S = 300
-"""A failed promotion is tried again this often (seconds); deleting its failed Job makes
-the next try run it anew."""
+"""A deletion that cannot complete (promotion failed, outputs do not match, an input the
+API refuses) is tried again this often (seconds); deleting a failed promotion Job makes the
+next try run it anew."""
 
 
 @kopf.on.resume(*SESSION, id="start")
@@ -25,12 +31,12 @@ async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
     patch.status.update(status)
     if status.get("state") == "Refused":
         kopf.warn(body, reason="GuildBusy", message=status["conditions"][-1]["message"])
-    elif status:
+    elif "recorderPod" in status:
         kopf.info(body, reason="RecorderStarted",
                   message=f"recorder pod {status['recorderPod']} created")
 
 
-@kopf.timer(*SESSION, id="observe", interval=2.0, initial_delay=1.0)
+@kopf.timer(*SESSION, id="observe", interval=OBSERVE_INTERVAL_S, initial_delay=1.0)
 async def on_session_observe(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
                              **_: Any) -> None:
     with kopf_errors():
@@ -55,13 +61,15 @@ async def on_session_delete(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
             try:
                 status = await SessionService(memo.ctx).finalize_session(
                     SessionView.parse(dict(body)))
-            except PromotionFailed as err:  # kept, and tried again until a person fixes it
+            except InvalidInputError as err:
+                # Never a PermanentError here: kopf would release the finalizer and the
+                # session would go unpromoted. Keep everything; try again until fixed.
                 patch.status["state"] = "PromotionFailed"
                 patch.status["phaseMessage"] = str(err)
                 kopf.exception(body, reason="PromotionFailed", message=str(err))
                 raise kopf.TemporaryError(str(err), delay=PROMOTION_RETRY_S) from err
     except kopf.TemporaryError as err:
-        if not isinstance(err.__cause__, PromotionFailed):
+        if not isinstance(err.__cause__, InvalidInputError):
             patch.status["state"] = getattr(err.__cause__, "state", "Stopping")
             patch.status["phaseMessage"] = str(err)
         raise

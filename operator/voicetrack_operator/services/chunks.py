@@ -44,6 +44,7 @@ class ChunkRef:
     status: dict[str, Any]
     session_uid: str
     created: datetime | None = None
+    resource_version: str | None = None
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> ChunkRef:
@@ -60,6 +61,7 @@ class ChunkRef:
         return cls(namespace=meta["namespace"], name=meta["name"], spec=spec,
                    status=dict(obj.get("status") or {}),
                    session_uid=owners[0] if owners else meta.get("uid", ""),
+                   resource_version=meta.get("resourceVersion"),
                    created=datetime.fromisoformat(created.replace("Z", "+00:00"))
                    if isinstance(created, str) else created)
 
@@ -112,8 +114,10 @@ class ChunkService:
             job = build_transcode_job(owner, chunk.spec, spec, self.ctx.settings.pods)
             status = {"transcodeStatus": "queued", "trackCount": len(chunk.spec.tracks),
                       "jobName": job["metadata"]["name"]}
-        if "transcodeStatus" not in chunk.status:  # written before the Job can race it
-            await self.ctx.kube.patch_chunk_status(chunk.namespace, chunk.name, status)
+        # The status is written before the Job exists, so the Job's events cannot race it.
+        if "transcodeStatus" not in chunk.status and not await self.ctx.kube.patch_chunk_status(
+                chunk.namespace, chunk.name, status, chunk.resource_version):
+            return chunk.status  # handled meanwhile by the other path (event or timer)
         chunk.status.update(status)
         await self.mirror(chunk, status["transcodeStatus"])
         if chunk.spec.tracks:
@@ -148,7 +152,9 @@ class ChunkService:
         if state == "failed":
             detail = await self.failure_detail(ns, job["metadata"]["name"])
             status["error"] = f"{reason}{'; ' + detail if detail else ''}"[:1000]
-        await self.ctx.kube.patch_chunk_status(ns, chunk.name, status)
+        if not await self.ctx.kube.patch_chunk_status(ns, chunk.name, status,
+                                                      chunk.resource_version):
+            return  # another path moved this chunk since we read it: it wins
         chunk.status.update(status)
         if state in ("done", "failed"):
             self.ctx.metrics.chunks.labels(state).inc()
@@ -187,11 +193,13 @@ class ChunkService:
     async def mirror(self, chunk: ChunkRef, state: str) -> bool:
         """Write the chunk's state into `temp_recordings` (one row per track). Returns
         False (and counts it) when the database is unavailable; the resync catches up."""
-        mp3 = {o["userId"]: o for o in chunk.status.get("tracks", [])
-               if o.get("format") == "mp3"}
+        primary: dict[str, dict[str, Any]] = {}  # per user: the mp3, else the first output
+        for out in chunk.status.get("tracks", []):
+            if out.get("format") == "mp3" or out["userId"] not in primary:
+                primary[out["userId"]] = out
         try:
             for track in chunk.spec.tracks:
-                out = mp3.get(track.user_id, {})
+                out = primary.get(track.user_id, {})
                 await self.ctx.db.upsert_chunk_status(
                     chunk.session_uid, chunk.spec.index, track.user_id, chunk.spec.meeting_id,
                     chunk.spec.guild_id, track.key, chunk.spec.raw_format, state,
@@ -231,14 +239,23 @@ class ChunkService:
         seen = {int(o["spec"]["index"]): ChunkRef.from_object(o).transcode_status
                 for o in chunk_objs}
         n = 0
+        with_job: set[int] = set()
         for job in await self.ctx.kube.list_jobs(namespace, session):
             labels = job["metadata"].get("labels") or {}
             if labels.get(LABEL_COMPONENT) != "transcoder" or LABEL_CHUNK_INDEX not in labels:
                 continue
+            index = int(labels[LABEL_CHUNK_INDEX])
+            with_job.add(index)
             state, _ = job_state(job)
-            current = seen.get(int(labels[LABEL_CHUNK_INDEX]))
+            current = seen.get(index)
             if current is not None and TRANSCODE_ORDER[state] > TRANSCODE_ORDER[current]:
                 await self.observe_job(job)
+                n += 1
+        for obj in chunk_objs:  # pending, but its Job is gone (TTL passed while we were
+            chunk = ChunkRef.from_object(obj)  # away): make it again, transcodes repeat
+            if chunk.transcode_status in ("queued", "in_progress") and chunk.spec.tracks \
+                    and chunk.spec.index not in with_job:
+                await self.ensure_chunk(chunk)
                 n += 1
         return n
 

@@ -7,9 +7,9 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from voicetrack.errors import TemporaryFailure
+from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessions import SessionView, derive_meeting_id
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,10 @@ class JanitorService:
         for body in await self.ctx.kube.list_sessions():
             try:
                 live.add(SessionView.parse(body).meeting_id)
-            except Exception:  # an unparsable session still owns nothing we can name
-                continue
+            except InvalidInputError:  # a spec we cannot parse still owns its meeting
+                live.add((body.get("spec") or {}).get("meetingId")
+                         or (body.get("status") or {}).get("meetingId")
+                         or derive_meeting_id(body["metadata"]["uid"]))
         store = self.ctx.store(self.ctx.settings.s3.bucket)
         cutoff = datetime.now(UTC) - self.ctx.settings.temp_ttl
         objects = await asyncio.to_thread(store.list_objects, f"{prefix.strip('/')}/")

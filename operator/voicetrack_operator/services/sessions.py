@@ -115,10 +115,13 @@ class SessionService:
         creation time go to the smaller name, so two racing sessions agree who won."""
         for other in await self.ctx.kube.list_sessions():
             meta = other["metadata"]
-            if meta["uid"] == s.ref.uid or meta.get("deletionTimestamp"):
+            if meta["uid"] == s.ref.uid:
                 continue
             if (other.get("spec") or {}).get("guildId") != s.spec.guild_id:
                 continue
+            if meta.get("deletionTimestamp") and await self.ctx.kube.get_pod(
+                    meta["namespace"], recorder_pod_name(meta["name"])) is None:
+                continue  # being promoted, its recorder has left the channel
             if (other.get("status") or {}).get("state") in ("Refused", "Stopped", "Failed"):
                 continue
             key = (str(meta.get("creationTimestamp", "")), meta["name"])
@@ -131,6 +134,8 @@ class SessionService:
         write the meeting row, make the recorder's RBAC and Pod. Returns status fields."""
         if s.status.get("state") == "Refused":
             return {}
+        if s.status.get("startedAt") and s.status.get("recorderPod"):
+            return await self.observe_session(s)  # an operator restart: keep, don't reset
         busy = await self.busy_guild(s)
         if busy:
             return self._refused(s, busy)
@@ -172,7 +177,11 @@ class SessionService:
         if s.status.get("state") == "Refused" or s.deletion:
             return {}
         pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
-        if pod is None and s.status.get("startedAt"):
+        if pod is not None and (pod.get("status") or {}).get("phase") == "Failed" \
+                and not pod["metadata"].get("deletionTimestamp"):
+            # evicted or past its deadline: a new pod continues at the next chunk index
+            await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"], 0)
+        elif pod is None and s.status.get("startedAt"):
             started_ms = int(_parse_time(s.status["startedAt"]).timestamp() * 1000)
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
@@ -250,7 +259,11 @@ class SessionService:
         """Run the promotion Job and return its verified manifest (None when there is
         nothing to promote). Raises Waiting while it runs, PromotionFailed when it failed
         or its outputs do not match the manifest."""
-        plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
+        try:
+            plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
+        except ValueError as err:
+            raise PromotionFailed(f"chunks cannot be promoted: {err}; raw chunks kept"
+                                  ) from err
         if plan is None:
             return None
         store = self.ctx.store(s.spec.storage.bucket)
@@ -293,6 +306,9 @@ class SessionService:
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(
                 s.meeting_id, STRATEGY[s.spec.output.tracks], manifest.tracks,
                 keep_temp_rows=s.spec.retain_temp_rows)
+            if not ids:
+                raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
+                                      "no recordings row was written; raw chunks kept")
         with contextlib.suppress(NotFoundError):
             await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
                                           "completed" if ids else "cancelled")
@@ -358,20 +374,31 @@ class SessionService:
         if s.status.get("state") == "Refused":
             return {}
         await self.stop_recorder(s)
-        chunks = await self.wait_transcodes(s)
-        manifest = await self.promote(s, chunks)
-        ids = await self.record(s, manifest)
+        recorded = await self.ctx.db.get_recordings_for_meeting(s.meeting_id)
+        if recorded:  # a retry after the rows were written: only collection is left
+            ids = [r.id for r in recorded]
+        else:
+            chunks = await self.wait_transcodes(s)
+            manifest = await self.promote(s, chunks)
+            ids = await self.record(s, manifest)
         deleted = await self.collect_garbage(s)
         log.info("session %s/%s promoted: %d recording(s), %d object(s) collected",
                  s.ref.namespace, s.ref.name, len(ids), deleted)
-        return {"recordingIds": ids, "state": "Promoted"}
+        obs = Observation(generation=s.generation, paused=False, recorder_phase=None,
+                          promoted=True)
+        status = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
+        return {"recordingIds": ids, "state": status["state"],
+                "conditions": status["conditions"], "phaseMessage": "promoted"}
 
 
 def verify_outputs(store: ObjectStore, manifest: FinalManifest) -> None:
     """Check every final object's size and sha256 against the manifest (streamed).
     Raises PromotionFailed naming the first mismatch."""
     for track in manifest.tracks:
-        size, digest = store.digest(track.key)
+        try:
+            size, digest = store.digest(track.key)
+        except NotFoundError as err:
+            raise PromotionFailed(f"{track.key} is missing; raw chunks kept") from err
         if size != track.bytes or digest != track.sha256:
             raise PromotionFailed(
                 f"{track.key}: {size} bytes sha256 {digest[:12]}… but the manifest says "
