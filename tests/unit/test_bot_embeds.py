@@ -96,9 +96,11 @@ def test_deleted_session_shows_stopping_until_the_operator_reports() -> None:
     obj = session(status, deletionTimestamp=NOW)
     assert session_state(obj) == "Stopping"
     assert session_embed(obj).title == "Recording stopped: finishing transcodes"
-    promoting = build_status(Observation(generation=2, paused=False, recorder_phase=None,
-                                         deleting=True), None, NOW)
+    promoting = {**status, "state": "Promoting"}  # what the operator's finalizer writes
     assert session_state(session(promoting, deletionTimestamp=NOW)) == "Promoting"
+    failed = {**status, "state": "PromotionFailed", "phaseMessage": "promotion Job failed"}
+    assert session_embed(session(failed, deletionTimestamp=NOW)).title == (
+        "Recording not saved yet: promotion failed, raw audio kept")
 
 
 def test_paused_and_promoted() -> None:
@@ -106,7 +108,7 @@ def test_paused_and_promoted() -> None:
                           None, NOW)
     assert session_embed(session(paused)).title == "Recording paused"
     done = build_status(Observation(generation=3, paused=False, recorder_phase=None,
-                                    deleting=True, promoted=True), None, NOW)
+                                    promoted=True), None, NOW)
     done["recordingIds"] = ["r1", "r2"]
     embed = session_embed(session(done))
     assert embed.title == "Recording saved" and fields(embed)["Recordings"] == "`r1`, `r2`"
