@@ -67,6 +67,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | os.PathLike[str], part: int = 1 << 20) -> str:
+    """sha256 (hex) of a local file, read in `part`-byte blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(part), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class ObjectStore:
     """One bucket of an S3 server."""
 

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any, cast
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from voicetrack.errors import NotFoundError, TemporaryFailure
@@ -32,15 +32,6 @@ from voicetrack.resources import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def load_api() -> client.ApiClient:
-    """An API client from KUBECONFIG (the node agent's pod kubeconfig) or in-cluster config."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 class RecorderKube:

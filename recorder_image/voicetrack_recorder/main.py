@@ -19,11 +19,12 @@ import sys
 import typer
 
 from voicetrack.errors import InvalidInputError
+from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.files_source import FilesSource
-from voicetrack_recorder.kube import RecorderKube, load_api
+from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import (
     Recorder,
     Source,
@@ -51,7 +52,7 @@ def _build_source(spec: SessionSpec, store: ObjectStore, clock: SessionClock,
 
 
 async def _record(namespace: str, session: str, started_at_ms: int) -> int:
-    kube = RecorderKube(load_api(), namespace, session)
+    kube = RecorderKube(load_api_client(), namespace, session)
     obj = await asyncio.to_thread(kube.get_session)
     spec = SessionSpec.model_validate(obj["spec"])
     layout = session_layout(spec, meeting_id_of(obj))
@@ -124,11 +125,7 @@ def bot(
     import json
 
     from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands, VoicetrackBot
-    from voicetrack_recorder.bot.sessions import (
-        BotSessions,
-        check_spec_defaults,
-        load_api_client,
-    )
+    from voicetrack_recorder.bot.sessions import BotSessions, check_spec_defaults
 
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

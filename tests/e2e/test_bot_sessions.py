@@ -36,8 +36,9 @@ from tests.unit.test_bot_app import (
     discord_world,
 )
 from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.kubeclient import load_api_client
 from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands
-from voicetrack_recorder.bot.sessions import BotSessions, load_api_client, session_name
+from voicetrack_recorder.bot.sessions import BotSessions, session_name
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ bit-exact functions of the raw input, so a second run writes the same keys and b
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from voicetrack.audio import RAW_FORMAT_OGG_OPUS, samples_to_ms
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
-from voicetrack.objectstore import ObjectStore
+from voicetrack.objectstore import ObjectStore, sha256_file
 from voicetrack.resources import ChunkOutput, ChunkSpec
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import (
@@ -30,14 +29,6 @@ from voicetrack_transcoder.ffmpeg import (
     run,
 )
 from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: list[str],
@@ -93,7 +84,7 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
             uploaded = []
             for raw, fmt, out in plan:
                 key = layout.chunk_output_key(chunk.index, raw.track.user_id, fmt)
-                uploaded.append((key, out.stat().st_size, _file_sha256(out)))
+                uploaded.append((key, out.stat().st_size, sha256_file(out)))
                 store.put_file(key, str(out), CONTENT_TYPES[fmt])
             counts = check.counts()
         finally:

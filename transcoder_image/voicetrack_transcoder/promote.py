@@ -17,7 +17,6 @@ tracks and waveforms uploaded, and `final/manifest.json` last: a bad raw object 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import queue
 import tempfile
@@ -43,7 +42,7 @@ from voicetrack.audio import (
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout, output_extension
 from voicetrack.manifests import FinalManifest, FinalTrack, PromotionPlan
-from voicetrack.objectstore import ObjectStore
+from voicetrack.objectstore import ObjectStore, sha256_file
 from voicetrack.resources import ChunkSpec, ChunkTrack
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES, FORMATS, EncoderSink
@@ -281,14 +280,6 @@ class _Track:
     peaks: PeaksBuilder
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
             ) -> FinalManifest:
     """Run the promotion described by the plan at `plan_key` (see the module docstring).
@@ -404,7 +395,7 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                 final_tracks.append(FinalTrack(
                     track=track.name, kind="speaker" if track.user_id else "mixed",
                     user_id=track.user_id, format=fmt, key=key,
-                    bytes=sink.path.stat().st_size, sha256=_file_sha256(sink.path),
+                    bytes=sink.path.stat().st_size, sha256=sha256_file(sink.path),
                     duration_ms=samples_to_ms(sink.samples), peaks_key=peaks_key,
                     overview_key=overview_key))
         for key, path, content_type in uploads:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
@@ -28,17 +28,6 @@ from voicetrack.resources import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from `kubeconfig`, else KUBECONFIG / ~/.kube/config, else in-cluster."""
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
 
 
 _NETWORK_ERRORS = (OSError, urllib3.exceptions.HTTPError)

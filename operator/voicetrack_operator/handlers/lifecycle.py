@@ -13,8 +13,9 @@ from prometheus_client import start_http_server
 
 from voicetrack.db import migrate
 from voicetrack.db.service import RecordingService
+from voicetrack.kubeclient import load_api_client
 from voicetrack.resources import FINALIZER, GROUP
-from voicetrack_operator.adapters.kube import KubeAdapter, load_api_client
+from voicetrack_operator.adapters.kube import KubeAdapter
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.janitor import JanitorService
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -67,22 +67,6 @@ def _check_snowflake(field: str, value: str) -> None:
     if not isinstance(value, str) or not re.match(SNOWFLAKE_PATTERN, value):
         raise InvalidInputError(f"{field} must be a Discord snowflake (15-20 digits), "
                                 f"got {value!r}")
-
-
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from `kubeconfig`, else in-cluster config, else KUBECONFIG /
-    ~/.kube/config. Raises InvalidInputError when none is usable."""
-    try:
-        if kubeconfig:
-            return config.new_client_from_config(config_file=kubeconfig)
-        try:
-            config.load_incluster_config()
-            return client.ApiClient()
-        except config.ConfigException:
-            return config.new_client_from_config()
-    except (config.ConfigException, OSError) as err:
-        raise InvalidInputError(f"no usable Kubernetes configuration (not in a cluster, "
-                                f"and KUBECONFIG / ~/.kube/config: {err})") from err
 
 
 def api_message(err: ApiException) -> str:
