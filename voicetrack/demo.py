@@ -139,7 +139,6 @@ def _record(kubeconfig: Path, speakers: list[Speaker], pause: bool) -> None:
     audio_end = max(s.offset_ms + s.duration_ms for s in speakers)
     pause_for = 3000
     origin: float | None = None
-    paused_total = 0.0
     state = "before"
     deadline = time.monotonic() + audio_end / 1000 + 120
     while time.monotonic() < deadline:
@@ -151,7 +150,7 @@ def _record(kubeconfig: Path, speakers: list[Speaker], pause: bool) -> None:
         if origin is None:
             origin = _capture_origin(kubeconfig, status)
         if origin is not None:
-            elapsed = (time.time() - origin) * 1000 - paused_total
+            elapsed = (time.time() - origin) * 1000  # the files play on through a pause
             if pause and state == "before":
                 kubectl(kubeconfig, "-n", NAMESPACE, "patch", "recsess", SESSION,
                         "--type=merge", "-p", '{"spec":{"paused":true}}')
@@ -160,7 +159,6 @@ def _record(kubeconfig: Path, speakers: list[Speaker], pause: bool) -> None:
             elif state == "paused" and time.time() - paused_since >= pause_for / 1000:
                 kubectl(kubeconfig, "-n", NAMESPACE, "patch", "recsess", SESSION,
                         "--type=merge", "-p", '{"spec":{"paused":false}}')
-                paused_total += (time.time() - paused_since) * 1000
                 console.print("[yellow]resumed[/yellow]")
                 state = "after"
             elif state != "paused" and elapsed >= audio_end + 500:
