@@ -26,7 +26,8 @@ class OperatorSettings:
     POD_S3_ENDPOINT: the endpoint pods use (default the same);
     S3_SECRET_NAME / DISCORD_SECRET_NAME: Secrets pods read keys and token from;
     RECORDER_IMAGE / TRANSCODER_IMAGE; TEMP_TTL_HOURS (24); KUBECONFIG (else the default
-    loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off."""
+    loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off; LISTEN_ADDRESS
+    of both (127.0.0.1)."""
 
     database_url: str
     s3: S3Settings
@@ -35,6 +36,7 @@ class OperatorSettings:
     kubeconfig: str | None = None
     health_port: int = 8080
     metrics_port: int = 9090
+    listen_address: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -54,6 +56,7 @@ class OperatorSettings:
             kubeconfig=os.environ.get("VOICETRACK_KUBECONFIG") or None,
             health_port=int(_env("HEALTH_PORT", "8080")),
             metrics_port=int(_env("METRICS_PORT", "9090")),
+            listen_address=_env("LISTEN_ADDRESS", "127.0.0.1"),
         )
 
 

@@ -1,7 +1,9 @@
 """`voicetrack-operator`: run the kopf operator cluster-wide.
 
-Liveness and readiness on `http://127.0.0.1:$VOICETRACK_HEALTH_PORT/healthz` (kopf's
-probes, including a database heartbeat); metrics on `$VOICETRACK_METRICS_PORT/metrics`.
+Liveness and readiness on `http://$VOICETRACK_LISTEN_ADDRESS:$VOICETRACK_HEALTH_PORT/healthz`
+(kopf's probes, including a database heartbeat); metrics on `$VOICETRACK_METRICS_PORT/metrics`
+at the same address. The address defaults to 127.0.0.1; in a cluster the chart sets 0.0.0.0
+so the kubelet's probes and Prometheus reach them.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ def run() -> None:
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     port = int(os.environ.get("VOICETRACK_HEALTH_PORT", "8080"))
+    host = os.environ.get("VOICETRACK_LISTEN_ADDRESS", "127.0.0.1")
     kopf.run(clusterwide=True, standalone=True,
-             liveness_endpoint=f"http://127.0.0.1:{port}/healthz" if port else None)
+             liveness_endpoint=f"http://{host}:{port}/healthz" if port else None)
 
 
 if __name__ == "__main__":

@@ -126,10 +126,12 @@ def test_pod_security_restricted_and_probes(helm: Helm) -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "health", "containerPort": 8181, "protocol": "TCP"} in c["ports"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert "http://127.0.0.1:8181/healthz" in c[probe]["exec"]["command"][-1]
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["VOICETRACK_HEALTH_PORT"] == "8181"
+    assert env["VOICETRACK_LISTEN_ADDRESS"] == "0.0.0.0"  # reachable by the kubelet
 
 
 def test_the_api_server_admits_the_render_under_pod_security_restricted(
@@ -205,7 +207,9 @@ def test_helm_install_runs_the_operator_deployment_with_its_service_account(
                    "--set", f"s3.bucket={stack.s3.bucket}",
                    "--set", f"database.url={db_url}",
                    "--set", f"operator.healthPort={health}",
-                   "--set", f"operator.metricsPort={metrics}", env=env)
+                   "--set", f"operator.metricsPort={metrics}",
+                   # the local node agent runs pods on the host: keep them on loopback
+                   "--set", "operator.listenAddress=127.0.0.1", env=env)
         assert f"helm test {release} -n {ns}" in out.stdout
         pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
         (pod,) = pods

@@ -62,8 +62,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Values.discord.secretName .Values.discord.existingSecret }}
 {{- end }}
 
-{{/* Exec probe: the operator serves /healthz on 127.0.0.1 only, so kubelet's httpGet (which
-     dials the pod IP) cannot reach it; the container's own Python asks it instead. */}}
+{{/* `helm test` asks /healthz from inside the operator's container (kubectl exec), with the
+     container's own Python: no Service needed. */}}
 {{- define "voicetrack.healthzCommand" -}}
 - python
 - -c

@@ -51,7 +51,8 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
                   db=RecordingService.from_url(cfg.database_url))
     await asyncio.to_thread(ctx.store(cfg.s3.bucket).ensure_bucket)
     if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, addr="127.0.0.1", registry=ctx.metrics.registry)
+        start_http_server(cfg.metrics_port, addr=cfg.listen_address,
+                          registry=ctx.metrics.registry)
     janitor = JanitorService(ctx)
     memo.ctx = ctx
     memo.tasks = [
