@@ -53,13 +53,23 @@ class KubeAdapter:
         self.writes = 0
         """API writes made (creates, patches, deletes), for the figures."""
 
-    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    async def _request(self, what: str, fn: Callable[..., Any], *args: Any,
+                       absent: tuple[int, ...] = (), **kw: Any) -> tuple[bool, Any]:
+        """Run one client call off the event loop: (True, result), or (False, None) when
+        the API answers with a status in `absent` (409 on create, 404 on get/delete…).
+        Other API errors and network errors are translated (see the module docstring)."""
         try:
-            return await asyncio.to_thread(fn, *args, **kw)
+            return True, await asyncio.to_thread(fn, *args, **kw)
         except ApiException as err:
+            if err.status in absent:
+                return False, None
             raise _translate(err, what) from err
         except _NETWORK_ERRORS as err:
             raise TemporaryFailure(f"{what}: {err}", delay=5) from err
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        _, result = await self._request(what, fn, *args, **kw)
+        return cast(T, result)
 
     def _dict(self, obj: Any) -> dict[str, Any]:
         return cast(dict[str, Any], self.api.sanitize_for_serialization(obj))
@@ -67,38 +77,18 @@ class KubeAdapter:
     async def _create(self, what: str, fn: Callable[..., Any], *args: Any) -> bool:
         """True when created, False when it already existed (409)."""
         self.writes += 1
-        try:
-            await asyncio.to_thread(fn, *args)
-            return True
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            raise _translate(err, f"create {what}") from err
-        except _NETWORK_ERRORS as err:
-            raise TemporaryFailure(f"create {what}: {err}", delay=5) from err
+        created, _ = await self._request(f"create {what}", fn, *args, absent=(409,))
+        return created
 
     async def _delete(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> bool:
         """True when deleted (or deleting), False when it was already gone (404)."""
         self.writes += 1
-        try:
-            await asyncio.to_thread(fn, *args, **kw)
-            return True
-        except ApiException as err:
-            if err.status == 404:
-                return False
-            raise _translate(err, f"delete {what}") from err
-        except _NETWORK_ERRORS as err:
-            raise TemporaryFailure(f"delete {what}: {err}", delay=5) from err
+        deleted, _ = await self._request(f"delete {what}", fn, *args, absent=(404,), **kw)
+        return deleted
 
     async def _get(self, what: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
-        try:
-            return self._dict(await asyncio.to_thread(fn, *args))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise _translate(err, f"get {what}") from err
-        except _NETWORK_ERRORS as err:
-            raise TemporaryFailure(f"get {what}: {err}", delay=5) from err
+        found, result = await self._request(f"get {what}", fn, *args, absent=(404,))
+        return self._dict(result) if found else None
 
     # ------------------------------------------------------------ generic children
 
@@ -185,16 +175,10 @@ class KubeAdapter:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        try:
-            await asyncio.to_thread(self.objects.patch_namespaced_custom_object_status,
-                                    GROUP, VERSION, ns, CHUNK_PLURAL, name, body)
-            return True
-        except ApiException as err:
-            if err.status in (404, 409):
-                return False
-            raise _translate(err, f"patch chunk {ns}/{name}") from err
-        except _NETWORK_ERRORS as err:
-            raise TemporaryFailure(f"patch chunk {ns}/{name}: {err}", delay=5) from err
+        patched, _ = await self._request(
+            f"patch chunk {ns}/{name}", self.objects.patch_namespaced_custom_object_status,
+            GROUP, VERSION, ns, CHUNK_PLURAL, name, body, absent=(404, 409))
+        return bool(patched)
 
     async def delete_chunk(self, ns: str, name: str) -> bool:
         return await self._delete(f"chunk {ns}/{name}",
