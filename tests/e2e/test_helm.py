@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import tarfile
 import time
@@ -29,6 +28,7 @@ from tests.e2e.test_main_job import get, session_yaml, wait_for, wav_bytes
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.stack import Stack
 from voicetrack.local.build import K8S_VERSION, ensure_helm
+from voicetrack.local.ports import free_port
 from voicetrack.local.postgres import PostgresServer
 from voicetrack.local.stack import OperatorProcess
 
@@ -194,7 +194,7 @@ def test_helm_install_runs_the_operator_deployment_with_its_service_account(
     `kubectl exec`, which the local node agent does not serve.)"""
     ns = f"vt-helm-{secrets.token_hex(3)}"
     release = "vth"
-    health, metrics = _free_port(), _free_port()
+    health, metrics = free_port(), free_port()
     db_url = postgres_server.create_database(f"vt_helm_{secrets.token_hex(4)}")
     env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig)}
     stack.kubectl("create", "namespace", ns)
@@ -225,12 +225,6 @@ def test_helm_install_runs_the_operator_deployment_with_its_service_account(
     wait_for("the operator stopped", lambda: not _healthz(health), 30)
     assert stack.kubectl("get", "clusterrole", f"{release}-voicetrack",
                          check=False).returncode != 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _healthz(port: int) -> bool:

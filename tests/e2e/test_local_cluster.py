@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from voicetrack.local.cluster import port_free
 from voicetrack.local.kubectl import kubectl as run_kubectl
+from voicetrack.local.ports import port_free
 from voicetrack.local.procs import ProcRecord, spawn, terminate
 
 pytestmark = pytest.mark.e2e
@@ -552,7 +552,11 @@ def test_cli_up_twice_is_one_cluster_and_down_leaves_nothing(tmp_path: Path) -> 
         _restart_apiserver(state)  # the agent's watch breaks; it must come back by itself
         pids["kube-apiserver"] = ProcRecord.load(state / "pids" / "kube-apiserver.json")
         status = ["status", "--state-dir", str(state)]
-        wait_for("apiserver back", lambda: _cli(*status).returncode == 0)
+        try:
+            wait_for("apiserver back", lambda: _cli(*status).returncode == 0)
+        except AssertionError as e:
+            log = (state / "logs" / "kube-apiserver.log").read_text(errors="replace")
+            raise AssertionError(f"{e}\n{_cli(*status).stdout}\n{log[-3000:]}") from None
         time.sleep(2.5)  # at least one more watch time-out
         run_kubectl(
             kubeconfig, "run", "sleeper", "--image=x", "--restart=Never", "--command", "--",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from voicetrack.local.build import K8S_VERSION, ldflags, render_gomod
 from voicetrack.local.nodeagent import ConfigError, _field_value, expand, quantity
 from voicetrack.local.pki import ensure_pki
+from voicetrack.local.ports import ephemeral_range, free_port, port_free
 from voicetrack.local.procs import ProcRecord, spawn, terminate
 
 pytestmark = pytest.mark.unit
@@ -103,3 +105,19 @@ def test_terminate_escalates_and_spares_reused_pids(tmp_path: Path) -> None:
     terminate([rec], grace=0.5)
     assert not rec.alive() and time.monotonic() - t0 >= 0.5
     assert proc.wait(timeout=5) == -9
+
+
+def test_free_ports_lie_outside_the_ephemeral_range_and_are_distinct() -> None:
+    low, high = ephemeral_range()
+    picks = [free_port() for _ in range(50)]
+    assert len(set(picks)) == 50
+    for port in picks:
+        assert not low <= port <= high, (port, low, high)
+        assert port_free(port)
+
+
+def test_port_free_is_false_while_something_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", free_port()))
+        s.listen()
+        assert not port_free(s.getsockname()[1])

@@ -26,7 +26,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import ssl
 import sys
 import time
@@ -42,6 +41,7 @@ import yaml
 from voicetrack.errors import VoicetrackError
 from voicetrack.local import build as k8sbuild
 from voicetrack.local.pki import SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
+from voicetrack.local.ports import free_port, port_free
 from voicetrack.local.procs import ProcRecord, spawn, terminate
 
 NODE_NAME = "voicetrack-local"
@@ -137,25 +137,6 @@ class ClusterStatus:
 
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_free(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:``port`` (TIME_WAIT leftovers do not count:
-    our servers bind with SO_REUSEADDR, as Go and Python servers do)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @contextlib.contextmanager

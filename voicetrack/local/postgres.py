@@ -21,7 +21,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,18 +30,12 @@ from types import TracebackType
 import psycopg
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.local.ports import free_port
 
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"
 DB_USER = "postgres"
 _DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:

@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from voicetrack.local.ports import free_port
 from voicetrack.objectstore import S3Settings
 
 
 class SeaweedError(RuntimeError):
     """`weed mini` could not be found or did not start; the message says why."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that was free a moment ago (bind to port 0, then release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def weed_binary() -> str:

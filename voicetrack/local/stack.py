@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from voicetrack.local.kubectl import kubectl
+from voicetrack.local.ports import free_port
 from voicetrack.objectstore import S3Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,14 +52,6 @@ stringData: {{accessKey: "{s3.access_key}", secretKey: "{s3.secret_key}"}}
     kubectl(kubeconfig, "apply", "-f", "-", input=manifest)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class OperatorProcess:
     """`voicetrack-operator` as a child process, with its log in `log_path`."""
 
@@ -69,8 +62,8 @@ class OperatorProcess:
         self.database_url = database_url
         self.log_path = log_path
         self.extra_env = extra_env or {}
-        self.health_port = _free_port()
-        self.metrics_port = _free_port()
+        self.health_port = free_port()
+        self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
