@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from voicetrack.audio import Channels
 from voicetrack.resources import ChunkOutput, ChunkSpec, Gap, _Model
 
 
@@ -49,6 +50,9 @@ class FinalTrack(_Model):
     bytes: int
     sha256: str
     duration_ms: int
+    channels: Channels = 2
+    """1 for a speaker whose packets were all mono-coded (and the mix when every speaker's
+    were), else 2."""
     peaks_key: str | None = None
     overview_key: str | None = None
 

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from voicetrack.audio import Channels
+
 GROUP = "voicetrack.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -129,6 +131,10 @@ class ChunkTrack(_Model):
     last_ms: int = Field(ge=0)
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    channels: Channels = 2
+    """1 when every packet of the track is mono-coded (`voicetrack.audio.opus_channels`):
+    both decoded channels are then identical and outputs are mono. 2 (the default, also
+    for chunks written before this field existed) otherwise."""
 
 
 class ChunkSpec(_Model):

@@ -2,9 +2,10 @@
 
 Each speaker's object (any format ffmpeg reads) is decoded by ffmpeg to PCM s16le 48 kHz
 stereo, cut into 20 ms frames and encoded with libopus (discord.py's binding) as a Discord
-client would, then pushed into the sink at the slot where it plays, `origin + offsetMs / 20
-+ frame number` (origin = the capture start, t = 0 of the final recording), delivered when
-session time reaches that slot. Frames of digital silence (after a silent frame) are not
+client would (a mono file is coded as mono, as a client codes its microphone), then
+pushed into the sink at the slot where it plays, `origin + offsetMs / 20 + frame number`
+(origin = the capture start, t = 0 of the final recording), delivered when session time
+reaches that slot. Frames of digital silence (after a silent frame) are not
 sent, as a client's voice activity detection would not send them; the chunker fills those
 slots with the Opus silence frame. Everything after this module is the code the `discord`
 source uses too.
@@ -30,6 +31,28 @@ log = logging.getLogger(__name__)
 
 FRAME_BYTES = FRAME_SAMPLES * PCM_BYTES_PER_SAMPLE
 """Bytes of one 20 ms PCM s16le stereo frame: 3840."""
+OPUS_SET_FORCE_CHANNELS = 4022
+"""libopus encoder ctl request: code the input as this many channels (opus_defines.h,
+`OPUS_SET_FORCE_CHANNELS_REQUEST`)."""
+
+
+def code_as_mono(encoder: opus.Encoder) -> None:
+    """Make discord.py's (stereo) `encoder` code every packet as mono (TOC s bit clear,
+    RFC 6716 §3.1), as a Discord client does with a microphone; its input stays stereo
+    PCM. Raises discord.opus.OpusError if libopus refuses the ctl."""
+    opus._lib.opus_encoder_ctl(encoder._state, OPUS_SET_FORCE_CHANNELS, 1)
+
+
+async def audio_channels(path: str) -> int:
+    """Channels of the first audio stream of the file at `path` (ffprobe); 2 when ffprobe
+    cannot tell (ffmpeg will then report the file's problem itself)."""
+    proc = await asyncio.create_subprocess_exec(
+        "ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+        "stream=channels", "-of", "csv=p=0", path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace").strip()
+    return int(text) if proc.returncode == 0 and text.isdigit() else 2
 
 
 @dataclass
@@ -77,6 +100,8 @@ class FilesSource:
         assert proc.stdout is not None
         encoder = opus.Encoder(application="voip")
         encoder.set_bitrate(self.bitrate_kbps)
+        if await audio_channels(path) == 1:
+            code_as_mono(encoder)
         first_slot = self.origin_slot + speaker.offset_ms // FRAME_MS
         user = speaker.user_id
         sent = silent_run = 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from discord import opus
 
-from voicetrack.audio import RAW_FORMAT_OGG_OPUS, RAW_FORMAT_PCM
+from voicetrack.audio import RAW_FORMAT_OGG_OPUS, RAW_FORMAT_PCM, opus_channels
 from voicetrack.errors import TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, sha256_hex
@@ -71,7 +71,8 @@ class ChunkUploader:
             objects[key] = data
             tracks.append(ChunkTrack(user_id=track.user_id, key=key, frames=track.frames,
                                      first_ms=track.first_ms, last_ms=track.last_ms,
-                                     bytes=len(data), sha256=sha256_hex(data)))
+                                     bytes=len(data), sha256=sha256_hex(data),
+                                     channels=opus_channels(track.packets)))
         spec = ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
                          guild_id=self.layout.guild_id, index=chunk.index,
                          start_ms=chunk.start_ms, end_ms=chunk.end_ms,
