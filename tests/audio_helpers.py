@@ -29,11 +29,13 @@ from voicetrack.audio import (
     RAW_FORMAT_OGG_OPUS,
     SAMPLE_RATE,
     ms_to_samples,
+    opus_channels,
 )
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import ChunkSpec, ChunkTrack, Gap
+from voicetrack_recorder.files_source import code_as_mono
 
 RawFormat = Literal["ogg-opus", "pcm-s16le"]
 
@@ -53,6 +55,8 @@ class Speaker:
     level: float = 0.25
     talks: list[tuple[int, int]] = field(default_factory=list)
     markers: list[int] = field(default_factory=list)
+    mono_coded: bool = False
+    """Code packets as mono, as a Discord client codes its microphone."""
 
     def pcm(self, session_ms: int) -> np.ndarray:
         """The speaker's audio over `[0, session_ms)`: int16, shape (session_ms * 48, 2)."""
@@ -79,12 +83,15 @@ class Speaker:
         return np.stack([mono, mono], axis=1)
 
 
-def encode_session(pcm: np.ndarray) -> list[bytes]:
+def encode_session(pcm: np.ndarray, mono: bool = False) -> list[bytes]:
     """20 ms Opus packets of `pcm` (int16 stereo, a whole number of frames) from one
     libopus encoder (discord.py's bindings); silent slots become `F8 FF FE`. A slot counts
     as silent when it and the slot before are all zero (the encoder's look-ahead carries
-    the end of a sound into the next packet)."""
+    the end of a sound into the next packet). `mono`: every packet mono-coded (TOC s bit
+    clear), as a Discord client sends its microphone."""
     enc = discord.opus.Encoder()
+    if mono:
+        code_as_mono(enc)
     frames = pcm.shape[0] // FRAME_SAMPLES
     packets = []
     prev_silent = True
@@ -123,7 +130,9 @@ def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Spea
     packets = {}
     if raw_format == RAW_FORMAT_OGG_OPUS:
         whole = session_ms // FRAME_MS * FRAME_SAMPLES
-        packets = {u: encode_session(p[:whole]) for u, p in sources.items()}
+        packets = {s.user_id: encode_session(sources[s.user_id][:whole], s.mono_coded)
+                   for s in speakers}
+    mono = {s.user_id: s.mono_coded for s in speakers}
     chunks = []
     for index, (start, end) in enumerate(windows):
         tracks = []
@@ -131,9 +140,11 @@ def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Spea
             window = pcm[ms_to_samples(start):ms_to_samples(end)]
             if not window.any():
                 continue
+            channels: Literal[1, 2] = 1 if mono[user] else 2
             if raw_format == RAW_FORMAT_OGG_OPUS:
-                data = encode_ogg_opus(packets[user][start // FRAME_MS:end // FRAME_MS],
-                                       serial=index + 1)
+                window_packets = packets[user][start // FRAME_MS:end // FRAME_MS]
+                data = encode_ogg_opus(window_packets, serial=index + 1)
+                channels = opus_channels(window_packets)
             else:
                 data = np.ascontiguousarray(window, dtype="<i2").tobytes()
             key = layout.raw_key(index, user, raw_format)
@@ -143,7 +154,7 @@ def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Spea
             tracks.append(ChunkTrack(
                 user_id=user, key=key, frames=len(nonsilent),
                 first_ms=nonsilent[0] * FRAME_MS, last_ms=nonsilent[-1] * FRAME_MS,
-                bytes=len(data), sha256=sha256(data)))
+                bytes=len(data), sha256=sha256(data), channels=channels))
         chunks.append(ChunkSpec(
             session_name="synthetic", meeting_id=layout.meeting_id, guild_id=layout.guild_id,
             index=index, start_ms=start, end_ms=end, raw_format=raw_format, tracks=tracks))
@@ -170,17 +181,36 @@ def session_to_output_ms(at_ms: int, gaps: list[Gap]) -> int:
     return at_ms - cut
 
 
+def file_channels(data: bytes) -> int:
+    """Channels of an audio file's first audio stream (ffprobe)."""
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        out = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+             "stream=channels", "-of", "csv=p=0", f.name],
+            capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
 def decode_file(data: bytes) -> np.ndarray:
-    """Decode an audio file's bytes with ffmpeg (libopus for Opus) into int16 (n, 2)."""
+    """Decode an audio file's bytes with ffmpeg (libopus for Opus) into int16 (n, 2); a
+    mono file's channel is copied into both columns as is (ffmpeg's own up-mix would
+    scale it by 1/sqrt 2)."""
     pre = ["-c:a", "libopus"] if b"OpusHead" in data[:64] else []
+    channels = file_channels(data)
     with tempfile.NamedTemporaryFile() as f:  # a file, not a pipe: MP3 gapless trimming
         f.write(data)
         f.flush()
         proc = subprocess.run(
             ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", *pre, "-i", f.name,
-             "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS), "pipe:1"],
+             "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", str(min(channels, CHANNELS)),
+             "pipe:1"],
             capture_output=True, check=True)
-    return np.frombuffer(proc.stdout, dtype="<i2").reshape(-1, CHANNELS)
+    pcm = np.frombuffer(proc.stdout, dtype="<i2")
+    if channels == 1:
+        return np.repeat(pcm[:, None], CHANNELS, axis=1)
+    return pcm.reshape(-1, CHANNELS)
 
 
 def best_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> tuple[float, int]:

@@ -36,13 +36,14 @@ USERS = ["400000000000000011", "400000000000000012", "400000000000000013"]
 AUDIO_MS = 13_000
 
 
-def wav_bytes(pcm: Any) -> bytes:
+def wav_bytes(pcm: Any, channels: int = 2) -> bytes:
+    """A 48 kHz s16 WAV file of `pcm` (int16 (n, 2)); `channels` 1 keeps the left channel."""
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
-        w.setnchannels(2)
+        w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(48_000)
-        w.writeframes(pcm.tobytes())
+        w.writeframes((pcm if channels == 2 else pcm[:, :1]).copy().tobytes())
     return buf.getvalue()
 
 
@@ -90,9 +91,9 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
     ns = e2e_namespace
     spk = speakers()
     keys = []
-    for s in spk:
+    for i, s in enumerate(spk):  # the first speaker's file is mono, as a microphone is
         key = f"e2e-input/{ns}/{s.user_id}.wav"
-        stack.store.put_bytes(key, wav_bytes(s.pcm(AUDIO_MS)), "audio/wav")
+        stack.store.put_bytes(key, wav_bytes(s.pcm(AUDIO_MS), 1 if i == 0 else 2), "audio/wav")
         keys.append(key)
     stack.kubectl("apply", "-f", "-", input=session_yaml(ns, "standup", keys))
 
@@ -165,6 +166,9 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
     paused = [g for g in manifest.gaps if g.cause == "paused"]
     assert len(paused) == 1 and 2000 <= paused[0].end_ms - paused[0].start_ms <= 4500
     assert manifest.paused_ms == paused[0].end_ms - paused[0].start_ms
+    # mono-coded packets (the mono file) give mono tracks; the mix is stereo as the rest
+    assert {t.user_id: t.channels for t in manifest.tracks} == {
+        USERS[0]: 1, USERS[1]: 2, USERS[2]: 2, None: 2}
     tracks = {t.user_id: decode_file(stack.store.get_bytes(t.key)) for t in manifest.tracks
               if t.format == "mp3"}
     lengths = [a.shape[0] for a in tracks.values()]

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio_helpers import Session, Speaker, best_correlation, decode_file, upload_chunks
+from tests.audio_helpers import (
+    Session,
+    Speaker,
+    best_correlation,
+    decode_file,
+    file_channels,
+    upload_chunks,
+)
 from voicetrack.audio import ms_to_samples
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
@@ -27,7 +34,8 @@ TRANSCODER = str(Path(sys.executable).parent / "voicetrack-transcoder")
 LAYOUT = MeetingLayout("recordings", "123456789012345678", "AbCdEfGhIjKlMnOp")
 SPEAKERS = [
     Speaker("111111111111111111", 180, talks=[(2100, 3500), (4200, 5000)], markers=[3800]),
-    Speaker("222222222222222222", 260, talks=[(2000, 4600)], markers=[4800]),
+    Speaker("222222222222222222", 260, talks=[(2000, 4600)], markers=[4800],
+            mono_coded=True),
 ]
 WINDOW = (2000, 5000)
 
@@ -71,11 +79,16 @@ def test_outputs_and_result_json(object_store: ObjectStore, session: Session) ->
 
         track = next(t for t in chunk.tracks if t.user_id == out.user_id)
         packets = decode_ogg_opus(object_store.get_bytes(track.key)).packets
-        exact = OpusDecoder().decode(packets)
-        if out.format in ("flac", "opus"):
-            # FLAC is lossless and Opus is the received packets remuxed: both decode to
-            # exactly what libopus decodes from the raw track.
+        mono = track.channels == 1
+        assert file_channels(data) == (2 if out.format == "opus" or not mono else 1)
+        if out.format == "flac":
+            # lossless: exactly what libopus decodes from the raw track (a mono-coded
+            # track with a mono decoder)
+            exact = np.repeat(OpusDecoder(1).decode(packets), 2, axis=1) if mono \
+                else OpusDecoder().decode(packets)
             assert np.array_equal(pcm, exact)
+        elif out.format == "opus":  # the received packets remuxed: the same stream
+            assert np.array_equal(pcm, OpusDecoder().decode(packets))
         else:
             source = session.sources[out.user_id][ms_to_samples(2000):ms_to_samples(5000)]
             corr, lag = best_correlation(source, pcm, ms_to_samples(20))

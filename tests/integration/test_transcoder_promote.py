@@ -1,9 +1,9 @@
 """`voicetrack-transcoder promote` on real SeaweedFS and real ffmpeg.
 
-The main scenario: three synthetic speakers over 32 one-second chunks with silences, a
-speaker absent from whole chunks, a recorder gap (silence in the output), a pause (cut from
-the output) and a session end between slots (padding). Every final track is checked against
-the speakers' known audio.
+The main scenario: three synthetic speakers (one mono-coded, as Discord clients send) over
+32 one-second chunks with silences, a speaker absent from whole chunks, a recorder gap
+(silence in the output), a pause (cut from the output) and a session end between slots
+(padding). Every final track is checked against the speakers' known audio.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tests.audio_helpers import (
     Speaker,
     best_correlation,
     decode_file,
+    file_channels,
     output_time,
     session_to_output_ms,
     upload_chunks,
@@ -49,8 +50,9 @@ SPEAKERS = [
     Speaker(B, 240, talks=[(2000, 6000), (14000, 18000), (30000, 34000)],
             markers=[1000, 11500, 20000, 35000]),
     Speaker(C, 310, talks=[(7000, 11000), (19000, 22500), (26500, 28000)],
-            markers=[6500, 13100, 33000]),
+            markers=[6500, 13100, 33000], mono_coded=True),
 ]
+"""A and B send stereo-coded packets (as a bot may), C mono-coded ones (as a client does)."""
 RESTART = Gap(start_ms=12_000, end_ms=13_000, cause="recorder-restart")
 PAUSE = Gap(start_ms=23_000, end_ms=26_000, cause="paused")
 WINDOWS = ([(i * 1000, (i + 1) * 1000) for i in range(12)]
@@ -149,6 +151,38 @@ def test_manifest_lists_every_track_and_format(promoted: Promoted) -> None:
     assert len(percents) >= 5 and percents == sorted(percents) and percents[-1] == 100
 
 
+def test_mono_coded_speakers_get_mono_tracks(promoted: Promoted) -> None:
+    """C's packets are all mono-coded: its tracks are mono (half the encoding work, nothing
+    lost, as the sample-exact FLAC check below shows); A and B and so the mix stay stereo."""
+    want = {A: 2, B: 2, C: 1, MIX_TRACK: 2}
+    for track in promoted.manifest.tracks:
+        assert track.channels == want[track.track], track
+        assert file_channels(promoted.store.get_bytes(track.key)) == want[track.track], track
+
+
+def test_all_mono_speakers_give_a_mono_mix(s3_server: S3Settings) -> None:
+    store = _store(s3_server)
+    layout = MeetingLayout("mono", "123456789012345678", "MoNoMoNoMoNoMoN1")
+    speakers = [Speaker(A, 200, talks=[(200, 2800)], markers=[1500], mono_coded=True),
+                Speaker(B, 300, talks=[(1500, 3600)], markers=[3000], mono_coded=True)]
+    session = upload_chunks(store, layout, speakers, [(0, 2000), (2000, 4000)], 4000, [])
+    store.put_json(layout.promotion_plan_key,
+                   _plan(session, formats=["flac"], tracks="both").to_api())
+    manifest = promote(store, layout.promotion_plan_key)
+    assert {t.track: t.channels for t in manifest.tracks} == {A: 1, B: 1, MIX_TRACK: 1}
+    pcm = {t.track: decode_file(store.get_bytes(t.key)) for t in manifest.tracks}
+    for user in (A, B):
+        mono = OpusDecoder(1).decode(session.packets[user])
+        assert np.array_equal(pcm[user], np.repeat(mono, 2, axis=1)), user
+        # a stereo decoder's left channel is the same (its right one differs where the
+        # codec switches mode: tests/unit/test_transcoder_audio.py)
+        stereo = OpusDecoder().decode(session.packets[user])
+        assert np.array_equal(stereo[:, 0], mono[:, 0])
+    mix = pcm[A].astype(np.int32) + pcm[B].astype(np.int32)
+    assert np.abs(mix).max() < 32_767  # quiet enough that the limiter leaves it alone
+    assert np.array_equal(pcm[MIX_TRACK], mix)
+
+
 def test_tracks_have_equal_length_and_the_recorded_duration(promoted: Promoted) -> None:
     for (track, fmt), pcm in promoted.decoded.items():
         assert abs(pcm.shape[0] - ms_to_samples(OUTPUT_MS)) <= ms_to_samples(20), (track, fmt)
@@ -193,7 +227,9 @@ def _continuous_decode(session: Session, user: str) -> np.ndarray:
     paused = set(range(PAUSE.start_ms // FRAME_MS, PAUSE.end_ms // FRAME_MS))
     stream = [p if i in covered else OPUS_SILENCE_FRAME for i, p in enumerate(packets)
               if i not in paused]
-    pcm = OpusDecoder().decode(stream)
+    mono = next(s.mono_coded for s in SPEAKERS if s.user_id == user)
+    pcm = np.repeat(OpusDecoder(1).decode(stream), 2, axis=1) if mono \
+        else OpusDecoder().decode(stream)
     tail = np.zeros((ms_to_samples(SESSION_MS % FRAME_MS), 2), dtype=np.int16)
     return np.concatenate([pcm, tail])
 
@@ -276,7 +312,8 @@ def test_pcm_raw_chunks_promote_exactly(s3_server: S3Settings) -> None:
     """PCM raw → FLAC final is lossless end to end: every sample where it belongs."""
     store = _store(s3_server)
     layout = MeetingLayout("pcm", "123456789012345678", "PcMpCmPcMpCmPcM1")
-    speakers = [Speaker(A, 200, level=0.2, talks=[(200, 1800)], markers=[4500]),
+    speakers = [Speaker(A, 200, level=0.2, talks=[(200, 1800)], markers=[4500],
+                        mono_coded=True),
                 Speaker(B, 300, level=0.2, talks=[(3100, 4200)], markers=[700])]
     pause = Gap(start_ms=2000, end_ms=3000, cause="paused")
     session = upload_chunks(store, layout, speakers, [(0, 1000), (1000, 2000), (3000, 4000),
@@ -285,9 +322,10 @@ def test_pcm_raw_chunks_promote_exactly(s3_server: S3Settings) -> None:
     store.put_json(layout.promotion_plan_key, plan.to_api())
     manifest = promote(store, layout.promotion_plan_key)
     assert manifest.duration_ms == 4000
-    for user in (A, B):
-        got = decode_file(store.get_bytes(layout.final_key(user, "flac")))
-        assert np.array_equal(got, output_time(session.sources[user], [pause]))
+    for user, channels in ((A, 1), (B, 2)):
+        data = store.get_bytes(layout.final_key(user, "flac"))
+        assert file_channels(data) == channels
+        assert np.array_equal(decode_file(data), output_time(session.sources[user], [pause]))
     mix = decode_file(store.get_bytes(layout.final_key(MIX_TRACK, "flac")))
     assert np.array_equal(mix.astype(np.int32), expected_source(session, MIX_TRACK))
     # promoting again writes the same objects

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.audio_helpers import Speaker, encode_session
-from voicetrack.audio import FRAME_SAMPLES, OPUS_SILENCE_FRAME
+from voicetrack.audio import FRAME_SAMPLES, OPUS_SILENCE_FRAME, OPUS_TOC_STEREO, opus_channels
 from voicetrack_transcoder.mixer import PIXEL, THRESHOLD, Limiter, mix_sum
 from voicetrack_transcoder.opusdec import OpusDecodeError, OpusDecoder
 from voicetrack_transcoder.waveform import PeaksBuilder
@@ -130,3 +130,42 @@ def test_skipping_settled_silence_is_bit_exact(speech: tuple[np.ndarray, list[by
     ours = OpusDecoder()
     got = np.concatenate([ours.decode(stream[i:i + 13]) for i in range(0, len(stream), 13)])
     assert np.array_equal(got, expected)
+
+
+def test_opus_channels_reads_the_toc_stereo_bit(speech: tuple[np.ndarray, list[bytes]]) -> None:
+    pcm, stereo = speech
+    mono = encode_session(pcm, mono=True)
+    assert {p[0] & OPUS_TOC_STEREO for p in mono} == {0}
+    assert opus_channels(mono) == 1 and opus_channels([OPUS_SILENCE_FRAME, b""]) == 1
+    assert opus_channels(stereo) == 2
+    assert opus_channels([*mono, stereo[50]]) == 2  # one stereo-coded packet is enough
+
+
+def test_mono_decoder_gives_the_left_channel_of_mono_coded_packets(
+        speech: tuple[np.ndarray, list[bytes]]) -> None:
+    packets = encode_session(speech[0], mono=True)
+    mono = OpusDecoder(1).decode(packets)
+    stereo = OpusDecoder().decode(packets).astype(np.int32)
+    assert mono.shape == (len(packets) * FRAME_SAMPLES, 1) and mono.any()
+    assert np.array_equal(stereo[:, 0], mono[:, 0])
+    # the right channel differs only in packets where the codec switches mode (here hybrid
+    # to the CELT silence frame), by the stereo decoder's transition smoothing
+    differs = sorted({int(i) // FRAME_SAMPLES for i in np.flatnonzero(stereo[:, 1] - mono[:, 0])})
+    assert all(packets[i - 1][0] >> 3 != packets[i][0] >> 3 for i in differs), differs
+    assert np.abs(stereo[:, 1] - mono[:, 0]).max() <= 0.01 * np.abs(mono).max()
+    with pytest.raises(ValueError, match="shape"):
+        OpusDecoder(1).decode_into(packets[:1], np.zeros((960, 2), dtype=np.int16))
+
+
+def test_mono_limiter_and_mix() -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((48_000 + 31, 1)) * 40_000).astype(np.int32)
+    limiter = Limiter(channels=1)
+    out = np.concatenate([limiter.process(x[:20_000]), limiter.process(x[20_000:]),
+                          limiter.flush()])
+    assert out.shape == x.shape and np.abs(out.astype(np.int32)).max() <= THRESHOLD + 1
+    # in a stereo mix a mono speaker is centred: counted in both channels
+    left_right = np.array([[1, 2]] * 4, dtype=np.int16)
+    centre = np.array([[10]] * 4, dtype=np.int16)
+    assert mix_sum([left_right, centre]).tolist() == [[11, 12]] * 4
+    assert mix_sum([centre, centre], channels=1).tolist() == [[20]] * 4

@@ -23,9 +23,9 @@ from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import (
     BITEXACT,
     CONTENT_TYPES,
-    PCM_INPUT,
     DecodeCheck,
     encode_args,
+    pcm_input,
     run,
 )
 from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
@@ -38,7 +38,9 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
 
     `mp3_bitrate` is in kbit/s. Each output's `durationMs` is its decoded sample count at
     48 kHz in whole ms. Opus output of an Ogg Opus raw track is the received packets
-    remuxed (lossless); from PCM it is encoded with libopus.
+    remuxed (lossless); from PCM it is encoded with libopus. A track with `channels` 1
+    (mono-coded packets) is encoded as mono (its left channel, which is what a mono libopus
+    decoder returns), else as stereo.
     Raises InvalidInputError (exit 2) for a bad window, a missing, empty or corrupt raw
     object or a sha256 mismatch, before writing anything; TemporaryFailure (exit 1) for
     S3 or ffmpeg failures.
@@ -63,15 +65,16 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
             if raw.raw_format == RAW_FORMAT_OGG_OPUS:
                 args += ["-c:a", "libopus", "-f", "ogg", "-i", str(src)]
             else:
-                args += [*PCM_INPUT, "-i", str(src)]
+                args += [*pcm_input(), "-i", str(src)]
         for i, raw in enumerate(raws):
             for fmt in formats:
                 out = work / f"out-{i}-{fmt}"
                 plan.append((raw, fmt, out))
                 if fmt == "opus" and raw.raw_format == RAW_FORMAT_OGG_OPUS:
                     codec = ["-c:a", "copy", "-f", "ogg"]
-                else:
-                    codec = encode_args(fmt, mp3_bitrate)
+                else:  # a mono-coded track: its left channel is what a mono decoder gives
+                    mono = ["-af", "pan=mono|c0=c0"] if raw.track.channels == 1 else []
+                    codec = [*mono, *encode_args(fmt, mp3_bitrate)]
                 args += ["-map", f"{i}:a:0", *codec, *BITEXACT, str(out)]
         # The decode check starts now so that ffmpeg's start-up overlaps the encoding; it
         # decodes the outputs (true lengths) while they are hashed and uploaded. result.json,

@@ -27,8 +27,9 @@ OPUS_BITRATE_KBPS = 96
 """Bitrate of Opus outputs encoded from PCM, in kbit/s (stereo)."""
 CONTENT_TYPES = {"mp3": "audio/mpeg", "flac": "audio/flac", "opus": "audio/ogg"}
 BITEXACT = ["-fflags", "+bitexact", "-flags:a", "+bitexact"]
-PCM_INPUT = ["-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS)]
-"""Input options for raw PCM: s16le, 48 kHz, stereo interleaved."""
+def pcm_input(channels: int = CHANNELS) -> list[str]:
+    """Input options for s16le 48 kHz PCM of `channels` interleaved channels."""
+    return ["-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", str(channels)]
 _PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = 1031
 
@@ -154,21 +155,25 @@ class DecodeCheck:
 
 
 class EncoderSink:
-    """One ffmpeg process encoding s16le 48 kHz stereo from its stdin into `path`.
+    """One ffmpeg process encoding s16le 48 kHz PCM of `channels` (1 or 2) channels from
+    its stdin into `path`, with as many channels.
 
-    `write()` takes int16 arrays of shape (n, 2); the pipe buffer is raised to 1 MiB so
+    `write()` takes int16 arrays of shape (n, channels); the pipe buffer is raised to 1 MiB so
     several encoders run in parallel while one thread feeds them. `close()` waits for
     ffmpeg and raises TemporaryFailure with its last error line if it failed. `samples`
     counts samples per channel written.
     """
 
-    def __init__(self, path: Path, fmt: str, mp3_bitrate: int) -> None:
+    def __init__(self, path: Path, fmt: str, mp3_bitrate: int, channels: int = CHANNELS
+                 ) -> None:
         self.path = path
         self.fmt = fmt
+        self.channels = channels
         self.samples = 0
         self._err = path.with_suffix(path.suffix + ".log").open("w+b")
         self.proc = subprocess.Popen(
-            [FFMPEG, "-hide_banner", "-v", "error", "-nostdin", "-y", *PCM_INPUT, "-i", "pipe:0",
+            [FFMPEG, "-hide_banner", "-v", "error", "-nostdin", "-y", *pcm_input(channels),
+             "-i", "pipe:0",
              *encode_args(fmt, mp3_bitrate), *BITEXACT, str(path)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
         assert self.proc.stdin is not None
@@ -177,7 +182,11 @@ class EncoderSink:
             fcntl.fcntl(self._stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
 
     def write(self, block: np.ndarray) -> None:
-        """Append samples (int16, shape (n, 2)). Raises TemporaryFailure if ffmpeg died."""
+        """Append samples (int16, shape (n, channels)). Raises TemporaryFailure if ffmpeg
+        died, ValueError for a block of another channel count."""
+        if block.ndim != 2 or block.shape[1] != self.channels:
+            raise ValueError(f"{self.path.name}: block of shape {block.shape} for "
+                             f"{self.channels} channel(s)")
         try:
             self._stdin.write(np.ascontiguousarray(block, dtype="<i2").data)
         except BrokenPipeError:

@@ -21,32 +21,34 @@ RELEASE_PER_PIXEL = 0.01
 """Gain recovered per 10 ms: from half gain back to unity in 0.5 s."""
 
 
-def mix_sum(blocks: list[np.ndarray]) -> np.ndarray:
-    """Sum int16 (n, 2) blocks of equal shape into int32 (no wrap-around)."""
-    total = np.zeros(blocks[0].shape, dtype=np.int32)
+def mix_sum(blocks: list[np.ndarray], channels: int = 2) -> np.ndarray:
+    """Sum int16 blocks of n samples each into int32 (n, `channels`), no wrap-around. A
+    mono block (n, 1) counts in every channel (its sound is centred)."""
+    total = np.zeros((blocks[0].shape[0], channels), dtype=np.int32)
     for block in blocks:
         total += block
     return total
 
 
 class Limiter:
-    """Streams int32 stereo sums (n, 2) into int16 stereo that never exceeds `threshold`.
+    """Streams int32 sums (n, `channels`) into int16 that never exceeds `threshold`.
 
     `process(x)` returns the samples it can finish (it holds back up to two pixels);
     `flush()` returns the rest. Across all calls, output samples = input samples.
     """
 
     def __init__(self, threshold: float = THRESHOLD,
-                 release_per_pixel: float = RELEASE_PER_PIXEL) -> None:
+                 release_per_pixel: float = RELEASE_PER_PIXEL, channels: int = 2) -> None:
         self.threshold = threshold
         self.release = release_per_pixel
-        self._held = np.empty((0, 2), dtype=np.int32)
+        self.channels = channels
+        self._held = np.empty((0, channels), dtype=np.int32)
         self._g_before = 1.0  # applied gain of the last pixel already output
 
     def _gains(self, x: np.ndarray) -> np.ndarray:
         n = -(-x.shape[0] // PIXEL)
         if x.shape[0] != n * PIXEL:
-            padded = np.zeros((n * PIXEL, 2), dtype=np.int32)
+            padded = np.zeros((n * PIXEL, self.channels), dtype=np.int32)
             padded[: x.shape[0]] = x
             x = padded
         peak = np.abs(x).reshape(n, -1).max(axis=1).astype(np.float64)
@@ -69,9 +71,9 @@ class Limiter:
                                  np.minimum(gains[: pixels - 1], gains[1:pixels])])
         after = np.concatenate([before[1:], [end_gain]])
         self._g_before = float(gains[pixels - 1])
-        out = np.zeros((pixels * PIXEL, 2), dtype=np.float64)
+        out = np.zeros((pixels * PIXEL, self.channels), dtype=np.float64)
         out[:count] = x[:count]
-        shaped = out.reshape(pixels, PIXEL, 2)
+        shaped = out.reshape(pixels, PIXEL, self.channels)
         active = np.flatnonzero((before < 1.0) | (after < 1.0))
         frac = np.arange(PIXEL, dtype=np.float64) / PIXEL
         ramp = before[active, None] + (after - before)[active, None] * frac[None, :]
@@ -79,12 +81,12 @@ class Limiter:
         return np.clip(np.rint(out[:count]), -32767, 32767).astype(np.int16)
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        """Limit int32 samples (n, 2); returns the int16 samples finished so far."""
+        """Limit int32 samples (n, channels); returns the int16 samples finished so far."""
         buf = np.concatenate([self._held, x]) if self._held.shape[0] else x
         pixels = buf.shape[0] // PIXEL
         if pixels < 2:
             self._held = buf
-            return np.empty((0, 2), dtype=np.int16)
+            return np.empty((0, self.channels), dtype=np.int16)
         gains = self._gains(buf[: pixels * PIXEL])
         ready = pixels - 1
         out = self._apply(buf, gains, ready, min(gains[ready - 1], gains[ready]))
@@ -93,9 +95,9 @@ class Limiter:
 
     def flush(self) -> np.ndarray:
         """The held-back samples, limited; the limiter is reset afterwards."""
-        buf, self._held = self._held, np.empty((0, 2), dtype=np.int32)
+        buf, self._held = self._held, np.empty((0, self.channels), dtype=np.int32)
         if not buf.shape[0]:
-            return np.empty((0, 2), dtype=np.int16)
+            return np.empty((0, self.channels), dtype=np.int16)
         gains = self._gains(buf)
         pixels = gains.size
         out = self._apply(buf, gains, pixels, float(gains[-1]))

@@ -51,33 +51,40 @@ def _lib() -> ctypes.CDLL:
 
 
 class OpusDecoder:
-    """One libopus decoder state (48 kHz, stereo): feed packets in stream order.
+    """One libopus decoder state (48 kHz, `channels` 1 or 2): feed packets in stream order.
 
     The state carries history from packet to packet, which is why promotion keeps one
-    decoder per speaker for the whole session (DESIGN.md, "Raw chunk format").
+    decoder per speaker for the whole session (DESIGN.md, "Raw chunk format"). For
+    mono-coded packets a mono decoder returns the left channel a stereo one gives (see
+    `voicetrack.audio.opus_channels`); stereo-coded packets are down-mixed (opus.h,
+    opus_decoder_create).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = CHANNELS) -> None:
+        if channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, not {channels}")
         lib = _lib()
         err = ctypes.c_int(0)
-        state = lib.opus_decoder_create(SAMPLE_RATE, CHANNELS, ctypes.byref(err))
+        self.channels = channels
+        state = lib.opus_decoder_create(SAMPLE_RATE, channels, ctypes.byref(err))
         if err.value != 0 or not state:
             raise RuntimeError(f"opus_decoder_create: {lib.opus_strerror(err.value)!r}")
         self._state: int | None = state
-        self._size = lib.opus_decoder_get_size(CHANNELS)
+        self._size = lib.opus_decoder_get_size(channels)
         self._settled = False
         """True when the state is a fixed point of decoding the silence frame."""
 
     def decode_into(self, packets: list[bytes], out: np.ndarray) -> int:
-        """Decode `packets` in order into `out` (int16, shape (n, 2), C-contiguous).
+        """Decode `packets` in order into `out` (int16, shape (n, channels), C-contiguous).
 
         Returns samples per channel written. Every packet must decode to at most what is
         left of `out`. Raises OpusDecodeError naming the packet's position for a packet
         libopus rejects.
         """
-        if out.dtype != np.int16 or out.ndim != 2 or out.shape[1] != CHANNELS \
+        channels = self.channels
+        if out.dtype != np.int16 or out.ndim != 2 or out.shape[1] != channels \
                 or not out.flags.c_contiguous:
-            raise ValueError("out must be a C-contiguous int16 array of shape (n, 2)")
+            raise ValueError(f"out must be a C-contiguous int16 array of shape (n, {channels})")
         state = self._state
         if state is None:
             raise ValueError("decoder is closed")
@@ -93,7 +100,7 @@ class OpusDecoder:
                 continue
             before = ctypes.string_at(state, self._size) if silence else b""
             room = min(capacity - pos, 120 * SAMPLE_RATE // 1000)
-            n = lib.opus_decode(state, packet, len(packet), base + pos * 2 * CHANNELS,
+            n = lib.opus_decode(state, packet, len(packet), base + pos * 2 * channels,
                                 room, 0)
             if n < 0:
                 self._settled = False
@@ -106,8 +113,8 @@ class OpusDecoder:
         return pos
 
     def decode(self, packets: list[bytes]) -> np.ndarray:
-        """Decode 20 ms packets into a new (n, 2) int16 array (n = 960 per packet)."""
-        out = np.empty((len(packets) * FRAME_SAMPLES, CHANNELS), dtype=np.int16)
+        """Decode 20 ms packets into a new (n, channels) int16 array (n = 960 per packet)."""
+        out = np.empty((len(packets) * FRAME_SAMPLES, self.channels), dtype=np.int16)
         n = self.decode_into(packets, out)
         return out[:n]
 

@@ -3,7 +3,10 @@
 Per speaker, the session becomes ONE continuous stream in session time (DESIGN.md,
 "Transcoder"): each chunk's packets at its `startMs`; a chunk the speaker is absent from, a
 recorder gap, or time not covered by the plan → Opus silence frames (`F8 FF FE`) of the
-exact length; paused gaps are cut; the tail is padded to `sessionEndMs`. Each stream is
+exact length; paused gaps are cut; the tail is padded to `sessionEndMs`. A speaker whose
+tracks are all mono-coded (`channels` 1, as a Discord client sends its microphone) is decoded
+and encoded as mono, losing nothing and costing half; the mix is mono when every speaker is.
+Each stream is
 decoded once by one libopus decoder (no restart at chunk boundaries, hence no clicks) and
 encoded once per output format by ffmpeg (never MP3 concatenation). PCM raw chunks take the
 same path with samples instead of packets. The mix is the sum of the speakers through a
@@ -36,6 +39,7 @@ from voicetrack.audio import (
     OPUS_SILENCE_FRAME,
     RAW_FORMAT_OGG_OPUS,
     RAW_FORMAT_PCM,
+    Channels,
     ms_to_samples,
     samples_to_ms,
 )
@@ -151,18 +155,27 @@ class RawFetcher:
             self._futures.clear()
 
 
+def speaker_channels(plan: PromotionPlan, user_id: str) -> Channels:
+    """1 when every raw track of `user_id` in the plan is mono-coded (or there is none),
+    else 2: the channel count of the speaker's final tracks."""
+    return max((t.channels for c in plan.chunks for t in c.tracks if t.user_id == user_id),
+               default=1)
+
+
 class SpeakerStream:
     """One speaker's audio in output time: `read(slots)` returns the next `slots` × 960
-    samples (int16, shape (n, 2)), decoded by one decoder for the whole session."""
+    samples (int16, shape (n, `channels`)), decoded by one decoder for the whole session.
+    With `channels` 1 the packets are decoded as mono (PCM raw: its left channel)."""
 
     def __init__(self, user_id: str, plan: PromotionPlan, timeline: list[Segment],
-                 fetcher: RawFetcher) -> None:
+                 fetcher: RawFetcher, channels: int = CHANNELS) -> None:
         self.user_id = user_id
+        self.channels = channels
         self.opus = plan.chunks[0].raw_format == RAW_FORMAT_OGG_OPUS if plan.chunks else True
         self._pieces = self._iter_pieces(plan, timeline, fetcher)
         self._piece: list[bytes] | np.ndarray | int | None = None
         self._offset = 0
-        self._decoder = OpusDecoder() if self.opus else None
+        self._decoder = OpusDecoder(channels) if self.opus else None
 
     def _iter_pieces(self, plan: PromotionPlan, timeline: list[Segment], fetcher: RawFetcher
                      ) -> Iterator[list[bytes] | np.ndarray | int]:
@@ -187,7 +200,7 @@ class SpeakerStream:
 
     def read(self, slots: int) -> np.ndarray:
         """The next `slots` slots of audio; silence past the end of the timeline."""
-        out = np.zeros((slots * FRAME_SAMPLES, CHANNELS), dtype=np.int16)
+        out = np.zeros((slots * FRAME_SAMPLES, self.channels), dtype=np.int16)
         packets: list[bytes] = []
         filled = 0
         while filled < slots:
@@ -207,7 +220,8 @@ class SpeakerStream:
                 packets.extend(piece[self._offset: self._offset + take])
             else:
                 a, b = self._offset * FRAME_SAMPLES, (self._offset + take) * FRAME_SAMPLES
-                out[filled * FRAME_SAMPLES: (filled + take) * FRAME_SAMPLES] = piece[a:b]
+                out[filled * FRAME_SAMPLES: (filled + take) * FRAME_SAMPLES] = \
+                    piece[a:b, :self.channels]
             filled += take
             self._offset += take
             if self._offset >= length:
@@ -276,6 +290,7 @@ class _Track:
     name: str
     kind: str
     user_id: str | None
+    channels: Channels
     sinks: dict[str, EncoderSink]
     peaks: PeaksBuilder
 
@@ -327,22 +342,24 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                                    else RAW_FORMAT_OGG_OPUS]
         fetcher = RawFetcher(store, plan.chunks, fetch_pool,
                              ahead=min(PREFETCH_CHUNKS, budget // longest))
-        readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher), sizes)
+        channels = {u: speaker_channels(plan, u) for u in speakers}
+        mix_channels: Channels = 2 if 2 in channels.values() else 1
+        readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher, channels[u]), sizes)
                    for u in speakers]
         tracks: list[_Track] = []
 
-        def open_track(name: str, kind: str, user_id: str | None) -> _Track:
+        def open_track(name: str, kind: str, user_id: str | None, n: Channels) -> _Track:
             sinks = {fmt: EncoderSink(work / f"{name}.{output_extension(fmt)}", fmt,
-                                      plan.mp3_bitrate) for fmt in plan.formats}
-            track = _Track(name, kind, user_id, sinks, PeaksBuilder())
+                                      plan.mp3_bitrate, n) for fmt in plan.formats}
+            track = _Track(name, kind, user_id, n, sinks, PeaksBuilder(channels=n))
             tracks.append(track)
             return track
 
         try:
-            speaker_tracks = [open_track(u, "speaker", u) for u in speakers] \
+            speaker_tracks = [open_track(u, "speaker", u, channels[u]) for u in speakers] \
                 if want_speakers else []
-            mix = open_track(MIX_TRACK, "mixed", None) if want_mix else None
-            limiter = Limiter()
+            mix = open_track(MIX_TRACK, "mixed", None, mix_channels) if want_mix else None
+            limiter = Limiter(channels=mix_channels)
 
             def emit(track: _Track, block: np.ndarray) -> None:
                 for sink in track.sinks.values():
@@ -350,14 +367,15 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                 track.peaks.add(block)
 
             done, last_report = 0, -1
-            tail = np.zeros((ms_to_samples(tail_ms), CHANNELS), dtype=np.int16)
+            tails = [np.zeros((ms_to_samples(tail_ms), channels[u]), dtype=np.int16)
+                     for u in speakers]
             for n in [*sizes, 0] if tail_ms else sizes:
-                blocks = [r.get() for r in readers] if n else [tail for _ in readers]
+                blocks = [r.get() for r in readers] if n else tails
                 done += n
                 for track, block in zip(speaker_tracks, blocks, strict=False):
                     emit(track, block)
                 if mix is not None:
-                    emit(mix, limiter.process(mix_sum(blocks)))
+                    emit(mix, limiter.process(mix_sum(blocks, mix_channels)))
                 percent = done * 100 // max(total_slots, 1)
                 if progress and percent // 5 != last_report // 5:
                     progress(percent / 100)
@@ -394,7 +412,7 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                 uploads.append((key, sink.path, CONTENT_TYPES[fmt]))
                 final_tracks.append(FinalTrack(
                     track=track.name, kind="speaker" if track.user_id else "mixed",
-                    user_id=track.user_id, format=fmt, key=key,
+                    user_id=track.user_id, format=fmt, key=key, channels=track.channels,
                     bytes=sink.path.stat().st_size, sha256=sha256_file(sink.path),
                     duration_ms=samples_to_ms(sink.samples), peaks_key=peaks_key,
                     overview_key=overview_key))

@@ -24,17 +24,18 @@ OVERVIEW_SIZE = (1200, 200)
 
 
 class PeaksBuilder:
-    """Accumulates min/max per `samples_per_pixel` samples of int16 stereo blocks of any
-    length (a partial pixel carries over to the next block; `finish()` closes it)."""
+    """Accumulates min/max per `samples_per_pixel` samples of int16 blocks (n, `channels`)
+    of any length (a partial pixel carries over to the next block; `finish()` closes it)."""
 
-    def __init__(self, samples_per_pixel: int = SAMPLES_PER_PIXEL) -> None:
+    def __init__(self, samples_per_pixel: int = SAMPLES_PER_PIXEL, channels: int = 2) -> None:
         self.spp = samples_per_pixel
-        self._carry = np.empty((0, 2), dtype=np.int16)
+        self.channels = channels
+        self._carry = np.empty((0, channels), dtype=np.int16)
         self._mins: list[np.ndarray] = []
         self._maxs: list[np.ndarray] = []
 
     def add(self, block: np.ndarray) -> None:
-        """Add int16 samples of shape (n, 2)."""
+        """Add int16 samples of shape (n, channels)."""
         if self._carry.shape[0]:
             block = np.concatenate([self._carry, block])
         whole = block.shape[0] // self.spp * self.spp
@@ -49,7 +50,7 @@ class PeaksBuilder:
         if self._carry.shape[0]:
             self._mins.append(np.array([self._carry.min() >> 8], dtype=np.int8))
             self._maxs.append(np.array([self._carry.max() >> 8], dtype=np.int8))
-            self._carry = np.empty((0, 2), dtype=np.int16)
+            self._carry = np.empty((0, self.channels), dtype=np.int16)
         empty = np.empty(0, dtype=np.int8)
         mins = np.concatenate(self._mins) if self._mins else empty
         maxs = np.concatenate(self._maxs) if self._maxs else empty
