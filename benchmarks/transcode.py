@@ -13,8 +13,11 @@
 
 Speech for (2) is a pool of 60 s per speaker, encoded once with discord.py's libopus
 encoder and reused cyclically: decoding cost per packet is what matters, not novelty.
+Packets are mono-coded, as Discord clients send a microphone (`--coding stereo`: as a bot
+sending stereo may), so the tracks are mono; the chunk baseline encodes the same way.
 
 Usage: python benchmarks/transcode.py [--hours 1.0] [--speakers 5] [--runs 12]
+       [--coding mono|stereo]
 Last line: `transcode: ratio R, promote_1h5 S s, rss M MB`.
 """
 
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.audio_helpers import Speaker, encode_session  # noqa: E402
-from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME  # noqa: E402
+from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME, opus_channels  # noqa: E402
 from voicetrack.layout import MeetingLayout  # noqa: E402
 from voicetrack.local.seaweed import SeaweedServer  # noqa: E402
 from voicetrack.manifests import PromotionPlan  # noqa: E402
@@ -48,17 +51,19 @@ GUILD = "123456789012345678"
 CHUNK_MS = 10_000
 
 
-def speech_packets(user_index: int, seconds: int) -> list[bytes]:
-    """`seconds` of continuous voice-like audio as 20 ms Opus packets (no silent slots)."""
+def speech_packets(user_index: int, seconds: int, mono: bool) -> list[bytes]:
+    """`seconds` of continuous voice-like audio as 20 ms Opus packets (no silent slots),
+    mono-coded or stereo-coded."""
     speaker = Speaker(str(10**17 + user_index), 150 + 37 * user_index, level=0.3,
                       talks=[(0, seconds * 1000)],
                       markers=list(range(500, seconds * 1000, 1700)))
-    return encode_session(speaker.pcm(seconds * 1000))
+    return encode_session(speaker.pcm(seconds * 1000), mono=mono)
 
 
-def bench_chunk(store: ObjectStore, work: Path, runs: int) -> tuple[float, float, float]:
+def bench_chunk(store: ObjectStore, work: Path, runs: int, mono: bool
+                ) -> tuple[float, float, float]:
     """(ratio, our median s, bare ffmpeg median s) on one 10 s chunk; also the CLI's."""
-    packets = speech_packets(0, CHUNK_MS // 1000)
+    packets = speech_packets(0, CHUNK_MS // 1000, mono)
     raw = encode_ogg_opus(packets)
     layout = MeetingLayout("bench", GUILD, "BeNcHcHuNkBeNcH1")
     user = str(10**17)
@@ -67,11 +72,13 @@ def bench_chunk(store: ObjectStore, work: Path, runs: int) -> tuple[float, float
     chunk = ChunkSpec(session_name="bench", meeting_id=layout.meeting_id, guild_id=GUILD,
                       index=0, start_ms=0, end_ms=CHUNK_MS, tracks=[ChunkTrack(
                           user_id=user, key=key, frames=len(packets), first_ms=0,
-                          last_ms=CHUNK_MS - FRAME_MS, bytes=len(raw), sha256=sha256_hex(raw))])
+                          last_ms=CHUNK_MS - FRAME_MS, bytes=len(raw), sha256=sha256_hex(raw),
+                          channels=opus_channels(packets))])
     local = work / "raw.opus"
     local.write_bytes(raw)
     bare_args = ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-y", "-c:a", "libopus",
-                 "-i", str(local), "-c:a", "libmp3lame", "-b:a", "128k", str(work / "o.mp3")]
+                 "-i", str(local), *(["-af", "pan=mono|c0=c0"] if mono else []),
+                 "-c:a", "libmp3lame", "-b:a", "128k", str(work / "o.mp3")]
     ours, bare = [], []
     transcode_chunk(store, chunk, layout.prefix, ["mp3"], 128)  # warm caches once
     for _ in range(runs):  # interleaved, so both see the same machine load
@@ -96,12 +103,12 @@ def bench_chunk(store: ObjectStore, work: Path, runs: int) -> tuple[float, float
     return b / o, o, b
 
 
-def upload_session(store: ObjectStore, layout: MeetingLayout, hours: float, speakers: int
-                   ) -> PromotionPlan:
+def upload_session(store: ObjectStore, layout: MeetingLayout, hours: float, speakers: int,
+                   mono: bool) -> PromotionPlan:
     """Raw chunks of a `hours`-long session: speaker k talks in chunks where
     (index + k) % 3 == 0, the others are absent from them (silence)."""
     pool_s = 60
-    pools = [speech_packets(k, pool_s) for k in range(speakers)]
+    pools = [speech_packets(k, pool_s, mono) for k in range(speakers)]
     per_chunk = CHUNK_MS // FRAME_MS
     n_chunks = int(hours * 3600 * 1000) // CHUNK_MS
     users = [str(10**17 + k) for k in range(speakers)]
@@ -120,7 +127,8 @@ def upload_session(store: ObjectStore, layout: MeetingLayout, hours: float, spea
             tracks.append(ChunkTrack(user_id=user, key=key, frames=per_chunk - 5,
                                      first_ms=index * CHUNK_MS,
                                      last_ms=(index + 1) * CHUNK_MS - 6 * FRAME_MS,
-                                     bytes=len(data), sha256=sha256_hex(data)))
+                                     bytes=len(data), sha256=sha256_hex(data),
+                                     channels=opus_channels(packets)))
         chunks.append(ChunkSpec(session_name="bench", meeting_id=layout.meeting_id,
                                 guild_id=GUILD, index=index, start_ms=index * CHUNK_MS,
                                 end_ms=(index + 1) * CHUNK_MS, tracks=tracks))
@@ -158,13 +166,13 @@ def tree_memory_bytes(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def bench_promote(store: ObjectStore, hours: float, speakers: int
+def bench_promote(store: ObjectStore, hours: float, speakers: int, mono: bool
                   ) -> tuple[float, float, float, float]:
     """(wall s, CPU s, peak tree RSS MB, peak tree PSS MB) of `voicetrack-transcoder
     promote` on the session; CPU counts the process and its ffmpeg children."""
     layout = MeetingLayout("bench", GUILD, "BeNcHpRoMoTeBeN1")
     t0 = time.perf_counter()
-    plan = upload_session(store, layout, hours, speakers)
+    plan = upload_session(store, layout, hours, speakers, mono)
     store.put_json(layout.promotion_plan_key, plan.to_api())
     print(f"promote input: {len(plan.chunks)} chunks, "
           f"{sum(len(c.tracks) for c in plan.chunks)} raw tracks, "
@@ -216,17 +224,21 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=1.0)
     parser.add_argument("--speakers", type=int, default=5)
     parser.add_argument("--runs", type=int, default=12)
+    parser.add_argument("--coding", choices=["mono", "stereo"], default="mono",
+                        help="how the speakers' packets are coded (Discord clients: mono)")
     args = parser.parse_args()
+    mono = args.coding == "mono"
     with tempfile.TemporaryDirectory(prefix="vt-bench-") as tmp:
         server = SeaweedServer(Path(tmp) / "seaweedfs", bucket="bench")
         settings: S3Settings = server.start()
         try:
             store = ObjectStore(settings)
-            ratio, _, _ = bench_chunk(store, Path(tmp), args.runs)
-            wall, cpu, rss, pss = bench_promote(store, args.hours, args.speakers)
+            ratio, _, _ = bench_chunk(store, Path(tmp), args.runs, mono)
+            wall, cpu, rss, pss = bench_promote(store, args.hours, args.speakers, mono)
         finally:
             server.stop()
-    print(f"promote {args.hours:g} h x {args.speakers} speakers: {wall:.1f} s wall, "
+    print(f"promote {args.hours:g} h x {args.speakers} {args.coding}-coded speakers: "
+          f"{wall:.1f} s wall, "
           f"{cpu:.1f} s CPU (with ffmpeg), peak process-tree RSS {rss:.0f} MB "
           f"(PSS {pss:.0f} MB); {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")

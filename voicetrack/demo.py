@@ -245,7 +245,7 @@ def _write_outputs(store: ObjectStore, manifest: FinalManifest, layout: MeetingL
             if key:
                 store.get_file(key, str(out / Path(key).name))
         entry = {"file": str(local), "key": t.key, "sha256": t.sha256, "bytes": t.bytes,
-                 "duration_ms": t.duration_ms, "format": t.format,
+                 "duration_ms": t.duration_ms, "format": t.format, "channels": t.channels,
                  "url": store.presigned_get(t.key, 3600)}
         if t.kind == "mixed":
             mix = entry
@@ -347,7 +347,8 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         _print_rows(database_url, meeting_id)
         doc = _write_outputs(store, manifest, layout, speakers, out)
         for t in [*doc["tracks"], doc["mix"]]:
-            console.print(f"{Path(t['file']).name}: {t['url']}", soft_wrap=True)
+            kind = "mono" if t["channels"] == 1 else "stereo"
+            console.print(f"{Path(t['file']).name} ({kind}): {t['url']}", soft_wrap=True)
         writes_after = api_writes(kc.kubeconfig)
         delta = {k: v - writes_before.get(k, 0) for k, v in writes_after.items()
                  if v - writes_before.get(k, 0) > 0}
