@@ -35,7 +35,7 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import ChunkSpec, ChunkTrack, Gap
-from voicetrack_recorder.files_source import code_as_mono
+from voicetrack_recorder.opusenc import code_as_mono
 
 RawFormat = Literal["ogg-opus", "pcm-s16le"]
 

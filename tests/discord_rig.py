@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from discord import opus
 
 from voicetrack.audio import CHANNELS, FRAME_SAMPLES, OPUS_SILENCE_FRAME, SAMPLE_RATE
+from voicetrack_recorder.opusenc import code_as_mono
 
 DAVE_VERSION = 1
 MLS10 = 1
@@ -123,10 +124,13 @@ def tone_pcm(frames: int, freq: float, *, start_frame: int = 0, amp: float = 0.3
 
 
 def encode_frames(pcm: bytes, *, application: str = "audio", bitrate: int = 64,
-                  fec: bool = False) -> list[bytes]:
-    """Real libopus packets, one per 20 ms frame of stereo s16le `pcm`."""
+                  fec: bool = False, mono: bool = False) -> list[bytes]:
+    """Real libopus packets, one per 20 ms frame of stereo s16le `pcm` (mono-coded with
+    `mono`, as a client codes its microphone)."""
     enc = opus.Encoder(application=application, bitrate=bitrate,  # type: ignore[arg-type]
                        fec=fec, expected_packet_loss=0.2 if fec else 0.15)
+    if mono:
+        code_as_mono(enc)
     step = FRAME_SAMPLES * CHANNELS * 2
     return [enc.encode(pcm[i:i + step], FRAME_SAMPLES) for i in range(0, len(pcm), step)]
 

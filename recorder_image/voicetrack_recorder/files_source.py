@@ -26,23 +26,12 @@ from voicetrack.errors import VoicetrackError
 from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import FileSpeaker
 from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.opusenc import code_as_mono
 
 log = logging.getLogger(__name__)
 
 FRAME_BYTES = FRAME_SAMPLES * PCM_BYTES_PER_SAMPLE
 """Bytes of one 20 ms PCM s16le stereo frame: 3840."""
-OPUS_SET_FORCE_CHANNELS = 4022
-"""libopus encoder ctl request: code the input as this many channels (opus_defines.h,
-`OPUS_SET_FORCE_CHANNELS_REQUEST`)."""
-
-
-def code_as_mono(encoder: opus.Encoder) -> None:
-    """Make discord.py's (stereo) `encoder` code every packet as mono (TOC s bit clear,
-    RFC 6716 §3.1), as a Discord client does with a microphone; its input stays stereo
-    PCM. Raises discord.opus.OpusError if libopus refuses the ctl."""
-    opus._lib.opus_encoder_ctl(encoder._state, OPUS_SET_FORCE_CHANNELS, 1)
-
-
 async def audio_channels(path: str) -> int:
     """Channels of the first audio stream of the file at `path` (ffprobe); 2 when ffprobe
     cannot tell (ffmpeg will then report the file's problem itself)."""

@@ -23,7 +23,7 @@ from tests.discord_rig import (
     tone_pcm,
     vec,
 )
-from voicetrack.audio import OPUS_SILENCE_FRAME
+from voicetrack.audio import OPUS_SILENCE_FRAME, opus_channels
 from voicetrack_recorder.discord.transport import MODE_AES256_GCM, MODE_XCHACHA20
 
 pytestmark = pytest.mark.unit
@@ -120,6 +120,23 @@ async def test_loss_is_a_gap_never_a_shift_and_short_runs_are_rebuilt() -> None:
         err = np.sum((got[seg] - ref[seg]) ** 2)
         assert err < 0.15 * np.sum(ref[seg] ** 2), f"frames {run} not concealed"
     assert np.all(got[121 * 1920: 139 * 1920] == 0)  # the long run stays silent
+
+
+async def test_a_mono_coded_speaker_keeps_a_mono_coded_track_through_losses() -> None:
+    """Rebuilt frames of a client's (mono-coded) stream are mono-coded too, so one lost
+    packet does not turn the speaker's final tracks stereo."""
+    h = await Harness.open(conceal_frames=3)
+    (a,) = await h.rig.join(222)
+    await h.settle()
+    sent = encode_frames(tone_pcm(80, 330, amp=0.4), mono=True)
+    assert opus_channels(sent) == 1
+    for i, packet in enumerate(sent):
+        datagram = h.rig.packet(a, packet)  # every packet gets its RTP sequence number
+        if i not in (20, 40, 41):
+            await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    assert h.receiver.stats.recovered == 3
+    assert opus_channels(track(h, 222).values()) == 1
 
 
 async def test_fec_recovers_from_silk_packets() -> None:

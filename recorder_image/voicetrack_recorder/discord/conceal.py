@@ -6,7 +6,8 @@ silent, since concealment fades to silence within ~100 ms anyway), a decoder bro
 step by replaying the speaker's last few packets produces the lost audio: PLC for frames 1..n-1 and,
 for frame n, FEC from `P`'s LBRR data when `P` is a SILK or hybrid packet (RFC 6716 §2.1.7,
 §3.1: configs 0..15; CELT-only packets carry no FEC) or PLC otherwise. That PCM is encoded
-by a fresh libopus encoder, first fed the speaker's last `warmup_frames` decoded frames (so
+by a fresh libopus encoder (coding mono when the speaker's packets are mono-coded, so the
+track stays mono-coded), first fed the speaker's last `warmup_frames` decoded frames (so
 its inter-frame prediction starts where the speaker's stream is; measured: error energy of a
 rebuilt single frame drops from ~14 % to ~1 % of the signal going from 1 to 3 warm-up
 frames) and shifted by the encoder's look-ahead (312 samples at 48 kHz for the `audio`
@@ -22,7 +23,8 @@ from collections import deque
 
 from discord import opus
 
-from voicetrack.audio import CHANNELS, FRAME_SAMPLES
+from voicetrack.audio import CHANNELS, FRAME_SAMPLES, opus_channels
+from voicetrack_recorder.opusenc import code_as_mono
 
 LOOKAHEAD = 312
 """libopus encoder look-ahead at 48 kHz, application `audio`, in samples per channel."""
@@ -79,15 +81,19 @@ class Concealer:
         else:
             lost_pcm.append(self._frame(dec.decode(None, fec=False)))
         after = self._frame(dec.decode(packet, fec=False))
-        out = self._encode(b"".join(history[-self.warmup_frames:]), lost_pcm, after)
+        mono = opus_channels([*self._history, packet]) == 1
+        out = self._encode(b"".join(history[-self.warmup_frames:]), lost_pcm, after, mono)
         fec = 1 if has_fec(packet) else 0
         self.fec += fec
         self.plc += lost - fec
         self.recovered += len(out)
         return out
 
-    def _encode(self, before: bytes, lost: list[bytes], after: bytes) -> list[bytes]:
+    def _encode(self, before: bytes, lost: list[bytes], after: bytes, mono: bool
+                ) -> list[bytes]:
         enc = opus.Encoder(application="audio", bitrate=self.bitrate_kbps, fec=False)
+        if mono:
+            code_as_mono(enc)
         signal = before + b"".join(lost) + after
         shift = LOOKAHEAD * _BYTES_PER_SAMPLE
         out = []
