@@ -557,6 +557,18 @@ def test_cli_up_twice_is_one_cluster_and_down_leaves_nothing(tmp_path: Path) -> 
         except AssertionError as e:
             log = (state / "logs" / "kube-apiserver.log").read_text(errors="replace")
             raise AssertionError(f"{e}\n{_cli(*status).stdout}\n{log[-3000:]}") from None
+        # the node controller marks a node whose heartbeats it missed Unknown (after an outage,
+        # its informers can lag the agent's lease renewals): the agent must report Ready again
+        # at its next heartbeat (10 s), as the kubelet does, not at its next periodic status
+        marked = run_kubectl(
+            kubeconfig, "patch", "node", "voicetrack-local", "--subresource=status",
+            "--type=strategic", "-p", json.dumps({"status": {"conditions": [
+                {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                 "message": "Kubelet stopped posting node status."}]}}),
+            "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+        )  # fmt: skip
+        assert marked.stdout == "Unknown", marked.stdout
+        wait_for("node Ready again", lambda: _cli(*status).returncode == 0, timeout=30)
         time.sleep(2.5)  # at least one more watch time-out
         run_kubectl(
             kubeconfig, "run", "sleeper", "--image=x", "--restart=Never", "--command", "--",

@@ -254,8 +254,8 @@ def _node_ready(server: str, ctx: ssl.SSLContext, node: str) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in obj.get("status", {}).get("conditions", [])
     )
-    tainted = any(
-        t.get("key") == "node.kubernetes.io/not-ready"
+    tainted = any(  # what the node lifecycle controller sets while Ready is False / Unknown
+        t.get("key") in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
         for t in obj.get("spec", {}).get("taints") or []
     )
     return ready and not tainted

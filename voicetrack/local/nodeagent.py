@@ -6,8 +6,11 @@ workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``)
 
 * registers Node :data:`voicetrack.local.cluster.NODE_NAME` (Ready, capacity from this
   machine, ``InternalIP 127.0.0.1``, ``daemonEndpoints.kubeletEndpoint.Port``) and renews its
-  Lease in ``kube-node-lease`` every 10 s (the node controller marks a node NotReady after
-  40 s without one);
+  Lease in ``kube-node-lease`` every 10 s (the node controller marks a node Unknown after
+  ``--node-monitor-grace-period``, 50 s, without a renewal it saw), retrying a failed renewal
+  within seconds; every heartbeat also reads the Node back and re-posts its status at once
+  when it is not Ready (as the kubelet does every ``nodeStatusUpdateFrequency``), else every
+  60 s;
 * lists and watches the pods bound to it (``spec.nodeName``), re-listing after watch
   time-outs, ``410 Gone`` and connection errors; one worker thread per pod, so no pod
   blocks another;
@@ -81,6 +84,11 @@ log = logging.getLogger("voicetrack.nodeagent")
 
 LEASE_SECONDS = 40
 RENEW_SECONDS = 10
+#: node status is re-posted at least this often, and at once when the API's copy is not Ready
+STATUS_REPORT_SECONDS = 60
+#: after a failed heartbeat, retry after 0.5 s doubling up to this (the kubelet's lease
+#: controller retries from 200 ms up to 7 s: pkg/kubelet/nodelease)
+HEARTBEAT_RETRY_MAX = 4.0
 BACKOFF_START = 10.0
 BACKOFF_MAX = 300.0
 TICK = 0.2
@@ -1315,9 +1323,11 @@ class NodeAgent:
             "leaseDurationSeconds": LEASE_SECONDS,
             "renewTime": now_micro(),
         }
-        code, _ = self.kube.request(
+        code, resp = self.kube.request(
             "PATCH", path, body={"spec": spec}, content_type="application/merge-patch+json"
         )
+        if code >= 300 and code != 404:
+            raise RuntimeError(f"lease renewal: HTTP {code}: {(resp or {}).get('message')}")
         if code == 404:
             node = self.kube.get(f"/api/v1/nodes/{self.node}")
             owner = (
@@ -1332,7 +1342,7 @@ class NodeAgent:
                 if node
                 else []
             )
-            self.kube.request(
+            code, resp = self.kube.request(
                 "POST",
                 "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
                 body={
@@ -1346,17 +1356,47 @@ class NodeAgent:
                     "spec": spec,
                 },
             )
+            if code >= 300:
+                raise RuntimeError(f"lease create: HTTP {code}: {(resp or {}).get('message')}")
+
+    def _node_ready_in_api(self) -> bool:
+        """True when the API's copy of our Node has condition Ready=True.  The node lifecycle
+        controller sets it Unknown when it saw no heartbeat for its grace period (its
+        informers can lag our renewals after an apiserver restart); only we set it back.
+
+        Raises:
+            RuntimeError: the Node no longer exists, or the API answered with an error."""
+        node = self.kube.get(f"/api/v1/nodes/{self.node}")
+        if node is None:
+            raise RuntimeError(f"node {self.node} not found")
+        conds = (node.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+    def _heartbeat(self, last_status: float) -> float:
+        """One heartbeat: renew the Lease; re-post node status when the API does not show
+        the node Ready or ``STATUS_REPORT_SECONDS`` passed since ``last_status`` (monotonic
+        s).  Returns the new ``last_status``.  Raises whatever the API calls raise."""
+        self._renew_lease()
+        due = time.monotonic() - last_status >= STATUS_REPORT_SECONDS
+        if not due and self._node_ready_in_api():
+            return last_status
+        if not due:
+            log.info("node %s is not Ready in the API; reporting its status again", self.node)
+            self._since = now_iso()  # a transition back to Ready
+        self._patch_node_status()
+        return time.monotonic()
 
     def _heartbeat_loop(self) -> None:
         last_status = time.monotonic()
-        while not self.stop_event.wait(RENEW_SECONDS):
+        wait = float(RENEW_SECONDS)
+        retry = 0.5
+        while not self.stop_event.wait(wait):
             try:
-                self._renew_lease()
-                if time.monotonic() - last_status >= 60:
-                    self._patch_node_status()
-                    last_status = time.monotonic()
-            except Exception as e:  # keep beating through apiserver hiccups
-                log.warning("heartbeat: %s", e)
+                last_status = self._heartbeat(last_status)
+                wait, retry = float(RENEW_SECONDS), 0.5
+            except Exception as e:  # keep beating through apiserver hiccups, retrying soon
+                log.warning("heartbeat (retry in %.1f s): %s", retry, e)
+                wait, retry = retry, min(retry * 2, HEARTBEAT_RETRY_MAX)
 
     # ---- pods
     def _dispatch(self, pod: dict[str, Any]) -> None:
