@@ -516,11 +516,16 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def _restart_apiserver(state: Path) -> None:
-    """SIGKILL the apiserver and start it again with the same command (as a crash would)."""
+    """SIGKILL the apiserver and start it again with the same command (as a crash would),
+    once its port is released (the kernel may close a killed process's sockets a few ms after
+    its last thread is gone; the apiserver binds within 100 ms and exits on EADDRINUSE)."""
     path = state / "pids" / "kube-apiserver.json"
     old = ProcRecord.load(path)
     assert old is not None
     terminate([old], grace=0)
+    assert not old.alive()
+    port = json.loads((state / "cluster.json").read_text())["ports"]["apiserver"]
+    wait_for("the killed apiserver's port released", lambda: port_free(port), 10, 0.005)
     _, new = spawn("kube-apiserver", old.cmd, state / "logs" / "kube-apiserver.log")
     new.save(path)
 

@@ -107,6 +107,36 @@ def test_terminate_escalates_and_spares_reused_pids(tmp_path: Path) -> None:
     assert proc.wait(timeout=5) == -9
 
 
+LINGERING = """
+import ctypes, socket, sys, threading, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+threading.Thread(target=lambda: time.sleep(60)).start()
+ctypes.CDLL(None).pthread_exit(None)  # the main thread (group leader) exits alone
+"""
+
+
+def test_a_process_is_alive_until_its_last_thread_is_gone(tmp_path: Path) -> None:
+    """A zombie group leader whose other threads still run (as while a SIGKILLed Go server
+    tears down) still holds its files: terminate() must wait for it, or a restart on the
+    same port fails with EADDRINUSE."""
+    port = free_port()
+    proc, rec = spawn("lingering", [sys.executable, "-c", LINGERING, str(port)], tmp_path / "log")
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 10
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, (tmp_path / "log").read_text()
+        time.sleep(0.02)
+    assert not port_free(port)  # the leader is a zombie, its thread still listens
+    assert rec.alive()
+    terminate([rec], grace=0)
+    assert not rec.alive()
+    assert port_free(port)
+    assert proc.wait(timeout=5) < 0  # ended by our signal
+
+
 def test_free_ports_lie_outside_the_ephemeral_range_and_are_distinct() -> None:
     low, high = ephemeral_range()
     picks = [free_port() for _ in range(50)]

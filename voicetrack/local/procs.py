@@ -17,14 +17,20 @@ from pathlib import Path
 
 
 def start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if it does not exist or is a
-    zombie (already exited, only waiting to be reaped)."""
+    """Start time of ``pid`` in clock ticks since boot, or None if it does not exist or has
+    exited: a zombie (only waiting to be reaped) whose other threads are gone too.
+
+    A multi-threaded process's leader turns zombie as soon as *it* exits, while its other
+    threads may still be exiting — and they hold the process's files until the last one is
+    gone (a SIGKILLed kube-apiserver keeps its listening socket for tens of ms more, while its
+    successor binds the same port within 100 ms).  So a zombie counts as exited only once
+    ``num_threads`` (proc(5), field 20) is down to the leader itself."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    rest = raw[raw.rindex(")") + 2 :].split()
-    if rest[0] in ("Z", "X"):  # never reaped here: that would steal a Popen's exit status
+    rest = raw[raw.rindex(")") + 2 :].split()  # rest[0] is field 3 (state)
+    if rest[0] in ("Z", "X") and int(rest[17]) <= 1:  # never reaped here: a Popen's status
         return None
     return int(rest[19])
 
