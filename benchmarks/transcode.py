@@ -9,7 +9,9 @@
 2. `promote` of 1 h × 5 speakers (10 s chunks, each speaker talking in a third of them, in
    turns; MP3 128 kbit/s, per-speaker and mixed tracks): wall time and the peak RSS of the
    whole process tree (Python plus its ffmpeg encoders), sampled every 0.1 s from /proc
-   (goals: ≤ 60 s on 2 cores, < 500 MB).
+   (goals: ≤ 60 s on 2 cores, < 500 MB). Baseline in the same run: bare ffmpeg encoding
+   the same final audio (decoded from our MP3s) to MP3, all tracks in parallel: the floor
+   LAME sets on this machine at this moment.
 
 Speech for (2) is a pool of 60 s per speaker, encoded once with discord.py's libopus
 encoder and reused cyclically: decoding cost per packet is what matters, not novelty.
@@ -219,6 +221,41 @@ def bench_promote(store: ObjectStore, hours: float, speakers: int, mono: bool
     return wall, cpu, peak_rss / 2**20, peak_pss / 2**20
 
 
+def bench_encoder_floor(store: ObjectStore, work: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of bare ffmpeg encoding the promoted tracks' audio to MP3 128 kbit/s,
+    all tracks in parallel as promotion runs them: the encoder's own cost, measured in the
+    same run (the machine's speed varies from run to run). The audio is the final MP3s
+    decoded to s16le files first (not timed), at their own channel counts."""
+    layout = MeetingLayout("bench", GUILD, "BeNcHpRoMoTeBeN1")
+    manifest = store.get_json(layout.final_manifest_key)
+    inputs = []
+    for i, track in enumerate(manifest["tracks"]):
+        mp3, pcm = work / f"floor-{i}.mp3", work / f"floor-{i}.pcm"
+        store.get_file(track["key"], str(mp3))
+        channels = str(track.get("channels", 2))
+        subprocess.run(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-y", "-i",
+                        str(mp3), "-f", "s16le", "-ac", channels, str(pcm)], check=True)
+        mp3.unlink()
+        inputs.append((pcm, channels))
+    cpu0 = os.times()
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-y",
+                               "-f", "s16le", "-ar", "48000", "-ac", channels, "-i", str(pcm),
+                               "-c:a", "libmp3lame", "-b:a", "128k", "-f", "mp3",
+                               str(pcm.with_suffix(".mp3"))])
+             for pcm, channels in inputs]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit("bare ffmpeg failed")
+    wall = time.perf_counter() - t0
+    cpu1 = os.times()
+    for pcm, _ in inputs:
+        pcm.unlink()
+        pcm.with_suffix(".mp3").unlink()
+    return wall, (cpu1.children_user - cpu0.children_user) + (cpu1.children_system
+                                                              - cpu0.children_system)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=float, default=1.0)
@@ -235,6 +272,7 @@ def main() -> None:
             store = ObjectStore(settings)
             ratio, _, _ = bench_chunk(store, Path(tmp), args.runs, mono)
             wall, cpu, rss, pss = bench_promote(store, args.hours, args.speakers, mono)
+            floor_wall, floor_cpu = bench_encoder_floor(store, Path(tmp))
         finally:
             server.stop()
     print(f"promote {args.hours:g} h x {args.speakers} {args.coding}-coded speakers: "
@@ -242,6 +280,9 @@ def main() -> None:
           f"{cpu:.1f} s CPU (with ffmpeg), peak process-tree RSS {rss:.0f} MB "
           f"(PSS {pss:.0f} MB); {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
+    print(f"encoder floor (bare ffmpeg MP3 encodes of the same final audio, in parallel): "
+          f"{floor_wall:.1f} s wall, {floor_cpu:.1f} s CPU; promote takes "
+          f"{wall / floor_wall:.2f}x the floor's wall time")
     print(f"transcode: ratio {ratio:.2f}, promote_1h5 {wall:.1f} s, rss {rss:.0f} MB")
 
 
