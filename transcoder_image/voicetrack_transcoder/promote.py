@@ -5,7 +5,8 @@ Per speaker, the session becomes ONE continuous stream in session time (DESIGN.m
 recorder gap, or time not covered by the plan → Opus silence frames (`F8 FF FE`) of the
 exact length; paused gaps are cut; the tail is padded to `sessionEndMs`. A speaker whose
 tracks are all mono-coded (`channels` 1, as a Discord client sends its microphone) is decoded
-and encoded as mono, losing nothing and costing half; the mix is mono when every speaker is.
+and encoded as mono, losing nothing (LAME at the same bitrate spends about a quarter less
+CPU on it); the mix is mono when every speaker is.
 Each stream is
 decoded once by one libopus decoder (no restart at chunk boundaries, hence no clicks) and
 encoded once per output format by ffmpeg (never MP3 concatenation). PCM raw chunks take the
