@@ -32,7 +32,7 @@ unit: setup
 lint:
 	$(VENV)/ruff check .
 	$(VENV)/lint-imports
-	$(VENV)/mypy voicetrack operator/voicetrack_operator recorder_image/voicetrack_recorder transcoder_image/voicetrack_transcoder
+	$(VENV)/mypy voicetrack operator/voicetrack_operator recorder_image/voicetrack_recorder transcoder_image/voicetrack_transcoder local_harness/voicetrack_local
 
 bench: setup
 	for b in benchmarks/*.py; do $(VENV)/python $$b || exit 1; done

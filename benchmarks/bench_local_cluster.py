@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from voicetrack.local import cluster
-from voicetrack.local.procs import ProcRecord
+from voicetrack_local import cluster
+from voicetrack_local.procs import ProcRecord
 
 
 def rss_mib(pid: int) -> float:

@@ -3,7 +3,7 @@
 `--sessions` concurrent recording sessions (default 50) each mirror `--chunks` chunks of
 `--speakers` speakers; every chunk track goes queued → in_progress → done through
 `RecordingService.upsert_chunk_status` (one transaction per write, as the operator does).
-The server is a fresh Debian PostgreSQL 15 (`voicetrack.local.postgres.PostgresServer`)
+The server is a fresh Debian PostgreSQL 15 (`voicetrack_local.postgres.PostgresServer`)
 with its durable defaults (fsync on) unless `--fast`. Prints the setup, per-write latency
 percentiles, and last the throughput: `sql_mirror: N writes/s`.
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from voicetrack.db.migrate import upgrade_head
 from voicetrack.db.schema import TranscodeStatus
 from voicetrack.db.service import RecordingService
-from voicetrack.local.postgres import PostgresServer
+from voicetrack_local.postgres import PostgresServer
 
 GUILD = "100000000000000001"
 CHANNEL = "200000000000000002"

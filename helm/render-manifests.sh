@@ -6,7 +6,7 @@
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-"$root/manifests/voicetrack.yaml"}
-helm=${HELM:-$("$root/.venv/bin/python" -c 'from voicetrack.local.build import ensure_helm; print(ensure_helm())')}
+helm=${HELM:-$("$root/.venv/bin/python" -c 'from voicetrack_local.build import ensure_helm; print(ensure_helm())')}
 trap 'rm -f "$out.tmp.$$"' EXIT
 {
   echo "# Rendered from helm/voicetrack with default values by helm/render-manifests.sh; do not edit."

@@ -1,56 +1,76 @@
-"""The `voicetrack` command: one typer group; every option also reads a VOICETRACK_* variable."""
+"""The `voicetrack` command: one typer group; every option also reads a VOICETRACK_* variable.
+
+Sub-commands that live in optional components (the local harness's `local` group and
+`demo`) are plugged in through the `voicetrack.cli` entry-point group, so this package never
+imports them (the import contract) and the command still works where they are not
+installed: each entry point names a function `register(app: typer.Typer) -> None` and the
+extra it needs (`voicetrack_local.cli:register [local]`); it is skipped unless every
+distribution of that extra is installed.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
+import re
+from importlib.metadata import PackageNotFoundError, distribution, entry_points, requires
 
 import typer
 
 app = typer.Typer(no_args_is_help=True,
                   help="Voicetrack: record Discord voice channels on Kubernetes.")
 
-
-def _register() -> None:
-    from voicetrack.local.cli import app as local_app
-
-    app.add_typer(local_app, name="local", help="The local control plane (the embedded default).")
+PLUGIN_GROUP = "voicetrack.cli"
+log = logging.getLogger(__name__)
 
 
-_register()
+def register_plugins(target: typer.Typer, group: str = PLUGIN_GROUP) -> list[str]:
+    """Add every installed plugin's commands to `target`. A plugin whose dependencies are
+    not installed (its extra was not chosen) is skipped. Returns the names registered."""
+    names = []
+    for ep in entry_points(group=group):
+        missing = missing_requirements(ep.extras)
+        if missing:
+            log.debug("voicetrack: plugin %s needs %s", ep.name, ", ".join(missing))
+            continue
+        try:
+            register = ep.load()
+        except ImportError as err:  # e.g. `voicetrack_local` without the `local` extra
+            log.debug("voicetrack: plugin %s unavailable: %s", ep.name, err)
+            continue
+        register(target)
+        names.append(ep.name)
+    return names
+
+
+def missing_requirements(extras: list[str], dist: str = "voicetrack") -> list[str]:
+    """The distributions that `dist`'s `extras` require and that are not installed (the
+    project's own self-references, `voicetrack[...]`, are not followed)."""
+    missing = []
+    for req in requires(dist) or []:
+        name, _, marker = req.partition(";")
+        if not any(re.search(rf"extra\s*==\s*[\"']{re.escape(e)}[\"']", marker) for e in extras):
+            continue
+        match = re.match(r"\s*([A-Za-z0-9._-]+)", name)
+        if match is None or match.group(1).lower() == dist:
+            continue
+        try:
+            distribution(match.group(1))
+        except PackageNotFoundError:
+            missing.append(match.group(1))
+    return missing
 
 
 @app.command()
-def demo(
-    audio: list[Path] = typer.Option([], "--audio", envvar="VOICETRACK_DEMO_AUDIO",
-                                     exists=True, dir_okay=False,
-                                     help="One audio file per speaker (any format ffmpeg "
-                                          "reads); default: three espeak-ng voices."),
-    offset_ms: list[int] = typer.Option([], "--offset-ms", envvar="VOICETRACK_DEMO_OFFSETS",
-                                        help="Start of each speaker in session time (ms)."),
-    out: Path = typer.Option(Path("out/demo"), "--out", envvar="VOICETRACK_DEMO_OUT",
-                             file_okay=False, help="Where final tracks and manifest go."),
-    postgres: bool = typer.Option(False, "--postgres/--sqlite", envvar="VOICETRACK_DEMO_POSTGRES",
-                                  help="PostgreSQL server instead of a SQLite file."),
-    pause: bool = typer.Option(True, "--pause/--no-pause", envvar="VOICETRACK_DEMO_PAUSE",
-                               help="Pause and resume once while recording."),
-    chunk_seconds: int = typer.Option(5, "--chunk-seconds", min=5, max=300,
-                                      envvar="VOICETRACK_DEMO_CHUNK_SECONDS"),
-    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="VOICETRACK_STATE_DIR",
-                                          help="Local cluster state directory."),
-    keep_cluster: bool = typer.Option(False, "--keep-cluster",
-                                      envvar="VOICETRACK_DEMO_KEEP_CLUSTER",
-                                      help="Leave a cluster this demo started running."),
-) -> None:
-    """Run the main job end to end on the local cluster and write the results to OUT."""
-    from voicetrack.demo import run_demo
+def version() -> None:
+    """Print Voicetrack's version and the optional commands installed here."""
+    from importlib.metadata import version as dist_version
 
-    if offset_ms and len(offset_ms) != len(audio):
-        raise typer.BadParameter("give one --offset-ms per --audio", param_hint="--offset-ms")
     try:
-        manifest = run_demo(audio, offset_ms, out, postgres=postgres, pause=pause,
-                            chunk_seconds=chunk_seconds, state_dir=state_dir,
-                            keep=keep_cluster)
-    except Exception as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(1) from err
-    typer.echo(str(manifest))
+        v = dist_version("voicetrack")
+    except PackageNotFoundError:  # run from a checkout without installing
+        v = "unknown"
+    plugins = sorted(ep.name for ep in entry_points(group=PLUGIN_GROUP))
+    typer.echo(f"voicetrack {v} (plugins declared: {', '.join(plugins) or 'none'})")
+
+
+register_plugins(app)

@@ -23,8 +23,8 @@ from tests.audio_helpers import Speaker, decode_file, find_click, session_to_out
 from tests.e2e.test_main_job import get, session_yaml, wait_for, wav_bytes
 from tests.fixtures.stack import Stack
 from voicetrack.layout import MeetingLayout
-from voicetrack.local.postgres import PostgresServer
 from voicetrack.manifests import FinalManifest
+from voicetrack_local.postgres import PostgresServer
 
 pytestmark = pytest.mark.disruptive
 

@@ -27,10 +27,10 @@ from tests.audio_helpers import Speaker
 from tests.e2e.test_main_job import get, session_yaml, wait_for, wav_bytes
 from tests.fixtures.cluster import Kubectl
 from tests.fixtures.stack import Stack
-from voicetrack.local.build import K8S_VERSION, ensure_helm
-from voicetrack.local.ports import free_port
-from voicetrack.local.postgres import PostgresServer
-from voicetrack.local.stack import OperatorProcess
+from voicetrack_local.build import K8S_VERSION, ensure_helm
+from voicetrack_local.ports import free_port
+from voicetrack_local.postgres import PostgresServer
+from voicetrack_local.stack import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from voicetrack.local.kubectl import kubectl as run_kubectl
-from voicetrack.local.ports import port_free
-from voicetrack.local.procs import ProcRecord, spawn, terminate
+from voicetrack_local.kubectl import kubectl as run_kubectl
+from voicetrack_local.ports import port_free
+from voicetrack_local.procs import ProcRecord, spawn, terminate
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ from voicetrack.db.migrate import upgrade_head
 from voicetrack.db.schema import TempRecording, TranscodeStatus
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack.local.ports import free_port
-from voicetrack.local.postgres import PostgresServer
 from voicetrack.manifests import FinalTrack
+from voicetrack_local.ports import free_port
+from voicetrack_local.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from voicetrack.errors import TemporaryFailure
-from voicetrack.local.seaweed import SeaweedServer
 from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack_local.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from voicetrack.local.build import K8S_VERSION, ldflags, render_gomod
-from voicetrack.local.nodeagent import ConfigError, _field_value, expand, quantity
-from voicetrack.local.pki import ensure_pki
-from voicetrack.local.ports import ephemeral_range, free_port, port_free
-from voicetrack.local.procs import ProcRecord, spawn, terminate
+from voicetrack_local.build import GOMOD_DIR, K8S_VERSION, ldflags, render_gomod
+from voicetrack_local.nodeagent import ConfigError, _field_value, expand, quantity
+from voicetrack_local.pki import ensure_pki
+from voicetrack_local.ports import ephemeral_range, free_port, port_free
+from voicetrack_local.procs import ProcRecord, spawn, terminate
 
 pytestmark = pytest.mark.unit
 
@@ -83,7 +83,7 @@ def test_gomod_has_a_replace_per_staging_module_and_version_stamps() -> None:
     flags = ldflags(K8S_VERSION)
     assert f"-X k8s.io/component-base/version.gitVersion=v{K8S_VERSION}" in flags
     assert f"-X k8s.io/client-go/pkg/version.gitVersion=v{K8S_VERSION}" in flags
-    committed = (Path(__file__).parents[2] / "voicetrack/local/k8s/go.mod").read_text()
+    committed = (GOMOD_DIR / "go.mod").read_text()
     assert committed.count("=> k8s.io/") == 33
 
 

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from voicetrack.local.ports import free_port
 from voicetrack.objectstore import S3Settings
+from voicetrack_local.ports import free_port
 
 
 class SeaweedError(RuntimeError):

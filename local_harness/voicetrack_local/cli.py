@@ -1,4 +1,6 @@
-"""``voicetrack local build|up|status|down``: the local control plane from the command line.
+"""``voicetrack local build|up|status|down`` and ``voicetrack demo``: the local harness from
+the command line, plugged into the ``voicetrack`` command by :func:`register` (entry point
+group ``voicetrack.cli``).
 
 Every option also reads a ``VOICETRACK_*`` variable (``VOICETRACK_STATE_DIR``,
 ``VOICETRACK_K8S_TIMEOUT``); failures are one-line errors with exit code 1.
@@ -13,8 +15,8 @@ from typing import Annotated
 import typer
 
 from voicetrack.errors import VoicetrackError
-from voicetrack.local import build as k8sbuild
-from voicetrack.local import cluster as k8scluster
+from voicetrack_local import build as k8sbuild
+from voicetrack_local import cluster as k8scluster
 
 app = typer.Typer(no_args_is_help=True, help="The local control plane (the embedded default).")
 
@@ -53,7 +55,7 @@ def build(
         typer.Option(
             "--regen-gomod",
             envvar="VOICETRACK_K8S_REGEN_GOMOD",
-            help="Re-derive voicetrack/local/k8s/go.mod from kubernetes' go.mod first.",
+            help="Re-derive voicetrack_local/k8s/go.mod from kubernetes' go.mod first.",
         ),
     ] = False,
 ) -> None:
@@ -76,7 +78,7 @@ def build(
 
 
 def _build_helm(force: bool) -> None:
-    """Build helm (`voicetrack.local.build.build_helm`) unless present; its path to stderr."""
+    """Build helm (`voicetrack_local.build.build_helm`) unless present; its path to stderr."""
     present = not force and k8sbuild.helm_present()
     path = k8sbuild.build_helm(force=force, log=_err)
     _err(f"helm: {path}{' (already built)' if present else ''}")
@@ -136,3 +138,46 @@ def down(
     """Stop every process `up` started in the state directory, and only those."""
     stopped = k8scluster.down(state_dir, purge=purge)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def demo(
+    audio: list[Path] = typer.Option([], "--audio", envvar="VOICETRACK_DEMO_AUDIO",
+                                     exists=True, dir_okay=False,
+                                     help="One audio file per speaker (any format ffmpeg "
+                                          "reads); default: three espeak-ng voices."),
+    offset_ms: list[int] = typer.Option([], "--offset-ms", envvar="VOICETRACK_DEMO_OFFSETS",
+                                        help="Start of each speaker in session time (ms)."),
+    out: Path = typer.Option(Path("out/demo"), "--out", envvar="VOICETRACK_DEMO_OUT",
+                             file_okay=False, help="Where final tracks and manifest go."),
+    postgres: bool = typer.Option(False, "--postgres/--sqlite", envvar="VOICETRACK_DEMO_POSTGRES",
+                                  help="PostgreSQL server instead of a SQLite file."),
+    pause: bool = typer.Option(True, "--pause/--no-pause", envvar="VOICETRACK_DEMO_PAUSE",
+                               help="Pause and resume once while recording."),
+    chunk_seconds: int = typer.Option(5, "--chunk-seconds", min=5, max=300,
+                                      envvar="VOICETRACK_DEMO_CHUNK_SECONDS"),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="VOICETRACK_STATE_DIR",
+                                          help="Local cluster state directory."),
+    keep_cluster: bool = typer.Option(False, "--keep-cluster",
+                                      envvar="VOICETRACK_DEMO_KEEP_CLUSTER",
+                                      help="Leave a cluster this demo started running."),
+) -> None:
+    """Run the main job end to end on the local cluster and write the results to OUT."""
+    from voicetrack_local.demo import run_demo
+
+    if offset_ms and len(offset_ms) != len(audio):
+        raise typer.BadParameter("give one --offset-ms per --audio", param_hint="--offset-ms")
+    try:
+        manifest = run_demo(audio, offset_ms, out, postgres=postgres, pause=pause,
+                            chunk_seconds=chunk_seconds, state_dir=state_dir,
+                            keep=keep_cluster)
+    except Exception as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(str(manifest))
+
+
+def register(root: typer.Typer) -> None:
+    """Plug `local …` and `demo` into the `voicetrack` command (entry point
+    `voicetrack.cli: local`)."""
+    root.add_typer(app, name="local", help="The local control plane (the embedded default).")
+    root.command(name="demo")(demo)

@@ -30,7 +30,7 @@ from types import TracebackType
 import psycopg
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.local.ports import free_port
+from voicetrack_local.ports import free_port
 
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"

@@ -13,14 +13,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from importlib.resources import files
 from pathlib import Path
 
-from voicetrack.local.kubectl import kubectl
-from voicetrack.local.ports import free_port
 from voicetrack.objectstore import S3Settings
+from voicetrack_local.kubectl import kubectl
+from voicetrack_local.ports import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT / "crds"
+CRD_DIR = Path(str(files("voicetrack") / "crds"))
+"""The CRDs, shipped as package data of `voicetrack` (their one home; `crds/` at the top of
+the checkout and the chart's `crds/` link to them)."""
 CRD_NAMES = ("recordingsessions.voicetrack.dev", "recordingchunks.voicetrack.dev")
 
 

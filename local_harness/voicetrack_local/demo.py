@@ -26,13 +26,13 @@ from rich.table import Table
 
 from voicetrack.db.service import RecordingService
 from voicetrack.layout import MeetingLayout
-from voicetrack.local import cluster as local_cluster
-from voicetrack.local.kubectl import kubectl
-from voicetrack.local.postgres import PostgresServer
-from voicetrack.local.seaweed import SeaweedServer
-from voicetrack.local.stack import OperatorProcess, install_crds, prepare_namespace
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import ObjectStore
+from voicetrack_local import cluster as local_cluster
+from voicetrack_local.kubectl import kubectl
+from voicetrack_local.postgres import PostgresServer
+from voicetrack_local.seaweed import SeaweedServer
+from voicetrack_local.stack import OperatorProcess, install_crds, prepare_namespace
 
 NAMESPACE = "voicetrack-demo"
 SESSION = "demo"

@@ -4,7 +4,7 @@ as local processes.
 What it does (the kubelet behaviour it follows is cited from kubernetes.io/docs/concepts/
 workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``):
 
-* registers Node :data:`voicetrack.local.cluster.NODE_NAME` (Ready, capacity from this
+* registers Node :data:`voicetrack_local.cluster.NODE_NAME` (Ready, capacity from this
   machine, ``InternalIP 127.0.0.1``, ``daemonEndpoints.kubeletEndpoint.Port``) and renews its
   Lease in ``kube-node-lease`` every 10 s (the node controller marks a node Unknown after
   ``--node-monitor-grace-period``, 50 s, without a renewal it saw), retrying a failed renewal
@@ -46,7 +46,7 @@ set, so in-cluster clients fall back to ``KUBECONFIG``), volumes other than the 
 
 The agent talks to the API with the admin kubeconfig of the state directory (a node
 identity with NodeRestriction is not needed for a single-user local cluster).
-Run: ``python -m voicetrack.local.nodeagent --state-dir DIR`` (``voicetrack local up`` does).
+Run: ``python -m voicetrack_local.nodeagent --state-dir DIR`` (``voicetrack local up`` does).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
-from voicetrack.local.procs import ProcRecord
+from voicetrack_local.procs import ProcRecord
 
 log = logging.getLogger("voicetrack.nodeagent")
 
@@ -431,7 +431,7 @@ class PodWorker(threading.Thread):
         if spec.get("automountServiceAccountToken") is not False:
             token = self.agent.pod_token(pod)
             (self.dir / "ca.crt").write_bytes(self.agent.ca_pem)
-            from voicetrack.local.cluster import write_kubeconfig
+            from voicetrack_local.cluster import write_kubeconfig
 
             write_kubeconfig(
                 self.dir / "kubeconfig",
@@ -998,7 +998,7 @@ class PodWorker(threading.Thread):
 
 
 def _ticks(pid: int) -> int:
-    from voicetrack.local.procs import start_ticks
+    from voicetrack_local.procs import start_ticks
 
     t = start_ticks(pid)
     return t if t is not None else -1
@@ -1493,7 +1493,7 @@ class NodeAgent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m voicetrack.local.nodeagent --state-dir DIR``."""
+    """Entry point: ``python -m voicetrack_local.nodeagent --state-dir DIR``."""
     parser = argparse.ArgumentParser(description="Voicetrack local node agent")
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--verbose", action="store_true")

@@ -1,6 +1,6 @@
 """The local Kubernetes control plane: upstream etcd, kube-apiserver, kube-controller-manager
-and kube-scheduler (built by :mod:`voicetrack.local.build`) plus our node agent
-(:mod:`voicetrack.local.nodeagent`), all as background processes on 127.0.0.1.
+and kube-scheduler (built by :mod:`voicetrack_local.build`) plus our node agent
+(:mod:`voicetrack_local.nodeagent`), all as background processes on 127.0.0.1.
 
 State directory layout (``$VOICETRACK_STATE_DIR``, default
 ``$XDG_STATE_HOME/voicetrack/local`` i.e. ``~/.local/state/voicetrack/local``)::
@@ -39,10 +39,10 @@ from typing import Any
 import yaml
 
 from voicetrack.errors import VoicetrackError
-from voicetrack.local import build as k8sbuild
-from voicetrack.local.pki import SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
-from voicetrack.local.ports import free_port, port_free
-from voicetrack.local.procs import ProcRecord, spawn, terminate
+from voicetrack_local import build as k8sbuild
+from voicetrack_local.pki import SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
+from voicetrack_local.ports import free_port, port_free
+from voicetrack_local.procs import ProcRecord, spawn, terminate
 
 NODE_NAME = "voicetrack-local"
 """Name of the one Node the agent registers."""
@@ -99,7 +99,7 @@ class LocalCluster:
 
     def kubectl_args(self) -> list[str]:
         """``[<venv kubectl>, "--kubeconfig", <kubeconfig>]`` for subprocess calls."""
-        from voicetrack.local.kubectl import kubectl_path
+        from voicetrack_local.kubectl import kubectl_path
 
         return [str(kubectl_path()), "--kubeconfig", str(self.kubeconfig)]
 
@@ -343,7 +343,7 @@ def up(
     """Start the local cluster in ``state_dir`` (default :func:`default_state_dir`), or
     return the one already running there (then ``owned`` is False).
 
-    Builds the binaries first if they are missing (:func:`voicetrack.local.build.ensure_built`),
+    Builds the binaries first if they are missing (:func:`voicetrack_local.build.ensure_built`),
     then starts etcd, the apiserver (waits for ``/readyz``), the controller-manager and
     scheduler, and the node agent, and waits until the Node is Ready and untainted and the
     ``default`` ServiceAccount exists.  Every process runs detached (it outlives the caller)
@@ -352,7 +352,7 @@ def up(
     Raises:
         ClusterError: a component exited or was not ready within ``timeout`` seconds (the
             processes started so far are stopped again).
-        voicetrack.local.build.BuildError: the Go build failed.
+        voicetrack_local.build.BuildError: the Go build failed.
     """
     state_dir = (state_dir or default_state_dir()).resolve()
     bins = k8sbuild.ensure_built(log=log)
@@ -531,7 +531,7 @@ def _start(state_dir: Path, bins: Path, timeout: float, log: Callable[[str], Non
         [
             sys.executable,
             "-m",
-            "voicetrack.local.nodeagent",
+            "voicetrack_local.nodeagent",
             f"--state-dir={state_dir}",
         ],
     )
