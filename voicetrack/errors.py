@@ -24,3 +24,9 @@ class TemporaryFailure(VoicetrackError):
 
 class NotFoundError(InvalidInputError):
     """A named thing (object, row, resource) does not exist."""
+
+
+class ConflictError(VoicetrackError):
+    """The thing exists already, or changed since it was read (HTTP 409). Deterministic
+    names make a create's 409 a success for its caller; a conditional write's 409 means
+    another writer won."""

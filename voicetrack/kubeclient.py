@@ -1,10 +1,21 @@
-"""One way every Voicetrack process gets its Kubernetes API client (the official client)."""
+"""One way every Voicetrack process gets its Kubernetes API client (the official client),
+and one translation of its errors into Voicetrack's error family."""
 
 from __future__ import annotations
 
-from kubernetes import client, config
+import json
 
-from voicetrack.errors import InvalidInputError
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from voicetrack.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    TemporaryFailure,
+    VoicetrackError,
+)
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -23,3 +34,48 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     except (config.ConfigException, OSError) as err:
         raise InvalidInputError(f"no usable Kubernetes configuration (not in a cluster, "
                                 f"and KUBECONFIG / ~/.kube/config: {err})") from err
+
+
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, urllib3.exceptions.HTTPError)
+"""What the client raises when the API server cannot be reached: connection refused and
+timeouts (OSError) and urllib3's MaxRetryError, ProtocolError, … (not OSErrors). Always
+temporary: the API server comes back."""
+
+
+def api_message(err: ApiException) -> str:
+    """The API server's own message from an ApiException's `Status` body (e.g. a CRD
+    validation rule's text), else `<status> <reason>`."""
+    try:
+        body = json.loads(err.body or "")
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    except (ValueError, TypeError):
+        pass
+    return f"{err.status} {err.reason}"
+
+
+def translate_api_error(err: BaseException, what: str) -> VoicetrackError:
+    """The one mapping of Kubernetes client errors onto Voicetrack's error family, for every
+    component (operator, recorder, bot). `what` names the call (`create pod ns/name`).
+
+    - 404 → NotFoundError (callers that treat absence as success check for it first);
+    - 409 → ConflictError (exists already, or a stale resourceVersion);
+    - 408, 429, 5xx, no status, and network errors (`NETWORK_ERRORS`) → TemporaryFailure;
+    - 401 and 403 → TemporaryFailure too: credentials and RBAC are fixed by an admin or
+      propagate late (a fresh RoleBinding, a rotated token), and retrying loses nothing;
+    - other 4xx (400, 422: a manifest or patch the API refuses) → InvalidInputError with
+      the API server's message.
+    Any other exception is a bug and is not passed here."""
+    if isinstance(err, ApiException):
+        status = int(err.status or 0)
+        message = f"{what}: {api_message(err)}"
+        if status == 404:
+            return NotFoundError(message)
+        if status == 409:
+            return ConflictError(message)
+        if status in (0, 401, 403, 408, 429) or status >= 500:
+            return TemporaryFailure(message, delay=5)
+        return InvalidInputError(message)
+    if isinstance(err, NETWORK_ERRORS):
+        return TemporaryFailure(f"{what}: API server unreachable: {err}", delay=5)
+    raise TypeError(f"translate_api_error got {type(err).__name__}: {err}")

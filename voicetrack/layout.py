@@ -15,6 +15,7 @@ No clock, no client: functions of their arguments only.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from voicetrack.audio import RAW_EXTENSIONS
@@ -89,3 +90,49 @@ class MeetingLayout:
 def output_extension(fmt: str) -> str:
     """File extension of an output format: mp3 → mp3, flac → flac, opus → ogg."""
     return {"mp3": "mp3", "flac": "flac", "opus": "ogg"}[fmt]
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    """What a key under some prefix says: its meeting, and for chunk objects the chunk index
+    and the file name (`<userId>.<ext>` or `result.json`). `area` is `chunks`, `final` or
+    `promotion` (the plan)."""
+
+    guild_id: str
+    meeting_id: str
+    area: str
+    index: int | None = None
+    name: str | None = None
+
+    def layout(self, prefix: str) -> MeetingLayout:
+        return MeetingLayout(prefix, self.guild_id, self.meeting_id)
+
+
+_KEY = re.compile(
+    r"^(?P<guild>[0-9]{15,20})/(?P<meeting>[A-Za-z0-9]{16})/"
+    r"(?:(?P<promotion>promotion\.json)|(?P<area>chunks|final)/(?P<rest>.+))$")
+_CHUNK_REST = re.compile(r"^(?P<index>[0-9]{6})/(?P<name>[^/]+)$")
+
+
+def parse_key(key: str, prefix: str) -> ParsedKey | None:
+    """The inverse of `MeetingLayout`: parse `key` written under `prefix`. Returns None for
+    a key this layout did not write (another prefix, a malformed id or index), so a caller
+    that deletes by parsed key never touches what it does not understand."""
+    head = prefix.strip("/")
+    if head:
+        if not key.startswith(head + "/"):
+            return None
+        key = key[len(head) + 1:]
+    m = _KEY.match(key)
+    if m is None:
+        return None
+    if m.group("promotion"):
+        return ParsedKey(m.group("guild"), m.group("meeting"), "promotion")
+    area, rest = m.group("area"), m.group("rest")
+    if area == "chunks":
+        c = _CHUNK_REST.match(rest)
+        if c is None:
+            return None
+        return ParsedKey(m.group("guild"), m.group("meeting"), area, int(c.group("index")),
+                         c.group("name"))
+    return ParsedKey(m.group("guild"), m.group("meeting"), area, None, rest)

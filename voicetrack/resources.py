@@ -6,8 +6,9 @@ schema for the API server; tests check the two agree on defaults and ranges.
 
 from __future__ import annotations
 
+import enum
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -33,11 +34,72 @@ SNOWFLAKE_PATTERN = r"^[0-9]{15,20}$"
 MEETING_ID_PATTERN = r"^[A-Za-z0-9]{16}$"
 DNS_LABEL_MAX = 63
 
-TranscodeStatus = Literal["queued", "in_progress", "done", "failed"]
 OutputFormat = Literal["mp3", "flac", "opus"]
 RawFormat = Literal["ogg-opus", "pcm-s16le"]
+TracksOption = Literal["perSpeaker", "mixed", "both"]
+"""`spec.output.tracks`, the one vocabulary for which final tracks become `recordings` rows:
+every speaker's (N rows), the mix (1 row, user_id NULL), or both (N + 1)."""
+TRACKS_OPTIONS: tuple[TracksOption, ...] = ("perSpeaker", "mixed", "both")
+
+
+class TranscodeStatus(enum.StrEnum):
+    """A chunk's `status.transcodeStatus` and `temp_recordings.transcode_status`.
+    Forward-only: queued → in_progress → done | failed; `done` and `failed` are terminal."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def rank(self) -> int:
+        """A status write takes effect only when it raises this rank."""
+        return TRANSCODE_ORDER[self.value]
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TranscodeStatus.DONE, TranscodeStatus.FAILED)
+
+
 TRANSCODE_ORDER: dict[str, int] = {"queued": 0, "in_progress": 1, "done": 2, "failed": 2}
-"""Forward-only rank of a transcode status: a write may only raise the rank."""
+"""Forward-only rank of a transcode status by value: a write may only raise the rank."""
+
+
+class SessionState(enum.StrEnum):
+    """`RecordingSession.status.state`, the printer column `State`, written by the operator
+    only. While recording: Pending → Recording ⇄ Paused, or Stopped (a limit ended the
+    recorder), Failed (the recorder cannot run), Refused (the guild is busy). While
+    deleting: Stopping → Transcoding → Promoting → Promoted, or PromotionFailed (retried,
+    raw data kept)."""
+
+    PENDING = "Pending"
+    RECORDING = "Recording"
+    PAUSED = "Paused"
+    STOPPED = "Stopped"
+    FAILED = "Failed"
+    REFUSED = "Refused"
+    STOPPING = "Stopping"
+    TRANSCODING = "Transcoding"
+    PROMOTING = "Promoting"
+    PROMOTED = "Promoted"
+    PROMOTION_FAILED = "PromotionFailed"
+
+    @property
+    def active(self) -> bool:
+        """True while the session holds its guild's voice channel (or may again)."""
+        return self not in INACTIVE_STATES
+
+    @property
+    def deleting(self) -> bool:
+        return self in DELETION_STATES
+
+
+INACTIVE_STATES = frozenset({SessionState.STOPPED, SessionState.FAILED, SessionState.REFUSED})
+"""States of a session that no longer records."""
+DELETION_STATES = frozenset({SessionState.STOPPING, SessionState.TRANSCODING,
+                             SessionState.PROMOTING, SessionState.PROMOTED,
+                             SessionState.PROMOTION_FAILED})
+"""States the operator writes while a deleted session's finalizer runs."""
 
 
 class _Model(BaseModel):
@@ -69,7 +131,7 @@ class OutputSpec(_Model):
     formats: list[OutputFormat] = Field(default_factory=lambda: list[OutputFormat](["mp3"]))
     mp3_bitrate: int = Field(default=128, ge=32, le=320)
     """MP3 bitrate in kbit/s."""
-    tracks: Literal["perSpeaker", "mixed", "both"] = "both"
+    tracks: TracksOption = "both"
 
 
 class LimitsSpec(_Model):
@@ -166,6 +228,56 @@ class ChunkOutput(_Model):
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     duration_ms: int = Field(ge=0)
+
+
+class ChunkStatus(_Model):
+    """`RecordingChunk.status`, written by the operator only: the transcode's state, its
+    Job, the outputs read from `result.json` once done, the reason once failed. The SQL
+    mirror (`temp_recordings`) is written from this, never from anything else."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    transcode_status: TranscodeStatus = TranscodeStatus.QUEUED
+    track_count: int | None = Field(default=None, ge=0)
+    job_name: str | None = None
+    tracks: list[ChunkOutput] = Field(default_factory=list)
+    error: str | None = None
+
+    def primary_output(self, user_id: str) -> ChunkOutput | None:
+        """The output that stands for `user_id`'s track in SQL: its MP3, else the first."""
+        outs = [o for o in self.tracks if o.user_id == user_id]
+        return next((o for o in outs if o.format == "mp3"), outs[0] if outs else None)
+
+
+# ---------------------------------------------------------------- identity and ownership
+
+
+def derive_meeting_id(session_uid: str) -> str:
+    """A 16-character meeting id from a session's uid (hex of its sha256): stable across
+    retries and operator restarts, unique per session."""
+    return hashlib.sha256(session_uid.encode()).hexdigest()[:16]
+
+
+def meeting_id_for(session_uid: str, spec_meeting_id: str | None) -> str:
+    """The meeting id of a session: `spec.meetingId` when set, else derived from its uid."""
+    return spec_meeting_id or derive_meeting_id(session_uid)
+
+
+def owner_reference(name: str, uid: str, kind: str = SESSION_KIND,
+                    api_version: str = API_VERSION) -> dict[str, Any]:
+    """An ownerReference to a controlling owner (a session by default): the garbage
+    collector deletes the child with it, and `blockOwnerDeletion` makes a foreground
+    deletion wait for the child."""
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def controller_uid(obj: dict[str, Any], kind: str = SESSION_KIND) -> str | None:
+    """The uid of `obj`'s controlling owner of `kind`, None when it has none."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind and ref.get("controller"):
+            return str(ref["uid"])
+    return None
 
 
 # ---------------------------------------------------------------- names

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from voicetrack.resources import TRANSCODE_ORDER
+from voicetrack.resources import TranscodeStatus
 
 ID_LENGTH = 16
 """Length of every id (meetings, temp_recordings, recordings): `secrets.token_hex(8)`."""
@@ -56,21 +56,9 @@ NAMING_CONVENTION = {
 }
 
 
-class TranscodeStatus(enum.StrEnum):
-    """`temp_recordings.transcode_status`. Forward-only: queued → in_progress → done | failed;
-    `done` and `failed` are terminal (ranks in `TRANSCODE_RANK`)."""
-
-    QUEUED = "queued"
-    IN_PROGRESS = "in_progress"
-    DONE = "done"
-    FAILED = "failed"
-
-
-TRANSCODE_RANK: dict[TranscodeStatus, int] = {
-    TranscodeStatus(name): rank for name, rank in TRANSCODE_ORDER.items()
-}
-"""A status write takes effect only when it raises this rank (from the one definition,
-`voicetrack.resources.TRANSCODE_ORDER`)."""
+TRANSCODE_RANK: dict[TranscodeStatus, int] = {status: status.rank for status in TranscodeStatus}
+"""A status write takes effect only when it raises this rank (`TranscodeStatus.rank`, from the
+one definition in `voicetrack.resources`)."""
 
 
 class RecordingKind(enum.StrEnum):

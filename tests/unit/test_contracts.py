@@ -1,0 +1,137 @@
+"""The shared contracts' one homes: key parsing, the Kubernetes error translation, owner
+references, meeting ids, chunk status and the state vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from voicetrack.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    TemporaryFailure,
+)
+from voicetrack.kubeclient import translate_api_error
+from voicetrack.layout import MeetingLayout, parse_key
+from voicetrack.resources import (
+    ChunkStatus,
+    SessionState,
+    TranscodeStatus,
+    controller_uid,
+    derive_meeting_id,
+    meeting_id_for,
+    owner_reference,
+)
+
+pytestmark = pytest.mark.unit
+
+GUILD, USER, MEETING = "123456789012345678", "223456789012345678", "abcdefABCDEF0123"
+
+
+@pytest.mark.parametrize("prefix", ["recordings", "", "a/b"])
+def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
+    lay = MeetingLayout(prefix, GUILD, MEETING)
+    for key, area, index, name in [
+        (lay.raw_key(7, USER, "ogg-opus"), "chunks", 7, f"{USER}.opus"),
+        (lay.raw_key(8, USER, "pcm-s16le"), "chunks", 8, f"{USER}.pcm"),
+        (lay.chunk_output_key(7, USER, "mp3"), "chunks", 7, f"{USER}.mp3"),
+        (lay.result_key(0), "chunks", 0, "result.json"),
+        (lay.final_key("mix", "mp3"), "final", None, "mix.mp3"),
+        (lay.final_manifest_key, "final", None, "manifest.json"),
+        (lay.promotion_plan_key, "promotion", None, None),
+    ]:
+        parsed = parse_key(key, prefix)
+        assert parsed is not None, key
+        assert (parsed.guild_id, parsed.meeting_id, parsed.area, parsed.index, parsed.name) \
+            == (GUILD, MEETING, area, index, name)
+        assert parsed.layout(prefix).root == lay.root
+
+
+@pytest.mark.parametrize("key", [
+    "other/123456789012345678/abcdefABCDEF0123/chunks/000001/x.opus",  # another prefix
+    "recordings/12345/abcdefABCDEF0123/chunks/000001/x.opus",          # guild not a snowflake
+    "recordings/123456789012345678/abc/chunks/000001/x.opus",          # short meeting id
+    "recordings/123456789012345678/abcdefABCDEF0123/chunks/1/x.opus",   # index not 6 digits
+    "recordings/123456789012345678/abcdefABCDEF0123/chunks/000001/a/b",
+    "recordings/123456789012345678/abcdefABCDEF0123/elsewhere/x",
+    "recordings/123456789012345678/../chunks/000001/x.opus",
+])
+def test_keys_the_layout_did_not_write_are_not_parsed(key: str) -> None:
+    assert parse_key(key, "recordings") is None
+
+
+def _api(status: int, message: str = "") -> ApiException:
+    err = ApiException(status=status, reason="Reason")
+    err.body = f'{{"kind":"Status","message":"{message}"}}' if message else None
+    return err
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (404, NotFoundError), (409, ConflictError), (400, InvalidInputError),
+    (422, InvalidInputError), (401, TemporaryFailure), (403, TemporaryFailure),
+    (408, TemporaryFailure), (429, TemporaryFailure), (500, TemporaryFailure),
+    (503, TemporaryFailure), (0, TemporaryFailure),
+])
+def test_one_translation_of_api_errors(status: int, kind: type[Exception]) -> None:
+    err = translate_api_error(_api(status, "spec.chunkSeconds: must be <= 300"), "create x")
+    assert type(err) is kind
+    assert "create x" in str(err)
+    if status == 422:
+        assert "spec.chunkSeconds: must be <= 300" in str(err)
+
+
+def test_network_errors_are_temporary_and_bugs_are_not_translated() -> None:
+    err = urllib3.exceptions.MaxRetryError(None, "/api", reason="refused")  # type: ignore[arg-type]
+    assert isinstance(translate_api_error(err, "get pod"), TemporaryFailure)
+    assert isinstance(translate_api_error(ConnectionRefusedError(), "get pod"),
+                      TemporaryFailure)
+    with pytest.raises(TypeError):
+        translate_api_error(KeyError("x"), "get pod")
+
+
+def test_owner_reference_and_controller_uid() -> None:
+    ref = owner_reference("standup", "u-1")
+    assert ref == {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
+                   "name": "standup", "uid": "u-1", "controller": True,
+                   "blockOwnerDeletion": True}
+    assert controller_uid({"metadata": {"ownerReferences": [ref]}}) == "u-1"
+    assert controller_uid({"metadata": {}}) is None
+
+
+def test_meeting_id() -> None:
+    derived = derive_meeting_id("0f1e2d3c-uid")
+    assert len(derived) == 16 and derived == derive_meeting_id("0f1e2d3c-uid")
+    assert meeting_id_for("0f1e2d3c-uid", None) == derived
+    assert meeting_id_for("0f1e2d3c-uid", MEETING) == MEETING
+
+
+def test_chunk_status_reads_what_the_operator_writes() -> None:
+    sha = "0" * 64
+    st = ChunkStatus.model_validate({
+        "transcodeStatus": "done", "trackCount": 1, "jobName": "s-tx-000000",
+        "tracks": [
+            {"userId": USER, "format": "flac", "key": "k.flac", "bytes": 1, "sha256": sha,
+             "durationMs": 5000},
+            {"userId": USER, "format": "mp3", "key": "k.mp3", "bytes": 1, "sha256": sha,
+             "durationMs": 5000}],
+        "somethingNewer": True})
+    assert st.transcode_status is TranscodeStatus.DONE and st.transcode_status.terminal
+    out = st.primary_output(USER)
+    assert out is not None and out.format == "mp3"
+    assert st.primary_output("1" * 18) is None
+    assert ChunkStatus.model_validate({}).transcode_status is TranscodeStatus.QUEUED
+
+
+def test_transcode_ranks_move_forward_only() -> None:
+    q, p, d, f = (TranscodeStatus(v) for v in ("queued", "in_progress", "done", "failed"))
+    assert q.rank < p.rank < d.rank == f.rank
+    assert not p.terminal and d.terminal and f.terminal
+
+
+def test_session_states() -> None:
+    assert SessionState("Recording").active and not SessionState("Refused").active
+    assert SessionState("Promoting").deleting and not SessionState("Paused").deleting
+    assert {s.value for s in SessionState} >= {"Pending", "Recording", "Paused", "Stopped",
+                                                 "Failed", "Refused", "PromotionFailed"}
