@@ -3,6 +3,11 @@ watch `spec.paused`. Sync client calls; the recorder runs them in threads.
 
 The recorder's ServiceAccount may get/watch its RecordingSession and create/list
 RecordingChunks in its namespace, nothing more (the operator's RBAC for it).
+
+Client errors are translated where they are raised, by `voicetrack.kubeclient.
+translate_api_error` (404 NotFoundError, 409 ConflictError, 401/403/408/429/5xx and an
+unreachable API server TemporaryFailure, other 4xx InvalidInputError), so the uploader's
+retry loop sees a brief API outage as the TemporaryFailure it retries.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Any, cast
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from voicetrack.errors import NotFoundError, TemporaryFailure
+from voicetrack.errors import ConflictError, NotFoundError
+from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
 from voicetrack.resources import (
     API_VERSION,
     CHUNK_KIND,
@@ -24,14 +30,18 @@ from voicetrack.resources import (
     LABEL_COMPONENT,
     LABEL_SESSION,
     MANAGED_BY,
-    SESSION_KIND,
     SESSION_PLURAL,
     VERSION,
     ChunkSpec,
     chunk_name,
+    owner_reference,
 )
 
 log = logging.getLogger(__name__)
+
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (ApiException, *NETWORK_ERRORS)
+"""What a Kubernetes client call raises on failure: an API answer or an unreachable
+server; both go through `translate_api_error`."""
 
 
 class RecorderKube:
@@ -45,53 +55,53 @@ class RecorderKube:
         self.deleted = threading.Event()
 
     def get_session(self) -> dict[str, Any]:
-        """The RecordingSession object. Raises NotFoundError or TemporaryFailure."""
+        """The RecordingSession object. Raises NotFoundError, TemporaryFailure (API
+        unreachable, 401/403/429/5xx), InvalidInputError (another 4xx)."""
         try:
             obj = self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name)
             return cast(dict[str, Any], obj)
-        except ApiException as err:
-            if err.status == 404:
-                raise NotFoundError(f"RecordingSession {self.name} not found") from err
-            raise TemporaryFailure(f"get session: {err.status} {err.reason}") from err
+        except CLIENT_ERRORS as err:
+            raise translate_api_error(err, f"get RecordingSession {self.name}") from err
 
     def list_chunks(self) -> list[ChunkSpec]:
-        """Every RecordingChunk of this session, by index."""
+        """Every RecordingChunk of this session, by index. Raises TemporaryFailure,
+        NotFoundError (no RecordingChunk CRD), InvalidInputError (another 4xx)."""
         try:
             res = cast(dict[str, Any], self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL,
                 label_selector=f"{LABEL_SESSION}={self.name}"))
             items = res["items"]
-        except ApiException as err:
-            raise TemporaryFailure(f"list chunks: {err.status} {err.reason}") from err
+        except CLIENT_ERRORS as err:
+            raise translate_api_error(err, f"list RecordingChunks of {self.name}") from err
         return sorted((ChunkSpec.model_validate(i["spec"]) for i in items),
                       key=lambda c: c.index)
 
     def create_chunk(self, spec: ChunkSpec, owner_uid: str) -> None:
-        """Create the chunk's RecordingChunk, owned by the session; 409 counts as done."""
+        """Create the chunk's RecordingChunk, owned by the session (uid `owner_uid`); a 409
+        (the deterministic name exists: an earlier try got through) counts as done.
+        Raises TemporaryFailure (retry), InvalidInputError (the API refused the object,
+        e.g. a CEL rule: the message is the API server's)."""
+        name = chunk_name(self.name, spec.index)
         body = {
             "apiVersion": API_VERSION,
             "kind": CHUNK_KIND,
             "metadata": {
-                "name": chunk_name(self.name, spec.index),
+                "name": name,
                 "labels": {LABEL_SESSION: self.name, LABEL_COMPONENT: "chunk",
                            LABEL_CHUNK_INDEX: str(spec.index), **MANAGED_BY},
-                "ownerReferences": [{
-                    "apiVersion": API_VERSION, "kind": SESSION_KIND, "name": self.name,
-                    "uid": owner_uid, "controller": True, "blockOwnerDeletion": True}],
+                "ownerReferences": [owner_reference(self.name, owner_uid)],
             },
             "spec": spec.to_api(),
         }
         try:
             self.objects.create_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL, body)
-        except ApiException as err:
-            if err.status == 409:
+        except CLIENT_ERRORS as err:
+            translated = translate_api_error(err, f"create RecordingChunk {name}")
+            if isinstance(translated, ConflictError):
                 return
-            if err.status in (400, 422):
-                raise ValueError(f"chunk {spec.index} refused: {err.body}") from err
-            raise TemporaryFailure(f"create chunk {spec.index}: {err.status} {err.reason}"
-                                   ) from err
+            raise translated from err
 
     def watch_paused(self, stop: threading.Event) -> None:
         """Keep `self.paused` equal to the session's `spec.paused` until `stop` (a thread
