@@ -211,7 +211,7 @@ async def test_members_without_manage_server_or_a_role_may_not_control(world: Wo
 async def test_status_is_open_to_every_member_and_reaches_the_service(world: World) -> None:
     embed = await world.cmds.status(world.interaction(DAVE, "dave", [], "status"))
     assert embed.title is not None and embed.title.startswith("Try again")
-    assert "Kubernetes API unreachable" in text(embed)
+    assert "API server unreachable" in text(embed)
 
 
 async def test_start_needs_a_voice_channel(world: World) -> None:

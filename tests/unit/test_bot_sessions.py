@@ -10,8 +10,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.unit.test_bot_app import unreachable_api
-from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack_recorder.bot.sessions import BotSessions, api_message, session_name, translate
+from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack_recorder.bot.sessions import BotSessions, session_name
 
 pytestmark = pytest.mark.unit
 
@@ -36,23 +36,22 @@ def test_session_name_is_derived_from_the_guild() -> None:
 
 
 @pytest.mark.parametrize("status, kind", [
-    (404, NotFoundError), (400, InvalidInputError), (403, InvalidInputError),
-    (409, InvalidInputError), (422, InvalidInputError), (429, TemporaryFailure),
+    (404, NotFoundError), (400, InvalidInputError), (403, TemporaryFailure),
+    (409, ConflictError), (422, InvalidInputError), (429, TemporaryFailure),
     (500, TemporaryFailure), (503, TemporaryFailure),
 ])
-def test_translate_maps_status_codes(status: int, kind: type[Exception]) -> None:
-    err = translate(api_error(status, "Reason", "the server's words"), "do it")
-    assert type(err) is kind and str(err) == "do it: the server's words"
+async def test_api_errors_take_the_projects_one_mapping(status: int,
+                                                        kind: type[Exception]) -> None:
+    """What a client call raises reaches the commands as `voicetrack.kubeclient.
+    translate_api_error` maps it (409 a ConflictError: the create's "already exists" path
+    needs nothing else), with the API server's own message."""
+    def refused(**_: object) -> dict:
+        raise api_error(status, "Reason", "the server's words")
 
-
-def test_translate_keeps_the_api_message_and_falls_back_to_the_reason() -> None:
-    msg = ('RecordingSession.voicetrack.dev "g-1" is invalid: spec.chunkSeconds: Invalid '
-           'value: 3: spec.chunkSeconds in body should be greater than or equal to 5')
-    assert api_message(api_error(422, "Unprocessable Entity", msg)) == msg
-    assert api_message(api_error(502, "Bad Gateway", None)) == "502 Bad Gateway"
-    err = ApiException(status=500, reason="Internal")
-    err.body = "<html>not json</html>"
-    assert api_message(err) == "500 Internal"
+    sessions = BotSessions(unreachable_api(), "rec")
+    with pytest.raises(kind) as caught:
+        await sessions._call("do it", refused)
+    assert type(caught.value) is kind and str(caught.value) == "do it: the server's words"
 
 
 @pytest.mark.parametrize("defaults, match", [
@@ -86,7 +85,7 @@ async def test_start_checks_its_input_before_any_call(args: tuple, match: str) -
 @pytest.mark.parametrize("method", ["status", "stop", "pause", "resume"])
 async def test_an_unreachable_api_is_a_temporary_failure(method: str) -> None:
     sessions = BotSessions(unreachable_api(), "rec")
-    with pytest.raises(TemporaryFailure, match="Kubernetes API unreachable"):
+    with pytest.raises(TemporaryFailure, match="API server unreachable"):
         await getattr(sessions, method)(GUILD)
     with pytest.raises(TemporaryFailure):
         await sessions.start(GUILD, CHANNEL, USER)

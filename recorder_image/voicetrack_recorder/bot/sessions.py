@@ -7,9 +7,11 @@
   answers with the existing session, never a second one). A session for the guild made by
   other means (`kubectl apply`) is found by `spec.guildId` and counts as the guild's too.
 - The kubernetes client is synchronous; every call runs in `asyncio.to_thread`.
-- `ApiException` is translated where it is raised: 404 → `NotFoundError`, 429 and 5xx and
-  network errors → `TemporaryFailure`, other 4xx → `InvalidInputError` carrying the API
-  server's own message (e.g. a CRD validation rule's text).
+- Client errors are translated where they are raised, by the project's one mapping
+  (`voicetrack.kubeclient.translate_api_error`): 404 → `NotFoundError`, 409 →
+  `ConflictError`, 401/403/408/429/5xx and network errors → `TemporaryFailure`, other 4xx
+  → `InvalidInputError` carrying the API server's own message (e.g. a CRD validation
+  rule's text).
 
 RBAC the bot's ServiceAccount needs in its namespace (docs/bot.md): `recordingsessions` in
 API group `voicetrack.dev`: get, list, create, patch, delete.
@@ -18,7 +20,6 @@ API group `voicetrack.dev`: get, list, create, patch, delete.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -26,15 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import urllib3
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError
+from voicetrack.kubeclient import translate_api_error
 from voicetrack.resources import (
     API_VERSION,
     GROUP,
+    INACTIVE_STATES,
     LABEL_GUILD,
     MANAGED_BY,
     SESSION_KIND,
@@ -42,7 +43,9 @@ from voicetrack.resources import (
     SNOWFLAKE_PATTERN,
     VERSION,
     SessionSpec,
+    SessionState,
 )
+from voicetrack_recorder.kube import CLIENT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,6 @@ CREATED_BY = "voicetrack.dev/created-by"
 REQUEST_TIMEOUT_S = 10.0
 """Timeout of each Kubernetes API call, seconds (an answer is due within Discord's 15 min
 interaction token lifetime; a hung API must not hold a command)."""
-INACTIVE_STATES = ("Refused", "Stopped", "Failed")
-"""States of a session that no longer records (the operator's status.state)."""
 
 
 def session_name(guild_id: str) -> str:
@@ -67,27 +68,6 @@ def _check_snowflake(field: str, value: str) -> None:
     if not isinstance(value, str) or not re.match(SNOWFLAKE_PATTERN, value):
         raise InvalidInputError(f"{field} must be a Discord snowflake (15-20 digits), "
                                 f"got {value!r}")
-
-
-def api_message(err: ApiException) -> str:
-    """The API server's own message from an ApiException's `Status` body, else the reason."""
-    try:
-        body = json.loads(err.body or "")
-        if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
-    except (ValueError, TypeError):
-        pass
-    return f"{err.status} {err.reason}"
-
-
-def translate(err: ApiException, what: str) -> Exception:
-    """ApiException → the Voicetrack error family (see module docstring)."""
-    status = int(err.status or 0)
-    if status == 404:
-        return NotFoundError(f"{what}: {api_message(err)}")
-    if status == 429 or status >= 500 or status == 0:
-        return TemporaryFailure(f"{what}: {api_message(err)}", delay=5)
-    return InvalidInputError(f"{what}: {api_message(err)}")
 
 
 def check_spec_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +124,8 @@ class BotSessions:
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set.
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
-        the object), TemporaryFailure (API unreachable, 5xx)."""
+        the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx). A 409 on the
+        create (a racing start won) is not an error: its session is returned."""
         _check_snowflake("channel_id", channel_id)
         _check_snowflake("requested_by", requested_by)
         name = session_name(guild_id)
@@ -167,10 +148,7 @@ class BotSessions:
             obj = await self._call(f"create RecordingSession {name}",
                                    self.objects.create_namespaced_custom_object,
                                    GROUP, VERSION, self.namespace, SESSION_PLURAL, body)
-        except InvalidInputError as err:
-            if not (isinstance(err.__cause__, ApiException) and err.__cause__.status == 409):
-                raise
-            # a racing start won: answer with its session
+        except ConflictError:  # a racing start created it first: answer with its session
             return Started(await self._get(name), created=False)
         log.info("started %s/%s for guild %s channel %s by %s", self.namespace, name,
                  guild_id, channel_id, requested_by)
@@ -180,8 +158,10 @@ class BotSessions:
         """Delete the guild's session: the operator stops the recorder, waits for the
         transcodes and promotes the recording. Returns the object as it stands after the
         delete (state Stopping/Promoting while the finalizer works). Stopping a session
-        already being deleted returns it unchanged.
-        Raises NotFoundError when the guild has no session, TemporaryFailure."""
+        already being deleted returns it unchanged. The delete is conditional on the uid
+        read, so a session replaced meanwhile under the same name is never stopped blindly.
+        Raises NotFoundError when the guild has no session, ConflictError (it was replaced
+        between the read and the delete), TemporaryFailure."""
         obj = await self._require(guild_id)
         name = obj["metadata"]["name"]
         if obj["metadata"].get("deletionTimestamp"):
@@ -234,7 +214,7 @@ class BotSessions:
         mine = [o for o in listed.get("items", [])
                 if (o.get("spec") or {}).get("guildId") == guild_id
                 and not o["metadata"].get("deletionTimestamp")
-                and (o.get("status") or {}).get("state") not in INACTIVE_STATES]
+                and _state(o) not in INACTIVE_STATES]
         if not mine:
             return None
         return min(mine, key=lambda o: (str(o["metadata"].get("creationTimestamp", "")),
@@ -272,8 +252,8 @@ class BotSessions:
         deadline = time.monotonic() + self.settle_seconds
         while True:
             status = obj.get("status") or {}
-            if status.get("state") == "Refused" or (status.get("state")
-                                                    and status.get("meetingId")):
+            if _state(obj) is SessionState.REFUSED or (status.get("state")
+                                                       and status.get("meetingId")):
                 return obj
             if time.monotonic() >= deadline:
                 return obj
@@ -299,8 +279,15 @@ class BotSessions:
         kw.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
         try:
             return cast(dict[str, Any], await asyncio.to_thread(fn, *args, **kw))
-        except ApiException as err:
-            raise translate(err, what) from err
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise TemporaryFailure(f"{what}: Kubernetes API unreachable: {err}",
-                                   delay=5) from err
+        except CLIENT_ERRORS as err:
+            raise translate_api_error(err, what) from err
+
+
+def _state(obj: dict[str, Any]) -> SessionState | None:
+    """The operator's `status.state` of a session object; None before the operator wrote
+    one, or for a value this version does not know (a newer operator's)."""
+    value = (obj.get("status") or {}).get("state")
+    try:
+        return SessionState(value) if value else None
+    except ValueError:
+        return None
