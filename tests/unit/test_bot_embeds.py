@@ -1,5 +1,7 @@
-"""The bot's embeds from session objects whose status the operator's own status builder
-made (so the field names the embeds read are the ones the operator writes)."""
+"""The bot's embeds from session objects whose status has the shape the operator writes
+(DESIGN.md "Custom resources": `state` a SessionState, condition-shaped `conditions`,
+`chunks` counts). The operator's real statuses reach the embeds in
+tests/e2e/test_bot_sessions.py; this file depends on `voicetrack` only."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ from typing import Any
 import discord
 import pytest
 
-from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack_operator.status import ChunkView, Observation, build_status
+from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.resources import SessionState
 from voicetrack_recorder.bot.embeds import (
     SPEAKERS_SHOWN,
+    STATE_COLOURS,
+    STATE_TITLES,
     error_embed,
     refused_reason,
     session_embed,
@@ -24,6 +28,7 @@ NOW = "2026-11-22T01:00:00Z"
 GUILD = "300000000000000001"
 CHANNEL = "300000000000000002"
 USER = "400000000000000009"
+Cond = tuple[str, bool, str, str]  # type, status, reason, message
 
 
 def session(status: dict[str, Any] | None, **meta: Any) -> dict[str, Any]:
@@ -37,9 +42,28 @@ def session(status: dict[str, Any] | None, **meta: Any) -> dict[str, Any]:
     return obj
 
 
-def chunk(i: int, status: str, speakers: list[str]) -> ChunkView:
-    return ChunkView(index=i, start_ms=i * 10_000, end_ms=(i + 1) * 10_000,
-                     speakers=speakers, transcode_status=status, bytes=1000)
+def status_of(state: SessionState, conds: list[Cond], *, generation: int = 1,
+              chunks: tuple[int, int, int, int] = (0, 0, 0, 0), seconds: int = 0,
+              speakers: list[str] | None = None) -> dict[str, Any]:
+    """A status as the operator writes it: `chunks` is (queued, inProgress, done, failed)
+    and `seconds` the recorded seconds (10 per chunk)."""
+    queued, in_progress, done, failed = chunks
+    return {
+        "state": str(state), "observedGeneration": generation,
+        "conditions": [{"type": t, "status": "True" if ok else "False", "reason": reason,
+                        "message": message, "lastTransitionTime": NOW,
+                        "observedGeneration": generation}
+                       for t, ok, reason, message in conds],
+        "chunks": {"total": sum(chunks), "queued": queued, "inProgress": in_progress,
+                   "done": done, "failed": failed},
+        "recordedSeconds": seconds, "duration": f"{seconds}s",
+        "speakers": speakers or [], "bytesBuffered": 0,
+    }
+
+
+RUNNING: list[Cond] = [("Recording", True, "RecorderRunning", "recorder running"),
+                       ("Paused", False, "NotPaused", ""),
+                       ("Ready", True, "Recording", "recorder running")]
 
 
 def fields(embed: discord.Embed) -> dict[str, str]:
@@ -47,10 +71,10 @@ def fields(embed: discord.Embed) -> dict[str, str]:
 
 
 def test_recording_session_shows_state_chunks_duration_speakers_meeting() -> None:
-    chunks = [chunk(0, "done", ["400000000000000001"]), chunk(1, "failed", []),
-              chunk(2, "in_progress", ["400000000000000001", "400000000000000002"])]
-    status = build_status(Observation(generation=1, paused=False, recorder_phase="Running",
-                                      chunks=chunks), None, NOW)
+    conds = [*RUNNING[:2], ("TranscodesComplete", False, "TranscodesPending",
+                            "1 done, 1 failed, 1 pending"), RUNNING[2]]
+    status = status_of(SessionState.RECORDING, conds, chunks=(0, 1, 1, 1), seconds=30,
+                       speakers=["400000000000000001", "400000000000000002"])
     status |= {"meetingId": "abcdef0123456789", "startedAt": NOW}
     embed = session_embed(session(status))
     f = fields(embed)
@@ -70,8 +94,8 @@ def test_recording_session_shows_state_chunks_duration_speakers_meeting() -> Non
 def test_refused_session_says_why() -> None:
     why = (f"guild {GUILD} is already recorded by session rec/standup: a bot can be in one "
            "voice channel per guild")
-    status = build_status(Observation(generation=1, paused=False, recorder_phase=None,
-                                      refused=why), None, NOW)
+    status = status_of(SessionState.REFUSED, [("Recording", False, "Refused", why),
+                                              ("Ready", False, "GuildBusy", why)])
     obj = session(status)
     embed = session_embed(obj)
     assert refused_reason(obj) == why
@@ -91,8 +115,7 @@ def test_a_new_session_without_status_is_pending() -> None:
 
 
 def test_deleted_session_shows_stopping_until_the_operator_reports() -> None:
-    status = build_status(Observation(generation=1, paused=False, recorder_phase="Running"),
-                          None, NOW)
+    status = status_of(SessionState.RECORDING, RUNNING)
     obj = session(status, deletionTimestamp=NOW)
     assert session_state(obj) == "Stopping"
     assert session_embed(obj).title == "Recording stopped: finishing transcodes"
@@ -104,11 +127,12 @@ def test_deleted_session_shows_stopping_until_the_operator_reports() -> None:
 
 
 def test_paused_and_promoted() -> None:
-    paused = build_status(Observation(generation=2, paused=True, recorder_phase="Running"),
-                          None, NOW)
+    paused = status_of(SessionState.PAUSED, [("Recording", False, "Paused", "capture paused"),
+                                             ("Paused", True, "PausedBySpec",
+                                              "spec.paused is true")], generation=2)
     assert session_embed(session(paused)).title == "Recording paused"
-    done = build_status(Observation(generation=3, paused=False, recorder_phase=None,
-                                    promoted=True), None, NOW)
+    done = status_of(SessionState.PROMOTED, [("Promoted", True, "Promoted",
+                                              "recordings written")], generation=3)
     done["recordingIds"] = ["r1", "r2"]
     embed = session_embed(session(done))
     assert embed.title == "Recording saved" and fields(embed)["Recordings"] == "`r1`, `r2`"
@@ -116,17 +140,35 @@ def test_paused_and_promoted() -> None:
 
 def test_many_speakers_stay_within_discord_limits() -> None:
     speakers = [str(400000000000000000 + i) for i in range(200)]
-    status = build_status(Observation(generation=1, paused=False, recorder_phase="Running",
-                                      chunks=[chunk(0, "done", speakers)]), None, NOW)
+    status = status_of(SessionState.RECORDING, RUNNING, chunks=(0, 0, 1, 0), seconds=10,
+                       speakers=speakers)
     embed = session_embed(session(status))
     value = fields(embed)["Speakers"]
     assert value.endswith(f"and {200 - SPEAKERS_SHOWN} more") and len(value) <= 1024
     assert len(embed) <= 6000  # Discord's total embed size limit
 
 
+@pytest.mark.parametrize("state", list(SessionState))
+def test_every_session_state_has_a_title_and_a_colour(state: SessionState) -> None:
+    embed = session_embed(session(status_of(state, [])))
+    assert session_state(session(status_of(state, []))) is state
+    assert embed.title == STATE_TITLES[state] and embed.colour == discord.Colour(
+        STATE_COLOURS[state])
+    assert fields(embed)["State"] == str(state)
+
+
+def test_a_state_this_version_does_not_know_is_shown_as_it_is() -> None:
+    obj = session({"state": "Hibernating"})
+    assert session_state(obj) == "Hibernating"
+    embed = session_embed(obj)
+    assert embed.title == "Hibernating" and fields(embed)["State"] == "Hibernating"
+
+
 @pytest.mark.parametrize("err, title", [
     (NotFoundError("no recording session for guild 1"), "No recording"),
     (InvalidInputError("spec: chunkSeconds too small"), "Cannot do that"),
+    (ConflictError("delete RecordingSession g-1: uid precondition failed"),
+     "Changed meanwhile: look again with /record status"),
     (TemporaryFailure("API down", delay=5), "Try again in about 5 s"),
     (RuntimeError("boom"), "Something went wrong"),
 ])

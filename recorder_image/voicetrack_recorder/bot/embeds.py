@@ -1,8 +1,8 @@
 """Discord embeds for the bot's answers. Pure: a RecordingSession object (the dict the
 Kubernetes API returns) or an error in, a `discord.Embed` out; no client, no clock.
 
-The status fields read are the operator's (`voicetrack_operator.status.build_status`,
-DESIGN.md "Custom resources"): `state`, `conditions` (type, status, reason, message),
+The status fields read are the operator's (DESIGN.md "Custom resources"; `state` is a
+`voicetrack.resources.SessionState`): `state`, `conditions` (type, status, reason, message),
 `chunks` {total, queued, inProgress, done, failed}, `recordedSeconds`, `duration`,
 `speakers`, `meetingId`, `startedAt`, `recordingIds`. A session the operator has not yet
 seen has no status; it shows as Pending.
@@ -18,55 +18,68 @@ from typing import Any
 
 import discord
 
-from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.resources import SessionState
 
 FIELD_MAX = 1024
 DESCRIPTION_MAX = 4096
 TITLE_MAX = 256
 SPEAKERS_SHOWN = 20
 
-STATE_COLOURS: dict[str, int] = {
-    "Pending": 0x99AAB5,
-    "Recording": 0xED4245,
-    "Paused": 0xFAA61A,
-    "Stopping": 0x5865F2,
-    "Transcoding": 0x5865F2,
-    "Promoting": 0x5865F2,
-    "Promoted": 0x57F287,
-    "PromotionFailed": 0x992D22,
-    "Stopped": 0x99AAB5,
-    "Refused": 0x992D22,
-    "Failed": 0x992D22,
-}
-"""Embed colour per `status.state` (Discord's brand palette)."""
+_GREY, _RED, _ORANGE, _BLURPLE, _GREEN, _DARK_RED = (
+    0x99AAB5, 0xED4245, 0xFAA61A, 0x5865F2, 0x57F287, 0x992D22)
 
-STATE_TITLES: dict[str, str] = {
-    "Pending": "Recording is starting",
-    "Recording": "Recording",
-    "Paused": "Recording paused",
-    "Stopping": "Recording stopped: finishing transcodes",
-    "Transcoding": "Recording stopped: finishing transcodes",
-    "Promoting": "Recording stopped: saving the tracks",
-    "Promoted": "Recording saved",
-    "PromotionFailed": "Recording not saved yet: promotion failed, raw audio kept",
-    "Stopped": "Recording ended (limit reached)",
-    "Refused": "Recording refused",
-    "Failed": "Recording failed",
+STATE_COLOURS: dict[SessionState, int] = {
+    SessionState.PENDING: _GREY,
+    SessionState.RECORDING: _RED,
+    SessionState.PAUSED: _ORANGE,
+    SessionState.STOPPING: _BLURPLE,
+    SessionState.TRANSCODING: _BLURPLE,
+    SessionState.PROMOTING: _BLURPLE,
+    SessionState.PROMOTED: _GREEN,
+    SessionState.PROMOTION_FAILED: _DARK_RED,
+    SessionState.STOPPED: _GREY,
+    SessionState.REFUSED: _DARK_RED,
+    SessionState.FAILED: _DARK_RED,
 }
+"""Embed colour per `status.state` (Discord's brand palette); every SessionState has one."""
+
+STATE_TITLES: dict[SessionState, str] = {
+    SessionState.PENDING: "Recording is starting",
+    SessionState.RECORDING: "Recording",
+    SessionState.PAUSED: "Recording paused",
+    SessionState.STOPPING: "Recording stopped: finishing transcodes",
+    SessionState.TRANSCODING: "Recording stopped: finishing transcodes",
+    SessionState.PROMOTING: "Recording stopped: saving the tracks",
+    SessionState.PROMOTED: "Recording saved",
+    SessionState.PROMOTION_FAILED: "Recording not saved yet: promotion failed, raw audio kept",
+    SessionState.STOPPED: "Recording ended (limit reached)",
+    SessionState.REFUSED: "Recording refused",
+    SessionState.FAILED: "Recording failed",
+}
+"""Embed title per `status.state`; every SessionState has one."""
 
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def session_state(obj: dict[str, Any]) -> str:
-    """`status.state`; `Stopping` for a deleted session the operator has not yet
-    re-observed; `Pending` when there is no status yet."""
-    state = (obj.get("status") or {}).get("state")
+_NOT_YET_STOPPING = (None, SessionState.PENDING, SessionState.RECORDING, SessionState.PAUSED)
+
+
+def session_state(obj: dict[str, Any]) -> SessionState | str:
+    """`status.state` as a SessionState; `Stopping` for a deleted session the operator has
+    not yet re-observed; `Pending` when there is no status yet. A state this version does
+    not know (a newer operator's) is returned as the string it is."""
+    raw = (obj.get("status") or {}).get("state")
+    try:
+        state = SessionState(raw) if raw else None
+    except ValueError:
+        return str(raw)
     deleting = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-    if deleting and state in (None, "Pending", "Recording", "Paused"):
-        return "Stopping"
-    return str(state or "Pending")
+    if deleting and state in _NOT_YET_STOPPING:
+        return SessionState.STOPPING
+    return state or SessionState.PENDING
 
 
 def condition_line(cond: dict[str, Any]) -> str:
@@ -81,7 +94,7 @@ def condition_line(cond: dict[str, Any]) -> str:
 def refused_reason(obj: dict[str, Any]) -> str | None:
     """Why the operator refused the session (the `Ready` condition's message, else the
     `Recording` one's), None when it was not refused."""
-    if session_state(obj) != "Refused":
+    if session_state(obj) is not SessionState.REFUSED:
         return None
     conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
     for ctype in ("Ready", "Recording"):
@@ -139,13 +152,17 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
     else:
         by_type = {c.get("type"): c for c in conds}
         message = (by_type.get("Recording") or {}).get("message")
-        if meta.get("deletionTimestamp") and state == "Stopping" and not message:
+        if meta.get("deletionTimestamp") and state is SessionState.STOPPING and not message:
             message = "stopping the recorder"
         description = str(message or ("waiting for the operator" if not status else ""))
-    embed = discord.Embed(title=_clip(title or STATE_TITLES.get(state, state), TITLE_MAX),
+    if isinstance(state, SessionState):
+        state_title, colour = STATE_TITLES[state], STATE_COLOURS[state]
+    else:
+        state_title, colour = str(state), _GREY
+    embed = discord.Embed(title=_clip(title or state_title, TITLE_MAX),
                           description=_clip(description, DESCRIPTION_MAX) or None,
-                          colour=STATE_COLOURS.get(state, 0x99AAB5))
-    embed.add_field(name="State", value=state)
+                          colour=colour)
+    embed.add_field(name="State", value=str(state))
     if spec.get("channelId"):
         embed.add_field(name="Channel", value=f"<#{spec['channelId']}>")
     chunks = status.get("chunks") or {}
@@ -158,7 +175,7 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
     embed.add_field(name="Duration", value=_duration(status))
     embed.add_field(name="Meeting", value=f"`{status['meetingId']}`"
                     if status.get("meetingId") else "not assigned yet")
-    if spec.get("paused") and state not in ("Paused", "Refused"):
+    if spec.get("paused") and state not in (SessionState.PAUSED, SessionState.REFUSED):
         embed.add_field(name="Paused", value="requested (spec.paused)")
     embed.add_field(name="Speakers", value=_speakers(list(status.get("speakers") or [])),
                     inline=False)
@@ -182,16 +199,19 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
 
 def error_embed(err: Exception) -> discord.Embed:
     """The embed for a failed command: NotFoundError → "No recording", other
-    InvalidInputError → "Cannot do that", TemporaryFailure → "Try again shortly" (with the
+    InvalidInputError → "Cannot do that", ConflictError → "Changed meanwhile" (another
+    command or person got there first), TemporaryFailure → "Try again in about N s" (the
     suggested delay), anything else → "Something went wrong". The description is the
     error's message."""
     if isinstance(err, NotFoundError):
-        title, colour = "No recording", 0x99AAB5
+        title, colour = "No recording", _GREY
     elif isinstance(err, InvalidInputError):
-        title, colour = "Cannot do that", 0xFAA61A
+        title, colour = "Cannot do that", _ORANGE
+    elif isinstance(err, ConflictError):
+        title, colour = "Changed meanwhile: look again with /record status", _ORANGE
     elif isinstance(err, TemporaryFailure):
-        title, colour = f"Try again in about {int(err.delay)} s", 0xFAA61A
+        title, colour = f"Try again in about {int(err.delay)} s", _ORANGE
     else:
-        title, colour = "Something went wrong", 0x992D22
+        title, colour = "Something went wrong", _DARK_RED
     return discord.Embed(title=title, description=_clip(str(err) or type(err).__name__,
                                                         DESCRIPTION_MAX), colour=colour)
