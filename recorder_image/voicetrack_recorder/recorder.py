@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from voicetrack.audio import FRAME_MS
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import Gap, SessionSpec
+from voicetrack.resources import Gap, SessionSpec, meeting_id_for
 from voicetrack_recorder.chunker import Chunker, SealedChunk
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
@@ -186,15 +186,17 @@ def start_pause_watch(kube: RecorderKube) -> threading.Event:
 
 
 def session_layout(spec: SessionSpec, meeting_id: str) -> MeetingLayout:
+    """The S3 key layout of the session's meeting (`<prefix>/<guildId>/<meetingId>/…`)."""
     return MeetingLayout(prefix=spec.storage.prefix, guild_id=spec.guild_id,
                          meeting_id=meeting_id)
 
 
 def meeting_id_of(obj: dict[str, Any]) -> str:
-    """The session's meeting id: VOICETRACK_MEETING_ID (set by the operator in the pod, so
-    it is there before the session's status is), else spec.meetingId, else status."""
-    mid = (os.environ.get("VOICETRACK_MEETING_ID") or obj.get("spec", {}).get("meetingId")
-           or obj.get("status", {}).get("meetingId"))
-    if not mid:
-        raise RuntimeError("session has no meetingId yet")
-    return str(mid)
+    """The meeting id of session object `obj`: VOICETRACK_MEETING_ID when the operator set
+    it in the pod, else the project's one derivation (`meeting_id_for`: `spec.meetingId`,
+    else from the session's uid), so it is known before the session has a status."""
+    env = os.environ.get("VOICETRACK_MEETING_ID")
+    if env:
+        return env
+    return meeting_id_for(str(obj["metadata"]["uid"]),
+                          (obj.get("spec") or {}).get("meetingId"))

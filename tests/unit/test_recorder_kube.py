@@ -1,7 +1,10 @@
-"""The recorder's Kubernetes adapter when the API server cannot be reached: every call
-raises TemporaryFailure (which the uploader retries), never the client's own
-urllib3 MaxRetryError (which used to escape the uploader's retry loop and end the recorder
-on a brief API outage). The API server is a loopback port nothing listens on."""
+"""The recorder's view of its session.
+
+The Kubernetes adapter when the API server cannot be reached: every call raises
+TemporaryFailure (which the uploader retries), never the client's own urllib3
+MaxRetryError (which used to escape the uploader's retry loop and end the recorder on a
+brief API outage). The API server is a loopback port nothing listens on. And the meeting
+id, the project's one derivation."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ import urllib3
 from kubernetes import client
 
 from voicetrack.errors import TemporaryFailure
-from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION, ChunkSpec
+from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION, ChunkSpec, derive_meeting_id
 from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.recorder import meeting_id_of
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +53,16 @@ def test_an_unreachable_api_server_is_a_temporary_failure(call: str) -> None:
     with pytest.raises(TemporaryFailure, match="API server unreachable") as caught:
         getattr(kube, call)(*args)
     assert isinstance(caught.value.__cause__, urllib3.exceptions.MaxRetryError)
+
+
+def test_the_meeting_id_is_the_projects_derivation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without VOICETRACK_MEETING_ID and before the operator wrote a status, the recorder
+    derives the id the operator derives (it used to give up: "no meetingId yet")."""
+    monkeypatch.delenv("VOICETRACK_MEETING_ID", raising=False)
+    obj = {"metadata": {"name": "standup", "uid": "0f1e2d3c-uid"},
+           "spec": {"guildId": GUILD, "channelId": GUILD}}
+    assert meeting_id_of(obj) == derive_meeting_id("0f1e2d3c-uid")
+    obj["spec"]["meetingId"] = "abcdef0123456789"
+    assert meeting_id_of(obj) == "abcdef0123456789"
+    monkeypatch.setenv("VOICETRACK_MEETING_ID", "0123456789abcdef")  # the operator's word
+    assert meeting_id_of(obj) == "0123456789abcdef"
