@@ -7,10 +7,12 @@ import asyncio
 import hashlib
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from voicetrack.db.engine import create_engine
 from voicetrack.db.migrate import upgrade_head
 from voicetrack.db.schema import TempRecording, TranscodeStatus
 from voicetrack.db.service import RecordingService
@@ -486,3 +488,21 @@ async def test_database_outage_is_temporary_and_recovers() -> None:
             await svc.close()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_sqlite_is_durable_wal_with_full_sync(tmp_path: Path) -> None:
+    """The embedded default keeps acknowledged writes through a power loss: WAL with
+    synchronous=FULL (2) on every new connection, not NORMAL (1), which may drop the last
+    commits. Fails with synchronous=NORMAL."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'durable.db'}")
+    try:
+        for _ in range(2):  # a fresh connection each round: each is set up on connect
+            async with engine.connect() as conn:
+                pragmas = [
+                    (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                    for name in ("journal_mode", "synchronous", "foreign_keys")
+                ]
+            assert pragmas == ["wal", 2, 1]
+            await engine.dispose()
+    finally:
+        await engine.dispose()
