@@ -1,11 +1,12 @@
-"""Benchmark: chunk status writes per second into `temp_recordings` on PostgreSQL.
+"""Benchmark: chunk status writes per second into `temp_recordings` (PostgreSQL or SQLite).
 
 `--sessions` concurrent recording sessions (default 50) each mirror `--chunks` chunks of
 `--speakers` speakers; every chunk track goes queued → in_progress → done through
 `RecordingService.upsert_chunk_status` (one transaction per write, as the operator does).
 The server is a fresh Debian PostgreSQL 15 (`voicetrack_local.postgres.PostgresServer`)
-with its durable defaults (fsync on) unless `--fast`. Prints the setup, per-write latency
-percentiles, and last the throughput: `sql_mirror: N writes/s`.
+with its durable defaults (fsync on) unless `--fast`; with `--engine sqlite`, a file in a
+temporary directory with the engine's settings (WAL, synchronous=FULL). Prints the setup,
+per-write latency percentiles, and last the throughput: `sql_mirror: N writes/s`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import asyncio
 import hashlib
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,24 +74,40 @@ async def bench(url: str, sessions: int, chunks: int, speakers: int) -> tuple[fl
     return elapsed, latencies
 
 
+@contextmanager
+def database(engine: str, durable: bool) -> Iterator[str]:
+    """A fresh, migrated database URL on `engine` (`postgresql` or `sqlite`)."""
+    if engine == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="vt-bench-") as tmp:
+            url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+            upgrade_head(url)
+            yield url
+        return
+    with PostgresServer(durable=durable) as server:
+        url = server.create_database("bench")
+        upgrade_head(url)
+        yield url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--speakers", type=int, default=2)
-    parser.add_argument("--fast", action="store_true", help="fsync off (not durable)")
+    parser.add_argument("--fast", action="store_true", help="PostgreSQL fsync off (not durable)")
+    parser.add_argument("--engine", choices=("postgresql", "sqlite"), default="postgresql")
     args = parser.parse_args()
 
-    with PostgresServer(durable=not args.fast) as server:
-        url = server.create_database("bench")
-        upgrade_head(url)
+    with database(args.engine, durable=not args.fast) as url:
         elapsed, latencies = asyncio.run(bench(url, args.sessions, args.chunks, args.speakers))
     writes = len(latencies)
     expected = args.sessions * args.chunks * args.speakers * 3
     assert writes == expected, (writes, expected)
     lat_ms = sorted(x * 1000 for x in latencies)
     p = statistics.quantiles(lat_ms, n=100)
-    print(f"postgresql 15, durable={not args.fast}, {args.sessions} concurrent sessions, "
+    setup = ("sqlite WAL synchronous=FULL" if args.engine == "sqlite"
+             else f"postgresql 15, durable={not args.fast}")
+    print(f"{setup}, {args.sessions} concurrent sessions, "
           f"{args.chunks} chunks x {args.speakers} speakers each, queued->in_progress->done")
     print(f"writes: {writes} in {elapsed:.2f} s")
     print(f"latency per write: p50 {p[49]:.1f} ms, p95 {p[94]:.1f} ms, p99 {p[98]:.1f} ms")

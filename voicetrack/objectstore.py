@@ -1,9 +1,21 @@
 """The object-store adapter: every S3 call Voicetrack makes goes through here (minio SDK).
 
 Calls are synchronous (the recorder and transcoder are plain processes); the operator runs
-them off the event loop with `asyncio.to_thread`. Client errors become the project's own:
-a missing object is NotFoundError, anything else from the server or the network is a
-TemporaryFailure.
+them off the event loop with `asyncio.to_thread`. S3 and network errors become the
+project's own in one place (`_translate`, used by every call through `_s3`):
+
+- S3Error NoSuchKey / NoSuchObject / NoSuchBucket → NotFoundError;
+- S3Error AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch (and other credential
+  codes) → TemporaryFailure whose message names the credential settings (an admin fixes
+  them; the caller retries meanwhile);
+- S3Error with a 5xx status, SlowDown, InternalError, ServiceUnavailable, RequestTimeout,
+  RequestTimeTooSkewed → TemporaryFailure;
+- any other S3Error (InvalidBucketName, EntityTooLarge, …) → InvalidInputError;
+- minio ServerError / InvalidResponseError, urllib3 HTTPError (connection refused, timeouts,
+  retries exhausted), ConnectionError, TimeoutError and DNS failures → TemporaryFailure.
+
+Anything else (a TypeError from a wrong argument, a missing local file in `put_file`)
+propagates unchanged: it is a bug or bad local input, and retrying it would loop forever.
 """
 
 from __future__ import annotations
@@ -12,6 +24,9 @@ import hashlib
 import io
 import json
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +36,8 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import check_bucket_name
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 
@@ -64,6 +80,7 @@ class S3Settings:
 
 
 def sha256_hex(data: bytes) -> str:
+    """sha256 (hex, 64 lowercase digits) of `data`."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -76,10 +93,75 @@ def sha256_file(path: str | os.PathLike[str], part: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+S3_RETRY_DELAY_S = 10.0
+"""Suggested wait (s) before retrying after an S3 outage (`TemporaryFailure.delay`)."""
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
+_CREDENTIAL_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "InvalidSecurity",
+})
+_TEMPORARY_CODES = frozenset({
+    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+    "RequestTimeTooSkewed", "OperationAborted",
+})
+_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, socket.gaierror,
+    ServerError, InvalidResponseError,
+)
+_S3_ERRORS: tuple[type[BaseException], ...] = (S3Error, *_NETWORK_ERRORS)
+
+
+def _translate(err: BaseException, what: str) -> Exception | None:
+    """The Voicetrack error for an S3 or network error met while doing `what` (e.g.
+    `get <key>`), or None when `err` is neither (a bug: the caller re-raises it as is)."""
+    if isinstance(err, S3Error):
+        code = err.code or ""
+        status = err.response.status if err.response is not None else 0
+        if code in _NOT_FOUND_CODES:
+            return NotFoundError(f"{what}: {code}")
+        if code in _CREDENTIAL_CODES:
+            return TemporaryFailure(
+                f"{what}: {code}: the S3 server refused our credentials or their rights; "
+                "check VOICETRACK_S3_ACCESS_KEY / VOICETRACK_S3_SECRET_KEY and the bucket "
+                f"policy ({err.message})", delay=S3_RETRY_DELAY_S)
+        if code in _TEMPORARY_CODES or status >= 500:
+            return TemporaryFailure(f"{what}: {code or status}: {err.message}",
+                                    delay=S3_RETRY_DELAY_S)
+        return InvalidInputError(f"{what}: {code or status}: {err.message}")
+    if isinstance(err, ServerError | InvalidResponseError):
+        return TemporaryFailure(f"{what}: S3 server error: {err}", delay=S3_RETRY_DELAY_S)
+    if isinstance(err, _NETWORK_ERRORS):
+        return TemporaryFailure(f"{what}: S3 endpoint unreachable: {err}",
+                                delay=S3_RETRY_DELAY_S)
+    return None
+
+
+@contextmanager
+def _s3(what: str) -> Iterator[None]:
+    """Run one S3 call; S3 and network errors come out translated (`_translate`), chained
+    to the original; every other exception passes through unchanged."""
+    try:
+        yield
+    except _S3_ERRORS as err:
+        translated = _translate(err, what)
+        if translated is None:  # pragma: no cover - _S3_ERRORS are all translated
+            raise
+        raise translated from err
+
+
 class ObjectStore:
-    """One bucket of an S3 server."""
+    """One bucket of an S3 server. Every method raises NotFoundError, TemporaryFailure or
+    InvalidInputError for S3 and network failures (see the module docstring), and lets any
+    other exception through unchanged."""
 
     def __init__(self, settings: S3Settings) -> None:
+        """Raises InvalidInputError for a bucket name S3 does not accept (checked here, once,
+        rather than failing every call)."""
+        try:
+            check_bucket_name(settings.bucket)
+        except (ValueError, TypeError) as err:
+            raise InvalidInputError(f"VOICETRACK_S3_BUCKET: {err}") from err
         url = urlparse(settings.endpoint)
         self.settings = settings
         self.bucket = settings.bucket
@@ -97,62 +179,52 @@ class ObjectStore:
             http_client=http,
         )
 
-    def _wrap(self, err: Exception, what: str) -> Exception:
-        if isinstance(err, S3Error) and err.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
-            return NotFoundError(f"{what}: {err.code}")
-        return TemporaryFailure(f"{what}: {err}")
-
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (idempotent)."""
-        try:
-            if not self.client.bucket_exists(self.bucket):
-                self.client.make_bucket(self.bucket)
-        except S3Error as err:
-            if err.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise self._wrap(err, f"bucket {self.bucket}") from err
-        except Exception as err:  # network errors from urllib3
-            raise self._wrap(err, f"bucket {self.bucket}") from err
+        with _s3(f"bucket {self.bucket}"):
+            try:
+                if not self.client.bucket_exists(self.bucket):
+                    self.client.make_bucket(self.bucket)
+            except S3Error as err:  # a concurrent creator won: the bucket is there
+                if err.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"
                   ) -> str:
         """Write `data` at `key`; returns its sha256 (hex)."""
-        try:
+        with _s3(f"put {key}"):
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                    content_type=content_type)
-        except Exception as err:
-            raise self._wrap(err, f"put {key}") from err
         return sha256_hex(data)
 
     def put_file(self, key: str, path: str, content_type: str = "application/octet-stream"
                  ) -> None:
-        """Upload a local file (streamed in parts) to `key`."""
-        try:
+        """Upload a local file (streamed in parts) to `key`. A missing or unreadable local
+        file raises its OSError (FileNotFoundError, …) unchanged."""
+        with _s3(f"put {key}"):
             self.client.fput_object(self.bucket, key, path, content_type=content_type)
-        except Exception as err:
-            raise self._wrap(err, f"put {key}") from err
 
     def put_json(self, key: str, doc: Any) -> str:
+        """Write `doc` as indented, key-sorted JSON at `key`; returns its sha256 (hex)."""
         return self.put_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode(),
                               "application/json")
 
     def get_bytes(self, key: str) -> bytes:
         """The whole object at `key`. Raises NotFoundError when it does not exist."""
-        try:
+        with _s3(f"get {key}"):
             resp = self.client.get_object(self.bucket, key)
             try:
                 return resp.read()
             finally:
                 resp.close()
                 resp.release_conn()
-        except Exception as err:
-            raise self._wrap(err, f"get {key}") from err
 
     def digest(self, key: str, part: int = 1 << 20) -> tuple[int, str]:
         """(size in bytes, sha256 hex) of the object at `key`, streamed in `part`-byte reads.
         Raises NotFoundError when it does not exist."""
         h = hashlib.sha256()
         size = 0
-        try:
+        with _s3(f"get {key}"):
             resp = self.client.get_object(self.bucket, key)
             try:
                 for block in resp.stream(part):
@@ -161,23 +233,17 @@ class ObjectStore:
             finally:
                 resp.close()
                 resp.release_conn()
-        except Exception as err:
-            raise self._wrap(err, f"get {key}") from err
         return size, h.hexdigest()
 
     def copy(self, src: str, dst: str) -> None:
         """Server-side copy of `src` to `dst` in this bucket. NotFoundError if `src` is gone."""
-        try:
+        with _s3(f"copy {src}"):
             self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
-        except Exception as err:
-            raise self._wrap(err, f"copy {src}") from err
 
     def get_file(self, key: str, path: str) -> None:
-        """Download `key` to a local file, streamed."""
-        try:
+        """Download `key` to a local file, streamed. NotFoundError when it does not exist."""
+        with _s3(f"get {key}"):
             self.client.fget_object(self.bucket, key, path)
-        except Exception as err:
-            raise self._wrap(err, f"get {key}") from err
 
     def get_json(self, key: str) -> Any:
         """The object at `key` parsed as JSON. Raises NotFoundError when it does not exist,
@@ -189,43 +255,36 @@ class ObjectStore:
             raise InvalidInputError(f"{key}: not JSON: {err}") from err
 
     def exists(self, key: str) -> bool:
+        """Whether an object is at `key` (False also when the bucket is missing)."""
         try:
-            self.client.stat_object(self.bucket, key)
-            return True
-        except S3Error as err:
-            if err.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
-                return False
-            raise self._wrap(err, f"stat {key}") from err
-        except Exception as err:
-            raise self._wrap(err, f"stat {key}") from err
+            with _s3(f"stat {key}"):
+                self.client.stat_object(self.bucket, key)
+        except NotFoundError:
+            return False
+        return True
 
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under `prefix`, recursively, sorted."""
-        try:
+        with _s3(f"list {prefix}"):
             return sorted(o.object_name for o in
                           self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
                           if o.object_name)
-        except Exception as err:
-            raise self._wrap(err, f"list {prefix}") from err
 
     def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
         """(key, last modified, UTC) of every object under `prefix`, recursively."""
-        try:
+        with _s3(f"list {prefix}"):
             return [(o.object_name, o.last_modified) for o in
                     self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
                     if o.object_name and o.last_modified]
-        except Exception as err:
-            raise self._wrap(err, f"list {prefix}") from err
 
     def delete_keys(self, keys: list[str]) -> int:
-        """Delete `keys` (missing ones count as deleted); returns how many were asked."""
+        """Delete `keys` (missing ones count as deleted); returns how many were asked.
+        TemporaryFailure when the server refuses any of them."""
         if not keys:
             return 0
-        try:
+        with _s3("delete objects"):
             errors = list(self.client.remove_objects(
                 self.bucket, [DeleteObject(k) for k in keys]))
-        except Exception as err:
-            raise self._wrap(err, "delete objects") from err
         bad = [e for e in errors if e.code not in ("NoSuchKey",)]
         if bad:
             raise TemporaryFailure(f"delete failed for {len(bad)} object(s): {bad[0].message}")
@@ -237,8 +296,6 @@ class ObjectStore:
 
     def presigned_get(self, key: str, expires_s: int = 3600) -> str:
         """A presigned GET URL for `key`, valid `expires_s` seconds; never stored."""
-        try:
+        with _s3(f"presign {key}"):
             return self.client.presigned_get_object(self.bucket, key,
                                                     expires=timedelta(seconds=expires_s))
-        except Exception as err:
-            raise self._wrap(err, f"presign {key}") from err

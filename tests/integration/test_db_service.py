@@ -7,15 +7,18 @@ import asyncio
 import hashlib
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from voicetrack.db.engine import create_engine
 from voicetrack.db.migrate import upgrade_head
 from voicetrack.db.schema import TempRecording, TranscodeStatus
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalTrack
+from voicetrack.resources import TRACKS_OPTIONS, TracksOption
 from voicetrack_local.ports import free_port
 from voicetrack_local.postgres import PostgresServer
 
@@ -290,15 +293,16 @@ async def _meeting_with_chunks(svc: RecordingService) -> None:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "expected"),
-    [("per-speaker", [ALICE, BOB]), ("mixed", [None]), ("hybrid", [ALICE, BOB, None])],
+    ("option", "expected"),
+    [("perSpeaker", [ALICE, BOB]), ("mixed", [None]), ("both", [ALICE, BOB, None])],
 )
-async def test_promotion_strategies(
-    db_service: RecordingService, strategy: str, expected: list[str | None]
+async def test_promotion_tracks_options(
+    db_service: RecordingService, option: TracksOption, expected: list[str | None]
 ) -> None:
+    assert option in TRACKS_OPTIONS  # the CRD's spec.output.tracks values, passed as they are
     await _meeting_with_chunks(db_service)
     ids = await db_service.promote_temp_recordings_to_persistent(
-        MEETING, strategy, final_tracks()
+        MEETING, option, final_tracks()
     )
     assert len(ids) == len(expected) == len(set(ids)) and all(len(i) == 16 for i in ids)
     rows = {r.id: r for r in await db_service.get_recordings_for_meeting(MEETING)}
@@ -316,7 +320,7 @@ async def test_promotion_strategies(
     assert await db_service.get_temp_recordings_for_meeting(MEETING) == []
     # A retried promotion (operator restarted after commit) returns the same ids.
     again = await db_service.promote_temp_recordings_to_persistent(
-        MEETING, strategy, final_tracks()
+        MEETING, option, final_tracks()
     )
     assert again == ids
     assert len(await db_service.get_recordings_for_meeting(MEETING)) == len(ids)
@@ -325,7 +329,7 @@ async def test_promotion_strategies(
 async def test_promotion_keeps_temp_rows_for_audit(db_service: RecordingService) -> None:
     await _meeting_with_chunks(db_service)
     ids = await db_service.promote_temp_recordings_to_persistent(
-        MEETING, "hybrid", final_tracks(), keep_temp_rows=True
+        MEETING, "both", final_tracks(), keep_temp_rows=True
     )
     assert len(ids) == 3
     rows = await db_service.get_temp_recordings_for_meeting(MEETING)
@@ -336,9 +340,9 @@ async def test_promotion_without_done_chunk_is_empty(db_service: RecordingServic
     await db_service.create_meeting(MEETING, GUILD, CHANNEL, T0)
     await mirror(db_service, 0, ALICE, "in_progress")
     await mirror(db_service, 1, ALICE, "failed")
-    for strategy in ("per-speaker", "mixed", "hybrid"):
+    for option in TRACKS_OPTIONS:
         assert await db_service.promote_temp_recordings_to_persistent(
-            MEETING, strategy, final_tracks()
+            MEETING, option, final_tracks()
         ) == []
     assert len(await db_service.get_temp_recordings_for_meeting(MEETING)) == 2
     assert await db_service.get_recordings_for_meeting(MEETING) == []
@@ -347,20 +351,23 @@ async def test_promotion_without_done_chunk_is_empty(db_service: RecordingServic
 async def test_promotion_bad_input_writes_nothing(db_service: RecordingService) -> None:
     await _meeting_with_chunks(db_service)
     speakers_only = [t for t in final_tracks() if t.kind == "speaker"]
-    with pytest.raises(InvalidInputError, match="strategy"):
-        await db_service.promote_temp_recordings_to_persistent(MEETING, "both", final_tracks())
+    for old in ("hybrid", "per-speaker"):  # the former storage-only vocabulary is refused
+        with pytest.raises(InvalidInputError, match=r"tracks_option.*perSpeaker, mixed, both"):
+            await db_service.promote_temp_recordings_to_persistent(
+                MEETING, old, final_tracks()  # type: ignore[arg-type]
+            )
     with pytest.raises(InvalidInputError, match="mixed track"):
-        await db_service.promote_temp_recordings_to_persistent(MEETING, "hybrid", speakers_only)
+        await db_service.promote_temp_recordings_to_persistent(MEETING, "both", speakers_only)
     with pytest.raises(InvalidInputError, match="appears twice"):
         await db_service.promote_temp_recordings_to_persistent(
-            MEETING, "per-speaker", speakers_only + speakers_only[:1]
+            MEETING, "perSpeaker", speakers_only + speakers_only[:1]
         )
     bad_sha = [t.model_copy(update={"sha256": "nope"}) for t in final_tracks()]
     with pytest.raises(InvalidInputError, match="sha256"):
-        await db_service.promote_temp_recordings_to_persistent(MEETING, "hybrid", bad_sha)
+        await db_service.promote_temp_recordings_to_persistent(MEETING, "both", bad_sha)
     with pytest.raises(NotFoundError):
         await db_service.promote_temp_recordings_to_persistent(
-            "ffffffffffffffff", "hybrid", final_tracks()
+            "ffffffffffffffff", "both", final_tracks()
         )
     assert len(await db_service.get_temp_recordings_for_meeting(MEETING)) == 5
     assert await db_service.get_recordings_for_meeting(MEETING) == []
@@ -481,3 +488,21 @@ async def test_database_outage_is_temporary_and_recovers() -> None:
             await svc.close()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_sqlite_is_durable_wal_with_full_sync(tmp_path: Path) -> None:
+    """The embedded default keeps acknowledged writes through a power loss: WAL with
+    synchronous=FULL (2) on every new connection, not NORMAL (1), which may drop the last
+    commits. Fails with synchronous=NORMAL."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'durable.db'}")
+    try:
+        for _ in range(2):  # a fresh connection each round: each is set up on connect
+            async with engine.connect() as conn:
+                pragmas = [
+                    (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                    for name in ("journal_mode", "synchronous", "foreign_keys")
+                ]
+            assert pragmas == ["wal", 2, 1]
+            await engine.dispose()
+    finally:
+        await engine.dispose()

@@ -5,6 +5,13 @@ Supported URLs: `postgresql+psycopg://user@host:port/db` (psycopg 3, async) and
 for several concurrent writers in one process: WAL journal, a 30 s busy timeout, foreign
 keys on, and every transaction opened with `BEGIN IMMEDIATE` so writers queue for the write
 lock at the start instead of failing with "database is locked" on a lock upgrade.
+
+Durability: `synchronous=FULL` with WAL, so the WAL is fsynced at every commit and a commit
+that returned survives a power loss or an OS crash (with `NORMAL`, WAL mode only fsyncs at
+checkpoints and the last acknowledged transactions can roll back after a power loss: a
+chunk the operator mirrored as done would be lost). The cost is one fsync per commit:
+`benchmarks/sql_mirror.py --engine sqlite --sessions 20 --chunks 10` gave 140-180 writes/s
+against 195 with NORMAL on a shared 2-core machine, far above a session's few writes/s.
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ def _setup_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -37,9 +37,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from voicetrack.db.engine import create_engine
 from voicetrack.db.schema import Heartbeat, Meeting, MeetingStatus, Recording, TempRecording
-from voicetrack.db.store import PromotionStrategy, RecordingStore
+from voicetrack.db.store import RecordingStore
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalTrack
+from voicetrack.resources import TracksOption
 
 __all__ = ["RecordingService", "create_engine", "translate_db_error"]
 
@@ -259,7 +260,7 @@ class RecordingService:
     async def promote_temp_recordings_to_persistent(
         self,
         meeting_id: str,
-        strategy: PromotionStrategy | str,
+        tracks_option: TracksOption,
         tracks: Sequence[FinalTrack],
         *,
         keep_temp_rows: bool = False,
@@ -268,7 +269,7 @@ class RecordingService:
         temp-row deletion (or `cleaned = 1`) commit together or not at all."""
         return await self._run(
             lambda s: s.promote_temp_recordings_to_persistent(
-                meeting_id, strategy, tracks, keep_temp_rows=keep_temp_rows
+                meeting_id, tracks_option, tracks, keep_temp_rows=keep_temp_rows
             )
         )
 

@@ -1,0 +1,89 @@
+"""The object-store adapter's error translation on a real SeaweedFS: S3 and network
+failures become the project's errors (NotFoundError, TemporaryFailure, InvalidInputError);
+a bug in the caller (a wrong type) comes out unchanged, so it is never retried forever."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack_local.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_missing_key_is_not_found(object_store: ObjectStore, tmp_path: Path) -> None:
+    missing: list[Callable[[], Any]] = [
+        lambda: object_store.get_bytes("no/such.bin"),
+        lambda: object_store.get_json("no/such.json"),
+        lambda: object_store.digest("no/such.bin"),
+        lambda: object_store.get_file("no/such.bin", str(tmp_path / "out.bin")),
+        lambda: object_store.copy("no/such.bin", "dst.bin"),
+    ]
+    for call in missing:
+        with pytest.raises(NotFoundError, match=r"no/such\.\w+: NoSuchKey"):
+            call()
+    assert object_store.exists("no/such.bin") is False
+    assert object_store.list_keys("") == []
+
+
+def test_missing_bucket_is_not_found(s3_server: S3Settings) -> None:
+    store = ObjectStore(dataclasses.replace(s3_server, bucket="vt-never-created"))
+    with pytest.raises(NotFoundError, match="NoSuchBucket"):
+        store.list_keys("")
+    with pytest.raises(NotFoundError, match="NoSuch"):
+        store.get_bytes("a.bin")
+
+
+def test_unreachable_endpoint_is_temporary(s3_server: S3Settings) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    store = ObjectStore(dataclasses.replace(s3_server, endpoint=closed))
+    started = time.monotonic()
+    for call in (lambda: store.get_bytes("a.bin"), lambda: store.put_bytes("a.bin", b"x"),
+                 lambda: store.exists("a.bin"), store.ensure_bucket):
+        with pytest.raises(TemporaryFailure, match="unreachable") as info:
+            call()
+        assert info.value.delay > 0
+    assert time.monotonic() - started < 30  # urllib3's retries, not a hang
+
+
+def test_wrong_credentials_are_temporary_and_named(object_store: ObjectStore) -> None:
+    object_store.put_bytes("a.bin", b"hello")
+    for field in ("secret_key", "access_key"):
+        wrong = ObjectStore(dataclasses.replace(object_store.settings,
+                                                **{field: "wrong-" + field}))
+        with pytest.raises(TemporaryFailure, match="credentials") as info:
+            wrong.get_bytes("a.bin")
+        assert "VOICETRACK_S3_ACCESS_KEY" in str(info.value)
+    assert object_store.get_bytes("a.bin") == b"hello"
+
+
+def test_invalid_bucket_name_is_input_error(s3_server: S3Settings) -> None:
+    # checked when the store is built: bad settings, not a retry on every call
+    with pytest.raises(InvalidInputError, match="Bad_Bucket"):
+        ObjectStore(dataclasses.replace(s3_server, bucket="Bad_Bucket!"))
+
+
+def test_bugs_propagate_unchanged(object_store: ObjectStore, tmp_path: Path) -> None:
+    """Fails before the fix: every one of these came out as TemporaryFailure."""
+    bad: dict[str, tuple[type[BaseException], Callable[[], Any]]] = {
+        "None data": (TypeError, lambda: object_store.put_bytes("a.bin", None)),  # type: ignore[arg-type]
+        "int key": (TypeError, lambda: object_store.get_bytes(42)),  # type: ignore[arg-type]
+        "int prefix": (TypeError, lambda: object_store.list_keys(7)),  # type: ignore[arg-type]
+        "missing local file": (
+            FileNotFoundError,
+            lambda: object_store.put_file("a.bin", str(tmp_path / "absent.bin")),
+        ),
+    }
+    for name, (kind, call) in bad.items():
+        with pytest.raises(Exception) as info:
+            call()
+        assert not isinstance(info.value, TemporaryFailure), (name, info.value)
+        assert isinstance(info.value, kind), (name, info.value)
