@@ -49,6 +49,3 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
         tracks=spec.output.tracks, formats=list(spec.output.formats),
         mp3_bitrate=spec.output.mp3_bitrate)
 
-
-STRATEGY = {"perSpeaker": "per-speaker", "mixed": "mixed", "both": "hybrid"}
-"""`spec.output.tracks` → the storage service's promotion strategy."""

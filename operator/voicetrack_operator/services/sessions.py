@@ -28,7 +28,7 @@ from voicetrack_operator.builders import (
     build_recorder_rbac,
 )
 from voicetrack_operator.context import Context
-from voicetrack_operator.plan import STRATEGY, build_promotion_plan
+from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
@@ -304,7 +304,7 @@ class SessionService:
             if not ok:
                 raise TemporaryFailure(message, delay=5)
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(
-                s.meeting_id, STRATEGY[s.spec.output.tracks], manifest.tracks,
+                s.meeting_id, s.spec.output.tracks, manifest.tracks,
                 keep_temp_rows=s.spec.retain_temp_rows)
             if not ids:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
