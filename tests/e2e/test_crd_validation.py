@@ -22,6 +22,7 @@ from voicetrack.resources import (
     CHUNK_KIND,
     SESSION_KIND,
     ChunkSpec,
+    ChunkStatus,
     SessionSpec,
     check_session_name,
 )
@@ -170,3 +171,25 @@ def test_readme_example_is_admitted(kubectl: Kubectl, ns: str) -> None:
     admitted, err = create(kubectl, ns, SESSION_KIND, example["spec"],
                            name=example["metadata"]["name"])
     assert admitted, err
+
+
+def test_operator_status_is_kept_whole(kubectl: Kubectl, ns: str) -> None:
+    """The chunk's status schema is structural (ChunkStatus): what the operator writes is
+    stored unpruned, and a status outside the schema is refused."""
+    name = f"c-{secrets.token_hex(4)}"
+    obj = {"apiVersion": API_VERSION, "kind": CHUNK_KIND,
+           "metadata": {"name": name, "namespace": ns}, "spec": GOOD_CHUNK}
+    kubectl("create", "-f", "-", input=json.dumps(obj))
+    status = ChunkStatus.model_validate({
+        "transcodeStatus": "failed", "trackCount": 1, "jobName": "standup-tx-000007",
+        "error": "BackoffLimitExceeded: x", "tracks": [{
+            "userId": USER, "format": "mp3", "key": KEY.replace(".opus", ".mp3"),
+            "bytes": 5, "sha256": SHA, "durationMs": 10_000}]}).to_api()
+    kubectl("patch", "recordingchunk", name, "-n", ns, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": status}))
+    got = json.loads(kubectl("get", "recordingchunk", name, "-n", ns, "-o", "json").stdout)
+    assert got["status"] == status
+    bad = kubectl("patch", "recordingchunk", name, "-n", ns, "--subresource=status",
+                  "--type=merge", "-p", json.dumps({"status": {"transcodeStatus": "lost"}}),
+                  check=False)
+    assert bad.returncode != 0 and "status.transcodeStatus" in bad.stderr, bad.stderr
