@@ -1,19 +1,22 @@
 """The custom resources: API names, labels, child names, and typed spec/status models.
 
-One home for the `voicetrack.dev/v1alpha1` contract. The CRD YAML in `crds/` states the same
-schema for the API server; tests check the two agree on defaults and ranges.
+One home for the `voicetrack.dev/v1alpha1` contract. The CRD YAML in `voicetrack/crds/` states
+the same schema for the API server; `tests/unit/test_crd_models.py` checks the two agree field
+by field, and every CEL rule of the CRDs has its mirror here, so the operator refuses what the
+API server would, naming the same field.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from voicetrack.audio import Channels
+from voicetrack.audio import RAW_EXTENSIONS, Channels
 
 GROUP = "voicetrack.dev"
 VERSION = "v1alpha1"
@@ -33,6 +36,36 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "voicetrack"}
 SNOWFLAKE_PATTERN = r"^[0-9]{15,20}$"
 MEETING_ID_PATTERN = r"^[A-Za-z0-9]{16}$"
 DNS_LABEL_MAX = 63
+SESSION_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""A session name: a DNS subdomain name within 63 characters, since it is a label value."""
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+"""S3 bucket naming rules (3..63 lowercase letters, digits, dots, hyphens, alphanumeric at
+both ends); the CEL rules and `_check_bucket` add: no `..`, not shaped like an IP address."""
+IP_SHAPED = r"^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$"
+PREFIX_PATTERN = r"^$|^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$"
+"""`storage.prefix`: empty, or `/`-separated segments of letters, digits, `.`, `_`, `-`, no
+segment starting with a dot (so no `.` or `..`), no leading, trailing or double slash."""
+PREFIX_MAX = 128
+RAW_KEY_PATTERN = (r"^([A-Za-z0-9_-][A-Za-z0-9._-]*/)*[0-9]{15,20}/[A-Za-z0-9]{16}"
+                   r"/chunks/[0-9]{6}/[0-9]{15,20}[.](opus|pcm)$")
+"""A raw track key: `<prefix>/<guildId>/<meetingId>/chunks/<index:06d>/<userId>.<ext>`
+(`voicetrack.layout`); the chunk's own guild, meeting, index and user are checked by rule."""
+KEY_MAX = 256
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+FRAME_GRID_MS = 20
+MAX_SESSION_MS = 7 * 86_400_000
+"""Bound of session time (7 days): a forged window cannot make promotion allocate more."""
+MAX_CHUNK_INDEX = 999_999
+MAX_TRACKS = 128
+
+
+def check_session_name(name: str) -> str:
+    """Refuse a RecordingSession name the operator cannot use as a label value (the CRD's
+    `metadata.name` maxLength says the same to the API server). Returns `name`."""
+    if len(name) > DNS_LABEL_MAX:
+        raise ValueError(f"metadata.name must be at most {DNS_LABEL_MAX} characters "
+                         f"(it is used as a label value), got {len(name)}")
+    return name
 
 OutputFormat = Literal["mp3", "flac", "opus"]
 RawFormat = Literal["ogg-opus", "pcm-s16le"]
@@ -116,42 +149,60 @@ class _Model(BaseModel):
 class FileSpeaker(_Model):
     """One speaker of the `files` source: an audio object played from `offsetMs`."""
 
-    user_id: str = Field(pattern=SNOWFLAKE_PATTERN)
-    object_key: str = Field(min_length=1)
+    user_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
+    object_key: str = Field(min_length=1, max_length=1024)
     offset_ms: int = Field(default=0, ge=0)
     name: str | None = None
 
 
 class SourceSpec(_Model):
     type: Literal["discord", "files"] = "discord"
-    speakers: list[FileSpeaker] = Field(default_factory=list)
+    speakers: list[FileSpeaker] = Field(default_factory=list, max_length=25)
 
 
 class OutputSpec(_Model):
-    formats: list[OutputFormat] = Field(default_factory=lambda: list[OutputFormat](["mp3"]))
+    formats: list[OutputFormat] = Field(default_factory=lambda: list[OutputFormat](["mp3"]),
+                                        min_length=1, max_length=3)
     mp3_bitrate: int = Field(default=128, ge=32, le=320)
     """MP3 bitrate in kbit/s."""
     tracks: TracksOption = "both"
 
+    @field_validator("formats")
+    @classmethod
+    def _unique_formats(cls, v: list[OutputFormat]) -> list[OutputFormat]:
+        if len(set(v)) != len(v):  # the CRD's x-kubernetes-list-type: set
+            raise ValueError("output.formats must not repeat a format")
+        return v
+
 
 class LimitsSpec(_Model):
-    max_duration_seconds: int = Field(default=14_400, ge=10)
+    max_duration_seconds: int = Field(default=14_400, ge=10, le=MAX_SESSION_MS // 1000)
     max_bytes: int = Field(default=2_000_000_000, ge=1_000_000)
 
 
 class StorageSpec(_Model):
-    bucket: str = Field(default="voicetrack", min_length=3, max_length=63)
-    prefix: str = "recordings"
+    bucket: str = Field(default="voicetrack", min_length=3, max_length=63,
+                        pattern=BUCKET_PATTERN)
+    prefix: str = Field(default="recordings", max_length=PREFIX_MAX, pattern=PREFIX_PATTERN)
     raw_format: RawFormat = "ogg-opus"
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, v: str) -> str:
+        if ".." in v:
+            raise ValueError("storage.bucket must not contain two adjacent dots")
+        if re.match(IP_SHAPED, v):
+            raise ValueError("storage.bucket must not be shaped like an IP address")
+        return v
 
 
 class SessionSpec(_Model):
     """`RecordingSession.spec` (DESIGN.md, "Custom resources")."""
 
-    guild_id: str = Field(pattern=SNOWFLAKE_PATTERN)
-    channel_id: str = Field(pattern=SNOWFLAKE_PATTERN)
-    meeting_id: str | None = Field(default=None, pattern=MEETING_ID_PATTERN)
-    requested_by: str | None = Field(default=None, pattern=SNOWFLAKE_PATTERN)
+    guild_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
+    channel_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
+    meeting_id: str | None = Field(default=None, pattern=MEETING_ID_PATTERN, max_length=16)
+    requested_by: str | None = Field(default=None, pattern=SNOWFLAKE_PATTERN, max_length=20)
     chunk_seconds: int = Field(default=10, ge=5, le=300)
     paused: bool = False
     output: OutputSpec = Field(default_factory=OutputSpec)
@@ -176,9 +227,15 @@ class Gap(_Model):
     """An interval of session time with no capture, and why: `paused` intervals are cut
     from the output; every other cause becomes digital silence of the exact length."""
 
-    start_ms: int = Field(ge=0)
-    end_ms: int = Field(ge=0)
+    start_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
+    end_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
     cause: Literal["paused", "recorder-restart", "chunk-failed", "connection-lost"]
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> Gap:
+        if self.end_ms <= self.start_ms:
+            raise ValueError("gap.endMs must be greater than gap.startMs")
+        return self
 
 
 class ChunkTrack(_Model):
@@ -186,13 +243,13 @@ class ChunkTrack(_Model):
     received packet (the rest hold the silence frame); `firstMs`/`lastMs` are the session
     times of the first and last received packet; `bytes` and `sha256` are of the raw object."""
 
-    user_id: str
-    key: str
+    user_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
+    key: str = Field(pattern=RAW_KEY_PATTERN, max_length=KEY_MAX)
     frames: int = Field(ge=0)
     first_ms: int = Field(ge=0)
     last_ms: int = Field(ge=0)
     bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_PATTERN)
     channels: Channels = 2
     """1 when every packet of the track is mono-coded (`voicetrack.audio.opus_channels`):
     both decoded channels are then identical and outputs are mono. 2 (the default, also
@@ -204,15 +261,29 @@ class ChunkSpec(_Model):
     the raw track of every speaker who spoke in it. `gap` is the interval between the
     previous chunk's end and this chunk's start, when there is one."""
 
-    session_name: str
-    meeting_id: str
-    guild_id: str
-    index: int = Field(ge=0)
-    start_ms: int = Field(ge=0)
-    end_ms: int = Field(ge=0)
+    session_name: str = Field(pattern=SESSION_NAME_PATTERN, max_length=DNS_LABEL_MAX)
+    meeting_id: str = Field(pattern=MEETING_ID_PATTERN, max_length=16)
+    guild_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
+    index: int = Field(ge=0, le=MAX_CHUNK_INDEX)
+    start_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
+    end_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
     raw_format: RawFormat = "ogg-opus"
     gap: Gap | None = None
-    tracks: list[ChunkTrack] = Field(default_factory=list)
+    tracks: list[ChunkTrack] = Field(default_factory=list, max_length=MAX_TRACKS)
+
+    @model_validator(mode="after")
+    def _window_and_keys(self) -> ChunkSpec:
+        """The CRD's CEL rules: a non-empty window, and each track's key in this chunk's
+        own directory, named after its speaker, with the raw format's extension."""
+        if self.end_ms <= self.start_ms:
+            raise ValueError("endMs must be greater than startMs")
+        for i, t in enumerate(self.tracks):
+            tail = (f"{self.guild_id}/{self.meeting_id}/chunks/{self.index:06d}/"
+                    f"{t.user_id}.{RAW_EXTENSIONS[self.raw_format]}")
+            if t.key != tail and not t.key.endswith("/" + tail):
+                raise ValueError(f"tracks[{i}].key must end with {tail!r} (this chunk's "
+                                 f"guild, meeting, index, user and raw format), got {t.key!r}")
+        return self
 
     @property
     def duration_ms(self) -> int:
@@ -226,7 +297,7 @@ class ChunkOutput(_Model):
     format: str
     key: str
     bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_PATTERN)
     duration_ms: int = Field(ge=0)
 
 
