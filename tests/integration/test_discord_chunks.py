@@ -33,10 +33,12 @@ pytestmark = pytest.mark.integration
 CHUNK_SLOTS = 100  # 2 s windows
 SESSION_MS = 6000
 BURST_MS = 300
+U1, U2, U3 = 222_000_000_000_000_000, 333_000_000_000_000_000, 444_000_000_000_000_000
+"""Speakers: user ids are Discord snowflakes (15 to 20 digits), as the chunk CRD requires."""
 MARKERS = {  # user id → burst onsets (session ms, on the 20 ms grid as clients capture)
-    222: [400, 1900, 3500],
-    333: [800, 2600, 4600],
-    444: [3200, 5200],  # joins at 3000 ms
+    U1: [400, 1900, 3500],
+    U2: [800, 2600, 4600],
+    U3: [3200, 5200],  # joins at 3000 ms
 }
 TRAIL_FRAMES = 5  # Discord clients send five silence-ish frames after speech
 
@@ -72,9 +74,9 @@ async def test_markers_at_true_time_after_promotion(object_store: ObjectStore,
     chunker = Chunker(CHUNK_SLOTS)
     chunker.open(0)
     h = await Harness.open(sink=chunker)
-    speakers = {s.user_id: s for s in await h.rig.join(222, 333)}
+    speakers = {s.user_id: s for s in await h.rig.join(U1, U2)}
     await h.settle()
-    freqs = {222: 440.0, 333: 660.0, 444: 880.0}
+    freqs = {U1: 440.0, U2: 660.0, U3: 880.0}
     # silence between bursts: real encoders would code digital silence; tone only in bursts
     packets = {}
     for user, onsets in MARKERS.items():
@@ -87,7 +89,7 @@ async def test_markers_at_true_time_after_promotion(object_store: ObjectStore,
     schedule: list[tuple[float, int, int]] = []  # (arrival ms, user, slot)
     for user, onsets in MARKERS.items():
         for slot in sorted(_burst_mask(onsets)):
-            if user == 333 and slot == 2600 // FRAME_MS + 3:
+            if user == U2 and slot == 2600 // FRAME_MS + 3:
                 continue  # lost in the network
             capture_end = (slot + 1) * FRAME_MS  # a frame leaves once captured
             schedule.append((capture_end + 2 + rng.uniform(0, 12), user, slot))
@@ -98,8 +100,8 @@ async def test_markers_at_true_time_after_promotion(object_store: ObjectStore,
     sent_slots = {u: sorted(_burst_mask(onsets)) for u, onsets in MARKERS.items()}
     for arrival, user, slot in schedule:
         if not joined and arrival >= 3000:
-            speakers[444] = (await h.rig.join(444))[0]  # a member added: epoch change
-            rtp_base[444] = (speakers[444].sequence, speakers[444].timestamp)
+            speakers[U3] = (await h.rig.join(U3))[0]  # a member added: epoch change
+            rtp_base[U3] = (speakers[U3].sequence, speakers[U3].timestamp)
             await h.settle()
             joined = True
         speaker = speakers[user]

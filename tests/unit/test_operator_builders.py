@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from voicetrack.layout import MeetingLayout
 from voicetrack.resources import (
     ChunkSpec,
     ChunkTrack,
@@ -40,7 +41,9 @@ def chunk(index: int, start: int, end: int, users: tuple[str, ...] = ("111111111
           gap: Gap | None = None) -> ChunkSpec:
     return ChunkSpec(session_name="standup", meeting_id="m" * 16, guild_id=SPEC.guild_id,
                      index=index, start_ms=start, end_ms=end, gap=gap,
-                     tracks=[ChunkTrack(user_id=u, key=f"k/{index}/{u}.opus", frames=10,
+                     tracks=[ChunkTrack(user_id=u, key=MeetingLayout("k", SPEC.guild_id, "m" * 16
+                                                         ).raw_key(index, u, "ogg-opus"),
+                                        frames=10,
                                         first_ms=start, last_ms=end - 20, bytes=100,
                                         sha256=SHA) for u in users])
 
