@@ -5,6 +5,7 @@ requiring a client certificate from the cluster CA (the apiserver's kubelet clie
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from voicetrack_local.nodeagent.agent import NodeAgent
+    from voicetrack_local.nodeagent.container import Container
+    from voicetrack_local.nodeagent.worker import PodWorker
 
 log = logging.getLogger("voicetrack.nodeagent")
 
@@ -68,18 +71,8 @@ class LogHandler(BaseHTTPRequestHandler):
             self._text(400, f"container {ctr} is not valid for pod {pod}")
             return
         previous = q.get("previous", ["false"])[0] == "true"
-        if previous:
-            if c.restart_count == 0:
-                self._text(400, f'previous terminated container "{ctr}" in pod "{pod}" not found')
-                return
-            path = worker.log_file(ctr, c.restart_count - 1)
-        else:
-            path = worker.log_file(ctr, c.restart_count)
-            if not path.exists() and c.restart_count > 0 and "waiting" in c.state:
-                path = worker.log_file(ctr, c.restart_count - 1)
-        if not path.exists():
-            reason = (c.state.get("waiting") or {}).get("reason", "ContainerCreating")
-            self._text(400, f'container "{ctr}" in pod "{pod}" is waiting to start: {reason}')
+        path = self._log_path(worker, c, pod, previous)
+        if path is None:
             return
         follow = q.get("follow", ["false"])[0] == "true" and not previous
         tail = int(q["tailLines"][0]) if "tailLines" in q else None
@@ -87,41 +80,75 @@ class LogHandler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.end_headers()
-        sent = 0
-        try:
-            with path.open("rb") as fh:
-                data = fh.read()
-                if tail is not None:
-                    lines = data.splitlines(keepends=True)
-                    data = b"".join(lines[-tail:]) if tail > 0 else b""
-                if limit is not None:
-                    data = data[:limit]
-                self.wfile.write(data)
-                self.wfile.flush()
-                sent += len(data)
-                while follow and (limit is None or sent < limit):
-                    chunk = fh.read(65536)
-                    if chunk:
-                        if limit is not None:
-                            chunk = chunk[: limit - sent]
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                        sent += len(chunk)
-                        continue
-                    cur = worker.find(ctr)
-                    if (
-                        cur is None
-                        or worker.gone
-                        or worker.log_file(ctr, cur.restart_count) != path
-                        or not cur.running
-                    ):
-                        rest = fh.read()
-                        if rest:
-                            self.wfile.write(rest)
-                        break
-                    time.sleep(0.2)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            pass
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            self._stream(worker, c.name, path, follow, tail, limit)
+
+    def _log_path(self, worker: PodWorker, c: Container, pod: str, previous: bool) -> Path | None:
+        """The log file to serve: the current run's (the last run's while waiting to
+        restart), or with ``previous`` the one before; None after answering 400."""
+        if previous:
+            if c.restart_count == 0:
+                self._text(
+                    400, f'previous terminated container "{c.name}" in pod "{pod}" not found'
+                )
+                return None
+            path = worker.log_file(c.name, c.restart_count - 1)
+        else:
+            path = worker.log_file(c.name, c.restart_count)
+            if not path.exists() and c.restart_count > 0 and "waiting" in c.state:
+                path = worker.log_file(c.name, c.restart_count - 1)
+        if not path.exists():
+            reason = (c.state.get("waiting") or {}).get("reason", "ContainerCreating")
+            self._text(400, f'container "{c.name}" in pod "{pod}" is waiting to start: {reason}')
+            return None
+        return path
+
+    def _stream(
+        self,
+        worker: PodWorker,
+        ctr: str,
+        path: Path,
+        follow: bool,
+        tail: int | None,
+        limit: int | None,
+    ) -> None:
+        """Send :func:`head_of_log` of ``path``; with ``follow`` keep sending what is
+        appended (up to ``limit`` bytes in all) until that run of the container ends."""
+        with path.open("rb") as fh:
+            data = head_of_log(fh.read(), tail, limit)
+            self.wfile.write(data)
+            self.wfile.flush()
+            sent = len(data)
+            while follow and (limit is None or sent < limit):
+                chunk = fh.read(65536)
+                if chunk:
+                    if limit is not None:
+                        chunk = chunk[: limit - sent]
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    sent += len(chunk)
+                    continue
+                cur = worker.find(ctr)
+                if (
+                    cur is None
+                    or worker.gone
+                    or worker.log_file(ctr, cur.restart_count) != path
+                    or not cur.running
+                ):
+                    rest = fh.read()
+                    if rest:
+                        self.wfile.write(rest)
+                    break
+                time.sleep(0.2)
+
+
+def head_of_log(data: bytes, tail: int | None, limit: int | None) -> bytes:
+    """What a log request gets first: the last ``tail`` lines of ``data`` (all when None,
+    nothing for 0), cut to ``limit`` bytes (``tailLines`` and ``limitBytes``)."""
+    if tail is not None:
+        lines = data.splitlines(keepends=True)
+        data = b"".join(lines[-tail:]) if tail > 0 else b""
+    return data[:limit] if limit is not None else data
 
 
 class LogServer(ThreadingHTTPServer):
