@@ -594,3 +594,63 @@ def test_cli_up_twice_is_one_cluster_and_down_leaves_nothing(tmp_path: Path) -> 
     for name, port in ports.items():
         assert port_free(port), f"{name} port {port} still listened on"
     assert _cli("status", "--state-dir", str(state)).returncode == 3
+
+
+# termination messages ------------------------------------------------------------------------
+
+WRITER = """
+import os, stat
+mode = stat.S_IMODE(os.stat("volumes/creds/password").st_mode)
+path = os.environ["VOICETRACK_TERMINATION_LOG"]
+with open(path, "w") as fh:
+    fh.write(f"bad input: chunk 7 (secret mode {mode:o})")
+print("this log line is not the message")
+raise SystemExit(2)
+"""
+
+
+def test_termination_messages_from_file_and_from_logs(kubectl: Kubectl, namespace: str) -> None:
+    kubectl("create", "secret", "generic", "creds", "-n", namespace, "--from-literal=pw=hunter2")
+
+    def ctr(name: str, code: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "image": "x", "command": ["python", "-c", code], **extra}
+
+    fails_loudly = "print('step 1 ok'); print('ffmpeg: Invalid data found'); raise SystemExit(3)"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "messages", "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "volumes": [
+                {
+                    "name": "creds",
+                    "secret": {
+                        "secretName": "creds",
+                        "defaultMode": 0o400,
+                        "items": [{"key": "pw", "path": "password"}],
+                    },
+                }
+            ],
+            "containers": [
+                ctr("writer", WRITER, volumeMounts=[{"name": "creds", "mountPath": "/creds"}]),
+                ctr("fallback", fails_loudly, terminationMessagePolicy="FallbackToLogsOnError"),
+                ctr("plain", fails_loudly),
+                ctr("ok", "print('fine')", terminationMessagePolicy="FallbackToLogsOnError"),
+            ],
+        },
+    }
+    apply(kubectl, pod)
+
+    def terminal() -> dict[str, Any] | None:
+        got = get_json(kubectl, "pod", "messages", "-n", namespace)
+        return got if (got or {}).get("status", {}).get("phase") == "Failed" else None
+
+    got = wait_for("pod messages Failed", terminal, timeout=60)
+    term = {s["name"]: s["state"]["terminated"] for s in got["status"]["containerStatuses"]}
+    assert term["writer"]["exitCode"] == 2
+    assert term["writer"]["message"] == "bad input: chunk 7 (secret mode 400)"
+    assert term["fallback"]["exitCode"] == 3
+    assert term["fallback"]["message"] == "step 1 ok\nffmpeg: Invalid data found\n"
+    assert "message" not in term["plain"]  # policy File and an empty file: no message
+    assert "message" not in term["ok"]  # the log fallback is for failures only

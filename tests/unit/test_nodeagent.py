@@ -12,7 +12,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from voicetrack_local.build import GOMOD_DIR, K8S_VERSION, ldflags, render_gomod
-from voicetrack_local.nodeagent import ConfigError, _field_value, expand, quantity
+from voicetrack_local.nodeagent.logs import head_of_log
+from voicetrack_local.nodeagent.podspec import ConfigError, expand, field_value, quantity
 from voicetrack_local.pki import ensure_pki
 from voicetrack_local.ports import ephemeral_range, free_port, port_free
 from voicetrack_local.procs import ProcRecord, spawn, terminate
@@ -48,14 +49,14 @@ def test_quantity_parses_binary_and_decimal_suffixes() -> None:
 
 
 def test_field_refs() -> None:
-    assert _field_value(POD, "metadata.name") == "p"
-    assert _field_value(POD, "metadata.namespace") == "ns"
-    assert _field_value(POD, "metadata.uid") == "u-1"
-    assert _field_value(POD, "spec.nodeName") == "n1"
-    assert _field_value(POD, "metadata.labels['app']") == "rec"
-    assert _field_value(POD, "metadata.annotations['a/b']") == "c"
+    assert field_value(POD, "metadata.name") == "p"
+    assert field_value(POD, "metadata.namespace") == "ns"
+    assert field_value(POD, "metadata.uid") == "u-1"
+    assert field_value(POD, "spec.nodeName") == "n1"
+    assert field_value(POD, "metadata.labels['app']") == "rec"
+    assert field_value(POD, "metadata.annotations['a/b']") == "c"
     with pytest.raises(ConfigError, match=r"spec\.bogus"):
-        _field_value(POD, "spec.bogus")
+        field_value(POD, "spec.bogus")
 
 
 def test_pki_chain_and_identities(tmp_path: Path) -> None:
@@ -151,3 +152,12 @@ def test_port_free_is_false_while_something_listens() -> None:
         s.bind(("127.0.0.1", free_port()))
         s.listen()
         assert not port_free(s.getsockname()[1])
+
+
+def test_head_of_log_honours_tail_lines_and_limit_bytes() -> None:
+    data = b"a\nbb\nccc\n"
+    assert head_of_log(data, None, None) == data
+    assert head_of_log(data, 2, None) == b"bb\nccc\n"
+    assert head_of_log(data, 0, None) == b""
+    assert head_of_log(data, 2, 4) == b"bb\nc"
+    assert head_of_log(data, None, 1) == b"a"

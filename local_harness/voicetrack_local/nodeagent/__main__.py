@@ -1,0 +1,5 @@
+"""``python -m voicetrack_local.nodeagent --state-dir DIR``: run the node agent."""
+
+from voicetrack_local.nodeagent.agent import main
+
+main()

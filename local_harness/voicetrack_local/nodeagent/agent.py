@@ -1,0 +1,265 @@
+"""The node agent process: registers the node (:mod:`.node`), watches the pods bound to it
+(re-listing after watch time-outs, ``410 Gone`` and connection errors), runs each in its own
+:class:`~voicetrack_local.nodeagent.worker.PodWorker` thread, and serves container logs
+(:mod:`.logs`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import watch as k8s_watch
+
+from voicetrack_local.nodeagent.kube import Kube, now_iso
+from voicetrack_local.nodeagent.logs import LogServer
+from voicetrack_local.nodeagent.node import NodeRegistration
+from voicetrack_local.nodeagent.podspec import ConfigError
+from voicetrack_local.nodeagent.worker import PodWorker
+
+log = logging.getLogger("voicetrack.nodeagent")
+
+
+class NodeAgent:
+    """Registers the node, keeps its Lease, watches its pods and runs them (one
+    :class:`PodWorker` thread each), serves container logs.  :meth:`run` blocks until
+    :meth:`shutdown` (SIGTERM/SIGINT in ``main``)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        cfg = json.loads((state_dir / "cluster.json").read_text())
+        self.state_dir = state_dir
+        self.node: str = cfg["node"]
+        self.port: int = cfg["ports"]["kubelet"]
+        self.server = f"https://127.0.0.1:{cfg['ports']['apiserver']}"
+        self.kube = Kube(state_dir / "kubeconfig")
+        self.watch_kube = Kube(state_dir / "kubeconfig", pool=4)
+        self.pods_dir = state_dir / "agent" / "pods"
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.ca_pem = (state_dir / "pki" / "ca.crt").read_bytes()
+        self.workers: dict[str, PodWorker] = {}
+        self.by_name: dict[tuple[str, str], str] = {}
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
+        #: seconds a pod watch lasts before the agent re-lists (tests shorten it)
+        self.watch_timeout = int(os.environ.get("VOICETRACK_AGENT_WATCH_TIMEOUT", "240"))
+        mem_kib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
+        disk = shutil.disk_usage(state_dir)
+        self.capacity = {
+            "cpu": str(os.cpu_count() or 1),
+            "memory": f"{mem_kib}Ki",
+            "pods": "250",
+            "ephemeral-storage": f"{disk.total // 1024}Ki",
+        }
+        self.node_reg = NodeRegistration(self.kube, self.node, self.port, self.capacity)
+        self.logs = LogServer(
+            self,
+            self.port,
+            state_dir / "pki" / "kubelet.crt",
+            state_dir / "pki" / "kubelet.key",
+            state_dir / "pki" / "ca.crt",
+        )
+
+    # ---- used by workers / log server
+    def pod_token(self, pod: dict[str, Any]) -> str:
+        """A TokenRequest token for the pod's ServiceAccount, bound to the pod.  3607 s is
+        the kubelet's value, which the apiserver extends (``--service-account-extend-token-
+        expiration``, on by default) so it stays valid for the pod's life.
+
+        Raises:
+            ConfigError: the ServiceAccount does not exist or the request failed."""
+        meta = pod["metadata"]
+        sa = pod["spec"].get("serviceAccountName") or "default"
+        code, body = self.kube.request(
+            "POST",
+            f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token",
+            body={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {
+                    "expirationSeconds": 3607,
+                    "boundObjectRef": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                },
+            },
+        )
+        if code >= 300:
+            raise ConfigError(
+                f"token for serviceaccount {meta['namespace']}/{sa}: HTTP {code}: "
+                f"{(body or {}).get('message')}"
+            )
+        return str(body["status"]["token"])
+
+    def event(self, ns: str, ref: dict[str, Any], reason: str, message: str, etype: str) -> None:
+        """Post a core/v1 Event about ``ref`` from this node (in the background; errors are
+        only logged: events are best effort, as in the kubelet)."""
+        t = now_iso()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{ref['name']}.", "namespace": ns},
+            "involvedObject": ref,
+            "reason": reason,
+            "message": message,
+            "type": etype,
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+            "firstTimestamp": t,
+            "lastTimestamp": t,
+            "count": 1,
+        }
+
+        def send() -> None:
+            try:
+                self.kube.request("POST", f"/api/v1/namespaces/{ns}/events", body=body)
+            except Exception as e:
+                log.debug("event %s: %s", reason, e)
+
+        self.events.submit(send)
+
+    def worker_for(self, ns: str, name: str) -> PodWorker | None:
+        with self.lock:
+            uid = self.by_name.get((ns, name))
+            return self.workers.get(uid) if uid else None
+
+    def worker_done(self, worker: PodWorker) -> None:
+        """Called by a worker thread as it ends: forget it and remove its directory once
+        the pod is gone (or was finally deleted) or the agent stops."""
+        with self.lock:
+            ended = worker.gone or worker.final_deleted or worker.crashed
+            if self.workers.get(worker.uid) is worker and ended:
+                del self.workers[worker.uid]
+                if self.by_name.get((worker.ns, worker.pod_name)) == worker.uid:
+                    del self.by_name[(worker.ns, worker.pod_name)]
+        if worker.gone or worker.final_deleted:
+            shutil.rmtree(worker.dir, ignore_errors=True)
+
+    # ---- pods
+    def _dispatch(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        with self.lock:
+            w = self.workers.get(uid)
+            if w is None:
+                w = PodWorker(self, pod)
+                self.workers[uid] = w
+                self.by_name[(meta["namespace"], meta["name"])] = uid
+                w.start()
+                return
+        w.update(pod)
+
+    def _gone(self, uid: str) -> None:
+        with self.lock:
+            w = self.workers.get(uid)
+        if w is not None:
+            w.mark_gone()
+
+    def _watch_loop(self) -> None:
+        selector = f"spec.nodeName={self.node}"
+        while not self.stop_event.is_set():
+            try:
+                code, lst = self.watch_kube.request(
+                    "GET", "/api/v1/pods", query={"fieldSelector": selector}
+                )
+                if code != 200:
+                    raise RuntimeError(f"list pods: HTTP {code}")
+                seen = set()
+                for pod in lst.get("items") or []:
+                    seen.add(pod["metadata"]["uid"])
+                    self._dispatch(pod)
+                with self.lock:
+                    stale = [u for u in self.workers if u not in seen]
+                for u in stale:
+                    self._gone(u)
+                rv = lst["metadata"]["resourceVersion"]
+                w = k8s_watch.Watch()
+                for ev in w.stream(
+                    self.watch_kube.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=rv,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=self.watch_timeout,
+                    _request_timeout=(10, 300),
+                    deserialize=False,
+                ):
+                    if self.stop_event.is_set():
+                        w.stop()
+                        break
+                    typ, obj = ev.get("type"), ev.get("object") or {}
+                    if typ in ("ADDED", "MODIFIED"):
+                        self._dispatch(obj)
+                    elif typ == "DELETED":
+                        self._gone(obj["metadata"]["uid"])
+                # a timed-out watch simply re-lists (level-based: nothing is lost)
+            except Exception as e:  # 410 Gone, connection errors, apiserver restarts
+                if self.stop_event.is_set():
+                    break
+                log.info("pod watch restarts: %s", e)
+                self.stop_event.wait(1)
+
+    def run(self) -> None:
+        """Register, then serve until :meth:`shutdown`; finally stop every pod process."""
+        for attempt in range(100):
+            try:
+                self.node_reg.register()
+                self.node_reg.renew_lease()
+                break
+            except Exception as e:
+                if attempt == 99 or self.stop_event.is_set():
+                    raise
+                log.info("register: %s (retrying)", e)
+                self.stop_event.wait(0.5)
+        threading.Thread(target=self.logs.serve_forever, name="logs", daemon=True).start()
+        beat = threading.Thread(
+            target=self.node_reg.heartbeat_loop,
+            args=(self.stop_event,),
+            name="heartbeat",
+            daemon=True,
+        )
+        beat.start()
+        log.info("node %s ready; kubelet endpoint 127.0.0.1:%s", self.node, self.port)
+        watcher = threading.Thread(target=self._watch_loop, name="watch", daemon=True)
+        watcher.start()
+        self.stop_event.wait()
+        with self.lock:
+            workers = list(self.workers.values())
+        for w in workers:
+            w.stop()
+        for w in workers:
+            w.join(timeout=10)
+        self.logs.shutdown()
+
+    def shutdown(self) -> None:
+        """Ask :meth:`run` to stop (safe from a signal handler)."""
+        self.stop_event.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m voicetrack_local.nodeagent --state-dir DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m voicetrack_local.nodeagent", description="Voicetrack local node agent"
+    )
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--verbose", action="store_true")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
+    )
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    agent = NodeAgent(ns.state_dir.resolve())
+    signal.signal(signal.SIGTERM, lambda *_: agent.shutdown())
+    signal.signal(signal.SIGINT, lambda *_: agent.shutdown())
+    agent.run()

@@ -1,0 +1,244 @@
+"""Pure functions that turn a pod spec into what a container process gets: its environment
+(``value`` with ``$(VAR)`` expansion, ``envFrom``, ``valueFrom`` fieldRef / resourceFieldRef /
+secretKeyRef / configMapKeyRef), its TMPDIR and its termination-message file.
+
+Nothing here calls the API or touches the disk: the worker fetches the Secrets and
+ConfigMaps that :func:`env_refs` names and passes them in.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: the kubelet's default ``terminationMessagePath``
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+#: env var holding the host path of the container's termination-message file
+TERMINATION_ENV = "VOICETRACK_TERMINATION_LOG"
+
+#: fetched objects by name; a name mapped to None (or absent) does not exist
+Objects = Mapping[str, "dict[str, Any] | None"]
+
+
+class ConfigError(Exception):
+    """A pod cannot be started as specified (missing Secret, key, bad field path …); the
+    message becomes the waiting reason's message, as the kubelet's CreateContainerConfigError."""
+
+
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: ``$(NAME)`` → env value when defined (left as is
+    otherwise), ``$$`` → ``$`` (kubernetes.io/docs/tasks/inject-data-application/
+    define-interdependent-environment-variables/)."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return _VAR.sub(sub, value)
+
+
+_SUFFIX = {
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+    "Pi": 1024**5,
+    "Ei": 1024**6,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "": 1,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+}
+
+
+def quantity(q: str | int | float) -> float:
+    """Parse a Kubernetes resource quantity (``"500m"``, ``"1Gi"``, ``"2"``, ``"1e3"``).
+
+    Raises:
+        ConfigError: not a quantity."""
+    m = re.fullmatch(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)", str(q).strip())
+    if not m or m.group(2) not in _SUFFIX:
+        raise ConfigError(f"invalid resource quantity {q!r}")
+    return float(m.group(1)) * _SUFFIX[m.group(2)]
+
+
+def field_value(pod: dict[str, Any], path: str) -> str:
+    """Value of a downward-API ``fieldPath`` of ``pod`` (the addresses are 127.0.0.1, where
+    every local pod runs).
+
+    Raises:
+        ConfigError: a field path the agent does not support."""
+    meta = pod["metadata"]
+    simple = {
+        "metadata.name": meta.get("name", ""),
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": pod["spec"].get("nodeName", ""),
+        "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+        "status.hostIP": "127.0.0.1",
+        "status.hostIPs": "127.0.0.1",
+        "status.podIP": "127.0.0.1",
+        "status.podIPs": "127.0.0.1",
+    }
+    if path in simple:
+        return str(simple[path])
+    m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+    if m:
+        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+    if path in ("metadata.labels", "metadata.annotations"):
+        items = sorted((meta.get(path.split(".")[1]) or {}).items())
+        return "\n".join(f'{k}="{v}"' for k, v in items)
+    raise ConfigError(f"unsupported fieldRef.fieldPath {path!r}")
+
+
+@dataclass
+class Refs:
+    """Names of the Secrets and ConfigMaps a container's env or a pod's volumes read."""
+
+    secrets: set[str] = field(default_factory=set)
+    configmaps: set[str] = field(default_factory=set)
+
+
+def env_refs(container: dict[str, Any]) -> Refs:
+    """The Secrets and ConfigMaps that ``container``'s ``envFrom`` and ``env`` read."""
+    refs = Refs()
+    for src in container.get("envFrom") or []:
+        if "configMapRef" in src:
+            refs.configmaps.add(src["configMapRef"]["name"])
+        elif "secretRef" in src:
+            refs.secrets.add(src["secretRef"]["name"])
+    for var in container.get("env") or []:
+        vf = var.get("valueFrom") or {}
+        if "value" in var:
+            continue
+        if "secretKeyRef" in vf:
+            refs.secrets.add(vf["secretKeyRef"]["name"])
+        elif "configMapKeyRef" in vf:
+            refs.configmaps.add(vf["configMapKeyRef"]["name"])
+    return refs
+
+
+def termination_log(pod_dir: Path, container: str) -> Path:
+    """Host file standing for container ``container``'s ``terminationMessagePath``.
+
+    A pod's processes share the host file system, so the path the container declares
+    (default ``/dev/termination-log``, not writable by a user) is never written as is: each
+    container gets ``<pod dir>/termination/<container>``, named in its env as
+    :data:`TERMINATION_ENV`."""
+    return pod_dir / "termination" / container
+
+
+def tmpdir(pod: dict[str, Any], container: dict[str, Any], pod_dir: Path) -> Path:
+    """TMPDIR of ``container``: the emptyDir it mounts at ``/tmp``, else the first emptyDir
+    it mounts, else the pod's ``tmp/``."""
+    mounts = {m["name"]: m for m in container.get("volumeMounts") or []}
+    vols = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    empties = [n for n, m in mounts.items() if "emptyDir" in vols.get(n, {})]
+    at_tmp = [n for n in empties if mounts[n]["mountPath"].rstrip("/") == "/tmp"]
+    if at_tmp or empties:
+        return pod_dir / "volumes" / (at_tmp or empties)[0]
+    return pod_dir / "tmp"
+
+
+def resource_value(
+    ref: dict[str, Any], container: dict[str, Any], capacity: Mapping[str, str]
+) -> str:
+    """Value of a ``resourceFieldRef`` (e.g. ``limits.cpu`` with ``divisor``), rounded up
+    as the kubelet does; an unset limit or request falls back to the node's ``capacity``.
+
+    Raises:
+        ConfigError: a quantity cannot be parsed."""
+    kind, _, what = ref["resource"].partition(".")
+    raw = ((container.get("resources") or {}).get(kind) or {}).get(what)
+    if raw is None:  # the kubelet falls back to node allocatable for unset limits
+        raw = capacity.get(what, "0")
+    divisor = quantity(ref.get("divisor", "1"))
+    return str(math.ceil(quantity(raw) / divisor))
+
+
+def container_env(
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    base: Mapping[str, str],
+    *,
+    pod_dir: Path,
+    secrets: Objects,
+    configmaps: Objects,
+    capacity: Mapping[str, str],
+) -> dict[str, str]:
+    """Environment of ``container`` (a pod spec container dict) of ``pod``: ``base``, then
+    TMPDIR (:func:`tmpdir`) and :data:`TERMINATION_ENV`, then ``envFrom``, then ``env``
+    (later wins), with ``$(VAR)`` expansion of values.
+
+    Args:
+        base: the pod-wide variables (PATH, HOME, KUBECONFIG …).
+        pod_dir: the pod's private directory on this host.
+        secrets, configmaps: the objects :func:`env_refs` names, fetched (None: missing).
+        capacity: node capacity, for ``resourceFieldRef`` of unset limits.
+
+    Raises:
+        ConfigError: a missing Secret, ConfigMap or key that is not ``optional``, an
+            unsupported field path or ``valueFrom``, a bad quantity."""
+    env = dict(base)
+    env["TMPDIR"] = str(tmpdir(pod, container, pod_dir))
+    env[TERMINATION_ENV] = str(termination_log(pod_dir, container["name"]))
+    ns = pod["metadata"].get("namespace", "")
+    for src in container.get("envFrom") or []:
+        prefix = src.get("prefix", "")
+        if "configMapRef" in src:
+            ref = src["configMapRef"]
+            obj = configmaps.get(ref["name"])
+            if obj is None and not ref.get("optional"):
+                raise ConfigError(f'configmap "{ref["name"]}" not found')
+            for k, v in ((obj or {}).get("data") or {}).items():
+                env[prefix + k] = v
+        elif "secretRef" in src:
+            ref = src["secretRef"]
+            obj = secrets.get(ref["name"])
+            if obj is None and not ref.get("optional"):
+                raise ConfigError(f'secret "{ref["name"]}" not found')
+            for k, v in ((obj or {}).get("data") or {}).items():
+                env[prefix + k] = base64.b64decode(v).decode(errors="replace")
+    for var in container.get("env") or []:
+        name = var["name"]
+        if "value" in var or "valueFrom" not in var:
+            env[name] = expand(str(var.get("value", "")), env)
+            continue
+        vf = var["valueFrom"]
+        if "secretKeyRef" in vf or "configMapKeyRef" in vf:
+            kind = "secret" if "secretKeyRef" in vf else "configmap"
+            ref = vf.get("secretKeyRef") or vf["configMapKeyRef"]
+            obj = (secrets if kind == "secret" else configmaps).get(ref["name"])
+            data = (obj or {}).get("data") or {}
+            if obj is None or ref["key"] not in data:
+                if ref.get("optional"):
+                    continue
+                if obj is None:
+                    raise ConfigError(f'{kind} "{ref["name"]}" not found')
+                raise ConfigError(
+                    f"couldn't find key {ref['key']} in {kind.capitalize()} {ns}/{ref['name']}"
+                )
+            raw = data[ref["key"]]
+            env[name] = base64.b64decode(raw).decode(errors="replace") if kind == "secret" else raw
+        elif "fieldRef" in vf:
+            env[name] = field_value(pod, vf["fieldRef"]["fieldPath"])
+        elif "resourceFieldRef" in vf:
+            env[name] = resource_value(vf["resourceFieldRef"], container, capacity)
+        else:
+            raise ConfigError(f"env {name}: unsupported valueFrom {sorted(vf)}")
+    return env
