@@ -40,9 +40,11 @@ SPEAKERS = [
 WINDOW = (2000, 5000)
 
 
-def run_chunk(store: ObjectStore, chunk: ChunkSpec | str, formats: str = "mp3,flac,opus"
-              ) -> subprocess.CompletedProcess[str]:
+def run_chunk(store: ObjectStore, chunk: ChunkSpec | str, formats: str = "mp3,flac,opus",
+              termination_log: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **store.settings.env()}
+    if termination_log is not None:
+        env["VOICETRACK_TERMINATION_LOG"] = str(termination_log)
     spec = chunk if isinstance(chunk, str) else json.dumps(chunk.to_api())
     return subprocess.run([TRANSCODER, "chunk", "--chunk-json", spec, "--prefix",
                            LAYOUT.prefix, "--formats", formats, "--mp3-bitrate", "96"],
@@ -147,14 +149,17 @@ def _wrong_hash(store: ObjectStore, chunk: ChunkSpec) -> ChunkSpec:
     (_short, "149 packets for a window of 150 slots"), (_wrong_hash, "does not match"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(object_store: ObjectStore, session: Session,
-                                              spoil: Spoiler, reason: str) -> None:
+                                              spoil: Spoiler, reason: str,
+                                              tmp_path: Path) -> None:
     chunk = spoil(object_store, session.chunks[0])
     before = snapshot(object_store)
-    proc = run_chunk(object_store, chunk)
+    proc = run_chunk(object_store, chunk, termination_log=tmp_path / "termination-log")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], lines
     assert chunk.tracks[1].key in lines[0]
+    # the same reason is the container's termination message (what the operator reads)
+    assert (tmp_path / "termination-log").read_text().strip() == lines[0][len("error: "):]
     assert snapshot(object_store) == before  # raw kept as it was, nothing written
 
 

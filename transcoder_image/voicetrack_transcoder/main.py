@@ -6,7 +6,7 @@
 
 The bucket and credentials come from VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY,
 VOICETRACK_S3_SECRET_KEY and VOICETRACK_S3_BUCKET, and are never printed. Exit codes: 0 done;
-2 bad input (`error: <reason>` on stderr; the Job's podFailurePolicy fails it at once and the
+2 bad input (`error: <reason>` on stderr and as the termination message; the Job's podFailurePolicy fails it at once and the
 raw data is untouched); 1 anything else (the Job retries).
 """
 
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from voicetrack.errors import InvalidInputError
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import ChunkSpec
+from voicetrack.termination import write_termination_message
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.ffmpeg import parse_formats
 from voicetrack_transcoder.promote import promote
@@ -37,7 +38,10 @@ T = TypeVar("T")
 
 
 def _fail(code: int, reason: str) -> typer.Exit:
-    print(f"error: {' '.join(reason.split())}", file=sys.stderr, flush=True)
+    """Report `reason` on stderr and as the termination message; the exit to raise."""
+    line = " ".join(reason.split())
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    write_termination_message(line)
     return typer.Exit(code)
 
 
