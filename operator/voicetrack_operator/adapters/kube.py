@@ -1,8 +1,10 @@
 """The operator's Kubernetes adapter: the calls its services make, idempotent.
 
 Wraps the official client (sync) off the event loop. A 409 on create counts as success (the
-names are deterministic); a 404 on delete counts as done. Other API errors become
-TemporaryFailure (5xx, network) or InvalidInputError (4xx: a manifest the API refuses).
+names are deterministic); a 404 on get or delete counts as absent or done. Every other API
+and network error goes through `voicetrack.kubeclient.translate_api_error`, the one mapping
+(404 NotFoundError, 409 ConflictError, 401/403/408/429/5xx/network TemporaryFailure, other
+4xx InvalidInputError with the API server's message).
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
 from voicetrack.resources import (
     CHUNK_PLURAL,
     GROUP,
@@ -28,17 +29,6 @@ from voicetrack.resources import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-_NETWORK_ERRORS = (OSError, urllib3.exceptions.HTTPError)
-"""What the client raises when the API server cannot be reached (MaxRetryError,
-ProtocolError, … are not OSErrors)."""
-
-
-def _translate(err: ApiException, what: str) -> Exception:
-    if err.status in (400, 403, 422):
-        return InvalidInputError(f"{what}: {err.status} {err.reason}: {err.body}")
-    return TemporaryFailure(f"{what}: {err.status} {err.reason}", delay=5)
 
 
 class KubeAdapter:
@@ -63,9 +53,9 @@ class KubeAdapter:
         except ApiException as err:
             if err.status in absent:
                 return False, None
-            raise _translate(err, what) from err
-        except _NETWORK_ERRORS as err:
-            raise TemporaryFailure(f"{what}: {err}", delay=5) from err
+            raise translate_api_error(err, what) from err
+        except NETWORK_ERRORS as err:
+            raise translate_api_error(err, what) from err
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         _, result = await self._request(what, fn, *args, **kw)
@@ -119,7 +109,10 @@ class KubeAdapter:
         try:
             return await asyncio.to_thread(self.core.read_namespaced_pod_log, name, ns,
                                            tail_lines=lines)
-        except (ApiException, OSError) as err:
+        except ApiException as err:
+            log.info("log of %s/%s unavailable: %s", ns, name, err)
+            return ""
+        except NETWORK_ERRORS as err:
             log.info("log of %s/%s unavailable: %s", ns, name, err)
             return ""
 

@@ -49,7 +49,7 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
         log.info("database migrated to revision %s", revision)
     ctx = Context(settings=cfg, kube=KubeAdapter(load_api_client(cfg.kubeconfig)),
                   db=RecordingService.from_url(cfg.database_url))
-    await asyncio.to_thread(ctx.store(cfg.s3.bucket).ensure_bucket)
+    await ctx.store(cfg.s3.bucket).ensure_bucket()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.listen_address,
                           registry=ctx.metrics.registry)
