@@ -32,7 +32,8 @@ class ChunkView:
                    end_ms=int(spec.get("endMs", 0)),
                    speakers=[t["userId"] for t in tracks],
                    transcode_status=TranscodeStatus(
-                       (obj.get("status") or {}).get("transcodeStatus", "queued")),
+                       (obj.get("status") or {}).get("transcodeStatus",
+                                                     TranscodeStatus.QUEUED)),
                    bytes=sum(int(t.get("bytes", 0)) for t in tracks))
 
 
@@ -55,10 +56,11 @@ class Observation:
 def chunk_counts(chunks: Iterable[ChunkView]) -> dict[str, int]:
     """`{total, queued, inProgress, done, failed}`."""
     counts = {"total": 0, "queued": 0, "inProgress": 0, "done": 0, "failed": 0}
-    key = {"queued": "queued", "in_progress": "inProgress", "done": "done", "failed": "failed"}
+    key = {TranscodeStatus.QUEUED: "queued", TranscodeStatus.IN_PROGRESS: "inProgress",
+           TranscodeStatus.DONE: "done", TranscodeStatus.FAILED: "failed"}
     for c in chunks:
         counts["total"] += 1
-        counts[key[TranscodeStatus(c.transcode_status).value]] += 1
+        counts[key[TranscodeStatus(c.transcode_status)]] += 1
     return counts
 
 

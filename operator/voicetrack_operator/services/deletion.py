@@ -22,7 +22,12 @@ from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
-from voicetrack.resources import SessionState, promote_job_name, recorder_pod_name
+from voicetrack.resources import (
+    SessionState,
+    TranscodeStatus,
+    promote_job_name,
+    recorder_pod_name,
+)
 from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.builders import build_promote_job
 from voicetrack_operator.context import Context
@@ -251,12 +256,12 @@ class DeletionService:
                 s.ref, layout.promotion_plan_key, s.spec, self.ctx.settings.pods))
             return Wait("promotion started", SessionState.PROMOTING)
         state, reason = job_state(job)
-        if state == "failed":
+        if state is TranscodeStatus.FAILED:
             detail = await failure_detail(self.ctx.kube, s.ref.namespace, job_name)
             raise PromotionFailed(f"promotion Job {job_name} failed: {reason}"
                                   f"{'; ' + detail if detail else ''}; raw chunks kept; "
                                   f"delete Job {job_name} to run it again")
-        if state != "done":
+        if state is not TranscodeStatus.DONE:
             return Wait("promotion running", SessionState.PROMOTING)
         await verify_outputs(store, await self.final_manifest(s))
         return replace(p, step=DeletionStep.RECORD, promoted=True)
@@ -299,7 +304,7 @@ class DeletionService:
         their reasons, in `final/failed-chunks.json`, so collecting the chunk objects
         loses nothing. Returns the number of tracks kept."""
         failed = [c for c in map(ChunkRef.from_object, await self.ctx.kube.list_chunks(
-            s.ref.namespace, s.ref.name)) if c.transcode_status == "failed"]
+            s.ref.namespace, s.ref.name)) if c.transcode_status is TranscodeStatus.FAILED]
         if not failed:
             return 0
         store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
