@@ -382,18 +382,24 @@ async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
 @pytest.fixture
 def kopf_events() -> Any:
     """kopf's event posting context (set by the operator's run loop), so handlers that post
-    events run as plain functions; yields the queue the events land in."""
+    events run as plain functions; yields the queue the events land in. The test binds
+    the loop with `bind_events()` (a sync fixture cannot know the test's loop)."""
     import kopf
     from kopf._core.engines import posting  # private: the run loop sets these
 
     queue: asyncio.Queue[Any] = asyncio.Queue()
     tokens = [posting.settings_var.set(kopf.OperatorSettings()),
-              posting.event_queue_var.set(queue),  # type: ignore[arg-type]
-              posting.event_queue_loop_var.set(asyncio.get_event_loop())]
+              posting.event_queue_var.set(queue)]  # type: ignore[arg-type]
     yield queue
-    for var, token in zip((posting.settings_var, posting.event_queue_var,
-                           posting.event_queue_loop_var), tokens, strict=True):
-        var.reset(token)  # type: ignore[attr-defined]
+    posting.settings_var.reset(tokens[0])  # type: ignore[arg-type]
+    posting.event_queue_var.reset(tokens[1])  # type: ignore[arg-type]
+
+
+def bind_events() -> None:
+    """Post kopf events on the running loop (call at the start of an async test)."""
+    from kopf._core.engines import posting
+
+    posting.event_queue_loop_var.set(asyncio.get_running_loop())
 
 
 async def test_handlers_called_directly(ctx: Context, namespace: str, kubectl: Kubectl,
@@ -404,6 +410,7 @@ async def test_handlers_called_directly(ctx: Context, namespace: str, kubectl: K
     from voicetrack_operator.handlers import lifecycle
     from voicetrack_operator.handlers import session as session_handlers
 
+    bind_events()
     memo = kopf.Memo()
     memo.ctx = ctx
     s = await make_session(ctx, kubectl, namespace, "direct")
@@ -442,3 +449,33 @@ async def test_handlers_called_directly(ctx: Context, namespace: str, kubectl: K
     assert err.value.delay == 1 and patch["status"]["state"] == "Stopping"
     assert patch["status"]["deletion"] == {"step": "stop"}
     assert await lifecycle.on_probe_database(memo=memo) == "ok"
+
+
+async def test_startup_builds_the_context_and_cleanup_closes_it(
+        cluster: LocalCluster, crds: None, s3_server: S3Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, kopf_events: asyncio.Queue[Any]) -> None:
+    import kopf
+
+    from voicetrack_operator.handlers import lifecycle
+    from voicetrack_operator.handlers import session as session_handlers
+
+    for name, value in {**s3_server.env(), "VOICETRACK_METRICS_PORT": "0",
+                        "VOICETRACK_KUBECONFIG": str(cluster.kubeconfig),
+                        "VOICETRACK_DATABASE_URL":
+                            f"sqlite+aiosqlite:///{tmp_path / 'startup.db'}"}.items():
+        monkeypatch.setenv(name, value)
+    bind_events()
+    memo, settings = kopf.Memo(), kopf.OperatorSettings()
+    await lifecycle.on_startup(settings=settings, memo=memo)
+    try:
+        assert settings.persistence.finalizer == "voicetrack.dev/promote"
+        assert isinstance(memo.ctx, Context) and len(memo.tasks) == 2
+        assert await lifecycle.on_probe_database(memo=memo) == "ok"  # migrated at start
+    finally:
+        await lifecycle.on_cleanup(memo=memo)
+    assert all(t.done() for t in memo.tasks)
+    body = kopf.Body({"apiVersion": API_VERSION, "kind": "RecordingSession",
+                      "metadata": {"name": "p", "namespace": "default", "uid": "u"}})
+    await session_handlers.on_session_pause(body=body, old=False, new=True)
+    event = await asyncio.wait_for(kopf_events.get(), 5)
+    assert event.reason == "Paused"

@@ -17,6 +17,7 @@ OBSERVE_INTERVAL_S = float(os.environ.get("VOICETRACK_OBSERVE_INTERVAL_S", "2"))
 """How often each session's status is observed, coalesced and patched (seconds); read when
 the handlers are registered, since kopf fixes a timer's interval there."""
 
+
 @kopf.on.resume(*SESSION, id="start")
 @kopf.on.create(*SESSION, id="start")
 async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
