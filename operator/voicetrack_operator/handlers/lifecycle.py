@@ -42,7 +42,7 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
         prefix=GROUP, key="last-handled-configuration")
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.batching.worker_limit = 64
+    settings.queueing.worker_limit = 64
     settings.posting.level = logging.INFO
     applied = await asyncio.to_thread(migrate.upgrade_head, cfg.database_url)
     for revision in applied:
