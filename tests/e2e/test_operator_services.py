@@ -44,7 +44,7 @@ from voicetrack.resources import (
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
 from voicetrack_operator.adapters.kube import KubeAdapter
-from voicetrack_operator.builders import PodSettings
+from voicetrack_operator.builders import PodSettings, SessionRef, build_transcode_job
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService
 from voicetrack_operator.services.deletion import DeletionService, DeletionStep
@@ -284,6 +284,48 @@ async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
     await chunks.observe_job(failed_job)  # never back: done stays done
     again = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
     assert again.status == done.status
+
+
+async def test_an_earlier_namesakes_children_are_not_this_sessions(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """The bot names sessions `g-<guild>`: after a stop the garbage collector removes the
+    old session's Jobs and chunks only after the session is gone, and a new session of the
+    same name may meet them. Fails without the owner checks: the 409 counted as the new
+    chunk's Job, and the old Job's events moved the new chunk."""
+    old = await make_session(ctx, kubectl, namespace, "again-old")
+    new = await make_session(ctx, kubectl, namespace, "again")
+    await SessionService(ctx).ensure_session(new)
+    chunk = await make_chunk(ctx, kubectl, new, 0, 0, 5000)
+    stale = build_transcode_job(SessionRef("again", namespace, old.ref.uid), chunk.spec,
+                                new.spec, ctx.settings.pods)
+    stale["metadata"]["ownerReferences"][0]["name"] = "again-old"  # a live owner: kept
+    assert await ctx.kube.ensure(stale) is True
+    leftover = chunk_doc(new, 1, 5000, 10_000)
+    leftover["metadata"]["ownerReferences"] = [owner_reference("again-old", old.ref.uid)]
+    apply(kubectl, leftover)
+
+    with pytest.raises(TemporaryFailure, match="owned by another session"):
+        await ChunkService(ctx).ensure_chunk(chunk)
+    assert await ctx.kube.list_jobs(namespace, "again", new.ref.uid) == []
+    assert [c["metadata"]["name"] for c in await ctx.kube.list_chunks(
+        namespace, "again", new.ref.uid)] == [chunk_name("again", 0)]
+    job = await ctx.kube.get_job(namespace, transcode_job_name("again", 0))
+    assert job is not None
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    await ChunkService(ctx).observe_job(job)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("again", 0))
+    assert obj is not None and obj["status"]["transcodeStatus"] == "queued"
+
+    await ctx.kube.delete_job(namespace, transcode_job_name("again", 0))  # as the GC does
+    for _ in range(100):
+        if await ctx.kube.get_job(namespace, transcode_job_name("again", 0)) is None:
+            break
+        await asyncio.sleep(0.1)
+    status = await SessionService(ctx).observe_session(await read_session(ctx, namespace,
+                                                                          "again"))
+    assert status["chunks"]["total"] == 1  # the namesake's leftover chunk is not counted
+    jobs = await ctx.kube.list_jobs(namespace, "again", new.ref.uid)
+    assert [j["metadata"]["name"] for j in jobs] == [transcode_job_name("again", 0)]
 
 
 # ---------------------------------------------------------------- DeletionService

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from voicetrack.errors import TemporaryFailure
 from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
 from voicetrack.resources import (
     CHUNK_PLURAL,
@@ -25,6 +26,7 @@ from voicetrack.resources import (
     LABEL_SESSION,
     SESSION_PLURAL,
     VERSION,
+    controller_uid,
 )
 
 log = logging.getLogger(__name__)
@@ -83,9 +85,15 @@ class KubeAdapter:
     # ------------------------------------------------------------ generic children
 
     async def ensure(self, manifest: dict[str, Any]) -> bool:
-        """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding); 409 is success."""
-        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
-        what = f"{kind} {ns}/{manifest['metadata']['name']}"
+        """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding). True when
+        created, False when it existed (409) with the same controlling owner.
+
+        A Pod or Job of that name owned by another session (an earlier session of the same
+        name, not yet collected by the garbage collector) raises TemporaryFailure: it will
+        be gone soon, and counting it would hand this session another one's work."""
+        kind, ns, name = (manifest["kind"], manifest["metadata"]["namespace"],
+                          manifest["metadata"]["name"])
+        what = f"{kind} {ns}/{name}"
         creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
             "Job": self.batch.create_namespaced_job,
@@ -93,8 +101,16 @@ class KubeAdapter:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
         }
-        fn = creators[kind]
-        return await self._create(what, fn, ns, manifest)
+        if await self._create(what, creators[kind], ns, manifest):
+            return True
+        owner = controller_uid(manifest)
+        if owner is not None and kind in ("Pod", "Job"):
+            existing = await (self.get_pod(ns, name) if kind == "Pod"
+                              else self.get_job(ns, name))
+            if existing is not None and controller_uid(existing) != owner:
+                raise TemporaryFailure(f"{what} exists, owned by another session: waiting "
+                                       "for the garbage collector to remove it", delay=2)
+        return False
 
     async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"pod {ns}/{name}", self.core.read_namespaced_pod, name, ns)
@@ -129,10 +145,15 @@ class KubeAdapter:
         return await self._delete(f"job {ns}/{name}", self.batch.delete_namespaced_job, name,
                                   ns, body=body)
 
-    async def list_jobs(self, ns: str, session: str) -> list[dict[str, Any]]:
+    async def list_jobs(self, ns: str, session: str, uid: str | None = None
+                        ) -> list[dict[str, Any]]:
+        """The Jobs labelled for session `session`; with `uid`, only those this session
+        (that uid) controls, not an earlier namesake's the garbage collector has yet to
+        remove."""
         res = await self._call(f"list jobs {ns}", self.batch.list_namespaced_job, ns,
                                label_selector=f"{LABEL_SESSION}={session}")
-        return list(self._dict(res)["items"])
+        return [j for j in self._dict(res)["items"]
+                if uid is None or controller_uid(j) == uid]
 
     # ------------------------------------------------------------ custom resources
 
@@ -148,12 +169,15 @@ class KubeAdapter:
             GROUP, VERSION, SESSION_PLURAL))
         return list(res["items"])
 
-    async def list_chunks(self, ns: str, session: str) -> list[dict[str, Any]]:
-        """The session's RecordingChunks, by spec.index."""
+    async def list_chunks(self, ns: str, session: str, uid: str | None = None
+                          ) -> list[dict[str, Any]]:
+        """The session's RecordingChunks, by spec.index; with `uid`, only those owned by
+        that session (see `list_jobs`)."""
         res = cast(dict[str, Any], await self._call(
             f"list chunks {ns}/{session}", self.objects.list_namespaced_custom_object,
             GROUP, VERSION, ns, CHUNK_PLURAL, label_selector=f"{LABEL_SESSION}={session}"))
-        return sorted(res["items"], key=lambda o: int(o["spec"]["index"]))
+        return sorted((o for o in res["items"] if uid is None or controller_uid(o) == uid),
+                      key=lambda o: int(o["spec"]["index"]))
 
     async def get_chunk(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"chunk {ns}/{name}", self.objects.get_namespaced_custom_object,

@@ -151,6 +151,8 @@ class ChunkService:
         if obj is None:
             return
         chunk = ChunkRef.from_object(obj)
+        if controller_uid(job) != chunk.session_uid:
+            return  # an earlier namesake session's Job, not yet collected: not this chunk's
         if state.rank <= chunk.transcode_status.rank:
             return
         new = chunk.status.model_copy(update={"transcode_status": state, "job_name": job_name})
@@ -216,10 +218,11 @@ class ChunkService:
             return False
         return True
 
-    async def resync_chunks(self, namespace: str, session: str) -> bool:
-        """Replay every chunk's status into SQL (idempotent). True when all writes landed."""
+    async def resync_chunks(self, namespace: str, session: str, uid: str) -> bool:
+        """Replay every chunk's status of session `uid` into SQL (idempotent). True when
+        all writes landed."""
         ok = True
-        for obj in await self.ctx.kube.list_chunks(namespace, session):
+        for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
             chunk = ChunkRef.from_object(obj)
             ok = await self.mirror(chunk) and ok
         return ok
@@ -235,7 +238,7 @@ class ChunkService:
                 n += 1
         return n
 
-    async def catch_up(self, namespace: str, session: str,
+    async def catch_up(self, namespace: str, session: str, uid: str,
                        chunk_objs: list[dict[str, Any]]) -> int:
         """Observe again each transcoder Job that is ahead of its chunk (an event that
         failed, or was missed while the operator was down). Two list calls, then one
@@ -244,7 +247,7 @@ class ChunkService:
                 for o in chunk_objs}
         n = 0
         with_job: set[int] = set()
-        for job in await self.ctx.kube.list_jobs(namespace, session):
+        for job in await self.ctx.kube.list_jobs(namespace, session, uid):
             labels = job["metadata"].get("labels") or {}
             if labels.get(LABEL_COMPONENT) != "transcoder" or LABEL_CHUNK_INDEX not in labels:
                 continue
@@ -263,11 +266,11 @@ class ChunkService:
                 n += 1
         return n
 
-    async def fail_pending(self, namespace: str, session: str, reason: str) -> int:
-        """Mark every chunk still queued or in progress failed with `reason` (transcode
-        timeout at deletion). Returns how many."""
+    async def fail_pending(self, namespace: str, session: str, uid: str, reason: str) -> int:
+        """Mark every chunk of session `uid` still queued or in progress failed with
+        `reason` (transcode timeout at deletion). Returns how many."""
         n = 0
-        for obj in await self.ctx.kube.list_chunks(namespace, session):
+        for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
             chunk = ChunkRef.from_object(obj)
             if chunk.transcode_status.terminal:
                 continue

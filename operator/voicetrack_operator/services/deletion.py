@@ -25,6 +25,7 @@ from voicetrack.manifests import FinalManifest
 from voicetrack.resources import (
     SessionState,
     TranscodeStatus,
+    controller_uid,
     promote_job_name,
     recorder_pod_name,
 )
@@ -217,20 +218,21 @@ class DeletionService:
                               ) -> DeletionProgress | Wait:
         """Wait until every chunk is done or failed; after `transcodeTimeoutSeconds` since
         deletion the pending ones are marked failed."""
-        ns, name = s.ref.namespace, s.ref.name
-        objs = await self.ctx.kube.list_chunks(ns, name)
+        ns, name, uid = s.ref.namespace, s.ref.name, s.ref.uid
+        objs = await self.ctx.kube.list_chunks(ns, name, uid)
         if await self.chunks.ensure_new(objs):  # chunks whose event was missed
-            objs = await self.ctx.kube.list_chunks(ns, name)
+            objs = await self.ctx.kube.list_chunks(ns, name, uid)
         pending = [c for c in map(ChunkRef.from_object, objs)
                    if not c.transcode_status.terminal]
         if pending:
-            await self.chunks.catch_up(ns, name, objs)
+            await self.chunks.catch_up(ns, name, uid, objs)
             since = parse_time(s.deletion) if s.deletion else datetime.now(UTC)
             if (datetime.now(UTC) - since).total_seconds() < s.spec.transcode_timeout_seconds:
                 return Wait(f"waiting for {len(pending)} transcode(s)",
                             SessionState.TRANSCODING)
-            await self.chunks.fail_pending(
-                ns, name, f"transcode not finished within {s.spec.transcode_timeout_seconds} s")
+            limit = s.spec.transcode_timeout_seconds
+            await self.chunks.fail_pending(ns, name, uid,
+                                           f"transcode not finished within {limit} s")
         return replace(p, step=DeletionStep.PROMOTE)
 
     async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
@@ -239,7 +241,8 @@ class DeletionService:
         if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
             return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
         chunks = [(c.spec, c.transcode_status) for c in map(
-            ChunkRef.from_object, await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name))]
+            ChunkRef.from_object,
+            await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid))]
         try:
             plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
         except ValueError as err:
@@ -255,6 +258,9 @@ class DeletionService:
             await self.ctx.kube.ensure(build_promote_job(
                 s.ref, layout.promotion_plan_key, s.spec, self.ctx.settings.pods))
             return Wait("promotion started", SessionState.PROMOTING)
+        if controller_uid(job) != s.ref.uid:
+            return Wait(f"Job {job_name} of an earlier session of this name is still being "
+                        "collected", SessionState.PROMOTING)
         state, reason = job_state(job)
         if state is TranscodeStatus.FAILED:
             detail = await failure_detail(self.ctx.kube, s.ref.namespace, job_name)
@@ -304,7 +310,8 @@ class DeletionService:
         their reasons, in `final/failed-chunks.json`, so collecting the chunk objects
         loses nothing. Returns the number of tracks kept."""
         failed = [c for c in map(ChunkRef.from_object, await self.ctx.kube.list_chunks(
-            s.ref.namespace, s.ref.name)) if c.transcode_status is TranscodeStatus.FAILED]
+            s.ref.namespace, s.ref.name, s.ref.uid))
+            if c.transcode_status is TranscodeStatus.FAILED]
         if not failed:
             return 0
         store, layout = self.ctx.store(s.spec.storage.bucket), s.layout

@@ -169,10 +169,10 @@ class SessionService:
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
         phase = ((pod or {}).get("status") or {}).get("phase")
-        objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
+        objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
         if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
-                s.ref.namespace, s.ref.name, objs):
-            objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name)
+                s.ref.namespace, s.ref.name, s.ref.uid, objs):
+            objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
         chunks = [ChunkView.from_object(o) for o in objs]
         db_ok, message = await self.resync(s)
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=phase,
@@ -197,7 +197,7 @@ class SessionService:
         except TemporaryFailure as err:
             self.ctx.unsynced[key] = str(err)
             return False, f"database unavailable: {err}"
-        if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name):
+        if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name, s.ref.uid):
             log.info("session %s/%s: SQL mirror caught up", *key)
             return True, "chunk states replayed"
         return False, f"database unavailable: {self.ctx.unsynced.get(key, '')}"
