@@ -16,9 +16,9 @@ from voicetrack.resources import (
     LABEL_COMPONENT,
     LABEL_SESSION,
     MANAGED_BY,
-    SESSION_KIND,
     ChunkSpec,
     SessionSpec,
+    owner_reference,
     promote_job_name,
     recorder_pod_name,
     transcode_job_name,
@@ -67,9 +67,9 @@ _RESTRICTED_CONTAINER = {
 }
 
 
-def owner_reference(owner: SessionRef) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": SESSION_KIND, "name": owner.name,
-            "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}
+TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
+"""Every container's failure reason lands in its status (`state.terminated.message`): the
+termination message file if it wrote one, else the tail of its log."""
 
 
 def _labels(owner: SessionRef, component: str, **extra: str) -> dict[str, str]:
@@ -114,7 +114,7 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
             "name": recorder_pod_name(owner.name),
             "namespace": owner.namespace,
             "labels": _labels(owner, "recorder"),
-            "ownerReferences": [owner_reference(owner)],
+            "ownerReferences": [owner_reference(owner.name, owner.uid)],
         },
         "spec": {
             "serviceAccountName": RECORDER_SERVICE_ACCOUNT,
@@ -128,6 +128,7 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
                 "command": ["voicetrack-recorder", "run"],
                 "env": env,
                 "volumeMounts": mounts,
+                "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
                 "securityContext": _RESTRICTED_CONTAINER,
                 "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
                               "limits": {"memory": "512Mi"}},
@@ -148,7 +149,7 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
             "name": name,
             "namespace": owner.namespace,
             "labels": pod_labels,
-            "ownerReferences": [owner_reference(owner)],
+            "ownerReferences": [owner_reference(owner.name, owner.uid)],
         },
         "spec": {
             "backoffLimit": settings.backoff_limit,
@@ -174,6 +175,7 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
                         "args": args,
                         "env": _s3_env(settings, bucket),
                         "volumeMounts": mounts,
+                        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
                         "securityContext": _RESTRICTED_CONTAINER,
                         "resources": {"requests": {"cpu": "250m", "memory": "128Mi"},
                                       "limits": {"memory": "768Mi"}},

@@ -9,6 +9,7 @@ from datetime import timedelta
 from voicetrack.db.service import RecordingService
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_operator.adapters.kube import KubeAdapter
+from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.metrics import Metrics
 
@@ -67,17 +68,17 @@ class Context:
     settings: OperatorSettings
     kube: KubeAdapter
     db: RecordingService
-    objects: dict[str, ObjectStore] = field(default_factory=dict)
+    objects: dict[str, AsyncObjectStore] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     unsynced: dict[tuple[str, str], str] = field(default_factory=dict)
     """Sessions (namespace, name) whose SQL mirror lags, with the last error: the
     observe timer replays their chunks and reports DatabaseSynced meanwhile."""
 
-    def store(self, bucket: str) -> ObjectStore:
-        """The object store for `bucket` (one client per bucket, made on first use)."""
+    def store(self, bucket: str) -> AsyncObjectStore:
+        """The async object store for `bucket` (one client per bucket, made on first use)."""
         if bucket not in self.objects:
             s3 = self.settings.s3
-            self.objects[bucket] = ObjectStore(S3Settings(
+            self.objects[bucket] = AsyncObjectStore(ObjectStore(S3Settings(
                 endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
-                bucket=bucket, region=s3.region))
+                bucket=bucket, region=s3.region)))
         return self.objects[bucket]

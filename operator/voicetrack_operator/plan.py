@@ -10,17 +10,17 @@ cause (`paused`, `recorder-restart`, …).
 from __future__ import annotations
 
 from voicetrack.manifests import PromotionPlan
-from voicetrack.resources import ChunkSpec, Gap, SessionSpec
+from voicetrack.resources import ChunkSpec, Gap, SessionSpec, TranscodeStatus
 
 
 def build_promotion_plan(spec: SessionSpec, meeting_id: str,
-                         chunks: list[tuple[ChunkSpec, str]]) -> PromotionPlan | None:
+                         chunks: list[tuple[ChunkSpec, TranscodeStatus]]) -> PromotionPlan | None:
     """The plan for `chunks` (spec, transcode status) or None when no chunk is `done`.
 
     Raises ValueError when chunk windows overlap (a recorder bug; promotion must not
     guess which copy is right)."""
     ordered = sorted(chunks, key=lambda c: c[0].start_ms)
-    if not any(status == "done" for _, status in ordered):
+    if not any(status == TranscodeStatus.DONE for _, status in ordered):
         return None
     origin = ordered[0][0].start_ms
     cursor = origin
@@ -34,7 +34,7 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
             cause = chunk.gap.cause if chunk.gap else "recorder-restart"
             gaps.append(Gap(start_ms=cursor - origin, end_ms=chunk.start_ms - origin,
                             cause=cause))
-        if status == "done":
+        if status == TranscodeStatus.DONE:
             promoted.append(chunk.model_copy(update={
                 "start_ms": chunk.start_ms - origin, "end_ms": chunk.end_ms - origin,
                 "gap": None}))
@@ -48,4 +48,3 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
         session_end_ms=cursor - origin, speakers=speakers, chunks=promoted, gaps=gaps,
         tracks=spec.output.tracks, formats=list(spec.output.formats),
         mp3_bitrate=spec.output.mp3_bitrate)
-

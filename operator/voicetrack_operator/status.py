@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from voicetrack.resources import SessionState, TranscodeStatus
+
 CONDITION_TYPES = ("Recording", "Paused", "TranscodesComplete", "Promoted",
                    "DatabaseSynced", "Ready")
 
@@ -19,7 +21,7 @@ class ChunkView:
     start_ms: int
     end_ms: int
     speakers: list[str]
-    transcode_status: str = "queued"
+    transcode_status: TranscodeStatus = TranscodeStatus.QUEUED
     bytes: int = 0
 
     @classmethod
@@ -29,7 +31,9 @@ class ChunkView:
         return cls(index=int(spec.get("index", 0)), start_ms=int(spec.get("startMs", 0)),
                    end_ms=int(spec.get("endMs", 0)),
                    speakers=[t["userId"] for t in tracks],
-                   transcode_status=(obj.get("status") or {}).get("transcodeStatus", "queued"),
+                   transcode_status=TranscodeStatus(
+                       (obj.get("status") or {}).get("transcodeStatus",
+                                                     TranscodeStatus.QUEUED)),
                    bytes=sum(int(t.get("bytes", 0)) for t in tracks))
 
 
@@ -52,10 +56,11 @@ class Observation:
 def chunk_counts(chunks: Iterable[ChunkView]) -> dict[str, int]:
     """`{total, queued, inProgress, done, failed}`."""
     counts = {"total": 0, "queued": 0, "inProgress": 0, "done": 0, "failed": 0}
-    key = {"queued": "queued", "in_progress": "inProgress", "done": "done", "failed": "failed"}
+    key = {TranscodeStatus.QUEUED: "queued", TranscodeStatus.IN_PROGRESS: "inProgress",
+           TranscodeStatus.DONE: "done", TranscodeStatus.FAILED: "failed"}
     for c in chunks:
         counts["total"] += 1
-        counts[key.get(c.transcode_status, "queued")] += 1
+        counts[key[TranscodeStatus(c.transcode_status)]] += 1
     return counts
 
 
@@ -71,20 +76,20 @@ def human_duration(seconds: float) -> str:
     return f"{sec}s"
 
 
-def _state(o: Observation) -> tuple[str, str]:
+def _state(o: Observation) -> tuple[SessionState, str]:
     if o.refused:
-        return "Refused", o.refused
+        return SessionState.REFUSED, o.refused
     if o.promoted:
-        return "Promoted", "recordings promoted"
-    if o.recorder_phase in ("Succeeded",):
-        return "Stopped", "recorder finished (limit reached)"
+        return SessionState.PROMOTED, "recordings promoted"
+    if o.recorder_phase == "Succeeded":
+        return SessionState.STOPPED, "recorder finished (limit reached)"
     if o.recorder_phase == "Failed":
-        return "Failed", "recorder pod failed"
+        return SessionState.FAILED, "recorder pod failed"
     if o.paused:
-        return "Paused", "capture paused"
+        return SessionState.PAUSED, "capture paused"
     if o.recorder_phase == "Running":
-        return "Recording", "recorder running"
-    return "Pending", "waiting for the recorder pod"
+        return SessionState.RECORDING, "recorder running"
+    return SessionState.PENDING, "waiting for the recorder pod"
 
 
 def _cond(ctype: str, ok: bool, reason: str, message: str, previous: dict[str, Any],
@@ -108,9 +113,9 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
     state, state_message = _state(o)
     pending = counts["queued"] + counts["inProgress"]
     g = o.generation
-    recording = state == "Recording"
+    recording = state is SessionState.RECORDING
     conditions = [
-        _cond("Recording", recording, state if not recording else "RecorderRunning",
+        _cond("Recording", recording, state.value if not recording else "RecorderRunning",
               state_message, prev, now, g),
         _cond("Paused", o.paused and not o.refused, "PausedBySpec" if o.paused else "NotPaused",
               "spec.paused is true" if o.paused else "", prev, now, g),
@@ -124,11 +129,11 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
         _cond("DatabaseSynced", o.database_synced,
               "Synced" if o.database_synced else "DatabaseUnavailable",
               o.database_message, prev, now, g),
-        _cond("Ready", not o.refused and state not in ("Failed",),
-              "GuildBusy" if o.refused else state, state_message, prev, now, g),
+        _cond("Ready", not o.refused and state is not SessionState.FAILED,
+              "GuildBusy" if o.refused else state.value, state_message, prev, now, g),
     ]
     return {
-        "state": state,
+        "state": state.value,
         "observedGeneration": g,
         "conditions": conditions,
         "chunks": counts,
@@ -136,7 +141,7 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
         "duration": human_duration(recorded_ms / 1000),
         "speakers": speakers,
         "bytesBuffered": sum(c.bytes for c in o.chunks
-                             if c.transcode_status not in ("done", "failed")),
+                             if not TranscodeStatus(c.transcode_status).terminal),
     }
 
 

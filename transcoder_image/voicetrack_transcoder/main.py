@@ -6,8 +6,8 @@
 
 The bucket and credentials come from VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY,
 VOICETRACK_S3_SECRET_KEY and VOICETRACK_S3_BUCKET, and are never printed. Exit codes: 0 done;
-2 bad input (`error: <reason>` on stderr and as the termination message; the Job's podFailurePolicy fails it at once and the
-raw data is untouched); 1 anything else (the Job retries).
+2 bad input (`error: <reason>` on stderr and as the termination message; the Job's
+podFailurePolicy fails it at once and the raw data is untouched); 1 anything else (the Job retries).
 """
 
 from __future__ import annotations

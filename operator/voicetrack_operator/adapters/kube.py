@@ -1,8 +1,10 @@
 """The operator's Kubernetes adapter: the calls its services make, idempotent.
 
 Wraps the official client (sync) off the event loop. A 409 on create counts as success (the
-names are deterministic); a 404 on delete counts as done. Other API errors become
-TemporaryFailure (5xx, network) or InvalidInputError (4xx: a manifest the API refuses).
+names are deterministic); a 404 on get or delete counts as absent or done. Every other API
+and network error goes through `voicetrack.kubeclient.translate_api_error`, the one mapping
+(404 NotFoundError, 409 ConflictError, 401/403/408/429/5xx/network TemporaryFailure, other
+4xx InvalidInputError with the API server's message).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.errors import TemporaryFailure
+from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
 from voicetrack.resources import (
     CHUNK_PLURAL,
     GROUP,
@@ -24,21 +26,11 @@ from voicetrack.resources import (
     LABEL_SESSION,
     SESSION_PLURAL,
     VERSION,
+    controller_uid,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-_NETWORK_ERRORS = (OSError, urllib3.exceptions.HTTPError)
-"""What the client raises when the API server cannot be reached (MaxRetryError,
-ProtocolError, … are not OSErrors)."""
-
-
-def _translate(err: ApiException, what: str) -> Exception:
-    if err.status in (400, 403, 422):
-        return InvalidInputError(f"{what}: {err.status} {err.reason}: {err.body}")
-    return TemporaryFailure(f"{what}: {err.status} {err.reason}", delay=5)
 
 
 class KubeAdapter:
@@ -63,9 +55,9 @@ class KubeAdapter:
         except ApiException as err:
             if err.status in absent:
                 return False, None
-            raise _translate(err, what) from err
-        except _NETWORK_ERRORS as err:
-            raise TemporaryFailure(f"{what}: {err}", delay=5) from err
+            raise translate_api_error(err, what) from err
+        except NETWORK_ERRORS as err:
+            raise translate_api_error(err, what) from err
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         _, result = await self._request(what, fn, *args, **kw)
@@ -93,9 +85,15 @@ class KubeAdapter:
     # ------------------------------------------------------------ generic children
 
     async def ensure(self, manifest: dict[str, Any]) -> bool:
-        """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding); 409 is success."""
-        kind, ns = manifest["kind"], manifest["metadata"]["namespace"]
-        what = f"{kind} {ns}/{manifest['metadata']['name']}"
+        """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding). True when
+        created, False when it existed (409) with the same controlling owner.
+
+        A Pod or Job of that name owned by another session (an earlier session of the same
+        name, not yet collected by the garbage collector) raises TemporaryFailure: it will
+        be gone soon, and counting it would hand this session another one's work."""
+        kind, ns, name = (manifest["kind"], manifest["metadata"]["namespace"],
+                          manifest["metadata"]["name"])
+        what = f"{kind} {ns}/{name}"
         creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
             "Job": self.batch.create_namespaced_job,
@@ -103,8 +101,16 @@ class KubeAdapter:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
         }
-        fn = creators[kind]
-        return await self._create(what, fn, ns, manifest)
+        if await self._create(what, creators[kind], ns, manifest):
+            return True
+        owner = controller_uid(manifest)
+        if owner is not None and kind in ("Pod", "Job"):
+            existing = await (self.get_pod(ns, name) if kind == "Pod"
+                              else self.get_job(ns, name))
+            if existing is not None and controller_uid(existing) != owner:
+                raise TemporaryFailure(f"{what} exists, owned by another session: waiting "
+                                       "for the garbage collector to remove it", delay=2)
+        return False
 
     async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"pod {ns}/{name}", self.core.read_namespaced_pod, name, ns)
@@ -119,7 +125,10 @@ class KubeAdapter:
         try:
             return await asyncio.to_thread(self.core.read_namespaced_pod_log, name, ns,
                                            tail_lines=lines)
-        except (ApiException, OSError) as err:
+        except ApiException as err:
+            log.info("log of %s/%s unavailable: %s", ns, name, err)
+            return ""
+        except NETWORK_ERRORS as err:
             log.info("log of %s/%s unavailable: %s", ns, name, err)
             return ""
 
@@ -136,10 +145,15 @@ class KubeAdapter:
         return await self._delete(f"job {ns}/{name}", self.batch.delete_namespaced_job, name,
                                   ns, body=body)
 
-    async def list_jobs(self, ns: str, session: str) -> list[dict[str, Any]]:
+    async def list_jobs(self, ns: str, session: str, uid: str | None = None
+                        ) -> list[dict[str, Any]]:
+        """The Jobs labelled for session `session`; with `uid`, only those this session
+        (that uid) controls, not an earlier namesake's the garbage collector has yet to
+        remove."""
         res = await self._call(f"list jobs {ns}", self.batch.list_namespaced_job, ns,
                                label_selector=f"{LABEL_SESSION}={session}")
-        return list(self._dict(res)["items"])
+        return [j for j in self._dict(res)["items"]
+                if uid is None or controller_uid(j) == uid]
 
     # ------------------------------------------------------------ custom resources
 
@@ -155,12 +169,15 @@ class KubeAdapter:
             GROUP, VERSION, SESSION_PLURAL))
         return list(res["items"])
 
-    async def list_chunks(self, ns: str, session: str) -> list[dict[str, Any]]:
-        """The session's RecordingChunks, by spec.index."""
+    async def list_chunks(self, ns: str, session: str, uid: str | None = None
+                          ) -> list[dict[str, Any]]:
+        """The session's RecordingChunks, by spec.index; with `uid`, only those owned by
+        that session (see `list_jobs`)."""
         res = cast(dict[str, Any], await self._call(
             f"list chunks {ns}/{session}", self.objects.list_namespaced_custom_object,
             GROUP, VERSION, ns, CHUNK_PLURAL, label_selector=f"{LABEL_SESSION}={session}"))
-        return sorted(res["items"], key=lambda o: int(o["spec"]["index"]))
+        return sorted((o for o in res["items"] if uid is None or controller_uid(o) == uid),
+                      key=lambda o: int(o["spec"]["index"]))
 
     async def get_chunk(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"chunk {ns}/{name}", self.objects.get_namespaced_custom_object,

@@ -42,14 +42,14 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
         prefix=GROUP, key="last-handled-configuration")
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.batching.worker_limit = 64
+    settings.queueing.worker_limit = 64
     settings.posting.level = logging.INFO
     applied = await asyncio.to_thread(migrate.upgrade_head, cfg.database_url)
     for revision in applied:
         log.info("database migrated to revision %s", revision)
     ctx = Context(settings=cfg, kube=KubeAdapter(load_api_client(cfg.kubeconfig)),
                   db=RecordingService.from_url(cfg.database_url))
-    await asyncio.to_thread(ctx.store(cfg.s3.bucket).ensure_bucket)
+    await ctx.store(cfg.s3.bucket).ensure_bucket()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.listen_address,
                           registry=ctx.metrics.registry)

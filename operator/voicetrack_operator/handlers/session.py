@@ -7,19 +7,15 @@ from typing import Any
 
 import kopf
 
-from voicetrack.errors import InvalidInputError
-from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION
+from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION, SessionState
 from voicetrack_operator.errors import kopf_errors
+from voicetrack_operator.services.deletion import DeletionService
 from voicetrack_operator.services.sessions import SessionService, SessionView
 
 SESSION = (GROUP, VERSION, SESSION_PLURAL)
 OBSERVE_INTERVAL_S = float(os.environ.get("VOICETRACK_OBSERVE_INTERVAL_S", "2"))
 """How often each session's status is observed, coalesced and patched (seconds); read when
 the handlers are registered, since kopf fixes a timer's interval there."""
-PROMOTION_RETRY_S = 300
-"""A deletion that cannot complete (promotion failed, outputs do not match, an input the
-API refuses) is tried again this often (seconds); deleting a failed promotion Job makes the
-next try run it anew."""
 
 
 @kopf.on.resume(*SESSION, id="start")
@@ -29,7 +25,7 @@ async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
     with kopf_errors():
         status = await SessionService(memo.ctx).ensure_session(SessionView.parse(dict(body)))
     patch.status.update(status)
-    if status.get("state") == "Refused":
+    if status.get("state") == SessionState.REFUSED:
         kopf.warn(body, reason="GuildBusy", message=status["conditions"][-1]["message"])
     elif "recorderPod" in status:
         kopf.info(body, reason="RecorderStarted",
@@ -56,23 +52,13 @@ async def on_session_pause(body: kopf.Body, old: Any, new: Any, **_: Any) -> Non
 @kopf.on.delete(*SESSION, id="promote")
 async def on_session_delete(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
                             **_: Any) -> None:
-    try:
-        with kopf_errors():
-            try:
-                status = await SessionService(memo.ctx).finalize_session(
-                    SessionView.parse(dict(body)))
-            except InvalidInputError as err:
-                # Never a PermanentError here: kopf would release the finalizer and the
-                # session would go unpromoted. Keep everything; try again until fixed.
-                patch.status["state"] = "PromotionFailed"
-                patch.status["phaseMessage"] = str(err)
-                kopf.exception(body, reason="PromotionFailed", message=str(err))
-                raise kopf.TemporaryError(str(err), delay=PROMOTION_RETRY_S) from err
-    except kopf.TemporaryError as err:
-        if not isinstance(err.__cause__, InvalidInputError):
-            patch.status["state"] = getattr(err.__cause__, "state", "Stopping")
-            patch.status["phaseMessage"] = str(err)
-        raise
-    patch.status.update(status)
+    """Never a PermanentError: kopf would release the finalizer unpromoted. Every attempt
+    records its progress; an unfinished one is retried after the outcome's delay."""
+    outcome = await DeletionService(memo.ctx).finalize(dict(body))
+    patch.status.update(outcome.status)
+    if outcome.failed:
+        kopf.warn(body, reason="PromotionFailed", message=outcome.message)
+    if not outcome.done:
+        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_in)
     kopf.info(body, reason="Promoted",
-              message=f"{len(status.get('recordingIds', []))} recording(s) written")
+              message=f"{len(outcome.status.get('recordingIds', []))} recording(s) written")

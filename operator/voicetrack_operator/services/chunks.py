@@ -9,7 +9,6 @@ every chunk's status into SQL later (the rows are idempotent upserts).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,27 +21,34 @@ from voicetrack.resources import (
     LABEL_CHUNK_INDEX,
     LABEL_COMPONENT,
     LABEL_SESSION,
-    TRANSCODE_ORDER,
     ChunkSpec,
+    ChunkStatus,
     SessionSpec,
+    TranscodeStatus,
     chunk_name,
+    controller_uid,
     transcode_job_name,
 )
 from voicetrack_operator.builders import SessionRef, build_transcode_job
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.failures import failure_detail
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ChunkRef:
-    """A RecordingChunk by namespace and name, with its parsed spec and status."""
+    """A RecordingChunk by namespace and name, with its parsed spec and typed status.
+
+    `ensured` is False while the chunk has no `status.transcodeStatus` yet (its rows and
+    Job are not made); `status` then holds the defaults (queued, no outputs)."""
 
     namespace: str
     name: str
     spec: ChunkSpec
-    status: dict[str, Any]
+    status: ChunkStatus
     session_uid: str
+    ensured: bool = True
     created: datetime | None = None
     resource_version: str | None = None
 
@@ -50,40 +56,42 @@ class ChunkRef:
     def from_object(cls, obj: dict[str, Any]) -> ChunkRef:
         """Parse a RecordingChunk. Raises InvalidInputError naming the bad field."""
         meta = obj["metadata"]
+        raw_status = dict(obj.get("status") or {})
         try:
             spec = ChunkSpec.model_validate(obj.get("spec", {}))
+            status = ChunkStatus.model_validate(raw_status)
         except ValueError as err:
-            raise InvalidInputError(f"RecordingChunk {meta['name']}: invalid spec: {err}"
-                                    ) from err
-        owners = [o["uid"] for o in meta.get("ownerReferences", [])
-                  if o.get("kind") == "RecordingSession"]
+            raise InvalidInputError(f"RecordingChunk {meta['name']}: invalid spec or "
+                                    f"status: {err}") from err
         created = meta.get("creationTimestamp")
-        return cls(namespace=meta["namespace"], name=meta["name"], spec=spec,
-                   status=dict(obj.get("status") or {}),
-                   session_uid=owners[0] if owners else meta.get("uid", ""),
+        return cls(namespace=meta["namespace"], name=meta["name"], spec=spec, status=status,
+                   session_uid=controller_uid(obj) or meta.get("uid", ""),
+                   ensured="transcodeStatus" in raw_status,
                    resource_version=meta.get("resourceVersion"),
                    created=datetime.fromisoformat(created.replace("Z", "+00:00"))
                    if isinstance(created, str) else created)
 
     @property
-    def transcode_status(self) -> str:
-        return str(self.status.get("transcodeStatus", "queued"))
+    def transcode_status(self) -> TranscodeStatus:
+        return self.status.transcode_status
 
 
-def job_state(job: dict[str, Any]) -> tuple[str, str | None]:
-    """(transcode status, failure reason) of a transcoder Job from its status."""
+def job_state(job: dict[str, Any]) -> tuple[TranscodeStatus, str | None]:
+    """(transcode status, failure reason) of a transcoder or promotion Job from its
+    status."""
     status = job.get("status") or {}
     for cond in status.get("conditions") or []:
         if cond.get("status") != "True":
             continue
         if cond.get("type") == "Complete":
-            return "done", None
+            return TranscodeStatus.DONE, None
         if cond.get("type") == "Failed":
-            return "failed", f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}"
+            return (TranscodeStatus.FAILED,
+                    f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}")
     if (status.get("active") or 0) > 0 or (status.get("ready") or 0) > 0 \
             or (status.get("failed") or 0) > 0:
-        return "in_progress", None
-    return "queued", None
+        return TranscodeStatus.IN_PROGRESS, None
+    return TranscodeStatus.QUEUED, None
 
 
 class ChunkService:
@@ -98,70 +106,78 @@ class ChunkService:
             raise NotFoundError(f"RecordingSession {namespace}/{name} is gone")
         return obj, SessionSpec.model_validate(obj["spec"])
 
-    async def ensure_chunk(self, chunk: ChunkRef) -> dict[str, Any]:
+    async def ensure_chunk(self, chunk: ChunkRef) -> ChunkStatus:
         """Status `queued` and rows `queued` for each track, then the transcoder Job (a
-        chunk without tracks is done at once, no Job). Returns the chunk's status."""
-        if chunk.transcode_status in ("done", "failed"):
+        chunk without tracks is done at once, no Job). Returns the chunk's status.
+
+        Idempotent: the status is written only if the chunk has none (conditionally on
+        the resourceVersion read), the rows are upserts, the Job create meets a 409."""
+        if chunk.transcode_status.terminal:
             return chunk.status
         session, spec = await self._session(chunk.namespace, chunk.spec.session_name)
         owner = SessionRef(name=session["metadata"]["name"], namespace=chunk.namespace,
                            uid=session["metadata"]["uid"])
+        job: dict[str, Any] | None = None
         if not chunk.spec.tracks:
-            status: dict[str, Any] = {"transcodeStatus": "done", "trackCount": 0,
-                                      "tracks": []}
-            self.ctx.metrics.chunks.labels("done").inc()
+            status = ChunkStatus(transcode_status=TranscodeStatus.DONE, track_count=0)
         else:
             job = build_transcode_job(owner, chunk.spec, spec, self.ctx.settings.pods)
-            status = {"transcodeStatus": "queued", "trackCount": len(chunk.spec.tracks),
-                      "jobName": job["metadata"]["name"]}
+            status = ChunkStatus(transcode_status=TranscodeStatus.QUEUED,
+                                 track_count=len(chunk.spec.tracks),
+                                 job_name=job["metadata"]["name"])
         # The status is written before the Job exists, so the Job's events cannot race it.
-        if "transcodeStatus" not in chunk.status and not await self.ctx.kube.patch_chunk_status(
-                chunk.namespace, chunk.name, status, chunk.resource_version):
-            return chunk.status  # handled meanwhile by the other path (event or timer)
-        chunk.status.update(status)
-        await self.mirror(chunk, status["transcodeStatus"])
-        if chunk.spec.tracks:
+        if not chunk.ensured:
+            if not await self.ctx.kube.patch_chunk_status(
+                    chunk.namespace, chunk.name, status.to_api(), chunk.resource_version):
+                return chunk.status  # handled meanwhile by the other path (event or timer)
+            chunk.status, chunk.ensured = status, True
+            if job is None:
+                self.ctx.metrics.chunks.labels("done").inc()
+        await self.mirror(chunk)
+        if job is not None:
             await self.ctx.kube.ensure(job)
-        return status
+        return chunk.status
 
     async def observe_job(self, job: dict[str, Any]) -> None:
         """Move the job's chunk forward to what the Job shows; read `result.json` when it
-        completed, the failure reason when it failed."""
+        completed, the failure reason when it failed. Never moves a chunk back."""
         labels = job["metadata"].get("labels") or {}
         session, index = labels.get(LABEL_SESSION), labels.get(LABEL_CHUNK_INDEX)
         if not session or index is None:
             return
-        ns = job["metadata"]["namespace"]
+        ns, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
         state, reason = job_state(job)
         obj = await self.ctx.kube.get_chunk(ns, chunk_name(session, int(index)))
         if obj is None:
             return
         chunk = ChunkRef.from_object(obj)
-        if TRANSCODE_ORDER[state] <= TRANSCODE_ORDER[chunk.transcode_status]:
+        if controller_uid(job) != chunk.session_uid:
+            return  # an earlier namesake session's Job, not yet collected: not this chunk's
+        if state.rank <= chunk.transcode_status.rank:
             return
-        status: dict[str, Any] = {"transcodeStatus": state,
-                                  "jobName": job["metadata"]["name"]}
-        if state == "done":
+        new = chunk.status.model_copy(update={"transcode_status": state, "job_name": job_name})
+        if state is TranscodeStatus.DONE:
             try:
                 result = await self._result(chunk)
             except InvalidInputError as err:
-                state, reason = "failed", f"result.json unusable: {err}"
-                status["transcodeStatus"] = state
+                state, reason = TranscodeStatus.FAILED, f"result.json unusable: {err}"
+                new = new.model_copy(update={"transcode_status": state})
             else:
-                status["tracks"] = [o.to_api() for o in result.outputs]
-        if state == "failed":
-            detail = await self.failure_detail(ns, job["metadata"]["name"])
-            status["error"] = f"{reason}{'; ' + detail if detail else ''}"[:1000]
-        if not await self.ctx.kube.patch_chunk_status(ns, chunk.name, status,
+                new = new.model_copy(update={"tracks": list(result.outputs)})
+        if state is TranscodeStatus.FAILED:
+            detail = await failure_detail(self.ctx.kube, ns, job_name)
+            new = new.model_copy(update={
+                "error": f"{reason}{'; ' + detail if detail else ''}"[:1000]})
+        if not await self.ctx.kube.patch_chunk_status(ns, chunk.name, new.to_api(),
                                                       chunk.resource_version):
             return  # another path moved this chunk since we read it: it wins
-        chunk.status.update(status)
-        if state in ("done", "failed"):
-            self.ctx.metrics.chunks.labels(state).inc()
-            if state == "done" and chunk.created is not None:
+        chunk.status = new
+        if state.terminal:
+            self.ctx.metrics.chunks.labels(state.value).inc()
+            if state is TranscodeStatus.DONE and chunk.created is not None:
                 self.ctx.metrics.chunk_latency.observe(
                     (datetime.now(UTC) - chunk.created).total_seconds())
-        await self.mirror(chunk, state)
+        await self.mirror(chunk)
 
     async def _result(self, chunk: ChunkRef) -> TranscodeResult:
         spec = chunk.spec
@@ -169,7 +185,7 @@ class ChunkService:
         layout = MeetingLayout(sspec.storage.prefix, spec.guild_id, spec.meeting_id)
         store = self.ctx.store(sspec.storage.bucket)
         try:
-            raw = await asyncio.to_thread(store.get_json, layout.result_key(spec.index))
+            raw = await store.get_json(layout.result_key(spec.index))
             result = TranscodeResult.model_validate(raw)
         except NotFoundError as err:
             raise InvalidInputError(f"no result.json for chunk {spec.index}") from err
@@ -181,31 +197,20 @@ class ChunkService:
             raise InvalidInputError(f"result.json lacks tracks of {', '.join(missing)}")
         return result
 
-    async def failure_detail(self, ns: str, job_name: str) -> str:
-        """The transcoder's own one-line reason (`error: …` in its log), if readable."""
-        for pod in await self.ctx.kube.job_pods(ns, job_name):
-            text = await self.ctx.kube.pod_log_tail(ns, pod["metadata"]["name"], 10)
-            lines = [ln for ln in text.splitlines() if ln.startswith("error:")]
-            if lines:
-                return lines[-1]
-        return ""
-
-    async def mirror(self, chunk: ChunkRef, state: str) -> bool:
-        """Write the chunk's state into `temp_recordings` (one row per track). Returns
-        False (and counts it) when the database is unavailable; the resync catches up."""
-        primary: dict[str, dict[str, Any]] = {}  # per user: the mp3, else the first output
-        for out in chunk.status.get("tracks", []):
-            if out.get("format") == "mp3" or out["userId"] not in primary:
-                primary[out["userId"]] = out
+    async def mirror(self, chunk: ChunkRef) -> bool:
+        """Write the chunk's typed status into `temp_recordings` (one row per track: its
+        primary output's key, sha256 and duration). Returns False (and counts it) when the
+        database is unavailable; the resync catches up. Idempotent (upserts, forward-only)."""
+        st = chunk.status
         try:
             for track in chunk.spec.tracks:
-                out = primary.get(track.user_id, {})
+                out = st.primary_output(track.user_id)
                 await self.ctx.db.upsert_chunk_status(
                     chunk.session_uid, chunk.spec.index, track.user_id, chunk.spec.meeting_id,
-                    chunk.spec.guild_id, track.key, chunk.spec.raw_format, state,
-                    job_name=chunk.status.get("jobName"), mp3_path=out.get("key"),
-                    sha256=out.get("sha256"), duration_ms=out.get("durationMs"),
-                    error=chunk.status.get("error"))
+                    chunk.spec.guild_id, track.key, chunk.spec.raw_format,
+                    st.transcode_status.value, job_name=st.job_name,
+                    mp3_path=out.key if out else None, sha256=out.sha256 if out else None,
+                    duration_ms=out.duration_ms if out else None, error=st.error)
         except TemporaryFailure as err:
             self.ctx.metrics.db_errors.inc()
             self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
@@ -213,12 +218,13 @@ class ChunkService:
             return False
         return True
 
-    async def resync_chunks(self, namespace: str, session: str) -> bool:
-        """Replay every chunk's status into SQL (idempotent). True when all writes landed."""
+    async def resync_chunks(self, namespace: str, session: str, uid: str) -> bool:
+        """Replay every chunk's status of session `uid` into SQL (idempotent). True when
+        all writes landed."""
         ok = True
-        for obj in await self.ctx.kube.list_chunks(namespace, session):
+        for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
             chunk = ChunkRef.from_object(obj)
-            ok = await self.mirror(chunk, chunk.transcode_status) and ok
+            ok = await self.mirror(chunk) and ok
         return ok
 
     async def ensure_new(self, chunk_objs: list[dict[str, Any]]) -> int:
@@ -226,12 +232,13 @@ class ChunkService:
         missed or failed). Returns how many."""
         n = 0
         for obj in chunk_objs:
-            if "transcodeStatus" not in (obj.get("status") or {}):
-                await self.ensure_chunk(ChunkRef.from_object(obj))
+            chunk = ChunkRef.from_object(obj)
+            if not chunk.ensured:
+                await self.ensure_chunk(chunk)
                 n += 1
         return n
 
-    async def catch_up(self, namespace: str, session: str,
+    async def catch_up(self, namespace: str, session: str, uid: str,
                        chunk_objs: list[dict[str, Any]]) -> int:
         """Observe again each transcoder Job that is ahead of its chunk (an event that
         failed, or was missed while the operator was down). Two list calls, then one
@@ -240,7 +247,7 @@ class ChunkService:
                 for o in chunk_objs}
         n = 0
         with_job: set[int] = set()
-        for job in await self.ctx.kube.list_jobs(namespace, session):
+        for job in await self.ctx.kube.list_jobs(namespace, session, uid):
             labels = job["metadata"].get("labels") or {}
             if labels.get(LABEL_COMPONENT) != "transcoder" or LABEL_CHUNK_INDEX not in labels:
                 continue
@@ -248,30 +255,31 @@ class ChunkService:
             with_job.add(index)
             state, _ = job_state(job)
             current = seen.get(index)
-            if current is not None and TRANSCODE_ORDER[state] > TRANSCODE_ORDER[current]:
+            if current is not None and state.rank > current.rank:
                 await self.observe_job(job)
                 n += 1
         for obj in chunk_objs:  # pending, but its Job is gone (TTL passed while we were
             chunk = ChunkRef.from_object(obj)  # away): make it again, transcodes repeat
-            if chunk.transcode_status in ("queued", "in_progress") and chunk.spec.tracks \
+            if not chunk.transcode_status.terminal and chunk.spec.tracks \
                     and chunk.spec.index not in with_job:
                 await self.ensure_chunk(chunk)
                 n += 1
         return n
 
-    async def fail_pending(self, namespace: str, session: str, reason: str) -> int:
-        """Mark every chunk still queued or in progress failed with `reason` (transcode
-        timeout at deletion). Returns how many."""
+    async def fail_pending(self, namespace: str, session: str, uid: str, reason: str) -> int:
+        """Mark every chunk of session `uid` still queued or in progress failed with
+        `reason` (transcode timeout at deletion). Returns how many."""
         n = 0
-        for obj in await self.ctx.kube.list_chunks(namespace, session):
+        for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
             chunk = ChunkRef.from_object(obj)
-            if chunk.transcode_status in ("done", "failed"):
+            if chunk.transcode_status.terminal:
                 continue
-            status = {"transcodeStatus": "failed", "error": reason,
-                      "jobName": transcode_job_name(session, chunk.spec.index)}
-            await self.ctx.kube.patch_chunk_status(namespace, chunk.name, status)
-            chunk.status.update(status)
-            await self.mirror(chunk, "failed")
+            new = chunk.status.model_copy(update={
+                "transcode_status": TranscodeStatus.FAILED, "error": reason,
+                "job_name": transcode_job_name(session, chunk.spec.index)})
+            await self.ctx.kube.patch_chunk_status(namespace, chunk.name, new.to_api())
+            chunk.status = new
+            await self.mirror(chunk)
             self.ctx.metrics.chunks.labels("failed").inc()
             n += 1
         return n

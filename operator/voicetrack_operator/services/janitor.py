@@ -3,13 +3,13 @@ the TTL (chunk objects and temp rows of meetings no session owns any more)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 
-from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.errors import TemporaryFailure
+from voicetrack.layout import parse_key
+from voicetrack.resources import meeting_id_for
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.sessions import SessionView, derive_meeting_id
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +17,8 @@ SERVICE_NAME = "voicetrack-operator"
 
 
 class JanitorService:
+    """The heartbeat and the orphan sweep, both safe to run at any time."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
@@ -34,19 +36,21 @@ class JanitorService:
         the operator's bucket, and temp rows older than the TTL. Returns (objects, rows)."""
         live: set[str] = set()
         for body in await self.ctx.kube.list_sessions():
-            try:
-                live.add(SessionView.parse(body).meeting_id)
-            except InvalidInputError:  # a spec we cannot parse still owns its meeting
-                live.add((body.get("spec") or {}).get("meetingId")
-                         or (body.get("status") or {}).get("meetingId")
-                         or derive_meeting_id(body["metadata"]["uid"]))
+            # raw fields, not a parsed spec: a session whose spec does not parse still
+            # owns its meeting
+            spec_meeting = (body.get("spec") or {}).get("meetingId")
+            live.add(meeting_id_for(body["metadata"]["uid"], spec_meeting))
+            if (body.get("status") or {}).get("meetingId"):
+                live.add(body["status"]["meetingId"])
         store = self.ctx.store(self.ctx.settings.s3.bucket)
         cutoff = datetime.now(UTC) - self.ctx.settings.temp_ttl
-        objects = await asyncio.to_thread(store.list_objects, f"{prefix.strip('/')}/")
-        stale = [key for key, modified in objects
-                 if "/chunks/" in key and modified < cutoff
-                 and key.split("/chunks/")[0].rsplit("/", 1)[-1] not in live]
-        deleted = await asyncio.to_thread(store.delete_keys, stale)
+        stale = []
+        for key, modified in await store.list_objects(f"{prefix.strip('/')}/"):
+            parsed = parse_key(key, prefix)
+            if parsed is not None and parsed.area == "chunks" and modified < cutoff \
+                    and parsed.meeting_id not in live:
+                stale.append(key)
+        deleted = await store.delete_keys(stale)
         rows = await self.ctx.db.cleanup_old_temp_recordings(self.ctx.settings.temp_ttl,
                                                              keep_meetings=live)
         if deleted or rows:

@@ -1,0 +1,62 @@
+"""The operator's S3 adapter: `voicetrack.objectstore.ObjectStore` with every call off the
+event loop, so services `await` it and never hop threads themselves.
+
+Errors are the object store's own (already the project's family): NotFoundError for a
+missing key, InvalidInputError for a body that is not JSON, TemporaryFailure for an S3
+outage. Keys are full object keys within the bucket (see `voicetrack.layout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from voicetrack.objectstore import ObjectStore
+
+
+class AsyncObjectStore:
+    """One bucket, asynchronously. Each method runs the matching `ObjectStore` method in a
+    worker thread and returns its result unchanged."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.sync = store
+        self.bucket = store.bucket
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket when missing (idempotent)."""
+        await asyncio.to_thread(self.sync.ensure_bucket)
+
+    async def put_json(self, key: str, doc: Any) -> str:
+        """Write `doc` as JSON at `key`; returns its sha256 (hex)."""
+        return await asyncio.to_thread(self.sync.put_json, key, doc)
+
+    async def get_json(self, key: str) -> Any:
+        """The JSON document at `key`. Raises NotFoundError, InvalidInputError (not JSON)."""
+        return await asyncio.to_thread(self.sync.get_json, key)
+
+    async def digest(self, key: str) -> tuple[int, str]:
+        """(size in bytes, sha256 hex) of the object at `key`, streamed."""
+        return await asyncio.to_thread(self.sync.digest, key)
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.sync.exists, key)
+
+    async def copy(self, src: str, dst: str) -> None:
+        """Server-side copy within the bucket. Raises NotFoundError when `src` is missing."""
+        await asyncio.to_thread(self.sync.copy, src, dst)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self.sync.list_keys, prefix)
+
+    async def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
+        """(key, last modified, UTC) of every object under `prefix`."""
+        return await asyncio.to_thread(self.sync.list_objects, prefix)
+
+    async def delete_keys(self, keys: list[str]) -> int:
+        """Delete `keys` (missing ones count as deleted); returns how many were asked."""
+        return await asyncio.to_thread(self.sync.delete_keys, keys)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`; returns the count."""
+        return await asyncio.to_thread(self.sync.delete_prefix, prefix)

@@ -1,0 +1,364 @@
+"""Deleting a session: stop the recorder, wait for the transcodes, promote, record in SQL,
+collect what ownership cannot (S3 objects, temp rows). Then the finalizer goes and the
+garbage collector deletes the owned children (Jobs, RecordingChunks) with the session.
+
+Explicit steps, each recording its progress in `status.deletion` (`DeletionProgress`), so a
+retry resumes at the step where it stopped. Every step is idempotent, so losing the progress
+only repeats work. `finalize_session` returns a typed `DeletionOutcome` instead of raising:
+the handler patches its status and retries after `retry_in` seconds until it is done.
+Deletion never ends without promotion: an input error (a failed promotion Job, outputs
+that do not match, a manifest the API refuses) keeps the finalizer and the raw data and is
+retried (`PromotionFailed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.manifests import FinalManifest
+from voicetrack.resources import (
+    SessionState,
+    TranscodeStatus,
+    controller_uid,
+    promote_job_name,
+    recorder_pod_name,
+)
+from voicetrack_operator.adapters.objects import AsyncObjectStore
+from voicetrack_operator.builders import build_promote_job
+from voicetrack_operator.context import Context
+from voicetrack_operator.plan import build_promotion_plan
+from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
+from voicetrack_operator.services.failures import failure_detail
+from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
+from voicetrack_operator.status import Observation, build_status
+
+log = logging.getLogger(__name__)
+
+PROMOTION_RETRY_S = 300.0
+"""A deletion that cannot complete (promotion failed, outputs do not match, an input the
+API refuses) is tried again this often (seconds); deleting a failed promotion Job makes the
+next try run it anew."""
+
+
+class DeletionStep(enum.StrEnum):
+    """`status.deletion.step`: the next step to run."""
+
+    STOP = "stop"
+    TRANSCODES = "transcodes"
+    PROMOTE = "promote"
+    RECORD = "record"
+    COLLECT = "collect"
+    DONE = "done"
+
+
+STEP_STATE = {
+    DeletionStep.STOP: SessionState.STOPPING,
+    DeletionStep.TRANSCODES: SessionState.TRANSCODING,
+    DeletionStep.PROMOTE: SessionState.PROMOTING,
+    DeletionStep.RECORD: SessionState.PROMOTING,
+    DeletionStep.COLLECT: SessionState.PROMOTING,
+    DeletionStep.DONE: SessionState.PROMOTED,
+}
+"""The state users see (bot, README) while a step runs or waits."""
+
+
+class PromotionFailed(InvalidInputError):
+    """Promotion did not complete: the raw chunks are kept and the finalizer stays."""
+
+
+@dataclass(frozen=True)
+class DeletionProgress:
+    """`status.deletion`: `{step, promoted?, recordingIds?}`. `promoted` is known after the
+    promote step (False: no chunk was done, nothing to promote); `recording_ids` after the
+    record step."""
+
+    step: DeletionStep = DeletionStep.STOP
+    promoted: bool | None = None
+    recording_ids: list[str] | None = None
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any]) -> DeletionProgress:
+        """The progress in a session's status; a missing or unreadable one starts over
+        (safe: every step is idempotent)."""
+        raw = status.get("deletion") or {}
+        try:
+            step = DeletionStep(raw.get("step", DeletionStep.STOP))
+        except ValueError:
+            return cls()
+        ids = raw.get("recordingIds")
+        return cls(step=step, promoted=raw.get("promoted"),
+                   recording_ids=[str(i) for i in ids] if isinstance(ids, list) else None)
+
+    def to_api(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step.value}
+        if self.promoted is not None:
+            out["promoted"] = self.promoted
+        if self.recording_ids is not None:
+            out["recordingIds"] = self.recording_ids
+        return out
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A step is under way: come back in `delay` seconds, showing `state`."""
+
+    message: str
+    state: SessionState
+    delay: float = 2.0
+
+
+@dataclass
+class DeletionOutcome:
+    """What one deletion attempt reached. `retry_in` is None once done; `failed` marks a
+    PromotionFailed (kept and retried). `status` is the status patch to apply either way."""
+
+    progress: DeletionProgress
+    state: SessionState
+    message: str
+    retry_in: float | None = None
+    failed: bool = False
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.retry_in is None
+
+
+class DeletionService:
+    """Runs the deletion steps of one session; `finalize_session` is the entry point."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.chunks = ChunkService(ctx)
+        self.sessions = SessionService(ctx)
+
+    async def finalize(self, body: dict[str, Any]) -> DeletionOutcome:
+        """Parse the session and run `finalize_session`; a spec that does not parse is a
+        PromotionFailed like any other input error (never a released finalizer)."""
+        try:
+            s = SessionView.parse(body)
+        except InvalidInputError as err:
+            progress = DeletionProgress.from_status(dict(body.get("status") or {}))
+            return self._outcome(progress, SessionState.PROMOTION_FAILED, str(err),
+                                 PROMOTION_RETRY_S, failed=True)
+        return await self.finalize_session(s)
+
+    async def finalize_session(self, s: SessionView) -> DeletionOutcome:
+        """Run the steps from `status.deletion.step` on until one waits or fails, or all
+        are done. Infrastructure failures retry after their delay in the same state."""
+        progress = DeletionProgress.from_status(s.status)
+        if s.state is SessionState.REFUSED:  # it never recorded: nothing to promote
+            return DeletionOutcome(progress, SessionState.REFUSED, "refused session deleted")
+        try:
+            while progress.step is not DeletionStep.DONE:
+                result = await self.run_step(s, progress)
+                if isinstance(result, Wait):
+                    return self._outcome(progress, result.state, result.message, result.delay)
+                progress = result
+        except InvalidInputError as err:
+            self.ctx.metrics.promotions.labels("failed").inc()
+            return self._outcome(progress, SessionState.PROMOTION_FAILED, str(err),
+                                 PROMOTION_RETRY_S, failed=True)
+        except TemporaryFailure as err:
+            return self._outcome(progress, STEP_STATE[progress.step], str(err), err.delay)
+        ids = progress.recording_ids or []
+        log.info("session %s/%s promoted: %d recording(s)", s.ref.namespace, s.ref.name,
+                 len(ids))
+        obs = Observation(generation=s.generation, paused=False, recorder_phase=None,
+                          promoted=True)
+        status = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
+        out = self._outcome(progress, SessionState.PROMOTED, "promoted", None)
+        out.status.update({"recordingIds": ids, "conditions": status["conditions"]})
+        return out
+
+    @staticmethod
+    def _outcome(progress: DeletionProgress, state: SessionState, message: str,
+                 retry_in: float | None, failed: bool = False) -> DeletionOutcome:
+        return DeletionOutcome(progress, state, message, retry_in, failed, status={
+            "state": state.value, "phaseMessage": message, "deletion": progress.to_api()})
+
+    async def run_step(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
+        """One step: the progress after it, or what it waits for."""
+        match p.step:
+            case DeletionStep.STOP:
+                return await self.stop_recorder(s, p)
+            case DeletionStep.TRANSCODES:
+                return await self.wait_transcodes(s, p)
+            case DeletionStep.PROMOTE:
+                return await self.promote(s, p)
+            case DeletionStep.RECORD:
+                return await self.record(s, p)
+            case DeletionStep.COLLECT:
+                await self.collect(s)
+                return replace(p, step=DeletionStep.DONE)
+        raise AssertionError(f"no step {p.step}")
+
+    async def stop_recorder(self, s: SessionView, p: DeletionProgress
+                            ) -> DeletionProgress | Wait:
+        """Delete the recorder pod (it flushes its open chunk on SIGTERM); wait until it is
+        gone."""
+        name = recorder_pod_name(s.ref.name)
+        pod = await self.ctx.kube.get_pod(s.ref.namespace, name)
+        if pod is None:
+            return replace(p, step=DeletionStep.TRANSCODES)
+        if not pod["metadata"].get("deletionTimestamp"):
+            await self.ctx.kube.delete_pod(s.ref.namespace, name)
+        return Wait("waiting for the recorder to flush its last chunk", SessionState.STOPPING,
+                    delay=1)
+
+    async def wait_transcodes(self, s: SessionView, p: DeletionProgress
+                              ) -> DeletionProgress | Wait:
+        """Wait until every chunk is done or failed; after `transcodeTimeoutSeconds` since
+        deletion the pending ones are marked failed."""
+        ns, name, uid = s.ref.namespace, s.ref.name, s.ref.uid
+        objs = await self.ctx.kube.list_chunks(ns, name, uid)
+        if await self.chunks.ensure_new(objs):  # chunks whose event was missed
+            objs = await self.ctx.kube.list_chunks(ns, name, uid)
+        pending = [c for c in map(ChunkRef.from_object, objs)
+                   if not c.transcode_status.terminal]
+        if pending:
+            await self.chunks.catch_up(ns, name, uid, objs)
+            since = parse_time(s.deletion) if s.deletion else datetime.now(UTC)
+            if (datetime.now(UTC) - since).total_seconds() < s.spec.transcode_timeout_seconds:
+                return Wait(f"waiting for {len(pending)} transcode(s)",
+                            SessionState.TRANSCODING)
+            limit = s.spec.transcode_timeout_seconds
+            await self.chunks.fail_pending(ns, name, uid,
+                                           f"transcode not finished within {limit} s")
+        return replace(p, step=DeletionStep.PROMOTE)
+
+    async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
+        """Run the promotion Job and verify its outputs against its manifest. Raises
+        PromotionFailed when it failed or its outputs do not match."""
+        if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
+            return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
+        chunks = [(c.spec, c.transcode_status) for c in map(
+            ChunkRef.from_object,
+            await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid))]
+        try:
+            plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
+        except ValueError as err:
+            raise PromotionFailed(f"chunks cannot be promoted: {err}; raw chunks kept"
+                                  ) from err
+        if plan is None:
+            return replace(p, step=DeletionStep.RECORD, promoted=False)
+        store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
+        job_name = promote_job_name(s.ref.name)
+        job = await self.ctx.kube.get_job(s.ref.namespace, job_name)
+        if job is None:
+            await store.put_json(layout.promotion_plan_key, plan.to_api())
+            await self.ctx.kube.ensure(build_promote_job(
+                s.ref, layout.promotion_plan_key, s.spec, self.ctx.settings.pods))
+            return Wait("promotion started", SessionState.PROMOTING)
+        if controller_uid(job) != s.ref.uid:
+            return Wait(f"Job {job_name} of an earlier session of this name is still being "
+                        "collected", SessionState.PROMOTING)
+        state, reason = job_state(job)
+        if state is TranscodeStatus.FAILED:
+            detail = await failure_detail(self.ctx.kube, s.ref.namespace, job_name)
+            raise PromotionFailed(f"promotion Job {job_name} failed: {reason}"
+                                  f"{'; ' + detail if detail else ''}; raw chunks kept; "
+                                  f"delete Job {job_name} to run it again")
+        if state is not TranscodeStatus.DONE:
+            return Wait("promotion running", SessionState.PROMOTING)
+        await verify_outputs(store, await self.final_manifest(s))
+        return replace(p, step=DeletionStep.RECORD, promoted=True)
+
+    async def final_manifest(self, s: SessionView) -> FinalManifest:
+        """`final/manifest.json`. Raises PromotionFailed when missing or unusable."""
+        try:
+            return FinalManifest.model_validate(
+                await self.ctx.store(s.spec.storage.bucket).get_json(
+                    s.layout.final_manifest_key))
+        except (InvalidInputError, ValueError) as err:  # missing, not JSON, not a manifest
+            raise PromotionFailed(f"final manifest unusable: {err}; raw chunks kept") from err
+
+    async def record(self, s: SessionView, p: DeletionProgress) -> DeletionProgress:
+        """The `recordings` rows (once) and the meeting's end."""
+        existing = await self.ctx.db.get_recordings_for_meeting(s.meeting_id)
+        if existing:
+            ids = [r.id for r in existing]
+        elif not p.promoted:
+            ids = []
+        else:
+            manifest = await self.final_manifest(s)
+            ok, message = await self.sessions.resync(s)  # rows missed while SQL was away
+            if not ok:
+                raise TemporaryFailure(message, delay=5)
+            ids = await self.ctx.db.promote_temp_recordings_to_persistent(
+                s.meeting_id, s.spec.output.tracks, manifest.tracks,
+                keep_temp_rows=s.spec.retain_temp_rows)
+            if not ids:
+                raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
+                                      "no recordings row was written; raw chunks kept")
+        with contextlib.suppress(NotFoundError):
+            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
+                                          "completed" if ids else "cancelled")
+        self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
+        return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
+
+    async def keep_failed(self, s: SessionView) -> int:
+        """Copy the raw tracks of failed chunks to `final/failed/…` and list them, with
+        their reasons, in `final/failed-chunks.json`, so collecting the chunk objects
+        loses nothing. Returns the number of tracks kept."""
+        failed = [c for c in map(ChunkRef.from_object, await self.ctx.kube.list_chunks(
+            s.ref.namespace, s.ref.name, s.ref.uid))
+            if c.transcode_status is TranscodeStatus.FAILED]
+        if not failed:
+            return 0
+        store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
+        entries = []
+        for chunk in failed:
+            for track in chunk.spec.tracks:
+                kept = layout.failed_raw_key(chunk.spec.index, track.user_id,
+                                             chunk.spec.raw_format)
+                if not await store.exists(kept):  # a retry keeps it
+                    try:
+                        await store.copy(track.key, kept)
+                    except NotFoundError:
+                        kept = ""  # the recorder never uploaded it: say so
+                entries.append({"index": chunk.spec.index, "startMs": chunk.spec.start_ms,
+                                "endMs": chunk.spec.end_ms, "userId": track.user_id,
+                                "key": kept, "sha256": track.sha256, "bytes": track.bytes,
+                                "rawFormat": chunk.spec.raw_format,
+                                "error": chunk.status.error or ""})
+        await store.put_json(layout.failed_manifest_key,
+                             {"meetingId": s.meeting_id, "failed": entries})
+        return len(entries)
+
+    async def collect(self, s: SessionView) -> int:
+        """What ownership cannot collect: the chunk objects in S3 (failed chunks' raw kept
+        first), the promotion plan, and (unless retained) the temp rows. Jobs and
+        RecordingChunks are owned by the session and go with it. Returns the number of
+        objects deleted from S3."""
+        store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
+        await self.keep_failed(s)
+        deleted = await store.delete_prefix(layout.chunks_root)
+        await store.delete_keys([layout.promotion_plan_key])
+        rows = await self.ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
+        if rows:
+            if s.spec.retain_temp_rows:
+                await self.ctx.db.mark_temp_recording_cleaned([r.id for r in rows])
+            else:
+                await self.ctx.db.delete_temp_recordings(s.meeting_id)
+        return deleted
+
+
+async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:
+    """Check every final object's size and sha256 against the manifest (streamed).
+    Raises PromotionFailed naming the first mismatch."""
+    for track in manifest.tracks:
+        try:
+            size, digest = await store.digest(track.key)
+        except NotFoundError as err:
+            raise PromotionFailed(f"{track.key} is missing; raw chunks kept") from err
+        if size != track.bytes or digest != track.sha256:
+            raise PromotionFailed(
+                f"{track.key}: {size} bytes sha256 {digest[:12]}… but the manifest says "
+                f"{track.bytes} bytes sha256 {track.sha256[:12]}…; raw chunks kept")

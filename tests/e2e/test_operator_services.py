@@ -1,0 +1,523 @@
+"""The operator's services and adapters against real components, no operator process: the
+local API server (CRDs installed), SeaweedFS, and a SQLite database at its Alembic head.
+
+Sessions use the `discord` source in a namespace without Secrets, so the recorder and
+transcoder pods the services create never start: every state change here is made by the
+service under test (or by the test, standing in for the world).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fixtures.cluster import Kubectl
+from voicetrack.db import migrate
+from voicetrack.db.service import RecordingService
+from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.kubeclient import load_api_client
+from voicetrack.objectstore import S3Settings
+from voicetrack.resources import (
+    API_VERSION,
+    CHUNK_KIND,
+    GROUP,
+    LABEL_SESSION,
+    SESSION_PLURAL,
+    VERSION,
+    ChunkOutput,
+    ChunkSpec,
+    ChunkTrack,
+    SessionState,
+    chunk_name,
+    owner_reference,
+    recorder_pod_name,
+    transcode_job_name,
+)
+from voicetrack_local.cluster import LocalCluster
+from voicetrack_local.stack import install_crds
+from voicetrack_operator.adapters.kube import KubeAdapter
+from voicetrack_operator.builders import PodSettings, SessionRef, build_transcode_job
+from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.services.chunks import ChunkRef, ChunkService
+from voicetrack_operator.services.deletion import DeletionService, DeletionStep
+from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
+from voicetrack_operator.services.sessions import SessionService, SessionView
+
+pytestmark = pytest.mark.e2e
+
+SHA = "ab" * 32
+USERS = ("400000000000000021", "400000000000000022")
+
+
+def snowflake() -> str:
+    """A random 18-digit id: each test has its own guild, so no session is busy."""
+    return str(10**17 + secrets.randbelow(8 * 10**17))
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: LocalCluster) -> None:
+    install_crds(cluster.kubeconfig)
+
+
+@pytest.fixture
+async def ctx(cluster: LocalCluster, crds: None, s3_server: S3Settings,
+              tmp_path: Path) -> AsyncIterator[Context]:
+    """A real operator context: admin API client, SQLite at its head, the S3 server."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'voicetrack.db'}"
+    await asyncio.to_thread(migrate.upgrade_head, url)
+    settings = OperatorSettings(database_url=url, s3=s3_server,
+                                pods=PodSettings(s3_endpoint=s3_server.endpoint),
+                                temp_ttl=timedelta(seconds=1),
+                                kubeconfig=str(cluster.kubeconfig))
+    c = Context(settings=settings, kube=KubeAdapter(load_api_client(str(cluster.kubeconfig))),
+                db=RecordingService.from_url(url))
+    await c.store(s3_server.bucket).ensure_bucket()
+    try:
+        yield c
+    finally:
+        await c.db.close()
+        c.kube.api.close()
+
+
+def apply(kubectl: Kubectl, doc: dict[str, Any]) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+
+async def make_session(ctx: Context, kubectl: Kubectl, ns: str, name: str,
+                       **spec: Any) -> SessionView:
+    apply(kubectl, {"apiVersion": API_VERSION, "kind": "RecordingSession",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"guildId": snowflake(), "channelId": snowflake(), "paused": True,
+                             **spec}})
+    return await read_session(ctx, ns, name)
+
+
+async def read_session(ctx: Context, ns: str, name: str) -> SessionView:
+    body = await ctx.kube.get_session(ns, name)
+    assert body is not None
+    return SessionView.parse(body)
+
+
+async def set_status(ctx: Context, s: SessionView, status: dict[str, Any]) -> SessionView:
+    """Merge `status` into the session's status, as kopf applies a handler's patch."""
+    await asyncio.to_thread(ctx.kube.objects.patch_namespaced_custom_object_status, GROUP,
+                            VERSION, s.ref.namespace, SESSION_PLURAL, s.ref.name,
+                            {"status": status})
+    return await read_session(ctx, s.ref.namespace, s.ref.name)
+
+
+def chunk_doc(s: SessionView, index: int, start: int, end: int,
+              users: tuple[str, ...] = USERS) -> dict[str, Any]:
+    """A RecordingChunk as the recorder creates it (owned by the session)."""
+    spec = ChunkSpec(session_name=s.ref.name, meeting_id=s.meeting_id,
+                     guild_id=s.spec.guild_id, index=index, start_ms=start, end_ms=end,
+                     tracks=[ChunkTrack(user_id=u, key=s.layout.raw_key(index, u, "ogg-opus"),
+                                        frames=(end - start) // 20, first_ms=start,
+                                        last_ms=end - 20, bytes=100, sha256=SHA)
+                             for u in users])
+    return {"apiVersion": API_VERSION, "kind": CHUNK_KIND,
+            "metadata": {"name": chunk_name(s.ref.name, index), "namespace": s.ref.namespace,
+                         "labels": {LABEL_SESSION: s.ref.name},
+                         "ownerReferences": [owner_reference(s.ref.name, s.ref.uid)]},
+            "spec": spec.to_api()}
+
+
+async def make_chunk(ctx: Context, kubectl: Kubectl, s: SessionView, index: int, start: int,
+                     end: int) -> ChunkRef:
+    apply(kubectl, chunk_doc(s, index, start, end))
+    obj = await ctx.kube.get_chunk(s.ref.namespace, chunk_name(s.ref.name, index))
+    assert obj is not None
+    return ChunkRef.from_object(obj)
+
+
+def rows_of(rows: list[Any]) -> list[tuple[Any, ...]]:
+    return sorted((r.chunk_index, r.user_id, str(r.transcode_status), r.job_name, r.mp3_path,
+                   r.sha256, r.duration_ms, r.error) for r in rows)
+
+
+# ---------------------------------------------------------------- KubeAdapter
+
+
+def kubeconfig_with(cluster: LocalCluster, tmp_path: Path, server: str | None = None,
+                    token: str | None = None) -> str:
+    """The admin kubeconfig with another server address or a bearer token instead."""
+    doc = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    if server:
+        doc["clusters"][0]["cluster"]["server"] = server
+    if token:
+        doc["users"][0]["user"] = {"token": token}
+    path = tmp_path / f"kubeconfig-{secrets.token_hex(3)}"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+async def test_kube_adapter_is_idempotent_and_translates_errors(
+        ctx: Context, namespace: str, kubectl: Kubectl, cluster: LocalCluster,
+        tmp_path: Path) -> None:
+    kube, ns = ctx.kube, namespace
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount",
+          "metadata": {"name": "probe", "namespace": ns}}
+    assert await kube.ensure(sa) is True
+    assert await kube.ensure(sa) is False  # 409 on create: it exists, success
+    assert await kube.get_pod(ns, "absent") is None
+    assert await kube.delete_pod(ns, "absent") is False  # 404 on delete: done
+    assert await kube.delete_job(ns, "absent") is False
+    bad = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Bad_Name", "namespace": ns},
+           "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    with pytest.raises(InvalidInputError, match="Bad_Name"):  # the API server's message
+        await kube.ensure(bad)
+
+    # 403 is temporary (RBAC is fixed by an admin, or a fresh binding propagates); before
+    # translate_api_error the operator made it an input error.
+    kubectl("-n", ns, "create", "serviceaccount", "nobody")
+    token = kubectl("-n", ns, "create", "token", "nobody").stdout.strip()
+    nobody = KubeAdapter(load_api_client(kubeconfig_with(cluster, tmp_path, token=token)))
+    try:
+        with pytest.raises(TemporaryFailure, match="forbidden"):
+            await nobody.list_sessions()
+    finally:
+        nobody.api.close()
+    away = KubeAdapter(load_api_client(kubeconfig_with(cluster, tmp_path,
+                                                       server="https://127.0.0.1:9")))
+    try:
+        with pytest.raises(TemporaryFailure, match="unreachable"):
+            await away.get_pod(ns, "x")
+    finally:
+        away.api.close()
+
+
+# ---------------------------------------------------------------- SessionService
+
+
+async def test_ensure_session_twice_has_the_effect_of_once(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    s = await make_session(ctx, kubectl, namespace, "twice")
+    svc = SessionService(ctx)
+    first = await svc.ensure_session(s)
+    assert first["state"] == SessionState.PAUSED and first["meetingId"] == s.meeting_id
+    pod = await ctx.kube.get_pod(namespace, recorder_pod_name("twice"))
+    assert pod is not None
+    writes = ctx.kube.writes
+
+    # Again with the status applied (an operator restart: on.resume), and again with the
+    # stale view (a retry whose status patch was lost): same pod, same meeting row.
+    again = await svc.ensure_session(await set_status(ctx, s, first))
+    assert "startedAt" not in again and "recorderPod" not in again
+    await svc.ensure_session(s)
+    pod2 = await ctx.kube.get_pod(namespace, recorder_pod_name("twice"))
+    assert pod2 is not None and pod2["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert ctx.kube.writes - writes == 5  # the stale retry's creates, each a 409
+    meeting = await ctx.db.get_meeting(s.meeting_id)
+    assert meeting.guild_id == s.spec.guild_id
+    pods = await ctx.kube.list_pods(namespace, f"{LABEL_SESSION}=twice")
+    assert [p["metadata"]["name"] for p in pods] == [recorder_pod_name("twice")]
+
+
+async def test_busy_guild_is_refused_and_refused_stays_put(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    first = await make_session(ctx, kubectl, namespace, "first")
+    await SessionService(ctx).ensure_session(first)
+    second = await make_session(ctx, kubectl, namespace, "second",
+                                guildId=first.spec.guild_id)
+    refused = await SessionService(ctx).ensure_session(second)
+    assert refused["state"] == SessionState.REFUSED
+    assert await ctx.kube.get_pod(namespace, recorder_pod_name("second")) is None
+    second = await set_status(ctx, second, refused)
+    assert await SessionService(ctx).ensure_session(second) == {}
+    out = await DeletionService(ctx).finalize_session(second)
+    assert out.done and out.state is SessionState.REFUSED
+
+
+# ---------------------------------------------------------------- ChunkService
+
+
+async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    s = await make_session(ctx, kubectl, namespace, "chunky")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    stale = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert not stale.ensured
+    status = await chunks.ensure_chunk(stale)
+    assert status.transcode_status == "queued" and status.job_name == transcode_job_name(
+        "chunky", 0)
+    rows = rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id))
+    assert [r[:3] for r in rows] == [(0, USERS[0], "queued"), (0, USERS[1], "queued")]
+    fresh = await make_chunk(ctx, kubectl, s, 0, 0, 5000)  # re-read: ensured now
+    assert fresh.ensured and fresh.status == status
+    await chunks.ensure_chunk(fresh)
+    await chunks.ensure_chunk(stale)  # its resourceVersion is old: a no-op
+    assert rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)) == rows
+    jobs = await ctx.kube.list_jobs(namespace, "chunky")
+    assert [j["metadata"]["name"] for j in jobs] == [transcode_job_name("chunky", 0)]
+
+    # The Job completes (its status as the job controller writes it); the result names a
+    # FLAC before each MP3, and SQL takes the MP3 from the typed chunk status.
+    outputs = []
+    for u in USERS:
+        for fmt, digest in (("flac", "cd" * 32), ("mp3", "ef" * 32)):
+            outputs.append(ChunkOutput(user_id=u, format=fmt, key=f"out/{u}.{fmt}",
+                                       bytes=10, sha256=digest, duration_ms=5000).to_api())
+    await ctx.store(s.spec.storage.bucket).put_json(s.layout.result_key(0), {
+        "toolVersion": "test", "index": 0, "outputs": outputs})
+    job = {**jobs[0], "status": {"conditions": [{"type": "Complete", "status": "True"}],
+                                 "succeeded": 1}}
+    await chunks.observe_job(job)
+    done = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert done.status.transcode_status == "done" and len(done.status.tracks) == 4
+    rows = rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id))
+    assert [(r[2], r[4], r[5], r[6]) for r in rows] == [
+        ("done", f"out/{u}.mp3", "ef" * 32, 5000) for u in USERS]
+    await chunks.observe_job(job)  # twice: no move, no write
+    assert await chunks.mirror(done) and await chunks.mirror(done)
+    assert rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)) == rows
+    failed_job = {**job, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    await chunks.observe_job(failed_job)  # never back: done stays done
+    again = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert again.status == done.status
+
+
+async def test_an_earlier_namesakes_children_are_not_this_sessions(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """The bot names sessions `g-<guild>`: after a stop the garbage collector removes the
+    old session's Jobs and chunks only after the session is gone, and a new session of the
+    same name may meet them. Fails without the owner checks: the 409 counted as the new
+    chunk's Job, and the old Job's events moved the new chunk."""
+    old = await make_session(ctx, kubectl, namespace, "again-old")
+    new = await make_session(ctx, kubectl, namespace, "again")
+    await SessionService(ctx).ensure_session(new)
+    chunk = await make_chunk(ctx, kubectl, new, 0, 0, 5000)
+    stale = build_transcode_job(SessionRef("again", namespace, old.ref.uid), chunk.spec,
+                                new.spec, ctx.settings.pods)
+    stale["metadata"]["ownerReferences"][0]["name"] = "again-old"  # a live owner: kept
+    assert await ctx.kube.ensure(stale) is True
+    leftover = chunk_doc(new, 1, 5000, 10_000)
+    leftover["metadata"]["ownerReferences"] = [owner_reference("again-old", old.ref.uid)]
+    apply(kubectl, leftover)
+
+    with pytest.raises(TemporaryFailure, match="owned by another session"):
+        await ChunkService(ctx).ensure_chunk(chunk)
+    assert await ctx.kube.list_jobs(namespace, "again", new.ref.uid) == []
+    assert [c["metadata"]["name"] for c in await ctx.kube.list_chunks(
+        namespace, "again", new.ref.uid)] == [chunk_name("again", 0)]
+    job = await ctx.kube.get_job(namespace, transcode_job_name("again", 0))
+    assert job is not None
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    await ChunkService(ctx).observe_job(job)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("again", 0))
+    assert obj is not None and obj["status"]["transcodeStatus"] == "queued"
+
+    await ctx.kube.delete_job(namespace, transcode_job_name("again", 0))  # as the GC does
+    for _ in range(100):
+        if await ctx.kube.get_job(namespace, transcode_job_name("again", 0)) is None:
+            break
+        await asyncio.sleep(0.1)
+    status = await SessionService(ctx).observe_session(await read_session(ctx, namespace,
+                                                                          "again"))
+    assert status["chunks"]["total"] == 1  # the namesake's leftover chunk is not counted
+    jobs = await ctx.kube.list_jobs(namespace, "again", new.ref.uid)
+    assert [j["metadata"]["name"] for j in jobs] == [transcode_job_name("again", 0)]
+
+
+# ---------------------------------------------------------------- DeletionService
+
+
+async def test_deletion_resumes_at_its_step_and_an_input_error_keeps_the_finalizer(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    s = await make_session(ctx, kubectl, namespace, "overlap")
+    await SessionService(ctx).ensure_session(s)
+    bucket = ctx.store(s.spec.storage.bucket)
+    for index, (start, end) in enumerate([(0, 5000), (4000, 9000)]):  # a recorder bug
+        chunk = await make_chunk(ctx, kubectl, s, index, start, end)
+        await ChunkService(ctx).ensure_chunk(chunk)
+        await ctx.kube.patch_chunk_status(namespace, chunk.name, {"transcodeStatus": "done"})
+        await bucket.put_json(s.layout.raw_key(index, USERS[0], "ogg-opus"), {"raw": index})
+    deletion = DeletionService(ctx)
+
+    out = await deletion.finalize_session(s)  # the recorder pod is still there
+    assert out.state is SessionState.STOPPING and out.retry_in == 1 and not out.failed
+    assert out.progress.step is DeletionStep.STOP
+    assert (await ctx.kube.get_pod(namespace, recorder_pod_name("overlap")) or {}).get(
+        "metadata", {}).get("deletionTimestamp")
+    await ctx.kube.delete_pod(namespace, recorder_pod_name("overlap"), 0)  # never ran
+    for _ in range(100):
+        if await ctx.kube.get_pod(namespace, recorder_pod_name("overlap")) is None:
+            break
+        await asyncio.sleep(0.1)
+    s = await set_status(ctx, s, out.status)
+
+    out = await deletion.finalize_session(s)
+    assert out.failed and out.state is SessionState.PROMOTION_FAILED
+    assert out.retry_in == 300 and "inside the previous window" in out.message
+    assert out.status["deletion"] == {"step": "promote"}  # stop and transcodes are done
+    s = await set_status(ctx, s, out.status)
+    assert (await deletion.finalize_session(s)).failed  # retried, never released
+
+    # Resumed at `collect`, the promote step is not run again: deletion completes.
+    s = await set_status(ctx, s, {"deletion": {"step": "collect", "promoted": False,
+                                               "recordingIds": []}})
+    out = await deletion.finalize_session(s)
+    assert out.done and out.state is SessionState.PROMOTED
+    assert out.status["recordingIds"] == [] and out.status["deletion"]["step"] == "done"
+    assert await bucket.list_keys(s.layout.chunks_root) == []
+    assert await ctx.db.get_temp_recordings_for_meeting(s.meeting_id) == []
+    # owned children are the garbage collector's: the finalizer leaves them
+    assert len(await ctx.kube.list_chunks(namespace, "overlap")) == 2
+    assert len(await ctx.kube.list_jobs(namespace, "overlap")) == 2
+    again = await deletion.finalize_session(await set_status(ctx, s, out.status))
+    assert again.done and again.status["deletion"] == out.status["deletion"]
+
+
+async def test_empty_session_deletion_ends_the_meeting(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    s = await make_session(ctx, kubectl, namespace, "empty")
+    await ctx.db.create_meeting(s.meeting_id, s.spec.guild_id, s.spec.channel_id,
+                                datetime.now(UTC))
+    out = await DeletionService(ctx).finalize_session(s)
+    assert out.done and out.status["state"] == "Promoted"
+    assert {c["type"]: c["status"] for c in out.status["conditions"]}["Promoted"] == "True"
+    assert (await ctx.db.get_meeting(s.meeting_id)).status == "cancelled"
+
+
+# ---------------------------------------------------------------- JanitorService
+
+
+async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    janitor = JanitorService(ctx)
+    assert await janitor.beat() is True
+    beat = await ctx.db.read_heartbeat(SERVICE_NAME)
+    assert beat is not None and beat.status == "ok"
+
+    live = await make_session(ctx, kubectl, namespace, "live",
+                              meetingId=f"live{secrets.token_hex(6)}")
+    store = ctx.store(ctx.settings.s3.bucket)
+    guild, dead = snowflake(), secrets.token_hex(8)
+    keys = {
+        "dead": f"recordings/{guild}/{dead}/chunks/000000/{USERS[0]}.ogg",
+        "live": f"recordings/{live.spec.guild_id}/{live.meeting_id}/chunks/000000/u.ogg",
+        "final": f"recordings/{guild}/{dead}/final/mix.mp3",
+        # not written by the layout: the old string split took `notes` for a meeting id
+        "foreign": f"recordings/notes-{dead}/chunks/readme.txt",
+    }
+    for key in keys.values():
+        await store.put_json(key, {})
+    await asyncio.sleep(2.2)  # older than the TTL (1 s; S3 times have whole seconds)
+    await janitor.collect_orphans()
+    left = set(await store.list_keys("recordings/"))
+    assert keys["dead"] not in left
+    assert {keys["live"], keys["final"], keys["foreign"]} <= left
+
+
+# ---------------------------------------------------------------- handlers
+
+
+@pytest.fixture
+def kopf_events() -> Any:
+    """kopf's event posting context (set by the operator's run loop), so handlers that post
+    events run as plain functions; yields the queue the events land in. The test binds
+    the loop with `bind_events()` (a sync fixture cannot know the test's loop)."""
+    import kopf
+    from kopf._core.engines import posting  # private: the run loop sets these
+
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    tokens = [posting.settings_var.set(kopf.OperatorSettings()),
+              posting.event_queue_var.set(queue)]  # type: ignore[arg-type]
+    yield queue
+    posting.settings_var.reset(tokens[0])  # type: ignore[arg-type]
+    posting.event_queue_var.reset(tokens[1])  # type: ignore[arg-type]
+
+
+def bind_events() -> None:
+    """Post kopf events on the running loop (call at the start of an async test)."""
+    from kopf._core.engines import posting
+
+    posting.event_queue_loop_var.set(asyncio.get_running_loop())
+
+
+async def test_handlers_called_directly(ctx: Context, namespace: str, kubectl: Kubectl,
+                                        kopf_events: asyncio.Queue[Any]) -> None:
+    import kopf
+
+    from voicetrack_operator.handlers import chunk as chunk_handlers
+    from voicetrack_operator.handlers import lifecycle
+    from voicetrack_operator.handlers import session as session_handlers
+
+    bind_events()
+    memo = kopf.Memo()
+    memo.ctx = ctx
+    s = await make_session(ctx, kubectl, namespace, "direct")
+    body = await ctx.kube.get_session(namespace, "direct")
+    assert body is not None
+    patch = kopf.Patch()
+    await session_handlers.on_session_create(body=kopf.Body(body), memo=memo, patch=patch)
+    assert patch["status"]["recorderPod"] == recorder_pod_name("direct")
+    s = await set_status(ctx, s, dict(patch["status"]))
+    event = await asyncio.wait_for(kopf_events.get(), 5)
+    assert event.reason == "RecorderStarted"
+
+    patch = kopf.Patch()
+    await session_handlers.on_session_observe(body=kopf.Body(s.body), memo=memo, patch=patch)
+    assert "conditions" not in patch.get("status", {})  # nothing moved
+
+    apply(kubectl, chunk_doc(s, 0, 0, 5000))
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("direct", 0))
+    await chunk_handlers.on_chunk_event(event={"type": "ADDED", "object": obj}, memo=memo)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("direct", 0))
+    assert obj is not None and obj["status"]["transcodeStatus"] == "queued"
+    job = await ctx.kube.get_job(namespace, transcode_job_name("direct", 0))
+    assert job is not None
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True",
+                                     "reason": "PodFailurePolicy", "message": "exit 2"}]}
+    await chunk_handlers.on_transcode_job_event(event={"type": "MODIFIED", "object": job},
+                                                memo=memo)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("direct", 0))
+    assert obj is not None and obj["status"]["transcodeStatus"] == "failed"
+    assert obj["status"]["error"].startswith("PodFailurePolicy: exit 2")
+
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError) as err:  # the recorder is being stopped
+        await session_handlers.on_session_delete(body=kopf.Body(s.body), memo=memo,
+                                                 patch=patch)
+    assert err.value.delay == 1 and patch["status"]["state"] == "Stopping"
+    assert patch["status"]["deletion"] == {"step": "stop"}
+    assert await lifecycle.on_probe_database(memo=memo) == "ok"
+
+
+async def test_startup_builds_the_context_and_cleanup_closes_it(
+        cluster: LocalCluster, crds: None, s3_server: S3Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, kopf_events: asyncio.Queue[Any]) -> None:
+    import kopf
+
+    from voicetrack_operator.handlers import lifecycle
+    from voicetrack_operator.handlers import session as session_handlers
+
+    for name, value in {**s3_server.env(), "VOICETRACK_METRICS_PORT": "0",
+                        "VOICETRACK_KUBECONFIG": str(cluster.kubeconfig),
+                        "VOICETRACK_DATABASE_URL":
+                            f"sqlite+aiosqlite:///{tmp_path / 'startup.db'}"}.items():
+        monkeypatch.setenv(name, value)
+    bind_events()
+    memo, settings = kopf.Memo(), kopf.OperatorSettings()
+    await lifecycle.on_startup(settings=settings, memo=memo)
+    try:
+        assert settings.persistence.finalizer == "voicetrack.dev/promote"
+        assert isinstance(memo.ctx, Context) and len(memo.tasks) == 2
+        assert await lifecycle.on_probe_database(memo=memo) == "ok"  # migrated at start
+    finally:
+        await lifecycle.on_cleanup(memo=memo)
+    assert all(t.done() for t in memo.tasks)
+    body = kopf.Body({"apiVersion": API_VERSION, "kind": "RecordingSession",
+                      "metadata": {"name": "p", "namespace": "default", "uid": "u"}})
+    await session_handlers.on_session_pause(body=body, old=False, new=True)
+    event = await asyncio.wait_for(kopf_events.get(), 5)
+    assert event.reason == "Paused"
