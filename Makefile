@@ -3,10 +3,10 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-APT_PACKAGES := ffmpeg espeak-ng libopus0 postgresql sox
+APT_PACKAGES := ffmpeg espeak-ng libopus0 postgresql sox podman runc mmdebstrap
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup system-packages demo test lint unit bench
+.PHONY: setup system-packages demo test lint unit bench images
 
 setup:
 	bash scripts/setup.sh
@@ -36,3 +36,7 @@ lint:
 
 bench: setup
 	for b in benchmarks/*.py; do $(VENV)/python $$b || exit 1; done
+
+# The operator, recorder and transcoder images with podman (scripts/images.sh).
+images:
+	bash scripts/images.sh

@@ -15,8 +15,18 @@ import sys
 import kopf
 
 
-def run() -> None:
-    """Entry point of the console script; stops cleanly on SIGTERM/SIGINT."""
+def run(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; stops cleanly on SIGTERM/SIGINT. Takes no
+    arguments (settings are VOICETRACK_* variables, see `context.OperatorSettings`);
+    `--help` prints this and exits 0, anything else is a usage error (exit 2)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        from voicetrack_operator.context import OperatorSettings
+
+        print(f"usage: voicetrack-operator\n{__doc__}\nSettings:\n"
+              f"{OperatorSettings.__doc__}", file=sys.stdout if args[0] in ("-h", "--help")
+              else sys.stderr)
+        raise SystemExit(0 if args[0] in ("-h", "--help") else 2)
     import voicetrack_operator.handlers  # noqa: F401  (registers every handler)
 
     logging.basicConfig(level=os.environ.get("VOICETRACK_LOG_LEVEL", "INFO"),

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `make images`: build the operator, recorder and transcoder images with podman.
+#
+# Base image: $VOICETRACK_BASE_IMAGE if set; else the official Python slim image when a
+# registry answers; else a Debian bookworm base made here from Debian's packages with
+# mmdebstrap (the machine's own apt mirror) and `podman import`ed once.
+# podman reads images/containers.conf (runc, cgroupfs, file events, ulimits this machine
+# allows). Prints each image's size and the wall time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/images/containers.conf}"
+TAG=${VOICETRACK_IMAGE_TAG:-0.1.0}
+LOCAL_BASE=localhost/voicetrack-base:bookworm
+t0=$(date +%s)
+
+missing=$(for p in podman runc mmdebstrap; do command -v "$p" >/dev/null || echo "$p"; done)
+if [ -n "$missing" ]; then
+  echo "images: installing Debian packages: $missing" >&2
+  SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq podman runc mmdebstrap >/dev/null
+fi
+
+mirror() {  # the first Debian mirror this machine's apt uses
+  { grep -rhoE '^URIs: *\S+' /etc/apt/sources.list.d/ 2>/dev/null | awk '{print $2}'
+    grep -hoE '^deb +\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } \
+    | grep -v security | head -n1
+}
+
+base=${VOICETRACK_BASE_IMAGE:-}
+if [ -z "$base" ]; then
+  if timeout 30 podman pull -q docker.io/library/python:3.11-slim-bookworm >/dev/null 2>&1; then
+    base=docker.io/library/python:3.11-slim-bookworm
+  else
+    base=$LOCAL_BASE
+    if ! podman image exists "$base"; then
+      echo "images: no registry reachable; making $base with mmdebstrap" >&2
+      tmp=$(mktemp -d)
+      mmdebstrap --quiet --variant=minbase bookworm "$tmp/rootfs.tar" "$(mirror)"
+      podman import -q "$tmp/rootfs.tar" "$base" >/dev/null
+      rm -rf "$tmp"
+    fi
+  fi
+fi
+echo "images: base $base" >&2
+
+# pip inside the build trusts what this machine trusts (a TLS-inspecting proxy's CA).
+secret=()
+cert=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
+[ -s "$cert" ] && secret=(--secret "id=pip-cert,src=$cert")
+
+for pair in operator:operator recorder:recorder_image transcoder:transcoder_image; do
+  name=${pair%%:*}; dir=${pair##*:}
+  t1=$(date +%s)
+  podman build -q --network host --build-arg "BASE_IMAGE=$base" "${secret[@]}" \
+    -f "$dir/Dockerfile" -t "localhost/voicetrack/$name:$TAG" . >/dev/null
+  size=$(podman image inspect --format '{{.Size}}' "localhost/voicetrack/$name:$TAG")
+  echo "images: voicetrack/$name:$TAG $((size / 1000000)) MB ($(( $(date +%s) - t1 )) s)"
+done
+echo "images: done in $(( $(date +%s) - t0 )) s"

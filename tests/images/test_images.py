@@ -1,0 +1,81 @@
+"""The images as built (`make images`, podman): each runs as its non-root numeric user on a
+read-only root filesystem with only /tmp writable and no network, starts its entry point,
+and carries neither the harness's tools (`weed`, `kubectl`) nor a compiler, nor another
+image's Python packages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.images
+
+ROOT = Path(__file__).resolve().parents[2]
+TAG = os.environ.get("VOICETRACK_IMAGE_TAG", "0.1.0")
+ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "images" / "containers.conf")}
+
+# image → (entry point arguments that must succeed, modules it must import, modules it
+# must not carry)
+IMAGES = {
+    "operator": (["--help"], ["voicetrack_operator.main", "kopf"],
+                 ["discord", "davey", "numpy", "voicetrack_local"]),
+    "recorder": (["--help"], ["voicetrack_recorder.main", "voicetrack_recorder.bot.app",
+                              "davey"], ["kopf", "sqlalchemy", "numpy", "voicetrack_local"]),
+    "transcoder": (["--help"], ["voicetrack_transcoder.main", "numpy"],
+                   ["kopf", "discord", "kubernetes", "sqlalchemy", "voicetrack_local"]),
+}
+FORBIDDEN_TOOLS = ["weed", "kubectl", "gcc", "cc", "c++", "clang", "make", "pip", "pip3"]
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "images.sh")], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(proc.stdout)
+
+
+def podman_run(image: str, *args: str, entrypoint: str | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    cmd = ["podman", "run", "--rm", "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp",
+           "--network", "none",
+           "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    if entrypoint:
+        cmd += ["--entrypoint", entrypoint]
+    cmd += [f"localhost/voicetrack/{image}:{TAG}", *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_image_runs_restricted(built: None, image: str) -> None:
+    args, must, must_not = IMAGES[image]
+    user = subprocess.run(["podman", "image", "inspect", "--format", "{{.Config.User}}",
+                           f"localhost/voicetrack/{image}:{TAG}"], env=ENV,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert user == "10001:10001", f"{image} runs as {user!r}, not a numeric non-root user"
+
+    proc = podman_run(image, *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    probe = (
+        "import importlib, os, shutil\n"
+        "def has(m):\n"
+        "    try:\n        importlib.import_module(m)\n        return True\n"
+        "    except ImportError:\n        return False\n"
+        f"missing = [m for m in {must!r} if not has(m)]\n"
+        f"extra = [m for m in {must_not!r} if has(m)]\n"
+        f"tools = [t for t in {FORBIDDEN_TOOLS!r} if shutil.which(t)]\n"
+        "writable = [d for d in ('/', '/opt/voicetrack', '/etc', '/home', '/var/tmp')\n"
+        "            if os.access(d, os.W_OK)]\n"
+        "try:\n    open('/opt/voicetrack/x', 'w')\n    wrote_outside = True\n"
+        "except OSError:\n    wrote_outside = False\n"
+        "open('/tmp/ok', 'w').write('tmp is writable')\n"
+        "print(os.getuid(), missing, extra, tools, writable, wrote_outside)\n"
+    )
+    proc = podman_run(image, "-c", probe, entrypoint="python3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # uid, modules missing, modules carried, tools, writable dirs, wrote outside /tmp
+    assert proc.stdout.strip() == "10001 [] [] [] [] False", f"{image}: {proc.stdout}"
