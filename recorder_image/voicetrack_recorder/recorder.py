@@ -85,6 +85,8 @@ class Recorder:
         """The window dropped because the spool was full, not yet carried by a chunk."""
         self._paused_at: int | None = None
         self.flush_deadline: float | None = None
+        self.flush_grace_s = FLUSH_GRACE_S
+        self.marker_grace_s = MARKER_GRACE_S
         """Monotonic time after which uploads stop retrying; None while capturing."""
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
@@ -155,7 +157,7 @@ class Recorder:
                     await self._spool(self.chunker.seal())
             await self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
         finally:
-            self.flush_deadline = time.monotonic() + FLUSH_GRACE_S
+            self.flush_deadline = time.monotonic() + self.flush_grace_s
             self.source_stop.set()
             self._closed = True
             self._wake.set()
@@ -163,7 +165,7 @@ class Recorder:
                 await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
-            await asyncio.to_thread(self._give_up, self.flush_deadline + MARKER_GRACE_S)
+            await asyncio.to_thread(self._give_up, self.flush_deadline + self.marker_grace_s)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
                  self.uploader.stats.bytes)
         return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason, error=error)
