@@ -22,8 +22,10 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
@@ -66,6 +68,16 @@ def _build_source(spec: SessionSpec, store: ObjectStore, clock: SessionClock,
                          clock=clock, sink=recorder)
 
 
+def _parse_spec(obj: dict[str, Any]) -> SessionSpec:
+    """The session's spec. Raises InvalidInputError naming the first bad field."""
+    try:
+        return SessionSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InvalidInputError(f"spec.{field}: {first['msg']}") from err
+
+
 @dataclass
 class Outcome:
     """What a run leaves for its termination message: why it ended, and its chunks."""
@@ -83,7 +95,7 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
     try:
         obj = await retry_async(lambda: asyncio.to_thread(kube.get_session),
                                 "get RecordingSession", stop)
-        spec = SessionSpec.model_validate(obj["spec"])
+        spec = _parse_spec(obj)
         layout = session_layout(spec, meeting_id_of(obj))
         store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket))
         await retry_async(lambda: asyncio.to_thread(store.ensure_bucket),

@@ -36,7 +36,13 @@ from voicetrack_local.seaweed import SeaweedServer
 from voicetrack_local.stack import install_crds
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import Recorder, RecorderResult, meeting_id_of, session_layout
+from voicetrack_recorder.recorder import (
+    Recorder,
+    RecorderResult,
+    meeting_id_of,
+    session_layout,
+    start_pause_watch,
+)
 from voicetrack_recorder.spool import Spool
 from voicetrack_recorder.uploader import ChunkUploader
 
@@ -247,7 +253,8 @@ async def test_api_server_restarts_at_start_and_mid_session_lose_nothing(
     new_session(kubectl, namespace, "api-outage")
     assert weed.settings is not None
     recorder, store = build(cluster, namespace, "api-outage", weed.settings, tmp_path)
-    old = await asyncio.to_thread(kill_apiserver, cluster)
+    watch_stop = start_pause_watch(recorder.kube)  # as main.py: it must not take the
+    old = await asyncio.to_thread(kill_apiserver, cluster)  # restart for a deletion
     prepare = asyncio.create_task(recorder.prepare())
     await asyncio.sleep(3)
     assert not prepare.done()  # waiting for the API server, not exiting
@@ -265,18 +272,22 @@ async def test_api_server_restarts_at_start_and_mid_session_lose_nothing(
     await wait_async("chunk 1 acknowledged", lambda: stats.acked[:2] == [0, 1], 60)
     recorder.stop.set()
     result = await run
+    watch_stop.set()
     assert_gapless(recorder, store, result)
+    assert not recorder.kube.deleted.is_set()
 
 
-@pytest.mark.parametrize("fault", ["bad-s3-secret", "no-discord-token"])
+@pytest.mark.parametrize("fault", ["bad-s3-secret", "bad-bucket-name", "no-discord-token"])
 def test_bad_input_exits_2_with_its_reason_in_the_termination_message(
         fault: str, cluster: LocalCluster, crds: None, namespace: str, kubectl: Kubectl,
         weed: SeaweedServer, tmp_path: Path) -> None:
-    """Refused S3 credentials and a missing bot token end the recorder at once with exit
-    code 2 and a one-line reason in the termination message file (the operator sets the
-    session Failed with it). (Before: refused credentials were a TemporaryFailure, exit 1,
-    the pod restarted for ever; no termination message was written.)"""
-    spec = {} if fault == "bad-s3-secret" else {"source": {"type": "discord"}}
+    """Refused S3 credentials, a bucket name S3 cannot have and a missing bot token end
+    the recorder at once with exit code 2 and a one-line reason in the termination message
+    file (the operator sets the session Failed with it). (Before: refused credentials were
+    a TemporaryFailure, exit 1, the pod restarted for ever; no termination message.)"""
+    spec: dict[str, Any] = {
+        "bad-s3-secret": {}, "bad-bucket-name": {"storage": {"bucket": "ab..cd"}},
+        "no-discord-token": {"source": {"type": "discord"}}}[fault]
     new_session(kubectl, namespace, "bad-input", **spec)
     assert weed.settings is not None
     s3 = weed.settings.env()
@@ -294,5 +305,6 @@ def test_bad_input_exits_2_with_its_reason_in_the_termination_message(
     assert proc.returncode == 2, proc.stderr[-2000:]
     message = term.read_text()
     assert "\n" not in message and message.startswith("invalid input: ")
-    expected = "storage: " if fault == "bad-s3-secret" else "VOICETRACK_DISCORD_TOKEN"
+    expected = {"bad-s3-secret": "storage: AccessDenied", "bad-bucket-name": "storage.bucket: ",
+                "no-discord-token": "VOICETRACK_DISCORD_TOKEN"}[fault]
     assert expected in message, message

@@ -58,3 +58,13 @@ def test_termination_message_honours_the_override_and_falls_back(
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert write_termination_message("x" * 5000) == str(tmp_path / "termination-log")
     assert len((tmp_path / "termination-log").read_bytes()) == 4096
+
+
+def test_a_spec_the_recorder_cannot_read_is_an_input_error_naming_the_field() -> None:
+    """(Before: pydantic's ValidationError ended the recorder with exit code 1, a restart
+    loop, instead of 2 with the field.)"""
+    from voicetrack_recorder.main import _parse_spec
+
+    with pytest.raises(InvalidInputError, match=r"^spec\.storage\.bucket: "):
+        _parse_spec({"spec": {"guildId": "300000000000000001",
+                              "channelId": "300000000000000002", "storage": {"bucket": "ab"}}})
