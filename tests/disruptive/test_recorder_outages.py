@@ -143,8 +143,8 @@ def new_session(kubectl: Kubectl, ns: str, name: str, **spec: Any) -> None:
     kubectl("apply", "-f", "-", input=json.dumps(doc))
 
 
-def build(cluster: LocalCluster, ns: str, name: str, s3: S3Settings, tmp: Path
-          ) -> tuple[Recorder, ObjectStore]:
+def build(cluster: LocalCluster, ns: str, name: str, s3: S3Settings, tmp: Path,
+          spool_max_bytes: int = 1 << 30) -> tuple[Recorder, ObjectStore]:
     """The recorder of session `ns/name` as main.py wires it (acks in `tmp/acks.json`)."""
     kube = RecorderKube(load_api_client(str(cluster.kubeconfig)), ns, name)
     obj = kube.get_session()
@@ -152,7 +152,7 @@ def build(cluster: LocalCluster, ns: str, name: str, s3: S3Settings, tmp: Path
     layout = session_layout(spec, meeting_id_of(obj))
     store = ObjectStore(dataclasses.replace(s3, bucket=spec.storage.bucket))
     store.ensure_bucket()
-    spool = Spool(tmp / "spool" / name, 1 << 30, layout, name, spec.storage.raw_format)
+    spool = Spool(tmp / "spool" / name, spool_max_bytes, layout, name, spec.storage.raw_format)
     uploader = ChunkUploader(store, kube, spool, obj["metadata"]["uid"],
                              ack_file=str(tmp / "acks.json"))
     kube.paused = False
@@ -206,6 +206,44 @@ async def test_s3_down_mid_session_spools_to_disk_and_loses_nothing(
     assert_gapless(recorder, store, result)
     acks = json.loads((tmp_path / "acks.json").read_text())
     assert acks == {"acked": stats.acked, "lost": []}
+
+
+async def test_a_full_spool_stops_keeping_audio_and_records_the_gap(
+        cluster: LocalCluster, crds: None, namespace: str, kubectl: Kubectl,
+        weed: SeaweedServer, tmp_path: Path) -> None:
+    """S3 is down longer than the spool can hold (bound: about 1.5 chunks): the disk use
+    stays within the bound, the windows that did not fit are dropped and the next chunk
+    (taking the dropped chunk's index) carries them as a `connection-lost` gap."""
+    new_session(kubectl, namespace, "spool-full")
+    settings = weed.settings
+    assert settings is not None
+    bound = 100_000
+    recorder, store = build(cluster, namespace, "spool-full", settings, tmp_path, bound)
+    await recorder.prepare()
+    run = asyncio.create_task(recorder.run(TickSource(recorder, recorder.clock)))
+    stats = recorder.uploader.stats
+    await wait_async("chunk 0 acknowledged", lambda: stats.acked == [0], 20)
+    await asyncio.to_thread(weed.stop)
+    await wait_async("a window dropped", lambda: recorder._lost is not None, 25)
+    spool = recorder.uploader.spool
+    on_disk = sum(p.stat().st_size for p in spool.root.rglob("*") if p.is_file())
+    assert on_disk == spool.used <= bound and [c.index for c in recorder._pending] == [1]
+    await asyncio.to_thread(restart_weed, weed, settings)
+    await wait_async("chunk 2 acknowledged", lambda: stats.acked[:3] == [0, 1, 2], 40)
+    recorder.stop.set()
+    result = await run
+    assert result.error is None
+    chunks = chunks_in_api(recorder)
+    assert [c.index for c in chunks] == stats.acked == list(range(len(chunks)))
+    gaps = [(c.index, c.gap) for c in chunks if c.gap is not None]
+    assert len(gaps) == 1 and gaps[0][0] == 2, gaps
+    gap = gaps[0][1]
+    assert gap is not None and gap.cause == "connection-lost"
+    assert gap.start_ms == chunks[1].end_ms and gap.end_ms == chunks[2].start_ms
+    assert gap.end_ms - gap.start_ms >= 5000
+    for chunk in chunks:
+        for track in chunk.tracks:
+            assert sha256_hex(store.get_bytes(track.key)) == track.sha256
 
 
 async def test_s3_down_at_stop_records_the_lost_window_as_a_connection_lost_gap(
