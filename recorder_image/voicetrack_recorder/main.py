@@ -83,7 +83,7 @@ class Outcome:
     """What a run leaves for its termination message: why it ended, and its chunks."""
 
     reason: str = "starting"
-    summary: str = "acknowledged - (0 chunks)"
+    summary: str = "acknowledged - (0 by this run, 0 bytes)"
 
 
 async def _record(namespace: str, session: str, started_at_ms: int, outcome: Outcome) -> int:

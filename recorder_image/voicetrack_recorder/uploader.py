@@ -7,8 +7,10 @@ is acknowledged once both exist. TemporaryFailure (S3 or the API server away) is
 with capped backoff and no count limit until the caller's deadline; a permanent storage
 failure (`faults.permanent_cause`) is raised as InvalidInputError.
 
-Every acknowledged index is kept (`UploadStats.acked`) and, when an ack file is set, written
-to it as JSON after each acknowledgement, so a test can compare sent with received.
+Every acknowledged index is kept (`UploadStats.acked`) and written as JSON to the ack file
+after each acknowledgement ($VOICETRACK_ACK_FILE, default `$TMPDIR/voicetrack-acked.json`),
+so a test can compare sent with received. A restarted recorder in the same pod (the
+emptyDir survives) reads it first and keeps adding: the file holds every run's acks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +48,9 @@ class UploadStats:
     lost: list[Gap] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: `acknowledged 0-11 (12 chunks, N bytes); lost [a, b) ms …`."""
-        text = f"acknowledged {index_ranges(self.acked)} ({self.chunks} chunks, " \
+        """One line: `acknowledged 0-11 (12 by this run, N bytes); lost [a, b) ms …`
+        (the ranges include what earlier runs in this pod acknowledged)."""
+        text = f"acknowledged {index_ranges(self.acked)} ({self.chunks} by this run, " \
                f"{self.bytes} bytes)"
         if self.lost:
             text += "; lost " + ", ".join(f"[{g.start_ms}, {g.end_ms}) ms {g.cause}"
@@ -54,17 +58,34 @@ class UploadStats:
         return text
 
 
+def default_ack_file() -> str:
+    """$VOICETRACK_ACK_FILE, else `$TMPDIR/voicetrack-acked.json`."""
+    return os.environ.get(ACK_FILE_ENV) or os.path.join(tempfile.gettempdir(),
+                                                         "voicetrack-acked.json")
+
+
+def read_acked(path: str) -> list[int]:
+    """The indices an earlier run in this pod acknowledged (`[]` when there is none or the
+    file is unreadable)."""
+    try:
+        with open(path) as f:
+            return [int(i) for i in json.load(f).get("acked", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+
+
 class ChunkUploader:
     """Writes sealed chunks of one session: spool, raw objects, then the RecordingChunk."""
 
     def __init__(self, store: ObjectStore, kube: RecorderKube, spool: Spool,
                  session_uid: str, ack_file: str | None = None) -> None:
+        """`ack_file`: where acknowledged indices go (default `default_ack_file()`)."""
         self.store = store
         self.kube = kube
         self.spool = spool
         self.session_uid = session_uid
-        self.ack_file = ack_file if ack_file is not None else os.environ.get(ACK_FILE_ENV)
-        self.stats = UploadStats()
+        self.ack_file = ack_file if ack_file is not None else default_ack_file()
+        self.stats = UploadStats(acked=read_acked(self.ack_file))
 
     def spool_chunk(self, chunk: SealedChunk) -> SpooledChunk:
         """Encode `chunk` into the spool (chunks in index order). Raises SpoolFull."""
@@ -122,13 +143,10 @@ class ChunkUploader:
         self.stats.chunks += 1
         self.stats.bytes += sum(t.bytes for t in spec.tracks)
         self.stats.acked.append(spec.index)
-        if self.ack_file:
-            self.write_ack_file()
+        self.write_ack_file()
 
     def write_ack_file(self) -> None:
         """Write `{"acked": [...], "lost": [...]}` to the ack file (atomically)."""
-        if not self.ack_file:
-            return
         doc = {"acked": self.stats.acked,
                "lost": [g.model_dump(by_alias=True) for g in self.stats.lost]}
         tmp = f"{self.ack_file}.tmp"

@@ -7,6 +7,7 @@ touches neither)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import socket
@@ -105,8 +106,8 @@ async def test_a_full_spool_drops_the_window_into_the_next_chunks_gap(tmp_path: 
     spool = Spool(tmp_path / "s", 260_000, LAYOUT, "standup")
     spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD,
                                        "chunkSeconds": 5})
-    recorder = Recorder(kube, ChunkUploader(store, kube, spool, "uid-1"), spec,
-                        SessionClock(0, time_fn=lambda: 0.0))
+    uploader = ChunkUploader(store, kube, spool, "uid-1", str(tmp_path / "acks.json"))
+    recorder = Recorder(kube, uploader, spec, SessionClock(0, time_fn=lambda: 0.0))
     chunker: Chunker = recorder.chunker
     chunker.open(0)
     sealed = []
@@ -125,3 +126,18 @@ async def test_a_full_spool_drops_the_window_into_the_next_chunks_gap(tmp_path: 
     last = recorder._pending[-1].spec
     assert last.index == 2 and last.start_ms == 20_000
     assert last.gap == Gap(start_ms=10_000, end_ms=20_000, cause="connection-lost")
+
+
+def test_a_restarted_recorder_keeps_adding_to_the_ack_file(tmp_path: Path) -> None:
+    """The container restarts in the same pod (its emptyDir kept): the ack file holds every
+    run's acknowledged indices, not only the last run's."""
+    acks = tmp_path / "acks.json"
+    acks.write_text(json.dumps({"acked": [0, 1, 2], "lost": []}))
+    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
+                                   secret_key="b"))
+    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
+                        "rec", "standup")
+    uploader = ChunkUploader(store, kube, Spool(tmp_path / "s", 1 << 20, LAYOUT, "standup"),
+                             "uid-1", str(acks))
+    assert uploader.stats.acked == [0, 1, 2]
+    assert uploader.stats.summary().startswith("acknowledged 0-2 (0 by this run, 0 bytes)")
