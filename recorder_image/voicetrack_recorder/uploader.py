@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from voicetrack.errors import TemporaryFailure
+from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import ChunkSpec, Gap
 from voicetrack_recorder.chunker import SealedChunk
@@ -125,13 +125,18 @@ class ChunkUploader:
 
     def create_marker(self, spec: ChunkSpec, deadline: float) -> bool:
         """Create `spec`, a chunk without tracks (it needs no S3), retrying TemporaryFailure
-        until `deadline` (monotonic s). Returns False when the deadline passed first."""
+        until `deadline` (monotonic s). Returns False when the deadline passed first or the
+        API server refused it (logged: this runs while stopping, after the error that
+        matters)."""
         delay = FIRST_DELAY_S
         while True:
             try:
                 self.kube.create_chunk(spec, self.session_uid)
                 self._acknowledge(spec)
                 return True
+            except InvalidInputError as err:
+                log.error("chunk %d (gap marker) refused: %s", spec.index, err)
+                return False
             except TemporaryFailure as err:
                 if time.monotonic() + delay > deadline:
                     log.error("chunk %d (gap marker): %s; giving up", spec.index, err)

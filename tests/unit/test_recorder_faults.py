@@ -68,3 +68,35 @@ def test_a_spec_the_recorder_cannot_read_is_an_input_error_naming_the_field() ->
     with pytest.raises(InvalidInputError, match=r"^spec\.storage\.bucket: "):
         _parse_spec({"spec": {"guildId": "300000000000000001",
                               "channelId": "300000000000000002", "storage": {"bucket": "ab"}}})
+
+
+async def test_retry_async_retries_outages_until_success_and_gives_up_at_stop() -> None:
+    import asyncio
+
+    from voicetrack_recorder.faults import retry_async
+
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise TemporaryFailure("API server unreachable")
+        return "ok"
+
+    assert await retry_async(flaky, "flaky") == "ok" and calls == 3
+
+    async def down() -> str:
+        raise TemporaryFailure("API server unreachable")
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.2, stop.set)
+    with pytest.raises(TemporaryFailure):
+        await asyncio.wait_for(retry_async(down, "down", stop), 5)
+
+    async def refused() -> str:
+        err = TemporaryFailure("put: S3 operation failed")
+        raise err from s3_error("AccessDenied")
+
+    with pytest.raises(InvalidInputError, match="AccessDenied"):
+        await retry_async(refused, "refused")
