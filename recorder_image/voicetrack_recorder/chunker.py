@@ -156,3 +156,12 @@ class Chunker:
         if reopen:
             self.open(end)
         return chunk
+
+    def reclaim(self, chunk: SealedChunk) -> None:
+        """Give back the index of `chunk`, the last one sealed, which was dropped (the
+        spool was full): the next chunk takes it, so indices stay consecutive and the
+        dropped window becomes that chunk's gap. Raises ValueError for another chunk."""
+        if chunk.index != self.next_index - 1:
+            raise ValueError(f"chunk {chunk.index} is not the last sealed "
+                             f"({self.next_index - 1})")
+        self.next_index = chunk.index

@@ -3,9 +3,15 @@
 Everything comes from the environment the operator's pod manifest sets (each option also
 reads its VOICETRACK_* variable); S3 credentials and the bot token come from Secrets.
 Exit codes: 0 after a clean stop (SIGTERM, limits, session gone), 2 for input it cannot
-record (a bad spec or token: the error line says which), 1 for anything else. The pod's
-restartPolicy OnFailure restarts it after either (with the kubelet's back-off); a restarted
-recorder continues at the next chunk index.
+record (a bad spec, token, bucket, S3 credentials or channel permission), 1 for anything
+else. The pod's restartPolicy OnFailure restarts it after either (with the kubelet's
+back-off); a restarted recorder continues at the next chunk index. Start-up waits for the
+API server and S3 (retrying without a count limit until SIGTERM) instead of exiting.
+
+Every exit writes one line to the termination message file (`/dev/termination-log`, or
+$VOICETRACK_TERMINATION_LOG; `$TMPDIR/termination-log` when neither can be written): the
+reason (`invalid input: storage: AccessDenied: …`) and the chunks acknowledged
+(`acknowledged 0-11 (12 chunks, …)`), which the operator shows as the session's reason.
 """
 
 from __future__ import annotations
@@ -15,14 +21,24 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import typer
+from pydantic import ValidationError
 
-from voicetrack.errors import InvalidInputError
+from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.faults import (
+    EXIT_FAILED,
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    retry_async,
+    write_termination_message,
+)
 from voicetrack_recorder.files_source import FilesSource
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import (
@@ -32,6 +48,7 @@ from voicetrack_recorder.recorder import (
     session_layout,
     start_pause_watch,
 )
+from voicetrack_recorder.spool import Spool, spool_settings_from_env
 from voicetrack_recorder.uploader import ChunkUploader
 
 app = typer.Typer(no_args_is_help=True, help="Voicetrack recorder: capture one session.")
@@ -51,31 +68,62 @@ def _build_source(spec: SessionSpec, store: ObjectStore, clock: SessionClock,
                          clock=clock, sink=recorder)
 
 
-async def _record(namespace: str, session: str, started_at_ms: int) -> int:
+def _parse_spec(obj: dict[str, Any]) -> SessionSpec:
+    """The session's spec. Raises InvalidInputError naming the first bad field."""
+    try:
+        return SessionSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InvalidInputError(f"spec.{field}: {first['msg']}") from err
+
+
+@dataclass
+class Outcome:
+    """What a run leaves for its termination message: why it ended, and its chunks."""
+
+    reason: str = "starting"
+    summary: str = "acknowledged - (0 by this run, 0 bytes)"
+
+
+async def _record(namespace: str, session: str, started_at_ms: int, outcome: Outcome) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     kube = RecorderKube(load_api_client(), namespace, session)
-    obj = await asyncio.to_thread(kube.get_session)
-    spec = SessionSpec.model_validate(obj["spec"])
-    layout = session_layout(spec, meeting_id_of(obj))
-    store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket))
-    await asyncio.to_thread(store.ensure_bucket)
-    uploader = ChunkUploader(store, kube, layout, session, obj["metadata"]["uid"],
-                             spec.storage.raw_format)
+    try:
+        obj = await retry_async(lambda: asyncio.to_thread(kube.get_session),
+                                "get RecordingSession", stop)
+        spec = _parse_spec(obj)
+        layout = session_layout(spec, meeting_id_of(obj))
+        store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket))
+        await retry_async(lambda: asyncio.to_thread(store.ensure_bucket),
+                          f"bucket {spec.storage.bucket}", stop)
+    except TemporaryFailure:
+        if stop.is_set():  # SIGTERM while waiting for the API server or S3
+            outcome.reason = "stopped before start"
+            return EXIT_OK
+        raise
+    root, max_bytes = spool_settings_from_env(session)
+    spool = Spool(root, max_bytes, layout, session, spec.storage.raw_format)
+    uploader = ChunkUploader(store, kube, spool, obj["metadata"]["uid"])
     clock = SessionClock(started_at_ms)
     kube.paused = bool(spec.paused)
     watch_stop = start_pause_watch(kube)
     recorder = Recorder(kube, uploader, spec, clock)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, recorder.stop.set)
+    recorder.stop = stop
     try:
         origin = await recorder.prepare()
         result = await recorder.run(_build_source(spec, store, clock, recorder, origin))
     finally:
         watch_stop.set()
-    logging.getLogger(__name__).info("done: %s", result)
+        outcome.summary = uploader.stats.summary()
+    outcome.reason = result.reason
+    logging.getLogger(__name__).info("done: %s; %s", result, outcome.summary)
     if result.error is not None:  # the open chunk is flushed; now fail the pod
         raise result.error
-    return 0
+    return EXIT_OK
 
 
 @app.command()
@@ -89,14 +137,20 @@ def run(
     """Record session SESSION in NAMESPACE until SIGTERM."""
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    outcome = Outcome()
     try:
-        code = asyncio.run(_record(namespace, session, started_at_ms))
+        code = asyncio.run(_record(namespace, session, started_at_ms, outcome))
+        message = f"{outcome.reason}: {outcome.summary}"
     except InvalidInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
+        message = f"invalid input: {err}; {outcome.summary}"
+        code = EXIT_INVALID_INPUT
     except Exception as err:  # the pod restarts and continues at the next index
-        print(f"error: {err}", file=sys.stderr)
-        code = 1
+        message = f"failed: {type(err).__name__}: {err}; {outcome.summary}"
+        code = EXIT_FAILED
+    if code != EXIT_OK:
+        print(f"error: {message}", file=sys.stderr)
+    path = write_termination_message(message)
+    logging.getLogger(__name__).info("termination message (%s): %s", path, message)
     raise typer.Exit(code)
 
 

@@ -5,6 +5,15 @@ restarted recorder keeps the same timeline: it continues at the next chunk index
 records the interval it missed as a gap with cause `recorder-restart`. A pause seals the
 open chunk at once; on resume the next chunk carries a `paused` gap, which promotion cuts.
 SIGTERM (pod deletion) seals and uploads the open chunk before exit.
+
+Sealed chunks go to the spool on the pod's disk first (bounded: `voicetrack_recorder.
+spool`), and the upload task sends them in index order, retrying an S3 or API outage
+without a count limit while the session lives; in memory only their specs wait. A chunk
+the spool cannot take (full) is dropped and its window becomes the next chunk's
+`connection-lost` gap (the index is reused, so indices stay consecutive). At stop, what
+cannot be uploaded within the grace period is given up the same way: one marker chunk
+without tracks (it needs no S3) carries the lost window as its `connection-lost` gap, so
+nothing disappears without a cause.
 """
 
 from __future__ import annotations
@@ -14,15 +23,18 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from voicetrack.audio import FRAME_MS
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import Gap, SessionSpec, meeting_id_for
+from voicetrack.resources import ChunkSpec, Gap, SessionSpec, meeting_id_for
 from voicetrack_recorder.chunker import Chunker, SealedChunk
 from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.faults import retry_async
 from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.spool import SpooledChunk, SpoolFull
 from voicetrack_recorder.uploader import ChunkUploader
 
 log = logging.getLogger(__name__)
@@ -34,6 +46,9 @@ TICK_S = 0.05
 FLUSH_GRACE_S = 20.0
 """How long a stopping recorder keeps retrying the upload of its last chunks, in all: one
 deadline from the moment capture ends, inside the pod's 30 s termination grace."""
+MARKER_GRACE_S = 5.0
+"""After the flush deadline, how long creating the lost window's marker chunk may retry
+(20 + 5 s, inside the 30 s termination grace)."""
 
 
 class Source(Protocol):
@@ -61,9 +76,17 @@ class Recorder:
         self.chunker = Chunker(spec.chunk_seconds * 1000 // FRAME_MS)
         self.stop = asyncio.Event()
         self.source_stop = asyncio.Event()
-        self._queue: asyncio.Queue[SealedChunk | None] = asyncio.Queue()
+        self._pending: deque[SpooledChunk] = deque()
+        """Spooled chunks not yet acknowledged, in index order (specs only: the audio
+        is on disk)."""
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._lost: Gap | None = None
+        """The window dropped because the spool was full, not yet carried by a chunk."""
         self._paused_at: int | None = None
         self.flush_deadline: float | None = None
+        self.flush_grace_s = FLUSH_GRACE_S
+        self.marker_grace_s = MARKER_GRACE_S
         """Monotonic time after which uploads stop retrying; None while capturing."""
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
@@ -87,7 +110,8 @@ class Recorder:
         """Continue after the session's existing chunks (a restart) or start fresh; opens
         the first window unless paused. Returns the capture origin slot: the start of the
         session's first chunk, which is t = 0 of the final recording."""
-        existing = await asyncio.to_thread(self.kube.list_chunks)
+        existing = await retry_async(lambda: asyncio.to_thread(self.kube.list_chunks),
+                                     "list RecordingChunks", self.stop)
         if existing:
             self.chunker.next_index = existing[-1].index + 1
         self.resume_point(existing[-1].end_ms if existing else None, bool(self.kube.paused))
@@ -128,26 +152,28 @@ class Recorder:
                 if self.uploader.stats.bytes >= self.spec.limits.max_bytes:
                     reason = "max-bytes"
                     break
-                self._follow_pause(now)
+                await self._follow_pause(now)
                 while self.chunker.due(now - SEAL_DELAY_SLOTS):
-                    self._enqueue(self.chunker.seal())
-            self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
+                    await self._spool(self.chunker.seal())
+            await self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
         finally:
-            self.flush_deadline = time.monotonic() + FLUSH_GRACE_S
+            self.flush_deadline = time.monotonic() + self.flush_grace_s
             self.source_stop.set()
-            await self._queue.put(None)
+            self._closed = True
+            self._wake.set()
             if not uploader_task.done():
                 await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
+            await asyncio.to_thread(self._give_up, self.flush_deadline + self.marker_grace_s)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
                  self.uploader.stats.bytes)
         return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason, error=error)
 
-    def _follow_pause(self, now: int) -> None:
+    async def _follow_pause(self, now: int) -> None:
         paused = bool(self.kube.paused)
         if paused and self._paused_at is None:
-            self._seal_until(now)
+            await self._seal_until(now)
             self._paused_at = now
             log.info("paused at %d ms", now * FRAME_MS)
         elif not paused and self._paused_at is not None:
@@ -158,23 +184,83 @@ class Recorder:
             self.chunker.open(now, gap)
             log.info("resumed at %d ms", now * FRAME_MS)
 
-    def _seal_until(self, end: int) -> None:
+    async def _seal_until(self, end: int) -> None:
         """Seal every window that ends by slot `end` (some may wait in the seal delay),
         then the open one early at `end`, without opening another (pause or stop)."""
         while self.chunker.due(end):
-            self._enqueue(self.chunker.seal())
-        self._enqueue(self.chunker.seal(end, reopen=False))
+            await self._spool(self.chunker.seal())
+        await self._spool(self.chunker.seal(end, reopen=False))
 
-    def _enqueue(self, chunk: SealedChunk | None) -> None:
-        if chunk is not None:
-            self._queue.put_nowait(chunk)
+    async def _spool(self, chunk: SealedChunk | None) -> None:
+        """Write a sealed chunk to the spool and queue its upload. When the spool is full
+        the chunk is dropped: its index goes back to the chunker and its window (with the
+        gap it carried) becomes the `connection-lost` gap of the next chunk spooled."""
+        if chunk is None:
+            return
+        if self._lost is not None:  # the lost window ends where this chunk starts or before
+            chunk.gap = Gap(start_ms=self._lost.start_ms, end_ms=chunk.start_ms,
+                            cause="connection-lost")
+        try:
+            spooled = await asyncio.to_thread(self.uploader.spool_chunk, chunk)
+        except SpoolFull as err:
+            self.chunker.reclaim(chunk)
+            start = chunk.gap.start_ms if chunk.gap is not None else chunk.start_ms
+            self._lost = Gap(start_ms=start, end_ms=chunk.end_ms, cause="connection-lost")
+            log.error("chunk %d [%d, %d) ms dropped: %s; lost since %d ms", chunk.index,
+                      chunk.start_ms, chunk.end_ms, err, start)
+            return
+        self._lost = None
+        self._pending.append(spooled)
+        self._wake.set()
 
     async def _upload_loop(self) -> None:
+        """Upload spooled chunks in index order until closed and drained; a chunk leaves
+        `_pending` only once acknowledged. Ends by raising when an upload fails for good
+        (InvalidInputError) or the flush deadline passes (TemporaryFailure)."""
         while True:
-            chunk = await self._queue.get()
-            if chunk is None:
-                return
-            await asyncio.to_thread(self.uploader.upload, chunk, lambda: self.flush_deadline)
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await asyncio.to_thread(self.uploader.upload, self._pending[0],
+                                    lambda: self.flush_deadline)
+            self._pending.popleft()
+
+    def _give_up(self, deadline: float) -> None:
+        """At stop: record what could not be uploaded (the spooled chunks left, a window
+        dropped while the spool was full) as one `connection-lost` gap carried by a marker
+        chunk without tracks on the window's last 20 ms slot, created (API only) until
+        `deadline` (monotonic s); then drop the spool files. Runs in a thread."""
+        left = list(self._pending)
+        if not left and self._lost is None:
+            return
+        first = left[0].spec if left else None
+        if first is not None:
+            start = first.gap.start_ms if first.gap is not None else first.start_ms
+        else:
+            assert self._lost is not None
+            start = self._lost.start_ms
+        end = self._lost.end_ms if self._lost is not None else left[-1].spec.end_ms
+        index = first.index if first is not None else self.chunker.next_index
+        for spooled in left:
+            self.uploader.spool.remove(spooled)
+        self._pending.clear()
+        lost = Gap(start_ms=start, end_ms=end, cause="connection-lost")
+        self.uploader.stats.lost.append(lost)
+        log.error("chunks %s not uploaded: [%d, %d) ms lost (connection-lost)",
+                  [s.index for s in left], start, end)
+        marker_start = end - FRAME_MS
+        spec = ChunkSpec(
+            session_name=self.uploader.spool.session_name,
+            meeting_id=self.uploader.spool.layout.meeting_id,
+            guild_id=self.uploader.spool.layout.guild_id, index=index,
+            start_ms=marker_start, end_ms=end, raw_format=self.uploader.spool.raw_format,
+            gap=Gap(start_ms=start, end_ms=marker_start, cause="connection-lost")
+            if marker_start > start else None)
+        self.uploader.create_marker(spec, deadline)
+        self.uploader.write_ack_file()
 
 
 def start_pause_watch(kube: RecorderKube) -> threading.Event:

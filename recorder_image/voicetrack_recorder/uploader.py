@@ -1,110 +1,163 @@
-"""Seal → S3 → RecordingChunk: the recorder's flush path.
+"""Spool → S3 → RecordingChunk: the recorder's flush path.
 
-For each sealed chunk, every speaker's raw track is written to S3 first (Ogg Opus, or PCM
-s16le 48 kHz stereo decoded with one continuous libopus decoder per speaker so the PCM has
-no restart click at chunk boundaries), then the RecordingChunk is created. A chunk is
-acknowledged only once both exist; failures are retried with backoff so nothing sealed is
-lost while S3 or the API server is away.
+A sealed chunk is first written to the spool (`voicetrack_recorder.spool`: the pod's disk,
+bounded). `upload` then writes every speaker's raw track from its spool file to S3
+(streamed in parts), creates the RecordingChunk, and only then removes the files: a chunk
+is acknowledged once both exist. TemporaryFailure (S3 or the API server away) is retried
+with capped backoff and no count limit until the caller's deadline; a permanent storage
+failure (`faults.permanent_cause`) is raised as InvalidInputError.
+
+Every acknowledged index is kept (`UploadStats.acked`) and written as JSON to the ack file
+after each acknowledgement ($VOICETRACK_ACK_FILE, default `$TMPDIR/voicetrack-acked.json`),
+so a test can compare sent with received. A restarted recorder in the same pod (the
+emptyDir survives) reads it first and keeps adding: the file holds every run's acks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from discord import opus
-
-from voicetrack.audio import RAW_FORMAT_OGG_OPUS, RAW_FORMAT_PCM, opus_channels
-from voicetrack.errors import TemporaryFailure
-from voicetrack.layout import MeetingLayout
-from voicetrack.objectstore import ObjectStore, sha256_hex
-from voicetrack.oggopus import encode_ogg_opus
-from voicetrack.resources import ChunkSpec, ChunkTrack, RawFormat
-from voicetrack_recorder.chunker import SealedChunk, SealedTrack
+from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.objectstore import ObjectStore
+from voicetrack.resources import ChunkSpec, Gap
+from voicetrack_recorder.chunker import SealedChunk
+from voicetrack_recorder.faults import FIRST_DELAY_S, index_ranges, next_delay, raise_if_permanent
 from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.spool import Spool, SpooledChunk
 
 log = logging.getLogger(__name__)
+
+ACK_FILE_ENV = "VOICETRACK_ACK_FILE"
 
 
 @dataclass
 class UploadStats:
+    """Chunks acknowledged (count and indices), raw bytes written, retries, and the
+    windows given up (`lost`: gaps with cause `connection-lost`, session ms)."""
+
     chunks: int = 0
     bytes: int = 0
     retries: int = 0
+    acked: list[int] = field(default_factory=list)
+    lost: list[Gap] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: `acknowledged 0-11 (12 by this run, N bytes); lost [a, b) ms …`
+        (the ranges include what earlier runs in this pod acknowledged)."""
+        text = f"acknowledged {index_ranges(self.acked)} ({self.chunks} by this run, " \
+               f"{self.bytes} bytes)"
+        if self.lost:
+            text += "; lost " + ", ".join(f"[{g.start_ms}, {g.end_ms}) ms {g.cause}"
+                                          for g in self.lost)
+        return text
+
+
+def default_ack_file() -> str:
+    """$VOICETRACK_ACK_FILE, else `$TMPDIR/voicetrack-acked.json`."""
+    return os.environ.get(ACK_FILE_ENV) or os.path.join(tempfile.gettempdir(),
+                                                         "voicetrack-acked.json")
+
+
+def read_acked(path: str) -> list[int]:
+    """The indices an earlier run in this pod acknowledged (`[]` when there is none or the
+    file is unreadable)."""
+    try:
+        with open(path) as f:
+            return [int(i) for i in json.load(f).get("acked", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
 
 
 class ChunkUploader:
-    """Writes sealed chunks of one session: raw objects, then the RecordingChunk."""
+    """Writes sealed chunks of one session: spool, raw objects, then the RecordingChunk."""
 
-    def __init__(self, store: ObjectStore, kube: RecorderKube, layout: MeetingLayout,
-                 session_name: str, session_uid: str, raw_format: RawFormat = "ogg-opus"
-                 ) -> None:
+    def __init__(self, store: ObjectStore, kube: RecorderKube, spool: Spool,
+                 session_uid: str, ack_file: str | None = None) -> None:
+        """`ack_file`: where acknowledged indices go (default `default_ack_file()`)."""
         self.store = store
         self.kube = kube
-        self.layout = layout
-        self.session_name = session_name
+        self.spool = spool
         self.session_uid = session_uid
-        self.raw_format = raw_format
-        self.stats = UploadStats()
-        self._decoders: dict[str, opus.Decoder] = {}
+        self.ack_file = ack_file if ack_file is not None else default_ack_file()
+        self.stats = UploadStats(acked=read_acked(self.ack_file))
 
-    def encode_track(self, track: SealedTrack, index: int) -> bytes:
-        """The raw object bytes of one track in this uploader's raw format."""
-        if self.raw_format == RAW_FORMAT_OGG_OPUS:
-            serial = zlib.crc32(f"{track.user_id}/{index}".encode())
-            return encode_ogg_opus(track.packets, serial=serial)
-        if self.raw_format == RAW_FORMAT_PCM:
-            dec = self._decoders.setdefault(track.user_id, opus.Decoder())
-            return b"".join(dec.decode(p, fec=False) for p in track.packets)
-        raise ValueError(f"unknown raw format {self.raw_format!r}")
+    def spool_chunk(self, chunk: SealedChunk) -> SpooledChunk:
+        """Encode `chunk` into the spool (chunks in index order). Raises SpoolFull."""
+        return self.spool.add(chunk)
 
-    def build_spec(self, chunk: SealedChunk) -> tuple[ChunkSpec, dict[str, bytes]]:
-        """The chunk's spec and its raw objects by key (pure but for the PCM decoders)."""
-        objects: dict[str, bytes] = {}
-        tracks = []
-        for track in chunk.tracks:
-            data = self.encode_track(track, chunk.index)
-            key = self.layout.raw_key(chunk.index, track.user_id, self.raw_format)
-            objects[key] = data
-            tracks.append(ChunkTrack(user_id=track.user_id, key=key, frames=track.frames,
-                                     first_ms=track.first_ms, last_ms=track.last_ms,
-                                     bytes=len(data), sha256=sha256_hex(data),
-                                     channels=opus_channels(track.packets)))
-        spec = ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
-                         guild_id=self.layout.guild_id, index=chunk.index,
-                         start_ms=chunk.start_ms, end_ms=chunk.end_ms,
-                         raw_format=self.raw_format, gap=chunk.gap, tracks=tracks)
-        return spec, objects
-
-    def upload(self, chunk: SealedChunk,
+    def upload(self, spooled: SpooledChunk,
                deadline: Callable[[], float | None] = lambda: None) -> ChunkSpec:
-        """Write the chunk's raw objects then its RecordingChunk, retrying temporary
-        failures with backoff until `deadline()` (monotonic seconds, or None = forever;
-        read before every retry, so a stop sets one deadline for all pending uploads).
-        Raises TemporaryFailure when the deadline passes first."""
-        spec, objects = self.build_spec(chunk)
-        delay = 0.5
+        """Write the chunk's raw objects then its RecordingChunk, retrying TemporaryFailure
+        with backoff (0.5 s doubling to 10 s, no count limit) until `deadline()` (monotonic
+        seconds, or None = forever; read before every retry, so a stop sets one deadline
+        for all pending uploads); then remove its spool files. Raises TemporaryFailure when
+        the deadline passes first (the files stay), InvalidInputError for a permanent
+        failure (a bad bucket or credentials, a refused RecordingChunk)."""
+        spec = spooled.spec
+        delay = FIRST_DELAY_S
         while True:
             try:
-                for key, data in objects.items():
-                    self.store.put_bytes(key, data, "audio/ogg" if key.endswith(".opus")
-                                         else "application/octet-stream")
+                for key, path in spooled.files.items():
+                    self.store.put_file(key, path, "audio/ogg" if key.endswith(".opus")
+                                        else "application/octet-stream")
                 self.kube.create_chunk(spec, self.session_uid)
                 break
             except TemporaryFailure as err:
+                raise_if_permanent(err)
                 self.stats.retries += 1
                 limit = deadline()
                 if limit is not None and time.monotonic() + delay > limit:
                     raise
-                log.warning("chunk %d: %s; retrying in %.1fs", chunk.index, err, delay)
+                log.warning("chunk %d: %s; retrying in %.1fs", spec.index, err, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        self.stats.chunks += 1
-        self.stats.bytes += sum(len(d) for d in objects.values())
+                delay = next_delay(delay)
+        self.spool.remove(spooled)
+        self._acknowledge(spec)
         log.info("chunk %d sealed: [%d, %d) ms, %d track(s), %d bytes", spec.index,
-                 spec.start_ms, spec.end_ms, len(spec.tracks),
-                 sum(t.bytes for t in spec.tracks))
+                 spec.start_ms, spec.end_ms, len(spec.tracks), spooled.size)
         return spec
+
+    def create_marker(self, spec: ChunkSpec, deadline: float) -> bool:
+        """Create `spec`, a chunk without tracks (it needs no S3), retrying TemporaryFailure
+        until `deadline` (monotonic s). Returns False when the deadline passed first or the
+        API server refused it (logged: this runs while stopping, after the error that
+        matters)."""
+        delay = FIRST_DELAY_S
+        while True:
+            try:
+                self.kube.create_chunk(spec, self.session_uid)
+                self._acknowledge(spec)
+                return True
+            except InvalidInputError as err:
+                log.error("chunk %d (gap marker) refused: %s", spec.index, err)
+                return False
+            except TemporaryFailure as err:
+                if time.monotonic() + delay > deadline:
+                    log.error("chunk %d (gap marker): %s; giving up", spec.index, err)
+                    return False
+                time.sleep(delay)
+                delay = next_delay(delay)
+
+    def _acknowledge(self, spec: ChunkSpec) -> None:
+        self.stats.chunks += 1
+        self.stats.bytes += sum(t.bytes for t in spec.tracks)
+        self.stats.acked.append(spec.index)
+        self.write_ack_file()
+
+    def write_ack_file(self) -> None:
+        """Write `{"acked": [...], "lost": [...]}` to the ack file (atomically)."""
+        doc = {"acked": self.stats.acked,
+               "lost": [g.model_dump(by_alias=True) for g in self.stats.lost]}
+        tmp = f"{self.ack_file}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, self.ack_file)
+        except OSError as err:
+            log.warning("ack file %s: %s", self.ack_file, err)

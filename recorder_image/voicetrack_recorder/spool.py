@@ -1,0 +1,171 @@
+"""The spool: sealed chunks on the pod's disk until S3 and the API server have them.
+
+A sealed chunk is encoded straight into files under the spool root (the pod's TMPDIR, an
+emptyDir), one per speaker: `<root>/<index:06d>/<userId>.<raw-ext>`. PCM is decoded packet
+by packet into its file (3840 bytes at a time, never the whole 57.6 MB of a 300 s
+speaker), and each file's sha256 is taken while it is written. The chunk's spec lives in
+memory in its `SpooledChunk` (a few hundred bytes); the audio never does.
+
+The spool holds at most `max_bytes` (env VOICETRACK_SPOOL_MAX_BYTES, default 1 GiB): a
+chunk that would pass it is refused with SpoolFull (and so is one the disk has no room
+for), and the recorder records the window it could not keep as a `connection-lost` gap.
+A chunk's files are removed only once its RecordingChunk exists (`remove`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from discord import opus
+
+from voicetrack.audio import (
+    FRAME_SAMPLES,
+    PCM_BYTES_PER_SAMPLE,
+    RAW_FORMAT_OGG_OPUS,
+    RAW_FORMAT_PCM,
+    opus_channels,
+)
+from voicetrack.layout import MeetingLayout
+from voicetrack.oggopus import encode_ogg_opus
+from voicetrack.resources import ChunkSpec, ChunkTrack, RawFormat
+from voicetrack_recorder.chunker import SealedChunk
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 1 << 30
+SPOOL_MAX_ENV = "VOICETRACK_SPOOL_MAX_BYTES"
+SPOOL_DIR_ENV = "VOICETRACK_SPOOL_DIR"
+PCM_FRAME_BYTES = FRAME_SAMPLES * PCM_BYTES_PER_SAMPLE
+"""Bytes of one 20 ms slot of PCM s16le 48 kHz stereo: 3840."""
+
+
+class SpoolFull(Exception):
+    """The chunk does not fit: the spool's byte bound or the disk is full."""
+
+
+@dataclass(frozen=True)
+class SpooledChunk:
+    """A sealed chunk on disk: its RecordingChunk spec, and the local file of each raw
+    object key (`files`: key → path). `size` is the files' total, in bytes."""
+
+    spec: ChunkSpec
+    files: dict[str, str]
+    directory: str
+    size: int
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+
+def spool_settings_from_env(session: str) -> tuple[Path, int]:
+    """(root directory, byte bound) of `session`'s spool: $VOICETRACK_SPOOL_DIR or
+    `$TMPDIR/voicetrack-spool`, then `<session>`; $VOICETRACK_SPOOL_MAX_BYTES or 1 GiB.
+    Raises ValueError when the bound is not a positive integer."""
+    base = os.environ.get(SPOOL_DIR_ENV) or os.path.join(tempfile.gettempdir(),
+                                                          "voicetrack-spool")
+    raw = os.environ.get(SPOOL_MAX_ENV, str(DEFAULT_MAX_BYTES))
+    max_bytes = int(raw)
+    if max_bytes <= 0:
+        raise ValueError(f"{SPOOL_MAX_ENV}={raw!r} is not a positive byte count")
+    return Path(base) / session, max_bytes
+
+
+class Spool:
+    """Sealed chunks of one session under `root`, at most `max_bytes` in all.
+
+    Encoding state (one continuous libopus decoder per speaker for PCM, so the PCM has no
+    restart click at chunk boundaries) lives here: chunks must be added in index order."""
+
+    def __init__(self, root: Path, max_bytes: int, layout: MeetingLayout, session_name: str,
+                 raw_format: RawFormat = "ogg-opus") -> None:
+        if raw_format not in (RAW_FORMAT_OGG_OPUS, RAW_FORMAT_PCM):
+            raise ValueError(f"unknown raw format {raw_format!r}")
+        self.root = root
+        self.max_bytes = max_bytes
+        self.layout = layout
+        self.session_name = session_name
+        self.raw_format = raw_format
+        self.used = 0
+        self._decoders: dict[str, opus.Decoder] = {}
+        if root.exists():  # a restarted container: those chunks are the restart gap now
+            log.warning("spool %s: discarding what a previous run left", root)
+            shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+
+    def estimate(self, chunk: SealedChunk) -> int:
+        """Bytes `chunk` will take on disk: exact for PCM; for Ogg Opus its packets plus
+        page overhead (27 + 255 bytes a page, at most 255 packets a page) and headers."""
+        if self.raw_format == RAW_FORMAT_PCM:
+            return sum(len(t.packets) for t in chunk.tracks) * PCM_FRAME_BYTES
+        return sum(sum(len(p) + 1 for p in t.packets) + 282 * (len(t.packets) // 255 + 1)
+                   + 1024 for t in chunk.tracks)
+
+    def add(self, chunk: SealedChunk) -> SpooledChunk:
+        """Write `chunk`'s raw tracks to disk and return its spooled record. Raises
+        SpoolFull (nothing written) when it would take the spool over `max_bytes` or the
+        disk is full; OSError for another disk failure."""
+        need = self.estimate(chunk)
+        if self.used + need > self.max_bytes:
+            raise SpoolFull(f"chunk {chunk.index} needs {need} bytes; the spool holds "
+                            f"{self.used} of {self.max_bytes}")
+        directory = self.root / f"{chunk.index:06d}"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir()
+        files: dict[str, str] = {}
+        tracks: list[ChunkTrack] = []
+        try:
+            for track in chunk.tracks:
+                key = self.layout.raw_key(chunk.index, track.user_id, self.raw_format)
+                path = directory / key.rsplit("/", 1)[-1]
+                size, digest = self._write_track(path, track.user_id, chunk.index,
+                                                 track.packets)
+                files[key] = str(path)
+                tracks.append(ChunkTrack(user_id=track.user_id, key=key, frames=track.frames,
+                                         first_ms=track.first_ms, last_ms=track.last_ms,
+                                         bytes=size, sha256=digest,
+                                         channels=opus_channels(track.packets)))
+        except OSError as err:
+            shutil.rmtree(directory, ignore_errors=True)
+            if err.errno == 28:  # ENOSPC
+                raise SpoolFull(f"chunk {chunk.index}: the disk is full ({err})") from err
+            raise
+        size = sum(t.bytes for t in tracks)
+        self.used += size
+        spec = ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
+                         guild_id=self.layout.guild_id, index=chunk.index,
+                         start_ms=chunk.start_ms, end_ms=chunk.end_ms,
+                         raw_format=self.raw_format, gap=chunk.gap, tracks=tracks)
+        return SpooledChunk(spec=spec, files=files, directory=str(directory), size=size)
+
+    def remove(self, spooled: SpooledChunk) -> None:
+        """Delete `spooled`'s files (its RecordingChunk exists, or it is given up)."""
+        shutil.rmtree(spooled.directory, ignore_errors=True)
+        self.used = max(0, self.used - spooled.size)
+
+    def _write_track(self, path: Path, user_id: str, index: int, packets: list[bytes]
+                     ) -> tuple[int, str]:
+        """Encode one track into `path`; returns (bytes, sha256 hex) of the file."""
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "wb") as f:
+            if self.raw_format == RAW_FORMAT_OGG_OPUS:
+                data = encode_ogg_opus(packets, serial=zlib.crc32(f"{user_id}/{index}".encode()))
+                f.write(data)
+                digest.update(data)
+                size = len(data)
+            else:
+                dec = self._decoders.setdefault(user_id, opus.Decoder())
+                for packet in packets:  # one 20 ms frame in memory at a time
+                    pcm = dec.decode(packet, fec=False)
+                    f.write(pcm)
+                    digest.update(pcm)
+                    size += len(pcm)
+        return size, digest.hexdigest()
