@@ -1,0 +1,132 @@
+"""Unmodified discord.py 2.7.1 clients against the local Discord, end to end.
+
+Real TLS, real sockets, real davey (DAVE 1) and libopus. The bot joins the voice channel
+with the recorder's `RecorderVoiceClient` and its receive pipeline attached exactly as
+`DiscordSource._join` attaches it (`make_receiver` + `attach`), so what the recorder gets
+is what discord.py's socket delivered; members join as senders and play known tones
+through discord.py's own send path. The relay removes each sender's transport encryption
+and applies the bot's; the DAVE frames pass through untouched, so the tones decode only if
+the bot's DAVE session (driven by discord.py from the local Discord's ops 21-31) opens them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+from tests.discord_rig import CaptureSink, tone_pcm
+from tests.local_discord_clients import (
+    dave_ready,
+    dominant_hz,
+    play,
+    point_discord_py,
+    start_client,
+    stop_client,
+)
+from voicetrack_local.discord.server import LocalDiscord, Settings
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.discord.source import (
+    ConnectionReceiver,
+    RecorderVoiceClient,
+    make_receiver,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def local_discord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                        ) -> AsyncIterator[tuple[LocalDiscord, dict[str, Any]]]:
+    server = LocalDiscord(tmp_path / "discord", Settings())
+    info = await server.start()
+    point_discord_py(monkeypatch, info)
+    yield server, info
+    await server.stop()
+
+
+class Recorder:
+    """The bot as the recorder runs it: a `RecorderVoiceClient` with the receive pipeline
+    attached, ticked every 20 ms into a `CaptureSink`."""
+
+    def __init__(self) -> None:
+        self.sink = CaptureSink()
+        self.conn: ConnectionReceiver = make_receiver(
+            SessionClock(int(time.time() * 1000)), self.sink, asyncio.get_running_loop())
+        self._ticker: asyncio.Task[None] | None = None
+        self.voice: discord.VoiceClient | None = None
+
+    async def join(self, channel: discord.VoiceChannel) -> discord.VoiceClient:
+        self.voice = await channel.connect(
+            cls=functools.partial(RecorderVoiceClient, receiver=self.conn),  # type: ignore[arg-type]
+            self_mute=True, timeout=20)
+        self.conn.attach(self.voice._connection)
+        self._ticker = asyncio.create_task(self._tick())
+        return self.voice
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            self.conn.receiver.tick()
+
+    async def finish(self) -> None:
+        await asyncio.sleep(0.6)  # jitter buffer and seal delay
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self.conn.detach()
+        self.conn.receiver.flush()
+
+
+async def test_bot_records_a_member_through_the_local_discord(local_discord: Any) -> None:
+    server, info = local_discord
+    bot, bot_runner = await start_client(info["bot_token"], info["ca_bundle"])
+    alice_info = info["users"][0]
+    alice, alice_runner = await start_client(alice_info["token"], info["ca_bundle"])
+    try:
+        # READY + GUILD_CREATE: the guild, its channels and members are in discord.py's cache.
+        guild = bot.get_guild(int(info["guild_id"]))
+        assert guild is not None and bot.user is not None
+        assert bot.user.id == int(info["application_id"])
+        channel = guild.get_channel(int(info["voice_channel_id"]))
+        assert isinstance(channel, discord.VoiceChannel)
+        assert channel.permissions_for(guild.me).connect
+
+        recorder = Recorder()
+        bot_voice = await recorder.join(channel)
+        assert bot_voice.is_connected()
+        assert bot_voice._connection.dave_protocol_version == 1
+        assert bot_voice.mode in ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize")
+
+        alice_channel = alice.get_channel(int(info["voice_channel_id"]))
+        assert isinstance(alice_channel, discord.VoiceChannel)
+        alice_voice = await alice_channel.connect(timeout=20)
+        await dave_ready(bot_voice, alice_voice, epoch=1)
+        assert server.voice is not None and server.voice.calls[channel.id].commits == 1
+        # the bot sees alice's voice state (VOICE_STATE_UPDATE)
+        assert int(alice_info["id"]) in {m.id for m in channel.members}
+
+        sent = await play(alice_voice, tone_pcm(150, 440.0))  # 3 s at 440 Hz
+        await recorder.finish()
+    finally:
+        await stop_client(alice, alice_runner)
+        await stop_client(bot, bot_runner)
+
+    stats = recorder.conn.receiver.stats
+    frames = recorder.sink.frames[alice_info["id"]]
+    assert server.relay is not None
+    relay = server.relay.stats
+    print(f"frames sent {sent}, relayed {relay.forwarded}, recorded {len(frames)}; "
+          f"DAVE {stats.decrypt[alice_info['id']]}")
+    assert sent == 155  # 150 frames of audio, then discord.py's 5 silence frames
+    assert relay.received == relay.forwarded == sent and relay.undecryptable == 0
+    decrypt = stats.decrypt[alice_info["id"]]
+    assert decrypt.decrypted == 150 and decrypt.silence == 5 and not decrypt.failures
+    assert decrypt.plain == 0  # every audio frame was DAVE-encrypted on the wire
+    assert len(frames) == sent and stats.lost == 0
+    assert abs(dominant_hz(frames) - 440.0) < 5
