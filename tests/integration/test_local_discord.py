@@ -130,3 +130,57 @@ async def test_bot_records_a_member_through_the_local_discord(local_discord: Any
     assert decrypt.plain == 0  # every audio frame was DAVE-encrypted on the wire
     assert len(frames) == sent and stats.lost == 0
     assert abs(dominant_hz(frames) - 440.0) < 5
+
+
+async def test_members_join_and_leave_across_mls_epochs(local_discord: Any) -> None:
+    """Two senders at once, one leaves (an external Remove), a third joins (an Add): every
+    change is one commit the local Discord announces; every frame still opens."""
+    server, info = local_discord
+    alice_info, bob_info, carol_info = info["users"]
+    channel_id = int(info["voice_channel_id"])
+    clients = [await start_client(t, info["ca_bundle"]) for t in (
+        info["bot_token"], alice_info["token"], bob_info["token"], carol_info["token"])]
+    (bot, _), (alice, _), (bob, _), (carol, _) = clients
+    try:
+        recorder = Recorder()
+        bot_channel = bot.get_channel(channel_id)
+        assert isinstance(bot_channel, discord.VoiceChannel)
+        bot_voice = await recorder.join(bot_channel)
+        voices = {}
+        for name, client in (("alice", alice), ("bob", bob)):
+            member_channel = client.get_channel(channel_id)
+            assert isinstance(member_channel, discord.VoiceChannel)
+            voices[name] = await member_channel.connect(timeout=20)
+        await dave_ready(bot_voice, voices["alice"], voices["bob"], epoch=2)
+        sent_1 = await asyncio.gather(play(voices["alice"], tone_pcm(100, 440.0)),
+                                      play(voices["bob"], tone_pcm(100, 660.0)))
+
+        await voices["bob"].disconnect()
+        await dave_ready(bot_voice, voices["alice"], epoch=3)
+        carol_channel = carol.get_channel(channel_id)
+        assert isinstance(carol_channel, discord.VoiceChannel)
+        voices["carol"] = await carol_channel.connect(timeout=20)
+        await dave_ready(bot_voice, voices["alice"], voices["carol"], epoch=4)
+        sent_2 = await asyncio.gather(play(voices["alice"], tone_pcm(100, 440.0)),
+                                      play(voices["carol"], tone_pcm(100, 880.0)))
+        await recorder.finish()
+        assert server.voice is not None
+        commits = server.voice.calls[channel_id].commits
+    finally:
+        for client, runner in clients:
+            await stop_client(client, runner)
+
+    assert commits == 4  # alice joins (the bot creates the group), bob joins, leaves, carol
+    frames = recorder.sink.frames
+    stats = recorder.conn.receiver.stats
+    sent = {"alice": sent_1[0] + sent_2[0], "bob": sent_1[1], "carol": sent_2[1]}
+    got = {name: len(frames[u["id"]]) for name, u in
+           (("alice", alice_info), ("bob", bob_info), ("carol", carol_info))}
+    print(f"frames sent {sent}, recorded {got}; lost {stats.lost}")
+    assert got == sent
+    for user in (alice_info, bob_info, carol_info):
+        assert not stats.decrypt[user["id"]].failures
+        assert stats.decrypt[user["id"]].plain == 0
+    assert abs(dominant_hz(frames[alice_info["id"]]) - 440.0) < 5
+    assert abs(dominant_hz(frames[bob_info["id"]]) - 660.0) < 5
+    assert abs(dominant_hz(frames[carol_info["id"]]) - 880.0) < 5
