@@ -155,6 +155,7 @@ async def test_members_join_and_leave_across_mls_epochs(local_discord: Any) -> N
         sent_1 = await asyncio.gather(play(voices["alice"], tone_pcm(100, 440.0)),
                                       play(voices["bob"], tone_pcm(100, 660.0)))
 
+        await asyncio.sleep(0.5)  # bob stops talking, then leaves
         await voices["bob"].disconnect()
         await dave_ready(bot_voice, voices["alice"], epoch=3)
         carol_channel = carol.get_channel(channel_id)
@@ -176,7 +177,8 @@ async def test_members_join_and_leave_across_mls_epochs(local_discord: Any) -> N
     sent = {"alice": sent_1[0] + sent_2[0], "bob": sent_1[1], "carol": sent_2[1]}
     got = {name: len(frames[u["id"]]) for name, u in
            (("alice", alice_info), ("bob", bob_info), ("carol", carol_info))}
-    print(f"frames sent {sent}, recorded {got}; lost {stats.lost}")
+    print(f"frames sent {sent}, recorded {got}; lost {stats.lost}, dropped {stats.dropped}, "
+          f"relay {server.relay.stats if server.relay else None}")
     assert got == sent
     for user in (alice_info, bob_info, carol_info):
         assert not stats.decrypt[user["id"]].failures

@@ -75,6 +75,8 @@ class RelayStats:
     duplicated: int = 0
     reordered: int = 0
     undecryptable: int = 0
+    unknown: int = 0
+    """Media from an SSRC no member holds (e.g. still in flight after its sender left)."""
     discoveries: int = 0
     per_ssrc_in: dict[int, int] = field(default_factory=dict)
 
@@ -121,6 +123,7 @@ class Relay(asyncio.DatagramProtocol):
         (ssrc,) = struct.unpack_from(">I", data, 8)
         sender = self.router.by_ssrc(ssrc)
         if sender is None or sender.mode is None or sender.key is None:
+            self.stats.unknown += 1
             return
         try:
             header, plaintext = transport.decrypt(sender.mode, sender.key, data)
