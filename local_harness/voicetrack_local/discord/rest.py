@@ -46,13 +46,24 @@ def _error(status: int, message: str, code: int = 0) -> web.Response:
     return _json({"message": message, "code": code}, status=status)
 
 
+class ApiError(Exception):
+    """An API error answer: HTTP `status`, JSON `message` and `code`."""
+
+    def __init__(self, status: int, message: str, code: int) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
 @web.middleware
 async def rate_limit_headers(request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                              ) -> web.StreamResponse:
     """Add `X-RateLimit-*` headers (limit, remaining, reset in Unix s, reset-after in s,
-    bucket) to every API response."""
-    response = await handler(request)
+    bucket) to every API response; an `ApiError` becomes its JSON answer."""
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error(exc.status, exc.message, exc.code)
     bucket = hashlib.sha1(request.match_info.route.resource.canonical.encode()
                           if request.match_info.route.resource else b"").hexdigest()[:16]
     response.headers.update({
@@ -101,14 +112,12 @@ class Rest:
         self.world.log.append((request.method, request.path))
         user = self.world.by_token(request.headers.get("Authorization", ""))
         if user is None:
-            raise web.HTTPUnauthorized(body=b'{"message": "401: Unauthorized", "code": 0}',
-                                       headers={"Content-Type": "application/json"})
+            raise ApiError(401, "401: Unauthorized", 0)
         return user
 
     def _guild(self, request: web.Request) -> None:
         if request.match_info["guild"] != str(self.world.guild_id):
-            raise web.HTTPNotFound(body=b'{"message": "Unknown Guild", "code": 10004}',
-                                   headers={"Content-Type": "application/json"})
+            raise ApiError(404, "Unknown Guild", 10004)
 
     # -- handlers ------------------------------------------------------------------------
 
