@@ -164,7 +164,7 @@ async def _voice_server_update(http: aiohttp.ClientSession, info: dict[str, Any]
 
 
 async def test_voice_identify_requires_dave_and_ip_discovery(wire: Any) -> None:
-    server, info, http = wire
+    _, info, http = wire
     _, update, session_id = await _voice_server_update(http, info)
     url = f"wss://{update['endpoint']}/?v=8"
     identify = {"server_id": info["guild_id"], "user_id": info["application_id"],
