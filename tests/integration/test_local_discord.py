@@ -30,6 +30,7 @@ from tests.local_discord_clients import (
     start_client,
     stop_client,
 )
+from voicetrack_local.discord.relay import Faults
 from voicetrack_local.discord.server import LocalDiscord, Settings
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.discord.source import (
@@ -186,3 +187,38 @@ async def test_members_join_and_leave_across_mls_epochs(local_discord: Any) -> N
     assert abs(dominant_hz(frames[alice_info["id"]]) - 440.0) < 5
     assert abs(dominant_hz(frames[bob_info["id"]]) - 660.0) < 5
     assert abs(dominant_hz(frames[carol_info["id"]]) - 880.0) < 5
+
+
+async def test_relay_faults_are_concealed(local_discord: Any) -> None:
+    """5 % loss, 5 % reordered, 5 % duplicated on the way to the bot: the recorder's jitter
+    buffer reorders and de-duplicates, FEC/PLC rebuilds the lost frames, the tone stays."""
+    server, info = local_discord
+    assert server.relay is not None
+    server.relay.set_faults(Faults(loss_pct=5, reorder_pct=5, duplicate_pct=5, seed=7))
+    bot, bot_runner = await start_client(info["bot_token"], info["ca_bundle"])
+    alice_info = info["users"][0]
+    alice, alice_runner = await start_client(alice_info["token"], info["ca_bundle"])
+    try:
+        channel = bot.get_channel(int(info["voice_channel_id"]))
+        assert isinstance(channel, discord.VoiceChannel)
+        recorder = Recorder()
+        bot_voice = await recorder.join(channel)
+        alice_channel = alice.get_channel(channel.id)
+        assert isinstance(alice_channel, discord.VoiceChannel)
+        alice_voice = await alice_channel.connect(timeout=20)
+        await dave_ready(bot_voice, alice_voice, epoch=1)
+        sent = await play(alice_voice, tone_pcm(250, 440.0))  # 5 s
+        await recorder.finish()
+    finally:
+        await stop_client(alice, alice_runner)
+        await stop_client(bot, bot_runner)
+    relay, stats = server.relay.stats, recorder.conn.receiver.stats
+    frames = recorder.sink.frames[alice_info["id"]]
+    print(f"frames sent {sent}, relay dropped {relay.dropped} reordered {relay.reordered} "
+          f"duplicated {relay.duplicated}; recorded {len(frames)} (recovered "
+          f"{stats.recovered}, lost {stats.lost}, dropped {dict(stats.dropped)})")
+    assert relay.dropped > 0 and relay.reordered > 0 and relay.duplicated > 0
+    assert stats.recovered > 0 and stats.dropped["duplicate"] > 0
+    assert not stats.decrypt[alice_info["id"]].failures
+    assert len(frames) >= sent - 2  # every slot filled but a loss run longer than FEC/PLC's
+    assert abs(dominant_hz(frames) - 440.0) < 5

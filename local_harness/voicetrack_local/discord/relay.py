@@ -99,6 +99,12 @@ class Relay(asyncio.DatagramProtocol):
         self._held: dict[int, bytes] = {}
         self._count = 0
 
+    def set_faults(self, faults: Faults) -> None:
+        """Change the fault knobs (and reseed) while the relay runs."""
+        self.faults = faults
+        self._rng = random.Random(faults.seed)
+        self._count = 0
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
