@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
+import signal
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,8 @@ from voicetrack_recorder.discord.source import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture
@@ -222,3 +228,61 @@ async def test_relay_faults_are_concealed(local_discord: Any) -> None:
     assert not stats.decrypt[alice_info["id"]].failures
     assert len(frames) >= sent - 2  # every slot filled but a loss run longer than FEC/PLC's
     assert abs(dominant_hz(frames) - 440.0) < 5
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.05)
+
+
+async def test_unmodified_discord_source_records_with_notice(local_discord: Any) -> None:
+    """The recorder's own `DiscordSource` (in a subprocess, trusting the CA through
+    SSL_CERT_FILE): it joins, sets the `[REC]` nickname and posts the notice, records a
+    member's tone, and restores the nickname on SIGTERM — all checked on the local
+    Discord's side."""
+    server, info = local_discord
+    world = server.world
+    bot_id = int(info["application_id"])
+    env = {**os.environ, "SSL_CERT_FILE": info["ca_bundle"]}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.local_discord_recorder",
+        str(server.state_dir / "discord.json"), env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE)
+    alice_info = info["users"][0]
+    alice, alice_runner = await start_client(alice_info["token"], info["ca_bundle"])
+    try:
+        await _until(lambda: (world.bot.nick or "").endswith("[REC]")
+                     and any(m["author"]["id"] == str(bot_id) for m in world.messages),
+                     "the recorder's notice")
+        assert server.voice is not None
+        assert server.voice.connections[bot_id].mode is not None
+        channel = alice.get_channel(int(info["voice_channel_id"]))
+        assert isinstance(channel, discord.VoiceChannel)
+        alice_voice = await channel.connect(timeout=20)
+        await dave_ready(alice_voice, epoch=1)
+        await _until(lambda: server.voice is not None
+                     and server.voice.calls[channel.id].transition is None, "op 22")
+        sent = await play(alice_voice, tone_pcm(150, 440.0))
+        await asyncio.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(child.communicate(), 30)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        await stop_client(alice, alice_runner)
+    assert child.returncode == 0
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    print(f"frames sent {sent}, recorded {result['frames']}; "
+          f"DAVE {result['stats']['decrypt']}")
+    assert result["frames"][alice_info["id"]] == sent
+    assert result["stats"]["decrypt"][alice_info["id"]]["failures"] == {}
+    assert abs(result["hz"][alice_info["id"]] - 440.0) < 5
+    assert world.bot.nick is None  # restored
+    nick_patches = [p for m, p in world.log
+                    if m == "PATCH" and p.endswith(f"/guilds/{info['guild_id']}/members/@me")]
+    assert len(nick_patches) == 2

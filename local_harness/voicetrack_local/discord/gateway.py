@@ -80,10 +80,13 @@ class Gateway:
         self.voice_endpoint = voice_endpoint
         self.sessions: dict[str, Session] = {}
 
-    async def dispatch(self, event: str, data: dict[str, Any], intent: int) -> None:
-        """Send `event` to every live session whose intents include `intent`."""
+    async def dispatch(self, event: str, data: dict[str, Any], intent: int,
+                       owner: int | None = None) -> None:
+        """Send `event` to every session whose intents include `intent`, and to the
+        sessions of user `owner` whatever their intents ("Gateway Intents › Caveats": Guild
+        Member Update is sent for current-user updates regardless of GUILD_MEMBERS)."""
         for s in list(self.sessions.values()):
-            if s.intents & intent:
+            if s.intents & intent or s.user.id == owner:
                 await s.dispatch(event, data)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:

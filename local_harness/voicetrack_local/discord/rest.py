@@ -19,14 +19,19 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from voicetrack_local.discord.world import CHANGE_NICKNAME, User, World, snowflake
 
-Dispatch = Callable[[str, dict[str, Any], int], Awaitable[None]]
-"""`dispatch(event name, data, intent bit)` sends a gateway DISPATCH to every session."""
+
+class Dispatch(Protocol):
+    """Sends a gateway DISPATCH `event` to every session with the `intent` bit (and to
+    the sessions of user `owner`, if given)."""
+
+    def __call__(self, event: str, data: dict[str, Any], intent: int,
+                 owner: int | None = None) -> Awaitable[None]: ...
 
 INTENT_GUILDS = 1 << 0
 INTENT_GUILD_MEMBERS = 1 << 1
@@ -174,7 +179,7 @@ class Rest:
                 return _error(403, "Missing Permissions", 50013)
             user.nick = body["nick"] or None
         member = {**user.member(), "guild_id": str(self.world.guild_id)}
-        await self.dispatch("GUILD_MEMBER_UPDATE", member, INTENT_GUILD_MEMBERS)
+        await self.dispatch("GUILD_MEMBER_UPDATE", member, INTENT_GUILD_MEMBERS, owner=user.id)
         return _json(user.member())
 
     async def channel(self, request: web.Request) -> web.Response:
