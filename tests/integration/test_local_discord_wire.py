@@ -209,6 +209,18 @@ async def test_voice_identify_requires_dave_and_ip_discovery(wire: Any) -> None:
         assert external_sender[3:6] == b"\x40\x41\x04"  # <V> length 65, a P-256 point
         await ws.send_json({"op": 3, "d": {"t": 1234, "seq_ack": 2}})
         assert await ws.receive_json() == {"op": 6, "d": {"t": 1234}}
+    # Buffered resume: a new websocket, op 7 with seq_ack 1 → op 9, then op 25 (seq 2) again.
+    async with http.ws_connect(url) as ws:
+        await ws.receive_json()
+        await ws.send_json({"op": 7, "d": {"server_id": info["guild_id"], "seq_ack": 1,
+                                           "session_id": session_id,
+                                           "token": update["token"]}})
+        assert (await ws.receive_json())["op"] == 9
+        assert await ws.receive_bytes() == external_sender
+        await ws.send_json({"op": 7, "d": {"server_id": info["guild_id"], "seq_ack": 1,
+                                           "session_id": "other", "token": update["token"]}})
+        msg = await ws.receive()
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4006
 
 
 async def test_member_without_connect_gets_no_voice_server(wire: Any) -> None:

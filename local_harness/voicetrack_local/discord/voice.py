@@ -131,6 +131,16 @@ class VoiceServer:
         if conn is not None:
             await self._remove(conn, close_code=4014)
 
+    async def close(self, user_id: int, code: int) -> bool:
+        """Fault knob: close `user_id`'s voice websocket with `code` (4006 session no
+        longer valid, 4014 disconnected, 4015 voice server crashed — the client should
+        resume —, 4017 DAVE required). The session stays resumable as after any close."""
+        conn = self.connections.get(user_id)
+        if conn is None or conn.ws is None:
+            return False
+        await conn.ws.close(code=code)
+        return True
+
     # -- relay router ------------------------------------------------------------------------
 
     def by_ssrc(self, ssrc: int) -> VoiceConnection | None:
