@@ -58,6 +58,10 @@ class _Round:
     joiners: list[Member]
     removed: list[int]
     creator: Member | None
+    proposed: bool = False
+    """Op 27 has gone to every target (a commit is announced only after that, so no
+    member gets op 29 before the proposals it commits)."""
+    winner: tuple[Member, bytes, bytes | None] | None = None
 
 
 @dataclass
@@ -133,20 +137,31 @@ class DaveCall:
             proposals += [self.sender.add(self.packages[j.user_id][1], self.epoch)
                           for j in waiting]
             self.round = _Round(self.epoch, list(self.group.values()), waiting, removed, None)
-        payload = proposals_payload(proposals)
-        for target in self.round.targets:
+        rnd, payload = self.round, proposals_payload(proposals)
+        for target in rnd.targets:
             await target.send_binary(OP_PROPOSALS, payload)
+        rnd.proposed = True
+        if rnd.winner is not None:
+            await self._announce(rnd)
 
     async def commit_welcome(self, member: Member, data: bytes) -> None:
         """Op 28 from `member`: the first valid commit of the open round wins."""
         rnd = self.round
-        if rnd is None or member not in rnd.targets:
+        if rnd is None or member not in rnd.targets or rnd.winner is not None:
             return
         try:
             commit, welcome = split_commit_welcome(data)
         except ValueError as exc:
             log.warning("op 28 from %s does not parse: %s", member.user_id, exc)
             return
+        rnd.winner = (member, commit, welcome)
+        if rnd.proposed:
+            await self._announce(rnd)
+
+    async def _announce(self, rnd: _Round) -> None:
+        """Op 29 to the members, op 30 to the joiners; then wait for their op 23."""
+        assert rnd.winner is not None
+        _, commit, welcome = rnd.winner
         self.round = None
         tid = self.next_transition
         self.next_transition = tid % 0xFFFF + 1
