@@ -219,22 +219,52 @@ class Rest:
                                                                                  "global"), []))
 
     async def interaction_callback(self, request: web.Request) -> web.Response:
-        """Create Interaction Response: `{"type": 4|5|…, "data": {...}}` → 204."""
+        """Create Interaction Response `{"type", "data"}`: type 4 (CHANNEL_MESSAGE_WITH_
+        SOURCE) creates the `@original` message; type 5 (DEFERRED_CHANNEL_MESSAGE_WITH_
+        SOURCE) a loading one (flag 128) that the first follow-up fills. 204, or with
+        `?with_response=true` 200 and an interaction callback response `{interaction: {id,
+        type, response_message_id, response_message_loading, response_message_ephemeral},
+        resource: {type, message}}`."""
         self.world.log.append((request.method, request.path))
         body = await request.json()
+        token, kind = request.match_info["token"], body.get("type")
+        data = body.get("data") or {}
         self.world.interaction_responses.append(
-            {"interaction_id": request.match_info["id"], "token": request.match_info["token"],
-             **body})
-        return web.Response(status=204)
+            {"interaction_id": request.match_info["id"], "token": token, **body})
+        msg = None
+        if kind in (4, 5):
+            flags = int(data.get("flags") or 0) | (128 if kind == 5 else 0)
+            msg = self.world.message(self.world.text.id, self.world.bot,
+                                     data.get("content") or "",
+                                     {"embeds": data.get("embeds") or [], "flags": flags,
+                                      "interaction_token": token})
+        if request.query.get("with_response", "").lower() not in ("1", "true"):
+            return web.Response(status=204)
+        return _json({
+            "interaction": {"id": request.match_info["id"], "type": 2,
+                            "activity_instance_id": None,
+                            "response_message_id": msg["id"] if msg else None,
+                            "response_message_loading": kind == 5,
+                            "response_message_ephemeral": bool(msg and msg["flags"] & 64)},
+            "resource": {"type": kind, **({"message": msg} if msg else {})}})
 
     async def followup(self, request: web.Request) -> web.Response:
+        """Create Followup Message; the first one after a deferral fills the loading
+        `@original` message."""
         self.world.log.append((request.method, request.path))
         body = await request.json()
-        msg = self.world.message(self.world.text.id, self.world.bot, body.get("content") or "",
-                                 {"embeds": body.get("embeds") or [],
+        token = request.match_info["token"]
+        fields: dict[str, Any] = {"content": str(body.get("content") or ""),
+                                  "embeds": body.get("embeds") or []}
+        loading = [m for m in self.world.messages
+                   if m.get("interaction_token") == token and m["flags"] & 128]
+        if loading:
+            loading[0].update(fields, flags=loading[0]["flags"] & ~128)
+            return _json(loading[0])
+        msg = self.world.message(self.world.text.id, self.world.bot, fields["content"],
+                                 {"embeds": fields["embeds"],
                                   "webhook_id": request.match_info["app"],
-                                  "flags": body.get("flags", 0),
-                                  "interaction_token": request.match_info["token"]})
+                                  "flags": body.get("flags", 0), "interaction_token": token})
         return _json(msg)
 
     def _find(self, request: web.Request) -> dict[str, Any] | None:

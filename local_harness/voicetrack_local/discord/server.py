@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from voicetrack_local import pki
 from voicetrack_local.discord.gateway import Gateway
+from voicetrack_local.discord.interactions import interaction
 from voicetrack_local.discord.relay import Faults, Relay
 from voicetrack_local.discord.rest import Rest, rate_limit_headers
 from voicetrack_local.discord.voice import VoiceServer
@@ -128,6 +129,18 @@ class LocalDiscord:
         path.write_text(json.dumps(info, indent=2) + "\n")
         path.chmod(0o600)
         return info
+
+    async def interact(self, user_id: int, command: str, subcommand: str | None = None,
+                       options: dict[str, str | int | bool] | None = None) -> dict[str, Any]:
+        """Member `user_id` types a slash command: INTERACTION_CREATE goes to the bot's
+        gateway sessions; returns the payload (its `token` finds the bot's answers in
+        `world.interaction_responses` and `world.messages`)."""
+        assert self.gateway is not None
+        payload = interaction(self.world, user_id, command, subcommand, options)
+        for session in list(self.gateway.sessions.values()):
+            if session.user is self.world.bot:
+                await session.dispatch("INTERACTION_CREATE", payload)
+        return payload
 
     async def stop(self) -> None:
         """Close every websocket, the site and the relay socket."""
