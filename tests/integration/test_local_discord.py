@@ -286,3 +286,43 @@ async def test_unmodified_discord_source_records_with_notice(local_discord: Any)
     nick_patches = [p for m, p in world.log
                     if m == "PATCH" and p.endswith(f"/guilds/{info['guild_id']}/members/@me")]
     assert len(nick_patches) == 2
+
+
+async def test_voice_server_moved_mid_call(local_discord: Any) -> None:
+    """A new VOICE_SERVER_UPDATE while the bot records (Discord moved the call): discord.py
+    closes its voice websocket and identifies again; the local Discord removes the bot's old
+    MLS leaf (epoch 2) and adds its new key package (epoch 3); the member's next audio is
+    recorded."""
+    server, info = local_discord
+    bot, bot_runner = await start_client(info["bot_token"], info["ca_bundle"])
+    alice_info = info["users"][0]
+    alice, alice_runner = await start_client(alice_info["token"], info["ca_bundle"])
+    try:
+        channel = bot.get_channel(int(info["voice_channel_id"]))
+        assert isinstance(channel, discord.VoiceChannel)
+        recorder = Recorder()
+        bot_voice = await recorder.join(channel)
+        alice_channel = alice.get_channel(channel.id)
+        assert isinstance(alice_channel, discord.VoiceChannel)
+        alice_voice = await alice_channel.connect(timeout=20)
+        await dave_ready(bot_voice, alice_voice, epoch=1)
+        before = await play(alice_voice, tone_pcm(50, 440.0))
+        await asyncio.sleep(0.5)
+        assert server.gateway is not None and server.voice is not None
+        old_ssrc = server.voice.connections[bot.user.id].ssrc  # type: ignore[union-attr]
+        assert await server.gateway.move_voice_server(int(info["application_id"]))
+        await _until(lambda: server.voice is not None and bot_voice.is_connected()
+                     and server.voice.connections[int(info["application_id"])].ssrc
+                     != old_ssrc, "the bot's new voice connection")
+        await dave_ready(bot_voice, alice_voice, epoch=3)
+        after = await play(alice_voice, tone_pcm(50, 440.0))
+        await recorder.finish()
+    finally:
+        await stop_client(alice, alice_runner)
+        await stop_client(bot, bot_runner)
+    frames = recorder.sink.frames[alice_info["id"]]
+    stats = recorder.conn.receiver.stats
+    print(f"frames sent {before} + {after}, recorded {len(frames)}; "
+          f"DAVE {stats.decrypt[alice_info['id']]}")
+    assert len(frames) == before + after
+    assert not stats.decrypt[alice_info["id"]].failures

@@ -197,6 +197,21 @@ class Gateway:
         await session.dispatch("VOICE_SERVER_UPDATE", {
             "token": token, "guild_id": str(w.guild_id), "endpoint": self.voice_endpoint})
 
+    async def move_voice_server(self, user_id: int, endpoint: str | None = None) -> bool:
+        """Fault knob: Discord moved `user_id`'s call to another voice server — a new
+        VOICE_SERVER_UPDATE (new token, `endpoint` or the same one) to the session that
+        joined ("Voice Connections › Voice Server Update": the client must reconnect)."""
+        w = self.world
+        state = w.voice_states.get(user_id)
+        session = self.sessions.get(state.session_id) if state else None
+        if state is None or session is None:
+            return False
+        token = self.voice.grant(user_id, session.session_id, w.guild_id, state.channel_id)
+        await session.dispatch("VOICE_SERVER_UPDATE", {
+            "token": token, "guild_id": str(w.guild_id),
+            "endpoint": endpoint or self.voice_endpoint})
+        return True
+
     async def _voice_event(self, origin: Session, data: dict[str, Any]) -> None:
         for s in list(self.sessions.values()):
             if s is origin or s.intents & INTENT_VOICE_STATES:
