@@ -71,7 +71,7 @@ class Recorder:
 
     async def join(self, channel: discord.VoiceChannel) -> discord.VoiceClient:
         self.voice = await channel.connect(
-            cls=functools.partial(RecorderVoiceClient, receiver=self.conn),  # type: ignore[arg-type]
+            cls=functools.partial(RecorderVoiceClient, receiver=self.conn),
             self_mute=True, timeout=20)
         self.conn.attach(self.voice._connection)
         self._ticker = asyncio.create_task(self._tick())
@@ -112,7 +112,7 @@ async def test_bot_records_a_member_through_the_local_discord(local_discord: Any
 
         alice_channel = alice.get_channel(int(info["voice_channel_id"]))
         assert isinstance(alice_channel, discord.VoiceChannel)
-        alice_voice = await alice_channel.connect(timeout=20)
+        alice_voice: discord.VoiceClient = await alice_channel.connect(timeout=20)
         await dave_ready(bot_voice, alice_voice, epoch=1)
         assert server.voice is not None and server.voice.calls[channel.id].commits == 1
         # the bot sees alice's voice state (VOICE_STATE_UPDATE)
@@ -153,7 +153,7 @@ async def test_members_join_and_leave_across_mls_epochs(local_discord: Any) -> N
         bot_channel = bot.get_channel(channel_id)
         assert isinstance(bot_channel, discord.VoiceChannel)
         bot_voice = await recorder.join(bot_channel)
-        voices = {}
+        voices: dict[str, discord.VoiceClient] = {}
         for name, client in (("alice", alice), ("bob", bob)):
             member_channel = client.get_channel(channel_id)
             assert isinstance(member_channel, discord.VoiceChannel)
@@ -211,7 +211,7 @@ async def test_relay_faults_are_concealed(local_discord: Any) -> None:
         bot_voice = await recorder.join(channel)
         alice_channel = alice.get_channel(channel.id)
         assert isinstance(alice_channel, discord.VoiceChannel)
-        alice_voice = await alice_channel.connect(timeout=20)
+        alice_voice: discord.VoiceClient = await alice_channel.connect(timeout=20)
         await dave_ready(bot_voice, alice_voice, epoch=1)
         sent = await play(alice_voice, tone_pcm(250, 440.0))  # 5 s
         await recorder.finish()
@@ -262,7 +262,7 @@ async def test_unmodified_discord_source_records_with_notice(local_discord: Any)
         assert server.voice.connections[bot_id].mode is not None
         channel = alice.get_channel(int(info["voice_channel_id"]))
         assert isinstance(channel, discord.VoiceChannel)
-        alice_voice = await channel.connect(timeout=20)
+        alice_voice: discord.VoiceClient = await channel.connect(timeout=20)
         await dave_ready(alice_voice, epoch=1)
         await _until(lambda: server.voice is not None
                      and server.voice.calls[channel.id].transition is None, "op 22")
@@ -304,7 +304,7 @@ async def test_voice_server_moved_mid_call(local_discord: Any) -> None:
         bot_voice = await recorder.join(channel)
         alice_channel = alice.get_channel(channel.id)
         assert isinstance(alice_channel, discord.VoiceChannel)
-        alice_voice = await alice_channel.connect(timeout=20)
+        alice_voice: discord.VoiceClient = await alice_channel.connect(timeout=20)
         await dave_ready(bot_voice, alice_voice, epoch=1)
         before = await play(alice_voice, tone_pcm(50, 440.0))
         await asyncio.sleep(0.5)

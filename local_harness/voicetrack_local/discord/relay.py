@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 DISCOVERY_LEN = 74
 DISCOVERY_REQUEST = 1
 DISCOVERY_RESPONSE = 2
+REORDER_RELEASE_S = 0.06
+"""A packet held back for reordering goes out after this long if none overtakes it."""
 
 
 class Endpoint(Protocol):
@@ -162,11 +164,19 @@ class Relay(asyncio.DatagramProtocol):
         if f.reorder_pct and held is None and self._rng.random() * 100 < f.reorder_pct:
             self.stats.reordered += 1
             self._held[peer.ssrc] = packet
+            asyncio.get_running_loop().call_later(  # the sender may fall silent: not lost
+                REORDER_RELEASE_S, self._release, peer.ssrc, packet, peer.addr)
             return
         if held is not None:
             copies.append(held)
         for copy in copies:
             self._send(copy, peer.addr)
+
+    def _release(self, ssrc: int, packet: bytes, addr: tuple[str, int]) -> None:
+        """Send a held-back packet that no later packet has overtaken yet."""
+        if self._held.get(ssrc) is packet:
+            del self._held[ssrc]
+            self._send(packet, addr)
 
     def _send(self, packet: bytes, addr: tuple[str, int]) -> None:
         if self.transport is None:
