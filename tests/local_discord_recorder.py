@@ -1,12 +1,12 @@
 """Run the recorder's unmodified `DiscordSource` against a local Discord (a subprocess).
 
-`python -m tests.local_discord_recorder DISCORD_JSON` with `SSL_CERT_FILE` set to the local
-Discord's CA bundle in the environment (aiohttp builds its verifying SSL context from
-OpenSSL's default paths when imported, and OpenSSL reads SSL_CERT_FILE). The two
-assignments below are the whole of the glue — exactly what a recorder setting for the API
-base and gateway URL would do (see docs/local-discord.md). It records until SIGTERM, then
-prints one JSON line: `{"frames": {user_id: count}, "hz": {user_id: dominant Hz},
-"stats": ReceiveStats.as_dict()}`.
+`python -m tests.local_discord_recorder DISCORD_JSON [TOKEN]` (default: the bot token),
+with `SSL_CERT_FILE` set to the local Discord's CA bundle in the environment (aiohttp
+builds its verifying SSL context from OpenSSL's default paths when imported, and OpenSSL
+reads SSL_CERT_FILE). The two assignments below are the whole of the glue — exactly what
+a recorder setting for the API base and gateway URL would do (see docs/local-discord.md).
+It records until SIGTERM, then prints one JSON line: `{"frames": {user_id: count}, "hz":
+{user_id: dominant Hz}, "stats": ReceiveStats.as_dict()}`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.discord.source import DiscordSource
 
 
-async def main(path: str) -> None:
+async def main(path: str, token: str | None = None) -> None:
     with open(path) as f:
         info = json.load(f)
     discord.http.Route.BASE = info["api_base"]
@@ -34,7 +34,7 @@ async def main(path: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     sink = CaptureSink()
-    source = DiscordSource(token=info["bot_token"], guild_id=info["guild_id"],
+    source = DiscordSource(token=token or info["bot_token"], guild_id=info["guild_id"],
                            channel_id=info["voice_channel_id"],
                            clock=SessionClock(int(time.time() * 1000)), sink=sink)
     await source.run(stop)
@@ -44,4 +44,4 @@ async def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(*sys.argv[1:3]))

@@ -36,6 +36,7 @@ from tests.local_discord_clients import (
 )
 from voicetrack_local.discord.relay import Faults
 from voicetrack_local.discord.server import LocalDiscord, Settings
+from voicetrack_local.discord.world import CONNECT, Overwrite
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.discord.source import (
     ConnectionReceiver,
@@ -326,3 +327,28 @@ async def test_voice_server_moved_mid_call(local_discord: Any) -> None:
           f"DAVE {stats.decrypt[alice_info['id']]}")
     assert len(frames) == before + after
     assert not stats.decrypt[alice_info["id"]].failures
+
+
+@pytest.mark.parametrize("fault", ["bad-token", "no-connect"])
+async def test_discord_source_refuses_clearly(local_discord: Any, fault: str) -> None:
+    """The recorder's `DiscordSource` against a refusing Discord: a bad token (REST 401)
+    and a voice channel whose overwrite denies the bot Connect end in InvalidInputError
+    naming the cause, within seconds (never a recording)."""
+    server, info = local_discord
+    args = [str(server.state_dir / "discord.json")]
+    if fault == "bad-token":
+        args.append("MTIz.bad.token")
+    else:
+        server.world.voice.overwrites.append(
+            Overwrite(int(info["application_id"]), 1, deny=CONNECT))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.local_discord_recorder", *args,
+        env={**os.environ, "SSL_CERT_FILE": info["ca_bundle"]}, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode != 0
+    expected = ("InvalidInputError: token: Discord refused the bot token"
+                if fault == "bad-token" else "InvalidInputError: channelId: the bot lacks "
+                                             "View Channel/Connect")
+    assert expected in err.decode()
+    assert server.voice is not None and not server.voice.connections
