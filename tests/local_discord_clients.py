@@ -81,7 +81,8 @@ async def play(vc: discord.VoiceClient, pcm: bytes) -> int:
     before = vc.sequence
     vc.play(discord.PCMAudio(io.BytesIO(pcm)),
             after=lambda error: loop.call_soon_threadsafe(done.set))
-    await asyncio.wait_for(done.wait(), 30)
+    seconds = len(pcm) / (SAMPLE_RATE * CHANNELS * 2)
+    await asyncio.wait_for(done.wait(), seconds + 30)
     return (vc.sequence - before) & 0xFFFF
 
 
