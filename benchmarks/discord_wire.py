@@ -53,7 +53,7 @@ async def run(senders: int, minutes: float, loss_pct: float) -> None:
             assert server.voice is not None
             while bot_id not in server.voice.connections:
                 await asyncio.sleep(0.1)
-            voices = []
+            voices: list[discord.VoiceClient] = []
             for client, _ in clients:
                 channel = client.get_channel(channel_id)
                 assert isinstance(channel, discord.VoiceChannel)
