@@ -1,0 +1,63 @@
+"""Run the recorder's unmodified `DiscordSource` against a local Discord (a subprocess).
+
+`python -m tests.local_discord_recorder DISCORD_JSON [TOKEN]` (default: the bot token),
+with `SSL_CERT_FILE` set to the local Discord's CA bundle in the environment (aiohttp
+builds its verifying SSL context from OpenSSL's default paths when imported, and OpenSSL
+reads SSL_CERT_FILE). The two assignments below are the whole of the glue — exactly what
+a recorder setting for the API base and gateway URL would do (see docs/local-discord.md).
+It records until SIGTERM, then prints one JSON line: `{"frames": {user_id: count}, "hz":
+{user_id: dominant Hz}, "stats": ReceiveStats.as_dict(), "cpu_s": process CPU seconds
+from the first frame to the end of recording, "wall_s": the same span's wall time}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+
+import discord
+import yarl
+
+from tests.discord_rig import CaptureSink
+from tests.local_discord_clients import dominant_hz
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.discord.source import DiscordSource
+
+
+class TimedSink(CaptureSink):
+    """A CaptureSink that notes the process CPU and wall time of the first frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: tuple[float, float] | None = None
+
+    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+        if self.first is None:
+            self.first = (time.process_time(), time.monotonic())
+        return super().push(user_id, slot, packet)
+
+
+async def main(path: str, token: str | None = None) -> None:
+    with open(path) as f:
+        info = json.load(f)
+    discord.http.Route.BASE = info["api_base"]
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(info["gateway_url"])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    sink = TimedSink()
+    source = DiscordSource(token=token or info["bot_token"], guild_id=info["guild_id"],
+                           channel_id=info["voice_channel_id"],
+                           clock=SessionClock(int(time.time() * 1000)), sink=sink)
+    await source.run(stop)
+    cpu0, wall0 = sink.first or (time.process_time(), time.monotonic())
+    print(json.dumps({"frames": {u: len(f) for u, f in sink.frames.items()},
+                      "hz": {u: dominant_hz(f) for u, f in sink.frames.items()},
+                      "stats": source.stats.as_dict(), "cpu_s": time.process_time() - cpu0,
+                      "wall_s": time.monotonic() - wall0}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:3]))
