@@ -1,37 +1,46 @@
-"""A container's last word: the one-line reason it failed, where Kubernetes reads it.
+"""A container's last word: the one-line reason it ended, where Kubernetes reads it.
 
 The kubelet copies the file at the container's `terminationMessagePath` (default
-`/dev/termination-log`, at most 4 KiB) into `status.containerStatuses[].state.terminated
-.message` (Kubernetes docs, "Determine the Reason for Pod Failure"); with
+`/dev/termination-log`, at most 4096 bytes) into `status.containerStatuses[].state
+.terminated.message` (Kubernetes docs, "Determine the Reason for Pod Failure"); with
 `terminationMessagePolicy: FallbackToLogsOnError` it takes the log's tail when the file is
 empty. The operator reads failure reasons from there instead of scraping logs. The local
-node agent, which runs pods as processes, names its per-container file in
-`VOICETRACK_TERMINATION_LOG`.
+node agent, which runs pods as processes, names each container's file in
+`VOICETRACK_TERMINATION_LOG`. Used by the recorder and the transcoder.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
+import tempfile
 
-DEFAULT_PATH = "/dev/termination-log"
-ENV_PATH = "VOICETRACK_TERMINATION_LOG"
-MAX_BYTES = 4096
-"""The kubelet reads at most this much of the file."""
+log = logging.getLogger(__name__)
 
-
-def termination_log_path() -> Path:
-    """`$VOICETRACK_TERMINATION_LOG`, else the Kubernetes default `/dev/termination-log`."""
-    return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG_ENV = "VOICETRACK_TERMINATION_LOG"
+MESSAGE_MAX_BYTES = 4096
+"""The kubelet keeps at most 4096 bytes of a termination message."""
 
 
-def write_termination_message(reason: str) -> bool:
-    """Write `reason` (white space folded to one line, cut to 4 KiB of UTF-8) as this
-    container's termination message. Returns False when the file cannot be written (not
-    in a container, read-only path): a failing process must still exit with its code."""
-    text = " ".join(reason.split()).encode()[:MAX_BYTES].decode(errors="ignore")
-    try:
-        termination_log_path().write_text(text + "\n")
-    except OSError:
-        return False
-    return True
+def termination_log_path() -> str:
+    """Where the termination message goes: $VOICETRACK_TERMINATION_LOG when set, else the
+    kubelet's default `/dev/termination-log`."""
+    return os.environ.get(TERMINATION_LOG_ENV) or TERMINATION_LOG
+
+
+def write_termination_message(message: str) -> str | None:
+    """Write `message` (white space folded to one line, cut to 4096 bytes) to
+    `termination_log_path()`; when that path cannot be written (not in a container,
+    read-only), to `$TMPDIR/termination-log` instead. Returns the path written, None if
+    neither could be (logged, never raised: the exit code still tells)."""
+    line = " ".join(message.split()).encode()[:MESSAGE_MAX_BYTES]
+    fallback = os.path.join(tempfile.gettempdir(), "termination-log")
+    for path in (termination_log_path(), fallback):
+        try:
+            with open(path, "wb") as f:
+                f.write(line)
+            return path
+        except OSError as err:
+            log.warning("termination message: cannot write %s: %s", path, err)
+    return None

@@ -5,8 +5,6 @@
 * `permanent_cause` tells a storage failure that retrying cannot fix (a bad bucket name,
   refused credentials, AccessDenied, NoSuchBucket) from an outage, whatever the object
   store's own mapping made of it.
-* `write_termination_message` writes the one line the kubelet shows as the container's
-  `terminated.message` (the operator reads it to set the session Failed with a reason).
 * `index_ranges` writes acknowledged chunk indices compactly (`0-11,13`).
 """
 
@@ -14,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -35,11 +31,6 @@ PERMANENT_S3_CODES = frozenset({
     "AccessDenied", "NoSuchBucket", "InvalidBucketName", "InvalidAccessKeyId",
     "SignatureDoesNotMatch", "AllAccessDisabled", "AccountProblem"})
 """S3 error codes no retry can fix: the bucket or the credentials are wrong."""
-
-TERMINATION_LOG = "/dev/termination-log"
-TERMINATION_LOG_ENV = "VOICETRACK_TERMINATION_LOG"
-MESSAGE_MAX_BYTES = 4096
-"""The kubelet keeps at most 4096 bytes of a termination message."""
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -112,26 +103,3 @@ def index_ranges(indices: Iterable[int]) -> str:
         parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
         i = j + 1
     return ",".join(parts) or "-"
-
-
-def termination_log_path() -> str:
-    """Where the termination message goes: $VOICETRACK_TERMINATION_LOG when set, else the
-    kubelet's default `/dev/termination-log`."""
-    return os.environ.get(TERMINATION_LOG_ENV) or TERMINATION_LOG
-
-
-def write_termination_message(message: str) -> str | None:
-    """Write `message` (one line, cut to 4096 bytes) to `termination_log_path()`; when that
-    path cannot be written (not in a container, read-only), to
-    `$TMPDIR/termination-log` instead. Returns the path written, None if neither could be
-    (logged, never raised: the exit code still tells)."""
-    line = " ".join(message.split()).encode()[:MESSAGE_MAX_BYTES]
-    fallback = os.path.join(tempfile.gettempdir(), "termination-log")
-    for path in (termination_log_path(), fallback):
-        try:
-            with open(path, "wb") as f:
-                f.write(line)
-            return path
-        except OSError as err:
-            log.warning("termination message: cannot write %s: %s", path, err)
-    return None

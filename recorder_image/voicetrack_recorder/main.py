@@ -31,13 +31,13 @@ from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
+from voicetrack.termination import write_termination_message
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.faults import (
     EXIT_FAILED,
     EXIT_INVALID_INPUT,
     EXIT_OK,
     retry_async,
-    write_termination_message,
 )
 from voicetrack_recorder.files_source import FilesSource
 from voicetrack_recorder.kube import RecorderKube

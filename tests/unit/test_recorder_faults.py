@@ -9,10 +9,10 @@ import pytest
 from minio.error import S3Error
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.termination import write_termination_message
 from voicetrack_recorder.faults import (
     index_ranges,
     permanent_cause,
-    write_termination_message,
 )
 
 pytestmark = pytest.mark.unit

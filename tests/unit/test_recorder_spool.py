@@ -44,7 +44,7 @@ def sine_packet() -> bytes:
     return opus.Encoder().encode(pcm, FRAME_SAMPLES)
 
 
-def chunk_of(index: int, slots: int, packet: bytes, user: str = "u1") -> SealedChunk:
+def chunk_of(index: int, slots: int, packet: bytes, user: str = "200000000000000001") -> SealedChunk:
     return SealedChunk(index=index, start_ms=index * slots * 20,
                        end_ms=(index + 1) * slots * 20, gap=None,
                        tracks=[SealedTrack(user_id=user, packets=[packet] * slots,
@@ -72,7 +72,7 @@ def test_a_300_s_pcm_chunk_is_streamed_to_disk_not_held_in_memory(tmp_path: Path
     assert os.path.getsize(path) == track.bytes == 60 * 50 * PCM_FRAME_BYTES == spool.used
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     assert digest == track.sha256
-    assert track.key == LAYOUT.raw_key(0, "u1", "pcm-s16le")
+    assert track.key == LAYOUT.raw_key(0, "200000000000000001", "pcm-s16le")
 
 
 def test_the_byte_bound_refuses_a_chunk_and_removal_frees_it(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ async def test_a_full_spool_drops_the_window_into_the_next_chunks_gap(tmp_path: 
     sealed = []
     for n in range(4):
         for slot in range(n * 250, (n + 1) * 250):
-            chunker.push("u1", slot, packet * 2 if n < 3 else packet)
+            chunker.push("200000000000000001", slot, packet * 2 if n < 3 else packet)
         sealed.append(chunker.seal())
         await recorder._spool(sealed[-1])
     indices = [c.index for c in recorder._pending]
@@ -121,7 +121,7 @@ async def test_a_full_spool_drops_the_window_into_the_next_chunks_gap(tmp_path: 
     assert chunker.next_index == 2  # their index is given back
     spool.remove(recorder._pending.popleft())
     for slot in range(1000, 1250):
-        chunker.push("u1", slot, packet)
+        chunker.push("200000000000000001", slot, packet)
     await recorder._spool(chunker.seal())
     last = recorder._pending[-1].spec
     assert last.index == 2 and last.start_ms == 20_000
