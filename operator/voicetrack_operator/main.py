@@ -4,6 +4,10 @@ Liveness and readiness on `http://$VOICETRACK_LISTEN_ADDRESS:$VOICETRACK_HEALTH_
 (kopf's probes, including a database heartbeat); metrics on `$VOICETRACK_METRICS_PORT/metrics`
 at the same address. The address defaults to 127.0.0.1; in a cluster the chart sets 0.0.0.0
 so the kubelet's probes and Prometheus reach them.
+
+`VOICETRACK_NAMESPACES`: comma-separated kopf namespace patterns to serve (globs, `!` to
+exclude, e.g. `team-*,!team-sandbox`); empty (the default) serves the whole cluster. Two
+operators must never serve the same namespace.
 """
 
 from __future__ import annotations
@@ -34,8 +38,14 @@ def run(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     port = int(os.environ.get("VOICETRACK_HEALTH_PORT", "8080"))
     host = os.environ.get("VOICETRACK_LISTEN_ADDRESS", "127.0.0.1")
-    kopf.run(clusterwide=True, standalone=True,
+    namespaces = watched_namespaces(os.environ.get("VOICETRACK_NAMESPACES", ""))
+    kopf.run(clusterwide=not namespaces, namespaces=namespaces or None, standalone=True,
              liveness_endpoint=f"http://{host}:{port}/healthz" if port else None)
+
+
+def watched_namespaces(value: str) -> list[str]:
+    """`VOICETRACK_NAMESPACES` as kopf's namespace patterns; [] means the whole cluster."""
+    return [p.strip() for p in value.split(",") if p.strip()]
 
 
 if __name__ == "__main__":

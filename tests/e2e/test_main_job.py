@@ -268,7 +268,9 @@ def test_corrupt_chunk_fails_with_its_reason_and_the_rest_promotes(
         "transcodeStatus"] == "done"
     failed = wait_for("chunk 1", lambda: final("broken-chunk-000001"), 90)
     assert failed["transcodeStatus"] == "failed"
-    assert "PodFailurePolicy" in failed["error"] and "error:" in failed["error"], failed
+    # the Job's reason, and the transcoder's own from its termination message
+    assert "PodFailurePolicy" in failed["error"], failed
+    assert "is not a valid raw Ogg Opus track" in failed["error"], failed
     rows = stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting))
     by_index = {r.chunk_index: r for r in rows}
     assert str(by_index[1].transcode_status) == "failed" and by_index[1].error
@@ -288,5 +290,5 @@ def test_corrupt_chunk_fails_with_its_reason_and_the_rest_promotes(
     kept = stack.store.get_json(layout.failed_manifest_key)["failed"]
     assert [(k["index"], k["userId"], k["sha256"]) for k in kept] == [
         (1, USERS[0], hashlib.sha256(junk).hexdigest())]
-    assert "error:" in kept[0]["error"]
+    assert "is not a valid raw Ogg Opus track" in kept[0]["error"]
     assert stack.store.get_bytes(kept[0]["key"]) == junk  # nothing lost after collection

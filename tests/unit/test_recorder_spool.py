@@ -44,7 +44,8 @@ def sine_packet() -> bytes:
     return opus.Encoder().encode(pcm, FRAME_SAMPLES)
 
 
-def chunk_of(index: int, slots: int, packet: bytes, user: str = "200000000000000001") -> SealedChunk:
+def chunk_of(index: int, slots: int, packet: bytes,
+             user: str = "200000000000000001") -> SealedChunk:
     return SealedChunk(index=index, start_ms=index * slots * 20,
                        end_ms=(index + 1) * slots * 20, gap=None,
                        tracks=[SealedTrack(user_id=user, packets=[packet] * slots,
