@@ -2,11 +2,12 @@
 the default values on the local cluster puts the operator's SQLite database on a
 PersistentVolumeClaim; the data survives the operator pod's deletion and `helm uninstall`.
 
-The PersistentVolume is static and made here: a hostPath PV under this test's tmp
-directory, reserved for the chart's claim with ``claimRef`` (so no other claim on the shared
-cluster takes it); kube-controller-manager's PV controller binds the claim to it, the node
-agent gives the operator's process that directory at ``/var/lib/voicetrack`` (a bind mount in
-the process's own mount namespace).
+The chart's PersistentVolume is static and made here: a hostPath PV of the local cluster's
+default StorageClass under this test's tmp directory, reserved for the chart's claim with
+``claimRef`` (so no other claim on the shared cluster takes it); the scheduler and
+kube-controller-manager's PV controller bind the claim to it, the node agent gives the
+operator's process that directory at ``/var/lib/voicetrack`` (a bind mount in the process's
+own mount namespace).  A second test uses the static PVs `voicetrack local up` makes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 from tests.e2e.test_main_job import wait_for
 from tests.fixtures.stack import Stack
 from voicetrack_local.build import ensure_helm
+from voicetrack_local.cluster import STATIC_VOLUMES, STORAGE_CLASS
 from voicetrack_local.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +62,16 @@ def _json(stack: Stack, *args: str) -> Any:
 def _query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db, timeout=30) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def _beats(db: Path) -> list[tuple[Any, ...]]:
+    """The heartbeat rows; none while the file or its schema is still being made."""
+    if not db.exists():
+        return []
+    try:
+        return _query(db, "SELECT service_name, last_beat FROM heartbeats")
+    except sqlite3.OperationalError:  # no such table yet: the migration is running
+        return []
 
 
 def _running_pod(stack: Stack, ns: str, not_uid: str | None = None) -> dict[str, Any] | None:
@@ -102,6 +114,7 @@ def test_the_default_install_keeps_its_database_across_operator_restarts_and_uni
     stack.kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "storageClassName": STORAGE_CLASS,
                  "persistentVolumeReclaimPolicy": "Retain",
                  "hostPath": {"path": str(pv_dir), "type": "DirectoryOrCreate"},
                  "claimRef": {"namespace": ns, "name": CLAIM}}}))  # fmt: skip
@@ -111,13 +124,13 @@ def test_the_default_install_keeps_its_database_across_operator_restarts_and_uni
         assert "WARNING" not in out.stdout, out.stdout
         pvc = _json(stack, "-n", ns, "get", "pvc", CLAIM)
         assert pvc["status"]["phase"] == "Bound" and pvc["spec"]["volumeName"] == pv_name
+        assert pvc["spec"]["storageClassName"] == STORAGE_CLASS  # the cluster's default
         first = wait_for("the operator pod ready", lambda: _running_pod(stack, ns), 60)
         vols = {v["name"]: v for v in first["spec"]["volumes"]}
         assert vols["data"]["persistentVolumeClaim"] == {"claimName": CLAIM}
 
         # The first pod migrated a new SQLite file on the volume and beats into it.
-        wait_for("the heartbeat row", lambda: db.exists() and _query(
-            db, "SELECT count(*) FROM heartbeats")[0][0] > 0, 60)  # fmt: skip
+        wait_for("the heartbeat row", lambda: _beats(db), 60)
         (head,) = _query(db, "SELECT version_num FROM alembic_version")
         assert MIGRATED in _operator_log(stack, ns, first)
         _query(db, "INSERT INTO meetings (id, guild_id, channel_id, started_at, status) "
@@ -155,3 +168,45 @@ def test_the_default_install_keeps_its_database_across_operator_restarts_and_uni
         helm("uninstall", RELEASE, "--namespace", ns, "--wait", "--timeout", "60s", check=False)
         stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         stack.kubectl("delete", "pv", pv_name, "--wait=false", check=False)
+
+
+def test_local_up_provides_static_volumes_a_claim_binds_to(stack: Stack, tmp_path: Path) -> None:
+    """`voicetrack local up` makes a default StorageClass (no provisioner,
+    WaitForFirstConsumer) and hostPath PVs: a pod's claim binds to one when the pod is
+    scheduled, and what the pod writes at its mountPath lands in that PV's directory. The
+    PV is made Available again afterwards (its reclaim policy is Retain)."""
+    sc = _json(stack, "get", "storageclass", STORAGE_CLASS)
+    assert sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
+    pvs = _json(stack, "get", "pv", "-l", "voicetrack.dev/local=true")["items"]
+    assert len(pvs) == STATIC_VOLUMES
+    ns = f"vt-pvc-{secrets.token_hex(3)}"
+    at = tmp_path / "mnt" / "data"  # the mountPath: nothing left outside tmp_path
+    stack.kubectl("create", "namespace", ns)
+    stack.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "c"},
+             "spec": {"accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": "1Gi"}}}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w"},
+             "spec": {"restartPolicy": "Never",
+                      "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "c"}}],
+                      "containers": [{"name": "w", "image": "busybox", "command": [
+                          "sh", "-c", f'echo {ns} > "{at}/written"'],
+                          "volumeMounts": [{"name": "d", "mountPath": str(at)}]}]}}]}))
+    pv_name = None
+    try:
+        # Pending until the pod is scheduled (WaitForFirstConsumer), then bound.
+        wait_for("the pod succeeded", lambda: (_json(stack, "-n", ns, "get", "pod", "w") or {})
+                 .get("status", {}).get("phase") == "Succeeded", 60)  # fmt: skip
+        pvc = _json(stack, "-n", ns, "get", "pvc", "c")
+        assert pvc["status"]["phase"] == "Bound"
+        pv_name = pvc["spec"]["volumeName"]
+        pv = _json(stack, "get", "pv", pv_name)
+        assert pv["metadata"]["labels"]["voicetrack.dev/local"] == "true"
+        assert (Path(pv["spec"]["hostPath"]["path"]) / "written").read_text() == f"{ns}\n"
+    finally:
+        stack.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=60s", check=False)
+        if pv_name:  # Released (Retain): clear the claim so the PV is Available again
+            stack.kubectl("patch", "pv", pv_name, "--type=json", "-p",
+                          '[{"op": "remove", "path": "/spec/claimRef"}]', check=False)

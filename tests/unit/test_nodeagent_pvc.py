@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from voicetrack_local.cluster import STATIC_VOLUMES, STORAGE_CLASS, static_volumes
 from voicetrack_local.nodeagent.podspec import ConfigError
 from voicetrack_local.nodeagent.volumes import (
     VolumeLink,
@@ -157,3 +158,16 @@ def test_a_read_only_claim_refuses_writes(tmp_path: Path) -> None:
         assert res.stdout.startswith("yes"), res.stderr
         assert res.returncode != 0 and "Read-only file system" in res.stderr, res.stderr
         assert not (tmp_path / "pv" / "new").exists()
+
+
+def test_local_up_makes_a_default_class_and_static_host_path_volumes_in_the_state_dir() -> None:
+    sc, *pvs = static_volumes(Path("/state"))
+    assert sc["kind"] == "StorageClass" and sc["metadata"]["name"] == STORAGE_CLASS
+    assert sc["provisioner"] == "kubernetes.io/no-provisioner"
+    assert sc["metadata"]["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
+    assert len(pvs) == STATIC_VOLUMES
+    assert pvs[0]["metadata"]["name"] == "local-pv-01"
+    assert pvs[0]["spec"]["hostPath"] == {"path": "/state/volumes/pv-01",
+                                          "type": "DirectoryOrCreate"}  # fmt: skip
+    assert {p["spec"]["storageClassName"] for p in pvs} == {STORAGE_CLASS}
+    assert len({p["spec"]["hostPath"]["path"] for p in pvs}) == STATIC_VOLUMES

@@ -18,9 +18,10 @@ workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``)
   container; ``volumes/<name>/`` for emptyDir, configMap, secret, projected and downwardAPI
   volumes, a symlink to the bound PersistentVolume's hostPath/local directory for a
   persistentVolumeClaim volume (a container mounting one runs in a private mount namespace
-  with it bind-mounted at its ``mountPath``, see :mod:`.volumes`); ``TMPDIR`` is the emptyDir mounted at ``/tmp``, else the first emptyDir the
-  container mounts, else ``tmp/``), a kubeconfig holding a TokenRequest token bound to the
-  pod for its ServiceAccount (``KUBECONFIG``), env from ``value`` (with ``$(VAR)``
+  with it bind-mounted at its ``mountPath``, see :mod:`.volumes`); ``TMPDIR`` is the
+  emptyDir mounted at ``/tmp``, else the first emptyDir the container mounts, else
+  ``tmp/``), a kubeconfig holding a TokenRequest token bound to the pod for its
+  ServiceAccount (``KUBECONFIG``), env from ``value`` (with ``$(VAR)``
   expansion), ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef``, ``resourceFieldRef`` and
   ``envFrom``; ``VOICETRACK_TERMINATION_LOG`` names the host file standing for the
   container's ``terminationMessagePath`` (``termination/<container>``, emptied before every
