@@ -273,6 +273,7 @@ def test_helm_install_runs_the_operator_deployment_with_its_service_account(
                    # the local node agent runs pods on the host: keep them on loopback
                    "--set", "operator.listenAddress=127.0.0.1", env=env)
         assert f"helm test {release} -n {ns}" in out.stdout
+        assert "Data: the database is the external one" in out.stdout  # no claim for it
         pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
         (pod,) = pods
         assert pod["spec"]["serviceAccountName"] == f"{release}-voicetrack"
