@@ -13,6 +13,7 @@ State directory layout (``$VOICETRACK_STATE_DIR``, default
     pids/<name>.json    every process `up` started (pid + start time), what `down` stops
     logs/<name>.log     their stdout/stderr
     agent/pods/...      the node agent's per-pod directories (see the nodeagent package)
+    volumes/pv-NN/      the static hostPath PersistentVolumes `up` makes (:func:`static_volumes`)
 
 Usage: ``up(state_dir) -> LocalCluster`` (reuses a running cluster), ``cluster.stop()`` /
 ``down(state_dir)``, ``status(state_dir)``.  The components' command lines and start-up
@@ -22,15 +23,18 @@ order are in :mod:`voicetrack_local.control_plane`, the state directory's probes
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from voicetrack_local import build as k8sbuild
 from voicetrack_local.control_plane import SA_ISSUER, start_all
 from voicetrack_local.kubeconfig import write_kubeconfig
+from voicetrack_local.kubectl import kubectl
 from voicetrack_local.pki import ensure_pki
 from voicetrack_local.procs import terminate
 from voicetrack_local.state import (
@@ -197,6 +201,41 @@ def down(
     return stopped
 
 
+#: the default StorageClass of the local cluster: no provisioner, the static hostPath
+#: PersistentVolumes below, bound when a pod using the claim is scheduled
+STORAGE_CLASS = "local-hostpath"
+STATIC_VOLUMES = 4
+STATIC_VOLUME_SIZE = "10Gi"
+
+
+def static_volumes(state_dir: Path) -> list[dict[str, Any]]:
+    """The StorageClass :data:`STORAGE_CLASS` (default, ``WaitForFirstConsumer``) and
+    :data:`STATIC_VOLUMES` hostPath PersistentVolumes ``local-pv-NN`` of it, each a directory
+    ``state_dir/volumes/pv-NN`` (created by the node agent when a pod first uses it).
+    Reclaim policy ``Retain``: a released volume keeps its data and is not bound again
+    (delete and re-``up``, or delete the PV, to reuse it); ``down`` removes the state
+    directory and with it the data."""
+    sc = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+          "metadata": {"name": STORAGE_CLASS, "annotations": {
+              "storageclass.kubernetes.io/is-default-class": "true"}},
+          "provisioner": "kubernetes.io/no-provisioner", "reclaimPolicy": "Retain",
+          "volumeBindingMode": "WaitForFirstConsumer"}  # fmt: skip
+    pvs = [{"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"local-pv-{i:02d}", "labels": {"voicetrack.dev/local": "true"}},
+            "spec": {"capacity": {"storage": STATIC_VOLUME_SIZE},
+                     "accessModes": ["ReadWriteOnce"], "storageClassName": STORAGE_CLASS,
+                     "persistentVolumeReclaimPolicy": "Retain",
+                     "hostPath": {"path": str(state_dir / "volumes" / f"pv-{i:02d}"),
+                                  "type": "DirectoryOrCreate"}}}
+           for i in range(1, STATIC_VOLUMES + 1)]  # fmt: skip
+    return [sc, *pvs]
+
+
+def _apply_static_volumes(state_dir: Path, kubeconfig: Path) -> None:
+    docs = {"apiVersion": "v1", "kind": "List", "items": static_volumes(state_dir)}
+    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", input=json.dumps(docs))
+
+
 def up(
     state_dir: Path | None = None,
     *,
@@ -209,8 +248,9 @@ def up(
     Builds the binaries first if they are missing (:func:`voicetrack_local.build.ensure_built`),
     then starts etcd, the apiserver (waits for ``/readyz``), the controller-manager and
     scheduler, and the node agent, and waits until the Node is Ready and untainted and the
-    ``default`` ServiceAccount exists.  Every process runs detached (it outlives the caller)
-    and is recorded in ``state_dir/pids``; :func:`down` stops them.
+    ``default`` ServiceAccount exists; then makes the default StorageClass and its static
+    PersistentVolumes (:func:`static_volumes`).  Every process runs detached (it outlives
+    the caller) and is recorded in ``state_dir/pids``; :func:`down` stops them.
 
     Raises:
         ClusterError: a component exited or was not ready within ``timeout`` seconds (the
@@ -229,6 +269,7 @@ def up(
     with locked(state_dir):
         try:
             kubeconfig, server = start_all(state_dir, bins, timeout, log)
+            _apply_static_volumes(state_dir, kubeconfig)
             return LocalCluster(state_dir, kubeconfig, server, owned=True)
         except BaseException:
             _stop_recorded(state_dir)

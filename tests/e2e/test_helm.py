@@ -109,7 +109,8 @@ def test_existing_secrets_replace_the_chart_managed_ones(helm: Helm) -> None:
                      "--set", "s3.secretKey=SK", "--set", "discord.token=T").stdout)
     secrets = {o["metadata"]["name"]: o["stringData"] for o in objs if o["kind"] == "Secret"}
     assert secrets == {"voicetrack-s3": {"accessKey": "AK", "secretKey": "SK"},
-                       "v-voicetrack-database": {"url": "sqlite+aiosqlite:////tmp/voicetrack.db"},
+                       "v-voicetrack-database": {
+                           "url": "sqlite+aiosqlite:////var/lib/voicetrack/voicetrack.db"},
                        "voicetrack-discord": {"token": "T"}}
 
 
@@ -134,15 +135,76 @@ def test_pod_security_restricted_and_probes(helm: Helm) -> None:
     assert env["VOICETRACK_LISTEN_ADDRESS"] == "0.0.0.0"  # reachable by the kubelet
 
 
+def _operator_pod(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(next(o for o in objs if o["kind"] == "Deployment")["spec"]["template"]["spec"])
+
+
+def test_the_default_database_lives_on_a_kept_claim_mounted_at_var_lib(helm: Helm) -> None:
+    """Issue 11 item 3: SQLite on a ReadWriteOnce PersistentVolumeClaim by default, one pod
+    at a time on it; an emptyDir with a warning when persistence is off; no claim for an
+    external database unless asked."""
+    objs = docs(helm("template", "v", str(CHART), *KUBE).stdout)
+    (pvc,) = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    assert pvc["metadata"]["name"] == "v-voicetrack-data"
+    assert pvc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"],
+                           "resources": {"requests": {"storage": "1Gi"}}}  # default class
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"} and deploy["spec"]["replicas"] == 1
+    pod = _operator_pod(objs)
+    assert pod["securityContext"]["fsGroup"] == 10001
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "v-voicetrack-data"}} in (
+        pod["volumes"])
+    assert {"name": "data", "mountPath": "/var/lib/voicetrack"} in (
+        pod["containers"][0]["volumeMounts"])
+    secret = next(o for o in objs if o["metadata"]["name"] == "v-voicetrack-database")
+    assert secret["stringData"]["url"] == "sqlite+aiosqlite:////var/lib/voicetrack/voicetrack.db"
+
+    def render(*sets: str) -> list[dict[str, Any]]:
+        args = [a for s in sets for a in ("--set", s)]
+        return docs(helm("template", "v", str(CHART), *KUBE, *args).stdout)
+
+    objs = render("persistence.storageClassName=-", "persistence.size=5Gi",
+                  "persistence.accessModes={ReadWriteOncePod}", "persistence.keepOnUninstall=false")
+    (pvc,) = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    assert "annotations" not in pvc["metadata"]
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOncePod"], "storageClassName": "",
+                           "resources": {"requests": {"storage": "5Gi"}}}
+    objs = render("persistence.existingClaim=mine")
+    assert [o for o in objs if o["kind"] == "PersistentVolumeClaim"] == []
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "mine"}} in (
+        _operator_pod(objs)["volumes"])
+    # persistence off: today's behaviour, the SQLite file in an emptyDir.
+    objs = render("persistence.enabled=false")
+    assert [o for o in objs if o["kind"] == "PersistentVolumeClaim"] == []
+    assert {"name": "data", "emptyDir": {}} in _operator_pod(objs)["volumes"]
+    # An external database: no claim, no data volume, unless asked.
+    for ext in ("database.url=postgresql+psycopg://u:p@db:5432/vt", "database.existingSecret=db"):
+        objs = render(ext)
+        assert [o for o in objs if o["kind"] == "PersistentVolumeClaim"] == [], ext
+        assert [v["name"] for v in _operator_pod(objs)["volumes"]] == ["tmp"], ext
+        objs = render(ext, "persistence.withExternalDatabase=true")
+        assert [o["kind"] for o in objs].count("PersistentVolumeClaim") == 1, ext
+    # A SQLite file outside the claim would be lost: refused, naming both.
+    res = helm("template", "v", str(CHART), *KUBE, "--set",
+               "database.url=sqlite+aiosqlite:////tmp/voicetrack.db", check=False)
+    assert res.returncode != 0 and "persistence.mountPath (/var/lib/voicetrack/)" in res.stderr
+    for bad, field in (("persistence.size=lots", "/persistence/size"),
+                       ("persistence.mountPath=/tmp", "/persistence/mountPath"),
+                       ("persistence.accessModes={RWO}", "/persistence/accessModes/0")):
+        res = helm("template", "v", str(CHART), *KUBE, "--set", bad, check=False)
+        assert res.returncode != 0 and field in res.stderr, (bad, res.stderr)
+
+
 def test_the_api_server_admits_the_render_under_pod_security_restricted(
         helm: Helm, kubectl: Kubectl, namespace: str) -> None:
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
             "pod-security.kubernetes.io/warn=restricted")
     objs = docs(helm("template", "v", str(CHART), *KUBE, "--namespace", namespace).stdout)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Pod", "Role",
-                     "RoleBinding", "Secret", "Secret", "Secret", "ServiceAccount",
-                     "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment",
+                     "PersistentVolumeClaim", "Pod", "Role", "RoleBinding", "Secret", "Secret",
+                     "Secret", "ServiceAccount", "ServiceAccount"]
     # Every object but the Pod (its ServiceAccount is not created by a dry run) passes the
     # API server's validation and admission.
     res = kubectl("apply", "--dry-run=server", "-f", "-", check=False, input="\n---\n".join(
@@ -211,6 +273,7 @@ def test_helm_install_runs_the_operator_deployment_with_its_service_account(
                    # the local node agent runs pods on the host: keep them on loopback
                    "--set", "operator.listenAddress=127.0.0.1", env=env)
         assert f"helm test {release} -n {ns}" in out.stdout
+        assert "Data: the database is the external one" in out.stdout  # no claim for it
         pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
         (pod,) = pods
         assert pod["spec"]["serviceAccountName"] == f"{release}-voicetrack"

@@ -57,6 +57,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}url{{ end }}
 {{- end }}
 
+{{/* "true" when the database is the chart's SQLite file (no existingSecret, a sqlite URL). */}}
+{{- define "voicetrack.embeddedDatabase" -}}
+{{- if and (not .Values.database.existingSecret) (hasPrefix "sqlite" .Values.database.url) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the operator mounts its data volume (PVC or emptyDir) at mountPath. */}}
+{{- define "voicetrack.dataVolume" -}}
+{{- if or (include "voicetrack.embeddedDatabase" .) .Values.persistence.withExternalDatabase }}true{{ end }}
+{{- end }}
+
+{{/* The claim the data volume uses when persistence is enabled. */}}
+{{- define "voicetrack.claimName" -}}
+{{- default (printf "%s-data" (include "voicetrack.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
 {{/* The Secret holding the bot token (`token`); the recorder pod reads the same name. */}}
 {{- define "voicetrack.discordSecretName" -}}
 {{- default .Values.discord.secretName .Values.discord.existingSecret }}

@@ -16,9 +16,12 @@ workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``)
   blocks another;
 * per pod: a private directory ``<state>/agent/pods/<ns>_<name>_<uid>/`` (cwd of every
   container; ``volumes/<name>/`` for emptyDir, configMap, secret, projected and downwardAPI
-  volumes; ``TMPDIR`` is the emptyDir mounted at ``/tmp``, else the first emptyDir the
-  container mounts, else ``tmp/``), a kubeconfig holding a TokenRequest token bound to the
-  pod for its ServiceAccount (``KUBECONFIG``), env from ``value`` (with ``$(VAR)``
+  volumes, a symlink to the bound PersistentVolume's hostPath/local directory for a
+  persistentVolumeClaim volume (a container mounting one runs in a private mount namespace
+  with it bind-mounted at its ``mountPath``, see :mod:`.volumes`); ``TMPDIR`` is the
+  emptyDir mounted at ``/tmp``, else the first emptyDir the container mounts, else
+  ``tmp/``), a kubeconfig holding a TokenRequest token bound to the pod for its
+  ServiceAccount (``KUBECONFIG``), env from ``value`` (with ``$(VAR)``
   expansion), ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef``, ``resourceFieldRef`` and
   ``envFrom``; ``VOICETRACK_TERMINATION_LOG`` names the host file standing for the
   container's ``terminationMessagePath`` (``termination/<container>``, emptied before every
@@ -46,7 +49,8 @@ workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``)
 Not done (documented limits): images, probes, exec/attach/port-forward, resource limits,
 hostNetwork isolation, service environment variables (``KUBERNETES_SERVICE_HOST`` is *not*
 set, so in-cluster clients fall back to ``KUBECONFIG``), volumes other than the above
-(a ``mountPath`` is never created; programs find their files through cwd/TMPDIR).
+(other than a claim's, a ``mountPath`` is never created; programs find their files through
+cwd/TMPDIR).
 
 The agent talks to the API with the admin kubeconfig of the state directory (a node
 identity with NodeRestriction is not needed for a single-user local cluster).

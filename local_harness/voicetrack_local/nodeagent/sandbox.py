@@ -13,7 +13,12 @@ from typing import Any
 from voicetrack_local.kubeconfig import write_kubeconfig
 from voicetrack_local.nodeagent.kube import Kube
 from voicetrack_local.nodeagent.podspec import Objects, Refs
-from voicetrack_local.nodeagent.volumes import plan_volumes, volume_refs, write_volumes
+from voicetrack_local.nodeagent.volumes import (
+    claim_names,
+    plan_volumes,
+    volume_refs,
+    write_volumes,
+)
 
 #: variables of the agent's own environment that every container inherits
 INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -31,6 +36,18 @@ def fetch_objects(kube: Kube, ns: str, refs: Refs) -> tuple[Objects, Objects]:
         {n: kube.get(f"{base}/secrets/{n}") for n in sorted(refs.secrets)},
         {n: kube.get(f"{base}/configmaps/{n}") for n in sorted(refs.configmaps)},
     )
+
+
+def fetch_claims(kube: Kube, ns: str, names: set[str]) -> tuple[Objects, Objects]:
+    """Read the PersistentVolumeClaims ``names`` in ``ns`` and the PersistentVolumes they are
+    bound to; returns ``(claims, volumes)``, each name → object, or None when missing.
+
+    Raises:
+        RuntimeError: the API answered with an error other than 404."""
+    claims = {n: kube.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{n}") for n in names}
+    bound = {((c or {}).get("spec") or {}).get("volumeName") for c in claims.values()}
+    pvs = {v: kube.get(f"/api/v1/persistentvolumes/{v}") for v in sorted(n for n in bound if n)}
+    return claims, pvs
 
 
 def prepare_sandbox(
@@ -73,7 +90,9 @@ def prepare_sandbox(
             namespace=ns,
         )
     secrets, configmaps = fetch_objects(kube, ns, volume_refs(pod))
-    write_volumes(plan_volumes(pod, token, secrets, configmaps), pod_dir / "volumes")
+    pvcs, pvs = fetch_claims(kube, ns, claim_names(pod))
+    plan = plan_volumes(pod, token, secrets, configmaps, pvcs, pvs)
+    write_volumes(plan, pod_dir / "volumes")
     venv_bin = str(Path(sys.executable).parent)
     base = {
         "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]),

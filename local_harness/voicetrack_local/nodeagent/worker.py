@@ -39,6 +39,7 @@ from voicetrack_local.nodeagent.podstatus import (
     termination_message,
 )
 from voicetrack_local.nodeagent.sandbox import fetch_objects, prepare_sandbox, read_tail
+from voicetrack_local.nodeagent.volumes import mount_prefix
 
 if TYPE_CHECKING:
     from voicetrack_local.nodeagent.agent import NodeAgent
@@ -244,6 +245,7 @@ class PodWorker(threading.Thread):
                 pod, c.spec, self.env_base, pod_dir=self.dir, secrets=secrets,
                 configmaps=configmaps, capacity=self.agent.capacity,
             )  # fmt: skip
+            prefix = mount_prefix(pod, c.spec, self.dir)  # PVC volumes at their mountPath
         except ConfigError as e:
             self._config_failed(str(e), [c])
             return
@@ -260,7 +262,8 @@ class PodWorker(threading.Thread):
         term.write_bytes(b"")  # a fresh, empty termination-message file for every run
         pid_file = self.dir / "pids" / f"{c.name}.json"
         label = f"{self.ns}/{self.pod_name}/{c.name}"
-        err = c.start([*command, *args], env, self.dir, logf, pid_file, label, now_iso(), now_iso)
+        argv = [*prefix, *command, *args]
+        err = c.start(argv, env, self.dir, logf, pid_file, label, now_iso(), now_iso)
         if err is not None:
             self.event("Failed", f"Error: {err}", c, warning=True)
             self._after_exit(c, 128)
