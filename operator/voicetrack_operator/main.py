@@ -39,7 +39,7 @@ def run(argv: list[str] | None = None) -> None:
     port = int(os.environ.get("VOICETRACK_HEALTH_PORT", "8080"))
     host = os.environ.get("VOICETRACK_LISTEN_ADDRESS", "127.0.0.1")
     namespaces = watched_namespaces(os.environ.get("VOICETRACK_NAMESPACES", ""))
-    kopf.run(clusterwide=not namespaces, namespaces=namespaces or None, standalone=True,
+    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True,
              liveness_endpoint=f"http://{host}:{port}/healthz" if port else None)
 
 
