@@ -14,8 +14,8 @@ from voicetrack.manifests import PromotionPlan
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import ChunkSpec, ChunkTrack, Gap
 from voicetrack_transcoder.ffmpeg import encode_args, parse_formats
-from voicetrack_transcoder.promote import Segment, build_timeline
 from voicetrack_transcoder.rawtracks import check_window, validate_raw
+from voicetrack_transcoder.streams import Segment, build_timeline
 
 pytestmark = pytest.mark.unit
 
