@@ -24,6 +24,7 @@ from discord.voice_state import VoiceConnectionState
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
 from voicetrack_recorder.discord.transport import SUPPORTED_MODES
 
@@ -141,6 +142,8 @@ class DiscordSource:
     `token` is the bot token (from the Secret, via the environment); ids are snowflakes.
     Frames go to `sink.push(user_id, slot, opus)` with slots of `clock`. `notice` sets the
     nickname suffix `[REC]` and posts `NOTICE` in the channel's text chat (best effort).
+    `endpoint`: where Discord is (applied to discord.py and its connector when `run`
+    starts; None leaves discord.py as it is, i.e. Discord itself).
     `receiver_options` tune the pipeline (see `VoiceReceiver`). Raises InvalidInputError for
     a bad token, an unknown or non-voice channel or missing permissions to connect;
     TemporaryFailure when Discord cannot be reached.
@@ -148,6 +151,7 @@ class DiscordSource:
 
     def __init__(self, *, token: str, guild_id: str | int, channel_id: str | int,
                  clock: SessionClock, sink: FrameSink, notice: bool = True,
+                 endpoint: DiscordEndpoint | None = None,
                  **receiver_options: Any) -> None:
         if not token:
             raise InvalidInputError("token: the bot token is empty")
@@ -160,6 +164,7 @@ class DiscordSource:
         self.clock = clock
         self.sink = sink
         self.notice = notice
+        self.endpoint = endpoint
         self._options = receiver_options
         self.connection: ConnectionReceiver | None = None
         self._voice: RecorderVoiceClient | None = None
@@ -175,7 +180,11 @@ class DiscordSource:
         intents = discord.Intents.none()
         intents.guilds = True
         intents.voice_states = True
-        client = discord.Client(intents=intents)
+        connector = None
+        if self.endpoint is not None:
+            self.endpoint.apply()
+            connector = self.endpoint.connector()
+        client = discord.Client(intents=intents, connector=connector)
         loop = asyncio.get_running_loop()
         self.connection = make_receiver(self.clock, self.sink, loop, **self._options)
         self._voice = None
