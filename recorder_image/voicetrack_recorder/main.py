@@ -198,9 +198,9 @@ def bot(
         bad = [g for g in guilds if not 15 <= len(str(g)) <= 20]
         if bad:
             raise InvalidInputError(f"VOICETRACK_BOT_SYNC_GUILDS: {bad[0]} is not a guild id")
+        endpoint = DiscordEndpoint.from_env()
         sessions = BotSessions(load_api_client(kubeconfig or None), namespace,
                                spec_defaults=defaults)
-        endpoint = DiscordEndpoint.from_env()
     except ValueError as err:
         print(f"error: VOICETRACK_BOT_SYNC_GUILDS: {err}", file=sys.stderr)
         raise typer.Exit(2) from err

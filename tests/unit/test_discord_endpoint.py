@@ -106,3 +106,16 @@ def test_unset_discord_settings_add_no_env(monkeypatch: pytest.MonkeyPatch) -> N
         discord_api_base="https://x/api/v10"))
     assert not [e for e in pod["spec"]["containers"][0]["env"]
                 if e["name"].startswith("VOICETRACK_DISCORD_")]
+
+
+def test_the_bot_command_refuses_a_bad_discord_setting() -> None:
+    from typer.testing import CliRunner
+
+    from voicetrack_recorder.main import app
+
+    result = CliRunner().invoke(app, ["bot"], env={
+        "VOICETRACK_DISCORD_TOKEN": "t", "VOICETRACK_NAMESPACE": "rec",
+        "KUBECONFIG": "/nonexistent/kubeconfig",
+        "VOICETRACK_DISCORD_CA_BUNDLE": "/nonexistent/ca.crt"})
+    assert result.exit_code == 2, result.output
+    assert "VOICETRACK_DISCORD_CA_BUNDLE: '/nonexistent/ca.crt' is not a file" in result.output
