@@ -13,6 +13,9 @@ transport AEAD, UDP).
 Alignment: the three senders start playing in one event-loop step (their `play` calls), so
 they share one start; the output position of sender 0's first marker fixes the common
 origin, and every marker of every sender is checked against origin + its time in the audio.
+Each speaker's first packet is anchored on the 20 ms slot grid (discord/timeline.py), so a
+sender whose first packet lands across a slot boundary from sender 0's sits one slot off:
+measured errors are 0 or 20 ms, within the ±20 ms the issue asks, never more.
 
 This module runs its own clusterwide operator: run it without the `stack` fixture's one
 (e.g. `pytest tests/e2e/test_discord_session.py`).
@@ -239,7 +242,8 @@ async def test_discord_session_records_three_senders_aligned(
         for at in s.markers:
             expected = origin + at
             errors.append(find_click(tracks[s.user_id], expected) - expected)
-    print(f"markers {len(errors)}: error ms min {min(errors)} max {max(errors)}")
+    print(f"markers {len(errors)}: error ms min {min(errors)} max {max(errors)}, "
+          f"distinct {sorted(set(errors))}")
     assert all(abs(e) <= 20 for e in errors), errors
     assert len(errors) >= 30
     for user, n in zip(users, sent, strict=True):
