@@ -41,6 +41,9 @@ TICK_S = 0.02
 REJOIN_AFTER_S = 30.0
 """How long discord.py may stay disconnected (it reconnects by itself first) before the
 source joins the channel again; the timeline continues, the interval is silence."""
+LEAVE_TIMEOUT_S = 10.0
+"""How long a cancelled source still spends leaving (nickname, voice, gateway) before it
+gives up; well inside the recorder pod's 30 s termination grace."""
 NICK_MAX = 32
 """Discord nickname length limit (Discord developer docs, "Guild Member Object")."""
 
@@ -211,16 +214,29 @@ class DiscordSource:
         finally:
             self.connection.detach()
             self.connection.receiver.flush()
-            if self.notice and runner is not None:
-                await self._unannounce(client)
-            if self._voice is not None:
-                with contextlib.suppress(Exception):
-                    await self._voice.disconnect(force=True)
-            await client.close()
-            if runner is not None:
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await runner
+            leave = asyncio.ensure_future(self._leave(client, runner))
+            try:
+                await asyncio.shield(leave)
+            except asyncio.CancelledError:  # finish leaving first (bounded), then go
+                with contextlib.suppress(Exception):  # a timeout, or the leave's own error
+                    await asyncio.wait_for(leave, LEAVE_TIMEOUT_S)
+                raise
+
+    async def _leave(self, client: discord.Client, runner: asyncio.Task[None] | None) -> None:
+        """Restore the nickname, leave the voice channel, log out. Run to its end even when
+        the source is cancelled (`Recorder.run` cancels it once its uploads are done,
+        which can be a few event-loop steps after stop): a cut-short leave left `[REC]`
+        on the bot and the bot in the channel."""
+        if self.notice and runner is not None:
+            await self._unannounce(client)
+        if self._voice is not None:
+            with contextlib.suppress(Exception):
+                await self._voice.disconnect(force=True)
+        await client.close()
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
 
     async def _join(self, channel: discord.VoiceChannel) -> RecorderVoiceClient:
         """Connect (muted) and attach the receiver; the receiver, its SSRC map and the
