@@ -1,10 +1,8 @@
 """Run the recorder's unmodified `DiscordSource` against a local Discord (a subprocess).
 
-`python -m tests.local_discord_recorder DISCORD_JSON [TOKEN]` (default: the bot token),
-with `SSL_CERT_FILE` set to the local Discord's CA bundle in the environment (aiohttp
-builds its verifying SSL context from OpenSSL's default paths when imported, and OpenSSL
-reads SSL_CERT_FILE). The two assignments below are the whole of the glue — exactly what
-a recorder setting for the API base and gateway URL would do (see docs/local-discord.md).
+`python -m tests.local_discord_recorder DISCORD_JSON [TOKEN]` (default: the bot token).
+The source reaches the local Discord through its supported `endpoint` (the API base,
+gateway URL and CA bundle of discord.json; in the pod, `DiscordEndpoint.from_env()`).
 It records until SIGTERM, then prints one JSON line: `{"frames": {user_id: count}, "hz":
 {user_id: dominant Hz}, "stats": ReceiveStats.as_dict(), "cpu_s": process CPU seconds
 from the first frame to the end of recording, "wall_s": the same span's wall time}`.
@@ -18,12 +16,10 @@ import signal
 import sys
 import time
 
-import discord
-import yarl
-
 from tests.discord_rig import CaptureSink
 from tests.local_discord_clients import dominant_hz
 from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.source import DiscordSource
 
 
@@ -43,14 +39,14 @@ class TimedSink(CaptureSink):
 async def main(path: str, token: str | None = None) -> None:
     with open(path) as f:
         info = json.load(f)
-    discord.http.Route.BASE = info["api_base"]
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(info["gateway_url"])
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     sink = TimedSink()
     source = DiscordSource(token=token or info["bot_token"], guild_id=info["guild_id"],
                            channel_id=info["voice_channel_id"],
-                           clock=SessionClock(int(time.time() * 1000)), sink=sink)
+                           clock=SessionClock(int(time.time() * 1000)), sink=sink,
+                           endpoint=DiscordEndpoint(info["api_base"], info["gateway_url"],
+                                                    info["ca_bundle"]))
     await source.run(stop)
     cpu0, wall0 = sink.first or (time.process_time(), time.monotonic())
     print(json.dumps({"frames": {u: len(f) for u, f in sink.frames.items()},

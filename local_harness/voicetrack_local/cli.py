@@ -1,4 +1,5 @@
-"""``voicetrack local build|up|status|down`` and ``voicetrack demo``: the local harness from
+"""``voicetrack local build|up|status|down``, ``voicetrack local discord up|down`` and
+``voicetrack demo``: the local harness from
 the command line, plugged into the ``voicetrack`` command by :func:`register` (entry point
 group ``voicetrack.cli``).
 
@@ -138,6 +139,48 @@ def down(
     """Stop every process `up` started in the state directory, and only those."""
     stopped = k8scluster.down(state_dir, purge=purge)
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+discord_app = typer.Typer(no_args_is_help=True,
+                          help="The local Discord (docs/local-discord.md).")
+
+DISCORD_STATE_DIR = Path.home() / ".local/state/voicetrack/discord"
+DiscordStateDir = Annotated[
+    Path,
+    typer.Option("--state-dir", envvar="VOICETRACK_DISCORD_STATE_DIR",
+                 help="Where the local Discord keeps discord.json, its PKI, pid file and log."),
+]
+
+
+@discord_app.command("up")
+def discord_up(
+    state_dir: DiscordStateDir = DISCORD_STATE_DIR,
+    users: Annotated[str, typer.Option("--users", envvar="VOICETRACK_DISCORD_USERS",
+                                       help="Member names, comma-separated.")
+                     ] = "alice,bob,carol",
+) -> None:
+    """Start the local Discord in the background (or reuse the running one); prints the
+    path of its discord.json."""
+    from voicetrack_local.discord import launcher
+
+    try:
+        info = launcher.up(state_dir, ["--users", users])
+    except VoicetrackError as e:
+        raise _fail(e) from e
+    typer.echo(str(info))
+
+
+@discord_app.command("down")
+def discord_down(
+    state_dir: DiscordStateDir = DISCORD_STATE_DIR,
+) -> None:
+    """Stop the local Discord started from the state directory, and only it."""
+    from voicetrack_local.discord import launcher
+
+    typer.echo("stopped: local-discord" if launcher.down(state_dir) else "nothing was running")
+
+
+app.add_typer(discord_app, name="discord")
 
 
 def demo(

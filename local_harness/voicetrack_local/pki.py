@@ -133,6 +133,28 @@ def _issue(
     pair.crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def issue_server_cert(state_dir: Path, name: str, common_name: str,
+                      hosts: list[str] | None = None) -> CertPair:
+    """A serving certificate `state_dir/pki/<name>.crt|.key` issued once by the harness CA
+    (made by `ensure_pki` if missing) for `hosts` (IP addresses or DNS names; default
+    127.0.0.1 and localhost). Existing files are kept, so clients keep trusting them."""
+    ca = ensure_pki(state_dir)
+    pair = CertPair(ca.dir / f"{name}.crt", ca.dir / f"{name}.key")
+    if pair.crt.exists() and pair.key.exists():
+        return pair
+    sans: list[x509.GeneralName] = []
+    for host in hosts or ["127.0.0.1", "localhost"]:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    ca_cert = x509.load_pem_x509_certificate(ca.ca.crt.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    _issue(pair, _name(common_name), ca_cert, ca_key, server=True, sans=sans)
+    return pair
+
+
 def ensure_pki(state_dir: Path) -> Pki:
     """Create (once) and return the PKI under ``state_dir/pki``.
 

@@ -54,6 +54,14 @@ stringData: {{accessKey: "{s3.access_key}", secretKey: "{s3.secret_key}"}}
     kubectl(kubeconfig, "apply", "-f", "-", input=manifest)
 
 
+def discord_operator_env(info: dict[str, object]) -> dict[str, str]:
+    """The operator's variables that send recorder pods to a local Discord, from its
+    discord.json (`api_base`, `gateway_url`, `ca_bundle`, a path on this node)."""
+    return {"VOICETRACK_POD_DISCORD_API_BASE": str(info["api_base"]),
+            "VOICETRACK_POD_DISCORD_GATEWAY_URL": str(info["gateway_url"]),
+            "VOICETRACK_POD_DISCORD_CA_BUNDLE": str(info["ca_bundle"])}
+
+
 class OperatorProcess:
     """`voicetrack-operator` as a child process, with its log in `log_path`."""
 

@@ -42,6 +42,13 @@ class PodSettings:
     promote_deadline_s: int = 3600
     job_ttl_s: int = 3600
     backoff_limit: int = 3
+    discord_api_base: str | None = None
+    """VOICETRACK_DISCORD_API_BASE for recorder pods (None: Discord itself)."""
+    discord_gateway_url: str | None = None
+    """VOICETRACK_DISCORD_GATEWAY_URL for recorder pods (None: Discord's gateway)."""
+    discord_ca_bundle: str | None = None
+    """VOICETRACK_DISCORD_CA_BUNDLE for recorder pods: a PEM file path on the node (None:
+    the system trust). Only the local harness sets these three."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,10 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
     if spec.source.type == "discord":
         env.append({"name": "VOICETRACK_DISCORD_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": settings.discord_secret, "key": "token"}}})
+        env.extend({"name": name, "value": value} for name, value in (
+            ("VOICETRACK_DISCORD_API_BASE", settings.discord_api_base),
+            ("VOICETRACK_DISCORD_GATEWAY_URL", settings.discord_gateway_url),
+            ("VOICETRACK_DISCORD_CA_BUNDLE", settings.discord_ca_bundle)) if value)
     volumes, mounts = _tmp_volume()
     return {
         "apiVersion": "v1",

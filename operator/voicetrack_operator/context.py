@@ -26,7 +26,10 @@ class OperatorSettings:
     S3_ENDPOINT / S3_ACCESS_KEY / S3_SECRET_KEY: the operator's own S3 access;
     POD_S3_ENDPOINT: the endpoint pods use (default the same);
     S3_SECRET_NAME / DISCORD_SECRET_NAME: Secrets pods read keys and token from;
-    RECORDER_IMAGE / TRANSCODER_IMAGE; TEMP_TTL_HOURS (24); KUBECONFIG (else the default
+    POD_DISCORD_API_BASE / POD_DISCORD_GATEWAY_URL / POD_DISCORD_CA_BUNDLE: where recorder
+    pods find Discord (unset: Discord itself; the local harness sets them, the CA bundle
+    being a file path on the node); RECORDER_IMAGE / TRANSCODER_IMAGE;
+    TEMP_TTL_HOURS (24); KUBECONFIG (else the default
     loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off; LISTEN_ADDRESS
     of both (127.0.0.1)."""
 
@@ -48,6 +51,9 @@ class OperatorSettings:
             s3_endpoint=_env("POD_S3_ENDPOINT", s3.endpoint),
             s3_secret=_env("S3_SECRET_NAME", PodSettings.s3_secret),
             discord_secret=_env("DISCORD_SECRET_NAME", PodSettings.discord_secret),
+            discord_api_base=_env("POD_DISCORD_API_BASE", "") or None,
+            discord_gateway_url=_env("POD_DISCORD_GATEWAY_URL", "") or None,
+            discord_ca_bundle=_env("POD_DISCORD_CA_BUNDLE", "") or None,
         )
         return cls(
             database_url=_env("DATABASE_URL", "sqlite+aiosqlite:///voicetrack.db"),

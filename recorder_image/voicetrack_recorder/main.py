@@ -17,6 +17,7 @@ reason (`invalid input: storage: AccessDenied: …`) and the chunks acknowledged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -59,13 +60,14 @@ def _build_source(spec: SessionSpec, store: ObjectStore, clock: SessionClock,
     if spec.source.type == "files":
         return FilesSource(spec.source.speakers, store, clock, recorder,
                            origin_slot=origin_slot, bitrate_kbps=64)
+    from voicetrack_recorder.discord.endpoint import DiscordEndpoint
     from voicetrack_recorder.discord.source import DiscordSource
 
     token = os.environ.get("VOICETRACK_DISCORD_TOKEN")
     if not token:
         raise InvalidInputError("VOICETRACK_DISCORD_TOKEN is not set (the bot token Secret)")
     return DiscordSource(token=token, guild_id=spec.guild_id, channel_id=spec.channel_id,
-                         clock=clock, sink=recorder)
+                         clock=clock, sink=recorder, endpoint=DiscordEndpoint.from_env())
 
 
 def _parse_spec(obj: dict[str, Any]) -> SessionSpec:
@@ -180,6 +182,7 @@ def bot(
 
     from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands, VoicetrackBot
     from voicetrack_recorder.bot.sessions import BotSessions, check_spec_defaults
+    from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -195,6 +198,7 @@ def bot(
         bad = [g for g in guilds if not 15 <= len(str(g)) <= 20]
         if bad:
             raise InvalidInputError(f"VOICETRACK_BOT_SYNC_GUILDS: {bad[0]} is not a guild id")
+        endpoint = DiscordEndpoint.from_env()
         sessions = BotSessions(load_api_client(kubeconfig or None), namespace,
                                spec_defaults=defaults)
     except ValueError as err:
@@ -203,7 +207,16 @@ def bot(
     except InvalidInputError as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(2) from err
-    VoicetrackBot(RecordCommands(sessions, policy), guilds).run(token, log_handler=None)
+
+    async def serve() -> None:
+        endpoint.apply()  # before the client exists; its connector inside the loop
+        bot = VoicetrackBot(RecordCommands(sessions, policy), guilds,
+                            connector=endpoint.connector())
+        async with bot:
+            await bot.start(token)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 @app.command()

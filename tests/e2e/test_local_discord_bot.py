@@ -1,5 +1,6 @@
 """The recorder image's unmodified bot (`voicetrack-recorder bot`) on the wire: it logs in
-to the local Discord over TLS, syncs `/record` at start (a guild bulk overwrite), and a
+to the local Discord over TLS (found through VOICETRACK_DISCORD_API_BASE, _GATEWAY_URL and
+_CA_BUNDLE), syncs `/record` at start (a guild bulk overwrite), and a
 member's typed `/record start|pause|status|stop` arrive as INTERACTION_CREATE; each is
 answered through the interaction endpoints (an ephemeral deferral, then a follow-up with
 the embed), checked on the local Discord's side, and the RecordingSession changes on the
@@ -55,14 +56,16 @@ async def test_bot_commands_over_the_wire(local_discord: Any, cluster: Any, kube
     install_crds(cluster.kubeconfig)
     alice_id = int(info["users"][0]["id"])  # the guild owner: Manage Server
     alice, alice_runner = await start_client(info["users"][0]["token"], info["ca_bundle"])
-    env = {**os.environ, "SSL_CERT_FILE": info["ca_bundle"],
+    env = {**{k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"},
+           "VOICETRACK_DISCORD_API_BASE": info["api_base"],
+           "VOICETRACK_DISCORD_GATEWAY_URL": info["gateway_url"],
+           "VOICETRACK_DISCORD_CA_BUNDLE": info["ca_bundle"],
            "VOICETRACK_DISCORD_TOKEN": info["bot_token"], "VOICETRACK_NAMESPACE": namespace,
            "KUBECONFIG": str(cluster.kubeconfig),
            "VOICETRACK_BOT_SYNC_GUILDS": info["guild_id"],
            "VOICETRACK_BOT_SPEC_DEFAULTS": json.dumps({"storage": {"bucket": "rec"}})}
-    bot = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.local_discord_bot", str(server.state_dir / "discord.json"),
-        env=env, cwd=REPO)
+    bot = await asyncio.create_subprocess_exec(  # the console script, as the image runs it
+        str(Path(sys.executable).parent / "voicetrack-recorder"), "bot", env=env, cwd=REPO)
     try:
         channel = alice.get_channel(int(info["voice_channel_id"]))
         assert isinstance(channel, discord.VoiceChannel)

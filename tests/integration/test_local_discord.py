@@ -241,14 +241,14 @@ async def _until(predicate: Callable[[], bool], what: str, timeout: float = 30) 
 
 
 async def test_unmodified_discord_source_records_with_notice(local_discord: Any) -> None:
-    """The recorder's own `DiscordSource` (in a subprocess, trusting the CA through
-    SSL_CERT_FILE): it joins, sets the `[REC]` nickname and posts the notice, records a
-    member's tone, and restores the nickname on SIGTERM — all checked on the local
-    Discord's side."""
+    """The recorder's own `DiscordSource` (in a subprocess, reaching the local Discord
+    through its `endpoint` setting, without SSL_CERT_FILE): it joins, sets the `[REC]`
+    nickname and posts the notice, records a member's tone, and restores the nickname on
+    SIGTERM — all checked on the local Discord's side."""
     server, info = local_discord
     world = server.world
     bot_id = int(info["application_id"])
-    env = {**os.environ, "SSL_CERT_FILE": info["ca_bundle"]}
+    env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"}
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.local_discord_recorder",
         str(server.state_dir / "discord.json"), env=env, cwd=REPO,
@@ -343,7 +343,7 @@ async def test_discord_source_refuses_clearly(local_discord: Any, fault: str) ->
             Overwrite(int(info["application_id"]), 1, deny=CONNECT))
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.local_discord_recorder", *args,
-        env={**os.environ, "SSL_CERT_FILE": info["ca_bundle"]}, cwd=REPO,
+        cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(child.communicate(), 30)
     assert child.returncode != 0

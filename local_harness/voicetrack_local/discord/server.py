@@ -17,7 +17,6 @@ text_channel_id, users: [{id, token, name}], voice_endpoint, udp_port}`.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import socket
 import ssl
@@ -26,9 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from voicetrack_local import pki
 from voicetrack_local.discord.gateway import Gateway
@@ -55,16 +51,8 @@ class Settings:
 
 def serving_cert(state_dir: Path) -> pki.CertPair:
     """The local Discord's serving certificate, issued once by the harness CA."""
-    ca = pki.ensure_pki(state_dir)
-    pair = pki.CertPair(ca.dir / "discord.crt", ca.dir / "discord.key")
-    if not (pair.crt.exists() and pair.key.exists()):
-        ca_cert = x509.load_pem_x509_certificate(ca.ca.crt.read_bytes())
-        ca_key = serialization.load_pem_private_key(ca.ca.key.read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        pki._issue(pair, pki._name("voicetrack-local-discord"), ca_cert, ca_key, server=True,
-                   sans=[x509.IPAddress(ipaddress.ip_address(HOST)),
-                         x509.DNSName("localhost")])
-    return pair
+    return pki.issue_server_cert(state_dir, "discord", "voicetrack-local-discord",
+                                 [HOST, "localhost"])
 
 
 class LocalDiscord:

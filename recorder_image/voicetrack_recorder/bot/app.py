@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -211,11 +212,14 @@ def bot_intents() -> discord.Intents:
 
 class VoicetrackBot(commands.Bot):
     """The bot process: registers `/record` and syncs it at start-up, to `sync_guilds`
-    when given (instant, for development) else globally."""
+    when given (instant, for development) else globally. `connector`: the aiohttp
+    connector for REST and the gateway (`DiscordEndpoint.connector()`; make the bot inside
+    the running event loop then); None = discord.py's default."""
 
-    def __init__(self, cmds: RecordCommands, sync_guilds: Iterable[int] = ()) -> None:
+    def __init__(self, cmds: RecordCommands, sync_guilds: Iterable[int] = (),
+                 connector: aiohttp.BaseConnector | None = None) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=bot_intents(),
-                         help_command=None)
+                         help_command=None, connector=connector)
         self.record = build_group(cmds)
         self.sync_guilds = [discord.Object(id=g) for g in sync_guilds]
         self.tree.add_command(self.record)

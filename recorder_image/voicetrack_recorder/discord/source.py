@@ -24,6 +24,7 @@ from discord.voice_state import VoiceConnectionState
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
 from voicetrack_recorder.discord.transport import SUPPORTED_MODES
 
@@ -40,6 +41,9 @@ TICK_S = 0.02
 REJOIN_AFTER_S = 30.0
 """How long discord.py may stay disconnected (it reconnects by itself first) before the
 source joins the channel again; the timeline continues, the interval is silence."""
+LEAVE_TIMEOUT_S = 10.0
+"""How long a cancelled source still spends leaving (nickname, voice, gateway) before it
+gives up; well inside the recorder pod's 30 s termination grace."""
 NICK_MAX = 32
 """Discord nickname length limit (Discord developer docs, "Guild Member Object")."""
 
@@ -141,6 +145,8 @@ class DiscordSource:
     `token` is the bot token (from the Secret, via the environment); ids are snowflakes.
     Frames go to `sink.push(user_id, slot, opus)` with slots of `clock`. `notice` sets the
     nickname suffix `[REC]` and posts `NOTICE` in the channel's text chat (best effort).
+    `endpoint`: where Discord is (applied to discord.py and its connector when `run`
+    starts; None leaves discord.py as it is, i.e. Discord itself).
     `receiver_options` tune the pipeline (see `VoiceReceiver`). Raises InvalidInputError for
     a bad token, an unknown or non-voice channel or missing permissions to connect;
     TemporaryFailure when Discord cannot be reached.
@@ -148,6 +154,7 @@ class DiscordSource:
 
     def __init__(self, *, token: str, guild_id: str | int, channel_id: str | int,
                  clock: SessionClock, sink: FrameSink, notice: bool = True,
+                 endpoint: DiscordEndpoint | None = None,
                  **receiver_options: Any) -> None:
         if not token:
             raise InvalidInputError("token: the bot token is empty")
@@ -160,6 +167,7 @@ class DiscordSource:
         self.clock = clock
         self.sink = sink
         self.notice = notice
+        self.endpoint = endpoint
         self._options = receiver_options
         self.connection: ConnectionReceiver | None = None
         self._voice: RecorderVoiceClient | None = None
@@ -175,7 +183,11 @@ class DiscordSource:
         intents = discord.Intents.none()
         intents.guilds = True
         intents.voice_states = True
-        client = discord.Client(intents=intents)
+        connector = None
+        if self.endpoint is not None:
+            self.endpoint.apply()
+            connector = self.endpoint.connector()
+        client = discord.Client(intents=intents, connector=connector)
         loop = asyncio.get_running_loop()
         self.connection = make_receiver(self.clock, self.sink, loop, **self._options)
         self._voice = None
@@ -202,16 +214,29 @@ class DiscordSource:
         finally:
             self.connection.detach()
             self.connection.receiver.flush()
-            if self.notice and runner is not None:
-                await self._unannounce(client)
-            if self._voice is not None:
-                with contextlib.suppress(Exception):
-                    await self._voice.disconnect(force=True)
-            await client.close()
-            if runner is not None:
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await runner
+            leave = asyncio.ensure_future(self._leave(client, runner))
+            try:
+                await asyncio.shield(leave)
+            except asyncio.CancelledError:  # finish leaving first (bounded), then go
+                with contextlib.suppress(Exception):  # a timeout, or the leave's own error
+                    await asyncio.wait_for(leave, LEAVE_TIMEOUT_S)
+                raise
+
+    async def _leave(self, client: discord.Client, runner: asyncio.Task[None] | None) -> None:
+        """Restore the nickname, leave the voice channel, log out. Run to its end even when
+        the source is cancelled (`Recorder.run` cancels it once its uploads are done,
+        which can be a few event-loop steps after stop): a cut-short leave left `[REC]`
+        on the bot and the bot in the channel."""
+        if self.notice and runner is not None:
+            await self._unannounce(client)
+        if self._voice is not None:
+            with contextlib.suppress(Exception):
+                await self._voice.disconnect(force=True)
+        await client.close()
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
 
     async def _join(self, channel: discord.VoiceChannel) -> RecorderVoiceClient:
         """Connect (muted) and attach the receiver; the receiver, its SSRC map and the
