@@ -96,6 +96,9 @@ def operator(cluster: Any, s3_server: S3Settings, local_discord: dict[str, Any],
     op = OperatorProcess(cluster.kubeconfig, s3_server, f"sqlite+aiosqlite:///{d}/vt.db",
                          d / "operator.log", extra_env={
                              "VOICETRACK_LOG_LEVEL": "INFO",
+                             # its own namespaces only: the suite's shared operator
+                             # serves e2e-*, and two operators must not share one
+                             "VOICETRACK_NAMESPACES": "dsc-*",
                              **discord_operator_env(local_discord)})
     op.start()
     try:
@@ -171,7 +174,7 @@ async def test_discord_session_records_three_senders_aligned(
         local_discord: dict[str, Any], senders: list[discord.Client], tmp_path: Path
         ) -> None:
     info = local_discord
-    ns = f"e2e-discord-{secrets.token_hex(3)}"
+    ns = f"dsc-{secrets.token_hex(3)}"
     prepare_namespace(cluster.kubeconfig, ns, s3_server)
     _kubectl(cluster, "-n", ns, "create", "secret", "generic", "voicetrack-discord",
              f"--from-literal=token={info['bot_token']}")
