@@ -126,6 +126,16 @@ class SessionState(enum.StrEnum):
     def deleting(self) -> bool:
         return self in DELETION_STATES
 
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> SessionState | None:
+        """The `status.state` of a RecordingSession object; None before the operator wrote
+        one, or for a value this version does not know (a newer operator's)."""
+        value = (obj.get("status") or {}).get("state")
+        try:
+            return cls(value) if value else None
+        except ValueError:
+            return None
+
 
 INACTIVE_STATES = frozenset({SessionState.STOPPED, SessionState.FAILED, SessionState.REFUSED})
 """States of a session that no longer records."""

@@ -135,3 +135,9 @@ def test_session_states() -> None:
     assert SessionState("Promoting").deleting and not SessionState("Paused").deleting
     assert {s.value for s in SessionState} >= {"Pending", "Recording", "Paused", "Stopped",
                                                  "Failed", "Refused", "PromotionFailed"}
+
+
+def test_session_state_of_an_object() -> None:
+    assert SessionState.of({"status": {"state": "Paused"}}) is SessionState.PAUSED
+    assert SessionState.of({"status": {}}) is None and SessionState.of({}) is None
+    assert SessionState.of({"status": {"state": "FromTheFuture"}}) is None

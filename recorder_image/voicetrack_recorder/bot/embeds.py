@@ -72,9 +72,8 @@ def session_state(obj: dict[str, Any]) -> SessionState | str:
     not yet re-observed; `Pending` when there is no status yet. A state this version does
     not know (a newer operator's) is returned as the string it is."""
     raw = (obj.get("status") or {}).get("state")
-    try:
-        state = SessionState(raw) if raw else None
-    except ValueError:
+    state = SessionState.of(obj)
+    if raw and state is None:
         return str(raw)
     deleting = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
     if deleting and state in _NOT_YET_STOPPING:

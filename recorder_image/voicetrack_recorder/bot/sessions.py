@@ -284,10 +284,5 @@ class BotSessions:
 
 
 def _state(obj: dict[str, Any]) -> SessionState | None:
-    """The operator's `status.state` of a session object; None before the operator wrote
-    one, or for a value this version does not know (a newer operator's)."""
-    value = (obj.get("status") or {}).get("state")
-    try:
-        return SessionState(value) if value else None
-    except ValueError:
-        return None
+    """The operator's `status.state` of a session object (`SessionState.of`)."""
+    return SessionState.of(obj)
