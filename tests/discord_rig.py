@@ -2,7 +2,8 @@
 
 The rig plays what Discord's servers do; everything else is real:
 
-- It is the MLS external sender of the call's DAVE group: a P-256 ECDSA key whose op-25
+- It is the MLS external sender of the call's DAVE group (the local Discord's
+  `voicetrack_local.discord.mls.ExternalSender`): a P-256 ECDSA key whose op-25
   package is `ExternalSender { opaque signature_key<V>; Credential credential; }` (RFC 9420
   §12.1.8.1, basic credential, type 1). Adds and removes are external proposals: MLS
   `PublicMessage`s (RFC 9420 §6.2) with group id = channel id (8 bytes big-endian), the
@@ -35,69 +36,14 @@ from typing import Any
 
 import davey
 import nacl.bindings
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from discord import opus
 
 from voicetrack.audio import CHANNELS, FRAME_SAMPLES, OPUS_SILENCE_FRAME, SAMPLE_RATE
+from voicetrack_local.discord.mls import ExternalSender, proposals_payload
 from voicetrack_recorder.opusenc import code_as_mono
 
 DAVE_VERSION = 1
-MLS10 = 1
-WIRE_PUBLIC_MESSAGE = 1
-SENDER_EXTERNAL = 2
-CONTENT_PROPOSAL = 2
-PROPOSAL_ADD = 1
-PROPOSAL_REMOVE = 3
-CREDENTIAL_BASIC = 1
-
-
-def varint(n: int) -> bytes:
-    """MLS variable-length integer (RFC 9420 §2.1.2)."""
-    if n < 1 << 6:
-        return bytes([n])
-    if n < 1 << 14:
-        return struct.pack(">H", 0x4000 | n)
-    if n < 1 << 30:
-        return struct.pack(">I", 0x8000_0000 | n)
-    raise ValueError("vector too long")
-
-
-def vec(data: bytes) -> bytes:
-    """An MLS `opaque x<V>`: varint length then the bytes."""
-    return varint(len(data)) + data
-
-
-class ExternalSender:
-    """The voice server's MLS identity for one call (channel)."""
-
-    def __init__(self, channel_id: int) -> None:
-        self.channel_id = channel_id
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        public = self.key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-        assert len(public) == 65
-        self.package = vec(public) + struct.pack(">H", CREDENTIAL_BASIC) + vec(b"voice-server")
-
-    def proposal(self, body: bytes, epoch: int) -> bytes:
-        """An MLSMessage(PublicMessage) carrying the Proposal `body`, signed for `epoch`."""
-        content = (vec(struct.pack(">Q", self.channel_id)) + struct.pack(">Q", epoch)
-                   + bytes([SENDER_EXTERNAL]) + struct.pack(">I", 0) + vec(b"")
-                   + bytes([CONTENT_PROPOSAL]) + body)
-        wire = struct.pack(">HH", MLS10, WIRE_PUBLIC_MESSAGE)
-        tbs = wire + content
-        signature = self.key.sign(vec(b"MLS 1.0 FramedContentTBS") + vec(tbs),
-                                  ec.ECDSA(hashes.SHA256()))
-        return wire + content + vec(signature)
-
-    def add(self, key_package: bytes, epoch: int) -> bytes:
-        return self.proposal(struct.pack(">H", PROPOSAL_ADD) + key_package, epoch)
-
-    def remove(self, leaf_index: int, epoch: int) -> bytes:
-        return self.proposal(struct.pack(">HI", PROPOSAL_REMOVE, leaf_index), epoch)
-
-
 def transport_encrypt(mode: str, key: bytes, header: bytes, plaintext: bytes,
                       nonce: int) -> bytes:
     """`header | AEAD(plaintext, aad=header) | nonce (4 bytes BE)` for Discord's rtpsize
@@ -322,7 +268,7 @@ class VoiceServerRig:
                       bot_joins: bool) -> None:
         """Op 27 to every member; the first speaker's commit wins; members get it as op 29
         and joiners (the bot too, the first time) the welcome as op 30."""
-        payload = bytes([0]) + vec(b"".join(proposals))
+        payload = proposals_payload(proposals)
         members = [s for s in self.speakers.values() if s not in joiners]
         if not members:  # the call's first speaker creates the group
             members, joiners = joiners[:1], joiners[1:]

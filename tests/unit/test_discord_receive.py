@@ -15,15 +15,14 @@ import pytest
 
 from tests.discord_rig import (
     DAVE_VERSION,
-    ExternalSender,
     Harness,
     Speaker,
     decode_frames,
     encode_frames,
     tone_pcm,
-    vec,
 )
 from voicetrack.audio import OPUS_SILENCE_FRAME, opus_channels
+from voicetrack_local.discord.mls import ExternalSender, vec
 from voicetrack_recorder.discord.transport import MODE_AES256_GCM, MODE_XCHACHA20
 
 pytestmark = pytest.mark.unit
