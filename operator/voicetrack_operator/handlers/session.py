@@ -38,6 +38,8 @@ async def on_session_observe(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch
     with kopf_errors():
         changed = await SessionService(memo.ctx).observe_session(SessionView.parse(dict(body)))
     patch.status.update(changed)
+    if "recorderFailure" in changed:
+        kopf.warn(body, reason="RecorderFailed", message=changed["recorderFailure"])
 
 
 @kopf.on.field(*SESSION, id="pause", field="spec.paused")

@@ -298,8 +298,7 @@ class DeletionService:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
         with contextlib.suppress(NotFoundError):
-            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
-                                          "completed" if ids else "cancelled")
+            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), meeting_end(s, ids))
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
 
@@ -348,6 +347,14 @@ class DeletionService:
             else:
                 await self.ctx.db.delete_temp_recordings(s.meeting_id)
         return deleted
+
+
+def meeting_end(s: SessionView, recording_ids: list[str]) -> str:
+    """The meeting's final status: `completed` with recordings, else `failed` when the
+    recorder could not record (`status.recorderFailure`), else `cancelled`."""
+    if recording_ids:
+        return "completed"
+    return "failed" if s.status.get("recorderFailure") else "cancelled"
 
 
 async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:

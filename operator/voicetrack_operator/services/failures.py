@@ -42,6 +42,39 @@ def termination_message(pod: dict[str, Any]) -> str:
     return ""
 
 
+PERMANENT_EXIT_CODE = 2
+"""The recorder's exit code for an input no retry can fix (token, bucket, credentials)."""
+CRASH_LOOP_RESTARTS = 3
+"""A recorder restarted this often within its session is failing, whatever its exit code."""
+CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError",
+                           "InvalidImageName"})
+"""Waiting reasons of a container that cannot start until someone changes its inputs (a
+missing Secret or key, an image name that cannot be)."""
+
+
+def recorder_failure(pod: dict[str, Any] | None) -> str | None:
+    """Why the recorder pod cannot record, None while it can (or may): a container that
+    terminated with exit code 2 (now or before its last restart), one that waits on a
+    configuration error, or one restarted `CRASH_LOOP_RESTARTS` times. The reason is the
+    container's own termination message when it left one."""
+    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        for terminated in (state.get("terminated"), last.get("terminated")):
+            if terminated and terminated.get("exitCode") == PERMANENT_EXIT_CODE:
+                return (reason_line(str(terminated.get("message") or ""))
+                        or f"recorder exited with code {PERMANENT_EXIT_CODE} (bad input)")
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in CONFIG_ERRORS:
+            return f"recorder cannot start: {waiting['reason']}: {waiting.get('message', '')}"
+        restarts = int(cs.get("restartCount") or 0)
+        if restarts >= CRASH_LOOP_RESTARTS:
+            terminated = last.get("terminated") or {}
+            why = (reason_line(str(terminated.get("message") or ""))
+                   or f"exit code {terminated.get('exitCode', '?')}")
+            return f"recorder restarted {restarts} times; last exit: {why}"
+    return None
+
+
 async def failure_detail(kube: PodReader, ns: str, job_name: str) -> str:
     """The failure reason of Job `job_name`: its newest pod's termination message, else the
     `error:` line of a pod's log tail (fallback), else ''."""

@@ -24,6 +24,7 @@ from voicetrack.resources import (
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,14 @@ class SessionService:
         if s.state is SessionState.REFUSED or s.deletion:
             return {}
         pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
-        if pod is not None and (pod.get("status") or {}).get("phase") == "Failed" \
+        failure = s.status.get("recorderFailure") or recorder_failure(pod)
+        if failure:
+            # it cannot record: stop the crash loop (and leave the voice channel); the
+            # session stays Failed until deleted, which promotes what it recorded
+            if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+                log.warning("session %s/%s failed: %s", s.ref.namespace, s.ref.name, failure)
+                await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"])
+        elif pod is not None and (pod.get("status") or {}).get("phase") == "Failed" \
                 and not pod["metadata"].get("deletionTimestamp"):
             # evicted or past its deadline: a new pod continues at the next chunk index
             await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"], 0)
@@ -168,7 +176,7 @@ class SessionService:
             started_ms = int(parse_time(s.status["startedAt"]).timestamp() * 1000)
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
-        phase = ((pod or {}).get("status") or {}).get("phase")
+        phase = None if failure else ((pod or {}).get("status") or {}).get("phase")
         objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
         if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
                 s.ref.namespace, s.ref.name, s.ref.uid, objs):
@@ -176,7 +184,8 @@ class SessionService:
         chunks = [ChunkView.from_object(o) for o in objs]
         db_ok, message = await self.resync(s)
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=phase,
-                          chunks=chunks, database_synced=db_ok, database_message=message)
+                          chunks=chunks, recorder_failure=failure or None,
+                          database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         return status_changed(s.status, new)
 

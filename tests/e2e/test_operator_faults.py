@@ -1,0 +1,100 @@
+"""Faults seen by the real operator on the local stack (issue 11): a recorder that cannot
+record, a meeting id reused by a second session.
+
+Each test polls the session's status as a user would (`kubectl get`), never sleeps a
+fixed time, and checks what ends in SQL and S3.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_main_job import get, wait_for
+from tests.fixtures.stack import Stack
+from voicetrack.errors import NotFoundError
+
+pytestmark = pytest.mark.e2e
+
+USER = "400000000000000031"
+
+
+def snowflake() -> str:
+    """A random 18-digit id: each test has its own guild, so no session is busy."""
+    return str(10**17 + secrets.randbelow(8 * 10**17))
+
+
+def apply_session(stack: Stack, ns: str, name: str, **spec: Any) -> None:
+    doc = {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"guildId": snowflake(), "channelId": snowflake(), "chunkSeconds": 5,
+                    **spec}}
+    res = stack.kubectl("apply", "-f", "-", input=json.dumps(doc), check=False)
+    assert res.returncode == 0, res.stderr
+
+
+def status_of(stack: Stack, ns: str, name: str) -> dict[str, Any]:
+    return dict((get(stack, ns, "recsess", name) or {}).get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def meeting_status(stack: Stack, meeting_id: str) -> str | None:
+    async def go(svc: Any) -> str | None:
+        try:
+            return str((await svc.get_meeting(meeting_id)).status)
+        except NotFoundError:
+            return None
+    return stack.db(go)
+
+
+@pytest.mark.parametrize("fault", ["missing-token-secret", "bad-s3-secret"])
+def test_a_recorder_that_cannot_record_fails_the_session_and_deletion_completes(
+        fault: str, stack: Stack, e2e_namespace: str) -> None:
+    """Item 6. A discord session in a namespace without the bot token Secret (the
+    container cannot start: CreateContainerConfigError), and a files session whose S3
+    Secret holds a wrong key (S3 refuses it: the recorder exits 2 with its reason):
+    within 60 s the session is `Failed` with the recorder's reason on Ready and Recording,
+    the recorder is stopped, and deleting the session completes with 0 recordings and the
+    meeting `failed`.
+    (Before: the session showed Pending/Recording for ever while the pod looped, and the
+    meeting ended `cancelled`.)"""
+    ns, name = e2e_namespace, f"broken-{fault.split('-')[1]}"
+    spec: dict[str, Any] = {
+        "missing-token-secret": {"source": {"type": "discord"}},
+        "bad-s3-secret": {"source": {
+            "type": "files", "speakers": [{"userId": USER, "objectKey": "none.wav"}]}},
+    }[fault]
+    expected = {"missing-token-secret": 'secret "voicetrack-discord" not found',
+                "bad-s3-secret": "storage: "}[fault]
+    if fault == "bad-s3-secret":
+        stack.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "voicetrack-s3", "namespace": ns},
+            "stringData": {"accessKey": stack.s3.access_key, "secretKey": "not-the-secret"}}))
+    began = time.monotonic()
+    apply_session(stack, ns, name, **spec)
+
+    st = wait_for("the session Failed", lambda: (lambda s: s if s.get("state") == "Failed"
+                                                  else None)(status_of(stack, ns, name)), 60)
+    assert time.monotonic() - began < 60
+    for kind in ("Ready", "Recording"):
+        cond = condition(st, kind)
+        assert cond["status"] == "False" and cond["reason"] == "RecorderFailed", cond
+        assert expected in cond["message"], cond
+    wait_for("the recorder pod stopped", lambda: get(stack, ns, "pod", f"{name}-rec") is None,
+             45)
+    time.sleep(3)  # a later observation keeps it Failed (the pod is gone on purpose)
+    assert status_of(stack, ns, name)["state"] == "Failed"
+    meeting = st["meetingId"]
+
+    stack.kubectl("-n", ns, "delete", "recsess", name, "--wait=false")
+    wait_for("the session deleted", lambda: get(stack, ns, "recsess", name) is None, 60)
+    assert meeting_status(stack, meeting) == "failed"
+    assert stack.db(lambda svc: svc.get_recordings_for_meeting(meeting)) == []
