@@ -3,6 +3,7 @@ from it: pure functions, no cluster."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,13 +15,15 @@ from voicetrack_operator.status import Observation, build_status
 pytestmark = pytest.mark.unit
 
 NOW = "2026-01-01T00:00:00Z"
+LATER = datetime(2026, 1, 1, 0, 0, 20, tzinfo=UTC)
 
 
 def pod(state: dict[str, Any], last: dict[str, Any] | None = None, restarts: int = 0,
         phase: str = "Running") -> dict[str, Any]:
-    return {"metadata": {"name": "s-rec"}, "status": {"phase": phase, "containerStatuses": [
-        {"name": "recorder", "state": state, "lastState": last or {},
-         "restartCount": restarts}]}}
+    return {"metadata": {"name": "s-rec", "creationTimestamp": NOW},
+            "status": {"phase": phase, "containerStatuses": [
+                {"name": "recorder", "state": state, "lastState": last or {},
+                 "restartCount": restarts}]}}
 
 
 def terminated(code: int, message: str = "") -> dict[str, Any]:
@@ -45,7 +48,7 @@ WAITING = {"waiting": {"reason": "CrashLoopBackOff"}}
 ])
 def test_a_recorder_that_cannot_record_is_a_failure_with_its_reason(
         p: dict[str, Any], expected: str) -> None:
-    assert recorder_failure(p) == expected
+    assert recorder_failure(p, LATER) == expected
 
 
 @pytest.mark.parametrize("p", [
@@ -56,7 +59,15 @@ def test_a_recorder_that_cannot_record_is_a_failure_with_its_reason(
     pod(terminated(0), phase="Succeeded"),
 ])
 def test_a_recorder_that_may_still_record_is_not_a_failure(p: dict[str, Any] | None) -> None:
-    assert recorder_failure(p) is None
+    assert recorder_failure(p, LATER) is None
+
+
+def test_a_configuration_error_counts_after_its_grace() -> None:
+    """A Secret applied just after the session still starts the recorder."""
+    p = pod({"waiting": {"reason": "CreateContainerConfigError", "message": "no secret"}},
+            phase="Pending")
+    assert recorder_failure(p, LATER - timedelta(seconds=10)) is None
+    assert recorder_failure(p, LATER) is not None
 
 
 def test_a_failed_recorder_makes_the_session_failed_with_its_reason() -> None:

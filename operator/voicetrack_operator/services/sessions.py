@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from voicetrack.db.meetings import MeetingIdInUse
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import (
@@ -122,14 +123,23 @@ class SessionService:
             return await self.observe_session(s)  # an operator restart: keep, don't reset
         busy = await self.busy_guild(s)
         if busy:
-            return self._refused(s, busy)
+            return self._refused(s, f"guild {s.spec.guild_id} is already recorded by session "
+                                 f"{busy}: a bot can be in one voice channel per guild")
         started = s.status.get("startedAt") or rfc3339(datetime.now(UTC))
         started_dt = parse_time(started)
         meeting = s.meeting_id
+        owner = await self.meeting_owner(s)
+        if owner:
+            return self._refused(s, f"meeting id {meeting} belongs to session {owner}; "
+                                 "choose another spec.meetingId (or leave it out)",
+                                 "MeetingIdInUse")
         try:
             await self.ctx.db.create_meeting(meeting, s.spec.guild_id, s.spec.channel_id,
-                                             started_dt)
+                                             started_dt, s.ref.uid)
             db_ok = True
+        except MeetingIdInUse as err:
+            return self._refused(s, f"{err}; choose another spec.meetingId (or leave it out)",
+                                 "MeetingIdInUse")
         except TemporaryFailure as err:
             log.warning("meeting row for %s deferred: %s", s.ref.name, err)
             self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = str(err)
@@ -146,11 +156,32 @@ class SessionService:
         return {**status, "meetingId": meeting, "startedAt": started,
                 "recorderPod": pod["metadata"]["name"]}
 
-    def _refused(self, s: SessionView, busy: str) -> dict[str, Any]:
-        reason = (f"guild {s.spec.guild_id} is already recorded by session {busy}: a bot "
-                  "can be in one voice channel per guild")
+    async def meeting_owner(self, s: SessionView) -> str | None:
+        """Another session (`namespace/name`) that records, or recorded into, the meeting
+        id `s` asks for, as the cluster says (the database's `meetings.session_uid` says
+        it for sessions already gone)."""
+        if s.spec.meeting_id is None:
+            return None  # derived from the uid: nobody else has it
+        for other in await self.ctx.kube.list_sessions():
+            meta = other["metadata"]
+            if meta["uid"] == s.ref.uid:
+                continue
+            status = other.get("status") or {}
+            if status.get("state") == SessionState.REFUSED:
+                continue
+            started = bool(status.get("recorderPod"))
+            if not started and (str(meta.get("creationTimestamp", "")), meta["name"]) > (
+                    s.created, s.ref.name):
+                continue  # a younger one that has not started yet defers to this one
+            theirs = status.get("meetingId") or (other.get("spec") or {}).get("meetingId")
+            if theirs == s.meeting_id:
+                return f"{meta['namespace']}/{meta['name']}"
+        return None
+
+    def _refused(self, s: SessionView, why: str, reason: str = "GuildBusy"
+                 ) -> dict[str, Any]:
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=None,
-                          refused=reason)
+                          refused=why, refused_reason=reason)
         return build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
 
     # ------------------------------------------------------------------ observe
@@ -161,7 +192,7 @@ class SessionService:
         if s.state is SessionState.REFUSED or s.deletion:
             return {}
         pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
-        failure = s.status.get("recorderFailure") or recorder_failure(pod)
+        failure = s.status.get("recorderFailure") or recorder_failure(pod, datetime.now(UTC))
         if failure:
             # it cannot record: stop the crash loop (and leave the voice channel); the
             # session stays Failed until deleted, which promotes what it recorded
@@ -202,7 +233,7 @@ class SessionService:
         try:
             await self.ctx.db.create_meeting(
                 s.meeting_id, s.spec.guild_id, s.spec.channel_id,
-                parse_time(s.status.get("startedAt") or s.created))
+                parse_time(s.status.get("startedAt") or s.created), s.ref.uid)
         except TemporaryFailure as err:
             self.ctx.unsynced[key] = str(err)
             return False, f"database unavailable: {err}"
