@@ -47,7 +47,9 @@ class Observation:
     """The recorder pod's phase, None when there is no pod."""
     chunks: list[ChunkView] = field(default_factory=list)
     refused: str | None = None
-    """Why the session was refused (a busy guild), if it was."""
+    """Why the session was refused, if it was."""
+    refused_reason: str = "GuildBusy"
+    """The Ready condition's reason when refused: GuildBusy, MeetingIdInUse."""
     promoted: bool = False
     recorder_failure: str | None = None
     """Why the recorder cannot record (`services.failures.recorder_failure`), if so."""
@@ -135,7 +137,7 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
               "Synced" if o.database_synced else "DatabaseUnavailable",
               o.database_message, prev, now, g),
         _cond("Ready", not o.refused and state is not SessionState.FAILED,
-              "GuildBusy" if o.refused else reason, state_message, prev, now, g),
+              o.refused_reason if o.refused else reason, state_message, prev, now, g),
     ]
     out: dict[str, Any] = {"recorderFailure": o.recorder_failure} if o.recorder_failure else {}
     return {

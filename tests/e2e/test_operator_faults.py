@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_main_job import get, wait_for
+from tests.audio_helpers import Speaker
+from tests.e2e.test_main_job import get, wait_for, wav_bytes
 from tests.fixtures.stack import Stack
 from voicetrack.errors import NotFoundError
+from voicetrack.layout import MeetingLayout
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +100,68 @@ def test_a_recorder_that_cannot_record_fails_the_session_and_deletion_completes(
     wait_for("the session deleted", lambda: get(stack, ns, "recsess", name) is None, 60)
     assert meeting_status(stack, meeting) == "failed"
     assert stack.db(lambda svc: svc.get_recordings_for_meeting(meeting)) == []
+
+
+def final_objects(stack: Stack, prefix: str) -> dict[str, int]:
+    return {o.object_name: int(o.size or 0)
+            for o in stack.store.client.list_objects(stack.s3.bucket, prefix, recursive=True)}
+
+
+def test_a_meeting_id_belongs_to_one_session(stack: Stack, e2e_namespace: str) -> None:
+    """Item 2. A meeting id is owned by the session that first used it: a second session
+    asking for it, while the first records (another guild) or after the first was promoted
+    and deleted (same guild and channel), is Refused with reason MeetingIdInUse, starts no
+    recorder, and its deletion leaves the first one's meeting row, recordings and final
+    objects as they were. (Before: the live case was a permanent error with an empty
+    status; the later one recorded into the first one's meeting, skipped its own promotion
+    because recordings existed, and collected its own chunks: its audio was lost.)"""
+    ns = e2e_namespace
+    meeting = secrets.token_hex(8)
+    spk = Speaker(user_id=USER, f0=190.0, talks=[(200, 2500)], markers=[3000])
+    key = f"e2e-input/{ns}/{USER}.wav"
+    stack.store.put_bytes(key, wav_bytes(spk.pcm(6000)), "audio/wav")
+    files = {"type": "files", "speakers": [{"userId": USER, "objectKey": key}]}
+    guild, channel = snowflake(), snowflake()
+    apply_session(stack, ns, "first", guildId=guild, channelId=channel, meetingId=meeting,
+                  source=files)
+    wait_for("the first session started", lambda: status_of(stack, ns, "first").get(
+        "recorderPod"), 30)
+
+    def refused(name: str) -> dict[str, Any] | None:
+        st = status_of(stack, ns, name)
+        return st if st.get("state") == "Refused" else None
+
+    apply_session(stack, ns, "rival", meetingId=meeting, source=files)  # another guild
+    st = wait_for("the rival refused", lambda: refused("rival"), 30)
+    ready = condition(st, "Ready")
+    assert ready["reason"] == "MeetingIdInUse" and f"{ns}/first" in ready["message"], ready
+    assert get(stack, ns, "pod", "rival-rec") is None
+
+    wait_for("the first session's audio transcoded", lambda: status_of(stack, ns, "first").get(
+        "chunks", {}).get("done", 0) >= 1, 90)
+    stack.kubectl("-n", ns, "delete", "recsess", "first", "rival", "--wait=false")
+    wait_for("the first session promoted and gone",
+             lambda: get(stack, ns, "recsess", "first") is None, 120)
+    recordings = stack.db(lambda svc: svc.get_recordings_for_meeting(meeting))
+    assert recordings
+    row = stack.db(lambda svc: svc.get_meeting(meeting))
+    layout = MeetingLayout("recordings", guild, meeting)
+    finals = final_objects(stack, layout.root + "/")
+    assert finals and all("/final/" in k for k in finals), finals
+
+    apply_session(stack, ns, "second", guildId=guild, channelId=channel, meetingId=meeting,
+                  source=files)
+    st = wait_for("the second session refused", lambda: refused("second"), 30)
+    ready = condition(st, "Ready")
+    assert ready["reason"] == "MeetingIdInUse" and meeting in ready["message"], ready
+    assert get(stack, ns, "pod", "second-rec") is None
+    stack.kubectl("-n", ns, "delete", "recsess", "second", "--wait=false")
+    wait_for("the second session gone", lambda: get(stack, ns, "recsess", "second") is None,
+             60)
+
+    again = stack.db(lambda svc: svc.get_meeting(meeting))
+    assert (again.status, again.ended_at, again.session_uid) == (
+        row.status, row.ended_at, row.session_uid) and row.status == "completed"
+    assert [r.id for r in stack.db(lambda svc: svc.get_recordings_for_meeting(meeting))] == [
+        r.id for r in recordings]
+    assert final_objects(stack, layout.root + "/") == finals
