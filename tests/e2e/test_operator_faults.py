@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.audio_helpers import Speaker
+from tests.audio_helpers import Speaker, decode_file, find_click, session_to_output_ms
 from tests.e2e.test_main_job import get, wait_for, wav_bytes
 from tests.fixtures.stack import Stack
 from voicetrack.errors import NotFoundError
 from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import FinalManifest
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +167,68 @@ def test_a_meeting_id_belongs_to_one_session(stack: Stack, e2e_namespace: str) -
     assert [r.id for r in stack.db(lambda svc: svc.get_recordings_for_meeting(meeting))] == [
         r.id for r in recordings]
     assert final_objects(stack, layout.root + "/") == finals
+
+
+def crd_age_s(stack: Stack) -> float:
+    crd = json.loads(stack.kubectl("get", "crd", "recordingchunks.voicetrack.dev", "-o",
+                                   "json").stdout)
+    created = datetime.fromisoformat(crd["metadata"]["creationTimestamp"].replace("Z",
+                                                                                 "+00:00"))
+    return (datetime.now(UTC) - created).total_seconds()
+
+
+@pytest.mark.parametrize("how", ["chunk-deleted-by-hand", "cascade-foreground"])
+def test_chunks_whose_objects_are_gone_are_still_promoted(how: str, stack: Stack,
+                                                          e2e_namespace: str) -> None:
+    """Item 1. The RecordingChunk objects are not the only index of the raw audio: one
+    chunk deleted by hand, or every chunk deleted by the garbage collector while the
+    finalizer runs (`--cascade=foreground`), is rebuilt from the `chunk.json` the operator
+    stored, and promoted: the final track keeps its timeline (no gap, every click marker
+    where it was said) and no chunk folder is collected unpromoted. (Before: the missing
+    window became a made-up `recorder-restart` gap of silence, or no recording at all, and
+    the raw audio was deleted.)"""
+    ns, name = e2e_namespace, "indexed"
+    audio_ms = 16_000
+    talks = [(500, 2500), (8000, 10_000)]
+    spk = Speaker(user_id=USER, f0=170.0, talks=talks,
+                  markers=[t for t in range(300, audio_ms - 300, 700)
+                           if all(not (a - 60 <= t <= b + 60) for a, b in talks)])
+    key = f"e2e-input/{ns}/{USER}.wav"
+    stack.store.put_bytes(key, wav_bytes(spk.pcm(audio_ms)), "audio/wav")
+    guild = snowflake()
+    apply_session(stack, ns, name, guildId=guild, source={
+        "type": "files", "speakers": [{"userId": USER, "objectKey": key}]})
+
+    def chunks() -> list[dict[str, Any]]:
+        return list(json.loads(stack.kubectl("-n", ns, "get", "recchunk", "-o", "json")
+                               .stdout)["items"])
+
+    wait_for("the audio recorded and transcoded", lambda: sum(
+        (c.get("status") or {}).get("transcodeStatus") == "done"
+        for c in chunks()) >= 4, 120, every_s=1)
+    meeting = status_of(stack, ns, name)["meetingId"]
+    layout = MeetingLayout("recordings", guild, meeting)
+    if how == "chunk-deleted-by-hand":
+        stack.kubectl("-n", ns, "delete", "recchunk", f"{name}-chunk-000001")
+        stack.kubectl("-n", ns, "delete", "recsess", name, "--wait=false")
+    else:  # the garbage collector must know the CRD (its discovery re-syncs every 30 s)
+        wait_for("the GC to know RecordingChunks", lambda: crd_age_s(stack) > 35, 40)
+        stack.kubectl("-n", ns, "delete", "recsess", name, "--cascade=foreground",
+                      "--wait=false")
+        wait_for("the GC to delete the chunks", lambda: not chunks(), 60)
+    wait_for("promotion", lambda: get(stack, ns, "recsess", name) is None, 150, every_s=1)
+
+    manifest = FinalManifest.model_validate(stack.store.get_json(layout.final_manifest_key))
+    assert manifest.gaps == [], manifest.gaps
+    assert manifest.duration_ms >= audio_ms - 1000, manifest.duration_ms
+    track = decode_file(stack.store.get_bytes(
+        next(t.key for t in manifest.tracks if t.user_id == USER and t.format == "mp3")))
+    checked = 0
+    for at in spk.markers:
+        if at < manifest.duration_ms - 100:
+            expected = session_to_output_ms(at, [])
+            assert abs(find_click(track, expected) - expected) <= 20, (at, expected)
+            checked += 1
+    assert checked >= 10, checked
+    assert stack.db(lambda svc: svc.get_recordings_for_meeting(meeting))
+    assert final_objects(stack, layout.chunks_root) == {}  # all promoted, then collected

@@ -27,6 +27,7 @@ from voicetrack.resources import (
     TranscodeStatus,
     chunk_name,
     controller_uid,
+    meeting_id_for,
     transcode_job_name,
 )
 from voicetrack_operator.builders import SessionRef, build_transcode_job
@@ -127,6 +128,12 @@ class ChunkService:
                                  job_name=job["metadata"]["name"])
         # The status is written before the Job exists, so the Job's events cannot race it.
         if not chunk.ensured:
+            # its spec next to its raw tracks first: the RecordingChunk is not the only
+            # index of the raw audio (a chunk deleted by hand is rebuilt from it)
+            layout = MeetingLayout(spec.storage.prefix, spec.guild_id,
+                                   meeting_id_for(owner.uid, spec.meeting_id))
+            await self.ctx.store(spec.storage.bucket).put_json(
+                layout.chunk_manifest_key(chunk.spec.index), chunk.spec.to_api())
             if not await self.ctx.kube.patch_chunk_status(
                     chunk.namespace, chunk.name, status.to_api(), chunk.resource_version):
                 return chunk.status  # handled meanwhile by the other path (event or timer)
