@@ -221,6 +221,26 @@ async def test_ensure_session_twice_has_the_effect_of_once(
     assert [p["metadata"]["name"] for p in pods] == [recorder_pod_name("twice")]
 
 
+async def test_started_at_is_chosen_once_even_if_its_status_patch_was_lost(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 10. The operator made the recorder pod, then died before its status patch
+    landed: the retry (same stale view, a second later) keeps the pod's clock origin
+    instead of choosing a new `startedAt` that the running recorder does not use. (Before:
+    a new startedAt, one second later than the pod's.)"""
+    s = await make_session(ctx, kubectl, namespace, "clock")
+    svc = SessionService(ctx)
+    first = await svc.ensure_session(s)  # its patch is "lost": s keeps the empty status
+    await asyncio.sleep(1.1)
+    again = await svc.ensure_session(s)
+    assert again["startedAt"] == first["startedAt"]
+    pod = await ctx.kube.get_pod(namespace, recorder_pod_name("clock"))
+    assert pod is not None
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    started_ms = int(datetime.fromisoformat(first["startedAt"].replace("Z", "+00:00"))
+                     .timestamp() * 1000)
+    assert env["VOICETRACK_SESSION_STARTED_AT_MS"] == str(started_ms)
+
+
 async def test_busy_guild_is_refused_and_refused_stays_put(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     first = await make_session(ctx, kubectl, namespace, "first")

@@ -19,6 +19,7 @@ from voicetrack.resources import (
     INACTIVE_STATES,
     SessionSpec,
     SessionState,
+    controller_uid,
     meeting_id_for,
     recorder_pod_name,
 )
@@ -125,7 +126,8 @@ class SessionService:
         if busy:
             return self._refused(s, f"guild {s.spec.guild_id} is already recorded by session "
                                  f"{busy}: a bot can be in one voice channel per guild")
-        started = s.status.get("startedAt") or rfc3339(datetime.now(UTC))
+        started = s.status.get("startedAt") or await self.pod_started_at(s) \
+            or rfc3339(datetime.now(UTC))
         started_dt = parse_time(started)
         meeting = s.meeting_id
         owner = await self.meeting_owner(s)
@@ -155,6 +157,20 @@ class SessionService:
         status = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         return {**status, "meetingId": meeting, "startedAt": started,
                 "recorderPod": pod["metadata"]["name"]}
+
+    async def pod_started_at(self, s: SessionView) -> str | None:
+        """The session clock's origin the recorder pod was made with (its
+        `VOICETRACK_SESSION_STARTED_AT_MS`), when this session's pod exists but the status
+        patch that should have recorded `startedAt` was lost (the operator died between
+        the two): the clock is chosen once, never again."""
+        pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
+        if pod is None or controller_uid(pod) != s.ref.uid:
+            return None
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for env in container.get("env") or []:
+                if env.get("name") == "VOICETRACK_SESSION_STARTED_AT_MS" and env.get("value"):
+                    return rfc3339(datetime.fromtimestamp(int(env["value"]) / 1000, UTC))
+        return None
 
     async def meeting_owner(self, s: SessionView) -> str | None:
         """Another session (`namespace/name`) that records, or recorded into, the meeting
