@@ -241,6 +241,35 @@ async def test_started_at_is_chosen_once_even_if_its_status_patch_was_lost(
     assert env["VOICETRACK_SESSION_STARTED_AT_MS"] == str(started_ms)
 
 
+async def test_a_transcode_timeout_stops_the_job_and_never_overwrites_a_late_done(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 9. A chunk still pending at the transcode timeout has its Job deleted before
+    it is marked failed (its outputs cannot land after collection); a `done` that lands
+    between the timeout's read and its patch stands. (Before: the Job kept running until
+    the garbage collector came, and the patch had no resourceVersion.)"""
+    s = await make_session(ctx, kubectl, namespace, "timeout")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    slow = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    await chunks.ensure_chunk(slow)
+    assert await ctx.kube.get_job(namespace, transcode_job_name("timeout", 0)) is not None
+    assert await chunks.fail_pending(namespace, "timeout", s.ref.uid, "too slow") == 1
+    job = await ctx.kube.get_job(namespace, transcode_job_name("timeout", 0))
+    assert job is None or job["metadata"].get("deletionTimestamp"), job
+    obj = await ctx.kube.get_chunk(namespace, slow.name)
+    assert obj is not None and obj["status"]["transcodeStatus"] == "failed"
+
+    late = await make_chunk(ctx, kubectl, s, 1, 5000, 10_000)
+    await chunks.ensure_chunk(late)
+    stale = [o for o in await ctx.kube.list_chunks(namespace, "timeout", s.ref.uid)
+             if o["spec"]["index"] == 1]
+    await ctx.kube.patch_chunk_status(namespace, late.name, {"transcodeStatus": "done"})
+    assert await chunks.fail_pending(namespace, "timeout", s.ref.uid, "too slow",
+                                     chunk_objs=stale) == 0
+    obj = await ctx.kube.get_chunk(namespace, late.name)
+    assert obj is not None and obj["status"]["transcodeStatus"] == "done"
+
+
 async def test_busy_guild_is_refused_and_refused_stays_put(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     first = await make_session(ctx, kubectl, namespace, "first")

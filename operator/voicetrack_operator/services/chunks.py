@@ -273,18 +273,31 @@ class ChunkService:
                 n += 1
         return n
 
-    async def fail_pending(self, namespace: str, session: str, uid: str, reason: str) -> int:
+    async def fail_pending(self, namespace: str, session: str, uid: str, reason: str,
+                           chunk_objs: list[dict[str, Any]] | None = None) -> int:
         """Mark every chunk of session `uid` still queued or in progress failed with
-        `reason` (transcode timeout at deletion). Returns how many."""
+        `reason` (transcode timeout at deletion), after deleting its transcoder Job so no
+        output lands once the chunk folders are collected. The patch holds the
+        resourceVersion the chunk was read at: a `done` that lands meanwhile stands (the
+        next pass sees it). `chunk_objs` is the view to act on (default: listed now).
+        Returns how many were marked failed."""
+        if chunk_objs is None:
+            chunk_objs = await self.ctx.kube.list_chunks(namespace, session, uid)
         n = 0
-        for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
+        for obj in chunk_objs:
             chunk = ChunkRef.from_object(obj)
             if chunk.transcode_status.terminal:
                 continue
+            job_name = transcode_job_name(session, chunk.spec.index)
+            await self.ctx.kube.delete_job(namespace, job_name)
             new = chunk.status.model_copy(update={
                 "transcode_status": TranscodeStatus.FAILED, "error": reason,
-                "job_name": transcode_job_name(session, chunk.spec.index)})
-            await self.ctx.kube.patch_chunk_status(namespace, chunk.name, new.to_api())
+                "job_name": job_name})
+            if not await self.ctx.kube.patch_chunk_status(namespace, chunk.name, new.to_api(),
+                                                          chunk.resource_version):
+                log.info("chunk %s/%s changed while timing out: left as it is", namespace,
+                         chunk.name)
+                continue
             chunk.status = new
             await self.mirror(chunk)
             self.ctx.metrics.chunks.labels("failed").inc()

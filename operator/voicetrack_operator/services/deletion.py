@@ -230,8 +230,11 @@ class DeletionService:
                 return Wait(f"waiting for {len(pending)} transcode(s)",
                             SessionState.TRANSCODING)
             limit = s.spec.transcode_timeout_seconds
-            await self.chunks.fail_pending(ns, name, uid,
-                                           f"transcode not finished within {limit} s")
+            marked = await self.chunks.fail_pending(ns, name, uid,
+                                                    f"transcode not finished within {limit} s")
+            if marked < len(pending):  # one changed meanwhile: look again
+                return Wait("transcodes timed out; re-reading the chunks",
+                            SessionState.TRANSCODING, delay=1)
         return replace(p, step=DeletionStep.PROMOTE)
 
     async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:

@@ -13,10 +13,17 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import parse_key
 from voicetrack.manifests import PromotionPlan
-from voicetrack.resources import ChunkSpec, ChunkStatus, TranscodeStatus
+from voicetrack.resources import (
+    LABEL_COMPONENT,
+    LABEL_SESSION,
+    ChunkSpec,
+    ChunkStatus,
+    TranscodeStatus,
+    controller_uid,
+)
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunks import ChunkRef
 from voicetrack_operator.services.sessions import SessionView
@@ -105,6 +112,13 @@ async def collect_chunks(ctx: Context, s: SessionView) -> int:
     the stored promotion plan) or kept as failed, and the plan. Folders nobody accounts for
     stay. Returns the number of objects deleted."""
     store, layout = ctx.store(s.spec.storage.bucket), s.layout
+    running = [p["metadata"]["name"] for p in await ctx.kube.list_pods(
+        s.ref.namespace, f"{LABEL_SESSION}={s.ref.name},{LABEL_COMPONENT}=transcoder")
+        if controller_uid(p, "Job") is not None
+        and (p.get("status") or {}).get("phase") == "Running"]
+    if running:  # their outputs would land after the folders are collected
+        raise TemporaryFailure(f"waiting for transcoder pod(s) {', '.join(running)} to stop "
+                               "before collecting", delay=2)
     inv = await chunk_inventory(ctx, s)
     kept = await keep_failed(ctx, s, inv)
     promoted: set[int] = set()
