@@ -469,6 +469,32 @@ async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
     assert {keys["live"], keys["final"], keys["foreign"]} <= left
 
 
+async def test_janitor_sweeps_every_bucket_and_prefix_sessions_use(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 11. A session storing under its own bucket and prefix: a dead meeting's chunk
+    objects there are swept too, also after that session is gone. (Before: only the
+    operator's bucket under `recordings/` was swept.)"""
+    bucket, prefix = f"vt-other-{secrets.token_hex(3)}", "team/rec"
+    live = await make_session(ctx, kubectl, namespace, "elsewhere",
+                              storage={"bucket": bucket, "prefix": prefix})
+    store = ctx.store(bucket)
+    await store.ensure_bucket()
+    dead = f"{prefix}/{snowflake()}/{secrets.token_hex(8)}/chunks/000000/{USERS[0]}.ogg"
+    mine = f"{prefix}/{live.spec.guild_id}/{live.meeting_id}/chunks/000000/{USERS[0]}.ogg"
+    for key in (dead, mine):
+        await store.put_json(key, {})
+    await asyncio.sleep(2.2)  # older than the TTL (1 s; S3 times have whole seconds)
+    janitor = JanitorService(ctx)
+    await janitor.collect_orphans()
+    assert set(await store.list_keys(f"{prefix}/")) == {mine}
+    kubectl("-n", namespace, "delete", "recsess", "elsewhere", "--wait=false")
+    gone = f"{prefix}/{snowflake()}/{secrets.token_hex(8)}/chunks/000001/{USERS[0]}.ogg"
+    await store.put_json(gone, {})
+    await asyncio.sleep(2.2)
+    await janitor.collect_orphans()  # the session may still be listed: `mine` may stay
+    assert gone not in set(await store.list_keys(f"{prefix}/"))
+
+
 # ---------------------------------------------------------------- handlers
 
 
