@@ -48,6 +48,7 @@ from voicetrack_operator.builders import PodSettings, SessionRef, build_transcod
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService
 from voicetrack_operator.services.deletion import DeletionService, DeletionStep
+from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
 from voicetrack_operator.services.sessions import SessionService, SessionView
 
@@ -467,6 +468,31 @@ async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
     left = set(await store.list_keys("recordings/"))
     assert keys["dead"] not in left
     assert {keys["live"], keys["final"], keys["foreign"]} <= left
+
+
+async def test_a_retried_collection_keeps_every_failed_chunks_reason(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 11. Collection is retried after a failed chunk's folder was collected and its
+    RecordingChunk is gone: `final/failed-chunks.json` still lists it with its reason.
+    (Before: it was rewritten from the chunks that remained.)"""
+    s = await make_session(ctx, kubectl, namespace, "retried")
+    await set_status(ctx, s, {"meetingId": s.meeting_id})
+    store = ctx.store(s.spec.storage.bucket)
+    for index, why in ((0, "boom"), (1, "bang")):
+        chunk = await make_chunk(ctx, kubectl, s, index, index * 5000, index * 5000 + 5000)
+        await ctx.kube.patch_chunk_status(namespace, chunk.name, {
+            "transcodeStatus": "failed", "error": why})
+        for user in USERS:
+            await store.put_json(s.layout.raw_key(index, user, "ogg-opus"), {"raw": index})
+    await collect_chunks(ctx, s)
+    await ctx.kube.delete_chunk(namespace, chunk_name("retried", 0))
+    await collect_chunks(ctx, s)  # the retry
+    failed = (await store.get_json(s.layout.failed_manifest_key))["failed"]
+    assert [(e["index"], e["userId"], e["error"]) for e in failed] == [
+        (0, USERS[0], "boom"), (0, USERS[1], "boom"), (1, USERS[0], "bang"),
+        (1, USERS[1], "bang")]
+    for e in failed:
+        assert await store.exists(e["key"]), e
 
 
 async def test_janitor_sweeps_every_bucket_and_prefix_sessions_use(

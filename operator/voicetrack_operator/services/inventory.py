@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import parse_key
@@ -149,7 +150,7 @@ async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory) -> set[
     if not failed:
         return set()
     store, layout = ctx.store(s.spec.storage.bucket), s.layout
-    entries = []
+    entries: list[dict[str, Any]] = []
     for chunk in failed:
         for track in chunk.spec.tracks:
             kept = layout.failed_raw_key(chunk.spec.index, track.user_id,
@@ -164,6 +165,15 @@ async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory) -> set[
                             "key": kept, "sha256": track.sha256, "bytes": track.bytes,
                             "rawFormat": chunk.spec.raw_format,
                             "error": chunk.status.error or ""})
+    # a retry may see fewer failed chunks (their objects and folders collected already):
+    # the entries written before stand, so no reason is lost
+    try:
+        before = (await store.get_json(layout.failed_manifest_key)).get("failed") or []
+    except NotFoundError:
+        before = []
+    written = {(e["index"], e["userId"]) for e in entries}
+    merged = [e for e in before if (e.get("index"), e.get("userId")) not in written]
+    entries = sorted(merged + entries, key=lambda e: (int(e["index"]), str(e["userId"])))
     await store.put_json(layout.failed_manifest_key,
                          {"meetingId": s.meeting_id, "failed": entries})
     return {c.spec.index for c in failed}
