@@ -495,6 +495,41 @@ async def test_a_retried_collection_keeps_every_failed_chunks_reason(
         assert await store.exists(e["key"]), e
 
 
+async def test_a_lost_meeting_row_is_rebuilt_from_the_cluster(
+        ctx: Context, namespace: str, kubectl: Kubectl, tmp_path: Path) -> None:
+    """Item 3. The operator restarts on an empty database (the chart's SQLite in an
+    emptyDir): observing the session rebuilds its meeting row (owner, start) and replays
+    its chunk rows, and a deletion resumed at `collect` completes instead of failing as
+    PromotionFailed for ever. (Before: the row stayed missing and collect raised
+    NotFoundError on every try.)"""
+    s = await make_session(ctx, kubectl, namespace, "amnesia")
+    svc = SessionService(ctx)
+    s = await set_status(ctx, s, await svc.ensure_session(s))
+    chunk = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    await ChunkService(ctx).ensure_chunk(chunk)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'wiped.db'}"
+    await asyncio.to_thread(migrate.upgrade_head, url)
+    await ctx.db.close()
+    ctx.db = RecordingService.from_url(url)  # the restart: an empty database at its head
+
+    await svc.observe_session(s)
+    meeting = await ctx.db.get_meeting(s.meeting_id)
+    assert meeting.session_uid == s.ref.uid and meeting.guild_id == s.spec.guild_id
+    assert meeting.started_at == datetime.fromisoformat(
+        s.status["startedAt"].replace("Z", "+00:00"))
+    rows = await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
+    assert sorted(r.user_id for r in rows) == sorted(USERS)
+
+    await ctx.db.close()
+    ctx.db = RecordingService.from_url(url.replace("wiped", "wiped-again"))
+    await asyncio.to_thread(migrate.upgrade_head, url.replace("wiped", "wiped-again"))
+    s = await set_status(ctx, s, {"deletion": {"step": "collect", "promoted": False,
+                                               "recordingIds": []}})
+    out = await DeletionService(ctx).finalize_session(s)
+    assert out.done and not out.failed, out.message
+    assert (await ctx.db.get_meeting(s.meeting_id)).session_uid == s.ref.uid
+
+
 async def test_janitor_sweeps_every_bucket_and_prefix_sessions_use(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     """Item 11. A session storing under its own bucket and prefix: a dead meeting's chunk

@@ -223,6 +223,11 @@ class ChunkService:
             self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
             log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
             return False
+        except NotFoundError as err:  # the meeting row is gone: the session's observe
+            # rebuilds it from the cluster and replays the chunks (`resync`)
+            self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
+            log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
+            return False
         return True
 
     async def resync_chunks(self, namespace: str, session: str, uid: str) -> bool:

@@ -157,6 +157,8 @@ class DeletionService:
         if s.state is SessionState.REFUSED:  # it never recorded: nothing to promote
             return DeletionOutcome(progress, SessionState.REFUSED, "refused session deleted")
         try:
+            if progress.step is not DeletionStep.DONE:
+                await self.sessions.repair_meeting(s)  # SQL may have lost it
             while progress.step is not DeletionStep.DONE:
                 result = await self.run_step(s, progress)
                 if isinstance(result, Wait):

@@ -7,13 +7,14 @@ Calling any of them twice has the effect of calling it once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.db.meetings import MeetingIdInUse
-from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import (
     INACTIVE_STATES,
@@ -224,6 +225,8 @@ class SessionService:
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
         phase = None if failure else ((pod or {}).get("status") or {}).get("phase")
+        with contextlib.suppress(TemporaryFailure):  # before the chunks' rows; resync
+            await self.repair_meeting(s)               # reports an outage
         objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
         if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
                 s.ref.namespace, s.ref.name, s.ref.uid, objs):
@@ -235,6 +238,24 @@ class SessionService:
                           database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         return status_changed(s.status, new)
+
+    async def repair_meeting(self, s: SessionView) -> bool:
+        """Make the session's meeting row again when SQL lost it (PostgreSQL down when the
+        session started, a wiped SQLite file), from the session's spec and status, and mark
+        the session for a replay of its chunk states (`resync`). True when it had to.
+        Raises TemporaryFailure while the database is away."""
+        try:
+            await self.ctx.db.get_meeting(s.meeting_id)
+            return False
+        except NotFoundError:
+            pass
+        await self.ctx.db.create_meeting(
+            s.meeting_id, s.spec.guild_id, s.spec.channel_id,
+            parse_time(s.status.get("startedAt") or s.created), s.ref.uid)
+        log.warning("session %s/%s: meeting row %s was missing: rebuilt from the cluster",
+                    s.ref.namespace, s.ref.name, s.meeting_id)
+        self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = "meeting row rebuilt"
+        return True
 
     async def resync(self, s: SessionView) -> tuple[bool, str]:
         """Replay the session's meeting row and chunk states into SQL when a write failed
