@@ -53,6 +53,11 @@ class MeetingLayout:
         """Key of a speaker's transcoded track in chunk `index` (`mp3`, `flac`, `ogg`)."""
         return f"{self.chunk_dir(index)}/{user_id}.{output_extension(fmt)}"
 
+    def chunk_manifest_key(self, index: int) -> str:
+        """Key of chunk `index`'s spec as the operator first saw it (`chunk.json`), so the
+        chunk can be rebuilt when its RecordingChunk object is gone."""
+        return f"{self.chunk_dir(index)}/chunk.json"
+
     def result_key(self, index: int) -> str:
         """Key of the transcoder's `result.json` for chunk `index`."""
         return f"{self.chunk_dir(index)}/result.json"

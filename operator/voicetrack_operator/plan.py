@@ -4,7 +4,8 @@ Output time starts at the first chunk's start (the moment capture began, t = 0 o
 recording), so the plan is rebased: every window and gap is shifted by that origin. Every
 interval of `[0, end)` that no promoted chunk covers is a gap with its cause: a failed
 chunk's window is `chunk-failed`; an interval before a chunk keeps that chunk's recorded
-cause (`paused`, `recorder-restart`, …).
+cause (`paused`, `recorder-restart`, …); an interval nobody recorded a cause for is
+missing chunks, `chunk-failed` (silence).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
             raise ValueError(f"chunk {chunk.index} starts at {chunk.start_ms} ms, inside the "
                              f"previous window ending at {cursor} ms")
         if chunk.start_ms > cursor:
-            cause = chunk.gap.cause if chunk.gap else "recorder-restart"
+            # no recorded cause: chunks are missing here (lost), never a made-up restart
+            cause = chunk.gap.cause if chunk.gap else "chunk-failed"
             gaps.append(Gap(start_ms=cursor - origin, end_ms=chunk.start_ms - origin,
                             cause=cause))
         if status == TranscodeStatus.DONE:

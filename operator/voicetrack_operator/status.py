@@ -47,8 +47,12 @@ class Observation:
     """The recorder pod's phase, None when there is no pod."""
     chunks: list[ChunkView] = field(default_factory=list)
     refused: str | None = None
-    """Why the session was refused (a busy guild), if it was."""
+    """Why the session was refused, if it was."""
+    refused_reason: str = "GuildBusy"
+    """The Ready condition's reason when refused: GuildBusy, MeetingIdInUse."""
     promoted: bool = False
+    recorder_failure: str | None = None
+    """Why the recorder cannot record (`services.failures.recorder_failure`), if so."""
     database_synced: bool = True
     database_message: str = ""
 
@@ -83,6 +87,8 @@ def _state(o: Observation) -> tuple[SessionState, str]:
         return SessionState.PROMOTED, "recordings promoted"
     if o.recorder_phase == "Succeeded":
         return SessionState.STOPPED, "recorder finished (limit reached)"
+    if o.recorder_failure:
+        return SessionState.FAILED, o.recorder_failure
     if o.recorder_phase == "Failed":
         return SessionState.FAILED, "recorder pod failed"
     if o.paused:
@@ -114,8 +120,9 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
     pending = counts["queued"] + counts["inProgress"]
     g = o.generation
     recording = state is SessionState.RECORDING
+    reason = "RecorderFailed" if o.recorder_failure and not o.promoted else state.value
     conditions = [
-        _cond("Recording", recording, state.value if not recording else "RecorderRunning",
+        _cond("Recording", recording, reason if not recording else "RecorderRunning",
               state_message, prev, now, g),
         _cond("Paused", o.paused and not o.refused, "PausedBySpec" if o.paused else "NotPaused",
               "spec.paused is true" if o.paused else "", prev, now, g),
@@ -130,9 +137,11 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
               "Synced" if o.database_synced else "DatabaseUnavailable",
               o.database_message, prev, now, g),
         _cond("Ready", not o.refused and state is not SessionState.FAILED,
-              "GuildBusy" if o.refused else state.value, state_message, prev, now, g),
+              o.refused_reason if o.refused else reason, state_message, prev, now, g),
     ]
+    out: dict[str, Any] = {"recorderFailure": o.recorder_failure} if o.recorder_failure else {}
     return {
+        **out,
         "state": state.value,
         "observedGeneration": g,
         "conditions": conditions,

@@ -48,6 +48,7 @@ from voicetrack_operator.builders import PodSettings, SessionRef, build_transcod
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService
 from voicetrack_operator.services.deletion import DeletionService, DeletionStep
+from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
 from voicetrack_operator.services.sessions import SessionService, SessionView
 
@@ -221,6 +222,55 @@ async def test_ensure_session_twice_has_the_effect_of_once(
     assert [p["metadata"]["name"] for p in pods] == [recorder_pod_name("twice")]
 
 
+async def test_started_at_is_chosen_once_even_if_its_status_patch_was_lost(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 10. The operator made the recorder pod, then died before its status patch
+    landed: the retry (same stale view, a second later) keeps the pod's clock origin
+    instead of choosing a new `startedAt` that the running recorder does not use. (Before:
+    a new startedAt, one second later than the pod's.)"""
+    s = await make_session(ctx, kubectl, namespace, "clock")
+    svc = SessionService(ctx)
+    first = await svc.ensure_session(s)  # its patch is "lost": s keeps the empty status
+    await asyncio.sleep(1.1)
+    again = await svc.ensure_session(s)
+    assert again["startedAt"] == first["startedAt"]
+    pod = await ctx.kube.get_pod(namespace, recorder_pod_name("clock"))
+    assert pod is not None
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    started_ms = int(datetime.fromisoformat(first["startedAt"].replace("Z", "+00:00"))
+                     .timestamp() * 1000)
+    assert env["VOICETRACK_SESSION_STARTED_AT_MS"] == str(started_ms)
+
+
+async def test_a_transcode_timeout_stops_the_job_and_never_overwrites_a_late_done(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 9. A chunk still pending at the transcode timeout has its Job deleted before
+    it is marked failed (its outputs cannot land after collection); a `done` that lands
+    between the timeout's read and its patch stands. (Before: the Job kept running until
+    the garbage collector came, and the patch had no resourceVersion.)"""
+    s = await make_session(ctx, kubectl, namespace, "timeout")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    slow = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    await chunks.ensure_chunk(slow)
+    assert await ctx.kube.get_job(namespace, transcode_job_name("timeout", 0)) is not None
+    assert await chunks.fail_pending(namespace, "timeout", s.ref.uid, "too slow") == 1
+    job = await ctx.kube.get_job(namespace, transcode_job_name("timeout", 0))
+    assert job is None or job["metadata"].get("deletionTimestamp"), job
+    obj = await ctx.kube.get_chunk(namespace, slow.name)
+    assert obj is not None and obj["status"]["transcodeStatus"] == "failed"
+
+    late = await make_chunk(ctx, kubectl, s, 1, 5000, 10_000)
+    await chunks.ensure_chunk(late)
+    stale = [o for o in await ctx.kube.list_chunks(namespace, "timeout", s.ref.uid)
+             if o["spec"]["index"] == 1]
+    await ctx.kube.patch_chunk_status(namespace, late.name, {"transcodeStatus": "done"})
+    assert await chunks.fail_pending(namespace, "timeout", s.ref.uid, "too slow",
+                                     chunk_objs=stale) == 0
+    obj = await ctx.kube.get_chunk(namespace, late.name)
+    assert obj is not None and obj["status"]["transcodeStatus"] == "done"
+
+
 async def test_busy_guild_is_refused_and_refused_stays_put(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     first = await make_session(ctx, kubectl, namespace, "first")
@@ -369,7 +419,9 @@ async def test_deletion_resumes_at_its_step_and_an_input_error_keeps_the_finaliz
     out = await deletion.finalize_session(s)
     assert out.done and out.state is SessionState.PROMOTED
     assert out.status["recordingIds"] == [] and out.status["deletion"]["step"] == "done"
-    assert await bucket.list_keys(s.layout.chunks_root) == []
+    # neither promoted nor failed: their raw tracks are not collected (issue 11 item 1)
+    kept = await bucket.list_keys(s.layout.chunks_root)
+    assert {s.layout.raw_key(i, USERS[0], "ogg-opus") for i in (0, 1)} <= set(kept)
     assert await ctx.db.get_temp_recordings_for_meeting(s.meeting_id) == []
     # owned children are the garbage collector's: the finalizer leaves them
     assert len(await ctx.kube.list_chunks(namespace, "overlap")) == 2
@@ -417,6 +469,92 @@ async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
     left = set(await store.list_keys("recordings/"))
     assert keys["dead"] not in left
     assert {keys["live"], keys["final"], keys["foreign"]} <= left
+
+
+async def test_a_retried_collection_keeps_every_failed_chunks_reason(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 11. Collection is retried after a failed chunk's folder was collected and its
+    RecordingChunk is gone: `final/failed-chunks.json` still lists it with its reason.
+    (Before: it was rewritten from the chunks that remained.)"""
+    s = await make_session(ctx, kubectl, namespace, "retried")
+    await set_status(ctx, s, {"meetingId": s.meeting_id})
+    store = ctx.store(s.spec.storage.bucket)
+    for index, why in ((0, "boom"), (1, "bang")):
+        chunk = await make_chunk(ctx, kubectl, s, index, index * 5000, index * 5000 + 5000)
+        await ctx.kube.patch_chunk_status(namespace, chunk.name, {
+            "transcodeStatus": "failed", "error": why})
+        for user in USERS:
+            await store.put_json(s.layout.raw_key(index, user, "ogg-opus"), {"raw": index})
+    await collect_chunks(ctx, s)
+    await ctx.kube.delete_chunk(namespace, chunk_name("retried", 0))
+    await collect_chunks(ctx, s)  # the retry
+    failed = (await store.get_json(s.layout.failed_manifest_key))["failed"]
+    assert [(e["index"], e["userId"], e["error"]) for e in failed] == [
+        (0, USERS[0], "boom"), (0, USERS[1], "boom"), (1, USERS[0], "bang"),
+        (1, USERS[1], "bang")]
+    for e in failed:
+        assert await store.exists(e["key"]), e
+
+
+async def test_a_lost_meeting_row_is_rebuilt_from_the_cluster(
+        ctx: Context, namespace: str, kubectl: Kubectl, tmp_path: Path) -> None:
+    """Item 3. The operator restarts on an empty database (the chart's SQLite in an
+    emptyDir): observing the session rebuilds its meeting row (owner, start) and replays
+    its chunk rows, and a deletion resumed at `collect` completes instead of failing as
+    PromotionFailed for ever. (Before: the row stayed missing and collect raised
+    NotFoundError on every try.)"""
+    s = await make_session(ctx, kubectl, namespace, "amnesia")
+    svc = SessionService(ctx)
+    s = await set_status(ctx, s, await svc.ensure_session(s))
+    chunk = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    await ChunkService(ctx).ensure_chunk(chunk)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'wiped.db'}"
+    await asyncio.to_thread(migrate.upgrade_head, url)
+    await ctx.db.close()
+    ctx.db = RecordingService.from_url(url)  # the restart: an empty database at its head
+
+    await svc.observe_session(s)
+    meeting = await ctx.db.get_meeting(s.meeting_id)
+    assert meeting.session_uid == s.ref.uid and meeting.guild_id == s.spec.guild_id
+    assert meeting.started_at == datetime.fromisoformat(
+        s.status["startedAt"].replace("Z", "+00:00"))
+    rows = await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
+    assert sorted(r.user_id for r in rows) == sorted(USERS)
+
+    await ctx.db.close()
+    ctx.db = RecordingService.from_url(url.replace("wiped", "wiped-again"))
+    await asyncio.to_thread(migrate.upgrade_head, url.replace("wiped", "wiped-again"))
+    s = await set_status(ctx, s, {"deletion": {"step": "collect", "promoted": False,
+                                               "recordingIds": []}})
+    out = await DeletionService(ctx).finalize_session(s)
+    assert out.done and not out.failed, out.message
+    assert (await ctx.db.get_meeting(s.meeting_id)).session_uid == s.ref.uid
+
+
+async def test_janitor_sweeps_every_bucket_and_prefix_sessions_use(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Item 11. A session storing under its own bucket and prefix: a dead meeting's chunk
+    objects there are swept too, also after that session is gone. (Before: only the
+    operator's bucket under `recordings/` was swept.)"""
+    bucket, prefix = f"vt-other-{secrets.token_hex(3)}", "team/rec"
+    live = await make_session(ctx, kubectl, namespace, "elsewhere",
+                              storage={"bucket": bucket, "prefix": prefix})
+    store = ctx.store(bucket)
+    await store.ensure_bucket()
+    dead = f"{prefix}/{snowflake()}/{secrets.token_hex(8)}/chunks/000000/{USERS[0]}.ogg"
+    mine = f"{prefix}/{live.spec.guild_id}/{live.meeting_id}/chunks/000000/{USERS[0]}.ogg"
+    for key in (dead, mine):
+        await store.put_json(key, {})
+    await asyncio.sleep(2.2)  # older than the TTL (1 s; S3 times have whole seconds)
+    janitor = JanitorService(ctx)
+    await janitor.collect_orphans()
+    assert set(await store.list_keys(f"{prefix}/")) == {mine}
+    kubectl("-n", namespace, "delete", "recsess", "elsewhere", "--wait=false")
+    gone = f"{prefix}/{snowflake()}/{secrets.token_hex(8)}/chunks/000001/{USERS[0]}.ogg"
+    await store.put_json(gone, {})
+    await asyncio.sleep(2.2)
+    await janitor.collect_orphans()  # the session may still be listed: `mine` may stay
+    assert gone not in set(await store.list_keys(f"{prefix}/"))
 
 
 # ---------------------------------------------------------------- handlers

@@ -12,6 +12,10 @@ from voicetrack.db.schema import Meeting, MeetingStatus
 from voicetrack.errors import InvalidInputError, NotFoundError
 
 
+class MeetingIdInUse(InvalidInputError):
+    """The meeting id belongs to another session (`meetings.session_uid`)."""
+
+
 class MeetingStore(StoreBase):
     """Meetings: get, idempotent create, end. Never commits; times are UTC."""
 
@@ -24,10 +28,17 @@ class MeetingStore(StoreBase):
         return meeting
 
     async def create_meeting(
-        self, meeting_id: str, guild_id: str, channel_id: str, started_at: datetime
+        self,
+        meeting_id: str,
+        guild_id: str,
+        channel_id: str,
+        started_at: datetime,
+        session_uid: str | None = None,
     ) -> Meeting:
         """Create the meeting, or return it if it exists with the same guild and channel
-        (idempotent). InvalidInputError if it exists for another guild or channel."""
+        (idempotent). InvalidInputError if it exists for another guild or channel;
+        MeetingIdInUse if it belongs to another session than `session_uid` (a row without
+        an owner is claimed)."""
         check_id("meeting_id", meeting_id)
         check_snowflake("guild_id", guild_id)
         check_snowflake("channel_id", channel_id)
@@ -40,11 +51,25 @@ class MeetingStore(StoreBase):
                 channel_id=channel_id,
                 started_at=started,
                 status=MeetingStatus.RECORDING.value,
+                session_uid=session_uid,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )
         await self.session.execute(stmt)
         meeting = await self.get_meeting(meeting_id)
+        if session_uid is not None and meeting.session_uid != session_uid:
+            if meeting.session_uid is not None:
+                raise MeetingIdInUse(
+                    f"meeting_id: {meeting_id!r} belongs to session {meeting.session_uid}"
+                )
+            await self.session.execute(
+                update(Meeting)
+                .where(Meeting.id == meeting_id, Meeting.session_uid.is_(None))
+                .values(session_uid=session_uid)
+                .execution_options(synchronize_session=False)
+            )
+            return await self.create_meeting(meeting_id, guild_id, channel_id, started_at,
+                                             session_uid)
         if meeting.guild_id != guild_id or meeting.channel_id != channel_id:
             raise InvalidInputError(
                 f"meeting_id: {meeting_id!r} already exists for guild {meeting.guild_id} "

@@ -128,6 +128,9 @@ class Meeting(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     status: Mapped[str] = mapped_column(String(16), server_default=text("'recording'"))
+    session_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The RecordingSession (metadata.uid) the meeting id belongs to; NULL for rows made
+    before revision 0005 (claimed by the first session that asks)."""
 
 
 class TempRecording(Base):

@@ -108,11 +108,16 @@ class RecordingService:
 
     # meetings
     async def create_meeting(
-        self, meeting_id: str, guild_id: str, channel_id: str, started_at: datetime
+        self,
+        meeting_id: str,
+        guild_id: str,
+        channel_id: str,
+        started_at: datetime,
+        session_uid: str | None = None,
     ) -> Meeting:
         """See `RecordingStore.create_meeting` (idempotent)."""
         return await self._run(
-            lambda s: s.create_meeting(meeting_id, guild_id, channel_id, started_at)
+            lambda s: s.create_meeting(meeting_id, guild_id, channel_id, started_at, session_uid)
         )
 
     async def end_meeting(

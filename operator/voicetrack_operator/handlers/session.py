@@ -26,7 +26,8 @@ async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
         status = await SessionService(memo.ctx).ensure_session(SessionView.parse(dict(body)))
     patch.status.update(status)
     if status.get("state") == SessionState.REFUSED:
-        kopf.warn(body, reason="GuildBusy", message=status["conditions"][-1]["message"])
+        ready = status["conditions"][-1]
+        kopf.warn(body, reason=ready["reason"], message=ready["message"])
     elif "recorderPod" in status:
         kopf.info(body, reason="RecorderStarted",
                   message=f"recorder pod {status['recorderPod']} created")
@@ -38,6 +39,8 @@ async def on_session_observe(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch
     with kopf_errors():
         changed = await SessionService(memo.ctx).observe_session(SessionView.parse(dict(body)))
     patch.status.update(changed)
+    if "recorderFailure" in changed:
+        kopf.warn(body, reason="RecorderFailed", message=changed["recorderFailure"])
 
 
 @kopf.on.field(*SESSION, id="pause", field="spec.paused")

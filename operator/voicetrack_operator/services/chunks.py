@@ -27,6 +27,7 @@ from voicetrack.resources import (
     TranscodeStatus,
     chunk_name,
     controller_uid,
+    meeting_id_for,
     transcode_job_name,
 )
 from voicetrack_operator.builders import SessionRef, build_transcode_job
@@ -127,6 +128,12 @@ class ChunkService:
                                  job_name=job["metadata"]["name"])
         # The status is written before the Job exists, so the Job's events cannot race it.
         if not chunk.ensured:
+            # its spec next to its raw tracks first: the RecordingChunk is not the only
+            # index of the raw audio (a chunk deleted by hand is rebuilt from it)
+            layout = MeetingLayout(spec.storage.prefix, spec.guild_id,
+                                   meeting_id_for(owner.uid, spec.meeting_id))
+            await self.ctx.store(spec.storage.bucket).put_json(
+                layout.chunk_manifest_key(chunk.spec.index), chunk.spec.to_api())
             if not await self.ctx.kube.patch_chunk_status(
                     chunk.namespace, chunk.name, status.to_api(), chunk.resource_version):
                 return chunk.status  # handled meanwhile by the other path (event or timer)
@@ -216,6 +223,11 @@ class ChunkService:
             self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
             log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
             return False
+        except NotFoundError as err:  # the meeting row is gone: the session's observe
+            # rebuilds it from the cluster and replays the chunks (`resync`)
+            self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
+            log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
+            return False
         return True
 
     async def resync_chunks(self, namespace: str, session: str, uid: str) -> bool:
@@ -266,18 +278,31 @@ class ChunkService:
                 n += 1
         return n
 
-    async def fail_pending(self, namespace: str, session: str, uid: str, reason: str) -> int:
+    async def fail_pending(self, namespace: str, session: str, uid: str, reason: str,
+                           chunk_objs: list[dict[str, Any]] | None = None) -> int:
         """Mark every chunk of session `uid` still queued or in progress failed with
-        `reason` (transcode timeout at deletion). Returns how many."""
+        `reason` (transcode timeout at deletion), after deleting its transcoder Job so no
+        output lands once the chunk folders are collected. The patch holds the
+        resourceVersion the chunk was read at: a `done` that lands meanwhile stands (the
+        next pass sees it). `chunk_objs` is the view to act on (default: listed now).
+        Returns how many were marked failed."""
+        if chunk_objs is None:
+            chunk_objs = await self.ctx.kube.list_chunks(namespace, session, uid)
         n = 0
-        for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
+        for obj in chunk_objs:
             chunk = ChunkRef.from_object(obj)
             if chunk.transcode_status.terminal:
                 continue
+            job_name = transcode_job_name(session, chunk.spec.index)
+            await self.ctx.kube.delete_job(namespace, job_name)
             new = chunk.status.model_copy(update={
                 "transcode_status": TranscodeStatus.FAILED, "error": reason,
-                "job_name": transcode_job_name(session, chunk.spec.index)})
-            await self.ctx.kube.patch_chunk_status(namespace, chunk.name, new.to_api())
+                "job_name": job_name})
+            if not await self.ctx.kube.patch_chunk_status(namespace, chunk.name, new.to_api(),
+                                                          chunk.resource_version):
+                log.info("chunk %s/%s changed while timing out: left as it is", namespace,
+                         chunk.name)
+                continue
             chunk.status = new
             await self.mirror(chunk)
             self.ctx.metrics.chunks.labels("failed").inc()

@@ -35,6 +35,7 @@ from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
 from voicetrack_operator.services.failures import failure_detail
+from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
 from voicetrack_operator.status import Observation, build_status
 
@@ -156,6 +157,8 @@ class DeletionService:
         if s.state is SessionState.REFUSED:  # it never recorded: nothing to promote
             return DeletionOutcome(progress, SessionState.REFUSED, "refused session deleted")
         try:
+            if progress.step is not DeletionStep.DONE:
+                await self.sessions.repair_meeting(s)  # SQL may have lost it
             while progress.step is not DeletionStep.DONE:
                 result = await self.run_step(s, progress)
                 if isinstance(result, Wait):
@@ -229,8 +232,11 @@ class DeletionService:
                 return Wait(f"waiting for {len(pending)} transcode(s)",
                             SessionState.TRANSCODING)
             limit = s.spec.transcode_timeout_seconds
-            await self.chunks.fail_pending(ns, name, uid,
-                                           f"transcode not finished within {limit} s")
+            marked = await self.chunks.fail_pending(ns, name, uid,
+                                                    f"transcode not finished within {limit} s")
+            if marked < len(pending):  # one changed meanwhile: look again
+                return Wait("transcodes timed out; re-reading the chunks",
+                            SessionState.TRANSCODING, delay=1)
         return replace(p, step=DeletionStep.PROMOTE)
 
     async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
@@ -238,9 +244,7 @@ class DeletionService:
         PromotionFailed when it failed or its outputs do not match."""
         if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
             return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
-        chunks = [(c.spec, c.transcode_status) for c in map(
-            ChunkRef.from_object,
-            await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid))]
+        chunks = (await chunk_inventory(self.ctx, s)).for_plan()
         try:
             plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
         except ValueError as err:
@@ -298,49 +302,16 @@ class DeletionService:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
         with contextlib.suppress(NotFoundError):
-            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
-                                          "completed" if ids else "cancelled")
+            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), meeting_end(s, ids))
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
 
-    async def keep_failed(self, s: SessionView) -> int:
-        """Copy the raw tracks of failed chunks to `final/failed/…` and list them, with
-        their reasons, in `final/failed-chunks.json`, so collecting the chunk objects
-        loses nothing. Returns the number of tracks kept."""
-        failed = [c for c in map(ChunkRef.from_object, await self.ctx.kube.list_chunks(
-            s.ref.namespace, s.ref.name, s.ref.uid))
-            if c.transcode_status is TranscodeStatus.FAILED]
-        if not failed:
-            return 0
-        store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
-        entries = []
-        for chunk in failed:
-            for track in chunk.spec.tracks:
-                kept = layout.failed_raw_key(chunk.spec.index, track.user_id,
-                                             chunk.spec.raw_format)
-                if not await store.exists(kept):  # a retry keeps it
-                    try:
-                        await store.copy(track.key, kept)
-                    except NotFoundError:
-                        kept = ""  # the recorder never uploaded it: say so
-                entries.append({"index": chunk.spec.index, "startMs": chunk.spec.start_ms,
-                                "endMs": chunk.spec.end_ms, "userId": track.user_id,
-                                "key": kept, "sha256": track.sha256, "bytes": track.bytes,
-                                "rawFormat": chunk.spec.raw_format,
-                                "error": chunk.status.error or ""})
-        await store.put_json(layout.failed_manifest_key,
-                             {"meetingId": s.meeting_id, "failed": entries})
-        return len(entries)
-
     async def collect(self, s: SessionView) -> int:
-        """What ownership cannot collect: the chunk objects in S3 (failed chunks' raw kept
-        first), the promotion plan, and (unless retained) the temp rows. Jobs and
-        RecordingChunks are owned by the session and go with it. Returns the number of
-        objects deleted from S3."""
-        store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
-        await self.keep_failed(s)
-        deleted = await store.delete_prefix(layout.chunks_root)
-        await store.delete_keys([layout.promotion_plan_key])
+        """What ownership cannot collect: the chunk folders in S3 that were promoted or
+        kept as failed (`inventory.collect_chunks`), the promotion plan, and (unless
+        retained) the temp rows. Jobs and RecordingChunks are owned by the session and go
+        with it. Returns the number of objects deleted from S3."""
+        deleted = await collect_chunks(self.ctx, s)
         rows = await self.ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
         if rows:
             if s.spec.retain_temp_rows:
@@ -348,6 +319,14 @@ class DeletionService:
             else:
                 await self.ctx.db.delete_temp_recordings(s.meeting_id)
         return deleted
+
+
+def meeting_end(s: SessionView, recording_ids: list[str]) -> str:
+    """The meeting's final status: `completed` with recordings, else `failed` when the
+    recorder could not record (`status.recorderFailure`), else `cancelled`."""
+    if recording_ids:
+        return "completed"
+    return "failed" if s.status.get("recorderFailure") else "cancelled"
 
 
 async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:

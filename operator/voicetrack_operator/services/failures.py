@@ -9,6 +9,7 @@ carries one (a node agent that does not fill it).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -40,6 +41,46 @@ def termination_message(pod: dict[str, Any]) -> str:
             if line:
                 return line
     return ""
+
+
+PERMANENT_EXIT_CODE = 2
+"""The recorder's exit code for an input no retry can fix (token, bucket, credentials)."""
+CRASH_LOOP_RESTARTS = 3
+"""A recorder restarted this often within its session is failing, whatever its exit code."""
+CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError",
+                           "InvalidImageName"})
+"""Waiting reasons of a container that cannot start until someone changes its inputs (a
+missing Secret or key, an image name that cannot be)."""
+CONFIG_ERROR_GRACE_S = 15.0
+"""How long a pod may wait on a configuration error before it counts as failed: a Secret
+applied just after the session (one `kubectl apply` of both) still starts it."""
+
+
+def recorder_failure(pod: dict[str, Any] | None, now: datetime) -> str | None:
+    """Why the recorder pod cannot record, None while it can (or may): a container that
+    terminated with exit code 2 (now or before its last restart), one that has waited on a
+    configuration error since `CONFIG_ERROR_GRACE_S` after the pod was made, or one
+    restarted `CRASH_LOOP_RESTARTS` times. The reason is the container's own termination
+    message when it left one."""
+    created = str(((pod or {}).get("metadata") or {}).get("creationTimestamp") or "")
+    age = (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds() \
+        if created else CONFIG_ERROR_GRACE_S
+    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        for terminated in (state.get("terminated"), last.get("terminated")):
+            if terminated and terminated.get("exitCode") == PERMANENT_EXIT_CODE:
+                return (reason_line(str(terminated.get("message") or ""))
+                        or f"recorder exited with code {PERMANENT_EXIT_CODE} (bad input)")
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in CONFIG_ERRORS and age >= CONFIG_ERROR_GRACE_S:
+            return f"recorder cannot start: {waiting['reason']}: {waiting.get('message', '')}"
+        restarts = int(cs.get("restartCount") or 0)
+        if restarts >= CRASH_LOOP_RESTARTS:
+            terminated = last.get("terminated") or {}
+            why = (reason_line(str(terminated.get("message") or ""))
+                   or f"exit code {terminated.get('exitCode', '?')}")
+            return f"recorder restarted {restarts} times; last exit: {why}"
+    return None
 
 
 async def failure_detail(kube: PodReader, ns: str, job_name: str) -> str:

@@ -7,23 +7,27 @@ Calling any of them twice has the effect of calling it once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.db.meetings import MeetingIdInUse
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import (
     INACTIVE_STATES,
     SessionSpec,
     SessionState,
+    controller_uid,
     meeting_id_for,
     recorder_pod_name,
 )
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
 log = logging.getLogger(__name__)
@@ -121,14 +125,24 @@ class SessionService:
             return await self.observe_session(s)  # an operator restart: keep, don't reset
         busy = await self.busy_guild(s)
         if busy:
-            return self._refused(s, busy)
-        started = s.status.get("startedAt") or rfc3339(datetime.now(UTC))
+            return self._refused(s, f"guild {s.spec.guild_id} is already recorded by session "
+                                 f"{busy}: a bot can be in one voice channel per guild")
+        started = s.status.get("startedAt") or await self.pod_started_at(s) \
+            or rfc3339(datetime.now(UTC))
         started_dt = parse_time(started)
         meeting = s.meeting_id
+        owner = await self.meeting_owner(s)
+        if owner:
+            return self._refused(s, f"meeting id {meeting} belongs to session {owner}; "
+                                 "choose another spec.meetingId (or leave it out)",
+                                 "MeetingIdInUse")
         try:
             await self.ctx.db.create_meeting(meeting, s.spec.guild_id, s.spec.channel_id,
-                                             started_dt)
+                                             started_dt, s.ref.uid)
             db_ok = True
+        except MeetingIdInUse as err:
+            return self._refused(s, f"{err}; choose another spec.meetingId (or leave it out)",
+                                 "MeetingIdInUse")
         except TemporaryFailure as err:
             log.warning("meeting row for %s deferred: %s", s.ref.name, err)
             self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = str(err)
@@ -145,11 +159,46 @@ class SessionService:
         return {**status, "meetingId": meeting, "startedAt": started,
                 "recorderPod": pod["metadata"]["name"]}
 
-    def _refused(self, s: SessionView, busy: str) -> dict[str, Any]:
-        reason = (f"guild {s.spec.guild_id} is already recorded by session {busy}: a bot "
-                  "can be in one voice channel per guild")
+    async def pod_started_at(self, s: SessionView) -> str | None:
+        """The session clock's origin the recorder pod was made with (its
+        `VOICETRACK_SESSION_STARTED_AT_MS`), when this session's pod exists but the status
+        patch that should have recorded `startedAt` was lost (the operator died between
+        the two): the clock is chosen once, never again."""
+        pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
+        if pod is None or controller_uid(pod) != s.ref.uid:
+            return None
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for env in container.get("env") or []:
+                if env.get("name") == "VOICETRACK_SESSION_STARTED_AT_MS" and env.get("value"):
+                    return rfc3339(datetime.fromtimestamp(int(env["value"]) / 1000, UTC))
+        return None
+
+    async def meeting_owner(self, s: SessionView) -> str | None:
+        """Another session (`namespace/name`) that records, or recorded into, the meeting
+        id `s` asks for, as the cluster says (the database's `meetings.session_uid` says
+        it for sessions already gone)."""
+        if s.spec.meeting_id is None:
+            return None  # derived from the uid: nobody else has it
+        for other in await self.ctx.kube.list_sessions():
+            meta = other["metadata"]
+            if meta["uid"] == s.ref.uid:
+                continue
+            status = other.get("status") or {}
+            if status.get("state") == SessionState.REFUSED:
+                continue
+            started = bool(status.get("recorderPod"))
+            if not started and (str(meta.get("creationTimestamp", "")), meta["name"]) > (
+                    s.created, s.ref.name):
+                continue  # a younger one that has not started yet defers to this one
+            theirs = status.get("meetingId") or (other.get("spec") or {}).get("meetingId")
+            if theirs == s.meeting_id:
+                return f"{meta['namespace']}/{meta['name']}"
+        return None
+
+    def _refused(self, s: SessionView, why: str, reason: str = "GuildBusy"
+                 ) -> dict[str, Any]:
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=None,
-                          refused=reason)
+                          refused=why, refused_reason=reason)
         return build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
 
     # ------------------------------------------------------------------ observe
@@ -160,7 +209,14 @@ class SessionService:
         if s.state is SessionState.REFUSED or s.deletion:
             return {}
         pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
-        if pod is not None and (pod.get("status") or {}).get("phase") == "Failed" \
+        failure = s.status.get("recorderFailure") or recorder_failure(pod, datetime.now(UTC))
+        if failure:
+            # it cannot record: stop the crash loop (and leave the voice channel); the
+            # session stays Failed until deleted, which promotes what it recorded
+            if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+                log.warning("session %s/%s failed: %s", s.ref.namespace, s.ref.name, failure)
+                await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"])
+        elif pod is not None and (pod.get("status") or {}).get("phase") == "Failed" \
                 and not pod["metadata"].get("deletionTimestamp"):
             # evicted or past its deadline: a new pod continues at the next chunk index
             await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"], 0)
@@ -168,7 +224,9 @@ class SessionService:
             started_ms = int(parse_time(s.status["startedAt"]).timestamp() * 1000)
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
-        phase = ((pod or {}).get("status") or {}).get("phase")
+        phase = None if failure else ((pod or {}).get("status") or {}).get("phase")
+        with contextlib.suppress(TemporaryFailure):  # before the chunks' rows; resync
+            await self.repair_meeting(s)               # reports an outage
         objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
         if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
                 s.ref.namespace, s.ref.name, s.ref.uid, objs):
@@ -176,9 +234,28 @@ class SessionService:
         chunks = [ChunkView.from_object(o) for o in objs]
         db_ok, message = await self.resync(s)
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=phase,
-                          chunks=chunks, database_synced=db_ok, database_message=message)
+                          chunks=chunks, recorder_failure=failure or None,
+                          database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         return status_changed(s.status, new)
+
+    async def repair_meeting(self, s: SessionView) -> bool:
+        """Make the session's meeting row again when SQL lost it (PostgreSQL down when the
+        session started, a wiped SQLite file), from the session's spec and status, and mark
+        the session for a replay of its chunk states (`resync`). True when it had to.
+        Raises TemporaryFailure while the database is away."""
+        try:
+            await self.ctx.db.get_meeting(s.meeting_id)
+            return False
+        except NotFoundError:
+            pass
+        await self.ctx.db.create_meeting(
+            s.meeting_id, s.spec.guild_id, s.spec.channel_id,
+            parse_time(s.status.get("startedAt") or s.created), s.ref.uid)
+        log.warning("session %s/%s: meeting row %s was missing: rebuilt from the cluster",
+                    s.ref.namespace, s.ref.name, s.meeting_id)
+        self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = "meeting row rebuilt"
+        return True
 
     async def resync(self, s: SessionView) -> tuple[bool, str]:
         """Replay the session's meeting row and chunk states into SQL when a write failed
@@ -193,7 +270,7 @@ class SessionService:
         try:
             await self.ctx.db.create_meeting(
                 s.meeting_id, s.spec.guild_id, s.spec.channel_id,
-                parse_time(s.status.get("startedAt") or s.created))
+                parse_time(s.status.get("startedAt") or s.created), s.ref.uid)
         except TemporaryFailure as err:
             self.ctx.unsynced[key] = str(err)
             return False, f"database unavailable: {err}"

@@ -1,0 +1,179 @@
+"""What a session recorded, from S3 and the API together: the RecordingChunk objects are not
+the only index of the raw audio. A chunk whose object is gone (deleted by hand, or by the
+garbage collector during `kubectl delete --cascade=foreground`) while its raw tracks are in
+S3 is rebuilt from the `chunk.json` the operator stored when it first saw the chunk.
+
+Deletion promotes the inventory's chunks and collects only the chunk folders it promoted or
+kept as failed; a folder with raw tracks but no manifest is left in place (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.layout import parse_key
+from voicetrack.manifests import PromotionPlan
+from voicetrack.resources import (
+    LABEL_COMPONENT,
+    LABEL_SESSION,
+    ChunkSpec,
+    ChunkStatus,
+    TranscodeStatus,
+    controller_uid,
+)
+from voicetrack_operator.context import Context
+from voicetrack_operator.services.chunks import ChunkRef
+from voicetrack_operator.services.sessions import SessionView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InventoryChunk:
+    """One chunk of the session: its spec, status, and whether it was rebuilt from S3."""
+
+    spec: ChunkSpec
+    status: ChunkStatus
+    rebuilt: bool = False
+
+    @property
+    def transcode_status(self) -> TranscodeStatus:
+        return TranscodeStatus(self.status.transcode_status)
+
+
+@dataclass
+class ChunkInventory:
+    """Every chunk of a session by index, and the chunk folders nobody can account for."""
+
+    chunks: dict[int, InventoryChunk] = field(default_factory=dict)
+    unaccounted: set[int] = field(default_factory=set)
+    """Indices with objects in S3 but neither a RecordingChunk nor a manifest: kept."""
+
+    def for_plan(self) -> list[tuple[ChunkSpec, TranscodeStatus]]:
+        return [(c.spec, c.transcode_status) for _, c in sorted(self.chunks.items())]
+
+    @property
+    def failed(self) -> list[InventoryChunk]:
+        return [c for _, c in sorted(self.chunks.items())
+                if c.transcode_status is TranscodeStatus.FAILED]
+
+
+async def chunk_inventory(ctx: Context, s: SessionView) -> ChunkInventory:
+    """Reconcile the session's chunk folders in S3 with the chunks the API lists. A listed
+    chunk is taken as it is; a folder without one is rebuilt from its `chunk.json`: `done`
+    when every raw track it names is present (promotion reads the raw audio), else
+    `failed` with the missing keys as the reason."""
+    namespace, name = s.ref.namespace, s.ref.name
+    inv = ChunkInventory()
+    for obj in await ctx.kube.list_chunks(namespace, name, s.ref.uid):
+        ref = ChunkRef.from_object(obj)
+        inv.chunks[ref.spec.index] = InventoryChunk(ref.spec, ref.status)
+    store = ctx.store(s.spec.storage.bucket)
+    folders: dict[int, set[str]] = defaultdict(set)
+    for key in await store.list_keys(s.layout.chunks_root):
+        parsed = parse_key(key, s.spec.storage.prefix)
+        if parsed is None or parsed.area != "chunks" or parsed.index is None \
+                or (parsed.guild_id, parsed.meeting_id) != (s.spec.guild_id, s.meeting_id):
+            continue
+        folders[parsed.index].add(key)
+    for index, keys in sorted(folders.items()):
+        if index in inv.chunks:
+            continue
+        manifest = next((k for k in keys if k.endswith("/chunk.json")), None)
+        spec = None
+        if manifest is not None:
+            try:
+                spec = ChunkSpec.model_validate(await store.get_json(manifest))
+            except (InvalidInputError, NotFoundError, ValueError) as err:
+                log.warning("chunk manifest %s unusable: %s", manifest, err)
+        if spec is None or spec.index != index:
+            inv.unaccounted.add(index)
+            log.warning("session %s/%s: chunk %06d has objects in S3 but no RecordingChunk "
+                        "and no manifest: kept", namespace, name, index)
+            continue
+        missing = [t.key for t in spec.tracks if t.key not in keys]
+        status = ChunkStatus(
+            transcode_status=TranscodeStatus.FAILED if missing else TranscodeStatus.DONE,
+            track_count=len(spec.tracks),
+            error=f"RecordingChunk gone and raw tracks missing: {', '.join(missing)}"
+            if missing else None)
+        log.info("session %s/%s: chunk %06d rebuilt from its manifest (%s)", namespace, name,
+                 index, status.transcode_status)
+        inv.chunks[index] = InventoryChunk(spec, status, rebuilt=True)
+    return inv
+
+
+async def collect_chunks(ctx: Context, s: SessionView) -> int:
+    """Keep the raw tracks of failed chunks under `final/failed/…` with their reasons in
+    `final/failed-chunks.json`, then delete the chunk folders that were promoted (named in
+    the stored promotion plan) or kept as failed, and the plan. Folders nobody accounts for
+    stay. Returns the number of objects deleted."""
+    store, layout = ctx.store(s.spec.storage.bucket), s.layout
+    running = [p["metadata"]["name"] for p in await ctx.kube.list_pods(
+        s.ref.namespace, f"{LABEL_SESSION}={s.ref.name},{LABEL_COMPONENT}=transcoder")
+        if controller_uid(p, "Job") is not None
+        and (p.get("status") or {}).get("phase") == "Running"]
+    if running:  # their outputs would land after the folders are collected
+        raise TemporaryFailure(f"waiting for transcoder pod(s) {', '.join(running)} to stop "
+                               "before collecting", delay=2)
+    inv = await chunk_inventory(ctx, s)
+    kept = await keep_failed(ctx, s, inv)
+    promoted: set[int] = set()
+    try:
+        plan = PromotionPlan.model_validate(await store.get_json(layout.promotion_plan_key))
+        promoted = {c.index for c in plan.chunks}
+    except NotFoundError:
+        pass  # nothing was done: nothing promoted
+    except (InvalidInputError, ValueError) as err:
+        log.warning("promotion plan of %s/%s unusable, no promoted chunk collected: %s",
+                    s.ref.namespace, s.ref.name, err)
+    deleted = 0
+    for index in sorted(promoted | kept):
+        deleted += await store.delete_prefix(layout.chunk_dir(index) + "/")
+    left = sorted(set(inv.chunks) - promoted - kept) + sorted(inv.unaccounted)
+    if left:
+        log.warning("session %s/%s: chunk folders %s neither promoted nor kept: left in S3",
+                    s.ref.namespace, s.ref.name, left)
+    await store.delete_keys([layout.promotion_plan_key])
+    return deleted
+
+
+async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory) -> set[int]:
+    """Copy the raw tracks of the failed chunks to `final/failed/…` and list them, with
+    their reasons, in `final/failed-chunks.json`, so collecting the chunk folders loses
+    nothing. Returns the indices kept."""
+    failed = inv.failed
+    if not failed:
+        return set()
+    store, layout = ctx.store(s.spec.storage.bucket), s.layout
+    entries: list[dict[str, Any]] = []
+    for chunk in failed:
+        for track in chunk.spec.tracks:
+            kept = layout.failed_raw_key(chunk.spec.index, track.user_id,
+                                         chunk.spec.raw_format)
+            if not await store.exists(kept):  # a retry keeps it
+                try:
+                    await store.copy(track.key, kept)
+                except NotFoundError:
+                    kept = ""  # the recorder never uploaded it: say so
+            entries.append({"index": chunk.spec.index, "startMs": chunk.spec.start_ms,
+                            "endMs": chunk.spec.end_ms, "userId": track.user_id,
+                            "key": kept, "sha256": track.sha256, "bytes": track.bytes,
+                            "rawFormat": chunk.spec.raw_format,
+                            "error": chunk.status.error or ""})
+    # a retry may see fewer failed chunks (their objects and folders collected already):
+    # the entries written before stand, so no reason is lost
+    try:
+        before = (await store.get_json(layout.failed_manifest_key)).get("failed") or []
+    except NotFoundError:
+        before = []
+    written = {(e["index"], e["userId"]) for e in entries}
+    merged = [e for e in before if (e.get("index"), e.get("userId")) not in written]
+    entries = sorted(merged + entries, key=lambda e: (int(e["index"]), str(e["userId"])))
+    await store.put_json(layout.failed_manifest_key,
+                         {"meetingId": s.meeting_id, "failed": entries})
+    return {c.spec.index for c in failed}
