@@ -12,6 +12,7 @@ the bot's DAVE session (driven by discord.py from the local Discord's ops 21-31)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -196,15 +197,16 @@ async def test_members_join_and_leave_across_mls_epochs(local_discord: Any) -> N
     assert abs(dominant_hz(frames[carol_info["id"]]) - 880.0) < 5
 
 
-async def test_relay_faults_are_concealed(local_discord: Any) -> None:
-    """5 % loss, 5 % reordered, 5 % duplicated on the way to the bot: the recorder's jitter
-    buffer reorders and de-duplicates, FEC/PLC rebuilds the lost frames, the tone stays."""
-    server, info = local_discord
-    assert server.relay is not None
-    server.relay.set_faults(Faults(loss_pct=5, reorder_pct=5, duplicate_pct=5, seed=7))
+@contextlib.asynccontextmanager
+async def bot_and_alice_in_voice(info: dict[str, Any]
+                                 ) -> AsyncIterator[tuple[discord.Client, Recorder,
+                                                          discord.VoiceClient,
+                                                          discord.VoiceClient]]:
+    """The bot recording the voice channel and the first member in it, DAVE at epoch 1:
+    yields (bot client, recorder, bot's voice client, member's voice client); both clients
+    log out afterwards."""
     bot, bot_runner = await start_client(info["bot_token"], info["ca_bundle"])
-    alice_info = info["users"][0]
-    alice, alice_runner = await start_client(alice_info["token"], info["ca_bundle"])
+    alice, alice_runner = await start_client(info["users"][0]["token"], info["ca_bundle"])
     try:
         channel = bot.get_channel(int(info["voice_channel_id"]))
         assert isinstance(channel, discord.VoiceChannel)
@@ -214,11 +216,22 @@ async def test_relay_faults_are_concealed(local_discord: Any) -> None:
         assert isinstance(alice_channel, discord.VoiceChannel)
         alice_voice: discord.VoiceClient = await alice_channel.connect(timeout=20)
         await dave_ready(bot_voice, alice_voice, epoch=1)
-        sent = await play(alice_voice, tone_pcm(250, 440.0))  # 5 s
-        await recorder.finish()
+        yield bot, recorder, bot_voice, alice_voice
     finally:
         await stop_client(alice, alice_runner)
         await stop_client(bot, bot_runner)
+
+
+async def test_relay_faults_are_concealed(local_discord: Any) -> None:
+    """5 % loss, 5 % reordered, 5 % duplicated on the way to the bot: the recorder's jitter
+    buffer reorders and de-duplicates, FEC/PLC rebuilds the lost frames, the tone stays."""
+    server, info = local_discord
+    assert server.relay is not None
+    server.relay.set_faults(Faults(loss_pct=5, reorder_pct=5, duplicate_pct=5, seed=7))
+    alice_info = info["users"][0]
+    async with bot_and_alice_in_voice(info) as (_bot, recorder, _bot_voice, alice_voice):
+        sent = await play(alice_voice, tone_pcm(250, 440.0))  # 5 s
+        await recorder.finish()
     relay, stats = server.relay.stats, recorder.conn.receiver.stats
     frames = recorder.sink.frames[alice_info["id"]]
     print(f"frames sent {sent}, relay dropped {relay.dropped} reordered {relay.reordered} "
@@ -295,18 +308,8 @@ async def test_voice_server_moved_mid_call(local_discord: Any) -> None:
     MLS leaf (epoch 2) and adds its new key package (epoch 3); the member's next audio is
     recorded."""
     server, info = local_discord
-    bot, bot_runner = await start_client(info["bot_token"], info["ca_bundle"])
     alice_info = info["users"][0]
-    alice, alice_runner = await start_client(alice_info["token"], info["ca_bundle"])
-    try:
-        channel = bot.get_channel(int(info["voice_channel_id"]))
-        assert isinstance(channel, discord.VoiceChannel)
-        recorder = Recorder()
-        bot_voice = await recorder.join(channel)
-        alice_channel = alice.get_channel(channel.id)
-        assert isinstance(alice_channel, discord.VoiceChannel)
-        alice_voice: discord.VoiceClient = await alice_channel.connect(timeout=20)
-        await dave_ready(bot_voice, alice_voice, epoch=1)
+    async with bot_and_alice_in_voice(info) as (bot, recorder, bot_voice, alice_voice):
         before = await play(alice_voice, tone_pcm(50, 440.0))
         await asyncio.sleep(0.5)
         assert server.gateway is not None and server.voice is not None
@@ -318,9 +321,6 @@ async def test_voice_server_moved_mid_call(local_discord: Any) -> None:
         await dave_ready(bot_voice, alice_voice, epoch=3)
         after = await play(alice_voice, tone_pcm(50, 440.0))
         await recorder.finish()
-    finally:
-        await stop_client(alice, alice_runner)
-        await stop_client(bot, bot_runner)
     frames = recorder.sink.frames[alice_info["id"]]
     stats = recorder.conn.receiver.stats
     print(f"frames sent {before} + {after}, recorded {len(frames)}; "
