@@ -51,6 +51,10 @@ class S3Settings:
     secret_key: str
     bucket: str = "voicetrack"
     region: str = "us-east-1"
+    public_endpoint: str | None = None
+    """The URL people outside the cluster reach S3 at (`https://s3.example.com`), used only
+    to sign presigned URLs; None signs for `endpoint`. SigV4 signs the Host header, so a URL
+    signed for the internal address cannot be rewritten afterwards."""
 
     @classmethod
     def from_env(cls, bucket: str | None = None) -> S3Settings:
@@ -67,6 +71,7 @@ class S3Settings:
             access_key=os.environ["VOICETRACK_S3_ACCESS_KEY"],
             secret_key=os.environ["VOICETRACK_S3_SECRET_KEY"],
             bucket=bucket or os.environ.get("VOICETRACK_S3_BUCKET", "voicetrack"),
+            public_endpoint=os.environ.get("VOICETRACK_S3_PUBLIC_ENDPOINT") or None,
         )
 
     def env(self) -> dict[str, str]:
@@ -76,6 +81,8 @@ class S3Settings:
             "VOICETRACK_S3_ACCESS_KEY": self.access_key,
             "VOICETRACK_S3_SECRET_KEY": self.secret_key,
             "VOICETRACK_S3_BUCKET": self.bucket,
+            **({"VOICETRACK_S3_PUBLIC_ENDPOINT": self.public_endpoint}
+               if self.public_endpoint else {}),
         }
 
 
@@ -91,6 +98,29 @@ def sha256_file(path: str | os.PathLike[str], part: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(part), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+MAX_PRESIGN_S = 7 * 24 * 3600
+"""The longest validity (s) a SigV4 presigned URL may have (AWS S3 API reference,
+"Authenticating Requests: Using Query Parameters")."""
+
+DEFAULT_LINK_S = 15 * 60
+"""Default validity (s) of a link handed to a person: 15 minutes, minted when asked."""
+
+
+@dataclass(frozen=True)
+class PresignedUrl:
+    """A presigned GET link as handed to users: the URL, its validity in seconds from
+    when it was minted, and the object's format (file extension, lowercase)."""
+
+    url: str
+    expires_in_seconds: int
+    format: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """`{url, expires_in_seconds, format}` for JSON answers."""
+        return {"url": self.url, "expires_in_seconds": self.expires_in_seconds,
+                "format": self.format}
 
 
 S3_RETRY_DELAY_S = 10.0
@@ -178,6 +208,7 @@ class ObjectStore:
             region=settings.region,
             http_client=http,
         )
+        self._public_client: Minio | None = None
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (idempotent)."""
@@ -295,7 +326,38 @@ class ObjectStore:
         return self.delete_keys(self.list_keys(prefix))
 
     def presigned_get(self, key: str, expires_s: int = 3600) -> str:
-        """A presigned GET URL for `key`, valid `expires_s` seconds; never stored."""
+        """A presigned GET URL for `key`, valid `expires_s` seconds (1 s .. 7 days, the
+        SigV4 limit); never stored. Signed for `settings.public_endpoint` when set (no
+        network call: the region is fixed), else for `endpoint`. Raises InvalidInputError
+        for an expiry out of range."""
+        if not 1 <= expires_s <= MAX_PRESIGN_S:
+            raise InvalidInputError(
+                f"expires: {expires_s} s is outside 1..{MAX_PRESIGN_S} s (SigV4's 7 days)")
         with _s3(f"presign {key}"):
-            return self.client.presigned_get_object(self.bucket, key,
-                                                    expires=timedelta(seconds=expires_s))
+            return self._signer.presigned_get_object(self.bucket, key,
+                                                     expires=timedelta(seconds=expires_s))
+
+    def presigned_link(self, key: str, expires_s: int = DEFAULT_LINK_S) -> PresignedUrl:
+        """`presigned_get` as the answer every user-facing path gives (CLI, bot, web,
+        webhook): `{url, expires_in_seconds, format}`, the format from the key's
+        extension (`mp3`, `flac`, `opus`, `json`, `png`, `zip`)."""
+        fmt = key.rsplit(".", 1)[-1].lower() if "." in key.rsplit("/", 1)[-1] else ""
+        return PresignedUrl(url=self.presigned_get(key, expires_s),
+                            expires_in_seconds=expires_s, format=fmt)
+
+    @property
+    def _signer(self) -> Minio:
+        """The client that signs presigned URLs: one for the public endpoint, else ours."""
+        public = self.settings.public_endpoint
+        if not public:
+            return self.client
+        if self._public_client is None:
+            url = urlparse(public)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise InvalidInputError(
+                    f"VOICETRACK_S3_PUBLIC_ENDPOINT: {public!r} is not an http(s) URL")
+            self._public_client = Minio(
+                url.netloc, access_key=self.settings.access_key,
+                secret_key=self.settings.secret_key, secure=url.scheme == "https",
+                region=self.settings.region)
+        return self._public_client
