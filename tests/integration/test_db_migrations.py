@@ -24,7 +24,7 @@ from voicetrack.errors import InvalidInputError
 
 pytestmark = pytest.mark.integration
 
-REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
 TABLES = {
     None: set(),
     "0001": {"meetings", "temp_recordings", "recordings"},
@@ -32,6 +32,7 @@ TABLES = {
     "0003": {"meetings", "temp_recordings", "recordings"},
     "0004": {"meetings", "temp_recordings", "recordings", "heartbeats"},
     "0005": {"meetings", "temp_recordings", "recordings", "heartbeats"},
+    "0006": {"meetings", "temp_recordings", "recordings", "heartbeats"},
 }
 OLD_TEMP_COLUMNS = {"id", "meeting_id", "created_at", "filename"}
 NEW_TEMP_COLUMNS = {
@@ -155,7 +156,7 @@ def test_adopt_an_old_shape_database_keeps_its_rows(db_url: str) -> None:
     _old_shape_database(db_url)
     assert migrate.current_revision(db_url) is None
     migrate.stamp(db_url, migrate.OLD_SHAPE_REVISION)
-    assert migrate.upgrade_head(db_url) == ["0002", "0003", "0004", "0005"]
+    assert migrate.upgrade_head(db_url) == REVISIONS[1:]
 
     async def read() -> tuple[list, list, object]:
         svc = RecordingService.from_url(db_url)
@@ -185,7 +186,7 @@ def test_adopt_an_old_shape_database_keeps_its_rows(db_url: str) -> None:
     assert meeting.status == "completed"  # type: ignore[attr-defined]
 
     # Back to the old shape: every row is still there, filename restored from pcm_path.
-    assert migrate.downgrade(db_url, migrate.OLD_SHAPE_REVISION) == ["0005", "0004", "0003", "0002"]
+    assert migrate.downgrade(db_url, migrate.OLD_SHAPE_REVISION) == REVISIONS[:0:-1]
     assert shape(db_url)["temp_recordings"] == OLD_TEMP_COLUMNS
     with connect(db_url) as conn:
         rows = conn.execute(sa.text("SELECT id, filename FROM temp_recordings ORDER BY id"))
@@ -194,4 +195,4 @@ def test_adopt_an_old_shape_database_keeps_its_rows(db_url: str) -> None:
     assert names["oldtemp000000001"].endswith("300000000000000003-0001.pcm")
     assert names["oldtemp000000002"].endswith("300000000000000004-0001.pcm")
     assert len(names) == 3 and count == 1
-    assert migrate.upgrade_head(db_url) == ["0002", "0003", "0004", "0005"]
+    assert migrate.upgrade_head(db_url) == REVISIONS[1:]

@@ -121,6 +121,7 @@ class Meeting(Base):
     """One recording session (`RecordingSession.spec.meetingId`)."""
 
     __tablename__ = "meetings"
+    __table_args__ = (Index("ix_meetings_guild_id", "guild_id"),)
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     guild_id: Mapped[str] = mapped_column(String(SNOWFLAKE_LENGTH))
@@ -131,6 +132,12 @@ class Meeting(Base):
     session_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """The RecordingSession (metadata.uid) the meeting id belongs to; NULL for rows made
     before revision 0005 (claimed by the first session that asks)."""
+    namespace: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    """The session's namespace (revision 0006; NULL for older rows)."""
+    session_name: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    """The session's metadata.name (revision 0006; NULL for older rows)."""
+    failure_reason: Mapped[str | None] = mapped_column(Text(), nullable=True)
+    """Why the meeting ended `failed` or `cancelled` (revision 0006); NULL otherwise."""
 
 
 class TempRecording(Base):
