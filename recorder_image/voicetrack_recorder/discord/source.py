@@ -24,6 +24,7 @@ from discord.voice_state import VoiceConnectionState
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.discord.connection import ResumingConnectionState
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
 from voicetrack_recorder.discord.transport import SUPPORTED_MODES
@@ -135,8 +136,9 @@ class RecorderVoiceClient(discord.VoiceClient):
         super().__init__(client, channel)
 
     def create_connection_state(self) -> VoiceConnectionState:
-        """discord.py's connection state, with the hook that forwards gateway events."""
-        return VoiceConnectionState(self, hook=_forward_hook)
+        """discord.py's connection state, with the hook that forwards gateway events and
+        a resume that works (`ResumingConnectionState`)."""
+        return ResumingConnectionState(self, hook=_forward_hook)
 
 
 class DiscordSource:

@@ -1,0 +1,78 @@
+"""Voice websocket close 4015 ("voice server crashed", Discord docs "Voice Close Event
+Codes": the client should resume) while the bot records: it must resume the same voice
+session (op 7 RESUME → op 9 RESUMED, same SSRC, transport key and DAVE group), so the
+member's audio keeps arriving on the same UDP flow and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.discord_rig import tone_pcm
+from tests.integration import test_local_discord as base
+from tests.local_discord_clients import play
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+local_discord = base.local_discord
+_until = base._until
+bot_and_alice_in_voice = base.bot_and_alice_in_voice
+
+
+@pytest.mark.parametrize("code", [4015])
+async def test_a_4015_close_is_resumed_without_losing_audio(local_discord: Any,
+                                                            code: int) -> None:
+    server, info = local_discord
+    alice_info = info["users"][0]
+    bot_id = int(info["application_id"])
+    async with bot_and_alice_in_voice(info) as (_bot, recorder, bot_voice, alice_voice):
+        assert server.voice is not None
+        ssrc = server.voice.connections[bot_id].ssrc
+        sending = asyncio.create_task(play(alice_voice, tone_pcm(400, 440.0)))  # 8 s
+        await asyncio.sleep(2.0)
+        first_ws = server.voice.connections[bot_id].ws
+        assert await server.voice.close(bot_id, code)
+        await _until(lambda: server.voice is not None and bot_voice.is_connected()
+                     and server.voice.connections[bot_id].ws not in (None, first_ws),
+                     "the bot's resumed voice websocket", timeout=10)
+        assert server.voice.connections[bot_id].ssrc == ssrc  # the same session, resumed
+        sent = await sending
+        await recorder.finish()
+    frames = recorder.sink.frames[alice_info["id"]]
+    stats = recorder.conn.receiver.stats
+    print(f"close {code}: frames sent {sent}, recorded {len(frames)}, "
+          f"lost {stats.lost}, DAVE {stats.decrypt[alice_info['id']]}")
+    assert len(frames) == sent
+    assert not stats.decrypt[alice_info["id"]].failures
+
+
+async def test_a_refused_resume_falls_back_to_joining_again(local_discord: Any) -> None:
+    """4015, but the voice server lost the session (its resume answers 4006): the bot joins
+    afresh (new SSRC, new DAVE epoch) within seconds, not after discord.py's 30 s connect
+    timeout, and the member's audio after the rejoin is recorded."""
+    server, info = local_discord
+    alice_info = info["users"][0]
+    bot_id = int(info["application_id"])
+    async with bot_and_alice_in_voice(info) as (_bot, recorder, bot_voice, alice_voice):
+        assert server.voice is not None
+        conn = server.voice.connections[bot_id]
+        sending = asyncio.create_task(play(alice_voice, tone_pcm(500, 440.0)))  # 10 s
+        await asyncio.sleep(2.0)
+        loop = asyncio.get_running_loop()
+        closed_at = loop.time()
+        await server.voice._remove(conn, close_code=4015)  # session gone: resume → 4006
+        await _until(lambda: server.voice is not None and bot_voice.is_connected()
+                     and bot_id in server.voice.connections
+                     and server.voice.connections[bot_id] is not conn,
+                     "the bot's new voice session", timeout=15)
+        rejoined_s = loop.time() - closed_at
+        sent = await sending
+        await recorder.finish()
+    frames = recorder.sink.frames[alice_info["id"]]
+    print(f"refused resume: rejoined in {rejoined_s:.2f} s; frames sent {sent}, "
+          f"recorded {len(frames)}")
+    assert rejoined_s < 10
+    assert len(frames) >= sent - 10 * 50  # at most the rejoin's seconds are missing
+    assert len(frames) > 0.4 * sent
