@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import zstandard
 
 from voicetrack_local.discord.server import LocalDiscord, Settings
 from voicetrack_local.discord.world import CONNECT, Overwrite
@@ -236,3 +237,30 @@ async def test_member_without_connect_gets_no_voice_server(wire: Any) -> None:
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(gw.until("VOICE_SERVER_UPDATE"), 1.0)
     assert server.voice is not None and not server.voice.grants
+
+
+async def test_gateway_zstd_stream_and_unknown_compression(wire: Any) -> None:
+    """`compress=zstd-stream` (what discord.py asks for when `zstandard` is installed):
+    every message is one binary frame that a single streaming zstd decompressor decodes
+    completely on arrival; an unknown compression is closed with 4000."""
+    _server, info, http = wire
+    ws = await http.ws_connect(info["gateway_url"] + "?v=10&encoding=json&compress=zstd-stream")
+    unzstd = zstandard.ZstdDecompressor().decompressobj()
+
+    async def recv() -> dict[str, Any]:
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+        return json.loads(unzstd.decompress(msg.data))
+
+    assert (await recv())["op"] == 10
+    await ws.send_str(json.dumps({"op": 2, "d": {"token": info["bot_token"], "intents": 1,
+                                                 "properties": {}}}))
+    ready = await recv()
+    assert ready["t"] == "READY" and ready["d"]["user"]["id"] == info["application_id"]
+    guild = await recv()
+    assert guild["t"] == "GUILD_CREATE" and guild["d"]["id"] == info["guild_id"]
+    await ws.close()
+
+    ws = await http.ws_connect(info["gateway_url"] + "?v=10&encoding=json&compress=brotli")
+    msg = await asyncio.wait_for(ws.receive(), 10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4000

@@ -8,9 +8,11 @@ states); op 6 RESUME `{token, session_id, seq}` → the missed dispatches then R
 INVALID SESSION (d = false); op 4 VOICE STATE UPDATE `{guild_id, channel_id, self_mute,
 self_deaf}` → VOICE_STATE_UPDATE to the guild and VOICE_SERVER_UPDATE `{token, guild_id,
 endpoint}` to the caller; op 8 REQUEST GUILD MEMBERS → GUILD_MEMBERS_CHUNK. Transport
-compression `compress=zlib-stream` ("Topics › Gateway › Transport Compression"): one zlib
-stream per connection, each message ending with a Z_SYNC_FLUSH (`00 00 ff ff`). Close codes:
-4004 authentication failed, 4014 disallowed intents are not used here.
+compression ("Topics › Gateway › Transport Compression"), one stream per connection:
+`compress=zlib-stream`, each message ending with a Z_SYNC_FLUSH (`00 00 ff ff`), or
+`compress=zstd-stream`, each message a flushed zstd block of one frame (discord.py asks for
+it whenever `zstandard` is installed); anything else closes with 4000. Close codes: 4004
+authentication failed, 4014 disallowed intents are not used here.
 Intents ("Gateway Intents"): GUILDS 1<<0, GUILD_MEMBERS 1<<1, GUILD_VOICE_STATES 1<<7,
 GUILD_MESSAGES 1<<9.
 """
@@ -24,8 +26,9 @@ import secrets
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import zstandard
 from aiohttp import WSMsgType, web
 
 from voicetrack_local.discord.voice import VoiceServer
@@ -39,6 +42,40 @@ INTENT_VOICE_STATES = 1 << 7
 BUFFER = 1000
 
 
+class StreamCompressor(Protocol):
+    """One connection's transport compression: `frame(text)` is the websocket binary
+    message carrying `text`, decodable by the client's one streaming decompressor."""
+
+    def frame(self, text: str) -> bytes: ...
+
+
+class ZlibStream:
+    """`zlib-stream`: a single deflate stream; each message ends with Z_SYNC_FLUSH."""
+
+    def __init__(self) -> None:
+        self._z = zlib.compressobj()
+
+    def frame(self, text: str) -> bytes:
+        return self._z.compress(text.encode()) + self._z.flush(zlib.Z_SYNC_FLUSH)
+
+
+class ZstdStream:
+    """`zstd-stream`: a single zstd frame for the connection; each message ends with a
+    block flush, so it decodes completely on arrival."""
+
+    def __init__(self) -> None:
+        self._z = zstandard.ZstdCompressor().compressobj()
+
+    def frame(self, text: str) -> bytes:
+        return self._z.compress(text.encode()) + self._z.flush(
+            zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+
+COMPRESSIONS: dict[str, type[ZlibStream] | type[ZstdStream]] = {
+    "zlib-stream": ZlibStream, "zstd-stream": ZstdStream}
+"""The `compress` query values the gateway accepts, with their compressors."""
+
+
 @dataclass(eq=False)
 class Session:
     """One gateway session (survives its websocket for a resume)."""
@@ -47,7 +84,7 @@ class Session:
     user: User
     intents: int
     ws: web.WebSocketResponse | None = None
-    zlib: Any = None
+    zlib: StreamCompressor | None = None
     seq: int = 0
     sent: deque[tuple[int, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=BUFFER))
 
@@ -57,8 +94,7 @@ class Session:
         text = json.dumps(payload)
         with contextlib.suppress(ConnectionError, RuntimeError):
             if self.zlib is not None:
-                await self.ws.send_bytes(self.zlib.compress(text.encode())
-                                         + self.zlib.flush(zlib.Z_SYNC_FLUSH))
+                await self.ws.send_bytes(self.zlib.frame(text))
             else:
                 await self.ws.send_str(text)
 
@@ -93,10 +129,10 @@ class Gateway:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 22)
         await ws.prepare(request)
         compress = request.query.get("compress")
-        if compress not in (None, "zlib-stream"):
+        if compress is not None and compress not in COMPRESSIONS:
             await ws.close(code=4000, message=f"unsupported compress={compress}".encode())
             return ws
-        z = zlib.compressobj() if compress else None
+        z = COMPRESSIONS[compress]() if compress is not None else None
         hello = Session("", self.world.bot, 0, ws=ws, zlib=z)
         await hello.raw({"op": 10, "s": None, "t": None,
                          "d": {"heartbeat_interval": HEARTBEAT_MS}})
@@ -127,7 +163,8 @@ class Gateway:
                 session.ws = None
         return ws
 
-    async def _identify(self, ws: web.WebSocketResponse, z: Any, d: dict[str, Any]
+    async def _identify(self, ws: web.WebSocketResponse, z: StreamCompressor | None,
+                        d: dict[str, Any]
                         ) -> Session | None:
         user = self.world.by_token(str(d.get("token", "")))
         if user is None:
@@ -147,7 +184,8 @@ class Gateway:
             await session.dispatch("GUILD_CREATE", self.world.guild_create())
         return session
 
-    async def _resume(self, ws: web.WebSocketResponse, z: Any, d: dict[str, Any]
+    async def _resume(self, ws: web.WebSocketResponse, z: StreamCompressor | None,
+                      d: dict[str, Any]
                       ) -> Session | None:
         session = self.sessions.get(str(d.get("session_id")))
         user = self.world.by_token(str(d.get("token", "")))
