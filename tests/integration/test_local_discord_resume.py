@@ -6,6 +6,7 @@ member's audio keeps arriving on the same UDP flow and nothing is lost."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import pytest
@@ -79,3 +80,42 @@ async def test_a_lost_voice_session_is_joined_again_within_seconds(local_discord
     assert rejoined_s < 10
     assert len(frames) >= sent - 10 * 50  # at most the rejoin's seconds are missing
     assert len(frames) > 0.4 * sent
+
+
+@pytest.mark.parametrize("when", ["at-join", "mid-session"])
+async def test_a_dave_version_refusal_ends_the_source_with_4017(local_discord: Any,
+                                                                when: str) -> None:
+    """The voice server stops accepting the DAVE protocol version the recorder speaks
+    (close 4017 on every identify): the recorder's `DiscordSource` (a subprocess) ends in
+    VoiceRefused (an InvalidInputError) naming 4017 within seconds — at join, and
+    mid-session after the server closes its connection — instead of retrying forever."""
+    server, info = local_discord
+    assert server.voice is not None
+    bot_id = int(info["application_id"])
+    if when == "at-join":
+        server.voice.min_dave_version = 2
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.local_discord_recorder",
+        str(server.state_dir / "discord.json"), cwd=base.REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        if when == "mid-session":
+            await _until(lambda: server.voice is not None and bot_id in server.voice.connections
+                         and server.voice.connections[bot_id].mode is not None,
+                         "the recorder in the voice channel")
+            server.voice.min_dave_version = 2
+            assert await server.voice.close(bot_id, 4017)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        _, err = await asyncio.wait_for(child.communicate(), 40)
+        took = loop.time() - started
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    print(f"{when}: the source ended {took:.1f} s after the refusal")
+    assert child.returncode != 0
+    # VoiceRefused is an InvalidInputError: the recorder exits 2 with this message.
+    assert ("VoiceRefused: discord: the voice server closed the connection with 4017"
+            in err.decode()), err.decode()[-2000:]
+    assert took < 20

@@ -103,12 +103,16 @@ class VoiceServer:
     """Every voice connection, the DAVE call per channel, and the relay's `Router`.
 
     `udp_port` is the relay's port, announced in READY; `require_dave` closes clients
-    without DAVE with 4017 (Discord requires DAVE on every call since March 2026)."""
+    without DAVE with 4017 (Discord requires DAVE on every call since March 2026).
+    `min_dave_version` (fault knob, default the version served) closes clients whose
+    `max_dave_protocol_version` is lower with 4017 too, as Discord does once it requires
+    a newer DAVE protocol than a client speaks."""
 
     def __init__(self, host: str, udp_port: int, *, require_dave: bool = True) -> None:
         self.host = host
         self.udp_port = udp_port
         self.require_dave = require_dave
+        self.min_dave_version = DAVE_VERSION
         self.grants: dict[str, Grant] = {}
         self.connections: dict[int, VoiceConnection] = {}
         self.calls: dict[int, DaveCall] = {}
@@ -210,8 +214,9 @@ class VoiceServer:
                 or str(grant.guild_id) != str(d.get("server_id"))):
             await ws.close(code=4004, message=b"Authentication failed.")
             return None
-        dave = int(d.get("max_dave_protocol_version") or 0) >= DAVE_VERSION
-        if self.require_dave and not dave:
+        offered = int(d.get("max_dave_protocol_version") or 0)
+        dave = offered >= DAVE_VERSION
+        if self.require_dave and offered < max(DAVE_VERSION, self.min_dave_version):
             await ws.close(code=4017, message=b"E2EE/DAVE protocol required.")
             return None
         old = self.connections.get(grant.user_id)

@@ -27,6 +27,13 @@ the client disconnects. For a recorder that is 30 s of lost audio plus the rejoi
 `ResumingConnectionState` resumes directly; when the server refuses (4006 "session no
 longer valid", after its resume window) or does not answer within RESUME_TIMEOUT_S, it
 falls back to discord.py's own fresh connect (leave, then join again).
+
+**Refusals that no retry can cure are retried forever.** discord.py retries a handshake
+that the voice server closed whatever the code. 4004 (authentication failed), 4016
+(unknown encryption mode) and 4017 (the E2EE/DAVE protocol version we speak is not
+accepted) will close every retry the same way; the state records a `VoiceRefused`
+instead, which ends the connection attempt and which the source raises, so the session
+fails with the reason (Discord docs, "Voice Close Event Codes").
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from discord.gateway import DiscordVoiceWebSocket
 from discord.utils import MISSING
 from discord.voice_state import ConnectionFlowState, SocketReader, VoiceConnectionState
 
+from voicetrack.errors import InvalidInputError
+
 if TYPE_CHECKING:  # discord.py defines the alias for type checkers only
     from discord.voice_state import WebsocketHook
 
@@ -51,6 +60,25 @@ RESUME_TIMEOUT_S = 5.0
 """How long (s) a resume may take, from opening the websocket to op 9 RESUMED."""
 OP_RESUMED = 9
 """Voice gateway op 9 RESUMED (Discord docs, "Voice Opcodes")."""
+
+REFUSAL_CODES = {
+    4004: "authentication failed",
+    4016: "unknown encryption mode",
+    4017: "E2EE/DAVE protocol required: the voice server does not accept the DAVE "
+          "protocol version this recorder speaks",
+}
+"""Voice close codes that every retry would meet again (Discord docs, "Voice Close Event
+Codes"), with what they mean."""
+
+
+class VoiceRefused(InvalidInputError):
+    """The voice server refused us for good (a code of REFUSAL_CODES); `code` is it."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"discord: the voice server closed the connection with {code} "
+                         f"({REFUSAL_CODES[code]}){': ' + reason if reason else ''}")
+        self.code = code
+
 
 READER_POLL_S = 0.25
 """Longest wait (s) of the UDP reader before it re-reads which socket is current."""
@@ -93,6 +121,8 @@ class ResumingConnectionState(VoiceConnectionState):
 
     resumes: int = 0
     """Resumes that succeeded on this connection (for logs and tests)."""
+    refused: VoiceRefused | None = None
+    """Set when the voice server refused us for good; the source raises it."""
 
     def __init__(self, voice_client: Any, *, hook: WebsocketHook | None = None) -> None:
         super().__init__(voice_client, hook=hook)
@@ -109,6 +139,17 @@ class ResumingConnectionState(VoiceConnectionState):
             await self.disconnect(cleanup=False)
             resume = False
         await super()._inner_connect(reconnect, self_deaf, self_mute, resume)
+
+    async def _handshake_websocket(self) -> None:
+        """discord.py's handshake; a close with a code of REFUSAL_CODES becomes
+        `VoiceRefused` (kept in `refused`), which discord.py does not retry."""
+        try:
+            await super()._handshake_websocket()
+        except ConnectionClosed as exc:
+            if exc.code in REFUSAL_CODES:
+                self.refused = VoiceRefused(exc.code, exc.reason or "")
+                raise self.refused from exc
+            raise
 
     def _resumable(self) -> bool:
         """A session to resume: connected once (key, SSRC, voice token, session id)."""

@@ -296,6 +296,9 @@ class DiscordSource:
                 await asyncio.wait_for(stop.wait(), TICK_S)
             receiver.tick()
             voice = self._voice
+            refused = getattr(voice._connection, "refused", None)
+            if refused is not None:
+                raise refused
             now = time.monotonic()
             if voice.is_connected():
                 down_since = None
