@@ -102,16 +102,28 @@ class WebProcess:
 
 def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: Path,
           port: int | None = None, seconds: float | None = None,
-          echo: Any = print) -> None:
+          echo: Any = print, extra_guilds: tuple[str, ...] = ()) -> None:
     """`voicetrack local web`: start (or reuse) the local Discord of `discord_state_dir`,
     run the web page against `database_url` and `s3`, print its URL, the log-in link and
-    who can log in, and serve until Ctrl-C (or `seconds`). Raises WebLaunchError and
-    `launcher.DiscordLaunchError`."""
+    who can log in, and serve until Ctrl-C (or `seconds`); a local Discord started here is
+    stopped at the end. `extra_guilds`: guild ids whose
+    members the local Discord's users also are (a new local Discord only; the demo's).
+    Raises WebLaunchError and `launcher.DiscordLaunchError`."""
     import json
 
     from voicetrack_local.discord import launcher
+    from voicetrack_local.discord.oauth2 import EXTRA_GUILDS_ENV
 
-    info = json.loads(launcher.up(discord_state_dir).read_text())
+    ours = launcher.running(discord_state_dir) is None  # started here: stopped here
+    saved = os.environ.get(EXTRA_GUILDS_ENV)
+    os.environ[EXTRA_GUILDS_ENV] = ",".join(extra_guilds)
+    try:
+        info = json.loads(launcher.up(discord_state_dir).read_text())
+    finally:
+        if saved is None:
+            os.environ.pop(EXTRA_GUILDS_ENV, None)
+        else:
+            os.environ[EXTRA_GUILDS_ENV] = saved
     web = WebProcess(info, s3, database_url, log_path, port=port)
     web.start()
     try:
@@ -131,3 +143,5 @@ def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: 
         pass
     finally:
         web.stop()
+        if ours:
+            launcher.down(discord_state_dir)

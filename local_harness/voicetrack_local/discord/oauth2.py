@@ -25,12 +25,16 @@ Endpoints and shapes follow the Discord developer docs, "Topics › OAuth2" (RFC
 The world's guild holds the world's users (its first user owns it, so has every
 permission); besides them this module keeps `outsiders`: users who are members only of a
 second guild (`outsider_guild_id`), so a test can log in as someone of another guild.
+`VOICETRACK_LOCAL_DISCORD_EXTRA_GUILDS` (guild ids, comma-separated) makes the world's users
+members of those guilds too, with the same permissions (the demo's recordings carry a fixed
+guild id).
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +54,7 @@ CODE_TTL_S = 600
 TOKEN_TTL_S = 604_800
 """`expires_in` of an access token (Discord answers 604800, one week)."""
 SCOPES = frozenset({"identify", "guilds", "email", "guilds.members.read"})
+EXTRA_GUILDS_ENV = "VOICETRACK_LOCAL_DISCORD_EXTRA_GUILDS"
 
 
 @dataclass
@@ -71,15 +76,19 @@ class OAuth2:
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     outsiders: list[User] = field(default_factory=list)
     outsider_guild_id: int = field(default_factory=snowflake)
+    extra_guild_ids: list[str] = field(default_factory=list)
     codes: dict[str, Grant] = field(default_factory=dict)
     tokens: dict[str, Grant] = field(default_factory=dict)
 
     @classmethod
     def create(cls, world: World, outsider_names: tuple[str, ...] = ("mallory",)) -> OAuth2:
-        """A provider with one outsider user per name (members of the second guild only)."""
+        """A provider with one outsider user per name (members of the second guild only)
+        and the extra guilds of `VOICETRACK_LOCAL_DISCORD_EXTRA_GUILDS`."""
         outsiders = [User(uid, name, new_token(uid))
                      for uid, name in ((snowflake(), n) for n in outsider_names)]
-        return cls(world, outsiders=outsiders)
+        extra = [g.strip() for g in os.environ.get(EXTRA_GUILDS_ENV, "").split(",")
+                 if g.strip().isdigit()]
+        return cls(world, outsiders=outsiders, extra_guild_ids=extra)
 
     @property
     def client_id(self) -> str:
@@ -220,11 +229,12 @@ class OAuth2:
                        "features": []}]
         else:
             owner = bool(w.users) and w.users[0] is user
-            guilds = [{"id": str(w.guild_id), "name": w.guild_json()["name"], "icon": None,
-                       "banner": None, "owner": owner,
+            guilds = [{"id": gid, "name": name, "icon": None, "banner": None, "owner": owner,
                        "permissions": str(ALL_PERMISSIONS if owner
                                           else w.everyone_permissions),
-                       "features": []}]
+                       "features": []}
+                      for gid, name in ((str(w.guild_id), w.guild_json()["name"]),
+                                        *((g, f"Guild {g}") for g in self.extra_guild_ids))]
         return _json(guilds)
 
 
