@@ -146,10 +146,12 @@ def _page(request: Request, name: str, **ctx: Any) -> Response:
 # -- pages ------------------------------------------------------------------------------
 
 async def index(request: Request) -> Response:
+    """`/`: the log-in button, or the guilds the user can see."""
     return _page(request, "index.html", error=request.query_params.get("error"))
 
 
 async def login(request: Request) -> Response:
+    """`/auth/login`: a fresh session holding a random `state`; 303 to Discord."""
     state = secrets.token_urlsafe(24)
     request.session.clear()
     request.session["oauth_state"] = state
@@ -157,6 +159,8 @@ async def login(request: Request) -> Response:
 
 
 async def callback(request: Request) -> Response:
+    """`/auth/callback`: 400 unless `state` is the session's (RFC 6749 §10.12); then the
+    code is exchanged and the session replaced by the user's (guilds with meetings only)."""
     expected = request.session.pop("oauth_state", None)
     got = request.query_params.get("state")
     if not expected or not got or not secrets.compare_digest(expected, got):
@@ -177,6 +181,7 @@ async def callback(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    """`POST /auth/logout` (CSRF form field): the session is cleared."""
     form = await request.form()
     token = form.get("csrf_token")
     _check_csrf(request, token if isinstance(token, str) else None)
@@ -185,6 +190,7 @@ async def logout(request: Request) -> Response:
 
 
 async def guild_page(request: Request) -> Response:
+    """`/guilds/{guild}`: the meetings page; 404 for a guild the user is not in."""
     viewer = _require_viewer(request, api=False)
     guild = request.path_params["guild"]
     meetings = await _state(request).access.meetings(viewer, guild)
@@ -196,6 +202,7 @@ async def guild_page(request: Request) -> Response:
 
 
 async def guild_json(request: Request) -> Response:
+    """`/api/guilds/{guild}/meetings`: `{"meetings": [...]}` (the page polls it)."""
     viewer = _require_viewer(request, api=True)
     meetings = await _state(request).access.meetings(viewer, request.path_params["guild"])
     if meetings is None:
@@ -214,11 +221,13 @@ def _detail(view: MeetingView) -> dict[str, Any]:
 
 
 async def meeting_page(request: Request) -> Response:
+    """`/meetings/{meeting}`: players, waveforms, timeline, downloads; 404 if not visible."""
     _, view = await _meeting(request, api=False)
     return _page(request, "meeting.html", meeting=_detail(view))
 
 
 async def meeting_json(request: Request) -> Response:
+    """`/api/meetings/{meeting}`: the meeting with its tracks' URLs; 404 if not visible."""
     _, view = await _meeting(request, api=True)
     return JSONResponse(_detail(view))
 
@@ -237,6 +246,8 @@ async def _get_json(request: Request, key: str) -> Any:
 
 
 async def peaks(request: Request) -> Response:
+    """`/api/meetings/{meeting}/peaks/{track}`: the track's peaks JSON from S3 (the key in
+    `final/manifest.json`, else `final/waveform-<track>.json`)."""
     _, view = await _meeting(request, api=True)
     track = _track(view, request.path_params["track"])
     final = _final_dir(view)
@@ -253,11 +264,13 @@ async def peaks(request: Request) -> Response:
 
 
 async def timeline(request: Request) -> Response:
+    """`/api/meetings/{meeting}/timeline`: `final/timeline.json`; 404 when absent."""
     _, view = await _meeting(request, api=True)
     return JSONResponse(await _get_json(request, f"{_final_dir(view)}/timeline.json"))
 
 
 async def audio(request: Request) -> Response:
+    """`/meetings/{meeting}/audio/{track}`: 302 to a presigned URL valid AUDIO_LINK_S."""
     _, view = await _meeting(request, api=False)
     track = _track(view, request.path_params["track"])
     link = await asyncio.to_thread(_state(request).store.presigned_link, track.object_key,
@@ -266,6 +279,8 @@ async def audio(request: Request) -> Response:
 
 
 async def link(request: Request) -> Response:
+    """`POST /api/meetings/{meeting}/link/{track}` (CSRF header): `{url,
+    expires_in_seconds, format}` valid `link_seconds`; 403 without the token."""
     _check_csrf(request, request.headers.get("x-csrf-token"))
     _, view = await _meeting(request, api=True)
     track = _track(view, request.path_params["track"])
@@ -276,12 +291,14 @@ async def link(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """`/healthz`: the process answers (no dependency checked)."""
     return JSONResponse({"status": "ok"})
 
 
 # -- errors and headers -----------------------------------------------------------------
 
 async def http_error(request: Request, exc: Exception) -> Response:
+    """JSON `{"error"}` under `/api/` and for 401; the error page otherwise."""
     assert isinstance(exc, HTTPException)
     if request.url.path.startswith("/api/") or exc.status_code == 401:
         return JSONResponse({"error": exc.detail}, exc.status_code)
