@@ -214,10 +214,10 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     row.wait_for()
     assert row.get_attribute("data-status") == "recording"
     page.evaluate("window.__sameDocument = true")
-    first = row.locator("td[data-label=Chunks]").inner_text()
+    first = row.locator("td[data-label=Progress]").inner_text()
     page.wait_for_function(
         """([id, first]) => {
-          const td = document.querySelector(`tr[data-id='${id}'] td[data-label=Chunks]`);
+          const td = document.querySelector(`tr[data-id='${id}'] td[data-label=Progress]`);
           return td && td.textContent !== first;
         }""", arg=[meeting, first], timeout=60_000)
     page.screenshot(path=str(SHOTS / "meetings-live.png"), full_page=True)

@@ -29,10 +29,12 @@
     state.className = `state state-${m.status}`;
     state.textContent = m.status;
     const total = Object.values(m.chunks).reduce((x, y) => x + y, 0);
+    const progress = total ? `${m.chunks.done || 0} / ${total} chunk tracks transcoded`
+      : m.tracks.length ? `${m.tracks.length} final tracks` : "—";
     const spoke = m.speakers.includes(me) ? " (you spoke)" : "";
     tr.append(cell("Started", a), cell("Duration", clock(m.duration_ms)),
               cell("Speakers", `${m.speakers.length}${spoke}`), cell("State", state),
-              cell("Chunks", `${m.chunks.done || 0} / ${total}`));
+              cell("Progress", progress));
     return tr;
   }
   async function refresh() {
