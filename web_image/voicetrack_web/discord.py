@@ -1,0 +1,116 @@
+"""The OAuth2 client side of "Log in with Discord" (Discord docs, "Topics › OAuth2",
+authorization code grant; RFC 6749 §4.1) and the two user endpoints the page reads.
+
+1. `authorize_url(state)`: send the browser to Discord's `/oauth2/authorize` with
+   `response_type=code`, `client_id`, `scope=identify guilds`, `redirect_uri`, `state`.
+2. `identify(code)`: `POST <api>/oauth2/token` (form: `grant_type=authorization_code`,
+   `code`, `redirect_uri`; client credentials in HTTP Basic auth, RFC 6749 §2.3.1), then
+   `GET <api>/users/@me` (scope `identify`) and `GET <api>/users/@me/guilds` (scope
+   `guilds`; each partial guild carries `permissions`, the member's permission bits as a
+   decimal string, and `owner`). The access token is used for these two reads and dropped.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from voicetrack_web.settings import WebSettings
+
+SCOPES = "identify guilds"
+ADMINISTRATOR = 0x8
+"""Permission bit ADMINISTRATOR (Discord docs, "Topics › Permissions")."""
+MANAGE_GUILD = 0x20
+"""Permission bit MANAGE_GUILD, "Manage Server" (Discord docs, "Topics › Permissions")."""
+HTTP_TIMEOUT_S = 10.0
+
+
+class DiscordAuthError(Exception):
+    """Discord refused the code or the token, or answered something unexpected; the message
+    says which step (no secret in it)."""
+
+
+@dataclass(frozen=True)
+class GuildAccess:
+    """A guild the user is a member of: `manager` when they own it or hold Manage Server
+    or Administrator there (they see all its meetings)."""
+
+    id: str
+    name: str
+    manager: bool
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who logged in: the Discord user id (snowflake string), a display name, guilds."""
+
+    user_id: str
+    name: str
+    guilds: list[GuildAccess]
+
+
+def guild_access(partial: dict[str, Any]) -> GuildAccess:
+    """A `GuildAccess` from a partial guild of `/users/@me/guilds`."""
+    perms = int(partial.get("permissions") or 0)
+    manager = bool(partial.get("owner")) or bool(perms & (ADMINISTRATOR | MANAGE_GUILD))
+    return GuildAccess(str(partial["id"]), str(partial.get("name") or partial["id"]), manager)
+
+
+class DiscordOAuth:
+    """The OAuth2 client of one Discord application (`settings.client_id`)."""
+
+    def __init__(self, settings: WebSettings) -> None:
+        self.settings = settings
+        verify: ssl.SSLContext | bool = True
+        if settings.discord_ca_bundle:
+            verify = ssl.create_default_context(cafile=settings.discord_ca_bundle)
+        self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, verify=verify)
+
+    def authorize_url(self, state: str) -> str:
+        """The URL to send the browser to; `state` is the anti-CSRF value (RFC 6749 §10.12)
+        the callback must see again."""
+        query = urlencode({"response_type": "code", "client_id": self.settings.client_id,
+                           "scope": SCOPES, "redirect_uri": self.settings.redirect_uri,
+                           "state": state, "prompt": "none"})
+        return f"{self.settings.discord_authorize_url}?{query}"
+
+    async def identify(self, code: str) -> Identity:
+        """Exchange `code` and read the user and their guilds. Raises DiscordAuthError."""
+        api = self.settings.discord_api_base
+        try:
+            resp = await self.http.post(
+                f"{api}/oauth2/token",
+                data={"grant_type": "authorization_code", "code": code,
+                      "redirect_uri": self.settings.redirect_uri},
+                auth=(self.settings.client_id, self.settings.client_secret))
+            if resp.status_code != 200:
+                raise DiscordAuthError(f"token exchange refused: HTTP {resp.status_code} "
+                                       f"{_oauth_error(resp)}")
+            token = resp.json()
+            if str(token.get("token_type", "")).lower() != "bearer":
+                raise DiscordAuthError("token exchange: not a Bearer token")
+            headers = {"Authorization": f"Bearer {token['access_token']}"}
+            me = await self.http.get(f"{api}/users/@me", headers=headers)
+            guilds = await self.http.get(f"{api}/users/@me/guilds", headers=headers)
+        except httpx.HTTPError as exc:
+            raise DiscordAuthError(f"Discord unreachable: {type(exc).__name__}") from exc
+        if me.status_code != 200 or guilds.status_code != 200:
+            raise DiscordAuthError(f"user read refused: HTTP {me.status_code}/"
+                                   f"{guilds.status_code}")
+        user = me.json()
+        name = user.get("global_name") or user.get("username") or str(user["id"])
+        return Identity(str(user["id"]), str(name), [guild_access(g) for g in guilds.json()])
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _oauth_error(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("error", ""))
+    except ValueError:
+        return ""

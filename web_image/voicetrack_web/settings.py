@@ -1,0 +1,88 @@
+"""The web component's settings, from `VOICETRACK_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from voicetrack.db.engine import DATABASE_URL_ENV
+from voicetrack.objectstore import DEFAULT_LINK_S, MAX_PRESIGN_S, S3Settings
+
+DISCORD_API_BASE = "https://discord.com/api/v10"
+"""Discord's REST base (Discord docs, "Reference › API Versioning")."""
+DISCORD_AUTHORIZE_URL = "https://discord.com/oauth2/authorize"
+"""Discord's authorization URL (Discord docs, "Topics › OAuth2 › Shared Resources")."""
+SESSION_MAX_AGE_S = 8 * 3600
+"""Default lifetime (s) of the log-in cookie."""
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """Everything the web process needs.
+
+    `base_url` is the page's public origin (`https://voicetrack.example.com`, no trailing
+    slash); the OAuth2 redirect URI is `<base_url>/auth/callback` and must be registered
+    with the Discord application. `secret_key` signs the session cookie (itsdangerous).
+    `discord_ca_bundle` is a PEM file to trust for Discord's TLS (the local Discord's CA);
+    None uses the system store. `session_max_age_s` and `link_seconds` are seconds."""
+
+    database_url: str
+    s3: S3Settings
+    client_id: str
+    client_secret: str
+    secret_key: str
+    base_url: str
+    discord_api_base: str = DISCORD_API_BASE
+    discord_authorize_url: str = DISCORD_AUTHORIZE_URL
+    discord_ca_bundle: str | None = None
+    session_max_age_s: int = SESSION_MAX_AGE_S
+    link_seconds: int = DEFAULT_LINK_S
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.base_url}/auth/callback"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies carry `Secure` when the page is served over https."""
+        return urlsplit(self.base_url).scheme == "https"
+
+    @classmethod
+    def from_env(cls) -> WebSettings:
+        """Read VOICETRACK_DATABASE_URL, the VOICETRACK_S3_* variables
+        (`S3Settings.from_env`), VOICETRACK_DISCORD_CLIENT_ID, VOICETRACK_DISCORD_CLIENT_SECRET,
+        VOICETRACK_WEB_SECRET_KEY (at least 32 characters), VOICETRACK_WEB_BASE_URL and the
+        optional VOICETRACK_DISCORD_API_BASE, VOICETRACK_DISCORD_AUTHORIZE_URL,
+        VOICETRACK_DISCORD_CA_BUNDLE, VOICETRACK_WEB_SESSION_MAX_AGE (s),
+        VOICETRACK_WEB_LINK_SECONDS (s, 1..604800). Raises RuntimeError naming every missing
+        or bad variable."""
+        env = os.environ
+        required = (DATABASE_URL_ENV, "VOICETRACK_DISCORD_CLIENT_ID",
+                    "VOICETRACK_DISCORD_CLIENT_SECRET", "VOICETRACK_WEB_SECRET_KEY",
+                    "VOICETRACK_WEB_BASE_URL")
+        missing = [n for n in required if not env.get(n)]
+        if missing:
+            raise RuntimeError(f"missing environment variable(s): {', '.join(missing)}")
+        if len(env["VOICETRACK_WEB_SECRET_KEY"]) < 32:
+            raise RuntimeError("VOICETRACK_WEB_SECRET_KEY: use at least 32 random characters")
+        base = env["VOICETRACK_WEB_BASE_URL"].rstrip("/")
+        if urlsplit(base).scheme not in ("http", "https"):
+            raise RuntimeError(f"VOICETRACK_WEB_BASE_URL: {base!r} is not an http(s) URL")
+        link_s = int(env.get("VOICETRACK_WEB_LINK_SECONDS", DEFAULT_LINK_S))
+        if not 1 <= link_s <= MAX_PRESIGN_S:
+            raise RuntimeError(f"VOICETRACK_WEB_LINK_SECONDS: {link_s} not in 1..{MAX_PRESIGN_S}")
+        return cls(
+            database_url=env[DATABASE_URL_ENV],
+            s3=S3Settings.from_env(),
+            client_id=env["VOICETRACK_DISCORD_CLIENT_ID"],
+            client_secret=env["VOICETRACK_DISCORD_CLIENT_SECRET"],
+            secret_key=env["VOICETRACK_WEB_SECRET_KEY"],
+            base_url=base,
+            discord_api_base=env.get("VOICETRACK_DISCORD_API_BASE", DISCORD_API_BASE).rstrip("/"),
+            discord_authorize_url=env.get("VOICETRACK_DISCORD_AUTHORIZE_URL",
+                                          DISCORD_AUTHORIZE_URL),
+            discord_ca_bundle=env.get("VOICETRACK_DISCORD_CA_BUNDLE") or None,
+            session_max_age_s=int(env.get("VOICETRACK_WEB_SESSION_MAX_AGE", SESSION_MAX_AGE_S)),
+            link_seconds=link_s,
+        )
