@@ -13,6 +13,7 @@ import pytest
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.resources import SessionState
 from voicetrack_recorder.bot.embeds import (
+    BUSY_MESSAGE,
     SPEAKERS_SHOWN,
     STATE_COLOURS,
     STATE_TITLES,
@@ -91,17 +92,29 @@ def test_recording_session_shows_state_chunks_duration_speakers_meeting() -> Non
     assert embed.footer.text == f"rec/g-{GUILD}"
 
 
-def test_refused_session_says_why() -> None:
-    why = (f"guild {GUILD} is already recorded by session rec/standup: a bot can be in one "
-           "voice channel per guild")
+def test_refused_session_says_why_without_naming_the_other_session() -> None:
+    # the operator checks the whole cluster and names the session that holds the guild,
+    # in whatever namespace; members see that the server is busy, never that object
+    why = (f"guild {GUILD} is already recorded by session team-b/standup: a bot can be in "
+           "one voice channel per guild")
     status = status_of(SessionState.REFUSED, [("Recording", False, "Refused", why),
                                               ("Ready", False, "GuildBusy", why)])
     obj = session(status)
     embed = session_embed(obj)
-    assert refused_reason(obj) == why
-    assert embed.title == "Recording refused" and embed.description == f"**Why:** {why}"
-    assert "❌ Ready — GuildBusy: " + why in fields(embed)["Conditions"]
+    assert refused_reason(obj) == BUSY_MESSAGE
+    assert embed.title == "Recording refused"
+    assert embed.description == f"**Why:** {BUSY_MESSAGE}"
+    assert "❌ Ready — GuildBusy: " + BUSY_MESSAGE in fields(embed)["Conditions"]
+    shown = str(embed.to_dict())
+    assert "team-b" not in shown and "standup" not in shown
+    assert "already recorded by another session" in fields(embed)["Conditions"]
     assert fields(embed)["Meeting"] == "not assigned yet"
+
+
+def test_other_refusals_keep_the_operators_words() -> None:
+    why = "meeting id abcdef0123456789 is already used by another guild's meeting"
+    obj = session(status_of(SessionState.REFUSED, [("Ready", False, "MeetingIdInUse", why)]))
+    assert refused_reason(obj) == why
 
 
 def test_a_new_session_without_status_is_pending() -> None:

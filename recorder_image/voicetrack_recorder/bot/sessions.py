@@ -23,14 +23,14 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from kubernetes import client
 from pydantic import ValidationError
 
-from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError
+from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.kubeclient import translate_api_error
 from voicetrack.resources import (
     API_VERSION,
@@ -54,6 +54,8 @@ CREATED_BY = "voicetrack.dev/created-by"
 REQUEST_TIMEOUT_S = 10.0
 """Timeout of each Kubernetes API call, seconds (an answer is due within Discord's 15 min
 interaction token lifetime; a hung API must not hold a command)."""
+FOLLOW_POLL_S = 2.0
+"""How often `follow` reads a stopped session, seconds."""
 
 
 def session_name(guild_id: str) -> str:
@@ -197,6 +199,39 @@ class BotSessions:
         """The guild's session object. Raises NotFoundError, TemporaryFailure."""
         return await self._require(guild_id)
 
+    async def follow(self, obj: dict[str, Any], timeout_s: float,
+                     on_change: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                     poll_s: float = FOLLOW_POLL_S) -> dict[str, Any] | None:
+        """Follow a stopped session until the operator's finalizer releases it: poll the
+        object (every `poll_s` seconds) until it is gone, or replaced by another object
+        under the same name (uid changed); then return None. Returns the last object read
+        when `timeout_s` seconds pass first (still promoting, or PromotionFailed and being
+        retried). `on_change(obj)` is awaited whenever `status.state` or the chunk counts
+        change; an exception it raises is logged and ignored (a progress message must not
+        end the follow). A TemporaryFailure while polling is retried until the timeout."""
+        name, uid = obj["metadata"]["name"], obj["metadata"].get("uid")
+        deadline = time.monotonic() + timeout_s
+        seen = _progress_key(obj)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            try:
+                current = await self._get(name)
+            except NotFoundError:
+                return None
+            except TemporaryFailure as err:
+                log.info("following %s: %s", name, err)
+                continue
+            if current["metadata"].get("uid") != uid:
+                return None
+            obj = current
+            if on_change is not None and _progress_key(obj) != seen:
+                seen = _progress_key(obj)
+                try:
+                    await on_change(obj)
+                except Exception:  # progress is best effort
+                    log.exception("progress update for %s failed", name)
+        return obj
+
     # ------------------------------------------------------------------ lookups
 
     async def find(self, guild_id: str) -> dict[str, Any] | None:
@@ -286,3 +321,10 @@ class BotSessions:
 def _state(obj: dict[str, Any]) -> SessionState | None:
     """The operator's `status.state` of a session object (`SessionState.of`)."""
     return SessionState.of(obj)
+
+
+def _progress_key(obj: dict[str, Any]) -> tuple[Any, ...]:
+    status = obj.get("status") or {}
+    chunks = status.get("chunks") or {}
+    return (status.get("state"), chunks.get("total"), chunks.get("done"),
+            chunks.get("failed"))
