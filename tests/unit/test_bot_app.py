@@ -321,7 +321,7 @@ async def start_as(guild: dict[str, Any], uid: int, name: str, roles: list[int],
     """`/record start channel:VOICE` by `uid` with the everyone policy (only the channel's
     permissions and the allow-list can refuse it before the unreachable API)."""
     sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
-    kw = {"guilds": guilds} if guilds is not None else {}
+    kw: dict[str, Any] = {"guilds": guilds} if guilds is not None else {}
     cmds = RecordCommands(sessions, ControlPolicy(everyone=True), **kw)
     async for w in discord_world(cmds, guild):
         channel = w.guild.get_channel(VOICE)

@@ -33,7 +33,6 @@ the guild's voice states; no privileged intent is needed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -293,8 +292,10 @@ async def _display_names(guild: discord.Guild, user_ids: Iterable[str]) -> dict[
             continue
         member = guild.get_member(int(uid))
         if member is None:
-            with contextlib.suppress(discord.HTTPException):
+            try:
                 member = await guild.fetch_member(int(uid))
+            except Exception as err:  # a name is cosmetic: `user <id>` is shown instead
+                log.debug("no display name for %s: %s", uid, err)
         if member is not None:
             names[uid] = member.display_name
     return names
