@@ -234,7 +234,12 @@ async def test_a_busy_refusal_names_no_other_session(stack: Stack, e2e_namespace
             status = await cmds.status(world.interaction(BOB, "bob", [], "status"))
             shown = json.dumps(status.to_dict())
             assert other_ns not in shown and "secret-standup" not in shown, shown
-    finally:
+    finally:  # release the guild for the next test: its recorder must have left
+        stack.kubectl("-n", other_ns, "delete", "recsess", "secret-standup", "--wait=false",
+                      check=False)
+        await wait_for("the other recorder to leave", lambda: stack.kubectl(
+            "-n", other_ns, "get", "pod", "secret-standup-rec", check=False
+        ).returncode != 0, 120)
         stack.kubectl("delete", "namespace", other_ns, "--wait=false", check=False)
 
 

@@ -248,7 +248,8 @@ class RecordCommands:
         member; ephemeral). Another server's meeting is "not found", like a missing one."""
         async def go() -> discord.Embed:
             guild = self._served(interaction)
-            return await self._links_answer(guild, meeting.strip(), f"Recording {meeting}")
+            wanted = meeting.strip()
+            return await self._links_answer(guild, wanted, f"Recording {wanted}")
         return await _answer_errors(go())
 
     async def pause(self, interaction: discord.Interaction) -> discord.Embed:
