@@ -234,13 +234,26 @@ async def test_a_busy_refusal_names_no_other_session(stack: Stack, e2e_namespace
             status = await cmds.status(world.interaction(BOB, "bob", [], "status"))
             shown = json.dumps(status.to_dict())
             assert other_ns not in shown and "secret-standup" not in shown, shown
-    finally:  # release the guild for the next test: its recorder must have left
-        stack.kubectl("-n", other_ns, "delete", "recsess", "secret-standup", "--wait=false",
-                      check=False)
-        await wait_for("the other recorder to leave", lambda: stack.kubectl(
-            "-n", other_ns, "get", "pod", "secret-standup-rec", check=False
-        ).returncode != 0, 120)
+
+            # once the other recording has ended, a new start records: the refusal
+            # does not outlive its cause
+            await release(stack, other_ns, "secret-standup")
+            again = await cmds.start(world.interaction(ALICE, "alice", [MANAGER_ROLE]))
+            assert again.title != "Already recording in this server", again.to_dict()
+            await wait_for("Recording", lambda: (get(stack, ns, session_name(str(GUILD)))
+                                                 or {}).get("status", {}).get("state")
+                           == SessionState.RECORDING, 60)
+            await release(stack, ns, session_name(str(GUILD)))
+    finally:  # release the guild for the next test: its recorders must have left
+        await release(stack, other_ns, "secret-standup")
         stack.kubectl("delete", "namespace", other_ns, "--wait=false", check=False)
+
+
+async def release(stack: Stack, ns: str, name: str) -> None:
+    """Delete session `name` and wait until its recorder pod is gone (the guild is free)."""
+    stack.kubectl("-n", ns, "delete", "recsess", name, "--wait=false", check=False)
+    await wait_for(f"{name}'s recorder to leave", lambda: stack.kubectl(
+        "-n", ns, "get", "pod", f"{name}-rec", check=False).returncode != 0, 120)
 
 
 async def test_a_promotion_outlasting_the_reply_ends_with_a_channel_notice(

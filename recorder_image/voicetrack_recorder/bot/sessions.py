@@ -123,6 +123,8 @@ class BotSessions:
 
         Creates `g-<guildId>` unless the guild already has a session, which is returned
         instead (`created=False`; also while a stopped session is still being promoted).
+        The bot's own session refused earlier (the guild was busy) is deleted first and
+        made again, so a refusal does not outlive its cause.
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set.
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
@@ -137,7 +139,7 @@ class BotSessions:
             spec["chunkSeconds"] = chunk_seconds
         self._validate(spec, "session spec")
         existing = await self.find(guild_id)
-        if existing is not None:
+        if existing is not None and not await self._clear_refused(existing):
             return Started(existing, created=False)
         body = {
             "apiVersion": API_VERSION, "kind": SESSION_KIND,
@@ -155,6 +157,26 @@ class BotSessions:
         log.info("started %s/%s for guild %s channel %s by %s", self.namespace, name,
                  guild_id, channel_id, requested_by)
         return Started(await self._settle(obj), created=True)
+
+    async def _clear_refused(self, obj: dict[str, Any]) -> bool:
+        """Delete the bot's own session (`g-<guildId>`) when the operator refused it
+        (the guild was busy then) so `start` can try again; True once it is gone (waits
+        up to `settle_seconds`). Any other session is kept: False."""
+        meta = obj["metadata"]
+        if (meta["name"] != session_name(str((obj.get("spec") or {}).get("guildId", "")))
+                or meta.get("deletionTimestamp") or _state(obj) is not SessionState.REFUSED):
+            return False
+        try:
+            await self._call(
+                f"delete RecordingSession {meta['name']}",
+                self.objects.delete_namespaced_custom_object,
+                GROUP, VERSION, self.namespace, SESSION_PLURAL, meta["name"],
+                body=client.V1DeleteOptions(
+                    preconditions=client.V1Preconditions(uid=meta["uid"])))
+        except NotFoundError:
+            return True
+        log.info("deleted refused %s/%s to start again", self.namespace, meta["name"])
+        return await self.follow(obj, max(self.settle_seconds, 1.0), poll_s=0.25) is None
 
     async def stop(self, guild_id: str) -> dict[str, Any]:
         """Delete the guild's session: the operator stops the recorder, waits for the
