@@ -128,8 +128,9 @@ class BotSessions:
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set.
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
-        the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx). A 409 on the
-        create (a racing start won) is not an error: its session is returned."""
+        the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx, a refused
+        session not yet removed). A 409 on the create (a racing start won) is not an
+        error: its session is returned."""
         _check_snowflake("channel_id", channel_id)
         _check_snowflake("requested_by", requested_by)
         name = session_name(guild_id)
@@ -161,7 +162,8 @@ class BotSessions:
     async def _clear_refused(self, obj: dict[str, Any]) -> bool:
         """Delete the bot's own session (`g-<guildId>`) when the operator refused it
         (the guild was busy then) so `start` can try again; True once it is gone (waits
-        up to `settle_seconds`). Any other session is kept: False."""
+        up to `settle_seconds`, else raises TemporaryFailure). Any other session is
+        kept: False."""
         meta = obj["metadata"]
         if (meta["name"] != session_name(str((obj.get("spec") or {}).get("guildId", "")))
                 or meta.get("deletionTimestamp") or _state(obj) is not SessionState.REFUSED):
@@ -176,7 +178,10 @@ class BotSessions:
         except NotFoundError:
             return True
         log.info("deleted refused %s/%s to start again", self.namespace, meta["name"])
-        return await self.follow(obj, max(self.settle_seconds, 1.0), poll_s=0.25) is None
+        if await self.follow(obj, max(self.settle_seconds, 1.0), poll_s=0.25) is not None:
+            raise TemporaryFailure(f"the refused session {meta['name']} is still being "
+                                   "removed", delay=5)
+        return True
 
     async def stop(self, guild_id: str) -> dict[str, Any]:
         """Delete the guild's session: the operator stops the recorder, waits for the
