@@ -173,6 +173,10 @@ def bot(
     allowed_guilds: str = typer.Option("", envvar="VOICETRACK_BOT_GUILDS",
                                        help="Comma-separated guild ids the bot serves "
                                             "(default: every guild)."),
+    follow_seconds: float = typer.Option(13 * 60, envvar="VOICETRACK_BOT_FOLLOW_SECONDS",
+                                         min=0, max=14 * 60,
+                                         help="How long /record stop edits its reply while "
+                                              "the promotion runs (the token lasts 15 min)."),
     sync_guilds: str = typer.Option("", envvar="VOICETRACK_BOT_SYNC_GUILDS",
                                     help="Comma-separated guild ids to sync /record to "
                                          "(instant); default: global sync."),
@@ -218,7 +222,7 @@ def bot(
     async def serve() -> None:
         endpoint.apply()  # before the client exists; its connector inside the loop
         bot = VoicetrackBot(RecordCommands(sessions, policy, archive=archive,
-                                           guilds=allowed), guilds,
+                                           guilds=allowed, follow_s=follow_seconds), guilds,
                             connector=endpoint.connector())
         async with bot:
             await bot.start(token)

@@ -299,3 +299,50 @@ def cluster_sessions(cluster: Any, namespace: str) -> str:
     from voicetrack_local.kubectl import kubectl
     res = kubectl(cluster.kubeconfig, "-n", namespace, "get", "recsess")
     return str(res.stdout) + str(res.stderr)
+
+
+async def test_a_promotion_outlasting_the_reply_is_announced_in_the_channel(
+        stack: Stack, e2e_namespace: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # VOICETRACK_BOT_FOLLOW_SECONDS=0 stands for a promotion longer than the 15 minute
+    # interaction token: the reply says "still saving", then a plain channel message
+    # (visible to everyone there, so without links) points to /record get.
+    ns = e2e_namespace
+    server = LocalDiscord(tmp_path / "discord", Settings(users=["alice"]))
+    world = server.world
+    alice = world.users[0]
+    world.voice_states[alice.id] = VoiceState(alice.id, world.voice.id, f"s-{alice.id}")
+    info = await server.start()
+    point_discord_py(monkeypatch, info)
+    key = f"e2e-input/{ns}/{alice.id}.wav"
+    stack.store.put_bytes(key, tone_wav(6_000), "audio/wav")
+    defaults = {"chunkSeconds": 5, "storage": {"bucket": stack.s3.bucket},
+                "source": {"type": "files", "speakers": [
+                    {"userId": str(alice.id), "objectKey": key}]}}
+    env = bot_env(info, stack.kubeconfig, ns, **stack.s3.env(),
+                  VOICETRACK_BOT_FOLLOW_SECONDS="0",
+                  VOICETRACK_BOT_SPEC_DEFAULTS=json.dumps(defaults))
+    bot = await start_bot(server, info, env)
+    name = f"g-{info['guild_id']}"
+    try:
+        await typed(server, alice.id, "start")
+        await _until(lambda: json.loads(stack.kubectl(
+            "-n", ns, "get", "recsess", name, "-o", "json").stdout).get("status", {}).get(
+            "chunks", {}).get("total", 0) >= 1, "a chunk", 120)
+        meeting = stack.kubectl("-n", ns, "get", "recsess", name, "-o",
+                                "jsonpath={.status.meetingId}").stdout
+        reply = await typed(server, alice.id, "stop", done=lambda m: m["embeds"][0].get(
+            "title", "").startswith("Still saving"))
+        assert f"/record get {meeting}" in reply["embeds"][0]["title"]
+        notice = await _until(lambda: [m for m in world.messages
+                                       if m["author"]["id"] == str(world.bot.id)
+                                       and "interaction_token" not in m
+                                       and meeting in m["content"]], "the notice", 240)
+        assert notice[0]["channel_id"] == info["text_channel_id"]
+        assert notice[0]["content"] == (f"The recording `{meeting}` is saved: `/record get "
+                                        f"{meeting}` for download links (only you will see "
+                                        "them).")
+        assert not notice[0]["embeds"] and "http" not in notice[0]["content"]
+    finally:
+        await stop_bot(bot)
+        await server.stop()

@@ -290,6 +290,7 @@ def test_intents_are_guilds_and_voice_states_only() -> None:
     ({"VOICETRACK_BOT_ROLES": "admins"}, "VOICETRACK_BOT_ROLES: 'admins'"),
     ({"VOICETRACK_BOT_SYNC_GUILDS": "12"}, "VOICETRACK_BOT_SYNC_GUILDS: 12"),
     ({"VOICETRACK_BOT_GUILDS": "12"}, "VOICETRACK_BOT_GUILDS: '12'"),
+    ({"VOICETRACK_BOT_FOLLOW_SECONDS": "900"}, "--follow-seconds"),
     ({"VOICETRACK_S3_ENDPOINT": "http://127.0.0.1:1"}, "VOICETRACK_S3_ACCESS_KEY"),
     ({"KUBECONFIG": "/nonexistent/kubeconfig"}, "no usable Kubernetes configuration"),
 ])
