@@ -170,6 +170,13 @@ def bot(
     spec_defaults: str = typer.Option("", envvar="VOICETRACK_BOT_SPEC_DEFAULTS",
                                       help="JSON partial RecordingSession spec for new "
                                            "sessions, e.g. '{\"chunkSeconds\": 30}'."),
+    allowed_guilds: str = typer.Option("", envvar="VOICETRACK_BOT_GUILDS",
+                                       help="Comma-separated guild ids the bot serves "
+                                            "(default: every guild)."),
+    follow_seconds: float = typer.Option(13 * 60, envvar="VOICETRACK_BOT_FOLLOW_SECONDS",
+                                         min=0, max=14 * 60,
+                                         help="How long /record stop edits its reply while "
+                                              "the promotion runs (the token lasts 15 min)."),
     sync_guilds: str = typer.Option("", envvar="VOICETRACK_BOT_SYNC_GUILDS",
                                     help="Comma-separated guild ids to sync /record to "
                                          "(instant); default: global sync."),
@@ -177,10 +184,12 @@ def bot(
                                    help="Kubeconfig path (default: in-cluster)."),
     log_level: str = typer.Option("INFO", envvar="VOICETRACK_LOG_LEVEL"),
 ) -> None:
-    """Run the Discord bot: /record start|stop|pause|resume|status (docs/bot.md)."""
+    """Run the Discord bot: /record start|stop|pause|resume|status|list|get (docs/bot.md)."""
     import json
 
+    from voicetrack_recorder.bot.access import GuildAllowList
     from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands, VoicetrackBot
+    from voicetrack_recorder.bot.archive import MeetingArchive
     from voicetrack_recorder.bot.sessions import BotSessions, check_spec_defaults
     from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 
@@ -194,6 +203,8 @@ def bot(
                                     ) from err
         defaults = check_spec_defaults(parsed)
         policy = ControlPolicy.parse(roles, everyone)
+        allowed = GuildAllowList.parse(allowed_guilds)
+        archive = MeetingArchive.from_env(defaults)
         guilds = [int(g) for g in (p.strip() for p in sync_guilds.split(",")) if g]
         bad = [g for g in guilds if not 15 <= len(str(g)) <= 20]
         if bad:
@@ -210,7 +221,8 @@ def bot(
 
     async def serve() -> None:
         endpoint.apply()  # before the client exists; its connector inside the loop
-        bot = VoicetrackBot(RecordCommands(sessions, policy), guilds,
+        bot = VoicetrackBot(RecordCommands(sessions, policy, archive=archive,
+                                           guilds=allowed, follow_s=follow_seconds), guilds,
                             connector=endpoint.connector())
         async with bot:
             await bot.start(token)

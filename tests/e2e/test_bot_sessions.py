@@ -37,8 +37,10 @@ from tests.unit.test_bot_app import (
 )
 from voicetrack.errors import NotFoundError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
-from voicetrack.resources import SessionState
+from voicetrack.resources import SessionState, StorageSpec
+from voicetrack_local.stack import prepare_namespace
 from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands
+from voicetrack_recorder.bot.archive import MeetingArchive
 from voicetrack_recorder.bot.sessions import BotSessions, session_name
 
 pytestmark = pytest.mark.e2e
@@ -199,3 +201,100 @@ async def test_a_session_made_with_kubectl_is_the_guilds_session(stack: Stack,
     assert (get(stack, ns, "standup") or {}).get("metadata", {}).get(
         "deletionTimestamp") or get(stack, ns, "standup") is None
 
+
+
+async def test_a_busy_refusal_names_no_other_session(stack: Stack, e2e_namespace: str
+                                                     ) -> None:
+    # Another team's namespace records the guild (the operator serves both); the bot's
+    # start in its own namespace is refused as busy, and the member's answer names
+    # neither that namespace nor its session.
+    ns, other_ns = e2e_namespace, f"{e2e_namespace}-team-b"
+    prepare_namespace(stack.kubeconfig, other_ns, stack.s3)
+    try:
+        key = f"e2e-input/{other_ns}/{SPEAKER}.wav"
+        stack.store.put_bytes(key, tone_wav(60_000), "audio/wav")
+        files = {"type": "files", "speakers": [{"userId": SPEAKER, "objectKey": key}]}
+        doc = {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
+               "metadata": {"name": "secret-standup", "namespace": other_ns},
+               "spec": {"guildId": str(GUILD), "channelId": str(OTHER_VOICE),
+                        "chunkSeconds": 5, "source": files}}
+        stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
+        await wait_for("the other namespace's session to record", lambda: (get(
+            stack, other_ns, "secret-standup") or {}).get("status", {}).get(
+            "state") == SessionState.RECORDING, 60)
+        sessions = BotSessions(bot_api(stack, ns, rbac=True), ns, settle_seconds=15,
+                               spec_defaults={"source": files})
+        cmds = RecordCommands(sessions, ControlPolicy.parse(str(RECORDER_ROLE)))
+        async for world in discord_world(cmds):
+            embed = await cmds.start(world.interaction(ALICE, "alice", [MANAGER_ROLE]))
+            assert field(embed, "State") == SessionState.REFUSED, embed.to_dict()
+            shown = json.dumps(embed.to_dict())
+            assert "already using this server" in shown
+            assert other_ns not in shown and "secret-standup" not in shown, shown
+            status = await cmds.status(world.interaction(BOB, "bob", [], "status"))
+            shown = json.dumps(status.to_dict())
+            assert other_ns not in shown and "secret-standup" not in shown, shown
+
+            # once the other recording has ended, a new start records: the refusal
+            # does not outlive its cause
+            await release(stack, other_ns, "secret-standup")
+            again = await cmds.start(world.interaction(ALICE, "alice", [MANAGER_ROLE]))
+            assert again.title != "Already recording in this server", again.to_dict()
+            await wait_for("Recording", lambda: (get(stack, ns, session_name(str(GUILD)))
+                                                 or {}).get("status", {}).get("state")
+                           == SessionState.RECORDING, 60)
+            await release(stack, ns, session_name(str(GUILD)))
+    finally:  # release the guild for the next test: its recorders must have left
+        await release(stack, other_ns, "secret-standup")
+        stack.kubectl("delete", "namespace", other_ns, "--wait=false", check=False)
+
+
+async def release(stack: Stack, ns: str, name: str) -> None:
+    """Delete session `name` and wait until its recorder pod is gone (the guild is free)."""
+    stack.kubectl("-n", ns, "delete", "recsess", name, "--wait=false", check=False)
+    await wait_for(f"{name}'s recorder to leave", lambda: stack.kubectl(
+        "-n", ns, "get", "pod", f"{name}-rec", check=False).returncode != 0, 120)
+
+
+async def test_a_promotion_outlasting_the_reply_ends_with_a_channel_notice(
+        stack: Stack, e2e_namespace: str) -> None:
+    # The reply may be edited for 15 minutes (the interaction token's lifetime); here it
+    # may follow for 0.5 s only, so the answer says "still saving" and the bot posts a
+    # plain message in the channel, without links, once the tracks are saved.
+    ns = e2e_namespace
+    key = f"e2e-input/{ns}/{SPEAKER}.wav"
+    stack.store.put_bytes(key, tone_wav(6_000), "audio/wav")
+    defaults = {"chunkSeconds": 5, "storage": {"bucket": stack.s3.bucket},
+                "source": {"type": "files", "speakers": [
+                    {"userId": SPEAKER, "objectKey": key}]}}
+    sessions = BotSessions(bot_api(stack, ns, rbac=True), ns, spec_defaults=defaults,
+                           settle_seconds=15)
+    archive = MeetingArchive(stack.s3, StorageSpec(bucket=stack.s3.bucket))
+    cmds = RecordCommands(sessions, ControlPolicy.parse(str(RECORDER_ROLE)),
+                          archive=archive, follow_s=0.5)
+    name = session_name(str(GUILD))
+    notices: list[str] = []
+    progress: list[discord.Embed] = []
+
+    async def notice(text: str) -> None:
+        notices.append(text)
+
+    async def shown(embed: discord.Embed) -> None:
+        progress.append(embed)
+
+    async for world in discord_world(cmds):
+        await cmds.start(world.interaction(ALICE, "alice", [MANAGER_ROLE]))
+        await wait_for("a chunk", lambda: (get(stack, ns, name) or {}).get(
+            "status", {}).get("chunks", {}).get("total", 0) >= 1, 60)
+        meeting = (get(stack, ns, name) or {})["status"]["meetingId"]
+        answer = await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop"),
+                                 shown, notice)
+        assert (answer.title or "").startswith("Still saving after 0 min"), answer.title
+        assert f"/record get {meeting}" in (answer.title or "")
+        assert progress and field(progress[0], "Meeting") == f"`{meeting}`"
+        await wait_for("the channel notice", lambda: notices, 180)
+        assert notices == [f"The recording `{meeting}` is saved: `/record get {meeting}` "
+                           "for download links (only you will see them)."]
+        got = await cmds.get(world.interaction(BOB, "bob", [], "get"), meeting)
+        assert got.title == f"Recording {meeting}"
+        assert [f.name for f in got.fields] == [f"user {SPEAKER} (mp3)", "Mix (mp3)"]

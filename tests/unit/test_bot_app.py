@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from voicetrack.errors import InvalidInputError
+from voicetrack_recorder.bot.access import GuildAllowList
 from voicetrack_recorder.bot.app import (
     ControlPolicy,
     RecordCommands,
@@ -81,8 +82,12 @@ def channel_payload(cid: int, kind: int, name: str, position: int) -> dict[str, 
     return doc
 
 
-def guild_create_payload() -> dict[str, Any]:
-    """GUILD_CREATE as sent to a bot with the guilds + voice_states intents."""
+def guild_create_payload(voice_overwrites: list[dict[str, Any]] | None = None,
+                         extra_roles: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """GUILD_CREATE as sent to a bot with the guilds + voice_states intents; VOICE
+    carries `voice_overwrites` ("Channel Object › Overwrite Object")."""
+    voice = channel_payload(VOICE, 2, "Voice", 0) | {
+        "permission_overwrites": voice_overwrites or []}
     return {
         "id": str(GUILD), "name": "Test Server", "owner_id": str(840000000000000099),
         "unavailable": False, "member_count": 5, "large": False, "features": [],
@@ -90,8 +95,8 @@ def guild_create_payload() -> dict[str, Any]:
         "guild_scheduled_events": [], "presences": [], "premium_tier": 0,
         "roles": [role_payload(GUILD, "@everyone", CONNECT_SPEAK_VIEW, 0),
                   role_payload(MANAGER_ROLE, "Manager", MANAGE_GUILD, 2),
-                  role_payload(RECORDER_ROLE, "Recorder", 0, 1)],
-        "channels": [channel_payload(VOICE, 2, "Voice", 0),
+                  role_payload(RECORDER_ROLE, "Recorder", 0, 1), *(extra_roles or [])],
+        "channels": [voice,
                      channel_payload(STAGE, 13, "Stage", 1),
                      channel_payload(TEXT, 0, "general", 2),
                      channel_payload(OTHER_VOICE, 2, "Other voice", 3)],
@@ -163,14 +168,16 @@ class World:
             state=self.bot._connection)
 
 
-async def discord_world(cmds: RecordCommands) -> AsyncIterator[World]:
-    """The real bot class, fed READY and GUILD_CREATE through discord.py's gateway parsers;
-    closed after (it never logs in: nothing reaches Discord)."""
+async def discord_world(cmds: RecordCommands, guild: dict[str, Any] | None = None
+                        ) -> AsyncIterator[World]:
+    """The real bot class, fed READY and GUILD_CREATE (`guild`, default
+    `guild_create_payload()`) through discord.py's gateway parsers; closed after (it never
+    logs in: nothing reaches Discord)."""
     bot = VoicetrackBot(cmds)
     bot._connection.guild_ready_timeout = 0.05
     async with bot:
         bot._connection.parsers["READY"](ready_payload())
-        bot._connection.parsers["GUILD_CREATE"](guild_create_payload())
+        bot._connection.parsers["GUILD_CREATE"](guild or guild_create_payload())
         await bot.wait_until_ready()
         yield World(bot, cmds)
 
@@ -260,13 +267,16 @@ async def test_the_command_group_as_discord_receives_it(world: World) -> None:
     assert doc["name"] == "record" and doc["contexts"] == [0]  # guild only
     assert doc["dm_permission"] is False
     subs = {o["name"]: o for o in doc["options"]}
-    assert sorted(subs) == ["pause", "resume", "start", "status", "stop"]
+    assert sorted(subs) == ["get", "list", "pause", "resume", "start", "status", "stop"]
     opts = {o["name"]: o for o in subs["start"]["options"]}
     assert opts["channel"]["type"] == 7 and opts["channel"]["channel_types"] == [2]
     assert not opts["channel"]["required"]
     assert (opts["chunk_seconds"]["type"], opts["chunk_seconds"]["min_value"],
             opts["chunk_seconds"]["max_value"]) == (4, 5, 300)
-    assert all(not subs[s].get("options") for s in ("stop", "pause", "resume", "status"))
+    assert all(not subs[s].get("options") for s in ("stop", "pause", "resume", "status",
+                                                    "list"))
+    meeting = subs["get"]["options"][0]
+    assert (meeting["name"], meeting["type"], meeting["required"]) == ("meeting", 3, True)
 
 
 def test_intents_are_guilds_and_voice_states_only() -> None:
@@ -279,6 +289,9 @@ def test_intents_are_guilds_and_voice_states_only() -> None:
     ({"VOICETRACK_BOT_SPEC_DEFAULTS": "{bad"}, "VOICETRACK_BOT_SPEC_DEFAULTS is not JSON"),
     ({"VOICETRACK_BOT_ROLES": "admins"}, "VOICETRACK_BOT_ROLES: 'admins'"),
     ({"VOICETRACK_BOT_SYNC_GUILDS": "12"}, "VOICETRACK_BOT_SYNC_GUILDS: 12"),
+    ({"VOICETRACK_BOT_GUILDS": "12"}, "VOICETRACK_BOT_GUILDS: '12'"),
+    ({"VOICETRACK_BOT_FOLLOW_SECONDS": "900"}, "--follow-seconds"),
+    ({"VOICETRACK_S3_ENDPOINT": "http://127.0.0.1:1"}, "VOICETRACK_S3_ACCESS_KEY"),
     ({"KUBECONFIG": "/nonexistent/kubeconfig"}, "no usable Kubernetes configuration"),
 ])
 def test_the_bot_command_refuses_bad_configuration(env: dict[str, str], message: str
@@ -292,3 +305,81 @@ def test_the_bot_command_refuses_bad_configuration(env: dict[str, str], message:
     result = CliRunner().invoke(app, ["bot"], env=base | env)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+# -- the target channel's permissions and the guild allow-list ---------------------------
+
+VIEW, CONNECT, ADMINISTRATOR = 1 << 10, 1 << 20, 1 << 3
+ADMIN_ROLE = 830000000000000003
+
+
+def overwrite(oid: int, kind: int, allow: int = 0, deny: int = 0) -> dict[str, Any]:
+    return {"id": str(oid), "type": kind, "allow": str(allow), "deny": str(deny)}
+
+
+async def start_as(guild: dict[str, Any], uid: int, name: str, roles: list[int],
+                   guilds: GuildAllowList | None = None) -> discord.Embed:
+    """`/record start channel:VOICE` by `uid` with the everyone policy (only the channel's
+    permissions and the allow-list can refuse it before the unreachable API)."""
+    sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
+    kw: dict[str, Any] = {"guilds": guilds} if guilds is not None else {}
+    cmds = RecordCommands(sessions, ControlPolicy(everyone=True), **kw)
+    async for w in discord_world(cmds, guild):
+        channel = w.guild.get_channel(VOICE)
+        assert isinstance(channel, discord.VoiceChannel)
+        return await cmds.start(w.interaction(uid, name, roles), channel)
+    raise AssertionError("no world")
+
+
+async def test_a_member_denied_connect_on_the_channel_is_refused() -> None:
+    guild = guild_create_payload([overwrite(DAVE, 1, deny=CONNECT)])
+    embed = await start_as(guild, DAVE, "dave", [])
+    assert embed.title == "Cannot do that" and "you need Connect on" in text(embed), text(embed)
+    # the same channel, another member: the overwrite is Dave's only
+    embed = await start_as(guild, BOB, "bob", [])
+    assert embed.title is not None and embed.title.startswith("Try again"), text(embed)
+
+
+async def test_a_private_channel_lets_in_its_role_and_administrators_only() -> None:
+    guild = guild_create_payload(
+        [overwrite(GUILD, 0, deny=VIEW | CONNECT), overwrite(RECORDER_ROLE, 0,
+                                                            allow=VIEW | CONNECT),
+         overwrite(BOT, 1, allow=VIEW | CONNECT)],
+        extra_roles=[role_payload(ADMIN_ROLE, "Admin", ADMINISTRATOR, 3)])
+    refused = await start_as(guild, DAVE, "dave", [])
+    assert refused.title == "Cannot do that"
+    assert "you need View Channel and Connect" in text(refused), text(refused)
+    for uid, roles in ((BOB, [RECORDER_ROLE]), (CAROL, [ADMIN_ROLE])):
+        embed = await start_as(guild, uid, "m", roles)
+        assert embed.title is not None and embed.title.startswith("Try again"), text(embed)
+
+
+async def test_a_channel_the_bot_cannot_join_is_refused() -> None:
+    guild = guild_create_payload([overwrite(BOT, 1, deny=CONNECT)])
+    embed = await start_as(guild, ALICE, "alice", [MANAGER_ROLE])
+    assert embed.title == "Cannot do that" and "the bot needs Connect" in text(embed)
+
+
+@pytest.mark.parametrize("sub", ["start", "stop", "pause", "resume", "status", "recent"])
+async def test_a_guild_outside_the_allow_list_is_refused(sub: str) -> None:
+    sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
+    cmds = RecordCommands(sessions, ControlPolicy(everyone=True),
+                          guilds=GuildAllowList.parse("810000000000000999"))
+    async for w in discord_world(cmds):
+        embed = await getattr(cmds, sub)(w.interaction(ALICE, "alice", [MANAGER_ROLE]))
+        assert embed.title == "Cannot do that"
+        assert "not enabled for this server" in text(embed)
+    embed = await cmds.get(w.interaction(ALICE, "alice", []), "abcdef0123456789")
+    assert "not enabled for this server" in text(embed)
+
+
+async def test_a_listed_guild_is_served() -> None:
+    embed = await start_as(guild_create_payload(), ALICE, "alice", [MANAGER_ROLE],
+                           GuildAllowList.parse(f"810000000000000999, {GUILD}"))
+    assert embed.title is not None and embed.title.startswith("Try again"), text(embed)
+
+
+def test_allow_list_parse() -> None:
+    assert GuildAllowList.parse("").guild_ids == frozenset()
+    with pytest.raises(InvalidInputError, match="VOICETRACK_BOT_GUILDS: 'x'"):
+        GuildAllowList.parse("x")

@@ -5,18 +5,26 @@ tests/e2e/test_bot_sessions.py; this file depends on `voicetrack` only."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import discord
 import pytest
 
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack.objectstore import PresignedUrl
 from voicetrack.resources import SessionState
+from voicetrack_recorder.bot.archive import SavedMeeting, TrackLink
 from voicetrack_recorder.bot.embeds import (
+    BUSY_MESSAGE,
+    FIELD_MAX,
     SPEAKERS_SHOWN,
     STATE_COLOURS,
     STATE_TITLES,
     error_embed,
+    links_embed,
+    meetings_embed,
     refused_reason,
     session_embed,
     session_state,
@@ -91,17 +99,29 @@ def test_recording_session_shows_state_chunks_duration_speakers_meeting() -> Non
     assert embed.footer.text == f"rec/g-{GUILD}"
 
 
-def test_refused_session_says_why() -> None:
-    why = (f"guild {GUILD} is already recorded by session rec/standup: a bot can be in one "
-           "voice channel per guild")
+def test_refused_session_says_why_without_naming_the_other_session() -> None:
+    # the operator checks the whole cluster and names the session that holds the guild,
+    # in whatever namespace; members see that the server is busy, never that object
+    why = (f"guild {GUILD} is already recorded by session team-b/standup: a bot can be in "
+           "one voice channel per guild")
     status = status_of(SessionState.REFUSED, [("Recording", False, "Refused", why),
                                               ("Ready", False, "GuildBusy", why)])
     obj = session(status)
     embed = session_embed(obj)
-    assert refused_reason(obj) == why
-    assert embed.title == "Recording refused" and embed.description == f"**Why:** {why}"
-    assert "❌ Ready — GuildBusy: " + why in fields(embed)["Conditions"]
+    assert refused_reason(obj) == BUSY_MESSAGE
+    assert embed.title == "Recording refused"
+    assert embed.description == f"**Why:** {BUSY_MESSAGE}"
+    assert "❌ Ready — GuildBusy: " + BUSY_MESSAGE in fields(embed)["Conditions"]
+    shown = str(embed.to_dict())
+    assert "team-b" not in shown and "standup" not in shown
+    assert "already recorded by another session" in fields(embed)["Conditions"]
     assert fields(embed)["Meeting"] == "not assigned yet"
+
+
+def test_other_refusals_keep_the_operators_words() -> None:
+    why = "meeting id abcdef0123456789 is already used by another guild's meeting"
+    obj = session(status_of(SessionState.REFUSED, [("Ready", False, "MeetingIdInUse", why)]))
+    assert refused_reason(obj) == why
 
 
 def test_a_new_session_without_status_is_pending() -> None:
@@ -175,3 +195,59 @@ def test_a_state_this_version_does_not_know_is_shown_as_it_is() -> None:
 def test_error_embeds(err: Exception, title: str) -> None:
     embed = error_embed(err)
     assert embed.title == title and embed.description == str(err)
+
+
+def saved_meeting(users: list[str], paused_ms: int = 0) -> SavedMeeting:
+    tracks = [FinalTrack(track=u, kind="speaker", user_id=u, format="mp3",
+                         key=f"recordings/{GUILD}/abcdef0123456789/final/{u}.mp3",
+                         bytes=1_234_567, sha256="0" * 64, duration_ms=83_000)
+              for u in users]
+    tracks.append(FinalTrack(track="mix", kind="mixed", format="mp3",
+                             key=f"recordings/{GUILD}/abcdef0123456789/final/mix.mp3",
+                             bytes=2_000_000, sha256="1" * 64, duration_ms=83_000))
+    manifest = FinalManifest(tool_version="t", meeting_id="abcdef0123456789",
+                             duration_ms=83_000, recorded_ms=90_000, paused_ms=paused_ms,
+                             tracks=tracks)
+    return SavedMeeting(GUILD, "abcdef0123456789",
+                        datetime(2026, 11, 22, 1, 0, tzinfo=UTC), manifest)
+
+
+def track_links(meeting: SavedMeeting, url: str = "https://s3.example/x?sig=1"
+                ) -> list[TrackLink]:
+    return [TrackLink(t.user_id, t.kind, PresignedUrl(url, 900, "mp3"), t.bytes, t.sha256,
+                      t.duration_ms) for t in meeting.manifest.tracks]
+
+
+def test_links_embed_names_speakers_and_puts_the_mix_last() -> None:
+    meeting = saved_meeting(["400000000000000001", "400000000000000002"], paused_ms=7_000)
+    embed = links_embed(meeting, track_links(meeting), {"400000000000000001": "Alice"})
+    assert [f.name for f in embed.fields] == [
+        "Alice (mp3)", "user 400000000000000002 (mp3)", "Mix (mp3)"]
+    assert embed.fields[0].value == ("[Download mp3](https://s3.example/x?sig=1) · 1.2 MB · "
+                                     "1m23s · <@400000000000000001>")
+    assert embed.fields[2].value == "[Download mp3](https://s3.example/x?sig=1) · 2.0 MB · 1m23s"
+    assert "`abcdef0123456789` · 1m23s (paused 7s cut)" in (embed.description or "")
+    assert "expire 15 min" in (embed.description or "")
+
+
+def test_links_embed_within_discords_limits() -> None:
+    meeting = saved_meeting([f"4000000000000001{i:02d}" for i in range(30)])
+    embed = links_embed(meeting, track_links(meeting, "https://s3.example/" + "q" * 1100), {})
+    assert len(embed.fields) == 25 and embed.fields[-1].name == "More"
+    assert all(len(f.value or "") <= FIELD_MAX for f in embed.fields)
+    assert "link too long" in (embed.fields[0].value or "")
+
+
+def test_meetings_embed_lists_the_live_session_then_saved_meetings() -> None:
+    live = session(status_of(SessionState.RECORDING, [], speakers=["400000000000000001"],
+                             seconds=65) | {"meetingId": "fedcba9876543210",
+                                            "startedAt": NOW})
+    embed = meetings_embed([saved_meeting(["400000000000000001"])], live,
+                           {"400000000000000001": "Alice"})
+    lines = (embed.description or "").splitlines()
+    assert lines[0] == ("`fedcba9876543210` · **Recording** · started <t:1795309200:f> "
+                        "(<t:1795309200:R>) · 65s · Alice")  # the operator's duration
+    assert lines[1] == ("`abcdef0123456789` · saved <t:1795309200:f> · 1m23s · Alice · "
+                        "**Saved**")
+    empty = meetings_embed([], None, {})
+    assert empty.title == "No recordings yet"

@@ -89,3 +89,16 @@ async def test_an_unreachable_api_is_a_temporary_failure(method: str) -> None:
         await getattr(sessions, method)(GUILD)
     with pytest.raises(TemporaryFailure):
         await sessions.start(GUILD, CHANNEL, USER)
+
+
+async def test_follow_keeps_trying_through_an_unreachable_api_until_its_timeout() -> None:
+    sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
+    obj = {"metadata": {"name": f"g-{GUILD}", "uid": "u-1"},
+           "status": {"state": "Promoting"}}
+    seen: list[object] = []
+
+    async def on_change(o: dict[str, object]) -> None:
+        seen.append(o)
+
+    assert await sessions.follow(obj, 0.5, on_change, poll_s=0.1) == obj
+    assert seen == []  # nothing was read, so nothing changed

@@ -1,11 +1,27 @@
-"""The Discord layer of the bot: `/record start|stop|pause|resume|status`.
+"""The Discord layer of the bot: `/record start|stop|pause|resume|status|list|get`.
 
 Each command's callback is three steps: defer the answer (ephemeral), let
-`RecordCommands` parse the interaction and call one `BotSessions` method, send the embed
-it returns as an ephemeral follow-up. `RecordCommands` never talks to Discord: it reads
-the interaction's guild, member, roles and voice state from discord.py's cache, so it is
-tested with interactions built from documented gateway payloads; the two HTTP calls of a
-callback (defer, follow-up) are the only untested lines.
+`RecordCommands` parse the interaction and call one `BotSessions` (or `MeetingArchive`)
+method, send the embed it returns as an ephemeral follow-up. `RecordCommands` never talks
+to Discord except through the callables it is handed (`stop`'s progress and notice): it
+reads the interaction's guild, member, roles and voice state from discord.py's cache, so
+it is tested with interactions built from documented gateway payloads, and the whole
+callback on the wire against the local Discord (tests/e2e/test_local_discord_bot.py).
+
+`/record stop` follows the promotion: the deferred reply is filled with the session's
+state and edited as it changes, then replaced by links to the final tracks (presigned,
+`link_s` seconds, default 15 min). Interaction tokens are valid 15 minutes (Discord
+developer docs, "Interactions › Receiving and Responding": follow-ups and edits of the
+original response use the token, which expires after 15 minutes), so the reply follows
+for at most `follow_s` (13 min); a promotion that takes longer ends the reply with "still
+saving", and the bot keeps following (up to `LATE_FOLLOW_S`) and then posts a message in
+the command's channel, without links (it is visible to everyone there), pointing to
+`/record get <meeting>`. Links are only ever sent in ephemeral replies to members of the
+meeting's guild.
+
+Guilds: when `VOICETRACK_BOT_GUILDS` lists guild ids, every command from another guild is
+refused ("not enabled for this server"). `/record start` also needs View Channel and
+Connect on the target channel for both the member and the bot (`access.py`).
 
 Permissions: `start`, `stop`, `pause` and `resume` need Manage Server (`manage_guild`,
 guild-wide, from the member's roles; owners and administrators have it) or one of the
@@ -16,24 +32,45 @@ the guild's voice states; no privileged intent is needed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from voicetrack.errors import InvalidInputError, VoicetrackError
-from voicetrack_recorder.bot.embeds import error_embed, session_embed
+from voicetrack.errors import InvalidInputError, NotFoundError, VoicetrackError
+from voicetrack.objectstore import DEFAULT_LINK_S
+from voicetrack_recorder.bot.access import GuildAllowList, NotAllowedError, check_channel_access
+from voicetrack_recorder.bot.archive import MeetingArchive
+from voicetrack_recorder.bot.embeds import (
+    error_embed,
+    links_embed,
+    meetings_embed,
+    session_embed,
+)
 from voicetrack_recorder.bot.sessions import BotSessions
 
 log = logging.getLogger(__name__)
 
 
-class NotAllowedError(InvalidInputError):
-    """The member may not run this command (see `ControlPolicy`)."""
+__all__ = ["ControlPolicy", "NotAllowedError", "RecordCommands", "VoicetrackBot",
+           "bot_intents", "build_group"]
+
+FOLLOW_S = 13 * 60
+"""How long `/record stop` edits its reply while the promotion runs, seconds: under the
+15 minute interaction token lifetime, with room for the last edit."""
+LATE_FOLLOW_S = 2 * 3600
+"""How much longer the bot follows a promotion after the reply's token expired, seconds."""
+
+Progress = Callable[[discord.Embed], Awaitable[None]]
+"""Shows an interim answer (`/record stop`: edits the reply)."""
+Notice = Callable[[str], Awaitable[None]]
+"""Posts a plain message in the command's channel (never with links)."""
 
 
 @dataclass(frozen=True)
@@ -79,21 +116,50 @@ class RecordCommands:
     interaction, check the policy, call one `BotSessions` method, build the embed. Every
     method returns an embed, for errors too (the error's message, see `error_embed`)."""
 
-    def __init__(self, sessions: BotSessions, policy: ControlPolicy) -> None:
+    def __init__(self, sessions: BotSessions, policy: ControlPolicy, *,
+                 archive: MeetingArchive | None = None,
+                 guilds: GuildAllowList | None = None,
+                 follow_s: float = FOLLOW_S, late_follow_s: float = LATE_FOLLOW_S,
+                 link_s: int = DEFAULT_LINK_S) -> None:
+        """`archive`: saved meetings and links (None: `list`/`get` answer that links are
+        not configured, `stop` answers at once). `guilds`: the allow-list (default every
+        guild). `follow_s`, `late_follow_s`: see the module docstring; `link_s`: link
+        validity, seconds (1..604800)."""
         self.sessions = sessions
         self.policy = policy
+        self.archive = archive
+        self.guilds = guilds or GuildAllowList()
+        self.follow_s = follow_s
+        self.late_follow_s = late_follow_s
+        self.link_s = link_s
+        self._late: set[asyncio.Task[None]] = set()
+
+    def _served(self, interaction: discord.Interaction) -> discord.Guild:
+        guild = _guild(interaction)
+        self.guilds.check(guild.id)
+        return guild
+
+    def _links(self) -> MeetingArchive:
+        if self.archive is None:
+            raise InvalidInputError("download links are not configured for this bot "
+                                    "(VOICETRACK_S3_ENDPOINT and its credentials)")
+        return self.archive
 
     async def start(self, interaction: discord.Interaction,
                     channel: discord.VoiceChannel | None = None,
                     chunk_seconds: int | None = None) -> discord.Embed:
         """Record `channel`, else the voice channel the member is in."""
         async def go() -> discord.Embed:
-            guild = _guild(interaction)
+            guild = self._served(interaction)
             self.policy.check(interaction.user)
             target = channel or _members_voice_channel(interaction.user)
             if not isinstance(target, discord.VoiceChannel) or target.guild.id != guild.id:
                 raise InvalidInputError(f"{target.mention} is not a voice channel of this "
                                         "server")
+            # the cached channel carries the overwrites; an option's resolved channel may not
+            cached = guild.get_channel(target.id)
+            check_channel_access(cached if isinstance(cached, discord.VoiceChannel)
+                                 else target, interaction.user)
             started = await self.sessions.start(str(guild.id), str(target.id),
                                                 str(interaction.user.id), chunk_seconds)
             title = None
@@ -104,18 +170,92 @@ class RecordCommands:
             return session_embed(started.session, title=title)
         return await _answer_errors(go())
 
-    async def stop(self, interaction: discord.Interaction) -> discord.Embed:
-        """Stop and save the server's recording."""
+    async def stop(self, interaction: discord.Interaction, progress: Progress | None = None,
+                   notice: Notice | None = None) -> discord.Embed:
+        """Stop and save the server's recording; with an archive, follow the promotion
+        (`progress(embed)` at each state change, for `follow_s` at most) and answer with
+        links to the final tracks. Still saving after `follow_s`: answer so, keep
+        following in the background and `notice(text)` once saved (no links)."""
         async def go() -> discord.Embed:
-            guild = _guild(interaction)
+            guild = self._served(interaction)
             self.policy.check(interaction.user)
-            return session_embed(await self.sessions.stop(str(guild.id)))
+            obj = await self.sessions.stop(str(guild.id))
+            meeting = str((obj.get("status") or {}).get("meetingId") or "")
+            if self.archive is None or not meeting:
+                return session_embed(obj)
+            if progress is not None:
+                await progress(session_embed(obj))
+
+            async def changed(o: dict[str, Any]) -> None:
+                if progress is not None:
+                    await progress(session_embed(o))
+            left = await self.sessions.follow(obj, self.follow_s, changed)
+            if left is not None:
+                self._follow_late(left, guild.id, meeting, notice)
+                return session_embed(left, title=(
+                    f"Still saving after {int(self.follow_s // 60)} min: a message in "
+                    f"this channel will say when `{meeting}` is ready; then "
+                    f"`/record get {meeting}`"))
+            return await self._links_answer(guild, meeting, "Recording saved",
+                                            gone_without_tracks=True)
+        return await _answer_errors(go())
+
+    def _follow_late(self, obj: dict[str, Any], guild_id: int, meeting: str,
+                     notice: Notice | None) -> None:
+        async def late() -> None:
+            try:
+                if await self.sessions.follow(obj, self.late_follow_s) is not None:
+                    return  # still not saved: /record status shows why
+                if self.archive is not None and notice is not None:
+                    await self.archive.get(str(guild_id), meeting)
+                    await notice(f"The recording `{meeting}` is saved: `/record get "
+                                 f"{meeting}` for download links (only you will see them).")
+            except Exception:  # nobody to answer; the log keeps it
+                log.exception("following meeting %s after the reply expired", meeting)
+        task = asyncio.create_task(late())
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _links_answer(self, guild: discord.Guild, meeting: str, title: str,
+                            gone_without_tracks: bool = False) -> discord.Embed:
+        archive = self._links()
+        try:
+            saved = await archive.get(str(guild.id), meeting)
+        except NotFoundError:
+            if not gone_without_tracks:
+                raise
+            return error_embed(NotFoundError(
+                f"the session ended but no saved tracks were found for `{meeting}` "
+                "(nobody spoke, or it was removed without promotion)"))
+        links = await archive.links(saved, self.link_s)
+        names = await _display_names(guild, saved.speakers)
+        return links_embed(saved, links, names, title=title)
+
+    async def recent(self, interaction: discord.Interaction) -> discord.Embed:
+        """This server's live session and most recently saved meetings (any member)."""
+        async def go() -> discord.Embed:
+            guild = self._served(interaction)
+            archive = self._links()
+            live = await self.sessions.find(str(guild.id))
+            saved = await archive.recent(str(guild.id))
+            ids = {u for m in saved for u in m.speakers}
+            ids |= set(((live or {}).get("status") or {}).get("speakers") or [])
+            return meetings_embed(saved, live, await _display_names(guild, sorted(ids)))
+        return await _answer_errors(go())
+
+    async def get(self, interaction: discord.Interaction, meeting: str) -> discord.Embed:
+        """Links to the tracks of this server's saved meeting `meeting`, minted now (any
+        member; ephemeral). Another server's meeting is "not found", like a missing one."""
+        async def go() -> discord.Embed:
+            guild = self._served(interaction)
+            wanted = meeting.strip()
+            return await self._links_answer(guild, wanted, f"Recording {wanted}")
         return await _answer_errors(go())
 
     async def pause(self, interaction: discord.Interaction) -> discord.Embed:
         """Pause the server's recording."""
         async def go() -> discord.Embed:
-            guild = _guild(interaction)
+            guild = self._served(interaction)
             self.policy.check(interaction.user)
             return session_embed(await self.sessions.pause(str(guild.id)),
                                  title="Recording paused")
@@ -124,7 +264,7 @@ class RecordCommands:
     async def resume(self, interaction: discord.Interaction) -> discord.Embed:
         """Resume the server's recording."""
         async def go() -> discord.Embed:
-            guild = _guild(interaction)
+            guild = self._served(interaction)
             self.policy.check(interaction.user)
             return session_embed(await self.sessions.resume(str(guild.id)),
                                  title="Recording resumed")
@@ -133,7 +273,7 @@ class RecordCommands:
     async def status(self, interaction: discord.Interaction) -> discord.Embed:
         """The server's recording, for any member."""
         async def go() -> discord.Embed:
-            guild = _guild(interaction)
+            guild = self._served(interaction)
             return session_embed(await self.sessions.status(str(guild.id)))
         return await _answer_errors(go())
 
@@ -142,6 +282,24 @@ def _guild(interaction: discord.Interaction) -> discord.Guild:
     if interaction.guild is None:
         raise InvalidInputError("/record works in a server, not in direct messages")
     return interaction.guild
+
+
+async def _display_names(guild: discord.Guild, user_ids: Iterable[str]) -> dict[str, str]:
+    """user id → display name: from the cache, else Get Guild Member (REST; no privileged
+    intent needed); ids that are not members any more are left out."""
+    names: dict[str, str] = {}
+    for uid in user_ids:
+        if not uid.isdigit():
+            continue
+        member = guild.get_member(int(uid))
+        if member is None:
+            try:
+                member = await guild.fetch_member(int(uid))
+            except Exception as err:  # a name is cosmetic: `user <id>` is shown instead
+                log.debug("no display name for %s: %s", uid, err)
+        if member is not None:
+            names[uid] = member.display_name
+    return names
 
 
 def _members_voice_channel(user: discord.Member | discord.User
@@ -173,7 +331,7 @@ async def _reply(interaction: discord.Interaction, work: Awaitable[discord.Embed
 
 
 def build_group(cmds: RecordCommands) -> app_commands.Group:
-    """The `/record` command group (guild only) with its five subcommands."""
+    """The `/record` command group (guild only) with its seven subcommands."""
     group = app_commands.Group(name="record", description="Record this server's voice "
                                "channel with Voicetrack", guild_only=True,
                                allowed_contexts=app_commands.AppCommandContext(guild=True))
@@ -186,9 +344,28 @@ def build_group(cmds: RecordCommands) -> app_commands.Group:
                     chunk_seconds: app_commands.Range[int, 5, 300] | None = None) -> None:
         await _reply(interaction, cmds.start(interaction, channel, chunk_seconds))
 
-    @group.command(name="stop", description="Stop recording and save the tracks")
+    @group.command(name="stop", description="Stop recording, save the tracks, get links")
     async def stop(interaction: discord.Interaction) -> None:
-        await _reply(interaction, cmds.stop(interaction))
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        sent: list[discord.WebhookMessage] = []
+
+        async def progress(embed: discord.Embed) -> None:
+            if sent:
+                await sent[0].edit(embed=embed)
+            else:
+                sent.append(await interaction.followup.send(embed=embed, ephemeral=True,
+                                                            wait=True))
+
+        async def notice(text: str) -> None:
+            channel = interaction.channel
+            if isinstance(channel, discord.abc.Messageable):
+                await channel.send(text)
+
+        final = await cmds.stop(interaction, progress, notice)
+        try:
+            await progress(final)
+        except discord.HTTPException:  # the token expired meanwhile: nothing else to do
+            log.warning("could not deliver the /record stop answer", exc_info=True)
 
     @group.command(name="pause", description="Pause the recording (paused time is cut)")
     async def pause(interaction: discord.Interaction) -> None:
@@ -201,6 +378,16 @@ def build_group(cmds: RecordCommands) -> app_commands.Group:
     @group.command(name="status", description="Show this server's recording")
     async def status(interaction: discord.Interaction) -> None:
         await _reply(interaction, cmds.status(interaction))
+
+    @group.command(name="list", description="This server's recent recordings")
+    async def list_(interaction: discord.Interaction) -> None:
+        await _reply(interaction, cmds.recent(interaction))
+
+    @group.command(name="get", description="Download links for a saved recording")
+    @app_commands.describe(meeting="Meeting id, as /record list shows it")
+    async def get(interaction: discord.Interaction,
+                  meeting: app_commands.Range[str, 1, 64]) -> None:
+        await _reply(interaction, cmds.get(interaction, meeting))
 
     return group
 

@@ -13,6 +13,7 @@ embed-limits): title 256, description 4096, field value 1024 characters, 25 fiel
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ import discord
 
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.resources import SessionState
+from voicetrack_recorder.bot.archive import SavedMeeting, TrackLink
 
 FIELD_MAX = 1024
 DESCRIPTION_MAX = 4096
@@ -81,12 +83,35 @@ def session_state(obj: dict[str, Any]) -> SessionState | str:
     return state or SessionState.PENDING
 
 
+BUSY_REASON = "GuildBusy"
+"""The operator's condition reason for a guild another session records."""
+BUSY_MESSAGE = ("another Voicetrack recording is already using this server (a bot can be "
+                "in one voice channel per server); try again when it has ended")
+"""What members see instead of the operator's GuildBusy message, which names the other
+session and its namespace (the operator checks the whole cluster; the bot serves one
+namespace and must not reveal another's objects)."""
+
+
+_OTHER_SESSION = re.compile(r"\bsession [a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*")
+
+
+def condition_message(cond: dict[str, Any]) -> str:
+    """A condition's message as members may see it: `BUSY_MESSAGE` for reason GuildBusy;
+    else the operator's message ('' when none) with every `session <namespace>/<name>`
+    replaced by `another session` (the same refusal is repeated under other reasons)."""
+    if cond.get("reason") == BUSY_REASON:
+        return BUSY_MESSAGE
+    return _OTHER_SESSION.sub("another session", str(cond.get("message") or ""))
+
+
 def condition_line(cond: dict[str, Any]) -> str:
-    """One condition as `✅ Type — Reason: message` (❌ when status is not True)."""
+    """One condition as `✅ Type — Reason: message` (❌ when status is not True); the
+    message as `condition_message` gives it."""
     mark = "✅" if cond.get("status") == "True" else "❌"
     text = f"{mark} {cond.get('type', '?')} — {cond.get('reason', '')}"
-    if cond.get("message"):
-        text += f": {cond['message']}"
+    message = condition_message(cond)
+    if message:
+        text += f": {message}"
     return text
 
 
@@ -97,9 +122,9 @@ def refused_reason(obj: dict[str, Any]) -> str | None:
         return None
     conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
     for ctype in ("Ready", "Recording"):
-        message = (conds.get(ctype) or {}).get("message")
+        message = condition_message(conds.get(ctype) or {})
         if message:
-            return str(message)
+            return message
     return "refused by the operator (no reason given)"
 
 
@@ -150,7 +175,7 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
         description = f"**Why:** {reason}"
     else:
         by_type = {c.get("type"): c for c in conds}
-        message = (by_type.get("Recording") or {}).get("message")
+        message = condition_message(by_type.get("Recording") or {})
         if meta.get("deletionTimestamp") and state is SessionState.STOPPING and not message:
             message = "stopping the recorder"
         description = str(message or ("waiting for the operator" if not status else ""))
@@ -214,3 +239,83 @@ def error_embed(err: Exception) -> discord.Embed:
         title, colour = "Something went wrong", _DARK_RED
     return discord.Embed(title=title, description=_clip(str(err) or type(err).__name__,
                                                         DESCRIPTION_MAX), colour=colour)
+
+
+def _ms(ms: int) -> str:
+    return _duration({"recordedSeconds": round(ms / 1000)})
+
+
+def _size(n: int) -> str:
+    """Bytes in SI units: `512 B`, `1.5 KB`, `12.3 MB`, `1.2 GB`."""
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("KB", 1e3), ("MB", 1e6)):
+        if n < scale * 1000:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e9:.1f} GB"
+
+
+def _name(names: dict[str, str], user_id: str) -> str:
+    return names.get(user_id) or f"user {user_id}"
+
+
+LINK_FIELDS = 24
+"""Tracks shown with a link (Discord allows 25 fields; one is kept for "more")."""
+
+
+def links_embed(meeting: SavedMeeting, links: list[TrackLink], names: dict[str, str], *,
+                title: str = "Recording saved") -> discord.Embed:
+    """The answer with download links: one field per track, named by the speaker's
+    display name (`names`: user id → name; `user <id>` when unknown) or "Mix", valued
+    `[Download <fmt>](<url>) · <size> · <duration>` and the speaker's mention (speakers
+    first, the mix last, as `links` orders them). The description gives the meeting id,
+    its duration (paused time cut) and the links' validity in minutes (the first link's
+    `expires_in_seconds`; every link is minted together). Footer: when it was saved."""
+    m = meeting.manifest
+    expires = links[0].link.expires_in_seconds if links else 0
+    desc = (f"Meeting `{meeting.meeting_id}` · {_ms(m.duration_ms)}"
+            + (f" (paused {_ms(m.paused_ms)} cut)" if m.paused_ms else "")
+            + f"\nLinks expire {expires // 60} min after this message; "
+            f"`/record get {meeting.meeting_id}` mints new ones.")
+    embed = discord.Embed(title=_clip(title, TITLE_MAX), description=desc, colour=_GREEN)
+    for t in links[:LINK_FIELDS]:
+        name = "Mix" if t.user_id is None else _name(names, t.user_id)
+        value = (f"[Download {t.link.format}]({t.link.url}) · {_size(t.bytes)} · "
+                 f"{_ms(t.duration_ms)}" + (f" · <@{t.user_id}>" if t.user_id else ""))
+        if len(value) > FIELD_MAX:  # a URL too long for a field cannot be cut: say so
+            value = f"link too long for Discord ({len(t.link.url)} characters)"
+        embed.add_field(name=_clip(f"{name} ({t.link.format})", TITLE_MAX), value=value,
+                        inline=False)
+    if len(links) > LINK_FIELDS:
+        embed.add_field(name="More", value=f"{len(links) - LINK_FIELDS} more track(s) not "
+                        "shown", inline=False)
+    embed.set_footer(text=f"saved {meeting.saved_at:%Y-%m-%d %H:%M} UTC")
+    return embed
+
+
+def meetings_embed(saved: list[SavedMeeting], live: dict[str, Any] | None,
+                   names: dict[str, str]) -> discord.Embed:
+    """`/record list`: the live session first (its state, start, duration), then each
+    saved meeting as `` `id` `` · saved <timestamp> · duration · speakers (display names)
+    · Saved. An empty list says so."""
+    lines = []
+    if live is not None:
+        status = live.get("status") or {}
+        meeting = status.get("meetingId") or "not assigned yet"
+        started = _started(status)
+        lines.append(f"`{meeting}` · **{session_state(live)}**"
+                     + (f" · started {started}" if started else "")
+                     + f" · {_duration(status)} · "
+                     + (", ".join(_name(names, u) for u in status.get("speakers") or [])
+                        or "nobody yet"))
+    for m in saved:
+        ts = int(m.saved_at.timestamp())
+        speakers = ", ".join(_name(names, u) for u in m.speakers) or "nobody"
+        lines.append(f"`{m.meeting_id}` · saved <t:{ts}:f> · {_ms(m.manifest.duration_ms)}"
+                     f" · {speakers} · **Saved**")
+    if not lines:
+        return discord.Embed(title="No recordings yet", colour=_GREY,
+                             description="This server has no saved recordings.")
+    return discord.Embed(title="Recent recordings", colour=_BLURPLE,
+                         description=_clip("\n".join(lines) + "\n\n`/record get <id>` "
+                                           "for download links.", DESCRIPTION_MAX))

@@ -23,14 +23,14 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from kubernetes import client
 from pydantic import ValidationError
 
-from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError
+from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.kubeclient import translate_api_error
 from voicetrack.resources import (
     API_VERSION,
@@ -54,6 +54,8 @@ CREATED_BY = "voicetrack.dev/created-by"
 REQUEST_TIMEOUT_S = 10.0
 """Timeout of each Kubernetes API call, seconds (an answer is due within Discord's 15 min
 interaction token lifetime; a hung API must not hold a command)."""
+FOLLOW_POLL_S = 2.0
+"""How often `follow` reads a stopped session, seconds."""
 
 
 def session_name(guild_id: str) -> str:
@@ -121,11 +123,14 @@ class BotSessions:
 
         Creates `g-<guildId>` unless the guild already has a session, which is returned
         instead (`created=False`; also while a stopped session is still being promoted).
+        The bot's own session refused earlier (the guild was busy) is deleted first and
+        made again, so a refusal does not outlive its cause.
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set.
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
-        the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx). A 409 on the
-        create (a racing start won) is not an error: its session is returned."""
+        the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx, a refused
+        session not yet removed). A 409 on the create (a racing start won) is not an
+        error: its session is returned."""
         _check_snowflake("channel_id", channel_id)
         _check_snowflake("requested_by", requested_by)
         name = session_name(guild_id)
@@ -135,7 +140,7 @@ class BotSessions:
             spec["chunkSeconds"] = chunk_seconds
         self._validate(spec, "session spec")
         existing = await self.find(guild_id)
-        if existing is not None:
+        if existing is not None and not await self._clear_refused(existing):
             return Started(existing, created=False)
         body = {
             "apiVersion": API_VERSION, "kind": SESSION_KIND,
@@ -153,6 +158,30 @@ class BotSessions:
         log.info("started %s/%s for guild %s channel %s by %s", self.namespace, name,
                  guild_id, channel_id, requested_by)
         return Started(await self._settle(obj), created=True)
+
+    async def _clear_refused(self, obj: dict[str, Any]) -> bool:
+        """Delete the bot's own session (`g-<guildId>`) when the operator refused it
+        (the guild was busy then) so `start` can try again; True once it is gone (waits
+        up to `settle_seconds`, else raises TemporaryFailure). Any other session is
+        kept: False."""
+        meta = obj["metadata"]
+        if (meta["name"] != session_name(str((obj.get("spec") or {}).get("guildId", "")))
+                or meta.get("deletionTimestamp") or _state(obj) is not SessionState.REFUSED):
+            return False
+        try:
+            await self._call(
+                f"delete RecordingSession {meta['name']}",
+                self.objects.delete_namespaced_custom_object,
+                GROUP, VERSION, self.namespace, SESSION_PLURAL, meta["name"],
+                body=client.V1DeleteOptions(
+                    preconditions=client.V1Preconditions(uid=meta["uid"])))
+        except NotFoundError:
+            return True
+        log.info("deleted refused %s/%s to start again", self.namespace, meta["name"])
+        if await self.follow(obj, max(self.settle_seconds, 1.0), poll_s=0.25) is not None:
+            raise TemporaryFailure(f"the refused session {meta['name']} is still being "
+                                   "removed", delay=5)
+        return True
 
     async def stop(self, guild_id: str) -> dict[str, Any]:
         """Delete the guild's session: the operator stops the recorder, waits for the
@@ -196,6 +225,39 @@ class BotSessions:
     async def status(self, guild_id: str) -> dict[str, Any]:
         """The guild's session object. Raises NotFoundError, TemporaryFailure."""
         return await self._require(guild_id)
+
+    async def follow(self, obj: dict[str, Any], timeout_s: float,
+                     on_change: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                     poll_s: float = FOLLOW_POLL_S) -> dict[str, Any] | None:
+        """Follow a stopped session until the operator's finalizer releases it: poll the
+        object (every `poll_s` seconds) until it is gone, or replaced by another object
+        under the same name (uid changed); then return None. Returns the last object read
+        when `timeout_s` seconds pass first (still promoting, or PromotionFailed and being
+        retried). `on_change(obj)` is awaited whenever `status.state` or the chunk counts
+        change; an exception it raises is logged and ignored (a progress message must not
+        end the follow). A TemporaryFailure while polling is retried until the timeout."""
+        name, uid = obj["metadata"]["name"], obj["metadata"].get("uid")
+        deadline = time.monotonic() + timeout_s
+        seen = _progress_key(obj)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            try:
+                current = await self._get(name)
+            except NotFoundError:
+                return None
+            except TemporaryFailure as err:
+                log.info("following %s: %s", name, err)
+                continue
+            if current["metadata"].get("uid") != uid:
+                return None
+            obj = current
+            if on_change is not None and _progress_key(obj) != seen:
+                seen = _progress_key(obj)
+                try:
+                    await on_change(obj)
+                except Exception:  # progress is best effort
+                    log.exception("progress update for %s failed", name)
+        return obj
 
     # ------------------------------------------------------------------ lookups
 
@@ -286,3 +348,10 @@ class BotSessions:
 def _state(obj: dict[str, Any]) -> SessionState | None:
     """The operator's `status.state` of a session object (`SessionState.of`)."""
     return SessionState.of(obj)
+
+
+def _progress_key(obj: dict[str, Any]) -> tuple[Any, ...]:
+    status = obj.get("status") or {}
+    chunks = status.get("chunks") or {}
+    return (status.get("state"), chunks.get("total"), chunks.get("done"),
+            chunks.get("failed"))
