@@ -102,7 +102,7 @@ class WebhookSettings:
     def lease(self) -> timedelta:
         """How long a claimed delivery is held by one worker: longer than one attempt
         (Secret read, link minting and the POST's timeout) can take."""
-        return timedelta(seconds=2 * self.timeout_s + 30)
+        return timedelta(seconds=2 * self.timeout_s + 5)
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
