@@ -298,3 +298,40 @@ def test_a_delivery_queued_before_an_operator_restart_is_delivered_after_it(
     assert all(r.verified and r.headers["X-Voicetrack-Delivery"] == d.id for r in got)
     assert 'voicetrack_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
     assert 'voicetrack_webhook_attempts_total{result="success"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(("failure", "state", "reason"), [
+    (None, "cancelled", "the session ended before any audio was recorded"),
+    ("recorder pod failed: ImagePullBackOff", "failed",
+     "recorder pod failed: ImagePullBackOff"),
+])
+async def test_a_session_that_ends_without_audio_queues_its_state_and_reason(
+        ctx: Context, cluster: LocalCluster, kubectl: Kubectl, namespace: str,
+        receiver: Receiver, failure: str | None, state: str, reason: str) -> None:
+    """The deletion service queues the delivery once (finalizing twice queues nothing
+    more), with the meeting's end state and why; the worker delivers it."""
+    from tests.e2e.test_operator_services import make_session, set_status
+    from voicetrack_local.stack import install_crds
+    from voicetrack_operator.services.deletion import DeletionService
+
+    install_crds(cluster.kubeconfig)
+    make_secret(kubectl, namespace)
+    s = await make_session(ctx, kubectl, namespace, "quiet", notify={"webhook": {
+        "url": receiver.url, "secretRef": {"name": "hook", "key": "hmac"}}})
+    if failure:
+        s = await set_status(ctx, s, {"recorderFailure": failure})
+    await ctx.db.create_meeting(s.meeting_id, s.spec.guild_id, s.spec.channel_id,
+                                datetime.now(UTC))
+    assert (await DeletionService(ctx).finalize_session(s)).done
+    assert (await DeletionService(ctx).finalize(
+        (await ctx.kube.get_session(namespace, "quiet")) or {})).done
+    [d] = await ctx.db.get_webhook_deliveries_for_meeting(s.meeting_id)
+    assert (d.url, d.secret_namespace, d.secret_name, d.secret_key) == (
+        receiver.url, namespace, "hook", "hmac")
+    done = await run_until_final(WebhookService(ctx, FAST), ctx.db, d.id)
+    assert done.state == "delivered"
+    [got] = receiver.requests()
+    body = got.json
+    assert got.verified and (body["state"], body["failure_reason"], body["tracks"]) == (
+        state, reason, [])
+    assert (await ctx.db.get_meeting(s.meeting_id)).status == state
