@@ -71,3 +71,29 @@ def test_a_bad_webhook_is_refused_naming_the_field(kubectl: Kubectl, ns: str,
     assert not admitted and field in err, err
     with pytest.raises(ValueError):  # the operator's model refuses it too
         SessionSpec.model_validate(spec)
+
+
+def test_the_charts_operator_may_get_a_secret_but_not_list_them(
+        kubectl: Kubectl, ns: str) -> None:
+    """The rendered chart (manifests/voicetrack.yaml) grants the operator `get` on Secrets,
+    which the webhook's signing key needs, and still no `list` or `watch`."""
+    import yaml
+
+    from tests.e2e.test_helm import MANIFESTS
+
+    sa = "system:serviceaccount:voicetrack:voicetrack"
+    objs = [o for o in yaml.safe_load_all(MANIFESTS.read_text())
+            if o and o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert len(objs) == 2
+    try:
+        kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+
+        def can(verb: str) -> str:
+            return str(kubectl("auth", "can-i", verb, "secrets", "-n", ns, "--as", sa,
+                               check=False).stdout.strip())
+
+        assert (can("get"), can("list"), can("watch")) == ("yes", "no", "no")
+    finally:
+        for o in objs:
+            kubectl("delete", o["kind"].lower(), o["metadata"]["name"], "--ignore-not-found",
+                    check=False)

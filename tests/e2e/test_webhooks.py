@@ -328,6 +328,8 @@ async def test_a_session_that_ends_without_audio_queues_its_state_and_reason(
     [d] = await ctx.db.get_webhook_deliveries_for_meeting(s.meeting_id)
     assert (d.url, d.secret_namespace, d.secret_name, d.secret_key) == (
         receiver.url, namespace, "hook", "hmac")
+    assert ctx.metrics.registry.get_sample_value(
+        "voicetrack_webhook_deliveries_total", {"outcome": "queued"}) == 1.0
     done = await run_until_final(WebhookService(ctx, FAST), ctx.db, d.id)
     assert done.state == "delivered"
     [got] = receiver.requests()

@@ -154,10 +154,18 @@ class WebhookService:
     def __init__(self, ctx: Context, settings: WebhookSettings | None = None,
                  rng: random.Random | None = None) -> None:
         self.ctx = ctx
-        self.settings = settings or WebhookSettings.from_env()
+        self._settings = settings
         self.rng = rng or random.Random()
         self._http: aiohttp.ClientSession | None = None
         self._stores: dict[str, ObjectStore] = {}
+
+    @property
+    def settings(self) -> WebhookSettings:
+        """The delivery settings (read from the environment on first use, so queueing
+        never depends on them)."""
+        if self._settings is None:
+            self._settings = WebhookSettings.from_env()
+        return self._settings
 
     # ------------------------------------------------------------------ queueing
 
@@ -171,21 +179,22 @@ class WebhookService:
         if s.spec.notify is None:
             return None
         hook = s.spec.notify.webhook
+        queued_at = datetime.now(UTC)
         try:
             payload = await self.payload_for(s, meeting_state, recording_ids)
             delivery = await self.ctx.db.enqueue_webhook(
                 s.meeting_id, EVENT_MEETING_ENDED, hook.url,
                 (s.ref.namespace, hook.secret_ref.name, hook.secret_ref.key),
                 s.spec.storage.bucket, payload.model_dump_json(exclude_none=False),
-                datetime.now(UTC))
+                queued_at)
         except (InvalidInputError, ValueError) as err:  # ValueError: pydantic's
             log.error("webhook of session %s/%s not queued: %s", s.ref.namespace, s.ref.name,
                       err)
             return None
-        if delivery.attempts == 0 and delivery.state == "pending":
+        if delivery.created_at == queued_at:  # this call queued it (not an earlier one)
             self.ctx.metrics.webhook_deliveries.labels("queued").inc()
-        log.info("webhook %s queued for meeting %s (%s)", delivery.id, s.meeting_id,
-                 meeting_state)
+            log.info("webhook %s queued for meeting %s (%s)", delivery.id, s.meeting_id,
+                     meeting_state)
         return delivery
 
     async def payload_for(self, s: SessionView, meeting_state: str,
