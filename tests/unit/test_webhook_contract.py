@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import random
+import re
+import shutil
+import subprocess
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,3 +138,36 @@ def test_settings_read_the_environment_and_name_a_bad_variable(
     monkeypatch.setenv("VOICETRACK_WEBHOOK_TIMEOUT_SECONDS", "fast")
     with pytest.raises(InvalidInputError, match="VOICETRACK_WEBHOOK_TIMEOUT_SECONDS"):
         WebhookSettings.from_env()
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
+
+
+def doc_snippet(lang: str) -> str:
+    """The first fenced `lang` block of docs/webhooks.md that defines `verify`."""
+    blocks = re.findall(rf"```{lang}\n(.*?)```", DOC.read_text(), re.S)
+    return next(b for b in blocks if "verify" in b)
+
+
+def test_the_documented_python_receiver_verifies_what_we_send() -> None:
+    scope: dict[str, Any] = {}
+    exec(doc_snippet("python"), scope)
+    now = int(time.time())
+    assert scope["verify"](KEY, BODY, str(now), sign(KEY, now, BODY)) is True
+    assert scope["verify"](KEY, BODY + b"x", str(now), sign(KEY, now, BODY)) is False
+    assert scope["verify"](KEY, BODY, str(now - 600), sign(KEY, now - 600, BODY)) is False
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_documented_node_receiver_verifies_what_we_send() -> None:
+    now = int(time.time())
+    cases = [(BODY, now, sign(KEY, now, BODY), True),
+             (BODY + b"x", now, sign(KEY, now, BODY), False),
+             (BODY, now - 600, sign(KEY, now - 600, BODY), False)]
+    calls = "\n".join(
+        f"console.log(verify(Buffer.from({json.dumps(KEY.decode())}), "
+        f"Buffer.from({json.dumps(body.decode())}), {json.dumps(str(ts))}, "
+        f"{json.dumps(sig)}));" for body, ts, sig, _ in cases)
+    out = subprocess.run(["node", "-e", doc_snippet("js") + "\n" + calls], capture_output=True,
+                         text=True, timeout=30, check=True).stdout.split()
+    assert out == [str(ok).lower() for *_, ok in cases]
