@@ -12,6 +12,7 @@ import enum
 import hashlib
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -206,6 +207,50 @@ class StorageSpec(_Model):
         return v
 
 
+WEBHOOK_URL_PATTERN = r"^https?://[^/?#@[:space:]]+([/?#][^[:space:]]*)?$"
+"""`spec.notify.webhook.url`: http or https, a host, no user info (`@`) and no whitespace
+(POSIX class, understood alike by RE2 in CEL and by pydantic's Rust regex)."""
+WEBHOOK_URL_MAX = 2048
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+"""A Secret's data key (Kubernetes `IsConfigMapKey`)."""
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the session's own namespace."""
+
+    name: str = Field(max_length=253, pattern=SECRET_NAME_PATTERN)
+    key: str = Field(max_length=253, pattern=SECRET_KEY_PATTERN)
+
+
+class WebhookSpec(_Model):
+    """`spec.notify.webhook`: where the completion webhook goes and the Secret key that
+    signs it (HMAC-SHA256, docs/webhooks.md). The URL is checked like the CRD's CEL rules:
+    the pattern, then a parse that must find a host name and a valid port."""
+
+    url: str = Field(max_length=WEBHOOK_URL_MAX, pattern=WEBHOOK_URL_PATTERN)
+    secret_ref: SecretKeyRef
+
+    @field_validator("url")
+    @classmethod
+    def _parses(cls, v: str) -> str:
+        parts = urlsplit(v)
+        try:
+            parts.port  # noqa: B018  (raises ValueError for a bad port)
+        except ValueError as err:
+            raise ValueError(f"notify.webhook.url has a bad port: {err}") from err
+        if not parts.hostname:
+            raise ValueError("notify.webhook.url must be an http:// or https:// URL with a "
+                             "host")
+        return v
+
+
+class NotifySpec(_Model):
+    """`spec.notify`: who is told when the session ends."""
+
+    webhook: WebhookSpec
+
+
 class SessionSpec(_Model):
     """`RecordingSession.spec` (DESIGN.md, "Custom resources")."""
 
@@ -221,6 +266,7 @@ class SessionSpec(_Model):
     retain_temp_rows: bool = False
     source: SourceSpec = Field(default_factory=SourceSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    notify: NotifySpec | None = None
 
     @field_validator("source")
     @classmethod

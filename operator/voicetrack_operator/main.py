@@ -32,6 +32,7 @@ def run(argv: list[str] | None = None) -> None:
               else sys.stderr)
         raise SystemExit(0 if args[0] in ("-h", "--help") else 2)
     import voicetrack_operator.handlers  # noqa: F401  (registers every handler)
+    from voicetrack_operator.handlers import webhooks  # noqa: F401  (its worker, after them)
 
     logging.basicConfig(level=os.environ.get("VOICETRACK_LOG_LEVEL", "INFO"),
                         stream=sys.stderr,

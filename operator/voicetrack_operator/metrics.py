@@ -27,3 +27,11 @@ class Metrics:
                                  registry=r)
         self.sessions = Gauge("voicetrack_sessions", "Sessions by state", ["state"],
                               registry=r)
+        self.webhook_deliveries = Counter(
+            "voicetrack_webhook_deliveries_total",
+            "Completion webhook deliveries by outcome (queued, delivered, failed, abandoned)",
+            ["outcome"], registry=r)
+        self.webhook_attempts = Counter(
+            "voicetrack_webhook_attempts_total",
+            "Completion webhook POST attempts by result (success, error)", ["result"],
+            registry=r)

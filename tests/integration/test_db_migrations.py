@@ -24,7 +24,7 @@ from voicetrack.errors import InvalidInputError
 
 pytestmark = pytest.mark.integration
 
-REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
 TABLES = {
     None: set(),
     "0001": {"meetings", "temp_recordings", "recordings"},
@@ -33,6 +33,8 @@ TABLES = {
     "0004": {"meetings", "temp_recordings", "recordings", "heartbeats"},
     "0005": {"meetings", "temp_recordings", "recordings", "heartbeats"},
     "0006": {"meetings", "temp_recordings", "recordings", "heartbeats"},
+    "0007": {"meetings", "temp_recordings", "recordings", "heartbeats", "webhook_deliveries",
+             "webhook_attempts"},
 }
 OLD_TEMP_COLUMNS = {"id", "meeting_id", "created_at", "filename"}
 NEW_TEMP_COLUMNS = {

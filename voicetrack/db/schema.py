@@ -212,3 +212,65 @@ class Heartbeat(Base):
     service_name: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_beat: Mapped[datetime] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(32))
+
+
+class WebhookDeliveryState(enum.StrEnum):
+    """`webhook_deliveries.state` (VARCHAR(16)): `pending` until an attempt is answered with
+    2xx (`delivered`) or with a status retrying cannot change (`failed`), or until the retry
+    window closes (`abandoned`)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+class WebhookDelivery(Base):
+    """One completion webhook to deliver (revision 0007): queued when a meeting with
+    `spec.notify.webhook` ends, at most one per (meeting, event). `payload` is the JSON
+    body without the links (minted at each attempt); the signing key is not stored, only
+    where to read it (`secret_namespace`/`secret_name`/`secret_key`). `next_attempt_at` is
+    when a worker may take it next (a claimed delivery's lease moves it forward)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("meeting_id", "event", name="uq_webhook_deliveries_meeting_id_event"),
+        Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    meeting_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    secret_namespace: Mapped[str] = mapped_column(String(63))
+    secret_name: Mapped[str] = mapped_column(String(253))
+    secret_key: Mapped[str] = mapped_column(String(253))
+    bucket: Mapped[str] = mapped_column(String(63))
+    payload: Mapped[str] = mapped_column(Text())
+    state: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text(), nullable=True)
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery (revision 0007): when, the HTTP status (NULL when no answer
+    came), the error (NULL on 2xx), how long it took (ms) and what it led to
+    (`delivered`, `retry`, `failed`, `abandoned`)."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "number", name="uq_webhook_attempts_delivery_id_number"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(ID_LENGTH),
+                                             ForeignKey("webhook_deliveries.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text(), nullable=True)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))

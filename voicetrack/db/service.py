@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from voicetrack.db.engine import create_engine
 from voicetrack.db.schema import Heartbeat, Meeting, MeetingStatus, Recording, TempRecording
 from voicetrack.db.store import RecordingStore
+from voicetrack.db.webhooks import WebhookAttempt, WebhookDelivery
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalTrack
 from voicetrack.resources import TracksOption
@@ -288,3 +289,35 @@ class RecordingService:
     async def read_heartbeat(self, service_name: str) -> Heartbeat | None:
         """See `RecordingStore.read_heartbeat`."""
         return await self._run(lambda s: s.read_heartbeat(service_name))
+
+    # completion webhook (voicetrack.db.webhooks)
+    async def enqueue_webhook(self, meeting_id: str, event: str, url: str,
+                              secret_ref: tuple[str, str, str], bucket: str, payload: str,
+                              now: datetime) -> WebhookDelivery:
+        """See `RecordingStore.enqueue_webhook` (idempotent per meeting and event)."""
+        return await self._run(lambda s: s.enqueue_webhook(meeting_id, event, url, secret_ref,
+                                                           bucket, payload, now))
+
+    async def claim_due_webhooks(self, now: datetime, lease: timedelta, limit: int = 16
+                                 ) -> list[WebhookDelivery]:
+        """See `RecordingStore.claim_due_webhooks`."""
+        return await self._run(lambda s: s.claim_due_webhooks(now, lease, limit))
+
+    async def record_webhook_attempt(self, delivery_id: str, number: int, **attempt: Any
+                                     ) -> WebhookDelivery:
+        """See `RecordingStore.record_webhook_attempt` (idempotent per attempt number)."""
+        return await self._run(lambda s: s.record_webhook_attempt(delivery_id, number,
+                                                                  **attempt))
+
+    async def get_webhook_delivery(self, delivery_id: str) -> WebhookDelivery:
+        """See `RecordingStore.get_webhook_delivery`."""
+        return await self._run(lambda s: s.get_webhook_delivery(delivery_id))
+
+    async def get_webhook_deliveries_for_meeting(self, meeting_id: str
+                                                 ) -> list[WebhookDelivery]:
+        """See `RecordingStore.get_webhook_deliveries_for_meeting`."""
+        return await self._run(lambda s: s.get_webhook_deliveries_for_meeting(meeting_id))
+
+    async def get_webhook_attempts(self, delivery_id: str) -> list[WebhookAttempt]:
+        """See `RecordingStore.get_webhook_attempts`."""
+        return await self._run(lambda s: s.get_webhook_attempts(delivery_id))

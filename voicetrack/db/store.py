@@ -16,6 +16,7 @@ The statements live along their tables; `RecordingStore` joins them on one sessi
 - `voicetrack.db.recordings.PersistentRecordingStore`: `insert_persistent_recording`,
   `get_recordings_for_meeting`, `promote_temp_recordings_to_persistent`;
 - `voicetrack.db.heartbeats.HeartbeatStore`: write and read heartbeats;
+- `voicetrack.db.webhooks.WebhookStore`: the completion webhook's deliveries and attempts;
 - `voicetrack.db.checks`: the input checks, `new_id`, `utcnow`.
 """
 
@@ -26,6 +27,7 @@ from voicetrack.db.heartbeats import HeartbeatStore
 from voicetrack.db.meetings import MeetingStore
 from voicetrack.db.recordings import PersistentRecordingStore
 from voicetrack.db.temp_recordings import TempRecordingStore
+from voicetrack.db.webhooks import WebhookStore
 
 __all__ = [
     "HeartbeatStore",
@@ -33,12 +35,14 @@ __all__ = [
     "PersistentRecordingStore",
     "RecordingStore",
     "TempRecordingStore",
+    "WebhookStore",
     "new_id",
     "utcnow",
 ]
 
 
-class RecordingStore(TempRecordingStore, PersistentRecordingStore, HeartbeatStore):
+class RecordingStore(TempRecordingStore, PersistentRecordingStore, HeartbeatStore,
+                     WebhookStore):
     """The storage statements on one `AsyncSession` that the caller's transaction holds.
 
     Never commits. Every method checks its input first (`InvalidInputError` naming the

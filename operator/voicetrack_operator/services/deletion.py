@@ -37,6 +37,7 @@ from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_stat
 from voicetrack_operator.services.failures import failure_detail
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
+from voicetrack_operator.services.webhooks import WebhookService
 from voicetrack_operator.status import Observation, build_status
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ class DeletionService:
                                       "no recordings row was written; raw chunks kept")
         with contextlib.suppress(NotFoundError):
             await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), meeting_end(s, ids))
+        await WebhookService(self.ctx).enqueue_ended(s, meeting_end(s, ids), ids)  # issue 13
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
 
