@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -84,7 +85,6 @@ class Context:
         """The async object store for `bucket` (one client per bucket, made on first use)."""
         if bucket not in self.objects:
             s3 = self.settings.s3
-            self.objects[bucket] = AsyncObjectStore(ObjectStore(S3Settings(
-                endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
-                bucket=bucket, region=s3.region)))
+            self.objects[bucket] = AsyncObjectStore(ObjectStore(
+                dataclasses.replace(s3, bucket=bucket)))
         return self.objects[bucket]
