@@ -67,13 +67,32 @@ class FilesSource:
         self.origin_slot = origin_slot
         self.bitrate_kbps = bitrate_kbps
         self.stats = FilesSourceStats()
+        self._next: dict[int, int] = {}
+        """Per speaker (index in `speakers`) still playing: the slot of its next frame."""
+
+    def watermark_slot(self) -> int | None:
+        """The slot before which every speaker's frames have been pushed (or skipped as
+        silence): the recorder seals no window past it, so a decoder starved of CPU delays
+        a chunk instead of losing its end. None before `run` or once every file ended."""
+        return min(self._next.values()) if self._next else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Play every speaker until its audio ends or `stop` is set."""
+        self._next = {i: self.origin_slot + s.offset_ms // FRAME_MS
+                      for i, s in enumerate(self.speakers)}
         with tempfile.TemporaryDirectory(prefix="vt-files-") as tmp:
-            await asyncio.gather(*(self._play(s, tmp, stop) for s in self.speakers))
+            await asyncio.gather(*(self._play(i, s, tmp, stop)
+                                   for i, s in enumerate(self.speakers)))
 
-    async def _play(self, speaker: FileSpeaker, tmp: str, stop: asyncio.Event) -> None:
+    async def _play(self, index: int, speaker: FileSpeaker, tmp: str,
+                    stop: asyncio.Event) -> None:
+        try:
+            await self._play_file(index, speaker, tmp, stop)
+        finally:
+            self._next.pop(index, None)
+
+    async def _play_file(self, index: int, speaker: FileSpeaker, tmp: str,
+                         stop: asyncio.Event) -> None:
         path = os.path.join(tmp, f"{speaker.user_id}.src")
         try:
             await asyncio.to_thread(self.store.get_file, speaker.object_key, path)
@@ -115,6 +134,7 @@ class FilesSource:
                         pass
                 packet = encoder.encode(pcm, FRAME_SAMPLES)
                 silent = not any(pcm)
+                self._next[index] = slot + 1
                 if silent and prev_silent:  # the encoder's look-ahead carries a sound's
                     silent_run += 1         # end into the next packet: send that one
                     prev_silent = True

@@ -174,6 +174,14 @@ class DiscordSource:
         self.connection: ConnectionReceiver | None = None
         self._voice: RecorderVoiceClient | None = None
         self._original_nick: str | None = None
+        self._ticked_slot: int | None = None
+
+    def watermark_slot(self) -> int | None:
+        """The clock slot of the receiver's last tick: every frame that had arrived by then
+        has been released to the sink (the seal delay covers the jitter buffer's hold).
+        After a stall of the event loop the recorder waits for the next tick before
+        sealing. None until the source records."""
+        return self._ticked_slot
 
     @property
     def stats(self) -> ReceiveStats:
@@ -295,6 +303,7 @@ class DiscordSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
             receiver.tick()
+            self._ticked_slot = self.clock.now_slot()
             voice = self._voice
             refused = getattr(voice._connection, "refused", None)
             if refused is not None:
