@@ -188,6 +188,9 @@ class OutputSpec(_Model):
 
 class LimitsSpec(_Model):
     max_duration_seconds: int = Field(default=14_400, ge=10, le=MAX_SESSION_MS // 1000)
+    empty_channel_seconds: int = Field(default=300, ge=0, le=86_400)
+    """Auto-stop: the recorder ends (reason `channel-empty`, state Stopped) once nobody but
+    itself has been in the voice channel this long (s); 0 never stops. `discord` only."""
     max_bytes: int = Field(default=2_000_000_000, ge=1_000_000)
 
 

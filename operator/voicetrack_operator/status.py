@@ -86,7 +86,7 @@ def _state(o: Observation) -> tuple[SessionState, str]:
     if o.promoted:
         return SessionState.PROMOTED, "recordings promoted"
     if o.recorder_phase == "Succeeded":
-        return SessionState.STOPPED, "recorder finished (limit reached)"
+        return SessionState.STOPPED, "recorder finished (a limit, or nobody left in the channel)"
     if o.recorder_failure:
         return SessionState.FAILED, o.recorder_failure
     if o.recorder_phase == "Failed":

@@ -167,6 +167,10 @@ class Recorder:
                     reason = "source-failed"
                     log.error("source failed: %s", error)
                     break
+                ended = getattr(source, "end_reason", None) if source_task.done() else None
+                if ended:  # the source stopped by itself (auto-stop): a normal end
+                    reason = str(ended)
+                    break
                 if uploader_task.done():  # it only ends early by failing: stop capturing
                     error = uploader_task.exception()
                     reason = "upload-failed"

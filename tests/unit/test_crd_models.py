@@ -261,6 +261,8 @@ def test_bad_storage_is_refused_naming_the_field(storage: dict[str, str], field:
 
 
 @pytest.mark.parametrize("limits", [{"maxDurationSeconds": 0}, {"maxDurationSeconds": -1},
+                                    {"emptyChannelSeconds": -1},
+                                    {"emptyChannelSeconds": 86_401},
                                     {"maxDurationSeconds": 604_801}, {"maxBytes": 0},
                                     {"maxBytes": -5}])
 def test_bad_limits_are_refused(limits: dict[str, int]) -> None:

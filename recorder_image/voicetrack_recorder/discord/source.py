@@ -149,6 +149,8 @@ class DiscordSource:
     nickname suffix `[REC]` and posts `NOTICE` in the channel's text chat (best effort).
     `endpoint`: where Discord is (applied to discord.py and its connector when `run`
     starts; None leaves discord.py as it is, i.e. Discord itself).
+    `empty_channel_s`: end (with `end_reason` "channel-empty") once nobody but the bot
+    has been in the channel for that long; None or 0 never.
     `receiver_options` tune the pipeline (see `VoiceReceiver`). Raises InvalidInputError for
     a bad token, an unknown or non-voice channel or missing permissions to connect;
     TemporaryFailure when Discord cannot be reached.
@@ -157,6 +159,7 @@ class DiscordSource:
     def __init__(self, *, token: str, guild_id: str | int, channel_id: str | int,
                  clock: SessionClock, sink: FrameSink, notice: bool = True,
                  endpoint: DiscordEndpoint | None = None,
+                 empty_channel_s: float | None = None,
                  **receiver_options: Any) -> None:
         if not token:
             raise InvalidInputError("token: the bot token is empty")
@@ -175,6 +178,9 @@ class DiscordSource:
         self._voice: RecorderVoiceClient | None = None
         self._original_nick: str | None = None
         self._ticked_slot: int | None = None
+        self.empty_channel_s = empty_channel_s or None
+        self.end_reason: str | None = None
+        """Why the source ended by itself (`channel-empty`); None when stopped."""
 
     def watermark_slot(self) -> int | None:
         """The clock slot of the receiver's last tick: every frame that had arrived by then
@@ -298,6 +304,7 @@ class DiscordSource:
         receiver = self.connection.receiver
         next_keepalive = time.monotonic() + KEEPALIVE_S
         down_since: float | None = None
+        alone_since: float | None = None
         counter = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -323,12 +330,30 @@ class DiscordSource:
                 except (TimeoutError, discord.ClientException, discord.HTTPException,
                         OSError) as exc:
                     log.warning("rejoin failed (%s); trying again later", exc)
+            alone_since = self._alone_since(channel, alone_since, now)
+            if (alone_since is not None and self.empty_channel_s is not None
+                    and now - alone_since >= self.empty_channel_s):
+                self.end_reason = "channel-empty"
+                log.info("nobody but the recorder in the channel for %.0f s: stopping",
+                         now - alone_since)
+                return
             if now >= next_keepalive:
                 next_keepalive = now + KEEPALIVE_S
                 counter = (counter + 1) & 0xFFFF_FFFF
                 if voice.is_connected():
                     with contextlib.suppress(OSError):
                         voice._connection.send_packet(struct.pack("<Q", counter))
+
+    def _alone_since(self, channel: discord.VoiceChannel, since: float | None,
+                     now: float) -> float | None:
+        """When (monotonic s) the bot was last found alone in `channel`, or None while
+        anyone else is in it. Reads discord.py's voice states of the channel (kept from
+        GUILD_CREATE and VOICE_STATE_UPDATE: intent GUILD_VOICE_STATES); any other user,
+        bots included, counts as company."""
+        me = channel.guild.me.id if channel.guild.me else None
+        if any(user_id != me for user_id in channel.voice_states):
+            return None
+        return now if since is None else since
 
     async def _announce(self, channel: discord.VoiceChannel) -> None:
         me = channel.guild.me
