@@ -34,7 +34,7 @@ from voicetrack_operator.builders import build_promote_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
-from voicetrack_operator.services.failures import failure_detail
+from voicetrack_operator.services.failures import failure_detail, meeting_outcome
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
 from voicetrack_operator.status import Observation, build_status
@@ -302,7 +302,8 @@ class DeletionService:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
         with contextlib.suppress(NotFoundError):
-            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), meeting_end(s, ids))
+            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
+                                          *meeting_outcome(s.status, ids))
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
 
@@ -319,14 +320,6 @@ class DeletionService:
             else:
                 await self.ctx.db.delete_temp_recordings(s.meeting_id)
         return deleted
-
-
-def meeting_end(s: SessionView, recording_ids: list[str]) -> str:
-    """The meeting's final status: `completed` with recordings, else `failed` when the
-    recorder could not record (`status.recorderFailure`), else `cancelled`."""
-    if recording_ids:
-        return "completed"
-    return "failed" if s.status.get("recorderFailure") else "cancelled"
 
 
 async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:
