@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +41,17 @@ T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True,
                   help="Recorded meetings: list, show, links, verified downloads, Audacity zip.")
-out = Console(highlight=False, soft_wrap=True)
+PIPE_WIDTH = 240
+"""Table width (characters) when stdout is not a terminal and COLUMNS is unset: piped
+output keeps ids and reasons on one line instead of folding them at 80 columns."""
+
+
+def _out_console() -> Console:
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH if piped else None)
+
+
+out = _out_console()
 err = Console(stderr=True, highlight=False)
 
 
@@ -185,6 +197,8 @@ def list_meetings(
         return
     table = Table("MEETING", "STARTED (UTC)", "DURATION", "SPEAKERS", "STATE", "SESSION",
                   "CHUNKS", "REASON")
+    for column in table.columns[:-1]:
+        column.no_wrap = True
     for r in records:
         duration = hms(r.duration_ms if r.duration_ms is not None else r.elapsed_ms(now))
         table.add_row(r.meeting_id, r.started_at.strftime("%Y-%m-%d %H:%M:%S"), duration,
