@@ -185,6 +185,13 @@ def test_show_lists_tracks_with_manifest_facts(world: World) -> None:
     text = world.cli("show", DONE).stdout
     assert world.manifest.tracks[0].sha256 in text and "team/standup" in text
 
+    live = json.loads(world.cli("show", "team/retro", "--json").stdout)
+    assert live["meeting_id"] == LIVE and live["tracks"] == [] and live["output_ms"] is None
+    assert live["chunks"]["total"] == 3 and "1/3" in world.cli("show", LIVE).stdout
+    for command in ("url", "download", "zip"):
+        res = world.cli(command, LIVE, *(["."] if command == "download" else []), ok=False)
+        assert res.returncode == 1 and "no final tracks" in res.stderr, (command, res.stderr)
+
     missing = world.cli("show", "0000000000000000", ok=False)
     assert missing.returncode == 1 and "no meeting" in missing.stderr
     bad = world.cli("show", "not a meeting", ok=False)
