@@ -322,6 +322,12 @@ class DeletionService:
         return deleted
 
 
+def meeting_end(s: SessionView, recording_ids: list[str]) -> str:
+    """The meeting's final status (`completed`, `failed` or `cancelled`), as
+    `failures.meeting_outcome` decides it with its reason."""
+    return meeting_outcome(s.status, recording_ids)[0]
+
+
 async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:
     """Check every final object's size and sha256 against the manifest (streamed).
     Raises PromotionFailed naming the first mismatch."""
