@@ -36,7 +36,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from voicetrack.db.engine import create_engine
-from voicetrack.db.queries import MeetingRecord
+from voicetrack.db.queries import HistoryStore, MeetingRecord
 from voicetrack.db.schema import Heartbeat, Meeting, MeetingStatus, Recording, TempRecording
 from voicetrack.db.store import RecordingStore
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
@@ -145,16 +145,17 @@ class RecordingService:
     async def list_meetings(
         self, guild_id: str | None = None, limit: int = 50
     ) -> list[MeetingRecord]:
-        """See `RecordingStore.list_meetings`: newest first, at most `limit` (1..1000)."""
-        return await self._run(lambda s: s.list_meetings(guild_id, limit))
+        """See `HistoryStore.list_meetings`: newest first, at most `limit` (1..1000)."""
+        return await self._run(lambda s: HistoryStore(s.session).list_meetings(guild_id, limit))
 
     async def meeting_record(self, meeting_id: str) -> MeetingRecord:
-        """See `RecordingStore.meeting_record`."""
-        return await self._run(lambda s: s.meeting_record(meeting_id))
+        """See `HistoryStore.meeting_record`."""
+        return await self._run(lambda s: HistoryStore(s.session).meeting_record(meeting_id))
 
     async def find_session_meeting(self, namespace: str, session_name: str) -> MeetingRecord:
-        """See `RecordingStore.find_session_meeting`: the newest meeting of that session."""
-        return await self._run(lambda s: s.find_session_meeting(namespace, session_name))
+        """See `HistoryStore.find_session_meeting`: the newest meeting of that session."""
+        return await self._run(
+            lambda s: HistoryStore(s.session).find_session_meeting(namespace, session_name))
 
     # temp recordings
     async def insert_temp_recording(

@@ -16,8 +16,6 @@ The statements live along their tables; `RecordingStore` joins them on one sessi
 - `voicetrack.db.recordings.PersistentRecordingStore`: `insert_persistent_recording`,
   `get_recordings_for_meeting`, `promote_temp_recordings_to_persistent`;
 - `voicetrack.db.heartbeats.HeartbeatStore`: write and read heartbeats;
-- `voicetrack.db.queries.HistoryStore`: the meeting history read side (`list_meetings`,
-  `meeting_record`, `find_session_meeting`) with typed results;
 - `voicetrack.db.checks`: the input checks, `new_id`, `utcnow`.
 """
 
@@ -26,13 +24,11 @@ from __future__ import annotations
 from voicetrack.db.checks import new_id, utcnow
 from voicetrack.db.heartbeats import HeartbeatStore
 from voicetrack.db.meetings import MeetingStore
-from voicetrack.db.queries import HistoryStore
 from voicetrack.db.recordings import PersistentRecordingStore
 from voicetrack.db.temp_recordings import TempRecordingStore
 
 __all__ = [
     "HeartbeatStore",
-    "HistoryStore",
     "MeetingStore",
     "PersistentRecordingStore",
     "RecordingStore",
@@ -42,7 +38,7 @@ __all__ = [
 ]
 
 
-class RecordingStore(TempRecordingStore, PersistentRecordingStore, HeartbeatStore, HistoryStore):
+class RecordingStore(TempRecordingStore, PersistentRecordingStore, HeartbeatStore):
     """The storage statements on one `AsyncSession` that the caller's transaction holds.
 
     Never commits. Every method checks its input first (`InvalidInputError` naming the
