@@ -1,11 +1,13 @@
 """The `voicetrack` command: one typer group; every option also reads a VOICETRACK_* variable.
 
 Sub-commands that live in optional components (the local harness's `local` group and
-`demo`) are plugged in through the `voicetrack.cli` entry-point group, so this package never
+`demo`) or need an optional extra (`recordings`, the meeting history and its audio, needs
+`sql`) are plugged in through the `voicetrack.cli` entry-point group, so this package never
 imports them (the import contract) and the command still works where they are not
 installed: each entry point names a function `register(app: typer.Typer) -> None` and the
-extra it needs (`voicetrack_local.cli:register [local]`); it is skipped unless every
-distribution of that extra is installed.
+extra it needs (`voicetrack_local.cli:register [local]`,
+`voicetrack.recordings.cli:register [sql]`); it is skipped unless every distribution of
+that extra is installed.
 """
 
 from __future__ import annotations

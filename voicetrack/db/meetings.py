@@ -7,9 +7,16 @@ from datetime import datetime
 from sqlalchemy import update
 
 from voicetrack.db.base import StoreBase
-from voicetrack.db.checks import check_id, check_snowflake, check_time
+from voicetrack.db.checks import check_id, check_opt_text, check_snowflake, check_time
 from voicetrack.db.schema import Meeting, MeetingStatus
 from voicetrack.errors import InvalidInputError, NotFoundError
+
+NAMESPACE_LENGTH = 63
+"""`meetings.namespace`: a Kubernetes namespace name (DNS label, at most 63 characters)."""
+SESSION_NAME_LENGTH = 253
+"""`meetings.session_name`: a RecordingSession's metadata.name (at most 253 characters)."""
+FAILURE_REASON_LENGTH = 4000
+"""The longest `meetings.failure_reason` accepted (characters): one reason, not a log."""
 
 
 class MeetingIdInUse(InvalidInputError):
@@ -34,15 +41,24 @@ class MeetingStore(StoreBase):
         channel_id: str,
         started_at: datetime,
         session_uid: str | None = None,
+        *,
+        namespace: str | None = None,
+        session_name: str | None = None,
     ) -> Meeting:
         """Create the meeting, or return it if it exists with the same guild and channel
-        (idempotent). InvalidInputError if it exists for another guild or channel;
-        MeetingIdInUse if it belongs to another session than `session_uid` (a row without
-        an owner is claimed)."""
+        (idempotent). InvalidInputError if it exists for another guild or channel, or for a
+        `namespace` over 63 or a `session_name` over 253 characters; MeetingIdInUse if it
+        belongs to another session than `session_uid` (a row without an owner is claimed).
+
+        `namespace` and `session_name` (the RecordingSession's) are kept so the meeting can
+        be found after the object is gone; an existing row that lacks them (made before
+        revision 0006, or rebuilt without them) gets them, one that has them keeps its own."""
         check_id("meeting_id", meeting_id)
         check_snowflake("guild_id", guild_id)
         check_snowflake("channel_id", channel_id)
         started = check_time("started_at", started_at)
+        namespace = check_opt_text("namespace", namespace, NAMESPACE_LENGTH)
+        session_name = check_opt_text("session_name", session_name, SESSION_NAME_LENGTH)
         stmt = (
             self._insert(Meeting)
             .values(
@@ -52,6 +68,8 @@ class MeetingStore(StoreBase):
                 started_at=started,
                 status=MeetingStatus.RECORDING.value,
                 session_uid=session_uid,
+                namespace=namespace,
+                session_name=session_name,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )
@@ -69,22 +87,48 @@ class MeetingStore(StoreBase):
                 .execution_options(synchronize_session=False)
             )
             return await self.create_meeting(meeting_id, guild_id, channel_id, started_at,
-                                             session_uid)
+                                             session_uid, namespace=namespace,
+                                             session_name=session_name)
         if meeting.guild_id != guild_id or meeting.channel_id != channel_id:
             raise InvalidInputError(
                 f"meeting_id: {meeting_id!r} already exists for guild {meeting.guild_id} "
                 f"channel {meeting.channel_id}, not guild {guild_id} channel {channel_id}"
             )
+        missing = {
+            column: value
+            for column, value, current in (
+                ("namespace", namespace, meeting.namespace),
+                ("session_name", session_name, meeting.session_name),
+            )
+            if value is not None and current is None
+        }
+        if missing:
+            for column, value in missing.items():
+                await self.session.execute(
+                    update(Meeting)
+                    .where(Meeting.id == meeting_id, getattr(Meeting, column).is_(None))
+                    .values({column: value})
+                    .execution_options(synchronize_session=False)
+                )
+            return await self.get_meeting(meeting_id)
         return meeting
 
     async def end_meeting(
-        self, meeting_id: str, ended_at: datetime, status: str | MeetingStatus
+        self,
+        meeting_id: str,
+        ended_at: datetime,
+        status: str | MeetingStatus,
+        failure_reason: str | None = None,
     ) -> Meeting:
-        """Set `ended_at` and a final `status` (completed, failed or cancelled).
-        NotFoundError for an unknown meeting; InvalidInputError for a bad status or an
-        `ended_at` before `started_at`."""
+        """Set `ended_at`, a final `status` (completed, failed or cancelled) and
+        `failure_reason` (why it failed or was cancelled: a line for people, at most 4000
+        characters; None for completed, and it replaces any earlier reason).
+        NotFoundError for an unknown meeting; InvalidInputError for a bad status, a
+        reason given with `completed`, a blank or too long reason, or an `ended_at` before
+        `started_at`."""
         check_id("meeting_id", meeting_id)
         ended = check_time("ended_at", ended_at)
+        reason = check_opt_text("failure_reason", failure_reason, FAILURE_REASON_LENGTH)
         try:
             final = MeetingStatus(status)
         except ValueError:
@@ -92,6 +136,8 @@ class MeetingStore(StoreBase):
         if final is MeetingStatus.RECORDING:
             allowed = ", ".join(s.value for s in MeetingStatus if s is not MeetingStatus.RECORDING)
             raise InvalidInputError(f"status: {status!r} is not one of {allowed}")
+        if final is MeetingStatus.COMPLETED and reason is not None:
+            raise InvalidInputError("failure_reason: a completed meeting has no failure reason")
         meeting = await self.get_meeting(meeting_id)
         if ended < meeting.started_at:
             raise InvalidInputError(
@@ -101,7 +147,7 @@ class MeetingStore(StoreBase):
         await self.session.execute(
             update(Meeting)
             .where(Meeting.id == meeting_id)
-            .values(ended_at=ended, status=final.value)
+            .values(ended_at=ended, status=final.value, failure_reason=reason)
             .execution_options(synchronize_session=False)
         )
         return await self.get_meeting(meeting_id)

@@ -36,6 +36,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from voicetrack.db.engine import create_engine
+from voicetrack.db.queries import HistoryStore, MeetingRecord
 from voicetrack.db.schema import Heartbeat, Meeting, MeetingStatus, Recording, TempRecording
 from voicetrack.db.store import RecordingStore
 from voicetrack.db.webhooks import WebhookAttempt, WebhookDelivery
@@ -115,21 +116,47 @@ class RecordingService:
         channel_id: str,
         started_at: datetime,
         session_uid: str | None = None,
+        *,
+        namespace: str | None = None,
+        session_name: str | None = None,
     ) -> Meeting:
-        """See `RecordingStore.create_meeting` (idempotent)."""
+        """See `RecordingStore.create_meeting` (idempotent; `namespace` and `session_name`
+        name the RecordingSession, kept after it is gone)."""
         return await self._run(
-            lambda s: s.create_meeting(meeting_id, guild_id, channel_id, started_at, session_uid)
+            lambda s: s.create_meeting(meeting_id, guild_id, channel_id, started_at, session_uid,
+                                       namespace=namespace, session_name=session_name)
         )
 
     async def end_meeting(
-        self, meeting_id: str, ended_at: datetime, status: str | MeetingStatus
+        self,
+        meeting_id: str,
+        ended_at: datetime,
+        status: str | MeetingStatus,
+        failure_reason: str | None = None,
     ) -> Meeting:
-        """See `RecordingStore.end_meeting`."""
-        return await self._run(lambda s: s.end_meeting(meeting_id, ended_at, status))
+        """See `RecordingStore.end_meeting` (`failure_reason` for failed or cancelled)."""
+        return await self._run(
+            lambda s: s.end_meeting(meeting_id, ended_at, status, failure_reason))
 
     async def get_meeting(self, meeting_id: str) -> Meeting:
         """See `RecordingStore.get_meeting`."""
         return await self._run(lambda s: s.get_meeting(meeting_id))
+
+    # meeting history (the read side: voicetrack.db.queries)
+    async def list_meetings(
+        self, guild_id: str | None = None, limit: int = 50
+    ) -> list[MeetingRecord]:
+        """See `HistoryStore.list_meetings`: newest first, at most `limit` (1..1000)."""
+        return await self._run(lambda s: HistoryStore(s.session).list_meetings(guild_id, limit))
+
+    async def meeting_record(self, meeting_id: str) -> MeetingRecord:
+        """See `HistoryStore.meeting_record`."""
+        return await self._run(lambda s: HistoryStore(s.session).meeting_record(meeting_id))
+
+    async def find_session_meeting(self, namespace: str, session_name: str) -> MeetingRecord:
+        """See `HistoryStore.find_session_meeting`: the newest meeting of that session."""
+        return await self._run(
+            lambda s: HistoryStore(s.session).find_session_meeting(namespace, session_name))
 
     # temp recordings
     async def insert_temp_recording(

@@ -34,7 +34,7 @@ from voicetrack_operator.builders import build_promote_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
-from voicetrack_operator.services.failures import failure_detail
+from voicetrack_operator.services.failures import failure_detail, meeting_outcome
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
 from voicetrack_operator.services.webhooks import WebhookService
@@ -303,7 +303,8 @@ class DeletionService:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
         with contextlib.suppress(NotFoundError):
-            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), meeting_end(s, ids))
+            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
+                                          *meeting_outcome(s.status, ids))
         await WebhookService(self.ctx).enqueue_ended(s, meeting_end(s, ids), ids)  # issue 13
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
@@ -324,11 +325,9 @@ class DeletionService:
 
 
 def meeting_end(s: SessionView, recording_ids: list[str]) -> str:
-    """The meeting's final status: `completed` with recordings, else `failed` when the
-    recorder could not record (`status.recorderFailure`), else `cancelled`."""
-    if recording_ids:
-        return "completed"
-    return "failed" if s.status.get("recorderFailure") else "cancelled"
+    """The meeting's final status (`completed`, `failed` or `cancelled`), as
+    `failures.meeting_outcome` decides it with its reason."""
+    return meeting_outcome(s.status, recording_ids)[0]
 
 
 async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:

@@ -83,6 +83,38 @@ def recorder_failure(pod: dict[str, Any] | None, now: datetime) -> str | None:
     return None
 
 
+FAILURE_REASON_MAX = 1000
+"""The longest failure reason kept on a meeting row (characters); a longer one is cut."""
+
+
+def meeting_outcome(status: dict[str, Any], recording_ids: list[str]) -> tuple[str, str | None]:
+    """The meeting's final status and failure reason once its session is deleted and
+    promoted, from the session's `status` and the recordings written:
+
+    - the recorder could not record (`status.recorderFailure`, the session was Failed):
+      `failed`, `RecorderFailed: <the recorder's message>` (what it recorded before is
+      kept and listed);
+    - recordings were written: `completed`, no reason;
+    - every chunk's transcode failed (`status.chunks.failed`): `failed`, with the count
+      (the raw chunks are kept under `final/failed/`);
+    - nothing was recorded: `cancelled`, `no audio was recorded`.
+    Reasons are cut to `FAILURE_REASON_MAX` characters."""
+    recorder = str(status.get("recorderFailure") or "").strip()
+    if recorder:
+        return "failed", _cut(f"RecorderFailed: {recorder}")
+    if recording_ids:
+        return "completed", None
+    failed = int((status.get("chunks") or {}).get("failed") or 0)
+    if failed:
+        return "failed", _cut(f"TranscodeFailed: all {failed} chunk(s) failed to transcode; "
+                              "their raw tracks are kept under final/failed/")
+    return "cancelled", "no audio was recorded"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= FAILURE_REASON_MAX else text[: FAILURE_REASON_MAX - 1] + "…"
+
+
 async def failure_detail(kube: PodReader, ns: str, job_name: str) -> str:
     """The failure reason of Job `job_name`: its newest pod's termination message, else the
     `error:` line of a pod's log tail (fallback), else ''."""

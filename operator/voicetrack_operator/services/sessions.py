@@ -138,7 +138,8 @@ class SessionService:
                                  "MeetingIdInUse")
         try:
             await self.ctx.db.create_meeting(meeting, s.spec.guild_id, s.spec.channel_id,
-                                             started_dt, s.ref.uid)
+                                             started_dt, s.ref.uid, namespace=s.ref.namespace,
+                                             session_name=s.ref.name)
             db_ok = True
         except MeetingIdInUse as err:
             return self._refused(s, f"{err}; choose another spec.meetingId (or leave it out)",
@@ -251,7 +252,8 @@ class SessionService:
             pass
         await self.ctx.db.create_meeting(
             s.meeting_id, s.spec.guild_id, s.spec.channel_id,
-            parse_time(s.status.get("startedAt") or s.created), s.ref.uid)
+            parse_time(s.status.get("startedAt") or s.created), s.ref.uid,
+            namespace=s.ref.namespace, session_name=s.ref.name)
         log.warning("session %s/%s: meeting row %s was missing: rebuilt from the cluster",
                     s.ref.namespace, s.ref.name, s.meeting_id)
         self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = "meeting row rebuilt"
@@ -270,7 +272,8 @@ class SessionService:
         try:
             await self.ctx.db.create_meeting(
                 s.meeting_id, s.spec.guild_id, s.spec.channel_id,
-                parse_time(s.status.get("startedAt") or s.created), s.ref.uid)
+                parse_time(s.status.get("startedAt") or s.created), s.ref.uid,
+            namespace=s.ref.namespace, session_name=s.ref.name)
         except TemporaryFailure as err:
             self.ctx.unsynced[key] = str(err)
             return False, f"database unavailable: {err}"

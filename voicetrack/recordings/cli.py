@@ -1,0 +1,360 @@
+"""`voicetrack recordings list|show|url|download|zip`: the meetings and their audio, from any
+cluster's database and S3.
+
+Settings are the operator's: `VOICETRACK_DATABASE_URL` and `VOICETRACK_S3_ENDPOINT`,
+`VOICETRACK_S3_ACCESS_KEY`, `VOICETRACK_S3_SECRET_KEY`, `VOICETRACK_S3_BUCKET`,
+`VOICETRACK_S3_PUBLIC_ENDPOINT` (links are signed for it), each overridable by an option of
+the group (`voicetrack recordings --database-url … list`). Plugged into the `voicetrack`
+command by `register` (entry point `voicetrack.cli: recordings`, extra `sql`).
+
+MEETING is a meeting id or `namespace/session-name` (the newest meeting of that session).
+Failures are one line on stderr with exit code 1; progress bars go to stderr, so stdout
+holds only the answer (a table, or JSON with `--json`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from voicetrack.db.engine import DATABASE_URL_ENV, parse_url
+from voicetrack.db.queries import MeetingRecord
+from voicetrack.db.service import RecordingService
+from voicetrack.errors import InvalidInputError, VoicetrackError
+from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, S3Settings
+from voicetrack.recordings.expiry import parse_expiry
+from voicetrack.recordings.service import MeetingDetail, RecordingsReader
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True,
+                  help="Recorded meetings: list, show, links, verified downloads, Audacity zip.")
+PIPE_WIDTH = 240
+"""Table width (characters) when stdout is not a terminal and COLUMNS is unset: piped
+output keeps ids and reasons on one line instead of folding them at 80 columns."""
+
+
+def _out_console() -> Console:
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH if piped else None)
+
+
+out = _out_console()
+err = Console(stderr=True, highlight=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the history and the audio are (the group's options)."""
+
+    database_url: str | None
+    s3_endpoint: str | None
+    s3_access_key: str | None
+    s3_secret_key: str | None
+    bucket: str
+    s3_public_endpoint: str | None
+
+    def database(self) -> str:
+        """The database URL. InvalidInputError when unset, or for a SQLite file that does
+        not exist (the CLI reads a database; it never creates an empty one)."""
+        if not self.database_url:
+            raise InvalidInputError(f"--database-url / {DATABASE_URL_ENV} is not set")
+        url = parse_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and not Path(
+                str(url.database)).expanduser().is_file():
+            raise InvalidInputError(
+                f"--database-url: no SQLite database at {url.database}")
+        return self.database_url
+
+    def s3(self) -> S3Settings | None:
+        """The S3 settings, None when none is given. InvalidInputError naming the missing
+        options when only some are."""
+        given = {"--s3-endpoint / VOICETRACK_S3_ENDPOINT": self.s3_endpoint,
+                 "--s3-access-key / VOICETRACK_S3_ACCESS_KEY": self.s3_access_key,
+                 "--s3-secret-key / VOICETRACK_S3_SECRET_KEY": self.s3_secret_key}
+        if not any(given.values()):
+            return None
+        missing = [name for name, value in given.items() if not value]
+        if missing:
+            raise InvalidInputError(f"S3 settings incomplete: set {', '.join(missing)}")
+        assert self.s3_endpoint and self.s3_access_key and self.s3_secret_key
+        return S3Settings(endpoint=self.s3_endpoint, access_key=self.s3_access_key,
+                          secret_key=self.s3_secret_key, bucket=self.bucket,
+                          public_endpoint=self.s3_public_endpoint or None)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", envvar=DATABASE_URL_ENV, show_envvar=True,
+        help="The operator's database (postgresql+psycopg://… or sqlite+aiosqlite:///…).",
+    )] = None,
+    s3_endpoint: Annotated[str | None, typer.Option(
+        "--s3-endpoint", envvar="VOICETRACK_S3_ENDPOINT", show_envvar=True,
+        help="S3 endpoint URL (http://host:port).")] = None,
+    s3_access_key: Annotated[str | None, typer.Option(
+        "--s3-access-key", envvar="VOICETRACK_S3_ACCESS_KEY", show_envvar=True)] = None,
+    s3_secret_key: Annotated[str | None, typer.Option(
+        "--s3-secret-key", envvar="VOICETRACK_S3_SECRET_KEY", show_envvar=True,
+        show_default=False)] = None,
+    bucket: Annotated[str, typer.Option(
+        "--bucket", envvar="VOICETRACK_S3_BUCKET", show_envvar=True,
+        help="The bucket the sessions write to (spec.storage.bucket).")] = "voicetrack",
+    s3_public_endpoint: Annotated[str | None, typer.Option(
+        "--s3-public-endpoint", envvar="VOICETRACK_S3_PUBLIC_ENDPOINT", show_envvar=True,
+        help="The URL people reach S3 at; links are signed for it.")] = None,
+) -> None:
+    """Recorded meetings and their audio, from the operator's database and S3."""
+    ctx.obj = Settings(database_url, s3_endpoint, s3_access_key, s3_secret_key, bucket,
+                       s3_public_endpoint)
+
+
+def _run(ctx: typer.Context, call: Callable[[RecordingsReader], Awaitable[T]],
+         s3: bool = True) -> T:
+    """Run `call` on a reader built from the group's settings; a Voicetrack error is one
+    line on stderr and exit code 1."""
+    settings: Settings = ctx.obj
+
+    async def go() -> T:
+        db = RecordingService.from_url(settings.database())
+        try:
+            s3_settings = settings.s3() if s3 else None
+            store = ObjectStore(s3_settings) if s3_settings else None
+            return await call(RecordingsReader(db, store))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(go())
+    except VoicetrackError as e:
+        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(1) from e
+
+
+def _print_json(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+def hms(ms: int | None) -> str:
+    """`h:mm:ss` (or `m:ss` under an hour) of `ms` milliseconds; `-` for None."""
+    if ms is None:
+        return "-"
+    s = ms // 1000
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def size(n: int | None) -> str:
+    """A byte count for people (`812.3 KiB`); `-` for None."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _chunks(r: MeetingRecord) -> str:
+    if r.chunks is None:
+        return "-"
+    text = f"{r.chunks.done}/{r.chunks.total}"
+    return text + (f" ({r.chunks.failed} failed)" if r.chunks.failed else "")
+
+
+@app.command("list")
+def list_meetings(
+    ctx: typer.Context,
+    guild: Annotated[str | None, typer.Option(
+        "--guild", envvar="VOICETRACK_GUILD_ID", help="Only this guild's meetings.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000,
+                                       help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Meetings, newest first, with their state and why one failed.
+
+    Start (UTC), duration, speakers, state, session (namespace/name), chunk progress of
+    live ones (done/total from temp_recordings), failure reason."""
+    records = _run(ctx, lambda r: r.list_meetings(guild, limit), s3=False)
+    now = datetime.now(UTC)
+    if as_json:
+        _print_json([r.as_dict(now) for r in records])
+        return
+    table = Table("MEETING", "STARTED (UTC)", "DURATION", "SPEAKERS", "STATE", "SESSION",
+                  "CHUNKS", "REASON")
+    for column in table.columns[:-1]:
+        column.no_wrap = True
+    for r in records:
+        duration = hms(r.duration_ms if r.duration_ms is not None else r.elapsed_ms(now))
+        table.add_row(r.meeting_id, r.started_at.strftime("%Y-%m-%d %H:%M:%S"), duration,
+                      str(len(r.speakers)), r.status, r.session or "-", _chunks(r),
+                      r.failure_reason or "")
+    out.print(table)
+
+
+def _show_text(d: MeetingDetail, now: datetime) -> None:
+    r = d.record
+    lines = [
+        f"meeting   {r.meeting_id}  ({r.status})",
+        f"session   {r.session or '-'}",
+        f"guild     {r.guild_id}  channel {r.channel_id}",
+        f"started   {r.started_at.isoformat()}  "
+        f"ended {r.ended_at.isoformat() if r.ended_at else '-'}",
+        f"speakers  {', '.join(r.speakers) or '-'}",
+    ]
+    if r.failure_reason:
+        lines.append(f"reason    {r.failure_reason}")
+    if r.chunks:
+        lines.append(f"chunks    {_chunks(r)} done")
+    if d.manifest:
+        m = d.manifest
+        lines.append(f"output    {hms(m.duration_ms)} ({m.duration_ms} ms; recorded "
+                     f"{m.recorded_ms} ms, paused {m.paused_ms} ms cut)")
+    for line in lines:
+        out.print(line, markup=False)
+    if d.tracks:
+        table = Table("TRACK", "FORMAT", "SIZE", "DURATION", "CH", "SHA256")
+        for t in d.tracks:
+            table.add_row(t.track, t.format, size(t.bytes),
+                          f"{t.duration_ms} ms" if t.duration_ms is not None else "-",
+                          str(t.channels or "-"), t.sha256 or "-")
+        out.print(table)
+    if d.manifest and d.manifest.gaps:
+        gaps = Table("GAP START", "END", "LENGTH", "CAUSE")
+        for g in d.manifest.gaps:
+            gaps.add_row(f"{g.start_ms} ms", f"{g.end_ms} ms", hms(g.end_ms - g.start_ms),
+                         g.cause)
+        out.print(gaps)
+    if d.timeline_key:
+        out.print(f"timeline  {d.timeline_key}", markup=False)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    meeting: Annotated[str, typer.Argument(help="Meeting id, or namespace/session-name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
+) -> None:
+    """A meeting's tracks, sizes, sha256, durations and gaps.
+
+    Each speaker and the mix in every format, with channels; the gaps of its output
+    (paused: cut; others: silence) from final/manifest.json."""
+    detail = _run(ctx, lambda r: r.show(meeting))
+    now = datetime.now(UTC)
+    if as_json:
+        _print_json(detail.as_dict(now))
+    else:
+        _show_text(detail, now)
+
+
+def _expiry(value: str | int) -> int:
+    try:
+        return parse_expiry(str(value))
+    except InvalidInputError as e:
+        raise typer.BadParameter(str(e).removeprefix("--expires: ")) from e
+
+
+@app.command()
+def url(
+    ctx: typer.Context,
+    meeting: Annotated[str, typer.Argument(help="Meeting id, or namespace/session-name.")],
+    track: Annotated[str | None, typer.Argument(
+        help="A speaker's user id, or mix; all tracks when left out.")] = None,
+    expires: Annotated[int, typer.Option(
+        "--expires", envvar="VOICETRACK_LINK_EXPIRES", parser=_expiry, metavar="DURATION",
+        help="How long the links work: 900, 900s, 15m, 2h, 1d (1 s .. 7 days).",
+    )] = DEFAULT_LINK_S,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="mp3, flac or opus; default mp3 when the track has it.")] = None,
+) -> None:
+    """Presigned download links, minted now and never stored.
+
+    JSON: for TRACK one {url, expires_in_seconds, format}, else one per track keyed by
+    track name (user id or mix)."""
+    links = _run(ctx, lambda r: r.links(meeting, track, fmt, expires))
+    if track is not None:
+        _print_json(links[0].as_dict())
+    else:
+        _print_json({link.track: link.as_dict() for link in links})
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[current]}"), console=err, transient=True)
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    meeting: Annotated[str, typer.Argument(help="Meeting id, or namespace/session-name.")],
+    dest: Annotated[Path, typer.Argument(help="Directory to save the tracks in.",
+                                         file_okay=False)],
+) -> None:
+    """Download every track into DEST, each verified against its sha256.
+
+    The sha256 and size are the recordings row's. A file that does not match is not kept
+    and is named in the error (exit code 1)."""
+
+    async def go(reader: RecordingsReader) -> Any:
+        total = len(await reader.tracks(await reader.resolve(meeting)))
+        with _bar() as bar:
+            task = bar.add_task("downloading", total=total, current="")
+            return await reader.download(
+                meeting, dest, lambda name: bar.update(task, advance=1, current=name))
+
+    for f in _run(ctx, go):
+        note = "verified" if f.verified else "UNVERIFIED (no sha256 in SQL)"
+        out.print(f"{f.path}  {f.sha256}  {note}{' (already there)' if f.reused else ''}",
+                  markup=False)
+
+
+@app.command("zip")
+def zip_bundle(
+    ctx: typer.Context,
+    meeting: Annotated[str, typer.Argument(help="Meeting id, or namespace/session-name.")],
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", dir_okay=False, help="The zip to write (default voicetrack-<meeting>.zip).",
+    )] = None,
+) -> None:
+    """An Audacity bundle: equal-length FLAC per track and a .lof project.
+
+    FLAC per speaker and the mix, all from t = 0 and of the output's length; a .lof that
+    Audacity opens as one multi-track project; manifest.json; timeline.json when present."""
+
+    async def go(reader: RecordingsReader) -> Any:
+        record = await reader.resolve(meeting)
+        target = out_file or Path(f"voicetrack-{record.meeting_id}.zip")
+        total = len({t.track for t in await reader.tracks(record)})
+        with _bar() as bar:
+            task = bar.add_task("rendering FLAC", total=total, current="")
+            return await reader.bundle(
+                record.meeting_id, target,
+                lambda name: bar.update(task, advance=1, current=name))
+
+    bundle = _run(ctx, go)
+    out.print(f"{bundle.path}  ({len(bundle.members)} files, {hms(bundle.duration_ms)} each "
+              "track; open the .lof in Audacity)", markup=False)
+
+
+def register(root: typer.Typer) -> None:
+    """Plug `recordings …` into the `voicetrack` command (entry point
+    `voicetrack.cli: recordings`)."""
+    root.add_typer(app, name="recordings", help="Recorded meetings and their audio.")
+
+
+__all__ = ["app", "hms", "register", "size"]

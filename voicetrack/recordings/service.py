@@ -1,0 +1,453 @@
+"""`RecordingsReader`: every way to get a meeting's audio, over SQL and S3, typed.
+
+The one read layer the CLI (`voicetrack recordings`), the bot and the web page share:
+
+- `list_meetings(guild, limit) -> list[MeetingRecord]` and `resolve(ref) -> MeetingRecord`
+  (`ref` is a meeting id or `namespace/session-name`): SQL only;
+- `show(ref) -> MeetingDetail`: the final tracks (`recordings` rows: format, bytes, sha256,
+  duration) with `final/manifest.json` (gaps, channels, paused time);
+- `links(ref, track, fmt, expires_s) -> list[TrackLink]`: presigned GET links minted now,
+  never stored (`ObjectStore.presigned_link`);
+- `download(ref, dest) -> list[DownloadedFile]`: every final track, each verified against
+  its `recordings` row's sha256 and size; a file that does not match is not kept;
+- `bundle(ref, out) -> Bundle`: the Audacity zip (equal-length FLAC per speaker and the
+  mix from t = 0, a `.lof`, `manifest.json`, `timeline.json` when promotion wrote one).
+
+The object keys come from `voicetrack.layout.MeetingLayout`, rebuilt from a track's key
+(the `recordings` row keeps the key, the prefix is not stored elsewhere). Blocking S3 and
+ffmpeg work runs in a thread, off the event loop. Errors are the project's own:
+`NotFoundError` (no such meeting, track or object), `InvalidInputError` (bad argument, a
+damaged object: `ChecksumMismatch`), `TemporaryFailure` (database or S3 away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from voicetrack.audio import SAMPLES_PER_MS
+from voicetrack.db.queries import MeetingRecord
+from voicetrack.db.schema import Recording
+from voicetrack.db.service import RecordingService
+from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.layout import MIX_TRACK, MeetingLayout
+from voicetrack.manifests import FinalManifest
+from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, PresignedUrl, sha256_file
+from voicetrack.recordings.bundle import LofEntry, ffmpeg_path, lof_text, render_flac
+from voicetrack.resources import MEETING_ID_PATTERN
+
+TIMELINE_NAME = "timeline.json"
+"""The speech timeline promotion may write next to the manifest: `final/timeline.json`."""
+RENDER_SOURCE_ORDER = ("flac", "opus", "mp3")
+"""Which final format a bundle's FLAC is rendered from, best first (lossless, then the
+format with the least generation loss); any other format comes last."""
+DEFAULT_LINK_FORMAT = "mp3"
+"""The format `links` picks when none is asked and a track has it."""
+
+_MEETING_RE = re.compile(MEETING_ID_PATTERN)
+_SESSION_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+Progress = Callable[[str], None]
+"""Called with a file name each time one file is done (downloaded, rendered)."""
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """One final track in one format, from its `recordings` row (`channels` from the
+    final manifest when it was read). `bytes` and `sha256` are of the object in S3;
+    `duration_ms` its length (ms)."""
+
+    recording_id: str
+    kind: str
+    user_id: str | None
+    format: str
+    key: str
+    filename: str
+    bytes: int | None
+    sha256: str | None
+    duration_ms: int | None
+    channels: int | None = None
+
+    @property
+    def track(self) -> str:
+        """The track's name: the speaker's user id, or `mix`."""
+        return self.user_id or MIX_TRACK
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"track": self.track, "kind": self.kind, "user_id": self.user_id,
+                "format": self.format, "key": self.key, "filename": self.filename,
+                "bytes": self.bytes, "sha256": self.sha256, "duration_ms": self.duration_ms,
+                "channels": self.channels, "recording_id": self.recording_id}
+
+    @classmethod
+    def from_row(cls, row: Recording, channels: int | None = None) -> TrackInfo:
+        """The track of a `recordings` row that has an object key."""
+        assert row.object_key is not None
+        fmt = row.format or posixpath.splitext(row.filename)[1].lstrip(".").lower()
+        return cls(recording_id=row.id, kind=row.kind, user_id=row.user_id, format=fmt,
+                   key=row.object_key, filename=posixpath.basename(row.object_key),
+                   bytes=row.bytes, sha256=row.sha256, duration_ms=row.duration_in_ms,
+                   channels=channels)
+
+
+@dataclass(frozen=True)
+class MeetingDetail:
+    """A meeting with its final tracks (speakers by user id, then the mix), its final
+    manifest (None before promotion, or when the object is missing) and the keys of the
+    manifest and the speech timeline (None when absent)."""
+
+    record: MeetingRecord
+    tracks: tuple[TrackInfo, ...]
+    manifest: FinalManifest | None
+    manifest_key: str | None
+    timeline_key: str | None
+
+    def as_dict(self, now: datetime) -> dict[str, Any]:
+        """A JSON-ready dict: the record's fields, `tracks`, and from the manifest
+        `output_ms`, `recorded_ms`, `paused_ms` and `gaps` (`{start_ms, end_ms, cause}`)."""
+        m = self.manifest
+        return {
+            **self.record.as_dict(now),
+            "tracks": [t.as_dict() for t in self.tracks],
+            "output_ms": m.duration_ms if m else None,
+            "recorded_ms": m.recorded_ms if m else None,
+            "paused_ms": m.paused_ms if m else None,
+            "gaps": [{"start_ms": g.start_ms, "end_ms": g.end_ms, "cause": g.cause}
+                     for g in m.gaps] if m else [],
+            "manifest_key": self.manifest_key,
+            "timeline_key": self.timeline_key,
+        }
+
+
+@dataclass(frozen=True)
+class TrackLink:
+    """A presigned link to one track in one format."""
+
+    track: str
+    kind: str
+    user_id: str | None
+    link: PresignedUrl
+
+    def as_dict(self) -> dict[str, Any]:
+        """`{url, expires_in_seconds, format}` (`PresignedUrl.as_dict`)."""
+        return self.link.as_dict()
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """A track saved at `path`: its sha256 (hex), whether it matched the row's
+    (`verified`; False only for old rows without a sha256), and whether a matching file
+    was already there (`reused`, nothing downloaded)."""
+
+    track: TrackInfo
+    path: Path
+    sha256: str
+    verified: bool
+    reused: bool
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The Audacity zip at `path`: its member names (under one folder), and the length
+    of every FLAC in it (`samples` per channel at 48 kHz, `duration_ms`)."""
+
+    path: Path
+    members: tuple[str, ...]
+    samples: int
+    duration_ms: int
+
+
+class ChecksumMismatch(InvalidInputError):
+    """Downloaded bytes differ from what the `recordings` row says (size or sha256): the
+    object in S3 is damaged or was replaced. `files` names each one."""
+
+    def __init__(self, message: str, files: Sequence[str]) -> None:
+        super().__init__(message)
+        self.files = list(files)
+
+
+class RecordingsReader:
+    """Reads meetings and their audio. `db` is the storage service (any database the
+    operator writes); `store` the bucket the final tracks are in, or None when only SQL
+    reads are needed (`list_meetings`, `resolve`); an S3 method then raises
+    InvalidInputError saying the S3 settings are missing."""
+
+    def __init__(self, db: RecordingService, store: ObjectStore | None = None) -> None:
+        self.db = db
+        self._store = store
+
+    @property
+    def store(self) -> ObjectStore:
+        """The object store. InvalidInputError when none was configured."""
+        if self._store is None:
+            raise InvalidInputError(
+                "S3 settings missing: set VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY "
+                "and VOICETRACK_S3_SECRET_KEY (or the --s3-* options)")
+        return self._store
+
+    # ------------------------------------------------------------------ SQL only
+
+    async def list_meetings(self, guild_id: str | None = None, limit: int = 50
+                            ) -> list[MeetingRecord]:
+        """The newest `limit` (1..1000) meetings, of one guild when `guild_id` is given.
+        InvalidInputError naming `guild_id` or `limit` when malformed."""
+        return await self.db.list_meetings(guild_id, limit)
+
+    async def resolve(self, ref: str) -> MeetingRecord:
+        """The meeting `ref` names: a meeting id (16 letters/digits), or
+        `namespace/session-name` (the newest meeting that session recorded).
+        InvalidInputError naming MEETING for anything else; NotFoundError when there is
+        no such meeting."""
+        ref = ref.strip()
+        if _MEETING_RE.match(ref):
+            return await self.db.meeting_record(ref)
+        if _SESSION_RE.match(ref):
+            namespace, name = ref.split("/", 1)
+            return await self.db.find_session_meeting(namespace, name)
+        raise InvalidInputError(
+            f"MEETING: {ref!r} is neither a meeting id (16 letters/digits) nor "
+            "namespace/session-name")
+
+    async def tracks(self, record: MeetingRecord) -> list[TrackInfo]:
+        """The meeting's final tracks from its `recordings` rows (rows adopted from the old
+        shape, without an object key, are left out)."""
+        rows = await self.db.get_recordings_for_meeting(record.meeting_id)
+        return [TrackInfo.from_row(r) for r in rows if r.object_key]
+
+    # ------------------------------------------------------------------ SQL + S3
+
+    async def show(self, ref: str) -> MeetingDetail:
+        """The meeting with its tracks and final manifest (see `MeetingDetail`).
+        InvalidInputError when the manifest exists but is not one."""
+        record = await self.resolve(ref)
+        tracks = await self.tracks(record)
+        if not tracks:
+            return MeetingDetail(record, (), None, None, None)
+        layout = meeting_layout(record, tracks[0])
+        manifest = await asyncio.to_thread(self._manifest, layout)
+        channels = {(t.user_id, t.format): t.channels for t in manifest.tracks} \
+            if manifest else {}
+        tracks = [replace(t, channels=channels.get((t.user_id, t.format))) for t in tracks]
+        timeline = layout.final_root + TIMELINE_NAME
+        has_timeline = await asyncio.to_thread(self.store.exists, timeline)
+        return MeetingDetail(record, tuple(tracks), manifest,
+                             layout.final_manifest_key if manifest else None,
+                             timeline if has_timeline else None)
+
+    def _manifest(self, layout: MeetingLayout) -> FinalManifest | None:
+        try:
+            doc = self.store.get_json(layout.final_manifest_key)
+        except NotFoundError:
+            return None
+        try:
+            return FinalManifest.model_validate(doc)
+        except ValidationError as err:
+            raise InvalidInputError(
+                f"{layout.final_manifest_key}: not a final manifest: {err}") from err
+
+    async def links(self, ref: str, track: str | None = None, fmt: str | None = None,
+                    expires_s: int = DEFAULT_LINK_S) -> list[TrackLink]:
+        """Presigned links minted now, valid `expires_s` seconds (1 s .. 7 days): one per
+        track (`track` a user id or `mix` for one), in format `fmt`, or by default mp3
+        when the track has it, else its first format. NotFoundError naming TRACK or
+        --format (with what exists) when nothing matches; InvalidInputError for an expiry
+        out of range."""
+        record = await self.resolve(ref)
+        chosen = select_tracks(await self.tracks(record), track, fmt, record.meeting_id)
+        store = self.store
+        out = []
+        for t in chosen:
+            link = await asyncio.to_thread(store.presigned_link, t.key, expires_s)
+            out.append(TrackLink(t.track, t.kind, t.user_id, link))
+        return out
+
+    async def download(self, ref: str, dest: Path, on_file: Progress | None = None
+                       ) -> list[DownloadedFile]:
+        """Save every final track (all formats) in directory `dest` (made if missing) under
+        its key's file name, each verified against its row's size and sha256; a file
+        already there that matches is kept. Raises ChecksumMismatch naming every file that
+        does not match after all others are saved: such a file is removed (also an older
+        copy at its name), so nothing left in `dest` looks valid without being so.
+        NotFoundError when the meeting has no final tracks or an object is missing."""
+        record = await self.resolve(ref)
+        tracks = await self.tracks(record)
+        if not tracks:
+            raise NotFoundError(f"meeting {record.meeting_id} has no final tracks "
+                                f"(status {record.status})")
+        dest.mkdir(parents=True, exist_ok=True)
+        saved, bad = [], []
+        for t in tracks:
+            result = await asyncio.to_thread(self._fetch_verified, t, dest / t.filename)
+            if isinstance(result, str):
+                bad.append((t.filename, result))
+            else:
+                saved.append(result)
+            if on_file:
+                on_file(t.filename)
+        if bad:
+            raise ChecksumMismatch(
+                "; ".join(f"{name}: {why}" for name, why in bad)
+                + " (not saved: the object in S3 is damaged; the other files are verified)",
+                [name for name, _ in bad])
+        return saved
+
+    def _fetch_verified(self, t: TrackInfo, target: Path) -> DownloadedFile | str:
+        """Download `t` to `target` through a hidden `.part` file; the file, or why it does
+        not match its row (and then neither the part nor `target` is left)."""
+        if t.sha256 and target.is_file() and sha256_file(target) == t.sha256:
+            return DownloadedFile(t, target, t.sha256, verified=True, reused=True)
+        part = target.with_name(f".{target.name}.part")
+        try:
+            self.store.get_file(t.key, str(part))
+            digest, size = sha256_file(part), part.stat().st_size
+            why = None
+            if t.bytes is not None and size != t.bytes:
+                why = f"{size} bytes, the recordings row says {t.bytes}"
+            elif t.sha256 and digest != t.sha256:
+                why = f"sha256 {digest}, the recordings row says {t.sha256}"
+            if why:
+                target.unlink(missing_ok=True)
+                return why
+            part.replace(target)
+        finally:
+            part.unlink(missing_ok=True)
+        return DownloadedFile(t, target, digest, verified=bool(t.sha256), reused=False)
+
+    async def bundle(self, ref: str, out: Path, on_file: Progress | None = None) -> Bundle:
+        """Write the Audacity zip at `out` (through a hidden `.part` file, so `out` is
+        either whole or absent): under `voicetrack-<meeting>/`, one 48 kHz FLAC per speaker
+        (`<userId>.flac`) and the mix (`mix.flac`), all exactly the output's length from
+        t = 0, rendered by ffmpeg from the best final format (FLAC, else Opus, else MP3)
+        after verifying its sha256; `<meeting>.lof` listing them (speakers, then the mix);
+        `manifest.json`; `timeline.json` when promotion wrote one. NotFoundError when the
+        meeting has no final tracks; ChecksumMismatch for a damaged source;
+        InvalidInputError when ffmpeg is missing or fails."""
+        detail = await self.show(ref)
+        meeting = detail.record.meeting_id
+        if not detail.tracks or detail.manifest is None or detail.manifest_key is None:
+            raise NotFoundError(f"meeting {meeting} has no final tracks and manifest "
+                                f"(status {detail.record.status})")
+        ffmpeg = ffmpeg_path()
+        duration_ms = detail.manifest.duration_ms
+        samples = duration_ms * SAMPLES_PER_MS
+        sources = render_sources(detail.tracks)
+        folder = f"voicetrack-{meeting}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(f".{out.name}.part")
+        with tempfile.TemporaryDirectory(prefix=".voicetrack-zip-", dir=out.parent) as tmp:
+            work, src = Path(tmp), Path(tmp) / "src"
+            src.mkdir()
+            names = []
+            for t in sources:
+                fetched = await asyncio.to_thread(self._fetch_verified, t, src / t.filename)
+                if isinstance(fetched, str):
+                    raise ChecksumMismatch(f"{t.filename}: {fetched} (the object in S3 is "
+                                           "damaged; no bundle written)", [t.filename])
+                name = f"{t.track}.flac"
+                await asyncio.to_thread(render_flac, fetched.path, work / name, samples, ffmpeg)
+                names.append(name)
+                if on_file:
+                    on_file(name)
+            lof = lof_text([LofEntry(n) for n in names])
+            manifest = await asyncio.to_thread(self.store.get_bytes, detail.manifest_key)
+            timeline = None
+            if detail.timeline_key:
+                with contextlib.suppress(NotFoundError):
+                    timeline = await asyncio.to_thread(self.store.get_bytes,
+                                                       detail.timeline_key)
+            members = await asyncio.to_thread(
+                _write_zip, part, folder, work, names, f"{meeting}.lof", lof, manifest,
+                timeline)
+        part.replace(out)
+        return Bundle(out, tuple(members), samples, duration_ms)
+
+
+def _write_zip(part: Path, folder: str, work: Path, names: list[str], lof_name: str,
+               lof: str, manifest: bytes, timeline: bytes | None) -> list[str]:
+    """Write the zip at `part`; its member names. FLAC is stored (already compressed),
+    text deflated."""
+    members = []
+    try:
+        with zipfile.ZipFile(part, "w") as zf:
+            for name in names:
+                zf.write(work / name, f"{folder}/{name}", compress_type=zipfile.ZIP_STORED)
+                members.append(f"{folder}/{name}")
+            texts = [(lof_name, lof.encode()), ("manifest.json", manifest)]
+            if timeline is not None:
+                texts.append((TIMELINE_NAME, timeline))
+            for name, data in texts:
+                zf.writestr(f"{folder}/{name}", data, compress_type=zipfile.ZIP_DEFLATED)
+                members.append(f"{folder}/{name}")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return members
+
+
+def meeting_layout(record: MeetingRecord, track: TrackInfo) -> MeetingLayout:
+    """The meeting's key layout, its prefix read from a final track's key
+    (`<prefix>/<guild>/<meeting>/final/<file>`). InvalidInputError when the key is not
+    in that layout."""
+    final_dir = posixpath.dirname(track.key)
+    tail = f"{record.guild_id}/{record.meeting_id}/final"
+    if final_dir != tail and not final_dir.endswith("/" + tail):
+        raise InvalidInputError(
+            f"recordings row {track.recording_id}: key {track.key!r} is not under "
+            f"<prefix>/{tail}/")
+    prefix = final_dir[: -len(tail)].rstrip("/")
+    return MeetingLayout(prefix, record.guild_id, record.meeting_id)
+
+
+def select_tracks(tracks: Sequence[TrackInfo], track: str | None, fmt: str | None,
+                  meeting_id: str) -> list[TrackInfo]:
+    """One `TrackInfo` per track name (all, or the one named `track`: a user id or
+    `mix`), in format `fmt`, or by default `mp3` when the track has it, else its first
+    format. NotFoundError naming TRACK or --format and listing what exists."""
+    if not tracks:
+        raise NotFoundError(f"meeting {meeting_id} has no final tracks")
+    names = list(dict.fromkeys(t.track for t in tracks))
+    if track is not None:
+        wanted = MIX_TRACK if track in ("mixed", MIX_TRACK) else track
+        if wanted not in names:
+            raise NotFoundError(
+                f"TRACK: meeting {meeting_id} has no track {track!r}; it has "
+                f"{', '.join(names)}")
+        names = [wanted]
+    out = []
+    for name in names:
+        mine = [t for t in tracks if t.track == name]
+        if fmt is not None:
+            match = [t for t in mine if t.format == fmt.lower()]
+            if not match:
+                raise NotFoundError(
+                    f"--format: track {name} has no {fmt!r}; it has "
+                    f"{', '.join(t.format for t in mine)}")
+        else:
+            match = [t for t in mine if t.format == DEFAULT_LINK_FORMAT] or mine
+        out.append(match[0])
+    return out
+
+
+def render_sources(tracks: Sequence[TrackInfo]) -> list[TrackInfo]:
+    """Per track name (speakers in the given order, then the mix), the format a bundle
+    renders from (`RENDER_SOURCE_ORDER`)."""
+    def rank(t: TrackInfo) -> int:
+        fmt = "opus" if t.format == "ogg" else t.format
+        return RENDER_SOURCE_ORDER.index(fmt) if fmt in RENDER_SOURCE_ORDER \
+            else len(RENDER_SOURCE_ORDER)
+
+    names = list(dict.fromkeys(t.track for t in tracks))
+    names.sort(key=lambda n: n == MIX_TRACK)
+    return [min((t for t in tracks if t.track == n), key=rank) for n in names]
