@@ -206,7 +206,7 @@ def test_pod_runs_in_its_image_restricted_with_volumes_and_in_cluster_config(
     assert lines["uid"] == "10001 gid 10001"
     assert lines["capeff"] == "0000000000000000"  # every capability dropped
     assert lines["nnp"] == "1"  # allowPrivilegeEscalation: false
-    assert lines["env"] == f"hunter2 hello restricted"
+    assert lines["env"] == "hunter2 hello restricted"
     assert lines["files"] == "hunter2 hello"
     assert "refused /x 30" in logs  # EROFS: read-only root file system
     assert "refused /etc/s/new 30" in logs  # secret volumes are mounted read-only
