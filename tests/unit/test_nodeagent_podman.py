@@ -287,3 +287,78 @@ def test_readiness_probe_decides_container_and_pod_readiness() -> None:
     plain = Container("d", {}, False)
     plain.pid, plain.state = 43, {"running": {"startedAt": "t"}}
     assert plain.ready and plain.started  # no probes: ready once running
+
+
+# ---- exec over WebSocket
+
+
+def test_websocket_handshake_and_protocol_choice() -> None:
+    from voicetrack_local.nodeagent.execstream import accept_key, choose_protocol
+
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455
+    assert choose_protocol("v4.channel.k8s.io, v5.channel.k8s.io") == "v5.channel.k8s.io"
+    assert choose_protocol("base64.channel.k8s.io,v4.channel.k8s.io") == "v4.channel.k8s.io"
+    assert choose_protocol("channel.k8s.io") is None and choose_protocol(None) is None
+
+
+def test_frames_round_trip_masked_and_long() -> None:
+    import io
+    import struct
+
+    from voicetrack_local.nodeagent.execstream import OP_BINARY, encode_frame, read_frame
+
+    for n in (0, 5, 200, 70000):
+        payload = bytes(range(256)) * (n // 256) + bytes(n % 256)
+        assert read_frame(io.BytesIO(encode_frame(OP_BINARY, payload)).read) == (
+            True, OP_BINARY, payload)  # fmt: skip
+    mask = b"\x01\x02\x03\x04"
+    data = b"\x00hello"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    frame = bytes([0x82, 0x80 | len(data)]) + mask + masked  # a client's masked frame
+    assert read_frame(io.BytesIO(frame).read) == (True, OP_BINARY, data)
+    with pytest.raises(EOFError):
+        read_frame(io.BytesIO(struct.pack("!BB", 0x82, 10) + b"abc").read)
+
+
+def test_exit_status_is_the_kubelets() -> None:
+    from voicetrack_local.nodeagent.execstream import exit_status
+
+    assert json.loads(exit_status(0)) == {"metadata": {}, "status": "Success"}
+    st = json.loads(exit_status(4))
+    assert st["reason"] == "NonZeroExitCode"
+    assert st["details"]["causes"] == [{"reason": "ExitCode", "message": "4"}]
+
+
+def test_serve_exec_streams_channels_stdin_close_and_status(tmp_path: Path) -> None:
+    import io
+    import os
+
+    from voicetrack_local.nodeagent.execstream import (
+        CLOSE,
+        ERROR,
+        OP_BINARY,
+        OP_CLOSE,
+        STDIN,
+        STDOUT,
+        encode_frame,
+        read_frame,
+        serve_exec,
+    )
+
+    incoming = io.BufferedReader(io.BytesIO(  # stdin "hi\n", then v5's close of stdin
+        encode_frame(OP_BINARY, bytes([STDIN]) + b"hi\n")
+        + encode_frame(OP_BINARY, bytes([CLOSE, STDIN]))))  # fmt: skip
+    out = io.BytesIO()
+    rc = serve_exec(incoming, out, ["sh", "-c", "cat; echo oops >&2; exit 5"],
+                    dict(os.environ), str(tmp_path), stdin=True)  # fmt: skip
+    assert rc == 5
+    frames, stream = [], io.BytesIO(out.getvalue())
+    while stream.tell() < len(out.getvalue()):
+        frames.append(read_frame(stream.read))
+    by_channel: dict[int, bytes] = {}
+    for _, op, data in frames:
+        if op == OP_BINARY:
+            by_channel[data[0]] = by_channel.get(data[0], b"") + data[1:]
+    assert by_channel[STDOUT] == b"hi\n" and by_channel[2] == b"oops\n"
+    assert json.loads(by_channel[ERROR])["details"]["causes"][0]["message"] == "5"
+    assert frames[-1][1] == OP_CLOSE

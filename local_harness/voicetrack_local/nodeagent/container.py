@@ -80,9 +80,10 @@ class Container:
         ok = readiness is None or readiness.result is True
         return not self.init and self.started and ok and self.kill_at is None
 
-    def exec_argv(self, command: list[str]) -> list[str]:
-        """The argv that runs ``command`` inside this container (exec probes); a local
-        process container runs it as is, with the pod's directory and environment."""
+    def exec_argv(self, command: list[str], interactive: bool = False) -> list[str]:
+        """The argv that runs ``command`` inside this container (exec probes, ``kubectl
+        exec``); a local process container runs it as is, with the pod's directory and
+        environment (``interactive``: its stdin stays open; nothing to add here)."""
         return command
 
     @property

@@ -139,7 +139,8 @@ class PodmanContainer(Container):
                 self.podman.kill(self.cname, sig)
         super().signal_group(sig)
 
-    def exec_argv(self, command: list[str]) -> list[str]:
-        """``podman exec`` of ``command`` in the running container (for exec probes)."""
+    def exec_argv(self, command: list[str], interactive: bool = False) -> list[str]:
+        """``podman exec`` of ``command`` in the running container (exec probes, ``kubectl
+        exec``); ``interactive`` keeps its stdin open (``-i``)."""
         assert self.podman is not None and self.cname is not None
-        return [self.podman.exe, "exec", self.cname, *command]
+        return [self.podman.exe, "exec", *(["-i"] if interactive else []), self.cname, *command]

@@ -236,15 +236,23 @@ class PodWorker(threading.Thread):
                 self._probe(pod, c)
         self.phase = pod_phase(self.inits, self.ctrs, self.restart_policy())
 
-    # ---- probes
+    # ---- exec and probes
+    def exec_command(
+        self, c: Container, command: list[str], interactive: bool = False
+    ) -> tuple[list[str], dict[str, str]]:
+        """``(argv, env)`` that run ``command`` in container ``c`` its runtime's way (``podman
+        exec``, or a local process with the container's environment); ``interactive``: keep
+        its stdin open."""
+        podman = self.agent.podman
+        env = podman.env if podman is not None else self.envs.get(c.name, {})
+        return c.exec_argv(command, interactive), env
+
     def _exec(self, c: Container, command: list[str], timeout: float) -> int:
         """Run an exec probe's ``command`` in ``c`` (its runtime's way); its exit code.
 
         Raises:
             subprocess.TimeoutExpired: it ran longer than ``timeout`` s."""
-        podman = self.agent.podman
-        env = podman.env if podman is not None else self.envs.get(c.name, {})
-        argv = c.exec_argv(command)
+        argv, env = self.exec_command(c, command)
         return subprocess.run(argv, env=env, cwd=self.dir, capture_output=True,
                               timeout=timeout, check=False).returncode  # fmt: skip
 
