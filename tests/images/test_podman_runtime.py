@@ -278,6 +278,11 @@ def test_readiness_gates_ready_and_failing_liveness_restarts(pk: Kubectl, ns: st
     assert ctr_status(up_)["ready"] is True
     assert ctr_status(up_)["restartCount"] == 0  # the exec liveness probe passes
     assert time.monotonic() - t0 < 30
+    # kubectl exec runs inside the container (podman exec), exit codes come through
+    out = pk("exec", "slow-server", "-n", ns, "--", "sh", "-c", "id -u; exit 6", check=False)
+    assert (out.returncode, out.stdout) == (6, "10001\n"), out.stderr
+    typed = pk("exec", "-i", "slow-server", "-n", ns, "--", "cat", input="through stdin")
+    assert typed.stdout == "through stdin"
 
     restarted = wait_pod(pk, ns, "unhealthy", lambda p: bool(p["status"].get(
         "containerStatuses")) and ctr_status(p)["restartCount"] >= 1, timeout=120)  # fmt: skip
