@@ -47,8 +47,9 @@ class LogHandler(BaseHTTPRequestHandler):
         what = urllib.parse.urlsplit(self.path).path.strip("/").split("/")[0]
         self._text(
             501,
-            f"{what} is not supported by the voicetrack local node agent "
-            "(it runs pods as plain processes: only container logs are served)",
+            f"{what} over SPDY is not supported by the voicetrack local node agent: it "
+            "serves container logs and exec over WebSocket (kubectl's default since 1.30; "
+            "unset KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)",
         )
 
     do_PUT = do_POST
