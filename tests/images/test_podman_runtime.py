@@ -3,94 +3,28 @@ the node run in their images, with their security context, volumes, the ServiceA
 token at its standard path (in-cluster configuration unchanged), exit codes, termination
 messages, logs, image pull policies and probes.
 
-A cluster of its own (podman runtime) in a temporary state directory, or the one named by
-``VOICETRACK_TEST_PODMAN_KUBECONFIG`` (left running).  The images are built first when
-missing (scripts/images.sh)."""
+The cluster and namespace fixtures are in tests/images/conftest.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import yaml
 
-from voicetrack_local.cluster import LocalCluster, up
-from voicetrack_local.kubectl import kubectl as run_kubectl
 from voicetrack_local.ports import free_port
 
 pytestmark = pytest.mark.images
 
-ROOT = Path(__file__).resolve().parents[2]
 TAG = os.environ.get("VOICETRACK_IMAGE_TAG", "0.1.0")
-ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "images" / "containers.conf")}
 OPERATOR = f"voicetrack/operator:{TAG}"  # resolved to localhost/… by the node agent
 BASE = "localhost/voicetrack-base:bookworm"  # its user is root
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def images() -> None:
-    """The three images in local podman storage (built by scripts/images.sh when missing)."""
-    names = [f"localhost/voicetrack/{n}:{TAG}" for n in ("operator", "recorder", "transcoder")]
-    if all(subprocess.run(["podman", "image", "exists", n], env=ENV).returncode == 0
-           for n in names):  # fmt: skip
-        return
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "images.sh")], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=3600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def pcluster(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A local cluster whose node runs pods with podman."""
-    given = os.environ.get("VOICETRACK_TEST_PODMAN_KUBECONFIG")
-    if given:
-        kc = Path(given).expanduser().resolve()
-        server = yaml.safe_load(kc.read_text())["clusters"][0]["cluster"]["server"]
-        yield LocalCluster(kc.parent, kc, server, owned=False)
-        return
-    c = up(tmp_path_factory.mktemp("k8s-podman"), timeout=180, log=lambda m: None,
-           runtime="podman")  # fmt: skip
-    try:
-        yield c
-    finally:
-        c.stop(force=True)
-
-
-@pytest.fixture(scope="module")
-def pk(pcluster: LocalCluster) -> Kubectl:
-    """kubectl on the podman cluster."""
-
-    def run(*args: str, input: str | None = None, check: bool = True, timeout: float = 60
-            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        return run_kubectl(pcluster.kubeconfig, *args, input=input, check=check, timeout=timeout)
-
-    return run
-
-
-@pytest.fixture
-def ns(pk: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace whose ``default`` ServiceAccount exists."""
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
-    name = f"p-{base}-{secrets.token_hex(3)}"
-    pk("create", "namespace", name)
-    deadline = time.monotonic() + 30
-    while pk("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
-        assert time.monotonic() < deadline, "ServiceAccount default never appeared"
-        time.sleep(0.2)
-    try:
-        yield name
-    finally:
-        pk("delete", "namespace", name, "--wait=false", check=False)
 
 
 def apply(pk: Kubectl, ns: str, *docs: dict[str, Any]) -> None:
