@@ -362,3 +362,18 @@ def test_serve_exec_streams_channels_stdin_close_and_status(tmp_path: Path) -> N
     assert by_channel[STDOUT] == b"hi\n" and by_channel[2] == b"oops\n"
     assert json.loads(by_channel[ERROR])["details"]["causes"][0]["message"] == "5"
     assert frames[-1][1] == OP_CLOSE
+
+
+def test_runtime_is_read_from_the_state_dir_and_checked(tmp_path: Path) -> None:
+    from voicetrack_local.cluster import up
+    from voicetrack_local.nodeagent.agent import read_runtime
+    from voicetrack_local.state import ClusterError
+
+    assert read_runtime(tmp_path) == "process"  # nothing recorded: the default
+    (tmp_path / "runtime").write_text("podman\n")
+    assert read_runtime(tmp_path) == "podman"
+    (tmp_path / "runtime").write_text("docker\n")
+    with pytest.raises(ValueError, match="unknown runtime 'docker'"):
+        read_runtime(tmp_path)
+    with pytest.raises(ClusterError, match="unknown runtime 'kata'"):
+        up(tmp_path, runtime="kata")
