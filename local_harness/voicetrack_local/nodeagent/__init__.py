@@ -47,9 +47,9 @@ workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``)
   ``deletionGracePeriodSeconds``, terminal phase reported, then the final delete
   (``gracePeriodSeconds=0`` with a uid precondition);
 * serves ``GET /containerLogs/<ns>/<pod>/<container>`` (``follow``, ``tailLines``,
-  ``previous``, ``limitBytes``) over HTTPS with a CA-signed cert, requiring a client
-  certificate from the cluster CA (the apiserver's kubelet client cert), so ``kubectl logs``
-  works.
+  ``previous``, ``limitBytes``) and ``/exec`` (WebSocket) over HTTPS with a CA-signed
+  cert, requiring a client certificate from the cluster CA (the apiserver's kubelet client
+  cert), so ``kubectl logs`` and ``kubectl exec`` work.
 
 With the podman runtime, each container runs as ``podman run`` of its image from local
 storage (``localhost/…`` first; imagePullPolicy honoured: ``ErrImageNeverPull``,
@@ -62,7 +62,11 @@ mounted by one container is a tmpfs of that size), the termination-message file 
 with ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server (127.0.0.1), so the
 in-cluster configuration works unchanged.
 
-Not done (documented limits): exec/attach/port-forward, network isolation (host network;
+``kubectl exec`` (both runtimes) is served over WebSocket (:mod:`.execstream`): the node
+declares ``ExtendWebSocketsToKubelet``, so v1.36's API server proxies the stream to it.
+
+Not done (documented limits): TTYs, SPDY exec, attach, port-forward, OOMKilled and
+StartError reasons under podman (its exit code is reported), network isolation (host network;
 every pod's IP is 127.0.0.1), with the process runtime images, resource limits and service
 environment variables (in-cluster clients there use ``KUBECONFIG``) and mount paths other
 than a claim's (programs find their files through cwd/TMPDIR); volumes other than the
@@ -75,7 +79,7 @@ Run: ``python -m voicetrack_local.nodeagent --state-dir DIR`` (``voicetrack loca
 Modules: :mod:`.agent` (the process, the pod watch), :mod:`.node` (Node and Lease),
 :mod:`.worker` (one thread per pod), :mod:`.container` (a container's process and state),
 :mod:`.podman` (the podman runtime) with its pure :mod:`.podmanargs` (``podman run``
-arguments), :mod:`.probes` (probe counters and handlers),
+arguments), :mod:`.probes` (probe counters and handlers), :mod:`.execstream` (exec),
 :mod:`.sandbox` (a pod's directory, token, volumes), pure :mod:`.podspec` (environment),
 :mod:`.volumes` (volume plans) and :mod:`.podstatus` (phase, container statuses, termination
 messages), :mod:`.kube` (API access), :mod:`.logs` (the kubelet endpoint).
