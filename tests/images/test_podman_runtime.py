@@ -149,7 +149,7 @@ def test_pod_runs_in_its_image_restricted_with_volumes_and_in_cluster_config(
     assert lines["self"] == f"restricted {ns}"  # in-cluster config, the pod's own token
 
 
-def test_run_as_non_root_refuses_a_root_image_and_missing_images_wait(
+def test_root_images_refused_missing_images_wait_missing_commands_fail_to_start(
     pk: Kubectl, ns: str
 ) -> None:
     def pod(name: str, image: str, policy: str, sc: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +158,9 @@ def test_run_as_non_root_refuses_a_root_image_and_missing_images_wait(
                          "containers": [{"name": "c", "image": image, "imagePullPolicy": policy,
                                          "command": ["true"]}]}}  # fmt: skip
 
-    apply(pk, ns,
+    no_cmd = pod("no-such-command", OPERATOR, "Never", {})
+    no_cmd["spec"]["containers"][0]["command"] = ["no-such-command"]
+    apply(pk, ns, no_cmd,
           pod("root-image", BASE, "Never", {"runAsNonRoot": True}),
           pod("root-user", OPERATOR, "Never", {"runAsNonRoot": True, "runAsUser": 0}),
           pod("missing", "voicetrack/absent:9.9.9", "Never", {}),
@@ -179,6 +181,10 @@ def test_run_as_non_root_refuses_a_root_image_and_missing_images_wait(
     assert w["message"] == ('Container image "voicetrack/absent:9.9.9" is not present with '
                             "pull policy of Never")  # fmt: skip
     wait_pod(pk, ns, "unpullable", reason_in("ErrImagePull", "ImagePullBackOff"), timeout=180)
+    failed = wait_pod(pk, ns, "no-such-command", lambda p: p["status"].get("phase") == "Failed")
+    term = ctr_status(failed)["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (128, "StartError"), term  # the kubelet's
+    assert 'exec: "no-such-command": executable file not found' in term["message"]
     for name in ("root-image", "root-user", "missing", "unpullable"):
         assert get_pod(pk, ns, name)["status"]["phase"] == "Pending"
 

@@ -171,7 +171,7 @@ def test_podman_run_args_for_a_restricted_container() -> None:
         env={"NS": "ns", "PATH": "/x"}, pod_dir=POD_DIR, termination_file=term, name=name,
         agent_id="abc")  # fmt: skip
     assert args == [
-        "run", "--rm", "--name", name, "--pull", "never", "--network", "host",
+        "run", "--name", name, "--pull", "never", "--network", "host",
         "--hostname", "p", "--log-driver", "none", "--stop-timeout", "0",
         "--label", f"{AGENT_LABEL}=abc", "--label", "io.kubernetes.pod.namespace=ns",
         "--label", "io.kubernetes.pod.name=p", "--label", "io.kubernetes.pod.uid=u-1",

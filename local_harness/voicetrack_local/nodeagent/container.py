@@ -80,6 +80,12 @@ class Container:
         ok = readiness is None or readiness.result is True
         return not self.init and self.started and ok and self.kill_at is None
 
+    def start_failure(self, log_tail: bytes) -> str | None:
+        """After its process ended: the runtime's error when the container never started
+        (reported as the kubelet's ``StartError``, exit code 128), else None.  A local
+        process that could not be run fails in :meth:`start` instead, so: None."""
+        return None
+
     def exec_argv(self, command: list[str], interactive: bool = False) -> list[str]:
         """The argv that runs ``command`` inside this container (exec probes, ``kubectl
         exec``); a local process container runs it as is, with the pod's directory and

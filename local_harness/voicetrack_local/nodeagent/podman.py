@@ -139,6 +139,19 @@ class PodmanContainer(Container):
                 self.podman.kill(self.cname, sig)
         super().signal_group(sig)
 
+    def start_failure(self, log_tail: bytes) -> str | None:
+        """podman's error when container :attr:`cname` was created but never ran (its
+        state still ``created``: the OCI runtime could not start it, e.g. an executable
+        not found), taken from the last ``Error:`` line ``podman run`` wrote to the log."""
+        if self.podman is None or self.cname is None:
+            return None
+        r = self.podman.run("container", "inspect", "--format", "{{.State.Status}}", self.cname)
+        if r.returncode != 0 or r.stdout.strip() != "created":
+            return None
+        errors = [ln for ln in log_tail.decode(errors="replace").splitlines()
+                  if ln.startswith("Error: ")]  # fmt: skip
+        return errors[-1][len("Error: "):] if errors else "the container runtime did not start it"
+
     def exec_argv(self, command: list[str], interactive: bool = False) -> list[str]:
         """``podman exec`` of ``command`` in the running container (exec probes, ``kubectl
         exec``); ``interactive`` keeps its stdin open (``-i``)."""

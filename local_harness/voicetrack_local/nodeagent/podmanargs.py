@@ -341,7 +341,8 @@ def podman_run_args(
     mounts (:func:`mount_args`), its termination-message file bind-mounted at
     ``terminationMessagePath``, its security context (:func:`security_args`) and
     resources (:func:`resource_args`); podman keeps no log (the agent writes the attached
-    output to the pod's log files) and removes the container once it exits.
+    output to the pod's log files).  The container is kept after it exits, so the agent can
+    tell a start failure from an exit, then removes it.
 
     Args:
         image: the full local image name (:func:`image_candidates`, resolved).
@@ -358,7 +359,7 @@ def podman_run_args(
     sec = effective_security(pod, container)
     check_non_root(sec, image_user, str(meta["name"]), str(container["name"]))
     hostname = str(spec.get("hostname") or meta["name"])[:63]
-    args = ["run", "--rm", "--name", name, "--pull", "never", "--network", "host",
+    args = ["run", "--name", name, "--pull", "never", "--network", "host",
             "--hostname", hostname, "--log-driver", "none", "--stop-timeout", "0",
             "--label", f"{AGENT_LABEL}={agent_id}",
             "--label", f"io.kubernetes.pod.namespace={meta['namespace']}",

@@ -409,9 +409,19 @@ class PodWorker(threading.Thread):
             code = c.poll()
             if code is None or c.pid is None:
                 continue
+            logf = self.log_file(c.name, c.restart_count)
+            start_error = c.start_failure(read_tail(logf, 4096) or b"")
             c.signal_group(signal.SIGKILL)  # container teardown: nothing of its group survives
             started = (c.state.get("running") or {}).get("startedAt") or now_iso()
-            logf = self.log_file(c.name, c.restart_count)
+            if start_error is not None:  # the runtime could not start it: the kubelet's 128
+                code = 128
+                c.state = {"terminated": {"exitCode": code, "reason": "StartError",
+                                          "message": start_error, "startedAt": started,
+                                          "finishedAt": now_iso()}}  # fmt: skip
+                self.event("Failed", f"Error: {start_error}", c, warning=True)
+                c.release()
+                self._after_exit(c, code)
+                continue
             term = read_tail(termination_log(self.dir, c.name), MAX_MESSAGE_BYTES)
             msg = termination_message(c.spec, code, "Error", term, read_tail(logf, 1 << 20) or b"")
             c.state = exited_state(code, started, now_iso(), c.pid, msg)
