@@ -95,14 +95,16 @@ def up(
         ),
     ] = 120,
     runtime: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--runtime",
             envvar="VOICETRACK_NODE_RUNTIME",
             help="How the node runs containers: process (local processes from this checkout, "
-            "fast) or podman (each container in its image, `make images`).",
+            "fast; the default) or podman (each container in its image, `make images`). "
+            "Default: the running cluster's.",
+            show_default=False,
         ),
-    ] = "process",
+    ] = None,
 ) -> None:
     """Start the cluster (build first if needed) or reuse the running one; prints the path
     of the admin kubeconfig."""
