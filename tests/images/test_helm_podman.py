@@ -78,6 +78,7 @@ def test_helm_install_records_a_session_with_every_pod_in_its_image(
         (op,) = pods
         st = op["status"]["containerStatuses"][0]
         assert st["ready"] is True  # its readiness probe (httpGet /healthz) passed
+        assert st["containerID"].startswith("podman://k8s_operator_")
         ps = subprocess.run(["podman", "ps", "--format", "{{.Image}} {{.Names}}"],
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert f"localhost/voicetrack/operator:0.1.0 k8s_operator_{op['metadata']['name']}" in ps

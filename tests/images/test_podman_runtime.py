@@ -136,6 +136,7 @@ def test_pod_runs_in_its_image_restricted_with_volumes_and_in_cluster_config(
     assert term["exitCode"] == 3, logs
     assert term["message"] == "finished: restricted", logs
     assert term["reason"] == "Error"
+    assert ctr_status(done)["containerID"].startswith("podman://k8s_main_restricted_")
     lines = dict(line.split(" ", 1) for line in logs.splitlines() if " " in line)
     assert lines["uid"] == "10001 gid 10001"
     assert lines["capeff"] == "0000000000000000"  # every capability dropped

@@ -377,3 +377,15 @@ def test_runtime_is_read_from_the_state_dir_and_checked(tmp_path: Path) -> None:
         read_runtime(tmp_path)
     with pytest.raises(ClusterError, match="unknown runtime 'kata'"):
         up(tmp_path, runtime="kata")
+
+
+def test_container_ids_name_the_runtime() -> None:
+    from voicetrack_local.nodeagent.podman import PodmanContainer
+    from voicetrack_local.nodeagent.podstatus import container_status
+
+    c = PodmanContainer("c", {"image": "i"}, False, cname="k8s_c_p_ns_u_0")
+    c.pid, c.state = 42, {"running": {"startedAt": "t"}}
+    assert container_status(c)["containerID"] == "podman://k8s_c_p_ns_u_0"
+    p = Container("c", {"image": "i"}, False)
+    p.pid, p.state = 42, {"running": {"startedAt": "t"}}
+    assert container_status(p)["containerID"] == "voicetrack://42"

@@ -80,6 +80,12 @@ class Container:
         ok = readiness is None or readiness.result is True
         return not self.init and self.started and ok and self.kill_at is None
 
+    @property
+    def runtime_id(self) -> str:
+        """ContainerStatus.containerID of the current run: ``<runtime>://<id>``, here
+        ``voicetrack://<pid>`` of the local process."""
+        return f"voicetrack://{self.pid}"
+
     def start_failure(self, log_tail: bytes) -> str | None:
         """After its process ended: the runtime's error when the container never started
         (reported as the kubelet's ``StartError``, exit code 128), else None.  A local

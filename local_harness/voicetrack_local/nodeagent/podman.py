@@ -139,6 +139,11 @@ class PodmanContainer(Container):
                 self.podman.kill(self.cname, sig)
         super().signal_group(sig)
 
+    @property
+    def runtime_id(self) -> str:
+        """``podman://<container name>``."""
+        return f"podman://{self.cname}"
+
     def start_failure(self, log_tail: bytes) -> str | None:
         """podman's error when container :attr:`cname` was created but never ran (its
         state still ``created``: the OCI runtime could not start it, e.g. an executable

@@ -150,7 +150,7 @@ def container_status(c: Container) -> dict[str, Any]:
         "lastState": _without_id(c.last_state),
     }
     if c.pid is not None:
-        out["containerID"] = f"voicetrack://{c.pid}"
+        out["containerID"] = c.runtime_id
     elif "terminated" in c.state and c.state["terminated"].get("containerID"):
         out["containerID"] = c.state["terminated"]["containerID"]
     return out

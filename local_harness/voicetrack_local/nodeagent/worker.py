@@ -425,6 +425,7 @@ class PodWorker(threading.Thread):
             term = read_tail(termination_log(self.dir, c.name), MAX_MESSAGE_BYTES)
             msg = termination_message(c.spec, code, "Error", term, read_tail(logf, 1 << 20) or b"")
             c.state = exited_state(code, started, now_iso(), c.pid, msg)
+            c.state["terminated"]["containerID"] = c.runtime_id
             c.release()
             self._after_exit(c, code)
 
