@@ -94,12 +94,23 @@ def up(
             "--timeout", envvar="VOICETRACK_K8S_TIMEOUT", help="Seconds to wait for readiness."
         ),
     ] = 120,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--runtime",
+            envvar="VOICETRACK_NODE_RUNTIME",
+            help="How the node runs containers: process (local processes from this checkout, "
+            "fast; the default) or podman (each container in its image, `make images`). "
+            "Default: the running cluster's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the cluster (build first if needed) or reuse the running one; prints the path
     of the admin kubeconfig."""
     t0 = time.monotonic()
     try:
-        c = k8scluster.up(state_dir, timeout=timeout, log=_err)
+        c = k8scluster.up(state_dir, timeout=timeout, log=_err, runtime=runtime)
     except VoicetrackError as e:
         raise _fail(e) from e
     if not c.owned:

@@ -35,6 +35,7 @@ from voicetrack_local import build as k8sbuild
 from voicetrack_local.control_plane import SA_ISSUER, start_all
 from voicetrack_local.kubeconfig import write_kubeconfig
 from voicetrack_local.kubectl import kubectl
+from voicetrack_local.nodeagent.agent import RUNTIME_FILE, RUNTIMES, read_runtime
 from voicetrack_local.pki import ensure_pki
 from voicetrack_local.procs import terminate
 from voicetrack_local.state import (
@@ -241,9 +242,16 @@ def up(
     *,
     timeout: float = 120,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    runtime: str | None = None,
 ) -> LocalCluster:
     """Start the local cluster in ``state_dir`` (default :func:`default_state_dir`), or
     return the one already running there (then ``owned`` is False).
+
+    ``runtime`` is the node agent's container runtime (``process``: each container a local
+    process from this checkout; ``podman``: each in its image, see
+    :mod:`voicetrack_local.nodeagent.podman`), recorded in ``state_dir/runtime``; None: the
+    running cluster's, else ``process``.  A running cluster with another runtime than the
+    one asked for is refused.
 
     Builds the binaries first if they are missing (:func:`voicetrack_local.build.ensure_built`),
     then starts etcd, the apiserver (waits for ``/readyz``), the controller-manager and
@@ -254,20 +262,30 @@ def up(
 
     Raises:
         ClusterError: a component exited or was not ready within ``timeout`` seconds (the
-            processes started so far are stopped again).
+            processes started so far are stopped again); an unknown ``runtime``, or a
+            running cluster with another one.
         voicetrack_local.build.BuildError: the Go build failed.
     """
     state_dir = (state_dir or default_state_dir()).resolve()
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ClusterError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     bins = k8sbuild.ensure_built(log=log)
     with locked(state_dir):
         current = status(state_dir)
         if current.running and current.server:
+            if runtime is not None and read_runtime(state_dir) != runtime:
+                raise ClusterError(
+                    f"the cluster in {state_dir} runs with runtime {read_runtime(state_dir)!r}, "
+                    f"not {runtime!r}; `voicetrack local down` it first"
+                )
             return LocalCluster(state_dir, state_dir / "kubeconfig", current.server, owned=False)
     if any(c.alive for c in current.components):
         log("local: a partly running cluster found; stopping it first")
         down(state_dir)
     with locked(state_dir):
         try:
+            # read by the node agent
+            (state_dir / RUNTIME_FILE).write_text((runtime or "process") + "\n")
             kubeconfig, server = start_all(state_dir, bins, timeout, log)
             _apply_static_volumes(state_dir, kubeconfig)
             return LocalCluster(state_dir, kubeconfig, server, owned=True)

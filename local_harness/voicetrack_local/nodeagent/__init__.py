@@ -1,5 +1,7 @@
 """The node agent: plays the kubelet for the local cluster by running each pod's containers
-as local processes.
+as local processes (runtime ``process``, the default) or in their images with podman
+(runtime ``podman``: ``voicetrack local up --runtime podman``; see :mod:`.podman` and
+docs/local-cluster.md).
 
 What it does (the kubelet behaviour it follows is cited from kubernetes.io/docs/concepts/
 workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``):
@@ -35,22 +37,40 @@ workloads/pods/pod-lifecycle/ and the kubelet's ``pkg/kubelet/kubelet_pods.go``)
   restartCount, lastState; the termination message from that file, or with
   ``terminationMessagePolicy: FallbackToLogsOnError`` after a failure the log's tail),
   conditions (PodReadyToStartContainers, Initialized,
-  ContainersReady, Ready; readiness probes are not run: a running container is ready);
+  ContainersReady, Ready: every container started and past its readiness probe);
+* probes (:mod:`.probes`, both runtimes): startupProbe, livenessProbe (failure: the
+  container is stopped and restarts per restartPolicy) and readinessProbe, with httpGet,
+  tcpSocket or exec handlers;
 * restartPolicy Always/OnFailure/Never with the kubelet's back-off (10 s doubling to 5 min),
   ``activeDeadlineSeconds`` (Failed, reason DeadlineExceeded), graceful deletion: SIGTERM
   to each container's main process, SIGKILL to its process group after the pod's
   ``deletionGracePeriodSeconds``, terminal phase reported, then the final delete
   (``gracePeriodSeconds=0`` with a uid precondition);
 * serves ``GET /containerLogs/<ns>/<pod>/<container>`` (``follow``, ``tailLines``,
-  ``previous``, ``limitBytes``) over HTTPS with a CA-signed cert, requiring a client
-  certificate from the cluster CA (the apiserver's kubelet client cert), so ``kubectl logs``
-  works.
+  ``previous``, ``limitBytes``) and ``/exec`` (WebSocket) over HTTPS with a CA-signed
+  cert, requiring a client certificate from the cluster CA (the apiserver's kubelet client
+  cert), so ``kubectl logs`` and ``kubectl exec`` work.
 
-Not done (documented limits): images, probes, exec/attach/port-forward, resource limits,
-hostNetwork isolation, service environment variables (``KUBERNETES_SERVICE_HOST`` is *not*
-set, so in-cluster clients fall back to ``KUBECONFIG``), volumes other than the above
-(other than a claim's, a ``mountPath`` is never created; programs find their files through
-cwd/TMPDIR).
+With the podman runtime, each container runs as ``podman run`` of its image from local
+storage (``localhost/…`` first; imagePullPolicy honoured: ``ErrImageNeverPull``,
+``ErrImagePull``/``ImagePullBackOff``), its command/args as entrypoint/CMD, its security
+context (runAsUser/Group, runAsNonRoot, readOnlyRootFilesystem, capabilities,
+allowPrivilegeEscalation, privileged), every volume bind-mounted at its ``mountPath``
+(read-only for secret, configMap, downwardAPI, projected; an emptyDir with ``sizeLimit``
+mounted by one container is a tmpfs of that size), the termination-message file at
+``terminationMessagePath``, memory and CPU limits as cgroup limits, on the host network
+with ``KUBERNETES_SERVICE_HOST``/``PORT`` pointing at the API server (127.0.0.1), so the
+in-cluster configuration works unchanged.
+
+``kubectl exec`` (both runtimes) is served over WebSocket (:mod:`.execstream`): the node
+declares ``ExtendWebSocketsToKubelet``, so v1.36's API server proxies the stream to it.
+
+Not done (documented limits): TTYs, SPDY exec, attach, port-forward, OOMKilled and
+StartError reasons under podman (its exit code is reported), network isolation (host network;
+every pod's IP is 127.0.0.1), with the process runtime images, resource limits and service
+environment variables (in-cluster clients there use ``KUBECONFIG``) and mount paths other
+than a claim's (programs find their files through cwd/TMPDIR); volumes other than the
+above.
 
 The agent talks to the API with the admin kubeconfig of the state directory (a node
 identity with NodeRestriction is not needed for a single-user local cluster).
@@ -58,6 +78,8 @@ Run: ``python -m voicetrack_local.nodeagent --state-dir DIR`` (``voicetrack loca
 
 Modules: :mod:`.agent` (the process, the pod watch), :mod:`.node` (Node and Lease),
 :mod:`.worker` (one thread per pod), :mod:`.container` (a container's process and state),
+:mod:`.podman` (the podman runtime) with its pure :mod:`.podmanargs` (``podman run``
+arguments), :mod:`.probes` (probe counters and handlers), :mod:`.execstream` (exec),
 :mod:`.sandbox` (a pod's directory, token, volumes), pure :mod:`.podspec` (environment),
 :mod:`.volumes` (volume plans) and :mod:`.podstatus` (phase, container statuses, termination
 messages), :mod:`.kube` (API access), :mod:`.logs` (the kubelet endpoint).

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -18,26 +19,58 @@ from typing import Any
 
 from kubernetes import watch as k8s_watch
 
+from voicetrack_local.nodeagent.container import Container
 from voicetrack_local.nodeagent.kube import Kube, now_iso
 from voicetrack_local.nodeagent.logs import LogServer
 from voicetrack_local.nodeagent.node import NodeRegistration
+from voicetrack_local.nodeagent.podman import Podman, PodmanContainer
 from voicetrack_local.nodeagent.podspec import ConfigError
 from voicetrack_local.nodeagent.worker import PodWorker
 
 log = logging.getLogger("voicetrack.nodeagent")
 
+#: the container runtimes: ``process`` (each container a local process from the checkout,
+#: its image ignored) and ``podman`` (each container in its image, see :mod:`.podman`)
+RUNTIMES = ("process", "podman")
+#: file in the state directory naming the runtime (written by ``voicetrack local up``)
+RUNTIME_FILE = "runtime"
+
+
+def read_runtime(state_dir: Path) -> str:
+    """The runtime recorded in ``state_dir`` (:data:`RUNTIME_FILE`), ``process`` when none.
+
+    Raises:
+        ValueError: the file names no known runtime."""
+    f = state_dir / RUNTIME_FILE
+    runtime = f.read_text().strip() if f.exists() else "process"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"{f}: unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    return runtime
+
 
 class NodeAgent:
     """Registers the node, keeps its Lease, watches its pods and runs them (one
     :class:`PodWorker` thread each), serves container logs.  :meth:`run` blocks until
-    :meth:`shutdown` (SIGTERM/SIGINT in ``main``)."""
+    :meth:`shutdown` (SIGTERM/SIGINT in ``main``).
 
-    def __init__(self, state_dir: Path) -> None:
+    Args:
+        runtime: ``process`` or ``podman`` (:data:`RUNTIMES`); default: the state
+            directory's (:func:`read_runtime`).
+
+    Raises:
+        RuntimeError: ``podman`` asked for and not installed."""
+
+    def __init__(self, state_dir: Path, runtime: str | None = None) -> None:
         cfg = json.loads((state_dir / "cluster.json").read_text())
         self.state_dir = state_dir
         self.node: str = cfg["node"]
         self.port: int = cfg["ports"]["kubelet"]
+        #: the API server as containers reach it (host network: 127.0.0.1)
+        self.api_host, self.api_port = "127.0.0.1", int(cfg["ports"]["apiserver"])
         self.server = f"https://127.0.0.1:{cfg['ports']['apiserver']}"
+        self.runtime = runtime or read_runtime(state_dir)
+        agent_id = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+        self.podman = Podman(agent_id) if self.runtime == "podman" else None
         self.kube = Kube(state_dir / "kubeconfig")
         self.watch_kube = Kube(state_dir / "kubeconfig", pool=4)
         self.pods_dir = state_dir / "agent" / "pods"
@@ -68,6 +101,13 @@ class NodeAgent:
         )
 
     # ---- used by workers / log server
+    def new_container(self, spec: dict[str, Any], init: bool) -> Container:
+        """The runtime state of container ``spec`` (a :class:`PodmanContainer` with the
+        podman runtime)."""
+        if self.podman is not None:
+            return PodmanContainer(spec["name"], spec, init, podman=self.podman)
+        return Container(spec["name"], spec, init)
+
     def pod_token(self, pod: dict[str, Any]) -> str:
         """A TokenRequest token for the pod's ServiceAccount, bound to the pod.  3607 s is
         the kubelet's value, which the apiserver extends (``--service-account-extend-token-
@@ -210,7 +250,13 @@ class NodeAgent:
                 self.stop_event.wait(1)
 
     def run(self) -> None:
-        """Register, then serve until :meth:`shutdown`; finally stop every pod process."""
+        """Register, then serve until :meth:`shutdown`; finally stop every pod process
+        (with podman, containers a killed agent of this state directory left are removed
+        first)."""
+        if self.podman is not None:
+            left = self.podman.remove_all()
+            if left:
+                log.info("removed %d container(s) left by an earlier agent", len(left))
         for attempt in range(100):
             try:
                 self.node_reg.register()
@@ -239,6 +285,8 @@ class NodeAgent:
             w.stop()
         for w in workers:
             w.join(timeout=10)
+        if self.podman is not None:
+            self.podman.remove_all()
         self.logs.shutdown()
 
     def shutdown(self) -> None:
@@ -252,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m voicetrack_local.nodeagent", description="Voicetrack local node agent"
     )
     parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="container runtime (default: the state directory's, else process)")
     parser.add_argument("--verbose", action="store_true")
     ns = parser.parse_args(argv)
     logging.basicConfig(
@@ -259,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
     )
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    agent = NodeAgent(ns.state_dir.resolve())
+    agent = NodeAgent(ns.state_dir.resolve(), ns.runtime)
     signal.signal(signal.SIGTERM, lambda *_: agent.shutdown())
     signal.signal(signal.SIGINT, lambda *_: agent.shutdown())
     agent.run()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voicetrack_local.nodeagent.probes import ProbeState
 from voicetrack_local.procs import ProcRecord, start_ticks
 
 #: the kubelet's crash-loop back-off: 10 s doubling up to 5 min
@@ -36,6 +37,9 @@ class Container:
         backoff: the next back-off, seconds.
         started_mono: monotonic time of the last start.
         done: terminated and will not restart.
+        probes: this run's probes by kind (:mod:`.probes`).
+        kill_at: monotonic time after which a container being stopped (failed liveness)
+            is killed (its termination grace period), None when it is not being stopped.
     """
 
     name: str
@@ -54,11 +58,45 @@ class Container:
     backoff: float = BACKOFF_START
     started_mono: float = 0.0
     done: bool = False
+    probes: dict[str, ProbeState] = field(default_factory=dict)
+    kill_at: float | None = None
 
     @property
     def running(self) -> bool:
         """True while its process runs (state ``running`` and a process attached)."""
         return self.pid is not None and "running" in self.state
+
+    @property
+    def started(self) -> bool:
+        """Running and past its startup probe (if it has one): ContainerStatus.started."""
+        startup = self.probes.get("startupProbe")
+        return self.running and (startup is None or startup.result is True)
+
+    @property
+    def ready(self) -> bool:
+        """ContainerStatus.ready: a regular container that is :attr:`started` and whose
+        readiness probe (if any) succeeded; never while it is being stopped."""
+        readiness = self.probes.get("readinessProbe")
+        ok = readiness is None or readiness.result is True
+        return not self.init and self.started and ok and self.kill_at is None
+
+    @property
+    def runtime_id(self) -> str:
+        """ContainerStatus.containerID of the current run: ``<runtime>://<id>``, here
+        ``voicetrack://<pid>`` of the local process."""
+        return f"voicetrack://{self.pid}"
+
+    def start_failure(self, log_tail: bytes) -> str | None:
+        """After its process ended: the runtime's error when the container never started
+        (reported as the kubelet's ``StartError``, exit code 128), else None.  A local
+        process that could not be run fails in :meth:`start` instead, so: None."""
+        return None
+
+    def exec_argv(self, command: list[str], interactive: bool = False) -> list[str]:
+        """The argv that runs ``command`` inside this container (exec probes, ``kubectl
+        exec``); a local process container runs it as is, with the pod's directory and
+        environment (``interactive``: its stdin stays open; nothing to add here)."""
+        return command
 
     @property
     def succeeded(self) -> bool:
@@ -168,6 +206,7 @@ class Container:
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)
         self.proc, self.record, self.pid, self.pid_file = None, None, None, None
+        self.probes, self.kill_at = {}, None
 
 
 def stop_containers(ctrs: list[Container]) -> list[Container]:

@@ -1,10 +1,13 @@
 """The kubelet endpoint: ``GET /containerLogs/<ns>/<pod>/<container>`` (``follow``,
 ``tailLines``, ``previous``, ``limitBytes``) over HTTPS with a CA-signed certificate,
 requiring a client certificate from the cluster CA (the apiserver's kubelet client cert), so
-``kubectl logs`` works; ``/healthz``; exec, attach, port-forward and run answer 501."""
+``kubectl logs`` works; ``GET /exec/<ns>/<pod>/<container>`` upgraded to WebSocket
+(:mod:`.execstream`), so ``kubectl exec`` works; ``/healthz``; SPDY exec, attach,
+port-forward and run answer 501."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import ssl
@@ -13,6 +16,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from voicetrack_local.nodeagent.execstream import accept_key, choose_protocol, serve_exec
 
 if TYPE_CHECKING:
     from voicetrack_local.nodeagent.agent import NodeAgent
@@ -42,8 +47,9 @@ class LogHandler(BaseHTTPRequestHandler):
         what = urllib.parse.urlsplit(self.path).path.strip("/").split("/")[0]
         self._text(
             501,
-            f"{what} is not supported by the voicetrack local node agent "
-            "(it runs pods as plain processes: only container logs are served)",
+            f"{what} over SPDY is not supported by the voicetrack local node agent: it "
+            "serves container logs and exec over WebSocket (kubectl's default since 1.30; "
+            "unset KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false)",
         )
 
     do_PUT = do_POST
@@ -54,6 +60,9 @@ class LogHandler(BaseHTTPRequestHandler):
         parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
         if parts == ["healthz"]:
             self._text(200, "ok")
+            return
+        if parts[0] == "exec" and self.headers.get("Upgrade", "").lower() == "websocket":
+            self._exec(parts, q)
             return
         if parts[0] in ("exec", "attach", "portForward", "run"):
             self.do_POST()
@@ -82,6 +91,49 @@ class LogHandler(BaseHTTPRequestHandler):
         self.end_headers()
         with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self._stream(worker, c.name, path, follow, tail, limit)
+
+    def _exec(self, parts: list[str], q: dict[str, list[str]]) -> None:
+        """``kubectl exec``: run ``command`` in the container and stream it over WebSocket
+        (:func:`~.execstream.serve_exec`); 400/404 before the upgrade when the container does
+        not run, the request asks for a TTY or offers no channel subprotocol we speak."""
+        if len(parts) != 4:
+            self._text(404, "exec: expected /exec/<namespace>/<pod>/<container>")
+            return
+        _, ns, pod, ctr = parts
+        worker = self.server.agent.worker_for(ns, pod)
+        c = worker.find(ctr) if worker is not None else None
+        if worker is None or c is None:
+            self._text(404, f"container {ctr} of pod {ns}/{pod} is not on this node")
+            return
+        if not c.running:
+            self._text(400, f'container "{ctr}" in pod "{pod}" is not running')
+            return
+
+        def flag(name: str) -> bool:
+            return q.get(name, ["false"])[0] in ("1", "true", "True")
+
+        if flag("tty"):
+            self._text(400, "exec with a TTY is not supported by the local node agent")
+            return
+        protocol = choose_protocol(self.headers.get("Sec-WebSocket-Protocol"))
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        command = q.get("command") or []
+        if protocol is None or not command or len(base64.b64decode(key or "=")) != 16:
+            self._text(400, "exec: a WebSocket request with subprotocol v5.channel.k8s.io or "
+                       "v4.channel.k8s.io and a command is expected")  # fmt: skip
+            return
+        stdin = flag("stdin") or flag("input")
+        argv, env = worker.exec_command(c, command, interactive=stdin)
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept_key(key))
+        self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        log.info("exec in %s/%s/%s: %s", ns, pod, ctr, command)
+        serve_exec(self.rfile, self.wfile, argv, env, str(worker.dir), stdin=stdin)
 
     def _log_path(self, worker: PodWorker, c: Container, pod: str, previous: bool) -> Path | None:
         """The log file to serve: the current run's (the last run's while waiting to

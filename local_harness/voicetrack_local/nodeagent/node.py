@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from voicetrack_local.nodeagent.execstream import NODE_FEATURE
 from voicetrack_local.nodeagent.kube import Kube, now_iso, now_micro
 
 log = logging.getLogger("voicetrack.nodeagent")
@@ -67,6 +68,8 @@ class NodeRegistration:
             ],
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
+            # the API server then proxies WebSocket exec to us as is (:mod:`.execstream`)
+            "declaredFeatures": [NODE_FEATURE],
             "nodeInfo": {
                 "machineID": "",
                 "systemUUID": "",

@@ -133,6 +133,24 @@ def env_refs(container: dict[str, Any]) -> Refs:
     return refs
 
 
+def service_env(host: str, port: int) -> dict[str, str]:
+    """The variables of the ``kubernetes`` Service every container gets (with
+    ``enableServiceLinks`` or not), pointing at the API server at ``host:port``:
+    ``KUBERNETES_SERVICE_HOST`` and ``KUBERNETES_SERVICE_PORT`` are what in-cluster clients
+    read (client-go ``rest.InClusterConfig``; kubernetes.io/docs/tasks/run-application/
+    access-api-from-pod/); the docker-link style ones follow them."""
+    return {
+        "KUBERNETES_SERVICE_HOST": host,
+        "KUBERNETES_SERVICE_PORT": str(port),
+        "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+        "KUBERNETES_PORT": f"tcp://{host}:{port}",
+        f"KUBERNETES_PORT_{port}_TCP": f"tcp://{host}:{port}",
+        f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+        f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
+        f"KUBERNETES_PORT_{port}_TCP_ADDR": host,
+    }
+
+
 def termination_log(pod_dir: Path, container: str) -> Path:
     """Host file standing for container ``container``'s ``terminationMessagePath``.
 
@@ -180,10 +198,12 @@ def container_env(
     secrets: Objects,
     configmaps: Objects,
     capacity: Mapping[str, str],
+    host_paths: bool = True,
 ) -> dict[str, str]:
     """Environment of ``container`` (a pod spec container dict) of ``pod``: ``base``, then
-    TMPDIR (:func:`tmpdir`) and :data:`TERMINATION_ENV`, then ``envFrom``, then ``env``
-    (later wins), with ``$(VAR)`` expansion of values.
+    TMPDIR (:func:`tmpdir`) and :data:`TERMINATION_ENV` (only with ``host_paths``: a
+    process on this host; a container in its image has its own file system), then
+    ``envFrom``, then ``env`` (later wins), with ``$(VAR)`` expansion of values.
 
     Args:
         base: the pod-wide variables (PATH, HOME, KUBECONFIG …).
@@ -195,8 +215,9 @@ def container_env(
         ConfigError: a missing Secret, ConfigMap or key that is not ``optional``, an
             unsupported field path or ``valueFrom``, a bad quantity."""
     env = dict(base)
-    env["TMPDIR"] = str(tmpdir(pod, container, pod_dir))
-    env[TERMINATION_ENV] = str(termination_log(pod_dir, container["name"]))
+    if host_paths:
+        env["TMPDIR"] = str(tmpdir(pod, container, pod_dir))
+        env[TERMINATION_ENV] = str(termination_log(pod_dir, container["name"]))
     ns = pod["metadata"].get("namespace", "")
     for src in container.get("envFrom") or []:
         prefix = src.get("prefix", "")

@@ -143,14 +143,14 @@ def container_status(c: Container) -> dict[str, Any]:
         "name": c.name,
         "image": c.spec.get("image") or "none",
         "imageID": "",
-        "ready": c.running and not c.init,
+        "ready": c.ready,
         "restartCount": c.restart_count,
-        "started": c.running,
+        "started": c.started,
         "state": _without_id(c.state),
         "lastState": _without_id(c.last_state),
     }
     if c.pid is not None:
-        out["containerID"] = f"voicetrack://{c.pid}"
+        out["containerID"] = c.runtime_id
     elif "terminated" in c.state and c.state["terminated"].get("containerID"):
         out["containerID"] = c.state["terminated"]["containerID"]
     return out
@@ -165,11 +165,12 @@ def pod_conditions(
     ctrs: list[Container],
     now: str,
 ) -> list[dict[str, Any]]:
-    """PodReadyToStartContainers, Initialized, ContainersReady and Ready (a running
-    container counts as ready: probes are not run), keeping ``lastTransitionTime`` of a
-    condition whose status did not change, and any other condition in ``old`` as is."""
+    """PodReadyToStartContainers, Initialized, ContainersReady and Ready (every container
+    :attr:`~.container.Container.ready`: started and past its readiness probe), keeping
+    ``lastTransitionTime`` of a condition whose status did not change, and any other
+    condition in ``old`` as is."""
     old_by_type = {c["type"]: c for c in old}
-    ready = phase == "Running" and all(c.running for c in ctrs)
+    ready = phase == "Running" and all(c.ready for c in ctrs)
     terminal = phase in ("Succeeded", "Failed")
     mine = {
         "PodReadyToStartContainers": prepared and not terminal,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,11 +22,14 @@ from voicetrack_local.nodeagent.container import (
     stop_containers,
 )
 from voicetrack_local.nodeagent.kube import now_iso, parse_time
+from voicetrack_local.nodeagent.podman import LocalImage, PodmanContainer
+from voicetrack_local.nodeagent.podmanargs import container_name, podman_run_args, pull_policy
 from voicetrack_local.nodeagent.podspec import (
     ConfigError,
     container_env,
     env_refs,
     expand,
+    service_env,
     termination_log,
 )
 from voicetrack_local.nodeagent.podstatus import (
@@ -38,6 +42,7 @@ from voicetrack_local.nodeagent.podstatus import (
     pod_status,
     termination_message,
 )
+from voicetrack_local.nodeagent.probes import probe_states, run_handler
 from voicetrack_local.nodeagent.sandbox import fetch_objects, prepare_sandbox, read_tail
 from voicetrack_local.nodeagent.volumes import mount_prefix
 
@@ -48,6 +53,8 @@ log = logging.getLogger("voicetrack.nodeagent")
 
 #: worker loop period while something runs, seconds
 TICK = 0.2
+#: the kubelet's image pull back-off: 10 s doubling up to 5 min
+PULL_BACKOFF_START, PULL_BACKOFF_MAX = 10.0, 300.0
 
 
 class PodWorker(threading.Thread):
@@ -68,8 +75,9 @@ class PodWorker(threading.Thread):
         self.gone = False  # the API object no longer exists
         self.stopping = False  # agent shutdown
         spec = pod["spec"]
-        self.inits = [Container(c["name"], c, True) for c in spec.get("initContainers") or []]
-        self.ctrs = [Container(c["name"], c, False) for c in spec.get("containers") or []]
+        self.inits = [agent.new_container(c, True) for c in spec.get("initContainers") or []]
+        self.ctrs = [agent.new_container(c, False) for c in spec.get("containers") or []]
+        self.envs: dict[str, dict[str, str]] = {}  # each container's environment, for exec
         self.phase: str = "Pending"
         self.reason: str | None = None
         self.message: str | None = None
@@ -198,6 +206,14 @@ class PodWorker(threading.Thread):
                 self.env_base = prepare_sandbox(
                     pod, self.dir, a.kube, server=a.server, ca_pem=a.ca_pem, pod_token=a.pod_token
                 )
+                if a.podman is not None:  # a container in its image: its own PATH, HOME …
+                    self.env_base = {
+                        "HOSTNAME": str(pod["spec"].get("hostname") or self.pod_name),
+                        **service_env(a.api_host, a.api_port),
+                    }
+                    for v in pod["spec"].get("volumes") or []:  # the kubelet's emptyDir: 0777
+                        if "emptyDir" in v:
+                            (self.dir / "volumes" / v["name"]).chmod(0o777)
                 self.prepared = True
             except ConfigError as e:
                 self._config_failed(str(e), self.inits + self.ctrs)
@@ -215,7 +231,61 @@ class PodWorker(threading.Thread):
             for c in self.ctrs:
                 if c.proc is None and not c.done:
                     self._maybe_start(pod, c)
+        for c in self.ctrs:
+            if c.running:
+                self._probe(pod, c)
         self.phase = pod_phase(self.inits, self.ctrs, self.restart_policy())
+
+    # ---- exec and probes
+    def exec_command(
+        self, c: Container, command: list[str], interactive: bool = False
+    ) -> tuple[list[str], dict[str, str]]:
+        """``(argv, env)`` that run ``command`` in container ``c`` its runtime's way (``podman
+        exec``, or a local process with the container's environment); ``interactive``: keep
+        its stdin open."""
+        podman = self.agent.podman
+        env = podman.env if podman is not None else self.envs.get(c.name, {})
+        return c.exec_argv(command, interactive), env
+
+    def _exec(self, c: Container, command: list[str], timeout: float) -> int:
+        """Run an exec probe's ``command`` in ``c`` (its runtime's way); its exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: it ran longer than ``timeout`` s."""
+        argv, env = self.exec_command(c, command)
+        return subprocess.run(argv, env=env, cwd=self.dir, capture_output=True,
+                              timeout=timeout, check=False).returncode  # fmt: skip
+
+    def _probe(self, pod: dict[str, Any], c: Container) -> None:
+        """Run ``c``'s due probes (startup first, then liveness and readiness); a failed
+        startup or liveness probe stops the container (SIGTERM, SIGKILL after the grace
+        period) and the restart policy decides what follows."""
+        now = time.monotonic()
+        if c.kill_at is not None:
+            if now >= c.kill_at:
+                c.signal_group(signal.SIGKILL)
+            return
+        startup = c.probes.get("startupProbe")
+        kinds = ["startupProbe"] if startup and startup.result is not True else [
+            "livenessProbe", "readinessProbe"]  # fmt: skip
+        for kind in kinds:
+            st = c.probes.get(kind)
+            if st is None or not st.due(now):
+                continue
+            ok, msg = run_handler(st.spec, c.spec, lambda cmd, t: self._exec(c, cmd, t))
+            verdict = st.record(ok, time.monotonic())
+            label = kind[: -len("Probe")].capitalize()
+            if not ok:
+                self.event("Unhealthy", f"{label} probe failed: {msg}", c, warning=True)
+            if verdict is False and kind != "readinessProbe":
+                self.event("Killing", f"Container {c.name} failed {label.lower()} probe, will "
+                           "be restarted", c)  # fmt: skip
+                grace = st.spec.get("terminationGracePeriodSeconds")
+                if grace is None:
+                    grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+                c.kill_at = now + float(grace)
+                c.terminate()
+                return
 
     def _config_failed(self, msg: str, ctrs: list[Container]) -> None:
         self.config_retry = time.monotonic() + 2
@@ -229,7 +299,8 @@ class PodWorker(threading.Thread):
     def _maybe_start(self, pod: dict[str, Any], c: Container) -> None:
         if time.monotonic() < c.next_start or time.monotonic() < self.config_retry:
             return
-        if not c.spec.get("command"):
+        podman = self.agent.podman
+        if podman is None and not c.spec.get("command"):
             msg = (
                 f"container {c.name!r} has no command: the local node agent ignores "
                 "images, so their entrypoints cannot run; set command"
@@ -244,8 +315,9 @@ class PodWorker(threading.Thread):
             env = container_env(
                 pod, c.spec, self.env_base, pod_dir=self.dir, secrets=secrets,
                 configmaps=configmaps, capacity=self.agent.capacity,
+                host_paths=podman is None,
             )  # fmt: skip
-            prefix = mount_prefix(pod, c.spec, self.dir)  # PVC volumes at their mountPath
+            prefix = [] if podman else mount_prefix(pod, c.spec, self.dir)  # PVCs at mountPath
         except ConfigError as e:
             self._config_failed(str(e), [c])
             return
@@ -253,8 +325,6 @@ class PodWorker(threading.Thread):
             log.warning("pod %s/%s: env of %s: %s", self.ns, self.pod_name, c.name, e)
             self.config_retry = time.monotonic() + 2
             return
-        command = [expand(str(x), env) for x in c.spec.get("command") or []]
-        args = [expand(str(x), env) for x in c.spec.get("args") or []]
         logf = self.log_file(c.name, c.restart_count)
         logf.parent.mkdir(parents=True, exist_ok=True)
         term = termination_log(self.dir, c.name)
@@ -262,7 +332,27 @@ class PodWorker(threading.Thread):
         term.write_bytes(b"")  # a fresh, empty termination-message file for every run
         pid_file = self.dir / "pids" / f"{c.name}.json"
         label = f"{self.ns}/{self.pod_name}/{c.name}"
-        argv = [*prefix, *command, *args]
+        if isinstance(c, PodmanContainer) and podman is not None:
+            image = self._image(c)
+            if image is None:
+                return
+            term.chmod(0o666)  # the kubelet's mode: any container user may write it
+            c.cname = container_name(pod, c.name, c.restart_count)
+            try:
+                run_args, through = podman_run_args(
+                    pod, c.spec, image=image.name, image_user=image.user, env=env,
+                    pod_dir=self.dir, termination_file=term, name=c.cname,
+                    agent_id=podman.agent_id,
+                )  # fmt: skip
+            except ConfigError as e:
+                self._config_failed(str(e), [c])
+                return
+            argv, env = [podman.exe, *run_args], {**podman.env, **through}
+        else:
+            command = [expand(str(x), env) for x in c.spec.get("command") or []]
+            args = [expand(str(x), env) for x in c.spec.get("args") or []]
+            argv = [*prefix, *command, *args]
+        self.envs[c.name] = env
         err = c.start(argv, env, self.dir, logf, pid_file, label, now_iso(), now_iso)
         if err is not None:
             self.event("Failed", f"Error: {err}", c, warning=True)
@@ -270,19 +360,72 @@ class PodWorker(threading.Thread):
             return
         self.event("Started", f"Started container {c.name}", c)
         c.started_mono = time.monotonic()
+        c.probes = probe_states(c.spec, c.started_mono)
         self.config_error = None
+
+    def _image(self, c: PodmanContainer) -> LocalImage | None:
+        """The local image of ``c``, pulled first when missing and its pull policy allows;
+        None (with ``c`` waiting: ``ErrImageNeverPull``, ``ErrImagePull`` then
+        ``ImagePullBackOff``, retried with the kubelet's back-off) when there is none.
+        kubernetes.io/docs/concepts/containers/images/ (pull policies, ImagePullBackOff)."""
+        podman = self.agent.podman
+        assert podman is not None
+        image = str(c.spec.get("image") or "")
+        try:
+            found = podman.find_image(image)
+        except ConfigError as e:
+            c.state = {"waiting": {"reason": "InvalidImageName", "message": str(e)}}
+            return None
+        if found is not None:
+            c.pulls = 0
+            return found
+        now = time.monotonic()
+        if pull_policy(c.spec) == "Never":
+            msg = f'Container image "{image}" is not present with pull policy of Never'
+            if (c.state.get("waiting") or {}).get("reason") != "ErrImageNeverPull":
+                self.event("ErrImageNeverPull", msg, c, warning=True)
+            c.state = {"waiting": {"reason": "ErrImageNeverPull", "message": msg}}
+            c.next_start = now + PULL_BACKOFF_START
+            return None
+        self.event("Pulling", f'Pulling image "{image}"', c)
+        err = podman.pull(image)
+        if err is None:
+            self.event("Pulled", f'Successfully pulled image "{image}"', c)
+            return podman.find_image(image)
+        c.pulls += 1
+        delay = min(PULL_BACKOFF_START * 2 ** (c.pulls - 1), PULL_BACKOFF_MAX)
+        c.next_start = time.monotonic() + delay
+        self.event("Failed", f'Failed to pull image "{image}": {err}', c, warning=True)
+        if c.pulls == 1:
+            c.state = {"waiting": {"reason": "ErrImagePull", "message": err}}
+        else:
+            self.event("BackOff", f'Back-off pulling image "{image}"', c)
+            c.state = {"waiting": {"reason": "ImagePullBackOff",
+                                   "message": f'Back-off pulling image "{image}": {err}'}}
+        return None
 
     def _poll_exits(self) -> None:
         for c in self.inits + self.ctrs:
             code = c.poll()
             if code is None or c.pid is None:
                 continue
+            logf = self.log_file(c.name, c.restart_count)
+            start_error = c.start_failure(read_tail(logf, 4096) or b"")
             c.signal_group(signal.SIGKILL)  # container teardown: nothing of its group survives
             started = (c.state.get("running") or {}).get("startedAt") or now_iso()
-            logf = self.log_file(c.name, c.restart_count)
+            if start_error is not None:  # the runtime could not start it: the kubelet's 128
+                code = 128
+                c.state = {"terminated": {"exitCode": code, "reason": "StartError",
+                                          "message": start_error, "startedAt": started,
+                                          "finishedAt": now_iso()}}  # fmt: skip
+                self.event("Failed", f"Error: {start_error}", c, warning=True)
+                c.release()
+                self._after_exit(c, code)
+                continue
             term = read_tail(termination_log(self.dir, c.name), MAX_MESSAGE_BYTES)
             msg = termination_message(c.spec, code, "Error", term, read_tail(logf, 1 << 20) or b"")
             c.state = exited_state(code, started, now_iso(), c.pid, msg)
+            c.state["terminated"]["containerID"] = c.runtime_id
             c.release()
             self._after_exit(c, code)
 

@@ -1,0 +1,157 @@
+"""Container probes as the kubelet runs them (kubernetes.io/docs/tasks/configure-pod-
+container/configure-liveness-readiness-startup-probes/ and the API reference, Probe):
+
+* ``startupProbe``: until it succeeds no other probe runs and the container is not
+  ``started``; ``failureThreshold`` failures kill the container (restart by policy);
+* ``livenessProbe``: ``failureThreshold`` consecutive failures kill the container, which
+  then restarts per ``restartPolicy``;
+* ``readinessProbe``: the container is ready after ``successThreshold`` consecutive
+  successes and unready after ``failureThreshold`` failures; a container with no readiness
+  probe is ready once started; readiness feeds ContainersReady and Ready.
+
+Defaults: ``initialDelaySeconds`` 0, ``periodSeconds`` 10, ``timeoutSeconds`` 1,
+``successThreshold`` 1, ``failureThreshold`` 3.  Handlers: ``httpGet`` (success: status
+200–399; ``host`` defaults to the pod IP, here 127.0.0.1; HTTPS without certificate
+checks), ``tcpSocket`` (a connection opens), ``exec`` (exit code 0 within the time-out).
+
+:class:`ProbeState` is pure (times come in as monotonic seconds); :func:`run_handler`
+performs one probe.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from voicetrack_local.nodeagent.podspec import ConfigError
+
+KINDS = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+@dataclass
+class ProbeState:
+    """One probe of one container run: its settings and its counters.
+
+    Attributes:
+        kind: ``startupProbe``, ``livenessProbe`` or ``readinessProbe``.
+        spec: the Probe dict.
+        started: monotonic seconds the container started.
+        result: the current verdict: None before the first decision, then True / False.
+        next_at: monotonic time of the next probe."""
+
+    kind: str
+    spec: dict[str, Any]
+    started: float
+    result: bool | None = None
+    successes: int = 0
+    failures: int = 0
+    next_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.next_at = self.started + float(self.spec.get("initialDelaySeconds") or 0)
+
+    @property
+    def period(self) -> float:
+        """``periodSeconds`` (default 10)."""
+        return float(self.spec.get("periodSeconds") or 10)
+
+    @property
+    def timeout(self) -> float:
+        """``timeoutSeconds`` (default 1)."""
+        return float(self.spec.get("timeoutSeconds") or 1)
+
+    def due(self, now: float) -> bool:
+        """Whether a probe should run at monotonic time ``now``."""
+        return now >= self.next_at
+
+    def record(self, ok: bool, now: float) -> bool | None:
+        """Count one probe outcome at ``now``; returns the new verdict when it changed
+        (True: succeeded / ready; False: failed its ``failureThreshold``), else None.  A
+        liveness or startup verdict of False starts counting anew (the container is
+        restarted)."""
+        self.next_at = now + self.period
+        if ok:
+            self.successes, self.failures = self.successes + 1, 0
+            need = int(self.spec.get("successThreshold") or 1)
+            if self.result is not True and self.successes >= need:
+                self.result = True
+                return True
+            return None
+        self.failures, self.successes = self.failures + 1, 0
+        threshold = int(self.spec.get("failureThreshold") or 3)
+        if self.failures >= threshold and self.result is not False:
+            self.result = False
+            if self.kind != "readinessProbe":
+                self.failures = 0
+            return False
+        return None
+
+
+def probe_states(container: Mapping[str, Any], started: float) -> dict[str, ProbeState]:
+    """The probes ``container`` declares, by kind, for a run that started at ``started``
+    (monotonic s)."""
+    return {k: ProbeState(k, dict(container[k]), started) for k in KINDS if container.get(k)}
+
+
+def _port(value: Any, container: Mapping[str, Any]) -> int:
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    for p in container.get("ports") or []:
+        if p.get("name") == value:
+            return int(p["containerPort"])
+    raise ConfigError(f"probe port {value!r}: no container port of that name")
+
+
+def run_handler(
+    spec: Mapping[str, Any],
+    container: Mapping[str, Any],
+    exec_run: Callable[[list[str], float], int],
+    host: str = "127.0.0.1",
+) -> tuple[bool, str]:
+    """Perform one probe ``spec`` of ``container``; returns ``(success, message)``.
+
+    Args:
+        exec_run: runs an ``exec`` probe's command with a time-out (s) in the container's
+            runtime and returns its exit code (raising ``subprocess.TimeoutExpired``).
+        host: the pod IP (``httpGet.host`` and ``tcpSocket.host`` override it)."""
+    timeout = float(spec.get("timeoutSeconds") or 1)
+    try:
+        if "httpGet" in spec:
+            h = spec["httpGet"]
+            scheme = str(h.get("scheme") or "HTTP").lower()
+            path = str(h.get("path") or "/")
+            url = f"{scheme}://{h.get('host') or host}:{_port(h['port'], container)}{path}"
+            req = urllib.request.Request(url, headers={"User-Agent": "kube-probe/1.36"})
+            for hd in h.get("httpHeaders") or []:
+                req.add_header(hd["name"], hd["value"])
+            ctx = ssl._create_unverified_context() if scheme == "https" else None
+            try:
+                with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+                    code = resp.status
+            except urllib.error.HTTPError as e:
+                code = e.code
+            return 200 <= code < 400, f"HTTP probe failed with statuscode: {code}"
+        if "tcpSocket" in spec:
+            t = spec["tcpSocket"]
+            addr = (t.get("host") or host, _port(t["port"], container))
+            with socket.create_connection(addr, timeout=timeout):
+                return True, ""
+        if "exec" in spec:
+            cmd = [str(x) for x in spec["exec"].get("command") or []]
+            code = exec_run(cmd, timeout)
+            return code == 0, f"command {cmd!r} exited with {code}"
+        if "grpc" in spec:
+            return False, "grpc probes are not supported by the local node agent"
+    except subprocess.TimeoutExpired:
+        return False, f"command timed out after {timeout:g}s"
+    except ConfigError as e:
+        return False, str(e)
+    except OSError as e:
+        return False, f"probe failed: {e}"
+    return False, "probe has no handler"
