@@ -131,9 +131,18 @@ def chunk_doc(s: SessionView, index: int, start: int, end: int,
             "spec": spec.to_api()}
 
 
+async def put_raws(ctx: Context, s: SessionView, doc: dict[str, Any]) -> None:
+    """Upload a stand-in raw object for each track of chunk `doc`, as the recorder uploads
+    before it creates the chunk (the operator refuses a chunk whose raw tracks are absent)."""
+    for track in doc["spec"].get("tracks", []):
+        await ctx.store(s.spec.storage.bucket).put_json(track["key"], {"raw": track["key"]})
+
+
 async def make_chunk(ctx: Context, kubectl: Kubectl, s: SessionView, index: int, start: int,
                      end: int) -> ChunkRef:
-    apply(kubectl, chunk_doc(s, index, start, end))
+    doc = chunk_doc(s, index, start, end)
+    await put_raws(ctx, s, doc)
+    apply(kubectl, doc)
     obj = await ctx.kube.get_chunk(s.ref.namespace, chunk_name(s.ref.name, index))
     assert obj is not None
     return ChunkRef.from_object(obj)
@@ -608,7 +617,9 @@ async def test_handlers_called_directly(ctx: Context, namespace: str, kubectl: K
     await session_handlers.on_session_observe(body=kopf.Body(s.body), memo=memo, patch=patch)
     assert "conditions" not in patch.get("status", {})  # nothing moved
 
-    apply(kubectl, chunk_doc(s, 0, 0, 5000))
+    doc = chunk_doc(s, 0, 0, 5000)
+    await put_raws(ctx, s, doc)
+    apply(kubectl, doc)
     obj = await ctx.kube.get_chunk(namespace, chunk_name("direct", 0))
     await chunk_handlers.on_chunk_event(event={"type": "ADDED", "object": obj}, memo=memo)
     obj = await ctx.kube.get_chunk(namespace, chunk_name("direct", 0))
