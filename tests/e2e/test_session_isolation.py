@@ -64,6 +64,7 @@ pytestmark = pytest.mark.e2e
 
 crds = services_tests.crds
 ctx = services_tests.ctx
+kopf_events = services_tests.kopf_events
 """The services tests' fixtures: the CRDs (and the admission policy) installed, a real
 operator context (admin client, SQLite at its head, SeaweedFS)."""
 
@@ -168,6 +169,31 @@ async def test_a_chunk_whose_raw_tracks_are_absent_is_refused_a_sound_one_is_not
     assert await ctx.kube.get_job(namespace, transcode_job_name("own", 1)) is not None
     inv = await chunk_inventory(ctx, s)
     assert sorted(inv.chunks) == [1] and list(inv.refused) == [chunk_name("own", 0)]
+
+
+async def test_the_chunk_handler_posts_a_refusal_event(
+        ctx: Context, namespace: str, kubectl: Kubectl, kopf_events: asyncio.Queue[Any]
+        ) -> None:
+    import kopf
+
+    from voicetrack_operator.handlers import chunk as chunk_handlers
+
+    services_tests.bind_events()
+    memo = kopf.Memo()
+    memo.ctx = ctx
+    s = await make_session(ctx, kubectl, namespace, "evented")
+    await SessionService(ctx).ensure_session(s)
+    while not kopf_events.empty():  # the session's own
+        kopf_events.get_nowait()
+    doc = chunk_doc(s, 0, 0, 5000)
+    window_past_elapsed(doc, s)
+    await put_raws(ctx, s, doc)
+    apply(kubectl, doc)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("evented", 0))
+    await chunk_handlers.on_chunk_event(event={"type": "ADDED", "object": obj}, memo=memo)
+    event = await asyncio.wait_for(kopf_events.get(), 5)
+    assert event.reason == "ChunkRefused" and event.type == "Warning"
+    assert "ends after the session's elapsed time" in event.message
 
 
 # ---------------------------------------------------------------- the API server's part
