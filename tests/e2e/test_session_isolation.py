@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -311,8 +312,9 @@ async def test_a_recorder_that_meets_anothers_object_under_its_chunk_name_says_s
 
 async def test_the_session_owns_its_recorder_identity_and_upload_grant(
         ctx: Context, namespace: str, kubectl: Kubectl, tmp_path: Path) -> None:
-    s = await make_session(ctx, kubectl, namespace, "owned")
-    other = await make_session(ctx, kubectl, namespace, "other")
+    fresh = f"vt-iso-{secrets.token_hex(4)}"  # no bucket yet: the operator makes it
+    s = await make_session(ctx, kubectl, namespace, "owned", storage={"bucket": fresh})
+    other = await make_session(ctx, kubectl, namespace, "other", storage={"bucket": fresh})
     for session in (s, other):
         await SessionService(ctx).ensure_session(session)
     sa = recorder_service_account(s.ref)
@@ -338,13 +340,13 @@ async def test_the_session_owns_its_recorder_identity_and_upload_grant(
     path.write_bytes(b"own")
     own_key = s.layout.raw_key(0, USERS[0], "ogg-opus")
     await asyncio.to_thread(writer.put_file, own_key, str(path))
-    assert (await ctx.store(s.spec.storage.bucket).digest(own_key))[0] == 3
+    assert (await ctx.store(fresh).digest(own_key))[0] == 3
     other_key = other.layout.raw_key(0, USERS[0], "ogg-opus")
     widened = GrantWriter(ctx.settings.s3.endpoint,
                           grant.model_copy(update={"prefix": other.layout.chunks_root}))
     with pytest.raises(InvalidInputError, match="AccessDenied"):
         await asyncio.to_thread(widened.put_file, other_key, str(path))
-    assert not await ctx.store(s.spec.storage.bucket).exists(other_key)
+    assert not await ctx.store(fresh).exists(other_key)
 
 
 def _ok(fn: Callable[[], Any]) -> bool:

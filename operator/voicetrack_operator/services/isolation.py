@@ -142,9 +142,12 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
                               meeting_id: str, started: datetime) -> None:
     """Create the session's upload grant Secret (a 409 counts as done: the grant was
     minted once, valid until `started` + `limits.maxDurationSeconds` + `GRANT_MARGIN`):
-    POST objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket, each
-    at most `limits.maxBytes`. Raises what `KubeAdapter.ensure` raises."""
+    POST objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket (made
+    first when missing), each at most `limits.maxBytes`. Raises what `KubeAdapter.ensure`
+    and `ObjectStore.ensure_bucket` raise (TemporaryFailure while S3 is away)."""
     layout = MeetingLayout(spec.storage.prefix, spec.guild_id, meeting_id)
+    # the recorder can no longer make its bucket (it holds no key): the operator does
+    await ctx.store(spec.storage.bucket).ensure_bucket()
     expires = started + timedelta(seconds=spec.limits.max_duration_seconds) + GRANT_MARGIN
     grant = mint_upload_grant(ctx.settings.s3, spec.storage.bucket, layout.chunks_root,
                               expires, spec.limits.max_bytes)
