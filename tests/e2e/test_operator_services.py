@@ -323,7 +323,8 @@ async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
     outputs = []
     for u in USERS:
         for fmt, digest in (("flac", "cd" * 32), ("mp3", "ef" * 32)):
-            outputs.append(ChunkOutput(user_id=u, format=fmt, key=f"out/{u}.{fmt}",
+            outputs.append(ChunkOutput(user_id=u, format=fmt,
+                                       key=s.layout.chunk_output_key(0, u, fmt),
                                        bytes=10, sha256=digest, duration_ms=5000).to_api())
     await ctx.store(s.spec.storage.bucket).put_json(s.layout.result_key(0), {
         "toolVersion": "test", "index": 0, "outputs": outputs})
@@ -334,7 +335,7 @@ async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
     assert done.status.transcode_status == "done" and len(done.status.tracks) == 4
     rows = rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id))
     assert [(r[2], r[4], r[5], r[6]) for r in rows] == [
-        ("done", f"out/{u}.mp3", "ef" * 32, 5000) for u in USERS]
+        ("done", s.layout.chunk_output_key(0, u, "mp3"), "ef" * 32, 5000) for u in USERS]
     await chunks.observe_job(job)  # twice: no move, no write
     assert await chunks.mirror(done) and await chunks.mirror(done)
     assert rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)) == rows

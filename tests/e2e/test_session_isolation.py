@@ -42,6 +42,7 @@ from voicetrack.resources import (
     MAX_SESSION_MS,
     SESSION_PLURAL,
     VERSION,
+    ChunkOutput,
     ChunkSpec,
     chunk_name,
     owner_reference,
@@ -170,6 +171,38 @@ async def test_a_chunk_whose_raw_tracks_are_absent_is_refused_a_sound_one_is_not
     assert await ctx.kube.get_job(namespace, transcode_job_name("own", 1)) is not None
     inv = await chunk_inventory(ctx, s)
     assert sorted(inv.chunks) == [1] and list(inv.refused) == [chunk_name("own", 0)]
+
+
+async def test_a_result_json_naming_another_sessions_outputs_fails_the_chunk(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """result.json lies in the chunk folder the recorder may write: one forged there to
+    name another session's objects as outputs (into SQL, links) fails the chunk."""
+    s = await make_session(ctx, kubectl, namespace, "forger")
+    victim = await make_session(ctx, kubectl, namespace, "victim")
+    for session in (s, victim):
+        await SessionService(ctx).ensure_session(session)
+    doc = chunk_doc(s, 0, 0, 5000)
+    await put_raws(ctx, s, doc)
+    apply(kubectl, doc)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("forger", 0))
+    assert obj is not None
+    chunks = ChunkService(ctx)
+    assert (await chunks.ensure_chunk(ChunkRef.from_object(obj))).transcode_status == "queued"
+    outputs = [ChunkOutput(user_id=u, format="mp3", bytes=10, sha256="ef" * 32,
+                           duration_ms=5000,
+                           key=victim.layout.chunk_output_key(0, u, "mp3")).to_api()
+               for u in USERS]
+    await ctx.store(s.spec.storage.bucket).put_json(s.layout.result_key(0), {
+        "toolVersion": "forged", "index": 0, "outputs": outputs})
+    job = await ctx.kube.get_job(namespace, transcode_job_name("forger", 0))
+    assert job is not None
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+    await chunks.observe_job(job)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("forger", 0))
+    assert obj is not None and obj["status"]["transcodeStatus"] == "failed"
+    assert "not this chunk's own" in obj["status"]["error"]
+    rows = await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
+    assert rows and all(r.mp3_path is None for r in rows)
 
 
 async def test_the_chunk_handler_posts_a_refusal_event(
