@@ -66,14 +66,15 @@ async def _storage(spec: SessionSpec, stop: asyncio.Event
     keyed = bool(os.environ.get("VOICETRACK_S3_ACCESS_KEY"))
     store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket)) \
         if keyed or grant is None else None
+    if store is not None:  # its keys are checked at start (a wrong one exits 2 at once)
+        await retry_async(lambda: asyncio.to_thread(store.ensure_bucket),
+                          f"bucket {spec.storage.bucket}", stop)
     if grant is not None:
         endpoint = os.environ.get("VOICETRACK_S3_ENDPOINT", "")
         if not endpoint:
             raise InvalidInputError("VOICETRACK_S3_ENDPOINT is not set")
         return store, GrantWriter(endpoint, grant)
     assert store is not None
-    await retry_async(lambda: asyncio.to_thread(store.ensure_bucket),
-                      f"bucket {spec.storage.bucket}", stop)
     return store, store
 
 
