@@ -372,6 +372,9 @@ class ChunkStatus(_Model):
     job_name: str | None = None
     tracks: list[ChunkOutput] = Field(default_factory=list)
     error: str | None = None
+    refused: str | None = None
+    """Why the operator refused the chunk as not its session's (then `failed`, never
+    transcoded, mirrored or promoted, its raw data left in place); None otherwise."""
 
     def primary_output(self, user_id: str) -> ChunkOutput | None:
         """The output that stands for `user_id`'s track in SQL: its MP3, else the first."""

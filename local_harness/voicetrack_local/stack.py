@@ -24,6 +24,9 @@ CRD_DIR = Path(str(files("voicetrack") / "crds"))
 """The CRDs, shipped as package data of `voicetrack` (their one home; `crds/` at the top of
 the checkout and the chart's `crds/` link to them)."""
 CRD_NAMES = ("recordingsessions.voicetrack.dev", "recordingchunks.voicetrack.dev")
+POLICY_DIR = Path(str(files("voicetrack") / "policies"))
+"""The ValidatingAdmissionPolicy that keeps each recorder to its own session's chunks (the
+chart includes the same file)."""
 
 
 class StackError(RuntimeError):
@@ -31,10 +34,12 @@ class StackError(RuntimeError):
 
 
 def install_crds(kubeconfig: Path, timeout_s: float = 60) -> None:
-    """`kubectl apply` the CRDs in `crds/` and wait until they are Established."""
+    """`kubectl apply` the CRDs in `crds/`, wait until they are Established, then apply
+    the admission policy in `voicetrack/policies/`."""
     kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
     kubectl(kubeconfig, "wait", "--for=condition=Established", f"--timeout={int(timeout_s)}s",
             *(f"crd/{n}" for n in CRD_NAMES), timeout=timeout_s + 10)
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(POLICY_DIR))
 
 
 def prepare_namespace(kubeconfig: Path, namespace: str, s3: S3Settings) -> None:

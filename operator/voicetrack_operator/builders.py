@@ -23,8 +23,11 @@ from voicetrack.resources import (
     recorder_pod_name,
     transcode_job_name,
 )
+from voicetrack.uploadgrant import GRANT_ENV, GRANT_SECRET_KEY
 
 RECORDER_SERVICE_ACCOUNT = "voicetrack-recorder"
+"""The recorder ServiceAccounts' name stem: each session's is
+`voicetrack-recorder.<session uid>.<session name>` (`recorder_service_account`)."""
 TRANSCODER_SERVICE_ACCOUNT = "voicetrack-transcoder"
 
 
@@ -94,8 +97,46 @@ def _s3_env(settings: PodSettings, bucket: str) -> list[dict[str, Any]]:
     ]
 
 
+def _recorder_s3_env(owner: SessionRef, spec: SessionSpec, settings: PodSettings
+                     ) -> list[dict[str, Any]]:
+    """Where S3 is and the session's upload grant (its Secret, `build_upload_grant_secret`):
+    no S3 key, so the recorder writes only under its session's chunk prefix. The files
+    source (demo and tests: its input is operator-named objects, not network data) also
+    reads its speakers from S3, so it keeps the keys for reading."""
+    env: list[dict[str, Any]] = [
+        {"name": "VOICETRACK_S3_ENDPOINT", "value": settings.s3_endpoint},
+        {"name": "VOICETRACK_S3_BUCKET", "value": spec.storage.bucket},
+        {"name": GRANT_ENV, "valueFrom": {"secretKeyRef": {
+            "name": recorder_service_account(owner), "key": GRANT_SECRET_KEY}}},
+    ]
+    if spec.source.type == "files":
+        env.extend(e for e in _s3_env(settings, spec.storage.bucket)
+                   if e["name"] in ("VOICETRACK_S3_ACCESS_KEY", "VOICETRACK_S3_SECRET_KEY"))
+    return env
+
+
+def build_upload_grant_secret(owner: SessionRef, grant_json: str) -> dict[str, Any]:
+    """The Secret holding the session's upload grant (`voicetrack.uploadgrant`, JSON) under
+    key `uploadGrant`, named like its recorder ServiceAccount and owned by the session."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": recorder_service_account(owner),
+                         "namespace": owner.namespace,
+                         "labels": _labels(owner, "recorder"),
+                         "ownerReferences": [owner_reference(owner.name, owner.uid)]},
+            "stringData": {GRANT_SECRET_KEY: grant_json}}
+
+
 def _tmp_volume() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return ([{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}])
+
+
+def recorder_service_account(owner: SessionRef) -> str:
+    """The session's own recorder ServiceAccount: `voicetrack-recorder.<uid>.<name>` (a DNS
+    subdomain name of at most 20 + 36 + 1 + 63 = 120 characters). The chart's
+    ValidatingAdmissionPolicy `voicetrack-recorder-chunks` rebuilds this name from a chunk's
+    ownerReference uid and `spec.sessionName` and compares it with the requesting user
+    `system:serviceaccount:<namespace>:<name>`, so the two must agree."""
+    return f"{RECORDER_SERVICE_ACCOUNT}.{owner.uid}.{owner.name}"
 
 
 def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
@@ -108,7 +149,7 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
         {"name": "VOICETRACK_SESSION_NAME", "value": owner.name},
         {"name": "VOICETRACK_MEETING_ID", "value": meeting_id},
         {"name": "VOICETRACK_SESSION_STARTED_AT_MS", "value": str(started_at_ms)},
-        *_s3_env(settings, spec.storage.bucket),
+        *_recorder_s3_env(owner, spec, settings),
     ]
     if spec.source.type == "discord":
         env.append({"name": "VOICETRACK_DISCORD_TOKEN", "valueFrom": {"secretKeyRef": {
@@ -128,7 +169,7 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
             "ownerReferences": [owner_reference(owner.name, owner.uid)],
         },
         "spec": {
-            "serviceAccountName": RECORDER_SERVICE_ACCOUNT,
+            "serviceAccountName": recorder_service_account(owner),
             "restartPolicy": "OnFailure",
             "terminationGracePeriodSeconds": 30,
             "securityContext": _RESTRICTED_POD,
@@ -223,36 +264,42 @@ def build_promote_job(owner: SessionRef, plan_key: str, spec: SessionSpec,
 
 
 def build_recorder_rbac(namespace: str) -> list[dict[str, Any]]:
-    """ServiceAccounts for recorder and transcoder pods, and the recorder's least
-    privilege: read and watch sessions, create and list chunks, in its namespace only."""
+    """The transcoder pods' ServiceAccount (no token mounted). Recorders each have their
+    session's own (`build_session_recorder_rbac`)."""
     labels = dict(MANAGED_BY)
-    group = API_VERSION.split("/")[0]
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": RECORDER_SERVICE_ACCOUNT, "namespace": namespace,
-                      "labels": labels}},
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": TRANSCODER_SERVICE_ACCOUNT, "namespace": namespace,
                       "labels": labels},
          "automountServiceAccountToken": False},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": RECORDER_SERVICE_ACCOUNT, "namespace": namespace,
-                      "labels": labels},
+    ]
+
+
+def build_session_recorder_rbac(owner: SessionRef) -> list[dict[str, Any]]:
+    """The session's recorder ServiceAccount, Role and RoleBinding, each owned by the
+    session (collected with it), named `recorder_service_account(owner)`. Least privilege:
+    get and watch its own RecordingSession (resourceNames), create, get and list chunks,
+    update its own session's finalizers (the chunks' blockOwnerDeletion ownerReference,
+    checked by OwnerReferencesPermissionEnforcement). Which chunks it may create is the
+    admission policy's part: RBAC cannot name an object before it exists."""
+    name = recorder_service_account(owner)
+    group = API_VERSION.split("/")[0]
+    meta = {"name": name, "namespace": owner.namespace,
+            "labels": _labels(owner, "recorder"),
+            "ownerReferences": [owner_reference(owner.name, owner.uid)]}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
          "rules": [
              {"apiGroups": [group], "resources": ["recordingsessions"],
-              "verbs": ["get", "list", "watch"]},
+              "resourceNames": [owner.name], "verbs": ["get", "list", "watch"]},
              {"apiGroups": [group], "resources": ["recordingchunks"],
               "verbs": ["create", "get", "list"]},
-             # chunks it creates block their session's deletion (ownerReference with
-             # blockOwnerDeletion), which OwnerReferencesPermissionEnforcement checks
              {"apiGroups": [group], "resources": ["recordingsessions/finalizers"],
-              "verbs": ["update"]},
+              "resourceNames": [owner.name], "verbs": ["update"]},
          ]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": RECORDER_SERVICE_ACCOUNT, "namespace": namespace,
-                      "labels": labels},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": RECORDER_SERVICE_ACCOUNT},
-         "subjects": [{"kind": "ServiceAccount", "name": RECORDER_SERVICE_ACCOUNT,
-                       "namespace": namespace}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name,
+                       "namespace": owner.namespace}]},
     ]

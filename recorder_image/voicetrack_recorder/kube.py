@@ -1,8 +1,10 @@
 """The recorder's Kubernetes adapter: read its session, list and create RecordingChunks,
 watch `spec.paused`. Sync client calls; the recorder runs them in threads.
 
-The recorder's ServiceAccount may get/watch its RecordingSession and create/list
-RecordingChunks in its namespace, nothing more (the operator's RBAC for it).
+Each session's recorder has its own ServiceAccount, which may get/watch that one
+RecordingSession and create/get/list RecordingChunks in its namespace, nothing more (the
+operator's `build_session_recorder_rbac`); the chart's ValidatingAdmissionPolicy admits only
+chunks of its own session from it.
 
 Client errors are translated where they are raised, by `voicetrack.kubeclient.
 translate_api_error` (404 NotFoundError, 409 ConflictError, 401/403/408/429/5xx and an
@@ -19,7 +21,7 @@ from typing import Any, cast
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from voicetrack.errors import ConflictError, NotFoundError
+from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
 from voicetrack.resources import (
     API_VERSION,
@@ -34,6 +36,7 @@ from voicetrack.resources import (
     VERSION,
     ChunkSpec,
     chunk_name,
+    controller_uid,
     owner_reference,
 )
 
@@ -79,7 +82,8 @@ class RecorderKube:
 
     def create_chunk(self, spec: ChunkSpec, owner_uid: str) -> None:
         """Create the chunk's RecordingChunk, owned by the session (uid `owner_uid`); a 409
-        (the deterministic name exists: an earlier try got through) counts as done.
+        (the deterministic name exists) counts as done only when the existing object is
+        this one (`check_existing`: an earlier try got through).
         Raises TemporaryFailure (retry), InvalidInputError (the API refused the object,
         e.g. a CEL rule: the message is the API server's)."""
         name = chunk_name(self.name, spec.index)
@@ -100,8 +104,38 @@ class RecorderKube:
         except CLIENT_ERRORS as err:
             translated = translate_api_error(err, f"create RecordingChunk {name}")
             if isinstance(translated, ConflictError):
+                self.check_existing(name, spec, owner_uid)
                 return
             raise translated from err
+
+    def check_existing(self, name: str, spec: ChunkSpec, owner_uid: str) -> None:
+        """After a 409 on `name`: the existing RecordingChunk counts as this create only
+        when it is ours, i.e. owned by our session (uid `owner_uid`) with the same spec (an
+        earlier try that got through). Another's object under our name (pre-created by a
+        compromised recorder) raises InvalidInputError naming its owner: the chunk is not
+        acknowledged, never "done". Raises TemporaryFailure when it cannot be read."""
+        try:
+            existing = cast(dict[str, Any], self.objects.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, CHUNK_PLURAL, name))
+        except CLIENT_ERRORS as err:
+            translated = translate_api_error(err, f"get RecordingChunk {name}")
+            if isinstance(translated, NotFoundError):  # deleted meanwhile: try again
+                raise TemporaryFailure(f"RecordingChunk {name} gone after its 409") from err
+            raise translated from err
+        owner = controller_uid(existing)
+        if owner != owner_uid:
+            raise InvalidInputError(
+                f"RecordingChunk {name} exists but is not this session's: its owner uid is "
+                f"{owner or 'missing'}, not {owner_uid} (pre-created by someone else); "
+                f"chunk {spec.index} not acknowledged")
+        try:
+            same = ChunkSpec.model_validate(existing.get("spec") or {}) == spec
+        except ValueError:
+            same = False
+        if not same:
+            raise InvalidInputError(
+                f"RecordingChunk {name} exists with another spec than this chunk's (window "
+                f"[{spec.start_ms}, {spec.end_ms}) ms); chunk {spec.index} not acknowledged")
 
     def watch_paused(self, stop: threading.Event) -> None:
         """Keep `self.paused` equal to the session's `spec.paused` until `stop` (a thread

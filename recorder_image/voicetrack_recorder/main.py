@@ -33,6 +33,7 @@ from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack.termination import write_termination_message
+from voicetrack.uploadgrant import UploadGrant
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.faults import (
     EXIT_FAILED,
@@ -50,14 +51,37 @@ from voicetrack_recorder.recorder import (
     start_pause_watch,
 )
 from voicetrack_recorder.spool import Spool, spool_settings_from_env
-from voicetrack_recorder.uploader import ChunkUploader
+from voicetrack_recorder.uploader import ChunkUploader, GrantWriter, RawWriter
 
 app = typer.Typer(no_args_is_help=True, help="Voicetrack recorder: capture one session.")
 
 
-def _build_source(spec: SessionSpec, store: ObjectStore, clock: SessionClock,
+async def _storage(spec: SessionSpec, stop: asyncio.Event
+                   ) -> tuple[ObjectStore | None, RawWriter]:
+    """(the store to read from, the writer of raw tracks). With an upload grant
+    ($VOICETRACK_S3_UPLOAD_GRANT, the operator's per-session POST policy) raw tracks go
+    through it, and S3 keys, when set too (the files source reads its speakers), are
+    used only for reading. Without one, the S3 keys do both (and the bucket is made)."""
+    grant = UploadGrant.from_env()
+    keyed = bool(os.environ.get("VOICETRACK_S3_ACCESS_KEY"))
+    store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket)) \
+        if keyed or grant is None else None
+    if store is not None:  # its keys are checked at start (a wrong one exits 2 at once)
+        await retry_async(lambda: asyncio.to_thread(store.ensure_bucket),
+                          f"bucket {spec.storage.bucket}", stop)
+    if grant is not None:
+        endpoint = os.environ.get("VOICETRACK_S3_ENDPOINT", "")
+        if not endpoint:
+            raise InvalidInputError("VOICETRACK_S3_ENDPOINT is not set")
+        return store, GrantWriter(endpoint, grant)
+    assert store is not None
+    return store, store
+
+
+def _build_source(spec: SessionSpec, store: ObjectStore | None, clock: SessionClock,
                   recorder: Recorder, origin_slot: int) -> Source:
     if spec.source.type == "files":
+        assert store is not None  # checked by _record
         return FilesSource(spec.source.speakers, store, clock, recorder,
                            origin_slot=origin_slot, bitrate_kbps=64)
     from voicetrack_recorder.discord.endpoint import DiscordEndpoint
@@ -100,9 +124,7 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
                                 "get RecordingSession", stop)
         spec = _parse_spec(obj)
         layout = session_layout(spec, meeting_id_of(obj))
-        store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket))
-        await retry_async(lambda: asyncio.to_thread(store.ensure_bucket),
-                          f"bucket {spec.storage.bucket}", stop)
+        store, writer = await _storage(spec, stop)
     except TemporaryFailure:
         if stop.is_set():  # SIGTERM while waiting for the API server or S3
             outcome.reason = "stopped before start"
@@ -110,7 +132,7 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
         raise
     root, max_bytes = spool_settings_from_env(session)
     spool = Spool(root, max_bytes, layout, session, spec.storage.raw_format)
-    uploader = ChunkUploader(store, kube, spool, obj["metadata"]["uid"])
+    uploader = ChunkUploader(writer, kube, spool, obj["metadata"]["uid"])
     clock = SessionClock(started_at_ms)
     kube.paused = bool(spec.paused)
     watch_stop = start_pause_watch(kube)
@@ -118,6 +140,9 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
     recorder.stop = stop
     try:
         origin = await recorder.prepare()
+        if store is None and spec.source.type == "files":
+            raise InvalidInputError("the files source reads its speakers from S3: "
+                                    "VOICETRACK_S3_ACCESS_KEY/SECRET_KEY are not set")
         result = await recorder.run(_build_source(spec, store, clock, recorder, origin))
     finally:
         watch_stop.set()

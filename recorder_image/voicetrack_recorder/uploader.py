@@ -22,10 +22,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import ChunkSpec, Gap
+from voicetrack.uploadgrant import UploadGrant, post_object
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.faults import FIRST_DELAY_S, index_ranges, next_delay, raise_if_permanent
 from voicetrack_recorder.kube import RecorderKube
@@ -74,10 +75,34 @@ def read_acked(path: str) -> list[int]:
         return []
 
 
+class RawWriter(Protocol):
+    """Where raw tracks go: `put_file(key, path, content_type)`, raising TemporaryFailure
+    (retried) or InvalidInputError. `voicetrack.objectstore.ObjectStore` is one (S3 keys);
+    `GrantWriter` is the other (the session's upload grant, no keys)."""
+
+    def put_file(self, key: str, path: str,
+                 content_type: str = "application/octet-stream") -> object: ...
+
+
+@dataclass(frozen=True)
+class GrantWriter:
+    """Writes raw tracks with the session's upload grant (an S3 POST policy the operator
+    minted for the session's chunk prefix): the recorder holds no S3 key, so it can neither
+    read, list nor delete anything, nor write outside its session's prefix."""
+
+    endpoint: str
+    grant: UploadGrant
+
+    def put_file(self, key: str, path: str,
+                 content_type: str = "application/octet-stream") -> None:
+        """POST `path` as `key` (`voicetrack.uploadgrant.post_object`)."""
+        post_object(self.endpoint, self.grant, key, path, content_type)
+
+
 class ChunkUploader:
     """Writes sealed chunks of one session: spool, raw objects, then the RecordingChunk."""
 
-    def __init__(self, store: ObjectStore, kube: RecorderKube, spool: Spool,
+    def __init__(self, store: RawWriter, kube: RecorderKube, spool: Spool,
                  session_uid: str, ack_file: str | None = None) -> None:
         """`ack_file`: where acknowledged indices go (default `default_ack_file()`)."""
         self.store = store

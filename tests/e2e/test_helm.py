@@ -205,7 +205,8 @@ def test_the_api_server_admits_the_render_under_pod_security_restricted(
     kinds = sorted(o["kind"] for o in objs)
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment",
                      "PersistentVolumeClaim", "Pod", "Role", "RoleBinding", "Secret", "Secret",
-                     "Secret", "ServiceAccount", "ServiceAccount"]
+                     "Secret", "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"]
     # Every object but the Pod (its ServiceAccount is not created by a dry run) passes the
     # API server's validation and admission.
     res = kubectl("apply", "--dry-run=server", "-f", "-", check=False, input="\n---\n".join(

@@ -131,9 +131,18 @@ def chunk_doc(s: SessionView, index: int, start: int, end: int,
             "spec": spec.to_api()}
 
 
+async def put_raws(ctx: Context, s: SessionView, doc: dict[str, Any]) -> None:
+    """Upload a stand-in raw object for each track of chunk `doc`, as the recorder uploads
+    before it creates the chunk (the operator refuses a chunk whose raw tracks are absent)."""
+    for track in doc["spec"].get("tracks", []):
+        await ctx.store(s.spec.storage.bucket).put_json(track["key"], {"raw": track["key"]})
+
+
 async def make_chunk(ctx: Context, kubectl: Kubectl, s: SessionView, index: int, start: int,
                      end: int) -> ChunkRef:
-    apply(kubectl, chunk_doc(s, index, start, end))
+    doc = chunk_doc(s, index, start, end)
+    await put_raws(ctx, s, doc)
+    apply(kubectl, doc)
     obj = await ctx.kube.get_chunk(s.ref.namespace, chunk_name(s.ref.name, index))
     assert obj is not None
     return ChunkRef.from_object(obj)
@@ -314,7 +323,8 @@ async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
     outputs = []
     for u in USERS:
         for fmt, digest in (("flac", "cd" * 32), ("mp3", "ef" * 32)):
-            outputs.append(ChunkOutput(user_id=u, format=fmt, key=f"out/{u}.{fmt}",
+            outputs.append(ChunkOutput(user_id=u, format=fmt,
+                                       key=s.layout.chunk_output_key(0, u, fmt),
                                        bytes=10, sha256=digest, duration_ms=5000).to_api())
     await ctx.store(s.spec.storage.bucket).put_json(s.layout.result_key(0), {
         "toolVersion": "test", "index": 0, "outputs": outputs})
@@ -325,7 +335,7 @@ async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
     assert done.status.transcode_status == "done" and len(done.status.tracks) == 4
     rows = rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id))
     assert [(r[2], r[4], r[5], r[6]) for r in rows] == [
-        ("done", f"out/{u}.mp3", "ef" * 32, 5000) for u in USERS]
+        ("done", s.layout.chunk_output_key(0, u, "mp3"), "ef" * 32, 5000) for u in USERS]
     await chunks.observe_job(job)  # twice: no move, no write
     assert await chunks.mirror(done) and await chunks.mirror(done)
     assert rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)) == rows
@@ -608,7 +618,9 @@ async def test_handlers_called_directly(ctx: Context, namespace: str, kubectl: K
     await session_handlers.on_session_observe(body=kopf.Body(s.body), memo=memo, patch=patch)
     assert "conditions" not in patch.get("status", {})  # nothing moved
 
-    apply(kubectl, chunk_doc(s, 0, 0, 5000))
+    doc = chunk_doc(s, 0, 0, 5000)
+    await put_raws(ctx, s, doc)
+    apply(kubectl, doc)
     obj = await ctx.kube.get_chunk(namespace, chunk_name("direct", 0))
     await chunk_handlers.on_chunk_event(event={"type": "ADDED", "object": obj}, memo=memo)
     obj = await ctx.kube.get_chunk(namespace, chunk_name("direct", 0))

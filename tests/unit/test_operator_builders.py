@@ -23,7 +23,10 @@ from voicetrack_operator.builders import (
     build_promote_job,
     build_recorder_pod,
     build_recorder_rbac,
+    build_session_recorder_rbac,
     build_transcode_job,
+    build_upload_grant_secret,
+    recorder_service_account,
 )
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
@@ -58,8 +61,17 @@ def test_recorder_pod_manifest() -> None:
     env = {e["name"]: e for e in c["env"]}
     assert c["command"] == ["voicetrack-recorder", "run"]
     assert env["VOICETRACK_SESSION_STARTED_AT_MS"]["value"] == "1700000000000"
-    assert env["VOICETRACK_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "voicetrack-s3", "key": "secretKey"}
+    # no S3 key: only the session's upload grant (its chunk prefix, write only)
+    assert "VOICETRACK_S3_SECRET_KEY" not in env and "VOICETRACK_S3_ACCESS_KEY" not in env
+    assert env["VOICETRACK_S3_UPLOAD_GRANT"]["valueFrom"]["secretKeyRef"] == {
+        "name": "voicetrack-recorder.0b6c-uid.standup", "key": "uploadGrant"}
+    files = SessionSpec.model_validate({**SPEC.to_api(), "source": {
+        "type": "files", "speakers": [{"userId": "111111111111111111", "objectKey": "in.wav"}]}})
+    files_env = {e["name"]: e for e in build_recorder_pod(
+        OWNER, files, "m" * 16, 0, PodSettings())["spec"]["containers"][0]["env"]}
+    assert files_env["VOICETRACK_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "voicetrack-s3", "key": "secretKey"}  # it reads its speakers' inputs
+    assert "VOICETRACK_S3_UPLOAD_GRANT" in files_env
     assert env["VOICETRACK_DISCORD_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "token"
     assert pod["spec"]["restartPolicy"] == "OnFailure"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -87,11 +99,30 @@ def test_promote_job_and_rbac() -> None:
     assert job["metadata"]["name"] == "standup-promote"
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "promote", "--plan-key", "recordings/g/m/promotion.json"]
-    kinds = [m["kind"] for m in build_recorder_rbac("team")]
-    assert kinds == ["ServiceAccount", "ServiceAccount", "Role", "RoleBinding"]
-    role = build_recorder_rbac("team")[2]
-    verbs = {r["resources"][0]: r["verbs"] for r in role["rules"]}
-    assert "delete" not in verbs["recordingchunks"] and "secrets" not in verbs
+    assert [(m["kind"], m["metadata"]["name"]) for m in build_recorder_rbac("team")] == [
+        ("ServiceAccount", "voicetrack-transcoder")]  # no namespace-wide recorder account
+
+
+def test_each_session_has_its_own_recorder_identity() -> None:
+    sa_name = f"voicetrack-recorder.{OWNER.uid}.{OWNER.name}"
+    assert recorder_service_account(OWNER) == sa_name
+    manifests = build_session_recorder_rbac(OWNER)
+    assert [(m["kind"], m["metadata"]["name"]) for m in manifests] == [
+        ("ServiceAccount", sa_name), ("Role", sa_name), ("RoleBinding", sa_name)]
+    for m in manifests:  # collected with the session
+        assert m["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    rules = {r["resources"][0]: r for r in manifests[1]["rules"]}
+    assert rules["recordingsessions"]["resourceNames"] == [OWNER.name]
+    assert rules["recordingsessions/finalizers"]["resourceNames"] == [OWNER.name]
+    assert "delete" not in rules["recordingchunks"]["verbs"] and "secrets" not in rules
+    assert manifests[2]["subjects"] == [{"kind": "ServiceAccount", "name": sa_name,
+                                         "namespace": OWNER.namespace}]
+    pod = build_recorder_pod(OWNER, SPEC, "m" * 16, 0, PodSettings())
+    assert pod["spec"]["serviceAccountName"] == sa_name
+    secret = build_upload_grant_secret(OWNER, '{"grant": 1}')
+    assert secret["metadata"]["name"] == sa_name and secret["stringData"] == {
+        "uploadGrant": '{"grant": 1}'}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
 
 
 def test_child_names_are_deterministic_and_fit_a_label() -> None:

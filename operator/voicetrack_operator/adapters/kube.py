@@ -85,7 +85,7 @@ class KubeAdapter:
     # ------------------------------------------------------------ generic children
 
     async def ensure(self, manifest: dict[str, Any]) -> bool:
-        """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding). True when
+        """Create `manifest` (Pod, Job, ServiceAccount, Role, RoleBinding, Secret). True when
         created, False when it existed (409) with the same controlling owner.
 
         A Pod or Job of that name owned by another session (an earlier session of the same
@@ -100,6 +100,7 @@ class KubeAdapter:
             "ServiceAccount": self.core.create_namespaced_service_account,
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "Secret": self.core.create_namespaced_secret,
         }
         if await self._create(what, creators[kind], ns, manifest):
             return True

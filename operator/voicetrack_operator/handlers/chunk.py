@@ -21,8 +21,11 @@ async def on_chunk_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> Non
     if event["type"] in ("ADDED", None) and "transcodeStatus" not in (
             event["object"].get("status") or {}):
         with kopf_errors():
-            await ChunkService(memo.ctx).ensure_chunk(ChunkRef.from_object(
+            status = await ChunkService(memo.ctx).ensure_chunk(ChunkRef.from_object(
                 dict(event["object"])))
+        if status.refused:  # not its session's (services.isolation): say so where seen
+            kopf.warn(kopf.Body(event["object"]), reason="ChunkRefused",
+                      message=status.error or "")
 
 
 @kopf.on.event("batch", "v1", "jobs", id="transcode-job",

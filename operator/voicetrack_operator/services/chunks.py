@@ -33,6 +33,12 @@ from voicetrack.resources import (
 from voicetrack_operator.builders import SessionRef, build_transcode_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.failures import failure_detail
+from voicetrack_operator.services.isolation import (
+    ChunkClaim,
+    SessionFacts,
+    chunk_refusal,
+    refusal_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,10 @@ class ChunkRef:
     ensured: bool = True
     created: datetime | None = None
     resource_version: str | None = None
+    owner_uid: str | None = None
+    """The controlling RecordingSession ownerReference's uid, None when there is none."""
+    label_session: str | None = None
+    """The `voicetrack.dev/session` label (how the operator lists a session's chunks)."""
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> ChunkRef:
@@ -67,6 +77,8 @@ class ChunkRef:
         created = meta.get("creationTimestamp")
         return cls(namespace=meta["namespace"], name=meta["name"], spec=spec, status=status,
                    session_uid=controller_uid(obj) or meta.get("uid", ""),
+                   owner_uid=controller_uid(obj),
+                   label_session=(meta.get("labels") or {}).get(LABEL_SESSION),
                    ensured="transcodeStatus" in raw_status,
                    resource_version=meta.get("resourceVersion"),
                    created=datetime.fromisoformat(created.replace("Z", "+00:00"))
@@ -75,6 +87,25 @@ class ChunkRef:
     @property
     def transcode_status(self) -> TranscodeStatus:
         return self.status.transcode_status
+
+    @property
+    def claim(self) -> ChunkClaim:
+        """What the chunk claims about itself, for `isolation.chunk_refusal`."""
+        return ChunkClaim(name=self.name, label_session=self.label_session,
+                          owner_uid=self.owner_uid, spec=self.spec, created=self.created)
+
+
+def session_facts(session: dict[str, Any], spec: SessionSpec) -> SessionFacts:
+    """The facts a chunk is checked against, from a RecordingSession object and its
+    parsed spec."""
+    meta = session["metadata"]
+    uid = meta["uid"]
+    return SessionFacts(
+        ref=SessionRef(name=meta["name"], namespace=meta["namespace"], uid=uid),
+        layout=MeetingLayout(spec.storage.prefix, spec.guild_id,
+                             meeting_id_for(uid, spec.meeting_id)),
+        raw_format=spec.storage.raw_format,
+        created=datetime.fromisoformat(str(meta["creationTimestamp"]).replace("Z", "+00:00")))
 
 
 def job_state(job: dict[str, Any]) -> tuple[TranscodeStatus, str | None]:
@@ -107,15 +138,47 @@ class ChunkService:
             raise NotFoundError(f"RecordingSession {namespace}/{name} is gone")
         return obj, SessionSpec.model_validate(obj["spec"])
 
+    async def refusal(self, chunk: ChunkRef, session: dict[str, Any], spec: SessionSpec
+                      ) -> str | None:
+        """Why `chunk` is not a chunk of `session` (`isolation.chunk_refusal`, its raw
+        tracks looked up in S3 with one listing of its folder), None when it is. Raises
+        TemporaryFailure while S3 is away."""
+        facts = session_facts(session, spec)
+        present = None
+        if chunk.spec.tracks:
+            present = set(await self.ctx.store(spec.storage.bucket).list_keys(
+                facts.layout.chunk_dir(chunk.spec.index) + "/"))
+        return chunk_refusal(chunk.claim, facts, datetime.now(UTC), present)
+
+    async def refuse(self, chunk: ChunkRef, why: str) -> ChunkStatus:
+        """Mark `chunk` refused: status `failed` with `refused` and `error` saying why (the
+        printer column Error), conditionally on the resourceVersion read. No row, no Job,
+        no manifest, nothing deleted. Returns the status written (or found)."""
+        message = refusal_message(chunk.name, why)
+        log.warning("%s/%s: %s", chunk.namespace, chunk.name, message)
+        status = ChunkStatus(transcode_status=TranscodeStatus.FAILED,
+                             track_count=len(chunk.spec.tracks), error=message[:1000],
+                             refused=why[:1000])
+        if await self.ctx.kube.patch_chunk_status(chunk.namespace, chunk.name,
+                                                  status.to_api(), chunk.resource_version):
+            chunk.status, chunk.ensured = status, True
+            self.ctx.metrics.chunks.labels("failed").inc()
+        return chunk.status
+
     async def ensure_chunk(self, chunk: ChunkRef) -> ChunkStatus:
-        """Status `queued` and rows `queued` for each track, then the transcoder Job (a
-        chunk without tracks is done at once, no Job). Returns the chunk's status.
+        """Check the chunk against its session (`refusal`): a refused chunk gets only its
+        status (`refuse`). Otherwise status `queued` and rows `queued` for each track, then
+        the transcoder Job (a chunk without tracks is done at once, no Job). Returns the
+        chunk's status.
 
         Idempotent: the status is written only if the chunk has none (conditionally on
         the resourceVersion read), the rows are upserts, the Job create meets a 409."""
         if chunk.transcode_status.terminal:
             return chunk.status
         session, spec = await self._session(chunk.namespace, chunk.spec.session_name)
+        why = await self.refusal(chunk, session, spec)
+        if why is not None:
+            return await self.refuse(chunk, why)
         owner = SessionRef(name=session["metadata"]["name"], namespace=chunk.namespace,
                            uid=session["metadata"]["uid"])
         job: dict[str, Any] | None = None
@@ -202,6 +265,13 @@ class ChunkService:
         missing = [t.user_id for t in spec.tracks if t.user_id not in users]
         if missing:
             raise InvalidInputError(f"result.json lacks tracks of {', '.join(missing)}")
+        # result.json lies in the chunk's folder, which the recorder's upload grant may write:
+        # an output is only ever this chunk's own key (the transcoder's layout)
+        for out in result.outputs:
+            own = layout.chunk_output_key(spec.index, out.user_id, out.format)
+            if out.key != own or out.user_id not in {t.user_id for t in spec.tracks}:
+                raise InvalidInputError(f"result.json names output {out.key!r}, not this "
+                                        f"chunk's own {own!r}")
         return result
 
     async def mirror(self, chunk: ChunkRef) -> bool:
@@ -236,7 +306,8 @@ class ChunkService:
         ok = True
         for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
             chunk = ChunkRef.from_object(obj)
-            ok = await self.mirror(chunk) and ok
+            if chunk.status.refused is None:
+                ok = await self.mirror(chunk) and ok
         return ok
 
     async def ensure_new(self, chunk_objs: list[dict[str, Any]]) -> int:

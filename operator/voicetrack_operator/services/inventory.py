@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
@@ -23,11 +24,13 @@ from voicetrack.resources import (
     ChunkSpec,
     ChunkStatus,
     TranscodeStatus,
+    chunk_name,
     controller_uid,
 )
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunks import ChunkRef
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
+from voicetrack_operator.services.sessions import SessionView, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class ChunkInventory:
     chunks: dict[int, InventoryChunk] = field(default_factory=dict)
     unaccounted: set[int] = field(default_factory=set)
     """Indices with objects in S3 but neither a RecordingChunk nor a manifest: kept."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Chunks (RecordingChunk name, or S3 manifest key) that are not this session's, and
+    why (`isolation.chunk_refusal`): neither promoted, kept nor collected."""
 
     def for_plan(self) -> list[tuple[ChunkSpec, TranscodeStatus]]:
         return [(c.spec, c.transcode_status) for _, c in sorted(self.chunks.items())]
@@ -62,15 +68,30 @@ class ChunkInventory:
                 if c.transcode_status is TranscodeStatus.FAILED]
 
 
+def session_facts(s: SessionView) -> SessionFacts:
+    """What the session's chunks are checked against (`isolation.chunk_refusal`)."""
+    return SessionFacts(ref=s.ref, layout=s.layout, raw_format=s.spec.storage.raw_format,
+                        created=parse_time(s.created))
+
+
 async def chunk_inventory(ctx: Context, s: SessionView) -> ChunkInventory:
     """Reconcile the session's chunk folders in S3 with the chunks the API lists. A listed
-    chunk is taken as it is; a folder without one is rebuilt from its `chunk.json`: `done`
-    when every raw track it names is present (promotion reads the raw audio), else
-    `failed` with the missing keys as the reason."""
+    chunk is taken as it is, unless it is not this session's (refused when it was ensured,
+    or refused now by `isolation.chunk_refusal`: owner, name, keys, window); a folder
+    without one is rebuilt from its `chunk.json` (checked the same way): `done` when every
+    raw track it names is present (promotion reads the raw audio), else `failed` with the
+    missing keys as the reason. Refused chunks are left out (`refused`)."""
     namespace, name = s.ref.namespace, s.ref.name
     inv = ChunkInventory()
+    facts, now = session_facts(s), datetime.now(UTC)
     for obj in await ctx.kube.list_chunks(namespace, name, s.ref.uid):
         ref = ChunkRef.from_object(obj)
+        why = ref.status.refused or chunk_refusal(ref.claim, facts, now, None)
+        if why is not None:
+            inv.refused[ref.name] = why
+            log.warning("session %s/%s: chunk %s refused, left out: %s", namespace, name,
+                        ref.name, why)
+            continue
         inv.chunks[ref.spec.index] = InventoryChunk(ref.spec, ref.status)
     store = ctx.store(s.spec.storage.bucket)
     folders: dict[int, set[str]] = defaultdict(set)
@@ -90,7 +111,14 @@ async def chunk_inventory(ctx: Context, s: SessionView) -> ChunkInventory:
                 spec = ChunkSpec.model_validate(await store.get_json(manifest))
             except (InvalidInputError, NotFoundError, ValueError) as err:
                 log.warning("chunk manifest %s unusable: %s", manifest, err)
-        if spec is None or spec.index != index:
+        why = None if spec is None else chunk_refusal(
+            ChunkClaim(name=chunk_name(name, spec.index), label_session=None,
+                       owner_uid=s.ref.uid, spec=spec, created=None), facts, now, None)
+        if why is not None and manifest is not None:
+            inv.refused[manifest] = why
+            log.warning("session %s/%s: chunk manifest %s refused: %s", namespace, name,
+                        manifest, why)
+        if spec is None or spec.index != index or why is not None:
             inv.unaccounted.add(index)
             log.warning("session %s/%s: chunk %06d has objects in S3 but no RecordingChunk "
                         "and no manifest: kept", namespace, name, index)

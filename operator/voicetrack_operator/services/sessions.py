@@ -28,6 +28,7 @@ from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_r
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.failures import recorder_failure
+from voicetrack_operator.services.isolation import ensure_recorder_access
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class SessionService:
             db_ok = False
         for manifest in build_recorder_rbac(s.ref.namespace):
             await self.ctx.kube.ensure(manifest)
+        await ensure_recorder_access(self.ctx, s.ref, s.spec, meeting, started_dt)
         started_ms = int(started_dt.timestamp() * 1000)
         pod = build_recorder_pod(s.ref, s.spec, meeting, started_ms, self.ctx.settings.pods)
         await self.ctx.kube.ensure(pod)
@@ -223,6 +225,8 @@ class SessionService:
             await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"], 0)
         elif pod is None and s.status.get("startedAt"):
             started_ms = int(parse_time(s.status["startedAt"]).timestamp() * 1000)
+            await ensure_recorder_access(self.ctx, s.ref, s.spec, s.meeting_id,
+                                         parse_time(s.status["startedAt"]))
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
         phase = None if failure else ((pod or {}).get("status") or {}).get("phase")

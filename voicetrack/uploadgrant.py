@@ -1,0 +1,126 @@
+"""Upload grants: an S3 POST policy that lets a recorder write under its own session's
+chunk prefix and nothing else (issue 11 item 5).
+
+The operator holds the S3 keys and mints, per session, a browser-based upload policy (S3
+API reference, "POST Object" and "Creating a POST Policy": a base64 JSON policy with
+`expiration` and `conditions`, signed with SigV4) whose conditions are the bucket, `$key`
+starting with `<prefix>/<guild>/<meeting>/chunks/`, any `$Content-Type`, and a
+`content-length-range`. The recorder gets only the signed form fields (a Secret), never a
+key: with them it can POST objects under that prefix; every other request (GET, DELETE,
+LIST, a POST outside the prefix, a tampered policy) is refused by S3 itself (checked on
+SeaweedFS 4.x, which enforces the conditions: tests/integration/test_upload_grant.py).
+
+One home for the contract: `UploadGrant` is the JSON both sides read; `mint_upload_grant`
+runs in the operator (no I/O: the region is given, so minio asks nothing), and
+`post_object` in the recorder.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from urllib.parse import urlparse
+
+import urllib3
+from minio import Minio
+from minio.datatypes import PostPolicy
+from pydantic import BaseModel, ConfigDict, Field
+
+from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.objectstore import S3Settings
+
+GRANT_ENV = "VOICETRACK_S3_UPLOAD_GRANT"
+"""The recorder's variable holding the grant's JSON (from its session's Secret)."""
+GRANT_SECRET_KEY = "uploadGrant"
+"""The key of the grant in the session's Secret."""
+MAX_OBJECT_BYTES = 5 * 1024**3
+"""S3's bound for one POST upload (5 GiB, S3 API reference "POST Object")."""
+
+
+class UploadGrant(BaseModel):
+    """A signed POST policy: `bucket`, the key `prefix` it allows, its `expiresAt`, and the
+    form `fields` to send with each upload (`policy`, `x-amz-algorithm`,
+    `x-amz-credential`, `x-amz-date`, `x-amz-signature`)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    bucket: str
+    prefix: str = Field(min_length=1)
+    expires_at: datetime = Field(alias="expiresAt")
+    fields: dict[str, str]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+    @classmethod
+    def from_env(cls) -> UploadGrant | None:
+        """The grant in $VOICETRACK_S3_UPLOAD_GRANT, None when unset. Raises
+        InvalidInputError when it is not a grant."""
+        text = os.environ.get(GRANT_ENV)
+        if not text:
+            return None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError as err:
+            raise InvalidInputError(f"{GRANT_ENV} is not an upload grant: {err}") from err
+
+
+def mint_upload_grant(settings: S3Settings, bucket: str, prefix: str, expires: datetime,
+                      max_bytes: int = MAX_OBJECT_BYTES) -> UploadGrant:
+    """Sign a POST policy for objects under `prefix` (which must end with `/`) in
+    `bucket`, valid until `expires` (aware datetime), each object at most `max_bytes`
+    (bytes). No I/O. Raises InvalidInputError for an empty or unterminated prefix."""
+    if not prefix.endswith("/") or prefix == "/":
+        raise InvalidInputError(f"upload grant prefix {prefix!r} must be a folder ending "
+                                "with '/'")
+    url = urlparse(settings.endpoint)
+    signer = Minio(url.netloc, access_key=settings.access_key,
+                   secret_key=settings.secret_key, secure=url.scheme == "https",
+                   region=settings.region)
+    policy = PostPolicy(bucket, expires)
+    policy.add_starts_with_condition("key", prefix)
+    policy.add_starts_with_condition("Content-Type", "")
+    policy.add_content_length_range_condition(0, min(max_bytes, MAX_OBJECT_BYTES))
+    fields = {k: str(v) for k, v in signer.presigned_post_policy(policy).items()}
+    return UploadGrant.model_validate({"bucket": bucket, "prefix": prefix,
+                                       "expiresAt": expires, "fields": fields})
+
+
+_HTTP = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=120), retries=False)
+
+
+def post_object(endpoint: str, grant: UploadGrant, key: str, path: str,
+                content_type: str = "application/octet-stream") -> None:
+    """Upload the file at `path` as `key` with a POST under `grant` (S3 API reference,
+    "POST Object": a multipart/form-data body of the policy fields, `key`,
+    `Content-Type`, then `file`). Raises TemporaryFailure when S3 is unreachable or
+    answers 5xx, InvalidInputError with S3's code and message for a refusal (a key outside
+    the grant's prefix, an expired or tampered policy: 403)."""
+    if not key.startswith(grant.prefix):
+        raise InvalidInputError(f"key {key!r} is outside the upload grant's prefix "
+                                f"{grant.prefix!r}")
+    with open(path, "rb") as f:
+        data = f.read()
+    fields: dict[str, str | tuple[str, bytes, str]] = {
+        **grant.fields, "key": key, "Content-Type": content_type,
+        "file": (os.path.basename(path), data, content_type)}
+    try:
+        res = _HTTP.request("POST", f"{endpoint.rstrip('/')}/{grant.bucket}", fields=fields)
+    except urllib3.exceptions.HTTPError as err:
+        raise TemporaryFailure(f"storage: POST {key}: {err}") from err
+    if res.status < 300:
+        return
+    body = res.data.decode(errors="replace")
+    code = _xml_tag(body, "Code") or str(res.status)
+    message = _xml_tag(body, "Message") or body[:200]
+    if res.status >= 500 or res.status in (408, 429):
+        raise TemporaryFailure(f"storage: POST {key}: {code}: {message}")
+    raise InvalidInputError(f"storage: POST {key}: {code}: {message}")
+
+
+def _xml_tag(body: str, tag: str) -> str | None:
+    start = body.find(f"<{tag}>")
+    end = body.find(f"</{tag}>")
+    if start < 0 or end < start:
+        return None
+    return body[start + len(tag) + 2:end]
