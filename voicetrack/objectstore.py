@@ -325,24 +325,36 @@ class ObjectStore:
         """Delete every object under `prefix`; returns the count."""
         return self.delete_keys(self.list_keys(prefix))
 
-    def presigned_get(self, key: str, expires_s: int = 3600) -> str:
+    def presigned_get(self, key: str, expires_s: int = 3600,
+                      download_as: str | None = None) -> str:
         """A presigned GET URL for `key`, valid `expires_s` seconds (1 s .. 7 days, the
         SigV4 limit); never stored. Signed for `settings.public_endpoint` when set (no
-        network call: the region is fixed), else for `endpoint`. Raises InvalidInputError
-        for an expiry out of range."""
+        network call: the region is fixed), else for `endpoint`. `download_as` names the
+        file a browser saves instead of playing it (the signed
+        `response-content-disposition: attachment` override of S3 GetObject). Raises
+        InvalidInputError for an expiry out of range or a name with quotes or controls."""
         if not 1 <= expires_s <= MAX_PRESIGN_S:
             raise InvalidInputError(
                 f"expires: {expires_s} s is outside 1..{MAX_PRESIGN_S} s (SigV4's 7 days)")
+        headers: dict[str, str | list[str] | tuple[str]] | None = None
+        if download_as is not None:
+            if not download_as or any(c in download_as for c in '"\\/') or \
+                    not download_as.isprintable():
+                raise InvalidInputError(f"download_as: {download_as!r} is not a file name")
+            headers = {"response-content-disposition":
+                       f'attachment; filename="{download_as}"'}
         with _s3(f"presign {key}"):
-            return self._signer.presigned_get_object(self.bucket, key,
-                                                     expires=timedelta(seconds=expires_s))
+            return self._signer.presigned_get_object(
+                self.bucket, key, expires=timedelta(seconds=expires_s),
+                response_headers=headers)
 
-    def presigned_link(self, key: str, expires_s: int = DEFAULT_LINK_S) -> PresignedUrl:
+    def presigned_link(self, key: str, expires_s: int = DEFAULT_LINK_S,
+                       download_as: str | None = None) -> PresignedUrl:
         """`presigned_get` as the answer every user-facing path gives (CLI, bot, web,
         webhook): `{url, expires_in_seconds, format}`, the format from the key's
         extension (`mp3`, `flac`, `opus`, `json`, `png`, `zip`)."""
         fmt = key.rsplit(".", 1)[-1].lower() if "." in key.rsplit("/", 1)[-1] else ""
-        return PresignedUrl(url=self.presigned_get(key, expires_s),
+        return PresignedUrl(url=self.presigned_get(key, expires_s, download_as),
                             expires_in_seconds=expires_s, format=fmt)
 
     @property

@@ -118,6 +118,14 @@ def test_links_are_signed_for_the_public_endpoint(s3_server: S3Settings,
         assert urlparse(link.url).netloc == f"127.0.0.2:{port}"
         with urllib.request.urlopen(link.url, timeout=10) as resp:
             assert resp.read() == b"public bytes"
+            assert resp.headers.get("Content-Disposition") is None  # plays in a browser
+        saved = public.presigned_link("final/a.mp3", 120, download_as="standup-mix.mp3")
+        with urllib.request.urlopen(saved.url, timeout=10) as resp:
+            assert resp.read() == b"public bytes"
+            assert resp.headers["Content-Disposition"] == (
+                'attachment; filename="standup-mix.mp3"')
+        with pytest.raises(InvalidInputError, match="download_as"):
+            public.presigned_link("final/a.mp3", 120, download_as='a".mp3')
         # A link signed for the internal address, sent to the public one, is refused:
         # SigV4 signs the Host header, so rewriting the host afterwards cannot work.
         internal_url = object_store.presigned_get("final/a.mp3", 120)

@@ -280,13 +280,15 @@ async def audio(request: Request) -> Response:
 
 async def link(request: Request) -> Response:
     """`POST /api/meetings/{meeting}/link/{track}` (CSRF header): `{url,
-    expires_in_seconds, format}` valid `link_seconds`; 403 without the token."""
+    expires_in_seconds, format}` valid `link_seconds`, saved by a browser as
+    `<meeting>-<track>.<format>` (not played); 403 without the token."""
     _check_csrf(request, request.headers.get("x-csrf-token"))
     _, view = await _meeting(request, api=True)
     track = _track(view, request.path_params["track"])
     st = _state(request)
+    name = f"{request.path_params['meeting']}-{track.track}.{track.format}"
     minted = await asyncio.to_thread(st.store.presigned_link, track.object_key,
-                                     st.settings.link_seconds)
+                                     st.settings.link_seconds, name)
     return JSONResponse(minted.as_dict(), headers={"Cache-Control": "no-store"})
 
 
