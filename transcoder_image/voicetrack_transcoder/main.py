@@ -2,6 +2,7 @@
 
     voicetrack-transcoder chunk --chunk-json '<ChunkSpec JSON>' --prefix <prefix>
                                 [--formats mp3,flac,opus] [--mp3-bitrate 128]
+                                [--tracks perSpeaker|mixed|both]
     voicetrack-transcoder promote --plan-key <key of promotion.json>
 
 The bucket and credentials come from VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY,
@@ -75,15 +76,24 @@ def chunk(
     mp3_bitrate: Annotated[int, typer.Option(
         "--mp3-bitrate", envvar="VOICETRACK_MP3_BITRATE", help="MP3 bitrate in kbit/s.")
     ] = 128,
+    tracks: Annotated[str | None, typer.Option(
+        "--tracks", envvar="VOICETRACK_TRACKS",
+        help="Final tracks (perSpeaker, mixed, both) to prepare this chunk's piece of "
+             "(incremental promotion); none when absent.")] = None,
 ) -> None:
-    """Transcode one chunk's raw tracks; write outputs and result.json (last)."""
+    """Transcode one chunk's raw tracks; write outputs and result.json (last), then the
+    chunk's piece of the final tracks when --tracks is given."""
     try:
         spec = ChunkSpec.model_validate(json.loads(chunk_json))
         fmts = parse_formats(formats)
+        if tracks is not None and tracks not in ("perSpeaker", "mixed", "both"):
+            raise ValueError(f"--tracks {tracks!r} is not perSpeaker, mixed or both")
     except (ValueError, ValidationError) as err:
-        raise _fail(EXIT_BAD_INPUT, f"bad --chunk-json or --formats: {err}") from None
+        raise _fail(EXIT_BAD_INPUT, f"bad --chunk-json, --formats or --tracks: {err}"
+                    ) from None
     store = _store()
-    result = _guarded(lambda: transcode_chunk(store, spec, prefix, fmts, mp3_bitrate))
+    result = _guarded(lambda: transcode_chunk(store, spec, prefix, fmts, mp3_bitrate,
+                                              tracks))
     print(f"chunk {result.index}: {len(result.outputs)} output(s) written", flush=True)
 
 
