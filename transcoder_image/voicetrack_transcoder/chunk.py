@@ -111,7 +111,7 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     if tracks is not None and formats == ["mp3"]:
         try:
             build_piece(store, chunk, prefix, mp3_bitrate, tracks)
-        except Exception as err:  # noqa: BLE001 - an optimisation: promotion falls back
+        except Exception as err:  # an optimisation: promotion falls back to the full path
             log.warning("chunk %d: no piece: %s: %s", chunk.index, type(err).__name__, err)
             print(f"chunk {chunk.index}: no piece ({type(err).__name__}: {err})", flush=True)
     return result

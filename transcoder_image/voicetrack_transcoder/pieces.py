@@ -25,6 +25,7 @@ Only MP3 is assembled from pieces; a plan asking for FLAC or Opus is promoted in
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -247,7 +248,7 @@ def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
     if not earlier or earlier[-1].index != prev.index:
         return None
     paused = 0
-    for before, after in zip(earlier, earlier[1:], strict=False):
+    for before, after in itertools.pairwise(earlier):
         paused += _paused_before(after, before)
     stereo = stereo_now or any(t.channels == 2 for c in earlier for t in c.tracks)
     return ChunkContext(earlier[0].start_ms, paused + _paused_before(chunk, prev), prev,
@@ -274,8 +275,8 @@ def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: 
         prev_out_end = ctx.prev.end_ms - ctx.origin_ms - ctx.prev_paused_ms
         unit_start = prev_out_end
         try:  # a bad previous chunk fails its own transcode: silence in the plan
-            for track in ctx.prev.tracks:
-                load_raw(store, ctx.prev, track)
+            for raw_track in ctx.prev.tracks:
+                load_raw(store, ctx.prev, raw_track)
             prev_used = True
             placed.insert(0, Placed(ctx.prev, prev_out_end - ctx.prev.duration_ms))
         except InvalidInputError:
@@ -423,7 +424,10 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
 
         # 2. fetch the piece frames (verified) while the rest is rendered
         def fetch(t: PieceTrack) -> bytes:
-            data = store.get_bytes(t.key)
+            try:
+                data = store.get_bytes(t.key)
+            except NotFoundError:
+                raise PiecesUnusable(f"{t.key} is missing") from None
             if len(data) != t.bytes or sha256_hex(data) != t.sha256:
                 raise PiecesUnusable(f"{t.key}: {len(data)} bytes sha256 "
                                      f"{sha256_hex(data)[:12]}… but piece.json says "
@@ -445,7 +449,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             elif last:
                 tasks.append((len(units), Work(owned_end(n_total), None, total_ms,
                                                total_ms)))
-        for key, w in tasks:
+        for task, w in tasks:
             start = max(w.first - WARMUP_FRAMES, 0) * FRAME
             from_ms = min(samples_to_ms(start) // FRAME_MS * FRAME_MS, w.unit_start_ms)
             to_ms = total_ms if w.end is None else w.unit_end_ms
@@ -455,7 +459,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
                               mix_channels if want_mix else None)
             rendered.tracks = {k: v for k, v in rendered.tracks.items() if k in names}
-            computed[key] = make(rendered, w, plan.mp3_bitrate, work)
+            computed[task] = make(rendered, w, plan.mp3_bitrate, work)
         if progress:
             progress(0.5)
 
@@ -473,11 +477,11 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 frames = 0
                 with frames_path.open("wb") as out:
                     for u, unit in enumerate(units):
-                        piece = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                        own = pieces.get(plan.chunks[unit.chunk_pos].index) \
                             if unit.chunk_pos is not None else None
-                        if piece is not None:
-                            t = next((t for t in piece.tracks if t.track == name), None)
-                            count = piece.end_frame - piece.first_frame
+                        if own is not None:
+                            t = next((t for t in own.tracks if t.track == name), None)
+                            count = own.end_frame - own.first_frame
                             if t is None:
                                 out.write(silence[n_ch] * count)
                                 pixels = -(-ms_to_samples(unit.end_ms - unit.start_ms)
@@ -488,13 +492,13 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                                 if t.frames != count:
                                     raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
                                                          f"the piece owns {count}")
-                                out.write(fetched[(piece.index, name)].result())
+                                out.write(fetched[(own.index, name)].result())
                                 pk = np.asarray(t.peaks, dtype=np.int8)
                                 mins.append(pk[0::2])
                                 maxs.append(pk[1::2])
                             frames += count
                             if name in speech:
-                                speech[name].append(piece.speech.get(name, []))
+                                speech[name].append(own.speech.get(name, []))
                         else:
                             made = computed[u]
                             out.write(b"".join(made.frames[name]))

@@ -227,8 +227,8 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
         for key, path, content_type in uploads:
             store.put_file(key, str(path), content_type)
     gaps = [g for g in plan.gaps if g.end_ms > g.start_ms]
-    timeline = speech_timeline(total_ms, {u: d.runs() for u, d in detectors.items()})
-    store.put_json(layout.timeline_key, timeline.to_api())
+    speech = speech_timeline(total_ms, {u: d.runs() for u, d in detectors.items()})
+    store.put_json(layout.timeline_key, speech.to_api())
     manifest = FinalManifest(tool_version=TOOL_VERSION, meeting_id=plan.meeting_id,
                              duration_ms=total_ms, recorded_ms=recorded_ms,
                              paused_ms=paused_ms, tracks=final_tracks, gaps=gaps,
