@@ -10,6 +10,7 @@
     <prefix>/<guildId>/<meetingId>/final/waveform-<track>.json | .png      peaks, overview
     <prefix>/<guildId>/<meetingId>/final/manifest.json                     promotion manifest
     <prefix>/<guildId>/<meetingId>/final/timeline.json                     speech timeline
+    <prefix>/<guildId>/<meetingId>/live/<track>.<fmt> | manifest.json      audio so far
     <prefix>/<guildId>/<meetingId>/final/failed/<index:06d>/<userId>.<ext> raw of a failed chunk
     <prefix>/<guildId>/<meetingId>/final/failed-chunks.json                why each one failed
 
@@ -91,6 +92,16 @@ class MeetingLayout:
     def waveform_key(self, track: str, ext: str) -> str:
         """Key of a track's peaks (`json`) or overview image (`png`)."""
         return f"{self.root}/final/waveform-{track}.{ext}"
+
+    def live_key(self, track: str, fmt: str) -> str:
+        """Key of a live session's "audio so far" of a track (a user id or MIX_TRACK): the
+        final track up to the last chunk whose piece is made, at a stable key."""
+        return f"{self.root}/live/{track}.{output_extension(fmt)}"
+
+    @property
+    def live_manifest_key(self) -> str:
+        """Key of the `manifest.json` (a FinalManifest) of the audio so far."""
+        return f"{self.root}/live/manifest.json"
 
     @property
     def final_manifest_key(self) -> str:

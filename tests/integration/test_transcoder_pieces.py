@@ -39,6 +39,7 @@ from voicetrack_transcoder.mp3grid import (
     crc16_lame,
     owned_end,
 )
+from voicetrack_transcoder.pieces import assemble_live
 from voicetrack_transcoder.promote import promote
 from voicetrack_transcoder.speech import HANGOVER_MS
 
@@ -291,3 +292,25 @@ def test_a_bad_piece_falls_back_to_full_promotion(s3_server: S3Settings) -> None
         store.put_bytes(blob, good)
         store.put_json(manifest_key, piece.to_api())
     assert promote(store, layout.promotion_plan_key).assembly == "incremental"
+
+
+def test_audio_so_far_is_the_final_tracks_up_to_the_last_piece(both: Both) -> None:
+    """While recording, the pieces from chunk 0 on give the tracks so far at stable keys:
+    here the run stops before the failed chunk, and its audio is the final track's
+    beginning (the same frames)."""
+    store = both.run.store
+    live = assemble_live(store, LAYOUT)
+    assert live is not None
+    last = PieceManifest.model_validate(store.get_json(LAYOUT.piece_manifest_key(FAILED - 1)))
+    n = last.end_frame * FRAME - TOTAL_DELAY
+    assert live.duration_ms == n // 48
+    assert {t.track for t in live.tracks} == {A, B, C, MIX_TRACK}
+    for t in live.tracks:
+        assert t.key == LAYOUT.live_key(t.track, "mp3")
+        data = store.get_bytes(t.key)
+        assert (len(data), sha256_hex(data)) == (t.bytes, t.sha256)
+        pcm = decode_file(data)
+        assert pcm.shape[0] == n
+        final = decode_file(both.inc[t.track])[:n]
+        assert np.array_equal(pcm[: n - FRAME], final[: n - FRAME]), t.track
+    assert store.get_json(LAYOUT.live_manifest_key)["durationMs"] == live.duration_ms

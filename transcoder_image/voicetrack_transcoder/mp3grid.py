@@ -87,19 +87,35 @@ def encode_frames(pcm: np.ndarray, mp3_bitrate: int, workdir: Path, name: str
                   ) -> list[bytes]:
     """Encode int16 samples (n, channels) at 48 kHz with LAME (CBR `mp3_bitrate` kbit/s,
     bit reservoir off) into its frames, no tag. Raises TemporaryFailure if ffmpeg fails."""
-    out = workdir / f"{name}.mp3"
-    proc = subprocess.run(
-        [FFMPEG, "-hide_banner", "-v", "error", "-nostdin", "-y",
-         *pcm_input(pcm.shape[1]), "-i", "pipe:0",
-         *encode_args_grid(mp3_bitrate), *BITEXACT, str(out)],
-        input=np.ascontiguousarray(pcm, dtype="<i2").tobytes(), capture_output=True,
-        check=False)
+    return encode_many({name: pcm}, mp3_bitrate, workdir)[name]
+
+
+def encode_many(pcms: dict[str, np.ndarray], mp3_bitrate: int, workdir: Path
+                ) -> dict[str, list[bytes]]:
+    """`encode_frames` of several tracks (name → int16 (n, channels)) in one ffmpeg run,
+    one process start-up for all. Raises TemporaryFailure if ffmpeg fails."""
+    if not pcms:
+        return {}
+    args: list[str] = []
+    outs: dict[str, Path] = {}
+    for name, pcm in pcms.items():
+        src = workdir / f"{name}.pcm"
+        src.write_bytes(np.ascontiguousarray(pcm, dtype="<i2").tobytes())
+        args += [*pcm_input(pcm.shape[1]), "-i", str(src)]
+        outs[name] = workdir / f"{name}.mp3"
+    for i, out in enumerate(outs.values()):
+        args += ["-map", f"{i}:a:0", *encode_args_grid(mp3_bitrate), *BITEXACT, str(out)]
+    proc = subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-nostdin", "-y", *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    for name in pcms:
+        (workdir / f"{name}.pcm").unlink()
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-        raise TemporaryFailure(f"ffmpeg (mp3 piece {name}) exited {proc.returncode}: "
-                               f"{tail[0]}")
-    frames = split_frames(out.read_bytes())
-    out.unlink()
+        raise TemporaryFailure(f"ffmpeg (mp3 pieces) exited {proc.returncode}: {tail[0]}")
+    frames = {}
+    for name, out in outs.items():
+        frames[name] = split_frames(out.read_bytes())
+        out.unlink()
     return frames
 
 
@@ -109,19 +125,25 @@ def encode_args_grid(mp3_bitrate: int) -> list[str]:
             "-write_xing", "0", "-id3v2_version", "0", "-f", "mp3"]
 
 
-def encode_owned(pcm: np.ndarray, start_frame: int, first: int, end: int | None,
-                 mp3_bitrate: int, workdir: Path, name: str) -> list[bytes]:
-    """Frames `[first, end)` of the global grid (`end` None: through the stream's end)
-    from `pcm`, the output samples starting at `start_frame * 1152`. `pcm` must reach
+def owned(frames: list[bytes], start_frame: int, first: int, end: int | None, name: str
+          ) -> list[bytes]:
+    """Frames `[first, end)` of the global grid (`end` None: through the stream's end) of
+    an encode of the output samples from `start_frame * 1152` on, which must reach
     `end*1152 - 1105 + MARGIN_SAMPLES` (or the output's end when `end` is None).
-    Raises ValueError when the encode does not yield the frames asked for."""
-    frames = encode_frames(pcm, mp3_bitrate, workdir, name)
+    Raises ValueError when the encode does not hold the frames asked for."""
     a = first - start_frame
     b = len(frames) if end is None else end - start_frame
     if a < 0 or b > len(frames) or a > b:
         raise ValueError(f"{name}: frames [{first}, {end}) not in an encode of "
                          f"{len(frames)} frames from frame {start_frame}")
     return frames[a:b]
+
+
+def encode_owned(pcm: np.ndarray, start_frame: int, first: int, end: int | None,
+                 mp3_bitrate: int, workdir: Path, name: str) -> list[bytes]:
+    """`owned` frames of an encode of `pcm` (samples from `start_frame * 1152` on)."""
+    return owned(encode_frames(pcm, mp3_bitrate, workdir, name), start_frame, first, end,
+                 name)
 
 
 def crc16_lame(data: bytes) -> int:

@@ -55,11 +55,15 @@ from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mixer import Limiter, mix_sum
 from voicetrack_transcoder.mp3grid import (
     FRAME,
+    TOTAL_DELAY,
     WARMUP_FRAMES,
-    encode_owned,
+    encode_many,
+    owned,
     owned_end,
     silent_frame,
+    split_frames,
     tag_file,
+    total_frames,
 )
 from voicetrack_transcoder.rawtracks import load_raw
 from voicetrack_transcoder.speech import (
@@ -102,6 +106,8 @@ class Rendered:
 
     start: int
     tracks: dict[str, np.ndarray] = field(default_factory=dict)
+    wanted: set[str] = field(default_factory=set)
+    """The tracks to encode (all rendered ones when empty)."""
 
     def cut(self, track: str, a: int, b: int) -> np.ndarray:
         """Samples `[a, b)` of `track` (output time)."""
@@ -166,23 +172,30 @@ class Made:
     speech: dict[str, list[list[int]]]
 
 
-def make(rendered: Rendered, work: Work, mp3_bitrate: int, workdir: Path) -> Made:
-    """Encode the frames of `work` for every rendered track and measure its unit.
-    `rendered` must start at or before `max(work.first - WARMUP_FRAMES, 0) * 1152`."""
+def make(rendered: Rendered, work: Work, mp3_bitrate: int, workdir: Path,
+         speakers: list[str]) -> Made:
+    """Encode the frames of `work` for every rendered track and measure its unit (peaks of
+    every track, voice activity of `speakers`, rendered even when their tracks are not
+    wanted). `rendered` must start at or before `max(work.first - WARMUP_FRAMES, 0) * 1152`.
+    """
+    voiced = [u for u in speakers if u in rendered.tracks]
+    encode = [k for k in rendered.tracks if not rendered.wanted or k in rendered.wanted]
     start_frame = max(work.first - WARMUP_FRAMES, 0)
     a, b = ms_to_samples(work.unit_start_ms), ms_to_samples(work.unit_end_ms)
     made = Made({}, {}, {})
-    for track, pcm in rendered.tracks.items():
-        end_sample = rendered.start + pcm.shape[0]
-        made.frames[track] = encode_owned(
-            rendered.cut(track, start_frame * FRAME, end_sample), start_frame, work.first,
-            work.end, mp3_bitrate, workdir, f"piece-{track}")
+    encoded = encode_many({track: rendered.cut(
+        track, start_frame * FRAME, rendered.start + rendered.tracks[track].shape[0])
+        for track in encode}, mp3_bitrate, workdir)
+    made.frames = {track: owned(frames, start_frame, work.first, work.end, track)
+                   for track, frames in encoded.items()}
+    for track in encode:
+        pcm = rendered.tracks[track]
         unit = rendered.cut(track, a, b)
         peaks = PeaksBuilder(channels=pcm.shape[1])
         peaks.add(unit)
         made.peaks[track] = peaks.finish()
-        if track != MIX_TRACK:
-            made.speech[track] = voiced_runs(unit, work.unit_start_ms)
+    for track in voiced:
+        made.speech[track] = voiced_runs(rendered.cut(track, a, b), work.unit_start_ms)
     return made
 
 
@@ -297,9 +310,10 @@ def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: 
     rendered = render(store, layout, placed, from_ms, out_end, speakers, channels,
                       mix_channels if want_mix else None)
     if not want_speakers:
-        rendered.tracks = {MIX_TRACK: rendered.tracks[MIX_TRACK]}
+        rendered.wanted = {MIX_TRACK}
     with tempfile.TemporaryDirectory(prefix="vt-piece-") as tmp:
-        made = make(rendered, Work(first, end, unit_start, out_end), mp3_bitrate, Path(tmp))
+        made = make(rendered, Work(first, end, unit_start, out_end), mp3_bitrate, Path(tmp),
+                    speakers)
     piece_tracks = []
     for track, frames in made.frames.items():
         data = b"".join(frames)
@@ -458,8 +472,8 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 from_ms = min(from_ms, near[0].out_start_ms)
             rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
                               mix_channels if want_mix else None)
-            rendered.tracks = {k: v for k, v in rendered.tracks.items() if k in names}
-            computed[task] = make(rendered, w, plan.mp3_bitrate, work)
+            rendered.wanted = set(names)
+            computed[task] = make(rendered, w, plan.mp3_bitrate, work, speakers)
         if progress:
             progress(0.5)
 
@@ -468,69 +482,80 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
         final_tracks: list[FinalTrack] = []
         uploads: list[tuple[str, Path, str]] = []
         speech: dict[str, list[list[list[int]]]] = {u: [] for u in speakers}
-        try:
-            for name in names:
-                n_ch = track_channels[name]
-                frames_path = work / f"{name}.frames"
-                mins: list[np.ndarray] = []
-                maxs: list[np.ndarray] = []
-                frames = 0
-                with frames_path.open("wb") as out:
-                    for u, unit in enumerate(units):
-                        own = pieces.get(plan.chunks[unit.chunk_pos].index) \
-                            if unit.chunk_pos is not None else None
-                        if own is not None:
-                            t = next((t for t in own.tracks if t.track == name), None)
-                            count = own.end_frame - own.first_frame
-                            if t is None:
-                                out.write(silence[n_ch] * count)
-                                pixels = -(-ms_to_samples(unit.end_ms - unit.start_ms)
-                                           // 480)
-                                mins.append(np.zeros(pixels, np.int8))
-                                maxs.append(np.zeros(pixels, np.int8))
-                            else:
-                                if t.frames != count:
-                                    raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
-                                                         f"the piece owns {count}")
-                                out.write(fetched[(own.index, name)].result())
-                                pk = np.asarray(t.peaks, dtype=np.int8)
-                                mins.append(pk[0::2])
-                                maxs.append(pk[1::2])
-                            frames += count
-                            if name in speech:
-                                speech[name].append(own.speech.get(name, []))
+        for unit_no, unit in enumerate(units):
+            done = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                if unit.chunk_pos is not None else None
+            for user in speakers:
+                speech[user].append(done.speech.get(user, []) if done is not None
+                                    else computed[unit_no].speech.get(user, []))
+        def finish(name: str) -> tuple[FinalTrack, list[tuple[str, Path, str]]]:
+            """One final track: its frames in order behind the tag, its waveforms."""
+            n_ch = track_channels[name]
+            frames_path = work / f"{name}.frames"
+            mins: list[np.ndarray] = []
+            maxs: list[np.ndarray] = []
+            frames = 0
+            with frames_path.open("wb") as out:
+                for u, unit in enumerate(units):
+                    own = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                        if unit.chunk_pos is not None else None
+                    if own is not None:
+                        t = next((t for t in own.tracks if t.track == name), None)
+                        count = own.end_frame - own.first_frame
+                        if t is None:
+                            out.write(silence[n_ch] * count)
+                            pixels = -(-ms_to_samples(unit.end_ms - unit.start_ms)
+                                       // 480)
+                            mins.append(np.zeros(pixels, np.int8))
+                            maxs.append(np.zeros(pixels, np.int8))
                         else:
-                            made = computed[u]
-                            out.write(b"".join(made.frames[name]))
-                            frames += len(made.frames[name])
-                            mins.append(made.peaks[name][0])
-                            maxs.append(made.peaks[name][1])
-                            if name in speech:
-                                speech[name].append(made.speech.get(name, []))
-                    if len(units) in computed:
-                        tail = computed[len(units)].frames[name]
-                        out.write(b"".join(tail))
-                        frames += len(tail)
-                path = work / f"{name}.mp3"
-                tag_file(frames_path, path, n_total)
-                frames_path.unlink()
-                mn, mx = np.concatenate(mins), np.concatenate(maxs)
-                peaks_key = layout.waveform_key(name, "json")
-                overview_key = layout.waveform_key(name, "png")
-                peaks_path = work / f"waveform-{name}.json"
-                peaks_path.write_text(json.dumps(peaks_json(mn, mx), separators=(",", ":")))
-                png_path = work / f"waveform-{name}.png"
-                png_path.write_bytes(overview_png(mn, mx))
-                uploads += [(peaks_key, peaks_path, "application/json"),
-                            (overview_key, png_path, "image/png")]
-                key = layout.final_key(name, "mp3")
-                uploads.append((key, path, CONTENT_TYPES["mp3"]))
-                final_tracks.append(FinalTrack(
-                    track=name, kind="mixed" if name == MIX_TRACK else "speaker",
-                    user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
-                    channels=n_ch, bytes=path.stat().st_size, sha256=sha256_file(path),
-                    duration_ms=total_ms, peaks_key=peaks_key,
-                    overview_key=overview_key))
+                            if t.frames != count:
+                                raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
+                                                     f"the piece owns {count}")
+                            out.write(fetched[(own.index, name)].result())
+                            pk = np.asarray(t.peaks, dtype=np.int8)
+                            mins.append(pk[0::2])
+                            maxs.append(pk[1::2])
+                        frames += count
+                    else:
+                        made = computed[u]
+                        out.write(b"".join(made.frames[name]))
+                        frames += len(made.frames[name])
+                        mins.append(made.peaks[name][0])
+                        maxs.append(made.peaks[name][1])
+                if len(units) in computed:
+                    tail = computed[len(units)].frames[name]
+                    out.write(b"".join(tail))
+                    frames += len(tail)
+            if frames != total_frames(n_total):
+                raise PiecesUnusable(f"track {name}: {frames} frames assembled, one "
+                                     f"encode of {n_total} samples has "
+                                     f"{total_frames(n_total)}")
+            path = work / f"{name}.mp3"
+            tag_file(frames_path, path, n_total)
+            frames_path.unlink()
+            mn, mx = np.concatenate(mins), np.concatenate(maxs)
+            peaks_key = layout.waveform_key(name, "json")
+            overview_key = layout.waveform_key(name, "png")
+            peaks_path = work / f"waveform-{name}.json"
+            peaks_path.write_text(json.dumps(peaks_json(mn, mx), separators=(",", ":")))
+            png_path = work / f"waveform-{name}.png"
+            png_path.write_bytes(overview_png(mn, mx))
+            key = layout.final_key(name, "mp3")
+            return FinalTrack(
+                track=name, kind="mixed" if name == MIX_TRACK else "speaker",
+                user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
+                channels=n_ch, bytes=path.stat().st_size, sha256=sha256_file(path),
+                duration_ms=total_ms, peaks_key=peaks_key,
+                overview_key=overview_key), [
+                (peaks_key, peaks_path, "application/json"),
+                (overview_key, png_path, "image/png"), (key, path, CONTENT_TYPES["mp3"])]
+
+        try:
+            with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
+                for final, files in tp.map(finish, names):
+                    final_tracks.append(final)
+                    uploads += files
         except BaseException:
             for future in fetched.values():
                 future.cancel()
@@ -559,3 +584,89 @@ def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> Speech
         min_speech_ms=MIN_SPEECH_MS, hangover_ms=HANGOVER_MS,
         speakers={u: smooth(runs, duration_ms) for u, runs in raw.items()})
 
+
+
+# ---------------------------------------------------------------- audio so far
+
+
+def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | None:
+    """"Audio so far" of a live session: every track up to the last chunk of the unbroken
+    run of pieces from chunk 0, at `live/<track>.mp3` with `live/manifest.json` (a
+    FinalManifest, `assembly` incremental), replaced on every call.
+
+    The run ends at the first chunk without a piece (not transcoded yet, failed) or whose
+    unit does not start where the previous one ended. The frames are the pieces' as they
+    are (the frames after the last piece's are not made yet), so the file ends at the last
+    sample those frames decode completely: frame `G - 1` decodes to samples before
+    `G * 1152 - 1105`. Tracks: the speakers seen so far and the mix (as the pieces were
+    made); a speaker absent from a piece is LAME's silent frame there. Returns None when
+    there is no piece yet. Raises PiecesUnusable when pieces disagree (bitrate, channels)
+    or a piece object is missing or damaged; TemporaryFailure for S3 or ffmpeg failures.
+    """
+    run: list[PieceManifest] = []
+    while True:
+        try:
+            piece = PieceManifest.model_validate(store.get_json(
+                layout.piece_manifest_key(len(run))))
+        except (NotFoundError, InvalidInputError, ValidationError):
+            break
+        if run and (piece.unit_start_ms != run[-1].unit_end_ms
+                    or piece.first_frame != run[-1].end_frame
+                    or piece.mp3_bitrate != run[0].mp3_bitrate):
+            break
+        run.append(piece)
+    if not run or run[-1].end_frame == 0:
+        return None
+    channels: dict[str, Channels] = {}
+    for piece in run:
+        for t in piece.tracks:
+            if channels.setdefault(t.track, t.channels) != t.channels:
+                raise PiecesUnusable(f"chunk {piece.index}: track {t.track} changes from "
+                                     f"{channels[t.track]} to {t.channels} channel(s)")
+    names = sorted(n for n in channels if n != MIX_TRACK) + (
+        [MIX_TRACK] if MIX_TRACK in channels else [])
+    frames_total = run[-1].end_frame
+    n = frames_total * FRAME - TOTAL_DELAY
+    duration_ms = samples_to_ms(n)
+    bitrate = run[0].mp3_bitrate
+    tracks: list[FinalTrack] = []
+    with tempfile.TemporaryDirectory(prefix="vt-live-") as tmp, \
+            ThreadPoolExecutor(8, thread_name_prefix="live") as pool:
+        work = Path(tmp)
+        silence = {c: silent_frame(bitrate, c, work) for c in (1, 2)}
+
+        def fetch(t: PieceTrack) -> bytes:
+            try:
+                data = store.get_bytes(t.key)
+            except NotFoundError:
+                raise PiecesUnusable(f"{t.key} is missing") from None
+            if len(data) != t.bytes or sha256_hex(data) != t.sha256 \
+                    or t.frames != len(split_frames(data)):
+                raise PiecesUnusable(f"{t.key} does not match its piece.json")
+            return data
+
+        for name in names:
+            frames_path = work / f"{name}.frames"
+            blobs = [pool.submit(fetch, t) if t is not None else None
+                     for t in (next((t for t in p.tracks if t.track == name), None)
+                               for p in run)]
+            with frames_path.open("wb") as out:
+                for piece, blob in zip(run, blobs, strict=True):
+                    out.write(blob.result() if blob is not None
+                              else silence[channels[name]]
+                              * (piece.end_frame - piece.first_frame))
+            path = work / f"{name}.mp3"
+            tag_file(frames_path, path, n)
+            key = layout.live_key(name, "mp3")
+            store.put_file(key, str(path), CONTENT_TYPES["mp3"])
+            tracks.append(FinalTrack(
+                track=name, kind="mixed" if name == MIX_TRACK else "speaker",
+                user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
+                channels=channels[name], bytes=path.stat().st_size,
+                sha256=sha256_file(path), duration_ms=duration_ms))
+    manifest = FinalManifest(
+        tool_version=TOOL_VERSION, meeting_id=layout.meeting_id, duration_ms=duration_ms,
+        recorded_ms=duration_ms, paused_ms=run[-1].paused_ms, tracks=tracks,
+        assembly="incremental")
+    store.put_json(layout.live_manifest_key, manifest.to_api())
+    return manifest
