@@ -112,6 +112,6 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
         try:
             build_piece(store, chunk, prefix, mp3_bitrate, tracks)
         except Exception as err:  # an optimisation: promotion falls back to the full path
-            log.warning("chunk %d: no piece: %s: %s", chunk.index, type(err).__name__, err)
+            log.info("chunk %d: no piece: %s: %s", chunk.index, type(err).__name__, err)
             print(f"chunk {chunk.index}: no piece ({type(err).__name__}: {err})", flush=True)
     return result

@@ -277,7 +277,7 @@ def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: 
     layout = MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)
     ctx = chunk_context(store, layout, chunk)
     if ctx is None:
-        log.warning("chunk %d: no context for a piece (previous chunk unknown)", chunk.index)
+        log.info("chunk %d: no context for a piece (previous chunk unknown)", chunk.index)
         return None
     out_start = chunk.start_ms - ctx.origin_ms - ctx.paused_ms
     out_end = out_start + chunk.duration_ms

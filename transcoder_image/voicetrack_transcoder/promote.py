@@ -131,7 +131,7 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
             return assemble(store, plan, speakers, channels, mix_channels, progress)
         except PiecesUnusable as err:
             fallback = str(err)
-            log.warning("incremental promotion not possible, promoting in full: %s", err)
+            log.info("incremental promotion not possible, promoting in full: %s", err)
             print(f"incremental promotion not possible: {err}; promoting in full",
                   flush=True)
     total_slots, tail_ms = divmod(total_ms, FRAME_MS)
