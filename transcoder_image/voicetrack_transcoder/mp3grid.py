@@ -204,13 +204,18 @@ def tag_file(frames_path: Path, out: Path, n_samples: int) -> None:
         f.write(tag)
 
 
+def silent_frames(mp3_bitrate: int, channels: set[int], workdir: Path) -> dict[int, bytes]:
+    """The frame LAME (no reservoir) writes for digital silence in its steady state, per
+    channel count in `channels` (one ffmpeg run): every frame of an all-zero input is
+    this one (checked by the tests), so a stretch of digital silence is it repeated."""
+    encoded = encode_many({f"silence-{c}": np.zeros((20 * FRAME, c), dtype=np.int16)
+                           for c in sorted(channels)}, mp3_bitrate, workdir)
+    return {c: encoded[f"silence-{c}"][10] for c in channels}
+
+
 def silent_frame(mp3_bitrate: int, channels: int, workdir: Path) -> bytes:
-    """The frame LAME (no reservoir) writes for digital silence in its steady state: every
-    frame of an all-zero input is this one (checked by the tests), so a track's stretch of
-    digital silence is this frame repeated."""
-    frames = encode_frames(np.zeros((20 * FRAME, channels), dtype=np.int16), mp3_bitrate,
-                           workdir, f"silence-{channels}")
-    return frames[len(frames) // 2]
+    """`silent_frames` of one channel count."""
+    return silent_frames(mp3_bitrate, {channels}, workdir)[channels]
 
 
 assert SAMPLE_RATE == 48_000  # the grid and frame sizes above assume it

@@ -60,7 +60,7 @@ from voicetrack_transcoder.mp3grid import (
     encode_many,
     owned,
     owned_end,
-    silent_frame,
+    silent_frames,
     split_frames,
     tag_file,
     total_frames,
@@ -478,7 +478,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             progress(0.5)
 
         # 4. each track: frames in order, an Info tag, peaks, speech
-        silence = {c: silent_frame(plan.mp3_bitrate, c, work) for c in (1, 2)}
+        silence = silent_frames(plan.mp3_bitrate, {track_channels[n] for n in names}, work)
         final_tracks: list[FinalTrack] = []
         uploads: list[tuple[str, Path, str]] = []
         speech: dict[str, list[list[list[int]]]] = {u: [] for u in speakers}
@@ -633,7 +633,7 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | 
     with tempfile.TemporaryDirectory(prefix="vt-live-") as tmp, \
             ThreadPoolExecutor(8, thread_name_prefix="live") as pool:
         work = Path(tmp)
-        silence = {c: silent_frame(bitrate, c, work) for c in (1, 2)}
+        silence = silent_frames(bitrate, set(channels.values()), work)
 
         def fetch(t: PieceTrack) -> bytes:
             try:
