@@ -3,10 +3,14 @@
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/<userId>.<raw-ext>   raw track
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/<userId>.<fmt>       transcoded track
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/result.json          transcoder manifest
+    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/piece-<track>.<fmt>  promotion piece
+    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/piece.json           piece manifest
     <prefix>/<guildId>/<meetingId>/promotion.json                          promotion plan
     <prefix>/<guildId>/<meetingId>/final/<userId>.<fmt> | mix.<fmt>        final tracks
     <prefix>/<guildId>/<meetingId>/final/waveform-<track>.json | .png      peaks, overview
     <prefix>/<guildId>/<meetingId>/final/manifest.json                     promotion manifest
+    <prefix>/<guildId>/<meetingId>/final/timeline.json                     speech timeline
+    <prefix>/<guildId>/<meetingId>/live/<track>.<fmt> | manifest.json      audio so far
     <prefix>/<guildId>/<meetingId>/final/failed/<index:06d>/<userId>.<ext> raw of a failed chunk
     <prefix>/<guildId>/<meetingId>/final/failed-chunks.json                why each one failed
 
@@ -62,6 +66,17 @@ class MeetingLayout:
         """Key of the transcoder's `result.json` for chunk `index`."""
         return f"{self.chunk_dir(index)}/result.json"
 
+    def piece_key(self, index: int, track: str, fmt: str) -> str:
+        """Key of chunk `index`'s piece of a final track (`track`: a user id or MIX_TRACK):
+        the encoded frames that chunk contributes to the final track (incremental
+        promotion, `voicetrack_transcoder.pieces`). Lives in the chunk's folder, so it is
+        collected with it."""
+        return f"{self.chunk_dir(index)}/piece-{track}.{output_extension(fmt)}"
+
+    def piece_manifest_key(self, index: int) -> str:
+        """Key of chunk `index`'s `piece.json` (`voicetrack.manifests.PieceManifest`)."""
+        return f"{self.chunk_dir(index)}/piece.json"
+
     @property
     def promotion_plan_key(self) -> str:
         return f"{self.root}/promotion.json"
@@ -78,9 +93,24 @@ class MeetingLayout:
         """Key of a track's peaks (`json`) or overview image (`png`)."""
         return f"{self.root}/final/waveform-{track}.{ext}"
 
+    def live_key(self, track: str, fmt: str) -> str:
+        """Key of a live session's "audio so far" of a track (a user id or MIX_TRACK): the
+        final track up to the last chunk whose piece is made, at a stable key."""
+        return f"{self.root}/live/{track}.{output_extension(fmt)}"
+
+    @property
+    def live_manifest_key(self) -> str:
+        """Key of the `manifest.json` (a FinalManifest) of the audio so far."""
+        return f"{self.root}/live/manifest.json"
+
     @property
     def final_manifest_key(self) -> str:
         return f"{self.root}/final/manifest.json"
+
+    @property
+    def timeline_key(self) -> str:
+        """Key of the speech timeline (`voicetrack.manifests.SpeechTimeline`)."""
+        return f"{self.root}/final/timeline.json"
 
     def failed_raw_key(self, index: int, user_id: str, raw_format: str) -> str:
         """Where a failed chunk's raw track is kept after the session's temporary data is

@@ -58,7 +58,12 @@ class FinalTrack(_Model):
 
 
 class FinalManifest(_Model):
-    """`final/manifest.json`: what promotion wrote, for the operator to verify and record."""
+    """`final/manifest.json`: what promotion wrote, for the operator to verify and record.
+
+    `assembly` says how the tracks were made: `incremental` (from the chunks' pieces,
+    `voicetrack_transcoder.pieces`) or `full` (every chunk decoded and encoded again);
+    `fallbackReason` says why pieces were not used when some existed. `timelineKey` is the
+    speech timeline (`SpeechTimeline`)."""
 
     tool_version: str
     meeting_id: str
@@ -67,3 +72,75 @@ class FinalManifest(_Model):
     paused_ms: int
     tracks: list[FinalTrack]
     gaps: list[Gap] = Field(default_factory=list)
+    timeline_key: str | None = None
+    assembly: Literal["incremental", "full"] | None = None
+    fallback_reason: str | None = None
+
+
+class PieceTrack(_Model):
+    """One final track's piece in a chunk (`chunks/<index>/piece-<track>.<ext>`).
+
+    For MP3: `frames` whole MPEG-1 Layer III frames (1152 samples each, ISO/IEC 11172-3),
+    no tag, `bytes` long, `sha256` of them. `peaks`: 8-bit min/max pairs per 480-sample
+    pixel over the piece's unit (the audiowaveform layout, `waveform.py`)."""
+
+    track: str
+    channels: Channels
+    key: str
+    frames: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str
+    peaks: list[int] = Field(default_factory=list)
+
+
+class PieceManifest(_Model):
+    """`chunks/<index>/piece.json`: what chunk `index` contributes to the final tracks.
+
+    Times are ms; `originMs`/`chunkEndMs` in session time, `unitStartMs`/`unitEndMs` in
+    output time (paused time cut, t = 0 at the first chunk's start): the unit is the
+    output time from the end of the chunk before (index - 1) to this chunk's end, gap
+    silence included. `firstFrame`..`endFrame` are the global MP3 frame indices the piece
+    owns (see `voicetrack_transcoder.mp3grid`). `pausedMs` is the paused time cut up to
+    this chunk (the chain the next chunk's piece continues); `stereoSeen` whether any
+    speaker so far sent stereo-coded packets (the mix's channel count). `sources` are
+    `userId:sha256` of the raw tracks decoded (this chunk's, and the previous chunk's in
+    `prevSources` when `prevUsed`), so assembly can prove the piece was made from what the
+    plan promotes. `speech` holds, per speaker, raw voice-activity runs `[startMs, endMs)`
+    in output time (before smoothing)."""
+
+    tool_version: str
+    index: int
+    format: str = "mp3"
+    mp3_bitrate: int
+    origin_ms: int
+    paused_ms: int
+    chunk_end_ms: int
+    stereo_seen: bool
+    unit_start_ms: int
+    unit_end_ms: int
+    first_frame: int
+    end_frame: int
+    sources: list[str]
+    prev_used: bool
+    prev_sources: list[str] = Field(default_factory=list)
+    tracks: list[PieceTrack]
+    speech: dict[str, list[list[int]]] = Field(default_factory=dict)
+
+
+class SpeechTimeline(_Model):
+    """`final/timeline.json`: when each speaker spoke, as `[startMs, endMs)` intervals in
+    output time (the final tracks' time: paused time cut, t = 0 at capture start).
+
+    Made from the decoded audio: a 20 ms slot is voiced when its RMS over both channels
+    exceeds `thresholdDbfs` (no packet means digital silence, so absence is never voice);
+    runs closer than `mergeGapMs` are joined, runs shorter than `minSpeechMs` dropped, and
+    each run is held for `hangoverMs` after its last voiced slot."""
+
+    version: int = 1
+    duration_ms: int
+    frame_ms: int = 20
+    threshold_dbfs: float
+    merge_gap_ms: int
+    min_speech_ms: int
+    hangover_ms: int
+    speakers: dict[str, list[list[int]]]

@@ -242,13 +242,15 @@ def build_transcode_job(owner: SessionRef, chunk: ChunkSpec, spec: SessionSpec,
                         settings: PodSettings) -> dict[str, Any]:
     """The transcoder Job `<session>-tx-<index:06d>` for one chunk: exit code 2 (bad
     input) fails it at once through `podFailurePolicy`; other failures retry up to
-    `backoffLimit`."""
+    `backoffLimit`. `--tracks` makes it also prepare the chunk's piece of the final
+    tracks (incremental promotion)."""
     args = [
         "chunk",
         "--chunk-json", json.dumps(chunk.to_api(), separators=(",", ":"), sort_keys=True),
         "--prefix", spec.storage.prefix,
         "--formats", ",".join(spec.output.formats),
         "--mp3-bitrate", str(spec.output.mp3_bitrate),
+        "--tracks", spec.output.tracks,
     ]
     return _job(owner, transcode_job_name(owner.name, chunk.index), "transcoder",
                 {LABEL_CHUNK_INDEX: str(chunk.index)}, args, settings, spec.storage.bucket,

@@ -347,7 +347,10 @@ def test_tracks_option_is_honoured(s3_server: S3Settings) -> None:
         assert {t.track for t in manifest.tracks} == names
         finals = {k.rsplit("/", 1)[1] for k in store.list_keys(layout.final_root)}
         assert finals == {f"{n}.mp3" for n in names} | {
-            f"waveform-{n}.{e}" for n in names for e in ("json", "png")} | {"manifest.json"}
+            f"waveform-{n}.{e}" for n in names for e in ("json", "png")} | {
+            "manifest.json", "timeline.json"}
+        # no chunk made a piece: promoted in full, saying why
+        assert manifest.assembly == "full" and "piece.json" in (manifest.fallback_reason or "")
 
 
 def test_bad_raw_exits_2_and_writes_nothing(s3_server: S3Settings) -> None:

@@ -6,10 +6,14 @@ one ffmpeg run; hash and upload the outputs while one more ffmpeg run decodes th
 their true length; write `result.json` last, so its presence means every output it lists is
 in place. Outputs are
 bit-exact functions of the raw input, so a second run writes the same keys and bytes.
+Then, for an MP3-only session, the chunk's piece of the final tracks (`pieces.py`): an
+optimisation only, so its failure is logged and leaves the chunk done (promotion then
+runs in full).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -28,11 +32,14 @@ from voicetrack_transcoder.ffmpeg import (
     pcm_input,
     run,
 )
+from voicetrack_transcoder.pieces import build_piece
 from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
+
+log = logging.getLogger(__name__)
 
 
 def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: list[str],
-                    mp3_bitrate: int = 128) -> TranscodeResult:
+                    mp3_bitrate: int = 128, tracks: str | None = None) -> TranscodeResult:
     """Transcode every track of `chunk` into `formats` and write outputs and `result.json`
     under `MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)`.
 
@@ -41,6 +48,8 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     remuxed (lossless); from PCM it is encoded with libopus. A track with `channels` 1
     (mono-coded packets) is encoded as mono (its left channel, which is what a mono libopus
     decoder returns), else as stereo.
+    `tracks` (`perSpeaker`, `mixed`, `both`; None: no piece) asks for the chunk's piece
+    of those final tracks when `formats` is `["mp3"]` (see the module docstring).
     Raises InvalidInputError (exit 2) for a bad window, a missing, empty or corrupt raw
     object or a sha256 mismatch, before writing anything; TemporaryFailure (exit 1) for
     S3 or ffmpeg failures.
@@ -99,4 +108,10 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
                 duration_ms=samples_to_ms(samples)))
     result = TranscodeResult(tool_version=TOOL_VERSION, index=chunk.index, outputs=outputs)
     store.put_json(layout.result_key(chunk.index), result.to_api())
+    if tracks is not None and formats == ["mp3"]:
+        try:
+            build_piece(store, chunk, prefix, mp3_bitrate, tracks)
+        except Exception as err:  # an optimisation: promotion falls back to the full path
+            log.info("chunk %d: no piece: %s: %s", chunk.index, type(err).__name__, err)
+            print(f"chunk {chunk.index}: no piece ({type(err).__name__}: {err})", flush=True)
     return result

@@ -2,7 +2,9 @@
 
     voicetrack-transcoder chunk --chunk-json '<ChunkSpec JSON>' --prefix <prefix>
                                 [--formats mp3,flac,opus] [--mp3-bitrate 128]
+                                [--tracks perSpeaker|mixed|both]
     voicetrack-transcoder promote --plan-key <key of promotion.json>
+    voicetrack-transcoder live --prefix <prefix> --guild-id <id> --meeting-id <id>
 
 The bucket and credentials come from VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY,
 VOICETRACK_S3_SECRET_KEY and VOICETRACK_S3_BUCKET, and are never printed. Exit codes: 0 done;
@@ -21,11 +23,13 @@ import typer
 from pydantic import ValidationError
 
 from voicetrack.errors import InvalidInputError
+from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import ChunkSpec
 from voicetrack.termination import write_termination_message
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.ffmpeg import parse_formats
+from voicetrack_transcoder.pieces import assemble_live
 from voicetrack_transcoder.promote import promote
 
 EXIT_BAD_INPUT = 2
@@ -75,15 +79,24 @@ def chunk(
     mp3_bitrate: Annotated[int, typer.Option(
         "--mp3-bitrate", envvar="VOICETRACK_MP3_BITRATE", help="MP3 bitrate in kbit/s.")
     ] = 128,
+    tracks: Annotated[str | None, typer.Option(
+        "--tracks", envvar="VOICETRACK_TRACKS",
+        help="Final tracks (perSpeaker, mixed, both) to prepare this chunk's piece of "
+             "(incremental promotion); none when absent.")] = None,
 ) -> None:
-    """Transcode one chunk's raw tracks; write outputs and result.json (last)."""
+    """Transcode one chunk's raw tracks; write outputs and result.json (last), then the
+    chunk's piece of the final tracks when --tracks is given."""
     try:
         spec = ChunkSpec.model_validate(json.loads(chunk_json))
         fmts = parse_formats(formats)
+        if tracks is not None and tracks not in ("perSpeaker", "mixed", "both"):
+            raise ValueError(f"--tracks {tracks!r} is not perSpeaker, mixed or both")
     except (ValueError, ValidationError) as err:
-        raise _fail(EXIT_BAD_INPUT, f"bad --chunk-json or --formats: {err}") from None
+        raise _fail(EXIT_BAD_INPUT, f"bad --chunk-json, --formats or --tracks: {err}"
+                    ) from None
     store = _store()
-    result = _guarded(lambda: transcode_chunk(store, spec, prefix, fmts, mp3_bitrate))
+    result = _guarded(lambda: transcode_chunk(store, spec, prefix, fmts, mp3_bitrate,
+                                              tracks))
     print(f"chunk {result.index}: {len(result.outputs)} output(s) written", flush=True)
 
 
@@ -100,3 +113,21 @@ def promote_cmd(
 
     manifest = _guarded(lambda: promote(store, plan_key, progress))
     print(f"promoted {len(manifest.tracks)} track(s), {manifest.duration_ms} ms", flush=True)
+
+
+@app.command()
+def live(
+    prefix: Annotated[str, typer.Option(
+        "--prefix", envvar="VOICETRACK_S3_PREFIX", help="Storage prefix of the session.")],
+    guild_id: Annotated[str, typer.Option("--guild-id", envvar="VOICETRACK_GUILD_ID")],
+    meeting_id: Annotated[str, typer.Option("--meeting-id", envvar="VOICETRACK_MEETING_ID")],
+) -> None:
+    """Assemble the audio so far of a live session from its chunks' pieces into
+    live/<track>.mp3 and live/manifest.json (replaced each time)."""
+    store = _store()
+    manifest = _guarded(lambda: assemble_live(store, MeetingLayout(prefix, guild_id,
+                                                                   meeting_id)))
+    if manifest is None:
+        print("no piece yet: nothing assembled", flush=True)
+    else:
+        print(f"live: {len(manifest.tracks)} track(s), {manifest.duration_ms} ms", flush=True)

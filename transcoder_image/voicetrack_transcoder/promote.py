@@ -14,6 +14,11 @@ same path with samples instead of packets. The mix is the sum of the speakers th
 limiter (mixer.py). Audio streams through in one-second blocks; raw chunks are fetched a few
 chunks ahead; nothing holds a whole track in memory.
 
+A plan for MP3 only is first assembled from the pieces the chunk transcodes made while
+recording (`pieces.py`): only the last chunk and the assembly remain after stop. When a
+piece is missing or does not verify, the full promotion below runs instead and the
+manifest says why (`fallbackReason`). Both write the speech timeline (`speech.py`).
+
 Everything goes to local files first. Only when every track is complete are the final
 tracks and waveforms uploaded, and `final/manifest.json` last: a bad raw object found halfway
 (exit 2) leaves S3 as it was.
@@ -22,6 +27,7 @@ tracks and waveforms uploaded, and `final/manifest.json` last: a bad raw object 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +51,8 @@ from voicetrack.objectstore import ObjectStore, sha256_file
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES, FORMATS, EncoderSink
 from voicetrack_transcoder.mixer import Limiter, mix_sum
+from voicetrack_transcoder.pieces import PiecesUnusable, assemble, speech_timeline
+from voicetrack_transcoder.speech import SpeechDetector
 from voicetrack_transcoder.streams import (
     BLOCK_SLOTS,
     PREFETCH_AUDIO_MS,
@@ -58,6 +66,7 @@ from voicetrack_transcoder.streams import (
 from voicetrack_transcoder.waveform import PeaksBuilder, overview_png
 
 Progress = Callable[[float], None]
+log = logging.getLogger(__name__)
 
 
 def load_plan(store: ObjectStore, plan_key: str) -> PromotionPlan:
@@ -80,14 +89,16 @@ class _Track:
     peaks: PeaksBuilder
 
 
-def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
-            ) -> FinalManifest:
+def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
+            incremental: bool = True) -> FinalManifest:
     """Run the promotion described by the plan at `plan_key` (see the module docstring).
 
     Every final track lasts `sessionEndMs - paused ms` (`durationMs`, counted from the
     samples encoded); `recordedMs` is the time covered by promoted chunks. Writes
     `final/<track>.<ext>`, `final/waveform-<track>.json|png`, then `final/manifest.json`.
-    `progress(fraction)` is called as audio is processed (0.0 … 1.0).
+    `progress(fraction)` is called as audio is processed (0.0 … 1.0). With `incremental`
+    the pieces are tried first (see the module docstring); the manifest's `assembly`
+    says which path made the tracks. Also writes `final/timeline.json`.
     Raises InvalidInputError (exit 2) for a missing or malformed plan or a missing, corrupt
     or mismatching raw object; TemporaryFailure (exit 1) for S3 or ffmpeg failures.
     """
@@ -112,6 +123,17 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
     if total_ms <= 0:
         raise InvalidInputError(f"promotion plan {plan_key}: no audio time to promote "
                                 f"(sessionEndMs {plan.session_end_ms}, all of it paused)")
+    channels = {u: speaker_channels(plan, u) for u in speakers}
+    mix_channels: Channels = 2 if 2 in channels.values() else 1
+    fallback: str | None = None
+    if incremental:
+        try:
+            return assemble(store, plan, speakers, channels, mix_channels, progress)
+        except PiecesUnusable as err:
+            fallback = str(err)
+            log.info("incremental promotion not possible, promoting in full: %s", err)
+            print(f"incremental promotion not possible: {err}; promoting in full",
+                  flush=True)
     total_slots, tail_ms = divmod(total_ms, FRAME_MS)
     want_speakers = plan.tracks in ("perSpeaker", "both")
     want_mix = plan.tracks in ("mixed", "both") and bool(speakers)
@@ -127,8 +149,7 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                                    else RAW_FORMAT_OGG_OPUS]
         fetcher = RawFetcher(store, plan.chunks, fetch_pool,
                              ahead=min(PREFETCH_CHUNKS, budget // longest))
-        channels = {u: speaker_channels(plan, u) for u in speakers}
-        mix_channels: Channels = 2 if 2 in channels.values() else 1
+        detectors = {u: SpeechDetector() for u in speakers}
         readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher, channels[u]), sizes)
                    for u in speakers]
         tracks: list[_Track] = []
@@ -159,6 +180,8 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
                 done += n
                 for track, block in zip(speaker_tracks, blocks, strict=False):
                     emit(track, block)
+                for user, block in zip(speakers, blocks, strict=True):
+                    detectors[user].add(block)
                 if mix is not None:
                     emit(mix, limiter.process(mix_sum(blocks, mix_channels)))
                 percent = done * 100 // max(total_slots, 1)
@@ -204,8 +227,12 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None
         for key, path, content_type in uploads:
             store.put_file(key, str(path), content_type)
     gaps = [g for g in plan.gaps if g.end_ms > g.start_ms]
+    speech = speech_timeline(total_ms, {u: d.runs() for u, d in detectors.items()})
+    store.put_json(layout.timeline_key, speech.to_api())
     manifest = FinalManifest(tool_version=TOOL_VERSION, meeting_id=plan.meeting_id,
                              duration_ms=total_ms, recorded_ms=recorded_ms,
-                             paused_ms=paused_ms, tracks=final_tracks, gaps=gaps)
+                             paused_ms=paused_ms, tracks=final_tracks, gaps=gaps,
+                             timeline_key=layout.timeline_key, assembly="full",
+                             fallback_reason=fallback)
     store.put_json(layout.final_manifest_key, manifest.to_api())
     return manifest

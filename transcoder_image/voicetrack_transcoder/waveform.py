@@ -58,13 +58,19 @@ class PeaksBuilder:
 
     def to_json(self) -> dict[str, Any]:
         """The audiowaveform version-2 JSON document (see the module docstring)."""
-        mins, maxs = self.finish()
-        data = np.empty(mins.size * 2, dtype=np.int64)
-        data[0::2] = mins
-        data[1::2] = maxs
-        return {"version": 2, "channels": 1, "sample_rate": SAMPLE_RATE,
-                "samples_per_pixel": self.spp, "bits": 8, "length": int(mins.size),
-                "data": data.tolist()}
+        return peaks_json(*self.finish(), self.spp)
+
+
+def peaks_json(mins: np.ndarray, maxs: np.ndarray, samples_per_pixel: int = SAMPLES_PER_PIXEL
+               ) -> dict[str, Any]:
+    """The audiowaveform version-2 JSON document (see the module docstring) of per-pixel
+    int8 minima and maxima (equal lengths)."""
+    data = np.empty(mins.size * 2, dtype=np.int64)
+    data[0::2] = mins
+    data[1::2] = maxs
+    return {"version": 2, "channels": 1, "sample_rate": SAMPLE_RATE,
+            "samples_per_pixel": samples_per_pixel, "bits": 8, "length": int(mins.size),
+            "data": data.tolist()}
 
 
 def overview_png(mins: np.ndarray, maxs: np.ndarray, size: tuple[int, int] = OVERVIEW_SIZE

@@ -1,0 +1,181 @@
+"""Benchmark: stop → final tracks with incremental promotion, against the full promotion.
+
+For a 10 min and a 1 h session of 5 speakers (10 s chunks, the session of
+benchmarks/transcode.py: each speaker talks in a third of the chunks, mono-coded, MP3
+128 kbit/s, per-speaker and mixed tracks):
+
+1. While "recording": every chunk's piece (`pieces.build_piece`, what each chunk's
+   transcoder Job adds), in chunk order; its wall time per chunk (p50, p95) is printed.
+2. Stop → final, `--runs` times: the last chunk's piece (its Job runs after stop) plus
+   the promotion (`promote`, which assembles the pieces). p95 over the runs.
+3. The full promotion of the same plan (`promote(..., incremental=False)`): every chunk
+   decoded and every track encoded in one pass. ratio_to_single_pass = stop → final p95
+   (1 h) / the full promotion's wall time (1 h).
+4. Boundary error (10 min session, every track): the assembled track against the
+   single-pass encode, decoded: the lag (ms) that best aligns 100 ms around each unit
+   boundary (boundary_err_ms, the largest), the correlation of the whole track, and the
+   largest sample difference within ±1152 samples of a junction (where two encodes meet,
+   `mp3grid`) against the largest elsewhere.
+
+Usage: python benchmarks/promote.py [--speakers 5] [--runs 5] [--minutes 10,60]
+Last line: `promote: stop_to_final_p95 S s (1h x 5), boundary_err_ms E,
+ratio_to_single_pass X`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from transcode import GUILD, upload_session  # noqa: E402
+
+from tests.audio_helpers import best_correlation  # noqa: E402
+from voicetrack.layout import MeetingLayout  # noqa: E402
+from voicetrack.manifests import PromotionPlan  # noqa: E402
+from voicetrack.objectstore import ObjectStore, S3Settings  # noqa: E402
+from voicetrack_local.seaweed import SeaweedServer  # noqa: E402
+from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end  # noqa: E402
+from voicetrack_transcoder.pieces import build_piece  # noqa: E402
+from voicetrack_transcoder.promote import promote  # noqa: E402
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def decode(data: bytes, channels: int) -> np.ndarray:
+    """An MP3's samples (int16 (n, channels)), gapless as ffmpeg reads a file."""
+    with tempfile.NamedTemporaryFile(suffix=".mp3") as f:
+        f.write(data)
+        f.flush()
+        out = subprocess.run(["ffmpeg", "-v", "error", "-i", f.name, "-f", "s16le",
+                              "-ac", str(channels), "pipe:1"], capture_output=True,
+                             check=True).stdout
+    return np.frombuffer(out, dtype="<i2").reshape(-1, channels)
+
+
+def record_pieces(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
+                  ) -> list[float]:
+    """Each chunk's piece in order, as the chunk Jobs make them; wall s per chunk."""
+    times = []
+    for chunk in plan.chunks:
+        store.put_json(layout.chunk_manifest_key(chunk.index), chunk.to_api())
+        t0 = time.perf_counter()
+        build_piece(store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def boundary_figures(inc: dict[str, bytes], full: dict[str, bytes],
+                     channels: dict[str, int], plan: PromotionPlan
+                     ) -> tuple[float, float, int, int]:
+    """(largest boundary lag ms, lowest correlation, largest diff near boundaries, largest
+    diff elsewhere), over every track (`inc` and `full`: MP3 bytes by track name)."""
+    worst_lag, worst_corr, near_max, far_max = 0.0, 1.0, 0, 0
+    # where two encodes meet: the first sample the next piece's first frame decodes to
+    bounds = [owned_end(c.end_ms * 48) * FRAME - TOTAL_DELAY for c in plan.chunks[:-1]]
+    half, win = FRAME, 2400
+    for track, data in inc.items():
+        n = channels[track]
+        x = decode(data, n).astype(np.int64)
+        y = decode(full[track], n).astype(np.int64)
+        assert x.shape == y.shape, (track, x.shape, y.shape)
+        if n == 1:
+            x, y = np.repeat(x, 2, axis=1), np.repeat(y, 2, axis=1)
+        corr, _ = best_correlation(y, x, 960)
+        worst_corr = min(worst_corr, corr)
+        diff = np.abs(x - y).max(axis=1)
+        mask = np.zeros(diff.size, dtype=bool)
+        for at in bounds:
+            mask[max(at - half, 0): at + half] = True
+            xs = x[at - win: at + win].sum(axis=1).astype(np.float64)
+            ys = y[at - win: at + win].sum(axis=1).astype(np.float64)
+            if not ys.any():
+                continue
+            lags = range(-240, 241, 8)
+            scores = [float(np.dot(np.roll(xs, lag), ys)) for lag in lags]
+            lag_ms = abs(list(lags)[int(np.argmax(scores))]) / 48
+            worst_lag = max(worst_lag, lag_ms)
+        near_max = max(near_max, int(diff[mask].max()))
+        far_max = max(far_max, int(diff[~mask].max()))
+    return worst_lag, worst_corr, near_max, far_max
+
+
+def bench(store: ObjectStore, minutes: int, speakers: int, runs: int) -> dict[str, float]:
+    layout = MeetingLayout("bench", GUILD, f"PrOmOtEbEnCh{minutes:04d}")
+    plan = upload_session(store, layout, minutes / 60, speakers, True).model_copy(
+        update={"prefix": layout.prefix})
+    store.put_json(layout.promotion_plan_key, plan.to_api())
+    times = record_pieces(store, layout, plan)
+    last = plan.chunks[-1]
+    stops = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
+        manifest = promote(store, layout.promotion_plan_key)
+        stops.append(time.perf_counter() - t0)
+        assert manifest.assembly == "incremental", manifest.fallback_reason
+    inc_tracks = {t.track: store.get_bytes(t.key) for t in manifest.tracks} \
+        if minutes <= 10 else {}
+    t0 = time.perf_counter()
+    full = promote(store, layout.promotion_plan_key, incremental=False)
+    full_s = time.perf_counter() - t0
+    out = {"piece_p50": statistics.median(times), "piece_p95": p95(times),
+           "stop_p50": statistics.median(stops), "stop_p95": p95(stops), "full": full_s}
+    print(f"{minutes} min x {speakers}: {len(plan.chunks)} chunks; piece per chunk "
+          f"p50 {out['piece_p50']:.2f} s p95 {out['piece_p95']:.2f} s; stop -> final "
+          f"p50 {out['stop_p50']:.2f} s p95 {out['stop_p95']:.2f} s ({runs} runs); full "
+          f"promotion {full_s:.1f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
+    if inc_tracks:
+        full_tracks = {t.track: store.get_bytes(t.key) for t in full.tracks}
+        lag, corr, near, far = boundary_figures(
+            inc_tracks, full_tracks, {t.track: t.channels for t in full.tracks}, plan)
+        print(f"{minutes} min boundaries (every track against the single-pass encode): "
+              f"largest lag {lag:.2f} ms, lowest correlation {corr:.4f}, largest sample "
+              f"difference within 1152 samples of a junction {near} vs {far} elsewhere", flush=True)
+        out.update(lag=lag, corr=corr, near=near, far=far)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--speakers", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--minutes", default="10,60")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="vt-bench-promote-") as tmp:
+        server = SeaweedServer(Path(tmp) / "seaweedfs", bucket="bench")
+        settings: S3Settings = server.start()
+        try:
+            store = ObjectStore(settings)
+            for minutes in (int(m) for m in args.minutes.split(",")):
+                results[minutes] = bench(store, minutes, args.speakers, args.runs)
+        finally:
+            server.stop()
+    longest = results[max(results)]
+    shortest = results[min(results)]
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; stop -> final "
+          f"p95 {shortest['stop_p95']:.2f} s ({min(results)} min) vs "
+          f"{longest['stop_p95']:.2f} s ({max(results)} min)")
+    print(f"promote: stop_to_final_p95 {longest['stop_p95']:.1f} s "
+          f"({max(results) / 60:g}h x {args.speakers}), boundary_err_ms "
+          f"{shortest.get('lag', float('nan')):.1f}, ratio_to_single_pass "
+          f"{longest['stop_p95'] / longest['full']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

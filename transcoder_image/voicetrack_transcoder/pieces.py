@@ -1,0 +1,672 @@
+"""Incremental promotion: each chunk's share of the final MP3 tracks, made while recording,
+and the assembly that joins them after stop.
+
+Units. The output (session time with paused gaps cut, t = 0 at the first chunk's start)
+is split at the end of every chunk: chunk `k`'s unit is `[end of chunk k-1, end of chunk
+k)` in output time, the silence of a gap before it included. Its transcoder Job (which
+has all speakers' raw tracks of the chunk) renders the unit exactly as the full promotion
+does (`streams.SpeakerStream` over a small plan of chunks k-1 and k, so the decoder and the
+limiter are warmed up by the audio before the unit), computes its waveform peaks and raw
+voice activity, and encodes the MP3 frames of the global frame grid that the unit owns
+(`mp3grid`): the piece, written to `chunks/<k>/piece-<track>.mp3` with `piece.json`.
+
+Assembly (at promotion): every unit that ends at a promoted chunk's end must have a piece
+whose manifest matches the plan (unit, frames, bitrate, channels, the sha256 of every raw
+track decoded); units the recorder never sent a piece for (a failed chunk's window, time
+after the last chunk) and the frames after the last piece are rendered then from the raw
+chunks, which is the work left after stop: at most one chunk's worth. Speakers absent from
+a unit and from the chunk before it are digital silence there: LAME's steady-state silent
+frame. Each final track is the frames in order behind an Info tag with the exact delay
+and padding (`mp3grid.tag_file`). A missing or mismatching piece raises PiecesUnusable and
+promotion falls back to the full re-promotion (`promote.py`).
+
+Only MP3 is assembled from pieces; a plan asking for FLAC or Opus is promoted in full.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from voicetrack.audio import FRAME_MS, Channels, ms_to_samples, samples_to_ms
+from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.layout import MIX_TRACK, MeetingLayout
+from voicetrack.manifests import (
+    FinalManifest,
+    FinalTrack,
+    PieceManifest,
+    PieceTrack,
+    PromotionPlan,
+    SpeechTimeline,
+)
+from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
+from voicetrack.resources import ChunkSpec
+from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
+from voicetrack_transcoder.mixer import Limiter, mix_sum
+from voicetrack_transcoder.mp3grid import (
+    FRAME,
+    TOTAL_DELAY,
+    WARMUP_FRAMES,
+    encode_many,
+    owned,
+    owned_end,
+    silent_frames,
+    split_frames,
+    tag_file,
+    total_frames,
+)
+from voicetrack_transcoder.rawtracks import load_raw
+from voicetrack_transcoder.speech import (
+    HANGOVER_MS,
+    MERGE_GAP_MS,
+    MIN_SPEECH_MS,
+    THRESHOLD_DBFS,
+    join_runs,
+    smooth,
+    voiced_runs,
+)
+from voicetrack_transcoder.streams import RawFetcher, SpeakerStream, build_timeline
+from voicetrack_transcoder.waveform import PeaksBuilder, overview_png, peaks_json
+
+log = logging.getLogger(__name__)
+
+class PiecesUnusable(Exception):
+    """The pieces cannot make the final tracks (missing, damaged, made from other input):
+    the message says which and why. Promotion then runs in full."""
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A chunk placed in output time: its window starts at `out_start_ms`."""
+
+    chunk: ChunkSpec
+    out_start_ms: int
+
+    @property
+    def out_end_ms(self) -> int:
+        return self.out_start_ms + self.chunk.end_ms - self.chunk.start_ms
+
+
+@dataclass
+class Rendered:
+    """Output samples `[start, start + n)` (per channel, output time) of each track."""
+
+    start: int
+    tracks: dict[str, np.ndarray] = field(default_factory=dict)
+    wanted: set[str] = field(default_factory=set)
+    """The tracks to encode (all rendered ones when empty)."""
+
+    def cut(self, track: str, a: int, b: int) -> np.ndarray:
+        """Samples `[a, b)` of `track` (output time)."""
+        pcm = self.tracks[track]
+        if a < self.start or b > self.start + pcm.shape[0]:
+            raise ValueError(f"[{a}, {b}) not rendered ([{self.start}, "
+                             f"{self.start + pcm.shape[0]}))")
+        return pcm[a - self.start: b - self.start]
+
+
+def render(store: ObjectStore, layout: MeetingLayout, placed: list[Placed], from_ms: int,
+           to_ms: int, speakers: list[str], channels: dict[str, Channels],
+           mix_channels: Channels | None) -> Rendered:
+    """Every speaker's audio (and the mix unless `mix_channels` is None) over output time
+    `[from_ms, to_ms)`, made as the full promotion makes it: the `placed` chunks (in
+    order, within the range) as one stream per speaker, silence elsewhere. `from_ms` must
+    be on the 20 ms grid. Raises InvalidInputError for a bad raw track."""
+    chunks = [p.chunk.model_copy(update={
+        "start_ms": p.out_start_ms - from_ms, "end_ms": p.out_end_ms - from_ms, "gap": None})
+        for p in placed]
+    plan = PromotionPlan(guild_id=layout.guild_id, meeting_id=layout.meeting_id,
+                         prefix=layout.prefix, session_end_ms=to_ms - from_ms,
+                         speakers=speakers, chunks=chunks)
+    timeline = build_timeline(plan)
+    slots = -(-(to_ms - from_ms) // FRAME_MS)
+    n = ms_to_samples(to_ms - from_ms)
+    out = Rendered(ms_to_samples(from_ms))
+    with ThreadPoolExecutor(4, thread_name_prefix="piece-fetch") as pool:
+        fetcher = RawFetcher(store, chunks, pool)
+        for user in speakers:
+            stream = SpeakerStream(user, plan, timeline, fetcher, channels[user])
+            try:
+                out.tracks[user] = stream.read(slots)[:n] if slots else \
+                    np.zeros((0, channels[user]), dtype=np.int16)
+            finally:
+                stream.close()
+    if mix_channels is not None:
+        limiter = Limiter(channels=mix_channels)
+        blocks = [out.tracks[u] for u in speakers] or [np.zeros((n, mix_channels), np.int16)]
+        mixed = limiter.process(mix_sum(blocks, mix_channels))
+        out.tracks[MIX_TRACK] = np.concatenate([mixed, limiter.flush()])
+    return out
+
+
+@dataclass
+class Work:
+    """Output frames `[first, end)` (`end` None: to the stream's end) and the unit
+    `[unit_start_ms, unit_end_ms)` whose peaks and voice activity go with them."""
+
+    first: int
+    end: int | None
+    unit_start_ms: int
+    unit_end_ms: int
+
+
+@dataclass
+class Made:
+    """What `make` produced per track: frames, peaks (min, max int8 per pixel), runs."""
+
+    frames: dict[str, list[bytes]]
+    peaks: dict[str, tuple[np.ndarray, np.ndarray]]
+    speech: dict[str, list[list[int]]]
+
+
+def make(rendered: Rendered, work: Work, mp3_bitrate: int, workdir: Path,
+         speakers: list[str]) -> Made:
+    """Encode the frames of `work` for every rendered track and measure its unit (peaks of
+    every track, voice activity of `speakers`, rendered even when their tracks are not
+    wanted). `rendered` must start at or before `max(work.first - WARMUP_FRAMES, 0) * 1152`.
+    """
+    voiced = [u for u in speakers if u in rendered.tracks]
+    encode = [k for k in rendered.tracks if not rendered.wanted or k in rendered.wanted]
+    start_frame = max(work.first - WARMUP_FRAMES, 0)
+    a, b = ms_to_samples(work.unit_start_ms), ms_to_samples(work.unit_end_ms)
+    made = Made({}, {}, {})
+    encoded = encode_many({track: rendered.cut(
+        track, start_frame * FRAME, rendered.start + rendered.tracks[track].shape[0])
+        for track in encode}, mp3_bitrate, workdir)
+    made.frames = {track: owned(frames, start_frame, work.first, work.end, track)
+                   for track, frames in encoded.items()}
+    for track in encode:
+        pcm = rendered.tracks[track]
+        unit = rendered.cut(track, a, b)
+        peaks = PeaksBuilder(channels=pcm.shape[1])
+        peaks.add(unit)
+        made.peaks[track] = peaks.finish()
+    for track in voiced:
+        made.speech[track] = voiced_runs(rendered.cut(track, a, b), work.unit_start_ms)
+    return made
+
+
+# ---------------------------------------------------------------- the chunk's piece
+
+
+@dataclass(frozen=True)
+class ChunkContext:
+    """Where chunk `k` sits in output time: the session's origin (first chunk's start,
+    session ms), the paused ms cut before it, the chunk before it (None for the first)
+    and whether any earlier speaker was stereo."""
+
+    origin_ms: int
+    paused_ms: int
+    prev: ChunkSpec | None
+    prev_paused_ms: int
+    stereo_seen: bool
+
+
+def _sources(chunk: ChunkSpec) -> list[str]:
+    return sorted(f"{t.user_id}:{t.sha256}" for t in chunk.tracks)
+
+
+def _paused_before(chunk: ChunkSpec, prev: ChunkSpec) -> int:
+    """Paused ms between `prev` and `chunk`: the whole interval when the chunk's recorded
+    gap is a pause (as the promotion plan reads it, `plan.py`)."""
+    if chunk.gap is not None and chunk.gap.cause == "paused":
+        return chunk.start_ms - prev.end_ms
+    return 0
+
+
+def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
+                  ) -> ChunkContext | None:
+    """The context of `chunk` from S3: the previous chunk's `chunk.json`, and the pause
+    total from its `piece.json` (else from every earlier `chunk.json`). None when it cannot
+    be known (the previous chunk's spec is missing)."""
+    if chunk.index == 0:
+        return ChunkContext(chunk.start_ms, 0, None, 0, any(t.channels == 2
+                                                             for t in chunk.tracks))
+    try:
+        prev = ChunkSpec.model_validate(store.get_json(layout.chunk_manifest_key(
+            chunk.index - 1)))
+    except (NotFoundError, InvalidInputError, ValidationError):
+        return None
+    stereo_now = any(t.channels == 2 for t in chunk.tracks)
+    try:
+        piece = PieceManifest.model_validate(store.get_json(layout.piece_manifest_key(
+            prev.index)))
+        return ChunkContext(piece.origin_ms, piece.paused_ms + _paused_before(chunk, prev),
+                            prev, piece.paused_ms, piece.stereo_seen or stereo_now)
+    except (NotFoundError, InvalidInputError, ValidationError):
+        pass
+    earlier: list[ChunkSpec] = []
+    for key in store.list_keys(layout.chunks_root):
+        if key.endswith("/chunk.json"):
+            try:
+                spec = ChunkSpec.model_validate(store.get_json(key))
+            except (NotFoundError, InvalidInputError, ValidationError):
+                return None
+            if spec.index < chunk.index:
+                earlier.append(spec)
+    earlier.sort(key=lambda c: c.start_ms)
+    if not earlier or earlier[-1].index != prev.index:
+        return None
+    paused = 0
+    for before, after in itertools.pairwise(earlier):
+        paused += _paused_before(after, before)
+    stereo = stereo_now or any(t.channels == 2 for c in earlier for t in c.tracks)
+    return ChunkContext(earlier[0].start_ms, paused + _paused_before(chunk, prev), prev,
+                        paused, stereo)
+
+
+def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: int,
+                tracks: str = "both") -> PieceManifest | None:
+    """Make and upload chunk `chunk`'s piece (see the module docstring); `piece.json` is
+    written last. Returns None (and writes nothing) when the chunk's place in the output
+    cannot be known. Raises InvalidInputError for a bad raw track of the chunk itself,
+    TemporaryFailure for S3 or ffmpeg failures."""
+    layout = MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)
+    ctx = chunk_context(store, layout, chunk)
+    if ctx is None:
+        log.info("chunk %d: no context for a piece (previous chunk unknown)", chunk.index)
+        return None
+    out_start = chunk.start_ms - ctx.origin_ms - ctx.paused_ms
+    out_end = out_start + chunk.duration_ms
+    placed = [Placed(chunk, out_start)]
+    prev_used = False
+    unit_start = 0
+    if ctx.prev is not None:
+        prev_out_end = ctx.prev.end_ms - ctx.origin_ms - ctx.prev_paused_ms
+        unit_start = prev_out_end
+        try:  # a bad previous chunk fails its own transcode: silence in the plan
+            for raw_track in ctx.prev.tracks:
+                load_raw(store, ctx.prev, raw_track)
+            prev_used = True
+            placed.insert(0, Placed(ctx.prev, prev_out_end - ctx.prev.duration_ms))
+        except InvalidInputError:
+            prev_used = False
+    first = owned_end(ms_to_samples(unit_start)) if unit_start else 0
+    end = owned_end(ms_to_samples(out_end))
+    render_from = max(first - WARMUP_FRAMES, 0) * FRAME
+    from_ms = min(unit_start, samples_to_ms(render_from)) // FRAME_MS * FRAME_MS
+    if prev_used:
+        from_ms = min(from_ms, placed[0].out_start_ms)
+    speakers = sorted({t.user_id for p in placed for t in p.chunk.tracks})
+    channels: dict[str, Channels] = {
+        u: max((t.channels for p in placed for t in p.chunk.tracks if t.user_id == u),
+               default=1) for u in speakers}
+    want_speakers = tracks in ("perSpeaker", "both")
+    want_mix = tracks in ("mixed", "both")
+    mix_channels: Channels = 2 if ctx.stereo_seen else 1
+    rendered = render(store, layout, placed, from_ms, out_end, speakers, channels,
+                      mix_channels if want_mix else None)
+    if not want_speakers:
+        rendered.wanted = {MIX_TRACK}
+    with tempfile.TemporaryDirectory(prefix="vt-piece-") as tmp:
+        made = make(rendered, Work(first, end, unit_start, out_end), mp3_bitrate, Path(tmp),
+                    speakers)
+    piece_tracks = []
+    for track, frames in made.frames.items():
+        data = b"".join(frames)
+        key = layout.piece_key(chunk.index, track, "mp3")
+        store.put_bytes(key, data, CONTENT_TYPES["mp3"])
+        mins, maxs = made.peaks[track]
+        pairs = np.empty(mins.size * 2, dtype=np.int64)
+        pairs[0::2], pairs[1::2] = mins, maxs
+        piece_tracks.append(PieceTrack(
+            track=track, channels=mix_channels if track == MIX_TRACK else channels[track],
+            key=key, frames=len(frames), bytes=len(data), sha256=sha256_hex(data),
+            peaks=pairs.tolist()))
+    manifest = PieceManifest(
+        tool_version=TOOL_VERSION, index=chunk.index, mp3_bitrate=mp3_bitrate,
+        origin_ms=ctx.origin_ms, paused_ms=ctx.paused_ms, chunk_end_ms=chunk.end_ms,
+        stereo_seen=ctx.stereo_seen, unit_start_ms=unit_start, unit_end_ms=out_end,
+        first_frame=first, end_frame=end, sources=_sources(chunk), prev_used=prev_used,
+        prev_sources=_sources(ctx.prev) if prev_used and ctx.prev else [],
+        tracks=piece_tracks, speech={u: r for u, r in made.speech.items() if r})
+    store.put_json(layout.piece_manifest_key(chunk.index), manifest.to_api())
+    return manifest
+
+
+# ---------------------------------------------------------------- assembly
+
+
+@dataclass
+class _Unit:
+    start_ms: int
+    end_ms: int
+    chunk_pos: int | None
+    """Position in plan.chunks of the chunk the unit ends with (None: a gap or the tail)."""
+
+
+def _units(plan: PromotionPlan) -> tuple[list[_Unit], list[Placed]]:
+    """The units of the plan's output (see the module docstring) and its chunks placed."""
+    placed: list[Placed] = []
+    units: list[_Unit] = []
+    at = start = 0
+    for seg in build_timeline(plan):
+        if seg.cut:
+            continue
+        length = seg.end_ms - seg.start_ms
+        if seg.chunk is not None:
+            placed.append(Placed(plan.chunks[seg.chunk], at))
+        at += length
+        ends_unit = seg.chunk is not None or any(
+            g.cause == "chunk-failed" and g.end_ms == seg.end_ms for g in plan.gaps)
+        if ends_unit:
+            units.append(_Unit(start, at, seg.chunk))
+            start = at
+    if at > start:
+        units.append(_Unit(start, at, None))
+    return units, placed
+
+
+def _around(placed: list[Placed], from_ms: int, to_ms: int) -> list[Placed]:
+    """The placed chunks that overlap `[from_ms, to_ms)`."""
+    return [p for p in placed if p.out_end_ms > from_ms and p.out_start_ms < to_ms]
+
+
+def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
+             channels: dict[str, Channels], mix_channels: Channels,
+             progress: Callable[[float], None] | None = None) -> FinalManifest:
+    """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
+
+    Raises PiecesUnusable (nothing written) when a piece is missing or does not match the
+    plan; InvalidInputError / TemporaryFailure as the full promotion does."""
+    if plan.formats != ["mp3"]:
+        raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
+    layout = MeetingLayout(plan.prefix, plan.guild_id, plan.meeting_id)
+    units, placed = _units(plan)
+    total_ms = units[-1].end_ms if units else 0
+    n_total = ms_to_samples(total_ms)
+    want_speakers = plan.tracks in ("perSpeaker", "both")
+    want_mix = plan.tracks in ("mixed", "both") and bool(speakers)
+    names = ([*speakers] if want_speakers else []) + ([MIX_TRACK] if want_mix else [])
+    track_channels = {**channels, MIX_TRACK: mix_channels}
+    indices = {c.index: c for c in plan.chunks}
+
+    # 1. the pieces: read and check every manifest against the plan
+    pieces: dict[int, PieceManifest] = {}
+    for unit in units:
+        if unit.chunk_pos is None:
+            continue
+        chunk = plan.chunks[unit.chunk_pos]
+        try:
+            piece = PieceManifest.model_validate(store.get_json(
+                layout.piece_manifest_key(chunk.index)))
+        except (NotFoundError, InvalidInputError, ValidationError) as err:
+            raise PiecesUnusable(f"chunk {chunk.index}: no usable piece.json ({err})"
+                                 ) from None
+        prev = indices.get(chunk.index - 1)
+        want_first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
+        checks = {
+            "unit": ((piece.unit_start_ms, piece.unit_end_ms), (unit.start_ms, unit.end_ms)),
+            "frames": ((piece.first_frame, piece.end_frame),
+                       (want_first, owned_end(ms_to_samples(unit.end_ms)))),
+            "bitrate": (piece.mp3_bitrate, plan.mp3_bitrate),
+            "sources": (piece.sources, _sources(chunk)),
+            "previous chunk": ((piece.prev_used, piece.prev_sources),
+                               (prev is not None, _sources(prev) if prev else [])),
+        }
+        for what, (got, want) in checks.items():
+            if got != want:
+                raise PiecesUnusable(f"chunk {chunk.index}: piece {what} {got} != {want}")
+        have = {t.track: t for t in piece.tracks}
+        involved = {t.user_id for t in chunk.tracks} | (
+            {t.user_id for t in prev.tracks} if prev else set())
+        for name in names:
+            t = have.get(name)
+            if t is None and (name == MIX_TRACK or name in involved):
+                raise PiecesUnusable(f"chunk {chunk.index}: no piece of track {name}")
+            if t is not None and t.channels != track_channels[name]:
+                raise PiecesUnusable(f"chunk {chunk.index}: piece of {name} has "
+                                     f"{t.channels} channel(s), the track {track_channels[name]}")
+        pieces[chunk.index] = piece
+
+    with tempfile.TemporaryDirectory(prefix="vt-assemble-") as tmp, \
+            ThreadPoolExecutor(8, thread_name_prefix="pieces") as pool:
+        work = Path(tmp)
+
+        # 2. fetch the piece frames (verified) while the rest is rendered
+        def fetch(t: PieceTrack) -> bytes:
+            try:
+                data = store.get_bytes(t.key)
+            except NotFoundError:
+                raise PiecesUnusable(f"{t.key} is missing") from None
+            if len(data) != t.bytes or sha256_hex(data) != t.sha256:
+                raise PiecesUnusable(f"{t.key}: {len(data)} bytes sha256 "
+                                     f"{sha256_hex(data)[:12]}… but piece.json says "
+                                     f"{t.bytes} bytes {t.sha256[:12]}…")
+            return data
+
+        fetched = {(i, t.track): pool.submit(fetch, t) for i, p in pieces.items()
+                   for t in p.tracks if t.track in names}
+
+        # 3. what has no piece: units without one, and the frames after the last piece
+        computed: dict[int, Made] = {}
+        tasks: list[tuple[int, Work]] = []
+        for u, unit in enumerate(units):
+            last = u == len(units) - 1
+            first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
+            if unit.chunk_pos is None:
+                tasks.append((u, Work(first, None if last else owned_end(
+                    ms_to_samples(unit.end_ms)), unit.start_ms, unit.end_ms)))
+            elif last:
+                tasks.append((len(units), Work(owned_end(n_total), None, total_ms,
+                                               total_ms)))
+        for task, w in tasks:
+            start = max(w.first - WARMUP_FRAMES, 0) * FRAME
+            from_ms = min(samples_to_ms(start) // FRAME_MS * FRAME_MS, w.unit_start_ms)
+            to_ms = total_ms if w.end is None else w.unit_end_ms
+            near = _around(placed, from_ms - 1000, to_ms)
+            if near:
+                from_ms = min(from_ms, near[0].out_start_ms)
+            rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
+                              mix_channels if want_mix else None)
+            rendered.wanted = set(names)
+            computed[task] = make(rendered, w, plan.mp3_bitrate, work, speakers)
+        if progress:
+            progress(0.5)
+
+        # 4. each track: frames in order, an Info tag, peaks, speech
+        silence = silent_frames(plan.mp3_bitrate, {track_channels[n] for n in names}, work)
+        final_tracks: list[FinalTrack] = []
+        uploads: list[tuple[str, Path, str]] = []
+        speech: dict[str, list[list[list[int]]]] = {u: [] for u in speakers}
+        for unit_no, unit in enumerate(units):
+            done = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                if unit.chunk_pos is not None else None
+            for user in speakers:
+                speech[user].append(done.speech.get(user, []) if done is not None
+                                    else computed[unit_no].speech.get(user, []))
+        def finish(name: str) -> tuple[FinalTrack, list[tuple[str, Path, str]]]:
+            """One final track: its frames in order behind the tag, its waveforms."""
+            n_ch = track_channels[name]
+            frames_path = work / f"{name}.frames"
+            mins: list[np.ndarray] = []
+            maxs: list[np.ndarray] = []
+            frames = 0
+            with frames_path.open("wb") as out:
+                for u, unit in enumerate(units):
+                    own = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                        if unit.chunk_pos is not None else None
+                    if own is not None:
+                        t = next((t for t in own.tracks if t.track == name), None)
+                        count = own.end_frame - own.first_frame
+                        if t is None:
+                            out.write(silence[n_ch] * count)
+                            pixels = -(-ms_to_samples(unit.end_ms - unit.start_ms)
+                                       // 480)
+                            mins.append(np.zeros(pixels, np.int8))
+                            maxs.append(np.zeros(pixels, np.int8))
+                        else:
+                            if t.frames != count:
+                                raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
+                                                     f"the piece owns {count}")
+                            out.write(fetched[(own.index, name)].result())
+                            pk = np.asarray(t.peaks, dtype=np.int8)
+                            mins.append(pk[0::2])
+                            maxs.append(pk[1::2])
+                        frames += count
+                    else:
+                        made = computed[u]
+                        out.write(b"".join(made.frames[name]))
+                        frames += len(made.frames[name])
+                        mins.append(made.peaks[name][0])
+                        maxs.append(made.peaks[name][1])
+                if len(units) in computed:
+                    tail = computed[len(units)].frames[name]
+                    out.write(b"".join(tail))
+                    frames += len(tail)
+            if frames != total_frames(n_total):
+                raise PiecesUnusable(f"track {name}: {frames} frames assembled, one "
+                                     f"encode of {n_total} samples has "
+                                     f"{total_frames(n_total)}")
+            path = work / f"{name}.mp3"
+            tag_file(frames_path, path, n_total)
+            frames_path.unlink()
+            mn, mx = np.concatenate(mins), np.concatenate(maxs)
+            peaks_key = layout.waveform_key(name, "json")
+            overview_key = layout.waveform_key(name, "png")
+            peaks_path = work / f"waveform-{name}.json"
+            peaks_path.write_text(json.dumps(peaks_json(mn, mx), separators=(",", ":")))
+            png_path = work / f"waveform-{name}.png"
+            png_path.write_bytes(overview_png(mn, mx))
+            key = layout.final_key(name, "mp3")
+            return FinalTrack(
+                track=name, kind="mixed" if name == MIX_TRACK else "speaker",
+                user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
+                channels=n_ch, bytes=path.stat().st_size, sha256=sha256_file(path),
+                duration_ms=total_ms, peaks_key=peaks_key,
+                overview_key=overview_key), [
+                (peaks_key, peaks_path, "application/json"),
+                (overview_key, png_path, "image/png"), (key, path, CONTENT_TYPES["mp3"])]
+
+        try:
+            with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
+                for final, files in tp.map(finish, names):
+                    final_tracks.append(final)
+                    uploads += files
+        except BaseException:
+            for future in fetched.values():
+                future.cancel()
+            raise
+        if progress:
+            progress(0.9)
+        timeline = speech_timeline(
+            total_ms, {u: join_runs(parts) for u, parts in speech.items()})
+        list(pool.map(lambda item: store.put_file(item[0], str(item[1]), item[2]),
+                      uploads))
+    store.put_json(layout.timeline_key, timeline.to_api())
+    paused_ms = sum(g.end_ms - g.start_ms for g in plan.gaps if g.cause == "paused")
+    manifest = FinalManifest(
+        tool_version=TOOL_VERSION, meeting_id=plan.meeting_id, duration_ms=total_ms,
+        recorded_ms=sum(c.duration_ms for c in plan.chunks), paused_ms=paused_ms,
+        tracks=final_tracks, gaps=[g for g in plan.gaps if g.end_ms > g.start_ms],
+        timeline_key=layout.timeline_key, assembly="incremental")
+    store.put_json(layout.final_manifest_key, manifest.to_api())
+    return manifest
+
+
+def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> SpeechTimeline:
+    """The timeline document from each speaker's raw voiced runs (output ms)."""
+    return SpeechTimeline(
+        duration_ms=duration_ms, threshold_dbfs=THRESHOLD_DBFS, merge_gap_ms=MERGE_GAP_MS,
+        min_speech_ms=MIN_SPEECH_MS, hangover_ms=HANGOVER_MS,
+        speakers={u: smooth(runs, duration_ms) for u, runs in raw.items()})
+
+
+
+# ---------------------------------------------------------------- audio so far
+
+
+def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | None:
+    """"Audio so far" of a live session: every track up to the last chunk of the unbroken
+    run of pieces from chunk 0, at `live/<track>.mp3` with `live/manifest.json` (a
+    FinalManifest, `assembly` incremental), replaced on every call.
+
+    The run ends at the first chunk without a piece (not transcoded yet, failed) or whose
+    unit does not start where the previous one ended. The frames are the pieces' as they
+    are (the frames after the last piece's are not made yet), so the file ends at the last
+    sample those frames decode completely: frame `G - 1` decodes to samples before
+    `G * 1152 - 1105`. Tracks: the speakers seen so far and the mix (as the pieces were
+    made); a speaker absent from a piece is LAME's silent frame there. Returns None when
+    there is no piece yet. Raises PiecesUnusable when pieces disagree (bitrate, channels)
+    or a piece object is missing or damaged; TemporaryFailure for S3 or ffmpeg failures.
+    """
+    run: list[PieceManifest] = []
+    while True:
+        try:
+            piece = PieceManifest.model_validate(store.get_json(
+                layout.piece_manifest_key(len(run))))
+        except (NotFoundError, InvalidInputError, ValidationError):
+            break
+        if run and (piece.unit_start_ms != run[-1].unit_end_ms
+                    or piece.first_frame != run[-1].end_frame
+                    or piece.mp3_bitrate != run[0].mp3_bitrate):
+            break
+        run.append(piece)
+    if not run or run[-1].end_frame == 0:
+        return None
+    channels: dict[str, Channels] = {}
+    for piece in run:
+        for t in piece.tracks:
+            if channels.setdefault(t.track, t.channels) != t.channels:
+                raise PiecesUnusable(f"chunk {piece.index}: track {t.track} changes from "
+                                     f"{channels[t.track]} to {t.channels} channel(s)")
+    names = sorted(n for n in channels if n != MIX_TRACK) + (
+        [MIX_TRACK] if MIX_TRACK in channels else [])
+    frames_total = run[-1].end_frame
+    n = frames_total * FRAME - TOTAL_DELAY
+    duration_ms = samples_to_ms(n)
+    bitrate = run[0].mp3_bitrate
+    tracks: list[FinalTrack] = []
+    with tempfile.TemporaryDirectory(prefix="vt-live-") as tmp, \
+            ThreadPoolExecutor(8, thread_name_prefix="live") as pool:
+        work = Path(tmp)
+        silence = silent_frames(bitrate, set(channels.values()), work)
+
+        def fetch(t: PieceTrack) -> bytes:
+            try:
+                data = store.get_bytes(t.key)
+            except NotFoundError:
+                raise PiecesUnusable(f"{t.key} is missing") from None
+            if len(data) != t.bytes or sha256_hex(data) != t.sha256 \
+                    or t.frames != len(split_frames(data)):
+                raise PiecesUnusable(f"{t.key} does not match its piece.json")
+            return data
+
+        for name in names:
+            frames_path = work / f"{name}.frames"
+            blobs = [pool.submit(fetch, t) if t is not None else None
+                     for t in (next((t for t in p.tracks if t.track == name), None)
+                               for p in run)]
+            with frames_path.open("wb") as out:
+                for piece, blob in zip(run, blobs, strict=True):
+                    out.write(blob.result() if blob is not None
+                              else silence[channels[name]]
+                              * (piece.end_frame - piece.first_frame))
+            path = work / f"{name}.mp3"
+            tag_file(frames_path, path, n)
+            key = layout.live_key(name, "mp3")
+            store.put_file(key, str(path), CONTENT_TYPES["mp3"])
+            tracks.append(FinalTrack(
+                track=name, kind="mixed" if name == MIX_TRACK else "speaker",
+                user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
+                channels=channels[name], bytes=path.stat().st_size,
+                sha256=sha256_file(path), duration_ms=duration_ms))
+    manifest = FinalManifest(
+        tool_version=TOOL_VERSION, meeting_id=layout.meeting_id, duration_ms=duration_ms,
+        recorded_ms=duration_ms, paused_ms=run[-1].paused_ms, tracks=tracks,
+        assembly="incremental")
+    store.put_json(layout.live_manifest_key, manifest.to_api())
+    return manifest
