@@ -93,6 +93,11 @@ class MeetingLayout:
         """Key of a track's peaks (`json`) or overview image (`png`)."""
         return f"{self.root}/final/waveform-{track}.{ext}"
 
+    @property
+    def live_root(self) -> str:
+        """`<root>/live/`: the audio so far; collected with the chunks after promotion."""
+        return f"{self.root}/live/"
+
     def live_key(self, track: str, fmt: str) -> str:
         """Key of a live session's "audio so far" of a track (a user id or MIX_TRACK): the
         final track up to the last chunk whose piece is made, at a stable key."""

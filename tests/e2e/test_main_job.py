@@ -145,6 +145,8 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
         assert stack.store.digest(r.mp3_path)[1] == r.sha256
     layout = MeetingLayout("recordings", GUILD, meeting)
     assert stack.store.list_keys(layout.chunks_root)
+    # The audio so far (`voicetrack-transcoder live`) is superseded by the final tracks.
+    stack.store.put_bytes(layout.live_key("mix", "mp3"), b"so far")
 
     # Delete: stop, wait for transcodes, promote, record, collect.
     stack.kubectl("-n", ns, "delete", "recsess", "standup", "--wait=false")
@@ -157,6 +159,7 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
         assert stack.store.digest(r.object_key) == (r.bytes, r.sha256)
     assert stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting)) == []
     assert stack.store.list_keys(layout.chunks_root) == []
+    assert stack.store.list_keys(layout.live_root) == []
     # Jobs and RecordingChunks are owned by the session: the garbage collector takes them.
     wait_for("owned children to be collected", lambda: stack.kubectl(
         "-n", ns, "get", "jobs,pods,recchunk", "-o", "name").stdout.strip() == "", 60, every_s=1)

@@ -313,8 +313,11 @@ class DeletionService:
         """What ownership cannot collect: the chunk folders in S3 that were promoted or
         kept as failed (`inventory.collect_chunks`), the promotion plan, and (unless
         retained) the temp rows. Jobs and RecordingChunks are owned by the session and go
-        with it. Returns the number of objects deleted from S3."""
+        with it, and the live "audio so far" (`live/`), superseded by the final tracks.
+        Returns the number of objects deleted from S3."""
         deleted = await collect_chunks(self.ctx, s)
+        deleted += await self.ctx.store(s.spec.storage.bucket).delete_prefix(
+            s.layout.live_root)
         rows = await self.ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
         if rows:
             if s.spec.retain_temp_rows:
