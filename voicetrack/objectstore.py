@@ -59,7 +59,9 @@ class S3Settings:
     @classmethod
     def from_env(cls, bucket: str | None = None) -> S3Settings:
         """Read VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY, VOICETRACK_S3_SECRET_KEY,
-        VOICETRACK_S3_BUCKET. Raises RuntimeError naming any missing variable."""
+        VOICETRACK_S3_BUCKET, VOICETRACK_S3_REGION (default us-east-1: SigV4 signs with
+        it, so it must be the bucket's region on AWS) and VOICETRACK_S3_PUBLIC_ENDPOINT.
+        Raises RuntimeError naming any missing variable."""
         missing = [
             n for n in ("VOICETRACK_S3_ENDPOINT", "VOICETRACK_S3_ACCESS_KEY",
                         "VOICETRACK_S3_SECRET_KEY") if not os.environ.get(n)
@@ -71,6 +73,7 @@ class S3Settings:
             access_key=os.environ["VOICETRACK_S3_ACCESS_KEY"],
             secret_key=os.environ["VOICETRACK_S3_SECRET_KEY"],
             bucket=bucket or os.environ.get("VOICETRACK_S3_BUCKET", "voicetrack"),
+            region=os.environ.get("VOICETRACK_S3_REGION") or "us-east-1",
             public_endpoint=os.environ.get("VOICETRACK_S3_PUBLIC_ENDPOINT") or None,
         )
 
@@ -81,6 +84,7 @@ class S3Settings:
             "VOICETRACK_S3_ACCESS_KEY": self.access_key,
             "VOICETRACK_S3_SECRET_KEY": self.secret_key,
             "VOICETRACK_S3_BUCKET": self.bucket,
+            "VOICETRACK_S3_REGION": self.region,
             **({"VOICETRACK_S3_PUBLIC_ENDPOINT": self.public_endpoint}
                if self.public_endpoint else {}),
         }

@@ -39,6 +39,8 @@ class PodSettings:
     recorder_image: str = "voicetrack/recorder:0.1.0"
     transcoder_image: str = "voicetrack/transcoder:0.1.0"
     s3_endpoint: str = "http://voicetrack-s3:8333"
+    s3_region: str = "us-east-1"
+    """VOICETRACK_S3_REGION for recorder and transcoder pods (the operator's own)."""
     s3_secret: str = "voicetrack-s3"
     discord_secret: str = "voicetrack-discord"
     transcode_deadline_s: int = 600
@@ -89,6 +91,7 @@ def _labels(owner: SessionRef, component: str, **extra: str) -> dict[str, str]:
 def _s3_env(settings: PodSettings, bucket: str) -> list[dict[str, Any]]:
     return [
         {"name": "VOICETRACK_S3_ENDPOINT", "value": settings.s3_endpoint},
+        {"name": "VOICETRACK_S3_REGION", "value": settings.s3_region},
         {"name": "VOICETRACK_S3_BUCKET", "value": bucket},
         {"name": "VOICETRACK_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
             "name": settings.s3_secret, "key": "accessKey"}}},
@@ -105,6 +108,7 @@ def _recorder_s3_env(owner: SessionRef, spec: SessionSpec, settings: PodSettings
     reads its speakers from S3, so it keeps the keys for reading."""
     env: list[dict[str, Any]] = [
         {"name": "VOICETRACK_S3_ENDPOINT", "value": settings.s3_endpoint},
+        {"name": "VOICETRACK_S3_REGION", "value": settings.s3_region},
         {"name": "VOICETRACK_S3_BUCKET", "value": spec.storage.bucket},
         {"name": GRANT_ENV, "valueFrom": {"secretKeyRef": {
             "name": recorder_service_account(owner), "key": GRANT_SECRET_KEY}}},

@@ -50,6 +50,7 @@ class OperatorSettings:
             recorder_image=_env("RECORDER_IMAGE", PodSettings.recorder_image),
             transcoder_image=_env("TRANSCODER_IMAGE", PodSettings.transcoder_image),
             s3_endpoint=_env("POD_S3_ENDPOINT", s3.endpoint),
+            s3_region=s3.region,
             s3_secret=_env("S3_SECRET_NAME", PodSettings.s3_secret),
             discord_secret=_env("DISCORD_SECRET_NAME", PodSettings.discord_secret),
             discord_api_base=_env("POD_DISCORD_API_BASE", "") or None,

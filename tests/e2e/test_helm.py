@@ -75,6 +75,7 @@ def test_chart_lints_and_the_schema_rejects_bad_values_naming_the_field(helm: He
         "image.pullPolicy=Sometimes": "/image/pullPolicy",
         "s3.endpoint=not-a-url": "/s3/endpoint",
         "s3.publicEndpoint=s3.example.com": "/s3/publicEndpoint",
+        "s3.region=EU West": "/s3/region",
         "s3.endpiont=http://x:1": "endpiont",
         "database.url=mysql://db": "/database/url",
         "operator.tempTtlHours=0": "/operator/tempTtlHours",

@@ -24,3 +24,16 @@ def test_a_bucket_store_signs_links_for_the_public_endpoint() -> None:
     assert store.bucket == "other-bucket"
     url = urlparse(store.presigned_get("final/mix.mp3", 60))
     assert url.netloc == "s3.example.com" and url.path == "/other-bucket/final/mix.mp3"
+
+
+def test_the_s3_region_reaches_the_operator_and_every_pod_it_builds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"VOICETRACK_S3_ENDPOINT": "http://s3:8333",
+                        "VOICETRACK_S3_ACCESS_KEY": "k", "VOICETRACK_S3_SECRET_KEY": "s",
+                        "VOICETRACK_S3_REGION": "eu-west-3"}.items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings.from_env()
+    assert settings.s3.region == "eu-west-3" and settings.pods.s3_region == "eu-west-3"
+    assert S3Settings.from_env().env()["VOICETRACK_S3_REGION"] == "eu-west-3"
+    monkeypatch.delenv("VOICETRACK_S3_REGION")
+    assert S3Settings.from_env().region == "us-east-1"
