@@ -34,6 +34,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import ssl
 import sys
 import tempfile
@@ -552,6 +553,7 @@ def main() -> None:
     p.add_argument("--keep-cluster", action="store_true")
     p.add_argument("--stop-on-failure", action="store_true")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on `kill` too
     log(f"scale: steps {args.steps}, {args.seconds:.0f} s each, load {load_avg()}")
     asyncio.run(amain(args))
 
