@@ -488,7 +488,8 @@ async def amain(args: argparse.Namespace) -> None:
     base.mkdir(parents=True, exist_ok=True)
     state = base / "cluster"
     c = cluster.up(state, log=log, fake_nodes=args.fake_nodes,
-                   limits=cluster.ClientLimits(args.kube_api_qps, args.kube_api_burst),
+                   limits=cluster.ClientLimits(args.kube_api_qps, args.kube_api_burst,
+                                               args.job_syncs),
                    kwok_timings=kwok.KwokTimings(job_pod_ms=args.job_ms))
     weed = SeaweedServer(base / "s3")
     pg = PostgresServer(durable=True)
@@ -547,6 +548,8 @@ def main() -> None:
     p.add_argument("--fake-nodes", type=int, default=4)
     p.add_argument("--kube-api-qps", type=float, default=400)
     p.add_argument("--kube-api-burst", type=int, default=800)
+    p.add_argument("--job-syncs", type=int, default=50,
+                   help="the controller-manager's --concurrent-job-syncs")
     p.add_argument("--operator-env", action="append", default=[],
                    help="NAME=VALUE for the operator (repeatable)")
     p.add_argument("--out", default=None, help="directory for state and logs")

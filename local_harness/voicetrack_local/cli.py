@@ -112,13 +112,19 @@ def up(
                      help="API client burst of the controller-manager and scheduler "
                           "(default: upstream's 30 and 100)."),
     ] = None,
+    concurrent_job_syncs: Annotated[
+        int | None,
+        typer.Option("--concurrent-job-syncs", envvar="VOICETRACK_CONCURRENT_JOB_SYNCS",
+                     help="Jobs the controller-manager syncs at once (default: upstream's 5)."),
+    ] = None,
 ) -> None:
     """Start the cluster (build first if needed) or reuse the running one; prints the path
     of the admin kubeconfig."""
     t0 = time.monotonic()
     try:
         c = k8scluster.up(state_dir, timeout=timeout, log=_err, fake_nodes=fake_nodes,
-                          limits=k8scluster.ClientLimits(kube_api_qps, kube_api_burst))
+                          limits=k8scluster.ClientLimits(kube_api_qps, kube_api_burst,
+                                                         concurrent_job_syncs))
     except VoicetrackError as e:
         raise _fail(e) from e
     if not c.owned:

@@ -303,7 +303,8 @@ def up(
 
 def _running_limits(state_dir: Path) -> ClientLimits:
     raw = read_config(state_dir).get("limits") or {}
-    return ClientLimits(qps=raw.get("qps"), burst=raw.get("burst"))
+    return ClientLimits(qps=raw.get("qps"), burst=raw.get("burst"),
+                        job_syncs=raw.get("job_syncs"))
 
 
 def _stop_recorded(state_dir: Path) -> None:

@@ -4,6 +4,7 @@ starts them in order and waits for each to be ready."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -104,11 +105,19 @@ class ClientLimits:
 
     qps: float | None = None
     burst: int | None = None
+    job_syncs: int | None = None
+    """The controller-manager's ``--concurrent-job-syncs`` (upstream: 5): Jobs it syncs at
+    once. On a loaded 2-core machine 5 left a Job's first pod 77 s behind at 50 sessions."""
 
     def flags(self) -> list[str]:
-        """The flags for these limits (none for a default)."""
+        """The flags for these limits (none for a default), for both components."""
         out = [] if self.qps is None else [f"--kube-api-qps={self.qps:g}"]
         return out + ([] if self.burst is None else [f"--kube-api-burst={self.burst}"])
+
+    def controller_manager_flags(self) -> list[str]:
+        """:meth:`flags` plus the controller-manager's own."""
+        extra = [] if self.job_syncs is None else [f"--concurrent-job-syncs={self.job_syncs}"]
+        return self.flags() + extra
 
 
 def controller_manager_command(bins: Path, pki: Pki, kubeconfig: Path,
@@ -128,7 +137,7 @@ def controller_manager_command(bins: Path, pki: Pki, kubeconfig: Path,
         f"--cluster-signing-key-file={pki.dir / 'ca.key'}",
         "--controllers=*",
         "--node-monitor-period=1s",  # untaints the new node sooner (default 5 s)
-        *(limits or ClientLimits()).flags(),
+        *(limits or ClientLimits()).controller_manager_flags(),
     ]
 
 
@@ -215,8 +224,7 @@ def start_all(
     ports = choose_ports(state_dir)
     (state_dir / "cluster.json").write_text(
         json.dumps({"version": k8sbuild.K8S_VERSION, "node": NODE_NAME, "ports": ports,
-                    "limits": {"qps": (limits or ClientLimits()).qps,
-                               "burst": (limits or ClientLimits()).burst}}, indent=1)
+                    "limits": dataclasses.asdict(limits or ClientLimits())}, indent=1)
     )
     server = f"https://127.0.0.1:{ports['apiserver']}"
     cfgs = write_kubeconfigs(state_dir, pki, server)

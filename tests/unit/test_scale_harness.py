@@ -88,10 +88,12 @@ def test_client_limits_reach_both_commands_and_default_to_none(tmp_path: Path) -
     bins, kc = Path("/bins"), tmp_path / "kc"
     for cmd in (controller_manager_command(bins, pki, kc), scheduler_command(bins, kc)):
         assert not any(a.startswith("--kube-api-") for a in cmd)
-    limits = ClientLimits(qps=400, burst=800)
-    for cmd in (controller_manager_command(bins, pki, kc, limits),
-                scheduler_command(bins, kc, limits)):
+    limits = ClientLimits(qps=400, burst=800, job_syncs=50)
+    kcm = controller_manager_command(bins, pki, kc, limits)
+    sched = scheduler_command(bins, kc, limits)
+    for cmd in (kcm, sched):
         assert "--kube-api-qps=400" in cmd and "--kube-api-burst=800" in cmd
+    assert "--concurrent-job-syncs=50" in kcm and "--concurrent-job-syncs=50" not in sched
 
 
 METRICS = """# HELP x
