@@ -70,6 +70,7 @@ from voicetrack.resources import (
 )
 from voicetrack_local import accounting, cluster, kwok
 from voicetrack_local.postgres import PostgresServer
+from voicetrack_local.procs import ProcRecord
 from voicetrack_local.seaweed import SeaweedServer
 from voicetrack_local.stack import OperatorProcess, install_crds, prepare_namespace
 
@@ -99,6 +100,17 @@ def proc_rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def stack_pids(state: Path) -> dict[str, int]:
+    """The cluster's processes (kube-apiserver, etcd, kube-controller-manager, kube-scheduler,
+    kwok) by name, from the records `up` wrote."""
+    out = {}
+    for rec_file in (state / "pids").glob("*.json"):
+        rec = ProcRecord.load(rec_file)
+        if rec and rec.alive() and rec.name != "node-agent":
+            out[rec.name] = rec.pid
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -339,6 +351,8 @@ class Figures:
     collected: int
     lost: int
     load: str
+    components: dict[str, float] = field(default_factory=dict)
+    """Cores used by each process of the stack during the measured window."""
 
     @property
     def held(self) -> bool:
@@ -388,6 +402,8 @@ async def run_step(n: int, args: argparse.Namespace, env: dict[str, Any]) -> Fig
         recorders = [asyncio.create_task(gen.record(s, random.uniform(0, args.chunk_seconds)))
                      for s in sorted(running)]
         await asyncio.sleep(args.chunk_seconds)  # warm-up: every session's first chunk
+        others = {**env["pids"], "generator": os.getpid()}
+        others_cpu0 = {n: proc_cpu_s(p) for n, p in others.items()}
         cpu0, wall0 = proc_cpu_s(pid), time.monotonic()
         api0 = accounting.api_writes(await metrics_text(env["api"]))
         sql0 = sql_writes(env["dsn"])
@@ -398,6 +414,7 @@ async def run_step(n: int, args: argparse.Namespace, env: dict[str, Any]) -> Fig
             rss = max(rss, proc_rss_mb(pid))
         wall = time.monotonic() - wall0
         cpu = (proc_cpu_s(pid) - cpu0) / wall
+        components = {n: (proc_cpu_s(p) - others_cpu0[n]) / wall for n, p in others.items()}
         api1 = accounting.api_writes(await metrics_text(env["api"]))
         sql_rate = (sql_writes(env["dsn"]) - sql0) / wall
         chunks = len(step.created) - chunks0
@@ -424,7 +441,7 @@ async def run_step(n: int, args: argparse.Namespace, env: dict[str, Any]) -> Fig
             op_reads=d.get(f"{OPERATOR}-reads", 0) / per,
             load_writes=d.get(f"{LOAD}-writes", 0) / per, all_writes=d["total"] / per,
             sql_writes_s=sql_rate, promoted=promoted, collected=collected,
-            lost=lost + step.errors, load=load)
+            lost=lost + step.errors, load=load, components=components)
     finally:
         watcher.cancel()
         op.stop()
@@ -443,7 +460,7 @@ async def finish(gen: Generator, step: Step, env: dict[str, Any], op: OperatorPr
                                   ok=(200, 202, 404))
 
     await asyncio.gather(*(delete(s) for s in step.uids))
-    deadline = time.monotonic() + max(180.0, step.sessions * 0.5)
+    deadline = time.monotonic() + 420 + step.sessions * 0.5  # transcode timeout 120 s + promotion
     left = len(step.uids)
     while time.monotonic() < deadline:
         _, data = await gen.api.request("GET", gen.ns_path(SESSION_PLURAL))
@@ -476,11 +493,14 @@ async def metrics_text(api: Api) -> str:
 def print_step(f: Figures) -> None:
     print(f"step {f.sessions} sessions: {f.chunks} chunks, {f.chunks_per_s:.1f} chunks/s; "
           f"created->done p50 {f.p50:.2f} s p95 {f.p95:.2f} s p99 {f.p99:.2f} s; "
-          f"operator cpu {f.cpu:.2f} cores, rss {f.rss:.0f} MB; API writes/chunk: operator "
+          f"operator cpu {f.cpu:.2f} cores ({1000 * f.cpu / max(f.chunks_per_s, 1e-9):.0f} ms "
+          f"per chunk), rss {f.rss:.0f} MB; API writes/chunk: operator "
           f"{f.op_writes:.2f} (reads {f.op_reads:.2f}), generator {f.load_writes:.2f}, "
           f"cluster {f.all_writes:.1f}; SQL writes {f.sql_writes_s:.0f}/s; promoted "
           f"{f.promoted}/{f.sessions}, collected {f.collected}; lost {f.lost}; "
           f"load {f.load}", flush=True)
+    print("  cores of the stack: " + ", ".join(f"{n} {c:.2f}" for n, c in
+                                               sorted(f.components.items())), flush=True)
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -512,7 +532,9 @@ async def amain(args: argparse.Namespace) -> None:
         op_env = dict(kv.split("=", 1) for kv in args.operator_env)
         env = {"admin": c.kubeconfig, "op_kubeconfig": op_kc, "s3": s3, "db_url": db_url,
                "dsn": db_url.replace("postgresql+psycopg://", "postgresql://"),
-               "api": api, "store": store, "pool": pool, "out": base, "op_env": op_env}
+               "api": api, "store": store, "pool": pool, "out": base, "op_env": op_env,
+               "pids": {**stack_pids(state), "seaweedfs": weed.process.pid if weed.process
+                        else os.getpid()}}
         log(f"stack up (state {base}); load {load_avg()}")
         best: Figures | None = None
         for n in args.steps:
