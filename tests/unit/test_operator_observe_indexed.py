@@ -120,6 +120,7 @@ RUNNING_POD = {"metadata": {"name": f"{NAME}-rec", "namespace": NS,
 @pytest.fixture(autouse=True)
 def _fresh_meeting_cache() -> None:
     sessions._meeting_checked.clear()
+    sessions._progress_patched.clear()
 
 
 async def test_observe_on_the_watches_view_reads_no_api_and_counts_chunks() -> None:
@@ -207,3 +208,28 @@ async def test_a_session_not_started_yet_is_not_observed() -> None:
     s.status = {}
     assert await SessionService(ctx).observe_session(s, Observed(pod=None)) == {}
     assert db.reads == 0 and kube.calls == [] and not ctx.unsynced
+
+
+async def test_progress_is_patched_once_per_chunk_period_state_at_once() -> None:
+    """The first scale runs made two status patches per chunk (one when it appeared, one
+    when it was done): counts now wait for the chunk period, a new state does not."""
+    db = FakeDb({meeting_id_for(UID, None)})
+    ctx, _ = make_ctx(db)
+    service, s = SessionService(ctx), session_view()
+    first = await service.observe_session(s, Observed(pod=RUNNING_POD,
+                                                      chunks=[chunk(0, "done", 30)]))
+    assert first["state"] == "Recording" and first["chunks"]["total"] == 1
+    s.status.update(first)
+    more = Observed(pod=RUNNING_POD, chunks=[chunk(0, "done", 30), chunk(1, "queued", 1)],
+                    jobs=[job(1, complete=False)])
+    more.chunks[1]["status"] = {"transcodeStatus": "in_progress"}
+    assert await service.observe_session(s, more) == {}  # progress only, within 10 s
+    stopped = {**RUNNING_POD, "status": {"phase": "Succeeded"}}
+    changed = await service.observe_session(s, Observed(pod=stopped, chunks=more.chunks,
+                                                        jobs=more.jobs))
+    assert changed["state"] == "Stopped" and changed["chunks"]["total"] == 2
+    sessions._progress_patched[UID] -= 10  # the chunk period has passed
+    s.status.update(changed)
+    s.status["chunks"] = first["chunks"]
+    assert (await service.observe_session(s, Observed(pod=stopped, chunks=more.chunks,
+                                                      jobs=more.jobs)))["chunks"]["total"] == 2

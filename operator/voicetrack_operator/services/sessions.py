@@ -22,6 +22,7 @@ from voicetrack.resources import (
     LABEL_CHUNK_INDEX,
     SessionSpec,
     SessionState,
+    TranscodeStatus,
     controller_uid,
     meeting_id_for,
     recorder_pod_name,
@@ -103,6 +104,24 @@ class SessionView:
 _meeting_checked: dict[str, float] = {}
 """Meeting id -> when its row was last seen (monotonic s), for `repair_meeting`'s throttle.
 Meeting ids are unique per session (a uid's hash, or a spec id no other session may take)."""
+
+
+_progress_patched: dict[str, float] = {}
+"""Session uid -> when the observe timer last returned a status patch (monotonic s)."""
+
+TERMINAL = (TranscodeStatus.DONE.value, TranscodeStatus.FAILED.value)
+
+
+def _significant(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a status must reach the API at once: state, generation, failure and every
+    condition's (type, status, reason) but TranscodesComplete's, which flips with every
+    chunk. The rest (chunk counts, recorded seconds, speakers, bytes, messages) is
+    progress, coalesced to one patch per chunk period (issue 16: two patches per chunk)."""
+    conditions = tuple((c.get("type"), c.get("status"), c.get("reason"))
+                       for c in status.get("conditions") or []
+                       if c.get("type") != "TranscodesComplete")
+    return (status.get("state"), status.get("observedGeneration"),
+            status.get("recorderFailure"), conditions)
 
 
 def rfc3339(dt: datetime) -> str:
@@ -280,7 +299,15 @@ class SessionService:
                           chunks=chunks, recorder_failure=failure or None,
                           database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
-        return status_changed(s.status, new)
+        changed = status_changed(s.status, new)
+        if seen is not None and changed:
+            # progress only (counts, seconds, speakers): at most one patch per chunk period
+            last = _progress_patched.get(s.ref.uid)
+            if last is not None and time.monotonic() - last < s.spec.chunk_seconds \
+                    and _significant(s.status) == _significant({**s.status, **changed}):
+                return {}
+            _progress_patched[s.ref.uid] = time.monotonic()
+        return changed
 
     async def catch_up_seen(self, s: SessionView, objs: list[dict[str, Any]],
                             jobs: list[dict[str, Any]]) -> int:
@@ -296,6 +323,8 @@ class SessionService:
                     by_index[int(j["metadata"]["labels"][LABEL_CHUNK_INDEX])] = j
         n = 0
         for obj in objs:
+            if (obj.get("status") or {}).get("transcodeStatus") in TERMINAL:
+                continue  # most of a long session's chunks: not parsed every tick
             chunk = ChunkRef.from_object(obj)
             job = by_index.get(chunk.spec.index)
             if job is not None and job_state(job)[0].rank > chunk.transcode_status.rank:
