@@ -29,7 +29,13 @@ from voicetrack.resources import (
 )
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
-from voicetrack_operator.handlers.index import chunk_index, job_index, observed, slim
+from voicetrack_operator.handlers.index import (
+    chunk_index,
+    job_index,
+    known_chunk,
+    observed,
+    slim,
+)
 from voicetrack_operator.services import sessions
 from voicetrack_operator.services.sessions import Observed, SessionService, SessionView
 
@@ -233,3 +239,34 @@ async def test_progress_is_patched_once_per_chunk_period_state_at_once() -> None
     s.status["chunks"] = first["chunks"]
     assert (await service.observe_session(s, Observed(pod=stopped, chunks=more.chunks,
                                                       jobs=more.jobs)))["chunks"]["total"] == 2
+
+
+def started_job(index: int, seconds_ago: float) -> dict[str, Any]:
+    j = job(index, complete=False)
+    started = datetime.now(UTC) - timedelta(seconds=seconds_ago)
+    j["status"]["startTime"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return j
+
+
+async def test_a_quick_transcode_skips_in_progress_and_a_known_chunk_is_not_read() -> None:
+    """Each Job event read its chunk from the API (six reads per chunk) and a running Job
+    cost a chunk patch even when it completed a second later."""
+    ctx, kube = make_ctx(FakeDb())
+    service = SessionService(ctx).chunks
+    await service.observe_job(started_job(1, 1))           # just started: no write yet
+    await service.observe_job(job(1, complete=True), known=chunk(1, "done", 30))
+    await service.observe_job(job(1, complete=False))      # no startTime: just started
+    assert kube.calls == []
+    with pytest.raises(AssertionError):                    # running 6 s: read and written
+        await service.observe_job(started_job(1, 6))
+    assert kube.calls == ["get_chunk"]
+
+
+def test_known_chunk_is_the_jobs_own_from_the_index() -> None:
+    c = chunk(1, "queued", 5)
+    indexes = {"chunk_index": {(NS, NAME): [chunk(0, "done", 5), c]}}
+    assert known_chunk(job(1, complete=True), indexes) == c
+    assert known_chunk(job(2, complete=True), indexes) is None
+    other = job(1, complete=True)
+    other["metadata"]["ownerReferences"] = [owner_reference(NAME, "another-uid")]
+    assert known_chunk(other, indexes) is None

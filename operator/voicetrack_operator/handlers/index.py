@@ -19,7 +19,15 @@ from typing import Any
 
 import kopf
 
-from voicetrack.resources import CHUNK_PLURAL, GROUP, LABEL_COMPONENT, LABEL_SESSION, VERSION
+from voicetrack.resources import (
+    CHUNK_PLURAL,
+    GROUP,
+    LABEL_CHUNK_INDEX,
+    LABEL_COMPONENT,
+    LABEL_SESSION,
+    VERSION,
+    controller_uid,
+)
 from voicetrack_operator.services.sessions import Observed
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
@@ -86,3 +94,18 @@ def observed(namespace: str, session: str, indexes: Mapping[str, Any]) -> Observ
     return Observed(pod=pods[0] if pods else None,
                     chunks=list(indexes["chunk_index"].get(key, [])),
                     jobs=list(indexes["job_index"].get(key, [])))
+
+
+def known_chunk(job: Mapping[str, Any], indexes: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The chunk of transcoder Job `job` as the chunk index shows it, None when absent."""
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    index = labels.get(LABEL_CHUNK_INDEX)
+    key = _key(meta.get("namespace"), labels)
+    if key is None or index is None or "chunk_index" not in indexes:
+        return None
+    for obj in indexes["chunk_index"].get(key, []):
+        if str((obj.get("spec") or {}).get("index")) == str(index) \
+                and controller_uid(obj) == controller_uid(dict(job)):
+            return dict(obj)
+    return None
