@@ -544,6 +544,9 @@ async def amain(args: argparse.Namespace) -> None:
                 best = f
             elif args.stop_on_failure:
                 break
+        if best is None:
+            print("no step held (p95 <= 2 s, nothing lost, every session promoted): the "
+                  "last line shows the last step", flush=True)
         f = best or f
         print(f"scale: sessions {f.sessions}, chunks_per_s {f.chunks_per_s:.1f}, "
               f"p95 {f.p95:.2f} s, operator_cpu {f.cpu:.2f}, rss {f.rss:.0f} MB, "
