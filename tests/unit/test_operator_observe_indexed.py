@@ -200,8 +200,11 @@ def test_observed_picks_the_sessions_entries() -> None:
     indexes = {"chunk_index": {(NS, NAME): [c], (NS, "other"): [chunk(1, None, 1)]},
                "job_index": {}, "recorder_index": {(NS, NAME): [RUNNING_POD]}}
     seen = observed(NS, NAME, indexes)
+    assert seen is not None
     assert seen.chunks == [c] and seen.jobs == [] and seen.pod == RUNNING_POD
-    assert observed(NS, "none", indexes).pod is None
+    none = observed(NS, "none", indexes)
+    assert none is not None and none.pod is None
+    assert observed(NS, NAME, {}) is None  # called outside kopf: the API path
 
 
 async def test_a_session_not_started_yet_is_not_observed() -> None:

@@ -86,9 +86,12 @@ def recorder_index(body: kopf.Body, namespace: str | None, labels: kopf.Labels, 
     return {key: slim(body)} if key else None
 
 
-def observed(namespace: str, session: str, indexes: Mapping[str, Any]) -> Observed:
+def observed(namespace: str, session: str, indexes: Mapping[str, Any]) -> Observed | None:
     """The session's entries of the three indexes (`indexes`: the keyword arguments kopf
-    passes a handler) as the services' `Observed`."""
+    passes a handler) as the services' `Observed`; None without them (a handler called
+    directly, outside kopf: the service then reads the API)."""
+    if not all(k in indexes for k in ("recorder_index", "chunk_index", "job_index")):
+        return None
     key = (namespace, session)
     pods = list(indexes["recorder_index"].get(key, []))
     return Observed(pod=pods[0] if pods else None,

@@ -253,11 +253,12 @@ class SessionService:
         """The status patch (only what changed) from the recorder pod and the chunks. A
         recorder pod that is gone while the session records is made again.
 
-        With `seen` (the watches' view) no API read is made; without it the pod is read and
+        With `seen` (the watches' view: the timer) no API read is made, and a session the
+        create handler has not started yet is left to it; without it the pod is read and
         the chunks and Jobs are listed."""
         if s.state is SessionState.REFUSED or s.deletion:
             return {}
-        if not s.status.get("startedAt"):
+        if seen is not None and not s.status.get("startedAt"):
             # the create handler has not started it yet (kopf runs timers beside it): it
             # writes the meeting row and the pod; observing now would rebuild that row
             # from the creation time and flag the session out of sync (issue 16, at scale)
