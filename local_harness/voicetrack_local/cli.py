@@ -105,12 +105,38 @@ def up(
             show_default=False,
         ),
     ] = None,
+    fake_nodes: Annotated[
+        int,
+        typer.Option("--fake-nodes", envvar="VOICETRACK_FAKE_NODES", min=0,
+                     help="Also run kwok with this many fake Nodes (tainted "
+                          "voicetrack.dev/node-pool=kwok:NoSchedule) for scale runs."),
+    ] = 0,
+    kube_api_qps: Annotated[
+        float | None,
+        typer.Option("--kube-api-qps", envvar="VOICETRACK_KUBE_API_QPS",
+                     help="API client QPS of the controller-manager and scheduler "
+                          "(default: upstream's 20 and 50)."),
+    ] = None,
+    kube_api_burst: Annotated[
+        int | None,
+        typer.Option("--kube-api-burst", envvar="VOICETRACK_KUBE_API_BURST",
+                     help="API client burst of the controller-manager and scheduler "
+                          "(default: upstream's 30 and 100)."),
+    ] = None,
+    concurrent_job_syncs: Annotated[
+        int | None,
+        typer.Option("--concurrent-job-syncs", envvar="VOICETRACK_CONCURRENT_JOB_SYNCS",
+                     help="Jobs the controller-manager syncs at once (default: upstream's 5)."),
+    ] = None,
 ) -> None:
     """Start the cluster (build first if needed) or reuse the running one; prints the path
     of the admin kubeconfig."""
     t0 = time.monotonic()
     try:
-        c = k8scluster.up(state_dir, timeout=timeout, log=_err, runtime=runtime)
+        c = k8scluster.up(state_dir, timeout=timeout, log=_err, runtime=runtime,
+                          fake_nodes=fake_nodes,
+                          limits=k8scluster.ClientLimits(kube_api_qps, kube_api_burst,
+                                                         concurrent_job_syncs))
     except VoicetrackError as e:
         raise _fail(e) from e
     if not c.owned:

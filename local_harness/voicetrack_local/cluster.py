@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from voicetrack_local import build as k8sbuild
-from voicetrack_local.control_plane import SA_ISSUER, start_all
+from voicetrack_local import kwok
+from voicetrack_local.control_plane import SA_ISSUER, ClientLimits, start_all, start_fake_nodes
 from voicetrack_local.kubeconfig import write_kubeconfig
 from voicetrack_local.kubectl import kubectl
 from voicetrack_local.nodeagent.agent import RUNTIME_FILE, RUNTIMES, read_runtime
@@ -41,6 +42,7 @@ from voicetrack_local.procs import terminate
 from voicetrack_local.state import (
     COMPONENTS,
     NODE_NAME,
+    OPTIONAL_COMPONENTS,
     ClusterError,
     default_state_dir,
     http_get,
@@ -56,6 +58,7 @@ from voicetrack_local.state import (
 __all__ = [
     "NODE_NAME",
     "SA_ISSUER",
+    "ClientLimits",
     "ClusterError",
     "ClusterStatus",
     "ComponentStatus",
@@ -139,7 +142,7 @@ def status(state_dir: Path | None = None) -> ClusterStatus:
     state_dir = (state_dir or default_state_dir()).resolve()
     st = ClusterStatus(state_dir=state_dir)
     recs = records(state_dir)
-    for name in COMPONENTS:
+    for name in (*[n for n in OPTIONAL_COMPONENTS if n in recs], *COMPONENTS):
         rec = recs.get(name)
         st.components.append(
             ComponentStatus(
@@ -175,6 +178,9 @@ def down(
     stopped: list[str] = []
     with locked(state_dir):
         recs = records(state_dir)
+        optional = [recs[n] for n in OPTIONAL_COMPONENTS if n in recs]
+        stopped += [r.name for r in optional if r.alive()]
+        terminate(optional, grace=5)
         if "node-agent" in recs:
             if recs["node-agent"].alive():
                 stopped.append("node-agent")
@@ -193,7 +199,7 @@ def down(
             if recs["etcd"].alive():
                 stopped.append("etcd")
             terminate([recs["etcd"]], grace=5)
-        for name in COMPONENTS:
+        for name in (*OPTIONAL_COMPONENTS, *COMPONENTS):
             pid_file(state_dir, name).unlink(missing_ok=True)
     if purge:
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -243,6 +249,9 @@ def up(
     timeout: float = 120,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
     runtime: str | None = None,
+    fake_nodes: int = 0,
+    limits: ClientLimits | None = None,
+    kwok_timings: kwok.KwokTimings | None = None,
 ) -> LocalCluster:
     """Start the local cluster in ``state_dir`` (default :func:`default_state_dir`), or
     return the one already running there (then ``owned`` is False).
@@ -260,6 +269,11 @@ def up(
     PersistentVolumes (:func:`static_volumes`).  Every process runs detached (it outlives
     the caller) and is recorded in ``state_dir/pids``; :func:`down` stops them.
 
+    ``limits`` sets the controller-manager's and scheduler's API client QPS and burst (a
+    running cluster keeps its own: ``down`` first to change them).  With ``fake_nodes`` > 0,
+    kwok (built on first use, :mod:`voicetrack_local.kwok`) runs that many fake Nodes, also
+    when the cluster was already running; ``kwok_timings`` sets how long its pods take.
+
     Raises:
         ClusterError: a component exited or was not ready within ``timeout`` seconds (the
             processes started so far are stopped again); an unknown ``runtime``, or a
@@ -270,6 +284,8 @@ def up(
     if runtime is not None and runtime not in RUNTIMES:
         raise ClusterError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     bins = k8sbuild.ensure_built(log=log)
+    if fake_nodes:
+        kwok.ensure_kwok(log=log)
     with locked(state_dir):
         current = status(state_dir)
         if current.running and current.server:
@@ -278,7 +294,13 @@ def up(
                     f"the cluster in {state_dir} runs with runtime {read_runtime(state_dir)!r}, "
                     f"not {runtime!r}; `voicetrack local down` it first"
                 )
-            return LocalCluster(state_dir, state_dir / "kubeconfig", current.server, owned=False)
+            kubeconfig = state_dir / "kubeconfig"
+            if (limits or ClientLimits()) != _running_limits(state_dir):
+                log("local: the running cluster keeps its client QPS/burst (`down` first)")
+            if fake_nodes:
+                start_fake_nodes(state_dir, kubeconfig, current.server, fake_nodes, timeout,
+                                 log, kwok_timings)
+            return LocalCluster(state_dir, kubeconfig, current.server, owned=False)
     if any(c.alive for c in current.components):
         log("local: a partly running cluster found; stopping it first")
         down(state_dir)
@@ -286,17 +308,26 @@ def up(
         try:
             # read by the node agent
             (state_dir / RUNTIME_FILE).write_text((runtime or "process") + "\n")
-            kubeconfig, server = start_all(state_dir, bins, timeout, log)
+            kubeconfig, server = start_all(state_dir, bins, timeout, log, limits)
             _apply_static_volumes(state_dir, kubeconfig)
+            if fake_nodes:
+                start_fake_nodes(state_dir, kubeconfig, server, fake_nodes, timeout, log,
+                                 kwok_timings)
             return LocalCluster(state_dir, kubeconfig, server, owned=True)
         except BaseException:
             _stop_recorded(state_dir)
             raise
 
 
+def _running_limits(state_dir: Path) -> ClientLimits:
+    raw = read_config(state_dir).get("limits") or {}
+    return ClientLimits(qps=raw.get("qps"), burst=raw.get("burst"),
+                        job_syncs=raw.get("job_syncs"))
+
+
 def _stop_recorded(state_dir: Path) -> None:
     recs = records(state_dir)
-    terminate([recs[n] for n in COMPONENTS if n in recs], grace=3)
+    terminate([recs[n] for n in (*OPTIONAL_COMPONENTS, *COMPONENTS) if n in recs], grace=3)
     terminate(pod_records(state_dir), grace=1)
-    for name in COMPONENTS:
+    for name in (*OPTIONAL_COMPONENTS, *COMPONENTS):
         pid_file(state_dir, name).unlink(missing_ok=True)

@@ -25,6 +25,9 @@ NODE_NAME = "voicetrack-local"
 #: stop order: the agent first (it stops the pods), etcd last.
 COMPONENTS = ("node-agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
+#: components started only on request (``up(fake_nodes=N)``), stopped before the others
+OPTIONAL_COMPONENTS = ("kwok",)
+
 
 class ClusterError(VoicetrackError):
     """The local control plane could not be started or reached (message says which part,
@@ -86,9 +89,10 @@ def pid_file(state_dir: Path, name: str) -> Path:
 
 
 def records(state_dir: Path) -> dict[str, ProcRecord]:
-    """The recorded processes of the components (:data:`COMPONENTS`) by name."""
+    """The recorded processes of the components (:data:`COMPONENTS` and
+    :data:`OPTIONAL_COMPONENTS`) by name."""
     out: dict[str, ProcRecord] = {}
-    for name in COMPONENTS:
+    for name in (*OPTIONAL_COMPONENTS, *COMPONENTS):
         rec = ProcRecord.load(pid_file(state_dir, name))
         if rec:
             out[name] = rec

@@ -25,6 +25,10 @@ from voicetrack.resources import (
 )
 from voicetrack.uploadgrant import GRANT_ENV, GRANT_SECRET_KEY
 
+NODE_POOL_KEY = "voicetrack.dev/node-pool"
+"""Label and `NoSchedule` taint key of a dedicated node pool (the local harness's kwok nodes
+use it, `voicetrack_local.kwok`); see `PodSettings.node_pool`."""
+
 RECORDER_SERVICE_ACCOUNT = "voicetrack-recorder"
 """The recorder ServiceAccounts' name stem: each session's is
 `voicetrack-recorder.<session uid>.<session name>` (`recorder_service_account`)."""
@@ -54,6 +58,10 @@ class PodSettings:
     discord_ca_bundle: str | None = None
     """VOICETRACK_DISCORD_CA_BUNDLE for recorder pods: a PEM file path on the node (None:
     the system trust). Only the local harness sets these three."""
+    node_pool: str | None = None
+    """When set (VOICETRACK_POD_NODE_POOL), recorder, transcoder and promotion pods select
+    nodes labelled `voicetrack.dev/node-pool=<pool>` and tolerate that `NoSchedule` taint
+    (the scale benchmark's fake nodes). None (the default): no selector, no toleration."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,15 @@ def build_upload_grant_secret(owner: SessionRef, grant_json: str) -> dict[str, A
             "stringData": {GRANT_SECRET_KEY: grant_json}}
 
 
+def _placement(settings: PodSettings) -> dict[str, Any]:
+    """Pod spec fields that send a pod to `settings.node_pool` ({} without one)."""
+    if not settings.node_pool:
+        return {}
+    return {"nodeSelector": {NODE_POOL_KEY: settings.node_pool},
+            "tolerations": [{"key": NODE_POOL_KEY, "operator": "Equal",
+                             "value": settings.node_pool, "effect": "NoSchedule"}]}
+
+
 def _tmp_volume() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return ([{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}])
 
@@ -177,6 +194,7 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
             "restartPolicy": "OnFailure",
             "terminationGracePeriodSeconds": 30,
             "securityContext": _RESTRICTED_POD,
+            **_placement(settings),
             "volumes": volumes,
             "containers": [{
                 "name": "recorder",
@@ -223,6 +241,7 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
                     "automountServiceAccountToken": False,
                     "restartPolicy": "Never",
                     "securityContext": _RESTRICTED_POD,
+                    **_placement(settings),
                     "volumes": volumes,
                     "containers": [{
                         "name": "transcoder",

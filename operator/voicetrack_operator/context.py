@@ -29,7 +29,9 @@ class OperatorSettings:
     S3_SECRET_NAME / DISCORD_SECRET_NAME: Secrets pods read keys and token from;
     POD_DISCORD_API_BASE / POD_DISCORD_GATEWAY_URL / POD_DISCORD_CA_BUNDLE: where recorder
     pods find Discord (unset: Discord itself; the local harness sets them, the CA bundle
-    being a file path on the node); RECORDER_IMAGE / TRANSCODER_IMAGE;
+    being a file path on the node); POD_NODE_POOL: recorder and transcoder pods select
+    and tolerate that node pool (`builders.PodSettings.node_pool`; unset: none);
+    RECORDER_IMAGE / TRANSCODER_IMAGE;
     TEMP_TTL_HOURS (24); KUBECONFIG (else the default
     loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off; LISTEN_ADDRESS
     of both (127.0.0.1)."""
@@ -56,6 +58,7 @@ class OperatorSettings:
             discord_api_base=_env("POD_DISCORD_API_BASE", "") or None,
             discord_gateway_url=_env("POD_DISCORD_GATEWAY_URL", "") or None,
             discord_ca_bundle=_env("POD_DISCORD_CA_BUNDLE", "") or None,
+            node_pool=_env("POD_NODE_POOL", "") or None,
         )
         return cls(
             database_url=_env("DATABASE_URL", "sqlite+aiosqlite:///voicetrack.db"),

@@ -1,5 +1,5 @@
 """kopf handler modules, one per resource; importing this package registers them all."""
 
-from voicetrack_operator.handlers import chunk, lifecycle, session
+from voicetrack_operator.handlers import chunk, index, lifecycle, session
 
-__all__ = ["chunk", "lifecycle", "session"]
+__all__ = ["chunk", "index", "lifecycle", "session"]

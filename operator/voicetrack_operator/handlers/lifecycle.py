@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -22,6 +23,14 @@ from voicetrack_operator.services.janitor import JanitorService
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0
 ORPHAN_SWEEP_S = 3600.0
+WORKER_LIMIT = 2000
+"""kopf's per-resource limit on concurrent per-object workers. Each chunk and each Job keeps
+a worker while its events come and for `WORKER_IDLE_S` after: the old limit of 64 with
+kopf's 5 s idle time let at most ~13 new objects per second through (issue 16)."""
+WORKER_IDLE_S = 1.0
+BLOCKING_THREADS = 32
+"""The event loop's default executor (S3 calls, `asyncio.to_thread`); Python's default is
+min(32, cores + 4)."""
 
 
 async def _every(seconds: float, what: str, fn: Any) -> None:
@@ -42,7 +51,10 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
         prefix=GROUP, key="last-handled-configuration")
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.queueing.worker_limit = 64
+    settings.queueing.worker_limit = WORKER_LIMIT
+    settings.queueing.idle_timeout = WORKER_IDLE_S
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="blocking"))
     settings.posting.level = logging.INFO
     applied = await asyncio.to_thread(migrate.upgrade_head, cfg.database_url)
     for revision in applied:
@@ -72,6 +84,7 @@ async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
         await JanitorService(ctx).beat("stopped")
         await ctx.db.close()
         ctx.kube.api.close()
+        ctx.kube.executor.shutdown(wait=False, cancel_futures=True)
 
 
 @kopf.on.probe(id="database")

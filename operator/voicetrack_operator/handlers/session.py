@@ -9,6 +9,7 @@ import kopf
 
 from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION, SessionState
 from voicetrack_operator.errors import kopf_errors
+from voicetrack_operator.handlers.index import observed
 from voicetrack_operator.services.deletion import DeletionService
 from voicetrack_operator.services.sessions import SessionService, SessionView
 
@@ -35,9 +36,13 @@ async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
 
 @kopf.timer(*SESSION, id="observe", interval=OBSERVE_INTERVAL_S, initial_delay=1.0)
 async def on_session_observe(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
-                             **_: Any) -> None:
+                             **kwargs: Any) -> None:
+    """Reads the watches' indexes (`handlers/index.py`, passed by kopf in `kwargs`), not
+    the API."""
+    seen = observed(body.metadata.namespace or "", body.metadata.name or "", kwargs)
     with kopf_errors():
-        changed = await SessionService(memo.ctx).observe_session(SessionView.parse(dict(body)))
+        changed = await SessionService(memo.ctx).observe_session(
+            SessionView.parse(dict(body)), seen)
     patch.status.update(changed)
     if "recorderFailure" in changed:
         kopf.warn(body, reason="RecorderFailed", message=changed["recorderFailure"])

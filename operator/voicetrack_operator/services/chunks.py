@@ -126,6 +126,20 @@ def job_state(job: dict[str, Any]) -> tuple[TranscodeStatus, str | None]:
     return TranscodeStatus.QUEUED, None
 
 
+IN_PROGRESS_AFTER_S = 5.0
+"""A running transcoder Job's chunk is marked `in_progress` once the Job has run this long
+(seconds): most finish sooner, and one write per chunk is saved (issue 16)."""
+
+
+def ran_for(job: dict[str, Any], seconds: float) -> bool:
+    """True when the Job's `status.startTime` is at least `seconds` ago."""
+    started = (job.get("status") or {}).get("startTime")
+    if not isinstance(started, str):
+        return False
+    since = datetime.now(UTC) - datetime.fromisoformat(started.replace("Z", "+00:00"))
+    return since.total_seconds() >= seconds
+
+
 class ChunkService:
     """Decides what happens to chunks; handlers call one method each."""
 
@@ -208,15 +222,26 @@ class ChunkService:
             await self.ctx.kube.ensure(job)
         return chunk.status
 
-    async def observe_job(self, job: dict[str, Any]) -> None:
+    async def observe_job(self, job: dict[str, Any],
+                          known: dict[str, Any] | None = None) -> None:
         """Move the job's chunk forward to what the Job shows; read `result.json` when it
-        completed, the failure reason when it failed. Never moves a chunk back."""
+        completed, the failure reason when it failed. Never moves a chunk back.
+
+        `in_progress` is written only once the Job has run `IN_PROGRESS_AFTER_S` (a quick
+        transcode goes queued → done in one write; the observe timer writes it for a slow
+        one). `known`: the chunk as a watch last showed it; when it is already as far as
+        the Job, nothing is read."""
         labels = job["metadata"].get("labels") or {}
         session, index = labels.get(LABEL_SESSION), labels.get(LABEL_CHUNK_INDEX)
         if not session or index is None:
             return
         ns, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
         state, reason = job_state(job)
+        if state is TranscodeStatus.IN_PROGRESS and not ran_for(job, IN_PROGRESS_AFTER_S):
+            return
+        if known is not None and state.rank <= ChunkStatus.model_validate(
+                known.get("status") or {}).transcode_status.rank:
+            return
         obj = await self.ctx.kube.get_chunk(ns, chunk_name(session, int(index)))
         if obj is None:
             return

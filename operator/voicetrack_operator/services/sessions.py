@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,20 +19,41 @@ from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import (
     INACTIVE_STATES,
+    LABEL_CHUNK_INDEX,
     SessionSpec,
     SessionState,
+    TranscodeStatus,
     controller_uid,
     meeting_id_for,
     recorder_pod_name,
 )
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
 from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.isolation import ensure_recorder_access
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
 log = logging.getLogger(__name__)
+
+SAFETY_NET_AGE_S = 10.0
+"""The observe timer re-ensures a chunk from the watches' view only when it is older than
+this (seconds): a younger one is the event handler's, and the view may lag its Job."""
+
+MEETING_CHECK_S = 30.0
+"""How often the observe timer checks that the session's meeting row still exists
+(seconds): a SELECT per session per tick was most of its SQL load."""
+
+
+@dataclass
+class Observed:
+    """What the watches show of one session (kopf's in-memory indexes,
+    `handlers/index.py`), so observing it reads no API: its recorder pod (None when there
+    is none), its RecordingChunks and its transcoder Jobs, as plain dicts."""
+
+    pod: dict[str, Any] | None
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +100,29 @@ class SessionView:
     @property
     def layout(self) -> MeetingLayout:
         return MeetingLayout(self.spec.storage.prefix, self.spec.guild_id, self.meeting_id)
+
+
+_meeting_checked: dict[str, float] = {}
+"""Meeting id -> when its row was last seen (monotonic s), for `repair_meeting`'s throttle.
+Meeting ids are unique per session (a uid's hash, or a spec id no other session may take)."""
+
+
+_progress_patched: dict[str, float] = {}
+"""Session uid -> when the observe timer last returned a status patch (monotonic s)."""
+
+TERMINAL = (TranscodeStatus.DONE.value, TranscodeStatus.FAILED.value)
+
+
+def _significant(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a status must reach the API at once: state, generation, failure and every
+    condition's (type, status, reason) but TranscodesComplete's, which flips with every
+    chunk. The rest (chunk counts, recorded seconds, speakers, bytes, messages) is
+    progress, coalesced to one patch per chunk period (issue 16: two patches per chunk)."""
+    conditions = tuple((c.get("type"), c.get("status"), c.get("reason"))
+                       for c in status.get("conditions") or []
+                       if c.get("type") != "TranscodesComplete")
+    return (status.get("state"), status.get("observedGeneration"),
+            status.get("recorderFailure"), conditions)
 
 
 def rfc3339(dt: datetime) -> str:
@@ -206,12 +251,25 @@ class SessionService:
 
     # ------------------------------------------------------------------ observe
 
-    async def observe_session(self, s: SessionView) -> dict[str, Any]:
+    async def observe_session(self, s: SessionView, seen: Observed | None = None
+                              ) -> dict[str, Any]:
         """The status patch (only what changed) from the recorder pod and the chunks. A
-        recorder pod that is gone while the session records is made again."""
+        recorder pod that is gone while the session records is made again.
+
+        With `seen` (the watches' view: the timer) no API read is made, and a session the
+        create handler has not started yet is left to it; without it the pod is read and
+        the chunks and Jobs are listed."""
         if s.state is SessionState.REFUSED or s.deletion:
             return {}
-        pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
+        if seen is not None and not s.status.get("startedAt"):
+            # the create handler has not started it yet (kopf runs timers beside it): it
+            # writes the meeting row and the pod; observing now would rebuild that row
+            # from the creation time and flag the session out of sync (issue 16, at scale)
+            return {}
+        if seen is None:
+            pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
+        else:
+            pod = seen.pod
         failure = s.status.get("recorderFailure") or recorder_failure(pod, datetime.now(UTC))
         if failure:
             # it cannot record: stop the crash loop (and leave the voice channel); the
@@ -231,29 +289,80 @@ class SessionService:
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
         phase = None if failure else ((pod or {}).get("status") or {}).get("phase")
         with contextlib.suppress(TemporaryFailure):  # before the chunks' rows; resync
-            await self.repair_meeting(s)               # reports an outage
-        objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
-        if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
-                s.ref.namespace, s.ref.name, s.ref.uid, objs):
+            await self.repair_meeting(s, throttle=seen is not None)  # reports an outage
+        if seen is None:
             objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
+            if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
+                    s.ref.namespace, s.ref.name, s.ref.uid, objs):
+                objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
+        else:
+            objs = sorted((o for o in seen.chunks if controller_uid(o) == s.ref.uid),
+                          key=lambda o: int(o["spec"]["index"]))
+            await self.catch_up_seen(s, objs, seen.jobs)
         chunks = [ChunkView.from_object(o) for o in objs]
         db_ok, message = await self.resync(s)
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=phase,
                           chunks=chunks, recorder_failure=failure or None,
                           database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
-        return status_changed(s.status, new)
+        changed = status_changed(s.status, new)
+        if seen is not None and changed:
+            # progress only (counts, seconds, speakers): at most one patch per chunk period
+            last = _progress_patched.get(s.ref.uid)
+            if last is not None and time.monotonic() - last < s.spec.chunk_seconds \
+                    and _significant(s.status) == _significant({**s.status, **changed}):
+                return {}
+            _progress_patched[s.ref.uid] = time.monotonic()
+        return changed
 
-    async def repair_meeting(self, s: SessionView) -> bool:
+    async def catch_up_seen(self, s: SessionView, objs: list[dict[str, Any]],
+                            jobs: list[dict[str, Any]]) -> int:
+        """The observe timer's safety net on the watches' view (`ChunkService.ensure_new`
+        and `catch_up` without their list calls): ensure each chunk older than
+        `SAFETY_NET_AGE_S` that has no status yet or whose Job is gone, observe each Job
+        ahead of its chunk. Returns how many chunks it acted on."""
+        now = datetime.now(UTC)
+        by_index: dict[int, dict[str, Any]] = {}
+        for j in jobs:
+            if controller_uid(j) == s.ref.uid:
+                with contextlib.suppress(KeyError, ValueError):
+                    by_index[int(j["metadata"]["labels"][LABEL_CHUNK_INDEX])] = j
+        n = 0
+        for obj in objs:
+            if (obj.get("status") or {}).get("transcodeStatus") in TERMINAL:
+                continue  # most of a long session's chunks: not parsed every tick
+            chunk = ChunkRef.from_object(obj)
+            job = by_index.get(chunk.spec.index)
+            if job is not None and job_state(job)[0].rank > chunk.transcode_status.rank:
+                await self.chunks.observe_job(job)
+                n += 1
+                continue
+            old = chunk.created is None or (now - chunk.created).total_seconds() \
+                > SAFETY_NET_AGE_S
+            if old and (not chunk.ensured or (
+                    job is None and chunk.spec.tracks
+                    and not chunk.transcode_status.terminal)):
+                await self.chunks.ensure_chunk(chunk)
+                n += 1
+        return n
+
+    async def repair_meeting(self, s: SessionView, *, throttle: bool = False) -> bool:
         """Make the session's meeting row again when SQL lost it (PostgreSQL down when the
         session started, a wiped SQLite file), from the session's spec and status, and mark
         the session for a replay of its chunk states (`resync`). True when it had to.
+        With `throttle`, the row is looked at most every `MEETING_CHECK_S` seconds per
+        session (a lost row also shows as a failed chunk mirror, which resyncs).
         Raises TemporaryFailure while the database is away."""
+        if throttle:
+            last = _meeting_checked.get(s.meeting_id)
+            if last is not None and time.monotonic() - last < MEETING_CHECK_S:
+                return False
         try:
             await self.ctx.db.get_meeting(s.meeting_id)
+            _meeting_checked[s.meeting_id] = time.monotonic()
             return False
         except NotFoundError:
-            pass
+            _meeting_checked.pop(s.meeting_id, None)
         await self.ctx.db.create_meeting(
             s.meeting_id, s.spec.guild_id, s.spec.channel_id,
             parse_time(s.status.get("startedAt") or s.created), s.ref.uid,
