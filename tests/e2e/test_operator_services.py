@@ -44,7 +44,13 @@ from voicetrack.resources import (
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
 from voicetrack_operator.adapters.kube import KubeAdapter
-from voicetrack_operator.builders import PodSettings, SessionRef, build_transcode_job
+from voicetrack_operator.builders import (
+    PodSettings,
+    SessionRef,
+    build_recorder_rbac,
+    build_session_recorder_rbac,
+    build_transcode_job,
+)
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService
 from voicetrack_operator.services.deletion import DeletionService, DeletionStep
@@ -224,7 +230,10 @@ async def test_ensure_session_twice_has_the_effect_of_once(
     await svc.ensure_session(s)
     pod2 = await ctx.kube.get_pod(namespace, recorder_pod_name("twice"))
     assert pod2 is not None and pod2["metadata"]["uid"] == pod["metadata"]["uid"]
-    assert ctx.kube.writes - writes == 5  # the stale retry's creates, each a 409
+    # The stale retry's creates, each a 409: the namespace's transcoder account, the
+    # session's recorder identity (account, Role, binding), its upload grant, the pod.
+    creates = len(build_recorder_rbac(namespace)) + len(build_session_recorder_rbac(s.ref)) + 2
+    assert ctx.kube.writes - writes == creates
     meeting = await ctx.db.get_meeting(s.meeting_id)
     assert meeting.guild_id == s.spec.guild_id
     pods = await ctx.kube.list_pods(namespace, f"{LABEL_SESSION}=twice")

@@ -294,17 +294,15 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     assert ppage.evaluate("document.documentElement.scrollWidth") <= 390
     phone.close()
 
-    # The speech timeline, once promotion has written one (`final/timeline.json`): a lane
+    # The speech timeline promotion wrote (`final/timeline.json`, SpeechTimeline): a lane
     # per speaker; a segment is a button that seeks every track to its start.
     final_dir = recs[bob].object_key.rsplit("/", 1)[0]
-    if not stack.store.exists(f"{final_dir}/timeline.json"):
-        stack.store.put_json(f"{final_dir}/timeline.json", {"segments": [
-            {"user_id": alice, "start_ms": a, "end_ms": b} for a, b in ALICE_TALKS] + [
-            {"user_id": bob, "start_ms": a, "end_ms": b} for a, b in BOB_TALKS]})
+    speech = stack.store.get_json(f"{final_dir}/timeline.json")
+    assert sorted(speech["speakers"]) == sorted([alice, bob]), speech
     page.reload()
     page.wait_for_selector("#timeline:not([hidden]) .seg", timeout=15_000)
     assert page.locator("#timeline .lane").count() == 2
-    page.locator("#timeline .lane").nth(1).locator(".seg").first.click()
+    page.locator(f'#timeline .seg[aria-label^="Speaker {bob} "]').first.click()
     at = page.evaluate("[...document.querySelectorAll('audio')].map(a => a.currentTime)")
     assert all(abs(t - at[0]) < 0.05 for t in at) and 3.0 < at[0] < 8.0, at
     page.screenshot(path=str(SHOTS / "meeting-timeline.png"), full_page=True)

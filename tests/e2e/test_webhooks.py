@@ -301,15 +301,16 @@ def test_a_delivery_queued_before_an_operator_restart_is_delivered_after_it(
 
 
 @pytest.mark.parametrize(("failure", "state", "reason"), [
-    (None, "cancelled", "the session ended before any audio was recorded"),
+    (None, "cancelled", "no audio was recorded"),
     ("recorder pod failed: ImagePullBackOff", "failed",
-     "recorder pod failed: ImagePullBackOff"),
+     "RecorderFailed: recorder pod failed: ImagePullBackOff"),
 ])
 async def test_a_session_that_ends_without_audio_queues_its_state_and_reason(
         ctx: Context, cluster: LocalCluster, kubectl: Kubectl, namespace: str,
         receiver: Receiver, failure: str | None, state: str, reason: str) -> None:
     """The deletion service queues the delivery once (finalizing twice queues nothing
-    more), with the meeting's end state and why; the worker delivers it."""
+    more), with the meeting's end state and why — the meetings row's own
+    (`failures.meeting_outcome`); the worker delivers it."""
     from tests.e2e.test_operator_services import make_session, set_status
     from voicetrack_local.stack import install_crds
     from voicetrack_operator.services.deletion import DeletionService
@@ -336,4 +337,5 @@ async def test_a_session_that_ends_without_audio_queues_its_state_and_reason(
     body = got.json
     assert got.verified and (body["state"], body["failure_reason"], body["tracks"]) == (
         state, reason, [])
-    assert (await ctx.db.get_meeting(s.meeting_id)).status == state
+    meeting = await ctx.db.get_meeting(s.meeting_id)
+    assert (meeting.status, meeting.failure_reason) == (state, reason)

@@ -125,34 +125,20 @@
     });
   }
 
-  // The speech timeline, when promotion wrote one. Accepted shapes: a list of segments
-  // or {segments|speech|speakers: ...}, each with start_ms/end_ms (or startMs/endMs, or
-  // start/end in s) and user_id/userId/track/speaker.
+  // The speech timeline, when promotion wrote one: `final/timeline.json`, the contract
+  // `voicetrack.manifests.SpeechTimeline` — {version, durationMs, speakers: {userId:
+  // [[startMs, endMs], ...]}} in output time (the tracks' own time, pauses cut).
   async function drawTimeline() {
     const resp = await fetch(root.dataset.timeline, { credentials: "same-origin" });
     if (!resp.ok) return;
     const doc = await resp.json();
-    const total = Number(root.dataset.durationMs) || 1;
+    const total = Number(doc.durationMs) || Number(root.dataset.durationMs) || 1;
     const lanes = new Map();
-    const add = (who, seg) => {
-      const start = seg.start_ms ?? seg.startMs ?? (seg.start != null ? seg.start * 1000 : null);
-      const end = seg.end_ms ?? seg.endMs ?? (seg.end != null ? seg.end * 1000 : null);
-      if (start == null || end == null) return;
-      if (!lanes.has(who)) lanes.set(who, []);
-      lanes.get(who).push([start, end]);
-    };
-    const whoOf = (s) => String(s.user_id ?? s.userId ?? s.track ?? s.speaker ?? "?");
-    const visit = (items, who) => {
-      for (const s of items || []) {
-        const w = who ?? whoOf(s);
-        if (Array.isArray(s.segments)) visit(s.segments, w);
-        else add(w, s);
-      }
-    };
-    if (Array.isArray(doc)) visit(doc);
-    else if (doc.speakers && !Array.isArray(doc.speakers)) {
-      for (const [who, segs] of Object.entries(doc.speakers)) visit(segs, who);
-    } else visit(doc.segments || doc.speech || doc.speakers);
+    for (const [who, runs] of Object.entries(doc.speakers || {})) {
+      const segs = (Array.isArray(runs) ? runs : [])
+        .filter((r) => Array.isArray(r) && r.length === 2 && r[1] > r[0]);
+      if (segs.length) lanes.set(who, segs);
+    }
     if (!lanes.size) return;
     const box = document.querySelector("#timeline .timeline-rows");
     for (const [who, segs] of lanes) {
