@@ -181,7 +181,7 @@ def test_show_lists_tracks_with_manifest_facts(world: World) -> None:
         assert (t["bytes"], t["sha256"], t["duration_ms"], t["channels"], t["key"]) == (
             m.bytes, m.sha256, m.duration_ms, m.channels, m.key)
     assert doc["output_ms"] == world.manifest.duration_ms and doc["gaps"] == []
-    assert doc["timeline_key"] is None
+    assert doc["timeline_key"] == world.layout.timeline_key  # promotion writes it
     text = world.cli("show", DONE).stdout
     assert world.manifest.tracks[0].sha256 in text and "team/standup" in text
 
@@ -280,7 +280,8 @@ def test_zip_is_an_audacity_project_of_equal_length_tracks(world: World,
         names = sorted(zf.namelist())
         zf.extractall(tmp_path / "x")
     assert names == sorted(f"{folder}/{n}" for n in [
-        f"{A}.flac", f"{B}.flac", "mix.flac", f"{DONE}.lof", "manifest.json"])
+        f"{A}.flac", f"{B}.flac", "mix.flac", f"{DONE}.lof", "manifest.json",
+        "timeline.json"])
     root = tmp_path / "x" / folder
     assert (root / f"{DONE}.lof").read_text() == (
         f'file "{A}.flac" offset 0\nfile "{B}.flac" offset 0\nfile "mix.flac" offset 0\n')
@@ -291,15 +292,9 @@ def test_zip_is_an_audacity_project_of_equal_length_tracks(world: World,
     for track in (A, B, "mix"):
         assert _ffprobe_samples(root / f"{track}.flac") == (want, 48_000, channels[track])
 
-    # with a speech timeline next to the manifest, it is bundled too
-    timeline = world.layout.final_root + "timeline.json"
-    world.store.put_json(timeline, {"segments": []})
-    try:
-        world.cli("zip", DONE, "--out", str(target))
-        with zipfile.ZipFile(target) as zf:
-            assert json.loads(zf.read(f"{folder}/timeline.json")) == {"segments": []}
-    finally:
-        world.store.delete_keys([timeline])
+    # the speech timeline promotion wrote next to the manifest is bundled too
+    assert json.loads((root / "timeline.json").read_text()) == world.store.get_json(
+        world.layout.timeline_key)
 
 
 def test_zip_of_a_damaged_source_leaves_no_file(world: World, tmp_path: Path) -> None:
