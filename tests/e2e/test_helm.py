@@ -393,8 +393,11 @@ def test_operator_records_and_promotes_with_only_the_charts_rbac(
     # Nothing refused along the way (kopf retries or degrades on a 403 and logs it). The
     # operator serves the whole cluster, where earlier tests' namespaces may still be
     # terminating: the API's 403 for those is not a missing permission.
+    # An earlier test's namespace may also be gone already: kopf's event post then gets a
+    # 404, which is not a permission either (seen in CI simulation).
     log = "\n".join(line for line in chart_operator.log_path.read_text(
-        errors="replace").lower().splitlines() if "because it is being terminated" not in line)
+        errors="replace").lower().splitlines()
+        if "because it is being terminated" not in line and "code: 404" not in line)
     for sign in ("forbidden", " 403", "not enough permissions", "failed to post an event"):
         assert sign not in log, (sign, chart_operator.tail(60))
     print(f"helm rbac session: {time.monotonic() - started:.1f} s")
