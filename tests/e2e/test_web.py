@@ -31,6 +31,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.audio_helpers import Speaker
+from tests.e2e.test_main_job import wait_for
 from tests.fixtures.stack import Stack
 from voicetrack_local.discord import launcher
 from voicetrack_local.web import WebProcess
@@ -57,16 +58,6 @@ def wav_bytes(pcm: Any) -> bytes:
         w.setframerate(48_000)
         w.writeframes(pcm.copy().tobytes())
     return buf.getvalue()
-
-
-def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def db(stack: Stack, fn: Any) -> Any:
