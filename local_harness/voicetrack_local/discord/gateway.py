@@ -159,6 +159,9 @@ class Gateway:
                         "chunk_count": 1, "not_found": [], "nonce": d.get("nonce"),
                         "members": [u.member() for u in self.world.everyone()]})
         finally:
+            if session is not None:
+                log.info("gateway connection of user %s (session %s) ended: close code %s",
+                         session.user.id, session.session_id, ws.close_code)
             if session is not None and session.ws is ws:
                 session.ws = None
         return ws
@@ -230,10 +233,15 @@ class Gateway:
         state = VoiceState(user.id, channel.id, session.session_id,
                            self_mute=bool(d.get("self_mute")), self_deaf=bool(d.get("self_deaf")))
         w.voice_states[user.id] = state
+        log.info("user %s joins voice channel %s (session %s)", user.id, channel.id,
+                 session.session_id)
         await self._voice_event(session, state.json(w.guild_id, user.member()))
         token = self.voice.grant(user.id, session.session_id, w.guild_id, channel.id)
         await session.dispatch("VOICE_SERVER_UPDATE", {
             "token": token, "guild_id": str(w.guild_id), "endpoint": self.voice_endpoint})
+        log.info("user %s: VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE sent (seq %d, %s)",
+                 user.id, session.seq, "delivered" if session.ws is not None
+                 and not session.ws.closed else "buffered for a resume")
 
     async def move_voice_server(self, user_id: int, endpoint: str | None = None) -> bool:
         """Fault knob: Discord moved `user_id`'s call to another voice server — a new
