@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import struct
 import time
@@ -229,7 +230,11 @@ class DiscordSource:
             await self._record(channel, stop)
         finally:
             self.connection.detach()
-            self.connection.receiver.flush()
+            receiver = self.connection.receiver
+            receiver.flush()
+            # what an on-call engineer asks first about a recording's audio
+            log.info("receive stats: %s; timeline resyncs %d", json.dumps(
+                receiver.stats.as_dict(), sort_keys=True), receiver.timeline.resyncs)
             leave = asyncio.ensure_future(self._leave(client, runner))
             try:
                 await asyncio.shield(leave)
