@@ -184,6 +184,11 @@ def _s3(what: str) -> Iterator[None]:
         raise translated from err
 
 
+POOL_CONNECTIONS = 32
+"""Connections to S3 kept open for reuse, per host: at least the threads that call one
+store at the same time (the operator's 32 blocking-call threads, promotion's 8 fetchers)."""
+
+
 class ObjectStore:
     """One bucket of an S3 server. Every method raises NotFoundError, TemporaryFailure or
     InvalidInputError for S3 and network failures (see the module docstring), and lets any
@@ -200,6 +205,9 @@ class ObjectStore:
         self.settings = settings
         self.bucket = settings.bucket
         http = urllib3.PoolManager(
+            # kept connections per host: one per thread that calls at once (the operator's
+            # API pool, assembly's fetchers); urllib3's default keeps one and discards the rest
+            maxsize=POOL_CONNECTIONS,
             timeout=urllib3.Timeout(connect=5, read=60),
             retries=urllib3.Retry(total=3, backoff_factor=0.2,
                                   status_forcelist=[500, 502, 503, 504]),

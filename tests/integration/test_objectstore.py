@@ -87,3 +87,23 @@ def test_bugs_propagate_unchanged(object_store: ObjectStore, tmp_path: Path) -> 
             call()
         assert not isinstance(info.value, TemporaryFailure), (name, info.value)
         assert isinstance(info.value, kind), (name, info.value)
+
+
+def test_concurrent_calls_reuse_their_connections(object_store: ObjectStore,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The operator and the promotion Job call one store from many threads (the operator's
+    API pool, assembly's 8 fetchers): each thread's connection goes back to the pool.
+    With urllib3's default pool of one connection per host, every call but one opened a
+    new TCP connection and threw it away ("Connection pool is full, discarding
+    connection")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(8):
+        object_store.put_bytes(f"pool/{i}.bin", bytes([i]) * 1024, "application/octet-stream")
+    with caplog.at_level("WARNING", logger="urllib3.connectionpool"), \
+            ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            got = list(pool.map(object_store.get_bytes, [f"pool/{i}.bin" for i in range(8)]))
+            assert [g[0] for g in got] == list(range(8))
+    full = [r for r in caplog.records if "pool is full" in r.getMessage()]
+    assert not full, f"{len(full)} connections discarded: {full[0].getMessage()}"
