@@ -589,10 +589,17 @@ def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> Speech
 # ---------------------------------------------------------------- audio so far
 
 
-def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | None:
+def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None = None
+                  ) -> FinalManifest | None:
     """"Audio so far" of a live session: every track up to the last chunk of the unbroken
     run of pieces from chunk 0, at `live/<track>.mp3` with `live/manifest.json` (a
     FinalManifest, `assembly` incremental), replaced on every call.
+
+    `chunks` (the operator's live Job passes it): assemble exactly chunks `[0, chunks)`,
+    which it saw transcoded; a run of pieces shorter than that raises PiecesUnusable
+    naming the first chunk without a usable piece. Every track is built and checked in a
+    temporary directory before anything is uploaded, and the manifest goes last, so a
+    missing or damaged piece leaves the previous live files as they were.
 
     The run ends at the first chunk without a piece (not transcoded yet, failed) or whose
     unit does not start where the previous one ended. The frames are the pieces' as they
@@ -604,7 +611,7 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | 
     or a piece object is missing or damaged; TemporaryFailure for S3 or ffmpeg failures.
     """
     run: list[PieceManifest] = []
-    while True:
+    while chunks is None or len(run) < chunks:
         try:
             piece = PieceManifest.model_validate(store.get_json(
                 layout.piece_manifest_key(len(run))))
@@ -615,6 +622,9 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | 
                     or piece.mp3_bitrate != run[0].mp3_bitrate):
             break
         run.append(piece)
+    if chunks is not None and len(run) < chunks:
+        raise PiecesUnusable(f"chunk {len(run)} has no usable piece ({len(run)} of the "
+                             f"{chunks} chunk(s) asked for)")
     if not run or run[-1].end_frame == 0:
         return None
     channels: dict[str, Channels] = {}
@@ -630,6 +640,7 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | 
     duration_ms = samples_to_ms(n)
     bitrate = run[0].mp3_bitrate
     tracks: list[FinalTrack] = []
+    built: list[tuple[str, Path]] = []
     with tempfile.TemporaryDirectory(prefix="vt-live-") as tmp, \
             ThreadPoolExecutor(8, thread_name_prefix="live") as pool:
         work = Path(tmp)
@@ -658,12 +669,14 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout) -> FinalManifest | 
             path = work / f"{name}.mp3"
             tag_file(frames_path, path, n)
             key = layout.live_key(name, "mp3")
-            store.put_file(key, str(path), CONTENT_TYPES["mp3"])
+            built.append((key, path))
             tracks.append(FinalTrack(
                 track=name, kind="mixed" if name == MIX_TRACK else "speaker",
                 user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
                 channels=channels[name], bytes=path.stat().st_size,
                 sha256=sha256_file(path), duration_ms=duration_ms))
+        for key, path in built:  # only once every track is made: nothing half-replaced
+            store.put_file(key, str(path), CONTENT_TYPES["mp3"])
     manifest = FinalManifest(
         tool_version=TOOL_VERSION, meeting_id=layout.meeting_id, duration_ms=duration_ms,
         recorded_ms=duration_ms, paused_ms=run[-1].paused_ms, tracks=tracks,
