@@ -62,7 +62,7 @@ async def test_live_links_download_the_audio_so_far(object_store: ObjectStore) -
     fields = {f.name: f.value for f in embed.fields}
     assert fields["So far"] is not None and fields["So far"].startswith("12s up to")
     assert "5 min" in fields["So far"]
-    assert fields["So far: alice"].startswith("[Listen mp3](http")
+    assert str(fields["So far: alice"]).startswith("[Listen mp3](http")
     assert "So far: user 400000000000000002" in fields and "So far: Mix" in fields
 
 
