@@ -202,3 +202,18 @@ async def test_observe_starts_one_job_only_while_recorded_mp3() -> None:
         service, kube = _service(interval)
         await service.observe(_session(state, formats), chunks, [])
         assert kube.calls == [], (state, formats, interval)
+
+
+async def test_s3_away_leaves_the_status_alone_and_does_not_raise() -> None:
+    """A completed live Job's manifest cannot be read (S3 at a closed port): the tick
+    returns no patch (status.live stays as it was) and the observe goes on."""
+    service, kube = _service(30)
+    done = build_live_job(OWNER, SPEC, "m" * 16, 2, PodSettings())
+    done["metadata"]["creationTimestamp"] = "2026-12-02T20:59:00Z"
+    done["status"] = {"conditions": [{"type": "Complete", "status": "True"}],
+                      "completionTime": "2026-12-02T20:59:09Z"}
+    s = _session("Recording")
+    s.status["live"] = {"chunks": 1, "durationMs": 4000, "updatedAt": "2026-12-02T20:58:00Z"}
+    assert await service.observe(s, [chunk_obj(0, "done"), chunk_obj(1, "done")],
+                                 [done]) == {}
+    assert kube.calls == []

@@ -176,9 +176,19 @@ class LiveService:
         """One tick for session view `s` from the watches' view of
         its RecordingChunks and live Jobs: delete, launch, and return the status patch
         (`{"live": {...}}` when a Job completed since the status was written, else {}).
-        Raises TemporaryFailure when the API or S3 is away (the next tick tries again)."""
+        The API or S3 away is logged and the next tick tries again: the audio so far never
+        holds up the session's status."""
         if not self.enabled(s):
             return {}
+        try:
+            return await self._tick(s, chunks, jobs)
+        except TemporaryFailure as err:
+            log.info("session %s/%s: audio so far not updated: %s", s.ref.namespace,
+                     s.ref.name, err)
+            return {}
+
+    async def _tick(self, s: SessionView, chunks: list[dict[str, Any]],
+                    jobs: list[dict[str, Any]]) -> dict[str, Any]:
         mine = [j for j in (LiveJob.from_object(o) for o in jobs
                             if controller_uid(o) == s.ref.uid) if j is not None]
         reported = int((s.status.get("live") or {}).get("chunks") or 0)
