@@ -302,14 +302,17 @@ def live_job_name(session: str, chunks: int) -> str:
 
 
 def build_live_job(owner: SessionRef, spec: SessionSpec, meeting_id: str, chunks: int,
-                   settings: PodSettings) -> dict[str, Any]:
+                   settings: PodSettings, silent: list[int] | None = None) -> dict[str, Any]:
     """The live-assembly Job `<session>-live-<chunks:06d>`: `voicetrack-transcoder live`
     joins the MP3 pieces of chunks `[0, chunks)` into `live/<track>.mp3` and
-    `live/manifest.json` (the audio so far). The transcoder image, S3 access and pod
-    settings of the chunk Jobs; `backoffLimit` 0, since the operator's next interval is
-    its retry (`services.live`), and it is labelled with `chunks`."""
+    `live/manifest.json` (the audio so far), the chunks in `silent` (no piece: failed, or
+    nobody spoke) as silence. The transcoder image, S3 access and pod settings of the
+    chunk Jobs; `backoffLimit` 0, since the operator's next interval is its retry
+    (`services.live`), and it is labelled with `chunks`."""
     args = ["live", "--prefix", spec.storage.prefix, "--guild-id", spec.guild_id,
             "--meeting-id", meeting_id, "--chunks", str(chunks)]
+    if silent:
+        args += ["--silent-chunks", ",".join(str(i) for i in sorted(silent))]
     job = _job(owner, live_job_name(owner.name, chunks), LIVE_COMPONENT,
                {LABEL_LIVE_CHUNKS: str(chunks)}, args, settings, spec.storage.bucket,
                settings.transcode_deadline_s)

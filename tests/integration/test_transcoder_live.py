@@ -103,3 +103,39 @@ def test_the_command_exits_1_and_names_the_chunk(store: ObjectStore,
                         timeout=120, check=False)
     assert ok.returncode == 0, ok.stderr
     assert "live: 3 track(s)" in ok.stdout
+    worse = subprocess.run([*args, "--silent-chunks", "1,x"], env=env, capture_output=True,
+                           text=True, timeout=120, check=False)
+    assert worse.returncode == 2 and "--silent-chunks" in worse.stderr
+
+
+def test_silent_chunks_are_bridged_with_silence(store: ObjectStore) -> None:
+    """A chunk that failed (or where nobody spoke) has no piece and never will: the
+    operator names it in `silent`, and the audio so far goes on after it, silent in its
+    unit and the same frames as without the gap elsewhere (before the fix the run
+    stopped at that chunk for good)."""
+    whole = assemble_live(store, LAYOUT, chunks=4)
+    assert whole is not None
+    reference = {t.track: decode_file(store.get_bytes(t.key)) for t in whole.tracks}
+    key = LAYOUT.piece_manifest_key(2)
+    kept = store.get_json(key)
+    store.delete_keys([key])
+    try:
+        with pytest.raises(PiecesUnusable, match="chunk 2 has no usable piece"):
+            assemble_live(store, LAYOUT, chunks=4)
+        bridged = assemble_live(store, LAYOUT, chunks=4, silent={2})
+        assert bridged is not None and bridged.duration_ms == whole.duration_ms
+        before = PieceManifest.model_validate(store.get_json(LAYOUT.piece_manifest_key(1)))
+        after = PieceManifest.model_validate(store.get_json(LAYOUT.piece_manifest_key(3)))
+        gap_from = before.end_frame * FRAME - TOTAL_DELAY
+        gap_to = after.first_frame * FRAME - TOTAL_DELAY
+        for t in bridged.tracks:
+            pcm = decode_file(store.get_bytes(t.key))
+            ref = reference[t.track]
+            assert pcm.shape == ref.shape
+            margin = 2 * FRAME  # MDCT overlap of the frames around the silent ones
+            assert (pcm[: gap_from - margin] == ref[: gap_from - margin]).all(), t.track
+            assert (pcm[gap_to + margin:] == ref[gap_to + margin:]).all(), t.track
+            assert not pcm[gap_from + margin: gap_to - margin].any(), t.track
+        assert ref[gap_from + 2 * FRAME: gap_to - 2 * FRAME].any()  # A spoke there
+    finally:
+        store.put_json(key, kept)

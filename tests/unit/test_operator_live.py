@@ -123,14 +123,24 @@ def chunk_obj(index: int, status: str | None, tracks: int = 1) -> dict[str, Any]
     return obj
 
 
-def test_transcoded_run_stops_at_the_first_chunk_without_a_piece() -> None:
-    assert transcoded_run([]) == 0
+def test_transcoded_run_stops_at_the_first_chunk_still_transcoding() -> None:
+    assert transcoded_run([]) == (0, [])
     assert transcoded_run([chunk_obj(1, "done"), chunk_obj(0, "done"),
-                           chunk_obj(2, "in_progress"), chunk_obj(3, "done")]) == 2
-    assert transcoded_run([chunk_obj(0, "done"), chunk_obj(2, "done")]) == 1  # a hole
-    assert transcoded_run([chunk_obj(0, "done"), chunk_obj(1, "failed")]) == 1
-    assert transcoded_run([chunk_obj(0, "done"), chunk_obj(1, "done", tracks=0)]) == 1
-    assert transcoded_run([chunk_obj(0, None)]) == 0
+                           chunk_obj(2, "in_progress"), chunk_obj(3, "done")]) == (2, [])
+    assert transcoded_run([chunk_obj(0, "done"), chunk_obj(2, "done")]) == (1, [])  # a hole
+    assert transcoded_run([chunk_obj(0, None)]) == (0, [])
+
+
+def test_failed_and_speechless_chunks_are_silent_not_the_end() -> None:
+    """Before, a failed chunk or one nobody spoke in ended the audio so far for good."""
+    assert transcoded_run([chunk_obj(0, "done", tracks=0), chunk_obj(1, "failed"),
+                           chunk_obj(2, "done"), chunk_obj(3, "queued")]) == (3, [0, 1])
+    refused = chunk_obj(1, "failed")
+    refused["status"]["refused"] = "not this session's"
+    assert transcoded_run([chunk_obj(0, "done"), refused]) == (1, [])
+    job = build_live_job(OWNER, SPEC, "m" * 16, 3, PodSettings(), [1, 0])
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == [
+        "--silent-chunks", "0,1"]
 
 
 def test_live_job_from_the_watch() -> None:

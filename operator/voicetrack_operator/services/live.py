@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
 from voicetrack.resources import (
     LABEL_COMPONENT,
@@ -100,25 +100,31 @@ class LiveDecision:
     report: LiveJob | None = None
 
 
-def transcoded_run(chunks: Iterable[dict[str, Any]]) -> int:
-    """How many chunks from index 0 on, without a hole, are transcoded with at least one
-    track (each has an MP3 piece): the chunks a live Job can assemble. `chunks` are
-    RecordingChunk objects (as dicts) in any order. A failed chunk, one without tracks, or
-    one still transcoding ends the run."""
+def transcoded_run(chunks: Iterable[dict[str, Any]]) -> tuple[int, list[int]]:
+    """`(n, silent)`: how many chunks from index 0 on, without a hole, have a final
+    transcode status (the chunks a live Job can assemble), and which of those have no
+    piece and never will (`silent`: failed, or no tracks since nobody spoke; promotion
+    makes their windows silence). `chunks` are RecordingChunk objects (as dicts) in any
+    order; a refused chunk (not this session's) is not counted. A chunk still queued or
+    transcoding, or a missing index, ends the run."""
     by_index: dict[int, dict[str, Any]] = {}
     for obj in chunks:
+        if (obj.get("status") or {}).get("refused"):
+            continue
         try:
             by_index[int((obj.get("spec") or {})["index"])] = obj
         except (KeyError, TypeError, ValueError):
             continue
-    n = 0
+    n, silent = 0, []
     while n in by_index:
         obj = by_index[n]
-        if (obj.get("status") or {}).get("transcodeStatus") != TranscodeStatus.DONE.value \
-                or not (obj.get("spec") or {}).get("tracks"):
+        status = (obj.get("status") or {}).get("transcodeStatus")
+        if status not in (TranscodeStatus.DONE.value, TranscodeStatus.FAILED.value):
             break
+        if status == TranscodeStatus.FAILED.value or not (obj.get("spec") or {}).get("tracks"):
+            silent.append(n)
         n += 1
-    return n
+    return n, silent
 
 
 def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
@@ -192,13 +198,15 @@ class LiveService:
         mine = [j for j in (LiveJob.from_object(o) for o in jobs
                             if controller_uid(o) == s.ref.uid) if j is not None]
         reported = int((s.status.get("live") or {}).get("chunks") or 0)
-        decision = decide(mine, transcoded_run(chunks), reported,
-                          self.ctx.settings.live_interval_s, datetime.now(UTC))
+        ready, silent = transcoded_run(chunks)
+        decision = decide(mine, ready, reported, self.ctx.settings.live_interval_s,
+                          datetime.now(UTC))
         for name in decision.delete:
             await self.ctx.kube.delete_job(s.ref.namespace, name)
         if decision.launch is not None:
             await self.ctx.kube.ensure(build_live_job(
-                s.ref, s.spec, s.meeting_id, decision.launch, self.ctx.settings.pods))
+                s.ref, s.spec, s.meeting_id, decision.launch, self.ctx.settings.pods,
+                silent))
             log.info("session %s/%s: live Job for %d chunk(s)", s.ref.namespace, s.ref.name,
                      decision.launch)
         failed = [j for j in mine if j.state is TranscodeStatus.FAILED and j.name in
@@ -214,16 +222,17 @@ class LiveService:
     async def read_live(self, s: SessionView, job: LiveJob) -> dict[str, Any]:
         """`status.live` from `live/manifest.json` after `job` completed. Raises
         TemporaryFailure when it cannot be read (S3 away, or not there)."""
+        updated = (job.finished or datetime.now(UTC)).astimezone(UTC)
         try:
             doc = await self.ctx.store(s.spec.storage.bucket).get_json(
                 s.layout.live_manifest_key)
-            manifest = FinalManifest.model_validate(doc)
+            duration_ms = FinalManifest.model_validate(doc).duration_ms
+        except NotFoundError:  # the Job found only silent chunks: nothing to hear yet
+            duration_ms = 0
         except (InvalidInputError, ValueError) as err:
             raise TemporaryFailure(f"live manifest of {s.ref.name} unreadable: {err}",
                                    delay=5) from err
-        updated = (job.finished or datetime.now(UTC)).astimezone(UTC)
-        return live_status(job.chunks, manifest.duration_ms,
-                           updated.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        return live_status(job.chunks, duration_ms, updated.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     async def stop(self, s: SessionView) -> int:
         """Delete the session's live Jobs (deletion's first step: promotion never waits
