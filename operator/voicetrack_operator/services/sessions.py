@@ -309,7 +309,7 @@ class SessionService:
                           database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         changed = status_changed(s.status, new)
-        live = await LiveService(self.ctx).observe(s, objs, seen.live) if seen else {}
+        live = {} if seen is None else await LiveService(self.ctx).observe(s, objs, seen.live)
         if seen is not None and changed:
             # progress only (counts, seconds, speakers): at most one patch per chunk period
             last = _progress_patched.get(s.ref.uid)
