@@ -260,3 +260,68 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
         n = min(so_far.shape[0], whole.shape[0])
         corr, lag = best_correlation(so_far[:n], whole[:n], 48 * 20)
         assert corr >= 0.99 and abs(lag) <= 48, (name, corr, lag)
+
+
+def start_session(stack: LiveStack, ns: str, name: str) -> MeetingLayout:
+    """A files-source session of the three speakers; its layout once it has a meeting."""
+    keys = []
+    for i, s in enumerate(speakers()):
+        key = f"live-input/{ns}/{s.user_id}.wav"
+        stack.store.put_bytes(key, wav_bytes(s.pcm(AUDIO_MS), 1 if i == 0 else 2),
+                              "audio/wav")
+        keys.append(key)
+    doc = {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"guildId": GUILD, "channelId": "300000000000000002", "chunkSeconds": 5,
+                    "source": {"type": "files", "speakers": [
+                        {"userId": u, "objectKey": k}
+                        for u, k in zip(USERS, keys, strict=True)]}}}
+    stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    meeting = wait_for("the meeting id", lambda: (stack.get(ns, "recsess", name) or {})
+                       .get("status", {}).get("meetingId"), 60)
+    return MeetingLayout("recordings", GUILD, meeting)
+
+
+def test_a_failed_live_job_keeps_the_previous_audio_and_is_retried(
+        live_stack: LiveStack, live_namespace: str) -> None:
+    """A piece the live Job needs is gone (S3 lost it): the Job fails, the previous live
+    files and status.live stay, no chunk or session is marked failed; once the piece is
+    back the next interval's Job brings the audio so far up to date."""
+    stack, ns = live_stack, live_namespace
+    layout = start_session(stack, ns, "faulty")
+
+    def live_status() -> dict[str, Any]:
+        return dict(((stack.get(ns, "recsess", "faulty") or {}).get("status") or {})
+                    .get("live") or {})
+
+    wait_for("a first audio so far", lambda: live_status().get("chunks", 0) >= 1, 120)
+    piece = stack.store.get_json(layout.piece_manifest_key(0))
+    mix = next(t for t in piece["tracks"] if t["track"] == "mix")
+    kept = stack.store.get_bytes(mix["key"])
+    stack.store.delete_keys([mix["key"]])
+
+    def failed_live_job() -> bool:
+        jobs = json.loads(stack.kubectl("-n", ns, "get", "jobs", "-l",
+                                        "voicetrack.dev/component=live", "-o", "json").stdout)
+        return any(c.get("type") == "Failed" and c.get("status") == "True"
+                   for j in jobs["items"] for c in (j.get("status") or {}).get("conditions")
+                   or [])
+
+    wait_for("a live Job to fail on the missing piece", failed_live_job, 120)
+    before = live_status()
+    manifest = stack.store.get_json(layout.live_manifest_key)
+    time.sleep(2 * INTERVAL_S + 4)  # retries come and fail again meanwhile
+    assert live_status() == before
+    assert stack.store.get_json(layout.live_manifest_key) == manifest
+    for t in manifest["tracks"]:  # the previous files, whole
+        assert hashlib.sha256(stack.store.get_bytes(t["key"])).hexdigest() == t["sha256"]
+    st = (stack.get(ns, "recsess", "faulty") or {})["status"]
+    assert st["chunks"]["failed"] == 0 and st["state"] == "Recording"
+
+    stack.store.put_bytes(mix["key"], kept)
+    wait_for("the audio so far to move on", lambda: live_status().get("chunks", 0)
+             > before["chunks"], 120)
+    stack.kubectl("-n", ns, "delete", "recsess", "faulty", "--wait=false")
+    wait_for("the session to be gone", lambda: stack.get(ns, "recsess", "faulty") is None,
+             180, every_s=1)
+    assert stack.store.list_keys(layout.live_root) == []
