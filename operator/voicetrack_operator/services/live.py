@@ -220,8 +220,9 @@ class LiveService:
         return {"live": await self.read_live(s, decision.report)}
 
     async def read_live(self, s: SessionView, job: LiveJob) -> dict[str, Any]:
-        """`status.live` from `live/manifest.json` after `job` completed. Raises
-        TemporaryFailure when it cannot be read (S3 away, or not there)."""
+        """`status.live` from `live/manifest.json` after `job` completed (`durationMs` 0
+        when the Job found only silent chunks and wrote none). Raises TemporaryFailure
+        when it cannot be read (S3 away, not a manifest)."""
         updated = (job.finished or datetime.now(UTC)).astimezone(UTC)
         try:
             doc = await self.ctx.store(s.spec.storage.bucket).get_json(
