@@ -12,12 +12,14 @@ from typing import Any
 
 from voicetrack.resources import (
     API_VERSION,
+    GROUP,
     LABEL_CHUNK_INDEX,
     LABEL_COMPONENT,
     LABEL_SESSION,
     MANAGED_BY,
     ChunkSpec,
     SessionSpec,
+    child_name,
     owner_reference,
     promote_job_name,
     recorder_pod_name,
@@ -286,6 +288,36 @@ def build_promote_job(owner: SessionRef, plan_key: str, spec: SessionSpec,
     return _job(owner, promote_job_name(owner.name), "promoter", {},
                 ["promote", "--plan-key", plan_key], settings, spec.storage.bucket,
                 settings.promote_deadline_s)
+
+
+LIVE_COMPONENT = "live"
+"""`voicetrack.dev/component` of the live-assembly Jobs (the "audio so far")."""
+LABEL_LIVE_CHUNKS = f"{GROUP}/live-chunks"
+"""Label of a live-assembly Job: how many chunks (0..N-1) it assembles."""
+
+
+def live_job_name(session: str, chunks: int) -> str:
+    """`<session>-live-<chunks:06d>` (`child_name`: cut and hashed when long)."""
+    return child_name(session, f"live-{chunks:06d}")
+
+
+def build_live_job(owner: SessionRef, spec: SessionSpec, meeting_id: str, chunks: int,
+                   settings: PodSettings, silent: list[int] | None = None) -> dict[str, Any]:
+    """The live-assembly Job `<session>-live-<chunks:06d>`: `voicetrack-transcoder live`
+    joins the MP3 pieces of chunks `[0, chunks)` into `live/<track>.mp3` and
+    `live/manifest.json` (the audio so far), the chunks in `silent` (no piece: failed, or
+    nobody spoke) as silence. The transcoder image, S3 access and pod settings of the
+    chunk Jobs; `backoffLimit` 0, since the operator's next interval is its retry
+    (`services.live`), and it is labelled with `chunks`."""
+    args = ["live", "--prefix", spec.storage.prefix, "--guild-id", spec.guild_id,
+            "--meeting-id", meeting_id, "--chunks", str(chunks)]
+    if silent:
+        args += ["--silent-chunks", ",".join(str(i) for i in sorted(silent))]
+    job = _job(owner, live_job_name(owner.name, chunks), LIVE_COMPONENT,
+               {LABEL_LIVE_CHUNKS: str(chunks)}, args, settings, spec.storage.bucket,
+               settings.transcode_deadline_s)
+    job["spec"]["backoffLimit"] = 0
+    return job
 
 
 def build_recorder_rbac(namespace: str) -> list[dict[str, Any]]:

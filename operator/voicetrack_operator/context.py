@@ -31,7 +31,7 @@ class OperatorSettings:
     pods find Discord (unset: Discord itself; the local harness sets them, the CA bundle
     being a file path on the node); POD_NODE_POOL: recorder and transcoder pods select
     and tolerate that node pool (`builders.PodSettings.node_pool`; unset: none);
-    RECORDER_IMAGE / TRANSCODER_IMAGE;
+    RECORDER_IMAGE / TRANSCODER_IMAGE; LIVE_INTERVAL_SECONDS (30; 0 = off, `services.live`);
     TEMP_TTL_HOURS (24); KUBECONFIG (else the default
     loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off; LISTEN_ADDRESS
     of both (127.0.0.1)."""
@@ -40,6 +40,7 @@ class OperatorSettings:
     s3: S3Settings
     pods: PodSettings
     temp_ttl: timedelta = timedelta(hours=24)
+    live_interval_s: float = 30.0
     kubeconfig: str | None = None
     health_port: int = 8080
     metrics_port: int = 9090
@@ -65,6 +66,7 @@ class OperatorSettings:
             s3=s3,
             pods=pods,
             temp_ttl=timedelta(hours=float(_env("TEMP_TTL_HOURS", "24"))),
+            live_interval_s=float(_env("LIVE_INTERVAL_SECONDS", "30")),
             kubeconfig=os.environ.get("VOICETRACK_KUBECONFIG") or None,
             health_port=int(_env("HEALTH_PORT", "8080")),
             metrics_port=int(_env("METRICS_PORT", "9090")),

@@ -157,3 +157,10 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
 def status_changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The subset of `new` that differs from `old` (a patch; empty when nothing moved)."""
     return {k: v for k, v in new.items() if old.get(k) != v}
+
+
+def live_status(chunks: int, duration_ms: int, updated_at: str) -> dict[str, Any]:
+    """`status.live`: the audio so far (`live/manifest.json`) covers chunks `0..chunks-1`,
+    `durationMs` of output (ms), assembled by the live Job that completed at `updatedAt`
+    (RFC 3339)."""
+    return {"chunks": chunks, "durationMs": duration_ms, "updatedAt": updated_at}

@@ -76,7 +76,8 @@ def make_ctx(db: FakeDb) -> tuple[Context, NoApi]:
     settings = OperatorSettings(database_url="sqlite+aiosqlite://",
                                 s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
                                               secret_key="b", bucket="voicetrack"),
-                                pods=PodSettings())
+                                pods=PodSettings(),
+                                live_interval_s=0)  # live Jobs: test_operator_live.py
     return Context(settings=settings, kube=kube, db=db), kube  # type: ignore[arg-type]
 
 

@@ -5,6 +5,7 @@
                                 [--tracks perSpeaker|mixed|both]
     voicetrack-transcoder promote --plan-key <key of promotion.json>
     voicetrack-transcoder live --prefix <prefix> --guild-id <id> --meeting-id <id>
+                               [--chunks N] [--silent-chunks 3,7]
 
 The bucket and credentials come from VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY,
 VOICETRACK_S3_SECRET_KEY and VOICETRACK_S3_BUCKET, and are never printed. Exit codes: 0 done;
@@ -121,12 +122,26 @@ def live(
         "--prefix", envvar="VOICETRACK_S3_PREFIX", help="Storage prefix of the session.")],
     guild_id: Annotated[str, typer.Option("--guild-id", envvar="VOICETRACK_GUILD_ID")],
     meeting_id: Annotated[str, typer.Option("--meeting-id", envvar="VOICETRACK_MEETING_ID")],
+    chunks: Annotated[int | None, typer.Option(
+        "--chunks", envvar="VOICETRACK_LIVE_CHUNKS", min=1,
+        help="Assemble exactly chunks 0..N-1 (the operator's live Job: the chunks it saw "
+             "transcoded); fails (exit 1, previous live files kept) when one has no piece. "
+             "Absent: the unbroken run of pieces from chunk 0.")] = None,
+    silent_chunks: Annotated[str, typer.Option(
+        "--silent-chunks", envvar="VOICETRACK_LIVE_SILENT_CHUNKS",
+        help="Comma-separated indexes of chunks without a piece that are silence "
+             "(failed, or nobody spoke).")] = "",
 ) -> None:
     """Assemble the audio so far of a live session from its chunks' pieces into
     live/<track>.mp3 and live/manifest.json (replaced each time)."""
+    try:
+        silent = {int(i) for i in silent_chunks.split(",") if i.strip()}
+    except ValueError:
+        raise _fail(EXIT_BAD_INPUT, f"bad --silent-chunks {silent_chunks!r}: "
+                    "comma-separated chunk indexes") from None
     store = _store()
     manifest = _guarded(lambda: assemble_live(store, MeetingLayout(prefix, guild_id,
-                                                                   meeting_id)))
+                                                                   meeting_id), chunks, silent))
     if manifest is None:
         print("no piece yet: nothing assembled", flush=True)
     else:

@@ -35,7 +35,8 @@ from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, VoicetrackError
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, S3Settings
 from voicetrack.recordings.expiry import parse_expiry
-from voicetrack.recordings.service import MeetingDetail, RecordingsReader
+from voicetrack.recordings.live import LiveAudio, live_audio, live_links
+from voicetrack.recordings.service import MeetingDetail, RecordingsReader, TrackLink
 
 T = TypeVar("T")
 
@@ -244,6 +245,20 @@ def _show_text(d: MeetingDetail, now: datetime) -> None:
         out.print(f"timeline  {d.timeline_key}", markup=False)
 
 
+def _show_live(live: LiveAudio | str) -> None:
+    """The audio so far of a live meeting, or why there is none yet."""
+    if isinstance(live, str):
+        out.print(f"so far    {live}", markup=False)
+        return
+    out.print(f"so far    {hms(live.manifest.duration_ms)} ({live.manifest.duration_ms} ms; "
+              "`voicetrack recordings url MEETING --live`)", markup=False)
+    table = Table("LIVE TRACK", "FORMAT", "SIZE", "SO FAR", "CH", "SHA256")
+    for t in live.manifest.tracks:
+        table.add_row(t.track, t.format, size(t.bytes), f"{t.duration_ms} ms",
+                      str(t.channels), t.sha256)
+    out.print(table)
+
+
 @app.command()
 def show(
     ctx: typer.Context,
@@ -253,13 +268,29 @@ def show(
     """A meeting's tracks, sizes, sha256, durations and gaps.
 
     Each speaker and the mix in every format, with channels; the gaps of its output
-    (paused: cut; others: silence) from final/manifest.json."""
-    detail = _run(ctx, lambda r: r.show(meeting))
+    (paused: cut; others: silence) from final/manifest.json. A live meeting also lists its
+    audio so far (live tracks with their duration so far)."""
+
+    async def go(reader: RecordingsReader) -> tuple[MeetingDetail, LiveAudio | str | None]:
+        detail = await reader.show(meeting)
+        if not detail.record.live:
+            return detail, None
+        try:
+            return detail, await live_audio(reader, detail.record.meeting_id)
+        except InvalidInputError as e:  # live, nothing assembled yet: said, not an error
+            return detail, str(e)
+
+    detail, live = _run(ctx, go)
     now = datetime.now(UTC)
     if as_json:
-        _print_json(detail.as_dict(now))
+        doc = detail.as_dict(now)
+        if live is not None:
+            doc["live"] = live.as_dict() if isinstance(live, LiveAudio) else {"error": live}
+        _print_json(doc)
     else:
         _show_text(detail, now)
+        if live is not None:
+            _show_live(live)
 
 
 def _expiry(value: str | int) -> int:
@@ -281,12 +312,24 @@ def url(
     )] = DEFAULT_LINK_S,
     fmt: Annotated[str | None, typer.Option(
         "--format", help="mp3, flac or opus; default mp3 when the track has it.")] = None,
+    live: Annotated[bool, typer.Option(
+        "--live", help="The audio so far of a live meeting (MP3, up to the last chunk "
+                       "assembled) instead of the final tracks.")] = False,
 ) -> None:
     """Presigned download links, minted now and never stored.
 
     JSON: for TRACK one {url, expires_in_seconds, format}, else one per track keyed by
     track name (user id or mix)."""
-    links = _run(ctx, lambda r: r.links(meeting, track, fmt, expires))
+    if live and fmt is not None and fmt.lower() != "mp3":
+        raise typer.BadParameter(f"the audio so far is MP3 only, not {fmt!r}",
+                                 param_hint="--format")
+
+    async def go(reader: RecordingsReader) -> list[TrackLink]:
+        if live:
+            return (await live_links(reader, meeting, track, expires))[1]
+        return await reader.links(meeting, track, fmt, expires)
+
+    links = _run(ctx, go)
     if track is not None:
         _print_json(links[0].as_dict())
     else:

@@ -28,6 +28,7 @@ from voicetrack.resources import (
     VERSION,
     controller_uid,
 )
+from voicetrack_operator.builders import LIVE_COMPONENT
 from voicetrack_operator.services.sessions import Observed
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
@@ -78,6 +79,15 @@ def job_index(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: 
     return {key: slim(body, spec=False)} if key else None
 
 
+@kopf.index("batch", "v1", "jobs", id="live_index", labels={LABEL_COMPONENT: LIVE_COMPONENT})
+def live_index(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
+               ) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """Every live-assembly Job (metadata and status, `services.live`), by (namespace,
+    session)."""
+    key = _key(namespace, labels)
+    return {key: slim(body, spec=False)} if key else None
+
+
 @kopf.index("v1", "pods", id="recorder_index", labels={LABEL_COMPONENT: "recorder"})
 def recorder_index(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
                    ) -> dict[tuple[str, str], dict[str, Any]] | None:
@@ -96,7 +106,9 @@ def observed(namespace: str, session: str, indexes: Mapping[str, Any]) -> Observ
     pods = list(indexes["recorder_index"].get(key, []))
     return Observed(pod=pods[0] if pods else None,
                     chunks=list(indexes["chunk_index"].get(key, [])),
-                    jobs=list(indexes["job_index"].get(key, [])))
+                    jobs=list(indexes["job_index"].get(key, [])),
+                    live=list(indexes["live_index"].get(key, []))
+                    if "live_index" in indexes else [])
 
 
 def known_chunk(job: Mapping[str, Any], indexes: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
 from voicetrack_operator.services.failures import failure_detail, meeting_outcome
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
+from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
 from voicetrack_operator.services.webhooks import WebhookService
 from voicetrack_operator.status import Observation, build_status
@@ -210,6 +211,7 @@ class DeletionService:
         name = recorder_pod_name(s.ref.name)
         pod = await self.ctx.kube.get_pod(s.ref.namespace, name)
         if pod is None:
+            await LiveService(self.ctx).stop(s)  # promotion never waits for the audio so far
             return replace(p, step=DeletionStep.TRANSCODES)
         if not pod["metadata"].get("deletionTimestamp"):
             await self.ctx.kube.delete_pod(s.ref.namespace, name)

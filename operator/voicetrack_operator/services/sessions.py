@@ -32,6 +32,7 @@ from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
 from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.isolation import ensure_recorder_access
+from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Observed:
     pod: dict[str, Any] | None
     chunks: list[dict[str, Any]] = field(default_factory=list)
     jobs: list[dict[str, Any]] = field(default_factory=list)
+    live: list[dict[str, Any]] = field(default_factory=list)
+    """Its live-assembly Jobs (`services.live`)."""
 
 
 @dataclass
@@ -306,14 +309,15 @@ class SessionService:
                           database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         changed = status_changed(s.status, new)
+        live = {} if seen is None else await LiveService(self.ctx).observe(s, objs, seen.live)
         if seen is not None and changed:
             # progress only (counts, seconds, speakers): at most one patch per chunk period
             last = _progress_patched.get(s.ref.uid)
             if last is not None and time.monotonic() - last < s.spec.chunk_seconds \
                     and _significant(s.status) == _significant({**s.status, **changed}):
-                return {}
+                return live  # the audio so far is reported at once
             _progress_patched[s.ref.uid] = time.monotonic()
-        return changed
+        return {**changed, **live}
 
     async def catch_up_seen(self, s: SessionView, objs: list[dict[str, Any]],
                             jobs: list[dict[str, Any]]) -> int:

@@ -43,11 +43,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from voicetrack.errors import InvalidInputError, NotFoundError, VoicetrackError
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure, VoicetrackError
 from voicetrack.objectstore import DEFAULT_LINK_S
 from voicetrack_recorder.bot.access import GuildAllowList, NotAllowedError, check_channel_access
 from voicetrack_recorder.bot.archive import MeetingArchive
 from voicetrack_recorder.bot.embeds import (
+    add_live_links,
     error_embed,
     links_embed,
     meetings_embed,
@@ -271,10 +272,25 @@ class RecordCommands:
         return await _answer_errors(go())
 
     async def status(self, interaction: discord.Interaction) -> discord.Embed:
-        """The server's recording, for any member."""
+        """The server's recording, for any member; with an archive, short-lived links to
+        the audio so far of a live session (none when there is none yet, or S3 is away)."""
         async def go() -> discord.Embed:
             guild = self._served(interaction)
-            return session_embed(await self.sessions.status(str(guild.id)))
+            obj = await self.sessions.status(str(guild.id))
+            embed = session_embed(obj)
+            meeting = str((obj.get("status") or {}).get("meetingId") or "")
+            if self.archive is None or not meeting or obj["metadata"].get("deletionTimestamp"):
+                return embed
+            try:
+                live = await self.archive.live(str(guild.id), meeting)
+                if live is None:
+                    return embed
+                links = await self.archive.live_links(live)
+            except TemporaryFailure as err:  # the status still answers
+                log.info("no audio so far for %s: %s", meeting, err)
+                return embed
+            names = await _display_names(guild, [t.user_id for t in links if t.user_id])
+            return add_live_links(embed, live, links, names)
         return await _answer_errors(go())
 
 

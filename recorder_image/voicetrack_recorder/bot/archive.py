@@ -1,4 +1,5 @@
-"""The bot's one read adapter for saved meetings: promotion manifests in S3.
+"""The bot's one read adapter for saved meetings: promotion manifests in S3, and the
+audio so far of a live one (`live/manifest.json`, `live`/`live_links`).
 
 A saved meeting is a `final/manifest.json` under `<prefix>/<guildId>/<meetingId>/`
 (voicetrack.layout, voicetrack.manifests.FinalManifest); its tracks are the keys that
@@ -33,6 +34,9 @@ from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, PresignedUrl, S3
 from voicetrack.resources import MEETING_ID_PATTERN, StorageSpec
 
 MANIFEST_SUFFIX = "/final/manifest.json"
+LIVE_LINK_S = 300
+"""How long `/record status`'s links to the audio so far work (s): short, since the audio
+so far is replaced every live interval."""
 LIST_LIMIT = 10
 """Meetings `/record list` shows (the most recently saved first)."""
 
@@ -153,6 +157,29 @@ class MeetingArchive:
         except ValidationError as err:
             raise InvalidInputError(f"{key}: not a promotion manifest") from err
         return SavedMeeting(guild_id, meeting_id, when, manifest)
+
+    async def live(self, guild_id: str, meeting_id: str) -> FinalManifest | None:
+        """The audio so far of live meeting `meeting_id` of `guild_id` (its
+        `live/manifest.json`), None when there is none yet (or not a manifest). Raises
+        TemporaryFailure (S3 away)."""
+        if not re.match(MEETING_ID_PATTERN, meeting_id or ""):
+            return None
+        key = MeetingLayout(self.prefix, guild_id, meeting_id).live_manifest_key
+        try:
+            doc = await asyncio.to_thread(self.store.get_json, key)
+            return FinalManifest.model_validate(doc)
+        except (NotFoundError, InvalidInputError, ValidationError):
+            return None
+
+    async def live_links(self, manifest: FinalManifest, expires_s: int = LIVE_LINK_S
+                         ) -> list[TrackLink]:
+        """A link per live track of `manifest` (speakers, then the mix), each valid
+        `expires_s` seconds from now."""
+        def mint() -> list[TrackLink]:
+            tracks = sorted(manifest.tracks, key=lambda t: t.kind == "mixed")
+            return [TrackLink(t.user_id, t.kind, self.store.presigned_link(t.key, expires_s),
+                              t.bytes, t.sha256, t.duration_ms) for t in tracks]
+        return await asyncio.to_thread(mint)
 
     @staticmethod
     def _not_found(meeting_id: str) -> NotFoundError:

@@ -20,6 +20,7 @@ from typing import Any
 import discord
 
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.manifests import FinalManifest
 from voicetrack.resources import SessionState
 from voicetrack_recorder.bot.archive import SavedMeeting, TrackLink
 
@@ -290,6 +291,33 @@ def links_embed(meeting: SavedMeeting, links: list[TrackLink], names: dict[str, 
         embed.add_field(name="More", value=f"{len(links) - LINK_FIELDS} more track(s) not "
                         "shown", inline=False)
     embed.set_footer(text=f"saved {meeting.saved_at:%Y-%m-%d %H:%M} UTC")
+    return embed
+
+
+EMBED_FIELDS = 25
+"""Discord's limit on fields per embed."""
+
+
+def add_live_links(embed: discord.Embed, manifest: FinalManifest, links: list[TrackLink],
+                   names: dict[str, str]) -> discord.Embed:
+    """`/record status` of a live session: the audio so far (`manifest`, the live
+    manifest) as a "So far" field (its length, the links' validity in minutes) and one
+    field per track `[Listen <fmt>](<url>) · <duration>`, named like `links_embed`'s, as
+    many as Discord's 25 fields allow (the rest counted in the "So far" field)."""
+    expires = links[0].link.expires_in_seconds if links else 0
+    room = max(0, EMBED_FIELDS - len(embed.fields) - 1)
+    shown = links[:room]
+    summary = (f"{_ms(manifest.duration_ms)} up to the last chunk assembled; links expire "
+               f"{max(1, expires // 60)} min after this message")
+    if len(links) > len(shown):
+        summary += f" ({len(links) - len(shown)} track(s) not shown)"
+    embed.add_field(name="So far", value=_clip(summary, FIELD_MAX), inline=False)
+    for t in shown:
+        name = "Mix" if t.user_id is None else _name(names, t.user_id)
+        value = f"[Listen {t.link.format}]({t.link.url}) · {_ms(t.duration_ms)}"
+        if len(value) > FIELD_MAX:
+            value = f"link too long for Discord ({len(t.link.url)} characters)"
+        embed.add_field(name=_clip(f"So far: {name}", TITLE_MAX), value=value, inline=False)
     return embed
 
 

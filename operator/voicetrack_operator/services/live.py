@@ -1,0 +1,245 @@
+"""The audio so far of a live session: when to run a live-assembly Job, and what the
+session's `status.live` says.
+
+While a session records, each chunk's transcoder Job also makes the chunk's MP3 piece of
+the final tracks; a live Job (`builders.build_live_job`, `voicetrack-transcoder live`)
+joins the pieces of chunks `0..N-1` into `live/<track>.mp3` and `live/manifest.json`. The
+observe timer calls `LiveService.observe` with what the watches show (no API read): it
+decides with the pure `decide`, deletes superseded Jobs, starts the next one, and reads the
+manifest of a Job that completed (one S3 read per live Job) for the status.
+
+Debounce: at most one live Job per session runs; a new one starts only when more chunks
+are transcoded than the audio so far covers and `interval_s` has passed since the last one
+started. A failed live Job (a piece missing, S3 down) marks nothing failed: the previous
+live files stay (the transcoder uploads only a complete set) and the next interval tries
+again. Deletion removes the live Jobs first (`stop`), so promotion never waits for one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.manifests import FinalManifest
+from voicetrack.resources import (
+    LABEL_COMPONENT,
+    SessionState,
+    TranscodeStatus,
+    controller_uid,
+)
+from voicetrack_operator.builders import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
+from voicetrack_operator.context import Context
+from voicetrack_operator.services.chunks import job_state
+from voicetrack_operator.status import live_status
+
+if TYPE_CHECKING:  # sessions imports this module
+    from voicetrack_operator.services.sessions import SessionView
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = (SessionState.RECORDING, SessionState.PAUSED, SessionState.STOPPED,
+               SessionState.FAILED)
+"""States in which the audio so far is kept current: the recorder has run and the session
+is not being deleted (its last chunks may still be transcoding after Stopped or Failed)."""
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    """A live-assembly Job as the watch shows it: its name, the chunks it assembles, its
+    state (queued, in_progress, done, failed as `chunks.job_state` reads Jobs), when it
+    was created and finished (None while not), and whether it is being deleted."""
+
+    name: str
+    chunks: int
+    state: TranscodeStatus
+    created: datetime | None = None
+    finished: datetime | None = None
+    deleting: bool = False
+
+    @classmethod
+    def from_object(cls, job: dict[str, Any]) -> LiveJob | None:
+        """Parse a Job; None when it is not a live Job (its labels say otherwise)."""
+        meta = job.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(LABEL_COMPONENT) != LIVE_COMPONENT:
+            return None
+        try:
+            chunks = int(labels[LABEL_LIVE_CHUNKS])
+        except (KeyError, ValueError):
+            return None
+        state, _ = job_state(job)
+        status = job.get("status") or {}
+        finished = _time(status.get("completionTime"))
+        if finished is None and state is TranscodeStatus.FAILED:
+            finished = next((_time(c.get("lastTransitionTime"))
+                             for c in status.get("conditions") or []
+                             if c.get("type") == "Failed"), None)
+        return cls(name=str(meta.get("name", "")), chunks=chunks, state=state,
+                   created=_time(meta.get("creationTimestamp")), finished=finished,
+                   deleting=bool(meta.get("deletionTimestamp")))
+
+
+@dataclass(frozen=True)
+class LiveDecision:
+    """What to do now: `launch` a Job for that many chunks (None: none), `delete` these
+    Jobs (superseded, or a failed one whose name the next launch needs), `report` the
+    completed Job whose manifest is not in the status yet (None: nothing new)."""
+
+    launch: int | None = None
+    delete: list[str] = field(default_factory=list)
+    report: LiveJob | None = None
+
+
+def transcoded_run(chunks: Iterable[dict[str, Any]]) -> tuple[int, list[int]]:
+    """`(n, silent)`: how many chunks from index 0 on, without a hole, have a final
+    transcode status (the chunks a live Job can assemble), and which of those have no
+    piece and never will (`silent`: failed, or no tracks since nobody spoke; promotion
+    makes their windows silence). `chunks` are RecordingChunk objects (as dicts) in any
+    order; a refused chunk (not this session's) is not counted. A chunk still queued or
+    transcoding, or a missing index, ends the run."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for obj in chunks:
+        if (obj.get("status") or {}).get("refused"):
+            continue
+        try:
+            by_index[int((obj.get("spec") or {})["index"])] = obj
+        except (KeyError, TypeError, ValueError):
+            continue
+    n, silent = 0, []
+    while n in by_index:
+        obj = by_index[n]
+        status = (obj.get("status") or {}).get("transcodeStatus")
+        if status not in (TranscodeStatus.DONE.value, TranscodeStatus.FAILED.value):
+            break
+        if status == TranscodeStatus.FAILED.value or not (obj.get("spec") or {}).get("tracks"):
+            silent.append(n)
+        n += 1
+    return n, silent
+
+
+def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
+           now: datetime) -> LiveDecision:
+    """The debounce, pure.
+
+    `jobs`: the session's live Jobs; `ready`: chunks a Job could assemble now
+    (`transcoded_run`); `reported`: chunks `status.live` says the audio so far covers (0
+    before any); `interval_s`: the least time between two Jobs' starts (seconds; 0 or less:
+    off, nothing is done); `now`: aware UTC.
+
+    The newest Job (most chunks, then latest created) is the current one; every other one
+    is deleted. A completed current Job that covers more than `reported` is reported. A
+    new Job is launched when none runs, `ready` exceeds what the audio so far covers (the
+    current Job's chunks if it completed, else `reported`), and `interval_s` has passed
+    since the current Job was created. If the new Job's name is taken by a failed current
+    one (the same chunks again), that one is deleted now and the launch waits a tick."""
+    if interval_s <= 0:
+        return LiveDecision()
+    live = [j for j in jobs if not j.deleting]
+    current = max(live, key=lambda j: (j.chunks, j.created or now), default=None)
+    delete = [j.name for j in live if j is not current]
+    report = None
+    covered = reported
+    if current is not None and current.state is TranscodeStatus.DONE:
+        covered = max(covered, current.chunks)
+        if current.chunks > reported:
+            report = current
+    running = current is not None and not current.state.terminal
+    due = current is None or current.created is None \
+        or (now - current.created).total_seconds() >= interval_s
+    launch = None
+    if not running and due and ready > covered and ready > 0:
+        if current is not None and current.chunks == ready:  # a failed one: its name
+            delete.append(current.name)
+        else:
+            launch = ready
+    return LiveDecision(launch=launch, delete=delete, report=report)
+
+
+class LiveService:
+    """Runs the live-assembly Jobs of sessions; the observe timer calls `observe`."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def enabled(self, s: SessionView) -> bool:
+        """Live assembly runs for session view `s` when the interval is on, the session's
+        output is MP3 only (pieces are MP3), and it has recorded (`LIVE_STATES`)."""
+        return self.ctx.settings.live_interval_s > 0 and s.state in LIVE_STATES \
+            and list(s.spec.output.formats) == ["mp3"]
+
+    async def observe(self, s: SessionView, chunks: list[dict[str, Any]],
+                      jobs: list[dict[str, Any]]) -> dict[str, Any]:
+        """One tick for session view `s` from the watches' view of
+        its RecordingChunks and live Jobs: delete, launch, and return the status patch
+        (`{"live": {...}}` when a Job completed since the status was written, else {}).
+        The API or S3 away is logged and the next tick tries again: the audio so far never
+        holds up the session's status."""
+        if not self.enabled(s):
+            return {}
+        try:
+            return await self._tick(s, chunks, jobs)
+        except TemporaryFailure as err:
+            log.info("session %s/%s: audio so far not updated: %s", s.ref.namespace,
+                     s.ref.name, err)
+            return {}
+
+    async def _tick(self, s: SessionView, chunks: list[dict[str, Any]],
+                    jobs: list[dict[str, Any]]) -> dict[str, Any]:
+        mine = [j for j in (LiveJob.from_object(o) for o in jobs
+                            if controller_uid(o) == s.ref.uid) if j is not None]
+        reported = int((s.status.get("live") or {}).get("chunks") or 0)
+        ready, silent = transcoded_run(chunks)
+        decision = decide(mine, ready, reported, self.ctx.settings.live_interval_s,
+                          datetime.now(UTC))
+        for name in decision.delete:
+            await self.ctx.kube.delete_job(s.ref.namespace, name)
+        if decision.launch is not None:
+            await self.ctx.kube.ensure(build_live_job(
+                s.ref, s.spec, s.meeting_id, decision.launch, self.ctx.settings.pods,
+                silent))
+            log.info("session %s/%s: live Job for %d chunk(s)", s.ref.namespace, s.ref.name,
+                     decision.launch)
+        failed = [j for j in mine if j.state is TranscodeStatus.FAILED and j.name in
+                  decision.delete]
+        for j in failed:
+            log.warning("session %s/%s: live Job %s failed; the audio so far stays at %d "
+                        "chunk(s) and is assembled again", s.ref.namespace, s.ref.name,
+                        j.name, reported)
+        if decision.report is None:
+            return {}
+        return {"live": await self.read_live(s, decision.report)}
+
+    async def read_live(self, s: SessionView, job: LiveJob) -> dict[str, Any]:
+        """`status.live` from `live/manifest.json` after `job` completed (`durationMs` 0
+        when the Job found only silent chunks and wrote none). Raises TemporaryFailure
+        when it cannot be read (S3 away, not a manifest)."""
+        updated = (job.finished or datetime.now(UTC)).astimezone(UTC)
+        try:
+            doc = await self.ctx.store(s.spec.storage.bucket).get_json(
+                s.layout.live_manifest_key)
+            duration_ms = FinalManifest.model_validate(doc).duration_ms
+        except NotFoundError:  # the Job found only silent chunks: nothing to hear yet
+            duration_ms = 0
+        except (InvalidInputError, ValueError) as err:
+            raise TemporaryFailure(f"live manifest of {s.ref.name} unreadable: {err}",
+                                   delay=5) from err
+        return live_status(job.chunks, duration_ms, updated.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    async def stop(self, s: SessionView) -> int:
+        """Delete the session's live Jobs (deletion's first step: promotion never waits
+        for the audio so far). One list call. Returns how many were deleted."""
+        n = 0
+        for job in await self.ctx.kube.list_jobs(s.ref.namespace, s.ref.name, s.ref.uid):
+            if LiveJob.from_object(job) is not None:
+                n += await self.ctx.kube.delete_job(s.ref.namespace, job["metadata"]["name"])
+        return n

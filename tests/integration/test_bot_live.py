@@ -1,0 +1,80 @@
+"""The bot's audio-so-far links (`MeetingArchive.live`, `live_links`, `add_live_links`) on a
+real SeaweedFS: the live manifest of the guild's meeting only, links that download the
+bytes its sha256 names, and an embed that stays within Discord's 25 fields."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import discord
+import pytest
+
+from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack.objectstore import ObjectStore, sha256_hex
+from voicetrack.resources import StorageSpec
+from voicetrack_recorder.bot.archive import LIVE_LINK_S, MeetingArchive
+from voicetrack_recorder.bot.embeds import EMBED_FIELDS, add_live_links
+
+pytestmark = pytest.mark.integration
+
+GUILD, OTHER = "300000000000000011", "300000000000000012"
+MEETING = "LiveLiveLiveLiv1"
+
+
+def save_live(store: ObjectStore, guild: str, speakers: list[str]) -> FinalManifest:
+    """Write the audio so far as the live Job does: tracks, then the manifest."""
+    layout = MeetingLayout("recordings", guild, MEETING)
+    tracks = []
+    for user in [*speakers, None]:
+        name = user or "mix"
+        audio = f"so far {name}".encode()
+        key = layout.live_key(name, "mp3")
+        store.put_bytes(key, audio, "audio/mpeg")
+        tracks.append(FinalTrack(track=name, kind="mixed" if user is None else "speaker",
+                                 user_id=user, format="mp3", key=key, bytes=len(audio),
+                                 sha256=sha256_hex(audio), duration_ms=12_000))
+    manifest = FinalManifest(tool_version="test", meeting_id=MEETING, duration_ms=12_000,
+                             recorded_ms=12_000, paused_ms=0, tracks=tracks,
+                             assembly="incremental")
+    store.put_json(layout.live_manifest_key, manifest.to_api())
+    return manifest
+
+
+async def test_live_links_download_the_audio_so_far(object_store: ObjectStore) -> None:
+    archive = MeetingArchive(object_store.settings, StorageSpec(bucket=object_store.bucket))
+    assert await archive.live(GUILD, MEETING) is None  # nothing assembled yet
+    saved = save_live(object_store, GUILD, ["400000000000000001", "400000000000000002"])
+    assert await archive.live(OTHER, MEETING) is None  # another guild's: absent
+    assert await archive.live(GUILD, "../../etc") is None
+    live = await archive.live(GUILD, MEETING)
+    assert live == saved
+    links = await archive.live_links(live)
+    assert [t.user_id for t in links] == ["400000000000000001", "400000000000000002", None]
+    for link, track in zip(links, sorted(saved.tracks, key=lambda t: t.kind == "mixed"),
+                           strict=True):
+        assert link.link.expires_in_seconds == LIVE_LINK_S
+        with urllib.request.urlopen(link.link.url, timeout=30) as resp:
+            assert sha256_hex(resp.read()) == track.sha256
+
+    embed = add_live_links(discord.Embed(title="Recording"), live, links,
+                           {"400000000000000001": "alice"})
+    fields = {f.name: f.value for f in embed.fields}
+    assert fields["So far"] is not None and fields["So far"].startswith("12s up to")
+    assert "5 min" in fields["So far"]
+    assert str(fields["So far: alice"]).startswith("[Listen mp3](http")
+    assert "So far: user 400000000000000002" in fields and "So far: Mix" in fields
+
+
+async def test_many_speakers_stay_within_discords_fields(object_store: ObjectStore) -> None:
+    archive = MeetingArchive(object_store.settings, StorageSpec(bucket=object_store.bucket))
+    speakers = [f"4000000000000001{i:02d}" for i in range(30)]
+    live = save_live(object_store, GUILD, speakers)
+    links = await archive.live_links(live)
+    embed = discord.Embed(title="Recording")
+    for i in range(10):
+        embed.add_field(name=f"f{i}", value="x")
+    add_live_links(embed, live, links, {})
+    assert len(embed.fields) == EMBED_FIELDS
+    so_far = next(f.value for f in embed.fields if f.name == "So far")
+    assert so_far is not None and "(17 track(s) not shown)" in so_far
