@@ -179,14 +179,3 @@ def test_timeline_anchors_once_and_resyncs_on_a_timestamp_jump() -> None:
     # a new SSRC (rejoin) anchors anew but never before the last placed slot
     tl.placed("u", 150)
     assert tl.slot("u", 8, 12345, t0 + 2000) == 151
-
-
-def test_timeline_anchors_a_first_frame_to_the_nearest_slot() -> None:
-    """The first frame's audio began about 20 ms before it arrived; it goes to the slot
-    whose start is nearest that instant (error at most 10 ms), not the slot holding it
-    (error up to 20 ms: two speakers could land one slot apart before any jitter)."""
-    t0 = 1_800_000_000_000
-    tl = Timeline(SessionClock(t0), resync_ms=500)
-    assert tl.slot("a", 1, 0, t0 + 1000 + 20 + 15) == 51  # began at 1015 ms: 1020 is nearest
-    assert tl.slot("b", 2, 0, t0 + 1000 + 20 + 9) == 50  # began at 1009 ms: 1000 is nearest
-    assert tl.slot("c", 3, 0, t0 + 1000 + 20 + 10) == 51  # halfway: the later slot

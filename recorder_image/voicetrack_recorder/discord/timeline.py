@@ -1,10 +1,9 @@
 """Placing a speaker's frames on the session's 20 ms slot grid.
 
 The first packet of a speaker's stream is anchored to session wall-clock time: its 20 ms of
-audio had been captured by the time it arrived, so it began about `arrival - 20 ms`, and it
-is placed at the slot whose start is nearest that instant (at most 10 ms off; the remaining
-bias is the network latency, unknowable to a receiver and tens of ms on Discord; rounding
-down instead put two speakers up to a slot apart before any jitter); after that its RTP timestamp
+audio had been captured by the time it arrived, so it is placed at the slot holding
+`arrival - 20 ms` (the remaining bias is the network latency, unknowable to a receiver and
+tens of ms on Discord, rounded down to the slot boundary); after that its RTP timestamp
 places each frame (960 ticks per 20 ms slot at 48 kHz, RFC 7587 §4.1), so network jitter
 never moves audio and a lost stretch leaves a gap of the right length instead of pulling
 later audio earlier. The anchor is kept across
@@ -46,9 +45,8 @@ class Timeline:
     def slot(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float) -> int:
         """The slot of the frame with RTP `timestamp` on `ssrc` of `user_id` that arrived
         at `arrival_ms` (Unix ms). Does not record it: see `placed`. A first packet (or
-        one that renews the anchor) is placed at the slot whose start is nearest
-        `arrival_ms - 20` (halfway goes to the later slot)."""
-        arrival_slot = self.clock.slot_at(arrival_ms - FRAME_MS + FRAME_MS / 2)
+        one that renews the anchor) is placed at the slot of `arrival_ms - 20`."""
+        arrival_slot = self.clock.slot_at(arrival_ms - FRAME_MS)
         anchor = self._anchors.get(user_id)
         if anchor is not None and anchor.ssrc == ssrc:
             slot = anchor.slot + round(ts_diff(timestamp, anchor.timestamp) / FRAME_SAMPLES)
