@@ -25,7 +25,7 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_transcoder.chunk import transcode_chunk
-from voicetrack_transcoder.pieces import assemble_live
+from voicetrack_transcoder.live import assemble_live
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The audio so far (`voicetrack-transcoder live`, `pieces.assemble_live`) on real SeaweedFS
+"""The audio so far (`voicetrack-transcoder live`, `live.assemble_live`) on real SeaweedFS
 and ffmpeg: exactly the chunks asked for, and a missing piece leaves the previous live
 files as they were (the operator's live Job then fails and is run again later)."""
 
@@ -16,8 +16,9 @@ from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, PieceManifest
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack_transcoder.chunk import transcode_chunk
+from voicetrack_transcoder.live import assemble_live
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY
-from voicetrack_transcoder.pieces import PiecesUnusable, assemble_live
+from voicetrack_transcoder.pieces import PiecesUnusable
 
 pytestmark = pytest.mark.integration
 

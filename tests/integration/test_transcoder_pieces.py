@@ -32,6 +32,7 @@ from voicetrack.manifests import FinalManifest, PieceManifest, PromotionPlan, Sp
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack.resources import ChunkSpec, Gap
 from voicetrack_transcoder.chunk import transcode_chunk
+from voicetrack_transcoder.live import assemble_live
 from voicetrack_transcoder.mp3grid import (
     ENCODER_DELAY,
     FRAME,
@@ -39,7 +40,6 @@ from voicetrack_transcoder.mp3grid import (
     crc16_lame,
     owned_end,
 )
-from voicetrack_transcoder.pieces import assemble_live
 from voicetrack_transcoder.promote import promote
 from voicetrack_transcoder.speech import HANGOVER_MS
 

@@ -30,7 +30,7 @@ from voicetrack.resources import ChunkSpec
 from voicetrack.termination import write_termination_message
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.ffmpeg import parse_formats
-from voicetrack_transcoder.pieces import assemble_live
+from voicetrack_transcoder.live import assemble_live
 from voicetrack_transcoder.promote import promote
 
 EXIT_BAD_INPUT = 2
