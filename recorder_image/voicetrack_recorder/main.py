@@ -213,9 +213,10 @@ def bot(
     """Run the Discord bot: /record start|stop|pause|resume|status|list|get (docs/bot.md)."""
     import json
 
-    from voicetrack_recorder.bot.access import GuildAllowList
-    from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands, VoicetrackBot
+    from voicetrack_recorder.bot.access import ControlPolicy, GuildAllowList
+    from voicetrack_recorder.bot.app import RecordCommands
     from voicetrack_recorder.bot.archive import MeetingArchive
+    from voicetrack_recorder.bot.client import VoicetrackBot
     from voicetrack_recorder.bot.sessions import BotSessions, check_spec_defaults
     from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 

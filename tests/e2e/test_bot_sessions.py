@@ -39,7 +39,8 @@ from voicetrack.errors import NotFoundError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
 from voicetrack.resources import SessionState, StorageSpec
 from voicetrack_local.stack import prepare_namespace
-from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands
+from voicetrack_recorder.bot.access import ControlPolicy
+from voicetrack_recorder.bot.app import RecordCommands
 from voicetrack_recorder.bot.archive import MeetingArchive
 from voicetrack_recorder.bot.sessions import BotSessions, session_name
 

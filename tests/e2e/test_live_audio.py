@@ -40,7 +40,8 @@ from voicetrack.resources import StorageSpec
 from voicetrack_local.kubectl import kubectl
 from voicetrack_local.postgres import PostgresServer
 from voicetrack_local.stack import OperatorProcess, install_crds, prepare_namespace
-from voicetrack_recorder.bot.app import ControlPolicy, RecordCommands
+from voicetrack_recorder.bot.access import ControlPolicy
+from voicetrack_recorder.bot.app import RecordCommands
 from voicetrack_recorder.bot.archive import MeetingArchive
 from voicetrack_recorder.bot.sessions import BotSessions
 

@@ -22,13 +22,9 @@ import pytest
 from kubernetes import client
 
 from voicetrack.errors import InvalidInputError
-from voicetrack_recorder.bot.access import GuildAllowList
-from voicetrack_recorder.bot.app import (
-    ControlPolicy,
-    RecordCommands,
-    VoicetrackBot,
-    bot_intents,
-)
+from voicetrack_recorder.bot.access import ControlPolicy, GuildAllowList
+from voicetrack_recorder.bot.app import RecordCommands
+from voicetrack_recorder.bot.client import VoicetrackBot, bot_intents
 from voicetrack_recorder.bot.sessions import BotSessions
 
 pytestmark = pytest.mark.unit

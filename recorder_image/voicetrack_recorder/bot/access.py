@@ -1,5 +1,5 @@
-"""Who may ask the bot for what, beyond the control policy: the guild allow-list and the
-target channel's permissions.
+"""Who may ask the bot for what: the control policy (who may start, stop, pause and
+resume), the guild allow-list and the target channel's permissions.
 
 Permissions are discord.py's own computation (`GuildChannel.permissions_for`), which
 follows Discord's developer docs "Permissions › Permission Overwrites": the @everyone
@@ -73,3 +73,41 @@ def _missing(perms: discord.Permissions) -> str:
     names = [name for name, ok in (("View Channel", perms.view_channel),
                                    ("Connect", perms.connect)) if not ok]
     return " and ".join(names)
+
+
+@dataclass(frozen=True)
+class ControlPolicy:
+    """Who may start, stop, pause and resume: members with Manage Server, members with
+    one of `role_ids`, or everyone when `everyone` is set. `status` is always open."""
+
+    role_ids: frozenset[int] = field(default_factory=frozenset)
+    everyone: bool = False
+
+    @classmethod
+    def parse(cls, roles: str = "", everyone: bool = False) -> ControlPolicy:
+        """From a comma-separated list of role ids (`VOICETRACK_BOT_ROLES`).
+        Raises InvalidInputError naming the entry that is not a snowflake."""
+        ids: set[int] = set()
+        for part in (p.strip() for p in roles.split(",")):
+            if not part:
+                continue
+            if not part.isdigit() or not 15 <= len(part) <= 20:
+                raise InvalidInputError(
+                    f"VOICETRACK_BOT_ROLES: {part!r} is not a role id (15-20 digits)")
+            ids.add(int(part))
+        return cls(frozenset(ids), everyone)
+
+    def check(self, member: discord.Member | discord.User) -> None:
+        """Raise NotAllowedError unless `member` may control recordings."""
+        if self.everyone:
+            return
+        if isinstance(member, discord.Member):
+            if member.guild_permissions.manage_guild:
+                return
+            if any(r.id in self.role_ids for r in member.roles):
+                return
+        need = "the Manage Server permission"
+        if self.role_ids:
+            need += " or one of the roles " + ", ".join(f"<@&{r}>" for r in
+                                                         sorted(self.role_ids))
+        raise NotAllowedError(f"controlling recordings needs {need}")

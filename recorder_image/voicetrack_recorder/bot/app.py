@@ -1,4 +1,5 @@
-"""The Discord layer of the bot: `/record start|stop|pause|resume|status|list|get`.
+"""What the bot's `/record start|stop|pause|resume|status|list|get` do (`RecordCommands`;
+the commands are registered in `client.py`).
 
 Each command's callback is three steps: defer the answer (ephemeral), let
 `RecordCommands` parse the interaction and call one `BotSessions` (or `MeetingArchive`)
@@ -35,17 +36,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import discord
-from discord import app_commands
-from discord.ext import commands
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure, VoicetrackError
 from voicetrack.objectstore import DEFAULT_LINK_S
-from voicetrack_recorder.bot.access import GuildAllowList, NotAllowedError, check_channel_access
+from voicetrack_recorder.bot.access import (
+    ControlPolicy,
+    GuildAllowList,
+    NotAllowedError,
+    check_channel_access,
+)
 from voicetrack_recorder.bot.archive import MeetingArchive
 from voicetrack_recorder.bot.embeds import (
     add_live_links,
@@ -59,8 +61,7 @@ from voicetrack_recorder.bot.sessions import BotSessions
 log = logging.getLogger(__name__)
 
 
-__all__ = ["ControlPolicy", "NotAllowedError", "RecordCommands", "VoicetrackBot",
-           "bot_intents", "build_group"]
+__all__ = ["ControlPolicy", "NotAllowedError", "RecordCommands"]
 
 FOLLOW_S = 13 * 60
 """How long `/record stop` edits its reply while the promotion runs, seconds: under the
@@ -72,44 +73,6 @@ Progress = Callable[[discord.Embed], Awaitable[None]]
 """Shows an interim answer (`/record stop`: edits the reply)."""
 Notice = Callable[[str], Awaitable[None]]
 """Posts a plain message in the command's channel (never with links)."""
-
-
-@dataclass(frozen=True)
-class ControlPolicy:
-    """Who may start, stop, pause and resume: members with Manage Server, members with
-    one of `role_ids`, or everyone when `everyone` is set. `status` is always open."""
-
-    role_ids: frozenset[int] = field(default_factory=frozenset)
-    everyone: bool = False
-
-    @classmethod
-    def parse(cls, roles: str = "", everyone: bool = False) -> ControlPolicy:
-        """From a comma-separated list of role ids (`VOICETRACK_BOT_ROLES`).
-        Raises InvalidInputError naming the entry that is not a snowflake."""
-        ids: set[int] = set()
-        for part in (p.strip() for p in roles.split(",")):
-            if not part:
-                continue
-            if not part.isdigit() or not 15 <= len(part) <= 20:
-                raise InvalidInputError(
-                    f"VOICETRACK_BOT_ROLES: {part!r} is not a role id (15-20 digits)")
-            ids.add(int(part))
-        return cls(frozenset(ids), everyone)
-
-    def check(self, member: discord.Member | discord.User) -> None:
-        """Raise NotAllowedError unless `member` may control recordings."""
-        if self.everyone:
-            return
-        if isinstance(member, discord.Member):
-            if member.guild_permissions.manage_guild:
-                return
-            if any(r.id in self.role_ids for r in member.roles):
-                return
-        need = "the Manage Server permission"
-        if self.role_ids:
-            need += " or one of the roles " + ", ".join(f"<@&{r}>" for r in
-                                                         sorted(self.role_ids))
-        raise NotAllowedError(f"controlling recordings needs {need}")
 
 
 class RecordCommands:
@@ -339,104 +302,3 @@ async def _answer_errors(work: Awaitable[discord.Embed]) -> discord.Embed:
     except Exception as err:  # an answer is owed to the member; the log keeps the trace
         log.exception("command failed")
         return error_embed(err)
-
-
-async def _reply(interaction: discord.Interaction, work: Awaitable[discord.Embed]) -> None:
-    await interaction.response.defer(ephemeral=True, thinking=True)
-    await interaction.followup.send(embed=await work, ephemeral=True)
-
-
-def build_group(cmds: RecordCommands) -> app_commands.Group:
-    """The `/record` command group (guild only) with its seven subcommands."""
-    group = app_commands.Group(name="record", description="Record this server's voice "
-                               "channel with Voicetrack", guild_only=True,
-                               allowed_contexts=app_commands.AppCommandContext(guild=True))
-
-    @group.command(name="start", description="Start recording a voice channel")
-    @app_commands.describe(channel="Voice channel to record (default: the one you are in)",
-                           chunk_seconds="Seconds per chunk, 5 to 300 (default 10)")
-    async def start(interaction: discord.Interaction,
-                    channel: discord.VoiceChannel | None = None,
-                    chunk_seconds: app_commands.Range[int, 5, 300] | None = None) -> None:
-        await _reply(interaction, cmds.start(interaction, channel, chunk_seconds))
-
-    @group.command(name="stop", description="Stop recording, save the tracks, get links")
-    async def stop(interaction: discord.Interaction) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        sent: list[discord.WebhookMessage] = []
-
-        async def progress(embed: discord.Embed) -> None:
-            if sent:
-                await sent[0].edit(embed=embed)
-            else:
-                sent.append(await interaction.followup.send(embed=embed, ephemeral=True,
-                                                            wait=True))
-
-        async def notice(text: str) -> None:
-            channel = interaction.channel
-            if isinstance(channel, discord.abc.Messageable):
-                await channel.send(text)
-
-        final = await cmds.stop(interaction, progress, notice)
-        try:
-            await progress(final)
-        except discord.HTTPException:  # the token expired meanwhile: nothing else to do
-            log.warning("could not deliver the /record stop answer", exc_info=True)
-
-    @group.command(name="pause", description="Pause the recording (paused time is cut)")
-    async def pause(interaction: discord.Interaction) -> None:
-        await _reply(interaction, cmds.pause(interaction))
-
-    @group.command(name="resume", description="Resume a paused recording")
-    async def resume(interaction: discord.Interaction) -> None:
-        await _reply(interaction, cmds.resume(interaction))
-
-    @group.command(name="status", description="Show this server's recording")
-    async def status(interaction: discord.Interaction) -> None:
-        await _reply(interaction, cmds.status(interaction))
-
-    @group.command(name="list", description="This server's recent recordings")
-    async def list_(interaction: discord.Interaction) -> None:
-        await _reply(interaction, cmds.recent(interaction))
-
-    @group.command(name="get", description="Download links for a saved recording")
-    @app_commands.describe(meeting="Meeting id, as /record list shows it")
-    async def get(interaction: discord.Interaction,
-                  meeting: app_commands.Range[str, 1, 64]) -> None:
-        await _reply(interaction, cmds.get(interaction, meeting))
-
-    return group
-
-
-def bot_intents() -> discord.Intents:
-    """`guilds` and `voice_states`, nothing else (no privileged intents)."""
-    return discord.Intents(guilds=True, voice_states=True)
-
-
-class VoicetrackBot(commands.Bot):
-    """The bot process: registers `/record` and syncs it at start-up, to `sync_guilds`
-    when given (instant, for development) else globally. `connector`: the aiohttp
-    connector for REST and the gateway (`DiscordEndpoint.connector()`; make the bot inside
-    the running event loop then); None = discord.py's default."""
-
-    def __init__(self, cmds: RecordCommands, sync_guilds: Iterable[int] = (),
-                 connector: aiohttp.BaseConnector | None = None) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=bot_intents(),
-                         help_command=None, connector=connector)
-        self.record = build_group(cmds)
-        self.sync_guilds = [discord.Object(id=g) for g in sync_guilds]
-        self.tree.add_command(self.record)
-
-    async def setup_hook(self) -> None:
-        if self.sync_guilds:
-            for guild in self.sync_guilds:
-                self.tree.copy_global_to(guild=guild)
-                synced = await self.tree.sync(guild=guild)
-                log.info("synced %d command(s) to guild %s", len(synced), guild.id)
-        else:
-            synced = await self.tree.sync()
-            log.info("synced %d global command(s)", len(synced))
-
-    async def on_ready(self) -> None:
-        log.info("logged in as %s (%s) in %d guild(s)", self.user,
-                 getattr(self.user, "id", "?"), len(self.guilds))
