@@ -36,7 +36,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +152,7 @@ class Leadership:
         if not self.config.enabled:
             return
         objects = client.CustomObjectsApi(api)
+        last_error = ""
         while True:
             try:
                 body = cast(dict[str, Any], await asyncio.to_thread(
@@ -160,10 +160,13 @@ class Leadership:
                     PEERING_PLURAL, self.config.name, _request_timeout=5))
                 self.set_active(is_active(body.get("status") or {}, self.config.identity,
                                           self.config.priority, datetime.now(UTC)))
-            except (ApiException, OSError, ValueError) as err:
-                log.warning("peering %s not read: %s", self.config.name, err)
-            except Exception as err:  # urllib3's own errors: keep the last answer too
-                log.warning("peering %s not read: %s", self.config.name, err)
+                last_error = ""
+            except Exception as err:  # API, network, urllib3: keep the last answer
+                text = f"{type(err).__name__}: {getattr(err, 'reason', None) or err}"
+                if text != last_error:  # once per kind of failure, not every second
+                    log.warning("peering %s not read (state kept): %s", self.config.name,
+                                text)
+                last_error = text
             await asyncio.sleep(poll_s)
 
     async def while_active(self, what: str, work: Callable[[], Awaitable[None]]) -> None:

@@ -294,6 +294,9 @@ def test_active_killed_the_other_takes_over_within_15s(pair: Pair) -> None:
             takeovers.append((resumed[0] - killed_at if resumed else float("nan"),
                               first - killed_at))
             assert first - killed_at <= TAKEOVER_S, takeovers
+            # our own workers (heartbeat, orphan sweep, webhooks) moved over too
+            wait_for(f"{passive}'s workers active", lambda p=passive, k=killed_at:
+                     pair.log_times(p, "is now active", k), 5)
             active = passive
 
         # the reverse: a new replica (passive) killed changes nothing
