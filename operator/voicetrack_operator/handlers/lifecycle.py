@@ -75,12 +75,13 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
     memo.ctx = ctx
     lead = leadership(memo)
     memo.tasks = [
-        asyncio.create_task(lead.watch(ctx.kube.api)),
         asyncio.create_task(lead.while_active(
             "heartbeat", lambda: _every(HEARTBEAT_S, "heartbeat", janitor.beat))),
         asyncio.create_task(lead.while_active("orphan sweep", lambda: _every(
             ORPHAN_SWEEP_S, "orphan sweep", janitor.collect_orphans))),
     ]
+    if lead.config.enabled:  # standalone: always active, nothing to watch
+        memo.tasks.append(asyncio.create_task(lead.watch(ctx.kube.api)))
 
 
 def leadership(memo: kopf.Memo) -> Leadership:
