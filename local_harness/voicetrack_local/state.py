@@ -91,10 +91,10 @@ def pid_file(state_dir: Path, name: str) -> Path:
 
 
 def records(state_dir: Path) -> dict[str, ProcRecord]:
-    """The recorded processes of the components (:data:`COMPONENTS` and
-    :data:`OPTIONAL_COMPONENTS`) by name."""
+    """The recorded processes of the components (:data:`COMPONENTS`,
+    :data:`OPTIONAL_COMPONENTS` and the node agents 2.., :func:`extra_agents`) by name."""
     out: dict[str, ProcRecord] = {}
-    for name in (*OPTIONAL_COMPONENTS, *COMPONENTS):
+    for name in (*OPTIONAL_COMPONENTS, *extra_agents(), *COMPONENTS):
         rec = ProcRecord.load(pid_file(state_dir, name))
         if rec:
             out[name] = rec

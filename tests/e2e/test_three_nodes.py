@@ -23,10 +23,11 @@ from voicetrack.db.service import RecordingService
 from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import GROUP, LABEL_COMPONENT, SESSION_PLURAL, VERSION
-from voicetrack_local.cluster import LocalCluster, up
+from voicetrack_local.cluster import LocalCluster, status, up
 from voicetrack_local.kubectl import kubectl
 from voicetrack_local.postgres import PostgresServer
 from voicetrack_local.stack import OperatorProcess, install_crds, prepare_namespace
+from voicetrack_local.state import pod_records
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,11 @@ def three(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Settings,
         if op is not None:
             op.stop()
             print(f"operator log tail:\n{op.tail(40)}")
-        c.stop(force=True)
+        stopped = c.stop(force=True)
+        # `down` stops every node's agent and leaves no pod process of any node behind
+        assert {"node-agent", "node-agent-2", "node-agent-3"} <= set(stopped), stopped
+        assert not [r for r in pod_records(state) if r.alive()]
+        assert not any(comp.alive for comp in status(state).components)
 
 
 class PodNodes:

@@ -20,7 +20,9 @@ from voicetrack_local.state import (
     extra_agents,
     kubelet_port_key,
     node_name,
+    pid_file,
     pod_records,
+    records,
 )
 
 pytestmark = pytest.mark.unit
@@ -76,3 +78,12 @@ def test_up_refuses_a_node_count_out_of_range(tmp_path: Path) -> None:
         cluster.up(tmp_path, nodes=0, log=lambda m: None)
     assert cluster.LocalCluster(tmp_path, tmp_path / "k", "s", nodes=2).node_names == [
         "voicetrack-local", "voicetrack-local-2"]
+
+
+def test_records_include_every_node_agent(tmp_path: Path) -> None:
+    """`down` and `status` see agents 2.. (they were left running before)."""
+    (tmp_path / "pids").mkdir()
+    for name in ("node-agent", "node-agent-3"):
+        pid_file(tmp_path, name).write_text(json.dumps(
+            {"name": name, "pid": os.getpid(), "start_ticks": 1, "cmd": ["x"]}))
+    assert {"node-agent", "node-agent-3"} <= set(records(tmp_path))
