@@ -111,6 +111,12 @@ def up(
                      help="Also run kwok with this many fake Nodes (tainted "
                           "voicetrack.dev/node-pool=kwok:NoSchedule) for scale runs."),
     ] = 0,
+    nodes: Annotated[
+        int,
+        typer.Option("--nodes", envvar="VOICETRACK_NODES", min=1, max=9,
+                     help="Real node agents to run, each its own Node (voicetrack-local, "
+                          "voicetrack-local-2, ...); the scheduler spreads pods over them."),
+    ] = 1,
     kube_api_qps: Annotated[
         float | None,
         typer.Option("--kube-api-qps", envvar="VOICETRACK_KUBE_API_QPS",
@@ -134,7 +140,7 @@ def up(
     t0 = time.monotonic()
     try:
         c = k8scluster.up(state_dir, timeout=timeout, log=_err, runtime=runtime,
-                          fake_nodes=fake_nodes,
+                          fake_nodes=fake_nodes, nodes=nodes,
                           limits=k8scluster.ClientLimits(kube_api_qps, kube_api_burst,
                                                          concurrent_job_syncs))
     except VoicetrackError as e:

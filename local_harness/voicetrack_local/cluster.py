@@ -13,6 +13,7 @@ State directory layout (``$VOICETRACK_STATE_DIR``, default
     pids/<name>.json    every process `up` started (pid + start time), what `down` stops
     logs/<name>.log     their stdout/stderr
     agent/pods/...      the node agent's per-pod directories (see the nodeagent package)
+    agent/nodes/<node>/pods/...  the same of node agents 2.. (``up(nodes=N)``)
     volumes/pv-NN/      the static hostPath PersistentVolumes `up` makes (:func:`static_volumes`)
 
 Usage: ``up(state_dir) -> LocalCluster`` (reuses a running cluster), ``cluster.stop()`` /
@@ -41,12 +42,16 @@ from voicetrack_local.pki import ensure_pki
 from voicetrack_local.procs import terminate
 from voicetrack_local.state import (
     COMPONENTS,
+    MAX_NODES,
     NODE_NAME,
     OPTIONAL_COMPONENTS,
     ClusterError,
     default_state_dir,
+    extra_agents,
     http_get,
     locked,
+    node_count,
+    node_name,
     node_ready,
     pid_file,
     pod_records,
@@ -79,7 +84,8 @@ class LocalCluster:
         state_dir: its state directory (layout in the module docstring).
         kubeconfig: admin kubeconfig (``state_dir/kubeconfig``; user in system:masters).
         server: the apiserver URL, ``https://127.0.0.1:<port>``.
-        node_name: the Node the agent runs pods on.
+        node_name: the first Node (the only one unless ``up(nodes=N)``).
+        nodes: how many node agents (Nodes ``voicetrack-local``, ``voicetrack-local-2``, ...)
         owned: True when this object started the processes (``stop`` then stops them);
             False for a cluster found already running (``stop`` leaves it running unless
             ``force``).
@@ -90,6 +96,12 @@ class LocalCluster:
     server: str
     node_name: str = NODE_NAME
     owned: bool = True
+    nodes: int = 1
+
+    @property
+    def node_names(self) -> list[str]:
+        """Every Node an agent of this cluster registers."""
+        return [node_name(i) for i in range(1, self.nodes + 1)]
 
     def stop(self, *, force: bool = False) -> list[str]:
         """Stop every process of this cluster (see :func:`down`) if ``owned`` or ``force``;
@@ -142,7 +154,8 @@ def status(state_dir: Path | None = None) -> ClusterStatus:
     state_dir = (state_dir or default_state_dir()).resolve()
     st = ClusterStatus(state_dir=state_dir)
     recs = records(state_dir)
-    for name in (*[n for n in OPTIONAL_COMPONENTS if n in recs], *COMPONENTS):
+    extra = [n for n in extra_agents() if n in recs]
+    for name in (*[n for n in OPTIONAL_COMPONENTS if n in recs], *extra, *COMPONENTS):
         rec = recs.get(name)
         st.components.append(
             ComponentStatus(
@@ -158,7 +171,9 @@ def status(state_dir: Path | None = None) -> ClusterStatus:
         ctx = ssl_context(ensure_pki(state_dir))
         code, body = http_get(f"{st.server}/readyz", ctx)
         st.api_ready = code == 200 and body.strip() == b"ok"
-        st.node_ready = st.api_ready and node_ready(st.server, ctx, cfg.get("node", NODE_NAME))
+        st.node_ready = st.api_ready and all(
+            node_ready(st.server, ctx, cfg.get("node", NODE_NAME) if i == 1 else node_name(i))
+            for i in range(1, int(cfg.get("nodes", 1)) + 1))
     return st
 
 
@@ -181,10 +196,9 @@ def down(
         optional = [recs[n] for n in OPTIONAL_COMPONENTS if n in recs]
         stopped += [r.name for r in optional if r.alive()]
         terminate(optional, grace=5)
-        if "node-agent" in recs:
-            if recs["node-agent"].alive():
-                stopped.append("node-agent")
-            terminate([recs["node-agent"]], grace=20)
+        agents = [recs[n] for n in ("node-agent", *extra_agents()) if n in recs]
+        stopped += [r.name for r in agents if r.alive()]
+        terminate(agents, grace=20)
         pods = pod_records(state_dir)
         stopped += [f"pod:{r.name}" for r in pods if r.alive()]
         terminate(pods, grace=2)
@@ -199,7 +213,7 @@ def down(
             if recs["etcd"].alive():
                 stopped.append("etcd")
             terminate([recs["etcd"]], grace=5)
-        for name in (*OPTIONAL_COMPONENTS, *COMPONENTS):
+        for name in (*OPTIONAL_COMPONENTS, *extra_agents(), *COMPONENTS):
             pid_file(state_dir, name).unlink(missing_ok=True)
     if purge:
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -252,6 +266,7 @@ def up(
     fake_nodes: int = 0,
     limits: ClientLimits | None = None,
     kwok_timings: kwok.KwokTimings | None = None,
+    nodes: int = 1,
 ) -> LocalCluster:
     """Start the local cluster in ``state_dir`` (default :func:`default_state_dir`), or
     return the one already running there (then ``owned`` is False).
@@ -269,6 +284,10 @@ def up(
     PersistentVolumes (:func:`static_volumes`).  Every process runs detached (it outlives
     the caller) and is recorded in ``state_dir/pids``; :func:`down` stops them.
 
+    ``nodes`` real node agents run (1 to :data:`MAX_NODES`), each registering its own Node
+    (``voicetrack-local``, ``voicetrack-local-2``, ...) with its own kubelet port and pods
+    directory; the scheduler spreads pods over them.  A running cluster keeps its count.
+
     ``limits`` sets the controller-manager's and scheduler's API client QPS and burst (a
     running cluster keeps its own: ``down`` first to change them).  With ``fake_nodes`` > 0,
     kwok (built on first use, :mod:`voicetrack_local.kwok`) runs that many fake Nodes, also
@@ -281,6 +300,8 @@ def up(
         voicetrack_local.build.BuildError: the Go build failed.
     """
     state_dir = (state_dir or default_state_dir()).resolve()
+    if not 1 <= nodes <= MAX_NODES:
+        raise ClusterError(f"nodes must be 1 to {MAX_NODES}, not {nodes}")
     if runtime is not None and runtime not in RUNTIMES:
         raise ClusterError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     bins = k8sbuild.ensure_built(log=log)
@@ -297,10 +318,14 @@ def up(
             kubeconfig = state_dir / "kubeconfig"
             if (limits or ClientLimits()) != _running_limits(state_dir):
                 log("local: the running cluster keeps its client QPS/burst (`down` first)")
+            if nodes != node_count(state_dir):
+                log(f"local: the running cluster keeps its {node_count(state_dir)} node(s) "
+                    "(`down` first)")
             if fake_nodes:
                 start_fake_nodes(state_dir, kubeconfig, current.server, fake_nodes, timeout,
                                  log, kwok_timings)
-            return LocalCluster(state_dir, kubeconfig, current.server, owned=False)
+            return LocalCluster(state_dir, kubeconfig, current.server, owned=False,
+                                nodes=node_count(state_dir))
     if any(c.alive for c in current.components):
         log("local: a partly running cluster found; stopping it first")
         down(state_dir)
@@ -308,12 +333,12 @@ def up(
         try:
             # read by the node agent
             (state_dir / RUNTIME_FILE).write_text((runtime or "process") + "\n")
-            kubeconfig, server = start_all(state_dir, bins, timeout, log, limits)
+            kubeconfig, server = start_all(state_dir, bins, timeout, log, limits, nodes)
             _apply_static_volumes(state_dir, kubeconfig)
             if fake_nodes:
                 start_fake_nodes(state_dir, kubeconfig, server, fake_nodes, timeout, log,
                                  kwok_timings)
-            return LocalCluster(state_dir, kubeconfig, server, owned=True)
+            return LocalCluster(state_dir, kubeconfig, server, owned=True, nodes=nodes)
         except BaseException:
             _stop_recorded(state_dir)
             raise
@@ -327,7 +352,8 @@ def _running_limits(state_dir: Path) -> ClientLimits:
 
 def _stop_recorded(state_dir: Path) -> None:
     recs = records(state_dir)
-    terminate([recs[n] for n in (*OPTIONAL_COMPONENTS, *COMPONENTS) if n in recs], grace=3)
+    names = (*OPTIONAL_COMPONENTS, *extra_agents(), *COMPONENTS)
+    terminate([recs[n] for n in names if n in recs], grace=3)
     terminate(pod_records(state_dir), grace=1)
-    for name in (*OPTIONAL_COMPONENTS, *COMPONENTS):
+    for name in names:
         pid_file(state_dir, name).unlink(missing_ok=True)

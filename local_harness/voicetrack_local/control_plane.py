@@ -22,8 +22,11 @@ from voicetrack_local.procs import ProcRecord, spawn
 from voicetrack_local.state import (
     NODE_NAME,
     ClusterError,
+    agent_component,
     http_get,
+    kubelet_port_key,
     log_tail,
+    node_name,
     node_ready,
     pid_file,
     read_config,
@@ -34,12 +37,14 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 """Service-account token issuer, also the API audience (as kubeadm sets it)."""
 
 
-def choose_ports(state_dir: Path) -> dict[str, int]:
-    """Ports for etcd (client, peer), the apiserver and the kubelet endpoint: the ones of the
-    last run (``cluster.json``) while still free, else new free ones."""
+def choose_ports(state_dir: Path, nodes: int = 1) -> dict[str, int]:
+    """Ports for etcd (client, peer), the apiserver and each node's kubelet endpoint
+    (``kubelet``, ``kubelet_2``, ...): the ones of the last run (``cluster.json``) while
+    still free, else new free ones."""
     old = read_config(state_dir).get("ports", {})
     ports: dict[str, int] = {}
-    for name in ("etcd", "etcd_peer", "apiserver", "kubelet"):
+    kubelets = [kubelet_port_key(i) for i in range(1, nodes + 1)]
+    for name in ("etcd", "etcd_peer", "apiserver", *kubelets):
         p = old.get(name)
         ports[name] = p if isinstance(p, int) and port_free(p) else free_port()
     if len(set(ports.values())) != len(ports):  # a kernel pick collided with a kept port
@@ -154,9 +159,11 @@ def scheduler_command(bins: Path, kubeconfig: Path,
     ]
 
 
-def node_agent_command(state_dir: Path) -> list[str]:
-    """The node agent, run by this Python: ``python -m voicetrack_local.nodeagent``."""
-    return [sys.executable, "-m", "voicetrack_local.nodeagent", f"--state-dir={state_dir}"]
+def node_agent_command(state_dir: Path, index: int = 1) -> list[str]:
+    """Node agent ``index`` (1-based), run by this Python:
+    ``python -m voicetrack_local.nodeagent``."""
+    return [sys.executable, "-m", "voicetrack_local.nodeagent", f"--state-dir={state_dir}",
+            *([] if index == 1 else [f"--index={index}"])]
 
 
 def write_kubeconfigs(state_dir: Path, pki: Pki, server: str) -> dict[str, Path]:
@@ -209,11 +216,12 @@ class _Launcher:
 
 def start_all(
     state_dir: Path, bins: Path, timeout: float, log: Callable[[str], None],
-    limits: ClientLimits | None = None,
+    limits: ClientLimits | None = None, nodes: int = 1,
 ) -> tuple[Path, str]:
     """Start etcd, the apiserver (waits for ``/readyz``), the controller-manager, the
-    scheduler (both with ``limits`` on their API clients) and the node agent, and wait until
-    the Node is Ready and untainted and the ``default`` ServiceAccount exists.  Returns
+    scheduler (both with ``limits`` on their API clients) and ``nodes`` node agents (each
+    its own Node, :func:`voicetrack_local.state.node_name`), and wait until every Node is
+    Ready and untainted and the ``default`` ServiceAccount exists.  Returns
     (admin kubeconfig, apiserver URL).
 
     Raises:
@@ -221,9 +229,10 @@ def start_all(
             caller stops what was started)."""
     t0 = time.monotonic()
     pki = ensure_pki(state_dir)
-    ports = choose_ports(state_dir)
+    ports = choose_ports(state_dir, nodes)
     (state_dir / "cluster.json").write_text(
-        json.dumps({"version": k8sbuild.K8S_VERSION, "node": NODE_NAME, "ports": ports,
+        json.dumps({"version": k8sbuild.K8S_VERSION, "node": NODE_NAME, "nodes": nodes,
+                    "ports": ports,
                     "limits": dataclasses.asdict(limits or ClientLimits())}, indent=1)
     )
     server = f"https://127.0.0.1:{ports['apiserver']}"
@@ -246,22 +255,24 @@ def start_all(
     kcm_cmd = controller_manager_command(bins, pki, cfgs["kube-controller-manager"], limits)
     kcm = run.start("kube-controller-manager", kcm_cmd)
     sched = run.start("kube-scheduler", scheduler_command(bins, cfgs["kube-scheduler"], limits))
-    agent = run.start("node-agent", node_agent_command(state_dir))
+    agents = {agent_component(i): run.start(agent_component(i),
+                                            node_agent_command(state_dir, i))
+              for i in range(1, nodes + 1)}
 
     def ready() -> bool:
         nonlocal kcm
         if not kcm.alive():  # exits at once if RBAC was not bootstrapped yet (issue 3)
             log("local: kube-controller-manager exited early; restarting it")
             kcm = run.start("kube-controller-manager", kcm_cmd)
-        for name, rec in (("kube-scheduler", sched), ("node-agent", agent)):
+        for name, rec in (("kube-scheduler", sched), *agents.items()):
             if not rec.alive():
                 raise run.failed(name, "exited during start-up")
-        if not node_ready(server, ctx, NODE_NAME):
+        if not all(node_ready(server, ctx, node_name(i)) for i in range(1, nodes + 1)):
             return False
         sa = f"{server}/api/v1/namespaces/default/serviceaccounts/default"
         return http_get(sa, ctx)[0] == 200
 
-    run.wait("node-agent", agent, ready)
+    run.wait("node-agent", agents["node-agent"], ready)
     log(f"local: cluster ready in {time.monotonic() - t0:.1f} s; kubeconfig {cfgs['admin']}")
     return cfgs["admin"], server
 

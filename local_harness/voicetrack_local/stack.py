@@ -23,7 +23,8 @@ from voicetrack_local.ports import free_port
 CRD_DIR = Path(str(files("voicetrack") / "crds"))
 """The CRDs, shipped as package data of `voicetrack` (their one home; `crds/` at the top of
 the checkout and the chart's `crds/` link to them)."""
-CRD_NAMES = ("recordingsessions.voicetrack.dev", "recordingchunks.voicetrack.dev")
+CRD_NAMES = ("recordingsessions.voicetrack.dev", "recordingchunks.voicetrack.dev",
+             "clusterkopfpeerings.kopf.dev")
 POLICY_DIR = Path(str(files("voicetrack") / "policies"))
 """The ValidatingAdmissionPolicy that keeps each recorder to its own session's chunks (the
 chart includes the same file)."""

@@ -20,7 +20,9 @@ from voicetrack_local.pki import Pki
 from voicetrack_local.procs import ProcRecord
 
 NODE_NAME = "voicetrack-local"
-"""Name of the one Node the agent registers."""
+"""Name of the first Node (the only one by default); node N > 1 is ``voicetrack-local-N``."""
+MAX_NODES = 9
+"""Most node agents ``up(nodes=...)`` starts."""
 
 #: stop order: the agent first (it stops the pods), etcd last.
 COMPONENTS = ("node-agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
@@ -89,21 +91,54 @@ def pid_file(state_dir: Path, name: str) -> Path:
 
 
 def records(state_dir: Path) -> dict[str, ProcRecord]:
-    """The recorded processes of the components (:data:`COMPONENTS` and
-    :data:`OPTIONAL_COMPONENTS`) by name."""
+    """The recorded processes of the components (:data:`COMPONENTS`,
+    :data:`OPTIONAL_COMPONENTS` and the node agents 2.., :func:`extra_agents`) by name."""
     out: dict[str, ProcRecord] = {}
-    for name in (*OPTIONAL_COMPONENTS, *COMPONENTS):
+    for name in (*OPTIONAL_COMPONENTS, *extra_agents(), *COMPONENTS):
         rec = ProcRecord.load(pid_file(state_dir, name))
         if rec:
             out[name] = rec
     return out
 
 
+def node_name(index: int) -> str:
+    """The Node that agent ``index`` (1-based) registers: :data:`NODE_NAME`, then
+    ``voicetrack-local-2``, ..."""
+    return NODE_NAME if index == 1 else f"{NODE_NAME}-{index}"
+
+
+def agent_component(index: int) -> str:
+    """The process name of node agent ``index`` (``node-agent``, ``node-agent-2``, ...)."""
+    return "node-agent" if index == 1 else f"node-agent-{index}"
+
+
+def kubelet_port_key(index: int) -> str:
+    """The key of agent ``index``'s kubelet endpoint port in ``cluster.json`` ports."""
+    return "kubelet" if index == 1 else f"kubelet_{index}"
+
+
+def agent_dir(state_dir: Path, index: int) -> Path:
+    """Node-local state of agent ``index``: ``agent/`` for the first node (as it always
+    was), ``agent/nodes/<node>/`` for the others (each holds ``pods/``)."""
+    base = state_dir / "agent"
+    return base if index == 1 else base / "nodes" / node_name(index)
+
+
+def node_count(state_dir: Path) -> int:
+    """How many node agents the cluster in ``state_dir`` runs (``cluster.json``; 1)."""
+    return int(read_config(state_dir).get("nodes", 1))
+
+
+def extra_agents() -> tuple[str, ...]:
+    """The process names of node agents 2..:data:`MAX_NODES`, stopped with the first."""
+    return tuple(agent_component(i) for i in range(2, MAX_NODES + 1))
+
+
 def pod_records(state_dir: Path) -> list[ProcRecord]:
-    """The recorded container processes of the node agent's pods."""
-    pods = state_dir / "agent" / "pods"
-    recs = [ProcRecord.load(p) for p in pods.glob("*/pids/*.json")] if pods.exists() else []
-    return [r for r in recs if r]
+    """The recorded container processes of every node agent's pods."""
+    agent = state_dir / "agent"
+    paths = [*agent.glob("pods/*/pids/*.json"), *agent.glob("nodes/*/pods/*/pids/*.json")]
+    return [r for r in (ProcRecord.load(p) for p in paths) if r]
 
 
 def read_config(state_dir: Path) -> dict[str, Any]:

@@ -8,6 +8,10 @@ so the kubelet's probes and Prometheus reach them.
 `VOICETRACK_NAMESPACES`: comma-separated kopf namespace patterns to serve (globs, `!` to
 exclude, e.g. `team-*,!team-sandbox`); empty (the default) serves the whole cluster. Two
 operators must never serve the same namespace.
+
+`VOICETRACK_PEERING`: the name of a ClusterKopfPeering; set, several replicas may run and
+only one acts, the others take over within about `VOICETRACK_PEERING_LIFETIME_S` (10) s
+when it dies (see `voicetrack_operator.leadership`). Unset: standalone, one replica.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def run(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if args[0] in ("-h", "--help") else 2)
     import voicetrack_operator.handlers  # noqa: F401  (registers every handler)
     from voicetrack_operator.handlers import webhooks  # noqa: F401  (its worker, after them)
+    from voicetrack_operator.leadership import Leadership, PeeringConfig
 
     logging.basicConfig(level=os.environ.get("VOICETRACK_LOG_LEVEL", "INFO"),
                         stream=sys.stderr,
@@ -40,7 +45,18 @@ def run(argv: list[str] | None = None) -> None:
     port = int(os.environ.get("VOICETRACK_HEALTH_PORT", "8080"))
     host = os.environ.get("VOICETRACK_LISTEN_ADDRESS", "127.0.0.1")
     namespaces = watched_namespaces(os.environ.get("VOICETRACK_NAMESPACES", ""))
-    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True,
+    peering = PeeringConfig.from_env()
+    settings = kopf.OperatorSettings()
+    settings.peering.lifetime = peering.lifetime_s
+    settings.peering.stealth = True  # no log line per keep-alive
+    if peering.enabled:
+        logging.getLogger(__name__).info(
+            "peering %r as %s, priority %d, lifetime %d s", peering.name, peering.identity,
+            peering.priority, peering.lifetime_s)
+    kopf.run(clusterwide=not namespaces, namespaces=namespaces, settings=settings,
+             standalone=not peering.enabled, peering_name=peering.name or None,
+             priority=peering.priority, identity=peering.identity,  # type: ignore[arg-type]  # kopf NewType,
+             memo=kopf.Memo(leadership=Leadership(peering)),
              liveness_endpoint=f"http://{host}:{port}/healthz" if port else None)
 
 

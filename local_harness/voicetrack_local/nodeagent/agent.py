@@ -26,6 +26,7 @@ from voicetrack_local.nodeagent.node import NodeRegistration
 from voicetrack_local.nodeagent.podman import Podman, PodmanContainer
 from voicetrack_local.nodeagent.podspec import ConfigError
 from voicetrack_local.nodeagent.worker import PodWorker
+from voicetrack_local.state import agent_dir, kubelet_port_key, node_name
 
 log = logging.getLogger("voicetrack.nodeagent")
 
@@ -56,24 +57,31 @@ class NodeAgent:
     Args:
         runtime: ``process`` or ``podman`` (:data:`RUNTIMES`); default: the state
             directory's (:func:`read_runtime`).
+        index: which node of the cluster (1-based, ``up(nodes=N)``): its Node name
+            (:func:`~voicetrack_local.state.node_name`), kubelet port (``cluster.json``
+            ports, :func:`~voicetrack_local.state.kubelet_port_key`) and pods directory
+            (:func:`~voicetrack_local.state.agent_dir`) are its own.
 
     Raises:
         RuntimeError: ``podman`` asked for and not installed."""
 
-    def __init__(self, state_dir: Path, runtime: str | None = None) -> None:
+    def __init__(self, state_dir: Path, runtime: str | None = None, index: int = 1) -> None:
         cfg = json.loads((state_dir / "cluster.json").read_text())
         self.state_dir = state_dir
-        self.node: str = cfg["node"]
-        self.port: int = cfg["ports"]["kubelet"]
+        self.index = index
+        self.node: str = cfg["node"] if index == 1 else node_name(index)
+        self.port: int = cfg["ports"][kubelet_port_key(index)]
         #: the API server as containers reach it (host network: 127.0.0.1)
         self.api_host, self.api_port = "127.0.0.1", int(cfg["ports"]["apiserver"])
         self.server = f"https://127.0.0.1:{cfg['ports']['apiserver']}"
         self.runtime = runtime or read_runtime(state_dir)
-        agent_id = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+        # one id per node: an agent removes the containers its id left at start
+        agent_id = hashlib.sha256(
+            str(state_dir if index == 1 else state_dir / self.node).encode()).hexdigest()[:16]
         self.podman = Podman(agent_id) if self.runtime == "podman" else None
         self.kube = Kube(state_dir / "kubeconfig")
         self.watch_kube = Kube(state_dir / "kubeconfig", pool=4)
-        self.pods_dir = state_dir / "agent" / "pods"
+        self.pods_dir = agent_dir(state_dir, index) / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.ca_pem = (state_dir / "pki" / "ca.crt").read_bytes()
         self.workers: dict[str, PodWorker] = {}
@@ -302,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--runtime", choices=RUNTIMES, default=None,
                         help="container runtime (default: the state directory's, else process)")
+    parser.add_argument("--index", type=int, default=1,
+                        help="which node (1-based): node 1 is cluster.json's node, node N "
+                             "voicetrack-local-N with its own kubelet port and pods directory")
     parser.add_argument("--verbose", action="store_true")
     ns = parser.parse_args(argv)
     logging.basicConfig(
@@ -309,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(threadName)s %(message)s",
     )
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    agent = NodeAgent(ns.state_dir.resolve(), ns.runtime)
+    agent = NodeAgent(ns.state_dir.resolve(), ns.runtime, ns.index)
     signal.signal(signal.SIGTERM, lambda *_: agent.shutdown())
     signal.signal(signal.SIGINT, lambda *_: agent.shutdown())
     agent.run()

@@ -1,5 +1,6 @@
 """Operator start-up and clean-up: one typed context in memo; kopf's settings; the
-database at its Alembic head; heartbeat and orphan collection in the background."""
+database at its Alembic head; heartbeat and orphan collection in the background, only
+while this replica is the active one (`voicetrack_operator.leadership`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from prometheus_client import start_http_server
 
 from voicetrack.db import migrate
 from voicetrack.db.service import RecordingService
+from voicetrack.errors import TemporaryFailure
 from voicetrack.kubeclient import load_api_client
 from voicetrack.resources import FINALIZER, GROUP
 from voicetrack_operator.adapters.kube import KubeAdapter
 from voicetrack_operator.context import Context, OperatorSettings
-from voicetrack_operator.services.janitor import JanitorService
+from voicetrack_operator.leadership import Leadership, PeeringConfig
+from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0
@@ -56,6 +59,9 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="blocking"))
     settings.posting.level = logging.INFO
+    # one ClusterKopfPeering whatever namespaces are served (kopf's PeeringSettings allows
+    # cluster-wide peering for a namespaced operator)
+    settings.peering.clusterwide = True
     applied = await asyncio.to_thread(migrate.upgrade_head, cfg.database_url)
     for revision in applied:
         log.info("database migrated to revision %s", revision)
@@ -67,10 +73,24 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
                           registry=ctx.metrics.registry)
     janitor = JanitorService(ctx)
     memo.ctx = ctx
+    lead = leadership(memo)
     memo.tasks = [
-        asyncio.create_task(_every(HEARTBEAT_S, "heartbeat", janitor.beat)),
-        asyncio.create_task(_every(ORPHAN_SWEEP_S, "orphan sweep", janitor.collect_orphans)),
+        asyncio.create_task(lead.while_active(
+            "heartbeat", lambda: _every(HEARTBEAT_S, "heartbeat", janitor.beat))),
+        asyncio.create_task(lead.while_active("orphan sweep", lambda: _every(
+            ORPHAN_SWEEP_S, "orphan sweep", janitor.collect_orphans))),
     ]
+    if lead.config.enabled:  # standalone: always active, nothing to watch
+        memo.tasks.append(asyncio.create_task(lead.watch(ctx.kube.api)))
+
+
+def leadership(memo: kopf.Memo) -> Leadership:
+    """The replica's `Leadership` (main.py puts it in memo); standalone when absent (the
+    handlers called directly, as in the unit tests)."""
+    if getattr(memo, "leadership", None) is None:
+        memo.leadership = Leadership(PeeringConfig("", "standalone", 0))
+    lead: Leadership = memo.leadership
+    return lead
 
 
 @kopf.on.cleanup(id="context")
@@ -81,7 +101,8 @@ async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
             await task
     ctx: Context | None = getattr(memo, "ctx", None)
     if ctx is not None:
-        await JanitorService(ctx).beat("stopped")
+        if leadership(memo).active:  # a passive replica stopping says nothing of the operator
+            await JanitorService(ctx).beat("stopped")
         await ctx.db.close()
         ctx.kube.api.close()
         ctx.kube.executor.shutdown(wait=False, cancel_futures=True)
@@ -89,5 +110,12 @@ async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.probe(id="database")
 async def on_probe_database(memo: kopf.Memo, **_: Any) -> str:
-    ok = await JanitorService(memo.ctx).beat()
+    if leadership(memo).active:
+        ok = await JanitorService(memo.ctx).beat()
+    else:  # a passive replica reads the row: the database answers, no heartbeat written
+        try:
+            await memo.ctx.db.read_heartbeat(SERVICE_NAME)
+            ok = True
+        except TemporaryFailure:
+            ok = False
     return "ok" if ok else "unavailable"

@@ -1,6 +1,7 @@
 """The completion webhook's worker (services/webhooks.py): started with the operator, after
 the context (handlers/lifecycle.py) is in memo, and stopped at clean-up. Deliveries live in
-SQL, so stopping loses nothing: the next operator delivers what is due."""
+SQL, so stopping loses nothing: the next operator delivers what is due. It runs only while
+this replica is the active one (`voicetrack_operator.leadership`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import kopf
 
 from voicetrack_operator.errors import kopf_errors
+from voicetrack_operator.handlers.lifecycle import leadership
 from voicetrack_operator.services.webhooks import WebhookService, WebhookSettings
 
 
@@ -22,7 +24,8 @@ async def on_webhook_worker_startup(memo: kopf.Memo, **_: Any) -> None:
     with kopf_errors():  # a bad VOICETRACK_WEBHOOK_* variable stops the start-up
         service = WebhookService(ctx, WebhookSettings.from_env())
     memo.webhooks = service
-    memo.webhook_task = asyncio.create_task(service.run())
+    memo.webhook_task = asyncio.create_task(
+        leadership(memo).while_active("webhook worker", service.run))
 
 
 @kopf.on.cleanup(id="webhook-worker")

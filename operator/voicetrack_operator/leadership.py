@@ -1,0 +1,193 @@
+"""Which operator replica acts: kopf's peering, and the same rule for our own workers.
+
+Two or more replicas run with peering on (`VOICETRACK_PEERING` names a ClusterKopfPeering,
+`crds/kopfpeerings.yaml` and the chart's `peering.yaml`). kopf itself pauses the replica
+that sees a live peer of higher priority: its watch streams stop and its timers and daemons
+are stopped (kopf docs, "Peering": priorities; `kopf._core.engines.daemons.daemon_killer`,
+reason OPERATOR_PAUSING); on resume the fresh watch lists every object again, so the event
+handlers see in-flight chunks, Jobs and deleting sessions as they are (level-based), and
+sub-handler progress lives in annotations.
+
+Priorities are by seniority: the replica that started first has the highest one, so a
+restarted or newly scaled replica never pre-empts the one acting (kopf pauses *all* peers
+of equal priority, so two replicas must never share one). A peer counts as gone when its
+`lastseen` is older than its `lifetime`: kopf's default of 60 s is far too slow for
+the 15 s takeover of issue 16, so we use `DEFAULT_LIFETIME_S` (kopf's keep-alive then
+touches every 1-5 s: `min(lifetime, max(1, lifetime - randint(5, 10)))`).
+
+kopf does not expose its paused state to handlers, and the operator runs work of its own
+outside kopf's handlers (heartbeat row, orphan sweep, webhook delivery). `Leadership`
+reads the same peering object and applies kopf's rule (`is_active`), and
+`Leadership.while_active` runs such a worker only while this replica acts.
+
+Without `VOICETRACK_PEERING` the operator is standalone (one replica, always active).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from kubernetes import client
+
+log = logging.getLogger(__name__)
+
+PEERING_GROUP = "kopf.dev"
+PEERING_VERSION = "v1"
+PEERING_PLURAL = "clusterkopfpeerings"
+DEFAULT_LIFETIME_S = 10
+"""A killed replica's record expires this long after its last keep-alive; the paused one
+resumes then (measured by tests/disruptive/test_operator_ha.py)."""
+POLL_S = 1.0
+"""How often `Leadership.watch` reads the peering object (one GET per replica)."""
+
+
+@dataclass(frozen=True)
+class PeeringConfig:
+    """This replica's peering: `name` of the ClusterKopfPeering ("" = standalone), its
+    `identity` (kopf's peer key: the pod name), `priority` (higher acts; by default
+    `seniority_priority` of the start time) and `lifetime_s` (seconds a record lives).
+
+    Variables: VOICETRACK_PEERING (name), VOICETRACK_PEERING_PRIORITY (int),
+    VOICETRACK_PEERING_LIFETIME_S (int, default `DEFAULT_LIFETIME_S`), POD_ID or
+    VOICETRACK_POD_NAME (identity; else host/pid)."""
+
+    name: str
+    identity: str
+    priority: int
+    lifetime_s: int = DEFAULT_LIFETIME_S
+
+    @property
+    def enabled(self) -> bool:
+        """True when peering is on (several replicas may run)."""
+        return bool(self.name)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 started: datetime | None = None) -> PeeringConfig:
+        """Read the variables above. Raises ValueError for a non-integer priority or a
+        lifetime below 2 s (kopf keeps alive at most once a second)."""
+        env = os.environ if env is None else env
+        priority = env.get("VOICETRACK_PEERING_PRIORITY", "").strip()
+        lifetime = int(env.get("VOICETRACK_PEERING_LIFETIME_S", "") or DEFAULT_LIFETIME_S)
+        if lifetime < 2:
+            raise ValueError(f"VOICETRACK_PEERING_LIFETIME_S must be >= 2, not {lifetime}")
+        identity = (env.get("POD_ID") or env.get("VOICETRACK_POD_NAME")
+                    or f"{socket.gethostname()}/{os.getpid()}")
+        return cls(name=env.get("VOICETRACK_PEERING", "").strip(), identity=identity,
+                   priority=int(priority) if priority else seniority_priority(
+                       started or datetime.now(UTC)),
+                   lifetime_s=lifetime)
+
+
+def seniority_priority(started: datetime) -> int:
+    """A kopf priority that is higher the earlier `started` is (ms resolution):
+    `-epoch_ms`. Two replicas starting in the same millisecond would tie (kopf then pauses
+    both until one restarts); set VOICETRACK_PEERING_PRIORITY to rule that out."""
+    return -int(started.timestamp() * 1000)
+
+
+def is_active(status: Mapping[str, Any], identity: str, priority: int,
+              now: datetime) -> bool:
+    """kopf's rule (`kopf._core.engines.peering.process_peering_event`): this peer acts
+    unless another live peer in the peering object's `status` has a priority >= ours.
+
+    `status` maps identity -> {priority, lifetime (s), lastseen (ISO 8601)}; a record
+    without lastseen is live, one without lifetime lives 60 s, as in kopf's `Peer`."""
+    for other, info in status.items():
+        if other == identity or not isinstance(info, Mapping):
+            continue
+        seen = info.get("lastseen")
+        deadline = (datetime.fromisoformat(seen) if seen else now) + timedelta(
+            seconds=int(info.get("lifetime", 60)))
+        if deadline > now and int(info.get("priority", 0)) >= priority:
+            return False
+    return True
+
+
+class Leadership:
+    """Whether this replica acts, kept current by `watch`; `while_active` gates workers.
+
+    A standalone `Leadership` (peering off) is always active. With peering, it starts
+    passive and turns active once the peering object shows no live peer of higher or equal
+    priority; an unreadable peering object keeps the last answer (kopf cannot touch it
+    either)."""
+
+    def __init__(self, config: PeeringConfig) -> None:
+        self.config = config
+        self._active = asyncio.Event()
+        self._passive = asyncio.Event()
+        if config.enabled:
+            self._passive.set()
+        else:
+            self._active.set()
+        self.changes = 0
+        """How often the state flipped (for logs and tests)."""
+
+    @property
+    def active(self) -> bool:
+        """True while this replica is the one that acts."""
+        return self._active.is_set()
+
+    def set_active(self, active: bool) -> None:
+        """Record the state; logs a change."""
+        if active == self.active:
+            return
+        self.changes += 1
+        (self._active if active else self._passive).set()
+        (self._passive if active else self._active).clear()
+        log.info("this replica (%s, priority %d) is now %s", self.config.identity,
+                 self.config.priority, "active" if active else "passive")
+
+    async def watch(self, api: client.ApiClient, poll_s: float = POLL_S) -> None:
+        """Read the ClusterKopfPeering every `poll_s` seconds and apply `is_active`, forever
+        (cancel to stop). Does nothing when standalone."""
+        if not self.config.enabled:
+            return
+        objects = client.CustomObjectsApi(api)
+        last_error = ""
+        while True:
+            try:
+                body = cast(dict[str, Any], await asyncio.to_thread(
+                    objects.get_cluster_custom_object, PEERING_GROUP, PEERING_VERSION,
+                    PEERING_PLURAL, self.config.name, _request_timeout=5))
+                self.set_active(is_active(body.get("status") or {}, self.config.identity,
+                                          self.config.priority, datetime.now(UTC)))
+                last_error = ""
+            except Exception as err:  # API, network, urllib3: keep the last answer
+                text = f"{type(err).__name__}: {getattr(err, 'reason', None) or err}"
+                if text != last_error:  # once per kind of failure, not every second
+                    log.warning("peering %s not read (state kept): %s", self.config.name,
+                                text)
+                last_error = text
+            await asyncio.sleep(poll_s)
+
+    async def while_active(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work()` while this replica is active: start it on becoming active, cancel
+        it on becoming passive, start it again on the next turn; forever (cancel to
+        stop). `work` returning or raising ends this turn only (logged, retried after 1 s)."""
+        while True:
+            await self._active.wait()
+            task = asyncio.ensure_future(work())
+            passive = asyncio.ensure_future(self._passive.wait())
+            try:
+                await asyncio.wait({task, passive}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                passive.cancel()
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if task.cancelled():
+                log.info("%s paused: this replica is passive", what)
+                continue
+            if task.exception() is not None:  # a worker must never stop the operator
+                log.warning("%s failed: %s", what, task.exception())
+            await asyncio.sleep(1)  # a worker that ended on its own: no hot loop
