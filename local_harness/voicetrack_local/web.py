@@ -30,7 +30,8 @@ class WebLaunchError(RuntimeError):
 
 def web_env(discord_info: dict[str, Any], s3: S3Settings, database_url: str, base_url: str,
             secret_key: str) -> dict[str, str]:
-    """The `VOICETRACK_*` variables `WebSettings.from_env` reads, for the local Discord."""
+    """The `VOICETRACK_*` variables `WebSettings.from_env` reads, for the local Discord
+    (its bot token too, so speakers show with their display names)."""
     api = str(discord_info["api_base"])
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(api))
     oauth = discord_info["oauth2"]
@@ -43,6 +44,7 @@ def web_env(discord_info: dict[str, Any], s3: S3Settings, database_url: str, bas
         "VOICETRACK_DISCORD_API_BASE": api,
         "VOICETRACK_DISCORD_AUTHORIZE_URL": origin + str(oauth["authorize_path"]),
         "VOICETRACK_DISCORD_CA_BUNDLE": str(discord_info["ca_bundle"]),
+        "VOICETRACK_DISCORD_BOT_TOKEN": str(discord_info["bot_token"]),
         "VOICETRACK_WEB_SECRET_KEY": secret_key,
         "VOICETRACK_WEB_BASE_URL": base_url,
         "VOICETRACK_WEB_HOST": "127.0.0.1",
