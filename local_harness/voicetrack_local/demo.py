@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -360,11 +359,13 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         console.print("API writes by resource: " + ", ".join(
             f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])))
         console.print(f"final tracks in {out}")
-        web_s = float(os.environ.get("VOICETRACK_DEMO_WEB_SECONDS") or 0)
+        from voicetrack_local.web import DEMO_WEB_SECONDS_ENV, demo_web_seconds, serve
+        web_s = demo_web_seconds()
         if web_s > 0:  # the web page on this demo's meeting, logged in via the local Discord
-            from voicetrack_local.web import serve
+            console.print(f"web page on this meeting for {web_s:g} s "
+                          f"({DEMO_WEB_SECONDS_ENV}=600 keeps it open 10 minutes, 0 skips it):")
             serve(out / "discord", s3, database_url, out / "web.log", seconds=web_s,
-                  echo=console.print, extra_guilds=(GUILD,))
+                  echo=console.print, extra_guilds=(GUILD,), meeting_id=meeting_id)
         return out / "manifest.json"
     except Exception:
         for part in started:

@@ -23,6 +23,27 @@ from voicetrack.objectstore import S3Settings
 from voicetrack_local import procs
 from voicetrack_local.ports import free_port
 
+DEMO_WEB_SECONDS_ENV = "VOICETRACK_DEMO_WEB_SECONDS"
+DEMO_WEB_SECONDS = 3.0
+"""How long `voicetrack demo` serves the page after the demo by default (s): long enough
+to print its URL and log-in link and show it answers, short enough for `make demo` to end."""
+
+
+def demo_web_seconds() -> float:
+    """`VOICETRACK_DEMO_WEB_SECONDS` (s; 0 skips the page), default DEMO_WEB_SECONDS.
+    Raises RuntimeError naming the variable when it is not a number >= 0."""
+    raw = os.environ.get(DEMO_WEB_SECONDS_ENV, "").strip()
+    if not raw:
+        return DEMO_WEB_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RuntimeError(f"{DEMO_WEB_SECONDS_ENV}: {raw!r} is not a number of seconds") \
+            from None
+    if not value >= 0:
+        raise RuntimeError(f"{DEMO_WEB_SECONDS_ENV}: {raw!r} is below 0")
+    return value
+
 
 class WebLaunchError(RuntimeError):
     """The web process exited or did not answer `/healthz` in time (its log's tail)."""
@@ -104,11 +125,13 @@ class WebProcess:
 
 def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: Path,
           port: int | None = None, seconds: float | None = None,
-          echo: Any = print, extra_guilds: tuple[str, ...] = ()) -> None:
+          echo: Any = print, extra_guilds: tuple[str, ...] = (),
+          meeting_id: str | None = None) -> None:
     """`voicetrack local web`: start (or reuse) the local Discord of `discord_state_dir`,
     run the web page against `database_url` and `s3`, print its URL, the log-in link and
     who can log in, and serve until Ctrl-C (or `seconds`); a local Discord started here is
-    stopped at the end. `extra_guilds`: guild ids whose
+    stopped at the end. `meeting_id`: a meeting whose page URL is printed too.
+    `extra_guilds`: guild ids whose
     members the local Discord's users also are (a new local Discord only; the demo's).
     Raises WebLaunchError and `launcher.DiscordLaunchError`."""
     import json
@@ -132,6 +155,8 @@ def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: 
         names = [u["name"] for u in info["users"]]
         outsiders = [u["name"] for u in info["oauth2"]["outsiders"]]
         echo(f"web page: {web.base_url}/")
+        if meeting_id:
+            echo(f"meeting:  {web.base_url}/meetings/{meeting_id}  (after logging in)")
         echo(f"log in:   {web.login_url}  (the local Discord's form: {', '.join(names)} are "
              f"members of guild {info['guild_id']}, {names[0]} owns it; "
              f"{', '.join(outsiders)} is in another guild)")
