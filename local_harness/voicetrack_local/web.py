@@ -123,35 +123,56 @@ class WebProcess:
             self.record = None
 
 
-def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: Path,
-          port: int | None = None, seconds: float | None = None,
-          echo: Any = print, extra_guilds: tuple[str, ...] = (),
-          meeting_id: str | None = None) -> None:
-    """`voicetrack local web`: start (or reuse) the local Discord of `discord_state_dir`,
-    run the web page against `database_url` and `s3`, print its URL, the log-in link and
-    who can log in, and serve until Ctrl-C (or `seconds`); a local Discord started here is
-    stopped at the end. `meeting_id`: a meeting whose page URL is printed too.
-    `extra_guilds`: guild ids whose
-    members the local Discord's users also are (a new local Discord only; the demo's).
-    Raises WebLaunchError and `launcher.DiscordLaunchError`."""
-    import json
+class LocalWeb:
+    """The local Discord of `discord_state_dir` (started, or reused) and a `WebProcess`
+    against it: `start()` brings both up (the demo does it while promotion runs, so the
+    page costs it no start-up time at its end), `serve(seconds)` prints the page's URL,
+    the meeting's, the log-in link and who can log in, then serves until Ctrl-C or
+    `seconds`; `stop()` stops the web process and a local Discord started here.
+    `extra_guilds`: guild ids whose members the local Discord's users also are (a new
+    local Discord only; the demo's). Raises WebLaunchError, `launcher.DiscordLaunchError`."""
 
-    from voicetrack_local.discord import launcher
-    from voicetrack_local.discord.oauth2 import EXTRA_GUILDS_ENV
+    def __init__(self, discord_state_dir: Path, s3: S3Settings, database_url: str,
+                 log_path: Path, port: int | None = None,
+                 extra_guilds: tuple[str, ...] = ()) -> None:
+        self.state_dir = discord_state_dir
+        self.s3, self.database_url, self.log_path = s3, database_url, log_path
+        self.port, self.extra_guilds = port, extra_guilds
+        self.info: dict[str, Any] = {}
+        self.web: WebProcess | None = None
+        self.ours = False
 
-    ours = launcher.running(discord_state_dir) is None  # started here: stopped here
-    saved = os.environ.get(EXTRA_GUILDS_ENV)
-    os.environ[EXTRA_GUILDS_ENV] = ",".join(extra_guilds)
-    try:
-        info = json.loads(launcher.up(discord_state_dir).read_text())
-    finally:
-        if saved is None:
-            os.environ.pop(EXTRA_GUILDS_ENV, None)
-        else:
-            os.environ[EXTRA_GUILDS_ENV] = saved
-    web = WebProcess(info, s3, database_url, log_path, port=port)
-    web.start()
-    try:
+    def start(self) -> LocalWeb:
+        import json
+
+        from voicetrack_local.discord import launcher
+        from voicetrack_local.discord.oauth2 import EXTRA_GUILDS_ENV
+
+        self.ours = launcher.running(self.state_dir) is None  # started here: stopped here
+        saved = os.environ.get(EXTRA_GUILDS_ENV)
+        os.environ[EXTRA_GUILDS_ENV] = ",".join(self.extra_guilds)
+        try:
+            self.info = json.loads(launcher.up(self.state_dir).read_text())
+        finally:
+            if saved is None:
+                os.environ.pop(EXTRA_GUILDS_ENV, None)
+            else:
+                os.environ[EXTRA_GUILDS_ENV] = saved
+        self.web = WebProcess(self.info, self.s3, self.database_url, self.log_path,
+                              port=self.port)
+        try:
+            self.web.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def serve(self, seconds: float | None = None, echo: Any = print,
+              meeting_id: str | None = None) -> None:
+        """Print where the page is (and `meeting_id`'s page), then serve `seconds` (None:
+        until Ctrl-C). Raises WebLaunchError when the web process exits meanwhile."""
+        web, info = self.web, self.info
+        assert web is not None, "start() first"
         names = [u["name"] for u in info["users"]]
         outsiders = [u["name"] for u in info["oauth2"]["outsiders"]]
         echo(f"web page: {web.base_url}/")
@@ -160,15 +181,36 @@ def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: 
         echo(f"log in:   {web.login_url}  (the local Discord's form: {', '.join(names)} are "
              f"members of guild {info['guild_id']}, {names[0]} owns it; "
              f"{', '.join(outsiders)} is in another guild)")
-        echo(f"log:      {log_path}")
+        echo(f"log:      {self.log_path}")
         deadline = None if seconds is None else time.monotonic() + seconds
-        while deadline is None or time.monotonic() < deadline:
-            if web.record is None or not web.record.alive():
-                raise WebLaunchError(f"voicetrack-web exited:\n{web.tail()}")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                if web.record is None or not web.record.alive():
+                    raise WebLaunchError(f"voicetrack-web exited:\n{web.tail()}")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+    def stop(self) -> None:
+        from voicetrack_local.discord import launcher
+
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+        if self.ours:
+            launcher.down(self.state_dir)
+            self.ours = False
+
+
+def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: Path,
+          port: int | None = None, seconds: float | None = None,
+          echo: Any = print, extra_guilds: tuple[str, ...] = (),
+          meeting_id: str | None = None) -> None:
+    """`voicetrack local web`: `LocalWeb(...).start()`, `serve(seconds)` (until Ctrl-C when
+    None), then `stop()`. Raises WebLaunchError and `launcher.DiscordLaunchError`."""
+    local = LocalWeb(discord_state_dir, s3, database_url, log_path, port, extra_guilds)
+    local.start()
+    try:
+        local.serve(seconds, echo, meeting_id)
     finally:
-        web.stop()
-        if ours:
-            launcher.down(discord_state_dir)
+        local.stop()
