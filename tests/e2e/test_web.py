@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -56,10 +57,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
                  "--autoplay-policy=no-user-gesture-required"]
-AUDIO_MS = 8000
+AUDIO_MS = 23000
 HOSTILE_NICK = "<img src=x onerror=alert(1)>"
 GUILD_REFRESH_S = 3
-ALICE_TALKS = [(300, 2800)]
+# alice speaks again late: chunks (5 s) seal while someone speaks, so the live audio grows
+# while the page is open (a chunk with no packet at all waits for the stop).
+ALICE_TALKS = [(300, 2800), (11000, 13000), (16000, 19000)]
 BOB_TALKS = [(4200, 7400)]
 
 
@@ -118,11 +121,15 @@ def run_live_assembly(stack: Stack, root: str, guild: str, meeting: str) -> int:
     The live manifest's `durationMs` after it, 0 when nothing was assembled yet."""
     prefix = root[: -len(f"{guild}/{meeting}")].rstrip("/")
     res = subprocess.run(
-        [sys.executable, "-m", "voicetrack_transcoder.main", "live", "--prefix", prefix,
+        [str(Path(sys.executable).parent / "voicetrack-transcoder"), "live", "--prefix", prefix,
          "--guild-id", guild, "--meeting-id", meeting],
         env={**os.environ, **stack.s3.env()}, capture_output=True, text=True,
         timeout=120, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+    pieces = [k.rsplit("/", 2)[-2] for k in stack.store.list_keys(f"{root}/chunks/")
+              if k.endswith("/piece.json")]
+    print(f"{time.strftime('%H:%M:%S')} voicetrack-transcoder live: {res.stdout.strip()} "
+          f"(pieces of chunks {pieces})")
     if "live:" not in res.stdout:
         return 0
     return int(stack.store.get_json(f"{root}/live/manifest.json")["durationMs"])
@@ -299,7 +306,7 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
         "#live li.live-track", "els => els.map(e => [e.dataset.track, e.dataset.durationMs])")}
     assert set(first_ms) >= {alice, "mix"} and all(ms > 0 for ms in first_ms.values())
     so_far = live.locator(f"#live li[data-track='{alice}'] .so-far").inner_text()
-    assert so_far.startswith("so far, up to 0:0"), so_far
+    assert re.fullmatch(r"so far, up to 0:[0-5][0-9]", so_far), so_far
     live.wait_for_function(  # the player loads the live MP3 through its presigned link
         "() => [...document.querySelectorAll('#live audio')].every(a => a.duration > 1)",
         timeout=15_000)
@@ -348,7 +355,7 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     duration_s = detail["duration_ms"] / 1000
     for track in (alice, bob, "mix"):
         extents = column_extents(page, track)
-        assert sum(1 for e in extents if e > 4) > len(extents) * 0.1, f"{track}: blank"
+        assert sum(1 for e in extents if e > 4) > len(extents) * 0.05, f"{track}: blank"
     a_talk, a_quiet = spoke_where(column_extents(page, alice), duration_s, (0.6, 2.4),
                                   (4.6, 7.0))
     b_talk, b_quiet = spoke_where(column_extents(page, bob), duration_s, (4.6, 7.0),
