@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -342,6 +341,12 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         p50, p95, n = _latency(database_url, meeting_id)
         kubectl(kc.kubeconfig, "-n", NAMESPACE, "delete", "recsess", SESSION, "--wait=false")
         console.print("[green]RecordingSession deleted: stop → transcodes → promotion[/green]")
+        from voicetrack_local.web import DEMO_WEB_SECONDS_ENV, LocalWeb, demo_web_seconds
+        web_s = demo_web_seconds()
+        if web_s > 0:  # the web page comes up while promotion runs (no wait at the end)
+            web = LocalWeb(out / "discord", s3, database_url, out / "web.log",
+                           extra_guilds=(GUILD,))
+            started.append(web.start())
         _wait_deleted(kc.kubeconfig, 300)
         layout = MeetingLayout("recordings", GUILD, meeting_id)
         manifest = FinalManifest.model_validate(store.get_json(layout.final_manifest_key))
@@ -360,11 +365,10 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         console.print("API writes by resource: " + ", ".join(
             f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])))
         console.print(f"final tracks in {out}")
-        web_s = float(os.environ.get("VOICETRACK_DEMO_WEB_SECONDS") or 0)
         if web_s > 0:  # the web page on this demo's meeting, logged in via the local Discord
-            from voicetrack_local.web import serve
-            serve(out / "discord", s3, database_url, out / "web.log", seconds=web_s,
-                  echo=console.print, extra_guilds=(GUILD,))
+            console.print(f"web page on this meeting for {web_s:g} s "
+                          f"({DEMO_WEB_SECONDS_ENV}=600 keeps it open 10 minutes, 0 skips it):")
+            web.serve(web_s, echo=console.print, meeting_id=meeting_id)
         return out / "manifest.json"
     except Exception:
         for part in started:

@@ -23,6 +23,27 @@ from voicetrack.objectstore import S3Settings
 from voicetrack_local import procs
 from voicetrack_local.ports import free_port
 
+DEMO_WEB_SECONDS_ENV = "VOICETRACK_DEMO_WEB_SECONDS"
+DEMO_WEB_SECONDS = 3.0
+"""How long `voicetrack demo` serves the page after the demo by default (s): long enough
+to print its URL and log-in link and show it answers, short enough for `make demo` to end."""
+
+
+def demo_web_seconds() -> float:
+    """`VOICETRACK_DEMO_WEB_SECONDS` (s; 0 skips the page), default DEMO_WEB_SECONDS.
+    Raises RuntimeError naming the variable when it is not a number >= 0."""
+    raw = os.environ.get(DEMO_WEB_SECONDS_ENV, "").strip()
+    if not raw:
+        return DEMO_WEB_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RuntimeError(f"{DEMO_WEB_SECONDS_ENV}: {raw!r} is not a number of seconds") \
+            from None
+    if not value >= 0:
+        raise RuntimeError(f"{DEMO_WEB_SECONDS_ENV}: {raw!r} is below 0")
+    return value
+
 
 class WebLaunchError(RuntimeError):
     """The web process exited or did not answer `/healthz` in time (its log's tail)."""
@@ -30,7 +51,8 @@ class WebLaunchError(RuntimeError):
 
 def web_env(discord_info: dict[str, Any], s3: S3Settings, database_url: str, base_url: str,
             secret_key: str) -> dict[str, str]:
-    """The `VOICETRACK_*` variables `WebSettings.from_env` reads, for the local Discord."""
+    """The `VOICETRACK_*` variables `WebSettings.from_env` reads, for the local Discord
+    (its bot token too, so speakers show with their display names)."""
     api = str(discord_info["api_base"])
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(api))
     oauth = discord_info["oauth2"]
@@ -43,6 +65,7 @@ def web_env(discord_info: dict[str, Any], s3: S3Settings, database_url: str, bas
         "VOICETRACK_DISCORD_API_BASE": api,
         "VOICETRACK_DISCORD_AUTHORIZE_URL": origin + str(oauth["authorize_path"]),
         "VOICETRACK_DISCORD_CA_BUNDLE": str(discord_info["ca_bundle"]),
+        "VOICETRACK_DISCORD_BOT_TOKEN": str(discord_info["bot_token"]),
         "VOICETRACK_WEB_SECRET_KEY": secret_key,
         "VOICETRACK_WEB_BASE_URL": base_url,
         "VOICETRACK_WEB_HOST": "127.0.0.1",
@@ -100,48 +123,94 @@ class WebProcess:
             self.record = None
 
 
-def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: Path,
-          port: int | None = None, seconds: float | None = None,
-          echo: Any = print, extra_guilds: tuple[str, ...] = ()) -> None:
-    """`voicetrack local web`: start (or reuse) the local Discord of `discord_state_dir`,
-    run the web page against `database_url` and `s3`, print its URL, the log-in link and
-    who can log in, and serve until Ctrl-C (or `seconds`); a local Discord started here is
-    stopped at the end. `extra_guilds`: guild ids whose
-    members the local Discord's users also are (a new local Discord only; the demo's).
-    Raises WebLaunchError and `launcher.DiscordLaunchError`."""
-    import json
+class LocalWeb:
+    """The local Discord of `discord_state_dir` (started, or reused) and a `WebProcess`
+    against it: `start()` brings both up (the demo does it while promotion runs, so the
+    page costs it no start-up time at its end), `serve(seconds)` prints the page's URL,
+    the meeting's, the log-in link and who can log in, then serves until Ctrl-C or
+    `seconds`; `stop()` stops the web process and a local Discord started here.
+    `extra_guilds`: guild ids whose members the local Discord's users also are (a new
+    local Discord only; the demo's). Raises WebLaunchError, `launcher.DiscordLaunchError`."""
 
-    from voicetrack_local.discord import launcher
-    from voicetrack_local.discord.oauth2 import EXTRA_GUILDS_ENV
+    def __init__(self, discord_state_dir: Path, s3: S3Settings, database_url: str,
+                 log_path: Path, port: int | None = None,
+                 extra_guilds: tuple[str, ...] = ()) -> None:
+        self.state_dir = discord_state_dir
+        self.s3, self.database_url, self.log_path = s3, database_url, log_path
+        self.port, self.extra_guilds = port, extra_guilds
+        self.info: dict[str, Any] = {}
+        self.web: WebProcess | None = None
+        self.ours = False
 
-    ours = launcher.running(discord_state_dir) is None  # started here: stopped here
-    saved = os.environ.get(EXTRA_GUILDS_ENV)
-    os.environ[EXTRA_GUILDS_ENV] = ",".join(extra_guilds)
-    try:
-        info = json.loads(launcher.up(discord_state_dir).read_text())
-    finally:
-        if saved is None:
-            os.environ.pop(EXTRA_GUILDS_ENV, None)
-        else:
-            os.environ[EXTRA_GUILDS_ENV] = saved
-    web = WebProcess(info, s3, database_url, log_path, port=port)
-    web.start()
-    try:
+    def start(self) -> LocalWeb:
+        import json
+
+        from voicetrack_local.discord import launcher
+        from voicetrack_local.discord.oauth2 import EXTRA_GUILDS_ENV
+
+        self.ours = launcher.running(self.state_dir) is None  # started here: stopped here
+        saved = os.environ.get(EXTRA_GUILDS_ENV)
+        os.environ[EXTRA_GUILDS_ENV] = ",".join(self.extra_guilds)
+        try:
+            self.info = json.loads(launcher.up(self.state_dir).read_text())
+        finally:
+            if saved is None:
+                os.environ.pop(EXTRA_GUILDS_ENV, None)
+            else:
+                os.environ[EXTRA_GUILDS_ENV] = saved
+        self.web = WebProcess(self.info, self.s3, self.database_url, self.log_path,
+                              port=self.port)
+        try:
+            self.web.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def serve(self, seconds: float | None = None, echo: Any = print,
+              meeting_id: str | None = None) -> None:
+        """Print where the page is (and `meeting_id`'s page), then serve `seconds` (None:
+        until Ctrl-C). Raises WebLaunchError when the web process exits meanwhile."""
+        web, info = self.web, self.info
+        assert web is not None, "start() first"
         names = [u["name"] for u in info["users"]]
         outsiders = [u["name"] for u in info["oauth2"]["outsiders"]]
         echo(f"web page: {web.base_url}/")
+        if meeting_id:
+            echo(f"meeting:  {web.base_url}/meetings/{meeting_id}  (after logging in)")
         echo(f"log in:   {web.login_url}  (the local Discord's form: {', '.join(names)} are "
              f"members of guild {info['guild_id']}, {names[0]} owns it; "
              f"{', '.join(outsiders)} is in another guild)")
-        echo(f"log:      {log_path}")
+        echo(f"log:      {self.log_path}")
         deadline = None if seconds is None else time.monotonic() + seconds
-        while deadline is None or time.monotonic() < deadline:
-            if web.record is None or not web.record.alive():
-                raise WebLaunchError(f"voicetrack-web exited:\n{web.tail()}")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                if web.record is None or not web.record.alive():
+                    raise WebLaunchError(f"voicetrack-web exited:\n{web.tail()}")
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+    def stop(self) -> None:
+        from voicetrack_local.discord import launcher
+
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+        if self.ours:
+            launcher.down(self.state_dir)
+            self.ours = False
+
+
+def serve(discord_state_dir: Path, s3: S3Settings, database_url: str, log_path: Path,
+          port: int | None = None, seconds: float | None = None,
+          echo: Any = print, extra_guilds: tuple[str, ...] = (),
+          meeting_id: str | None = None) -> None:
+    """`voicetrack local web`: `LocalWeb(...).start()`, `serve(seconds)` (until Ctrl-C when
+    None), then `stop()`. Raises WebLaunchError and `launcher.DiscordLaunchError`."""
+    local = LocalWeb(discord_state_dir, s3, database_url, log_path, port, extra_guilds)
+    local.start()
+    try:
+        local.serve(seconds, echo, meeting_id)
     finally:
-        web.stop()
-        if ours:
-            launcher.down(discord_state_dir)
+        local.stop()

@@ -59,11 +59,36 @@ def test_web_renders_only_when_enabled(helm: Helm) -> None:  # noqa: F811
         "name": "ro-db", "key": "url"}
 
 
+def test_web_bot_token_is_the_bots_or_its_own_secret(helm: Helm) -> None:  # noqa: F811
+    def env(*extra: str) -> dict[str, Any]:
+        objs = web_objects(helm("template", "v", str(CHART), *KUBE, *ON, *extra).stdout)
+        pod = objs["Deployment"]["spec"]["template"]["spec"]
+        assert pod["volumes"][0]["emptyDir"] == {"sizeLimit": "4Gi"}
+        return {e["name"]: e for e in pod["containers"][0]["env"]}
+
+    plain = env()
+    assert "VOICETRACK_DISCORD_BOT_TOKEN" not in plain
+    assert plain["VOICETRACK_WEB_GUILD_REFRESH_SECONDS"]["value"] == "300"
+    assert plain["VOICETRACK_WEB_NAMES_TTL_SECONDS"]["value"] == "600"
+    with_bot = env("--set", "bot.enabled=true", "--set-string", "bot.token=abc")
+    assert with_bot["VOICETRACK_DISCORD_BOT_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "v-voicetrack-bot", "key": "token"}
+    with_bots_own = env("--set", "bot.enabled=true", "--set", "bot.existingSecret=botsec")
+    assert with_bots_own["VOICETRACK_DISCORD_BOT_TOKEN"]["valueFrom"]["secretKeyRef"][
+        "name"] == "botsec"
+    own = env("--set", "bot.enabled=true", "--set", "bot.existingSecret=botsec",
+              "--set", "web.discordTokenSecret=web-tok")
+    assert own["VOICETRACK_DISCORD_BOT_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "web-tok", "key": "token"}
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("--set", "web.enabled=true"), "needs a database it can reach"),
     ((*ON, "--set", "web.baseUrl=voicetrack.example.com"), "/web/baseUrl"),
     ((*ON, "--set", "web.sessionSecret=short"), "/web/sessionSecret"),
     ((*ON, "--set", "web.bogus=1"), "bogus"),
+    ((*ON, "--set", "web.guildRefreshSeconds=0"), "/web/guildRefreshSeconds"),
+    ((*ON, "--set", "web.tmpSizeLimit=lots"), "/web/tmpSizeLimit"),
 ])
 def test_bad_web_values_are_refused(helm: Helm, args: tuple[str, ...],  # noqa: F811
                                     message: str) -> None:

@@ -8,7 +8,11 @@ a waveform per track with its peaks where the speaker spoke; one Play (pressed w
 keyboard) advancing every track's `currentTime` together; a download whose sha256 is the
 `recordings` row's; 404 for a member who did not speak and for a user of another guild (page,
 JSON, download, audio); a forged or expired cookie refused; phone-width screenshots.
-Screenshots go to out/screenshots/.
+Also: the live meeting's "audio so far" players, refreshed when `live/manifest.json`
+changes; the "Download all (zip)" bundle (its `.lof` names every FLAC, each decodes to the
+meeting's length); speakers by guild display name, a hostile nickname shown as text; a
+member removed from the guild loses access at the next guild-list refresh, and a revoked
+Discord token ends the session. Screenshots go to out/screenshots/.
 """
 
 from __future__ import annotations
@@ -18,9 +22,17 @@ import concurrent.futures
 import hashlib
 import io
 import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 import wave
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +57,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
                  "--autoplay-policy=no-user-gesture-required"]
-AUDIO_MS = 8000
-ALICE_TALKS = [(300, 2800)]
+AUDIO_MS = 23000
+HOSTILE_NICK = "<img src=x onerror=alert(1)>"
+GUILD_REFRESH_S = 3
+# alice speaks again late: chunks (5 s) seal while someone speaks, so the live audio grows
+# while the page is open (a chunk with no packet at all waits for the stop).
+ALICE_TALKS = [(300, 2800), (11000, 13000), (16000, 19000)]
 BOB_TALKS = [(4200, 7400)]
 
 
@@ -82,9 +98,56 @@ def discord_info(tmp_path: Path) -> Iterator[dict[str, Any]]:
         launcher.down(state)
 
 
+def discord_call(info: dict[str, Any], method: str, path: str, headers: dict[str, str],
+                 form: dict[str, str] | None = None, body: Any = None) -> int:
+    """One request to the local Discord's REST API (its harness CA trusted); the status."""
+    data = None
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode()
+        headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+    elif body is not None:
+        data = json.dumps(body).encode()
+        headers = {**headers, "Content-Type": "application/json"}
+    req = urllib.request.Request(f"{info['api_base']}{path}", data=data, method=method,
+                                 headers=headers)
+    ctx = ssl.create_default_context(cafile=str(info["ca_bundle"]))
+    with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+        return int(resp.status)
+
+
+def run_live_assembly(stack: Stack, root: str, guild: str, meeting: str) -> int:
+    """`voicetrack-transcoder live` against the live session, as the operator's periodic
+    trigger will (the `live` engineer's work): until it lands, this test runs it itself.
+    The live manifest's `durationMs` after it, 0 when nothing was assembled yet."""
+    prefix = root[: -len(f"{guild}/{meeting}")].rstrip("/")
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "voicetrack-transcoder"), "live", "--prefix", prefix,
+         "--guild-id", guild, "--meeting-id", meeting],
+        env={**os.environ, **stack.s3.env()}, capture_output=True, text=True,
+        timeout=120, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    pieces = [k.rsplit("/", 2)[-2] for k in stack.store.list_keys(f"{root}/chunks/")
+              if k.endswith("/piece.json")]
+    print(f"{time.strftime('%H:%M:%S')} voicetrack-transcoder live: {res.stdout.strip()} "
+          f"(pieces of chunks {pieces})")
+    if "live:" not in res.stdout:
+        return 0
+    return int(stack.store.get_json(f"{root}/live/manifest.json")["durationMs"])
+
+
+def flac_samples(path: Path) -> int:
+    """Samples per channel of a FLAC, by decoding all of it (ffmpeg)."""
+    res = subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-i", str(path),
+                          "-f", "s16le", "-ac", "1", "-ar", "48000", "-"],
+                         capture_output=True, timeout=120, check=True)
+    assert not res.stderr, res.stderr
+    return len(res.stdout) // 2
+
+
 @pytest.fixture
 def web(stack: Stack, discord_info: dict[str, Any], tmp_path: Path) -> Iterator[WebProcess]:
-    proc = WebProcess(discord_info, stack.s3, stack.database_url, tmp_path / "web.log")
+    proc = WebProcess(discord_info, stack.s3, stack.database_url, tmp_path / "web.log",
+                      extra_env={"VOICETRACK_WEB_GUILD_REFRESH_SECONDS": str(GUILD_REFRESH_S)})
     proc.start()
     try:
         yield proc
@@ -167,13 +230,19 @@ def spoke_where(extents: list[int], duration_s: float, talk: tuple[float, float]
 
 
 def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any],
-                  web: WebProcess, browser: Browser) -> None:
+                  web: WebProcess, browser: Browser, tmp_path: Path) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     ns = e2e_namespace
     guild = discord_info["guild_id"]
     users = {u["name"]: u["id"] for u in discord_info["users"]}
+    tokens = {u["name"]: u["token"] for u in discord_info["users"]}
     alice, bob = users["alice"], users["bob"]
     outsider = discord_info["oauth2"]["outsiders"][0]["name"]
+    # bob gives himself a hostile nickname (Modify Current Member, his own token): the
+    # page must show it as text wherever his name appears.
+    assert discord_call(discord_info, "PATCH", f"/guilds/{guild}/members/@me",
+                        {"Authorization": f"Bot {tokens['bob']}"},
+                        body={"nick": HOSTILE_NICK}) == 200
 
     # A short session: alice speaks first, bob second (both members of the guild).
     keys = []
@@ -212,10 +281,62 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
           return td && td.textContent !== first;
         }""", arg=[meeting, first], timeout=60_000)
     page.screenshot(path=str(SHOTS / "meetings-live.png"), full_page=True)
+    names_cell = row.locator("td[data-label=Speakers]")
+    page.wait_for_function(
+        "([id, nick]) => document.querySelector(`tr[data-id='${id}'] td[data-label=Speakers]`)"
+        ".textContent.includes(nick)", arg=[meeting, HOSTILE_NICK], timeout=15_000)
+    assert "alice" in names_cell.inner_text() and names_cell.locator("img").count() == 0
+
+    # The live meeting page: the audio so far, from live/manifest.json (assembled here by
+    # `voicetrack-transcoder live`, as the operator's trigger will), refreshed in place.
+    root = wait_for("a chunk row naming the meeting's keys", lambda: next(
+        (r.pcm_path.split("/chunks/")[0] for r in db(
+            stack, lambda s: s.get_temp_recordings_for_meeting(meeting))
+         if str(getattr(r.transcode_status, "value", r.transcode_status)) == "done"),
+        None), 90)
+    wait_for("a live assembly", lambda: run_live_assembly(stack, root, guild, meeting), 90)
+    dialogs: list[str] = []
+    live = ctx.new_page()
+    live.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    live.goto(f"{web.base_url}/meetings/{meeting}")
+    live.wait_for_selector("#live li.live-track", timeout=30_000)
+    live.evaluate("window.__sameDocument = true")
+    first_version = live.eval_on_selector("#live", "e => e.dataset.version")
+    first_ms = {t: int(v) for t, v in live.eval_on_selector_all(
+        "#live li.live-track", "els => els.map(e => [e.dataset.track, e.dataset.durationMs])")}
+    assert set(first_ms) >= {alice, "mix"} and all(ms > 0 for ms in first_ms.values())
+    so_far = live.locator(f"#live li[data-track='{alice}'] .so-far").inner_text()
+    assert re.fullmatch(r"so far, up to 0:[0-5][0-9]", so_far), so_far
+    live.wait_for_function(  # the player loads the live MP3 through its presigned link
+        "() => [...document.querySelectorAll('#live audio')].every(a => a.duration > 1)",
+        timeout=15_000)
+    live.screenshot(path=str(SHOTS / "meeting-live.png"), full_page=True)
+    with live.expect_response(lambda r: r.url.endswith(f"/live-link/{alice}")) as answer:
+        live.locator(f"#live li[data-track='{alice}'] button.download").click()
+    link = answer.value.json()
+    with urllib.request.urlopen(link["url"], timeout=30) as resp:
+        live_mp3 = resp.read()
+    manifest_key = f"{root}/live/manifest.json"
+    live_doc = stack.store.get_json(manifest_key)
+    sha = next(t["sha256"] for t in live_doc["tracks"] if t["track"] == alice)
+    assert hashlib.sha256(live_mp3).hexdigest() == sha
 
     # Stop when the audio is in; the list turns to completed by itself.
     wait_for("the audio to be recorded", lambda: (kget(stack, ns, "webcall") or {}).get(
         "status", {}).get("recordedSeconds", 0) * 1000 >= AUDIO_MS + 500, 90)
+
+    # A second chunk is in: the next assembly is longer, and the open page shows it
+    # without a reload.
+    wait_for("a longer live assembly", lambda: run_live_assembly(
+        stack, root, guild, meeting) > live_doc["durationMs"], 120, every_s=2)
+    live.wait_for_function("(v) => document.querySelector('#live').dataset.version !== v",
+                           arg=first_version, timeout=15_000)
+    later = dict(live.eval_on_selector_all(
+        "#live li.live-track", "els => els.map(e => [e.dataset.track, +e.dataset.durationMs])"))
+    assert later[alice] > first_ms[alice], (first_ms, later)
+    assert live.evaluate("window.__sameDocument") is True and not dialogs
+    assert live.locator("#live img").count() == 0
+    live.close()
     stack.kubectl("-n", ns, "delete", "recsess", "webcall", "--wait=false")
     wait_for("promotion", lambda: kget(stack, ns, "webcall") is None, 240, every_s=1)
     page.wait_for_selector(f"tr[data-id='{meeting}'][data-status=completed]", timeout=30_000)
@@ -234,13 +355,42 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     duration_s = detail["duration_ms"] / 1000
     for track in (alice, bob, "mix"):
         extents = column_extents(page, track)
-        assert sum(1 for e in extents if e > 4) > len(extents) * 0.1, f"{track}: blank"
+        assert sum(1 for e in extents if e > 4) > len(extents) * 0.05, f"{track}: blank"
     a_talk, a_quiet = spoke_where(column_extents(page, alice), duration_s, (0.6, 2.4),
                                   (4.6, 7.0))
     b_talk, b_quiet = spoke_where(column_extents(page, bob), duration_s, (4.6, 7.0),
                                   (0.6, 2.4))
     assert a_talk > 4 * max(a_quiet, 1.0), (a_talk, a_quiet)
     assert b_talk > 4 * max(b_quiet, 1.0), (b_talk, b_quiet)
+
+    # Speakers by display name; the hostile nickname is text, never markup.
+    assert page.locator(f"#label-{bob}").inner_text() == HOSTILE_NICK
+    assert page.locator("#player img, .speaker img").count() == 0
+    assert HOSTILE_NICK in page.locator("main").inner_text()
+
+    # Download all (zip): built from the final tracks by `RecordingsReader.bundle` (the
+    # CLI's code), streamed; the .lof names every FLAC, each decodes to the meeting's length.
+    with page.expect_download(timeout=120_000) as dl:
+        page.get_by_role("button", name="Download all (zip)").click()
+    zpath = tmp_path / "bundle.zip"
+    dl.value.save_as(zpath)
+    assert dl.value.suggested_filename == f"voicetrack-{meeting}.zip"
+    unpacked = tmp_path / "bundle"
+    with zipfile.ZipFile(zpath) as zf:
+        zf.extractall(unpacked)
+        members = zf.namelist()
+    folder = unpacked / f"voicetrack-{meeting}"
+    lof = (folder / f"{meeting}.lof").read_text()
+    flacs = sorted(p.name for p in folder.glob("*.flac"))
+    assert flacs == sorted([f"{alice}.flac", f"{bob}.flac", "mix.flac"]), members
+    assert sorted(ln.split('"')[1] for ln in lof.splitlines()) == flacs, lof
+    final_manifest = json.loads((folder / "manifest.json").read_bytes())
+    assert (folder / "timeline.json").is_file()
+    for name in flacs:
+        assert flac_samples(folder / name) == final_manifest["durationMs"] * 48, name
+    wait_for("the zip's work directory to be deleted", lambda: not list(
+        Path(tempfile.gettempdir()).glob("voicetrack-web-zip-*")), 10)
+    assert ctx.request.post(f"{web.base_url}/meetings/{meeting}/bundle").status == 403
 
     # Keyboard: Tab to "Play all" (visible focus), Space plays every track together.
     for _ in range(30):
@@ -293,14 +443,23 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     page.reload()
     page.wait_for_selector("#timeline:not([hidden]) .seg", timeout=15_000)
     assert page.locator("#timeline .lane").count() == 2
-    page.locator(f'#timeline .seg[aria-label^="Speaker {bob} "]').first.click()
+    page.locator(f"#timeline .seg[data-speaker='{bob}']").first.click()
     at = page.evaluate("[...document.querySelectorAll('audio')].map(a => a.currentTime)")
     assert all(abs(t - at[0]) < 0.05 for t in at) and 3.0 < at[0] < 8.0, at
     page.screenshot(path=str(SHOTS / "meeting-timeline.png"), full_page=True)
 
-    # bob spoke: he sees it too.
+    # bob spoke: he sees it too, until he is removed from the guild (Remove Guild Member,
+    # by the bot): the next guild-list refresh (GUILD_REFRESH_S) takes his access away.
     bctx, bpage = log_in(browser, web, "bob")
     assert bpage.goto(f"{web.base_url}/meetings/{meeting}").status == 200  # type: ignore[union-attr]
+    assert discord_call(discord_info, "DELETE", f"/guilds/{guild}/members/{bob}",
+                        {"Authorization": f"Bot {discord_info['bot_token']}"}) == 204
+    assert bpage.goto(f"{web.base_url}/meetings/{meeting}").status == 200  # type: ignore[union-attr]
+    time.sleep(GUILD_REFRESH_S + 0.5)
+    assert bpage.goto(f"{web.base_url}/meetings/{meeting}").status == 404  # type: ignore[union-attr]
+    assert bctx.request.get(f"{web.base_url}/api/meetings/{meeting}").status == 404
+    bpage.goto(f"{web.base_url}/")
+    assert bpage.locator(f"a[href='/guilds/{guild}']").count() == 0
     bctx.close()
 
     # carol (a member who did not speak) and the outsider (another guild): 404 everywhere.
@@ -316,6 +475,8 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
                                 max_redirects=0).status == 404
         assert octx.request.post(f"{base}/api/meetings/{meeting}/link/{bob}",
                                  headers={"X-CSRF-Token": token}).status == 404
+        assert octx.request.post(f"{base}/meetings/{meeting}/bundle",
+                                 form={"csrf_token": token}).status == 404
         guild_status = octx.request.get(f"{base}/api/guilds/{guild}/meetings")
         if who == outsider:
             assert guild_status.status == 404
@@ -346,6 +507,23 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
             assert p2.url == web.base_url + "/"
             assert p2.get_by_role("link", name="Log in with Discord").is_visible()
         c2.close()
+
+    # A revoked Discord token (RFC 7009, with the app's credentials) ends the session at
+    # the next refresh: JSON answers 401, pages ask to log in again.
+    rctx, rpage = log_in(browser, web, "alice")
+    rcookie = next(c for c in rctx.cookies() if c["name"] == "voicetrack_session")
+    access = json.loads(base64.b64decode(rcookie["value"].split(".")[0]))["token"]
+    oauth = discord_info["oauth2"]
+    assert discord_call(discord_info, "POST", "/oauth2/token/revoke", {}, form={
+        "token": access, "client_id": oauth["client_id"],
+        "client_secret": oauth["client_secret"]}) == 200
+    assert rctx.request.get(f"{web.base_url}/api/meetings/{meeting}").status == 200
+    time.sleep(GUILD_REFRESH_S + 0.5)
+    rpage.goto(f"{web.base_url}/meetings/{meeting}")
+    assert rpage.url == web.base_url + "/?error=expired"
+    assert rpage.get_by_role("alert").inner_text().startswith("Your Discord log-in expired")
+    assert rctx.request.get(f"{web.base_url}/api/meetings/{meeting}").status == 401
+    rctx.close()
 
     # The OAuth2 state must come back: a callback without it is refused.
     c3 = new_context(browser)

@@ -8,7 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from voicetrack_web.discord import DiscordOAuth, guild_access
+from voicetrack.manifests import FinalManifest
+from voicetrack_web.access import meeting_root
+from voicetrack_web.discord import DiscordOAuth, display_name, guild_access
+from voicetrack_web.downloads import live_version
 from voicetrack_web.settings import WebSettings
 
 pytestmark = pytest.mark.unit
@@ -65,3 +68,59 @@ def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, name: str, valu
         monkeypatch.setenv(k, v)
     with pytest.raises(RuntimeError, match=message):
         WebSettings.from_env()
+
+
+def test_new_settings_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    settings = WebSettings.from_env()
+    assert settings.bot_token is None and settings.guild_refresh_s == 300
+    monkeypatch.setenv("VOICETRACK_DISCORD_BOT_TOKEN", "tok")
+    monkeypatch.setenv("VOICETRACK_WEB_GUILD_REFRESH_SECONDS", "7")
+    monkeypatch.setenv("VOICETRACK_WEB_NAMES_TTL_SECONDS", "0")
+    settings = WebSettings.from_env()
+    assert (settings.bot_token, settings.guild_refresh_s, settings.names_ttl_s) == ("tok", 7, 0)
+    monkeypatch.setenv("VOICETRACK_WEB_GUILD_REFRESH_SECONDS", "0")
+    with pytest.raises(RuntimeError, match="VOICETRACK_WEB_GUILD_REFRESH_SECONDS: 0"):
+        WebSettings.from_env()
+    monkeypatch.setenv("VOICETRACK_WEB_GUILD_REFRESH_SECONDS", "soon")
+    with pytest.raises(RuntimeError, match="VOICETRACK_WEB_GUILD_REFRESH_SECONDS: 'soon'"):
+        WebSettings.from_env()
+
+
+@pytest.mark.parametrize(("member", "name"), [
+    ({"nick": "Nick", "user": {"global_name": "Global", "username": "user"}}, "Nick"),
+    ({"nick": None, "user": {"global_name": "Global", "username": "user"}}, "Global"),
+    ({"nick": "", "user": {"global_name": None, "username": "user"}}, "user"),
+    ({"user": {}}, None),
+])
+def test_display_name_is_nick_then_global_then_username(member: dict[str, object],
+                                                        name: str | None) -> None:
+    assert display_name(member) == name
+
+
+@pytest.mark.parametrize(("key", "root"), [
+    ("recordings/300000000000000001/abcdEFGH12345678/chunks/000000/1.pcm",
+     "recordings/300000000000000001/abcdEFGH12345678"),
+    ("300000000000000001/abcdEFGH12345678/final/mix.mp3",
+     "300000000000000001/abcdEFGH12345678"),
+    ("a/b/x300000000000000001/abcdEFGH12345678/final/mix.mp3", None),
+    ("elsewhere/mix.mp3", None),
+    (None, None),
+])
+def test_meeting_root_from_an_object_key(key: str | None, root: str | None) -> None:
+    assert meeting_root(key, "300000000000000001", "abcdEFGH12345678") == root
+
+
+def test_live_version_changes_with_any_track() -> None:
+    def manifest(sha: str, ms: int) -> FinalManifest:
+        return FinalManifest.model_validate({
+            "toolVersion": "t", "meetingId": "abcdEFGH12345678", "durationMs": ms,
+            "recordedMs": ms, "pausedMs": 0, "tracks": [{
+                "track": "mix", "kind": "mixed", "format": "mp3", "key": "k/live/mix.mp3",
+                "bytes": 1, "sha256": sha, "durationMs": ms}]})
+
+    a = live_version(manifest("a" * 64, 5000))
+    assert a == live_version(manifest("a" * 64, 5000))
+    assert a != live_version(manifest("b" * 64, 5000))
+    assert a != live_version(manifest("a" * 64, 10000))

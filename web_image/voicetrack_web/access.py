@@ -68,6 +68,9 @@ class MeetingView:
     duration_ms: int | None = None
     tracks: list[Track] = field(default_factory=list)
     failure_reason: str | None = None
+    root: str | None = None
+    """`<prefix>/<guild>/<meeting>`, read from an object key of the meeting (a final
+    track's or a chunk's); None when no row names one yet."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape of `/api/...` answers (times ISO 8601 UTC; no object keys)."""
@@ -165,11 +168,13 @@ class MeetingAccess:
             return []
         temp = await s.execute(select(
             TempRecording.meeting_id, TempRecording.chunk_index, TempRecording.user_id,
-            TempRecording.transcode_status).where(TempRecording.meeting_id.in_(ids)))
+            TempRecording.transcode_status, TempRecording.pcm_path)
+            .where(TempRecording.meeting_id.in_(ids)))
         chunk_sets: dict[str, set[int]] = {}
         speakers: dict[str, set[str]] = {i: set() for i in ids}
-        for mid, index, user, status in temp:
+        for mid, index, user, status, pcm_path in temp:
             v = views[mid]
+            v.root = v.root or meeting_root(pcm_path, v.guild_id, v.id)
             key = str(getattr(status, "value", status))
             v.chunks[key] = v.chunks.get(key, 0) + 1
             if index is not None:
@@ -183,6 +188,7 @@ class MeetingAccess:
             if r.kind == RecordingKind.SPEAKER.value and r.user_id:
                 speakers[r.meeting_id].add(r.user_id)
             if r.object_key:
+                v.root = v.root or meeting_root(r.object_key, v.guild_id, v.id)
                 v.tracks.append(Track(r.user_id or MIX_TRACK, r.kind, r.format or "mp3",
                                       r.object_key, r.sha256, r.duration_in_ms, r.bytes))
             if r.duration_in_ms is not None:
@@ -194,3 +200,18 @@ class MeetingAccess:
                 end = v.ended_at or datetime.now(v.started_at.tzinfo)
                 v.duration_ms = max(0, int((end - v.started_at).total_seconds() * 1000))
         return [views[i] for i in ids]
+
+
+def meeting_root(key: str | None, guild_id: str, meeting_id: str) -> str | None:
+    """`<prefix>/<guild>/<meeting>` of an object key written under that meeting's
+    `voicetrack.layout.MeetingLayout` (`<root>/chunks/...`, `<root>/final/...`); None for
+    a key of another layout."""
+    if not key:
+        return None
+    tail = f"{guild_id}/{meeting_id}/"
+    at = key.find(tail)
+    while at > 0 and key[at - 1] != "/":
+        at = key.find(tail, at + 1)
+    if at < 0:
+        return None
+    return key[: at + len(tail) - 1]

@@ -14,6 +14,12 @@ Routes (every one behind the log-in but `/`, `/auth/*`, `/healthz` and `/static`
     GET  /api/meetings/{meeting}/timeline      `final/timeline.json`, 404 when absent
     GET  /meetings/{meeting}/audio/{track}     302 to a presigned URL (for the <audio> players)
     POST /api/meetings/{meeting}/link/{track}  (CSRF) {url, expires_in_seconds, format}
+    POST /meetings/{meeting}/bundle            (CSRF form) the Audacity zip, streamed
+    GET  /api/meetings/{meeting}/live          the audio so far (`live/manifest.json`)
+    GET  /meetings/{meeting}/live/{track}      302 to a presigned URL of the live track
+    POST /api/meetings/{meeting}/live-link/{track} (CSRF) {url, expires_in_seconds, format}
+
+Speakers are shown by their guild display name (`members.MemberNames`, bot token) or id.
 
 Unknown, another guild's and not-visible meetings are all 404, on pages and JSON alike
 (`access.MeetingAccess`). Without a valid cookie, pages redirect to `/` and JSON answers
@@ -29,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,111 +49,40 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voicetrack.errors import NotFoundError
-from voicetrack.objectstore import ObjectStore
-from voicetrack_web.access import MeetingAccess, MeetingView, Viewer, read_only_engine
-from voicetrack_web.discord import DiscordAuthError, DiscordOAuth
+from voicetrack_web import downloads
+from voicetrack_web.access import MeetingView
+from voicetrack_web.context import (
+    HERE,
+    Redirect,
+    State,
+    check_csrf,
+    meeting_of,
+    not_found,
+    page,
+    refresh_guilds,
+    require_viewer,
+    state_of,
+    track_of,
+)
+from voicetrack_web.discord import DiscordAuthError
 from voicetrack_web.settings import WebSettings
 
-HERE = Path(__file__).parent
 SESSION_COOKIE = "voicetrack_session"
 AUDIO_LINK_S = 3600
 """Validity (s) of the presigned URLs the players stream from (one listening session)."""
 
 
-class State:
-    """What the process shares: settings, the Discord client, the DB access, the store."""
-
-    def __init__(self, settings: WebSettings) -> None:
-        self.settings = settings
-        self.discord = DiscordOAuth(settings)
-        self.engine = read_only_engine(settings.database_url)
-        self.access = MeetingAccess(self.engine)
-        self.store = ObjectStore(settings.s3)
-
-    async def close(self) -> None:
-        await self.discord.close()
-        await self.engine.dispose()
-
-
-def _state(request: Request) -> State:
-    state: State = request.app.state.voicetrack
-    return state
-
-
-def _viewer(request: Request) -> Viewer | None:
-    s = request.session
-    if "uid" not in s:
-        return None
-    return Viewer(s["uid"], {g[0]: bool(g[2]) for g in s.get("guilds", [])})
-
-
-def _require_viewer(request: Request, api: bool) -> Viewer:
-    viewer = _viewer(request)
-    if viewer is None:
-        if api:
-            raise HTTPException(401, "log in first")
-        raise _Redirect("/")
-    return viewer
-
-
-class _Redirect(Exception):
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-
-def _check_csrf(request: Request, supplied: str | None) -> None:
-    """403 unless `supplied` is the session's CSRF token and `Origin` (when sent) is ours."""
-    expected = request.session.get("csrf")
-    if not expected or not supplied or not secrets.compare_digest(str(supplied), expected):
-        raise HTTPException(403, "CSRF token missing or wrong")
-    origin = request.headers.get("origin")
-    base = urlsplit(_state(request).settings.base_url)
-    if origin and origin != f"{base.scheme}://{base.netloc}":
-        raise HTTPException(403, "cross-origin request")
-
-
-def _not_found() -> HTTPException:
-    return HTTPException(404, "no such meeting")
-
-
-async def _meeting(request: Request, api: bool) -> tuple[Viewer, MeetingView]:
-    viewer = _require_viewer(request, api)
-    view = await _state(request).access.meeting(viewer, request.path_params["meeting"])
-    if view is None:
-        raise _not_found()
-    return viewer, view
-
-
-def _track(view: MeetingView, name: str) -> Any:
-    track = next((t for t in view.tracks if t.track == name), None)
-    if track is None:
-        raise _not_found()
-    return track
-
-
-def _templates() -> Jinja2Templates:
-    return Jinja2Templates(directory=str(HERE / "templates"))
-
-
-TEMPLATES = _templates()
-
-
-def _page(request: Request, name: str, **ctx: Any) -> Response:
-    s = request.session
-    return TEMPLATES.TemplateResponse(request, name, {
-        "user": {"id": s["uid"], "name": s["name"]} if "uid" in s else None,
-        "csrf": s.get("csrf", ""), "guilds": s.get("guilds", []), **ctx})
-
-
 # -- pages ------------------------------------------------------------------------------
 
 async def index(request: Request) -> Response:
-    """`/`: the log-in button, or the guilds the user can see."""
-    return _page(request, "index.html", error=request.query_params.get("error"))
+    """`/`: the log-in button, or the guilds the user can see (refreshed when stale;
+    `?error=expired` when Discord refused the saved token)."""
+    if "uid" in request.session and not await refresh_guilds(request):
+        return RedirectResponse("/?error=expired", 303)
+    return page(request, "index.html", error=request.query_params.get("error"))
 
 
 async def login(request: Request) -> Response:
@@ -155,7 +90,7 @@ async def login(request: Request) -> Response:
     state = secrets.token_urlsafe(24)
     request.session.clear()
     request.session["oauth_state"] = state
-    return RedirectResponse(_state(request).discord.authorize_url(state), 303)
+    return RedirectResponse(state_of(request).discord.authorize_url(state), 303)
 
 
 async def callback(request: Request) -> Response:
@@ -167,7 +102,7 @@ async def callback(request: Request) -> Response:
         raise HTTPException(400, "log-in state missing or wrong; start again")
     if "error" in request.query_params or "code" not in request.query_params:
         return RedirectResponse("/?error=denied", 303)
-    st = _state(request)
+    st = state_of(request)
     try:
         who = await st.discord.identify(request.query_params["code"])
     except DiscordAuthError as exc:
@@ -176,6 +111,7 @@ async def callback(request: Request) -> Response:
     request.session.clear()  # a new session for a new log-in (no fixation)
     request.session.update({
         "uid": who.user_id, "name": who.name, "csrf": secrets.token_urlsafe(24),
+        "token": who.access_token, "guilds_at": time.time(),
         "guilds": [[g.id, g.name, g.manager] for g in who.guilds if g.id in with_meetings]})
     return RedirectResponse("/", 303)
 
@@ -184,63 +120,79 @@ async def logout(request: Request) -> Response:
     """`POST /auth/logout` (CSRF form field): the session is cleared."""
     form = await request.form()
     token = form.get("csrf_token")
-    _check_csrf(request, token if isinstance(token, str) else None)
+    check_csrf(request, token if isinstance(token, str) else None)
     request.session.clear()
     return RedirectResponse("/", 303)
 
 
 async def guild_page(request: Request) -> Response:
     """`/guilds/{guild}`: the meetings page; 404 for a guild the user is not in."""
-    viewer = _require_viewer(request, api=False)
+    viewer = await require_viewer(request, api=False)
     guild = request.path_params["guild"]
-    meetings = await _state(request).access.meetings(viewer, guild)
+    meetings = await state_of(request).access.meetings(viewer, guild)
     if meetings is None:
         raise HTTPException(404, "no such guild")
     name = next((g[1] for g in request.session["guilds"] if g[0] == guild), guild)
-    return _page(request, "guild.html", guild_id=guild, guild_name=name,
-                 meetings=[m.as_dict() for m in meetings])
+    return page(request, "guild.html", guild_id=guild, guild_name=name,
+                meetings=await _with_names(request, guild, meetings))
 
 
 async def guild_json(request: Request) -> Response:
     """`/api/guilds/{guild}/meetings`: `{"meetings": [...]}` (the page polls it)."""
-    viewer = _require_viewer(request, api=True)
-    meetings = await _state(request).access.meetings(viewer, request.path_params["guild"])
+    viewer = await require_viewer(request, api=True)
+    meetings = await state_of(request).access.meetings(viewer, request.path_params["guild"])
     if meetings is None:
         raise HTTPException(404, "no such guild")
-    return JSONResponse({"meetings": [m.as_dict() for m in meetings]})
+    return JSONResponse({"meetings": await _with_names(
+        request, request.path_params["guild"], meetings)})
 
 
-def _detail(view: MeetingView) -> dict[str, Any]:
+async def _with_names(request: Request, guild: str, meetings: list[MeetingView]
+                      ) -> list[dict[str, Any]]:
+    """`as_dict()` of each meeting plus `speaker_names` (`[display name]`, in `speakers`
+    order: the member's guild name, else the id)."""
+    every = [u for m in meetings for u in m.speakers]
+    names = await state_of(request).names.names(guild, every)
+    return [{**m.as_dict(), "speaker_names": [names[u] for u in m.speakers]}
+            for m in meetings]
+
+
+async def _detail(request: Request, view: MeetingView) -> dict[str, Any]:
+    """The meeting's JSON with its tracks' URLs, `names` (`{user id: display name}` of
+    every speaker) and `live_url` (the audio so far, while recording)."""
     doc = view.as_dict()
+    doc["names"] = await state_of(request).names.names(view.guild_id, view.speakers)
     for t in doc["tracks"]:
         t["audio_url"] = f"/meetings/{view.id}/audio/{t['track']}"
         t["peaks_url"] = f"/api/meetings/{view.id}/peaks/{t['track']}"
         t["link_url"] = f"/api/meetings/{view.id}/link/{t['track']}"
     doc["timeline_url"] = f"/api/meetings/{view.id}/timeline"
+    doc["live_url"] = f"/api/meetings/{view.id}/live"
+    doc["bundle_url"] = f"/meetings/{view.id}/bundle"
     return doc
 
 
 async def meeting_page(request: Request) -> Response:
     """`/meetings/{meeting}`: players, waveforms, timeline, downloads; 404 if not visible."""
-    _, view = await _meeting(request, api=False)
-    return _page(request, "meeting.html", meeting=_detail(view))
+    _, view = await meeting_of(request, api=False)
+    return page(request, "meeting.html", meeting=await _detail(request, view))
 
 
 async def meeting_json(request: Request) -> Response:
     """`/api/meetings/{meeting}`: the meeting with its tracks' URLs; 404 if not visible."""
-    _, view = await _meeting(request, api=True)
-    return JSONResponse(_detail(view))
+    _, view = await meeting_of(request, api=True)
+    return JSONResponse(await _detail(request, view))
 
 
 def _final_dir(view: MeetingView) -> str:
     if not view.tracks:
-        raise _not_found()
+        raise not_found()
     return posixpath.dirname(view.tracks[0].object_key)
 
 
 async def _get_json(request: Request, key: str) -> Any:
     try:
-        return await asyncio.to_thread(_state(request).store.get_json, key)
+        return await asyncio.to_thread(state_of(request).store.get_json, key)
     except NotFoundError:
         raise HTTPException(404, "not there") from None
 
@@ -248,12 +200,12 @@ async def _get_json(request: Request, key: str) -> Any:
 async def peaks(request: Request) -> Response:
     """`/api/meetings/{meeting}/peaks/{track}`: the track's peaks JSON from S3 (the key in
     `final/manifest.json`, else `final/waveform-<track>.json`)."""
-    _, view = await _meeting(request, api=True)
-    track = _track(view, request.path_params["track"])
+    _, view = await meeting_of(request, api=True)
+    track = track_of(view, request.path_params["track"])
     final = _final_dir(view)
     key = f"{final}/waveform-{track.track}.json"
     try:
-        manifest = await asyncio.to_thread(_state(request).store.get_json,
+        manifest = await asyncio.to_thread(state_of(request).store.get_json,
                                            f"{final}/manifest.json")
         key = next((t.get("peaks_key") for t in manifest.get("tracks", [])
                     if t.get("track") == track.track and t.get("peaks_key")), key)
@@ -265,15 +217,15 @@ async def peaks(request: Request) -> Response:
 
 async def timeline(request: Request) -> Response:
     """`/api/meetings/{meeting}/timeline`: `final/timeline.json`; 404 when absent."""
-    _, view = await _meeting(request, api=True)
+    _, view = await meeting_of(request, api=True)
     return JSONResponse(await _get_json(request, f"{_final_dir(view)}/timeline.json"))
 
 
 async def audio(request: Request) -> Response:
     """`/meetings/{meeting}/audio/{track}`: 302 to a presigned URL valid AUDIO_LINK_S."""
-    _, view = await _meeting(request, api=False)
-    track = _track(view, request.path_params["track"])
-    link = await asyncio.to_thread(_state(request).store.presigned_link, track.object_key,
+    _, view = await meeting_of(request, api=False)
+    track = track_of(view, request.path_params["track"])
+    link = await asyncio.to_thread(state_of(request).store.presigned_link, track.object_key,
                                    AUDIO_LINK_S)
     return RedirectResponse(link.url, 302, headers={"Cache-Control": "no-store"})
 
@@ -282,10 +234,10 @@ async def link(request: Request) -> Response:
     """`POST /api/meetings/{meeting}/link/{track}` (CSRF header): `{url,
     expires_in_seconds, format}` valid `link_seconds`, saved by a browser as
     `<meeting>-<track>.<format>` (not played); 403 without the token."""
-    _check_csrf(request, request.headers.get("x-csrf-token"))
-    _, view = await _meeting(request, api=True)
-    track = _track(view, request.path_params["track"])
-    st = _state(request)
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    _, view = await meeting_of(request, api=True)
+    track = track_of(view, request.path_params["track"])
+    st = state_of(request)
     name = f"{request.path_params['meeting']}-{track.track}.{track.format}"
     minted = await asyncio.to_thread(st.store.presigned_link, track.object_key,
                                      st.settings.link_seconds, name)
@@ -304,13 +256,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if request.url.path.startswith("/api/") or exc.status_code == 401:
         return JSONResponse({"error": exc.detail}, exc.status_code)
-    response = _page(request, "error.html", status=exc.status_code, detail=exc.detail)
+    response = page(request, "error.html", status=exc.status_code, detail=exc.detail)
     response.status_code = exc.status_code
     return response
 
 
 async def redirect(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, _Redirect)
+    assert isinstance(exc, Redirect)
     return RedirectResponse(exc.url, 303)
 
 
@@ -370,6 +322,11 @@ def create_app(settings: WebSettings) -> Starlette:
         Route("/api/meetings/{meeting:str}/peaks/{track:str}", peaks),
         Route("/api/meetings/{meeting:str}/timeline", timeline),
         Route("/api/meetings/{meeting:str}/link/{track:str}", link, methods=["POST"]),
+        Route("/meetings/{meeting:str}/bundle", downloads.bundle, methods=["POST"]),
+        Route("/api/meetings/{meeting:str}/live", downloads.live_json),
+        Route("/meetings/{meeting:str}/live/{track:str}", downloads.live_audio),
+        Route("/api/meetings/{meeting:str}/live-link/{track:str}", downloads.live_link,
+              methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
@@ -379,4 +336,4 @@ def create_app(settings: WebSettings) -> Starlette:
                    same_site="lax", https_only=settings.secure_cookies),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error, _Redirect: redirect})
+                     exception_handlers={HTTPException: http_error, Redirect: redirect})

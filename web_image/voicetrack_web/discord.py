@@ -7,7 +7,12 @@ authorization code grant; RFC 6749 §4.1) and the two user endpoints the page re
    `code`, `redirect_uri`; client credentials in HTTP Basic auth, RFC 6749 §2.3.1), then
    `GET <api>/users/@me` (scope `identify`) and `GET <api>/users/@me/guilds` (scope
    `guilds`; each partial guild carries `permissions`, the member's permission bits as a
-   decimal string, and `owner`). The access token is used for these two reads and dropped.
+   decimal string, and `owner`). The access token is kept in the signed session cookie so
+   `guilds(token)` can read the guild list again later (401 = revoked or expired: log in
+   again).
+3. `member_name(guild, user)`: with the bot token (optional), `GET <api>/guilds/{guild}/
+   members/{user}` ("Resources › Guild › Get Guild Member"): the member's display name,
+   nick, else global name, else username.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class DiscordAuthError(Exception):
     says which step (no secret in it)."""
 
 
+class TokenRefused(DiscordAuthError):
+    """Discord answered 401 to the user's access token (revoked or expired)."""
+
+
 @dataclass(frozen=True)
 class GuildAccess:
     """A guild the user is a member of: `manager` when they own it or hold Manage Server
@@ -51,6 +60,7 @@ class Identity:
     user_id: str
     name: str
     guilds: list[GuildAccess]
+    access_token: str = ""
 
 
 def guild_access(partial: dict[str, Any]) -> GuildAccess:
@@ -58,6 +68,16 @@ def guild_access(partial: dict[str, Any]) -> GuildAccess:
     perms = int(partial.get("permissions") or 0)
     manager = bool(partial.get("owner")) or bool(perms & (ADMINISTRATOR | MANAGE_GUILD))
     return GuildAccess(str(partial["id"]), str(partial.get("name") or partial["id"]), manager)
+
+
+def display_name(member: dict[str, Any]) -> str | None:
+    """A Guild Member object's display name: `nick`, else the user's `global_name`, else
+    `username` (Discord docs, "Resources › Guild › Guild Member Object"); None if none."""
+    user = member.get("user") or {}
+    for name in (member.get("nick"), user.get("global_name"), user.get("username")):
+        if isinstance(name, str) and name.strip():
+            return name
+    return None
 
 
 class DiscordOAuth:
@@ -93,17 +113,49 @@ class DiscordOAuth:
             token = resp.json()
             if str(token.get("token_type", "")).lower() != "bearer":
                 raise DiscordAuthError("token exchange: not a Bearer token")
-            headers = {"Authorization": f"Bearer {token['access_token']}"}
+            access = str(token["access_token"])
+            headers = {"Authorization": f"Bearer {access}"}
             me = await self.http.get(f"{api}/users/@me", headers=headers)
-            guilds = await self.http.get(f"{api}/users/@me/guilds", headers=headers)
         except httpx.HTTPError as exc:
             raise DiscordAuthError(f"Discord unreachable: {type(exc).__name__}") from exc
-        if me.status_code != 200 or guilds.status_code != 200:
-            raise DiscordAuthError(f"user read refused: HTTP {me.status_code}/"
-                                   f"{guilds.status_code}")
+        if me.status_code != 200:
+            raise DiscordAuthError(f"user read refused: HTTP {me.status_code}")
         user = me.json()
         name = user.get("global_name") or user.get("username") or str(user["id"])
-        return Identity(str(user["id"]), str(name), [guild_access(g) for g in guilds.json()])
+        return Identity(str(user["id"]), str(name), await self.guilds(access), access)
+
+    async def guilds(self, access_token: str) -> list[GuildAccess]:
+        """The user's guilds now (`GET /users/@me/guilds` with their Bearer token).
+        Raises TokenRefused on 401, DiscordAuthError for anything else unexpected."""
+        try:
+            resp = await self.http.get(f"{self.settings.discord_api_base}/users/@me/guilds",
+                                       headers={"Authorization": f"Bearer {access_token}"})
+        except httpx.HTTPError as exc:
+            raise DiscordAuthError(f"Discord unreachable: {type(exc).__name__}") from exc
+        if resp.status_code == 401:
+            raise TokenRefused("the Discord log-in expired or was revoked")
+        if resp.status_code != 200:
+            raise DiscordAuthError(f"guild list refused: HTTP {resp.status_code}")
+        return [guild_access(g) for g in resp.json()]
+
+    async def member_name(self, guild_id: str, user_id: str) -> str | None:
+        """The member's display name in the guild (nick, else global name, else username)
+        read with the bot token; None without a token, for a non-member (404) or any
+        failure (the caller shows the id)."""
+        if not self.settings.bot_token:
+            return None
+        try:
+            resp = await self.http.get(
+                f"{self.settings.discord_api_base}/guilds/{guild_id}/members/{user_id}",
+                headers={"Authorization": f"Bot {self.settings.bot_token}"})
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        try:
+            return display_name(resp.json())
+        except (ValueError, AttributeError):
+            return None
 
     async def close(self) -> None:
         await self.http.aclose()

@@ -15,6 +15,10 @@ DISCORD_AUTHORIZE_URL = "https://discord.com/oauth2/authorize"
 """Discord's authorization URL (Discord docs, "Topics › OAuth2 › Shared Resources")."""
 SESSION_MAX_AGE_S = 8 * 3600
 """Default lifetime (s) of the log-in cookie."""
+GUILD_REFRESH_S = 300
+"""Default age (s) after which the user's guild list is read from Discord again."""
+NAMES_TTL_S = 600
+"""Default time (s) a looked-up member display name is kept."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,11 @@ class WebSettings:
     slash); the OAuth2 redirect URI is `<base_url>/auth/callback` and must be registered
     with the Discord application. `secret_key` signs the session cookie (itsdangerous).
     `discord_ca_bundle` is a PEM file to trust for Discord's TLS (the local Discord's CA);
-    None uses the system store. `session_max_age_s` and `link_seconds` are seconds."""
+    None uses the system store. `session_max_age_s` and `link_seconds` are seconds.
+    `bot_token` (optional) lets the page show members' guild display names; without it
+    speakers show as user ids. `guild_refresh_s`: the user's guild list and Manage Server
+    rights are read again from Discord when older; `names_ttl_s`: how long a looked-up
+    display name is kept (s)."""
 
     database_url: str
     s3: S3Settings
@@ -38,6 +46,9 @@ class WebSettings:
     discord_ca_bundle: str | None = None
     session_max_age_s: int = SESSION_MAX_AGE_S
     link_seconds: int = DEFAULT_LINK_S
+    bot_token: str | None = None
+    guild_refresh_s: int = GUILD_REFRESH_S
+    names_ttl_s: int = NAMES_TTL_S
 
     @property
     def redirect_uri(self) -> str:
@@ -55,8 +66,9 @@ class WebSettings:
         VOICETRACK_WEB_SECRET_KEY (at least 32 characters), VOICETRACK_WEB_BASE_URL and the
         optional VOICETRACK_DISCORD_API_BASE, VOICETRACK_DISCORD_AUTHORIZE_URL,
         VOICETRACK_DISCORD_CA_BUNDLE, VOICETRACK_WEB_SESSION_MAX_AGE (s),
-        VOICETRACK_WEB_LINK_SECONDS (s, 1..604800). Raises RuntimeError naming every missing
-        or bad variable."""
+        VOICETRACK_WEB_LINK_SECONDS (s, 1..604800), VOICETRACK_DISCORD_BOT_TOKEN,
+        VOICETRACK_WEB_GUILD_REFRESH_SECONDS (s, >= 1), VOICETRACK_WEB_NAMES_TTL_SECONDS
+        (s, >= 0). Raises RuntimeError naming every missing or bad variable."""
         env = os.environ
         required = (DATABASE_URL_ENV, "VOICETRACK_DISCORD_CLIENT_ID",
                     "VOICETRACK_DISCORD_CLIENT_SECRET", "VOICETRACK_WEB_SECRET_KEY",
@@ -72,6 +84,8 @@ class WebSettings:
         link_s = int(env.get("VOICETRACK_WEB_LINK_SECONDS", DEFAULT_LINK_S))
         if not 1 <= link_s <= MAX_PRESIGN_S:
             raise RuntimeError(f"VOICETRACK_WEB_LINK_SECONDS: {link_s} not in 1..{MAX_PRESIGN_S}")
+        refresh_s = _int_env("VOICETRACK_WEB_GUILD_REFRESH_SECONDS", GUILD_REFRESH_S, 1)
+        names_s = _int_env("VOICETRACK_WEB_NAMES_TTL_SECONDS", NAMES_TTL_S, 0)
         return cls(
             database_url=env[DATABASE_URL_ENV],
             s3=S3Settings.from_env(),
@@ -85,4 +99,21 @@ class WebSettings:
             discord_ca_bundle=env.get("VOICETRACK_DISCORD_CA_BUNDLE") or None,
             session_max_age_s=int(env.get("VOICETRACK_WEB_SESSION_MAX_AGE", SESSION_MAX_AGE_S)),
             link_seconds=link_s,
+            bot_token=env.get("VOICETRACK_DISCORD_BOT_TOKEN") or None,
+            guild_refresh_s=refresh_s,
+            names_ttl_s=names_s,
         )
+
+
+def _int_env(name: str, default: int, minimum: int) -> int:
+    """`name` as an integer >= `minimum`, `default` when unset. RuntimeError naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RuntimeError(f"{name}: {raw!r} is not a whole number of seconds") from None
+    if value < minimum:
+        raise RuntimeError(f"{name}: {value} is below {minimum}")
+    return value

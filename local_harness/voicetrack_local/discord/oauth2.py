@@ -100,6 +100,7 @@ class OAuth2:
         app.router.add_post("/oauth2/authorize", self.authorize)
         app.router.add_post("/api/oauth2/token", self.token)
         app.router.add_post(API_PREFIX + "/oauth2/token", self.token)
+        app.router.add_post(API_PREFIX + "/oauth2/token/revoke", self.revoke)
         app.router.add_get(API_PREFIX + "/users/@me/guilds", self.my_guilds)
         app.middlewares.append(self.bearer_me)
 
@@ -194,6 +195,21 @@ class OAuth2:
                       "expires_in": TOKEN_TTL_S, "refresh_token": secrets.token_urlsafe(30),
                       "scope": " ".join(sorted(grant.scopes))})
 
+    async def revoke(self, request: web.Request) -> web.Response:
+        """Token revocation (RFC 7009 §2.1; Discord's `/oauth2/token/revoke`): form
+        `token` with the client credentials in the form or HTTP Basic auth; 200 whether or
+        not the token was known, `invalid_client` 401 for bad credentials."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            client_id, _, client_secret = base64.b64decode(auth[6:]).decode().partition(":")
+        if client_id != self.client_id or not secrets.compare_digest(
+                client_secret or "", self.client_secret):
+            return _oauth_error(401, "invalid_client")
+        self.tokens.pop(form.get("token", ""), None)
+        return _json({})
+
     # -- bearer endpoints -----------------------------------------------------------------
 
     def _bearer(self, request: web.Request, scope: str) -> User:
@@ -227,6 +243,8 @@ class OAuth2:
             guilds = [{"id": str(self.outsider_guild_id), "name": "Elsewhere", "icon": None,
                        "banner": None, "owner": True, "permissions": str(ALL_PERMISSIONS),
                        "features": []}]
+        elif not w.is_member(user.id):  # removed from the guild (and its extra guilds)
+            guilds = []
         else:
             owner = bool(w.users) and w.users[0] is user
             guilds = [{"id": gid, "name": name, "icon": None, "banner": None, "owner": owner,

@@ -97,6 +97,7 @@ class Rest:
             web.get(p + "/guilds/{guild}", self.guild),
             web.get(p + "/guilds/{guild}/channels", self.guild_channels),
             web.get(p + "/guilds/{guild}/members/{user}", self.member),
+            web.delete(p + "/guilds/{guild}/members/{user}", self.remove_member),
             web.patch(p + "/guilds/{guild}/members/@me", self.modify_me),
             web.get(p + "/channels/{channel}", self.channel),
             web.post(p + "/channels/{channel}/messages", self.create_message),
@@ -165,9 +166,27 @@ class Rest:
         self._auth(request)
         self._guild(request)
         user = self.world.by_id(int(request.match_info["user"]))
-        if user is None:
+        if user is None or not self.world.is_member(user.id):
             return _error(404, "Unknown Member", 10007)
         return _json(user.member())
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        """Remove Guild Member ("Resources › Guild › Remove Guild Member", needs
+        KICK_MEMBERS: the bot or the guild's owner here): 204; the user is no longer a
+        member (member lookups 404, their `/users/@me/guilds` lacks the guild)."""
+        caller = self._auth(request)
+        self._guild(request)
+        w = self.world
+        if caller is not w.bot and not (w.users and caller is w.users[0]):
+            return _error(403, "Missing Permissions", 50013)
+        user = w.by_id(int(request.match_info["user"]))
+        if user is None or not w.is_member(user.id):
+            return _error(404, "Unknown Member", 10007)
+        w.removed.add(user.id)
+        await self.dispatch("GUILD_MEMBER_REMOVE", {"guild_id": str(w.guild_id),
+                                                    "user": user.json()},
+                            INTENT_GUILD_MEMBERS)
+        return web.Response(status=204)
 
     async def modify_me(self, request: web.Request) -> web.Response:
         """Modify Current Member: `{"nick": str | null}`; needs CHANGE_NICKNAME."""

@@ -152,6 +152,8 @@ class World:
     interaction_responses: list[dict[str, Any]] = field(default_factory=list)
     log: list[tuple[str, str]] = field(default_factory=list)
     """`(method, path)` of every REST request served."""
+    removed: set[int] = field(default_factory=set)
+    """Ids of users removed from the guild ("Remove Guild Member"): no longer members."""
 
     @classmethod
     def create(cls, user_names: list[str]) -> World:
@@ -175,6 +177,10 @@ class World:
 
     def by_id(self, user_id: int) -> User | None:
         return next((u for u in self.everyone() if u.id == user_id), None)
+
+    def is_member(self, user_id: int) -> bool:
+        """Whether `user_id` is a member of the guild (the bot and users not removed)."""
+        return self.by_id(user_id) is not None and user_id not in self.removed
 
     def channel(self, channel_id: int) -> Channel | None:
         return next((c for c in (self.voice, self.text) if c.id == channel_id), None)

@@ -32,8 +32,9 @@
     const progress = total ? `${m.chunks.done || 0} / ${total} chunk tracks transcoded`
       : m.tracks.length ? `${m.tracks.length} final tracks` : "—";
     const spoke = m.speakers.includes(me) ? " (you spoke)" : "";
+    const names = (m.speaker_names || m.speakers).join(", ") || "—";
     tr.append(cell("Started", a), cell("Duration", clock(m.duration_ms)),
-              cell("Speakers", `${m.speakers.length}${spoke}`), cell("State", state),
+              cell("Speakers", `${names}${spoke}`), cell("State", state),
               cell("Progress", progress));
     return tr;
   }

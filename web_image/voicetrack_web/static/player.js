@@ -9,6 +9,8 @@
   if (!root || !window.WaveSurfer) return;
   const SYNC_TOLERANCE_S = 0.08;
   const csrf = root.dataset.csrf;
+  const names = JSON.parse(root.dataset.names || "{}");
+  const nameOf = (id) => names[id] || id;
   const status = document.getElementById("status");
   const button = document.getElementById("playpause");
   const seek = document.getElementById("seek");
@@ -143,7 +145,7 @@
     const box = document.querySelector("#timeline .timeline-rows");
     for (const [who, segs] of lanes) {
       const label = document.createElement("div");
-      label.textContent = `Speaker ${who}`;
+      label.textContent = nameOf(who);
       const lane = document.createElement("div");
       lane.className = "lane";
       for (const [a, b] of segs) {
@@ -152,7 +154,8 @@
         seg.className = "seg";
         seg.style.left = `${(100 * a) / total}%`;
         seg.style.width = `${Math.max(0.3, (100 * (b - a)) / total)}%`;
-        seg.setAttribute("aria-label", `Speaker ${who} from ${clock(a / 1000)}`);
+        seg.setAttribute("aria-label", `${nameOf(who)} from ${clock(a / 1000)}`);
+        seg.dataset.speaker = who;
         seg.addEventListener("click", () => seekAll(a / 1000));
         lane.append(seg);
       }

@@ -1,0 +1,152 @@
+"""The zip bundle and the "audio so far" of a live meeting: handlers under the same access
+rule as every other meeting route (`context.meeting_of`: 404 when not visible).
+
+- `POST /meetings/{meeting}/bundle` (CSRF form field `csrf_token`): the Audacity zip of
+  `voicetrack recordings zip`, built by the same code (`RecordingsReader.bundle`: one
+  equal-length 48 kHz FLAC per speaker and the mix from t = 0, the `.lof`, `manifest.json`,
+  `timeline.json`) in a fresh directory under the pod's temp dir, streamed as an
+  attachment and deleted once sent (or when building fails). Nothing is written to S3. At
+  most `MAX_BUNDLES` are built at once (each runs ffmpeg); more wait their turn.
+- `GET /api/meetings/{meeting}/live`: the live manifest the transcoder's `assemble_live`
+  writes at `MeetingLayout.live_manifest_key` (`live/manifest.json`, a `FinalManifest`):
+  `{version, duration_ms, tracks: [{track, name, kind, format, duration_ms, bytes,
+  audio_url, link_url}]}`; `version` is the manifest's tracks' sha256s hashed (changes
+  when any track does). 404 when the meeting has final tracks or no live manifest yet.
+- `GET /meetings/{meeting}/live/{track}`: 302 to a presigned URL of the live track.
+- `POST /api/meetings/{meeting}/live-link/{track}` (CSRF header): `{url,
+  expires_in_seconds, format}`, saved as `<meeting>-live-<track>.<format>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+
+from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack_web.access import MeetingView
+from voicetrack_web.context import check_csrf, meeting_of, not_found, state_of
+
+MAX_BUNDLES = 2
+"""Zip bundles built at the same time by one process (each decodes every track)."""
+LIVE_AUDIO_LINK_S = 3600
+"""Validity (s) of the presigned URLs the live players stream from."""
+_bundle_slots = asyncio.Semaphore(MAX_BUNDLES)
+
+
+async def bundle(request: Request) -> Response:
+    """`POST /meetings/{meeting}/bundle`: the zip as `voicetrack-<meeting>.zip`. 403
+    without the form's CSRF token; 404 when not visible or not promoted yet; 502 when a
+    source is damaged or ffmpeg fails (the message says which)."""
+    form = await request.form()
+    token = form.get("csrf_token")
+    check_csrf(request, token if isinstance(token, str) else None)
+    _, view = await meeting_of(request, api=False)
+    if not view.tracks:
+        raise not_found()
+    work = Path(tempfile.mkdtemp(prefix="voicetrack-web-zip-"))
+    name = f"voicetrack-{view.id}.zip"
+    try:
+        async with _bundle_slots:
+            await state_of(request).reader.bundle(view.id, work / name)
+    except NotFoundError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise HTTPException(404, str(exc)) from exc
+    except (InvalidInputError, TemporaryFailure) as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise HTTPException(502, f"the zip could not be built: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return FileResponse(work / name, media_type="application/zip", filename=name,
+                        headers={"Cache-Control": "no-store"},
+                        background=BackgroundTask(shutil.rmtree, work, True))
+
+
+def live_layout(view: MeetingView) -> MeetingLayout:
+    """The meeting's key layout from its root; 404 when no object names it yet."""
+    tail = f"{view.guild_id}/{view.id}"
+    if view.root is None or not view.root.endswith(tail):
+        raise HTTPException(404, "no audio recorded yet")
+    return MeetingLayout(view.root[: -len(tail)].rstrip("/"), view.guild_id, view.id)
+
+
+async def _live_manifest(request: Request, view: MeetingView) -> FinalManifest:
+    """The live manifest; 404 when the meeting is promoted or none was written yet."""
+    if view.tracks:
+        raise HTTPException(404, "the meeting is finished: its final tracks are there")
+    key = live_layout(view).live_manifest_key
+    try:
+        doc = await asyncio.to_thread(state_of(request).store.get_json, key)
+        return FinalManifest.model_validate(doc)
+    except NotFoundError:
+        raise HTTPException(404, "no audio so far yet") from None
+    except (ValidationError, ValueError) as exc:
+        raise HTTPException(502, f"{key}: not a live manifest") from exc
+
+
+def _live_track(manifest: FinalManifest, view: MeetingView, name: str) -> FinalTrack:
+    """The manifest's track `name`, only when its key is under the meeting's `live/`."""
+    root = live_layout(view).live_root
+    track = next((t for t in manifest.tracks if t.track == name), None)
+    if track is None or not track.key.startswith(root) or ".." in track.key:
+        raise not_found()
+    return track
+
+
+def live_version(manifest: FinalManifest) -> str:
+    """A short digest that changes whenever any live track (or the length) does."""
+    h = hashlib.sha256(str(manifest.duration_ms).encode())
+    for t in manifest.tracks:
+        h.update(f"{t.track}:{t.sha256}".encode())
+    return h.hexdigest()[:16]
+
+
+async def live_json(request: Request) -> Response:
+    """`GET /api/meetings/{meeting}/live` (see the module docstring)."""
+    _, view = await meeting_of(request, api=True)
+    manifest = await _live_manifest(request, view)
+    names = await state_of(request).names.names(
+        view.guild_id, [t.user_id for t in manifest.tracks if t.user_id])
+    version = live_version(manifest)
+    tracks: list[dict[str, Any]] = [{
+        "track": t.track, "kind": t.kind, "format": t.format, "duration_ms": t.duration_ms,
+        "bytes": t.bytes, "name": names.get(t.user_id, t.user_id) if t.user_id else None,
+        "audio_url": f"/meetings/{view.id}/live/{t.track}?v={version}",
+        "link_url": f"/api/meetings/{view.id}/live-link/{t.track}"} for t in manifest.tracks]
+    return JSONResponse({"version": version, "duration_ms": manifest.duration_ms,
+                         "tracks": tracks}, headers={"Cache-Control": "no-store"})
+
+
+async def live_audio(request: Request) -> Response:
+    """`GET /meetings/{meeting}/live/{track}`: 302 to a presigned URL of the live track."""
+    _, view = await meeting_of(request, api=False)
+    track = _live_track(await _live_manifest(request, view), view,
+                        request.path_params["track"])
+    link = await asyncio.to_thread(state_of(request).store.presigned_link, track.key,
+                                   LIVE_AUDIO_LINK_S)
+    return RedirectResponse(link.url, 302, headers={"Cache-Control": "no-store"})
+
+
+async def live_link(request: Request) -> Response:
+    """`POST /api/meetings/{meeting}/live-link/{track}` (CSRF header): a download link."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    _, view = await meeting_of(request, api=True)
+    track = _live_track(await _live_manifest(request, view), view,
+                        request.path_params["track"])
+    st = state_of(request)
+    name = f"{view.id}-live-{track.track}.{track.format}"
+    minted = await asyncio.to_thread(st.store.presigned_link, track.key,
+                                     st.settings.link_seconds, name)
+    return JSONResponse(minted.as_dict(), headers={"Cache-Control": "no-store"})
