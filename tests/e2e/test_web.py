@@ -116,9 +116,10 @@ def discord_call(info: dict[str, Any], method: str, path: str, headers: dict[str
 
 
 def run_live_assembly(stack: Stack, root: str, guild: str, meeting: str) -> int:
-    """`voicetrack-transcoder live` against the live session, as the operator's periodic
-    trigger will (the `live` engineer's work): until it lands, this test runs it itself.
-    The live manifest's `durationMs` after it, 0 when nothing was assembled yet."""
+    """`voicetrack-transcoder live` against the live session, as the operator's live Jobs
+    run it (tests/e2e/test_live_audio.py tests that trigger with its own operator; the
+    shared stack's operator has it off, so the live files change only when this test
+    says). The live manifest's `durationMs` after it, 0 when nothing was assembled yet."""
     prefix = root[: -len(f"{guild}/{meeting}")].rstrip("/")
     res = subprocess.run(
         [str(Path(sys.executable).parent / "voicetrack-transcoder"), "live", "--prefix", prefix,
@@ -288,7 +289,7 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     assert "alice" in names_cell.inner_text() and names_cell.locator("img").count() == 0
 
     # The live meeting page: the audio so far, from live/manifest.json (assembled here by
-    # `voicetrack-transcoder live`, as the operator's trigger will), refreshed in place.
+    # `voicetrack-transcoder live`, as the operator's live Jobs do), refreshed in place.
     root = wait_for("a chunk row naming the meeting's keys", lambda: next(
         (r.pcm_path.split("/chunks/")[0] for r in db(
             stack, lambda s: s.get_temp_recordings_for_meeting(meeting))
