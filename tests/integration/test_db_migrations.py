@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -198,3 +200,24 @@ def test_adopt_an_old_shape_database_keeps_its_rows(db_url: str) -> None:
     assert names["oldtemp000000002"].endswith("300000000000000004-0001.pcm")
     assert len(names) == 3 and count == 1
     assert migrate.upgrade_head(db_url) == REVISIONS[1:]
+
+
+def test_two_operators_upgrading_one_fresh_database_at_once(postgres_server: Any) -> None:
+    """Two operator replicas start together on a fresh PostgreSQL (operator HA): both
+    upgrade to head (two processes: Alembic's context is one per process). One applies
+    every revision, the other waits for it and applies none; neither fails."""
+    import subprocess
+    import sys
+
+    outcomes = []
+    for _ in range(3):  # three rounds: the race is a timing window
+        url = postgres_server.create_database(f"vt_race_{secrets.token_hex(3)}")
+        procs = [subprocess.Popen([sys.executable, "-m", "voicetrack.db.migrate", "upgrade",
+                                   "--url", url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        outcomes.append([(p.returncode, o.strip().splitlines()[-1:]) for p, o in
+                         zip(procs, outs, strict=True)])
+        assert all(p.returncode == 0 for p in procs), outcomes
+        assert sorted("nothing" in o for o in outs) == [False, True], outcomes
+        assert migrate.current_revision(url) == migrate.head_revision()

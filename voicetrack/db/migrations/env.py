@@ -13,13 +13,16 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from voicetrack.db.engine import default_database_url, sync_url
 from voicetrack.db.schema import Base
 
 config = context.config
 log = logging.getLogger("voicetrack.db.migrate")
+
+MIGRATION_LOCK_KEY = 0x766F6963657472  # "voicetr": the advisory lock the migrators share
+"""PostgreSQL advisory lock key held (transaction scope) while revisions are applied."""
 
 if config.config_file_name is not None and not config.attributes.get("programmatic"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
@@ -64,6 +67,11 @@ def run_migrations_online() -> None:
                 on_version_apply=_on_version_apply,
             )
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # one migrator at a time (operator replicas starting together): the
+                    # others wait here, then find the database at head; released at commit
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                       {"key": MIGRATION_LOCK_KEY})
                 context.run_migrations()
     finally:
         engine.dispose()
