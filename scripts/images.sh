@@ -21,10 +21,17 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq podman runc mmdebstrap >/dev/null
 fi
 
-mirror() {  # the first Debian mirror this machine's apt uses
-  { grep -rhoE '^URIs: *\S+' /etc/apt/sources.list.d/ 2>/dev/null | awk '{print $2}'
-    grep -hoE '^deb +\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } \
-    | grep -v security | head -n1
+mirror() {  # the first Debian mirror this machine's apt uses for bookworm's main suite
+  # Only files apt reads (*.sources, *.list; not `*.disabled-…`), only stanzas and lines
+  # naming the `bookworm` suite (not a third-party repository such as nodesource's).
+  { for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] && awk -v RS= '/(^|\n)Suites:[^\n]*[ \t]bookworm([ \t]|$|\n)/' "$f" \
+        | awk '/^URIs:/ {print $2}'
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -f "$f" ] && awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                                      if ($(i + 1) == "bookworm") print $i }' "$f"
+    done; } | grep -v security | head -n1
 }
 
 base=${VOICETRACK_BASE_IMAGE:-}
