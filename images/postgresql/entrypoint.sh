@@ -18,14 +18,18 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm -f "$pw"
   printf 'host all all 0.0.0.0/0 scram-sha-256\nhost all all ::/0 scram-sha-256\n' \
     >> "$PGDATA/pg_hba.conf"
-  pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=/tmp -p $port" \
+  # The set-up server listens on a private socket only: no client (nor a readiness check)
+  # reaches it before the role and the database exist.
+  sock=$(mktemp -d)
+  pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -c unix_socket_directories=$sock -p $port" \
          -w start >/dev/null
-  psql -v ON_ERROR_STOP=1 -h /tmp -p "$port" -U postgres -d postgres -q \
+  psql -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres -d postgres -q \
        -v user="$user" -v db="$db" -v pw="$POSTGRES_PASSWORD" <<'SQL'
 CREATE ROLE :"user" LOGIN PASSWORD :'pw';
 CREATE DATABASE :"db" OWNER :"user";
 SQL
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+  rmdir "$sock"
   echo "voicetrack-postgresql: made the cluster in $PGDATA (role $user, database $db)"
 fi
 exec postgres -D "$PGDATA" -c listen_addresses="${POSTGRES_LISTEN-*}" -p "$port" \
