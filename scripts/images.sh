@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make images`: build the operator, recorder, transcoder and web images with podman.
+# `make images`: build the operator, recorder, transcoder, web and (the chart's bundled)
+# postgresql images with podman.
 #
 # Base image: $VOICETRACK_BASE_IMAGE if set; else the official Python slim image when a
 # registry answers; else a Debian bookworm base made here from Debian's packages with
@@ -11,6 +12,18 @@ cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/images/containers.conf}"
 TAG=${VOICETRACK_IMAGE_TAG:-0.1.0}
 LOCAL_BASE=localhost/voicetrack-base:bookworm
+# The locally made base: minbase; dpkg keeps no docs, man pages or translations (in every
+# image built on it too: the options land in its /etc/dpkg/dpkg.cfg.d); apt installs no
+# recommends and keeps no package caches or lists. BASE_RECIPE labels the result; a base
+# with another label is made again.
+BASE_RECIPE=2
+BASE_OPTS=(--quiet --variant=minbase
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*'
+  --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'
+  --aptopt='APT::Install-Recommends "false"' --aptopt='Dir::Cache::pkgcache ""'
+  --aptopt='Dir::Cache::srcpkgcache ""'
+  --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*')
 t0=$(date +%s)
 
 missing=$(for p in podman runc mmdebstrap; do command -v "$p" >/dev/null || echo "$p"; done)
@@ -21,10 +34,17 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq podman runc mmdebstrap >/dev/null
 fi
 
-mirror() {  # the first Debian mirror this machine's apt uses
-  { grep -rhoE '^URIs: *\S+' /etc/apt/sources.list.d/ 2>/dev/null | awk '{print $2}'
-    grep -hoE '^deb +\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } \
-    | grep -v security | head -n1
+mirror() {  # the first Debian mirror this machine's apt uses for bookworm's main suite
+  # Only files apt reads (*.sources, *.list; not `*.disabled-…`), only stanzas and lines
+  # naming the `bookworm` suite (not a third-party repository such as nodesource's).
+  { for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] && awk -v RS= '/(^|\n)Suites:[^\n]*[ \t]bookworm([ \t]|$|\n)/' "$f" \
+        | awk '/^URIs:/ {print $2}'
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -f "$f" ] && awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                                      if ($(i + 1) == "bookworm") print $i }' "$f"
+    done; } | grep -v security | head -n1
 }
 
 base=${VOICETRACK_BASE_IMAGE:-}
@@ -33,11 +53,13 @@ if [ -z "$base" ]; then
     base=docker.io/library/python:3.11-slim-bookworm
   else
     base=$LOCAL_BASE
-    if ! podman image exists "$base"; then
+    if [ "$(podman image inspect --format '{{index .Labels "voicetrack.base"}}' "$base" \
+            2>/dev/null)" != "$BASE_RECIPE" ]; then
       echo "images: no registry reachable; making $base with mmdebstrap" >&2
       tmp=$(mktemp -d)
-      mmdebstrap --quiet --variant=minbase bookworm "$tmp/rootfs.tar" "$(mirror)"
-      podman import -q "$tmp/rootfs.tar" "$base" >/dev/null
+      mmdebstrap "${BASE_OPTS[@]}" bookworm "$tmp/rootfs.tar" "$(mirror)"
+      podman import -q --change "LABEL voicetrack.base=$BASE_RECIPE" \
+        "$tmp/rootfs.tar" "$base" >/dev/null
       rm -rf "$tmp"
     fi
   fi
@@ -49,7 +71,8 @@ secret=()
 cert=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
 [ -s "$cert" ] && secret=(--secret "id=pip-cert,src=$cert")
 
-for pair in operator:operator recorder:recorder_image transcoder:transcoder_image web:web_image; do
+for pair in operator:operator recorder:recorder_image transcoder:transcoder_image web:web_image \
+            postgresql:images/postgresql; do
   name=${pair%%:*}; dir=${pair##*:}
   t1=$(date +%s)
   podman build -q --network host --build-arg "BASE_IMAGE=$base" "${secret[@]}" \

@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, distribution, entry_points,
 
 import typer
 
+from voicetrack.healthcheck import check
+
 app = typer.Typer(no_args_is_help=True,
                   help="Voicetrack: record Discord voice channels on Kubernetes.")
 
@@ -75,4 +77,5 @@ def version() -> None:
     typer.echo(f"voicetrack {v} (plugins declared: {', '.join(plugins) or 'none'})")
 
 
+app.command("check")(check)
 register_plugins(app)

@@ -204,10 +204,11 @@ def test_the_api_server_admits_the_render_under_pod_security_restricted(
             "pod-security.kubernetes.io/warn=restricted")
     objs = docs(helm("template", "v", str(CHART), *KUBE, "--namespace", namespace).stdout)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment",
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+                     "Deployment", "Job", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
                      "PersistentVolumeClaim", "Pod", "Role", "RoleBinding", "Secret", "Secret",
-                     "Secret", "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy",
-                     "ValidatingAdmissionPolicyBinding"]
+                     "Secret", "ServiceAccount", "ServiceAccount", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     # Every object but the Pod (its ServiceAccount is not created by a dry run) passes the
     # API server's validation and admission.
     res = kubectl("apply", "--dry-run=server", "-f", "-", check=False, input="\n---\n".join(

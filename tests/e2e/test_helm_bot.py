@@ -32,7 +32,8 @@ def bot_objects(text: str) -> dict[str, dict[str, Any]]:
 def test_the_bot_renders_only_when_enabled(helm: Helm) -> None:  # noqa: F811
     assert bot_objects(helm("template", "v", str(CHART), *KUBE).stdout) == {}
     objs = bot_objects(helm("template", "v", str(CHART), *KUBE, *ON).stdout)
-    assert sorted(objs) == ["Deployment", "Role", "RoleBinding", "Secret", "ServiceAccount"]
+    assert sorted(objs) == ["Deployment", "NetworkPolicy", "Role", "RoleBinding", "Secret",
+                           "ServiceAccount"]  # fmt: skip
     dep = objs["Deployment"]["spec"]
     assert dep["replicas"] == 1 and dep["strategy"] == {"type": "Recreate"}
     pod = dep["template"]["spec"]

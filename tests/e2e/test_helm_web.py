@@ -31,7 +31,7 @@ def test_web_renders_only_when_enabled(helm: Helm) -> None:  # noqa: F811
     objs = web_objects(helm("template", "v", str(CHART), *KUBE, *ON,
                             "--set", "web.ingress.enabled=true",
                             "--set", "web.ingress.host=voicetrack.example.com").stdout)
-    assert sorted(objs) == ["Deployment", "Ingress", "Secret", "Service"]
+    assert sorted(objs) == ["Deployment", "Ingress", "NetworkPolicy", "Secret", "Service"]
     pod = objs["Deployment"]["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -77,3 +77,33 @@ def test_image_runs_restricted(built: None, image: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     # uid, modules missing, modules carried, tools, writable dirs, wrote outside /tmp
     assert proc.stdout.strip() == "10001 [] [] [] [] False", f"{image}: {proc.stdout}"
+
+
+def test_postgresql_image_runs_restricted_on_its_volumes(built: None) -> None:
+    """The bundled PostgreSQL's image (images/postgresql): its numeric non-root user, a
+    read-only root with only /tmp and the data volume writable, no network; it makes a
+    cluster with the given role and database on an empty volume and accepts connections
+    on its socket in /tmp; it carries no compiler nor the harness's tools."""
+    image = f"localhost/voicetrack/postgresql:{TAG}"
+    user = subprocess.run(["podman", "image", "inspect", "--format", "{{.Config.User}}", image],
+                          env=ENV, capture_output=True, text=True, check=True).stdout.strip()
+    assert user == "10001:10001"
+    script = (
+        "voicetrack-postgresql & pid=$!; "
+        "for i in $(seq 100); do pg_isready -q -h /tmp && break; sleep 0.2; done; "
+        "psql -h /tmp -U voicetrack -d voicetrack -tAc 'select current_user, current_database()'; "
+        "touch /etc/x 2>/dev/null && echo wrote-outside; "
+        f"for t in {' '.join(FORBIDDEN_TOOLS)}; do command -v $t; done; "
+        "id -u; kill $pid; wait $pid"
+    )
+    proc = subprocess.run(
+        ["podman", "run", "--rm", "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp",
+         "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+         # an empty data volume: a directory it may create (the chart's is a claim)
+         "-e", "PGDATA=/tmp/data/pgdata",
+         "-e", "POSTGRES_PASSWORD=pw-test", "-e", "POSTGRES_LISTEN=",
+         "--entrypoint", "sh", image, "-c", script],
+        env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if not ln.startswith("voicetrack-postgresql")]
+    assert lines == ["voicetrack|voicetrack", "10001"], proc.stdout + proc.stderr[-2000:]

@@ -57,9 +57,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}url{{ end }}
 {{- end }}
 
-{{/* "true" when the database is the chart's SQLite file (no existingSecret, a sqlite URL). */}}
+{{/* "true" when the database is the chart's SQLite file (no existingSecret, no bundled
+     PostgreSQL, a sqlite URL). */}}
 {{- define "voicetrack.embeddedDatabase" -}}
-{{- if and (not .Values.database.existingSecret) (hasPrefix "sqlite" .Values.database.url) }}true{{ end }}
+{{- if and (not .Values.database.existingSecret) (not .Values.postgresql.enabled) (hasPrefix "sqlite" .Values.database.url) }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the operator mounts its data volume (PVC or emptyDir) at mountPath. */}}
@@ -77,10 +78,35 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Values.discord.secretName .Values.discord.existingSecret }}
 {{- end }}
 
-{{/* `helm test` asks /healthz from inside the operator's container (kubectl exec), with the
-     container's own Python: no Service needed. */}}
-{{- define "voicetrack.healthzCommand" -}}
-- python
-- -c
-- "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{{ .Values.operator.healthPort }}/healthz', timeout=5)"
+{{/* The bundled PostgreSQL's StatefulSet, Service and Secret name. */}}
+{{- define "voicetrack.postgresqlName" -}}
+{{- printf "%s-postgresql" (include "voicetrack.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The bundled PostgreSQL's password: `postgresql.password`; else the one in the
+     release's Secret (kept across upgrades); else generated, once per render (remembered
+     in .Values, so the Secret and the database URL agree). */}}
+{{- define "voicetrack.postgresqlPassword" -}}
+{{- if .Values.postgresql.password }}
+{{- .Values.postgresql.password }}
+{{- else }}
+{{- if not (hasKey .Values.postgresql "generatedPassword") }}
+{{- $old := lookup "v1" "Secret" .Release.Namespace (include "voicetrack.postgresqlName" .) }}
+{{- $pw := "" }}
+{{- if and $old $old.data (hasKey $old.data "password") }}
+{{- $pw = index $old.data "password" | b64dec }}
+{{- else }}
+{{- $pw = randAlphaNum 32 }}
+{{- end }}
+{{- $_ := set .Values.postgresql "generatedPassword" $pw }}
+{{- end }}
+{{- .Values.postgresql.generatedPassword }}
+{{- end }}
+{{- end }}
+
+{{/* The bundled PostgreSQL's SQLAlchemy URL (host: postgresql.host, else the Service). */}}
+{{- define "voicetrack.postgresqlUrl" -}}
+{{- $pg := .Values.postgresql }}
+{{- $host := default (printf "%s.%s.svc" (include "voicetrack.postgresqlName" .) .Release.Namespace) $pg.host }}
+{{- printf "postgresql+psycopg://%s:%s@%s:%v/%s" $pg.user (include "voicetrack.postgresqlPassword" . | urlquery) $host $pg.port $pg.database }}
 {{- end }}

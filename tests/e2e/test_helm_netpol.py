@@ -1,0 +1,126 @@
+"""The chart's NetworkPolicies (templates/networkpolicy.yaml), rendered with `helm template`
+and matched against the labels the operator's builders put on the pods it makes: each
+recorder, transcoder and promotion pod is selected by exactly its policy, which allows no
+ingress and only the egress the issue names (recorder: DNS, API server, S3, Discord;
+transcoder and promoter: DNS and S3). The local cluster has no network plugin enforcing
+them; the images tier installs them (the API server validates each)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_helm import CHART, KUBE, Helm, docs, helm  # noqa: F401  (fixture)
+from voicetrack.resources import ChunkSpec, SessionSpec
+from voicetrack_operator.builders import (
+    PodSettings,
+    SessionRef,
+    build_promote_job,
+    build_recorder_pod,
+    build_transcode_job,
+)
+
+pytestmark = pytest.mark.e2e
+
+SPEC = SessionSpec.model_validate({"guildId": "123456789012345678",
+                                   "channelId": "223456789012345678"})  # fmt: skip
+DNS = {("UDP", 53), ("TCP", 53)}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector's meaning (matchLabels and matchExpressions, ANDed)."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def builder_pods(namespace: str) -> dict[str, dict[str, str]]:
+    """The labels of the pods the operator's builders make for a session in `namespace`."""
+    owner = SessionRef(name="standup", namespace=namespace, uid="uid-1")
+    chunk = ChunkSpec(session_name="standup", meeting_id="m" * 16, guild_id=SPEC.guild_id,
+                      index=0, start_ms=0, end_ms=1000, tracks=[])  # fmt: skip
+    settings = PodSettings()
+    return {
+        "recorder": build_recorder_pod(owner, SPEC, "m" * 16, 0, settings)["metadata"]["labels"],
+        "transcoder": build_transcode_job(owner, chunk, SPEC, settings)
+        ["spec"]["template"]["metadata"]["labels"],
+        "promoter": build_promote_job(owner, "plan.json", SPEC, settings)
+        ["spec"]["template"]["metadata"]["labels"],
+    }
+
+
+def ports(rules: list[dict[str, Any]]) -> set[tuple[str, int | None]]:
+    return {(p["protocol"], p.get("port")) for r in rules for p in r.get("ports") or []}
+
+
+def test_each_pod_the_operator_makes_has_exactly_its_policy(helm: Helm) -> None:  # noqa: F811
+    objs = docs(helm("template", "vt", str(CHART), *KUBE, "--namespace", "rel",
+                     "--set", "networkPolicy.namespaces={team,rel}",
+                     "--set", "s3.endpoint=http://s3.example:8333",
+                     "--set", "s3.podEndpoint=https://s3.pods.example:9000",
+                     "--set", "bot.enabled=true", "--set", "bot.token=t").stdout)  # fmt: skip
+    pols = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    by_ns: dict[str, list[dict[str, Any]]] = {}
+    for p in pols:
+        by_ns.setdefault(p["metadata"]["namespace"], []).append(p)
+    assert sorted(by_ns) == ["rel", "team"]  # the release's and the listed one, once each
+    expect = {"recorder": "vt-voicetrack-recorder", "transcoder": "vt-voicetrack-transcoder",
+              "promoter": "vt-voicetrack-transcoder"}  # fmt: skip
+    for ns in ("rel", "team"):
+        for component, labels in builder_pods(ns).items():
+            chosen = [p for p in by_ns[ns] if selects(p["spec"]["podSelector"], labels)]
+            assert [p["metadata"]["name"] for p in chosen] == [expect[component]], component
+            (pol,) = chosen
+            assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"]
+            assert "ingress" not in pol["spec"]  # no ingress at all
+            egress = pol["spec"]["egress"]
+            s3 = {("TCP", 9000)}  # the pods' endpoint's port, not the operator's
+            if component == "recorder":
+                api, discord = {("TCP", 443), ("TCP", 6443)}, {("TCP", 443), ("UDP", None)}
+                assert ports(egress) == DNS | api | s3 | discord
+                # Discord's rule reaches public addresses only
+                (d,) = [r for r in egress if ("UDP", None) in ports([r])]
+                blocks = {p["ipBlock"]["cidr"]: p["ipBlock"].get("except") for p in d["to"]}
+                assert "10.0.0.0/8" in blocks["0.0.0.0/0"] and "fc00::/7" in blocks["::/0"]
+            else:
+                assert ports(egress) == DNS | s3
+                assert all("ipBlock" not in peer for r in egress for peer in r.get("to") or []
+                           if ("TCP", 9000) not in ports([r]))  # fmt: skip
+
+    deploys = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Deployment"}
+    for name, pol_name in (("vt-voicetrack", "vt-voicetrack"),
+                           ("vt-voicetrack-bot", "vt-voicetrack-bot")):  # fmt: skip
+        labels = deploys[name]["spec"]["template"]["metadata"]["labels"]
+        chosen = [p["metadata"]["name"] for p in by_ns["rel"]
+                  if selects(p["spec"]["podSelector"], labels)]  # fmt: skip
+        assert chosen == [pol_name], name
+    op = next(p for p in pols if p["metadata"]["name"] == "vt-voicetrack")
+    assert op["spec"]["policyTypes"] == ["Ingress"]  # its egress stays open (webhooks)
+    assert ports(op["spec"]["ingress"]) == {("TCP", 8080), ("TCP", 9090)}
+    bot = next(p for p in pols if p["metadata"]["name"] == "vt-voicetrack-bot")
+    assert bot["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in bot["spec"]
+
+
+def test_s3_port_defaults_from_the_scheme_and_peers_narrow_it(helm: Helm) -> None:  # noqa: F811
+    objs = docs(helm("template", "vt", str(CHART), *KUBE,
+                     "--set", "s3.endpoint=https://s3.amazonaws.com",
+                     "--set", "networkPolicy.s3.peers[0].ipBlock.cidr=52.216.0.0/15").stdout)
+    tx = next(o for o in objs if o["kind"] == "NetworkPolicy"
+              and o["metadata"]["name"] == "vt-voicetrack-transcoder")  # fmt: skip
+    s3_rule = tx["spec"]["egress"][1]
+    assert ports([s3_rule]) == {("TCP", 443)}
+    assert s3_rule["to"] == [{"ipBlock": {"cidr": "52.216.0.0/15"}}]
+
+
+def test_policies_are_off_when_disabled(helm: Helm) -> None:  # noqa: F811
+    objs = docs(helm("template", "vt", str(CHART), *KUBE,
+                     "--set", "networkPolicy.enabled=false").stdout)
+    assert not [o for o in objs if o["kind"] == "NetworkPolicy"]
