@@ -16,6 +16,7 @@ from voicetrack.resources import ChunkSpec, SessionSpec
 from voicetrack_operator.builders import (
     PodSettings,
     SessionRef,
+    build_live_job,
     build_promote_job,
     build_recorder_pod,
     build_transcode_job,
@@ -54,6 +55,8 @@ def builder_pods(namespace: str) -> dict[str, dict[str, str]]:
         ["spec"]["template"]["metadata"]["labels"],
         "promoter": build_promote_job(owner, "plan.json", SPEC, settings)
         ["spec"]["template"]["metadata"]["labels"],
+        "live": build_live_job(owner, SPEC, "m" * 16, 1, settings)
+        ["spec"]["template"]["metadata"]["labels"],
     }
 
 
@@ -73,7 +76,8 @@ def test_each_pod_the_operator_makes_has_exactly_its_policy(helm: Helm) -> None:
         by_ns.setdefault(p["metadata"]["namespace"], []).append(p)
     assert sorted(by_ns) == ["rel", "team"]  # the release's and the listed one, once each
     expect = {"recorder": "vt-voicetrack-recorder", "transcoder": "vt-voicetrack-transcoder",
-              "promoter": "vt-voicetrack-transcoder"}  # fmt: skip
+              "promoter": "vt-voicetrack-transcoder",
+              "live": "vt-voicetrack-transcoder"}  # fmt: skip
     for ns in ("rel", "team"):
         for component, labels in builder_pods(ns).items():
             chosen = [p for p in by_ns[ns] if selects(p["spec"]["podSelector"], labels)]
