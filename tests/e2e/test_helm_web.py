@@ -110,3 +110,29 @@ def test_the_api_server_admits_the_web_objects_under_restricted(
            "spec": objs["Deployment"]["spec"]["template"]["spec"]}
     res = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
     assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
+
+
+def test_bot_and_web_objects_name_their_component_once(helm: Helm) -> None:  # noqa: F811
+    """Every rendered mapping has unique keys (a strict YAML reader, as `kubectl apply`'s,
+    refuses a duplicate). The bot's and web's objects took the operator's labels and added
+    their own component, writing `app.kubernetes.io/component` twice."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Strict, node: yaml.MappingNode, deep: bool = False) -> Any:
+        keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        assert not twice, f"{twice} twice at line {node.start_mark.line + 1}"
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    text = helm("template", "v", str(CHART), *KUBE, *ON, "--set", "bot.enabled=true",
+                "--set-string", "bot.token=abc").stdout
+    objs = [o for o in yaml.load_all(text, Loader=Strict) if o]
+    components = {(o["kind"], o["metadata"]["name"]): o["metadata"].get("labels", {}).get(
+        "app.kubernetes.io/component") for o in objs}
+    assert components[("Deployment", "v-voicetrack-bot")] == "bot"
+    assert components[("Deployment", "v-voicetrack-web")] == "web"
+    assert components[("Secret", "v-voicetrack-web")] == "web"

@@ -32,6 +32,15 @@ app.kubernetes.io/part-of: voicetrack
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{- /* The common labels with another component (bot, web): `voicetrack.labels` carries the
+operator's selector labels, whose component would otherwise be written twice. Call with
+(dict "ctx" $ "component" "bot"). */ -}}
+{{- define "voicetrack.componentLabels" -}}
+{{- $l := include "voicetrack.labels" .ctx | fromYaml -}}
+{{- $_ := set $l "app.kubernetes.io/component" .component -}}
+{{- toYaml $l -}}
+{{- end }}
+
 {{- define "voicetrack.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "voicetrack.fullname" .) .Values.serviceAccount.name }}
