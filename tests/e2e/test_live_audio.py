@@ -29,7 +29,7 @@ import discord
 import pytest
 
 from tests.audio_helpers import best_correlation, decode_file
-from tests.e2e.test_main_job import USERS, speakers, wav_bytes
+from tests.e2e.test_main_job import USERS, speakers, wait_for, wav_bytes
 from tests.unit.test_bot_app import DAVE, RECORDER_ROLE, discord_world
 from tests.unit.test_bot_app import GUILD as BOT_GUILD
 from voicetrack.kubeclient import load_api_client
@@ -99,16 +99,6 @@ def live_namespace(live_stack: LiveStack) -> Iterator[str]:
     prepare_namespace(live_stack.kubeconfig, ns, live_stack.s3)
     yield ns
     live_stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def cli(stack: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
