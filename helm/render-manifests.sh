@@ -11,7 +11,8 @@ trap 'rm -f "$out.tmp.$$"' EXIT
 {
   echo "# Rendered from helm/voicetrack with default values by helm/render-manifests.sh; do not edit."
   echo "# kubectl create namespace voicetrack && kubectl apply -f manifests/ (see docs/deploy.md)."
+  echo "# Without the chart's hooks: helm test and the uninstall clean-up are Helm's to run."
   "$helm" template voicetrack "$root/helm/voicetrack" --namespace voicetrack \
-    --include-crds --skip-tests --kube-version 1.36.3
+    --include-crds --skip-tests --no-hooks --kube-version 1.36.3
 } > "$out.tmp.$$"
 mv "$out.tmp.$$" "$out"

@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, distribution, entry_points,
 import typer
 
 from voicetrack.healthcheck import check
+from voicetrack.uninstall import uninstall_cleanup
 
 app = typer.Typer(no_args_is_help=True,
                   help="Voicetrack: record Discord voice channels on Kubernetes.")
@@ -78,4 +79,5 @@ def version() -> None:
 
 
 app.command("check")(check)
+app.command("uninstall-cleanup")(uninstall_cleanup)
 register_plugins(app)

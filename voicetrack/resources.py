@@ -27,6 +27,9 @@ SESSION_PLURAL = "recordingsessions"
 CHUNK_KIND = "RecordingChunk"
 CHUNK_PLURAL = "recordingchunks"
 FINALIZER = f"{GROUP}/promote"
+TRANSCODER_SERVICE_ACCOUNT = "voicetrack-transcoder"
+"""The ServiceAccount (no token, no Role) the operator makes once per namespace for its
+transcoder, promotion and live Jobs; `voicetrack uninstall-cleanup` removes it."""
 
 LABEL_SESSION = f"{GROUP}/session"
 LABEL_COMPONENT = f"{GROUP}/component"

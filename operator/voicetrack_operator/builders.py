@@ -17,6 +17,7 @@ from voicetrack.resources import (
     LABEL_COMPONENT,
     LABEL_SESSION,
     MANAGED_BY,
+    TRANSCODER_SERVICE_ACCOUNT,
     ChunkSpec,
     SessionSpec,
     child_name,
@@ -34,7 +35,6 @@ use it, `voicetrack_local.kwok`); see `PodSettings.node_pool`."""
 RECORDER_SERVICE_ACCOUNT = "voicetrack-recorder"
 """The recorder ServiceAccounts' name stem: each session's is
 `voicetrack-recorder.<session uid>.<session name>` (`recorder_service_account`)."""
-TRANSCODER_SERVICE_ACCOUNT = "voicetrack-transcoder"
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,8 @@ def test_manifests_match_a_fresh_render(helm: Helm, tmp_path: Path) -> None:
     assert MANIFESTS.read_text() == fresh.read_text(), (
         "manifests/ is stale: run helm/render-manifests.sh and commit the result")
     kinds = [o["kind"] for o in docs(fresh.read_text())]
+    # no Helm hooks: `kubectl apply` would run the uninstall clean-up Job at install
+    assert "helm.sh/hook" not in fresh.read_text()
     # ours and kopf's peering CRD (operator.ha)
     assert kinds.count("CustomResourceDefinition") == 3 and "Deployment" in kinds
     # The CRDs are the ones in crds/ (the chart holds symlinks), also in a packaged chart.
@@ -304,12 +306,13 @@ def _healthz(port: int) -> bool:
 
 
 def _apply_chart_rbac(stack: Stack) -> None:
-    """Apply manifests/'s CRDs, ServiceAccount, ClusterRole and ClusterRoleBinding."""
+    """Apply manifests/'s CRDs (ours and kopf's peering), ServiceAccount, ClusterRole and
+    ClusterRoleBinding."""
     wanted = {"CustomResourceDefinition", "ServiceAccount", "ClusterRole",
               "ClusterRoleBinding"}
     objs = [o for o in docs(MANIFESTS.read_text()) if o["kind"] in wanted]
     assert sorted(o["kind"] for o in objs) == sorted(
-        ["CustomResourceDefinition"] * 2 + ["ServiceAccount", "ClusterRole",
+        ["CustomResourceDefinition"] * 3 + ["ServiceAccount", "ClusterRole",
                                             "ClusterRoleBinding"])
     if stack.kubectl("get", "namespace", RELEASE_NS, check=False).returncode != 0:
         stack.kubectl("create", "namespace", RELEASE_NS)
