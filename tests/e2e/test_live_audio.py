@@ -98,6 +98,9 @@ def live_namespace(live_stack: LiveStack) -> Iterator[str]:
     ns = f"live-{secrets.token_hex(3)}"
     prepare_namespace(live_stack.kubeconfig, ns, live_stack.s3)
     yield ns
+    # A failed test's session would keep its guild busy for the next test (CI saw the next
+    # session refused as GuildBusy): stop it and let it promote before the namespace goes.
+    live_stack.kubectl("-n", ns, "delete", "recsess", "--all", "--timeout=180s", check=False)
     live_stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
@@ -128,22 +131,8 @@ async def bot_status(stack: LiveStack, ns: str) -> discord.Embed:
 def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
         live_stack: LiveStack, live_namespace: str) -> None:
     stack, ns = live_stack, live_namespace
-    keys = []
-    for i, s in enumerate(speakers()):  # the first speaker's file is mono
-        key = f"live-input/{ns}/{s.user_id}.wav"
-        stack.store.put_bytes(key, wav_bytes(s.pcm(AUDIO_MS), 1 if i == 0 else 2),
-                              "audio/wav")
-        keys.append(key)
-    doc = {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
-           "metadata": {"name": "standup", "namespace": ns},
-           "spec": {"guildId": GUILD, "channelId": "300000000000000002", "chunkSeconds": 5,
-                    "source": {"type": "files", "speakers": [
-                        {"userId": u, "objectKey": k}
-                        for u, k in zip(USERS, keys, strict=True)]}}}
-    stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
-    meeting = wait_for("the meeting id", lambda: (stack.get(ns, "recsess", "standup") or {})
-                       .get("status", {}).get("meetingId"), 60)
-    layout = MeetingLayout("recordings", GUILD, meeting)
+    layout = start_session(stack, ns, "standup", GUILD)
+    meeting = layout.meeting_id
 
     # Poll while it records: when each chunk is done, what the live manifest and
     # status.live say (and since when).
@@ -151,13 +140,14 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
     live_seen: list[tuple[float, int, int]] = []  # (t, chunks, durationMs) of status.live
     manifests: list[int] = []  # durationMs of live/manifest.json as it changes
 
-    def settled() -> bool:
+    def poll() -> dict[str, Any]:
+        """One look at the chunks, status.live and the live manifest; the status read."""
         now = time.monotonic()
         chunks = json.loads(stack.kubectl("-n", ns, "get", "recchunk", "-o", "json").stdout)
         for c in chunks["items"]:
             if (c.get("status") or {}).get("transcodeStatus") == "done":
                 done_at.setdefault(int(c["spec"]["index"]), now)
-        st = (stack.get(ns, "recsess", "standup") or {}).get("status", {})
+        st: dict[str, Any] = (stack.get(ns, "recsess", "standup") or {}).get("status", {})
         live = st.get("live")
         if live and (not live_seen or live_seen[-1][1:] != (live["chunks"],
                                                               live["durationMs"])):
@@ -168,6 +158,11 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
                 manifests.append(m)
         except Exception:  # not there yet
             pass
+        return st
+
+    def settled() -> bool:
+        st = poll()
+        live = st.get("live")
         recorded = st.get("recordedSeconds", 0) * 1000 >= AUDIO_MS + 1000
         return bool(recorded and all(i in done_at for i in range(AUDIO_CHUNKS)) and live
                     and live["chunks"] >= AUDIO_CHUNKS and len(manifests) >= 2)
@@ -179,8 +174,9 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
                   "-p", '{"spec":{"paused":true}}')
 
     def caught_up() -> bool:
-        settled()
-        st = (stack.get(ns, "recsess", "standup") or {}).get("status", {})
+        # The status this judges is the one poll() recorded: a second read could see a
+        # status.live that live_seen never did (CI saw exactly that: StopIteration below).
+        st = poll()
         chunks, live = st.get("chunks") or {}, st.get("live") or {}
         return st.get("state") == "Paused" and chunks.get("done", -1) == chunks.get("total") \
             and live.get("chunks") == chunks.get("total")
@@ -253,8 +249,9 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
         assert corr >= 0.99 and abs(lag) <= 48, (name, corr, lag)
 
 
-def start_session(stack: LiveStack, ns: str, name: str) -> MeetingLayout:
-    """A files-source session of the three speakers; its layout once it has a meeting."""
+def start_session(stack: LiveStack, ns: str, name: str, guild: str) -> MeetingLayout:
+    """A files-source session of the three speakers in `guild`; its layout once it has a
+    meeting."""
     keys = []
     for i, s in enumerate(speakers()):
         key = f"live-input/{ns}/{s.user_id}.wav"
@@ -263,14 +260,14 @@ def start_session(stack: LiveStack, ns: str, name: str) -> MeetingLayout:
         keys.append(key)
     doc = {"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
            "metadata": {"name": name, "namespace": ns},
-           "spec": {"guildId": GUILD, "channelId": "300000000000000002", "chunkSeconds": 5,
+           "spec": {"guildId": guild, "channelId": "300000000000000002", "chunkSeconds": 5,
                     "source": {"type": "files", "speakers": [
                         {"userId": u, "objectKey": k}
                         for u, k in zip(USERS, keys, strict=True)]}}}
     stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
     meeting = wait_for("the meeting id", lambda: (stack.get(ns, "recsess", name) or {})
                        .get("status", {}).get("meetingId"), 60)
-    return MeetingLayout("recordings", GUILD, meeting)
+    return MeetingLayout("recordings", guild, meeting)
 
 
 def test_a_failed_live_job_keeps_the_previous_audio_and_is_retried(
@@ -279,7 +276,7 @@ def test_a_failed_live_job_keeps_the_previous_audio_and_is_retried(
     files and status.live stay, no chunk or session is marked failed; once the piece is
     back the next interval's Job brings the audio so far up to date."""
     stack, ns = live_stack, live_namespace
-    layout = start_session(stack, ns, "faulty")
+    layout = start_session(stack, ns, "faulty", "400000000000000004")
 
     def live_status() -> dict[str, Any]:
         return dict(((stack.get(ns, "recsess", "faulty") or {}).get("status") or {})
