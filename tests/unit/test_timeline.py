@@ -95,18 +95,21 @@ def test_repeated_stalls_under_load_move_nothing() -> None:
     assert tl.resyncs <= 1
 
 
-def test_a_late_first_packet_is_corrected_at_the_next_pause() -> None:
-    """Frame 0 arrives 300 ms late, with the 15 frames queued behind it, then the flow is on
-    time. Frames 0-99 keep the late anchor (moving them back would overwrite frames already
-    placed), contiguous; after the speaker's pause (frames 100-149 never sent, the RTP
-    timestamp running on) the stream sits at its true slots."""
+@pytest.mark.parametrize("late_ms", [300, 700])
+def test_a_late_first_packet_is_corrected_at_the_next_pause(late_ms: int) -> None:
+    """Frame 0 arrives `late_ms` late, with the frames queued behind it, then the flow is
+    on time. Frames 0-99 keep the late anchor (moving them back would overwrite frames
+    already placed), contiguous; after the speaker's pause (frames 100-149 never sent, the
+    RTP timestamp running on) the stream sits at its true slots. (With 700 ms, more than
+    `resync_ms`, the old timeline re-anchored at every packet.)"""
     tl = Timeline(SessionClock(T0))
-    late = on_time(0) + 300
-    arrivals = [(k, late + 0.1 * k) for k in range(16)]
-    arrivals += [(k, on_time(k)) for k in range(16, 100)]
+    late = on_time(0) + late_ms
+    queued = late_ms // FRAME_MS + 1
+    arrivals = [(k, late + 0.1 * k) for k in range(queued)]
+    arrivals += [(k, on_time(k)) for k in range(queued, 100)]
     arrivals += [(k, on_time(k)) for k in range(150, 400)]
     placed = feed(tl, arrivals)
-    assert [placed[k] - (BASE + k) for k in range(100)] == [15] * 100
+    assert [placed[k] - (BASE + k) for k in range(100)] == [late_ms // FRAME_MS] * 100
     assert all(abs(placed[k] - (BASE + k)) <= 1 for k in range(150, 400))
     assert tl.resyncs == 1
 
@@ -163,7 +166,8 @@ def test_a_sender_whose_timestamps_stall_in_a_pause() -> None:
     assert tl.resyncs == 1
 
 
-@pytest.mark.parametrize("scenario", ["stall", "late-first", "jump", "back", "pause"])
+@pytest.mark.parametrize(
+    "scenario", ["stall", "late-first", "late-first-700", "jump", "back", "pause"])
 def test_no_resync_loop(scenario: str) -> None:
     """After any of the above, 2000 more packets with a little network jitter renew the
     anchor a bounded number of times (the old re-anchor at `last + 1` did it on every
@@ -173,8 +177,11 @@ def test_no_resync_loop(scenario: str) -> None:
     offset = 0  # frame index - on-time index in the tail
     if scenario == "stall":
         head = stall(range(200), 20, 2000)
-    elif scenario == "late-first":
-        head = [(0, on_time(0) + 300)] + [(k, on_time(k)) for k in range(16, 100)]
+    elif scenario.startswith("late-first"):
+        late_ms = 700 if scenario.endswith("700") else 300
+        queued = late_ms // FRAME_MS + 1  # frame 0 late, the frames behind it in a burst
+        head = [(k, on_time(0) + late_ms + 0.1 * k) for k in range(queued)]
+        head += [(k, on_time(k)) for k in range(queued, 100)]
     elif scenario == "jump":
         head += [(k + 500, on_time(k)) for k in range(100, 200)]
         offset = 500
