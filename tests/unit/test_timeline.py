@@ -198,3 +198,24 @@ def test_no_resync_loop(scenario: str) -> None:
     feed(tl, tail)
     assert tl.resyncs - before <= 1
     assert tl.resyncs <= 3
+
+
+def test_a_pending_correction_keeps_pauses_and_yields_to_a_jump() -> None:
+    """Frame 0 arrives 2 s late with the frames queued behind it: 100 slots of correction
+    wait. A 1 s pause (shorter than that) keeps its length at the old anchor; then the
+    timestamps jump 10 s ahead, which places the next frames right after the last placed
+    one (not 10 s later), and the next pause long enough applies the estimate."""
+    tl = Timeline(SessionClock(T0))
+    arrivals = [(k, on_time(0) + 2000 + 0.1 * k) for k in range(101)]
+    arrivals += [(k, on_time(k)) for k in range(101, 200)]
+    arrivals += [(k, on_time(k)) for k in range(250, 300)]  # after 50 frames of pause
+    placed = feed(tl, arrivals)
+    assert all(placed[k] == BASE + 100 + k for k in range(300) if k in placed)
+    assert tl.resyncs == 0
+    last = tl.last_slot["u"]
+    placed = feed(tl, [(k + 500, on_time(k)) for k in range(300, 400)])
+    assert [placed[k + 500] for k in range(300, 400)] == list(range(last + 1, last + 101))
+    assert tl.resyncs == 1
+    placed = feed(tl, [(k + 500, on_time(k)) for k in range(600, 700)])  # 200 frames later
+    assert all(placed[k + 500] == BASE + k for k in range(600, 700))
+    assert tl.resyncs == 2

@@ -2,48 +2,48 @@
 
 Units: session time in ms, slots of 20 ms (`FRAME_MS`), RTP timestamps in ticks of the
 48 kHz Opus RTP clock, 960 ticks per 20 ms frame (RFC 7587 §4.1). An RTP timestamp is the
-sampling instant of the packet's first sample; consecutive packets of one stream advance
-it by the samples they carry, from a random start, modulo 2**32 (RFC 3550 §5.1; `ts_diff`
-takes the wrap). It therefore says exactly how far apart two frames of one SSRC were
-captured, but nothing about session time: that link (the stream's anchor) is estimated
-from arrival times.
+sampling instant of the packet's first sample; a stream starts it at a random value and
+advances it by the samples each packet carries, modulo 2**32 (RFC 3550 §5.1; `ts_diff`
+takes the wrap). It says exactly how far apart two frames of one SSRC were captured, but
+nothing about session time: that link, the stream's anchor, is estimated from arrivals.
 
-The estimate. A frame's 20 ms of audio had been captured by the time it arrived, so it
-belongs no later than the slot holding `arrival - 20 ms`. Delay (network, the receiver's
-own stalls: a blocked event loop leaves packets queued in the socket, to come out late and
-then in a burst) only ever adds to arrival time, so the least-delayed packet is the best
-witness: each stream's estimate is the anchor of its first packet (its slot of
-`arrival - 20 ms`, rounded down; the remaining bias is the network latency, tens of ms on
-Discord), moved earlier whenever a later packet arrives at least two slots before its
-estimated slot (one slot of slack absorbs arrival jitter across a slot boundary). Packets
-that arrive late do not move it: a receiver stall and its burst leave every frame at its
-RTP-derived slot.
+Estimate. A frame's 20 ms of audio had been captured by the time it arrived, so it belongs
+no later than the slot holding `arrival - 20 ms`. Delay (the network's, or the receiver's
+own: a blocked event loop leaves packets queued in the socket, to come out late and then in
+a burst) only ever adds to arrival time, so the least-delayed packet is the best witness.
+A stream's estimate starts at its first packet (the slot of `arrival - 20 ms`, rounded
+down; the remaining bias is the network latency, tens of ms on Discord) and moves earlier
+whenever a later packet's `arrival - 20 ms` slot is at least two slots before the slot the
+estimate gives it (one slot of slack absorbs jitter across a slot boundary). Late packets
+do not move it: a receiver stall and its burst leave every frame at its RTP-derived slot.
 
-Discontinuities. The estimate is moved later only when the sender's timestamps jumped
-back or stalled (a sender whose clock stops while it is silent): the disagreement then
-persists. A stream re-anchors at its arrivals once its packets have arrived more than
-`resync_ms` late for `resync_ms` of arrival time (by the least lateness seen meanwhile, so
-a late run that was a long drain still moves the anchor only by what the least-delayed
-packet proves), or at once when its RTP-derived slot is at or before the speaker's last
-placed one (a receiver stall never does that: its timestamps still advance). A forward jump
-of the timestamps needs no wait: its packets arrive before their slots, which moves the
-estimate at once. After any change the estimate agrees with the arrival of the packet that
-caused it, so no loop of re-anchors is possible.
+Discontinuities. The estimate moves later only when the sender's timestamps jumped back or
+stalled (a sender whose clock stops while it is silent), a disagreement that persists:
+once a stream's packets have arrived more than `resync_ms` late for `resync_ms` of arrival
+time, by the least lateness seen meanwhile (so a long drain moves it only by what its
+least-delayed packet proves, and on-time packets afterwards move it back), or at once when
+such a late packet's slot is at or before the speaker's last placed slot (the timestamps
+went back: a receiver stall never does that). A forward jump of the timestamps needs no
+wait: its packets arrive before their slots, which moves the estimate earlier at once.
+Every change makes the estimate agree with the arrival of the packet that caused it, so
+re-anchoring cannot loop.
 
-Placement. Frames are placed by the placing anchor, which follows the estimate but never
-moves audio onto a slot already placed: a change to a later anchor, or to an earlier one
-whose slot for the current frame is after the speaker's last placed slot (a pause long
-enough, or a new stream), applies at once. An earlier anchor that would overlap placed audio
-waits (the frames meanwhile stay contiguous at the old anchor, late by the correction) until
-the speaker's next pause at least that long; it is never applied piecewise, so a lost
-stretch still leaves a gap of the right length. If the old anchor would leave a hole of
-more than `resync_ms` where the estimate places nothing, the frame goes right after the
-last placed slot instead. `resyncs` counts changes of the placing anchor.
+Placement. Frames are placed by a placing anchor that follows the estimate but never moves
+audio onto a slot already placed. A change applies at once when the estimate's slot for the
+current frame is after the speaker's last placed slot (a later anchor, a forward jump, or
+an earlier one after a pause long enough). An earlier estimate that would overlap placed
+audio waits: meanwhile frames stay contiguous at the old anchor, late by the correction,
+until the speaker's next pause at least that long; it is never applied piecewise, so a lost
+stretch or a pause still leaves a gap of the right length. When the estimate moved by more
+than `resync_ms` at a discontinuity (the old anchor means nothing any more), or the old
+anchor overlaps placed audio while the estimate is later, and the estimate's slot is taken,
+the frame goes right after the last placed slot instead.
+`resyncs` counts changes of the placing anchor.
 
 The anchor is kept across transport reconnects and DAVE epoch changes (neither touches RTP
 timestamps) and renewed when the stream changes (a new SSRC for the user: rejoin, new
-client): at its first packet's arrival slot, but never before the speaker's last placed
-slot.
+client): placed at its first packet's arrival slot, but never before the speaker's last
+placed slot.
 """
 
 from __future__ import annotations
@@ -107,15 +107,15 @@ class Timeline:
             self._streams[user_id] = _Stream(ssrc, _Anchor(timestamp, arrival_slot),
                                              _Anchor(timestamp, start))
             return start
-        estimate = self._estimate(stream, timestamp, arrival_ms, arrival_slot, last)
+        estimate, jumped = self._estimate(stream, timestamp, arrival_ms, arrival_slot, last)
         slot = stream.placing.at(timestamp)
         if slot == estimate:
             return slot
         if last is None or estimate > last:
             stream.placing = stream.estimate  # nothing placed in the way
-        elif (slot <= last and estimate > slot) or slot > last + 1 + self.resync_slots:
-            # the old anchor overlaps placed audio while the estimate is later, or leaves
-            # a hole longer than resync_ms the estimate does not want: go on after `last`
+        elif (jumped or (slot <= last and estimate > slot)) and slot != last + 1:
+            # the timestamps jumped (the old anchor means nothing now), or the old anchor
+            # overlaps placed audio while the estimate is later: go on right after `last`
             stream.placing = _Anchor(timestamp, last + 1)
         else:
             return slot  # an earlier estimate waits for a pause long enough
@@ -123,28 +123,29 @@ class Timeline:
         return stream.placing.at(timestamp)
 
     def _estimate(self, stream: _Stream, timestamp: int, arrival_ms: float,
-                  arrival_slot: int, last: int | None) -> int:
-        """Update the stream's estimate with one arrival; its slot for `timestamp`."""
+                  arrival_slot: int, last: int | None) -> tuple[int, bool]:
+        """Update the stream's estimate with one arrival: its slot for `timestamp`, and
+        whether it moved by more than `resync_ms` (a discontinuity of the timestamps)."""
         estimate = stream.estimate.at(timestamp)
         lateness = arrival_slot - estimate
         if lateness <= -EARLY_SLOTS:  # less delayed than the estimate allows: earlier
             stream.estimate = _Anchor(timestamp, arrival_slot)
             stream.late_since_ms = None
-            return arrival_slot
+            return arrival_slot, -lateness > self.resync_slots
         if lateness <= self.resync_slots:
             stream.late_since_ms = None
-            return estimate
+            return estimate, False
         if stream.late_since_ms is None:
             stream.late_since_ms, stream.late_min = arrival_ms, lateness
         else:
             stream.late_min = min(stream.late_min, lateness)
-        rtp_went_back = last is not None and stream.placing.at(timestamp) <= last
-        if rtp_went_back or arrival_ms - stream.late_since_ms >= self.resync_ms:
-            shift = lateness if rtp_went_back else stream.late_min
+        went_back = last is not None and stream.placing.at(timestamp) <= last
+        if went_back or arrival_ms - stream.late_since_ms >= self.resync_ms:
+            shift = lateness if went_back else stream.late_min
             stream.estimate = _Anchor(timestamp, estimate + shift)
             stream.late_since_ms = None
-            return estimate + shift
-        return estimate
+            return estimate + shift, True
+        return estimate, False
 
     def placed(self, user_id: str, slot: int) -> None:
         """Record that `user_id` has a frame at `slot` (keeps re-anchoring monotonic)."""
