@@ -309,6 +309,32 @@ async def test_bot_reconnect_keeps_the_timeline() -> None:
     assert h.receiver.stats.dropped["transport_auth"] == 1
 
 
+async def test_a_receiver_stall_and_its_burst_move_nothing() -> None:
+    """The recorder reads nothing for 700 ms (its loop blocked under load), then drains
+    the socket's backlog in 3 ms: every frame stays at its RTP-derived slot and the anchor
+    is never renewed (the old timeline re-anchored at every packet after the burst)."""
+    h = await Harness.open()
+    (a,) = await h.rig.join(222)
+    await h.settle()
+    sent = encode_frames(tone_pcm(300, 440))
+    resume = START_MS + 20 * 101 + LATENCY_MS + 700
+    schedule = []
+    for i, packet in enumerate(sent):
+        at = START_MS + 20 * (i + 1) + LATENCY_MS
+        schedule.append((at, h.rig.packet(a, packet)))
+    queued = [j for j, (at, _) in enumerate(schedule) if resume - 700 <= at < resume]
+    for n, j in enumerate(queued):
+        schedule[j] = (resume + 3 * n / len(queued), schedule[j][1])
+    await h.play(schedule)
+    await h.finish()
+    assert len(queued) == 35
+    frames = track(h, 222)
+    assert min(frames) == START_MS // 20
+    assert contiguous(frames) == sent
+    assert h.receiver.timeline.resyncs == 0
+    assert h.receiver.stats.lost == 0 and not h.receiver.stats.dropped
+
+
 async def test_forged_frames_are_refused_and_counted() -> None:
     h = await Harness.open()
     (a,) = await h.rig.join(222)

@@ -1,16 +1,48 @@
 """Placing a speaker's frames on the session's 20 ms slot grid.
 
-The first packet of a speaker's stream is anchored to session wall-clock time: its 20 ms of
-audio had been captured by the time it arrived, so it is placed at the slot holding
-`arrival - 20 ms` (the remaining bias is the network latency, unknowable to a receiver and
-tens of ms on Discord, rounded down to the slot boundary); after that its RTP timestamp
-places each frame (960 ticks per 20 ms slot at 48 kHz, RFC 7587 §4.1), so network jitter
-never moves audio and a lost stretch leaves a gap of the right length instead of pulling
-later audio earlier. The anchor is kept across
-transport reconnects and DAVE epoch changes (neither touches RTP timestamps). It is renewed
-only when the stream changes (a new SSRC for the user: rejoin, new client) or when the
-RTP-derived slot and the arrival slot disagree by more than `resync_ms` (a sender whose
-timestamps jumped or stalled); a renewed anchor never goes back before the speaker's last
+Units: session time in ms, slots of 20 ms (`FRAME_MS`), RTP timestamps in ticks of the
+48 kHz Opus RTP clock, 960 ticks per 20 ms frame (RFC 7587 §4.1). An RTP timestamp is the
+sampling instant of the packet's first sample; a stream starts it at a random value and
+advances it by the samples each packet carries, modulo 2**32 (RFC 3550 §5.1; `ts_diff`
+takes the wrap). It says exactly how far apart two frames of one SSRC were captured, but
+nothing about session time: that link, the stream's anchor, is estimated from arrivals.
+
+Estimate. A frame's 20 ms of audio had been captured by the time it arrived, so it belongs
+no later than the slot holding `arrival - 20 ms`. Delay (the network's, or the receiver's
+own: a blocked event loop leaves packets queued in the socket, to come out late and then in
+a burst) only ever adds to arrival time, so the least-delayed packet is the best witness.
+A stream's estimate starts at its first packet (the slot of `arrival - 20 ms`, rounded
+down; the remaining bias is the network latency, tens of ms on Discord) and moves earlier
+whenever a later packet's `arrival - 20 ms` slot is at least two slots before the slot the
+estimate gives it (one slot of slack absorbs jitter across a slot boundary). Late packets
+do not move it: a receiver stall and its burst leave every frame at its RTP-derived slot.
+
+Discontinuities. The estimate moves later only when the sender's timestamps jumped back or
+stalled (a sender whose clock stops while it is silent), a disagreement that persists:
+once a stream's packets have arrived more than `resync_ms` late for `resync_ms` of arrival
+time, by the least lateness seen meanwhile (so a long drain moves it only by what its
+least-delayed packet proves, and on-time packets afterwards move it back), or at once when
+such a late packet's slot is at or before the speaker's last placed slot (the timestamps
+went back: a receiver stall never does that). A forward jump of the timestamps needs no
+wait: its packets arrive before their slots, which moves the estimate earlier at once.
+Every change makes the estimate agree with the arrival of the packet that caused it, so
+re-anchoring cannot loop.
+
+Placement. Frames are placed by a placing anchor that follows the estimate but never moves
+audio onto a slot already placed. A change applies at once when the estimate's slot for the
+current frame is after the speaker's last placed slot (a later anchor, a forward jump, or
+an earlier one after a pause long enough). An earlier estimate that would overlap placed
+audio waits: meanwhile frames stay contiguous at the old anchor, late by the correction,
+until the speaker's next pause at least that long; it is never applied piecewise, so a lost
+stretch or a pause still leaves a gap of the right length. When the estimate moved by more
+than `resync_ms` at a discontinuity (the old anchor means nothing any more), or the old
+anchor overlaps placed audio while the estimate is later, and the estimate's slot is taken,
+the frame goes right after the last placed slot instead.
+`resyncs` counts changes of the placing anchor.
+
+The anchor is kept across transport reconnects and DAVE epoch changes (neither touches RTP
+timestamps) and renewed when the stream changes (a new SSRC for the user: rejoin, new
+client): placed at its first packet's arrival slot, but never before the speaker's last
 placed slot.
 """
 
@@ -22,12 +54,32 @@ from voicetrack.audio import FRAME_MS, FRAME_SAMPLES
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.discord.rtp import ts_diff
 
+EARLY_SLOTS = 2
+"""A packet arriving this many slots before its estimated slot moves the estimate earlier."""
 
-@dataclass(slots=True)
+
+@dataclass(frozen=True, slots=True)
 class _Anchor:
-    ssrc: int
+    """RTP `timestamp` is captured at the start of `slot`."""
+
     timestamp: int
     slot: int
+
+    def at(self, timestamp: int) -> int:
+        return self.slot + round(ts_diff(timestamp, self.timestamp) / FRAME_SAMPLES)
+
+
+@dataclass(slots=True)
+class _Stream:
+    ssrc: int
+    estimate: _Anchor
+    """From the least-delayed arrivals (and confirmed discontinuities)."""
+    placing: _Anchor
+    """What frames are placed by: the estimate once it overlaps nothing placed."""
+    late_since_ms: float | None = None
+    """Arrival of the first packet of the current run of packets > `resync_ms` late."""
+    late_min: int = 0
+    """The least lateness (slots) in that run."""
 
 
 class Timeline:
@@ -37,28 +89,63 @@ class Timeline:
         if resync_ms < FRAME_MS:
             raise ValueError("resync_ms must be at least one frame (20 ms)")
         self.clock = clock
+        self.resync_ms = resync_ms
         self.resync_slots = resync_ms // FRAME_MS
         self.resyncs = 0
-        self._anchors: dict[str, _Anchor] = {}
+        self._streams: dict[str, _Stream] = {}
         self.last_slot: dict[str, int] = {}
 
     def slot(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float) -> int:
         """The slot of the frame with RTP `timestamp` on `ssrc` of `user_id` that arrived
-        at `arrival_ms` (Unix ms). Does not record it: see `placed`. A first packet (or
-        one that renews the anchor) is placed at the slot of `arrival_ms - 20`."""
+        at `arrival_ms` (Unix ms). Does not record it: see `placed`. The first packet of
+        a stream is placed at the slot of `arrival_ms - 20` (or after the last placed)."""
         arrival_slot = self.clock.slot_at(arrival_ms - FRAME_MS)
-        anchor = self._anchors.get(user_id)
-        if anchor is not None and anchor.ssrc == ssrc:
-            slot = anchor.slot + round(ts_diff(timestamp, anchor.timestamp) / FRAME_SAMPLES)
-            if abs(arrival_slot - slot) <= self.resync_slots:
-                return slot
-            self.resyncs += 1
-        start = arrival_slot
         last = self.last_slot.get(user_id)
-        if last is not None and start <= last:
-            start = last + 1
-        self._anchors[user_id] = _Anchor(ssrc, timestamp, start)
-        return start
+        stream = self._streams.get(user_id)
+        if stream is None or stream.ssrc != ssrc:
+            start = arrival_slot if last is None else max(arrival_slot, last + 1)
+            self._streams[user_id] = _Stream(ssrc, _Anchor(timestamp, arrival_slot),
+                                             _Anchor(timestamp, start))
+            return start
+        estimate, jumped = self._estimate(stream, timestamp, arrival_ms, arrival_slot, last)
+        slot = stream.placing.at(timestamp)
+        if slot == estimate:
+            return slot
+        if last is None or estimate > last:
+            stream.placing = stream.estimate  # nothing placed in the way
+        elif (jumped or (slot <= last and estimate > slot)) and slot != last + 1:
+            # the timestamps jumped (the old anchor means nothing now), or the old anchor
+            # overlaps placed audio while the estimate is later: go on right after `last`
+            stream.placing = _Anchor(timestamp, last + 1)
+        else:
+            return slot  # an earlier estimate waits for a pause long enough
+        self.resyncs += 1
+        return stream.placing.at(timestamp)
+
+    def _estimate(self, stream: _Stream, timestamp: int, arrival_ms: float,
+                  arrival_slot: int, last: int | None) -> tuple[int, bool]:
+        """Update the stream's estimate with one arrival: its slot for `timestamp`, and
+        whether it moved by more than `resync_ms` (a discontinuity of the timestamps)."""
+        estimate = stream.estimate.at(timestamp)
+        lateness = arrival_slot - estimate
+        if lateness <= -EARLY_SLOTS:  # less delayed than the estimate allows: earlier
+            stream.estimate = _Anchor(timestamp, arrival_slot)
+            stream.late_since_ms = None
+            return arrival_slot, -lateness > self.resync_slots
+        if lateness <= self.resync_slots:
+            stream.late_since_ms = None
+            return estimate, False
+        if stream.late_since_ms is None:
+            stream.late_since_ms, stream.late_min = arrival_ms, lateness
+        else:
+            stream.late_min = min(stream.late_min, lateness)
+        went_back = last is not None and stream.placing.at(timestamp) <= last
+        if went_back or arrival_ms - stream.late_since_ms >= self.resync_ms:
+            shift = lateness if went_back else stream.late_min
+            stream.estimate = _Anchor(timestamp, estimate + shift)
+            stream.late_since_ms = None
+            return estimate + shift, True
+        return estimate, False
 
     def placed(self, user_id: str, slot: int) -> None:
         """Record that `user_id` has a frame at `slot` (keeps re-anchoring monotonic)."""
