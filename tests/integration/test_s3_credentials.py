@@ -18,6 +18,7 @@ import pytest
 import urllib3
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.healthcheck import check_s3
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import (
     EXPLICIT_KEYS,
@@ -141,3 +142,17 @@ def test_a_grant_signed_from_the_chain_holds_its_prefix(
     with pytest.raises(InvalidInputError, match=r"AccessDenied.*Policy"):
         post_object(settings.endpoint, UploadGrant.model_validate(forged),
                     OTHER.raw_key(0, USER, "ogg-opus"), str(path))
+
+
+def test_voicetrack_check_names_the_credential_source(object_store: ObjectStore, no_aws: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    res = check_s3(object_store.settings)
+    assert res.ok and res.detail.endswith(f"listed with credentials from {EXPLICIT_KEYS}")
+    missing = check_s3(chain(object_store))
+    assert not missing.ok and "no S3 credentials" in missing.detail
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", object_store.settings.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", object_store.settings.secret_key)
+    credentials_provider.cache_clear()
+    res = check_s3(chain(object_store))
+    assert res.ok, res.detail
+    assert res.detail.endswith("credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
