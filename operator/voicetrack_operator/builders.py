@@ -51,8 +51,10 @@ class PodSettings:
     """The Secret (`accessKey`, `secretKey`) transcoder, promotion and live Job pods (and
     `files` recorders) read their S3 keys from, in their session's namespace. Empty
     (VOICETRACK_S3_SECRET_NAME="", the chart's choice when it has no keys): no key
-    variables at all; those pods take the standard AWS chain under the
-    `voicetrack-transcoder` ServiceAccount (an IRSA role from its annotations)."""
+    variables at all; the Jobs take the standard AWS chain under the
+    `voicetrack-transcoder` ServiceAccount (an IRSA role from its annotations). A `files`
+    recorder then has nothing to read its inputs with (its session's own account carries no
+    role): the files source needs keys."""
     discord_secret: str = "voicetrack-discord"
     transcode_deadline_s: int = 600
     promote_deadline_s: int = 3600
