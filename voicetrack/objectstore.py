@@ -210,15 +210,25 @@ class ExplicitKeys(StaticProvider):
     source = EXPLICIT_KEYS
 
 
-@functools.lru_cache(maxsize=32)
 def credentials_provider(settings: S3Settings) -> ExplicitKeys | CredentialChain:
-    """The one credentials provider of `settings` in this process, shared by every client
-    and signer made from them (so temporary credentials are fetched once and refreshed
-    before they expire): its explicit keys, else the AWS chain (`CredentialChain`). No
-    I/O: the chain looks only when asked (`retrieve`)."""
-    if settings.has_keys:
-        return ExplicitKeys(settings.access_key, settings.secret_key)
+    """The one credentials provider for `settings`' keys in this process, shared by every
+    client and signer (whatever their bucket or endpoint), so temporary credentials are
+    fetched once and refreshed shortly before they expire: its explicit keys, else the AWS
+    chain (`CredentialChain`). No I/O: the chain looks only when asked (`retrieve`)."""
+    return _provider(settings.access_key, settings.secret_key)
+
+
+@functools.lru_cache(maxsize=32)
+def _provider(access_key: str, secret_key: str) -> ExplicitKeys | CredentialChain:
+    if access_key and secret_key:
+        return ExplicitKeys(access_key, secret_key)
     return CredentialChain()
+
+
+def forget_credentials() -> None:
+    """Drop every provider (and the credentials it holds): the next client looks again
+    (tests that change the environment between stores)."""
+    _provider.cache_clear()
 
 
 def credentials_source(settings: S3Settings) -> str:

@@ -31,8 +31,8 @@ from voicetrack.objectstore import (
     CredentialsUnavailable,
     ObjectStore,
     S3Settings,
-    credentials_provider,
     credentials_source,
+    forget_credentials,
 )
 from voicetrack.uploadgrant import UploadGrant, mint_upload_grant, post_object
 from voicetrack_local.seaweed import SeaweedServer
@@ -59,9 +59,9 @@ def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     creds_file = tmp_path / "aws-credentials"
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds_file))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    credentials_provider.cache_clear()
+    forget_credentials()
     yield creds_file
-    credentials_provider.cache_clear()
+    forget_credentials()
 
 
 def chain(store: ObjectStore) -> S3Settings:
@@ -159,7 +159,7 @@ def test_voicetrack_check_names_the_credential_source(object_store: ObjectStore,
     assert not missing.ok and "no S3 credentials" in missing.detail
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", object_store.settings.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", object_store.settings.secret_key)
-    credentials_provider.cache_clear()
+    forget_credentials()
     res = check_s3(chain(object_store))
     assert res.ok, res.detail
     assert res.detail.endswith("credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
@@ -237,11 +237,11 @@ def test_a_session_token_from_the_environment_signs_end_to_end(
     round_trip(settings)
     # the token is needed: the same key and secret without it are refused
     monkeypatch.delenv("AWS_SESSION_TOKEN")
-    credentials_provider.cache_clear()
+    forget_credentials()
     with pytest.raises(TemporaryFailure, match="credentials"):
         ObjectStore(settings).get_bytes("chain/a.bin")
     monkeypatch.setenv("AWS_SESSION_TOKEN", creds.session_token)
-    credentials_provider.cache_clear()
+    forget_credentials()
     token_grant(settings, creds.session_token)
 
 

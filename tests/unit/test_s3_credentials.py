@@ -1,11 +1,8 @@
 """S3 credentials without a server (issue 15): the settings' keys are optional together, the
 AWS chain's temporary credentials (here from an ECS-style container credentials endpoint
 on loopback, a real HTTP server that minio's `IamAwsProvider` asks) sign presigned URLs and
-upload grants with their session token, and a grant never outlives them.
-
-SeaweedFS 4.48 answers STS AssumeRole only for roles set up in an advanced IAM
-configuration, which the test server does not have, so the session token is checked here in
-the signed fields and policy rather than end to end against S3.
+upload grants with their session token, and a grant never outlives them. The same end to
+end, with SeaweedFS's own STS: tests/integration/test_s3_credentials.py.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from voicetrack.objectstore import (
     S3Settings,
     credentials_provider,
     credentials_source,
+    forget_credentials,
 )
 from voicetrack.uploadgrant import mint_upload_grant
 
@@ -41,9 +39,9 @@ def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    credentials_provider.cache_clear()
+    forget_credentials()
     yield
-    credentials_provider.cache_clear()
+    forget_credentials()
 
 
 @pytest.fixture
@@ -130,3 +128,12 @@ def test_a_grant_from_temporary_credentials_carries_the_token_and_ends_with_them
     soon = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0)
     assert mint_upload_grant(settings, "voicetrack", "rec/1/AAAA/chunks/",
                              soon).expires_at == soon
+
+
+def test_one_provider_per_keys_whatever_the_bucket(no_aws: None) -> None:
+    a, b = S3Settings(ENDPOINT, bucket="one"), S3Settings("http://127.0.0.1:8", bucket="two")
+    assert credentials_provider(a) is credentials_provider(b)  # one chain, fetched once
+    assert credentials_provider(S3Settings(ENDPOINT, "AK", "SK")) is not credentials_provider(a)
+    fresh = credentials_provider(a)
+    forget_credentials()
+    assert credentials_provider(a) is not fresh
