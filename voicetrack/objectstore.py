@@ -15,7 +15,7 @@ project's own in one place (`_translate`, used by every call through `_s3`):
   retries exhausted), ConnectionError, TimeoutError and DNS failures → TemporaryFailure.
 
 Credentials: the settings' explicit keys, else the standard AWS chain through minio's
-providers (`credentials_provider`, `CredentialChain`); one provider per settings and
+providers (`credentials_provider`, `CredentialChain`); one provider per key pair and
 process signs every request, presigned URL and upload grant, with the session token of
 temporary credentials. No credentials at all → CredentialsUnavailable (a TemporaryFailure
 naming each source tried).
@@ -340,9 +340,10 @@ store at the same time (the operator's 32 blocking-call threads, promotion's 8 f
 
 
 class ObjectStore:
-    """One bucket of an S3 server. Every method raises NotFoundError, TemporaryFailure or
-    InvalidInputError for S3 and network failures (see the module docstring), and lets any
-    other exception through unchanged."""
+    """One bucket of an S3 server, signed for with `credentials_provider(settings)`. Every
+    method raises NotFoundError, TemporaryFailure or InvalidInputError for S3 and network
+    failures (see the module docstring), CredentialsUnavailable (a TemporaryFailure) when
+    there are no credentials, and lets any other exception through unchanged."""
 
     def __init__(self, settings: S3Settings) -> None:
         """Raises InvalidInputError for a bucket name S3 does not accept (checked here, once,
