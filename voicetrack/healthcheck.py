@@ -9,8 +9,9 @@ Three checks, each a `CheckResult`:
   pods matching a label selector (their `status.podIP`, through the in-cluster API);
 - database: the URL's database answers and is at the packaged Alembic head (skipped for an
   SQLite file: that file lives on the operator's volume, checked by its probe);
-- s3: the bucket can be listed with the configured keys (a prefix with no objects, so the
-  answer is small; nothing is written).
+- s3: the bucket can be listed with the configured keys, or the AWS credential chain's
+  when there are none (a prefix with no objects, so the answer is small; nothing is
+  written); the line names the credential source used.
 
 Settings are the operator's variables (VOICETRACK_DATABASE_URL, VOICETRACK_S3_*); imports of
 SQLAlchemy and the Kubernetes client happen only inside the check that needs them, so the
@@ -28,7 +29,7 @@ from typing import Annotated
 import typer
 
 from voicetrack.errors import NotFoundError, VoicetrackError
-from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.objectstore import ObjectStore, S3Settings, credentials_source
 
 PROBE_PREFIX = "voicetrack-healthcheck/"
 """The S3 prefix listed by the s3 check (no object is ever written under it)."""
@@ -111,16 +112,19 @@ def check_database(url: str) -> CheckResult:
 
 
 def check_s3(settings: S3Settings) -> CheckResult:
-    """List `PROBE_PREFIX` in the bucket with `settings`' keys: ok when S3 answers (a
-    missing bucket, refused keys or an unreachable endpoint fail, named in the detail)."""
+    """List `PROBE_PREFIX` in the bucket with `settings`' credentials (its keys, else the
+    AWS chain's): ok when S3 answers (a missing bucket, refused or missing credentials or
+    an unreachable endpoint fail, named in the detail). The detail names the credential
+    source used."""
     where = f"{settings.endpoint} bucket {settings.bucket}"
     try:
         ObjectStore(settings).list_keys(PROBE_PREFIX)
+        source = credentials_source(settings)
     except NotFoundError as err:
         return CheckResult("s3", False, f"{where}: no such bucket ({err})")
     except VoicetrackError as err:
         return CheckResult("s3", False, f"{where}: {err}")
-    return CheckResult("s3", True, f"{where}: listed with the configured keys")
+    return CheckResult("s3", True, f"{where}: listed with credentials from {source}")
 
 
 def check(

@@ -10,6 +10,16 @@ key: with them it can POST objects under that prefix; every other request (GET, 
 LIST, a POST outside the prefix, a tampered policy) is refused by S3 itself (checked on
 SeaweedFS 4.x, which enforces the conditions: tests/integration/test_upload_grant.py).
 
+Credentials: the operator's (`objectstore.credentials_provider`): its explicit keys, else
+the AWS chain. Temporary credentials (IRSA, ECS, EC2, AWS_SESSION_TOKEN) add the
+`x-amz-security-token` form field and its equality condition to the policy (minio's
+`PostPolicy.form_data`, as the SigV4 POST policy documentation asks), and S3 refuses the
+form once that token has expired, whatever the policy's `expiration` says; so the grant is
+capped at the credentials' expiry (`mint_upload_grant`) and its `expiresAt` tells the
+truth. With IRSA's default one-hour role sessions a recording longer than the credentials'
+remaining life loses its grant before it ends: give the operator explicit keys, or a
+longer role session (docs/deploy.md).
+
 One home for the contract: `UploadGrant` is the JSON both sides read; `mint_upload_grant`
 runs in the operator (no I/O: the region is given, so minio asks nothing), and
 `post_object` in the recorder.
@@ -18,16 +28,17 @@ runs in the operator (no I/O: the region is given, so minio asks nothing), and
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
+from minio.credentials import StaticProvider
 from minio.datatypes import PostPolicy
 from pydantic import BaseModel, ConfigDict, Field
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.objectstore import S3Settings
+from voicetrack.objectstore import S3Settings, credentials_provider
 
 GRANT_ENV = "VOICETRACK_S3_UPLOAD_GRANT"
 """The recorder's variable holding the grant's JSON (from its session's Secret)."""
@@ -40,7 +51,8 @@ MAX_OBJECT_BYTES = 5 * 1024**3
 class UploadGrant(BaseModel):
     """A signed POST policy: `bucket`, the key `prefix` it allows, its `expiresAt`, and the
     form `fields` to send with each upload (`policy`, `x-amz-algorithm`,
-    `x-amz-credential`, `x-amz-date`, `x-amz-signature`)."""
+    `x-amz-credential`, `x-amz-date`, `x-amz-signature`, and `x-amz-security-token` when
+    signed with temporary credentials)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
@@ -69,14 +81,23 @@ def mint_upload_grant(settings: S3Settings, bucket: str, prefix: str, expires: d
                       max_bytes: int = MAX_OBJECT_BYTES) -> UploadGrant:
     """Sign a POST policy for objects under `prefix` (which must end with `/`) in
     `bucket`, valid until `expires` (aware datetime), each object at most `max_bytes`
-    (bytes). No I/O. Raises InvalidInputError for an empty or unterminated prefix."""
+    (bytes), signed with the credentials of `settings` (explicit keys, else the AWS chain).
+    When those credentials are temporary, the grant expires with them if they expire
+    first (`expiresAt` is the earlier of the two). No I/O with explicit keys; the chain
+    may fetch credentials (once per process, again shortly before they expire). Raises
+    InvalidInputError for an empty or unterminated prefix, CredentialsUnavailable when
+    there are no credentials."""
     if not prefix.endswith("/") or prefix == "/":
         raise InvalidInputError(f"upload grant prefix {prefix!r} must be a folder ending "
                                 "with '/'")
     url = urlparse(settings.endpoint)
-    signer = Minio(url.netloc, access_key=settings.access_key,
-                   secret_key=settings.secret_key, secure=url.scheme == "https",
-                   region=settings.region)
+    provider = credentials_provider(settings)
+    creds = provider.retrieve()
+    if creds.expiration is not None:  # naive UTC (minio's Credentials)
+        expires = min(expires, creds.expiration.replace(tzinfo=UTC))
+    signer = Minio(url.netloc, credentials=StaticProvider(
+        creds.access_key, creds.secret_key, creds.session_token),
+        secure=url.scheme == "https", region=settings.region)
     policy = PostPolicy(bucket, expires)
     policy.add_starts_with_condition("key", prefix)
     policy.add_starts_with_condition("Content-Type", "")

@@ -48,6 +48,13 @@ class PodSettings:
     s3_region: str = "us-east-1"
     """VOICETRACK_S3_REGION for recorder and transcoder pods (the operator's own)."""
     s3_secret: str = "voicetrack-s3"
+    """The Secret (`accessKey`, `secretKey`) transcoder, promotion and live Job pods (and
+    `files` recorders) read their S3 keys from, in their session's namespace. Empty
+    (VOICETRACK_S3_SECRET_NAME="", the chart's choice when it has no keys): no key
+    variables at all; the Jobs take the standard AWS chain under the
+    `voicetrack-transcoder` ServiceAccount (an IRSA role from its annotations). A `files`
+    recorder then has nothing to read its inputs with (its session's own account carries no
+    role): the files source needs keys."""
     discord_secret: str = "voicetrack-discord"
     transcode_deadline_s: int = 600
     promote_deadline_s: int = 3600
@@ -99,10 +106,21 @@ def _labels(owner: SessionRef, component: str, **extra: str) -> dict[str, str]:
 
 
 def _s3_env(settings: PodSettings, bucket: str) -> list[dict[str, Any]]:
+    """Where S3 is, and its keys from `settings.s3_secret` unless that is empty (the AWS
+    credential chain)."""
     return [
         {"name": "VOICETRACK_S3_ENDPOINT", "value": settings.s3_endpoint},
         {"name": "VOICETRACK_S3_REGION", "value": settings.s3_region},
         {"name": "VOICETRACK_S3_BUCKET", "value": bucket},
+        *_s3_key_env(settings),
+    ]
+
+
+def _s3_key_env(settings: PodSettings) -> list[dict[str, Any]]:
+    """VOICETRACK_S3_ACCESS_KEY/SECRET_KEY from `settings.s3_secret`; none when it is empty."""
+    if not settings.s3_secret:
+        return []
+    return [
         {"name": "VOICETRACK_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
             "name": settings.s3_secret, "key": "accessKey"}}},
         {"name": "VOICETRACK_S3_SECRET_KEY", "valueFrom": {"secretKeyRef": {
@@ -124,8 +142,7 @@ def _recorder_s3_env(owner: SessionRef, spec: SessionSpec, settings: PodSettings
             "name": recorder_service_account(owner), "key": GRANT_SECRET_KEY}}},
     ]
     if spec.source.type == "files":
-        env.extend(e for e in _s3_env(settings, spec.storage.bucket)
-                   if e["name"] in ("VOICETRACK_S3_ACCESS_KEY", "VOICETRACK_S3_SECRET_KEY"))
+        env.extend(_s3_key_env(settings))
     return env
 
 

@@ -206,7 +206,7 @@ def test_the_api_server_admits_the_render_under_pod_security_restricted(
     kinds = sorted(o["kind"] for o in objs)
     assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
                      "Deployment", "Job", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
-                     "PersistentVolumeClaim", "Pod", "Role", "RoleBinding", "Secret", "Secret",
+                     "PersistentVolumeClaim", "Pod", "Role", "RoleBinding", "Secret",
                      "Secret", "ServiceAccount", "ServiceAccount", "ServiceAccount",
                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     # Every object but the Pod (its ServiceAccount is not created by a dry run) passes the

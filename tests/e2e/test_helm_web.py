@@ -31,7 +31,8 @@ def test_web_renders_only_when_enabled(helm: Helm) -> None:  # noqa: F811
     objs = web_objects(helm("template", "v", str(CHART), *KUBE, *ON,
                             "--set", "web.ingress.enabled=true",
                             "--set", "web.ingress.host=voicetrack.example.com").stdout)
-    assert sorted(objs) == ["Deployment", "Ingress", "NetworkPolicy", "Secret", "Service"]
+    assert sorted(objs) == ["Deployment", "Ingress", "NetworkPolicy", "Secret", "Service",
+                            "ServiceAccount"]
     pod = objs["Deployment"]["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -107,7 +108,8 @@ def test_the_api_server_admits_the_web_objects_under_restricted(
                   input="\n---\n".join(json.dumps(o) for o in objs.values()))
     assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": namespace},
-           "spec": objs["Deployment"]["spec"]["template"]["spec"]}
+           "spec": {**objs["Deployment"]["spec"]["template"]["spec"],
+                    "serviceAccountName": "default"}}  # a dry run did not create its own
     res = kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
     assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
 

@@ -287,7 +287,9 @@ def test_intents_are_guilds_and_voice_states_only() -> None:
     ({"VOICETRACK_BOT_SYNC_GUILDS": "12"}, "VOICETRACK_BOT_SYNC_GUILDS: 12"),
     ({"VOICETRACK_BOT_GUILDS": "12"}, "VOICETRACK_BOT_GUILDS: '12'"),
     ({"VOICETRACK_BOT_FOLLOW_SECONDS": "900"}, "--follow-seconds"),
-    ({"VOICETRACK_S3_ENDPOINT": "http://127.0.0.1:1"}, "VOICETRACK_S3_ACCESS_KEY"),
+    # without keys the bot uses the AWS credential chain; half a pair is refused
+    ({"VOICETRACK_S3_ENDPOINT": "http://127.0.0.1:1", "VOICETRACK_S3_ACCESS_KEY": "a"},
+     "VOICETRACK_S3_SECRET_KEY is not"),
     ({"KUBECONFIG": "/nonexistent/kubeconfig"}, "no usable Kubernetes configuration"),
 ])
 def test_the_bot_command_refuses_bad_configuration(env: dict[str, str], message: str

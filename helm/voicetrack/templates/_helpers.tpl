@@ -58,6 +58,31 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- default .Values.s3.secretName .Values.s3.existingSecret }}
 {{- end }}
 
+{{/* "true" when the chart hands out S3 keys: `s3.existingSecret`, or `s3.accessKey` and
+     `s3.secretKey`. Empty: no key anywhere, every component uses the standard AWS
+     credential chain. Half a pair fails the render. */}}
+{{- define "voicetrack.s3Keys" -}}
+{{- if and (not .Values.s3.existingSecret) (ne (empty .Values.s3.accessKey) (empty .Values.s3.secretKey)) }}
+{{- fail "s3.accessKey and s3.secretKey go together: give both, or neither to use the AWS credential chain" }}
+{{- end }}
+{{- if or .Values.s3.existingSecret (and .Values.s3.accessKey .Values.s3.secretKey) }}true{{ end }}
+{{- end }}
+
+{{/* VOICETRACK_S3_ACCESS_KEY and VOICETRACK_S3_SECRET_KEY from the Secret `.secret`
+     (call with (dict "secret" NAME)), for a container's env list. */}}
+{{- define "voicetrack.s3KeyEnv" -}}
+- name: VOICETRACK_S3_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: accessKey
+- name: VOICETRACK_S3_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: secretKey
+{{- end }}
+
 {{- define "voicetrack.databaseSecretName" -}}
 {{- default (printf "%s-database" (include "voicetrack.fullname" .)) .Values.database.existingSecret }}
 {{- end }}

@@ -84,8 +84,8 @@ class MeetingArchive:
         """The archive of the sessions the bot makes: S3 from VOICETRACK_S3_ENDPOINT,
         _ACCESS_KEY, _SECRET_KEY (and _PUBLIC_ENDPOINT to sign for), bucket and prefix
         from `spec_defaults["storage"]` over the CRD's defaults. None when
-        VOICETRACK_S3_ENDPOINT is unset (no links). Raises InvalidInputError naming a
-        missing credential variable."""
+        VOICETRACK_S3_ENDPOINT is unset (no links). Without both keys the AWS credential
+        chain signs. Raises InvalidInputError naming a key given without the other."""
         if not os.environ.get("VOICETRACK_S3_ENDPOINT"):
             return None
         try:
