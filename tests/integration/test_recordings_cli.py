@@ -336,3 +336,26 @@ def test_history_columns_are_kept_and_checked(world: World) -> None:
         assert (await svc.find_session_meeting("ns1", "s1")).meeting_id == other
 
     world.db(go)
+
+
+def test_links_signed_with_credentials_from_the_aws_chain(world: World) -> None:
+    """No VOICETRACK_S3_* keys, the same keys as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+    (the chain's environment source): links are minted and download the track; one key
+    without the other is refused naming it."""
+    settings = world.store.settings
+    env = {k: v for k, v in world.env().items()
+           if k not in ("VOICETRACK_S3_ACCESS_KEY", "VOICETRACK_S3_SECRET_KEY")}
+    env.update(AWS_ACCESS_KEY_ID=settings.access_key,
+               AWS_SECRET_ACCESS_KEY=settings.secret_key, AWS_EC2_METADATA_DISABLED="true")
+    cmd = [str(BIN / "voicetrack"), "recordings", "url", DONE, "mix"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    data = urllib.request.urlopen(json.loads(res.stdout)["url"], timeout=30).read()
+    want = next(t for t in world.manifest.tracks if t.user_id is None and t.format == "mp3")
+    assert hashlib.sha256(data).hexdigest() == want.sha256
+
+    half = {**env, "VOICETRACK_S3_ACCESS_KEY": settings.access_key}
+    res = subprocess.run(cmd, env=half, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 1 and "VOICETRACK_S3_SECRET_KEY" in res.stderr, res.stderr

@@ -3,7 +3,8 @@ cluster's database and S3.
 
 Settings are the operator's: `VOICETRACK_DATABASE_URL` and `VOICETRACK_S3_ENDPOINT`,
 `VOICETRACK_S3_ACCESS_KEY`, `VOICETRACK_S3_SECRET_KEY`, `VOICETRACK_S3_BUCKET`,
-`VOICETRACK_S3_PUBLIC_ENDPOINT` (links are signed for it), each overridable by an option of
+`VOICETRACK_S3_PUBLIC_ENDPOINT` (links are signed for it; without the two keys,
+credentials come from the standard AWS chain), each overridable by an option of
 the group (`voicetrack recordings --database-url … list`). Plugged into the `voicetrack`
 command by `register` (entry point `voicetrack.cli: recordings`, extra `sql`).
 
@@ -80,19 +81,23 @@ class Settings:
         return self.database_url
 
     def s3(self) -> S3Settings | None:
-        """The S3 settings, None when none is given. InvalidInputError naming the missing
-        options when only some are."""
-        given = {"--s3-endpoint / VOICETRACK_S3_ENDPOINT": self.s3_endpoint,
-                 "--s3-access-key / VOICETRACK_S3_ACCESS_KEY": self.s3_access_key,
-                 "--s3-secret-key / VOICETRACK_S3_SECRET_KEY": self.s3_secret_key}
-        if not any(given.values()):
+        """The S3 settings, None when no endpoint is given. Without keys, credentials come
+        from the AWS chain (`voicetrack.objectstore.credentials_provider`), as the
+        operator's do. InvalidInputError naming the missing option when keys are given
+        without an endpoint, or one key without the other."""
+        keys = {"--s3-access-key / VOICETRACK_S3_ACCESS_KEY": self.s3_access_key,
+                "--s3-secret-key / VOICETRACK_S3_SECRET_KEY": self.s3_secret_key}
+        if not self.s3_endpoint:
+            if any(keys.values()):
+                raise InvalidInputError("S3 settings incomplete: set --s3-endpoint / "
+                                        "VOICETRACK_S3_ENDPOINT")
             return None
-        missing = [name for name, value in given.items() if not value]
-        if missing:
-            raise InvalidInputError(f"S3 settings incomplete: set {', '.join(missing)}")
-        assert self.s3_endpoint and self.s3_access_key and self.s3_secret_key
-        return S3Settings(endpoint=self.s3_endpoint, access_key=self.s3_access_key,
-                          secret_key=self.s3_secret_key, bucket=self.bucket,
+        missing = [name for name, value in keys.items() if not value]
+        if len(missing) == 1:
+            raise InvalidInputError(f"S3 settings incomplete: set {missing[0]}, or neither "
+                                    "key to use the AWS credential chain")
+        return S3Settings(endpoint=self.s3_endpoint, access_key=self.s3_access_key or "",
+                          secret_key=self.s3_secret_key or "", bucket=self.bucket,
                           public_endpoint=self.s3_public_endpoint or None)
 
 
