@@ -13,7 +13,8 @@ SeaweedFS and the operator (`voicetrack-operator`, its pods sent to the fake nod
 - promoter: when a promotion Job appears it reads the plan and writes the final tracks and
   `final/manifest.json` with their true sizes and sha256.
 
-Per step (N sessions, fresh namespace, fresh operator) it prints: chunk created → done in
+Per step (N sessions, fresh namespace, fresh operator) it prints: seconds from the first
+session's create to the last one's state Recording, chunk created → done in
 SQL (`temp_recordings.completed_at`) p50/p95/p99, operator CPU (cores, /proc) and peak RSS,
 API writes per chunk by the operator, by the generator and in the whole cluster (API
 Priority and Fairness counts each actor's requests, `voicetrack_local.accounting`), SQL
@@ -232,6 +233,20 @@ class Generator:
             await asyncio.sleep(1)
         return running
 
+    async def wait_recording(self, timeout_s: float) -> int:
+        """How many sessions have `status.state` Recording, waited for until all do or up
+        to `timeout_s` (polled every 0.5 s)."""
+        deadline = time.monotonic() + timeout_s
+        n = 0
+        while time.monotonic() < deadline:
+            _, data = await self.api.request("GET", self.ns_path(SESSION_PLURAL))
+            n = sum(1 for o in data["items"]
+                    if (o.get("status") or {}).get("state") == "Recording")
+            if n >= self.step.sessions:
+                break
+            await asyncio.sleep(0.5)
+        return n
+
     async def record(self, session: str, phase_s: float) -> None:
         """The recorder of `session`: a chunk every `chunk_s` seconds from `phase_s` on."""
         uid = self.step.uids[session]
@@ -351,6 +366,10 @@ class Figures:
     collected: int
     lost: int
     load: str
+    started_s: float = float("nan")
+    """Seconds from the first session's create to the last one's state Recording."""
+    started: int = 0
+    """Sessions Recording by then."""
     components: dict[str, float] = field(default_factory=dict)
     """Cores used by each process of the stack during the measured window."""
 
@@ -399,6 +418,10 @@ async def run_step(n: int, args: argparse.Namespace, env: dict[str, Any]) -> Fig
         running = await gen.wait_recorders(max(60.0, n / 5))
         log(f"step {n}: {len(step.uids)} sessions created, {len(running)} recorders Running "
             f"in {time.monotonic() - t_create:.1f} s")
+        recording = await gen.wait_recording(max(60.0, n / 5))
+        started_s = time.monotonic() - t_create
+        log(f"step {n}: {recording} sessions Recording {started_s:.1f} s after the first "
+            "create")
         recorders = [asyncio.create_task(gen.record(s, random.uniform(0, args.chunk_seconds)))
                      for s in sorted(running)]
         await asyncio.sleep(args.chunk_seconds)  # warm-up: every session's first chunk
@@ -441,7 +464,8 @@ async def run_step(n: int, args: argparse.Namespace, env: dict[str, Any]) -> Fig
             op_reads=d.get(f"{OPERATOR}-reads", 0) / per,
             load_writes=d.get(f"{LOAD}-writes", 0) / per, all_writes=d["total"] / per,
             sql_writes_s=sql_rate, promoted=promoted, collected=collected,
-            lost=lost + step.errors, load=load, components=components)
+            lost=lost + step.errors, load=load, started_s=started_s, started=recording,
+            components=components)
     finally:
         watcher.cancel()
         op.stop()
@@ -491,7 +515,8 @@ async def metrics_text(api: Api) -> str:
 
 
 def print_step(f: Figures) -> None:
-    print(f"step {f.sessions} sessions: {f.chunks} chunks, {f.chunks_per_s:.1f} chunks/s; "
+    print(f"step {f.sessions} sessions: {f.started} Recording {f.started_s:.1f} s after the "
+          f"first create; {f.chunks} chunks, {f.chunks_per_s:.1f} chunks/s; "
           f"created->done p50 {f.p50:.2f} s p95 {f.p95:.2f} s p99 {f.p99:.2f} s; "
           f"operator cpu {f.cpu:.2f} cores ({1000 * f.cpu / max(f.chunks_per_s, 1e-9):.0f} ms "
           f"per chunk), rss {f.rss:.0f} MB; API writes/chunk: operator "

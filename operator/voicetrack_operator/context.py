@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from voicetrack.db.service import RecordingService
 from voicetrack.objectstore import ObjectStore, S3Settings
@@ -74,6 +76,51 @@ class OperatorSettings:
         )
 
 
+def session_keys(body: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The keys the session index (`handlers/index.py`) files RecordingSession `body`
+    under: its (namespace, name), its guild, and the meeting id it records into when it
+    names one (`status.meetingId`, else `spec.meetingId`)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    keys: list[tuple[str, ...]] = [("name", str(meta.get("namespace")), str(meta.get("name")))]
+    if spec.get("guildId"):
+        keys.append(("guild", str(spec["guildId"])))
+    meeting = (body.get("status") or {}).get("meetingId") or spec.get("meetingId")
+    if meeting:
+        keys.append(("meeting", str(meeting)))
+    return keys
+
+
+@dataclass
+class SessionIndex:
+    """The RecordingSessions the watch stream shows (kopf's `session_index`, filled before
+    any handler runs and updated on each event, so at most one event behind the API), read
+    by key: a session by name, the sessions of a guild, those of a meeting id. Only the
+    namespaces this operator serves."""
+
+    index: Mapping[Any, Iterable[dict[str, Any]]]
+    recorders: Mapping[Any, Iterable[dict[str, Any]]] | None = None
+    """kopf's `recorder_index` (recorder Pods by (namespace, session name)), when known."""
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The session `namespace/name`, None when the index does not show it."""
+        for obj in self.index.get(("name", namespace, name), ()):
+            return obj
+        return None
+
+    def in_guild(self, guild_id: str) -> list[dict[str, Any]]:
+        return list(self.index.get(("guild", guild_id), ()))
+
+    def in_meeting(self, meeting_id: str) -> list[dict[str, Any]]:
+        return list(self.index.get(("meeting", meeting_id), ()))
+
+    def has_recorder(self, namespace: str, name: str) -> bool | None:
+        """Whether the session's recorder Pod exists, None without the recorder index."""
+        if self.recorders is None:
+            return None
+        return any(True for _ in self.recorders.get((namespace, name), ()))
+
+
 @dataclass
 class Context:
     """What every handler shares: settings and the three adapters."""
@@ -86,6 +133,9 @@ class Context:
     unsynced: dict[tuple[str, str], str] = field(default_factory=dict)
     """Sessions (namespace, name) whose SQL mirror lags, with the last error: the
     observe timer replays their chunks and reports DatabaseSynced meanwhile."""
+    sessions: SessionIndex | None = None
+    """The sessions the watches show (set at start-up from kopf's indexes); None outside
+    kopf (services called directly), where the services read the API instead."""
 
     def store(self, bucket: str) -> AsyncObjectStore:
         """The async object store for `bucket` (one client per bucket, made on first use)."""

@@ -2,6 +2,9 @@
 the session's RecordingChunks, its transcoder Jobs and its recorder Pod. The observe timer
 reads them instead of listing chunks and Jobs and reading the pod every tick (three API
 reads per session every 2 s, two of them LISTs that scan the namespace: issue 16).
+The RecordingSessions themselves are indexed by name, guild and meeting id
+(`context.SessionIndex`): starting a session checked its guild and meeting id against a
+list of every session (O(N²) to start N), and each chunk read its session twice.
 
 kopf fills every index before it runs any other handler, and updates it on each watch event,
 so a value is at most one event behind the API. Values are the objects without
@@ -25,10 +28,12 @@ from voicetrack.resources import (
     LABEL_CHUNK_INDEX,
     LABEL_COMPONENT,
     LABEL_SESSION,
+    SESSION_PLURAL,
     VERSION,
     controller_uid,
 )
 from voicetrack_operator.builders import LIVE_COMPONENT
+from voicetrack_operator.context import session_keys
 from voicetrack_operator.services.sessions import Observed
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
@@ -61,6 +66,14 @@ def _plain(value: Any) -> Any:
 def _key(namespace: str | None, labels: kopf.Labels) -> tuple[str, str] | None:
     session = labels.get(LABEL_SESSION)
     return (namespace, session) if namespace and session else None
+
+
+@kopf.index(GROUP, VERSION, SESSION_PLURAL, id="session_index")
+def session_index(body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Every RecordingSession, by ("name", namespace, name), ("guild", guildId) and
+    ("meeting", meetingId) (`context.session_keys`); one slim copy under all its keys."""
+    value = slim(body)
+    return dict.fromkeys(session_keys(value), value)
 
 
 @kopf.index(*CHUNK, id="chunk_index")

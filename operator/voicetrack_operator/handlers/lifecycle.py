@@ -19,7 +19,7 @@ from voicetrack.errors import TemporaryFailure
 from voicetrack.kubeclient import load_api_client
 from voicetrack.resources import FINALIZER, GROUP
 from voicetrack_operator.adapters.kube import KubeAdapter
-from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.context import Context, OperatorSettings, SessionIndex
 from voicetrack_operator.leadership import Leadership, PeeringConfig
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
 
@@ -46,7 +46,8 @@ async def _every(seconds: float, what: str, fn: Any) -> None:
 
 
 @kopf.on.startup(id="context")
-async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any
+                     ) -> None:
     cfg = OperatorSettings.from_env()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -67,6 +68,8 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
         log.info("database migrated to revision %s", revision)
     ctx = Context(settings=cfg, kube=KubeAdapter(load_api_client(cfg.kubeconfig)),
                   db=RecordingService.from_url(cfg.database_url))
+    if "session_index" in kwargs:  # kopf's live indexes (empty now, filled before handlers)
+        ctx.sessions = SessionIndex(kwargs["session_index"], kwargs.get("recorder_index"))
     await ctx.store(cfg.s3.bucket).ensure_bucket()
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.listen_address,

@@ -146,7 +146,16 @@ class ChunkService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def _session(self, namespace: str, name: str) -> tuple[dict[str, Any], SessionSpec]:
+    async def _session(self, namespace: str, name: str, uid: str | None = None
+                       ) -> tuple[dict[str, Any], SessionSpec]:
+        """The chunk's session `namespace/name` and its parsed spec: from the session index
+        when it shows that session (with uid `uid`, the chunk's owner, when given: a
+        namesake made again may not be in the index yet), else read from the API. Raises
+        NotFoundError when it is gone."""
+        known = self.ctx.sessions.get(namespace, name) if self.ctx.sessions is not None \
+            else None
+        if known is not None and (uid is None or known["metadata"].get("uid") == uid):
+            return known, SessionSpec.model_validate(known.get("spec") or {})
         obj = await self.ctx.kube.get_session(namespace, name)
         if obj is None:
             raise NotFoundError(f"RecordingSession {namespace}/{name} is gone")
@@ -189,7 +198,8 @@ class ChunkService:
         the resourceVersion read), the rows are upserts, the Job create meets a 409."""
         if chunk.transcode_status.terminal:
             return chunk.status
-        session, spec = await self._session(chunk.namespace, chunk.spec.session_name)
+        session, spec = await self._session(chunk.namespace, chunk.spec.session_name,
+                                            chunk.owner_uid)
         why = await self.refusal(chunk, session, spec)
         if why is not None:
             return await self.refuse(chunk, why)
@@ -276,7 +286,7 @@ class ChunkService:
 
     async def _result(self, chunk: ChunkRef) -> TranscodeResult:
         spec = chunk.spec
-        _, sspec = await self._session(chunk.namespace, spec.session_name)
+        _, sspec = await self._session(chunk.namespace, spec.session_name, chunk.owner_uid)
         layout = MeetingLayout(sspec.storage.prefix, spec.guild_id, spec.meeting_id)
         store = self.ctx.store(sspec.storage.bucket)
         try:

@@ -146,24 +146,57 @@ class SessionService:
 
     # ------------------------------------------------------------------ start
 
-    async def busy_guild(self, s: SessionView) -> str | None:
+    async def busy_guild(self, s: SessionView, *, started_only: bool = False
+                         ) -> str | None:
         """The name of an older active session for the same guild, if any. Ties on
-        creation time go to the smaller name, so two racing sessions agree who won."""
-        for other in await self.ctx.kube.list_sessions():
+        creation time go to the smaller name, so two racing sessions agree who won.
+        With `started_only`, only one whose recorder was started counts (`guild_rival`).
+
+        Reads the session index (the guild's sessions) when there is one, else lists every
+        session."""
+        if self.ctx.sessions is not None:
+            others = self.ctx.sessions.in_guild(s.spec.guild_id)
+        else:
+            others = await self.ctx.kube.list_sessions()
+        for other in others:
             meta = other["metadata"]
             if meta["uid"] == s.ref.uid:
                 continue
             if (other.get("spec") or {}).get("guildId") != s.spec.guild_id:
                 continue
-            if meta.get("deletionTimestamp") and await self.ctx.kube.get_pod(
-                    meta["namespace"], recorder_pod_name(meta["name"])) is None:
+            if meta.get("deletionTimestamp") and not await self._has_recorder(
+                    meta["namespace"], meta["name"]):
                 continue  # being promoted, its recorder has left the channel
-            if (other.get("status") or {}).get("state") in INACTIVE_STATES:
+            status = other.get("status") or {}
+            if status.get("state") in INACTIVE_STATES:
+                continue
+            if started_only and not status.get("recorderPod"):
                 continue
             key = (str(meta.get("creationTimestamp", "")), meta["name"])
             if key < (s.created, s.ref.name):
                 return f"{meta['namespace']}/{meta['name']}"
         return None
+
+    async def _has_recorder(self, namespace: str, name: str) -> bool:
+        """Whether session `namespace/name`'s recorder Pod exists (the recorder index, else
+        a GET)."""
+        known = self.ctx.sessions.has_recorder(namespace, name) \
+            if self.ctx.sessions is not None else None
+        if known is not None:
+            return known
+        return await self.ctx.kube.get_pod(namespace, recorder_pod_name(name)) is not None
+
+    async def guild_rival(self, s: SessionView) -> str | None:
+        """An older session of the same guild whose recorder was started, while `s` records
+        too: the observe timer's re-check of `busy_guild`. The session index can lag the API
+        by an event, so two sessions of one guild created at once may both have found the
+        guild free; the younger one (creation time, then name) sees the older one here on
+        its next tick and stops (`observe_session`). None without the index (the create
+        path then listed every session)."""
+        if self.ctx.sessions is None or s.deletion or s.state in INACTIVE_STATES \
+                or not s.status.get("recorderPod"):
+            return None
+        return await self.busy_guild(s, started_only=True)
 
     async def ensure_session(self, s: SessionView) -> dict[str, Any]:
         """Start (or, after an operator restart, keep) the session: refuse a busy guild,
@@ -227,10 +260,16 @@ class SessionService:
     async def meeting_owner(self, s: SessionView) -> str | None:
         """Another session (`namespace/name`) that records, or recorded into, the meeting
         id `s` asks for, as the cluster says (the database's `meetings.session_uid` says
-        it for sessions already gone)."""
+        it for sessions already gone). Reads the session index (the meeting id's sessions)
+        when there is one, else lists every session; a rival the index does not show yet
+        is refused by the database, whose meeting row names the session that made it."""
         if s.spec.meeting_id is None:
             return None  # derived from the uid: nobody else has it
-        for other in await self.ctx.kube.list_sessions():
+        if self.ctx.sessions is not None:
+            others = self.ctx.sessions.in_meeting(s.meeting_id)
+        else:
+            others = await self.ctx.kube.list_sessions()
+        for other in others:
             meta = other["metadata"]
             if meta["uid"] == s.ref.uid:
                 continue
@@ -274,6 +313,11 @@ class SessionService:
         else:
             pod = seen.pod
         failure = s.status.get("recorderFailure") or recorder_failure(pod, datetime.now(UTC))
+        if not failure and seen is not None:
+            rival = await self.guild_rival(s)
+            if rival:  # both started in the index's lag: the younger one leaves the guild
+                failure = (f"guild {s.spec.guild_id} is already recorded by the older "
+                           f"session {rival}: a bot can be in one voice channel per guild")
         if failure:
             # it cannot record: stop the crash loop (and leave the voice channel); the
             # session stays Failed until deleted, which promotes what it recorded
