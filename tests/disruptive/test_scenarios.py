@@ -25,19 +25,26 @@ import itertools
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tests.audio_helpers import Speaker, upload_chunks
+from tests.disruptive.test_recorder_outages import restart_weed
 from tests.e2e.test_main_job import get, wait_for, wav_bytes
 from tests.fixtures.stack import Stack
 from voicetrack.kubeclient import load_api_client
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
+from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import ChunkSpec
+from voicetrack_local.postgres import PostgresServer
+from voicetrack_local.seaweed import SeaweedServer
+from voicetrack_local.stack import OperatorProcess, prepare_namespace
 
 pytestmark = pytest.mark.disruptive
 
@@ -377,3 +384,71 @@ def test_scenario_3_recorder_sigterm_mid_chunk_flushes_the_open_chunk(
     assert int(last["endMs"]) - int(last["startMs"]) < 5000, last  # the flushed open chunk
     row = oracle.row("3 recorder SIGTERM mid-chunk", meeting, final=True)
     assert row["lost"] == [] and row["failed"] == {}, row
+
+
+@pytest.fixture
+def own_s3_stack(stack: Stack, postgres_server: PostgresServer,
+                 tmp_path: Path) -> Iterator[tuple[Stack, SeaweedServer, str]]:
+    """A SeaweedFS the test may stop, a database and an operator of its own serving one
+    `s6-*` namespace (the shared stack's operator serves `e2e-*` only)."""
+    weed = SeaweedServer(tmp_path / "weed", access_key="vt-s6-access",
+                         secret_key="vt-s6-secret")
+    s3 = weed.start()
+    ns = f"s6-{secrets.token_hex(3)}"
+    op = OperatorProcess(stack.kubeconfig, s3, postgres_server.create_database(
+        f"vt_{ns.replace('-', '_')}"), tmp_path / "operator.log", extra_env={
+        "VOICETRACK_LOG_LEVEL": "INFO", "VOICETRACK_NAMESPACES": ns,
+        "VOICETRACK_LIVE_INTERVAL_SECONDS": "0"})
+    try:
+        store = ObjectStore(s3)
+        store.ensure_bucket()
+        prepare_namespace(stack.kubeconfig, ns, s3)
+        op.start()
+        yield Stack(stack.kubeconfig, s3, store, op.database_url, op), weed, ns
+    finally:
+        op.stop()
+        print(f"operator log tail:\n{op.tail(40)}")
+        stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        weed.stop()
+
+
+def test_scenario_6_s3_down_during_promotion_is_retried_soon_after_it_returns(
+        own_s3_stack: tuple[Stack, SeaweedServer, str]) -> None:
+    """S3 stops as the promotion Job starts and stays down until that Job has failed
+    (its pods retried to `backoffLimit`). Once S3 is back the promotion runs again within
+    a minute, not after a retry interval or the failed Job's TTL, and the meeting
+    completes with every chunk in its final tracks."""
+    stack, weed, ns = own_s3_stack
+    s = paused_session(stack, ns, "prom", snowflake())
+    oracle = Oracle(stack, ns, "prom")
+    inject(stack, ns, s, [(0, 5000), (5000, 10_000)], only=[0, 1])
+    wait_for("both chunks done", lambda: [chunk_status(c) for c in oracle.poll()]
+             == ["done", "done"], 90)
+    stack.kubectl("-n", ns, "delete", "recsess", "prom", "--wait=false")
+    wait_for("the promotion Job", lambda: get(stack, ns, "job", "prom-promote"), 60,
+             every_s=0.1)
+    settings = weed.settings
+    assert settings is not None
+    down_at = time.monotonic()
+    weed.stop()
+    try:
+        failed = wait_for("the promotion Job failed", lambda: (lambda j: j if j and any(
+            c["type"] == "Failed" and c["status"] == "True"
+            for c in (j.get("status") or {}).get("conditions") or []) else None)(
+            get(stack, ns, "job", "prom-promote")), 240, every_s=1)
+    finally:
+        restart_weed(weed, settings)
+    back_at = time.monotonic()
+    reason = next(c["reason"] for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    print(f"S3 down {back_at - down_at:.0f} s; promotion Job failed: {reason}")
+
+    def gone() -> bool:
+        oracle.poll()
+        return get(stack, ns, "recsess", "prom") is None
+
+    wait_for("promotion again after S3 returned", gone, 90, every_s=1)
+    print(f"promoted {time.monotonic() - back_at:.0f} s after S3 returned")
+    row = oracle.row("6 S3 down during promotion", s.meeting, final=True)
+    assert row["lost"] == [] and row["done"] == [0, 1], row
+    meetings = stack.db(lambda svc: svc.get_meeting(s.meeting))
+    assert str(meetings.status) == "completed", meetings
