@@ -13,10 +13,35 @@ the session) with what ends in SQL (`temp_recordings`, kept with `retainTempRows
 `lost` counts acknowledged chunks that are neither done with a verified output nor failed
 with a reason; it is 0 in every scenario here.
 
-Where the other scenarios are: docs in this module's tests' docstrings and the issue 11
-report (`tests/disruptive/test_kill_and_restart.py`, `test_operator_ha.py`,
-`test_recorder_outages.py`, `tests/e2e/test_operator_faults.py`, `test_main_job.py`,
-`test_operator_services.py`).
+The ten scenarios and where each is tested (here: `test_scenario_N_*`):
+
+1. operator SIGKILL between a child's create and its status patch: the create is
+   idempotent (deterministic names, 409 = success) and the level-based services repeat
+   the patch: `e2e/test_operator_services.py` (ensure_session / chunk ensure-observe-mirror
+   twice = once; startedAt chosen once when its patch was lost),
+   `disruptive/test_kill_and_restart.py` (operator SIGKILLed mid-session). Not yet: a kill
+   at exactly that point of the real process.
+2. operator down longer than the Job TTL: here (the collected Jobs are made again).
+3. recorder SIGKILL: `disruptive/test_kill_and_restart.py` (one `recorder-restart` gap);
+   SIGTERM mid-chunk: here.
+4. transcoder bad input: `e2e/test_main_job.py` (corrupt chunk), `integration/
+   test_transcoder_chunk.py` (exit 2, nothing written); the same chunk twice:
+   `integration/test_transcoder_chunk.py` and here (two Jobs at once); eviction: here.
+   Not yet: a transient failure (exit 1) retried by the Job on the cluster.
+5. PostgreSQL down mid-session: `disruptive/test_kill_and_restart.py`. Not yet: at
+   session start and across an operator restart.
+6. S3 down mid-session: `disruptive/test_recorder_outages.py` (disk spool, lost window
+   at stop); during promotion: here.
+7. two operator replicas: `disruptive/test_operator_ha.py`; duplicate events:
+   `e2e/test_operator_services.py` (handlers called twice). Not yet: out-of-order events.
+8. delete while transcodes run: here; after the transcode timeout:
+   `e2e/test_operator_services.py` (timeout stops the Job, a late done is kept).
+9. a RecordingChunk deleted by hand and `--cascade=foreground`:
+   `e2e/test_operator_faults.py`; a recorder pod killed: `test_kill_and_restart.py`; a
+   transcoder pod deleted: here (scenario 4). Not yet: a Job deleted by hand mid-run.
+10. bad specs: `e2e/test_crd_validation.py`, `e2e/test_main_job.py`; corrupt chunks:
+   `e2e/test_main_job.py`; a recorder that cannot record: `e2e/test_operator_faults.py`,
+   `disruptive/test_recorder_outages.py`.
 """
 
 from __future__ import annotations
@@ -230,12 +255,12 @@ def test_scenario_4_an_evicted_transcoder_pod_is_retried_and_a_doubled_job_gives
     evicted = None
     while evicted is None and time.monotonic() < deadline:
         for pod in api.list_namespaced_pod(ns, label_selector=f"job-name={job1}").items:
-            if pod.status.phase in ("Running", "Pending"):
+            if pod.status.phase == "Running":
                 api.delete_namespaced_pod(pod.metadata.name, ns)
                 evicted = (pod.metadata.name, pod.status.phase)
                 break
         time.sleep(0.05)
-    assert evicted, "never saw chunk 1's transcoder pod"
+    assert evicted, "never saw chunk 1's transcoder pod running"
     done1 = wait_for("chunk 1 done", lambda: (lambda o: o if chunk_status(o) in (
         "done", "failed") else None)(get(stack, ns, "recchunk", "evict-chunk-000001")), 120)
     assert chunk_status(done1) == "done", done1["status"]
@@ -452,3 +477,34 @@ def test_scenario_6_s3_down_during_promotion_is_retried_soon_after_it_returns(
     assert row["lost"] == [] and row["done"] == [0, 1], row
     meetings = stack.db(lambda svc: svc.get_meeting(s.meeting))
     assert str(meetings.status) == "completed", meetings
+
+
+def test_scenario_9_a_transcoder_job_deleted_by_hand_mid_run_is_made_again(
+        stack: Stack, e2e_namespace: str) -> None:
+    """A chunk's transcoder Job is deleted by hand (background cascade) while it runs: the
+    operator makes it again and the chunk ends done with one set of outputs."""
+    ns = e2e_namespace
+    s = paused_session(stack, ns, "byhand", snowflake())
+    oracle = Oracle(stack, ns, "byhand")
+    inject(stack, ns, s, [(0, 5000), (5000, 65_000)], only=[0, 1])
+    first = wait_for("chunk 1's Job running", lambda: (lambda j: j if j and (
+        j.get("status") or {}).get("active") else None)(
+        get(stack, ns, "job", "byhand-tx-000001")), 60, every_s=0.1)
+    stack.kubectl("-n", ns, "delete", "job", "byhand-tx-000001", "--cascade=background",
+                  "--wait=false")
+    at_delete = chunk_status(get(stack, ns, "recchunk", "byhand-chunk-000001"))
+    again = wait_for("chunk 1's Job made again", lambda: (lambda j: j if j and j[
+        "metadata"]["uid"] != first["metadata"]["uid"] else None)(
+        get(stack, ns, "job", "byhand-tx-000001")), 90, every_s=0.5)
+    wait_for("both chunks done", lambda: [chunk_status(c) for c in oracle.poll()]
+             == ["done", "done"], 120, every_s=1)
+    print(f"chunk 1 was {at_delete} when its Job was deleted; made again at "
+          f"{again['metadata']['creationTimestamp']}")
+    names = [sorted(k.rsplit("/", 1)[1] for k in stack.store.list_keys(
+        s.layout.chunk_dir(i))) for i in (0, 1)]
+    assert names[0] == names[1], names
+    row = oracle.row("9 transcoder Job deleted by hand mid-run", s.meeting, final=False)
+    assert row["lost"] == [] and row["done"] == [0, 1], row
+    delete_and_wait(stack, ns, "byhand", oracle)
+    row = oracle.row("9 (after promotion)", s.meeting, final=True)
+    assert row["lost"] == [], row
