@@ -69,7 +69,7 @@ from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import ChunkSpec
 from voicetrack_local.postgres import PostgresServer
 from voicetrack_local.seaweed import SeaweedServer
-from voicetrack_local.stack import OperatorProcess, prepare_namespace
+from voicetrack_local.stack import OperatorProcess, StackError, prepare_namespace
 
 pytestmark = pytest.mark.disruptive
 
@@ -254,7 +254,8 @@ def test_scenario_4_an_evicted_transcoder_pod_is_retried_and_a_doubled_job_gives
     deadline = time.monotonic() + 60
     evicted = None
     while evicted is None and time.monotonic() < deadline:
-        for pod in api.list_namespaced_pod(ns, label_selector=f"job-name={job1}").items:
+        pods: list[Any] = api.list_namespaced_pod(ns, label_selector=f"job-name={job1}").items
+        for pod in pods:
             if pod.status.phase == "Running":
                 api.delete_namespaced_pod(pod.metadata.name, ns)
                 evicted = (pod.metadata.name, pod.status.phase)
@@ -266,8 +267,8 @@ def test_scenario_4_an_evicted_transcoder_pod_is_retried_and_a_doubled_job_gives
     assert chunk_status(done1) == "done", done1["status"]
     job = get(stack, ns, "job", job1)
     assert job is not None and job["status"].get("succeeded") == 1, job
-    pods = api.list_namespaced_pod(ns, label_selector=f"job-name={job1}").items
-    assert evicted[0] not in [p.metadata.name for p in pods] or len(pods) >= 2, evicted
+    pods_now: list[Any] = api.list_namespaced_pod(ns, label_selector=f"job-name={job1}").items
+    assert evicted[0] not in [p.metadata.name for p in pods_now] or len(pods_now) >= 2, evicted
     print(f"evicted pod {evicted[0]} ({evicted[1]}); Job {job1}: "
           f"failed {job['status'].get('failed', 0)}, succeeded 1")
 
@@ -293,7 +294,8 @@ def test_scenario_4_an_evicted_transcoder_pod_is_retried_and_a_doubled_job_gives
             get(stack, ns, "recchunk", "evict-chunk-000002")) in ("done", "failed")
 
     wait_for("both Jobs of chunk 2 finished", both_finished, 120)
-    assert get(stack, ns, "job", "evict-tx-000002-again")["status"].get("succeeded") == 1
+    again = get(stack, ns, "job", "evict-tx-000002-again")
+    assert again is not None and again["status"].get("succeeded") == 1, again
     assert chunk_status(get(stack, ns, "recchunk", "evict-chunk-000002")) == "done"
 
     for index in (1, 2):  # one set of outputs, named as the reference chunk's
@@ -508,3 +510,52 @@ def test_scenario_9_a_transcoder_job_deleted_by_hand_mid_run_is_made_again(
     delete_and_wait(stack, ns, "byhand", oracle)
     row = oracle.row("9 (after promotion)", s.meeting, final=True)
     assert row["lost"] == [], row
+
+
+def test_scenario_5_postgres_down_at_session_start_and_across_an_operator_restart(
+        stack: Stack, e2e_namespace: str, postgres_server: PostgresServer) -> None:
+    """PostgreSQL is SIGKILLed before the session is created and the operator is
+    SIGKILLed and started again while it is still down. Whether the operator comes up
+    without its database (printed) or only once it is back, the session records, the
+    rows catch up once PostgreSQL returns and every chunk ends done and promoted."""
+    ns = e2e_namespace
+    postgres_server.crash()
+    started_without_db = False
+    try:
+        file_session(stack, ns, "nodb", snowflake(), 14_000)
+        oracle = Oracle(stack, ns, "nodb")
+        wait_for("a chunk while the database is down", lambda: oracle.poll(), 60, every_s=1)
+        stack.operator.process.kill()  # type: ignore[union-attr]
+        stack.operator.process.wait()  # type: ignore[union-attr]
+        try:
+            stack.operator.start(timeout_s=30)
+            started_without_db = True
+        except StackError as err:
+            why = str(err).strip().splitlines()[-1][:200]
+            print(f"the operator did not start without its database: {why}")
+        if started_without_db:
+            wait_for("a chunk done while the database is down", lambda: any(
+                chunk_status(c) == "done" for c in oracle.poll()), 90, every_s=1)
+    finally:
+        postgres_server.restart()
+        if stack.operator.process is None or stack.operator.process.poll() is not None:
+            stack.operator.start()
+    print(f"operator started while PostgreSQL was down: {started_without_db}")
+    meeting = wait_for("the meeting id", lambda: (get(stack, ns, "recsess", "nodb") or {})
+                       .get("status", {}).get("meetingId"), 60)
+
+    def rows_done() -> bool:
+        chunks = oracle.poll()
+        st = (get(stack, ns, "recsess", "nodb") or {}).get("status", {})
+        rows = stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting))
+        tracks = sum(len(c["spec"].get("tracks", [])) for c in chunks)
+        return st.get("recordedSeconds", 0) >= 12 and len(rows) == tracks and all(
+            str(r.transcode_status) == "done" for r in rows)
+
+    wait_for("every row done", rows_done, 120, every_s=1)
+    row = oracle.row("5 PostgreSQL down at start and across an operator restart", meeting,
+                     final=False)
+    assert row["lost"] == [] and row["failed"] == {}, row
+    delete_and_wait(stack, ns, "nodb", oracle)
+    row = oracle.row("5 (after promotion)", meeting, final=True)
+    assert row["lost"] == [] and row["failed"] == {}, row
