@@ -317,17 +317,16 @@ def test_scenario_4_an_evicted_transcoder_pod_is_retried_and_a_doubled_job_gives
     assert row["lost"] == [] and row["done"] == [0, 1, 2], row
 
 
-def test_scenario_2_operator_down_past_the_job_ttl_still_reconciles_every_chunk(
-        stack: Stack, e2e_namespace: str) -> None:
+def operator_down_past_the_job_ttl(stack: Stack, ns: str, name: str
+                                   ) -> tuple[Injected, Oracle, list[str]]:
     """The operator is SIGKILLed as soon as it has created three chunks' Jobs; the Jobs
     finish and are collected while it is down, as the TTL controller does after
     `ttlSecondsAfterFinished` (`PodSettings.job_ttl_s`, 3600 s; not settable from the
-    environment, so the test deletes the finished Jobs itself). On restart every chunk
-    still ends done with its verified output."""
-    ns = e2e_namespace
-    s = paused_session(stack, ns, "ttl", snowflake())
-    oracle = Oracle(stack, ns, "ttl")
-    names = [f"ttl-tx-{i:06d}" for i in range(3)]
+    environment, so the test deletes the finished Jobs itself); it is started again and
+    every chunk ends done. Returns the Jobs it made again."""
+    s = paused_session(stack, ns, name, snowflake())
+    oracle = Oracle(stack, ns, name)
+    names = [f"{name}-tx-{i:06d}" for i in range(3)]
     inject(stack, ns, s, [(0, 5000), (5000, 10_000), (10_000, 15_000)], only=[0, 1, 2])
     try:
         wait_for("three Jobs", lambda: {j["metadata"]["name"] for j in jobs(stack, ns)}
@@ -348,11 +347,31 @@ def test_scenario_2_operator_down_past_the_job_ttl_still_reconciles_every_chunk(
                                              for c in oracle.poll()), 120, every_s=1)
     rerun = sorted(j["metadata"]["name"] for j in jobs(stack, ns))
     print(f"chunk status at the kill: {at_kill}; Jobs made again on restart: {rerun}")
+    return s, oracle, rerun
+
+
+def test_scenario_2_operator_down_past_the_job_ttl_still_reconciles_every_chunk(
+        stack: Stack, e2e_namespace: str) -> None:
+    """On restart every chunk still ends done with its verified output, and promoted."""
+    ns = e2e_namespace
+    s, oracle, _ = operator_down_past_the_job_ttl(stack, ns, "ttl")
     row = oracle.row("2 operator down past the Job TTL", s.meeting, final=False)
     assert row["lost"] == [] and row["done"] == [0, 1, 2], row
     delete_and_wait(stack, ns, "ttl", oracle)
     row = oracle.row("2 (after promotion)", s.meeting, final=True)
     assert row["lost"] == [], row
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "services/chunks.py ChunkService.ensure_chunk re-creates the transcoder Job of a "
+    "chunk still `queued` in the API without first reading the chunk's result.json in "
+    "S3, so a finished Job collected while the operator was down is transcoded again "
+    "(idempotent, nothing lost, but the work is repeated) instead of reconciled from its "
+    "result"))
+def test_scenario_2_collected_jobs_are_reconciled_from_result_json_not_run_again(
+        stack: Stack, e2e_namespace: str) -> None:
+    _, _, rerun = operator_down_past_the_job_ttl(stack, e2e_namespace, "ttlr")
+    assert rerun == []
 
 
 def test_scenario_8_delete_while_transcodes_run_promotes_every_chunk(
