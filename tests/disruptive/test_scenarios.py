@@ -21,15 +21,16 @@ The ten scenarios and where each is tested (here: `test_scenario_N_*`):
    twice = once; startedAt chosen once when its patch was lost),
    `disruptive/test_kill_and_restart.py` (operator SIGKILLed mid-session). Not yet: a kill
    at exactly that point of the real process.
-2. operator down longer than the Job TTL: here (the collected Jobs are made again).
+2. operator down longer than the Job TTL: here (the collected Jobs are made again, not
+   reconciled from result.json: an xfail test).
 3. recorder SIGKILL: `disruptive/test_kill_and_restart.py` (one `recorder-restart` gap);
    SIGTERM mid-chunk: here.
 4. transcoder bad input: `e2e/test_main_job.py` (corrupt chunk), `integration/
    test_transcoder_chunk.py` (exit 2, nothing written); the same chunk twice:
    `integration/test_transcoder_chunk.py` and here (two Jobs at once); eviction: here.
    Not yet: a transient failure (exit 1) retried by the Job on the cluster.
-5. PostgreSQL down mid-session: `disruptive/test_kill_and_restart.py`. Not yet: at
-   session start and across an operator restart.
+5. PostgreSQL down mid-session: `disruptive/test_kill_and_restart.py`; at session start
+   and across an operator restart: here.
 6. S3 down mid-session: `disruptive/test_recorder_outages.py` (disk spool, lost window
    at stop); during promotion: here.
 7. two operator replicas: `disruptive/test_operator_ha.py`; duplicate events:
