@@ -28,7 +28,7 @@ The ten scenarios and where each is tested (here: `test_scenario_N_*`):
 4. transcoder bad input: `e2e/test_main_job.py` (corrupt chunk), `integration/
    test_transcoder_chunk.py` (exit 2, nothing written); the same chunk twice:
    `integration/test_transcoder_chunk.py` and here (two Jobs at once); eviction: here.
-   Not yet: a transient failure (exit 1) retried by the Job on the cluster.
+   A transient failure (S3 away: exit 1) retried by the Job: here.
 5. PostgreSQL down mid-session: `disruptive/test_kill_and_restart.py`; at session start
    and across an operator restart: here.
 6. S3 down mid-session: `disruptive/test_recorder_outages.py` (disk spool, lost window
@@ -579,3 +579,39 @@ def test_scenario_5_postgres_down_at_session_start_and_across_an_operator_restar
     delete_and_wait(stack, ns, "nodb", oracle)
     row = oracle.row("5 (after promotion)", meeting, final=True)
     assert row["lost"] == [] and row["failed"] == {}, row
+
+
+def test_scenario_4_a_transient_transcoder_failure_is_retried_by_its_job(
+        own_s3_stack: tuple[Stack, SeaweedServer, str]) -> None:
+    """S3 stops as a chunk's transcoder Job starts: its pod fails with a temporary error
+    (exit 1, not the bad-input 2), S3 comes back, the Job's next pod succeeds and the
+    chunk ends done."""
+    stack, weed, ns = own_s3_stack
+    s = paused_session(stack, ns, "flaky", snowflake())
+    oracle = Oracle(stack, ns, "flaky")
+    inject(stack, ns, s, [(0, 5000)], only=[0])
+    wait_for("chunk 0's Job", lambda: get(stack, ns, "job", "flaky-tx-000000"), 60,
+             every_s=0.05)
+    settings = weed.settings
+    assert settings is not None
+    weed.stop()
+    try:
+        job = wait_for("a failed transcoder pod", lambda: (lambda j: j if j and (
+            j.get("status") or {}).get("failed") else None)(
+            get(stack, ns, "job", "flaky-tx-000000")), 120, every_s=0.5)
+    finally:
+        restart_weed(weed, settings)
+    wait_for("chunk 0 done", lambda: [chunk_status(c) for c in oracle.poll()] == ["done"],
+             120, every_s=1)
+    job = get(stack, ns, "job", "flaky-tx-000000")
+    assert job is not None and job["status"].get("succeeded") == 1, job
+    codes = [c["state"]["terminated"]["exitCode"] for p in json.loads(stack.kubectl(
+        "-n", ns, "get", "pods", "-l", "job-name=flaky-tx-000000", "-o", "json").stdout)[
+        "items"] for c in p["status"].get("containerStatuses", [])
+        if "terminated" in c.get("state", {})]
+    print(f"transcoder pods' exit codes: {sorted(codes)}; Job failed "
+          f"{job['status'].get('failed')}, succeeded 1")
+    assert 2 not in codes and 0 in codes, codes
+    row = oracle.row("4 transient transcoder failure (S3 away) retried", s.meeting,
+                     final=False)
+    assert row["lost"] == [] and row["done"] == [0], row
