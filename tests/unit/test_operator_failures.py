@@ -17,6 +17,7 @@ from voicetrack_operator.builders import (
 )
 from voicetrack_operator.services.deletion import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import (
+    failed_on_input,
     failure_detail,
     reason_line,
     termination_message,
@@ -108,3 +109,17 @@ def test_deletion_progress_round_trips_and_unreadable_starts_over() -> None:
     assert DeletionProgress.from_status({}) == DeletionProgress(DeletionStep.STOP)
     assert DeletionProgress.from_status({"deletion": {"step": "bogus"}}).step is \
         DeletionStep.STOP
+
+
+@pytest.mark.parametrize(("reason", "on_input"), [
+    ("PodFailurePolicy", True), ("BackoffLimitExceeded", False),
+    ("DeadlineExceeded", False)])
+def test_only_a_pod_failure_policy_failure_is_an_input_failure(reason: str,
+                                                               on_input: bool) -> None:
+    """A promotion Job whose retries ran out while S3 was away is run again (issue 11
+    scenario 6); only the exit-2 failure keeps it failed."""
+    job = {"status": {"conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": reason},
+        {"type": "Failed", "status": "True", "reason": reason}]}}
+    assert failed_on_input(job) is on_input
+    assert not failed_on_input({"status": {"active": 1}})

@@ -34,7 +34,11 @@ from voicetrack_operator.builders import build_promote_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
-from voicetrack_operator.services.failures import failure_detail, meeting_outcome
+from voicetrack_operator.services.failures import (
+    failed_on_input,
+    failure_detail,
+    meeting_outcome,
+)
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
@@ -47,6 +51,12 @@ PROMOTION_RETRY_S = 300.0
 """A deletion that cannot complete (promotion failed, outputs do not match, an input the
 API refuses) is tried again this often (seconds); deleting a failed promotion Job makes the
 next try run it anew."""
+
+PROMOTION_RERUN_S = 10.0
+"""A promotion Job that failed on infrastructure (its pods' retries ran out while S3 or a
+node was away, issue 11 scenario 6) is deleted and the promote step tried again after this
+many seconds: writing the plan to S3 fails (and is retried) until S3 answers, then the Job
+runs anew. Its own pod retries (about 70 s of backoff) pace the attempts."""
 
 
 class DeletionStep(enum.StrEnum):
@@ -266,9 +276,18 @@ class DeletionService:
         if controller_uid(job) != s.ref.uid:
             return Wait(f"Job {job_name} of an earlier session of this name is still being "
                         "collected", SessionState.PROMOTING)
+        if job["metadata"].get("deletionTimestamp"):
+            return Wait(f"the failed promotion Job {job_name} is being deleted",
+                        SessionState.PROMOTING, delay=PROMOTION_RERUN_S)
         state, reason = job_state(job)
         if state is TranscodeStatus.FAILED:
             detail = await failure_detail(self.ctx.kube, s.ref.namespace, job_name)
+            if not failed_on_input(job):  # S3 or a node was away: run it again soon
+                await self.ctx.kube.delete_job(s.ref.namespace, job_name)
+                raise TemporaryFailure(
+                    f"promotion Job {job_name} failed: {reason}"
+                    f"{'; ' + detail if detail else ''}; raw chunks kept; running it again",
+                    delay=PROMOTION_RERUN_S)
             raise PromotionFailed(f"promotion Job {job_name} failed: {reason}"
                                   f"{'; ' + detail if detail else ''}; raw chunks kept; "
                                   f"delete Job {job_name} to run it again")

@@ -83,6 +83,18 @@ def recorder_failure(pod: dict[str, Any] | None, now: datetime) -> str | None:
     return None
 
 
+def failed_on_input(job: dict[str, Any]) -> bool:
+    """True when a failed Job failed on its input: a container exited with
+    `PERMANENT_EXIT_CODE` and the Job's `podFailurePolicy` failed it at once (condition
+    reason `PodFailurePolicy`). Any other failure (`BackoffLimitExceeded`,
+    `DeadlineExceeded`) ran out of retries against an infrastructure fault (S3, the
+    node) that may have passed since."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return cond.get("reason") == "PodFailurePolicy"
+    return False
+
+
 FAILURE_REASON_MAX = 1000
 """The longest failure reason kept on a meeting row (characters); a longer one is cut."""
 
