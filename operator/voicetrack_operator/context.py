@@ -34,6 +34,7 @@ class OperatorSettings:
     being a file path on the node); POD_NODE_POOL: recorder and transcoder pods select
     and tolerate that node pool (`builders.PodSettings.node_pool`; unset: none);
     RECORDER_IMAGE / TRANSCODER_IMAGE; LIVE_INTERVAL_SECONDS (30; 0 = off, `services.live`);
+    JOB_TTL_SECONDS (3600: `ttlSecondsAfterFinished` of the Jobs it makes);
     TEMP_TTL_HOURS (24); KUBECONFIG (else the default
     loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off; LISTEN_ADDRESS
     of both (127.0.0.1)."""
@@ -62,6 +63,7 @@ class OperatorSettings:
             discord_gateway_url=_env("POD_DISCORD_GATEWAY_URL", "") or None,
             discord_ca_bundle=_env("POD_DISCORD_CA_BUNDLE", "") or None,
             node_pool=_env("POD_NODE_POOL", "") or None,
+            job_ttl_s=int(_env("JOB_TTL_SECONDS", str(PodSettings.job_ttl_s))),
         )
         return cls(
             database_url=_env("DATABASE_URL", "sqlite+aiosqlite:///voicetrack.db"),

@@ -21,8 +21,9 @@ The ten scenarios and where each is tested (here: `test_scenario_N_*`):
    twice = once; startedAt chosen once when its patch was lost),
    `disruptive/test_kill_and_restart.py` (operator SIGKILLed mid-session). Not yet: a kill
    at exactly that point of the real process.
-2. operator down longer than the Job TTL: here (the collected Jobs are made again, not
-   reconciled from result.json: an xfail test).
+2. operator down longer than the Job TTL: here (the collected Jobs' chunks are done from
+   their result.json, not transcoded again); `e2e/test_operator_services.py` at the
+   service level.
 3. recorder SIGKILL: `disruptive/test_kill_and_restart.py` (one `recorder-restart` gap);
    SIGTERM mid-chunk: here.
 4. transcoder bad input: `e2e/test_main_job.py` (corrupt chunk), `integration/
@@ -322,9 +323,9 @@ def operator_down_past_the_job_ttl(stack: Stack, ns: str, name: str
                                    ) -> tuple[Injected, Oracle, list[str]]:
     """The operator is SIGKILLed as soon as it has created three chunks' Jobs; the Jobs
     finish and are collected while it is down, as the TTL controller does after
-    `ttlSecondsAfterFinished` (`PodSettings.job_ttl_s`, 3600 s; not settable from the
-    environment, so the test deletes the finished Jobs itself); it is started again and
-    every chunk ends done. Returns the Jobs it made again."""
+    `ttlSecondsAfterFinished` (VOICETRACK_JOB_TTL_SECONDS, 3600 s; the shared operator's
+    is not changed for one test, so the test deletes the finished Jobs itself); it is
+    started again and every chunk ends done. Returns the Jobs it made again."""
     s = paused_session(stack, ns, name, snowflake())
     oracle = Oracle(stack, ns, name)
     names = [f"{name}-tx-{i:06d}" for i in range(3)]
@@ -363,12 +364,6 @@ def test_scenario_2_operator_down_past_the_job_ttl_still_reconciles_every_chunk(
     assert row["lost"] == [], row
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "services/chunks.py ChunkService.ensure_chunk re-creates the transcoder Job of a "
-    "chunk still `queued` in the API without first reading the chunk's result.json in "
-    "S3, so a finished Job collected while the operator was down is transcoded again "
-    "(idempotent, nothing lost, but the work is repeated) instead of reconciled from its "
-    "result"))
 def test_scenario_2_collected_jobs_are_reconciled_from_result_json_not_run_again(
         stack: Stack, e2e_namespace: str) -> None:
     _, _, rerun = operator_down_past_the_job_ttl(stack, e2e_namespace, "ttlr")

@@ -289,6 +289,40 @@ async def test_a_transcode_timeout_stops_the_job_and_never_overwrites_a_late_don
     assert obj is not None and obj["status"]["transcodeStatus"] == "done"
 
 
+async def test_a_pending_chunk_whose_job_was_collected_is_done_from_its_result(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Issue 11 scenario 2: the chunk's Job ran to the end and its TTL collected it while
+    the operator was away, so the chunk is still `queued`. The catch-up reads its
+    result.json and marks it done; it does not transcode it again (before: a new Job)."""
+    s = await make_session(ctx, kubectl, namespace, "ttl")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    await chunks.ensure_chunk(await make_chunk(ctx, kubectl, s, 0, 0, 5000))
+    await chunks.ensure_chunk(await make_chunk(ctx, kubectl, s, 1, 5000, 10_000))
+    for index in (0, 1):
+        await ctx.kube.delete_job(namespace, transcode_job_name("ttl", index))
+    outputs = [ChunkOutput(user_id=u, format="mp3", key=s.layout.chunk_output_key(0, u, "mp3"),
+                           bytes=10, sha256="ef" * 32, duration_ms=5000).to_api()
+               for u in USERS]
+    await ctx.store(s.spec.storage.bucket).put_json(s.layout.result_key(0), {
+        "toolVersion": "test", "index": 0, "outputs": outputs})  # chunk 1 never finished
+
+    for _ in range(300):  # collected: the TTL controller deletes in the background
+        if not await ctx.kube.list_jobs(namespace, "ttl"):
+            break
+        await asyncio.sleep(0.1)
+    objs = await ctx.kube.list_chunks(namespace, "ttl", s.ref.uid)
+    await chunks.catch_up(namespace, "ttl", s.ref.uid, objs)
+    done = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert done.status.transcode_status == "done" and len(done.status.tracks) == 2
+    rows = rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id))
+    assert [(r[0], r[2]) for r in rows] == [(0, "done"), (0, "done"), (1, "queued"),
+                                           (1, "queued")]
+    live = [j["metadata"]["name"] for j in await ctx.kube.list_jobs(namespace, "ttl")
+            if not j["metadata"].get("deletionTimestamp")]
+    assert live == [transcode_job_name("ttl", 1)]  # only the unfinished one runs again
+
+
 async def test_busy_guild_is_refused_and_refused_stays_put(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     first = await make_session(ctx, kubectl, namespace, "first")

@@ -214,6 +214,7 @@ class ChunkService:
                                  track_count=len(chunk.spec.tracks),
                                  job_name=job["metadata"]["name"])
         # The status is written before the Job exists, so the Job's events cannot race it.
+        resumed = chunk.ensured
         if not chunk.ensured:
             # its spec next to its raw tracks first: the RecordingChunk is not the only
             # index of the raw audio (a chunk deleted by hand is rebuilt from it)
@@ -227,10 +228,36 @@ class ChunkService:
             chunk.status, chunk.ensured = status, True
             if job is None:
                 self.ctx.metrics.chunks.labels("done").inc()
+        if job is not None and resumed and await self._done_from_result(chunk, job):
+            return chunk.status
         await self.mirror(chunk)
         if job is not None:
             await self.ctx.kube.ensure(job)
         return chunk.status
+
+    async def _done_from_result(self, chunk: ChunkRef, job: dict[str, Any]) -> bool:
+        """For a chunk already `queued`/`in_progress` (a resume, or the timer's safety net):
+        when its `result.json` is in S3 and usable, its Job ran to the end (the transcoder
+        writes it last) and may have been collected by its TTL while the operator was away:
+        mark the chunk done from it instead of transcoding again. True when it did (or
+        another path moved the chunk meanwhile); False when there is no usable result and
+        the Job is to be ensured."""
+        try:
+            result = await self._result(chunk)
+        except InvalidInputError:
+            return False  # none yet, or unusable: the Job (re)writes it
+        new = chunk.status.model_copy(update={
+            "transcode_status": TranscodeStatus.DONE, "tracks": list(result.outputs),
+            "job_name": job["metadata"]["name"]})
+        if not await self.ctx.kube.patch_chunk_status(chunk.namespace, chunk.name,
+                                                      new.to_api(), chunk.resource_version):
+            return True  # another path moved this chunk since it was read: it wins
+        chunk.status = new
+        self.ctx.metrics.chunks.labels(TranscodeStatus.DONE.value).inc()
+        log.info("chunk %s/%s done from its result.json (its Job is gone or finished)",
+                 chunk.namespace, chunk.name)
+        await self.mirror(chunk)
+        return True
 
     async def observe_job(self, job: dict[str, Any],
                           known: dict[str, Any] | None = None) -> None:
@@ -377,7 +404,7 @@ class ChunkService:
                 await self.observe_job(job)
                 n += 1
         for obj in chunk_objs:  # pending, but its Job is gone (TTL passed while we were
-            chunk = ChunkRef.from_object(obj)  # away): make it again, transcodes repeat
+            chunk = ChunkRef.from_object(obj)  # away): done from its result, else again
             if not chunk.transcode_status.terminal and chunk.spec.tracks \
                     and chunk.spec.index not in with_job:
                 await self.ensure_chunk(chunk)
