@@ -31,6 +31,11 @@ WORKER_LIMIT = 2000
 a worker while its events come and for `WORKER_IDLE_S` after: the old limit of 64 with
 kopf's 5 s idle time let at most ~13 new objects per second through (issue 16)."""
 WORKER_IDLE_S = 1.0
+STARTUP_RETRY_S = 5.0
+"""Seconds between start-up attempts when the database or S3 does not answer (kopf's
+default is 60 s: the operator stayed down a minute after PostgreSQL came back). Nothing
+waits on it meanwhile but the operator: recorders keep writing chunks, which are picked up
+once it runs."""
 BLOCKING_THREADS = 32
 """The event loop's default executor (S3 calls, `asyncio.to_thread`); Python's default is
 min(32, cores + 4)."""
@@ -45,7 +50,7 @@ async def _every(seconds: float, what: str, fn: Any) -> None:
         await asyncio.sleep(seconds)
 
 
-@kopf.on.startup(id="context")
+@kopf.on.startup(id="context", backoff=STARTUP_RETRY_S)
 async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any
                      ) -> None:
     cfg = OperatorSettings.from_env()
@@ -63,14 +68,23 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs:
     # one ClusterKopfPeering whatever namespaces are served (kopf's PeeringSettings allows
     # cluster-wide peering for a namespaced operator)
     settings.peering.clusterwide = True
-    applied = await asyncio.to_thread(migrate.upgrade_head, cfg.database_url)
+    try:
+        applied = await asyncio.to_thread(migrate.upgrade_head, cfg.database_url)
+    except Exception as err:  # kopf retries the start-up in STARTUP_RETRY_S
+        raise kopf.TemporaryError(f"database not ready: {err}",
+                                  delay=STARTUP_RETRY_S) from err
     for revision in applied:
         log.info("database migrated to revision %s", revision)
     ctx = Context(settings=cfg, kube=KubeAdapter(load_api_client(cfg.kubeconfig)),
                   db=RecordingService.from_url(cfg.database_url))
     if "session_index" in kwargs:  # kopf's live indexes (empty now, filled before handlers)
         ctx.sessions = SessionIndex(kwargs["session_index"], kwargs.get("recorder_index"))
-    await ctx.store(cfg.s3.bucket).ensure_bucket()
+    try:
+        await ctx.store(cfg.s3.bucket).ensure_bucket()
+    except Exception as err:  # this attempt's clients go; the next one makes its own
+        await ctx.db.close()
+        ctx.kube.api.close()
+        raise kopf.TemporaryError(f"S3 not ready: {err}", delay=STARTUP_RETRY_S) from err
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.listen_address,
                           registry=ctx.metrics.registry)
