@@ -225,24 +225,31 @@ def token_grant(settings: S3Settings, token: str) -> UploadGrant:
     return grant
 
 
-def test_a_session_token_from_the_environment_signs_end_to_end(
-        sts_server: S3Settings, no_aws: Path, monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path) -> None:
+def temporary_in_env(sts_server: S3Settings, monkeypatch: pytest.MonkeyPatch
+                     ) -> tuple[S3Settings, str]:
+    """Temporary credentials from SeaweedFS's STS in the AWS_* environment (the chain's
+    first source): settings without keys that take them, and the session token."""
     creds = assume_role(sts_server)
     assert creds.session_token
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds.secret_key)
     monkeypatch.setenv("AWS_SESSION_TOKEN", creds.session_token)
-    settings = dataclasses.replace(sts_server, access_key="", secret_key="")
+    return dataclasses.replace(sts_server, access_key="", secret_key=""), creds.session_token
+
+
+def test_a_session_token_from_the_environment_signs_end_to_end(
+        sts_server: S3Settings, no_aws: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    settings, token = temporary_in_env(sts_server, monkeypatch)
     round_trip(settings)
     # the token is needed: the same key and secret without it are refused
     monkeypatch.delenv("AWS_SESSION_TOKEN")
     forget_credentials()
     with pytest.raises(TemporaryFailure, match="credentials"):
         ObjectStore(settings).get_bytes("chain/a.bin")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", creds.session_token)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
     forget_credentials()
-    token_grant(settings, creds.session_token)
+    token_grant(settings, token)
 
 
 @pytest.fixture
@@ -298,13 +305,8 @@ def test_iam_container_credentials_sign_and_cap_the_grant(
 def test_seaweedfs_accepts_a_grant_signed_with_temporary_credentials(
         sts_server: S3Settings, no_aws: Path, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    creds = assume_role(sts_server)
-    assert creds.session_token
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds.secret_key)
-    monkeypatch.setenv("AWS_SESSION_TOKEN", creds.session_token)
-    settings = dataclasses.replace(sts_server, access_key="", secret_key="")
-    grant = token_grant(settings, creds.session_token)
+    settings, token = temporary_in_env(sts_server, monkeypatch)
+    grant = token_grant(settings, token)
     path = tmp_path / "track.opus"
     path.write_bytes(b"temporary audio")
     own_key = OWN.raw_key(1, USER, "ogg-opus")
