@@ -246,17 +246,11 @@ class ChunkService:
             result = await self._result(chunk)
         except InvalidInputError:
             return False  # none yet, or unusable: the Job (re)writes it
-        new = chunk.status.model_copy(update={
-            "transcode_status": TranscodeStatus.DONE, "tracks": list(result.outputs),
-            "job_name": job["metadata"]["name"]})
-        if not await self.ctx.kube.patch_chunk_status(chunk.namespace, chunk.name,
-                                                      new.to_api(), chunk.resource_version):
-            return True  # another path moved this chunk since it was read: it wins
-        chunk.status = new
-        self.ctx.metrics.chunks.labels(TranscodeStatus.DONE.value).inc()
         log.info("chunk %s/%s done from its result.json (its Job is gone or finished)",
                  chunk.namespace, chunk.name)
-        await self.mirror(chunk)
+        await self._advance(chunk, chunk.status.model_copy(update={
+            "transcode_status": TranscodeStatus.DONE, "tracks": list(result.outputs),
+            "job_name": job["metadata"]["name"]}))
         return True
 
     async def observe_job(self, job: dict[str, Any],
@@ -300,10 +294,17 @@ class ChunkService:
             detail = await failure_detail(self.ctx.kube, ns, job_name)
             new = new.model_copy(update={
                 "error": f"{reason}{'; ' + detail if detail else ''}"[:1000]})
-        if not await self.ctx.kube.patch_chunk_status(ns, chunk.name, new.to_api(),
-                                                      chunk.resource_version):
-            return  # another path moved this chunk since we read it: it wins
+        await self._advance(chunk, new)
+
+    async def _advance(self, chunk: ChunkRef, new: ChunkStatus) -> None:
+        """Write `new` as the chunk's status, conditionally on the resourceVersion it was
+        read at (another path that moved it meanwhile wins: nothing more is done), count a
+        terminal state (and a done chunk's created → done latency), mirror it to SQL."""
+        if not await self.ctx.kube.patch_chunk_status(chunk.namespace, chunk.name,
+                                                      new.to_api(), chunk.resource_version):
+            return
         chunk.status = new
+        state = new.transcode_status
         if state.terminal:
             self.ctx.metrics.chunks.labels(state.value).inc()
             if state is TranscodeStatus.DONE and chunk.created is not None:
