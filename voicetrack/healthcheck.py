@@ -29,7 +29,8 @@ from typing import Annotated
 import typer
 
 from voicetrack.errors import NotFoundError, VoicetrackError
-from voicetrack.objectstore import ObjectStore, S3Settings, credentials_source
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.s3credentials import credentials_source
 
 PROBE_PREFIX = "voicetrack-healthcheck/"
 """The S3 prefix listed by the s3 check (no object is ever written under it)."""

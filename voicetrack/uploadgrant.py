@@ -10,7 +10,7 @@ key: with them it can POST objects under that prefix; every other request (GET, 
 LIST, a POST outside the prefix, a tampered policy) is refused by S3 itself (checked on
 SeaweedFS 4.x, which enforces the conditions: tests/integration/test_upload_grant.py).
 
-Credentials: the operator's (`objectstore.credentials_provider`): its explicit keys, else
+Credentials: the operator's (`s3credentials.credentials_provider`): its explicit keys, else
 the AWS chain. Temporary credentials (IRSA, ECS, EC2, AWS_SESSION_TOKEN) add the
 `x-amz-security-token` form field and its equality condition to the policy (minio's
 `PostPolicy.form_data`, as the SigV4 POST policy documentation asks), and S3 refuses the
@@ -38,7 +38,8 @@ from minio.datatypes import PostPolicy
 from pydantic import BaseModel, ConfigDict, Field
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.objectstore import S3Settings, credentials_provider
+from voicetrack.objectstore import S3Settings
+from voicetrack.s3credentials import credentials_provider
 
 GRANT_ENV = "VOICETRACK_S3_UPLOAD_GRANT"
 """The recorder's variable holding the grant's JSON (from its session's Secret)."""

@@ -26,11 +26,10 @@ from minio.credentials import AssumeRoleProvider, Credentials
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.healthcheck import check_s3
 from voicetrack.layout import MeetingLayout
-from voicetrack.objectstore import (
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.s3credentials import (
     EXPLICIT_KEYS,
     CredentialsUnavailable,
-    ObjectStore,
-    S3Settings,
     credentials_source,
     forget_credentials,
 )

@@ -19,10 +19,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tests.integration.test_s3_credentials import AWS_VARS
-from voicetrack.objectstore import (
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.s3credentials import (
     EXPLICIT_KEYS,
-    ObjectStore,
-    S3Settings,
     credentials_provider,
     credentials_source,
     forget_credentials,

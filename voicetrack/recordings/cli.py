@@ -82,7 +82,7 @@ class Settings:
 
     def s3(self) -> S3Settings | None:
         """The S3 settings, None when no endpoint is given. Without keys, credentials come
-        from the AWS chain (`voicetrack.objectstore.credentials_provider`), as the
+        from the AWS chain (`voicetrack.s3credentials.credentials_provider`), as the
         operator's do. InvalidInputError naming the missing option when keys are given
         without an endpoint, or one key without the other."""
         keys = {"--s3-access-key / VOICETRACK_S3_ACCESS_KEY": self.s3_access_key,
