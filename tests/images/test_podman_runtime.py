@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from voicetrack_local.nodeagent.podman import Podman, PodmanContainer
+from voicetrack_local.nodeagent.podmanargs import AGENT_LABEL
 from voicetrack_local.ports import free_port
 
 pytestmark = pytest.mark.images
@@ -235,3 +240,30 @@ def test_readiness_gates_ready_and_failing_liveness_restarts(pk: Kubectl, ns: st
     assert "Liveness probe failed" in reasons["Unhealthy"]
     assert reasons["Killing"] == "Container c failed liveness probe, will be restarted"
     assert "run" in pk("logs", "unhealthy", "-n", ns, "--previous").stdout
+
+
+@pytest.mark.parametrize("term_after_s", [0.05, 0.2, 1.5])
+def test_a_container_killed_after_its_grace_period_exits_137_however_early_it_was_stopped(
+        images: str, tmp_path: Path, term_after_s: float) -> None:
+    """A liveness failure stops a container with SIGTERM, then SIGKILL (``podman rm
+    --force``) once the grace period passes. When the SIGTERM came before ``podman run``
+    had its signal proxy (within ~0.2 s of its start, as under load in CI), ``podman run``
+    exited 0 after the removal and the pod showed the killed container as ``Completed``."""
+    agent = f"test-{secrets.token_hex(4)}"
+    podman = Podman(agent)
+    c = PodmanContainer("c", {"name": "c"}, False, podman=podman, cname=f"{agent}-c")
+    argv = [podman.exe, "run", "--name", c.cname or "", "--network", "none", "--label",
+            f"{AGENT_LABEL}={agent}", "--entrypoint", "sh", f"localhost/{OPERATOR}",
+            "-c", "echo run; exec sleep 600"]  # fmt: skip
+    try:
+        c.launch(argv, tmp_path, podman.env, tmp_path / "log", tmp_path / "pid", agent)
+        time.sleep(term_after_s)
+        assert c.terminate()
+        time.sleep(2.5)  # the grace period: sleep, PID 1 in the container, ignores SIGTERM
+        assert c.poll() is None
+        c.signal_group(signal.SIGKILL)
+        assert c.proc is not None
+        c.proc.wait(timeout=30)
+        assert c.poll() == 137
+    finally:
+        podman.remove_all()

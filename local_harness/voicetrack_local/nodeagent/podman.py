@@ -123,21 +123,51 @@ class Podman:
 @dataclass
 class PodmanContainer(Container):
     """A :class:`Container` whose process is ``podman run`` of container :attr:`cname`:
-    signals other than SIGKILL reach the container through podman (``--sig-proxy``, on by
-    default), SIGKILL removes it at once (``podman rm --force``), then kills the
-    ``podman run`` process group."""
+    signals other than SIGKILL reach the container through ``podman kill``, SIGKILL removes
+    it at once (``podman rm --force``), then kills the ``podman run`` process group."""
 
     podman: Podman | None = None
     cname: str | None = None
     pulls: int = field(default=0)  # failed pulls in a row (ErrImagePull, then ImagePullBackOff)
+    sigkilled: bool = field(default=False)  # this run was still running when SIGKILLed
 
     def signal_group(self, sig: int) -> None:
         if self.podman is not None and self.cname is not None:
             if sig == signal.SIGKILL:
+                if self.proc is not None and self.proc.poll() is None:
+                    self.sigkilled = True
                 self.podman.remove(self.cname)
             elif self.proc is not None and self.proc.poll() is None:
                 self.podman.kill(self.cname, sig)
         super().signal_group(sig)
+
+    def terminate(self) -> bool:
+        """SIGTERM to the container's main process through podman (``podman kill``), as a
+        CRI runtime's StopContainer sends it; False when no process is attached. Not to
+        ``podman run`` (its signal proxy): one signalled before it had started the
+        container (within ~0.2 s, as a liveness failure under load did) dropped the
+        container and exited 0, so the pod showed the stopped container as ``Completed``.
+        A container not running yet ignores it; the SIGKILL after the grace period ends it."""
+        if self.proc is None:
+            return False
+        if self.podman is None or self.cname is None:
+            return super().terminate()
+        if self.proc.poll() is None:
+            self.podman.kill(self.cname, signal.SIGTERM)
+        return True
+
+    def poll(self) -> int | None:
+        """As :meth:`Container.poll`, except that a run the agent SIGKILLed while it still
+        ran exits 137 (128 + SIGKILL), as a CRI runtime reports it, whatever ``podman run``
+        returned once its container was removed under it (``podman rm --force``)."""
+        code = super().poll()
+        if code is not None and self.sigkilled:
+            return 128 + signal.SIGKILL
+        return code
+
+    def release(self) -> None:
+        super().release()
+        self.sigkilled = False
 
     @property
     def runtime_id(self) -> str:
