@@ -54,6 +54,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ from voicetrack.resources import ChunkSpec
 from voicetrack_local.postgres import PostgresServer
 from voicetrack_local.seaweed import SeaweedServer
 from voicetrack_local.stack import OperatorProcess, StackError, prepare_namespace
+from voicetrack_operator.services.isolation import WINDOW_TOLERANCE_MS
 
 pytestmark = pytest.mark.disruptive
 
@@ -110,6 +112,8 @@ class Injected:
     uid: str
     meeting: str
     layout: MeetingLayout
+    created: datetime
+    """The session's creationTimestamp: a chunk's window is measured from it."""
 
 
 def paused_session(stack: Stack, ns: str, name: str, guild: str) -> Injected:
@@ -119,18 +123,24 @@ def paused_session(stack: Stack, ns: str, name: str, guild: str) -> Injected:
     obj = wait_for("a meeting id", lambda: (lambda o: o if o and o.get("status", {}).get(
         "meetingId") else None)(get(stack, ns, "recsess", name)), 30)
     meeting = obj["status"]["meetingId"]
+    created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
     return Injected(name, obj["metadata"]["uid"], meeting,
-                    MeetingLayout("recordings", guild, meeting))
+                    MeetingLayout("recordings", guild, meeting), created)
 
 
 def inject(stack: Stack, ns: str, s: Injected, windows: list[tuple[int, int]],
            only: list[int]) -> list[ChunkSpec]:
     """Upload the raw tracks of `windows` (one speaker talking throughout) and create the
-    RecordingChunks of the indices in `only`."""
+    RecordingChunks of the indices in `only`, no sooner than a recorder could: the operator
+    refuses a window ending more than `WINDOW_TOLERANCE_MS` past the session's age."""
     end = windows[-1][1]
     spk = Speaker(user_id=USER, f0=175.0, talks=[(0, end)])
     synthetic = upload_chunks(stack.store, s.layout, [spk], windows, end, [])
     chunks = [c.model_copy(update={"session_name": s.name}) for c in synthetic.chunks]
+    last_end_ms = max(c.end_ms for c in chunks if c.index in only)
+    age_needed_s = (last_end_ms - WINDOW_TOLERANCE_MS) / 1000 + 1
+    while (datetime.now(UTC) - s.created).total_seconds() < age_needed_s:
+        time.sleep(0.2)
     docs = [{"apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingChunk",
              "metadata": {"name": f"{s.name}-chunk-{c.index:06d}", "namespace": ns,
                           "labels": {"voicetrack.dev/session": s.name},
@@ -504,10 +514,19 @@ def test_scenario_9_a_transcoder_job_deleted_by_hand_mid_run_is_made_again(
     ns = e2e_namespace
     s = paused_session(stack, ns, "byhand", snowflake())
     oracle = Oracle(stack, ns, "byhand")
-    inject(stack, ns, s, [(0, 5000), (5000, 65_000)], only=[0, 1])
+    # chunk 1 long enough to be caught running, and ending within the window a chunk
+    # created at once may claim (isolation.WINDOW_TOLERANCE_MS, 60 s: CI once made the
+    # chunk less than 5 s after the session, and a window ending at 65 s was refused)
+    inject(stack, ns, s, [(0, 5000), (5000, 60_000)], only=[0, 1])
+
+    def chunk_1_job() -> dict[str, Any] | None:
+        refused = ((get(stack, ns, "recchunk", "byhand-chunk-000001") or {}).get("status")
+                   or {}).get("refused")
+        assert not refused, f"chunk 1 refused: {refused}"
+        return get(stack, ns, "job", "byhand-tx-000001")
+
     # its Job as soon as it exists (CI once missed a short `active` between two polls)
-    first = wait_for("chunk 1's Job", lambda: get(stack, ns, "job", "byhand-tx-000001"),
-                     120, every_s=0.1)
+    first = wait_for("chunk 1's Job", chunk_1_job, 120, every_s=0.1)
     stack.kubectl("-n", ns, "delete", "job", "byhand-tx-000001", "--cascade=background",
                   "--wait=false")
     at_delete = chunk_status(get(stack, ns, "recchunk", "byhand-chunk-000001"))
