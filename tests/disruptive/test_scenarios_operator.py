@@ -1,4 +1,4 @@
-"""Issue 11's scenario 1 against the real operator process, with the sent-versus-
+"""Issue 11's scenarios 1 and 7 against the real operator process, with the sent-versus-
 received oracle of `test_scenarios.py` (each test prints its row `scenario N ...`).
 
 1. operator SIGKILL after a child's create and before the status patch that records it:
@@ -6,14 +6,23 @@ received oracle of `test_scenarios.py` (each test prints its row `scenario N ...
    ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1, built into v1.36) that
    denies the one status write that follows the create, then SIGKILLed; the policy is
    removed and the operator started again. No test-only code path in the operator.
+7. two operator replicas briefly overlapping without peering (a second standalone
+   operator on the same namespace and database for ~25 s while chunks flow, as in a
+   rolling update with peering misconfigured), and Job events that arrive after their
+   chunk is done (a late, failed Job of a done chunk; every Job replayed by an operator
+   restart's re-list).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +34,7 @@ from tests.disruptive.test_scenarios import (
     delete_and_wait,
     inject,
     jobs,
+    paused_session,
     session_doc,
     snowflake,
 )
@@ -32,6 +42,7 @@ from tests.e2e.test_main_job import get, wait_for
 from tests.fixtures.stack import Stack
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import meeting_id_for
+from voicetrack_local.stack import OperatorProcess
 
 pytestmark = pytest.mark.disruptive
 
@@ -218,3 +229,139 @@ def test_scenario_1_operator_sigkilled_between_a_childs_create_and_its_status_pa
     delete_and_wait(stack, ns, name, oracle)
     row = oracle.row("1 (after promotion)", s.meeting, final=True)
     assert row["lost"] == [] and row["done"] == [0, 1, 2], row
+
+
+def done_counter(metrics: str) -> float:
+    m = re.search(r'^voicetrack_chunks_total\{status="done"\} (\S+)$', metrics, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def chunk_outputs(stack: Stack, s: Injected, index: int) -> list[str]:
+    return sorted(k.rsplit("/", 1)[1] for k in stack.store.list_keys(s.layout.chunk_dir(index)))
+
+
+def test_scenario_7_two_operators_overlapping_without_peering_lose_and_double_nothing(
+        stack: Stack, e2e_namespace: str, tmp_path: Path) -> None:
+    """A second standalone operator (no peering: both act) serves the same namespace with
+    the same database and S3 for ~25 s while six chunks arrive, two at a time, and is then
+    stopped (SIGTERM, as a rolling update does); two more chunks arrive after. Both race on
+    every chunk event, Job event and observe tick: the conditional status patches, the 409
+    on the deterministic Job name and the row upserts keep one Job (one pod) and one set
+    of outputs per chunk, and each chunk counted done once across both operators."""
+    ns = e2e_namespace
+    name = "twin"
+    s = paused_session(stack, ns, name, snowflake())
+    oracle = Oracle(stack, ns, name)
+    windows = [(i * 5000, (i + 1) * 5000) for i in range(8)]
+    before = done_counter(stack.operator.metrics())
+    twin = OperatorProcess(stack.kubeconfig, stack.s3, stack.database_url,
+                           tmp_path / "twin.log", extra_env={
+                               "VOICETRACK_LOG_LEVEL": "INFO", "VOICETRACK_NAMESPACES": ns,
+                               "VOICETRACK_LIVE_INTERVAL_SECONDS": "0"})
+    twin.start()
+    overlap_started = time.monotonic()
+    try:
+        for pair in ([0, 1], [2, 3], [4, 5]):
+            inject(stack, ns, s, windows, only=pair)
+            oracle.poll()
+            time.sleep(6)
+        wait_for("the overlap's chunks done", lambda: sum(
+            chunk_status(c) == "done" for c in oracle.poll()) == 6, 90, every_s=0.5)
+        twin_done = done_counter(twin.metrics())
+    finally:
+        twin.stop()
+        print(f"second operator ran {time.monotonic() - overlap_started:.0f} s; its log "
+              f"tail:\n{twin.tail(15)}")
+    inject(stack, ns, s, windows, only=[6, 7])
+    wait_for("every chunk done", lambda: [chunk_status(c) for c in oracle.poll()]
+             == ["done"] * 8, 90, every_s=0.5)
+    main_done = done_counter(stack.operator.metrics()) - before
+    print(f"chunks counted done: {main_done:.0f} by the shared operator, {twin_done:.0f} by "
+          f"the second (8 chunks)")
+    assert main_done + twin_done == 8, (main_done, twin_done)
+    tx = sorted(j["metadata"]["name"] for j in jobs(stack, ns))
+    assert tx == [f"{name}-tx-{i:06d}" for i in range(8)], tx
+    for job_name in tx:
+        pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-l",
+                                        f"job-name={job_name}", "-o", "json").stdout)["items"]
+        assert len(pods) == 1, (job_name, [p["metadata"]["name"] for p in pods])
+    reference = chunk_outputs(stack, s, 0)
+    for i in range(8):
+        assert chunk_outputs(stack, s, i) == reference, (i, reference)
+    rows = stack.db(lambda svc: svc.get_temp_recordings_for_meeting(s.meeting))
+    assert sorted(r.chunk_index for r in rows) == list(range(8)), rows
+    row = oracle.row("7 two operators overlapping without peering", s.meeting, final=False)
+    assert row["lost"] == [] and row["done"] == list(range(8)), row
+    delete_and_wait(stack, ns, name, oracle)
+    row = oracle.row("7 (after promotion)", s.meeting, final=True)
+    assert row["lost"] == [] and row["done"] == list(range(8)), row
+
+
+def test_scenario_7_job_events_after_the_chunk_is_done_never_move_it(
+        stack: Stack, e2e_namespace: str) -> None:
+    """Job events that arrive after their chunk is done, as the watches really deliver
+    them: (a) a late, failed Job of chunk 1 (a copy of its Job, as an older attempt or a
+    lagging replica's would be, whose pod exits 2: its events are ADDED, active, then
+    Failed) after chunk 1 is done; (b) an operator restart, whose re-list replays every
+    Job (Complete) and every chunk (done) in whatever order. Forward-only: neither writes
+    the chunks again (resourceVersions unchanged), no error appears, the rows keep their
+    sha256 and completion time, and nothing is transcoded again."""
+    ns = e2e_namespace
+    name = "late"
+    s = paused_session(stack, ns, name, snowflake())
+    oracle = Oracle(stack, ns, name)
+    inject(stack, ns, s, [(0, 5000), (5000, 10_000)], only=[0, 1])
+    wait_for("both chunks done", lambda: [chunk_status(c) for c in oracle.poll()]
+             == ["done", "done"], 90, every_s=0.5)
+
+    def snapshot() -> tuple[dict[str, str], dict[int, tuple[Any, ...]]]:
+        versions = {c["metadata"]["name"]: c["metadata"]["resourceVersion"]
+                    for c in oracle.poll()}
+        rows = {r.chunk_index: (str(r.transcode_status), r.sha256, r.completed_at, r.error)
+                for r in stack.db(lambda svc: svc.get_temp_recordings_for_meeting(s.meeting))}
+        return versions, rows
+
+    first = snapshot()
+    job = get(stack, ns, "job", f"{name}-tx-000001")
+    assert job is not None
+    late = json.loads(json.dumps(job))
+    late["metadata"] = {"name": f"{name}-tx-000001-late", "namespace": ns,
+                        "labels": job["metadata"]["labels"],
+                        "ownerReferences": job["metadata"]["ownerReferences"]}
+    late["spec"].pop("selector", None)
+    late["spec"]["backoffLimit"] = 0
+    labels = late["spec"]["template"]["metadata"]["labels"]
+    for k in [k for k in labels if "controller-uid" in k or "job-name" in k]:
+        labels.pop(k)
+    late["spec"]["template"]["spec"]["containers"][0]["args"] = ["chunk", "--no-such-option"]
+    late.pop("status", None)
+    stack.kubectl("apply", "-f", "-", input=json.dumps(late))
+    failed = wait_for("the late Job failed", lambda: (lambda j: j if j and any(
+        c["type"] == "Failed" and c["status"] == "True"
+        for c in (j.get("status") or {}).get("conditions") or []) else None)(
+        get(stack, ns, "job", f"{name}-tx-000001-late")), 90, every_s=0.5)
+    time.sleep(6)  # its events handled, and three observe ticks
+    second = snapshot()
+    assert second == first, (first, second)
+
+    sigkill_operator(stack)
+    try:
+        time.sleep(1)
+    finally:
+        stack.operator.start()
+    time.sleep(8)  # the re-list replayed, and a few observe ticks
+    third = snapshot()
+    assert third == first, (first, third)
+    st = get(stack, ns, "recchunk", f"{name}-chunk-000001")["status"]  # type: ignore[index]
+    assert st["transcodeStatus"] == "done" and not st.get("error"), st
+    reason = next(c["reason"] for c in failed["status"]["conditions"] if c["type"] == "Failed")
+    print(f"late Job of done chunk 1 failed ({reason}); chunk resourceVersions and rows "
+          f"unchanged after it and after a restart's replay: {first[0]}")
+    tx = sorted(j["metadata"]["name"] for j in jobs(stack, ns))
+    assert tx == [f"{name}-tx-000000", f"{name}-tx-000001", f"{name}-tx-000001-late"], tx
+    row = oracle.row("7 Job events after the chunk is done (late failed Job, restart replay)",
+                     s.meeting, final=False)
+    assert row["lost"] == [] and row["done"] == [0, 1], row
+    delete_and_wait(stack, ns, name, oracle)
+    row = oracle.row("7 (after promotion)", s.meeting, final=True)
+    assert row["lost"] == [] and row["done"] == [0, 1], row
