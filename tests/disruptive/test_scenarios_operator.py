@@ -51,17 +51,22 @@ FROZEN = "scenario-1 freeze"
 
 
 @contextmanager
-def status_freeze(stack: Stack, ns: str, plural: str, allowed: str) -> Iterator[None]:
-    """While inside: the API server denies every UPDATE of `<plural>/status` in namespace
-    `ns` unless the CEL expression `allowed` (on `object`, the status written) holds. A
-    dry-run CREATE of a RecordingSession is denied too: the probe that shows the policy is in force
-    before the block runs (a policy takes effect a moment after it is made; schema
+def freeze(stack: Stack, ns: str, group: str, resource: str, operation: str,
+           allowed: str = "false") -> Iterator[None]:
+    """While inside: the API server denies every `operation` on `resource` (a plural, or
+    `plural/status` for its status subresource) of API group `group` in namespace `ns`
+    unless the CEL expression `allowed` (on `object`, what is written) holds. A dry-run
+    CREATE of a RecordingSession is denied too: the probe that shows the policy is in
+    force before the block runs (a policy takes effect a moment after it is made; schema
     validation comes first, so the probe is a valid RecordingSession). Removed in a
     finally, and waited for until a dry-run create passes again."""
-    name = f"vt-{ns}-{plural}-freeze"
+    plural, _, sub = resource.partition("/")
+    name = f"vt-{ns}-{plural}-{sub or operation.lower()}-freeze"
+    target = f"request.resource.resource == '{plural}' && " + (
+        f"has(request.subResource) && request.subResource == '{sub}'" if sub
+        else "!(has(request.subResource) && request.subResource != '')")
     expression = ("has(request.dryRun) && request.dryRun == true ? false : "
-                  "!(has(request.subResource) && request.subResource == 'status') "
-                  f"|| ({allowed})")
+                  f"!({target}) || ({allowed})")
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
         "metadata": {"name": name},
@@ -69,10 +74,10 @@ def status_freeze(stack: Stack, ns: str, plural: str, allowed: str) -> Iterator[
                  "matchConstraints": {"resourceRules": [
                      {"apiGroups": ["voicetrack.dev"], "apiVersions": ["*"],
                       "operations": ["CREATE"], "resources": ["recordingsessions"]},
-                     {"apiGroups": ["voicetrack.dev"], "apiVersions": ["*"],
-                      "operations": ["UPDATE"], "resources": [f"{plural}/status"]}]},
+                     {"apiGroups": [group], "apiVersions": ["*"],
+                      "operations": [operation], "resources": [resource]}]},
                  "validations": [{"expression": expression, "reason": "Forbidden",
-                                  "message": f"{FROZEN} of {plural}/status"}]}}
+                                  "message": f"{FROZEN} of {operation} {resource}"}]}}
     binding = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name},
@@ -119,8 +124,8 @@ def sigkill_operator(stack: Stack) -> None:
 
 def test_scenario_1_operator_sigkilled_between_a_childs_create_and_its_status_patch(
         stack: Stack, e2e_namespace: str) -> None:
-    """The two windows of the real order, each frozen by an admission policy and ended by
-    a SIGKILL:
+    """The windows of the real order, each frozen by an admission policy and ended by a
+    SIGKILL:
 
     - Recorder pod (`SessionService.ensure_session`): meeting row, RBAC, then the Pod,
       then the create handler returns `startedAt`/`recorderPod`, which kopf writes as the
@@ -134,7 +139,11 @@ def test_scenario_1_operator_sigkilled_between_a_childs_create_and_its_status_pa
       `observe_job`'s done. Allowing only `queued` chunk statuses stops the operator with
       the Jobs made and run to Complete and their chunks still queued. On restart the
       Jobs (the same uids, one per chunk) are observed and every chunk ends done with a
-      verified output, transcoded once (one pod per Job)."""
+      verified output, transcoded once (one pod per Job).
+    - The earlier chunk window: `queued` written, the Job's create denied (`batch/jobs`
+      CREATE). On restart the chunk has a status, so its event handler leaves it; the
+      observe timer's safety net (a chunk older than `SAFETY_NET_AGE_S` with no Job)
+      makes the Job, once."""
     ns = e2e_namespace
     name = "kill1"
     guild = snowflake()
@@ -142,7 +151,7 @@ def test_scenario_1_operator_sigkilled_between_a_childs_create_and_its_status_pa
     down = False
     try:
         # window 1: after the recorder Pod's create, before the session's status patch
-        with status_freeze(stack, ns, "recordingsessions", "false"):
+        with freeze(stack, ns, "voicetrack.dev", "recordingsessions/status", "UPDATE"):
             mark = log_size(stack)
             doc = session_doc(ns, name, guild, paused=True, source={
                 "type": "files", "speakers": [{"userId": USER,
@@ -190,15 +199,15 @@ def test_scenario_1_operator_sigkilled_between_a_childs_create_and_its_status_pa
                      MeetingLayout("recordings", guild, session["status"]["meetingId"]),
                      created)
         oracle = Oracle(stack, ns, name)
-        names = [f"{name}-tx-{i:06d}" for i in range(3)]
-        with status_freeze(stack, ns, "recordingchunks",
-                           "!has(object.status) || !has(object.status.transcodeStatus) "
-                           "|| object.status.transcodeStatus == 'queued'"):
+        names = [f"{name}-tx-{i:06d}" for i in range(4)]
+        windows = [(0, 5000), (5000, 10_000), (10_000, 15_000), (15_000, 20_000)]
+        with freeze(stack, ns, "voicetrack.dev", "recordingchunks/status", "UPDATE",
+                    "!has(object.status) || !has(object.status.transcodeStatus) "
+                    "|| object.status.transcodeStatus == 'queued'"):
             mark = log_size(stack)
-            inject(stack, ns, s, [(0, 5000), (5000, 10_000), (10_000, 15_000)],
-                   only=[0, 1, 2])
+            inject(stack, ns, s, windows, only=[0, 1, 2])
             wait_for("three Jobs complete", lambda: sum(
-                1 for j in jobs(stack, ns) if j["metadata"]["name"] in names
+                1 for j in jobs(stack, ns) if j["metadata"]["name"] in names[:3]
                 and (j.get("status") or {}).get("succeeded")) == 3, 120, every_s=0.5)
             wait_for("a done patch denied", lambda: FROZEN in log_since(stack, mark), 30,
                      every_s=0.3)
@@ -209,26 +218,47 @@ def test_scenario_1_operator_sigkilled_between_a_childs_create_and_its_status_pa
             down = True
         stack.operator.start()
         down = False
+        wait_for("chunks 0-2 done", lambda: [chunk_status(c) for c in oracle.poll()]
+                 == ["done"] * 3, 90, every_s=1)
+        after = {j["metadata"]["name"]: j["metadata"]["uid"] for j in jobs(stack, ns)}
+        assert after == uids and sorted(after) == names[:3], (uids, after)
+        print(f"chunks at the kill: {at_kill}; Jobs after the restart: the same "
+              f"{len(after)}")
+
+        # window 3 (the earlier one of the real order): chunk 3's `queued` written, its
+        # Job's create not yet made
+        with freeze(stack, ns, "batch", "jobs", "CREATE"):
+            mark = log_size(stack)
+            inject(stack, ns, s, windows, only=[3])
+            wait_for("chunk 3's Job create denied", lambda: FROZEN in log_since(
+                stack, mark), 60, every_s=0.3)
+            chunk3 = get(stack, ns, "recchunk", f"{name}-chunk-000003")
+            assert chunk_status(chunk3) == "queued", chunk3
+            assert get(stack, ns, "job", names[3]) is None
+            sigkill_operator(stack)
+            down = True
+        stack.operator.start()
+        down = False
     finally:
         if down or stack.operator.process is None \
                 or stack.operator.process.poll() is not None:
             stack.operator.start()
-    wait_for("every chunk done", lambda: all(chunk_status(c) == "done"
-                                             for c in oracle.poll()), 90, every_s=1)
-    after = {j["metadata"]["name"]: j["metadata"]["uid"] for j in jobs(stack, ns)}
-    assert after == uids and sorted(after) == names, (uids, after)
+    wait_for("every chunk done", lambda: [chunk_status(c) for c in oracle.poll()]
+             == ["done"] * 4, 90, every_s=1)
+    tx = sorted(j["metadata"]["name"] for j in jobs(stack, ns))
+    assert tx == names, tx
     for job_name in names:  # each ran once: one pod, no second transcode
         pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-l",
                                         f"job-name={job_name}", "-o", "json").stdout)["items"]
         assert len(pods) == 1, (job_name, [p["metadata"]["name"] for p in pods])
-    print(f"chunks at the kill: {at_kill}; Jobs after the restart: the same "
-          f"{len(after)} (one pod each)")
+    print("chunk 3 queued without its Job at the kill: its Job made once after the "
+          "restart; one pod per Job")
     row = oracle.row("1 operator SIGKILL after child create, before its status patch",
                      s.meeting, final=False)
-    assert row["lost"] == [] and row["done"] == [0, 1, 2], row
+    assert row["lost"] == [] and row["done"] == [0, 1, 2, 3], row
     delete_and_wait(stack, ns, name, oracle)
     row = oracle.row("1 (after promotion)", s.meeting, final=True)
-    assert row["lost"] == [] and row["done"] == [0, 1, 2], row
+    assert row["lost"] == [] and row["done"] == [0, 1, 2, 3], row
 
 
 def done_counter(metrics: str) -> float:
