@@ -304,6 +304,15 @@ class SessionService:
         if s.state is SessionState.REFUSED or s.deletion:
             return {}
         if seen is not None and not s.status.get("startedAt"):
+            if self._start_unrecorded(s, seen.pod):
+                # the create handler made the pod but its status patch was lost: kopf
+                # stores the handler's success (annotations) before the status patch, so an
+                # operator killed between the two never runs it again (issue 11, scenario
+                # 1). Finish it here: the same fields, the clock from the pod.
+                log.warning("session %s/%s: recorder pod without startedAt (the start's "
+                            "status patch was lost): recording it from the pod",
+                            s.ref.namespace, s.ref.name)
+                return await self.ensure_session(s)
             # the create handler has not started it yet (kopf runs timers beside it): it
             # writes the meeting row and the pod; observing now would rebuild that row
             # from the creation time and flag the session out of sync (issue 16, at scale)
@@ -362,6 +371,19 @@ class SessionService:
                 return live  # the audio so far is reported at once
             _progress_patched[s.ref.uid] = time.monotonic()
         return {**changed, **live}
+
+    @staticmethod
+    def _start_unrecorded(s: SessionView, pod: dict[str, Any] | None) -> bool:
+        """True when `s` has this session's recorder pod, made more than
+        `SAFETY_NET_AGE_S` ago, but no `startedAt`: its start's status patch was lost (a
+        younger pod is the create handler's, whose patch may be on its way)."""
+        if pod is None or controller_uid(pod) != s.ref.uid:
+            return False
+        created = pod["metadata"].get("creationTimestamp")
+        if not isinstance(created, str):
+            return False
+        age = datetime.now(UTC) - parse_time(created)
+        return age.total_seconds() > SAFETY_NET_AGE_S
 
     async def catch_up_seen(self, s: SessionView, objs: list[dict[str, Any]],
                             jobs: list[dict[str, Any]]) -> int:
