@@ -220,6 +220,38 @@ async def test_a_session_not_started_yet_is_not_observed() -> None:
     assert db.reads == 0 and kube.calls == [] and not ctx.unsynced
 
 
+async def test_a_pod_without_started_at_past_the_safety_age_finishes_the_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf stores the start handler's success before its status patch: an operator killed
+    between the two left the recorder pod running and `startedAt` unset for good (issue 11,
+    scenario 1 at the real process). A pod younger than `SAFETY_NET_AGE_S` is the create
+    handler's own, its patch on the way: left alone; an older one finishes the start."""
+    ctx, kube = make_ctx(FakeDb())
+    started: list[str] = []
+
+    async def ensure_session(self: SessionService, s: SessionView) -> dict[str, Any]:
+        started.append(s.ref.name)
+        return {"startedAt": "from the pod"}
+
+    monkeypatch.setattr(SessionService, "ensure_session", ensure_session)
+
+    def pod(age_s: float, owner_uid: str = UID) -> dict[str, Any]:
+        created = datetime.now(UTC) - timedelta(seconds=age_s)
+        return {**RUNNING_POD, "metadata": {
+            **RUNNING_POD["metadata"], "ownerReferences": [owner_reference(NAME, owner_uid)],
+            "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+
+    s = session_view()
+    s.status = {}
+    svc = SessionService(ctx)
+    assert await svc.observe_session(s, Observed(pod=pod(2))) == {}
+    assert await svc.observe_session(s, Observed(pod=pod(60, owner_uid="other"))) == {}
+    assert started == [] and kube.calls == []
+    age = sessions.SAFETY_NET_AGE_S + 5
+    assert await svc.observe_session(s, Observed(pod=pod(age))) == {"startedAt": "from the pod"}
+    assert started == [NAME]
+
+
 async def test_progress_is_patched_once_per_chunk_period_state_at_once() -> None:
     """The first scale runs made two status patches per chunk (one when it appeared, one
     when it was done): counts now wait for the chunk period, a new state does not."""
