@@ -87,7 +87,14 @@ def test_scenario_9_a_recorder_pod_deleted_by_hand_is_made_again_with_a_gap(
     old = get(stack, ns, "pod", "podgone-rec")
     assert old is not None
     before = max(oracle.seen)
-    time.sleep(2.5)
+    # 2 s into the open chunk on the session clock (the recorder's), whatever the lag of
+    # the poll: a SIGTERM near a window's end would flush a full chunk, not the open one
+    origin_ms = int(next(e["value"] for e in old["spec"]["containers"][0]["env"]
+                         if e["name"] == "VOICETRACK_SESSION_STARTED_AT_MS"))
+    open_start = int(oracle.seen[before]["spec"]["endMs"])
+    now_session = time.time() * 1000 - origin_ms
+    target = open_start + 2000 + 5000 * max(0, -(-(now_session - open_start - 2000) // 5000))
+    time.sleep(max(0.0, (target - now_session) / 1000))
     meeting = get(stack, ns, "recsess", "podgone")["status"]["meetingId"]  # type: ignore[index]
     deleted_at = time.monotonic()
     stack.kubectl("-n", ns, "delete", "pod", "podgone-rec", "--wait=false")
