@@ -21,6 +21,10 @@ class Metrics:
         self.chunk_latency = Histogram(
             "voicetrack_chunk_done_seconds", "Chunk sealed (created) to transcode done",
             buckets=(1, 2, 3, 5, 8, 13, 21, 34, 60, 120, 300), registry=r)
+        self.transcode_retries = Counter(
+            "voicetrack_transcode_retries_total",
+            "Transcoder Jobs made again after running out of retries on a transient fault",
+            registry=r)
         self.promotions = Counter("voicetrack_promotions_total", "Promotions by result",
                                   ["result"], registry=r)
         self.db_errors = Counter("voicetrack_db_errors_total", "SQL writes that failed",

@@ -389,6 +389,37 @@ async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
     assert again.status == done.status
 
 
+async def test_a_transcode_out_of_retries_is_made_again_not_failed(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A transcoder Job whose pods all failed while S3 was away (`BackoffLimitExceeded`)
+    is deleted and made again; its chunk stays pending, never `failed` (issue 11 item 4:
+    before, the chunk was failed for good and promotion made its intact raw audio
+    silence). One failed on its input (`PodFailurePolicy`, exit 2) fails the chunk."""
+    s = await make_session(ctx, kubectl, namespace, "retried")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    await chunks.ensure_chunk(await make_chunk(ctx, kubectl, s, 0, 0, 5000))
+    job = await ctx.kube.get_job(namespace, transcode_job_name("retried", 0))
+    assert job is not None
+    out_of_retries = {**job, "status": {"failed": 5, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]}}
+    await chunks.observe_job(out_of_retries)
+    pending = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert pending.status.transcode_status == "queued", pending.status
+    gone = await ctx.kube.get_job(namespace, transcode_job_name("retried", 0))
+    assert gone is None or gone["metadata"].get("deletionTimestamp"), gone
+    assert ctx.metrics.transcode_retries._value.get() == 1
+
+    await chunks.ensure_chunk(await make_chunk(ctx, kubectl, s, 1, 5000, 10_000))
+    job1 = await ctx.kube.get_job(namespace, transcode_job_name("retried", 1))
+    assert job1 is not None
+    await chunks.observe_job({**job1, "status": {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}})
+    failed = await make_chunk(ctx, kubectl, s, 1, 5000, 10_000)
+    assert failed.status.transcode_status == "failed", failed.status
+
+
 async def test_an_earlier_namesakes_children_are_not_this_sessions(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     """The bot names sessions `g-<guild>`: after a stop the garbage collector removes the

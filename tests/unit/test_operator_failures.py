@@ -18,6 +18,7 @@ from voicetrack_operator.builders import (
 from voicetrack_operator.services.deletion import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import (
     failed_on_input,
+    failed_transiently,
     failure_detail,
     reason_line,
     termination_message,
@@ -123,3 +124,17 @@ def test_only_a_pod_failure_policy_failure_is_an_input_failure(reason: str,
         {"type": "Failed", "status": "True", "reason": reason}]}}
     assert failed_on_input(job) is on_input
     assert not failed_on_input({"status": {"active": 1}})
+
+
+@pytest.mark.parametrize(("reason", "transient"), [
+    ("PodFailurePolicy", False), ("BackoffLimitExceeded", True),
+    ("DeadlineExceeded", False)])
+def test_only_a_transcode_out_of_retries_is_made_again(reason: str, transient: bool) -> None:
+    """A transcoder Job whose pods all failed while S3 was away is made again (issue 11
+    item 4: its chunk was failed for good and its intact raw audio became silence); one
+    failed on input or stopped by its deadline stays failed."""
+    job = {"status": {"conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": reason},
+        {"type": "Failed", "status": "True", "reason": reason}]}}
+    assert failed_transiently(job) is transient
+    assert not failed_transiently({"status": {"active": 1}})

@@ -32,7 +32,7 @@ from voicetrack.resources import (
 )
 from voicetrack_operator.builders import SessionRef, build_transcode_job
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.failures import failure_detail
+from voicetrack_operator.services.failures import failed_transiently, failure_detail
 from voicetrack_operator.services.isolation import (
     ChunkClaim,
     SessionFacts,
@@ -280,6 +280,15 @@ class ChunkService:
         if controller_uid(job) != chunk.session_uid:
             return  # an earlier namesake session's Job, not yet collected: not this chunk's
         if state.rank <= chunk.transcode_status.rank:
+            return
+        if state is TranscodeStatus.FAILED and failed_transiently(job):
+            # S3 or the node was away for all its retries; the raw audio is intact: delete
+            # the Job (its pods with it), and the safety net (`SessionService.catch_up_seen`,
+            # `catch_up` while deleting) makes it again once it is gone
+            log.warning("chunk %s/%s: Job %s failed (%s); making it again", ns, chunk.name,
+                        job_name, reason)
+            self.ctx.metrics.transcode_retries.inc()
+            await self.ctx.kube.delete_job(ns, job_name)
             return
         new = chunk.status.model_copy(update={"transcode_status": state, "job_name": job_name})
         if state is TranscodeStatus.DONE:

@@ -95,6 +95,19 @@ def failed_on_input(job: dict[str, Any]) -> bool:
     return False
 
 
+def failed_transiently(job: dict[str, Any]) -> bool:
+    """True when a failed transcoder Job ran out of pod retries (condition reason
+    `BackoffLimitExceeded`) without failing on its input: every pod exited with a code
+    other than `PERMANENT_EXIT_CODE`, as a transcode does while S3 or its node is away. Such
+    a chunk is transcoded again, without a count limit (its raw audio is intact; issue 11,
+    item 4); a Job stopped by its `activeDeadlineSeconds` (`DeadlineExceeded`) or failed on
+    input (`PodFailurePolicy`) is not."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return cond.get("reason") == "BackoffLimitExceeded"
+    return False
+
+
 FAILURE_REASON_MAX = 1000
 """The longest failure reason kept on a meeting row (characters); a longer one is cut."""
 
