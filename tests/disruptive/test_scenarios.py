@@ -19,8 +19,9 @@ The ten scenarios and where each is tested (here: `test_scenario_N_*`):
    idempotent (deterministic names, 409 = success) and the level-based services repeat
    the patch: `e2e/test_operator_services.py` (ensure_session / chunk ensure-observe-mirror
    twice = once; startedAt chosen once when its patch was lost),
-   `disruptive/test_kill_and_restart.py` (operator SIGKILLed mid-session). Not yet: a kill
-   at exactly that point of the real process.
+   `disruptive/test_kill_and_restart.py` (operator SIGKILLed mid-session); at exactly
+   those points of the real process (a ValidatingAdmissionPolicy holds the status patch):
+   `disruptive/test_scenarios_operator.py`.
 2. operator down longer than the Job TTL: here (the collected Jobs' chunks are done from
    their result.json, not transcoded again); `e2e/test_operator_services.py` at the
    service level.
@@ -33,14 +34,18 @@ The ten scenarios and where each is tested (here: `test_scenario_N_*`):
 5. PostgreSQL down mid-session: `disruptive/test_kill_and_restart.py`; at session start
    and across an operator restart: here.
 6. S3 down mid-session: `disruptive/test_recorder_outages.py` (disk spool, lost window
-   at stop); during promotion: here.
-7. two operator replicas: `disruptive/test_operator_ha.py`; duplicate events:
-   `e2e/test_operator_services.py` (handlers called twice). Not yet: out-of-order events.
+   at stop), for 3 minutes on the full stack and through a transcode's retries:
+   `disruptive/test_scenarios_outages.py`; during promotion: here.
+7. two operator replicas: `disruptive/test_operator_ha.py`, and two without peering
+   overlapping: `disruptive/test_scenarios_operator.py`; duplicate events:
+   `e2e/test_operator_services.py` (handlers called twice); late Job events after the
+   chunk is done, and a restart's replay: `disruptive/test_scenarios_operator.py`.
 8. delete while transcodes run: here; after the transcode timeout:
    `e2e/test_operator_services.py` (timeout stops the Job, a late done is kept).
 9. a RecordingChunk deleted by hand and `--cascade=foreground`:
    `e2e/test_operator_faults.py`; a recorder pod killed: `test_kill_and_restart.py`; a
-   transcoder pod deleted: here (scenario 4). Not yet: a Job deleted by hand mid-run.
+   transcoder pod deleted: here (scenario 4); a Job deleted by hand mid-run: here; a
+   recorder pod deleted by hand: `disruptive/test_scenarios_outages.py`.
 10. bad specs: `e2e/test_crd_validation.py`, `e2e/test_main_job.py`; corrupt chunks:
    `e2e/test_main_job.py`; a recorder that cannot record: `e2e/test_operator_faults.py`,
    `disruptive/test_recorder_outages.py`.
