@@ -1,9 +1,10 @@
 """Starting sessions and ensuring chunks on the session index (issue 16): `busy_guild` and
-`meeting_owner` read the guild's and the meeting id's sessions from kopf's `session_index`
-(`handlers/index.py`, `context.SessionIndex`) instead of listing every session per create
-(O(N²) to start N sessions), with the same rules; a chunk's session comes from the index
-instead of a GET (two per chunk). The index can lag the API by an event: two sessions of
-one guild started at once end with one recording, the younger stopped on its next tick."""
+`meeting_owner` (`services.admission`) read the guild's and the meeting id's sessions from
+kopf's `session_index` (`handlers/index.py`, `context.SessionIndex`) instead of listing
+every session per create (O(N²) to start N sessions), with the same rules; a chunk's
+session comes from the index instead of a GET (two per chunk). The index can lag the API by
+an event: two sessions of one guild started at once end with one recording, the younger
+stopped on its next tick."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings, SessionIndex
 from voicetrack_operator.handlers.index import session_index
 from voicetrack_operator.services import sessions
+from voicetrack_operator.services.admission import busy_guild, meeting_owner
 from voicetrack_operator.services.sessions import Observed, SessionService, SessionView
 
 pytestmark = pytest.mark.unit
@@ -146,17 +148,17 @@ async def test_busy_guild_reads_the_guilds_sessions_with_the_same_rules() -> Non
         body("elsewhere", "2026-01-01T00:00:00Z", guild="100000000000000009"),
     ]
     kube = Kube()
-    service = SessionService(make_ctx(kube, index_of(me, *others)))
+    ctx = make_ctx(kube, index_of(me, *others))
     s = SessionView.parse(me)
-    assert await service.busy_guild(s) is None
+    assert await busy_guild(ctx, s) is None
     assert kube.calls == []  # no list, and the recorder index answered for "gone"
 
     # a deleting session whose recorder still runs, and an older pending one, count
     ctx = make_ctx(kube, index_of(me, *others), {(NS, "gone"): [{"metadata": {}}]})
-    assert await SessionService(ctx).busy_guild(s) == f"{NS}/gone"
+    assert await busy_guild(ctx, s) == f"{NS}/gone"
     tie = body("a-tie", "2026-01-01T00:00:05Z")      # same second, smaller name: older
     ctx = make_ctx(kube, index_of(me, *others, tie))
-    assert await SessionService(ctx).busy_guild(s) == f"{NS}/a-tie"
+    assert await busy_guild(ctx, s) == f"{NS}/a-tie"
     assert kube.calls == []
 
 
@@ -166,7 +168,7 @@ async def test_meeting_owner_reads_the_meeting_ids_sessions_with_the_same_rules(
 
     async def owner(*others: dict[str, Any]) -> str | None:
         ctx = make_ctx(kube, index_of(me, *others))
-        return await SessionService(ctx).meeting_owner(SessionView.parse(me))
+        return await meeting_owner(ctx, SessionView.parse(me))
 
     assert await owner(body("r", "2026-01-01T00:00:00Z", meeting=MEETING,
                             status={"state": "Refused"})) is None
@@ -180,7 +182,7 @@ async def test_meeting_owner_reads_the_meeting_ids_sessions_with_the_same_rules(
     # a derived meeting id (no spec.meetingId) belongs to its own session only
     plain = body("p")
     ctx = make_ctx(kube, index_of(plain))
-    assert await SessionService(ctx).meeting_owner(SessionView.parse(plain)) is None
+    assert await meeting_owner(ctx, SessionView.parse(plain)) is None
     assert kube.calls == []
 
 
@@ -213,7 +215,7 @@ async def test_two_sessions_of_one_guild_started_at_once_end_with_one_recording(
     assert kube.deleted == [recorder_pod_name("a-young")]
     young["status"].update(changed)
     ctx = make_ctx(kube, index_of(old, young), pods, db)
-    assert await SessionService(ctx).busy_guild(SessionView.parse(old)) is None
+    assert await busy_guild(ctx, SessionView.parse(old)) is None
     assert "recorderFailure" not in await SessionService(ctx).observe_session(
         SessionView.parse(old), seen("b-old"))
     assert kube.deleted == [recorder_pod_name("a-young")]

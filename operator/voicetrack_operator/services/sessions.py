@@ -1,5 +1,6 @@
-"""Sessions while they live: refuse a busy guild, start the recorder, keep the status
-current, replay SQL after an outage. Deletion is `services.deletion`.
+"""Sessions while they live: refuse a busy guild (`services.admission`), start the
+recorder, keep the status current, replay SQL after an outage. Deletion is
+`services.deletion`.
 
 Every method is level-based: it reads what exists, does what is missing, and returns.
 Calling any of them twice has the effect of calling it once.
@@ -18,7 +19,6 @@ from voicetrack.db.meetings import MeetingIdInUse
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import (
-    INACTIVE_STATES,
     LABEL_CHUNK_INDEX,
     SessionSpec,
     SessionState,
@@ -29,6 +29,7 @@ from voicetrack.resources import (
 )
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
 from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
 from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.isolation import ensure_recorder_access
@@ -146,58 +147,6 @@ class SessionService:
 
     # ------------------------------------------------------------------ start
 
-    async def busy_guild(self, s: SessionView, *, started_only: bool = False
-                         ) -> str | None:
-        """The name of an older active session for the same guild, if any. Ties on
-        creation time go to the smaller name, so two racing sessions agree who won.
-        With `started_only`, only one whose recorder was started counts (`guild_rival`).
-
-        Reads the session index (the guild's sessions) when there is one, else lists every
-        session."""
-        if self.ctx.sessions is not None:
-            others = self.ctx.sessions.in_guild(s.spec.guild_id)
-        else:
-            others = await self.ctx.kube.list_sessions()
-        for other in others:
-            meta = other["metadata"]
-            if meta["uid"] == s.ref.uid:
-                continue
-            if (other.get("spec") or {}).get("guildId") != s.spec.guild_id:
-                continue
-            if meta.get("deletionTimestamp") and not await self._has_recorder(
-                    meta["namespace"], meta["name"]):
-                continue  # being promoted, its recorder has left the channel
-            status = other.get("status") or {}
-            if status.get("state") in INACTIVE_STATES:
-                continue
-            if started_only and not status.get("recorderPod"):
-                continue
-            key = (str(meta.get("creationTimestamp", "")), meta["name"])
-            if key < (s.created, s.ref.name):
-                return f"{meta['namespace']}/{meta['name']}"
-        return None
-
-    async def _has_recorder(self, namespace: str, name: str) -> bool:
-        """Whether session `namespace/name`'s recorder Pod exists (the recorder index, else
-        a GET)."""
-        known = self.ctx.sessions.has_recorder(namespace, name) \
-            if self.ctx.sessions is not None else None
-        if known is not None:
-            return known
-        return await self.ctx.kube.get_pod(namespace, recorder_pod_name(name)) is not None
-
-    async def guild_rival(self, s: SessionView) -> str | None:
-        """An older session of the same guild whose recorder was started, while `s` records
-        too: the observe timer's re-check of `busy_guild`. The session index can lag the API
-        by an event, so two sessions of one guild created at once may both have found the
-        guild free; the younger one (creation time, then name) sees the older one here on
-        its next tick and stops (`observe_session`). None without the index (the create
-        path then listed every session)."""
-        if self.ctx.sessions is None or s.deletion or s.state in INACTIVE_STATES \
-                or not s.status.get("recorderPod"):
-            return None
-        return await self.busy_guild(s, started_only=True)
-
     async def ensure_session(self, s: SessionView) -> dict[str, Any]:
         """Start (or, after an operator restart, keep) the session: refuse a busy guild,
         write the meeting row, make the recorder's RBAC and Pod. Returns status fields."""
@@ -205,7 +154,7 @@ class SessionService:
             return {}
         if s.status.get("startedAt") and s.status.get("recorderPod"):
             return await self.observe_session(s)  # an operator restart: keep, don't reset
-        busy = await self.busy_guild(s)
+        busy = await busy_guild(self.ctx, s)
         if busy:
             return self._refused(s, f"guild {s.spec.guild_id} is already recorded by session "
                                  f"{busy}: a bot can be in one voice channel per guild")
@@ -213,7 +162,7 @@ class SessionService:
             or rfc3339(datetime.now(UTC))
         started_dt = parse_time(started)
         meeting = s.meeting_id
-        owner = await self.meeting_owner(s)
+        owner = await meeting_owner(self.ctx, s)
         if owner:
             return self._refused(s, f"meeting id {meeting} belongs to session {owner}; "
                                  "choose another spec.meetingId (or leave it out)",
@@ -257,34 +206,6 @@ class SessionService:
                     return rfc3339(datetime.fromtimestamp(int(env["value"]) / 1000, UTC))
         return None
 
-    async def meeting_owner(self, s: SessionView) -> str | None:
-        """Another session (`namespace/name`) that records, or recorded into, the meeting
-        id `s` asks for, as the cluster says (the database's `meetings.session_uid` says
-        it for sessions already gone). Reads the session index (the meeting id's sessions)
-        when there is one, else lists every session; a rival the index does not show yet
-        is refused by the database, whose meeting row names the session that made it."""
-        if s.spec.meeting_id is None:
-            return None  # derived from the uid: nobody else has it
-        if self.ctx.sessions is not None:
-            others = self.ctx.sessions.in_meeting(s.meeting_id)
-        else:
-            others = await self.ctx.kube.list_sessions()
-        for other in others:
-            meta = other["metadata"]
-            if meta["uid"] == s.ref.uid:
-                continue
-            status = other.get("status") or {}
-            if status.get("state") == SessionState.REFUSED:
-                continue
-            started = bool(status.get("recorderPod"))
-            if not started and (str(meta.get("creationTimestamp", "")), meta["name"]) > (
-                    s.created, s.ref.name):
-                continue  # a younger one that has not started yet defers to this one
-            theirs = status.get("meetingId") or (other.get("spec") or {}).get("meetingId")
-            if theirs == s.meeting_id:
-                return f"{meta['namespace']}/{meta['name']}"
-        return None
-
     def _refused(self, s: SessionView, why: str, reason: str = "GuildBusy"
                  ) -> dict[str, Any]:
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=None,
@@ -323,7 +244,7 @@ class SessionService:
             pod = seen.pod
         failure = s.status.get("recorderFailure") or recorder_failure(pod, datetime.now(UTC))
         if not failure and seen is not None:
-            rival = await self.guild_rival(s)
+            rival = await guild_rival(self.ctx, s)
             if rival:  # both started in the index's lag: the younger one leaves the guild
                 failure = (f"guild {s.spec.guild_id} is already recorded by the older "
                            f"session {rival}: a bot can be in one voice channel per guild")

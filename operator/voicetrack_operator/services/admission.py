@@ -1,0 +1,98 @@
+"""Who may record: one session per guild at a time (a bot is in one voice channel per
+guild) and one session per meeting id. Read from kopf's session index when the operator
+runs (`handlers/index.py`), else from a list of every session; `SessionService` refuses
+what these find.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from voicetrack.resources import INACTIVE_STATES, SessionState, recorder_pod_name
+from voicetrack_operator.context import Context
+
+if TYPE_CHECKING:
+    from voicetrack_operator.services.sessions import SessionView
+
+
+async def busy_guild(ctx: Context, s: SessionView, *, started_only: bool = False
+                     ) -> str | None:
+    """The name of an older active session for the same guild, if any. Ties on
+    creation time go to the smaller name, so two racing sessions agree who won.
+    With `started_only`, only one whose recorder was started counts (`guild_rival`).
+
+    Reads the session index (the guild's sessions) when there is one, else lists every
+    session."""
+    if ctx.sessions is not None:
+        others = ctx.sessions.in_guild(s.spec.guild_id)
+    else:
+        others = await ctx.kube.list_sessions()
+    for other in others:
+        meta = other["metadata"]
+        if meta["uid"] == s.ref.uid:
+            continue
+        if (other.get("spec") or {}).get("guildId") != s.spec.guild_id:
+            continue
+        if meta.get("deletionTimestamp") and not await _has_recorder(
+                ctx, meta["namespace"], meta["name"]):
+            continue  # being promoted, its recorder has left the channel
+        status = other.get("status") or {}
+        if status.get("state") in INACTIVE_STATES:
+            continue
+        if started_only and not status.get("recorderPod"):
+            continue
+        key = (str(meta.get("creationTimestamp", "")), meta["name"])
+        if key < (s.created, s.ref.name):
+            return f"{meta['namespace']}/{meta['name']}"
+    return None
+
+
+async def _has_recorder(ctx: Context, namespace: str, name: str) -> bool:
+    """Whether session `namespace/name`'s recorder Pod exists (the recorder index, else
+    a GET)."""
+    known = ctx.sessions.has_recorder(namespace, name) if ctx.sessions is not None else None
+    if known is not None:
+        return known
+    return await ctx.kube.get_pod(namespace, recorder_pod_name(name)) is not None
+
+
+async def guild_rival(ctx: Context, s: SessionView) -> str | None:
+    """An older session of the same guild whose recorder was started, while `s` records
+    too: the observe timer's re-check of `busy_guild`. The session index can lag the API
+    by an event, so two sessions of one guild created at once may both have found the
+    guild free; the younger one (creation time, then name) sees the older one here on
+    its next tick and stops (`observe_session`). None without the index (the create
+    path then listed every session)."""
+    if ctx.sessions is None or s.deletion or s.state in INACTIVE_STATES \
+            or not s.status.get("recorderPod"):
+        return None
+    return await busy_guild(ctx, s, started_only=True)
+
+
+async def meeting_owner(ctx: Context, s: SessionView) -> str | None:
+    """Another session (`namespace/name`) that records, or recorded into, the meeting
+    id `s` asks for, as the cluster says (the database's `meetings.session_uid` says
+    it for sessions already gone). Reads the session index (the meeting id's sessions)
+    when there is one, else lists every session; a rival the index does not show yet
+    is refused by the database, whose meeting row names the session that made it."""
+    if s.spec.meeting_id is None:
+        return None  # derived from the uid: nobody else has it
+    if ctx.sessions is not None:
+        others = ctx.sessions.in_meeting(s.meeting_id)
+    else:
+        others = await ctx.kube.list_sessions()
+    for other in others:
+        meta = other["metadata"]
+        if meta["uid"] == s.ref.uid:
+            continue
+        status = other.get("status") or {}
+        if status.get("state") == SessionState.REFUSED:
+            continue
+        started = bool(status.get("recorderPod"))
+        if not started and (str(meta.get("creationTimestamp", "")), meta["name"]) > (
+                s.created, s.ref.name):
+            continue  # a younger one that has not started yet defers to this one
+        theirs = status.get("meetingId") or (other.get("spec") or {}).get("meetingId")
+        if theirs == s.meeting_id:
+            return f"{meta['namespace']}/{meta['name']}"
+    return None
