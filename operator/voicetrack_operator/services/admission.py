@@ -6,13 +6,27 @@ what these find.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from voicetrack.resources import INACTIVE_STATES, SessionState, recorder_pod_name
 from voicetrack_operator.context import Context
 
 if TYPE_CHECKING:
     from voicetrack_operator.services.sessions import SessionView
+
+
+async def _other_sessions(ctx: Context, s: SessionView, key: tuple[str, str]
+                         ) -> list[dict[str, Any]]:
+    """Every session but `s` that the session index files under `key` (("guild", id) or
+    ("meeting", id)); every session but `s` when there is no index (the caller still
+    checks the field)."""
+    if ctx.sessions is not None:
+        kind, value = key
+        others = ctx.sessions.in_guild(value) if kind == "guild" \
+            else ctx.sessions.in_meeting(value)
+    else:
+        others = await ctx.kube.list_sessions()
+    return [o for o in others if o["metadata"]["uid"] != s.ref.uid]
 
 
 async def busy_guild(ctx: Context, s: SessionView, *, started_only: bool = False
@@ -23,14 +37,8 @@ async def busy_guild(ctx: Context, s: SessionView, *, started_only: bool = False
 
     Reads the session index (the guild's sessions) when there is one, else lists every
     session."""
-    if ctx.sessions is not None:
-        others = ctx.sessions.in_guild(s.spec.guild_id)
-    else:
-        others = await ctx.kube.list_sessions()
-    for other in others:
+    for other in await _other_sessions(ctx, s, ("guild", s.spec.guild_id)):
         meta = other["metadata"]
-        if meta["uid"] == s.ref.uid:
-            continue
         if (other.get("spec") or {}).get("guildId") != s.spec.guild_id:
             continue
         if meta.get("deletionTimestamp") and not await _has_recorder(
@@ -77,14 +85,8 @@ async def meeting_owner(ctx: Context, s: SessionView) -> str | None:
     is refused by the database, whose meeting row names the session that made it."""
     if s.spec.meeting_id is None:
         return None  # derived from the uid: nobody else has it
-    if ctx.sessions is not None:
-        others = ctx.sessions.in_meeting(s.meeting_id)
-    else:
-        others = await ctx.kube.list_sessions()
-    for other in others:
+    for other in await _other_sessions(ctx, s, ("meeting", s.meeting_id)):
         meta = other["metadata"]
-        if meta["uid"] == s.ref.uid:
-            continue
         status = other.get("status") or {}
         if status.get("state") == SessionState.REFUSED:
             continue
