@@ -83,16 +83,23 @@ def recorder_failure(pod: dict[str, Any] | None, now: datetime) -> str | None:
     return None
 
 
+def failed_reason(job: dict[str, Any]) -> str | None:
+    """The reason of a Job's true `Failed` condition (the Job controller's
+    `PodFailurePolicy`, `BackoffLimitExceeded`, `DeadlineExceeded`), None while it has not
+    failed."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return str(cond.get("reason") or "")
+    return None
+
+
 def failed_on_input(job: dict[str, Any]) -> bool:
     """True when a failed Job failed on its input: a container exited with
     `PERMANENT_EXIT_CODE` and the Job's `podFailurePolicy` failed it at once (condition
     reason `PodFailurePolicy`). Any other failure (`BackoffLimitExceeded`,
     `DeadlineExceeded`) ran out of retries against an infrastructure fault (S3, the
     node) that may have passed since."""
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
-            return cond.get("reason") == "PodFailurePolicy"
-    return False
+    return failed_reason(job) == "PodFailurePolicy"
 
 
 def failed_transiently(job: dict[str, Any]) -> bool:
@@ -102,10 +109,7 @@ def failed_transiently(job: dict[str, Any]) -> bool:
     a chunk is transcoded again, without a count limit (its raw audio is intact; issue 11,
     item 4); a Job stopped by its `activeDeadlineSeconds` (`DeadlineExceeded`) or failed on
     input (`PodFailurePolicy`) is not."""
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
-            return cond.get("reason") == "BackoffLimitExceeded"
-    return False
+    return failed_reason(job) == "BackoffLimitExceeded"
 
 
 FAILURE_REASON_MAX = 1000
