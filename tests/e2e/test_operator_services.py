@@ -52,7 +52,8 @@ from voicetrack_operator.builders import (
     build_transcode_job,
 )
 from voicetrack_operator.context import Context, OperatorSettings
-from voicetrack_operator.services.chunks import ChunkRef, ChunkService
+from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.chunkstate import ChunkRef
 from voicetrack_operator.services.deletion import DeletionService, DeletionStep
 from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService

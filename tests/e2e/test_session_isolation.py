@@ -56,7 +56,8 @@ from voicetrack_operator.builders import (
     recorder_service_account,
 )
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.chunks import ChunkRef, ChunkService
+from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.chunkstate import ChunkRef
 from voicetrack_operator.services.inventory import chunk_inventory
 from voicetrack_operator.services.sessions import SessionService, SessionView
 from voicetrack_recorder.kube import RecorderKube

@@ -9,7 +9,8 @@ import kopf
 from voicetrack.resources import CHUNK_PLURAL, GROUP, LABEL_COMPONENT, VERSION
 from voicetrack_operator.errors import kopf_errors
 from voicetrack_operator.handlers.index import known_chunk
-from voicetrack_operator.services.chunks import ChunkRef, ChunkService
+from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.chunkstate import ChunkRef
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
 

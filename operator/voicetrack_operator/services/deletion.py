@@ -33,7 +33,8 @@ from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.builders import build_promote_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
-from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
+from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.chunkstate import ChunkRef, job_state
 from voicetrack_operator.services.failures import (
     failed_on_input,
     failure_detail,

@@ -28,7 +28,7 @@ from voicetrack.resources import (
     controller_uid,
 )
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.chunks import ChunkRef
+from voicetrack_operator.services.chunkstate import ChunkRef
 from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
 from voicetrack_operator.services.sessions import SessionView, parse_time
 

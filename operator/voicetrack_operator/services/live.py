@@ -33,7 +33,7 @@ from voicetrack.resources import (
 )
 from voicetrack_operator.builders import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.chunks import job_state
+from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.status import live_status
 
 if TYPE_CHECKING:  # sessions imports this module
@@ -56,7 +56,7 @@ def _time(value: Any) -> datetime | None:
 @dataclass(frozen=True)
 class LiveJob:
     """A live-assembly Job as the watch shows it: its name, the chunks it assembles, its
-    state (queued, in_progress, done, failed as `chunks.job_state` reads Jobs), when it
+    state (queued, in_progress, done, failed as `chunkstate.job_state` reads Jobs), when it
     was created and finished (None while not), and whether it is being deleted."""
 
     name: str

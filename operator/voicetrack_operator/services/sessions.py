@@ -30,7 +30,8 @@ from voicetrack.resources import (
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
-from voicetrack_operator.services.chunks import ChunkRef, ChunkService, job_state
+from voicetrack_operator.services.chunks import ChunkService
+from voicetrack_operator.services.chunkstate import ChunkRef, job_state
 from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.isolation import ensure_recorder_access
 from voicetrack_operator.services.live import LiveService
