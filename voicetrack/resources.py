@@ -11,10 +11,17 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from voicetrack.audio import RAW_EXTENSIONS, Channels
@@ -257,8 +264,22 @@ class NotifySpec(_Model):
     webhook: WebhookSpec
 
 
+Snowflake = Annotated[str, StringConstraints(pattern=SNOWFLAKE_PATTERN, max_length=20)]
+"""A Discord id (user, role, guild, channel): 15 to 20 digits."""
+MAX_OPT_OUT_ROLES = 50
+MAX_OPT_OUT_USERS = 1000
+
+
 class SessionSpec(_Model):
-    """`RecordingSession.spec` (DESIGN.md, "Custom resources")."""
+    """`RecordingSession.spec` (DESIGN.md, "Custom resources").
+
+    Consent (issue 12, "Per-speaker consent"): a member with any role in `optOutRoleIds`,
+    or listed in `optOutUserIds` (the bot's `/record optout` adds the member, `/record
+    optin` removes them), is not recorded: the recorder drops their packets before DAVE
+    decryption and Opus decoding, so none of their audio is written anywhere, and reports
+    them in each chunk's `optedOut`. A member opted out when the session stops has no
+    final track and is not in the mix, even for audio recorded before they opted out;
+    `final/consent.json` lists who was recorded and who opted out, and when."""
 
     guild_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
     channel_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
@@ -273,6 +294,17 @@ class SessionSpec(_Model):
     source: SourceSpec = Field(default_factory=SourceSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     notify: NotifySpec | None = None
+    opt_out_role_ids: list[Snowflake] = Field(default_factory=list,
+                                              max_length=MAX_OPT_OUT_ROLES)
+    opt_out_user_ids: list[Snowflake] = Field(default_factory=list,
+                                              max_length=MAX_OPT_OUT_USERS)
+
+    @field_validator("opt_out_role_ids", "opt_out_user_ids")
+    @classmethod
+    def _unique_ids(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):  # the CRD's x-kubernetes-list-type: set
+            raise ValueError("opt-out lists must not repeat an id")
+        return v
 
     @field_validator("source")
     @classmethod
@@ -318,6 +350,16 @@ class ChunkTrack(_Model):
     for chunks written before this field existed) otherwise."""
 
 
+class OptOut(_Model):
+    """A member the recorder did not record, as it stood at the end of a chunk: from
+    `sinceMs` (session ms; their packets from then on were dropped before decryption) by
+    `via` `role` (a role in `spec.optOutRoleIds`) or `user` (`spec.optOutUserIds`)."""
+
+    user_id: Snowflake
+    since_ms: int = Field(ge=0, le=MAX_SESSION_MS)
+    via: Literal["role", "user"]
+
+
 class ChunkSpec(_Model):
     """`RecordingChunk.spec`: one time window `[startMs, endMs)` of one session holding
     the raw track of every speaker who spoke in it. `gap` is the interval between the
@@ -332,6 +374,9 @@ class ChunkSpec(_Model):
     raw_format: RawFormat = "ogg-opus"
     gap: Gap | None = None
     tracks: list[ChunkTrack] = Field(default_factory=list, max_length=MAX_TRACKS)
+    opted_out: list[OptOut] = Field(default_factory=list, max_length=MAX_TRACKS)
+    """Members opted out at the chunk's end who were in the channel during the session
+    (consent, `SessionSpec`); the promotion's source for exclusion and consent.json."""
 
     @model_validator(mode="after")
     def _window_and_keys(self) -> ChunkSpec:
@@ -345,6 +390,13 @@ class ChunkSpec(_Model):
             if t.key != tail and not t.key.endswith("/" + tail):
                 raise ValueError(f"tracks[{i}].key must end with {tail!r} (this chunk's "
                                  f"guild, meeting, index, user and raw format), got {t.key!r}")
+        since = {o.user_id: o.since_ms for o in self.opted_out}
+        if len(since) != len(self.opted_out):
+            raise ValueError("optedOut must list each user once")
+        for i, t in enumerate(self.tracks):
+            if t.user_id in since and t.frames and t.last_ms >= since[t.user_id]:
+                raise ValueError(f"tracks[{i}] has packets of user {t.user_id} at or after "
+                                 f"their opt-out (optedOut sinceMs {since[t.user_id]})")
         return self
 
     @property
