@@ -10,7 +10,13 @@ receiver's, with the receiver's own nonce counter; the payload inside — the DA
 byte. RTCP and keep-alives are not forwarded.
 
 Fault knobs (`Faults`) act per receiver: random loss, one loss burst, duplicates, reorders
-(a packet held back and sent after the next one), and added jitter.
+(a packet held back and sent after the next one), added jitter, and RTP padding.
+
+RTP padding (RFC 3550 section 5.1: the P bit set, padding octets after the payload, the last
+one their count) sits inside the transport encryption, after the DAVE frame's 0xFAFA
+marker. Public diagnostics of Discord's traffic show it on a few percent of received DAVE
+frames (Snazzah/davey#15: payloads ending `...fafa01` and `...05050505`), which receivers
+that do not remove it report as "unencrypted" frames (pycord#3201); the knob reproduces it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ DISCOVERY_REQUEST = 1
 DISCOVERY_RESPONSE = 2
 REORDER_RELEASE_S = 0.06
 """A packet held back for reordering goes out after this long if none overtakes it."""
+MAX_PADDING = 8
+"""Most RTP padding octets the `padding_pct` knob adds to one packet."""
 
 
 class Endpoint(Protocol):
@@ -64,6 +72,8 @@ class Faults:
     burst_after: int | None = None
     """Drop `burst_packets` packets in a row after this many forwarded packets."""
     burst_packets: int = 0
+    padding_pct: float = 0.0
+    """Share of forwarded packets sent with RTP padding of 1 to `MAX_PADDING` octets."""
     seed: int | None = None
 
 
@@ -76,6 +86,7 @@ class RelayStats:
     dropped: int = 0
     duplicated: int = 0
     reordered: int = 0
+    padded: int = 0
     undecryptable: int = 0
     unknown: int = 0
     """Media from an SSRC no member holds (e.g. still in flight after its sender left)."""
@@ -87,6 +98,14 @@ def discovery_response(ssrc: int, host: str, port: int) -> bytes:
     """The 74-byte IP discovery response for `ssrc` seen from `(host, port)`."""
     address = host.encode("ascii")[:63].ljust(64, b"\0")
     return struct.pack(">HHI", DISCOVERY_RESPONSE, 70, ssrc) + address + struct.pack(">H", port)
+
+
+def pad(header: bytes, payload: bytes, octets: int) -> tuple[bytes, bytes]:
+    """`header` with the P bit set and `payload` followed by `octets` (1-255) of RTP
+    padding, the last octet their count (RFC 3550 section 5.1)."""
+    if not 1 <= octets <= 255:
+        raise ValueError(f"RTP padding is 1 to 255 octets, not {octets}")
+    return bytes([header[0] | 0x20]) + header[1:], payload + bytes(octets - 1) + bytes([octets])
 
 
 class Relay(asyncio.DatagramProtocol):
@@ -154,6 +173,10 @@ class Relay(asyncio.DatagramProtocol):
             self.stats.dropped += 1
             return
         assert peer.mode is not None and peer.key is not None and peer.addr is not None
+        if f.padding_pct and not header[0] & 0x20 \
+                and self._rng.random() * 100 < f.padding_pct:
+            self.stats.padded += 1
+            header, plaintext = pad(header, plaintext, self._rng.randint(1, MAX_PADDING))
         packet = transport.encrypt(peer.mode, peer.key, header, plaintext, peer.out_nonce)
         peer.out_nonce = (peer.out_nonce + 1) & 0xFFFF_FFFF
         copies = [packet]
