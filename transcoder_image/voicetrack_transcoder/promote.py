@@ -49,9 +49,10 @@ from voicetrack.layout import MIX_TRACK, MeetingLayout, output_extension
 from voicetrack.manifests import FinalManifest, FinalTrack, PromotionPlan
 from voicetrack.objectstore import ObjectStore, sha256_file
 from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.assembly import assemble, speech_timeline
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES, FORMATS, EncoderSink
 from voicetrack_transcoder.mixer import Limiter, mix_sum
-from voicetrack_transcoder.pieces import PiecesUnusable, assemble, speech_timeline
+from voicetrack_transcoder.pieces import PiecesUnusable
 from voicetrack_transcoder.speech import SpeechDetector
 from voicetrack_transcoder.streams import (
     BLOCK_SLOTS,
