@@ -103,8 +103,9 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
              progress: Callable[[float], None] | None = None) -> FinalManifest:
     """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
 
-    Raises PiecesUnusable (nothing written) when a piece is missing or does not match the
-    plan; InvalidInputError / TemporaryFailure as the full promotion does."""
+    Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
+    plan, or holds audio of a member the plan excludes (`holds_excluded`);
+    InvalidInputError / TemporaryFailure as the full promotion does."""
     if plan.formats != ["mp3"]:
         raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
     layout = MeetingLayout(plan.prefix, plan.guild_id, plan.meeting_id)
@@ -116,6 +117,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     names = ([*speakers] if want_speakers else []) + ([MIX_TRACK] if want_mix else [])
     track_channels = {**channels, MIX_TRACK: mix_channels}
     indices = {c.index: c for c in plan.chunks}
+    excluded = set(plan.excluded)
 
     # 1. the pieces: read and check every manifest against the plan
     pieces: dict[int, PieceManifest] = {}
@@ -129,6 +131,9 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
         except (NotFoundError, InvalidInputError, ValidationError) as err:
             raise PiecesUnusable(f"chunk {chunk.index}: no usable piece.json ({err})"
                                  ) from None
+        if holds_excluded(piece, excluded):  # no id: the reason lands in the manifest
+            raise PiecesUnusable(f"chunk {chunk.index}: its piece holds audio of a member "
+                                 "opted out at stop (consent)")
         prev = indices.get(chunk.index - 1)
         want_first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
         checks = {
@@ -295,7 +300,8 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
         tool_version=TOOL_VERSION, meeting_id=plan.meeting_id, duration_ms=total_ms,
         recorded_ms=sum(c.duration_ms for c in plan.chunks), paused_ms=paused_ms,
         tracks=final_tracks, gaps=[g for g in plan.gaps if g.end_ms > g.start_ms],
-        timeline_key=layout.timeline_key, assembly="incremental")
+        timeline_key=layout.timeline_key, consent_key=write_consent(store, layout, plan),
+        assembly="incremental")
     store.put_json(layout.final_manifest_key, manifest.to_api())
     return manifest
 
@@ -306,3 +312,25 @@ def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> Speech
         duration_ms=duration_ms, threshold_dbfs=THRESHOLD_DBFS, merge_gap_ms=MERGE_GAP_MS,
         min_speech_ms=MIN_SPEECH_MS, hangover_ms=HANGOVER_MS,
         speakers={u: smooth(runs, duration_ms) for u, runs in raw.items()})
+
+
+def holds_excluded(piece: PieceManifest, excluded: set[str]) -> bool:
+    """Whether `piece` was made from audio of a user in `excluded`: a raw track it
+    decoded (its chunk's `sources`, or the previous chunk's `prevSources`, which warm up
+    the decoder, the limiter and the encoder of every track, the mix included), a track
+    of its own, or voice activity. Decided from the piece's manifest, not from the plan:
+    the piece was made before anyone knew who would be excluded."""
+    users = {s.partition(":")[0] for s in [*piece.sources, *piece.prev_sources]}
+    users |= {t.track for t in piece.tracks} | set(piece.speech)
+    return not users.isdisjoint(excluded)
+
+
+def write_consent(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
+                  ) -> str | None:
+    """Write the plan's consent record to `final/consent.json` and return its key; None
+    (nothing written) for a plan without one (made by an operator that predates consent).
+    Raises TemporaryFailure for S3 failures."""
+    if plan.consent is None:
+        return None
+    store.put_json(layout.consent_key, plan.consent.to_api())
+    return layout.consent_key
