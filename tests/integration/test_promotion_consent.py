@@ -146,7 +146,7 @@ LOOKAHEAD = ms_to_samples(10)
 
 def test_mix_is_the_others_only(promoted: Promoted) -> None:
     mix = _pcm(promoted, MIX_TRACK)
-    others = sum(_source(u) for u in (A, B, D))
+    others = _source(A) + _source(B) + _source(D)
     with_others, lag = best_correlation(others, mix, LOOKAHEAD)
     assert 0 <= lag <= LOOKAHEAD
     with_c = _corr_at(_source(C), mix, lag)
