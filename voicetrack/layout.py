@@ -10,6 +10,7 @@
     <prefix>/<guildId>/<meetingId>/final/waveform-<track>.json | .png      peaks, overview
     <prefix>/<guildId>/<meetingId>/final/manifest.json                     promotion manifest
     <prefix>/<guildId>/<meetingId>/final/timeline.json                     speech timeline
+    <prefix>/<guildId>/<meetingId>/final/consent.json                      who was recorded
     <prefix>/<guildId>/<meetingId>/live/<track>.<fmt> | manifest.json      audio so far
     <prefix>/<guildId>/<meetingId>/final/failed/<index:06d>/<userId>.<ext> raw of a failed chunk
     <prefix>/<guildId>/<meetingId>/final/failed-chunks.json                why each one failed
@@ -116,6 +117,12 @@ class MeetingLayout:
     def timeline_key(self) -> str:
         """Key of the speech timeline (`voicetrack.manifests.SpeechTimeline`)."""
         return f"{self.root}/final/timeline.json"
+
+    @property
+    def consent_key(self) -> str:
+        """Key of the consent record (`voicetrack.manifests.ConsentRecord`): who was
+        recorded and who opted out, and when."""
+        return f"{self.root}/final/consent.json"
 
     def failed_raw_key(self, index: int, user_id: str, raw_format: str) -> str:
         """Where a failed chunk's raw track is kept after the session's temporary data is

@@ -19,13 +19,51 @@ class TranscodeResult(_Model):
     outputs: list[ChunkOutput] = Field(default_factory=list)
 
 
+class RecordedMember(_Model):
+    """A member whose audio is in the final tracks: `firstMs` is their first received
+    packet in output time (ms, as `final/timeline.json`: paused time cut, t = 0 at the
+    first chunk's start)."""
+
+    user_id: str
+    first_ms: int = Field(ge=0)
+
+
+class ConsentEntry(_Model):
+    """A member the recorder reported opted out (a chunk's `optedOut`, or
+    `spec.optOutUserIds` at deletion for a member with audio): `sinceMs` (output ms, as
+    `RecordedMember.firstMs`) and `via` of their first opt-out; `excluded` whether they
+    were opted out at stop, so that none of their audio is in any final object."""
+
+    user_id: str
+    since_ms: int = Field(ge=0)
+    via: Literal["role", "user"]
+    excluded: bool
+
+
+class ConsentRecord(_Model):
+    """`final/consent.json` (issue 12, "Per-speaker consent"): who was recorded and who
+    opted out, and when. Written by every promotion, also when nobody opted out (then
+    `optedOut` is empty). Built by the operator (`voicetrack_operator.plan`), written by
+    the promotion Job."""
+
+    meeting_id: str
+    recorded: list[RecordedMember] = Field(default_factory=list)
+    opted_out: list[ConsentEntry] = Field(default_factory=list)
+
+
 class PromotionPlan(_Model):
     """`promotion.json`, written by the operator for the promotion Job.
 
     `chunks` are the chunks to promote (transcoded `done`), in index order; `gaps` every
     interval of `[0, sessionEndMs)` not covered by a promoted chunk, with its cause.
     Paused gaps are cut from the output; all others become silence. `speakers` fixes the
-    order of the per-speaker tracks."""
+    order of the per-speaker tracks.
+
+    Consent: `excluded` are the members opted out at stop who were in the channel; their
+    tracks are already left out of `chunks` and `speakers`, and a piece holding their
+    audio must not be used (`voicetrack_transcoder.promote`). `consent` is written as
+    `final/consent.json`; None only in a plan from an operator that predates consent
+    (then no consent.json is written)."""
 
     guild_id: str
     meeting_id: str
@@ -37,6 +75,8 @@ class PromotionPlan(_Model):
     tracks: Literal["perSpeaker", "mixed", "both"] = "both"
     formats: list[str] = Field(default_factory=lambda: ["mp3"])
     mp3_bitrate: int = 128
+    excluded: list[str] = Field(default_factory=list)
+    consent: ConsentRecord | None = None
 
 
 class FinalTrack(_Model):
@@ -63,7 +103,8 @@ class FinalManifest(_Model):
     `assembly` says how the tracks were made: `incremental` (from the chunks' pieces,
     `voicetrack_transcoder.pieces`) or `full` (every chunk decoded and encoded again);
     `fallbackReason` says why pieces were not used when some existed. `timelineKey` is the
-    speech timeline (`SpeechTimeline`)."""
+    speech timeline (`SpeechTimeline`), `consentKey` the consent record (`ConsentRecord`;
+    None when the plan carried none)."""
 
     tool_version: str
     meeting_id: str
@@ -73,6 +114,7 @@ class FinalManifest(_Model):
     tracks: list[FinalTrack]
     gaps: list[Gap] = Field(default_factory=list)
     timeline_key: str | None = None
+    consent_key: str | None = None
     assembly: Literal["incremental", "full"] | None = None
     fallback_reason: str | None = None
 

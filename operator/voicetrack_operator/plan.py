@@ -6,23 +6,90 @@ interval of `[0, end)` that no promoted chunk covers is a gap with its cause: a 
 chunk's window is `chunk-failed`; an interval before a chunk keeps that chunk's recorded
 cause (`paused`, `recorder-restart`, …); an interval nobody recorded a cause for is
 missing chunks, `chunk-failed` (silence).
+
+Consent (issue 12, "Per-speaker consent"; docs/consent.md, "Promotion"): a member is
+EXCLUDED from the meeting when they are opted out at stop, i.e. listed in the `optedOut`
+of the last chunk (by index, whatever its transcode status: the recorder's latest word)
+or in `spec.optOutUserIds` at deletion. An excluded member has no final track and is not
+in the mix, even for audio recorded before they opted out (retroactive: none of their
+bytes in any final object); their raw chunks, chunk MP3s and pieces go with the normal
+collection of the chunk folders. A member who opted out and back in keeps their audio
+outside the opted-out interval (the recorder dropped it there: silence).
 """
 
 from __future__ import annotations
 
-from voicetrack.manifests import PromotionPlan
+from collections.abc import Iterable
+
+from voicetrack.manifests import ConsentEntry, ConsentRecord, PromotionPlan, RecordedMember
 from voicetrack.resources import ChunkSpec, Gap, SessionSpec, TranscodeStatus
+
+
+def excluded_users(spec: SessionSpec, chunks: Iterable[ChunkSpec]) -> set[str]:
+    """The user ids opted out at stop (see the module docstring): the last chunk's (by
+    `index`) `optedOut` and `spec.optOutUserIds`. Includes listed users who never were in
+    the channel; callers that report them intersect with who was there."""
+    last = max(chunks, key=lambda c: c.index, default=None)
+    return set(spec.opt_out_user_ids) | ({o.user_id for o in last.opted_out} if last else set())
+
+
+def output_ms(session_ms: int, origin_ms: int, gaps: list[Gap]) -> int:
+    """Session ms → output ms (the final tracks' time, as `final/timeline.json`): rebased
+    on `origin_ms` (the first chunk's start) with the rebased `paused` gaps cut. A time
+    before the origin is 0; a time inside a pause is where the pause was cut."""
+    at = max(session_ms - origin_ms, 0)
+    cut = sum(max(0, min(g.end_ms, at) - g.start_ms) for g in gaps if g.cause == "paused")
+    return at - cut
+
+
+def consent_record(meeting_id: str, ordered: list[ChunkSpec], excluded: set[str],
+                   origin_ms: int, session_end_ms: int, gaps: list[Gap]) -> ConsentRecord:
+    """`final/consent.json` from every chunk of the session (`ordered` by start, done or
+    failed; session ms) and the `excluded` users.
+
+    `recorded`: every member not excluded with a track in any chunk, `firstMs` their
+    first packet (output ms; a track without packets counts its `firstMs` only when they
+    have no other). `optedOut`: every member in any chunk's `optedOut`, with the `sinceMs`
+    and `via` of the first chunk that lists them; plus an excluded member with a track
+    whom no chunk lists (opted out with `/record optout` after the last chunk was
+    sealed) at `sessionEndMs`, via `user`. Members listed in `spec.optOutUserIds` who
+    left no trace in the chunks are not named (they were not in the channel)."""
+    first: dict[str, tuple[bool, int]] = {}  # user → (had no packets, first session ms)
+    for chunk in ordered:
+        for t in chunk.tracks:
+            here = (t.frames == 0, t.first_ms)
+            first[t.user_id] = min(first.get(t.user_id, here), here)
+    opted: dict[str, ConsentEntry] = {}
+    for chunk in sorted(ordered, key=lambda c: c.index):
+        for o in chunk.opted_out:
+            opted.setdefault(o.user_id, ConsentEntry(
+                user_id=o.user_id, since_ms=output_ms(o.since_ms, origin_ms, gaps),
+                via=o.via, excluded=o.user_id in excluded))
+    end = output_ms(origin_ms + session_end_ms, origin_ms, gaps)
+    for user in sorted(excluded & set(first) - set(opted)):
+        opted[user] = ConsentEntry(user_id=user, since_ms=end, via="user", excluded=True)
+    return ConsentRecord(
+        meeting_id=meeting_id,
+        recorded=[RecordedMember(user_id=u, first_ms=output_ms(ms, origin_ms, gaps))
+                  for u, (_, ms) in sorted(first.items()) if u not in excluded],
+        opted_out=sorted(opted.values(), key=lambda e: (e.since_ms, e.user_id)))
 
 
 def build_promotion_plan(spec: SessionSpec, meeting_id: str,
                          chunks: list[tuple[ChunkSpec, TranscodeStatus]]) -> PromotionPlan | None:
     """The plan for `chunks` (spec, transcode status) or None when no chunk is `done`.
 
+    Consent (module docstring): the excluded users' tracks are left out of the promoted
+    chunks and of `speakers`, the ones who were in the channel are listed in `excluded`,
+    and `consent` holds `final/consent.json` (`consent_record`). `spec.optOutUserIds` is
+    read as it is now (deletion time).
+
     Raises ValueError when chunk windows overlap (a recorder bug; promotion must not
     guess which copy is right)."""
     ordered = sorted(chunks, key=lambda c: c[0].start_ms)
     if not any(status == TranscodeStatus.DONE for _, status in ordered):
         return None
+    excluded = excluded_users(spec, (c for c, _ in ordered))
     origin = ordered[0][0].start_ms
     cursor = origin
     promoted: list[ChunkSpec] = []
@@ -39,14 +106,20 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
         if status == TranscodeStatus.DONE:
             promoted.append(chunk.model_copy(update={
                 "start_ms": chunk.start_ms - origin, "end_ms": chunk.end_ms - origin,
-                "gap": None}))
+                "gap": None,
+                "tracks": [t for t in chunk.tracks if t.user_id not in excluded]}))
         else:
             gaps.append(Gap(start_ms=chunk.start_ms - origin, end_ms=chunk.end_ms - origin,
                             cause="chunk-failed"))
         cursor = chunk.end_ms
     speakers = sorted({t.user_id for c in promoted for t in c.tracks})
+    present = {t.user_id for c, _ in ordered for t in c.tracks} | {
+        o.user_id for c, _ in ordered for o in c.opted_out}
+    consent = consent_record(meeting_id, [c for c, _ in ordered], excluded, origin,
+                             cursor - origin, gaps)
     return PromotionPlan(
         guild_id=spec.guild_id, meeting_id=meeting_id, prefix=spec.storage.prefix,
         session_end_ms=cursor - origin, speakers=speakers, chunks=promoted, gaps=gaps,
         tracks=spec.output.tracks, formats=list(spec.output.formats),
-        mp3_bitrate=spec.output.mp3_bitrate)
+        mp3_bitrate=spec.output.mp3_bitrate, excluded=sorted(excluded & present),
+        consent=consent)

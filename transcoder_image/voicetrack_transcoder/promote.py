@@ -15,9 +15,17 @@ limiter (mixer.py). Audio streams through in one-second blocks; raw chunks are f
 chunks ahead; nothing holds a whole track in memory.
 
 A plan for MP3 only is first assembled from the pieces the chunk transcodes made while
-recording (`pieces.py`): only the last chunk and the assembly remain after stop. When a
-piece is missing or does not verify, the full promotion below runs instead and the
-manifest says why (`fallbackReason`). Both write the speech timeline (`speech.py`).
+recording (`pieces.py`, `assembly.py`): only the last chunk and the assembly remain after
+stop. When a piece is missing or does not verify, the full promotion below runs instead and
+the manifest says why (`fallbackReason`). Both write the speech timeline (`speech.py`) and
+the consent record (`final/consent.json`, from the plan).
+
+Consent (docs/consent.md, "Promotion"): the plan leaves out the tracks of the members it
+`excluded` (opted out at stop). Their audio may still be in pieces made while recording
+(their own and the mix of every chunk they spoke in or just before); when any piece the
+assembly would use holds it, the WHOLE meeting is promoted in full from the raw chunks the
+plan lists (the simplest correct choice: one path, already the verified fallback), so no
+final object holds their audio or names them.
 
 Everything goes to local files first. Only when every track is complete are the final
 tracks and waveforms uploaded, and `final/manifest.json` last: a bad raw object found halfway
@@ -49,9 +57,10 @@ from voicetrack.layout import MIX_TRACK, MeetingLayout, output_extension
 from voicetrack.manifests import FinalManifest, FinalTrack, PromotionPlan
 from voicetrack.objectstore import ObjectStore, sha256_file
 from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.assembly import assemble, speech_timeline, write_consent
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES, FORMATS, EncoderSink
 from voicetrack_transcoder.mixer import Limiter, mix_sum
-from voicetrack_transcoder.pieces import PiecesUnusable, assemble, speech_timeline
+from voicetrack_transcoder.pieces import PiecesUnusable
 from voicetrack_transcoder.speech import SpeechDetector
 from voicetrack_transcoder.streams import (
     BLOCK_SLOTS,
@@ -98,7 +107,8 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
     `final/<track>.<ext>`, `final/waveform-<track>.json|png`, then `final/manifest.json`.
     `progress(fraction)` is called as audio is processed (0.0 … 1.0). With `incremental`
     the pieces are tried first (see the module docstring); the manifest's `assembly`
-    says which path made the tracks. Also writes `final/timeline.json`.
+    says which path made the tracks. Also writes `final/timeline.json` and (when the plan
+    has it) `final/consent.json`, before the manifest.
     Raises InvalidInputError (exit 2) for a missing or malformed plan or a missing, corrupt
     or mismatching raw object; TemporaryFailure (exit 1) for S3 or ffmpeg failures.
     """
@@ -110,6 +120,10 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
         raise InvalidInputError("plan formats: empty")
     if len({c.raw_format for c in plan.chunks}) > 1:
         raise InvalidInputError("plan chunks mix raw formats")
+    for chunk in plan.chunks:
+        if any(t.user_id in plan.excluded for t in chunk.tracks):
+            raise InvalidInputError(f"plan chunks: chunk {chunk.index} has a track of a "
+                                    "member in excluded (consent)")
     timeline = build_timeline(plan)
     speakers = list(dict.fromkeys(plan.speakers))
     for chunk in plan.chunks:
@@ -232,7 +246,8 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
     manifest = FinalManifest(tool_version=TOOL_VERSION, meeting_id=plan.meeting_id,
                              duration_ms=total_ms, recorded_ms=recorded_ms,
                              paused_ms=paused_ms, tracks=final_tracks, gaps=gaps,
-                             timeline_key=layout.timeline_key, assembly="full",
+                             timeline_key=layout.timeline_key,
+                             consent_key=write_consent(store, layout, plan), assembly="full",
                              fallback_reason=fallback)
     store.put_json(layout.final_manifest_key, manifest.to_api())
     return manifest

@@ -28,6 +28,7 @@ from voicetrack.resources import (
     controller_uid,
 )
 from voicetrack_operator.context import Context
+from voicetrack_operator.plan import excluded_users
 from voicetrack_operator.services.chunkstate import ChunkRef
 from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
 from voicetrack_operator.services.sessions import SessionView, parse_time
@@ -173,16 +174,22 @@ async def collect_chunks(ctx: Context, s: SessionView) -> int:
 async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory) -> set[int]:
     """Copy the raw tracks of the failed chunks to `final/failed/…` and list them, with
     their reasons, in `final/failed-chunks.json`, so collecting the chunk folders loses
-    nothing. Returns the indices kept."""
+    nothing. Consent (`plan.excluded_users`, docs/consent.md): the tracks of members
+    opted out at stop are neither copied nor listed; they go with their chunk folder.
+    Returns the indices kept (their folders are collected)."""
     failed = inv.failed
     if not failed:
         return set()
     store, layout = ctx.store(s.spec.storage.bucket), s.layout
+    excluded = excluded_users(s.spec, (c.spec for c in inv.chunks.values()))
     entries: list[dict[str, Any]] = []
     for chunk in failed:
         for track in chunk.spec.tracks:
             kept = layout.failed_raw_key(chunk.spec.index, track.user_id,
                                          chunk.spec.raw_format)
+            if track.user_id in excluded:  # a run before they opted out may have kept it
+                await store.delete_keys([kept])
+                continue
             if not await store.exists(kept):  # a retry keeps it
                 try:
                     await store.copy(track.key, kept)
@@ -200,7 +207,8 @@ async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory) -> set[
     except NotFoundError:
         before = []
     written = {(e["index"], e["userId"]) for e in entries}
-    merged = [e for e in before if (e.get("index"), e.get("userId")) not in written]
+    merged = [e for e in before if (e.get("index"), e.get("userId")) not in written
+              and e.get("userId") not in excluded]
     entries = sorted(merged + entries, key=lambda e: (int(e["index"]), str(e["userId"])))
     await store.put_json(layout.failed_manifest_key,
                          {"meetingId": s.meeting_id, "failed": entries})

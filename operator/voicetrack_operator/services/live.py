@@ -13,6 +13,15 @@ are transcoded than the audio so far covers and `interval_s` has passed since th
 started. A failed live Job (a piece missing, S3 down) marks nothing failed: the previous
 live files stay (the transcoder uploads only a complete set) and the next interval tries
 again. Deletion removes the live Jobs first (`stop`), so promotion never waits for one.
+
+Consent (docs/consent.md, "Promotion"): a piece holds the audio of every speaker of its
+chunk in their track and in the mix, and the mix cannot be remade from pieces without one
+of them. So while a member who is opted out now (`spec.optOutUserIds`, or the latest
+chunk's `optedOut`) has a track in any chunk (`withheld`), live assembly stops: every live
+Job is deleted, `live/` is emptied on every tick (a Job that was running may still upload)
+and `status.live` is removed. It resumes, from chunk 0, once nobody is withheld (they
+opted back in: promotion keeps their audio then too). A member opted out who never spoke
+holds nothing back.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
 from voicetrack.resources import (
     LABEL_COMPONENT,
+    SessionSpec,
     SessionState,
     TranscodeStatus,
     controller_uid,
@@ -127,6 +137,24 @@ def transcoded_run(chunks: Iterable[dict[str, Any]]) -> tuple[int, list[int]]:
     return n, silent
 
 
+def withheld(spec: SessionSpec, chunks: Iterable[dict[str, Any]]) -> set[str]:
+    """The user ids whose audio the audio so far must not serve now: opted out now
+    (`spec.optOutUserIds`, or the `optedOut` of the chunk with the highest index) and
+    with a track in any chunk (so in its pieces: their own, and the mix). `chunks` are
+    RecordingChunk objects (as dicts, as the watch shows them) in any order; refused ones
+    count too (their audio is not served, but nothing is lost by being careful)."""
+    latest: dict[str, Any] = {}
+    speakers: set[str] = set()
+    for obj in chunks:
+        chunk = obj.get("spec") or {}
+        speakers |= {str(t.get("userId")) for t in chunk.get("tracks") or []}
+        if int(chunk.get("index", -1)) >= int(latest.get("index", -1)):
+            latest = chunk
+    now = set(spec.opt_out_user_ids) | {str(o.get("userId"))
+                                         for o in latest.get("optedOut") or []}
+    return now & speakers
+
+
 def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
            now: datetime) -> LiveDecision:
     """The debounce, pure.
@@ -197,6 +225,8 @@ class LiveService:
                     jobs: list[dict[str, Any]]) -> dict[str, Any]:
         mine = [j for j in (LiveJob.from_object(o) for o in jobs
                             if controller_uid(o) == s.ref.uid) if j is not None]
+        if withheld(s.spec, chunks):
+            return await self.withhold(s, mine)
         reported = int((s.status.get("live") or {}).get("chunks") or 0)
         ready, silent = transcoded_run(chunks)
         decision = decide(mine, ready, reported, self.ctx.settings.live_interval_s,
@@ -218,6 +248,17 @@ class LiveService:
         if decision.report is None:
             return {}
         return {"live": await self.read_live(s, decision.report)}
+
+    async def withhold(self, s: SessionView, jobs: list[LiveJob]) -> dict[str, Any]:
+        """Stop the audio so far while someone is withheld (module docstring): delete the
+        live Jobs `jobs`, empty `live/` (every call: a deleted Job's pod may still
+        upload), and return the patch removing `status.live` ({} when it is absent).
+        Raises TemporaryFailure when S3 or the API is away (the next tick tries again)."""
+        for job in jobs:
+            if not job.deleting:
+                await self.ctx.kube.delete_job(s.ref.namespace, job.name)
+        await self.ctx.store(s.spec.storage.bucket).delete_prefix(s.layout.live_root)
+        return {"live": None} if "live" in s.status else {}
 
     async def read_live(self, s: SessionView, job: LiveJob) -> dict[str, Any]:
         """`status.live` from `live/manifest.json` after `job` completed (`durationMs` 0

@@ -1,0 +1,157 @@
+"""The consent rule of the promotion plan (issue 12; docs/consent.md, "Promotion"): who is
+excluded, what the plan promotes without them, and `final/consent.json`'s content."""
+
+from __future__ import annotations
+
+import pytest
+
+from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import PromotionPlan
+from voicetrack.resources import (
+    ChunkSpec,
+    ChunkTrack,
+    Gap,
+    OptOut,
+    SessionSpec,
+    TranscodeStatus,
+)
+from voicetrack_operator.plan import build_promotion_plan, excluded_users, output_ms
+
+GUILD = "123456789012345678"
+MEETING = "m" * 16
+ANN, BOB, CAT, DAN = ("111111111111111111", "222222222222222222", "333333333333333333",
+                      "444444444444444444")
+SHA = "0" * 64
+DONE, FAILED = TranscodeStatus.DONE, TranscodeStatus.FAILED
+
+
+def spec(opt_out_users: tuple[str, ...] = ()) -> SessionSpec:
+    return SessionSpec.model_validate({"guildId": GUILD, "channelId": "234567890123456789",
+                                       "meetingId": MEETING,
+                                       "optOutUserIds": list(opt_out_users)})
+
+
+def chunk(index: int, start: int, end: int, users: dict[str, tuple[int, int]],
+          opted: tuple[tuple[str, int, str], ...] = (), gap: Gap | None = None) -> ChunkSpec:
+    """A chunk of window [start, end) (session ms); `users`: user → (firstMs, lastMs) of
+    their packets; `opted`: (user, sinceMs, via)."""
+    layout = MeetingLayout("k", GUILD, MEETING)
+    return ChunkSpec(
+        session_name="standup", meeting_id=MEETING, guild_id=GUILD, index=index,
+        start_ms=start, end_ms=end, gap=gap,
+        tracks=[ChunkTrack(user_id=u, key=layout.raw_key(index, u, "ogg-opus"), frames=10,
+                           first_ms=a, last_ms=b, bytes=100, sha256=SHA)
+                for u, (a, b) in users.items()],
+        opted_out=[OptOut(user_id=u, since_ms=s, via=v) for u, s, v in opted])  # type: ignore[arg-type]
+
+
+def plan_of(chunks: list[tuple[ChunkSpec, TranscodeStatus]],
+            opt_out_users: tuple[str, ...] = ()) -> PromotionPlan:
+    plan = build_promotion_plan(spec(opt_out_users), MEETING, chunks)
+    assert plan is not None
+    return plan
+
+
+def users_in(plan: PromotionPlan) -> list[list[str]]:
+    return [[t.user_id for t in c.tracks] for c in plan.chunks]
+
+
+def test_nobody_opted_out_lists_only_the_recorded() -> None:
+    plan = plan_of([(chunk(0, 2_000, 12_000, {ANN: (2_100, 11_000), BOB: (5_000, 9_000)}),
+                     DONE),
+                    (chunk(1, 12_000, 22_000, {CAT: (15_020, 21_000)}), DONE)])
+    assert plan.excluded == [] and plan.speakers == [ANN, BOB, CAT]
+    assert plan.consent is not None
+    assert plan.consent.to_api() == {"meetingId": MEETING, "optedOut": [], "recorded": [
+        {"userId": ANN, "firstMs": 100}, {"userId": BOB, "firstMs": 3_000},
+        {"userId": CAT, "firstMs": 13_020}]}
+
+
+def test_opted_out_at_stop_is_excluded_retroactively() -> None:
+    # CAT speaks in chunk 0, opts out (role) at 12 000 and is still out in the last chunk
+    chunks = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), CAT: (1_000, 9_000)}), DONE),
+              (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980), CAT: (10_000, 11_980)},
+                     opted=((CAT, 12_000, "role"),)), DONE),
+              (chunk(2, 20_000, 30_000, {ANN: (20_000, 29_980)},
+                     opted=((CAT, 12_000, "role"),)), DONE)]
+    plan = plan_of(chunks)
+    assert plan.excluded == [CAT]
+    assert plan.speakers == [ANN]
+    assert users_in(plan) == [[ANN], [ANN], [ANN]]  # chunk 0's audio of CAT too
+    assert [o.user_id for c in plan.chunks for o in c.opted_out] == [CAT, CAT]
+    assert plan.consent is not None
+    assert [(r.user_id, r.first_ms) for r in plan.consent.recorded] == [(ANN, 0)]
+    assert [e.to_api() for e in plan.consent.opted_out] == [
+        {"userId": CAT, "sinceMs": 12_000, "via": "role", "excluded": True}]
+
+
+def test_opted_out_then_in_keeps_their_audio() -> None:
+    chunks = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), BOB: (500, 9_000)}), DONE),
+              (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980)},
+                     opted=((BOB, 10_000, "user"),)), DONE),
+              (chunk(2, 20_000, 30_000, {ANN: (20_000, 29_980), BOB: (25_000, 29_000)}),
+               DONE)]
+    plan = plan_of(chunks)
+    assert plan.excluded == [] and plan.speakers == [ANN, BOB]
+    assert users_in(plan) == [[ANN, BOB], [ANN], [ANN, BOB]]
+    assert plan.consent is not None
+    assert [(r.user_id, r.first_ms) for r in plan.consent.recorded] == [(ANN, 0), (BOB, 500)]
+    assert [e.to_api() for e in plan.consent.opted_out] == [
+        {"userId": BOB, "sinceMs": 10_000, "via": "user", "excluded": False}]
+
+
+def test_last_chunk_by_index_decides_even_when_it_failed() -> None:
+    chunks = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), BOB: (0, 9_980)}), DONE),
+              (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980)},
+                     opted=((BOB, 10_000, "user"),)), FAILED)]
+    plan = plan_of(chunks)
+    assert plan.excluded == [BOB] and users_in(plan) == [[ANN]]
+    # and the chunks' order in the argument does not matter
+    assert plan_of(list(reversed(chunks))).excluded == [BOB]
+
+
+def test_spec_opt_out_at_deletion_excludes_without_any_chunk_saying_so() -> None:
+    chunks = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), BOB: (100, 9_000)}), DONE),
+              (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980)}), DONE)]
+    plan = plan_of(chunks, opt_out_users=(BOB, DAN))
+    # DAN never was in the channel: excluded from nothing, named nowhere
+    assert plan.excluded == [BOB] and plan.speakers == [ANN]
+    assert plan.consent is not None
+    assert [e.to_api() for e in plan.consent.opted_out] == [
+        {"userId": BOB, "sinceMs": 20_000, "via": "user", "excluded": True}]
+    assert DAN not in plan.model_dump_json()
+    assert excluded_users(spec((BOB, DAN)), [c for c, _ in chunks]) == {BOB, DAN}
+
+
+def test_opted_out_from_the_start_never_recorded_is_listed() -> None:
+    chunks = [(chunk(0, 4_000, 14_000, {ANN: (4_000, 13_980)},
+                     opted=((CAT, 0, "role"),)), DONE)]
+    plan = plan_of(chunks)
+    assert plan.excluded == [CAT] and plan.speakers == [ANN]
+    assert plan.consent is not None
+    assert [e.to_api() for e in plan.consent.opted_out] == [
+        {"userId": CAT, "sinceMs": 0, "via": "role", "excluded": True}]  # before capture: 0
+
+
+def test_times_are_output_time_with_pauses_cut() -> None:
+    paused = Gap(start_ms=20_000, end_ms=30_000, cause="paused")
+    chunks = [(chunk(0, 5_000, 20_000, {ANN: (5_000, 19_980)}), DONE),
+              (chunk(1, 30_000, 40_000, {ANN: (30_000, 39_980), BOB: (32_000, 39_000)},
+                     opted=((CAT, 35_000, "user"),), gap=paused), DONE)]
+    plan = plan_of(chunks)
+    assert plan.consent is not None
+    assert [(r.user_id, r.first_ms) for r in plan.consent.recorded] == [
+        (ANN, 0), (BOB, 17_000)]  # 32 000 - 5 000 origin - 10 000 paused
+    assert plan.consent.opted_out[0].since_ms == 20_000
+    gaps = [Gap(start_ms=15_000, end_ms=25_000, cause="paused")]
+    assert [output_ms(t, 5_000, gaps) for t in (0, 5_000, 20_000, 25_000, 31_000)] == [
+        0, 0, 15_000, 15_000, 16_000]  # inside the pause: where it was cut
+
+
+def test_no_done_chunk_is_no_plan_and_overlap_still_raises() -> None:
+    assert build_promotion_plan(spec(), MEETING, [
+        (chunk(0, 0, 10_000, {ANN: (0, 9_980)}, opted=((BOB, 0, "role"),)), FAILED)]) is None
+    with pytest.raises(ValueError, match="inside the previous window"):
+        build_promotion_plan(spec(), MEETING, [
+            (chunk(0, 0, 10_000, {ANN: (0, 9_980)}), DONE),
+            (chunk(1, 5_000, 15_000, {ANN: (5_000, 9_980)}), DONE)])

@@ -1,0 +1,336 @@
+"""Incremental promotion, the assembly: the final MP3 tracks, waveforms, timeline and
+manifest joined from the chunks' pieces (`pieces.py`, whose module docstring describes
+units, pieces and assembly) after stop.
+
+Consent (docs/consent.md, "Promotion"): a piece made from the audio of a member the plan
+excludes (in `sources`, `prevSources` or as a track of its own) is never used: assembly
+raises PiecesUnusable and promotion runs in full from the plan's raw tracks, which leave
+the excluded members out.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from voicetrack.audio import FRAME_MS, Channels, ms_to_samples, samples_to_ms
+from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.layout import MIX_TRACK, MeetingLayout
+from voicetrack.manifests import (
+    FinalManifest,
+    FinalTrack,
+    PieceManifest,
+    PieceTrack,
+    PromotionPlan,
+    SpeechTimeline,
+)
+from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
+from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
+from voicetrack_transcoder.mp3grid import (
+    FRAME,
+    WARMUP_FRAMES,
+    owned_end,
+    silent_frames,
+    tag_file,
+    total_frames,
+)
+from voicetrack_transcoder.pieces import (
+    Made,
+    PiecesUnusable,
+    Placed,
+    Work,
+    chunk_sources,
+    make,
+    render,
+)
+from voicetrack_transcoder.speech import (
+    HANGOVER_MS,
+    MERGE_GAP_MS,
+    MIN_SPEECH_MS,
+    THRESHOLD_DBFS,
+    join_runs,
+    smooth,
+)
+from voicetrack_transcoder.streams import build_timeline
+from voicetrack_transcoder.waveform import overview_png, peaks_json
+
+
+@dataclass
+class _Unit:
+    start_ms: int
+    end_ms: int
+    chunk_pos: int | None
+    """Position in plan.chunks of the chunk the unit ends with (None: a gap or the tail)."""
+
+
+def _units(plan: PromotionPlan) -> tuple[list[_Unit], list[Placed]]:
+    """The units of the plan's output (see the module docstring) and its chunks placed."""
+    placed: list[Placed] = []
+    units: list[_Unit] = []
+    at = start = 0
+    for seg in build_timeline(plan):
+        if seg.cut:
+            continue
+        length = seg.end_ms - seg.start_ms
+        if seg.chunk is not None:
+            placed.append(Placed(plan.chunks[seg.chunk], at))
+        at += length
+        ends_unit = seg.chunk is not None or any(
+            g.cause == "chunk-failed" and g.end_ms == seg.end_ms for g in plan.gaps)
+        if ends_unit:
+            units.append(_Unit(start, at, seg.chunk))
+            start = at
+    if at > start:
+        units.append(_Unit(start, at, None))
+    return units, placed
+
+
+def _around(placed: list[Placed], from_ms: int, to_ms: int) -> list[Placed]:
+    """The placed chunks that overlap `[from_ms, to_ms)`."""
+    return [p for p in placed if p.out_end_ms > from_ms and p.out_start_ms < to_ms]
+
+
+def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
+             channels: dict[str, Channels], mix_channels: Channels,
+             progress: Callable[[float], None] | None = None) -> FinalManifest:
+    """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
+
+    Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
+    plan, or holds audio of a member the plan excludes (`holds_excluded`);
+    InvalidInputError / TemporaryFailure as the full promotion does."""
+    if plan.formats != ["mp3"]:
+        raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
+    layout = MeetingLayout(plan.prefix, plan.guild_id, plan.meeting_id)
+    units, placed = _units(plan)
+    total_ms = units[-1].end_ms if units else 0
+    n_total = ms_to_samples(total_ms)
+    want_speakers = plan.tracks in ("perSpeaker", "both")
+    want_mix = plan.tracks in ("mixed", "both") and bool(speakers)
+    names = ([*speakers] if want_speakers else []) + ([MIX_TRACK] if want_mix else [])
+    track_channels = {**channels, MIX_TRACK: mix_channels}
+    indices = {c.index: c for c in plan.chunks}
+    excluded = set(plan.excluded)
+
+    # 1. the pieces: read and check every manifest against the plan
+    pieces: dict[int, PieceManifest] = {}
+    for unit in units:
+        if unit.chunk_pos is None:
+            continue
+        chunk = plan.chunks[unit.chunk_pos]
+        try:
+            piece = PieceManifest.model_validate(store.get_json(
+                layout.piece_manifest_key(chunk.index)))
+        except (NotFoundError, InvalidInputError, ValidationError) as err:
+            raise PiecesUnusable(f"chunk {chunk.index}: no usable piece.json ({err})"
+                                 ) from None
+        if holds_excluded(piece, excluded):  # no id: the reason lands in the manifest
+            raise PiecesUnusable(f"chunk {chunk.index}: its piece holds audio of a member "
+                                 "opted out at stop (consent)")
+        prev = indices.get(chunk.index - 1)
+        want_first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
+        checks = {
+            "unit": ((piece.unit_start_ms, piece.unit_end_ms), (unit.start_ms, unit.end_ms)),
+            "frames": ((piece.first_frame, piece.end_frame),
+                       (want_first, owned_end(ms_to_samples(unit.end_ms)))),
+            "bitrate": (piece.mp3_bitrate, plan.mp3_bitrate),
+            "sources": (piece.sources, chunk_sources(chunk)),
+            "previous chunk": ((piece.prev_used, piece.prev_sources),
+                               (prev is not None, chunk_sources(prev) if prev else [])),
+        }
+        for what, (got, want) in checks.items():
+            if got != want:
+                raise PiecesUnusable(f"chunk {chunk.index}: piece {what} {got} != {want}")
+        have = {t.track: t for t in piece.tracks}
+        involved = {t.user_id for t in chunk.tracks} | (
+            {t.user_id for t in prev.tracks} if prev else set())
+        for name in names:
+            t = have.get(name)
+            if t is None and (name == MIX_TRACK or name in involved):
+                raise PiecesUnusable(f"chunk {chunk.index}: no piece of track {name}")
+            if t is not None and t.channels != track_channels[name]:
+                raise PiecesUnusable(f"chunk {chunk.index}: piece of {name} has "
+                                     f"{t.channels} channel(s), the track {track_channels[name]}")
+        pieces[chunk.index] = piece
+
+    with tempfile.TemporaryDirectory(prefix="vt-assemble-") as tmp, \
+            ThreadPoolExecutor(8, thread_name_prefix="pieces") as pool:
+        work = Path(tmp)
+
+        # 2. fetch the piece frames (verified) while the rest is rendered
+        def fetch(t: PieceTrack) -> bytes:
+            try:
+                data = store.get_bytes(t.key)
+            except NotFoundError:
+                raise PiecesUnusable(f"{t.key} is missing") from None
+            if len(data) != t.bytes or sha256_hex(data) != t.sha256:
+                raise PiecesUnusable(f"{t.key}: {len(data)} bytes sha256 "
+                                     f"{sha256_hex(data)[:12]}… but piece.json says "
+                                     f"{t.bytes} bytes {t.sha256[:12]}…")
+            return data
+
+        fetched = {(i, t.track): pool.submit(fetch, t) for i, p in pieces.items()
+                   for t in p.tracks if t.track in names}
+
+        # 3. what has no piece: units without one, and the frames after the last piece
+        computed: dict[int, Made] = {}
+        tasks: list[tuple[int, Work]] = []
+        for u, unit in enumerate(units):
+            last = u == len(units) - 1
+            first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
+            if unit.chunk_pos is None:
+                tasks.append((u, Work(first, None if last else owned_end(
+                    ms_to_samples(unit.end_ms)), unit.start_ms, unit.end_ms)))
+            elif last:
+                tasks.append((len(units), Work(owned_end(n_total), None, total_ms,
+                                               total_ms)))
+        for task, w in tasks:
+            start = max(w.first - WARMUP_FRAMES, 0) * FRAME
+            from_ms = min(samples_to_ms(start) // FRAME_MS * FRAME_MS, w.unit_start_ms)
+            to_ms = total_ms if w.end is None else w.unit_end_ms
+            near = _around(placed, from_ms - 1000, to_ms)
+            if near:
+                from_ms = min(from_ms, near[0].out_start_ms)
+            rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
+                              mix_channels if want_mix else None)
+            rendered.wanted = set(names)
+            computed[task] = make(rendered, w, plan.mp3_bitrate, work, speakers)
+        if progress:
+            progress(0.5)
+
+        # 4. each track: frames in order, an Info tag, peaks, speech
+        silence = silent_frames(plan.mp3_bitrate, {track_channels[n] for n in names}, work)
+        final_tracks: list[FinalTrack] = []
+        uploads: list[tuple[str, Path, str]] = []
+        speech: dict[str, list[list[list[int]]]] = {u: [] for u in speakers}
+        for unit_no, unit in enumerate(units):
+            done = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                if unit.chunk_pos is not None else None
+            for user in speakers:
+                speech[user].append(done.speech.get(user, []) if done is not None
+                                    else computed[unit_no].speech.get(user, []))
+        def finish(name: str) -> tuple[FinalTrack, list[tuple[str, Path, str]]]:
+            """One final track: its frames in order behind the tag, its waveforms."""
+            n_ch = track_channels[name]
+            frames_path = work / f"{name}.frames"
+            mins: list[np.ndarray] = []
+            maxs: list[np.ndarray] = []
+            frames = 0
+            with frames_path.open("wb") as out:
+                for u, unit in enumerate(units):
+                    own = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                        if unit.chunk_pos is not None else None
+                    if own is not None:
+                        t = next((t for t in own.tracks if t.track == name), None)
+                        count = own.end_frame - own.first_frame
+                        if t is None:
+                            out.write(silence[n_ch] * count)
+                            pixels = -(-ms_to_samples(unit.end_ms - unit.start_ms)
+                                       // 480)
+                            mins.append(np.zeros(pixels, np.int8))
+                            maxs.append(np.zeros(pixels, np.int8))
+                        else:
+                            if t.frames != count:
+                                raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
+                                                     f"the piece owns {count}")
+                            out.write(fetched[(own.index, name)].result())
+                            pk = np.asarray(t.peaks, dtype=np.int8)
+                            mins.append(pk[0::2])
+                            maxs.append(pk[1::2])
+                        frames += count
+                    else:
+                        made = computed[u]
+                        out.write(b"".join(made.frames[name]))
+                        frames += len(made.frames[name])
+                        mins.append(made.peaks[name][0])
+                        maxs.append(made.peaks[name][1])
+                if len(units) in computed:
+                    tail = computed[len(units)].frames[name]
+                    out.write(b"".join(tail))
+                    frames += len(tail)
+            if frames != total_frames(n_total):
+                raise PiecesUnusable(f"track {name}: {frames} frames assembled, one "
+                                     f"encode of {n_total} samples has "
+                                     f"{total_frames(n_total)}")
+            path = work / f"{name}.mp3"
+            tag_file(frames_path, path, n_total)
+            frames_path.unlink()
+            mn, mx = np.concatenate(mins), np.concatenate(maxs)
+            peaks_key = layout.waveform_key(name, "json")
+            overview_key = layout.waveform_key(name, "png")
+            peaks_path = work / f"waveform-{name}.json"
+            peaks_path.write_text(json.dumps(peaks_json(mn, mx), separators=(",", ":")))
+            png_path = work / f"waveform-{name}.png"
+            png_path.write_bytes(overview_png(mn, mx))
+            key = layout.final_key(name, "mp3")
+            return FinalTrack(
+                track=name, kind="mixed" if name == MIX_TRACK else "speaker",
+                user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
+                channels=n_ch, bytes=path.stat().st_size, sha256=sha256_file(path),
+                duration_ms=total_ms, peaks_key=peaks_key,
+                overview_key=overview_key), [
+                (peaks_key, peaks_path, "application/json"),
+                (overview_key, png_path, "image/png"), (key, path, CONTENT_TYPES["mp3"])]
+
+        try:
+            with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
+                for final, files in tp.map(finish, names):
+                    final_tracks.append(final)
+                    uploads += files
+        except BaseException:
+            for future in fetched.values():
+                future.cancel()
+            raise
+        if progress:
+            progress(0.9)
+        timeline = speech_timeline(
+            total_ms, {u: join_runs(parts) for u, parts in speech.items()})
+        list(pool.map(lambda item: store.put_file(item[0], str(item[1]), item[2]),
+                      uploads))
+    store.put_json(layout.timeline_key, timeline.to_api())
+    paused_ms = sum(g.end_ms - g.start_ms for g in plan.gaps if g.cause == "paused")
+    manifest = FinalManifest(
+        tool_version=TOOL_VERSION, meeting_id=plan.meeting_id, duration_ms=total_ms,
+        recorded_ms=sum(c.duration_ms for c in plan.chunks), paused_ms=paused_ms,
+        tracks=final_tracks, gaps=[g for g in plan.gaps if g.end_ms > g.start_ms],
+        timeline_key=layout.timeline_key, consent_key=write_consent(store, layout, plan),
+        assembly="incremental")
+    store.put_json(layout.final_manifest_key, manifest.to_api())
+    return manifest
+
+
+def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> SpeechTimeline:
+    """The timeline document from each speaker's raw voiced runs (output ms)."""
+    return SpeechTimeline(
+        duration_ms=duration_ms, threshold_dbfs=THRESHOLD_DBFS, merge_gap_ms=MERGE_GAP_MS,
+        min_speech_ms=MIN_SPEECH_MS, hangover_ms=HANGOVER_MS,
+        speakers={u: smooth(runs, duration_ms) for u, runs in raw.items()})
+
+
+def holds_excluded(piece: PieceManifest, excluded: set[str]) -> bool:
+    """Whether `piece` was made from audio of a user in `excluded`: a raw track it
+    decoded (its chunk's `sources`, or the previous chunk's `prevSources`, which warm up
+    the decoder, the limiter and the encoder of every track, the mix included), a track
+    of its own, or voice activity. Decided from the piece's manifest, not from the plan:
+    the piece was made before anyone knew who would be excluded."""
+    users = {s.partition(":")[0] for s in [*piece.sources, *piece.prev_sources]}
+    users |= {t.track for t in piece.tracks} | set(piece.speech)
+    return not users.isdisjoint(excluded)
+
+
+def write_consent(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
+                  ) -> str | None:
+    """Write the plan's consent record to `final/consent.json` and return its key; None
+    (nothing written) for a plan without one (made by an operator that predates consent).
+    Raises TemporaryFailure for S3 failures."""
+    if plan.consent is None:
+        return None
+    store.put_json(layout.consent_key, plan.consent.to_api())
+    return layout.consent_key
