@@ -131,16 +131,22 @@ def renewal_margin(issued: datetime, expires: datetime) -> timedelta:
     return min(RENEWAL_MARGIN, max(expires - issued, timedelta(0)) / 3)
 
 
-def renewal_due(grant: UploadGrant, now: datetime, share: float = 1.0) -> bool:
-    """True when `grant` has less than `share` of its `renewal_margin` left at `now` (aware
-    datetime). The operator renews at `share` 1; the recorder reads the Secret at a smaller
-    share, after the operator has renewed. A grant without a readable `x-amz-date` is due
-    when its whole lifetime is unknown: at `RENEWAL_MARGIN`. Pure."""
+def renews_at(grant: UploadGrant, share: float = 1.0) -> datetime:
+    """When `grant` becomes due for renewal: `share` of its `renewal_margin` before its
+    `expiresAt`. A grant without a readable `x-amz-date` (its lifetime unknown) is given
+    the full `RENEWAL_MARGIN`. Pure."""
     try:
         margin = renewal_margin(grant.issued_at, grant.expires_at)
     except InvalidInputError:
         margin = RENEWAL_MARGIN
-    return grant.expires_at - now < margin * share
+    return grant.expires_at - margin * share
+
+
+def renewal_due(grant: UploadGrant, now: datetime, share: float = 1.0) -> bool:
+    """True when `grant` has less than `share` of its `renewal_margin` left at `now` (aware
+    datetime): the operator renews at `share` 1; the recorder reads the Secret at a smaller
+    share, after the operator has renewed. Pure."""
+    return now > renews_at(grant, share)
 
 
 def grant_seconds(text: str | None) -> int | None:

@@ -7,7 +7,6 @@ The indexes' value shape (`handlers/index.py`) is checked on a real kopf Body.""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 
 from voicetrack.errors import NotFoundError
 from voicetrack.objectstore import S3Settings
-from voicetrack.uploadgrant import UploadGrant
 from voicetrack.resources import (
     API_VERSION,
     CHUNK_KIND,
@@ -31,6 +29,7 @@ from voicetrack.resources import (
     owner_reference,
     transcode_job_name,
 )
+from voicetrack.uploadgrant import UploadGrant
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.handlers.index import (
@@ -134,7 +133,7 @@ def _fresh_meeting_cache() -> None:
     sessions._progress_patched.clear()
     # the session's upload grant was just checked and is far from due: the grant Secret is
     # read at most every GRANT_CHECK_S (tests/unit/test_upload_grant_renewal.py)
-    grants._seen[UID] = (fresh_grant(), time.monotonic())
+    grants._remember(UID, fresh_grant(), datetime.now(UTC), renewable=True)
 
 
 def fresh_grant() -> UploadGrant:

@@ -25,12 +25,14 @@ from voicetrack_operator.builders import PodSettings, SessionRef
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services import grants
 from voicetrack_operator.services.grants import (
+    CREDENTIALS_REFRESH_S,
     GRANT_CHECK_S,
     GRANT_MARGIN,
     GrantAction,
     ensure_upload_grant,
     grant_action,
     grant_expiry,
+    next_check_s,
 )
 
 pytestmark = pytest.mark.unit
@@ -140,19 +142,27 @@ async def test_the_timer_reads_the_secret_only_when_due_or_every_check_interval(
     ctx = Context(settings=settings, kube=kube, db=None)  # type: ignore[arg-type]
     now = datetime.now(UTC)
     fresh = grant(now - timedelta(minutes=1), timedelta(hours=1))
-    grants._seen[OWNER.uid] = (fresh, time.monotonic())
+    grants._remember(OWNER.uid, fresh, now, renewable=True)
     try:
         action = await ensure_upload_grant(ctx, OWNER, SPEC, "m" * 16, now, throttle=True)
         assert action is GrantAction.KEEP and kube.calls == []
-        # checked longer ago than GRANT_CHECK_S: the Secret is read again
-        grants._seen[OWNER.uid] = (fresh, time.monotonic() - GRANT_CHECK_S - 1)
+        # the next look is due (GRANT_CHECK_S passed): the Secret is read again
+        grants._seen[OWNER.uid] = (fresh, time.monotonic() - 1)
         with pytest.raises(AssertionError, match="get_secret"):
             await ensure_upload_grant(ctx, OWNER, SPEC, "m" * 16, now, throttle=True)
-        # due for renewal: read at once, whenever it was last checked
-        due = grant(now - timedelta(minutes=55), timedelta(hours=1))
-        grants._seen[OWNER.uid] = (due, time.monotonic())
-        with pytest.raises(AssertionError, match="get_secret"):
-            await ensure_upload_grant(ctx, OWNER, SPEC, "m" * 16, now, throttle=True)
-        assert kube.calls == ["get_secret", "get_secret"]
+        assert kube.calls == ["get_secret"]
     finally:
         grants.forget_grant(OWNER.uid)
+
+
+def test_the_next_look_is_when_the_grant_becomes_due_at_most_the_check_interval() -> None:
+    hour = grant(T0, timedelta(hours=1))  # due at 9:50
+    assert next_check_s(hour, T0, renewable=True) == GRANT_CHECK_S
+    assert next_check_s(hour, T0 + timedelta(minutes=49, seconds=50), renewable=True) == 10
+    assert next_check_s(hour, T0 + timedelta(minutes=51), renewable=True) == 0
+    # due, but a renewal would end no later (its credentials are not refreshed yet): next
+    # just after minio fetches new ones, CREDENTIALS_REFRESH_S before they expire
+    assert next_check_s(hour, T0 + timedelta(minutes=51), renewable=False) == GRANT_CHECK_S
+    assert next_check_s(hour, T0 + timedelta(minutes=59, seconds=30), renewable=False) == \
+        30 - CREDENTIALS_REFRESH_S + 1
+    assert next_check_s(hour, T0 + timedelta(hours=2), renewable=False) == 0

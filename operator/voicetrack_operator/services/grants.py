@@ -6,13 +6,16 @@ session starts and, from the observe timer, mints it again when its remaining li
 below its renewal margin (`voicetrack.uploadgrant.renewal_due`), or when the Secret is
 missing or does not hold a grant. The decision is `grant_action`, pure; the Secret's I/O is
 here, through the Kubernetes adapter. What the operator last saw of each session's grant is
-kept in memory (`_seen`), so a tick reads the Secret only when that says a renewal is due,
-or at most every `GRANT_CHECK_S` seconds: the observe timer reads no API otherwise.
+kept in memory (`_seen`, with when to look next: `next_check_s`), so a tick reads the Secret
+when that grant becomes due, and otherwise at most every `GRANT_CHECK_S` seconds: the
+observe timer reads no API in between.
 
-A renewal signs with the credentials the operator holds now (minio's providers fetch
-temporary credentials again shortly before they expire); a renewed grant that would end no
-later than the one in the Secret is not written (credentials not yet refreshed: the next
-check tries again).
+A renewal signs with the credentials the operator holds now. minio's providers fetch
+temporary credentials again only when they expire within `CREDENTIALS_REFRESH_S` (minio's
+`Credentials.is_expired`), and a grant ends with the credentials that signed it: a renewal
+that would end no later than the grant in the Secret is not written, and the next look is
+just after minio will have fetched new credentials (IRSA: the grant is renewed about 10 s
+before it ends; the recorder waits for it on S3's refusal, its chunks in the spool).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from voicetrack.uploadgrant import (
     UploadGrant,
     mint_upload_grant,
     renewal_due,
+    renews_at,
 )
 from voicetrack_operator.builders import (
     SessionRef,
@@ -51,6 +55,10 @@ GRANT_CHECK_S = 30.0
 """At most this long (s) between two reads of a session's grant Secret by the observe
 timer while its last seen grant is not due: a Secret deleted or spoiled meanwhile is made
 again within this time."""
+
+CREDENTIALS_REFRESH_S = 10.0
+"""minio's providers fetch temporary credentials again once they expire within this many
+seconds (minio 7.2 `Credentials.is_expired`), not before."""
 
 
 class GrantAction(enum.Enum):
@@ -84,8 +92,20 @@ def grant_expiry(started: datetime, now: datetime, max_duration_s: int,
     return started + timedelta(seconds=max_duration_s) + GRANT_MARGIN
 
 
+def next_check_s(grant: UploadGrant, now: datetime, renewable: bool) -> float:
+    """Seconds until the observe timer should read the Secret of `grant` again, at most
+    `GRANT_CHECK_S`: when it becomes due (`renewal_due`), or, when a renewal now would not
+    end later (`renewable` False: the credentials that cap it are not refreshed yet), just
+    after minio will have refreshed them (`CREDENTIALS_REFRESH_S` before its end). Pure."""
+    if renewable:
+        return max(0.0, min((renews_at(grant) - now).total_seconds(), GRANT_CHECK_S))
+    after_refresh = (grant.expires_at - now).total_seconds() - CREDENTIALS_REFRESH_S + 1
+    return max(0.0, min(after_refresh, GRANT_CHECK_S))
+
+
 _seen: dict[str, tuple[UploadGrant, float]] = {}
-"""Session uid -> (the grant last read or written, when: monotonic s)."""
+"""Session uid -> (the grant last read or written, when to read its Secret next:
+monotonic s)."""
 
 
 async def read_grant(ctx: Context, owner: SessionRef) -> tuple[bool, UploadGrant | None]:
@@ -111,21 +131,19 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
     it holds no readable grant or its grant is due for renewal (`grant_action`): POST
     objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket (made first
     when missing), each at most `limits.maxBytes`, until `grant_expiry` (capped at the
-    credentials' expiry). With `throttle` (the observe timer) the Secret is read only when
-    the grant last seen is due, or `GRANT_CHECK_S` after the last read. Returns what it
+    credentials' expiry). With `throttle` (the observe timer) the Secret is read only from
+    the time `next_check_s` gave at the last look. Returns what it
     did (KEEP also for a renewal that would not end later). Raises TemporaryFailure while
     S3, the credentials or the API server are away, InvalidInputError for a Secret the API
     refuses."""
     now = datetime.now(UTC)
-    if throttle and owner.uid in _seen:
-        grant, checked = _seen[owner.uid]
-        if not renewal_due(grant, now) and time.monotonic() - checked < GRANT_CHECK_S:
-            return GrantAction.KEEP
+    if throttle and owner.uid in _seen and time.monotonic() < _seen[owner.uid][1]:
+        return GrantAction.KEEP
     exists, current = await read_grant(ctx, owner)
     action = grant_action(current, exists, now)
     if action is GrantAction.KEEP:
         assert current is not None
-        _seen[owner.uid] = (current, time.monotonic())
+        _remember(owner.uid, current, now, renewable=True)
         return action
     layout = MeetingLayout(spec.storage.prefix, spec.guild_id, meeting_id)
     # the recorder can no longer make its bucket (it holds no key): the operator does
@@ -138,7 +156,7 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
         log.info("upload grant of %s/%s due (ends %s) but a new one would not end later: "
                  "the credentials are not refreshed yet", owner.namespace, owner.name,
                  current.expires_at.isoformat())
-        _seen[owner.uid] = (current, time.monotonic())
+        _remember(owner.uid, current, now, renewable=False)
         return GrantAction.KEEP
     manifest = build_upload_grant_secret(owner, grant.to_json())
     if action is GrantAction.CREATE:
@@ -147,8 +165,12 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
         log.info("upload grant of %s/%s renewed: now ends %s", owner.namespace, owner.name,
                  grant.expires_at.isoformat())
         await ctx.kube.replace_secret(manifest)
-    _seen[owner.uid] = (grant, time.monotonic())
+    _remember(owner.uid, grant, now, renewable=True)
     return action
+
+
+def _remember(uid: str, grant: UploadGrant, now: datetime, renewable: bool) -> None:
+    _seen[uid] = (grant, time.monotonic() + next_check_s(grant, now, renewable))
 
 
 async def renew_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
