@@ -12,9 +12,10 @@ ServiceAccount, whose Role may `get` that one Secret) when:
 - S3 refuses a POST with a refusal a newer grant can cure (`REFRESH_CODES`: 403
   AccessDenied is S3's answer to an expired policy, "Invalid according to Policy: Policy
   expired", on AWS and SeaweedFS 4.x). With a different grant in the Secret, the POST is
-  tried again at once. With the same one: an expired grant raises TemporaryFailure (the
-  uploader retries with backoff while the operator renews it; the audio waits in the
-  spool), one still valid is a real refusal and raises it.
+  tried again at once. With the same one: a grant in its renewal margin (or past its end:
+  S3's clock may run ahead of ours) raises TemporaryFailure (the uploader retries with
+  backoff while the operator renews it; the audio waits in the spool); one far from its
+  end is a real refusal and raises it.
 
 A Secret it cannot read (API away, RBAC) is logged and the grant it holds is used.
 """
@@ -115,9 +116,10 @@ class RenewingGrantWriter:
     def put_file(self, key: str, path: str,
                  content_type: str = "application/octet-stream") -> None:
         """POST `path` as `key` under the current grant (`post_object`). Raises
-        TemporaryFailure when S3 or the API server is away, or while an expired grant
-        awaits its renewal; GrantRefused (InvalidInputError) for a refusal a newer grant
-        does not cure; InvalidInputError for a key outside the grant's prefix."""
+        TemporaryFailure when S3 or the API server is away, or while a refused grant near
+        or past its end awaits its renewal; GrantRefused (InvalidInputError) for a refusal
+        a newer grant does not cure; InvalidInputError for a key outside the grant's
+        prefix."""
         if renewal_due(self.grant, self.clock(), RECORDER_SHARE) \
                 and time.monotonic() - self._last_read >= READ_EVERY_S:
             self.refresh()
@@ -133,11 +135,11 @@ class RenewingGrantWriter:
                          err.code)
                 post_object(self.endpoint, self.grant, key, path, content_type)
                 return
-            if self.grant.expires_at <= self.clock():
+            if renewal_due(self.grant, self.clock()):
                 # from None: the refusal is not the permanent cause (`faults`)
-                raise TemporaryFailure(f"upload grant expired at "
-                                       f"{self.grant.expires_at.isoformat()} and not renewed "
-                                       f"yet ({err})", delay=2) from None
+                raise TemporaryFailure(f"upload grant ending "
+                                       f"{self.grant.expires_at.isoformat()} refused and not "
+                                       f"renewed yet ({err})", delay=2) from None
             raise
 
     def refresh(self) -> bool:

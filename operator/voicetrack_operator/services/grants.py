@@ -27,7 +27,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-from voicetrack.errors import TemporaryFailure
+from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import SessionSpec
 from voicetrack.uploadgrant import (
@@ -130,12 +130,12 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
     """Make the session's upload grant Secret when it is missing, and mint it again when
     it holds no readable grant or its grant is due for renewal (`grant_action`): POST
     objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket (made first
-    when missing), each at most `limits.maxBytes`, until `grant_expiry` (capped at the
+    with the Secret), each at most `limits.maxBytes`, until `grant_expiry` (capped at the
     credentials' expiry). With `throttle` (the observe timer) the Secret is read only from
-    the time `next_check_s` gave at the last look. Returns what it
-    did (KEEP also for a renewal that would not end later). Raises TemporaryFailure while
-    S3, the credentials or the API server are away, InvalidInputError for a Secret the API
-    refuses."""
+    the time `next_check_s` gave at the last look. Returns what it did (KEEP also for a
+    renewal that would not end later). Raises TemporaryFailure while S3, the credentials
+    or the API server are away, InvalidInputError for a Secret the API refuses,
+    NotFoundError when it was deleted between its read and its replacement."""
     now = datetime.now(UTC)
     if throttle and owner.uid in _seen and time.monotonic() < _seen[owner.uid][1]:
         return GrantAction.KEEP
@@ -146,8 +146,9 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
         _remember(owner.uid, current, now, renewable=True)
         return action
     layout = MeetingLayout(spec.storage.prefix, spec.guild_id, meeting_id)
-    # the recorder can no longer make its bucket (it holds no key): the operator does
-    await ctx.store(spec.storage.bucket).ensure_bucket()
+    if action is GrantAction.CREATE:
+        # the recorder can no longer make its bucket (it holds no key): the operator does
+        await ctx.store(spec.storage.bucket).ensure_bucket()
     expires = grant_expiry(started, now, spec.limits.max_duration_seconds,
                            ctx.settings.upload_grant_s)
     grant = mint_upload_grant(ctx.settings.s3, spec.storage.bucket, layout.chunks_root,
@@ -175,11 +176,12 @@ def _remember(uid: str, grant: UploadGrant, now: datetime, renewable: bool) -> N
 
 async def renew_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
                              meeting_id: str, started: datetime) -> None:
-    """The observe timer's call: `ensure_upload_grant` throttled; a TemporaryFailure (S3,
-    credentials or the API server away) is logged and left to the next tick."""
+    """The observe timer's call: `ensure_upload_grant` throttled; a failure (S3, the
+    credentials or the API server away, the Secret refused or deleted meanwhile) is logged
+    and left to a later tick, never stops the observation."""
     try:
         await ensure_upload_grant(ctx, owner, spec, meeting_id, started, throttle=True)
-    except TemporaryFailure as err:
+    except (TemporaryFailure, InvalidInputError) as err:
         log.warning("upload grant of %s/%s not checked: %s", owner.namespace, owner.name, err)
 
 
