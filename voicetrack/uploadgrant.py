@@ -21,15 +21,17 @@ truth.
 Renewal: a grant is renewed when its remaining life falls below `renewal_margin` (the
 smaller of `RENEWAL_MARGIN` and a third of its lifetime: `renewal_due`). The operator's
 observe timer mints a new grant into the session's Secret then (and whenever the Secret is
-missing or unreadable), with the credentials it holds at that moment: minio's providers
-fetch temporary credentials again shortly before they expire, so with IRSA each new grant
-reaches as far as the new role session does. The recorder starts with the grant of its
-environment ($VOICETRACK_S3_UPLOAD_GRANT, fixed for the pod's life) and reads the current one
-from the Secret ($VOICETRACK_S3_UPLOAD_GRANT_SECRET, which its own Role may `get`) when the
-one it holds nears its end, or when S3 refuses a POST as `GrantRefused`
-(`voicetrack_recorder.grant`). S3's answer to an expired policy is 403 `AccessDenied`,
-"Invalid according to Policy: Policy expired" (AWS and SeaweedFS 4.x alike; an expired
-session token gives 400 or 403 `ExpiredToken` on AWS).
+missing or unreadable), with the credentials it holds at that moment. minio's providers
+fetch temporary credentials again only about 10 s before they expire, and a grant cannot
+outlive the credentials that signed it, so under IRSA the renewal that reaches into the next
+role session lands in those last seconds (operator `services.grants`). The recorder starts
+with the grant of its environment ($VOICETRACK_S3_UPLOAD_GRANT, fixed for the pod's life)
+and reads the current one from the Secret ($VOICETRACK_S3_UPLOAD_GRANT_SECRET, which its own
+Role may `get`) when the one it holds nears its end, or when S3 refuses a POST as
+`GrantRefused` (`voicetrack_recorder.grant`). S3's answer to an expired policy is 403
+`AccessDenied`, "Invalid according to Policy: Policy expired" (SeaweedFS 4.x, checked by
+tests/integration/test_upload_grant_renewal.py; AWS documents the same message); an
+expired session token is `ExpiredToken` on AWS.
 
 One home for the contract: `UploadGrant` is the JSON both sides read; `mint_upload_grant`
 runs in the operator (no I/O: the region is given, so minio asks nothing), and
