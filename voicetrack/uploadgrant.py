@@ -1,5 +1,5 @@
 """Upload grants: an S3 POST policy that lets a recorder write under its own session's
-chunk prefix and nothing else (issue 11 item 5).
+chunk prefix and nothing else (issue 11 item 5), renewed before it expires (issue 15).
 
 The operator holds the S3 keys and mints, per session, a browser-based upload policy (S3
 API reference, "POST Object" and "Creating a POST Policy": a base64 JSON policy with
@@ -16,9 +16,22 @@ the AWS chain. Temporary credentials (IRSA, ECS, EC2, AWS_SESSION_TOKEN) add the
 `PostPolicy.form_data`, as the SigV4 POST policy documentation asks), and S3 refuses the
 form once that token has expired, whatever the policy's `expiration` says; so the grant is
 capped at the credentials' expiry (`mint_upload_grant`) and its `expiresAt` tells the
-truth. With IRSA's default one-hour role sessions a recording longer than the credentials'
-remaining life loses its grant before it ends: give the operator explicit keys, or a
-longer role session (docs/deploy.md).
+truth.
+
+Renewal: a grant is renewed when its remaining life falls below `renewal_margin` (the
+smaller of `RENEWAL_MARGIN` and a third of its lifetime: `renewal_due`). The operator's
+observe timer mints a new grant into the session's Secret then (and whenever the Secret is
+missing or unreadable), with the credentials it holds at that moment. minio's providers
+fetch temporary credentials again only about 10 s before they expire, and a grant cannot
+outlive the credentials that signed it, so under IRSA the renewal that reaches into the next
+role session lands in those last seconds (operator `services.grants`). The recorder starts
+with the grant of its environment ($VOICETRACK_S3_UPLOAD_GRANT, fixed for the pod's life)
+and reads the current one from the Secret ($VOICETRACK_S3_UPLOAD_GRANT_SECRET, which its own
+Role may `get`) when the one it holds nears its end, or when S3 refuses a POST as
+`GrantRefused` (`voicetrack_recorder.grant`). S3's answer to an expired policy is 403
+`AccessDenied`, "Invalid according to Policy: Policy expired" (SeaweedFS 4.x, checked by
+tests/integration/test_upload_grant_renewal.py; AWS documents the same message); an
+expired session token is `ExpiredToken` on AWS.
 
 One home for the contract: `UploadGrant` is the JSON both sides read; `mint_upload_grant`
 runs in the operator (no I/O: the region is given, so minio asks nothing), and
@@ -28,7 +41,7 @@ runs in the operator (no I/O: the region is given, so minio asks nothing), and
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
 import urllib3
@@ -45,8 +58,32 @@ GRANT_ENV = "VOICETRACK_S3_UPLOAD_GRANT"
 """The recorder's variable holding the grant's JSON (from its session's Secret)."""
 GRANT_SECRET_KEY = "uploadGrant"
 """The key of the grant in the session's Secret."""
+GRANT_SECRET_ENV = "VOICETRACK_S3_UPLOAD_GRANT_SECRET"
+"""The recorder's variable naming the Secret (in its namespace) it reads renewed grants
+from; unset: the grant of its environment is all it has."""
+GRANT_SECONDS_ENV = "VOICETRACK_UPLOAD_GRANT_SECONDS"
+"""The operator's variable: each grant's lifetime (s) from its minting; unset or 0: until
+the session's `limits.maxDurationSeconds` plus an hour."""
+MIN_GRANT_SECONDS = 60
+"""The shortest lifetime (s) $VOICETRACK_UPLOAD_GRANT_SECONDS may set: a grant must outlive
+a few chunk uploads and the operator's observe interval."""
+RENEWAL_MARGIN = timedelta(minutes=10)
+"""A grant is renewed when less than this (or a third of its lifetime, if smaller) remains:
+room for the operator's observe interval, an API server or S3 hiccup, and the recorder's
+read of the Secret."""
 MAX_OBJECT_BYTES = 5 * 1024**3
 """S3's bound for one POST upload (5 GiB, S3 API reference "POST Object")."""
+
+
+class GrantRefused(InvalidInputError):
+    """S3 refused a POST under a grant (a 4xx): `status` and S3's error `code` (`AccessDenied`
+    for an expired or violated policy, `SignatureDoesNotMatch` for a tampered one,
+    `ExpiredToken` for expired temporary credentials on AWS)."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class UploadGrant(BaseModel):
@@ -62,6 +99,17 @@ class UploadGrant(BaseModel):
     expires_at: datetime = Field(alias="expiresAt")
     fields: dict[str, str]
 
+    @property
+    def issued_at(self) -> datetime:
+        """When it was signed: its `x-amz-date` field (SigV4, `YYYYMMDDTHHMMSSZ`, UTC).
+        Raises InvalidInputError when the field is missing or not such a date."""
+        text = self.fields.get("x-amz-date", "")
+        try:
+            return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError as err:
+            raise InvalidInputError(f"upload grant field x-amz-date {text!r} is not a "
+                                    "SigV4 date (YYYYMMDDTHHMMSSZ)") from err
+
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
 
@@ -76,6 +124,47 @@ class UploadGrant(BaseModel):
             return cls.model_validate_json(text)
         except ValueError as err:
             raise InvalidInputError(f"{GRANT_ENV} is not an upload grant: {err}") from err
+
+
+def renewal_margin(issued: datetime, expires: datetime) -> timedelta:
+    """How long before `expires` a grant signed at `issued` is renewed (aware datetimes):
+    `RENEWAL_MARGIN`, or a third of its lifetime when that is smaller (a 60 s grant is
+    renewed 20 s before its end, a 1 h grant 10 min before)."""
+    return min(RENEWAL_MARGIN, max(expires - issued, timedelta(0)) / 3)
+
+
+def renews_at(grant: UploadGrant, share: float = 1.0) -> datetime:
+    """When `grant` becomes due for renewal: `share` of its `renewal_margin` before its
+    `expiresAt`. A grant without a readable `x-amz-date` (its lifetime unknown) is given
+    the full `RENEWAL_MARGIN`. Pure."""
+    try:
+        margin = renewal_margin(grant.issued_at, grant.expires_at)
+    except InvalidInputError:
+        margin = RENEWAL_MARGIN
+    return grant.expires_at - margin * share
+
+
+def renewal_due(grant: UploadGrant, now: datetime, share: float = 1.0) -> bool:
+    """True when `grant` has less than `share` of its `renewal_margin` left at `now` (aware
+    datetime): the operator renews at `share` 1; the recorder reads the Secret at a smaller
+    share, after the operator has renewed. Pure."""
+    return now > renews_at(grant, share)
+
+
+def grant_seconds(text: str | None) -> int | None:
+    """$VOICETRACK_UPLOAD_GRANT_SECONDS parsed: None for unset, empty or 0 (the default
+    lifetime), else the lifetime in seconds. Raises InvalidInputError naming the variable
+    for a non-integer or a value under `MIN_GRANT_SECONDS`."""
+    if not text or text.strip() == "0":
+        return None
+    try:
+        seconds = int(text)
+    except ValueError as err:
+        raise InvalidInputError(f"{GRANT_SECONDS_ENV}={text!r} is not an integer") from err
+    if seconds < MIN_GRANT_SECONDS:
+        raise InvalidInputError(f"{GRANT_SECONDS_ENV}={seconds} is under the minimum "
+                                f"{MIN_GRANT_SECONDS} s (0: the default lifetime)")
+    return seconds
 
 
 def mint_upload_grant(settings: S3Settings, bucket: str, prefix: str, expires: datetime,
@@ -116,8 +205,9 @@ def post_object(endpoint: str, grant: UploadGrant, key: str, path: str,
     """Upload the file at `path` as `key` with a POST under `grant` (S3 API reference,
     "POST Object": a multipart/form-data body of the policy fields, `key`,
     `Content-Type`, then `file`). Raises TemporaryFailure when S3 is unreachable or
-    answers 5xx, InvalidInputError with S3's code and message for a refusal (a key outside
-    the grant's prefix, an expired or tampered policy: 403)."""
+    answers 5xx, 408 or 429; GrantRefused (an InvalidInputError) with S3's status, code and
+    message for a refusal (an expired or tampered policy, a key outside its conditions:
+    403); InvalidInputError for a key outside the grant's prefix (not sent)."""
     if not key.startswith(grant.prefix):
         raise InvalidInputError(f"key {key!r} is outside the upload grant's prefix "
                                 f"{grant.prefix!r}")
@@ -137,7 +227,7 @@ def post_object(endpoint: str, grant: UploadGrant, key: str, path: str,
     message = _xml_tag(body, "Message") or body[:200]
     if res.status >= 500 or res.status in (408, 429):
         raise TemporaryFailure(f"storage: POST {key}: {code}: {message}")
-    raise InvalidInputError(f"storage: POST {key}: {code}: {message}")
+    raise GrantRefused(f"storage: POST {key}: {code}: {message}", res.status, code)
 
 
 def _xml_tag(body: str, tag: str) -> str | None:

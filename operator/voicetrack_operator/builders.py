@@ -26,7 +26,7 @@ from voicetrack.resources import (
     recorder_pod_name,
     transcode_job_name,
 )
-from voicetrack.uploadgrant import GRANT_ENV, GRANT_SECRET_KEY
+from voicetrack.uploadgrant import GRANT_ENV, GRANT_SECRET_ENV, GRANT_SECRET_KEY
 
 NODE_POOL_KEY = "voicetrack.dev/node-pool"
 """Label and `NoSchedule` taint key of a dedicated node pool (the local harness's kwok nodes
@@ -130,8 +130,9 @@ def _s3_key_env(settings: PodSettings) -> list[dict[str, Any]]:
 
 def _recorder_s3_env(owner: SessionRef, spec: SessionSpec, settings: PodSettings
                      ) -> list[dict[str, Any]]:
-    """Where S3 is and the session's upload grant (its Secret, `build_upload_grant_secret`):
-    no S3 key, so the recorder writes only under its session's chunk prefix. The files
+    """Where S3 is and the session's upload grant (its Secret, `build_upload_grant_secret`,
+    as the initial grant and by name, to read renewed grants from): no S3 key, so the
+    recorder writes only under its session's chunk prefix. The files
     source (demo and tests: its input is operator-named objects, not network data) also
     reads its speakers from S3, so it keeps the keys for reading."""
     env: list[dict[str, Any]] = [
@@ -140,6 +141,7 @@ def _recorder_s3_env(owner: SessionRef, spec: SessionSpec, settings: PodSettings
         {"name": "VOICETRACK_S3_BUCKET", "value": spec.storage.bucket},
         {"name": GRANT_ENV, "valueFrom": {"secretKeyRef": {
             "name": recorder_service_account(owner), "key": GRANT_SECRET_KEY}}},
+        {"name": GRANT_SECRET_ENV, "value": recorder_service_account(owner)},
     ]
     if spec.source.type == "files":
         env.extend(_s3_key_env(settings))
@@ -354,8 +356,9 @@ def build_session_recorder_rbac(owner: SessionRef) -> list[dict[str, Any]]:
     session (collected with it), named `recorder_service_account(owner)`. Least privilege:
     get and watch its own RecordingSession (resourceNames), create, get and list chunks,
     update its own session's finalizers (the chunks' blockOwnerDeletion ownerReference,
-    checked by OwnerReferencesPermissionEnforcement). Which chunks it may create is the
-    admission policy's part: RBAC cannot name an object before it exists."""
+    checked by OwnerReferencesPermissionEnforcement), get its own upload grant Secret
+    (resourceNames: the renewed grant, `voicetrack.uploadgrant`). Which chunks it may
+    create is the admission policy's part: RBAC cannot name an object before it exists."""
     name = recorder_service_account(owner)
     group = API_VERSION.split("/")[0]
     meta = {"name": name, "namespace": owner.namespace,
@@ -371,6 +374,8 @@ def build_session_recorder_rbac(owner: SessionRef) -> list[dict[str, Any]]:
               "verbs": ["create", "get", "list"]},
              {"apiGroups": [group], "resources": ["recordingsessions/finalizers"],
               "resourceNames": [owner.name], "verbs": ["update"]},
+             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [name],
+              "verbs": ["get"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},

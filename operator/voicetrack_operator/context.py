@@ -11,6 +11,7 @@ from typing import Any
 
 from voicetrack.db.service import RecordingService
 from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.uploadgrant import GRANT_SECONDS_ENV, grant_seconds
 from voicetrack_operator.adapters.kube import KubeAdapter
 from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.builders import PodSettings
@@ -35,9 +36,11 @@ class OperatorSettings:
     and tolerate that node pool (`builders.PodSettings.node_pool`; unset: none);
     RECORDER_IMAGE / TRANSCODER_IMAGE; LIVE_INTERVAL_SECONDS (30; 0 = off, `services.live`);
     JOB_TTL_SECONDS (3600: `ttlSecondsAfterFinished` of the Jobs it makes);
-    TEMP_TTL_HOURS (24); KUBECONFIG (else the default
-    loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off; LISTEN_ADDRESS
-    of both (127.0.0.1)."""
+    TEMP_TTL_HOURS (24); UPLOAD_GRANT_SECONDS (unset or 0: a session's upload grant lasts
+    until its `limits.maxDurationSeconds` plus an hour; else that many seconds from each
+    minting, at least 60, renewed before it ends: `voicetrack.uploadgrant`); KUBECONFIG
+    (else the default loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off;
+    LISTEN_ADDRESS of both (127.0.0.1)."""
 
     database_url: str
     s3: S3Settings
@@ -48,6 +51,8 @@ class OperatorSettings:
     health_port: int = 8080
     metrics_port: int = 9090
     listen_address: str = "127.0.0.1"
+    upload_grant_s: int | None = None
+    """Each upload grant's lifetime (s) from its minting; None: the default lifetime."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -75,6 +80,7 @@ class OperatorSettings:
             health_port=int(_env("HEALTH_PORT", "8080")),
             metrics_port=int(_env("METRICS_PORT", "9090")),
             listen_address=_env("LISTEN_ADDRESS", "127.0.0.1"),
+            upload_grant_s=grant_seconds(os.environ.get(GRANT_SECONDS_ENV)),
         )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
+from kubernetes.client import ApiClient
 from pydantic import ValidationError
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
@@ -33,7 +34,7 @@ from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack.termination import write_termination_message
-from voicetrack.uploadgrant import UploadGrant
+from voicetrack.uploadgrant import GRANT_SECRET_ENV, UploadGrant
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.faults import (
     EXIT_FAILED,
@@ -42,6 +43,7 @@ from voicetrack_recorder.faults import (
     retry_async,
 )
 from voicetrack_recorder.files_source import FilesSource
+from voicetrack_recorder.grant import RenewingGrantWriter, SecretGrantSource
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import (
     Recorder,
@@ -56,12 +58,14 @@ from voicetrack_recorder.uploader import ChunkUploader, GrantWriter, RawWriter
 app = typer.Typer(no_args_is_help=True, help="Voicetrack recorder: capture one session.")
 
 
-async def _storage(spec: SessionSpec, stop: asyncio.Event
+async def _storage(spec: SessionSpec, stop: asyncio.Event, api: ApiClient, namespace: str
                    ) -> tuple[ObjectStore | None, RawWriter]:
     """(the store to read from, the writer of raw tracks). With an upload grant
     ($VOICETRACK_S3_UPLOAD_GRANT, the operator's per-session POST policy) raw tracks go
     through it, and S3 keys, when set too (the files source reads its speakers), are
-    used only for reading. Without one, the S3 keys do both (and the bucket is made)."""
+    used only for reading; renewed grants are read through `api` from the Secret that
+    `GRANT_SECRET_ENV` names (`voicetrack_recorder.grant`). Without one, the S3 keys do
+    both (and the bucket is made)."""
     grant = UploadGrant.from_env()
     keyed = bool(os.environ.get("VOICETRACK_S3_ACCESS_KEY"))
     store = ObjectStore(S3Settings.from_env(bucket=spec.storage.bucket)) \
@@ -73,7 +77,9 @@ async def _storage(spec: SessionSpec, stop: asyncio.Event
         endpoint = os.environ.get("VOICETRACK_S3_ENDPOINT", "")
         if not endpoint:
             raise InvalidInputError("VOICETRACK_S3_ENDPOINT is not set")
-        return store, GrantWriter(endpoint, grant)
+        secret = os.environ.get(GRANT_SECRET_ENV)
+        return store, (RenewingGrantWriter(endpoint, grant, SecretGrantSource(
+            api, namespace, secret)) if secret else GrantWriter(endpoint, grant))
     assert store is not None
     return store, store
 
@@ -118,13 +124,14 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    kube = RecorderKube(load_api_client(), namespace, session)
+    api = load_api_client()
+    kube = RecorderKube(api, namespace, session)
     try:
         obj = await retry_async(lambda: asyncio.to_thread(kube.get_session),
                                 "get RecordingSession", stop)
         spec = _parse_spec(obj)
         layout = session_layout(spec, meeting_id_of(obj))
-        store, writer = await _storage(spec, stop)
+        store, writer = await _storage(spec, stop, api, namespace)
     except TemporaryFailure:
         if stop.is_set():  # SIGTERM while waiting for the API server or S3
             outcome.reason = "stopped before start"

@@ -114,11 +114,17 @@ def test_each_session_has_its_own_recorder_identity() -> None:
     rules = {r["resources"][0]: r for r in manifests[1]["rules"]}
     assert rules["recordingsessions"]["resourceNames"] == [OWNER.name]
     assert rules["recordingsessions/finalizers"]["resourceNames"] == [OWNER.name]
-    assert "delete" not in rules["recordingchunks"]["verbs"] and "secrets" not in rules
+    assert "delete" not in rules["recordingchunks"]["verbs"]
+    # its own upload grant Secret, to read renewed grants: get, by name, nothing else
+    assert rules["secrets"] == {"apiGroups": [""], "resources": ["secrets"],
+                                "resourceNames": [sa_name], "verbs": ["get"]}
     assert manifests[2]["subjects"] == [{"kind": "ServiceAccount", "name": sa_name,
                                          "namespace": OWNER.namespace}]
     pod = build_recorder_pod(OWNER, SPEC, "m" * 16, 0, PodSettings())
     assert pod["spec"]["serviceAccountName"] == sa_name
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["VOICETRACK_S3_UPLOAD_GRANT_SECRET"] == {
+        "name": "VOICETRACK_S3_UPLOAD_GRANT_SECRET", "value": sa_name}
     secret = build_upload_grant_secret(OWNER, '{"grant": 1}')
     assert secret["metadata"]["name"] == sa_name and secret["stringData"] == {
         "uploadGrant": '{"grant": 1}'}

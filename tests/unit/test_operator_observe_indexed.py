@@ -1,6 +1,8 @@
 """The observe timer on the watches' view (issue 16): `SessionService.observe_session` with an
-`Observed` reads nothing from the API, counts the chunks it is given, and its safety net
-acts only on what the event handlers cannot have done (old chunks, Jobs ahead of chunks).
+`Observed` reads nothing from the API (but its session's upload grant Secret, at most every
+`services.grants.GRANT_CHECK_S`: primed here as just checked), counts the chunks it is
+given, and its safety net acts only on what the event handlers cannot have done (old
+chunks, Jobs ahead of chunks).
 The indexes' value shape (`handlers/index.py`) is checked on a real kopf Body."""
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from voicetrack.resources import (
     owner_reference,
     transcode_job_name,
 )
+from voicetrack.uploadgrant import UploadGrant
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.handlers.index import (
@@ -36,7 +39,7 @@ from voicetrack_operator.handlers.index import (
     observed,
     slim,
 )
-from voicetrack_operator.services import sessions
+from voicetrack_operator.services import grants, sessions
 from voicetrack_operator.services.sessions import Observed, SessionService, SessionView
 
 pytestmark = pytest.mark.unit
@@ -128,6 +131,16 @@ RUNNING_POD = {"metadata": {"name": f"{NAME}-rec", "namespace": NS,
 def _fresh_meeting_cache() -> None:
     sessions._meeting_checked.clear()
     sessions._progress_patched.clear()
+    # the session's upload grant was just checked and is far from due: the grant Secret is
+    # read at most every GRANT_CHECK_S (tests/unit/test_upload_grant_renewal.py)
+    grants._remember(UID, fresh_grant(), datetime.now(UTC), renewable=True)
+
+
+def fresh_grant() -> UploadGrant:
+    now = datetime.now(UTC)
+    return UploadGrant.model_validate({
+        "bucket": "voicetrack", "prefix": "recordings/", "expiresAt": now + timedelta(hours=2),
+        "fields": {"x-amz-date": now.strftime("%Y%m%dT%H%M%SZ")}})
 
 
 async def test_observe_on_the_watches_view_reads_no_api_and_counts_chunks() -> None:

@@ -52,6 +52,9 @@ class Kube:
         self.calls.append(f"get_pod {name}")
         return None
 
+    async def get_secret(self, ns: str, name: str) -> dict[str, Any] | None:
+        return None  # the upload grant Secret is made (`ensure`)
+
     async def ensure(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(f"ensure {manifest['kind']}")
         return manifest

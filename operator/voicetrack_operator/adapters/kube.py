@@ -128,6 +128,20 @@ class KubeAdapter:
                                        "for the garbage collector to remove it", delay=2)
         return False
 
+    async def get_secret(self, ns: str, name: str) -> dict[str, Any] | None:
+        """The Secret as a dict (`data` base64 as stored), None when absent."""
+        return await self._get(f"Secret {ns}/{name}", self.core.read_namespaced_secret,
+                               name, ns)
+
+    async def replace_secret(self, manifest: dict[str, Any]) -> None:
+        """Replace the Secret `manifest` names with `manifest` (an unconditional update: its
+        one writer is the operator). Raises NotFoundError when it is gone, TemporaryFailure
+        and InvalidInputError as the other calls."""
+        ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        self.writes += 1
+        await self._call(f"replace Secret {ns}/{name}", self.core.replace_namespaced_secret,
+                         name, ns, manifest)
+
     async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"pod {ns}/{name}", self.core.read_namespaced_pod, name, ns)
 

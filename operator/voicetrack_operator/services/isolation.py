@@ -17,33 +17,24 @@ writes as untrusted too. Two parts:
   a chunk written by a recorder ServiceAccount only when that account's name
   (`builders.recorder_service_account`) names the chunk's session and owner uid. It also
   mints the session's upload grant (`voicetrack.uploadgrant`: an S3 POST policy for the
-  session's chunk prefix only) into a Secret of the same name, owned by the session: the
-  recorder holds no S3 key, so it can write only its own prefix and read or delete nothing.
+  session's chunk prefix only) into a Secret of the same name, owned by the session
+  (`services.grants`, which also renews it): the recorder holds no S3 key, so it can write
+  only its own prefix and read or delete nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import LABEL_SESSION, ChunkSpec, SessionSpec, chunk_name
-from voicetrack.uploadgrant import mint_upload_grant
-from voicetrack_operator.builders import (
-    SessionRef,
-    build_session_recorder_rbac,
-    build_upload_grant_secret,
-)
+from voicetrack_operator.builders import SessionRef, build_session_recorder_rbac
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.grants import ensure_upload_grant
 
 log = logging.getLogger(__name__)
-
-GRANT_MARGIN = timedelta(hours=1)
-"""How long an upload grant outlives the session's `limits.maxDurationSeconds` (from its
-`startedAt`): the recorder stops at that limit (session time, paused time included) and
-then flushes for at most its grace period, so one grant, minted once, covers the session's
-whole life and every restart of its recorder."""
 
 WINDOW_TOLERANCE_MS = 60_000
 """How far (ms) a chunk's `endMs` may pass the session time at which the API server stamped
@@ -138,27 +129,12 @@ async def ensure_recorder_identity(ctx: Context, owner: SessionRef) -> str:
     return str(manifests[0]["metadata"]["name"])
 
 
-async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
-                              meeting_id: str, started: datetime) -> None:
-    """Create the session's upload grant Secret (a 409 counts as done: the grant was
-    minted once, valid until `started` + `limits.maxDurationSeconds` + `GRANT_MARGIN`):
-    POST objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket (made
-    first when missing), each at most `limits.maxBytes`. Raises what `KubeAdapter.ensure`
-    and `ObjectStore.ensure_bucket` raise (TemporaryFailure while S3 is away)."""
-    layout = MeetingLayout(spec.storage.prefix, spec.guild_id, meeting_id)
-    # the recorder can no longer make its bucket (it holds no key): the operator does
-    await ctx.store(spec.storage.bucket).ensure_bucket()
-    expires = started + timedelta(seconds=spec.limits.max_duration_seconds) + GRANT_MARGIN
-    grant = mint_upload_grant(ctx.settings.s3, spec.storage.bucket, layout.chunks_root,
-                              expires, spec.limits.max_bytes)
-    await ctx.kube.ensure(build_upload_grant_secret(owner, grant.to_json()))
-
-
 async def ensure_recorder_access(ctx: Context, owner: SessionRef, spec: SessionSpec,
                                  meeting_id: str, started: datetime) -> str:
     """What the session's recorder pod needs before it exists: its own ServiceAccount,
     Role and RoleBinding (`ensure_recorder_identity`) and its upload grant
-    (`ensure_upload_grant`). Returns the ServiceAccount's name. Idempotent."""
+    (`services.grants.ensure_upload_grant`). Returns the ServiceAccount's name.
+    Idempotent."""
     name = await ensure_recorder_identity(ctx, owner)
     await ensure_upload_grant(ctx, owner, spec, meeting_id, started)
     return name

@@ -33,6 +33,7 @@ from voicetrack_operator.services.admission import busy_guild, guild_rival, meet
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef, job_state
 from voicetrack_operator.services.failures import recorder_failure
+from voicetrack_operator.services.grants import forget_grant, renew_upload_grant
 from voicetrack_operator.services.isolation import ensure_recorder_access
 from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
@@ -224,6 +225,7 @@ class SessionService:
         create handler has not started yet is left to it; without it the pod is read and
         the chunks and Jobs are listed."""
         if s.state is SessionState.REFUSED or s.deletion:
+            forget_grant(s.ref.uid)
             return {}
         if seen is not None and not s.status.get("startedAt"):
             if self._start_unrecorded(s, seen.pod):
@@ -265,6 +267,9 @@ class SessionService:
                                          parse_time(s.status["startedAt"]))
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
+        if not failure and s.status.get("startedAt"):  # a grant that outlives its recorder
+            await renew_upload_grant(self.ctx, s.ref, s.spec, s.meeting_id,
+                                     parse_time(s.status["startedAt"]))
         phase = None if failure else ((pod or {}).get("status") or {}).get("phase")
         with contextlib.suppress(TemporaryFailure):  # before the chunks' rows; resync
             await self.repair_meeting(s, throttle=seen is not None)  # reports an outage

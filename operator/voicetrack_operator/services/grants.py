@@ -1,0 +1,190 @@
+"""Each session's upload grant (`voicetrack.uploadgrant`), kept valid while it records.
+
+The grant lives in a Secret named like the session's recorder ServiceAccount, owned by the
+session (`builders.build_upload_grant_secret`). `ensure_upload_grant` makes it when the
+session starts and, from the observe timer, mints it again when its remaining life falls
+below its renewal margin (`voicetrack.uploadgrant.renewal_due`), or when the Secret is
+missing or does not hold a grant. The decision is `grant_action`, pure; the Secret's I/O is
+here, through the Kubernetes adapter. What the operator last saw of each session's grant is
+kept in memory (`_seen`, with when to look next: `next_check_s`), so a tick reads the Secret
+when that grant becomes due, and otherwise at most every `GRANT_CHECK_S` seconds: the
+observe timer reads no API in between.
+
+A renewal signs with the credentials the operator holds now. minio's providers fetch
+temporary credentials again only when they expire within `CREDENTIALS_REFRESH_S` (minio's
+`Credentials.is_expired`), and a grant ends with the credentials that signed it: a renewal
+that would end no later than the grant in the Secret is not written, and the next look is
+just after minio will have fetched new credentials (IRSA: the grant is renewed about 10 s
+before it ends; the recorder waits for it on S3's refusal, its chunks in the spool).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.layout import MeetingLayout
+from voicetrack.resources import SessionSpec
+from voicetrack.uploadgrant import (
+    GRANT_SECRET_KEY,
+    UploadGrant,
+    mint_upload_grant,
+    renewal_due,
+    renews_at,
+)
+from voicetrack_operator.builders import (
+    SessionRef,
+    build_upload_grant_secret,
+    recorder_service_account,
+)
+from voicetrack_operator.context import Context
+
+log = logging.getLogger(__name__)
+
+GRANT_MARGIN = timedelta(hours=1)
+"""How long a grant of the default lifetime outlives the session's
+`limits.maxDurationSeconds` (from its `startedAt`): the recorder stops at that limit
+(session time, paused time included) and then flushes for at most its grace period."""
+
+GRANT_CHECK_S = 30.0
+"""At most this long (s) between two reads of a session's grant Secret by the observe
+timer while its last seen grant is not due: a Secret deleted or spoiled meanwhile is made
+again within this time."""
+
+CREDENTIALS_REFRESH_S = 10.0
+"""minio's providers fetch temporary credentials again once they expire within this many
+seconds (minio 7.2 `Credentials.is_expired`), not before."""
+
+
+class GrantAction(enum.Enum):
+    """What `grant_action` decides for a session's grant Secret."""
+
+    KEEP = "keep"
+    CREATE = "create"
+    """The Secret does not exist."""
+    REPLACE = "replace"
+    """It exists but holds no readable grant, or its grant is due for renewal."""
+
+
+def grant_action(current: UploadGrant | None, exists: bool, now: datetime) -> GrantAction:
+    """What to do with a session's grant Secret: `current` is the grant it holds (None when
+    it is missing or unreadable), `exists` whether the Secret exists, `now` an aware
+    datetime. Pure."""
+    if not exists:
+        return GrantAction.CREATE
+    if current is None or renewal_due(current, now):
+        return GrantAction.REPLACE
+    return GrantAction.KEEP
+
+
+def grant_expiry(started: datetime, now: datetime, max_duration_s: int,
+                 lifetime_s: int | None) -> datetime:
+    """When a grant minted at `now` should end (before the credentials' cap): `now` +
+    `lifetime_s` seconds when set (VOICETRACK_UPLOAD_GRANT_SECONDS), else the session's
+    `started` + `max_duration_s` + `GRANT_MARGIN`. Aware datetimes. Pure."""
+    if lifetime_s is not None:
+        return now + timedelta(seconds=lifetime_s)
+    return started + timedelta(seconds=max_duration_s) + GRANT_MARGIN
+
+
+def next_check_s(grant: UploadGrant, now: datetime, renewable: bool) -> float:
+    """Seconds until the observe timer should read the Secret of `grant` again, at most
+    `GRANT_CHECK_S`: when it becomes due (`renewal_due`), or, when a renewal now would not
+    end later (`renewable` False: the credentials that cap it are not refreshed yet), just
+    after minio will have refreshed them (`CREDENTIALS_REFRESH_S` before its end). Pure."""
+    if renewable:
+        return max(0.0, min((renews_at(grant) - now).total_seconds(), GRANT_CHECK_S))
+    after_refresh = (grant.expires_at - now).total_seconds() - CREDENTIALS_REFRESH_S + 1
+    return max(0.0, min(after_refresh, GRANT_CHECK_S))
+
+
+_seen: dict[str, tuple[UploadGrant, float]] = {}
+"""Session uid -> (the grant last read or written, when to read its Secret next:
+monotonic s)."""
+
+
+async def read_grant(ctx: Context, owner: SessionRef) -> tuple[bool, UploadGrant | None]:
+    """(whether the session's grant Secret exists, the grant it holds or None when it holds
+    none readable: no `uploadGrant` key, not base64, not a grant). Raises TemporaryFailure
+    when the API server cannot be reached."""
+    secret = await ctx.kube.get_secret(owner.namespace, recorder_service_account(owner))
+    if secret is None:
+        return False, None
+    value = (secret.get("data") or {}).get(GRANT_SECRET_KEY)
+    if not isinstance(value, str):
+        return True, None
+    try:
+        return True, UploadGrant.model_validate_json(base64.b64decode(value, validate=True))
+    except (ValueError, binascii.Error):
+        return True, None
+
+
+async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
+                              meeting_id: str, started: datetime, *,
+                              throttle: bool = False) -> GrantAction:
+    """Make the session's upload grant Secret when it is missing, and mint it again when
+    it holds no readable grant or its grant is due for renewal (`grant_action`): POST
+    objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket (made first
+    with the Secret), each at most `limits.maxBytes`, until `grant_expiry` (capped at the
+    credentials' expiry). With `throttle` (the observe timer) the Secret is read only from
+    the time `next_check_s` gave at the last look. Returns what it did (KEEP also for a
+    renewal that would not end later). Raises TemporaryFailure while S3, the credentials
+    or the API server are away, InvalidInputError for a Secret the API refuses,
+    NotFoundError when it was deleted between its read and its replacement."""
+    now = datetime.now(UTC)
+    if throttle and owner.uid in _seen and time.monotonic() < _seen[owner.uid][1]:
+        return GrantAction.KEEP
+    exists, current = await read_grant(ctx, owner)
+    action = grant_action(current, exists, now)
+    if action is GrantAction.KEEP:
+        assert current is not None
+        _remember(owner.uid, current, now, renewable=True)
+        return action
+    layout = MeetingLayout(spec.storage.prefix, spec.guild_id, meeting_id)
+    if action is GrantAction.CREATE:
+        # the recorder can no longer make its bucket (it holds no key): the operator does
+        await ctx.store(spec.storage.bucket).ensure_bucket()
+    expires = grant_expiry(started, now, spec.limits.max_duration_seconds,
+                           ctx.settings.upload_grant_s)
+    grant = mint_upload_grant(ctx.settings.s3, spec.storage.bucket, layout.chunks_root,
+                              expires, spec.limits.max_bytes)
+    if current is not None and grant.expires_at <= current.expires_at:
+        log.info("upload grant of %s/%s due (ends %s) but a new one would not end later: "
+                 "the credentials are not refreshed yet", owner.namespace, owner.name,
+                 current.expires_at.isoformat())
+        _remember(owner.uid, current, now, renewable=False)
+        return GrantAction.KEEP
+    manifest = build_upload_grant_secret(owner, grant.to_json())
+    if action is GrantAction.CREATE:
+        await ctx.kube.ensure(manifest)
+    else:
+        log.info("upload grant of %s/%s renewed: now ends %s", owner.namespace, owner.name,
+                 grant.expires_at.isoformat())
+        await ctx.kube.replace_secret(manifest)
+    _remember(owner.uid, grant, now, renewable=True)
+    return action
+
+
+def _remember(uid: str, grant: UploadGrant, now: datetime, renewable: bool) -> None:
+    _seen[uid] = (grant, time.monotonic() + next_check_s(grant, now, renewable))
+
+
+async def renew_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
+                             meeting_id: str, started: datetime) -> None:
+    """The observe timer's call: `ensure_upload_grant` throttled; a failure (S3, the
+    credentials or the API server away, the Secret refused or deleted meanwhile) is logged
+    and left to a later tick, never stops the observation."""
+    try:
+        await ensure_upload_grant(ctx, owner, spec, meeting_id, started, throttle=True)
+    except (TemporaryFailure, InvalidInputError) as err:
+        log.warning("upload grant of %s/%s not checked: %s", owner.namespace, owner.name, err)
+
+
+def forget_grant(uid: str) -> None:
+    """Drop what was seen of session `uid`'s grant (it is being deleted)."""
+    _seen.pop(uid, None)
