@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 from voicetrack.resources import OptOut
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 RolesOf = Callable[[str], "Iterable[str] | None"]
 """user id → the role ids (snowflake strings) of that guild member now, or None when the
 member is not known (then only `optOutUserIds` applies to them)."""
+
+
+Via = Literal["role", "user"]
+
+
+@dataclass(frozen=True)
+class _Out:
+    since_ms: int
+    via: Via
 
 
 class Consent:
@@ -44,7 +54,7 @@ class Consent:
         self.roles_of = roles_of
         self.seen: set[str] = set()
         """Every member seen in the channel during this recorder's run."""
-        self._out: dict[str, OptOut] = {}
+        self._out: dict[str, _Out] = {}
 
     def excluded(self, user_id: str) -> bool:
         """Whether `user_id` is opted out now (as last evaluated: `see`, `refresh`)."""
@@ -81,10 +91,12 @@ class Consent:
         return [u for u in sorted(self.seen) if self._evaluate(u)]
 
     def opted_out(self) -> list[OptOut]:
-        """The members opted out now among those seen, by user id (`ChunkSpec.optedOut`)."""
-        return [self._out[u] for u in sorted(self._out)]
+        """The members opted out now among those seen, by user id (`ChunkSpec.optedOut`).
+        Raises pydantic's ValidationError for a user id that is not a snowflake."""
+        return [OptOut(user_id=u, since_ms=o.since_ms, via=o.via)
+                for u, o in sorted(self._out.items())]
 
-    def _via(self, user_id: str) -> Literal["role", "user"] | None:
+    def _via(self, user_id: str) -> Via | None:
         if user_id in self.user_ids:
             return "user"
         if self.role_ids and self.roles_of is not None:
@@ -105,9 +117,9 @@ class Consent:
             return False
         if current is not None:
             if current.via != via:  # still out, for another reason: keep sinceMs
-                self._out[user_id] = current.model_copy(update={"via": via})
+                self._out[user_id] = _Out(current.since_ms, via)
             return False
         since = max(self.clock.now_ms(), 0)
-        self._out[user_id] = OptOut(user_id=user_id, since_ms=since, via=via)
+        self._out[user_id] = _Out(since, via)
         log.info("user %s opted out (%s): not recorded from %d ms", user_id, via, since)
         return True
