@@ -1,5 +1,6 @@
 """The recorder's Kubernetes adapter: read its session, list and create RecordingChunks,
-watch `spec.paused` and the consent lists (`spec.optOutUserIds`, `spec.optOutRoleIds`). Sync client calls; the recorder runs them in threads.
+watch `spec.paused` and the consent lists (`spec.optOutUserIds`, `spec.optOutRoleIds`).
+Sync client calls; the recorder runs them in threads.
 
 Each session's recorder has its own ServiceAccount, which may get/watch that one
 RecordingSession and create/get/list RecordingChunks in its namespace, nothing more (the

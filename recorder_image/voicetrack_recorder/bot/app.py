@@ -1,5 +1,5 @@
-"""What the bot's `/record start|stop|pause|resume|status|list|get|optout|optin` do (`RecordCommands`;
-the commands are registered in `client.py`).
+"""What the bot's `/record start|stop|pause|resume|status|list|get|optout|optin` do
+(`RecordCommands`; the commands are registered in `client.py`).
 
 Each command's callback is three steps: defer the answer (ephemeral), let
 `RecordCommands` parse the interaction and call one `BotSessions` (or `MeetingArchive`)
@@ -27,8 +27,9 @@ Connect on the target channel for both the member and the bot (`access.py`).
 Permissions: `start`, `stop`, `pause` and `resume` need Manage Server (`manage_guild`,
 guild-wide, from the member's roles; owners and administrators have it) or one of the
 configured roles, unless the policy opens them to everyone; `status`, `optout` and `optin`
-are open to every member (a member opts out or in only themself: `BotConsent`, docs/consent.md). Intents: `guilds` and `voice_states` only (the member's voice channel comes from
-the guild's voice states; no privileged intent is needed).
+are open to every member (a member opts out or in only themself: `BotConsent`,
+docs/consent.md). Intents: `guilds` and `voice_states` only (the member's voice channel
+comes from the guild's voice states; no privileged intent is needed).
 """
 
 from __future__ import annotations
