@@ -5,8 +5,9 @@ commands arriving as INTERACTION_CREATE, answered through the interaction endpoi
 local control plane (CRDs only, no operator).
 
 A member opts out only themself; the opt-out is patched into the live session's
-`spec.optOutUserIds` without losing a concurrent change (a `/record pause` typed at the
-same moment lands too), lasts into the next `/record start`, and `optin` undoes both.
+`spec.optOutUserIds` without losing a concurrent change (another member's opt-out and a
+`/record pause` typed at the same moment land too), lasts into the next `/record start`,
+and `optin` undoes both.
 """
 
 from __future__ import annotations
@@ -65,13 +66,17 @@ async def test_optout_and_optin_patch_the_live_session_and_last(
         await typed(server, alice, "start")
         assert "optOutUserIds" not in spec()
 
-        # bob's opt-out and alice's pause at the same moment: neither change is lost
-        out, _ = await asyncio.gather(typed(server, bob, "optout"),
-                                      typed(server, alice, "pause"))
+        # two opt-outs and a pause at the same moment: no change is lost (each patch is
+        # preconditioned on the resourceVersion it read; a 409 reads again)
+        out, _, _ = await asyncio.gather(typed(server, bob, "optout"),
+                                         typed(server, alice, "optout"),
+                                         typed(server, alice, "pause"))
         assert "You are not recorded" in embed_text(out) and "from now on" in embed_text(out)
         now = spec()
-        assert now["optOutUserIds"] == [str(bob)] and now["paused"] is True
-        assert remembered() == [str(bob)]
+        assert now["optOutUserIds"] == sorted([str(alice), str(bob)]) and now["paused"] is True
+        assert remembered() == sorted([str(alice), str(bob)])
+        await typed(server, alice, "optin")  # each member acts only on themself
+        assert spec()["optOutUserIds"] == [str(bob)] and remembered() == [str(bob)]
         again = await typed(server, bob, "optout")  # idempotent
         assert "You are not recorded" in embed_text(again)
         assert spec()["optOutUserIds"] == [str(bob)]
