@@ -1,10 +1,13 @@
 """Guild members' roles for consent, from discord.py's member cache (issue 12).
 
-The cache is kept current by the GUILD_MEMBERS intent (privileged: "Server Members Intent"
-in the developer portal), whose GUILD_MEMBER_UPDATE carries role changes (Discord developer
-docs, "Gateway Events › Guild Member Update"). Members in voice channels arrive with
-GUILD_CREATE and VOICE_STATE_UPDATE (its `member` object, with `roles`), so the recorder
-does not chunk the guild at start (`chunk_guilds_at_startup=False`).
+Members in voice channels arrive with GUILD_CREATE and VOICE_STATE_UPDATE (its `member`
+object, with `roles`), so the recorder does not chunk the guild at start
+(`chunk_guilds_at_startup=False`). Role changes after that arrive as GUILD_MEMBER_UPDATE
+(Discord developer docs, "Gateway Events › Guild Member Update"), which needs the
+GUILD_MEMBERS intent (privileged: "Server Members Intent" in the developer portal). The
+recorder asks for it only when its session starts with `optOutRoleIds` (`DiscordSource`),
+so a deployment that does not use role opt-outs needs no privileged intent; without it a
+member's roles are those Discord sent when they joined the channel.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ class DiscordSource:
         intents = discord.Intents.none()
         intents.guilds = True
         intents.voice_states = True
-        intents.members = True  # members' roles for consent (see the module docstring)
+        intents.members = bool(self.consent and self.consent.role_ids)  # members.py
         connector = None
         if self.endpoint is not None:
             self.endpoint.apply()
