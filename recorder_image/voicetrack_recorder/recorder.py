@@ -308,7 +308,8 @@ class Recorder:
             guild_id=self.uploader.spool.layout.guild_id, index=index,
             start_ms=marker_start, end_ms=end, raw_format=self.uploader.spool.raw_format,
             gap=Gap(start_ms=start, end_ms=marker_start, cause="connection-lost")
-            if marker_start > start else None)
+            if marker_start > start else None,
+            opted_out=self.consent.opted_out())  # the last word on consent, like any chunk
         self.uploader.create_marker(spec, deadline)
         self.uploader.write_ack_file()
 

@@ -17,12 +17,13 @@ from kubernetes import client
 
 from tests.discord_rig import VirtualTime
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import SessionSpec
+from voicetrack.resources import ChunkSpec, Gap, SessionSpec
 from voicetrack_recorder.chunker import Chunker
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import Recorder
 from voicetrack_recorder.spool import Spool
+from voicetrack_recorder.uploader import UploadStats
 
 pytestmark = pytest.mark.unit
 
@@ -116,3 +117,35 @@ def test_a_files_speaker_opted_out_later_is_cut_behind_the_clock(tmp_path: Path)
     assert [(t.frames, t.last_ms) for t in chunk.tracks] == [(25, 480)]
     assert rec.chunker.stats.opted_out == 25
     assert [o.since_ms for o in chunk.opted_out] == [500]
+
+
+class MarkerUploader:
+    """The uploader's side of `Recorder._give_up` (the real one creates the marker through
+    the API): keeps the marker chunk's spec."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.stats = UploadStats()
+        self.markers: list[ChunkSpec] = []
+
+    def create_marker(self, spec: ChunkSpec, deadline: float) -> bool:
+        self.markers.append(spec)
+        return True
+
+    def write_ack_file(self) -> None:
+        pass
+
+
+def test_the_marker_chunk_of_a_lost_window_lists_the_opted_out(tmp_path: Path) -> None:
+    rec, time = recorder()
+    uploader = MarkerUploader(Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"))
+    rec.uploader = cast(Any, uploader)
+    rec.push(B, 0, FRAME)
+    at(time, rec, 700)
+    rec.kube.opt_out = (frozenset({B}), frozenset())
+    rec.follow_consent()
+    rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")  # S3 down at stop
+    rec._give_up(deadline=0.0)
+    (marker,) = uploader.markers
+    assert marker.tracks == [] and [(o.user_id, o.since_ms) for o in marker.opted_out] == [
+        (B, 700)]
