@@ -9,6 +9,12 @@ received for it or the Opus silence frame, so every track of a chunk decodes to 
 "Raw chunk format").
 
 The chunker holds no clock and does no I/O: the recorder's loop decides when to seal.
+
+Consent (issue 12, `consent.py`): with a `Consent`, a frame of an opted-out user at or after
+their `sinceMs` is refused, `cut` drops such frames already held when a user opts out, and
+`seal` cuts every track at its user's `sinceMs` again and lists the opted-out members in
+the chunk (`SealedChunk.opted_out`, as they stand when the window is sealed), so no chunk
+carries a packet its `optedOut` forbids (the `ChunkSpec` rule).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME
-from voicetrack.resources import Gap
+from voicetrack.resources import Gap, OptOut
+from voicetrack_recorder.consent import Consent
 
 MAX_AHEAD_SLOTS = 50 * 60
 """Frames more than a minute ahead of the open window are refused (a bad timestamp)."""
@@ -45,6 +52,8 @@ class SealedChunk:
     end_ms: int
     gap: Gap | None
     tracks: list[SealedTrack] = field(default_factory=list)
+    opted_out: list[OptOut] = field(default_factory=list)
+    """Members opted out when the window was sealed (`ChunkSpec.optedOut`)."""
 
 
 @dataclass
@@ -57,6 +66,8 @@ class ChunkerStats:
     duplicate: int = 0
     closed: int = 0
     ahead: int = 0
+    opted_out: int = 0
+    """Frames refused or cut because their user had opted out by their slot."""
 
 
 class Chunker:
@@ -67,7 +78,8 @@ class Chunker:
     (`seal_due`) or early (`seal(end_slot, reopen=False)` on pause or stop).
     """
 
-    def __init__(self, chunk_slots: int, first_index: int = 0) -> None:
+    def __init__(self, chunk_slots: int, first_index: int = 0,
+                 consent: Consent | None = None) -> None:
         if chunk_slots <= 0:
             raise ValueError("chunk_slots must be positive")
         self.chunk_slots = chunk_slots
@@ -75,6 +87,7 @@ class Chunker:
         self.start_slot: int | None = None
         self.gap: Gap | None = None
         self.stats = ChunkerStats()
+        self.consent = consent
         self._frames: dict[str, dict[int, bytes]] = defaultdict(dict)
 
     @property
@@ -114,6 +127,10 @@ class Chunker:
         if slot >= self.end_slot + MAX_AHEAD_SLOTS:
             self.stats.ahead += 1
             return False
+        since = self.consent.since_ms(user_id) if self.consent is not None else None
+        if since is not None and slot * FRAME_MS >= since:
+            self.stats.opted_out += 1
+            return False
         frames = self._frames[user_id]
         if slot in frames:
             self.stats.duplicate += 1
@@ -121,6 +138,14 @@ class Chunker:
         frames[slot] = packet
         self.stats.accepted += 1
         return True
+
+    def cut(self, user_id: str, since_ms: int) -> None:
+        """Drop the frames of `user_id` held for session ms `since_ms` or later (the user
+        has just opted out; `since_ms` is their `OptOut.since_ms`)."""
+        frames = self._frames.get(user_id, {})
+        for slot in [s for s in frames if s * FRAME_MS >= since_ms]:
+            del frames[slot]
+            self.stats.opted_out += 1
 
     def due(self, now_slot: int) -> bool:
         """True when the open window's nominal end has passed at `now_slot`."""
@@ -141,6 +166,9 @@ class Chunker:
             if reopen:
                 self.open(start, gap)
             return None
+        opted_out = self.consent.opted_out() if self.consent is not None else []
+        for out in opted_out:
+            self.cut(out.user_id, out.since_ms)
         tracks: list[SealedTrack] = []
         for user_id in sorted(self._frames):
             frames = self._frames[user_id]
@@ -151,7 +179,8 @@ class Chunker:
             tracks.append(SealedTrack(user_id=user_id, packets=packets, frames=len(got),
                                       first_ms=got[0] * FRAME_MS, last_ms=got[-1] * FRAME_MS))
         chunk = SealedChunk(index=self.next_index, start_ms=start * FRAME_MS,
-                            end_ms=end * FRAME_MS, gap=gap, tracks=tracks)
+                            end_ms=end * FRAME_MS, gap=gap, tracks=tracks,
+                            opted_out=opted_out)
         self.next_index += 1
         if reopen:
             self.open(end)

@@ -1,5 +1,6 @@
 """The recorder's Kubernetes adapter: read its session, list and create RecordingChunks,
-watch `spec.paused`. Sync client calls; the recorder runs them in threads.
+watch `spec.paused` and the consent lists (`spec.optOutUserIds`, `spec.optOutRoleIds`).
+Sync client calls; the recorder runs them in threads.
 
 Each session's recorder has its own ServiceAccount, which may get/watch that one
 RecordingSession and create/get/list RecordingChunks in its namespace, nothing more (the
@@ -55,6 +56,8 @@ class RecorderKube:
         self.namespace = namespace
         self.name = name
         self.paused: bool | None = None
+        self.opt_out: tuple[frozenset[str], frozenset[str]] | None = None
+        """(`spec.optOutUserIds`, `spec.optOutRoleIds`) as last seen; None before."""
         self.deleted = threading.Event()
 
     def get_session(self) -> dict[str, Any]:
@@ -138,8 +141,10 @@ class RecorderKube:
                 f"[{spec.start_ms}, {spec.end_ms}) ms); chunk {spec.index} not acknowledged")
 
     def watch_paused(self, stop: threading.Event) -> None:
-        """Keep `self.paused` equal to the session's `spec.paused` until `stop` (a thread
-        body). Sets `self.deleted` when the session is being deleted."""
+        """Keep `self.paused` equal to the session's `spec.paused`, and `self.opt_out` to
+        its opt-out lists, until `stop` (a thread body; each attribute is replaced whole,
+        so the event loop reads a consistent value). Sets `self.deleted` when the session
+        is being deleted."""
         while not stop.is_set():
             try:
                 obj = self.get_session()
@@ -165,9 +170,16 @@ class RecorderKube:
                 stop.wait(1)
 
     def _observe(self, obj: dict[str, Any]) -> None:
-        paused = bool(obj.get("spec", {}).get("paused", False))
+        spec = obj.get("spec") or {}
+        paused = bool(spec.get("paused", False))
         if paused != self.paused:
             log.info("session %s: paused=%s", self.name, paused)
         self.paused = paused
+        opt_out = (frozenset(spec.get("optOutUserIds") or ()),
+                   frozenset(spec.get("optOutRoleIds") or ()))
+        if opt_out != self.opt_out:
+            log.info("session %s: %d user(s), %d role(s) opted out", self.name,
+                     len(opt_out[0]), len(opt_out[1]))
+        self.opt_out = opt_out
         if obj["metadata"].get("deletionTimestamp"):
             self.deleted.set()

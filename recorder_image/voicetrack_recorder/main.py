@@ -98,7 +98,8 @@ def _build_source(spec: SessionSpec, store: ObjectStore | None, clock: SessionCl
         raise InvalidInputError("VOICETRACK_DISCORD_TOKEN is not set (the bot token Secret)")
     return DiscordSource(token=token, guild_id=spec.guild_id, channel_id=spec.channel_id,
                          clock=clock, sink=recorder, endpoint=DiscordEndpoint.from_env(),
-                         empty_channel_s=spec.limits.empty_channel_seconds)
+                         empty_channel_s=spec.limits.empty_channel_seconds,
+                         consent=recorder.consent)
 
 
 def _parse_spec(obj: dict[str, Any]) -> SessionSpec:

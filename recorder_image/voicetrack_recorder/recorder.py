@@ -32,6 +32,7 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.resources import ChunkSpec, Gap, SessionSpec, meeting_id_for
 from voicetrack_recorder.chunker import Chunker, SealedChunk
 from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.faults import retry_async
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.spool import SpooledChunk, SpoolFull
@@ -99,7 +100,9 @@ class Recorder:
         self.uploader = uploader
         self.spec = spec
         self.clock = clock
-        self.chunker = Chunker(spec.chunk_seconds * 1000 // FRAME_MS)
+        self.consent = Consent(clock, spec.opt_out_user_ids, spec.opt_out_role_ids)
+        """Who is not recorded (issue 12); the source may set its `roles_of`."""
+        self.chunker = Chunker(spec.chunk_seconds * 1000 // FRAME_MS, consent=self.consent)
         self.stop = asyncio.Event()
         self.source_stop = asyncio.Event()
         self._pending: deque[SpooledChunk] = deque()
@@ -116,8 +119,24 @@ class Recorder:
         """Monotonic time after which uploads stop retrying; None while capturing."""
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
-        """The FrameSink the source feeds (runs on the event loop thread)."""
+        """The FrameSink the source feeds (runs on the event loop thread); refuses every
+        frame of a member opted out now (consent; the `files` source's speakers are seen
+        here)."""
+        if self.consent.see(user_id):
+            return False
         return self.chunker.push(user_id, slot, packet)
+
+    def follow_consent(self) -> None:
+        """Apply the session's opt-out lists as the watch last saw them and re-evaluate
+        every member seen (roles change too); cut the held frames of members opted out
+        now at their `sinceMs`. Called every tick of `run`."""
+        policy = self.kube.opt_out
+        fresh = (self.consent.set_policy(*policy) if policy is not None
+                 else self.consent.refresh())
+        for user_id in fresh:
+            since = self.consent.since_ms(user_id)
+            assert since is not None
+            self.chunker.cut(user_id, since)
 
     def resume_point(self, existing_end_ms: int | None, paused: bool) -> None:
         """Open the first window now, after a gap since `existing_end_ms` if any."""
@@ -183,6 +202,7 @@ class Recorder:
                     reason = "max-bytes"
                     break
                 await self._follow_pause(now)
+                self.follow_consent()
                 while self.chunker.due(sealable_slot(now, source_watermark(source))):
                     await self._spool(self.chunker.seal())
             await self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
@@ -288,7 +308,8 @@ class Recorder:
             guild_id=self.uploader.spool.layout.guild_id, index=index,
             start_ms=marker_start, end_ms=end, raw_format=self.uploader.spool.raw_format,
             gap=Gap(start_ms=start, end_ms=marker_start, cause="connection-lost")
-            if marker_start > start else None)
+            if marker_start > start else None,
+            opted_out=self.consent.opted_out())  # the last word on consent, like any chunk
         self.uploader.create_marker(spec, deadline)
         self.uploader.write_ack_file()
 

@@ -142,7 +142,8 @@ class Spool:
         spec = ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
                          guild_id=self.layout.guild_id, index=chunk.index,
                          start_ms=chunk.start_ms, end_ms=chunk.end_ms,
-                         raw_format=self.raw_format, gap=chunk.gap, tracks=tracks)
+                         raw_format=self.raw_format, gap=chunk.gap, tracks=tracks,
+                         opted_out=chunk.opted_out)
         return SpooledChunk(spec=spec, files=files, directory=str(directory), size=size)
 
     def remove(self, spooled: SpooledChunk) -> None:

@@ -89,7 +89,7 @@ async def test_bot_commands_over_the_wire(local_discord: Any, cluster: Any, kube
                                  for s in gateway.sessions.values()), "the bot's gateway")
         assert [c["name"] for c in synced] == ["record"]
         assert {o["name"] for o in synced[0]["options"]} == {
-            "start", "stop", "pause", "resume", "status", "list", "get"}
+            "start", "stop", "pause", "resume", "status", "list", "get", "optout", "optin"}
 
         async def command(sub: str) -> dict[str, Any]:
             sent = await server.interact(alice_id, "record", sub)

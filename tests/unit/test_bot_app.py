@@ -263,7 +263,8 @@ async def test_the_command_group_as_discord_receives_it(world: World) -> None:
     assert doc["name"] == "record" and doc["contexts"] == [0]  # guild only
     assert doc["dm_permission"] is False
     subs = {o["name"]: o for o in doc["options"]}
-    assert sorted(subs) == ["get", "list", "pause", "resume", "start", "status", "stop"]
+    assert sorted(subs) == ["get", "list", "optin", "optout", "pause", "resume", "start",
+                            "status", "stop"]
     opts = {o["name"]: o for o in subs["start"]["options"]}
     assert opts["channel"]["type"] == 7 and opts["channel"]["channel_types"] == [2]
     assert not opts["channel"]["required"]

@@ -32,7 +32,7 @@ from voicetrack_local.discord.gateway import Gateway
 from voicetrack_local.discord.interactions import interaction
 from voicetrack_local.discord.oauth2 import OAuth2
 from voicetrack_local.discord.relay import Faults, Relay
-from voicetrack_local.discord.rest import Rest, rate_limit_headers
+from voicetrack_local.discord.rest import INTENT_GUILD_MEMBERS, Rest, rate_limit_headers
 from voicetrack_local.discord.voice import VoiceServer
 from voicetrack_local.discord.world import World
 
@@ -134,6 +134,20 @@ class LocalDiscord:
             if session.user is self.world.bot:
                 await session.dispatch("INTERACTION_CREATE", payload)
         return payload
+
+    async def set_roles(self, user_id: int, role_ids: list[int]) -> None:
+        """Give member `user_id` exactly the roles `role_ids` (ids from `world.add_role`), as
+        a moderator would: GUILD_MEMBER_UPDATE ("Gateway Events › Guild Member Update": the
+        member object with `guild_id`) goes to the sessions with the GUILD_MEMBERS intent.
+        Raises KeyError for an unknown user or role."""
+        assert self.gateway is not None
+        user = self.world.by_id(user_id)
+        known = {r.id for r in self.world.roles}
+        if user is None or not set(role_ids) <= known:
+            raise KeyError(f"no user {user_id} or unknown role in {role_ids}")
+        user.roles = list(role_ids)
+        member = {**user.member(), "guild_id": str(self.world.guild_id)}
+        await self.gateway.dispatch("GUILD_MEMBER_UPDATE", member, INTENT_GUILD_MEMBERS)
 
     async def stop(self) -> None:
         """Close every websocket, the site and the relay socket."""

@@ -53,6 +53,8 @@ class User:
     bot: bool = False
     nick: str | None = None
     joined_at: str = field(default_factory=iso_now)
+    roles: list[int] = field(default_factory=list)
+    """The ids of the guild roles this member has (besides @everyone, which is implied)."""
 
     def json(self) -> dict[str, Any]:
         return {"id": str(self.id), "username": self.name, "discriminator": "0",
@@ -60,10 +62,25 @@ class User:
                 "system": False, "public_flags": 0, "flags": 0}
 
     def member(self) -> dict[str, Any]:
-        return {"user": self.json(), "nick": self.nick, "roles": [],
+        return {"user": self.json(), "nick": self.nick,
+                "roles": [str(r) for r in self.roles],
                 "joined_at": self.joined_at, "deaf": False, "mute": False, "flags": 0,
                 "avatar": None, "premium_since": None, "pending": False,
                 "communication_disabled_until": None}
+
+
+@dataclass
+class Role:
+    """A guild role without permissions of its own ("Role Object"); `position` orders it."""
+
+    id: int
+    name: str
+    position: int
+
+    def json(self) -> dict[str, Any]:
+        return {"id": str(self.id), "name": self.name, "permissions": "0",
+                "position": self.position, "color": 0, "hoist": False, "managed": False,
+                "mentionable": False, "flags": 0, "icon": None, "unicode_emoji": None}
 
 
 @dataclass
@@ -154,6 +171,8 @@ class World:
     """`(method, path)` of every REST request served."""
     removed: set[int] = field(default_factory=set)
     """Ids of users removed from the guild ("Remove Guild Member"): no longer members."""
+    roles: list[Role] = field(default_factory=list)
+    """The guild's roles besides @everyone (in GUILD_CREATE and Get Guild)."""
 
     @classmethod
     def create(cls, user_names: list[str]) -> World:
@@ -164,6 +183,13 @@ class World:
         return cls(guild_id=snowflake(), application_id=app, bot=bot, users=users,
                    voice=Channel(snowflake(), "General", 2, 1),
                    text=Channel(snowflake(), "general", 0, 0))
+
+    def add_role(self, name: str) -> int:
+        """A new guild role named `name` (no permissions); returns its id. Add roles before
+        clients connect: no GUILD_ROLE_CREATE is sent."""
+        role = Role(snowflake(), name, len(self.roles) + 1)
+        self.roles.append(role)
+        return role.id
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -212,7 +238,8 @@ class World:
                                                                       if self.users else 1),
             "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
             "default_message_notifications": 0, "explicit_content_filter": 0,
-            "roles": [self.role_everyone()], "emojis": [], "stickers": [], "features": [],
+            "roles": [self.role_everyone(), *(r.json() for r in self.roles)],
+            "emojis": [], "stickers": [], "features": [],
             "mfa_level": 0, "application_id": None, "system_channel_id": None,
             "system_channel_flags": 0, "rules_channel_id": None, "max_members": 500000,
             "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,

@@ -1,5 +1,5 @@
-"""What the bot's `/record start|stop|pause|resume|status|list|get` do (`RecordCommands`;
-the commands are registered in `client.py`).
+"""What the bot's `/record start|stop|pause|resume|status|list|get|optout|optin` do
+(`RecordCommands`; the commands are registered in `client.py`).
 
 Each command's callback is three steps: defer the answer (ephemeral), let
 `RecordCommands` parse the interaction and call one `BotSessions` (or `MeetingArchive`)
@@ -26,9 +26,10 @@ Connect on the target channel for both the member and the bot (`access.py`).
 
 Permissions: `start`, `stop`, `pause` and `resume` need Manage Server (`manage_guild`,
 guild-wide, from the member's roles; owners and administrators have it) or one of the
-configured roles, unless the policy opens them to everyone; `status` is open to every
-member. Intents: `guilds` and `voice_states` only (the member's voice channel comes from
-the guild's voice states; no privileged intent is needed).
+configured roles, unless the policy opens them to everyone; `status`, `optout` and `optin`
+are open to every member (a member opts out or in only themself: `BotConsent`,
+docs/consent.md). Intents: `guilds` and `voice_states` only (the member's voice channel
+comes from the guild's voice states; no privileged intent is needed).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ from voicetrack_recorder.bot.access import (
     check_channel_access,
 )
 from voicetrack_recorder.bot.archive import MeetingArchive
+from voicetrack_recorder.bot.consent import BotConsent
 from voicetrack_recorder.bot.embeds import (
     add_live_links,
+    consent_embed,
     error_embed,
     links_embed,
     meetings_embed,
@@ -84,12 +87,14 @@ class RecordCommands:
                  archive: MeetingArchive | None = None,
                  guilds: GuildAllowList | None = None,
                  follow_s: float = FOLLOW_S, late_follow_s: float = LATE_FOLLOW_S,
-                 link_s: int = DEFAULT_LINK_S) -> None:
+                 link_s: int = DEFAULT_LINK_S, consent: BotConsent | None = None) -> None:
         """`archive`: saved meetings and links (None: `list`/`get` answer that links are
         not configured, `stop` answers at once). `guilds`: the allow-list (default every
         guild). `follow_s`, `late_follow_s`: see the module docstring; `link_s`: link
-        validity, seconds (1..604800)."""
+        validity, seconds (1..604800). `consent`: opt-outs (default: over `sessions`'
+        API client, in its namespace)."""
         self.sessions = sessions
+        self.consent = consent or BotConsent(sessions)
         self.policy = policy
         self.archive = archive
         self.guilds = guilds or GuildAllowList()
@@ -124,8 +129,9 @@ class RecordCommands:
             cached = guild.get_channel(target.id)
             check_channel_access(cached if isinstance(cached, discord.VoiceChannel)
                                  else target, interaction.user)
-            started = await self.sessions.start(str(guild.id), str(target.id),
-                                                str(interaction.user.id), chunk_seconds)
+            started = await self.sessions.start(
+                str(guild.id), str(target.id), str(interaction.user.id), chunk_seconds,
+                remembered=lambda: self.consent.remembered(str(guild.id)))
             title = None
             if not started.created:
                 title = ("The previous recording is still being saved; try again when it "
@@ -254,6 +260,24 @@ class RecordCommands:
                 return embed
             names = await _display_names(guild, [t.user_id for t in links if t.user_id])
             return add_live_links(embed, live, links, names)
+        return await _answer_errors(go())
+
+
+    async def optout(self, interaction: discord.Interaction) -> discord.Embed:
+        """Stop recording the member who typed it (only themself) in this server, from
+        now on and in later recordings, until `/record optin`; any member may."""
+        async def go() -> discord.Embed:
+            guild = self._served(interaction)
+            change = await self.consent.opt_out(str(guild.id), str(interaction.user.id))
+            return consent_embed(change.session, opted_out=True)
+        return await _answer_errors(go())
+
+    async def optin(self, interaction: discord.Interaction) -> discord.Embed:
+        """Record the member who typed it again (undoes `/record optout`)."""
+        async def go() -> discord.Embed:
+            guild = self._served(interaction)
+            change = await self.consent.opt_in(str(guild.id), str(interaction.user.id))
+            return consent_embed(change.session, opted_out=False)
         return await _answer_errors(go())
 
 

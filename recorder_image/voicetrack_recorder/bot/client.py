@@ -28,7 +28,7 @@ async def _reply(interaction: discord.Interaction, work: Awaitable[discord.Embed
 
 
 def build_group(cmds: RecordCommands) -> app_commands.Group:
-    """The `/record` command group (guild only) with its seven subcommands."""
+    """The `/record` command group (guild only) with its nine subcommands."""
     group = app_commands.Group(name="record", description="Record this server's voice "
                                "channel with Voicetrack", guild_only=True,
                                allowed_contexts=app_commands.AppCommandContext(guild=True))
@@ -85,6 +85,15 @@ def build_group(cmds: RecordCommands) -> app_commands.Group:
     async def get(interaction: discord.Interaction,
                   meeting: app_commands.Range[str, 1, 64]) -> None:
         await _reply(interaction, cmds.get(interaction, meeting))
+
+    @group.command(name="optout", description="Stop recording your voice in this server "
+                   "(until /record optin)")
+    async def optout(interaction: discord.Interaction) -> None:
+        await _reply(interaction, cmds.optout(interaction))
+
+    @group.command(name="optin", description="Let Voicetrack record your voice again")
+    async def optin(interaction: discord.Interaction) -> None:
+        await _reply(interaction, cmds.optin(interaction))
 
     return group
 

@@ -242,6 +242,30 @@ def error_embed(err: Exception) -> discord.Embed:
                                                         DESCRIPTION_MAX), colour=colour)
 
 
+def consent_embed(session: dict[str, Any] | None, *, opted_out: bool) -> discord.Embed:
+    """The answer to `/record optout` (`opted_out`) or `/record optin`: what happens to the
+    member's audio now, in the live `session` (None: nothing records now) and later."""
+    live = session is not None
+    if opted_out:
+        title = "You are not recorded in this server"
+        text = ("Voicetrack no longer records your voice in the current recording, from "
+                "now on; your audio is dropped before it is decoded and never saved. "
+                "Audio of yours recorded earlier in this recording is not kept if you are "
+                "still opted out when the recording stops." if live else
+                "Nothing is being recorded in this server now.")
+        text += (" This lasts for the recordings started later in this server too, until "
+                 "you type /record optin.")
+        colour = _GREY
+    else:
+        title = "You are recorded again"
+        text = ("Voicetrack records your voice again in the current recording, from now "
+                "on (the time you were opted out stays silent)." if live else
+                "Nothing is being recorded in this server now.")
+        text += " Later recordings in this server record you too."
+        colour = _RED
+    return discord.Embed(title=title, description=_clip(text, DESCRIPTION_MAX), colour=colour)
+
+
 def _ms(ms: int) -> str:
     return _duration({"recordedSeconds": round(ms / 1000)})
 

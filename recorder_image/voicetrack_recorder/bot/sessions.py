@@ -14,7 +14,8 @@
   rule's text).
 
 RBAC the bot's ServiceAccount needs in its namespace (docs/bot.md): `recordingsessions` in
-API group `voicetrack.dev`: get, list, create, patch, delete.
+API group `voicetrack.dev`: get, list, create, patch, delete; `configmaps` (the guilds'
+remembered opt-outs, `consent.py`): get, create, patch.
 """
 
 from __future__ import annotations
@@ -118,14 +119,18 @@ class BotSessions:
     # ------------------------------------------------------------------ commands
 
     async def start(self, guild_id: str, channel_id: str, requested_by: str,
-                    chunk_seconds: int | None = None) -> Started:
+                    chunk_seconds: int | None = None,
+                    remembered: Callable[[], Awaitable[list[str]]] | None = None
+                    ) -> Started:
         """Record `channel_id` of `guild_id` for user `requested_by` (snowflake strings).
 
         Creates `g-<guildId>` unless the guild already has a session, which is returned
         instead (`created=False`; also while a stopped session is still being promoted).
         The bot's own session refused earlier (the guild was busy) is deleted first and
         made again, so a refusal does not outlive its cause.
-        The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set.
+        The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set, and
+        the user ids `remembered()` returns (the guild's remembered opt-outs, read once the
+        spec is known to be valid: `BotConsent.remembered`) added to `spec.optOutUserIds`.
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
         the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx, a refused
@@ -139,6 +144,10 @@ class BotSessions:
         if chunk_seconds is not None:
             spec["chunkSeconds"] = chunk_seconds
         self._validate(spec, "session spec")
+        opted_out = await remembered() if remembered is not None else []
+        if opted_out:
+            spec["optOutUserIds"] = sorted({*spec.get("optOutUserIds", ()), *opted_out})
+            self._validate(spec, "session spec")
         existing = await self.find(guild_id)
         if existing is not None and not await self._clear_refused(existing):
             return Started(existing, created=False)

@@ -2,6 +2,9 @@
 
     datagram → RTP header (rtp.py) → transport AEAD decrypt (transport.py)
       → SSRC → user (ssrc.py; packets of an SSRC not announced yet are held briefly)
+      → consent (consent.py): an opted-out user's packets are dropped here, still sealed
+        by DAVE, as are those held while their SSRC was unknown and those still in the
+        jitter buffer when the opt-out is seen (checked again before DAVE decryption)
       → per-SSRC jitter buffer (jitter.py)
       → in sequence order: DAVE decrypt (dave.py; a frame sealed with keys of an epoch
         not processed yet waits ≤ key_wait_ms for it) → FEC/PLC for lost frames (conceal.py)
@@ -24,6 +27,7 @@ import davey
 
 from voicetrack.audio import OPUS_SILENCE_FRAME
 from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.conceal import Concealer
 from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor, UserDecryptStats
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
@@ -53,7 +57,8 @@ SessionSource = Callable[[], "davey.DaveSession | None"]
 @dataclass
 class ReceiveStats:
     """Counters of one receiver. `dropped` is keyed by cause: `not_rtp`, `rtcp`, `video`,
-    `payload_type`, `no_key`, `unknown_ssrc`, `transport_<cause>`, `late`, `duplicate`,
+    `payload_type`, `no_key`, `unknown_ssrc`, `transport_<cause>`, `opted_out` (consent:
+    dropped before DAVE decryption), `late`, `duplicate`,
     `overlap` (a slot the speaker already filled), `sink` (the chunker refused it)."""
 
     datagrams: int = 0
@@ -109,14 +114,19 @@ class VoiceReceiver:
     this bot has not processed, or by a member it does not know yet) wait for the next
     epoch before they count as failures (0: never); after `identify_after_ms` without a
     SPEAKING event, an SSRC's sender is identified by the DAVE key that opens its frames.
+    `consent`: who is not recorded; their packets are dropped as soon as their SSRC's user
+    is known, before DAVE decryption and Opus decoding (an SSRC identified by its DAVE
+    key had one frame opened to find its user: that frame is discarded with the rest).
     """
 
     def __init__(self, *, clock: SessionClock, sink: FrameSink, keys: KeySource,
                  session: SessionSource, ssrc_map: SsrcMap | None = None,
                  max_delay_ms: float = 100.0, depth: int = 5, conceal_frames: int = 3,
                  resync_ms: int = 500, hold_unknown_ms: float = 1000.0,
-                 key_wait_ms: float = 150.0, identify_after_ms: float = 100.0) -> None:
+                 key_wait_ms: float = 150.0, identify_after_ms: float = 100.0,
+                 consent: Consent | None = None) -> None:
         self.clock = clock
+        self.consent = consent
         self.sink = sink
         self.ssrcs = ssrc_map or SsrcMap()
         self.dave = DaveDecryptor(session)
@@ -154,6 +164,9 @@ class VoiceReceiver:
         except GatewayEventError as exc:
             log.warning("ignoring voice gateway event: %s", exc)
             return
+        if self.consent is not None:
+            for user in self.ssrcs.users:
+                self.consent.see(user)
         for ssrc in list(self._streams):
             if self._streams[ssrc].user_id != self.ssrcs.user_for(ssrc):
                 self._finish(ssrc)  # its user left, or the SSRC now belongs to someone else
@@ -245,6 +258,8 @@ class VoiceReceiver:
                 self.stats.dropped["unknown_ssrc"] += 1
             held.append(packet)
             return
+        if self._opted_out(user):
+            return
         stream = self._streams.get(ssrc)
         if stream is None or stream.user_id != user:
             stream = self._streams[ssrc] = _Stream(
@@ -307,7 +322,16 @@ class VoiceReceiver:
         else:
             self._open(ssrc, stream, released, may_wait=may_wait)
 
+    def _opted_out(self, user: str) -> bool:
+        """Whether `user` is opted out now; counts the packet dropped when so."""
+        if self.consent is not None and self.consent.see(user):
+            self.stats.dropped["opted_out"] += 1
+            return True
+        return False
+
     def _open(self, ssrc: int, stream: _Stream, released: Released, may_wait: bool) -> None:
+        if self._opted_out(stream.user_id):  # opted out while it sat in the jitter buffer
+            return
         held = released.packet
         opus = held.opus if held.opus is not None else self.dave.decrypt(
             stream.user_id, held.payload, count_failure=False)

@@ -6,6 +6,9 @@ session handles ops 21-31). We add no second socket and no second DAVE member: a
 `ConnectionReceiver` registers with the state's `add_socket_listener` (raw UDP datagrams,
 called on discord.py's socket-reader thread), hands each datagram to the event loop, and
 receives the voice gateway's JSON events through the connection state's websocket hook.
+
+Consent (issue 12): members in the channel's voice states are shown to the `Consent` every
+tick; their roles come from discord.py's member cache (`members.py`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from discord.voice_state import VoiceConnectionState
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_recorder.clock import FrameSink, SessionClock
+from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.connection import ResumingConnectionState
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
+from voicetrack_recorder.discord.members import member_roles
 from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
 from voicetrack_recorder.discord.transport import SUPPORTED_MODES
 
@@ -152,6 +157,7 @@ class DiscordSource:
     starts; None leaves discord.py as it is, i.e. Discord itself).
     `empty_channel_s`: end (with `end_reason` "channel-empty") once nobody but the bot
     has been in the channel for that long; None or 0 never.
+    `consent`: who is not recorded (dropped in the receiver before DAVE decryption).
     `receiver_options` tune the pipeline (see `VoiceReceiver`). Raises InvalidInputError for
     a bad token, an unknown or non-voice channel or missing permissions to connect;
     TemporaryFailure when Discord cannot be reached.
@@ -160,7 +166,7 @@ class DiscordSource:
     def __init__(self, *, token: str, guild_id: str | int, channel_id: str | int,
                  clock: SessionClock, sink: FrameSink, notice: bool = True,
                  endpoint: DiscordEndpoint | None = None,
-                 empty_channel_s: float | None = None,
+                 empty_channel_s: float | None = None, consent: Consent | None = None,
                  **receiver_options: Any) -> None:
         if not token:
             raise InvalidInputError("token: the bot token is empty")
@@ -174,7 +180,8 @@ class DiscordSource:
         self.sink = sink
         self.notice = notice
         self.endpoint = endpoint
-        self._options = receiver_options
+        self._options = {**receiver_options, "consent": consent}
+        self.consent = consent
         self.connection: ConnectionReceiver | None = None
         self._voice: RecorderVoiceClient | None = None
         self._original_nick: str | None = None
@@ -200,11 +207,13 @@ class DiscordSource:
         intents = discord.Intents.none()
         intents.guilds = True
         intents.voice_states = True
+        intents.members = bool(self.consent and self.consent.role_ids)  # members.py
         connector = None
         if self.endpoint is not None:
             self.endpoint.apply()
             connector = self.endpoint.connector()
-        client = discord.Client(intents=intents, connector=connector)
+        client = discord.Client(intents=intents, connector=connector,
+                                chunk_guilds_at_startup=False)
         loop = asyncio.get_running_loop()
         self.connection = make_receiver(self.clock, self.sink, loop, **self._options)
         self._voice = None
@@ -219,6 +228,8 @@ class DiscordSource:
                 raise TemporaryFailure(f"cannot reach Discord: {exc}") from exc
             runner = asyncio.create_task(client.connect(reconnect=True))
             await self._until_ready(client, runner)
+            if self.consent is not None:
+                self.consent.roles_of = member_roles(client, self.guild_id)
             channel = await self._channel(client)
             try:
                 await self._join(channel)
@@ -356,6 +367,8 @@ class DiscordSource:
         GUILD_CREATE and VOICE_STATE_UPDATE: intent GUILD_VOICE_STATES); any other user,
         bots included, counts as company."""
         me = channel.guild.me.id if channel.guild.me else None
+        if self.consent is not None:
+            self.consent.see_all(str(u) for u in channel.voice_states if u != me)
         if any(user_id != me for user_id in channel.voice_states):
             return None
         return now if since is None else since
@@ -383,3 +396,4 @@ class DiscordSource:
             await guild.me.edit(nick=self._original_nick)
         except (discord.HTTPException, RuntimeError) as exc:
             log.warning("cannot restore the nickname: %s", exc)
+

@@ -1,0 +1,125 @@
+"""Per-speaker consent on the recorder: who is not recorded, and since when (issue 12).
+
+A member is opted out while their user id is in the session's `spec.optOutUserIds`
+(`via` "user", what `/record optout` sets), or while any of their guild roles is in
+`spec.optOutRoleIds` (`via` "role"; the roles come from the source, for `discord` from
+discord.py's member cache). `Consent` holds that policy (followed live: the recorder hands
+it every change its session watch sees) and, for each member seen in the channel (a voice
+state, an SSRC or a files speaker), whether they are opted out now and since which session
+ms (`OptOut.since_ms`: the session clock when the recorder first saw them opted out).
+
+Who reads it: the receive pipeline drops an opted-out member's packets before DAVE
+decryption (`VoiceReceiver`), the recorder's sink refuses their frames, the chunker cuts
+a track at its user's `sinceMs` and lists `opted_out()` in each sealed chunk
+(`ChunkSpec.optedOut`). Everything runs on the event loop's thread; no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from voicetrack.resources import OptOut
+from voicetrack_recorder.clock import SessionClock
+
+log = logging.getLogger(__name__)
+
+RolesOf = Callable[[str], "Iterable[str] | None"]
+"""user id → the role ids (snowflake strings) of that guild member now, or None when the
+member is not known (then only `optOutUserIds` applies to them)."""
+
+
+Via = Literal["role", "user"]
+
+
+@dataclass(frozen=True)
+class _Out:
+    since_ms: int
+    via: Via
+
+
+class Consent:
+    """The opt-out policy of one session and the opt-outs it causes.
+
+    `user_ids`, `role_ids`: the session's `spec.optOutUserIds` / `optOutRoleIds` at start;
+    `roles_of`: how to read a member's roles (None: no roles, e.g. the `files` source)."""
+
+    def __init__(self, clock: SessionClock, user_ids: Iterable[str] = (),
+                 role_ids: Iterable[str] = (), roles_of: RolesOf | None = None) -> None:
+        self.clock = clock
+        self.user_ids = frozenset(user_ids)
+        self.role_ids = frozenset(role_ids)
+        self.roles_of = roles_of
+        self.seen: set[str] = set()
+        """Every member seen in the channel during this recorder's run."""
+        self._out: dict[str, _Out] = {}
+
+    def excluded(self, user_id: str) -> bool:
+        """Whether `user_id` is opted out now (as last evaluated: `see`, `refresh`)."""
+        return user_id in self._out
+
+    def since_ms(self, user_id: str) -> int | None:
+        """The session ms from which `user_id`'s packets are dropped, None while recorded."""
+        out = self._out.get(user_id)
+        return None if out is None else out.since_ms
+
+    def see(self, user_id: str) -> bool:
+        """Note that `user_id` is in the channel (a voice state, an SSRC, a speaker);
+        evaluates them the first time. Returns whether they are opted out now."""
+        if user_id not in self.seen:
+            self.seen.add(user_id)
+            self._evaluate(user_id)
+        return user_id in self._out
+
+    def see_all(self, user_ids: Iterable[str]) -> None:
+        """`see` each of `user_ids` (e.g. the members in the channel's voice states)."""
+        for user_id in user_ids:
+            self.see(user_id)
+
+    def set_policy(self, user_ids: Iterable[str], role_ids: Iterable[str]) -> list[str]:
+        """Take the session's current opt-out lists and re-evaluate every member seen;
+        returns the members opted out by this call (see `refresh`)."""
+        self.user_ids, self.role_ids = frozenset(user_ids), frozenset(role_ids)
+        return self.refresh()
+
+    def refresh(self) -> list[str]:
+        """Re-evaluate every member seen (their roles may have changed). A member newly
+        opted out gets `since_ms` = the session clock now; one opted back in is recorded
+        again from now on. Returns the user ids newly opted out."""
+        return [u for u in sorted(self.seen) if self._evaluate(u)]
+
+    def opted_out(self) -> list[OptOut]:
+        """The members opted out now among those seen, by user id (`ChunkSpec.optedOut`).
+        Raises pydantic's ValidationError for a user id that is not a snowflake."""
+        return [OptOut(user_id=u, since_ms=o.since_ms, via=o.via)
+                for u, o in sorted(self._out.items())]
+
+    def _via(self, user_id: str) -> Via | None:
+        if user_id in self.user_ids:
+            return "user"
+        if self.role_ids and self.roles_of is not None:
+            roles = self.roles_of(user_id)
+            if roles is not None and not self.role_ids.isdisjoint(roles):
+                return "role"
+        return None
+
+    def _evaluate(self, user_id: str) -> bool:
+        """Apply the policy to one member; True when this opts them out."""
+        via = self._via(user_id)
+        current = self._out.get(user_id)
+        if via is None:
+            if current is not None:
+                del self._out[user_id]
+                log.info("user %s opted in: recorded again from %d ms", user_id,
+                         self.clock.now_ms())
+            return False
+        if current is not None:
+            if current.via != via:  # still out, for another reason: keep sinceMs
+                self._out[user_id] = _Out(current.since_ms, via)
+            return False
+        since = max(self.clock.now_ms(), 0)
+        self._out[user_id] = _Out(since, via)
+        log.info("user %s opted out (%s): not recorded from %d ms", user_id, via, since)
+        return True
