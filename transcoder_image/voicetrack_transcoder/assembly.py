@@ -10,12 +10,15 @@ the excluded members out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -61,6 +64,36 @@ from voicetrack_transcoder.speech import (
 )
 from voicetrack_transcoder.streams import build_timeline
 from voicetrack_transcoder.waveform import overview_png, peaks_json
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+PREFETCH_PIECES = 16
+"""Piece objects of one track fetched ahead of the one being written. The assembly holds
+at most this many per track (a 10 s piece at 128 kbit/s is ~160 KB), whatever the
+session's length: the pieces of a 4 h meeting of 5 speakers are ~1.4 GB, more than a
+promotion Job's memory limit."""
+
+
+def fetched_in_order(pool: Executor, items: Iterable[T], fetch: Callable[[T], R],
+                     ahead: int | None = None) -> Generator[R, None, None]:
+    """`fetch(item)` for each of `items`, yielded in order, run on `pool` with at most
+    `ahead` (default `PREFETCH_PIECES`) calls started and not yet yielded; a result is
+    released once yielded. An error of `fetch` is raised where its result is due. Closing
+    the iterator early cancels the calls not yet started."""
+    ahead = max(ahead if ahead is not None else PREFETCH_PIECES, 1)
+    pending: deque[Future[R]] = deque()
+    source = iter(items)
+    try:
+        for item in source:
+            pending.append(pool.submit(fetch, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 @dataclass
@@ -164,7 +197,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             ThreadPoolExecutor(8, thread_name_prefix="pieces") as pool:
         work = Path(tmp)
 
-        # 2. fetch the piece frames (verified) while the rest is rendered
+        # 2. how a piece's frames are fetched (verified), a few ahead per track in step 4
         def fetch(t: PieceTrack) -> bytes:
             try:
                 data = store.get_bytes(t.key)
@@ -176,8 +209,9 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                                      f"{t.bytes} bytes {t.sha256[:12]}…")
             return data
 
-        fetched = {(i, t.track): pool.submit(fetch, t) for i, p in pieces.items()
-                   for t in p.tracks if t.track in names}
+        def own_piece(unit: _Unit) -> PieceManifest | None:
+            return pieces.get(plan.chunks[unit.chunk_pos].index) \
+                if unit.chunk_pos is not None else None
 
         # 3. what has no piece: units without one, and the frames after the last piece
         computed: dict[int, Made] = {}
@@ -223,10 +257,12 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             mins: list[np.ndarray] = []
             maxs: list[np.ndarray] = []
             frames = 0
-            with frames_path.open("wb") as out:
+            blobs = fetched_in_order(pool, (
+                t for own in map(own_piece, units) if own is not None
+                for t in own.tracks if t.track == name), fetch)
+            with frames_path.open("wb") as out, contextlib.closing(blobs):
                 for u, unit in enumerate(units):
-                    own = pieces.get(plan.chunks[unit.chunk_pos].index) \
-                        if unit.chunk_pos is not None else None
+                    own = own_piece(unit)
                     if own is not None:
                         t = next((t for t in own.tracks if t.track == name), None)
                         count = own.end_frame - own.first_frame
@@ -240,7 +276,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                             if t.frames != count:
                                 raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
                                                      f"the piece owns {count}")
-                            out.write(fetched[(own.index, name)].result())
+                            out.write(next(blobs))
                             pk = np.asarray(t.peaks, dtype=np.int8)
                             mins.append(pk[0::2])
                             maxs.append(pk[1::2])
@@ -279,15 +315,10 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 (peaks_key, peaks_path, "application/json"),
                 (overview_key, png_path, "image/png"), (key, path, CONTENT_TYPES["mp3"])]
 
-        try:
-            with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
-                for final, files in tp.map(finish, names):
-                    final_tracks.append(final)
-                    uploads += files
-        except BaseException:
-            for future in fetched.values():
-                future.cancel()
-            raise
+        with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
+            for final, files in tp.map(finish, names):
+                final_tracks.append(final)
+                uploads += files
         if progress:
             progress(0.9)
         timeline = speech_timeline(

@@ -7,6 +7,7 @@ while the session records; the final tracks are made by promotion, never from th
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack, PieceManifest, PieceTrack
 from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.assembly import fetched_in_order
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, silent_frames, split_frames, tag_file
 from voicetrack_transcoder.pieces import PiecesUnusable
@@ -107,15 +109,14 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
 
         for name in names:
             frames_path = work / f"{name}.frames"
-            blobs = [pool.submit(fetch, t) if t is not None else None
-                     for t in (next((t for t in p.tracks if t.track == name), None)
-                               for p in run)]
-            with frames_path.open("wb") as out:
+            mine = [next((t for t in p.tracks if t.track == name), None) for p in run]
+            blobs = fetched_in_order(pool, (m for m in mine if m is not None), fetch)
+            with frames_path.open("wb") as out, contextlib.closing(blobs):
                 written = 0
-                for piece, blob in zip(run, blobs, strict=True):
+                for piece, own in zip(run, mine, strict=True):
                     out.write(silence[channels[name]] * (piece.first_frame - written))
                     written = piece.end_frame
-                    out.write(blob.result() if blob is not None
+                    out.write(next(blobs) if own is not None
                               else silence[channels[name]]
                               * (piece.end_frame - piece.first_frame))
             path = work / f"{name}.mp3"
