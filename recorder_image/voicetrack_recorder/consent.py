@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from voicetrack.resources import OptOut
 from voicetrack_recorder.clock import SessionClock
@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 
 RolesOf = Callable[[str], "Iterable[str] | None"]
 """user id → the role ids (snowflake strings) of that guild member now, or None when the
-member is not known (then only `optOutUserIds` applies to them)."""
+member is not known (not in discord.py's member cache, or no longer)."""
+
+UNKNOWN: Final = "unknown"
+"""`_via` for a member whose roles cannot be read while `optOutRoleIds` is set: consent
+fails closed. A member opted out keeps their verdict (discord.py drops a member who left
+voice from its cache without the GUILD_MEMBERS intent: that is no opt-in), and a member
+seen before their roles are known is not recorded until they are (`pending`)."""
 
 
 Via = Literal["role", "user"]
@@ -55,10 +61,14 @@ class Consent:
         self.seen: set[str] = set()
         """Every member seen in the channel during this recorder's run."""
         self._out: dict[str, _Out] = {}
+        self.pending: set[str] = set()
+        """Members seen whose roles are not known yet while `role_ids` is set: their
+        packets are dropped, but they are not listed as opted out (`UNKNOWN`)."""
 
     def excluded(self, user_id: str) -> bool:
-        """Whether `user_id` is opted out now (as last evaluated: `see`, `refresh`)."""
-        return user_id in self._out
+        """Whether `user_id` is not recorded now (as last evaluated: `see`, `refresh`):
+        opted out, or `pending` (roles not known yet while role opt-outs are set)."""
+        return user_id in self._out or user_id in self.pending
 
     def since_ms(self, user_id: str) -> int | None:
         """The session ms from which `user_id`'s packets are dropped, None while recorded."""
@@ -71,7 +81,7 @@ class Consent:
         if user_id not in self.seen:
             self.seen.add(user_id)
             self._evaluate(user_id)
-        return user_id in self._out
+        return self.excluded(user_id)
 
     def see_all(self, user_ids: Iterable[str]) -> None:
         """`see` each of `user_ids` (e.g. the members in the channel's voice states)."""
@@ -96,12 +106,14 @@ class Consent:
         return [OptOut(user_id=u, since_ms=o.since_ms, via=o.via)
                 for u, o in sorted(self._out.items())]
 
-    def _via(self, user_id: str) -> Via | None:
+    def _via(self, user_id: str) -> Via | Literal["unknown"] | None:
         if user_id in self.user_ids:
             return "user"
         if self.role_ids and self.roles_of is not None:
             roles = self.roles_of(user_id)
-            if roles is not None and not self.role_ids.isdisjoint(roles):
+            if roles is None:
+                return UNKNOWN
+            if not self.role_ids.isdisjoint(roles):
                 return "role"
         return None
 
@@ -109,6 +121,11 @@ class Consent:
         """Apply the policy to one member; True when this opts them out."""
         via = self._via(user_id)
         current = self._out.get(user_id)
+        if via == UNKNOWN:
+            if current is None:
+                self.pending.add(user_id)
+            return False
+        self.pending.discard(user_id)
         if via is None:
             if current is not None:
                 del self._out[user_id]
