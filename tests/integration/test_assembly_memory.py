@@ -106,3 +106,19 @@ def test_live_assembly_holds_a_few_pieces_not_a_whole_track(recorded: ObjectStor
           f"{min(map(sum, sizes.values()))})")
     assert manifest is not None
     assert 0 < alive.peak <= bound < min(map(sum, sizes.values()))
+
+
+def test_large_pieces_are_fetched_fewer_ahead(recorded: ObjectStore, alive: Alive,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The byte budget (`PREFETCH_BYTES`, all tracks together) wins over the count: with a
+    budget of one largest piece per track, one piece per track is fetched ahead."""
+    sizes = piece_sizes(recorded)
+    largest = max(map(max, sizes.values()))
+    monkeypatch.setattr(assembly, "PREFETCH_PIECES", 16)
+    monkeypatch.setattr(assembly, "PREFETCH_BYTES", largest * len(sizes))
+    assert assembly.prefetch_depth(largest, len(sizes)) == 1
+    manifest = promote(recorded, LAYOUT.promotion_plan_key)
+    bound = 2 * len(sizes) * largest
+    print(f"budget of one piece per track: alive at most {alive.peak} bytes (bound {bound})")
+    assert manifest.assembly == "incremental", manifest.fallback_reason
+    assert 0 < alive.peak <= bound

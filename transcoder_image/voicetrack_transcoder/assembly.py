@@ -69,10 +69,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 PREFETCH_PIECES = 16
-"""Piece objects of one track fetched ahead of the one being written. The assembly holds
-at most this many per track (a 10 s piece at 128 kbit/s is ~160 KB), whatever the
-session's length: the pieces of a 4 h meeting of 5 speakers are ~1.4 GB, more than a
-promotion Job's memory limit."""
+"""Most piece objects of one track fetched ahead of the one being written (a 10 s piece at
+128 kbit/s is ~160 KB). The assembly's memory does not grow with the session's length:
+the pieces of a 4 h meeting of 5 speakers are ~1.4 GB, more than a promotion Job's
+768 MiB limit."""
+PREFETCH_BYTES = 128 * 1024 * 1024
+"""Bytes of pieces fetched ahead, all tracks together: fewer pieces ahead when pieces are
+large (a 300 s chunk at 320 kbit/s stereo is a ~12 MB piece)."""
+
+
+def prefetch_depth(largest_piece: int, tracks: int) -> int:
+    """Pieces to fetch ahead for one of `tracks` tracks assembled at once whose largest
+    piece is `largest_piece` bytes: `PREFETCH_BYTES` shared, 1 to `PREFETCH_PIECES`."""
+    share = PREFETCH_BYTES // max(tracks, 1)
+    return max(1, min(PREFETCH_PIECES, share // max(largest_piece, 1)))
 
 
 def fetched_in_order(pool: Executor, items: Iterable[T], fetch: Callable[[T], R],
@@ -257,9 +267,10 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             mins: list[np.ndarray] = []
             maxs: list[np.ndarray] = []
             frames = 0
-            blobs = fetched_in_order(pool, (
-                t for own in map(own_piece, units) if own is not None
-                for t in own.tracks if t.track == name), fetch)
+            mine = [t for own in map(own_piece, units) if own is not None
+                    for t in own.tracks if t.track == name]
+            blobs = fetched_in_order(pool, mine, fetch, prefetch_depth(
+                max((t.bytes for t in mine), default=1), len(names)))
             with frames_path.open("wb") as out, contextlib.closing(blobs):
                 for u, unit in enumerate(units):
                     own = own_piece(unit)

@@ -21,7 +21,7 @@ from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack, PieceManifest, PieceTrack
 from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
-from voicetrack_transcoder.assembly import fetched_in_order
+from voicetrack_transcoder.assembly import fetched_in_order, prefetch_depth
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, silent_frames, split_frames, tag_file
 from voicetrack_transcoder.pieces import PiecesUnusable
@@ -110,7 +110,9 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
         for name in names:
             frames_path = work / f"{name}.frames"
             mine = [next((t for t in p.tracks if t.track == name), None) for p in run]
-            blobs = fetched_in_order(pool, (m for m in mine if m is not None), fetch)
+            have = [m for m in mine if m is not None]
+            blobs = fetched_in_order(pool, have, fetch, prefetch_depth(
+                max((m.bytes for m in have), default=1), 1))
             with frames_path.open("wb") as out, contextlib.closing(blobs):
                 written = 0
                 for piece, own in zip(run, mine, strict=True):
