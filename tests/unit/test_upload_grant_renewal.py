@@ -165,4 +165,6 @@ def test_the_next_look_is_when_the_grant_becomes_due_at_most_the_check_interval(
     assert next_check_s(hour, T0 + timedelta(minutes=51), renewable=False) == GRANT_CHECK_S
     assert next_check_s(hour, T0 + timedelta(minutes=59, seconds=30), renewable=False) == \
         30 - CREDENTIALS_REFRESH_S + 1
-    assert next_check_s(hour, T0 + timedelta(hours=2), renewable=False) == 0
+    # past its end and not renewable (the session's last upload time has passed): a look
+    # every check interval, not every tick
+    assert next_check_s(hour, T0 + timedelta(hours=2), renewable=False) == GRANT_CHECK_S

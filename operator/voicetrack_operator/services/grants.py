@@ -85,11 +85,14 @@ def grant_action(current: UploadGrant | None, exists: bool, now: datetime) -> Gr
 def grant_expiry(started: datetime, now: datetime, max_duration_s: int,
                  lifetime_s: int | None) -> datetime:
     """When a grant minted at `now` should end (before the credentials' cap): `now` +
-    `lifetime_s` seconds when set (VOICETRACK_UPLOAD_GRANT_SECONDS), else the session's
-    `started` + `max_duration_s` + `GRANT_MARGIN`. Aware datetimes. Pure."""
+    `lifetime_s` seconds when set (VOICETRACK_UPLOAD_GRANT_SECONDS), never past the
+    session's `started` + `max_duration_s` + `GRANT_MARGIN` (the default lifetime): no
+    recorder of the session uploads later, so no renewal reaches further. Aware
+    datetimes. Pure."""
+    cap = started + timedelta(seconds=max_duration_s) + GRANT_MARGIN
     if lifetime_s is not None:
-        return now + timedelta(seconds=lifetime_s)
-    return started + timedelta(seconds=max_duration_s) + GRANT_MARGIN
+        return min(now + timedelta(seconds=lifetime_s), cap)
+    return cap
 
 
 def next_check_s(grant: UploadGrant, now: datetime, renewable: bool) -> float:
@@ -100,7 +103,9 @@ def next_check_s(grant: UploadGrant, now: datetime, renewable: bool) -> float:
     if renewable:
         return max(0.0, min((renews_at(grant) - now).total_seconds(), GRANT_CHECK_S))
     after_refresh = (grant.expires_at - now).total_seconds() - CREDENTIALS_REFRESH_S + 1
-    return max(0.0, min(after_refresh, GRANT_CHECK_S))
+    if after_refresh <= 0:  # past the refresh (or the end, at its cap): no sooner look helps
+        return GRANT_CHECK_S
+    return min(after_refresh, GRANT_CHECK_S)
 
 
 _seen: dict[str, tuple[UploadGrant, float]] = {}
@@ -151,6 +156,11 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
         await ctx.store(spec.storage.bucket).ensure_bucket()
     expires = grant_expiry(started, now, spec.limits.max_duration_seconds,
                            ctx.settings.upload_grant_s)
+    if expires <= now:
+        # past the session's last upload time: nothing to renew (the Secret stays as it is)
+        if current is not None:
+            _remember(owner.uid, current, now, renewable=False)
+        return GrantAction.KEEP
     grant = mint_upload_grant(ctx.settings.s3, spec.storage.bucket, layout.chunks_root,
                               expires, spec.limits.max_bytes)
     if current is not None and grant.expires_at <= current.expires_at:

@@ -267,7 +267,9 @@ class SessionService:
                                          parse_time(s.status["startedAt"]))
             await self.ctx.kube.ensure(build_recorder_pod(
                 s.ref, s.spec, s.meeting_id, started_ms, self.ctx.settings.pods))
-        if not failure and s.status.get("startedAt"):  # a grant that outlives its recorder
+        if not failure and s.status.get("startedAt") and (
+                (pod or {}).get("status") or {}).get("phase") != "Succeeded":
+            # the grant is kept valid while a recorder may still upload; not once it is done
             await renew_upload_grant(self.ctx, s.ref, s.spec, s.meeting_id,
                                      parse_time(s.status["startedAt"]))
         phase = None if failure else ((pod or {}).get("status") or {}).get("phase")
