@@ -89,9 +89,12 @@ class BotConsent:
     async def _change(self, guild_id: str, user_id: str, *, opt_out: bool) -> ConsentChange:
         if not user_id.isdigit() or not 15 <= len(user_id) <= 20:
             raise InvalidInputError(f"user_id must be a Discord snowflake, got {user_id!r}")
-        remembered = await self._retry(lambda: self._remember(guild_id, user_id, opt_out))
+        # the call in progress first: a ConfigMap that cannot be written (RBAC missing
+        # after an upgrade, damaged data, the list full) must not hold up the opt-out
+        # that matters now; its error is still raised, after
         obj, patched = await self._retry(lambda: self._patch_session(guild_id, user_id,
                                                                      opt_out))
+        remembered = await self._retry(lambda: self._remember(guild_id, user_id, opt_out))
         return ConsentChange(session=obj, changed=remembered or patched)
 
     async def _retry(self, attempt: Any) -> Any:
