@@ -277,10 +277,16 @@ class LiveService:
         return live_status(job.chunks, duration_ms, updated.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     async def stop(self, s: SessionView) -> int:
-        """Delete the session's live Jobs (deletion's first step: promotion never waits
-        for the audio so far). One list call. Returns how many were deleted."""
+        """Delete the session's live Jobs (deletion's first step, once the recorder is
+        gone: promotion never waits for the audio so far), and `live/` too when a member
+        opted out at stop has audio in it (`withheld`, from the final chunks): it stays
+        otherwise until the collection, minutes later for a long meeting. Returns how
+        many Jobs were deleted. Raises TemporaryFailure when S3 or the API is away."""
         n = 0
         for job in await self.ctx.kube.list_jobs(s.ref.namespace, s.ref.name, s.ref.uid):
             if LiveJob.from_object(job) is not None:
                 n += await self.ctx.kube.delete_job(s.ref.namespace, job["metadata"]["name"])
+        if withheld(s.spec, await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name,
+                                                            s.ref.uid)):
+            await self.ctx.store(s.spec.storage.bucket).delete_prefix(s.layout.live_root)
         return n
