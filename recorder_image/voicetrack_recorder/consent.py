@@ -83,6 +83,15 @@ class Consent:
             self._evaluate(user_id)
         return self.excluded(user_id)
 
+    def restore(self, opted_out: Iterable[OptOut]) -> None:
+        """Carry on the opt-outs of the session's last chunk (`ChunkSpec.optedOut`) after
+        a recorder restart: each member keeps their `sinceMs` and `via`, and counts as seen,
+        so a member opted out by role who left before the restart stays listed (and
+        excluded at promotion) until the policy, read again, says otherwise."""
+        for o in opted_out:
+            self.seen.add(o.user_id)
+            self._out.setdefault(o.user_id, _Out(o.since_ms, o.via))
+
     def see_all(self, user_ids: Iterable[str]) -> None:
         """`see` each of `user_ids` (e.g. the members in the channel's voice states)."""
         for user_id in user_ids:
@@ -109,10 +118,16 @@ class Consent:
     def _via(self, user_id: str) -> Via | Literal["unknown"] | None:
         if user_id in self.user_ids:
             return "user"
-        if self.role_ids and self.roles_of is not None:
-            roles = self.roles_of(user_id)
+        if self.role_ids:
+            roles = self.roles_of(user_id) if self.roles_of is not None else None
             if roles is None:
-                return UNKNOWN
+                # no roles to read: a source without roles (files) records whoever is not
+                # out already; a role opt-out carried over a restart (`restore`) holds
+                # until the source can read roles again
+                out = self._out.get(user_id)
+                if self.roles_of is not None or (out is not None and out.via == "role"):
+                    return UNKNOWN
+                return None
             if not self.role_ids.isdisjoint(roles):
                 return "role"
         return None

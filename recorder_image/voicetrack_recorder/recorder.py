@@ -159,6 +159,7 @@ class Recorder:
                                      "list RecordingChunks", self.stop)
         if existing:
             self.chunker.next_index = existing[-1].index + 1
+            self.consent.restore(existing[-1].opted_out)
         self.resume_point(existing[-1].end_ms if existing else None, bool(self.kube.paused))
         if existing:
             return existing[0].start_ms // FRAME_MS

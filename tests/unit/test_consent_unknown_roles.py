@@ -68,3 +68,23 @@ def test_without_role_opt_outs_an_unknown_member_is_recorded() -> None:
                 roles_of=Cache())
     assert not c.see(BOB)
     assert c.see(ALICE) and [o.via for o in c.opted_out()] == ["user"]
+
+
+def test_a_restart_carries_the_last_chunks_opt_outs() -> None:
+    """A recorder restart (`Recorder.prepare`) restores the last chunk's `optedOut`: a
+    member opted out by role who left before the restart stays listed with their
+    `sinceMs`, also before the source can read roles, until the policy says otherwise."""
+    from voicetrack.resources import OptOut
+
+    now = [60.0]
+    c = Consent(SessionClock(0, time_fn=lambda: now[0]), user_ids=[BOB], role_ids=[ROLE])
+    c.restore([OptOut(user_id=ALICE, since_ms=5000, via="role"),
+               OptOut(user_id=BOB, since_ms=7000, via="user")])
+    c.refresh()  # the session watch's first look, before the source has logged in
+    assert [(o.user_id, o.since_ms, o.via) for o in c.opted_out()] == [
+        (ALICE, 5000, "role"), (BOB, 7000, "user")]
+    cache = Cache()
+    cache.roles[ALICE] = cache.roles[BOB] = []  # roles read now: ALICE lost the role
+    c.roles_of = cache
+    c.set_policy([], [ROLE])
+    assert c.opted_out() == []

@@ -1,0 +1,42 @@
+"""A restarted recorder carries on its session's opt-outs (review finding): `prepare`
+reads the last chunk's `optedOut` into `Consent`. Before, a member opted out by role who
+had spoken and left before the restart was in none of the new run's chunks, so not in the
+last chunk's `optedOut`, so not excluded: their audio from before the opt-out was
+promoted."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from kubernetes import client
+
+from tests.discord_rig import VirtualTime
+from tests.unit.test_chunker_consent import CHANNEL, GUILD
+from voicetrack.resources import ChunkSpec, OptOut, SessionSpec
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.recorder import Recorder
+
+pytestmark = pytest.mark.unit
+
+A = "400000000000000071"
+
+
+async def test_prepare_restores_the_last_chunks_opt_outs() -> None:
+    time = VirtualTime()
+    time.now = 1_800_000_000.0
+    spec = SessionSpec(guild_id=GUILD, channel_id=CHANNEL, chunk_seconds=5,
+                       opt_out_role_ids=["900000000000000001"])
+    rec = Recorder(RecorderKube(client.ApiClient(), "ns", "standup"), cast(Any, None), spec,
+                   SessionClock(int(time.now * 1000) - 21_000, time_fn=time))
+    last = ChunkSpec(session_name="standup", meeting_id="abcdef0123456789", guild_id=GUILD,
+                     index=3, start_ms=15_000, end_ms=20_000,
+                     opted_out=[OptOut(user_id=A, since_ms=12_000, via="role")])
+    rec.kube.list_chunks = lambda: [last]  # type: ignore[method-assign]
+    rec.kube.paused = False
+    await rec.prepare()
+    rec.follow_consent()  # the loop's first look, before the source reads roles
+    assert rec.chunker.next_index == 4
+    assert [(o.user_id, o.since_ms, o.via) for o in rec.consent.opted_out()] == [
+        (A, 12_000, "role")]
