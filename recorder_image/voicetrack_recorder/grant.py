@@ -31,10 +31,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
+from voicetrack.kubeclient import translate_api_error
 from voicetrack.uploadgrant import (
     GRANT_SECRET_KEY,
     GrantRefused,
@@ -42,11 +41,9 @@ from voicetrack.uploadgrant import (
     post_object,
     renewal_due,
 )
+from voicetrack_recorder.kube import CLIENT_ERRORS
 
 log = logging.getLogger(__name__)
-
-CLIENT_ERRORS: tuple[type[BaseException], ...] = (ApiException, *NETWORK_ERRORS)
-"""What a Kubernetes client call raises on failure (as `voicetrack_recorder.kube`)."""
 
 RECORDER_SHARE = 0.5
 """The recorder reads the Secret when its grant has less than this share of its renewal

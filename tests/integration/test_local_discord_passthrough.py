@@ -20,39 +20,28 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import discord
 import pytest
 
 from tests.discord_rig import tone_pcm
-from tests.integration.test_local_discord import Recorder, bot_and_alice_in_voice
+from tests.integration import test_local_discord as base
 from tests.local_discord_clients import (
     dave_ready,
     dominant_hz,
     play,
-    point_discord_py,
     start_client,
     stop_client,
 )
 from voicetrack_local.discord.relay import Faults
-from voicetrack_local.discord.server import LocalDiscord, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 PLAIN_CAUSE = "UnencryptedWhenPassthroughDisabled"
 
-
-@pytest.fixture
-async def local_discord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                        ) -> AsyncIterator[tuple[LocalDiscord, dict[str, Any]]]:
-    server = LocalDiscord(tmp_path / "discord", Settings())
-    info = await server.start()
-    point_discord_py(monkeypatch, info)
-    yield server, info
-    await server.stop()
+local_discord = base.local_discord
+Recorder, bot_and_alice_in_voice = base.Recorder, base.bot_and_alice_in_voice
 
 
 class PlainSometimesVoiceClient(discord.VoiceClient):
