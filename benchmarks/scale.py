@@ -48,8 +48,10 @@ from typing import Any
 import aiohttp
 import psycopg
 
+from voicetrack.chunkspec import ChunkOutput, ChunkSpec, ChunkTrack
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack, PromotionPlan, TranscodeResult
+from voicetrack.names import chunk_name, meeting_id_for, owner_reference
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import (
     API_VERSION,
@@ -62,12 +64,6 @@ from voicetrack.resources import (
     MANAGED_BY,
     SESSION_PLURAL,
     VERSION,
-    ChunkOutput,
-    ChunkSpec,
-    ChunkTrack,
-    chunk_name,
-    meeting_id_for,
-    owner_reference,
 )
 from voicetrack_local import accounting, cluster, kwok
 from voicetrack_local.postgres import PostgresServer

@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.audio_helpers import Speaker, encode_session  # noqa: E402
 from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME, opus_channels  # noqa: E402
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack  # noqa: E402
 from voicetrack.layout import MeetingLayout  # noqa: E402
 from voicetrack.manifests import PromotionPlan  # noqa: E402
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex  # noqa: E402
 from voicetrack.oggopus import encode_ogg_opus  # noqa: E402
-from voicetrack.resources import ChunkSpec, ChunkTrack  # noqa: E402
 from voicetrack_local.seaweed import SeaweedServer  # noqa: E402
 from voicetrack_transcoder.chunk import transcode_chunk  # noqa: E402
 

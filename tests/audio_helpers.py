@@ -31,10 +31,10 @@ from voicetrack.audio import (
     ms_to_samples,
     opus_channels,
 )
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore
 from voicetrack.oggopus import encode_ogg_opus
-from voicetrack.resources import ChunkSpec, ChunkTrack, Gap
 from voicetrack_recorder.opusenc import code_as_mono
 
 RawFormat = Literal["ogg-opus", "pcm-s16le"]

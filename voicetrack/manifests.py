@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from voicetrack.audio import Channels
-from voicetrack.resources import ChunkOutput, ChunkSpec, Gap, _Model
+from voicetrack.chunkspec import ChunkOutput, ChunkSpec, Gap
+from voicetrack.resources import _Model
 
 
 class TranscodeResult(_Model):

@@ -1,15 +1,16 @@
-"""The custom resources: API names, labels, child names, and typed spec/status models.
+"""The custom resources: API names, labels, shared patterns, and the RecordingSession models.
 
-One home for the `voicetrack.dev/v1alpha1` contract. The CRD YAML in `voicetrack/crds/` states
-the same schema for the API server; `tests/unit/test_crd_models.py` checks the two agree field
-by field, and every CEL rule of the CRDs has its mirror here, so the operator refuses what the
-API server would, naming the same field.
+One home for the `voicetrack.dev/v1alpha1` contract, with `voicetrack.chunkspec` (the
+RecordingChunk models) and `voicetrack.names` (child names and ownerReferences). The CRD
+YAML in `voicetrack/crds/` states the same schema for the API server;
+`tests/unit/test_crd_models.py` checks the two agree field by field, and every CEL rule of
+the CRDs has its mirror here, so the operator refuses what the API server would, naming the
+same field.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -20,11 +21,8 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
-
-from voicetrack.audio import RAW_EXTENSIONS, Channels
 
 GROUP = "voicetrack.dev"
 VERSION = "v1alpha1"
@@ -312,187 +310,3 @@ class SessionSpec(_Model):
         if v.type == "files" and not v.speakers:
             raise ValueError("source.speakers must list at least one speaker for type files")
         return v
-
-
-# ---------------------------------------------------------------- RecordingChunk spec/status
-
-
-class Gap(_Model):
-    """An interval of session time with no capture, and why: `paused` intervals are cut
-    from the output; every other cause becomes digital silence of the exact length."""
-
-    start_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
-    end_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
-    cause: Literal["paused", "recorder-restart", "chunk-failed", "connection-lost"]
-
-    @model_validator(mode="after")
-    def _ends_after_start(self) -> Gap:
-        if self.end_ms <= self.start_ms:
-            raise ValueError("gap.endMs must be greater than gap.startMs")
-        return self
-
-
-class ChunkTrack(_Model):
-    """One speaker's raw track in a chunk. `frames` counts the 20 ms slots that hold a
-    received packet (the rest hold the silence frame); `firstMs`/`lastMs` are the session
-    times of the first and last received packet; `bytes` and `sha256` are of the raw object."""
-
-    user_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
-    key: str = Field(pattern=RAW_KEY_PATTERN, max_length=KEY_MAX)
-    frames: int = Field(ge=0)
-    first_ms: int = Field(ge=0)
-    last_ms: int = Field(ge=0)
-    bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=SHA256_PATTERN)
-    channels: Channels = 2
-    """1 when every packet of the track is mono-coded (`voicetrack.audio.opus_channels`):
-    both decoded channels are then identical and outputs are mono. 2 (the default, also
-    for chunks written before this field existed) otherwise."""
-
-
-class OptOut(_Model):
-    """A member the recorder did not record, as it stood at the end of a chunk: from
-    `sinceMs` (session ms; their packets from then on were dropped before decryption) by
-    `via` `role` (a role in `spec.optOutRoleIds`) or `user` (`spec.optOutUserIds`)."""
-
-    user_id: Snowflake
-    since_ms: int = Field(ge=0, le=MAX_SESSION_MS)
-    via: Literal["role", "user"]
-
-
-class ChunkSpec(_Model):
-    """`RecordingChunk.spec`: one time window `[startMs, endMs)` of one session holding
-    the raw track of every speaker who spoke in it. `gap` is the interval between the
-    previous chunk's end and this chunk's start, when there is one."""
-
-    session_name: str = Field(pattern=SESSION_NAME_PATTERN, max_length=DNS_LABEL_MAX)
-    meeting_id: str = Field(pattern=MEETING_ID_PATTERN, max_length=16)
-    guild_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
-    index: int = Field(ge=0, le=MAX_CHUNK_INDEX)
-    start_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
-    end_ms: int = Field(ge=0, le=MAX_SESSION_MS, multiple_of=FRAME_GRID_MS)
-    raw_format: RawFormat = "ogg-opus"
-    gap: Gap | None = None
-    tracks: list[ChunkTrack] = Field(default_factory=list, max_length=MAX_TRACKS)
-    opted_out: list[OptOut] = Field(default_factory=list, max_length=MAX_TRACKS)
-    """Members opted out at the chunk's end who were in the channel during the session
-    (consent, `SessionSpec`); the promotion's source for exclusion and consent.json."""
-
-    @model_validator(mode="after")
-    def _window_and_keys(self) -> ChunkSpec:
-        """The CRD's CEL rules: a non-empty window, and each track's key in this chunk's
-        own directory, named after its speaker, with the raw format's extension."""
-        if self.end_ms <= self.start_ms:
-            raise ValueError("endMs must be greater than startMs")
-        for i, t in enumerate(self.tracks):
-            tail = (f"{self.guild_id}/{self.meeting_id}/chunks/{self.index:06d}/"
-                    f"{t.user_id}.{RAW_EXTENSIONS[self.raw_format]}")
-            if t.key != tail and not t.key.endswith("/" + tail):
-                raise ValueError(f"tracks[{i}].key must end with {tail!r} (this chunk's "
-                                 f"guild, meeting, index, user and raw format), got {t.key!r}")
-        since = {o.user_id: o.since_ms for o in self.opted_out}
-        if len(since) != len(self.opted_out):
-            raise ValueError("optedOut must list each user once")
-        for i, t in enumerate(self.tracks):
-            if t.user_id in since and t.frames and t.last_ms >= since[t.user_id]:
-                raise ValueError(f"tracks[{i}] has packets of user {t.user_id} at or after "
-                                 f"their opt-out (optedOut sinceMs {since[t.user_id]})")
-        return self
-
-    @property
-    def duration_ms(self) -> int:
-        return self.end_ms - self.start_ms
-
-
-class ChunkOutput(_Model):
-    """One transcoded output of one track (`result.json` entry and chunk status entry)."""
-
-    user_id: str
-    format: str
-    key: str
-    bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=SHA256_PATTERN)
-    duration_ms: int = Field(ge=0)
-
-
-class ChunkStatus(_Model):
-    """`RecordingChunk.status`, written by the operator only: the transcode's state, its
-    Job, the outputs read from `result.json` once done, the reason once failed. The SQL
-    mirror (`temp_recordings`) is written from this, never from anything else."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    transcode_status: TranscodeStatus = TranscodeStatus.QUEUED
-    track_count: int | None = Field(default=None, ge=0)
-    job_name: str | None = None
-    tracks: list[ChunkOutput] = Field(default_factory=list)
-    error: str | None = None
-    refused: str | None = None
-    """Why the operator refused the chunk as not its session's (then `failed`, never
-    transcoded, mirrored or promoted, its raw data left in place); None otherwise."""
-
-    def primary_output(self, user_id: str) -> ChunkOutput | None:
-        """The output that stands for `user_id`'s track in SQL: its MP3, else the first."""
-        outs = [o for o in self.tracks if o.user_id == user_id]
-        return next((o for o in outs if o.format == "mp3"), outs[0] if outs else None)
-
-
-# ---------------------------------------------------------------- identity and ownership
-
-
-def derive_meeting_id(session_uid: str) -> str:
-    """A 16-character meeting id from a session's uid (hex of its sha256): stable across
-    retries and operator restarts, unique per session."""
-    return hashlib.sha256(session_uid.encode()).hexdigest()[:16]
-
-
-def meeting_id_for(session_uid: str, spec_meeting_id: str | None) -> str:
-    """The meeting id of a session: `spec.meetingId` when set, else derived from its uid."""
-    return spec_meeting_id or derive_meeting_id(session_uid)
-
-
-def owner_reference(name: str, uid: str, kind: str = SESSION_KIND,
-                    api_version: str = API_VERSION) -> dict[str, Any]:
-    """An ownerReference to a controlling owner (a session by default): the garbage
-    collector deletes the child with it, and `blockOwnerDeletion` makes a foreground
-    deletion wait for the child."""
-    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
-            "controller": True, "blockOwnerDeletion": True}
-
-
-def controller_uid(obj: dict[str, Any], kind: str = SESSION_KIND) -> str | None:
-    """The uid of `obj`'s controlling owner of `kind`, None when it has none."""
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == kind and ref.get("controller"):
-            return str(ref["uid"])
-    return None
-
-
-# ---------------------------------------------------------------- names
-
-
-def child_name(session: str, suffix: str) -> str:
-    """`<session>-<suffix>` within 63 characters: a long session name is cut and given an
-    8-hex-digit hash of the whole name, so the result is deterministic and unique."""
-    name = f"{session}-{suffix}"
-    if len(name) <= DNS_LABEL_MAX:
-        return name
-    digest = hashlib.sha256(session.encode()).hexdigest()[:8]
-    keep = DNS_LABEL_MAX - len(suffix) - len(digest) - 2
-    return f"{session[:keep].rstrip('-')}-{digest}-{suffix}"
-
-
-def recorder_pod_name(session: str) -> str:
-    return child_name(session, "rec")
-
-
-def transcode_job_name(session: str, index: int) -> str:
-    return child_name(session, f"tx-{index:06d}")
-
-
-def chunk_name(session: str, index: int) -> str:
-    return child_name(session, f"chunk-{index:06d}")
-
-
-def promote_job_name(session: str) -> str:
-    return child_name(session, "promote")

@@ -10,6 +10,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from voicetrack.chunkspec import ChunkSpec
+from voicetrack.names import (
+    child_name,
+    owner_reference,
+    promote_job_name,
+    recorder_pod_name,
+    transcode_job_name,
+)
 from voicetrack.resources import (
     API_VERSION,
     GROUP,
@@ -18,13 +26,7 @@ from voicetrack.resources import (
     LABEL_SESSION,
     MANAGED_BY,
     TRANSCODER_SERVICE_ACCOUNT,
-    ChunkSpec,
     SessionSpec,
-    child_name,
-    owner_reference,
-    promote_job_name,
-    recorder_pod_name,
-    transcode_job_name,
 )
 from voicetrack.uploadgrant import GRANT_ENV, GRANT_SECRET_ENV, GRANT_SECRET_KEY
 

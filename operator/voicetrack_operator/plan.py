@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.manifests import ConsentEntry, ConsentRecord, PromotionPlan, RecordedMember
-from voicetrack.resources import ChunkSpec, Gap, SessionSpec, TranscodeStatus
+from voicetrack.resources import SessionSpec, TranscodeStatus
 
 
 def excluded_users(spec: SessionSpec, chunks: Iterable[ChunkSpec]) -> set[str]:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME
-from voicetrack.resources import Gap, OptOut
+from voicetrack.chunkspec import Gap, OptOut
 from voicetrack_recorder.consent import Consent
 
 MAX_AHEAD_SLOTS = 50 * 60

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from voicetrack.resources import OptOut
+from voicetrack.chunkspec import OptOut
 from voicetrack_recorder.clock import SessionClock
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,10 @@ from typing import Any, cast
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
+from voicetrack.names import chunk_name, controller_uid, owner_reference
 from voicetrack.resources import (
     API_VERSION,
     CHUNK_KIND,
@@ -35,10 +37,6 @@ from voicetrack.resources import (
     MANAGED_BY,
     SESSION_PLURAL,
     VERSION,
-    ChunkSpec,
-    chunk_name,
-    controller_uid,
-    owner_reference,
 )
 
 log = logging.getLogger(__name__)

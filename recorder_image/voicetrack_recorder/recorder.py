@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from voicetrack.audio import FRAME_MS
+from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import ChunkSpec, Gap, SessionSpec, meeting_id_for
+from voicetrack.names import meeting_id_for
+from voicetrack.resources import SessionSpec
 from voicetrack_recorder.chunker import Chunker, SealedChunk
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent

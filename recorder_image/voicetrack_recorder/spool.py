@@ -32,9 +32,10 @@ from voicetrack.audio import (
     RAW_FORMAT_PCM,
     opus_channels,
 )
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.layout import MeetingLayout
 from voicetrack.oggopus import encode_ogg_opus
-from voicetrack.resources import ChunkSpec, ChunkTrack, RawFormat
+from voicetrack.resources import RawFormat
 from voicetrack_recorder.chunker import SealedChunk
 
 log = logging.getLogger(__name__)

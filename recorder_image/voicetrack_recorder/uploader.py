@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.resources import ChunkSpec, Gap
 from voicetrack.uploadgrant import UploadGrant, post_object
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.faults import FIRST_DELAY_S, index_ranges, next_delay, raise_if_permanent

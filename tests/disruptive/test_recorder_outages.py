@@ -26,9 +26,10 @@ import pytest
 
 from tests.fixtures.cluster import Kubectl
 from tests.unit.test_recorder_spool import sine_packet
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
-from voicetrack.resources import ChunkSpec, SessionSpec
+from voicetrack.resources import SessionSpec
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.ports import port_free
 from voicetrack_local.procs import ProcRecord, spawn, terminate

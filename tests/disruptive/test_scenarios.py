@@ -70,11 +70,11 @@ from tests.audio_helpers import Speaker, upload_chunks
 from tests.disruptive.test_recorder_outages import restart_weed
 from tests.e2e.test_main_job import get, wait_for, wav_bytes
 from tests.fixtures.stack import Stack
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.kubeclient import load_api_client
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import ObjectStore
-from voicetrack.resources import ChunkSpec
 from voicetrack_local.postgres import PostgresServer
 from voicetrack_local.seaweed import SeaweedServer
 from voicetrack_local.stack import OperatorProcess, StackError, prepare_namespace

@@ -41,7 +41,7 @@ from tests.disruptive.test_scenarios import (
 from tests.e2e.test_main_job import get, wait_for
 from tests.fixtures.stack import Stack
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import meeting_id_for
+from voicetrack.names import meeting_id_for
 from voicetrack_local.stack import OperatorProcess
 
 pytestmark = pytest.mark.disruptive

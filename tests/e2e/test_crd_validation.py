@@ -17,12 +17,11 @@ import pytest
 import yaml
 
 from tests.fixtures.cluster import Kubectl
+from voicetrack.chunkspec import ChunkSpec, ChunkStatus
 from voicetrack.resources import (
     API_VERSION,
     CHUNK_KIND,
     SESSION_KIND,
-    ChunkSpec,
-    ChunkStatus,
     SessionSpec,
     check_session_name,
 )

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from voicetrack.resources import ChunkSpec, SessionSpec
+from voicetrack.chunkspec import ChunkSpec
+from voicetrack.resources import SessionSpec
 from voicetrack_local import cluster, kwok
 from voicetrack_local.control_plane import ClientLimits
 from voicetrack_local.kubectl import kubectl

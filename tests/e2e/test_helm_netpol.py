@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_helm import CHART, KUBE, Helm, docs, helm  # noqa: F401  (fixture)
-from voicetrack.resources import ChunkSpec, SessionSpec
+from voicetrack.chunkspec import ChunkSpec
+from voicetrack.resources import SessionSpec
 from voicetrack_operator.builders import (
     PodSettings,
     SessionRef,

@@ -25,9 +25,9 @@ from tests.audio_helpers import (
     upload_chunks,
 )
 from tests.fixtures.stack import Stack
+from voicetrack.chunkspec import Gap
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
-from voicetrack.resources import Gap
 
 pytestmark = pytest.mark.e2e
 

@@ -20,10 +20,12 @@ import pytest
 import yaml
 
 from tests.fixtures.cluster import Kubectl
+from voicetrack.chunkspec import ChunkOutput, ChunkSpec, ChunkTrack
 from voicetrack.db import migrate
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
+from voicetrack.names import chunk_name, owner_reference, recorder_pod_name, transcode_job_name
 from voicetrack.objectstore import S3Settings
 from voicetrack.resources import (
     API_VERSION,
@@ -32,14 +34,7 @@ from voicetrack.resources import (
     LABEL_SESSION,
     SESSION_PLURAL,
     VERSION,
-    ChunkOutput,
-    ChunkSpec,
-    ChunkTrack,
     SessionState,
-    chunk_name,
-    owner_reference,
-    recorder_pod_name,
-    transcode_job_name,
 )
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds

@@ -3,7 +3,7 @@ CRDs installed, no operator needed): the API server's 409 on a deterministic nam
 ConflictError that both treat as "it exists" (the recorder's chunk create is idempotent,
 the bot's losing start answers with the winner's session); a CEL rule's 422 is an
 InvalidInputError carrying the rule's message; chunks are owned by their session through
-`voicetrack.resources.owner_reference`."""
+`voicetrack.names.owner_reference`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from tests.fixtures.cluster import Kubectl
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.kubeclient import load_api_client
-from voicetrack.resources import ChunkSpec, chunk_name, owner_reference
+from voicetrack.names import chunk_name, owner_reference
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
 from voicetrack_recorder.bot.sessions import BotSessions

@@ -34,20 +34,11 @@ from tests.e2e.test_operator_services import (
     put_raws,
 )
 from tests.fixtures.cluster import Kubectl
+from voicetrack.chunkspec import ChunkOutput, ChunkSpec
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
-from voicetrack.resources import (
-    CHUNK_PLURAL,
-    GROUP,
-    MAX_SESSION_MS,
-    SESSION_PLURAL,
-    VERSION,
-    ChunkOutput,
-    ChunkSpec,
-    chunk_name,
-    owner_reference,
-    transcode_job_name,
-)
+from voicetrack.names import chunk_name, owner_reference, transcode_job_name
+from voicetrack.resources import CHUNK_PLURAL, GROUP, MAX_SESSION_MS, SESSION_PLURAL, VERSION
 from voicetrack.uploadgrant import UploadGrant
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_operator.builders import (

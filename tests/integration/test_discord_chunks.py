@@ -21,11 +21,11 @@ import pytest
 
 from tests.discord_rig import Harness, encode_frames, tone_pcm
 from voicetrack.audio import FRAME_MS, RAW_FORMAT_OGG_OPUS, SAMPLE_RATE
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
 from voicetrack.objectstore import ObjectStore
 from voicetrack.oggopus import encode_ogg_opus
-from voicetrack.resources import ChunkSpec, ChunkTrack
 from voicetrack_recorder.chunker import Chunker, SealedChunk
 
 pytestmark = pytest.mark.integration

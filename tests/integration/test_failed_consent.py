@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from voicetrack.chunkspec import ChunkSpec, ChunkStatus
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
-from voicetrack.resources import ChunkSpec, ChunkStatus, TranscodeStatus
+from voicetrack.resources import TranscodeStatus
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.inventory import ChunkInventory, InventoryChunk, keep_failed

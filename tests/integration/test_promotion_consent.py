@@ -28,10 +28,11 @@ import pytest
 
 from tests.audio_helpers import Speaker, best_correlation, decode_file, upload_chunks
 from voicetrack.audio import ms_to_samples
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack.resources import ChunkSpec, SessionSpec, TranscodeStatus
+from voicetrack.resources import SessionSpec, TranscodeStatus
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.promote import promote

@@ -21,11 +21,11 @@ from tests.audio_helpers import (
     upload_chunks,
 )
 from voicetrack.audio import ms_to_samples
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.oggopus import decode_ogg_opus, encode_ogg_opus
-from voicetrack.resources import ChunkSpec
 from voicetrack_transcoder.opusdec import OpusDecoder
 
 pytestmark = pytest.mark.integration

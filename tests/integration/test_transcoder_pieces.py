@@ -26,11 +26,11 @@ from tests.audio_helpers import (
     upload_chunks,
 )
 from voicetrack.audio import ms_to_samples
+from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, PieceManifest, PromotionPlan, SpeechTimeline
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
-from voicetrack.resources import ChunkSpec, Gap
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.live import assemble_live
 from voicetrack_transcoder.mp3grid import (

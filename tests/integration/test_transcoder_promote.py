@@ -30,12 +30,12 @@ from tests.audio_helpers import (
     upload_chunks,
 )
 from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME, ms_to_samples
+from voicetrack.chunkspec import Gap
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, PromotionPlan
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack.oggopus import decode_ogg_opus
-from voicetrack.resources import Gap
 from voicetrack_transcoder.opusdec import OpusDecoder
 from voicetrack_transcoder.promote import promote
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from voicetrack.audio import OPUS_SILENCE_FRAME
+from voicetrack.chunkspec import Gap
 from voicetrack.oggopus import decode_ogg_opus, encode_ogg_opus
-from voicetrack.resources import Gap
 from voicetrack_recorder.chunker import Chunker
 
 pytestmark = pytest.mark.unit

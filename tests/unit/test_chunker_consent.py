@@ -16,8 +16,9 @@ import pytest
 from kubernetes import client
 
 from tests.discord_rig import VirtualTime
+from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import ChunkSpec, Gap, SessionSpec
+from voicetrack.resources import SessionSpec
 from voicetrack_recorder.chunker import Chunker
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube

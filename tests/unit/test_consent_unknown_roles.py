@@ -74,7 +74,7 @@ def test_a_restart_carries_the_last_chunks_opt_outs() -> None:
     """A recorder restart (`Recorder.prepare`) restores the last chunk's `optedOut`: a
     member opted out by role who left before the restart stays listed with their
     `sinceMs`, also before the source can read roles, until the policy says otherwise."""
-    from voicetrack.resources import OptOut
+    from voicetrack.chunkspec import OptOut
 
     now = [60.0]
     c = Consent(SessionClock(0, time_fn=lambda: now[0]), user_ids=[BOB], role_ids=[ROLE])

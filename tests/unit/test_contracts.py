@@ -7,6 +7,7 @@ import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from voicetrack.chunkspec import ChunkStatus
 from voicetrack.errors import (
     ConflictError,
     InvalidInputError,
@@ -15,15 +16,8 @@ from voicetrack.errors import (
 )
 from voicetrack.kubeclient import translate_api_error
 from voicetrack.layout import MeetingLayout, parse_key
-from voicetrack.resources import (
-    ChunkStatus,
-    SessionState,
-    TranscodeStatus,
-    controller_uid,
-    derive_meeting_id,
-    meeting_id_for,
-    owner_reference,
-)
+from voicetrack.names import controller_uid, derive_meeting_id, meeting_id_for, owner_reference
+from voicetrack.resources import SessionState, TranscodeStatus
 
 pytestmark = pytest.mark.unit
 

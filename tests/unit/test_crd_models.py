@@ -17,16 +17,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from voicetrack.resources import (
-    ChunkSpec,
-    ChunkStatus,
-    ChunkTrack,
-    Gap,
-    LimitsSpec,
-    SessionSpec,
-    StorageSpec,
-    check_session_name,
-)
+from voicetrack.chunkspec import ChunkSpec, ChunkStatus, ChunkTrack, Gap
+from voicetrack.resources import LimitsSpec, SessionSpec, StorageSpec, check_session_name
 
 pytestmark = pytest.mark.unit
 

@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import (
-    ChunkSpec,
-    ChunkTrack,
-    Gap,
-    SessionSpec,
-    child_name,
-    transcode_job_name,
-)
+from voicetrack.names import child_name, transcode_job_name
+from voicetrack.resources import SessionSpec
 from voicetrack_operator.builders import (
     PodSettings,
     SessionRef,

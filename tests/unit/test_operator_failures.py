@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from voicetrack.resources import ChunkSpec, SessionSpec
+from voicetrack.chunkspec import ChunkSpec
+from voicetrack.resources import SessionSpec
 from voicetrack_operator.builders import (
     PodSettings,
     SessionRef,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import ChunkSpec, ChunkTrack, Gap
 from voicetrack_operator.builders import SessionRef
 from voicetrack_operator.services.isolation import (
     WINDOW_TOLERANCE_MS,

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.objectstore import S3Settings
-from voicetrack.resources import ChunkSpec, SessionSpec, TranscodeStatus
+from voicetrack.resources import SessionSpec, TranscodeStatus
 from voicetrack_operator.builders import (
     LABEL_LIVE_CHUNKS,
     PodSettings,

@@ -14,7 +14,9 @@ from typing import Any
 import kopf
 import pytest
 
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.errors import NotFoundError
+from voicetrack.names import chunk_name, meeting_id_for, owner_reference, transcode_job_name
 from voicetrack.objectstore import S3Settings
 from voicetrack.resources import (
     API_VERSION,
@@ -22,12 +24,6 @@ from voicetrack.resources import (
     LABEL_CHUNK_INDEX,
     LABEL_COMPONENT,
     LABEL_SESSION,
-    ChunkSpec,
-    ChunkTrack,
-    chunk_name,
-    meeting_id_for,
-    owner_reference,
-    transcode_job_name,
 )
 from voicetrack.uploadgrant import UploadGrant
 from voicetrack_operator.builders import PodSettings

@@ -15,8 +15,9 @@ import kopf
 import pytest
 
 from voicetrack.errors import NotFoundError
+from voicetrack.names import meeting_id_for, recorder_pod_name
 from voicetrack.objectstore import S3Settings
-from voicetrack.resources import API_VERSION, SessionState, meeting_id_for, recorder_pod_name
+from voicetrack.resources import API_VERSION, SessionState
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings, SessionIndex
 from voicetrack_operator.handlers.index import session_index

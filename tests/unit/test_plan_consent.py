@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap, OptOut
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
-from voicetrack.resources import (
-    ChunkSpec,
-    ChunkTrack,
-    Gap,
-    OptOut,
-    SessionSpec,
-    TranscodeStatus,
-)
+from voicetrack.resources import SessionSpec, TranscodeStatus
 from voicetrack_operator.plan import build_promotion_plan, excluded_users, output_ms
 
 GUILD = "123456789012345678"

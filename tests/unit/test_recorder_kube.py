@@ -14,8 +14,10 @@ import pytest
 import urllib3
 from kubernetes import client
 
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import TemporaryFailure
-from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION, ChunkSpec, derive_meeting_id
+from voicetrack.names import derive_meeting_id
+from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import meeting_id_of
 

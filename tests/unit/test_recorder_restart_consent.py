@@ -13,7 +13,8 @@ from kubernetes import client
 
 from tests.discord_rig import VirtualTime
 from tests.unit.test_chunker_consent import CHANNEL, GUILD
-from voicetrack.resources import ChunkSpec, OptOut, SessionSpec
+from voicetrack.chunkspec import ChunkSpec, OptOut
+from voicetrack.resources import SessionSpec
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import Recorder

@@ -20,9 +20,10 @@ from discord import opus
 from kubernetes import client
 
 from voicetrack.audio import FRAME_SAMPLES
+from voicetrack.chunkspec import Gap
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack.resources import Gap, SessionSpec
+from voicetrack.resources import SessionSpec
 from voicetrack_recorder.chunker import Chunker, SealedChunk, SealedTrack
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from voicetrack.resources import ChunkSpec, SessionSpec
+from voicetrack.chunkspec import ChunkSpec
+from voicetrack.resources import SessionSpec
 from voicetrack_local import kwok
 from voicetrack_local.accounting import accounting_manifests, api_writes, parse_metrics
 from voicetrack_local.control_plane import (

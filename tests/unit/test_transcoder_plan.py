@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from voicetrack.audio import OPUS_SILENCE_FRAME
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
 from voicetrack.oggopus import encode_ogg_opus
-from voicetrack.resources import ChunkSpec, ChunkTrack, Gap
 from voicetrack_transcoder.ffmpeg import encode_args, parse_formats
 from voicetrack_transcoder.rawtracks import check_window, validate_raw
 from voicetrack_transcoder.streams import Segment, build_timeline

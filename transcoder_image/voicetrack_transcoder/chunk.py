@@ -18,11 +18,11 @@ import tempfile
 from pathlib import Path
 
 from voicetrack.audio import RAW_FORMAT_OGG_OPUS, samples_to_ms
+from voicetrack.chunkspec import ChunkOutput, ChunkSpec
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
 from voicetrack.objectstore import ObjectStore, sha256_file
-from voicetrack.resources import ChunkOutput, ChunkSpec
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import (
     BITEXACT,

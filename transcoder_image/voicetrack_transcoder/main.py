@@ -23,10 +23,10 @@ from typing import Annotated, TypeVar
 import typer
 from pydantic import ValidationError
 
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack.resources import ChunkSpec
 from voicetrack.termination import write_termination_message
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.ffmpeg import parse_formats

@@ -37,6 +37,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from voicetrack.audio import FRAME_MS, Channels, ms_to_samples, samples_to_ms
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import (
@@ -45,7 +46,6 @@ from voicetrack.manifests import (
     PromotionPlan,
 )
 from voicetrack.objectstore import ObjectStore, sha256_hex
-from voicetrack.resources import ChunkSpec
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mixer import Limiter, mix_sum

@@ -19,10 +19,10 @@ from voicetrack.audio import (
     RAW_FORMAT_PCM,
     ms_to_samples,
 )
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.oggopus import OggOpusError, decode_ogg_opus, opus_packet_samples
-from voicetrack.resources import ChunkSpec, ChunkTrack
 
 
 def check_window(start_ms: int, end_ms: int, what: str) -> int:

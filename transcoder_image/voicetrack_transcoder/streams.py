@@ -25,10 +25,10 @@ from voicetrack.audio import (
     RAW_FORMAT_PCM,
     Channels,
 )
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.errors import InvalidInputError
 from voicetrack.manifests import PromotionPlan
 from voicetrack.objectstore import ObjectStore
-from voicetrack.resources import ChunkSpec, ChunkTrack
 from voicetrack_transcoder.opusdec import OpusDecodeError, OpusDecoder
 from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
 

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from voicetrack.errors import TemporaryFailure
 from voicetrack.kubeclient import NETWORK_ERRORS, translate_api_error
+from voicetrack.names import controller_uid
 from voicetrack.resources import (
     CHUNK_PLURAL,
     GROUP,
@@ -29,7 +30,6 @@ from voicetrack.resources import (
     LABEL_SESSION,
     SESSION_PLURAL,
     VERSION,
-    controller_uid,
 )
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from voicetrack.names import controller_uid
 from voicetrack.resources import (
     CHUNK_PLURAL,
     GROUP,
@@ -30,7 +31,6 @@ from voicetrack.resources import (
     LABEL_SESSION,
     SESSION_PLURAL,
     VERSION,
-    controller_uid,
 )
 from voicetrack_operator.builders import LIVE_COMPONENT
 from voicetrack_operator.context import session_keys

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from voicetrack.resources import INACTIVE_STATES, SessionState, recorder_pod_name
+from voicetrack.names import recorder_pod_name
+from voicetrack.resources import INACTIVE_STATES, SessionState
 from voicetrack_operator.context import Context
 
 if TYPE_CHECKING:

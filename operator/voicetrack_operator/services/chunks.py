@@ -13,20 +13,17 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from voicetrack.chunkspec import ChunkStatus
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
+from voicetrack.names import chunk_name, controller_uid, meeting_id_for, transcode_job_name
 from voicetrack.resources import (
     LABEL_CHUNK_INDEX,
     LABEL_COMPONENT,
     LABEL_SESSION,
-    ChunkStatus,
     SessionSpec,
     TranscodeStatus,
-    chunk_name,
-    controller_uid,
-    meeting_id_for,
-    transcode_job_name,
 )
 from voicetrack_operator.builders import SessionRef, build_transcode_job
 from voicetrack_operator.context import Context

@@ -9,14 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from voicetrack.chunkspec import ChunkSpec, ChunkStatus
 from voicetrack.errors import InvalidInputError
-from voicetrack.resources import (
-    LABEL_SESSION,
-    ChunkSpec,
-    ChunkStatus,
-    TranscodeStatus,
-    controller_uid,
-)
+from voicetrack.names import controller_uid
+from voicetrack.resources import LABEL_SESSION, TranscodeStatus
 from voicetrack_operator.services.isolation import ChunkClaim
 
 

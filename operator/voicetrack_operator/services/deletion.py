@@ -22,13 +22,8 @@ from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
-from voicetrack.resources import (
-    SessionState,
-    TranscodeStatus,
-    controller_uid,
-    promote_job_name,
-    recorder_pod_name,
-)
+from voicetrack.names import controller_uid, promote_job_name, recorder_pod_name
+from voicetrack.resources import SessionState, TranscodeStatus
 from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.builders import build_promote_job
 from voicetrack_operator.context import Context

@@ -15,18 +15,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from voicetrack.chunkspec import ChunkSpec, ChunkStatus
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import parse_key
 from voicetrack.manifests import PromotionPlan
-from voicetrack.resources import (
-    LABEL_COMPONENT,
-    LABEL_SESSION,
-    ChunkSpec,
-    ChunkStatus,
-    TranscodeStatus,
-    chunk_name,
-    controller_uid,
-)
+from voicetrack.names import chunk_name, controller_uid
+from voicetrack.resources import LABEL_COMPONENT, LABEL_SESSION, TranscodeStatus
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import excluded_users
 from voicetrack_operator.services.chunkstate import ChunkRef

@@ -28,8 +28,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from voicetrack.chunkspec import ChunkSpec
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import LABEL_SESSION, ChunkSpec, SessionSpec, chunk_name
+from voicetrack.names import chunk_name
+from voicetrack.resources import LABEL_SESSION, SessionSpec
 from voicetrack_operator.builders import SessionRef, build_session_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.grants import ensure_upload_grant

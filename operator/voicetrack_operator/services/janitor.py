@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import parse_key
-from voicetrack.resources import meeting_id_for
+from voicetrack.names import meeting_id_for
 from voicetrack_operator.context import Context
 
 log = logging.getLogger(__name__)

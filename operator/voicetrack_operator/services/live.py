@@ -34,13 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
-from voicetrack.resources import (
-    LABEL_COMPONENT,
-    SessionSpec,
-    SessionState,
-    TranscodeStatus,
-    controller_uid,
-)
+from voicetrack.names import controller_uid
+from voicetrack.resources import LABEL_COMPONENT, SessionSpec, SessionState, TranscodeStatus
 from voicetrack_operator.builders import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunkstate import job_state

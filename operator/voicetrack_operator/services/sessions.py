@@ -18,15 +18,8 @@ from typing import Any
 from voicetrack.db.meetings import MeetingIdInUse
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import (
-    LABEL_CHUNK_INDEX,
-    SessionSpec,
-    SessionState,
-    TranscodeStatus,
-    controller_uid,
-    meeting_id_for,
-    recorder_pod_name,
-)
+from voicetrack.names import controller_uid, meeting_id_for, recorder_pod_name
+from voicetrack.resources import LABEL_CHUNK_INDEX, SessionSpec, SessionState, TranscodeStatus
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
