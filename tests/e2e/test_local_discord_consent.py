@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import discord
 import pytest
 
 from tests.discord_rig import tone_pcm
+from tests.integration.test_local_discord import _until
 from tests.local_discord_clients import (
     dave_ready,
     dominant_hz,
@@ -75,15 +76,6 @@ async def local_discord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     point_discord_py(monkeypatch, info)
     yield server, info, role
     await server.stop()
-
-
-async def _until(predicate: Callable[[], Any], what: str, timeout: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.05)
 
 
 def _session(name: str, info: dict[str, Any], bucket: str, role: int) -> dict[str, Any]:

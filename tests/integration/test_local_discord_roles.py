@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -27,13 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 local_discord = base.local_discord
 
 
-async def _until(predicate: Callable[[], Any], what: str, timeout: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.05)
+_until = base._until
 
 
 async def test_roles_follow_guild_member_updates_into_consent(local_discord: Any) -> None:
