@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from voicetrack.chunkspec import ChunkSpec, ChunkStatus
+from voicetrack.manifests import PromotionPlan
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack.resources import TranscodeStatus
 from voicetrack_operator.builders import PodSettings
@@ -72,3 +73,39 @@ async def test_failed_raw_of_an_excluded_member_is_not_kept(s3_server: S3Setting
     assert all(CAT.encode() not in store.get_bytes(k) for k in kept)
     assert await keep_failed(ctx, s, inv) == {0}  # again: the same
     assert sorted(store.list_keys(s.layout.final_root)) == sorted(kept)
+
+
+async def test_failed_raw_of_a_member_excluded_by_the_plan_is_not_kept(
+        s3_server: S3Settings) -> None:
+    """The final tracks were made by the stored plan, which excluded CAT (then in
+    `spec.optOutUserIds`); the spec lost CAT before the collection (an edit during
+    deletion): CAT's failed raw track is still not kept. Failed before keep_failed
+    read the plan."""
+    bucket = f"vt-failed-plan-{os.getpid()}"
+    store = ObjectStore(dataclasses.replace(s3_server, bucket=bucket))
+    store.ensure_bucket()
+    settings = OperatorSettings(database_url="sqlite+aiosqlite://", s3=s3_server,
+                                pods=PodSettings())
+    ctx = Context(settings=settings, kube=None, db=None)  # type: ignore[arg-type]
+    s = SessionView.parse({
+        "metadata": {"name": "standup", "namespace": "team", "uid": "0b6d-uid",
+                     "creationTimestamp": "2026-12-02T20:00:00Z"},
+        "spec": {"guildId": GUILD, "channelId": "223456789012345678", "meetingId": MEETING,
+                 "storage": {"bucket": bucket}},
+        "status": {"state": "Stopped"}})
+    failed = _chunk(store, s, 0, [ANN, CAT], [])
+    last = _chunk(store, s, 1, [ANN, CAT], [])
+    inv = ChunkInventory(chunks={
+        0: InventoryChunk(failed, ChunkStatus(transcode_status=TranscodeStatus.FAILED,
+                                              error="corrupt")),
+        1: InventoryChunk(last, ChunkStatus(transcode_status=TranscodeStatus.DONE))})
+    plan = PromotionPlan(guild_id=GUILD, meeting_id=MEETING, prefix="", session_end_ms=4000,
+                         speakers=[ANN], chunks=[], excluded=[CAT])
+
+    assert await keep_failed(ctx, s, inv) == {0}  # without the plan CAT would be kept
+    assert store.exists(s.layout.failed_raw_key(0, CAT, "ogg-opus"))
+    assert await keep_failed(ctx, s, inv, plan) == {0}
+    assert sorted(store.list_keys(s.layout.final_root)) == sorted(
+        [s.layout.failed_raw_key(0, ANN, "ogg-opus"), s.layout.failed_manifest_key])
+    doc = store.get_json(s.layout.failed_manifest_key)
+    assert [e["userId"] for e in doc["failed"]] == [ANN]

@@ -144,16 +144,16 @@ async def collect_chunks(ctx: Context, s: SessionView) -> int:
         raise TemporaryFailure(f"waiting for transcoder pod(s) {', '.join(running)} to stop "
                                "before collecting", delay=2)
     inv = await chunk_inventory(ctx, s)
-    kept = await keep_failed(ctx, s, inv)
-    promoted: set[int] = set()
+    plan: PromotionPlan | None = None
     try:
         plan = PromotionPlan.model_validate(await store.get_json(layout.promotion_plan_key))
-        promoted = {c.index for c in plan.chunks}
     except NotFoundError:
         pass  # nothing was done: nothing promoted
     except (InvalidInputError, ValueError) as err:
         log.warning("promotion plan of %s/%s unusable, no promoted chunk collected: %s",
                     s.ref.namespace, s.ref.name, err)
+    kept = await keep_failed(ctx, s, inv, plan)
+    promoted = {c.index for c in plan.chunks} if plan else set()
     deleted = 0
     for index in sorted(promoted | kept):
         deleted += await store.delete_prefix(layout.chunk_dir(index) + "/")
@@ -165,17 +165,22 @@ async def collect_chunks(ctx: Context, s: SessionView) -> int:
     return deleted
 
 
-async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory) -> set[int]:
+async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory,
+                      plan: PromotionPlan | None = None) -> set[int]:
     """Copy the raw tracks of the failed chunks to `final/failed/…` and list them, with
     their reasons, in `final/failed-chunks.json`, so collecting the chunk folders loses
     nothing. Consent (`plan.excluded_users`, docs/consent.md): the tracks of members
     opted out at stop are neither copied nor listed; they go with their chunk folder.
-    Returns the indices kept (their folders are collected)."""
+    Opted out at stop means excluded by the stored promotion `plan` (the decision the
+    final tracks were made by; the spec may have changed since) or by the spec and
+    chunks now, whichever names more. Returns the indices kept (their folders are
+    collected)."""
     failed = inv.failed
     if not failed:
         return set()
     store, layout = ctx.store(s.spec.storage.bucket), s.layout
     excluded = excluded_users(s.spec, (c.spec for c in inv.chunks.values()))
+    excluded |= set(plan.excluded) if plan else set()
     entries: list[dict[str, Any]] = []
     for chunk in failed:
         for track in chunk.spec.tracks:
