@@ -387,6 +387,7 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     assert sorted(ln.split('"')[1] for ln in lof.splitlines()) == flacs, lof
     final_manifest = json.loads((folder / "manifest.json").read_bytes())
     assert (folder / "timeline.json").is_file()
+    assert (folder / "consent.json").is_file()  # who was recorded, who opted out
     for name in flacs:
         assert flac_samples(folder / name) == final_manifest["durationMs"] * 48, name
     wait_for("the zip's work directory to be deleted", lambda: not list(

@@ -33,7 +33,13 @@ from voicetrack.db.migrate import upgrade_head
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest, PromotionPlan
+from voicetrack.manifests import (
+    ConsentEntry,
+    ConsentRecord,
+    FinalManifest,
+    PromotionPlan,
+    RecordedMember,
+)
 from voicetrack.objectstore import ObjectStore, S3Settings
 
 pytestmark = pytest.mark.integration
@@ -41,6 +47,7 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 GUILD, CHANNEL = "500000000000000001", "500000000000000002"
 A, B = "510000000000000011", "510000000000000012"
+C = "510000000000000013"  # opted out at stop: no track, named in consent.json
 DONE = "d0d0d0d0d0d0d0d0"
 LIVE = "11e11e11e11e11e1"
 FAILED = "fa11edfa11edfa11"
@@ -87,7 +94,12 @@ def _promote(store: ObjectStore, layout: MeetingLayout) -> FinalManifest:
                             SESSION_MS, [])
     plan = PromotionPlan(guild_id=GUILD, meeting_id=DONE, prefix=layout.prefix,
                          session_end_ms=SESSION_MS, speakers=[A, B], chunks=session.chunks,
-                         formats=["mp3", "flac"])
+                         formats=["mp3", "flac"], excluded=[C], consent=ConsentRecord(
+                             meeting_id=DONE,
+                             recorded=[RecordedMember(user_id=A, first_ms=200),
+                                       RecordedMember(user_id=B, first_ms=1000)],
+                             opted_out=[ConsentEntry(user_id=C, since_ms=3000, via="role",
+                                                     excluded=True)]))
     store.put_json(layout.promotion_plan_key, plan.to_api())
     proc = subprocess.run([str(BIN / "voicetrack-transcoder"), "promote", "--plan-key",
                            layout.promotion_plan_key],
@@ -182,8 +194,14 @@ def test_show_lists_tracks_with_manifest_facts(world: World) -> None:
             m.bytes, m.sha256, m.duration_ms, m.channels, m.key)
     assert doc["output_ms"] == world.manifest.duration_ms and doc["gaps"] == []
     assert doc["timeline_key"] == world.layout.timeline_key  # promotion writes it
+    # who was recorded and who opted out (final/consent.json, issue 12)
+    assert doc["consent_key"] == world.layout.consent_key
+    assert doc["consent"] == {
+        "recorded": [{"user_id": A, "first_ms": 200}, {"user_id": B, "first_ms": 1000}],
+        "opted_out": [{"user_id": C, "since_ms": 3000, "via": "role", "excluded": True}]}
     text = world.cli("show", DONE).stdout
     assert world.manifest.tracks[0].sha256 in text and "team/standup" in text
+    assert "2 recorded, 1 opted out" in text and C in text and "none kept" in text
 
     live = json.loads(world.cli("show", "team/retro", "--json").stdout)
     assert live["meeting_id"] == LIVE and live["tracks"] == [] and live["output_ms"] is None
@@ -281,7 +299,7 @@ def test_zip_is_an_audacity_project_of_equal_length_tracks(world: World,
         zf.extractall(tmp_path / "x")
     assert names == sorted(f"{folder}/{n}" for n in [
         f"{A}.flac", f"{B}.flac", "mix.flac", f"{DONE}.lof", "manifest.json",
-        "timeline.json"])
+        "timeline.json", "consent.json"])
     root = tmp_path / "x" / folder
     assert (root / f"{DONE}.lof").read_text() == (
         f'file "{A}.flac" offset 0\nfile "{B}.flac" offset 0\nfile "mix.flac" offset 0\n')
@@ -295,6 +313,10 @@ def test_zip_is_an_audacity_project_of_equal_length_tracks(world: World,
     # the speech timeline promotion wrote next to the manifest is bundled too
     assert json.loads((root / "timeline.json").read_text()) == world.store.get_json(
         world.layout.timeline_key)
+    # and the consent record: whoever opens the project sees who is not in it and why
+    consent = json.loads((root / "consent.json").read_text())
+    assert consent == world.store.get_json(world.layout.consent_key)
+    assert [o["userId"] for o in consent["optedOut"]] == [C]
 
 
 def test_zip_of_a_damaged_source_leaves_no_file(world: World, tmp_path: Path) -> None:

@@ -11,14 +11,10 @@ import pytest
 from voicetrack.db.queries import MeetingRecord
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.recordings.bundle import LofEntry, lof_text
-from voicetrack.recordings.cli import hms, size
 from voicetrack.recordings.expiry import parse_expiry
-from voicetrack.recordings.service import (
-    TrackInfo,
-    meeting_layout,
-    render_sources,
-    select_tracks,
-)
+from voicetrack.recordings.models import TrackInfo, render_sources
+from voicetrack.recordings.service import meeting_layout, select_tracks
+from voicetrack.recordings.text import hms, size
 from voicetrack_operator.services.failures import FAILURE_REASON_MAX, meeting_outcome
 
 pytestmark = pytest.mark.unit

@@ -31,13 +31,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from voicetrack.db.engine import DATABASE_URL_ENV, parse_url
-from voicetrack.db.queries import MeetingRecord
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, VoicetrackError
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, S3Settings
 from voicetrack.recordings.expiry import parse_expiry
 from voicetrack.recordings.live import LiveAudio, live_audio, live_links
-from voicetrack.recordings.service import MeetingDetail, RecordingsReader, TrackLink
+from voicetrack.recordings.models import MeetingDetail, TrackLink
+from voicetrack.recordings.service import RecordingsReader
+from voicetrack.recordings.text import chunks_cell, hms, show_live, show_text
 
 T = TypeVar("T")
 
@@ -154,35 +155,6 @@ def _print_json(doc: Any) -> None:
     typer.echo(json.dumps(doc, indent=2))
 
 
-def hms(ms: int | None) -> str:
-    """`h:mm:ss` (or `m:ss` under an hour) of `ms` milliseconds; `-` for None."""
-    if ms is None:
-        return "-"
-    s = ms // 1000
-    h, rest = divmod(s, 3600)
-    m, sec = divmod(rest, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def size(n: int | None) -> str:
-    """A byte count for people (`812.3 KiB`); `-` for None."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def _chunks(r: MeetingRecord) -> str:
-    if r.chunks is None:
-        return "-"
-    text = f"{r.chunks.done}/{r.chunks.total}"
-    return text + (f" ({r.chunks.failed} failed)" if r.chunks.failed else "")
-
-
 @app.command("list")
 def list_meetings(
     ctx: typer.Context,
@@ -208,59 +180,8 @@ def list_meetings(
     for r in records:
         duration = hms(r.duration_ms if r.duration_ms is not None else r.elapsed_ms(now))
         table.add_row(r.meeting_id, r.started_at.strftime("%Y-%m-%d %H:%M:%S"), duration,
-                      str(len(r.speakers)), r.status, r.session or "-", _chunks(r),
+                      str(len(r.speakers)), r.status, r.session or "-", chunks_cell(r),
                       r.failure_reason or "")
-    out.print(table)
-
-
-def _show_text(d: MeetingDetail, now: datetime) -> None:
-    r = d.record
-    lines = [
-        f"meeting   {r.meeting_id}  ({r.status})",
-        f"session   {r.session or '-'}",
-        f"guild     {r.guild_id}  channel {r.channel_id}",
-        f"started   {r.started_at.isoformat()}  "
-        f"ended {r.ended_at.isoformat() if r.ended_at else '-'}",
-        f"speakers  {', '.join(r.speakers) or '-'}",
-    ]
-    if r.failure_reason:
-        lines.append(f"reason    {r.failure_reason}")
-    if r.chunks:
-        lines.append(f"chunks    {_chunks(r)} done")
-    if d.manifest:
-        m = d.manifest
-        lines.append(f"output    {hms(m.duration_ms)} ({m.duration_ms} ms; recorded "
-                     f"{m.recorded_ms} ms, paused {m.paused_ms} ms cut)")
-    for line in lines:
-        out.print(line, markup=False)
-    if d.tracks:
-        table = Table("TRACK", "FORMAT", "SIZE", "DURATION", "CH", "SHA256")
-        for t in d.tracks:
-            table.add_row(t.track, t.format, size(t.bytes),
-                          f"{t.duration_ms} ms" if t.duration_ms is not None else "-",
-                          str(t.channels or "-"), t.sha256 or "-")
-        out.print(table)
-    if d.manifest and d.manifest.gaps:
-        gaps = Table("GAP START", "END", "LENGTH", "CAUSE")
-        for g in d.manifest.gaps:
-            gaps.add_row(f"{g.start_ms} ms", f"{g.end_ms} ms", hms(g.end_ms - g.start_ms),
-                         g.cause)
-        out.print(gaps)
-    if d.timeline_key:
-        out.print(f"timeline  {d.timeline_key}", markup=False)
-
-
-def _show_live(live: LiveAudio | str) -> None:
-    """The audio so far of a live meeting, or why there is none yet."""
-    if isinstance(live, str):
-        out.print(f"so far    {live}", markup=False)
-        return
-    out.print(f"so far    {hms(live.manifest.duration_ms)} ({live.manifest.duration_ms} ms; "
-              "`voicetrack recordings url MEETING --live`)", markup=False)
-    table = Table("LIVE TRACK", "FORMAT", "SIZE", "SO FAR", "CH", "SHA256")
-    for t in live.manifest.tracks:
-        table.add_row(t.track, t.format, size(t.bytes), f"{t.duration_ms} ms",
-                      str(t.channels), t.sha256)
     out.print(table)
 
 
@@ -293,9 +214,9 @@ def show(
             doc["live"] = live.as_dict() if isinstance(live, LiveAudio) else {"error": live}
         _print_json(doc)
     else:
-        _show_text(detail, now)
+        show_text(out, detail)
         if live is not None:
-            _show_live(live)
+            show_live(out, live)
 
 
 def _expiry(value: str | int) -> int:
@@ -405,4 +326,4 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="recordings", help="Recorded meetings and their audio.")
 
 
-__all__ = ["app", "hms", "register", "size"]
+__all__ = ["app", "register"]

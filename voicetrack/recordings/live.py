@@ -24,7 +24,8 @@ from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import DEFAULT_LINK_S
-from voicetrack.recordings.service import RecordingsReader, TrackLink
+from voicetrack.recordings.models import TrackLink
+from voicetrack.recordings.service import RecordingsReader
 
 
 @dataclass(frozen=True)

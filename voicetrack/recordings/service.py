@@ -11,7 +11,10 @@ The one read layer the CLI (`voicetrack recordings`), the bot and the web page s
 - `download(ref, dest) -> list[DownloadedFile]`: every final track, each verified against
   its `recordings` row's sha256 and size; a file that does not match is not kept;
 - `bundle(ref, out) -> Bundle`: the Audacity zip (equal-length FLAC per speaker and the
-  mix from t = 0, a `.lof`, `manifest.json`, `timeline.json` when promotion wrote one).
+  mix from t = 0, a `.lof`, `manifest.json`, `timeline.json` and `consent.json` when
+  promotion wrote them).
+
+The answers' types are in `voicetrack.recordings.models`.
 
 The object keys come from `voicetrack.layout.MeetingLayout`, rebuilt from a track's key
 (the `recordings` row keeps the key, the prefix is not stored elsewhere). Blocking S3 and
@@ -29,29 +32,34 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from voicetrack.audio import SAMPLES_PER_MS
 from voicetrack.db.queries import MeetingRecord
-from voicetrack.db.schema import Recording
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
-from voicetrack.manifests import FinalManifest
-from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, PresignedUrl, sha256_file
+from voicetrack.manifests import ConsentRecord, FinalManifest
+from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, sha256_file
 from voicetrack.recordings.bundle import LofEntry, ffmpeg_path, lof_text, render_flac
+from voicetrack.recordings.models import (
+    Bundle,
+    ChecksumMismatch,
+    DownloadedFile,
+    MeetingDetail,
+    TrackInfo,
+    TrackLink,
+    render_sources,
+)
 from voicetrack.resources import MEETING_ID_PATTERN
 
 TIMELINE_NAME = "timeline.json"
 """The speech timeline promotion may write next to the manifest: `final/timeline.json`."""
-RENDER_SOURCE_ORDER = ("flac", "opus", "mp3")
-"""Which final format a bundle's FLAC is rendered from, best first (lossless, then the
-format with the least generation loss); any other format comes last."""
+CONSENT_NAME = "consent.json"
+"""The consent record promotion writes next to the manifest: `final/consent.json`."""
 DEFAULT_LINK_FORMAT = "mp3"
 """The format `links` picks when none is asked and a track has it."""
 
@@ -60,122 +68,6 @@ _SESSION_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a
 
 Progress = Callable[[str], None]
 """Called with a file name each time one file is done (downloaded, rendered)."""
-
-
-@dataclass(frozen=True)
-class TrackInfo:
-    """One final track in one format, from its `recordings` row (`channels` from the
-    final manifest when it was read). `bytes` and `sha256` are of the object in S3;
-    `duration_ms` its length (ms)."""
-
-    recording_id: str
-    kind: str
-    user_id: str | None
-    format: str
-    key: str
-    filename: str
-    bytes: int | None
-    sha256: str | None
-    duration_ms: int | None
-    channels: int | None = None
-
-    @property
-    def track(self) -> str:
-        """The track's name: the speaker's user id, or `mix`."""
-        return self.user_id or MIX_TRACK
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {"track": self.track, "kind": self.kind, "user_id": self.user_id,
-                "format": self.format, "key": self.key, "filename": self.filename,
-                "bytes": self.bytes, "sha256": self.sha256, "duration_ms": self.duration_ms,
-                "channels": self.channels, "recording_id": self.recording_id}
-
-    @classmethod
-    def from_row(cls, row: Recording, channels: int | None = None) -> TrackInfo:
-        """The track of a `recordings` row that has an object key."""
-        assert row.object_key is not None
-        fmt = row.format or posixpath.splitext(row.filename)[1].lstrip(".").lower()
-        return cls(recording_id=row.id, kind=row.kind, user_id=row.user_id, format=fmt,
-                   key=row.object_key, filename=posixpath.basename(row.object_key),
-                   bytes=row.bytes, sha256=row.sha256, duration_ms=row.duration_in_ms,
-                   channels=channels)
-
-
-@dataclass(frozen=True)
-class MeetingDetail:
-    """A meeting with its final tracks (speakers by user id, then the mix), its final
-    manifest (None before promotion, or when the object is missing) and the keys of the
-    manifest and the speech timeline (None when absent)."""
-
-    record: MeetingRecord
-    tracks: tuple[TrackInfo, ...]
-    manifest: FinalManifest | None
-    manifest_key: str | None
-    timeline_key: str | None
-
-    def as_dict(self, now: datetime) -> dict[str, Any]:
-        """A JSON-ready dict: the record's fields, `tracks`, and from the manifest
-        `output_ms`, `recorded_ms`, `paused_ms` and `gaps` (`{start_ms, end_ms, cause}`)."""
-        m = self.manifest
-        return {
-            **self.record.as_dict(now),
-            "tracks": [t.as_dict() for t in self.tracks],
-            "output_ms": m.duration_ms if m else None,
-            "recorded_ms": m.recorded_ms if m else None,
-            "paused_ms": m.paused_ms if m else None,
-            "gaps": [{"start_ms": g.start_ms, "end_ms": g.end_ms, "cause": g.cause}
-                     for g in m.gaps] if m else [],
-            "manifest_key": self.manifest_key,
-            "timeline_key": self.timeline_key,
-        }
-
-
-@dataclass(frozen=True)
-class TrackLink:
-    """A presigned link to one track in one format."""
-
-    track: str
-    kind: str
-    user_id: str | None
-    link: PresignedUrl
-
-    def as_dict(self) -> dict[str, Any]:
-        """`{url, expires_in_seconds, format}` (`PresignedUrl.as_dict`)."""
-        return self.link.as_dict()
-
-
-@dataclass(frozen=True)
-class DownloadedFile:
-    """A track saved at `path`: its sha256 (hex), whether it matched the row's
-    (`verified`; False only for old rows without a sha256), and whether a matching file
-    was already there (`reused`, nothing downloaded)."""
-
-    track: TrackInfo
-    path: Path
-    sha256: str
-    verified: bool
-    reused: bool
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """The Audacity zip at `path`: its member names (under one folder), and the length
-    of every FLAC in it (`samples` per channel at 48 kHz, `duration_ms`)."""
-
-    path: Path
-    members: tuple[str, ...]
-    samples: int
-    duration_ms: int
-
-
-class ChecksumMismatch(InvalidInputError):
-    """Downloaded bytes differ from what the `recordings` row says (size or sha256): the
-    object in S3 is damaged or was replaced. `files` names each one."""
-
-    def __init__(self, message: str, files: Sequence[str]) -> None:
-        super().__init__(message)
-        self.files = list(files)
 
 
 class RecordingsReader:
@@ -242,9 +134,24 @@ class RecordingsReader:
         tracks = [replace(t, channels=channels.get((t.user_id, t.format))) for t in tracks]
         timeline = layout.final_root + TIMELINE_NAME
         has_timeline = await asyncio.to_thread(self.store.exists, timeline)
+        consent_key = (manifest.consent_key if manifest else None) or layout.consent_key
+        consent = await asyncio.to_thread(self._consent, consent_key)
         return MeetingDetail(record, tuple(tracks), manifest,
                              layout.final_manifest_key if manifest else None,
-                             timeline if has_timeline else None)
+                             timeline if has_timeline else None,
+                             consent, consent_key if consent else None)
+
+    def _consent(self, key: str) -> ConsentRecord | None:
+        """The consent record at `key`; None when absent. InvalidInputError when the
+        object is not one."""
+        try:
+            doc = self.store.get_json(key)
+        except NotFoundError:
+            return None
+        try:
+            return ConsentRecord.model_validate(doc)
+        except ValidationError as err:
+            raise InvalidInputError(f"{key}: not a consent record: {err}") from err
 
     def _manifest(self, layout: MeetingLayout) -> FinalManifest | None:
         try:
@@ -331,8 +238,9 @@ class RecordingsReader:
         (`<userId>.flac`) and the mix (`mix.flac`), all exactly the output's length from
         t = 0, rendered by ffmpeg from the best final format (FLAC, else Opus, else MP3)
         after verifying its sha256; `<meeting>.lof` listing them (speakers, then the mix);
-        `manifest.json`; `timeline.json` when promotion wrote one. NotFoundError when the
-        meeting has no final tracks; ChecksumMismatch for a damaged source;
+        `manifest.json`; `timeline.json` and `consent.json` when promotion wrote them.
+        NotFoundError when the meeting has no final tracks; ChecksumMismatch for a damaged
+        source;
         InvalidInputError when ffmpeg is missing or fails."""
         detail = await self.show(ref)
         meeting = detail.record.meeting_id
@@ -362,31 +270,29 @@ class RecordingsReader:
                     on_file(name)
             lof = lof_text([LofEntry(n) for n in names])
             manifest = await asyncio.to_thread(self.store.get_bytes, detail.manifest_key)
-            timeline = None
-            if detail.timeline_key:
-                with contextlib.suppress(NotFoundError):
-                    timeline = await asyncio.to_thread(self.store.get_bytes,
-                                                       detail.timeline_key)
-            members = await asyncio.to_thread(
-                _write_zip, part, folder, work, names, f"{meeting}.lof", lof, manifest,
-                timeline)
+            texts = [(f"{meeting}.lof", lof.encode()), ("manifest.json", manifest)]
+            for name, key in ((TIMELINE_NAME, detail.timeline_key),
+                              (CONSENT_NAME, detail.consent_key)):
+                if key:
+                    with contextlib.suppress(NotFoundError):
+                        texts.append((name, await asyncio.to_thread(self.store.get_bytes,
+                                                                    key)))
+            members = await asyncio.to_thread(_write_zip, part, folder, work, names, texts)
         part.replace(out)
         return Bundle(out, tuple(members), samples, duration_ms)
 
 
-def _write_zip(part: Path, folder: str, work: Path, names: list[str], lof_name: str,
-               lof: str, manifest: bytes, timeline: bytes | None) -> list[str]:
-    """Write the zip at `part`; its member names. FLAC is stored (already compressed),
-    text deflated."""
+def _write_zip(part: Path, folder: str, work: Path, names: list[str],
+               texts: list[tuple[str, bytes]]) -> list[str]:
+    """Write the zip at `part`: the FLACs `names` from `work`, stored (already
+    compressed), then the text files `texts` (name, bytes), deflated; its member names,
+    all under `folder/`."""
     members = []
     try:
         with zipfile.ZipFile(part, "w") as zf:
             for name in names:
                 zf.write(work / name, f"{folder}/{name}", compress_type=zipfile.ZIP_STORED)
                 members.append(f"{folder}/{name}")
-            texts = [(lof_name, lof.encode()), ("manifest.json", manifest)]
-            if timeline is not None:
-                texts.append((TIMELINE_NAME, timeline))
             for name, data in texts:
                 zf.writestr(f"{folder}/{name}", data, compress_type=zipfile.ZIP_DEFLATED)
                 members.append(f"{folder}/{name}")
@@ -438,16 +344,3 @@ def select_tracks(tracks: Sequence[TrackInfo], track: str | None, fmt: str | Non
             match = [t for t in mine if t.format == DEFAULT_LINK_FORMAT] or mine
         out.append(match[0])
     return out
-
-
-def render_sources(tracks: Sequence[TrackInfo]) -> list[TrackInfo]:
-    """Per track name (speakers in the given order, then the mix), the format a bundle
-    renders from (`RENDER_SOURCE_ORDER`)."""
-    def rank(t: TrackInfo) -> int:
-        fmt = "opus" if t.format == "ogg" else t.format
-        return RENDER_SOURCE_ORDER.index(fmt) if fmt in RENDER_SOURCE_ORDER \
-            else len(RENDER_SOURCE_ORDER)
-
-    names = list(dict.fromkeys(t.track for t in tracks))
-    names.sort(key=lambda n: n == MIX_TRACK)
-    return [min((t for t in tracks if t.track == n), key=rank) for n in names]
