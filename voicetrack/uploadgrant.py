@@ -124,7 +124,7 @@ class UploadGrant(BaseModel):
         return self.model_dump_json(by_alias=True)
 
     @classmethod
-    def from_secret_data(cls, data: Mapping[str, str] | None, where: str) -> UploadGrant:
+    def from_secret_data(cls, data: Mapping[str, object] | None, where: str) -> UploadGrant:
         """The grant in a Secret's `data` (base64 values, as the API returns them) under
         `GRANT_SECRET_KEY`: the one decoding of the grant Secret, for the operator (which
         renews it) and the recorder (which reads it). `where` names the Secret in errors

@@ -74,7 +74,7 @@ def test_a_refusal_of_the_policys_conditions_is_not_waited_for(
     source = HeldGrant(forged)
     writer = RenewingGrantWriter(object_store.settings.endpoint, forged, source)
     victim = OTHER.raw_key(0, USER, "ogg-opus")
-    with pytest.raises(GrantRefused, match="AccessDenied.*Policy Condition failed"):
+    with pytest.raises(GrantRefused, match=r"AccessDenied.*Policy Condition failed"):
         writer.put_file(victim, raw_file(tmp_path, b"forged"))
     assert source.reads == 0 and not object_store.exists(victim)
 
@@ -94,7 +94,7 @@ def test_the_grant_secret_read_gives_up_on_a_silent_api_server(
     def read() -> None:
         try:
             source.read()
-        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+        except BaseException as err:
             outcome.append(err)
 
     thread = threading.Thread(target=read, daemon=True)

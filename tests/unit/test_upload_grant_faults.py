@@ -130,7 +130,7 @@ def test_the_grant_secret_is_decoded_in_one_place_naming_the_key() -> None:
                           ({}, "has no key 'uploadGrant'"),
                           ({GRANT_SECRET_KEY: "%%%"}, "key 'uploadGrant' is not an upload"),
                           ({GRANT_SECRET_KEY: b64("{}")}, "key 'uploadGrant' is not an"),
-                          ({GRANT_SECRET_KEY: b64("not json")}, "key .uploadGrant. is not an upload grant")]:
+                          ({GRANT_SECRET_KEY: b64("not json")}, "key .uploadGrant. is not an up")]:
         with pytest.raises(InvalidInputError, match=f"Secret ns/s {message}"):
             UploadGrant.from_secret_data(data, "ns/s")
     assert grant().model_copy(update={"fields": {}}).access_key == ""
