@@ -33,9 +33,11 @@ Role may `get`) when the one it holds nears its end, or when S3 refuses a POST a
 tests/integration/test_upload_grant_renewal.py; AWS documents the same message); an
 expired session token is `ExpiredToken` on AWS.
 
-One home for the contract: `UploadGrant` is the JSON both sides read; `mint_upload_grant`
-runs in the operator (no I/O: the region is given, so minio asks nothing), and
-`post_object` in the recorder.
+One home for the contract: `UploadGrant` is the JSON both sides read (and
+`UploadGrant.from_secret_data` the one decoding of its Secret; `access_key` the key that
+signed it, which the operator compares with its current one to mint again after a
+rotation); `mint_upload_grant` runs in the operator (no I/O: the region is given, so minio
+asks nothing), and `post_object` in the recorder.
 """
 
 from __future__ import annotations
