@@ -170,7 +170,9 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
                               meeting_id: str, started: datetime, *,
                               throttle: bool = False) -> GrantAction:
     """Make the session's upload grant Secret when it is missing, and mint it again when
-    it holds no readable grant or its grant is due for renewal (`grant_action`): POST
+    it holds no readable grant, its grant is due for renewal, or it was signed by another
+    access key than the operator's current one (`grant_action`, the key from the
+    credentials provider, which may fetch temporary credentials): POST
     objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket (made first
     with the Secret), each at most `limits.maxBytes`, until `grant_expiry` (capped at the
     credentials' expiry). With `throttle` (the observe timer) the Secret is read only from
