@@ -33,14 +33,19 @@ Role may `get`) when the one it holds nears its end, or when S3 refuses a POST a
 tests/integration/test_upload_grant_renewal.py; AWS documents the same message); an
 expired session token is `ExpiredToken` on AWS.
 
-One home for the contract: `UploadGrant` is the JSON both sides read; `mint_upload_grant`
-runs in the operator (no I/O: the region is given, so minio asks nothing), and
-`post_object` in the recorder.
+One home for the contract: `UploadGrant` is the JSON both sides read (and
+`UploadGrant.from_secret_data` the one decoding of its Secret; `access_key` the key that
+signed it, which the operator compares with its current one to mint again after a
+rotation); `mint_upload_grant` runs in the operator (no I/O: the region is given, so minio
+asks nothing), and `post_object` in the recorder.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
@@ -110,8 +115,31 @@ class UploadGrant(BaseModel):
             raise InvalidInputError(f"upload grant field x-amz-date {text!r} is not a "
                                     "SigV4 date (YYYYMMDDTHHMMSSZ)") from err
 
+    @property
+    def access_key(self) -> str:
+        """The access key id that signed it: the first part of its `x-amz-credential`
+        field (SigV4: `<access key>/<YYYYMMDD>/<region>/s3/aws4_request`); "" when the
+        field is missing."""
+        return self.fields.get("x-amz-credential", "").split("/", 1)[0]
+
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
+
+    @classmethod
+    def from_secret_data(cls, data: Mapping[str, object] | None, where: str) -> UploadGrant:
+        """The grant in a Secret's `data` (base64 values, as the API returns them) under
+        `GRANT_SECRET_KEY`: the one decoding of the grant Secret, for the operator (which
+        renews it) and the recorder (which reads it). `where` names the Secret in errors
+        (`ns/name`). Raises InvalidInputError naming the key when it is missing, not
+        base64, or not a grant."""
+        value = (data or {}).get(GRANT_SECRET_KEY)
+        if not isinstance(value, str):
+            raise InvalidInputError(f"Secret {where} has no key {GRANT_SECRET_KEY!r}")
+        try:
+            return cls.model_validate_json(base64.b64decode(value, validate=True))
+        except (ValueError, binascii.Error) as err:
+            raise InvalidInputError(f"Secret {where} key {GRANT_SECRET_KEY!r} is not an "
+                                    f"upload grant: {err}") from err
 
     @classmethod
     def from_env(cls) -> UploadGrant | None:

@@ -1,29 +1,35 @@
 """The recorder's upload grant, kept current: the operator renews the session's grant in
-its Secret before it expires (`voicetrack.uploadgrant`, operator `services.grants`); the
-recorder's environment holds only the grant its pod started with.
+its Secret before it expires, and mints it again when the key that signed it is no longer
+its own (`voicetrack.uploadgrant`, operator `services.grants`); the recorder's environment
+holds only the grant its pod started with.
 
 `RenewingGrantWriter` writes raw tracks like `uploader.GrantWriter` and reads the Secret
 again (`SecretGrantSource`, through the Kubernetes API as the recorder's own
-ServiceAccount, whose Role may `get` that one Secret) when:
+ServiceAccount, whose Role may `get` that one Secret; each read bounded by
+`READ_TIMEOUT_S`) when:
 
 - the grant it holds has less than `RECORDER_SHARE` of its renewal margin left (the
   operator renews at the whole margin, so the new one is there by then); at most once per
   `READ_EVERY_S` while no newer grant shows up;
-- S3 refuses a POST with a refusal a newer grant can cure (`REFRESH_CODES`: 403
-  AccessDenied is S3's answer to an expired policy, "Invalid according to Policy: Policy
-  expired", on AWS and SeaweedFS 4.x). With a different grant in the Secret, the POST is
-  tried again at once. With the same one: a grant in its renewal margin (or past its end:
-  S3's clock may run ahead of ours) raises TemporaryFailure (the uploader retries with
-  backoff while the operator renews it; the audio waits in the spool); one far from its
-  end is a real refusal and raises it.
+- S3 refuses a POST with a refusal a newer grant can cure (`REFRESH_CODES`): 403
+  AccessDenied is S3's answer to an expired policy ("Invalid according to Policy: Policy
+  expired", AWS and SeaweedFS 4.x) and to a revoked role session; InvalidAccessKeyId and
+  SignatureDoesNotMatch to a signing key that was rotated away; ExpiredToken to expired
+  temporary credentials. With a different grant in the Secret, the POST is tried again at
+  once. With the same one, it raises `GrantAwaited` (a TemporaryFailure, wherever the grant
+  is in its life): the uploader retries with backoff, rereading the Secret each time,
+  while the chunks wait in the spool (nothing is deleted; the recording goes on), until
+  the operator's new grant arrives or the recorder's stop deadline passes, when the
+  uploader gives up with this reason. A refusal of the policy's conditions ("Policy
+  Condition failed": a key, size or Content-Type the grant does not allow) is no matter of
+  time and raises GrantRefused.
 
-A Secret it cannot read (API away, RBAC) is logged and the grant it holds is used.
+A Secret it cannot read (API away, RBAC, no answer within the timeout) is logged and the
+grant it holds is used.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +41,6 @@ from kubernetes import client
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import translate_api_error
 from voicetrack.uploadgrant import (
-    GRANT_SECRET_KEY,
     GrantRefused,
     UploadGrant,
     post_object,
@@ -51,11 +56,23 @@ margin left (`voicetrack.uploadgrant.renewal_due`): after the operator's renewal
 READ_EVERY_S = 5.0
 """At most one read of the Secret per this many seconds (monotonic) for a grant near its
 end, while the Secret still holds the same grant."""
+READ_TIMEOUT_S = (5.0, 10.0)
+"""(connect, read) timeout (s) of one read of the grant Secret: an API server that accepts
+and never answers must not hold the upload path."""
 REFRESH_CODES = frozenset({"AccessDenied", "ExpiredToken", "TokenRefreshRequired",
-                           "InvalidAccessKeyId"})
-"""S3 error codes of a refused POST that a renewed grant may cure: an expired policy
-(AccessDenied), expired temporary credentials (ExpiredToken, TokenRefreshRequired on AWS;
-InvalidAccessKeyId once the role session is gone)."""
+                           "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+"""S3 error codes of a refused POST that a newer grant may cure: an expired policy or a
+revoked role session (AccessDenied), expired temporary credentials (ExpiredToken,
+TokenRefreshRequired on AWS), a signing key rotated away (InvalidAccessKeyId, or
+SignatureDoesNotMatch when its secret changed)."""
+CONDITION_FAILED = "Policy Condition failed"
+"""In an AccessDenied's message: the POST breaks the policy's conditions (S3 "POST Object"
+errors, AWS and SeaweedFS); no newer grant of the same conditions cures that."""
+
+
+class GrantAwaited(TemporaryFailure):
+    """S3 refuses the grant held, and the Secret holds no newer one yet: retried (the
+    uploader's backoff) until the operator's new grant arrives."""
 
 
 class GrantSource(Protocol):
@@ -75,24 +92,17 @@ class SecretGrantSource:
         self.name = name
 
     def read(self) -> UploadGrant:
-        """The grant the Secret holds now. Raises TemporaryFailure (API unreachable, 401,
-        403, 429, 5xx: `translate_api_error`), NotFoundError (no such Secret),
-        InvalidInputError (no `uploadGrant` key, or not a grant)."""
+        """The grant the Secret holds now. Raises TemporaryFailure (API unreachable or no
+        answer within `READ_TIMEOUT_S`, 401, 403, 429, 5xx: `translate_api_error`),
+        NotFoundError (no such Secret), InvalidInputError (no `uploadGrant` key, or not a
+        grant: `UploadGrant.from_secret_data`)."""
         what = f"get Secret {self.namespace}/{self.name}"
         try:
-            secret = self.core.read_namespaced_secret(self.name, self.namespace)
+            secret = self.core.read_namespaced_secret(self.name, self.namespace,
+                                                      _request_timeout=READ_TIMEOUT_S)
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, what) from err
-        value = (secret.data or {}).get(GRANT_SECRET_KEY)
-        if value is None:
-            raise InvalidInputError(f"Secret {self.namespace}/{self.name} has no key "
-                                    f"{GRANT_SECRET_KEY!r}")
-        try:
-            return UploadGrant.model_validate_json(base64.b64decode(value, validate=True))
-        except (ValueError, binascii.Error) as err:
-            raise InvalidInputError(f"Secret {self.namespace}/{self.name} key "
-                                    f"{GRANT_SECRET_KEY!r} is not an upload grant: {err}"
-                                    ) from err
+        return UploadGrant.from_secret_data(secret.data, f"{self.namespace}/{self.name}")
 
 
 class RenewingGrantWriter:
@@ -113,9 +123,10 @@ class RenewingGrantWriter:
     def put_file(self, key: str, path: str,
                  content_type: str = "application/octet-stream") -> None:
         """POST `path` as `key` under the current grant (`post_object`). Raises
-        TemporaryFailure when S3 or the API server is away, or while a refused grant near
-        or past its end awaits its renewal; GrantRefused (InvalidInputError) for a refusal
-        a newer grant does not cure; InvalidInputError for a key outside the grant's
+        TemporaryFailure when S3 or the API server is away, GrantAwaited (a
+        TemporaryFailure) while a refused grant awaits a newer one; GrantRefused
+        (InvalidInputError) for a refusal of the policy's conditions or one no grant cures
+        (not in `REFRESH_CODES`); InvalidInputError for a key outside the grant's
         prefix."""
         if renewal_due(self.grant, self.clock(), RECORDER_SHARE) \
                 and time.monotonic() - self._last_read >= READ_EVERY_S:
@@ -124,7 +135,7 @@ class RenewingGrantWriter:
             post_object(self.endpoint, self.grant, key, path, content_type)
             return
         except GrantRefused as err:
-            if err.code not in REFRESH_CODES:
+            if err.code not in REFRESH_CODES or CONDITION_FAILED in str(err):
                 raise
             held = self.grant
             if self.refresh() and self.grant != held:
@@ -132,12 +143,12 @@ class RenewingGrantWriter:
                          err.code)
                 post_object(self.endpoint, self.grant, key, path, content_type)
                 return
-            if renewal_due(self.grant, self.clock()):
-                # from None: the refusal is not the permanent cause (`faults`)
-                raise TemporaryFailure(f"upload grant ending "
-                                       f"{self.grant.expires_at.isoformat()} refused and not "
-                                       f"renewed yet ({err})", delay=2) from None
-            raise
+            why = "not renewed yet" if renewal_due(self.grant, self.clock()) else \
+                "no newer grant yet (keys rotated or the role session revoked?)"
+            # from None: the refusal is not the permanent cause (`faults`)
+            raise GrantAwaited(f"upload grant signed by {self.grant.access_key or '?'}, "
+                               f"ending {self.grant.expires_at.isoformat()}, refused and "
+                               f"{why}: {err}", delay=2) from None
 
     def refresh(self) -> bool:
         """Read the source; take its grant when it ends later than the one held. True when

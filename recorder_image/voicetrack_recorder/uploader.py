@@ -4,7 +4,8 @@ A sealed chunk is first written to the spool (`voicetrack_recorder.spool`: the p
 bounded). `upload` then writes every speaker's raw track from its spool file to S3
 (streamed in parts), creates the RecordingChunk, and only then removes the files: a chunk
 is acknowledged once both exist. TemporaryFailure (S3 or the API server away) is retried
-with capped backoff and no count limit until the caller's deadline; a permanent storage
+with capped backoff and no count limit until the caller's deadline (so is an upload grant
+S3 refuses while a newer one is awaited: `grant.GrantAwaited`); a permanent storage
 failure (`faults.permanent_cause`) is raised as InvalidInputError.
 
 Every acknowledged index is kept (`UploadStats.acked`) and written as JSON to the ack file
@@ -138,6 +139,9 @@ class ChunkUploader:
                 self.stats.retries += 1
                 limit = deadline()
                 if limit is not None and time.monotonic() + delay > limit:
+                    # the reason given up with; the spool files stay for the caller
+                    log.error("chunk %d: not uploaded by the stop deadline: %s",
+                              spec.index, err)
                     raise
                 log.warning("chunk %d: %s; retrying in %.1fs", spec.index, err, delay)
                 time.sleep(delay)

@@ -208,7 +208,8 @@ def test_the_api_server_admits_the_render_under_pod_security_restricted(
                      "Deployment", "Job", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
                      "PersistentVolumeClaim", "Pod", "Role", "RoleBinding", "Secret",
                      "Secret", "ServiceAccount", "ServiceAccount", "ServiceAccount",
-                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"]
     # Every object but the Pod (its ServiceAccount is not created by a dry run) passes the
     # API server's validation and admission.
     res = kubectl("apply", "--dry-run=server", "-f", "-", check=False, input="\n---\n".join(

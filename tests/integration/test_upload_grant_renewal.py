@@ -115,7 +115,8 @@ def test_a_refusal_no_renewal_cures_stays_a_refusal(object_store: ObjectStore,
     victim = OTHER.raw_key(0, USER, "ogg-opus")
     with pytest.raises(GrantRefused, match="AccessDenied"):
         writer.put_file(victim, raw_file(tmp_path, b"forged"))
-    assert source.reads == 1 and not object_store.exists(victim)
+    # a refusal of the policy's conditions: no newer grant cures it, the Secret is not read
+    assert source.reads == 0 and not object_store.exists(victim)
     # the Secret cannot be read: a valid grant's refusal is still raised as it is
     source.failing = TemporaryFailure("get Secret: forbidden")
     with pytest.raises(GrantRefused):

@@ -35,6 +35,11 @@ from voicetrack_operator.services.failures import (
     failure_detail,
     meeting_outcome,
 )
+from voicetrack_operator.services.grants import (
+    forget_grant,
+    recorder_may_upload,
+    renew_upload_grant,
+)
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
@@ -213,14 +218,19 @@ class DeletionService:
     async def stop_recorder(self, s: SessionView, p: DeletionProgress
                             ) -> DeletionProgress | Wait:
         """Delete the recorder pod (it flushes its open chunk on SIGTERM); wait until it is
-        gone."""
+        gone. Until it has finished, its upload grant is kept valid (`renew_upload_grant`):
+        it flushes for up to its grace period after SIGTERM."""
         name = recorder_pod_name(s.ref.name)
         pod = await self.ctx.kube.get_pod(s.ref.namespace, name)
         if pod is None:
+            forget_grant(s.ref.uid)
             await LiveService(self.ctx).stop(s)  # promotion never waits for the audio so far
             return replace(p, step=DeletionStep.TRANSCODES)
         if not pod["metadata"].get("deletionTimestamp"):
             await self.ctx.kube.delete_pod(s.ref.namespace, name)
+        if s.status.get("startedAt") and recorder_may_upload(pod):
+            await renew_upload_grant(self.ctx, s.ref, s.spec, s.meeting_id,
+                                     parse_time(s.status["startedAt"]))
         return Wait("waiting for the recorder to flush its last chunk", SessionState.STOPPING,
                     delay=1)
 

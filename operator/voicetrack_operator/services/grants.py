@@ -16,22 +16,28 @@ temporary credentials again only when they expire within `CREDENTIALS_REFRESH_S`
 that would end no later than the grant in the Secret is not written, and the next look is
 just after minio will have fetched new credentials (IRSA: the grant is renewed about 10 s
 before it ends; the recorder waits for it on S3's refusal, its chunks in the spool).
+
+A grant signed by an access key that is no longer the operator's (keys rotated, a new
+role session) is minted again at the next look, whatever its end (`GrantAction.RESIGN`):
+S3 refuses a grant whose key is gone, and the recorder waits for the new one (its
+`REFRESH_CODES`). A failed mint or Secret write is tried again after a bounded exponential
+backoff (`failure_backoff_s`), not at every tick. The deletion's stop step keeps renewing
+while the recorder pod flushes (`recorder_may_upload`), until the pod has finished.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import SessionSpec
+from voicetrack.s3credentials import credentials_provider
 from voicetrack.uploadgrant import (
-    GRANT_SECRET_KEY,
     UploadGrant,
     mint_upload_grant,
     renewal_due,
@@ -60,6 +66,11 @@ CREDENTIALS_REFRESH_S = 10.0
 """minio's providers fetch temporary credentials again once they expire within this many
 seconds (minio 7.2 `Credentials.is_expired`), not before."""
 
+FAILURE_FIRST_S = 2.0
+FAILURE_MAX_S = 60.0
+"""Backoff (s) after a failed check, mint or Secret write of a session's grant: 2 s
+doubling to at most 60 s, reset by a success."""
+
 
 class GrantAction(enum.Enum):
     """What `grant_action` decides for a session's grant Secret."""
@@ -69,17 +80,41 @@ class GrantAction(enum.Enum):
     """The Secret does not exist."""
     REPLACE = "replace"
     """It exists but holds no readable grant, or its grant is due for renewal."""
+    RESIGN = "resign"
+    """Its grant was signed by an access key that is not the current one: replaced even
+    when the new grant would not end later (S3 refuses a grant of a retired key)."""
 
 
-def grant_action(current: UploadGrant | None, exists: bool, now: datetime) -> GrantAction:
+def grant_action(current: UploadGrant | None, exists: bool, now: datetime,
+                 signer: str | None = None) -> GrantAction:
     """What to do with a session's grant Secret: `current` is the grant it holds (None when
     it is missing or unreadable), `exists` whether the Secret exists, `now` an aware
-    datetime. Pure."""
+    datetime, `signer` the access key id the operator signs with now (None: not known, not
+    compared). Pure."""
     if not exists:
         return GrantAction.CREATE
-    if current is None or renewal_due(current, now):
+    if current is None:
+        return GrantAction.REPLACE
+    if signer is not None and current.access_key != signer:
+        return GrantAction.RESIGN
+    if renewal_due(current, now):
         return GrantAction.REPLACE
     return GrantAction.KEEP
+
+
+def failure_backoff_s(failures: int) -> float:
+    """Seconds to wait before the next try after `failures` (>= 1) failed ones in a row:
+    `FAILURE_FIRST_S` doubling, at most `FAILURE_MAX_S`. Pure."""
+    return min(FAILURE_FIRST_S * 2 ** max(0, min(failures - 1, 16)), FAILURE_MAX_S)
+
+
+def recorder_may_upload(pod: dict[str, Any] | None) -> bool:
+    """True while the recorder pod `pod` (None: gone) may still upload: it exists and has
+    not finished (phase neither Succeeded nor Failed), deleted or not; a pod being
+    deleted flushes its last chunks for up to its grace period after SIGTERM. Pure."""
+    if pod is None:
+        return False
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def grant_expiry(started: datetime, now: datetime, max_duration_s: int,
@@ -111,21 +146,23 @@ def next_check_s(grant: UploadGrant, now: datetime, renewable: bool) -> float:
 _seen: dict[str, tuple[UploadGrant, float]] = {}
 """Session uid -> (the grant last read or written, when to read its Secret next:
 monotonic s)."""
+_failed: dict[str, tuple[int, float]] = {}
+"""Session uid -> (failed tries in a row, when to try again: monotonic s)."""
 
 
 async def read_grant(ctx: Context, owner: SessionRef) -> tuple[bool, UploadGrant | None]:
     """(whether the session's grant Secret exists, the grant it holds or None when it holds
-    none readable: no `uploadGrant` key, not base64, not a grant). Raises TemporaryFailure
-    when the API server cannot be reached."""
-    secret = await ctx.kube.get_secret(owner.namespace, recorder_service_account(owner))
+    none readable: `UploadGrant.from_secret_data`). Raises TemporaryFailure when the API
+    server cannot be reached."""
+    name = recorder_service_account(owner)
+    secret = await ctx.kube.get_secret(owner.namespace, name)
     if secret is None:
         return False, None
-    value = (secret.get("data") or {}).get(GRANT_SECRET_KEY)
-    if not isinstance(value, str):
-        return True, None
     try:
-        return True, UploadGrant.model_validate_json(base64.b64decode(value, validate=True))
-    except (ValueError, binascii.Error):
+        return True, UploadGrant.from_secret_data(secret.get("data"),
+                                                  f"{owner.namespace}/{name}")
+    except InvalidInputError as err:
+        log.warning("upload grant of %s/%s unreadable: %s", owner.namespace, owner.name, err)
         return True, None
 
 
@@ -133,7 +170,9 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
                               meeting_id: str, started: datetime, *,
                               throttle: bool = False) -> GrantAction:
     """Make the session's upload grant Secret when it is missing, and mint it again when
-    it holds no readable grant or its grant is due for renewal (`grant_action`): POST
+    it holds no readable grant, its grant is due for renewal, or it was signed by another
+    access key than the operator's current one (`grant_action`, the key from the
+    credentials provider, which may fetch temporary credentials): POST
     objects under `<prefix>/<guild>/<meeting>/chunks/` of the session's bucket (made first
     with the Secret), each at most `limits.maxBytes`, until `grant_expiry` (capped at the
     credentials' expiry). With `throttle` (the observe timer) the Secret is read only from
@@ -145,7 +184,8 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
     if throttle and owner.uid in _seen and time.monotonic() < _seen[owner.uid][1]:
         return GrantAction.KEEP
     exists, current = await read_grant(ctx, owner)
-    action = grant_action(current, exists, now)
+    signer = credentials_provider(ctx.settings.s3).retrieve().access_key
+    action = grant_action(current, exists, now, signer)
     if action is GrantAction.KEEP:
         assert current is not None
         _remember(owner.uid, current, now, renewable=True)
@@ -163,7 +203,8 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
         return GrantAction.KEEP
     grant = mint_upload_grant(ctx.settings.s3, spec.storage.bucket, layout.chunks_root,
                               expires, spec.limits.max_bytes)
-    if current is not None and grant.expires_at <= current.expires_at:
+    if action is not GrantAction.RESIGN and current is not None \
+            and grant.expires_at <= current.expires_at:
         log.info("upload grant of %s/%s due (ends %s) but a new one would not end later: "
                  "the credentials are not refreshed yet", owner.namespace, owner.name,
                  current.expires_at.isoformat())
@@ -173,8 +214,8 @@ async def ensure_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec
     if action is GrantAction.CREATE:
         await ctx.kube.ensure(manifest)
     else:
-        log.info("upload grant of %s/%s renewed: now ends %s", owner.namespace, owner.name,
-                 grant.expires_at.isoformat())
+        log.info("upload grant of %s/%s renewed (%s): now ends %s", owner.namespace,
+                 owner.name, action.value, grant.expires_at.isoformat())
         await ctx.kube.replace_secret(manifest)
     _remember(owner.uid, grant, now, renewable=True)
     return action
@@ -186,15 +227,26 @@ def _remember(uid: str, grant: UploadGrant, now: datetime, renewable: bool) -> N
 
 async def renew_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
                              meeting_id: str, started: datetime) -> None:
-    """The observe timer's call: `ensure_upload_grant` throttled; a failure (S3, the
-    credentials or the API server away, the Secret refused or deleted meanwhile) is logged
-    and left to a later tick, never stops the observation."""
+    """The observe timer's (and the stopping deletion's) call: `ensure_upload_grant`
+    throttled; a failure (S3, the credentials or the API server away, the Secret refused
+    or deleted meanwhile) is logged and tried again after `failure_backoff_s`, never stops
+    the caller."""
+    failed = _failed.get(owner.uid)
+    if failed is not None and time.monotonic() < failed[1]:
+        return
     try:
         await ensure_upload_grant(ctx, owner, spec, meeting_id, started, throttle=True)
     except (TemporaryFailure, InvalidInputError) as err:
-        log.warning("upload grant of %s/%s not checked: %s", owner.namespace, owner.name, err)
+        count = (failed[0] if failed is not None else 0) + 1
+        delay = failure_backoff_s(count)
+        _failed[owner.uid] = (count, time.monotonic() + delay)
+        log.warning("upload grant of %s/%s not checked (%d failure(s) in a row; next try "
+                    "in %.0f s): %s", owner.namespace, owner.name, count, delay, err)
+        return
+    _failed.pop(owner.uid, None)
 
 
 def forget_grant(uid: str) -> None:
-    """Drop what was seen of session `uid`'s grant (it is being deleted)."""
+    """Drop what was seen of session `uid`'s grant (its recorder is done, or it is gone)."""
     _seen.pop(uid, None)
+    _failed.pop(uid, None)

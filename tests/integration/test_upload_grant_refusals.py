@@ -1,0 +1,110 @@
+"""Upload grants S3 refuses far from their end (issue 15 review, item 8), on real
+SeaweedFS: a grant signed by a key S3 no longer knows (keys rotated: InvalidAccessKeyId),
+or by a key whose secret changed (SignatureDoesNotMatch), is not a reason to end the
+recording. The recorder's `RenewingGrantWriter` waits for a newer grant (GrantAwaited, a
+TemporaryFailure the uploader retries, the chunk's spool files untouched) and uploads with
+the operator's new grant once its Secret holds one; a refusal of the policy's conditions
+stays one. And the recorder's read of its grant Secret is bounded in time: an API server
+that accepts and never answers gives a TemporaryFailure, not a hung upload path.
+
+Before these fixes the first two raised GrantRefused (the recording ended, the spool was
+dropped), and the read waited for ever."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.integration.test_upload_grant import OTHER, OWN, USER, grant_for, raw_file
+from tests.integration.test_upload_grant_renewal import HeldGrant
+from voicetrack.errors import TemporaryFailure
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.uploadgrant import GrantRefused, UploadGrant, mint_upload_grant
+from voicetrack_recorder import grant as grant_module
+from voicetrack_recorder.faults import permanent_cause
+from voicetrack_recorder.grant import GrantAwaited, RenewingGrantWriter, SecretGrantSource
+
+pytestmark = pytest.mark.integration
+
+
+def signed_by(store: ObjectStore, access_key: str, secret_key: str) -> UploadGrant:
+    """A grant for OWN, an hour long, signed with keys other than the server's."""
+    other = S3Settings(endpoint=store.settings.endpoint, access_key=access_key,
+                       secret_key=secret_key, bucket=store.settings.bucket,
+                       region=store.settings.region)
+    return mint_upload_grant(other, other.bucket, OWN.chunks_root,
+                             datetime.now(UTC) + timedelta(hours=1), 1 << 20)
+
+
+@pytest.mark.parametrize(("why", "code"), [("rotated", "InvalidAccessKeyId"),
+                                           ("new secret", "SignatureDoesNotMatch")])
+def test_a_grant_of_a_retired_key_waits_for_the_new_grant_and_uploads_with_it(
+        object_store: ObjectStore, tmp_path: Path, why: str, code: str) -> None:
+    endpoint = object_store.settings.endpoint
+    access = "RETIREDKEY0000000001" if why == "rotated" else object_store.settings.access_key
+    retired = signed_by(object_store, access, "not-the-secret-any-more")
+    source = HeldGrant(retired)  # the operator has not minted again yet
+    writer = RenewingGrantWriter(endpoint, retired, source)
+    key = OWN.raw_key(0, USER, "ogg-opus")
+    path = raw_file(tmp_path, b"kept in the spool")
+    for _ in range(2):  # the uploader's retries: each rereads the Secret
+        with pytest.raises(GrantAwaited, match=f"refused and no newer grant yet.*{code}"
+                           ) as err:
+            writer.put_file(key, path, "audio/ogg")
+        assert isinstance(err.value, TemporaryFailure)
+        assert permanent_cause(err.value) is None  # never given up during capture
+    assert source.reads == 2 and not object_store.exists(key)
+    assert Path(path).read_bytes() == b"kept in the spool"
+
+    source.grant = grant_for(object_store, OWN)  # the operator's grant, current key
+    writer.put_file(key, path, "audio/ogg")
+    assert object_store.get_bytes(key) == b"kept in the spool"
+    assert writer.grant == source.grant and writer.renewals == 1
+
+
+def test_a_refusal_of_the_policys_conditions_is_not_waited_for(
+        object_store: ObjectStore, tmp_path: Path) -> None:
+    grant = grant_for(object_store, OWN)
+    forged = grant.model_copy(update={"prefix": OTHER.chunks_root})
+    source = HeldGrant(forged)
+    writer = RenewingGrantWriter(object_store.settings.endpoint, forged, source)
+    victim = OTHER.raw_key(0, USER, "ogg-opus")
+    with pytest.raises(GrantRefused, match=r"AccessDenied.*Policy Condition failed"):
+        writer.put_file(victim, raw_file(tmp_path, b"forged"))
+    assert source.reads == 0 and not object_store.exists(victim)
+
+
+def test_the_grant_secret_read_gives_up_on_a_silent_api_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # accepts (the kernel's backlog) and never answers
+    config = client.Configuration()
+    config.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    config.retries = 0
+    monkeypatch.setattr(grant_module, "READ_TIMEOUT_S", (1.0, 1.0))
+    source = SecretGrantSource(client.ApiClient(config), "ns", "s-recorder")
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            source.read()
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=read, daemon=True)
+    started = datetime.now(UTC)
+    thread.start()
+    thread.join(15)
+    try:
+        assert not thread.is_alive(), "the Secret read is still waiting after 15 s"
+        assert len(outcome) == 1 and isinstance(outcome[0], TemporaryFailure), outcome
+        assert "API server unreachable" in str(outcome[0])
+        assert datetime.now(UTC) - started < timedelta(seconds=5)
+    finally:
+        listener.close()
