@@ -55,6 +55,8 @@ CREATED_BY = "voicetrack.dev/created-by"
 REQUEST_TIMEOUT_S = 10.0
 """Timeout of each Kubernetes API call, seconds (an answer is due within Discord's 15 min
 interaction token lifetime; a hung API must not hold a command)."""
+MERGE_ATTEMPTS = 5
+"""Read-modify-write attempts of `_merge_opt_outs` before its ConflictError is raised."""
 FOLLOW_POLL_S = 2.0
 """How often `follow` reads a stopped session, seconds."""
 
@@ -131,6 +133,10 @@ class BotSessions:
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set, and
         the user ids `remembered()` returns (the guild's remembered opt-outs, read once the
         spec is known to be valid: `BotConsent.remembered`) added to `spec.optOutUserIds`.
+        `remembered()` is read again once the session exists, and an opt-out that arrived
+        meanwhile (a `/record optout` that found no session to patch yet) is merged into
+        it (`_merge_opt_outs`); an opt-in meanwhile is not undone there (the member stays
+        out until they opt in again: the safe side).
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
         the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx, a refused
@@ -166,7 +172,40 @@ class BotSessions:
             return Started(await self._get(name), created=False)
         log.info("started %s/%s for guild %s channel %s by %s", self.namespace, name,
                  guild_id, channel_id, requested_by)
+        if remembered is not None:
+            obj = await self._merge_opt_outs(obj, await remembered())
         return Started(await self._settle(obj), created=True)
+
+    async def _merge_opt_outs(self, obj: dict[str, Any], user_ids: list[str]
+                              ) -> dict[str, Any]:
+        """Add `user_ids` missing from session `obj`'s `spec.optOutUserIds` with a JSON
+        merge patch carrying the `resourceVersion` read (a precondition: 409 when the
+        object changed meanwhile, then read again; MERGE_ATTEMPTS tries). Returns the
+        session as patched (or `obj` when nothing is missing). Raises ConflictError after
+        the last try, InvalidInputError when the list would pass the CRD's limit."""
+        name = obj["metadata"]["name"]
+        for attempt in range(MERGE_ATTEMPTS):
+            have = list((obj.get("spec") or {}).get("optOutUserIds") or [])
+            wanted = sorted({*have, *user_ids})
+            if wanted == sorted(have):
+                return obj
+            self._validate({**obj["spec"], "optOutUserIds": wanted}, "session spec")
+            body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                    "spec": {"optOutUserIds": wanted}}
+            try:
+                patched = await self._call(f"patch RecordingSession {name}",
+                                           self.objects.patch_namespaced_custom_object,
+                                           GROUP, VERSION, self.namespace, SESSION_PLURAL,
+                                           name, body)
+            except ConflictError:
+                if attempt == MERGE_ATTEMPTS - 1:
+                    raise
+                obj = await self._get(name)
+                continue
+            log.info("%s: opt-outs remembered during start merged: %s", name,
+                     sorted(set(wanted) - set(have)))
+            return patched
+        return obj
 
     async def _clear_refused(self, obj: dict[str, Any]) -> bool:
         """Delete the bot's own session (`g-<guildId>`) when the operator refused it
