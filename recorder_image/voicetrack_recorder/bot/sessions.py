@@ -133,10 +133,8 @@ class BotSessions:
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set, and
         the user ids `remembered()` returns (the guild's remembered opt-outs, read once the
         spec is known to be valid: `BotConsent.remembered`) added to `spec.optOutUserIds`.
-        `remembered()` is read again once the session exists, and an opt-out that arrived
-        meanwhile (a `/record optout` that found no session to patch yet) is merged into
-        it (`_merge_opt_outs`); an opt-in meanwhile is not undone there (the member stays
-        out until they opt in again: the safe side).
+        `remembered()` is read again once the session exists and an opt-out made meanwhile
+        (one that found no session to patch) is merged in; an opt-in meanwhile is not.
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
         the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx, a refused
@@ -178,33 +176,28 @@ class BotSessions:
 
     async def _merge_opt_outs(self, obj: dict[str, Any], user_ids: list[str]
                               ) -> dict[str, Any]:
-        """Add `user_ids` missing from session `obj`'s `spec.optOutUserIds` with a JSON
-        merge patch carrying the `resourceVersion` read (a precondition: 409 when the
-        object changed meanwhile, then read again; MERGE_ATTEMPTS tries). Returns the
-        session as patched (or `obj` when nothing is missing). Raises ConflictError after
-        the last try, InvalidInputError when the list would pass the CRD's limit."""
+        """Add `user_ids` missing from session `obj`'s `spec.optOutUserIds` by a JSON merge
+        patch carrying the `resourceVersion` read (a precondition: on 409 read again;
+        MERGE_ATTEMPTS tries). Returns the session as patched, or as read when nothing is
+        missing. Raises ConflictError after the last try, InvalidInputError past the
+        CRD's limit."""
         name = obj["metadata"]["name"]
-        for attempt in range(MERGE_ATTEMPTS):
-            have = list((obj.get("spec") or {}).get("optOutUserIds") or [])
+        for attempt in range(1, MERGE_ATTEMPTS + 1):
+            have = sorted((obj.get("spec") or {}).get("optOutUserIds") or [])
             wanted = sorted({*have, *user_ids})
-            if wanted == sorted(have):
-                return obj
+            if wanted == have:
+                break
             self._validate({**obj["spec"], "optOutUserIds": wanted}, "session spec")
             body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
                     "spec": {"optOutUserIds": wanted}}
             try:
-                patched = await self._call(f"patch RecordingSession {name}",
-                                           self.objects.patch_namespaced_custom_object,
-                                           GROUP, VERSION, self.namespace, SESSION_PLURAL,
-                                           name, body)
+                obj = await self._call(f"patch RecordingSession {name}",
+                                       self.objects.patch_namespaced_custom_object, GROUP,
+                                       VERSION, self.namespace, SESSION_PLURAL, name, body)
             except ConflictError:
-                if attempt == MERGE_ATTEMPTS - 1:
+                if attempt == MERGE_ATTEMPTS:
                     raise
                 obj = await self._get(name)
-                continue
-            log.info("%s: opt-outs remembered during start merged: %s", name,
-                     sorted(set(wanted) - set(have)))
-            return patched
         return obj
 
     async def _clear_refused(self, obj: dict[str, Any]) -> bool:
