@@ -32,9 +32,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from voicetrack.audio import FRAME_MS
 from pydantic import ValidationError
 
+from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import ChunkSpec, Gap, OptOut
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import meeting_id_for

@@ -129,8 +129,9 @@ async def test_an_opt_out_whose_lookup_preceded_start_reaches_the_new_session(
     started: list[Any] = []
 
     async def start() -> None:
+        other = BotConsent(sessions)  # the start's own reads of the ConfigMap
         started.append(await sessions.start(
-            RACE_GUILD2, CHANNEL, ALICE, remembered=lambda: BotConsent(sessions).remembered(RACE_GUILD2)))
+            RACE_GUILD2, CHANNEL, ALICE, remembered=lambda: other.remembered(RACE_GUILD2)))
 
     consent.start = start
     change = await consent.opt_out(RACE_GUILD2, BOB)

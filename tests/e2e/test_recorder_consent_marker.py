@@ -23,8 +23,14 @@ from kubernetes import client
 from voicetrack.chunkspec import ChunkSpec, OptOut
 from voicetrack.kubeclient import load_api_client
 from voicetrack.layout import MeetingLayout
-from voicetrack.resources import API_VERSION, GROUP, SESSION_KIND, SESSION_PLURAL, VERSION
-from voicetrack.resources import SessionSpec
+from voicetrack.resources import (
+    API_VERSION,
+    GROUP,
+    SESSION_KIND,
+    SESSION_PLURAL,
+    VERSION,
+    SessionSpec,
+)
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
 from voicetrack_recorder.clock import SessionClock

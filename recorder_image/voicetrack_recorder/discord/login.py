@@ -99,10 +99,10 @@ async def _open(token: str, endpoint: DiscordEndpoint | None, members: bool
     if session.runner not in done:
         return session
     ready.cancel()
-    exc = session.runner.exception()
+    closed = session.runner.exception()
     await session.close()
-    if isinstance(exc, discord.PrivilegedIntentsRequired):
+    if isinstance(closed, discord.PrivilegedIntentsRequired):
         if members:
-            raise _MembersRefused() from exc
-        raise InvalidInputError(f"intents: {exc}") from exc
-    raise TemporaryFailure(f"Discord gateway closed before ready: {exc}")
+            raise _MembersRefused() from closed
+        raise InvalidInputError(f"intents: {closed}") from closed
+    raise TemporaryFailure(f"Discord gateway closed before ready: {closed}")
