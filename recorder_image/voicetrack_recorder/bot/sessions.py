@@ -170,17 +170,18 @@ class BotSessions:
             return Started(await self._get(name), created=False)
         log.info("started %s/%s for guild %s channel %s by %s", self.namespace, name,
                  guild_id, channel_id, requested_by)
-        if remembered is not None:
-            obj = await self._merge_opt_outs(obj, await remembered())
+        try:  # best effort: the session exists; a racing opt-out also looks again itself
+            obj = await self._merge_opt_outs(obj, await remembered()) if remembered else obj
+        except (TemporaryFailure, InvalidInputError, ConflictError) as err:
+            log.error("%s: remembered opt-outs not read again after the create: %s", name, err)
         return Started(await self._settle(obj), created=True)
 
     async def _merge_opt_outs(self, obj: dict[str, Any], user_ids: list[str]
                               ) -> dict[str, Any]:
         """Add `user_ids` missing from session `obj`'s `spec.optOutUserIds` by a JSON merge
-        patch carrying the `resourceVersion` read (a precondition: on 409 read again;
-        MERGE_ATTEMPTS tries). Returns the session as patched, or as read when nothing is
-        missing. Raises ConflictError after the last try, InvalidInputError past the
-        CRD's limit."""
+        patch with the `resourceVersion` read (a precondition: on 409 read again, up to
+        MERGE_ATTEMPTS). Returns the session as patched (or as read: nothing missing).
+        Raises ConflictError, InvalidInputError (past the CRD's limit), TemporaryFailure."""
         name = obj["metadata"]["name"]
         for attempt in range(1, MERGE_ATTEMPTS + 1):
             have = sorted((obj.get("spec") or {}).get("optOutUserIds") or [])
