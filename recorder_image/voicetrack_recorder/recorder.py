@@ -230,6 +230,7 @@ class Recorder:
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
             await asyncio.to_thread(self._give_up, self.flush_deadline + self.marker_grace_s)
+            self.follow_consent()  # what the session watch saw while the uploads drained
             await asyncio.to_thread(self._mark_consent,
                                     self.flush_deadline + self.marker_grace_s)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
