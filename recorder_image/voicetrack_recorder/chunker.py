@@ -166,9 +166,8 @@ class Chunker:
             if reopen:
                 self.open(start, gap)
             return None
-        opted_out = self.consent.opted_out() if self.consent is not None else []
-        for out in opted_out:
-            self.cut(out.user_id, out.since_ms)
+        for user_id, since_ms in self.consent.cuts() if self.consent is not None else ():
+            self.cut(user_id, since_ms)
         tracks: list[SealedTrack] = []
         for user_id in sorted(self._frames):
             frames = self._frames[user_id]
@@ -178,6 +177,10 @@ class Chunker:
             packets = [frames.pop(s, OPUS_SILENCE_FRAME) for s in range(start, end)]
             tracks.append(SealedTrack(user_id=user_id, packets=packets, frames=len(got),
                                       first_ms=got[0] * FRAME_MS, last_ms=got[-1] * FRAME_MS))
+        opted_out: list[OptOut] = []
+        if self.consent is not None:  # listed after noting who has audio (bounded list)
+            self.consent.note_recorded(t.user_id for t in tracks)
+            opted_out = self.consent.opted_out()
         chunk = SealedChunk(index=self.next_index, start_ms=start * FRAME_MS,
                             end_ms=end * FRAME_MS, gap=gap, tracks=tracks,
                             opted_out=opted_out)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from voicetrack.chunkspec import OptOut
+from voicetrack.resources import MAX_TRACKS
 from voicetrack_recorder.clock import SessionClock
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ class Consent:
         self.pending: set[str] = set()
         """Members seen whose roles are not known yet while `role_ids` is set: their
         packets are dropped, but they are not listed as opted out (`UNKNOWN`)."""
+        self.recorded: set[str] = set()
+        """Members with audio in a chunk of this session (`note_recorded`, `restore`):
+        the ones promotion must know about when they opt out."""
+        self._left_off = 0
 
     def excluded(self, user_id: str) -> bool:
         """Whether `user_id` is not recorded now (as last evaluated: `see`, `refresh`):
@@ -90,7 +95,12 @@ class Consent:
         excluded at promotion) until the policy, read again, says otherwise."""
         for o in opted_out:
             self.seen.add(o.user_id)
+            self.recorded.add(o.user_id)  # listed: may have audio in an earlier chunk
             self._out.setdefault(o.user_id, _Out(o.since_ms, o.via))
+
+    def note_recorded(self, user_ids: Iterable[str]) -> None:
+        """Note that `user_ids` have a track in a sealed chunk (the chunker, at each seal)."""
+        self.recorded.update(user_ids)
 
     def see_all(self, user_ids: Iterable[str]) -> None:
         """`see` each of `user_ids` (e.g. the members in the channel's voice states)."""
@@ -109,11 +119,31 @@ class Consent:
         again from now on. Returns the user ids newly opted out."""
         return [u for u in sorted(self.seen) if self._evaluate(u)]
 
+    def cuts(self) -> list[tuple[str, int]]:
+        """Every member opted out now with their `since_ms` (what the chunker cuts at),
+        however many: unlike `opted_out`, never bounded."""
+        return [(u, o.since_ms) for u, o in sorted(self._out.items())]
+
     def opted_out(self) -> list[OptOut]:
-        """The members opted out now among those seen, by user id (`ChunkSpec.optedOut`).
-        Raises pydantic's ValidationError for a user id that is not a snowflake."""
-        return [OptOut(user_id=u, since_ms=o.since_ms, via=o.via)
-                for u, o in sorted(self._out.items())]
+        """The members opted out now among those seen, by user id (`ChunkSpec.optedOut`),
+        at most MAX_TRACKS (the model's and the CRD's limit): past it, the members with
+        audio in this session (`recorded`: promotion excludes them by this list) come
+        first, then the others by user id (they have nothing to exclude), and the number
+        left off is logged as an error. Raises pydantic's ValidationError for a user id
+        that is not a snowflake."""
+        users = sorted(self._out)
+        if len(users) > MAX_TRACKS:
+            users = sorted(sorted(users, key=lambda u: u not in self.recorded)[:MAX_TRACKS])
+            left = len(self._out) - MAX_TRACKS
+            lost = len([u for u in self._out if u in self.recorded and u not in users])
+            if left != self._left_off:
+                self._left_off = left
+                log.error("%d members opted out: a chunk lists at most %d (optedOut); "
+                          "%d left off the list, %d of whom have audio in this session "
+                          "(their audio before the opt-out would be promoted)",
+                          len(self._out), MAX_TRACKS, left, lost)
+        return [OptOut(user_id=u, since_ms=self._out[u].since_ms, via=self._out[u].via)
+                for u in users]
 
     def _via(self, user_id: str) -> Via | Literal["unknown"] | None:
         if user_id in self.user_ids:

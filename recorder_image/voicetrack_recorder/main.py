@@ -151,11 +151,13 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
         if store is None and spec.source.type == "files":
             raise InvalidInputError("the files source reads its speakers from S3: "
                                     "VOICETRACK_S3_ACCESS_KEY/SECRET_KEY are not set")
-        result = await recorder.run(_build_source(spec, store, clock, recorder, origin))
+        source = _build_source(spec, store, clock, recorder, origin)
+        result = await recorder.run(source)
     finally:
         watch_stop.set()
         outcome.summary = uploader.stats.summary()
-    outcome.reason = result.reason
+    degraded = getattr(source, "degraded", None)  # e.g. GUILD_MEMBERS refused (4014)
+    outcome.reason = f"{result.reason} ({degraded})" if degraded else result.reason
     logging.getLogger(__name__).info("done: %s; %s", result, outcome.summary)
     if result.error is not None:  # the open chunk is flushed; now fail the pod
         raise result.error

@@ -14,6 +14,11 @@ the spool cannot take (full) is dropped and its window becomes the next chunk's
 cannot be uploaded within the grace period is given up the same way: one marker chunk
 without tracks (it needs no S3) carries the lost window as its `connection-lost` gap, so
 nothing disappears without a cause.
+
+Consent at stop (issue 12, docs/consent.md): promotion learns who opted out from the last
+chunk's `optedOut`. An opt-out that no chunk carried (made while paused, when no window is
+open, or seen after the last seal) is written at stop in a consent marker chunk: no tracks,
+the 20 ms window after the last chunk, the current `optedOut` (`_mark_consent`).
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from voicetrack.audio import FRAME_MS
-from voicetrack.chunkspec import ChunkSpec, Gap
+from voicetrack.chunkspec import ChunkSpec, Gap, OptOut
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import meeting_id_for
 from voicetrack.resources import SessionSpec
@@ -115,6 +122,8 @@ class Recorder:
         self._lost: Gap | None = None
         """The window dropped because the spool was full, not yet carried by a chunk."""
         self._paused_at: int | None = None
+        self._last: tuple[int, list[OptOut]] | None = None
+        """(endMs, optedOut) of the session's last chunk, spooled or found at start."""
         self.flush_deadline: float | None = None
         self.flush_grace_s = FLUSH_GRACE_S
         self.marker_grace_s = MARKER_GRACE_S
@@ -162,6 +171,7 @@ class Recorder:
         if existing:
             self.chunker.next_index = existing[-1].index + 1
             self.consent.restore(existing[-1].opted_out)
+            self._last = (existing[-1].end_ms, list(existing[-1].opted_out))
         self.resume_point(existing[-1].end_ms if existing else None, bool(self.kube.paused))
         if existing:
             return existing[0].start_ms // FRAME_MS
@@ -208,6 +218,7 @@ class Recorder:
                 self.follow_consent()
                 while self.chunker.due(sealable_slot(now, source_watermark(source))):
                     await self._spool(self.chunker.seal())
+            self.follow_consent()  # the last word on consent for the last chunk
             await self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
         finally:
             self.flush_deadline = time.monotonic() + self.flush_grace_s
@@ -219,6 +230,9 @@ class Recorder:
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
             await asyncio.to_thread(self._give_up, self.flush_deadline + self.marker_grace_s)
+            self.follow_consent()  # what the session watch saw while the uploads drained
+            await asyncio.to_thread(self._mark_consent,
+                                    self.flush_deadline + self.marker_grace_s)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
                  self.uploader.stats.bytes)
         return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason, error=error)
@@ -263,6 +277,7 @@ class Recorder:
                       chunk.start_ms, chunk.end_ms, err, start)
             return
         self._lost = None
+        self._last = (chunk.end_ms, list(chunk.opted_out))
         self._pending.append(spooled)
         self._wake.set()
 
@@ -314,7 +329,36 @@ class Recorder:
             if marker_start > start else None,
             opted_out=self.consent.opted_out())  # the last word on consent, like any chunk
         self.uploader.create_marker(spec, deadline)
+        self._last = (end, list(spec.opted_out))
         self.uploader.write_ack_file()
+
+    def _mark_consent(self, deadline: float) -> None:
+        """At stop, after `_give_up`: when the members opted out now differ from the last
+        chunk's `optedOut`, create a consent marker chunk (API only) until `deadline`
+        (monotonic s): the next index, no tracks, the window `[end, end + 20)` ms after
+        the last chunk (20 ms of silence in the output), the current `optedOut`. Nothing
+        when the session has no chunk (no audio to exclude). Runs in a thread."""
+        if self._last is None or self._pending:
+            return
+        end, listed = self._last
+        now = self.consent.opted_out()
+        if now == listed:
+            return
+        try:
+            spec = ChunkSpec(
+                session_name=self.uploader.spool.session_name,
+                meeting_id=self.uploader.spool.layout.meeting_id,
+                guild_id=self.uploader.spool.layout.guild_id, index=self.chunker.next_index,
+                start_ms=end, end_ms=end + FRAME_MS, raw_format=self.uploader.spool.raw_format,
+                opted_out=now)
+        except ValidationError as err:  # e.g. the session's time limit reached
+            log.error("consent marker after %d ms not written: %s", end, err)
+            return
+        log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, end,
+                 end + FRAME_MS, [o.user_id for o in now])
+        if self.uploader.create_marker(spec, deadline):
+            self.chunker.next_index += 1
+            self._last = (spec.end_ms, now)
 
 
 def start_pause_watch(kube: RecorderKube) -> threading.Event:

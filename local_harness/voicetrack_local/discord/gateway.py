@@ -12,7 +12,10 @@ compression ("Topics › Gateway › Transport Compression"), one stream per con
 `compress=zlib-stream`, each message ending with a Z_SYNC_FLUSH (`00 00 ff ff`), or
 `compress=zstd-stream`, each message a flushed zstd block of one frame (discord.py asks for
 it whenever `zstandard` is installed); anything else closes with 4000. Close codes: 4004
-authentication failed, 4014 disallowed intents are not used here.
+authentication failed; 4014 "Disallowed intent(s)." for an IDENTIFY asking for a
+privileged intent the application is not allowed (`World.privileged_intents`, the
+developer portal's toggles; discord.py raises `PrivilegedIntentsRequired` and does not
+reconnect).
 Intents ("Gateway Intents"): GUILDS 1<<0, GUILD_MEMBERS 1<<1, GUILD_VOICE_STATES 1<<7,
 GUILD_MESSAGES 1<<9.
 """
@@ -32,7 +35,14 @@ import zstandard
 from aiohttp import WSMsgType, web
 
 from voicetrack_local.discord.voice import VoiceServer
-from voicetrack_local.discord.world import CONNECT, VIEW_CHANNEL, User, VoiceState, World
+from voicetrack_local.discord.world import (
+    CONNECT,
+    PRIVILEGED_INTENTS,
+    VIEW_CHANNEL,
+    User,
+    VoiceState,
+    World,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +125,8 @@ class Gateway:
         self.url = url
         self.voice_endpoint = voice_endpoint
         self.sessions: dict[str, Session] = {}
+        self.refused_intents = 0
+        """IDENTIFYs closed with 4014 (a privileged intent not allowed)."""
 
     async def dispatch(self, event: str, data: dict[str, Any], intent: int,
                        owner: int | None = None) -> None:
@@ -173,7 +185,12 @@ class Gateway:
         if user is None:
             await ws.close(code=4004, message=b"Authentication failed.")
             return None
-        session = Session(secrets.token_hex(16), user, int(d.get("intents", 0)), ws=ws, zlib=z)
+        intents = int(d.get("intents", 0))
+        if intents & PRIVILEGED_INTENTS & ~self.world.privileged_intents:
+            self.refused_intents += 1
+            await ws.close(code=4014, message=b"Disallowed intent(s).")
+            return None
+        session = Session(secrets.token_hex(16), user, intents, ws=ws, zlib=z)
         self.sessions[session.session_id] = session
         await session.dispatch("READY", {
             "v": 10, "user": {**user.json(), "verified": True, "mfa_enabled": False},

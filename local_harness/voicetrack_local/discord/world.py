@@ -144,6 +144,12 @@ class VoiceState:
         return data
 
 
+INTENT_GUILD_MEMBERS = 1 << 1
+PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | 1 << 8 | 1 << 15
+"""GUILD_MEMBERS, GUILD_PRESENCES and MESSAGE_CONTENT: the privileged gateway intents
+(Discord developer docs, "Gateway › Privileged Intents")."""
+
+
 def new_token(user_id: int) -> str:
     """A bot-token-shaped secret: `<base64 user id>.<random>.<random>`."""
     import base64
@@ -173,6 +179,10 @@ class World:
     """Ids of users removed from the guild ("Remove Guild Member"): no longer members."""
     roles: list[Role] = field(default_factory=list)
     """The guild's roles besides @everyone (in GUILD_CREATE and Get Guild)."""
+    privileged_intents: int = PRIVILEGED_INTENTS
+    """The privileged intents the application may ask for (the developer portal's Bot
+    page toggles: Server Members, Presence, Message Content); all by default. An IDENTIFY
+    asking for one not in here is closed with 4014 "Disallowed intent(s)." (`gateway.py`)."""
 
     @classmethod
     def create(cls, user_names: list[str]) -> World:

@@ -95,6 +95,13 @@ class BotConsent:
         obj, patched = await self._retry(lambda: self._patch_session(guild_id, user_id,
                                                                      opt_out))
         remembered = await self._retry(lambda: self._remember(guild_id, user_id, opt_out))
+        if obj is None:
+            # a `/record start` may have created the session since the lookup above, and
+            # read the ConfigMap (before and after its create) before it was written here:
+            # look again now that the ConfigMap holds the change (with `start`'s second
+            # read, one of the two always sees the other's write)
+            obj, patched = await self._retry(lambda: self._patch_session(guild_id, user_id,
+                                                                         opt_out))
         return ConsentChange(session=obj, changed=remembered or patched)
 
     async def _retry(self, attempt: Any) -> Any:

@@ -55,6 +55,8 @@ CREATED_BY = "voicetrack.dev/created-by"
 REQUEST_TIMEOUT_S = 10.0
 """Timeout of each Kubernetes API call, seconds (an answer is due within Discord's 15 min
 interaction token lifetime; a hung API must not hold a command)."""
+MERGE_ATTEMPTS = 5
+"""Read-modify-write attempts of `_merge_opt_outs` before its ConflictError is raised."""
 FOLLOW_POLL_S = 2.0
 """How often `follow` reads a stopped session, seconds."""
 
@@ -131,6 +133,8 @@ class BotSessions:
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set, and
         the user ids `remembered()` returns (the guild's remembered opt-outs, read once the
         spec is known to be valid: `BotConsent.remembered`) added to `spec.optOutUserIds`.
+        `remembered()` is read again once the session exists and an opt-out made meanwhile
+        (one that found no session to patch) is merged in; an opt-in meanwhile is not.
         Waits up to `settle_seconds` for the operator's first status.
         Raises InvalidInputError (bad ids, chunk_seconds outside 5..300, the API refusing
         the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx, a refused
@@ -166,7 +170,36 @@ class BotSessions:
             return Started(await self._get(name), created=False)
         log.info("started %s/%s for guild %s channel %s by %s", self.namespace, name,
                  guild_id, channel_id, requested_by)
+        try:  # best effort: the session exists; a racing opt-out also looks again itself
+            obj = await self._merge_opt_outs(obj, await remembered()) if remembered else obj
+        except (TemporaryFailure, InvalidInputError, ConflictError) as err:
+            log.error("%s: remembered opt-outs not read again after the create: %s", name, err)
         return Started(await self._settle(obj), created=True)
+
+    async def _merge_opt_outs(self, obj: dict[str, Any], user_ids: list[str]
+                              ) -> dict[str, Any]:
+        """Add `user_ids` missing from session `obj`'s `spec.optOutUserIds` by a JSON merge
+        patch with the `resourceVersion` read (a precondition: on 409 read again, up to
+        MERGE_ATTEMPTS). Returns the session as patched (or as read: nothing missing).
+        Raises ConflictError, InvalidInputError (past the CRD's limit), TemporaryFailure."""
+        name = obj["metadata"]["name"]
+        for attempt in range(1, MERGE_ATTEMPTS + 1):
+            have = sorted((obj.get("spec") or {}).get("optOutUserIds") or [])
+            wanted = sorted({*have, *user_ids})
+            if wanted == have:
+                break
+            self._validate({**obj["spec"], "optOutUserIds": wanted}, "session spec")
+            body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                    "spec": {"optOutUserIds": wanted}}
+            try:
+                obj = await self._call(f"patch RecordingSession {name}",
+                                       self.objects.patch_namespaced_custom_object, GROUP,
+                                       VERSION, self.namespace, SESSION_PLURAL, name, body)
+            except ConflictError:
+                if attempt == MERGE_ATTEMPTS:
+                    raise
+                obj = await self._get(name)
+        return obj
 
     async def _clear_refused(self, obj: dict[str, Any]) -> bool:
         """Delete the bot's own session (`g-<guildId>`) when the operator refused it

@@ -5,9 +5,10 @@ object, with `roles`), so the recorder does not chunk the guild at start
 (`chunk_guilds_at_startup=False`). Role changes after that arrive as GUILD_MEMBER_UPDATE
 (Discord developer docs, "Gateway Events › Guild Member Update"), which needs the
 GUILD_MEMBERS intent (privileged: "Server Members Intent" in the developer portal). The
-recorder asks for it only when its session starts with `optOutRoleIds` (`DiscordSource`),
-so a deployment that does not use role opt-outs needs no privileged intent; without it a
-member's roles are those Discord sent when they joined the channel.
+recorder asks for it only when its session has `optOutRoleIds` at start (`login.py`), so
+a deployment that does not use role opt-outs needs no privileged intent; without it (not
+asked, or refused with 4014) a member's roles are those Discord sent with their latest
+voice state.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ called on discord.py's socket-reader thread), hands each datagram to the event l
 receives the voice gateway's JSON events through the connection state's websocket hook.
 
 Consent (issue 12): members in the channel's voice states are shown to the `Consent` every
-tick; their roles come from discord.py's member cache (`members.py`).
+tick; their roles come from discord.py's member cache (`members.py`). The gateway
+connection asks for GUILD_MEMBERS only with role opt-outs, and records without it when
+Discord refuses it (`login.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.connection import ResumingConnectionState
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
+from voicetrack_recorder.discord.login import MEMBERS_REFUSED, GatewaySession, open_gateway
 from voicetrack_recorder.discord.members import member_roles
 from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
 from voicetrack_recorder.discord.transport import SUPPORTED_MODES
@@ -189,6 +192,8 @@ class DiscordSource:
         self.empty_channel_s = empty_channel_s or None
         self.end_reason: str | None = None
         """Why the source ended by itself (`channel-empty`); None when stopped."""
+        self.degraded: str | None = None
+        """What the source records without (`login.MEMBERS_REFUSED`), for the session."""
 
     def watermark_slot(self) -> int | None:
         """The clock slot of the receiver's last tick: every frame that had arrived by then
@@ -204,33 +209,18 @@ class DiscordSource:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, record until `stop` is set, then flush, leave and log out."""
-        intents = discord.Intents.none()
-        intents.guilds = True
-        intents.voice_states = True
-        intents.members = bool(self.consent and self.consent.role_ids)  # members.py
-        connector = None
-        if self.endpoint is not None:
-            self.endpoint.apply()
-            connector = self.endpoint.connector()
-        client = discord.Client(intents=intents, connector=connector,
-                                chunk_guilds_at_startup=False)
         loop = asyncio.get_running_loop()
         self.connection = make_receiver(self.clock, self.sink, loop, **self._options)
         self._voice = None
-        runner: asyncio.Task[None] | None = None
+        gateway: GatewaySession | None = None
         try:
-            try:
-                await client.login(self.token)
-            except discord.LoginFailure as exc:
-                raise InvalidInputError(f"token: Discord refused the bot token ({exc})") \
-                    from exc
-            except (discord.HTTPException, OSError) as exc:
-                raise TemporaryFailure(f"cannot reach Discord: {exc}") from exc
-            runner = asyncio.create_task(client.connect(reconnect=True))
-            await self._until_ready(client, runner)
+            gateway = await open_gateway(self.token, self.endpoint,
+                                         members=bool(self.consent and self.consent.role_ids))
             if self.consent is not None:
-                self.consent.roles_of = member_roles(client, self.guild_id)
-            channel = await self._channel(client)
+                if self.consent.role_ids and not gateway.members_intent:
+                    self.degraded = MEMBERS_REFUSED
+                self.consent.roles_of = member_roles(gateway.client, self.guild_id)
+            channel = await self._channel(gateway.client)
             try:
                 await self._join(channel)
             except (TimeoutError, discord.ClientException, OSError) as exc:
@@ -246,7 +236,7 @@ class DiscordSource:
             # what an on-call engineer asks first about a recording's audio
             log.info("receive stats: %s; timeline resyncs %d", json.dumps(
                 receiver.stats.as_dict(), sort_keys=True), receiver.timeline.resyncs)
-            leave = asyncio.ensure_future(self._leave(client, runner))
+            leave = asyncio.ensure_future(self._leave(gateway))
             try:
                 await asyncio.shield(leave)
             except asyncio.CancelledError:  # finish leaving first (bounded), then go
@@ -254,21 +244,19 @@ class DiscordSource:
                     await asyncio.wait_for(leave, LEAVE_TIMEOUT_S)
                 raise
 
-    async def _leave(self, client: discord.Client, runner: asyncio.Task[None] | None) -> None:
+    async def _leave(self, gateway: GatewaySession | None) -> None:
         """Restore the nickname, leave the voice channel, log out. Run to its end even when
         the source is cancelled (`Recorder.run` cancels it once its uploads are done,
         which can be a few event-loop steps after stop): a cut-short leave left `[REC]`
         on the bot and the bot in the channel."""
-        if self.notice and runner is not None:
-            await self._unannounce(client)
+        if gateway is None:  # never connected (`open_gateway` closed its own client)
+            return
+        if self.notice:
+            await self._unannounce(gateway.client)
         if self._voice is not None:
             with contextlib.suppress(Exception):
                 await self._voice.disconnect(force=True)
-        await client.close()
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
+        await gateway.close()
 
     async def _join(self, channel: discord.VoiceChannel) -> RecorderVoiceClient:
         """Connect (muted) and attach the receiver; the receiver, its SSRC map and the
@@ -281,16 +269,6 @@ class DiscordSource:
         self.connection.attach(voice._connection)
         self._voice = voice
         return voice
-
-    async def _until_ready(self, client: discord.Client, runner: asyncio.Task[None]) -> None:
-        ready = asyncio.create_task(client.wait_until_ready())
-        done, _ = await asyncio.wait({ready, runner}, return_when=asyncio.FIRST_COMPLETED)
-        if runner in done:
-            ready.cancel()
-            exc = runner.exception()
-            if isinstance(exc, discord.PrivilegedIntentsRequired):
-                raise InvalidInputError(f"intents: {exc}") from exc
-            raise TemporaryFailure(f"Discord gateway closed before ready: {exc}")
 
     async def _channel(self, client: discord.Client) -> discord.VoiceChannel:
         channel = client.get_channel(self.channel_id)
