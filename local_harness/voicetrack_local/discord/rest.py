@@ -23,7 +23,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from voicetrack_local.discord.world import CHANGE_NICKNAME, User, World, snowflake
+from voicetrack_local.discord.world import (
+    CHANGE_NICKNAME,
+    INTENT_GUILD_MEMBERS,
+    User,
+    World,
+    snowflake,
+)
 
 
 class Dispatch(Protocol):
@@ -34,7 +40,6 @@ class Dispatch(Protocol):
                  owner: int | None = None) -> Awaitable[None]: ...
 
 INTENT_GUILDS = 1 << 0
-INTENT_GUILD_MEMBERS = 1 << 1
 INTENT_GUILD_MESSAGES = 1 << 9
 API_PREFIX = "/api/v10"
 RATE_LIMIT = 50

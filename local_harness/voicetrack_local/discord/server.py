@@ -32,9 +32,9 @@ from voicetrack_local.discord.gateway import Gateway
 from voicetrack_local.discord.interactions import interaction
 from voicetrack_local.discord.oauth2 import OAuth2
 from voicetrack_local.discord.relay import Faults, Relay
-from voicetrack_local.discord.rest import INTENT_GUILD_MEMBERS, Rest, rate_limit_headers
+from voicetrack_local.discord.rest import Rest, rate_limit_headers
 from voicetrack_local.discord.voice import VoiceServer
-from voicetrack_local.discord.world import World
+from voicetrack_local.discord.world import INTENT_GUILD_MEMBERS, World
 
 HOST = "127.0.0.1"
 
