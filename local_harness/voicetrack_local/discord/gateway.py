@@ -201,7 +201,7 @@ class Gateway:
             "application": {"id": str(self.world.application_id), "flags": 0},
             **({"shard": d["shard"]} if "shard" in d else {})})
         if session.intents & INTENT_GUILDS:
-            await session.dispatch("GUILD_CREATE", self.world.guild_create())
+            await session.dispatch("GUILD_CREATE", self.world.guild_create(session.intents))
         return session
 
     async def _resume(self, ws: web.WebSocketResponse, z: StreamCompressor | None,

@@ -145,7 +145,8 @@ class VoiceState:
 
 
 INTENT_GUILD_MEMBERS = 1 << 1
-PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | 1 << 8 | 1 << 15
+INTENT_GUILD_PRESENCES = 1 << 8
+PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | INTENT_GUILD_PRESENCES | 1 << 15
 """GUILD_MEMBERS, GUILD_PRESENCES and MESSAGE_CONTENT: the privileged gateway intents
 (Discord developer docs, "Gateway › Privileged Intents")."""
 
@@ -260,13 +261,19 @@ class World:
     def channels_json(self) -> list[dict[str, Any]]:
         return [c.json(self.guild_id) for c in (self.text, self.voice)]
 
-    def guild_create(self) -> dict[str, Any]:
+    def guild_create(self, intents: int = INTENT_GUILD_PRESENCES) -> dict[str, Any]:
         """The GUILD_CREATE payload ("Gateway Events › Guild Create": the guild object plus
-        joined_at, large, unavailable, member_count, voice_states, members, channels…)."""
+        joined_at, large, unavailable, member_count, voice_states, members, channels…) for
+        a session identified with `intents`. `members` is every member only with the
+        GUILD_PRESENCES intent; without it, as Discord documents for that event, only the
+        bot itself and the members in a voice channel."""
+        voice = {v.user_id for v in self.voice_states.values()}
+        members = [u for u in self.everyone() if intents & INTENT_GUILD_PRESENCES
+                   or u is self.bot or u.id in voice]
         return {**self.guild_json(), "joined_at": iso_now(), "large": False,
                 "unavailable": False, "member_count": len(self.everyone()),
                 "voice_states": [v.json() for v in self.voice_states.values()],
-                "members": [u.member() for u in self.everyone()],
+                "members": [u.member() for u in members],
                 "channels": self.channels_json(), "threads": [], "presences": [],
                 "stage_instances": [], "guild_scheduled_events": [],
                 "soundboard_sounds": []}
