@@ -37,12 +37,12 @@ from voicetrack.manifests import (
 from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
+from voicetrack_transcoder.infotag import MusicCrc, frame_bytes, info_head
 from voicetrack_transcoder.mp3grid import (
     FRAME,
     WARMUP_FRAMES,
     owned_end,
     silent_frames,
-    tag_file,
     total_frames,
 )
 from voicetrack_transcoder.pieces import (
@@ -261,9 +261,15 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 speech[user].append(done.speech.get(user, []) if done is not None
                                     else computed[unit_no].speech.get(user, []))
         def finish(name: str) -> tuple[FinalTrack, list[tuple[str, Path, str]]]:
-            """One final track: its frames in order behind the tag, its waveforms."""
+            """One final track, written once: its head (ID3v2 and Info frame) reserved,
+            its frames in order behind it, the head filled in from the frame count and
+            the music CRC kept along the way; its waveforms."""
             n_ch = track_channels[name]
-            frames_path = work / f"{name}.frames"
+            path = work / f"{name}.mp3"
+            want_frames = total_frames(n_total)
+            head_bytes = len(info_head(want_frames, plan.mp3_bitrate, n_ch, n_total, 0))
+            frame_size = frame_bytes(plan.mp3_bitrate)
+            music = MusicCrc()
             mins: list[np.ndarray] = []
             maxs: list[np.ndarray] = []
             frames = 0
@@ -271,44 +277,50 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                     for t in own.tracks if t.track == name]
             blobs = fetched_in_order(pool, mine, fetch, prefetch_depth(
                 max((t.bytes for t in mine), default=1), len(names)))
-            with frames_path.open("wb") as out, contextlib.closing(blobs):
+
+            def put(data: bytes) -> None:
+                out.write(data)
+                music.update(data)
+
+            with path.open("wb") as out, contextlib.closing(blobs):
+                out.write(bytes(head_bytes))
                 for u, unit in enumerate(units):
                     own = own_piece(unit)
                     if own is not None:
                         t = next((t for t in own.tracks if t.track == name), None)
                         count = own.end_frame - own.first_frame
                         if t is None:
-                            out.write(silence[n_ch] * count)
+                            put(silence[n_ch] * count)
                             pixels = -(-ms_to_samples(unit.end_ms - unit.start_ms)
                                        // 480)
                             mins.append(np.zeros(pixels, np.int8))
                             maxs.append(np.zeros(pixels, np.int8))
                         else:
-                            if t.frames != count:
-                                raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
-                                                     f"the piece owns {count}")
-                            out.write(next(blobs))
+                            if t.frames != count or t.bytes != count * frame_size:
+                                raise PiecesUnusable(f"{t.key}: {t.frames} frames of "
+                                                     f"{t.bytes} bytes, the piece owns "
+                                                     f"{count} of {frame_size} bytes")
+                            put(next(blobs))
                             pk = np.asarray(t.peaks, dtype=np.int8)
                             mins.append(pk[0::2])
                             maxs.append(pk[1::2])
                         frames += count
                     else:
                         made = computed[u]
-                        out.write(b"".join(made.frames[name]))
+                        put(b"".join(made.frames[name]))
                         frames += len(made.frames[name])
                         mins.append(made.peaks[name][0])
                         maxs.append(made.peaks[name][1])
                 if len(units) in computed:
                     tail = computed[len(units)].frames[name]
-                    out.write(b"".join(tail))
+                    put(b"".join(tail))
                     frames += len(tail)
-            if frames != total_frames(n_total):
-                raise PiecesUnusable(f"track {name}: {frames} frames assembled, one "
-                                     f"encode of {n_total} samples has "
-                                     f"{total_frames(n_total)}")
-            path = work / f"{name}.mp3"
-            tag_file(frames_path, path, n_total)
-            frames_path.unlink()
+                if frames != want_frames or out.tell() != head_bytes + frames * frame_size:
+                    raise PiecesUnusable(f"track {name}: {frames} frames ({out.tell()} "
+                                         f"bytes) assembled, one encode of {n_total} "
+                                         f"samples has {want_frames}")
+                out.seek(0)
+                out.write(info_head(frames, plan.mp3_bitrate, n_ch, n_total, music.value))
             mn, mx = np.concatenate(mins), np.concatenate(maxs)
             peaks_key = layout.waveform_key(name, "json")
             overview_key = layout.waveform_key(name, "png")
