@@ -17,7 +17,13 @@ benchmarks/transcode.py: each speaker talks in a third of the chunks, mono-coded
    largest sample difference within ±1152 samples of a junction (where two encodes meet,
    `mp3grid`) against the largest elsewhere.
 
+Per stage (the last stop -> final run): when each stage ran (s from the stop), the
+wall time its calls add up to, and the CPU seconds of this process and of SeaweedFS over
+the whole promotion (on 2 shared cores these bound the wall time).
+
 Usage: python benchmarks/promote.py [--speakers 5] [--runs 5] [--minutes 10,60]
+[--data-dir DIR] (`--data-dir`: SeaweedFS keeps its data there between runs, and a session
+already recorded there is reused: its pieces are not made again)
 Last line: `promote: stop_to_final_p95 S s (1h x 5), boundary_err_ms E,
 ratio_to_single_pass X`.
 """
@@ -25,6 +31,7 @@ ratio_to_single_pass X`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -42,13 +49,50 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from transcode import GUILD, upload_session  # noqa: E402
 
 from tests.audio_helpers import best_correlation  # noqa: E402
+from voicetrack.errors import NotFoundError  # noqa: E402
 from voicetrack.layout import MeetingLayout  # noqa: E402
 from voicetrack.manifests import PromotionPlan  # noqa: E402
 from voicetrack.objectstore import ObjectStore, S3Settings  # noqa: E402
 from voicetrack_local.seaweed import SeaweedServer  # noqa: E402
+from voicetrack_transcoder import assembly, pieces  # noqa: E402
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end  # noqa: E402
-from voicetrack_transcoder.pieces import build_piece  # noqa: E402
 from voicetrack_transcoder.promote import promote  # noqa: E402
+
+
+class Stages:
+    """Wall time of the calls to a few functions, by stage: (calls, summed s, first
+    start, last end) with times from `start`."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seen: dict[str, tuple[int, float, float, float]] = {}
+
+    def wrap(self, owner: object, name: str, stage: str) -> None:
+        inner = getattr(owner, name)
+
+        @functools.wraps(inner)
+        def timed(*args: object, **kwargs: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                t1 = time.perf_counter()
+                calls, total, first, last = self.seen.get(stage, (0, 0.0, t0, t1))
+                self.seen[stage] = (calls + 1, total + t1 - t0, min(first, t0), max(last, t1))
+
+        setattr(owner, name, timed)
+
+    def report(self) -> str:
+        return "; ".join(
+            f"{stage} {first - self.start:.1f}..{last - self.start:.1f} s ({calls} calls, "
+            f"{total:.1f} s summed)" for stage, (calls, total, first, last)
+            in sorted(self.seen.items(), key=lambda kv: kv[1][2]))
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def p95(values: list[float]) -> float:
@@ -74,7 +118,7 @@ def record_pieces(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
     for chunk in plan.chunks:
         store.put_json(layout.chunk_manifest_key(chunk.index), chunk.to_api())
         t0 = time.perf_counter()
-        build_piece(store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks)
+        pieces.build_piece(store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -114,20 +158,55 @@ def boundary_figures(inc: dict[str, bytes], full: dict[str, bytes],
     return worst_lag, worst_corr, near_max, far_max
 
 
-def bench(store: ObjectStore, minutes: int, speakers: int, runs: int) -> dict[str, float]:
+def recorded(store: ObjectStore, layout: MeetingLayout, speakers: int
+             ) -> PromotionPlan | None:
+    """The plan of a session recorded by an earlier run with `--data-dir` (its plan and
+    the piece of its last-but-one chunk are there), else None."""
+    try:
+        plan = PromotionPlan.model_validate(store.get_json(layout.promotion_plan_key))
+        store.get_json(layout.piece_manifest_key(plan.chunks[-2].index))
+    except (NotFoundError, IndexError):
+        return None
+    return plan if len(plan.speakers) == speakers else None
+
+
+def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: int
+          ) -> dict[str, float]:
     layout = MeetingLayout("bench", GUILD, f"PrOmOtEbEnCh{minutes:04d}")
-    plan = upload_session(store, layout, minutes / 60, speakers, True).model_copy(
-        update={"prefix": layout.prefix})
-    store.put_json(layout.promotion_plan_key, plan.to_api())
-    times = record_pieces(store, layout, plan)
+    plan = recorded(store, layout, speakers)
+    if plan is None:
+        plan = upload_session(store, layout, minutes / 60, speakers, True).model_copy(
+            update={"prefix": layout.prefix})
+        store.put_json(layout.promotion_plan_key, plan.to_api())
+        times = record_pieces(store, layout, plan)
+    else:
+        print(f"{minutes} min: the session recorded earlier in --data-dir is reused",
+              flush=True)
+        times = [float("nan")]
     last = plan.chunks[-1]
     stops = []
     for _ in range(runs):
+        stages = Stages()
+        stages.wrap(pieces, "build_piece", "last piece")
+        stages.wrap(assembly, "read_pieces", "piece.json reads")
+        stages.wrap(store, "get_bytes", "GETs")
+        stages.wrap(assembly, "sha256_file", "sha256 of the tracks")
+        stages.wrap(store, "put_file", "uploads")
+        cpu0, weed0 = cpu_s(os.getpid()), cpu_s(weed_pid)
         t0 = time.perf_counter()
-        build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
+        pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
         manifest = promote(store, layout.promotion_plan_key)
         stops.append(time.perf_counter() - t0)
+        cpu, weed = cpu_s(os.getpid()) - cpu0, cpu_s(weed_pid) - weed0
+        for owner, name in ((pieces, "build_piece"), (assembly, "read_pieces"),
+                            (assembly, "sha256_file")):
+            setattr(owner, name, getattr(owner, name).__wrapped__)
+        for name in ("get_bytes", "put_file"):
+            delattr(store, name)
         assert manifest.assembly == "incremental", manifest.fallback_reason
+    print(f"{minutes} min x {speakers}: stages of the last stop -> final "
+          f"({stops[-1]:.1f} s): {stages.report()}; CPU: this process {cpu:.1f} s, "
+          f"SeaweedFS {weed:.1f} s", flush=True)
     inc_tracks = {t.track: store.get_bytes(t.key) for t in manifest.tracks} \
         if minutes <= 10 else {}
     t0 = time.perf_counter()
@@ -155,15 +234,20 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=5)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--minutes", default="10,60")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="SeaweedFS data directory kept between runs (sessions "
+                             "recorded there are reused)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="vt-bench-promote-") as tmp:
-        server = SeaweedServer(Path(tmp) / "seaweedfs", bucket="bench")
+        server = SeaweedServer(args.data_dir or Path(tmp) / "seaweedfs", bucket="bench")
         settings: S3Settings = server.start()
         try:
             store = ObjectStore(settings)
+            assert server.process is not None
             for minutes in (int(m) for m in args.minutes.split(",")):
-                results[minutes] = bench(store, minutes, args.speakers, args.runs)
+                results[minutes] = bench(store, minutes, args.speakers, args.runs,
+                                         server.process.pid)
         finally:
             server.stop()
     longest = results[max(results)]

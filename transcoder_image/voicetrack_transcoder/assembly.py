@@ -16,15 +16,13 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from pydantic import ValidationError
 
 from voicetrack.audio import FRAME_MS, Channels, ms_to_samples, samples_to_ms
-from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.errors import NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import (
     FinalManifest,
@@ -37,23 +35,16 @@ from voicetrack.manifests import (
 from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
+from voicetrack_transcoder.infotag import MusicCrc, frame_bytes, info_head
 from voicetrack_transcoder.mp3grid import (
     FRAME,
     WARMUP_FRAMES,
     owned_end,
     silent_frames,
-    tag_file,
     total_frames,
 )
-from voicetrack_transcoder.pieces import (
-    Made,
-    PiecesUnusable,
-    Placed,
-    Work,
-    chunk_sources,
-    make,
-    render,
-)
+from voicetrack_transcoder.piececheck import Unit, around, plan_units, read_pieces
+from voicetrack_transcoder.pieces import Made, PiecesUnusable, Work, make, render
 from voicetrack_transcoder.speech import (
     HANGOVER_MS,
     MERGE_GAP_MS,
@@ -62,7 +53,6 @@ from voicetrack_transcoder.speech import (
     join_runs,
     smooth,
 )
-from voicetrack_transcoder.streams import build_timeline
 from voicetrack_transcoder.waveform import overview_png, peaks_json
 
 T = TypeVar("T")
@@ -76,6 +66,10 @@ the pieces of a 4 h meeting of 5 speakers are ~1.4 GB, more than a promotion Job
 PREFETCH_BYTES = 128 * 1024 * 1024
 """Bytes of pieces fetched ahead, all tracks together: fewer pieces ahead when pieces are
 large (a 300 s chunk at 320 kbit/s stereo is a ~12 MB piece)."""
+
+
+UPLOADERS = 6
+"""Final objects uploaded at once (each in parts, `ObjectStore.put_file`)."""
 
 
 def prefetch_depth(largest_piece: int, tracks: int) -> int:
@@ -106,105 +100,31 @@ def fetched_in_order(pool: Executor, items: Iterable[T], fetch: Callable[[T], R]
             future.cancel()
 
 
-@dataclass
-class _Unit:
-    start_ms: int
-    end_ms: int
-    chunk_pos: int | None
-    """Position in plan.chunks of the chunk the unit ends with (None: a gap or the tail)."""
-
-
-def _units(plan: PromotionPlan) -> tuple[list[_Unit], list[Placed]]:
-    """The units of the plan's output (see the module docstring) and its chunks placed."""
-    placed: list[Placed] = []
-    units: list[_Unit] = []
-    at = start = 0
-    for seg in build_timeline(plan):
-        if seg.cut:
-            continue
-        length = seg.end_ms - seg.start_ms
-        if seg.chunk is not None:
-            placed.append(Placed(plan.chunks[seg.chunk], at))
-        at += length
-        ends_unit = seg.chunk is not None or any(
-            g.cause == "chunk-failed" and g.end_ms == seg.end_ms for g in plan.gaps)
-        if ends_unit:
-            units.append(_Unit(start, at, seg.chunk))
-            start = at
-    if at > start:
-        units.append(_Unit(start, at, None))
-    return units, placed
-
-
-def _around(placed: list[Placed], from_ms: int, to_ms: int) -> list[Placed]:
-    """The placed chunks that overlap `[from_ms, to_ms)`."""
-    return [p for p in placed if p.out_end_ms > from_ms and p.out_start_ms < to_ms]
-
-
 def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
              channels: dict[str, Channels], mix_channels: Channels,
              progress: Callable[[float], None] | None = None) -> FinalManifest:
     """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
 
     Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
-    plan, or holds audio of a member the plan excludes (`holds_excluded`);
+    plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`);
     InvalidInputError / TemporaryFailure as the full promotion does."""
     if plan.formats != ["mp3"]:
         raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
     layout = MeetingLayout(plan.prefix, plan.guild_id, plan.meeting_id)
-    units, placed = _units(plan)
+    units, placed = plan_units(plan)
     total_ms = units[-1].end_ms if units else 0
     n_total = ms_to_samples(total_ms)
     want_speakers = plan.tracks in ("perSpeaker", "both")
     want_mix = plan.tracks in ("mixed", "both") and bool(speakers)
     names = ([*speakers] if want_speakers else []) + ([MIX_TRACK] if want_mix else [])
     track_channels = {**channels, MIX_TRACK: mix_channels}
-    indices = {c.index: c for c in plan.chunks}
-    excluded = set(plan.excluded)
 
     # 1. the pieces: read and check every manifest against the plan
-    pieces: dict[int, PieceManifest] = {}
-    for unit in units:
-        if unit.chunk_pos is None:
-            continue
-        chunk = plan.chunks[unit.chunk_pos]
-        try:
-            piece = PieceManifest.model_validate(store.get_json(
-                layout.piece_manifest_key(chunk.index)))
-        except (NotFoundError, InvalidInputError, ValidationError) as err:
-            raise PiecesUnusable(f"chunk {chunk.index}: no usable piece.json ({err})"
-                                 ) from None
-        if holds_excluded(piece, excluded):  # no id: the reason lands in the manifest
-            raise PiecesUnusable(f"chunk {chunk.index}: its piece holds audio of a member "
-                                 "opted out at stop (consent)")
-        prev = indices.get(chunk.index - 1)
-        want_first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
-        checks = {
-            "unit": ((piece.unit_start_ms, piece.unit_end_ms), (unit.start_ms, unit.end_ms)),
-            "frames": ((piece.first_frame, piece.end_frame),
-                       (want_first, owned_end(ms_to_samples(unit.end_ms)))),
-            "bitrate": (piece.mp3_bitrate, plan.mp3_bitrate),
-            "sources": (piece.sources, chunk_sources(chunk)),
-            "previous chunk": ((piece.prev_used, piece.prev_sources),
-                               (prev is not None, chunk_sources(prev) if prev else [])),
-        }
-        for what, (got, want) in checks.items():
-            if got != want:
-                raise PiecesUnusable(f"chunk {chunk.index}: piece {what} {got} != {want}")
-        have = {t.track: t for t in piece.tracks}
-        involved = {t.user_id for t in chunk.tracks} | (
-            {t.user_id for t in prev.tracks} if prev else set())
-        for name in names:
-            t = have.get(name)
-            if t is None and (name == MIX_TRACK or name in involved):
-                raise PiecesUnusable(f"chunk {chunk.index}: no piece of track {name}")
-            if t is not None and t.channels != track_channels[name]:
-                raise PiecesUnusable(f"chunk {chunk.index}: piece of {name} has "
-                                     f"{t.channels} channel(s), the track {track_channels[name]}")
-        pieces[chunk.index] = piece
+    pieces = read_pieces(store, layout, plan, units, names, track_channels)
 
     with tempfile.TemporaryDirectory(prefix="vt-assemble-") as tmp, \
-            ThreadPoolExecutor(8, thread_name_prefix="pieces") as pool:
+            ThreadPoolExecutor(8, thread_name_prefix="pieces") as pool, \
+            ThreadPoolExecutor(UPLOADERS, thread_name_prefix="upload") as uploader:
         work = Path(tmp)
 
         # 2. how a piece's frames are fetched (verified), a few ahead per track in step 4
@@ -219,7 +139,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                                      f"{t.bytes} bytes {t.sha256[:12]}…")
             return data
 
-        def own_piece(unit: _Unit) -> PieceManifest | None:
+        def own_piece(unit: Unit) -> PieceManifest | None:
             return pieces.get(plan.chunks[unit.chunk_pos].index) \
                 if unit.chunk_pos is not None else None
 
@@ -239,7 +159,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             start = max(w.first - WARMUP_FRAMES, 0) * FRAME
             from_ms = min(samples_to_ms(start) // FRAME_MS * FRAME_MS, w.unit_start_ms)
             to_ms = total_ms if w.end is None else w.unit_end_ms
-            near = _around(placed, from_ms - 1000, to_ms)
+            near = around(placed, from_ms - 1000, to_ms)
             if near:
                 from_ms = min(from_ms, near[0].out_start_ms)
             rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
@@ -251,8 +171,10 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
 
         # 4. each track: frames in order, an Info tag, peaks, speech
         silence = silent_frames(plan.mp3_bitrate, {track_channels[n] for n in names}, work)
-        final_tracks: list[FinalTrack] = []
         uploads: list[tuple[str, Path, str]] = []
+
+        def upload(key: str, path: Path, content_type: str) -> None:
+            uploads.append((key, path, content_type))
         speech: dict[str, list[list[list[int]]]] = {u: [] for u in speakers}
         for unit_no, unit in enumerate(units):
             done = pieces.get(plan.chunks[unit.chunk_pos].index) \
@@ -260,10 +182,17 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             for user in speakers:
                 speech[user].append(done.speech.get(user, []) if done is not None
                                     else computed[unit_no].speech.get(user, []))
-        def finish(name: str) -> tuple[FinalTrack, list[tuple[str, Path, str]]]:
-            """One final track: its frames in order behind the tag, its waveforms."""
+        def finish(name: str) -> FinalTrack:
+            """One final track, written once: its head (ID3v2 and Info frame) reserved,
+            its frames in order behind it, the head filled in from the frame count and
+            the music CRC kept along the way; its waveforms (uploaded once every track
+            is complete)."""
             n_ch = track_channels[name]
-            frames_path = work / f"{name}.frames"
+            path = work / f"{name}.mp3"
+            want_frames = total_frames(n_total)
+            head_bytes = len(info_head(want_frames, plan.mp3_bitrate, n_ch, n_total, 0))
+            frame_size = frame_bytes(plan.mp3_bitrate)
+            music = MusicCrc()
             mins: list[np.ndarray] = []
             maxs: list[np.ndarray] = []
             frames = 0
@@ -271,71 +200,75 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                     for t in own.tracks if t.track == name]
             blobs = fetched_in_order(pool, mine, fetch, prefetch_depth(
                 max((t.bytes for t in mine), default=1), len(names)))
-            with frames_path.open("wb") as out, contextlib.closing(blobs):
+
+            def put(data: bytes) -> None:
+                out.write(data)
+                music.update(data)
+
+            with path.open("wb") as out, contextlib.closing(blobs):
+                out.write(bytes(head_bytes))
                 for u, unit in enumerate(units):
                     own = own_piece(unit)
                     if own is not None:
                         t = next((t for t in own.tracks if t.track == name), None)
                         count = own.end_frame - own.first_frame
                         if t is None:
-                            out.write(silence[n_ch] * count)
+                            put(silence[n_ch] * count)
                             pixels = -(-ms_to_samples(unit.end_ms - unit.start_ms)
                                        // 480)
                             mins.append(np.zeros(pixels, np.int8))
                             maxs.append(np.zeros(pixels, np.int8))
                         else:
-                            if t.frames != count:
-                                raise PiecesUnusable(f"{t.key}: {t.frames} frames, "
-                                                     f"the piece owns {count}")
-                            out.write(next(blobs))
+                            if t.frames != count or t.bytes != count * frame_size:
+                                raise PiecesUnusable(f"{t.key}: {t.frames} frames of "
+                                                     f"{t.bytes} bytes, the piece owns "
+                                                     f"{count} of {frame_size} bytes")
+                            put(next(blobs))
                             pk = np.asarray(t.peaks, dtype=np.int8)
                             mins.append(pk[0::2])
                             maxs.append(pk[1::2])
                         frames += count
                     else:
                         made = computed[u]
-                        out.write(b"".join(made.frames[name]))
+                        put(b"".join(made.frames[name]))
                         frames += len(made.frames[name])
                         mins.append(made.peaks[name][0])
                         maxs.append(made.peaks[name][1])
                 if len(units) in computed:
                     tail = computed[len(units)].frames[name]
-                    out.write(b"".join(tail))
+                    put(b"".join(tail))
                     frames += len(tail)
-            if frames != total_frames(n_total):
-                raise PiecesUnusable(f"track {name}: {frames} frames assembled, one "
-                                     f"encode of {n_total} samples has "
-                                     f"{total_frames(n_total)}")
-            path = work / f"{name}.mp3"
-            tag_file(frames_path, path, n_total)
-            frames_path.unlink()
+                if frames != want_frames or out.tell() != head_bytes + frames * frame_size:
+                    raise PiecesUnusable(f"track {name}: {frames} frames ({out.tell()} "
+                                         f"bytes) assembled, one encode of {n_total} "
+                                         f"samples has {want_frames}")
+                out.seek(0)
+                out.write(info_head(frames, plan.mp3_bitrate, n_ch, n_total, music.value))
+            key = layout.final_key(name, "mp3")
+            upload(key, path, CONTENT_TYPES["mp3"])
             mn, mx = np.concatenate(mins), np.concatenate(maxs)
             peaks_key = layout.waveform_key(name, "json")
             overview_key = layout.waveform_key(name, "png")
             peaks_path = work / f"waveform-{name}.json"
             peaks_path.write_text(json.dumps(peaks_json(mn, mx), separators=(",", ":")))
+            upload(peaks_key, peaks_path, "application/json")
             png_path = work / f"waveform-{name}.png"
             png_path.write_bytes(overview_png(mn, mx))
-            key = layout.final_key(name, "mp3")
+            upload(overview_key, png_path, "image/png")
             return FinalTrack(
                 track=name, kind="mixed" if name == MIX_TRACK else "speaker",
                 user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
                 channels=n_ch, bytes=path.stat().st_size, sha256=sha256_file(path),
-                duration_ms=total_ms, peaks_key=peaks_key,
-                overview_key=overview_key), [
-                (peaks_key, peaks_path, "application/json"),
-                (overview_key, png_path, "image/png"), (key, path, CONTENT_TYPES["mp3"])]
+                duration_ms=total_ms, peaks_key=peaks_key, overview_key=overview_key)
 
         with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
-            for final, files in tp.map(finish, names):
-                final_tracks.append(final)
-                uploads += files
+            final_tracks = list(tp.map(finish, names))
+        list(uploader.map(lambda item: store.put_file(item[0], str(item[1]), item[2]),
+                          uploads))
         if progress:
             progress(0.9)
         timeline = speech_timeline(
             total_ms, {u: join_runs(parts) for u, parts in speech.items()})
-        list(pool.map(lambda item: store.put_file(item[0], str(item[1]), item[2]),
-                      uploads))
     store.put_json(layout.timeline_key, timeline.to_api())
     paused_ms = sum(g.end_ms - g.start_ms for g in plan.gaps if g.cause == "paused")
     manifest = FinalManifest(
@@ -354,17 +287,6 @@ def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> Speech
         duration_ms=duration_ms, threshold_dbfs=THRESHOLD_DBFS, merge_gap_ms=MERGE_GAP_MS,
         min_speech_ms=MIN_SPEECH_MS, hangover_ms=HANGOVER_MS,
         speakers={u: smooth(runs, duration_ms) for u, runs in raw.items()})
-
-
-def holds_excluded(piece: PieceManifest, excluded: set[str]) -> bool:
-    """Whether `piece` was made from audio of a user in `excluded`: a raw track it
-    decoded (its chunk's `sources`, or the previous chunk's `prevSources`, which warm up
-    the decoder, the limiter and the encoder of every track, the mix included), a track
-    of its own, or voice activity. Decided from the piece's manifest, not from the plan:
-    the piece was made before anyone knew who would be excluded."""
-    users = {s.partition(":")[0] for s in [*piece.sources, *piece.prev_sources]}
-    users |= {t.track for t in piece.tracks} | set(piece.speech)
-    return not users.isdisjoint(excluded)
 
 
 def write_consent(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan

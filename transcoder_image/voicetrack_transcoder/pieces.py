@@ -17,7 +17,8 @@ chunk's window, time after the last chunk) and the frames after the last piece a
 rendered then from the raw chunks, which is the work left after stop: at most one
 chunk's worth. Speakers absent from a unit and from the chunk before it are digital
 silence there: LAME's steady-state silent frame. Each final track is the frames in order
-behind an Info tag with the exact delay and padding (`mp3grid.tag_file`). A missing or
+behind an Info tag with the exact delay and padding, computed from the frame count and
+the music CRC (`infotag.info_head`), written once into the final file. A missing or
 mismatching piece raises PiecesUnusable and promotion falls back to the full
 re-promotion (`promote.py`).
 
