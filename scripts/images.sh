@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make images`: build the operator, recorder, transcoder, web and (the chart's bundled)
-# postgresql images with podman.
+# postgresql and seaweedfs images with podman.
 #
 # Base image: $VOICETRACK_BASE_IMAGE if set; else the official Python slim image when a
 # registry answers; else a Debian bookworm base made here from Debian's packages with
@@ -72,7 +72,7 @@ cert=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
 [ -s "$cert" ] && secret=(--secret "id=pip-cert,src=$cert")
 
 for pair in operator:operator recorder:recorder_image transcoder:transcoder_image web:web_image \
-            postgresql:images/postgresql; do
+            postgresql:images/postgresql seaweedfs:images/seaweedfs; do
   name=${pair%%:*}; dir=${pair##*:}
   t1=$(date +%s)
   podman build -q --network host --build-arg "BASE_IMAGE=$base" "${secret[@]}" \

@@ -59,13 +59,54 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- end }}
 
 {{/* "true" when the chart hands out S3 keys: `s3.existingSecret`, or `s3.accessKey` and
-     `s3.secretKey`. Empty: no key anywhere, every component uses the standard AWS
+     `s3.secretKey`, or the bundled SeaweedFS (`seaweedfs.enabled`: generated keys). Empty: no key anywhere, every component uses the standard AWS
      credential chain. Half a pair fails the render. */}}
 {{- define "voicetrack.s3Keys" -}}
 {{- if and (not .Values.s3.existingSecret) (ne (empty .Values.s3.accessKey) (empty .Values.s3.secretKey)) }}
 {{- fail "s3.accessKey and s3.secretKey go together: give both, or neither to use the AWS credential chain" }}
 {{- end }}
-{{- if or .Values.s3.existingSecret (and .Values.s3.accessKey .Values.s3.secretKey) }}true{{ end }}
+{{- if or .Values.s3.existingSecret (and .Values.s3.accessKey .Values.s3.secretKey) .Values.seaweedfs.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The S3 endpoint of the operator, the web page, the bot and `helm test`: the bundled
+     SeaweedFS's (seaweedfs.host, else its Service) when seaweedfs.enabled, else s3.endpoint. */}}
+{{- define "voicetrack.s3Endpoint" -}}
+{{- if .Values.seaweedfs.enabled }}
+{{- $host := default (printf "%s.%s.svc" (include "voicetrack.seaweedfsName" .) .Release.Namespace) .Values.seaweedfs.host }}
+{{- printf "http://%s:%v" $host .Values.seaweedfs.ports.s3 }}
+{{- else }}
+{{- .Values.s3.endpoint }}
+{{- end }}
+{{- end }}
+
+{{/* The S3 endpoint of recorder and transcoder pods: s3.podEndpoint, else the one above. */}}
+{{- define "voicetrack.s3PodEndpoint" -}}
+{{- default (include "voicetrack.s3Endpoint" .) .Values.s3.podEndpoint }}
+{{- end }}
+
+{{/* The bundled SeaweedFS's StatefulSet, Service and NetworkPolicy name. */}}
+{{- define "voicetrack.seaweedfsName" -}}
+{{- printf "%s-seaweedfs" (include "voicetrack.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The keys of the chart-managed S3 Secret as a dict {accessKey, secretKey}, in JSON:
+     `s3.accessKey`/`s3.secretKey`; else, with the bundled SeaweedFS, the ones in the
+     release's Secret (kept across upgrades, read back with `lookup`), else generated once
+     per render (remembered in .Values, so the Secret and the pod checksum agree). */}}
+{{- define "voicetrack.s3KeyPair" -}}
+{{- if and .Values.s3.accessKey .Values.s3.secretKey }}
+{{- dict "accessKey" .Values.s3.accessKey "secretKey" .Values.s3.secretKey | toJson }}
+{{- else }}
+{{- if not (hasKey .Values.seaweedfs "generatedKeys") }}
+{{- $old := lookup "v1" "Secret" .Release.Namespace (include "voicetrack.s3SecretName" .) }}
+{{- $keys := dict "accessKey" (printf "vt%s" (randAlphaNum 18 | lower)) "secretKey" (randAlphaNum 40) }}
+{{- if and $old $old.data (hasKey $old.data "accessKey") (hasKey $old.data "secretKey") }}
+{{- $keys = dict "accessKey" (index $old.data "accessKey" | b64dec) "secretKey" (index $old.data "secretKey" | b64dec) }}
+{{- end }}
+{{- $_ := set .Values.seaweedfs "generatedKeys" $keys }}
+{{- end }}
+{{- .Values.seaweedfs.generatedKeys | toJson }}
+{{- end }}
 {{- end }}
 
 {{/* VOICETRACK_S3_ACCESS_KEY and VOICETRACK_S3_SECRET_KEY from the Secret `.secret`
