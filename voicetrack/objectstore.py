@@ -2,23 +2,10 @@
 
 Calls are synchronous (the recorder and transcoder are plain processes); the operator runs
 them off the event loop with `asyncio.to_thread`. S3 and network errors become the
-project's own in one place (`_translate`, used by every call through `_s3`):
-
-- S3Error NoSuchKey / NoSuchObject / NoSuchBucket → NotFoundError;
-- S3Error AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch (and other credential
-  codes) → TemporaryFailure whose message names the credential settings (an admin fixes
-  them; the caller retries meanwhile);
-- S3Error with a 5xx status, SlowDown, InternalError, ServiceUnavailable, RequestTimeout,
-  RequestTimeTooSkewed → TemporaryFailure;
-- any other S3Error (InvalidBucketName, EntityTooLarge, …) → InvalidInputError;
-- minio ServerError / InvalidResponseError, urllib3 HTTPError (connection refused, timeouts,
-  retries exhausted), ConnectionError, TimeoutError and DNS failures → TemporaryFailure.
+project's own in one place (`voicetrack.s3errors`, used by every call through `s3_call`).
 
 Credentials: `voicetrack.s3credentials` (the settings' explicit keys, else the standard AWS
 chain; no credentials at all → CredentialsUnavailable, a TemporaryFailure).
-
-Anything else (a TypeError from a wrong argument, a missing local file in `put_file`)
-propagates unchanged: it is a bug or bad local input, and retrying it would loop forever.
 """
 
 from __future__ import annotations
@@ -27,9 +14,6 @@ import hashlib
 import io
 import json
 import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,11 +23,12 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
-from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.error import S3Error
 from minio.helpers import check_bucket_name
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.s3credentials import credentials_provider
+from voicetrack.s3errors import s3_call
 
 
 @dataclass(frozen=True)
@@ -145,64 +130,6 @@ class PresignedUrl:
                 "format": self.format}
 
 
-S3_RETRY_DELAY_S = 10.0
-"""Suggested wait (s) before retrying after an S3 outage (`TemporaryFailure.delay`)."""
-
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
-_CREDENTIAL_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "InvalidSecurity",
-})
-_TEMPORARY_CODES = frozenset({
-    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-    "RequestTimeTooSkewed", "OperationAborted",
-})
-_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, socket.gaierror,
-    ServerError, InvalidResponseError,
-)
-_S3_ERRORS: tuple[type[BaseException], ...] = (S3Error, *_NETWORK_ERRORS)
-
-
-def _translate(err: BaseException, what: str) -> Exception | None:
-    """The Voicetrack error for an S3 or network error met while doing `what` (e.g.
-    `get <key>`), or None when `err` is neither (a bug: the caller re-raises it as is)."""
-    if isinstance(err, S3Error):
-        code = err.code or ""
-        status = err.response.status if err.response is not None else 0
-        if code in _NOT_FOUND_CODES:
-            return NotFoundError(f"{what}: {code}")
-        if code in _CREDENTIAL_CODES:
-            return TemporaryFailure(
-                f"{what}: {code}: the S3 server refused our credentials or their rights; "
-                "check VOICETRACK_S3_ACCESS_KEY / VOICETRACK_S3_SECRET_KEY (or the AWS "
-                f"credentials they leave to the chain) and the bucket policy ({err.message})",
-                delay=S3_RETRY_DELAY_S)
-        if code in _TEMPORARY_CODES or status >= 500:
-            return TemporaryFailure(f"{what}: {code or status}: {err.message}",
-                                    delay=S3_RETRY_DELAY_S)
-        return InvalidInputError(f"{what}: {code or status}: {err.message}")
-    if isinstance(err, ServerError | InvalidResponseError):
-        return TemporaryFailure(f"{what}: S3 server error: {err}", delay=S3_RETRY_DELAY_S)
-    if isinstance(err, _NETWORK_ERRORS):
-        return TemporaryFailure(f"{what}: S3 endpoint unreachable: {err}",
-                                delay=S3_RETRY_DELAY_S)
-    return None
-
-
-@contextmanager
-def _s3(what: str) -> Iterator[None]:
-    """Run one S3 call; S3 and network errors come out translated (`_translate`), chained
-    to the original; every other exception passes through unchanged."""
-    try:
-        yield
-    except _S3_ERRORS as err:
-        translated = _translate(err, what)
-        if translated is None:  # pragma: no cover - _S3_ERRORS are all translated
-            raise
-        raise translated from err
-
-
 POOL_CONNECTIONS = 32
 """Connections to S3 kept open for reuse, per host: at least the threads that call one
 store at the same time (the operator's 32 blocking-call threads, promotion's 8 fetchers)."""
@@ -211,7 +138,7 @@ store at the same time (the operator's 32 blocking-call threads, promotion's 8 f
 class ObjectStore:
     """One bucket of an S3 server, signed for with `credentials_provider(settings)`. Every
     method raises NotFoundError, TemporaryFailure or InvalidInputError for S3 and network
-    failures (see the module docstring), CredentialsUnavailable (a TemporaryFailure) when
+    failures (`voicetrack.s3errors`), CredentialsUnavailable (a TemporaryFailure) when
     there are no credentials, and lets any other exception through unchanged."""
 
     def __init__(self, settings: S3Settings) -> None:
@@ -243,7 +170,7 @@ class ObjectStore:
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (idempotent)."""
-        with _s3(f"bucket {self.bucket}"):
+        with s3_call(f"bucket {self.bucket}"):
             try:
                 if not self.client.bucket_exists(self.bucket):
                     self.client.make_bucket(self.bucket)
@@ -254,7 +181,7 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"
                   ) -> str:
         """Write `data` at `key`; returns its sha256 (hex)."""
-        with _s3(f"put {key}"):
+        with s3_call(f"put {key}"):
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
                                    content_type=content_type)
         return sha256_hex(data)
@@ -263,7 +190,7 @@ class ObjectStore:
                  ) -> None:
         """Upload a local file (streamed in parts) to `key`. A missing or unreadable local
         file raises its OSError (FileNotFoundError, …) unchanged."""
-        with _s3(f"put {key}"):
+        with s3_call(f"put {key}"):
             self.client.fput_object(self.bucket, key, path, content_type=content_type)
 
     def put_json(self, key: str, doc: Any) -> str:
@@ -273,7 +200,7 @@ class ObjectStore:
 
     def get_bytes(self, key: str) -> bytes:
         """The whole object at `key`. Raises NotFoundError when it does not exist."""
-        with _s3(f"get {key}"):
+        with s3_call(f"get {key}"):
             resp = self.client.get_object(self.bucket, key)
             try:
                 return resp.read()
@@ -286,7 +213,7 @@ class ObjectStore:
         Raises NotFoundError when it does not exist."""
         h = hashlib.sha256()
         size = 0
-        with _s3(f"get {key}"):
+        with s3_call(f"get {key}"):
             resp = self.client.get_object(self.bucket, key)
             try:
                 for block in resp.stream(part):
@@ -299,12 +226,12 @@ class ObjectStore:
 
     def copy(self, src: str, dst: str) -> None:
         """Server-side copy of `src` to `dst` in this bucket. NotFoundError if `src` is gone."""
-        with _s3(f"copy {src}"):
+        with s3_call(f"copy {src}"):
             self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
 
     def get_file(self, key: str, path: str) -> None:
         """Download `key` to a local file, streamed. NotFoundError when it does not exist."""
-        with _s3(f"get {key}"):
+        with s3_call(f"get {key}"):
             self.client.fget_object(self.bucket, key, path)
 
     def get_json(self, key: str) -> Any:
@@ -319,7 +246,7 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         """Whether an object is at `key` (False also when the bucket is missing)."""
         try:
-            with _s3(f"stat {key}"):
+            with s3_call(f"stat {key}"):
                 self.client.stat_object(self.bucket, key)
         except NotFoundError:
             return False
@@ -327,14 +254,14 @@ class ObjectStore:
 
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under `prefix`, recursively, sorted."""
-        with _s3(f"list {prefix}"):
+        with s3_call(f"list {prefix}"):
             return sorted(o.object_name for o in
                           self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
                           if o.object_name)
 
     def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
         """(key, last modified, UTC) of every object under `prefix`, recursively."""
-        with _s3(f"list {prefix}"):
+        with s3_call(f"list {prefix}"):
             return [(o.object_name, o.last_modified) for o in
                     self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
                     if o.object_name and o.last_modified]
@@ -344,7 +271,7 @@ class ObjectStore:
         TemporaryFailure when the server refuses any of them."""
         if not keys:
             return 0
-        with _s3("delete objects"):
+        with s3_call("delete objects"):
             errors = list(self.client.remove_objects(
                 self.bucket, [DeleteObject(k) for k in keys]))
         bad = [e for e in errors if e.code not in ("NoSuchKey",)]
@@ -374,7 +301,7 @@ class ObjectStore:
                 raise InvalidInputError(f"download_as: {download_as!r} is not a file name")
             headers = {"response-content-disposition":
                        f'attachment; filename="{download_as}"'}
-        with _s3(f"presign {key}"):
+        with s3_call(f"presign {key}"):
             return self._signer.presigned_get_object(
                 self.bucket, key, expires=timedelta(seconds=expires_s),
                 response_headers=headers)
