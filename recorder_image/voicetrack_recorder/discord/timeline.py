@@ -28,6 +28,24 @@ wait: its packets arrive before their slots, which moves the estimate earlier at
 Every change makes the estimate agree with the arrival of the packet that caused it, so
 re-anchoring cannot loop.
 
+Onsets. A stalled pause is also seen at once, when the frames allow it: a speaker's talk
+spurt after a pause with stalled timestamps starts with a frame that arrived later than its
+RTP gap to the previous frame says (by `ONSET_MS` or more), and so does the first frame out
+of a receiver stall's backlog; only the arrivals after it tell them apart (a backlog comes
+in a burst and is followed by on-time packets, a spurt comes at the pace of its
+timestamps). So the receiver holds the frames from such an onset (and from a stream's first
+frame) for `WINDOW_MS` (`hold`), and `settle` then takes the least-delayed arrival among
+them as the evidence: for a new stream it is the anchor, for an open one a later estimate
+by `EARLY_SLOTS` or more (a stalled pause), applied at once since it overlaps nothing. The
+backlog of a stall longer than the window changes nothing, since the on-time packets after
+it are in the window; a stream that starts in a stall is anchored by them. A pause during
+which the timestamps advance, a forward jump and a jump back open no window (they are
+handled as above). The `resync_ms` rule stays the fallback for onsets the window cannot
+settle (a spurt that both starts and ends inside a receiver stall) and for a caller that
+does not hold. Clock drift between the sender's RTP clock and the session clock is
+corrected at each onset: within a talk spurt by at most `EARLY_SLOTS` slots earlier or
+`resync_ms` later, across a stalled pause by the onset's evidence.
+
 Placement. Frames are placed by a placing anchor that follows the estimate but never moves
 audio onto a slot already placed. A change applies at once when the estimate's slot for the
 current frame is after the speaker's last placed slot (a later anchor, a forward jump, or
@@ -56,6 +74,14 @@ from voicetrack_recorder.discord.rtp import ts_diff
 
 EARLY_SLOTS = 2
 """A packet arriving this many slots before its estimated slot moves the estimate earlier."""
+ONSET_MS = EARLY_SLOTS * FRAME_MS
+"""A packet whose arrival gap to the stream's previous packet exceeds their RTP gap by this
+much (40 ms) may start a talk spurt after a pause with stalled timestamps: it opens a
+window."""
+WINDOW_MS = 3 * FRAME_MS
+"""How long (60 ms) the frames from an onset wait for the arrivals that settle it: enough
+for the first on-time packet after a receiver stall's backlog (20 ms after it, plus
+jitter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +108,15 @@ class _Stream:
     """The least lateness (slots) in that run."""
 
 
+@dataclass(slots=True)
+class _Window:
+    """An onset waiting to be settled: `anchor` is the least-delayed arrival's evidence so
+    far (the slot it gives RTP `anchor.timestamp`), `opened_ms` the onset's arrival."""
+
+    anchor: _Anchor
+    opened_ms: float
+
+
 class Timeline:
     """Slots for every speaker of one session. `resyncs` counts renewed anchors."""
 
@@ -94,6 +129,56 @@ class Timeline:
         self.resyncs = 0
         self._streams: dict[str, _Stream] = {}
         self.last_slot: dict[str, int] = {}
+        self._heard: dict[tuple[str, int], tuple[int, float]] = {}
+        self._windows: dict[tuple[str, int], _Window] = {}
+
+    def hold(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float) -> bool:
+        """Whether the frame with RTP `timestamp` on `ssrc` of `user_id` that arrived at
+        `arrival_ms` (Unix ms; frames given in sequence order) must wait before `slot`:
+        it opens a window (the stream's first frame, or one that arrived `ONSET_MS` later
+        than its RTP gap to the previous frame says), or one is open. Its arrival is
+        evidence for the window; call `settle` until it returns True, then place the held
+        frames in order."""
+        key = (user_id, ssrc)
+        heard = self._heard.get(key)
+        self._heard[key] = (timestamp, arrival_ms)
+        anchor = _Anchor(timestamp, self.clock.slot_at(arrival_ms - FRAME_MS))
+        window = self._windows.get(key)
+        if window is not None:
+            if anchor.at(window.anchor.timestamp) < window.anchor.slot:
+                window.anchor = _Anchor(window.anchor.timestamp,
+                                        anchor.at(window.anchor.timestamp))
+            return True
+        if heard is not None:
+            rtp_ms = ts_diff(timestamp, heard[0]) / FRAME_SAMPLES * FRAME_MS
+            if rtp_ms <= 0 or arrival_ms - heard[1] - rtp_ms < ONSET_MS:
+                return False  # in step, or the timestamps went back (see `slot`)
+        self._windows[key] = _Window(anchor, arrival_ms)
+        return True
+
+    def settle(self, user_id: str, ssrc: int, now_ms: float) -> bool:
+        """Close the window of `ssrc` of `user_id` once `WINDOW_MS` has passed since its
+        onset at `now_ms` (Unix ms; `inf` at stop); True when closed (or none was open).
+        The least-delayed arrival in it anchors a new stream; an open stream's estimate
+        moves later to it when it is at least `EARLY_SLOTS` later (a pause with stalled
+        timestamps), placing the spurt at once (`slot`); earlier evidence is left to
+        `slot`. A receiver stall's backlog changes nothing: the first on-time packet after
+        it is in the window."""
+        key = (user_id, ssrc)
+        window = self._windows.get(key)
+        if window is None:
+            return True
+        if now_ms - window.opened_ms < WINDOW_MS:
+            return False
+        del self._windows[key]
+        anchor, stream = window.anchor, self._streams.get(user_id)
+        last = self.last_slot.get(user_id)
+        if stream is None or stream.ssrc != ssrc:
+            start = anchor.slot if last is None else max(anchor.slot, last + 1)
+            self._streams[user_id] = _Stream(ssrc, anchor, _Anchor(anchor.timestamp, start))
+        elif anchor.slot - stream.estimate.at(anchor.timestamp) >= EARLY_SLOTS:
+            stream.estimate, stream.late_since_ms = anchor, None
+        return True
 
     def slot(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float) -> int:
         """The slot of the frame with RTP `timestamp` on `ssrc` of `user_id` that arrived
