@@ -217,3 +217,51 @@ def test_drift_within_one_long_spurt_is_bounded_by_its_length(ppm: int) -> None:
     err = errors(d.placed, spurts, 1 + ppm / 1e6)
     bound = abs(ppm) * 1e-6 * 60_000 / FRAME_MS + 1
     assert d.refused == 0 and max(map(abs, err.values()), default=0) <= bound
+
+
+@pytest.mark.parametrize("hiccup_ms", [80, 200])
+def test_a_sender_hiccup_caught_up_slowly_moves_nothing(hiccup_ms: int) -> None:
+    """discord.py's send thread (on a busy host) sends nothing for `hiccup_ms`, then
+    catches up at one packet per 10 ms instead of 20 (seen on the wire): the window stays
+    open while the backlog drains, so the spurt keeps its capture slots (a fixed 60 ms
+    window moved the rest of the spurt later by the lateness it still had)."""
+    spurts = [range(100, 400)]
+    arrivals = talk(spurts, jitter_ms=4.0)
+    resume = T0 + 200 * FRAME_MS + hiccup_ms
+    sent = resume
+    for i, (k, ts, at) in enumerate(arrivals):
+        if at >= T0 + 200 * FRAME_MS and at < sent:
+            arrivals[i] = (k, ts, sent)
+            sent += FRAME_MS / 2
+    d = Driver()
+    d.play(arrivals)
+    assert errors(d.placed, spurts) == {} and d.refused == 0 and d.tl.resyncs == 0
+
+
+WIRE_LATENESS_MS = [
+    1232.0, 1262.1, 1250.6, 1256.6, 1273.8, 1275.0, 1255.1, 1247.6, 1247.1, 1247.4, 1251.8,
+    1251.5, 1247.2, 1250.4, 1250.8, 1252.5, 1247.0, 1258.9, 1247.0, 1248.2, 1286.1, 1279.8,
+    1259.8, 1250.5, 1255.5, 1250.1, 1284.5, 1270.5, 1337.6, 1320.6, 1344.0, 1335.6, 1325.5,
+    1318.8, 1316.6, 1296.7, 1280.0, 1262.0, 1250.5, 1247.7, 1252.4, 1247.0, 1246.7, 1246.7,
+    1246.9, 1246.7, 1232.5, 1213.4, 1194.5, 1180.8]
+"""Arrival - 20 ms x frame index of a discord.py sender's third spurt on the local Discord
+(tests/integration/test_local_discord_pauses.py, a busy host): the first frame after a
+700 ms stalled pause, 45 frames with a send-thread hiccup at frame 28 (87 ms, caught up
+over 110 ms), then discord.py's 5 silence frames sent at once."""
+
+
+def test_a_spurt_recorded_on_the_wire_keeps_its_pace_through_a_send_hiccup() -> None:
+    """Replayed after a first spurt 700 ms (35 slots) before: the spurt lands where its
+    least-delayed frames put it, all 50 contiguous (a 60 ms window moved the frames after
+    the hiccup 3 slots later, leaving a gap in the spurt)."""
+    spurts = [range(100, 145)]
+    head = [(k, (TS0 + FRAME_SAMPLES * (k - 100)) & 0xFFFF_FFFF,
+             T0 + (k + 1) * FRAME_MS + LATENCY_MS) for k in spurts[0]]
+    tail = [(180 + i, (TS0 + FRAME_SAMPLES * (45 + i)) & 0xFFFF_FFFF,
+             T0 + 1000 * FRAME_MS + (45 + i) * FRAME_MS + late)
+            for i, late in enumerate(WIRE_LATENESS_MS)]
+    d = Driver()
+    d.play(head + tail)
+    got = [d.placed[k] for k in range(180, 230)]
+    assert got == list(range(got[0], got[0] + 50)) and d.refused == 0
+    assert all(d.placed[k] == k for k in spurts[0])

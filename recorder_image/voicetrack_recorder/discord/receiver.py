@@ -6,7 +6,7 @@
         by DAVE, as are those held while their SSRC was unknown and those still in the
         jitter buffer when the opt-out is seen (checked again before DAVE decryption)
       → per-SSRC jitter buffer (jitter.py)
-      → in sequence order: frames from a talk spurt's onset wait 60 ms for the arrivals
+      → in sequence order: frames from a talk spurt's onset wait 160 ms for the arrivals
         that anchor it (timeline.py `hold`/`settle`) → DAVE decrypt (dave.py; a frame
         sealed with keys of an epoch not processed yet waits ≤ key_wait_ms for it)
       → FEC/PLC for lost frames (conceal.py)

@@ -31,20 +31,24 @@ re-anchoring cannot loop.
 Onsets. A stalled pause is also seen at once, when the frames allow it: a speaker's talk
 spurt after a pause with stalled timestamps starts with a frame that arrived later than its
 RTP gap to the previous frame says (by `ONSET_MS` or more), and so does the first frame out
-of a receiver stall's backlog; only the arrivals after it tell them apart (a backlog comes
-in a burst and is followed by on-time packets, a spurt comes at the pace of its
-timestamps). So the receiver holds the frames from such an onset (and from a stream's first
-frame) for `WINDOW_MS` (`hold`), and `settle` then takes the least-delayed arrival among
-them as the evidence: for a new stream it is the anchor, for an open one a later estimate
-by `EARLY_SLOTS` or more (a stalled pause), applied at once since it overlaps nothing. The
-backlog of a stall longer than the window changes nothing, since the on-time packets after
-it are in the window; a stream that starts in a stall is anchored by them. A pause during
-which the timestamps advance, a forward jump and a jump back open no window (they are
-handled as above). The `resync_ms` rule stays the fallback for onsets the window cannot
-settle (a spurt that both starts and ends inside a receiver stall) and for a caller that
-does not hold. Clock drift between the sender's RTP clock and the session clock is
-corrected at each onset: within a talk spurt by at most `EARLY_SLOTS` slots earlier or
-`resync_ms` later, across a stalled pause by the onset's evidence.
+of a backlog (a receiver stall, or a sender's send thread that fell behind); only the
+arrivals after it tell them apart (a backlog drains faster than real time and is followed
+by on-time packets, a spurt comes at the pace of its timestamps). So the receiver holds the
+frames from such an onset (and from a stream's first frame) for `WINDOW_MS`, longer while a
+backlog drains (`hold`), and `settle` then takes the least-delayed arrival among them as
+the evidence: for a new stream it is the anchor, for an open one a later estimate by
+`EARLY_SLOTS` or more (a stalled pause), applied at once since it overlaps nothing. A
+backlog changes nothing, since the on-time packets after it are in the window; a stream
+that starts in a receiver stall is anchored by them. A pause during which the timestamps
+advance, a forward jump and a jump back open no window (they are handled as above). The
+`resync_ms` rule stays the fallback for onsets the window cannot settle (a spurt that
+starts and ends inside a receiver stall) and for a caller that does not hold.
+
+Drift. A sender's RTP clock that runs fast or slow against the session clock is corrected
+at each onset after a stalled pause (to within a slot: measured in
+tests/unit/test_timeline_spurts.py at ±300 ppm) and by the rules above otherwise; within
+one uninterrupted talk spurt nothing can correct it without dropping or stretching audio,
+so it stays off by the drift over the spurt's length (18 ms per minute at 300 ppm).
 
 Placement. Frames are placed by a placing anchor that follows the estimate but never moves
 audio onto a slot already placed. A change applies at once when the estimate's slot for the
@@ -78,10 +82,17 @@ ONSET_MS = EARLY_SLOTS * FRAME_MS
 """A packet whose arrival gap to the stream's previous packet exceeds their RTP gap by this
 much (40 ms) may start a talk spurt after a pause with stalled timestamps: it opens a
 window."""
-WINDOW_MS = 3 * FRAME_MS
-"""How long (60 ms) the frames from an onset wait for the arrivals that settle it: enough
-for the first on-time packet after a receiver stall's backlog (20 ms after it, plus
-jitter)."""
+WINDOW_MS = 8 * FRAME_MS
+"""How long (160 ms) the frames from an onset wait for the arrivals that settle it: enough
+for the first on-time packet after a backlog (a receiver stall's drains in a burst; a
+sender's send thread that fell behind on a busy host catches up over 100 ms or more, seen
+with discord.py on the local Discord)."""
+DRAIN_MS = 3 * FRAME_MS
+"""A window whose least delay improved by a slot or more within this long (60 ms) is still
+draining a backlog (or jitter made a new least): it stays open, up to `MAX_WINDOW_MS`."""
+MAX_WINDOW_MS = 10 * FRAME_MS
+"""The longest (200 ms) frames wait from an onset: frames that arrived on time still reach
+the chunker well within its 400 ms seal delay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +122,12 @@ class _Stream:
 @dataclass(slots=True)
 class _Window:
     """An onset waiting to be settled: `anchor` is the least-delayed arrival's evidence so
-    far (the slot it gives RTP `anchor.timestamp`), `opened_ms` the onset's arrival."""
+    far (the slot it gives RTP `anchor.timestamp`), `opened_ms` the onset's arrival,
+    `improved_ms` that of the last packet that moved `anchor` earlier."""
 
     anchor: _Anchor
     opened_ms: float
+    improved_ms: float
 
 
 class Timeline:
@@ -148,27 +161,30 @@ class Timeline:
             if anchor.at(window.anchor.timestamp) < window.anchor.slot:
                 window.anchor = _Anchor(window.anchor.timestamp,
                                         anchor.at(window.anchor.timestamp))
+                window.improved_ms = arrival_ms
             return True
         if heard is not None:
             rtp_ms = ts_diff(timestamp, heard[0]) / FRAME_SAMPLES * FRAME_MS
             if rtp_ms <= 0 or arrival_ms - heard[1] - rtp_ms < ONSET_MS:
                 return False  # in step, or the timestamps went back (see `slot`)
-        self._windows[key] = _Window(anchor, arrival_ms)
+        self._windows[key] = _Window(anchor, arrival_ms, arrival_ms)
         return True
 
     def settle(self, user_id: str, ssrc: int, now_ms: float) -> bool:
-        """Close the window of `ssrc` of `user_id` once `WINDOW_MS` has passed since its
-        onset at `now_ms` (Unix ms; `inf` at stop); True when closed (or none was open).
-        The least-delayed arrival in it anchors a new stream; an open stream's estimate
-        moves later to it when it is at least `EARLY_SLOTS` later (a pause with stalled
-        timestamps), placing the spurt at once (`slot`); earlier evidence is left to
-        `slot`. A receiver stall's backlog changes nothing: the first on-time packet after
-        it is in the window."""
+        """Close the window of `ssrc` of `user_id` at `now_ms` (Unix ms; `inf` at stop)
+        once `WINDOW_MS` has passed since its onset and `DRAIN_MS` since its last
+        improvement, or `MAX_WINDOW_MS` since its onset; True when closed (or none was
+        open). The least-delayed arrival in it anchors a new stream; an open stream's
+        estimate moves later to it when it is at least `EARLY_SLOTS` later (a pause with
+        stalled timestamps), placing the spurt at once (`slot`); a backlog still draining
+        at `MAX_WINDOW_MS` moves it by what remains of its delay (the next pause corrects
+        that). Earlier evidence is left to `slot`."""
         key = (user_id, ssrc)
         window = self._windows.get(key)
         if window is None:
             return True
-        if now_ms - window.opened_ms < WINDOW_MS:
+        draining = now_ms - window.improved_ms < DRAIN_MS
+        if now_ms - window.opened_ms < (MAX_WINDOW_MS if draining else WINDOW_MS):
             return False
         del self._windows[key]
         anchor, stream = window.anchor, self._streams.get(user_id)
