@@ -265,3 +265,21 @@ def test_a_spurt_recorded_on_the_wire_keeps_its_pace_through_a_send_hiccup() -> 
     got = [d.placed[k] for k in range(180, 230)]
     assert got == list(range(got[0], got[0] + 50)) and d.refused == 0
     assert all(d.placed[k] == k for k in spurts[0])
+
+
+@pytest.mark.parametrize("per_packet_ms", [5.0, 15.0])
+def test_a_backlog_still_draining_when_the_window_ends_moves_nothing(
+        per_packet_ms: float) -> None:
+    """A sender 400 ms behind (its send thread starved) catches up by only
+    `per_packet_ms` per packet, so its backlog is still draining when the window must end
+    (`MAX_WINDOW_MS`): the estimate stays, the frames keep their capture slots, no gap."""
+    spurts = [range(100, 600)]
+    arrivals = talk(spurts, jitter_ms=4.0)
+    behind = 400.0
+    for i, (k, ts, at) in enumerate(arrivals):
+        if k >= 300 and behind > 0:
+            arrivals[i] = (k, ts, at + behind)
+            behind -= per_packet_ms
+    d = Driver()
+    d.play(arrivals)
+    assert errors(d.placed, spurts) == {} and d.refused == 0 and d.tl.resyncs == 0

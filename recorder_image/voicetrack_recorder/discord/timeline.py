@@ -87,9 +87,12 @@ WINDOW_MS = 8 * FRAME_MS
 for the first on-time packet after a backlog (a receiver stall's drains in a burst; a
 sender's send thread that fell behind on a busy host catches up over 100 ms or more, seen
 with discord.py on the local Discord)."""
-DRAIN_MS = 3 * FRAME_MS
-"""A window whose least delay improved by a slot or more within this long (60 ms) is still
-draining a backlog (or jitter made a new least): it stays open, up to `MAX_WINDOW_MS`."""
+DRAIN_MS = 4 * FRAME_MS
+"""A window whose least delay improved by `DRAIN_STEP_MS` or more within this long (80 ms)
+is still draining a backlog: it stays open, up to `MAX_WINDOW_MS`."""
+DRAIN_STEP_MS = FRAME_MS / 2
+"""A window's arrivals getting less delayed by this much (10 ms, more than network jitter
+makes) since the last step are a backlog draining."""
 MAX_WINDOW_MS = 10 * FRAME_MS
 """The longest (200 ms) frames wait from an onset: frames that arrived on time still reach
 the chunker well within its 400 ms seal delay."""
@@ -128,6 +131,11 @@ class _Window:
     anchor: _Anchor
     opened_ms: float
     improved_ms: float
+    least_ms: float
+    """`arrival - 20 ms x frames after anchor.timestamp` (Unix ms) at the last step of a
+    drain (or the onset's): each arrival `DRAIN_STEP_MS` below it is the next step."""
+    onset_slot: int
+    """The onset's own evidence for `anchor.timestamp`."""
 
 
 class Timeline:
@@ -158,16 +166,19 @@ class Timeline:
         anchor = _Anchor(timestamp, self.clock.slot_at(arrival_ms - FRAME_MS))
         window = self._windows.get(key)
         if window is not None:
-            if anchor.at(window.anchor.timestamp) < window.anchor.slot:
-                window.anchor = _Anchor(window.anchor.timestamp,
-                                        anchor.at(window.anchor.timestamp))
-                window.improved_ms = arrival_ms
+            base = window.anchor.timestamp
+            if anchor.at(base) < window.anchor.slot:
+                window.anchor = _Anchor(base, anchor.at(base))
+            late_ms = arrival_ms - ts_diff(timestamp, base) / FRAME_SAMPLES * FRAME_MS
+            if late_ms <= window.least_ms - DRAIN_STEP_MS:  # a step of the drain
+                window.improved_ms, window.least_ms = arrival_ms, late_ms
             return True
         if heard is not None:
             rtp_ms = ts_diff(timestamp, heard[0]) / FRAME_SAMPLES * FRAME_MS
             if rtp_ms <= 0 or arrival_ms - heard[1] - rtp_ms < ONSET_MS:
                 return False  # in step, or the timestamps went back (see `slot`)
-        self._windows[key] = _Window(anchor, arrival_ms, arrival_ms)
+        self._windows[key] = _Window(anchor, arrival_ms, arrival_ms, arrival_ms,
+                                     anchor.slot)
         return True
 
     def settle(self, user_id: str, ssrc: int, now_ms: float) -> bool:
@@ -176,9 +187,11 @@ class Timeline:
         improvement, or `MAX_WINDOW_MS` since its onset; True when closed (or none was
         open). The least-delayed arrival in it anchors a new stream; an open stream's
         estimate moves later to it when it is at least `EARLY_SLOTS` later (a pause with
-        stalled timestamps), placing the spurt at once (`slot`); a backlog still draining
-        at `MAX_WINDOW_MS` moves it by what remains of its delay (the next pause corrects
-        that). Earlier evidence is left to `slot`."""
+        stalled timestamps), placing the spurt at once (`slot`), unless a backlog that
+        started with the onset was still draining at `MAX_WINDOW_MS` (delay, not a pause:
+        the `resync_ms` rule decides); a backlog that drained to a later level than the
+        estimate (a pause that ended during a receiver stall) moves it there. Earlier
+        evidence is left to `slot`."""
         key = (user_id, ssrc)
         window = self._windows.get(key)
         if window is None:
@@ -192,7 +205,8 @@ class Timeline:
         if stream is None or stream.ssrc != ssrc:
             start = anchor.slot if last is None else max(anchor.slot, last + 1)
             self._streams[user_id] = _Stream(ssrc, anchor, _Anchor(anchor.timestamp, start))
-        elif anchor.slot - stream.estimate.at(anchor.timestamp) >= EARLY_SLOTS:
+        elif (anchor.slot - stream.estimate.at(anchor.timestamp) >= EARLY_SLOTS
+              and not (draining and window.onset_slot - anchor.slot >= EARLY_SLOTS)):
             stream.estimate, stream.late_since_ms = anchor, None
         return True
 
