@@ -16,7 +16,7 @@ import random
 import pytest
 
 from tests.discord_rig import Harness, Speaker, encode_frames, tone_pcm
-from voicetrack.audio import FRAME_SAMPLES
+from voicetrack.audio import FRAME_SAMPLES, OPUS_SILENCE_FRAME
 
 pytestmark = pytest.mark.unit
 
@@ -25,12 +25,13 @@ START_SLOT = 50
 
 
 def spurts(plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """`(pause slots before, frames)` → `(first slot, frames)` of each talk spurt."""
+    """`(pause slots before, frames)` → `(first slot, frames)` of each talk spurt; each
+    spurt is followed by its five silence frames, then the pause."""
     out, slot = [], START_SLOT
     for pause, frames in plan:
         slot += pause
         out.append((slot, frames))
-        slot += frames
+        slot += frames + 5
     return out
 
 
@@ -50,12 +51,12 @@ def schedule(h: Harness, speaker: Speaker, talk: list[tuple[int, int]], *,
         if last_end is not None and not stalled:
             speaker.timestamp = (speaker.timestamp + (first - last_end) * FRAME_SAMPLES) \
                 & 0xFFFF_FFFF
-        packets = encode_frames(tone_pcm(frames, 300 + 100 * n))
-        for k, packet in enumerate(packets):
+        packets = encode_frames(tone_pcm(frames, 300 + 100 * n)) + [OPUS_SILENCE_FRAME] * 5
+        for k, packet in enumerate(packets):  # five silence frames end the spurt
             at = (first + k + 1) * 20 + LATENCY_MS + rnd.uniform(0, jitter_ms)
             out.append((at, h.rig.packet(speaker, packet)))
             expected[first + k] = packet
-        last_end = first + frames
+        last_end = first + len(packets)
     if stall is not None:
         start_ms, resume = stall[0] * 20, stall[0] * 20 + stall[1]
         queued = [i for i, (at, _) in enumerate(out) if start_ms <= at < resume]
@@ -86,8 +87,8 @@ def misplaced(got: dict[int, bytes], expected: dict[int, bytes]) -> dict[int, in
     return out
 
 
-PAUSES = [(0, 60), (25, 40), (12, 80), (50, 30), (6, 45), (150, 50)]
-"""Talk spurts of 0.6-1.6 s after pauses of 120 ms-3 s (and one of 500 ms)."""
+PAUSES = [(0, 60), (25, 40), (12, 80), (50, 30), (3, 45), (150, 50)]
+"""Talk spurts of 0.6-1.6 s after pauses of 60 ms-3 s (after their silence frames)."""
 
 
 @pytest.mark.parametrize("stalled", [True, False], ids=["stalled-ts", "advancing-ts"])

@@ -305,7 +305,8 @@ class VoiceReceiver:
 
     def _deliver(self, ssrc: int, stream: _Stream, released: Released) -> None:
         held = released.packet
-        if self.timeline.hold(stream.user_id, ssrc, held.timestamp, held.arrival_ms):
+        if self.timeline.hold(stream.user_id, ssrc, held.timestamp, held.arrival_ms,
+                              held.payload == OPUS_SILENCE_FRAME):
             stream.onset.append(released)
         else:
             self._pass(ssrc, stream, released)
