@@ -153,8 +153,10 @@ def test_a_backward_rtp_jump_reanchors_without_overlap(jump: int) -> None:
 
 def test_a_sender_whose_timestamps_stall_in_a_pause() -> None:
     """A sender whose RTP timestamp does not advance while it is silent (it sends nothing
-    for 2 s, then goes on from the timestamp after its last frame): after `resync_ms` of
-    disagreement its frames sit at their arrival slots, and nothing overlaps."""
+    for 2 s, then goes on from the timestamp after its last frame), placed without the
+    onset window (`slot` alone, the fallback; test_timeline_spurts.py has the receiver's
+    way): after `resync_ms` of disagreement its frames sit at their arrival slots, and
+    nothing overlaps."""
     tl = Timeline(SessionClock(T0))
     arrivals = [(k, on_time(k)) for k in range(100)]
     arrivals += [(k, on_time(k + 100)) for k in range(100, 400)]  # 100 frames of pause

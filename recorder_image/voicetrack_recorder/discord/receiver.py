@@ -6,8 +6,10 @@
         by DAVE, as are those held while their SSRC was unknown and those still in the
         jitter buffer when the opt-out is seen (checked again before DAVE decryption)
       → per-SSRC jitter buffer (jitter.py)
-      → in sequence order: DAVE decrypt (dave.py; a frame sealed with keys of an epoch
-        not processed yet waits ≤ key_wait_ms for it) → FEC/PLC for lost frames (conceal.py)
+      → in sequence order: frames from a talk spurt's onset wait 160 ms for the arrivals
+        that anchor it (timeline.py `hold`/`settle`) → DAVE decrypt (dave.py; a frame
+        sealed with keys of an epoch not processed yet waits ≤ key_wait_ms for it)
+      → FEC/PLC for lost frames (conceal.py)
       → slot from the speaker's timeline (timeline.py) → FrameSink.push(user, slot, opus)
 
 Everything here runs on one thread (the event loop's: `DiscordSource` hands datagrams over
@@ -97,6 +99,8 @@ class _Stream:
     jitter: JitterBuffer
     concealer: Concealer
     pending_lost: int = 0
+    onset: list[Released] = field(default_factory=list)
+    """Frames (in order) waiting for the timeline to settle a talk spurt's onset."""
     waiting: list[Released] = field(default_factory=list)
     """Frames (in order) waiting for keys of an epoch not processed yet."""
     waiting_epoch: int | None = None
@@ -186,6 +190,7 @@ class VoiceReceiver:
             self._retry(ssrc, stream, now_ms)
             for released in stream.jitter.pop_ready(now_ms):
                 self._deliver(ssrc, stream, released)
+            self._settle(ssrc, stream, now_ms)
         for ssrc in list(self._unknown):
             held = self._unknown[ssrc]
             if (held and now_ms - held[0].arrival_ms >= self._identify_after_ms
@@ -295,9 +300,24 @@ class VoiceReceiver:
         stream = self._streams.pop(ssrc)
         for released in stream.jitter.drain():
             self._deliver(ssrc, stream, released)
+        self._settle(ssrc, stream, float("inf"))
         self._retry(ssrc, stream, float("inf"))
 
     def _deliver(self, ssrc: int, stream: _Stream, released: Released) -> None:
+        held = released.packet
+        if self.timeline.hold(stream.user_id, ssrc, held.timestamp, held.arrival_ms,
+                              held.payload == OPUS_SILENCE_FRAME):
+            stream.onset.append(released)
+        else:
+            self._pass(ssrc, stream, released)
+
+    def _settle(self, ssrc: int, stream: _Stream, now_ms: float) -> None:
+        if stream.onset and self.timeline.settle(stream.user_id, ssrc, now_ms):
+            pending, stream.onset = stream.onset, []
+            for released in pending:
+                self._pass(ssrc, stream, released)
+
+    def _pass(self, ssrc: int, stream: _Stream, released: Released) -> None:
         if stream.waiting:  # keep sequence order behind frames waiting for keys
             stream.waiting.append(released)
             return

@@ -28,6 +28,32 @@ wait: its packets arrive before their slots, which moves the estimate earlier at
 Every change makes the estimate agree with the arrival of the packet that caused it, so
 re-anchoring cannot loop.
 
+Onsets. A stalled pause is also seen at once, when the frames allow it: a speaker's talk
+spurt after a pause with stalled timestamps starts with a frame that arrived later than its
+RTP gap to the previous frame, a silence frame, says (by `ONSET_MS` or more). A sender ends
+each spurt with five silence frames before it stops sending (Discord's voice docs, "Voice
+Data Interpolation"; discord.py does), so a late frame after audio is delay (a receiver
+stall, a sender's send thread that fell behind) and opens nothing. After silence the first
+frame out of a receiver stall's backlog looks the same as an onset; only the arrivals after
+it tell them apart (a backlog drains faster than real time and is followed by on-time
+packets, a spurt comes at the pace of its timestamps). So the receiver holds the frames
+from such an onset (and from a stream's first frame) for `WINDOW_MS`, longer while a
+backlog drains (`hold`), and `settle` then takes the least-delayed arrival among them as
+the evidence: for a new stream it is the anchor, for an open one a later estimate by
+`EARLY_SLOTS` or more that `STEADY_FRAMES` arrivals agree on (a stalled pause), applied at
+once since it overlaps nothing. A backlog changes nothing, since the on-time packets after
+it are in the window; a stream that starts in a receiver stall is anchored by them. A pause
+during which the timestamps advance, a forward jump and a jump back open no window (they
+are handled as above). The `resync_ms` rule stays the fallback for onsets the window cannot
+settle (a spurt that starts and ends inside a receiver stall, a sender that sends no
+silence frames before a pause) and for a caller that does not hold.
+
+Drift. A sender's RTP clock that runs fast or slow against the session clock is corrected
+at each onset after a stalled pause (to within a slot: measured in
+tests/unit/test_timeline_spurts.py at ±300 ppm) and by the rules above otherwise; within
+one uninterrupted talk spurt nothing can correct it without dropping or stretching audio,
+so it stays off by the drift over the spurt's length (18 ms per minute at 300 ppm).
+
 Placement. Frames are placed by a placing anchor that follows the estimate but never moves
 audio onto a slot already placed. A change applies at once when the estimate's slot for the
 current frame is after the speaker's last placed slot (a later anchor, a forward jump, or
@@ -56,6 +82,28 @@ from voicetrack_recorder.discord.rtp import ts_diff
 
 EARLY_SLOTS = 2
 """A packet arriving this many slots before its estimated slot moves the estimate earlier."""
+ONSET_MS = EARLY_SLOTS * FRAME_MS
+"""A packet whose arrival gap to the stream's previous packet exceeds their RTP gap by this
+much (40 ms) may start a talk spurt after a pause with stalled timestamps: it opens a
+window."""
+WINDOW_MS = 8 * FRAME_MS
+"""How long (160 ms) the frames from an onset wait for the arrivals that settle it: enough
+for the first on-time packet after a backlog (a receiver stall's drains in a burst; a
+sender's send thread that fell behind on a busy host catches up over 100 ms or more, seen
+with discord.py on the local Discord)."""
+DRAIN_MS = 4 * FRAME_MS
+"""A window whose least delay improved by `DRAIN_STEP_MS` or more within this long (80 ms)
+is still draining a backlog: it stays open, up to `MAX_WINDOW_MS`."""
+DRAIN_STEP_MS = FRAME_MS / 2
+"""A window's arrivals getting less delayed by this much (10 ms, more than network jitter
+makes) since the last step are a backlog draining."""
+STEADY_FRAMES = 3
+"""A window moves an open stream's estimate later only when this many of its arrivals are
+within a slot of its least delayed (the sender's new pace, not one lucky packet in a
+backlog's lull)."""
+MAX_WINDOW_MS = 10 * FRAME_MS
+"""The longest (200 ms) frames wait from an onset: frames that arrived on time still reach
+the chunker well within its 400 ms seal delay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +130,24 @@ class _Stream:
     """The least lateness (slots) in that run."""
 
 
+@dataclass(slots=True)
+class _Window:
+    """An onset waiting to be settled: `anchor` is the least-delayed arrival's evidence so
+    far (the slot it gives RTP `anchor.timestamp`), `opened_ms` the onset's arrival,
+    `improved_ms` that of the last packet that moved `anchor` earlier."""
+
+    anchor: _Anchor
+    opened_ms: float
+    improved_ms: float
+    least_ms: float
+    """`arrival - 20 ms x frames after anchor.timestamp` (Unix ms) at the last step of a
+    drain (or the onset's): each arrival `DRAIN_STEP_MS` below it is the next step."""
+    onset_slot: int
+    """The onset's own evidence for `anchor.timestamp`."""
+    evidence: list[int]
+    """Every arrival's evidence (slot) for `anchor.timestamp`, the onset's first."""
+
+
 class Timeline:
     """Slots for every speaker of one session. `resyncs` counts renewed anchors."""
 
@@ -94,6 +160,71 @@ class Timeline:
         self.resyncs = 0
         self._streams: dict[str, _Stream] = {}
         self.last_slot: dict[str, int] = {}
+        self._heard: dict[tuple[str, int], tuple[int, float, bool]] = {}
+        self._windows: dict[tuple[str, int], _Window] = {}
+
+    def hold(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float,
+             silence: bool = False) -> bool:
+        """Whether the frame with RTP `timestamp` on `ssrc` of `user_id` that arrived at
+        `arrival_ms` (Unix ms; frames given in sequence order; `silence`: it is the Opus
+        silence frame) must wait before `slot`: it opens a window (the stream's first
+        frame, or one after a silence frame that arrived `ONSET_MS` later than its RTP gap
+        to it says), or one is open. Its arrival is evidence for the window; call `settle`
+        until it returns True, then place the held frames in order. A sender ends each
+        talk spurt with five silence frames before it stops sending (Discord's voice
+        docs, "Voice Data Interpolation"), so a gap after audio is delay, not a pause."""
+        key = (user_id, ssrc)
+        heard = self._heard.get(key)
+        self._heard[key] = (timestamp, arrival_ms, silence)
+        anchor = _Anchor(timestamp, self.clock.slot_at(arrival_ms - FRAME_MS))
+        window = self._windows.get(key)
+        if window is not None:
+            base = window.anchor.timestamp
+            window.evidence.append(anchor.at(base))
+            if anchor.at(base) < window.anchor.slot:
+                window.anchor = _Anchor(base, anchor.at(base))
+            late_ms = arrival_ms - ts_diff(timestamp, base) / FRAME_SAMPLES * FRAME_MS
+            if late_ms <= window.least_ms - DRAIN_STEP_MS:  # a step of the drain
+                window.improved_ms, window.least_ms = arrival_ms, late_ms
+            return True
+        if heard is not None:
+            rtp_ms = ts_diff(timestamp, heard[0]) / FRAME_SAMPLES * FRAME_MS
+            if not heard[2] or rtp_ms <= 0 or arrival_ms - heard[1] - rtp_ms < ONSET_MS:
+                return False  # in step, mid-spurt, or the timestamps went back (`slot`)
+        self._windows[key] = _Window(anchor, arrival_ms, arrival_ms, arrival_ms,
+                                     anchor.slot, [anchor.slot])
+        return True
+
+    def settle(self, user_id: str, ssrc: int, now_ms: float) -> bool:
+        """Close the window of `ssrc` of `user_id` at `now_ms` (Unix ms; `inf` at stop)
+        once `WINDOW_MS` has passed since its onset and `DRAIN_MS` since its last
+        improvement, or `MAX_WINDOW_MS` since its onset; True when closed (or none was
+        open). The least-delayed arrival in it anchors a new stream; an open stream's
+        estimate moves later to it when it is at least `EARLY_SLOTS` later (a pause with
+        stalled timestamps) and `STEADY_FRAMES` of its arrivals agree, placing the spurt
+        at once (`slot`), unless a backlog that
+        started with the onset was still draining at `MAX_WINDOW_MS` (delay, not a pause:
+        the `resync_ms` rule decides); a backlog that drained to a later level than the
+        estimate (a pause that ended during a receiver stall) moves it there. Earlier
+        evidence is left to `slot`."""
+        key = (user_id, ssrc)
+        window = self._windows.get(key)
+        if window is None:
+            return True
+        draining = now_ms - window.improved_ms < DRAIN_MS
+        if now_ms - window.opened_ms < (MAX_WINDOW_MS if draining else WINDOW_MS):
+            return False
+        del self._windows[key]
+        anchor, stream = window.anchor, self._streams.get(user_id)
+        last = self.last_slot.get(user_id)
+        if stream is None or stream.ssrc != ssrc:
+            start = anchor.slot if last is None else max(anchor.slot, last + 1)
+            self._streams[user_id] = _Stream(ssrc, anchor, _Anchor(anchor.timestamp, start))
+        elif (anchor.slot - stream.estimate.at(anchor.timestamp) >= EARLY_SLOTS
+              and not (draining and window.onset_slot - anchor.slot >= EARLY_SLOTS)
+              and sum(e <= anchor.slot + 1 for e in window.evidence) >= STEADY_FRAMES):
+            stream.estimate, stream.late_since_ms = anchor, None
+        return True
 
     def slot(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float) -> int:
         """The slot of the frame with RTP `timestamp` on `ssrc` of `user_id` that arrived
