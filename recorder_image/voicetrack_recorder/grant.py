@@ -20,9 +20,14 @@ ServiceAccount, whose Role may `get` that one Secret; each read bounded by
   is in its life): the uploader retries with backoff, rereading the Secret each time,
   while the chunks wait in the spool (nothing is deleted; the recording goes on), until
   the operator's new grant arrives or the recorder's stop deadline passes, when the
-  uploader gives up with this reason. A refusal of the policy's conditions ("Policy
-  Condition failed": a key, size or Content-Type the grant does not allow) is no matter of
-  time and raises GrantRefused.
+  uploader gives up with this reason. After a refusal any grant other than the one
+  refused is taken, even one that ends no later (the operator's re-signed grant after a
+  key rotation ends when the old one did: its end is capped by the session's). A refusal
+  of the policy's conditions ("Policy Condition failed": a key, size or Content-Type the
+  grant does not allow) is no matter of time and raises GrantRefused, and so does a grant
+  refused for `REFUSED_GIVE_UP_S` with no other grant in the Secret (a bucket policy
+  that denies, a wrong bucket, an identity without write access: waiting longer would
+  only hide it behind a recorder that looks healthy).
 
 A Secret it cannot read (API away, RBAC, no answer within the timeout) is logged and the
 grant it holds is used.
@@ -65,6 +70,10 @@ REFRESH_CODES = frozenset({"AccessDenied", "ExpiredToken", "TokenRefreshRequired
 revoked role session (AccessDenied), expired temporary credentials (ExpiredToken,
 TokenRefreshRequired on AWS), a signing key rotated away (InvalidAccessKeyId, or
 SignatureDoesNotMatch when its secret changed)."""
+REFUSED_GIVE_UP_S = 900.0
+"""A grant S3 has refused for this long (monotonic s, from its first refusal) while the
+Secret offers no other is refused for good (GrantRefused): well past the operator's
+re-signing (its checks come every 30 s) and a temporary credentials' handover."""
 CONDITION_FAILED = "Policy Condition failed"
 """In an AccessDenied's message: the POST breaks the policy's conditions (S3 "POST Object"
 errors, AWS and SeaweedFS); no newer grant of the same conditions cures that."""
@@ -119,6 +128,8 @@ class RenewingGrantWriter:
         self.renewals = 0
         """How many newer grants it took from the source."""
         self._last_read = float("-inf")
+        self._refused: tuple[UploadGrant, float] | None = None
+        """The grant S3 refused and when it first did (monotonic s)."""
 
     def put_file(self, key: str, path: str,
                  content_type: str = "application/octet-stream") -> None:
@@ -138,11 +149,19 @@ class RenewingGrantWriter:
             if err.code not in REFRESH_CODES or CONDITION_FAILED in str(err):
                 raise
             held = self.grant
-            if self.refresh() and self.grant != held:
+            if self.refresh(after_refusal=True) and self.grant != held:
                 log.info("POST %s refused (%s): retrying with the renewed grant", key,
                          err.code)
                 post_object(self.endpoint, self.grant, key, path, content_type)
                 return
+            now = time.monotonic()
+            if self._refused is None or self._refused[0] != held:
+                self._refused = (held, now)
+            elif now - self._refused[1] >= REFUSED_GIVE_UP_S:
+                raise GrantRefused(
+                    f"upload grant signed by {held.access_key or '?'} refused for "
+                    f"{now - self._refused[1]:.0f} s with no other grant in the Secret: "
+                    f"{err}", err.status, err.code) from err
             why = "not renewed yet" if renewal_due(self.grant, self.clock()) else \
                 "no newer grant yet (keys rotated or the role session revoked?)"
             # from None: the refusal is not the permanent cause (`faults`)
@@ -150,8 +169,9 @@ class RenewingGrantWriter:
                                f"ending {self.grant.expires_at.isoformat()}, refused and "
                                f"{why}: {err}", delay=2) from None
 
-    def refresh(self) -> bool:
-        """Read the source; take its grant when it ends later than the one held. True when
+    def refresh(self, after_refusal: bool = False) -> bool:
+        """Read the source; take its grant when it ends later than the one held or, when
+        S3 refused the one held (`after_refusal`), when it is any other grant. True when
         the source answered. Errors are logged, never raised (the held grant stays)."""
         self._last_read = time.monotonic()
         try:
@@ -159,8 +179,9 @@ class RenewingGrantWriter:
         except (TemporaryFailure, InvalidInputError) as err:
             log.warning("upload grant not refreshed: %s", err)
             return False
-        if fresh.expires_at > self.grant.expires_at:
+        if fresh.expires_at > self.grant.expires_at or (after_refusal and fresh != self.grant):
             self.renewals += 1
-            log.info("upload grant renewed: now ends %s", fresh.expires_at.isoformat())
+            log.info("upload grant renewed: now ends %s, signed by %s",
+                     fresh.expires_at.isoformat(), fresh.access_key or "?")
             self.grant = fresh
         return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,13 +33,15 @@ from voicetrack_recorder.grant import GrantAwaited, RenewingGrantWriter, SecretG
 pytestmark = pytest.mark.integration
 
 
-def signed_by(store: ObjectStore, access_key: str, secret_key: str) -> UploadGrant:
-    """A grant for OWN, an hour long, signed with keys other than the server's."""
+def signed_by(store: ObjectStore, access_key: str, secret_key: str,
+              expires: datetime | None = None) -> UploadGrant:
+    """A grant for OWN, an hour long (or ending at `expires`), signed with keys other than
+    the server's."""
     other = S3Settings(endpoint=store.settings.endpoint, access_key=access_key,
                        secret_key=secret_key, bucket=store.settings.bucket,
                        region=store.settings.region)
     return mint_upload_grant(other, other.bucket, OWN.chunks_root,
-                             datetime.now(UTC) + timedelta(hours=1), 1 << 20)
+                             expires or datetime.now(UTC) + timedelta(hours=1), 1 << 20)
 
 
 @pytest.mark.parametrize(("why", "code"), [("rotated", "InvalidAccessKeyId"),
@@ -65,6 +68,47 @@ def test_a_grant_of_a_retired_key_waits_for_the_new_grant_and_uploads_with_it(
     writer.put_file(key, path, "audio/ogg")
     assert object_store.get_bytes(key) == b"kept in the spool"
     assert writer.grant == source.grant and writer.renewals == 1
+
+
+def test_the_re_signed_grant_is_taken_though_it_ends_when_the_refused_one_did(
+        object_store: ObjectStore, tmp_path: Path) -> None:
+    """The operator's grant after a key rotation ends when the old one did (both capped
+    at the session's end): after a refusal it is taken all the same. Failed before: the
+    writer took only a grant ending later and waited for ever."""
+    end = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    retired = signed_by(object_store, "RETIREDKEY0000000002", "gone", end)
+    source = HeldGrant(retired)
+    writer = RenewingGrantWriter(object_store.settings.endpoint, retired, source)
+    key = OWN.raw_key(1, USER, "ogg-opus")
+    path = raw_file(tmp_path, b"after the rotation")
+    with pytest.raises(GrantAwaited):
+        writer.put_file(key, path, "audio/ogg")
+    source.grant = grant_for(object_store, OWN, end)
+    assert source.grant.expires_at == retired.expires_at
+    writer.put_file(key, path, "audio/ogg")
+    assert object_store.get_bytes(key) == b"after the rotation"
+    assert writer.grant == source.grant
+
+
+def test_a_grant_refused_too_long_with_no_other_is_refused_for_good(
+        object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal no grant cures (here a key S3 does not know, and the Secret never
+    changes) ends in GrantRefused after `REFUSED_GIVE_UP_S`, not in an endless wait behind
+    a recorder that looks healthy."""
+    monkeypatch.setattr(grant_module, "REFUSED_GIVE_UP_S", 0.2)
+    retired = signed_by(object_store, "RETIREDKEY0000000003", "gone")
+    writer = RenewingGrantWriter(object_store.settings.endpoint, retired, HeldGrant(retired))
+    key = OWN.raw_key(2, USER, "ogg-opus")
+    path = raw_file(tmp_path, b"never accepted")
+    with pytest.raises(GrantAwaited):
+        writer.put_file(key, path, "audio/ogg")
+    with pytest.raises(GrantAwaited):  # within the give-up time: still waiting
+        writer.put_file(key, path, "audio/ogg")
+    time.sleep(0.3)
+    with pytest.raises(GrantRefused, match=r"refused for \d+ s with no other grant") as err:
+        writer.put_file(key, path, "audio/ogg")
+    assert err.value.code == "InvalidAccessKeyId"
+    assert Path(path).read_bytes() == b"never accepted"
 
 
 def test_a_refusal_of_the_policys_conditions_is_not_waited_for(
