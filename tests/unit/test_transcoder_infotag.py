@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicetrack_transcoder.infotag import MusicCrc, crc16, frame_bytes, info_head
+from voicetrack_transcoder.infotag import (
+    ID3V2_EMPTY,
+    MusicCrc,
+    crc16,
+    frame_bytes,
+    info_head,
+)
 from voicetrack_transcoder.mp3grid import FRAME, crc16_lame, encode_frames, tag_file
 
 
@@ -47,3 +53,27 @@ def test_head_refuses_what_cannot_be() -> None:
         info_head(10, 128, 2, 10 * FRAME, 0)
     with pytest.raises(ValueError, match="not an MPEG-1 Layer III"):
         frame_bytes(100)
+
+
+def test_head_of_a_track_past_4_gib_holds_the_byte_count_modulo_2_to_the_32() -> None:
+    """Over 4 GiB (here ~75 h at 128 kbit/s) the 32-bit byte fields wrap, as ffmpeg's
+    muxer writes them; before, `to_bytes(4)` raised OverflowError after the whole encode."""
+    frames = (1 << 32) // frame_bytes(128) + 10
+    head = info_head(frames, 128, 2, frames * FRAME - 576 - 1000, 0)
+    info = head[head.index(b"Info"):]
+    assert int.from_bytes(info[8:12], "big") == frames
+    size = len(head) - len(ID3V2_EMPTY)  # the Info frame after the empty ID3v2 tag
+    assert int.from_bytes(info[12:16], "big") == (size + frames * frame_bytes(128)) % (1 << 32)
+
+
+def test_a_bitrate_lame_rounds_is_not_assembled_from_pieces() -> None:
+    """The spec allows any 32..320 kbit/s; pieces are assembled only at an MPEG-1 Layer
+    III bitrate, any other runs the full promotion (before: ValueError, promotion failed)."""
+    from voicetrack.manifests import PromotionPlan
+    from voicetrack_transcoder.assembly import assemble
+    from voicetrack_transcoder.pieces import PiecesUnusable
+
+    plan = PromotionPlan(guild_id="1" * 18, meeting_id="A" * 16, prefix="r",
+                         session_end_ms=1000, speakers=[], chunks=[], mp3_bitrate=100)
+    with pytest.raises(PiecesUnusable, match="100 kbit/s"):
+        assemble(None, plan, [], {}, 2)  # type: ignore[arg-type]

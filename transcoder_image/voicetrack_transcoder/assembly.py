@@ -35,7 +35,7 @@ from voicetrack.manifests import (
 from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
-from voicetrack_transcoder.infotag import MusicCrc, frame_bytes, info_head
+from voicetrack_transcoder.infotag import MP3_BITRATES, MusicCrc, frame_bytes, info_head
 from voicetrack_transcoder.mp3grid import (
     FRAME,
     WARMUP_FRAMES,
@@ -106,10 +106,14 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
 
     Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
-    plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`);
+    plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), and
+    for formats other than MP3 alone or a bitrate no MPEG-1 frame has;
     InvalidInputError / TemporaryFailure as the full promotion does."""
     if plan.formats != ["mp3"]:
         raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
+    if plan.mp3_bitrate not in MP3_BITRATES:  # LAME rounded it: the full encode does too
+        raise PiecesUnusable(f"mp3 bitrate {plan.mp3_bitrate} kbit/s is no MPEG-1 Layer III "
+                             "bitrate: only those are assembled from pieces")
     layout = MeetingLayout(plan.prefix, plan.guild_id, plan.meeting_id)
     units, placed = plan_units(plan)
     total_ms = units[-1].end_ms if units else 0

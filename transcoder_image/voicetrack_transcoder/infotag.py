@@ -33,6 +33,9 @@ giving 10 bytes of padding, then the padding."""
 
 _BITRATES = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320]
 """MPEG-1 Layer III bitrates (kbit/s) by header index (ISO/IEC 11172-3 §2.4.2.3)."""
+MP3_BITRATES = frozenset(_BITRATES[1:])
+"""The bitrates (kbit/s) a final track's frames can have; the spec allows any 32..320,
+which LAME rounds to one of these, so only these are assembled from pieces."""
 _RATE_INDEX_48K = 1
 _BAGS = 400
 """ffmpeg's XING_NUM_BAGS: byte positions sampled, halved when full."""
@@ -64,7 +67,7 @@ def crc16(data: bytes, start: int = 0) -> int:
 def frame_bytes(mp3_bitrate: int) -> int:
     """Bytes of one 48 kHz MPEG-1 Layer III frame at `mp3_bitrate` kbit/s, no padding bit.
     Raises ValueError for a bitrate MPEG-1 Layer III does not have."""
-    if mp3_bitrate not in _BITRATES[1:]:
+    if mp3_bitrate not in MP3_BITRATES:
         raise ValueError(f"mp3 bitrate {mp3_bitrate} kbit/s is not an MPEG-1 Layer III one")
     return 144_000 * mp3_bitrate // 48_000
 
@@ -114,7 +117,9 @@ def info_head(frames: int, mp3_bitrate: int, channels: int, n_samples: int,
     if not 0 <= padding < 4096:
         raise ValueError(f"{frames} frames cannot hold {n_samples} samples (padding "
                          f"{padding})")
-    total = size + frames * frame_bytes(mp3_bitrate)
+    # the Xing and LAME byte counts are 32-bit fields: past 4 GiB (30 h at 320 kbit/s)
+    # they hold the count modulo 2**32, as ffmpeg's muxer writes them (avio_wb32)
+    total = (size + frames * frame_bytes(mp3_bitrate)) & 0xFFFFFFFF
     frame = bytearray(size)
     frame[0:4] = head
     at = 4 + side
