@@ -171,6 +171,8 @@ class Recorder:
         if existing:
             self.chunker.next_index = existing[-1].index + 1
             self.consent.restore(existing[-1].opted_out)
+            # who has audio in the chunks so far: listed first when optedOut is full
+            self.consent.note_recorded(t.user_id for c in existing for t in c.tracks)
             self._last = (existing[-1].end_ms, list(existing[-1].opted_out))
         self.resume_point(existing[-1].end_ms if existing else None, bool(self.kube.paused))
         if existing:

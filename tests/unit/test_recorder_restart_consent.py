@@ -22,6 +22,8 @@ from voicetrack_recorder.recorder import Recorder
 pytestmark = pytest.mark.unit
 
 A = "400000000000000071"
+LATE = "990000000000000071"
+"""Sorts after every other opted-out member: listed only as one with audio."""
 
 
 async def test_prepare_restores_the_last_chunks_opt_outs() -> None:
@@ -41,3 +43,34 @@ async def test_prepare_restores_the_last_chunks_opt_outs() -> None:
     assert rec.chunker.next_index == 4
     assert [(o.user_id, o.since_ms, o.via) for o in rec.consent.opted_out()] == [
         (A, 12_000, "role")]
+
+
+async def test_prepare_counts_who_spoke_before_the_restart_as_recorded() -> None:
+    """With more opted-out members than `optedOut` holds, those with audio come first
+    (`Consent.opted_out`). A member who spoke before the restart and opts out after it
+    has audio in an earlier chunk: `prepare` notes it from the existing chunks' tracks.
+    Before, only the last chunk's `optedOut` was read, the member ranked as without audio
+    and could be left off the list, and their earlier audio promoted."""
+    from voicetrack.chunkspec import ChunkTrack
+    from voicetrack.resources import MAX_TRACKS
+
+    time = VirtualTime()
+    time.now = 1_800_000_000.0
+    many = [f"5{i:017d}" for i in range(MAX_TRACKS + 20)]
+    spec = SessionSpec(guild_id=GUILD, channel_id=CHANNEL, chunk_seconds=5)
+    rec = Recorder(RecorderKube(client.ApiClient(), "ns", "standup"), cast(Any, None), spec,
+                   SessionClock(int(time.now * 1000) - 21_000, time_fn=time))
+    spoke = ChunkSpec(session_name="standup", meeting_id="abcdef0123456789", guild_id=GUILD,
+                      index=0, start_ms=0, end_ms=5_000, tracks=[ChunkTrack(
+                          user_id=LATE, key=f"recordings/{GUILD}/abcdef0123456789/chunks/000000/"
+                          f"{LATE}.opus", frames=10, first_ms=100, last_ms=300,
+                          bytes=1, sha256="0" * 64)])
+    rec.kube.list_chunks = lambda: [spoke]  # type: ignore[method-assign]
+    rec.kube.paused = False
+    await rec.prepare()
+    rec.kube.opt_out = (frozenset([*many, LATE]), frozenset())
+    for user in [*many, LATE]:
+        rec.consent.see(user)
+    rec.follow_consent()
+    listed = [o.user_id for o in rec.consent.opted_out()]
+    assert len(listed) == MAX_TRACKS and LATE in listed
