@@ -11,6 +11,7 @@ Before the policy, the last two were admitted."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -40,6 +41,11 @@ def chart_rbac(kubectl: Kubectl) -> Any:
             and o["metadata"]["name"] == "voicetrack"]
     assert len(objs) == 2
     kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
+    deadline = time.monotonic() + 30  # the authorizer follows RBAC by watch: not at once
+    while kubectl("auth", "can-i", "create", "secrets", "--as", OPERATOR,
+                  check=False).stdout.strip() != "yes":
+        assert time.monotonic() < deadline, "the chart's ClusterRole never took effect"
+        time.sleep(0.2)
     yield
     for o in objs:
         kubectl("delete", o["kind"].lower(), o["metadata"]["name"], "--ignore-not-found",
