@@ -35,6 +35,7 @@ grant it holds is used.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -96,7 +97,11 @@ class SecretGrantSource:
     `build_upload_grant_secret`)."""
 
     def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
-        self.core = client.CoreV1Api(api)
+        # a client of its own that does not retry: one read is bounded by READ_TIMEOUT_S,
+        # not by four of them (urllib3 retries a timed-out GET 3 times by default)
+        config = copy.copy(api.configuration)
+        config.retries = 0
+        self.core = client.CoreV1Api(client.ApiClient(config))
         self.namespace = namespace
         self.name = name
 
