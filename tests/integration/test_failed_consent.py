@@ -41,19 +41,26 @@ def _chunk(store: ObjectStore, s: SessionView, index: int, users: list[str],
         "optedOut": opted})
 
 
-async def test_failed_raw_of_an_excluded_member_is_not_kept(s3_server: S3Settings) -> None:
-    bucket = f"vt-failed-consent-{os.getpid()}"
+def _world(s3_server: S3Settings, name: str) -> tuple[ObjectStore, Context, SessionView]:
+    """A fresh bucket `vt-<name>-<pid>`, an operator context on it (S3 only) and a
+    stopped session whose bucket it is."""
+    bucket = f"vt-{name}-{os.getpid()}"
     store = ObjectStore(dataclasses.replace(s3_server, bucket=bucket))
     store.ensure_bucket()
     settings = OperatorSettings(database_url="sqlite+aiosqlite://", s3=s3_server,
                                 pods=PodSettings())
     ctx = Context(settings=settings, kube=None, db=None)  # type: ignore[arg-type]
     s = SessionView.parse({
-        "metadata": {"name": "standup", "namespace": "team", "uid": "0b6c-uid",
+        "metadata": {"name": "standup", "namespace": "team", "uid": f"{name}-uid",
                      "creationTimestamp": "2026-12-02T20:00:00Z"},
         "spec": {"guildId": GUILD, "channelId": "223456789012345678", "meetingId": MEETING,
                  "storage": {"bucket": bucket}},
         "status": {"state": "Stopped"}})
+    return store, ctx, s
+
+
+async def test_failed_raw_of_an_excluded_member_is_not_kept(s3_server: S3Settings) -> None:
+    store, ctx, s = _world(s3_server, "failed-consent")
     # CAT spoke in chunk 0 (failed), opted out at 2200 and is still out at the last chunk
     failed = _chunk(store, s, 0, [ANN, CAT], [])
     last = _chunk(store, s, 1, [ANN], [{"userId": CAT, "sinceMs": 2200, "via": "role"}])
@@ -81,18 +88,7 @@ async def test_failed_raw_of_a_member_excluded_by_the_plan_is_not_kept(
     `spec.optOutUserIds`); the spec lost CAT before the collection (an edit during
     deletion): CAT's failed raw track is still not kept. Failed before keep_failed
     read the plan."""
-    bucket = f"vt-failed-plan-{os.getpid()}"
-    store = ObjectStore(dataclasses.replace(s3_server, bucket=bucket))
-    store.ensure_bucket()
-    settings = OperatorSettings(database_url="sqlite+aiosqlite://", s3=s3_server,
-                                pods=PodSettings())
-    ctx = Context(settings=settings, kube=None, db=None)  # type: ignore[arg-type]
-    s = SessionView.parse({
-        "metadata": {"name": "standup", "namespace": "team", "uid": "0b6d-uid",
-                     "creationTimestamp": "2026-12-02T20:00:00Z"},
-        "spec": {"guildId": GUILD, "channelId": "223456789012345678", "meetingId": MEETING,
-                 "storage": {"bucket": bucket}},
-        "status": {"state": "Stopped"}})
+    store, ctx, s = _world(s3_server, "failed-plan")
     failed = _chunk(store, s, 0, [ANN, CAT], [])
     last = _chunk(store, s, 1, [ANN, CAT], [])
     inv = ChunkInventory(chunks={
