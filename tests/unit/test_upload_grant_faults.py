@@ -11,16 +11,14 @@ from __future__ import annotations
 import base64
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
+from tests.unit.test_upload_grant_renewal import FailingApi, s3_only_context
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.objectstore import S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack.uploadgrant import GRANT_SECRET_KEY, UploadGrant
-from voicetrack_operator.builders import PodSettings, SessionRef
-from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.builders import SessionRef
 from voicetrack_operator.services import grants
 from voicetrack_operator.services.grants import (
     FAILURE_FIRST_S,
@@ -73,31 +71,14 @@ def test_the_recorder_may_upload_until_its_pod_has_finished() -> None:
     assert not recorder_may_upload(None)
 
 
-class AwayApi:
-    """A KubeAdapter stand-in: every call fails as with the API server away."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        async def call(*args: Any, **kw: Any) -> Any:
-            self.calls.append(name)
-            raise TemporaryFailure(f"{name}: API server unreachable")
-        return call
-
-
 OWNER = SessionRef("s1", "ns1", "0f0e0d0c-0000-4000-8000-000000000009")
 SPEC = SessionSpec.model_validate({"guildId": "100000000000000001",
                                    "channelId": "100000000000000002"})
 
 
 async def test_a_failed_check_is_retried_after_a_growing_backoff_not_every_tick() -> None:
-    kube = AwayApi()
-    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
-                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
-                                              secret_key="b", bucket="voicetrack"),
-                                pods=PodSettings())
-    ctx = Context(settings=settings, kube=kube, db=None)  # type: ignore[arg-type]
+    kube = FailingApi(lambda name: TemporaryFailure(f"{name}: API server unreachable"))
+    ctx = s3_only_context(kube)
     now = datetime.now(UTC)
     grants.forget_grant(OWNER.uid)
     try:

@@ -6,6 +6,7 @@ KubeAdapter stand-in that fails every call."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -115,17 +116,29 @@ def test_operator_settings_read_the_lifetime(monkeypatch: pytest.MonkeyPatch) ->
     assert OperatorSettings.from_env().upload_grant_s is None
 
 
-class NoApi:
-    """A KubeAdapter stand-in that records and fails every call."""
+class FailingApi:
+    """A KubeAdapter stand-in that records every call (`calls`, by method name) and fails
+    it with `fail(name)` (by default an AssertionError: no API call was expected)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail: Callable[[str], Exception] | None = None) -> None:
         self.calls: list[str] = []
+        self.fail = fail or (lambda name: AssertionError(f"API call {name}"))
 
     def __getattr__(self, name: str) -> Any:
         async def call(*args: Any, **kw: Any) -> Any:
             self.calls.append(name)
-            raise AssertionError(f"API call {name}")
+            raise self.fail(name)
         return call
+
+
+def s3_only_context(kube: Any) -> Context:
+    """An operator context with `kube` as its API, S3 settings that reach nothing, and no
+    database."""
+    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
+                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
+                                              secret_key="b", bucket="voicetrack"),
+                                pods=PodSettings())
+    return Context(settings=settings, kube=kube, db=None)  # type: ignore[arg-type]
 
 
 OWNER = SessionRef("s1", "ns1", "0f0e0d0c-0000-4000-8000-000000000002")
@@ -134,12 +147,8 @@ SPEC = SessionSpec.model_validate({"guildId": "100000000000000001",
 
 
 async def test_the_timer_reads_the_secret_only_when_due_or_every_check_interval() -> None:
-    kube = NoApi()
-    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
-                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
-                                              secret_key="b", bucket="voicetrack"),
-                                pods=PodSettings())
-    ctx = Context(settings=settings, kube=kube, db=None)  # type: ignore[arg-type]
+    kube = FailingApi()
+    ctx = s3_only_context(kube)
     now = datetime.now(UTC)
     fresh = grant(now - timedelta(minutes=1), timedelta(hours=1))
     grants._remember(OWNER.uid, fresh, now, renewable=True)
