@@ -53,28 +53,37 @@ class Idle:
         await stop.wait()
 
 
-async def test_a_role_opt_out_while_paused_reaches_a_marker_chunk_at_stop(
-        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+def paused_recorder(cluster: LocalCluster, namespace: str, tmp_path: Path,
+                    chunk0: ChunkSpec) -> tuple[RecorderKube, Recorder]:
+    """A paused session `standup` with `optOutRoleIds` [ROLE] on the local control plane,
+    its chunk 0 `chunk0` already created, and a Recorder for it (no S3: no tracks)."""
     install_crds(cluster.kubeconfig)
     api = load_api_client(str(cluster.kubeconfig))
     raw_spec = {"guildId": GUILD, "channelId": CHANNEL, "paused": True,
                 "optOutRoleIds": [ROLE]}
-    obj = client.CustomObjectsApi(api).create_namespaced_custom_object(
+    obj: Any = client.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, SESSION_PLURAL,
         {"apiVersion": API_VERSION, "kind": SESSION_KIND,
          "metadata": {"name": "standup"}, "spec": raw_spec})
     uid = obj["metadata"]["uid"]
     kube = RecorderKube(api, namespace, "standup")
-    # A spoke in chunk 0 (recorded before the pause; its track is left out here)
-    kube.create_chunk(ChunkSpec(session_name="standup", meeting_id=MEETING, guild_id=GUILD,
-                                index=0, start_ms=0, end_ms=5000), uid)
+    kube.create_chunk(chunk0, uid)
     kube.paused = True
-    spec = SessionSpec.model_validate(raw_spec)
     spool = Spool(tmp_path / "spool", 1 << 30, MeetingLayout(
         prefix="recordings", guild_id=GUILD, meeting_id=MEETING), "standup")
     uploader = ChunkUploader(cast(Any, None), kube, spool, uid,
                              ack_file=str(tmp_path / "acked.json"))  # no track: no S3
-    rec = Recorder(kube, uploader, spec, SessionClock(int(time.time() * 1000) - 60_000))
+    rec = Recorder(kube, uploader, SessionSpec.model_validate(raw_spec),
+                   SessionClock(int(time.time() * 1000) - 60_000))
+    return kube, rec
+
+
+async def test_a_role_opt_out_while_paused_reaches_a_marker_chunk_at_stop(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    # A spoke in chunk 0 (recorded before the pause; its track is left out here)
+    kube, rec = paused_recorder(cluster, namespace, tmp_path, ChunkSpec(
+        session_name="standup", meeting_id=MEETING, guild_id=GUILD, index=0, start_ms=0,
+        end_ms=5000))
     roles: dict[str, list[str]] = {A: []}
     rec.consent.roles_of = roles.get
     await rec.prepare()
@@ -98,26 +107,9 @@ async def test_a_role_opt_out_while_paused_reaches_a_marker_chunk_at_stop(
 
 async def test_no_marker_when_the_last_chunk_already_says_it(
         cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
-    install_crds(cluster.kubeconfig)
-    api = load_api_client(str(cluster.kubeconfig))
-    raw_spec = {"guildId": GUILD, "channelId": CHANNEL, "paused": True,
-                "optOutRoleIds": [ROLE]}
-    obj = client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, SESSION_PLURAL,
-        {"apiVersion": API_VERSION, "kind": SESSION_KIND,
-         "metadata": {"name": "standup"}, "spec": raw_spec})
-    kube = RecorderKube(api, namespace, "standup")
-    kube.create_chunk(ChunkSpec(
+    kube, rec = paused_recorder(cluster, namespace, tmp_path, ChunkSpec(
         session_name="standup", meeting_id=MEETING, guild_id=GUILD, index=0, start_ms=0,
-        end_ms=5000, opted_out=[OptOut(user_id=A, since_ms=1000, via="role")]),
-        obj["metadata"]["uid"])
-    kube.paused = True
-    spool = Spool(tmp_path / "spool", 1 << 30, MeetingLayout(
-        prefix="recordings", guild_id=GUILD, meeting_id=MEETING), "standup")
-    uploader = ChunkUploader(cast(Any, None), kube, spool, obj["metadata"]["uid"],
-                             ack_file=str(tmp_path / "acked.json"))
-    rec = Recorder(kube, uploader, SessionSpec.model_validate(raw_spec),
-                   SessionClock(int(time.time() * 1000) - 60_000))
+        end_ms=5000, opted_out=[OptOut(user_id=A, since_ms=1000, via="role")]))
     rec.consent.roles_of = {A: [ROLE]}.get
     await rec.prepare()
     run = asyncio.create_task(rec.run(Idle()))
