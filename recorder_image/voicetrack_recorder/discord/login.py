@@ -11,10 +11,11 @@ Close Event Codes" and "Privileged Intents"), which discord.py 2.7.1 raises as
 That refusal must not lose the recording (role opt-outs can be added to a live session,
 and the restarted recorder then asks for the intent): `open_gateway` connects again
 without GUILD_MEMBERS and says so (`GatewaySession.members_intent` False, a warning in the
-log). Roles are then those Discord sends with each member's voice state (GUILD_CREATE,
-VOICE_STATE_UPDATE): a role given or taken during the call is not seen until the member's
-next voice state, and a member whose roles cannot be read is not recorded (`Consent`,
-fail-closed `UNKNOWN`).
+log). Roles are then those Discord sends with the members in voice (GUILD_CREATE) and
+with a member who joins (VOICE_STATE_UPDATE's `member`, which discord.py 2.7 reads only
+for a member it has not cached): a role given or taken during the call is not seen until
+the member joins again, and a member whose roles cannot be read is not recorded
+(`Consent`, fail-closed `UNKNOWN`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MEMBERS_REFUSED = ("GUILD_MEMBERS intent refused by Discord (4014: the application lacks "
                    "the Server Members Intent): role changes during the call are not "
-                   "followed; roles are read from members' voice states")
+                   "followed; roles are read when members join")
 """What the recorder says (log, termination message) when it records without the intent."""
 
 
