@@ -67,6 +67,34 @@ def helm_test(helm: Callable[..., subprocess.CompletedProcess[str]], release: st
     return "Failed"
 
 
+def restricted_namespace(pk: Kubectl, prefix: str) -> str:
+    """A new namespace `<prefix>-<hex>` enforcing the `restricted` Pod Security level."""
+    ns = f"{prefix}-{secrets.token_hex(3)}"
+    pk("create", "namespace", ns)
+    pk("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
+       "pod-security.kubernetes.io/enforce-version=latest")  # fmt: skip
+    return ns
+
+
+def helm_runner(pcluster: LocalCluster, ns: str, default_timeout: float = 300
+                ) -> Callable[..., subprocess.CompletedProcess[str]]:  # fmt: skip
+    """`helm(*args, check=True, timeout=default_timeout)`: helm against `pcluster` in
+    namespace `ns`; with `check`, asserts it succeeded (its output in the message)."""
+    helm_exe = str(ensure_helm())
+    env = {"KUBECONFIG": str(pcluster.kubeconfig), "PATH": "/usr/bin:/bin",
+           "HOME": str(pcluster.state_dir)}  # fmt: skip
+
+    def helm(*args: str, check: bool = True, timeout: float = default_timeout
+             ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        proc = subprocess.run([helm_exe, *args, "--namespace", ns], env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False)  # fmt: skip
+        if check:
+            assert proc.returncode == 0, f"helm {args[0]}: {proc.stdout}\n{proc.stderr}"
+        return proc
+
+    return helm
+
+
 def _json(pk: Kubectl, *args: str) -> Any:
     res = pk(*args, "-o", "json", check=False)
     return json.loads(res.stdout) if res.returncode == 0 else None
@@ -116,22 +144,8 @@ def test_helm_lifecycle_operator_restart_helm_test_and_uninstall(
 ) -> None:  # fmt: skip
     store = ObjectStore(s3_server)
     s3 = store.settings
-    helm_exe = str(ensure_helm())
-    ns = f"vt-life-{secrets.token_hex(3)}"
-    env = {"KUBECONFIG": str(pcluster.kubeconfig), "PATH": "/usr/bin:/bin",
-           "HOME": str(pcluster.state_dir)}  # fmt: skip
-
-    def helm(*args: str, check: bool = True, timeout: float = 300
-             ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        proc = subprocess.run([helm_exe, *args, "--namespace", ns], env=env, capture_output=True,
-                              text=True, timeout=timeout, check=False)  # fmt: skip
-        if check:
-            assert proc.returncode == 0, f"helm {args[0]}: {proc.stdout}\n{proc.stderr}"
-        return proc
-
-    pk("create", "namespace", ns)
-    pk("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
-       "pod-security.kubernetes.io/enforce-version=latest")  # fmt: skip
+    ns = restricted_namespace(pk, "vt-life")
+    helm = helm_runner(pcluster, ns)
     health, metrics = free_port(), free_port()
     pv_name = static_pv(pk, tmp_path / "pv", ns, f"{FULLNAME}-data")
     db = tmp_path / "pv" / "voicetrack.db"

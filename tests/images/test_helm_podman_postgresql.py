@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,15 @@ import pytest
 from tests.audio_helpers import Speaker
 from tests.e2e.test_main_job import session_yaml, wav_bytes
 from tests.images.test_helm_podman import CHART, Kubectl, wait_for
-from tests.images.test_helm_podman_lifecycle import _items, _json, helm_test, static_pv
+from tests.images.test_helm_podman_lifecycle import (
+    _items,
+    _json,
+    helm_runner,
+    helm_test,
+    restricted_namespace,
+    static_pv,
+)
 from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack_local.build import ensure_helm
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.ports import free_port
 
@@ -44,26 +48,37 @@ def _ready(pk: Kubectl, ns: str, component: str, not_uid: str = "") -> dict[str,
     return None
 
 
+def record_one_speaker(pk: Kubectl, store: ObjectStore, ns: str, name: str, f0: float,
+                       user: str = USER, audio_ms: int = AUDIO_MS) -> str:
+    """Record session `name` in `ns`: a `files` source of one speaker (`user`, a tone of
+    `f0` Hz in two talks, `audio_ms` long, its WAV put in `store`), wait until it has
+    recorded all of it, delete it and wait until it is promoted and gone. Returns its
+    meeting id."""
+    spk = Speaker(user_id=user, f0=f0, talks=[(300, 2500), (3500, 5600)])
+    key = f"{name}-input/{ns}/{user}.wav"
+    store.put_bytes(key, wav_bytes(spk.pcm(audio_ms)), "audio/wav")
+    doc = json.loads(session_yaml(ns, name, [key] * 3))
+    doc["spec"]["source"]["speakers"] = [{"userId": user, "objectKey": key}]
+    pk("apply", "-f", "-", input=json.dumps(doc))
+
+    def session() -> dict[str, Any]:
+        return dict(_json(pk, "-n", ns, "get", "recsess", name) or {})
+
+    wait_for("recorded", lambda: session().get("status", {}).get("recordedSeconds", 0)
+             * 1000 >= audio_ms, 180)  # fmt: skip
+    meeting = str(session()["status"]["meetingId"])
+    pk("-n", ns, "delete", "recsess", name, "--wait=false")
+    wait_for("promotion and clean-up", lambda: not session(), 240)
+    return meeting
+
+
 def test_bundled_postgresql_keeps_the_data_across_its_pod_and_an_upgrade(
     pcluster: LocalCluster, pk: Kubectl, s3_server: S3Settings, tmp_path: Path,
 ) -> None:  # fmt: skip
     store = ObjectStore(s3_server)
     s3 = store.settings
-    helm_exe = str(ensure_helm())
-    ns = f"vt-pg-{secrets.token_hex(3)}"
-    env = {"KUBECONFIG": str(pcluster.kubeconfig), "PATH": "/usr/bin:/bin",
-           "HOME": str(pcluster.state_dir)}  # fmt: skip
-
-    def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([helm_exe, *args, "--namespace", ns], env=env, capture_output=True,
-                              text=True, timeout=330, check=False)  # fmt: skip
-        if check:
-            assert proc.returncode == 0, f"helm {args[0]}: {proc.stdout}\n{proc.stderr}"
-        return proc
-
-    pk("create", "namespace", ns)
-    pk("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
-       "pod-security.kubernetes.io/enforce-version=latest")  # fmt: skip
+    ns = restricted_namespace(pk, "vt-pg")
+    helm = helm_runner(pcluster, ns, 330)
     health, metrics, pg_port = free_port(), free_port(), free_port()
     pv = static_pv(pk, tmp_path / "pv", ns, f"data-{PG}-0")  # the volumeClaimTemplate's claim
     values = ("--set", f"s3.endpoint={s3.endpoint}", "--set", f"s3.accessKey={s3.access_key}",
@@ -96,21 +111,7 @@ def test_bundled_postgresql_keeps_the_data_across_its_pod_and_an_upgrade(
         # voicetrack check connects with the operator's URL and finds the Alembic head
         assert helm_test(helm, RELEASE) == "Succeeded"
 
-        spk = Speaker(user_id=USER, f0=200.0, talks=[(300, 2500), (3500, 5600)])
-        key = f"pg-input/{ns}/{USER}.wav"
-        store.put_bytes(key, wav_bytes(spk.pcm(AUDIO_MS)), "audio/wav")
-        doc = json.loads(session_yaml(ns, "pgs", [key] * 3))
-        doc["spec"]["source"]["speakers"] = [{"userId": USER, "objectKey": key}]
-        pk("apply", "-f", "-", input=json.dumps(doc))
-
-        def session() -> dict[str, Any]:
-            return dict(_json(pk, "-n", ns, "get", "recsess", "pgs") or {})
-
-        wait_for("recorded", lambda: session().get("status", {}).get("recordedSeconds", 0)
-                 * 1000 >= AUDIO_MS, 180)  # fmt: skip
-        meeting = session()["status"]["meetingId"]
-        pk("-n", ns, "delete", "recsess", "pgs", "--wait=false")
-        wait_for("promotion and clean-up", lambda: not session(), 240)
+        meeting = record_one_speaker(pk, store, ns, "pgs", 200.0)
         recs = sql("SELECT user_id, object_key FROM recordings WHERE meeting_id = %s", meeting)
         assert {u for u, _ in recs} == {USER, None}, recs
 

@@ -9,22 +9,22 @@ objects; `helm upgrade` keeps the generated keys (`lookup`)."""
 from __future__ import annotations
 
 import base64
-import json
-import secrets
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.audio_helpers import Speaker
-from tests.e2e.test_main_job import session_yaml, wav_bytes
 from tests.images.test_helm_podman import CHART, Kubectl, wait_for
-from tests.images.test_helm_podman_lifecycle import _json, helm_test, static_pv
-from tests.images.test_helm_podman_postgresql import _ready
+from tests.images.test_helm_podman_lifecycle import (
+    _json,
+    helm_runner,
+    helm_test,
+    restricted_namespace,
+    static_pv,
+)
+from tests.images.test_helm_podman_postgresql import _ready, record_one_speaker
 from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack_local.build import ensure_helm
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.ports import free_port
 
@@ -51,21 +51,8 @@ def _free_ports(n: int) -> list[int]:
 def test_bundled_seaweedfs_keeps_the_tracks_across_its_pod_and_an_upgrade(
     pcluster: LocalCluster, pk: Kubectl, tmp_path: Path,
 ) -> None:  # fmt: skip
-    helm_exe = str(ensure_helm())
-    ns = f"vt-sw-{secrets.token_hex(3)}"
-    env = {"KUBECONFIG": str(pcluster.kubeconfig), "PATH": "/usr/bin:/bin",
-           "HOME": str(pcluster.state_dir)}  # fmt: skip
-
-    def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([helm_exe, *args, "--namespace", ns], env=env, capture_output=True,
-                              text=True, timeout=330, check=False)  # fmt: skip
-        if check:
-            assert proc.returncode == 0, f"helm {args[0]}: {proc.stdout}\n{proc.stderr}"
-        return proc
-
-    pk("create", "namespace", ns)
-    pk("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
-       "pod-security.kubernetes.io/enforce-version=latest")  # fmt: skip
+    ns = restricted_namespace(pk, "vt-sw")
+    helm = helm_runner(pcluster, ns, 330)
     health, metrics, pg_port, *sw_ports = _free_ports(3 + len(SW_PORTS))
     ports = dict(zip(SW_PORTS, sw_ports, strict=True))
     pvs = [static_pv(pk, tmp_path / "sw", ns, f"data-{SW}-0"),  # volumeClaimTemplates' claims
@@ -107,21 +94,7 @@ def test_bundled_seaweedfs_keeps_the_tracks_across_its_pod_and_an_upgrade(
         # voicetrack check lists the bucket with the chart's keys at the SeaweedFS endpoint
         assert helm_test(helm, RELEASE) == "Succeeded"
 
-        spk = Speaker(user_id=USER, f0=190.0, talks=[(300, 2500), (3500, 5600)])
-        key = f"sw-input/{ns}/{USER}.wav"
-        store.put_bytes(key, wav_bytes(spk.pcm(AUDIO_MS)), "audio/wav")
-        doc = json.loads(session_yaml(ns, "sws", [key] * 3))
-        doc["spec"]["source"]["speakers"] = [{"userId": USER, "objectKey": key}]
-        pk("apply", "-f", "-", input=json.dumps(doc))
-
-        def session() -> dict[str, Any]:
-            return dict(_json(pk, "-n", ns, "get", "recsess", "sws") or {})
-
-        wait_for("recorded", lambda: session().get("status", {}).get("recordedSeconds", 0)
-                 * 1000 >= AUDIO_MS, 180)  # fmt: skip
-        meeting = session()["status"]["meetingId"]
-        pk("-n", ns, "delete", "recsess", "sws", "--wait=false")
-        wait_for("promotion and clean-up", lambda: not session(), 240)
+        meeting = record_one_speaker(pk, store, ns, "sws", 190.0, USER, AUDIO_MS)
         password = base64.b64decode(
             _json(pk, "-n", ns, "get", "secret", PG)["data"]["password"]).decode()
         dsn = f"host=127.0.0.1 port={pg_port} user=voicetrack dbname=voicetrack " \
