@@ -141,6 +141,10 @@ class Context:
     unsynced: dict[tuple[str, str], str] = field(default_factory=dict)
     """Sessions (namespace, name) whose SQL mirror lags, with the last error: the
     observe timer replays their chunks and reports DatabaseSynced meanwhile."""
+    audited: set[str] = field(default_factory=set)
+    """Sessions (uid) whose SQL mirror this replica compared with their chunks since it
+    last turned active (emptied then: a replica killed between a chunk's status patch and
+    its SQL write leaves a row behind, which only such a comparison finds)."""
     sessions: SessionIndex | None = None
     """The sessions the watches show (set at start-up from kopf's indexes); None outside
     kopf (services called directly), where the services read the API instead."""

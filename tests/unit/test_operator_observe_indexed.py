@@ -77,7 +77,9 @@ def make_ctx(db: FakeDb) -> tuple[Context, NoApi]:
                                               secret_key="b", bucket="voicetrack"),
                                 pods=PodSettings(),
                                 live_interval_s=0)  # live Jobs: test_operator_live.py
-    return Context(settings=settings, kube=kube, db=db), kube  # type: ignore[arg-type]
+    ctx = Context(settings=settings, kube=kube, db=db)  # type: ignore[arg-type]
+    ctx.audited.add(UID)  # the mirror audit: tests/integration/test_operator_mirror_audit.py
+    return ctx, kube
 
 
 def session_view() -> SessionView:

@@ -96,9 +96,18 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs:
             "heartbeat", lambda: _every(HEARTBEAT_S, "heartbeat", janitor.beat))),
         asyncio.create_task(lead.while_active("orphan sweep", lambda: _every(
             ORPHAN_SWEEP_S, "orphan sweep", janitor.collect_orphans))),
+        asyncio.create_task(lead.while_active("mirror audit", lambda: _audit_anew(ctx))),
     ]
     if lead.config.enabled:  # standalone: always active, nothing to watch
         memo.tasks.append(asyncio.create_task(lead.watch(ctx.kube.api)))
+
+
+async def _audit_anew(ctx: Context) -> None:
+    """On each turn to active: forget which sessions' SQL mirrors were audited, so the
+    observe timer compares each once more (`SessionService.resync`); then wait out the
+    turn."""
+    ctx.audited.clear()
+    await asyncio.Event().wait()
 
 
 def leadership(memo: kopf.Memo) -> Leadership:

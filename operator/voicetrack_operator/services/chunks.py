@@ -288,6 +288,33 @@ class ChunkService:
             return False
         return True
 
+    async def audit_mirror(self, objs: list[dict[str, Any]]) -> bool:
+        """Compare the chunks `objs` (one session's) with their `temp_recordings` rows in
+        one read and mirror each chunk whose rows are missing or behind: what a replica
+        killed between a chunk's status patch and its SQL write left (run once per session
+        after start-up or a takeover). True when the mirror is whole; False (counted, the
+        session marked unsynced) while the database is away."""
+        mirrored = [ChunkRef.from_object(o) for o in objs]
+        mirrored = [c for c in mirrored if c.status.refused is None and c.spec.tracks]
+        if not mirrored:
+            return True
+        first = mirrored[0]
+        try:
+            rows = await self.ctx.db.get_temp_recordings_for_meeting(first.spec.meeting_id)
+        except TemporaryFailure as err:
+            self.ctx.metrics.db_errors.inc()
+            self.ctx.unsynced[(first.namespace, first.spec.session_name)] = str(err)
+            return False
+        stored = {(r.session_uid, r.chunk_index, r.user_id): str(r.transcode_status)
+                  for r in rows}
+        ok = True
+        for c in mirrored:
+            want = c.status.transcode_status.value
+            if any(stored.get((c.session_uid, c.spec.index, t.user_id)) != want
+                   for t in c.spec.tracks):
+                ok = await self.mirror(c) and ok
+        return ok
+
     async def resync_chunks(self, namespace: str, session: str, uid: str) -> bool:
         """Replay every chunk's status of session `uid` into SQL (idempotent). True when
         all writes landed."""

@@ -278,7 +278,7 @@ class SessionService:
                           key=lambda o: int(o["spec"]["index"]))
             await self.catch_up_seen(s, objs, seen.jobs)
         chunks = [ChunkView.from_object(o) for o in objs]
-        db_ok, message = await self.resync(s)
+        db_ok, message = await self.resync(s, objs)
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=phase,
                           chunks=chunks, recorder_failure=failure or None,
                           database_synced=db_ok, database_message=message)
@@ -364,13 +364,20 @@ class SessionService:
         self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = "meeting row rebuilt"
         return True
 
-    async def resync(self, s: SessionView) -> tuple[bool, str]:
+    async def resync(self, s: SessionView,
+                     objs: list[dict[str, Any]] | None = None) -> tuple[bool, str]:
         """Replay the session's meeting row and chunk states into SQL when a write failed
-        earlier (or the condition says so). Returns (synced, message)."""
+        earlier (or the condition says so); with the session's chunk objects `objs`, audit
+        the mirror once per session and turn (`ChunkService.audit_mirror`). Returns
+        (synced, message)."""
         key = (s.ref.namespace, s.ref.name)
         lagging = key in self.ctx.unsynced or any(
             c["type"] == "DatabaseSynced" and c["status"] == "False"
             for c in s.status.get("conditions") or [])
+        if not lagging and objs is not None and s.ref.uid not in self.ctx.audited:
+            if await self.chunks.audit_mirror(objs):
+                self.ctx.audited.add(s.ref.uid)
+            lagging = key in self.ctx.unsynced
         if not lagging:
             return True, ""
         self.ctx.unsynced.pop(key, None)
