@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 import time
@@ -62,4 +63,7 @@ async def main(path: str, token: str | None = None, empty_channel_s: str | None 
 
 
 if __name__ == "__main__":
+    # the recorder's log on stderr, as in the pod: what a failing test shows
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(main(*sys.argv[1:4]))

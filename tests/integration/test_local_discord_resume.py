@@ -107,8 +107,15 @@ async def test_a_dave_version_refusal_ends_the_source_with_4017(local_discord: A
             assert await server.voice.close(bot_id, 4017)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        _, err = await asyncio.wait_for(child.communicate(), 40)
+        ended = asyncio.ensure_future(child.communicate())
+        done, _ = await asyncio.wait({ended}, timeout=40)
         took = loop.time() - started
+        if not done:  # fail with what the recorder said, not a bare TimeoutError
+            child.terminate()
+            _, err = await ended
+            pytest.fail(f"{when}: the source still ran {took:.0f} s after the refusal; its "
+                        f"log:\n{err.decode()[-4000:]}")
+        _, err = ended.result()
     finally:
         if child.returncode is None:
             child.kill()
