@@ -77,6 +77,25 @@ class OptOut(_Model):
     via: Literal["role", "user"]
 
 
+CONDITION_REASON_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
+"""A Kubernetes condition reason: UpperCamelCase, letters and digits (API conventions,
+"Typical status properties"; `metav1.Condition.reason`)."""
+CONDITION_REASON_MAX = 64
+DEGRADED_MESSAGE_MAX = 1024
+
+
+class ConsentDegraded(_Model):
+    """Why the recorder applied the session's consent with less than it asked for while
+    it sealed a chunk (`ChunkSpec.consentDegraded`); the operator shows the newest one as
+    the session's `ConsentDegraded` condition (`reason`, `message` verbatim). Today the
+    one cause is `MembersIntentRefused`: Discord closed the gateway with 4014 on an
+    IDENTIFY asking GUILD_MEMBERS, so role opt-outs are read from voice states, failing
+    closed where a member's roles are unknown (docs/consent.md)."""
+
+    reason: str = Field(pattern=CONDITION_REASON_PATTERN, max_length=CONDITION_REASON_MAX)
+    message: str = Field(min_length=1, max_length=DEGRADED_MESSAGE_MAX)
+
+
 class ChunkSpec(_Model):
     """`RecordingChunk.spec`: one time window `[startMs, endMs)` of one session holding
     the raw track of every speaker who spoke in it. `gap` is the interval between the
@@ -94,6 +113,9 @@ class ChunkSpec(_Model):
     opted_out: list[OptOut] = Field(default_factory=list, max_length=MAX_TRACKS)
     """Members opted out at the chunk's end who were in the channel during the session
     (consent, `SessionSpec`); the promotion's source for exclusion and consent.json."""
+    consent_degraded: ConsentDegraded | None = None
+    """Set on every chunk the recorder seals while its consent runs degraded (e.g. the
+    GUILD_MEMBERS intent refused); None (absent in the API) for a normal chunk."""
 
     @model_validator(mode="after")
     def _window_and_keys(self) -> ChunkSpec:

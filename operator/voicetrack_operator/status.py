@@ -1,5 +1,11 @@
 """Session status, built in one place: condition-shaped (type, status, reason, message,
-lastTransitionTime) with observedGeneration, from what the operator observes. Pure."""
+lastTransitionTime) with observedGeneration, from what the operator observes. Pure.
+
+The conditions of CONDITION_TYPES are always present. `ConsentDegraded` is present only
+once a chunk of the session says the recorder's consent ran degraded
+(`ChunkSpec.consentDegraded`, issue 12): True, with that chunk's reason and message,
+while the newest chunk says so; False (reason `NotDegraded`) when a later chunk no longer
+does (e.g. a restarted recorder was granted the intent). A normal session has none."""
 
 from __future__ import annotations
 
@@ -11,6 +17,10 @@ from voicetrack.resources import SessionState, TranscodeStatus
 
 CONDITION_TYPES = ("Recording", "Paused", "TranscodesComplete", "Promoted",
                    "DatabaseSynced", "Ready")
+CONSENT_DEGRADED = "ConsentDegraded"
+"""The condition type of a session recorded with degraded consent (present only then).
+A positive-polarity name as `DiskPressure`/`MemoryPressure` (an abnormal state, True
+when it holds), since it is absent, not False, for every session that never had it."""
 
 
 @dataclass
@@ -23,18 +33,25 @@ class ChunkView:
     speakers: list[str]
     transcode_status: TranscodeStatus = TranscodeStatus.QUEUED
     bytes: int = 0
+    consent_degraded: tuple[str, str] | None = None
+    """(reason, message) of the chunk's `spec.consentDegraded`; None when absent."""
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> ChunkView:
+        """From a RecordingChunk object (API dict; the CRD validated its spec)."""
         spec = obj.get("spec", {})
         tracks = spec.get("tracks", [])
+        degraded = spec.get("consentDegraded") or None
         return cls(index=int(spec.get("index", 0)), start_ms=int(spec.get("startMs", 0)),
                    end_ms=int(spec.get("endMs", 0)),
                    speakers=[t["userId"] for t in tracks],
                    transcode_status=TranscodeStatus(
                        (obj.get("status") or {}).get("transcodeStatus",
                                                      TranscodeStatus.QUEUED)),
-                   bytes=sum(int(t.get("bytes", 0)) for t in tracks))
+                   bytes=sum(int(t.get("bytes", 0)) for t in tracks),
+                   consent_degraded=(str(degraded.get("reason", "")),
+                                     str(degraded.get("message", "")))
+                   if degraded else None)
 
 
 @dataclass
@@ -98,6 +115,23 @@ def _state(o: Observation) -> tuple[SessionState, str]:
     return SessionState.PENDING, "waiting for the recorder pod"
 
 
+def consent_degraded(chunks: Iterable[ChunkView]
+                     ) -> tuple[bool, str, str] | None:
+    """(status, reason, message) of the `ConsentDegraded` condition from a session's
+    chunks: None when no chunk says consent ran degraded; else True with the newest
+    chunk's (highest index) reason and message when that chunk says so, or False,
+    `NotDegraded`, naming the last degraded chunk, when a later one does not."""
+    ordered = sorted(chunks, key=lambda c: c.index)
+    last = next((c for c in reversed(ordered) if c.consent_degraded), None)
+    if last is None or last.consent_degraded is None:
+        return None
+    reason, message = last.consent_degraded
+    if last is ordered[-1]:
+        return True, reason, message
+    return (False, "NotDegraded", f"the last chunk recorded with degraded consent is "
+            f"{last.index} ({reason}: {message}); later chunks record consent as asked")
+
+
 def _cond(ctype: str, ok: bool, reason: str, message: str, previous: dict[str, Any],
           now: str, generation: int) -> dict[str, Any]:
     status = "True" if ok else "False"
@@ -139,6 +173,9 @@ def build_status(o: Observation, previous_conditions: list[dict[str, Any]] | Non
         _cond("Ready", not o.refused and state is not SessionState.FAILED,
               o.refused_reason if o.refused else reason, state_message, prev, now, g),
     ]
+    degraded = consent_degraded(o.chunks)
+    if degraded is not None:
+        conditions.append(_cond(CONSENT_DEGRADED, *degraded, prev, now, g))
     out: dict[str, Any] = {"recorderFailure": o.recorder_failure} if o.recorder_failure else {}
     return {
         **out,

@@ -14,7 +14,8 @@ Consent (issue 12, `consent.py`): with a `Consent`, a frame of an opted-out user
 their `sinceMs` is refused, `cut` drops such frames already held when a user opts out, and
 `seal` cuts every track at its user's `sinceMs` again and lists the opted-out members in
 the chunk (`SealedChunk.opted_out`, as they stand when the window is sealed), so no chunk
-carries a packet its `optedOut` forbids (the `ChunkSpec` rule).
+carries a packet its `optedOut` forbids (the `ChunkSpec` rule). A chunk sealed while the
+consent runs degraded (`Consent.degraded`) says so (`SealedChunk.consent_degraded`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME
-from voicetrack.chunkspec import Gap, OptOut
+from voicetrack.chunkspec import ConsentDegraded, Gap, OptOut
 from voicetrack_recorder.consent import Consent
 
 MAX_AHEAD_SLOTS = 50 * 60
@@ -54,6 +55,8 @@ class SealedChunk:
     tracks: list[SealedTrack] = field(default_factory=list)
     opted_out: list[OptOut] = field(default_factory=list)
     """Members opted out when the window was sealed (`ChunkSpec.optedOut`)."""
+    consent_degraded: ConsentDegraded | None = None
+    """Why consent ran degraded when the window was sealed (`ChunkSpec.consentDegraded`)."""
 
 
 @dataclass
@@ -183,7 +186,8 @@ class Chunker:
             opted_out = self.consent.opted_out()
         chunk = SealedChunk(index=self.next_index, start_ms=start * FRAME_MS,
                             end_ms=end * FRAME_MS, gap=gap, tracks=tracks,
-                            opted_out=opted_out)
+                            opted_out=opted_out, consent_degraded=(
+                                self.consent.degraded if self.consent is not None else None))
         self.next_index += 1
         if reopen:
             self.open(end)

@@ -11,7 +11,10 @@ ms (`OptOut.since_ms`: the session clock when the recorder first saw them opted 
 Who reads it: the receive pipeline drops an opted-out member's packets before DAVE
 decryption (`VoiceReceiver`), the recorder's sink refuses their frames, the chunker cuts
 a track at its user's `sinceMs` and lists `opted_out()` in each sealed chunk
-(`ChunkSpec.optedOut`). Everything runs on the event loop's thread; no locks.
+(`ChunkSpec.optedOut`). When the source cannot follow the policy as asked (Discord refused
+the GUILD_MEMBERS intent), it says so in `degraded`, and every chunk sealed from then on
+carries it (`ChunkSpec.consentDegraded`), which the operator shows on the session.
+Everything runs on the event loop's thread; no locks.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from voicetrack.chunkspec import OptOut
+from voicetrack.chunkspec import ConsentDegraded, OptOut
 from voicetrack.resources import MAX_TRACKS
 from voicetrack_recorder.clock import SessionClock
 
@@ -69,6 +72,10 @@ class Consent:
         """Members with audio in a chunk of this session (`note_recorded`, `restore`):
         the ones promotion must know about when they opt out."""
         self._left_off = 0
+        self.degraded: ConsentDegraded | None = None
+        """Why consent runs with less than the policy asks (set by the source, e.g.
+        `login.MEMBERS_REFUSED`); None while it runs as asked. Each sealed chunk carries
+        it (`ChunkSpec.consentDegraded`)."""
 
     def excluded(self, user_id: str) -> bool:
         """Whether `user_id` is not recorded now (as last evaluated: `see`, `refresh`):

@@ -329,7 +329,8 @@ class Recorder:
             start_ms=marker_start, end_ms=end, raw_format=self.uploader.spool.raw_format,
             gap=Gap(start_ms=start, end_ms=marker_start, cause="connection-lost")
             if marker_start > start else None,
-            opted_out=self.consent.opted_out())  # the last word on consent, like any chunk
+            opted_out=self.consent.opted_out(),  # the last word on consent, like any chunk
+            consent_degraded=self.consent.degraded)
         self.uploader.create_marker(spec, deadline)
         self._last = (end, list(spec.opted_out))
         self.uploader.write_ack_file()
@@ -352,7 +353,7 @@ class Recorder:
                 meeting_id=self.uploader.spool.layout.meeting_id,
                 guild_id=self.uploader.spool.layout.guild_id, index=self.chunker.next_index,
                 start_ms=end, end_ms=end + FRAME_MS, raw_format=self.uploader.spool.raw_format,
-                opted_out=now)
+                opted_out=now, consent_degraded=self.consent.degraded)
         except ValidationError as err:  # e.g. the session's time limit reached
             log.error("consent marker after %d ms not written: %s", end, err)
             return

@@ -144,7 +144,8 @@ class Spool:
                          guild_id=self.layout.guild_id, index=chunk.index,
                          start_ms=chunk.start_ms, end_ms=chunk.end_ms,
                          raw_format=self.raw_format, gap=chunk.gap, tracks=tracks,
-                         opted_out=chunk.opted_out)
+                         opted_out=chunk.opted_out,
+                         consent_degraded=chunk.consent_degraded)
         return SpooledChunk(spec=spec, files=files, directory=str(directory), size=size)
 
     def remove(self, spooled: SpooledChunk) -> None:

@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 MEMBERS_REFUSED = ("GUILD_MEMBERS intent refused by Discord (4014: the application lacks "
                    "the Server Members Intent): role changes during the call are not "
                    "followed; roles are read when members join")
-"""What the recorder says (log, termination message) when it records without the intent."""
+"""What the recorder says (log, termination message, each chunk's `consentDegraded`
+message) when it records without the intent."""
+MEMBERS_REFUSED_REASON = "MembersIntentRefused"
+"""The `consentDegraded` reason of a chunk recorded without the intent (the session's
+`ConsentDegraded` condition reason)."""
 
 
 @dataclass

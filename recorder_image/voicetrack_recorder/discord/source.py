@@ -28,12 +28,18 @@ from typing import Any
 import discord
 from discord.voice_state import VoiceConnectionState
 
+from voicetrack.chunkspec import ConsentDegraded
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.connection import ResumingConnectionState
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
-from voicetrack_recorder.discord.login import MEMBERS_REFUSED, GatewaySession, open_gateway
+from voicetrack_recorder.discord.login import (
+    MEMBERS_REFUSED,
+    MEMBERS_REFUSED_REASON,
+    GatewaySession,
+    open_gateway,
+)
 from voicetrack_recorder.discord.members import member_roles
 from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
 from voicetrack_recorder.discord.transport import SUPPORTED_MODES
@@ -219,6 +225,8 @@ class DiscordSource:
             if self.consent is not None:
                 if self.consent.role_ids and not gateway.members_intent:
                     self.degraded = MEMBERS_REFUSED
+                    self.consent.degraded = ConsentDegraded(reason=MEMBERS_REFUSED_REASON,
+                                                            message=MEMBERS_REFUSED)
                 self.consent.roles_of = member_roles(gateway.client, self.guild_id)
             channel = await self._channel(gateway.client)
             try:
