@@ -20,11 +20,12 @@ import pytest
 import yaml
 
 from tests.fixtures.cluster import Kubectl
-from voicetrack.chunkspec import ChunkOutput, ChunkSpec, ChunkTrack
+from voicetrack.chunkspec import ChunkOutput, ChunkSpec, ChunkStatus, ChunkTrack
 from voicetrack.db import migrate
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
+from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack.names import chunk_name, owner_reference, recorder_pod_name, transcode_job_name
 from voicetrack.objectstore import S3Settings
 from voicetrack.resources import (
@@ -35,6 +36,7 @@ from voicetrack.resources import (
     SESSION_PLURAL,
     VERSION,
     SessionState,
+    TranscodeStatus,
 )
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
@@ -49,7 +51,11 @@ from voicetrack_operator.builders import (
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef
-from voicetrack_operator.services.deletion import DeletionService, DeletionStep
+from voicetrack_operator.services.deletion import (
+    DeletionProgress,
+    DeletionService,
+    DeletionStep,
+)
 from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
 from voicetrack_operator.services.sessions import SessionService, SessionView
@@ -509,6 +515,38 @@ async def test_deletion_resumes_at_its_step_and_an_input_error_keeps_the_finaliz
     assert len(await ctx.kube.list_jobs(namespace, "overlap")) == 2
     again = await deletion.finalize_session(await set_status(ctx, s, out.status))
     assert again.done and again.status["deletion"] == out.status["deletion"]
+
+
+async def test_record_writes_the_rows_a_killed_replica_left_behind(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A replica killed between a chunk's status patch (done) and its row write left the
+    temp rows queued; the session is deleted before any observe timer audits it. The
+    record step audits the mirror itself: before, it found no done row and failed the
+    promotion ("no temp row is done in SQL") although the final tracks existed."""
+    s = await make_session(ctx, kubectl, namespace, "killed")
+    await SessionService(ctx).ensure_session(s)
+    chunk = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    await ChunkService(ctx).ensure_chunk(chunk)  # rows queued
+    outputs = [ChunkOutput(user_id=u, format="mp3", key=s.layout.chunk_output_key(0, u, "mp3"),
+                           bytes=10, sha256="ef" * 32, duration_ms=5000) for u in USERS]
+    assert await ctx.kube.patch_chunk_status(namespace, chunk.name, ChunkStatus(
+        transcode_status=TranscodeStatus.DONE, track_count=2, tracks=outputs).to_api())
+    # ... and the replica died here: no row write
+    finals = [FinalTrack(track=u, kind="speaker", user_id=u, format="mp3",
+                         key=s.layout.final_key(u, "mp3"), bytes=10, sha256="cd" * 32,
+                         duration_ms=5000) for u in USERS]
+    finals.append(FinalTrack(track="mix", kind="mixed", format="mp3",
+                             key=s.layout.final_key("mix", "mp3"), bytes=10,
+                             sha256="cd" * 32, duration_ms=5000))
+    await ctx.store(s.spec.storage.bucket).put_json(s.layout.final_manifest_key, FinalManifest(
+        tool_version="test", meeting_id=s.meeting_id, duration_ms=5000, recorded_ms=5000,
+        paused_ms=0, tracks=finals).to_api())
+    ctx.audited.add(s.ref.uid)  # audited before the kill, as a long-running replica has
+    out = await DeletionService(ctx).record(
+        s, DeletionProgress(step=DeletionStep.RECORD, promoted=True))
+    assert out.step is DeletionStep.COLLECT and out.recording_ids
+    recs = await ctx.db.get_recordings_for_meeting(s.meeting_id)
+    assert sorted(str(r.kind) for r in recs) == ["mixed", "speaker", "speaker"]
 
 
 async def test_empty_session_deletion_ends_the_meeting(

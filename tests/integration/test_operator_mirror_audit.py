@@ -105,3 +105,35 @@ async def test_rows_left_behind_by_a_killed_replica_are_written_by_the_next(
     turn.cancel()
     await service.observe_session(session_view(), seen)
     assert (db.reads, db.writes) == (2, 1)
+
+
+async def test_the_audit_writes_no_row_for_a_chunk_not_checked_yet(
+        db_service: RecordingService) -> None:
+    """A chunk without a status has not been checked against its session (a forged one
+    may name another meeting or keys): the audit leaves it to the create handler, which
+    refuses it or writes its rows (review of the audit: it wrote them unchecked)."""
+    await db_service.create_meeting(MEETING, GUILD, "100000000000000002",
+                                    datetime.now(UTC), UID, namespace=NS, session_name=NAME)
+    db = CountingDb(db_service)
+    chunks = SessionService(operator_replica(db)).chunks
+    assert await chunks.audit_mirror([chunk(0, None, 60), done(1)], MEETING)
+    rows = {r.chunk_index: str(r.transcode_status)
+            for r in await db_service.get_temp_recordings_for_meeting(MEETING)}
+    assert rows == {1: "done"}
+    other = done(2)  # not this session's meeting (its keys are that meeting's)
+    other["spec"]["meetingId"] = "0000000000000000"
+    for t in other["spec"]["tracks"]:
+        t["key"] = t["key"].replace(MEETING, "0000000000000000")
+    broken = done(3)
+    broken["spec"]["tracks"][0]["key"] = "elsewhere"  # does not parse: skipped, no raise
+    assert await chunks.audit_mirror([other, broken], MEETING)
+    assert db.writes == 1
+
+
+async def test_a_missing_meeting_row_marks_the_session_unsynced(
+        db_service: RecordingService) -> None:
+    """The meeting row is gone (a wiped database): the audit does not raise into the
+    observe timer; it marks the session unsynced, whose resync makes the row again."""
+    ctx = operator_replica(CountingDb(db_service))
+    assert not await SessionService(ctx).chunks.audit_mirror([done(0)], MEETING)
+    assert (NS, NAME) in ctx.unsynced

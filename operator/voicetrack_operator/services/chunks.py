@@ -31,6 +31,8 @@ from voicetrack_operator.services.chunkstate import (
     IN_PROGRESS_AFTER_S,
     ChunkRef,
     job_state,
+    mirrorable,
+    parsed,
     ran_for,
 )
 from voicetrack_operator.services.failures import failed_transiently, failure_detail
@@ -288,20 +290,21 @@ class ChunkService:
             return False
         return True
 
-    async def audit_mirror(self, objs: list[dict[str, Any]]) -> bool:
-        """Compare the chunks `objs` (one session's) with their `temp_recordings` rows in
-        one read and mirror each chunk whose rows are missing or behind: what a replica
-        killed between a chunk's status patch and its SQL write left (run once per session
-        after start-up or a takeover). True when the mirror is whole; False (counted, the
-        session marked unsynced) while the database is away."""
-        mirrored = [ChunkRef.from_object(o) for o in objs]
-        mirrored = [c for c in mirrored if c.status.refused is None and c.spec.tracks]
+    async def audit_mirror(self, objs: list[dict[str, Any]], meeting_id: str) -> bool:
+        """Compare the chunks `objs` (one session's, meeting `meeting_id`) with their
+        `temp_recordings` rows in one read and mirror each chunk whose rows are missing or
+        behind: what a replica killed between a chunk's status patch and its SQL write left
+        (run once per session after start-up or a takeover). Only `mirrorable` chunks.
+        True when the mirror is whole; False (counted, the session marked unsynced) while
+        the database is away or the meeting row is gone."""
+        mirrored = [c for c in map(parsed, objs) if c is not None and mirrorable(c, meeting_id)]
         if not mirrored:
             return True
         first = mirrored[0]
         try:
-            rows = await self.ctx.db.get_temp_recordings_for_meeting(first.spec.meeting_id)
-        except TemporaryFailure as err:
+            rows = await self.ctx.db.get_temp_recordings_for_meeting(meeting_id)
+        except (TemporaryFailure, NotFoundError) as err:  # NotFound: the meeting row is
+            # gone; the session's resync makes it again and replays every chunk
             self.ctx.metrics.db_errors.inc()
             self.ctx.unsynced[(first.namespace, first.spec.session_name)] = str(err)
             return False
@@ -315,13 +318,14 @@ class ChunkService:
                 ok = await self.mirror(c) and ok
         return ok
 
-    async def resync_chunks(self, namespace: str, session: str, uid: str) -> bool:
-        """Replay every chunk's status of session `uid` into SQL (idempotent). True when
-        all writes landed."""
+    async def resync_chunks(self, namespace: str, session: str, uid: str,
+                            meeting_id: str) -> bool:
+        """Replay every `mirrorable` chunk's status of session `uid` (meeting
+        `meeting_id`) into SQL (idempotent). True when all writes landed."""
         ok = True
         for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
-            chunk = ChunkRef.from_object(obj)
-            if chunk.status.refused is None:
+            chunk = parsed(obj)
+            if chunk is not None and mirrorable(chunk, meeting_id):
                 ok = await self.mirror(chunk) and ok
         return ok
 

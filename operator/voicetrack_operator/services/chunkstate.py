@@ -98,3 +98,21 @@ def ran_for(job: dict[str, Any], seconds: float) -> bool:
         return False
     since = datetime.now(UTC) - datetime.fromisoformat(started.replace("Z", "+00:00"))
     return since.total_seconds() >= seconds
+
+
+def mirrorable(chunk: ChunkRef, meeting_id: str) -> bool:
+    """Whether `chunk`'s state belongs in SQL: ensured (its spec checked against the
+    session by `ChunkService.ensure_chunk`), not refused, of the session's meeting
+    `meeting_id`, with tracks. A chunk not ensured yet is the create handler's: a forged
+    one must never reach another meeting's rows before it is refused."""
+    return (chunk.ensured and chunk.status.refused is None and bool(chunk.spec.tracks)
+            and chunk.spec.meeting_id == meeting_id)
+
+
+def parsed(obj: dict[str, Any]) -> ChunkRef | None:
+    """`ChunkRef.from_object(obj)`, or None for a chunk whose spec or status does not
+    parse (its create handler refuses it; a sweep over all chunks must not stop there)."""
+    try:
+        return ChunkRef.from_object(obj)
+    except InvalidInputError:
+        return None

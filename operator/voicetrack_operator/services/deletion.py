@@ -320,7 +320,12 @@ class DeletionService:
             ids = []
         else:
             manifest = await self.final_manifest(s)
-            ok, message = await self.sessions.resync(s)  # rows missed while SQL was away
+            # rows missed while SQL was away, or left behind by a replica killed between
+            # a chunk's status patch and its row write (audited afresh: no observe timer
+            # runs on a session being deleted)
+            self.ctx.audited.discard(s.ref.uid)
+            ok, message = await self.sessions.resync(s, await self.ctx.kube.list_chunks(
+                s.ref.namespace, s.ref.name, s.ref.uid))
             if not ok:
                 raise TemporaryFailure(message, delay=5)
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(

@@ -375,7 +375,7 @@ class SessionService:
             c["type"] == "DatabaseSynced" and c["status"] == "False"
             for c in s.status.get("conditions") or [])
         if not lagging and objs is not None and s.ref.uid not in self.ctx.audited:
-            if await self.chunks.audit_mirror(objs):
+            if await self.chunks.audit_mirror(objs, s.meeting_id):
                 self.ctx.audited.add(s.ref.uid)
             lagging = key in self.ctx.unsynced
         if not lagging:
@@ -389,7 +389,8 @@ class SessionService:
         except TemporaryFailure as err:
             self.ctx.unsynced[key] = str(err)
             return False, f"database unavailable: {err}"
-        if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name, s.ref.uid):
+        if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name, s.ref.uid,
+                                           s.meeting_id):
             log.info("session %s/%s: SQL mirror caught up", *key)
             return True, "chunk states replayed"
         return False, f"database unavailable: {self.ctx.unsynced.get(key, '')}"
