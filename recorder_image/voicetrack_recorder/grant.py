@@ -80,6 +80,12 @@ CONDITION_FAILED = "Policy Condition failed"
 errors, AWS and SeaweedFS); no newer grant of the same conditions cures that."""
 
 
+def _curable(err: GrantRefused) -> bool:
+    """Whether a newer grant may cure S3's refusal `err` (`REFRESH_CODES`, and not a
+    breach of the policy's conditions)."""
+    return err.code in REFRESH_CODES and CONDITION_FAILED not in str(err)
+
+
 class GrantAwaited(TemporaryFailure):
     """S3 refuses the grant held, and the Secret holds no newer one yet: retried (the
     uploader's backoff) until the operator's new grant arrives."""
@@ -150,15 +156,21 @@ class RenewingGrantWriter:
         try:
             post_object(self.endpoint, self.grant, key, path, content_type)
             return
-        except GrantRefused as err:
-            if err.code not in REFRESH_CODES or CONDITION_FAILED in str(err):
+        except GrantRefused as first:
+            err = first
+            if not _curable(err):
                 raise
             held = self.grant
             if self.refresh(after_refusal=True) and self.grant != held:
                 log.info("POST %s refused (%s): retrying with the renewed grant", key,
                          err.code)
-                post_object(self.endpoint, self.grant, key, path, content_type)
-                return
+                try:
+                    post_object(self.endpoint, self.grant, key, path, content_type)
+                    return
+                except GrantRefused as again:  # e.g. S3 does not know the new key yet:
+                    if not _curable(again):  # awaited as the first one was
+                        raise
+                    err, held = again, self.grant
             now = time.monotonic()
             if self._refused is None or self._refused[0] != held:
                 self._refused = (held, now)

@@ -90,6 +90,26 @@ def test_the_re_signed_grant_is_taken_though_it_ends_when_the_refused_one_did(
     assert writer.grant == source.grant
 
 
+def test_a_renewed_grant_s3_refuses_too_is_waited_for_not_the_end(
+        object_store: ObjectStore, tmp_path: Path) -> None:
+    """The Secret holds another grant, but S3 refuses it as well (a rotated key S3 has not
+    loaded yet, or a re-grant signed by the same revoked role session): the retry with it
+    is awaited like the first refusal. Failed before (second review): the retry's
+    GrantRefused escaped, the recording ended and its spool was dropped."""
+    first = signed_by(object_store, "RETIREDKEY0000000004", "gone")
+    source = HeldGrant(signed_by(object_store, "NOTLOADEDYET00000005", "not-yet"))
+    writer = RenewingGrantWriter(object_store.settings.endpoint, first, source)
+    key = OWN.raw_key(3, USER, "ogg-opus")
+    path = raw_file(tmp_path, b"waits for a grant S3 takes")
+    with pytest.raises(GrantAwaited, match="InvalidAccessKeyId") as err:
+        writer.put_file(key, path, "audio/ogg")
+    assert permanent_cause(err.value) is None and writer.grant == source.grant
+    assert Path(path).read_bytes() == b"waits for a grant S3 takes"
+    source.grant = grant_for(object_store, OWN)  # S3 knows this one
+    writer.put_file(key, path, "audio/ogg")
+    assert object_store.get_bytes(key) == b"waits for a grant S3 takes"
+
+
 def test_a_grant_refused_too_long_with_no_other_is_refused_for_good(
         object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A refusal no grant cures (here a key S3 does not know, and the Secret never
