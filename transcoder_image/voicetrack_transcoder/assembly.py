@@ -53,7 +53,7 @@ from voicetrack_transcoder.speech import (
     join_runs,
     smooth,
 )
-from voicetrack_transcoder.waveform import overview_png, peaks_json
+from voicetrack_transcoder.waveform import SAMPLES_PER_PIXEL, overview_png, peaks_json
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -159,22 +159,32 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             elif last:
                 tasks.append((len(units), Work(owned_end(n_total), None, total_ms,
                                                total_ms)))
-        for task, w in tasks:
+        silence = silent_frames(plan.mp3_bitrate, {track_channels[n] for n in names}, work)
+
+        def compute(item: tuple[int, Work]) -> tuple[int, Made]:
+            task, w = item
             start = max(w.first - WARMUP_FRAMES, 0) * FRAME
             from_ms = min(samples_to_ms(start) // FRAME_MS * FRAME_MS, w.unit_start_ms)
             to_ms = total_ms if w.end is None else w.unit_end_ms
             near = around(placed, from_ms - 1000, to_ms)
+            if not any(p.chunk.tracks for p in near):  # digital silence from the warm-up
+                # on (silent chunks, or a gap after one): LAME's silent frame, no encode
+                end = total_frames(n_total) if w.end is None else w.end
+                return task, silent_made(silence, w, end - w.first, names, track_channels)
             if near:
                 from_ms = min(from_ms, near[0].out_start_ms)
             rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
                               mix_channels if want_mix else None)
             rendered.wanted = set(names)
-            computed[task] = make(rendered, w, plan.mp3_bitrate, work, speakers)
+            own = work / f"unit-{task}"  # encode_many's files are named by track
+            own.mkdir()
+            return task, make(rendered, w, plan.mp3_bitrate, own, speakers)
+
+        computed.update(pool.map(compute, tasks))  # ffmpeg runs, side by side
         if progress:
             progress(0.5)
 
         # 4. each track: frames in order, an Info tag, peaks, speech
-        silence = silent_frames(plan.mp3_bitrate, {track_channels[n] for n in names}, work)
         uploads: list[tuple[str, Path, str]] = []
 
         def upload(key: str, path: Path, content_type: str) -> None:
@@ -283,6 +293,18 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
         assembly="incremental")
     store.put_json(layout.final_manifest_key, manifest.to_api())
     return manifest
+
+
+def silent_made(silence: dict[int, bytes], w: Work, count: int, names: list[str],
+                track_channels: dict[str, Channels]) -> Made:
+    """What `make` gives for a unit of digital silence from its warm-up on: `count`
+    frames of LAME's silent frame per track of `names` (every frame of an all-zero input
+    is that one: `mp3grid.silent_frames`), zero peaks over the unit (one pixel per
+    `SAMPLES_PER_PIXEL` samples, a partial one included), no voice activity."""
+    pixels = -(-ms_to_samples(w.unit_end_ms - w.unit_start_ms) // SAMPLES_PER_PIXEL)
+    zeros = np.zeros(pixels, np.int8)
+    return Made(frames={n: [silence[track_channels[n]]] * count for n in names},
+                peaks={n: (zeros, zeros) for n in names}, speech={})
 
 
 def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> SpeechTimeline:

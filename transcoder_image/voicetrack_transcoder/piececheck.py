@@ -34,7 +34,9 @@ class Unit:
     start_ms: int
     end_ms: int
     chunk_pos: int | None
-    """Position in plan.chunks of the chunk the unit ends with (None: a gap or the tail)."""
+    """Position in plan.chunks of the chunk the unit ends with, whose Job made its piece
+    (None: a gap, the tail, or a chunk without tracks: nobody spoke in its window, so the
+    operator ran no Job; assembly renders such a unit, as a gap's)."""
 
 
 def plan_units(plan: PromotionPlan) -> tuple[list[Unit], list[Placed]]:
@@ -52,7 +54,8 @@ def plan_units(plan: PromotionPlan) -> tuple[list[Unit], list[Placed]]:
         ends_unit = seg.chunk is not None or any(
             g.cause == "chunk-failed" and g.end_ms == seg.end_ms for g in plan.gaps)
         if ends_unit:
-            units.append(Unit(start, at, seg.chunk))
+            pieced = seg.chunk is not None and bool(plan.chunks[seg.chunk].tracks)
+            units.append(Unit(start, at, seg.chunk if pieced else None))
             start = at
     if at > start:
         units.append(Unit(start, at, None))

@@ -12,10 +12,10 @@ voice activity, and encodes the MP3 frames of the global frame grid that the uni
 
 Assembly (at promotion, `assembly.py`): every unit that ends at a promoted chunk's end
 must have a piece whose manifest matches the plan (unit, frames, bitrate, channels, the
-sha256 of every raw track decoded); units the recorder never sent a piece for (a failed
-chunk's window, time after the last chunk) and the frames after the last piece are
-rendered then from the raw chunks, which is the work left after stop: at most one
-chunk's worth. Speakers absent from a unit and from the chunk before it are digital
+sha256 of every raw track decoded); units no Job made a piece for (a failed chunk's
+window, a chunk without tracks — nobody spoke in it —, time after the last chunk) and the
+frames after the last piece are rendered then from the raw chunks: the encoder's warm-up
+after speech, LAME's silent frame alone where the warm-up holds no audio either. Speakers absent from a unit and from the chunk before it are digital
 silence there: LAME's steady-state silent frame. Each final track is the frames in order
 behind an Info tag with the exact delay and padding, computed from the frame count and
 the music CRC (`infotag.info_head`), written once into the final file. A missing or

@@ -1,0 +1,91 @@
+"""Incremental promotion of a meeting with silent windows, on real SeaweedFS, ffmpeg and
+libopus. A window in which nobody spoke is sealed as a chunk without tracks (Discord
+sends no packets in silence), which the operator marks done at once, without a Job: it
+has no piece. Its unit is rendered at assembly (cheaply: silence, after a spoken chunk
+only the encoder's warm-up), and the meeting is still assembled from its pieces,
+matching the single-pass encode. Before, every such chunk sent the whole meeting to the
+full re-promotion ("chunk N: no usable piece.json"), so a real meeting with any 10 s
+pause was never assembled (issue 13, second review)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from tests.audio_helpers import Speaker, best_correlation, decode_file, upload_chunks
+from voicetrack.audio import ms_to_samples
+from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import PromotionPlan
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack_transcoder.chunk import transcode_chunk
+from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end
+from voicetrack_transcoder.promote import promote
+
+pytestmark = pytest.mark.integration
+
+LAYOUT = MeetingLayout("inc", "123456789012345678", "SiLeNtChUnKs0001")
+A, B = "111111111111111111", "222222222222222222"
+SPEAKERS = [
+    # A talks up to 10 ms before chunk 1 ends: its unit's tail reaches the silent chunk 2
+    Speaker(A, 190, talks=[(300, 3990)], markers=[1010, 3500]),
+    Speaker(B, 260, talks=[(8200, 9800), (12300, 13900)], markers=[9010, 13010]),
+]
+WINDOWS = [(0, 2000), (2000, 4000), (4000, 6000), (6000, 8000), (8000, 10000),
+           (10000, 12000), (12000, 14000), (14000, 16000)]
+SILENT = [2, 3, 5, 7]
+"""Chunks nobody spoke in: no tracks (chunk 7 is the last one)."""
+SESSION_MS = 16_000
+
+
+@pytest.fixture(scope="module")
+def promoted(s3_server: S3Settings) -> tuple[ObjectStore, dict[str, bytes], dict[str, bytes],
+                                              str | None, str | None]:
+    store = ObjectStore(dataclasses.replace(s3_server, bucket=f"vt-silent-{os.getpid()}"))
+    store.ensure_bucket()
+    session = upload_chunks(store, LAYOUT, SPEAKERS, WINDOWS, SESSION_MS, [])
+    assert [c.index for c in session.chunks if not c.tracks] == SILENT
+    for chunk in session.chunks:
+        store.put_json(LAYOUT.chunk_manifest_key(chunk.index), chunk.to_api())
+        if chunk.tracks:  # the operator runs no Job for a chunk without tracks
+            transcode_chunk(store, chunk, LAYOUT.prefix, ["mp3"], 128, tracks="both")
+    plan = PromotionPlan(guild_id=LAYOUT.guild_id, meeting_id=LAYOUT.meeting_id,
+                         prefix=LAYOUT.prefix, session_end_ms=SESSION_MS, speakers=[A, B],
+                         chunks=session.chunks, gaps=[], formats=["mp3"], mp3_bitrate=128)
+    store.put_json(LAYOUT.promotion_plan_key, plan.to_api())
+    inc = promote(store, LAYOUT.promotion_plan_key)
+    inc_tracks = {t.track: store.get_bytes(t.key) for t in inc.tracks}
+    full = promote(store, LAYOUT.promotion_plan_key, incremental=False)
+    ref_tracks = {t.track: store.get_bytes(t.key) for t in full.tracks}
+    return store, inc_tracks, ref_tracks, inc.assembly, inc.fallback_reason
+
+
+def test_a_meeting_with_silent_chunks_is_assembled_from_its_pieces(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None]) -> None:
+    _, inc, _, assembly, reason = promoted
+    assert (assembly, reason) == ("incremental", None)
+    assert sorted(inc) == sorted([A, B, "mix"])
+
+
+def test_it_matches_the_single_pass_encode_at_every_junction(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None]) -> None:
+    """Exact length, correlation with the single-pass encode, and no step where two
+    encodes meet (one frame either side), the silent units' included."""
+    _, inc, ref, _, _ = promoted
+    junctions = [owned_end(ms_to_samples(end)) * FRAME - TOTAL_DELAY
+                 for _, end in WINDOWS[:-1]]
+    for track in inc:
+        a = decode_file(inc[track]).astype(np.int64)
+        b = decode_file(ref[track]).astype(np.int64)
+        assert a.shape == b.shape == (ms_to_samples(SESSION_MS), a.shape[1]), track
+        corr, lag = best_correlation(b, a, ms_to_samples(20))
+        assert corr >= 0.99 and lag == 0, (track, corr, lag)
+        err = np.abs(a - b).max(axis=1)
+        scale = max(int(np.abs(b).max()), 1)
+        for c in junctions:
+            near = int(err[max(c - FRAME, 0): c + FRAME].max())
+            assert near <= 0.08 * scale, (track, c, near, scale)
