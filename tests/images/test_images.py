@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack_local.ports import free_port
 
 pytestmark = pytest.mark.images
 
@@ -107,3 +113,62 @@ def test_postgresql_image_runs_restricted_on_its_volumes(built: None) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if not ln.startswith("voicetrack-postgresql")]
     assert lines == ["voicetrack|voicetrack", "10001"], proc.stdout + proc.stderr[-2000:]
+
+
+
+def test_seaweedfs_image_runs_restricted_and_serves_s3(built: None) -> None:
+    """The bundled SeaweedFS's image (images/seaweedfs, issue 15): its numeric non-root
+    user, a read-only root with only /tmp (its data directory under it) writable, no
+    capabilities, no privilege escalation; `weed mini` starts from its entry point on the
+    ports it is given, makes the bucket, refuses an anonymous request (403) and serves one
+    signed with the given keys; it carries no compiler, pip or the harness's kubectl.
+    (The host's network, so that the test reaches it: the image has no Python for a probe
+    inside.)"""
+    image = f"localhost/voicetrack/seaweedfs:{TAG}"
+    user = subprocess.run(["podman", "image", "inspect", "--format", "{{.Config.User}}", image],
+                          env=ENV, capture_output=True, text=True, check=True).stdout.strip()
+    assert user == "10001:10001"
+    names = ["MASTER", "VOLUME", "FILER", "S3", "ADMIN"]
+    ports = {n: free_port() for n in names} | {f"{n}_GRPC": free_port() for n in names}
+    settings = S3Settings(endpoint=f"http://127.0.0.1:{ports['S3']}", access_key="vt-key",
+                          secret_key="vt-secret-0123456789", bucket="voicetrack")
+    env = [a for n, p in ports.items() for a in ("-e", f"WEED_{n}_PORT={p}")]
+    name = f"vt-weed-test-{os.getpid()}"
+    subprocess.run(
+        ["podman", "run", "-d", "--rm", "--name", name, "--read-only",
+         "--read-only-tmpfs=false", "--tmpfs", "/tmp", "--network", "host",
+         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+         "-e", "WEED_DIR=/tmp/data", "-e", "WEED_BUCKET=voicetrack",
+         "-e", f"AWS_ACCESS_KEY_ID={settings.access_key}",
+         "-e", f"AWS_SECRET_ACCESS_KEY={settings.secret_key}", *env, image],
+        env=ENV, capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    try:
+        store = ObjectStore(settings)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                store.put_bytes("probe/hello", b"served")
+                break
+            except Exception:  # not up yet, or the bucket not made yet
+                if time.monotonic() > deadline:
+                    logs = subprocess.run(["podman", "logs", name], env=ENV,
+                                          capture_output=True, text=True).stderr
+                    raise AssertionError(f"no S3 within 90 s: {logs[-3000:]}") from None
+                time.sleep(0.5)
+        assert store.get_bytes("probe/hello") == b"served"
+        try:
+            urllib.request.urlopen(f"{settings.endpoint}/voicetrack/probe/hello", timeout=5)
+            anonymous = 200
+        except urllib.error.HTTPError as err:
+            anonymous = err.code
+        assert anonymous == 403
+        tools = " ".join(t for t in FORBIDDEN_TOOLS if t != "weed")
+        inside = subprocess.run(
+            ["podman", "exec", name, "sh", "-c",
+             "touch /etc/x /usr/local/bin/x 2>/dev/null && echo wrote-outside; "
+             f"for t in {tools}; do command -v $t; done; id -u"],
+            env=ENV, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert inside.stdout.split() == ["10001"], inside.stdout + inside.stderr
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=ENV, capture_output=True,
+                       timeout=60)
