@@ -167,6 +167,8 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
     # The audio: every marker at its true time ± 20 ms, the paused interval cut out,
     # all tracks the same length.
     manifest = FinalManifest.model_validate(stack.store.get_json(layout.final_manifest_key))
+    # assembled from the pieces the chunks' Jobs made, silent chunks and all (issue 13)
+    assert (manifest.assembly, manifest.fallback_reason) == ("incremental", None)
     paused = [g for g in manifest.gaps if g.cause == "paused"]
     assert len(paused) == 1 and 2000 <= paused[0].end_ms - paused[0].start_ms <= 4500
     assert manifest.paused_ms == paused[0].end_ms - paused[0].start_ms
