@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from voicetrack.audio import ms_to_samples
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
 from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack_transcoder import assembly
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end
 from voicetrack_transcoder.promote import promote
@@ -89,3 +93,33 @@ def test_it_matches_the_single_pass_encode_at_every_junction(
         for c in junctions:
             near = int(err[max(c - FRAME, 0): c + FRAME].max())
             assert near <= 0.08 * scale, (track, c, near, scale)
+
+
+def test_units_are_rendered_a_few_at_a_time(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The units without a piece are computed side by side, but at most
+    `RENDERS_AT_ONCE` of them hold rendered PCM at once: a render after speech holds two
+    chunk windows of every track (second review: ~320 MB each for 5 speakers at 60 s
+    chunks, 8 at once past the promotion Job's 768 MiB). Chunks 2, 5 and 7 follow speech
+    here: three renders, which ran all at once before."""
+    store = promoted[0]
+    running, peak = 0, 0
+    lock = threading.Lock()
+    real = assembly.render
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.3)  # long enough for the others to start if they may
+            return real(*args, **kw)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(assembly, "render", counted)
+    assert promote(store, LAYOUT.promotion_plan_key).assembly == "incremental"
+    assert peak == 2, peak  # RENDERS_AT_ONCE

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -67,6 +68,12 @@ PREFETCH_BYTES = 128 * 1024 * 1024
 """Bytes of pieces fetched ahead, all tracks together: fewer pieces ahead when pieces are
 large (a 300 s chunk at 320 kbit/s stereo is a ~12 MB piece)."""
 
+
+RENDERS_AT_ONCE = 2
+"""Units rendered at once at assembly (`render` + `make`). One holds the PCM of up to two
+chunk windows of every track and the mix's working copies: ~320 MB for 5 speakers at
+`chunkSeconds` 60, against the promotion Job's 768 MiB limit (second review). Silent
+units (`silent_made`) need no render and are not counted."""
 
 UPLOADERS = 6
 """Final objects uploaded at once (each in parts, `ObjectStore.put_file`)."""
@@ -160,6 +167,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 tasks.append((len(units), Work(owned_end(n_total), None, total_ms,
                                                total_ms)))
         silence = silent_frames(plan.mp3_bitrate, {track_channels[n] for n in names}, work)
+        rendering = threading.BoundedSemaphore(RENDERS_AT_ONCE)
 
         def compute(item: tuple[int, Work]) -> tuple[int, Made]:
             task, w = item
@@ -173,12 +181,13 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 return task, silent_made(silence, w, end - w.first, names, track_channels)
             if near:
                 from_ms = min(from_ms, near[0].out_start_ms)
-            rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
-                              mix_channels if want_mix else None)
-            rendered.wanted = set(names)
-            own = work / f"unit-{task}"  # encode_many's files are named by track
-            own.mkdir()
-            return task, make(rendered, w, plan.mp3_bitrate, own, speakers)
+            with rendering:  # PCM of up to two chunk windows per track, a few at once
+                rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
+                                  mix_channels if want_mix else None)
+                rendered.wanted = set(names)
+                own = work / f"unit-{task}"  # encode_many's files are named by track
+                own.mkdir()
+                return task, make(rendered, w, plan.mp3_bitrate, own, speakers)
 
         computed.update(pool.map(compute, tasks))  # ffmpeg runs, side by side
         if progress:
