@@ -35,6 +35,8 @@ class ChunkView:
     bytes: int = 0
     consent_degraded: tuple[str, str] | None = None
     """(reason, message) of the chunk's `spec.consentDegraded`; None when absent."""
+    refused: bool = False
+    """The operator refused the chunk as not its session's (`status.refused`)."""
 
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> ChunkView:
@@ -51,7 +53,8 @@ class ChunkView:
                    bytes=sum(int(t.get("bytes", 0)) for t in tracks),
                    consent_degraded=(str(degraded.get("reason", "")),
                                      str(degraded.get("message", "")))
-                   if degraded else None)
+                   if degraded else None,
+                   refused=bool((obj.get("status") or {}).get("refused")))
 
 
 @dataclass
@@ -120,8 +123,12 @@ def consent_degraded(chunks: Iterable[ChunkView]
     """(status, reason, message) of the `ConsentDegraded` condition from a session's
     chunks: None when no chunk says consent ran degraded; else True with the newest
     chunk's (highest index) reason and message when that chunk says so, or False,
-    `NotDegraded`, naming the last degraded chunk, when a later one does not."""
-    ordered = sorted(chunks, key=lambda c: c.index)
+    `NotDegraded`, naming the last degraded chunk, when a later one does not. Refused
+    chunks (not the session's) say nothing, nor do chunks without tracks and without a
+    mark (no audio to consent to: e.g. windows a restarted recorder sealed before its
+    gateway login finished)."""
+    ordered = sorted((c for c in chunks if not c.refused
+                      and (c.speakers or c.consent_degraded)), key=lambda c: c.index)
     last = next((c for c in reversed(ordered) if c.consent_degraded), None)
     if last is None or last.consent_degraded is None:
         return None

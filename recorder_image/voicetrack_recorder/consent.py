@@ -73,9 +73,17 @@ class Consent:
         the ones promotion must know about when they opt out."""
         self._left_off = 0
         self.degraded: ConsentDegraded | None = None
-        """Why consent runs with less than the policy asks (set by the source, e.g.
-        `login.MEMBERS_REFUSED`); None while it runs as asked. Each sealed chunk carries
-        it (`ChunkSpec.consentDegraded`)."""
+        """Why consent runs with less than the policy asks; None while it runs as asked.
+        Each sealed chunk carries it (`ChunkSpec.consentDegraded`). Kept by
+        `lacks_members` and `set_policy`: the source's lack while `role_ids` is set."""
+        self._without_members: ConsentDegraded | None = None
+
+    def lacks_members(self, why: ConsentDegraded | None) -> None:
+        """What role opt-outs lack on the source's connection (`why`: e.g. the gateway
+        has no GUILD_MEMBERS, refused or not asked for at start; None: nothing). It
+        degrades consent while the policy has role opt-outs, also ones added later."""
+        self._without_members = why
+        self.degraded = why if self.role_ids else None
 
     def excluded(self, user_id: str) -> bool:
         """Whether `user_id` is not recorded now (as last evaluated: `see`, `refresh`):
@@ -118,6 +126,7 @@ class Consent:
         """Take the session's current opt-out lists and re-evaluate every member seen;
         returns the members opted out by this call (see `refresh`)."""
         self.user_ids, self.role_ids = frozenset(user_ids), frozenset(role_ids)
+        self.lacks_members(self._without_members)  # role opt-outs added or all removed
         return self.refresh()
 
     def refresh(self) -> list[str]:

@@ -17,8 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from tests.unit.test_chunker_consent import FRAME, LAYOUT, MarkerUploader, at, recorder
-from voicetrack.chunkspec import ChunkSpec, ConsentDegraded, Gap
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack, ConsentDegraded, Gap
 from voicetrack_operator.status import CONSENT_DEGRADED, ChunkView, Observation, build_status
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.login import MEMBERS_REFUSED, MEMBERS_REFUSED_REASON
 from voicetrack_recorder.spool import Spool
 
@@ -95,12 +97,14 @@ def test_marker_chunks_written_at_stop_carry_it(tmp_path: Path) -> None:
     rec, time = recorder()
     uploader = MarkerUploader(Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"))
     rec.uploader = cast(Any, uploader)
-    rec.consent.degraded = DEGRADED
+    rec.consent.lacks_members(DEGRADED)  # what DiscordSource says of its gateway
+    rec.consent.set_policy([], ["500000000000000001"])  # the session has role opt-outs
     rec.push(B, 0, FRAME)
     rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")  # S3 down at stop
     rec._give_up(deadline=0.0)
     at(time, rec, 1200)
-    rec.kube.opt_out = (frozenset({B}), frozenset())  # an opt-out no chunk carried yet
+    rec.kube.opt_out = (frozenset({B}), frozenset({"500000000000000001"}))  # an opt-out
+    # no chunk carried yet
     rec.follow_consent()
     rec._mark_consent(deadline=0.0)
     lost, consent = uploader.markers
@@ -111,10 +115,18 @@ def test_marker_chunks_written_at_stop_carry_it(tmp_path: Path) -> None:
 # --------------------------------------------------------------------- the status builder
 
 
-def chunk_obj(index: int, degraded: ConsentDegraded | None) -> dict[str, Any]:
+def chunk_obj(index: int, degraded: ConsentDegraded | None, *, tracks: bool = True,
+              refused: bool = False) -> dict[str, Any]:
+    """A chunk as the API shows it: B's track in it (unless not `tracks`)."""
+    track = ChunkTrack(user_id=B, key=f"r/{GUILD}/{MEETING}/chunks/{index:06d}/{B}.opus",
+                       frames=250, first_ms=index * 5000, last_ms=index * 5000 + 4980,
+                       bytes=10, sha256="ab" * 32)
     spec = ChunkSpec.model_validate(spec_doc(index)).model_copy(
-        update={"consent_degraded": degraded})
-    return {"spec": spec.to_api(), "status": {"transcodeStatus": "done"}}
+        update={"consent_degraded": degraded, "tracks": [track] if tracks else []})
+    status: dict[str, Any] = {"transcodeStatus": "failed" if refused else "done"}
+    if refused:
+        status["refused"] = "not this session's"
+    return {"spec": spec.to_api(), "status": status}
 
 
 def conditions(objs: list[dict[str, Any]], previous: list[dict[str, Any]] | None = None,
@@ -148,3 +160,33 @@ def test_a_later_normal_chunk_turns_the_condition_false() -> None:
         "False", "NotDegraded", T1)
     assert "chunk recorded with degraded consent is 0" in cond["message"]
     assert MEMBERS_REFUSED in cond["message"]
+
+
+def test_refused_chunks_and_unmarked_silent_ones_say_nothing() -> None:
+    """A refused chunk (not the session's, whatever its index) neither sets nor clears the
+    condition; nor does a chunk without tracks and without a mark (windows a restarted
+    recorder sealed before its gateway login: no audio to consent to). Second review: the
+    first flipped the condition, the second turned it False for a chunk window."""
+    degraded = [chunk_obj(0, DEGRADED)]
+    assert conditions([*degraded, chunk_obj(9, None, refused=True)])[
+        CONSENT_DEGRADED]["status"] == "True"
+    assert CONSENT_DEGRADED not in conditions([chunk_obj(0, None),
+                                               chunk_obj(9, DEGRADED, refused=True)])
+    assert conditions([*degraded, chunk_obj(1, None, tracks=False)])[
+        CONSENT_DEGRADED]["status"] == "True"
+
+
+def test_role_opt_outs_added_later_degrade_consent_and_removed_ones_end_it() -> None:
+    """A session started without role opt-outs connected without GUILD_MEMBERS: role
+    opt-outs added later apply in the degraded mode, so its chunks say so from then on;
+    with all of them removed again they no longer do (second review: never marked)."""
+    consent = Consent(SessionClock(0))
+    consent.lacks_members(DEGRADED)  # the source's gateway has no GUILD_MEMBERS
+    assert consent.degraded is None  # no role opt-out: nothing is lacking
+    consent.set_policy([], ["500000000000000001"])
+    assert consent.degraded == DEGRADED
+    consent.set_policy([B], [])
+    assert consent.degraded is None
+    consent.lacks_members(None)  # a source with the intent
+    consent.set_policy([], ["500000000000000001"])
+    assert consent.degraded is None

@@ -44,7 +44,7 @@ from voicetrack_operator.services.inventory import chunk_inventory, collect_chun
 from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
 from voicetrack_operator.services.webhooks import WebhookService
-from voicetrack_operator.status import Observation, build_status
+from voicetrack_operator.status import CONSENT_DEGRADED, Observation, build_status
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,11 @@ class DeletionService:
         obs = Observation(generation=s.generation, paused=False, recorder_phase=None,
                           promoted=True)
         status = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
+        # what the chunks said while recording stays said (there are no chunks to read now)
+        kept = [c for c in s.status.get("conditions") or [] if c.get("type") == CONSENT_DEGRADED]
         out = self._outcome(progress, SessionState.PROMOTED, "promoted", None)
-        out.status.update({"recordingIds": ids, "conditions": status["conditions"]})
+        out.status.update({"recordingIds": ids, "conditions": status["conditions"] + kept})
+        self.ctx.audited.discard(s.ref.uid)  # the session is done: nothing left to audit
         return out
 
     @staticmethod

@@ -37,6 +37,13 @@ MEMBERS_REFUSED = ("GUILD_MEMBERS intent refused by Discord (4014: the applicati
                    "followed; roles are read when members join")
 """What the recorder says (log, termination message, each chunk's `consentDegraded`
 message) when it records without the intent."""
+MEMBERS_NOT_ASKED = ("GUILD_MEMBERS intent not asked for (the session started without role "
+                     "opt-outs): role changes during the call are not followed; roles are "
+                     "read when members join")
+"""The `consentDegraded` message once role opt-outs are added to a session whose recorder
+connected without the intent (it asks for it when it starts again)."""
+MEMBERS_NOT_ASKED_REASON = "MembersIntentNotRequested"
+"""The `consentDegraded` reason that goes with MEMBERS_NOT_ASKED."""
 MEMBERS_REFUSED_REASON = "MembersIntentRefused"
 """The `consentDegraded` reason of a chunk recorded without the intent (the session's
 `ConsentDegraded` condition reason)."""

@@ -35,6 +35,8 @@ from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.connection import ResumingConnectionState
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.login import (
+    MEMBERS_NOT_ASKED,
+    MEMBERS_NOT_ASKED_REASON,
     MEMBERS_REFUSED,
     MEMBERS_REFUSED_REASON,
     GatewaySession,
@@ -220,13 +222,16 @@ class DiscordSource:
         self._voice = None
         gateway: GatewaySession | None = None
         try:
-            gateway = await open_gateway(self.token, self.endpoint,
-                                         members=bool(self.consent and self.consent.role_ids))
+            asked = bool(self.consent and self.consent.role_ids)
+            gateway = await open_gateway(self.token, self.endpoint, members=asked)
             if self.consent is not None:
-                if self.consent.role_ids and not gateway.members_intent:
+                if asked and not gateway.members_intent:
                     self.degraded = MEMBERS_REFUSED
-                    self.consent.degraded = ConsentDegraded(reason=MEMBERS_REFUSED_REASON,
-                                                            message=MEMBERS_REFUSED)
+                self.consent.lacks_members(
+                    None if gateway.members_intent
+                    else ConsentDegraded(reason=MEMBERS_REFUSED_REASON, message=MEMBERS_REFUSED)
+                    if asked else ConsentDegraded(reason=MEMBERS_NOT_ASKED_REASON,
+                                                  message=MEMBERS_NOT_ASKED))
                 self.consent.roles_of = member_roles(gateway.client, self.guild_id)
             channel = await self._channel(gateway.client)
             try:
