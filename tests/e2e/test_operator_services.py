@@ -771,7 +771,8 @@ async def test_startup_builds_the_context_and_cleanup_closes_it(
     await lifecycle.on_startup(settings=settings, memo=memo)
     try:
         assert settings.persistence.finalizer == "voicetrack.dev/promote"
-        assert isinstance(memo.ctx, Context) and len(memo.tasks) == 2
+        # the active replica's workers: heartbeat, orphan sweep, mirror audit
+        assert isinstance(memo.ctx, Context) and len(memo.tasks) == 3
         assert await lifecycle.on_probe_database(memo=memo) == "ok"  # migrated at start
     finally:
         await lifecycle.on_cleanup(memo=memo)

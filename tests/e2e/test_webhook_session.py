@@ -11,6 +11,7 @@ import json
 import secrets
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -80,7 +81,13 @@ def test_a_promoted_session_calls_its_webhook(stack: Stack, e2e_namespace: str,
         assert hashlib.sha256(data).hexdigest() == track["sha256"]
         assert len(data) == track["bytes"] and track["link"]["format"] == "mp3"
 
-    [delivery] = stack.db(lambda s: s.get_webhook_deliveries_for_meeting(meeting))
+    # the worker records the attempt once the receiver has answered: a moment after the
+    # request arrived (CI: read in between, the row was still pending with 0 attempts)
+    def recorded() -> Any:
+        [d] = stack.db(lambda s: s.get_webhook_deliveries_for_meeting(meeting))
+        return d if d.state != "pending" else None
+
+    delivery = wait_for("the delivery recorded", recorded, 10, every_s=0.2)
     assert (delivery.id, delivery.state, delivery.attempts) == (
         got.headers["X-Voicetrack-Delivery"], "delivered", 1)
     assert (delivery.secret_namespace, delivery.secret_name, delivery.secret_key) == (
