@@ -145,9 +145,31 @@ class Context:
     """Sessions (uid) whose SQL mirror this replica compared with their chunks since it
     last turned active (emptied then: a replica killed between a chunk's status patch and
     its SQL write leaves a row behind, which only such a comparison finds)."""
+    progress_patched: dict[str, float] = field(default_factory=dict)
+    """Session uid -> when the observe timer last returned a status patch (monotonic s)."""
+    meeting_checked: dict[str, float] = field(default_factory=dict)
+    """Meeting id -> when its row was last seen (monotonic s), for
+    `SessionService.repair_meeting`'s throttle. Meeting ids are unique per session (a
+    uid's hash, or a spec id no other session may take)."""
     sessions: SessionIndex | None = None
     """The sessions the watches show (set at start-up from kopf's indexes); None outside
     kopf (services called directly), where the services read the API instead."""
+
+    def forget_session(self, uid: str, meeting_id: str) -> None:
+        """Drop what this replica keeps of session `uid` (recording into `meeting_id`): its
+        audit mark and throttle clocks. Called once its deletion is done, so a long-running
+        operator holds nothing per past session (issue 16: thousands of sessions a day)."""
+        self.audited.discard(uid)
+        self.progress_patched.pop(uid, None)
+        self.meeting_checked.pop(meeting_id, None)
+
+    def turned_active(self) -> None:
+        """Forget, on each turn to active, which sessions' SQL mirrors were audited (a
+        replica killed between a chunk's status patch and its row leaves that row behind)
+        and the throttle clocks of the last turn (stale: another replica acted since)."""
+        self.audited.clear()
+        self.progress_patched.clear()
+        self.meeting_checked.clear()
 
     def store(self, bucket: str) -> AsyncObjectStore:
         """The async object store for `bucket` (one client per bucket, made on first use)."""

@@ -29,7 +29,7 @@ from voicetrack.objectstore import S3Settings
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.handlers.lifecycle import _audit_anew
-from voicetrack_operator.services import grants, sessions
+from voicetrack_operator.services import grants
 from voicetrack_operator.services.sessions import Observed, SessionService
 
 pytestmark = pytest.mark.integration
@@ -73,8 +73,6 @@ def operator_replica(db: CountingDb) -> Context:
 
 async def test_rows_left_behind_by_a_killed_replica_are_written_by_the_next(
         db_service: RecordingService) -> None:
-    sessions._meeting_checked.clear()
-    sessions._progress_patched.clear()
     grants._remember(UID, fresh_grant(), datetime.now(UTC), renewable=True)
     await db_service.create_meeting(MEETING, GUILD, "100000000000000002",
                                     datetime.now(UTC), UID,

@@ -36,6 +36,7 @@ from voicetrack_operator.handlers.index import (
     slim,
 )
 from voicetrack_operator.services import grants, sessions
+from voicetrack_operator.services.deletion import DeletionService
 from voicetrack_operator.services.sessions import Observed, SessionService, SessionView
 
 pytestmark = pytest.mark.unit
@@ -126,9 +127,7 @@ RUNNING_POD = {"metadata": {"name": f"{NAME}-rec", "namespace": NS,
 
 
 @pytest.fixture(autouse=True)
-def _fresh_meeting_cache() -> None:
-    sessions._meeting_checked.clear()
-    sessions._progress_patched.clear()
+def _fresh_grant() -> None:
     # the session's upload grant was just checked and is far from due: the grant Secret is
     # read at most every GRANT_CHECK_S (tests/unit/test_upload_grant_renewal.py)
     grants._remember(UID, fresh_grant(), datetime.now(UTC), renewable=True)
@@ -281,7 +280,7 @@ async def test_progress_is_patched_once_per_chunk_period_state_at_once() -> None
     changed = await service.observe_session(s, Observed(pod=stopped, chunks=more.chunks,
                                                         jobs=more.jobs))
     assert changed["state"] == "Stopped" and changed["chunks"]["total"] == 2
-    sessions._progress_patched[UID] -= 10  # the chunk period has passed
+    ctx.progress_patched[UID] -= 10  # the chunk period has passed
     s.status.update(changed)
     s.status["chunks"] = first["chunks"]
     assert (await service.observe_session(s, Observed(pod=stopped, chunks=more.chunks,
@@ -317,3 +316,31 @@ def test_known_chunk_is_the_jobs_own_from_the_index() -> None:
     other = job(1, complete=True)
     other["metadata"]["ownerReferences"] = [owner_reference(NAME, "another-uid")]
     assert known_chunk(other, indexes) is None
+
+
+async def test_a_finished_session_leaves_nothing_behind_in_the_replica() -> None:
+    """A long-running operator sees thousands of sessions a day: once a session's deletion
+    is done, the replica keeps no per-session entry (issue 16; the throttle clocks were
+    module-level dicts that kept every session's uid and meeting id for good)."""
+    db = FakeDb(meetings={meeting_id_for(UID, None)})
+    ctx, _ = make_ctx(db)
+    service, s = SessionService(ctx), session_view()
+    s.status.update(await service.observe_session(s, Observed(pod=RUNNING_POD,
+                                                              chunks=[chunk(0, "done", 30)])))
+    s.status.update(await service.observe_session(
+        s, Observed(pod=RUNNING_POD, chunks=[chunk(0, "done", 30), chunk(1, "done", 30)])))
+    await service.repair_meeting(s, throttle=True)
+    assert UID in ctx.progress_patched and s.meeting_id in ctx.meeting_checked
+    s.status["deletion"] = {"step": "done", "promoted": True, "recordingIds": ["1"]}
+    out = await DeletionService(ctx).finalize_session(s)
+    assert out.state == "Promoted"
+    assert (ctx.audited, ctx.progress_patched, ctx.meeting_checked) == (set(), {}, {})
+
+
+async def test_a_turn_to_active_forgets_the_last_turns_clocks() -> None:
+    """Another replica acted while this one stood by: its clocks are stale."""
+    ctx, _ = make_ctx(FakeDb())
+    ctx.progress_patched[UID] = 1.0
+    ctx.meeting_checked["m"] = 1.0
+    ctx.turned_active()
+    assert (ctx.audited, ctx.progress_patched, ctx.meeting_checked) == (set(), {}, {})

@@ -120,8 +120,6 @@ def make_ctx(kube: Kube, index: dict[Any, Any], recorders: dict[Any, Any] | None
 
 @pytest.fixture(autouse=True)
 def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> None:
-    sessions._meeting_checked.clear()
-    sessions._progress_patched.clear()
 
     async def no_access(*args: Any) -> str:  # the recorder's RBAC and upload grant
         return "recorder"

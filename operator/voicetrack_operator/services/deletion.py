@@ -168,6 +168,7 @@ class DeletionService:
         are done. Infrastructure failures retry after their delay in the same state."""
         progress = DeletionProgress.from_status(s.status)
         if s.state is SessionState.REFUSED:  # it never recorded: nothing to promote
+            self.ctx.forget_session(s.ref.uid, s.meeting_id)
             return DeletionOutcome(progress, SessionState.REFUSED, "refused session deleted")
         try:
             if progress.step is not DeletionStep.DONE:
@@ -193,7 +194,7 @@ class DeletionService:
         kept = [c for c in s.status.get("conditions") or [] if c.get("type") == CONSENT_DEGRADED]
         out = self._outcome(progress, SessionState.PROMOTED, "promoted", None)
         out.status.update({"recordingIds": ids, "conditions": status["conditions"] + kept})
-        self.ctx.audited.discard(s.ref.uid)  # the session is done: nothing left to audit
+        self.ctx.forget_session(s.ref.uid, s.meeting_id)  # done: nothing left to watch
         return out
 
     @staticmethod

@@ -101,14 +101,6 @@ class SessionView:
         return MeetingLayout(self.spec.storage.prefix, self.spec.guild_id, self.meeting_id)
 
 
-_meeting_checked: dict[str, float] = {}
-"""Meeting id -> when its row was last seen (monotonic s), for `repair_meeting`'s throttle.
-Meeting ids are unique per session (a uid's hash, or a spec id no other session may take)."""
-
-
-_progress_patched: dict[str, float] = {}
-"""Session uid -> when the observe timer last returned a status patch (monotonic s)."""
-
 TERMINAL = (TranscodeStatus.DONE.value, TranscodeStatus.FAILED.value)
 
 
@@ -287,11 +279,11 @@ class SessionService:
         live = {} if seen is None else await LiveService(self.ctx).observe(s, objs, seen.live)
         if seen is not None and changed:
             # progress only (counts, seconds, speakers): at most one patch per chunk period
-            last = _progress_patched.get(s.ref.uid)
+            last = self.ctx.progress_patched.get(s.ref.uid)
             if last is not None and time.monotonic() - last < s.spec.chunk_seconds \
                     and _significant(s.status) == _significant({**s.status, **changed}):
                 return live  # the audio so far is reported at once
-            _progress_patched[s.ref.uid] = time.monotonic()
+            self.ctx.progress_patched[s.ref.uid] = time.monotonic()
         return {**changed, **live}
 
     @staticmethod
@@ -346,15 +338,15 @@ class SessionService:
         session (a lost row also shows as a failed chunk mirror, which resyncs).
         Raises TemporaryFailure while the database is away."""
         if throttle:
-            last = _meeting_checked.get(s.meeting_id)
+            last = self.ctx.meeting_checked.get(s.meeting_id)
             if last is not None and time.monotonic() - last < MEETING_CHECK_S:
                 return False
         try:
             await self.ctx.db.get_meeting(s.meeting_id)
-            _meeting_checked[s.meeting_id] = time.monotonic()
+            self.ctx.meeting_checked[s.meeting_id] = time.monotonic()
             return False
         except NotFoundError:
-            _meeting_checked.pop(s.meeting_id, None)
+            self.ctx.meeting_checked.pop(s.meeting_id, None)
         await self.ctx.db.create_meeting(
             s.meeting_id, s.spec.guild_id, s.spec.channel_id,
             parse_time(s.status.get("startedAt") or s.created), s.ref.uid,
@@ -391,6 +383,7 @@ class SessionService:
             return False, f"database unavailable: {err}"
         if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name, s.ref.uid,
                                            s.meeting_id):
+            self.ctx.audited.add(s.ref.uid)  # every chunk's state was written: as audited
             log.info("session %s/%s: SQL mirror caught up", *key)
             return True, "chunk states replayed"
         return False, f"database unavailable: {self.ctx.unsynced.get(key, '')}"
