@@ -2,7 +2,8 @@
 
 For a 10 min and a 1 h session of 5 speakers (10 s chunks, the session of
 benchmarks/transcode.py: each speaker talks in a third of the chunks, mono-coded, MP3
-128 kbit/s, per-speaker and mixed tracks):
+128 kbit/s, per-speaker and mixed tracks; nobody speaks in every 6th window, `--silent-every`,
+as in real meetings: those chunks have no tracks, no Job and no piece):
 
 1. While "recording": every chunk's piece (`pieces.build_piece`, what each chunk's
    transcoder Job adds), in chunk order; its wall time per chunk (p50, p95) is printed.
@@ -21,7 +22,7 @@ Per stage (the last stop -> final run): when each stage ran (s from the stop), t
 wall time its calls add up to, and the CPU seconds of this process and of SeaweedFS over
 the whole promotion (on 2 shared cores these bound the wall time).
 
-Usage: python benchmarks/promote.py [--speakers 5] [--runs 5] [--minutes 10,60]
+Usage: python benchmarks/promote.py [--speakers 5] [--runs 5] [--minutes 10,60] [--silent-every 6]
 [--data-dir DIR] (`--data-dir`: SeaweedFS keeps its data there between runs, and a session
 already recorded there is reused: its pieces are not made again)
 Last line: `promote: stop_to_final_p95 S s (1h x 5), boundary_err_ms E,
@@ -117,6 +118,8 @@ def record_pieces(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
     times = []
     for chunk in plan.chunks:
         store.put_json(layout.chunk_manifest_key(chunk.index), chunk.to_api())
+        if not chunk.tracks:
+            continue  # a silent window: the operator marks it done, no Job, no piece
         t0 = time.perf_counter()
         pieces.build_piece(store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks)
         times.append(time.perf_counter() - t0)
@@ -170,13 +173,13 @@ def recorded(store: ObjectStore, layout: MeetingLayout, speakers: int
     return plan if len(plan.speakers) == speakers else None
 
 
-def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: int
-          ) -> dict[str, float]:
-    layout = MeetingLayout("bench", GUILD, f"PrOmOtEbEnCh{minutes:04d}")
+def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: int,
+          silent_every: int) -> dict[str, float]:
+    layout = MeetingLayout("bench", GUILD, f"PrOmOtEbEnCh{minutes:03d}{silent_every % 10}")
     plan = recorded(store, layout, speakers)
     if plan is None:
-        plan = upload_session(store, layout, minutes / 60, speakers, True).model_copy(
-            update={"prefix": layout.prefix})
+        plan = upload_session(store, layout, minutes / 60, speakers, True,
+                              silent_every).model_copy(update={"prefix": layout.prefix})
         store.put_json(layout.promotion_plan_key, plan.to_api())
         times = record_pieces(store, layout, plan)
     else:
@@ -194,7 +197,8 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         stages.wrap(store, "put_file", "uploads")
         cpu0, weed0 = cpu_s(os.getpid()), cpu_s(weed_pid)
         t0 = time.perf_counter()
-        pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
+        if last.tracks:  # a silent last window has no Job
+            pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
         manifest = promote(store, layout.promotion_plan_key)
         stops.append(time.perf_counter() - t0)
         cpu, weed = cpu_s(os.getpid()) - cpu0, cpu_s(weed_pid) - weed0
@@ -234,6 +238,9 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=5)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--minutes", default="10,60")
+    parser.add_argument("--silent-every", type=int, default=6,
+                        help="every Nth 10 s window nobody speaks (a chunk without "
+                             "tracks, no piece); 0: someone speaks in every window")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="SeaweedFS data directory kept between runs (sessions "
                              "recorded there are reused)")
@@ -247,7 +254,7 @@ def main() -> None:
             assert server.process is not None
             for minutes in (int(m) for m in args.minutes.split(",")):
                 results[minutes] = bench(store, minutes, args.speakers, args.runs,
-                                         server.process.pid)
+                                         server.process.pid, args.silent_every)
         finally:
             server.stop()
     longest = results[max(results)]

@@ -106,9 +106,11 @@ def bench_chunk(store: ObjectStore, work: Path, runs: int, mono: bool
 
 
 def upload_session(store: ObjectStore, layout: MeetingLayout, hours: float, speakers: int,
-                   mono: bool) -> PromotionPlan:
+                   mono: bool, silent_every: int = 0) -> PromotionPlan:
     """Raw chunks of a `hours`-long session: speaker k talks in chunks where
-    (index + k) % 3 == 0, the others are absent from them (silence)."""
+    (index + k) % 3 == 0, the others are absent from them (silence). With `silent_every`
+    N > 0, every Nth chunk (index % N == N // 2) is a window in which nobody spoke: a chunk
+    without tracks, as the recorder seals it (Discord sends no packets in silence)."""
     pool_s = 60
     pools = [speech_packets(k, pool_s, mono) for k in range(speakers)]
     per_chunk = CHUNK_MS // FRAME_MS
@@ -118,7 +120,7 @@ def upload_session(store: ObjectStore, layout: MeetingLayout, hours: float, spea
     for index in range(n_chunks):
         tracks = []
         for k, user in enumerate(users):
-            if (index + k) % 3:
+            if (index + k) % 3 or (silent_every and index % silent_every == silent_every // 2):
                 continue
             start = (index * per_chunk) % (len(pools[k]) - per_chunk)
             packets = pools[k][start:start + per_chunk]
