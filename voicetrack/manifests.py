@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from voicetrack.audio import Channels
-from voicetrack.chunkspec import ChunkOutput, ChunkSpec, Gap
+from voicetrack.chunkspec import ChunkOutput, ChunkSpec, ConsentDegraded, Gap
 from voicetrack.resources import _Model
 
 
@@ -41,15 +41,31 @@ class ConsentEntry(_Model):
     excluded: bool
 
 
+class DegradedConsent(ConsentDegraded):
+    """`consentDegraded` of `final/consent.json`: role opt-outs were not enforced as asked
+    while part of the meeting recorded (the Discord Server Members Intent refused or not
+    requested; the session's `ConsentDegraded` condition, docs/consent.md). `reason` and
+    `message` are the newest degraded chunk's (`ChunkSpec.consentDegraded`, verbatim);
+    `sinceMs`/`untilMs` (output ms, as `RecordedMember.firstMs`) the start of the first
+    and the end of the last chunk recorded that way (chunks in between may have been
+    recorded normally, e.g. around a recorder restart that was granted the intent)."""
+
+    since_ms: int = Field(ge=0)
+    until_ms: int = Field(ge=0)
+
+
 class ConsentRecord(_Model):
     """`final/consent.json` (issue 12, "Per-speaker consent"): who was recorded and who
-    opted out, and when. Written by every promotion, also when nobody opted out (then
+    opted out, and when, and `consentDegraded` (`DegradedConsent`) when role opt-outs were
+    not enforced as asked while it recorded (absent otherwise, and in records written
+    before it existed). Written by every promotion, also when nobody opted out (then
     `optedOut` is empty). Built by the operator (`voicetrack_operator.plan`), written by
     the promotion Job."""
 
     meeting_id: str
     recorded: list[RecordedMember] = Field(default_factory=list)
     opted_out: list[ConsentEntry] = Field(default_factory=list)
+    consent_degraded: DegradedConsent | None = None
 
 
 class PromotionPlan(_Model):

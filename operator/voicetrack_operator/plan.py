@@ -22,7 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from voicetrack.chunkspec import ChunkSpec, Gap
-from voicetrack.manifests import ConsentEntry, ConsentRecord, PromotionPlan, RecordedMember
+from voicetrack.manifests import (
+    ConsentEntry,
+    ConsentRecord,
+    DegradedConsent,
+    PromotionPlan,
+    RecordedMember,
+)
 from voicetrack.resources import SessionSpec, TranscodeStatus
 
 
@@ -43,6 +49,23 @@ def output_ms(session_ms: int, origin_ms: int, gaps: list[Gap]) -> int:
     return at - cut
 
 
+def degraded_consent(chunks: list[ChunkSpec], origin_ms: int, gaps: list[Gap]
+                     ) -> DegradedConsent | None:
+    """Whether role opt-outs were not enforced while `chunks` (session ms) were recorded:
+    None when no chunk carries `consentDegraded`; else the newest (highest index) marked
+    chunk's reason and message, from the first marked chunk's start to the last one's end
+    (output ms, `output_ms`). The same marks as the session's `ConsentDegraded` condition
+    (`voicetrack_operator.status`), kept in `final/consent.json` (docs/consent.md)."""
+    marked = sorted((c for c in chunks if c.consent_degraded), key=lambda c: c.index)
+    if not marked or marked[-1].consent_degraded is None:
+        return None
+    newest = marked[-1].consent_degraded
+    return DegradedConsent(
+        reason=newest.reason, message=newest.message,
+        since_ms=output_ms(min(c.start_ms for c in marked), origin_ms, gaps),
+        until_ms=output_ms(max(c.end_ms for c in marked), origin_ms, gaps))
+
+
 def consent_record(meeting_id: str, ordered: list[ChunkSpec], excluded: set[str],
                    origin_ms: int, session_end_ms: int, gaps: list[Gap]) -> ConsentRecord:
     """`final/consent.json` from every chunk of the session (`ordered` by start, done or
@@ -54,7 +77,8 @@ def consent_record(meeting_id: str, ordered: list[ChunkSpec], excluded: set[str]
     and `via` of the first chunk that lists them; plus an excluded member with a track
     whom no chunk lists (opted out with `/record optout` after the last chunk was
     sealed) at `sessionEndMs`, via `user`. Members listed in `spec.optOutUserIds` who
-    left no trace in the chunks are not named (they were not in the channel)."""
+    left no trace in the chunks are not named (they were not in the channel).
+    `consentDegraded`: `degraded_consent` of the chunks."""
     first: dict[str, tuple[bool, int]] = {}  # user → (had no packets, first session ms)
     for chunk in ordered:
         for t in chunk.tracks:
@@ -71,6 +95,7 @@ def consent_record(meeting_id: str, ordered: list[ChunkSpec], excluded: set[str]
         opted[user] = ConsentEntry(user_id=user, since_ms=end, via="user", excluded=True)
     return ConsentRecord(
         meeting_id=meeting_id,
+        consent_degraded=degraded_consent(ordered, origin_ms, gaps),
         recorded=[RecordedMember(user_id=u, first_ms=output_ms(ms, origin_ms, gaps))
                   for u, (_, ms) in sorted(first.items()) if u not in excluded],
         opted_out=sorted(opted.values(), key=lambda e: (e.since_ms, e.user_id)))

@@ -26,7 +26,7 @@ from voicetrack.errors import InvalidInputError
 
 pytestmark = pytest.mark.integration
 
-REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 TABLES = {
     None: set(),
     "0001": {"meetings", "temp_recordings", "recordings"},
@@ -36,6 +36,8 @@ TABLES = {
     "0005": {"meetings", "temp_recordings", "recordings", "heartbeats"},
     "0006": {"meetings", "temp_recordings", "recordings", "heartbeats"},
     "0007": {"meetings", "temp_recordings", "recordings", "heartbeats", "webhook_deliveries",
+             "webhook_attempts"},
+    "0008": {"meetings", "temp_recordings", "recordings", "heartbeats", "webhook_deliveries",
              "webhook_attempts"},
 }
 OLD_TEMP_COLUMNS = {"id", "meeting_id", "created_at", "filename"}

@@ -36,6 +36,7 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import (
     ConsentEntry,
     ConsentRecord,
+    DegradedConsent,
     FinalManifest,
     PromotionPlan,
     RecordedMember,
@@ -99,7 +100,10 @@ def _promote(store: ObjectStore, layout: MeetingLayout) -> FinalManifest:
                              recorded=[RecordedMember(user_id=A, first_ms=200),
                                        RecordedMember(user_id=B, first_ms=1000)],
                              opted_out=[ConsentEntry(user_id=C, since_ms=3000, via="role",
-                                                     excluded=True)]))
+                                                     excluded=True)],
+                             consent_degraded=DegradedConsent(
+                                 reason="MembersIntentRefused", message="4014 refused",
+                                 since_ms=2000, until_ms=6000)))
     store.put_json(layout.promotion_plan_key, plan.to_api())
     proc = subprocess.run([str(BIN / "voicetrack-transcoder"), "promote", "--plan-key",
                            layout.promotion_plan_key],
@@ -198,8 +202,12 @@ def test_show_lists_tracks_with_manifest_facts(world: World) -> None:
     assert doc["consent_key"] == world.layout.consent_key
     assert doc["consent"] == {
         "recorded": [{"user_id": A, "first_ms": 200}, {"user_id": B, "first_ms": 1000}],
-        "opted_out": [{"user_id": C, "since_ms": 3000, "via": "role", "excluded": True}]}
+        "opted_out": [{"user_id": C, "since_ms": 3000, "via": "role", "excluded": True}],
+        "degraded": {"reason": "MembersIntentRefused", "message": "4014 refused",
+                     "since_ms": 2000, "until_ms": 6000}}
+    assert doc["consent_degraded"] is None  # the row was not marked (meetings, 0008)
     text = world.cli("show", DONE).stdout
+    assert "degraded from 0:02 to 0:06 (MembersIntentRefused)" in text
     assert world.manifest.tracks[0].sha256 in text and "team/standup" in text
     assert "2 recorded, 1 opted out" in text and C in text and "none kept" in text
 

@@ -328,6 +328,8 @@ def write_consent(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
                   ) -> str | None:
     """Write the plan's consent record to `final/consent.json` and return its key; None
     (nothing written) for a plan without one (made by an operator that predates consent).
+    The record is the plan's as it is (`ConsentRecord`: who was recorded, who opted out,
+    and `consentDegraded` when role opt-outs were not enforced as asked).
     Raises TemporaryFailure for S3 failures."""
     if plan.consent is None:
         return None

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from sqlalchemy import update
 
+from voicetrack.chunkspec import CONDITION_REASON_MAX, CONDITION_REASON_PATTERN
 from voicetrack.db.base import StoreBase
-from voicetrack.db.checks import check_id, check_opt_text, check_snowflake, check_time
+from voicetrack.db.checks import (
+    check_id,
+    check_opt_text,
+    check_snowflake,
+    check_text,
+    check_time,
+)
 from voicetrack.db.schema import Meeting, MeetingStatus
 from voicetrack.errors import InvalidInputError, NotFoundError
 
@@ -17,6 +25,8 @@ SESSION_NAME_LENGTH = 253
 """`meetings.session_name`: a RecordingSession's metadata.name (at most 253 characters)."""
 FAILURE_REASON_LENGTH = 4000
 """The longest `meetings.failure_reason` accepted (characters): one reason, not a log."""
+CONSENT_MESSAGE_LENGTH = 4000
+"""The longest `meetings.consent_degraded_message` accepted (characters)."""
 
 
 class MeetingIdInUse(InvalidInputError):
@@ -148,6 +158,35 @@ class MeetingStore(StoreBase):
             update(Meeting)
             .where(Meeting.id == meeting_id)
             .values(ended_at=ended, status=final.value, failure_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        return await self.get_meeting(meeting_id)
+
+    async def mark_consent_degraded(self, meeting_id: str, reason: str, message: str
+                                    ) -> Meeting:
+        """Record that role opt-outs were not enforced while the meeting recorded: the
+        session's `ConsentDegraded` condition's `reason` (a Kubernetes condition reason,
+        UpperCamelCase, at most 64 characters, e.g. `MembersIntentRefused`) and `message`
+        (at most 4000 characters) into `consent_degraded_reason`/`_message` (docs/consent.md,
+        issue 12). Idempotent; a later mark replaces an earlier one; nothing clears it (the
+        audio recorded meanwhile stays recorded that way). Any status: a mark may come
+        before or after `end_meeting`. NotFoundError for an unknown meeting;
+        InvalidInputError for a reason or message out of those bounds."""
+        check_id("meeting_id", meeting_id)
+        reason = check_text("consent_degraded_reason", reason, CONDITION_REASON_MAX)
+        if not re.match(CONDITION_REASON_PATTERN, reason):
+            raise InvalidInputError(
+                f"consent_degraded_reason: {reason!r} is not a condition reason "
+                "(UpperCamelCase letters and digits)")
+        message = check_text("consent_degraded_message", message, CONSENT_MESSAGE_LENGTH)
+        meeting = await self.get_meeting(meeting_id)
+        if (meeting.consent_degraded_reason, meeting.consent_degraded_message) == (
+                reason, message):
+            return meeting
+        await self.session.execute(
+            update(Meeting)
+            .where(Meeting.id == meeting_id)
+            .values(consent_degraded_reason=reason, consent_degraded_message=message)
             .execution_options(synchronize_session=False)
         )
         return await self.get_meeting(meeting_id)

@@ -77,6 +77,11 @@ class MeetingRecord:
     duration_ms: int | None = None
     tracks: int = 0
     chunks: ChunkProgress | None = field(default=None)
+    consent_degraded_reason: str | None = None
+    """Why role opt-outs were not enforced while it recorded (`meetings`, revision 0008:
+    the session's `ConsentDegraded` reason); None when consent ran as asked."""
+    consent_degraded_message: str | None = None
+    """The `ConsentDegraded` message; None with the reason."""
 
     @property
     def live(self) -> bool:
@@ -106,6 +111,9 @@ class MeetingRecord:
             "speakers": list(self.speakers), "duration_ms": self.duration_ms,
             "elapsed_ms": self.elapsed_ms(now), "tracks": self.tracks,
             "chunks": self.chunks.as_dict() if self.chunks else None,
+            "consent_degraded": {"reason": self.consent_degraded_reason,
+                                 "message": self.consent_degraded_message}
+            if self.consent_degraded_reason else None,
         }
 
 
@@ -209,5 +217,7 @@ class HistoryStore(StoreBase):
                 namespace=m.namespace, session_name=m.session_name,
                 failure_reason=m.failure_reason, speakers=tuple(sorted(heard)),
                 duration_ms=longest, tracks=count, chunks=progress,
+                consent_degraded_reason=m.consent_degraded_reason,
+                consent_degraded_message=m.consent_degraded_message,
             ))
         return out

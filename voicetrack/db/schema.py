@@ -138,6 +138,12 @@ class Meeting(Base):
     """The session's metadata.name (revision 0006; NULL for older rows)."""
     failure_reason: Mapped[str | None] = mapped_column(Text(), nullable=True)
     """Why the meeting ended `failed` or `cancelled` (revision 0006); NULL otherwise."""
+    consent_degraded_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Why role opt-outs were not enforced while it recorded (revision 0008): the session's
+    `ConsentDegraded` reason (`MembersIntentRefused`, `MembersIntentNotRequested`); NULL
+    for a meeting recorded with consent as asked."""
+    consent_degraded_message: Mapped[str | None] = mapped_column(Text(), nullable=True)
+    """The `ConsentDegraded` message for people (revision 0008); NULL with the reason."""
 
 
 class TempRecording(Base):

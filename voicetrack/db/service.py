@@ -138,6 +138,13 @@ class RecordingService:
         return await self._run(
             lambda s: s.end_meeting(meeting_id, ended_at, status, failure_reason))
 
+    async def mark_consent_degraded(self, meeting_id: str, reason: str, message: str
+                                    ) -> Meeting:
+        """See `RecordingStore.mark_consent_degraded` (the session's `ConsentDegraded`
+        reason and message, kept after the session is gone; idempotent)."""
+        return await self._run(
+            lambda s: s.mark_consent_degraded(meeting_id, reason, message))
+
     async def get_meeting(self, meeting_id: str) -> Meeting:
         """See `RecordingStore.get_meeting`."""
         return await self._run(lambda s: s.get_meeting(meeting_id))

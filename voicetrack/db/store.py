@@ -8,7 +8,8 @@ here; the service translates them at its boundary.
 
 The statements live along their tables; `RecordingStore` joins them on one session:
 
-- `voicetrack.db.meetings.MeetingStore`: get, create (idempotent), end;
+- `voicetrack.db.meetings.MeetingStore`: get, create (idempotent), end, mark degraded
+  consent;
 - `voicetrack.db.temp_recordings.TempRecordingStore`: the seeds' temp-row methods
   (`insert_temp_recording`, `update_temp_recording_transcode_started|completed|failed`,
   `mark_temp_recording_cleaned`, `get_temp_recordings_for_meeting`,

@@ -38,7 +38,7 @@ from voicetrack.recordings.expiry import parse_expiry
 from voicetrack.recordings.live import LiveAudio, live_audio, live_links
 from voicetrack.recordings.models import MeetingDetail, TrackLink
 from voicetrack.recordings.service import RecordingsReader
-from voicetrack.recordings.text import chunks_cell, hms, show_live, show_text
+from voicetrack.recordings.text import chunks_cell, hms, reason_cell, show_live, show_text
 
 T = TypeVar("T")
 
@@ -167,7 +167,8 @@ def list_meetings(
     """Meetings, newest first, with their state and why one failed.
 
     Start (UTC), duration, speakers, state, session (namespace/name), chunk progress of
-    live ones (done/total from temp_recordings), failure reason."""
+    live ones (done/total from temp_recordings), failure reason, and `consent degraded
+    (<reason>)` when role opt-outs were not enforced as asked."""
     records = _run(ctx, lambda r: r.list_meetings(guild, limit), s3=False)
     now = datetime.now(UTC)
     if as_json:
@@ -181,7 +182,7 @@ def list_meetings(
         duration = hms(r.duration_ms if r.duration_ms is not None else r.elapsed_ms(now))
         table.add_row(r.meeting_id, r.started_at.strftime("%Y-%m-%d %H:%M:%S"), duration,
                       str(len(r.speakers)), r.status, r.session or "-", chunks_cell(r),
-                      r.failure_reason or "")
+                      reason_cell(r))
     out.print(table)
 
 

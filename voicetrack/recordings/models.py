@@ -84,7 +84,9 @@ class MeetingDetail:
         """A JSON-ready dict: the record's fields, `tracks`, from the manifest
         `output_ms`, `recorded_ms`, `paused_ms` and `gaps` (`{start_ms, end_ms, cause}`),
         and `consent` (`{recorded: [{user_id, first_ms}], opted_out: [{user_id, since_ms,
-        via, excluded}]}`, output ms; None when promotion wrote no consent record)."""
+        via, excluded}], degraded: {reason, message, since_ms, until_ms} | None}`, output
+        ms; None when promotion wrote no consent record). The record's `consent_degraded`
+        (`{reason, message}` from SQL, None when consent ran as asked) is the history's."""
         c = self.consent
         m = self.manifest
         return {
@@ -102,6 +104,11 @@ class MeetingDetail:
                              for r in c.recorded],
                 "opted_out": [{"user_id": o.user_id, "since_ms": o.since_ms, "via": o.via,
                                "excluded": o.excluded} for o in c.opted_out],
+                "degraded": {"reason": c.consent_degraded.reason,
+                             "message": c.consent_degraded.message,
+                             "since_ms": c.consent_degraded.since_ms,
+                             "until_ms": c.consent_degraded.until_ms}
+                if c.consent_degraded else None,
             } if c else None,
             "consent_key": self.consent_key,
         }

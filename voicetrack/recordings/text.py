@@ -42,9 +42,19 @@ def chunks_cell(r: MeetingRecord) -> str:
     return text + (f" ({r.chunks.failed} failed)" if r.chunks.failed else "")
 
 
+def reason_cell(r: MeetingRecord) -> str:
+    """The REASON column of `recordings list`: the failure reason, and `consent degraded
+    (<reason>)` when role opt-outs were not enforced as asked; empty when neither."""
+    parts = [r.failure_reason] if r.failure_reason else []
+    if r.consent_degraded_reason:
+        parts.append(f"consent degraded ({r.consent_degraded_reason})")
+    return "; ".join(parts)
+
+
 def show_text(out: Console, d: MeetingDetail) -> None:
     """`voicetrack recordings show` as text on `out`: the meeting, its tracks (size,
-    duration, channels, sha256), its gaps, and who was recorded and who opted out."""
+    duration, channels, sha256), its gaps, who was recorded and who opted out, and whether
+    role opt-outs were not enforced as asked (degraded consent) and why."""
     r = d.record
     lines = [
         f"meeting   {r.meeting_id}  ({r.status})",
@@ -56,6 +66,9 @@ def show_text(out: Console, d: MeetingDetail) -> None:
     ]
     if r.failure_reason:
         lines.append(f"reason    {r.failure_reason}")
+    if r.consent_degraded_reason:
+        lines.append(f"consent   DEGRADED, role opt-outs not enforced as asked "
+                     f"({r.consent_degraded_reason}): {r.consent_degraded_message or '-'}")
     if r.chunks:
         lines.append(f"chunks    {chunks_cell(r)} done")
     if d.manifest:
@@ -83,6 +96,10 @@ def show_text(out: Console, d: MeetingDetail) -> None:
         c = d.consent
         out.print(f"consent   {d.consent_key}: {len(c.recorded)} recorded, "
                   f"{len(c.opted_out)} opted out", markup=False)
+        if c.consent_degraded:
+            degraded = c.consent_degraded
+            out.print(f"          degraded from {hms(degraded.since_ms)} to "
+                      f"{hms(degraded.until_ms)} ({degraded.reason})", markup=False)
         if c.opted_out:
             table = Table("OPTED OUT", "SINCE", "VIA", "AUDIO")
             for o in c.opted_out:

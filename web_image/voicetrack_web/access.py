@@ -68,6 +68,9 @@ class MeetingView:
     duration_ms: int | None = None
     tracks: list[Track] = field(default_factory=list)
     failure_reason: str | None = None
+    consent_degraded: dict[str, str] | None = None
+    """`{reason, message}` when role opt-outs were not enforced as asked while it recorded
+    (`meetings.consent_degraded_*`, docs/consent.md); None when consent ran as asked."""
     root: str | None = None
     """`<prefix>/<guild>/<meeting>`, read from an object key of the meeting (a final
     track's or a chunk's); None when no row names one yet."""
@@ -80,6 +83,7 @@ class MeetingView:
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
             "speakers": self.speakers, "chunks": self.chunks, "chunk_count": self.chunk_count,
             "duration_ms": self.duration_ms, "failure_reason": self.failure_reason,
+            "consent_degraded": self.consent_degraded,
             "tracks": [{"track": t.track, "kind": t.kind, "format": t.format,
                         "sha256": t.sha256, "duration_ms": t.duration_ms, "bytes": t.bytes}
                        for t in self.tracks]}
@@ -162,7 +166,11 @@ class MeetingAccess:
     async def _views(self, s: Any, meetings: Sequence[Meeting]) -> list[MeetingView]:
         ids = [m.id for m in meetings]
         views = {m.id: MeetingView(m.id, m.guild_id, m.channel_id, m.status, m.started_at,
-                                   m.ended_at, failure_reason=m.failure_reason)
+                                   m.ended_at, failure_reason=m.failure_reason,
+                                   consent_degraded={
+                                       "reason": m.consent_degraded_reason,
+                                       "message": m.consent_degraded_message or ""}
+                                   if m.consent_degraded_reason else None)
                  for m in meetings}
         if not ids:
             return []

@@ -30,6 +30,7 @@ from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef, job_state
+from voicetrack_operator.services.consent import record_degraded_consent
 from voicetrack_operator.services.failures import (
     failed_on_input,
     failure_detail,
@@ -339,6 +340,7 @@ class DeletionService:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
         with contextlib.suppress(NotFoundError):
+            await record_degraded_consent(self.ctx, s)  # role opt-outs not enforced: why
             await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
                                           *meeting_outcome(s.status, ids))
         await WebhookService(self.ctx).enqueue_ended(s, meeting_end(s, ids), ids)  # issue 13

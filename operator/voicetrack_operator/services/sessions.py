@@ -25,6 +25,7 @@ from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef, job_state
+from voicetrack_operator.services.consent import note_degraded_consent
 from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.grants import forget_grant, renew_upload_grant
 from voicetrack_operator.services.isolation import ensure_recorder_access
@@ -275,6 +276,7 @@ class SessionService:
                           chunks=chunks, recorder_failure=failure or None,
                           database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
+        await note_degraded_consent(self.ctx, s, new)  # into the meeting history
         changed = status_changed(s.status, new)
         live = {} if seen is None else await LiveService(self.ctx).observe(s, objs, seen.live)
         if seen is not None and changed:
