@@ -549,6 +549,34 @@ async def test_record_writes_the_rows_a_killed_replica_left_behind(
     assert sorted(str(r.kind) for r in recs) == ["mixed", "speaker", "speaker"]
 
 
+async def test_a_session_nobody_spoke_in_is_promoted_to_no_recordings(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Chunks were sealed but nobody spoke (or everyone opted out): the chunks have no
+    tracks, the operator marks them done without a Job, and the promotion Job writes a
+    manifest without tracks. The record step writes no recordings row and the meeting
+    ends `cancelled`. Before, it asked SQL to promote no track ("InvalidInputError"), a
+    PromotionFailed retried every 300 s for ever: the finalizer was never released and the
+    bot's `g-<guild>` session blocked every later `/record start` in that guild."""
+    s = await make_session(ctx, kubectl, namespace, "mute")
+    await SessionService(ctx).ensure_session(s)
+    for index in range(2):
+        doc = chunk_doc(s, index, index * 5000, index * 5000 + 5000, users=())
+        apply(kubectl, doc)
+        obj = await ctx.kube.get_chunk(namespace, chunk_name(s.ref.name, index))
+        assert obj is not None
+        status = await ChunkService(ctx).ensure_chunk(ChunkRef.from_object(obj))
+        assert status.transcode_status is TranscodeStatus.DONE  # no tracks: no Job
+    await ctx.store(s.spec.storage.bucket).put_json(s.layout.final_manifest_key, FinalManifest(
+        tool_version="test", meeting_id=s.meeting_id, duration_ms=10000, recorded_ms=10000,
+        paused_ms=0, tracks=[]).to_api())
+    out = await DeletionService(ctx).record(
+        s, DeletionProgress(step=DeletionStep.RECORD, promoted=True))
+    assert out.step is DeletionStep.COLLECT and out.recording_ids == []
+    assert await ctx.db.get_recordings_for_meeting(s.meeting_id) == []
+    meeting = await ctx.db.get_meeting(s.meeting_id)
+    assert (meeting.status, meeting.failure_reason) == ("cancelled", "no audio was recorded")
+
+
 async def test_empty_session_deletion_ends_the_meeting(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     s = await make_session(ctx, kubectl, namespace, "empty")

@@ -123,3 +123,25 @@ def test_units_are_rendered_a_few_at_a_time(
     monkeypatch.setattr(assembly, "render", counted)
     assert promote(store, LAYOUT.promotion_plan_key).assembly == "incremental"
     assert peak == 2, peak  # RENDERS_AT_ONCE
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_a_meeting_nobody_spoke_in_promotes_to_no_tracks(s3_server: S3Settings,
+                                                           incremental: bool) -> None:
+    """Every window silent (nobody spoke, or every speaker opted out): promotion writes
+    the manifest without tracks and the consent record, and fails nothing; the operator
+    then writes no recordings row (tests/e2e/test_operator_services.py)."""
+    store = ObjectStore(dataclasses.replace(s3_server, bucket=f"vt-mute-{os.getpid()}"))
+    store.ensure_bucket()
+    layout = MeetingLayout("inc", "123456789012345678", f"NoBoDySpOkE{int(incremental)}0001")
+    session = upload_chunks(store, layout, [], WINDOWS[:3], 6000, [])
+    assert all(not c.tracks for c in session.chunks)
+    for chunk in session.chunks:
+        store.put_json(layout.chunk_manifest_key(chunk.index), chunk.to_api())
+    plan = PromotionPlan(guild_id=layout.guild_id, meeting_id=layout.meeting_id,
+                         prefix=layout.prefix, session_end_ms=6000, speakers=[],
+                         chunks=session.chunks, gaps=[], formats=["mp3"], mp3_bitrate=128)
+    store.put_json(layout.promotion_plan_key, plan.to_api())
+    manifest = promote(store, layout.promotion_plan_key, incremental=incremental)
+    assert manifest.tracks == [] and manifest.duration_ms == 6000
+    assert store.exists(layout.final_manifest_key)

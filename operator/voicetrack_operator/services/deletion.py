@@ -323,8 +323,9 @@ class DeletionService:
             ids = [r.id for r in existing]
         elif not p.promoted:
             ids = []
+        elif not (manifest := await self.final_manifest(s)).tracks:
+            ids = []  # chunks, but nobody spoke (or everyone opted out): nothing to keep
         else:
-            manifest = await self.final_manifest(s)
             # rows missed while SQL was away, or left behind by a replica killed between
             # a chunk's status patch and its row write (audited afresh: no observe timer
             # runs on a session being deleted)
