@@ -10,7 +10,7 @@ from voicetrack.resources import CHUNK_PLURAL, GROUP, LABEL_COMPONENT, VERSION
 from voicetrack_operator.errors import kopf_errors
 from voicetrack_operator.handlers.index import known_chunk
 from voicetrack_operator.services.chunks import ChunkService
-from voicetrack_operator.services.chunkstate import ChunkRef
+from voicetrack_operator.services.unparsable import usable_chunks
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
 
@@ -23,8 +23,12 @@ async def on_chunk_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> Non
     if event["type"] in ("ADDED", None) and "transcodeStatus" not in (
             event["object"].get("status") or {}):
         with kopf_errors():
-            status = await ChunkService(memo.ctx).ensure_chunk(ChunkRef.from_object(
-                dict(event["object"])))
+            usable = await usable_chunks(memo.ctx, [dict(event["object"])])
+            if not usable:  # its spec does not parse: refused (services.unparsable)
+                kopf.warn(kopf.Body(event["object"]), reason="ChunkRefused",
+                          message="its spec does not parse")
+                return
+            status = await ChunkService(memo.ctx).ensure_chunk(usable[0])
         if status.refused:  # not its session's (services.isolation): say so where seen
             kopf.warn(kopf.Body(event["object"]), reason="ChunkRefused",
                       message=status.error or "")

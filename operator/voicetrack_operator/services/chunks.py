@@ -41,6 +41,7 @@ from voicetrack_operator.services.isolation import (
     chunk_refusal,
     refusal_message,
 )
+from voicetrack_operator.services.unparsable import usable_chunks
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,9 @@ class ChunkService:
                 known.get("status") or {}).transcode_status.rank:
             return
         obj = await self.ctx.kube.get_chunk(ns, chunk_name(session, int(index)))
-        if obj is None:
+        chunk = parsed(obj) if obj is not None else None
+        if chunk is None:  # gone, or refused (`services.unparsable`)
             return
-        chunk = ChunkRef.from_object(obj)
         if controller_uid(job) != chunk.session_uid:
             return  # an earlier namesake session's Job, not yet collected: not this chunk's
         if state.rank <= chunk.transcode_status.rank:
@@ -333,8 +334,7 @@ class ChunkService:
         """`ensure_chunk` for every chunk that has no transcode status yet (its event was
         missed or failed). Returns how many."""
         n = 0
-        for obj in chunk_objs:
-            chunk = ChunkRef.from_object(obj)
+        for chunk in await usable_chunks(self.ctx, chunk_objs):  # the unparsable refused
             if not chunk.ensured:
                 await self.ensure_chunk(chunk)
                 n += 1
@@ -345,8 +345,8 @@ class ChunkService:
         """Observe again each transcoder Job that is ahead of its chunk (an event that
         failed, or was missed while the operator was down). Two list calls, then one
         observe per lagging chunk. Returns how many were observed."""
-        seen = {int(o["spec"]["index"]): ChunkRef.from_object(o).transcode_status
-                for o in chunk_objs}
+        chunks = [c for c in map(parsed, chunk_objs) if c is not None]
+        seen = {c.spec.index: c.transcode_status for c in chunks}
         n = 0
         with_job: set[int] = set()
         for job in await self.ctx.kube.list_jobs(namespace, session, uid):
@@ -360,8 +360,8 @@ class ChunkService:
             if current is not None and state.rank > current.rank:
                 await self.observe_job(job)
                 n += 1
-        for obj in chunk_objs:  # pending, but its Job is gone (TTL passed while we were
-            chunk = ChunkRef.from_object(obj)  # away): done from its result, else again
+        for chunk in chunks:  # pending, but its Job is gone (TTL passed while we were
+            # away): done from its result, else again
             if not chunk.transcode_status.terminal and chunk.spec.tracks \
                     and chunk.spec.index not in with_job:
                 await self.ensure_chunk(chunk)
@@ -379,10 +379,9 @@ class ChunkService:
         if chunk_objs is None:
             chunk_objs = await self.ctx.kube.list_chunks(namespace, session, uid)
         n = 0
-        for obj in chunk_objs:
-            chunk = ChunkRef.from_object(obj)
-            if chunk.transcode_status.terminal:
-                continue
+        for chunk in map(parsed, chunk_objs):
+            if chunk is None or chunk.transcode_status.terminal:
+                continue  # refused when it does not parse (`ensure_new`): terminal
             job_name = transcode_job_name(session, chunk.spec.index)
             await self.ctx.kube.delete_job(namespace, job_name)
             new = chunk.status.model_copy(update={

@@ -29,7 +29,7 @@ from voicetrack_operator.builders import build_promote_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkService
-from voicetrack_operator.services.chunkstate import ChunkRef, job_state
+from voicetrack_operator.services.chunkstate import job_state, parsed
 from voicetrack_operator.services.consent import record_degraded_consent
 from voicetrack_operator.services.failures import (
     failed_on_input,
@@ -247,8 +247,8 @@ class DeletionService:
         objs = await self.ctx.kube.list_chunks(ns, name, uid)
         if await self.chunks.ensure_new(objs):  # chunks whose event was missed
             objs = await self.ctx.kube.list_chunks(ns, name, uid)
-        pending = [c for c in map(ChunkRef.from_object, objs)
-                   if not c.transcode_status.terminal]
+        pending = [c for c in map(parsed, objs)  # the unparsable: refused by ensure_new
+                   if c is not None and not c.transcode_status.terminal]
         if pending:
             await self.chunks.catch_up(ns, name, uid, objs)
             since = parse_time(s.deletion) if s.deletion else datetime.now(UTC)

@@ -23,7 +23,7 @@ from voicetrack.names import chunk_name, controller_uid
 from voicetrack.resources import LABEL_COMPONENT, LABEL_SESSION, TranscodeStatus
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import excluded_users
-from voicetrack_operator.services.chunkstate import ChunkRef
+from voicetrack_operator.services.chunkstate import parsed as parse_chunk
 from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
 from voicetrack_operator.services.sessions import SessionView, parse_time
 
@@ -80,7 +80,10 @@ async def chunk_inventory(ctx: Context, s: SessionView) -> ChunkInventory:
     inv = ChunkInventory()
     facts, now = session_facts(s), datetime.now(UTC)
     for obj in await ctx.kube.list_chunks(namespace, name, s.ref.uid):
-        ref = ChunkRef.from_object(obj)
+        ref = parse_chunk(obj)
+        if ref is None:  # refused as it is seen (`services.unparsable`): not a chunk of it
+            inv.refused[str(obj["metadata"]["name"])] = "spec does not parse"
+            continue
         why = ref.status.refused or chunk_refusal(ref.claim, facts, now, None)
         if why is not None:
             inv.refused[ref.name] = why

@@ -24,12 +24,13 @@ from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_r
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
 from voicetrack_operator.services.chunks import ChunkService
-from voicetrack_operator.services.chunkstate import ChunkRef, job_state
+from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.consent import note_degraded_consent
 from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.grants import forget_grant, renew_upload_grant
 from voicetrack_operator.services.isolation import ensure_recorder_access
 from voicetrack_operator.services.live import LiveService
+from voicetrack_operator.services.unparsable import usable_chunks
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
 log = logging.getLogger(__name__)
@@ -314,10 +315,9 @@ class SessionService:
                 with contextlib.suppress(KeyError, ValueError):
                     by_index[int(j["metadata"]["labels"][LABEL_CHUNK_INDEX])] = j
         n = 0
-        for obj in objs:
-            if (obj.get("status") or {}).get("transcodeStatus") in TERMINAL:
-                continue  # most of a long session's chunks: not parsed every tick
-            chunk = ChunkRef.from_object(obj)
+        pending = [o for o in objs  # most of a long session's chunks: not parsed every tick
+                   if (o.get("status") or {}).get("transcodeStatus") not in TERMINAL]
+        for chunk in await usable_chunks(self.ctx, pending):  # the unparsable refused
             job = by_index.get(chunk.spec.index)
             if job is not None and job_state(job)[0].rank > chunk.transcode_status.rank:
                 await self.chunks.observe_job(job)
