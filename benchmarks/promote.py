@@ -55,7 +55,7 @@ from voicetrack.layout import MeetingLayout  # noqa: E402
 from voicetrack.manifests import PromotionPlan  # noqa: E402
 from voicetrack.objectstore import ObjectStore, S3Settings  # noqa: E402
 from voicetrack_local.seaweed import SeaweedServer  # noqa: E402
-from voicetrack_transcoder import assembly, pieces  # noqa: E402
+from voicetrack_transcoder import assembly, pieces, silence  # noqa: E402
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end  # noqa: E402
 from voicetrack_transcoder.promote import promote  # noqa: E402
 
@@ -192,6 +192,9 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         stages = Stages()
         stages.wrap(pieces, "build_piece", "last piece")
         stages.wrap(assembly, "read_pieces", "piece.json reads")
+        stages.wrap(assembly, "render", "unit renders (decode)")
+        stages.wrap(assembly, "make", "unit encodes")
+        stages.wrap(silence, "make", "unit encodes")  # silence after speech: the head
         stages.wrap(store, "get_bytes", "GETs")
         stages.wrap(assembly, "sha256_file", "sha256 of the tracks")
         stages.wrap(store, "put_file", "uploads")

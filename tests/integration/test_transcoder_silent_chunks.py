@@ -23,7 +23,7 @@ from voicetrack.audio import ms_to_samples
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
 from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack_transcoder import assembly
+from voicetrack_transcoder import assembly, silence
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end
 from voicetrack_transcoder.promote import promote
@@ -123,6 +123,34 @@ def test_units_are_rendered_a_few_at_a_time(
     monkeypatch.setattr(assembly, "render", counted)
     assert promote(store, LAYOUT.promotion_plan_key).assembly == "incremental"
     assert peak == 2, peak  # RENDERS_AT_ONCE
+
+
+def test_silence_after_speech_is_encoded_one_second_deep_with_the_same_bytes(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A silent unit after speech is rendered and encoded only `HEAD_MS` into it, the
+    rest being LAME's silent frame (`settled_made`): the tracks are byte for byte those of
+    rendering every such unit whole (issue 13: at 1 h with a silent window in six, those
+    renders took most of stop -> final). Chunks 2 and 5 follow speech (7 is the last
+    unit, rendered to the stream's end)."""
+    store, inc, _, _, _ = promoted
+    settled: list[int] = []
+    real = assembly.settled_made
+
+    def spied(*args: Any, **kw: Any) -> Any:
+        made = real(*args, **kw)
+        settled.append(made is not None)
+        return made
+
+    monkeypatch.setattr(assembly, "settled_made", spied)
+    monkeypatch.setattr(silence, "HEAD_MS", 1000)
+    assert {t.track: store.get_bytes(t.key) for t in promote(
+        store, LAYOUT.promotion_plan_key).tracks} == inc
+    assert settled == [True, True], settled
+    monkeypatch.setattr(silence, "HEAD_MS", 10**9)  # every unit rendered whole
+    whole = {t.track: store.get_bytes(t.key) for t in promote(
+        store, LAYOUT.promotion_plan_key).tracks}
+    assert whole == inc and len(settled) == 2
 
 
 @pytest.mark.parametrize("incremental", [True, False])

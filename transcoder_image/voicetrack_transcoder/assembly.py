@@ -46,6 +46,7 @@ from voicetrack_transcoder.mp3grid import (
 )
 from voicetrack_transcoder.piececheck import Unit, around, plan_units, read_pieces
 from voicetrack_transcoder.pieces import Made, PiecesUnusable, Work, make, render
+from voicetrack_transcoder.silence import settle_head, settled_made, silent_made
 from voicetrack_transcoder.speech import (
     HANGOVER_MS,
     MERGE_GAP_MS,
@@ -54,7 +55,7 @@ from voicetrack_transcoder.speech import (
     join_runs,
     smooth,
 )
-from voicetrack_transcoder.waveform import SAMPLES_PER_PIXEL, overview_png, peaks_json
+from voicetrack_transcoder.waveform import overview_png, peaks_json
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -182,6 +183,18 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             if near:
                 from_ms = min(from_ms, near[0].out_start_ms)
             with rendering:  # PCM of up to two chunk windows per track, a few at once
+                head = settle_head(w, placed)
+                if head is not None:  # silence after speech: its first second is enough
+                    rendered = render(store, layout, [p for p in near if p.out_start_ms < head],
+                                      from_ms, head, speakers, channels,
+                                      mix_channels if want_mix else None)
+                    rendered.wanted = set(names)
+                    own = work / f"unit-{task}-head"
+                    own.mkdir()
+                    made = settled_made(rendered, w, head, plan.mp3_bitrate, own, speakers,
+                                        {n: silence[track_channels[n]] for n in names})
+                    if made is not None:
+                        return task, made
                 rendered = render(store, layout, near, from_ms, to_ms, speakers, channels,
                                   mix_channels if want_mix else None)
                 rendered.wanted = set(names)
@@ -302,18 +315,6 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
         assembly="incremental")
     store.put_json(layout.final_manifest_key, manifest.to_api())
     return manifest
-
-
-def silent_made(silence: dict[int, bytes], w: Work, count: int, names: list[str],
-                track_channels: dict[str, Channels]) -> Made:
-    """What `make` gives for a unit of digital silence from its warm-up on: `count`
-    frames of LAME's silent frame per track of `names` (every frame of an all-zero input
-    is that one: `mp3grid.silent_frames`), zero peaks over the unit (one pixel per
-    `SAMPLES_PER_PIXEL` samples, a partial one included), no voice activity."""
-    pixels = -(-ms_to_samples(w.unit_end_ms - w.unit_start_ms) // SAMPLES_PER_PIXEL)
-    zeros = np.zeros(pixels, np.int8)
-    return Made(frames={n: [silence[track_channels[n]]] * count for n in names},
-                peaks={n: (zeros, zeros) for n in names}, speech={})
 
 
 def speech_timeline(duration_ms: int, raw: dict[str, list[list[int]]]) -> SpeechTimeline:
