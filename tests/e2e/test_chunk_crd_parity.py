@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import json
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -215,3 +216,44 @@ def test_the_served_crd_holds_the_file_s_rules(
     assert spec_rules == want["openAPIV3Schema"]["properties"]["spec"][
         "x-kubernetes-validations"]
     assert any("optedOut" in r["rule"] for r in spec_rules)
+
+
+def test_a_chunk_stored_before_the_opt_out_rule_still_takes_status_and_deletion(
+        api: tuple[client.ApiClient, str], cluster: LocalCluster, kubectl: Kubectl) -> None:
+    """A violating chunk stored before the rule (an upgraded cluster) is not wedged by it:
+    its spec is unchanged, so the API server's validation ratcheting lets the operator's
+    status write (e.g. `failed` with `refused`), a label and its deletion through."""
+    _, ns = api
+    bad = spec_with(optedOut=[opt_out(USER, 70_000)])
+    crd = "recordingchunks.voicetrack.dev"
+    rules = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/x-kubernetes-validations"
+    served = json.loads(kubectl("get", "crd", crd, "-o", "json").stdout)
+    index = next(i for i, r in enumerate(served["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"])
+        if "optedOut" in r["rule"])
+    kubectl("patch", "crd", crd, "--type=json", "-p",
+            json.dumps([{"op": "remove", "path": f"{rules}/{index}"}]))
+    name = f"old-{secrets.token_hex(4)}"
+    doc = {"apiVersion": API_VERSION, "kind": CHUNK_KIND,
+           "metadata": {"name": name, "namespace": ns}, "spec": bad}
+    try:
+        wait_for("the CRD without the rule in effect", lambda: kubectl(
+            "create", "-f", "-", input=json.dumps(doc), check=False).returncode == 0)
+    finally:
+        install_crds(cluster.kubeconfig)
+    wait_for("the rule back in effect", lambda: api_create(api, bad)[0] == 422)
+    obj = ["-n", ns, "recordingchunk", name]
+    kubectl("patch", *obj, "--subresource=status", "--type=merge", "-p", json.dumps(
+        {"status": {"transcodeStatus": "failed", "refused": "not parsable"}}))
+    kubectl("label", *obj, "voicetrack.dev/refused=true")
+    kubectl("delete", *obj)
+    assert kubectl("get", *obj, check=False).returncode != 0
+
+
+def wait_for(what: str, fn: Callable[[], bool], timeout_s: float = 30) -> None:
+    """Poll `fn` until it is True (a changed CRD takes a moment to be served)."""
+    deadline = time.monotonic() + timeout_s
+    while not fn():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout_s} s")
+        time.sleep(0.3)
