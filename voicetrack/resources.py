@@ -68,12 +68,27 @@ MAX_CHUNK_INDEX = 999_999
 MAX_TRACKS = 128
 
 
+LONGEST_CHILD_SUFFIX = "-chunk-000000"
+"""The longest suffix of a session's child names (`voicetrack.names`): chunks
+`<session>-chunk-<index:06d>` (13); the others are shorter (`-live-<n:06d>` 12,
+`-tx-<index:06d>` 10, `-promote` 8, `-rec` 4)."""
+SESSION_NAME_MAX = DNS_LABEL_MAX - len(LONGEST_CHILD_SUFFIX)
+"""50: a RecordingSession name within which every child name is `<session>-<suffix>`
+within 63 characters, never cut and hashed, so the recorder chunk admission policy
+(`voicetrack/policies/recordingchunks-policy.yaml`) checks a chunk's name exactly. The
+CRD's `metadata.name` maxLength says the same."""
+
+
 def check_session_name(name: str) -> str:
-    """Refuse a RecordingSession name the operator cannot use as a label value (the CRD's
-    `metadata.name` maxLength says the same to the API server). Returns `name`."""
-    if len(name) > DNS_LABEL_MAX:
-        raise ValueError(f"metadata.name must be at most {DNS_LABEL_MAX} characters "
-                         f"(it is used as a label value), got {len(name)}")
+    """Refuse a RecordingSession name longer than `SESSION_NAME_MAX` (50) characters, as
+    the API server does (the CRD's `metadata.name` maxLength). Returns `name`.
+    Raises ValueError naming `metadata.name`. Sessions named 51..63 characters stored
+    before this limit still parse (`SessionView` does not call this) and are deleted as
+    usual; their recorders can no longer write chunks (docs/deploy.md, upgrading)."""
+    if len(name) > SESSION_NAME_MAX:
+        raise ValueError(f"metadata.name must be at most {SESSION_NAME_MAX} characters "
+                         f"(so that <name>-chunk-<index:06d> fits the 63 of a DNS label), "
+                         f"got {len(name)}")
     return name
 
 OutputFormat = Literal["mp3", "flac", "opus"]

@@ -143,14 +143,14 @@ def test_bad_chunk_spec_is_refused_naming_the_field(
 
 
 def test_long_session_name_is_refused(kubectl: Kubectl, ns: str) -> None:
-    admitted, err = create(kubectl, ns, SESSION_KIND, GOOD_SESSION, name="s" * 64)
-    assert not admitted and "metadata.name: Too long: may not be more than 63" in err, err
+    admitted, err = create(kubectl, ns, SESSION_KIND, GOOD_SESSION, name="s" * 51)
+    assert not admitted and "metadata.name: Too long: may not be more than 50" in err, err
     with pytest.raises(ValueError, match=r"metadata\.name"):
-        check_session_name("s" * 64)
+        check_session_name("s" * 51)
 
 
 def test_good_specs_are_admitted(kubectl: Kubectl, ns: str) -> None:
-    assert create(kubectl, ns, SESSION_KIND, GOOD_SESSION, name="s" * 63) == (True, "")
+    assert create(kubectl, ns, SESSION_KIND, GOOD_SESSION, name="s" * 50) == (True, "")
     assert create(kubectl, ns, CHUNK_KIND, GOOD_CHUNK)[0]
     pcm = with_change(with_change(GOOD_CHUNK, "rawFormat", "pcm-s16le"), "tracks.0.key",
                       KEY.replace(".opus", ".pcm"))
