@@ -61,6 +61,10 @@ MARKER_GRACE_S = 5.0
 (20 + 5 s, inside the 30 s termination grace)."""
 
 
+MAX_CLOCK_LEAD_MS = 1000
+"""How far (ms) the session's last chunk may end ahead of the session clock at start (clock
+skew between the nodes of two runs) before `resume_point` calls it a fault."""
+
 MAX_SOURCE_LAG_SLOTS = 500
 """How far (slots: 10 s) a source's watermark may trail the clock before windows are sealed
 without it: a stuck source must not hold every chunk back forever."""
@@ -150,8 +154,21 @@ class Recorder:
             self.chunker.cut(user_id, since)
 
     def resume_point(self, existing_end_ms: int | None, paused: bool) -> None:
-        """Open the first window now, after a gap since `existing_end_ms` if any."""
+        """Open the first window now, after a gap since `existing_end_ms` (session ms, the
+        end of the session's last chunk) if any. An end up to MAX_CLOCK_LEAD_MS ahead of
+        the clock (clock skew between nodes) opens at that end; one further ahead is a
+        fault (chunks that are not this run's session's, a moved `startedAt`): it is
+        logged as an error and the window opens now, since a window opened ahead of the
+        clock drops every frame as late until the clock gets there (before: an hour of
+        nothing recorded while the session showed Recording). Its windows then overlap the
+        last chunk's, which promotion refuses with that reason: the fault shows, the audio
+        is kept."""
         now = max(self.clock.now_slot(), 0)
+        if existing_end_ms is not None and existing_end_ms > now * FRAME_MS + MAX_CLOCK_LEAD_MS:
+            log.error("the session's last chunk ends at %d ms, %d ms ahead of the session "
+                      "clock (%d ms): not this session's timeline; recording from now",
+                      existing_end_ms, existing_end_ms - now * FRAME_MS, now * FRAME_MS)
+            existing_end_ms = None
         if paused:
             self._paused_at = now if existing_end_ms is None else existing_end_ms // FRAME_MS
             return
