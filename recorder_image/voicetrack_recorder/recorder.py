@@ -44,14 +44,14 @@ from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.faults import retry_async
 from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_SLOTS
+from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
+from voicetrack_recorder.sealing import sealable_slot, source_watermark
 from voicetrack_recorder.spool import SpooledChunk, SpoolFull
 from voicetrack_recorder.uploader import ChunkUploader
 
 log = logging.getLogger(__name__)
 
-SEAL_DELAY_SLOTS = 20
-"""Seal a window 400 ms after its end so frames still held by a jitter buffer (reordering,
-waiting for the next DAVE epoch's keys: up to ~250 ms) make it in."""
 TICK_S = 0.05
 FLUSH_GRACE_S = 20.0
 """How long a stopping recorder keeps retrying the upload of its last chunks, in all: one
@@ -65,34 +65,11 @@ MAX_CLOCK_LEAD_MS = 1000
 """How far (ms) the session's last chunk may end ahead of the session clock at start (clock
 skew between the nodes of two runs) before `resume_point` calls it a fault."""
 
-MAX_SOURCE_LAG_SLOTS = 500
-"""How far (slots: 10 s) a source's watermark may trail the clock before windows are sealed
-without it: a stuck source must not hold every chunk back forever."""
-
 
 class Source(Protocol):
     """What captures audio: `run` pushes frames into the recorder until `stop`."""
 
     async def run(self, stop: asyncio.Event) -> None: ...
-
-
-def source_watermark(source: object) -> int | None:
-    """The slot before which `source` has delivered every frame it will deliver, when it
-    says (`watermark_slot()`; the `files` and `discord` sources do); None when it cannot."""
-    fn = getattr(source, "watermark_slot", None)
-    return fn() if callable(fn) else None
-
-
-def sealable_slot(now: int, watermark: int | None) -> int:
-    """The slot up to which windows may be sealed at clock slot `now`: SEAL_DELAY_SLOTS
-    behind the clock, and never past what the source has delivered (`watermark`) unless
-    it trails by more than MAX_SOURCE_LAG_SLOTS. Sealing earlier would drop a late
-    source's frames as late: a starved ffmpeg (files) or a late tick (discord) cost the
-    last 0.6 s of every 5 s chunk under load before this rule."""
-    by_clock = now - SEAL_DELAY_SLOTS
-    if watermark is None or watermark >= by_clock or by_clock - watermark > MAX_SOURCE_LAG_SLOTS:
-        return by_clock
-    return watermark
 
 
 @dataclass
