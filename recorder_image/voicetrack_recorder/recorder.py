@@ -10,10 +10,15 @@ Sealed chunks go to the spool on the pod's disk first (bounded: `voicetrack_reco
 spool`), and the upload task sends them in index order, retrying an S3 or API outage
 without a count limit while the session lives; in memory only their specs wait. A chunk
 the spool cannot take (full) is dropped and its window becomes the next chunk's
-`connection-lost` gap (the index is reused, so indices stay consecutive). At stop, what
-cannot be uploaded within the grace period is given up the same way: one marker chunk
-without tracks (it needs no S3) carries the lost window as its `connection-lost` gap, so
-nothing disappears without a cause.
+`connection-lost` gap (the index is reused, so indices stay consecutive). When the end is
+forced (SIGTERM: the pod is being deleted; or the session deleted), what cannot be uploaded
+within the grace period is given up the same way: one marker chunk without tracks (it needs
+no S3) carries the lost window as its `connection-lost` gap, so nothing disappears without
+a cause. A run that ends by itself (auto-stop, a limit, the source failed) has no such
+deadline: it keeps uploading with the same backoff until the spool is empty, and arms the
+deadline only if SIGTERM or the deletion comes meanwhile (before, an S3 outage at an
+auto-stop lost the spooled audio after 20 s though nothing forced an end). The operator
+keeps the upload grant valid while the pod has not Succeeded.
 
 Consent at stop (issue 12, docs/consent.md): promotion learns who opted out from the last
 chunk's `optedOut`. An opt-out that no chunk carried (made while paused, when no window is
@@ -48,14 +53,15 @@ from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_S
 from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
 from voicetrack_recorder.sealing import sealable_slot, source_watermark
 from voicetrack_recorder.spool import SpooledChunk, SpoolFull
-from voicetrack_recorder.uploader import ChunkUploader
+from voicetrack_recorder.uploader import ChunkUploader, Deadline
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
 FLUSH_GRACE_S = 20.0
-"""How long a stopping recorder keeps retrying the upload of its last chunks, in all: one
-deadline from the moment capture ends, inside the pod's 30 s termination grace."""
+"""How long a recorder forced to stop (SIGTERM, the session deleted) keeps retrying the
+upload of its last chunks, in all: one deadline from the moment the end is forced, inside
+the pod's 30 s termination grace."""
 MARKER_GRACE_S = 5.0
 """After the flush deadline, how long creating the lost window's marker chunk may retry
 (20 + 5 s, inside the 30 s termination grace)."""
@@ -106,9 +112,10 @@ class Recorder:
         self._last: tuple[int, list[OptOut]] | None = None
         """(endMs, optedOut) of the session's last chunk, spooled or found at start."""
         self.flush_deadline: float | None = None
+        """Monotonic time after which uploads stop retrying; None until the end is forced
+        (`forced`)."""
         self.flush_grace_s = FLUSH_GRACE_S
         self.marker_grace_s = MARKER_GRACE_S
-        """Monotonic time after which uploads stop retrying; None while capturing."""
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
         """The FrameSink the source feeds (runs on the event loop thread); refuses every
@@ -217,21 +224,55 @@ class Recorder:
             self.follow_consent()  # the last word on consent for the last chunk
             await self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
         finally:
-            self.flush_deadline = time.monotonic() + self.flush_grace_s
+            if self.forced():
+                self._arm_flush_deadline()
+            arming = asyncio.create_task(self._arm_when_forced())
             self.source_stop.set()
             self._closed = True
             self._wake.set()
             if not uploader_task.done():
+                if self.flush_deadline is None and self._pending:
+                    log.warning("capture ended (%s); uploading %d spooled chunk(s) without a "
+                                "deadline until done, SIGTERM or the session's deletion",
+                                reason, len(self._pending))
                 await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
-            await asyncio.to_thread(self._give_up, self.flush_deadline + self.marker_grace_s)
+            await asyncio.to_thread(self._give_up, self._marker_deadline)
             self.follow_consent()  # what the session watch saw while the uploads drained
-            await asyncio.to_thread(self._mark_consent,
-                                    self.flush_deadline + self.marker_grace_s)
+            await asyncio.to_thread(self._mark_consent, self._marker_deadline)
+            arming.cancel()
+            await asyncio.gather(arming, return_exceptions=True)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
                  self.uploader.stats.bytes)
         return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason, error=error)
+
+    def forced(self) -> bool:
+        """Whether the end is forced: SIGTERM (`stop`: the pod is being deleted, its
+        termination grace runs) or the session deleted (its recorder pod goes next)."""
+        return self.stop.is_set() or self.kube.deleted.is_set()
+
+    def _arm_flush_deadline(self) -> None:
+        """Set `flush_deadline` to now + `flush_grace_s` unless set already."""
+        if self.flush_deadline is None:
+            self.flush_deadline = time.monotonic() + self.flush_grace_s
+            if self._pending:
+                log.warning("stop forced: %d chunk(s) left to upload within %.0f s",
+                            len(self._pending), self.flush_grace_s)
+
+    async def _arm_when_forced(self) -> None:
+        """Arm the flush deadline when SIGTERM or the session's deletion comes while the
+        last chunks upload (polled every TICK_S; cancelled when the run is done)."""
+        while not self.forced():
+            await asyncio.sleep(TICK_S)
+        self._arm_flush_deadline()
+
+    def _marker_deadline(self) -> float | None:
+        """When creating a marker chunk stops retrying: `marker_grace_s` after the flush
+        deadline; None (no limit) while the end is not forced."""
+        if self.flush_deadline is None:
+            return None
+        return self.flush_deadline + self.marker_grace_s
 
     async def _follow_pause(self, now: int) -> None:
         paused = bool(self.kube.paused)
@@ -292,11 +333,12 @@ class Recorder:
                                     lambda: self.flush_deadline)
             self._pending.popleft()
 
-    def _give_up(self, deadline: float) -> None:
+    def _give_up(self, deadline: Deadline) -> None:
         """At stop: record what could not be uploaded (the spooled chunks left, a window
         dropped while the spool was full) as one `connection-lost` gap carried by a marker
         chunk without tracks on the window's last 20 ms slot, created (API only) until
-        `deadline` (monotonic s); then drop the spool files. Runs in a thread."""
+        `deadline` (`uploader.Deadline`: monotonic s, None = no limit, or read before
+        every retry); then drop the spool files. Runs in a thread."""
         left = list(self._pending)
         if not left and self._lost is None:
             return
@@ -329,10 +371,10 @@ class Recorder:
         self._last = (end, list(spec.opted_out))
         self.uploader.write_ack_file()
 
-    def _mark_consent(self, deadline: float) -> None:
+    def _mark_consent(self, deadline: Deadline) -> None:
         """At stop, after `_give_up`: when the members opted out now differ from the last
         chunk's `optedOut`, create a consent marker chunk (API only) until `deadline`
-        (monotonic s): the next index, no tracks, the window `[end, end + 20)` ms after
+        (`uploader.Deadline`): the next index, no tracks, the window `[end, end + 20)` ms after
         the last chunk (20 ms of silence in the output), the current `optedOut`. Nothing
         when the session has no chunk (no audio to exclude). Runs in a thread."""
         if self._last is None or self._pending:
