@@ -7,6 +7,11 @@ RecordingSession and create/get/list RecordingChunks in its namespace, nothing m
 operator's `build_session_recorder_rbac`); the chart's ValidatingAdmissionPolicy admits only
 chunks of its own session from it.
 
+A session is its uid, not its name: the bot names every session of a guild `g-<guild>`,
+and an earlier session's chunks outlive it until the garbage collector deletes them, so
+`list_chunks` keeps only chunks owned by this session's uid, and a 409 against such a
+leftover is retried (`check_existing`), not taken for another's object.
+
 Client errors are translated where they are raised, by `voicetrack.kubeclient.
 translate_api_error` (404 NotFoundError, 409 ConflictError, 401/403/408/429/5xx and an
 unreachable API server TemporaryFailure, other 4xx InvalidInputError), so the uploader's
@@ -35,6 +40,7 @@ from voicetrack.resources import (
     LABEL_COMPONENT,
     LABEL_SESSION,
     MANAGED_BY,
+    SESSION_KIND,
     SESSION_PLURAL,
     VERSION,
 )
@@ -46,40 +52,85 @@ CLIENT_ERRORS: tuple[type[BaseException], ...] = (ApiException, *NETWORK_ERRORS)
 server; both go through `translate_api_error`."""
 
 
+NAMESAKE_RETRY_S = 2.0
+"""Suggested wait (s) before creating a chunk again whose name an earlier namesake's chunk
+still holds (the garbage collector deletes those within seconds to minutes)."""
+
+
+def controller_name(obj: dict[str, Any], kind: str = SESSION_KIND) -> str | None:
+    """The name of `obj`'s controlling owner of `kind` (like `voicetrack.names.
+    controller_uid`), None when it has none."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind and ref.get("controller"):
+            return str(ref.get("name"))
+    return None
+
+
 class RecorderKube:
     """The session `name` in `namespace`, seen from its recorder."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str,
+                 uid: str | None = None) -> None:
+        """`uid`: the session's `metadata.uid` when known; else the first `get_session`
+        binds it (main.py reads the session before anything else)."""
         self.objects = client.CustomObjectsApi(api)
         self.namespace = namespace
         self.name = name
+        self.uid = uid
+        """The uid of the session this recorder records. The bot names every session of a
+        guild `g-<guild>`, so an earlier session of the same name (deleted, its chunks
+        still waiting for the garbage collector) may share the name, never the uid."""
         self.paused: bool | None = None
         self.opt_out: tuple[frozenset[str], frozenset[str]] | None = None
         """(`spec.optOutUserIds`, `spec.optOutRoleIds`) as last seen; None before."""
         self.deleted = threading.Event()
 
     def get_session(self) -> dict[str, Any]:
-        """The RecordingSession object. Raises NotFoundError, TemporaryFailure (API
-        unreachable, 401/403/429/5xx), InvalidInputError (another 4xx)."""
+        """The RecordingSession object (the first call binds `self.uid` when unset).
+        Raises NotFoundError, TemporaryFailure (API unreachable, 401/403/429/5xx),
+        InvalidInputError (another 4xx)."""
         try:
-            obj = self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name)
-            return cast(dict[str, Any], obj)
+            obj = cast(dict[str, Any], self.objects.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name))
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, f"get RecordingSession {self.name}") from err
+        if self.uid is None:
+            self.uid = str(obj["metadata"]["uid"])
+        return obj
 
     def list_chunks(self) -> list[ChunkSpec]:
-        """Every RecordingChunk of this session, by index. Raises TemporaryFailure,
-        NotFoundError (no RecordingChunk CRD), InvalidInputError (another 4xx)."""
+        """Every RecordingChunk of this session (controlling owner uid `self.uid`, read
+        with `get_session` when unset), by index. The label selects by session name only,
+        so an earlier namesake's chunks (another owner uid: deleted, awaiting the garbage
+        collector) are left out, and a labelled object whose spec does not parse is
+        skipped with a warning (before, the first made `prepare` raise at every start).
+        Raises TemporaryFailure, NotFoundError (no RecordingChunk CRD, or no session),
+        InvalidInputError (another 4xx)."""
+        uid = self.uid if self.uid is not None else str(self.get_session()["metadata"]["uid"])
         try:
             res = cast(dict[str, Any], self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL,
                 label_selector=f"{LABEL_SESSION}={self.name}"))
-            items = res["items"]
+            items: list[dict[str, Any]] = res["items"]
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, f"list RecordingChunks of {self.name}") from err
-        return sorted((ChunkSpec.model_validate(i["spec"]) for i in items),
-                      key=lambda c: c.index)
+        chunks: list[ChunkSpec] = []
+        others = 0
+        for item in items:
+            name = (item.get("metadata") or {}).get("name")
+            if controller_uid(item) != uid:
+                others += 1
+                continue
+            try:
+                chunks.append(ChunkSpec.model_validate(item.get("spec") or {}))
+            except ValueError as err:  # pydantic's ValidationError is one
+                log.warning("RecordingChunk %s skipped: its spec does not parse: %s",
+                            name, str(err).splitlines()[0])
+        if others:
+            log.warning("%d RecordingChunk(s) labelled for session %s belong to another "
+                        "session of that name (owner uid not %s): left out", others,
+                        self.name, uid)
+        return sorted(chunks, key=lambda c: c.index)
 
     def create_chunk(self, spec: ChunkSpec, owner_uid: str) -> None:
         """Create the chunk's RecordingChunk, owned by the session (uid `owner_uid`); a 409
@@ -114,7 +165,10 @@ class RecorderKube:
         when it is ours, i.e. owned by our session (uid `owner_uid`) with the same spec (an
         earlier try that got through). Another's object under our name (pre-created by a
         compromised recorder) raises InvalidInputError naming its owner: the chunk is not
-        acknowledged, never "done". Raises TemporaryFailure when it cannot be read."""
+        acknowledged, never "done". An object whose controlling owner has our session's
+        name but another uid is an earlier namesake's chunk awaiting the garbage collector:
+        TemporaryFailure (delay NAMESAKE_RETRY_S), so the upload is retried until it is
+        gone. Raises TemporaryFailure when it cannot be read."""
         try:
             existing = cast(dict[str, Any], self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL, name))
@@ -124,6 +178,14 @@ class RecorderKube:
                 raise TemporaryFailure(f"RecordingChunk {name} gone after its 409") from err
             raise translated from err
         owner = controller_uid(existing)
+        if owner != owner_uid and controller_name(existing) == self.name:
+            # an earlier session of our name (the bot's `g-<guild>`), deleted: the garbage
+            # collector deletes its chunks in the background, in any order; the spool
+            # keeps this chunk's audio meanwhile
+            raise TemporaryFailure(
+                f"RecordingChunk {name} belongs to an earlier session named {self.name} "
+                f"(owner uid {owner or 'missing'}, ours {owner_uid}): waiting for the "
+                f"garbage collector to delete it", delay=NAMESAKE_RETRY_S)
         if owner != owner_uid:
             raise InvalidInputError(
                 f"RecordingChunk {name} exists but is not this session's: its owner uid is "
@@ -142,7 +204,7 @@ class RecorderKube:
         """Keep `self.paused` equal to the session's `spec.paused`, and `self.opt_out` to
         its opt-out lists, until `stop` (a thread body; each attribute is replaced whole,
         so the event loop reads a consistent value). Sets `self.deleted` when the session
-        is being deleted."""
+        is being deleted, or is gone (404, or another uid now holds its name)."""
         while not stop.is_set():
             try:
                 obj = self.get_session()
@@ -168,6 +230,14 @@ class RecorderKube:
                 stop.wait(1)
 
     def _observe(self, obj: dict[str, Any]) -> None:
+        uid = obj["metadata"].get("uid")
+        if self.uid is not None and uid is not None and uid != self.uid:
+            # a new session of our name: ours was deleted (a DELETED event missed while
+            # the watch was re-opened); its spec is not ours to follow
+            log.warning("session %s: uid %s is not ours (%s): ours was deleted", self.name,
+                        uid, self.uid)
+            self.deleted.set()
+            return
         spec = obj.get("spec") or {}
         paused = bool(spec.get("paused", False))
         if paused != self.paused:

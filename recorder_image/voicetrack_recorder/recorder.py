@@ -10,10 +10,15 @@ Sealed chunks go to the spool on the pod's disk first (bounded: `voicetrack_reco
 spool`), and the upload task sends them in index order, retrying an S3 or API outage
 without a count limit while the session lives; in memory only their specs wait. A chunk
 the spool cannot take (full) is dropped and its window becomes the next chunk's
-`connection-lost` gap (the index is reused, so indices stay consecutive). At stop, what
-cannot be uploaded within the grace period is given up the same way: one marker chunk
-without tracks (it needs no S3) carries the lost window as its `connection-lost` gap, so
-nothing disappears without a cause.
+`connection-lost` gap (the index is reused, so indices stay consecutive). When the end is
+forced (SIGTERM: the pod is being deleted; or the session deleted), what cannot be uploaded
+within the grace period is given up the same way: one marker chunk without tracks (it needs
+no S3) carries the lost window as its `connection-lost` gap, so nothing disappears without
+a cause. A run that ends by itself (auto-stop, a limit, the source failed) has no such
+deadline: it keeps uploading with the same backoff until the spool is empty, and arms the
+deadline only if SIGTERM or the deletion comes meanwhile (before, an S3 outage at an
+auto-stop lost the spooled audio after 20 s though nothing forced an end). The operator
+keeps the upload grant valid while the pod has not Succeeded.
 
 Consent at stop (issue 12, docs/consent.md): promotion learns who opted out from the last
 chunk's `optedOut`. An opt-out that no chunk carried (made while paused, when no window is
@@ -44,51 +49,33 @@ from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.faults import retry_async
 from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_SLOTS
+from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
+from voicetrack_recorder.sealing import sealable_slot, source_watermark
 from voicetrack_recorder.spool import SpooledChunk, SpoolFull
-from voicetrack_recorder.uploader import ChunkUploader
+from voicetrack_recorder.uploader import ChunkUploader, Deadline
 
 log = logging.getLogger(__name__)
 
-SEAL_DELAY_SLOTS = 20
-"""Seal a window 400 ms after its end so frames still held by a jitter buffer (reordering,
-waiting for the next DAVE epoch's keys: up to ~250 ms) make it in."""
 TICK_S = 0.05
 FLUSH_GRACE_S = 20.0
-"""How long a stopping recorder keeps retrying the upload of its last chunks, in all: one
-deadline from the moment capture ends, inside the pod's 30 s termination grace."""
+"""How long a recorder forced to stop (SIGTERM, the session deleted) keeps retrying the
+upload of its last chunks, in all: one deadline from the moment the end is forced, inside
+the pod's 30 s termination grace."""
 MARKER_GRACE_S = 5.0
 """After the flush deadline, how long creating the lost window's marker chunk may retry
 (20 + 5 s, inside the 30 s termination grace)."""
 
 
-MAX_SOURCE_LAG_SLOTS = 500
-"""How far (slots: 10 s) a source's watermark may trail the clock before windows are sealed
-without it: a stuck source must not hold every chunk back forever."""
+MAX_CLOCK_LEAD_MS = 1000
+"""How far (ms) the session's last chunk may end ahead of the session clock at start (clock
+skew between the nodes of two runs) before `resume_point` calls it a fault."""
 
 
 class Source(Protocol):
     """What captures audio: `run` pushes frames into the recorder until `stop`."""
 
     async def run(self, stop: asyncio.Event) -> None: ...
-
-
-def source_watermark(source: object) -> int | None:
-    """The slot before which `source` has delivered every frame it will deliver, when it
-    says (`watermark_slot()`; the `files` and `discord` sources do); None when it cannot."""
-    fn = getattr(source, "watermark_slot", None)
-    return fn() if callable(fn) else None
-
-
-def sealable_slot(now: int, watermark: int | None) -> int:
-    """The slot up to which windows may be sealed at clock slot `now`: SEAL_DELAY_SLOTS
-    behind the clock, and never past what the source has delivered (`watermark`) unless
-    it trails by more than MAX_SOURCE_LAG_SLOTS. Sealing earlier would drop a late
-    source's frames as late: a starved ffmpeg (files) or a late tick (discord) cost the
-    last 0.6 s of every 5 s chunk under load before this rule."""
-    by_clock = now - SEAL_DELAY_SLOTS
-    if watermark is None or watermark >= by_clock or by_clock - watermark > MAX_SOURCE_LAG_SLOTS:
-        return by_clock
-    return watermark
 
 
 @dataclass
@@ -125,9 +112,10 @@ class Recorder:
         self._last: tuple[int, list[OptOut]] | None = None
         """(endMs, optedOut) of the session's last chunk, spooled or found at start."""
         self.flush_deadline: float | None = None
+        """Monotonic time after which uploads stop retrying; None until the end is forced
+        (`forced`)."""
         self.flush_grace_s = FLUSH_GRACE_S
         self.marker_grace_s = MARKER_GRACE_S
-        """Monotonic time after which uploads stop retrying; None while capturing."""
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
         """The FrameSink the source feeds (runs on the event loop thread); refuses every
@@ -150,8 +138,21 @@ class Recorder:
             self.chunker.cut(user_id, since)
 
     def resume_point(self, existing_end_ms: int | None, paused: bool) -> None:
-        """Open the first window now, after a gap since `existing_end_ms` if any."""
+        """Open the first window now, after a gap since `existing_end_ms` (session ms, the
+        end of the session's last chunk) if any. An end up to MAX_CLOCK_LEAD_MS ahead of
+        the clock (clock skew between nodes) opens at that end; one further ahead is a
+        fault (chunks that are not this run's session's, a moved `startedAt`): it is
+        logged as an error and the window opens now, since a window opened ahead of the
+        clock drops every frame as late until the clock gets there (before: an hour of
+        nothing recorded while the session showed Recording). Its windows then overlap the
+        last chunk's, which promotion refuses with that reason: the fault shows, the audio
+        is kept."""
         now = max(self.clock.now_slot(), 0)
+        if existing_end_ms is not None and existing_end_ms > now * FRAME_MS + MAX_CLOCK_LEAD_MS:
+            log.error("the session's last chunk ends at %d ms, %d ms ahead of the session "
+                      "clock (%d ms): not this session's timeline; recording from now",
+                      existing_end_ms, existing_end_ms - now * FRAME_MS, now * FRAME_MS)
+            existing_end_ms = None
         if paused:
             self._paused_at = now if existing_end_ms is None else existing_end_ms // FRAME_MS
             return
@@ -223,21 +224,55 @@ class Recorder:
             self.follow_consent()  # the last word on consent for the last chunk
             await self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
         finally:
-            self.flush_deadline = time.monotonic() + self.flush_grace_s
+            if self.forced():
+                self._arm_flush_deadline()
+            arming = asyncio.create_task(self._arm_when_forced())
             self.source_stop.set()
             self._closed = True
             self._wake.set()
             if not uploader_task.done():
+                if self.flush_deadline is None and self._pending:
+                    log.warning("capture ended (%s); uploading %d spooled chunk(s) without a "
+                                "deadline until done, SIGTERM or the session's deletion",
+                                reason, len(self._pending))
                 await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
-            await asyncio.to_thread(self._give_up, self.flush_deadline + self.marker_grace_s)
+            await asyncio.to_thread(self._give_up, self._marker_deadline)
             self.follow_consent()  # what the session watch saw while the uploads drained
-            await asyncio.to_thread(self._mark_consent,
-                                    self.flush_deadline + self.marker_grace_s)
+            await asyncio.to_thread(self._mark_consent, self._marker_deadline)
+            arming.cancel()
+            await asyncio.gather(arming, return_exceptions=True)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
                  self.uploader.stats.bytes)
         return RecorderResult(chunks=self.uploader.stats.chunks, reason=reason, error=error)
+
+    def forced(self) -> bool:
+        """Whether the end is forced: SIGTERM (`stop`: the pod is being deleted, its
+        termination grace runs) or the session deleted (its recorder pod goes next)."""
+        return self.stop.is_set() or self.kube.deleted.is_set()
+
+    def _arm_flush_deadline(self) -> None:
+        """Set `flush_deadline` to now + `flush_grace_s` unless set already."""
+        if self.flush_deadline is None:
+            self.flush_deadline = time.monotonic() + self.flush_grace_s
+            if self._pending:
+                log.warning("stop forced: %d chunk(s) left to upload within %.0f s",
+                            len(self._pending), self.flush_grace_s)
+
+    async def _arm_when_forced(self) -> None:
+        """Arm the flush deadline when SIGTERM or the session's deletion comes while the
+        last chunks upload (polled every TICK_S; cancelled when the run is done)."""
+        while not self.forced():
+            await asyncio.sleep(TICK_S)
+        self._arm_flush_deadline()
+
+    def _marker_deadline(self) -> float | None:
+        """When creating a marker chunk stops retrying: `marker_grace_s` after the flush
+        deadline; None (no limit) while the end is not forced."""
+        if self.flush_deadline is None:
+            return None
+        return self.flush_deadline + self.marker_grace_s
 
     async def _follow_pause(self, now: int) -> None:
         paused = bool(self.kube.paused)
@@ -298,11 +333,12 @@ class Recorder:
                                     lambda: self.flush_deadline)
             self._pending.popleft()
 
-    def _give_up(self, deadline: float) -> None:
+    def _give_up(self, deadline: Deadline) -> None:
         """At stop: record what could not be uploaded (the spooled chunks left, a window
         dropped while the spool was full) as one `connection-lost` gap carried by a marker
         chunk without tracks on the window's last 20 ms slot, created (API only) until
-        `deadline` (monotonic s); then drop the spool files. Runs in a thread."""
+        `deadline` (`uploader.Deadline`: monotonic s, None = no limit, or read before
+        every retry); then drop the spool files. Runs in a thread."""
         left = list(self._pending)
         if not left and self._lost is None:
             return
@@ -335,10 +371,10 @@ class Recorder:
         self._last = (end, list(spec.opted_out))
         self.uploader.write_ack_file()
 
-    def _mark_consent(self, deadline: float) -> None:
+    def _mark_consent(self, deadline: Deadline) -> None:
         """At stop, after `_give_up`: when the members opted out now differ from the last
         chunk's `optedOut`, create a consent marker chunk (API only) until `deadline`
-        (monotonic s): the next index, no tracks, the window `[end, end + 20)` ms after
+        (`uploader.Deadline`): the next index, no tracks, the window `[end, end + 20)` ms after
         the last chunk (20 ms of silence in the output), the current `optedOut`. Nothing
         when the session has no chunk (no audio to exclude). Runs in a thread."""
         if self._last is None or self._pending:

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 ACK_FILE_ENV = "VOICETRACK_ACK_FILE"
 
+Deadline = Callable[[], float | None] | float | None
+"""When a retry loop gives up: a monotonic time (s), None for no limit, or a callable read
+before every retry (so a deadline set later, e.g. at SIGTERM, is seen)."""
+
 
 @dataclass
 class UploadStats:
@@ -152,9 +156,10 @@ class ChunkUploader:
                  spec.start_ms, spec.end_ms, len(spec.tracks), spooled.size)
         return spec
 
-    def create_marker(self, spec: ChunkSpec, deadline: float) -> bool:
+    def create_marker(self, spec: ChunkSpec, deadline: Deadline) -> bool:
         """Create `spec`, a chunk without tracks (it needs no S3), retrying TemporaryFailure
-        until `deadline` (monotonic s). Returns False when the deadline passed first or the
+        until `deadline` (monotonic s; a callable is read before every retry, like
+        `upload`'s; None = no limit). Returns False when the deadline passed first or the
         API server refused it (logged: this runs while stopping, after the error that
         matters)."""
         delay = FIRST_DELAY_S
@@ -167,7 +172,8 @@ class ChunkUploader:
                 log.error("chunk %d (gap marker) refused: %s", spec.index, err)
                 return False
             except TemporaryFailure as err:
-                if time.monotonic() + delay > deadline:
+                limit = deadline() if callable(deadline) else deadline
+                if limit is not None and time.monotonic() + delay > limit:
                     log.error("chunk %d (gap marker): %s; giving up", spec.index, err)
                     return False
                 time.sleep(delay)

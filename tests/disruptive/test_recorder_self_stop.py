@@ -1,0 +1,156 @@
+"""A recorder that ends by itself during an S3 outage keeps its audio (review fault B).
+
+The run's stop path set a 20 s flush deadline whatever the reason: when S3 was down and
+the session ended by itself (auto-stop `channel-empty`, `max-duration`, `source-failed`),
+the uploads stopped retrying 20 s later, every spooled chunk was deleted and a
+`connection-lost` marker written, though nothing forced the pod to go and S3 came back a
+minute later. The deadline belongs to a forced end only (SIGTERM, the session deleted);
+`test_recorder_outages.py` keeps the forced case (the loss recorded as a gap).
+
+Same rig as tests/disruptive/test_recorder_outages.py: the local control plane (CRDs, no
+operator), a SeaweedFS of the test's own that is stopped and started again on the same
+ports, a source sending a real Opus packet every 20 ms. The flush grace is cut to
+GRACE_S so that the outage outlasts it several times over in a short test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.disruptive import test_recorder_outages as outages
+from tests.disruptive.test_recorder_outages import (
+    TickSource,
+    build,
+    chunks_in_api,
+    new_session,
+    restart_weed,
+    wait_async,
+)
+from tests.fixtures.cluster import Kubectl
+from voicetrack.objectstore import ObjectStore, sha256_hex
+from voicetrack_local.cluster import LocalCluster
+from voicetrack_local.seaweed import SeaweedServer
+from voicetrack_recorder.recorder import Recorder, RecorderResult
+
+pytestmark = [pytest.mark.disruptive, pytest.mark.timeout(150)]
+
+crds = outages.crds
+weed = outages.weed
+"""The outage tests' fixtures: the CRDs installed; a SeaweedFS of the test's own."""
+
+GRACE_S = 3.0
+"""The flush grace in these tests (20 s in a pod)."""
+OUTAGE_AFTER_END_S = 15.0
+"""How long S3 stays down after capture has ended: five flush graces."""
+END_S = 12
+"""When the session ends by itself (s of session time)."""
+
+
+class AutoStopSource(TickSource):
+    """A TickSource that ends by itself after END_S, as the `discord` source does when the
+    channel has been empty (`end_reason` `channel-empty`)."""
+
+    end_reason: str | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        ends = asyncio.create_task(super().run(stop))
+        try:
+            await asyncio.wait_for(asyncio.shield(ends), END_S)
+        except TimeoutError:
+            self.end_reason = "channel-empty"
+        finally:
+            stop.set()
+            await ends
+
+
+async def stop_s3_and_end_by_itself(recorder: Recorder, how: str, weed: SeaweedServer
+                                    ) -> asyncio.Task[RecorderResult]:
+    """Run `recorder` until chunk 0 is acknowledged, stop S3, and return the run's task
+    once capture has ended by itself (`how`: `channel-empty` or `max-duration`), with
+    chunks left in the spool."""
+    recorder.flush_grace_s = GRACE_S
+    await recorder.prepare()
+    source = AutoStopSource(recorder, recorder.clock) if how == "channel-empty" \
+        else TickSource(recorder, recorder.clock)
+    run = asyncio.create_task(recorder.run(source))
+    stats = recorder.uploader.stats
+    await wait_async("chunk 0 acknowledged", lambda: stats.acked == [0], 20)
+    await asyncio.to_thread(weed.stop)
+    await wait_async("capture ended by itself", lambda: recorder._closed, END_S + 10)
+    assert not recorder.stop.is_set() and not recorder.kube.deleted.is_set()
+    assert [c.index for c in recorder._pending] == [1, 2]
+    return run
+
+
+def assert_everything_arrived(recorder: Recorder, store: ObjectStore, result: RecorderResult,
+                              how: str) -> None:
+    """Every chunk acknowledged, in the API and in S3 (sha256 as recorded), windows
+    consecutive up to the end, no gap, nothing lost, the spool empty."""
+    assert result.error is None and result.reason == how, result
+    chunks = chunks_in_api(recorder)
+    stats = recorder.uploader.stats
+    assert [c.index for c in chunks] == stats.acked == [0, 1, 2], (chunks, stats.acked)
+    assert all(c.gap is None for c in chunks), [c.gap for c in chunks]
+    assert all(a.end_ms == b.start_ms for a, b in itertools.pairwise(chunks))
+    assert chunks[-1].end_ms >= END_S * 1000 - 1000 and stats.lost == []
+    for chunk in chunks:
+        assert chunk.tracks
+        for track in chunk.tracks:
+            assert sha256_hex(store.get_bytes(track.key)) == track.sha256
+    assert recorder.uploader.spool.used == 0
+    assert not any(recorder.uploader.spool.root.iterdir())
+
+
+@pytest.mark.parametrize("how", ["channel-empty", "max-duration"])
+async def test_s3_down_when_the_session_ends_by_itself_loses_nothing(
+        how: str, cluster: LocalCluster, crds: None, namespace: str, kubectl: Kubectl,
+        weed: SeaweedServer, tmp_path: Path) -> None:
+    """S3 is down when the session ends by itself and comes back five graces later: the
+    run keeps retrying with no deadline and every chunk arrives. Before: after GRACE_S
+    the spooled chunks 1 and 2 were deleted and a `connection-lost` marker written."""
+    limit = END_S if how == "max-duration" else 60  # the source ends first
+    new_session(kubectl, namespace, "self-stop", limits={"maxDurationSeconds": limit})
+    assert weed.settings is not None
+    settings = weed.settings
+    recorder, store = build(cluster, namespace, "self-stop", settings, tmp_path)
+    run = await stop_s3_and_end_by_itself(recorder, how, weed)
+    await asyncio.sleep(OUTAGE_AFTER_END_S)
+    assert not run.done(), run.result()
+    assert recorder.flush_deadline is None and recorder.uploader.stats.lost == []
+    await asyncio.to_thread(restart_weed, weed, settings)
+    result = await asyncio.wait_for(run, 60)
+    assert_everything_arrived(recorder, store, result, how)
+
+
+async def test_sigterm_while_a_self_ended_run_uploads_arms_the_deadline(
+        cluster: LocalCluster, crds: None, namespace: str, kubectl: Kubectl,
+        weed: SeaweedServer, tmp_path: Path) -> None:
+    """The pod deleted (SIGTERM) while a run that ended by itself still waits for S3: the
+    flush deadline starts then, and the loss is recorded as when SIGTERM ends a capture
+    (a `connection-lost` marker) within the grace."""
+    new_session(kubectl, namespace, "self-stop", limits={"maxDurationSeconds": END_S})
+    assert weed.settings is not None
+    recorder, _ = build(cluster, namespace, "self-stop", weed.settings, tmp_path)
+    run = await stop_s3_and_end_by_itself(recorder, "max-duration", weed)
+    await asyncio.sleep(2 * GRACE_S)
+    assert not run.done(), run.result()
+    sigterm = time.monotonic()
+    recorder.stop.set()
+    result = await asyncio.wait_for(run, 60)
+    took = time.monotonic() - sigterm
+    assert took <= GRACE_S + recorder.marker_grace_s + 11, took  # + one backoff sleep
+    assert result.reason == "max-duration"
+    chunks = chunks_in_api(recorder)
+    stats = recorder.uploader.stats
+    assert [c.index for c in chunks] == stats.acked == [0, 1]
+    first, marker = chunks
+    assert marker.tracks == [] and marker.gap is not None
+    assert marker.gap.cause == "connection-lost" and marker.gap.start_ms == first.end_ms
+    (lost,) = stats.lost
+    assert (lost.start_ms, lost.end_ms) == (first.end_ms, marker.end_ms)
+    assert recorder.uploader.spool.used == 0
