@@ -577,6 +577,36 @@ async def test_a_session_nobody_spoke_in_is_promoted_to_no_recordings(
     assert (meeting.status, meeting.failure_reason) == ("cancelled", "no audio was recorded")
 
 
+@pytest.mark.parametrize(("spoken", "status", "reason"), [
+    ("failed", "failed", "TranscodeFailed: all 1 chunk(s) failed"),
+    ("done", "cancelled", "every member recorded opted out"),
+])
+async def test_a_meeting_without_tracks_is_judged_by_its_chunks_as_they_are_now(
+        ctx: Context, namespace: str, kubectl: Kubectl, spoken: str, status: str,
+        reason: str) -> None:
+    """A spoken chunk and a silent one; the manifest has no track. `failed`: the spoken
+    chunk's transcode failed after deletion began (`status.chunks` stopped then and says
+    no chunk failed): the meeting is `failed`, not `cancelled` as if nothing had been
+    recorded (second review). `done`: its speaker opted out: `cancelled`, saying so."""
+    s = await make_session(ctx, kubectl, namespace, f"judged-{spoken}")
+    await SessionService(ctx).ensure_session(s)
+    for index, users in ((0, (USERS[0],)), (1, ())):
+        doc = chunk_doc(s, index, index * 5000, index * 5000 + 5000, users=users)
+        await put_raws(ctx, s, doc)
+        apply(kubectl, doc)
+        await ctx.kube.patch_chunk_status(namespace, chunk_name(s.ref.name, index), {
+            "transcodeStatus": spoken if users else "done"})
+    s = await set_status(ctx, s, {"chunks": {"total": 2, "done": 1, "failed": 0}})
+    await ctx.store(s.spec.storage.bucket).put_json(s.layout.final_manifest_key, FinalManifest(
+        tool_version="test", meeting_id=s.meeting_id, duration_ms=10000, recorded_ms=10000,
+        paused_ms=0, tracks=[]).to_api())
+    out = await DeletionService(ctx).record(
+        s, DeletionProgress(step=DeletionStep.RECORD, promoted=True))
+    assert out.recording_ids == []
+    meeting = await ctx.db.get_meeting(s.meeting_id)
+    assert meeting.status == status and reason in (meeting.failure_reason or ""), meeting
+
+
 async def test_empty_session_deletion_ends_the_meeting(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     s = await make_session(ctx, kubectl, namespace, "empty")

@@ -84,12 +84,16 @@ async def note_degraded_consent(ctx: Context, s: SessionView, new: dict[str, Any
                     "deletion", s.ref.namespace, s.ref.name, err)
 
 
-async def record_degraded_consent(ctx: Context, s: SessionView) -> tuple[str, str] | None:
+async def record_degraded_consent(ctx: Context, s: SessionView,
+                                  objs: list[dict[str, Any]] | None = None
+                                  ) -> tuple[str, str] | None:
     """At deletion, before the meeting's end is written: keep the session's degraded
-    consent (`degraded_mark` of its chunks, listed from the API, and its conditions) in
-    its meeting row. Returns what was kept, None when consent ran as asked. Raises
-    TemporaryFailure when the API or SQL is away; NotFoundError without a meeting row."""
-    objs = await ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
+    consent (`degraded_mark` of its chunks `objs`, default listed from the API now, and its
+    conditions) in its meeting row. Returns what was kept, None when consent ran as asked.
+    Raises TemporaryFailure when the API or SQL is away; NotFoundError without a meeting
+    row."""
+    if objs is None:
+        objs = await ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
     mark = degraded_mark(s.status.get("conditions"), map(ChunkView.from_object, objs))
     if mark is not None:
         await ctx.db.mark_consent_degraded(s.meeting_id, *mark)

@@ -35,6 +35,7 @@ from voicetrack_operator.services.failures import (
     failed_on_input,
     failure_detail,
     meeting_outcome,
+    spoken_chunks,
 )
 from voicetrack_operator.services.grants import (
     forget_grant,
@@ -340,11 +341,16 @@ class DeletionService:
             if not ids:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
+        # the chunks as they are now: status.chunks stopped at the deletion's start, and
+        # chunks failed by the transcode timeout since (a meeting whose every spoken chunk
+        # failed is `failed`, never `cancelled` as if nothing was recorded)
+        objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
+        failed, done = spoken_chunks(objs)  # done but promoted to nothing: opted out
+        outcome = meeting_outcome(s.status, ids, (failed, done if p.promoted else 0))
         with contextlib.suppress(NotFoundError):
-            await record_degraded_consent(self.ctx, s)  # role opt-outs not enforced: why
-            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC),
-                                          *meeting_outcome(s.status, ids))
-        await WebhookService(self.ctx).enqueue_ended(s, meeting_end(s, ids), ids)  # issue 13
+            await record_degraded_consent(self.ctx, s, objs)  # opt-outs not enforced: why
+            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), *outcome)
+        await WebhookService(self.ctx).enqueue_ended(s, outcome[0], ids)  # issue 13
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
 
@@ -364,12 +370,6 @@ class DeletionService:
             else:
                 await self.ctx.db.delete_temp_recordings(s.meeting_id)
         return deleted
-
-
-def meeting_end(s: SessionView, recording_ids: list[str]) -> str:
-    """The meeting's final status (`completed`, `failed` or `cancelled`), as
-    `failures.meeting_outcome` decides it with its reason."""
-    return meeting_outcome(s.status, recording_ids)[0]
 
 
 async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:

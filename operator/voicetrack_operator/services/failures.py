@@ -9,8 +9,11 @@ carries one (a node agent that does not fill it).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
+
+from voicetrack.resources import TranscodeStatus
 
 
 class PodReader(Protocol):
@@ -116,7 +119,22 @@ FAILURE_REASON_MAX = 1000
 """The longest failure reason kept on a meeting row (characters); a longer one is cut."""
 
 
-def meeting_outcome(status: dict[str, Any], recording_ids: list[str]) -> tuple[str, str | None]:
+def spoken_chunks(objs: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    """(failed, done) counts of the chunks with tracks among RecordingChunk objects `objs`
+    as they are now, refused ones left out: what a meeting without recordings is judged
+    by at deletion (`meeting_outcome`), when `status.chunks` is no longer kept up."""
+    failed = done = 0
+    for obj in objs:
+        st = obj.get("status") or {}
+        if st.get("refused") or not (obj.get("spec") or {}).get("tracks"):
+            continue
+        failed += st.get("transcodeStatus") == TranscodeStatus.FAILED.value
+        done += st.get("transcodeStatus") == TranscodeStatus.DONE.value
+    return failed, done
+
+
+def meeting_outcome(status: dict[str, Any], recording_ids: list[str],
+                    spoken: tuple[int, int] | None = None) -> tuple[str, str | None]:
     """The meeting's final status and failure reason once its session is deleted and
     promoted, from the session's `status` and the recordings written:
 
@@ -124,8 +142,11 @@ def meeting_outcome(status: dict[str, Any], recording_ids: list[str]) -> tuple[s
       `failed`, `RecorderFailed: <the recorder's message>` (what it recorded before is
       kept and listed);
     - recordings were written: `completed`, no reason;
-    - every chunk's transcode failed (`status.chunks.failed`): `failed`, with the count
-      (the raw chunks are kept under `final/failed/`);
+    - every chunk's transcode failed (`status.chunks.failed`, or the failed count of
+      `spoken`, `spoken_chunks` of the chunks now): `failed`, with the count (the raw
+      chunks are kept under `final/failed/`);
+    - chunks with tracks were done but none was kept (`spoken`: every member recorded
+      opted out): `cancelled`, saying so;
     - nothing was recorded: `cancelled`, `no audio was recorded`.
     Reasons are cut to `FAILURE_REASON_MAX` characters."""
     recorder = str(status.get("recorderFailure") or "").strip()
@@ -133,10 +154,14 @@ def meeting_outcome(status: dict[str, Any], recording_ids: list[str]) -> tuple[s
         return "failed", _cut(f"RecorderFailed: {recorder}")
     if recording_ids:
         return "completed", None
-    failed = int((status.get("chunks") or {}).get("failed") or 0)
+    failed = int((status.get("chunks") or {}).get("failed") or 0) if spoken is None \
+        else spoken[0]
     if failed:
         return "failed", _cut(f"TranscodeFailed: all {failed} chunk(s) failed to transcode; "
                               "their raw tracks are kept under final/failed/")
+    if spoken is not None and spoken[1]:
+        return "cancelled", ("every member recorded opted out: no track was kept "
+                             "(final/consent.json lists them)")
     return "cancelled", "no audio was recorded"
 
 
