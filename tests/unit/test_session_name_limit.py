@@ -54,3 +54,21 @@ def test_the_crd_and_the_policy_state_the_same_limit() -> None:
         (ROOT / "voicetrack/policies/recordingchunks-policy.yaml").read_text()))
     rules = " ".join(v["expression"] for v in policy["spec"]["validations"])
     assert "endsWith" not in rules and "> 50" not in rules  # no suffix-only branch
+
+
+async def test_the_operator_refuses_a_long_name_the_crd_of_before_admitted() -> None:
+    """Helm does not upgrade CRDs: until the new one is applied, the API server still
+    admits a 51..63 character name, whose recorder would then have every chunk refused by
+    the admission policy (all its audio lost). The operator refuses such a session before
+    anything is made (second review); none of its API calls is made (NoApi)."""
+    from tests.unit.test_operator_observe_indexed import FakeDb, make_ctx, session_view
+    from voicetrack_operator.services.sessions import SessionService, SessionView
+
+    ctx, kube = make_ctx(FakeDb())
+    base = session_view()
+    long = SessionView.parse({**base.body, "metadata": {
+        **base.body["metadata"], "name": "n" * (SESSION_NAME_MAX + 1)}, "status": {}})
+    status = await SessionService(ctx).ensure_session(long)
+    assert status["state"] == "Refused" and kube.calls == [], (status, kube.calls)
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["reason"] == "NameTooLong" and "metadata.name" in ready["message"]

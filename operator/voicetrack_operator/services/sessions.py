@@ -19,7 +19,13 @@ from voicetrack.db.meetings import MeetingIdInUse
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import controller_uid, meeting_id_for, recorder_pod_name
-from voicetrack.resources import LABEL_CHUNK_INDEX, SessionSpec, SessionState, TranscodeStatus
+from voicetrack.resources import (
+    LABEL_CHUNK_INDEX,
+    SessionSpec,
+    SessionState,
+    TranscodeStatus,
+    check_session_name,
+)
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
@@ -143,6 +149,11 @@ class SessionService:
             return {}
         if s.status.get("startedAt") and s.status.get("recorderPod"):
             return await self.observe_session(s)  # an operator restart: keep, don't reset
+        try:  # the CRD says so too, once it is upgraded (Helm does not upgrade CRDs)
+            check_session_name(s.ref.name)
+        except ValueError as err:
+            return self._refused(s, f"{err}: its recorder could write no chunk",
+                                 "NameTooLong")
         busy = await busy_guild(self.ctx, s)
         if busy:
             return self._refused(s, f"guild {s.spec.guild_id} is already recorded by session "
