@@ -10,6 +10,12 @@ received for it or the Opus silence frame, so every track of a chunk decodes to 
 
 The chunker holds no clock and does no I/O: the recorder's loop decides when to seal.
 
+A pause or the end of a run `stop`s recording at a slot without sealing: the open window
+ends there and takes the frames still coming for the slots before it (a jitter buffer
+releases them late) until the recorder seals it by its seal rule, while frames for the
+stop slot or later are refused (`closed`). A resume (`open`) before that seal is queued:
+its window opens when the stopped one is sealed, and takes its frames meanwhile.
+
 Consent (issue 12, `consent.py`): with a `Consent`, a frame of an opted-out user at or after
 their `sinceMs` is refused, `cut` drops such frames already held when a user opts out, and
 `seal` cuts every track at its user's `sinceMs` again and lists the opted-out members in
@@ -60,6 +66,16 @@ class SealedChunk:
 
 
 @dataclass
+class _Segment:
+    """A stretch of recording queued behind a stopped window: from slot `start` (after
+    `gap`) until slot `stop` (None: still recording)."""
+
+    start: int
+    gap: Gap | None
+    stop: int | None = None
+
+
+@dataclass
 class ChunkerStats:
     """Frames pushed, and frames dropped by cause."""
 
@@ -78,7 +94,8 @@ class Chunker:
 
     `chunk_slots` is the nominal window length in 20 ms slots. A window opens with
     `open(slot, gap)` (recording starts or resumes) and closes either at its nominal end
-    (`seal_due`) or early (`seal(end_slot, reopen=False)` on pause or stop).
+    (`due`, `seal`), at the slot where recording stops (`stop` on pause or stop, then
+    `seal` once due), or early (`seal(end_slot, reopen=False)`).
     """
 
     def __init__(self, chunk_slots: int, first_index: int = 0,
@@ -92,6 +109,10 @@ class Chunker:
         self.stats = ChunkerStats()
         self.consent = consent
         self._frames: dict[str, dict[int, bytes]] = defaultdict(dict)
+        self.stop_slot: int | None = None
+        """Where recording stops (`stop`): the open window ends there at the latest."""
+        self._queue: list[_Segment] = []
+        """Recording resumed (`open`) while the stopped window is not sealed yet."""
 
     @property
     def is_open(self) -> bool:
@@ -102,17 +123,55 @@ class Chunker:
         """The nominal end slot (exclusive) of the open window."""
         if self.start_slot is None:
             raise RuntimeError("no open window")
-        return self.start_slot + self.chunk_slots
+        nominal = self.start_slot + self.chunk_slots
+        return nominal if self.stop_slot is None else min(nominal, self.stop_slot)
 
     def open(self, slot: int, gap: Gap | None = None) -> None:
-        """Open a window at `slot`; `gap` is the interval since the previous window, if any."""
+        """Open a window at `slot`; `gap` is the interval since the previous window, if any.
+        While a stopped window waits for its seal, the window is queued (it opens when
+        that one is sealed; a resume at the stop slot itself just cancels the stop).
+        Raises RuntimeError when recording has not stopped (a window is open), ValueError
+        for a slot before the stop."""
         if self.start_slot is not None:
-            raise RuntimeError("a window is already open")
+            last = self._queue[-1] if self._queue else None
+            stop = self.stop_slot if last is None else last.stop
+            if stop is None:
+                raise RuntimeError("a window is already open")
+            if slot < stop:
+                raise ValueError(f"slot {slot} is before the stop at {stop}")
+            if slot > stop:
+                self._queue.append(_Segment(slot, gap))
+            elif last is not None:
+                last.stop = None
+            else:
+                self.stop_slot = None
+            return
         self.start_slot = slot
         self.gap = gap
         for frames in self._frames.values():  # anything before the new window is stale
             for old in [s for s in frames if s < slot]:
                 del frames[old]
+
+    def stop(self, slot: int) -> None:
+        """Stop recording at `slot` (a pause, the end of the run): the open window, or the
+        last one queued, ends there; frames for `slot` or later are refused until a window
+        opens again. Nothing when no window is open or recording has stopped already
+        (the earlier stop holds)."""
+        if self.start_slot is None:
+            return
+        if self._queue:
+            if self._queue[-1].stop is None:
+                self._queue[-1].stop = slot
+        elif self.stop_slot is None:
+            self.stop_slot = slot
+
+    def _takes(self, slot: int) -> bool:
+        """Whether `slot` (not before the open window) is recorded: before the stop, or in
+        a queued segment."""
+        if self.stop_slot is None or slot < self.stop_slot:
+            return True
+        return any(seg.start <= slot and (seg.stop is None or slot < seg.stop)
+                   for seg in self._queue)
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
         """Record `packet` for `user_id` at `slot`; False (and counted) when dropped:
@@ -126,6 +185,9 @@ class Chunker:
             return False
         if slot < self.start_slot:
             self.stats.late += 1
+            return False
+        if not self._takes(slot):  # after a stop (pause, end of the run)
+            self.stats.closed += 1
             return False
         if slot >= self.end_slot + MAX_AHEAD_SLOTS:
             self.stats.ahead += 1
@@ -157,17 +219,19 @@ class Chunker:
     def seal(self, end_slot: int | None = None, *, reopen: bool = True) -> SealedChunk | None:
         """Close the open window at `end_slot` (default: its nominal end) and return it.
 
-        With `reopen`, the next window opens at `end_slot` at once (no gap). Returns None
-        when no window is open or the window would be empty (end <= start)."""
+        With `reopen`, the next window opens at `end_slot` at once (no gap), unless the
+        window ends where recording stopped (`stop`): then the first queued window opens,
+        if any (likewise without `reopen`). Returns None when no window is open or the
+        window would be empty (end <= start)."""
         if self.start_slot is None:
             return None
         start = self.start_slot
         end = self.end_slot if end_slot is None else min(end_slot, self.end_slot)
         gap = self.gap
         self.start_slot, self.gap = None, None
+        closed = not reopen or (self.stop_slot is not None and end >= self.stop_slot)
         if end <= start:
-            if reopen:
-                self.open(start, gap)
+            self._follow(closed, start, gap)
             return None
         for user_id, since_ms in self.consent.cuts() if self.consent is not None else ():
             self.cut(user_id, since_ms)
@@ -189,9 +253,21 @@ class Chunker:
                             opted_out=opted_out, consent_degraded=(
                                 self.consent.degraded if self.consent is not None else None))
         self.next_index += 1
-        if reopen:
-            self.open(end)
+        self._follow(closed, end, None)
         return chunk
+
+    def _follow(self, closed: bool, slot: int, gap: Gap | None) -> None:
+        """After a seal: open the next window at `slot` (after `gap`) unless the sealed one
+        was `closed` (stopped, or sealed without reopen); then the first queued one opens,
+        with its stop."""
+        if not closed:
+            self.open(slot, gap)
+            return
+        self.stop_slot = None
+        if self._queue:
+            seg = self._queue.pop(0)
+            self.open(seg.start, seg.gap)
+            self.stop_slot = seg.stop
 
     def reclaim(self, chunk: SealedChunk) -> None:
         """Give back the index of `chunk`, the last one sealed, which was dropped (the

@@ -2,9 +2,10 @@
 
 Session time starts at the session's `status.startedAt` (passed in by the operator), so a
 restarted recorder keeps the same timeline: it continues at the next chunk index and
-records the interval it missed as a gap with cause `recorder-restart`. A pause seals the
-open chunk at once; on resume the next chunk carries a `paused` gap, which promotion cuts.
-SIGTERM (pod deletion) seals and uploads the open chunk before exit.
+records the interval it missed as a gap with cause `recorder-restart`. A pause or the end
+of a run (SIGTERM too) ends the open chunk at its slot, sealed by the seal rule (`sealing`:
+frames a jitter buffer still holds make it in, none after that slot); on resume the next
+chunk carries a `paused` gap, which promotion cuts.
 
 Sealed chunks go to the spool on the pod's disk first (bounded: `voicetrack_recorder.
 spool`), and the upload task sends them in index order, retrying an S3 or API outage
@@ -51,7 +52,7 @@ from voicetrack_recorder.faults import retry_async
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_SLOTS
 from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
-from voicetrack_recorder.sealing import sealable_slot, source_watermark
+from voicetrack_recorder.sealing import TAIL_WAIT_MAX_S, seal_tail, sealable_slot, source_watermark
 from voicetrack_recorder.spool import SpooledChunk, SpoolFull
 from voicetrack_recorder.uploader import ChunkUploader, Deadline
 
@@ -221,8 +222,11 @@ class Recorder:
                 self.follow_consent()
                 while self.chunker.due(sealable_slot(now, source_watermark(source))):
                     await self._spool(self.chunker.seal())
-            self.follow_consent()  # the last word on consent for the last chunk
-            await self._seal_until(min(self.clock.now_slot(), max_ms // FRAME_MS))
+            await seal_tail(  # the last word on consent for the last chunk: follow_consent
+                self.chunker, min(self.clock.now_slot(), max_ms // FRAME_MS),
+                lambda: sealable_slot(self.clock.now_slot(), source_watermark(source)),
+                self._spool, 0.0 if source_task.done() else TAIL_WAIT_MAX_S,
+                self.follow_consent)
         finally:
             if self.forced():
                 self._arm_flush_deadline()
@@ -275,9 +279,11 @@ class Recorder:
         return self.flush_deadline + self.marker_grace_s
 
     async def _follow_pause(self, now: int) -> None:
+        """Pause at slot `now` (`Chunker.stop`: the loop seals by the seal rule) or resume
+        there after a `paused` gap (`Chunker.open` queues it until that seal)."""
         paused = bool(self.kube.paused)
         if paused and self._paused_at is None:
-            await self._seal_until(now)
+            self.chunker.stop(now)
             self._paused_at = now
             log.info("paused at %d ms", now * FRAME_MS)
         elif not paused and self._paused_at is not None:
@@ -287,13 +293,6 @@ class Recorder:
                 if now > start else None
             self.chunker.open(now, gap)
             log.info("resumed at %d ms", now * FRAME_MS)
-
-    async def _seal_until(self, end: int) -> None:
-        """Seal every window that ends by slot `end` (some may wait in the seal delay),
-        then the open one early at `end`, without opening another (pause or stop)."""
-        while self.chunker.due(end):
-            await self._spool(self.chunker.seal())
-        await self._spool(self.chunker.seal(end, reopen=False))
 
     async def _spool(self, chunk: SealedChunk | None) -> None:
         """Write a sealed chunk to the spool and queue its upload. When the spool is full
