@@ -225,6 +225,25 @@ def test_a_chunk_stored_before_the_opt_out_rule_still_takes_status_and_deletion(
     status write (e.g. `failed` with `refused`), a label and its deletion through."""
     _, ns = api
     bad = spec_with(optedOut=[opt_out(USER, 70_000)])
+    name = f"old-{secrets.token_hex(4)}"
+    store_before_the_opt_out_rule(cluster, kubectl, {
+        "apiVersion": API_VERSION, "kind": CHUNK_KIND,
+        "metadata": {"name": name, "namespace": ns}, "spec": bad}, ns)
+    assert api_create(api, bad)[0] == 422  # the rule is back
+    obj = ["-n", ns, "recordingchunk", name]
+    kubectl("patch", *obj, "--subresource=status", "--type=merge", "-p", json.dumps(
+        {"status": {"transcodeStatus": "failed", "refused": "not parsable"}}))
+    kubectl("label", *obj, "voicetrack.dev/refused=true")
+    kubectl("delete", *obj)
+    assert kubectl("get", *obj, check=False).returncode != 0
+
+
+def store_before_the_opt_out_rule(cluster: LocalCluster, kubectl: Kubectl,
+                                  doc: dict[str, Any], namespace: str) -> None:
+    """Create RecordingChunk `doc` in `namespace` as a cluster upgraded from a CRD
+    without the opt-out CEL rule holds it: the served CRD loses the rule, `doc` is
+    created, the CRDs of `voicetrack/crds/` are applied again, and this returns once the
+    rule refuses again (a chunk whose track has packets of its user after their opt-out)."""
     crd = "recordingchunks.voicetrack.dev"
     rules = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/x-kubernetes-validations"
     served = json.loads(kubectl("get", "crd", crd, "-o", "json").stdout)
@@ -233,21 +252,17 @@ def test_a_chunk_stored_before_the_opt_out_rule_still_takes_status_and_deletion(
         if "optedOut" in r["rule"])
     kubectl("patch", "crd", crd, "--type=json", "-p",
             json.dumps([{"op": "remove", "path": f"{rules}/{index}"}]))
-    name = f"old-{secrets.token_hex(4)}"
-    doc = {"apiVersion": API_VERSION, "kind": CHUNK_KIND,
-           "metadata": {"name": name, "namespace": ns}, "spec": bad}
     try:
         wait_for("the CRD without the rule in effect", lambda: kubectl(
-            "create", "-f", "-", input=json.dumps(doc), check=False).returncode == 0)
+            "-n", namespace, "create", "-f", "-", input=json.dumps(doc),
+            check=False).returncode == 0)
     finally:
         install_crds(cluster.kubeconfig)
-    wait_for("the rule back in effect", lambda: api_create(api, bad)[0] == 422)
-    obj = ["-n", ns, "recordingchunk", name]
-    kubectl("patch", *obj, "--subresource=status", "--type=merge", "-p", json.dumps(
-        {"status": {"transcodeStatus": "failed", "refused": "not parsable"}}))
-    kubectl("label", *obj, "voicetrack.dev/refused=true")
-    kubectl("delete", *obj)
-    assert kubectl("get", *obj, check=False).returncode != 0
+    probe = {**doc, "metadata": {**doc["metadata"], "name": f"probe-{secrets.token_hex(4)}",
+                                  "finalizers": []}}
+    wait_for("the rule back in effect", lambda: kubectl(
+        "-n", namespace, "create", "--dry-run=server", "-f", "-", input=json.dumps(probe),
+        check=False).returncode != 0)
 
 
 def wait_for(what: str, fn: Callable[[], bool], timeout_s: float = 30) -> None:

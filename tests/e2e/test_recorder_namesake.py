@@ -28,6 +28,7 @@ from typing import Any, cast
 import pytest
 from kubernetes import client
 
+from tests.e2e.test_chunk_crd_parity import store_before_the_opt_out_rule
 from tests.fixtures.cluster import Kubectl
 from voicetrack.chunkspec import ChunkSpec, ChunkTrack, OptOut
 from voicetrack.errors import TemporaryFailure
@@ -186,10 +187,10 @@ async def test_a_chunk_name_held_by_the_namesake_waits_for_the_garbage_collector
 
 async def test_a_labelled_chunk_that_does_not_parse_is_skipped(
         namesake: tuple[client.ApiClient, str], namespace: str, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """A chunk the API server admits but the model refuses (a track with packets after its
-    speaker's opt-out: no CRD rule says so), labelled and owned as ours: `prepare` skips
-    it with a warning. Before: its ValidationError, not a TemporaryFailure, went out of
+        caplog: pytest.LogCaptureFixture, cluster: LocalCluster, kubectl: Kubectl) -> None:
+    """A chunk the model refuses (a track with packets after its speaker's opt-out),
+    stored before the CRD had that rule, labelled and owned as ours: `prepare` skips it
+    with a warning. Before: its ValidationError, not a TemporaryFailure, went out of
     `prepare` at every start (a crash loop)."""
     api, uid = namesake
     doc = chunk_doc(ChunkSpec(session_name="s", meeting_id=MEETING, guild_id=GUILD,
@@ -202,8 +203,7 @@ async def test_a_labelled_chunk_that_does_not_parse_is_skipped(
         by_alias=True)]
     with pytest.raises(ValueError, match="at or after their opt-out"):
         ChunkSpec.model_validate(doc["spec"])
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, CHUNK_PLURAL, doc)
+    store_before_the_opt_out_rule(cluster, kubectl, doc, namespace)
     rec = new_recorder(api, namespace, uid, tmp_path)
     with caplog.at_level(logging.WARNING, logger="voicetrack_recorder.kube"):
         await rec.prepare()
