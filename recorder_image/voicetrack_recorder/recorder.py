@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import ChunkSpec, Gap, OptOut
+from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import meeting_id_for
 from voicetrack.resources import SessionSpec
@@ -68,7 +69,7 @@ MARKER_GRACE_S = 5.0
 (20 + 5 s, inside the 30 s termination grace)."""
 
 
-MAX_CLOCK_LEAD_MS = 1000
+MAX_CLOCK_LEAD_MS = 60_000
 """How far (ms) the session's last chunk may end ahead of the session clock at start (clock
 skew between the nodes of two runs) before `resume_point` calls it a fault."""
 
@@ -140,20 +141,26 @@ class Recorder:
 
     def resume_point(self, existing_end_ms: int | None, paused: bool) -> None:
         """Open the first window now, after a gap since `existing_end_ms` (session ms, the
-        end of the session's last chunk) if any. An end up to MAX_CLOCK_LEAD_MS ahead of
-        the clock (clock skew between nodes) opens at that end; one further ahead is a
-        fault (chunks that are not this run's session's, a moved `startedAt`): it is
-        logged as an error and the window opens now, since a window opened ahead of the
-        clock drops every frame as late until the clock gets there (before: an hour of
-        nothing recorded while the session showed Recording). Its windows then overlap the
-        last chunk's, which promotion refuses with that reason: the fault shows, the audio
-        is kept."""
+        end of the session's last chunk) if any. An end ahead of the clock (clock skew
+        between the nodes of two runs) opens at that end, so windows never overlap (a
+        warning past 1 s). An end more than MAX_CLOCK_LEAD_MS ahead is a fault (a moved
+        `startedAt`, a node clock far off): InvalidInputError, the recorder exits 2 and the
+        session shows Failed with the reason, its chunks promoted as they are. Before, it
+        either opened the window there (every frame dropped as late until the clock got
+        there, an hour of nothing while the session showed Recording) or, briefly, now
+        (windows overlapping the last chunk's: a promotion refused for ever, second
+        review)."""
         now = max(self.clock.now_slot(), 0)
-        if existing_end_ms is not None and existing_end_ms > now * FRAME_MS + MAX_CLOCK_LEAD_MS:
-            log.error("the session's last chunk ends at %d ms, %d ms ahead of the session "
-                      "clock (%d ms): not this session's timeline; recording from now",
-                      existing_end_ms, existing_end_ms - now * FRAME_MS, now * FRAME_MS)
-            existing_end_ms = None
+        lead = (existing_end_ms or 0) - now * FRAME_MS
+        if existing_end_ms is not None and lead > MAX_CLOCK_LEAD_MS:
+            raise InvalidInputError(
+                f"the session's last chunk ends at {existing_end_ms} ms, {lead} ms ahead of "
+                f"this node's session clock ({now * FRAME_MS} ms; more than "
+                f"{MAX_CLOCK_LEAD_MS} ms of clock skew): check the nodes' clocks and the "
+                "session's status.startedAt")
+        if existing_end_ms is not None and lead > 1000:
+            log.warning("the session's last chunk ends %d ms ahead of this node's session "
+                        "clock (clock skew between nodes?): continuing at its end", lead)
         if paused:
             self._paused_at = now if existing_end_ms is None else existing_end_ms // FRAME_MS
             return

@@ -1,12 +1,12 @@
 """`Recorder.resume_point` never opens the first window far ahead of the session clock
 (review finding, fault A's defence): a last chunk that ends an hour after "now" (an earlier
 namesake's, or a moved `startedAt`) opened the window at its end, and every frame until
-then was dropped as late while the session showed Recording. A small lead (clock skew
-between nodes) still continues at the last chunk's end, so windows never overlap then."""
+then was dropped as late while the session showed Recording. A lead up to
+MAX_CLOCK_LEAD_MS (clock skew between nodes) continues at the last chunk's end, so windows
+never overlap; a larger one is a fault the session shows (the recorder exits 2)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, cast
 
 import pytest
@@ -14,10 +14,11 @@ from kubernetes import client
 
 from tests.discord_rig import VirtualTime
 from tests.unit.test_chunker_consent import CHANNEL, GUILD
+from voicetrack.errors import InvalidInputError
 from voicetrack.resources import SessionSpec
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import Recorder
+from voicetrack_recorder.recorder import MAX_CLOCK_LEAD_MS, Recorder
 
 pytestmark = pytest.mark.unit
 
@@ -33,22 +34,20 @@ def recorder() -> Recorder:
 
 
 @pytest.mark.parametrize("paused", [False, True])
-def test_a_last_chunk_an_hour_ahead_opens_the_window_now_and_says_so(
-        paused: bool, caplog: pytest.LogCaptureFixture) -> None:
-    rec = recorder()
-    with caplog.at_level(logging.ERROR, logger="voicetrack_recorder.recorder"):
-        rec.resume_point(3_600_000, paused)
-    if paused:  # resuming later opens after a `paused` gap from now, not from an hour on
-        assert rec._paused_at == NOW_MS // 20
-    else:
-        assert rec.chunker.start_slot == NOW_MS // 20 and rec.chunker.gap is None
-        assert rec.push("400000000000000001", NOW_MS // 20, b"\xfc\x01")
-    assert any("ahead of the session clock" in r.getMessage() for r in caplog.records)
+def test_a_last_chunk_an_hour_ahead_is_a_fault_the_session_shows(paused: bool) -> None:
+    """The recorder exits 2 with the reason (the session shows Failed, its chunks are
+    promoted as they are), rather than record nothing for an hour or write windows over
+    the last chunk's (a promotion refused for ever, second review)."""
+    with pytest.raises(InvalidInputError, match="ahead of this node's session clock"):
+        recorder().resume_point(3_600_000, paused)
 
 
-def test_a_lead_within_clock_skew_continues_at_the_last_chunks_end() -> None:
+@pytest.mark.parametrize("lead_ms", [1000, 1500, MAX_CLOCK_LEAD_MS])
+def test_a_lead_within_clock_skew_continues_at_the_last_chunks_end(lead_ms: int) -> None:
+    """Windows never overlap the last chunk's (before the second review, a lead over 1 s
+    opened now: overlapping windows, which promotion refuses)."""
     rec = recorder()
-    end = NOW_MS + 1000  # `recorder.MAX_CLOCK_LEAD_MS`
+    end = NOW_MS + lead_ms
     rec.resume_point(end, False)
     assert rec.chunker.start_slot == end // 20 and rec.chunker.gap is None
 
