@@ -15,9 +15,10 @@ the spool cannot take (full) is dropped and its window becomes the next chunk's
 forced (SIGTERM: the pod is being deleted; or the session deleted), what cannot be uploaded
 within the grace period is given up the same way: one marker chunk without tracks (it needs
 no S3) carries the lost window as its `connection-lost` gap, so nothing disappears without
-a cause. A run that ends by itself (auto-stop, a limit, the source failed) has no such
-deadline: it keeps uploading with the same backoff until the spool is empty, and arms the
-deadline only if SIGTERM or the deletion comes meanwhile (before, an S3 outage at an
+a cause. A run that ends by itself (auto-stop, a limit) has no such deadline at first: it
+keeps uploading with the same backoff until the spool is empty, and arms the deadline
+when SIGTERM or the deletion comes meanwhile, or after DRAIN_MAX_S; an error end (the
+source or the uploads failed) arms it at once (before, an S3 outage at an
 auto-stop lost the spooled audio after 20 s though nothing forced an end). The operator
 keeps the upload grant valid while the pod has not Succeeded.
 
@@ -67,6 +68,14 @@ the pod's 30 s termination grace."""
 MARKER_GRACE_S = 5.0
 """After the flush deadline, how long creating the lost window's marker chunk may retry
 (20 + 5 s, inside the 30 s termination grace)."""
+DRAIN_MAX_S = 3600.0
+"""How long a run that ended by itself keeps uploading its spool before the flush deadline
+is armed all the same (within the upload grant, which lasts the session's maximum duration
+plus an hour): a pod that never ends while S3 never comes back would hold its guild."""
+ERROR_ENDS = ("source-failed", "upload-failed")
+"""Ends after which the flush deadline is armed at once, as for a forced end: the
+container restarts and capture resumes sooner (second review: a voice connection lost
+during an S3 outage held capture down for the whole outage)."""
 
 
 MAX_CLOCK_LEAD_MS = 60_000
@@ -118,6 +127,7 @@ class Recorder:
         (`forced`)."""
         self.flush_grace_s = FLUSH_GRACE_S
         self.marker_grace_s = MARKER_GRACE_S
+        self.drain_max_s = DRAIN_MAX_S
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
         """The FrameSink the source feeds (runs on the event loop thread); refuses every
@@ -235,7 +245,7 @@ class Recorder:
                 self._spool, 0.0 if source_task.done() else TAIL_WAIT_MAX_S,
                 self.follow_consent)
         finally:
-            if self.forced():
+            if self.forced() or reason in ERROR_ENDS:
                 self._arm_flush_deadline()
             arming = asyncio.create_task(self._arm_when_forced())
             self.source_stop.set()
@@ -273,8 +283,10 @@ class Recorder:
 
     async def _arm_when_forced(self) -> None:
         """Arm the flush deadline when SIGTERM or the session's deletion comes while the
-        last chunks upload (polled every TICK_S; cancelled when the run is done)."""
-        while not self.forced():
+        last chunks upload, or once they have uploaded for `drain_max_s` (polled every
+        TICK_S; cancelled when the run is done)."""
+        until = time.monotonic() + self.drain_max_s
+        while not self.forced() and time.monotonic() < until:
             await asyncio.sleep(TICK_S)
         self._arm_flush_deadline()
 

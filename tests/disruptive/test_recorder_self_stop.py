@@ -145,6 +145,12 @@ async def test_sigterm_while_a_self_ended_run_uploads_arms_the_deadline(
     took = time.monotonic() - sigterm
     assert took <= GRACE_S + recorder.marker_grace_s + 11, took  # + one backoff sleep
     assert result.reason == "max-duration"
+    assert_loss_recorded(recorder)
+
+
+def assert_loss_recorded(recorder: Recorder) -> None:
+    """Chunk 0 arrived; what stayed in the spool was given up as one `connection-lost`
+    marker chunk right after it (no tracks), counted lost, the spool emptied."""
     chunks = chunks_in_api(recorder)
     stats = recorder.uploader.stats
     assert [c.index for c in chunks] == stats.acked == [0, 1]
@@ -154,3 +160,44 @@ async def test_sigterm_while_a_self_ended_run_uploads_arms_the_deadline(
     (lost,) = stats.lost
     assert (lost.start_ms, lost.end_ms) == (first.end_ms, marker.end_ms)
     assert recorder.uploader.spool.used == 0
+
+
+class FailingSource(TickSource):
+    """A TickSource that fails after END_S, as a voice connection lost for good does."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(super().run(stop), END_S)
+        except TimeoutError:
+            raise ConnectionError("voice connection lost") from None
+
+
+@pytest.mark.parametrize("end", ["source-failed", "drain-limit"])
+async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
+        end: str, cluster: LocalCluster, crds: None, namespace: str, kubectl: Kubectl,
+        weed: SeaweedServer, tmp_path: Path) -> None:
+    """S3 stays down. `source-failed`: the deadline starts when capture ends, so the
+    container restarts and captures again soon (before, it waited for S3 with capture
+    down); `drain-limit`: a run that ended by itself gives up after `drain_max_s` (before,
+    a pod whose S3 never came back never ended and held its guild). Both record the loss
+    as a forced end does (second review)."""
+    limit_s = END_S if end == "drain-limit" else 600  # else the source ends it first
+    new_session(kubectl, namespace, "self-stop", limits={"maxDurationSeconds": limit_s})
+    assert weed.settings is not None
+    recorder, _ = build(cluster, namespace, "self-stop", weed.settings, tmp_path)
+    recorder.flush_grace_s = GRACE_S
+    recorder.drain_max_s = 2 * GRACE_S
+    await recorder.prepare()
+    source = FailingSource(recorder, recorder.clock) if end == "source-failed" \
+        else TickSource(recorder, recorder.clock)
+    run = asyncio.create_task(recorder.run(source))
+    await wait_async("chunk 0 acknowledged", lambda: recorder.uploader.stats.acked == [0], 20)
+    await asyncio.to_thread(weed.stop)
+    await wait_async("capture ended", lambda: recorder._closed, END_S + 10)
+    ended = time.monotonic()
+    result = await asyncio.wait_for(run, 60)
+    took = time.monotonic() - ended
+    limit = GRACE_S + (recorder.drain_max_s if end == "drain-limit" else 0)
+    assert took <= limit + recorder.marker_grace_s + 11, took  # + one backoff sleep
+    assert result.reason == ("source-failed" if end == "source-failed" else "max-duration")
+    assert_loss_recorded(recorder)
