@@ -320,6 +320,11 @@ class DeletionService:
     async def record(self, s: SessionView, p: DeletionProgress) -> DeletionProgress:
         """The `recordings` rows (once) and the meeting's end."""
         existing = await self.ctx.db.get_recordings_for_meeting(s.meeting_id)
+        # the chunks as they are now, read once: for the audit below, and for the outcome
+        # (status.chunks stopped at the deletion's start, and chunks failed by the
+        # transcode timeout since: a meeting whose every spoken chunk failed is `failed`,
+        # never `cancelled` as if nothing was recorded)
+        objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
         if existing:
             ids = [r.id for r in existing]
         elif not p.promoted:
@@ -331,8 +336,7 @@ class DeletionService:
             # a chunk's status patch and its row write (audited afresh: no observe timer
             # runs on a session being deleted)
             self.ctx.audited.discard(s.ref.uid)
-            ok, message = await self.sessions.resync(s, await self.ctx.kube.list_chunks(
-                s.ref.namespace, s.ref.name, s.ref.uid))
+            ok, message = await self.sessions.resync(s, objs)
             if not ok:
                 raise TemporaryFailure(message, delay=5)
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(
@@ -341,10 +345,6 @@ class DeletionService:
             if not ids:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
-        # the chunks as they are now: status.chunks stopped at the deletion's start, and
-        # chunks failed by the transcode timeout since (a meeting whose every spoken chunk
-        # failed is `failed`, never `cancelled` as if nothing was recorded)
-        objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
         failed, done = spoken_chunks(objs)  # done but promoted to nothing: opted out
         outcome = meeting_outcome(s.status, ids, (failed, done if p.promoted else 0))
         with contextlib.suppress(NotFoundError):
