@@ -103,7 +103,7 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
     table = stack.kubectl("-n", ns, "get", "recsess", "-o", "wide").stdout
     header, row = table.splitlines()[:2]
     assert header.split() == ["NAME", "STATE", "CHUNKS", "DONE", "FAILED", "DURATION", "AGE",
-                              "GUILD", "CHANNEL", "MEETING"]
+                              "GUILD", "CHANNEL", "MEETING", "CONSENT"]
     assert row.split()[1] == "Recording" and GUILD in row
     chunks_table = stack.kubectl("-n", ns, "get", "recchunk").stdout
     assert chunks_table.split()[:8] == ["NAME", "SESSION", "INDEX", "START", "END", "TRACKS",
