@@ -3,8 +3,8 @@ of its own (so sync and async tests, and an operator in another process, can all
 
 It verifies each request's signature with the key it was given, the way docs/webhooks.md
 tells receivers to, and records every request. Its answers follow a script: each request
-takes the next `(status, delay_s)` (sleep, then answer), and `(200, 0)` once the script is
-spent.
+takes the next `(status, delay_s)` or `(status, delay_s, body)` (sleep, then answer), and
+`(200, 0)` once the script is spent.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Receiver:
     """Start with `start()`, stop with `stop()`; `url` is where it listens."""
 
     key: bytes
-    script: list[tuple[int, float]] = field(default_factory=list)
+    script: list[tuple[int, float] | tuple[int, float, bytes]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     port: int = field(default_factory=free_port)
 
@@ -60,8 +60,9 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def answers(self, *script: tuple[int, float]) -> None:
-        """Replace the script of answers for the next requests."""
+    def answers(self, *script: tuple[int, float] | tuple[int, float, bytes]) -> None:
+        """Replace the script of answers for the next requests: (status, delay in s) or
+        (status, delay, body bytes)."""
         with self._lock:
             self.script = list(script)
 
@@ -80,9 +81,11 @@ class Receiver:
         with self._lock:
             self.received.append(Received(dict(request.headers), body, time.time(), verified,
                                           error))
-            status, delay = self.script.pop(0) if self.script else (200, 0.0)
+            status, delay, *given = self.script.pop(0) if self.script else (200, 0.0)
         if delay:
             await asyncio.sleep(delay)
+        if given:
+            return web.Response(status=status, body=given[0])
         return web.Response(status=status, text="ok" if status < 300 else f"no ({status})")
 
     def start(self) -> Receiver:

@@ -197,6 +197,48 @@ async def test_a_404_fails_for_good_and_429_is_retried(
     assert len(receiver.requests()) == 2  # nothing more after a permanent failure
 
 
+@pytest.mark.parametrize("url", ["http://hooks..example.com/x",
+                                 f"https://{'a' * 64}.example.com/x"])
+async def test_a_url_that_cannot_be_requested_fails_at_its_first_attempt(
+        ctx: Context, kubectl: Kubectl, namespace: str, s3_server: S3Settings,
+        url: str) -> None:
+    """Such URLs pass the spec's pattern; aiohttp raises a ValueError (IDNA) for them.
+    Before, it escaped the attempt: none was recorded and the delivery was claimed again
+    at every lease's end, for ever (review)."""
+    make_secret(kubectl, namespace)
+    d = await queue(ctx.db, s3_server, namespace, url)
+    done = await run_until_final(WebhookService(ctx, FAST), ctx.db, d.id, timeout_s=10)
+    assert (done.state, done.attempts) == ("failed", 1)
+    [attempt] = await ctx.db.get_webhook_attempts(d.id)
+    assert attempt.outcome == "failed" and (attempt.error or "").startswith("invalid URL")
+
+
+async def test_an_answer_with_nul_bytes_is_recorded_on_postgresql(
+        cluster: LocalCluster, kubectl: Kubectl, namespace: str, receiver: Receiver,
+        s3_server: S3Settings, fresh_postgres_url: str) -> None:
+    """PostgreSQL refuses NUL in text: before, the attempt of a receiver whose error page
+    held one was never recorded, and attempt 1 was POSTed again every lease (review)."""
+    await asyncio.to_thread(migrate.upgrade_head, fresh_postgres_url)
+    settings = OperatorSettings(database_url=fresh_postgres_url, s3=s3_server,
+                                pods=PodSettings(s3_endpoint=s3_server.endpoint),
+                                kubeconfig=str(cluster.kubeconfig))
+    c = Context(settings=settings, kube=KubeAdapter(load_api_client(str(cluster.kubeconfig))),
+                db=RecordingService.from_url(fresh_postgres_url))
+    try:
+        make_secret(kubectl, namespace)
+        receiver.answers((500, 0, b"bad\x00body"))
+        d = await queue(c.db, s3_server, namespace, receiver.url)
+        done = await run_until_final(WebhookService(c, FAST), c.db, d.id)
+        assert (done.state, done.attempts) == ("delivered", 2)
+        first, second = await c.db.get_webhook_attempts(d.id)
+        assert second.outcome == "delivered"
+        assert first.outcome == "retry" and "bad\ufffdbody" in (first.error or "")
+        assert len(receiver.requests()) == 2
+    finally:
+        await c.db.close()
+        c.kube.api.close()
+
+
 async def test_a_missing_secret_is_an_attempt_error_that_is_retried(
         ctx: Context, kubectl: Kubectl, namespace: str, receiver: Receiver,
         s3_server: S3Settings) -> None:

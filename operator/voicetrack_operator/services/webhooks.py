@@ -144,6 +144,8 @@ class AttemptResult:
     error: str | None
     duration_ms: int
     retry_after_s: float | None = None
+    permanent: bool = False
+    """No later attempt can do better (the URL cannot be requested at all): failed now."""
 
 
 class WebhookService:
@@ -252,7 +254,12 @@ class WebhookService:
         claimed = await self.ctx.db.claim_due_webhooks(
             datetime.now(UTC), self.settings.lease, self.settings.batch)
         if claimed:
-            await asyncio.gather(*(self.attempt(d) for d in claimed))
+            for d, got in zip(claimed, await asyncio.gather(
+                    *(self.attempt(d) for d in claimed), return_exceptions=True), strict=True):
+                if isinstance(got, BaseException) and not isinstance(got, Exception):
+                    raise got  # cancellation
+                if isinstance(got, Exception):  # one delivery's fault: the others count
+                    log.error("webhook %s attempt failed: %s", d.id, got)
         return len(claimed)
 
     async def attempt(self, d: WebhookDelivery) -> str:
@@ -273,7 +280,13 @@ class WebhookService:
             result = AttemptResult(None, f"not sent: {err}",
                                    int((time.monotonic() - started) * 1000))
         else:
-            result = await self.post(d, number, key, body)
+            try:
+                result = await self.post(d, number, key, body)
+            except Exception as err:  # a fault of ours must not retry the claim every lease
+                log.exception("webhook %s attempt %d: unexpected error", d.id, number)
+                result = AttemptResult(None, f"not sent: internal error: "
+                                       f"{type(err).__name__}: {err}",
+                                       int((time.monotonic() - started) * 1000))
         outcome, next_at = self.decide(d, number, result, datetime.now(UTC))
         try:
             await self.ctx.db.record_webhook_attempt(
@@ -300,7 +313,7 @@ class WebhookService:
         the retry window (abandoned); anything else failed."""
         if result.status is not None and 200 <= result.status < 300:
             return "delivered", None
-        if not retryable(result.status):
+        if result.permanent or not retryable(result.status):
             return "failed", None
         delay = backoff_delay(number, self.settings.backoff_base_s,
                               self.settings.backoff_max_s, self.rng)
@@ -352,12 +365,18 @@ class WebhookService:
         except TimeoutError:
             return AttemptResult(None, f"timed out after {self.settings.timeout_s:g} s",
                                  took())
+        except aiohttp.InvalidURL as err:  # a ClientError and a ValueError
+            return AttemptResult(None, f"invalid URL: {err}", took(), permanent=True)
         except aiohttp.ClientError as err:
             return AttemptResult(None, f"connection failed: {type(err).__name__}: {err}",
                                  took())
+        except ValueError as err:  # e.g. UnicodeError: a host label the IDNA codec refuses
+            return AttemptResult(None, f"invalid URL: {type(err).__name__}: {err}", took(),
+                                 permanent=True)
         if 200 <= status < 300:
             return AttemptResult(status, None, took())
-        text = snippet.decode("utf-8", "replace").strip()
+        # the receiver's bytes: NUL is refused by PostgreSQL in text columns
+        text = snippet.decode("utf-8", "replace").replace("\x00", "\ufffd").strip()
         where = f" (redirect to {resp.headers.get('Location')}, not followed)" \
             if 300 <= status < 400 else ""
         return AttemptResult(status, f"HTTP {status}{where}{': ' + text if text else ''}",
