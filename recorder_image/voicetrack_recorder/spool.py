@@ -21,12 +21,12 @@ RecordingChunks for upload before any new chunk; the recorder's restart gap star
 the last of them ends. Before, the spool was deleted at start and those chunks became part
 of the `recorder-restart` gap, although their files were on disk.
 
-The spool holds at most `max_bytes` (env VOICETRACK_SPOOL_MAX_BYTES, default 1 GiB): a
-chunk that would pass it is refused with SpoolFull (and so is one the disk has no room
-for), and the recorder records the window it could not keep as a `connection-lost` gap.
-Adopted chunks count in `used` (a bound lowered since refuses new chunks until they are
-uploaded; the adopted ones are kept). A chunk's files are removed only once its
-RecordingChunk exists or it is given up (`remove`).
+The spool holds at most `max_bytes` (env VOICETRACK_SPOOL_MAX_BYTES, default 1 GiB; spec
+files included): a chunk that would pass it is refused with SpoolFull (and so is one the
+disk has no room for), and the recorder records the window it could not keep as a
+`connection-lost` gap. Adopted chunks count in `used` (a bound lowered since refuses new
+chunks until they are uploaded; the adopted ones are kept). A chunk's files are removed
+only once its RecordingChunk exists or it is given up (`remove`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class SpoolFull(Exception):
 @dataclass(frozen=True)
 class SpooledChunk:
     """A sealed chunk on disk: its RecordingChunk spec, and the local file of each raw
-    object key (`files`: key → path). `size` is the files' total, in bytes."""
+    object key (`files`: key → path). `size` is the files' total, in bytes, its spec file
+    included."""
 
     spec: ChunkSpec
     files: dict[str, str]
@@ -126,16 +127,21 @@ class Spool:
 
     def estimate(self, chunk: SealedChunk) -> int:
         """Bytes `chunk` will take on disk: exact for PCM; for Ogg Opus its packets plus
-        page overhead (27 + 255 bytes a page, at most 255 packets a page) and headers."""
+        page overhead (27 + 255 bytes a page, at most 255 packets a page) and headers; plus
+        its spec file (written with the largest byte count a track can have)."""
         if self.raw_format == RAW_FORMAT_PCM:
-            return sum(len(t.packets) for t in chunk.tracks) * PCM_FRAME_BYTES
-        return sum(sum(len(p) + 1 for p in t.packets) + 282 * (len(t.packets) // 255 + 1)
-                   + 1024 for t in chunk.tracks)
+            audio = sum(len(t.packets) for t in chunk.tracks) * PCM_FRAME_BYTES
+        else:
+            audio = sum(sum(len(p) + 1 for p in t.packets) + 282 * (len(t.packets) // 255 + 1)
+                        + 1024 for t in chunk.tracks)
+        widest = [(10**15, "0" * 64)] * len(chunk.tracks)
+        return audio + len(spec_json(self._spec(chunk, widest)))
 
     def add(self, chunk: SealedChunk) -> SpooledChunk:
-        """Write `chunk`'s raw tracks to disk and return its spooled record. Raises
-        SpoolFull (nothing written) when it would take the spool over `max_bytes` or the
-        disk is full; OSError for another disk failure."""
+        """Write `chunk`'s raw tracks to disk, then its spec (`chunk.json`), and return its
+        spooled record. Raises SpoolFull (nothing written) when it would take the spool
+        over `max_bytes` or the disk is full; OSError for another disk failure; pydantic's
+        ValidationError for a chunk the ChunkSpec model refuses (nothing written)."""
         need = self.estimate(chunk)
         if self.used + need > self.max_bytes:
             raise SpoolFull(f"chunk {chunk.index} needs {need} bytes; the spool holds "
@@ -143,37 +149,38 @@ class Spool:
         directory = self.root / f"{chunk.index:06d}"
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir()
-        files: dict[str, str] = {}
-        tracks: list[ChunkTrack] = []
         try:
-            for track in chunk.tracks:
-                key = self.layout.raw_key(chunk.index, track.user_id, self.raw_format)
-                path = directory / key.rsplit("/", 1)[-1]
-                size, digest = self._write_track(path, track.user_id, chunk.index,
-                                                 track.packets)
-                files[key] = str(path)
-                tracks.append(ChunkTrack(user_id=track.user_id, key=key, frames=track.frames,
-                                         first_ms=track.first_ms, last_ms=track.last_ms,
-                                         bytes=size, sha256=digest,
-                                         channels=opus_channels(track.packets)))
-            spec = ChunkSpec(session_name=self.session_name,
-                             meeting_id=self.layout.meeting_id, guild_id=self.layout.guild_id,
-                             index=chunk.index, start_ms=chunk.start_ms, end_ms=chunk.end_ms,
-                             raw_format=self.raw_format, gap=chunk.gap, tracks=tracks,
-                             opted_out=chunk.opted_out,
-                             consent_degraded=chunk.consent_degraded)
-            write_spec(directory, spec)  # last: a spec only ever describes complete files
-        except OSError as err:
+            written = []
+            for t in chunk.tracks:
+                name = self._key(chunk.index, t.user_id).rsplit("/", 1)[-1]
+                written.append(self._write_track(directory / name, t.user_id, chunk.index,
+                                                 t.packets))
+            spec = self._spec(chunk, written)
+            spec_bytes = write_spec(directory, spec)  # last: it vouches for complete files
+        except BaseException as err:
             shutil.rmtree(directory, ignore_errors=True)
-            if err.errno == 28:  # ENOSPC
+            if isinstance(err, OSError) and err.errno == 28:  # ENOSPC
                 raise SpoolFull(f"chunk {chunk.index}: the disk is full ({err})") from err
             raise
-        except Exception:  # e.g. a spec the model refuses: leave nothing half-made behind
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        size = sum(t.bytes for t in tracks)
+        files = {t.key: str(directory / t.key.rsplit("/", 1)[-1]) for t in spec.tracks}
+        size = sum(t.bytes for t in spec.tracks) + spec_bytes
         self.used += size
         return SpooledChunk(spec=spec, files=files, directory=str(directory), size=size)
+
+    def _key(self, index: int, user_id: str) -> str:
+        return self.layout.raw_key(index, user_id, self.raw_format)
+
+    def _spec(self, chunk: SealedChunk, written: list[tuple[int, str]]) -> ChunkSpec:
+        """`chunk`'s ChunkSpec, each track's (bytes, sha256 hex) from `written`."""
+        tracks = [ChunkTrack(user_id=t.user_id, key=self._key(chunk.index, t.user_id),
+                             frames=t.frames, first_ms=t.first_ms, last_ms=t.last_ms,
+                             bytes=size, sha256=digest, channels=opus_channels(t.packets))
+                  for t, (size, digest) in zip(chunk.tracks, written, strict=True)]
+        return ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
+                         guild_id=self.layout.guild_id, index=chunk.index,
+                         start_ms=chunk.start_ms, end_ms=chunk.end_ms,
+                         raw_format=self.raw_format, gap=chunk.gap, tracks=tracks,
+                         opted_out=chunk.opted_out, consent_degraded=chunk.consent_degraded)
 
     def marker_spec(self, index: int, start_ms: int, end_ms: int, opted_out: list[OptOut],
                     consent_degraded: ConsentDegraded | None, gap: Gap | None = None
@@ -241,7 +248,7 @@ class Spool:
                 and len(directory.name) == 6 and directory.name.isdigit()):
             raise ValueError("not a chunk directory")
         try:
-            raw = (directory / SPEC_FILE).read_text()
+            raw = (directory / SPEC_FILE).read_bytes()
         except FileNotFoundError:
             raise ValueError(f"no {SPEC_FILE}: incomplete (the run ended while writing "
                              "it)") from None
@@ -269,15 +276,21 @@ class Spool:
                                  f"says {track.bytes} bytes, sha256 {track.sha256}")
             files[key] = str(path)
         return SpooledChunk(spec=spec, files=files, directory=str(directory),
-                            size=sum(t.bytes for t in spec.tracks))
+                            size=sum(t.bytes for t in spec.tracks) + len(raw))
 
 
-def write_spec(directory: Path, spec: ChunkSpec) -> None:
+def spec_json(spec: ChunkSpec) -> bytes:
+    """The content of a spooled chunk's spec file: the RecordingChunk spec's JSON."""
+    return json.dumps(spec.to_api(), separators=(",", ":")).encode()
+
+
+def write_spec(directory: Path, spec: ChunkSpec) -> int:
     """Write `spec` to `directory/chunk.json` atomically: a temporary file, fsynced, then
-    `os.replace`, then the directory fsynced. Raises OSError."""
+    `os.replace`, then the directory fsynced. Returns its size in bytes; raises OSError."""
+    data = spec_json(spec)
     tmp = directory / f"{SPEC_FILE}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(spec.to_api(), f)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, directory / SPEC_FILE)
@@ -286,6 +299,7 @@ def write_spec(directory: Path, spec: ChunkSpec) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return len(data)
 
 
 def file_digest(path: Path) -> tuple[int, str]:

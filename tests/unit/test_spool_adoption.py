@@ -53,10 +53,11 @@ def test_a_restarted_spool_adopts_complete_chunks_with_their_exact_specs(
     assert [a.spec for a in again.adopted] == [s.spec for s in spooled]
     assert [a.files for a in again.adopted] == [s.files for s in spooled]
     assert [a.size for a in again.adopted] == [s.size for s in spooled]
-    assert again.used == first.used == sum(s.size for s in spooled) > 0
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "s").rglob("*") if p.is_file())
+    assert again.used == first.used == sum(s.size for s in spooled) == on_disk > 0
     assert all(os.path.exists(p) for a in again.adopted for p in a.files.values())
-    on_disk = json.loads((Path(spooled[1].directory) / SPEC_FILE).read_text())
-    assert ChunkSpec.model_validate(on_disk) == spooled[1].spec
+    written = json.loads((Path(spooled[1].directory) / SPEC_FILE).read_text())
+    assert ChunkSpec.model_validate(written) == spooled[1].spec
     assert not list(Path(spooled[1].directory).glob("*.tmp"))
 
 
