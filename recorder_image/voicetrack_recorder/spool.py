@@ -65,6 +65,7 @@ SPOOL_DIR_ENV = "VOICETRACK_SPOOL_DIR"
 SPEC_FILE = "chunk.json"
 """The spooled chunk's ChunkSpec (camelCase JSON) in its directory, written last."""
 READ_BLOCK = 1 << 20
+"""Bytes read at a time when a file left by a previous run is checked against its spec."""
 PCM_FRAME_BYTES = FRAME_SAMPLES * PCM_BYTES_PER_SAMPLE
 """Bytes of one 20 ms slot of PCM s16le 48 kHz stereo: 3840."""
 

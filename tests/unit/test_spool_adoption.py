@@ -65,8 +65,8 @@ def test_incomplete_corrupt_and_foreign_chunks_are_removed_not_adopted(
         tmp_path: Path) -> None:
     """Chunk 1 truncated, chunk 2 one byte flipped (same size: only the sha256 tells),
     chunk 3 without its spec (the run ended while writing it), chunk 4 of a namesake
-    session (another meeting id) and a stray file: only chunk 0 is adopted, the rest is
-    removed, and `used` counts chunk 0 alone."""
+    session (another meeting id), chunk 5 with a spec that is not JSON and a stray file:
+    only chunk 0 is adopted, the rest is removed, and `used` counts chunk 0 alone."""
     root = tmp_path / "s"
     _, spooled = spool_with(root, 4)
     (path1,) = spooled[1].files.values()
@@ -82,6 +82,8 @@ def test_incomplete_corrupt_and_foreign_chunks_are_removed_not_adopted(
     namesake = Spool(tmp_path / "namesake", 1 << 30, other, SESSION)
     foreign = namesake.add(chunk_of(4, 50, sine_packet()))
     shutil.move(foreign.directory, root / "000004")
+    (root / "000005").mkdir()
+    (root / "000005" / SPEC_FILE).write_text('{"sessionName": "standup", "ind')  # not JSON
     (root / "stray.txt").write_text("x")
 
     again = Spool(root, 1 << 30, LAYOUT, SESSION)
