@@ -1,24 +1,25 @@
 """The recorder's capture loop: source → chunker → uploader, with pause, limits and stop.
 
 Session time starts at the session's `status.startedAt` (passed in by the operator), so a
-restarted recorder keeps the same timeline: it continues at the next chunk index and
-records the interval it missed as a gap with cause `recorder-restart`. A pause or the end
-of a run (SIGTERM too) ends the open chunk at its slot, sealed by the seal rule (`sealing`:
-frames a jitter buffer still holds make it in, none after that slot); on resume the next
-chunk carries a `paused` gap, which promotion cuts.
+restarted recorder keeps the same timeline: it uploads first what its previous run left in
+the spool (`ChunkUploader.adopt`), continues at the next chunk index and records the
+interval it missed (after the last chunk) as a gap with cause `recorder-restart`. A pause
+or the end of a run (SIGTERM too) ends the open chunk at its slot, sealed by the seal rule
+(`sealing`: frames a jitter buffer still holds make it in, none after that slot); on resume
+the next chunk carries a `paused` gap, which promotion cuts.
 
 Sealed chunks go to the spool on the pod's disk first (bounded: `voicetrack_recorder.
 spool`), and the upload task sends them in index order, retrying an S3 or API outage
-without a count limit while the session lives; in memory only their specs wait. A chunk
-the spool cannot take (full) is dropped and its window becomes the next chunk's
+without a count limit while the session lives; in memory only their specs wait. A chunk the
+spool cannot take (full) is dropped and its window becomes the next chunk's
 `connection-lost` gap (the index is reused, so indices stay consecutive). When the end is
 forced (SIGTERM: the pod is being deleted; or the session deleted), what cannot be uploaded
-within the grace period is given up the same way: one marker chunk without tracks (it needs
-no S3) carries the lost window as its `connection-lost` gap, so nothing disappears without
-a cause. A run that ends by itself (auto-stop, a limit) has no such deadline at first: it
-keeps uploading with the same backoff until the spool is empty, and arms the deadline
-when SIGTERM or the deletion comes meanwhile, or after DRAIN_MAX_S; an error end (the
-source or the uploads failed) arms it at once (before, an S3 outage at an
+within the grace period (re-adopted chunks too) is given up the same way: one marker chunk
+without tracks (it needs no S3) carries the lost window as its `connection-lost` gap, so
+nothing disappears without a cause. A run that ends by itself (auto-stop, a limit) has no
+such deadline at first: it keeps uploading with the same backoff until the spool is empty,
+and arms the deadline when SIGTERM or the deletion comes meanwhile, or after DRAIN_MAX_S;
+an error end (the source or the uploads failed) arms it at once (before, an S3 outage at an
 auto-stop lost the spooled audio after 20 s though nothing forced an end). The operator
 keeps the upload grant valid while the pod has not Succeeded.
 
@@ -42,7 +43,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from voicetrack.audio import FRAME_MS
-from voicetrack.chunkspec import ChunkSpec, Gap, OptOut
+from voicetrack.chunkspec import Gap, OptOut
 from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import meeting_id_for
@@ -151,15 +152,14 @@ class Recorder:
 
     def resume_point(self, existing_end_ms: int | None, paused: bool) -> None:
         """Open the first window now, after a gap since `existing_end_ms` (session ms, the
-        end of the session's last chunk) if any. An end ahead of the clock (clock skew
-        between the nodes of two runs) opens at that end, so windows never overlap (a
-        warning past 1 s). An end more than MAX_CLOCK_LEAD_MS ahead is a fault (a moved
-        `startedAt`, a node clock far off): InvalidInputError, the recorder exits 2 and the
-        session shows Failed with the reason, its chunks promoted as they are. Before, it
-        either opened the window there (every frame dropped as late until the clock got
-        there, an hour of nothing while the session showed Recording) or, briefly, now
-        (windows overlapping the last chunk's: a promotion refused for ever, second
-        review)."""
+        end of the session's last chunk, spooled or in the API) if any. An end ahead of the
+        clock (clock skew between the nodes of two runs) opens at that end, so windows never
+        overlap (a warning past 1 s). An end more than MAX_CLOCK_LEAD_MS ahead is a fault (a
+        moved `startedAt`, a node clock far off): InvalidInputError, the recorder exits 2,
+        the session shows Failed with the reason, its chunks promoted as they are. Before,
+        it opened the window there (every frame dropped as late: an hour of nothing while
+        the session showed Recording) or, briefly, now (windows overlapping the last
+        chunk's: a promotion refused for ever, second review)."""
         now = max(self.clock.now_slot(), 0)
         lead = (existing_end_ms or 0) - now * FRAME_MS
         if existing_end_ms is not None and lead > MAX_CLOCK_LEAD_MS:
@@ -182,20 +182,23 @@ class Recorder:
         self.chunker.open(now, gap)
 
     async def prepare(self) -> int:
-        """Continue after the session's existing chunks (a restart) or start fresh; opens
-        the first window unless paused. Returns the capture origin slot: the start of the
-        session's first chunk, which is t = 0 of the final recording."""
+        """Continue after the session's chunks and those a previous run left in the spool
+        (`ChunkUploader.adopt`: queued first) or start fresh; opens the first window unless
+        paused. Returns the capture origin slot: the start of the session's first chunk
+        (t = 0 of the final recording)."""
         existing = await retry_async(lambda: asyncio.to_thread(self.kube.list_chunks),
                                      "list RecordingChunks", self.stop)
-        if existing:
-            self.chunker.next_index = existing[-1].index + 1
-            self.consent.restore(existing[-1].opted_out)
+        self._pending.extend(await asyncio.to_thread(self.uploader.adopt, existing))
+        chunks = existing + [s.spec for s in self._pending]
+        if chunks:
+            self.chunker.next_index = chunks[-1].index + 1
+            self.consent.restore(chunks[-1].opted_out)
             # who has audio in the chunks so far: listed first when optedOut is full
-            self.consent.note_recorded(t.user_id for c in existing for t in c.tracks)
-            self._last = (existing[-1].end_ms, list(existing[-1].opted_out))
-        self.resume_point(existing[-1].end_ms if existing else None, bool(self.kube.paused))
-        if existing:
-            return existing[0].start_ms // FRAME_MS
+            self.consent.note_recorded(t.user_id for c in chunks for t in c.tracks)
+            self._last = (chunks[-1].end_ms, list(chunks[-1].opted_out))
+        self.resume_point(chunks[-1].end_ms if chunks else None, bool(self.kube.paused))
+        if chunks:
+            return chunks[0].start_ms // FRAME_MS
         if self.chunker.start_slot is not None:
             return self.chunker.start_slot
         return max(self.clock.now_slot(), 0)
@@ -376,15 +379,10 @@ class Recorder:
         log.error("chunks %s not uploaded: [%d, %d) ms lost (connection-lost)",
                   [s.index for s in left], start, end)
         marker_start = end - FRAME_MS
-        spec = ChunkSpec(
-            session_name=self.uploader.spool.session_name,
-            meeting_id=self.uploader.spool.layout.meeting_id,
-            guild_id=self.uploader.spool.layout.guild_id, index=index,
-            start_ms=marker_start, end_ms=end, raw_format=self.uploader.spool.raw_format,
-            gap=Gap(start_ms=start, end_ms=marker_start, cause="connection-lost")
-            if marker_start > start else None,
-            opted_out=self.consent.opted_out(),  # the last word on consent, like any chunk
-            consent_degraded=self.consent.degraded)
+        spec = self.uploader.spool.marker_spec(
+            index, marker_start, end, self.consent.opted_out(),  # the last word on consent
+            self.consent.degraded, Gap(start_ms=start, end_ms=marker_start,
+                                       cause="connection-lost") if marker_start > start else None)
         self.uploader.create_marker(spec, deadline)
         self._last = (end, list(spec.opted_out))
         self.uploader.write_ack_file()
@@ -402,12 +400,8 @@ class Recorder:
         if now == listed:
             return
         try:
-            spec = ChunkSpec(
-                session_name=self.uploader.spool.session_name,
-                meeting_id=self.uploader.spool.layout.meeting_id,
-                guild_id=self.uploader.spool.layout.guild_id, index=self.chunker.next_index,
-                start_ms=end, end_ms=end + FRAME_MS, raw_format=self.uploader.spool.raw_format,
-                opted_out=now, consent_degraded=self.consent.degraded)
+            spec = self.uploader.spool.marker_spec(self.chunker.next_index, end,
+                                                   end + FRAME_MS, now, self.consent.degraded)
         except ValidationError as err:  # e.g. the session's time limit reached
             log.error("consent marker after %d ms not written: %s", end, err)
             return

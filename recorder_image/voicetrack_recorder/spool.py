@@ -6,15 +6,33 @@ by packet into its file (3840 bytes at a time, never the whole 57.6 MB of a 300 
 speaker), and each file's sha256 is taken while it is written. The chunk's spec lives in
 memory in its `SpooledChunk` (a few hundred bytes); the audio never does.
 
-The spool holds at most `max_bytes` (env VOICETRACK_SPOOL_MAX_BYTES, default 1 GiB): a
-chunk that would pass it is refused with SpoolFull (and so is one the disk has no room
-for), and the recorder records the window it could not keep as a `connection-lost` gap.
-A chunk's files are removed only once its RecordingChunk exists (`remove`).
+The spec is also written next to the files, `<root>/<index:06d>/chunk.json` (the
+RecordingChunk spec's camelCase JSON), atomically (a temporary file, fsync, `os.replace`)
+and only after every track file is complete and fsynced: a directory with a spec holds a
+whole chunk. The emptyDir outlives the container (Kubernetes keeps it for the pod's life;
+so does the local node agent, `voicetrack_local.nodeagent`), so a restarted recorder
+(a crash, an OOM kill, a failed liveness probe) finds what its previous run sealed but did
+not upload, e.g. during an S3 or API server outage. `Spool` re-adopts those chunks
+(`adopted`, in index order): a directory without a spec (the run ended while writing it),
+a file whose size or sha256 differs from the spec, or a spec of another session or meeting
+(a namesake session with another uid) is removed with a warning, never uploaded.
+`ChunkUploader.adopt` then queues the adopted chunks that follow the session's
+RecordingChunks for upload before any new chunk; the recorder's restart gap starts where
+the last of them ends. Before, the spool was deleted at start and those chunks became part
+of the `recorder-restart` gap, although their files were on disk.
+
+The spool holds at most `max_bytes` (env VOICETRACK_SPOOL_MAX_BYTES, default 1 GiB; spec
+files included): a chunk that would pass it is refused with SpoolFull (and so is one the
+disk has no room for), and the recorder records the window it could not keep as a
+`connection-lost` gap. Adopted chunks count in `used` (a bound lowered since refuses new
+chunks until they are uploaded; the adopted ones are kept). A chunk's files are removed
+only once its RecordingChunk exists or it is given up (`remove`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -24,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from discord import opus
+from pydantic import ValidationError
 
 from voicetrack.audio import (
     FRAME_SAMPLES,
@@ -32,7 +51,7 @@ from voicetrack.audio import (
     RAW_FORMAT_PCM,
     opus_channels,
 )
-from voicetrack.chunkspec import ChunkSpec, ChunkTrack
+from voicetrack.chunkspec import ChunkSpec, ChunkTrack, ConsentDegraded, Gap, OptOut
 from voicetrack.layout import MeetingLayout
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import RawFormat
@@ -43,6 +62,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 1 << 30
 SPOOL_MAX_ENV = "VOICETRACK_SPOOL_MAX_BYTES"
 SPOOL_DIR_ENV = "VOICETRACK_SPOOL_DIR"
+SPEC_FILE = "chunk.json"
+"""The spooled chunk's ChunkSpec (camelCase JSON) in its directory, written last."""
+READ_BLOCK = 1 << 20
+"""Bytes read at a time when a file left by a previous run is checked against its spec."""
 PCM_FRAME_BYTES = FRAME_SAMPLES * PCM_BYTES_PER_SAMPLE
 """Bytes of one 20 ms slot of PCM s16le 48 kHz stereo: 3840."""
 
@@ -54,7 +77,8 @@ class SpoolFull(Exception):
 @dataclass(frozen=True)
 class SpooledChunk:
     """A sealed chunk on disk: its RecordingChunk spec, and the local file of each raw
-    object key (`files`: key → path). `size` is the files' total, in bytes."""
+    object key (`files`: key → path). `size` is the files' total, in bytes, its spec file
+    included."""
 
     spec: ChunkSpec
     files: dict[str, str]
@@ -83,7 +107,10 @@ class Spool:
     """Sealed chunks of one session under `root`, at most `max_bytes` in all.
 
     Encoding state (one continuous libopus decoder per speaker for PCM, so the PCM has no
-    restart click at chunk boundaries) lives here: chunks must be added in index order."""
+    restart click at chunk boundaries) lives here: chunks must be added in index order.
+    `adopted`: the complete chunks of this session and meeting a previous run left under
+    `root` (index order), verified against their specs; everything else found there is
+    removed at construction."""
 
     def __init__(self, root: Path, max_bytes: int, layout: MeetingLayout, session_name: str,
                  raw_format: RawFormat = "ogg-opus") -> None:
@@ -94,25 +121,28 @@ class Spool:
         self.layout = layout
         self.session_name = session_name
         self.raw_format = raw_format
-        self.used = 0
         self._decoders: dict[str, opus.Decoder] = {}
-        if root.exists():  # a restarted container: those chunks are the restart gap now
-            log.warning("spool %s: discarding what a previous run left", root)
-            shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
+        self.adopted: list[SpooledChunk] = self._adopt()
+        self.used = sum(s.size for s in self.adopted)
 
     def estimate(self, chunk: SealedChunk) -> int:
         """Bytes `chunk` will take on disk: exact for PCM; for Ogg Opus its packets plus
-        page overhead (27 + 255 bytes a page, at most 255 packets a page) and headers."""
+        page overhead (27 + 255 bytes a page, at most 255 packets a page) and headers; plus
+        its spec file (written with the largest byte count a track can have)."""
         if self.raw_format == RAW_FORMAT_PCM:
-            return sum(len(t.packets) for t in chunk.tracks) * PCM_FRAME_BYTES
-        return sum(sum(len(p) + 1 for p in t.packets) + 282 * (len(t.packets) // 255 + 1)
-                   + 1024 for t in chunk.tracks)
+            audio = sum(len(t.packets) for t in chunk.tracks) * PCM_FRAME_BYTES
+        else:
+            audio = sum(sum(len(p) + 1 for p in t.packets) + 282 * (len(t.packets) // 255 + 1)
+                        + 1024 for t in chunk.tracks)
+        widest = [(10**15, "0" * 64)] * len(chunk.tracks)
+        return audio + len(spec_json(self._spec(chunk, widest)))
 
     def add(self, chunk: SealedChunk) -> SpooledChunk:
-        """Write `chunk`'s raw tracks to disk and return its spooled record. Raises
-        SpoolFull (nothing written) when it would take the spool over `max_bytes` or the
-        disk is full; OSError for another disk failure."""
+        """Write `chunk`'s raw tracks to disk, then its spec (`chunk.json`), and return its
+        spooled record. Raises SpoolFull (nothing written) when it would take the spool
+        over `max_bytes` or the disk is full; OSError for another disk failure; pydantic's
+        ValidationError for a chunk the ChunkSpec model refuses (nothing written)."""
         need = self.estimate(chunk)
         if self.used + need > self.max_bytes:
             raise SpoolFull(f"chunk {chunk.index} needs {need} bytes; the spool holds "
@@ -120,33 +150,49 @@ class Spool:
         directory = self.root / f"{chunk.index:06d}"
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir()
-        files: dict[str, str] = {}
-        tracks: list[ChunkTrack] = []
         try:
-            for track in chunk.tracks:
-                key = self.layout.raw_key(chunk.index, track.user_id, self.raw_format)
-                path = directory / key.rsplit("/", 1)[-1]
-                size, digest = self._write_track(path, track.user_id, chunk.index,
-                                                 track.packets)
-                files[key] = str(path)
-                tracks.append(ChunkTrack(user_id=track.user_id, key=key, frames=track.frames,
-                                         first_ms=track.first_ms, last_ms=track.last_ms,
-                                         bytes=size, sha256=digest,
-                                         channels=opus_channels(track.packets)))
-        except OSError as err:
+            written = []
+            for t in chunk.tracks:
+                name = self._key(chunk.index, t.user_id).rsplit("/", 1)[-1]
+                written.append(self._write_track(directory / name, t.user_id, chunk.index,
+                                                 t.packets))
+            spec = self._spec(chunk, written)
+            spec_bytes = write_spec(directory, spec)  # last: it vouches for complete files
+        except BaseException as err:
             shutil.rmtree(directory, ignore_errors=True)
-            if err.errno == 28:  # ENOSPC
+            if isinstance(err, OSError) and err.errno == 28:  # ENOSPC
                 raise SpoolFull(f"chunk {chunk.index}: the disk is full ({err})") from err
             raise
-        size = sum(t.bytes for t in tracks)
+        files = {t.key: str(directory / t.key.rsplit("/", 1)[-1]) for t in spec.tracks}
+        size = sum(t.bytes for t in spec.tracks) + spec_bytes
         self.used += size
-        spec = ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
+        return SpooledChunk(spec=spec, files=files, directory=str(directory), size=size)
+
+    def _key(self, index: int, user_id: str) -> str:
+        return self.layout.raw_key(index, user_id, self.raw_format)
+
+    def _spec(self, chunk: SealedChunk, written: list[tuple[int, str]]) -> ChunkSpec:
+        """`chunk`'s ChunkSpec, each track's (bytes, sha256 hex) from `written`."""
+        tracks = [ChunkTrack(user_id=t.user_id, key=self._key(chunk.index, t.user_id),
+                             frames=t.frames, first_ms=t.first_ms, last_ms=t.last_ms,
+                             bytes=size, sha256=digest, channels=opus_channels(t.packets))
+                  for t, (size, digest) in zip(chunk.tracks, written, strict=True)]
+        return ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
                          guild_id=self.layout.guild_id, index=chunk.index,
                          start_ms=chunk.start_ms, end_ms=chunk.end_ms,
                          raw_format=self.raw_format, gap=chunk.gap, tracks=tracks,
-                         opted_out=chunk.opted_out,
-                         consent_degraded=chunk.consent_degraded)
-        return SpooledChunk(spec=spec, files=files, directory=str(directory), size=size)
+                         opted_out=chunk.opted_out, consent_degraded=chunk.consent_degraded)
+
+    def marker_spec(self, index: int, start_ms: int, end_ms: int, opted_out: list[OptOut],
+                    consent_degraded: ConsentDegraded | None, gap: Gap | None = None
+                    ) -> ChunkSpec:
+        """The spec of a marker chunk of this session and meeting: no tracks (it needs no
+        S3), window `[start_ms, end_ms)` session ms. Raises pydantic's ValidationError for a
+        window the model refuses (e.g. past the session's time limit)."""
+        return ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
+                         guild_id=self.layout.guild_id, index=index, start_ms=start_ms,
+                         end_ms=end_ms, raw_format=self.raw_format, gap=gap,
+                         opted_out=opted_out, consent_degraded=consent_degraded)
 
     def remove(self, spooled: SpooledChunk) -> None:
         """Delete `spooled`'s files (its RecordingChunk exists, or it is given up)."""
@@ -171,4 +217,98 @@ class Spool:
                     f.write(pcm)
                     digest.update(pcm)
                     size += len(pcm)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the spec that vouches for it
         return size, digest.hexdigest()
+
+    def _adopt(self) -> list[SpooledChunk]:
+        """The complete chunks of this session and meeting under `root`, in index order;
+        every other entry there is removed (logged as a warning)."""
+        adopted: list[SpooledChunk] = []
+        for entry in sorted(self.root.iterdir()):
+            try:
+                found = self._verify(entry)
+            except (OSError, ValueError) as err:  # ValidationError is a ValueError
+                log.warning("spool %s: discarding %s left by a previous run: %s", self.root,
+                            entry.name, err)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                continue
+            log.info("spool %s: adopting chunk %d [%d, %d) ms, %d bytes, left by a previous "
+                     "run", self.root, found.index, found.spec.start_ms, found.spec.end_ms,
+                     found.size)
+            adopted.append(found)
+        return adopted
+
+    def _verify(self, directory: Path) -> SpooledChunk:
+        """`directory` as a spooled chunk of this session and meeting whose files match
+        its spec (size and sha256). Raises ValueError (why not) or OSError."""
+        if not (directory.is_dir() and not directory.is_symlink()
+                and len(directory.name) == 6 and directory.name.isdigit()):
+            raise ValueError("not a chunk directory")
+        try:
+            raw = (directory / SPEC_FILE).read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"no {SPEC_FILE}: incomplete (the run ended while writing "
+                             "it)") from None
+        try:
+            spec = ChunkSpec.model_validate(json.loads(raw))
+        except ValidationError as err:
+            raise ValueError(f"{SPEC_FILE} is not a chunk spec: "
+                             f"{err.errors()[0]['msg']}") from None
+        mine = (self.session_name, self.layout.meeting_id, self.layout.guild_id,
+                self.raw_format, int(directory.name))
+        theirs = (spec.session_name, spec.meeting_id, spec.guild_id, spec.raw_format,
+                  spec.index)
+        if theirs != mine:
+            raise ValueError(f"its spec (session, meeting, guild, raw format, index) is "
+                             f"{theirs}, not this run's {mine}")
+        files: dict[str, str] = {}
+        for track in spec.tracks:
+            key = self.layout.raw_key(spec.index, track.user_id, self.raw_format)
+            if track.key != key:
+                raise ValueError(f"track key {track.key!r} is not this layout's {key!r}")
+            path = directory / key.rsplit("/", 1)[-1]
+            size, digest = file_digest(path)
+            if (size, digest) != (track.bytes, track.sha256):
+                raise ValueError(f"{path.name}: {size} bytes, sha256 {digest}; its spec "
+                                 f"says {track.bytes} bytes, sha256 {track.sha256}")
+            files[key] = str(path)
+        return SpooledChunk(spec=spec, files=files, directory=str(directory),
+                            size=sum(t.bytes for t in spec.tracks) + len(raw))
+
+
+def spec_json(spec: ChunkSpec) -> bytes:
+    """The content of a spooled chunk's spec file: the RecordingChunk spec's JSON."""
+    return json.dumps(spec.to_api(), separators=(",", ":")).encode()
+
+
+def write_spec(directory: Path, spec: ChunkSpec) -> int:
+    """Write `spec` to `directory/chunk.json` atomically: a temporary file, fsynced, then
+    `os.replace`, then the directory fsynced. Returns its size in bytes; raises OSError."""
+    data = spec_json(spec)
+    tmp = directory / f"{SPEC_FILE}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / SPEC_FILE)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(data)
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256 hex) of the file at `path`, read 1 MiB at a time. Raises OSError."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(READ_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()

@@ -8,6 +8,15 @@ with capped backoff and no count limit until the caller's deadline (so is an upl
 S3 refuses while a newer one is awaited: `grant.GrantAwaited`); a permanent storage
 failure (`faults.permanent_cause`) is raised as InvalidInputError.
 
+A restarted recorder's spool holds what its previous run sealed but did not acknowledge
+(`Spool.adopted`). `adopt` reconciles it with the session's RecordingChunks: a chunk whose
+RecordingChunk exists with the same spec (the run ended between the create and the files'
+removal) is done (its files removed, its index acknowledged once), and the chunks that
+follow the last RecordingChunk in index and time are queued, in index order, before any
+new chunk; the rest is removed with a warning. A 409 on an upload is idempotent the same
+way: the existing chunk with our spec counts as created (`RecorderKube.check_existing`),
+and an index is acknowledged once.
+
 Every acknowledged index is kept (`UploadStats.acked`) and written as JSON to the ack file
 after each acknowledgement ($VOICETRACK_ACK_FILE, default `$TMPDIR/voicetrack-acked.json`),
 so a test can compare sent with received. A restarted recorder in the same pod (the
@@ -121,6 +130,45 @@ class ChunkUploader:
         """Encode `chunk` into the spool (chunks in index order). Raises SpoolFull."""
         return self.spool.add(chunk)
 
+    def adopt(self, existing: list[ChunkSpec]) -> list[SpooledChunk]:
+        """The spool's adopted chunks (`Spool.adopted`, taken once) to upload before any
+        new chunk, given the session's RecordingChunks `existing` (index order): those
+        that continue it, i.e. each has the next index and starts (or its gap starts)
+        where the previous one ends; the first also continues `existing`'s last chunk
+        (with none, it is index 0). An adopted chunk whose RecordingChunk exists with the
+        same spec is done: its files are removed and its index acknowledged (once). Every
+        other one (the API holds another spec under its index, or it does not follow: a
+        chunk before it was incomplete or corrupt) is removed with a warning; its window
+        falls in the recorder's restart gap."""
+        adopted, self.spool.adopted = self.spool.adopted, []
+        by_index = {c.index: c for c in existing}
+        last_index = existing[-1].index if existing else -1
+        last_end = existing[-1].end_ms if existing else None
+        queue: list[SpooledChunk] = []
+        for spooled in adopted:
+            spec = spooled.spec
+            start = spec.gap.start_ms if spec.gap is not None else spec.start_ms
+            if by_index.get(spec.index) == spec:
+                log.info("chunk %d: its RecordingChunk exists already; spool files removed",
+                         spec.index)
+                self.spool.remove(spooled)
+                if spec.index not in self.stats.acked:
+                    self.stats.acked.append(spec.index)
+                    self.write_ack_file()
+            elif spec.index == last_index + 1 and last_end in (None, start):
+                queue.append(spooled)
+                last_index, last_end = spec.index, spec.end_ms
+            else:
+                log.warning("chunk %d [%d, %d) ms left in the spool does not follow chunk %d "
+                            "ending at %s ms (or the API holds another chunk %d): discarded",
+                            spec.index, start, spec.end_ms, last_index, last_end, spec.index)
+                self.spool.remove(spooled)
+        if queue:
+            log.warning("re-adopted %d chunk(s) %s a previous run spooled but did not "
+                        "upload; uploading them first", len(queue),
+                        index_ranges([s.index for s in queue]))
+        return queue
+
     def upload(self, spooled: SpooledChunk,
                deadline: Callable[[], float | None] = lambda: None) -> ChunkSpec:
         """Write the chunk's raw objects then its RecordingChunk, retrying TemporaryFailure
@@ -182,7 +230,8 @@ class ChunkUploader:
     def _acknowledge(self, spec: ChunkSpec) -> None:
         self.stats.chunks += 1
         self.stats.bytes += sum(t.bytes for t in spec.tracks)
-        self.stats.acked.append(spec.index)
+        if spec.index not in self.stats.acked:  # a 409 on a chunk an earlier run made
+            self.stats.acked.append(spec.index)
         self.write_ack_file()
 
     def write_ack_file(self) -> None:

@@ -6,18 +6,22 @@ promoted."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from tests.discord_rig import VirtualTime
 from tests.unit.test_chunker_consent import CHANNEL, GUILD
+from tests.unit.test_recorder_spool import LAYOUT, unreachable
 from voicetrack.chunkspec import ChunkSpec, OptOut
+from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import Recorder
+from voicetrack_recorder.spool import Spool
+from voicetrack_recorder.uploader import ChunkUploader
 
 pytestmark = pytest.mark.unit
 
@@ -26,12 +30,22 @@ LATE = "990000000000000071"
 """Sorts after every other opted-out member: listed only as one with audio."""
 
 
-async def test_prepare_restores_the_last_chunks_opt_outs() -> None:
+def empty_uploader(kube: RecorderKube, tmp_path: Path) -> ChunkUploader:
+    """An uploader with an empty spool (`prepare` asks it for the chunks a previous run
+    left there: none); its object store points at a port nothing listens on."""
+    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
+                                   secret_key="b"))
+    return ChunkUploader(store, kube, Spool(tmp_path / "s", 1 << 20, LAYOUT, "standup"),
+                         "uid-1", str(tmp_path / "acks.json"))
+
+
+async def test_prepare_restores_the_last_chunks_opt_outs(tmp_path: Path) -> None:
     time = VirtualTime()
     time.now = 1_800_000_000.0
     spec = SessionSpec(guild_id=GUILD, channel_id=CHANNEL, chunk_seconds=5,
                        opt_out_role_ids=["900000000000000001"])
-    rec = Recorder(RecorderKube(client.ApiClient(), "ns", "standup"), cast(Any, None), spec,
+    kube = RecorderKube(client.ApiClient(), "ns", "standup")
+    rec = Recorder(kube, empty_uploader(kube, tmp_path), spec,
                    SessionClock(int(time.now * 1000) - 21_000, time_fn=time))
     last = ChunkSpec(session_name="standup", meeting_id="abcdef0123456789", guild_id=GUILD,
                      index=3, start_ms=15_000, end_ms=20_000,
@@ -45,7 +59,8 @@ async def test_prepare_restores_the_last_chunks_opt_outs() -> None:
         (A, 12_000, "role")]
 
 
-async def test_prepare_counts_who_spoke_before_the_restart_as_recorded() -> None:
+async def test_prepare_counts_who_spoke_before_the_restart_as_recorded(
+        tmp_path: Path) -> None:
     """With more opted-out members than `optedOut` holds, those with audio come first
     (`Consent.opted_out`). A member who spoke before the restart and opts out after it
     has audio in an earlier chunk: `prepare` notes it from the existing chunks' tracks.
@@ -58,7 +73,8 @@ async def test_prepare_counts_who_spoke_before_the_restart_as_recorded() -> None
     time.now = 1_800_000_000.0
     many = [f"5{i:017d}" for i in range(MAX_TRACKS + 20)]
     spec = SessionSpec(guild_id=GUILD, channel_id=CHANNEL, chunk_seconds=5)
-    rec = Recorder(RecorderKube(client.ApiClient(), "ns", "standup"), cast(Any, None), spec,
+    kube = RecorderKube(client.ApiClient(), "ns", "standup")
+    rec = Recorder(kube, empty_uploader(kube, tmp_path), spec,
                    SessionClock(int(time.now * 1000) - 21_000, time_fn=time))
     spoke = ChunkSpec(session_name="standup", meeting_id="abcdef0123456789", guild_id=GUILD,
                       index=0, start_ms=0, end_ms=5_000, tracks=[ChunkTrack(

@@ -71,7 +71,9 @@ def test_a_300_s_pcm_chunk_is_streamed_to_disk_not_held_in_memory(tmp_path: Path
     assert peak < 2 << 20, f"peak {peak / 2**20:.1f} MiB"
     (track,) = spooled.spec.tracks
     path = spooled.files[track.key]
-    assert os.path.getsize(path) == track.bytes == 60 * 50 * PCM_FRAME_BYTES == spool.used
+    assert os.path.getsize(path) == track.bytes == 60 * 50 * PCM_FRAME_BYTES
+    spec_file = Path(spooled.directory) / "chunk.json"  # counted too (the restart's record)
+    assert spool.used == spooled.size == track.bytes + spec_file.stat().st_size
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     assert digest == track.sha256
     assert track.key == LAYOUT.raw_key(0, "200000000000000001", "pcm-s16le")
