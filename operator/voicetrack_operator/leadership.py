@@ -29,9 +29,9 @@ until the junior sees that keep-alive (a PATCH, a watch event, and the junior's 
 handler calls finishing: kopf does not cancel them). Nothing in kopf tells the resumed one
 it was not in control. `Leadership` tells it: while active, its own record must stay live
 without a gap, read after read (`record_lapsed`); when it lapsed, this replica steps down
-(`while_active` cancels its workers) and acts again only once its record is live again, as
-a new turn (so `Context.turned_active` runs: the SQL mirror audit is redone, which finds
-rows the other replica left behind).
+(`while_active` cancels its workers) and acts again only once its record is live again
+(and `SETTLE_S` more, for the junior to stop), as a new turn (so `Context.turned_active`
+runs: the SQL mirror audit is redone, which finds rows the other replica left behind).
 
 Without `VOICETRACK_PEERING` the operator is standalone (one replica, always active).
 """
@@ -63,6 +63,9 @@ POLL_S = 1.0
 LAPSE_MARGIN_S = 0.5
 """A record this close to its end counts as ended (`record_lapsed`): the clock skew between
 replicas allowed for (a peer judges our record by its own clock)."""
+SETTLE_S = 2 * POLL_S
+"""After a lapse, this replica acts again only this long after its first keep-alive that is
+live again: its peers, reading every `POLL_S`, have seen it and stopped their workers."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,8 @@ class Leadership:
         """Our record (lastseen, end) at the last read."""
         self._lapsed = False
         """Stepped down after a lapse: passive until our record is live again."""
+        self._revived: datetime | None = None
+        """After a lapse: the lastseen of our first record live again."""
 
     @property
     def active(self) -> bool:
@@ -231,8 +236,9 @@ class Leadership:
         record since the last read (`record_lapsed`) steps down: another replica may have
         acted meanwhile (it saw us dead), and kopf does not pause us for it, so the next
         turn must be a new one (`while_active` restarts the workers; the mirror audit is
-        redone). After a lapse we stay passive until our record is live again: our peers
-        see us again from then on, and act no longer (they pause on that keep-alive)."""
+        redone). After a lapse we stay passive until our record is live again, and
+        `SETTLE_S` more: our peers see us again from then on, and act no longer (kopf
+        pauses them on that keep-alive; their `Leadership` within `POLL_S`)."""
         own = own_record(status, self.config.identity, now)
         before, self._own = self._own, own
         if self.active and before is not None and record_lapsed(before, own, now):
@@ -246,8 +252,12 @@ class Leadership:
             return
         if self._lapsed:
             if own is None or now >= own[1] - timedelta(seconds=LAPSE_MARGIN_S):
+                self._revived = None
                 return  # our peers still see us dead: not ours to act
-            self._lapsed = False
+            self._revived = self._revived or own[0]
+            if now - self._revived < timedelta(seconds=SETTLE_S):
+                return  # our peers may not have seen us yet
+            self._lapsed, self._revived = False, None
         self.set_active(is_active(status, self.config.identity, self.config.priority, now))
 
     async def while_active(self, what: str, work: Callable[[], Awaitable[None]]) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from voicetrack_operator.leadership import (
     DEFAULT_LIFETIME_S,
+    SETTLE_S,
     Leadership,
     PeeringConfig,
     is_active,
@@ -146,6 +147,13 @@ def test_observe_steps_down_on_a_lapse_and_comes_back_as_a_new_turn() -> None:
     lead.observe({"b": {**b, "lastseen": t.isoformat()}}, t)
     assert not lead.active  # still dead to our peers: passive, though kopf's rule says act
     t += timedelta(seconds=1)
+    revived = t
+    lead.observe({"me": mine(0, t), "b": {**b, "lastseen": t.isoformat()}}, t)
+    assert not lead.active  # live again: the other replica stops first (SETTLE_S)
+    t += timedelta(seconds=SETTLE_S - 0.1)
+    lead.observe({"me": mine(1, t), "b": {**b, "lastseen": t.isoformat()}}, t)
+    assert not lead.active
+    t = revived + timedelta(seconds=SETTLE_S)
     lead.observe({"me": mine(0, t), "b": {**b, "lastseen": t.isoformat()}}, t)
     assert lead.active and (lead.changes, lead.lapses) == (3, 1)  # a new turn
 
