@@ -166,7 +166,10 @@ class Context:
     def turned_active(self) -> None:
         """Forget, on each turn to active, which sessions' SQL mirrors were audited (a
         replica killed between a chunk's status patch and its row leaves that row behind)
-        and the throttle clocks of the last turn (stale: another replica acted since)."""
+        and the throttle clocks of the last turn (stale: another replica acted since).
+        A replica whose peering record lapsed while it acted (it stalled past its lifetime,
+        so another one may have acted) comes back as a new turn too
+        (`Leadership.observe`)."""
         self.audited.clear()
         self.progress_patched.clear()
         self.meeting_checked.clear()

@@ -20,6 +20,19 @@ outside kopf's handlers (heartbeat row, orphan sweep, webhook delivery). `Leader
 reads the same peering object and applies kopf's rule (`is_active`), and
 `Leadership.while_active` runs such a worker only while this replica acts.
 
+A replica that stops for longer than its record lives (event loop blocked, SIGSTOP, a long
+GC pause, cut off from the API server) is dead to its peers meanwhile: a junior one resumes
+and acts, and kopf's autoclean deletes the stalled one's record. When the stalled one comes
+back, kopf's rule (which looks only at *other* peers) still finds it the senior, so it
+never pauses; its first keep-alive makes the junior pause instead. Both act from the resume
+until the junior sees that keep-alive (a PATCH, a watch event, and the junior's in-flight
+handler calls finishing: kopf does not cancel them). Nothing in kopf tells the resumed one
+it was not in control. `Leadership` tells it: while active, its own record must stay live
+without a gap, read after read (`record_lapsed`); when it lapsed, this replica steps down
+(`while_active` cancels its workers) and acts again only once its record is live again
+(and `SETTLE_S` more, for the junior to stop), as a new turn (so `Context.turned_active`
+runs: the SQL mirror audit is redone, which finds rows the other replica left behind).
+
 Without `VOICETRACK_PEERING` the operator is standalone (one replica, always active).
 """
 
@@ -47,6 +60,12 @@ DEFAULT_LIFETIME_S = 10
 resumes then (measured by tests/disruptive/test_operator_ha.py)."""
 POLL_S = 1.0
 """How often `Leadership.watch` reads the peering object (one GET per replica)."""
+LAPSE_MARGIN_S = 0.5
+"""A record this close to its end counts as ended (`record_lapsed`): the clock skew between
+replicas allowed for (a peer judges our record by its own clock)."""
+SETTLE_S = 2 * POLL_S
+"""After a lapse, this replica acts again only this long after its first keep-alive that is
+live again: its peers, reading every `POLL_S`, have seen it and stopped their workers."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,40 @@ def is_active(status: Mapping[str, Any], identity: str, priority: int,
     return True
 
 
+def own_record(status: Mapping[str, Any], identity: str,
+               now: datetime) -> tuple[datetime, datetime] | None:
+    """This replica's record in the peering `status` as its peers read it: (lastseen, end =
+    lastseen + lifetime), as in kopf's `Peer` (no lastseen: `now`; no lifetime: 60 s).
+    None when it has none (never written yet, deleted by a peer's autoclean once it was
+    dead, or written with lifetime 0 on exit)."""
+    info = status.get(identity)
+    if not isinstance(info, Mapping):
+        return None
+    seen = info.get("lastseen")
+    lastseen = datetime.fromisoformat(seen) if seen else now
+    lifetime = int(info.get("lifetime", 60))
+    if lifetime <= 0:
+        return None
+    return lastseen, lastseen + timedelta(seconds=lifetime)
+
+
+def record_lapsed(before: tuple[datetime, datetime], after: tuple[datetime, datetime] | None,
+                  now: datetime, margin_s: float = LAPSE_MARGIN_S) -> bool:
+    """Whether this replica's peering record may have been dead to its peers at some time
+    between two reads: `before` (lastseen, end) from the earlier read, `after` from the
+    read that returned at wall time `now`.
+
+    Live throughout when the record is still there, every keep-alive in between was written
+    before the one before it ended (the latest, `after`'s lastseen, is no later than
+    `before`'s end: keep-alives written in between lie between the two) and the latest has
+    not ended by `now`; each end taken `margin_s` early for clock skew. Our own keep-alives
+    are stamped with our own clock, so this needs no clock shared with the API server."""
+    if after is None:
+        return True
+    margin = timedelta(seconds=margin_s)
+    return after[0] > before[1] - margin or now >= after[1] - margin
+
+
 class Leadership:
     """Whether this replica acts, kept current by `watch`; `while_active` gates workers.
 
@@ -130,6 +183,14 @@ class Leadership:
             self._active.set()
         self.changes = 0
         """How often the state flipped (for logs and tests)."""
+        self.lapses = 0
+        """How often this replica's record lapsed while it acted (for logs and tests)."""
+        self._own: tuple[datetime, datetime] | None = None
+        """Our record (lastseen, end) at the last read."""
+        self._lapsed = False
+        """Stepped down after a lapse: passive until our record is live again."""
+        self._revived: datetime | None = None
+        """After a lapse: the lastseen of our first record live again."""
 
     @property
     def active(self) -> bool:
@@ -158,8 +219,7 @@ class Leadership:
                 body = cast(dict[str, Any], await asyncio.to_thread(
                     objects.get_cluster_custom_object, PEERING_GROUP, PEERING_VERSION,
                     PEERING_PLURAL, self.config.name, _request_timeout=5))
-                self.set_active(is_active(body.get("status") or {}, self.config.identity,
-                                          self.config.priority, datetime.now(UTC)))
+                self.observe(body.get("status") or {}, datetime.now(UTC))
                 last_error = ""
             except Exception as err:  # API, network, urllib3: keep the last answer
                 text = f"{type(err).__name__}: {getattr(err, 'reason', None) or err}"
@@ -168,6 +228,37 @@ class Leadership:
                                 text)
                 last_error = text
             await asyncio.sleep(poll_s)
+
+    def observe(self, status: Mapping[str, Any], now: datetime) -> None:
+        """Apply one read of the peering object's `status`, returned at wall time `now`.
+
+        Passive -> active by kopf's rule (`is_active`). While active, a lapse of our own
+        record since the last read (`record_lapsed`) steps down: another replica may have
+        acted meanwhile (it saw us dead), and kopf does not pause us for it, so the next
+        turn must be a new one (`while_active` restarts the workers; the mirror audit is
+        redone). After a lapse we stay passive until our record is live again, and
+        `SETTLE_S` more: our peers see us again from then on, and act no longer (kopf
+        pauses them on that keep-alive; their `Leadership` within `POLL_S`)."""
+        own = own_record(status, self.config.identity, now)
+        before, self._own = self._own, own
+        if self.active and before is not None and record_lapsed(before, own, now):
+            self.lapses += 1
+            self._lapsed = True
+            log.warning("this replica's peering record lapsed (%s, read at %s): others may "
+                        "have acted meanwhile; stepping down for a new turn",
+                        "gone" if own is None else f"seen {own[0].isoformat()}",
+                        now.isoformat())
+            self.set_active(False)
+            return
+        if self._lapsed:
+            if own is None or now >= own[1] - timedelta(seconds=LAPSE_MARGIN_S):
+                self._revived = None
+                return  # our peers still see us dead: not ours to act
+            self._revived = self._revived or own[0]
+            if now - self._revived < timedelta(seconds=SETTLE_S):
+                return  # our peers may not have seen us yet
+            self._lapsed, self._revived = False, None
+        self.set_active(is_active(status, self.config.identity, self.config.priority, now))
 
     async def while_active(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work()` while this replica is active: start it on becoming active, cancel

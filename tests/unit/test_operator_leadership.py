@@ -10,9 +10,12 @@ import pytest
 
 from voicetrack_operator.leadership import (
     DEFAULT_LIFETIME_S,
+    SETTLE_S,
     Leadership,
     PeeringConfig,
     is_active,
+    own_record,
+    record_lapsed,
     seniority_priority,
 )
 
@@ -95,3 +98,68 @@ async def test_while_active_runs_the_worker_only_while_active() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def mine(seen_s_ago: float, at: datetime = NOW, lifetime: int = 10) -> dict[str, object]:
+    return {"priority": 9, "lifetime": lifetime,
+            "lastseen": (at - timedelta(seconds=seen_s_ago)).isoformat()}
+
+
+def test_own_record_as_peers_read_it() -> None:
+    assert own_record({"me": mine(4)}, "me", NOW) == (
+        NOW - timedelta(seconds=4), NOW + timedelta(seconds=6))
+    assert own_record({}, "me", NOW) is None  # cleaned by a peer
+    assert own_record({"me": None}, "me", NOW) is None
+    assert own_record({"me": mine(0, lifetime=0)}, "me", NOW) is None  # kopf's exit
+
+
+def test_record_lapsed_only_when_a_peer_could_have_seen_it_dead() -> None:
+    before = (NOW - timedelta(seconds=5), NOW + timedelta(seconds=5))
+
+    def later(s: float) -> datetime:
+        return NOW + timedelta(seconds=s)
+
+    # keep-alives in time: the same record still live, or a newer one written before it ended
+    assert not record_lapsed(before, before, later(1))
+    assert not record_lapsed(before, (later(4), later(14)), later(5))
+    # the record ended before the next keep-alive was written (a stall, a partition)
+    assert record_lapsed(before, (later(6), later(16)), later(6.1))
+    assert record_lapsed(before, before, later(5))  # nothing written since: dead now
+    assert record_lapsed(before, None, later(1))  # a peer's autoclean deleted it
+    # the margin for clock skew: ends taken 0.5 s early
+    assert record_lapsed(before, (later(4.6), later(14.6)), later(5))
+    assert record_lapsed(before, before, later(4.6))
+
+
+def test_observe_steps_down_on_a_lapse_and_comes_back_as_a_new_turn() -> None:
+    lead = Leadership(PeeringConfig("vt", "me", 9, 10))
+    b = {"priority": 5, "lifetime": 10}
+    lead.observe({"me": mine(1), "b": {**b, "lastseen": NOW.isoformat()}}, NOW)
+    assert lead.active and lead.changes == 1
+    t = NOW + timedelta(seconds=1)
+    lead.observe({"me": mine(0, t)}, t)  # keep-alive in time: the same turn
+    assert lead.active and (lead.changes, lead.lapses) == (1, 0)
+    # the loop stalled 15 s; a peer acted and deleted our dead record meanwhile
+    t += timedelta(seconds=15)
+    lead.observe({"b": {**b, "lastseen": t.isoformat()}}, t)
+    assert not lead.active and (lead.changes, lead.lapses) == (2, 1)
+    t += timedelta(seconds=1)
+    lead.observe({"b": {**b, "lastseen": t.isoformat()}}, t)
+    assert not lead.active  # still dead to our peers: passive, though kopf's rule says act
+    t += timedelta(seconds=1)
+    revived = t
+    lead.observe({"me": mine(0, t), "b": {**b, "lastseen": t.isoformat()}}, t)
+    assert not lead.active  # live again: the other replica stops first (SETTLE_S)
+    t += timedelta(seconds=SETTLE_S - 0.1)
+    lead.observe({"me": mine(1, t), "b": {**b, "lastseen": t.isoformat()}}, t)
+    assert not lead.active
+    t = revived + timedelta(seconds=SETTLE_S)
+    lead.observe({"me": mine(0, t), "b": {**b, "lastseen": t.isoformat()}}, t)
+    assert lead.active and (lead.changes, lead.lapses) == (3, 1)  # a new turn
+
+
+def test_observe_first_turn_needs_no_record_of_ours_yet() -> None:
+    lead = Leadership(PeeringConfig("vt", "me", 9, 10))
+    lead.observe({}, NOW)  # kopf's first keep-alive not written yet
+    lead.observe({}, NOW + timedelta(seconds=1))
+    assert lead.active and (lead.changes, lead.lapses) == (1, 0)

@@ -103,7 +103,8 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs:
 
 
 async def _audit_anew(ctx: Context) -> None:
-    """On each turn to active: forget which sessions' SQL mirrors were audited, so the
+    """On each turn to active (including the one after this replica's peering record
+    lapsed: `Leadership.observe`): forget which sessions' SQL mirrors were audited, so the
     observe timer compares each once more (`SessionService.resync`), and the last turn's
     throttle clocks (`Context.turned_active`); then wait out the turn."""
     ctx.turned_active()
