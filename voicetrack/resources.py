@@ -125,7 +125,8 @@ TRANSCODE_ORDER: dict[str, int] = {"queued": 0, "in_progress": 1, "done": 2, "fa
 class SessionState(enum.StrEnum):
     """`RecordingSession.status.state`, the printer column `State`, written by the operator
     only. While recording: Pending → Recording ⇄ Paused, or Stopped (a limit ended the
-    recorder), Failed (the recorder cannot run), Refused (the guild is busy). While
+    recorder; the operator then deletes the session unless `limits.deleteWhenStopped` is
+    false), Failed (the recorder cannot run), Refused (the guild is busy). While
     deleting: Stopping → Transcoding → Promoting → Promoted, or PromotionFailed (retried,
     raw data kept)."""
 
@@ -215,6 +216,11 @@ class LimitsSpec(_Model):
     """Auto-stop: the recorder ends (reason `channel-empty`, state Stopped) once nobody but
     itself has been in the voice channel this long (s); 0 never stops. `discord` only."""
     max_bytes: int = Field(default=2_000_000_000, ge=1_000_000)
+    delete_when_stopped: bool = True
+    """When the recorder ends by itself (auto-stop, `maxDurationSeconds`, `maxBytes`: state
+    Stopped), the operator deletes the session, which promotes it (its meeting row keeps
+    the history). False leaves it Stopped until someone deletes it (for tools that
+    re-create deleted objects, e.g. GitOps)."""
 
 
 class StorageSpec(_Model):

@@ -73,6 +73,9 @@ class Observation:
     promoted: bool = False
     recorder_failure: str | None = None
     """Why the recorder cannot record (`services.failures.recorder_failure`), if so."""
+    recorder_end: str | None = None
+    """Why a recorder that ended by itself did (`services.autostop.recorder_end`: its end
+    reason in words), None when unknown or still running."""
     database_synced: bool = True
     database_message: str = ""
 
@@ -106,7 +109,10 @@ def _state(o: Observation) -> tuple[SessionState, str]:
     if o.promoted:
         return SessionState.PROMOTED, "recordings promoted"
     if o.recorder_phase == "Succeeded":
-        return SessionState.STOPPED, "recorder finished (a limit, or nobody left in the channel)"
+        return SessionState.STOPPED, (f"recorder ended by itself: {o.recorder_end}"
+                                      if o.recorder_end else
+                                      "recorder finished (a limit, or nobody left in the "
+                                      "channel)")
     if o.recorder_failure:
         return SessionState.FAILED, o.recorder_failure
     if o.recorder_phase == "Failed":

@@ -387,6 +387,10 @@ def test_operator_records_and_promotes_with_only_the_charts_rbac(
             (c.get("status") or {}).get("transcodeStatus") == "done" for c in chunks["items"])
 
     wait_for("the audio recorded and transcoded", transcoded, 60, every_s=0.5)
+    # a session whose recorder ended by itself is deleted by the operator (services.autostop)
+    can = stack.kubectl("--kubeconfig", str(chart_operator.kubeconfig), "auth", "can-i",
+                        "delete", "recordingsessions.voicetrack.dev", "-n", ns, check=False)
+    assert can.stdout.strip() == "yes", can.stderr
     meeting = (get(stack, ns, "recsess", "helm") or {})["status"]["meetingId"]
     stack.kubectl("-n", ns, "delete", "recsess", "helm", "--wait=false")
     wait_for("promotion and clean-up", lambda: get(stack, ns, "recsess", "helm") is None, 60)

@@ -163,12 +163,13 @@ def test_the_walk_finds_a_difference() -> None:
 
 def test_session_crd_without_status_model_keeps_unknown_fields() -> None:
     """RecordingSession.status has no model yet (the operator builds it in status.py): it
-    stays open; only `live` (the audio so far, issue 13) is described. The chunk's status
+    stays open; only `live` (the audio so far, issue 13) and `autoStop` (why the operator
+    deleted it, `services.autostop`) are described. The chunk's status
     is ChunkStatus, checked above."""
     status = crd_schema("recordingsessions")["properties"]["status"]
     assert {k: v for k, v in status.items() if k != "properties"} == {
         "type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    assert list(status.get("properties", {})) == ["live"]
+    assert list(status.get("properties", {})) == ["live", "autoStop"]
 
 
 # ------------------------------------------------------------ issue 11 item 6, on the model

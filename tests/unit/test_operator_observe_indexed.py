@@ -268,6 +268,7 @@ async def test_progress_is_patched_once_per_chunk_period_state_at_once() -> None
     db = FakeDb({meeting_id_for(UID, None)})
     ctx, _ = make_ctx(db)
     service, s = SessionService(ctx), session_view()
+    s.spec.limits.delete_when_stopped = False  # kept Stopped: test_operator_autostop.py
     first = await service.observe_session(s, Observed(pod=RUNNING_POD,
                                                       chunks=[chunk(0, "done", 30)]))
     assert first["state"] == "Recording" and first["chunks"]["total"] == 1

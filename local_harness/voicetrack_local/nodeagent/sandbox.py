@@ -20,8 +20,10 @@ from voicetrack_local.nodeagent.volumes import (
     write_volumes,
 )
 
-#: variables of the agent's own environment that every container inherits
-INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+#: variables of the agent's own environment that every container inherits; PYTHONPATH so
+#: that the pods of a checkout run on its path (a git worktree beside the editable install)
+#: run that checkout's code, as the agent and the tests do, not the installed one's
+INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "PYTHONPATH")
 
 
 def fetch_objects(kube: Kube, ns: str, refs: Refs) -> tuple[Objects, Objects]:

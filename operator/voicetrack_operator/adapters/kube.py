@@ -193,6 +193,18 @@ class KubeAdapter:
                                self.objects.get_namespaced_custom_object,
                                GROUP, VERSION, ns, SESSION_PLURAL, name)
 
+    async def delete_session(self, ns: str, name: str, uid: str) -> bool:
+        """Delete the RecordingSession `ns/name` only if it is still the one with `uid`
+        (`preconditions.uid`): a namesake made meanwhile is never deleted. True when the API
+        server accepted the deletion (its finalizer then runs the deletion path); False when
+        the session is gone (404) or the name now belongs to another (409)."""
+        self.writes += 1
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        deleted, _ = await self._request(
+            f"delete session {ns}/{name}", self.objects.delete_namespaced_custom_object,
+            GROUP, VERSION, ns, SESSION_PLURAL, name, absent=(404, 409), body=body)
+        return bool(deleted)
+
     async def list_sessions(self) -> list[dict[str, Any]]:
         """Every RecordingSession in the cluster."""
         res = cast(dict[str, Any], await self._call(

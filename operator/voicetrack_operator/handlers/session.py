@@ -32,6 +32,7 @@ async def on_session_create(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
     elif "recorderPod" in status:
         kopf.info(body, reason="RecorderStarted",
                   message=f"recorder pod {status['recorderPod']} created")
+    _announce_auto_stop(body, status)
 
 
 @kopf.timer(*SESSION, id="observe", interval=OBSERVE_INTERVAL_S, initial_delay=1.0)
@@ -46,6 +47,14 @@ async def on_session_observe(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch
     patch.status.update(changed)
     if "recorderFailure" in changed:
         kopf.warn(body, reason="RecorderFailed", message=changed["recorderFailure"])
+    _announce_auto_stop(body, changed)
+
+
+def _announce_auto_stop(body: kopf.Body, status: dict[str, Any]) -> None:
+    """The event of a session the operator deleted because its recorder ended by itself
+    (`services.autostop`)."""
+    if "autoStop" in status:
+        kopf.info(body, reason="AutoStopped", message=status["autoStop"]["message"])
 
 
 @kopf.on.field(*SESSION, id="pause", field="spec.paused")

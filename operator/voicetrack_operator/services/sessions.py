@@ -29,6 +29,7 @@ from voicetrack.resources import (
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
+from voicetrack_operator.services.autostop import delete_stopped, recorder_end, stopped_by_itself
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.consent import note_degraded_consent
@@ -217,7 +218,9 @@ class SessionService:
     async def observe_session(self, s: SessionView, seen: Observed | None = None
                               ) -> dict[str, Any]:
         """The status patch (only what changed) from the recorder pod and the chunks. A
-        recorder pod that is gone while the session records is made again.
+        recorder pod that is gone while the session records is made again; a session
+        whose recorder ended by itself (Stopped) is deleted, which promotes it
+        (`services.autostop`; the patch then has `autoStop`).
 
         With `seen` (the watches' view: the timer) no API read is made, and a session the
         create handler has not started yet is left to it; without it the pod is read and
@@ -286,19 +289,22 @@ class SessionService:
         db_ok, message = await self.resync(s, objs)
         obs = Observation(generation=s.generation, paused=s.spec.paused, recorder_phase=phase,
                           chunks=chunks, recorder_failure=failure or None,
+                          recorder_end=None if failure else recorder_end(pod, s.spec),
                           database_synced=db_ok, database_message=message)
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         await note_degraded_consent(self.ctx, s, new)  # into the meeting history
         changed = status_changed(s.status, new)
         live = {} if seen is None else await LiveService(self.ctx).observe(s, objs, seen.live)
-        if seen is not None and changed:
+        auto = await delete_stopped(self.ctx, s, pod) \
+            if stopped_by_itself(s, new["state"], pod) else {}  # with the state, at once
+        if seen is not None and changed and not auto:
             # progress only (counts, seconds, speakers): at most one patch per chunk period
             last = self.ctx.progress_patched.get(s.ref.uid)
             if last is not None and time.monotonic() - last < s.spec.chunk_seconds \
                     and _significant(s.status) == _significant({**s.status, **changed}):
                 return live  # the audio so far is reported at once
             self.ctx.progress_patched[s.ref.uid] = time.monotonic()
-        return {**changed, **live}
+        return {**changed, **live, **auto}
 
     @staticmethod
     def _start_unrecorded(s: SessionView, pod: dict[str, Any] | None) -> bool:
