@@ -149,22 +149,23 @@ async def test_record_start_pause_resume_status_stop(stack: Stack, e2e_namespace
             "status", {}).get("chunks", {}).get("total", 0) >= 1, 60)
 
         # status: any member sees the live object.
-        status = await cmds.status(world.interaction(BOB, "bob", [], "status"))
+        status = (await cmds.status(world.interaction(BOB, "bob", [], "status")))[0]
         assert field(status, "State") in (SessionState.RECORDING, SessionState.PAUSED)
         assert field(status, "Meeting") == f"`{meeting}`"
         total = re.search(r"(\d+) total", field(status, "Chunks"))
         assert total is not None and int(total.group(1)) >= 1, field(status, "Chunks")
 
         # stop deletes it; the operator promotes and releases it; then nothing is left.
-        stopped = await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop"))
+        stopped = (await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop")))[0]
         assert field(stopped, "State") in (SessionState.STOPPING, SessionState.TRANSCODING,
                                            SessionState.PROMOTING, SessionState.PROMOTED
                                            ), stopped.title
-        again_stop = await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop"))
+        again_stop = (await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE],
+                                                 "stop")))[0]
         assert again_stop.title != "No recording" or get(stack, ns, name) is None
         await wait_for("the session to be promoted and gone",
                        lambda: get(stack, ns, name) is None, 120)
-        gone = await cmds.status(world.interaction(BOB, "bob", [], "status"))
+        gone = (await cmds.status(world.interaction(BOB, "bob", [], "status")))[0]
         assert gone.title == "No recording" and str(GUILD) in (gone.description or "")
         recs = await asyncio.to_thread(
             stack.db, lambda s, m=meeting: s.get_recordings_for_meeting(m))
@@ -232,7 +233,7 @@ async def test_a_busy_refusal_names_no_other_session(stack: Stack, e2e_namespace
             shown = json.dumps(embed.to_dict())
             assert "already using this server" in shown
             assert other_ns not in shown and "secret-standup" not in shown, shown
-            status = await cmds.status(world.interaction(BOB, "bob", [], "status"))
+            status = (await cmds.status(world.interaction(BOB, "bob", [], "status")))[0]
             shown = json.dumps(status.to_dict())
             assert other_ns not in shown and "secret-standup" not in shown, shown
 
@@ -288,14 +289,18 @@ async def test_a_promotion_outlasting_the_reply_ends_with_a_channel_notice(
         await wait_for("a chunk", lambda: (get(stack, ns, name) or {}).get(
             "status", {}).get("chunks", {}).get("total", 0) >= 1, 60)
         meeting = (get(stack, ns, name) or {})["status"]["meetingId"]
-        answer = await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop"),
-                                 shown, notice)
+        answer = (await cmds.stop(world.interaction(ALICE, "alice", [MANAGER_ROLE], "stop"),
+                                  shown, notice))[0]
         assert (answer.title or "").startswith("Still saving after 0 min"), answer.title
         assert f"/record get {meeting}" in (answer.title or "")
         assert progress and field(progress[0], "Meeting") == f"`{meeting}`"
         await wait_for("the channel notice", lambda: notices, 180)
         assert notices == [f"The recording `{meeting}` is saved: `/record get {meeting}` "
                            "for download links (only you will see them)."]
-        got = await cmds.get(world.interaction(BOB, "bob", [], "get"), meeting)
+        # Bob neither spoke nor manages the server: not found (issue 14's rule)
+        hidden = (await cmds.get(world.interaction(BOB, "bob", [], "get"), meeting))[0]
+        assert hidden.title == "No recording", hidden.to_dict()
+        got = (await cmds.get(world.interaction(ALICE, "alice", [MANAGER_ROLE], "get"),
+                              meeting))[0]
         assert got.title == f"Recording {meeting}"
         assert [f.name for f in got.fields] == [f"user {SPEAKER} (mp3)", "Mix (mp3)"]

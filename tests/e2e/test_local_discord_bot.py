@@ -247,14 +247,18 @@ async def test_stop_answers_with_links_and_list_get_and_refusals(
             track_key = next(k for k in by_key if k.split("/")[-1] in url.split("?")[0])
             assert digest == by_key[track_key] == row_sha[track_key]
 
-        # list: this meeting, with its speaker's display name, saved.
-        listed = await typed(server, bob.id, "list")
+        # list: this meeting, with its speaker's display name, saved; for alice (the owner,
+        # who spoke), not for bob (neither manages the server nor spoke: issue 14's rule)
+        listed = await typed(server, alice.id, "list")
         line = next(ln for ln in listed["embeds"][0]["description"].splitlines()
                     if meeting in ln)
         assert "alice" in line and "Saved" in line, line
+        assert meeting not in embed_text(await typed(server, bob.id, "list"))
+        hidden = await typed(server, bob.id, "get", {"meeting": meeting})
+        assert hidden["embeds"][0]["title"] == "No recording"
 
-        # get: links minted now, any member of the guild.
-        again = await typed(server, bob.id, "get", {"meeting": meeting})
+        # get: links minted now.
+        again = await typed(server, alice.id, "get", {"meeting": meeting})
         got = {f["name"]: f["value"] for f in again["embeds"][0]["fields"]}
         assert set(got) == set(fields)
         for value in got.values():

@@ -23,7 +23,7 @@ from voicetrack_recorder.bot.embeds import (
     STATE_COLOURS,
     STATE_TITLES,
     error_embed,
-    links_embed,
+    links_embeds,
     meetings_embed,
     refused_reason,
     session_embed,
@@ -220,7 +220,7 @@ def track_links(meeting: SavedMeeting, url: str = "https://s3.example/x?sig=1"
 
 def test_links_embed_names_speakers_and_puts_the_mix_last() -> None:
     meeting = saved_meeting(["400000000000000001", "400000000000000002"], paused_ms=7_000)
-    embed = links_embed(meeting, track_links(meeting), {"400000000000000001": "Alice"})
+    [embed] = links_embeds(meeting, track_links(meeting), {"400000000000000001": "Alice"})
     assert [f.name for f in embed.fields] == [
         "Alice (mp3)", "user 400000000000000002 (mp3)", "Mix (mp3)"]
     assert embed.fields[0].value == ("[Download mp3](https://s3.example/x?sig=1) · 1.2 MB · "
@@ -232,10 +232,12 @@ def test_links_embed_names_speakers_and_puts_the_mix_last() -> None:
 
 def test_links_embed_within_discords_limits() -> None:
     meeting = saved_meeting([f"4000000000000001{i:02d}" for i in range(30)])
-    embed = links_embed(meeting, track_links(meeting, "https://s3.example/" + "q" * 1100), {})
-    assert len(embed.fields) == 25 and embed.fields[-1].name == "More"
-    assert all(len(f.value or "") <= FIELD_MAX for f in embed.fields)
-    assert "link too long" in (embed.fields[0].value or "")
+    embeds = links_embeds(meeting, track_links(meeting, "https://s3.example/" + "q" * 1100),
+                          {})
+    assert [len(e.fields) for e in embeds] == [25, 6]  # 30 speakers and the mix
+    assert embeds[1].title == "Recording saved (2)"
+    assert all(len(f.value or "") <= FIELD_MAX for e in embeds for f in e.fields)
+    assert "link too long" in (embeds[0].fields[0].value or "")
 
 
 def test_meetings_embed_lists_the_live_session_then_saved_meetings() -> None:

@@ -4,6 +4,8 @@ The rule (issue 14): in a guild the user is a member of, a `manager` (owner, Man
 0x20 or Administrator 0x8) sees every meeting; any other member sees the meetings in which
 they spoke: a speaker row in `recordings` or a row in `temp_recordings` with their user id.
 Everything else does not exist for them: `meeting()` returns None, and the app answers 404.
+The rule's one statement is `voicetrack.visibility` (the bot applies it too); here it is
+the SQL clause `MeetingAccess._visible`.
 
 The engine is read-only at the database: PostgreSQL sessions start with
 `default_transaction_read_only=on`, SQLite connections with `PRAGMA query_only=ON`.

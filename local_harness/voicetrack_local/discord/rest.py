@@ -9,6 +9,10 @@ Bulk Overwrite Global/Guild Application Commands", "Interactions › Receiving a
 Create Interaction Response / Create, Edit, Get Followup Message". Errors are JSON
 `{"message", "code"}` ("Topics › Opcodes and Status Codes › JSON Error Codes"): 401 with
 code 0 for a bad token, 404 with 10003/10004/10007 for an unknown channel/guild/member.
+A message whose embeds break "Resources › Message › Embed Limits" (title 256, description
+4096, 25 fields, field name 256 and value 1024, footer 2048, author name 256, 6000
+characters in all the message's embeds together, 10 embeds) is refused as Discord does:
+400 "Invalid Form Body", code 50035 (`embed_problem`).
 Every response carries the rate-limit headers of "Topics › Rate Limits" (limit 50 per 1 s
 bucket, never exhausted here).
 """
@@ -54,6 +58,48 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str, code: int = 0) -> web.Response:
     return _json({"message": message, "code": code}, status=status)
+
+
+EMBED_LIMITS = {"title": 256, "description": 4096, "fields": 25, "field.name": 256,
+                "field.value": 1024, "footer.text": 2048, "author.name": 256,
+                "total": 6000, "embeds": 10}
+"""Discord's embed limits, characters (fields and embeds: counts)."""
+
+
+def embed_problem(embeds: list[dict[str, Any]]) -> str | None:
+    """What in a message's `embeds` (Embed objects as JSON) breaks Discord's embed
+    limits, None when nothing does."""
+    if len(embeds) > EMBED_LIMITS["embeds"]:
+        return f"more than {EMBED_LIMITS['embeds']} embeds"
+    total = 0
+    for i, e in enumerate(embeds):
+        parts = {"title": str(e.get("title") or ""),
+                 "description": str(e.get("description") or ""),
+                 "footer.text": str((e.get("footer") or {}).get("text") or ""),
+                 "author.name": str((e.get("author") or {}).get("name") or "")}
+        fields = e.get("fields") or []
+        if len(fields) > EMBED_LIMITS["fields"]:
+            return f"embeds.{i}.fields: more than {EMBED_LIMITS['fields']}"
+        for what, text in parts.items():
+            if len(text) > EMBED_LIMITS[what]:
+                return f"embeds.{i}.{what}: longer than {EMBED_LIMITS[what]}"
+            total += len(text)
+        for f in fields:
+            for what in ("name", "value"):
+                text = str(f.get(what) or "")
+                if len(text) > EMBED_LIMITS[f"field.{what}"]:
+                    return f"embeds.{i}.fields.{what}: longer than {EMBED_LIMITS['field.' + what]}"
+                total += len(text)
+    if total > EMBED_LIMITS["total"]:
+        return f"embeds: {total} characters in all, more than {EMBED_LIMITS['total']}"
+    return None
+
+
+def _bad_embeds(body: dict[str, Any]) -> web.Response | None:
+    problem = embed_problem(body.get("embeds") or [])
+    return None if problem is None else _json(
+        {"message": "Invalid Form Body", "code": 50035, "errors": {"embeds": {"_errors": [
+            {"code": "BASE_TYPE_MAX_LENGTH", "message": problem}]}}}, status=400)
 
 
 class ApiError(Exception):
@@ -219,6 +265,8 @@ class Rest:
         if channel is None:
             return _error(404, "Unknown Channel", 10003)
         body = await request.json()
+        if (bad := _bad_embeds(body)) is not None:
+            return bad
         msg = self.world.message(channel.id, user, body.get("content") or "",
                                  {"embeds": body.get("embeds") or []})
         await self.dispatch("MESSAGE_CREATE", msg, INTENT_GUILD_MESSAGES)
@@ -253,6 +301,8 @@ class Rest:
         body = await request.json()
         token, kind = request.match_info["token"], body.get("type")
         data = body.get("data") or {}
+        if (bad := _bad_embeds(data)) is not None:
+            return bad
         self.world.interaction_responses.append(
             {"interaction_id": request.match_info["id"], "token": token, **body})
         msg = None
@@ -277,6 +327,8 @@ class Rest:
         `@original` message."""
         self.world.log.append((request.method, request.path))
         body = await request.json()
+        if (bad := _bad_embeds(body)) is not None:
+            return bad
         token = request.match_info["token"]
         fields: dict[str, Any] = {"content": str(body.get("content") or ""),
                                   "embeds": body.get("embeds") or []}
@@ -300,6 +352,8 @@ class Rest:
     async def edit_followup(self, request: web.Request) -> web.Response:
         self.world.log.append((request.method, request.path))
         body = await request.json()
+        if (bad := _bad_embeds(body)) is not None:
+            return bad
         msg = self._find(request)
         if msg is None:  # editing @original of a deferred response creates it
             msg = self.world.message(self.world.text.id, self.world.bot, "",

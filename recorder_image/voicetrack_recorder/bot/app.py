@@ -37,12 +37,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure, VoicetrackError
 from voicetrack.objectstore import DEFAULT_LINK_S
+from voicetrack.resources import SessionState
+from voicetrack.visibility import may_see_meeting
 from voicetrack_recorder.bot.access import (
     ControlPolicy,
     GuildAllowList,
@@ -55,9 +57,11 @@ from voicetrack_recorder.bot.embeds import (
     add_live_links,
     consent_embed,
     error_embed,
-    links_embed,
+    links_embeds,
     meetings_embed,
+    saved_embed,
     session_embed,
+    session_state,
 )
 from voicetrack_recorder.bot.sessions import BotSessions
 
@@ -134,25 +138,30 @@ class RecordCommands:
                 remembered=lambda: self.consent.remembered(str(guild.id)))
             title = None
             if not started.created:
-                title = ("The previous recording is still being saved; try again when it "
-                         "is done" if started.session["metadata"].get("deletionTimestamp")
-                         else "Already recording in this server")
+                state = session_state(started.session)
+                if started.session["metadata"].get("deletionTimestamp"):
+                    title = ("The previous recording ended and is being saved; try again "
+                             "when it is done")
+                elif state in _RECORDING:
+                    title = "Already recording in this server"
             return session_embed(started.session, title=title)
         return await _answer_errors(go())
 
     async def stop(self, interaction: discord.Interaction, progress: Progress | None = None,
-                   notice: Notice | None = None) -> discord.Embed:
+                   notice: Notice | None = None) -> list[discord.Embed]:
         """Stop and save the server's recording; with an archive, follow the promotion
         (`progress(embed)` at each state change, for `follow_s` at most) and answer with
         links to the final tracks. Still saving after `follow_s`: answer so, keep
-        following in the background and `notice(text)` once saved (no links)."""
-        async def go() -> discord.Embed:
+        following in the background and `notice(text)` once saved (no links). The links
+        follow the visibility rule (`voicetrack.visibility`): a member who may not see
+        them is told the meeting is saved. One embed per message (`links_embeds`)."""
+        async def go() -> list[discord.Embed]:
             guild = self._served(interaction)
             self.policy.check(interaction.user)
             obj = await self.sessions.stop(str(guild.id))
             meeting = str((obj.get("status") or {}).get("meetingId") or "")
             if self.archive is None or not meeting:
-                return session_embed(obj)
+                return [session_embed(obj)]
             if progress is not None:
                 await progress(session_embed(obj))
 
@@ -162,13 +171,13 @@ class RecordCommands:
             left = await self.sessions.follow(obj, self.follow_s, changed)
             if left is not None:
                 self._follow_late(left, guild.id, meeting, notice)
-                return session_embed(left, title=(
+                return [session_embed(left, title=(
                     f"Still saving after {int(self.follow_s // 60)} min: a message in "
                     f"this channel will say when `{meeting}` is ready; then "
-                    f"`/record get {meeting}`"))
-            return await self._links_answer(guild, meeting, "Recording saved",
-                                            gone_without_tracks=True)
-        return await _answer_errors(go())
+                    f"`/record get {meeting}`"))]
+            return await self._links_answer(interaction, guild, meeting, "Recording saved",
+                                            stopped=True)
+        return await _answer_errors(go(), many=True)
 
     def _follow_late(self, obj: dict[str, Any], guild_id: int, meeting: str,
                      notice: Notice | None) -> None:
@@ -186,41 +195,57 @@ class RecordCommands:
         self._late.add(task)
         task.add_done_callback(self._late.discard)
 
-    async def _links_answer(self, guild: discord.Guild, meeting: str, title: str,
-                            gone_without_tracks: bool = False) -> discord.Embed:
+    async def _links_answer(self, interaction: discord.Interaction, guild: discord.Guild,
+                            meeting: str, title: str, stopped: bool = False
+                            ) -> list[discord.Embed]:
+        """Links to saved `meeting` for the member who asked, if the visibility rule lets
+        them see it; else "not found" like a missing meeting (`stopped`: they stopped it,
+        so they are told it is saved, without links)."""
         archive = self._links()
         try:
             saved = await archive.get(str(guild.id), meeting)
         except NotFoundError:
-            if not gone_without_tracks:
+            if not stopped:
                 raise
-            return error_embed(NotFoundError(
+            return [error_embed(NotFoundError(
                 f"the session ended but no saved tracks were found for `{meeting}` "
-                "(nobody spoke, or it was removed without promotion)"))
+                "(nobody spoke, or it was removed without promotion)"))]
+        if not _may_see(interaction, saved.speakers):
+            if stopped:
+                return [saved_embed(meeting, title)]
+            raise archive._not_found(meeting)
         links = await archive.links(saved, self.link_s)
         names = await _display_names(guild, saved.speakers)
-        return links_embed(saved, links, names, title=title)
+        return links_embeds(saved, links, names, title=title)
 
     async def recent(self, interaction: discord.Interaction) -> discord.Embed:
-        """This server's live session and most recently saved meetings (any member)."""
+        """This server's live session and most recently saved meetings: every member sees
+        the live session (it is announced in the channel anyway), and the saved meetings
+        the visibility rule lets them see (`voicetrack.visibility`: all with Manage
+        Server, else those they spoke in)."""
         async def go() -> discord.Embed:
             guild = self._served(interaction)
             archive = self._links()
             live = await self.sessions.find(str(guild.id))
-            saved = await archive.recent(str(guild.id))
+            saved = [m for m in await archive.recent(str(guild.id))
+                     if _may_see(interaction, m.speakers)]
             ids = {u for m in saved for u in m.speakers}
             ids |= set(((live or {}).get("status") or {}).get("speakers") or [])
             return meetings_embed(saved, live, await _display_names(guild, sorted(ids)))
         return await _answer_errors(go())
 
-    async def get(self, interaction: discord.Interaction, meeting: str) -> discord.Embed:
-        """Links to the tracks of this server's saved meeting `meeting`, minted now (any
-        member; ephemeral). Another server's meeting is "not found", like a missing one."""
-        async def go() -> discord.Embed:
+    async def get(self, interaction: discord.Interaction, meeting: str
+                  ) -> list[discord.Embed]:
+        """Links to the tracks of this server's saved meeting `meeting`, minted now
+        (ephemeral; one embed per message), for members with Manage Server and members who
+        spoke in it. Another server's meeting, and one the member may not see, is "not
+        found", like a missing one."""
+        async def go() -> list[discord.Embed]:
             guild = self._served(interaction)
             wanted = meeting.strip()
-            return await self._links_answer(guild, wanted, f"Recording {wanted}")
-        return await _answer_errors(go())
+            return await self._links_answer(interaction, guild, wanted,
+                                            f"Recording {wanted}")
+        return await _answer_errors(go(), many=True)
 
     async def pause(self, interaction: discord.Interaction) -> discord.Embed:
         """Pause the server's recording."""
@@ -240,27 +265,31 @@ class RecordCommands:
                                  title="Recording resumed")
         return await _answer_errors(go())
 
-    async def status(self, interaction: discord.Interaction) -> discord.Embed:
+    async def status(self, interaction: discord.Interaction) -> list[discord.Embed]:
         """The server's recording, for any member; with an archive, short-lived links to
-        the audio so far of a live session (none when there is none yet, or S3 is away)."""
-        async def go() -> discord.Embed:
+        the audio so far of a live session (none when there is none yet, or S3 is away),
+        for members the visibility rule lets see it (Manage Server, or among the
+        session's `status.speakers`). One embed per message (`add_live_links`)."""
+        async def go() -> list[discord.Embed]:
             guild = self._served(interaction)
             obj = await self.sessions.status(str(guild.id))
             embed = session_embed(obj)
-            meeting = str((obj.get("status") or {}).get("meetingId") or "")
-            if self.archive is None or not meeting or obj["metadata"].get("deletionTimestamp"):
-                return embed
+            status = obj.get("status") or {}
+            meeting = str(status.get("meetingId") or "")
+            if (self.archive is None or not meeting or obj["metadata"].get("deletionTimestamp")
+                    or not _may_see(interaction, status.get("speakers") or [])):
+                return [embed]
             try:
                 live = await self.archive.live(str(guild.id), meeting)
                 if live is None:
-                    return embed
+                    return [embed]
                 links = await self.archive.live_links(live)
             except TemporaryFailure as err:  # the status still answers
                 log.info("no audio so far for %s: %s", meeting, err)
-                return embed
+                return [embed]
             names = await _display_names(guild, [t.user_id for t in links if t.user_id])
             return add_live_links(embed, live, links, names)
-        return await _answer_errors(go())
+        return await _answer_errors(go(), many=True)
 
 
     async def optout(self, interaction: discord.Interaction) -> discord.Embed:
@@ -279,6 +308,18 @@ class RecordCommands:
             change = await self.consent.opt_in(str(guild.id), str(interaction.user.id))
             return consent_embed(change.session, opted_out=False)
         return await _answer_errors(go())
+
+
+_RECORDING = (SessionState.PENDING, SessionState.RECORDING, SessionState.PAUSED)
+"""States in which `/record start` answers "Already recording"."""
+
+
+def _may_see(interaction: discord.Interaction, speakers: Iterable[str]) -> bool:
+    """The visibility rule (`voicetrack.visibility`) for the member who typed the
+    command: Manage Server (guild-wide; owners and administrators have it), or a speaker."""
+    user = interaction.user
+    manages = isinstance(user, discord.Member) and user.guild_permissions.manage_guild
+    return may_see_meeting(str(user.id), manages, speakers)
 
 
 def _guild(interaction: discord.Interaction) -> discord.Guild:
@@ -317,12 +358,17 @@ def _members_voice_channel(user: discord.Member | discord.User
     return voice.channel
 
 
-async def _answer_errors(work: Awaitable[discord.Embed]) -> discord.Embed:
+_A = TypeVar("_A", discord.Embed, list[discord.Embed])
+
+
+async def _answer_errors(work: Awaitable[_A], many: bool = False) -> _A:
+    """`work`'s answer, or the error's embed (`error_embed`; in a list when `many`)."""
     try:
         return await work
     except VoicetrackError as err:
         log.info("command refused: %s", err)
-        return error_embed(err)
+        embed = error_embed(err)
     except Exception as err:  # an answer is owed to the member; the log keeps the trace
         log.exception("command failed")
-        return error_embed(err)
+        embed = error_embed(err)
+    return [embed] if many else embed  # type: ignore[return-value]

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest
+from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, PresignedUrl, S3Settings
 from voicetrack.resources import MEETING_ID_PATTERN, StorageSpec
 
@@ -39,6 +39,21 @@ LIVE_LINK_S = 300
 so far is replaced every live interval."""
 LIST_LIMIT = 10
 """Meetings `/record list` shows (the most recently saved first)."""
+LINK_FORMAT = "mp3"
+"""The format linked for a track that has it; else its first format (the CLI's default,
+`voicetrack.recordings.service.select_tracks`). One link per track keeps an answer small:
+a presigned URL is some 400 characters and Discord takes 6000 per message."""
+
+
+def one_per_track(tracks: list[FinalTrack]) -> list[FinalTrack]:
+    """One track per track name: its LINK_FORMAT one, else its first; speakers in
+    manifest order, then the mix."""
+    chosen: dict[str, FinalTrack] = {}
+    for t in tracks:
+        have = chosen.get(t.track)
+        if have is None or (t.format == LINK_FORMAT and have.format != LINK_FORMAT):
+            chosen[t.track] = t
+    return sorted(chosen.values(), key=lambda t: t.kind == "mixed")
 
 
 @dataclass(frozen=True)
@@ -129,11 +144,11 @@ class MeetingArchive:
 
     async def links(self, meeting: SavedMeeting, expires_s: int = DEFAULT_LINK_S
                     ) -> list[TrackLink]:
-        """A link per final track of `meeting` (speakers in manifest order, then the mix),
-        each valid `expires_s` seconds from now. Raises InvalidInputError (expiry outside
-        1 s..7 days)."""
+        """A link per final track of `meeting` in one format (`one_per_track`: mp3 when
+        there is one; speakers in manifest order, then the mix), each valid `expires_s`
+        seconds from now. Raises InvalidInputError (expiry outside 1 s..7 days)."""
         def mint() -> list[TrackLink]:
-            tracks = sorted(meeting.manifest.tracks, key=lambda t: t.kind == "mixed")
+            tracks = one_per_track(meeting.manifest.tracks)
             return [TrackLink(t.user_id, t.kind, self.store.presigned_link(t.key, expires_s),
                               t.bytes, t.sha256, t.duration_ms) for t in tracks]
         return await asyncio.to_thread(mint)
@@ -173,10 +188,10 @@ class MeetingArchive:
 
     async def live_links(self, manifest: FinalManifest, expires_s: int = LIVE_LINK_S
                          ) -> list[TrackLink]:
-        """A link per live track of `manifest` (speakers, then the mix), each valid
-        `expires_s` seconds from now."""
+        """A link per live track of `manifest` in one format (`one_per_track`; speakers,
+        then the mix), each valid `expires_s` seconds from now."""
         def mint() -> list[TrackLink]:
-            tracks = sorted(manifest.tracks, key=lambda t: t.kind == "mixed")
+            tracks = one_per_track(manifest.tracks)
             return [TrackLink(t.user_id, t.kind, self.store.presigned_link(t.key, expires_s),
                               t.bytes, t.sha256, t.duration_ms) for t in tracks]
         return await asyncio.to_thread(mint)

@@ -2,9 +2,12 @@
 (`app.py`) and the `commands.Bot` that registers and syncs it.
 
 Each callback defers its answer (ephemeral, "thinking"), awaits the `RecordCommands`
-method and sends the embed it returns as an ephemeral follow-up; `/record stop` edits its
-reply while the promotion runs (Discord developer docs, "Interactions › Receiving and
-Responding": the follow-up webhook and editing it with the interaction token).
+method and sends the embeds it returns as ephemeral follow-ups, one embed per message
+(Discord's 6000 characters are per message: `embeds.EMBED_TOTAL`); `/record stop` edits
+its reply while the promotion runs (Discord developer docs, "Interactions › Receiving and
+Responding": the follow-up webhook and editing it with the interaction token). When
+Discord refuses an answer (`discord.HTTPException`, e.g. a 400 for an embed it would not
+take), a short error embed is sent instead, so the member is never left on "thinking".
 """
 
 from __future__ import annotations
@@ -18,13 +21,33 @@ from discord import app_commands
 from discord.ext import commands
 
 from voicetrack_recorder.bot.app import RecordCommands
+from voicetrack_recorder.bot.embeds import undelivered_embed
 
 log = logging.getLogger(__name__)
 
 
-async def _reply(interaction: discord.Interaction, work: Awaitable[discord.Embed]) -> None:
+async def _reply(interaction: discord.Interaction,
+                 work: Awaitable[discord.Embed | list[discord.Embed]]) -> None:
+    """Defer (ephemeral), then send `work`'s embeds as ephemeral follow-ups, one per
+    message; when Discord refuses one, a short error embed instead of the rest."""
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await interaction.followup.send(embed=await work, ephemeral=True)
+    answer = await work
+    embeds = answer if isinstance(answer, list) else [answer]
+    try:
+        for embed in embeds:
+            await interaction.followup.send(embed=embed, ephemeral=True)
+    except discord.HTTPException as err:
+        await _refused(interaction, err)
+
+
+async def _refused(interaction: discord.Interaction, err: discord.HTTPException) -> None:
+    """Tell the member Discord refused the answer (the log keeps why); if that fails too
+    (the token expired), only the log does."""
+    log.warning("Discord refused an answer to /record: %s", err, exc_info=True)
+    try:
+        await interaction.followup.send(embed=undelivered_embed(err), ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not tell the member either", exc_info=True)
 
 
 def build_group(cmds: RecordCommands) -> app_commands.Group:
@@ -60,9 +83,11 @@ def build_group(cmds: RecordCommands) -> app_commands.Group:
 
         final = await cmds.stop(interaction, progress, notice)
         try:
-            await progress(final)
-        except discord.HTTPException:  # the token expired meanwhile: nothing else to do
-            log.warning("could not deliver the /record stop answer", exc_info=True)
+            await progress(final[0])  # the reply, edited to the first embed
+            for embed in final[1:]:
+                await interaction.followup.send(embed=embed, ephemeral=True)
+        except discord.HTTPException as err:  # refused, or the token expired meanwhile
+            await _refused(interaction, err)
 
     @group.command(name="pause", description="Pause the recording (paused time is cut)")
     async def pause(interaction: discord.Interaction) -> None:

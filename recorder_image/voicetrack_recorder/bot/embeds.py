@@ -8,7 +8,9 @@ The status fields read are the operator's (DESIGN.md "Custom resources"; `state`
 seen has no status; it shows as Pending.
 
 Discord's embed limits (https://discord.com/developers/docs/resources/message#embed-object-
-embed-limits): title 256, description 4096, field value 1024 characters, 25 fields.
+embed-limits): title 256, description 4096, field value 1024 characters, 25 fields, and
+6000 characters in all the embeds of one message together; a message over them is refused
+(400), so answers with links are split over several embeds, one per message.
 """
 
 from __future__ import annotations
@@ -284,65 +286,96 @@ def _name(names: dict[str, str], user_id: str) -> str:
     return names.get(user_id) or f"user {user_id}"
 
 
-LINK_FIELDS = 24
-"""Tracks shown with a link (Discord allows 25 fields; one is kept for "more")."""
+EMBED_FIELDS = 25
+"""Discord's limit on fields per embed."""
+EMBED_TOTAL = 6000
+"""Discord's limit on the characters of one message's embeds together (title,
+description, field names and values, footer text, author name)."""
 
 
-def links_embed(meeting: SavedMeeting, links: list[TrackLink], names: dict[str, str], *,
-                title: str = "Recording saved") -> discord.Embed:
-    """The answer with download links: one field per track, named by the speaker's
-    display name (`names`: user id → name; `user <id>` when unknown) or "Mix", valued
-    `[Download <fmt>](<url>) · <size> · <duration>` and the speaker's mention (speakers
-    first, the mix last, as `links` orders them). The description gives the meeting id,
-    its duration (paused time cut) and the links' validity in minutes (the first link's
-    `expires_in_seconds`; every link is minted together). Footer: when it was saved."""
+def _pack(first: discord.Embed, fields: list[tuple[str, str]], title: str
+          ) -> list[discord.Embed]:
+    """`first` with as many of `fields` (name, value) as fit, then as many more embeds
+    (titled `title (2)`, `(3)`, …, colour of `first`) as needed for the rest: each within
+    EMBED_FIELDS fields and EMBED_TOTAL characters, so each can be its own message."""
+    out = [first]
+    for name, value in fields:
+        embed = out[-1]
+        if (len(embed.fields) >= EMBED_FIELDS
+                or len(embed) + len(name) + len(value) > EMBED_TOTAL):
+            embed = discord.Embed(title=_clip(f"{title} ({len(out) + 1})", TITLE_MAX),
+                                  colour=first.colour)
+            out.append(embed)
+        embed.add_field(name=name, value=value, inline=False)
+    return out
+
+
+def _link_field(t: TrackLink, names: dict[str, str], verb: str, text: str,
+                label: str = "{}") -> tuple[str, str]:
+    name = "Mix" if t.user_id is None else _name(names, t.user_id)
+    value = f"[{verb} {t.link.format}]({t.link.url}){text}"
+    if len(value) > FIELD_MAX:  # a URL too long for a field cannot be cut: say so
+        value = f"link too long for Discord ({len(t.link.url)} characters)"
+    return _clip(label.format(name), TITLE_MAX), value
+
+
+def links_embeds(meeting: SavedMeeting, links: list[TrackLink], names: dict[str, str], *,
+                 title: str = "Recording saved") -> list[discord.Embed]:
+    """The answer with download links, one embed per message: one field per track, named
+    `<display name> (<fmt>)` (`names`: user id → name; `user <id>` when unknown) or
+    `Mix (<fmt>)`, valued `[Download <fmt>](<url>) · <size> · <duration>` and the
+    speaker's mention (speakers first, the mix last, as `links` orders them). The first
+    embed's description gives the meeting id, its duration (paused time cut) and the
+    links' validity in minutes (the first link's `expires_in_seconds`; every link is
+    minted together); its footer when it was saved. Fields that do not fit Discord's
+    limits (25 fields, 6000 characters per message) go to further embeds titled
+    `<title> (2)`, …: every link is in one of them."""
     m = meeting.manifest
     expires = links[0].link.expires_in_seconds if links else 0
     desc = (f"Meeting `{meeting.meeting_id}` · {_ms(m.duration_ms)}"
             + (f" (paused {_ms(m.paused_ms)} cut)" if m.paused_ms else "")
             + f"\nLinks expire {expires // 60} min after this message; "
             f"`/record get {meeting.meeting_id}` mints new ones.")
-    embed = discord.Embed(title=_clip(title, TITLE_MAX), description=desc, colour=_GREEN)
-    for t in links[:LINK_FIELDS]:
-        name = "Mix" if t.user_id is None else _name(names, t.user_id)
-        value = (f"[Download {t.link.format}]({t.link.url}) · {_size(t.bytes)} · "
-                 f"{_ms(t.duration_ms)}" + (f" · <@{t.user_id}>" if t.user_id else ""))
-        if len(value) > FIELD_MAX:  # a URL too long for a field cannot be cut: say so
-            value = f"link too long for Discord ({len(t.link.url)} characters)"
-        embed.add_field(name=_clip(f"{name} ({t.link.format})", TITLE_MAX), value=value,
-                        inline=False)
-    if len(links) > LINK_FIELDS:
-        embed.add_field(name="More", value=f"{len(links) - LINK_FIELDS} more track(s) not "
-                        "shown", inline=False)
-    embed.set_footer(text=f"saved {meeting.saved_at:%Y-%m-%d %H:%M} UTC")
-    return embed
+    first = discord.Embed(title=_clip(title, TITLE_MAX), description=desc, colour=_GREEN)
+    first.set_footer(text=f"saved {meeting.saved_at:%Y-%m-%d %H:%M} UTC")
+    fields = [_link_field(t, names, "Download", f" · {_size(t.bytes)} · "
+                          f"{_ms(t.duration_ms)}" + (f" · <@{t.user_id}>" if t.user_id
+                                                    else ""), "{} (" + t.link.format + ")")
+              for t in links]
+    return _pack(first, fields, title)
 
 
-EMBED_FIELDS = 25
-"""Discord's limit on fields per embed."""
+def saved_embed(meeting: str, title: str = "Recording saved") -> discord.Embed:
+    """The answer to a `/record stop` by a member who may not have the links (neither
+    Manage Server nor a speaker in it): saved, and who may get them."""
+    return discord.Embed(title=_clip(title, TITLE_MAX), colour=_GREEN, description=(
+        f"Meeting `{meeting}` is saved. Its download links are for members with Manage "
+        "Server and members who spoke in it (`/record get`)."))
+
+
+def undelivered_embed(err: Exception) -> discord.Embed:
+    """The short answer sent when Discord refused the real one (e.g. a 400 for an
+    embed it would not take): says so, with Discord's status and message."""
+    return discord.Embed(title="Something went wrong", colour=_DARK_RED, description=_clip(
+        f"Discord refused the answer ({err}); try again, or `/record list`.",
+        DESCRIPTION_MAX))
 
 
 def add_live_links(embed: discord.Embed, manifest: FinalManifest, links: list[TrackLink],
-                   names: dict[str, str]) -> discord.Embed:
-    """`/record status` of a live session: the audio so far (`manifest`, the live
-    manifest) as a "So far" field (its length, the links' validity in minutes) and one
-    field per track `[Listen <fmt>](<url>) · <duration>`, named like `links_embed`'s, as
-    many as Discord's 25 fields allow (the rest counted in the "So far" field)."""
+                   names: dict[str, str]) -> list[discord.Embed]:
+    """`/record status` of a live session: `embed` (the session's) with the audio so far
+    (`manifest`, the live manifest) as a "So far" field (its length, the links' validity
+    in minutes), then one field per track `[Listen <fmt>](<url>) · <duration>` named
+    `So far: <name>` like `links_embeds`' — in `embed` while Discord's limits allow (25
+    fields, 6000 characters per message), the rest in further embeds titled `So far (2)`,
+    …; one embed per message."""
     expires = links[0].link.expires_in_seconds if links else 0
-    room = max(0, EMBED_FIELDS - len(embed.fields) - 1)
-    shown = links[:room]
     summary = (f"{_ms(manifest.duration_ms)} up to the last chunk assembled; links expire "
                f"{max(1, expires // 60)} min after this message")
-    if len(links) > len(shown):
-        summary += f" ({len(links) - len(shown)} track(s) not shown)"
-    embed.add_field(name="So far", value=_clip(summary, FIELD_MAX), inline=False)
-    for t in shown:
-        name = "Mix" if t.user_id is None else _name(names, t.user_id)
-        value = f"[Listen {t.link.format}]({t.link.url}) · {_ms(t.duration_ms)}"
-        if len(value) > FIELD_MAX:
-            value = f"link too long for Discord ({len(t.link.url)} characters)"
-        embed.add_field(name=_clip(f"So far: {name}", TITLE_MAX), value=value, inline=False)
-    return embed
+    fields = [("So far", _clip(summary, FIELD_MAX))]
+    fields += [_link_field(t, names, "Listen", f" · {_ms(t.duration_ms)}", "So far: {}")
+               for t in links]
+    return _pack(embed, fields, "So far")
 
 
 def meetings_embed(saved: list[SavedMeeting], live: dict[str, Any] | None,

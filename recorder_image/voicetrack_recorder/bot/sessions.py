@@ -128,8 +128,11 @@ class BotSessions:
 
         Creates `g-<guildId>` unless the guild already has a session, which is returned
         instead (`created=False`; also while a stopped session is still being promoted).
-        The bot's own session refused earlier (the guild was busy) is deleted first and
-        made again, so a refusal does not outlive its cause.
+        The bot's own session that no longer records is deleted (uid precondition) and,
+        once gone, made again: refused earlier (the guild was busy), so a refusal does not
+        outlive its cause; or ended by itself (Stopped: a limit; Failed), which the delete
+        hands to the operator to save. One still being saved after `settle_seconds` is
+        returned (`created=False`, with its deletionTimestamp): try again when it is done.
         The spec is `spec_defaults` with the ids (and `chunkSeconds` when given) set, and
         the user ids `remembered()` returns (the guild's remembered opt-outs, read once the
         spec is known to be valid: `BotConsent.remembered`) added to `spec.optOutUserIds`.
@@ -153,8 +156,10 @@ class BotSessions:
             spec["optOutUserIds"] = sorted({*spec.get("optOutUserIds", ()), *opted_out})
             self._validate(spec, "session spec")
         existing = await self.find(guild_id)
-        if existing is not None and not await self._clear_refused(existing):
-            return Started(existing, created=False)
+        if existing is not None:
+            left = await self._clear_ended(existing)
+            if left is not None:
+                return Started(left, created=False)
         body = {
             "apiVersion": API_VERSION, "kind": SESSION_KIND,
             "metadata": {"name": name, "namespace": self.namespace,
@@ -201,15 +206,19 @@ class BotSessions:
                 obj = await self._get(name)
         return obj
 
-    async def _clear_refused(self, obj: dict[str, Any]) -> bool:
-        """Delete the bot's own session (`g-<guildId>`) when the operator refused it
-        (the guild was busy then) so `start` can try again; True once it is gone (waits
-        up to `settle_seconds`, else raises TemporaryFailure). Any other session is
-        kept: False."""
+    async def _clear_ended(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Delete the bot's own session (`g-<guildId>`, not being deleted) when it no
+        longer records: Refused (the guild was busy then), Stopped (a limit ended it) or
+        Failed; the delete carries a uid precondition and starts the operator's promotion
+        of what was recorded. Returns None once it is gone (waits up to
+        `settle_seconds`), so `start` makes a new one; else the session as it stands:
+        any other session, or one still being deleted (saving). Raises TemporaryFailure
+        for a refused session not gone in time (nothing of it is to be saved)."""
         meta = obj["metadata"]
         if (meta["name"] != session_name(str((obj.get("spec") or {}).get("guildId", "")))
-                or meta.get("deletionTimestamp") or _state(obj) is not SessionState.REFUSED):
-            return False
+                or meta.get("deletionTimestamp") or _state(obj) not in _ENDED):
+            return obj
+        refused = _state(obj) is SessionState.REFUSED
         try:
             await self._call(
                 f"delete RecordingSession {meta['name']}",
@@ -218,12 +227,16 @@ class BotSessions:
                 body=client.V1DeleteOptions(
                     preconditions=client.V1Preconditions(uid=meta["uid"])))
         except NotFoundError:
-            return True
-        log.info("deleted refused %s/%s to start again", self.namespace, meta["name"])
-        if await self.follow(obj, max(self.settle_seconds, 1.0), poll_s=0.25) is not None:
+            return None
+        log.info("deleted %s %s/%s to start again", _state(obj), self.namespace,
+                 meta["name"])
+        left = await self.follow(obj, max(self.settle_seconds, 1.0), poll_s=0.25)
+        if left is None:
+            return None
+        if refused:
             raise TemporaryFailure(f"the refused session {meta['name']} is still being "
                                    "removed", delay=5)
-        return True
+        return left
 
     async def stop(self, guild_id: str) -> dict[str, Any]:
         """Delete the guild's session: the operator stops the recorder, waits for the
@@ -385,6 +398,10 @@ class BotSessions:
             return cast(dict[str, Any], await asyncio.to_thread(fn, *args, **kw))
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, what) from err
+
+
+_ENDED = (SessionState.REFUSED, SessionState.STOPPED, SessionState.FAILED)
+"""States of the bot's own session that `start` deletes to record again."""
 
 
 def _state(obj: dict[str, Any]) -> SessionState | None:
