@@ -39,6 +39,7 @@ from voicetrack.resources import (
     TranscodeStatus,
 )
 from voicetrack_local.cluster import LocalCluster
+from voicetrack_local.ports import free_port
 from voicetrack_local.stack import install_crds
 from voicetrack_operator.adapters.kube import KubeAdapter
 from voicetrack_operator.builders import (
@@ -515,6 +516,35 @@ async def test_deletion_resumes_at_its_step_and_an_input_error_keeps_the_finaliz
     assert len(await ctx.kube.list_jobs(namespace, "overlap")) == 2
     again = await deletion.finalize_session(await set_status(ctx, s, out.status))
     assert again.done and again.status["deletion"] == out.status["deletion"]
+
+
+async def test_a_database_outage_does_not_keep_the_recorder_recording(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Stopping needs no SQL: with PostgreSQL away, deleting a session still deletes its
+    recorder pod, and only the steps that write SQL wait for the database. (Second review:
+    the meeting-row repair ran before every step, so `/record stop` during an outage left
+    the bot recording the channel until the database came back, and that audio was
+    promoted.) The outage is real: a PostgreSQL URL on a port nothing listens on."""
+    s = await make_session(ctx, kubectl, namespace, "db-away")
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    pod = recorder_pod_name("db-away")
+    assert await ctx.kube.get_pod(namespace, pod) is not None
+    await ctx.db.close()
+    ctx.db = RecordingService.from_url(
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres")
+
+    out = await DeletionService(ctx).finalize_session(s)
+    assert out.state is SessionState.STOPPING and not out.failed, out.message
+    after = await ctx.kube.get_pod(namespace, pod)
+    assert after is None or after["metadata"].get("deletionTimestamp"), after
+    await ctx.kube.delete_pod(namespace, pod, 0)
+    for _ in range(100):
+        if await ctx.kube.get_pod(namespace, pod) is None:
+            break
+        await asyncio.sleep(0.1)
+    # the recorder is gone: the next steps wait for the database, nothing is skipped
+    out = await DeletionService(ctx).finalize_session(await set_status(ctx, s, out.status))
+    assert out.progress.step is not DeletionStep.DONE and not out.failed, out.message
 
 
 async def test_record_writes_the_rows_a_killed_replica_left_behind(

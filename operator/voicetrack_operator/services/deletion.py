@@ -173,9 +173,13 @@ class DeletionService:
             self.ctx.forget_session(s.ref.uid, s.meeting_id)
             return DeletionOutcome(progress, SessionState.REFUSED, "refused session deleted")
         try:
-            if progress.step is not DeletionStep.DONE:
-                await self.sessions.repair_meeting(s)  # SQL may have lost it
+            repaired = False
             while progress.step is not DeletionStep.DONE:
+                if progress.step is not DeletionStep.STOP and not repaired:
+                    # SQL may have lost the row; stopping needs no SQL, so a database
+                    # outage never keeps the recorder recording (second review)
+                    await self.sessions.repair_meeting(s)
+                    repaired = True
                 result = await self.run_step(s, progress)
                 if isinstance(result, Wait):
                     return self._outcome(progress, result.state, result.message, result.delay)
