@@ -8,6 +8,7 @@ it in real operator processes and restarts one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import secrets
@@ -47,14 +48,14 @@ def make_secret(kubectl: Kubectl, ns: str, name: str = "hook", key: bytes = KEY)
             f"--from-literal=hmac={key.decode()}")
 
 
-@pytest.fixture
-async def ctx(cluster: LocalCluster, s3_server: S3Settings,
-              tmp_path: Path) -> AsyncIterator[Context]:
-    """A real operator context: admin API client, SQLite at its head, the S3 server."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'voicetrack.db'}"
+@contextlib.asynccontextmanager
+async def context_on(url: str, cluster: LocalCluster, s3: S3Settings
+                     ) -> AsyncIterator[Context]:
+    """A real operator context: admin API client, the database `url` at its head, the S3
+    server; closed after."""
     await asyncio.to_thread(migrate.upgrade_head, url)
-    settings = OperatorSettings(database_url=url, s3=s3_server,
-                                pods=PodSettings(s3_endpoint=s3_server.endpoint),
+    settings = OperatorSettings(database_url=url, s3=s3,
+                                pods=PodSettings(s3_endpoint=s3.endpoint),
                                 kubeconfig=str(cluster.kubeconfig))
     c = Context(settings=settings, kube=KubeAdapter(load_api_client(str(cluster.kubeconfig))),
                 db=RecordingService.from_url(url))
@@ -63,6 +64,15 @@ async def ctx(cluster: LocalCluster, s3_server: S3Settings,
     finally:
         await c.db.close()
         c.kube.api.close()
+
+
+@pytest.fixture
+async def ctx(cluster: LocalCluster, s3_server: S3Settings,
+              tmp_path: Path) -> AsyncIterator[Context]:
+    """`context_on` SQLite."""
+    async with context_on(f"sqlite+aiosqlite:///{tmp_path / 'voicetrack.db'}", cluster,
+                          s3_server) as c:
+        yield c
 
 
 @pytest.fixture
@@ -218,13 +228,7 @@ async def test_an_answer_with_nul_bytes_is_recorded_on_postgresql(
         s3_server: S3Settings, fresh_postgres_url: str) -> None:
     """PostgreSQL refuses NUL in text: before, the attempt of a receiver whose error page
     held one was never recorded, and attempt 1 was POSTed again every lease (review)."""
-    await asyncio.to_thread(migrate.upgrade_head, fresh_postgres_url)
-    settings = OperatorSettings(database_url=fresh_postgres_url, s3=s3_server,
-                                pods=PodSettings(s3_endpoint=s3_server.endpoint),
-                                kubeconfig=str(cluster.kubeconfig))
-    c = Context(settings=settings, kube=KubeAdapter(load_api_client(str(cluster.kubeconfig))),
-                db=RecordingService.from_url(fresh_postgres_url))
-    try:
+    async with context_on(fresh_postgres_url, cluster, s3_server) as c:
         make_secret(kubectl, namespace)
         receiver.answers((500, 0, b"bad\x00body"))
         d = await queue(c.db, s3_server, namespace, receiver.url)
@@ -234,9 +238,6 @@ async def test_an_answer_with_nul_bytes_is_recorded_on_postgresql(
         assert second.outcome == "delivered"
         assert first.outcome == "retry" and "bad\ufffdbody" in (first.error or "")
         assert len(receiver.requests()) == 2
-    finally:
-        await c.db.close()
-        c.kube.api.close()
 
 
 async def test_a_missing_secret_is_an_attempt_error_that_is_retried(
