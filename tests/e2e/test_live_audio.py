@@ -30,8 +30,8 @@ import pytest
 
 from tests.audio_helpers import best_correlation, decode_file
 from tests.e2e.test_main_job import USERS, speakers, wait_for, wav_bytes
-from tests.unit.test_bot_app import DAVE, RECORDER_ROLE, discord_world
 from tests.unit.test_bot_app import GUILD as BOT_GUILD
+from tests.unit.test_bot_app import RECORDER_ROLE, discord_world
 from voicetrack.kubeclient import load_api_client
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
@@ -110,20 +110,23 @@ def cli(stack: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-async def bot_status(stack: LiveStack, ns: str) -> discord.Embed:
-    """`/record status` as a member without a role asks it, answered by the real bot
-    commands over the real session and S3 (the interaction is offline)."""
+async def bot_status(stack: LiveStack, ns: str) -> list[discord.Embed]:
+    """`/record status` as a speaker without a role asks it (the audio so far is linked
+    for managers and the session's speakers, `voicetrack.visibility`), answered by the
+    real bot commands over the real session and S3 (the interaction is offline): the
+    embeds of its messages."""
     api = load_api_client(str(stack.kubeconfig))
     try:
         sessions = BotSessions(api, ns, settle_seconds=0)
         archive = MeetingArchive(stack.s3, StorageSpec(bucket=stack.s3.bucket))
         cmds = RecordCommands(sessions, ControlPolicy.parse(str(RECORDER_ROLE)),
                               archive=archive)
-        embed = None
+        embeds: list[discord.Embed] = []
         async for world in discord_world(cmds):
-            embed = await cmds.status(world.interaction(DAVE, "dave", [], "status"))
-        assert embed is not None
-        return embed
+            embeds = await cmds.status(world.interaction(int(USERS[0]), "speaker", [],
+                                                         "status"))
+        assert embeds
+        return embeds
     finally:
         api.close()
 
@@ -225,8 +228,8 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
 
     # `/record status` (an offline interaction of the real bot, the real session read
     # from the cluster): links to the audio so far that download its bytes.
-    embed = asyncio.run(bot_status(stack, ns))
-    fields = {f.name: str(f.value) for f in embed.fields}
+    embeds = asyncio.run(bot_status(stack, ns))
+    fields = {f.name: str(f.value) for embed in embeds for f in embed.fields}
     assert "So far" in fields and "So far: Mix" in fields, fields
     url = fields["So far: Mix"].split("](", 1)[1].split(")", 1)[0]
     with urllib.request.urlopen(url, timeout=30) as resp:
