@@ -78,6 +78,11 @@ async def test_meetings_are_shown_to_managers_and_their_speakers_only(
         assert (await cmds.get(dave, CAROLS))[0].to_dict() == (
             await cmds.get(dave, MISSING))[0].to_dict() | {
             "description": f"no saved recording `{CAROLS}` in this server"}
+        no_opus = (await cmds.get(dave, DAVES, "opus"))[0]
+        assert not no_opus.fields and no_opus.description == (
+            f"format: track {DAVE} has no 'opus'; it has mp3"), no_opus.to_dict()
+        assert (await cmds.get(bob, DAVES, "opus"))[0].to_dict() == (
+            await cmds.get(bob, DAVES))[0].to_dict()  # no hint that the meeting exists
         refused = (await cmds.get(bob, DAVES))[0]
         assert refused.title == "No recording" and not refused.fields
         assert refused.description == f"no saved recording `{DAVES}` in this server"

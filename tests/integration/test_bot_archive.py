@@ -23,16 +23,20 @@ GUILD, OTHER = "300000000000000001", "300000000000000002"
 ALICE = "400000000000000001"
 
 
-def save(store: ObjectStore, guild: str, meeting: str, audio: bytes) -> FinalManifest:
-    """Write a promoted meeting as promotion does: a speaker track, the mix, the manifest."""
+def save(store: ObjectStore, guild: str, meeting: str, audio: bytes,
+         formats: tuple[str, ...] = ("mp3",)) -> FinalManifest:
+    """Write a promoted meeting as promotion does: a speaker track and the mix in each of
+    `formats` (the bytes `audio` + the format's name), then the manifest."""
     layout = MeetingLayout("recordings", guild, meeting)
     tracks = []
     for track, user in ((ALICE, ALICE), ("mix", None)):
-        key = layout.final_key(track, "mp3")
-        store.put_bytes(key, audio, "audio/mpeg")
-        tracks.append(FinalTrack(track=track, kind="mixed" if user is None else "speaker",
-                                 user_id=user, format="mp3", key=key, bytes=len(audio),
-                                 sha256=sha256_hex(audio), duration_ms=6000))
+        for fmt in formats:
+            key = layout.final_key(track, fmt)
+            data = audio + fmt.encode()
+            store.put_bytes(key, data, "application/octet-stream")
+            tracks.append(FinalTrack(track=track, kind="mixed" if user is None else "speaker",
+                                     user_id=user, format=fmt, key=key, bytes=len(data),
+                                     sha256=sha256_hex(data), duration_ms=6000))
     manifest = FinalManifest(tool_version="test", meeting_id=meeting, duration_ms=6000,
                              recorded_ms=6000, paused_ms=0, tracks=tracks)
     store.put_json(layout.final_manifest_key, manifest.to_api())
@@ -75,3 +79,21 @@ async def test_recent_get_and_links(object_store: ObjectStore) -> None:
     with pytest.raises(NotFoundError):
         await archive.get(GUILD, "../../etc/passwd")
     assert len(set(messages)) == 1 and OTHER not in messages[0]
+
+
+async def test_links_in_the_format_asked(object_store: ObjectStore) -> None:
+    """`/record get format:flac` links the flac files; a format the meeting was not saved
+    in is "not found" naming the option and the formats it has; no format, mp3."""
+    archive = MeetingArchive(object_store.settings,
+                             StorageSpec(bucket=object_store.bucket))
+    save(object_store, GUILD, "fffffffffffffff1", b"audio.", formats=("flac", "mp3"))
+    saved = await archive.get(GUILD, "fffffffffffffff1")
+
+    flac = await archive.links(saved, expires_s=60, fmt="flac")
+    assert [(t.kind, t.link.format) for t in flac] == [("speaker", "flac"), ("mixed", "flac")]
+    for t in flac:
+        assert await asyncio.to_thread(download, t.link.url) == b"audio.flac"
+    assert {t.link.format for t in await archive.links(saved)} == {"mp3"}
+    with pytest.raises(NotFoundError, match=r"^format: track \d+ has no 'opus'; it has "
+                                            r"flac, mp3$"):
+        await archive.links(saved, fmt="opus")

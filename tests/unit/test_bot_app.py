@@ -273,8 +273,10 @@ async def test_the_command_group_as_discord_receives_it(world: World) -> None:
             opts["chunk_seconds"]["max_value"]) == (4, 5, 300)
     assert all(not subs[s].get("options") for s in ("stop", "pause", "resume", "status",
                                                     "list"))
-    meeting = subs["get"]["options"][0]
+    meeting, fmt = subs["get"]["options"]
     assert (meeting["name"], meeting["type"], meeting["required"]) == ("meeting", 3, True)
+    assert (fmt["name"], fmt["type"], fmt["required"]) == ("format", 3, False)
+    assert [c["value"] for c in fmt["choices"]] == ["mp3", "flac", "opus"]
 
 
 def test_intents_are_guilds_and_voice_states_only() -> None:

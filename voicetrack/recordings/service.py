@@ -31,7 +31,7 @@ import posixpath
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from voicetrack.audio import SAMPLES_PER_MS
 from voicetrack.db.queries import MeetingRecord
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, NotFoundError
-from voicetrack.layout import MIX_TRACK, MeetingLayout
+from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import ConsentRecord, FinalManifest
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, sha256_file
 from voicetrack.recordings.bundle import LofEntry, ffmpeg_path, lof_text, render_flac
@@ -55,13 +55,12 @@ from voicetrack.recordings.models import (
     render_sources,
 )
 from voicetrack.resources import MEETING_ID_PATTERN
+from voicetrack.trackchoice import select_tracks
 
 TIMELINE_NAME = "timeline.json"
 """The speech timeline promotion may write next to the manifest: `final/timeline.json`."""
 CONSENT_NAME = "consent.json"
 """The consent record promotion writes next to the manifest: `final/consent.json`."""
-DEFAULT_LINK_FORMAT = "mp3"
-"""The format `links` picks when none is asked and a track has it."""
 
 _MEETING_RE = re.compile(MEETING_ID_PATTERN)
 _SESSION_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -314,33 +313,3 @@ def meeting_layout(record: MeetingRecord, track: TrackInfo) -> MeetingLayout:
             f"<prefix>/{tail}/")
     prefix = final_dir[: -len(tail)].rstrip("/")
     return MeetingLayout(prefix, record.guild_id, record.meeting_id)
-
-
-def select_tracks(tracks: Sequence[TrackInfo], track: str | None, fmt: str | None,
-                  meeting_id: str) -> list[TrackInfo]:
-    """One `TrackInfo` per track name (all, or the one named `track`: a user id or
-    `mix`), in format `fmt`, or by default `mp3` when the track has it, else its first
-    format. NotFoundError naming TRACK or --format and listing what exists."""
-    if not tracks:
-        raise NotFoundError(f"meeting {meeting_id} has no final tracks")
-    names = list(dict.fromkeys(t.track for t in tracks))
-    if track is not None:
-        wanted = MIX_TRACK if track in ("mixed", MIX_TRACK) else track
-        if wanted not in names:
-            raise NotFoundError(
-                f"TRACK: meeting {meeting_id} has no track {track!r}; it has "
-                f"{', '.join(names)}")
-        names = [wanted]
-    out = []
-    for name in names:
-        mine = [t for t in tracks if t.track == name]
-        if fmt is not None:
-            match = [t for t in mine if t.format == fmt.lower()]
-            if not match:
-                raise NotFoundError(
-                    f"--format: track {name} has no {fmt!r}; it has "
-                    f"{', '.join(t.format for t in mine)}")
-        else:
-            match = [t for t in mine if t.format == DEFAULT_LINK_FORMAT] or mine
-        out.append(match[0])
-    return out

@@ -196,11 +196,12 @@ class RecordCommands:
         task.add_done_callback(self._late.discard)
 
     async def _links_answer(self, interaction: discord.Interaction, guild: discord.Guild,
-                            meeting: str, title: str, stopped: bool = False
-                            ) -> list[discord.Embed]:
-        """Links to saved `meeting` for the member who asked, if the visibility rule lets
-        them see it; else "not found" like a missing meeting (`stopped`: they stopped it,
-        so they are told it is saved, without links)."""
+                            meeting: str, title: str, stopped: bool = False,
+                            fmt: str | None = None) -> list[discord.Embed]:
+        """Links (in format `fmt`, default mp3) to saved `meeting` for the member who
+        asked, if the visibility rule lets them see it; else "not found" like a missing
+        meeting (`stopped`: they stopped it, so they are told it is saved, without
+        links)."""
         archive = self._links()
         try:
             saved = await archive.get(str(guild.id), meeting)
@@ -214,7 +215,7 @@ class RecordCommands:
             if stopped:
                 return [saved_embed(meeting, title)]
             raise archive._not_found(meeting)
-        links = await archive.links(saved, self.link_s)
+        links = await archive.links(saved, self.link_s, fmt)
         names = await _display_names(guild, saved.speakers)
         return links_embeds(saved, links, names, title=title)
 
@@ -234,17 +235,19 @@ class RecordCommands:
             return meetings_embed(saved, live, await _display_names(guild, sorted(ids)))
         return await _answer_errors(go())
 
-    async def get(self, interaction: discord.Interaction, meeting: str
-                  ) -> list[discord.Embed]:
-        """Links to the tracks of this server's saved meeting `meeting`, minted now
-        (ephemeral; one embed per message), for members with Manage Server and members who
-        spoke in it. Another server's meeting, and one the member may not see, is "not
-        found", like a missing one."""
+    async def get(self, interaction: discord.Interaction, meeting: str,
+                  fmt: str | None = None) -> list[discord.Embed]:
+        """Links to the tracks of this server's saved meeting `meeting` in format `fmt`
+        (mp3, flac or opus; default mp3 where a track has it), minted now (ephemeral; one
+        embed per message), for members with Manage Server and members who spoke in it.
+        Another server's meeting, and one the member may not see, is "not found", like a
+        missing one; a format the meeting was not saved in is "not found" naming the
+        formats it has."""
         async def go() -> list[discord.Embed]:
             guild = self._served(interaction)
             wanted = meeting.strip()
             return await self._links_answer(interaction, guild, wanted,
-                                            f"Recording {wanted}")
+                                            f"Recording {wanted}", fmt=fmt)
         return await _answer_errors(go(), many=True)
 
     async def pause(self, interaction: discord.Interaction) -> discord.Embed:

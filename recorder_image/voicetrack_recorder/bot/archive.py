@@ -32,6 +32,7 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, PresignedUrl, S3Settings
 from voicetrack.resources import MEETING_ID_PATTERN, StorageSpec
+from voicetrack.trackchoice import select_tracks
 
 MANIFEST_SUFFIX = "/final/manifest.json"
 LIVE_LINK_S = 300
@@ -39,21 +40,19 @@ LIVE_LINK_S = 300
 so far is replaced every live interval."""
 LIST_LIMIT = 10
 """Meetings `/record list` shows (the most recently saved first)."""
-LINK_FORMAT = "mp3"
-"""The format linked for a track that has it; else its first format (the CLI's default,
-`voicetrack.recordings.service.select_tracks`). One link per track keeps an answer small:
-a presigned URL is some 400 characters and Discord takes 6000 per message."""
 
 
-def one_per_track(tracks: list[FinalTrack]) -> list[FinalTrack]:
-    """One track per track name: its LINK_FORMAT one, else its first; speakers in
-    manifest order, then the mix."""
-    chosen: dict[str, FinalTrack] = {}
-    for t in tracks:
-        have = chosen.get(t.track)
-        if have is None or (t.format == LINK_FORMAT and have.format != LINK_FORMAT):
-            chosen[t.track] = t
-    return sorted(chosen.values(), key=lambda t: t.kind == "mixed")
+def one_per_track(tracks: list[FinalTrack], meeting_id: str, fmt: str | None = None
+                  ) -> list[FinalTrack]:
+    """One file per track, speakers in manifest order then the mix, in format `fmt` or
+    by default mp3 when the track has it (`voicetrack.trackchoice.select_tracks`, the
+    CLI's rule too). One link per track keeps an answer small: a presigned URL is some
+    400 characters and Discord takes 6000 per message. Raises NotFoundError ("format:
+    track … has no 'flac'; it has mp3") when a track lacks `fmt`; no tracks, no files."""
+    if not tracks:
+        return []
+    chosen = select_tracks(tracks, None, fmt, meeting_id, format_option="format")
+    return sorted(chosen, key=lambda t: t.kind == "mixed")
 
 
 @dataclass(frozen=True)
@@ -142,13 +141,14 @@ class MeetingArchive:
         except (NotFoundError, InvalidInputError) as err:
             raise self._not_found(meeting_id) from err
 
-    async def links(self, meeting: SavedMeeting, expires_s: int = DEFAULT_LINK_S
-                    ) -> list[TrackLink]:
-        """A link per final track of `meeting` in one format (`one_per_track`: mp3 when
-        there is one; speakers in manifest order, then the mix), each valid `expires_s`
-        seconds from now. Raises InvalidInputError (expiry outside 1 s..7 days)."""
+    async def links(self, meeting: SavedMeeting, expires_s: int = DEFAULT_LINK_S,
+                    fmt: str | None = None) -> list[TrackLink]:
+        """A link per final track of `meeting` in format `fmt`, by default mp3 when there
+        is one (`one_per_track`; speakers in manifest order, then the mix), each valid
+        `expires_s` seconds from now. Raises InvalidInputError (expiry outside 1 s..7
+        days) and NotFoundError (a track without `fmt`, naming the formats it has)."""
         def mint() -> list[TrackLink]:
-            tracks = one_per_track(meeting.manifest.tracks)
+            tracks = one_per_track(meeting.manifest.tracks, meeting.meeting_id, fmt)
             return [TrackLink(t.user_id, t.kind, self.store.presigned_link(t.key, expires_s),
                               t.bytes, t.sha256, t.duration_ms) for t in tracks]
         return await asyncio.to_thread(mint)
@@ -191,7 +191,7 @@ class MeetingArchive:
         """A link per live track of `manifest` in one format (`one_per_track`; speakers,
         then the mix), each valid `expires_s` seconds from now."""
         def mint() -> list[TrackLink]:
-            tracks = one_per_track(manifest.tracks)
+            tracks = one_per_track(manifest.tracks, manifest.meeting_id)
             return [TrackLink(t.user_id, t.kind, self.store.presigned_link(t.key, expires_s),
                               t.bytes, t.sha256, t.duration_ms) for t in tracks]
         return await asyncio.to_thread(mint)

@@ -20,6 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from voicetrack.resources import OutputFormat
 from voicetrack_recorder.bot.app import RecordCommands
 from voicetrack_recorder.bot.embeds import undelivered_embed
 
@@ -106,10 +107,13 @@ def build_group(cmds: RecordCommands) -> app_commands.Group:
         await _reply(interaction, cmds.recent(interaction))
 
     @group.command(name="get", description="Download links for a saved recording")
-    @app_commands.describe(meeting="Meeting id, as /record list shows it")
+    @app_commands.describe(meeting="Meeting id, as /record list shows it",
+                           fmt="File format of the links (default: mp3)")
+    @app_commands.rename(fmt="format")
     async def get(interaction: discord.Interaction,
-                  meeting: app_commands.Range[str, 1, 64]) -> None:
-        await _reply(interaction, cmds.get(interaction, meeting))
+                  meeting: app_commands.Range[str, 1, 64],
+                  fmt: OutputFormat | None = None) -> None:
+        await _reply(interaction, cmds.get(interaction, meeting, fmt))
 
     @group.command(name="optout", description="Stop recording your voice in this server "
                    "(until /record optin)")
