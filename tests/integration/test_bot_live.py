@@ -14,7 +14,8 @@ from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.resources import StorageSpec
 from voicetrack_recorder.bot.archive import LIVE_LINK_S, MeetingArchive
-from voicetrack_recorder.bot.embeds import EMBED_FIELDS, EMBED_TOTAL, add_live_links
+from voicetrack_recorder.bot.embeds import EMBED_FIELDS, EMBED_TOTAL
+from voicetrack_recorder.bot.linkembeds import add_live_links
 
 pytestmark = pytest.mark.integration
 

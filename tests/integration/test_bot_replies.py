@@ -29,7 +29,8 @@ from voicetrack_local.discord.rest import embed_problem
 from voicetrack_local.discord.server import LocalDiscord, Settings
 from voicetrack_recorder.bot.archive import MeetingArchive, TrackLink
 from voicetrack_recorder.bot.client import _reply
-from voicetrack_recorder.bot.embeds import EMBED_FIELDS, EMBED_TOTAL, add_live_links, links_embeds
+from voicetrack_recorder.bot.embeds import EMBED_FIELDS, EMBED_TOTAL
+from voicetrack_recorder.bot.linkembeds import add_live_links, links_embeds
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -23,12 +23,11 @@ from voicetrack_recorder.bot.embeds import (
     STATE_COLOURS,
     STATE_TITLES,
     error_embed,
-    links_embeds,
-    meetings_embed,
     refused_reason,
     session_embed,
     session_state,
 )
+from voicetrack_recorder.bot.linkembeds import links_embeds, meetings_embed
 
 pytestmark = pytest.mark.unit
 
@@ -166,6 +165,23 @@ def test_many_speakers_stay_within_discord_limits() -> None:
     value = fields(embed)["Speakers"]
     assert value.endswith(f"and {200 - SPEAKERS_SHOWN} more") and len(value) <= 1024
     assert len(embed) <= 6000  # Discord's total embed size limit
+
+
+def test_a_session_with_every_text_at_its_longest_fits_one_message() -> None:
+    # a refusal reason of 5000 characters (the description takes 4096), three conditions
+    # of 1000 characters, 300 recordings and the longest namespace/name: each part within
+    # its own limit, and together over Discord's 6000 per message before the fix (7 4xx)
+    why = "w" * 5000
+    status = status_of(SessionState.REFUSED, [("Recording", False, "Refused", "r" * 1000),
+                                              ("Ready", False, "Other", why),
+                                              ("Degraded", True, "Other", "d" * 1000)])
+    status["recordingIds"] = [f"{i:032x}" for i in range(300)]
+    obj = session(status, namespace="n" * 63, name="s" * 253)
+    embed = session_embed(obj)
+    assert len(embed) <= 6000, len(embed)  # Discord's total embed size limit
+    assert (embed.description or "").startswith("**Why:** www") and (
+        embed.description or "").endswith("…")
+    assert fields(embed)["Recordings"].endswith("…") and embed.footer.text
 
 
 @pytest.mark.parametrize("state", list(SessionState))

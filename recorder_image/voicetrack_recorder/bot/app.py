@@ -53,15 +53,12 @@ from voicetrack_recorder.bot.access import (
 )
 from voicetrack_recorder.bot.archive import MeetingArchive
 from voicetrack_recorder.bot.consent import BotConsent
-from voicetrack_recorder.bot.embeds import (
+from voicetrack_recorder.bot.embeds import consent_embed, error_embed, session_embed, session_state
+from voicetrack_recorder.bot.linkembeds import (
     add_live_links,
-    consent_embed,
-    error_embed,
     links_embeds,
     meetings_embed,
     saved_embed,
-    session_embed,
-    session_state,
 )
 from voicetrack_recorder.bot.sessions import BotSessions
 

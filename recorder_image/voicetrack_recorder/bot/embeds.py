@@ -10,7 +10,8 @@ seen has no status; it shows as Pending.
 Discord's embed limits (https://discord.com/developers/docs/resources/message#embed-object-
 embed-limits): title 256, description 4096, field value 1024 characters, 25 fields, and
 6000 characters in all the embeds of one message together; a message over them is refused
-(400), so answers with links are split over several embeds, one per message.
+(400), so answers with links are split over several embeds, one per message
+(`linkembeds.py`).
 """
 
 from __future__ import annotations
@@ -22,30 +23,29 @@ from typing import Any
 import discord
 
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack.manifests import FinalManifest
 from voicetrack.resources import SessionState
-from voicetrack_recorder.bot.archive import SavedMeeting, TrackLink
 
 FIELD_MAX = 1024
 DESCRIPTION_MAX = 4096
 TITLE_MAX = 256
 SPEAKERS_SHOWN = 20
 
-_GREY, _RED, _ORANGE, _BLURPLE, _GREEN, _DARK_RED = (
+GREY, RED, ORANGE, BLURPLE, GREEN, DARK_RED = (
     0x99AAB5, 0xED4245, 0xFAA61A, 0x5865F2, 0x57F287, 0x992D22)
+"""Embed colours (Discord's brand palette)."""
 
 STATE_COLOURS: dict[SessionState, int] = {
-    SessionState.PENDING: _GREY,
-    SessionState.RECORDING: _RED,
-    SessionState.PAUSED: _ORANGE,
-    SessionState.STOPPING: _BLURPLE,
-    SessionState.TRANSCODING: _BLURPLE,
-    SessionState.PROMOTING: _BLURPLE,
-    SessionState.PROMOTED: _GREEN,
-    SessionState.PROMOTION_FAILED: _DARK_RED,
-    SessionState.STOPPED: _GREY,
-    SessionState.REFUSED: _DARK_RED,
-    SessionState.FAILED: _DARK_RED,
+    SessionState.PENDING: GREY,
+    SessionState.RECORDING: RED,
+    SessionState.PAUSED: ORANGE,
+    SessionState.STOPPING: BLURPLE,
+    SessionState.TRANSCODING: BLURPLE,
+    SessionState.PROMOTING: BLURPLE,
+    SessionState.PROMOTED: GREEN,
+    SessionState.PROMOTION_FAILED: DARK_RED,
+    SessionState.STOPPED: GREY,
+    SessionState.REFUSED: DARK_RED,
+    SessionState.FAILED: DARK_RED,
 }
 """Embed colour per `status.state` (Discord's brand palette); every SessionState has one."""
 
@@ -65,7 +65,8 @@ STATE_TITLES: dict[SessionState, str] = {
 """Embed title per `status.state`; every SessionState has one."""
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to at most `limit` characters with a closing `…` when longer."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -131,7 +132,9 @@ def refused_reason(obj: dict[str, Any]) -> str | None:
     return "refused by the operator (no reason given)"
 
 
-def _started(status: dict[str, Any]) -> str | None:
+def started_text(status: dict[str, Any]) -> str | None:
+    """`status.startedAt` as a Discord timestamp (`<t:unix:f>`, shown in the reader's
+    time zone) and its relative form; None when the session has not started."""
     value = status.get("startedAt")
     if not value:
         return None
@@ -142,7 +145,9 @@ def _started(status: dict[str, Any]) -> str | None:
     return f"<t:{ts}:f> (<t:{ts}:R>)"
 
 
-def _duration(status: dict[str, Any]) -> str:
+def duration_text(status: dict[str, Any]) -> str:
+    """The recorded duration: `status.duration` as the operator wrote it, else
+    `status.recordedSeconds` as `1h02m03s` / `2m03s` / `3s`."""
     if status.get("duration"):
         return str(status["duration"])
     seconds = int(status.get("recordedSeconds") or 0)
@@ -157,7 +162,7 @@ def _speakers(ids: list[str]) -> str:
     shown = " ".join(f"<@{i}>" for i in ids[:SPEAKERS_SHOWN])
     if len(ids) > SPEAKERS_SHOWN:
         shown += f" and {len(ids) - SPEAKERS_SHOWN} more"
-    return _clip(shown, FIELD_MAX)
+    return clip(shown, FIELD_MAX)
 
 
 def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.Embed:
@@ -167,7 +172,10 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
     why (the operator's condition message), else the state's message. Fields: State,
     Channel, Chunks (`<done> done · <failed> failed · <total> total`, plus pending),
     Duration, Speakers (mentions), Meeting, Requested by, Started, Conditions (one line
-    each: type, reason, message). Footer: `namespace/name`."""
+    each: type, reason, message). Footer: `namespace/name`. Each part is clipped to its
+    own Discord limit, and the description more when the whole would be over
+    EMBED_TOTAL (the other parts together stay under 4200 characters), so the embed
+    always fits one message."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -185,9 +193,9 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
     if isinstance(state, SessionState):
         state_title, colour = STATE_TITLES[state], STATE_COLOURS[state]
     else:
-        state_title, colour = str(state), _GREY
-    embed = discord.Embed(title=_clip(title or state_title, TITLE_MAX),
-                          description=_clip(description, DESCRIPTION_MAX) or None,
+        state_title, colour = str(state), GREY
+    embed = discord.Embed(title=clip(title or state_title, TITLE_MAX),
+                          description=clip(description, DESCRIPTION_MAX) or None,
                           colour=colour)
     embed.add_field(name="State", value=str(state))
     if spec.get("channelId"):
@@ -199,7 +207,7 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
     if pending:
         chunk_text += f" ({pending} transcoding)"
     embed.add_field(name="Chunks", value=chunk_text)
-    embed.add_field(name="Duration", value=_duration(status))
+    embed.add_field(name="Duration", value=duration_text(status))
     embed.add_field(name="Meeting", value=f"`{status['meetingId']}`"
                     if status.get("meetingId") else "not assigned yet")
     if spec.get("paused") and state not in (SessionState.PAUSED, SessionState.REFUSED):
@@ -208,19 +216,22 @@ def session_embed(obj: dict[str, Any], *, title: str | None = None) -> discord.E
                     inline=False)
     if spec.get("requestedBy"):
         embed.add_field(name="Requested by", value=f"<@{spec['requestedBy']}>")
-    started = _started(status)
+    started = started_text(status)
     if started:
         embed.add_field(name="Started", value=started)
     if status.get("recordingIds"):
         embed.add_field(name="Recordings",
-                        value=_clip(", ".join(f"`{r}`" for r in status["recordingIds"]),
+                        value=clip(", ".join(f"`{r}`" for r in status["recordingIds"]),
                                     FIELD_MAX), inline=False)
     if conds:
         embed.add_field(name="Conditions",
-                        value=_clip("\n".join(condition_line(c) for c in conds), FIELD_MAX),
+                        value=clip("\n".join(condition_line(c) for c in conds), FIELD_MAX),
                         inline=False)
     if meta.get("name"):
         embed.set_footer(text=f"{meta.get('namespace', '')}/{meta['name']}".lstrip("/"))
+    over = len(embed) - EMBED_TOTAL
+    if over > 0 and embed.description:  # each part within its limit, the whole not
+        embed.description = clip(embed.description, len(embed.description) - over)
     return embed
 
 
@@ -231,16 +242,16 @@ def error_embed(err: Exception) -> discord.Embed:
     suggested delay), anything else → "Something went wrong". The description is the
     error's message."""
     if isinstance(err, NotFoundError):
-        title, colour = "No recording", _GREY
+        title, colour = "No recording", GREY
     elif isinstance(err, InvalidInputError):
-        title, colour = "Cannot do that", _ORANGE
+        title, colour = "Cannot do that", ORANGE
     elif isinstance(err, ConflictError):
-        title, colour = "Changed meanwhile: look again with /record status", _ORANGE
+        title, colour = "Changed meanwhile: look again with /record status", ORANGE
     elif isinstance(err, TemporaryFailure):
-        title, colour = f"Try again in about {int(err.delay)} s", _ORANGE
+        title, colour = f"Try again in about {int(err.delay)} s", ORANGE
     else:
-        title, colour = "Something went wrong", _DARK_RED
-    return discord.Embed(title=title, description=_clip(str(err) or type(err).__name__,
+        title, colour = "Something went wrong", DARK_RED
+    return discord.Embed(title=title, description=clip(str(err) or type(err).__name__,
                                                         DESCRIPTION_MAX), colour=colour)
 
 
@@ -257,33 +268,15 @@ def consent_embed(session: dict[str, Any] | None, *, opted_out: bool) -> discord
                 "Nothing is being recorded in this server now.")
         text += (" This lasts for the recordings started later in this server too, until "
                  "you type /record optin.")
-        colour = _GREY
+        colour = GREY
     else:
         title = "You are recorded again"
         text = ("Voicetrack records your voice again in the current recording, from now "
                 "on (the time you were opted out stays silent)." if live else
                 "Nothing is being recorded in this server now.")
         text += " Later recordings in this server record you too."
-        colour = _RED
-    return discord.Embed(title=title, description=_clip(text, DESCRIPTION_MAX), colour=colour)
-
-
-def _ms(ms: int) -> str:
-    return _duration({"recordedSeconds": round(ms / 1000)})
-
-
-def _size(n: int) -> str:
-    """Bytes in SI units: `512 B`, `1.5 KB`, `12.3 MB`, `1.2 GB`."""
-    if n < 1000:
-        return f"{n} B"
-    for unit, scale in (("KB", 1e3), ("MB", 1e6)):
-        if n < scale * 1000:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n / 1e9:.1f} GB"
-
-
-def _name(names: dict[str, str], user_id: str) -> str:
-    return names.get(user_id) or f"user {user_id}"
+        colour = RED
+    return discord.Embed(title=title, description=clip(text, DESCRIPTION_MAX), colour=colour)
 
 
 EMBED_FIELDS = 25
@@ -293,114 +286,9 @@ EMBED_TOTAL = 6000
 description, field names and values, footer text, author name)."""
 
 
-def _pack(first: discord.Embed, fields: list[tuple[str, str]], title: str
-          ) -> list[discord.Embed]:
-    """`first` with as many of `fields` (name, value) as fit, then as many more embeds
-    (titled `title (2)`, `(3)`, …, colour of `first`) as needed for the rest: each within
-    EMBED_FIELDS fields and EMBED_TOTAL characters, so each can be its own message."""
-    out = [first]
-    for name, value in fields:
-        embed = out[-1]
-        if (len(embed.fields) >= EMBED_FIELDS
-                or len(embed) + len(name) + len(value) > EMBED_TOTAL):
-            embed = discord.Embed(title=_clip(f"{title} ({len(out) + 1})", TITLE_MAX),
-                                  colour=first.colour)
-            out.append(embed)
-        embed.add_field(name=name, value=value, inline=False)
-    return out
-
-
-def _link_field(t: TrackLink, names: dict[str, str], verb: str, text: str,
-                label: str = "{}") -> tuple[str, str]:
-    name = "Mix" if t.user_id is None else _name(names, t.user_id)
-    value = f"[{verb} {t.link.format}]({t.link.url}){text}"
-    if len(value) > FIELD_MAX:  # a URL too long for a field cannot be cut: say so
-        value = f"link too long for Discord ({len(t.link.url)} characters)"
-    return _clip(label.format(name), TITLE_MAX), value
-
-
-def links_embeds(meeting: SavedMeeting, links: list[TrackLink], names: dict[str, str], *,
-                 title: str = "Recording saved") -> list[discord.Embed]:
-    """The answer with download links, one embed per message: one field per track, named
-    `<display name> (<fmt>)` (`names`: user id → name; `user <id>` when unknown) or
-    `Mix (<fmt>)`, valued `[Download <fmt>](<url>) · <size> · <duration>` and the
-    speaker's mention (speakers first, the mix last, as `links` orders them). The first
-    embed's description gives the meeting id, its duration (paused time cut) and the
-    links' validity in minutes (the first link's `expires_in_seconds`; every link is
-    minted together); its footer when it was saved. Fields that do not fit Discord's
-    limits (25 fields, 6000 characters per message) go to further embeds titled
-    `<title> (2)`, …: every link is in one of them."""
-    m = meeting.manifest
-    expires = links[0].link.expires_in_seconds if links else 0
-    desc = (f"Meeting `{meeting.meeting_id}` · {_ms(m.duration_ms)}"
-            + (f" (paused {_ms(m.paused_ms)} cut)" if m.paused_ms else "")
-            + f"\nLinks expire {expires // 60} min after this message; "
-            f"`/record get {meeting.meeting_id}` mints new ones.")
-    first = discord.Embed(title=_clip(title, TITLE_MAX), description=desc, colour=_GREEN)
-    first.set_footer(text=f"saved {meeting.saved_at:%Y-%m-%d %H:%M} UTC")
-    fields = [_link_field(t, names, "Download", f" · {_size(t.bytes)} · "
-                          f"{_ms(t.duration_ms)}" + (f" · <@{t.user_id}>" if t.user_id
-                                                    else ""), "{} (" + t.link.format + ")")
-              for t in links]
-    return _pack(first, fields, title)
-
-
-def saved_embed(meeting: str, title: str = "Recording saved") -> discord.Embed:
-    """The answer to a `/record stop` by a member who may not have the links (neither
-    Manage Server nor a speaker in it): saved, and who may get them."""
-    return discord.Embed(title=_clip(title, TITLE_MAX), colour=_GREEN, description=(
-        f"Meeting `{meeting}` is saved. Its download links are for members with Manage "
-        "Server and members who spoke in it (`/record get`)."))
-
-
 def undelivered_embed(err: Exception) -> discord.Embed:
     """The short answer sent when Discord refused the real one (e.g. a 400 for an
     embed it would not take): says so, with Discord's status and message."""
-    return discord.Embed(title="Something went wrong", colour=_DARK_RED, description=_clip(
+    return discord.Embed(title="Something went wrong", colour=DARK_RED, description=clip(
         f"Discord refused the answer ({err}); try again, or `/record list`.",
         DESCRIPTION_MAX))
-
-
-def add_live_links(embed: discord.Embed, manifest: FinalManifest, links: list[TrackLink],
-                   names: dict[str, str]) -> list[discord.Embed]:
-    """`/record status` of a live session: `embed` (the session's) with the audio so far
-    (`manifest`, the live manifest) as a "So far" field (its length, the links' validity
-    in minutes), then one field per track `[Listen <fmt>](<url>) · <duration>` named
-    `So far: <name>` like `links_embeds`' — in `embed` while Discord's limits allow (25
-    fields, 6000 characters per message), the rest in further embeds titled `So far (2)`,
-    …; one embed per message."""
-    expires = links[0].link.expires_in_seconds if links else 0
-    summary = (f"{_ms(manifest.duration_ms)} up to the last chunk assembled; links expire "
-               f"{max(1, expires // 60)} min after this message")
-    fields = [("So far", _clip(summary, FIELD_MAX))]
-    fields += [_link_field(t, names, "Listen", f" · {_ms(t.duration_ms)}", "So far: {}")
-               for t in links]
-    return _pack(embed, fields, "So far")
-
-
-def meetings_embed(saved: list[SavedMeeting], live: dict[str, Any] | None,
-                   names: dict[str, str]) -> discord.Embed:
-    """`/record list`: the live session first (its state, start, duration), then each
-    saved meeting as `` `id` `` · saved <timestamp> · duration · speakers (display names)
-    · Saved. An empty list says so."""
-    lines = []
-    if live is not None:
-        status = live.get("status") or {}
-        meeting = status.get("meetingId") or "not assigned yet"
-        started = _started(status)
-        lines.append(f"`{meeting}` · **{session_state(live)}**"
-                     + (f" · started {started}" if started else "")
-                     + f" · {_duration(status)} · "
-                     + (", ".join(_name(names, u) for u in status.get("speakers") or [])
-                        or "nobody yet"))
-    for m in saved:
-        ts = int(m.saved_at.timestamp())
-        speakers = ", ".join(_name(names, u) for u in m.speakers) or "nobody"
-        lines.append(f"`{m.meeting_id}` · saved <t:{ts}:f> · {_ms(m.manifest.duration_ms)}"
-                     f" · {speakers} · **Saved**")
-    if not lines:
-        return discord.Embed(title="No recordings yet", colour=_GREY,
-                             description="This server has no saved recordings.")
-    return discord.Embed(title="Recent recordings", colour=_BLURPLE,
-                         description=_clip("\n".join(lines) + "\n\n`/record get <id>` "
-                                           "for download links.", DESCRIPTION_MAX))
