@@ -70,7 +70,7 @@ class ConnectionReceiver:
     """Binds a `VoiceReceiver` to one discord.py voice connection state.
 
     `socket_listener` is the callback given to `add_socket_listener`: it may be called on
-    any thread and only stamps the arrival time and schedules the datagram on `loop`.
+    any thread; it stamps the arrival time and runs the datagram on `loop`.
     `ws_hook` is the voice websocket hook (`VoiceConnectionState(hook=...)`): it forwards
     every JSON event (`{"op", "d"}`) to the receiver's SSRC map.
     """
@@ -81,9 +81,17 @@ class ConnectionReceiver:
         self.state: VoiceConnectionState | None = None
 
     def socket_listener(self, data: bytes) -> None:
-        """One raw UDP datagram from discord.py's socket-reader thread: stamped with the
-        session clock's time (Unix ms) and handed to `VoiceReceiver.datagram` on the loop."""
+        """One raw UDP datagram from the socket reader: stamped with the session clock's
+        time (Unix ms) and handed to `VoiceReceiver.datagram`, at once when called on
+        `loop` (`connection.LoopSocketReader`), else scheduled there (a reader thread)."""
         arrival_ms = self.receiver.clock.time_fn() * 1000
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self.receiver.datagram(bytes(data), arrival_ms)
+            return
         try:
             self.loop.call_soon_threadsafe(self.receiver.datagram, bytes(data), arrival_ms)
         except RuntimeError:  # the loop has closed: we are shutting down
