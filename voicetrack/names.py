@@ -7,9 +7,10 @@ characters).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
-from voicetrack.resources import API_VERSION, DNS_LABEL_MAX, SESSION_KIND
+from voicetrack.resources import API_VERSION, DNS_LABEL_MAX, MEETING_ID_PATTERN, SESSION_KIND
 
 
 def derive_meeting_id(session_uid: str) -> str:
@@ -18,9 +19,25 @@ def derive_meeting_id(session_uid: str) -> str:
     return hashlib.sha256(session_uid.encode()).hexdigest()[:16]
 
 
-def meeting_id_for(session_uid: str, spec_meeting_id: str | None) -> str:
-    """The meeting id of a session: `spec.meetingId` when set, else derived from its uid."""
+def meeting_id_for(session_uid: str, spec_meeting_id: str | None,
+                   recorded: Any = None) -> str:
+    """The meeting id of a session: `recorded` (its `status.meetingId`, which the operator
+    writes once when the session starts) when that is a meeting id, else `spec.meetingId`
+    when set, else derived from its uid.
+
+    The recorded id wins over the spec: the CRD makes `spec.meetingId` immutable, but an
+    object made before that rule (or under a CRD without it) may have had it edited while
+    recording, and the meeting's rows and audio stay under the id it started with."""
+    if isinstance(recorded, str) and re.fullmatch(MEETING_ID_PATTERN, recorded):
+        return recorded
     return spec_meeting_id or derive_meeting_id(session_uid)
+
+
+def session_meeting_id(body: dict[str, Any]) -> str:
+    """`meeting_id_for` of RecordingSession object `body` (raw: its spec need not parse)."""
+    return meeting_id_for(str(body["metadata"]["uid"]),
+                          (body.get("spec") or {}).get("meetingId"),
+                          (body.get("status") or {}).get("meetingId"))
 
 
 def owner_reference(name: str, uid: str, kind: str = SESSION_KIND,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
@@ -68,7 +69,7 @@ class FakeDb:
         self.reads += 1
         if meeting_id not in self.meetings:
             raise NotFoundError(meeting_id)
-        return object()
+        return SimpleNamespace(id=meeting_id, session_uid=None)  # a row without an owner
 
 
 def make_ctx(db: FakeDb) -> tuple[Context, NoApi]:

@@ -9,6 +9,7 @@ stopped on its next tick."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import kopf
@@ -75,7 +76,7 @@ class Db:
     async def get_meeting(self, meeting_id: str) -> Any:
         if meeting_id not in self.meetings:
             raise NotFoundError(meeting_id)
-        return object()
+        return SimpleNamespace(id=meeting_id, session_uid=None)  # a row without an owner
 
 
 def body(name: str, created: str = "2026-01-01T00:00:00Z", *, guild: str = GUILD,

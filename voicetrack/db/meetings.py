@@ -33,6 +33,19 @@ class MeetingIdInUse(InvalidInputError):
     """The meeting id belongs to another session (`meetings.session_uid`)."""
 
 
+def check_owner(meeting: Meeting, session_uid: str | None) -> Meeting:
+    """`meeting` when session `session_uid` may write it: it is that session's, or has no
+    owner (made before revision 0005, or without one), or `session_uid` is None (a caller
+    that names no session). Raises MeetingIdInUse naming both sessions otherwise: a
+    session never writes another session's meeting (an edited `spec.meetingId` of an
+    object the CRD's immutability rule did not cover)."""
+    if session_uid is not None and meeting.session_uid not in (None, session_uid):
+        raise MeetingIdInUse(
+            f"meeting_id: {meeting.id!r} belongs to session {meeting.session_uid}, "
+            f"not to session {session_uid}: its rows are not written")
+    return meeting
+
+
 class MeetingStore(StoreBase):
     """Meetings: get, idempotent create, end. Never commits; times are UTC."""
 
@@ -43,6 +56,11 @@ class MeetingStore(StoreBase):
         if meeting is None:
             raise NotFoundError(f"meeting_id: no meeting {meeting_id!r}")
         return meeting
+
+    async def owned_meeting(self, meeting_id: str, session_uid: str | None) -> Meeting:
+        """The meeting, checked to be writable by session `session_uid` (`check_owner`).
+        NotFoundError if there is none; MeetingIdInUse if another session owns it."""
+        return check_owner(await self.get_meeting(meeting_id), session_uid)
 
     async def create_meeting(
         self,
@@ -129,13 +147,16 @@ class MeetingStore(StoreBase):
         ended_at: datetime,
         status: str | MeetingStatus,
         failure_reason: str | None = None,
+        *,
+        session_uid: str | None = None,
     ) -> Meeting:
         """Set `ended_at`, a final `status` (completed, failed or cancelled) and
         `failure_reason` (why it failed or was cancelled: a line for people, at most 4000
         characters; None for completed, and it replaces any earlier reason).
-        NotFoundError for an unknown meeting; InvalidInputError for a bad status, a
-        reason given with `completed`, a blank or too long reason, or an `ended_at` before
-        `started_at`."""
+        NotFoundError for an unknown meeting; MeetingIdInUse (nothing written) when
+        `session_uid` is given and another session owns it; InvalidInputError for a bad
+        status, a reason given with `completed`, a blank or too long reason, or an
+        `ended_at` before `started_at`."""
         check_id("meeting_id", meeting_id)
         ended = check_time("ended_at", ended_at)
         reason = check_opt_text("failure_reason", failure_reason, FAILURE_REASON_LENGTH)
@@ -148,7 +169,7 @@ class MeetingStore(StoreBase):
             raise InvalidInputError(f"status: {status!r} is not one of {allowed}")
         if final is MeetingStatus.COMPLETED and reason is not None:
             raise InvalidInputError("failure_reason: a completed meeting has no failure reason")
-        meeting = await self.get_meeting(meeting_id)
+        meeting = await self.owned_meeting(meeting_id, session_uid)
         if ended < meeting.started_at:
             raise InvalidInputError(
                 f"ended_at: {ended.isoformat()} is before started_at "

@@ -117,6 +117,7 @@ class PersistentRecordingStore(MeetingStore):
         tracks: Sequence[FinalTrack],
         *,
         keep_temp_rows: bool = False,
+        session_uid: str | None = None,
     ) -> list[str]:
         """Record a promoted meeting's final tracks and retire its temp rows.
 
@@ -130,10 +131,11 @@ class PersistentRecordingStore(MeetingStore):
         With no `done` temp row the result is `[]` and nothing is written or deleted.
         Idempotent: a track already recorded for the meeting (same object key) keeps its row
         and id, so a retried promotion returns the same ids, also after the temp rows are
-        gone. NotFoundError for an unknown meeting; InvalidInputError (nothing written) for
-        a `tracks_option` not in `TRACKS_OPTIONS`, a missing or duplicated track, or a bad
-        track field."""
-        await self.get_meeting(meeting_id)
+        gone. NotFoundError for an unknown meeting; MeetingIdInUse (nothing written) when
+        `session_uid` (the promoting session) is given and another session owns the
+        meeting; InvalidInputError (nothing written) for a `tracks_option` not in
+        `TRACKS_OPTIONS`, a missing or duplicated track, or a bad track field."""
+        await self.owned_meeting(meeting_id, session_uid)
         if tracks_option not in TRACKS_OPTIONS:
             raise InvalidInputError(
                 f"tracks_option: {tracks_option!r} is not one of {', '.join(TRACKS_OPTIONS)}"

@@ -133,10 +133,14 @@ class RecordingService:
         ended_at: datetime,
         status: str | MeetingStatus,
         failure_reason: str | None = None,
+        *,
+        session_uid: str | None = None,
     ) -> Meeting:
-        """See `RecordingStore.end_meeting` (`failure_reason` for failed or cancelled)."""
+        """See `RecordingStore.end_meeting` (`failure_reason` for failed or cancelled;
+        with `session_uid`, another session's meeting is refused: MeetingIdInUse)."""
         return await self._run(
-            lambda s: s.end_meeting(meeting_id, ended_at, status, failure_reason))
+            lambda s: s.end_meeting(meeting_id, ended_at, status, failure_reason,
+                                    session_uid=session_uid))
 
     async def mark_consent_degraded(self, meeting_id: str, reason: str, message: str
                                     ) -> Meeting:
@@ -251,11 +255,14 @@ class RecordingService:
         return await self._run(lambda s: s.get_temp_recordings_for_meeting(meeting_id))
 
     async def delete_temp_recordings(
-        self, meeting_id: str | None = None, *, temp_ids: Iterable[str] | None = None
+        self, meeting_id: str | None = None, *, temp_ids: Iterable[str] | None = None,
+        session_uid: str | None = None,
     ) -> int:
-        """See `RecordingStore.delete_temp_recordings`."""
+        """See `RecordingStore.delete_temp_recordings` (with `session_uid`, another
+        session's meeting is refused: MeetingIdInUse)."""
         ids = None if temp_ids is None else list(temp_ids)
-        return await self._run(lambda s: s.delete_temp_recordings(meeting_id, temp_ids=ids))
+        return await self._run(lambda s: s.delete_temp_recordings(
+            meeting_id, temp_ids=ids, session_uid=session_uid))
 
     async def cleanup_old_temp_recordings(
         self,
@@ -304,12 +311,15 @@ class RecordingService:
         tracks: Sequence[FinalTrack],
         *,
         keep_temp_rows: bool = False,
+        session_uid: str | None = None,
     ) -> list[str]:
         """See `RecordingStore.promote_temp_recordings_to_persistent`: the rows and the
-        temp-row deletion (or `cleaned = 1`) commit together or not at all."""
+        temp-row deletion (or `cleaned = 1`) commit together or not at all; with
+        `session_uid`, another session's meeting is refused (MeetingIdInUse)."""
         return await self._run(
             lambda s: s.promote_temp_recordings_to_persistent(
-                meeting_id, tracks_option, tracks, keep_temp_rows=keep_temp_rows
+                meeting_id, tracks_option, tracks, keep_temp_rows=keep_temp_rows,
+                session_uid=session_uid,
             )
         )
 

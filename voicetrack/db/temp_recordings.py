@@ -157,7 +157,8 @@ class TempRecordingStore(MeetingStore):
         rank(new) > rank(old)`. A repeated or late write (e.g. in_progress after done)
         leaves the row unchanged. `done` needs mp3_path, sha256 and duration_ms; `failed`
         needs error. Optional fields given as None keep their stored value. Returns the row
-        as stored. NotFoundError for an unknown meeting."""
+        as stored. NotFoundError for an unknown meeting; MeetingIdInUse (nothing written)
+        for a meeting another session owns (`meetings.session_uid`)."""
         target = check_status(status)
         values: dict[str, Any] = {
             "session_uid": check_text("session_uid", session_uid, 64),
@@ -179,6 +180,7 @@ class TempRecordingStore(MeetingStore):
                     raise InvalidInputError(f"{field}: required when status is done")
         if target is TranscodeStatus.FAILED and values["error"] is None:
             raise InvalidInputError("error: required when status is failed")
+        await self.owned_meeting(meeting_id, session_uid)
         now = utcnow()
         terminal = TRANSCODE_RANK[target] == TRANSCODE_RANK[TranscodeStatus.DONE]
         params = {
@@ -233,15 +235,17 @@ class TempRecordingStore(MeetingStore):
         return len(ids)
 
     async def delete_temp_recordings(
-        self, meeting_id: str | None = None, *, temp_ids: Iterable[str] | None = None
+        self, meeting_id: str | None = None, *, temp_ids: Iterable[str] | None = None,
+        session_uid: str | None = None,
     ) -> int:
         """Delete every temp row of `meeting_id`, or exactly the rows `temp_ids` (give one of
         the two). Returns the number deleted. NotFoundError, changing nothing, for an
-        unknown meeting or any unknown id."""
+        unknown meeting or any unknown id; MeetingIdInUse, changing nothing, when
+        `session_uid` is given and another session owns `meeting_id`."""
         if (meeting_id is None) == (temp_ids is None):
             raise InvalidInputError("delete_temp_recordings: give meeting_id or temp_ids")
         if meeting_id is not None:
-            await self.get_meeting(meeting_id)
+            await self.owned_meeting(meeting_id, session_uid)
             where = TempRecording.meeting_id == meeting_id
         else:
             assert temp_ids is not None

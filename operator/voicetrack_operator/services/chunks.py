@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.chunkspec import ChunkStatus
+from voicetrack.db.meetings import MeetingIdInUse
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
-from voicetrack.names import chunk_name, controller_uid, meeting_id_for, transcode_job_name
+from voicetrack.names import chunk_name, controller_uid, session_meeting_id, transcode_job_name
 from voicetrack.resources import (
     LABEL_CHUNK_INDEX,
     LABEL_COMPONENT,
@@ -53,8 +54,7 @@ def session_facts(session: dict[str, Any], spec: SessionSpec) -> SessionFacts:
     uid = meta["uid"]
     return SessionFacts(
         ref=SessionRef(name=meta["name"], namespace=meta["namespace"], uid=uid),
-        layout=MeetingLayout(spec.storage.prefix, spec.guild_id,
-                             meeting_id_for(uid, spec.meeting_id)),
+        layout=MeetingLayout(spec.storage.prefix, spec.guild_id, session_meeting_id(session)),
         raw_format=spec.storage.raw_format,
         created=datetime.fromisoformat(str(meta["creationTimestamp"]).replace("Z", "+00:00")))
 
@@ -138,7 +138,7 @@ class ChunkService:
             # its spec next to its raw tracks first: the RecordingChunk is not the only
             # index of the raw audio (a chunk deleted by hand is rebuilt from it)
             layout = MeetingLayout(spec.storage.prefix, spec.guild_id,
-                                   meeting_id_for(owner.uid, spec.meeting_id))
+                                   session_meeting_id(session))
             await self.ctx.store(spec.storage.bucket).put_json(
                 layout.chunk_manifest_key(chunk.spec.index), chunk.spec.to_api())
             if not await self.ctx.kube.patch_chunk_status(
@@ -288,6 +288,11 @@ class ChunkService:
             # rebuilds it from the cluster and replays the chunks (`resync`)
             self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
             log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
+            return False
+        except MeetingIdInUse as err:  # another session's meeting: never written; the
+            # session's observe fails it (`SessionService.repair_meeting`)
+            self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
+            log.error("SQL mirror of %s refused: %s", chunk.name, err)
             return False
         return True
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import parse_key
-from voicetrack.names import meeting_id_for
+from voicetrack.names import meeting_id_for, session_meeting_id
 from voicetrack_operator.context import Context
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,8 @@ class JanitorService:
             # raw fields, not a parsed spec: a session whose spec does not parse still
             # owns its meeting
             spec = body.get("spec") or {}
+            live.add(session_meeting_id(body))  # the recorded meeting, not an edited spec's
             live.add(meeting_id_for(body["metadata"]["uid"], spec.get("meetingId")))
-            if (body.get("status") or {}).get("meetingId"):
-                live.add(body["status"]["meetingId"])
             storage = spec.get("storage") or {}
             self.places.add((str(storage.get("bucket") or self.ctx.settings.s3.bucket),
                              str(storage.get("prefix", prefix))))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from voicetrack.db.meetings import MeetingIdInUse
+from voicetrack.db.meetings import MeetingIdInUse, check_owner
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import controller_uid, meeting_id_for, recorder_pod_name
@@ -93,8 +93,10 @@ class SessionView:
 
     @property
     def meeting_id(self) -> str:
-        """spec.meetingId, else one derived from the uid (stable across retries)."""
-        return meeting_id_for(self.ref.uid, self.spec.meeting_id)
+        """status.meetingId once the operator recorded it (an edited spec.meetingId does
+        not move a started session), else spec.meetingId, else one derived from the uid
+        (stable across retries)."""
+        return meeting_id_for(self.ref.uid, self.spec.meeting_id, self.status.get("meetingId"))
 
     @property
     def state(self) -> SessionState | None:
@@ -246,7 +248,14 @@ class SessionService:
             pod = await self.ctx.kube.get_pod(s.ref.namespace, recorder_pod_name(s.ref.name))
         else:
             pod = seen.pod
-        failure = s.status.get("recorderFailure") or recorder_failure(pod, datetime.now(UTC))
+        foreign = None
+        try:
+            with contextlib.suppress(TemporaryFailure):  # before the chunks' rows; resync
+                await self.repair_meeting(s, throttle=seen is not None)  # reports an outage
+        except MeetingIdInUse as err:  # never recorded into: the session fails instead
+            foreign = f"{err}; this session cannot record into meeting {s.meeting_id}"
+        failure = s.status.get("recorderFailure") or foreign \
+            or recorder_failure(pod, datetime.now(UTC))
         if not failure and seen is not None:
             rival = await guild_rival(self.ctx, s)
             if rival:  # both started in the index's lag: the younger one leaves the guild
@@ -274,8 +283,6 @@ class SessionService:
             await renew_upload_grant(self.ctx, s.ref, s.spec, s.meeting_id,
                                      parse_time(s.status["startedAt"]))
         phase = None if failure else ((pod or {}).get("status") or {}).get("phase")
-        with contextlib.suppress(TemporaryFailure):  # before the chunks' rows; resync
-            await self.repair_meeting(s, throttle=seen is not None)  # reports an outage
         if seen is None:
             objs = await self.ctx.kube.list_chunks(s.ref.namespace, s.ref.name, s.ref.uid)
             if await self.chunks.ensure_new(objs) + await self.chunks.catch_up(
@@ -355,13 +362,17 @@ class SessionService:
         the session for a replay of its chunk states (`resync`). True when it had to.
         With `throttle`, the row is looked at most every `MEETING_CHECK_S` seconds per
         session (a lost row also shows as a failed chunk mirror, which resyncs).
-        Raises TemporaryFailure while the database is away."""
+        Raises TemporaryFailure while the database is away, and MeetingIdInUse when the
+        row belongs to another session (`meetings.session_uid`): a session whose
+        spec.meetingId was edited to another's before it recorded one in its status (the
+        deletion then stops at PromotionFailed instead of ending or promoting that
+        meeting)."""
         if throttle:
             last = self.ctx.meeting_checked.get(s.meeting_id)
             if last is not None and time.monotonic() - last < MEETING_CHECK_S:
                 return False
         try:
-            await self.ctx.db.get_meeting(s.meeting_id)
+            check_owner(await self.ctx.db.get_meeting(s.meeting_id), s.ref.uid)
             self.ctx.meeting_checked[s.meeting_id] = time.monotonic()
             return False
         except NotFoundError:
@@ -400,6 +411,9 @@ class SessionService:
         except TemporaryFailure as err:
             self.ctx.unsynced[key] = str(err)
             return False, f"database unavailable: {err}"
+        except MeetingIdInUse as err:  # observe fails the session: never written over
+            self.ctx.unsynced[key] = str(err)
+            return False, str(err)
         if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name, s.ref.uid,
                                            s.meeting_id):
             self.ctx.audited.add(s.ref.uid)  # every chunk's state was written: as audited
