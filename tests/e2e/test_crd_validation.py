@@ -192,3 +192,31 @@ def test_operator_status_is_kept_whole(kubectl: Kubectl, ns: str) -> None:
                   "--type=merge", "-p", json.dumps({"status": {"transcodeStatus": "lost"}}),
                   check=False)
     assert bad.returncode != 0 and "status.transcodeStatus" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("patch", [
+    {"meetingId": "ffffffffffffffff"},
+    {"index": 8},
+    {"tracks": [{**GOOD_CHUNK["tracks"][0], "userId": "400000000000000099"}]},
+    {"gap": None},
+])
+def test_a_chunk_spec_cannot_be_edited(kubectl: Kubectl, ns: str,
+                                       patch: dict[str, Any]) -> None:
+    """Reviewer's fault: a namespace editor could patch a queued chunk to point the operator
+    at another meeting's result and rows, or change a done chunk's speaker so the mirror
+    raised on every pass; the spec is now immutable (its metadata and status are not)."""
+    name = f"c-{secrets.token_hex(4)}"
+    obj = {"apiVersion": API_VERSION, "kind": CHUNK_KIND,
+           "metadata": {"name": name, "namespace": ns}, "spec": GOOD_CHUNK}
+    kubectl("create", "-f", "-", input=json.dumps(obj))
+    edit = kubectl("patch", "recordingchunk", name, "-n", ns, "--type=merge",
+                   "-p", json.dumps({"spec": patch}), check=False)
+    assert edit.returncode != 0 and "spec is immutable" in edit.stderr, edit.stderr
+    kubectl("label", "recordingchunk", name, "-n", ns, "voicetrack.dev/checked=yes")
+    kubectl("patch", "recordingchunk", name, "-n", ns, "--subresource=status",
+            "--type=merge", "-p", json.dumps({"status": {"transcodeStatus": "queued"}}))
+    got = json.loads(kubectl("get", "recordingchunk", name, "-n", ns, "-o", "json").stdout)
+    assert {k: got["spec"][k] for k in GOOD_CHUNK if k != "tracks"} == {
+        k: v for k, v in GOOD_CHUNK.items() if k != "tracks"}
+    assert got["spec"]["tracks"][0]["userId"] == USER
+    assert got["status"] == {"transcodeStatus": "queued"}
