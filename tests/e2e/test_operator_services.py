@@ -57,6 +57,7 @@ from voicetrack_operator.services.deletion import (
     DeletionService,
     DeletionStep,
 )
+from voicetrack_operator.services.failures import failed_reason
 from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
 from voicetrack_operator.services.sessions import SessionService, SessionView
@@ -422,6 +423,40 @@ async def test_a_transcode_out_of_retries_is_made_again_not_failed(
         {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}})
     failed = await make_chunk(ctx, kubectl, s, 1, 5000, 10_000)
     assert failed.status.transcode_status == "failed", failed.status
+
+
+async def wait_failed(ctx: Context, ns: str, name: str, timeout_s: float = 60
+                      ) -> dict[str, Any]:
+    """Job `ns/name` once the Job controller has failed it."""
+    for _ in range(int(timeout_s / 0.2)):
+        job = await ctx.kube.get_job(ns, name)
+        assert job is not None, name
+        if failed_reason(job) is not None:
+            return job
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"Job {ns}/{name} not failed after {timeout_s} s")
+
+
+async def test_a_transcode_past_its_deadline_is_made_again(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A transcoder Job the Job controller stops at its `activeDeadlineSeconds` (here its
+    pod never starts: Pending, as on a lost node or a full cluster) is deleted to be made
+    again, its chunk left pending: before, `DeadlineExceeded` failed the chunk for good and
+    promotion made its intact raw audio silence."""
+    s = await make_session(ctx, kubectl, namespace, "deadline")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    await chunks.ensure_chunk(await make_chunk(ctx, kubectl, s, 0, 0, 5000))
+    name = transcode_job_name("deadline", 0)
+    kubectl("patch", "job", name, "-n", namespace, "--type", "merge",
+            "-p", json.dumps({"spec": {"activeDeadlineSeconds": 1}}))
+    job = await wait_failed(ctx, namespace, name)
+    assert failed_reason(job) == "DeadlineExceeded", job["status"]
+    await chunks.observe_job(job)
+    pending = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert pending.status.transcode_status == "queued", pending.status
+    gone = await ctx.kube.get_job(namespace, name)
+    assert gone is None or gone["metadata"].get("deletionTimestamp"), gone
 
 
 async def test_an_earlier_namesakes_children_are_not_this_sessions(

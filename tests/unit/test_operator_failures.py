@@ -129,11 +129,15 @@ def test_only_a_pod_failure_policy_failure_is_an_input_failure(reason: str,
 
 @pytest.mark.parametrize(("reason", "transient"), [
     ("PodFailurePolicy", False), ("BackoffLimitExceeded", True),
-    ("DeadlineExceeded", False)])
-def test_only_a_transcode_out_of_retries_is_made_again(reason: str, transient: bool) -> None:
+    ("DeadlineExceeded", True)])
+def test_every_transcode_failure_but_on_input_is_made_again(reason: str,
+                                                            transient: bool) -> None:
     """A transcoder Job whose pods all failed while S3 was away is made again (issue 11
     item 4: its chunk was failed for good and its intact raw audio became silence); one
-    failed on input or stopped by its deadline stays failed."""
+    failed on input (exit 2) stays failed. `DeadlineExceeded` was kept failed before (this
+    test asserted it): a pod left Terminating on an unreachable node (the Job controller
+    makes no replacement while a pod terminates, with a podFailurePolicy), Pending, or hung
+    on S3 for 600 s turned intact audio into silence; only exit 2 judges the input."""
     job = {"status": {"conditions": [
         {"type": "FailureTarget", "status": "True", "reason": reason},
         {"type": "Failed", "status": "True", "reason": reason}]}}

@@ -106,13 +106,15 @@ def failed_on_input(job: dict[str, Any]) -> bool:
 
 
 def failed_transiently(job: dict[str, Any]) -> bool:
-    """True when a failed transcoder Job ran out of pod retries (condition reason
-    `BackoffLimitExceeded`) without failing on its input: every pod exited with a code
-    other than `PERMANENT_EXIT_CODE`, as a transcode does while S3 or its node is away. Such
-    a chunk is transcoded again, without a count limit (its raw audio is intact; issue 11,
-    item 4); a Job stopped by its `activeDeadlineSeconds` (`DeadlineExceeded`) or failed on
-    input (`PodFailurePolicy`) is not."""
-    return failed_reason(job) == "BackoffLimitExceeded"
+    """True when a failed transcoder Job failed other than on its input: any Failed
+    reason but `PodFailurePolicy` (`BackoffLimitExceeded`: every pod exited with a code
+    other than `PERMANENT_EXIT_CODE`, as a transcode does while S3 is away;
+    `DeadlineExceeded`: `activeDeadlineSeconds` passed while a pod was Pending, hung on S3,
+    or left Terminating on an unreachable node, whose replacement the Job controller holds
+    back until it is gone). The raw audio is intact: such a chunk is transcoded again by a
+    new Job (issue 11, item 4)."""
+    reason = failed_reason(job)
+    return reason is not None and reason != "PodFailurePolicy"
 
 
 FAILURE_REASON_MAX = 1000
