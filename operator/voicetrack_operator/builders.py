@@ -252,11 +252,15 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
             "backoffLimit": settings.backoff_limit,
             "activeDeadlineSeconds": deadline_s,
             "ttlSecondsAfterFinished": settings.job_ttl_s,
-            "podFailurePolicy": {"rules": [{
-                "action": "FailJob",
-                "onExitCodes": {"containerName": "transcoder", "operator": "In",
-                                "values": [2]},
-            }]},
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob",
+                 "onExitCodes": {"containerName": "transcoder", "operator": "In",
+                                 "values": [2]}},
+                # a pod evicted, preempted or drained off its node says nothing of the
+                # input: a new pod, not counted against backoffLimit
+                {"action": "Ignore",
+                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {
@@ -287,9 +291,10 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
 def build_transcode_job(owner: SessionRef, chunk: ChunkSpec, spec: SessionSpec,
                         settings: PodSettings) -> dict[str, Any]:
     """The transcoder Job `<session>-tx-<index:06d>` for one chunk: exit code 2 (bad
-    input) fails it at once through `podFailurePolicy`; other failures retry up to
-    `backoffLimit`. `--tracks` makes it also prepare the chunk's piece of the final
-    tracks (incremental promotion)."""
+    input) fails it at once through `podFailurePolicy`; a pod with the `DisruptionTarget`
+    condition (eviction, preemption, node drain) is replaced without counting; other
+    failures retry up to `backoffLimit`, within `activeDeadlineSeconds`. `--tracks` makes
+    it also prepare the chunk's piece of the final tracks (incremental promotion)."""
     args = [
         "chunk",
         "--chunk-json", json.dumps(chunk.to_api(), separators=(",", ":"), sort_keys=True),

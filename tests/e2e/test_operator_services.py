@@ -57,6 +57,12 @@ from voicetrack_operator.services.deletion import (
     DeletionService,
     DeletionStep,
 )
+from voicetrack_operator.services.failures import (
+    FAILURE_LIMIT,
+    FAILURES_ANNOTATION,
+    TranscodeFailures,
+    failed_reason,
+)
 from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
 from voicetrack_operator.services.sessions import SessionService, SessionView
@@ -422,6 +428,66 @@ async def test_a_transcode_out_of_retries_is_made_again_not_failed(
         {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}})
     failed = await make_chunk(ctx, kubectl, s, 1, 5000, 10_000)
     assert failed.status.transcode_status == "failed", failed.status
+
+
+async def wait_failed(ctx: Context, ns: str, name: str, timeout_s: float = 60
+                      ) -> dict[str, Any]:
+    """Job `ns/name` once the Job controller has failed it."""
+    for _ in range(int(timeout_s / 0.2)):
+        job = await ctx.kube.get_job(ns, name)
+        assert job is not None, name
+        if failed_reason(job) is not None:
+            return job
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"Job {ns}/{name} not failed after {timeout_s} s")
+
+
+async def test_a_transcode_past_its_deadline_is_made_again_up_to_a_limit(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A transcoder Job the Job controller stops at its `activeDeadlineSeconds` (here its
+    pod never starts: Pending, as on a lost node or a full cluster) is deleted and its
+    chunk counted, not failed: before, `DeadlineExceeded` failed the chunk for good and
+    promotion made its intact raw audio silence. At `FAILURE_LIMIT` such Jobs the chunk
+    is failed, with a reason that says so (before, it was made again for ever)."""
+    s = await make_session(ctx, kubectl, namespace, "deadline")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    await chunks.ensure_chunk(await make_chunk(ctx, kubectl, s, 0, 0, 5000))
+    name = transcode_job_name("deadline", 0)
+    kubectl("patch", "job", name, "-n", namespace, "--type", "merge",
+            "-p", json.dumps({"spec": {"activeDeadlineSeconds": 1}}))
+    job = await wait_failed(ctx, namespace, name)
+    assert failed_reason(job) == "DeadlineExceeded", job["status"]
+    await chunks.observe_job(job)
+    pending = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert pending.status.transcode_status == "queued", pending.status
+    gone = await ctx.kube.get_job(namespace, name)
+    assert gone is None or gone["metadata"].get("deletionTimestamp"), gone
+    obj = await ctx.kube.get_chunk(namespace, pending.name)
+    assert obj is not None and TranscodeFailures.of(obj) == TranscodeFailures(1, 0)
+    await chunks.observe_job(job)  # its deletion seen later: counted once
+    obj = await ctx.kube.get_chunk(namespace, pending.name)
+    assert obj is not None and TranscodeFailures.of(obj) == TranscodeFailures(1, 0)
+
+    for _ in range(100):  # the Job gone, the safety net makes it again
+        if await ctx.kube.get_job(namespace, name) is None:
+            break
+        await asyncio.sleep(0.1)
+    await chunks.ensure_chunk(pending)
+    again = await ctx.kube.get_job(namespace, name)
+    assert again is not None
+    assert again["metadata"]["uid"] != job["metadata"]["uid"]
+    kubectl("annotate", "recordingchunk", pending.name, "-n", namespace, "--overwrite",
+            f"{FAILURES_ANNOTATION}={FAILURE_LIMIT - 1}")
+    await chunks.observe_job({**again, "status": {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+         "message": "Job was active longer than specified deadline"}]}})
+    failed = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert failed.status.transcode_status == "failed", failed.status
+    assert failed.status.error == (
+        f"transcode failed in {FAILURE_LIMIT} Jobs, never on its input (last: "
+        "DeadlineExceeded: Job was active longer than specified deadline); the raw audio "
+        "is kept")
 
 
 async def test_an_earlier_namesakes_children_are_not_this_sessions(

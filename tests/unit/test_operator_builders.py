@@ -89,6 +89,18 @@ def test_transcode_job_fails_at_once_on_exit_2_and_passes_the_chunk() -> None:
     assert build_transcode_job(OWNER, ch, SPEC, PodSettings(backoff_limit=4)) == job  # pure
 
 
+def test_a_disrupted_transcoder_pod_is_replaced_without_counting() -> None:
+    """Fails before the DisruptionTarget rule: a pod evicted, preempted or drained off its
+    node counted against `backoffLimit` like a failed transcode, so a node drain during a
+    long session used up a chunk's retries. The exit-2 rule stays first (the transcoder's
+    own verdict on its input stands, disrupted or not)."""
+    job = build_transcode_job(OWNER, chunk(7, 140_000, 150_000), SPEC, PodSettings())
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert [r["action"] for r in rules] == ["FailJob", "Ignore"]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [
+        {"type": "DisruptionTarget", "status": "True"}]}
+
+
 def test_promote_job_and_rbac() -> None:
     job = build_promote_job(OWNER, "recordings/g/m/promotion.json", SPEC, PodSettings())
     assert job["metadata"]["name"] == "standup-promote"

@@ -171,10 +171,18 @@ class KubeAdapter:
     async def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"job {ns}/{name}", self.batch.read_namespaced_job, name, ns)
 
-    async def delete_job(self, ns: str, name: str) -> bool:
-        body = client.V1DeleteOptions(propagation_policy="Background")
-        return await self._delete(f"job {ns}/{name}", self.batch.delete_namespaced_job, name,
-                                  ns, body=body)
+    async def delete_job(self, ns: str, name: str, uid: str | None = None) -> bool:
+        """Delete Job `name` (its pods in the background). With `uid`, only that Job, not a
+        namesake made since: False when it is gone (404) or another one has the name
+        (409, the precondition failed)."""
+        self.writes += 1
+        body = client.V1DeleteOptions(
+            propagation_policy="Background",
+            preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        deleted, _ = await self._request(f"delete job {ns}/{name}",
+                                         self.batch.delete_namespaced_job, name, ns,
+                                         body=body, absent=(404, 409) if uid else (404,))
+        return deleted
 
     async def list_jobs(self, ns: str, session: str, uid: str | None = None
                         ) -> list[dict[str, Any]]:
@@ -238,6 +246,15 @@ class KubeAdapter:
         patched, _ = await self._request(
             f"patch chunk {ns}/{name}", self.objects.patch_namespaced_custom_object_status,
             GROUP, VERSION, ns, CHUNK_PLURAL, name, body, absent=(404, 409))
+        return bool(patched)
+
+    async def annotate_chunk(self, ns: str, name: str, annotations: dict[str, str]) -> bool:
+        """Merge `annotations` into the chunk's metadata. False for a chunk that is gone."""
+        self.writes += 1
+        patched, _ = await self._request(
+            f"annotate chunk {ns}/{name}", self.objects.patch_namespaced_custom_object,
+            GROUP, VERSION, ns, CHUNK_PLURAL, name, {"metadata": {"annotations": annotations}},
+            absent=(404,))
         return bool(patched)
 
     async def delete_chunk(self, ns: str, name: str) -> bool:

@@ -36,7 +36,11 @@ from voicetrack_operator.services.chunkstate import (
     parsed,
     ran_for,
 )
-from voicetrack_operator.services.failures import failed_transiently, failure_detail
+from voicetrack_operator.services.failures import (
+    failed_transiently,
+    failure_detail,
+    retry_or_give_up,
+)
 from voicetrack_operator.services.isolation import (
     SessionFacts,
     chunk_refusal,
@@ -194,21 +198,25 @@ class ChunkService:
             return
         obj = await self.ctx.kube.get_chunk(ns, chunk_name(session, int(index)))
         chunk = parsed(obj) if obj is not None else None
-        if chunk is None:  # gone, or refused (`services.unparsable`)
+        if obj is None or chunk is None:  # gone, or refused (`services.unparsable`)
             return
         if controller_uid(job) != chunk.session_uid:
             return  # an earlier namesake session's Job, not yet collected: not this chunk's
         if state.rank <= chunk.transcode_status.rank:
             return
+        given_up: str | None = None
         if state is TranscodeStatus.FAILED and failed_transiently(job):
-            # S3 or the node was away for all its retries; the raw audio is intact: delete
-            # the Job (its pods with it), and the safety net (`SessionService.catch_up_seen`,
-            # `catch_up` while deleting) makes it again once it is gone
-            log.warning("chunk %s/%s: Job %s failed (%s); making it again", ns, chunk.name,
-                        job_name, reason)
-            self.ctx.metrics.transcode_retries.inc()
-            await self.ctx.kube.delete_job(ns, job_name)
-            return
+            # not failed on its input (exit 2), the raw audio intact: the Job is deleted and
+            # the safety net (`SessionService.catch_up_seen`, `catch_up` while deleting)
+            # makes it again, up to a limit of such failures (`failures.retry_or_give_up`)
+            retry = await retry_or_give_up(self.ctx.kube, obj, job, str(reason))
+            if retry.retried:
+                log.warning("chunk %s/%s: Job %s failed (%s); making it again", ns,
+                            chunk.name, job_name, reason)
+                self.ctx.metrics.transcode_retries.inc()
+            if retry.give_up is None:
+                return
+            given_up = retry.give_up
         new = chunk.status.model_copy(update={"transcode_status": state, "job_name": job_name})
         if state is TranscodeStatus.DONE:
             try:
@@ -219,9 +227,10 @@ class ChunkService:
             else:
                 new = new.model_copy(update={"tracks": list(result.outputs)})
         if state is TranscodeStatus.FAILED:
-            detail = await failure_detail(self.ctx.kube, ns, job_name)
-            new = new.model_copy(update={
-                "error": f"{reason}{'; ' + detail if detail else ''}"[:1000]})
+            if given_up is None:
+                detail = await failure_detail(self.ctx.kube, ns, job_name)
+                given_up = f"{reason}{'; ' + detail if detail else ''}"
+            new = new.model_copy(update={"error": given_up[:1000]})
         await self._advance(chunk, new)
 
     async def _advance(self, chunk: ChunkRef, new: ChunkStatus) -> None:

@@ -10,10 +10,11 @@ carries one (a node agent that does not fill it).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from voicetrack.resources import TranscodeStatus
+from voicetrack.resources import GROUP, TranscodeStatus
 
 
 class PodReader(Protocol):
@@ -106,13 +107,15 @@ def failed_on_input(job: dict[str, Any]) -> bool:
 
 
 def failed_transiently(job: dict[str, Any]) -> bool:
-    """True when a failed transcoder Job ran out of pod retries (condition reason
-    `BackoffLimitExceeded`) without failing on its input: every pod exited with a code
-    other than `PERMANENT_EXIT_CODE`, as a transcode does while S3 or its node is away. Such
-    a chunk is transcoded again, without a count limit (its raw audio is intact; issue 11,
-    item 4); a Job stopped by its `activeDeadlineSeconds` (`DeadlineExceeded`) or failed on
-    input (`PodFailurePolicy`) is not."""
-    return failed_reason(job) == "BackoffLimitExceeded"
+    """True when a failed transcoder Job failed other than on its input: any Failed
+    reason but `PodFailurePolicy` (`BackoffLimitExceeded`: every pod exited with a code
+    other than `PERMANENT_EXIT_CODE`, as a transcode does while S3 is away;
+    `DeadlineExceeded`: `activeDeadlineSeconds` passed while a pod was Pending, hung on S3,
+    or left Terminating on an unreachable node, whose replacement the Job controller holds
+    back until it is gone). The raw audio is intact: such a chunk is transcoded again by a
+    new Job (issue 11, item 4), up to `TranscodeFailures` limits."""
+    reason = failed_reason(job)
+    return reason is not None and reason != "PodFailurePolicy"
 
 
 FAILURE_REASON_MAX = 1000
@@ -172,8 +175,13 @@ def _cut(text: str) -> str:
 async def failure_detail(kube: PodReader, ns: str, job_name: str) -> str:
     """The failure reason of Job `job_name`: its newest pod's termination message, else the
     `error:` line of a pod's log tail (fallback), else ''."""
-    pods = sorted(await kube.job_pods(ns, job_name),
-                  key=lambda p: str(p["metadata"].get("creationTimestamp") or ""),
+    return await pods_detail(kube, ns, await kube.job_pods(ns, job_name))
+
+
+async def pods_detail(kube: PodReader, ns: str, pods: list[dict[str, Any]]) -> str:
+    """`failure_detail` from a Job's pods `pods` as listed (their logs read only when no pod
+    carries a termination message)."""
+    pods = sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""),
                   reverse=True)
     for pod in pods:
         message = termination_message(pod)
@@ -185,3 +193,128 @@ async def failure_detail(kube: PodReader, ns: str, job_name: str) -> str:
         if lines:
             return lines[-1]
     return ""
+
+
+# ---------------------------------------------------------------- a failed transcode, again
+
+OOM_KILLED = "OOMKilled"
+"""`state.terminated.reason` of a container the kernel killed at its memory limit."""
+OOM_KILL_LIMIT = 3
+"""Transcoder Jobs of one chunk with a pod OOM-killed, after which the chunk is failed: the
+same input at the same memory limit is killed again (each Job already ran `backoffLimit` + 1
+pods)."""
+FAILURE_LIMIT = 10
+"""Transcoder Jobs of one chunk failed other than on its input (any cause), after which the
+chunk is failed. Ten Jobs of `backoffLimit` + 1 pods each (or of a 600 s deadline) ride out
+an S3 or node outage of well over half an hour; a chunk still pending when its session is
+deleted is failed by the transcode timeout anyway."""
+FAILURES_ANNOTATION = f"{GROUP}/transcode-failures"
+"""RecordingChunk annotation: how many of its transcoder Jobs failed other than on their
+input and were deleted to run again (decimal). Written only then: a chunk transcoded at
+the first try never carries it (no API write on the normal path)."""
+OOM_KILLS_ANNOTATION = f"{GROUP}/transcode-oom-kills"
+"""RecordingChunk annotation: how many of those Jobs had a pod OOM-killed (decimal)."""
+
+
+def oom_killed(pod: dict[str, Any]) -> str | None:
+    """The memory limit (a quantity as the pod's spec gives it, e.g. `768Mi`; '' when it
+    has none) of the container of `pod` that was OOM-killed (`state` or `lastState`
+    terminated with reason `OOMKilled`), None when no container was."""
+    limits = {c.get("name"): str(((c.get("resources") or {}).get("limits") or {})
+                                 .get("memory") or "")
+              for c in ((pod.get("spec") or {}).get("containers") or [])}
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        for where in ("state", "lastState"):
+            terminated = (cs.get(where) or {}).get("terminated") or {}
+            if terminated.get("reason") == OOM_KILLED:
+                return limits.get(cs.get("name"), "")
+    return None
+
+
+@dataclass(frozen=True)
+class TranscodeFailures:
+    """How many transcoder Jobs of one chunk failed other than on their input, and how
+    many of those had a pod OOM-killed: kept in the chunk's annotations
+    (`FAILURES_ANNOTATION`, `OOM_KILLS_ANNOTATION`)."""
+
+    failures: int = 0
+    oom_kills: int = 0
+
+    @classmethod
+    def of(cls, chunk: dict[str, Any]) -> TranscodeFailures:
+        """The counts a RecordingChunk object carries (0 for an absent or unreadable one)."""
+        annotations = (chunk.get("metadata") or {}).get("annotations") or {}
+
+        def count(key: str) -> int:
+            text = str(annotations.get(key) or "0")
+            return int(text) if text.isdecimal() else 0
+        return cls(count(FAILURES_ANNOTATION), count(OOM_KILLS_ANNOTATION))
+
+    def after(self, oom_killed: bool) -> TranscodeFailures:
+        """The counts once one more Job failed (with a pod OOM-killed when `oom_killed`)."""
+        return TranscodeFailures(self.failures + 1, self.oom_kills + oom_killed)
+
+    def annotations(self) -> dict[str, str]:
+        return {FAILURES_ANNOTATION: str(self.failures),
+                OOM_KILLS_ANNOTATION: str(self.oom_kills)}
+
+
+class JobRetrier(PodReader, Protocol):
+    """What `retry_or_give_up` needs of the Kubernetes adapter."""
+
+    async def get_job(self, ns: str, name: str) -> dict[str, Any] | None: ...
+
+    async def delete_job(self, ns: str, name: str, uid: str | None = None) -> bool: ...
+
+    async def annotate_chunk(self, ns: str, name: str, annotations: dict[str, str]
+                             ) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What `retry_or_give_up` did: `retried` when this call deleted the Job to be made
+    again; `give_up`, the chunk's failure reason, once a limit is reached; neither when
+    another observer of the same Job acted already."""
+
+    retried: bool = False
+    give_up: str | None = None
+
+
+async def retry_or_give_up(kube: JobRetrier, chunk: dict[str, Any], job: dict[str, Any],
+                           reason: str) -> Retry:
+    """Decide on transcoder Job `job`, failed other than on its input
+    (`failed_transiently`; `reason`: its Failed condition as `job_state` gives it), of
+    RecordingChunk `chunk` (read from the API, annotations included).
+
+    The chunk's raw audio is intact, so the Job is deleted (its pods with it) and the
+    safety net makes it again, its failure counted on the chunk (`TranscodeFailures`,
+    one annotation patch). Once `OOM_KILL_LIMIT` Jobs had a pod OOM-killed, or
+    `FAILURE_LIMIT` Jobs failed, the chunk is to be failed instead, with a reason naming
+    the cause (the Job left to its TTL, the raw audio kept by promotion).
+
+    Idempotent across observers (the Job event, the observe timer's possibly older view):
+    only the Job as it is now (same uid, not being deleted) is acted on, and only the call
+    whose delete removed it counts the failure. A count lost to an API error after the
+    delete costs one Job more. Raises TemporaryFailure while the API is away."""
+    meta = job["metadata"]
+    ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    current = await kube.get_job(ns, name)
+    if current is None or current["metadata"].get("deletionTimestamp") \
+            or (uid is not None and current["metadata"].get("uid") != uid):
+        return Retry()  # deleted by another observer, maybe made again already
+    pods = await kube.job_pods(ns, name)
+    limit = next((m for m in map(oom_killed, pods) if m is not None), None)
+    now = TranscodeFailures.of(chunk).after(oom_killed=limit is not None)
+    if limit is not None and now.oom_kills >= OOM_KILL_LIMIT:
+        return Retry(give_up=(
+            f"transcoder OOM-killed in {now.oom_kills} Jobs at its "
+            f"{limit or 'unknown'} memory limit (last: {reason}); the raw audio is kept"))
+    if now.failures >= FAILURE_LIMIT:
+        detail = await pods_detail(kube, ns, pods)
+        return Retry(give_up=(
+            f"transcode failed in {now.failures} Jobs, never on its input (last: "
+            f"{reason}{'; ' + detail if detail else ''}); the raw audio is kept"))
+    if not await kube.delete_job(ns, name, uid):
+        return Retry()
+    await kube.annotate_chunk(ns, chunk["metadata"]["name"], now.annotations())
+    return Retry(retried=True)
