@@ -22,6 +22,16 @@ TERMINATION_LOG_ENV = "VOICETRACK_TERMINATION_LOG"
 MESSAGE_MAX_BYTES = 4096
 """The kubelet keeps at most 4096 bytes of a termination message."""
 
+EXIT_FAILURE = 1
+"""A Job container's exit code for any other failure (a crash, a bug, ffmpeg): retried,
+counted against the chunk by the operator."""
+EXIT_BAD_INPUT = 2
+"""A Job or recorder container's exit code for bad input (a corrupt chunk, a refused
+spec): final, the Job's podFailurePolicy fails it at once."""
+EXIT_TEMPORARY = 75
+"""A Job container's exit code when S3 or the API was away (`TemporaryFailure`; sysexits'
+EX_TEMPFAIL): retried, never counted against the chunk."""
+
 
 def termination_log_path() -> str:
     """Where the termination message goes: $VOICETRACK_TERMINATION_LOG when set, else the

@@ -28,6 +28,7 @@ from voicetrack.resources import (
     TRANSCODER_SERVICE_ACCOUNT,
     SessionSpec,
 )
+from voicetrack.termination import EXIT_BAD_INPUT
 from voicetrack.uploadgrant import GRANT_ENV, GRANT_SECRET_ENV, GRANT_SECRET_KEY
 
 NODE_POOL_KEY = "voicetrack.dev/node-pool"
@@ -255,7 +256,7 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob",
                  "onExitCodes": {"containerName": "transcoder", "operator": "In",
-                                 "values": [2]}},
+                                 "values": [EXIT_BAD_INPUT]}},
                 # a pod evicted, preempted or drained off its node says nothing of the
                 # input: a new pod, not counted against backoffLimit
                 {"action": "Ignore",

@@ -18,6 +18,7 @@ from typing import TypeVar
 from minio.error import S3Error
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.termination import EXIT_BAD_INPUT, EXIT_FAILURE
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ PERMANENT_S3_CODES = frozenset({
 """S3 error codes no retry can fix: the bucket or the credentials are wrong."""
 
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INVALID_INPUT = 2
-"""Exit codes: 0 clean stop, 1 anything else (the pod restarts), 2 bad input (a bad token,
-bucket, credentials or channel permission: the operator sets the session Failed)."""
+EXIT_FAILED = EXIT_FAILURE
+EXIT_INVALID_INPUT = EXIT_BAD_INPUT
+"""Exit codes (`voicetrack.termination`): 0 clean stop, 1 anything else (the pod
+restarts), 2 bad input (a bad token, bucket, credentials or channel permission: the
+operator sets the session Failed)."""
 
 
 def next_delay(delay: float) -> float:

@@ -15,6 +15,7 @@ from tests.audio_helpers import Speaker, decode_file, upload_chunks
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, PieceManifest
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
+from voicetrack.termination import EXIT_TEMPORARY
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.live import assemble_live
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY
@@ -140,3 +141,17 @@ def test_silent_chunks_are_bridged_with_silence(store: ObjectStore) -> None:
         assert ref[gap_from + 2 * FRAME: gap_to - 2 * FRAME].any()  # A spoke there
     finally:
         store.put_json(key, kept)
+
+
+def test_an_s3_outage_exits_75(s3_server: S3Settings) -> None:
+    """S3 away (a closed port): exit 75 (EX_TEMPFAIL), which the operator retries without
+    counting it against the chunk (operator services/failures.py), the reason on
+    stderr. Before: exit 1, counted like a crash."""
+    away = dataclasses.replace(s3_server, endpoint="http://127.0.0.1:9", bucket="outage")
+    exe = os.path.join(os.path.dirname(sys.executable), "voicetrack-transcoder")
+    res = subprocess.run([exe, "live", "--prefix", LAYOUT.prefix, "--guild-id",
+                          LAYOUT.guild_id, "--meeting-id", LAYOUT.meeting_id, "--chunks", "2"],
+                         env={**os.environ, **away.env()}, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == EXIT_TEMPORARY == 75, res.stderr
+    assert "error: TemporaryFailure: " in res.stderr and "unreachable" in res.stderr

@@ -22,6 +22,7 @@ from voicetrack_operator.services.failures import (
     FAILURES_ANNOTATION,
     OOM_KILL_LIMIT,
     OOM_KILLS_ANNOTATION,
+    OUTAGE_EXIT_CODE,
     Retry,
     TranscodeFailures,
     failed_on_input,
@@ -280,6 +281,23 @@ async def test_a_chunk_failing_other_than_on_input_is_failed_at_the_limit() -> N
                              "input (last: BackoffLimitExceeded: x; error: ffmpeg: Assertion "
                              "failed); the raw audio is kept")
     assert kube.writes == []
+
+
+async def test_an_outage_is_made_again_without_being_counted() -> None:
+    """Issue 11 retried an S3 outage without a count limit; the failure limit must not
+    end that: a Job whose every pod exited 75 (the transcoder's TemporaryFailure: S3 or
+    the API away) is deleted to run again and not counted, even past the limit. Failed
+    before: at FAILURE_LIMIT - 1 it gave the chunk up."""
+    job = failed_job("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    away = {"terminated": {"exitCode": OUTAGE_EXIT_CODE, "reason": "Error",
+                           "message": "TemporaryFailure: S3 unreachable"}}
+    counts = {FAILURES_ANNOTATION: str(FAILURE_LIMIT - 1), OOM_KILLS_ANNOTATION: "0"}
+    kube = Jobs(job, [job_pod(job, n, away) for n in range(4)])
+    assert await retry_or_give_up(kube, chunk_obj(counts), job, "B") == Retry(retried=True)
+    assert kube.writes == [("delete", JOB_UID)]  # no count written
+    mixed = Jobs(job, [job_pod(job, 0, away), job_pod(job, 1, {"terminated": {
+        "exitCode": 1, "reason": "Error"}})])
+    assert (await retry_or_give_up(mixed, chunk_obj(counts), job, "B")).give_up
 
 
 def test_failure_counts_read_from_annotations_unreadable_as_none() -> None:

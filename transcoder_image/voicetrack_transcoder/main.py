@@ -24,17 +24,19 @@ import typer
 from pydantic import ValidationError
 
 from voicetrack.chunkspec import ChunkSpec
-from voicetrack.errors import InvalidInputError
+from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack.termination import write_termination_message
+from voicetrack.termination import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_TEMPORARY,
+    write_termination_message,
+)
 from voicetrack_transcoder.chunk import transcode_chunk
 from voicetrack_transcoder.ffmpeg import parse_formats
 from voicetrack_transcoder.live import assemble_live
 from voicetrack_transcoder.promote import promote
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Voicetrack transcoder: chunk transcodes and session promotion.")
@@ -51,11 +53,14 @@ def _fail(code: int, reason: str) -> typer.Exit:
 
 
 def _guarded(work: Callable[[], T]) -> T:
-    """Run `work`, mapping InvalidInputError to exit 2 and any other error to exit 1."""
+    """Run `work`, mapping InvalidInputError to exit 2, TemporaryFailure to exit 75 and
+    any other error to exit 1."""
     try:
         return work()
     except InvalidInputError as err:
         raise _fail(EXIT_BAD_INPUT, str(err)) from None
+    except TemporaryFailure as err:
+        raise _fail(EXIT_TEMPORARY, f"{type(err).__name__}: {err}") from None
     except Exception as err:  # infrastructure, ffmpeg, bugs: let the Job retry
         raise _fail(EXIT_FAILURE, f"{type(err).__name__}: {err}") from None
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from voicetrack.resources import GROUP, TranscodeStatus
+from voicetrack.termination import EXIT_BAD_INPUT, EXIT_TEMPORARY
 
 
 class PodReader(Protocol):
@@ -47,8 +48,8 @@ def termination_message(pod: dict[str, Any]) -> str:
     return ""
 
 
-PERMANENT_EXIT_CODE = 2
-"""The recorder's exit code for an input no retry can fix (token, bucket, credentials)."""
+PERMANENT_EXIT_CODE = EXIT_BAD_INPUT
+"""The recorder's exit code (2) for an input no retry can fix (token, bucket, credentials)."""
 CRASH_LOOP_RESTARTS = 3
 """A recorder restarted this often within its session is failing, whatever its exit code."""
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError",
@@ -204,16 +205,34 @@ OOM_KILL_LIMIT = 3
 same input at the same memory limit is killed again (each Job already ran `backoffLimit` + 1
 pods)."""
 FAILURE_LIMIT = 10
-"""Transcoder Jobs of one chunk failed other than on its input (any cause), after which the
-chunk is failed. Ten Jobs of `backoffLimit` + 1 pods each (or of a 600 s deadline) ride out
-an S3 or node outage of well over half an hour; a chunk still pending when its session is
-deleted is failed by the transcode timeout anyway."""
+"""Transcoder Jobs of one chunk failed other than on its input and other than on an outage
+(`OUTAGE_EXIT_CODE`), after which the chunk is failed: a node lost ten times, a deadline
+passed ten times. A chunk still pending when its session is deleted is failed by the
+transcode timeout anyway."""
+OUTAGE_EXIT_CODE = EXIT_TEMPORARY
+"""The transcoder's exit code when S3 or the API was away (75, `voicetrack.termination`).
+A Job whose every failed pod
+exited with it is made again without being counted: an outage is not the chunk's fault,
+and its raw audio waits in S3 for as long as the outage lasts (issue 11: outages are
+retried without a count limit)."""
 FAILURES_ANNOTATION = f"{GROUP}/transcode-failures"
 """RecordingChunk annotation: how many of its transcoder Jobs failed other than on their
 input and were deleted to run again (decimal). Written only then: a chunk transcoded at
 the first try never carries it (no API write on the normal path)."""
 OOM_KILLS_ANNOTATION = f"{GROUP}/transcode-oom-kills"
 """RecordingChunk annotation: how many of those Jobs had a pod OOM-killed (decimal)."""
+
+
+def outage_only(pods: list[dict[str, Any]]) -> bool:
+    """Whether every container of `pods` that terminated with an error exited with
+    OUTAGE_EXIT_CODE (S3 or the API away), and at least one did."""
+    codes = [int(terminated.get("exitCode") or 0)
+             for pod in pods
+             for cs in (pod.get("status") or {}).get("containerStatuses") or []
+             for where in ("state", "lastState")
+             for terminated in [(cs.get(where) or {}).get("terminated") or {}]
+             if terminated and terminated.get("exitCode")]
+    return bool(codes) and all(code == OUTAGE_EXIT_CODE for code in codes)
 
 
 def oom_killed(pod: dict[str, Any]) -> str | None:
@@ -290,7 +309,8 @@ async def retry_or_give_up(kube: JobRetrier, chunk: dict[str, Any], job: dict[st
     safety net makes it again, its failure counted on the chunk (`TranscodeFailures`,
     one annotation patch). Once `OOM_KILL_LIMIT` Jobs had a pod OOM-killed, or
     `FAILURE_LIMIT` Jobs failed, the chunk is to be failed instead, with a reason naming
-    the cause (the Job left to its TTL, the raw audio kept by promotion).
+    the cause (the Job left to its TTL, the raw audio kept by promotion). A Job whose pods
+    all exited on an outage (`outage_only`) is made again without being counted.
 
     Idempotent across observers (the Job event, the observe timer's possibly older view):
     only the Job as it is now (same uid, not being deleted) is acted on, and only the call
@@ -303,6 +323,8 @@ async def retry_or_give_up(kube: JobRetrier, chunk: dict[str, Any], job: dict[st
             or (uid is not None and current["metadata"].get("uid") != uid):
         return Retry()  # deleted by another observer, maybe made again already
     pods = await kube.job_pods(ns, name)
+    if outage_only(pods):  # S3 or the API away: made again, not counted
+        return Retry(retried=await kube.delete_job(ns, name, uid))
     limit = next((m for m in map(oom_killed, pods) if m is not None), None)
     now = TranscodeFailures.of(chunk).after(oom_killed=limit is not None)
     if limit is not None and now.oom_kills >= OOM_KILL_LIMIT:
