@@ -613,6 +613,29 @@ async def test_a_database_outage_does_not_keep_the_recorder_recording(
     assert out.progress.step is not DeletionStep.DONE and not out.failed, out.message
 
 
+async def test_a_chosen_meeting_id_waits_for_the_database_a_derived_one_does_not(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Third review: with PostgreSQL away at start, a session whose spec.meetingId names a
+    finished meeting (its session deleted, so the cluster knows no owner) started its
+    recorder, recorded into that meeting's prefix and, once the database was back, froze
+    on MeetingIdInUse. Now only a derived id (unique by construction) starts without the
+    row; a chosen one waits (TemporaryFailure) and no recorder pod is made. The outage is
+    real: a PostgreSQL URL on a port nothing listens on."""
+    await ctx.db.close()
+    ctx.db = RecordingService.from_url(
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres")
+    chosen = await make_session(ctx, kubectl, namespace, "chosen-id",
+                                meetingId="c0ffee0123456789")
+    with pytest.raises(TemporaryFailure, match=r"c0ffee0123456789 \(spec.meetingId\) not "
+                                               r"confirmed"):
+        await SessionService(ctx).ensure_session(chosen)
+    assert await ctx.kube.get_pod(namespace, recorder_pod_name("chosen-id")) is None
+    derived = await make_session(ctx, kubectl, namespace, "derived-id")
+    status = await SessionService(ctx).ensure_session(derived)
+    assert status["meetingId"] == derived.meeting_id
+    assert await ctx.kube.get_pod(namespace, recorder_pod_name("derived-id")) is not None
+
+
 async def test_record_writes_the_rows_a_killed_replica_left_behind(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     """A replica killed between a chunk's status patch (done) and its row write left the

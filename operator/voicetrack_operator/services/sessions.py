@@ -147,7 +147,13 @@ class SessionService:
 
     async def ensure_session(self, s: SessionView) -> dict[str, Any]:
         """Start (or, after an operator restart, keep) the session: refuse a busy guild,
-        write the meeting row, make the recorder's RBAC and Pod. Returns status fields."""
+        write the meeting row, make the recorder's RBAC and Pod. Returns status fields.
+
+        With the database away the recorder starts anyway on a derived meeting id (unique:
+        it comes from the uid; the row is written later) but not on a chosen
+        `spec.meetingId`, which another session's meeting may already have: TemporaryFailure
+        until the database confirms it (third review: such a session recorded into, and
+        then promoted over, a finished meeting)."""
         if s.state is SessionState.REFUSED:
             return {}
         if s.status.get("startedAt") and s.status.get("recorderPod"):
@@ -179,6 +185,11 @@ class SessionService:
             return self._refused(s, f"{err}; choose another spec.meetingId (or leave it out)",
                                  "MeetingIdInUse")
         except TemporaryFailure as err:
+            if s.spec.meeting_id:  # a chosen id may be taken: only the row can say
+                raise TemporaryFailure(
+                    f"meeting id {meeting} (spec.meetingId) not confirmed as this "
+                    f"session's: {err}; the recorder starts once the database answers",
+                    err.delay) from err
             log.warning("meeting row for %s deferred: %s", s.ref.name, err)
             self.ctx.unsynced[(s.ref.namespace, s.ref.name)] = str(err)
             db_ok = False
