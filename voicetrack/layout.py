@@ -25,6 +25,11 @@ from dataclasses import dataclass
 
 from voicetrack.audio import RAW_EXTENSIONS
 
+MEETING_OBJECT_PATTERN = r"(^|/)[0-9]{15,20}/[A-Za-z0-9]{16}/(chunks|final|live)/"
+"""Matches (`re.search`) a key that a `MeetingLayout` under any prefix writes for a
+meeting's chunks, final or live tracks: what a `files` session may not name as an input
+(the CRD's rule on `spec.source.speakers[].objectKey` is the same regex)."""
+
 MIX_TRACK = "mix"
 """The track name of the mixed track (speaker tracks are named by user id)."""
 

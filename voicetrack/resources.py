@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from voicetrack.layout import MEETING_OBJECT_PATTERN
+
 GROUP = "voicetrack.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -188,6 +190,18 @@ class FileSpeaker(_Model):
     object_key: str = Field(min_length=1, max_length=1024)
     offset_ms: int = Field(default=0, ge=0)
     name: str | None = None
+
+    @field_validator("object_key")
+    @classmethod
+    def _not_a_recording(cls, key: str) -> str:
+        """An input, never a recorded meeting's object (`MEETING_OBJECT_PATTERN`): with
+        one bucket for every namespace, a files session naming another meeting's final
+        tracks would copy that audio into its own (third review, fault 4)."""
+        if re.search(MEETING_OBJECT_PATTERN, key):
+            raise ValueError("may not name a recorded meeting's object "
+                             "(<guildId>/<meetingId>/chunks|final|live/...): a files "
+                             "session plays inputs, never other recordings")
+        return key
 
 
 class SourceSpec(_Model):

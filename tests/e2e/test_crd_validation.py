@@ -97,6 +97,12 @@ SESSION_CASES: list[tuple[str, Any, str]] = [
     ("limits.maxDurationSeconds", 604_801, "spec.limits.maxDurationSeconds"),
     ("limits.maxBytes", 0, "spec.limits.maxBytes"),
     ("output.formats", ["mp3", "mp3"], "spec.output.formats"),
+    # third review, fault 4: a files session of one namespace naming another meeting's
+    # recorded objects (same bucket) copied that audio into its own tracks
+    *[("source", {"type": "files", "speakers": [{"userId": USER, "objectKey": key}]},
+       "spec.source.speakers[0].objectKey") for key in (
+        f"rec/{GUILD}/{MEETING}/final/{USER}.mp3", f"{GUILD}/{MEETING}/live/mix.mp3",
+        f"a/b/{GUILD}/{MEETING}/chunks/000001/{USER}.opus")],
 ]
 
 CHUNK_CASES: list[tuple[str, Any, str]] = [
@@ -151,6 +157,10 @@ def test_long_session_name_is_refused(kubectl: Kubectl, ns: str) -> None:
 
 def test_good_specs_are_admitted(kubectl: Kubectl, ns: str) -> None:
     assert create(kubectl, ns, SESSION_KIND, GOOD_SESSION, name="s" * 50) == (True, "")
+    files = with_change(GOOD_SESSION, "source", {"type": "files", "speakers": [
+        {"userId": USER, "objectKey": f"inputs/{GUILD}/{MEETING}/talk.wav"}]})
+    SessionSpec.model_validate(files)
+    assert create(kubectl, ns, SESSION_KIND, files)[0]
     assert create(kubectl, ns, CHUNK_KIND, GOOD_CHUNK)[0]
     pcm = with_change(with_change(GOOD_CHUNK, "rawFormat", "pcm-s16le"), "tracks.0.key",
                       KEY.replace(".opus", ".pcm"))
