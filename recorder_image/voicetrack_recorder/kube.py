@@ -162,21 +162,48 @@ class RecorderKube:
 
     def check_existing(self, name: str, spec: ChunkSpec, owner_uid: str) -> None:
         """After a 409 on `name`: the existing RecordingChunk counts as this create only
-        when it is ours, i.e. owned by our session (uid `owner_uid`) with the same spec (an
-        earlier try that got through). Another's object under our name (pre-created by a
-        compromised recorder) raises InvalidInputError naming its owner: the chunk is not
-        acknowledged, never "done". An object whose controlling owner has our session's
-        name but another uid is an earlier namesake's chunk awaiting the garbage collector:
-        TemporaryFailure (delay NAMESAKE_RETRY_S), so the upload is retried until it is
-        gone. Raises TemporaryFailure when it cannot be read."""
+        when it is ours (`judge_existing`). Raises TemporaryFailure when it cannot be read
+        or is gone meanwhile, InvalidInputError when it is not this chunk."""
+        existing = self._get_chunk(name)
+        if existing is None:  # deleted meanwhile: try again
+            raise TemporaryFailure(f"RecordingChunk {name} gone after its 409")
+        self.judge_existing(existing, name, spec, owner_uid)
+
+    def chunk_exists(self, spec: ChunkSpec, owner_uid: str) -> bool:
+        """Whether the chunk's RecordingChunk exists already as this very chunk (an earlier
+        try, or an earlier run, got through: its raw objects were written before it), read
+        before the raw objects are written so that those of a chunk another writer holds
+        are never overwritten. False when there is none. Raises what `judge_existing`
+        raises for an object that is not this chunk (InvalidInputError, TemporaryFailure
+        for an earlier namesake's), TemporaryFailure when it cannot be read."""
+        name = chunk_name(self.name, spec.index)
+        existing = self._get_chunk(name)
+        if existing is None:
+            return False
+        self.judge_existing(existing, name, spec, owner_uid)
+        return True
+
+    def _get_chunk(self, name: str) -> dict[str, Any] | None:
+        """The RecordingChunk `name`, None when there is none (404)."""
         try:
-            existing = cast(dict[str, Any], self.objects.get_namespaced_custom_object(
+            return cast(dict[str, Any], self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL, name))
         except CLIENT_ERRORS as err:
             translated = translate_api_error(err, f"get RecordingChunk {name}")
-            if isinstance(translated, NotFoundError):  # deleted meanwhile: try again
-                raise TemporaryFailure(f"RecordingChunk {name} gone after its 409") from err
+            if isinstance(translated, NotFoundError):
+                return None
             raise translated from err
+
+    def judge_existing(self, existing: dict[str, Any], name: str, spec: ChunkSpec,
+                       owner_uid: str) -> None:
+        """Return when `existing` (the object under our chunk name `name`) is this chunk:
+        owned by our session (uid `owner_uid`) with the same spec. Another's object under
+        our name (pre-created by a compromised recorder) raises InvalidInputError naming
+        its owner: the chunk is not acknowledged, never "done"; so does our session's
+        object with another spec (a second recorder of this session wrote it). An object
+        whose controlling owner has our session's name but another uid is an earlier
+        namesake's chunk awaiting the garbage collector: TemporaryFailure (delay
+        NAMESAKE_RETRY_S), so the upload is retried until it is gone."""
         owner = controller_uid(existing)
         if owner != owner_uid and controller_name(existing) == self.name:
             # an earlier session of our name (the bot's `g-<guild>`), deleted: the garbage
