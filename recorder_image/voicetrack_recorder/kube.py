@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, cast
 
 from kubernetes import client, watch
@@ -44,6 +45,7 @@ from voicetrack.resources import (
     SESSION_PLURAL,
     VERSION,
 )
+from voicetrack_recorder.clock import server_offset_ms
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +86,35 @@ class RecorderKube:
         self.opt_out: tuple[frozenset[str], frozenset[str]] | None = None
         """(`spec.optOutUserIds`, `spec.optOutRoleIds`) as last seen; None before."""
         self.deleted = threading.Event()
+        self.clock_offset_ms: int | None = None
+        """This node's clock minus the API server's (ms), measured from the `Date` header
+        of the last `get_session` answer (`clock.server_offset_ms`); None before one."""
 
     def get_session(self) -> dict[str, Any]:
-        """The RecordingSession object (the first call binds `self.uid` when unset).
+        """The RecordingSession object (the first call binds `self.uid` when unset; each
+        call measures `self.clock_offset_ms`).
         Raises NotFoundError, TemporaryFailure (API unreachable, 401/403/429/5xx),
         InvalidInputError (another 4xx)."""
+        sent = time.time()
         try:
-            obj = cast(dict[str, Any], self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name))
+            data, _, headers = self.objects.get_namespaced_custom_object_with_http_info(
+                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name)
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, f"get RecordingSession {self.name}") from err
+        obj = cast(dict[str, Any], data)
+        self._observe_clock(sent, time.time(), headers)
         if self.uid is None:
             self.uid = str(obj["metadata"]["uid"])
         return obj
+
+    def _observe_clock(self, sent_s: float, received_s: float, headers: Any) -> None:
+        date = (headers or {}).get("Date") if hasattr(headers, "get") else None
+        if not date:
+            return
+        try:
+            self.clock_offset_ms = server_offset_ms(sent_s, received_s, str(date))
+        except (TypeError, ValueError) as err:
+            log.warning("the API server's Date header %r does not parse: %s", date, err)
 
     def list_chunks(self) -> list[ChunkSpec]:
         """Every RecordingChunk of this session (controlling owner uid `self.uid`, read
