@@ -25,6 +25,11 @@ from typing import Protocol
 
 from voicetrack.audio import FRAME_MS
 
+STEP_ABOVE_MS = 10_000
+"""A change (ms) of this node's measured offset against the API server since the session
+clock was set beyond which the node's clock stepped mid-run (`SessionClock.stepped`):
+well above the measuring error, well within the operator's 60 s window tolerance."""
+
 CORRECT_ABOVE_MS = 2000
 """Clock offsets (ms) up to this are not corrected: within what one `Date` header (1 s
 resolution) and a round trip can measure, and far within the operator's 60 s window
@@ -53,6 +58,8 @@ class SessionOrigin:
     server_ms: int
     offset_ms: int
     notes: tuple[str, ...] = ()
+    measured_ms: int | None = None
+    """The offset as measured (ms; None: not measured), applied or not."""
 
 
 def session_origin(started_at_ms: int, created: datetime | None,
@@ -85,7 +92,7 @@ def session_origin(started_at_ms: int, created: datetime | None,
                      f"{'ahead of' if offset_ms > 0 else 'behind'} the API server's: "
                      "session time is corrected by that much")
     return SessionOrigin(t0_ms=server_ms + applied, server_ms=server_ms, offset_ms=applied,
-                         notes=tuple(notes))
+                         notes=tuple(notes), measured_ms=offset_ms)
 
 
 @dataclass
@@ -97,6 +104,25 @@ class SessionClock:
 
     t0_ms: int
     time_fn: Callable[[], float] = field(default=time.time)
+    offset_ms: int | None = None
+    """This node's clock minus the API server's (ms) when `t0_ms` was set
+    (`SessionOrigin.measured_ms`); None: not measured."""
+
+    def stepped(self, measured_ms: int | None) -> str | None:
+        """Why session time no longer follows the API server's clock, None while it does:
+        the offset `measured_ms` (this node minus the API server, ms, measured now; None:
+        not measured) differs from `offset_ms` by more than `STEP_ABOVE_MS` (this node's
+        clock was stepped, e.g. by NTP, after the session clock was set: windows would be
+        that far off, past 60 s refused). The recorder ends with a failure on it, and its
+        restart measures again and continues at the next index."""
+        if measured_ms is None or self.offset_ms is None:
+            return None
+        step = measured_ms - self.offset_ms
+        if abs(step) <= STEP_ABOVE_MS:
+            return None
+        return (f"this node's clock moved {step} ms against the API server's since the "
+                f"session clock was set (offset {self.offset_ms} ms, now {measured_ms} "
+                "ms): restarting to measure it again")
 
     def now_ms(self) -> int:
         """Session time now, in ms (may be negative before the start)."""

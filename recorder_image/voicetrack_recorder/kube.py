@@ -59,6 +59,11 @@ NAMESAKE_RETRY_S = 2.0
 still holds (the garbage collector deletes those within seconds to minutes)."""
 
 
+CLOCK_RTT_MAX_S = 2.0
+"""A `get_session` answer slower than this (s) does not measure the clock offset: its
+error is up to half the round trip (`clock.server_offset_ms`)."""
+
+
 def controller_name(obj: dict[str, Any], kind: str = SESSION_KIND) -> str | None:
     """The name of `obj`'s controlling owner of `kind` (like `voicetrack.names.
     controller_uid`), None when it has none."""
@@ -108,8 +113,10 @@ class RecorderKube:
         return obj
 
     def _observe_clock(self, sent_s: float, received_s: float, headers: Any) -> None:
-        date = (headers or {}).get("Date") if hasattr(headers, "get") else None
-        if not date:
+        """Measure `clock_offset_ms` from one answer's `Date` header, unless the round trip
+        took over CLOCK_RTT_MAX_S (the measure would be that loose) or it has none."""
+        date = headers.get("Date") if hasattr(headers, "get") else None
+        if not date or received_s - sent_s > CLOCK_RTT_MAX_S:
             return
         try:
             self.clock_offset_ms = server_offset_ms(sent_s, received_s, str(date))

@@ -12,19 +12,31 @@ SessionClock built from `startedAt` as before) the same windows are refused.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from tests.unit.test_operator_isolation import SESSION, claim
+from tests.unit.test_recorder_spool import GUILD, LAYOUT, unreachable
+from voicetrack.errors import TemporaryFailure
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.resources import SessionSpec
 from voicetrack_operator.services.isolation import chunk_refusal
 from voicetrack_recorder.clock import (
     CORRECT_ABOVE_MS,
+    STEP_ABOVE_MS,
     SessionClock,
     server_offset_ms,
     session_origin,
 )
+from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.recorder import Recorder
+from voicetrack_recorder.spool import Spool
+from voicetrack_recorder.uploader import ChunkUploader
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +111,50 @@ def test_the_date_header_is_read_at_its_seconds_middle() -> None:
                             date_header(at)) == 0
     with pytest.raises(ValueError):
         server_offset_ms(0.0, 0.0, "not a date")
+
+
+def test_a_step_of_the_node_clock_is_noticed_past_its_bound() -> None:
+    clock = SessionClock(0, offset_ms=90_000)
+    assert clock.stepped(None) is None
+    assert clock.stepped(90_000 + STEP_ABOVE_MS) is None
+    assert "moved 10001 ms" in str(clock.stepped(90_000 + STEP_ABOVE_MS + 1))
+    assert "moved -30000 ms" in str(clock.stepped(60_000))
+    assert SessionClock(0).stepped(10**6) is None  # never measured: nothing to compare
+
+
+class IdleSource:
+    """A source that delivers nothing until stopped."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+
+async def test_a_recorder_whose_node_clock_stepped_ends_with_a_failure(tmp_path: Path) -> None:
+    """The pause watch re-reads the session (and the offset) while recording: a step past
+    STEP_ABOVE_MS ends the run with a TemporaryFailure (the container restarts, measures
+    again and continues at the next index) instead of sealing windows that far off."""
+    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
+                        "rec", "standup")
+    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
+                                   secret_key="b"))
+    spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD,
+                                       "chunkSeconds": 5})
+    uploader = ChunkUploader(store, kube, Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"),
+                             "uid-1", str(tmp_path / "acks.json"))
+    clock = SessionClock(0, time_fn=lambda: 100.0, offset_ms=1500)
+    recorder = Recorder(kube, uploader, spec, clock)
+    recorder.flush_grace_s = 0.2
+    recorder.chunker.open(clock.now_slot())
+    kube.clock_offset_ms = 1500 + 800  # measuring noise: recording goes on
+
+    async def step() -> None:
+        await asyncio.sleep(0.3)
+        assert not run.done()
+        kube.clock_offset_ms = 1500 + 95_000
+
+    run = asyncio.create_task(recorder.run(IdleSource()))
+    await step()
+    result = await asyncio.wait_for(run, 30)
+    assert result.reason == "clock-stepped"
+    assert isinstance(result.error, TemporaryFailure)
+    assert "moved 95000 ms" in str(result.error)
