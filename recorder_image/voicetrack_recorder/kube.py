@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, cast
 
 from kubernetes import client, watch
@@ -44,6 +45,7 @@ from voicetrack.resources import (
     SESSION_PLURAL,
     VERSION,
 )
+from voicetrack_recorder.clock import server_offset_ms
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,11 @@ server; both go through `translate_api_error`."""
 NAMESAKE_RETRY_S = 2.0
 """Suggested wait (s) before creating a chunk again whose name an earlier namesake's chunk
 still holds (the garbage collector deletes those within seconds to minutes)."""
+
+
+CLOCK_RTT_MAX_S = 2.0
+"""A `get_session` answer slower than this (s) does not measure the clock offset: its
+error is up to half the round trip (`clock.server_offset_ms`)."""
 
 
 def controller_name(obj: dict[str, Any], kind: str = SESSION_KIND) -> str | None:
@@ -84,19 +91,37 @@ class RecorderKube:
         self.opt_out: tuple[frozenset[str], frozenset[str]] | None = None
         """(`spec.optOutUserIds`, `spec.optOutRoleIds`) as last seen; None before."""
         self.deleted = threading.Event()
+        self.clock_offset_ms: int | None = None
+        """This node's clock minus the API server's (ms), measured from the `Date` header
+        of the last `get_session` answer (`clock.server_offset_ms`); None before one."""
 
     def get_session(self) -> dict[str, Any]:
-        """The RecordingSession object (the first call binds `self.uid` when unset).
+        """The RecordingSession object (the first call binds `self.uid` when unset; each
+        call measures `self.clock_offset_ms`).
         Raises NotFoundError, TemporaryFailure (API unreachable, 401/403/429/5xx),
         InvalidInputError (another 4xx)."""
+        sent = time.time()
         try:
-            obj = cast(dict[str, Any], self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name))
+            data, _, headers = self.objects.get_namespaced_custom_object_with_http_info(
+                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name)
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, f"get RecordingSession {self.name}") from err
+        obj = cast(dict[str, Any], data)
+        self._observe_clock(sent, time.time(), headers)
         if self.uid is None:
             self.uid = str(obj["metadata"]["uid"])
         return obj
+
+    def _observe_clock(self, sent_s: float, received_s: float, headers: Any) -> None:
+        """Measure `clock_offset_ms` from one answer's `Date` header, unless the round trip
+        took over CLOCK_RTT_MAX_S (the measure would be that loose) or it has none."""
+        date = headers.get("Date") if hasattr(headers, "get") else None
+        if not date or received_s - sent_s > CLOCK_RTT_MAX_S:
+            return
+        try:
+            self.clock_offset_ms = server_offset_ms(sent_s, received_s, str(date))
+        except (TypeError, ValueError) as err:
+            log.warning("the API server's Date header %r does not parse: %s", date, err)
 
     def list_chunks(self) -> list[ChunkSpec]:
         """Every RecordingChunk of this session (controlling owner uid `self.uid`, read
@@ -162,21 +187,48 @@ class RecorderKube:
 
     def check_existing(self, name: str, spec: ChunkSpec, owner_uid: str) -> None:
         """After a 409 on `name`: the existing RecordingChunk counts as this create only
-        when it is ours, i.e. owned by our session (uid `owner_uid`) with the same spec (an
-        earlier try that got through). Another's object under our name (pre-created by a
-        compromised recorder) raises InvalidInputError naming its owner: the chunk is not
-        acknowledged, never "done". An object whose controlling owner has our session's
-        name but another uid is an earlier namesake's chunk awaiting the garbage collector:
-        TemporaryFailure (delay NAMESAKE_RETRY_S), so the upload is retried until it is
-        gone. Raises TemporaryFailure when it cannot be read."""
+        when it is ours (`judge_existing`). Raises TemporaryFailure when it cannot be read
+        or is gone meanwhile, InvalidInputError when it is not this chunk."""
+        existing = self._get_chunk(name)
+        if existing is None:  # deleted meanwhile: try again
+            raise TemporaryFailure(f"RecordingChunk {name} gone after its 409")
+        self.judge_existing(existing, name, spec, owner_uid)
+
+    def chunk_exists(self, spec: ChunkSpec, owner_uid: str) -> bool:
+        """Whether the chunk's RecordingChunk exists already as this very chunk (an earlier
+        try, or an earlier run, got through: its raw objects were written before it), read
+        before the raw objects are written so that those of a chunk another writer holds
+        are never overwritten. False when there is none. Raises what `judge_existing`
+        raises for an object that is not this chunk (InvalidInputError, TemporaryFailure
+        for an earlier namesake's), TemporaryFailure when it cannot be read."""
+        name = chunk_name(self.name, spec.index)
+        existing = self._get_chunk(name)
+        if existing is None:
+            return False
+        self.judge_existing(existing, name, spec, owner_uid)
+        return True
+
+    def _get_chunk(self, name: str) -> dict[str, Any] | None:
+        """The RecordingChunk `name`, None when there is none (404)."""
         try:
-            existing = cast(dict[str, Any], self.objects.get_namespaced_custom_object(
+            return cast(dict[str, Any], self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL, name))
         except CLIENT_ERRORS as err:
             translated = translate_api_error(err, f"get RecordingChunk {name}")
-            if isinstance(translated, NotFoundError):  # deleted meanwhile: try again
-                raise TemporaryFailure(f"RecordingChunk {name} gone after its 409") from err
+            if isinstance(translated, NotFoundError):
+                return None
             raise translated from err
+
+    def judge_existing(self, existing: dict[str, Any], name: str, spec: ChunkSpec,
+                       owner_uid: str) -> None:
+        """Return when `existing` (the object under our chunk name `name`) is this chunk:
+        owned by our session (uid `owner_uid`) with the same spec. Another's object under
+        our name (pre-created by a compromised recorder) raises InvalidInputError naming
+        its owner: the chunk is not acknowledged, never "done"; so does our session's
+        object with another spec (a second recorder of this session wrote it). An object
+        whose controlling owner has our session's name but another uid is an earlier
+        namesake's chunk awaiting the garbage collector: TemporaryFailure (delay
+        NAMESAKE_RETRY_S), so the upload is retried until it is gone."""
         owner = controller_uid(existing)
         if owner != owner_uid and controller_name(existing) == self.name:
             # an earlier session of our name (the bot's `g-<guild>`), deleted: the garbage

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -35,7 +36,7 @@ from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack.termination import write_termination_message
 from voicetrack.uploadgrant import GRANT_SECRET_ENV, UploadGrant
-from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.clock import SessionClock, SessionOrigin, session_origin
 from voicetrack_recorder.faults import (
     EXIT_FAILED,
     EXIT_INVALID_INPUT,
@@ -120,6 +121,22 @@ class Outcome:
     summary: str = "acknowledged - (0 by this run, 0 bytes)"
 
 
+def _origin(session: dict[str, Any], started_at_ms: int, offset_ms: int | None
+            ) -> SessionOrigin:
+    """The session's time origin on this node (`clock.session_origin`: `startedAt` on the
+    API server's clock, from the session's `creationTimestamp` and `offset_ms`, this
+    node's clock minus the API server's), what was corrected logged as warnings."""
+    stamp = str(session["metadata"].get("creationTimestamp") or "")
+    try:
+        created = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+    except ValueError:
+        created = None
+    origin = session_origin(started_at_ms, created, offset_ms)
+    for note in origin.notes:
+        logging.getLogger(__name__).warning("session clock: %s", note)
+    return origin
+
+
 async def _record(namespace: str, session: str, started_at_ms: int, outcome: Outcome) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,7 +158,8 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
     root, max_bytes = spool_settings_from_env(session)
     spool = Spool(root, max_bytes, layout, session, spec.storage.raw_format)
     uploader = ChunkUploader(writer, kube, spool, obj["metadata"]["uid"])
-    clock = SessionClock(started_at_ms)
+    session_t0 = _origin(obj, started_at_ms, kube.clock_offset_ms)
+    clock = SessionClock(session_t0.t0_ms, offset_ms=session_t0.measured_ms)
     kube.paused = bool(spec.paused)
     watch_stop = start_pause_watch(kube)
     recorder = Recorder(kube, uploader, spec, clock)

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import Gap, OptOut
-from voicetrack.errors import InvalidInputError
+from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import meeting_id_for
 from voicetrack.resources import SessionSpec
@@ -73,7 +73,7 @@ DRAIN_MAX_S = 3600.0
 """How long a run that ended by itself keeps uploading its spool before the flush deadline
 is armed all the same (within the upload grant, which lasts the session's maximum duration
 plus an hour): a pod that never ends while S3 never comes back would hold its guild."""
-ERROR_ENDS = ("source-failed", "upload-failed")
+ERROR_ENDS = ("source-failed", "upload-failed", "clock-stepped")
 """Ends after which the flush deadline is armed at once, as for a forced end: the
 container restarts and capture resumes sooner (second review: a voice connection lost
 during an S3 outage held capture down for the whole outage)."""
@@ -217,6 +217,11 @@ class Recorder:
                 now = self.clock.now_slot()
                 if self.kube.deleted.is_set():
                     reason = "session-deleted"
+                    break
+                stepped = self.clock.stepped(self.kube.clock_offset_ms)
+                if stepped is not None:  # windows would go off: measure again (a restart)
+                    error, reason = TemporaryFailure(stepped), "clock-stepped"
+                    log.error("%s", stepped)
                     break
                 if source_task.done() and source_task.exception() is not None:
                     error = source_task.exception()

@@ -15,7 +15,12 @@ removal) is done (its files removed, its index acknowledged once), and the chunk
 follow the last RecordingChunk in index and time are queued, in index order, before any
 new chunk; the rest is removed with a warning. A 409 on an upload is idempotent the same
 way: the existing chunk with our spec counts as created (`RecorderKube.check_existing`),
-and an index is acknowledged once.
+and an index is acknowledged once. The RecordingChunk is read before the raw objects are
+written (`RecorderKube.chunk_exists`): the raw objects of a chunk that exists with another
+spec (a second recorder of the session: a pod force-deleted on a node cut off from the API
+server but not from S3) are never overwritten; before, they were, and that window's
+transcode failed its sha256 check for good (silence). Two writers racing between the read
+and the create can still both write; the read narrows that to one round trip.
 
 Every acknowledged index is kept (`UploadStats.acked`) and written as JSON to the ack file
 after each acknowledgement ($VOICETRACK_ACK_FILE, default `$TMPDIR/voicetrack-acked.json`),
@@ -171,16 +176,22 @@ class ChunkUploader:
 
     def upload(self, spooled: SpooledChunk,
                deadline: Callable[[], float | None] = lambda: None) -> ChunkSpec:
-        """Write the chunk's raw objects then its RecordingChunk, retrying TemporaryFailure
-        with backoff (0.5 s doubling to 10 s, no count limit) until `deadline()` (monotonic
-        seconds, or None = forever; read before every retry, so a stop sets one deadline
-        for all pending uploads); then remove its spool files. Raises TemporaryFailure when
-        the deadline passes first (the files stay), InvalidInputError for a permanent
-        failure (a bad bucket or credentials, a refused RecordingChunk)."""
+        """Write the chunk's raw objects then its RecordingChunk, unless that exists already
+        (`RecorderKube.chunk_exists`, read first: as this chunk it is done; with another
+        spec or owner nothing is written, so a second recorder of the session never
+        replaces the raw audio, the source of truth, of a chunk the first one made).
+        Retries TemporaryFailure with backoff (0.5 s doubling to 10 s, no count limit)
+        until `deadline()` (monotonic seconds, or None = forever; read before every retry,
+        so a stop sets one deadline for all pending uploads); then removes its spool files.
+        Raises TemporaryFailure when the deadline passes first (the files stay),
+        InvalidInputError for a permanent failure (a bad bucket or credentials, a refused
+        RecordingChunk, one that exists with another spec or owner)."""
         spec = spooled.spec
         delay = FIRST_DELAY_S
         while True:
             try:
+                if self.kube.chunk_exists(spec, self.session_uid):
+                    break  # an earlier try got through: its raw objects are written
                 for key, path in spooled.files.items():
                     self.store.put_file(key, path, "audio/ogg" if key.endswith(".opus")
                                         else "application/octet-stream")

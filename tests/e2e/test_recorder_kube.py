@@ -77,3 +77,17 @@ async def test_chunk_create_is_idempotent_owned_and_refused_with_the_rules_messa
         kube.create_chunk(off_grid, uid)
     with pytest.raises(NotFoundError, match="absent"):
         RecorderKube(api, namespace, "absent").get_session()
+
+
+async def test_reading_the_session_measures_the_api_servers_clock(
+        cluster: LocalCluster, crds: None, namespace: str) -> None:
+    """The recorder's clock offset against the API server (`RecorderKube.clock_offset_ms`,
+    from the `Date` header of the session's GET) that `clock.session_origin` corrects
+    windows by: same machine here, so within the header's 1 s resolution."""
+    api = load_api_client(str(cluster.kubeconfig))
+    started = await BotSessions(api, namespace, spec_defaults=PAUSED_FILES,
+                                settle_seconds=0).start(GUILD, CHANNEL, USER)
+    kube = RecorderKube(api, namespace, started.session["metadata"]["name"])
+    assert kube.clock_offset_ms is None
+    kube.get_session()
+    assert kube.clock_offset_ms is not None and abs(kube.clock_offset_ms) <= 1500

@@ -47,6 +47,7 @@ from voicetrack_operator.builders import (
     recorder_service_account,
 )
 from voicetrack_operator.context import Context
+from voicetrack_operator.services import isolation
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef
 from voicetrack_operator.services.inventory import chunk_inventory
@@ -141,7 +142,10 @@ async def test_a_chunk_that_is_not_its_sessions_is_refused_and_nothing_is_touche
 
 
 async def test_a_chunk_whose_raw_tracks_are_absent_is_refused_a_sound_one_is_not(
-        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+        ctx: Context, namespace: str, kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Absent raw tracks are checked again for `isolation.ABSENT_GRACE_S` after the chunk's
+    creation (a listing that lags: before, the refusal was final at once), then refused."""
     s = await make_session(ctx, kubectl, namespace, "own")
     await SessionService(ctx).ensure_session(s)
     chunks = ChunkService(ctx)
@@ -149,6 +153,19 @@ async def test_a_chunk_whose_raw_tracks_are_absent_is_refused_a_sound_one_is_not
     apply(kubectl, absent)  # raw tracks never uploaded
     obj = await ctx.kube.get_chunk(namespace, chunk_name("own", 0))
     assert obj is not None
+    with pytest.raises(TemporaryFailure, match="not listed in S3 yet"):
+        await chunks.ensure_chunk(ChunkRef.from_object(obj))
+    assert await ctx.kube.get_job(namespace, transcode_job_name("own", 0)) is None
+    lagging = chunk_doc(s, 2, 10_000, 15_000)  # listed only at the second look
+    apply(kubectl, lagging)
+    late = await ctx.kube.get_chunk(namespace, chunk_name("own", 2))
+    assert late is not None
+    with pytest.raises(TemporaryFailure, match="not listed in S3 yet"):
+        await chunks.ensure_chunk(ChunkRef.from_object(late))
+    await put_raws(ctx, s, lagging)
+    status = await chunks.ensure_chunk(ChunkRef.from_object(late))
+    assert status.transcode_status == "queued" and status.refused is None
+    monkeypatch.setattr(isolation, "ABSENT_GRACE_S", 0.0)  # the grace is over
     status = await chunks.ensure_chunk(ChunkRef.from_object(obj))
     assert status.refused is not None and "absent from S3" in status.refused
     assert await ctx.kube.get_job(namespace, transcode_job_name("own", 0)) is None
@@ -162,7 +179,7 @@ async def test_a_chunk_whose_raw_tracks_are_absent_is_refused_a_sound_one_is_not
     assert status.transcode_status == "queued" and status.refused is None
     assert await ctx.kube.get_job(namespace, transcode_job_name("own", 1)) is not None
     inv = await chunk_inventory(ctx, s)
-    assert sorted(inv.chunks) == [1] and list(inv.refused) == [chunk_name("own", 0)]
+    assert sorted(inv.chunks) == [1, 2] and list(inv.refused) == [chunk_name("own", 0)]
 
 
 async def test_a_result_json_naming_another_sessions_outputs_fails_the_chunk(

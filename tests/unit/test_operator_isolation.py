@@ -5,13 +5,16 @@ the exact window bound."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap
+from voicetrack.errors import TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack_operator.builders import SessionRef
 from voicetrack_operator.services.isolation import (
+    ABSENT_GRACE_S,
     WINDOW_TOLERANCE_MS,
     ChunkClaim,
     SessionFacts,
@@ -36,7 +39,7 @@ def claim(start: int = 0, end: int = 10_000, **update: object) -> ChunkClaim:
                      tracks=tracks)
     base = ChunkClaim(name="standup-chunk-000000", label_session="standup",
                       owner_uid="uid-1", spec=spec, created=CREATED + timedelta(seconds=11))
-    return ChunkClaim(**{**base.__dict__, **update})  # type: ignore[arg-type]
+    return ChunkClaim(**{**base.__dict__, **update})
 
 
 def keys(c: ChunkClaim) -> set[str]:
@@ -61,7 +64,7 @@ def test_a_sound_chunk_passes_up_to_the_window_bound() -> None:
     ({"label_session": "other"}, "label voicetrack.dev/session='other'"),
     ({"name": "other-chunk-000000"}, "is not 'standup-chunk-000000'"),
 ])
-def test_a_claim_of_another_identity_is_refused(update: dict[str, object], why: str) -> None:
+def test_a_claim_of_another_identity_is_refused(update: dict[str, Any], why: str) -> None:
     assert why in str(chunk_refusal(claim(**update), SESSION, CREATED, None))
 
 
@@ -79,5 +82,21 @@ def test_spec_spoilers_are_named() -> None:
         "start_ms": 5000, "gap": Gap(start_ms=0, end_ms=6000, cause="paused")})
     assert "does not end before" in str(chunk_refusal(claim(spec=late_gap), SESSION,
                                                       CREATED, None))
+    later = CREATED + timedelta(seconds=11 + ABSENT_GRACE_S)
     assert f"absent from S3: {sound.spec.tracks[1].key}" in str(chunk_refusal(
-        sound, SESSION, CREATED, {sound.spec.tracks[0].key}))
+        sound, SESSION, later, {sound.spec.tracks[0].key}))
+
+
+def test_a_raw_track_not_listed_yet_is_checked_again_not_refused() -> None:
+    """The recorder writes raw tracks before the chunk: an absence soon after the chunk's
+    creation is a listing that lags. Before, the refusal was final at once."""
+    sound = claim()
+    young = CREATED + timedelta(seconds=11 + ABSENT_GRACE_S - 1)
+    with pytest.raises(TemporaryFailure, match="not listed in S3 yet"):
+        chunk_refusal(sound, SESSION, young, {sound.spec.tracks[0].key})
+    # only the absence waits: a chunk with another fault is refused at once
+    with pytest.raises(TemporaryFailure):
+        chunk_refusal(sound, SESSION, young, set())
+    assert "owner uid" in str(chunk_refusal(claim(owner_uid="uid-2"), SESSION, young, set()))
+    # a chunk rebuilt from its manifest has no creation time: not retried
+    assert "absent from S3" in str(chunk_refusal(claim(created=None), SESSION, young, set()))

@@ -10,7 +10,13 @@ writes as untrusted too. Two parts:
   (`voicetrack.layout.MeetingLayout.raw_key`, so under the session's bucket prefix), the
   window lies within the session's elapsed time plus `WINDOW_TOLERANCE_MS`, and every raw
   track it names exists in S3. A refused chunk is never transcoded, mirrored or promoted,
-  and its raw data is left where it is (no chunk folder is collected because of it).
+  and its raw data is left where it is (no chunk folder is collected because of it). The
+  recorder writes the raw tracks before the chunk, so a track not listed yet within
+  `ABSENT_GRACE_S` of the chunk's creation is a listing that lags (TemporaryFailure, the
+  chunk is checked again), not a refusal; before, that refusal was final at once. Windows
+  are in session time on the API server's clock: the recorder corrects its node's clock
+  offset and an operator clock behind (`voicetrack_recorder.clock`), since skew past the
+  tolerance refused every chunk of a session.
 - `ensure_recorder_access` gives each session its own recorder ServiceAccount, Role and
   RoleBinding, owned by the session (the garbage collector removes them with it). The
   chart's ValidatingAdmissionPolicy (`helm/voicetrack/templates/chunk-policy.yaml`) admits
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from voicetrack.chunkspec import ChunkSpec
+from voicetrack.errors import TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import chunk_name
 from voicetrack.resources import LABEL_SESSION, SessionSpec
@@ -42,7 +49,18 @@ WINDOW_TOLERANCE_MS = 60_000
 """How far (ms) a chunk's `endMs` may pass the session time at which the API server stamped
 the chunk's `creationTimestamp`, measured from the session's own `creationTimestamp` (its
 clock origin `startedAt` is never earlier): clock skew between the recorder's node and the
-API server. Bounds what a forged window can make promotion allocate."""
+API server left after the recorder's correction (`voicetrack_recorder.clock`: within
+2 s). Bounds what a forged window can make promotion allocate."""
+
+ABSENT_GRACE_S = 120.0
+"""How long (s, from the chunk's `creationTimestamp` to the operator's now) a raw track
+the chunk names may be missing from the S3 listing before the chunk is refused: the
+recorder writes raw tracks before it creates the chunk, so within this an absence is taken
+for a listing that lags (TemporaryFailure, checked again), not a forgery. Operator clock
+skew lengthens or shortens it by as much."""
+
+ABSENT_RETRY_S = 5.0
+"""Suggested wait (s) before checking a chunk again whose raw tracks are not listed yet."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +94,8 @@ def chunk_refusal(claim: ChunkClaim, session: SessionFacts, now: datetime,
     `now` (aware datetime) bounds the window of a chunk without a creation time;
     `present` is the set of object keys found in the chunk's folder (None: not checked).
     Pure: no clock, no I/O. The window bound is `created - session.created` in ms plus
-    `WINDOW_TOLERANCE_MS`."""
+    `WINDOW_TOLERANCE_MS`. Raises TemporaryFailure when the only fault is raw tracks
+    absent from `present` and the chunk is younger than `ABSENT_GRACE_S` at `now`."""
     spec, ref = claim.spec, session.ref
     if claim.owner_uid != ref.uid:
         return (f"its controlling owner uid is {claim.owner_uid or 'missing'}, not session "
@@ -105,13 +124,21 @@ def chunk_refusal(claim: ChunkClaim, session: SessionFacts, now: datetime,
     bound = max(elapsed, 0) + WINDOW_TOLERANCE_MS
     if spec.end_ms > bound:
         return (f"window [{spec.start_ms}, {spec.end_ms}) ms ends after the session's "
-                f"elapsed time {max(elapsed, 0)} ms (+{WINDOW_TOLERANCE_MS} ms tolerance)")
+                f"elapsed time {max(elapsed, 0)} ms (+{WINDOW_TOLERANCE_MS} ms tolerance; "
+                f"{spec.end_ms - elapsed} ms ahead: a forged window, or clock skew the "
+                f"recorder did not correct)")
     if spec.gap is not None and spec.gap.end_ms > spec.start_ms:
         return (f"gap [{spec.gap.start_ms}, {spec.gap.end_ms}) ms does not end before the "
                 f"window's start {spec.start_ms} ms")
     if present is not None:
         missing = [t.key for t in spec.tracks if t.key not in present]
         if missing:
+            age = (now - claim.created).total_seconds() if claim.created else None
+            if age is not None and age < ABSENT_GRACE_S:
+                raise TemporaryFailure(
+                    f"raw track(s) of {claim.name} not listed in S3 yet: "
+                    f"{', '.join(missing)} (checked again until {ABSENT_GRACE_S:.0f} s after "
+                    f"its creation, then refused)", delay=ABSENT_RETRY_S)
             return f"raw track(s) absent from S3: {', '.join(missing)}"
     return None
 
