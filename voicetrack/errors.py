@@ -22,6 +22,12 @@ class TemporaryFailure(VoicetrackError):
         self.delay = delay
 
 
+class ServiceUnavailable(TemporaryFailure):
+    """A service the work depends on (S3) was unreachable, failed (5xx) or refused our
+    credentials: the work itself is not at fault (transcoder exit code 75, never counted
+    against a chunk). Other TemporaryFailures (an ffmpeg crash) may be the input's."""
+
+
 class NotFoundError(InvalidInputError):
     """A named thing (object, row, resource) does not exist."""
 

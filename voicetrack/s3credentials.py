@@ -24,7 +24,7 @@ from minio.credentials import (
     StaticProvider,
 )
 
-from voicetrack.errors import TemporaryFailure
+from voicetrack.errors import ServiceUnavailable
 
 if TYPE_CHECKING:  # objectstore imports this module
     from voicetrack.objectstore import S3Settings
@@ -37,7 +37,7 @@ IMDS_DISABLED_ENV = "AWS_EC2_METADATA_DISABLED"
 identity or container credentials are configured either."""
 
 
-class CredentialsUnavailable(TemporaryFailure):
+class CredentialsUnavailable(ServiceUnavailable):
     """No S3 credentials: no explicit keys and nothing in the AWS chain. The message names
     every source tried and why it gave nothing (an admin fixes it; callers retry)."""
 

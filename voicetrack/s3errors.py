@@ -3,13 +3,13 @@ object-store adapter (`voicetrack.objectstore`) makes:
 
 - S3Error NoSuchKey / NoSuchObject / NoSuchBucket → NotFoundError;
 - S3Error AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch (and other credential
-  codes) → TemporaryFailure whose message names the credential settings (an admin fixes
-  them; the caller retries meanwhile);
+  codes) → ServiceUnavailable (a TemporaryFailure) whose message names the credential
+  settings (an admin fixes them; the caller retries meanwhile);
 - S3Error with a 5xx status, SlowDown, InternalError, ServiceUnavailable, RequestTimeout,
-  RequestTimeTooSkewed → TemporaryFailure;
+  RequestTimeTooSkewed → ServiceUnavailable;
 - any other S3Error (InvalidBucketName, EntityTooLarge, …) → InvalidInputError;
 - minio ServerError / InvalidResponseError, urllib3 HTTPError (connection refused, timeouts,
-  retries exhausted), ConnectionError, TimeoutError and DNS failures → TemporaryFailure.
+  retries exhausted), ConnectionError, TimeoutError and DNS failures → ServiceUnavailable.
 
 Anything else (a TypeError from a wrong argument, a missing local file in `put_file`)
 propagates unchanged: it is a bug or bad local input, and retrying it would loop forever.
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.errors import InvalidInputError, NotFoundError, ServiceUnavailable
 
 S3_RETRY_DELAY_S = 10.0
 """Suggested wait (s) before retrying after an S3 outage (`TemporaryFailure.delay`)."""
@@ -54,19 +54,19 @@ def translate_s3_error(err: BaseException, what: str) -> Exception | None:
         if code in _NOT_FOUND_CODES:
             return NotFoundError(f"{what}: {code}")
         if code in _CREDENTIAL_CODES:
-            return TemporaryFailure(
+            return ServiceUnavailable(
                 f"{what}: {code}: the S3 server refused our credentials or their rights; "
                 "check VOICETRACK_S3_ACCESS_KEY / VOICETRACK_S3_SECRET_KEY (or the AWS "
                 f"credentials they leave to the chain) and the bucket policy ({err.message})",
                 delay=S3_RETRY_DELAY_S)
         if code in _TEMPORARY_CODES or status >= 500:
-            return TemporaryFailure(f"{what}: {code or status}: {err.message}",
+            return ServiceUnavailable(f"{what}: {code or status}: {err.message}",
                                     delay=S3_RETRY_DELAY_S)
         return InvalidInputError(f"{what}: {code or status}: {err.message}")
     if isinstance(err, ServerError | InvalidResponseError):
-        return TemporaryFailure(f"{what}: S3 server error: {err}", delay=S3_RETRY_DELAY_S)
+        return ServiceUnavailable(f"{what}: S3 server error: {err}", delay=S3_RETRY_DELAY_S)
     if isinstance(err, _NETWORK_ERRORS):
-        return TemporaryFailure(f"{what}: S3 endpoint unreachable: {err}",
+        return ServiceUnavailable(f"{what}: S3 endpoint unreachable: {err}",
                                 delay=S3_RETRY_DELAY_S)
     return None
 

@@ -29,7 +29,7 @@ EXIT_BAD_INPUT = 2
 """A Job or recorder container's exit code for bad input (a corrupt chunk, a refused
 spec): final, the Job's podFailurePolicy fails it at once."""
 EXIT_TEMPORARY = 75
-"""A Job container's exit code when S3 or the API was away (`TemporaryFailure`; sysexits'
+"""A Job container's exit code when S3 was away (`ServiceUnavailable`; sysexits'
 EX_TEMPFAIL): retried, never counted against the chunk."""
 
 

@@ -154,4 +154,4 @@ def test_an_s3_outage_exits_75(s3_server: S3Settings) -> None:
                          env={**os.environ, **away.env()}, capture_output=True, text=True,
                          timeout=120, check=False)
     assert res.returncode == EXIT_TEMPORARY == 75, res.stderr
-    assert "error: TemporaryFailure: " in res.stderr and "unreachable" in res.stderr
+    assert "error: ServiceUnavailable: " in res.stderr and "unreachable" in res.stderr

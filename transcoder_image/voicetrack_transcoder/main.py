@@ -24,7 +24,7 @@ import typer
 from pydantic import ValidationError
 
 from voicetrack.chunkspec import ChunkSpec
-from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.errors import InvalidInputError, ServiceUnavailable
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.termination import (
@@ -53,13 +53,13 @@ def _fail(code: int, reason: str) -> typer.Exit:
 
 
 def _guarded(work: Callable[[], T]) -> T:
-    """Run `work`, mapping InvalidInputError to exit 2, TemporaryFailure to exit 75 and
-    any other error to exit 1."""
+    """Run `work`, mapping InvalidInputError to exit 2, ServiceUnavailable (S3 away) to
+    exit 75 and any other error (an ffmpeg crash too) to exit 1."""
     try:
         return work()
     except InvalidInputError as err:
         raise _fail(EXIT_BAD_INPUT, str(err)) from None
-    except TemporaryFailure as err:
+    except ServiceUnavailable as err:
         raise _fail(EXIT_TEMPORARY, f"{type(err).__name__}: {err}") from None
     except Exception as err:  # infrastructure, ffmpeg, bugs: let the Job retry
         raise _fail(EXIT_FAILURE, f"{type(err).__name__}: {err}") from None
