@@ -142,6 +142,16 @@ class KubeAdapter:
         await self._call(f"replace Secret {ns}/{name}", self.core.replace_namespaced_secret,
                          name, ns, manifest)
 
+    async def namespace_terminating(self, ns: str) -> bool:
+        """True when namespace `ns` is being deleted (its `deletionTimestamp` is set, phase
+        Terminating) or is gone: the API server refuses every create in it (403, "unable to
+        create new content in namespace … because it is being terminated")."""
+        found = await self._get(f"namespace {ns}", self.core.read_namespace, ns)
+        if found is None:
+            return True
+        return bool(found["metadata"].get("deletionTimestamp")) \
+            or (found.get("status") or {}).get("phase") == "Terminating"
+
     async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"pod {ns}/{name}", self.core.read_namespaced_pod, name, ns)
 

@@ -25,7 +25,12 @@ from voicetrack.manifests import FinalManifest
 from voicetrack.names import controller_uid, promote_job_name, recorder_pod_name
 from voicetrack.resources import SessionState, TranscodeStatus
 from voicetrack_operator.adapters.objects import AsyncObjectStore
-from voicetrack_operator.builders import build_promote_job
+from voicetrack_operator.builders import (
+    build_detached_promote_job,
+    build_promote_job,
+    build_recorder_rbac,
+    detached_promote_job_name,
+)
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkService
@@ -60,6 +65,10 @@ PROMOTION_RERUN_S = 10.0
 node was away, issue 11 scenario 6) is deleted and the promote step tried again after this
 many seconds: writing the plan to S3 fails (and is retried) until S3 answers, then the Job
 runs anew. Its own pod retries (about 70 s of backoff) pace the attempts."""
+
+DETACHED_SECRET_RETRY_S = 30.0
+"""A promotion that must run in the operator's namespace (its session's is being deleted)
+while the S3 Secret is missing there is tried again this often (seconds)."""
 
 
 class DeletionStep(enum.StrEnum):
@@ -282,14 +291,25 @@ class DeletionService:
         if plan is None:
             return replace(p, step=DeletionStep.RECORD, promoted=False)
         store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
-        job_name = promote_job_name(s.ref.name)
-        job = await self.ctx.kube.get_job(s.ref.namespace, job_name)
+        # in a namespace being deleted every create is refused (403) and the namespace
+        # controller deletes the Job, Secrets and chunks: the Job runs in the operator's
+        # namespace instead, from the plan and raw audio in S3 (inventory rebuilds the
+        # chunks from their chunk.json)
+        detached = await self.ctx.kube.namespace_terminating(s.ref.namespace)
+        job_ns, job_name = ((self.ctx.settings.operator_namespace,
+                             detached_promote_job_name(s.ref.uid)) if detached
+                            else (s.ref.namespace, promote_job_name(s.ref.name)))
+        job = await self.ctx.kube.get_job(job_ns, job_name)
         if job is None:
             await store.put_json(layout.promotion_plan_key, plan.to_api())
+            if detached:
+                await self.ensure_detached_job(s, layout.promotion_plan_key)
+                return Wait(f"namespace {s.ref.namespace} is being deleted: promotion "
+                            f"started in {job_ns}", SessionState.PROMOTING)
             await self.ctx.kube.ensure(build_promote_job(
                 s.ref, layout.promotion_plan_key, s.spec, self.ctx.settings.pods))
             return Wait("promotion started", SessionState.PROMOTING)
-        if controller_uid(job) != s.ref.uid:
+        if not detached and controller_uid(job) != s.ref.uid:
             return Wait(f"Job {job_name} of an earlier session of this name is still being "
                         "collected", SessionState.PROMOTING)
         if job["metadata"].get("deletionTimestamp"):
@@ -297,20 +317,37 @@ class DeletionService:
                         SessionState.PROMOTING, delay=PROMOTION_RERUN_S)
         state, reason = job_state(job)
         if state is TranscodeStatus.FAILED:
-            detail = await failure_detail(self.ctx.kube, s.ref.namespace, job_name)
+            detail = await failure_detail(self.ctx.kube, job_ns, job_name)
             if not failed_on_input(job):  # S3 or a node was away: run it again soon
-                await self.ctx.kube.delete_job(s.ref.namespace, job_name)
+                await self.ctx.kube.delete_job(job_ns, job_name)
                 raise TemporaryFailure(
-                    f"promotion Job {job_name} failed: {reason}"
+                    f"promotion Job {job_ns}/{job_name} failed: {reason}"
                     f"{'; ' + detail if detail else ''}; raw chunks kept; running it again",
                     delay=PROMOTION_RERUN_S)
-            raise PromotionFailed(f"promotion Job {job_name} failed: {reason}"
+            raise PromotionFailed(f"promotion Job {job_ns}/{job_name} failed: {reason}"
                                   f"{'; ' + detail if detail else ''}; raw chunks kept; "
-                                  f"delete Job {job_name} to run it again")
+                                  f"delete Job {job_ns}/{job_name} to run it again")
         if state is not TranscodeStatus.DONE:
             return Wait("promotion running", SessionState.PROMOTING)
         await verify_outputs(store, await self.final_manifest(s))
+        if detached:  # nothing owns it: collected here (or by its TTL)
+            await self.ctx.kube.delete_job(job_ns, job_name)
         return replace(p, step=DeletionStep.RECORD, promoted=True)
+
+    async def ensure_detached_job(self, s: SessionView, plan_key: str) -> None:
+        """Create the promotion Job of session `s`, whose namespace is being deleted, in
+        the operator's namespace (`builders.build_detached_promote_job`), with the
+        transcoder ServiceAccount it runs as. Raises TemporaryFailure while the S3 Secret
+        its pod reads is missing there (the chart's release namespace holds it)."""
+        ns, pods = self.ctx.settings.operator_namespace, self.ctx.settings.pods
+        if pods.s3_secret and await self.ctx.kube.get_secret(ns, pods.s3_secret) is None:
+            raise TemporaryFailure(
+                f"namespace {s.ref.namespace} is being deleted, so its promotion runs in "
+                f"{ns}, which has no Secret {pods.s3_secret} (accessKey, secretKey): create "
+                "it there", delay=DETACHED_SECRET_RETRY_S)
+        for manifest in build_recorder_rbac(ns):
+            await self.ctx.kube.ensure(manifest)
+        await self.ctx.kube.ensure(build_detached_promote_job(s.ref, plan_key, s.spec, pods, ns))
 
     async def final_manifest(self, s: SessionView) -> FinalManifest:
         """`final/manifest.json`. Raises PromotionFailed when missing or unusable."""
