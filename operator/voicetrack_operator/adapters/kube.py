@@ -152,6 +152,10 @@ class KubeAdapter:
         return bool(found["metadata"].get("deletionTimestamp")) \
             or (found.get("status") or {}).get("phase") == "Terminating"
 
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        """The Node `name` as a dict, None when it does not exist."""
+        return await self._get(f"node {name}", self.core.read_node, name)
+
     async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"pod {ns}/{name}", self.core.read_namespaced_pod, name, ns)
 

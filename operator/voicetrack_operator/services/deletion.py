@@ -46,10 +46,12 @@ from voicetrack_operator.services.grants import (
     forget_grant,
     recorder_may_upload,
     renew_upload_grant,
+    revoke_upload_grant,
 )
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
+from voicetrack_operator.services.stuck import stuck_reason
 from voicetrack_operator.services.webhooks import WebhookService
 from voicetrack_operator.status import CONSENT_DEGRADED, Observation, build_status
 
@@ -149,6 +151,9 @@ class DeletionOutcome:
     retry_in: float | None = None
     failed: bool = False
     status: dict[str, Any] = field(default_factory=dict)
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    """Warnings (reason, message) for Events on the session: what this attempt did that
+    someone should know of (a recorder pod force-deleted on a dead node)."""
 
     @property
     def done(self) -> bool:
@@ -162,6 +167,8 @@ class DeletionService:
         self.ctx = ctx
         self.chunks = ChunkService(ctx)
         self.sessions = SessionService(ctx)
+        self.notices: list[tuple[str, str]] = []
+        """(reason, message) of the Events the current attempt asks for."""
 
     async def finalize(self, body: dict[str, Any]) -> DeletionOutcome:
         """Parse the session and run `finalize_session`; a spec that does not parse is a
@@ -176,7 +183,14 @@ class DeletionService:
 
     async def finalize_session(self, s: SessionView) -> DeletionOutcome:
         """Run the steps from `status.deletion.step` on until one waits or fails, or all
-        are done. Infrastructure failures retry after their delay in the same state."""
+        are done. Infrastructure failures retry after their delay in the same state. The
+        outcome's `notices` are the Events this attempt asks for."""
+        self.notices = []
+        out = await self._run_steps(s)
+        out.notices.extend(self.notices)
+        return out
+
+    async def _run_steps(self, s: SessionView) -> DeletionOutcome:
         progress = DeletionProgress.from_status(s.status)
         if s.state is SessionState.REFUSED:  # it never recorded: nothing to promote
             self.ctx.forget_session(s.ref.uid, s.meeting_id)
@@ -241,6 +255,8 @@ class DeletionService:
         it flushes for up to its grace period after SIGTERM."""
         name = recorder_pod_name(s.ref.name)
         pod = await self.ctx.kube.get_pod(s.ref.namespace, name)
+        if pod is not None and await self.stuck_recorder(s, pod) is not None:
+            pod = None  # force-deleted: its kubelet will never confirm a graceful deletion
         if pod is None:
             forget_grant(s.ref.uid)
             await LiveService(self.ctx).stop(s)  # promotion never waits for the audio so far
@@ -252,6 +268,25 @@ class DeletionService:
                                      parse_time(s.status["startedAt"]))
         return Wait("waiting for the recorder to flush its last chunk", SessionState.STOPPING,
                     delay=1)
+
+    async def stuck_recorder(self, s: SessionView, pod: dict[str, Any]) -> str | None:
+        """When the recorder `pod` will never finish by itself (`stuck.stuck_reason`: its
+        node gone or NotReady, or past its grace period by `STUCK_AFTER_S`): revoke the
+        session's upload grant, force-delete the pod (grace 0), add a `RecorderForceDeleted`
+        notice, and return why. None (nothing done) otherwise."""
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        node = await self.ctx.kube.get_node(node_name) if node_name else None
+        why = stuck_reason(pod, node, datetime.now(UTC))
+        if why is None:
+            return None
+        revoked = await revoke_upload_grant(self.ctx, s.ref, s.spec, s.meeting_id)
+        await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"], grace_s=0)
+        message = (f"recorder pod {pod['metadata']['name']} force-deleted: {why}; upload "
+                   f"grant {'revoked' if revoked else 'not revoked (see the log)'}; a chunk "
+                   "it had not flushed is lost")
+        log.warning("session %s/%s: %s", s.ref.namespace, s.ref.name, message)
+        self.notices.append(("RecorderForceDeleted", message))
+        return why
 
     async def wait_transcodes(self, s: SessionView, p: DeletionProgress
                               ) -> DeletionProgress | Wait:
