@@ -192,7 +192,9 @@ class DeletionService:
 
     async def _run_steps(self, s: SessionView) -> DeletionOutcome:
         progress = DeletionProgress.from_status(s.status)
-        if s.state is SessionState.REFUSED:  # it never recorded: nothing to promote
+        if s.state is SessionState.REFUSED and progress.step is DeletionStep.STOP \
+                and not await self.refused_recorded(s):
+            # it never recorded: nothing to promote
             self.ctx.forget_session(s.ref.uid, s.meeting_id)
             return DeletionOutcome(progress, SessionState.REFUSED, "refused session deleted")
         try:
@@ -225,6 +227,27 @@ class DeletionService:
         out.status.update({"recordingIds": ids, "conditions": status["conditions"] + kept})
         self.ctx.forget_session(s.ref.uid, s.meeting_id)  # done: nothing left to watch
         return out
+
+    async def refused_recorded(self, s: SessionView) -> bool:
+        """Whether Refused session `s` recorded anyway: a start whose status patch was lost
+        made its recorder pod, and a later start found its guild busy (the index's lag)
+        and refused it. Then its recorder pod or chunks exist, and its deletion runs every
+        step as a Failed session's does (its audio promoted, its recorder stopped), except
+        when the refusal says its meeting id is another session's (`MeetingIdInUse`): its
+        promotion would write into that meeting, so it is released and its raw chunks
+        stay in S3 (logged)."""
+        ns, name, uid = s.ref.namespace, s.ref.name, s.ref.uid
+        pod = await self.ctx.kube.get_pod(ns, recorder_pod_name(name))
+        recorded = (pod is not None and controller_uid(pod) == uid) \
+            or bool(await self.ctx.kube.list_chunks(ns, name, uid))
+        if recorded and any(c.get("type") == "Ready" and c.get("reason") == "MeetingIdInUse"
+                            for c in s.status.get("conditions") or []):
+            log.warning("session %s/%s refused (its meeting id is another session's) but it "
+                        "recorded: released unpromoted, its raw chunks left in S3", ns, name)
+            if pod is not None and controller_uid(pod) == uid:
+                await self.ctx.kube.delete_pod(ns, recorder_pod_name(name))
+            return False
+        return recorded
 
     @staticmethod
     def _outcome(progress: DeletionProgress, state: SessionState, message: str,
