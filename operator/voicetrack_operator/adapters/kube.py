@@ -167,9 +167,12 @@ class KubeAdapter:
     async def pod_log_tail(self, ns: str, name: str, lines: int = 20) -> str:
         """The last `lines` lines of a pod's log, or '' if it cannot be read."""
         try:
-            return cast(str, await asyncio.get_running_loop().run_in_executor(
+            text = await asyncio.get_running_loop().run_in_executor(
                 self.executor, functools.partial(self.core.read_namespaced_pod_log, name, ns,
-                                                 tail_lines=lines)))
+                                                 tail_lines=lines))
+            # the client parses a body sent without a content type as JSON when it can
+            # (None for `null`, a number…): a log is text whatever it holds
+            return "" if text is None else str(text)
         except ApiException as err:
             log.info("log of %s/%s unavailable: %s", ns, name, err)
             return ""
