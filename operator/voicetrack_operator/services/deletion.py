@@ -21,24 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack.manifests import FinalManifest
-from voicetrack.names import controller_uid, promote_job_name, recorder_pod_name
-from voicetrack.resources import SessionState, TranscodeStatus
-from voicetrack_operator.adapters.objects import AsyncObjectStore
-from voicetrack_operator.builders import (
-    build_detached_promote_job,
-    build_promote_job,
-    build_recorder_rbac,
-    detached_promote_job_name,
-)
+from voicetrack.names import controller_uid, recorder_pod_name
+from voicetrack.resources import SessionState
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkService
-from voicetrack_operator.services.chunkstate import job_state, parsed
+from voicetrack_operator.services.chunkstate import parsed
 from voicetrack_operator.services.consent import record_degraded_consent
 from voicetrack_operator.services.failures import (
-    failed_on_input,
-    failure_detail,
     meeting_outcome,
     spoken_chunks,
 )
@@ -50,6 +40,7 @@ from voicetrack_operator.services.grants import (
 )
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.live import LiveService
+from voicetrack_operator.services.promotion import PromotionFailed, final_manifest, run_promotion
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
 from voicetrack_operator.services.stuck import stuck_reason
 from voicetrack_operator.services.webhooks import WebhookService
@@ -61,17 +52,6 @@ PROMOTION_RETRY_S = 300.0
 """A deletion that cannot complete (promotion failed, outputs do not match, an input the
 API refuses) is tried again this often (seconds); deleting a failed promotion Job makes the
 next try run it anew."""
-
-PROMOTION_RERUN_S = 10.0
-"""A promotion Job that failed on infrastructure (its pods' retries ran out while S3 or a
-node was away, issue 11 scenario 6) is deleted and the promote step tried again after this
-many seconds: writing the plan to S3 fails (and is retried) until S3 answers, then the Job
-runs anew. Its own pod retries (about 70 s of backoff) pace the attempts."""
-
-DETACHED_SECRET_RETRY_S = 30.0
-"""A promotion that must run in the operator's namespace (its session's is being deleted)
-while the S3 Secret is missing there is tried again this often (seconds)."""
-
 
 class DeletionStep(enum.StrEnum):
     """`status.deletion.step`: the next step to run."""
@@ -93,10 +73,6 @@ STEP_STATE = {
     DeletionStep.DONE: SessionState.PROMOTED,
 }
 """The state users see (bot, README) while a step runs or waits."""
-
-
-class PromotionFailed(InvalidInputError):
-    """Promotion did not complete: the raw chunks are kept and the finalizer stays."""
 
 
 @dataclass(frozen=True)
@@ -336,8 +312,9 @@ class DeletionService:
         return replace(p, step=DeletionStep.PROMOTE)
 
     async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
-        """Run the promotion Job and verify its outputs against its manifest. Raises
-        PromotionFailed when it failed or its outputs do not match."""
+        """Plan the promotion from the chunk inventory, run its Job and verify its outputs
+        (`promotion.run_promotion`). Raises PromotionFailed when the chunks cannot be
+        planned, the Job failed on its input, or its outputs do not match."""
         if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
             return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
         chunks = (await chunk_inventory(self.ctx, s)).for_plan()
@@ -348,73 +325,10 @@ class DeletionService:
                                   ) from err
         if plan is None:
             return replace(p, step=DeletionStep.RECORD, promoted=False)
-        store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
-        # in a namespace being deleted every create is refused (403) and the namespace
-        # controller deletes the Job, Secrets and chunks: the Job runs in the operator's
-        # namespace instead, from the plan and raw audio in S3 (inventory rebuilds the
-        # chunks from their chunk.json)
-        detached = await self.ctx.kube.namespace_terminating(s.ref.namespace)
-        job_ns, job_name = ((self.ctx.settings.operator_namespace,
-                             detached_promote_job_name(s.ref.uid)) if detached
-                            else (s.ref.namespace, promote_job_name(s.ref.name)))
-        job = await self.ctx.kube.get_job(job_ns, job_name)
-        if job is None:
-            await store.put_json(layout.promotion_plan_key, plan.to_api())
-            if detached:
-                await self.ensure_detached_job(s, layout.promotion_plan_key)
-                return Wait(f"namespace {s.ref.namespace} is being deleted: promotion "
-                            f"started in {job_ns}", SessionState.PROMOTING)
-            await self.ctx.kube.ensure(build_promote_job(
-                s.ref, layout.promotion_plan_key, s.spec, self.ctx.settings.pods))
-            return Wait("promotion started", SessionState.PROMOTING)
-        if not detached and controller_uid(job) != s.ref.uid:
-            return Wait(f"Job {job_name} of an earlier session of this name is still being "
-                        "collected", SessionState.PROMOTING)
-        if job["metadata"].get("deletionTimestamp"):
-            return Wait(f"the failed promotion Job {job_name} is being deleted",
-                        SessionState.PROMOTING, delay=PROMOTION_RERUN_S)
-        state, reason = job_state(job)
-        if state is TranscodeStatus.FAILED:
-            detail = await failure_detail(self.ctx.kube, job_ns, job_name)
-            if not failed_on_input(job):  # S3 or a node was away: run it again soon
-                await self.ctx.kube.delete_job(job_ns, job_name)
-                raise TemporaryFailure(
-                    f"promotion Job {job_ns}/{job_name} failed: {reason}"
-                    f"{'; ' + detail if detail else ''}; raw chunks kept; running it again",
-                    delay=PROMOTION_RERUN_S)
-            raise PromotionFailed(f"promotion Job {job_ns}/{job_name} failed: {reason}"
-                                  f"{'; ' + detail if detail else ''}; raw chunks kept; "
-                                  f"delete Job {job_ns}/{job_name} to run it again")
-        if state is not TranscodeStatus.DONE:
-            return Wait("promotion running", SessionState.PROMOTING)
-        await verify_outputs(store, await self.final_manifest(s))
-        if detached:  # nothing owns it: collected here (or by its TTL)
-            await self.ctx.kube.delete_job(job_ns, job_name)
+        waiting = await run_promotion(self.ctx, s, plan)
+        if waiting is not None:
+            return Wait(waiting[0], SessionState.PROMOTING, delay=waiting[1])
         return replace(p, step=DeletionStep.RECORD, promoted=True)
-
-    async def ensure_detached_job(self, s: SessionView, plan_key: str) -> None:
-        """Create the promotion Job of session `s`, whose namespace is being deleted, in
-        the operator's namespace (`builders.build_detached_promote_job`), with the
-        transcoder ServiceAccount it runs as. Raises TemporaryFailure while the S3 Secret
-        its pod reads is missing there (the chart's release namespace holds it)."""
-        ns, pods = self.ctx.settings.operator_namespace, self.ctx.settings.pods
-        if pods.s3_secret and await self.ctx.kube.get_secret(ns, pods.s3_secret) is None:
-            raise TemporaryFailure(
-                f"namespace {s.ref.namespace} is being deleted, so its promotion runs in "
-                f"{ns}, which has no Secret {pods.s3_secret} (accessKey, secretKey): create "
-                "it there", delay=DETACHED_SECRET_RETRY_S)
-        for manifest in build_recorder_rbac(ns):
-            await self.ctx.kube.ensure(manifest)
-        await self.ctx.kube.ensure(build_detached_promote_job(s.ref, plan_key, s.spec, pods, ns))
-
-    async def final_manifest(self, s: SessionView) -> FinalManifest:
-        """`final/manifest.json`. Raises PromotionFailed when missing or unusable."""
-        try:
-            return FinalManifest.model_validate(
-                await self.ctx.store(s.spec.storage.bucket).get_json(
-                    s.layout.final_manifest_key))
-        except (InvalidInputError, ValueError) as err:  # missing, not JSON, not a manifest
-            raise PromotionFailed(f"final manifest unusable: {err}; raw chunks kept") from err
 
     async def record(self, s: SessionView, p: DeletionProgress) -> DeletionProgress:
         """The `recordings` rows (once) and the meeting's end."""
@@ -428,7 +342,7 @@ class DeletionService:
             ids = [r.id for r in existing]
         elif not p.promoted:
             ids = []
-        elif not (manifest := await self.final_manifest(s)).tracks:
+        elif not (manifest := await final_manifest(self.ctx, s)).tracks:
             ids = []  # chunks, but nobody spoke (or everyone opted out): nothing to keep
         else:
             # rows missed while SQL was away, or left behind by a replica killed between
@@ -469,17 +383,3 @@ class DeletionService:
             else:
                 await self.ctx.db.delete_temp_recordings(s.meeting_id)
         return deleted
-
-
-async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:
-    """Check every final object's size and sha256 against the manifest (streamed).
-    Raises PromotionFailed naming the first mismatch."""
-    for track in manifest.tracks:
-        try:
-            size, digest = await store.digest(track.key)
-        except NotFoundError as err:
-            raise PromotionFailed(f"{track.key} is missing; raw chunks kept") from err
-        if size != track.bytes or digest != track.sha256:
-            raise PromotionFailed(
-                f"{track.key}: {size} bytes sha256 {digest[:12]}… but the manifest says "
-                f"{track.bytes} bytes sha256 {track.sha256[:12]}…; raw chunks kept")
