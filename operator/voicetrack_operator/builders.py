@@ -317,6 +317,40 @@ def build_promote_job(owner: SessionRef, plan_key: str, spec: SessionSpec,
                 settings.promote_deadline_s)
 
 
+LABEL_SESSION_UID = f"{GROUP}/session-uid"
+"""Label of a promotion Job run outside its session's namespace (`build_detached_promote_job`):
+the session's uid, since nothing owns that Job."""
+LABEL_SESSION_NAMESPACE = f"{GROUP}/session-namespace"
+"""Label of a detached promotion Job: its session's namespace."""
+
+
+def detached_promote_job_name(uid: str) -> str:
+    """`voicetrack-promote-<session uid>` (55 characters): the promotion Job of a session
+    whose namespace is being deleted, in the operator's namespace, where names of sessions
+    in different namespaces would collide."""
+    return f"voicetrack-promote-{uid}"
+
+
+def build_detached_promote_job(owner: SessionRef, plan_key: str, spec: SessionSpec,
+                               settings: PodSettings, namespace: str) -> dict[str, Any]:
+    """The promotion Job of a session whose namespace is being deleted (where nothing may
+    be created: the API server answers 403), run in `namespace` (the operator's):
+    `detached_promote_job_name`, labelled with the session's uid and namespace, no owner
+    reference (the session's garbage collection must not depend on it, and owners cannot
+    cross namespaces); the deletion deletes it once the promotion is verified, and its
+    `ttlSecondsAfterFinished` otherwise. The S3 Secret and the transcoder ServiceAccount it
+    names must exist in `namespace`."""
+    job = build_promote_job(owner, plan_key, spec, settings)
+    extra = {LABEL_SESSION_UID: owner.uid, LABEL_SESSION_NAMESPACE: owner.namespace}
+    meta = job["metadata"]
+    meta.update(name=detached_promote_job_name(owner.uid), namespace=namespace,
+                labels={**meta["labels"], **extra})
+    del meta["ownerReferences"]
+    template = job["spec"]["template"]["metadata"]
+    template["labels"] = {**template["labels"], **extra}
+    return job
+
+
 LIVE_COMPONENT = "live"
 """`voicetrack.dev/component` of the live-assembly Jobs (the "audio so far")."""
 LABEL_LIVE_CHUNKS = f"{GROUP}/live-chunks"

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from voicetrack.db.service import RecordingService
@@ -40,7 +41,8 @@ class OperatorSettings:
     until its `limits.maxDurationSeconds` plus an hour; else that many seconds from each
     minting, at least 60, renewed before it ends: `voicetrack.uploadgrant`); KUBECONFIG
     (else the default loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off;
-    LISTEN_ADDRESS of both (127.0.0.1)."""
+    LISTEN_ADDRESS of both (127.0.0.1); OPERATOR_NAMESPACE (the pod's own, else
+    `default`): where promotion Jobs of sessions in a namespace being deleted run."""
 
     database_url: str
     s3: S3Settings
@@ -53,6 +55,9 @@ class OperatorSettings:
     listen_address: str = "127.0.0.1"
     upload_grant_s: int | None = None
     """Each upload grant's lifetime (s) from its minting; None: the default lifetime."""
+    operator_namespace: str = "default"
+    """Where a session's promotion Job runs when its own namespace is being deleted
+    (`services.deletion`); it needs the S3 Secret there (`PodSettings.s3_secret`)."""
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -81,7 +86,21 @@ class OperatorSettings:
             metrics_port=int(_env("METRICS_PORT", "9090")),
             listen_address=_env("LISTEN_ADDRESS", "127.0.0.1"),
             upload_grant_s=grant_seconds(os.environ.get(GRANT_SECONDS_ENV)),
+            operator_namespace=_env("OPERATOR_NAMESPACE", "") or own_namespace(),
         )
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+"""Where a pod reads its own namespace (the ServiceAccount token volume)."""
+
+
+def own_namespace(path: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
+    """The operator pod's namespace from its ServiceAccount volume; `default` outside a pod
+    (a developer's `kopf run`: set VOICETRACK_OPERATOR_NAMESPACE)."""
+    try:
+        return path.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def session_keys(body: Mapping[str, Any]) -> list[tuple[str, ...]]:

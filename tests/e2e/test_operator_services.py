@@ -348,6 +348,37 @@ async def test_busy_guild_is_refused_and_refused_stays_put(
     assert out.done and out.state is SessionState.REFUSED
 
 
+async def test_a_refused_session_that_recorded_is_stopped_and_promoted(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """The index race: a start made the recorder pod but its status patch was lost, and a
+    later start found the guild busy and refused the session; its recorder wrote a chunk.
+    Its deletion stops the recorder and promotes the chunk, as a Failed session's does.
+    Before, a Refused session was released at once: the recorder pod and the chunk went
+    with it (garbage collector), unpromoted."""
+    s = await make_session(ctx, kubectl, namespace, "raced", paused=False)
+    await SessionService(ctx).ensure_session(s)  # the pod; its status patch lost
+    s = await set_status(ctx, s, SessionService(ctx)._refused(s, "guild is busy"))
+    assert s.state is SessionState.REFUSED
+    chunk = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    await ChunkService(ctx).ensure_chunk(chunk)
+    await ctx.kube.patch_chunk_status(namespace, chunk.name, {"transcodeStatus": "done"})
+    deletion = DeletionService(ctx)
+
+    out = await deletion.finalize_session(s)
+    assert not out.done and out.state is SessionState.STOPPING, out.message
+    pod = recorder_pod_name("raced")
+    after = await ctx.kube.get_pod(namespace, pod)
+    assert after is None or after["metadata"].get("deletionTimestamp"), after
+    await ctx.kube.delete_pod(namespace, pod, 0)  # never ran
+    for _ in range(100):
+        if await ctx.kube.get_pod(namespace, pod) is None:
+            break
+        await asyncio.sleep(0.1)
+    out = await deletion.finalize_session(await set_status(ctx, s, out.status))
+    assert out.state is SessionState.PROMOTING and out.message == "promotion started"
+    assert await ctx.kube.get_job(namespace, "raced-promote") is not None
+
+
 # ---------------------------------------------------------------- ChunkService
 
 

@@ -15,6 +15,7 @@ from voicetrack.resources import SessionSpec
 from voicetrack_operator.builders import (
     PodSettings,
     SessionRef,
+    build_detached_promote_job,
     build_promote_job,
     build_recorder_pod,
     build_recorder_rbac,
@@ -108,6 +109,22 @@ def test_promote_job_and_rbac() -> None:
         "promote", "--plan-key", "recordings/g/m/promotion.json"]
     assert [(m["kind"], m["metadata"]["name"]) for m in build_recorder_rbac("team")] == [
         ("ServiceAccount", "voicetrack-transcoder")]  # no namespace-wide recorder account
+
+
+def test_detached_promote_job_runs_elsewhere_without_owner() -> None:
+    """A session whose namespace is being deleted: its promotion Job in the operator's
+    namespace, named and labelled by the session's uid, owned by nothing."""
+    job = build_detached_promote_job(OWNER, "recordings/g/m/promotion.json", SPEC,
+                                     PodSettings(), "voicetrack")
+    meta = job["metadata"]
+    assert (meta["namespace"], meta["name"]) == ("voicetrack", f"voicetrack-promote-{OWNER.uid}")
+    assert "ownerReferences" not in meta
+    for labels in (meta["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels["voicetrack.dev/session-uid"] == OWNER.uid
+        assert labels["voicetrack.dev/session-namespace"] == "team"
+    same = build_promote_job(OWNER, "recordings/g/m/promotion.json", SPEC, PodSettings())
+    assert job["spec"]["template"]["spec"] == same["spec"]["template"]["spec"]
+    assert "ownerReferences" in same["metadata"]  # the original is left as it was
 
 
 def test_each_session_has_its_own_recorder_identity() -> None:

@@ -142,6 +142,20 @@ class KubeAdapter:
         await self._call(f"replace Secret {ns}/{name}", self.core.replace_namespaced_secret,
                          name, ns, manifest)
 
+    async def namespace_terminating(self, ns: str) -> bool:
+        """True when namespace `ns` is being deleted (its `deletionTimestamp` is set, phase
+        Terminating) or is gone: the API server refuses every create in it (403, "unable to
+        create new content in namespace … because it is being terminated")."""
+        found = await self._get(f"namespace {ns}", self.core.read_namespace, ns)
+        if found is None:
+            return True
+        return bool(found["metadata"].get("deletionTimestamp")) \
+            or (found.get("status") or {}).get("phase") == "Terminating"
+
+    async def get_node(self, name: str) -> dict[str, Any] | None:
+        """The Node `name` as a dict, None when it does not exist."""
+        return await self._get(f"node {name}", self.core.read_node, name)
+
     async def get_pod(self, ns: str, name: str) -> dict[str, Any] | None:
         return await self._get(f"pod {ns}/{name}", self.core.read_namespaced_pod, name, ns)
 
@@ -153,9 +167,12 @@ class KubeAdapter:
     async def pod_log_tail(self, ns: str, name: str, lines: int = 20) -> str:
         """The last `lines` lines of a pod's log, or '' if it cannot be read."""
         try:
-            return cast(str, await asyncio.get_running_loop().run_in_executor(
+            text = await asyncio.get_running_loop().run_in_executor(
                 self.executor, functools.partial(self.core.read_namespaced_pod_log, name, ns,
-                                                 tail_lines=lines)))
+                                                 tail_lines=lines))
+            # the client parses a body sent without a content type as JSON when it can
+            # (None for `null`, a number…): a log is text whatever it holds
+            return "" if text is None else str(text)
         except ApiException as err:
             log.info("log of %s/%s unavailable: %s", ns, name, err)
             return ""

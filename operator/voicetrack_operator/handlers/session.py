@@ -73,6 +73,8 @@ async def on_session_delete(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch,
     records its progress; an unfinished one is retried after the outcome's delay."""
     outcome = await DeletionService(memo.ctx).finalize(dict(body))
     patch.status.update(outcome.status)
+    for reason, message in outcome.notices:
+        kopf.warn(body, reason=reason, message=message)
     if outcome.failed:
         kopf.warn(body, reason="PromotionFailed", message=outcome.message)
     if not outcome.done:

@@ -21,19 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack.manifests import FinalManifest
-from voicetrack.names import controller_uid, promote_job_name, recorder_pod_name
-from voicetrack.resources import SessionState, TranscodeStatus
-from voicetrack_operator.adapters.objects import AsyncObjectStore
-from voicetrack_operator.builders import build_promote_job
+from voicetrack.names import controller_uid, recorder_pod_name
+from voicetrack.resources import SessionState
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.chunks import ChunkService
-from voicetrack_operator.services.chunkstate import job_state, parsed
+from voicetrack_operator.services.chunkstate import parsed
 from voicetrack_operator.services.consent import record_degraded_consent
 from voicetrack_operator.services.failures import (
-    failed_on_input,
-    failure_detail,
     meeting_outcome,
     spoken_chunks,
 )
@@ -41,10 +36,13 @@ from voicetrack_operator.services.grants import (
     forget_grant,
     recorder_may_upload,
     renew_upload_grant,
+    revoke_upload_grant,
 )
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
 from voicetrack_operator.services.live import LiveService
+from voicetrack_operator.services.promotion import PromotionFailed, final_manifest, run_promotion
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
+from voicetrack_operator.services.stuck import stuck_reason
 from voicetrack_operator.services.webhooks import WebhookService
 from voicetrack_operator.status import CONSENT_DEGRADED, Observation, build_status
 
@@ -54,13 +52,6 @@ PROMOTION_RETRY_S = 300.0
 """A deletion that cannot complete (promotion failed, outputs do not match, an input the
 API refuses) is tried again this often (seconds); deleting a failed promotion Job makes the
 next try run it anew."""
-
-PROMOTION_RERUN_S = 10.0
-"""A promotion Job that failed on infrastructure (its pods' retries ran out while S3 or a
-node was away, issue 11 scenario 6) is deleted and the promote step tried again after this
-many seconds: writing the plan to S3 fails (and is retried) until S3 answers, then the Job
-runs anew. Its own pod retries (about 70 s of backoff) pace the attempts."""
-
 
 class DeletionStep(enum.StrEnum):
     """`status.deletion.step`: the next step to run."""
@@ -82,10 +73,6 @@ STEP_STATE = {
     DeletionStep.DONE: SessionState.PROMOTED,
 }
 """The state users see (bot, README) while a step runs or waits."""
-
-
-class PromotionFailed(InvalidInputError):
-    """Promotion did not complete: the raw chunks are kept and the finalizer stays."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +127,9 @@ class DeletionOutcome:
     retry_in: float | None = None
     failed: bool = False
     status: dict[str, Any] = field(default_factory=dict)
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    """Warnings (reason, message) for Events on the session: what this attempt did that
+    someone should know of (a recorder pod force-deleted on a dead node)."""
 
     @property
     def done(self) -> bool:
@@ -153,6 +143,8 @@ class DeletionService:
         self.ctx = ctx
         self.chunks = ChunkService(ctx)
         self.sessions = SessionService(ctx)
+        self.notices: list[tuple[str, str]] = []
+        """(reason, message) of the Events the current attempt asks for."""
 
     async def finalize(self, body: dict[str, Any]) -> DeletionOutcome:
         """Parse the session and run `finalize_session`; a spec that does not parse is a
@@ -167,9 +159,18 @@ class DeletionService:
 
     async def finalize_session(self, s: SessionView) -> DeletionOutcome:
         """Run the steps from `status.deletion.step` on until one waits or fails, or all
-        are done. Infrastructure failures retry after their delay in the same state."""
+        are done. Infrastructure failures retry after their delay in the same state. The
+        outcome's `notices` are the Events this attempt asks for."""
+        self.notices = []
+        out = await self._run_steps(s)
+        out.notices.extend(self.notices)
+        return out
+
+    async def _run_steps(self, s: SessionView) -> DeletionOutcome:
         progress = DeletionProgress.from_status(s.status)
-        if s.state is SessionState.REFUSED:  # it never recorded: nothing to promote
+        if s.state is SessionState.REFUSED and progress.step is DeletionStep.STOP \
+                and not await self.refused_recorded(s):
+            # it never recorded: nothing to promote
             self.ctx.forget_session(s.ref.uid, s.meeting_id)
             return DeletionOutcome(progress, SessionState.REFUSED, "refused session deleted")
         try:
@@ -203,6 +204,27 @@ class DeletionService:
         self.ctx.forget_session(s.ref.uid, s.meeting_id)  # done: nothing left to watch
         return out
 
+    async def refused_recorded(self, s: SessionView) -> bool:
+        """Whether Refused session `s` recorded anyway: a start whose status patch was lost
+        made its recorder pod, and a later start found its guild busy (the index's lag)
+        and refused it. Then its recorder pod or chunks exist, and its deletion runs every
+        step as a Failed session's does (its audio promoted, its recorder stopped), except
+        when the refusal says its meeting id is another session's (`MeetingIdInUse`): its
+        promotion would write into that meeting, so it is released and its raw chunks
+        stay in S3 (logged)."""
+        ns, name, uid = s.ref.namespace, s.ref.name, s.ref.uid
+        pod = await self.ctx.kube.get_pod(ns, recorder_pod_name(name))
+        recorded = (pod is not None and controller_uid(pod) == uid) \
+            or bool(await self.ctx.kube.list_chunks(ns, name, uid))
+        if recorded and any(c.get("type") == "Ready" and c.get("reason") == "MeetingIdInUse"
+                            for c in s.status.get("conditions") or []):
+            log.warning("session %s/%s refused (its meeting id is another session's) but it "
+                        "recorded: released unpromoted, its raw chunks left in S3", ns, name)
+            if pod is not None and controller_uid(pod) == uid:
+                await self.ctx.kube.delete_pod(ns, recorder_pod_name(name))
+            return False
+        return recorded
+
     @staticmethod
     def _outcome(progress: DeletionProgress, state: SessionState, message: str,
                  retry_in: float | None, failed: bool = False) -> DeletionOutcome:
@@ -232,6 +254,8 @@ class DeletionService:
         it flushes for up to its grace period after SIGTERM."""
         name = recorder_pod_name(s.ref.name)
         pod = await self.ctx.kube.get_pod(s.ref.namespace, name)
+        if pod is not None and await self.stuck_recorder(s, pod) is not None:
+            pod = None  # force-deleted: its kubelet will never confirm a graceful deletion
         if pod is None:
             forget_grant(s.ref.uid)
             await LiveService(self.ctx).stop(s)  # promotion never waits for the audio so far
@@ -243,6 +267,25 @@ class DeletionService:
                                      parse_time(s.status["startedAt"]))
         return Wait("waiting for the recorder to flush its last chunk", SessionState.STOPPING,
                     delay=1)
+
+    async def stuck_recorder(self, s: SessionView, pod: dict[str, Any]) -> str | None:
+        """When the recorder `pod` will never finish by itself (`stuck.stuck_reason`: its
+        node gone or NotReady, or past its grace period by `STUCK_AFTER_S`): revoke the
+        session's upload grant, force-delete the pod (grace 0), add a `RecorderForceDeleted`
+        notice, and return why. None (nothing done) otherwise."""
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        node = await self.ctx.kube.get_node(node_name) if node_name else None
+        why = stuck_reason(pod, node, datetime.now(UTC))
+        if why is None:
+            return None
+        revoked = await revoke_upload_grant(self.ctx, s.ref, s.spec, s.meeting_id)
+        await self.ctx.kube.delete_pod(s.ref.namespace, pod["metadata"]["name"], grace_s=0)
+        message = (f"recorder pod {pod['metadata']['name']} force-deleted: {why}; upload "
+                   f"grant {'revoked' if revoked else 'not revoked (see the log)'}; a chunk "
+                   "it had not flushed is lost")
+        log.warning("session %s/%s: %s", s.ref.namespace, s.ref.name, message)
+        self.notices.append(("RecorderForceDeleted", message))
+        return why
 
     async def wait_transcodes(self, s: SessionView, p: DeletionProgress
                               ) -> DeletionProgress | Wait:
@@ -269,8 +312,9 @@ class DeletionService:
         return replace(p, step=DeletionStep.PROMOTE)
 
     async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
-        """Run the promotion Job and verify its outputs against its manifest. Raises
-        PromotionFailed when it failed or its outputs do not match."""
+        """Plan the promotion from the chunk inventory, run its Job and verify its outputs
+        (`promotion.run_promotion`). Raises PromotionFailed when the chunks cannot be
+        planned, the Job failed on its input, or its outputs do not match."""
         if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
             return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
         chunks = (await chunk_inventory(self.ctx, s)).for_plan()
@@ -281,45 +325,10 @@ class DeletionService:
                                   ) from err
         if plan is None:
             return replace(p, step=DeletionStep.RECORD, promoted=False)
-        store, layout = self.ctx.store(s.spec.storage.bucket), s.layout
-        job_name = promote_job_name(s.ref.name)
-        job = await self.ctx.kube.get_job(s.ref.namespace, job_name)
-        if job is None:
-            await store.put_json(layout.promotion_plan_key, plan.to_api())
-            await self.ctx.kube.ensure(build_promote_job(
-                s.ref, layout.promotion_plan_key, s.spec, self.ctx.settings.pods))
-            return Wait("promotion started", SessionState.PROMOTING)
-        if controller_uid(job) != s.ref.uid:
-            return Wait(f"Job {job_name} of an earlier session of this name is still being "
-                        "collected", SessionState.PROMOTING)
-        if job["metadata"].get("deletionTimestamp"):
-            return Wait(f"the failed promotion Job {job_name} is being deleted",
-                        SessionState.PROMOTING, delay=PROMOTION_RERUN_S)
-        state, reason = job_state(job)
-        if state is TranscodeStatus.FAILED:
-            detail = await failure_detail(self.ctx.kube, s.ref.namespace, job_name)
-            if not failed_on_input(job):  # S3 or a node was away: run it again soon
-                await self.ctx.kube.delete_job(s.ref.namespace, job_name)
-                raise TemporaryFailure(
-                    f"promotion Job {job_name} failed: {reason}"
-                    f"{'; ' + detail if detail else ''}; raw chunks kept; running it again",
-                    delay=PROMOTION_RERUN_S)
-            raise PromotionFailed(f"promotion Job {job_name} failed: {reason}"
-                                  f"{'; ' + detail if detail else ''}; raw chunks kept; "
-                                  f"delete Job {job_name} to run it again")
-        if state is not TranscodeStatus.DONE:
-            return Wait("promotion running", SessionState.PROMOTING)
-        await verify_outputs(store, await self.final_manifest(s))
+        waiting = await run_promotion(self.ctx, s, plan)
+        if waiting is not None:
+            return Wait(waiting[0], SessionState.PROMOTING, delay=waiting[1])
         return replace(p, step=DeletionStep.RECORD, promoted=True)
-
-    async def final_manifest(self, s: SessionView) -> FinalManifest:
-        """`final/manifest.json`. Raises PromotionFailed when missing or unusable."""
-        try:
-            return FinalManifest.model_validate(
-                await self.ctx.store(s.spec.storage.bucket).get_json(
-                    s.layout.final_manifest_key))
-        except (InvalidInputError, ValueError) as err:  # missing, not JSON, not a manifest
-            raise PromotionFailed(f"final manifest unusable: {err}; raw chunks kept") from err
 
     async def record(self, s: SessionView, p: DeletionProgress) -> DeletionProgress:
         """The `recordings` rows (once) and the meeting's end."""
@@ -333,7 +342,7 @@ class DeletionService:
             ids = [r.id for r in existing]
         elif not p.promoted:
             ids = []
-        elif not (manifest := await self.final_manifest(s)).tracks:
+        elif not (manifest := await final_manifest(self.ctx, s)).tracks:
             ids = []  # chunks, but nobody spoke (or everyone opted out): nothing to keep
         else:
             # rows missed while SQL was away, or left behind by a replica killed between
@@ -374,17 +383,3 @@ class DeletionService:
             else:
                 await self.ctx.db.delete_temp_recordings(s.meeting_id)
         return deleted
-
-
-async def verify_outputs(store: AsyncObjectStore, manifest: FinalManifest) -> None:
-    """Check every final object's size and sha256 against the manifest (streamed).
-    Raises PromotionFailed naming the first mismatch."""
-    for track in manifest.tracks:
-        try:
-            size, digest = await store.digest(track.key)
-        except NotFoundError as err:
-            raise PromotionFailed(f"{track.key} is missing; raw chunks kept") from err
-        if size != track.bytes or digest != track.sha256:
-            raise PromotionFailed(
-                f"{track.key}: {size} bytes sha256 {digest[:12]}… but the manifest says "
-                f"{track.bytes} bytes sha256 {track.sha256[:12]}…; raw chunks kept")

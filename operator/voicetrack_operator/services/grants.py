@@ -246,6 +246,28 @@ async def renew_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
     _failed.pop(owner.uid, None)
 
 
+async def revoke_upload_grant(ctx: Context, owner: SessionRef, spec: SessionSpec,
+                              meeting_id: str) -> bool:
+    """Replace the session's grant Secret with a grant that has already ended, and stop
+    renewing it (`forget_grant`): a recorder that reads its Secret again (on S3's refusal)
+    finds nothing it may upload with. A POST policy cannot be recalled, so a grant the
+    recorder already holds stays valid until its end. True when the Secret was replaced;
+    False when it is gone or could not be written (logged: a revocation never stops the
+    caller)."""
+    forget_grant(owner.uid)
+    layout = MeetingLayout(spec.storage.prefix, spec.guild_id, meeting_id)
+    try:
+        grant = mint_upload_grant(ctx.settings.s3, spec.storage.bucket, layout.chunks_root,
+                                  datetime.now(UTC), spec.limits.max_bytes)
+        await ctx.kube.replace_secret(build_upload_grant_secret(owner, grant.to_json()))
+    except (TemporaryFailure, InvalidInputError) as err:  # NotFoundError: nothing to revoke
+        log.warning("upload grant of %s/%s not revoked: %s", owner.namespace, owner.name,
+                    err)
+        return False
+    log.info("upload grant of %s/%s revoked", owner.namespace, owner.name)
+    return True
+
+
 def forget_grant(uid: str) -> None:
     """Drop what was seen of session `uid`'s grant (its recorder is done, or it is gone)."""
     _seen.pop(uid, None)

@@ -26,6 +26,7 @@ from voicetrack_operator.plan import excluded_users
 from voicetrack_operator.services.chunkstate import parsed as parse_chunk
 from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
 from voicetrack_operator.services.sessions import SessionView, parse_time
+from voicetrack_operator.services.stuck import force_stuck
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +138,21 @@ async def collect_chunks(ctx: Context, s: SessionView) -> int:
     """Keep the raw tracks of failed chunks under `final/failed/…` with their reasons in
     `final/failed-chunks.json`, then delete the chunk folders that were promoted (named in
     the stored promotion plan) or kept as failed, and the plan. Folders nobody accounts for
-    stay. Returns the number of objects deleted."""
+    stay. Transcoder pods still Running are waited for (TemporaryFailure), but those that
+    will never stop (`stuck.force_stuck`: a dead node) are force-deleted. Returns the
+    number of objects deleted."""
     store, layout = ctx.store(s.spec.storage.bucket), s.layout
-    running = [p["metadata"]["name"] for p in await ctx.kube.list_pods(
+    running = [p for p in await ctx.kube.list_pods(
         s.ref.namespace, f"{LABEL_SESSION}={s.ref.name},{LABEL_COMPONENT}=transcoder")
         if controller_uid(p, "Job") is not None
         and (p.get("status") or {}).get("phase") == "Running"]
-    if running:  # their outputs would land after the folders are collected
-        raise TemporaryFailure(f"waiting for transcoder pod(s) {', '.join(running)} to stop "
+    # one on a dead node stays Running for ever: force-deleted, not waited for (the
+    # chunks are terminal by now, so its outputs are no longer wanted)
+    forced = await force_stuck(ctx, running, datetime.now(UTC))
+    names = [str(p["metadata"]["name"]) for p in running
+             if p["metadata"]["name"] not in forced]
+    if names:  # their outputs would land after the folders are collected
+        raise TemporaryFailure(f"waiting for transcoder pod(s) {', '.join(names)} to stop "
                                "before collecting", delay=2)
     inv = await chunk_inventory(ctx, s)
     plan: PromotionPlan | None = None
