@@ -354,7 +354,7 @@ class DeletionService:
                 raise TemporaryFailure(message, delay=5)
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(
                 s.meeting_id, s.spec.output.tracks, manifest.tracks,
-                keep_temp_rows=s.spec.retain_temp_rows)
+                keep_temp_rows=s.spec.retain_temp_rows, session_uid=s.ref.uid)
             if not ids:
                 raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
                                       "no recordings row was written; raw chunks kept")
@@ -362,7 +362,8 @@ class DeletionService:
         outcome = meeting_outcome(s.status, ids, (failed, done if p.promoted else 0))
         with contextlib.suppress(NotFoundError):
             await record_degraded_consent(self.ctx, s, objs)  # opt-outs not enforced: why
-            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), *outcome)
+            await self.ctx.db.end_meeting(s.meeting_id, datetime.now(UTC), *outcome,
+                                          session_uid=s.ref.uid)
         await WebhookService(self.ctx).enqueue_ended(s, outcome[0], ids)  # issue 13
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
@@ -381,5 +382,5 @@ class DeletionService:
             if s.spec.retain_temp_rows:
                 await self.ctx.db.mark_temp_recording_cleaned([r.id for r in rows])
             else:
-                await self.ctx.db.delete_temp_recordings(s.meeting_id)
+                await self.ctx.db.delete_temp_recordings(s.meeting_id, session_uid=s.ref.uid)
         return deleted
