@@ -84,6 +84,32 @@ def test_missing_piece_leaves_the_previous_live_files(store: ObjectStore) -> Non
         store.put_bytes(mix.key, good)
 
 
+def test_a_piece_never_made_is_silence_once_a_later_one_exists(store: ObjectStore) -> None:
+    """Third review, fault 7: chunk 1's piece was never made (its build failed on an S3
+    error, which the transcoder only logs); the live Job asked for four chunks failed on
+    it every interval, so the audio so far stopped there for the rest of the session.
+    Now chunk 1 is silence and the tracks run to chunk 3's end; with chunk 1 the last one
+    asked for, it still fails (its piece may be on its way)."""
+    key = LAYOUT.piece_manifest_key(1)
+    saved = store.get_json(key)
+    store.delete_keys([key])
+    try:
+        live = assemble_live(store, LAYOUT, chunks=4)
+        assert live is not None
+        last = PieceManifest.model_validate(store.get_json(LAYOUT.piece_manifest_key(3)))
+        n = last.end_frame * FRAME - TOTAL_DELAY
+        assert live.duration_ms == n // 48
+        mix = decode_file(store.get_bytes(LAYOUT.live_key(MIX_TRACK, "mp3")))
+        assert mix.shape[0] == n
+        window = mix[2300 * 48:3700 * 48]  # B talks here, in chunk 1: silence now
+        assert abs(window.astype(float)).max() == 0
+        assert abs(mix[4300 * 48:5500 * 48].astype(float)).max() > 1000  # A in chunk 2
+        with pytest.raises(PiecesUnusable, match="chunk 1 has no usable piece"):
+            assemble_live(store, LAYOUT, chunks=2)
+    finally:
+        store.put_json(key, saved)
+
+
 def test_more_chunks_than_pieces_is_an_error_naming_the_chunk(store: ObjectStore) -> None:
     with pytest.raises(PiecesUnusable, match="chunk 4 has no usable piece"):
         assemble_live(store, LAYOUT, chunks=5)
@@ -122,10 +148,12 @@ def test_silent_chunks_are_bridged_with_silence(store: ObjectStore) -> None:
     kept = store.get_json(key)
     store.delete_keys([key])
     try:
-        with pytest.raises(PiecesUnusable, match="chunk 2 has no usable piece"):
-            assemble_live(store, LAYOUT, chunks=4)
+        # not named silent but followed by chunk 3's piece: bridged the same way (fault 7)
+        unnamed = assemble_live(store, LAYOUT, chunks=4)
         bridged = assemble_live(store, LAYOUT, chunks=4, silent={2})
         assert bridged is not None and bridged.duration_ms == whole.duration_ms
+        assert unnamed is not None and [t.sha256 for t in unnamed.tracks] == [
+            t.sha256 for t in bridged.tracks]
         before = PieceManifest.model_validate(store.get_json(LAYOUT.piece_manifest_key(1)))
         after = PieceManifest.model_validate(store.get_json(LAYOUT.piece_manifest_key(3)))
         gap_from = before.end_frame * FRAME - TOTAL_DELAY

@@ -8,6 +8,7 @@ while the session records; the final tracks are made by promotion, never from th
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,16 @@ from voicetrack_transcoder.assembly import fetched_in_order, prefetch_depth
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, silent_frames, split_frames, tag_file
 from voicetrack_transcoder.pieces import PiecesUnusable
+
+log = logging.getLogger(__name__)
+
+
+def _piece(store: ObjectStore, layout: MeetingLayout, index: int) -> PieceManifest | None:
+    """Chunk `index`'s `piece.json`, None when it is missing or unreadable."""
+    try:
+        return PieceManifest.model_validate(store.get_json(layout.piece_manifest_key(index)))
+    except (NotFoundError, InvalidInputError, ValidationError):
+        return None
 
 
 def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None = None,
@@ -44,8 +55,13 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
 
     The run ends at the first chunk not in `silent` without a piece (not transcoded yet)
     or whose unit does not start where the previous one ended (after a silent chunk: not
-    before). The frames are the pieces' as they are (the frames after the last piece's
-    are not made yet), so the file ends at the last sample those frames decode
+    before). With `chunks`, a chunk without a piece that a later chunk of the `chunks` has
+    one after is silence too: its piece was never made (its build is an optimisation the
+    transcoder skips on an error) and never will be, and stopping there froze the audio so
+    far for the rest of the session (third review, fault 7).
+
+    The frames are the pieces' as they are (the frames after the last piece's are not made
+    yet), so the file ends at the last sample those frames decode
     completely: frame `G - 1` decodes to samples before `G * 1152 - 1105`. Tracks: the
     speakers seen so far and the mix (as the pieces were made); a speaker absent from a
     piece is LAME's silent frame there. Returns None when there is no piece yet. Raises
@@ -58,10 +74,15 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
         if index in silent:
             index += 1
             continue
-        try:
-            piece = PieceManifest.model_validate(store.get_json(
-                layout.piece_manifest_key(index)))
-        except (NotFoundError, InvalidInputError, ValidationError):
+        piece = _piece(store, layout, index)
+        if piece is None:
+            if chunks is not None and any(
+                    _piece(store, layout, later) is not None
+                    for later in range(index + 1, chunks) if later not in silent):
+                log.warning("chunk %d of %s has no piece though later ones do: silence in "
+                            "the audio so far", index, layout.meeting_id)
+                index += 1  # its piece will never come (the build was skipped)
+                continue
             break
         end_ms, end_frame = (run[-1].unit_end_ms, run[-1].end_frame) if run else (0, 0)
         if index > (run[-1].index + 1 if run else 0):  # silent chunks before it
