@@ -75,7 +75,10 @@ RENDERS_AT_ONCE = 2
 """Units rendered at once at assembly (`render` + `make`). One holds the PCM of up to two
 chunk windows of every track and the mix's working copies: ~320 MB for 5 speakers at
 `chunkSeconds` 60, against the promotion Job's 768 MiB limit (second review). Silent
-units (`silent_made`) need no render and are not counted."""
+units (`silent_made`) need no render and are not counted. Units are computed by this many
+workers, in unit order: the tracks are written as their units are made, and with more
+workers than render slots later units took the slots ahead of earlier ones, so every
+track waited on the earliest (1 h x 5: tracks written only after ~all units)."""
 
 UPLOADERS = 6
 """Final objects uploaded at once (each in parts, `ObjectStore.put_file`)."""
@@ -136,7 +139,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     pieces = read_pieces(store, layout, plan, units, names, track_channels)
 
     with tempfile.TemporaryDirectory(prefix="vt-assemble-") as tmp, \
-            ThreadPoolExecutor(8, thread_name_prefix="units") as pool, \
+            ThreadPoolExecutor(RENDERS_AT_ONCE, thread_name_prefix="units") as pool, \
             ThreadPoolExecutor(8, thread_name_prefix="pieces") as fetcher, \
             ThreadPoolExecutor(UPLOADERS, thread_name_prefix="upload") as uploader:
         work = Path(tmp)

@@ -68,8 +68,9 @@ class GrowingUpload:
 
     def grew(self, size: int) -> None:
         """The file's first `size` bytes are written and flushed: send the whole parts
-        after part 1 among them (never the part that may still grow)."""
-        while size - self.sent >= 2 * self.part_bytes:  # a part, and bytes after it
+        after part 1 among them (a part sent is never the one that may still grow; if
+        the file ends right after it, it is the last part, which S3 lets be any size)."""
+        while size - self.sent >= self.part_bytes:
             self._submit(self.sent // self.part_bytes + 1, self.sent,
                          self.sent + self.part_bytes)
             self.sent += self.part_bytes
