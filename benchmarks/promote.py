@@ -200,8 +200,6 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         stages.wrap(store, "get_bytes", "GETs")
         stages.wrap(assembly, "sha256_file", "sha256 of the tracks")
         stages.wrap(store, "put_file", "uploads")
-        stages.wrap(store, "put_part", "uploads")  # final tracks sent as they are written
-        stages.wrap(store, "complete_multipart", "uploads")
         cpu0, weed0 = cpu_s(os.getpid()), cpu_s(weed_pid)
         kids0 = cpu_s(os.getpid(), children=True)
         t0 = time.perf_counter()
@@ -214,7 +212,7 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         for owner, name in ((pieces, "build_piece"), (assembly, "read_pieces"),
                             (assembly, "sha256_file")):
             setattr(owner, name, getattr(owner, name).__wrapped__)
-        for name in ("get_bytes", "put_file", "put_part", "complete_multipart"):
+        for name in ("get_bytes", "put_file"):
             delattr(store, name)
         assert manifest.assembly == "incremental", manifest.fallback_reason
     print(f"{minutes} min x {speakers}: stages of the last stop -> final "

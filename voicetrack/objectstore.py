@@ -22,7 +22,6 @@ from urllib.parse import urlparse
 import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
-from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.helpers import check_bucket_name
@@ -131,10 +130,6 @@ class PresignedUrl:
                 "format": self.format}
 
 
-MIN_PART_BYTES = 5 * 1024 * 1024
-"""The smallest part S3 accepts in a multipart upload, the last part excepted (5 MiB,
-AWS S3 API reference, "UploadPart")."""
-
 POOL_CONNECTIONS = 32
 """Connections to S3 kept open for reuse, per host: at least the threads that call one
 store at the same time (the operator's 32 blocking-call threads, promotion's 8 fetchers)."""
@@ -197,41 +192,6 @@ class ObjectStore:
         file raises its OSError (FileNotFoundError, …) unchanged."""
         with s3_call(f"put {key}"):
             self.client.fput_object(self.bucket, key, path, content_type=content_type)
-
-    def start_multipart(self, key: str, content_type: str = "application/octet-stream"
-                        ) -> str:
-        """Begin an S3 multipart upload to `key` (CreateMultipartUpload); returns its upload
-        id. Nothing is at `key` until `complete_multipart`; `abort_multipart` drops the
-        parts. Parts may be sent in any order (S3 orders them by number at completion).
-        minio 7 has no public call for the single steps: its internal ones are used."""
-        with s3_call(f"put {key}"):
-            return self.client._create_multipart_upload(
-                self.bucket, key, {"Content-Type": content_type})
-
-    def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        """Upload part `number` (1..10000) of multipart upload `upload_id`; returns its
-        ETag. Every part but the last must be at least `MIN_PART_BYTES` (S3 rejects the
-        completion otherwise)."""
-        with s3_call(f"put {key} part {number}"):
-            return self.client._upload_part(self.bucket, key, data, None, upload_id, number)
-
-    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
-        """Join parts 1..len(etags) (`etags[i]` is part i + 1's ETag) into the object at
-        `key` (CompleteMultipartUpload)."""
-        with s3_call(f"put {key}"):
-            self.client._complete_multipart_upload(
-                self.bucket, key, upload_id,
-                [Part(n, etag) for n, etag in enumerate(etags, start=1)])
-
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Drop multipart upload `upload_id` and its parts (AbortMultipartUpload); a
-        missing upload (already completed or aborted) is not an error."""
-        with s3_call(f"abort {key}"):
-            try:
-                self.client._abort_multipart_upload(self.bucket, key, upload_id)
-            except S3Error as err:
-                if err.code != "NoSuchUpload":
-                    raise
 
     def put_json(self, key: str, doc: Any) -> str:
         """Write `doc` as indented, key-sorted JSON at `key`; returns its sha256 (hex)."""

@@ -44,7 +44,6 @@ from voicetrack_transcoder.mp3grid import (
     silent_frames,
     total_frames,
 )
-from voicetrack_transcoder.partupload import GrowingUpload
 from voicetrack_transcoder.piececheck import Unit, around, plan_units, read_pieces
 from voicetrack_transcoder.pieces import Made, PiecesUnusable, Work, make, render
 from voicetrack_transcoder.silence import settle_head, settled_made, silent_made
@@ -75,10 +74,7 @@ RENDERS_AT_ONCE = 2
 """Units rendered at once at assembly (`render` + `make`). One holds the PCM of up to two
 chunk windows of every track and the mix's working copies: ~320 MB for 5 speakers at
 `chunkSeconds` 60, against the promotion Job's 768 MiB limit (second review). Silent
-units (`silent_made`) need no render and are not counted. Units are computed by this many
-workers, in unit order: the tracks are written as their units are made, and with more
-workers than render slots later units took the slots ahead of earlier ones, so every
-track waited on the earliest (1 h x 5: tracks written only after ~all units)."""
+units (`silent_made`) need no render and are not counted."""
 
 UPLOADERS = 6
 """Final objects uploaded at once (each in parts, `ObjectStore.put_file`)."""
@@ -139,8 +135,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     pieces = read_pieces(store, layout, plan, units, names, track_channels)
 
     with tempfile.TemporaryDirectory(prefix="vt-assemble-") as tmp, \
-            ThreadPoolExecutor(RENDERS_AT_ONCE, thread_name_prefix="units") as pool, \
-            ThreadPoolExecutor(8, thread_name_prefix="pieces") as fetcher, \
+            ThreadPoolExecutor(8, thread_name_prefix="pieces") as pool, \
             ThreadPoolExecutor(UPLOADERS, thread_name_prefix="upload") as uploader:
         work = Path(tmp)
 
@@ -161,6 +156,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 if unit.chunk_pos is not None else None
 
         # 3. what has no piece: units without one, and the frames after the last piece
+        computed: dict[int, Made] = {}
         tasks: list[tuple[int, Work]] = []
         for u, unit in enumerate(units):
             last = u == len(units) - 1
@@ -206,26 +202,27 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 own.mkdir()
                 return task, make(rendered, w, plan.mp3_bitrate, own, speakers)
 
-        # ffmpeg runs, side by side, in unit order: the tracks are written (step 4) as
-        # their units are made, not once all are
-        making = {task: pool.submit(compute, (task, w)) for task, w in tasks}
+        computed.update(pool.map(compute, tasks))  # ffmpeg runs, side by side
+        if progress:
+            progress(0.5)
 
-        def computed(task: int) -> Made:
-            return making[task].result()[1]
-
-        # 4. each track: frames in order (sent to S3 as they are written, partupload.py),
-        # an Info tag, peaks; nothing appears in S3 before every track is complete
+        # 4. each track: frames in order, an Info tag, peaks, speech
         uploads: list[tuple[str, Path, str]] = []
-        sending: list[GrowingUpload] = []
 
         def upload(key: str, path: Path, content_type: str) -> None:
             uploads.append((key, path, content_type))
-
+        speech: dict[str, list[list[list[int]]]] = {u: [] for u in speakers}
+        for unit_no, unit in enumerate(units):
+            done = pieces.get(plan.chunks[unit.chunk_pos].index) \
+                if unit.chunk_pos is not None else None
+            for user in speakers:
+                speech[user].append(done.speech.get(user, []) if done is not None
+                                    else computed[unit_no].speech.get(user, []))
         def finish(name: str) -> FinalTrack:
             """One final track, written once: its head (ID3v2 and Info frame) reserved,
-            its frames in order behind it (sent in parts as they are written), the head
-            filled in from the frame count and the music CRC kept along the way; its
-            waveforms (uploaded once every track is complete)."""
+            its frames in order behind it, the head filled in from the frame count and
+            the music CRC kept along the way; its waveforms (uploaded once every track
+            is complete)."""
             n_ch = track_channels[name]
             path = work / f"{name}.mp3"
             want_frames = total_frames(n_total)
@@ -237,22 +234,16 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             frames = 0
             mine = [t for own in map(own_piece, units) if own is not None
                     for t in own.tracks if t.track == name]
-            blobs = fetched_in_order(fetcher, mine, fetch, prefetch_depth(
+            blobs = fetched_in_order(pool, mine, fetch, prefetch_depth(
                 max((t.bytes for t in mine), default=1), len(names)))
 
             def put(data: bytes) -> None:
                 out.write(data)
                 music.update(data)
 
-            key = layout.final_key(name, "mp3")
-            sent = GrowingUpload(store, key, path, CONTENT_TYPES["mp3"], uploader)
-            sending.append(sent)
             with path.open("wb") as out, contextlib.closing(blobs):
                 out.write(bytes(head_bytes))
                 for u, unit in enumerate(units):
-                    if u:  # the frames so far are final: send the whole parts among them
-                        out.flush()
-                        sent.grew(out.tell())
                     own = own_piece(unit)
                     if own is not None:
                         t = next((t for t in own.tracks if t.track == name), None)
@@ -274,13 +265,13 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                             maxs.append(pk[1::2])
                         frames += count
                     else:
-                        unit_made = computed(u)
-                        put(b"".join(unit_made.frames[name]))
-                        frames += len(unit_made.frames[name])
-                        mins.append(unit_made.peaks[name][0])
-                        maxs.append(unit_made.peaks[name][1])
-                if len(units) in making:
-                    tail = computed(len(units)).frames[name]
+                        made = computed[u]
+                        put(b"".join(made.frames[name]))
+                        frames += len(made.frames[name])
+                        mins.append(made.peaks[name][0])
+                        maxs.append(made.peaks[name][1])
+                if len(units) in computed:
+                    tail = computed[len(units)].frames[name]
                     put(b"".join(tail))
                     frames += len(tail)
                 if frames != want_frames or out.tell() != head_bytes + frames * frame_size:
@@ -289,7 +280,8 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                                          f"samples has {want_frames}")
                 out.seek(0)
                 out.write(info_head(frames, plan.mp3_bitrate, n_ch, n_total, music.value))
-            sent.finish(path.stat().st_size)
+            key = layout.final_key(name, "mp3")
+            upload(key, path, CONTENT_TYPES["mp3"])
             mn, mx = np.concatenate(mins), np.concatenate(maxs)
             peaks_key = layout.waveform_key(name, "json")
             overview_key = layout.waveform_key(name, "png")
@@ -305,30 +297,12 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 channels=n_ch, bytes=path.stat().st_size, sha256=sha256_file(path),
                 duration_ms=total_ms, peaks_key=peaks_key, overview_key=overview_key)
 
-        try:
-            with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
-                final_tracks = list(tp.map(finish, names))
-            if progress:
-                progress(0.5)
-            for growing in sending:
-                growing.commit()
-        except BaseException:  # nothing half-sent stays behind (a committed one stays)
-            for future in making.values():
-                future.cancel()
-            for growing in sending:
-                growing.abort()
-            raise
+        with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
+            final_tracks = list(tp.map(finish, names))
         list(uploader.map(lambda item: store.put_file(item[0], str(item[1]), item[2]),
                           uploads))
         if progress:
             progress(0.9)
-        speech: dict[str, list[list[list[int]]]] = {u: [] for u in speakers}
-        for unit_no, unit in enumerate(units):
-            done = pieces.get(plan.chunks[unit.chunk_pos].index) \
-                if unit.chunk_pos is not None else None
-            for user in speakers:
-                speech[user].append(done.speech.get(user, []) if done is not None
-                                    else computed(unit_no).speech.get(user, []))
         timeline = speech_timeline(
             total_ms, {u: join_runs(parts) for u, parts in speech.items()})
     store.put_json(layout.timeline_key, timeline.to_api())
