@@ -90,10 +90,12 @@ class Stages:
             in sorted(self.seen.items(), key=lambda kv: kv[1][2]))
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (/proc/<pid>/stat)."""
+def cpu_s(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of process `pid` so far (/proc/<pid>/stat); with
+    `children`, those of its children waited for instead (ffmpeg, for this process)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def p95(values: list[float]) -> float:
@@ -199,12 +201,14 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         stages.wrap(assembly, "sha256_file", "sha256 of the tracks")
         stages.wrap(store, "put_file", "uploads")
         cpu0, weed0 = cpu_s(os.getpid()), cpu_s(weed_pid)
+        kids0 = cpu_s(os.getpid(), children=True)
         t0 = time.perf_counter()
         if last.tracks:  # a silent last window has no Job
             pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
         manifest = promote(store, layout.promotion_plan_key)
         stops.append(time.perf_counter() - t0)
         cpu, weed = cpu_s(os.getpid()) - cpu0, cpu_s(weed_pid) - weed0
+        kids = cpu_s(os.getpid(), children=True) - kids0
         for owner, name in ((pieces, "build_piece"), (assembly, "read_pieces"),
                             (assembly, "sha256_file")):
             setattr(owner, name, getattr(owner, name).__wrapped__)
@@ -213,7 +217,8 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         assert manifest.assembly == "incremental", manifest.fallback_reason
     print(f"{minutes} min x {speakers}: stages of the last stop -> final "
           f"({stops[-1]:.1f} s): {stages.report()}; CPU: this process {cpu:.1f} s, "
-          f"SeaweedFS {weed:.1f} s", flush=True)
+          f"its ffmpeg {kids:.1f} s, SeaweedFS {weed:.1f} s; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     inc_tracks = {t.track: store.get_bytes(t.key) for t in manifest.tracks} \
         if minutes <= 10 else {}
     t0 = time.perf_counter()
