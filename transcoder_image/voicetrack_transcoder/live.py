@@ -8,6 +8,7 @@ while the session records; the final tracks are made by promotion, never from th
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import Collection
@@ -69,15 +70,16 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
     or damaged; TemporaryFailure for S3 or ffmpeg failures.
     """
     run: list[PieceManifest] = []
+    piece_of = functools.cache(lambda i: _piece(store, layout, i))  # each read once
     index = 0
     while chunks is None or index < chunks:
         if index in silent:
             index += 1
             continue
-        piece = _piece(store, layout, index)
+        piece = piece_of(index)
         if piece is None:
             if chunks is not None and any(
-                    _piece(store, layout, later) is not None
+                    piece_of(later) is not None
                     for later in range(index + 1, chunks) if later not in silent):
                 log.warning("chunk %d of %s has no piece though later ones do: silence in "
                             "the audio so far", index, layout.meeting_id)
