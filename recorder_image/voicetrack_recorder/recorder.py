@@ -46,7 +46,7 @@ from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import Gap, OptOut
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
-from voicetrack.names import meeting_id_for
+from voicetrack.names import session_meeting_id
 from voicetrack.resources import SessionSpec
 from voicetrack_recorder.chunker import Chunker, SealedChunk
 from voicetrack_recorder.clock import SessionClock
@@ -433,10 +433,7 @@ def session_layout(spec: SessionSpec, meeting_id: str) -> MeetingLayout:
 
 def meeting_id_of(obj: dict[str, Any]) -> str:
     """The meeting id of session object `obj`: VOICETRACK_MEETING_ID when the operator set
-    it in the pod, else the project's one derivation (`meeting_id_for`: `spec.meetingId`,
-    else from the session's uid), so it is known before the session has a status."""
-    env = os.environ.get("VOICETRACK_MEETING_ID")
-    if env:
-        return env
-    return meeting_id_for(str(obj["metadata"]["uid"]),
-                          (obj.get("spec") or {}).get("meetingId"))
+    it in the pod, else the project's one derivation (`session_meeting_id`: the recorded
+    `status.meetingId`, else `spec.meetingId`, else from the session's uid), so it is known
+    before the session has a status."""
+    return os.environ.get("VOICETRACK_MEETING_ID") or session_meeting_id(obj)
