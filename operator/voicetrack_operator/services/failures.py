@@ -9,7 +9,7 @@ carries one (a node agent that does not fill it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -36,15 +36,23 @@ def reason_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def terminations(pod: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(container name, `terminated` state) of each container of `pod` that terminated,
+    its current state before its last state (`status.containerStatuses[]`)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        for where in ("state", "lastState"):
+            terminated = (cs.get(where) or {}).get("terminated")
+            if terminated:
+                yield str(cs.get("name") or ""), terminated
+
+
 def termination_message(pod: dict[str, Any]) -> str:
     """The reason line of a pod's terminated container (current state first, then the last
     state), '' when no container has terminated with a message."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        for where in ("state", "lastState"):
-            terminated = (cs.get(where) or {}).get("terminated") or {}
-            line = reason_line(str(terminated.get("message") or ""))
-            if line:
-                return line
+    for _, terminated in terminations(pod):
+        line = reason_line(str(terminated.get("message") or ""))
+        if line:
+            return line
     return ""
 
 
@@ -226,12 +234,8 @@ OOM_KILLS_ANNOTATION = f"{GROUP}/transcode-oom-kills"
 def outage_only(pods: list[dict[str, Any]]) -> bool:
     """Whether every container of `pods` that terminated with an error exited with
     OUTAGE_EXIT_CODE (S3 or the API away), and at least one did."""
-    codes = [int(terminated.get("exitCode") or 0)
-             for pod in pods
-             for cs in (pod.get("status") or {}).get("containerStatuses") or []
-             for where in ("state", "lastState")
-             for terminated in [(cs.get(where) or {}).get("terminated") or {}]
-             if terminated and terminated.get("exitCode")]
+    codes = [int(t["exitCode"]) for pod in pods for _, t in terminations(pod)
+             if t.get("exitCode")]
     return bool(codes) and all(code == OUTAGE_EXIT_CODE for code in codes)
 
 
@@ -242,11 +246,9 @@ def oom_killed(pod: dict[str, Any]) -> str | None:
     limits = {c.get("name"): str(((c.get("resources") or {}).get("limits") or {})
                                  .get("memory") or "")
               for c in ((pod.get("spec") or {}).get("containers") or [])}
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        for where in ("state", "lastState"):
-            terminated = (cs.get(where) or {}).get("terminated") or {}
-            if terminated.get("reason") == OOM_KILLED:
-                return limits.get(cs.get("name"), "")
+    for name, terminated in terminations(pod):
+        if terminated.get("reason") == OOM_KILLED:
+            return limits.get(name, "")
     return None
 
 
