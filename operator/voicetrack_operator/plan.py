@@ -101,6 +101,24 @@ def consent_record(meeting_id: str, ordered: list[ChunkSpec], excluded: set[str]
         opted_out=sorted(opted.values(), key=lambda e: (e.since_ms, e.user_id)))
 
 
+def overlapping(chunks: Iterable[tuple[ChunkSpec, TranscodeStatus]]) -> list[ChunkSpec]:
+    """The chunks a promotion leaves out because their window starts inside an earlier
+    chunk's (session ms; ordered by start, then index: the first one keeps the time).
+
+    A recorder never writes such windows; a buggy or compromised one can (its grant lets
+    it create chunks and their stored `chunk.json`). Refusing the whole promotion would
+    keep the session's finalizer, and its namespace, for ever; leaving the later copy out
+    keeps every other chunk's audio, and the time only it covered becomes a gap."""
+    out: list[ChunkSpec] = []
+    cursor: int | None = None
+    for chunk, _ in sorted(chunks, key=lambda c: (c[0].start_ms, c[0].index)):
+        if cursor is not None and chunk.start_ms < cursor:
+            out.append(chunk)
+        else:
+            cursor = chunk.end_ms
+    return out
+
+
 def build_promotion_plan(spec: SessionSpec, meeting_id: str,
                          chunks: list[tuple[ChunkSpec, TranscodeStatus]]) -> PromotionPlan | None:
     """The plan for `chunks` (spec, transcode status) or None when no chunk is `done`.
@@ -110,9 +128,11 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
     and `consent` holds `final/consent.json` (`consent_record`). `spec.optOutUserIds` is
     read as it is now (deletion time).
 
-    Raises ValueError when chunk windows overlap (a recorder bug; promotion must not
-    guess which copy is right)."""
-    ordered = sorted(chunks, key=lambda c: c[0].start_ms)
+    A chunk whose window starts inside an earlier one's is left out (`overlapping`): the
+    caller reports them."""
+    left_out = {id(c) for c in overlapping(chunks)}
+    ordered = sorted((c for c in chunks if id(c[0]) not in left_out),
+                     key=lambda c: (c[0].start_ms, c[0].index))
     if not any(status == TranscodeStatus.DONE for _, status in ordered):
         return None
     excluded = excluded_users(spec, (c for c, _ in ordered))
@@ -121,9 +141,6 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
     promoted: list[ChunkSpec] = []
     gaps: list[Gap] = []
     for chunk, status in ordered:
-        if chunk.start_ms < cursor:
-            raise ValueError(f"chunk {chunk.index} starts at {chunk.start_ms} ms, inside the "
-                             f"previous window ending at {cursor} ms")
         if chunk.start_ms > cursor:
             # no recorded cause: chunks are missing here (lost), never a made-up restart
             cause = chunk.gap.cause if chunk.gap else "chunk-failed"

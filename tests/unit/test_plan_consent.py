@@ -9,7 +9,12 @@ from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap, OptOut
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
 from voicetrack.resources import SessionSpec, TranscodeStatus
-from voicetrack_operator.plan import build_promotion_plan, excluded_users, output_ms
+from voicetrack_operator.plan import (
+    build_promotion_plan,
+    excluded_users,
+    output_ms,
+    overlapping,
+)
 
 GUILD = "123456789012345678"
 MEETING = "m" * 16
@@ -142,10 +147,24 @@ def test_times_are_output_time_with_pauses_cut() -> None:
         0, 0, 15_000, 15_000, 16_000]  # inside the pause: where it was cut
 
 
-def test_no_done_chunk_is_no_plan_and_overlap_still_raises() -> None:
+def test_no_done_chunk_is_no_plan() -> None:
     assert build_promotion_plan(spec(), MEETING, [
         (chunk(0, 0, 10_000, {ANN: (0, 9_980)}, opted=((BOB, 0, "role"),)), FAILED)]) is None
-    with pytest.raises(ValueError, match="inside the previous window"):
-        build_promotion_plan(spec(), MEETING, [
-            (chunk(0, 0, 10_000, {ANN: (0, 9_980)}), DONE),
-            (chunk(1, 5_000, 15_000, {ANN: (5_000, 9_980)}), DONE)])
+
+
+@pytest.mark.parametrize("forged", [
+    chunk(7, 0, 10_000, {BOB: (0, 9_980)}),       # another index, chunk 0's window
+    chunk(1, 5_000, 15_000, {BOB: (5_000, 14_000)}),  # starts inside chunk 0
+])
+def test_a_chunk_overlapping_an_earlier_one_is_left_out_not_a_wedge(forged: ChunkSpec
+                                                                    ) -> None:
+    """Third review (chart, RBAC) fault 1: overlapping windows raised ValueError, which
+    the deletion turned into a promotion retried every 300 s for ever (the finalizer, and
+    the namespace, kept). The later copy is left out; its time only it covered is a gap."""
+    chunks = [(chunk(0, 0, 10_000, {ANN: (0, 9_980)}), DONE), (forged, DONE),
+              (chunk(2, 15_000, 25_000, {ANN: (15_000, 24_980)}), DONE)]
+    assert overlapping(chunks) == [forged]
+    plan = plan_of(chunks)
+    assert [c.index for c in plan.chunks] == [0, 2] and plan.speakers == [ANN]
+    assert plan.gaps == [Gap(start_ms=10_000, end_ms=15_000, cause="chunk-failed")]
+    assert plan.session_end_ms == 25_000

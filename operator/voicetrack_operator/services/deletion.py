@@ -24,7 +24,7 @@ from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.names import controller_uid, recorder_pod_name
 from voicetrack.resources import SessionState
 from voicetrack_operator.context import Context
-from voicetrack_operator.plan import build_promotion_plan
+from voicetrack_operator.plan import build_promotion_plan, overlapping
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import parsed
 from voicetrack_operator.services.consent import record_degraded_consent
@@ -313,21 +313,24 @@ class DeletionService:
 
     async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
         """Plan the promotion from the chunk inventory, run its Job and verify its outputs
-        (`promotion.run_promotion`). Raises PromotionFailed when the chunks cannot be
-        planned, the Job failed on its input, or its outputs do not match."""
+        (`promotion.run_promotion`). Chunks whose windows overlap an earlier one's are left
+        out with a `ChunksOverlap` notice (`plan.overlapping`). Raises PromotionFailed when
+        the Job failed on its input or its outputs do not match."""
         if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
             return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
         chunks = (await chunk_inventory(self.ctx, s)).for_plan()
-        try:
-            plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
-        except ValueError as err:
-            raise PromotionFailed(f"chunks cannot be promoted: {err}; raw chunks kept"
-                                  ) from err
+        plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
         if plan is None:
             return replace(p, step=DeletionStep.RECORD, promoted=False)
         waiting = await run_promotion(self.ctx, s, plan)
         if waiting is not None:
             return Wait(waiting[0], SessionState.PROMOTING, delay=waiting[1])
+        if left_out := overlapping(chunks):  # said once, when the promotion is done
+            message = ("left out of the promotion, their windows overlapping an earlier "
+                       "chunk's (a recorder fault): chunk(s) " + ", ".join(
+                           f"{c.index} [{c.start_ms}, {c.end_ms}) ms" for c in left_out))
+            log.warning("session %s/%s: %s", s.ref.namespace, s.ref.name, message)
+            self.notices.append(("ChunksOverlap", message))
         return replace(p, step=DeletionStep.RECORD, promoted=True)
 
     async def record(self, s: SessionView, p: DeletionProgress) -> DeletionProgress:
