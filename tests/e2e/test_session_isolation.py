@@ -314,6 +314,20 @@ async def test_a_recorder_creates_chunks_of_its_own_session_only(
     assert err.value.status == 422
     assert "must be named <spec.sessionName>-chunk-<index:06d>" in json.loads(
         err.value.body)["message"]
+    # its own chunk, with a finalizer or a second owner: refused (a finalizer it set
+    # would keep the chunk, and the namespace, Terminating for ever after its session)
+    own_body = {**body, "metadata": {**body["metadata"], "name": chunk_name("own", 5)}}
+    for extra, says in (
+            ({"finalizers": ["example.com/hold"]}, "may carry no finalizers"),
+            ({"ownerReferences": [owner_reference("own", own.ref.uid), {
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "x",
+                "uid": victim.ref.uid}]}, "exactly one ownerReference")):
+        with pytest.raises(client.ApiException) as err:
+            await asyncio.to_thread(
+                client.CustomObjectsApi(api).create_namespaced_custom_object, GROUP,
+                VERSION, namespace, CHUNK_PLURAL,
+                {**own_body, "metadata": {**own_body["metadata"], **extra}})
+        assert err.value.status == 422 and says in json.loads(err.value.body)["message"]
     # the shared account of earlier versions writes nothing
     kubectl("-n", namespace, "create", "serviceaccount", "voicetrack-recorder")
     kubectl("-n", namespace, "create", "rolebinding", "legacy", "--role", sa,
