@@ -50,6 +50,11 @@ IDENTIFY_RETRY_MS = 500.0
 """How often the sender of a still-unknown SSRC is looked for by DAVE key."""
 MAX_HELD_UNKNOWN = 100
 """Packets kept per not-yet-announced SSRC (2 s of audio); older ones are dropped."""
+LEAVE_GRACE_MS = 1000.0
+"""How long (ms) after a member's CLIENT_DISCONNECT (op 13) packets on their SSRC are
+still theirs. The op comes over the voice websocket and can overtake the member's last
+datagrams, which come over UDP through the media relay; without the grace those were
+dropped as unknown SSRC (found by review; `test_discord_receive.py`)."""
 
 KeySource = Callable[[], "tuple[str, bytes] | None"]
 """Returns the transport (mode, 32-byte secret key) now, or None before op 4 arrived."""
@@ -147,6 +152,8 @@ class VoiceReceiver:
         self._key_wait_ms = key_wait_ms
         self._identify_after_ms = identify_after_ms
         self._tried: dict[int, float] = {}
+        self._leaving: dict[int, tuple[str, float]] = {}
+        """SSRC → (user id, Unix ms until which it is still theirs): members who left."""
 
     # -- input ---------------------------------------------------------------------------
 
@@ -163,17 +170,24 @@ class VoiceReceiver:
         """Apply one voice gateway JSON event (SPEAKING 5, CLIENTS_CONNECT 11,
         CLIENT_CONNECT 12, CLIENT_DISCONNECT 13, video 18); other ops are ignored. Packets
         held for an SSRC it maps are processed at once. A malformed event is logged."""
+        now_ms = self.clock.time_fn() * 1000
+        before = self.ssrcs.audio()
         try:
             mapped = self.ssrcs.handle(op, data)
         except GatewayEventError as exc:
             log.warning("ignoring voice gateway event: %s", exc)
             return
+        for ssrc, user in before.items():  # a member left: their datagrams may still come
+            if self.ssrcs.user_for(ssrc) is None:
+                self._leaving[ssrc] = (user, now_ms + LEAVE_GRACE_MS)
+        for ssrc in mapped:
+            self._leaving.pop(ssrc, None)
         if self.consent is not None:
             for user in self.ssrcs.users:
                 self.consent.see(user)
         for ssrc in list(self._streams):
-            if self._streams[ssrc].user_id != self.ssrcs.user_for(ssrc):
-                self._finish(ssrc)  # its user left, or the SSRC now belongs to someone else
+            if self._streams[ssrc].user_id != self._user_for(ssrc, now_ms):
+                self._finish(ssrc)  # the SSRC now belongs to someone else
         for ssrc in mapped:
             for packet in self._unknown.pop(ssrc, []):
                 self._hold(ssrc, packet)
@@ -186,6 +200,12 @@ class VoiceReceiver:
         and drop unknown-SSRC packets held too long. Call it every 20 ms or so."""
         if now_ms is None:
             now_ms = self.clock.time_fn() * 1000
+        for ssrc, (_, until_ms) in list(self._leaving.items()):
+            if now_ms >= until_ms:  # the grace is over: what is held is released
+                del self._leaving[ssrc]
+                left = self._streams.get(ssrc)
+                if left is not None and left.user_id != self.ssrcs.user_for(ssrc):
+                    self._finish(ssrc)
         for ssrc, stream in list(self._streams.items()):
             self._retry(ssrc, stream, now_ms)
             for released in stream.jitter.pop_ready(now_ms):
@@ -255,7 +275,7 @@ class VoiceReceiver:
     def _hold(self, ssrc: int, packet: Held) -> None:
         """Put an authenticated packet in its speaker's jitter buffer, or, while its SSRC
         is not announced yet, aside (at most MAX_HELD_UNKNOWN per SSRC)."""
-        user = self.ssrcs.user_for(ssrc)
+        user = self._user_for(ssrc, packet.arrival_ms)
         if user is None:
             held = self._unknown[ssrc]
             if len(held) >= MAX_HELD_UNKNOWN:
@@ -295,6 +315,14 @@ class VoiceReceiver:
                 self._hold(ssrc, pending)
             return True
         return False
+
+    def _user_for(self, ssrc: int, now_ms: float) -> str | None:
+        """The user sending on `ssrc` at `now_ms`: the mapped one, else a member who left
+        less than LEAVE_GRACE_MS before."""
+        user = self.ssrcs.user_for(ssrc)
+        if user is None and (leaving := self._leaving.get(ssrc)) and now_ms < leaving[1]:
+            return leaving[0]
+        return user
 
     def _finish(self, ssrc: int) -> None:
         stream = self._streams.pop(ssrc)

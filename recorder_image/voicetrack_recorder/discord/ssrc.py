@@ -61,6 +61,10 @@ class SsrcMap:
         or its user has left)."""
         return self._by_ssrc.get(ssrc)
 
+    def audio(self) -> dict[int, str]:
+        """A copy of the audio mapping now: {SSRC: user id}."""
+        return dict(self._by_ssrc)
+
     def ssrcs_of(self, user_id: str) -> list[int]:
         """The audio SSRCs currently mapped to `user_id`."""
         return [s for s, u in self._by_ssrc.items() if u == user_id]
