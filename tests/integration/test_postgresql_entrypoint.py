@@ -181,3 +181,21 @@ def test_the_read_only_role_reads_and_cannot_write(pg: Entrypoint) -> None:
             conn.execute("DELETE FROM heartbeats")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE TABLE evil (x int)")
+
+
+def test_a_data_directory_with_an_open_superuser_is_closed_on_start(pg: Entrypoint) -> None:
+    """What the earlier entrypoint left on a claim (the superuser with the app's password,
+    pg_hba.conf admitting everyone over TCP) does not survive the next start."""
+    pg.start(APP_PW)
+    with psycopg.connect(host="/tmp", port=pg.port, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:  # the local socket: trust
+        conn.execute(f"ALTER ROLE postgres PASSWORD '{APP_PW}'")
+    hba = pg.pgdata / "pg_hba.conf"
+    hba.write_text("host all all 0.0.0.0/0 scram-sha-256\n" + hba.read_text())
+    pg.stop()
+    pg.start(APP_PW)
+    assert _refused(pg, "postgres", APP_PW, "postgres")
+    with psycopg.connect(host="/tmp", port=pg.port, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        assert conn.execute("SELECT rolpassword IS NULL FROM pg_authid "
+                            "WHERE rolname = 'postgres'").fetchone() == (True,)
