@@ -17,8 +17,8 @@ import os
 import pwd
 import shutil
 import signal
-import tempfile
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,7 +60,8 @@ class Entrypoint:
             "PATH": f"{BIN}:/usr/bin:/bin", "PGDATA": str(self.pgdata),
             "POSTGRES_PASSWORD": password, "POSTGRES_USER": "voicetrack",
             "POSTGRES_DB": "voicetrack", "POSTGRES_PORT": str(self.port),
-            "POSTGRES_LISTEN": "127.0.0.1", "TMPDIR": str(self.pgdata.parent), "HOME": str(self.pgdata.parent),
+            "POSTGRES_LISTEN": "127.0.0.1",
+            "TMPDIR": str(self.pgdata.parent), "HOME": str(self.pgdata.parent),
         }
         if readonly_password is not None:
             env |= {"POSTGRES_READONLY_USER": "voicetrack_ro",
@@ -172,7 +173,8 @@ def test_the_read_only_role_reads_and_cannot_write(pg: Entrypoint) -> None:
     pg.start(APP_PW)
     migrate.upgrade_head(pg.url("voicetrack", APP_PW))
     with pg.connect("voicetrack", APP_PW) as conn:
-        conn.execute("INSERT INTO heartbeats (service_name, last_beat, status) VALUES ('op', now(), 'ok')")
+        conn.execute("INSERT INTO heartbeats (service_name, last_beat, status) "
+                     "VALUES ('op', now(), 'ok')")
     with pg.connect("voicetrack_ro", RO_PW) as conn:
         assert conn.execute("SELECT count(*) FROM heartbeats").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM meetings").fetchone() == (0,)
