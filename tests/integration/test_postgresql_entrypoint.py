@@ -13,6 +13,7 @@ data directory that outlives the process):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -30,6 +31,7 @@ import pytest
 from voicetrack.db import migrate
 from voicetrack_local.ports import free_port
 from voicetrack_local.postgres import OS_USER
+from voicetrack_web.access import MeetingAccess, Viewer, read_only_engine
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +40,7 @@ ENTRYPOINT = ROOT / "images" / "postgresql" / "entrypoint.sh"
 BIN = Path("/usr/lib/postgresql/15/bin")
 APP_PW = "AppPw123-secret"
 RO_PW = "ReadPw456-secret"
+GUILD = "100000000000000001"
 
 
 @dataclass
@@ -175,14 +178,18 @@ def test_the_read_only_role_reads_and_cannot_write(pg: Entrypoint) -> None:
     with pg.connect("voicetrack", APP_PW) as conn:
         conn.execute("INSERT INTO heartbeats (service_name, last_beat, status) "
                      "VALUES ('op', now(), 'ok')")
+        conn.execute("INSERT INTO meetings (id, guild_id, channel_id, started_at) "
+                     "VALUES (%s, %s, %s, now())", ("m" * 16, GUILD, GUILD))
     with pg.connect("voicetrack_ro", RO_PW) as conn:
         assert conn.execute("SELECT count(*) FROM heartbeats").fetchone() == (1,)
-        assert conn.execute("SELECT count(*) FROM meetings").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM meetings").fetchone() == (1,)
         conn.execute("SET default_transaction_read_only = off")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM heartbeats")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE TABLE evil (x int)")
+    # The web page's own reads, through its engine, as the read-only role.
+    assert asyncio.run(_web_reads(pg.url("voicetrack_ro", RO_PW))) == ({GUILD}, ["m" * 16])
 
 
 def test_a_data_directory_with_an_open_superuser_is_closed_on_start(pg: Entrypoint) -> None:
@@ -201,3 +208,12 @@ def test_a_data_directory_with_an_open_superuser_is_closed_on_start(pg: Entrypoi
                          autocommit=True) as conn:
         assert conn.execute("SELECT rolpassword IS NULL FROM pg_authid "
                             "WHERE rolname = 'postgres'").fetchone() == (True,)
+
+
+async def _web_reads(url: str) -> tuple[set[str], list[str]]:
+    access = MeetingAccess(read_only_engine(url))
+    try:
+        views = await access.meetings(Viewer("1", {GUILD: True}), GUILD) or []
+        return await access.guilds_with_meetings([GUILD]), [v.id for v in views]
+    finally:
+        await access.engine.dispose()
