@@ -12,6 +12,7 @@ tests/integration/test_postgresql_entrypoint.py."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,8 @@ import pytest
 
 from tests.e2e.test_helm import CHART, KUBE, Helm, docs, helm  # noqa: F401  (fixture)
 from tests.e2e.test_helm_web import ON as WEB_ON
+from tests.fixtures.cluster import Kubectl
+from voicetrack_local.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +106,38 @@ def test_seaweedfs_with_the_network_policy_renders_its_ingress_rule(
     objs = _render(helm, "--set", "seaweedfs.enabled=true")
     policy = _one(objs, "NetworkPolicy", "v-voicetrack-seaweedfs")
     assert [p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]] == [8333]
+
+
+def test_a_reinstall_reads_the_kept_password_back(
+        helm: Helm, cluster: LocalCluster, kubectl: Kubectl,  # noqa: F811
+        namespace: str) -> None:
+    """`helm install`, `helm uninstall`, `helm install` of the same release on the local
+    API server: the password Secret outlives the uninstall, so the second install's
+    `lookup` reads the same passwords into it and into the operator's database URL (the
+    claim kept by the uninstall holds a database with those passwords). No pod runs:
+    operator.replicas=0, and the PostgreSQL pod waits for its claim (no PersistentVolume)."""
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin",
+           "HOME": str(cluster.state_dir)}  # fmt: skip
+    values = ("--namespace", namespace, *PG, "--set", "operator.replicas=0",
+              "--set", "s3.endpoint=http://s3.invalid:8333")  # fmt: skip
+
+    def secrets() -> tuple[dict[str, str], str]:
+        def get(name: str) -> dict[str, str]:
+            doc = json.loads(kubectl("-n", namespace, "get", "secret", name, "-o",
+                                     "json").stdout)  # fmt: skip
+            return {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+        return get("vr-voicetrack-postgresql"), get("vr-voicetrack-database")["url"]
+
+    helm("install", "vr", str(CHART), *values, env=env)
+    first, url = secrets()
+    assert urlsplit(url).password == first["password"]
+    helm("uninstall", "vr", "--namespace", namespace, "--wait", "--timeout", "60s", env=env)
+    kept = json.loads(kubectl("-n", namespace, "get", "secret", "-o", "json").stdout)["items"]
+    assert [s["metadata"]["name"] for s in kept
+            if s["metadata"]["name"].startswith("vr-")] == ["vr-voicetrack-postgresql"]
+    helm("install", "vr", str(CHART), *values, env=env)
+    again, url = secrets()
+    assert again == first
+    assert urlsplit(url).password == first["password"]
+    helm("uninstall", "vr", "--namespace", namespace, "--wait", "--timeout", "60s", env=env,
+         check=False)
