@@ -33,6 +33,7 @@ from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.conceal import Concealer
 from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor, UserDecryptStats
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
+from voicetrack_recorder.discord.opuspacket import is_one_slot
 from voicetrack_recorder.discord.rtp import (
     AUDIO_PAYLOAD_TYPE,
     RtpError,
@@ -60,8 +61,10 @@ SessionSource = Callable[[], "davey.DaveSession | None"]
 class ReceiveStats:
     """Counters of one receiver. `dropped` is keyed by cause: `not_rtp`, `rtcp`, `video`,
     `payload_type`, `no_key`, `unknown_ssrc`, `transport_<cause>`, `opted_out` (consent:
-    dropped before DAVE decryption), `late`, `duplicate`,
-    `overlap` (a slot the speaker already filled), `sink` (the chunker refused it)."""
+    dropped before DAVE decryption), `late`, `duplicate`, `opus_invalid` (DAVE opened it
+    but it is no well-formed 20 ms Opus packet: `opuspacket.is_one_slot`; also counted
+    in `lost` and concealed), `overlap` (a slot the speaker already filled), `sink` (the
+    chunker refused it)."""
 
     datagrams: int = 0
     frames: int = 0
@@ -363,8 +366,11 @@ class VoiceReceiver:
                 stream.waiting_since_ms = held.arrival_ms
                 return
             self.dave.count_failure(stream.user_id, cause)
-            self.stats.lost += released.lost_before + 1
-            stream.pending_lost += released.lost_before + 1
+            self._lose(stream, released)
+            return
+        if not is_one_slot(opus):  # malformed or not 20 ms: concealed as a lost frame
+            self.stats.dropped["opus_invalid"] += 1
+            self._lose(stream, released)
             return
         lost = released.lost_before + stream.pending_lost
         self.stats.lost += released.lost_before
@@ -378,6 +384,11 @@ class VoiceReceiver:
             if self._push(stream.user_id, first + i, packet):
                 self.stats.recovered += 1
         self._push(stream.user_id, slot, opus)
+
+    def _lose(self, stream: _Stream, released: Released) -> None:
+        """Count `released` (and the run lost before it) as lost frames to conceal."""
+        self.stats.lost += released.lost_before + 1
+        stream.pending_lost += released.lost_before + 1
 
     def _push(self, user: str, slot: int, packet: bytes) -> bool:
         if slot <= self.timeline.last_slot.get(user, slot - 1):
