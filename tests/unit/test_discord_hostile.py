@@ -17,6 +17,7 @@ from voicetrack.audio import CHANNELS, FRAME_SAMPLES, OPUS_SILENCE_FRAME
 from voicetrack.layout import MeetingLayout
 from voicetrack.resources import RawFormat
 from voicetrack_recorder.chunker import Chunker
+from voicetrack_recorder.discord.conceal import REBUILD_BURST, REBUILDS_PER_S
 from voicetrack_recorder.discord.opuspacket import is_one_slot, packet_samples
 from voicetrack_recorder.spool import Spool
 from voicetrack_transcoder.opusdec import OpusDecoder
@@ -94,3 +95,69 @@ async def test_a_hostile_packet_is_refused_and_the_chunk_survives(
     assert tracks[str(B)][base + BAD_AT] != bad and is_one_slot(tracks[str(B)][base + BAD_AT])
     assert tracks[str(B)][base:base + FRAMES][:BAD_AT] == good[:BAD_AT]
     assert tracks[str(A)][base:base + FRAMES] == good
+
+
+async def test_a_sender_skipping_sequence_numbers_costs_no_rebuilds() -> None:
+    """Sequence numbers skip 3 per packet, timestamps advance one frame: the "losses" are
+    no slots at all, so nothing is rebuilt (a rebuild costs ~60 times a packet's CPU)."""
+    h = await Harness.open(conceal_frames=3)
+    (a,) = await h.rig.join(A)
+    await h.settle()
+    sent = encode_frames(tone_pcm(100, 440))
+    for i, packet in enumerate(sent):
+        datagram = h.rig.packet(a, packet)
+        a.sequence = (a.sequence + 3) & 0xFFFF
+        await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    stats = h.receiver.stats
+    assert stats.recovered == 0 and stats.fec == 0 and "overlap" not in stats.dropped
+    assert stats.unconcealed["timestamp_gap"] == 99
+    base = START_MS // 20
+    assert h.sink.frames[str(A)] == {base + i: p for i, p in enumerate(sent)}
+
+
+async def test_rebuilds_are_rate_limited_per_stream() -> None:
+    """Every packet claims 3 lost frames before it (sequence and timestamp agree): at
+    most REBUILD_BURST rebuilds at once and REBUILDS_PER_S a second after that."""
+    h = await Harness.open(conceal_frames=3)
+    (a,) = await h.rig.join(A)
+    await h.settle()
+    sent = encode_frames(tone_pcm(60, 440))
+    for i, packet in enumerate(sent):
+        datagram = h.rig.packet(a, packet, frames=4)
+        a.sequence = (a.sequence + 3) & 0xFFFF
+        await h.deliver(datagram, START_MS + 80 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    stats = h.receiver.stats
+    rebuilds = stats.recovered // 3
+    budget = REBUILD_BURST + REBUILDS_PER_S * 80 * 59 / 1000
+    assert stats.recovered == 3 * rebuilds and REBUILD_BURST <= rebuilds <= budget
+    assert stats.unconcealed["rate"] == 59 - rebuilds
+    assert not stats.unconcealed["timestamp_gap"]
+
+
+async def test_frames_lost_before_a_pause_are_not_rebuilt_before_the_next_spurt() -> None:
+    """The last two frames of a talk spurt are lost, then the speaker pauses 2 s
+    (timestamps run on): the next packet's timestamp is 102 frames on, not 3, so the two
+    are not rebuilt (they were placed 2 s late, just before the next spurt)."""
+    h = await Harness.open(conceal_frames=3)
+    (a,) = await h.rig.join(A)
+    await h.settle()
+    spurt1 = encode_frames(tone_pcm(50, 440, amp=0.4))
+    spurt2 = encode_frames(tone_pcm(50, 660, amp=0.4, start_frame=150))
+    schedule = []
+    for i, packet in enumerate(spurt1):
+        datagram = h.rig.packet(a, packet)
+        if i < 48:
+            schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS, datagram))
+    a.timestamp = (a.timestamp + FRAME_SAMPLES * 100) & 0xFFFF_FFFF
+    for i, packet in enumerate(spurt2):
+        schedule.append((START_MS + 20 * (i + 151) + LATENCY_MS, h.rig.packet(a, packet)))
+    await h.play(schedule)
+    await h.finish()
+    frames = h.sink.frames[str(A)]
+    base = START_MS // 20
+    assert sorted(frames) == [base + i for i in range(48)] + [base + 150 + i for i in range(50)]
+    stats = h.receiver.stats
+    assert stats.lost == 2 and stats.recovered == 0
+    assert stats.unconcealed == {"timestamp_gap": 1}

@@ -77,6 +77,8 @@ class ReceiveStats:
     """SSRCs mapped by the DAVE key that opened their frames (no SPEAKING event)."""
     lost: int = 0
     """Sequence numbers that never arrived in time, plus frames DAVE refused."""
+    unconcealed: Counter[str] = field(default_factory=Counter)
+    """Short loss runs not rebuilt, by cause (`Concealer.skipped`)."""
     dropped: Counter[str] = field(default_factory=Counter)
     frames_by_user: Counter[str] = field(default_factory=Counter)
     decrypt: dict[str, UserDecryptStats] = field(default_factory=dict)
@@ -88,7 +90,8 @@ class ReceiveStats:
             "datagrams": self.datagrams, "frames": self.frames,
             "recovered": self.recovered, "fec": self.fec,
             "identified": self.identified,
-            "lost": self.lost, "dropped": dict(self.dropped),
+            "lost": self.lost, "unconcealed": dict(self.unconcealed),
+            "dropped": dict(self.dropped),
             "framesByUser": dict(self.frames_by_user),
             "decrypt": {user: {"decrypted": s.decrypted, "silence": s.silence,
                                "plain": s.plain, "failures": dict(s.failures)}
@@ -272,7 +275,7 @@ class VoiceReceiver:
         if stream is None or stream.user_id != user:
             stream = self._streams[ssrc] = _Stream(
                 user, JitterBuffer(self._max_delay_ms, self._depth),
-                Concealer(self._conceal_frames))
+                Concealer(self._conceal_frames, skipped=self.stats.unconcealed))
         refused = stream.jitter.push(packet)
         if refused:
             self.stats.dropped[refused] += 1
@@ -376,7 +379,8 @@ class VoiceReceiver:
         self.stats.lost += released.lost_before
         stream.pending_lost = 0
         fec_before = stream.concealer.fec
-        rebuilt = stream.concealer.feed(opus, lost) if self._conceal_frames else []
+        rebuilt = stream.concealer.feed(opus, lost, held.timestamp, held.arrival_ms) \
+            if self._conceal_frames else []
         self.stats.fec += stream.concealer.fec - fec_before
         slot = self.timeline.slot(stream.user_id, ssrc, held.timestamp, held.arrival_ms)
         first = slot - len(rebuilt)
