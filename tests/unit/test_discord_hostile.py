@@ -161,3 +161,29 @@ async def test_frames_lost_before_a_pause_are_not_rebuilt_before_the_next_spurt(
     stats = h.receiver.stats
     assert stats.lost == 2 and stats.recovered == 0
     assert stats.unconcealed == {"timestamp_gap": 1}
+
+
+@pytest.mark.parametrize("user_id", ["1" * 25, "²", "１２３"])
+async def test_a_speaking_event_with_a_bad_user_id_is_ignored_and_logged(
+        user_id: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The voice server names an SSRC's user with digits that are no snowflake: the event
+    is logged and ignored (a 25-digit id reached davey, whose OverflowError escaped the
+    receiver's tick and failed the recording)."""
+    h = await Harness.open()
+    (a,) = await h.rig.join(A)
+    await h.settle()
+    h.receiver.gateway_event(5, {"user_id": user_id, "ssrc": a.ssrc, "speaking": 1})
+    assert "ignoring voice gateway event" in caplog.text and repr(user_id) in caplog.text
+    sent = encode_frames(tone_pcm(20, 440))
+    for i, packet in enumerate(sent):
+        await h.deliver(h.rig.packet(a, packet), START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.finish()
+    assert list(h.sink.frames) == [str(A)] and len(h.sink.frames[str(A)]) == 20
+
+
+async def test_dave_refuses_a_user_id_davey_cannot_take() -> None:
+    h = await Harness.open()
+    (a,) = await h.rig.join(A)
+    frame = a.frame(encode_frames(tone_pcm(1, 440))[0])
+    assert h.receiver.dave.decrypt("1" * 25, frame) is None
+    assert h.receiver.dave.stats["1" * 25].failures == {"bad_user_id": 1}
