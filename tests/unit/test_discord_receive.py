@@ -245,7 +245,7 @@ async def test_the_last_frames_of_a_member_who_leaves_are_kept(overtaken_by: int
     commit that removes the member is processed; after it, davey has no decryptor for the
     member any more (`NoDecryptorForUser`), a limit of DAVE's removal (not tested here)."""
     h = await Harness.open()
-    _a, b = await h.rig.join(222, 333)
+    _a, b = await h.rig.join(222222222222222222, 333333333333333333)
     await h.settle()
     frames = encode_frames(tone_pcm(50, 440))
     sent = [h.rig.packet(b, packet) for packet in frames]
@@ -253,18 +253,18 @@ async def test_the_last_frames_of_a_member_who_leaves_are_kept(overtaken_by: int
     for i, datagram in enumerate(sent[:cut]):
         await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.at(START_MS + 20 * cut + LATENCY_MS + 1)
-    await h.rig.bot_endpoint.event({"op": 13, "d": {"user_id": "333"}})  # before the last
+    await h.rig.bot_endpoint.event({"op": 13, "d": {"user_id": "333333333333333333"}})  # before the last
     for i, datagram in enumerate(sent[cut:], start=cut):
         await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS + 15)
-    await h.rig.leave(333)  # op 13 again, then the proposals and the removal commit
+    await h.rig.leave(333333333333333333)  # op 13 again, then the proposals and the removal commit
     await h.settle()
     await h.finish()
     base = START_MS // 20
-    got = track(h, 333)
+    got = track(h, 333333333333333333)
     assert [got.get(base + i) for i in range(50)] == frames, (
         f"{sum(base + i not in got for i in range(50))} of 50 frames missing; "
         f"dropped {dict(h.receiver.stats.dropped)}, lost {h.receiver.stats.lost}, decrypt "
-        f"{h.receiver.stats.decrypt.get('333')}")
+        f"{h.receiver.stats.decrypt.get('333333333333333333')}")
     assert len(got) == 50
 
 
