@@ -61,7 +61,7 @@ def main() -> None:
 
     async def setup() -> list[Speaker]:
         await rig.start()
-        return await rig.join(*range(100, 100 + args.speakers))
+        return await rig.join(*range(10**17, 10**17 + args.speakers))
 
     speakers = asyncio.run(setup())
     frames = args.seconds * 50

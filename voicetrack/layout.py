@@ -30,6 +30,9 @@ MEETING_OBJECT_PATTERN = r"(^|/)[0-9]{15,20}/[A-Za-z0-9]{16}/(chunks|final|live)
 meeting's chunks, final or live tracks: what a `files` session may not name as an input
 (the CRD's rule on `spec.source.speakers[].objectKey` is the same regex)."""
 
+CHUNK_MANIFEST_NAME = "chunk.json"
+"""The name of a chunk's spec in its folder (`MeetingLayout.chunk_manifest_key`)."""
+
 MIX_TRACK = "mix"
 """The track name of the mixed track (speaker tracks are named by user id)."""
 
@@ -64,9 +67,11 @@ class MeetingLayout:
         return f"{self.chunk_dir(index)}/{user_id}.{output_extension(fmt)}"
 
     def chunk_manifest_key(self, index: int) -> str:
-        """Key of chunk `index`'s spec as the operator first saw it (`chunk.json`), so the
-        chunk can be rebuilt when its RecordingChunk object is gone."""
-        return f"{self.chunk_dir(index)}/chunk.json"
+        """Key of chunk `index`'s spec (`chunk.json`): written by the recorder after the
+        raw tracks and before the RecordingChunk, and again by the operator when it first
+        sees the chunk, so the chunk can be rebuilt when its RecordingChunk object is gone
+        or was never made (a namespace terminating refuses it)."""
+        return f"{self.chunk_dir(index)}/{CHUNK_MANIFEST_NAME}"
 
     def result_key(self, index: int) -> str:
         """Key of the transcoder's `result.json` for chunk `index`."""
@@ -188,3 +193,13 @@ def parse_key(key: str, prefix: str) -> ParsedKey | None:
         return ParsedKey(m.group("guild"), m.group("meeting"), area, int(c.group("index")),
                          c.group("name"))
     return ParsedKey(m.group("guild"), m.group("meeting"), area, None, rest)
+
+
+def chunk_manifest_key_beside(raw_key: str) -> str:
+    """The `chunk.json` key of the chunk folder holding raw track `raw_key` (any key
+    `MeetingLayout.raw_key` makes): what a writer that knows only its tracks' keys (the
+    recorder) writes the chunk's spec to. Raises ValueError for a key without a folder."""
+    folder, sep, _ = raw_key.rpartition("/")
+    if not sep or not folder:
+        raise ValueError(f"{raw_key!r} is not in a chunk folder")
+    return f"{folder}/{CHUNK_MANIFEST_NAME}"

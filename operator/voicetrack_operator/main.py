@@ -7,7 +7,8 @@ so the kubelet's probes and Prometheus reach them.
 
 `VOICETRACK_NAMESPACES`: comma-separated kopf namespace patterns to serve (globs, `!` to
 exclude, e.g. `team-*,!team-sandbox`); empty (the default) serves the whole cluster. Two
-operators must never serve the same namespace.
+operators must never serve the same namespace. A served namespace is served until it is
+gone, also while it terminates (`voicetrack_operator.namespacewatch`).
 
 `VOICETRACK_PEERING`: the name of a ClusterKopfPeering; set, several replicas may run and
 only one acts, the others take over within about `VOICETRACK_PEERING_LIFETIME_S` (10) s
@@ -38,6 +39,7 @@ def run(argv: list[str] | None = None) -> None:
     import voicetrack_operator.handlers  # noqa: F401  (registers every handler)
     from voicetrack_operator.handlers import webhooks  # noqa: F401  (its worker, after them)
     from voicetrack_operator.leadership import Leadership, PeeringConfig
+    from voicetrack_operator.namespacewatch import keep_terminating_namespaces
 
     logging.basicConfig(level=os.environ.get("VOICETRACK_LOG_LEVEL", "INFO"),
                         stream=sys.stderr,
@@ -45,6 +47,8 @@ def run(argv: list[str] | None = None) -> None:
     port = int(os.environ.get("VOICETRACK_HEALTH_PORT", "8080"))
     host = os.environ.get("VOICETRACK_LISTEN_ADDRESS", "127.0.0.1")
     namespaces = watched_namespaces(os.environ.get("VOICETRACK_NAMESPACES", ""))
+    if namespaces:  # kopf observes namespaces: keep each until it is gone (namespacewatch)
+        keep_terminating_namespaces()
     peering = PeeringConfig.from_env()
     settings = kopf.OperatorSettings()
     settings.peering.lifetime = peering.lifetime_s
@@ -61,8 +65,19 @@ def run(argv: list[str] | None = None) -> None:
 
 
 def watched_namespaces(value: str) -> list[str]:
-    """`VOICETRACK_NAMESPACES` as kopf's namespace patterns; [] means the whole cluster."""
-    return [p.strip() for p in value.split(",") if p.strip()]
+    """`VOICETRACK_NAMESPACES` (comma-separated globs, `!` before a glob to exclude) as
+    kopf's namespace patterns; [] means the whole cluster. A namespace is served when it
+    matches one inclusive glob (`*` when there are only exclusions) and no exclusive one.
+
+    kopf serves a namespace that matches any one of its patterns, and reads a pattern of
+    its own left to right (`kopf` `references.match_namespace`), so each inclusive glob
+    becomes one pattern followed by every exclusion: `team-*,!team-sandbox` is
+    ["team-*,!team-sandbox"]. Before, each glob was a pattern of its own, and the lone
+    `!team-sandbox` (an implied `*` first) served every other namespace of the cluster."""
+    globs = [p.strip() for p in value.split(",") if p.strip()]
+    excluded = [g for g in globs if g.startswith("!")]
+    included = [g for g in globs if not g.startswith("!")] or (["*"] if excluded else [])
+    return [",".join([g, *excluded]) for g in included]
 
 
 if __name__ == "__main__":

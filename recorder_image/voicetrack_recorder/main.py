@@ -46,6 +46,7 @@ from voicetrack_recorder.faults import (
 from voicetrack_recorder.files_source import FilesSource
 from voicetrack_recorder.grant import RenewingGrantWriter, SecretGrantSource
 from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.logs import configure_logging
 from voicetrack_recorder.recorder import (
     Recorder,
     Source,
@@ -191,8 +192,7 @@ def run(
     log_level: str = typer.Option("INFO", envvar="VOICETRACK_LOG_LEVEL"),
 ) -> None:
     """Record session SESSION in NAMESPACE until SIGTERM."""
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     outcome = Outcome()
     try:
         code = asyncio.run(_record(namespace, session, started_at_ms, outcome))
@@ -248,8 +248,7 @@ def bot(
     from voicetrack_recorder.bot.sessions import BotSessions, check_spec_defaults
     from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     try:
         try:
             parsed = json.loads(spec_defaults or "{}")

@@ -2,8 +2,14 @@
 
 A sealed chunk is first written to the spool (`voicetrack_recorder.spool`: the pod's disk,
 bounded). `upload` then writes every speaker's raw track from its spool file to S3
-(streamed in parts), creates the RecordingChunk, and only then removes the files: a chunk
-is acknowledged once both exist. TemporaryFailure (S3 or the API server away) is retried
+(streamed in parts), then the chunk's spec beside them (`chunk.json`, the spool's own
+file: `voicetrack.layout.chunk_manifest_key_beside`), creates the RecordingChunk, and only
+then removes the files: a chunk is acknowledged once both exist. The spec in S3 lets the
+operator promote a chunk whose RecordingChunk was never made: the one flushed at SIGTERM
+while the session's namespace terminates, where the API server refuses every create (403).
+The operator's inventory (`services.inventory`) takes it only as the chunk of the session
+whose own folder holds it (the upload grant confines the recorder to that folder) and
+after the same checks as a RecordingChunk's. TemporaryFailure (S3 or the API server away) is retried
 with capped backoff and no count limit until the caller's deadline (so is an upload grant
 S3 refuses while a newer one is awaited: `grant.GrantAwaited`); a permanent storage
 failure (`faults.permanent_cause`) is raised as InvalidInputError.
@@ -41,11 +47,12 @@ from typing import Protocol
 
 from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.layout import chunk_manifest_key_beside
 from voicetrack.uploadgrant import UploadGrant, post_object
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.faults import FIRST_DELAY_S, index_ranges, next_delay, raise_if_permanent
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.spool import Spool, SpooledChunk
+from voicetrack_recorder.spool import SPEC_FILE, Spool, SpooledChunk
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +202,10 @@ class ChunkUploader:
                 for key, path in spooled.files.items():
                     self.store.put_file(key, path, "audio/ogg" if key.endswith(".opus")
                                         else "application/octet-stream")
+                if spec.tracks:  # its spec beside them, before the object (module doc)
+                    self.store.put_file(chunk_manifest_key_beside(spec.tracks[0].key),
+                                        os.path.join(spooled.directory, SPEC_FILE),
+                                        "application/json")
                 self.kube.create_chunk(spec, self.session_uid)
                 break
             except TemporaryFailure as err:

@@ -2,7 +2,8 @@
 StatefulSet runs the postgresql image (non-root, read-only root) with its data on a claim;
 the operator migrates and uses it; a `files` session records and promotes into it; the
 PostgreSQL pod deleted, its next pod finds the same data; `helm upgrade` keeps the
-generated password (`lookup`); `helm test` reaches the database with the operator's URL."""
+generated password (`lookup`); `helm test` reaches the database with the read-only role's
+URL. (The image's roles and passwords: tests/integration/test_postgresql_entrypoint.py.)"""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_bundled_postgresql_keeps_the_data_across_its_pod_and_an_upgrade(
 
         wait_for("the operator's heartbeat in PostgreSQL",
                  lambda: _try(lambda: sql("SELECT service_name FROM heartbeats")), 120)
-        # voicetrack check connects with the operator's URL and finds the Alembic head
+        # voicetrack check connects with the read-only role's URL and finds the Alembic head
         assert helm_test(helm, RELEASE) == "Succeeded"
 
         meeting = record_one_speaker(pk, store, ns, "pgs", 200.0)

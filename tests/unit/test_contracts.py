@@ -15,7 +15,7 @@ from voicetrack.errors import (
     TemporaryFailure,
 )
 from voicetrack.kubeclient import translate_api_error
-from voicetrack.layout import MeetingLayout, parse_key
+from voicetrack.layout import MeetingLayout, chunk_manifest_key_beside, parse_key
 from voicetrack.names import controller_uid, derive_meeting_id, meeting_id_for, owner_reference
 from voicetrack.resources import SessionState, TranscodeStatus
 
@@ -32,6 +32,7 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
         (lay.raw_key(8, USER, "pcm-s16le"), "chunks", 8, f"{USER}.pcm"),
         (lay.chunk_output_key(7, USER, "mp3"), "chunks", 7, f"{USER}.mp3"),
         (lay.result_key(0), "chunks", 0, "result.json"),
+        (lay.chunk_manifest_key(7), "chunks", 7, "chunk.json"),
         (lay.final_key("mix", "mp3"), "final", None, "mix.mp3"),
         (lay.final_manifest_key, "final", None, "manifest.json"),
         (lay.promotion_plan_key, "promotion", None, None),
@@ -41,6 +42,17 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
         assert (parsed.guild_id, parsed.meeting_id, parsed.area, parsed.index, parsed.name) \
             == (GUILD, MEETING, area, index, name)
         assert parsed.layout(prefix).root == lay.root
+
+
+@pytest.mark.parametrize("prefix", ["recordings", "", "a/b"])
+def test_the_recorder_finds_its_chunk_spec_key_from_a_track_key(prefix: str) -> None:
+    """The recorder knows its tracks' keys only: the spec it writes beside them lands where
+    the operator writes and reads a chunk's spec."""
+    lay = MeetingLayout(prefix, GUILD, MEETING)
+    for fmt in ("ogg-opus", "pcm-s16le"):
+        assert chunk_manifest_key_beside(lay.raw_key(7, USER, fmt)) == lay.chunk_manifest_key(7)
+    with pytest.raises(ValueError):
+        chunk_manifest_key_beside("x.opus")
 
 
 @pytest.mark.parametrize("key", [

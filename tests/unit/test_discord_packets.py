@@ -111,22 +111,40 @@ def test_transport_refuses_wrong_key_tamper_and_short(mode: str) -> None:
         TransportDecryptor(mode, key[:16])
 
 
+U10, U11 = "100000000000000010", "100000000000000011"
+
+
 def test_ssrc_map_events() -> None:
     m = SsrcMap()
-    m.handle(11, {"user_ids": ["10", "11"]})
-    assert m.users == {"10", "11"} and m.user_for(5) is None
-    assert m.handle(5, {"user_id": "10", "ssrc": 5, "speaking": 1}) == [5]
-    assert m.handle(5, {"user_id": "10", "ssrc": 5, "speaking": 0}) == []
-    assert m.user_for(5) == "10"
-    m.handle(12, {"user_id": "11", "audio_ssrc": 6, "video_ssrc": 7})
-    assert m.user_for(6) == "11" and 7 in m.video and m.user_for(7) is None
-    m.handle(13, {"user_id": "10"})
-    assert m.user_for(5) is None and "10" not in m.users
+    m.handle(11, {"user_ids": [U10, U11]})
+    assert m.users == {U10, U11} and m.user_for(5) is None
+    assert m.handle(5, {"user_id": U10, "ssrc": 5, "speaking": 1}) == [5]
+    assert m.handle(5, {"user_id": U10, "ssrc": 5, "speaking": 0}) == []
+    assert m.user_for(5) == U10
+    m.handle(12, {"user_id": U11, "audio_ssrc": 6, "video_ssrc": 7})
+    assert m.user_for(6) == U11 and 7 in m.video and m.user_for(7) is None
+    m.handle(13, {"user_id": U10})
+    assert m.user_for(5) is None and U10 not in m.users
     assert m.handle(8, {"heartbeat_interval": 1}) == []
     with pytest.raises(GatewayEventError, match="'ssrc'"):
-        m.handle(5, {"user_id": "10", "ssrc": "x"})
+        m.handle(5, {"user_id": U10, "ssrc": "x"})
     with pytest.raises(GatewayEventError, match="'user_id'"):
         m.handle(13, {})
+    m.handle(5, {"user_id": int(U11), "ssrc": 9, "speaking": 1})  # a number is fine too
+    assert m.user_for(9) == U11
+
+
+@pytest.mark.parametrize("user_id", [
+    "1" * 25,  # digits, but no u64: davey raised OverflowError out of the receiver's tick
+    "1" * 14, "²", "１２３", "1234567890123456\n", "", True, 1.5e17, None,
+])
+def test_ssrc_map_refuses_what_is_no_snowflake(user_id: object) -> None:
+    m = SsrcMap()
+    for op, data in ((5, {"user_id": user_id, "ssrc": 5, "speaking": 1}),
+                     (11, {"user_ids": [user_id]}), (13, {"user_id": user_id})):
+        with pytest.raises(GatewayEventError, match="not a user id"):
+            m.handle(op, data)
+    assert m.user_for(5) is None and not m.users
 
 
 def _held(seq: int, at: float) -> Held:

@@ -68,12 +68,12 @@ def schedule(h: Harness, speaker: Speaker, talk: list[tuple[int, int]], *,
 async def run(talk: list[tuple[int, int]], **options: object) -> tuple[Harness, dict[int, bytes],
                                                                       dict[int, bytes]]:
     h = await Harness.open()
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
     plan, expected = schedule(h, a, talk, **options)  # type: ignore[arg-type]
     await h.play(plan)
     await h.finish()
-    return h, h.sink.frames.get("222", {}), expected
+    return h, h.sink.frames.get("222222222222222222", {}), expected
 
 
 def misplaced(got: dict[int, bytes], expected: dict[int, bytes]) -> dict[int, int]:

@@ -44,7 +44,7 @@ def contiguous(frames: dict[int, bytes]) -> list[bytes]:
 @pytest.mark.parametrize("mode", [MODE_AES256_GCM, MODE_XCHACHA20])
 async def test_clean_input_is_sample_exact(mode: str) -> None:
     h = await Harness.open(mode=mode)
-    a, b = await h.rig.join(222, 333)
+    a, b = await h.rig.join(222222222222222222, 333333333333333333)
     await h.settle()
     pa, pb = encode_frames(tone_pcm(150, 440)), encode_frames(tone_pcm(150, 660))
     schedule = []
@@ -53,7 +53,7 @@ async def test_clean_input_is_sample_exact(mode: str) -> None:
         schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS + 3, h.rig.packet(b, pb[i])))
     await h.play(schedule)
     await h.finish()
-    for user, sent in ((222, pa), (333, pb)):
+    for user, sent in ((222222222222222222, pa), (333333333333333333, pb)):
         frames = track(h, user)
         assert min(frames) == START_MS // 20
         got = contiguous(frames)
@@ -61,13 +61,14 @@ async def test_clean_input_is_sample_exact(mode: str) -> None:
         assert decode_frames(got) == decode_frames(sent)
     stats = h.receiver.stats
     assert stats.frames == 300 and stats.lost == 0 and not stats.dropped
-    assert stats.decrypt["222"].decrypted == 150 and not stats.decrypt["222"].failures
+    a_stats = stats.decrypt["222222222222222222"]
+    assert a_stats.decrypted == 150 and not a_stats.failures
 
 
 async def test_reordering_duplicates_jitter_and_wrap() -> None:
     rng = random.Random(7)
     h = await Harness.open()
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     a.sequence, a.timestamp = 65500, 2**32 - 960 * 30  # both wrap mid-stream
     await h.settle()
     sent = encode_frames(tone_pcm(120, 523))
@@ -80,15 +81,15 @@ async def test_reordering_duplicates_jitter_and_wrap() -> None:
             schedule.append((at + rng.uniform(0, 30), datagram))  # duplicate
     await h.play(schedule)
     await h.finish()
-    assert contiguous(track(h, 222)) == sent
-    assert min(track(h, 222)) == START_MS // 20
+    assert contiguous(track(h, 222222222222222222)) == sent
+    assert min(track(h, 222222222222222222)) == START_MS // 20
     assert h.receiver.stats.dropped["duplicate"] == len(range(4, 120, 9))
     assert h.receiver.stats.lost == 0
 
 
 async def test_loss_is_a_gap_never_a_shift_and_short_runs_are_rebuilt() -> None:
     h = await Harness.open(conceal_frames=3)
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
     pcm = tone_pcm(200, 330, amp=0.4)
     sent = encode_frames(pcm)
@@ -100,7 +101,7 @@ async def test_loss_is_a_gap_never_a_shift_and_short_runs_are_rebuilt() -> None:
             schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS, datagram))
     await h.play(schedule)
     await h.finish()
-    frames = track(h, 222)
+    frames = track(h, 222222222222222222)
     base = START_MS // 20
     for i, packet in enumerate(sent):  # every received packet at its own slot, unaltered
         if i not in lost:
@@ -125,7 +126,7 @@ async def test_a_mono_coded_speaker_keeps_a_mono_coded_track_through_losses() ->
     """Rebuilt frames of a client's (mono-coded) stream are mono-coded too, so one lost
     packet does not turn the speaker's final tracks stereo."""
     h = await Harness.open(conceal_frames=3)
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
     sent = encode_frames(tone_pcm(80, 330, amp=0.4), mono=True)
     assert opus_channels(sent) == 1
@@ -135,12 +136,12 @@ async def test_a_mono_coded_speaker_keeps_a_mono_coded_track_through_losses() ->
             await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.finish()
     assert h.receiver.stats.recovered == 3
-    assert opus_channels(track(h, 222).values()) == 1
+    assert opus_channels(track(h, 222222222222222222).values()) == 1
 
 
 async def test_fec_recovers_from_silk_packets() -> None:
     h = await Harness.open()
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
     sent = encode_frames(tone_pcm(60, 300), application="voip", bitrate=20, fec=True)
     assert sent[20][0] >> 3 < 16, "expected SILK/hybrid packets carrying LBRR"
@@ -150,7 +151,7 @@ async def test_fec_recovers_from_silk_packets() -> None:
             await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.finish()
     assert h.receiver.stats.recovered == 2 and h.receiver.stats.fec == 2
-    assert len(track(h, 222)) == 60
+    assert len(track(h, 222222222222222222)) == 60
 
 
 def outsider_session(user_id: int) -> davey.DaveSession:
@@ -171,7 +172,7 @@ def outsider_session(user_id: int) -> davey.DaveSession:
 
 async def test_unknown_ssrc_waits_for_speaking_and_strangers_are_dropped() -> None:
     h = await Harness.open(hold_unknown_ms=300)
-    (a,) = await h.rig.join(222, announce=False)
+    (a,) = await h.rig.join(222222222222222222, announce=False)
     stranger = Speaker(555, outsider_session(555), ssrc=4242)  # sealed outside the group
     await h.settle()
     sent = encode_frames(tone_pcm(40, 440))
@@ -181,24 +182,27 @@ async def test_unknown_ssrc_waits_for_speaking_and_strangers_are_dropped() -> No
         if i == 3:
             await h.rig.speaking(a)
     await h.finish()
-    assert contiguous(track(h, 222)) == sent
-    assert min(track(h, 222)) == START_MS // 20  # held packets keep their arrival time
-    assert set(h.sink.frames) == {"222"}
+    assert contiguous(track(h, 222222222222222222)) == sent
+    # held packets keep their arrival time
+    assert min(track(h, 222222222222222222)) == START_MS // 20
+    assert set(h.sink.frames) == {"222222222222222222"}
     assert h.receiver.stats.dropped["unknown_ssrc"] == 40
     assert h.receiver.stats.identified == 0
 
 
 async def test_user_present_before_the_bot_is_identified_by_dave_key() -> None:
     h = await Harness.open()
-    a, b = await h.rig.join(222, 333, announce=False)  # no op 5 ever comes
+    # no op 5 ever comes
+    a, b = await h.rig.join(222222222222222222, 333333333333333333, announce=False)
     await h.settle()
-    sent = {222: encode_frames(tone_pcm(60, 440)), 333: encode_frames(tone_pcm(60, 660))}
+    sent = {222222222222222222: encode_frames(tone_pcm(60, 440)),
+            333333333333333333: encode_frames(tone_pcm(60, 660))}
     for i in range(60):
         for speaker in (a, b):
             await h.deliver(h.rig.packet(speaker, sent[speaker.user_id][i]),
                             START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.finish()
-    for user in (222, 333):
+    for user in (222222222222222222, 333333333333333333):
         assert contiguous(track(h, user)) == sent[user]
         assert min(track(h, user)) == START_MS // 20
     assert h.receiver.stats.identified == 2
@@ -207,28 +211,29 @@ async def test_user_present_before_the_bot_is_identified_by_dave_key() -> None:
 
 async def test_leave_and_rejoin_keeps_the_timeline() -> None:
     h = await Harness.open()
-    _a, b = await h.rig.join(222, 333)
+    _a, b = await h.rig.join(222222222222222222, 333333333333333333)
     await h.settle()
     first = encode_frames(tone_pcm(50, 440))
     second = encode_frames(tone_pcm(50, 880))
     for i, packet in enumerate(first):
         await h.deliver(h.rig.packet(b, packet), START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.at(START_MS + 1200)
-    await h.rig.leave(333)
+    await h.rig.leave(333333333333333333)
     await h.settle()
     await h.at(START_MS + 3000)
-    (b2,) = await h.rig.join(333)  # a new client session: new keys, new SSRC, new RTP base
+    # a new client session: new keys, new SSRC, new RTP base
+    (b2,) = await h.rig.join(333333333333333333)
     await h.settle()
     assert b2.ssrc != b.ssrc
     for i, packet in enumerate(second):
         await h.deliver(h.rig.packet(b2, packet), START_MS + 4000 + 20 * (i + 1) + LATENCY_MS)
     await h.finish()
-    frames = track(h, 333)
+    frames = track(h, 333333333333333333)
     base = START_MS // 20
     assert [frames[base + i] for i in range(50)] == first
     assert [frames[base + 200 + i] for i in range(50)] == second
     assert len(frames) == 100
-    assert not h.receiver.stats.decrypt["333"].failures
+    assert not h.receiver.stats.decrypt["333333333333333333"].failures
     assert h.rig.commits == 3
 
 
@@ -240,7 +245,7 @@ async def test_the_last_frames_of_a_member_who_leaves_are_kept(overtaken_by: int
     commit that removes the member is processed; after it, davey has no decryptor for the
     member any more (`NoDecryptorForUser`), a limit of DAVE's removal (not tested here)."""
     h = await Harness.open()
-    _a, b = await h.rig.join(222, 333)
+    _a, b = await h.rig.join(222222222222222222, 333333333333333333)
     await h.settle()
     frames = encode_frames(tone_pcm(50, 440))
     sent = [h.rig.packet(b, packet) for packet in frames]
@@ -248,18 +253,18 @@ async def test_the_last_frames_of_a_member_who_leaves_are_kept(overtaken_by: int
     for i, datagram in enumerate(sent[:cut]):
         await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.at(START_MS + 20 * cut + LATENCY_MS + 1)
-    await h.rig.bot_endpoint.event({"op": 13, "d": {"user_id": "333"}})  # before the last
+    await h.rig.bot_endpoint.event({"op": 13, "d": {"user_id": "333333333333333333"}})  # before the last
     for i, datagram in enumerate(sent[cut:], start=cut):
         await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS + 15)
-    await h.rig.leave(333)  # op 13 again, then the proposals and the removal commit
+    await h.rig.leave(333333333333333333)  # op 13 again, then the proposals and the removal commit
     await h.settle()
     await h.finish()
     base = START_MS // 20
-    got = track(h, 333)
+    got = track(h, 333333333333333333)
     assert [got.get(base + i) for i in range(50)] == frames, (
         f"{sum(base + i not in got for i in range(50))} of 50 frames missing; "
         f"dropped {dict(h.receiver.stats.dropped)}, lost {h.receiver.stats.lost}, decrypt "
-        f"{h.receiver.stats.decrypt.get('333')}")
+        f"{h.receiver.stats.decrypt.get('333333333333333333')}")
     assert len(got) == 50
 
 
@@ -270,7 +275,7 @@ async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each(bot_lag_ms: 
     cannot open yet wait for the epoch change (without that wait, 2 per transition are
     lost with a 100 ms lag)."""
     h = await Harness.open()
-    a, _b = await h.rig.join(222, 333)
+    a, _b = await h.rig.join(222222222222222222, 333333333333333333)
     await h.settle()
     sent = encode_frames(tone_pcm(300, 440))
     c_sent = encode_frames(tone_pcm(100, 700))
@@ -281,10 +286,10 @@ async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each(bot_lag_ms: 
         await h.at(now)
         h.rig.bot_lags = bot_lag_ms > 0
         if i == 100:
-            (c,) = await h.rig.join(444)  # epoch 2: c is added
+            (c,) = await h.rig.join(444444444444444444)  # epoch 2: c is added
             await h.settle()
         if i == 200:
-            await h.rig.leave(333)  # epoch 3: b is removed
+            await h.rig.leave(333333333333333333)  # epoch 3: b is removed
             await h.settle()
         if i in (100 + bot_lag_ms // 20, 200 + bot_lag_ms // 20):
             await h.rig.bot_catch_up()
@@ -304,19 +309,19 @@ async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each(bot_lag_ms: 
     assert h.state.dave_session is h.rig.bot
     assert [op for op, _ in h.gateway.server.binary] == [26, 28, 28]
     assert [m["d"]["transition_id"] for m in h.gateway.server.json if m["op"] == 23] == [1, 2, 3]
-    received = track(h, 222)
+    received = track(h, 222222222222222222)
     base = START_MS // 20 + 1  # the first packet arrived 45 ms after its capture began
     exact = sum(received.get(base + i) == packet for i, packet in enumerate(sent))
     print(f"epoch test (lag {bot_lag_ms} ms): {exact}/{len(sent)} exact, "
-          f"{len(track(h, 444))}/{len(c_sent)} of the joiner, "
-          f"failures {dict(h.receiver.stats.decrypt['222'].failures)}")
+          f"{len(track(h, 444444444444444444))}/{len(c_sent)} of the joiner, "
+          f"failures {dict(h.receiver.stats.decrypt['222222222222222222'].failures)}")
     assert exact >= len(sent) - 2  # ≤ 1 frame per transition
-    assert len(track(h, 444)) >= len(c_sent) - 1
+    assert len(track(h, 444444444444444444)) >= len(c_sent) - 1
 
 
 async def test_bot_reconnect_keeps_the_timeline() -> None:
     h = await Harness.open()
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
     sent = encode_frames(tone_pcm(150, 440))
     old_key = h.rig.secret_key
@@ -332,7 +337,7 @@ async def test_bot_reconnect_keeps_the_timeline() -> None:
     await h.deliver(h.rig.packet(a, OPUS_SILENCE_FRAME, key=old_key))
     await h.finish()
     assert h.rig.secret_key != old_key and h.rig.bot.epoch == 2
-    frames = track(h, 222)
+    frames = track(h, 222222222222222222)
     base = START_MS // 20
     assert all(frames[base + i] == sent[i] for i in range(150) if not 55 <= i < 60)
     assert not any(base + i in frames for i in range(55, 60))  # a gap, not a shift
@@ -345,7 +350,7 @@ async def test_a_receiver_stall_and_its_burst_move_nothing() -> None:
     the socket's backlog in 3 ms: every frame stays at its RTP-derived slot and the anchor
     is never renewed (the old timeline re-anchored at every packet after the burst)."""
     h = await Harness.open()
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
     sent = encode_frames(tone_pcm(300, 440))
     resume = START_MS + 20 * 101 + LATENCY_MS + 700
@@ -359,7 +364,7 @@ async def test_a_receiver_stall_and_its_burst_move_nothing() -> None:
     await h.play(schedule)
     await h.finish()
     assert len(queued) == 35
-    frames = track(h, 222)
+    frames = track(h, 222222222222222222)
     assert min(frames) == START_MS // 20
     assert contiguous(frames) == sent
     assert h.receiver.timeline.resyncs == 0
@@ -368,9 +373,10 @@ async def test_a_receiver_stall_and_its_burst_move_nothing() -> None:
 
 async def test_forged_frames_are_refused_and_counted() -> None:
     h = await Harness.open()
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
-    forger = outsider_session(222)  # a DAVE member of another group claiming user 222
+    # a DAVE member of another group claiming user 222222222222222222
+    forger = outsider_session(222222222222222222)
     sent = encode_frames(tone_pcm(60, 440))
     forged = set(range(20, 25))
     for i, packet in enumerate(sent):
@@ -380,23 +386,23 @@ async def test_forged_frames_are_refused_and_counted() -> None:
     # and one datagram sealed with a wrong transport key
     await h.deliver(h.rig.packet(a, sent[0], key=bytes(32)))
     await h.finish()
-    frames = track(h, 222)
+    frames = track(h, 222222222222222222)
     base = START_MS // 20
     assert all(frames[base + i] == sent[i] for i in range(60) if i not in forged)
     assert all(frames.get(base + i) != sent[i] for i in forged)
     stats = h.receiver.stats
-    assert stats.decrypt["222"].failures == {"NoValidCryptorFound": 5}
-    assert stats.decrypt["222"].decrypted == 55
+    assert stats.decrypt["222222222222222222"].failures == {"NoValidCryptorFound": 5}
+    assert stats.decrypt["222222222222222222"].decrypted == 55
     assert stats.dropped["transport_auth"] == 1
 
 
 async def test_silence_frames_pass_through() -> None:
     h = await Harness.open()
-    (a,) = await h.rig.join(222)
+    (a,) = await h.rig.join(222222222222222222)
     await h.settle()
     sent = encode_frames(tone_pcm(10, 440)) + [OPUS_SILENCE_FRAME] * 5
     for i, packet in enumerate(sent):
         await h.deliver(h.rig.packet(a, packet), START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.finish()
-    assert contiguous(track(h, 222)) == sent
-    assert h.receiver.stats.decrypt["222"].silence == 5
+    assert contiguous(track(h, 222222222222222222)) == sent
+    assert h.receiver.stats.decrypt["222222222222222222"].silence == 5

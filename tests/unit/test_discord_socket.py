@@ -22,7 +22,7 @@ async def test_udp_datagrams_reach_the_pipeline_through_discordpy_reader() -> No
     h = await Harness.open()
     h.state.socket.bind(("127.0.0.1", 0))
     port = h.state.socket.getsockname()[1]
-    a, b = await h.rig.join(222, 333)
+    a, b = await h.rig.join(222222222222222222, 333333333333333333)
     await h.settle()
     sent = {a.user_id: encode_frames(tone_pcm(50, 440)), b.user_id: encode_frames(
         tone_pcm(50, 660))}

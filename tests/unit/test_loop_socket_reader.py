@@ -2,7 +2,8 @@
 sockets: datagrams reach every callback on the loop thread, several per wake-up when they
 arrived together; a socket discord.py replaces is read at once after its `resume()` and
 within READER_POLL_S without it; pause, unregistering the last callback and stop release
-the socket."""
+the socket. Each socket read gets a RCVBUF_BYTES receive buffer, and the discord source's
+watermark waits until a stall's backlog has been read."""
 
 from __future__ import annotations
 
@@ -10,13 +11,21 @@ import asyncio
 import socket
 import threading
 import time
+from itertools import pairwise
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from discord.voice_state import VoiceConnectionState
 
-from voicetrack_recorder.discord.connection import READER_POLL_S, LoopSocketReader
+from tests.discord_rig import CaptureSink
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.discord import DiscordSource
+from voicetrack_recorder.discord.connection import (
+    RCVBUF_BYTES,
+    READER_POLL_S,
+    LoopSocketReader,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -148,3 +157,66 @@ def test_calls_from_another_thread_are_handed_to_the_loop() -> None:
         finally:
             f.close()
     asyncio.run(main())
+
+
+async def test_the_socket_read_gets_a_large_receive_buffer() -> None:
+    f = Fixture(asyncio.get_running_loop())
+    try:
+        f.reader.start()
+        f.reader.register(f.callback)
+        f.send(b"x")
+        await f.until(1, 2.0)
+        granted = f.state.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with open("/proc/sys/net/core/rmem_max") as limit:
+            ceiling = int(limit.read())
+        assert f.reader.rcvbuf == granted >= min(RCVBUF_BYTES, ceiling)  # Linux doubles it
+    finally:
+        f.close()
+
+
+class TickLog:
+    """A receiver for `DiscordSource._record`: at each tick, the datagrams read so far and
+    the watermark the previous tick left."""
+
+    def __init__(self, f: Fixture, source: DiscordSource) -> None:
+        self.f, self.source = f, source
+        self.ticks: list[tuple[int, int | None]] = []
+
+    def tick(self) -> None:
+        self.ticks.append((len(self.f.got), self.source.watermark_slot()))
+
+
+async def test_a_stall_backlog_is_kept_and_the_watermark_waits_until_it_is_read() -> None:
+    """400 datagrams of 200 B (20 speakers, 400 ms) arrive while the loop stalls 500 ms:
+    the socket keeps them all, and no tick moves the watermark past the slot they arrived
+    in before every one was read."""
+    f = Fixture(asyncio.get_running_loop())
+    clock = SessionClock(int(time.time() * 1000))
+    source = DiscordSource(token="t", guild_id="1" * 18, channel_id="2" * 18, clock=clock,
+                           sink=CaptureSink())
+    log = TickLog(f, source)
+    source.connection = cast(Any, SimpleNamespace(receiver=log))
+    source._voice = cast(Any, SimpleNamespace(
+        _connection=SimpleNamespace(refused=None, _socket_reader=f.reader),
+        is_connected=lambda: True))
+    channel = SimpleNamespace(guild=SimpleNamespace(me=SimpleNamespace(id=1)),
+                              voice_states={1: None, 2: None})
+    stop = asyncio.Event()
+    try:
+        f.reader.start()
+        f.reader.register(f.callback)
+        task = asyncio.create_task(source._record(cast(Any, channel), stop))
+        await asyncio.sleep(0.1)
+        sent_slot = clock.now_slot()
+        f.send(*[bytes([i % 256]) * 200 for i in range(400)])
+        time.sleep(0.5)  # the event loop stalls (GC, a blocking call, CPU contention)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        after = [(read, wm) for (read, _), (_, wm) in pairwise(log.ticks)
+                 if wm is not None and wm > sent_slot]
+        assert after, "the watermark never moved on"
+        assert all(read == 400 for read, _ in after), after[:3]
+        assert len(f.got) == 400
+    finally:
+        f.close()

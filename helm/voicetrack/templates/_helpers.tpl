@@ -158,24 +158,38 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- printf "%s-postgresql" (include "voicetrack.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* The bundled PostgreSQL's password: `postgresql.password`; else the one in the
-     release's Secret (kept across upgrades); else generated, once per render (remembered
-     in .Values, so the Secret and the database URL agree). */}}
+{{/* The bundled PostgreSQL's app password: `postgresql.password`; else the one in the
+     release's Secret (kept across upgrades and, with its keep policy, across an uninstall);
+     else generated, once per render (remembered in .Values, so the Secret and the database
+     URL agree). */}}
 {{- define "voicetrack.postgresqlPassword" -}}
-{{- if .Values.postgresql.password }}
-{{- .Values.postgresql.password }}
-{{- else }}
-{{- if not (hasKey .Values.postgresql "generatedPassword") }}
-{{- $old := lookup "v1" "Secret" .Release.Namespace (include "voicetrack.postgresqlName" .) }}
-{{- $pw := "" }}
-{{- if and $old $old.data (hasKey $old.data "password") }}
-{{- $pw = index $old.data "password" | b64dec }}
-{{- else }}
-{{- $pw = randAlphaNum 32 }}
+{{- include "voicetrack.postgresqlSecretValue" (dict "ctx" . "key" "password" "value" .Values.postgresql.password) }}
 {{- end }}
-{{- $_ := set .Values.postgresql "generatedPassword" $pw }}
+
+{{/* The bundled PostgreSQL's read-only role's password (key `readOnlyPassword`), the same
+     way as voicetrack.postgresqlPassword. */}}
+{{- define "voicetrack.postgresqlReadOnlyPassword" -}}
+{{- include "voicetrack.postgresqlSecretValue" (dict "ctx" . "key" "readOnlyPassword" "value" .Values.postgresql.readOnlyPassword) }}
 {{- end }}
-{{- .Values.postgresql.generatedPassword }}
+
+{{/* One key of the bundled PostgreSQL's Secret: `value` when set; else the Secret's
+     (`lookup`); else `randAlphaNum 32`, remembered in .Values.postgresql.generated. */}}
+{{- define "voicetrack.postgresqlSecretValue" -}}
+{{- $ctx := .ctx }}
+{{- if .value }}
+{{- .value }}
+{{- else }}
+{{- $gen := default dict $ctx.Values.postgresql.generated }}
+{{- if not (hasKey $gen .key) }}
+{{- $old := lookup "v1" "Secret" $ctx.Release.Namespace (include "voicetrack.postgresqlName" $ctx) }}
+{{- if and $old $old.data (hasKey $old.data .key) }}
+{{- $_ := set $gen .key (index $old.data .key | b64dec) }}
+{{- else }}
+{{- $_ := set $gen .key (randAlphaNum 32) }}
+{{- end }}
+{{- $_ := set $ctx.Values.postgresql "generated" $gen }}
+{{- end }}
+{{- index $gen .key }}
 {{- end }}
 {{- end }}
 
@@ -184,4 +198,28 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- $pg := .Values.postgresql }}
 {{- $host := default (printf "%s.%s.svc" (include "voicetrack.postgresqlName" .) .Release.Namespace) $pg.host }}
 {{- printf "postgresql+psycopg://%s:%s@%s:%v/%s" $pg.user (include "voicetrack.postgresqlPassword" . | urlquery) $host $pg.port $pg.database }}
+{{- end }}
+
+{{/* The same URL as the read-only role (postgresql.readOnlyUser): the web page's and the
+     `helm test` pod's, which only read. */}}
+{{- define "voicetrack.postgresqlReadOnlyUrl" -}}
+{{- $pg := .Values.postgresql }}
+{{- $host := default (printf "%s.%s.svc" (include "voicetrack.postgresqlName" .) .Release.Namespace) $pg.host }}
+{{- printf "postgresql+psycopg://%s:%s@%s:%v/%s" $pg.readOnlyUser (include "voicetrack.postgresqlReadOnlyPassword" . | urlquery) $host $pg.port $pg.database }}
+{{- end }}
+
+{{/* "true" when the readers (web page, `helm test`) get the bundled PostgreSQL's
+     read-only URL: the operator's database is the bundled one (no database.existingSecret). */}}
+{{- define "voicetrack.readOnlyDatabase" -}}
+{{- if and .Values.postgresql.enabled (not .Values.database.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* The Secret and key of the readers' database URL: the read-only one with the bundled
+     PostgreSQL, else the operator's. */}}
+{{- define "voicetrack.readerDatabaseSecretName" -}}
+{{- if include "voicetrack.readOnlyDatabase" . }}{{ printf "%s-database-readonly" (include "voicetrack.fullname" .) }}{{ else }}{{ include "voicetrack.databaseSecretName" . }}{{ end }}
+{{- end }}
+
+{{- define "voicetrack.readerDatabaseSecretKey" -}}
+{{- if include "voicetrack.readOnlyDatabase" . }}url{{ else }}{{ include "voicetrack.databaseSecretKey" . }}{{ end }}
 {{- end }}

@@ -1,7 +1,20 @@
 """What a session recorded, from S3 and the API together: the RecordingChunk objects are not
 the only index of the raw audio. A chunk whose object is gone (deleted by hand, or by the
-garbage collector during `kubectl delete --cascade=foreground`) while its raw tracks are in
-S3 is rebuilt from the `chunk.json` the operator stored when it first saw the chunk.
+garbage collector during `kubectl delete --cascade=foreground`) or was never made (the
+chunk the recorder flushes at SIGTERM while the session's namespace terminates: the API
+server refuses the create, 403) while its raw tracks are in S3 is rebuilt from its
+`chunk.json`, which the recorder writes after the raw tracks and before the object, and
+the operator again when it first sees the chunk.
+
+Whose `chunk.json` is adopted: only the session's own, read from the session's own chunk
+folders (its bucket, prefix, guild and meeting id). Those are written by the operator and
+by the session's recorder alone (its upload grant is a POST policy for that prefix and no
+other, `voicetrack.uploadgrant`), and a meeting id is one session's (`services.admission`,
+the database's `meetings.session_uid`). The spec must then pass `isolation.chunk_refusal`
+as a RecordingChunk does: the session's name, guild, meeting, raw format, each track key
+exactly the session's own raw key for that index and speaker, and a window within the
+session's elapsed time. So a recorder can add to its own meeting only (which it records
+anyway), and a raw object of another session's meeting is never named by an adopted spec.
 
 Deletion promotes the inventory's chunks and collects only the chunk folders it promoted or
 kept as failed; a folder with raw tracks but no manifest is left in place (logged).

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -90,6 +91,11 @@ UDP_READ_BYTES = 2048
 READ_BATCH = 64
 """Most datagrams read in one wake-up before the loop runs other work (3.2 packets per
 speaker and 20 ms frame for 20 speakers)."""
+RCVBUF_BYTES = 4 * 1024 * 1024
+"""UDP receive buffer asked for on every socket read (SO_RCVBUF): ~20,000 datagrams of
+200 bytes, seconds of a full call's audio through an event-loop stall (the kernel default,
+`net.core.rmem_default`, is often 208 KiB: ~160 datagrams once per-packet overhead is
+counted). Linux caps it at `net.core.rmem_max` and reports double (its bookkeeping)."""
 
 
 class LoopSocketReader(SocketReader):
@@ -114,6 +120,9 @@ class LoopSocketReader(SocketReader):
         """Datagrams read (for tests and logs)."""
         self.wakeups = 0
         """Times the socket was found readable (datagrams / wakeups: the batching)."""
+        self.rcvbuf = 0
+        """The receive buffer (bytes) the kernel granted the socket read now (getsockopt
+        SO_RCVBUF); 0 before one is bound."""
 
     # discord.py's interface: flags as its thread reader keeps them, then _sync.
     def start(self) -> None:
@@ -175,6 +184,7 @@ class LoopSocketReader(SocketReader):
                 loop.remove_reader(self._fd)  # a closed fd's stale key goes too
             self._sock, self._fd = (sock, fd) if fd >= 0 else (None, -1)
             if self._fd >= 0:
+                self._grow_buffer()
                 loop.add_reader(self._fd, self._readable)
         if self._watch is not None:
             self._watch.cancel()
@@ -182,25 +192,50 @@ class LoopSocketReader(SocketReader):
         if not ended:
             self._watch = loop.call_later(READER_POLL_S, self._sync)
 
+    def _grow_buffer(self) -> None:
+        """Ask for a RCVBUF_BYTES receive buffer on the socket just bound and note (and
+        log) what the kernel granted; a socket that refuses keeps its own."""
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            self.rcvbuf = int(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        except (OSError, AttributeError) as exc:
+            log.warning("cannot set the UDP receive buffer: %r", exc)
+            return
+        log.info("UDP receive buffer: asked %d bytes, the kernel granted %d",
+                 RCVBUF_BYTES, self.rcvbuf)
+
+    def read_ready(self) -> bool:
+        """Read what the socket holds now (at most READ_BATCH datagrams, handed to the
+        callbacks as `_readable` does); True when a read found it empty (every datagram
+        that had arrived was read) or no socket is being read, False while a backlog
+        remains. Call it on the loop."""
+        return self._sock is None or self._read_batch()
+
     def _readable(self) -> None:
-        """Read what the socket holds (at most READ_BATCH datagrams) and hand each to
-        every callback; a failing callback is logged and the others still get it."""
-        sock = self._sock
+        """The loop found the socket readable: read a batch (`_read_batch`)."""
         self.wakeups += 1
+        self._read_batch()
+
+    def _read_batch(self) -> bool:
+        """Read at most READ_BATCH datagrams and hand each to every callback (a failing
+        callback is logged and the others still get it); True when a read found the socket
+        empty (drained)."""
+        sock = self._sock
         for _ in range(READ_BATCH):
             try:
                 data = sock.recv(UDP_READ_BYTES)
             except BlockingIOError:
-                return
+                return True
             except (OSError, AttributeError):  # closed under us: look at state.socket
                 self._sync()
-                return
+                return False  # its successor is read by the next call
             self.datagrams += 1
             for callback in list(self._callbacks):
                 try:
                     callback(data)
                 except Exception:
                     log.exception("UDP reader callback %r failed", callback)
+        return False
 
 
 def _fileno(sock: Any) -> int:

@@ -83,7 +83,8 @@ class DaveDecryptor:
     def decrypt(self, user_id: str, frame: bytes, *, count_failure: bool = True
                 ) -> bytes | None:
         """The Opus packet inside `frame` sent by `user_id` (a snowflake string), or None
-        when it cannot be opened (wrong or expired key, forged, unknown sender). The cause
+        when it cannot be opened (wrong or expired key, forged, unknown sender, a user id
+        davey cannot take: `bad_user_id`). The cause
         of a failure is left in `last_cause` and, unless `count_failure` is False (the
         caller may retry after the next epoch change), counted."""
         stats = self._user(user_id)
@@ -99,6 +100,8 @@ class DaveDecryptor:
             opus = session.decrypt(int(user_id), davey.MediaType.audio, frame)
         except ValueError as exc:
             self.last_cause = failure_cause(exc)
+        except (OverflowError, TypeError):  # a user id davey cannot take (not a u64)
+            self.last_cause = "bad_user_id"
         else:
             if opus:
                 if opus == frame:

@@ -33,6 +33,7 @@ from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.conceal import Concealer
 from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor, UserDecryptStats
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
+from voicetrack_recorder.discord.opuspacket import is_one_slot
 from voicetrack_recorder.discord.rtp import (
     AUDIO_PAYLOAD_TYPE,
     RtpError,
@@ -65,8 +66,10 @@ SessionSource = Callable[[], "davey.DaveSession | None"]
 class ReceiveStats:
     """Counters of one receiver. `dropped` is keyed by cause: `not_rtp`, `rtcp`, `video`,
     `payload_type`, `no_key`, `unknown_ssrc`, `transport_<cause>`, `opted_out` (consent:
-    dropped before DAVE decryption), `late`, `duplicate`,
-    `overlap` (a slot the speaker already filled), `sink` (the chunker refused it)."""
+    dropped before DAVE decryption), `late`, `duplicate`, `opus_invalid` (DAVE opened it
+    but it is no well-formed 20 ms Opus packet: `opuspacket.is_one_slot`; also counted
+    in `lost` and concealed), `overlap` (a slot the speaker already filled), `sink` (the
+    chunker refused it)."""
 
     datagrams: int = 0
     frames: int = 0
@@ -79,6 +82,8 @@ class ReceiveStats:
     """SSRCs mapped by the DAVE key that opened their frames (no SPEAKING event)."""
     lost: int = 0
     """Sequence numbers that never arrived in time, plus frames DAVE refused."""
+    unconcealed: Counter[str] = field(default_factory=Counter)
+    """Short loss runs not rebuilt, by cause (`Concealer.skipped`)."""
     dropped: Counter[str] = field(default_factory=Counter)
     frames_by_user: Counter[str] = field(default_factory=Counter)
     decrypt: dict[str, UserDecryptStats] = field(default_factory=dict)
@@ -90,7 +95,8 @@ class ReceiveStats:
             "datagrams": self.datagrams, "frames": self.frames,
             "recovered": self.recovered, "fec": self.fec,
             "identified": self.identified,
-            "lost": self.lost, "dropped": dict(self.dropped),
+            "lost": self.lost, "unconcealed": dict(self.unconcealed),
+            "dropped": dict(self.dropped),
             "framesByUser": dict(self.frames_by_user),
             "decrypt": {user: {"decrypted": s.decrypted, "silence": s.silence,
                                "plain": s.plain, "failures": dict(s.failures)}
@@ -289,7 +295,7 @@ class VoiceReceiver:
         if stream is None or stream.user_id != user:
             stream = self._streams[ssrc] = _Stream(
                 user, JitterBuffer(self._max_delay_ms, self._depth),
-                Concealer(self._conceal_frames))
+                Concealer(self._conceal_frames, skipped=self.stats.unconcealed))
         refused = stream.jitter.push(packet)
         if refused:
             self.stats.dropped[refused] += 1
@@ -391,14 +397,18 @@ class VoiceReceiver:
                 stream.waiting_since_ms = held.arrival_ms
                 return
             self.dave.count_failure(stream.user_id, cause)
-            self.stats.lost += released.lost_before + 1
-            stream.pending_lost += released.lost_before + 1
+            self._lose(stream, released)
+            return
+        if not is_one_slot(opus):  # malformed or not 20 ms: concealed as a lost frame
+            self.stats.dropped["opus_invalid"] += 1
+            self._lose(stream, released)
             return
         lost = released.lost_before + stream.pending_lost
         self.stats.lost += released.lost_before
         stream.pending_lost = 0
         fec_before = stream.concealer.fec
-        rebuilt = stream.concealer.feed(opus, lost) if self._conceal_frames else []
+        rebuilt = stream.concealer.feed(opus, lost, held.timestamp, held.arrival_ms) \
+            if self._conceal_frames else []
         self.stats.fec += stream.concealer.fec - fec_before
         slot = self.timeline.slot(stream.user_id, ssrc, held.timestamp, held.arrival_ms)
         first = slot - len(rebuilt)
@@ -406,6 +416,11 @@ class VoiceReceiver:
             if self._push(stream.user_id, first + i, packet):
                 self.stats.recovered += 1
         self._push(stream.user_id, slot, opus)
+
+    def _lose(self, stream: _Stream, released: Released) -> None:
+        """Count `released` (and the run lost before it) as lost frames to conceal."""
+        self.stats.lost += released.lost_before + 1
+        stream.pending_lost += released.lost_before + 1
 
     def _push(self, user: str, slot: int, packet: bytes) -> bool:
         if slot <= self.timeline.last_slot.get(user, slot - 1):

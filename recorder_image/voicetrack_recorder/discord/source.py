@@ -32,7 +32,7 @@ from voicetrack.chunkspec import ConsentDegraded
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.consent import Consent
-from voicetrack_recorder.discord.connection import ResumingConnectionState
+from voicetrack_recorder.discord.connection import LoopSocketReader, ResumingConnectionState
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.login import (
     MEMBERS_NOT_ASKED,
@@ -212,10 +212,11 @@ class DiscordSource:
         """What the source records without (`login.MEMBERS_REFUSED`), for the session."""
 
     def watermark_slot(self) -> int | None:
-        """The clock slot of the receiver's last tick: every frame that had arrived by then
-        has been released to the sink (the seal delay covers the jitter buffer's hold).
-        After a stall of the event loop the recorder waits for the next tick before
-        sealing. None until the source records."""
+        """The clock slot of the receiver's last tick that followed a drained socket: every
+        frame that had arrived by then has been read and released to the sink (the seal
+        delay covers the jitter buffer's hold). After a stall of the event loop the
+        recorder waits until the backlog is read before sealing. None until the source
+        records."""
         return self._ticked_slot
 
     @property
@@ -324,8 +325,7 @@ class DiscordSource:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
-            receiver.tick()
-            self._ticked_slot = self.clock.now_slot()
+            self._tick(receiver)
             voice = self._voice
             refused = getattr(voice._connection, "refused", None)
             if refused is not None:
@@ -358,6 +358,17 @@ class DiscordSource:
                 if voice.is_connected():
                     with contextlib.suppress(OSError):
                         voice._connection.send_packet(struct.pack("<Q", counter))
+
+    def _tick(self, receiver: VoiceReceiver) -> None:
+        """Read a batch, tick `receiver`, and move the watermark to the slot taken before
+        the read only when it drained the socket (a backlog left by a stall holds frames
+        of the slots the watermark would pass)."""
+        slot = self.clock.now_slot()
+        reader = getattr(getattr(self._voice, "_connection", None), "_socket_reader", None)
+        drained = reader.read_ready() if isinstance(reader, LoopSocketReader) else True
+        receiver.tick()
+        if drained:
+            self._ticked_slot = slot
 
     def _alone_since(self, channel: discord.VoiceChannel, since: float | None,
                      now: float) -> float | None:

@@ -13,9 +13,12 @@ audio SSRC. Video (and its RTX) SSRCs are never mapped: their packets are ignore
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from voicetrack.resources import SNOWFLAKE_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,12 @@ class GatewayEventError(ValueError):
 
 
 def _snowflake(data: Mapping[str, Any], key: str, op: int) -> str:
+    """`data[key]` as a user id string: a str or int of 15 to 20 ASCII digits
+    (`SNOWFLAKE_PATTERN`, the one rule the chunk spec applies too; `str.isdigit` also takes
+    "²" or "１２３", and a 25-digit id overflowed davey's u64). Raises GatewayEventError."""
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).isdigit():
+    if isinstance(value, bool) or not isinstance(value, (str, int)) \
+            or re.fullmatch(SNOWFLAKE_PATTERN, str(value)) is None:
         raise GatewayEventError(f"op {op}: field {key!r} is {value!r}, not a user id")
     return str(value)
 

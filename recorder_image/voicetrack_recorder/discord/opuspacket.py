@@ -1,0 +1,60 @@
+"""Is a received Opus packet one the raw track can hold: well-formed and exactly 20 ms?
+
+Every call member's client (a modified one too) chooses the Opus packets it sends; DAVE and
+the transport AEAD prove only who sent them. The raw track holds one 20 ms packet per slot
+and everything downstream (the spool's Ogg writer, the transcoder's raw-track check, the
+promotion's decoder) relies on that, so the receiver refuses any other packet before it
+reaches loss concealment or the sink.
+
+RFC 6716 §3 (packet organization): the first byte is the TOC (§3.1: `config` in the top 5
+bits gives the mode and frame duration — SILK 10/20/40/60 ms, hybrid 10/20 ms, CELT
+2.5/5/10/20 ms — then the stereo flag `s` and the frame-count code `c`); code 0 is one
+frame, code 1 two frames of equal size, code 2 two frames with the first one's length
+coded after the TOC (§3.2.1, one or two bytes), and code 3 carries a frame-count byte
+(§3.2.5: VBR flag, padding flag, count M of 1..48 frames, total ≤ 120 ms) followed, when
+the padding flag is set, by padding-length bytes that must fit in the packet. libopus's
+`opus_packet_parse` applies every one of these rules (R1–R7, §3.4); the packet is kept
+only when it parses and its frames add up to 960 samples at 48 kHz.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from discord import opus
+
+from voicetrack.audio import FRAME_SAMPLES, SAMPLE_RATE
+
+_MAX_FRAMES = 48
+"""RFC 6716 §3.2.5: a code-3 packet carries at most 48 frames."""
+
+
+def _lib() -> ctypes.CDLL:
+    """discord.py's libopus (loaded on first use). Raises discord.opus.OpusNotLoaded
+    when no libopus can be found."""
+    if not opus.is_loaded() and not opus._load_default():
+        raise opus.OpusNotLoaded()
+    lib: ctypes.CDLL = opus._lib
+    return lib
+
+
+def packet_samples(packet: bytes) -> int | None:
+    """Samples per channel at 48 kHz that `packet` decodes to, or None when libopus's
+    `opus_packet_parse` refuses it (empty, a code-3 packet without its frame-count byte,
+    padding longer than the packet, frame lengths that do not add up: RFC 6716 §3.4)."""
+    lib = _lib()
+    sizes = (ctypes.c_int16 * _MAX_FRAMES)()
+    toc = ctypes.c_ubyte()
+    offset = ctypes.c_int()
+    count = lib.opus_packet_parse(packet, len(packet), ctypes.byref(toc), None, sizes,
+                                  ctypes.byref(offset))
+    if count <= 0:
+        return None
+    per_frame = lib.opus_packet_get_samples_per_frame(packet, SAMPLE_RATE)
+    return int(count) * int(per_frame)
+
+
+def is_one_slot(packet: bytes) -> bool:
+    """True when `packet` is a well-formed Opus packet lasting exactly 20 ms (960 samples
+    at 48 kHz), the one length a raw track's slot holds."""
+    return packet_samples(packet) == FRAME_SAMPLES
