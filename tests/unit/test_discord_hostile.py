@@ -15,10 +15,10 @@ from discord import opus
 from tests.discord_rig import Harness, encode_frames, tone_pcm
 from voicetrack.audio import CHANNELS, FRAME_SAMPLES, OPUS_SILENCE_FRAME
 from voicetrack.layout import MeetingLayout
+from voicetrack.opuspacket import is_one_slot, packet_samples
 from voicetrack.resources import RawFormat
 from voicetrack_recorder.chunker import Chunker
 from voicetrack_recorder.discord.conceal import REBUILD_BURST, REBUILDS_PER_S
-from voicetrack_recorder.discord.opuspacket import is_one_slot, packet_samples
 from voicetrack_recorder.spool import Spool
 from voicetrack_transcoder.opusdec import OpusDecoder
 from voicetrack_transcoder.rawtracks import validate_raw

@@ -89,7 +89,13 @@ def test_valid_raw_tracks_pass() -> None:
     (encode_ogg_opus([OPUS_SILENCE_FRAME] * 49), "ogg-opus", None, "49 packets"),
     (encode_ogg_opus([OPUS_SILENCE_FRAME] * 50)[:-5], "ogg-opus", None, "truncated"),
     (encode_ogg_opus([OPUS_SILENCE_FRAME] * 50), "ogg-opus", "0" * 64, "sha256"),
-    (encode_ogg_opus([bytes([0xF0, 1])] * 50), "ogg-opus", None, "not a single 20 ms"),
+    (encode_ogg_opus([bytes([0xF0, 1])] * 50), "ogg-opus", None, "not a well-formed 20 ms"),
+    # one 20 ms frame by its TOC, but padding flagged with no padding length (RFC 6716
+    # R6/R7): ffmpeg decoded the track a frame short, exit 0, and the chunk was done; the
+    # promotion's libopus decoder then refused it on every retry (review of the receive
+    # pipeline, fault 1c)
+    (encode_ogg_opus([OPUS_SILENCE_FRAME] * 49 + [b"\xfb\x41"]), "ogg-opus", None,
+     "packet 49 is not a well-formed 20 ms"),
     (b"\0" * (48_000 * 4 - 4), "pcm-s16le", None, "window needs 192000"),
 ])
 def test_bad_raw_tracks_are_input_errors(data: bytes, raw_format: str, sha: str | None,

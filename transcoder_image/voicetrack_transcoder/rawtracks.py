@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from voicetrack.audio import (
     CHANNELS,
     FRAME_MS,
-    FRAME_SAMPLES,
     PCM_BYTES_PER_SAMPLE,
     RAW_FORMAT_OGG_OPUS,
     RAW_FORMAT_PCM,
@@ -22,7 +21,8 @@ from voicetrack.audio import (
 from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.objectstore import ObjectStore, sha256_hex
-from voicetrack.oggopus import OggOpusError, decode_ogg_opus, opus_packet_samples
+from voicetrack.oggopus import OggOpusError, decode_ogg_opus
+from voicetrack.opuspacket import is_one_slot
 
 
 def check_window(start_ms: int, end_ms: int, what: str) -> int:
@@ -90,8 +90,9 @@ def validate_raw(chunk: ChunkSpec, track: ChunkTrack, data: bytes) -> RawTrack:
         if len(stream.packets) != slots:
             raise OggOpusError(f"{len(stream.packets)} packets for a window of {slots} slots")
         for i, packet in enumerate(stream.packets):
-            if opus_packet_samples(packet) != FRAME_SAMPLES:
-                raise OggOpusError(f"packet {i} is not a single 20 ms frame")
+            if not is_one_slot(packet):
+                raise OggOpusError(f"packet {i} is not a well-formed 20 ms Opus packet "
+                                   "(RFC 6716 §3.4, libopus's opus_packet_parse)")
     except OggOpusError as err:
         raise InvalidInputError(f"{where} is not a valid raw Ogg Opus track: {err}") from None
     return RawTrack(track, RAW_FORMAT_OGG_OPUS, data, stream.packets, slots)

@@ -28,12 +28,12 @@ from typing import Any
 import davey
 
 from voicetrack.audio import OPUS_SILENCE_FRAME
+from voicetrack.opuspacket import is_one_slot
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.conceal import Concealer
 from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor, UserDecryptStats
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
-from voicetrack_recorder.discord.opuspacket import is_one_slot
 from voicetrack_recorder.discord.rtp import (
     AUDIO_PAYLOAD_TYPE,
     RtpError,

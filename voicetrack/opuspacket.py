@@ -1,10 +1,13 @@
-"""Is a received Opus packet one the raw track can hold: well-formed and exactly 20 ms?
+"""Is an Opus packet one a raw track can hold: well-formed and exactly 20 ms? The one rule
+for the recorder (which refuses any other packet it receives, before loss concealment and
+the sink) and the transcoder (whose raw-track check refuses a chunk holding one).
 
 Every call member's client (a modified one too) chooses the Opus packets it sends; DAVE and
-the transport AEAD prove only who sent them. The raw track holds one 20 ms packet per slot
-and everything downstream (the spool's Ogg writer, the transcoder's raw-track check, the
-promotion's decoder) relies on that, so the receiver refuses any other packet before it
-reaches loss concealment or the sink.
+the transport AEAD prove only who sent them, and a raw object in S3 is only as sound as
+whatever wrote it. The raw track holds one 20 ms packet per slot and everything downstream
+(the spool's Ogg writer, the chunk transcode, the promotion's decoder) relies on that: a
+packet that ffmpeg decodes a frame short but libopus refuses let a chunk pass as done and
+then failed its meeting's promotion on every retry.
 
 RFC 6716 §3 (packet organization): the first byte is the TOC (§3.1: `config` in the top 5
 bits gives the mode and frame duration — SILK 10/20/40/60 ms, hybrid 10/20 ms, CELT
@@ -20,8 +23,8 @@ only when it parses and its frames add up to 960 samples at 48 kHz.
 from __future__ import annotations
 
 import ctypes
-
-from discord import opus
+import ctypes.util
+import functools
 
 from voicetrack.audio import FRAME_SAMPLES, SAMPLE_RATE
 
@@ -29,12 +32,17 @@ _MAX_FRAMES = 48
 """RFC 6716 §3.2.5: a code-3 packet carries at most 48 frames."""
 
 
+@functools.cache
 def _lib() -> ctypes.CDLL:
-    """discord.py's libopus (loaded on first use). Raises discord.opus.OpusNotLoaded
-    when no libopus can be found."""
-    if not opus.is_loaded() and not opus._load_default():
-        raise opus.OpusNotLoaded()
-    lib: ctypes.CDLL = opus._lib
+    """The system's libopus (loaded on first use, as discord.py and the transcoder's
+    decoder load it). Raises OSError when no libopus can be loaded."""
+    lib = ctypes.CDLL(ctypes.util.find_library("opus") or "libopus.so.0")
+    lib.opus_packet_parse.restype = ctypes.c_int
+    lib.opus_packet_parse.argtypes = [
+        ctypes.c_char_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_int16), ctypes.POINTER(ctypes.c_int)]
+    lib.opus_packet_get_samples_per_frame.restype = ctypes.c_int
+    lib.opus_packet_get_samples_per_frame.argtypes = [ctypes.c_char_p, ctypes.c_int32]
     return lib
 
 
