@@ -253,7 +253,8 @@ async def test_the_last_frames_of_a_member_who_leaves_are_kept(overtaken_by: int
     for i, datagram in enumerate(sent[:cut]):
         await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS)
     await h.at(START_MS + 20 * cut + LATENCY_MS + 1)
-    await h.rig.bot_endpoint.event({"op": 13, "d": {"user_id": "333333333333333333"}})  # before the last
+    # op 13 before the last datagrams
+    await h.rig.bot_endpoint.event({"op": 13, "d": {"user_id": "333333333333333333"}})
     for i, datagram in enumerate(sent[cut:], start=cut):
         await h.deliver(datagram, START_MS + 20 * (i + 1) + LATENCY_MS + 15)
     await h.rig.leave(333333333333333333)  # op 13 again, then the proposals and the removal commit
