@@ -209,6 +209,7 @@ def test_the_api_server_admits_the_render_under_pod_security_restricted(
                      "PersistentVolumeClaim", "Pod", "Role", "RoleBinding", "Secret",
                      "Secret", "ServiceAccount", "ServiceAccount", "ServiceAccount",
                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
                      "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"]
     # Every object but the Pod (its ServiceAccount is not created by a dry run) passes the
     # API server's validation and admission.

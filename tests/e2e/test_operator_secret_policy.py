@@ -10,6 +10,7 @@ Before the policy, the last two were admitted."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Any
@@ -21,7 +22,14 @@ from tests.e2e import test_operator_services as services_tests
 from tests.e2e.test_helm import MANIFESTS
 from tests.e2e.test_operator_services import make_session
 from tests.fixtures.cluster import Kubectl
-from voicetrack_operator.builders import build_upload_grant_secret, recorder_service_account
+from voicetrack.chunkspec import ChunkSpec
+from voicetrack_operator.builders import (
+    PodSettings,
+    build_recorder_pod,
+    build_transcode_job,
+    build_upload_grant_secret,
+    recorder_service_account,
+)
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.sessions import SessionService
 
@@ -52,8 +60,9 @@ def chart_rbac(kubectl: Kubectl) -> Any:
                 check=False)
 
 
-def as_operator(kubectl: Kubectl, verb: str, doc: dict[str, Any]) -> Any:
-    return kubectl("--as", OPERATOR, verb, "-f", "-", input=json.dumps(doc), check=False)
+def as_operator(kubectl: Kubectl, verb: str, doc: dict[str, Any], *args: str) -> Any:
+    return kubectl("--as", OPERATOR, verb, *args, "-f", "-", input=json.dumps(doc),
+                   check=False)
 
 
 async def test_the_operator_writes_grant_secrets_only(
@@ -92,5 +101,54 @@ async def test_the_operator_writes_grant_secrets_only(
                                 "json").stdout)
     assert stored["data"]["accessKey"] == "YQ=="  # untouched
     can = kubectl("auth", "can-i", "update", "secrets", "-n", namespace, "--as", OPERATOR,
+                  check=False).stdout.strip()
+    assert can == "yes"  # RBAC would have let it: the policy is what narrows it
+
+
+async def test_the_operator_starts_recorder_and_transcoder_pods_only(
+        ctx: Context, namespace: str, kubectl: Kubectl, chart_rbac: None) -> None:
+    """Third review (chart, RBAC), fault 7: the chart's ClusterRole lets the operator
+    create Pods and Jobs in every namespace; without operator-workloads-policy.yaml a
+    compromised operator could start a privileged, host-mounting pod under any
+    ServiceAccount. Server-side dry runs: admission runs, nothing is started."""
+    s = await make_session(ctx, kubectl, namespace, "pods")
+    await SessionService(ctx).ensure_session(s)  # its ServiceAccounts (and its recorder)
+    settings = PodSettings()
+    recorder = build_recorder_pod(s.ref, s.spec, s.meeting_id, 0, settings)
+    recorder["metadata"]["name"] += "-again"  # the session's own is there already
+    chunk = ChunkSpec.model_validate(services_tests.chunk_doc(s, 0, 0, 5000)["spec"])
+    job = build_transcode_job(s.ref, chunk, s.spec, settings)
+    for doc in (recorder, job):  # what the builders make: admitted
+        res = as_operator(kubectl, "create", doc, "--dry-run=server")
+        assert res.returncode == 0, res.stderr
+
+    def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+        return doc["spec"]["template"]["spec"] if doc["kind"] == "Job" else doc["spec"]
+
+    def altered(doc: dict[str, Any], change: Any) -> dict[str, Any]:
+        out = copy.deepcopy(doc)
+        change(pod_spec(out))
+        return out
+
+    cases = [
+        (lambda p: p.update(serviceAccountName="default"), "recorder or the transcoder"),
+        (lambda p: p.pop("serviceAccountName"), "recorder or the transcoder"),
+        (lambda p: p.update(hostNetwork=True), "host's network"),
+        (lambda p: p.update(volumes=[*p.get("volumes", []), {
+            "name": "root", "hostPath": {"path": "/"}}]), "host's network"),
+        (lambda p: p["securityContext"].update(runAsNonRoot=False), "non-root"),
+        (lambda p: p["containers"][0]["securityContext"].update(privileged=True,
+                                                                 allowPrivilegeEscalation=True),
+         "non-root"),
+        (lambda p: p["containers"][0]["securityContext"].update(capabilities={
+            "add": ["SYS_ADMIN"]}), "added capabilities"),
+        (lambda p: p["containers"][0]["securityContext"].update(runAsUser=0), "non-root"),
+    ]
+    for doc in (recorder, job):
+        for change, says in cases:
+            res = as_operator(kubectl, "create", altered(doc, change), "--dry-run=server")
+            assert res.returncode != 0 and says in res.stderr, (doc["kind"], says,
+                                                                 res.stderr)
+    can = kubectl("auth", "can-i", "create", "pods", "-n", "kube-system", "--as", OPERATOR,
                   check=False).stdout.strip()
     assert can == "yes"  # RBAC would have let it: the policy is what narrows it
