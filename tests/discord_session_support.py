@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import subprocess
 import sys
 import warnings
@@ -19,10 +20,12 @@ import numpy as np
 
 from tests.audio_helpers import CLICK_LEVEL, CLICK_MS, decode_file
 from voicetrack.audio import SAMPLE_RATE
+from voicetrack.db.service import RecordingService
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_local.kubectl import kubectl, kubectl_path
+from voicetrack_local.stack import prepare_namespace
 
 CLI = str(Path(sys.executable).parent / "voicetrack")
 
@@ -132,3 +135,57 @@ def final_tracks(s3: S3Settings, guild: str, meeting: str) -> dict[str | None, n
         MeetingLayout("recordings", guild, meeting).final_manifest_key))
     return {t.user_id: decode_file(store.get_bytes(t.key)) for t in manifest.tracks
             if t.format == "mp3"}
+
+
+async def start_session(cluster: Any, s3: S3Settings, info: dict[str, Any],
+                        members: list[discord.Client], name: str, chunk_seconds: int
+                        ) -> tuple[str, list[Any]]:
+    """A `source: discord` RecordingSession `name` in a fresh `dsc-*` namespace (with the
+    bot token's Secret) for the local Discord's voice channel; returns once the recorder's
+    bot is in the channel: (namespace, the channel as each member's client sees it)."""
+    ns = f"dsc-{secrets.token_hex(3)}"
+    prepare_namespace(cluster.kubeconfig, ns, s3)
+    kube(cluster, "-n", ns, "create", "secret", "generic", "voicetrack-discord",
+         f"--from-literal=token={info['bot_token']}")
+    voice_id, bot_id = int(info["voice_channel_id"]), int(info["application_id"])
+    kube(cluster, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"guildId": info["guild_id"], "channelId": str(voice_id),
+                 "chunkSeconds": chunk_seconds, "source": {"type": "discord"}}}))
+    channels = [c.get_channel(voice_id) for c in members]
+    assert all(isinstance(c, discord.VoiceChannel) for c in channels)
+    await until("the recorder's bot in the voice channel",
+                lambda: bot_id in channels[0].voice_states, 120)  # type: ignore[union-attr]
+    return ns, channels
+
+
+async def recorded_frames(cluster: Any, ns: str, users: list[str]) -> dict[str, int]:
+    """Frames per user id in the namespace's RecordingChunks (their specs' `frames`)."""
+    listed = json.loads((await asyncio.to_thread(
+        kube, cluster, "-n", ns, "get", "recchunk", "-o", "json")).stdout)["items"]
+    recorded = {u: 0 for u in users}
+    for item in listed:
+        for track in item["spec"]["tracks"]:
+            recorded[track["userId"]] = recorded.get(track["userId"], 0) + track["frames"]
+    return recorded
+
+
+async def delete_and_wait_promoted(cluster: Any, ns: str, name: str) -> str:
+    """Delete the session and wait until its deletion (the promotion) is done; returns its
+    meeting id."""
+    meeting = str((await session_status(cluster, ns, name))["meetingId"])
+    await asyncio.to_thread(kube, cluster, "-n", ns, "delete", "recsess", name,
+                            "--wait=false")
+    await until("promotion", lambda: session_gone(cluster, ns, name), 240, every_s=1)
+    return meeting
+
+
+async def recording_rows(database_url: str, meeting: str) -> list[tuple[str, str | None]]:
+    """The meeting's `recordings` rows as sorted (kind, user id) pairs."""
+    svc = RecordingService.from_url(database_url)
+    try:
+        recs = await svc.get_recordings_for_meeting(meeting)
+    finally:
+        await svc.close()
+    return sorted((str(r.kind), r.user_id) for r in recs)

@@ -19,8 +19,6 @@ in their tracks), the tracks are equally long, and SQL lists a track per member 
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +30,21 @@ from tests.audio_helpers import Speaker
 from tests.discord_session_support import (
     chunks_at_least,
     click_ms,
+    delete_and_wait_promoted,
     final_tracks,
     join_voice,
-    kube,
     onset_ms,
     pod_log,
-    session_gone,
+    recorded_frames,
+    recording_rows,
     session_status,
+    start_session,
     until,
 )
 from tests.local_discord_clients import dave_ready, play
 from voicetrack.audio import SAMPLE_RATE
-from voicetrack.db.service import RecordingService
 from voicetrack.objectstore import S3Settings
-from voicetrack_local.stack import OperatorProcess, prepare_namespace
+from voicetrack_local.stack import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -97,20 +96,8 @@ async def test_members_join_leave_and_rejoin_while_recording(
         local_discord: dict[str, Any], senders: list[discord.Client], tmp_path: Path
         ) -> None:
     info = local_discord
-    ns = f"dsc-{secrets.token_hex(3)}"
-    prepare_namespace(cluster.kubeconfig, ns, s3_server)
-    kube(cluster, "-n", ns, "create", "secret", "generic", "voicetrack-discord",
-         f"--from-literal=token={info['bot_token']}")
-    guild, voice_id = info["guild_id"], int(info["voice_channel_id"])
-    bot_id = int(info["application_id"])
-    kube(cluster, "apply", "-f", "-", input=json.dumps({
-        "apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
-        "metadata": {"name": "late", "namespace": ns},
-        "spec": {"guildId": guild, "channelId": str(voice_id), "chunkSeconds": CHUNK_SECONDS,
-                 "source": {"type": "discord"}}}))
-    channels = [c.get_channel(voice_id) for c in senders]
-    await until("the recorder's bot in the voice channel",
-                lambda: bot_id in channels[0].voice_states, 120)  # type: ignore[union-attr]
+    ns, channels = await start_session(cluster, s3_server, info, senders, "late",
+                                       CHUNK_SECONDS)
     with pod_log(cluster, ns, "late-rec", tmp_path / "recorder.log"):
         await _record_and_check(cluster, s3_server, operator, info, senders, channels, ns)
 
@@ -157,24 +144,11 @@ async def _record_and_check(cluster: Any, s3: S3Settings, operator: OperatorProc
 
     total = chunks_before + MAIN_MS // (CHUNK_SECONDS * 1000) + 2
     await until(f"{total} chunks", chunks_at_least(cluster, ns, total, "late"), 90)
-    listed = json.loads((await asyncio.to_thread(
-        kube, cluster, "-n", ns, "get", "recchunk", "-o", "json")).stdout)["items"]
-    recorded = {u: 0 for u in users}
-    for item in listed:
-        for track in item["spec"]["tracks"]:
-            recorded[track["userId"]] = recorded.get(track["userId"], 0) + track["frames"]
-    meeting = (await session_status(cluster, ns, "late"))["meetingId"]
-    await asyncio.to_thread(kube, cluster, "-n", ns, "delete", "recsess", "late",
-                            "--wait=false")
-    await until("promotion", lambda: session_gone(cluster, ns, "late"), 240, every_s=1)
+    recorded = await recorded_frames(cluster, ns, users)
+    meeting = await delete_and_wait_promoted(cluster, ns, "late")
 
     tracks = final_tracks(s3, info["guild_id"], meeting)
-    svc = RecordingService.from_url(operator.database_url)
-    try:
-        recs = await svc.get_recordings_for_meeting(meeting)
-    finally:
-        await svc.close()
-    assert sorted((str(r.kind), r.user_id) for r in recs) == sorted(
+    assert await recording_rows(operator.database_url, meeting) == sorted(
         [("speaker", u) for u in users] + [("mixed", None)])
     sent = {u: sum(n for s, _, n in segments if s.user_id == u) for u in users}
     lengths = [a.shape[0] for a in tracks.values()]

@@ -25,8 +25,6 @@ The local Discord, the operator and the senders are `tests/e2e/discord/conftest.
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +35,20 @@ from tests.audio_helpers import Speaker
 from tests.discord_session_support import (
     chunks_at_least,
     click_ms,
+    delete_and_wait_promoted,
     final_tracks,
     join_voice,
-    kube,
     onset_ms,
     pod_log,
-    session_gone,
+    recorded_frames,
+    recording_rows,
     session_status,
+    start_session,
     until,
 )
 from tests.local_discord_clients import dave_ready, play
-from voicetrack.db.service import RecordingService
 from voicetrack.objectstore import S3Settings
-from voicetrack_local.stack import OperatorProcess, prepare_namespace
+from voicetrack_local.stack import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -74,21 +73,8 @@ async def test_discord_session_records_three_senders_aligned(
         local_discord: dict[str, Any], senders: list[discord.Client], tmp_path: Path
         ) -> None:
     info = local_discord
-    ns = f"dsc-{secrets.token_hex(3)}"
-    prepare_namespace(cluster.kubeconfig, ns, s3_server)
-    kube(cluster, "-n", ns, "create", "secret", "generic", "voicetrack-discord",
-             f"--from-literal=token={info['bot_token']}")
-    guild, voice_id, bot_id = info["guild_id"], int(info["voice_channel_id"]), \
-        int(info["application_id"])
-    kube(cluster, "apply", "-f", "-", input=json.dumps({
-        "apiVersion": "voicetrack.dev/v1alpha1", "kind": "RecordingSession",
-        "metadata": {"name": "call", "namespace": ns},
-        "spec": {"guildId": guild, "channelId": str(voice_id), "chunkSeconds": CHUNK_SECONDS,
-                 "source": {"type": "discord"}}}))
-    channels = [c.get_channel(voice_id) for c in senders]
-    assert all(isinstance(c, discord.VoiceChannel) for c in channels)
-    await until("the recorder's bot in the voice channel",
-                 lambda: bot_id in channels[0].voice_states, 120)  # type: ignore[union-attr]
+    ns, channels = await start_session(cluster, s3_server, info, senders, "call",
+                                       CHUNK_SECONDS)
     with pod_log(cluster, ns, "call-rec", tmp_path / "recorder.log"):
         await _record_and_check(cluster, s3_server, operator, info, senders, channels, ns)
 
@@ -123,27 +109,13 @@ async def _record_and_check(cluster: Any, s3_server: S3Settings, operator: Opera
     # The chunk holding the audio's end and the one after it are sealed: all frames are in.
     total = chunks_before + AUDIO_MS // (CHUNK_SECONDS * 1000) + 2
     await until(f"{total} chunks", chunks_at_least(cluster, ns, total), 90)
-    listed = json.loads((await asyncio.to_thread(
-        kube, cluster, "-n", ns, "get", "recchunk", "-o", "json")).stdout)["items"]
-    recorded = {u: 0 for u in users}
-    for item in listed:
-        for track in item["spec"]["tracks"]:
-            recorded[track["userId"]] = recorded.get(track["userId"], 0) + track["frames"]
-    meeting = (await session_status(cluster, ns, "call"))["meetingId"]
-
-    await asyncio.to_thread(kube, cluster, "-n", ns, "delete", "recsess", "call",
-                            "--wait=false")
-    await until("promotion", lambda: session_gone(cluster, ns), 240, every_s=1)
+    recorded = await recorded_frames(cluster, ns, users)
+    meeting = await delete_and_wait_promoted(cluster, ns, "call")
     # the bot's nickname is given back when it stops (before its pod ends)
     assert (await guild_obj.fetch_member(bot_id)).nick is None, "[REC] left on the bot"
 
     tracks = final_tracks(s3_server, guild, meeting)
-    svc = RecordingService.from_url(operator.database_url)
-    try:
-        recs = await svc.get_recordings_for_meeting(meeting)
-    finally:
-        await svc.close()
-    assert sorted((str(r.kind), r.user_id) for r in recs) == sorted(
+    assert await recording_rows(operator.database_url, meeting) == sorted(
         [("speaker", u) for u in users] + [("mixed", None)])
     lengths = [a.shape[0] for a in tracks.values()]
     print(f"frames sent {dict(zip(users, sent, strict=True))}, recorded {recorded}; "
