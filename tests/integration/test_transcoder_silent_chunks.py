@@ -29,6 +29,7 @@ from voicetrack.manifests import PromotionPlan, SilentHeadManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_transcoder import assembly, silence
 from voicetrack_transcoder.chunk import transcode_chunk
+from voicetrack_transcoder.live import assemble_live
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end, split_frames
 from voicetrack_transcoder.promote import promote
 
@@ -315,3 +316,19 @@ def test_a_head_that_is_not_json_is_computed_instead(
         assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
     finally:
         store.put_bytes(key, original, "application/json")
+
+
+def test_the_audio_so_far_holds_the_stored_heads_as_the_final_track_does(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None]) -> None:
+    """The live tracks of chunks 0..6 decode to the final tracks' first samples exactly,
+    the silence after speech in chunks 2 and 5 included (it was LAME's silent frame from
+    the unit's start in the live tracks, the encoder's tail of the speech in the final)."""
+    store, inc, _, _, _ = promoted
+    manifest = assemble_live(store, LAYOUT, chunks=7, silent=[2, 3, 5])
+    assert manifest is not None
+    for t in manifest.tracks:
+        live = decode_file(store.get_bytes(t.key))
+        final = decode_file(inc[t.track])
+        assert live.shape[0] > ms_to_samples(12_000), t.track
+        assert np.array_equal(live, final[: live.shape[0]]), t.track

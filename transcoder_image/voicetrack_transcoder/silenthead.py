@@ -30,7 +30,12 @@ from voicetrack.audio import Channels, ms_to_samples
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
-from voicetrack.manifests import PlacedSource, SilentHeadManifest, SilentHeadTrack
+from voicetrack.manifests import (
+    PieceManifest,
+    PlacedSource,
+    SilentHeadManifest,
+    SilentHeadTrack,
+)
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.mp3grid import owned_end, silent_frames, split_frames
@@ -219,3 +224,39 @@ def _mismatch(head: SilentHeadManifest, index: int, w: Work, hp: HeadPlan,
         if t is not None and t.channels != track_channels[name]:
             return f"track {name} has {t.channels} channel(s), the plan's {track_channels[name]}"
     return None
+
+
+def live_head(store: ObjectStore, layout: MeetingLayout, before: PieceManifest,
+              next_first_frame: int, mp3_bitrate: int, channels: dict[str, Channels]
+              ) -> tuple[int, int, dict[str, bytes]] | None:
+    """For the audio so far (`live.py`): the stored head of the silent chunk right after
+    the chunk of piece `before`, when it joins it (its unit starts where the piece's ends,
+    its frames where the piece's end and end by `next_first_frame`, the next piece's
+    first), was made from that chunk's raw tracks at the bitrate and with the channel
+    counts (`channels`, by track) of the live tracks: (its first frame, its frame count,
+    its frames' bytes by track: tracks it lacks are silence there). None otherwise (the
+    live audio is silence there, as before). Raises TemporaryFailure for S3 failures."""
+    key = layout.silent_head_key(before.index + 1)
+    try:
+        head = SilentHeadManifest.model_validate(store.get_json(key))
+    except (NotFoundError, InvalidInputError, ValidationError):
+        return None
+    if head.index != before.index + 1 or head.mp3_bitrate != mp3_bitrate \
+            or head.unit_start_ms != before.unit_end_ms \
+            or head.first_frame != before.end_frame \
+            or head.head_end_frame > min(head.end_frame, next_first_frame) \
+            or not head.placed or head.placed[0].index != before.index \
+            or head.placed[0].sources != before.sources:
+        return None
+    frames: dict[str, bytes] = {}
+    for t in head.tracks:
+        try:
+            data = base64.b64decode(t.mp3, validate=True)
+            count = len(split_frames(data))
+        except ValueError:
+            return None
+        if channels.get(t.track) != t.channels or sha256_hex(data) != t.sha256 \
+                or count != t.frames or count != head.head_end_frame - head.first_frame:
+            return None
+        frames[t.track] = data
+    return head.first_frame, head.head_end_frame - head.first_frame, frames
