@@ -6,9 +6,11 @@ benchmarks/transcode.py: each speaker talks in a third of the chunks, mono-coded
 as in real meetings: those chunks have no tracks, no Job and no piece):
 
 1. While "recording": every chunk's piece (`pieces.build_piece`, what each chunk's
-   transcoder Job adds), in chunk order; its wall time per chunk (p50, p95) is printed.
-2. Stop → final, `--runs` times: the last chunk's piece (its Job runs after stop) plus
-   the promotion (`promote`, which assembles the pieces). p95 over the runs.
+   transcoder Job adds) and the head of a silent unit after speech before it
+   (`silenthead.build_silent_head`), in chunk order; its wall time per chunk (p50, p95)
+   is printed. A session reused from `--data-dir` gets the heads it lacks first.
+2. Stop → final, `--runs` times: the last chunk's piece and head (its Job runs after
+   stop) plus the promotion (`promote`, which assembles the pieces). p95 over the runs.
 3. The full promotion of the same plan (`promote(..., incremental=False)`): every chunk
    decoded and every track encoded in one pass. ratio_to_single_pass = stop → final p95
    (1 h) / the full promotion's wall time (1 h).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import os
 import statistics
 import subprocess
@@ -55,7 +58,7 @@ from voicetrack.layout import MeetingLayout  # noqa: E402
 from voicetrack.manifests import PromotionPlan  # noqa: E402
 from voicetrack.objectstore import ObjectStore, S3Settings  # noqa: E402
 from voicetrack_local.seaweed import SeaweedServer  # noqa: E402
-from voicetrack_transcoder import assembly, pieces, silence  # noqa: E402
+from voicetrack_transcoder import assembly, pieces, silence, silenthead  # noqa: E402
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end  # noqa: E402
 from voicetrack_transcoder.promote import promote  # noqa: E402
 
@@ -124,8 +127,23 @@ def record_pieces(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
             continue  # a silent window: the operator marks it done, no Job, no piece
         t0 = time.perf_counter()
         pieces.build_piece(store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks)
+        silenthead.build_silent_head(store, chunk, layout.prefix, plan.mp3_bitrate,
+                                     plan.tracks)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def record_heads(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan) -> int:
+    """The silent units' heads of a session recorded before the Jobs made them (as each
+    chunk's Job makes them now), where missing; how many were made."""
+    made = 0
+    for before, chunk in itertools.pairwise(plan.chunks):
+        if chunk.tracks and not before.tracks:
+            silent = silenthead.silent_after_speech(store, layout, chunk)
+            if silent is not None and not store.exists(layout.silent_head_key(silent.index)):
+                made += silenthead.build_silent_head(
+                    store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks) is not None
+    return made
 
 
 def boundary_figures(inc: dict[str, bytes], full: dict[str, bytes],
@@ -185,8 +203,8 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         store.put_json(layout.promotion_plan_key, plan.to_api())
         times = record_pieces(store, layout, plan)
     else:
-        print(f"{minutes} min: the session recorded earlier in --data-dir is reused",
-              flush=True)
+        print(f"{minutes} min: the session recorded earlier in --data-dir is reused "
+              f"({record_heads(store, layout, plan)} silent heads made now)", flush=True)
         times = [float("nan")]
     last = plan.chunks[-1]
     stops = []
@@ -197,6 +215,8 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         stages.wrap(assembly, "render", "unit renders (decode)")
         stages.wrap(assembly, "make", "unit encodes")
         stages.wrap(silence, "make", "unit encodes")  # silence after speech: the head
+        stages.wrap(assembly, "stored_head", "silent heads made while recording")
+        stages.wrap(silenthead, "build_silent_head", "last silent head")
         stages.wrap(store, "get_bytes", "GETs")
         stages.wrap(assembly, "sha256_file", "sha256 of the tracks")
         stages.wrap(store, "put_file", "uploads")
@@ -205,12 +225,15 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         t0 = time.perf_counter()
         if last.tracks:  # a silent last window has no Job
             pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
+            silenthead.build_silent_head(store, last, layout.prefix, plan.mp3_bitrate,
+                                         plan.tracks)
         manifest = promote(store, layout.promotion_plan_key)
         stops.append(time.perf_counter() - t0)
         cpu, weed = cpu_s(os.getpid()) - cpu0, cpu_s(weed_pid) - weed0
         kids = cpu_s(os.getpid(), children=True) - kids0
         for owner, name in ((pieces, "build_piece"), (assembly, "read_pieces"),
-                            (assembly, "sha256_file")):
+                            (assembly, "sha256_file"), (assembly, "stored_head"),
+                            (silenthead, "build_silent_head")):
             setattr(owner, name, getattr(owner, name).__wrapped__)
         for name in ("get_bytes", "put_file"):
             delattr(store, name)

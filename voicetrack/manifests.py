@@ -186,6 +186,53 @@ class PieceManifest(_Model):
     speech: dict[str, list[list[int]]] = Field(default_factory=dict)
 
 
+class PlacedSource(_Model):
+    """A chunk placed in output time (ms) as a render used it: its window
+    `[outStartMs, outEndMs)` and the raw tracks decoded (`userId:sha256`)."""
+
+    index: int
+    out_start_ms: int
+    out_end_ms: int
+    sources: list[str]
+
+
+class SilentHeadTrack(_Model):
+    """One final track's head in a silent unit: `frames` MPEG-1 Layer III frames (no
+    tag), base64 in `mp3`, `sha256` of the bytes; `peaks` as in PieceTrack over the
+    head's output time."""
+
+    track: str
+    channels: Channels
+    frames: int = Field(ge=0)
+    sha256: str
+    mp3: str
+    peaks: list[int] = Field(default_factory=list)
+
+
+class SilentHeadManifest(_Model):
+    """`chunks/<index>/silent-head.json`: the head of the unit of chunk `index`, a window
+    nobody spoke in right after speech, made by the next spoken chunk's transcoder Job
+    (`voicetrack_transcoder.silenthead`). Output time in ms: the unit is
+    `[unitStartMs, unitEndMs)`; the head its first `headMs - unitStartMs`, whose frames
+    are the global frames `[firstFrame, headEndFrame)`; every frame after them up to
+    `endFrame` is LAME's silent frame. `placed`: the chunks the render decoded (their
+    order and place, so assembly can prove the head was made from what the plan promotes).
+    Tracks of speakers not in `tracks` are silent frames over the whole unit."""
+
+    tool_version: str
+    index: int
+    mp3_bitrate: int
+    unit_start_ms: int
+    unit_end_ms: int
+    head_ms: int
+    first_frame: int
+    head_end_frame: int
+    end_frame: int
+    placed: list[PlacedSource]
+    tracks: list[SilentHeadTrack]
+    speech: dict[str, list[list[int]]] = Field(default_factory=dict)
+
+
 class SpeechTimeline(_Model):
     """`final/timeline.json`: when each speaker spoke, as `[startMs, endMs)` intervals in
     output time (the final tracks' time: paused time cut, t = 0 at capture start).

@@ -9,10 +9,14 @@ pause was never assembled (issue 13, second review)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,11 +25,12 @@ import pytest
 from tests.audio_helpers import Speaker, best_correlation, decode_file, upload_chunks
 from voicetrack.audio import ms_to_samples
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import PromotionPlan
+from voicetrack.manifests import PromotionPlan, SilentHeadManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_transcoder import assembly, silence
 from voicetrack_transcoder.chunk import transcode_chunk
-from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end
+from voicetrack_transcoder.live import assemble_live
+from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, owned_end, split_frames
 from voicetrack_transcoder.promote import promote
 
 pytestmark = pytest.mark.integration
@@ -121,6 +126,7 @@ def test_units_are_rendered_a_few_at_a_time(
                 running -= 1
 
     monkeypatch.setattr(assembly, "render", counted)
+    monkeypatch.setattr(assembly, "stored_head", lambda *a, **kw: None)  # computed here
     assert promote(store, LAYOUT.promotion_plan_key).assembly == "incremental"
     assert peak == 2, peak  # RENDERS_AT_ONCE
 
@@ -143,6 +149,7 @@ def test_silence_after_speech_is_encoded_one_second_deep_with_the_same_bytes(
         return made
 
     monkeypatch.setattr(assembly, "settled_made", spied)
+    monkeypatch.setattr(assembly, "stored_head", lambda *a, **kw: None)  # computed here
     monkeypatch.setattr(silence, "HEAD_MS", 1000)
     assert {t.track: store.get_bytes(t.key) for t in promote(
         store, LAYOUT.promotion_plan_key).tracks} == inc
@@ -173,3 +180,155 @@ def test_a_meeting_nobody_spoke_in_promotes_to_no_tracks(s3_server: S3Settings,
     manifest = promote(store, layout.promotion_plan_key, incremental=incremental)
     assert manifest.tracks == [] and manifest.duration_ms == 6000
     assert store.exists(layout.final_manifest_key)
+
+
+# ---------------------------------------------------------------- heads made while recording
+
+
+def test_the_next_spoken_chunks_job_stores_the_head_of_the_silence_after_speech(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None]) -> None:
+    """Chunk 4's Job looks back through silent chunks 3 and 2 to the speech of chunk 1
+    and stores the head of chunk 2's unit; chunk 6's Job that of chunk 5. Chunk 3's unit
+    follows silence (no head), chunk 7 is the last window (no Job after it)."""
+    store = promoted[0]
+    heads = {i: store.exists(LAYOUT.silent_head_key(i)) for i in SILENT}
+    assert heads == {2: True, 3: False, 5: True, 7: False}, heads
+    head = SilentHeadManifest.model_validate(store.get_json(LAYOUT.silent_head_key(2)))
+    assert [p.index for p in head.placed] == [1, 2]
+    assert (head.unit_start_ms, head.unit_end_ms, head.head_ms) == (4000, 6000, 5000)
+    assert sorted(t.track for t in head.tracks) == [A, "mix"]  # B spoke in neither
+
+
+def _renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts `assembly.render` calls (the list's length)."""
+    calls: list[int] = []
+    real = assembly.render
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(assembly, "render", counted)
+    return calls
+
+
+def test_assembly_uses_the_stored_heads_with_the_same_bytes(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the heads stored, only the last unit (chunk 7, to the stream's end) is
+    rendered at assembly; without them, the heads of chunks 2 and 5 too. The tracks are
+    byte for byte the same either way."""
+    store, inc, _, _, _ = promoted
+    renders = _renders(monkeypatch)
+    manifest = promote(store, LAYOUT.promotion_plan_key)
+    assert (manifest.assembly, len(renders)) == ("incremental", 1)
+    assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
+    monkeypatch.setattr(assembly, "stored_head", lambda *a, **kw: None)
+    computed = promote(store, LAYOUT.promotion_plan_key)
+    assert len(renders) == 1 + 3
+    assert {t.track: store.get_bytes(t.key) for t in computed.tracks} == inc
+
+
+def _reframed(doc: dict[str, Any], data: bytes) -> None:
+    """Put `data` as the mix head's bytes, its sha256 and frame count made to match."""
+    track = next(t for t in doc["tracks"] if t["track"] == "mix")
+    track["mp3"] = base64.b64encode(data).decode()
+    track["sha256"] = hashlib.sha256(data).hexdigest()
+    track["frames"] = len(split_frames(data))
+
+
+def _mix_bytes(doc: dict[str, Any]) -> bytes:
+    return base64.b64decode(next(t for t in doc["tracks"] if t["track"] == "mix")["mp3"])
+
+
+def _flip_a_byte(doc: dict[str, Any]) -> None:
+    """A bit flipped in the mix's frames, its sha256 left as it was."""
+    data = bytearray(_mix_bytes(doc))
+    data[len(data) // 2] ^= 0x10
+    next(t for t in doc["tracks"] if t["track"] == "mix")["mp3"] = \
+        base64.b64encode(bytes(data)).decode()
+
+
+def _drop_a_frame(doc: dict[str, Any]) -> None:
+    """The mix's last frame gone, its sha256 and frame count updated to match."""
+    _reframed(doc, b"".join(split_frames(_mix_bytes(doc))[:-1]))
+
+
+def _other_source(doc: dict[str, Any]) -> None:
+    """Made from another raw track of chunk 1 than the plan's."""
+    doc["placed"][0]["sources"] = [f"{A}:{'0' * 64}"]
+
+
+def _other_channels(doc: dict[str, Any]) -> None:
+    """The mix made with the other channel count than the plan's."""
+    track = next(t for t in doc["tracks"] if t["track"] == "mix")
+    track["channels"] = 3 - track["channels"]
+
+
+def _no_mix(doc: dict[str, Any]) -> None:
+    doc["tracks"] = [t for t in doc["tracks"] if t["track"] != "mix"]
+
+
+SPOILERS: dict[str, Callable[[dict[str, Any]], None] | None] = {
+    "missing": None, "flipped": _flip_a_byte, "short": _drop_a_frame,
+    "other source": _other_source, "channels": _other_channels, "no mix": _no_mix}
+
+
+@pytest.mark.parametrize("spoil", list(SPOILERS), ids=list(SPOILERS))
+def test_a_missing_or_damaged_head_is_computed_instead(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None], monkeypatch: pytest.MonkeyPatch, spoil: str) -> None:
+    """Chunk 5's head missing, damaged, or not the one the plan asks for: assembly
+    computes that unit (one more render) and the tracks are still the same bytes, made
+    from the pieces; chunk 2's stored head is still used."""
+    store, inc, _, _, _ = promoted
+    key = LAYOUT.silent_head_key(5)
+    original = store.get_bytes(key)
+    spoiler = SPOILERS[spoil]
+    try:
+        if spoiler is None:
+            store.delete_keys([key])
+        else:
+            doc = json.loads(original)
+            spoiler(doc)
+            store.put_json(key, doc)
+        renders = _renders(monkeypatch)
+        manifest = promote(store, LAYOUT.promotion_plan_key)
+        assert (manifest.assembly, manifest.fallback_reason) == ("incremental", None)
+        assert len(renders) == 2  # chunk 5's head and chunk 7's unit
+        assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
+    finally:
+        store.put_bytes(key, original, "application/json")
+
+
+def test_a_head_that_is_not_json_is_computed_instead(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, inc, _, _, _ = promoted
+    key = LAYOUT.silent_head_key(2)
+    original = store.get_bytes(key)
+    try:
+        store.put_bytes(key, original[: len(original) // 2], "application/json")
+        renders = _renders(monkeypatch)
+        manifest = promote(store, LAYOUT.promotion_plan_key)
+        assert (manifest.assembly, len(renders)) == ("incremental", 2)
+        assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
+    finally:
+        store.put_bytes(key, original, "application/json")
+
+
+def test_the_audio_so_far_holds_the_stored_heads_as_the_final_track_does(
+        promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
+                        str | None]) -> None:
+    """The live tracks of chunks 0..6 decode to the final tracks' first samples exactly,
+    the silence after speech in chunks 2 and 5 included (it was LAME's silent frame from
+    the unit's start in the live tracks, the encoder's tail of the speech in the final)."""
+    store, inc, _, _, _ = promoted
+    manifest = assemble_live(store, LAYOUT, chunks=7, silent=[2, 3, 5])
+    assert manifest is not None
+    for t in manifest.tracks:
+        live = decode_file(store.get_bytes(t.key))
+        final = decode_file(inc[t.track])
+        assert live.shape[0] > ms_to_samples(12_000), t.track
+        assert np.array_equal(live, final[: live.shape[0]]), t.track

@@ -46,7 +46,8 @@ from voicetrack_transcoder.mp3grid import (
 )
 from voicetrack_transcoder.piececheck import Unit, around, plan_units, read_pieces
 from voicetrack_transcoder.pieces import Made, PiecesUnusable, Work, make, render
-from voicetrack_transcoder.silence import settle_head, settled_made, silent_made
+from voicetrack_transcoder.silence import head_plan, settled_made, silent_made
+from voicetrack_transcoder.silenthead import stored_head
 from voicetrack_transcoder.speech import (
     HANGOVER_MS,
     MERGE_GAP_MS,
@@ -182,16 +183,23 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 return task, silent_made(silence, w, end - w.first, names, track_channels)
             if near:
                 from_ms = min(from_ms, near[0].out_start_ms)
+            hp = head_plan(w, placed)  # silence after speech: its first second is enough
+            window = units[task].window_pos if task < len(units) else None
+            if hp is not None and window is not None:  # made while recording?
+                made = stored_head(store, layout, plan.chunks[window].index, w, hp,
+                                   plan.mp3_bitrate, track_channels, names, silence,
+                                   set(plan.excluded))
+                if made is not None:
+                    return task, made
             with rendering:  # PCM of up to two chunk windows per track, a few at once
-                head = settle_head(w, placed)
-                if head is not None:  # silence after speech: its first second is enough
-                    rendered = render(store, layout, [p for p in near if p.out_start_ms < head],
-                                      from_ms, head, speakers, channels,
-                                      mix_channels if want_mix else None)
+                if hp is not None:
+                    rendered = render(store, layout, hp.placed, hp.from_ms, hp.head_ms,
+                                      speakers, channels, mix_channels if want_mix else None)
                     rendered.wanted = set(names)
                     own = work / f"unit-{task}-head"
                     own.mkdir()
-                    made = settled_made(rendered, w, head, plan.mp3_bitrate, own, speakers,
+                    made = settled_made(rendered, w, hp.head_ms, plan.mp3_bitrate, own,
+                                        speakers,
                                         {n: silence[track_channels[n]] for n in names})
                     if made is not None:
                         return task, made

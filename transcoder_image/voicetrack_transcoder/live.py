@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import tempfile
 from collections.abc import Collection
@@ -27,6 +28,7 @@ from voicetrack_transcoder.assembly import fetched_in_order, prefetch_depth
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, silent_frames, split_frames, tag_file
 from voicetrack_transcoder.pieces import PiecesUnusable
+from voicetrack_transcoder.silenthead import live_head
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,11 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
     naming the first chunk without a usable piece. `silent`: indexes of chunks that have
     no piece and never will (failed, or nobody spoke): their units are silence, as
     promotion makes them (LAME's silent frame for every frame between the pieces around
-    them). Every track is built and checked in a temporary directory before anything is
-    uploaded, and the manifest goes last, so a missing or damaged piece leaves the
-    previous live files as they were.
+    them, after the head of a window nobody spoke in right after speech when the next
+    spoken chunk's Job stored it: `silenthead.live_head`; so the audio so far is the
+    final track's frames). Every track is built and checked in a temporary directory
+    before anything is uploaded, and the manifest goes last, so a missing or damaged
+    piece leaves the previous live files as they were.
 
     The run ends at the first chunk not in `silent` without a piece (not transcoded yet)
     or whose unit does not start where the previous one ended (after a silent chunk: not
@@ -130,6 +134,10 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
                 raise PiecesUnusable(f"{t.key} does not match its piece.json")
             return data
 
+        heads = {after.index: live_head(store, layout, before, after.first_frame, bitrate,
+                                        channels)  # by the index of the piece after it
+                 for before, after in itertools.pairwise(run)
+                 if before.index + 1 in silent and after.index > before.index + 1}
         for name in names:
             frames_path = work / f"{name}.frames"
             mine = [next((t for t in p.tracks if t.track == name), None) for p in run]
@@ -139,6 +147,12 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
             with frames_path.open("wb") as out, contextlib.closing(blobs):
                 written = 0
                 for piece, own in zip(run, mine, strict=True):
+                    head = heads.get(piece.index)
+                    if head is not None:  # a silent unit's head, as the final track has it
+                        first, count, by_track = head
+                        out.write(silence[channels[name]] * (first - written))
+                        out.write(by_track.get(name, silence[channels[name]] * count))
+                        written = first + count
                     out.write(silence[channels[name]] * (piece.first_frame - written))
                     written = piece.end_frame
                     out.write(next(blobs) if own is not None

@@ -15,7 +15,9 @@ must have a piece whose manifest matches the plan (unit, frames, bitrate, channe
 sha256 of every raw track decoded); units no Job made a piece for (a failed chunk's
 window, a chunk without tracks — nobody spoke in it —, time after the last chunk) and the
 frames after the last piece are rendered then from the raw chunks: the encoder's warm-up
-after speech, LAME's silent frame alone where the warm-up holds no audio either.
+after speech (or from the head the next spoken chunk's Job stored for a window nobody
+spoke in, `silenthead.py`), LAME's silent frame alone where the warm-up holds no audio
+either.
 Speakers absent from a unit and from the chunk before it are digital silence there:
 LAME's steady-state silent frame. Each final track is the frames in order
 behind an Info tag with the exact delay and padding, computed from the frame count and
