@@ -102,16 +102,18 @@ def consent_record(meeting_id: str, ordered: list[ChunkSpec], excluded: set[str]
 
 
 def overlapping(chunks: Iterable[tuple[ChunkSpec, TranscodeStatus]]) -> list[ChunkSpec]:
-    """The chunks a promotion leaves out because their window starts inside an earlier
-    chunk's (session ms; ordered by start, then index: the first one keeps the time).
+    """The chunks a promotion leaves out: in index order, each chunk must start at or after
+    the end of every chunk kept before it (session ms); one that does not is left out.
 
     A recorder never writes such windows; a buggy or compromised one can (its grant lets
     it create chunks and their stored `chunk.json`). Refusing the whole promotion would
-    keep the session's finalizer, and its namespace, for ever; leaving the later copy out
-    keeps every other chunk's audio, and the time only it covered becomes a gap."""
+    keep the session's finalizer, and its namespace, for ever. Index order decides, not
+    start time: a chunk's index is fixed when it is made and no recorder can replace an
+    earlier one, so a forged chunk (a later index) can never push real audio out, however
+    early its window claims to start."""
     out: list[ChunkSpec] = []
     cursor: int | None = None
-    for chunk, _ in sorted(chunks, key=lambda c: (c[0].start_ms, c[0].index)):
+    for chunk, _ in sorted(chunks, key=lambda c: c[0].index):
         if cursor is not None and chunk.start_ms < cursor:
             out.append(chunk)
         else:
@@ -128,14 +130,16 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
     and `consent` holds `final/consent.json` (`consent_record`). `spec.optOutUserIds` is
     read as it is now (deletion time).
 
-    A chunk whose window starts inside an earlier one's is left out (`overlapping`): the
-    caller reports them."""
+    A chunk that overlaps an earlier one is left out (`overlapping`; the caller reports
+    them): its audio is not promoted, but its opt-outs count (the recorder's word on
+    consent is never dropped) and the time after the last kept chunk that only it covered
+    is a gap."""
     left_out = {id(c) for c in overlapping(chunks)}
     ordered = sorted((c for c in chunks if id(c[0]) not in left_out),
                      key=lambda c: (c[0].start_ms, c[0].index))
     if not any(status == TranscodeStatus.DONE for _, status in ordered):
         return None
-    excluded = excluded_users(spec, (c for c, _ in ordered))
+    excluded = excluded_users(spec, (c for c, _ in chunks))
     origin = ordered[0][0].start_ms
     cursor = origin
     promoted: list[ChunkSpec] = []
@@ -155,11 +159,16 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
             gaps.append(Gap(start_ms=chunk.start_ms - origin, end_ms=chunk.end_ms - origin,
                             cause="chunk-failed"))
         cursor = chunk.end_ms
+    end = max(c.end_ms for c, _ in chunks)
+    if end > cursor:  # covered only by chunks left out
+        gaps.append(Gap(start_ms=cursor - origin, end_ms=end - origin, cause="chunk-failed"))
+        cursor = end
     speakers = sorted({t.user_id for c in promoted for t in c.tracks})
-    present = {t.user_id for c, _ in ordered for t in c.tracks} | {
-        o.user_id for c, _ in ordered for o in c.opted_out}
-    consent = consent_record(meeting_id, [c for c, _ in ordered], excluded, origin,
-                             cursor - origin, gaps)
+    present = {t.user_id for c, _ in chunks for t in c.tracks} | {
+        o.user_id for c, _ in chunks for o in c.opted_out}
+    consent = consent_record(meeting_id, sorted((c for c, _ in chunks),
+                                                key=lambda c: c.start_ms),
+                             excluded, origin, cursor - origin, gaps)
     return PromotionPlan(
         guild_id=spec.guild_id, meeting_id=meeting_id, prefix=spec.storage.prefix,
         session_end_ms=cursor - origin, speakers=speakers, chunks=promoted, gaps=gaps,

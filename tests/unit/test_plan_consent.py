@@ -168,3 +168,30 @@ def test_a_chunk_overlapping_an_earlier_one_is_left_out_not_a_wedge(forged: Chun
     assert [c.index for c in plan.chunks] == [0, 2] and plan.speakers == [ANN]
     assert plan.gaps == [Gap(start_ms=10_000, end_ms=15_000, cause="chunk-failed")]
     assert plan.session_end_ms == 25_000
+
+
+def test_a_forged_early_window_never_pushes_real_chunks_out() -> None:
+    """Review of the day's change: ordered by start, a later-index chunk claiming [0, 23 s)
+    was kept and every real chunk left out (the whole recording was the forgery's)."""
+    real = [(chunk(0, 3_000, 13_000, {ANN: (3_000, 12_980)}), DONE),
+            (chunk(1, 13_000, 23_000, {ANN: (13_000, 22_980)}), DONE)]
+    forged = chunk(2, 0, 23_000, {BOB: (0, 22_980)})
+    assert overlapping([*real, (forged, DONE)]) == [forged]
+    plan = plan_of([*real, (forged, DONE)])
+    assert [c.index for c in plan.chunks] == [0, 1] and plan.speakers == [ANN]
+
+
+def test_a_left_out_chunk_still_counts_its_opt_outs_and_its_time() -> None:
+    """Review of the day's change: the opt-out in a left-out last chunk was ignored (CAT's
+    audio promoted) and the 10 s only it covered vanished without a gap."""
+    chunks = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), CAT: (1_000, 9_000)}), DONE),
+              (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980), CAT: (10_000, 19_000)}),
+               DONE),
+              (chunk(2, 19_800, 30_000, {ANN: (19_800, 29_980)},
+                     opted=((CAT, 25_000, "user"),)), DONE)]
+    plan = plan_of(chunks)
+    assert [c.index for c in plan.chunks] == [0, 1]
+    assert CAT in plan.excluded and plan.speakers == [ANN]
+    assert plan.consent is not None and CAT in [o.user_id for o in plan.consent.opted_out]
+    assert plan.session_end_ms == 30_000
+    assert plan.gaps[-1] == Gap(start_ms=20_000, end_ms=30_000, cause="chunk-failed")
