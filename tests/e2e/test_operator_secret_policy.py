@@ -143,6 +143,13 @@ async def test_the_operator_starts_recorder_and_transcoder_pods_only(
         (lambda p: p["containers"][0]["securityContext"].update(capabilities={
             "add": ["SYS_ADMIN"]}), "added capabilities"),
         (lambda p: p["containers"][0]["securityContext"].update(runAsUser=0), "non-root"),
+        # review of the day's change: a root container was admitted this way
+        (lambda p: (p["securityContext"].update(runAsUser=0),
+                    p["containers"][0]["securityContext"].update(runAsNonRoot=False)),
+         "non-root"),
+        (lambda p: p["containers"][0]["securityContext"].update(runAsNonRoot=False),
+         "non-root"),
+        (lambda p: p["containers"][0]["securityContext"].pop("capabilities"), "non-root"),
     ]
     for doc in (recorder, job):
         for change, says in cases:
