@@ -42,9 +42,17 @@ host  all      all      ::/0      scram-sha-256
 HBA
 # The set-up server listens on a private socket only: no client (nor a readiness check)
 # reaches it before the roles are right. No statement is logged (ALTER ROLE … PASSWORD).
+# Its server log goes to a file in that directory, shown when it fails to start (a data
+# directory with wrong permissions, a crash recovery that fails) so the reason reaches the
+# pod's log; the wait allows a long crash recovery (PGCTLTIMEOUT, default 1 h).
 sock=$(mktemp -d)
-pg_ctl -D "$PGDATA" -w start -o "-c listen_addresses='' -c unix_socket_directories=$sock \
-  -p $port -c log_statement=none -c log_min_error_statement=panic" >/dev/null
+if ! pg_ctl -D "$PGDATA" -w -t "${PGCTLTIMEOUT:-3600}" -l "$sock/setup.log" start -o \
+  "-c listen_addresses='' -c unix_socket_directories=$sock -p $port -c log_statement=none \
+  -c log_min_error_statement=panic" >/dev/null; then
+  echo "voicetrack-postgresql: the set-up server did not start; its log:" >&2
+  cat "$sock/setup.log" >&2
+  exit 1
+fi
 psql -X -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres -d postgres -q \
      -v user="$user" -v db="$db" -v ro="$ro" <<'SQL'
 \getenv pw POSTGRES_PASSWORD
@@ -73,6 +81,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE :"user" IN SCHEMA public GRANT SELECT ON TABLE
 \endif
 SQL
 pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+rm -f "$sock/setup.log"
 rmdir "$sock"
 if [ -n "$made" ]; then
   echo "voicetrack-postgresql: made the cluster in $PGDATA (role $user, database $db)"

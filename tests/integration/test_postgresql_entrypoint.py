@@ -217,3 +217,17 @@ async def _web_reads(url: str) -> tuple[set[str], list[str]]:
         return await access.guilds_with_meetings([GUILD]), [v.id for v in views]
     finally:
         await access.engine.dispose()
+
+
+def test_a_server_that_cannot_start_says_why(pg: Entrypoint) -> None:
+    """Review of the day's change: the set-up server's output went to /dev/null, so a kept
+    data directory PostgreSQL refuses left only "pg_ctl: could not start server" in the
+    pod's log. Its own reason is shown now."""
+    pg.start(APP_PW)
+    pg.stop()
+    pg.pgdata.chmod(0o777)  # PostgreSQL refuses a data directory others can read
+    with pytest.raises(AssertionError):
+        pg.start(APP_PW)
+    assert pg.proc is not None and pg.proc.wait(30) == 1
+    log = pg.log.read_text()
+    assert "the set-up server did not start" in log and "invalid permissions" in log, log
