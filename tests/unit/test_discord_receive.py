@@ -269,6 +269,38 @@ async def test_the_last_frames_of_a_member_who_leaves_are_kept(overtaken_by: int
     assert len(got) == 50
 
 
+async def test_an_ssrc_handed_on_after_a_member_left_is_the_new_members() -> None:
+    """Review of the day's change: with the leave grace, the first packets of a member who
+    got a departed member's SSRC (before their own SPEAKING) went to the one who left:
+    10 of 25 frames lost as the leaver's `NoDecryptorForUser` (without DAVE they would have
+    been recorded on the leaver's track). The grace ends with the DAVE epoch that removes
+    the member, and a packet in it is theirs only when their key opens it."""
+    b_id, c_id = 333333333333333333, 444444444444444444
+    h = await Harness.open()
+    _a, b = await h.rig.join(222222222222222222, b_id)
+    await h.settle()
+    for i, packet in enumerate(encode_frames(tone_pcm(25, 440))):
+        await h.deliver(h.rig.packet(b, packet), START_MS + 20 * (i + 1) + LATENCY_MS)
+    await h.at(START_MS + 700)
+    await h.rig.leave(b_id)
+    await h.settle()
+    await h.at(START_MS + 800)
+    (c,) = await h.rig.join(c_id, announce=False)
+    await h.settle()
+    c.ssrc = b.ssrc  # the media server hands B's SSRC on to C
+    sent = encode_frames(tone_pcm(25, 880))
+    for i, packet in enumerate(sent[:10]):  # before C's SPEAKING (op 5)
+        await h.deliver(h.rig.packet(c, packet), START_MS + 900 + 20 * i)
+    await h.rig.bot_endpoint.event({"op": 11, "d": {"user_ids": [str(c_id)]}})
+    await h.rig.speaking(c)
+    for i, packet in enumerate(sent[10:], start=10):
+        await h.deliver(h.rig.packet(c, packet), START_MS + 900 + 20 * i)
+    await h.finish()
+    assert h.receiver.stats.frames_by_user[str(c_id)] == 25
+    assert h.receiver.stats.frames_by_user[str(b_id)] == 25
+    assert not h.receiver.stats.decrypt[str(b_id)].failures
+
+
 @pytest.mark.parametrize("bot_lag_ms", [0, 100])
 async def test_epoch_changes_mid_stream_lose_at_most_one_frame_each(bot_lag_ms: int) -> None:
     """Members are added and removed while a speaker talks; with `bot_lag_ms` the bot gets

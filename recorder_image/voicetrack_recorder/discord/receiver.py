@@ -53,9 +53,12 @@ MAX_HELD_UNKNOWN = 100
 """Packets kept per not-yet-announced SSRC (2 s of audio); older ones are dropped."""
 LEAVE_GRACE_MS = 1000.0
 """How long (ms) after a member's CLIENT_DISCONNECT (op 13) packets on their SSRC are
-still theirs. The op comes over the voice websocket and can overtake the member's last
-datagrams, which come over UDP through the media relay; without the grace those were
-dropped as unknown SSRC (found by review; `test_discord_receive.py`)."""
+still theirs, unless the DAVE epoch changes first. The op comes over the voice websocket
+and can overtake the member's last datagrams, which come over UDP through the media relay;
+without the grace those were dropped as unknown SSRC (`test_discord_receive.py`). Once
+the commit that removes the member is processed, davey cannot open their frames any more
+(`NoDecryptorForUser`), so the grace ends there: a packet on that SSRC is then someone
+else's (an SSRC handed on) and takes the unknown-SSRC path, DAVE identification included."""
 
 KeySource = Callable[[], "tuple[str, bytes] | None"]
 """Returns the transport (mode, 32-byte secret key) now, or None before op 4 arrived."""
@@ -158,8 +161,9 @@ class VoiceReceiver:
         self._key_wait_ms = key_wait_ms
         self._identify_after_ms = identify_after_ms
         self._tried: dict[int, float] = {}
-        self._leaving: dict[int, tuple[str, float]] = {}
-        """SSRC → (user id, Unix ms until which it is still theirs): members who left."""
+        self._leaving: dict[int, tuple[str, float, int | None]] = {}
+        """SSRC → (user id, Unix ms until which it is still theirs, the DAVE epoch when
+        they left): members who left."""
 
     # -- input ---------------------------------------------------------------------------
 
@@ -185,14 +189,17 @@ class VoiceReceiver:
             return
         for ssrc, user in before.items():  # a member left: their datagrams may still come
             if self.ssrcs.user_for(ssrc) is None:
-                self._leaving[ssrc] = (user, now_ms + LEAVE_GRACE_MS)
+                self._leaving[ssrc] = (user, now_ms + LEAVE_GRACE_MS, self.dave.epoch())
+                if ssrc in self._streams:  # what is held opens now, while DAVE still can
+                    self._finish(ssrc)
         for ssrc in mapped:
             self._leaving.pop(ssrc, None)
         if self.consent is not None:
             for user in self.ssrcs.users:
                 self.consent.see(user)
         for ssrc in list(self._streams):
-            if self._streams[ssrc].user_id != self._user_for(ssrc, now_ms):
+            if self._streams[ssrc].user_id != (self.ssrcs.user_for(ssrc)
+                                               or self._leaver(ssrc, now_ms)):
                 self._finish(ssrc)  # the SSRC now belongs to someone else
         for ssrc in mapped:
             for packet in self._unknown.pop(ssrc, []):
@@ -206,8 +213,8 @@ class VoiceReceiver:
         and drop unknown-SSRC packets held too long. Call it every 20 ms or so."""
         if now_ms is None:
             now_ms = self.clock.time_fn() * 1000
-        for ssrc, (_, until_ms) in list(self._leaving.items()):
-            if now_ms >= until_ms:  # the grace is over: what is held is released
+        for ssrc, (_, until_ms, epoch) in list(self._leaving.items()):
+            if now_ms >= until_ms or self.dave.epoch() != epoch:  # the grace is over
                 del self._leaving[ssrc]
                 left = self._streams.get(ssrc)
                 if left is not None and left.user_id != self.ssrcs.user_for(ssrc):
@@ -280,8 +287,15 @@ class VoiceReceiver:
 
     def _hold(self, ssrc: int, packet: Held) -> None:
         """Put an authenticated packet in its speaker's jitter buffer, or, while its SSRC
-        is not announced yet, aside (at most MAX_HELD_UNKNOWN per SSRC)."""
-        user = self._user_for(ssrc, packet.arrival_ms)
+        is not announced yet, aside (at most MAX_HELD_UNKNOWN per SSRC). A packet on the
+        SSRC of a member who just left (`LEAVE_GRACE_MS`) is theirs only when it opens with
+        their DAVE key now, before the commit removing them takes that key away; otherwise
+        it is set aside like any unknown SSRC's (an SSRC handed on to someone else)."""
+        user = self.ssrcs.user_for(ssrc)
+        if user is None and (left := self._leaver(ssrc, packet.arrival_ms)) is not None:
+            opus = self.dave.decrypt(left, packet.payload, count_failure=False)
+            if opus is not None:
+                user, packet.opus = left, opus
         if user is None:
             held = self._unknown[ssrc]
             if len(held) >= MAX_HELD_UNKNOWN:
@@ -322,13 +336,13 @@ class VoiceReceiver:
             return True
         return False
 
-    def _user_for(self, ssrc: int, now_ms: float) -> str | None:
-        """The user sending on `ssrc` at `now_ms`: the mapped one, else a member who left
-        less than LEAVE_GRACE_MS before."""
-        user = self.ssrcs.user_for(ssrc)
-        if user is None and (leaving := self._leaving.get(ssrc)) and now_ms < leaving[1]:
+    def _leaver(self, ssrc: int, now_ms: float) -> str | None:
+        """The member who left `ssrc` less than LEAVE_GRACE_MS before `now_ms`, in the DAVE
+        epoch still current; None otherwise."""
+        leaving = self._leaving.get(ssrc)
+        if leaving and now_ms < leaving[1] and self.dave.epoch() == leaving[2]:
             return leaving[0]
-        return user
+        return None
 
     def _finish(self, ssrc: int) -> None:
         stream = self._streams.pop(ssrc)
