@@ -5,7 +5,8 @@
 session's slot grid. See docs/discord.md for what a server admin configures.
 """
 
-from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
+from voicetrack_recorder.discord.receiver import VoiceReceiver
 from voicetrack_recorder.discord.source import DiscordSource
+from voicetrack_recorder.discord.stats import ReceiveStats
 
 __all__ = ["DiscordSource", "ReceiveStats", "VoiceReceiver"]

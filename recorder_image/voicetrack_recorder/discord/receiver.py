@@ -20,7 +20,7 @@ DAVE opcodes, so the davey session is never used from two threads at once.
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,7 @@ from voicetrack.opuspacket import is_one_slot
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.conceal import Concealer
-from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor, UserDecryptStats
+from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor
 from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
 from voicetrack_recorder.discord.rtp import (
     AUDIO_PAYLOAD_TYPE,
@@ -42,6 +42,7 @@ from voicetrack_recorder.discord.rtp import (
     seq_diff,
 )
 from voicetrack_recorder.discord.ssrc import GatewayEventError, SsrcMap
+from voicetrack_recorder.discord.stats import ReceiveStats
 from voicetrack_recorder.discord.timeline import Timeline
 from voicetrack_recorder.discord.transport import TransportDecryptor, TransportError
 
@@ -63,48 +64,6 @@ else's (an SSRC handed on) and takes the unknown-SSRC path, DAVE identification 
 KeySource = Callable[[], "tuple[str, bytes] | None"]
 """Returns the transport (mode, 32-byte secret key) now, or None before op 4 arrived."""
 SessionSource = Callable[[], "davey.DaveSession | None"]
-
-
-@dataclass
-class ReceiveStats:
-    """Counters of one receiver. `dropped` is keyed by cause: `not_rtp`, `rtcp`, `video`,
-    `payload_type`, `no_key`, `unknown_ssrc`, `transport_<cause>`, `opted_out` (consent:
-    dropped before DAVE decryption), `late`, `duplicate`, `opus_invalid` (DAVE opened it
-    but it is no well-formed 20 ms Opus packet: `opuspacket.is_one_slot`; also counted
-    in `lost` and concealed), `overlap` (a slot the speaker already filled), `sink` (the
-    chunker refused it)."""
-
-    datagrams: int = 0
-    frames: int = 0
-    """Opus frames pushed to the sink (received and rebuilt)."""
-    recovered: int = 0
-    """Frames rebuilt by FEC/PLC among `frames`."""
-    fec: int = 0
-    """Frames among `recovered` rebuilt from the next packet's in-band FEC data."""
-    identified: int = 0
-    """SSRCs mapped by the DAVE key that opened their frames (no SPEAKING event)."""
-    lost: int = 0
-    """Sequence numbers that never arrived in time, plus frames DAVE refused."""
-    unconcealed: Counter[str] = field(default_factory=Counter)
-    """Short loss runs not rebuilt, by cause (`Concealer.skipped`)."""
-    dropped: Counter[str] = field(default_factory=Counter)
-    frames_by_user: Counter[str] = field(default_factory=Counter)
-    decrypt: dict[str, UserDecryptStats] = field(default_factory=dict)
-    """DAVE results per user id (the receiver's `DaveDecryptor.stats`)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary: every counter, DAVE results per user and cause."""
-        return {
-            "datagrams": self.datagrams, "frames": self.frames,
-            "recovered": self.recovered, "fec": self.fec,
-            "identified": self.identified,
-            "lost": self.lost, "unconcealed": dict(self.unconcealed),
-            "dropped": dict(self.dropped),
-            "framesByUser": dict(self.frames_by_user),
-            "decrypt": {user: {"decrypted": s.decrypted, "silence": s.silence,
-                               "plain": s.plain, "failures": dict(s.failures)}
-                        for user, s in self.decrypt.items()},
-        }
 
 
 @dataclass

@@ -43,7 +43,8 @@ from voicetrack_recorder.discord.login import (
     open_gateway,
 )
 from voicetrack_recorder.discord.members import member_roles
-from voicetrack_recorder.discord.receiver import ReceiveStats, VoiceReceiver
+from voicetrack_recorder.discord.receiver import VoiceReceiver
+from voicetrack_recorder.discord.stats import ReceiveStats
 from voicetrack_recorder.discord.transport import SUPPORTED_MODES
 
 log = logging.getLogger(__name__)
