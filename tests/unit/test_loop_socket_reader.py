@@ -20,7 +20,7 @@ from discord.voice_state import VoiceConnectionState
 
 from tests.discord_rig import CaptureSink
 from voicetrack_recorder.clock import SessionClock
-from voicetrack_recorder.discord import DiscordSource
+from voicetrack_recorder.discord import DiscordSource, connection
 from voicetrack_recorder.discord.connection import (
     RCVBUF_BYTES,
     READER_POLL_S,
@@ -170,6 +170,24 @@ async def test_the_socket_read_gets_a_large_receive_buffer() -> None:
         with open("/proc/sys/net/core/rmem_max") as limit:
             ceiling = int(limit.read())
         assert f.reader.rcvbuf == granted >= min(RCVBUF_BYTES, ceiling)  # Linux doubles it
+    finally:
+        f.close()
+
+
+async def test_a_small_grant_is_a_warning_naming_the_sysctl(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A node's `net.core.rmem_max` caps the grant (often to ~416 KiB, ~0.4 s of a full
+    call): the recorder says so instead of an info line that reads like success."""
+    monkeypatch.setattr(connection, "RCVBUF_LOW_BYTES", 2**40)  # any grant is "small"
+    f = Fixture(asyncio.get_running_loop())
+    try:
+        with caplog.at_level("INFO", logger=connection.__name__):
+            f.reader.start()
+            f.reader.register(f.callback)
+            f.send(b"x")
+            await f.until(1, 2.0)
+        warned = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert warned and "net.core.rmem_max" in warned[0].getMessage()
     finally:
         f.close()
 

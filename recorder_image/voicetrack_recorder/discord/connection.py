@@ -95,7 +95,11 @@ RCVBUF_BYTES = 4 * 1024 * 1024
 """UDP receive buffer asked for on every socket read (SO_RCVBUF): ~20,000 datagrams of
 200 bytes, seconds of a full call's audio through an event-loop stall (the kernel default,
 `net.core.rmem_default`, is often 208 KiB: ~160 datagrams once per-packet overhead is
-counted). Linux caps it at `net.core.rmem_max` and reports double (its bookkeeping)."""
+counted). Linux caps it at `net.core.rmem_max` and reports double (its bookkeeping): on a
+node with the usual `rmem_max` of 208 KiB the grant is ~416 KiB, about 0.4 s of a
+20-speaker call, so a grant below RCVBUF_LOW_BYTES is logged as a warning naming the sysctl
+(docs/deploy.md)."""
+RCVBUF_LOW_BYTES = 1024 * 1024
 
 
 class LoopSocketReader(SocketReader):
@@ -201,8 +205,14 @@ class LoopSocketReader(SocketReader):
         except (OSError, AttributeError) as exc:
             log.warning("cannot set the UDP receive buffer: %r", exc)
             return
-        log.info("UDP receive buffer: asked %d bytes, the kernel granted %d",
-                 RCVBUF_BYTES, self.rcvbuf)
+        if self.rcvbuf < RCVBUF_LOW_BYTES:
+            log.warning("UDP receive buffer: asked %d bytes, the kernel granted only %d; "
+                        "an event-loop stall may drop voice datagrams (raise the node's "
+                        "net.core.rmem_max to at least %d)", RCVBUF_BYTES, self.rcvbuf,
+                        RCVBUF_BYTES)
+        else:
+            log.info("UDP receive buffer: asked %d bytes, the kernel granted %d",
+                     RCVBUF_BYTES, self.rcvbuf)
 
     def read_ready(self) -> bool:
         """Read what the socket holds now (at most READ_BATCH datagrams, handed to the
