@@ -600,7 +600,9 @@ async def test_deletion_leaves_out_overlapping_chunks_and_resumes_at_its_step(
     assert out.status["deletion"] == {"step": "promote"}  # stop and transcodes are done
     plan = await bucket.get_json(s.layout.promotion_plan_key)
     assert [c["index"] for c in plan["chunks"]] == [0]
-    assert plan["sessionEndMs"] == 5000
+    # the time only the left-out chunk covered is a gap, not cut from the recording
+    assert plan["sessionEndMs"] == 9000
+    assert plan["gaps"] == [{"startMs": 5000, "endMs": 9000, "cause": "chunk-failed"}]
 
     # Resumed at `collect` as if the promote step had never run (no plan stored), it is
     # not run again: deletion completes.
