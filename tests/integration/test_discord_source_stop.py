@@ -3,7 +3,7 @@
 `Recorder.run` sets the source's stop event, waits for its uploads, then cancels the
 source task. A cancel landing while the source is leaving (restoring the nickname, leaving
 voice, logging out) used to cut that short: the bot kept `[REC]` after the recording (seen
-in tests/e2e/test_discord_session.py, where the recorder's last upload took 2 ms). Real
+in tests/e2e/discord/test_discord_session.py, where the recorder's last upload took 2 ms). Real
 local Discord, real discord.py, in-process; the cancel comes after a few event-loop steps,
 as the recorder's does when its uploads are already done.
 """
