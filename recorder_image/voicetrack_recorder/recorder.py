@@ -121,8 +121,9 @@ class Recorder:
         self._lost: Gap | None = None
         """The window dropped because the spool was full, not yet carried by a chunk."""
         self._paused_at: int | None = None
-        self._last: tuple[int, list[OptOut]] | None = None
-        """(endMs, optedOut) of the session's last chunk, spooled or found at start."""
+        self._last: tuple[int, list[OptOut] | None] | None = None
+        """(endMs, optedOut) of the session's last chunk, spooled or found at start;
+        optedOut None when that chunk was a gap marker never made (its list unsaid)."""
         self.flush_deadline: float | None = None
         """Monotonic time after which uploads stop retrying; None until the end is forced
         (`forced`)."""
@@ -388,16 +389,23 @@ class Recorder:
             index, marker_start, end, self.consent.opted_out(),  # the last word on consent
             self.consent.degraded, Gap(start_ms=start, end_ms=marker_start,
                                        cause="connection-lost") if marker_start > start else None)
-        self.uploader.create_marker(spec, deadline)
-        self._last = (end, list(spec.opted_out))
+        made = self.uploader.create_marker(spec, deadline)
+        if made:  # a lost window's marker takes the index the chunker would give next
+            self.chunker.next_index = max(self.chunker.next_index, index + 1)
+        # a marker never made leaves the last word on consent unsaid: `_mark_consent` says it
+        self._last = (end, list(spec.opted_out) if made else None)
         self.uploader.write_ack_file()
 
     def _mark_consent(self, deadline: Deadline) -> None:
         """At stop, after `_give_up`: when the members opted out now differ from the last
-        chunk's `optedOut`, create a consent marker chunk (API only) until `deadline`
-        (`uploader.Deadline`): the next index, no tracks, the window `[end, end + 20)` ms after
-        the last chunk (20 ms of silence in the output), the current `optedOut`. Nothing
-        when the session has no chunk (no audio to exclude). Runs in a thread."""
+        chunk's `optedOut` (or that chunk was a gap marker never made), create a consent
+        marker chunk until `deadline` (`uploader.Deadline`): the next index, no tracks, the
+        window `[end, end + 20)` ms after the last chunk (20 ms of silence in the output),
+        the current `optedOut`. When the API server refuses it (403 while the namespace
+        terminates) or stays away past the deadline, its spec is stored in S3 instead
+        (`store_marker_spec`), which the operator's inventory promotes from: an opt-out
+        said at stop is not lost with the object. Nothing when the session has no chunk
+        (no audio to exclude). Runs in a thread."""
         if self._last is None or self._pending:
             return
         end, listed = self._last
@@ -412,7 +420,8 @@ class Recorder:
             return
         log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, end,
                  end + FRAME_MS, [o.user_id for o in now])
-        if self.uploader.create_marker(spec, deadline):
+        if self.uploader.create_marker(spec, deadline) \
+                or self.uploader.store_marker_spec(spec, deadline):
             self.chunker.next_index += 1
             self._last = (spec.end_ms, now)
 

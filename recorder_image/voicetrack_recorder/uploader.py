@@ -52,7 +52,7 @@ from voicetrack.uploadgrant import UploadGrant, post_object
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.faults import FIRST_DELAY_S, index_ranges, next_delay, raise_if_permanent
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.spool import SPEC_FILE, Spool, SpooledChunk
+from voicetrack_recorder.spool import SPEC_FILE, Spool, SpooledChunk, spec_json
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,41 @@ class ChunkUploader:
                     return False
                 time.sleep(delay)
                 delay = next_delay(delay)
+
+    def store_marker_spec(self, spec: ChunkSpec, deadline: Deadline) -> bool:
+        """Write marker chunk `spec` (no tracks) as `chunk.json` in its own chunk folder
+        (`MeetingLayout.chunk_manifest_key`), the copy the operator's inventory rebuilds a
+        chunk from when its RecordingChunk was never made: for a marker whose create was
+        refused (403 while the session's namespace terminates) or given up (the API server
+        away past `deadline`). Retries TemporaryFailure until `deadline` (as
+        `create_marker`; at least one attempt). Returns whether it was written (a failure
+        is logged: this runs while stopping). Only for a marker at a fresh index (the
+        consent marker): a folder holding another spec's raw tracks must keep its own."""
+        key = self.spool.layout.chunk_manifest_key(spec.index)
+        delay = FIRST_DELAY_S
+        with tempfile.NamedTemporaryFile(prefix="marker-", suffix=".json") as f:
+            f.write(spec_json(spec))
+            f.flush()
+            while True:
+                try:
+                    try:
+                        self.store.put_file(key, f.name, "application/json")
+                    except TemporaryFailure as err:
+                        raise_if_permanent(err)  # a bad bucket or grant: no retry
+                        raise
+                    log.info("chunk %d (marker): spec stored as %s", spec.index, key)
+                    return True
+                except InvalidInputError as err:
+                    log.error("chunk %d (marker): spec not stored: %s", spec.index, err)
+                    return False
+                except TemporaryFailure as err:
+                    limit = deadline() if callable(deadline) else deadline
+                    if limit is not None and time.monotonic() + delay > limit:
+                        log.error("chunk %d (marker): spec not stored: %s; giving up",
+                                  spec.index, err)
+                        return False
+                    time.sleep(delay)
+                    delay = next_delay(delay)
 
     def _acknowledge(self, spec: ChunkSpec) -> None:
         self.stats.chunks += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,8 +22,11 @@ import pytest
 from kubernetes import client
 
 from voicetrack.chunkspec import ChunkSpec, OptOut
+from voicetrack.errors import TemporaryFailure
 from voicetrack.kubeclient import load_api_client
 from voicetrack.layout import MeetingLayout
+from voicetrack.names import chunk_name
+from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import (
     API_VERSION,
     GROUP,
@@ -31,13 +35,16 @@ from voicetrack.resources import (
     VERSION,
     SessionSpec,
 )
+from voicetrack.uploadgrant import mint_upload_grant
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
+from voicetrack_operator.builders import SessionRef
+from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import Recorder
 from voicetrack_recorder.spool import Spool
-from voicetrack_recorder.uploader import ChunkUploader
+from voicetrack_recorder.uploader import ChunkUploader, GrantWriter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -117,3 +124,71 @@ async def test_no_marker_when_the_last_chunk_already_says_it(
     rec.stop.set()
     await asyncio.wait_for(run, 60)
     assert [c.index for c in kube.list_chunks()] == [0]
+
+
+def hold_terminating(core: client.CoreV1Api, namespace: str) -> None:
+    """Delete `namespace` while a ConfigMap's finalizer holds it Terminating; returns once
+    the API server refuses creates there (403, as for a namespace being deleted)."""
+    core.create_namespaced_config_map(namespace, {"metadata": {
+        "name": "hold", "finalizers": ["voicetrack.dev/test-hold"]}})
+    core.delete_namespace(namespace)
+    for _ in range(100):
+        try:
+            core.create_namespaced_config_map(namespace, {"metadata": {"generateName": "p-"}})
+        except client.ApiException as err:
+            if err.status == 403:
+                return
+            raise
+        time.sleep(0.1)
+    raise TimeoutError(f"namespace {namespace} still takes creates")
+
+
+async def test_a_consent_marker_a_terminating_namespace_refuses_is_stored_in_s3(
+        cluster: LocalCluster, namespace: str, tmp_path: Path,
+        object_store: ObjectStore) -> None:
+    """/record stop while the session's namespace is being deleted: the API server refuses
+    the consent marker (403), so its spec goes to S3 beside the audio (`chunk.json` in its
+    chunk folder, with the session's upload grant), where the operator's inventory rebuilds
+    it as the session's chunk and promotion reads the opt-out. Before: nothing was written,
+    and A's audio in chunk 0 would have been promoted."""
+    kube, rec = paused_recorder(cluster, namespace, tmp_path, ChunkSpec(
+        session_name="standup", meeting_id=MEETING, guild_id=GUILD, index=0, start_ms=0,
+        end_ms=5000))
+    layout = rec.uploader.spool.layout
+    grant = mint_upload_grant(object_store.settings, object_store.settings.bucket,
+                              layout.chunks_root, datetime.now(UTC) + timedelta(hours=1))
+    rec.uploader.store = GrantWriter(object_store.settings.endpoint, grant)
+    rec.flush_grace_s, rec.marker_grace_s = 1.0, 1.0
+    roles: dict[str, list[str]] = {A: []}
+    rec.consent.roles_of = roles.get
+    await rec.prepare()
+    assert not rec.consent.see(A)  # in the channel, recorded
+    uid = kube.objects.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, SESSION_PLURAL, "standup")["metadata"]["uid"]
+    created = datetime.now(UTC)
+    core = client.CoreV1Api(kube.objects.api_client)
+    run = asyncio.create_task(rec.run(Idle()))
+    await asyncio.sleep(0.3)
+    roles[A] = [ROLE]
+    await asyncio.sleep(0.3)
+    assert rec.consent.excluded(A)
+    try:
+        await asyncio.to_thread(hold_terminating, core, namespace)
+        rec.stop.set()
+        await asyncio.wait_for(run, 60)
+        with pytest.raises(TemporaryFailure):  # the object was refused, as the API said
+            kube.create_chunk(ChunkSpec(session_name="standup", meeting_id=MEETING,
+                                        guild_id=GUILD, index=2, start_ms=6000,
+                                        end_ms=6020), uid)
+        marker = ChunkSpec.model_validate(object_store.get_json(layout.chunk_manifest_key(1)))
+        assert marker.tracks == [] and (marker.start_ms, marker.end_ms) == (5000, 5020)
+        assert [(o.user_id, o.via) for o in marker.opted_out] == [(A, "role")]
+        # the inventory's check takes it as the session's chunk 1 (the recorder's clock
+        # started 60 s before the object: `paused_recorder`)
+        facts = SessionFacts(ref=SessionRef("standup", namespace, uid), layout=layout,
+                             raw_format=marker.raw_format, created=created)
+        claim = ChunkClaim(name=chunk_name("standup", 1), label_session=None, owner_uid=uid,
+                           spec=marker, created=None)
+        assert chunk_refusal(claim, facts, created + timedelta(seconds=60), None) is None
+    finally:  # let the namespace go
+        core.patch_namespaced_config_map("hold", namespace, {"metadata": {"finalizers": None}})

@@ -124,13 +124,22 @@ class MarkerUploader:
     """The uploader's side of `Recorder._give_up` (the real one creates the marker through
     the API): keeps the marker chunk's spec."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, creates: bool = True) -> None:
         self.spool = spool
         self.stats = UploadStats()
+        self.creates = creates
+        """Whether the API server takes a marker (False: 403 in a terminating namespace,
+        or away past the deadline)."""
         self.markers: list[ChunkSpec] = []
+        self.stored: list[ChunkSpec] = []
 
     def create_marker(self, spec: ChunkSpec, deadline: float) -> bool:
-        self.markers.append(spec)
+        if self.creates:
+            self.markers.append(spec)
+        return self.creates
+
+    def store_marker_spec(self, spec: ChunkSpec, deadline: float) -> bool:
+        self.stored.append(spec)
         return True
 
     def write_ack_file(self) -> None:
@@ -150,3 +159,65 @@ def test_the_marker_chunk_of_a_lost_window_lists_the_opted_out(tmp_path: Path) -
     (marker,) = uploader.markers
     assert marker.tracks == [] and [(o.user_id, o.since_ms) for o in marker.opted_out] == [
         (B, 700)]
+
+
+def test_a_lost_window_marker_never_made_leaves_consent_to_a_stored_marker(
+        tmp_path: Path) -> None:
+    """The API server refuses every marker (a terminating namespace): the lost window's
+    marker is not made, so the opt-out it carried must still reach promotion; the consent
+    marker after it is stored in S3 (`store_marker_spec`), which the inventory reads.
+    Before: `_give_up` took the unmade marker's list as said, and no consent marker was
+    written."""
+    rec, time = recorder()
+    uploader = MarkerUploader(Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"),
+                              creates=False)
+    rec.uploader = cast(Any, uploader)
+    rec.push(B, 0, FRAME)
+    at(time, rec, 700)
+    rec.kube.opt_out = (frozenset({B}), frozenset())
+    rec.follow_consent()
+    rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")
+    rec._give_up(deadline=0.0)
+    rec._mark_consent(deadline=0.0)
+    assert uploader.markers == []
+    (stored,) = uploader.stored
+    assert stored.tracks == [] and (stored.start_ms, stored.end_ms) == (1000, 1020)
+    assert [(o.user_id, o.since_ms) for o in stored.opted_out] == [(B, 700)]
+
+
+def test_a_consent_marker_after_a_lost_window_marker_takes_the_next_index(
+        tmp_path: Path) -> None:
+    """A lost window's marker takes the chunker's next index; a consent marker after it
+    (an opt-out seen in between) must take the one after. Before: both had index 0, and
+    the API server refused the second (409 with another spec)."""
+    rec, time = recorder()
+    uploader = MarkerUploader(Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"))
+    rec.uploader = cast(Any, uploader)
+    rec.push(B, 0, FRAME)
+    rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")
+    rec._give_up(deadline=0.0)
+    at(time, rec, 1200)
+    rec.kube.opt_out = (frozenset({B}), frozenset())
+    rec.follow_consent()
+    rec._mark_consent(deadline=0.0)
+    assert [(m.index, m.start_ms, m.end_ms) for m in uploader.markers] == [
+        (0, 980, 1000), (1, 1000, 1020)]
+    assert [o.user_id for o in uploader.markers[-1].opted_out] == [B]
+
+
+def test_a_consent_marker_the_api_refuses_is_stored_in_s3(tmp_path: Path) -> None:
+    rec, time = recorder()
+    uploader = MarkerUploader(Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"),
+                              creates=False)
+    rec.uploader = cast(Any, uploader)
+    rec.push(A, 0, FRAME)
+    rec._last = (5000, [])
+    rec.chunker.next_index = 1
+    at(time, rec, 5100)
+    rec.kube.opt_out = (frozenset({A}), frozenset())
+    rec.follow_consent()
+    rec._mark_consent(deadline=0.0)
+    (stored,) = uploader.stored
+    assert (stored.index, stored.start_ms, stored.end_ms) == (1, 5000, 5020)
+    assert [o.user_id for o in stored.opted_out] == [A]
+    assert rec.chunker.next_index == 2
