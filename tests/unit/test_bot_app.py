@@ -23,7 +23,12 @@ from kubernetes import client
 
 from voicetrack.errors import InvalidInputError
 from voicetrack_recorder.bot.access import ControlPolicy, GuildAllowList
-from voicetrack_recorder.bot.app import RecordCommands
+from voicetrack_recorder.bot.app import (
+    ARCHIVE_PER_S,
+    ARCHIVE_RATE,
+    RecordCommands,
+    _display_names,
+)
 from voicetrack_recorder.bot.client import VoicetrackBot, bot_intents
 from voicetrack_recorder.bot.sessions import BotSessions
 
@@ -386,3 +391,33 @@ def test_allow_list_parse() -> None:
     assert GuildAllowList.parse("").guild_ids == frozenset()
     with pytest.raises(InvalidInputError, match="VOICETRACK_BOT_GUILDS: 'x'"):
         GuildAllowList.parse("x")
+
+
+async def test_list_and_get_answer_a_member_a_bounded_number_of_times(world: World) -> None:
+    """Each `/record list` or `get` reads the server's archive (a recursive S3 listing, one
+    REST lookup per speaker not cached): past ARCHIVE_RATE in ARCHIVE_PER_S a member gets
+    "try again" instead, and another member is not held back. Before: no bound."""
+    dave = world.interaction(DAVE, "dave", [], "list")
+    for _ in range(ARCHIVE_RATE // 2):
+        assert (await world.cmds.recent(dave)).title == "Cannot do that"  # no archive here
+        assert (await world.cmds.get(dave, "DaveSpokeHere001"))[0].title == "Cannot do that"
+    refused = await world.cmds.recent(dave)
+    assert refused.title is not None and refused.title.startswith("Try again in about ")
+    assert f"{ARCHIVE_RATE} times per {int(ARCHIVE_PER_S)} s" in text(refused)
+    assert (await world.cmds.get(dave, "DaveSpokeHere001"))[0].title == refused.title
+    alice = world.interaction(ALICE, "alice", [MANAGER_ROLE], "list")
+    assert (await world.cmds.recent(alice)).title == "Cannot do that"
+
+
+async def test_display_names_cannot_put_markdown_or_mentions_in_the_bots_embeds() -> None:
+    """A nickname is the member's own text: shown in `/record list` and the link answers,
+    `[Download mp3](https://ev.il/x)` became a link in the bot's own embed (review of the
+    web, bot and webhooks, fault 6), `@everyone` a mention."""
+    nasty = "[Download mp3](https://ev.il/x) @everyone"
+    guild = guild_create_payload()
+    guild["members"].append(member_payload(DAVE, "dave", []) | {"nick": nasty})
+    sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
+    async for w in discord_world(RecordCommands(sessions, ControlPolicy()), guild):
+        names = await _display_names(w.guild, [str(DAVE)])
+    # the escaped bracket breaks the masked link (the URL shows as itself); no mention
+    assert names[str(DAVE)] == "\\[Download mp3](https://ev.il/x) @\u200beveryone"

@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import discord
+from discord import app_commands
+from discord.ext import commands
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure, VoicetrackError
 from voicetrack.objectstore import DEFAULT_LINK_S
@@ -77,6 +80,15 @@ Progress = Callable[[discord.Embed], Awaitable[None]]
 """Shows an interim answer (`/record stop`: edits the reply)."""
 Notice = Callable[[str], Awaitable[None]]
 """Posts a plain message in the command's channel (never with links)."""
+ARCHIVE_RATE = 8
+ARCHIVE_PER_S = 60.0
+"""`/record list` and `/record get`: at most ARCHIVE_RATE answers per member and server in
+ARCHIVE_PER_S seconds (each lists or reads the server's saved meetings in S3 and may look
+members up over REST; a member repeating them must not turn the bot into a load
+generator). Further ones answer "Try again in about N s"."""
+NAME_LOOKUPS_MAX = 25
+"""Members looked up over REST (Get Guild Member) for one answer's display names, at most:
+the rest show as `user <id>` (the cache holds few members without the members intent)."""
 
 
 class RecordCommands:
@@ -103,6 +115,18 @@ class RecordCommands:
         self.late_follow_s = late_follow_s
         self.link_s = link_s
         self._late: set[asyncio.Task[None]] = set()
+        self._archive_rate: commands.CooldownMapping[discord.Interaction] = \
+            commands.CooldownMapping(app_commands.Cooldown(ARCHIVE_RATE, ARCHIVE_PER_S),
+                                     _member_key)
+
+    def _throttle(self, interaction: discord.Interaction, command: str) -> None:
+        """Count one archive answer for the member (`ARCHIVE_RATE`, discord.py's cooldown
+        buckets). Raises TemporaryFailure with the wait when they had their share."""
+        wait = self._archive_rate.update_rate_limit(interaction)
+        if wait is not None:
+            raise TemporaryFailure(
+                f"`/record {command}` answers {ARCHIVE_RATE} times per "
+                f"{int(ARCHIVE_PER_S)} s per member", delay=max(1, math.ceil(wait)))
 
     def _served(self, interaction: discord.Interaction) -> discord.Guild:
         guild = _guild(interaction)
@@ -223,6 +247,7 @@ class RecordCommands:
         Server, else those they spoke in)."""
         async def go() -> discord.Embed:
             guild = self._served(interaction)
+            self._throttle(interaction, "list")
             archive = self._links()
             live = await self.sessions.find(str(guild.id))
             saved = [m for m in await archive.recent(str(guild.id))
@@ -242,6 +267,7 @@ class RecordCommands:
         formats it has."""
         async def go() -> list[discord.Embed]:
             guild = self._served(interaction)
+            self._throttle(interaction, "get")
             wanted = meeting.strip()
             return await self._links_answer(interaction, guild, wanted,
                                             f"Recording {wanted}", fmt=fmt)
@@ -328,21 +354,32 @@ def _guild(interaction: discord.Interaction) -> discord.Guild:
     return interaction.guild
 
 
+def _member_key(interaction: discord.Interaction) -> tuple[int | None, int]:
+    """The cooldown bucket of an interaction: its server and member."""
+    return interaction.guild_id, interaction.user.id
+
+
 async def _display_names(guild: discord.Guild, user_ids: Iterable[str]) -> dict[str, str]:
-    """user id → display name: from the cache, else Get Guild Member (REST; no privileged
-    intent needed); ids that are not members any more are left out."""
+    """user id → display name, markdown and mentions escaped (a name is the member's own
+    text, shown inside the bot's embeds: `[Download mp3](https://…)` as a nickname must
+    not become a link there): from the cache, else Get Guild Member (REST; no privileged
+    intent needed) for at most NAME_LOOKUPS_MAX ids; ids that are not members any more,
+    or past that bound, are left out (shown as `user <id>`)."""
     names: dict[str, str] = {}
+    lookups = 0
     for uid in user_ids:
         if not uid.isdigit():
             continue
         member = guild.get_member(int(uid))
-        if member is None:
+        if member is None and lookups < NAME_LOOKUPS_MAX:
+            lookups += 1
             try:
                 member = await guild.fetch_member(int(uid))
             except Exception as err:  # a name is cosmetic: `user <id>` is shown instead
                 log.debug("no display name for %s: %s", uid, err)
         if member is not None:
-            names[uid] = member.display_name
+            names[uid] = discord.utils.escape_mentions(
+                discord.utils.escape_markdown(member.display_name))
     return names
 
 
