@@ -167,7 +167,7 @@ class GatewayBot:
         from discord.gateway import DiscordVoiceWebSocket
         from discord.state import ClientUser
 
-        from voicetrack_recorder.discord.source import RecorderVoiceClient
+        from voicetrack_recorder.discord.voiceclient import RecorderVoiceClient
 
         self.client = discord.Client(intents=discord.Intents(guilds=True, voice_states=True))
         self.client._connection.user = ClientUser(  # the READY event's user object
@@ -414,7 +414,7 @@ class Harness:
         import asyncio
 
         from voicetrack_recorder.clock import SessionClock
-        from voicetrack_recorder.discord.source import make_receiver
+        from voicetrack_recorder.discord.voiceclient import make_receiver
 
         self.time = VirtualTime()
         self.t0_ms = int(self.time.now * 1000)

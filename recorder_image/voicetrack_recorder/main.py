@@ -245,7 +245,8 @@ def bot(
     from voicetrack_recorder.bot.app import RecordCommands
     from voicetrack_recorder.bot.archive import MeetingArchive
     from voicetrack_recorder.bot.client import VoicetrackBot
-    from voicetrack_recorder.bot.sessions import BotSessions, check_spec_defaults
+    from voicetrack_recorder.bot.sessions import BotSessions
+    from voicetrack_recorder.bot.sessionspec import check_spec_defaults
     from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 
     configure_logging(log_level)

@@ -42,7 +42,8 @@ from voicetrack_local.stack import prepare_namespace
 from voicetrack_recorder.bot.access import ControlPolicy
 from voicetrack_recorder.bot.app import RecordCommands
 from voicetrack_recorder.bot.archive import MeetingArchive
-from voicetrack_recorder.bot.sessions import BotSessions, session_name
+from voicetrack_recorder.bot.sessions import BotSessions
+from voicetrack_recorder.bot.sessionspec import session_name
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,8 @@ from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
 from voicetrack_recorder.bot.access import ControlPolicy
 from voicetrack_recorder.bot.app import RecordCommands
-from voicetrack_recorder.bot.sessions import BotSessions, session_name
+from voicetrack_recorder.bot.sessions import BotSessions
+from voicetrack_recorder.bot.sessionspec import session_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -39,7 +39,7 @@ from voicetrack_local.discord.relay import Faults
 from voicetrack_local.discord.server import LocalDiscord, Settings
 from voicetrack_local.discord.world import CONNECT, Overwrite
 from voicetrack_recorder.clock import SessionClock
-from voicetrack_recorder.discord.source import (
+from voicetrack_recorder.discord.voiceclient import (
     ConnectionReceiver,
     RecorderVoiceClient,
     make_receiver,

@@ -11,7 +11,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.unit.test_bot_app import unreachable_api
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack_recorder.bot.sessions import BotSessions, session_name
+from voicetrack_recorder.bot.sessions import BotSessions
+from voicetrack_recorder.bot.sessionspec import session_name
 
 pytestmark = pytest.mark.unit
 

@@ -77,7 +77,9 @@ identity with NodeRestriction is not needed for a single-user local cluster).
 Run: ``python -m voicetrack_local.nodeagent --state-dir DIR`` (``voicetrack local up`` does).
 
 Modules: :mod:`.agent` (the process, the pod watch), :mod:`.node` (Node and Lease),
-:mod:`.worker` (one thread per pod), :mod:`.container` (a container's process and state),
+:mod:`.worker` (one thread per pod) with :mod:`.runs` (a container's start and exit) and
+:mod:`.termination` (deadline, deletion, shutdown), :mod:`.container` (a container's process
+and state),
 :mod:`.podman` (the podman runtime) with its pure :mod:`.podmanargs` (``podman run``
 arguments), :mod:`.probes` (probe counters and handlers), :mod:`.execstream` (exec),
 :mod:`.sandbox` (a pod's directory, token, volumes), pure :mod:`.podspec` (environment),

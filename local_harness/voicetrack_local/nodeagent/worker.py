@@ -1,6 +1,8 @@
 """The per-pod worker thread: prepares a pod's private directory, runs its containers as
 local processes, restarts them by policy, handles deadlines and graceful deletion, and
 reports the pod's status (see the package docstring for the kubelet behaviour it follows).
+Here: the pod's lifecycle loop, its probes and its status; a container's start and exit are
+:mod:`.runs`, deadlines, deletion and shutdown :mod:`.termination`.
 """
 
 from __future__ import annotations
@@ -16,35 +18,28 @@ from typing import TYPE_CHECKING, Any
 
 from voicetrack_local.nodeagent.container import (
     Container,
-    kill_progress,
-    mark_unknown,
-    shutdown_containers,
-    stop_containers,
 )
-from voicetrack_local.nodeagent.kube import now_iso, parse_time
-from voicetrack_local.nodeagent.podman import LocalImage, PodmanContainer
-from voicetrack_local.nodeagent.podmanargs import container_name, podman_run_args, pull_policy
+from voicetrack_local.nodeagent.kube import now_iso
 from voicetrack_local.nodeagent.podspec import (
     ConfigError,
-    container_env,
-    env_refs,
-    expand,
     service_env,
-    termination_log,
 )
 from voicetrack_local.nodeagent.podstatus import (
-    MAX_MESSAGE_BYTES,
     adopt_terminal,
-    after_exit,
     comparable,
-    exited_state,
     pod_phase,
     pod_status,
-    termination_message,
 )
-from voicetrack_local.nodeagent.probes import probe_states, run_handler
-from voicetrack_local.nodeagent.sandbox import fetch_objects, prepare_sandbox, read_tail
-from voicetrack_local.nodeagent.volumes import mount_prefix
+from voicetrack_local.nodeagent.probes import run_handler
+from voicetrack_local.nodeagent.runs import config_failed, maybe_start, poll_exits
+from voicetrack_local.nodeagent.sandbox import prepare_sandbox
+from voicetrack_local.nodeagent.termination import (
+    check_deadline,
+    finish_if_terminal,
+    kill_all,
+    shutdown_kill,
+    terminate_for_deletion,
+)
 
 if TYPE_CHECKING:
     from voicetrack_local.nodeagent.agent import NodeAgent
@@ -53,8 +48,6 @@ log = logging.getLogger("voicetrack.nodeagent")
 
 #: worker loop period while something runs, seconds
 TICK = 0.2
-#: the kubelet's image pull back-off: 10 s doubling up to 5 min
-PULL_BACKOFF_START, PULL_BACKOFF_MAX = 10.0, 300.0
 
 
 class PodWorker(threading.Thread):
@@ -141,7 +134,7 @@ class PodWorker(threading.Thread):
             ref["fieldPath"] = f"spec.{kind}{{{c.name}}}"
         self.agent.event(self.ns, ref, reason, message, "Warning" if warning else "Normal")
 
-    def _api_failed(self, what: str, code: int, body: Any) -> None:
+    def api_failed(self, what: str, code: int, body: Any) -> None:
         """Log a failed API call (code 0: no answer) and have the loop retry soon."""
         status = f"HTTP {code} " if code else ""
         log.warning("pod %s/%s: %s: %s%s", self.ns, self.pod_name, what, status,
@@ -149,6 +142,7 @@ class PodWorker(threading.Thread):
         self.retry = True
 
     def restart_policy(self) -> str:
+        """The pod's ``spec.restartPolicy`` (default ``Always``)."""
         return str(self.pod["spec"].get("restartPolicy") or "Always")
 
     # ---- main loop
@@ -158,14 +152,14 @@ class PodWorker(threading.Thread):
         except Exception:  # a bug must not take the agent down; the pod is reported Failed
             log.exception("pod %s/%s: worker failed", self.ns, self.pod_name)
             self.crashed = True
-            self._kill_all(signal.SIGKILL)
+            kill_all(self, signal.SIGKILL)
             self.phase, self.reason, self.message = (
                 "Failed",
                 "NodeAgentError",
                 "node agent error; see its log",
             )
             with contextlib.suppress(Exception):
-                self._report()
+                self.report()
         finally:
             self.agent.worker_done(self)
 
@@ -176,20 +170,20 @@ class PodWorker(threading.Thread):
             with self.lock:
                 pod = self.pod
             if self.stopping:
-                self._shutdown_kill()
+                shutdown_kill(self)
                 return
             if self.gone:
-                self._kill_all(signal.SIGKILL)
+                kill_all(self, signal.SIGKILL)
                 return
             meta = pod["metadata"]
             if meta.get("deletionTimestamp"):
-                self._terminate_for_deletion(pod)
+                terminate_for_deletion(self, pod)
             else:
-                self._check_deadline(pod)
+                check_deadline(self, pod)
                 if self.phase not in ("Succeeded", "Failed") and self.kill_deadline is None:
                     self._step(pod)
-            self._finish_if_terminal()
-            self._report()
+            finish_if_terminal(self)
+            self.report()
             busy = any(c.proc is not None for c in self.inits + self.ctrs) or (
                 self.phase not in ("Succeeded", "Failed")
             )
@@ -216,21 +210,21 @@ class PodWorker(threading.Thread):
                             (self.dir / "volumes" / v["name"]).chmod(0o777)
                 self.prepared = True
             except ConfigError as e:
-                self._config_failed(str(e), self.inits + self.ctrs)
+                config_failed(self, str(e), self.inits + self.ctrs)
                 return
             except Exception as e:  # API unreachable for a moment: try again shortly
                 log.warning("pod %s/%s: prepare: %s", self.ns, self.pod_name, e)
                 self.config_retry = time.monotonic() + 2
                 return
-        self._poll_exits()
+        poll_exits(self)
         pending_init = next((c for c in self.inits if not c.succeeded or c.proc is not None), None)
         if pending_init is not None:
             if not pending_init.running and not pending_init.done:
-                self._maybe_start(pod, pending_init)
+                maybe_start(self, pod, pending_init)
         else:
             for c in self.ctrs:
                 if c.proc is None and not c.done:
-                    self._maybe_start(pod, c)
+                    maybe_start(self, pod, c)
         for c in self.ctrs:
             if c.running:
                 self._probe(pod, c)
@@ -287,215 +281,6 @@ class PodWorker(threading.Thread):
                 c.terminate()
                 return
 
-    def _config_failed(self, msg: str, ctrs: list[Container]) -> None:
-        self.config_retry = time.monotonic() + 2
-        if self.config_error != msg:
-            self.event("Failed", f"Error: {msg}", None, warning=True)
-        self.config_error = msg
-        for c in ctrs:
-            if c.proc is None and not c.done:
-                c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": msg}}
-
-    def _maybe_start(self, pod: dict[str, Any], c: Container) -> None:
-        if time.monotonic() < c.next_start or time.monotonic() < self.config_retry:
-            return
-        podman = self.agent.podman
-        if podman is None and not c.spec.get("command"):
-            msg = (
-                f"container {c.name!r} has no command: the local node agent ignores "
-                "images, so their entrypoints cannot run; set command"
-            )
-            if (c.state.get("waiting") or {}).get("reason") != "CreateContainerError":
-                self.event("Failed", f"Error: {msg}", c, warning=True)
-            c.state = {"waiting": {"reason": "CreateContainerError", "message": msg}}
-            return
-        try:  # the env: the pod's base, the Secrets and ConfigMaps it reads, its own
-            secrets, configmaps = fetch_objects(self.agent.kube, self.ns, env_refs(c.spec))
-            assert self.env_base is not None
-            env = container_env(
-                pod, c.spec, self.env_base, pod_dir=self.dir, secrets=secrets,
-                configmaps=configmaps, capacity=self.agent.capacity,
-                host_paths=podman is None,
-            )  # fmt: skip
-            prefix = [] if podman else mount_prefix(pod, c.spec, self.dir)  # PVCs at mountPath
-        except ConfigError as e:
-            self._config_failed(str(e), [c])
-            return
-        except Exception as e:  # API unreachable for a moment: try again shortly
-            log.warning("pod %s/%s: env of %s: %s", self.ns, self.pod_name, c.name, e)
-            self.config_retry = time.monotonic() + 2
-            return
-        logf = self.log_file(c.name, c.restart_count)
-        logf.parent.mkdir(parents=True, exist_ok=True)
-        term = termination_log(self.dir, c.name)
-        term.parent.mkdir(parents=True, exist_ok=True)
-        term.write_bytes(b"")  # a fresh, empty termination-message file for every run
-        pid_file = self.dir / "pids" / f"{c.name}.json"
-        label = f"{self.ns}/{self.pod_name}/{c.name}"
-        if isinstance(c, PodmanContainer) and podman is not None:
-            image = self._image(c)
-            if image is None:
-                return
-            term.chmod(0o666)  # the kubelet's mode: any container user may write it
-            c.cname = container_name(pod, c.name, c.restart_count)
-            try:
-                run_args, through = podman_run_args(
-                    pod, c.spec, image=image.name, image_user=image.user, env=env,
-                    pod_dir=self.dir, termination_file=term, name=c.cname,
-                    agent_id=podman.agent_id,
-                )  # fmt: skip
-            except ConfigError as e:
-                self._config_failed(str(e), [c])
-                return
-            argv, env = [podman.exe, *run_args], {**podman.env, **through}
-        else:
-            command = [expand(str(x), env) for x in c.spec.get("command") or []]
-            args = [expand(str(x), env) for x in c.spec.get("args") or []]
-            argv = [*prefix, *command, *args]
-        self.envs[c.name] = env
-        err = c.start(argv, env, self.dir, logf, pid_file, label, now_iso(), now_iso)
-        if err is not None:
-            self.event("Failed", f"Error: {err}", c, warning=True)
-            self._after_exit(c, 128)
-            return
-        self.event("Started", f"Started container {c.name}", c)
-        c.started_mono = time.monotonic()
-        c.probes = probe_states(c.spec, c.started_mono)
-        self.config_error = None
-
-    def _image(self, c: PodmanContainer) -> LocalImage | None:
-        """The local image of ``c``, pulled first when missing and its pull policy allows;
-        None (with ``c`` waiting: ``ErrImageNeverPull``, ``ErrImagePull`` then
-        ``ImagePullBackOff``, retried with the kubelet's back-off) when there is none.
-        kubernetes.io/docs/concepts/containers/images/ (pull policies, ImagePullBackOff)."""
-        podman = self.agent.podman
-        assert podman is not None
-        image = str(c.spec.get("image") or "")
-        try:
-            found = podman.find_image(image)
-        except ConfigError as e:
-            c.state = {"waiting": {"reason": "InvalidImageName", "message": str(e)}}
-            return None
-        if found is not None:
-            c.pulls = 0
-            return found
-        now = time.monotonic()
-        if pull_policy(c.spec) == "Never":
-            msg = f'Container image "{image}" is not present with pull policy of Never'
-            if (c.state.get("waiting") or {}).get("reason") != "ErrImageNeverPull":
-                self.event("ErrImageNeverPull", msg, c, warning=True)
-            c.state = {"waiting": {"reason": "ErrImageNeverPull", "message": msg}}
-            c.next_start = now + PULL_BACKOFF_START
-            return None
-        self.event("Pulling", f'Pulling image "{image}"', c)
-        err = podman.pull(image)
-        if err is None:
-            self.event("Pulled", f'Successfully pulled image "{image}"', c)
-            return podman.find_image(image)
-        c.pulls += 1
-        delay = min(PULL_BACKOFF_START * 2 ** (c.pulls - 1), PULL_BACKOFF_MAX)
-        c.next_start = time.monotonic() + delay
-        self.event("Failed", f'Failed to pull image "{image}": {err}', c, warning=True)
-        if c.pulls == 1:
-            c.state = {"waiting": {"reason": "ErrImagePull", "message": err}}
-        else:
-            self.event("BackOff", f'Back-off pulling image "{image}"', c)
-            c.state = {"waiting": {"reason": "ImagePullBackOff",
-                                   "message": f'Back-off pulling image "{image}": {err}'}}
-        return None
-
-    def _poll_exits(self) -> None:
-        for c in self.inits + self.ctrs:
-            code = c.poll()
-            if code is None or c.pid is None:
-                continue
-            logf = self.log_file(c.name, c.restart_count)
-            start_error = c.start_failure(read_tail(logf, 4096) or b"")
-            c.signal_group(signal.SIGKILL)  # container teardown: nothing of its group survives
-            started = (c.state.get("running") or {}).get("startedAt") or now_iso()
-            if start_error is not None:  # the runtime could not start it: the kubelet's 128
-                code = 128
-                c.state = {"terminated": {"exitCode": code, "reason": "StartError",
-                                          "message": start_error, "startedAt": started,
-                                          "finishedAt": now_iso()}}  # fmt: skip
-                self.event("Failed", f"Error: {start_error}", c, warning=True)
-                c.release()
-                self._after_exit(c, code)
-                continue
-            term = read_tail(termination_log(self.dir, c.name), MAX_MESSAGE_BYTES)
-            msg = termination_message(c.spec, code, "Error", term, read_tail(logf, 1 << 20) or b"")
-            c.state = exited_state(code, started, now_iso(), c.pid, msg)
-            c.state["terminated"]["containerID"] = c.runtime_id
-            c.release()
-            self._after_exit(c, code)
-
-    def _after_exit(self, c: Container, code: int) -> None:
-        if self.kill_deadline is not None or self.reason == "DeadlineExceeded":
-            c.done = True
-            return
-        pod_ref = f"{self.pod_name}_{self.ns}({self.uid})"
-        if after_exit(c, code, self.restart_policy(), time.monotonic(), pod_ref):
-            self.event("BackOff", f"Back-off restarting failed container {c.name}", c, warning=True)
-
-    def _check_deadline(self, pod: dict[str, Any]) -> None:
-        ads = pod["spec"].get("activeDeadlineSeconds")
-        if ads is None or self.phase in ("Succeeded", "Failed") or self.kill_deadline is not None:
-            return
-        started = parse_time(self.start_time)
-        if started is not None and time.time() - started >= float(ads):
-            self.reason = "DeadlineExceeded"
-            self.message = "Pod was active on the node longer than the specified deadline"
-            grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
-            self._begin_kill(float(grace))
-
-    def _begin_kill(self, grace: float) -> None:
-        self.kill_deadline = time.monotonic() + grace
-        for c in stop_containers(self.inits + self.ctrs):
-            self.event("Killing", f"Stopping container {c.name}", c)
-
-    def _kill_progress(self) -> bool:
-        """Drive a kill started by :meth:`_begin_kill`; True once nothing runs."""
-        self._poll_exits()
-        overdue = self.kill_deadline is not None and time.monotonic() >= self.kill_deadline
-        return kill_progress(self.inits + self.ctrs, overdue)
-
-    def _finish_if_terminal(self) -> None:
-        deadline_kill = self.kill_deadline is not None and self.reason == "DeadlineExceeded"
-        if deadline_kill and self._kill_progress():
-            self.phase = "Failed"
-
-    def _terminate_for_deletion(self, pod: dict[str, Any]) -> bool:
-        """Graceful deletion, one step per call; True once the final delete was sent."""
-        if self.final_deleted:
-            return True  # wait for the DELETED event (finalizers may hold the object)
-        if self.kill_deadline is None:
-            grace = pod["metadata"].get("deletionGracePeriodSeconds")
-            if grace is None:
-                grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
-            self._begin_kill(float(grace))
-        if not self._kill_progress():
-            return False
-        mark_unknown(self.inits + self.ctrs, now_iso())
-        if self.phase not in ("Succeeded", "Failed"):
-            self.phase = "Succeeded" if all(c.succeeded for c in self.ctrs) else "Failed"
-        self._report()
-        try:
-            code, body = self.agent.kube.delete_pod_now(self.ns, self.pod_name, self.uid)
-        except Exception as e:  # apiserver away for a moment: the next tick retries
-            code, body = 0, {"message": str(e)}
-        if code == 0 or (code >= 300 and code not in (404, 409)):
-            self._api_failed("final delete", code, body)
-            return False
-        self.final_deleted = True
-        return True
-
-    def _kill_all(self, sig: int) -> None:
-        for c in self.inits + self.ctrs:
-            c.kill(sig)
-
-    def _shutdown_kill(self) -> None:
-        shutdown_containers(self.inits + self.ctrs, grace=5)
-
     # ---- status
     def _status(self) -> dict[str, Any]:
         with self.lock:
@@ -512,7 +297,9 @@ class PodWorker(threading.Thread):
             now=now_iso(),
         )
 
-    def _report(self) -> None:
+    def report(self) -> None:
+        """Patch the pod's status when it differs from what was last sent (not once the pod
+        is gone); a failed call has the loop retry soon, a 404 marks the pod gone."""
         if self.gone or self.final_deleted:
             return
         st = self._status()
@@ -522,13 +309,13 @@ class PodWorker(threading.Thread):
         try:
             code, body = self.agent.kube.patch_pod_status(self.ns, self.pod_name, self.uid, st)
         except Exception as e:  # apiserver away for a moment: the next tick retries
-            self._api_failed("status update", 0, {"message": str(e)})
+            self.api_failed("status update", 0, {"message": str(e)})
             return
         self.retry = code >= 300 and code != 404
         if code == 404:
             self.gone = True
         elif code >= 300:
-            self._api_failed("status update", code, body)
+            self.api_failed("status update", code, body)
         else:
             self.last_sent = cmp
             with self.lock:

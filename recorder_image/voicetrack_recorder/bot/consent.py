@@ -33,7 +33,8 @@ from kubernetes import client
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError
 from voicetrack.kubeclient import translate_api_error
 from voicetrack.resources import GROUP, MANAGED_BY, MAX_OPT_OUT_USERS, SESSION_PLURAL, VERSION
-from voicetrack_recorder.bot.sessions import REQUEST_TIMEOUT_S, BotSessions, session_name
+from voicetrack_recorder.bot.sessions import REQUEST_TIMEOUT_S, BotSessions
+from voicetrack_recorder.bot.sessionspec import session_name
 from voicetrack_recorder.kube import CLIENT_ERRORS
 
 log = logging.getLogger(__name__)

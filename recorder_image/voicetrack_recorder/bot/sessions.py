@@ -3,9 +3,10 @@
 `BotSessions` decides what each `/record` command does to the cluster; the Discord layer
 (`app.py`) only parses interactions and renders the returned object (`embeds.py`).
 
-- A guild's session is named `g-<guildId>` (deterministic: a second `start` meets 409 and
-  answers with the existing session, never a second one). A session for the guild made by
-  other means (`kubectl apply`) is found by `spec.guildId` and counts as the guild's too.
+- A guild's session is named `g-<guildId>` (`sessionspec.session_name`; deterministic: a
+  second `start` meets 409 and answers with the existing session, never a second one). A
+  session for the guild made by other means (`kubectl apply`) is found by `spec.guildId`
+  and counts as the guild's too.
 - The kubernetes client is synchronous; every call runs in `asyncio.to_thread`.
 - Client errors are translated where they are raised, by the project's one mapping
   (`voicetrack.kubeclient.translate_api_error`): 404 → `NotFoundError`, 409 →
@@ -22,14 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from kubernetes import client
-from pydantic import ValidationError
 
 from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.kubeclient import translate_api_error
@@ -41,10 +40,17 @@ from voicetrack.resources import (
     MANAGED_BY,
     SESSION_KIND,
     SESSION_PLURAL,
-    SNOWFLAKE_PATTERN,
     VERSION,
-    SessionSpec,
     SessionState,
+)
+from voicetrack_recorder.bot.sessionspec import (
+    ENDED_STATES,
+    check_snowflake,
+    check_spec_defaults,
+    progress_key,
+    session_name,
+    session_state,
+    validate_spec,
 )
 from voicetrack_recorder.kube import CLIENT_ERRORS
 
@@ -59,34 +65,6 @@ MERGE_ATTEMPTS = 5
 """Read-modify-write attempts of `_merge_opt_outs` before its ConflictError is raised."""
 FOLLOW_POLL_S = 2.0
 """How often `follow` reads a stopped session, seconds."""
-
-
-def session_name(guild_id: str) -> str:
-    """The bot's session name for a guild: `g-<guildId>` (at most 22 characters).
-
-    Raises InvalidInputError when `guild_id` is not a snowflake (15-20 digits)."""
-    _check_snowflake("guild_id", guild_id)
-    return f"g-{guild_id}"
-
-
-def _check_snowflake(field: str, value: str) -> None:
-    if not isinstance(value, str) or not re.match(SNOWFLAKE_PATTERN, value):
-        raise InvalidInputError(f"{field} must be a Discord snowflake (15-20 digits), "
-                                f"got {value!r}")
-
-
-def check_spec_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `defaults` (camelCase partial `RecordingSession.spec`) once it is known
-    to make valid sessions. Raises InvalidInputError naming the field, or one the bot sets
-    itself (`guildId`, `channelId`, `requestedBy`, `meetingId`)."""
-    if not isinstance(defaults, dict):
-        raise InvalidInputError("spec defaults must be a JSON object")
-    for fixed in ("guildId", "channelId", "requestedBy", "meetingId"):
-        if fixed in defaults:
-            raise InvalidInputError(f"spec defaults may not set {fixed}: the bot sets it")
-    BotSessions._validate({"guildId": "1" * 18, "channelId": "1" * 18, **defaults},
-                          "spec defaults")
-    return dict(defaults)
 
 
 @dataclass(frozen=True)
@@ -143,18 +121,18 @@ class BotSessions:
         the object), TemporaryFailure (API unreachable, 401/403, 429, 5xx, a refused
         session not yet removed). A 409 on the create (a racing start won) is not an
         error: its session is returned."""
-        _check_snowflake("channel_id", channel_id)
-        _check_snowflake("requested_by", requested_by)
+        check_snowflake("channel_id", channel_id)
+        check_snowflake("requested_by", requested_by)
         name = session_name(guild_id)
         spec: dict[str, Any] = {**self.spec_defaults, "guildId": guild_id,
                                 "channelId": channel_id, "requestedBy": requested_by}
         if chunk_seconds is not None:
             spec["chunkSeconds"] = chunk_seconds
-        self._validate(spec, "session spec")
+        validate_spec(spec, "session spec")
         opted_out = await remembered() if remembered is not None else []
         if opted_out:
             spec["optOutUserIds"] = sorted({*spec.get("optOutUserIds", ()), *opted_out})
-            self._validate(spec, "session spec")
+            validate_spec(spec, "session spec")
         existing = await self.find(guild_id)
         if existing is not None:
             left = await self._clear_ended(existing)
@@ -193,7 +171,7 @@ class BotSessions:
             wanted = sorted({*have, *user_ids})
             if wanted == have:
                 break
-            self._validate({**obj["spec"], "optOutUserIds": wanted}, "session spec")
+            validate_spec({**obj["spec"], "optOutUserIds": wanted}, "session spec")
             body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
                     "spec": {"optOutUserIds": wanted}}
             try:
@@ -216,9 +194,9 @@ class BotSessions:
         for a refused session not gone in time (nothing of it is to be saved)."""
         meta = obj["metadata"]
         if (meta["name"] != session_name(str((obj.get("spec") or {}).get("guildId", "")))
-                or meta.get("deletionTimestamp") or _state(obj) not in _ENDED):
+                or meta.get("deletionTimestamp") or session_state(obj) not in ENDED_STATES):
             return obj
-        refused = _state(obj) is SessionState.REFUSED
+        refused = session_state(obj) is SessionState.REFUSED
         try:
             await self._call(
                 f"delete RecordingSession {meta['name']}",
@@ -228,7 +206,7 @@ class BotSessions:
                     preconditions=client.V1Preconditions(uid=meta["uid"])))
         except NotFoundError:
             return None
-        log.info("deleted %s %s/%s to start again", _state(obj), self.namespace,
+        log.info("deleted %s %s/%s to start again", session_state(obj), self.namespace,
                  meta["name"])
         left = await self.follow(obj, max(self.settle_seconds, 1.0), poll_s=0.25)
         if left is None:
@@ -293,7 +271,7 @@ class BotSessions:
         end the follow). A TemporaryFailure while polling is retried until the timeout."""
         name, uid = obj["metadata"]["name"], obj["metadata"].get("uid")
         deadline = time.monotonic() + timeout_s
-        seen = _progress_key(obj)
+        seen = progress_key(obj)
         while time.monotonic() < deadline:
             await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
             try:
@@ -306,8 +284,8 @@ class BotSessions:
             if current["metadata"].get("uid") != uid:
                 return None
             obj = current
-            if on_change is not None and _progress_key(obj) != seen:
-                seen = _progress_key(obj)
+            if on_change is not None and progress_key(obj) != seen:
+                seen = progress_key(obj)
                 try:
                     await on_change(obj)
                 except Exception:  # progress is best effort
@@ -331,7 +309,7 @@ class BotSessions:
         mine = [o for o in listed.get("items", [])
                 if (o.get("spec") or {}).get("guildId") == guild_id
                 and not o["metadata"].get("deletionTimestamp")
-                and _state(o) not in INACTIVE_STATES]
+                and session_state(o) not in INACTIVE_STATES]
         if not mine:
             return None
         return min(mine, key=lambda o: (str(o["metadata"].get("creationTimestamp", "")),
@@ -369,8 +347,8 @@ class BotSessions:
         deadline = time.monotonic() + self.settle_seconds
         while True:
             status = obj.get("status") or {}
-            if _state(obj) is SessionState.REFUSED or (status.get("state")
-                                                       and status.get("meetingId")):
+            if session_state(obj) is SessionState.REFUSED or (status.get("state")
+                                                              and status.get("meetingId")):
                 return obj
             if time.monotonic() >= deadline:
                 return obj
@@ -382,15 +360,6 @@ class BotSessions:
 
     # ------------------------------------------------------------------ plumbing
 
-    @staticmethod
-    def _validate(spec: dict[str, Any], what: str) -> None:
-        try:
-            SessionSpec.model_validate(spec)
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise InvalidInputError(f"{what}: {field}: {first['msg']}") from err
-
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any
                     ) -> dict[str, Any]:
         kw.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
@@ -398,19 +367,3 @@ class BotSessions:
             return cast(dict[str, Any], await asyncio.to_thread(fn, *args, **kw))
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, what) from err
-
-
-_ENDED = (SessionState.REFUSED, SessionState.STOPPED, SessionState.FAILED)
-"""States of the bot's own session that `start` deletes to record again."""
-
-
-def _state(obj: dict[str, Any]) -> SessionState | None:
-    """The operator's `status.state` of a session object (`SessionState.of`)."""
-    return SessionState.of(obj)
-
-
-def _progress_key(obj: dict[str, Any]) -> tuple[Any, ...]:
-    status = obj.get("status") or {}
-    chunks = status.get("chunks") or {}
-    return (status.get("state"), chunks.get("total"), chunks.get("done"),
-            chunks.get("failed"))

@@ -6,9 +6,10 @@
         by DAVE, as are those held while their SSRC was unknown and those still in the
         jitter buffer when the opt-out is seen (checked again before DAVE decryption)
       → per-SSRC jitter buffer (jitter.py)
-      → in sequence order: frames from a talk spurt's onset wait 160 ms for the arrivals
-        that anchor it (timeline.py `hold`/`settle`) → DAVE decrypt (dave.py; a frame
-        sealed with keys of an epoch not processed yet waits ≤ key_wait_ms for it)
+      → the stages of delivery.py, in sequence order: frames from a talk spurt's onset
+        wait 160 ms for the arrivals that anchor it (timeline.py `hold`/`settle`) → DAVE
+        decrypt (dave.py; a frame sealed with keys of an epoch not processed yet waits
+        ≤ key_wait_ms for it)
       → FEC/PLC for lost frames (conceal.py)
       → slot from the speaker's timeline (timeline.py) → FrameSink.push(user, slot, opus)
 
@@ -22,18 +23,17 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import davey
 
 from voicetrack.audio import OPUS_SILENCE_FRAME
-from voicetrack.opuspacket import is_one_slot
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.discord.conceal import Concealer
-from voicetrack_recorder.discord.dave import KEY_NOT_YET_CAUSES, DaveDecryptor
-from voicetrack_recorder.discord.jitter import Held, JitterBuffer, Released
+from voicetrack_recorder.discord.dave import DaveDecryptor
+from voicetrack_recorder.discord.delivery import FrameDelivery, SpeakerStream
+from voicetrack_recorder.discord.jitter import Held, JitterBuffer
 from voicetrack_recorder.discord.rtp import (
     AUDIO_PAYLOAD_TYPE,
     RtpError,
@@ -66,21 +66,7 @@ KeySource = Callable[[], "tuple[str, bytes] | None"]
 SessionSource = Callable[[], "davey.DaveSession | None"]
 
 
-@dataclass
-class _Stream:
-    user_id: str
-    jitter: JitterBuffer
-    concealer: Concealer
-    pending_lost: int = 0
-    onset: list[Released] = field(default_factory=list)
-    """Frames (in order) waiting for the timeline to settle a talk spurt's onset."""
-    waiting: list[Released] = field(default_factory=list)
-    """Frames (in order) waiting for keys of an epoch not processed yet."""
-    waiting_epoch: int | None = None
-    waiting_since_ms: float = 0.0
-
-
-class VoiceReceiver:
+class VoiceReceiver(FrameDelivery):
     """Turns the datagrams of one voice connection into frames for `sink`.
 
     `keys` and `session` are read per packet (discord.py renews both on reconnects).
@@ -111,7 +97,7 @@ class VoiceReceiver:
         self.stats = ReceiveStats(decrypt=self.dave.stats)
         self._keys = keys
         self._transport: tuple[tuple[str, bytes], TransportDecryptor] | None = None
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, SpeakerStream] = {}
         self._unknown: dict[int, list[Held]] = defaultdict(list)
         self._max_delay_ms = max_delay_ms
         self._depth = depth
@@ -266,7 +252,7 @@ class VoiceReceiver:
             return
         stream = self._streams.get(ssrc)
         if stream is None or stream.user_id != user:
-            stream = self._streams[ssrc] = _Stream(
+            stream = self._streams[ssrc] = SpeakerStream(
                 user, JitterBuffer(self._max_delay_ms, self._depth),
                 Concealer(self._conceal_frames, skipped=self.stats.unconcealed))
         refused = stream.jitter.push(packet)
@@ -309,101 +295,3 @@ class VoiceReceiver:
             self._deliver(ssrc, stream, released)
         self._settle(ssrc, stream, float("inf"))
         self._retry(ssrc, stream, float("inf"))
-
-    def _deliver(self, ssrc: int, stream: _Stream, released: Released) -> None:
-        held = released.packet
-        if self.timeline.hold(stream.user_id, ssrc, held.timestamp, held.arrival_ms,
-                              held.payload == OPUS_SILENCE_FRAME):
-            stream.onset.append(released)
-        else:
-            self._pass(ssrc, stream, released)
-
-    def _settle(self, ssrc: int, stream: _Stream, now_ms: float) -> None:
-        if stream.onset and self.timeline.settle(stream.user_id, ssrc, now_ms):
-            pending, stream.onset = stream.onset, []
-            for released in pending:
-                self._pass(ssrc, stream, released)
-
-    def _pass(self, ssrc: int, stream: _Stream, released: Released) -> None:
-        if stream.waiting:  # keep sequence order behind frames waiting for keys
-            stream.waiting.append(released)
-            return
-        self._open(ssrc, stream, released, may_wait=True)
-
-    def _retry(self, ssrc: int, stream: _Stream, now_ms: float) -> None:
-        """Open the frames waiting for keys once the epoch has changed, or for good (their
-        failures counted) once the oldest has waited `key_wait_ms`."""
-        if not stream.waiting:
-            return
-        expired = now_ms - stream.waiting_since_ms >= self._key_wait_ms
-        if not expired and self.dave.epoch() == stream.waiting_epoch:
-            return
-        pending, stream.waiting = stream.waiting, []
-        for released in pending:
-            self._deliver_retry(ssrc, stream, released, may_wait=not expired)
-
-    def _deliver_retry(self, ssrc: int, stream: _Stream, released: Released,
-                       may_wait: bool) -> None:
-        if stream.waiting:
-            stream.waiting.append(released)
-        else:
-            self._open(ssrc, stream, released, may_wait=may_wait)
-
-    def _opted_out(self, user: str) -> bool:
-        """Whether `user` is opted out now; counts the packet dropped when so."""
-        if self.consent is not None and self.consent.see(user):
-            self.stats.dropped["opted_out"] += 1
-            return True
-        return False
-
-    def _open(self, ssrc: int, stream: _Stream, released: Released, may_wait: bool) -> None:
-        if self._opted_out(stream.user_id):  # opted out while it sat in the jitter buffer
-            return
-        held = released.packet
-        opus = held.opus if held.opus is not None else self.dave.decrypt(
-            stream.user_id, held.payload, count_failure=False)
-        if opus is None:
-            cause = self.dave.last_cause or "other"
-            if may_wait and self._key_wait_ms > 0 and cause in KEY_NOT_YET_CAUSES:
-                stream.waiting = [released]
-                stream.waiting_epoch = self.dave.epoch()
-                stream.waiting_since_ms = held.arrival_ms
-                return
-            self.dave.count_failure(stream.user_id, cause)
-            self._lose(stream, released)
-            return
-        if not is_one_slot(opus):  # malformed or not 20 ms: concealed as a lost frame
-            self.stats.dropped["opus_invalid"] += 1
-            self._lose(stream, released)
-            return
-        lost = released.lost_before + stream.pending_lost
-        self.stats.lost += released.lost_before
-        stream.pending_lost = 0
-        fec_before = stream.concealer.fec
-        rebuilt = stream.concealer.feed(opus, lost, held.timestamp, held.arrival_ms) \
-            if self._conceal_frames else []
-        self.stats.fec += stream.concealer.fec - fec_before
-        slot = self.timeline.slot(stream.user_id, ssrc, held.timestamp, held.arrival_ms)
-        first = slot - len(rebuilt)
-        for i, packet in enumerate(rebuilt):
-            if self._push(stream.user_id, first + i, packet):
-                self.stats.recovered += 1
-        self._push(stream.user_id, slot, opus)
-
-    def _lose(self, stream: _Stream, released: Released) -> None:
-        """Count `released` (and the run lost before it) as lost frames to conceal."""
-        self.stats.lost += released.lost_before + 1
-        stream.pending_lost += released.lost_before + 1
-
-    def _push(self, user: str, slot: int, packet: bytes) -> bool:
-        if slot <= self.timeline.last_slot.get(user, slot - 1):
-            self.stats.dropped["overlap"] += 1
-            return False
-        self.timeline.placed(user, slot)
-        if not self.sink.push(user, slot, packet):
-            self.stats.dropped["sink"] += 1
-            return False
-        self.stats.frames += 1
-        self.stats.frames_by_user[user] += 1
-        return True
-

@@ -3,9 +3,10 @@
 The bot joins `channelId` with discord.py 2.7.1's `VoiceClient`, whose connection state
 negotiates the transport (op 4 gives `mode` and `secret_key`) and DAVE (its `davey`
 session handles ops 21-31). We add no second socket and no second DAVE member: a
-`ConnectionReceiver` registers with the state's `add_socket_listener` (raw UDP datagrams,
-called on discord.py's socket-reader thread), hands each datagram to the event loop, and
-receives the voice gateway's JSON events through the connection state's websocket hook.
+`ConnectionReceiver` (`voiceclient.py`) registers with the state's `add_socket_listener`
+(raw UDP datagrams, called on discord.py's socket-reader thread), hands each datagram to
+the event loop, and receives the voice gateway's JSON events through the connection state's
+websocket hook.
 
 Consent (issue 12): members in the channel's voice states are shown to the `Consent` every
 tick; their roles come from discord.py's member cache (`members.py`). The gateway
@@ -22,17 +23,15 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import discord
-from discord.voice_state import VoiceConnectionState
 
 from voicetrack.chunkspec import ConsentDegraded
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack_recorder.clock import FrameSink, SessionClock
 from voicetrack_recorder.consent import Consent
-from voicetrack_recorder.discord.connection import LoopSocketReader, ResumingConnectionState
+from voicetrack_recorder.discord.connection import LoopSocketReader
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.login import (
     MEMBERS_NOT_ASKED,
@@ -45,7 +44,11 @@ from voicetrack_recorder.discord.login import (
 from voicetrack_recorder.discord.members import member_roles
 from voicetrack_recorder.discord.receiver import VoiceReceiver
 from voicetrack_recorder.discord.stats import ReceiveStats
-from voicetrack_recorder.discord.transport import SUPPORTED_MODES
+from voicetrack_recorder.discord.voiceclient import (
+    ConnectionReceiver,
+    RecorderVoiceClient,
+    make_receiver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,106 +68,6 @@ LEAVE_TIMEOUT_S = 10.0
 gives up; well inside the recorder pod's 30 s termination grace."""
 NICK_MAX = 32
 """Discord nickname length limit (Discord developer docs, "Guild Member Object")."""
-
-
-class ConnectionReceiver:
-    """Binds a `VoiceReceiver` to one discord.py voice connection state.
-
-    `socket_listener` is the callback given to `add_socket_listener`: it may be called on
-    any thread; it stamps the arrival time and runs the datagram on `loop`.
-    `ws_hook` is the voice websocket hook (`VoiceConnectionState(hook=...)`): it forwards
-    every JSON event (`{"op", "d"}`) to the receiver's SSRC map.
-    """
-
-    def __init__(self, receiver: VoiceReceiver, loop: asyncio.AbstractEventLoop) -> None:
-        self.receiver = receiver
-        self.loop = loop
-        self.state: VoiceConnectionState | None = None
-
-    def socket_listener(self, data: bytes) -> None:
-        """One raw UDP datagram from the socket reader: stamped with the session clock's
-        time (Unix ms) and handed to `VoiceReceiver.datagram`, at once when called on
-        `loop` (`connection.LoopSocketReader`), else scheduled there (a reader thread)."""
-        arrival_ms = self.receiver.clock.time_fn() * 1000
-        try:
-            on_loop = asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:
-            self.receiver.datagram(bytes(data), arrival_ms)
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.receiver.datagram, bytes(data), arrival_ms)
-        except RuntimeError:  # the loop has closed: we are shutting down
-            log.debug("datagram after the event loop closed; dropped")
-
-    async def ws_hook(self, ws: Any, msg: Mapping[str, Any]) -> None:
-        """The voice websocket hook: discord.py awaits it with every JSON message
-        (`{"op": int, "d": {...}}`) after handling it; other shapes are ignored."""
-        op, data = msg.get("op"), msg.get("d")
-        if isinstance(op, int) and isinstance(data, Mapping):
-            self.receiver.gateway_event(op, data)
-
-    def keys(self) -> tuple[str, bytes] | None:
-        """The transport (mode, key) of the attached state, once op 4 has set them."""
-        state = self.state
-        if state is None:
-            return None
-        mode, key = getattr(state, "mode", None), getattr(state, "secret_key", None)
-        if not isinstance(mode, str) or mode not in SUPPORTED_MODES or not key:
-            return None
-        return mode, bytes(key)
-
-    def session(self) -> Any:
-        """The attached connection's `davey.DaveSession`, or None (DAVE off/not yet)."""
-        state = self.state
-        return None if state is None else state.dave_session
-
-    def attach(self, state: VoiceConnectionState) -> None:
-        """Start receiving from `state` (after it is connected or while it connects)."""
-        self.state = state
-        state.add_socket_listener(self.socket_listener)
-
-    def detach(self) -> None:
-        """Stop receiving from the attached state (idempotent)."""
-        if self.state is not None:
-            self.state.remove_socket_listener(self.socket_listener)
-
-
-def make_receiver(clock: SessionClock, sink: FrameSink,
-                  loop: asyncio.AbstractEventLoop, **options: Any) -> ConnectionReceiver:
-    """A `ConnectionReceiver` whose receiver reads keys and the DAVE session from the
-    state it is attached to. `options` go to `VoiceReceiver`."""
-    holder: list[ConnectionReceiver] = []
-    receiver = VoiceReceiver(clock=clock, sink=sink, keys=lambda: holder[0].keys(),
-                             session=lambda: holder[0].session(), **options)
-    holder.append(ConnectionReceiver(receiver, loop))
-    return holder[0]
-
-
-async def _forward_hook(ws: Any, msg: dict[str, Any]) -> None:
-    client = ws._connection.voice_client
-    receiver = getattr(client, "receiver", None)
-    if isinstance(receiver, ConnectionReceiver):
-        await receiver.ws_hook(ws, msg)
-
-
-class RecorderVoiceClient(discord.VoiceClient):
-    """discord.py's VoiceClient with the websocket hook installed (receive only).
-
-    `receiver` gets every voice gateway JSON event from the first one on (users already
-    in the channel are announced right after the handshake); pass it with
-    `channel.connect(cls=functools.partial(RecorderVoiceClient, receiver=...))`."""
-
-    def __init__(self, client: discord.Client, channel: Any,
-                 receiver: ConnectionReceiver | None = None) -> None:
-        self.receiver = receiver
-        super().__init__(client, channel)
-
-    def create_connection_state(self) -> VoiceConnectionState:
-        """discord.py's connection state, with the hook that forwards gateway events and
-        a resume that works (`ResumingConnectionState`)."""
-        return ResumingConnectionState(self, hook=_forward_hook)
 
 
 class DiscordSource:
