@@ -28,6 +28,13 @@ class ServiceUnavailable(TemporaryFailure):
     against a chunk). Other TemporaryFailures (an ffmpeg crash) may be the input's."""
 
 
+class NamespaceTerminating(TemporaryFailure):
+    """The API server refused a create because the namespace is being deleted (403 with a
+    `NamespaceTerminating` status cause: the NamespaceLifecycle admission plugin). Retrying
+    only ends when the namespace is gone; callers that have another place to put what
+    they meant to create (the recorder: `chunk.json` in S3) stop retrying."""
+
+
 class NotFoundError(InvalidInputError):
     """A named thing (object, row, resource) does not exist."""
 

@@ -12,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 from voicetrack.errors import (
     ConflictError,
     InvalidInputError,
+    NamespaceTerminating,
     NotFoundError,
     TemporaryFailure,
     VoicetrackError,
@@ -54,6 +55,23 @@ def api_message(err: ApiException) -> str:
     return f"{err.status} {err.reason}"
 
 
+NAMESPACE_TERMINATING_CAUSE = "NamespaceTerminating"
+"""The cause of a create refused in a namespace being deleted: k8s.io/api core/v1
+`NamespaceTerminatingCause`, a `StatusCause.Type`, which the `Status` body's JSON carries
+as `details.causes[].reason`."""
+
+
+def _terminating_cause(err: ApiException) -> bool:
+    """Whether a 403's `Status` body names the NamespaceTerminating cause."""
+    try:
+        body = json.loads(err.body or "")
+        causes = (body.get("details") or {}).get("causes") or []
+        return any(isinstance(c, dict) and c.get("reason") == NAMESPACE_TERMINATING_CAUSE
+                   for c in causes)
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
 def translate_api_error(err: BaseException, what: str) -> VoicetrackError:
     """The one mapping of Kubernetes client errors onto Voicetrack's error family, for every
     component (operator, recorder, bot). `what` names the call (`create pod ns/name`).
@@ -61,14 +79,18 @@ def translate_api_error(err: BaseException, what: str) -> VoicetrackError:
     - 404 → NotFoundError (callers that treat absence as success check for it first);
     - 409 → ConflictError (exists already, or a stale resourceVersion);
     - 408, 429, 5xx, no status, and network errors (`NETWORK_ERRORS`) → TemporaryFailure;
-    - 401 and 403 → TemporaryFailure too: credentials and RBAC are fixed by an admin or
-      propagate late (a fresh RoleBinding, a rotated token), and retrying loses nothing;
+    - 403 with the NamespaceTerminating cause → NamespaceTerminating (a TemporaryFailure:
+      a create in a namespace being deleted);
+    - 401 and other 403 → TemporaryFailure too: credentials and RBAC are fixed by an admin
+      or propagate late (a fresh RoleBinding, a rotated token), and retrying loses nothing;
     - other 4xx (400, 422: a manifest or patch the API refuses) → InvalidInputError with
       the API server's message.
     Any other exception is a bug and is not passed here."""
     if isinstance(err, ApiException):
         status = int(err.status or 0)
         message = f"{what}: {api_message(err)}"
+        if status == 403 and _terminating_cause(err):
+            return NamespaceTerminating(message, delay=5)
         if status == 404:
             return NotFoundError(message)
         if status == 409:

@@ -200,13 +200,3 @@ def parse_key(key: str, prefix: str) -> ParsedKey | None:
         return ParsedKey(m.group("guild"), m.group("meeting"), area, int(c.group("index")),
                          c.group("name"))
     return ParsedKey(m.group("guild"), m.group("meeting"), area, None, rest)
-
-
-def chunk_manifest_key_beside(raw_key: str) -> str:
-    """The `chunk.json` key of the chunk folder holding raw track `raw_key` (any key
-    `MeetingLayout.raw_key` makes): what a writer that knows only its tracks' keys (the
-    recorder) writes the chunk's spec to. Raises ValueError for a key without a folder."""
-    folder, sep, _ = raw_key.rpartition("/")
-    if not sep or not folder:
-        raise ValueError(f"{raw_key!r} is not in a chunk folder")
-    return f"{folder}/{CHUNK_MANIFEST_NAME}"

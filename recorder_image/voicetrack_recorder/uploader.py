@@ -2,11 +2,15 @@
 
 A sealed chunk is first written to the spool (`voicetrack_recorder.spool`: the pod's disk,
 bounded). `upload` then writes every speaker's raw track from its spool file to S3
-(streamed in parts), then the chunk's spec beside them (`chunk.json`, the spool's own
-file: `voicetrack.layout.chunk_manifest_key_beside`), creates the RecordingChunk, and only
-then removes the files: a chunk is acknowledged once both exist. The spec in S3 lets the
-operator promote a chunk whose RecordingChunk was never made: the one flushed at SIGTERM
-while the session's namespace terminates, where the API server refuses every create (403).
+(streamed in parts), then the chunk's spec in its folder (`chunk.json`, the spool's own
+file, for a chunk without tracks too: `MeetingLayout.chunk_manifest_key`), creates the
+RecordingChunk, and only then removes the files: a chunk is acknowledged once both exist.
+The spec in S3 lets the operator promote a chunk whose RecordingChunk was never made: the
+chunks flushed at SIGTERM while the session's namespace terminates, where the API server
+refuses every create (403, `NamespaceTerminating`). Such a refusal is not retried: the
+chunk counts as uploaded with its spec in S3, so every spooled chunk gets its turn inside
+the termination grace (before, the first one retried its create until the deadline and
+the rest were given up).
 The operator's inventory (`services.inventory`) takes it only as the chunk of the session
 whose own folder holds it (the upload grant confines the recorder to that folder) and
 after the same checks as a RecordingChunk's. TemporaryFailure (S3 or the API server away) is retried
@@ -46,8 +50,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from voicetrack.chunkspec import ChunkSpec, Gap
-from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.layout import chunk_manifest_key_beside
+from voicetrack.errors import InvalidInputError, NamespaceTerminating, TemporaryFailure
 from voicetrack.uploadgrant import UploadGrant, post_object
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.faults import FIRST_DELAY_S, index_ranges, next_delay, raise_if_permanent
@@ -202,11 +205,16 @@ class ChunkUploader:
                 for key, path in spooled.files.items():
                     self.store.put_file(key, path, "audio/ogg" if key.endswith(".opus")
                                         else "application/octet-stream")
-                if spec.tracks:  # its spec beside them, before the object (module doc)
-                    self.store.put_file(chunk_manifest_key_beside(spec.tracks[0].key),
-                                        os.path.join(spooled.directory, SPEC_FILE),
-                                        "application/json")
+                # its spec in its folder, before the object (module doc); trackless
+                # chunks too: their gaps and opt-outs matter to promotion
+                self.store.put_file(self.spool.layout.chunk_manifest_key(spec.index),
+                                    os.path.join(spooled.directory, SPEC_FILE),
+                                    "application/json")
                 self.kube.create_chunk(spec, self.session_uid)
+                break
+            except NamespaceTerminating as err:  # the object never will be: S3 holds it
+                log.warning("chunk %d: %s; kept in S3 only (chunk.json: the operator's "
+                            "inventory promotes it)", spec.index, err)
                 break
             except TemporaryFailure as err:
                 raise_if_permanent(err)
@@ -238,7 +246,7 @@ class ChunkUploader:
                 self.kube.create_chunk(spec, self.session_uid)
                 self._acknowledge(spec)
                 return True
-            except InvalidInputError as err:
+            except (InvalidInputError, NamespaceTerminating) as err:
                 log.error("chunk %d (gap marker) refused: %s", spec.index, err)
                 return False
             except TemporaryFailure as err:

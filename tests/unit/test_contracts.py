@@ -3,6 +3,8 @@ references, meeting ids, chunk status and the state vocabulary."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
@@ -11,11 +13,12 @@ from voicetrack.chunkspec import ChunkStatus
 from voicetrack.errors import (
     ConflictError,
     InvalidInputError,
+    NamespaceTerminating,
     NotFoundError,
     TemporaryFailure,
 )
 from voicetrack.kubeclient import translate_api_error
-from voicetrack.layout import MeetingLayout, chunk_manifest_key_beside, parse_key
+from voicetrack.layout import MeetingLayout, parse_key
 from voicetrack.names import controller_uid, derive_meeting_id, meeting_id_for, owner_reference
 from voicetrack.resources import SessionState, TranscodeStatus
 
@@ -42,17 +45,6 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
         assert (parsed.guild_id, parsed.meeting_id, parsed.area, parsed.index, parsed.name) \
             == (GUILD, MEETING, area, index, name)
         assert parsed.layout(prefix).root == lay.root
-
-
-@pytest.mark.parametrize("prefix", ["recordings", "", "a/b"])
-def test_the_recorder_finds_its_chunk_spec_key_from_a_track_key(prefix: str) -> None:
-    """The recorder knows its tracks' keys only: the spec it writes beside them lands where
-    the operator writes and reads a chunk's spec."""
-    lay = MeetingLayout(prefix, GUILD, MEETING)
-    for fmt in ("ogg-opus", "pcm-s16le"):
-        assert chunk_manifest_key_beside(lay.raw_key(7, USER, fmt)) == lay.chunk_manifest_key(7)
-    with pytest.raises(ValueError):
-        chunk_manifest_key_beside("x.opus")
 
 
 @pytest.mark.parametrize("key", [
@@ -86,6 +78,24 @@ def test_one_translation_of_api_errors(status: int, kind: type[Exception]) -> No
     assert "create x" in str(err)
     if status == 422:
         assert "spec.chunkSeconds: must be <= 300" in str(err)
+
+
+def test_a_create_in_a_terminating_namespace_is_told_apart() -> None:
+    """The API server's 403 there (body as the local control plane sends it): the cause's
+    type travels as `reason`. Any other 403 stays a plain TemporaryFailure."""
+    err = ApiException(status=403, reason="Forbidden")
+    err.body = json.dumps({
+        "kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": "unable to create new content in namespace a because it is being "
+                   "terminated",
+        "details": {"causes": [{"reason": "NamespaceTerminating", "field":
+                                "metadata.namespace", "message": "namespace a is being "
+                                "terminated"}]}})
+    translated = translate_api_error(err, "create x")
+    assert type(translated) is NamespaceTerminating
+    assert isinstance(translated, TemporaryFailure) and "being terminated" in str(translated)
+    assert type(translate_api_error(_api(403, "forbidden: RBAC"), "create x")) \
+        is TemporaryFailure
 
 
 def test_network_errors_are_temporary_and_bugs_are_not_translated() -> None:
