@@ -5,12 +5,15 @@ operator's lifetime.
 Delivery is at least once: a delivery is written to SQL (the outbox) before anything is
 sent, so it survives operator restarts and the RecordingSession being gone; an attempt
 whose answer could not be written to SQL is sent again when its lease ends. Receivers
-dedupe on `X-Voicetrack-Delivery`. Each attempt reads the signing key from the Secret,
+dedupe on the signed body's `delivery_id`. Each attempt reads the signing key from the Secret,
 mints fresh presigned links, signs the exact body (`voicetrack.webhooks.sign`) and POSTs
 with a timeout. 2xx is delivered; 408, 429, 5xx, timeouts and connection errors (and an
 attempt that could not be prepared: Secret missing, S3 down) are retried with exponential
 backoff and jitter until 24 h after queueing, then the delivery is abandoned; any other
-status (3xx: redirects are not followed; 4xx) fails it for good.
+status (3xx: redirects are not followed; 4xx) fails it for good, and so does a host the
+egress policy refuses (`adapters.webhook_egress`: internal addresses unless allow-listed).
+Of a refusing answer only the status line is kept, never its body; the log shows the URL
+redacted (`redacted_url`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 
 import aiohttp
+from yarl import URL
 
 from voicetrack.db.schema import WebhookDelivery
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
@@ -43,14 +48,20 @@ from voicetrack.webhooks import (
     sign,
 )
 from voicetrack_operator.adapters.secrets import read_secret_key
+from voicetrack_operator.adapters.webhook_egress import (
+    ALLOW_CIDRS_ENV,
+    ALLOW_HOSTS_ENV,
+    EgressPolicy,
+    GuardedResolver,
+    WebhookAddressRefused,
+    redacted_url,
+)
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.sessions import SessionView, parse_time
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "voicetrack-webhook/1"
-RESPONSE_SNIPPET_BYTES = 512
-"""How much of a refusing receiver's answer is kept in the attempt's error (bytes)."""
 
 
 def _env_float(name: str, default: float, low: float, high: float) -> float:
@@ -75,8 +86,11 @@ class WebhookSettings:
     RETRY_HOURS (24): how long after queueing a delivery is retried (h), then abandoned;
     TIMEOUT_SECONDS (10): one POST's total timeout (s);
     POLL_SECONDS (2): how often the worker looks for due deliveries (s);
-    LINK_SECONDS (3600): validity of the presigned links in the payload (s, ≤ 7 days).
-    Raises InvalidInputError naming the variable when one is not a number in range."""
+    LINK_SECONDS (3600): validity of the presigned links in the payload (s, ≤ 7 days);
+    ALLOW_CIDRS, ALLOW_HOSTS (empty): internal addresses and host names the webhook may
+    reach after all (`EgressPolicy.parse`).
+    Raises InvalidInputError naming the variable when one is not a number in range, or
+    not a CIDR or host name."""
 
     backoff_base_s: float = 10.0
     backoff_max_s: float = 3600.0
@@ -85,6 +99,7 @@ class WebhookSettings:
     poll_s: float = 2.0
     link_expiry_s: int = 3600
     batch: int = 16
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
 
     @classmethod
     def from_env(cls) -> WebhookSettings:
@@ -96,6 +111,8 @@ class WebhookSettings:
             timeout_s=_env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 300),
             poll_s=_env_float("WEBHOOK_POLL_SECONDS", 2.0, 0.05, 3600),
             link_expiry_s=int(_env_float("WEBHOOK_LINK_SECONDS", 3600, 1, MAX_PRESIGN_S)),
+            egress=EgressPolicy.parse(os.environ.get(ALLOW_CIDRS_ENV),
+                                      os.environ.get(ALLOW_HOSTS_ENV)),
         )
 
     @property
@@ -133,6 +150,19 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def answer_summary(status: int, location: str | None) -> str:
+    """The error kept for a non-2xx answer: `HTTP 403 Forbidden`, with the standard phrase
+    (not the receiver's) and, for a redirect, where to (`redacted_url`); never the body,
+    which may hold what an internal service answers (credentials)."""
+    try:
+        phrase = f" {HTTPStatus(status).phrase}"
+    except ValueError:
+        phrase = ""
+    where = (f" (redirect to {redacted_url(location) if location else 'nowhere'}, "
+             "not followed)") if 300 <= status < 400 else ""
+    return f"HTTP {status}{phrase}{where}"
 
 
 @dataclass(frozen=True)
@@ -301,8 +331,8 @@ class WebhookService:
         if outcome != "retry":
             self.ctx.metrics.webhook_deliveries.labels(outcome).inc()
         level = logging.INFO if outcome in ("delivered", "retry") else logging.WARNING
-        log.log(level, "webhook %s attempt %d to %s: %s -> %s", d.id, number, d.url,
-                result.status or result.error, outcome)
+        log.log(level, "webhook %s attempt %d to %s: %s -> %s", d.id, number,
+                redacted_url(d.url), result.status or result.error, outcome)
         return outcome
 
     def decide(self, d: WebhookDelivery, number: int, result: AttemptResult,
@@ -345,7 +375,9 @@ class WebhookService:
     async def post(self, d: WebhookDelivery, number: int, key: bytes, body: bytes
                    ) -> AttemptResult:
         """POST `body` signed with `key`; never raises for a network problem (it is the
-        attempt's error). Redirects are not followed."""
+        attempt's error). Redirects are not followed. A host the egress policy refuses
+        (an IP literal here, a name in `GuardedResolver`) is a permanent error naming the
+        address; of a non-2xx answer only the status line is kept (`answer_summary`)."""
         ts = int(time.time())
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                    HEADER_DELIVERY: d.id, HEADER_EVENT: d.event, HEADER_ATTEMPT: str(number),
@@ -357,16 +389,20 @@ class WebhookService:
 
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
         try:
+            self.settings.egress.check_url_host(URL(d.url).raw_host)
             async with self.http.post(d.url, data=body, headers=headers, timeout=timeout,
                                       allow_redirects=False) as resp:
-                snippet = await resp.content.read(RESPONSE_SNIPPET_BYTES)
-                status = resp.status
+                status = resp.status  # the body is never read: it is the receiver's
                 wait = retry_after_s(resp.headers.get("Retry-After"))
+                location = resp.headers.get("Location")
+        except WebhookAddressRefused as err:
+            return AttemptResult(None, f"not sent: {err}", took(), permanent=True)
         except TimeoutError:
             return AttemptResult(None, f"timed out after {self.settings.timeout_s:g} s",
                                  took())
-        except aiohttp.InvalidURL as err:  # a ClientError and a ValueError
-            return AttemptResult(None, f"invalid URL: {err}", took(), permanent=True)
+        except aiohttp.InvalidURL:  # a ClientError and a ValueError; its text is the URL
+            return AttemptResult(None, f"invalid URL: {redacted_url(d.url)}", took(),
+                                 permanent=True)
         except aiohttp.ClientError as err:
             return AttemptResult(None, f"connection failed: {type(err).__name__}: {err}",
                                  took())
@@ -375,18 +411,18 @@ class WebhookService:
                                  permanent=True)
         if 200 <= status < 300:
             return AttemptResult(status, None, took())
-        # the receiver's bytes: NUL is refused by PostgreSQL in text columns
-        text = snippet.decode("utf-8", "replace").replace("\x00", "\ufffd").strip()
-        where = f" (redirect to {resp.headers.get('Location')}, not followed)" \
-            if 300 <= status < 400 else ""
-        return AttemptResult(status, f"HTTP {status}{where}{': ' + text if text else ''}",
-                             took(), wait)
+        return AttemptResult(status, answer_summary(status, location), took(), wait)
 
     @property
     def http(self) -> aiohttp.ClientSession:
-        """The HTTP client (made on first use, in the running loop)."""
+        """The HTTP client (made on first use, in the running loop): it connects only to
+        addresses the egress policy allows (`GuardedResolver`), keeps no cookies between
+        deliveries (`DummyCookieJar`) and ignores proxy variables."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.settings.egress))
+            self._http = aiohttp.ClientSession(connector=connector,
+                                               cookie_jar=aiohttp.DummyCookieJar(),
+                                               trust_env=False)
         return self._http
 
     def _store(self, bucket: str) -> ObjectStore:
