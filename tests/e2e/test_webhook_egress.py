@@ -8,9 +8,11 @@ deliveries must not carry one receiver's cookies to the next.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,38 @@ async def test_deliveries_send_no_cookies_back(
     got = receiver.requests()
     assert len(got) == 2 and all(r.verified for r in got), got
     assert [r.headers.get("Cookie") for r in got] == [None, None]
+
+
+async def test_a_refused_url_is_an_event_on_the_session_and_the_attempts_reason(
+        ctx: Context, cluster: LocalCluster, kubectl: Kubectl, namespace: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued while the session is being deleted: a Warning Event on it names the address
+    and the setting; the delivery's one attempt fails for good with the same reason."""
+    from tests.e2e.test_operator_services import make_session
+    from voicetrack_local.stack import install_crds
+    from voicetrack_operator.services.deletion import DeletionService
+
+    monkeypatch.delenv("VOICETRACK_WEBHOOK_ALLOW_CIDRS", raising=False)
+    monkeypatch.delenv("VOICETRACK_WEBHOOK_ALLOW_HOSTS", raising=False)
+    install_crds(cluster.kubeconfig)
+    make_secret(kubectl, namespace, key=KEY)
+    s = await make_session(ctx, kubectl, namespace, "internal", notify={"webhook": {
+        "url": "http://10.0.0.5:8080/hook/tok-SECRET", "secretRef": {"name": "hook",
+                                                                      "key": "hmac"}}})
+    await ctx.db.create_meeting(s.meeting_id, s.spec.guild_id, s.spec.channel_id,
+                                datetime.now(UTC))
+    assert (await DeletionService(ctx).finalize_session(s)).done
+    events = json.loads(kubectl("-n", namespace, "get", "events", "-o", "json").stdout)
+    [event] = [e for e in events["items"] if e["reason"] == "WebhookRefused"]
+    assert event["type"] == "Warning"
+    assert (event["involvedObject"]["kind"], event["involvedObject"]["name"],
+            event["involvedObject"]["uid"]) == ("RecordingSession", "internal", s.ref.uid)
+    assert event["message"] == (
+        "spec.notify.webhook.url (http://10.0.0.5:8080/hook/…): address 10.0.0.5 is private: "
+        "not allowed; see VOICETRACK_WEBHOOK_ALLOW_CIDRS")
+    [d] = await ctx.db.get_webhook_deliveries_for_meeting(s.meeting_id)
+    done = await run_until_final(WebhookService(ctx, UNGUARDED), ctx.db, d.id, timeout_s=10)
+    [attempt] = await ctx.db.get_webhook_attempts(d.id)
+    assert (done.state, attempt.outcome, attempt.error) == (
+        "failed", "failed",
+        "not sent: address 10.0.0.5 is private: not allowed; see VOICETRACK_WEBHOOK_ALLOW_CIDRS")

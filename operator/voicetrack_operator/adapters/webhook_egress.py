@@ -14,6 +14,7 @@ ask the resolver about IP literals; `EgressPolicy.check_url_host` covers those.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -131,6 +132,31 @@ class EgressPolicy:
         why = self.refusal(ip)
         if why is not None:
             raise WebhookAddressRefused(why)
+
+
+async def url_refusal(policy: EgressPolicy, url: str, timeout_s: float = 5.0) -> str | None:
+    """Why `policy` refuses the host of `url` as it resolves now, or None: allowed, or not
+    decidable yet (no host, a lookup that fails or takes over `timeout_s` seconds): the
+    delivery's attempt decides then. For an early warning; the attempt checks again."""
+    try:
+        host = URL(url).raw_host
+        policy.check_url_host(host)
+        if host and not _is_ip(host):
+            await asyncio.wait_for(GuardedResolver(policy).resolve(host, 0, socket.AF_UNSPEC),
+                                   timeout_s)
+    except WebhookAddressRefused as err:
+        return str(err)
+    except (OSError, ValueError, TimeoutError):
+        return None
+    return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 class GuardedResolver(AbstractResolver):
