@@ -137,8 +137,9 @@ def test_silence_after_speech_is_encoded_one_second_deep_with_the_same_bytes(
     """A silent unit after speech is rendered and encoded only `HEAD_MS` into it, the
     rest being LAME's silent frame (`settled_made`): the tracks are byte for byte those of
     rendering every such unit whole (issue 13: at 1 h with a silent window in six, those
-    renders took most of stop -> final). Chunks 2 and 5 follow speech (7 is the last
-    unit, rendered to the stream's end)."""
+    renders took most of stop -> final). Chunks 2, 5 and 7 follow speech (7 is the last
+    unit, to the stream's end: its frames after the input's end are the silent frame
+    too)."""
     store, inc, _, _, _ = promoted
     settled: list[int] = []
     real = assembly.settled_made
@@ -153,11 +154,11 @@ def test_silence_after_speech_is_encoded_one_second_deep_with_the_same_bytes(
     monkeypatch.setattr(silence, "HEAD_MS", 1000)
     assert {t.track: store.get_bytes(t.key) for t in promote(
         store, LAYOUT.promotion_plan_key).tracks} == inc
-    assert settled == [True, True], settled
+    assert settled == [True, True, True], settled
     monkeypatch.setattr(silence, "HEAD_MS", 10**9)  # every unit rendered whole
     whole = {t.track: store.get_bytes(t.key) for t in promote(
         store, LAYOUT.promotion_plan_key).tracks}
-    assert whole == inc and len(settled) == 2
+    assert whole == inc and len(settled) == 3
 
 
 @pytest.mark.parametrize("incremental", [True, False])
@@ -185,18 +186,19 @@ def test_a_meeting_nobody_spoke_in_promotes_to_no_tracks(s3_server: S3Settings,
 # ---------------------------------------------------------------- heads made while recording
 
 
-def test_the_next_spoken_chunks_job_stores_the_head_of_the_silence_after_speech(
+def test_each_spoken_chunks_job_stores_the_head_of_the_silence_after_it(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None]) -> None:
-    """Chunk 4's Job looks back through silent chunks 3 and 2 to the speech of chunk 1
-    and stores the head of chunk 2's unit; chunk 6's Job that of chunk 5. Chunk 3's unit
-    follows silence (no head), chunk 7 is the last window (no Job after it)."""
+    """Every spoken chunk's Job (0, 1, 4, 6) stores the head of a silence that may
+    follow it, before anyone knows what does: chunk 1's is chunk 2's unit's, chunk 4's
+    chunk 5's, chunk 6's that of chunk 7, the last window (no Job runs after it); chunk
+    0's goes unused (chunk 1 is spoken). Chunk 3's unit follows silence (no head)."""
     store = promoted[0]
-    heads = {i: store.exists(LAYOUT.silent_head_key(i)) for i in SILENT}
-    assert heads == {2: True, 3: False, 5: True, 7: False}, heads
-    head = SilentHeadManifest.model_validate(store.get_json(LAYOUT.silent_head_key(2)))
-    assert [p.index for p in head.placed] == [1, 2]
-    assert (head.unit_start_ms, head.unit_end_ms, head.head_ms) == (4000, 6000, 5000)
+    spoken = [i for i in range(len(WINDOWS)) if i not in SILENT]
+    assert all(store.exists(LAYOUT.head_after_key(i)) for i in spoken)
+    head = SilentHeadManifest.model_validate(store.get_json(LAYOUT.head_after_key(1)))
+    assert [p.index for p in head.placed] == [1]
+    assert (head.unit_start_ms, head.head_ms) == (4000, 5000)
     assert sorted(t.track for t in head.tracks) == [A, "mix"]  # B spoke in neither
 
 
@@ -216,17 +218,18 @@ def _renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_assembly_uses_the_stored_heads_with_the_same_bytes(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None], monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the heads stored, only the last unit (chunk 7, to the stream's end) is
-    rendered at assembly; without them, the heads of chunks 2 and 5 too. The tracks are
-    byte for byte the same either way."""
+    """The session ends in silence (chunk 7). With the heads stored while recording, no
+    unit is rendered at assembly, the last one's included (issue 13: it was rendered
+    after stop, no later spoken chunk's Job existing to make it); without them, the heads
+    of chunks 2, 5 and 7 are. The tracks are byte for byte the same either way."""
     store, inc, _, _, _ = promoted
     renders = _renders(monkeypatch)
     manifest = promote(store, LAYOUT.promotion_plan_key)
-    assert (manifest.assembly, len(renders)) == ("incremental", 1)
+    assert (manifest.assembly, len(renders)) == ("incremental", 0)
     assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
     monkeypatch.setattr(assembly, "stored_head", lambda *a, **kw: None)
     computed = promote(store, LAYOUT.promotion_plan_key)
-    assert len(renders) == 1 + 3
+    assert len(renders) == 3
     assert {t.track: store.get_bytes(t.key) for t in computed.tracks} == inc
 
 
@@ -256,7 +259,7 @@ def _drop_a_frame(doc: dict[str, Any]) -> None:
 
 
 def _other_source(doc: dict[str, Any]) -> None:
-    """Made from another raw track of chunk 1 than the plan's."""
+    """Made from another raw track of chunk 4 than the plan's."""
     doc["placed"][0]["sources"] = [f"{A}:{'0' * 64}"]
 
 
@@ -279,11 +282,11 @@ SPOILERS: dict[str, Callable[[dict[str, Any]], None] | None] = {
 def test_a_missing_or_damaged_head_is_computed_instead(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None], monkeypatch: pytest.MonkeyPatch, spoil: str) -> None:
-    """Chunk 5's head missing, damaged, or not the one the plan asks for: assembly
-    computes that unit (one more render) and the tracks are still the same bytes, made
-    from the pieces; chunk 2's stored head is still used."""
+    """The head of chunk 5's unit (stored by chunk 4's Job) missing, damaged, or not the
+    one the plan asks for: assembly computes that unit (one render) and the tracks are
+    still the same bytes, made from the pieces; the other stored heads are still used."""
     store, inc, _, _, _ = promoted
-    key = LAYOUT.silent_head_key(5)
+    key = LAYOUT.head_after_key(4)
     original = store.get_bytes(key)
     spoiler = SPOILERS[spoil]
     try:
@@ -296,7 +299,7 @@ def test_a_missing_or_damaged_head_is_computed_instead(
         renders = _renders(monkeypatch)
         manifest = promote(store, LAYOUT.promotion_plan_key)
         assert (manifest.assembly, manifest.fallback_reason) == ("incremental", None)
-        assert len(renders) == 2  # chunk 5's head and chunk 7's unit
+        assert len(renders) == 1  # chunk 5's head
         assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
     finally:
         store.put_bytes(key, original, "application/json")
@@ -306,13 +309,13 @@ def test_a_head_that_is_not_json_is_computed_instead(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None], monkeypatch: pytest.MonkeyPatch) -> None:
     store, inc, _, _, _ = promoted
-    key = LAYOUT.silent_head_key(2)
+    key = LAYOUT.head_after_key(1)
     original = store.get_bytes(key)
     try:
         store.put_bytes(key, original[: len(original) // 2], "application/json")
         renders = _renders(monkeypatch)
         manifest = promote(store, LAYOUT.promotion_plan_key)
-        assert (manifest.assembly, len(renders)) == ("incremental", 2)
+        assert (manifest.assembly, len(renders)) == ("incremental", 1)
         assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
     finally:
         store.put_bytes(key, original, "application/json")
