@@ -24,6 +24,8 @@ import pytest
 
 from tests.audio_helpers import Speaker, best_correlation, decode_file, upload_chunks
 from voicetrack.audio import ms_to_samples
+from voicetrack.chunkspec import Gap
+from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan, SilentHeadManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
@@ -335,3 +337,95 @@ def test_the_audio_so_far_holds_the_stored_heads_as_the_final_track_does(
         final = decode_file(inc[t.track])
         assert live.shape[0] > ms_to_samples(12_000), t.track
         assert np.array_equal(live, final[: live.shape[0]]), t.track
+
+
+# ---------------------------------------------------------------- a session ending in silence
+
+ENDING = MeetingLayout("inc", "123456789012345678", "EnDsInSiLeNcE001")
+ENDING_SPEAKERS = [
+    Speaker(A, 190, talks=[(300, 2990), (9100, 10990)], markers=[1010, 9510]),
+    Speaker(B, 260, talks=[(5200, 8500)], markers=[6010]),
+]
+ENDING_WINDOWS = [(0, 2000), (2000, 3000), (3000, 5000), (5000, 7000), (7000, 9000),
+                  (9000, 11000), (11000, 13000)]
+"""Chunk 1 is a spoken chunk of 1 s; 2 and 6 are silent (6, the last, after speech);
+chunk 4's raw track is corrupt: its transcode fails, a `chunk-failed` gap after speech."""
+ENDING_FAILED = 4
+ENDING_MS = 13_000
+
+
+@pytest.fixture(scope="module")
+def ending(s3_server: S3Settings) -> tuple[ObjectStore, dict[str, bytes]]:
+    """The session recorded (each chunk's Job run in order, the failed one failing) and
+    promoted with no stored head used (the fallback): the store and its tracks."""
+    store = ObjectStore(dataclasses.replace(s3_server, bucket=f"vt-ending-{os.getpid()}"))
+    store.ensure_bucket()
+    session = upload_chunks(store, ENDING, ENDING_SPEAKERS, ENDING_WINDOWS, ENDING_MS, [])
+    assert [c.index for c in session.chunks if not c.tracks] == [2, 6]
+    bad = session.chunks[ENDING_FAILED]
+    store.put_bytes(bad.tracks[0].key, b"OggS" + b"\0" * 100)
+    for chunk in session.chunks:
+        store.put_json(ENDING.chunk_manifest_key(chunk.index), chunk.to_api())
+        if chunk.index == ENDING_FAILED:
+            with pytest.raises(InvalidInputError):
+                transcode_chunk(store, chunk, ENDING.prefix, ["mp3"], 128, tracks="both")
+        elif chunk.tracks:
+            transcode_chunk(store, chunk, ENDING.prefix, ["mp3"], 128, tracks="both")
+    plan = PromotionPlan(
+        guild_id=ENDING.guild_id, meeting_id=ENDING.meeting_id, prefix=ENDING.prefix,
+        session_end_ms=ENDING_MS, speakers=[A, B],
+        chunks=[c for c in session.chunks if c.index != ENDING_FAILED],
+        gaps=[Gap(start_ms=bad.start_ms, end_ms=bad.end_ms, cause="chunk-failed")],
+        formats=["mp3"], mp3_bitrate=128)
+    store.put_json(ENDING.promotion_plan_key, plan.to_api())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(assembly, "stored_head", lambda *a, **kw: None)
+        fallback = promote(store, ENDING.promotion_plan_key)
+    assert (fallback.assembly, fallback.fallback_reason) == ("incremental", None)
+    return store, {t.track: store.get_bytes(t.key) for t in fallback.tracks}
+
+
+def test_a_session_ending_in_silence_renders_no_unit_after_stop(
+        ending: tuple[ObjectStore, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Every silent unit after speech has its head stored while recording: the last
+    window's (6: no Job runs after it), the one after the 1 s spoken chunk 1 (whose
+    render also decodes chunk 0) and the failed chunk 4's gap. Assembly after stop
+    renders no unit (it rendered these three before), and the tracks are byte for byte
+    those of the assembly that computes every unit, and of rendering every unit whole."""
+    store, fallback = ending
+    renders = _renders(monkeypatch)
+    manifest = promote(store, ENDING.promotion_plan_key)
+    assert (manifest.assembly, manifest.fallback_reason) == ("incremental", None)
+    assert len(renders) == 0, len(renders)
+    assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == fallback
+    monkeypatch.setattr(assembly, "stored_head", lambda *a, **kw: None)
+    monkeypatch.setattr(silence, "HEAD_MS", 10**9)  # every unit rendered whole
+    whole = promote(store, ENDING.promotion_plan_key)
+    assert len(renders) == 3, len(renders)
+    assert {t.track: store.get_bytes(t.key) for t in whole.tracks} == fallback
+
+
+def test_the_head_after_a_short_spoken_chunk_decodes_the_chunk_before(
+        ending: tuple[ObjectStore, dict[str, bytes]]) -> None:
+    """Chunk 1 (1 s) is shorter than the ~1.1 s before the unit a head's render decodes:
+    its Job places chunk 0 too, as assembly does (`silence.reach_ms`)."""
+    store = ending[0]
+    head = SilentHeadManifest.model_validate(store.get_json(ENDING.head_after_key(1)))
+    assert [(p.index, p.out_start_ms, p.out_end_ms) for p in head.placed] == \
+        [(0, 0, 2000), (1, 2000, 3000)]
+    assert (head.unit_start_ms, head.from_ms, head.head_ms) == (3000, 0, 4000)
+
+
+def test_a_session_ending_in_silence_matches_the_single_pass_encode(
+        ending: tuple[ObjectStore, dict[str, bytes]]) -> None:
+    """Exact length and correlation with the full promotion's single-pass encode, the
+    failed chunk's gap and the silence up to stop included."""
+    store, fallback = ending
+    full = promote(store, ENDING.promotion_plan_key, incremental=False)
+    for t in full.tracks:
+        a = decode_file(fallback[t.track]).astype(np.int64)
+        b = decode_file(store.get_bytes(t.key)).astype(np.int64)
+        assert a.shape == b.shape == (ms_to_samples(ENDING_MS), a.shape[1]), t.track
+        corr, lag = best_correlation(b, a, ms_to_samples(20))
+        assert corr >= 0.99 and lag == 0, (t.track, corr, lag)
