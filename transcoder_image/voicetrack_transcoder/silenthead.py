@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,11 +133,15 @@ def build_head_after(store: ObjectStore, chunk: ChunkSpec, piece: PieceManifest,
     names = (speakers if tracks in ("perSpeaker", "both") else []) + (
         [MIX_TRACK] if tracks in ("mixed", "both") else [])
     track_channels = {**channels, MIX_TRACK: mix_channels}
-    rendered = render(store, layout, hp.placed, hp.from_ms, hp.head_ms, speakers, channels,
-                      mix_channels if MIX_TRACK in names else None)
-    rendered.wanted = set(names)
-    with tempfile.TemporaryDirectory(prefix="vt-head-") as tmp:
-        silence = silent_frames(mp3_bitrate, {track_channels[n] for n in names}, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="vt-head-") as tmp, \
+            ThreadPoolExecutor(1, thread_name_prefix="head-silence") as pool:
+        (Path(tmp) / "silence").mkdir()  # its ffmpeg run overlaps the render's decoding
+        frames = pool.submit(silent_frames, mp3_bitrate, {track_channels[n] for n in names},
+                             Path(tmp) / "silence")
+        rendered = render(store, layout, hp.placed, hp.from_ms, hp.head_ms, speakers,
+                          channels, mix_channels if MIX_TRACK in names else None)
+        rendered.wanted = set(names)
+        silence = frames.result()
         head = settled_head(rendered, w, hp.head_ms, mp3_bitrate, Path(tmp), speakers,
                             {n: silence[track_channels[n]] for n in names})
     if head is None:
