@@ -5,7 +5,7 @@
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/result.json          transcoder manifest
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/piece-<track>.<fmt>  promotion piece
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/piece.json           piece manifest
-    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/silent-head.json     silent unit's head
+    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/head-after.json      head of silence after
     <prefix>/<guildId>/<meetingId>/promotion.json                          promotion plan
     <prefix>/<guildId>/<meetingId>/final/<userId>.<fmt> | mix.<fmt>        final tracks
     <prefix>/<guildId>/<meetingId>/final/waveform-<track>.json | .png      peaks, overview
@@ -89,11 +89,11 @@ class MeetingLayout:
         """Key of chunk `index`'s `piece.json` (`voicetrack.manifests.PieceManifest`)."""
         return f"{self.chunk_dir(index)}/piece.json"
 
-    def silent_head_key(self, index: int) -> str:
-        """Key of the head of chunk `index`'s silent unit (`silent-head.json`,
-        `voicetrack.manifests.SilentHeadManifest`): chunk `index` is a window nobody spoke
-        in, right after speech. Lives in the chunk's folder, so it is collected with it."""
-        return f"{self.chunk_dir(index)}/silent-head.json"
+    def head_after_key(self, index: int) -> str:
+        """Key of the head of the silence right after chunk `index`, a chunk someone spoke
+        in (`head-after.json`, `voicetrack.manifests.SilentHeadManifest`), made by that
+        chunk's own Job. Lives in the chunk's folder, so it is collected with it."""
+        return f"{self.chunk_dir(index)}/head-after.json"
 
     @property
     def promotion_plan_key(self) -> str:

@@ -210,24 +210,25 @@ class SilentHeadTrack(_Model):
 
 
 class SilentHeadManifest(_Model):
-    """`chunks/<index>/silent-head.json`: the head of the unit of chunk `index`, a window
-    nobody spoke in right after speech, made by the next spoken chunk's transcoder Job
-    (`voicetrack_transcoder.silenthead`). Output time in ms: the unit is
-    `[unitStartMs, unitEndMs)`; the head its first `headMs - unitStartMs`, whose frames
-    are the global frames `[firstFrame, headEndFrame)`; every frame after them up to
-    `endFrame` is LAME's silent frame. `placed`: the chunks the render decoded (their
-    order and place, so assembly can prove the head was made from what the plan promotes).
-    Tracks of speakers not in `tracks` are silent frames over the whole unit."""
+    """`chunks/<index>/head-after.json`: the head of a unit of digital silence right after
+    chunk `index` (a window nobody spoke in, a failed chunk's gap, the time up to stop),
+    made by chunk `index`'s own transcoder Job before anyone knows what follows
+    (`voicetrack_transcoder.silenthead`). Output time in ms: the unit starts at
+    `unitStartMs` (the chunk's end); the head is rendered from `fromMs` to `headMs` and
+    its frames are the global frames `[firstFrame, headEndFrame)`; in a unit that ends
+    after the head, every later frame is LAME's silent frame. `placed`: the chunks the
+    render decoded, all before the unit (their order and place, so assembly can prove the
+    head was made from what the plan promotes). Tracks of speakers not in `tracks` are
+    silent frames over the whole unit."""
 
     tool_version: str
     index: int
     mp3_bitrate: int
     unit_start_ms: int
-    unit_end_ms: int
+    from_ms: int
     head_ms: int
     first_frame: int
     head_end_frame: int
-    end_frame: int
     placed: list[PlacedSource]
     tracks: list[SilentHeadTrack]
     speech: dict[str, list[list[int]]] = Field(default_factory=dict)

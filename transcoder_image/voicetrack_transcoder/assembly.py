@@ -162,8 +162,8 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
         for u, unit in enumerate(units):
             last = u == len(units) - 1
             first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
-            if unit.chunk_pos is None:
-                tasks.append((u, Work(first, None if last else owned_end(
+            if unit.chunk_pos is None:  # the last one runs to the stream's last frame
+                tasks.append((u, Work(first, total_frames(n_total) if last else owned_end(
                     ms_to_samples(unit.end_ms)), unit.start_ms, unit.end_ms)))
             elif last:
                 tasks.append((len(units), Work(owned_end(n_total), None, total_ms,
@@ -184,11 +184,9 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             if near:
                 from_ms = min(from_ms, near[0].out_start_ms)
             hp = head_plan(w, placed)  # silence after speech: its first second is enough
-            window = units[task].window_pos if task < len(units) else None
-            if hp is not None and window is not None:  # made while recording?
-                made = stored_head(store, layout, plan.chunks[window].index, w, hp,
-                                   plan.mp3_bitrate, track_channels, names, silence,
-                                   set(plan.excluded))
+            if hp is not None:  # made while recording, by the Job of the chunk before?
+                made = stored_head(store, layout, w, hp, plan.mp3_bitrate, track_channels,
+                                   names, silence, set(plan.excluded))
                 if made is not None:
                     return task, made
             with rendering:  # PCM of up to two chunk windows per track, a few at once
