@@ -17,13 +17,15 @@ from tests.unit.test_plan_consent import ANN, CAT, DONE, FAILED, chunk, plan_of
 from voicetrack.audio import FRAME_SAMPLES, OPUS_SILENCE_FRAME
 from voicetrack.chunkspec import ChunkSpec, ChunkStatus, Gap
 from voicetrack.errors import ChunkInputError, InvalidInputError
+from voicetrack.manifests import PromotionPlan
 from voicetrack.termination import MESSAGE_MAX_BYTES, TerminationReport, write_termination_message
 from voicetrack_operator.services.deletion import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import bad_chunk, termination_message
 from voicetrack_operator.services.inventory import ChunkInventory, InventoryChunk
 from voicetrack_operator.services.leftout import left_out_reason, may_leave_out
 from voicetrack_transcoder.opusdec import OpusDecodeError, OpusDecoder
-from voicetrack_transcoder.rawtracks import validate_raw
+from voicetrack_transcoder.rawtracks import RawTrack, validate_raw
+from voicetrack_transcoder.streams import SpeakerStream, UndecodableOpus, build_timeline
 
 pytestmark = pytest.mark.unit
 
@@ -177,3 +179,36 @@ def test_a_concealing_decoder_loses_that_slot_only_and_counts_it() -> None:
     assert dec.concealed == 2
     assert not out.any()  # concealment after silence is silence
     assert OpusDecoder(2).concealed == 0
+
+
+class Fetched:
+    """Stands in for `streams.RawFetcher`: hands out fixed packets as a validated track
+    (a packet libopus rejects passes the sha256 and `is_one_slot` checks before)."""
+
+    def __init__(self, spec: ChunkSpec, packets: list[bytes]) -> None:
+        self.spec, self.packets = spec, packets
+
+    def get(self, pos: int, user_id: str) -> RawTrack:
+        return RawTrack(self.spec.tracks[0], "ogg-opus", b"", self.packets, len(self.packets))
+
+
+@pytest.mark.parametrize("conceal", [False, True])
+def test_a_speaker_stream_conceals_only_when_asked(conceal: bool) -> None:
+    """The full promotion conceals (and counts: `concealedFrames`); a strict stream (the
+    pieces' renders) raises UndecodableOpus, on which the assembly falls back to it."""
+    spec = chunk(0, 0, 100, {ANN: (0, 80)})
+    plan = PromotionPlan(guild_id=spec.guild_id, meeting_id=spec.meeting_id, prefix="k",
+                         session_end_ms=100, speakers=[ANN], chunks=[spec])
+    packets = [OPUS_SILENCE_FRAME, BAD_PACKET, OPUS_SILENCE_FRAME, OPUS_SILENCE_FRAME,
+               OPUS_SILENCE_FRAME]
+    stream = SpeakerStream(ANN, plan, build_timeline(plan), Fetched(spec, packets),  # type: ignore[arg-type]
+                           2, conceal=conceal)
+    try:
+        if not conceal:
+            with pytest.raises(UndecodableOpus, match=f"user {ANN}: corrupt Opus data"):
+                stream.read(5)
+            return
+        assert stream.read(5).shape == (5 * FRAME_SAMPLES, 2)
+        assert stream.concealed == 1
+    finally:
+        stream.close()
