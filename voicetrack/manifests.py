@@ -121,7 +121,9 @@ class FinalManifest(_Model):
     `voicetrack_transcoder.pieces`) or `full` (every chunk decoded and encoded again);
     `fallbackReason` says why pieces were not used when some existed. `timelineKey` is the
     speech timeline (`SpeechTimeline`), `consentKey` the consent record (`ConsentRecord`;
-    None when the plan carried none)."""
+    None when the plan carried none). `concealedFrames`: user id → 20 ms slots of that
+    speaker whose packet libopus rejected and promotion concealed (absent speakers: none;
+    `voicetrack_transcoder.opusdec`)."""
 
     tool_version: str
     meeting_id: str
@@ -134,6 +136,7 @@ class FinalManifest(_Model):
     consent_key: str | None = None
     assembly: Literal["incremental", "full"] | None = None
     fallback_reason: str | None = None
+    concealed_frames: dict[str, int] = Field(default_factory=dict)
 
 
 class PieceTrack(_Model):

@@ -56,6 +56,7 @@ from voicetrack_transcoder.speech import (
     join_runs,
     smooth,
 )
+from voicetrack_transcoder.streams import UndecodableOpus
 from voicetrack_transcoder.waveform import overview_png, peaks_json
 
 T = TypeVar("T")
@@ -115,8 +116,9 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
 
     Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
-    plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), and
-    for formats other than MP3 alone or a bitrate no MPEG-1 frame has;
+    plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), when
+    audio it must render holds a packet libopus rejects (the full promotion conceals and
+    counts it), and for formats other than MP3 alone or a bitrate no MPEG-1 frame has;
     InvalidInputError / TemporaryFailure as the full promotion does."""
     if plan.formats != ["mp3"]:
         raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
@@ -208,7 +210,13 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 own.mkdir()
                 return task, make(rendered, w, plan.mp3_bitrate, own, speakers)
 
-        computed.update(pool.map(compute, tasks))  # ffmpeg runs, side by side
+        def compute_or_fall_back(item: tuple[int, Work]) -> tuple[int, Made]:
+            try:
+                return compute(item)
+            except UndecodableOpus as err:  # the full promotion conceals and counts it
+                raise PiecesUnusable(f"a packet does not decode ({err})") from None
+
+        computed.update(pool.map(compute_or_fall_back, tasks))  # ffmpeg runs, side by side
         if progress:
             progress(0.5)
 
