@@ -448,6 +448,28 @@ async def test_cleanup_old_temp_recordings(db_service: RecordingService) -> None
     assert await db_service.cleanup_old_temp_recordings(day) == 1
 
 
+async def test_cleanup_keeps_retained_temp_rows(db_service: RecordingService) -> None:
+    """Fault 4: `spec.retainTempRows` keeps a promoted meeting's temp rows as audit rows
+    (`cleaned = 1`); the TTL sweep deletes the meeting's other old rows but never those.
+    (Before: every old row of the meeting went, audit rows too.)"""
+    now = datetime.now(UTC)
+    await db_service.create_meeting(MEETING, GUILD, CHANNEL, T0)
+    old = now - timedelta(days=3)
+    audit = await db_service.insert_temp_recording(
+        MEETING, ALICE, GUILD, chunk_key(0, ALICE), chunk_index=0, created_at=old)
+    stray = await db_service.insert_temp_recording(
+        MEETING, BOB, GUILD, chunk_key(0, BOB), chunk_index=0, created_at=old)
+    await db_service.mark_temp_recording_cleaned([audit.id])
+    await db_service.insert_persistent_recording(
+        MEETING, kind="mixed", object_key="p/final/mix.mp3", sha256=sha("m"), size_bytes=10,
+        duration_ms=1, format="mp3")
+    await db_service.end_meeting(MEETING, now - timedelta(days=2), "completed")
+    assert await db_service.cleanup_old_temp_recordings(timedelta(hours=24), now=now) == 1
+    left = await db_service.get_temp_recordings_for_meeting(MEETING)
+    assert [(r.id, r.cleaned) for r in left] == [(audit.id, 1)], f"stray {stray.id}"
+    assert await db_service.count_stale_temp_recordings(timedelta(hours=24), now=now) == 0
+
+
 async def test_heartbeats(db_service: RecordingService) -> None:
     assert await db_service.read_heartbeat("operator") is None
     first = await db_service.write_heartbeat("operator", "starting", now=T0)

@@ -276,7 +276,8 @@ class TempRecordingStore(MeetingStore):
         before `now` and has `recordings` rows, except rows of `keep_meetings` (the meetings
         of sessions that still exist). The rows of a meeting that never ended or ended
         without recordings (its session released unpromoted: they index raw chunks kept in
-        S3) stay; `count_stale_temp_recordings` reports them. Returns the number deleted.
+        S3) stay; `count_stale_temp_recordings` reports them. Rows marked `cleaned` (the
+        audit rows of `spec.retainTempRows`) are never deleted. Returns the number deleted.
         InvalidInputError for a ttl that is not positive or a malformed meeting id."""
         cutoff, keep = self._stale_bounds(ttl, now, keep_meetings)
         promoted = select(Recording.meeting_id).where(
@@ -284,6 +285,7 @@ class TempRecordingStore(MeetingStore):
         ended = select(Meeting.id).where(Meeting.ended_at.is_not(None),
                                          Meeting.ended_at < cutoff)
         stmt = delete(TempRecording).where(TempRecording.created_at < cutoff,
+                                           TempRecording.cleaned == 0,
                                            TempRecording.meeting_id.in_(ended), promoted)
         if keep:
             stmt = stmt.where(TempRecording.meeting_id.not_in(keep))
