@@ -9,6 +9,7 @@ service under test (or by the test, standing in for the world).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -904,10 +905,11 @@ async def test_a_lost_meeting_row_is_rebuilt_from_the_cluster(
 
 async def test_janitor_sweeps_every_bucket_and_prefix_sessions_use(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
-    """Item 11. A session storing under its own bucket and prefix: a dead meeting's chunk
-    objects there are swept too, also after that session is gone. (Before: only the
-    operator's bucket under `recordings/` was swept.)"""
+    """Item 11. A session storing under its own (allowed) bucket and prefix: a dead
+    meeting's chunk objects there are swept too, also after that session is gone.
+    (Before: only the operator's bucket under `recordings/` was swept.)"""
     bucket, prefix = f"vt-other-{secrets.token_hex(3)}", "team/rec"
+    ctx.settings = dataclasses.replace(ctx.settings, s3_buckets=frozenset({bucket}))
     live = await make_session(ctx, kubectl, namespace, "elsewhere",
                               storage={"bucket": bucket, "prefix": prefix})
     store = ctx.store(bucket)

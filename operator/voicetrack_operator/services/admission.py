@@ -1,7 +1,7 @@
 """Who may record: one session per guild at a time (a bot is in one voice channel per
-guild) and one session per meeting id. Read from kopf's session index when the operator
-runs (`handlers/index.py`), else from a list of every session; `SessionService` refuses
-what these find.
+guild), one session per meeting id, and only into a bucket the operator allows. Read from
+kopf's session index when the operator runs (`handlers/index.py`), else from a list of
+every session; `SessionService` refuses what these find.
 """
 
 from __future__ import annotations
@@ -99,3 +99,20 @@ async def meeting_owner(ctx: Context, s: SessionView) -> str | None:
         if theirs == s.meeting_id:
             return f"{meta['namespace']}/{meta['name']}"
     return None
+
+
+def bucket_refusal(ctx: Context, s: SessionView) -> str | None:
+    """Why session `s` may not record into its `spec.storage.bucket`, None when the
+    bucket is allowed (`OperatorSettings.allowed_buckets`: the operator's own bucket and
+    VOICETRACK_S3_BUCKETS). S3 keys are often shared across installs, and meeting ids are
+    unique only within this install's database: a session pointed at another install's
+    bucket would get an upload grant there and write, promote and collect over that
+    install's recordings."""
+    allowed = ctx.settings.allowed_buckets
+    bucket = s.spec.storage.bucket
+    if bucket in allowed:
+        return None
+    return (f"spec.storage.bucket: {bucket!r} is not a bucket this operator may use "
+            f"(allowed: {', '.join(sorted(allowed))}; VOICETRACK_S3_BUCKETS, chart value "
+            "s3.allowedBuckets): its S3 keys may reach other installs' buckets, whose "
+            "recordings a session there could overwrite and delete")

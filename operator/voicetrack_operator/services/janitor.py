@@ -1,8 +1,10 @@
 """Operator-wide housekeeping: the heartbeat row, and the sweep of what deletion left behind
 (chunk objects and temp rows of meetings no session owns any more).
 
-The sweep deletes only what was provably promoted, and reports the rest (a warning per
-sweep, and the gauge `voicetrack_orphans_kept{kind, reason}`) for a person to decide. A
+The sweep lists only the buckets sessions may use (`OperatorSettings.allowed_buckets`), a
+page of keys at a time, and deletes only what was provably promoted; it reports the rest
+(a warning per sweep, and the gauge `voicetrack_orphans_kept{kind, reason}`) for a person
+to decide. A
 chunk object `<prefix>/<guild>/<meeting>/chunks/<index>/…` of a meeting no listed session
 owns is deleted only when all of these hold (`JanitorService.judge`; the reason it is
 kept otherwise in brackets):
@@ -89,8 +91,9 @@ class JanitorService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.places: set[tuple[str, str]] = set()
-        """Every (bucket, prefix) a session was seen to use while this janitor lives (one
-        per operator process): a deleted session's storage is still swept."""
+        """Every (bucket, prefix) of an allowed bucket a session was seen to use while this
+        janitor lives (one per operator process): a deleted session's storage is still
+        swept."""
 
     async def beat(self, status: str = "ok") -> bool:
         """Write the operator's heartbeat row; False when the database is unavailable."""
@@ -102,8 +105,9 @@ class JanitorService:
             return False
 
     async def collect_orphans(self, prefix: str = "recordings") -> tuple[int, int]:
-        """Sweep every bucket and prefix sessions use (the operator's bucket with `prefix`,
-        each listed session's `spec.storage`, and those seen before): delete the chunk
+        """Sweep every allowed bucket (`OperatorSettings.allowed_buckets`) under each prefix
+        sessions use there (the operator's bucket with `prefix`, each listed session's
+        `spec.storage`, and those seen before): delete the chunk
         objects and temp rows of promoted meetings no live session owns (module
         docstring), report the rest. Returns (objects deleted, temp rows deleted). A
         place whose sweep fails (S3 or the database away) is skipped with a warning."""
@@ -119,6 +123,8 @@ class JanitorService:
             self.places.add((str(storage.get("bucket") or self.ctx.settings.s3.bucket),
                              str(storage.get("prefix", prefix))))
         now, report, deleted = datetime.now(UTC), SweepReport(), 0
+        allowed = self.ctx.settings.allowed_buckets  # a session refused elsewhere is not
+        self.places = {p for p in self.places if p[0] in allowed}  # followed there
         for bucket, where in sorted(self.places):
             try:
                 deleted += await self._sweep(bucket, where, live, now, report)
