@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any
 
@@ -59,7 +59,7 @@ class AsyncObjectStore:
         return await asyncio.to_thread(self.sync.list_objects, prefix)
 
     async def object_pages(self, prefix: str, size: int = LIST_PAGE
-                           ) -> AsyncIterator[list[tuple[str, datetime]]]:
+                           ) -> AsyncGenerator[list[tuple[str, datetime]], None]:
         """(key, last modified, UTC) of every object under `prefix` in key order, `size` at a
         time (`ObjectStore.iter_objects`): each page is fetched in a worker thread when the
         caller asks for it, so a bucket of millions of keys is never held in memory."""

@@ -29,6 +29,7 @@ only those of meetings that ended more than the TTL ago with `recordings` rows g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -146,23 +147,24 @@ class JanitorService:
         verdicts: dict[tuple[str, str], Verdict] = {}
         doomed: list[str] = []
         deleted = 0
-        async for page in store.object_pages(f"{head}/" if head else ""):
-            for key, _modified in page:
-                parsed = parse_key(key, prefix)
-                if parsed is None or parsed.area != "chunks" or parsed.meeting_id in live:
-                    continue
-                layout = parsed.layout(prefix)
-                ident = (parsed.guild_id, parsed.meeting_id)
-                if ident not in verdicts:
-                    verdicts[ident] = await self.judge(store, layout, now)
-                why = verdicts[ident].keeps(parsed.index)
-                if why is None:
-                    doomed.append(key)
-                else:
-                    report.keep(bucket, layout.root, why)
-            if len(doomed) >= LIST_PAGE:
-                deleted += await store.delete_keys(doomed)
-                doomed = []
+        async with contextlib.aclosing(store.object_pages(f"{head}/" if head else "")) as pages:
+            async for page in pages:
+                for key, _modified in page:
+                    parsed = parse_key(key, prefix)
+                    if parsed is None or parsed.area != "chunks" or parsed.meeting_id in live:
+                        continue
+                    layout = parsed.layout(prefix)
+                    ident = (parsed.guild_id, parsed.meeting_id)
+                    if ident not in verdicts:
+                        verdicts[ident] = await self.judge(store, layout, now)
+                    why = verdicts[ident].keeps(parsed.index)
+                    if why is None:
+                        doomed.append(key)
+                    else:
+                        report.keep(bucket, layout.root, why)
+                if len(doomed) >= LIST_PAGE:
+                    deleted += await store.delete_keys(doomed)
+                    doomed = []
         return deleted + await store.delete_keys(doomed)
 
     async def judge(self, store: AsyncObjectStore, layout: MeetingLayout, now: datetime
