@@ -17,12 +17,20 @@ import secrets
 import pytest
 
 from tests.e2e import test_operator_services as services_tests
-from tests.e2e.test_operator_services import USERS, make_session, promoted_by_hand, snowflake
+from tests.e2e.test_operator_services import (
+    USERS,
+    make_chunk,
+    make_session,
+    promoted_by_hand,
+    set_status,
+    snowflake,
+)
 from tests.fixtures.cluster import Kubectl
 from voicetrack.errors import NotFoundError
 from voicetrack.layout import MeetingLayout
-from voicetrack.names import recorder_pod_name
+from voicetrack.names import recorder_pod_name, transcode_job_name
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.deletion import DeletionService
 from voicetrack_operator.services.janitor import JanitorService
 from voicetrack_operator.services.sessions import SessionService
 
@@ -58,6 +66,29 @@ async def test_a_session_naming_a_bucket_not_allowed_is_refused(
     s = await make_session(ctx, kubectl, namespace, "allowed", storage={"bucket": bucket})
     status = await SessionService(ctx).ensure_session(s)
     assert status.get("state") != "Refused" and status.get("recorderPod"), status
+
+
+async def test_deleting_a_session_refused_for_its_bucket_touches_nothing_there(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A session refused for its bucket, given a RecordingChunk by hand whose tracks are
+    objects in that bucket (another install's, same layout): deleting it releases it at
+    once, with no transcoder Job and nothing promoted or collected there. (Before: its
+    deletion ran every step on that bucket, transcodes first, as for a refused session
+    that recorded, and would have promoted over and collected the other install's
+    chunks and `live/`.)"""
+    bucket = foreign_bucket()
+    await ctx.store(bucket).ensure_bucket()
+    s = await make_session(ctx, kubectl, namespace, "pointed", storage={"bucket": bucket})
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    assert s.status["state"] == "Refused"
+    await make_chunk(ctx, kubectl, s, 0, 0, 5000)  # its raw tracks: the victim's
+    live = s.layout.live_key("mix", "mp3")
+    await ctx.store(bucket).put_json(live, {"live": "another install's"})
+    out = await DeletionService(ctx).finalize_session(s)  # as its deletion would
+    assert out.done and out.state == "Refused", out.message
+    assert await ctx.kube.get_job(namespace, transcode_job_name("pointed", 0)) is None
+    assert await ctx.store(bucket).exists(live)
+    assert await ctx.store(bucket).exists(s.layout.raw_key(0, USERS[0], "ogg-opus"))
 
 
 async def test_the_sweep_never_touches_a_bucket_not_allowed(
