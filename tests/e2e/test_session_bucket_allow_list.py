@@ -29,7 +29,9 @@ from tests.fixtures.cluster import Kubectl
 from voicetrack.errors import NotFoundError
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import recorder_pod_name, transcode_job_name
+from voicetrack.resources import TranscodeStatus
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.deletion import DeletionService
 from voicetrack_operator.services.janitor import JanitorService
 from voicetrack_operator.services.sessions import SessionService
@@ -89,6 +91,24 @@ async def test_deleting_a_session_refused_for_its_bucket_touches_nothing_there(
     assert await ctx.kube.get_job(namespace, transcode_job_name("pointed", 0)) is None
     assert await ctx.store(bucket).exists(live)
     assert await ctx.store(bucket).exists(s.layout.raw_key(0, USERS[0], "ogg-opus"))
+
+
+async def test_a_chunk_of_a_session_refused_for_its_bucket_is_refused(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A RecordingChunk made by hand for a session refused for its bucket, its tracks
+    objects in that bucket: refused (no Job, no rows), and the operator writes no
+    `chunk.json` there. (Before: a transcoder Job was made to write into that bucket, and
+    the operator wrote the chunk's spec over the other install's `chunk.json`.)"""
+    bucket = foreign_bucket()
+    await ctx.store(bucket).ensure_bucket()
+    s = await make_session(ctx, kubectl, namespace, "pointed", storage={"bucket": bucket})
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    chunk = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    status = await ChunkService(ctx).ensure_chunk(chunk)
+    assert status.transcode_status is TranscodeStatus.FAILED and status.refused, status
+    assert "spec.storage.bucket" in status.refused
+    assert await ctx.kube.get_job(namespace, transcode_job_name("pointed", 0)) is None
+    assert not await ctx.store(bucket).exists(s.layout.chunk_manifest_key(0))
 
 
 async def test_the_sweep_never_touches_a_bucket_not_allowed(
