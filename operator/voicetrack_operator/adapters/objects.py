@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -64,12 +65,19 @@ class AsyncObjectStore:
         time (`ObjectStore.iter_objects`): each page is fetched in a worker thread when the
         caller asks for it, so a bucket of millions of keys is never held in memory."""
         listing = self.sync.iter_objects(prefix)
+        # one thread for this listing: its close is queued behind a fetch still running
+        # when the caller is cancelled (closing a generator another thread is iterating
+        # raises ValueError, which replaced the cancellation: the sweep loop then slept on)
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-list")
+        loop = asyncio.get_running_loop()
         try:
-            while page := await asyncio.to_thread(
-                    lambda: list(itertools.islice(listing, size))):
+            while page := await loop.run_in_executor(
+                    thread, lambda: list(itertools.islice(listing, size))):
                 yield page
         finally:
-            listing.close()
+            closing = loop.run_in_executor(thread, listing.close)
+            thread.shutdown(wait=False)
+            await asyncio.shield(closing)
 
     async def delete_keys(self, keys: list[str]) -> int:
         """Delete `keys` (missing ones count as deleted); returns how many were asked."""
