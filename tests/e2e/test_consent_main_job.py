@@ -96,6 +96,7 @@ def test_a_member_opted_out_mid_session_is_in_no_final_object(stack: Stack,
         [("speaker", USERS[0]), ("speaker", USERS[2]), ("mixed", None)])
     assert stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting)) == []
     assert stack.store.list_keys(layout.chunks_root) == []
+    assert stack.store.list_keys(layout.outputs_root) == []
     assert stack.store.list_keys(layout.live_root) == []
 
     consent = ConsentRecord.model_validate(stack.store.get_json(layout.consent_key))

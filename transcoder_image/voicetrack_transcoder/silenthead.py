@@ -7,7 +7,8 @@ speakers with a silent window in six, those renders were most of what remained a
 stop. So the transcoder Job of the next chunk someone spoke in, which runs while the
 session records, makes that head exactly as assembly would (`silence.head_plan`, the one
 home of the rule, then `render` and `silence.settled_head`) and stores it in the silent
-chunk's folder (`chunks/<k>/silent-head.json`, `SilentHeadManifest`, frames in base64).
+chunk's outputs folder (`outputs/<k>/silent-head.json`, `SilentHeadManifest`, frames in
+base64).
 
 Assembly (`stored_head`) uses a stored head only when it is the head the plan asks for:
 same unit, head end and frames, the same chunks decoded at the same places from the same

@@ -71,7 +71,8 @@ class JanitorService:
         stale = []
         for key, modified in await store.list_objects(f"{head}/" if head else ""):
             parsed = parse_key(key, prefix)
-            if parsed is not None and parsed.area == "chunks" and modified < cutoff \
+            if parsed is not None and parsed.area in ("chunks", "outputs") \
+                    and modified < cutoff \
                     and parsed.meeting_id not in live:
                 stale.append(key)
         return await store.delete_keys(stale)
