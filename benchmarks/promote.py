@@ -6,11 +6,13 @@ benchmarks/transcode.py: each speaker talks in a third of the chunks, mono-coded
 as in real meetings: those chunks have no tracks, no Job and no piece):
 
 1. While "recording": every chunk's piece (`pieces.build_piece`, what each chunk's
-   transcoder Job adds) and the head of a silent unit after speech before it
-   (`silenthead.build_silent_head`), in chunk order; its wall time per chunk (p50, p95)
-   is printed. A session reused from `--data-dir` gets the heads it lacks first.
+   transcoder Job adds) and the head of the silence that may follow it
+   (`silenthead.build_head_after`), in chunk order; its wall time per chunk (p50, p95)
+   is printed. A session reused from `--data-dir` gets the heads it lacks first; their
+   wall time and S3 GETs per spoken chunk are printed (what a Job spends on its head).
 2. Stop → final, `--runs` times: the last chunk's piece and head (its Job runs after
    stop) plus the promotion (`promote`, which assembles the pieces). p95 over the runs.
+   With `--silent-every 7` the 10 min session ends in a window nobody spoke in.
 3. The full promotion of the same plan (`promote(..., incremental=False)`): every chunk
    decoded and every track encoded in one pass. ratio_to_single_pass = stop → final p95
    (1 h) / the full promotion's wall time (1 h).
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import os
 import statistics
 import subprocess
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,7 @@ from transcode import GUILD, upload_session  # noqa: E402
 from tests.audio_helpers import best_correlation  # noqa: E402
 from voicetrack.errors import NotFoundError  # noqa: E402
 from voicetrack.layout import MeetingLayout  # noqa: E402
-from voicetrack.manifests import PromotionPlan  # noqa: E402
+from voicetrack.manifests import PieceManifest, PromotionPlan  # noqa: E402
 from voicetrack.objectstore import ObjectStore, S3Settings  # noqa: E402
 from voicetrack_local.seaweed import SeaweedServer  # noqa: E402
 from voicetrack_transcoder import assembly, pieces, silence, silenthead  # noqa: E402
@@ -126,24 +128,48 @@ def record_pieces(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
         if not chunk.tracks:
             continue  # a silent window: the operator marks it done, no Job, no piece
         t0 = time.perf_counter()
-        pieces.build_piece(store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks)
-        silenthead.build_silent_head(store, chunk, layout.prefix, plan.mp3_bitrate,
-                                     plan.tracks)
+        piece = pieces.build_piece(store, chunk, layout.prefix, plan.mp3_bitrate,
+                                   plan.tracks)
+        if piece is not None:
+            silenthead.build_head_after(store, chunk, piece, layout.prefix,
+                                        plan.mp3_bitrate, plan.tracks)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def record_heads(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan) -> int:
-    """The silent units' heads of a session recorded before the Jobs made them (as each
-    chunk's Job makes them now), where missing; how many were made."""
-    made = 0
-    for before, chunk in itertools.pairwise(plan.chunks):
-        if chunk.tracks and not before.tracks:
-            silent = silenthead.silent_after_speech(store, layout, chunk)
-            if silent is not None and not store.exists(layout.silent_head_key(silent.index)):
-                made += silenthead.build_silent_head(
-                    store, chunk, layout.prefix, plan.mp3_bitrate, plan.tracks) is not None
-    return made
+def record_heads(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
+                 ) -> tuple[int, list[float], list[int]]:
+    """The heads of a session recorded before the Jobs made them (as each spoken chunk's
+    Job makes them now), where missing: (how many were made, wall s and S3 GETs of each
+    build, made or not)."""
+    made, times, gets = 0, [], []
+    real_bytes, real_json = store.get_bytes, store.get_json
+    count = [0]
+
+    def counted_bytes(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real_bytes(*args, **kwargs)
+
+    def counted_json(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real_json(*args, **kwargs)
+
+    store.get_bytes, store.get_json = counted_bytes, counted_json  # type: ignore[method-assign]
+    try:
+        for chunk in plan.chunks:
+            if not chunk.tracks or store.exists(layout.head_after_key(chunk.index)):
+                continue
+            piece = PieceManifest.model_validate(
+                real_json(layout.piece_manifest_key(chunk.index)))
+            count[0] = 0
+            t0 = time.perf_counter()
+            made += silenthead.build_head_after(store, chunk, piece, layout.prefix,
+                                                plan.mp3_bitrate, plan.tracks) is not None
+            times.append(time.perf_counter() - t0)
+            gets.append(count[0])
+    finally:
+        del store.get_bytes, store.get_json
+    return made, times, gets
 
 
 def boundary_figures(inc: dict[str, bytes], full: dict[str, bytes],
@@ -203,8 +229,12 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         store.put_json(layout.promotion_plan_key, plan.to_api())
         times = record_pieces(store, layout, plan)
     else:
+        made, head_s, gets = record_heads(store, layout, plan)
         print(f"{minutes} min: the session recorded earlier in --data-dir is reused "
-              f"({record_heads(store, layout, plan)} silent heads made now)", flush=True)
+              f"({made} heads made now" + (
+                  f"; per spoken chunk's Job: p50 {statistics.median(head_s):.3f} s, p95 "
+                  f"{p95(head_s):.3f} s, S3 GETs {min(gets)}..{max(gets)}"
+                  if head_s else "") + ")", flush=True)
         times = [float("nan")]
     last = plan.chunks[-1]
     stops = []
@@ -216,7 +246,7 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         stages.wrap(assembly, "make", "unit encodes")
         stages.wrap(silence, "make", "unit encodes")  # silence after speech: the head
         stages.wrap(assembly, "stored_head", "silent heads made while recording")
-        stages.wrap(silenthead, "build_silent_head", "last silent head")
+        stages.wrap(silenthead, "build_head_after", "last head")
         stages.wrap(store, "get_bytes", "GETs")
         stages.wrap(assembly, "sha256_file", "sha256 of the tracks")
         stages.wrap(store, "put_file", "uploads")
@@ -224,16 +254,18 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         kids0 = cpu_s(os.getpid(), children=True)
         t0 = time.perf_counter()
         if last.tracks:  # a silent last window has no Job
-            pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate, plan.tracks)
-            silenthead.build_silent_head(store, last, layout.prefix, plan.mp3_bitrate,
-                                         plan.tracks)
+            piece = pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate,
+                                       plan.tracks)
+            if piece is not None:
+                silenthead.build_head_after(store, last, piece, layout.prefix,
+                                            plan.mp3_bitrate, plan.tracks)
         manifest = promote(store, layout.promotion_plan_key)
         stops.append(time.perf_counter() - t0)
         cpu, weed = cpu_s(os.getpid()) - cpu0, cpu_s(weed_pid) - weed0
         kids = cpu_s(os.getpid(), children=True) - kids0
         for owner, name in ((pieces, "build_piece"), (assembly, "read_pieces"),
                             (assembly, "sha256_file"), (assembly, "stored_head"),
-                            (silenthead, "build_silent_head")):
+                            (silenthead, "build_head_after")):
             setattr(owner, name, getattr(owner, name).__wrapped__)
         for name in ("get_bytes", "put_file"):
             delattr(store, name)

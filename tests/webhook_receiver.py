@@ -2,7 +2,9 @@
 of its own (so sync and async tests, and an operator in another process, can all call it).
 
 It verifies each request's signature with the key it was given, the way docs/webhooks.md
-tells receivers to, and records every request. Its answers follow a script: each request
+tells receivers to (`verify_delivery`: the delivery id comes from the signed body), and
+records every request. Every answer sets a cookie, so a sender that kept cookies would
+send it back. Its answers follow a script: each request
 takes the next `(status, delay_s)` or `(status, delay_s, body)` (sleep, then answer), and
 `(200, 0)` once the script is spent.
 """
@@ -19,20 +21,21 @@ from typing import Any
 from aiohttp import web
 
 from voicetrack.errors import InvalidInputError
-from voicetrack.webhooks import HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_signature
+from voicetrack.webhooks import verify_delivery
 from voicetrack_local.ports import free_port
 
 
 @dataclass
 class Received:
-    """One request as it arrived: headers, raw body, when (Unix s), and whether its
-    signature verified (`error` says why not)."""
+    """One request as it arrived: headers, raw body, when (Unix s), whether its
+    signature verified (`error` says why not) and the signed delivery id."""
 
     headers: dict[str, str]
     body: bytes
     at: float
     verified: bool
     error: str | None
+    delivery: str | None = None
 
     @property
     def json(self) -> dict[str, Any]:
@@ -72,21 +75,22 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        delivery: str | None = None
         try:
-            verify_signature(self.key, body, request.headers.get(HEADER_TIMESTAMP),
-                             request.headers.get(HEADER_SIGNATURE), now=time.time())
+            delivery = verify_delivery(self.key, body, request.headers, now=time.time())
             verified, error = True, None
         except InvalidInputError as err:
             verified, error = False, str(err)
         with self._lock:
             self.received.append(Received(dict(request.headers), body, time.time(), verified,
-                                          error))
+                                          error, delivery))
             status, delay, *given = self.script.pop(0) if self.script else (200, 0.0)
         if delay:
             await asyncio.sleep(delay)
-        if given:
-            return web.Response(status=status, body=given[0])
-        return web.Response(status=status, text="ok" if status < 300 else f"no ({status})")
+        answer = web.Response(status=status, body=given[0]) if given else web.Response(
+            status=status, text="ok" if status < 300 else f"no ({status})")
+        answer.set_cookie("receiver-session", f"s{len(self.received)}")
+        return answer
 
     def start(self) -> Receiver:
         ready = threading.Event()

@@ -12,6 +12,17 @@ class InvalidInputError(VoicetrackError):
     """Bad input: retrying cannot help (kopf PermanentError; transcoder exit code 2)."""
 
 
+class ChunkInputError(InvalidInputError):
+    """Bad input that is one chunk's: a raw object of chunk `index` is missing, empty, not
+    the object its chunk verified (sha256) or not a valid raw track. A promotion failing on
+    it names the chunk in its termination message (`voicetrack.termination
+    .TerminationReport`), so the operator can leave that chunk out and promote the rest."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class TemporaryFailure(VoicetrackError):
     """An infrastructure failure that may pass (kopf TemporaryError; Job retry).
 

@@ -6,7 +6,7 @@
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/result.json         transcoder manifest
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece-<track>.<fmt> promotion piece
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece.json          piece manifest
-    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/silent-head.json    silent unit's head
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/head-after.json     head of silence after
     <prefix>/<guildId>/<meetingId>/promotion.json                          promotion plan
     <prefix>/<guildId>/<meetingId>/final/<userId>.<fmt> | mix.<fmt>        final tracks
     <prefix>/<guildId>/<meetingId>/final/waveform-<track>.json | .png      peaks, overview
@@ -22,7 +22,7 @@ Who writes where. `chunks/<index>/` holds what the recorder uploads (its raw tra
 upload grant (`chunks_root`, `voicetrack.uploadgrant`). Everything the transcoder makes
 from a chunk lies in the chunk's `outputs/<index>/` folder, outside that prefix, so a
 recorder (even a compromised one) cannot write what assembly and the operator trust: the
-pieces and their `piece.json`, `result.json`, `silent-head.json` and the chunk outputs.
+pieces and their `piece.json`, `result.json`, `head-after.json` and the chunk outputs.
 Collection deletes a chunk's `outputs/<index>/` with its `chunks/<index>/`. Sessions
 transcoded before this split (outputs inside `chunks/<index>/`) are still promoted: their
 pieces are not found at the new keys, so promotion is the full one from the raw chunks
@@ -86,7 +86,7 @@ class MeetingLayout:
     def output_dir(self, index: int) -> str:
         """`<root>/outputs/<index:06d>` (no trailing slash): the transcoder's outputs of
         chunk `index` (transcoded tracks, `result.json`, pieces, `piece.json`,
-        `silent-head.json`); collected with `chunk_dir(index)`."""
+        `head-after.json`); collected with `chunk_dir(index)`."""
         return f"{self.root}/outputs/{index:06d}"
 
     def raw_key(self, index: int, user_id: str, raw_format: str) -> str:
@@ -119,12 +119,12 @@ class MeetingLayout:
         """Key of chunk `index`'s `piece.json` (`voicetrack.manifests.PieceManifest`)."""
         return f"{self.output_dir(index)}/piece.json"
 
-    def silent_head_key(self, index: int) -> str:
-        """Key of the head of chunk `index`'s silent unit (`silent-head.json`,
-        `voicetrack.manifests.SilentHeadManifest`): chunk `index` is a window nobody spoke
-        in, right after speech. Lives in the chunk's outputs folder, collected with the
-        chunk's folder."""
-        return f"{self.output_dir(index)}/silent-head.json"
+    def head_after_key(self, index: int) -> str:
+        """Key of the head of the silence right after chunk `index`, a chunk someone spoke
+        in (`head-after.json`, `voicetrack.manifests.SilentHeadManifest`), made by that
+        chunk's own Job. Lives in the chunk's outputs folder, collected with the chunk's
+        folder."""
+        return f"{self.output_dir(index)}/head-after.json"
 
     @property
     def promotion_plan_key(self) -> str:
@@ -192,7 +192,7 @@ class ParsedKey:
     """What a key under some prefix says: its meeting, and for chunk objects the chunk index
     and the file name. `area` is `chunks` (the recorder's: `<userId>.<raw-ext>`,
     `chunk.json`), `outputs` (the transcoder's: `<userId>.<fmt>`, `result.json`, pieces,
-    `piece.json`, `silent-head.json`), `final` (`name`: the rest of the key after
+    `piece.json`, `head-after.json`), `final` (`name`: the rest of the key after
     `final/`) or `promotion` (the plan; no index, no name). `live/` keys parse to None."""
 
     guild_id: str

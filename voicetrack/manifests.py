@@ -121,7 +121,9 @@ class FinalManifest(_Model):
     `voicetrack_transcoder.pieces`) or `full` (every chunk decoded and encoded again);
     `fallbackReason` says why pieces were not used when some existed. `timelineKey` is the
     speech timeline (`SpeechTimeline`), `consentKey` the consent record (`ConsentRecord`;
-    None when the plan carried none)."""
+    None when the plan carried none). `concealedFrames`: user id → 20 ms slots of that
+    speaker whose packet libopus rejected and promotion concealed (absent speakers: none;
+    `voicetrack_transcoder.opusdec`)."""
 
     tool_version: str
     meeting_id: str
@@ -134,6 +136,7 @@ class FinalManifest(_Model):
     consent_key: str | None = None
     assembly: Literal["incremental", "full"] | None = None
     fallback_reason: str | None = None
+    concealed_frames: dict[str, int] = Field(default_factory=dict)
 
 
 class PieceTrack(_Model):
@@ -210,24 +213,25 @@ class SilentHeadTrack(_Model):
 
 
 class SilentHeadManifest(_Model):
-    """`outputs/<index>/silent-head.json`: the head of the unit of chunk `index`, a window
-    nobody spoke in right after speech, made by the next spoken chunk's transcoder Job
-    (`voicetrack_transcoder.silenthead`). Output time in ms: the unit is
-    `[unitStartMs, unitEndMs)`; the head its first `headMs - unitStartMs`, whose frames
-    are the global frames `[firstFrame, headEndFrame)`; every frame after them up to
-    `endFrame` is LAME's silent frame. `placed`: the chunks the render decoded (their
-    order and place, so assembly can prove the head was made from what the plan promotes).
-    Tracks of speakers not in `tracks` are silent frames over the whole unit."""
+    """`outputs/<index>/head-after.json`: the head of a unit of digital silence right after
+    chunk `index` (a window nobody spoke in, a failed chunk's gap, the time up to stop),
+    made by chunk `index`'s own transcoder Job before anyone knows what follows
+    (`voicetrack_transcoder.silenthead`). Output time in ms: the unit starts at
+    `unitStartMs` (the chunk's end); the head is rendered from `fromMs` to `headMs` and
+    its frames are the global frames `[firstFrame, headEndFrame)`; in a unit that ends
+    after the head, every later frame is LAME's silent frame. `placed`: the chunks the
+    render decoded, all before the unit (their order and place, so assembly can prove the
+    head was made from what the plan promotes). Tracks of speakers not in `tracks` are
+    silent frames over the whole unit."""
 
     tool_version: str
     index: int
     mp3_bitrate: int
     unit_start_ms: int
-    unit_end_ms: int
+    from_ms: int
     head_ms: int
     first_frame: int
     head_end_frame: int
-    end_frame: int
     placed: list[PlacedSource]
     tracks: list[SilentHeadTrack]
     speech: dict[str, list[list[int]]] = Field(default_factory=dict)

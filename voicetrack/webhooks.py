@@ -17,12 +17,19 @@ the HMAC over the raw body it received (before any JSON parsing), compares in co
 Stripe's) from its own clock, so a captured request cannot be replayed later. The signature
 header may carry several comma-separated `v1=` values (room for key rotation); one match is
 enough. HMAC is RFC 2104; SHA-256 is FIPS 180-4.
+
+Dedupe on the body's `delivery_id` (`verify_delivery` returns it), never on the
+`X-Voicetrack-Delivery` header alone: the header is outside the MAC, so a captured request
+replayed within the tolerance with a new header value would pass a header-keyed dedupe; the
+body's id is signed. The header stays as a convenience and must equal the body's id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
 
@@ -35,8 +42,9 @@ EVENT_MEETING_ENDED = "meeting.ended"
 PAYLOAD_VERSION = 1
 
 HEADER_DELIVERY = "X-Voicetrack-Delivery"
-"""The delivery id (16 characters), the same on every attempt of one delivery: receivers
-dedupe on it (delivery is at least once)."""
+"""The delivery id (16 characters), the same on every attempt of one delivery, as the
+body's signed `delivery_id`: receivers dedupe on the body's (delivery is at least once);
+this unsigned copy is for logs and routing."""
 HEADER_EVENT = "X-Voicetrack-Event"
 HEADER_ATTEMPT = "X-Voicetrack-Attempt"
 """1 for the first attempt, then 2, 3, …"""
@@ -141,3 +149,28 @@ def verify_signature(key: bytes, body: bytes, timestamp: str | None, signature: 
     if not any(hmac.compare_digest(expected, s) for s in offered):
         raise WebhookSignatureError(f"{HEADER_SIGNATURE}: does not match the body")
     return ts
+
+
+def verify_delivery(key: bytes, body: bytes, headers: Mapping[str, str], now: float,
+                    tolerance_s: float = DEFAULT_TOLERANCE_S) -> str:
+    """Check a received request as `verify_signature` does (`headers`: the request's
+    headers, looked up by their exact names, so pass a case-insensitive mapping such as
+    aiohttp's or Flask's) and return the delivery id to dedupe on: the signed body's
+    `delivery_id`. Raises WebhookSignatureError when the signature or timestamp does not
+    verify, when the body is not a JSON object with a `delivery_id` string, or when the
+    `X-Voicetrack-Delivery` header is present and differs from it (a replay with a
+    rewritten header)."""
+    verify_signature(key, body, headers.get(HEADER_TIMESTAMP), headers.get(HEADER_SIGNATURE),
+                     now, tolerance_s)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise WebhookSignatureError("body: not JSON") from None
+    delivery = doc.get("delivery_id") if isinstance(doc, dict) else None
+    if not isinstance(delivery, str) or not delivery:
+        raise WebhookSignatureError("body: no delivery_id")
+    header = headers.get(HEADER_DELIVERY)
+    if header is not None and header != delivery:
+        raise WebhookSignatureError(f"{HEADER_DELIVERY}: {header!r} is not the signed body's "
+                                    f"delivery_id {delivery!r} (rewritten or replayed)")
+    return delivery

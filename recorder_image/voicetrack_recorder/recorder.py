@@ -23,10 +23,9 @@ an error end (the source or the uploads failed) arms it at once (before, an S3 o
 auto-stop lost the spooled audio after 20 s though nothing forced an end). The operator
 keeps the upload grant valid while the pod has not Succeeded.
 
-Consent at stop (issue 12, docs/consent.md): promotion learns who opted out from the last
-chunk's `optedOut`. An opt-out that no chunk carried (made while paused, when no window is
-open, or seen after the last seal) is written at stop in a consent marker chunk: no tracks,
-the 20 ms window after the last chunk, the current `optedOut` (`_mark_consent`).
+Consent at stop (issue 12, docs/consent.md): an opt-out that no chunk carried (made while
+paused, or seen after the last seal) is written at stop in a consent marker chunk; it and
+the lost window's marker are `stopmarkers`.
 """
 
 from __future__ import annotations
@@ -40,10 +39,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from voicetrack.audio import FRAME_MS
-from voicetrack.chunkspec import Gap, OptOut
+from voicetrack.chunkspec import Gap
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import session_meeting_id
@@ -57,6 +54,7 @@ from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_S
 from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
 from voicetrack_recorder.sealing import TAIL_WAIT_MAX_S, seal_tail, sealable_slot, source_watermark
 from voicetrack_recorder.spool import SpooledChunk, SpoolFull
+from voicetrack_recorder.stopmarkers import LastWord, give_up, mark_consent
 from voicetrack_recorder.uploader import ChunkUploader, Deadline
 
 log = logging.getLogger(__name__)
@@ -121,9 +119,8 @@ class Recorder:
         self._lost: Gap | None = None
         """The window dropped because the spool was full, not yet carried by a chunk."""
         self._paused_at: int | None = None
-        self._last: tuple[int, list[OptOut] | None] | None = None
-        """(endMs, optedOut) of the session's last chunk, spooled or found at start;
-        optedOut None when that chunk was a gap marker never made (its list unsaid)."""
+        self._last: LastWord | None = None
+        """The session's last chunk's end and `optedOut` (`stopmarkers.LastWord`)."""
         self.flush_deadline: float | None = None
         """Monotonic time after which uploads stop retrying; None until the end is forced
         (`forced`)."""
@@ -361,69 +358,20 @@ class Recorder:
             self._pending.popleft()
 
     def _give_up(self, deadline: Deadline) -> None:
-        """At stop: record what could not be uploaded (the spooled chunks left, a window
-        dropped while the spool was full) as one `connection-lost` gap carried by a marker
-        chunk without tracks on the window's last 20 ms slot, created (API only) until
-        `deadline` (`uploader.Deadline`: monotonic s, None = no limit, or read before
-        every retry); then drop the spool files. Runs in a thread."""
-        left = list(self._pending)
-        if not left and self._lost is None:
-            return
-        first = left[0].spec if left else None
-        if first is not None:
-            start = first.gap.start_ms if first.gap is not None else first.start_ms
-        else:
-            assert self._lost is not None
-            start = self._lost.start_ms
-        end = self._lost.end_ms if self._lost is not None else left[-1].spec.end_ms
-        index = first.index if first is not None else self.chunker.next_index
-        for spooled in left:
-            self.uploader.spool.remove(spooled)
-        self._pending.clear()
-        lost = Gap(start_ms=start, end_ms=end, cause="connection-lost")
-        self.uploader.stats.lost.append(lost)
-        log.error("chunks %s not uploaded: [%d, %d) ms lost (connection-lost)",
-                  [s.index for s in left], start, end)
-        marker_start = end - FRAME_MS
-        spec = self.uploader.spool.marker_spec(
-            index, marker_start, end, self.consent.opted_out(),  # the last word on consent
-            self.consent.degraded, Gap(start_ms=start, end_ms=marker_start,
-                                       cause="connection-lost") if marker_start > start else None)
-        made = self.uploader.create_marker(spec, deadline)
-        if made:  # a lost window's marker takes the index the chunker would give next
-            self.chunker.next_index = max(self.chunker.next_index, index + 1)
-        # a marker never made leaves the last word on consent unsaid: `_mark_consent` says it
-        self._last = (end, list(spec.opted_out) if made else None)
-        self.uploader.write_ack_file()
+        """At stop: the lost window's marker (`stopmarkers.give_up`). Runs in a thread."""
+        last = give_up(self._pending, self._lost, self.chunker, self.consent, self.uploader,
+                       deadline)
+        if last is not None:
+            self._last = last
 
     def _mark_consent(self, deadline: Deadline) -> None:
-        """At stop, after `_give_up`: when the members opted out now differ from the last
-        chunk's `optedOut` (or that chunk was a gap marker never made), create a consent
-        marker chunk until `deadline` (`uploader.Deadline`): the next index, no tracks, the
-        window `[end, end + 20)` ms after the last chunk (20 ms of silence in the output),
-        the current `optedOut`. When the API server refuses it (403 while the namespace
-        terminates) or stays away past the deadline, its spec is stored in S3 instead
-        (`store_marker_spec`), which the operator's inventory promotes from: an opt-out
-        said at stop is not lost with the object. Nothing when the session has no chunk
-        (no audio to exclude). Runs in a thread."""
-        if self._last is None or self._pending:
+        """At stop, after `_give_up` and once nothing is left to upload: the consent
+        marker (`stopmarkers.mark_consent`). Runs in a thread."""
+        if self._pending:
             return
-        end, listed = self._last
-        now = self.consent.opted_out()
-        if now == listed:
-            return
-        try:
-            spec = self.uploader.spool.marker_spec(self.chunker.next_index, end,
-                                                   end + FRAME_MS, now, self.consent.degraded)
-        except ValidationError as err:  # e.g. the session's time limit reached
-            log.error("consent marker after %d ms not written: %s", end, err)
-            return
-        log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, end,
-                 end + FRAME_MS, [o.user_id for o in now])
-        if self.uploader.create_marker(spec, deadline) \
-                or self.uploader.store_marker_spec(spec, deadline):
-            self.chunker.next_index += 1
-            self._last = (spec.end_ms, now)
+        last = mark_consent(self._last, self.chunker, self.consent, self.uploader, deadline)
+        if last is not None:
+            self._last = last
 
 
 def start_pause_watch(kube: RecorderKube) -> threading.Event:

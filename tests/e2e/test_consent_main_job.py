@@ -10,7 +10,8 @@ After the session is deleted:
   out included;
 - `final/consent.json` names them (`via: user`, `excluded`) and lists the two others as
   recorded; no other final object names them;
-- the chunk folders (their raw chunks and chunk MP3s) and the temp rows are collected;
+- the chunk folders (their raw chunks), their outputs folders (chunk MP3s, pieces) and the
+  temp rows are collected;
 - the others' tracks hold their audio at its true time (markers ± 20 ms).
 """
 

@@ -129,3 +129,57 @@ def test_policies_are_off_when_disabled(helm: Helm) -> None:  # noqa: F811
     objs = docs(helm("template", "vt", str(CHART), *KUBE,
                      "--set", "networkPolicy.enabled=false").stdout)
     assert not [o for o in objs if o["kind"] == "NetworkPolicy"]
+
+
+def test_operator_egress_is_open_by_default_and_narrow_when_asked(helm: Helm) -> None:  # noqa: F811
+    """networkPolicy.operatorEgress (review: webhook SSRF, a second layer): DNS, the API
+    server, S3 on the operator's endpoint port, the bundled PostgreSQL, and webhooks on
+    80/443 to public addresses only; `extra` rules appended as given."""
+    def operator_policy(*sets: str) -> dict[str, Any]:
+        objs = docs(helm("template", "vt", str(CHART), *KUBE, "--namespace", "rel",
+                         "--set", "s3.endpoint=http://s3.example:8333",
+                         *[a for s in sets for a in ("--set", s)]).stdout)
+        return next(o for o in objs if o["kind"] == "NetworkPolicy"
+                    and o["metadata"]["name"] == "vt-voicetrack")  # fmt: skip
+
+    default = operator_policy()
+    assert default["spec"]["policyTypes"] == ["Ingress"] and "egress" not in default["spec"]
+    pol = operator_policy("networkPolicy.operatorEgress.enabled=true", "postgresql.enabled=true",
+                          "networkPolicy.operatorEgress.extra[0].ports[0].port=5433",
+                          "networkPolicy.operatorEgress.extra[0].ports[0].protocol=TCP",
+                          "networkPolicy.operatorEgress.extra[0].to[0].ipBlock.cidr="
+                          "10.9.0.4/32")
+    assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    egress = pol["spec"]["egress"]
+    assert ports(egress) == DNS | {("TCP", 443), ("TCP", 6443), ("TCP", 8333), ("TCP", 5432),
+                                   ("TCP", 80), ("TCP", 5433)}  # fmt: skip
+    (db,) = [r for r in egress if ("TCP", 5432) in ports([r])]
+    assert db["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == \
+        "postgresql"
+    (hooks,) = [r for r in egress if ("TCP", 80) in ports([r])]
+    blocks = {p["ipBlock"]["cidr"]: p["ipBlock"].get("except") for p in hooks["to"]}
+    for internal in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                     "169.254.0.0/16", "127.0.0.0/8"):
+        assert internal in blocks["0.0.0.0/0"], internal
+    assert {"fc00::/7", "fe80::/10", "::1/128"} <= set(blocks["::/0"])
+    assert egress[-1] == {"ports": [{"port": 5433, "protocol": "TCP"}],
+                          "to": [{"ipBlock": {"cidr": "10.9.0.4/32"}}]}
+
+
+def test_the_webhook_allow_list_reaches_the_operator(helm: Helm) -> None:  # noqa: F811
+    def env(*sets: str) -> dict[str, str]:
+        objs = docs(helm("template", "vt", str(CHART), *KUBE,
+                         *[a for s in sets for a in ("--set", s)]).stdout)
+        dep = next(o for o in objs if o["kind"] == "Deployment"
+                   and o["metadata"]["name"] == "vt-voicetrack")  # fmt: skip
+        return {e["name"]: e.get("value") for e in
+                dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert not {k for k in env() if k.startswith("VOICETRACK_WEBHOOK_ALLOW")}  # none by default
+    got = env("operator.webhook.allowCIDRs={10.20.0.0/16,fd12::/64}",
+              "operator.webhook.allowHosts={hooks.team-a.svc.cluster.local}")
+    assert got["VOICETRACK_WEBHOOK_ALLOW_CIDRS"] == "10.20.0.0/16,fd12::/64"
+    assert got["VOICETRACK_WEBHOOK_ALLOW_HOSTS"] == "hooks.team-a.svc.cluster.local"
+    bad = helm("template", "vt", str(CHART), *KUBE, "--set",
+               "operator.webhook.allowCIDRs={http://10.0.0.1/}", check=False)
+    assert bad.returncode != 0 and "/operator/webhook/allowCIDRs/0" in bad.stderr, bad.stderr

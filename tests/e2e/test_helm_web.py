@@ -71,6 +71,8 @@ def test_web_bot_token_is_the_bots_or_its_own_secret(helm: Helm) -> None:  # noq
     assert "VOICETRACK_DISCORD_BOT_TOKEN" not in plain
     assert plain["VOICETRACK_WEB_GUILD_REFRESH_SECONDS"]["value"] == "300"
     assert plain["VOICETRACK_WEB_NAMES_TTL_SECONDS"]["value"] == "600"
+    assert plain["VOICETRACK_WEB_GUILD_MAX_AGE_SECONDS"]["value"] == "0"
+    assert plain["VOICETRACK_WEB_MAX_BUNDLES"]["value"] == "2"
     with_bot = env("--set", "bot.enabled=true", "--set-string", "bot.token=abc")
     assert with_bot["VOICETRACK_DISCORD_BOT_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "v-voicetrack-bot", "key": "token"}
@@ -89,6 +91,7 @@ def test_web_bot_token_is_the_bots_or_its_own_secret(helm: Helm) -> None:  # noq
     ((*ON, "--set", "web.sessionSecret=short"), "/web/sessionSecret"),
     ((*ON, "--set", "web.bogus=1"), "bogus"),
     ((*ON, "--set", "web.guildRefreshSeconds=0"), "/web/guildRefreshSeconds"),
+    ((*ON, "--set", "web.maxBundles=0"), "/web/maxBundles"),
     ((*ON, "--set", "web.tmpSizeLimit=lots"), "/web/tmpSizeLimit"),
 ])
 def test_bad_web_values_are_refused(helm: Helm, args: tuple[str, ...],  # noqa: F811

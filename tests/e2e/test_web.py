@@ -47,6 +47,7 @@ from tests.e2e.test_main_job import wait_for
 from tests.fixtures.stack import Stack
 from voicetrack_local.discord import launcher
 from voicetrack_local.web import WebProcess
+from voicetrack_web.sessions import TokenBox
 
 pytestmark = pytest.mark.e2e
 
@@ -514,7 +515,9 @@ def test_web_page(stack: Stack, e2e_namespace: str, discord_info: dict[str, Any]
     # the next refresh: JSON answers 401, pages ask to log in again.
     rctx, rpage = log_in(browser, web, "alice")
     rcookie = next(c for c in rctx.cookies() if c["name"] == "voicetrack_session")
-    access = json.loads(base64.b64decode(rcookie["value"].split(".")[0]))["token"]
+    sealed = json.loads(base64.b64decode(rcookie["value"].split(".")[0]))["tok"]
+    access = TokenBox(web.secret_key).open(sealed)  # the cookie holds it encrypted
+    assert access
     oauth = discord_info["oauth2"]
     assert discord_call(discord_info, "POST", "/oauth2/token/revoke", {}, form={
         "token": access, "client_id": oauth["client_id"],

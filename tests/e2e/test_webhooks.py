@@ -32,6 +32,7 @@ from voicetrack.webhooks import EVENT_MEETING_ENDED, WebhookPayload, WebhookTrac
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import OperatorProcess
 from voicetrack_operator.adapters.kube import KubeAdapter
+from voicetrack_operator.adapters.webhook_egress import EgressPolicy
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.webhooks import WebhookService, WebhookSettings
@@ -39,7 +40,10 @@ from voicetrack_operator.services.webhooks import WebhookService, WebhookSetting
 pytestmark = pytest.mark.e2e
 
 KEY = b"test-signing-key-" + secrets.token_hex(8).encode()
-FAST = WebhookSettings(backoff_base_s=0.2, backoff_max_s=1.0, timeout_s=1.0, poll_s=0.05)
+LOOPBACK = EgressPolicy.parse("127.0.0.0/8", None)
+"""The receiver is on 127.0.0.1: refused unless allow-listed (tests/e2e/test_webhook_egress.py)."""
+FAST = WebhookSettings(backoff_base_s=0.2, backoff_max_s=1.0, timeout_s=1.0, poll_s=0.05,
+                       egress=LOOPBACK)
 USER = "400000000000000077"
 
 
@@ -223,20 +227,21 @@ async def test_a_url_that_cannot_be_requested_fails_at_its_first_attempt(
     assert attempt.outcome == "failed" and (attempt.error or "").startswith("invalid URL")
 
 
-async def test_an_answer_with_nul_bytes_is_recorded_on_postgresql(
+async def test_an_answers_body_is_never_recorded_on_postgresql(
         cluster: LocalCluster, kubectl: Kubectl, namespace: str, receiver: Receiver,
         s3_server: S3Settings, fresh_postgres_url: str) -> None:
-    """PostgreSQL refuses NUL in text: before, the attempt of a receiver whose error page
-    held one was never recorded, and attempt 1 was POSTed again every lease (review)."""
+    """Of a refusing answer only the status line is kept: an internal service's error page
+    (credentials, review) must not land in SQL or the log. Before that, a body with NUL
+    (refused by PostgreSQL in text) kept the attempt from being recorded (review)."""
     async with context_on(fresh_postgres_url, cluster, s3_server) as c:
         make_secret(kubectl, namespace)
-        receiver.answers((500, 0, b"bad\x00body"))
+        receiver.answers((500, 0, b'bad\x00body {"SecretAccessKey":"internal-secret"}'))
         d = await queue(c.db, s3_server, namespace, receiver.url)
         done = await run_until_final(WebhookService(c, FAST), c.db, d.id)
         assert (done.state, done.attempts) == ("delivered", 2)
         first, second = await c.db.get_webhook_attempts(d.id)
         assert second.outcome == "delivered"
-        assert first.outcome == "retry" and "bad\ufffdbody" in (first.error or "")
+        assert (first.outcome, first.error) == ("retry", "HTTP 500 Internal Server Error")
         assert len(receiver.requests()) == 2
 
 
@@ -307,7 +312,8 @@ def test_a_delivery_queued_before_an_operator_restart_is_delivered_after_it(
     env = {"VOICETRACK_NAMESPACES": f"no-such-{secrets.token_hex(3)}",  # serve no sessions
            "VOICETRACK_WEBHOOK_BACKOFF_BASE_SECONDS": "1",
            "VOICETRACK_WEBHOOK_TIMEOUT_SECONDS": "1",
-           "VOICETRACK_WEBHOOK_POLL_SECONDS": "0.2"}
+           "VOICETRACK_WEBHOOK_POLL_SECONDS": "0.2",
+           "VOICETRACK_WEBHOOK_ALLOW_CIDRS": "127.0.0.1/32"}  # the receiver's address
     op = OperatorProcess(cluster.kubeconfig, s3_server, url, tmp_path / "op1.log", env)
     op.start()
     try:
@@ -338,7 +344,7 @@ def test_a_delivery_queued_before_an_operator_restart_is_delivered_after_it(
     got = receiver.requests()
     assert [r.headers["X-Voicetrack-Attempt"] for r in got] == [
         str(n) for n in range(1, done.attempts + 1)]
-    assert all(r.verified and r.headers["X-Voicetrack-Delivery"] == d.id for r in got)
+    assert all(r.verified and r.delivery == d.id for r in got)
     assert 'voicetrack_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
     assert 'voicetrack_webhook_attempts_total{result="success"} 1.0' in metrics
 

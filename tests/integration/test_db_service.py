@@ -247,6 +247,33 @@ async def test_upsert_chunk_status_is_idempotent_and_forward_only(
     assert len(await db_service.get_temp_recordings_for_meeting(MEETING)) == 2
 
 
+async def test_a_done_chunk_left_out_of_its_promotion_goes_to_failed_once(
+    db_service: RecordingService,
+) -> None:
+    """`fail_done_chunk`: the one way back from done (a chunk whose raw object turned out
+    bad at promotion), for that chunk's done rows only, and only once."""
+    await db_service.create_meeting(MEETING, GUILD, CHANNEL, T0)
+    for user in (ALICE, BOB):
+        await mirror(db_service, 3, user, "done")
+    await mirror(db_service, 4, ALICE, "done")
+    await mirror(db_service, 5, ALICE, "in_progress")
+    assert await db_service.fail_done_chunk(SESSION_UID, 3, "left out: sha256 mismatch") == 2
+    assert await db_service.fail_done_chunk(SESSION_UID, 3, "again") == 0  # a repeat
+    assert await db_service.fail_done_chunk(SESSION_UID, 5, "not done") == 0
+    assert await db_service.fail_done_chunk("another-session", 4, "not its") == 0
+    rows = {(r.chunk_index, r.user_id): r
+            for r in await db_service.get_temp_recordings_for_meeting(MEETING)}
+    for user in (ALICE, BOB):
+        assert rows[(3, user)].transcode_status is TranscodeStatus.FAILED
+        assert rows[(3, user)].error == "left out: sha256 mismatch"
+        assert rows[(3, user)].mp3_path == chunk_key(3, user, "mp3")  # what was made stays
+    assert rows[(4, ALICE)].transcode_status is TranscodeStatus.DONE
+    assert rows[(5, ALICE)].transcode_status is TranscodeStatus.IN_PROGRESS
+    # the mirror never moves it back to done
+    again = await mirror(db_service, 3, ALICE, "done")
+    assert again.transcode_status is TranscodeStatus.FAILED
+
+
 @pytest.mark.parametrize("with_failed", [False, True], ids=["done-wins", "first-terminal-wins"])
 async def test_twenty_concurrent_writers_on_one_chunk(
     db_service: RecordingService, with_failed: bool

@@ -36,6 +36,7 @@ from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, PromotionPlan
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack.oggopus import decode_ogg_opus
+from voicetrack.termination import TerminationReport
 from voicetrack_transcoder.opusdec import OpusDecoder
 from voicetrack_transcoder.promote import promote
 
@@ -79,10 +80,13 @@ def _plan(session: Session, **changes: object) -> PromotionPlan:
     return plan.model_copy(update=changes)
 
 
-def run_promote(store: ObjectStore, plan_key: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRANSCODER, "promote", "--plan-key", plan_key],
-                          env={**os.environ, **store.settings.env()}, capture_output=True,
-                          text=True, timeout=300, check=False)
+def run_promote(store: ObjectStore, plan_key: str, termination_log: Path | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **store.settings.env()}
+    if termination_log is not None:
+        env["VOICETRACK_TERMINATION_LOG"] = str(termination_log)
+    return subprocess.run([TRANSCODER, "promote", "--plan-key", plan_key], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 @dataclasses.dataclass
@@ -353,7 +357,7 @@ def test_tracks_option_is_honoured(s3_server: S3Settings) -> None:
         assert manifest.assembly == "full" and "piece.json" in (manifest.fallback_reason or "")
 
 
-def test_bad_raw_exits_2_and_writes_nothing(s3_server: S3Settings) -> None:
+def test_bad_raw_exits_2_and_writes_nothing(s3_server: S3Settings, tmp_path: Path) -> None:
     store = _store(s3_server)
     layout = MeetingLayout("bad", "123456789012345678", "BaDbAdBaDbAdBaD1")
     speakers = [Speaker(A, 200, talks=[(100, 2900)])]
@@ -363,18 +367,26 @@ def test_bad_raw_exits_2_and_writes_nothing(s3_server: S3Settings) -> None:
     victim = session.chunks[2].tracks[0].key
     store.put_bytes(victim, store.get_bytes(victim)[:-40])  # corrupt: sha256 and length
     before = set(store.list_keys(""))
-    proc = run_promote(store, layout.promotion_plan_key)
+    term = tmp_path / "termination-log"
+    proc = run_promote(store, layout.promotion_plan_key, term)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and victim in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert set(store.list_keys("")) == before  # no final object, raw chunks kept
+    # the termination message names the chunk (structured), with the same reason: what
+    # the operator reads to leave that chunk out
+    report = TerminationReport.parse(term.read_text())
+    assert report == TerminationReport(proc.stderr.strip()[len("error: "):], 2), report
 
     store.delete_keys([victim])
     with pytest.raises(InvalidInputError, match="is missing"):
         promote(store, layout.promotion_plan_key)
     assert not store.list_keys(layout.final_root)
-    proc = run_promote(store, layout.root + "/no-such-plan.json")
+    proc = run_promote(store, layout.root + "/no-such-plan.json", term)
     assert proc.returncode == 2 and "no-such-plan.json" in proc.stderr
+    # no chunk to blame: a plain message, as before
+    assert TerminationReport.parse(term.read_text()) is None
+    assert "no-such-plan.json" in term.read_text()
     store.put_bytes(layout.root + "/garbled.json", b"{not json")
     with pytest.raises(InvalidInputError, match=r"garbled\.json is malformed"):
         promote(store, layout.root + "/garbled.json")

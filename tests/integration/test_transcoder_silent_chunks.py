@@ -24,6 +24,8 @@ import pytest
 
 from tests.audio_helpers import Speaker, best_correlation, decode_file, upload_chunks
 from voicetrack.audio import ms_to_samples
+from voicetrack.chunkspec import Gap
+from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan, SilentHeadManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
@@ -137,8 +139,9 @@ def test_silence_after_speech_is_encoded_one_second_deep_with_the_same_bytes(
     """A silent unit after speech is rendered and encoded only `HEAD_MS` into it, the
     rest being LAME's silent frame (`settled_made`): the tracks are byte for byte those of
     rendering every such unit whole (issue 13: at 1 h with a silent window in six, those
-    renders took most of stop -> final). Chunks 2 and 5 follow speech (7 is the last
-    unit, rendered to the stream's end)."""
+    renders took most of stop -> final). Chunks 2, 5 and 7 follow speech (7 is the last
+    unit, to the stream's end: its frames after the input's end are the silent frame
+    too)."""
     store, inc, _, _, _ = promoted
     settled: list[int] = []
     real = assembly.settled_made
@@ -153,11 +156,11 @@ def test_silence_after_speech_is_encoded_one_second_deep_with_the_same_bytes(
     monkeypatch.setattr(silence, "HEAD_MS", 1000)
     assert {t.track: store.get_bytes(t.key) for t in promote(
         store, LAYOUT.promotion_plan_key).tracks} == inc
-    assert settled == [True, True], settled
+    assert settled == [True, True, True], settled
     monkeypatch.setattr(silence, "HEAD_MS", 10**9)  # every unit rendered whole
     whole = {t.track: store.get_bytes(t.key) for t in promote(
         store, LAYOUT.promotion_plan_key).tracks}
-    assert whole == inc and len(settled) == 2
+    assert whole == inc and len(settled) == 3
 
 
 @pytest.mark.parametrize("incremental", [True, False])
@@ -185,18 +188,19 @@ def test_a_meeting_nobody_spoke_in_promotes_to_no_tracks(s3_server: S3Settings,
 # ---------------------------------------------------------------- heads made while recording
 
 
-def test_the_next_spoken_chunks_job_stores_the_head_of_the_silence_after_speech(
+def test_each_spoken_chunks_job_stores_the_head_of_the_silence_after_it(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None]) -> None:
-    """Chunk 4's Job looks back through silent chunks 3 and 2 to the speech of chunk 1
-    and stores the head of chunk 2's unit; chunk 6's Job that of chunk 5. Chunk 3's unit
-    follows silence (no head), chunk 7 is the last window (no Job after it)."""
+    """Every spoken chunk's Job (0, 1, 4, 6) stores the head of a silence that may
+    follow it, before anyone knows what does: chunk 1's is chunk 2's unit's, chunk 4's
+    chunk 5's, chunk 6's that of chunk 7, the last window (no Job runs after it); chunk
+    0's goes unused (chunk 1 is spoken). Chunk 3's unit follows silence (no head)."""
     store = promoted[0]
-    heads = {i: store.exists(LAYOUT.silent_head_key(i)) for i in SILENT}
-    assert heads == {2: True, 3: False, 5: True, 7: False}, heads
-    head = SilentHeadManifest.model_validate(store.get_json(LAYOUT.silent_head_key(2)))
-    assert [p.index for p in head.placed] == [1, 2]
-    assert (head.unit_start_ms, head.unit_end_ms, head.head_ms) == (4000, 6000, 5000)
+    spoken = [i for i in range(len(WINDOWS)) if i not in SILENT]
+    assert all(store.exists(LAYOUT.head_after_key(i)) for i in spoken)
+    head = SilentHeadManifest.model_validate(store.get_json(LAYOUT.head_after_key(1)))
+    assert [p.index for p in head.placed] == [1]
+    assert (head.unit_start_ms, head.head_ms) == (4000, 5000)
     assert sorted(t.track for t in head.tracks) == [A, "mix"]  # B spoke in neither
 
 
@@ -216,17 +220,18 @@ def _renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_assembly_uses_the_stored_heads_with_the_same_bytes(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None], monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the heads stored, only the last unit (chunk 7, to the stream's end) is
-    rendered at assembly; without them, the heads of chunks 2 and 5 too. The tracks are
-    byte for byte the same either way."""
+    """The session ends in silence (chunk 7). With the heads stored while recording, no
+    unit is rendered at assembly, the last one's included (issue 13: it was rendered
+    after stop, no later spoken chunk's Job existing to make it); without them, the heads
+    of chunks 2, 5 and 7 are. The tracks are byte for byte the same either way."""
     store, inc, _, _, _ = promoted
     renders = _renders(monkeypatch)
     manifest = promote(store, LAYOUT.promotion_plan_key)
-    assert (manifest.assembly, len(renders)) == ("incremental", 1)
+    assert (manifest.assembly, len(renders)) == ("incremental", 0)
     assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
     monkeypatch.setattr(assembly, "stored_head", lambda *a, **kw: None)
     computed = promote(store, LAYOUT.promotion_plan_key)
-    assert len(renders) == 1 + 3
+    assert len(renders) == 3
     assert {t.track: store.get_bytes(t.key) for t in computed.tracks} == inc
 
 
@@ -256,7 +261,7 @@ def _drop_a_frame(doc: dict[str, Any]) -> None:
 
 
 def _other_source(doc: dict[str, Any]) -> None:
-    """Made from another raw track of chunk 1 than the plan's."""
+    """Made from another raw track of chunk 4 than the plan's."""
     doc["placed"][0]["sources"] = [f"{A}:{'0' * 64}"]
 
 
@@ -279,11 +284,11 @@ SPOILERS: dict[str, Callable[[dict[str, Any]], None] | None] = {
 def test_a_missing_or_damaged_head_is_computed_instead(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None], monkeypatch: pytest.MonkeyPatch, spoil: str) -> None:
-    """Chunk 5's head missing, damaged, or not the one the plan asks for: assembly
-    computes that unit (one more render) and the tracks are still the same bytes, made
-    from the pieces; chunk 2's stored head is still used."""
+    """The head of chunk 5's unit (stored by chunk 4's Job) missing, damaged, or not the
+    one the plan asks for: assembly computes that unit (one render) and the tracks are
+    still the same bytes, made from the pieces; the other stored heads are still used."""
     store, inc, _, _, _ = promoted
-    key = LAYOUT.silent_head_key(5)
+    key = LAYOUT.head_after_key(4)
     original = store.get_bytes(key)
     spoiler = SPOILERS[spoil]
     try:
@@ -296,7 +301,7 @@ def test_a_missing_or_damaged_head_is_computed_instead(
         renders = _renders(monkeypatch)
         manifest = promote(store, LAYOUT.promotion_plan_key)
         assert (manifest.assembly, manifest.fallback_reason) == ("incremental", None)
-        assert len(renders) == 2  # chunk 5's head and chunk 7's unit
+        assert len(renders) == 1  # chunk 5's head
         assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
     finally:
         store.put_bytes(key, original, "application/json")
@@ -306,13 +311,13 @@ def test_a_head_that_is_not_json_is_computed_instead(
         promoted: tuple[ObjectStore, dict[str, bytes], dict[str, bytes], str | None,
                         str | None], monkeypatch: pytest.MonkeyPatch) -> None:
     store, inc, _, _, _ = promoted
-    key = LAYOUT.silent_head_key(2)
+    key = LAYOUT.head_after_key(1)
     original = store.get_bytes(key)
     try:
         store.put_bytes(key, original[: len(original) // 2], "application/json")
         renders = _renders(monkeypatch)
         manifest = promote(store, LAYOUT.promotion_plan_key)
-        assert (manifest.assembly, len(renders)) == ("incremental", 2)
+        assert (manifest.assembly, len(renders)) == ("incremental", 1)
         assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == inc
     finally:
         store.put_bytes(key, original, "application/json")
@@ -332,3 +337,95 @@ def test_the_audio_so_far_holds_the_stored_heads_as_the_final_track_does(
         final = decode_file(inc[t.track])
         assert live.shape[0] > ms_to_samples(12_000), t.track
         assert np.array_equal(live, final[: live.shape[0]]), t.track
+
+
+# ---------------------------------------------------------------- a session ending in silence
+
+ENDING = MeetingLayout("inc", "123456789012345678", "EnDsInSiLeNcE001")
+ENDING_SPEAKERS = [
+    Speaker(A, 190, talks=[(300, 2990), (9100, 10990)], markers=[1010, 9510]),
+    Speaker(B, 260, talks=[(5200, 8500)], markers=[6010]),
+]
+ENDING_WINDOWS = [(0, 2000), (2000, 3000), (3000, 5000), (5000, 7000), (7000, 9000),
+                  (9000, 11000), (11000, 13000)]
+"""Chunk 1 is a spoken chunk of 1 s; 2 and 6 are silent (6, the last, after speech);
+chunk 4's raw track is corrupt: its transcode fails, a `chunk-failed` gap after speech."""
+ENDING_FAILED = 4
+ENDING_MS = 13_000
+
+
+@pytest.fixture(scope="module")
+def ending(s3_server: S3Settings) -> tuple[ObjectStore, dict[str, bytes]]:
+    """The session recorded (each chunk's Job run in order, the failed one failing) and
+    promoted with no stored head used (the fallback): the store and its tracks."""
+    store = ObjectStore(dataclasses.replace(s3_server, bucket=f"vt-ending-{os.getpid()}"))
+    store.ensure_bucket()
+    session = upload_chunks(store, ENDING, ENDING_SPEAKERS, ENDING_WINDOWS, ENDING_MS, [])
+    assert [c.index for c in session.chunks if not c.tracks] == [2, 6]
+    bad = session.chunks[ENDING_FAILED]
+    store.put_bytes(bad.tracks[0].key, b"OggS" + b"\0" * 100)
+    for chunk in session.chunks:
+        store.put_json(ENDING.chunk_manifest_key(chunk.index), chunk.to_api())
+        if chunk.index == ENDING_FAILED:
+            with pytest.raises(InvalidInputError):
+                transcode_chunk(store, chunk, ENDING.prefix, ["mp3"], 128, tracks="both")
+        elif chunk.tracks:
+            transcode_chunk(store, chunk, ENDING.prefix, ["mp3"], 128, tracks="both")
+    plan = PromotionPlan(
+        guild_id=ENDING.guild_id, meeting_id=ENDING.meeting_id, prefix=ENDING.prefix,
+        session_end_ms=ENDING_MS, speakers=[A, B],
+        chunks=[c for c in session.chunks if c.index != ENDING_FAILED],
+        gaps=[Gap(start_ms=bad.start_ms, end_ms=bad.end_ms, cause="chunk-failed")],
+        formats=["mp3"], mp3_bitrate=128)
+    store.put_json(ENDING.promotion_plan_key, plan.to_api())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(assembly, "stored_head", lambda *a, **kw: None)
+        fallback = promote(store, ENDING.promotion_plan_key)
+    assert (fallback.assembly, fallback.fallback_reason) == ("incremental", None)
+    return store, {t.track: store.get_bytes(t.key) for t in fallback.tracks}
+
+
+def test_a_session_ending_in_silence_renders_no_unit_after_stop(
+        ending: tuple[ObjectStore, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Every silent unit after speech has its head stored while recording: the last
+    window's (6: no Job runs after it), the one after the 1 s spoken chunk 1 (whose
+    render also decodes chunk 0) and the failed chunk 4's gap. Assembly after stop
+    renders no unit (it rendered these three before), and the tracks are byte for byte
+    those of the assembly that computes every unit, and of rendering every unit whole."""
+    store, fallback = ending
+    renders = _renders(monkeypatch)
+    manifest = promote(store, ENDING.promotion_plan_key)
+    assert (manifest.assembly, manifest.fallback_reason) == ("incremental", None)
+    assert len(renders) == 0, len(renders)
+    assert {t.track: store.get_bytes(t.key) for t in manifest.tracks} == fallback
+    monkeypatch.setattr(assembly, "stored_head", lambda *a, **kw: None)
+    monkeypatch.setattr(silence, "HEAD_MS", 10**9)  # every unit rendered whole
+    whole = promote(store, ENDING.promotion_plan_key)
+    assert len(renders) == 3, len(renders)
+    assert {t.track: store.get_bytes(t.key) for t in whole.tracks} == fallback
+
+
+def test_the_head_after_a_short_spoken_chunk_decodes_the_chunk_before(
+        ending: tuple[ObjectStore, dict[str, bytes]]) -> None:
+    """Chunk 1 (1 s) is shorter than the ~1.1 s before the unit a head's render decodes:
+    its Job places chunk 0 too, as assembly does (`silence.reach_ms`)."""
+    store = ending[0]
+    head = SilentHeadManifest.model_validate(store.get_json(ENDING.head_after_key(1)))
+    assert [(p.index, p.out_start_ms, p.out_end_ms) for p in head.placed] == \
+        [(0, 0, 2000), (1, 2000, 3000)]
+    assert (head.unit_start_ms, head.from_ms, head.head_ms) == (3000, 0, 4000)
+
+
+def test_a_session_ending_in_silence_matches_the_single_pass_encode(
+        ending: tuple[ObjectStore, dict[str, bytes]]) -> None:
+    """Exact length and correlation with the full promotion's single-pass encode, the
+    failed chunk's gap and the silence up to stop included."""
+    store, fallback = ending
+    full = promote(store, ENDING.promotion_plan_key, incremental=False)
+    for t in full.tracks:
+        a = decode_file(fallback[t.track]).astype(np.int64)
+        b = decode_file(store.get_bytes(t.key)).astype(np.int64)
+        assert a.shape == b.shape == (ms_to_samples(ENDING_MS), a.shape[1]), t.track
+        corr, lag = best_correlation(b, a, ms_to_samples(20))
+        assert corr >= 0.99 and lag == 0, (t.track, corr, lag)

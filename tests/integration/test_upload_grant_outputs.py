@@ -2,7 +2,7 @@
 item 3), on real SeaweedFS, ffmpeg and libopus.
 
 The grant covers `<root>/chunks/`. The transcoder's outputs (chunk tracks, `result.json`,
-pieces, `piece.json`, `silent-head.json`) used to lie in the same chunk folders, so a
+pieces, `piece.json`, `head-after.json`) used to lie in the same chunk folders, so a
 compromised recorder could overwrite a piece together with the `piece.json` assembly checks
 it against, or the `result.json` the operator reads, and forged audio reached the final
 tracks. They now lie under `<root>/outputs/` (`voicetrack.layout`): S3 itself refuses the
@@ -37,8 +37,8 @@ A, B = "200000000000000001", "200000000000000002"
 SPEAKERS = [Speaker(A, 180, talks=[(200, 1800), (4300, 5700)], markers=[1000]),
             Speaker(B, 260, talks=[(300, 1500), (4100, 5200)], markers=[4500])]
 WINDOWS = [(0, 2000), (2000, 4000), (4000, 6000)]
-"""Chunk 1 is a window nobody spoke in right after speech: chunk 2's transcode stores its
-silent unit's head."""
+"""Chunk 1 is a window nobody spoke in; each spoken chunk's transcode stores the head of
+the silence that may follow it (`head-after.json`)."""
 SESSION_MS = 6000
 _buckets = itertools.count(1)
 
@@ -80,7 +80,7 @@ def test_the_grant_cannot_overwrite_any_transcoder_output(
     for key in (LAYOUT.chunk_output_key(0, A, "mp3"), LAYOUT.result_key(0),
                 LAYOUT.piece_key(0, A, "mp3"), LAYOUT.piece_key(2, "mix", "mp3"),
                 LAYOUT.piece_manifest_key(0), LAYOUT.piece_manifest_key(2),
-                LAYOUT.silent_head_key(1)):
+                LAYOUT.head_after_key(0), LAYOUT.head_after_key(2)):
         assert key in made, (key, made)
     before = {k: sha256_hex(store.get_bytes(k)) for k in made}
 

@@ -38,7 +38,7 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
         (lay.result_key(0), "outputs", 0, "result.json"),
         (lay.piece_key(3, "mix", "mp3"), "outputs", 3, "piece-mix.mp3"),
         (lay.piece_manifest_key(3), "outputs", 3, "piece.json"),
-        (lay.silent_head_key(4), "outputs", 4, "silent-head.json"),
+        (lay.head_after_key(4), "outputs", 4, "head-after.json"),
         (lay.final_key("mix", "mp3"), "final", None, "mix.mp3"),
         (lay.final_manifest_key, "final", None, "manifest.json"),
         (lay.promotion_plan_key, "promotion", None, None),
@@ -60,7 +60,7 @@ def test_the_recorders_grant_prefix_holds_only_what_the_recorder_writes() -> Non
     transcoder = [*(lay.chunk_output_key(7, USER, f) for f in ("mp3", "flac", "opus")),
                   lay.result_key(7), lay.piece_key(7, USER, "mp3"),
                   lay.piece_key(7, "mix", "mp3"), lay.piece_manifest_key(7),
-                  lay.silent_head_key(7)]
+                  lay.head_after_key(7)]
     assert all(k.startswith(lay.chunk_dir(7) + "/") for k in recorder)
     assert not [k for k in transcoder if k.startswith(lay.chunks_root)]
     assert all(k.startswith(lay.output_dir(7) + "/") and k.startswith(lay.outputs_root)

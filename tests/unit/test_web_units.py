@@ -1,6 +1,7 @@
 """Pure parts of the web component: the permission rule of a partial guild (Discord docs,
 "Topics › Permissions": ADMINISTRATOR 0x8, MANAGE_GUILD 0x20; owners have every
-permission), the authorize URL (Discord docs "Topics › OAuth2"), and settings checks."""
+permission), the authorize URL (Discord docs "Topics › OAuth2"), settings checks, the
+cookie's token box, the logged-out sessions and the zip bundle slots."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 
 from voicetrack.manifests import FinalManifest
 from voicetrack_web.access import meeting_root
+from voicetrack_web.bundles import BundleSlots
 from voicetrack_web.discord import DiscordOAuth, display_name, guild_access
 from voicetrack_web.downloads import live_version
+from voicetrack_web.sessions import RevokedSessions, TokenBox
 from voicetrack_web.settings import WebSettings
 
 pytestmark = pytest.mark.unit
@@ -86,6 +89,53 @@ def test_new_settings_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOICETRACK_WEB_GUILD_REFRESH_SECONDS", "soon")
     with pytest.raises(RuntimeError, match="VOICETRACK_WEB_GUILD_REFRESH_SECONDS: 'soon'"):
         WebSettings.from_env()
+
+
+def test_guild_limit_and_bundle_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    settings = WebSettings.from_env()
+    assert (settings.guild_limit_s, settings.max_bundles) == (600, 2)  # 2 × 300 s
+    monkeypatch.setenv("VOICETRACK_WEB_GUILD_REFRESH_SECONDS", "60")
+    monkeypatch.setenv("VOICETRACK_WEB_GUILD_MAX_AGE_SECONDS", "90")
+    monkeypatch.setenv("VOICETRACK_WEB_MAX_BUNDLES", "1")
+    settings = WebSettings.from_env()
+    assert (settings.guild_limit_s, settings.max_bundles) == (90, 1)
+    monkeypatch.setenv("VOICETRACK_WEB_GUILD_MAX_AGE_SECONDS", "30")
+    with pytest.raises(RuntimeError, match="MAX_AGE_SECONDS: 30 is below the refresh"):
+        WebSettings.from_env()
+    monkeypatch.setenv("VOICETRACK_WEB_GUILD_MAX_AGE_SECONDS", "0")
+    monkeypatch.setenv("VOICETRACK_WEB_MAX_BUNDLES", "0")
+    with pytest.raises(RuntimeError, match="VOICETRACK_WEB_MAX_BUNDLES: 0 is below 1"):
+        WebSettings.from_env()
+
+
+def test_token_box_seals_and_refuses_other_keys() -> None:
+    box = TokenBox("k" * 32)
+    sealed = box.seal("the-access-token")
+    assert "the-access-token" not in sealed and box.open(sealed) == "the-access-token"
+    assert TokenBox("j" * 32).open(sealed) is None
+    assert box.open(sealed[:-4] + "AAAA") is None and box.open(None) is None
+
+
+def test_revoked_sessions_expire_with_the_cookie() -> None:
+    revoked = RevokedSessions(ttl_s=100)
+    revoked.revoke("a", now=0)
+    assert revoked.revoked("a", now=99) and not revoked.revoked("b", now=1)
+    assert not revoked.revoked("a", now=100)
+    revoked.revoke("b", now=200)  # prunes "a"
+    assert set(revoked._until) == {"b"}
+
+
+def test_bundle_slots_one_per_user_and_a_limit() -> None:
+    slots = BundleSlots(2)
+    a = slots.take("alice")
+    assert a is not None and slots.take("alice") is None
+    b = slots.take("bob")
+    assert b is not None and slots.take("carol") is None and slots.held == 2
+    a.release()
+    a.release()  # again: no effect
+    assert slots.held == 1 and slots.take("alice") is not None
 
 
 @pytest.mark.parametrize(("member", "name"), [

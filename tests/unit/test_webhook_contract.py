@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from voicetrack.errors import InvalidInputError
 from voicetrack.resources import SessionSpec
-from voicetrack.webhooks import WebhookSignatureError, sign, verify_signature
+from voicetrack.webhooks import WebhookSignatureError, sign, verify_delivery, verify_signature
 from voicetrack_operator.services.webhooks import (
     WebhookSettings,
     backoff_delay,
@@ -171,3 +171,50 @@ def test_the_documented_node_receiver_verifies_what_we_send() -> None:
     out = subprocess.run(["node", "-e", doc_snippet("js") + "\n" + calls], capture_output=True,
                          text=True, timeout=30, check=True).stdout.split()
     assert out == [str(ok).lower() for *_, ok in cases]
+
+
+def signed_request(body: bytes, delivery: str) -> dict[str, str]:
+    now = int(time.time())
+    return {"X-Voicetrack-Timestamp": str(now), "X-Voicetrack-Signature": sign(KEY, now, body),
+            "X-Voicetrack-Delivery": delivery}
+
+
+def test_the_documented_receiver_dedupes_a_replay_with_a_rewritten_header() -> None:
+    """Review: the docs said to dedupe on `X-Voicetrack-Delivery`, which is not signed; a
+    request captured and replayed within the 5 minutes with a new header value was
+    processed again. The documented receiver dedupes on the signed body's id."""
+    scope: dict[str, Any] = {}
+    exec(doc_snippet("python"), scope)
+    body = json.dumps({"delivery_id": "5f0c2a9e81d34b77", "event": "meeting.ended"}).encode()
+    headers = signed_request(body, "5f0c2a9e81d34b77")
+    seen: set[str] = set()
+
+    def receive(h: dict[str, str], b: bytes) -> str:
+        delivery = scope["delivery_id"](KEY, b, h)
+        if delivery is None:
+            return "refused"
+        if delivery in seen:
+            return "duplicate"
+        seen.add(delivery)
+        return "processed"
+
+    assert receive(headers, body) == "processed"
+    assert receive(headers, body) == "duplicate"
+    assert receive({**headers, "X-Voicetrack-Delivery": "aaaaaaaaaaaaaaaa"}, body) == "duplicate"
+    forged = body.replace(b"5f0c2a9e81d34b77", b"aaaaaaaaaaaaaaaa")
+    assert receive(headers, forged) == "refused"
+
+
+def test_verify_delivery_returns_the_signed_id_and_refuses_a_rewritten_header() -> None:
+    body = json.dumps({"delivery_id": "5f0c2a9e81d34b77", "event": "meeting.ended"}).encode()
+    headers = signed_request(body, "5f0c2a9e81d34b77")
+    assert verify_delivery(KEY, body, headers, time.time()) == "5f0c2a9e81d34b77"
+    no_header = {k: v for k, v in headers.items() if k != "X-Voicetrack-Delivery"}
+    assert verify_delivery(KEY, body, no_header, time.time()) == "5f0c2a9e81d34b77"
+    with pytest.raises(WebhookSignatureError, match="not the signed body's delivery_id"):
+        verify_delivery(KEY, body, {**headers, "X-Voicetrack-Delivery": "aaaaaaaaaaaaaaaa"},
+                        time.time())
+    with pytest.raises(WebhookSignatureError, match="no delivery_id"):
+        verify_delivery(KEY, BODY, signed_request(BODY, "x"), time.time())
+    with pytest.raises(WebhookSignatureError, match="outside"):
+        verify_delivery(KEY, body, headers, time.time() + 600)

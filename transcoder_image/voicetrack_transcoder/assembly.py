@@ -56,6 +56,7 @@ from voicetrack_transcoder.speech import (
     join_runs,
     smooth,
 )
+from voicetrack_transcoder.streams import UndecodableOpus
 from voicetrack_transcoder.waveform import overview_png, peaks_json
 
 T = TypeVar("T")
@@ -115,8 +116,9 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
 
     Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
-    plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), and
-    for formats other than MP3 alone or a bitrate no MPEG-1 frame has;
+    plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), when
+    audio it must render holds a packet libopus rejects (the full promotion conceals and
+    counts it), and for formats other than MP3 alone or a bitrate no MPEG-1 frame has;
     InvalidInputError / TemporaryFailure as the full promotion does."""
     if plan.formats != ["mp3"]:
         raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
@@ -162,8 +164,8 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
         for u, unit in enumerate(units):
             last = u == len(units) - 1
             first = owned_end(ms_to_samples(unit.start_ms)) if unit.start_ms else 0
-            if unit.chunk_pos is None:
-                tasks.append((u, Work(first, None if last else owned_end(
+            if unit.chunk_pos is None:  # the last one runs to the stream's last frame
+                tasks.append((u, Work(first, total_frames(n_total) if last else owned_end(
                     ms_to_samples(unit.end_ms)), unit.start_ms, unit.end_ms)))
             elif last:
                 tasks.append((len(units), Work(owned_end(n_total), None, total_ms,
@@ -184,11 +186,9 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             if near:
                 from_ms = min(from_ms, near[0].out_start_ms)
             hp = head_plan(w, placed)  # silence after speech: its first second is enough
-            window = units[task].window_pos if task < len(units) else None
-            if hp is not None and window is not None:  # made while recording?
-                made = stored_head(store, layout, plan.chunks[window].index, w, hp,
-                                   plan.mp3_bitrate, track_channels, names, silence,
-                                   set(plan.excluded))
+            if hp is not None:  # made while recording, by the Job of the chunk before?
+                made = stored_head(store, layout, w, hp, plan.mp3_bitrate, track_channels,
+                                   names, silence, set(plan.excluded))
                 if made is not None:
                     return task, made
             with rendering:  # PCM of up to two chunk windows per track, a few at once
@@ -210,7 +210,13 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                 own.mkdir()
                 return task, make(rendered, w, plan.mp3_bitrate, own, speakers)
 
-        computed.update(pool.map(compute, tasks))  # ffmpeg runs, side by side
+        def compute_or_fall_back(item: tuple[int, Work]) -> tuple[int, Made]:
+            try:
+                return compute(item)
+            except UndecodableOpus as err:  # the full promotion conceals and counts it
+                raise PiecesUnusable(f"a packet does not decode ({err})") from None
+
+        computed.update(pool.map(compute_or_fall_back, tasks))  # ffmpeg runs, side by side
         if progress:
             progress(0.5)
 

@@ -8,9 +8,9 @@ in place. Outputs are
 bit-exact functions of the raw input, so a second run writes the same keys and bytes.
 Then, for an MP3-only session, the chunk's piece of the final tracks (`pieces.py`): an
 optimisation only, so its failure is logged and leaves the chunk done (promotion then
-runs in full); and, when windows nobody spoke in come right before this chunk after
-speech, the head of the first one's unit (`silenthead.py`), an optimisation too (assembly
-then computes that unit).
+runs in full); and the head of a silent unit that may follow the chunk (a window nobody
+speaks in, a failed chunk's gap, the time up to stop: `silenthead.py`), made before anyone
+knows what follows, an optimisation too (assembly then computes that unit).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from voicetrack_transcoder.ffmpeg import (
 )
 from voicetrack_transcoder.pieces import build_piece
 from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
-from voicetrack_transcoder.silenthead import build_silent_head
+from voicetrack_transcoder.silenthead import build_head_after
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,14 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     store.put_json(layout.result_key(chunk.index), result.to_api())
     if tracks is not None and formats == ["mp3"]:
         try:
-            build_piece(store, chunk, prefix, mp3_bitrate, tracks)
+            piece = build_piece(store, chunk, prefix, mp3_bitrate, tracks)
         except Exception as err:  # an optimisation: promotion falls back to the full path
             log.info("chunk %d: no piece: %s: %s", chunk.index, type(err).__name__, err)
             print(f"chunk {chunk.index}: no piece ({type(err).__name__}: {err})", flush=True)
+            piece = None
         try:
-            build_silent_head(store, chunk, prefix, mp3_bitrate, tracks)
+            if piece is not None:  # without it assembly does not run: no head needed
+                build_head_after(store, chunk, piece, prefix, mp3_bitrate, tracks)
         except Exception as err:  # an optimisation: assembly computes the unit then
             log.info("chunk %d: no silent head: %s: %s", chunk.index, type(err).__name__,
                      err)

@@ -52,8 +52,8 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
     naming the first chunk without a usable piece. `silent`: indexes of chunks that have
     no piece and never will (failed, or nobody spoke): their units are silence, as
     promotion makes them (LAME's silent frame for every frame between the pieces around
-    them, after the head of a window nobody spoke in right after speech when the next
-    spoken chunk's Job stored it: `silenthead.live_head`; so the audio so far is the
+    them, after the head of a window nobody spoke in right after speech that the spoken
+    chunk's Job stored: `silenthead.live_head`; so the audio so far is the
     final track's frames). Every track is built and checked in a temporary directory
     before anything is uploaded, and the manifest goes last, so a missing or damaged
     piece leaves the previous live files as they were.
@@ -134,7 +134,7 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
                 raise PiecesUnusable(f"{t.key} does not match its piece.json")
             return data
 
-        heads = {after.index: live_head(store, layout, before, after.first_frame, bitrate,
+        heads = {after.index: live_head(store, layout, before, after, bitrate,
                                         channels)  # by the index of the piece after it
                  for before, after in itertools.pairwise(run)
                  if before.index + 1 in silent and after.index > before.index + 1}

@@ -10,7 +10,10 @@
 The bucket and credentials come from VOICETRACK_S3_ENDPOINT, VOICETRACK_S3_ACCESS_KEY,
 VOICETRACK_S3_SECRET_KEY and VOICETRACK_S3_BUCKET, and are never printed. Exit codes: 0 done;
 2 bad input (`error: <reason>` on stderr and as the termination message; the Job's
-podFailurePolicy fails it at once and the raw data is untouched); 1 anything else (the Job retries).
+podFailurePolicy fails it at once and the raw data is untouched; when one chunk's raw input
+fails a promotion, `ChunkInputError`, its termination message is the `TerminationReport`
+naming that chunk);
+75 S3 away; 1 anything else (the Job retries).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import typer
 from pydantic import ValidationError
 
 from voicetrack.chunkspec import ChunkSpec
-from voicetrack.errors import InvalidInputError, ServiceUnavailable
+from voicetrack.errors import ChunkInputError, InvalidInputError, ServiceUnavailable
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.termination import (
@@ -44,19 +47,24 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 T = TypeVar("T")
 
 
-def _fail(code: int, reason: str) -> typer.Exit:
-    """Report `reason` on stderr and as the termination message; the exit to raise."""
+def _fail(code: int, reason: str, bad_chunk: int | None = None) -> typer.Exit:
+    """Report `reason` on stderr and as the termination message (with `bad_chunk`, the
+    structured `TerminationReport` naming that chunk); the exit to raise."""
     line = " ".join(reason.split())
     print(f"error: {line}", file=sys.stderr, flush=True)
-    write_termination_message(line)
+    write_termination_message(line, bad_chunk)
     return typer.Exit(code)
 
 
-def _guarded(work: Callable[[], T]) -> T:
-    """Run `work`, mapping InvalidInputError to exit 2, ServiceUnavailable (S3 away) to
-    exit 75 and any other error (an ffmpeg crash too) to exit 1."""
+def _guarded(work: Callable[[], T], name_chunk: bool = False) -> T:
+    """Run `work`, mapping InvalidInputError to exit 2 (with `name_chunk`, a
+    ChunkInputError's chunk named in the termination message: the promotion's, for the
+    operator to leave that chunk out), ServiceUnavailable (S3 away) to exit 75 and any
+    other error (an ffmpeg crash too) to exit 1."""
     try:
         return work()
+    except ChunkInputError as err:
+        raise _fail(EXIT_BAD_INPUT, str(err), err.index if name_chunk else None) from None
     except InvalidInputError as err:
         raise _fail(EXIT_BAD_INPUT, str(err)) from None
     except ServiceUnavailable as err:
@@ -117,7 +125,7 @@ def promote_cmd(
     def progress(fraction: float) -> None:
         print(f"progress: {int(fraction * 100):d}%", flush=True)
 
-    manifest = _guarded(lambda: promote(store, plan_key, progress))
+    manifest = _guarded(lambda: promote(store, plan_key, progress), name_chunk=True)
     print(f"promoted {len(manifest.tracks)} track(s), {manifest.duration_ms} ms", flush=True)
 
 

@@ -14,6 +14,14 @@ caller memory relies on). So once decoding the silence frame leaves the state by
 unchanged and yields only zeros, every further silence frame must do the same: the decoder
 has reached a fixed point, and the rest of the run is written as zeros without calling
 libopus. The output is bit-identical to decoding every frame (tests check it).
+
+A packet libopus rejects raises OpusDecodeError, unless the decoder conceals (`conceal`,
+what promotion uses): then that 20 ms slot is libopus's packet loss concealment (opus.h:
+`opus_decode` with no data, as for a lost packet; zeros if even that fails), the stream
+goes on, and `concealed` counts the slots. Promotion reads only raw objects whose sha256
+is the one their chunk's Job verified, so such a packet is a decoder fault on data that
+was accepted, and concealing one slot loses 20 ms where failing would lose the meeting or
+the chunk; the count goes into `final/manifest.json` (`concealedFrames`).
 """
 
 from __future__ import annotations
@@ -60,12 +68,16 @@ class OpusDecoder:
     opus_decoder_create).
     """
 
-    def __init__(self, channels: int = CHANNELS) -> None:
+    def __init__(self, channels: int = CHANNELS, conceal: bool = False) -> None:
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 or 2, not {channels}")
         lib = _lib()
         err = ctypes.c_int(0)
         self.channels = channels
+        self.conceal = conceal
+        """Conceal a packet libopus rejects (one 20 ms slot) instead of raising."""
+        self.concealed = 0
+        """Slots concealed so far (only with `conceal`)."""
         state = lib.opus_decoder_create(SAMPLE_RATE, channels, ctypes.byref(err))
         if err.value != 0 or not state:
             raise RuntimeError(f"opus_decoder_create: {lib.opus_strerror(err.value)!r}")
@@ -79,7 +91,8 @@ class OpusDecoder:
 
         Returns samples per channel written. Every packet must decode to at most what is
         left of `out`. Raises OpusDecodeError naming the packet's position for a packet
-        libopus rejects.
+        libopus rejects, unless the decoder conceals it (`conceal`: one 20 ms slot of
+        packet loss concealment, counted in `concealed`).
         """
         channels = self.channels
         if out.dtype != np.int16 or out.ndim != 2 or out.shape[1] != channels \
@@ -104,13 +117,24 @@ class OpusDecoder:
                                 room, 0)
             if n < 0:
                 self._settled = False
-                raise OpusDecodeError(
-                    f"packet {i}: {lib.opus_strerror(n).decode(errors='replace')}")
+                if not self.conceal or room < FRAME_SAMPLES:
+                    raise OpusDecodeError(
+                        f"packet {i}: {lib.opus_strerror(n).decode(errors='replace')}")
+                n = self._conceal(state, base + pos * 2 * channels, out[pos:pos + FRAME_SAMPLES])
             self._settled = silence and n == FRAME_SAMPLES \
                 and not out[pos:pos + n].any() \
                 and ctypes.string_at(state, self._size) == before
             pos += n
         return pos
+
+    def _conceal(self, state: int, at: int, slot: np.ndarray) -> int:
+        """One slot (20 ms) of libopus's packet loss concealment written at address `at`
+        (the start of `slot`), zeros when libopus refuses even that; counted. Returns the
+        samples per channel written (`FRAME_SAMPLES`)."""
+        self.concealed += 1
+        if _lib().opus_decode(state, None, 0, at, FRAME_SAMPLES, 0) != FRAME_SAMPLES:
+            slot[:] = 0
+        return FRAME_SAMPLES
 
     def decode(self, packets: list[bytes]) -> np.ndarray:
         """Decode 20 ms packets into a new (n, channels) int16 array (n = 960 per packet)."""

@@ -37,9 +37,6 @@ class Unit:
     """Position in plan.chunks of the chunk the unit ends with, whose Job made its piece
     (None: a gap, the tail, or a chunk without tracks: nobody spoke in its window, so the
     operator ran no Job; assembly renders such a unit, as a gap's)."""
-    window_pos: int | None = None
-    """Position in plan.chunks of the chunk whose window ends the unit, with or without
-    a piece (None: a gap or the tail)."""
 
 
 def plan_units(plan: PromotionPlan) -> tuple[list[Unit], list[Placed]]:
@@ -58,7 +55,7 @@ def plan_units(plan: PromotionPlan) -> tuple[list[Unit], list[Placed]]:
             g.cause == "chunk-failed" and g.end_ms == seg.end_ms for g in plan.gaps)
         if ends_unit:
             pieced = seg.chunk is not None and bool(plan.chunks[seg.chunk].tracks)
-            units.append(Unit(start, at, seg.chunk if pieced else None, seg.chunk))
+            units.append(Unit(start, at, seg.chunk if pieced else None))
             start = at
     if at > start:
         units.append(Unit(start, at, None))

@@ -15,9 +15,9 @@ must have a piece whose manifest matches the plan (unit, frames, bitrate, channe
 sha256 of every raw track decoded); units no Job made a piece for (a failed chunk's
 window, a chunk without tracks — nobody spoke in it —, time after the last chunk) and the
 frames after the last piece are rendered then from the raw chunks: the encoder's warm-up
-after speech (or from the head the next spoken chunk's Job stored for a window nobody
-spoke in, `silenthead.py`), LAME's silent frame alone where the warm-up holds no audio
-either.
+after speech (or from the head the Job of the spoken chunk before it stored for the
+silence after it, `silenthead.py`), LAME's silent frame alone where the warm-up holds no
+audio either.
 Speakers absent from a unit and from the chunk before it are digital silence there:
 LAME's steady-state silent frame. Each final track is the frames in order
 behind an Info tag with the exact delay and padding, computed from the frame count and
@@ -208,7 +208,7 @@ def chunk_sources(chunk: ChunkSpec) -> list[str]:
     return sorted(f"{t.user_id}:{t.sha256}" for t in chunk.tracks)
 
 
-def _paused_before(chunk: ChunkSpec, prev: ChunkSpec) -> int:
+def paused_before(chunk: ChunkSpec, prev: ChunkSpec) -> int:
     """Paused ms between `prev` and `chunk`: the whole interval when the chunk's recorded
     gap is a pause (as the promotion plan reads it, `plan.py`)."""
     if chunk.gap is not None and chunk.gap.cause == "paused":
@@ -233,7 +233,7 @@ def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
     try:
         piece = PieceManifest.model_validate(store.get_json(layout.piece_manifest_key(
             prev.index)))
-        return ChunkContext(piece.origin_ms, piece.paused_ms + _paused_before(chunk, prev),
+        return ChunkContext(piece.origin_ms, piece.paused_ms + paused_before(chunk, prev),
                             prev, piece.paused_ms, piece.stereo_seen or stereo_now)
     except (NotFoundError, InvalidInputError, ValidationError):
         pass
@@ -251,9 +251,9 @@ def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
         return None
     paused = 0
     for before, after in itertools.pairwise(earlier):
-        paused += _paused_before(after, before)
+        paused += paused_before(after, before)
     stereo = stereo_now or any(t.channels == 2 for c in earlier for t in c.tracks)
-    return ChunkContext(earlier[0].start_ms, paused + _paused_before(chunk, prev), prev,
+    return ChunkContext(earlier[0].start_ms, paused + paused_before(chunk, prev), prev,
                         paused, stereo)
 
 

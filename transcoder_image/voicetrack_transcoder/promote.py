@@ -109,8 +109,13 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
     the pieces are tried first (see the module docstring); the manifest's `assembly`
     says which path made the tracks. Also writes `final/timeline.json` and (when the plan
     has it) `final/consent.json`, before the manifest.
-    Raises InvalidInputError (exit 2) for a missing or malformed plan or a missing, corrupt
-    or mismatching raw object; TemporaryFailure (exit 1) for S3 or ffmpeg failures.
+    A packet of a (verified) raw track that libopus rejects is concealed, 20 ms of packet
+    loss concealment, and counted per speaker in the manifest's `concealedFrames`
+    (`opusdec`): one slot lost, never the meeting.
+    Raises ChunkInputError (an InvalidInputError naming the chunk: exit 2, the chunk in the
+    termination message) for a missing, corrupt or mismatching raw object;
+    InvalidInputError (exit 2) for a missing or malformed plan; ServiceUnavailable (exit
+    75) when S3 is away; TemporaryFailure (exit 1) for ffmpeg failures.
     """
     plan = load_plan(store, plan_key)
     for fmt in plan.formats:
@@ -164,8 +169,8 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
         fetcher = RawFetcher(store, plan.chunks, fetch_pool,
                              ahead=min(PREFETCH_CHUNKS, budget // longest))
         detectors = {u: SpeechDetector() for u in speakers}
-        readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher, channels[u]), sizes)
-                   for u in speakers]
+        readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher, channels[u],
+                                           conceal=True), sizes) for u in speakers]
         tracks: list[_Track] = []
 
         def open_track(name: str, kind: str, user_id: str | None, n: Channels) -> _Track:
@@ -240,6 +245,9 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
                     overview_key=overview_key))
         for key, path, content_type in uploads:
             store.put_file(key, str(path), content_type)
+    concealed = {r.stream.user_id: r.stream.concealed for r in readers if r.stream.concealed}
+    if concealed:
+        log.warning("packets libopus rejects, concealed (20 ms each): %s", concealed)
     gaps = [g for g in plan.gaps if g.end_ms > g.start_ms]
     speech = speech_timeline(total_ms, {u: d.runs() for u, d in detectors.items()})
     store.put_json(layout.timeline_key, speech.to_api())
@@ -248,6 +256,6 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
                              paused_ms=paused_ms, tracks=final_tracks, gaps=gaps,
                              timeline_key=layout.timeline_key,
                              consent_key=write_consent(store, layout, plan), assembly="full",
-                             fallback_reason=fallback)
+                             fallback_reason=fallback, concealed_frames=concealed)
     store.put_json(layout.final_manifest_key, manifest.to_api())
     return manifest

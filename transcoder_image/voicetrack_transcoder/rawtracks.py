@@ -2,8 +2,9 @@
 
 A raw track (DESIGN.md, "Raw chunk format") covers its chunk window `[startMs, endMs)`
 exactly: Ogg Opus with pre-skip 0 and one 20 ms packet per slot, or s16le 48 kHz stereo PCM
-of `(endMs - startMs) * 48` samples. Anything else is bad input (InvalidInputError, exit 2)
-and the object is left as it is.
+of `(endMs - startMs) * 48` samples. Anything else is bad input of that chunk
+(`ChunkInputError`, an InvalidInputError carrying the chunk's index: exit 2, the index in
+the termination message) and the object is left as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from voicetrack.audio import (
     ms_to_samples,
 )
 from voicetrack.chunkspec import ChunkSpec, ChunkTrack
-from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.errors import ChunkInputError, InvalidInputError, NotFoundError
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.oggopus import OggOpusError, decode_ogg_opus
 from voicetrack.opuspacket import is_one_slot
@@ -48,15 +49,17 @@ class RawTrack:
 
 
 def fetch_raw(store: ObjectStore, chunk: ChunkSpec, track: ChunkTrack) -> bytes:
-    """The raw object's bytes. Raises InvalidInputError if it is missing or empty."""
+    """The raw object's bytes. Raises ChunkInputError if it is missing or empty."""
     try:
         data = store.get_bytes(track.key)
     except NotFoundError:
-        raise InvalidInputError(
-            f"chunk {chunk.index}: raw object {track.key} (user {track.user_id}) is missing"
+        raise ChunkInputError(
+            chunk.index,
+            f"chunk {chunk.index}: raw object {track.key} (user {track.user_id}) is missing",
         ) from None
     if not data:
-        raise InvalidInputError(f"chunk {chunk.index}: raw object {track.key} is empty")
+        raise ChunkInputError(chunk.index,
+                              f"chunk {chunk.index}: raw object {track.key} is empty")
     return data
 
 
@@ -64,23 +67,24 @@ def validate_raw(chunk: ChunkSpec, track: ChunkTrack, data: bytes) -> RawTrack:
     """Check `data` against the chunk: sha256 equal to `track.sha256`, and a stream that
     covers the window exactly (see the module docstring).
 
-    Raises InvalidInputError naming the chunk, the key and what is wrong."""
+    Raises ChunkInputError naming the chunk, the key and what is wrong (InvalidInputError
+    for a window off the slot grid: the chunk's spec, not its raw object)."""
     where = f"chunk {chunk.index}: raw object {track.key}"
     slots = check_window(chunk.start_ms, chunk.end_ms, f"chunk {chunk.index}")
     if not data:
-        raise InvalidInputError(f"{where} is empty")
+        raise ChunkInputError(chunk.index, f"{where} is empty")
     digest = sha256_hex(data)
     if digest != track.sha256:
-        raise InvalidInputError(
-            f"{where}: sha256 {digest} does not match the chunk's {track.sha256}")
+        raise ChunkInputError(
+            chunk.index, f"{where}: sha256 {digest} does not match the chunk's {track.sha256}")
     if chunk.raw_format == RAW_FORMAT_PCM:
         want = ms_to_samples(chunk.duration_ms) * PCM_BYTES_PER_SAMPLE
         if len(data) != want:
-            raise InvalidInputError(
-                f"{where}: {len(data)} bytes of PCM, the window needs {want}")
+            raise ChunkInputError(
+                chunk.index, f"{where}: {len(data)} bytes of PCM, the window needs {want}")
         return RawTrack(track, RAW_FORMAT_PCM, data, None, slots)
     if chunk.raw_format != RAW_FORMAT_OGG_OPUS:
-        raise InvalidInputError(f"{where}: unknown raw format {chunk.raw_format!r}")
+        raise ChunkInputError(chunk.index, f"{where}: unknown raw format {chunk.raw_format!r}")
     try:
         stream = decode_ogg_opus(data)
         if stream.channels != CHANNELS:
@@ -94,7 +98,8 @@ def validate_raw(chunk: ChunkSpec, track: ChunkTrack, data: bytes) -> RawTrack:
                 raise OggOpusError(f"packet {i} is not a well-formed 20 ms Opus packet "
                                    "(RFC 6716 §3.4, libopus's opus_packet_parse)")
     except OggOpusError as err:
-        raise InvalidInputError(f"{where} is not a valid raw Ogg Opus track: {err}") from None
+        raise ChunkInputError(chunk.index,
+                              f"{where} is not a valid raw Ogg Opus track: {err}") from None
     return RawTrack(track, RAW_FORMAT_OGG_OPUS, data, stream.packets, slots)
 
 

@@ -57,17 +57,33 @@ class HeadPlan:
     placed: list[Placed]
 
 
+REACH_MS = 1000
+"""Output ms before a unit's render start whose chunks are decoded too (`head_plan`)."""
+
+
+def reach_ms(w: Work) -> int:
+    """The output ms from which the chunks a render of unit `w` decodes are placed
+    (`head_plan`: every chunk that ends after it): `REACH_MS` before the unit's encoder
+    warm-up (`WARMUP_FRAMES` before `w.first`, on the 20 ms grid, at most its start)."""
+    start = max(w.first - WARMUP_FRAMES, 0) * FRAME
+    return min(samples_to_ms(start) // FRAME_MS * FRAME_MS, w.unit_start_ms) - REACH_MS
+
+
 def head_plan(w: Work, placed: list[Placed]) -> HeadPlan | None:
     """The render of unit `w`'s head (`settle_head`) as assembly does it, from every
     chunk of the output placed (`placed`, in order); None when the unit gets no head
     (rendered whole, or all silence from its warm-up on: `silent_made`). The one home
     of this rule for assembly and for the Job that makes the head while recording
-    (`silenthead.py`), whose bytes must be the same."""
-    start = max(w.first - WARMUP_FRAMES, 0) * FRAME
-    from_ms = min(samples_to_ms(start) // FRAME_MS * FRAME_MS, w.unit_start_ms)
+    (`silenthead.py`), whose bytes must be the same.
+
+    Once `settle_head` gives a head, the plan depends on the unit's end only through the
+    chunks placed in `[w.unit_start_ms, head)`, which have no tracks (`settle_head`) and
+    so render as the silence any unplaced time renders as (`streams.SpeakerStream`): a
+    head made for any unit long enough after the same chunks is the same bytes."""
+    from_ms = reach_ms(w) + REACH_MS
     if w.end is None:
         return None
-    near = around(placed, from_ms - 1000, w.unit_end_ms)
+    near = around(placed, from_ms - REACH_MS, w.unit_end_ms)
     if not any(p.chunk.tracks for p in near):
         return None
     from_ms = min(from_ms, near[0].out_start_ms)

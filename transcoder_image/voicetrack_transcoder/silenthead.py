@@ -1,20 +1,27 @@
 """The heads of silent units, made while recording (issue 13: stop -> final in seconds).
 
-A window nobody spoke in right after speech is a unit without a piece (`pieces.py`):
-assembly renders its first `silence.HEAD_MS` from the speech before it, for the encoder's
-and decoders' tails, and repeats LAME's silent frame after (`silence.py`). At 1 h x 5
-speakers with a silent window in six, those renders were most of what remained after
-stop. So the transcoder Job of the next chunk someone spoke in, which runs while the
-session records, makes that head exactly as assembly would (`silence.head_plan`, the one
-home of the rule, then `render` and `silence.settled_head`) and stores it in the silent
-chunk's outputs folder (`outputs/<k>/silent-head.json`, `SilentHeadManifest`, frames in
-base64).
+A unit of digital silence right after speech (a window nobody spoke in, a failed chunk's
+gap, the time up to stop) has no piece (`pieces.py`): assembly renders its first
+`silence.HEAD_MS` from the speech before it, for the encoder's and decoders' tails, and
+repeats LAME's silent frame after (`silence.py`). At 1 h x 5 speakers with a silent window
+in six, those renders were most of what remained after stop.
+
+So every spoken chunk's own transcoder Job, which runs while the session records, makes
+the head of the silence that may follow it (`build_head_after`), before anyone knows what
+follows: the head depends only on the chunks before the unit and on nothing with tracks
+following within `HEAD_MS` (`silence.head_plan`, the one home of the rule, then `render`
+and `silence.settled_head`), not on where the unit ends. It is stored in the chunk's
+outputs folder (`outputs/<k>/head-after.json`, `SilentHeadManifest`, frames in base64). A
+session that ends in silence thus has its last unit's head too (no later Job exists to make it),
+and so do a silence after a spoken chunk of any length, after a failed chunk's gap, and
+after any number of silent windows. When speech follows after all, the head is unused.
 
 Assembly (`stored_head`) uses a stored head only when it is the head the plan asks for:
-same unit, head end and frames, the same chunks decoded at the same places from the same
-raw tracks (`placed`), the plan's bitrate and channel counts, every track it needs, the
-bytes matching their sha256 and whole frames, no excluded member's audio (consent). Any
-other head, or none, and assembly computes the unit as before (the fallback).
+after the same chunk, same unit start, render start, head end and frames, the same chunks
+decoded at the same places from the same raw tracks (`placed`), no chunk with tracks in
+the unit, the plan's bitrate and channel counts, every track it needs, the bytes matching
+their sha256 and whole frames, no excluded member's audio (consent). Any other head, or
+none, and assembly computes the unit as before (the fallback).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import base64
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +48,30 @@ from voicetrack.manifests import (
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.mp3grid import owned_end, silent_frames, split_frames
-from voicetrack_transcoder.pieces import Made, Placed, Work, chunk_context, chunk_sources, render
-from voicetrack_transcoder.silence import HeadPlan, extend_head, head_plan, settled_head
+from voicetrack_transcoder.pieces import (
+    Made,
+    Placed,
+    Work,
+    chunk_sources,
+    paused_before,
+    render,
+)
+from voicetrack_transcoder.silence import (
+    HEAD_MS,
+    HeadPlan,
+    extend_head,
+    head_plan,
+    reach_ms,
+    settled_head,
+)
 from voicetrack_transcoder.waveform import SAMPLES_PER_PIXEL
 
 log = logging.getLogger(__name__)
 
-MAX_SILENT_RUN = 30
-"""Silent windows a Job looks back through for the one after speech (5 min at 10 s)."""
-MIN_SPOKEN_MS = 2000
-"""Shortest spoken chunk before the silent window the Job makes a head after: a head's
-render reaches ~1.1 s before the unit (`head_plan`), so with a longer chunk the chunk
-before it is not decoded and the Job need not know it."""
+MAX_LOOK_BACK = 8
+"""Chunks before the spoken one a Job reads (one `chunk.json` GET each) to place every
+chunk a head's render decodes (`silence.reach_ms`: ~1.1 s before the unit): none for a
+chunk longer than that, the usual case; past this many, no head (assembly computes it)."""
 
 
 def _spec(store: ObjectStore, layout: MeetingLayout, index: int) -> ChunkSpec | None:
@@ -61,65 +81,71 @@ def _spec(store: ObjectStore, layout: MeetingLayout, index: int) -> ChunkSpec | 
         return None
 
 
-def silent_after_speech(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
-                        ) -> ChunkSpec | None:
-    """The first chunk of the run of chunks without tracks right before `chunk` when a
-    chunk with tracks precedes that run (at most `MAX_SILENT_RUN` back); None otherwise
-    (the chunk before `chunk` has tracks, a spec is missing, or nobody spoke before)."""
-    found: ChunkSpec | None = None
-    for index in range(chunk.index - 1, max(chunk.index - 1 - MAX_SILENT_RUN, -1), -1):
-        spec = _spec(store, layout, index)
+def placed_before(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec,
+                  piece: PieceManifest, reach: int) -> list[Placed] | None:
+    """`chunk` (whose piece is `piece`) and the chunks before it that end after output
+    ms `reach`, placed in output time as the plan places them when none of them failed
+    (paused gaps cut), in order; None when a spec is missing, the chunk before `chunk`
+    is needed but its raw tracks were bad (`piece.prev_used`), or more than
+    `MAX_LOOK_BACK` are needed. Reads one `chunk.json` per chunk before `chunk` placed
+    or checked."""
+    placed = [Placed(chunk, piece.unit_end_ms - chunk.duration_ms)]
+    for looked in range(MAX_LOOK_BACK + 1):
+        later = placed[0]
+        if later.out_start_ms <= reach or later.chunk.index == 0:
+            return placed
+        if looked == MAX_LOOK_BACK or (looked == 0 and not piece.prev_used):
+            return None
+        spec = _spec(store, layout, later.chunk.index - 1)
         if spec is None:
             return None
-        if spec.tracks:
-            return found
-        found = spec
+        cut = paused_before(later.chunk, spec)
+        out_end = later.out_start_ms - (later.chunk.start_ms - spec.end_ms - cut)
+        if out_end <= reach:
+            return placed
+        placed.insert(0, Placed(spec, out_end - spec.duration_ms))
     return None
 
 
-def build_silent_head(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: int,
-                      tracks: str = "both") -> SilentHeadManifest | None:
-    """In chunk `chunk`'s Job: make and store the head of the silent unit after speech
-    before it (see the module docstring). Returns None (nothing written) when there is
-    none, its place cannot be known, or the head does not settle (assembly then renders
-    the unit whole). Raises InvalidInputError for a bad raw track, TemporaryFailure for S3
-    or ffmpeg failures."""
+def build_head_after(store: ObjectStore, chunk: ChunkSpec, piece: PieceManifest,
+                     prefix: str, mp3_bitrate: int, tracks: str = "both"
+                     ) -> SilentHeadManifest | None:
+    """In spoken chunk `chunk`'s Job, right after its piece `piece`: make and store the
+    head of a silent unit right after it (see the module docstring), as assembly would
+    make it for any silent unit longer than the head. Returns None (nothing written) when
+    the chunks before it cannot be placed (`placed_before`) or the head does not settle
+    (assembly then renders the unit whole). Raises InvalidInputError for a bad raw track,
+    TemporaryFailure for S3 or ffmpeg failures."""
     layout = MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)
-    silent = silent_after_speech(store, layout, chunk)
-    if silent is None:
-        return None
-    ctx = chunk_context(store, layout, silent)
-    if ctx is None or ctx.prev is None or not ctx.prev.tracks \
-            or ctx.prev.duration_ms < MIN_SPOKEN_MS:
-        return None
-    spoken = ctx.prev
-    unit_start = spoken.end_ms - ctx.origin_ms - ctx.prev_paused_ms
-    silent_start = silent.start_ms - ctx.origin_ms - ctx.paused_ms
-    unit_end = silent_start + silent.duration_ms
-    placed = [Placed(spoken, unit_start - spoken.duration_ms), Placed(silent, silent_start)]
+    unit_start = piece.unit_end_ms
+    unit_end = unit_start + 2 * HEAD_MS  # any unit the head is used in: the same head
     w = Work(owned_end(ms_to_samples(unit_start)), owned_end(ms_to_samples(unit_end)),
              unit_start, unit_end)
-    hp = head_plan(w, placed)
+    placed = placed_before(store, layout, chunk, piece, reach_ms(w))
+    hp = head_plan(w, placed) if placed is not None else None
     if hp is None:
         return None
     speakers = sorted({t.user_id for p in hp.placed for t in p.chunk.tracks})
     channels: dict[str, Channels] = {
         u: max(t.channels for p in hp.placed for t in p.chunk.tracks if t.user_id == u)
         for u in speakers}
-    mix_channels: Channels = 2 if ctx.stereo_seen else 1
+    mix_channels: Channels = 2 if piece.stereo_seen else 1
     names = (speakers if tracks in ("perSpeaker", "both") else []) + (
         [MIX_TRACK] if tracks in ("mixed", "both") else [])
     track_channels = {**channels, MIX_TRACK: mix_channels}
-    rendered = render(store, layout, hp.placed, hp.from_ms, hp.head_ms, speakers, channels,
-                      mix_channels if MIX_TRACK in names else None)
-    rendered.wanted = set(names)
-    with tempfile.TemporaryDirectory(prefix="vt-head-") as tmp:
-        silence = silent_frames(mp3_bitrate, {track_channels[n] for n in names}, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="vt-head-") as tmp, \
+            ThreadPoolExecutor(1, thread_name_prefix="head-silence") as pool:
+        (Path(tmp) / "silence").mkdir()  # its ffmpeg run overlaps the render's decoding
+        frames = pool.submit(silent_frames, mp3_bitrate, {track_channels[n] for n in names},
+                             Path(tmp) / "silence")
+        rendered = render(store, layout, hp.placed, hp.from_ms, hp.head_ms, speakers,
+                          channels, mix_channels if MIX_TRACK in names else None)
+        rendered.wanted = set(names)
+        silence = frames.result()
         head = settled_head(rendered, w, hp.head_ms, mp3_bitrate, Path(tmp), speakers,
                             {n: silence[track_channels[n]] for n in names})
     if head is None:
-        log.info("chunk %d: the head of silent chunk %d does not settle", chunk.index,
-                 silent.index)
+        log.info("chunk %d: the head of the silence after it does not settle", chunk.index)
         return None
     head_tracks = []
     for name in names:
@@ -132,32 +158,35 @@ def build_silent_head(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bit
             sha256=sha256_hex(data), mp3=base64.b64encode(data).decode(),
             peaks=pairs.tolist()))
     manifest = SilentHeadManifest(
-        tool_version=TOOL_VERSION, index=silent.index, mp3_bitrate=mp3_bitrate,
-        unit_start_ms=unit_start, unit_end_ms=unit_end, head_ms=hp.head_ms,
+        tool_version=TOOL_VERSION, index=chunk.index, mp3_bitrate=mp3_bitrate,
+        unit_start_ms=unit_start, from_ms=hp.from_ms, head_ms=hp.head_ms,
         first_frame=w.first, head_end_frame=owned_end(ms_to_samples(hp.head_ms)),
-        end_frame=owned_end(ms_to_samples(unit_end)), placed=placed_sources(hp),
-        tracks=head_tracks, speech={u: r for u, r in head.speech.items() if r})
-    store.put_json(layout.silent_head_key(silent.index), manifest.to_api())
+        placed=placed_sources(hp.placed), tracks=head_tracks,
+        speech={u: r for u, r in head.speech.items() if r})
+    store.put_json(layout.head_after_key(chunk.index), manifest.to_api())
     return manifest
 
 
-def placed_sources(hp: HeadPlan) -> list[PlacedSource]:
-    """The chunks a head's render decodes, as a SilentHeadManifest records them."""
+def placed_sources(placed: list[Placed]) -> list[PlacedSource]:
+    """Chunks a head's render decodes, as a SilentHeadManifest records them."""
     return [PlacedSource(index=p.chunk.index, out_start_ms=p.out_start_ms,
                          out_end_ms=p.out_end_ms, sources=chunk_sources(p.chunk))
-            for p in hp.placed]
+            for p in placed]
 
 
-def stored_head(store: ObjectStore, layout: MeetingLayout, index: int, w: Work,
-                hp: HeadPlan, mp3_bitrate: int, track_channels: dict[str, Channels],
-                names: list[str], silence: dict[int, bytes], excluded: set[str]
-                ) -> Made | None:
-    """What `make` gives for unit `w` (silent chunk `index`'s, whose head assembly would
-    make by `hp`) from the head stored for it, checked as the module docstring says and
-    extended with LAME's silent frame (`silence`, by channel count) to `w.end`; None when
-    there is no such head or it does not verify (the reason is logged). Raises
-    TemporaryFailure for S3 failures."""
-    key = layout.silent_head_key(index)
+def stored_head(store: ObjectStore, layout: MeetingLayout, w: Work, hp: HeadPlan,
+                mp3_bitrate: int, track_channels: dict[str, Channels], names: list[str],
+                silence: dict[int, bytes], excluded: set[str]) -> Made | None:
+    """What `make` gives for unit `w` (whose head assembly would make by `hp`) from the
+    head the Job of the chunk right before the unit stored, checked as the module
+    docstring says and extended with LAME's silent frame (`silence`, by channel count) to
+    `w.end`; None when the unit does not start right after a chunk with tracks, there is
+    no such head or it does not verify (the reason is logged). Raises TemporaryFailure
+    for S3 failures."""
+    before = [p for p in hp.placed if p.out_start_ms < w.unit_start_ms]
+    if not before or before[-1].out_end_ms != w.unit_start_ms or not before[-1].chunk.tracks:
+        return None
+    key = layout.head_after_key(before[-1].chunk.index)
     try:
         head = SilentHeadManifest.model_validate(store.get_json(key))
     except NotFoundError:
@@ -165,7 +194,7 @@ def stored_head(store: ObjectStore, layout: MeetingLayout, index: int, w: Work,
     except (InvalidInputError, ValidationError) as err:
         log.warning("%s unreadable, the unit is computed: %s", key, err)
         return None
-    reason = _mismatch(head, index, w, hp, mp3_bitrate, track_channels, names, excluded)
+    reason = _mismatch(head, before, w, hp, mp3_bitrate, track_channels, names, excluded)
     if reason is not None:
         log.warning("%s not used, the unit is computed: %s", key, reason)
         return None
@@ -198,22 +227,25 @@ def stored_head(store: ObjectStore, layout: MeetingLayout, index: int, w: Work,
                        {n: silence[track_channels[n]] for n in names})
 
 
-def _mismatch(head: SilentHeadManifest, index: int, w: Work, hp: HeadPlan,
+def _mismatch(head: SilentHeadManifest, before: list[Placed], w: Work, hp: HeadPlan,
               mp3_bitrate: int, track_channels: dict[str, Channels], names: list[str],
               excluded: set[str]) -> str | None:
-    """Why `head` is not the head assembly would make for unit `w`, or None."""
+    """Why `head` is not the head assembly would make for unit `w` by `hp` (`before`:
+    the plan's chunks of `hp.placed` that start before the unit), or None."""
     checks = {
-        "chunk": (head.index, index),
+        "chunk": (head.index, before[-1].chunk.index),
         "bitrate": (head.mp3_bitrate, mp3_bitrate),
-        "unit": ((head.unit_start_ms, head.unit_end_ms), (w.unit_start_ms, w.unit_end_ms)),
-        "head": (head.head_ms, hp.head_ms),
-        "frames": ((head.first_frame, head.head_end_frame, head.end_frame),
-                   (w.first, owned_end(ms_to_samples(hp.head_ms)), w.end)),
-        "placed": (head.placed, placed_sources(hp)),
+        "unit start": (head.unit_start_ms, w.unit_start_ms),
+        "render": ((head.from_ms, head.head_ms), (hp.from_ms, hp.head_ms)),
+        "frames": ((head.first_frame, head.head_end_frame),
+                   (w.first, owned_end(ms_to_samples(hp.head_ms)))),
+        "placed": (head.placed, placed_sources(before)),
     }
     for what, (got, want) in checks.items():
         if got != want:
             return f"{what} {got} != {want}"
+    if any(p.chunk.tracks for p in hp.placed[len(before):]):  # settle_head rules it out
+        return "a chunk in the unit has tracks"
     users = {s.partition(":")[0] for p in head.placed for s in p.sources}
     if not (users | {t.track for t in head.tracks} | set(head.speech)).isdisjoint(excluded):
         return "it holds audio of a member opted out at stop (consent)"
@@ -228,26 +260,28 @@ def _mismatch(head: SilentHeadManifest, index: int, w: Work, hp: HeadPlan,
 
 
 def live_head(store: ObjectStore, layout: MeetingLayout, before: PieceManifest,
-              next_first_frame: int, mp3_bitrate: int, channels: dict[str, Channels]
+              after: PieceManifest, mp3_bitrate: int, channels: dict[str, Channels]
               ) -> tuple[int, int, dict[str, bytes]] | None:
-    """For the audio so far (`live.py`): the stored head of the silent chunk right after
-    the chunk of piece `before`, when it joins it (its unit starts where the piece's ends,
-    its frames where the piece's end and end by `next_first_frame`, the next piece's
-    first), was made from that chunk's raw tracks at the bitrate and with the channel
-    counts (`channels`, by track) of the live tracks: (its first frame, its frame count,
-    its frames' bytes by track: tracks it lacks are silence there). None otherwise (the
-    live audio is silence there, as before). Raises TemporaryFailure for S3 failures."""
-    key = layout.silent_head_key(before.index + 1)
+    """For the audio so far (`live.py`): the head stored after the chunk of piece
+    `before` when silent chunks follow it up to the chunk of piece `after` and the head
+    joins them: it starts where `before`'s unit and frames end, was made from that
+    chunk's raw tracks (the last it placed), ends before `after`'s unit and first frame,
+    at the bitrate and with the channel counts (`channels`, by track) of the live tracks:
+    (its first frame, its frame count, its frames' bytes by track: tracks it lacks are
+    silence there). None otherwise (the live audio is silence there, as before). Raises
+    TemporaryFailure for S3 failures."""
+    key = layout.head_after_key(before.index)
     try:
         head = SilentHeadManifest.model_validate(store.get_json(key))
     except (NotFoundError, InvalidInputError, ValidationError):
         return None
-    if head.index != before.index + 1 or head.mp3_bitrate != mp3_bitrate \
+    if head.index != before.index or head.mp3_bitrate != mp3_bitrate \
             or head.unit_start_ms != before.unit_end_ms \
             or head.first_frame != before.end_frame \
-            or head.head_end_frame > min(head.end_frame, next_first_frame) \
-            or not head.placed or head.placed[0].index != before.index \
-            or head.placed[0].sources != before.sources:
+            or head.head_ms >= after.unit_start_ms \
+            or head.head_end_frame >= after.first_frame \
+            or not head.placed or head.placed[-1].index != before.index \
+            or head.placed[-1].sources != before.sources:
         return None
     frames: dict[str, bytes] = {}
     for t in head.tracks:

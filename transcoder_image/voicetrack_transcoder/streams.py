@@ -39,6 +39,12 @@ PREFETCH_CHUNKS = 6
 PREFETCH_AUDIO_MS = {RAW_FORMAT_OGG_OPUS: 60_000, RAW_FORMAT_PCM: 20_000}
 """... and at most this much audio per speaker (PCM is 11.5 MB per minute per speaker)."""
 
+
+class UndecodableOpus(InvalidInputError):
+    """A packet of a verified raw track that libopus rejects, in a stream that does not
+    conceal (`SpeakerStream(conceal=False)`): the incremental assembly then falls back to
+    the full promotion, which conceals and counts it."""
+
 @dataclass(frozen=True)
 class Segment:
     """A stretch of session time `[start_ms, end_ms)`: a chunk's window (`chunk` set),
@@ -129,17 +135,24 @@ def speaker_channels(plan: PromotionPlan, user_id: str) -> Channels:
 class SpeakerStream:
     """One speaker's audio in output time: `read(slots)` returns the next `slots` × 960
     samples (int16, shape (n, `channels`)), decoded by one decoder for the whole session.
-    With `channels` 1 the packets are decoded as mono (PCM raw: its left channel)."""
+    With `channels` 1 the packets are decoded as mono (PCM raw: its left channel). With
+    `conceal` a packet libopus rejects is concealed (20 ms, `opusdec`) and counted in
+    `concealed`; without, `read` raises UndecodableOpus."""
 
     def __init__(self, user_id: str, plan: PromotionPlan, timeline: list[Segment],
-                 fetcher: RawFetcher, channels: int = CHANNELS) -> None:
+                 fetcher: RawFetcher, channels: int = CHANNELS, conceal: bool = False) -> None:
         self.user_id = user_id
         self.channels = channels
         self.opus = plan.chunks[0].raw_format == RAW_FORMAT_OGG_OPUS if plan.chunks else True
         self._pieces = self._iter_pieces(plan, timeline, fetcher)
         self._piece: list[bytes] | np.ndarray | int | None = None
         self._offset = 0
-        self._decoder = OpusDecoder(channels) if self.opus else None
+        self._decoder = OpusDecoder(channels, conceal) if self.opus else None
+
+    @property
+    def concealed(self) -> int:
+        """Slots (20 ms) concealed so far (always 0 without `conceal`, and for PCM)."""
+        return self._decoder.concealed if self._decoder is not None else 0
 
     def _iter_pieces(self, plan: PromotionPlan, timeline: list[Segment], fetcher: RawFetcher
                      ) -> Iterator[list[bytes] | np.ndarray | int]:
@@ -194,8 +207,8 @@ class SpeakerStream:
             try:
                 n = self._decoder.decode_into(packets, out)
             except OpusDecodeError as err:
-                raise InvalidInputError(f"user {self.user_id}: corrupt Opus data: {err}"
-                                        ) from None
+                raise UndecodableOpus(f"user {self.user_id}: corrupt Opus data: {err}"
+                                      ) from None
             if n != out.shape[0]:
                 raise InvalidInputError(f"user {self.user_id}: decoded {n} samples for "
                                         f"{out.shape[0]}")

@@ -245,6 +245,10 @@ class RecordingService:
             )
         )
 
+    async def fail_done_chunk(self, session_uid: str, chunk_index: int, reason: str) -> int:
+        """See `RecordingStore.fail_done_chunk` (done → failed for one chunk's rows)."""
+        return await self._run(lambda s: s.fail_done_chunk(session_uid, chunk_index, reason))
+
     async def mark_temp_recording_cleaned(self, temp_ids: str | Iterable[str]) -> int:
         """See `RecordingStore.mark_temp_recording_cleaned`."""
         ids = [temp_ids] if isinstance(temp_ids, str) else list(temp_ids)

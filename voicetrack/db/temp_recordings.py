@@ -201,6 +201,25 @@ class TempRecordingStore(MeetingStore):
         assert row is not None  # the upsert inserted it or it was there
         return row
 
+    async def fail_done_chunk(self, session_uid: str, chunk_index: int, reason: str) -> int:
+        """done → failed, with `reason` in `error`, for every row of chunk `chunk_index` of
+        session `session_uid` that is `done`: the one exception to the forward-only rule,
+        for a chunk whose raw input turned out bad at promotion, after its transcode was
+        verified (the promotion leaves it out: `voicetrack_operator.services.leftout`).
+        A conditional UPDATE (`WHERE transcode_status = 'done'`), so a repeat changes
+        nothing. Returns the rows changed."""
+        values = {"transcode_status": TranscodeStatus.FAILED,
+                  "error": check_text("reason", reason, 10_000)}
+        result = await self.session.execute(
+            update(TempRecording)
+            .where(TempRecording.session_uid == check_text("session_uid", session_uid, 64),
+                   TempRecording.chunk_index == check_count("chunk_index", chunk_index),
+                   TempRecording.transcode_status == TranscodeStatus.DONE)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     async def get_temp_recordings_for_meeting(self, meeting_id: str) -> list[TempRecording]:
         """The meeting's temp rows ordered by chunk_index, user_id, created_at.
         NotFoundError for an unknown meeting."""

@@ -5,7 +5,7 @@ Routes (every one behind the log-in but `/`, `/auth/*`, `/healthz` and `/static`
     GET  /                                     guilds the user can see, or the log-in button
     GET  /auth/login                           → Discord's authorize URL (state in the cookie)
     GET  /auth/callback?code&state             state checked, code exchanged, cookie set
-    POST /auth/logout                          (CSRF) cookie cleared
+    POST /auth/logout                          (CSRF) session ended here, token revoked
     GET  /guilds/{guild}                       the guild's meetings (page; polls the JSON)
     GET  /api/guilds/{guild}/meetings          {"meetings": [MeetingView.as_dict()]}
     GET  /meetings/{meeting}                   players, waveforms, timeline, downloads
@@ -25,7 +25,8 @@ Unknown, another guild's and not-visible meetings are all 404, on pages and JSON
 (`access.MeetingAccess`). Without a valid cookie, pages redirect to `/` and JSON answers
 401. The cookie is Starlette's `SessionMiddleware` (itsdangerous-signed JSON with its
 timestamp; refused when forged or older than `session_max_age_s`), HttpOnly,
-SameSite=Lax, Secure over https. State-changing requests (POST) need the session's CSRF
+SameSite=Lax, Secure over https; the Discord token in it is encrypted and a logged-out
+session's id is refused (`sessions`). State-changing requests (POST) need the session's CSRF
 token in `X-CSRF-Token` or the `csrf_token` form field, and a same-origin `Origin` header
 when the browser sends one.
 """
@@ -33,6 +34,7 @@ when the browser sends one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import posixpath
 import secrets
 import time
@@ -41,6 +43,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -52,6 +55,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voicetrack.errors import NotFoundError
+from voicetrack.manifests import FinalManifest
 from voicetrack_web import downloads
 from voicetrack_web.access import MeetingView
 from voicetrack_web.context import (
@@ -59,6 +63,7 @@ from voicetrack_web.context import (
     Redirect,
     State,
     check_csrf,
+    logged_in,
     meeting_of,
     not_found,
     page,
@@ -68,9 +73,11 @@ from voicetrack_web.context import (
     track_of,
 )
 from voicetrack_web.discord import DiscordAuthError
+from voicetrack_web.sessions import new_session_id
 from voicetrack_web.settings import WebSettings
 
 SESSION_COOKIE = "voicetrack_session"
+log = logging.getLogger("voicetrack_web")
 AUDIO_LINK_S = 3600
 """Validity (s) of the presigned URLs the players stream from (one listening session)."""
 
@@ -80,15 +87,15 @@ AUDIO_LINK_S = 3600
 async def index(request: Request) -> Response:
     """`/`: the log-in button, or the guilds the user can see (refreshed when stale;
     `?error=expired` when Discord refused the saved token)."""
-    if "uid" in request.session and not await refresh_guilds(request):
+    if logged_in(request) and not await refresh_guilds(request):
         return RedirectResponse("/?error=expired", 303)
     return page(request, "index.html", error=request.query_params.get("error"))
 
 
 async def login(request: Request) -> Response:
-    """`/auth/login`: a fresh session holding a random `state`; 303 to Discord."""
+    """`/auth/login`: a random `state` added to the session; 303 to Discord. The session
+    is replaced only at the callback (a link from another site cannot log anyone out)."""
     state = secrets.token_urlsafe(24)
-    request.session.clear()
     request.session["oauth_state"] = state
     return RedirectResponse(state_of(request).discord.authorize_url(state), 303)
 
@@ -110,18 +117,28 @@ async def callback(request: Request) -> Response:
     with_meetings = await st.access.guilds_with_meetings(g.id for g in who.guilds)
     request.session.clear()  # a new session for a new log-in (no fixation)
     request.session.update({
-        "uid": who.user_id, "name": who.name, "csrf": secrets.token_urlsafe(24),
-        "token": who.access_token, "guilds_at": time.time(),
+        "sid": new_session_id(), "uid": who.user_id, "name": who.name,
+        "csrf": secrets.token_urlsafe(24), "tok": st.tokens.seal(who.access_token),
+        "guilds_at": time.time(),
         "guilds": [[g.id, g.name, g.manager] for g in who.guilds if g.id in with_meetings]})
     return RedirectResponse("/", 303)
 
 
 async def logout(request: Request) -> Response:
-    """`POST /auth/logout` (CSRF form field): the session is cleared."""
+    """`POST /auth/logout` (CSRF form field): the session's id is refused from now on
+    (a copy of the cookie no longer works), its Discord token revoked (best effort) and
+    the cookie cleared."""
     form = await request.form()
     token = form.get("csrf_token")
     check_csrf(request, token if isinstance(token, str) else None)
+    st = state_of(request)
+    sid = request.session.get("sid")
+    if sid:
+        st.revoked.revoke(str(sid))
+    access = st.tokens.open(request.session.get("tok"))
     request.session.clear()
+    if access and not await st.discord.revoke(access):
+        log.warning("log-out: Discord did not revoke the access token")
     return RedirectResponse("/", 303)
 
 
@@ -199,18 +216,21 @@ async def _get_json(request: Request, key: str) -> Any:
 
 async def peaks(request: Request) -> Response:
     """`/api/meetings/{meeting}/peaks/{track}`: the track's peaks JSON from S3 (the key in
-    `final/manifest.json`, else `final/waveform-<track>.json`)."""
+    `final/manifest.json`, else `final/waveform-<track>.json`); 404 when the manifest's
+    key is not under the meeting's `final/` (as the track keys are checked)."""
     _, view = await meeting_of(request, api=True)
     track = track_of(view, request.path_params["track"])
     final = _final_dir(view)
     key = f"{final}/waveform-{track.track}.json"
     try:
-        manifest = await asyncio.to_thread(state_of(request).store.get_json,
-                                           f"{final}/manifest.json")
-        key = next((t.get("peaks_key") for t in manifest.get("tracks", [])
-                    if t.get("track") == track.track and t.get("peaks_key")), key)
-    except NotFoundError:
-        pass
+        manifest = FinalManifest.model_validate(await asyncio.to_thread(
+            state_of(request).store.get_json, f"{final}/manifest.json"))
+        key = next((t.peaks_key for t in manifest.tracks
+                    if t.track == track.track and t.peaks_key), key)
+    except (NotFoundError, ValidationError, ValueError):
+        pass  # no readable manifest: the conventional key
+    if not key.startswith(f"{final}/") or ".." in key:
+        raise not_found()
     return JSONResponse(await _get_json(request, key),
                         headers={"Cache-Control": "private, max-age=300"})
 
@@ -255,9 +275,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """JSON `{"error"}` under `/api/` and for 401; the error page otherwise."""
     assert isinstance(exc, HTTPException)
     if request.url.path.startswith("/api/") or exc.status_code == 401:
-        return JSONResponse({"error": exc.detail}, exc.status_code)
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
     response = page(request, "error.html", status=exc.status_code, detail=exc.detail)
     response.status_code = exc.status_code
+    response.headers.update(exc.headers or {})
     return response
 
 

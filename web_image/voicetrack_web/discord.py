@@ -7,9 +7,13 @@ authorization code grant; RFC 6749 §4.1) and the two user endpoints the page re
    `code`, `redirect_uri`; client credentials in HTTP Basic auth, RFC 6749 §2.3.1), then
    `GET <api>/users/@me` (scope `identify`) and `GET <api>/users/@me/guilds` (scope
    `guilds`; each partial guild carries `permissions`, the member's permission bits as a
-   decimal string, and `owner`). The access token is kept in the signed session cookie so
-   `guilds(token)` can read the guild list again later (401 = revoked or expired: log in
-   again).
+   decimal string, and `owner`). The access token is kept in the session cookie,
+   encrypted (`sessions.TokenBox`), so `guilds(token)` can read the guild list again later
+   (401 = revoked or expired: log in again; 429 = rate limited, `RateLimited` carries
+   Discord's `Retry-After`).
+   `revoke(token)` at log-out: `POST <api>/oauth2/token/revoke` (form `token`,
+   `token_type_hint=access_token`, client credentials in HTTP Basic auth; RFC 7009 §2.1,
+   Discord docs "Topics › OAuth2").
 3. `member_name(guild, user)`: with the bot token (optional), `GET <api>/guilds/{guild}/
    members/{user}` ("Resources › Guild › Get Guild Member"): the member's display name,
    nick, else global name, else username.
@@ -41,6 +45,15 @@ class DiscordAuthError(Exception):
 
 class TokenRefused(DiscordAuthError):
     """Discord answered 401 to the user's access token (revoked or expired)."""
+
+
+class RateLimited(DiscordAuthError):
+    """Discord answered 429; `retry_after_s` is its `Retry-After` (s, 0 when absent or
+    unreadable)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -126,7 +139,8 @@ class DiscordOAuth:
 
     async def guilds(self, access_token: str) -> list[GuildAccess]:
         """The user's guilds now (`GET /users/@me/guilds` with their Bearer token).
-        Raises TokenRefused on 401, DiscordAuthError for anything else unexpected."""
+        Raises TokenRefused on 401, RateLimited on 429, DiscordAuthError for anything
+        else unexpected (5xx, unreachable)."""
         try:
             resp = await self.http.get(f"{self.settings.discord_api_base}/users/@me/guilds",
                                        headers={"Authorization": f"Bearer {access_token}"})
@@ -134,9 +148,23 @@ class DiscordOAuth:
             raise DiscordAuthError(f"Discord unreachable: {type(exc).__name__}") from exc
         if resp.status_code == 401:
             raise TokenRefused("the Discord log-in expired or was revoked")
+        if resp.status_code == 429:
+            raise RateLimited("guild list refused: HTTP 429", _retry_after(resp))
         if resp.status_code != 200:
             raise DiscordAuthError(f"guild list refused: HTTP {resp.status_code}")
         return [guild_access(g) for g in resp.json()]
+
+    async def revoke(self, access_token: str) -> bool:
+        """Revoke the user's access token (RFC 7009; best effort, at log-out): True when
+        Discord answered 200, False for any other answer or when it is unreachable."""
+        try:
+            resp = await self.http.post(
+                f"{self.settings.discord_api_base}/oauth2/token/revoke",
+                data={"token": access_token, "token_type_hint": "access_token"},
+                auth=(self.settings.client_id, self.settings.client_secret))
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
 
     async def member_name(self, guild_id: str, user_id: str) -> str | None:
         """The member's display name in the guild (nick, else global name, else username)
@@ -159,6 +187,26 @@ class DiscordOAuth:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """A 429's wait (s): the `Retry-After` header, else the JSON `retry_after`, else 0."""
+    for raw in (resp.headers.get("retry-after"), _json_field(resp, "retry_after")):
+        try:
+            value = float(raw) if raw is not None else -1.0
+        except (TypeError, ValueError):
+            continue
+        if value >= 0:
+            return value
+    return 0.0
+
+
+def _json_field(resp: httpx.Response, name: str) -> Any:
+    try:
+        doc = resp.json()
+    except ValueError:
+        return None
+    return doc.get(name) if isinstance(doc, dict) else None
 
 
 def _oauth_error(resp: httpx.Response) -> str:

@@ -5,8 +5,10 @@ rule as every other meeting route (`context.meeting_of`: 404 when not visible).
   `voicetrack recordings zip`, built by the same code (`RecordingsReader.bundle`: one
   equal-length 48 kHz FLAC per speaker and the mix from t = 0, the `.lof`, `manifest.json`,
   `timeline.json`) in a fresh directory under the pod's temp dir, streamed as an
-  attachment and deleted once sent (or when building fails). Nothing is written to S3. At
-  most `MAX_BUNDLES` are built at once (each runs ffmpeg); more wait their turn.
+  attachment and deleted once sent (or when building fails, or the client leaves while
+  it is built: the build stops). Nothing is written to S3. At most `max_bundles` are
+  held at once (built or being sent, `bundles.BundleSlots`), one per user; more are
+  answered 429 with `Retry-After`.
 - `GET /api/meetings/{meeting}/live`: the live manifest the transcoder's `assemble_live`
   writes at `MeetingLayout.live_manifest_key` (`live/manifest.json`, a `FinalManifest`):
   `{version, duration_ms, tracks: [{track, name, kind, format, duration_ms, bytes,
@@ -20,58 +22,87 @@ rule as every other meeting route (`context.meeting_of`: 404 when not visible).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import shutil
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack_web.access import MeetingView
+from voicetrack_web.bundles import RETRY_AFTER_S, BundleResponse, release_bundle
 from voicetrack_web.context import check_csrf, meeting_of, not_found, state_of
 
-MAX_BUNDLES = 2
-"""Zip bundles built at the same time by one process (each decodes every track)."""
 LIVE_AUDIO_LINK_S = 3600
 """Validity (s) of the presigned URLs the live players stream from."""
-_bundle_slots = asyncio.Semaphore(MAX_BUNDLES)
+DISCONNECT_POLL_S = 0.5
+"""How often (s) a bundle's build checks that its client is still there."""
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its answer was being made."""
 
 
 async def bundle(request: Request) -> Response:
     """`POST /meetings/{meeting}/bundle`: the zip as `voicetrack-<meeting>.zip`. 403
-    without the form's CSRF token; 404 when not visible or not promoted yet; 502 when a
+    without the form's CSRF token; 404 when not visible or not promoted yet; 429 with
+    `Retry-After` when the user's bundle is still held or every slot is; 502 when a
     source is damaged or ffmpeg fails (the message says which)."""
     form = await request.form()
     token = form.get("csrf_token")
     check_csrf(request, token if isinstance(token, str) else None)
-    _, view = await meeting_of(request, api=False)
+    viewer, view = await meeting_of(request, api=False)
     if not view.tracks:
         raise not_found()
+    st = state_of(request)
+    slot = st.bundles.take(viewer.user_id)
+    if slot is None:
+        raise HTTPException(429, "a zip is being made or sent for you or others already: "
+                            "try again shortly", {"Retry-After": str(RETRY_AFTER_S)})
     work = Path(tempfile.mkdtemp(prefix="voicetrack-web-zip-"))
     name = f"voicetrack-{view.id}.zip"
     try:
-        async with _bundle_slots:
-            await state_of(request).reader.bundle(view.id, work / name)
+        await _unless_client_leaves(request, st.reader.bundle(view.id, work / name))
+    except ClientGone:
+        release_bundle(work, slot)
+        return Response(status_code=499)  # nobody reads it; uvicorn drops the connection
     except NotFoundError as exc:
-        shutil.rmtree(work, ignore_errors=True)
+        release_bundle(work, slot)
         raise HTTPException(404, str(exc)) from exc
     except (InvalidInputError, TemporaryFailure) as exc:
-        shutil.rmtree(work, ignore_errors=True)
+        release_bundle(work, slot)
         raise HTTPException(502, f"the zip could not be built: {exc}") from exc
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        release_bundle(work, slot)
         raise
-    return FileResponse(work / name, media_type="application/zip", filename=name,
-                        headers={"Cache-Control": "no-store"},
-                        background=BackgroundTask(shutil.rmtree, work, True))
+    return BundleResponse(work / name, work, slot, name)
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; cancelled, and ClientGone raised, once the client disconnects
+    (checked every DISCONNECT_POLL_S; a thread already running finishes its step)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 def live_layout(view: MeetingView) -> MeetingLayout:

@@ -13,7 +13,8 @@ import kopf
 
 from voicetrack_operator.errors import kopf_errors
 from voicetrack_operator.handlers.lifecycle import leadership
-from voicetrack_operator.services.webhooks import WebhookService, WebhookSettings
+from voicetrack_operator.services.webhook_settings import WebhookSettings
+from voicetrack_operator.services.webhooks import WebhookService
 
 
 @kopf.on.startup(id="webhook-worker")

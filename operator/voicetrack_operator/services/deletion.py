@@ -8,7 +8,9 @@ only repeats work. `finalize_session` returns a typed `DeletionOutcome` instead 
 the handler patches its status and retries after `retry_in` seconds until it is done.
 Deletion never ends without promotion: an input error (a failed promotion Job, outputs
 that do not match, a manifest the API refuses) keeps the finalizer and the raw data and is
-retried (`PromotionFailed`).
+retried (`PromotionFailed`). A promotion Job that failed on one chunk's raw input (its
+termination message names the chunk) is not such an error: that chunk is left out, once,
+and the rest promoted at once (`services.leftout`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,19 @@ from voicetrack_operator.services.grants import (
     revoke_upload_grant,
 )
 from voicetrack_operator.services.inventory import chunk_inventory, collect_chunks
+from voicetrack_operator.services.leftout import (
+    NOTICE_REASON,
+    leave_out,
+    left_out_reason,
+    may_leave_out,
+)
 from voicetrack_operator.services.live import LiveService
-from voicetrack_operator.services.promotion import PromotionFailed, final_manifest, run_promotion
+from voicetrack_operator.services.promotion import (
+    ChunkInputFailed,
+    PromotionFailed,
+    final_manifest,
+    run_promotion,
+)
 from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
 from voicetrack_operator.services.stuck import stuck_reason
 from voicetrack_operator.services.webhooks import WebhookService
@@ -77,13 +90,15 @@ STEP_STATE = {
 
 @dataclass(frozen=True)
 class DeletionProgress:
-    """`status.deletion`: `{step, promoted?, recordingIds?}`. `promoted` is known after the
-    promote step (False: no chunk was done, nothing to promote); `recording_ids` after the
-    record step."""
+    """`status.deletion`: `{step, promoted?, recordingIds?, leftOut?}`. `promoted` is known
+    after the promote step (False: no chunk was done, nothing to promote); `recording_ids`
+    after the record step; `left_out` (`leftOut: [{index, reason}]`) the chunks the
+    promote step left out, their raw input bad (`services.leftout`)."""
 
     step: DeletionStep = DeletionStep.STOP
     promoted: bool | None = None
     recording_ids: list[str] | None = None
+    left_out: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_status(cls, status: dict[str, Any]) -> DeletionProgress:
@@ -95,7 +110,9 @@ class DeletionProgress:
         except ValueError:
             return cls()
         ids = raw.get("recordingIds")
-        return cls(step=step, promoted=raw.get("promoted"),
+        left = {int(e["index"]): str(e.get("reason") or "") for e in raw.get("leftOut") or []
+                if isinstance(e, dict) and isinstance(e.get("index"), int)}
+        return cls(step=step, promoted=raw.get("promoted"), left_out=left,
                    recording_ids=[str(i) for i in ids] if isinstance(ids, list) else None)
 
     def to_api(self) -> dict[str, Any]:
@@ -104,6 +121,8 @@ class DeletionProgress:
             out["promoted"] = self.promoted
         if self.recording_ids is not None:
             out["recordingIds"] = self.recording_ids
+        if self.left_out:
+            out["leftOut"] = [{"index": i, "reason": r} for i, r in sorted(self.left_out.items())]
         return out
 
 
@@ -243,7 +262,7 @@ class DeletionService:
             case DeletionStep.RECORD:
                 return await self.record(s, p)
             case DeletionStep.COLLECT:
-                await self.collect(s)
+                await self.collect(s, p)
                 return replace(p, step=DeletionStep.DONE)
         raise AssertionError(f"no step {p.step}")
 
@@ -314,15 +333,26 @@ class DeletionService:
     async def promote(self, s: SessionView, p: DeletionProgress) -> DeletionProgress | Wait:
         """Plan the promotion from the chunk inventory, run its Job and verify its outputs
         (`promotion.run_promotion`). Chunks whose windows overlap an earlier one's are left
-        out with a `ChunksOverlap` notice (`plan.overlapping`). Raises PromotionFailed when
-        the Job failed on its input or its outputs do not match."""
+        out with a `ChunksOverlap` notice (`plan.overlapping`). A Job failed on the raw
+        input of a chunk this plan promotes: that chunk is left out and failed, with a
+        `ChunkLeftOut` notice, and the step runs again at once (`services.leftout`).
+        Raises PromotionFailed when the Job failed on other input or its outputs do not
+        match."""
         if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
             return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
-        chunks = (await chunk_inventory(self.ctx, s)).for_plan()
+        chunks = (await chunk_inventory(self.ctx, s, p.left_out)).for_plan()
         plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
         if plan is None:
             return replace(p, step=DeletionStep.RECORD, promoted=False)
-        waiting = await run_promotion(self.ctx, s, plan)
+        try:
+            waiting = await run_promotion(self.ctx, s, plan)
+        except ChunkInputFailed as err:
+            if not may_leave_out(err.index, plan, p.left_out):
+                raise  # not a chunk this plan promotes: leaving it out cannot help
+            reason = left_out_reason(err.index, err.detail)
+            self.notices.append((NOTICE_REASON,
+                                 await leave_out(self.ctx, s, err.index, reason, err.job)))
+            return replace(p, left_out={**p.left_out, err.index: reason})
         if waiting is not None:
             return Wait(waiting[0], SessionState.PROMOTING, delay=waiting[1])
         if left_out := overlapping(chunks):  # said once, when the promotion is done
@@ -371,13 +401,14 @@ class DeletionService:
         self.ctx.metrics.promotions.labels("done" if ids else "empty").inc()
         return replace(p, step=DeletionStep.COLLECT, recording_ids=ids)
 
-    async def collect(self, s: SessionView) -> int:
+    async def collect(self, s: SessionView, p: DeletionProgress) -> int:
         """What ownership cannot collect: the chunk folders in S3 that were promoted or
-        kept as failed (`inventory.collect_chunks`), the promotion plan, and (unless
+        kept as failed (`inventory.collect_chunks`; the chunks `p` left out are failed),
+        the promotion plan, and (unless
         retained) the temp rows. Jobs and RecordingChunks are owned by the session and go
         with it, and the live "audio so far" (`live/`), superseded by the final tracks.
         Returns the number of objects deleted from S3."""
-        deleted = await collect_chunks(self.ctx, s)
+        deleted = await collect_chunks(self.ctx, s, p.left_out)
         deleted += await self.ctx.store(s.spec.storage.bucket).delete_prefix(
             s.layout.live_root)
         rows = await self.ctx.db.get_temp_recordings_for_meeting(s.meeting_id)

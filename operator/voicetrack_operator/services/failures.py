@@ -4,7 +4,9 @@ The transcoder, promotion and recorder containers run with `terminationMessagePo
 FallbackToLogsOnError`, so the kubelet puts the container's termination message (or, when it
 wrote none, the tail of its log) into `status.containerStatuses[].state.terminated.message`
 (`lastState` after a restart). That message is the reason; the log is read only when no pod
-carries one (a node agent that does not fill it).
+carries one (a node agent that does not fill it). A structured message
+(`voicetrack.termination.TerminationReport`: a promotion that failed on one chunk's raw
+input) gives its `reason` as the reason and names the chunk (`bad_chunk`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from voicetrack.resources import GROUP, TranscodeStatus
-from voicetrack.termination import EXIT_BAD_INPUT, EXIT_TEMPORARY
+from voicetrack.termination import EXIT_BAD_INPUT, EXIT_TEMPORARY, TerminationReport
 
 
 class PodReader(Protocol):
@@ -48,12 +50,27 @@ def terminations(pod: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def termination_message(pod: dict[str, Any]) -> str:
     """The reason line of a pod's terminated container (current state first, then the last
-    state), '' when no container has terminated with a message."""
+    state; a `TerminationReport`'s `reason`), '' when no container has terminated with a
+    message."""
     for _, terminated in terminations(pod):
-        line = reason_line(str(terminated.get("message") or ""))
+        text = str(terminated.get("message") or "")
+        report = TerminationReport.parse(text)
+        line = reason_line(report.reason if report is not None else text)
         if line:
             return line
     return ""
+
+
+def bad_chunk(pods: list[dict[str, Any]]) -> int | None:
+    """The chunk index the newest of `pods` (a failed Job's) that left a
+    `TerminationReport` names, None when none did (a failure no chunk is blamed for)."""
+    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""),
+                      reverse=True):
+        for _, terminated in terminations(pod):
+            report = TerminationReport.parse(str(terminated.get("message") or ""))
+            if report is not None:
+                return report.bad_chunk
+    return None
 
 
 PERMANENT_EXIT_CODE = EXIT_BAD_INPUT

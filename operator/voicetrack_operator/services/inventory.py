@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +69,18 @@ class ChunkInventory:
     """Chunks (RecordingChunk name, or S3 manifest key) that are not this session's, and
     why (`isolation.chunk_refusal`): neither promoted, kept nor collected."""
 
+    def leave_out(self, left_out: Mapping[int, str]) -> None:
+        """Mark the chunks `left_out` names (index → reason: left out of the promotion,
+        their raw input bad, `services.leftout`) failed with that reason, whatever their
+        status says: a RecordingChunk whose status patch was lost, or one rebuilt from its
+        `chunk.json` (no object left to patch, its raw tracks present), is failed all the
+        same. Its time is then a gap of the plan and its raw tracks are kept as failed."""
+        for index, reason in left_out.items():
+            chunk = self.chunks.get(index)
+            if chunk is not None and chunk.transcode_status is not TranscodeStatus.FAILED:
+                chunk.status = chunk.status.model_copy(update={
+                    "transcode_status": TranscodeStatus.FAILED, "error": reason})
+
     def for_plan(self) -> list[tuple[ChunkSpec, TranscodeStatus]]:
         return [(c.spec, c.transcode_status) for _, c in sorted(self.chunks.items())]
 
@@ -83,13 +96,16 @@ def session_facts(s: SessionView) -> SessionFacts:
                         created=parse_time(s.created))
 
 
-async def chunk_inventory(ctx: Context, s: SessionView) -> ChunkInventory:
+async def chunk_inventory(ctx: Context, s: SessionView,
+                          left_out: Mapping[int, str] | None = None) -> ChunkInventory:
     """Reconcile the session's chunk folders in S3 with the chunks the API lists. A listed
     chunk is taken as it is, unless it is not this session's (refused when it was ensured,
     or refused now by `isolation.chunk_refusal`: owner, name, keys, window); a folder
     without one is rebuilt from its `chunk.json` (checked the same way): `done` when every
     raw track it names is present (promotion reads the raw audio), else `failed` with the
-    missing keys as the reason. Refused chunks are left out (`refused`)."""
+    missing keys as the reason. Refused chunks are left out (`refused`). The chunks in
+    `left_out` (the deletion's `leftOut`: index → reason) are failed
+    (`ChunkInventory.leave_out`)."""
     namespace, name = s.ref.namespace, s.ref.name
     inv = ChunkInventory()
     facts, now = session_facts(s), datetime.now(UTC)
@@ -144,11 +160,14 @@ async def chunk_inventory(ctx: Context, s: SessionView) -> ChunkInventory:
         log.info("session %s/%s: chunk %06d rebuilt from its manifest (%s)", namespace, name,
                  index, status.transcode_status)
         inv.chunks[index] = InventoryChunk(spec, status, rebuilt=True)
+    inv.leave_out(left_out or {})
     return inv
 
 
-async def collect_chunks(ctx: Context, s: SessionView) -> int:
-    """Keep the raw tracks of failed chunks under `final/failed/…` with their reasons in
+async def collect_chunks(ctx: Context, s: SessionView,
+                         left_out: Mapping[int, str] | None = None) -> int:
+    """Keep the raw tracks of failed chunks (those `left_out` of the promotion too,
+    `chunk_inventory`) under `final/failed/…` with their reasons in
     `final/failed-chunks.json`, then delete the chunk folders that were promoted (named in
     the stored promotion plan) or kept as failed, each with its transcoder outputs folder
     (`MeetingLayout.output_dir`), and the plan. Folders nobody accounts for
@@ -168,7 +187,7 @@ async def collect_chunks(ctx: Context, s: SessionView) -> int:
     if names:  # their outputs would land after the folders are collected
         raise TemporaryFailure(f"waiting for transcoder pod(s) {', '.join(names)} to stop "
                                "before collecting", delay=2)
-    inv = await chunk_inventory(ctx, s)
+    inv = await chunk_inventory(ctx, s, left_out)
     plan: PromotionPlan | None = None
     try:
         plan = PromotionPlan.model_validate(await store.get_json(layout.promotion_plan_key))

@@ -25,7 +25,7 @@ from voicetrack_operator.builders import (
 )
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunkstate import job_state
-from voicetrack_operator.services.failures import failed_on_input, failure_detail
+from voicetrack_operator.services.failures import bad_chunk, failed_on_input, pods_detail
 from voicetrack_operator.services.sessions import SessionView
 
 PROMOTION_RERUN_S = 10.0
@@ -46,13 +46,29 @@ class PromotionFailed(InvalidInputError):
     """Promotion did not complete: the raw chunks are kept and the finalizer stays."""
 
 
+class ChunkInputFailed(PromotionFailed):
+    """The promotion Job failed on one chunk's raw input (exit 2, its termination message
+    a `TerminationReport` naming chunk `index`): the deletion may leave that chunk out and
+    promote the rest (`services.leftout`). The failed Job is `job` (namespace, name)."""
+
+    def __init__(self, message: str, index: int, detail: str, job: tuple[str, str]
+                 ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.detail = detail
+        """The Job's own reason (its termination message's)."""
+        self.job = job
+
+
 async def run_promotion(ctx: Context, s: SessionView, plan: PromotionPlan
                         ) -> tuple[str, float] | None:
     """Start session `s`'s promotion Job for `plan` when there is none (the plan written
     to S3 first), follow it, and verify its outputs once it is done. Returns None when
     done and verified, else (what it waits for, seconds until the next look). Raises
-    PromotionFailed when the Job failed on its input or its outputs do not match,
-    TemporaryFailure when it failed on infrastructure (deleted, to run again)."""
+    ChunkInputFailed when the Job failed on the raw input of the chunk its termination
+    message names, PromotionFailed when it failed on any other input or its outputs do not
+    match (the failed Job kept, as evidence), TemporaryFailure when it failed on
+    infrastructure (deleted, to run again)."""
     store, layout = ctx.store(s.spec.storage.bucket), s.layout
     detached = await ctx.kube.namespace_terminating(s.ref.namespace)
     job_ns, job_name = ((ctx.settings.operator_namespace, detached_promote_job_name(s.ref.uid))
@@ -74,13 +90,19 @@ async def run_promotion(ctx: Context, s: SessionView, plan: PromotionPlan
         return f"the failed promotion Job {job_name} is being deleted", PROMOTION_RERUN_S
     state, reason = job_state(job)
     if state is TranscodeStatus.FAILED:
-        detail = await failure_detail(ctx.kube, job_ns, job_name)
+        pods = await ctx.kube.job_pods(job_ns, job_name)
+        detail = await pods_detail(ctx.kube, job_ns, pods)
         if not failed_on_input(job):  # S3 or a node was away: run it again soon
             await ctx.kube.delete_job(job_ns, job_name)
             raise TemporaryFailure(
                 f"promotion Job {job_ns}/{job_name} failed: {reason}"
                 f"{'; ' + detail if detail else ''}; raw chunks kept; running it again",
                 delay=PROMOTION_RERUN_S)
+        index = bad_chunk(pods)
+        if index is not None:
+            raise ChunkInputFailed(f"promotion Job {job_ns}/{job_name} failed on chunk "
+                                   f"{index}'s raw input: {detail or reason}", index,
+                                   detail or str(reason), (job_ns, job_name))
         raise PromotionFailed(f"promotion Job {job_ns}/{job_name} failed: {reason}"
                               f"{'; ' + detail if detail else ''}; raw chunks kept; "
                               f"delete Job {job_ns}/{job_name} to run it again")

@@ -5,12 +5,15 @@ operator's lifetime.
 Delivery is at least once: a delivery is written to SQL (the outbox) before anything is
 sent, so it survives operator restarts and the RecordingSession being gone; an attempt
 whose answer could not be written to SQL is sent again when its lease ends. Receivers
-dedupe on `X-Voicetrack-Delivery`. Each attempt reads the signing key from the Secret,
+dedupe on the signed body's `delivery_id`. Each attempt reads the signing key from the Secret,
 mints fresh presigned links, signs the exact body (`voicetrack.webhooks.sign`) and POSTs
 with a timeout. 2xx is delivered; 408, 429, 5xx, timeouts and connection errors (and an
 attempt that could not be prepared: Secret missing, S3 down) are retried with exponential
 backoff and jitter until 24 h after queueing, then the delivery is abandoned; any other
-status (3xx: redirects are not followed; 4xx) fails it for good.
+status (3xx: redirects are not followed; 4xx) fails it for good, and so does a host the
+egress policy refuses (`adapters.webhook_egress`: internal addresses unless allow-listed).
+Of a refusing answer only the status line is kept, never its body; the log shows the URL
+redacted (`redacted_url`).
 """
 
 from __future__ import annotations
@@ -18,17 +21,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+from yarl import URL
 
 from voicetrack.db.schema import WebhookDelivery
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack.objectstore import MAX_PRESIGN_S, ObjectStore
+from voicetrack.objectstore import ObjectStore
 from voicetrack.webhooks import (
     EVENT_MEETING_ENDED,
     HEADER_ATTEMPT,
@@ -43,96 +46,26 @@ from voicetrack.webhooks import (
     sign,
 )
 from voicetrack_operator.adapters.secrets import read_secret_key
+from voicetrack_operator.adapters.webhook_egress import (
+    GuardedResolver,
+    WebhookAddressRefused,
+    redacted_url,
+    url_refusal,
+)
+from voicetrack_operator.adapters.webhook_events import warn_session
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.sessions import SessionView, parse_time
+from voicetrack_operator.services.webhook_settings import (
+    WebhookSettings,
+    answer_summary,
+    backoff_delay,
+    retry_after_s,
+    retryable,
+)
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "voicetrack-webhook/1"
-RESPONSE_SNIPPET_BYTES = 512
-"""How much of a refusing receiver's answer is kept in the attempt's error (bytes)."""
-
-
-def _env_float(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(f"VOICETRACK_{name}")
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInputError(f"VOICETRACK_{name}: not a number: {raw!r}") from None
-    if not low <= value <= high:
-        raise InvalidInputError(f"VOICETRACK_{name}: {value} is outside {low}..{high}")
-    return value
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    """How the worker delivers; each field reads a VOICETRACK_WEBHOOK_* variable.
-
-    BACKOFF_BASE_SECONDS (10): the first retry's delay (s), doubled per attempt;
-    BACKOFF_MAX_SECONDS (3600): the longest delay between two attempts (s);
-    RETRY_HOURS (24): how long after queueing a delivery is retried (h), then abandoned;
-    TIMEOUT_SECONDS (10): one POST's total timeout (s);
-    POLL_SECONDS (2): how often the worker looks for due deliveries (s);
-    LINK_SECONDS (3600): validity of the presigned links in the payload (s, ≤ 7 days).
-    Raises InvalidInputError naming the variable when one is not a number in range."""
-
-    backoff_base_s: float = 10.0
-    backoff_max_s: float = 3600.0
-    retry_window: timedelta = timedelta(hours=24)
-    timeout_s: float = 10.0
-    poll_s: float = 2.0
-    link_expiry_s: int = 3600
-    batch: int = 16
-
-    @classmethod
-    def from_env(cls) -> WebhookSettings:
-        return cls(
-            backoff_base_s=_env_float("WEBHOOK_BACKOFF_BASE_SECONDS", 10.0, 0.01, 86_400),
-            backoff_max_s=_env_float("WEBHOOK_BACKOFF_MAX_SECONDS", 3600.0, 0.01, 86_400),
-            retry_window=timedelta(hours=_env_float("WEBHOOK_RETRY_HOURS", 24.0, 0.0001,
-                                                    24 * 30)),
-            timeout_s=_env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 300),
-            poll_s=_env_float("WEBHOOK_POLL_SECONDS", 2.0, 0.05, 3600),
-            link_expiry_s=int(_env_float("WEBHOOK_LINK_SECONDS", 3600, 1, MAX_PRESIGN_S)),
-        )
-
-    @property
-    def lease(self) -> timedelta:
-        """How long a claimed delivery is held by one worker: longer than one attempt
-        (Secret read, link minting and the POST's timeout) can take."""
-        return timedelta(seconds=2 * self.timeout_s + 5)
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
-    """The wait (s) after failed attempt `attempt` (1-based): exponential, capped, with
-    "equal jitter" (AWS Architecture Blog, "Exponential Backoff And Jitter", 2015): half of
-    `min(max_s, base_s * 2**(attempt-1))` plus a uniform random part of the other half, so
-    receivers recovering from an outage are not hit by every sender at once."""
-    ceiling = min(max_s, base_s * 2 ** min(attempt - 1, 60))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-def retryable(status: int | None) -> bool:
-    """Whether an answer (None: none came) is worth another attempt: none, 408, 429, 5xx."""
-    return status is None or status in (408, 429) or status >= 500
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """A `Retry-After` header's delay in seconds (RFC 9110 §10.2.3: delay-seconds or an
-    HTTP-date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        from email.utils import parsedate_to_datetime
-
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -197,7 +130,26 @@ class WebhookService:
             self.ctx.metrics.webhook_deliveries.labels("queued").inc()
             log.info("webhook %s queued for meeting %s (%s)", delivery.id, s.meeting_id,
                      meeting_state)
+            await self.warn_if_refused(s, hook.url)
         return delivery
+
+    async def warn_if_refused(self, s: SessionView, url: str) -> None:
+        """When the egress policy refuses `url` (`url_refusal`), say so on session `s`
+        while it still exists: a Warning Event `WebhookRefused` and a log line (the
+        delivery is queued all the same; its attempt fails for good with the reason).
+        Never raises: an Event that cannot be posted is logged."""
+        try:
+            why = await url_refusal(self.settings.egress, url)
+            if why is None:
+                return
+            message = f"spec.notify.webhook.url ({redacted_url(url)}): {why}"
+            log.warning("webhook of session %s/%s will not be sent: %s", s.ref.namespace,
+                        s.ref.name, message)
+            await warn_session(self.ctx.kube, s.ref, "WebhookRefused", message,
+                               datetime.now(UTC))
+        except (InvalidInputError, TemporaryFailure) as err:
+            log.warning("webhook refusal of session %s/%s not reported: %s", s.ref.namespace,
+                        s.ref.name, err)
 
     async def payload_for(self, s: SessionView, meeting_state: str,
                           recording_ids: list[str]) -> WebhookPayload:
@@ -301,8 +253,8 @@ class WebhookService:
         if outcome != "retry":
             self.ctx.metrics.webhook_deliveries.labels(outcome).inc()
         level = logging.INFO if outcome in ("delivered", "retry") else logging.WARNING
-        log.log(level, "webhook %s attempt %d to %s: %s -> %s", d.id, number, d.url,
-                result.status or result.error, outcome)
+        log.log(level, "webhook %s attempt %d to %s: %s -> %s", d.id, number,
+                redacted_url(d.url), result.status or result.error, outcome)
         return outcome
 
     def decide(self, d: WebhookDelivery, number: int, result: AttemptResult,
@@ -345,7 +297,9 @@ class WebhookService:
     async def post(self, d: WebhookDelivery, number: int, key: bytes, body: bytes
                    ) -> AttemptResult:
         """POST `body` signed with `key`; never raises for a network problem (it is the
-        attempt's error). Redirects are not followed."""
+        attempt's error). Redirects are not followed. A host the egress policy refuses
+        (an IP literal here, a name in `GuardedResolver`) is a permanent error naming the
+        address; of a non-2xx answer only the status line is kept (`answer_summary`)."""
         ts = int(time.time())
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                    HEADER_DELIVERY: d.id, HEADER_EVENT: d.event, HEADER_ATTEMPT: str(number),
@@ -357,16 +311,20 @@ class WebhookService:
 
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
         try:
+            self.settings.egress.check_url_host(URL(d.url).raw_host)
             async with self.http.post(d.url, data=body, headers=headers, timeout=timeout,
                                       allow_redirects=False) as resp:
-                snippet = await resp.content.read(RESPONSE_SNIPPET_BYTES)
-                status = resp.status
+                status = resp.status  # the body is never read: it is the receiver's
                 wait = retry_after_s(resp.headers.get("Retry-After"))
+                location = resp.headers.get("Location")
+        except WebhookAddressRefused as err:
+            return AttemptResult(None, f"not sent: {err}", took(), permanent=True)
         except TimeoutError:
             return AttemptResult(None, f"timed out after {self.settings.timeout_s:g} s",
                                  took())
-        except aiohttp.InvalidURL as err:  # a ClientError and a ValueError
-            return AttemptResult(None, f"invalid URL: {err}", took(), permanent=True)
+        except aiohttp.InvalidURL:  # a ClientError and a ValueError; its text is the URL
+            return AttemptResult(None, f"invalid URL: {redacted_url(d.url)}", took(),
+                                 permanent=True)
         except aiohttp.ClientError as err:
             return AttemptResult(None, f"connection failed: {type(err).__name__}: {err}",
                                  took())
@@ -375,18 +333,18 @@ class WebhookService:
                                  permanent=True)
         if 200 <= status < 300:
             return AttemptResult(status, None, took())
-        # the receiver's bytes: NUL is refused by PostgreSQL in text columns
-        text = snippet.decode("utf-8", "replace").replace("\x00", "\ufffd").strip()
-        where = f" (redirect to {resp.headers.get('Location')}, not followed)" \
-            if 300 <= status < 400 else ""
-        return AttemptResult(status, f"HTTP {status}{where}{': ' + text if text else ''}",
-                             took(), wait)
+        return AttemptResult(status, answer_summary(status, location), took(), wait)
 
     @property
     def http(self) -> aiohttp.ClientSession:
-        """The HTTP client (made on first use, in the running loop)."""
+        """The HTTP client (made on first use, in the running loop): it connects only to
+        addresses the egress policy allows (`GuardedResolver`), keeps no cookies between
+        deliveries (`DummyCookieJar`) and ignores proxy variables."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.settings.egress))
+            self._http = aiohttp.ClientSession(connector=connector,
+                                               cookie_jar=aiohttp.DummyCookieJar(),
+                                               trust_env=False)
         return self._http
 
     def _store(self, bucket: str) -> ObjectStore:
