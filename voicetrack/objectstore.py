@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -260,11 +261,19 @@ class ObjectStore:
                           if o.object_name)
 
     def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
-        """(key, last modified, UTC) of every object under `prefix`, recursively."""
+        """(key, last modified, UTC) of every object under `prefix`, recursively, all in
+        one list (`iter_objects` for a prefix that may hold many)."""
+        return list(self.iter_objects(prefix))
+
+    def iter_objects(self, prefix: str) -> Generator[tuple[str, datetime], None, None]:
+        """(key, last modified, UTC) of every object under `prefix`, recursively, in key
+        order (S3 lists in UTF-8 binary order), fetched a page (1000 keys) at a time as the
+        caller iterates: nothing is held beyond the current page. Errors come out
+        translated (`s3_call`) from the `next()` that met them."""
         with s3_call(f"list {prefix}"):
-            return [(o.object_name, o.last_modified) for o in
-                    self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
-                    if o.object_name and o.last_modified]
+            for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if o.object_name and o.last_modified:
+                    yield o.object_name, o.last_modified
 
     def delete_keys(self, keys: list[str]) -> int:
         """Delete `keys` (missing ones count as deleted); returns how many were asked.

@@ -42,7 +42,9 @@ class OperatorSettings:
     minting, at least 60, renewed before it ends: `voicetrack.uploadgrant`); KUBECONFIG
     (else the default loading rules); HEALTH_PORT (8080) and METRICS_PORT (9090), 0 = off;
     LISTEN_ADDRESS of both (127.0.0.1); OPERATOR_NAMESPACE (the pod's own, else
-    `default`): where promotion Jobs of sessions in a namespace being deleted run."""
+    `default`): where promotion Jobs of sessions in a namespace being deleted run;
+    S3_BUCKETS: comma-separated buckets sessions may name in `spec.storage.bucket` besides
+    S3_BUCKET, always allowed (`allowed_buckets`; unset: S3_BUCKET only)."""
 
     database_url: str
     s3: S3Settings
@@ -58,6 +60,17 @@ class OperatorSettings:
     operator_namespace: str = "default"
     """Where a session's promotion Job runs when its own namespace is being deleted
     (`services.deletion`); it needs the S3 Secret there (`PodSettings.s3_secret`)."""
+    s3_buckets: frozenset[str] = frozenset()
+    """Buckets sessions may use besides `s3.bucket` (VOICETRACK_S3_BUCKETS)."""
+
+    @property
+    def allowed_buckets(self) -> frozenset[str]:
+        """The buckets a session may name in `spec.storage.bucket`, and the only ones the
+        orphan sweep lists: the operator's own and `s3_buckets`. The operator's S3
+        credentials may reach other installs' buckets (shared keys): a session pointed at
+        one would get an upload grant there and its deletion would collect there
+        (`services.admission.bucket_refusal`)."""
+        return frozenset({self.s3.bucket, *self.s3_buckets})
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -87,6 +100,8 @@ class OperatorSettings:
             listen_address=_env("LISTEN_ADDRESS", "127.0.0.1"),
             upload_grant_s=grant_seconds(os.environ.get(GRANT_SECONDS_ENV)),
             operator_namespace=_env("OPERATOR_NAMESPACE", "") or own_namespace(),
+            s3_buckets=frozenset(b.strip() for b in _env("S3_BUCKETS", "").split(",")
+                                 if b.strip()),
         )
 
 

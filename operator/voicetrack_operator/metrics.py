@@ -39,3 +39,14 @@ class Metrics:
             "voicetrack_webhook_attempts_total",
             "Completion webhook POST attempts by result (success, error)", ["result"],
             registry=r)
+        self.orphans_kept = Gauge(
+            "voicetrack_orphans_kept",
+            "Temporary data of meetings no session owns that the last orphan sweep kept "
+            "instead of deleting, by kind (chunk_objects, temp_rows) and reason "
+            "(services.janitor: unknown_meeting, not_ended, recently_ended, not_promoted, "
+            "not_in_plan; temp_rows: not_promoted)",
+            ["kind", "reason"], registry=r)
+        self.orphans_deleted = Counter(
+            "voicetrack_orphans_deleted_total",
+            "Temporary data of promoted meetings the orphan sweep deleted, by kind "
+            "(chunk_objects, temp_rows)", ["kind"], registry=r)

@@ -9,6 +9,7 @@ service under test (or by the test, standing in for the world).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -25,7 +26,8 @@ from voicetrack.db import migrate
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
-from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import FinalManifest, FinalTrack, PromotionPlan
 from voicetrack.names import chunk_name, owner_reference, recorder_pod_name, transcode_job_name
 from voicetrack.objectstore import S3Settings
 from voicetrack.resources import (
@@ -779,6 +781,38 @@ async def test_empty_session_deletion_ends_the_meeting(
 # ---------------------------------------------------------------- JanitorService
 
 
+async def promoted_by_hand(ctx: Context, layout: MeetingLayout, bucket: str,
+                           plan: tuple[int, ...] = (), *, ended: bool = True,
+                           recordings: bool = True) -> None:
+    """Make the meeting at `layout` look promoted to the orphan sweep
+    (`services.janitor`): its row, ended a minute ago, a `recordings` row, and in `bucket`
+    a stored promotion plan naming the chunk indices `plan` (none: no plan). Without
+    `ended` or `recordings`, that part is left out."""
+    await ctx.db.create_meeting(layout.meeting_id, layout.guild_id, snowflake(),
+                                datetime.now(UTC) - timedelta(hours=1))
+    if ended:
+        await ctx.db.end_meeting(layout.meeting_id, datetime.now(UTC) - timedelta(minutes=1),
+                                 "completed")
+    if recordings:
+        await ctx.db.insert_persistent_recording(
+            layout.meeting_id, kind="mixed", object_key=layout.final_key("mix", "mp3"),
+            sha256=SHA, size_bytes=1, duration_ms=10_000, format="mp3")
+    if plan:
+        chunks = [ChunkSpec(session_name="gone", meeting_id=layout.meeting_id,
+                            guild_id=layout.guild_id, index=i, start_ms=i * 5000,
+                            end_ms=i * 5000 + 5000,
+                            tracks=[ChunkTrack(user_id=USERS[0],
+                                               key=layout.raw_key(i, USERS[0], "ogg-opus"),
+                                               frames=250, first_ms=i * 5000,
+                                               last_ms=i * 5000 + 4980, bytes=100,
+                                               sha256=SHA)])
+                  for i in plan]
+        doc = PromotionPlan(guild_id=layout.guild_id, meeting_id=layout.meeting_id,
+                            prefix=layout.prefix, session_end_ms=5000 * (max(plan) + 1),
+                            speakers=[USERS[0]], chunks=chunks)
+        await ctx.store(bucket).put_json(layout.promotion_plan_key, doc.to_api())
+
+
 async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     janitor = JanitorService(ctx)
@@ -790,6 +824,9 @@ async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
                               meetingId=f"live{secrets.token_hex(6)}")
     store = ctx.store(ctx.settings.s3.bucket)
     guild, dead = snowflake(), secrets.token_hex(8)
+    # the sweep deletes only promoted folders (`test_janitor_safety`)
+    await promoted_by_hand(ctx, MeetingLayout("recordings", guild, dead),
+                           ctx.settings.s3.bucket, plan=(0,))
     keys = {
         "dead": f"recordings/{guild}/{dead}/chunks/000000/{USERS[0]}.ogg",
         "dead_outputs": f"recordings/{guild}/{dead}/outputs/000000/piece.json",
@@ -869,24 +906,29 @@ async def test_a_lost_meeting_row_is_rebuilt_from_the_cluster(
 
 async def test_janitor_sweeps_every_bucket_and_prefix_sessions_use(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
-    """Item 11. A session storing under its own bucket and prefix: a dead meeting's chunk
-    objects there are swept too, also after that session is gone. (Before: only the
-    operator's bucket under `recordings/` was swept.)"""
+    """Item 11. A session storing under its own (allowed) bucket and prefix: a dead
+    meeting's chunk objects there are swept too, also after that session is gone.
+    (Before: only the operator's bucket under `recordings/` was swept.)"""
     bucket, prefix = f"vt-other-{secrets.token_hex(3)}", "team/rec"
+    ctx.settings = dataclasses.replace(ctx.settings, s3_buckets=frozenset({bucket}))
     live = await make_session(ctx, kubectl, namespace, "elsewhere",
                               storage={"bucket": bucket, "prefix": prefix})
     store = ctx.store(bucket)
     await store.ensure_bucket()
-    dead = f"{prefix}/{snowflake()}/{secrets.token_hex(8)}/chunks/000000/{USERS[0]}.ogg"
+    dead_layout = MeetingLayout(prefix, snowflake(), secrets.token_hex(8))
+    await promoted_by_hand(ctx, dead_layout, bucket, plan=(0,))
+    dead = dead_layout.raw_key(0, USERS[0], "ogg-opus")
     mine = f"{prefix}/{live.spec.guild_id}/{live.meeting_id}/chunks/000000/{USERS[0]}.ogg"
     for key in (dead, mine):
         await store.put_json(key, {})
     await asyncio.sleep(2.2)  # older than the TTL (1 s; S3 times have whole seconds)
     janitor = JanitorService(ctx)
     await janitor.collect_orphans()
-    assert set(await store.list_keys(f"{prefix}/")) == {mine}
+    assert set(await store.list_keys(f"{prefix}/")) == {mine, dead_layout.promotion_plan_key}
     kubectl("-n", namespace, "delete", "recsess", "elsewhere", "--wait=false")
-    gone = f"{prefix}/{snowflake()}/{secrets.token_hex(8)}/chunks/000001/{USERS[0]}.ogg"
+    gone_layout = MeetingLayout(prefix, snowflake(), secrets.token_hex(8))
+    await promoted_by_hand(ctx, gone_layout, bucket, plan=(1,))
+    gone = gone_layout.raw_key(1, USERS[0], "ogg-opus")
     await store.put_json(gone, {})
     await asyncio.sleep(2.2)
     await janitor.collect_orphans()  # the session may still be listed: `mine` may stay

@@ -66,6 +66,10 @@ def record_and_forge(stack: Stack, ns: str, guild: str) -> Recorded:
     doc = json.loads(session(ns, "forged", guild, keys, deleteWhenStopped=False,
                              maxDurationSeconds=LIMIT_S * 2))
     doc["spec"]["retainTempRows"] = True  # the temp rows stay (cleaned) to be read here
+    # FLAC: promoted in full from the raw chunks, which read the overwritten object (an
+    # MP3-only meeting is assembled from the pieces its chunks' Jobs made from the genuine
+    # audio, and reads no raw object when no unit is left to render after stop)
+    doc["spec"]["output"] = {"formats": ["flac"]}
     stack.kubectl("apply", "-f", "-", input=json.dumps(doc))
 
     def stopped_and_done() -> dict | None:

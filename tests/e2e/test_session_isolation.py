@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import secrets
 import time
@@ -370,6 +371,7 @@ async def test_a_recorder_that_meets_anothers_object_under_its_chunk_name_says_s
 async def test_the_session_owns_its_recorder_identity_and_upload_grant(
         ctx: Context, namespace: str, kubectl: Kubectl, tmp_path: Path) -> None:
     fresh = f"vt-iso-{secrets.token_hex(4)}"  # no bucket yet: the operator makes it
+    ctx.settings = dataclasses.replace(ctx.settings, s3_buckets=frozenset({fresh}))
     s = await make_session(ctx, kubectl, namespace, "owned", storage={"bucket": fresh})
     other = await make_session(ctx, kubectl, namespace, "other", storage={"bucket": fresh})
     for session in (s, other):

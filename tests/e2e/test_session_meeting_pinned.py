@@ -157,3 +157,27 @@ async def test_a_session_never_writes_another_sessions_meeting(
     ended = await ctx.db.end_meeting(mid, now, "cancelled", "test",
                                      session_uid=victim.ref.uid)
     assert ended.status == "cancelled"
+
+
+async def test_the_session_that_made_the_meeting_row_keeps_it_whatever_the_index_says(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Fault 5. Two sessions ask for one spec.meetingId; the younger one started (its
+    meeting row and recorder made) but the status patch saying so was lost, so the
+    cluster shows it unstarted, while the older one never started. Starting again, the
+    younger one keeps its meeting: the row names it. The older one is refused. (Before:
+    the older rival refused the younger one, which had recorded: its deletion then
+    released its audio unpromoted.)"""
+    mid = fresh_meeting_id()
+    older = await make_session(ctx, kubectl, namespace, "older", meetingId=mid)
+    younger = await make_session(ctx, kubectl, namespace, "younger", meetingId=mid)
+    await ctx.db.create_meeting(mid, younger.spec.guild_id, younger.spec.channel_id,
+                                datetime.now(UTC), younger.ref.uid,
+                                namespace=namespace, session_name="younger")
+    svc = SessionService(ctx)
+    status = await svc.ensure_session(younger)
+    assert status.get("state") != SessionState.REFUSED and status.get("recorderPod"), status
+    assert status["meetingId"] == mid
+    status = await svc.ensure_session(older)
+    ready = {c["type"]: c for c in status.get("conditions") or []}["Ready"]
+    assert status["state"] == SessionState.REFUSED and ready["reason"] == "MeetingIdInUse"
+    assert (await ctx.db.get_meeting(mid)).session_uid == younger.ref.uid

@@ -431,6 +431,9 @@ async def test_insert_persistent_recording(db_service: RecordingService) -> None
 
 
 async def test_cleanup_old_temp_recordings(db_service: RecordingService) -> None:
+    """Only rows of promoted meetings (ended over the ttl ago, with `recordings` rows) go;
+    those of a meeting that never ended or ended without recordings stay, counted by
+    `count_stale_temp_recordings`."""
     await db_service.create_meeting(MEETING, GUILD, CHANNEL, T0)
     now = datetime.now(UTC)
     ages = {"fresh": timedelta(hours=1), "edge": timedelta(hours=23, minutes=59),
@@ -443,25 +446,55 @@ async def test_cleanup_old_temp_recordings(db_service: RecordingService) -> None
         ids[name] = row.id
     with pytest.raises(InvalidInputError, match="ttl"):
         await db_service.cleanup_old_temp_recordings(timedelta(0))
-    assert await db_service.cleanup_old_temp_recordings(timedelta(hours=24), now=now) == 2
+    day = timedelta(hours=24)
+    # not ended: nothing goes, however old
+    assert await db_service.cleanup_old_temp_recordings(day, now=now) == 0
+    assert await db_service.count_stale_temp_recordings(day, now=now) == 2
+    # ended, but without recordings (released unpromoted): nothing goes
+    await db_service.end_meeting(MEETING, now - timedelta(days=2), "cancelled", "released")
+    assert await db_service.cleanup_old_temp_recordings(day, now=now) == 0
+    # promoted, but ended less than the ttl ago: nothing goes yet
+    await db_service.insert_persistent_recording(
+        MEETING, kind="mixed", object_key="p/final/mix.mp3", sha256=sha("m"), size_bytes=10,
+        duration_ms=1, format="mp3")
+    await db_service.end_meeting(MEETING, now - timedelta(hours=1), "completed")
+    assert await db_service.cleanup_old_temp_recordings(day, now=now) == 0
+    await db_service.end_meeting(MEETING, now - timedelta(days=2), "completed")
+    assert await db_service.cleanup_old_temp_recordings(day, now=now) == 2
     left = {r.id for r in await db_service.get_temp_recordings_for_meeting(MEETING)}
     assert left == {ids["fresh"], ids["edge"]}
-    assert await db_service.cleanup_old_temp_recordings(timedelta(hours=24), now=now) == 0
+    assert await db_service.cleanup_old_temp_recordings(day, now=now) == 0
+    assert await db_service.count_stale_temp_recordings(day, now=now) == 0
 
     # A session that still exists keeps its rows however old they are.
-    other = "0ther0meeting0id"
-    await db_service.create_meeting(other, GUILD, CHANNEL, T0)
-    await db_service.insert_temp_recording(
-        other, BOB, GUILD, "k/old.opus", created_at=now - timedelta(days=3)
-    )
     await db_service.insert_temp_recording(
         MEETING, BOB, GUILD, "k/orphan.opus", created_at=now - timedelta(days=3)
     )
-    assert await db_service.cleanup_old_temp_recordings(
-        timedelta(hours=24), keep_meetings=[other]
-    ) == 1
-    assert len(await db_service.get_temp_recordings_for_meeting(other)) == 1
-    assert await db_service.cleanup_old_temp_recordings(timedelta(hours=24)) == 1
+    assert await db_service.cleanup_old_temp_recordings(day, keep_meetings=[MEETING]) == 0
+    assert await db_service.count_stale_temp_recordings(day, keep_meetings=[MEETING]) == 0
+    assert await db_service.cleanup_old_temp_recordings(day) == 1
+
+
+async def test_cleanup_keeps_retained_temp_rows(db_service: RecordingService) -> None:
+    """Fault 4: `spec.retainTempRows` keeps a promoted meeting's temp rows as audit rows
+    (`cleaned = 1`); the TTL sweep deletes the meeting's other old rows but never those.
+    (Before: every old row of the meeting went, audit rows too.)"""
+    now = datetime.now(UTC)
+    await db_service.create_meeting(MEETING, GUILD, CHANNEL, T0)
+    old = now - timedelta(days=3)
+    audit = await db_service.insert_temp_recording(
+        MEETING, ALICE, GUILD, chunk_key(0, ALICE), chunk_index=0, created_at=old)
+    stray = await db_service.insert_temp_recording(
+        MEETING, BOB, GUILD, chunk_key(0, BOB), chunk_index=0, created_at=old)
+    await db_service.mark_temp_recording_cleaned([audit.id])
+    await db_service.insert_persistent_recording(
+        MEETING, kind="mixed", object_key="p/final/mix.mp3", sha256=sha("m"), size_bytes=10,
+        duration_ms=1, format="mp3")
+    await db_service.end_meeting(MEETING, now - timedelta(days=2), "completed")
+    assert await db_service.cleanup_old_temp_recordings(timedelta(hours=24), now=now) == 1
+    left = await db_service.get_temp_recordings_for_meeting(MEETING)
+    assert [(r.id, r.cleaned) for r in left] == [(audit.id, 1)], f"stray {stray.id}"
+    assert await db_service.count_stale_temp_recordings(timedelta(hours=24), now=now) == 0
 
 
 async def test_heartbeats(db_service: RecordingService) -> None:

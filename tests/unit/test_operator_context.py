@@ -37,3 +37,14 @@ def test_the_s3_region_reaches_the_operator_and_every_pod_it_builds(
     assert S3Settings.from_env().env()["VOICETRACK_S3_REGION"] == "eu-west-3"
     monkeypatch.delenv("VOICETRACK_S3_REGION")
     assert S3Settings.from_env().region == "us-east-1"
+
+
+def test_the_allowed_buckets_are_the_operators_own_and_s3_buckets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """VOICETRACK_S3_BUCKETS adds to the operator's own bucket, which is always allowed."""
+    monkeypatch.setenv("VOICETRACK_S3_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("VOICETRACK_S3_BUCKET", "mine")
+    monkeypatch.delenv("VOICETRACK_S3_BUCKETS", raising=False)
+    assert OperatorSettings.from_env().allowed_buckets == {"mine"}
+    monkeypatch.setenv("VOICETRACK_S3_BUCKETS", " team-a, ,team-b ")
+    assert OperatorSettings.from_env().allowed_buckets == {"mine", "team-a", "team-b"}

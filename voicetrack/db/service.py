@@ -281,6 +281,15 @@ class RecordingService:
             lambda s: s.cleanup_old_temp_recordings(ttl, now, keep_meetings=keep)
         )
 
+    async def count_stale_temp_recordings(
+        self, ttl: timedelta, now: datetime | None = None, *,
+        keep_meetings: Collection[str] = (),
+    ) -> int:
+        """See `RecordingStore.count_stale_temp_recordings`."""
+        keep = list(keep_meetings)
+        return await self._run(
+            lambda s: s.count_stale_temp_recordings(ttl, now, keep_meetings=keep))
+
     # persistent recordings
     async def insert_persistent_recording(
         self,

@@ -31,7 +31,14 @@ from voicetrack.db.checks import (
     utcnow,
 )
 from voicetrack.db.meetings import MeetingStore
-from voicetrack.db.schema import PATH_LENGTH, TRANSCODE_RANK, TempRecording, TranscodeStatus
+from voicetrack.db.schema import (
+    PATH_LENGTH,
+    TRANSCODE_RANK,
+    Meeting,
+    Recording,
+    TempRecording,
+    TranscodeStatus,
+)
 from voicetrack.errors import InvalidInputError, NotFoundError
 
 
@@ -283,19 +290,49 @@ class TempRecordingStore(MeetingStore):
         *,
         keep_meetings: Collection[str] = (),
     ) -> int:
-        """Delete orphaned temp rows: those created more than `ttl` before `now` (default:
-        the current time), except rows of `keep_meetings` (the sessions that still exist,
-        e.g. one recording for longer than the ttl). Returns the number deleted.
+        """Delete orphaned temp rows of promoted meetings: rows created more than `ttl`
+        before `now` (default: the current time) of a meeting that ended more than `ttl`
+        before `now` and has `recordings` rows, except rows of `keep_meetings` (the meetings
+        of sessions that still exist). The rows of a meeting that never ended or ended
+        without recordings (its session released unpromoted: they index raw chunks kept in
+        S3) stay; `count_stale_temp_recordings` reports them. Rows marked `cleaned` (the
+        audit rows of `spec.retainTempRows`) are never deleted. Returns the number deleted.
         InvalidInputError for a ttl that is not positive or a malformed meeting id."""
-        if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
-            raise InvalidInputError(f"ttl: expected a positive timedelta, got {ttl!r}")
-        cutoff = check_time("now", now or utcnow()) - ttl
-        keep = sorted({check_id("keep_meetings", m) for m in keep_meetings})
-        stmt = delete(TempRecording).where(TempRecording.created_at < cutoff)
+        cutoff, keep = self._stale_bounds(ttl, now, keep_meetings)
+        promoted = select(Recording.meeting_id).where(
+            Recording.meeting_id == TempRecording.meeting_id).exists()
+        ended = select(Meeting.id).where(Meeting.ended_at.is_not(None),
+                                         Meeting.ended_at < cutoff)
+        stmt = delete(TempRecording).where(TempRecording.created_at < cutoff,
+                                           TempRecording.cleaned == 0,
+                                           TempRecording.meeting_id.in_(ended), promoted)
         if keep:
             stmt = stmt.where(TempRecording.meeting_id.not_in(keep))
         result = await self.session.execute(stmt.execution_options(synchronize_session=False))
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def count_stale_temp_recordings(
+        self, ttl: timedelta, now: datetime | None = None, *,
+        keep_meetings: Collection[str] = (),
+    ) -> int:
+        """How many temp rows created more than `ttl` before `now`, of meetings not in
+        `keep_meetings`, are still there and not `cleaned` (rows `cleanup_old_temp_recordings`
+        keeps: their meeting is not provably promoted). Same errors as it."""
+        cutoff, keep = self._stale_bounds(ttl, now, keep_meetings)
+        stmt = select(func.count()).select_from(TempRecording).where(
+            TempRecording.created_at < cutoff, TempRecording.cleaned == 0)
+        if keep:
+            stmt = stmt.where(TempRecording.meeting_id.not_in(keep))
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    @staticmethod
+    def _stale_bounds(ttl: timedelta, now: datetime | None, keep_meetings: Collection[str]
+                      ) -> tuple[datetime, list[str]]:
+        """(cutoff, sorted checked meeting ids) of the two stale-row queries."""
+        if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+            raise InvalidInputError(f"ttl: expected a positive timedelta, got {ttl!r}")
+        cutoff = check_time("now", now or utcnow()) - ttl
+        return cutoff, sorted({check_id("keep_meetings", m) for m in keep_meetings})
 
 
 @functools.cache

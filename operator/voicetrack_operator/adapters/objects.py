@@ -9,10 +9,15 @@ outage. Keys are full object keys within the bucket (see `voicetrack.layout`).
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any
 
 from voicetrack.objectstore import ObjectStore
+
+LIST_PAGE = 1000
+"""Keys per page of `AsyncObjectStore.object_pages` (S3's own page size)."""
 
 
 class AsyncObjectStore:
@@ -52,6 +57,19 @@ class AsyncObjectStore:
     async def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
         """(key, last modified, UTC) of every object under `prefix`."""
         return await asyncio.to_thread(self.sync.list_objects, prefix)
+
+    async def object_pages(self, prefix: str, size: int = LIST_PAGE
+                           ) -> AsyncGenerator[list[tuple[str, datetime]], None]:
+        """(key, last modified, UTC) of every object under `prefix` in key order, `size` at a
+        time (`ObjectStore.iter_objects`): each page is fetched in a worker thread when the
+        caller asks for it, so a bucket of millions of keys is never held in memory."""
+        listing = self.sync.iter_objects(prefix)
+        try:
+            while page := await asyncio.to_thread(
+                    lambda: list(itertools.islice(listing, size))):
+                yield page
+        finally:
+            listing.close()
 
     async def delete_keys(self, keys: list[str]) -> int:
         """Delete `keys` (missing ones count as deleted); returns how many were asked."""

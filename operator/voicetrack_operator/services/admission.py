@@ -1,13 +1,14 @@
 """Who may record: one session per guild at a time (a bot is in one voice channel per
-guild) and one session per meeting id. Read from kopf's session index when the operator
-runs (`handlers/index.py`), else from a list of every session; `SessionService` refuses
-what these find.
+guild), one session per meeting id, and only into a bucket the operator allows. Read from
+kopf's session index when the operator runs (`handlers/index.py`), else from a list of
+every session; `SessionService` refuses what these find.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from voicetrack.errors import NotFoundError, TemporaryFailure
 from voicetrack.names import recorder_pod_name
 from voicetrack.resources import INACTIVE_STATES, SessionState
 from voicetrack_operator.context import Context
@@ -83,9 +84,15 @@ async def meeting_owner(ctx: Context, s: SessionView) -> str | None:
     id `s` asks for, as the cluster says (the database's `meetings.session_uid` says
     it for sessions already gone). Reads the session index (the meeting id's sessions)
     when there is one, else lists every session; a rival the index does not show yet
-    is refused by the database, whose meeting row names the session that made it."""
+    is refused by the database, whose meeting row names the session that made it.
+    None when that row already names `s`: its start wrote the row and made its recorder
+    but the status patch saying so was lost, so the cluster shows it unstarted, and an
+    older rival that never started would otherwise refuse the one that recorded (its
+    audio then released unpromoted)."""
     if s.spec.meeting_id is None:
         return None  # derived from the uid: nobody else has it
+    if await _row_is_mine(ctx, s):
+        return None  # this session made the row (and its recorder): the index lags
     for other in await _other_sessions(ctx, s, ("meeting", s.meeting_id)):
         meta = other["metadata"]
         status = other.get("status") or {}
@@ -99,3 +106,29 @@ async def meeting_owner(ctx: Context, s: SessionView) -> str | None:
         if theirs == s.meeting_id:
             return f"{meta['namespace']}/{meta['name']}"
     return None
+
+
+async def _row_is_mine(ctx: Context, s: SessionView) -> bool:
+    """Whether the database's row of meeting `s.meeting_id` names session `s` as its
+    owner (`meetings.session_uid`); False when there is none or the database is away."""
+    try:
+        return (await ctx.db.get_meeting(s.meeting_id)).session_uid == s.ref.uid
+    except (NotFoundError, TemporaryFailure):
+        return False
+
+
+def bucket_refusal(ctx: Context, s: SessionView) -> str | None:
+    """Why session `s` may not record into its `spec.storage.bucket`, None when the
+    bucket is allowed (`OperatorSettings.allowed_buckets`: the operator's own bucket and
+    VOICETRACK_S3_BUCKETS). S3 keys are often shared across installs, and meeting ids are
+    unique only within this install's database: a session pointed at another install's
+    bucket would get an upload grant there and write, promote and collect over that
+    install's recordings."""
+    allowed = ctx.settings.allowed_buckets
+    bucket = s.spec.storage.bucket
+    if bucket in allowed:
+        return None
+    return (f"spec.storage.bucket: {bucket!r} is not a bucket this operator may use "
+            f"(allowed: {', '.join(sorted(allowed))}; VOICETRACK_S3_BUCKETS, chart value "
+            "s3.allowedBuckets): its S3 keys may reach other installs' buckets, whose "
+            "recordings a session there could overwrite and delete")

@@ -88,7 +88,11 @@ class ChunkService:
                       ) -> str | None:
         """Why `chunk` is not a chunk of `session` (`isolation.chunk_refusal`, its raw
         tracks looked up in S3 with one listing of its folder), None when it is. Raises
-        TemporaryFailure while S3 is away."""
+        TemporaryFailure while S3 is away. A session that never started in a bucket the
+        operator does not allow (`admission.bucket_refusal`) has no chunks there."""
+        if spec.storage.bucket not in self.ctx.settings.allowed_buckets \
+                and not (session.get("status") or {}).get("startedAt"):
+            return f"its session's spec.storage.bucket {spec.storage.bucket!r} is not allowed"
         facts = session_facts(session, spec)
         present = None
         if chunk.spec.tracks:

@@ -17,7 +17,8 @@ session's elapsed time. So a recorder can add to its own meeting only (which it 
 anyway), and a raw object of another session's meeting is never named by an adopted spec.
 
 Deletion promotes the inventory's chunks and collects only the chunk folders it promoted or
-kept as failed; a folder with raw tracks but no manifest is left in place (logged).
+kept as failed; a folder with raw tracks but no manifest is left in place (logged), and
+the orphan sweep keeps it too and reports it (`services.janitor`: not in the plan).
 """
 
 from __future__ import annotations

@@ -28,7 +28,12 @@ from voicetrack.resources import (
 )
 from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.admission import busy_guild, guild_rival, meeting_owner
+from voicetrack_operator.services.admission import (
+    bucket_refusal,
+    busy_guild,
+    guild_rival,
+    meeting_owner,
+)
 from voicetrack_operator.services.autostop import delete_stopped, recorder_end, stopped_by_itself
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import job_state
@@ -146,8 +151,9 @@ class SessionService:
     # ------------------------------------------------------------------ start
 
     async def ensure_session(self, s: SessionView) -> dict[str, Any]:
-        """Start (or, after an operator restart, keep) the session: refuse a busy guild,
-        write the meeting row, make the recorder's RBAC and Pod. Returns status fields.
+        """Start (or, after an operator restart, keep) the session: refuse a bucket the
+        operator does not allow (`admission.bucket_refusal`) and a busy guild, write the
+        meeting row, make the recorder's RBAC and Pod. Returns status fields.
 
         With the database away the recorder starts anyway on a derived meeting id (unique:
         it comes from the uid; the row is written later) but not on a chosen
@@ -163,6 +169,8 @@ class SessionService:
         except ValueError as err:
             return self._refused(s, f"{err}: its recorder could write no chunk",
                                  "NameTooLong")
+        if why := bucket_refusal(self.ctx, s):
+            return self._refused(s, why, "BucketNotAllowed")
         busy = await busy_guild(self.ctx, s)
         if busy:
             return self._refused(s, f"guild {s.spec.guild_id} is already recorded by session "
