@@ -253,7 +253,7 @@ async def finish(gen: Generator, step: Step, env: dict[str, Any], op: OperatorPr
             "SELECT DISTINCT meeting_id FROM temp_recordings WHERE meeting_id = ANY(%s)",
             (list(meetings),)).fetchall()}
     chunk_keys = await gen.s3(env["store"].list_keys, "recordings/")
-    with_chunks = {k.split("/")[2] for k in chunk_keys if "/chunks/" in k}
+    with_chunks = {k.split("/")[2] for k in chunk_keys if "/chunks/" in k or "/outputs/" in k}
     collected = sum(1 for m in done if m not in temp and m not in with_chunks)
     return len(done), collected
 

@@ -1,11 +1,12 @@
 """The S3 key layout: one pure home for every object key Voicetrack writes.
 
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/<userId>.<raw-ext>   raw track
-    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/<userId>.<fmt>       transcoded track
-    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/result.json          transcoder manifest
-    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/piece-<track>.<fmt>  promotion piece
-    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/piece.json           piece manifest
-    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/head-after.json      head of silence after
+    <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/chunk.json           chunk spec
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/<userId>.<fmt>      transcoded track
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/result.json         transcoder manifest
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece-<track>.<fmt> promotion piece
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece.json          piece manifest
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/head-after.json     head of silence after
     <prefix>/<guildId>/<meetingId>/promotion.json                          promotion plan
     <prefix>/<guildId>/<meetingId>/final/<userId>.<fmt> | mix.<fmt>        final tracks
     <prefix>/<guildId>/<meetingId>/final/waveform-<track>.json | .png      peaks, overview
@@ -15,6 +16,19 @@
     <prefix>/<guildId>/<meetingId>/live/<track>.<fmt> | manifest.json      audio so far
     <prefix>/<guildId>/<meetingId>/final/failed/<index:06d>/<userId>.<ext> raw of a failed chunk
     <prefix>/<guildId>/<meetingId>/final/failed-chunks.json                why each one failed
+
+Who writes where. `chunks/<index>/` holds what the recorder uploads (its raw tracks and
+`chunk.json`; the operator writes `chunk.json` again): it is the prefix of the recorder's
+upload grant (`chunks_root`, `voicetrack.uploadgrant`). Everything the transcoder makes
+from a chunk lies in the chunk's `outputs/<index>/` folder, outside that prefix, so a
+recorder (even a compromised one) cannot write what assembly and the operator trust: the
+pieces and their `piece.json`, `result.json`, `head-after.json` and the chunk outputs.
+Collection deletes a chunk's `outputs/<index>/` with its `chunks/<index>/`. Sessions
+transcoded before this split (outputs inside `chunks/<index>/`) are still promoted: their
+pieces are not found at the new keys, so promotion is the full one from the raw chunks
+(`voicetrack_transcoder.pieces`), and their old outputs go with the chunk folders.
+
+This docstring is the S3 key contract's one home; docs and other modules refer to it.
 
 No clock, no client: functions of their arguments only.
 """
@@ -26,10 +40,10 @@ from dataclasses import dataclass
 
 from voicetrack.audio import RAW_EXTENSIONS
 
-MEETING_OBJECT_PATTERN = r"(^|/)[0-9]{15,20}/[A-Za-z0-9]{16}/(chunks|final|live)/"
+MEETING_OBJECT_PATTERN = r"(^|/)[0-9]{15,20}/[A-Za-z0-9]{16}/(chunks|outputs|final|live)/"
 """Matches (`re.search`) a key that a `MeetingLayout` under any prefix writes for a
-meeting's chunks, final or live tracks: what a `files` session may not name as an input
-(the CRD's rule on `spec.source.speakers[].objectKey` is the same regex)."""
+meeting's chunks, chunk outputs, final or live tracks: what a `files` session may not name
+as an input (the CRD's rule on `spec.source.speakers[].objectKey` is the same regex)."""
 
 CHUNK_MANIFEST_NAME = "chunk.json"
 """The name of a chunk's spec in its folder (`MeetingLayout.chunk_manifest_key`)."""
@@ -54,10 +68,26 @@ class MeetingLayout:
 
     @property
     def chunks_root(self) -> str:
+        """`<root>/chunks/`: what the recorder writes (raw tracks, `chunk.json`), and the
+        whole prefix of its upload grant."""
         return f"{self.root}/chunks/"
 
     def chunk_dir(self, index: int) -> str:
+        """`<root>/chunks/<index:06d>` (no trailing slash): chunk `index`'s raw tracks and
+        `chunk.json`."""
         return f"{self.root}/chunks/{index:06d}"
+
+    @property
+    def outputs_root(self) -> str:
+        """`<root>/outputs/`: what the transcoder makes from the chunks; outside the
+        recorder's upload grant (`chunks_root`)."""
+        return f"{self.root}/outputs/"
+
+    def output_dir(self, index: int) -> str:
+        """`<root>/outputs/<index:06d>` (no trailing slash): the transcoder's outputs of
+        chunk `index` (transcoded tracks, `result.json`, pieces, `piece.json`,
+        `head-after.json`); collected with `chunk_dir(index)`."""
+        return f"{self.root}/outputs/{index:06d}"
 
     def raw_key(self, index: int, user_id: str, raw_format: str) -> str:
         """Key of a speaker's raw track in chunk `index` (`.opus` or `.pcm`)."""
@@ -65,7 +95,7 @@ class MeetingLayout:
 
     def chunk_output_key(self, index: int, user_id: str, fmt: str) -> str:
         """Key of a speaker's transcoded track in chunk `index` (`mp3`, `flac`, `ogg`)."""
-        return f"{self.chunk_dir(index)}/{user_id}.{output_extension(fmt)}"
+        return f"{self.output_dir(index)}/{user_id}.{output_extension(fmt)}"
 
     def chunk_manifest_key(self, index: int) -> str:
         """Key of chunk `index`'s spec (`chunk.json`): written by the recorder after the
@@ -76,24 +106,25 @@ class MeetingLayout:
 
     def result_key(self, index: int) -> str:
         """Key of the transcoder's `result.json` for chunk `index`."""
-        return f"{self.chunk_dir(index)}/result.json"
+        return f"{self.output_dir(index)}/result.json"
 
     def piece_key(self, index: int, track: str, fmt: str) -> str:
         """Key of chunk `index`'s piece of a final track (`track`: a user id or MIX_TRACK):
         the encoded frames that chunk contributes to the final track (incremental
-        promotion, `voicetrack_transcoder.pieces`). Lives in the chunk's folder, so it is
-        collected with it."""
-        return f"{self.chunk_dir(index)}/piece-{track}.{output_extension(fmt)}"
+        promotion, `voicetrack_transcoder.pieces`). Lives in the chunk's outputs folder,
+        collected with the chunk's folder."""
+        return f"{self.output_dir(index)}/piece-{track}.{output_extension(fmt)}"
 
     def piece_manifest_key(self, index: int) -> str:
         """Key of chunk `index`'s `piece.json` (`voicetrack.manifests.PieceManifest`)."""
-        return f"{self.chunk_dir(index)}/piece.json"
+        return f"{self.output_dir(index)}/piece.json"
 
     def head_after_key(self, index: int) -> str:
         """Key of the head of the silence right after chunk `index`, a chunk someone spoke
         in (`head-after.json`, `voicetrack.manifests.SilentHeadManifest`), made by that
-        chunk's own Job. Lives in the chunk's folder, so it is collected with it."""
-        return f"{self.chunk_dir(index)}/head-after.json"
+        chunk's own Job. Lives in the chunk's outputs folder, collected with the chunk's
+        folder."""
+        return f"{self.output_dir(index)}/head-after.json"
 
     @property
     def promotion_plan_key(self) -> str:
@@ -159,8 +190,10 @@ def output_extension(fmt: str) -> str:
 @dataclass(frozen=True)
 class ParsedKey:
     """What a key under some prefix says: its meeting, and for chunk objects the chunk index
-    and the file name (`<userId>.<ext>` or `result.json`). `area` is `chunks`, `final` or
-    `promotion` (the plan)."""
+    and the file name. `area` is `chunks` (the recorder's: `<userId>.<raw-ext>`,
+    `chunk.json`), `outputs` (the transcoder's: `<userId>.<fmt>`, `result.json`, pieces,
+    `piece.json`, `head-after.json`), `final` (`name`: the rest of the key after
+    `final/`) or `promotion` (the plan; no index, no name). `live/` keys parse to None."""
 
     guild_id: str
     meeting_id: str
@@ -174,7 +207,7 @@ class ParsedKey:
 
 _KEY = re.compile(
     r"^(?P<guild>[0-9]{15,20})/(?P<meeting>[A-Za-z0-9]{16})/"
-    r"(?:(?P<promotion>promotion\.json)|(?P<area>chunks|final)/(?P<rest>.+))$")
+    r"(?:(?P<promotion>promotion\.json)|(?P<area>chunks|outputs|final)/(?P<rest>.+))$")
 _CHUNK_REST = re.compile(r"^(?P<index>[0-9]{6})/(?P<name>[^/]+)$")
 
 
@@ -193,7 +226,7 @@ def parse_key(key: str, prefix: str) -> ParsedKey | None:
     if m.group("promotion"):
         return ParsedKey(m.group("guild"), m.group("meeting"), "promotion")
     area, rest = m.group("area"), m.group("rest")
-    if area == "chunks":
+    if area in ("chunks", "outputs"):
         c = _CHUNK_REST.match(rest)
         if c is None:
             return None

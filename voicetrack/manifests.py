@@ -13,7 +13,7 @@ from voicetrack.resources import _Model
 
 
 class TranscodeResult(_Model):
-    """`chunks/<index>/result.json`: every output of one chunk's transcode."""
+    """`outputs/<index>/result.json`: every output of one chunk's transcode."""
 
     tool_version: str
     index: int
@@ -140,7 +140,7 @@ class FinalManifest(_Model):
 
 
 class PieceTrack(_Model):
-    """One final track's piece in a chunk (`chunks/<index>/piece-<track>.<ext>`).
+    """One final track's piece in a chunk (`outputs/<index>/piece-<track>.<ext>`).
 
     For MP3: `frames` whole MPEG-1 Layer III frames (1152 samples each, ISO/IEC 11172-3),
     no tag, `bytes` long, `sha256` of them. `peaks`: 8-bit min/max pairs per 480-sample
@@ -156,7 +156,7 @@ class PieceTrack(_Model):
 
 
 class PieceManifest(_Model):
-    """`chunks/<index>/piece.json`: what chunk `index` contributes to the final tracks.
+    """`outputs/<index>/piece.json`: what chunk `index` contributes to the final tracks.
 
     Times are ms; `originMs`/`chunkEndMs` in session time, `unitStartMs`/`unitEndMs` in
     output time (paused time cut, t = 0 at the first chunk's start): the unit is the
@@ -213,7 +213,7 @@ class SilentHeadTrack(_Model):
 
 
 class SilentHeadManifest(_Model):
-    """`chunks/<index>/head-after.json`: the head of a unit of digital silence right after
+    """`outputs/<index>/head-after.json`: the head of a unit of digital silence right after
     chunk `index` (a window nobody spoke in, a failed chunk's gap, the time up to stop),
     made by chunk `index`'s own transcoder Job before anyone knows what follows
     (`voicetrack_transcoder.silenthead`). Output time in ms: the unit starts at

@@ -199,7 +199,7 @@ class FileSpeaker(_Model):
         tracks would copy that audio into its own (third review, fault 4)."""
         if re.search(MEETING_OBJECT_PATTERN, key):
             raise ValueError("may not name a recorded meeting's object "
-                             "(<guildId>/<meetingId>/chunks|final|live/...): a files "
+                             "(<guildId>/<meetingId>/chunks|outputs|final|live/...): a files "
                              "session plays inputs, never other recordings")
         return key
 

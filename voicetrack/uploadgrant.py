@@ -9,6 +9,9 @@ starting with `<prefix>/<guild>/<meeting>/chunks/`, any `$Content-Type`, and a
 key: with them it can POST objects under that prefix; every other request (GET, DELETE,
 LIST, a POST outside the prefix, a tampered policy) is refused by S3 itself (checked on
 SeaweedFS 4.x, which enforces the conditions: tests/integration/test_upload_grant.py).
+That prefix holds only what the recorder writes: the transcoder's outputs, pieces and
+manifests lie under `<prefix>/<guild>/<meeting>/outputs/` (`voicetrack.layout`), which the
+grant cannot write (tests/integration/test_upload_grant_outputs.py).
 
 Credentials: the operator's (`s3credentials.credentials_provider`): its explicit keys, else
 the AWS chain. Temporary credentials (IRSA, ECS, EC2, AWS_SESSION_TOKEN) add the

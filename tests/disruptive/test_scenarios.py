@@ -232,6 +232,15 @@ class Oracle:
                 "lost": lost}
 
 
+def chunk_names(stack: Stack, s: Injected, index: int) -> list[str]:
+    """Chunk `index`'s objects as `chunks/<name>` (raw tracks, chunk.json) and
+    `outputs/<name>` (the transcoder's outputs), sorted."""
+    return sorted(f"{area}/{k.rsplit('/', 1)[1]}"
+                  for area, folder in (("chunks", s.layout.chunk_dir(index)),
+                                       ("outputs", s.layout.output_dir(index)))
+                  for k in stack.store.list_keys(folder + "/"))
+
+
 def chunk_status(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("status") or {}).get("transcodeStatus")
 
@@ -261,8 +270,7 @@ def test_scenario_4_an_evicted_transcoder_pod_is_retried_and_a_doubled_job_gives
     inject(stack, ns, s, windows, only=[0])
     wait_for("chunk 0 done", lambda: chunk_status(
         get(stack, ns, "recchunk", "evict-chunk-000000")) == "done", 90)
-    reference = sorted(k.rsplit("/", 1)[1] for k in stack.store.list_keys(
-        s.layout.chunk_dir(0)))
+    reference = chunk_names(stack, s, 0)
 
     # Chunk 1: delete its transcoder pod as soon as it runs.
     api = client.CoreV1Api(load_api_client(str(stack.kubeconfig)))
@@ -316,8 +324,7 @@ def test_scenario_4_an_evicted_transcoder_pod_is_retried_and_a_doubled_job_gives
     assert chunk_status(get(stack, ns, "recchunk", "evict-chunk-000002")) == "done"
 
     for index in (1, 2):  # one set of outputs, named as the reference chunk's
-        names = sorted(k.rsplit("/", 1)[1] for k in stack.store.list_keys(
-            s.layout.chunk_dir(index)))
+        names = chunk_names(stack, s, index)
         assert names == reference, (index, names, reference)
         result = stack.store.get_json(s.layout.result_key(index))
         text = json.dumps(result)
@@ -551,8 +558,7 @@ def test_scenario_9_a_transcoder_job_deleted_by_hand_mid_run_is_made_again(
     wait_for("both chunks done", lambda: [chunk_status(c) for c in oracle.poll()]
              == ["done", "done"], 120, every_s=1)
     print(f"chunk 1 was {at_delete} when its Job was deleted; {how}")
-    names = [sorted(k.rsplit("/", 1)[1] for k in stack.store.list_keys(
-        s.layout.chunk_dir(i))) for i in (0, 1)]
+    names = [chunk_names(stack, s, i) for i in (0, 1)]
     assert names[0] == names[1], names
     row = oracle.row("9 transcoder Job deleted by hand mid-run", s.meeting, final=False)
     assert row["lost"] == [] and row["done"] == [0, 1], row

@@ -30,6 +30,7 @@ from tests.disruptive.test_scenarios import (
     USER,
     Injected,
     Oracle,
+    chunk_names,
     chunk_status,
     delete_and_wait,
     inject,
@@ -266,10 +267,6 @@ def done_counter(metrics: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def chunk_outputs(stack: Stack, s: Injected, index: int) -> list[str]:
-    return sorted(k.rsplit("/", 1)[1] for k in stack.store.list_keys(s.layout.chunk_dir(index)))
-
-
 def test_scenario_7_two_operators_overlapping_without_peering_lose_and_double_nothing(
         stack: Stack, e2e_namespace: str, tmp_path: Path) -> None:
     """A second standalone operator (no peering: both act) serves the same namespace with
@@ -315,9 +312,9 @@ def test_scenario_7_two_operators_overlapping_without_peering_lose_and_double_no
         pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-l",
                                         f"job-name={job_name}", "-o", "json").stdout)["items"]
         assert len(pods) == 1, (job_name, [p["metadata"]["name"] for p in pods])
-    reference = chunk_outputs(stack, s, 0)
+    reference = chunk_names(stack, s, 0)
     for i in range(8):
-        assert chunk_outputs(stack, s, i) == reference, (i, reference)
+        assert chunk_names(stack, s, i) == reference, (i, reference)
     rows = stack.db(lambda svc: svc.get_temp_recordings_for_meeting(s.meeting))
     assert sorted(r.chunk_index for r in rows) == list(range(8)), rows
     row = oracle.row("7 two operators overlapping without peering", s.meeting, final=False)

@@ -10,7 +10,8 @@ After the session is deleted:
   out included;
 - `final/consent.json` names them (`via: user`, `excluded`) and lists the two others as
   recorded; no other final object names them;
-- the chunk folders (their raw chunks and chunk MP3s) and the temp rows are collected;
+- the chunk folders (their raw chunks), their outputs folders (chunk MP3s, pieces) and the
+  temp rows are collected;
 - the others' tracks hold their audio at its true time (markers ± 20 ms).
 """
 
@@ -96,6 +97,7 @@ def test_a_member_opted_out_mid_session_is_in_no_final_object(stack: Stack,
         [("speaker", USERS[0]), ("speaker", USERS[2]), ("mixed", None)])
     assert stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting)) == []
     assert stack.store.list_keys(layout.chunks_root) == []
+    assert stack.store.list_keys(layout.outputs_root) == []
     assert stack.store.list_keys(layout.live_root) == []
 
     consent = ConsentRecord.model_validate(stack.store.get_json(layout.consent_key))

@@ -102,7 +102,8 @@ SESSION_CASES: list[tuple[str, Any, str]] = [
     *[("source", {"type": "files", "speakers": [{"userId": USER, "objectKey": key}]},
        "spec.source.speakers[0].objectKey") for key in (
         f"rec/{GUILD}/{MEETING}/final/{USER}.mp3", f"{GUILD}/{MEETING}/live/mix.mp3",
-        f"a/b/{GUILD}/{MEETING}/chunks/000001/{USER}.opus")],
+        f"a/b/{GUILD}/{MEETING}/chunks/000001/{USER}.opus",
+        f"rec/{GUILD}/{MEETING}/outputs/000001/piece-mix.mp3")],
 ]
 
 CHUNK_CASES: list[tuple[str, Any, str]] = [

@@ -145,6 +145,7 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
         assert stack.store.digest(r.mp3_path)[1] == r.sha256
     layout = MeetingLayout("recordings", GUILD, meeting)
     assert stack.store.list_keys(layout.chunks_root)
+    assert stack.store.list_keys(layout.outputs_root)  # chunk outputs, result.json, pieces
     # The audio so far (`voicetrack-transcoder live`) is superseded by the final tracks.
     stack.store.put_bytes(layout.live_key("mix", "mp3"), b"so far")
 
@@ -159,6 +160,7 @@ def test_session_records_pauses_promotes_and_collects(stack: Stack, e2e_namespac
         assert stack.store.digest(r.object_key) == (r.bytes, r.sha256)
     assert stack.db(lambda s: s.get_temp_recordings_for_meeting(meeting)) == []
     assert stack.store.list_keys(layout.chunks_root) == []
+    assert stack.store.list_keys(layout.outputs_root) == []
     assert stack.store.list_keys(layout.live_root) == []
     # Jobs and RecordingChunks are owned by the session: the garbage collector takes them.
     wait_for("owned children to be collected", lambda: stack.kubectl(
@@ -292,6 +294,7 @@ def test_corrupt_chunk_fails_with_its_reason_and_the_rest_promotes(
         next(t.key for t in manifest.tracks if t.user_id == USERS[0])))
     assert abs(find_click(track, 4500) - 4500) <= 20
     assert stack.store.list_keys(layout.chunks_root) == []
+    assert stack.store.list_keys(layout.outputs_root) == []
     kept = stack.store.get_json(layout.failed_manifest_key)["failed"]
     assert [(k["index"], k["userId"], k["sha256"]) for k in kept] == [
         (1, USERS[0], hashlib.sha256(junk).hexdigest())]

@@ -118,3 +118,4 @@ def test_deleting_the_namespace_of_a_recording_session_promotes_its_last_chunk(
     assert final.recorded_ms > made, (final.recorded_ms, made)
     # every raw chunk was promoted, so every chunk folder was collected: none left behind
     assert stack.store.list_keys(layout.chunks_root) == []
+    assert stack.store.list_keys(layout.outputs_root) == []

@@ -232,3 +232,4 @@ def test_chunks_whose_objects_are_gone_are_still_promoted(how: str, stack: Stack
     assert checked >= 10, checked
     assert stack.db(lambda svc: svc.get_recordings_for_meeting(meeting))
     assert final_objects(stack, layout.chunks_root) == {}  # all promoted, then collected
+    assert final_objects(stack, layout.outputs_root) == {}

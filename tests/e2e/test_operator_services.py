@@ -829,6 +829,7 @@ async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
                            ctx.settings.s3.bucket, plan=(0,))
     keys = {
         "dead": f"recordings/{guild}/{dead}/chunks/000000/{USERS[0]}.ogg",
+        "dead_outputs": f"recordings/{guild}/{dead}/outputs/000000/piece.json",
         "live": f"recordings/{live.spec.guild_id}/{live.meeting_id}/chunks/000000/u.ogg",
         "final": f"recordings/{guild}/{dead}/final/mix.mp3",
         # not written by the layout: the old string split took `notes` for a meeting id
@@ -839,7 +840,7 @@ async def test_janitor_beats_and_collects_only_parsed_keys_of_dead_meetings(
     await asyncio.sleep(2.2)  # older than the TTL (1 s; S3 times have whole seconds)
     await janitor.collect_orphans()
     left = set(await store.list_keys("recordings/"))
-    assert keys["dead"] not in left
+    assert keys["dead"] not in left and keys["dead_outputs"] not in left
     assert {keys["live"], keys["final"], keys["foreign"]} <= left
 
 

@@ -185,8 +185,9 @@ async def test_a_chunk_whose_raw_tracks_are_absent_is_refused_a_sound_one_is_not
 
 async def test_a_result_json_naming_another_sessions_outputs_fails_the_chunk(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
-    """result.json lies in the chunk folder the recorder may write: one forged there to
-    name another session's objects as outputs (into SQL, links) fails the chunk."""
+    """A result.json (under `outputs/`, out of the recorder's grant since deletion review
+    item 3, but checked all the same) forged to name another session's objects as
+    outputs (into SQL, links) fails the chunk."""
     s = await make_session(ctx, kubectl, namespace, "forger")
     victim = await make_session(ctx, kubectl, namespace, "victim")
     for session in (s, victim):

@@ -128,7 +128,7 @@ def run_live_assembly(stack: Stack, root: str, guild: str, meeting: str) -> int:
         env={**os.environ, **stack.s3.env()}, capture_output=True, text=True,
         timeout=120, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
-    pieces = [k.rsplit("/", 2)[-2] for k in stack.store.list_keys(f"{root}/chunks/")
+    pieces = [k.rsplit("/", 2)[-2] for k in stack.store.list_keys(f"{root}/outputs/")
               if k.endswith("/piece.json")]
     print(f"{time.strftime('%H:%M:%S')} voicetrack-transcoder live: {res.stdout.strip()} "
           f"(pieces of chunks {pieces})")

@@ -75,7 +75,7 @@ def alive(recorded: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[Al
 def piece_sizes(store: ObjectStore) -> dict[str, list[int]]:
     """Bytes of each piece object, by track."""
     sizes: dict[str, list[int]] = {}
-    for key in sorted(store.list_keys(LAYOUT.chunks_root + "/")):
+    for key in sorted(store.list_keys(LAYOUT.outputs_root)):
         if key.endswith("/piece.json"):
             for t in PieceManifest.model_validate(store.get_json(key)).tracks:
                 sizes.setdefault(t.track, []).append(t.bytes)

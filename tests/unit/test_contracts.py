@@ -33,9 +33,12 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
     for key, area, index, name in [
         (lay.raw_key(7, USER, "ogg-opus"), "chunks", 7, f"{USER}.opus"),
         (lay.raw_key(8, USER, "pcm-s16le"), "chunks", 8, f"{USER}.pcm"),
-        (lay.chunk_output_key(7, USER, "mp3"), "chunks", 7, f"{USER}.mp3"),
-        (lay.result_key(0), "chunks", 0, "result.json"),
         (lay.chunk_manifest_key(7), "chunks", 7, "chunk.json"),
+        (lay.chunk_output_key(7, USER, "mp3"), "outputs", 7, f"{USER}.mp3"),
+        (lay.result_key(0), "outputs", 0, "result.json"),
+        (lay.piece_key(3, "mix", "mp3"), "outputs", 3, "piece-mix.mp3"),
+        (lay.piece_manifest_key(3), "outputs", 3, "piece.json"),
+        (lay.head_after_key(4), "outputs", 4, "head-after.json"),
         (lay.final_key("mix", "mp3"), "final", None, "mix.mp3"),
         (lay.final_manifest_key, "final", None, "manifest.json"),
         (lay.promotion_plan_key, "promotion", None, None),
@@ -47,12 +50,32 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
         assert parsed.layout(prefix).root == lay.root
 
 
+def test_the_recorders_grant_prefix_holds_only_what_the_recorder_writes() -> None:
+    """Review of deletion, item 3: the upload grant covers `chunks_root`; no key the
+    transcoder writes lies under it (a recorder could forge pieces, piece.json,
+    result.json), and each chunk's outputs folder is its own."""
+    lay = MeetingLayout("recordings", GUILD, MEETING)
+    recorder = [lay.raw_key(7, USER, "ogg-opus"), lay.raw_key(7, USER, "pcm-s16le"),
+                lay.chunk_manifest_key(7)]
+    transcoder = [*(lay.chunk_output_key(7, USER, f) for f in ("mp3", "flac", "opus")),
+                  lay.result_key(7), lay.piece_key(7, USER, "mp3"),
+                  lay.piece_key(7, "mix", "mp3"), lay.piece_manifest_key(7),
+                  lay.head_after_key(7)]
+    assert all(k.startswith(lay.chunk_dir(7) + "/") for k in recorder)
+    assert not [k for k in transcoder if k.startswith(lay.chunks_root)]
+    assert all(k.startswith(lay.output_dir(7) + "/") and k.startswith(lay.outputs_root)
+               for k in transcoder)
+    assert not lay.output_dir(7).startswith(lay.chunks_root)
+
+
 @pytest.mark.parametrize("key", [
     "other/123456789012345678/abcdefABCDEF0123/chunks/000001/x.opus",  # another prefix
     "recordings/12345/abcdefABCDEF0123/chunks/000001/x.opus",          # guild not a snowflake
     "recordings/123456789012345678/abc/chunks/000001/x.opus",          # short meeting id
     "recordings/123456789012345678/abcdefABCDEF0123/chunks/1/x.opus",   # index not 6 digits
     "recordings/123456789012345678/abcdefABCDEF0123/chunks/000001/a/b",
+    "recordings/123456789012345678/abcdefABCDEF0123/outputs/7/piece.json",
+    "recordings/123456789012345678/abcdefABCDEF0123/outputs/000001/a/b",
     "recordings/123456789012345678/abcdefABCDEF0123/elsewhere/x",
     "recordings/123456789012345678/../chunks/000001/x.opus",
 ])

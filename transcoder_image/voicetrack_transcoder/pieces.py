@@ -8,7 +8,7 @@ has all speakers' raw tracks of the chunk) renders the unit exactly as the full 
 does (`streams.SpeakerStream` over a small plan of chunks k-1 and k, so the decoder and the
 limiter are warmed up by the audio before the unit), computes its waveform peaks and raw
 voice activity, and encodes the MP3 frames of the global frame grid that the unit owns
-(`mp3grid`): the piece, written to `chunks/<k>/piece-<track>.mp3` with `piece.json`.
+(`mp3grid`): the piece, written to `outputs/<k>/piece-<track>.mp3` with `piece.json`.
 
 Assembly (at promotion, `assembly.py`): every unit that ends at a promoted chunk's end
 must have a piece whose manifest matches the plan (unit, frames, bitrate, channels, the

@@ -11,8 +11,8 @@ the head of the silence that may follow it (`build_head_after`), before anyone k
 follows: the head depends only on the chunks before the unit and on nothing with tracks
 following within `HEAD_MS` (`silence.head_plan`, the one home of the rule, then `render`
 and `silence.settled_head`), not on where the unit ends. It is stored in the chunk's
-folder (`chunks/<k>/head-after.json`, `SilentHeadManifest`, frames in base64). A session
-that ends in silence thus has its last unit's head too (no later Job exists to make it),
+outputs folder (`outputs/<k>/head-after.json`, `SilentHeadManifest`, frames in base64). A
+session that ends in silence thus has its last unit's head too (no later Job exists to make it),
 and so do a silence after a spoken chunk of any length, after a failed chunk's gap, and
 after any number of silent windows. When speech follows after all, the head is unused.
 

@@ -214,8 +214,8 @@ class MeetingAccess:
 
 def meeting_root(key: str | None, guild_id: str, meeting_id: str) -> str | None:
     """`<prefix>/<guild>/<meeting>` of an object key written under that meeting's
-    `voicetrack.layout.MeetingLayout` (`<root>/chunks/...`, `<root>/final/...`); None for
-    a key of another layout."""
+    `voicetrack.layout.MeetingLayout` (`<root>/chunks/...`, `<root>/outputs/...`,
+    `<root>/final/...`); None for a key of another layout."""
     if not key:
         return None
     tail = f"{guild_id}/{meeting_id}/"

@@ -269,8 +269,8 @@ class ChunkService:
         missing = [t.user_id for t in spec.tracks if t.user_id not in users]
         if missing:
             raise InvalidInputError(f"result.json lacks tracks of {', '.join(missing)}")
-        # result.json lies in the chunk's folder, which the recorder's upload grant may write:
-        # an output is only ever this chunk's own key (the transcoder's layout)
+        # result.json lies outside the recorder's upload grant (`outputs/`, not `chunks/`);
+        # still, an output is only ever this chunk's own key (the transcoder's layout)
         for out in result.outputs:
             own = layout.chunk_output_key(spec.index, out.user_id, out.format)
             if out.key != own or out.user_id not in {t.user_id for t in spec.tracks}:

@@ -170,7 +170,8 @@ async def collect_chunks(ctx: Context, s: SessionView,
     """Keep the raw tracks of failed chunks (those `left_out` of the promotion too,
     `chunk_inventory`) under `final/failed/…` with their reasons in
     `final/failed-chunks.json`, then delete the chunk folders that were promoted (named in
-    the stored promotion plan) or kept as failed, and the plan. Folders nobody accounts for
+    the stored promotion plan) or kept as failed, each with its transcoder outputs folder
+    (`MeetingLayout.output_dir`), and the plan. Folders nobody accounts for
     stay. Transcoder pods still Running are waited for (TemporaryFailure), but those that
     will never stop (`stuck.force_stuck`: a dead node) are force-deleted. Returns the
     number of objects deleted."""
@@ -201,6 +202,7 @@ async def collect_chunks(ctx: Context, s: SessionView,
     deleted = 0
     for index in sorted(promoted | kept):
         deleted += await store.delete_prefix(layout.chunk_dir(index) + "/")
+        deleted += await store.delete_prefix(layout.output_dir(index) + "/")
     left = sorted(set(inv.chunks) - promoted - kept) + sorted(inv.unaccounted)
     if left:
         log.warning("session %s/%s: chunk folders %s neither promoted nor kept: left in S3",

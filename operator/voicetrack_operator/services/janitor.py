@@ -5,9 +5,9 @@ The sweep lists only the buckets sessions may use (`OperatorSettings.allowed_buc
 page of keys at a time, and deletes only what was provably promoted; it reports the rest
 (a warning per sweep, and the gauge `voicetrack_orphans_kept{kind, reason}`) for a person
 to decide. A
-chunk object `<prefix>/<guild>/<meeting>/chunks/<index>/…` of a meeting no listed session
-owns is deleted only when all of these hold (`JanitorService.judge`; the reason it is
-kept otherwise in brackets):
+chunk object `<prefix>/<guild>/<meeting>/chunks/<index>/…` (or transcoder output
+`…/outputs/<index>/…`) of a meeting no listed session owns is deleted only when all of
+these hold (`JanitorService.judge`; the reason it is kept otherwise in brackets):
 
 1. the database knows the meeting, for that guild [`unknown_meeting`], and the meeting
    has ended [`not_ended`] more than the TTL ago [`recently_ended`]: the age that counts
@@ -151,7 +151,8 @@ class JanitorService:
             async for page in pages:
                 for key, _modified in page:
                     parsed = parse_key(key, prefix)
-                    if parsed is None or parsed.area != "chunks" or parsed.meeting_id in live:
+                    if parsed is None or parsed.area not in ("chunks", "outputs") \
+                            or parsed.meeting_id in live:
                         continue
                     layout = parsed.layout(prefix)
                     ident = (parsed.guild_id, parsed.meeting_id)
