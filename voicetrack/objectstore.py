@@ -199,15 +199,20 @@ class ObjectStore:
         return self.put_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode(),
                               "application/json")
 
-    def get_bytes(self, key: str) -> bytes:
-        """The whole object at `key`. Raises NotFoundError when it does not exist."""
+    def get_bytes(self, key: str, limit: int | None = None) -> bytes:
+        """The whole object at `key`. Raises NotFoundError when it does not exist, and
+        InvalidInputError when `limit` (bytes) is given and the object is larger (at most
+        `limit` + 1 bytes are read: an object someone else can write never fills memory)."""
         with s3_call(f"get {key}"):
             resp = self.client.get_object(self.bucket, key)
             try:
-                return resp.read()
+                data = resp.read() if limit is None else resp.read(limit + 1)
             finally:
                 resp.close()
                 resp.release_conn()
+        if limit is not None and len(data) > limit:
+            raise InvalidInputError(f"{key}: larger than {limit} bytes")
+        return data
 
     def digest(self, key: str, part: int = 1 << 20) -> tuple[int, str]:
         """(size in bytes, sha256 hex) of the object at `key`, streamed in `part`-byte reads.

@@ -107,3 +107,33 @@ def test_concurrent_calls_reuse_their_connections(object_store: ObjectStore,
             assert [g[0] for g in got] == list(range(8))
     full = [r for r in caplog.records if "pool is full" in r.getMessage()]
     assert not full, f"{len(full)} connections discarded: {full[0].getMessage()}"
+
+
+def test_a_raw_object_larger_than_its_chunk_says_is_refused_unread(
+        object_store: ObjectStore) -> None:
+    """A raw object overwritten through the recorder's grant may be up to the session's
+    `limits.maxBytes` (2 GB): the promotion read it whole and was OOMKilled (exit 137, a
+    transient failure: retried for ever). Now at most `track.bytes` + 1 bytes are read and
+    the chunk fails on its input (exit 2, left out by the operator). Before: the 3 MiB
+    object was read whole and failed later (or, at 2 GB, never)."""
+    from voicetrack.chunkspec import ChunkSpec, ChunkTrack
+    from voicetrack.errors import ChunkInputError
+    from voicetrack.objectstore import sha256_hex
+    from voicetrack_transcoder.rawtracks import fetch_raw
+
+    key = "recordings/300000000000000001/abcdef0123456789/chunks/000003/400000000000000001.opus"
+    genuine = b"OggS" + b"\x00" * 996
+    track = ChunkTrack(user_id="400000000000000001", key=key, frames=1, first_ms=0,
+                       last_ms=0, bytes=len(genuine), sha256=sha256_hex(genuine))
+    chunk = ChunkSpec(session_name="s", meeting_id="abcdef0123456789",
+                      guild_id="300000000000000001", index=3, start_ms=0, end_ms=20,
+                      tracks=[track])
+    object_store.put_bytes(key, genuine)
+    assert fetch_raw(object_store, chunk, track) == genuine
+    object_store.put_bytes(key, b"\x01" * (3 << 20))
+    with pytest.raises(ChunkInputError, match="larger than the chunk's 1000 bytes") as info:
+        fetch_raw(object_store, chunk, track)
+    assert info.value.index == 3
+    with pytest.raises(InvalidInputError, match="larger than 10 bytes"):
+        object_store.get_bytes(key, limit=10)
+    assert len(object_store.get_bytes(key, limit=3 << 20)) == 3 << 20

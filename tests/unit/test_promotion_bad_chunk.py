@@ -22,7 +22,7 @@ from voicetrack.termination import MESSAGE_MAX_BYTES, TerminationReport, write_t
 from voicetrack_operator.services.deletion import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import bad_chunk, termination_message
 from voicetrack_operator.services.inventory import ChunkInventory, InventoryChunk
-from voicetrack_operator.services.leftout import left_out_reason, may_leave_out
+from voicetrack_operator.services.leftout import LEAVE_OUT_MAX, left_out_reason, may_leave_out
 from voicetrack_transcoder.opusdec import OpusDecodeError, OpusDecoder
 from voicetrack_transcoder.rawtracks import RawTrack, validate_raw
 from voicetrack_transcoder.streams import SpeakerStream, UndecodableOpus, build_timeline
@@ -140,6 +140,20 @@ def test_a_chunk_is_left_out_once_and_only_when_the_plan_promotes_it() -> None:
     assert not may_leave_out(1, plan, {1: "left out before"})  # once: then PromotionFailed
     assert not may_leave_out(2, plan, {})  # failed already: not promoted, no help
     assert not may_leave_out(7, plan, {})  # not a chunk of the plan
+
+
+def test_no_more_than_a_few_chunks_are_left_out() -> None:
+    """Every raw object unreadable (the store's fault, not a recorder's) must not promote
+    an empty meeting chunk by chunk: past LEAVE_OUT_MAX the failure stays. Before: no
+    bound (review of the day's diff, fault 3)."""
+    specs: list[tuple[ChunkSpec, Any]] = [
+        (chunk(i, i * 1000, (i + 1) * 1000, {ANN: (i * 1000, i * 1000 + 980)}), DONE)
+        for i in range(LEAVE_OUT_MAX + 2)]
+    plan = plan_of(specs)
+    left = {i: "left out" for i in range(LEAVE_OUT_MAX - 1)}
+    assert may_leave_out(LEAVE_OUT_MAX - 1, plan, left)
+    left[LEAVE_OUT_MAX - 1] = "left out"
+    assert not may_leave_out(LEAVE_OUT_MAX, plan, left)
 
 
 def test_the_reason_says_why_and_where_the_raw_tracks_are() -> None:

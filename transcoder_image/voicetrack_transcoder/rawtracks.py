@@ -49,14 +49,23 @@ class RawTrack:
 
 
 def fetch_raw(store: ObjectStore, chunk: ChunkSpec, track: ChunkTrack) -> bytes:
-    """The raw object's bytes. Raises ChunkInputError if it is missing or empty."""
+    """The raw object's bytes, at most `track.bytes` of them read. Raises ChunkInputError
+    if it is empty or larger than the chunk says (an object overwritten through the
+    recorder's grant may be up to `limits.maxBytes`: read whole, it got the promotion
+    OOMKilled, exit 137, retried for ever instead of failing on its input), and a plain
+    InvalidInputError, naming no chunk, if it is missing: a grant can write but never
+    delete, so a done chunk's raw object gone is the store's fault (a lifecycle rule,
+    another endpoint), which leaving chunks out one by one would only hide."""
     try:
-        data = store.get_bytes(track.key)
+        data = store.get_bytes(track.key, limit=track.bytes)
     except NotFoundError:
-        raise ChunkInputError(
-            chunk.index,
+        raise InvalidInputError(
             f"chunk {chunk.index}: raw object {track.key} (user {track.user_id}) is missing",
         ) from None
+    except InvalidInputError as err:
+        raise ChunkInputError(
+            chunk.index, f"chunk {chunk.index}: raw object {track.key} is larger than the "
+            f"chunk's {track.bytes} bytes ({err})") from None
     if not data:
         raise ChunkInputError(chunk.index,
                               f"chunk {chunk.index}: raw object {track.key} is empty")

@@ -22,7 +22,8 @@ for ever (`PromotionFailed` retried every 300 s). Instead the deletion's promote
 
 Not a loop: a report naming a chunk the current plan does not promote (already left out,
 or never in it) is today's `PromotionFailed`, kept and retried; every leave-out removes a
-promoted chunk, so there are at most as many as the session has chunks.
+promoted chunk, and at most LEAVE_OUT_MAX are left out. A raw object that is missing
+(rather than bad) names no chunk (`rawtracks.fetch_raw`): that is `PromotionFailed`.
 """
 
 from __future__ import annotations
@@ -43,12 +44,20 @@ NOTICE_REASON = "ChunkLeftOut"
 """The Warning Event's reason on the session."""
 
 
+LEAVE_OUT_MAX = 3
+"""Chunks one session's promotion may leave out. Past it the failure is kept as
+`PromotionFailed` for someone to look at: one bad chunk is a recorder's fault, many are
+more likely the store's (every object unreadable), and leaving them out one by one would
+promote an empty meeting as done, each run decoding the whole session again."""
+
+
 def may_leave_out(index: int, plan: PromotionPlan, left_out: Mapping[int, str]) -> bool:
     """Whether chunk `index`, which a failed promotion Job blamed, is to be left out: only
-    when `plan` (the plan built now) promotes it and it was not left out before (`left_out`,
-    the deletion's). Otherwise leaving it out cannot change the next run: the failure is
-    kept as `PromotionFailed` (see the module docstring: never a loop)."""
-    return index not in left_out and any(c.index == index for c in plan.chunks)
+    when `plan` (the plan built now) promotes it, it was not left out before (`left_out`,
+    the deletion's) and fewer than LEAVE_OUT_MAX were. Otherwise the failure is kept as
+    `PromotionFailed` (see the module docstring: never a loop)."""
+    return (index not in left_out and len(left_out) < LEAVE_OUT_MAX
+            and any(c.index == index for c in plan.chunks))
 
 
 def left_out_reason(index: int, detail: str) -> str:
