@@ -475,6 +475,34 @@ async def wait_failed(ctx: Context, ns: str, name: str, timeout_s: float = 60
     raise AssertionError(f"Job {ns}/{name} not failed after {timeout_s} s")
 
 
+async def test_a_job_of_the_previous_layout_is_made_again_not_failed(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """An upgrade while a chunk transcodes: the older transcoder's Job wrote its result in
+    the chunk's folder (`chunks/<k>/result.json`, where the recorder's grant reaches), the
+    new operator reads `outputs/<k>/`. The chunk is transcoded again, its Job counted, not
+    failed. Before (review of the day's diff, fault 1): "result.json unusable", the chunk
+    failed and its window a gap, for every chunk in flight during a `helm upgrade`."""
+    s = await make_session(ctx, kubectl, namespace, "upgrade")
+    await SessionService(ctx).ensure_session(s)
+    chunks = ChunkService(ctx)
+    await chunks.ensure_chunk(await make_chunk(ctx, kubectl, s, 0, 0, 5000))
+    name = transcode_job_name("upgrade", 0)
+    job = await ctx.kube.get_job(namespace, name)
+    assert job is not None
+    await ctx.store(s.spec.storage.bucket).put_json(
+        f"{s.layout.chunk_dir(0)}/result.json", {"toolVersion": "old", "index": 0,
+                                                 "outputs": []})
+    await chunks.observe_job({**job, "status": {
+        "conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}})
+    again = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    assert again.status.transcode_status == "queued", again.status
+    gone = await ctx.kube.get_job(namespace, name)
+    assert gone is None or gone["metadata"].get("deletionTimestamp") \
+        or gone["metadata"]["uid"] != job["metadata"]["uid"], gone
+    obj = await ctx.kube.get_chunk(namespace, again.name)
+    assert obj is not None and TranscodeFailures.of(obj) == TranscodeFailures(1, 0)
+
+
 async def test_a_transcode_past_its_deadline_is_made_again_up_to_a_limit(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     """A transcoder Job the Job controller stops at its `activeDeadlineSeconds` (here its

@@ -50,6 +50,10 @@ from voicetrack_operator.services.unparsable import usable_chunks
 
 log = logging.getLogger(__name__)
 
+PREVIOUS_RESULT = "result.json"
+"""The name a transcoder older than the `outputs/<k>/` layout gave its result, in the
+chunk's own folder (`chunks/<k>/`)."""
+
 
 def session_facts(session: dict[str, Any], spec: SessionSpec) -> SessionFacts:
     """The facts a chunk is checked against, from a RecordingSession object and its
@@ -226,6 +230,18 @@ class ChunkService:
             try:
                 result = await self._result(chunk)
             except InvalidInputError as err:
+                if given_up is None and await self._previous_layout_result(chunk):
+                    # an older transcoder's Job (an upgrade while it ran, or an older
+                    # image): its outputs are where the recorder's grant reaches, so they
+                    # are not taken; the chunk is transcoded again, up to the Job limit
+                    retry = await retry_or_give_up(
+                        self.ctx.kube, obj, job, "its result.json is at the previous "
+                        f"layout's key ({PREVIOUS_RESULT}): an older transcoder image")
+                    if retry.give_up is None:
+                        log.warning("chunk %s/%s: Job %s wrote the previous layout; "
+                                    "transcoding again", ns, chunk.name, job_name)
+                        return
+                    given_up = retry.give_up
                 state, reason = TranscodeStatus.FAILED, f"result.json unusable: {err}"
                 new = new.model_copy(update={"transcode_status": state})
             else:
@@ -252,6 +268,16 @@ class ChunkService:
                 self.ctx.metrics.chunk_latency.observe(
                     (datetime.now(UTC) - chunk.created).total_seconds())
         await self.mirror(chunk)
+
+    async def _previous_layout_result(self, chunk: ChunkRef) -> bool:
+        """Whether the chunk's folder holds a `result.json` (where transcoders wrote it
+        before their outputs moved to `outputs/<k>/`). Never read: a recorder can write
+        there."""
+        spec = chunk.spec
+        _, sspec = await self._session(chunk.namespace, spec.session_name, chunk.owner_uid)
+        layout = MeetingLayout(sspec.storage.prefix, spec.guild_id, spec.meeting_id)
+        return await self.ctx.store(sspec.storage.bucket).exists(
+            f"{layout.chunk_dir(spec.index)}/{PREVIOUS_RESULT}")
 
     async def _result(self, chunk: ChunkRef) -> TranscodeResult:
         spec = chunk.spec
