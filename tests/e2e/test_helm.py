@@ -412,3 +412,20 @@ def test_operator_records_and_promotes_with_only_the_charts_rbac(
     for sign in ("forbidden", " 403", "not enough permissions", "failed to post an event"):
         assert sign not in log, (sign, chart_operator.tail(60))
     print(f"helm rbac session: {time.monotonic() - started:.1f} s")
+
+
+def test_the_bots_default_bucket_is_allowed_with_the_operators(helm: Helm) -> None:
+    """Sessions the bot makes name `bot.specDefaults.storage.bucket`; since sessions may
+    only use allowed buckets (VOICETRACK_S3_BUCKETS), an install whose bot writes to
+    another bucket than `s3.bucket` had every `/record start` refused after the upgrade
+    (review of the day's diff, fault 5). The chart adds that bucket by itself."""
+    def env(*sets: str) -> dict[str, str]:
+        args = [a for s in sets for a in ("--set", s)]
+        objs = docs(helm("template", "v", str(CHART), *KUBE, *args).stdout)
+        return {e["name"]: e.get("value", "") for e in _operator_pod(objs)["containers"][0]["env"]}
+    assert "VOICETRACK_S3_BUCKETS" not in env()
+    assert env("bot.specDefaults.storage.bucket=team-audio")["VOICETRACK_S3_BUCKETS"] \
+        == "team-audio"
+    assert env("bot.specDefaults.storage.bucket=team-audio",
+               "s3.allowedBuckets={archive,team-audio}")["VOICETRACK_S3_BUCKETS"] \
+        == "archive,team-audio"
