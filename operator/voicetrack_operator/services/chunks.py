@@ -26,8 +26,14 @@ from voicetrack.resources import (
     SessionSpec,
     TranscodeStatus,
 )
+from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.builders import SessionRef, build_transcode_job
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.chunkresult import (
+    PREVIOUS_RESULT,
+    previous_layout_result,
+    read_result,
+)
 from voicetrack_operator.services.chunkstate import (
     IN_PROGRESS_AFTER_S,
     ChunkRef,
@@ -50,9 +56,6 @@ from voicetrack_operator.services.unparsable import usable_chunks
 
 log = logging.getLogger(__name__)
 
-PREVIOUS_RESULT = "result.json"
-"""The name a transcoder older than the `outputs/<k>/` layout gave its result, in the
-chunk's own folder (`chunks/<k>/`)."""
 
 
 def session_facts(session: dict[str, Any], spec: SessionSpec) -> SessionFacts:
@@ -269,40 +272,20 @@ class ChunkService:
                     (datetime.now(UTC) - chunk.created).total_seconds())
         await self.mirror(chunk)
 
-    async def _previous_layout_result(self, chunk: ChunkRef) -> bool:
-        """Whether the chunk's folder holds a `result.json` (where transcoders wrote it
-        before their outputs moved to `outputs/<k>/`). Never read: a recorder can write
-        there."""
+    async def _place(self, chunk: ChunkRef) -> tuple[AsyncObjectStore, MeetingLayout]:
+        """The store and key layout of the chunk's session's meeting."""
         spec = chunk.spec
         _, sspec = await self._session(chunk.namespace, spec.session_name, chunk.owner_uid)
-        layout = MeetingLayout(sspec.storage.prefix, spec.guild_id, spec.meeting_id)
-        return await self.ctx.store(sspec.storage.bucket).exists(
-            f"{layout.chunk_dir(spec.index)}/{PREVIOUS_RESULT}")
+        return (self.ctx.store(sspec.storage.bucket),
+                MeetingLayout(sspec.storage.prefix, spec.guild_id, spec.meeting_id))
+
+    async def _previous_layout_result(self, chunk: ChunkRef) -> bool:
+        """`chunkresult.previous_layout_result` for the chunk."""
+        return await previous_layout_result(*await self._place(chunk), chunk.spec)
 
     async def _result(self, chunk: ChunkRef) -> TranscodeResult:
-        spec = chunk.spec
-        _, sspec = await self._session(chunk.namespace, spec.session_name, chunk.owner_uid)
-        layout = MeetingLayout(sspec.storage.prefix, spec.guild_id, spec.meeting_id)
-        store = self.ctx.store(sspec.storage.bucket)
-        try:
-            raw = await store.get_json(layout.result_key(spec.index))
-            result = TranscodeResult.model_validate(raw)
-        except NotFoundError as err:
-            raise InvalidInputError(f"no result.json for chunk {spec.index}") from err
-        except (InvalidInputError, ValueError) as err:  # not JSON, or not a TranscodeResult
-            raise InvalidInputError(str(err)) from err
-        users = {o.user_id for o in result.outputs}
-        missing = [t.user_id for t in spec.tracks if t.user_id not in users]
-        if missing:
-            raise InvalidInputError(f"result.json lacks tracks of {', '.join(missing)}")
-        # result.json lies outside the recorder's upload grant (`outputs/`, not `chunks/`);
-        # still, an output is only ever this chunk's own key (the transcoder's layout)
-        for out in result.outputs:
-            own = layout.chunk_output_key(spec.index, out.user_id, out.format)
-            if out.key != own or out.user_id not in {t.user_id for t in spec.tracks}:
-                raise InvalidInputError(f"result.json names output {out.key!r}, not this "
-                                        f"chunk's own {own!r}")
-        return result
+        """`chunkresult.read_result` for the chunk."""
+        return await read_result(*await self._place(chunk), chunk.spec)
 
     async def mirror(self, chunk: ChunkRef) -> bool:
         """Write the chunk's typed status into `temp_recordings` (one row per track: its
