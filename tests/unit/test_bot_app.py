@@ -27,9 +27,9 @@ from voicetrack_recorder.bot.app import (
     ARCHIVE_PER_S,
     ARCHIVE_RATE,
     RecordCommands,
-    _display_names,
 )
 from voicetrack_recorder.bot.client import VoicetrackBot, bot_intents
+from voicetrack_recorder.bot.names import display_names
 from voicetrack_recorder.bot.sessions import BotSessions
 
 pytestmark = pytest.mark.unit
@@ -418,6 +418,6 @@ async def test_display_names_cannot_put_markdown_or_mentions_in_the_bots_embeds(
     guild["members"].append(member_payload(DAVE, "dave", []) | {"nick": nasty})
     sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
     async for w in discord_world(RecordCommands(sessions, ControlPolicy()), guild):
-        names = await _display_names(w.guild, [str(DAVE)])
+        names = await display_names(w.guild, [str(DAVE)])
     # the escaped bracket breaks the masked link (the URL shows as itself); no mention
     assert names[str(DAVE)] == "\\[Download mp3](https://ev.il/x) @\u200beveryone"

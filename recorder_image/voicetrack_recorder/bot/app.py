@@ -63,6 +63,7 @@ from voicetrack_recorder.bot.linkembeds import (
     meetings_embed,
     saved_embed,
 )
+from voicetrack_recorder.bot.names import display_names
 from voicetrack_recorder.bot.sessions import BotSessions
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,6 @@ ARCHIVE_PER_S = 60.0
 ARCHIVE_PER_S seconds (each lists or reads the server's saved meetings in S3 and may look
 members up over REST; a member repeating them must not turn the bot into a load
 generator). Further ones answer "Try again in about N s"."""
-NAME_LOOKUPS_MAX = 25
-"""Members looked up over REST (Get Guild Member) for one answer's display names, at most:
-the rest show as `user <id>` (the cache holds few members without the members intent)."""
-
-
 class RecordCommands:
     """What each `/record` subcommand does, minus the Discord HTTP calls: parse the
     interaction, check the policy, call one `BotSessions` method, build the embed. Every
@@ -237,7 +233,7 @@ class RecordCommands:
                 return [saved_embed(meeting, title)]
             raise archive._not_found(meeting)
         links = await archive.links(saved, self.link_s, fmt)
-        names = await _display_names(guild, saved.speakers)
+        names = await display_names(guild, saved.speakers)
         return links_embeds(saved, links, names, title=title)
 
     async def recent(self, interaction: discord.Interaction) -> discord.Embed:
@@ -254,7 +250,7 @@ class RecordCommands:
                      if _may_see(interaction, m.speakers)]
             ids = {u for m in saved for u in m.speakers}
             ids |= set(((live or {}).get("status") or {}).get("speakers") or [])
-            return meetings_embed(saved, live, await _display_names(guild, sorted(ids)))
+            return meetings_embed(saved, live, await display_names(guild, sorted(ids)))
         return await _answer_errors(go())
 
     async def get(self, interaction: discord.Interaction, meeting: str,
@@ -313,7 +309,7 @@ class RecordCommands:
             except TemporaryFailure as err:  # the status still answers
                 log.info("no audio so far for %s: %s", meeting, err)
                 return [embed]
-            names = await _display_names(guild, [t.user_id for t in links if t.user_id])
+            names = await display_names(guild, [t.user_id for t in links if t.user_id])
             return add_live_links(embed, live, links, names)
         return await _answer_errors(go(), many=True)
 
@@ -357,30 +353,6 @@ def _guild(interaction: discord.Interaction) -> discord.Guild:
 def _member_key(interaction: discord.Interaction) -> tuple[int | None, int]:
     """The cooldown bucket of an interaction: its server and member."""
     return interaction.guild_id, interaction.user.id
-
-
-async def _display_names(guild: discord.Guild, user_ids: Iterable[str]) -> dict[str, str]:
-    """user id → display name, markdown and mentions escaped (a name is the member's own
-    text, shown inside the bot's embeds: `[Download mp3](https://…)` as a nickname must
-    not become a link there): from the cache, else Get Guild Member (REST; no privileged
-    intent needed) for at most NAME_LOOKUPS_MAX ids; ids that are not members any more,
-    or past that bound, are left out (shown as `user <id>`)."""
-    names: dict[str, str] = {}
-    lookups = 0
-    for uid in user_ids:
-        if not uid.isdigit():
-            continue
-        member = guild.get_member(int(uid))
-        if member is None and lookups < NAME_LOOKUPS_MAX:
-            lookups += 1
-            try:
-                member = await guild.fetch_member(int(uid))
-            except Exception as err:  # a name is cosmetic: `user <id>` is shown instead
-                log.debug("no display name for %s: %s", uid, err)
-        if member is not None:
-            names[uid] = discord.utils.escape_mentions(
-                discord.utils.escape_markdown(member.display_name))
-    return names
 
 
 def _members_voice_channel(user: discord.Member | discord.User
