@@ -36,7 +36,7 @@ class Alive:
         self.peak = 0
         self.lock = threading.Lock()
 
-    def track(self, get_bytes: Callable[[str], bytes]) -> Callable[[str], bytes]:
+    def track(self, get_bytes: Callable[..., bytes]) -> Callable[..., bytes]:
         alive = self
 
         class Piece(bytes):
@@ -44,8 +44,8 @@ class Alive:
                 with alive.lock:
                     alive.now -= len(self)
 
-        def get(key: str) -> bytes:
-            data = get_bytes(key)
+        def get(key: str, limit: int | None = None) -> bytes:
+            data = get_bytes(key, limit=limit)
             if "/piece-" not in key:
                 return data
             piece = Piece(data)
