@@ -46,6 +46,37 @@ def test_internal_addresses_are_refused_by_name(address: str, what: str) -> None
         DEFAULT.check_url_host(f"[{address}]" if ":" in address else address)
 
 
+@pytest.mark.parametrize(("address", "what"), [
+    ("::127.0.0.1", "loopback"),  # IPv4-compatible (RFC 4291 2.5.5.1, deprecated)
+    ("::10.1.2.3", "private"),
+    ("2002:7f00:1::", "loopback"),  # 6to4 (RFC 3056): 127.0.0.1 inside
+    ("2002:a9fe:a9fe::1", "the cloud metadata address"),  # 169.254.169.254 inside
+    ("2002:c0a8:101::", "private"),  # 192.168.1.1 inside
+    ("64:ff9b:1::a00:5", "a NAT64 local-use prefix"),  # RFC 8215
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "not globally routable"),  # Teredo (RFC 4380)
+    ("2001:db8::1", "not globally routable"),  # documentation (RFC 3849)
+    ("100::1", "not globally routable"),  # discard-only (RFC 6666)
+    ("192.0.2.10", "not globally routable"),  # TEST-NET-1 (RFC 5737)
+])
+def test_internal_addresses_in_other_forms_are_refused(address: str, what: str) -> None:
+    """An IPv4 address reached through an IPv6 form (IPv4-compatible, 6to4, NAT64) is
+    checked as that IPv4 address, and a special-purpose address the list does not name
+    is refused as not globally routable (IANA special-purpose registries)."""
+    why = DEFAULT.refusal(ipaddress.ip_address(address))
+    assert why is not None and f"is {what}" in why, why
+    with pytest.raises(WebhookAddressRefused):
+        DEFAULT.check_url_host(f"[{address}]" if ":" in address else address)
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "::ffff:8.8.8.8", "64:ff9b::808:808"])
+def test_public_addresses_in_other_forms_pass(address: str) -> None:
+    assert DEFAULT.refusal(ipaddress.ip_address(address)) is None
+
+
+def test_loopback_is_named_loopback_not_by_its_ipv4_reading() -> None:
+    assert "is loopback" in (DEFAULT.refusal(ipaddress.ip_address("::1")) or "")
+
+
 @pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1",
                                      "2606:4700::1111"])
 def test_public_addresses_pass(address: str) -> None:

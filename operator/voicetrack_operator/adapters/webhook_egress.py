@@ -3,8 +3,10 @@ chooses the URL, so without a check the operator would POST, from inside the clu
 the cloud metadata address, the API server, the database or its own loopback.
 
 `EgressPolicy` says which addresses are refused (loopback, link-local and the metadata
-address, private RFC 1918 and fc00::/7, CGNAT 100.64/10, unspecified, multicast, reserved)
-unless the operator's allow-list (`VOICETRACK_WEBHOOK_ALLOW_CIDRS`,
+address, private RFC 1918 and fc00::/7, CGNAT 100.64/10, unspecified, multicast, reserved,
+the NAT64 local-use prefix, and whatever else Python's `ipaddress` does not call global: the
+IANA special-purpose registries, e.g. Teredo, documentation, TEST-NETs) unless the
+operator's allow-list (`VOICETRACK_WEBHOOK_ALLOW_CIDRS`,
 `VOICETRACK_WEBHOOK_ALLOW_HOSTS`) names them. `GuardedResolver` is the aiohttp resolver of
 the webhook client: it resolves a host name and hands the connector only the addresses the
 policy allows, so the address checked is the address connected to (a DNS answer that
@@ -53,11 +55,14 @@ _REFUSED: tuple[tuple[str, IPNetwork], ...] = tuple(
         ("multicast", "224.0.0.0/4"),
         ("multicast", "ff00::/8"),
         ("reserved", "240.0.0.0/4"),  # includes 255.255.255.255
+        # RFC 8215: where the IPv4 address sits inside depends on the network's prefix length
+        ("a NAT64 local-use prefix", "64:ff9b:1::/48"),
     ))
 """(what, network) pairs refused unless allow-listed; the first match names the refusal."""
 
 _EMBEDDING_V4 = (ipaddress.ip_network("::ffff:0:0/96"),  # IPv4-mapped
-                 ipaddress.ip_network("64:ff9b::/96"))  # NAT64 well-known prefix
+                 ipaddress.ip_network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+                 ipaddress.ip_network("::/96"))  # IPv4-compatible (RFC 4291 2.5.5.1)
 
 
 class WebhookAddressRefused(InvalidInputError):
@@ -66,10 +71,14 @@ class WebhookAddressRefused(InvalidInputError):
 
 
 def _embedded_v4(ip: IPAddress) -> IPAddress:
-    """The IPv4 address inside an IPv4-mapped or NAT64 IPv6 address, else `ip`."""
+    """The IPv4 address an IPv6 address reaches: inside an IPv4-mapped, NAT64 well-known,
+    IPv4-compatible (`::a.b.c.d`, but `::` and `::1` are themselves) or 6to4 (`2002::/16`,
+    RFC 3056 section 2) address; else `ip`."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip.sixtofour is not None:
+            return ip.sixtofour
         for net in _EMBEDDING_V4:
-            if ip in net:
+            if ip in net and int(ip) > 1:
                 return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
     return ip
 
@@ -109,10 +118,13 @@ class EgressPolicy:
         if any(a in net for net in self.allow_cidrs for a in {ip, inner}
                if a.version == net.version):
             return None
+        shown = f"{ip} ({inner})" if inner != ip else str(ip)
         for what, net in _REFUSED:
             if inner.version == net.version and inner in net:
-                shown = f"{ip} ({inner})" if inner != ip else str(ip)
                 return f"address {shown} is {what}: not allowed; see {ALLOW_CIDRS_ENV}"
+        if not inner.is_global:
+            return (f"address {shown} is not globally routable: not allowed; see "
+                    f"{ALLOW_CIDRS_ENV}")
         return None
 
     def host_allowed(self, host: str) -> bool:
