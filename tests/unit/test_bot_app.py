@@ -419,5 +419,20 @@ async def test_display_names_cannot_put_markdown_or_mentions_in_the_bots_embeds(
     sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
     async for w in discord_world(RecordCommands(sessions, ControlPolicy()), guild):
         names = await display_names(w.guild, [str(DAVE)])
-    # the escaped bracket breaks the masked link (the URL shows as itself); no mention
-    assert names[str(DAVE)] == "\\[Download mp3](https://ev.il/x) @\u200beveryone"
+    # the escaped bracket breaks the masked link, a zero-width space after the scheme's
+    # colon keeps Discord from linking the bare URL; no mention
+    assert names[str(DAVE)] == "\\[Download mp3](https:\u200b//ev.il/x) @\u200beveryone"
+
+
+async def test_a_bare_url_as_a_nickname_is_not_a_link_in_the_bots_embeds() -> None:
+    """Discord links a bare `scheme://…` in an embed by itself: a nickname
+    `https://ev.il/get-your-recording` showed as a clickable link beside the real download
+    links (found after the review of the web, bot and webhooks)."""
+    guild = guild_create_payload()
+    guild["members"].append(member_payload(DAVE, "dave", [])
+                            | {"nick": "https://ev.il/get-your-recording"})
+    sessions = BotSessions(unreachable_api(), "voicetrack", settle_seconds=0)
+    async for w in discord_world(RecordCommands(sessions, ControlPolicy()), guild):
+        names = await display_names(w.guild, [str(DAVE)])
+    assert "://" not in names[str(DAVE)]
+    assert names[str(DAVE)].replace("\u200b", "") == "https://ev.il/get-your-recording"

@@ -17,9 +17,9 @@ the rest show as `user <id>` (the cache holds few members without the members in
 
 
 async def display_names(guild: discord.Guild, user_ids: Iterable[str]) -> dict[str, str]:
-    """user id → display name, markdown and mentions escaped (a name is the member's own
-    text, shown inside the bot's embeds: `[Download mp3](https://…)` as a nickname must
-    not become a link there): from the cache, else Get Guild Member (REST; no privileged
+    """user id → display name as `shown_name` makes it (a name is the member's own text,
+    shown inside the bot's embeds: `[Download mp3](https://…)` or a bare URL as a nickname
+    must not become a link there): from the cache, else Get Guild Member (REST; no privileged
     intent needed) for at most NAME_LOOKUPS_MAX ids; ids that are not members any more,
     or past that bound, are left out (shown as `user <id>`)."""
     names: dict[str, str] = {}
@@ -35,6 +35,14 @@ async def display_names(guild: discord.Guild, user_ids: Iterable[str]) -> dict[s
             except Exception as err:  # a name is cosmetic: `user <id>` is shown instead
                 log.debug("no display name for %s: %s", uid, err)
         if member is not None:
-            names[uid] = discord.utils.escape_mentions(
-                discord.utils.escape_markdown(member.display_name))
+            names[uid] = shown_name(member.display_name)
     return names
+
+
+def shown_name(name: str) -> str:
+    """`name` as the bot's embeds may show it: markdown escaped (inside URLs too), mentions
+    broken, and a zero-width space after each `:` of `://`, since Discord links a bare
+    `scheme://…` by itself (a nickname `https://ev.il/…` would be a link beside the real
+    download links). Read back, the name looks the same."""
+    escaped = discord.utils.escape_markdown(name, ignore_links=False)
+    return discord.utils.escape_mentions(escaped).replace("://", ":\u200b//")
