@@ -125,6 +125,28 @@ def test_s3_port_defaults_from_the_scheme_and_peers_narrow_it(helm: Helm) -> Non
     assert s3_rule["to"] == [{"ipBlock": {"cidr": "52.216.0.0/15"}}]
 
 
+def test_the_bundled_seaweedfs_is_the_only_s3_peer_by_default(helm: Helm) -> None:  # noqa: F811
+    """With the bundled SeaweedFS as the store and no networkPolicy.s3.peers, the S3 rules of
+    recorder, transcoder and operator pods reach its pods only (before: any address on its
+    port, so a recorder could reach any in-cluster service listening on 8333)."""
+    objs = docs(helm("template", "vt", str(CHART), *KUBE, "--namespace", "rel",
+                     "--set", "seaweedfs.enabled=true",
+                     "--set", "networkPolicy.namespaces={team}",
+                     "--set", "networkPolicy.operatorEgress.enabled=true").stdout)
+    seaweed = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "rel"}},
+               "podSelector": {"matchLabels": {
+                   "app.kubernetes.io/name": "voicetrack", "app.kubernetes.io/instance": "vt",
+                   "app.kubernetes.io/component": "seaweedfs"}}}
+    checked = 0
+    for pol in (o for o in objs if o["kind"] == "NetworkPolicy"):
+        name = pol["metadata"]["name"]
+        if name.endswith(("-recorder", "-transcoder")) or name == "vt-voicetrack":
+            (s3_rule,) = [r for r in pol["spec"]["egress"] if ("TCP", 8333) in ports([r])]
+            assert s3_rule.get("to") == [seaweed], name
+            checked += 1
+    assert checked == 5  # recorder and transcoder in rel and team, the operator
+
+
 def test_policies_are_off_when_disabled(helm: Helm) -> None:  # noqa: F811
     objs = docs(helm("template", "vt", str(CHART), *KUBE,
                      "--set", "networkPolicy.enabled=false").stdout)

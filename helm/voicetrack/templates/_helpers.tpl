@@ -84,6 +84,25 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- default (include "voicetrack.s3Endpoint" .) .Values.s3.podEndpoint }}
 {{- end }}
 
+{{/* The peers (NetworkPolicyPeer list, YAML) of the S3 egress rules: networkPolicy.s3.peers;
+     when empty and the bundled SeaweedFS is the store (seaweedfs.enabled, no
+     seaweedfs.host), its pods in the release namespace; else nothing (any address on the
+     port: an external S3's addresses are known only to you). */}}
+{{- define "voicetrack.s3Peers" -}}
+{{- if .Values.networkPolicy.s3.peers }}
+{{- toYaml .Values.networkPolicy.s3.peers }}
+{{- else if and .Values.seaweedfs.enabled (not .Values.seaweedfs.host) }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Release.Namespace }}
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/name: {{ include "voicetrack.name" . }}
+      app.kubernetes.io/instance: {{ .Release.Name }}
+      app.kubernetes.io/component: seaweedfs
+{{- end }}
+{{- end }}
+
 {{/* The bundled SeaweedFS's StatefulSet, Service and NetworkPolicy name. */}}
 {{- define "voicetrack.seaweedfsName" -}}
 {{- printf "%s-seaweedfs" (include "voicetrack.fullname" .) | trunc 63 | trimSuffix "-" }}
