@@ -54,11 +54,8 @@ from voicetrack_operator.builders import (
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef
-from voicetrack_operator.services.deletion import (
-    DeletionProgress,
-    DeletionService,
-    DeletionStep,
-)
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import (
     FAILURE_LIMIT,
     FAILURES_ANNOTATION,

@@ -16,7 +16,7 @@ from voicetrack_operator.builders import (
     build_recorder_pod,
     build_transcode_job,
 )
-from voicetrack_operator.services.deletion import DeletionProgress, DeletionStep
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import (
     FAILURE_LIMIT,
     FAILURES_ANNOTATION,
