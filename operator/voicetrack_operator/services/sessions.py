@@ -35,6 +35,7 @@ from voicetrack_operator.services.admission import (
     meeting_owner,
 )
 from voicetrack_operator.services.autostop import delete_stopped, recorder_end, stopped_by_itself
+from voicetrack_operator.services.chunkmirror import audit_mirror, resync_chunks
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.consent import note_degraded_consent
@@ -409,14 +410,14 @@ class SessionService:
                      objs: list[dict[str, Any]] | None = None) -> tuple[bool, str]:
         """Replay the session's meeting row and chunk states into SQL when a write failed
         earlier (or the condition says so); with the session's chunk objects `objs`, audit
-        the mirror once per session and turn (`ChunkService.audit_mirror`). Returns
+        the mirror once per session and turn (`chunkmirror.audit_mirror`). Returns
         (synced, message)."""
         key = (s.ref.namespace, s.ref.name)
         lagging = key in self.ctx.unsynced or any(
             c["type"] == "DatabaseSynced" and c["status"] == "False"
             for c in s.status.get("conditions") or [])
         if not lagging and objs is not None and s.ref.uid not in self.ctx.audited:
-            if await self.chunks.audit_mirror(objs, s.meeting_id):
+            if await audit_mirror(self.ctx, objs, s.meeting_id):
                 self.ctx.audited.add(s.ref.uid)
             lagging = key in self.ctx.unsynced
         if not lagging:
@@ -433,8 +434,8 @@ class SessionService:
         except MeetingIdInUse as err:  # observe fails the session: never written over
             self.ctx.unsynced[key] = str(err)
             return False, str(err)
-        if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name, s.ref.uid,
-                                           s.meeting_id):
+        if await resync_chunks(self.ctx, s.ref.namespace, s.ref.name, s.ref.uid,
+                               s.meeting_id):
             self.ctx.audited.add(s.ref.uid)  # every chunk's state was written: as audited
             log.info("session %s/%s: SQL mirror caught up", *key)
             return True, "chunk states replayed"
