@@ -65,7 +65,8 @@ from voicetrack_operator.services.failures import (
 )
 from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
-from voicetrack_operator.services.sessions import SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import SessionView
 
 pytestmark = pytest.mark.e2e
 

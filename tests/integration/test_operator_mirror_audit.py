@@ -31,7 +31,8 @@ from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.handlers.lifecycle import _audit_anew
 from voicetrack_operator.services import grants
 from voicetrack_operator.services.chunkmirror import audit_mirror
-from voicetrack_operator.services.sessions import Observed, SessionService
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import Observed
 
 pytestmark = pytest.mark.integration
 

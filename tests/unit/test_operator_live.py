@@ -21,7 +21,7 @@ from voicetrack_operator.builders import (
 )
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.live import LiveJob, LiveService, decide, transcoded_run
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
 
 pytestmark = pytest.mark.unit

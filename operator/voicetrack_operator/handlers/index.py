@@ -34,7 +34,7 @@ from voicetrack.resources import (
 )
 from voicetrack_operator.builders import LIVE_COMPONENT
 from voicetrack_operator.context import session_keys
-from voicetrack_operator.services.sessions import Observed
+from voicetrack_operator.services.sessionview import Observed
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
 _META_KEYS = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",

@@ -61,7 +61,8 @@ from voicetrack_operator.services.promotion import (
     final_manifest,
     run_promotion,
 )
-from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import SessionView, parse_time, rfc3339
 from voicetrack_operator.services.stuck import stuck_reason
 from voicetrack_operator.services.webhooks import WebhookService
 from voicetrack_operator.status import CONSENT_DEGRADED, Observation, build_status

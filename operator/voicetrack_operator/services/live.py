@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
@@ -39,10 +39,8 @@ from voicetrack.resources import LABEL_COMPONENT, SessionSpec, SessionState, Tra
 from voicetrack_operator.builders import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunkstate import job_state
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
-
-if TYPE_CHECKING:  # sessions imports this module
-    from voicetrack_operator.services.sessions import SessionView
 
 log = logging.getLogger(__name__)
 

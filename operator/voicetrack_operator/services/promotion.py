@@ -26,7 +26,7 @@ from voicetrack_operator.builders import (
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.failures import bad_chunk, failed_on_input, pods_detail
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 PROMOTION_RERUN_S = 10.0
 """A promotion Job that failed on infrastructure (its pods' retries ran out while S3 or a
