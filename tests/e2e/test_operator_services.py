@@ -49,9 +49,9 @@ from voicetrack_operator.builders import (
     SessionRef,
     build_recorder_rbac,
     build_session_recorder_rbac,
-    build_transcode_job,
 )
 from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.jobs import build_transcode_job
 from voicetrack_operator.services.chunkmirror import mirror
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef

@@ -17,7 +17,7 @@ from voicetrack.names import (
     transcode_job_name,
 )
 from voicetrack.resources import DNS_LABEL_MAX, MAX_CHUNK_INDEX, SESSION_NAME_MAX
-from voicetrack_operator.builders import live_job_name
+from voicetrack_operator.jobs import live_job_name
 
 pytestmark = pytest.mark.unit
 

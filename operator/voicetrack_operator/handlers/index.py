@@ -32,8 +32,8 @@ from voicetrack.resources import (
     SESSION_PLURAL,
     VERSION,
 )
-from voicetrack_operator.builders import LIVE_COMPONENT
 from voicetrack_operator.context import session_keys
+from voicetrack_operator.jobs import LIVE_COMPONENT
 from voicetrack_operator.services.sessionview import Observed
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)

@@ -27,8 +27,9 @@ from voicetrack.resources import (
     TranscodeStatus,
 )
 from voicetrack_operator.adapters.objects import AsyncObjectStore
-from voicetrack_operator.builders import SessionRef, build_transcode_job
+from voicetrack_operator.builders import SessionRef
 from voicetrack_operator.context import Context
+from voicetrack_operator.jobs import build_transcode_job
 from voicetrack_operator.services.chunkmirror import mirror
 from voicetrack_operator.services.chunkresult import (
     PREVIOUS_RESULT,
