@@ -27,7 +27,8 @@ from voicetrack_operator.builders import (
     recorder_service_account,
 )
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.deletion import DeletionService, DeletionStep
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionStep
 from voicetrack_operator.services.grants import ensure_upload_grant
 from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.sessions import SessionService

@@ -16,12 +16,8 @@ from voicetrack.resources import SessionSpec
 from voicetrack_local import cluster, kwok
 from voicetrack_local.control_plane import ClientLimits
 from voicetrack_local.kubectl import kubectl
-from voicetrack_operator.builders import (
-    PodSettings,
-    SessionRef,
-    build_recorder_rbac,
-    build_transcode_job,
-)
+from voicetrack_operator.builders import PodSettings, SessionRef, build_recorder_rbac
+from voicetrack_operator.jobs import build_transcode_job
 
 pytestmark = pytest.mark.e2e
 

@@ -14,14 +14,8 @@ import pytest
 from tests.e2e.test_helm import CHART, KUBE, Helm, docs, helm  # noqa: F401  (fixture)
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.resources import SessionSpec
-from voicetrack_operator.builders import (
-    PodSettings,
-    SessionRef,
-    build_live_job,
-    build_promote_job,
-    build_recorder_pod,
-    build_transcode_job,
-)
+from voicetrack_operator.builders import PodSettings, SessionRef, build_recorder_pod
+from voicetrack_operator.jobs import build_live_job, build_promote_job, build_transcode_job
 
 pytestmark = pytest.mark.e2e
 

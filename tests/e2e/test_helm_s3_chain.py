@@ -14,8 +14,8 @@ from tests.e2e.test_helm_bot import ON as BOT_ON
 from tests.e2e.test_helm_web import ON as WEB_ON
 from tests.unit.test_operator_builders import OWNER, SPEC, chunk
 from voicetrack.resources import TRANSCODER_SERVICE_ACCOUNT
-from voicetrack_operator.builders import build_live_job, build_promote_job, build_transcode_job
 from voicetrack_operator.context import OperatorSettings
+from voicetrack_operator.jobs import build_live_job, build_promote_job, build_transcode_job
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from tests.fixtures.stack import OPERATOR_NAMESPACE, Stack
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest
 from voicetrack.resources import SessionSpec
-from voicetrack_operator.builders import LABEL_SESSION_UID
+from voicetrack_operator.jobs import LABEL_SESSION_UID
 
 pytestmark = pytest.mark.e2e
 

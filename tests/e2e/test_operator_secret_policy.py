@@ -26,11 +26,11 @@ from voicetrack.chunkspec import ChunkSpec
 from voicetrack_operator.builders import (
     PodSettings,
     build_recorder_pod,
-    build_transcode_job,
     build_upload_grant_secret,
     recorder_service_account,
 )
 from voicetrack_operator.context import Context
+from voicetrack_operator.jobs import build_transcode_job
 from voicetrack_operator.services.sessions import SessionService
 
 pytestmark = pytest.mark.e2e

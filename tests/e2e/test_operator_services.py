@@ -49,16 +49,14 @@ from voicetrack_operator.builders import (
     SessionRef,
     build_recorder_rbac,
     build_session_recorder_rbac,
-    build_transcode_job,
 )
 from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.jobs import build_transcode_job
+from voicetrack_operator.services.chunkmirror import mirror
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef
-from voicetrack_operator.services.deletion import (
-    DeletionProgress,
-    DeletionService,
-    DeletionStep,
-)
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import (
     FAILURE_LIMIT,
     FAILURES_ANNOTATION,
@@ -67,7 +65,8 @@ from voicetrack_operator.services.failures import (
 )
 from voicetrack_operator.services.inventory import collect_chunks
 from voicetrack_operator.services.janitor import SERVICE_NAME, JanitorService
-from voicetrack_operator.services.sessions import SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import SessionView
 
 pytestmark = pytest.mark.e2e
 
@@ -423,7 +422,7 @@ async def test_chunk_ensure_observe_and_mirror_twice_have_the_effect_of_once(
     assert [(r[2], r[4], r[5], r[6]) for r in rows] == [
         ("done", s.layout.chunk_output_key(0, u, "mp3"), "ef" * 32, 5000) for u in USERS]
     await chunks.observe_job(job)  # twice: no move, no write
-    assert await chunks.mirror(done) and await chunks.mirror(done)
+    assert await mirror(ctx, done) and await mirror(ctx, done)
     assert rows_of(await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)) == rows
     failed_job = {**job, "status": {"conditions": [
         {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}

@@ -23,7 +23,7 @@ from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.spool import Spool, SpooledChunk
 from voicetrack_recorder.uploader import ChunkUploader

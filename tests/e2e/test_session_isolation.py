@@ -52,7 +52,8 @@ from voicetrack_operator.services import isolation
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef
 from voicetrack_operator.services.inventory import chunk_inventory
-from voicetrack_operator.services.sessions import SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.uploader import GrantWriter
 

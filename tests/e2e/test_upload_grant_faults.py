@@ -32,12 +32,8 @@ from voicetrack.uploadgrant import mint_upload_grant
 from voicetrack_operator.builders import build_upload_grant_secret, recorder_service_account
 from voicetrack_operator.context import Context
 from voicetrack_operator.services import grants
-from voicetrack_operator.services.deletion import (
-    DeletionProgress,
-    DeletionService,
-    DeletionStep,
-    Wait,
-)
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep, Wait
 from voicetrack_operator.services.grants import GrantAction, ensure_upload_grant
 from voicetrack_operator.services.sessions import SessionService
 

@@ -17,7 +17,7 @@ from voicetrack.resources import TranscodeStatus
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.inventory import ChunkInventory, InventoryChunk, keep_failed
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.live import LiveService
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 pytestmark = pytest.mark.integration
 

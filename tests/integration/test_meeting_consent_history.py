@@ -39,12 +39,9 @@ from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.services.consent import note_degraded_consent
-from voicetrack_operator.services.deletion import (
-    DeletionProgress,
-    DeletionService,
-    DeletionStep,
-)
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import ChunkView, Observation, build_status
 from voicetrack_recorder.discord.login import (
     MEMBERS_NOT_ASKED,

@@ -3,7 +3,7 @@ chunk's status, then writes its `temp_recordings` rows. A replica killed between
 (CI stop 21: `tests/disruptive/test_operator_ha.py` found 31 rows, not all done, with every
 chunk done) left the rows behind for good, since the in-process `unsynced` mark died with
 it. The next active replica now audits each session's mirror once on its first observe
-(`ChunkService.audit_mirror`), in one read, and writes only what lags."""
+(`chunkmirror.audit_mirror`), in one read, and writes only what lags."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.handlers.lifecycle import _audit_anew
 from voicetrack_operator.services import grants
-from voicetrack_operator.services.sessions import Observed, SessionService
+from voicetrack_operator.services.chunkmirror import audit_mirror
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import Observed
 
 pytestmark = pytest.mark.integration
 
@@ -113,8 +115,8 @@ async def test_the_audit_writes_no_row_for_a_chunk_not_checked_yet(
     await db_service.create_meeting(MEETING, GUILD, "100000000000000002",
                                     datetime.now(UTC), UID, namespace=NS, session_name=NAME)
     db = CountingDb(db_service)
-    chunks = SessionService(operator_replica(db)).chunks
-    assert await chunks.audit_mirror([chunk(0, None, 60), done(1)], MEETING)
+    ctx = operator_replica(db)
+    assert await audit_mirror(ctx, [chunk(0, None, 60), done(1)], MEETING)
     rows = {r.chunk_index: str(r.transcode_status)
             for r in await db_service.get_temp_recordings_for_meeting(MEETING)}
     assert rows == {1: "done"}
@@ -124,7 +126,7 @@ async def test_the_audit_writes_no_row_for_a_chunk_not_checked_yet(
         t["key"] = t["key"].replace(MEETING, "0000000000000000")
     broken = done(3)
     broken["spec"]["tracks"][0]["key"] = "elsewhere"  # does not parse: skipped, no raise
-    assert await chunks.audit_mirror([other, broken], MEETING)
+    assert await audit_mirror(ctx, [other, broken], MEETING)
     assert db.writes == 1
 
 
@@ -133,5 +135,5 @@ async def test_a_missing_meeting_row_marks_the_session_unsynced(
     """The meeting row is gone (a wiped database): the audit does not raise into the
     observe timer; it marks the session unsynced, whose resync makes the row again."""
     ctx = operator_replica(CountingDb(db_service))
-    assert not await SessionService(ctx).chunks.audit_mirror([done(0)], MEETING)
+    assert not await audit_mirror(ctx, [done(0)], MEETING)
     assert (NS, NAME) in ctx.unsynced

@@ -12,13 +12,8 @@ import pytest
 
 from tests.unit.test_operator_builders import OWNER, SPEC, chunk
 from voicetrack.resources import TRANSCODER_SERVICE_ACCOUNT, SessionSpec
-from voicetrack_operator.builders import (
-    PodSettings,
-    build_live_job,
-    build_promote_job,
-    build_recorder_pod,
-    build_transcode_job,
-)
+from voicetrack_operator.builders import PodSettings, build_recorder_pod
+from voicetrack_operator.jobs import build_live_job, build_promote_job, build_transcode_job
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,10 @@ import pytest
 
 from tests.unit.test_operator_live import _service
 from voicetrack.resources import SessionSpec
-from voicetrack_operator.builders import PodSettings, SessionRef, build_live_job
+from voicetrack_operator.builders import PodSettings, SessionRef
+from voicetrack_operator.jobs import build_live_job
 from voicetrack_operator.services.live import withheld
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 pytestmark = pytest.mark.unit
 

@@ -29,7 +29,8 @@ from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services import grants
 from voicetrack_operator.services.autostop import end_reason
-from voicetrack_operator.services.sessions import Observed, SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import Observed, SessionView
 
 pytestmark = pytest.mark.unit
 

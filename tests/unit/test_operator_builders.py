@@ -15,14 +15,16 @@ from voicetrack.resources import SessionSpec
 from voicetrack_operator.builders import (
     PodSettings,
     SessionRef,
-    build_detached_promote_job,
-    build_promote_job,
     build_recorder_pod,
     build_recorder_rbac,
     build_session_recorder_rbac,
-    build_transcode_job,
     build_upload_grant_secret,
     recorder_service_account,
+)
+from voicetrack_operator.jobs import (
+    build_detached_promote_job,
+    build_promote_job,
+    build_transcode_job,
 )
 from voicetrack_operator.plan import build_promotion_plan
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed

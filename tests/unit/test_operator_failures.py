@@ -9,14 +9,9 @@ import pytest
 
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.resources import SessionSpec
-from voicetrack_operator.builders import (
-    PodSettings,
-    SessionRef,
-    build_promote_job,
-    build_recorder_pod,
-    build_transcode_job,
-)
-from voicetrack_operator.services.deletion import DeletionProgress, DeletionStep
+from voicetrack_operator.builders import PodSettings, SessionRef, build_recorder_pod
+from voicetrack_operator.jobs import build_promote_job, build_transcode_job
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import (
     FAILURE_LIMIT,
     FAILURES_ANNOTATION,

@@ -11,17 +11,16 @@ import pytest
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.objectstore import S3Settings
 from voicetrack.resources import SessionSpec, TranscodeStatus
-from voicetrack_operator.builders import (
+from voicetrack_operator.builders import PodSettings, SessionRef
+from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.jobs import (
     LABEL_LIVE_CHUNKS,
-    PodSettings,
-    SessionRef,
     build_live_job,
     build_transcode_job,
     live_job_name,
 )
-from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.services.live import LiveJob, LiveService, decide, transcoded_run
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
 
 pytestmark = pytest.mark.unit

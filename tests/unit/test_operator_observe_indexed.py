@@ -38,7 +38,8 @@ from voicetrack_operator.handlers.index import (
 )
 from voicetrack_operator.services import grants, sessions
 from voicetrack_operator.services.deletion import DeletionService
-from voicetrack_operator.services.sessions import Observed, SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import Observed, SessionView
 
 pytestmark = pytest.mark.unit
 

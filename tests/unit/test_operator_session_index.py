@@ -24,7 +24,8 @@ from voicetrack_operator.context import Context, OperatorSettings, SessionIndex
 from voicetrack_operator.handlers.index import session_index
 from voicetrack_operator.services import sessions
 from voicetrack_operator.services.admission import busy_guild, meeting_owner
-from voicetrack_operator.services.sessions import Observed, SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import Observed, SessionView
 
 pytestmark = pytest.mark.unit
 

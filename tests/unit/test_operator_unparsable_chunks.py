@@ -24,7 +24,8 @@ from tests.unit.test_operator_observe_indexed import (
 )
 from voicetrack.names import meeting_id_for
 from voicetrack_operator.handlers.chunk import on_chunk_event
-from voicetrack_operator.services.deletion import DeletionProgress, DeletionService
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionProgress
 from voicetrack_operator.services.sessions import SessionService
 from voicetrack_operator.services.unparsable import usable_chunks
 

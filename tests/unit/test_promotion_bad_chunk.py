@@ -19,7 +19,7 @@ from voicetrack.chunkspec import ChunkSpec, ChunkStatus, Gap
 from voicetrack.errors import ChunkInputError, InvalidInputError
 from voicetrack.manifests import PromotionPlan
 from voicetrack.termination import MESSAGE_MAX_BYTES, TerminationReport, write_termination_message
-from voicetrack_operator.services.deletion import DeletionProgress, DeletionStep
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
 from voicetrack_operator.services.failures import bad_chunk, termination_message
 from voicetrack_operator.services.inventory import ChunkInventory, InventoryChunk
 from voicetrack_operator.services.leftout import LEAVE_OUT_MAX, left_out_reason, may_leave_out

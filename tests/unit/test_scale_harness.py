@@ -20,14 +20,8 @@ from voicetrack_local.control_plane import (
 )
 from voicetrack_local.pki import ensure_pki
 from voicetrack_operator.adapters.kube import API_THREADS, KubeAdapter
-from voicetrack_operator.builders import (
-    NODE_POOL_KEY,
-    PodSettings,
-    SessionRef,
-    build_promote_job,
-    build_recorder_pod,
-    build_transcode_job,
-)
+from voicetrack_operator.builders import NODE_POOL_KEY, PodSettings, SessionRef, build_recorder_pod
+from voicetrack_operator.jobs import build_promote_job, build_transcode_job
 
 pytestmark = pytest.mark.unit
 

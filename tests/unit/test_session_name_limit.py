@@ -17,7 +17,7 @@ from voicetrack.names import (
     transcode_job_name,
 )
 from voicetrack.resources import DNS_LABEL_MAX, MAX_CHUNK_INDEX, SESSION_NAME_MAX
-from voicetrack_operator.builders import live_job_name
+from voicetrack_operator.jobs import live_job_name
 
 pytestmark = pytest.mark.unit
 
@@ -62,7 +62,8 @@ async def test_the_operator_refuses_a_long_name_the_crd_of_before_admitted() -> 
     the admission policy (all its audio lost). The operator refuses such a session before
     anything is made (second review); none of its API calls is made (NoApi)."""
     from tests.unit.test_operator_observe_indexed import FakeDb, make_ctx, session_view
-    from voicetrack_operator.services.sessions import SessionService, SessionView
+    from voicetrack_operator.services.sessions import SessionService
+    from voicetrack_operator.services.sessionview import SessionView
 
     ctx, kube = make_ctx(FakeDb())
     base = session_view()

@@ -32,9 +32,9 @@ from voicetrack.resources import (
     SESSION_PLURAL,
     VERSION,
 )
-from voicetrack_operator.builders import LIVE_COMPONENT
 from voicetrack_operator.context import session_keys
-from voicetrack_operator.services.sessions import Observed
+from voicetrack_operator.jobs import LIVE_COMPONENT
+from voicetrack_operator.services.sessionview import Observed
 
 CHUNK = (GROUP, VERSION, CHUNK_PLURAL)
 _META_KEYS = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",

@@ -11,7 +11,8 @@ from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION, SessionState
 from voicetrack_operator.errors import kopf_errors
 from voicetrack_operator.handlers.index import observed
 from voicetrack_operator.services.deletion import DeletionService
-from voicetrack_operator.services.sessions import SessionService, SessionView
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import SessionView
 
 SESSION = (GROUP, VERSION, SESSION_PLURAL)
 OBSERVE_INTERVAL_S = float(os.environ.get("VOICETRACK_OBSERVE_INTERVAL_S", "2"))

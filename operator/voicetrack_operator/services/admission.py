@@ -6,15 +6,13 @@ every session; `SessionService` refuses what these find.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicetrack.errors import NotFoundError, TemporaryFailure
 from voicetrack.names import recorder_pod_name
 from voicetrack.resources import INACTIVE_STATES, SessionState
 from voicetrack_operator.context import Context
-
-if TYPE_CHECKING:
-    from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 
 async def _other_sessions(ctx: Context, s: SessionView, key: tuple[str, str]

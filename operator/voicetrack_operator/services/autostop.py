@@ -27,15 +27,13 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicetrack.names import controller_uid
 from voicetrack.resources import SessionSpec, SessionState
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.failures import termination_message
-
-if TYPE_CHECKING:
-    from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 log = logging.getLogger(__name__)
 

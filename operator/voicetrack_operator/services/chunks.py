@@ -3,8 +3,9 @@
 Level-based and forward-only: `ensure_chunk` (on create and on resume) makes the rows and
 the Job; `observe_job` (on every Job event) moves the chunk queued → in_progress →
 done | failed, never back. SQL is written after the Kubernetes status, and a failed SQL
-write only marks the session's DatabaseSynced condition false: `resync_chunks` replays
-every chunk's status into SQL later (the rows are idempotent upserts).
+write only marks the session's DatabaseSynced condition false: the SQL mirror
+(`services.chunkmirror`) replays every chunk's status into SQL later (the rows are
+idempotent upserts).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.chunkspec import ChunkStatus
-from voicetrack.db.meetings import MeetingIdInUse
-from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
 from voicetrack.names import chunk_name, controller_uid, session_meeting_id, transcode_job_name
@@ -27,8 +27,10 @@ from voicetrack.resources import (
     TranscodeStatus,
 )
 from voicetrack_operator.adapters.objects import AsyncObjectStore
-from voicetrack_operator.builders import SessionRef, build_transcode_job
+from voicetrack_operator.builders import SessionRef
 from voicetrack_operator.context import Context
+from voicetrack_operator.jobs import build_transcode_job
+from voicetrack_operator.services.chunkmirror import mirror
 from voicetrack_operator.services.chunkresult import (
     PREVIOUS_RESULT,
     previous_layout_result,
@@ -38,7 +40,6 @@ from voicetrack_operator.services.chunkstate import (
     IN_PROGRESS_AFTER_S,
     ChunkRef,
     job_state,
-    mirrorable,
     parsed,
     ran_for,
 )
@@ -55,7 +56,6 @@ from voicetrack_operator.services.isolation import (
 from voicetrack_operator.services.unparsable import usable_chunks
 
 log = logging.getLogger(__name__)
-
 
 
 def session_facts(session: dict[str, Any], spec: SessionSpec) -> SessionFacts:
@@ -164,7 +164,7 @@ class ChunkService:
                 self.ctx.metrics.chunks.labels("done").inc()
         if job is not None and resumed and await self._done_from_result(chunk, job):
             return chunk.status
-        await self.mirror(chunk)
+        await mirror(self.ctx, chunk)
         if job is not None:
             await self.ctx.kube.ensure(job)
         return chunk.status
@@ -270,7 +270,7 @@ class ChunkService:
             if state is TranscodeStatus.DONE and chunk.created is not None:
                 self.ctx.metrics.chunk_latency.observe(
                     (datetime.now(UTC) - chunk.created).total_seconds())
-        await self.mirror(chunk)
+        await mirror(self.ctx, chunk)
 
     async def _place(self, chunk: ChunkRef) -> tuple[AsyncObjectStore, MeetingLayout]:
         """The store and key layout of the chunk's session's meeting."""
@@ -286,76 +286,6 @@ class ChunkService:
     async def _result(self, chunk: ChunkRef) -> TranscodeResult:
         """`chunkresult.read_result` for the chunk."""
         return await read_result(*await self._place(chunk), chunk.spec)
-
-    async def mirror(self, chunk: ChunkRef) -> bool:
-        """Write the chunk's typed status into `temp_recordings` (one row per track: its
-        primary output's key, sha256 and duration). Returns False (and counts it) when the
-        database is unavailable; the resync catches up. Idempotent (upserts, forward-only)."""
-        st = chunk.status
-        try:
-            for track in chunk.spec.tracks:
-                out = st.primary_output(track.user_id)
-                await self.ctx.db.upsert_chunk_status(
-                    chunk.session_uid, chunk.spec.index, track.user_id, chunk.spec.meeting_id,
-                    chunk.spec.guild_id, track.key, chunk.spec.raw_format,
-                    st.transcode_status.value, job_name=st.job_name,
-                    mp3_path=out.key if out else None, sha256=out.sha256 if out else None,
-                    duration_ms=out.duration_ms if out else None, error=st.error)
-        except TemporaryFailure as err:
-            self.ctx.metrics.db_errors.inc()
-            self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
-            log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
-            return False
-        except NotFoundError as err:  # the meeting row is gone: the session's observe
-            # rebuilds it from the cluster and replays the chunks (`resync`)
-            self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
-            log.warning("SQL mirror of %s deferred: %s", chunk.name, err)
-            return False
-        except MeetingIdInUse as err:  # another session's meeting: never written; the
-            # session's observe fails it (`SessionService.repair_meeting`)
-            self.ctx.unsynced[(chunk.namespace, chunk.spec.session_name)] = str(err)
-            log.error("SQL mirror of %s refused: %s", chunk.name, err)
-            return False
-        return True
-
-    async def audit_mirror(self, objs: list[dict[str, Any]], meeting_id: str) -> bool:
-        """Compare the chunks `objs` (one session's, meeting `meeting_id`) with their
-        `temp_recordings` rows in one read and mirror each chunk whose rows are missing or
-        behind: what a replica killed between a chunk's status patch and its SQL write left
-        (run once per session after start-up or a takeover). Only `mirrorable` chunks.
-        True when the mirror is whole; False (counted, the session marked unsynced) while
-        the database is away or the meeting row is gone."""
-        mirrored = [c for c in map(parsed, objs) if c is not None and mirrorable(c, meeting_id)]
-        if not mirrored:
-            return True
-        first = mirrored[0]
-        try:
-            rows = await self.ctx.db.get_temp_recordings_for_meeting(meeting_id)
-        except (TemporaryFailure, NotFoundError) as err:  # NotFound: the meeting row is
-            # gone; the session's resync makes it again and replays every chunk
-            self.ctx.metrics.db_errors.inc()
-            self.ctx.unsynced[(first.namespace, first.spec.session_name)] = str(err)
-            return False
-        stored = {(r.session_uid, r.chunk_index, r.user_id): str(r.transcode_status)
-                  for r in rows}
-        ok = True
-        for c in mirrored:
-            want = c.status.transcode_status.value
-            if any(stored.get((c.session_uid, c.spec.index, t.user_id)) != want
-                   for t in c.spec.tracks):
-                ok = await self.mirror(c) and ok
-        return ok
-
-    async def resync_chunks(self, namespace: str, session: str, uid: str,
-                            meeting_id: str) -> bool:
-        """Replay every `mirrorable` chunk's status of session `uid` (meeting
-        `meeting_id`) into SQL (idempotent). True when all writes landed."""
-        ok = True
-        for obj in await self.ctx.kube.list_chunks(namespace, session, uid):
-            chunk = parsed(obj)
-            if chunk is not None and mirrorable(chunk, meeting_id):
-                ok = await self.mirror(chunk) and ok
-        return ok
 
     async def ensure_new(self, chunk_objs: list[dict[str, Any]]) -> int:
         """`ensure_chunk` for every chunk that has no transcode status yet (its event was
@@ -420,7 +350,7 @@ class ChunkService:
                          chunk.name)
                 continue
             chunk.status = new
-            await self.mirror(chunk)
+            await mirror(self.ctx, chunk)
             self.ctx.metrics.chunks.labels("failed").inc()
             n += 1
         return n

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicetrack.errors import NotFoundError, TemporaryFailure
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import CONSENT_DEGRADED, ChunkView
-
-if TYPE_CHECKING:  # sessions calls note_degraded_consent
-    from voicetrack_operator.services.sessions import SessionView
 
 log = logging.getLogger(__name__)
 

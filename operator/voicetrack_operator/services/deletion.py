@@ -2,9 +2,10 @@
 collect what ownership cannot (S3 objects, temp rows). Then the finalizer goes and the
 garbage collector deletes the owned children (Jobs, RecordingChunks) with the session.
 
-Explicit steps, each recording its progress in `status.deletion` (`DeletionProgress`), so a
-retry resumes at the step where it stopped. Every step is idempotent, so losing the progress
-only repeats work. `finalize_session` returns a typed `DeletionOutcome` instead of raising:
+Explicit steps, each recording its progress in `status.deletion` (`DeletionProgress`; it
+and the other types of a deletion's progress are `services.deletionstate`), so a retry
+resumes at the step where it stopped. Every step is idempotent, so losing the progress only
+repeats work. `finalize_session` returns a typed `DeletionOutcome` instead of raising:
 the handler patches its status and retries after `retry_in` seconds until it is done.
 Deletion never ends without promotion: an input error (a failed promotion Job, outputs
 that do not match, a manifest the API refuses) keeps the finalizer and the raw data and is
@@ -16,9 +17,8 @@ and the rest promoted at once (`services.leftout`).
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,13 @@ from voicetrack_operator.plan import build_promotion_plan, overlapping
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import parsed
 from voicetrack_operator.services.consent import record_degraded_consent
+from voicetrack_operator.services.deletionstate import (
+    STEP_STATE,
+    DeletionOutcome,
+    DeletionProgress,
+    DeletionStep,
+    Wait,
+)
 from voicetrack_operator.services.failures import (
     meeting_outcome,
     spoken_chunks,
@@ -54,7 +61,8 @@ from voicetrack_operator.services.promotion import (
     final_manifest,
     run_promotion,
 )
-from voicetrack_operator.services.sessions import SessionService, SessionView, parse_time, rfc3339
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import SessionView, parse_time, rfc3339
 from voicetrack_operator.services.stuck import stuck_reason
 from voicetrack_operator.services.webhooks import WebhookService
 from voicetrack_operator.status import CONSENT_DEGRADED, Observation, build_status
@@ -65,94 +73,6 @@ PROMOTION_RETRY_S = 300.0
 """A deletion that cannot complete (promotion failed, outputs do not match, an input the
 API refuses) is tried again this often (seconds); deleting a failed promotion Job makes the
 next try run it anew."""
-
-class DeletionStep(enum.StrEnum):
-    """`status.deletion.step`: the next step to run."""
-
-    STOP = "stop"
-    TRANSCODES = "transcodes"
-    PROMOTE = "promote"
-    RECORD = "record"
-    COLLECT = "collect"
-    DONE = "done"
-
-
-STEP_STATE = {
-    DeletionStep.STOP: SessionState.STOPPING,
-    DeletionStep.TRANSCODES: SessionState.TRANSCODING,
-    DeletionStep.PROMOTE: SessionState.PROMOTING,
-    DeletionStep.RECORD: SessionState.PROMOTING,
-    DeletionStep.COLLECT: SessionState.PROMOTING,
-    DeletionStep.DONE: SessionState.PROMOTED,
-}
-"""The state users see (bot, README) while a step runs or waits."""
-
-
-@dataclass(frozen=True)
-class DeletionProgress:
-    """`status.deletion`: `{step, promoted?, recordingIds?, leftOut?}`. `promoted` is known
-    after the promote step (False: no chunk was done, nothing to promote); `recording_ids`
-    after the record step; `left_out` (`leftOut: [{index, reason}]`) the chunks the
-    promote step left out, their raw input bad (`services.leftout`)."""
-
-    step: DeletionStep = DeletionStep.STOP
-    promoted: bool | None = None
-    recording_ids: list[str] | None = None
-    left_out: dict[int, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_status(cls, status: dict[str, Any]) -> DeletionProgress:
-        """The progress in a session's status; a missing or unreadable one starts over
-        (safe: every step is idempotent)."""
-        raw = status.get("deletion") or {}
-        try:
-            step = DeletionStep(raw.get("step", DeletionStep.STOP))
-        except ValueError:
-            return cls()
-        ids = raw.get("recordingIds")
-        left = {int(e["index"]): str(e.get("reason") or "") for e in raw.get("leftOut") or []
-                if isinstance(e, dict) and isinstance(e.get("index"), int)}
-        return cls(step=step, promoted=raw.get("promoted"), left_out=left,
-                   recording_ids=[str(i) for i in ids] if isinstance(ids, list) else None)
-
-    def to_api(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"step": self.step.value}
-        if self.promoted is not None:
-            out["promoted"] = self.promoted
-        if self.recording_ids is not None:
-            out["recordingIds"] = self.recording_ids
-        if self.left_out:
-            out["leftOut"] = [{"index": i, "reason": r} for i, r in sorted(self.left_out.items())]
-        return out
-
-
-@dataclass(frozen=True)
-class Wait:
-    """A step is under way: come back in `delay` seconds, showing `state`."""
-
-    message: str
-    state: SessionState
-    delay: float = 2.0
-
-
-@dataclass
-class DeletionOutcome:
-    """What one deletion attempt reached. `retry_in` is None once done; `failed` marks a
-    PromotionFailed (kept and retried). `status` is the status patch to apply either way."""
-
-    progress: DeletionProgress
-    state: SessionState
-    message: str
-    retry_in: float | None = None
-    failed: bool = False
-    status: dict[str, Any] = field(default_factory=dict)
-    notices: list[tuple[str, str]] = field(default_factory=list)
-    """Warnings (reason, message) for Events on the session: what this attempt did that
-    someone should know of (a recorder pod force-deleted on a dead node)."""
-
-    @property
-    def done(self) -> bool:
-        return self.retry_in is None
 
 
 class DeletionService:

@@ -40,7 +40,7 @@ from voicetrack_operator.context import Context
 from voicetrack_operator.plan import excluded_users
 from voicetrack_operator.services.chunkstate import parsed as parse_chunk
 from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
-from voicetrack_operator.services.sessions import SessionView, parse_time
+from voicetrack_operator.services.sessionview import SessionView, parse_time
 from voicetrack_operator.services.stuck import force_stuck
 
 log = logging.getLogger(__name__)

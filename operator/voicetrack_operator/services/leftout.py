@@ -36,7 +36,7 @@ from voicetrack.names import chunk_name
 from voicetrack.resources import TranscodeStatus
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunkstate import parsed
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 log = logging.getLogger(__name__)
 

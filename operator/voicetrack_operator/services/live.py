@@ -2,7 +2,7 @@
 session's `status.live` says.
 
 While a session records, each chunk's transcoder Job also makes the chunk's MP3 piece of
-the final tracks; a live Job (`builders.build_live_job`, `voicetrack-transcoder live`)
+the final tracks; a live Job (`jobs.build_live_job`, `voicetrack-transcoder live`)
 joins the pieces of chunks `0..N-1` into `live/<track>.mp3` and `live/manifest.json`. The
 observe timer calls `LiveService.observe` with what the watches show (no API read): it
 decides with the pure `decide`, deletes superseded Jobs, starts the next one, and reads the
@@ -30,19 +30,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
 from voicetrack.names import controller_uid
 from voicetrack.resources import LABEL_COMPONENT, SessionSpec, SessionState, TranscodeStatus
-from voicetrack_operator.builders import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
 from voicetrack_operator.context import Context
+from voicetrack_operator.jobs import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
 from voicetrack_operator.services.chunkstate import job_state
+from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
-
-if TYPE_CHECKING:  # sessions imports this module
-    from voicetrack_operator.services.sessions import SessionView
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 In a namespace being deleted the API server refuses every create (403, "unable to create
 new content in namespace … because it is being terminated") and the namespace controller
 deletes the session's Jobs, chunks and Secrets. The Job then runs in the operator's
-namespace (`OperatorSettings.operator_namespace`; `builders.build_detached_promote_job`):
+namespace (`OperatorSettings.operator_namespace`; `jobs.build_detached_promote_job`):
 it reads only S3 (the plan, and the raw chunks, which the inventory rebuilds from their
 `chunk.json` once the RecordingChunks are gone), and is deleted once its outputs are
 verified.
@@ -17,16 +17,16 @@ from voicetrack.manifests import FinalManifest, PromotionPlan
 from voicetrack.names import controller_uid, promote_job_name
 from voicetrack.resources import TranscodeStatus
 from voicetrack_operator.adapters.objects import AsyncObjectStore
-from voicetrack_operator.builders import (
+from voicetrack_operator.builders import build_recorder_rbac
+from voicetrack_operator.context import Context
+from voicetrack_operator.jobs import (
     build_detached_promote_job,
     build_promote_job,
-    build_recorder_rbac,
     detached_promote_job_name,
 )
-from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.failures import bad_chunk, failed_on_input, pods_detail
-from voicetrack_operator.services.sessions import SessionView
+from voicetrack_operator.services.sessionview import SessionView
 
 PROMOTION_RERUN_S = 10.0
 """A promotion Job that failed on infrastructure (its pods' retries ran out while S3 or a
@@ -116,7 +116,7 @@ async def run_promotion(ctx: Context, s: SessionView, plan: PromotionPlan
 
 async def ensure_detached_job(ctx: Context, s: SessionView, plan_key: str) -> None:
     """Create the promotion Job of session `s`, whose namespace is being deleted, in the
-    operator's namespace (`builders.build_detached_promote_job`), with the transcoder
+    operator's namespace (`jobs.build_detached_promote_job`), with the transcoder
     ServiceAccount it runs as. Raises TemporaryFailure while the S3 Secret its pod reads
     is missing there (the chart's release namespace holds it)."""
     ns, pods = ctx.settings.operator_namespace, ctx.settings.pods

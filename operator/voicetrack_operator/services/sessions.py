@@ -1,6 +1,6 @@
 """Sessions while they live: refuse a busy guild (`services.admission`), start the
-recorder, keep the status current, replay SQL after an outage. Deletion is
-`services.deletion`.
+recorder, keep the status current, replay SQL after an outage. A session as these read
+it is `services.sessionview`; deletion is `services.deletion`.
 
 Every method is level-based: it reads what exists, does what is missing, and returns.
 Calling any of them twice has the effect of calling it once.
@@ -11,22 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.db.meetings import MeetingIdInUse, check_owner
-from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack.layout import MeetingLayout
-from voicetrack.names import controller_uid, meeting_id_for, recorder_pod_name
+from voicetrack.errors import NotFoundError, TemporaryFailure
+from voicetrack.names import controller_uid, recorder_pod_name
 from voicetrack.resources import (
     LABEL_CHUNK_INDEX,
-    SessionSpec,
     SessionState,
     TranscodeStatus,
     check_session_name,
 )
-from voicetrack_operator.builders import SessionRef, build_recorder_pod, build_recorder_rbac
+from voicetrack_operator.builders import build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import (
     bucket_refusal,
@@ -35,6 +32,7 @@ from voicetrack_operator.services.admission import (
     meeting_owner,
 )
 from voicetrack_operator.services.autostop import delete_stopped, recorder_end, stopped_by_itself
+from voicetrack_operator.services.chunkmirror import audit_mirror, resync_chunks
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.consent import note_degraded_consent
@@ -42,6 +40,7 @@ from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.grants import forget_grant, renew_upload_grant
 from voicetrack_operator.services.isolation import ensure_recorder_access
 from voicetrack_operator.services.live import LiveService
+from voicetrack_operator.services.sessionview import Observed, SessionView, parse_time, rfc3339
 from voicetrack_operator.services.unparsable import usable_chunks
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
 
@@ -54,67 +53,6 @@ this (seconds): a younger one is the event handler's, and the view may lag its J
 MEETING_CHECK_S = 30.0
 """How often the observe timer checks that the session's meeting row still exists
 (seconds): a SELECT per session per tick was most of its SQL load."""
-
-
-@dataclass
-class Observed:
-    """What the watches show of one session (kopf's in-memory indexes,
-    `handlers/index.py`), so observing it reads no API: its recorder pod (None when there
-    is none), its RecordingChunks and its transcoder Jobs, as plain dicts."""
-
-    pod: dict[str, Any] | None
-    chunks: list[dict[str, Any]] = field(default_factory=list)
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    live: list[dict[str, Any]] = field(default_factory=list)
-    """Its live-assembly Jobs (`services.live`)."""
-
-
-@dataclass
-class SessionView:
-    """A RecordingSession as the services need it."""
-
-    ref: SessionRef
-    spec: SessionSpec
-    status: dict[str, Any]
-    generation: int
-    created: str
-    deletion: str | None = None
-    body: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, body: dict[str, Any]) -> SessionView:
-        """Parse a RecordingSession. Raises InvalidInputError naming the bad field."""
-        meta = body["metadata"]
-        try:
-            spec = SessionSpec.model_validate(body.get("spec", {}))
-        except ValueError as err:
-            raise InvalidInputError(f"invalid spec: {err}") from err
-        return cls(ref=SessionRef(name=meta["name"], namespace=meta["namespace"],
-                                  uid=meta["uid"]),
-                   spec=spec, status=dict(body.get("status") or {}),
-                   generation=int(meta.get("generation", 1)),
-                   created=str(meta.get("creationTimestamp", "")),
-                   deletion=meta.get("deletionTimestamp"), body=body)
-
-    @property
-    def meeting_id(self) -> str:
-        """status.meetingId once the operator recorded it (an edited spec.meetingId does
-        not move a started session), else spec.meetingId, else one derived from the uid
-        (stable across retries)."""
-        return meeting_id_for(self.ref.uid, self.spec.meeting_id, self.status.get("meetingId"))
-
-    @property
-    def state(self) -> SessionState | None:
-        """status.state, None before the operator wrote one (or for a value it never
-        writes)."""
-        try:
-            return SessionState(self.status.get("state", ""))
-        except ValueError:
-            return None
-
-    @property
-    def layout(self) -> MeetingLayout:
-        return MeetingLayout(self.spec.storage.prefix, self.spec.guild_id, self.meeting_id)
 
 
 TERMINAL = (TranscodeStatus.DONE.value, TranscodeStatus.FAILED.value)
@@ -130,15 +68,6 @@ def _significant(status: dict[str, Any]) -> tuple[Any, ...]:
                        if c.get("type") != "TranscodesComplete")
     return (status.get("state"), status.get("observedGeneration"),
             status.get("recorderFailure"), conditions)
-
-
-def rfc3339(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str) -> datetime:
-    """An RFC 3339 timestamp (`Z` or an offset) as an aware datetime."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 class SessionService:
@@ -409,14 +338,14 @@ class SessionService:
                      objs: list[dict[str, Any]] | None = None) -> tuple[bool, str]:
         """Replay the session's meeting row and chunk states into SQL when a write failed
         earlier (or the condition says so); with the session's chunk objects `objs`, audit
-        the mirror once per session and turn (`ChunkService.audit_mirror`). Returns
+        the mirror once per session and turn (`chunkmirror.audit_mirror`). Returns
         (synced, message)."""
         key = (s.ref.namespace, s.ref.name)
         lagging = key in self.ctx.unsynced or any(
             c["type"] == "DatabaseSynced" and c["status"] == "False"
             for c in s.status.get("conditions") or [])
         if not lagging and objs is not None and s.ref.uid not in self.ctx.audited:
-            if await self.chunks.audit_mirror(objs, s.meeting_id):
+            if await audit_mirror(self.ctx, objs, s.meeting_id):
                 self.ctx.audited.add(s.ref.uid)
             lagging = key in self.ctx.unsynced
         if not lagging:
@@ -433,8 +362,8 @@ class SessionService:
         except MeetingIdInUse as err:  # observe fails the session: never written over
             self.ctx.unsynced[key] = str(err)
             return False, str(err)
-        if await self.chunks.resync_chunks(s.ref.namespace, s.ref.name, s.ref.uid,
-                                           s.meeting_id):
+        if await resync_chunks(self.ctx, s.ref.namespace, s.ref.name, s.ref.uid,
+                               s.meeting_id):
             self.ctx.audited.add(s.ref.uid)  # every chunk's state was written: as audited
             log.info("session %s/%s: SQL mirror caught up", *key)
             return True, "chunk states replayed"

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.sessions import parse_time
+from voicetrack_operator.services.sessionview import parse_time
 
 log = logging.getLogger(__name__)
 

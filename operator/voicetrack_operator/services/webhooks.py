@@ -54,7 +54,7 @@ from voicetrack_operator.adapters.webhook_egress import (
 )
 from voicetrack_operator.adapters.webhook_events import warn_session
 from voicetrack_operator.context import Context
-from voicetrack_operator.services.sessions import SessionView, parse_time
+from voicetrack_operator.services.sessionview import SessionView, parse_time
 from voicetrack_operator.services.webhook_settings import (
     WebhookSettings,
     answer_summary,
