@@ -30,6 +30,7 @@ import contextlib
 import posixpath
 import re
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -44,7 +45,14 @@ from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import ConsentRecord, FinalManifest
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, sha256_file
-from voicetrack.recordings.bundle import LofEntry, ffmpeg_path, lof_text, render_flac
+from voicetrack.recordings.bundle import (
+    BuildStopped,
+    LofEntry,
+    ffmpeg_path,
+    in_thread,
+    lof_text,
+    render_flac,
+)
 from voicetrack.recordings.models import (
     Bundle,
     ChecksumMismatch,
@@ -239,8 +247,11 @@ class RecordingsReader:
         after verifying its sha256; `<meeting>.lof` listing them (speakers, then the mix);
         `manifest.json`; `timeline.json` and `consent.json` when promotion wrote them.
         NotFoundError when the meeting has no final tracks; ChecksumMismatch for a damaged
-        source;
-        InvalidInputError when ffmpeg is missing or fails."""
+        source; InvalidInputError when ffmpeg is missing or fails. Cancelled, it stops
+        before the cancellation is raised: the running ffmpeg is stopped
+        (`bundle.stop_process`), a running S3 read or zip write is awaited (the zip write
+        gives up between members) and the scratch files are deleted; nothing of the build
+        outlives it."""
         detail = await self.show(ref)
         meeting = detail.record.meeting_id
         if not detail.tracks or detail.manifest is None or detail.manifest_key is None:
@@ -253,43 +264,47 @@ class RecordingsReader:
         folder = f"voicetrack-{meeting}"
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f".{out.name}.part")
+        stop = threading.Event()
         with tempfile.TemporaryDirectory(prefix=".voicetrack-zip-", dir=out.parent) as tmp:
             work, src = Path(tmp), Path(tmp) / "src"
             src.mkdir()
             names = []
             for t in sources:
-                fetched = await asyncio.to_thread(self._fetch_verified, t, src / t.filename)
+                fetched = await in_thread(stop, self._fetch_verified, t, src / t.filename)
                 if isinstance(fetched, str):
                     raise ChecksumMismatch(f"{t.filename}: {fetched} (the object in S3 is "
                                            "damaged; no bundle written)", [t.filename])
                 name = f"{t.track}.flac"
-                await asyncio.to_thread(render_flac, fetched.path, work / name, samples, ffmpeg)
+                await render_flac(fetched.path, work / name, samples, ffmpeg)
                 names.append(name)
                 if on_file:
                     on_file(name)
             lof = lof_text([LofEntry(n) for n in names])
-            manifest = await asyncio.to_thread(self.store.get_bytes, detail.manifest_key)
+            manifest = await in_thread(stop, self.store.get_bytes, detail.manifest_key)
             texts = [(f"{meeting}.lof", lof.encode()), ("manifest.json", manifest)]
             for name, key in ((TIMELINE_NAME, detail.timeline_key),
                               (CONSENT_NAME, detail.consent_key)):
                 if key:
                     with contextlib.suppress(NotFoundError):
-                        texts.append((name, await asyncio.to_thread(self.store.get_bytes,
-                                                                    key)))
-            members = await asyncio.to_thread(_write_zip, part, folder, work, names, texts)
+                        texts.append((name, await in_thread(stop, self.store.get_bytes, key)))
+            members = await in_thread(stop, _write_zip, part, folder, work, names, texts,
+                                      stop)
         part.replace(out)
         return Bundle(out, tuple(members), samples, duration_ms)
 
 
 def _write_zip(part: Path, folder: str, work: Path, names: list[str],
-               texts: list[tuple[str, bytes]]) -> list[str]:
+               texts: list[tuple[str, bytes]], stop: threading.Event) -> list[str]:
     """Write the zip at `part`: the FLACs `names` from `work`, stored (already
     compressed), then the text files `texts` (name, bytes), deflated; its member names,
-    all under `folder/`."""
+    all under `folder/`. BuildStopped (and no `part` left) when `stop` is set before a
+    FLAC is added."""
     members = []
     try:
         with zipfile.ZipFile(part, "w") as zf:
             for name in names:
+                if stop.is_set():
+                    raise BuildStopped(f"{part.name}: the build was stopped")
                 zf.write(work / name, f"{folder}/{name}", compress_type=zipfile.ZIP_STORED)
                 members.append(f"{folder}/{name}")
             for name, data in texts:

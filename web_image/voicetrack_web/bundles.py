@@ -7,14 +7,18 @@ build starts until its response has been sent or abandoned, so a slot covers all
 429 with `Retry-After: RETRY_AFTER_S` (there is no queue, so nothing waits on disk or in
 memory). `BundleResponse` streams the zip and deletes it (releasing the slot) when the
 response ends: sent, the client gone, or `SEND_LIMIT_S` passed (a client that stops
-reading cannot keep a slot forever).
+reading cannot keep a slot forever). A build that fails or is cancelled (its client
+left) keeps its slot until it has stopped (`release_when_stopped`): leaving and asking
+again cannot run more builds than slots.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import anyio
 from starlette.responses import FileResponse
@@ -88,3 +92,20 @@ def release_bundle(work: Path, slot: BundleSlot) -> None:
     """Delete the bundle's directory `work`, then free its slot."""
     shutil.rmtree(work, ignore_errors=True)
     slot.release()
+
+
+def release_when_stopped(build: asyncio.Future[Any], work: Path, slot: BundleSlot) -> None:
+    """`release_bundle(work, slot)` once `build` is over: now when it is, else when it
+    ends (however: the slot stays held while the build still runs, even when whoever
+    awaited it was cancelled meanwhile). `build`'s error is taken as seen: the caller
+    answered it, or nobody is left to."""
+
+    def over(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()
+        release_bundle(work, slot)
+
+    if build.done():
+        over(build)
+    else:
+        build.add_done_callback(over)

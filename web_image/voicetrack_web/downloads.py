@@ -6,7 +6,8 @@ rule as every other meeting route (`context.meeting_of`: 404 when not visible).
   equal-length 48 kHz FLAC per speaker and the mix from t = 0, the `.lof`, `manifest.json`,
   `timeline.json`) in a fresh directory under the pod's temp dir, streamed as an
   attachment and deleted once sent (or when building fails, or the client leaves while
-  it is built: the build stops). Nothing is written to S3. At most `max_bundles` are
+  it is built: the build is stopped, its ffmpeg too, and its slot held until it has).
+  Nothing is written to S3. At most `max_bundles` are
   held at once (built or being sent, `bundles.BundleSlots`), one per user; more are
   answered 429 with `Retry-After`.
 - `GET /api/meetings/{meeting}/live`: the live manifest the transcoder's `assemble_live`
@@ -22,10 +23,8 @@ rule as every other meeting route (`context.meeting_of`: 404 when not visible).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import tempfile
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +37,7 @@ from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack_web.access import MeetingView
-from voicetrack_web.bundles import RETRY_AFTER_S, BundleResponse, release_bundle
+from voicetrack_web.bundles import RETRY_AFTER_S, BundleResponse, release_when_stopped
 from voicetrack_web.context import check_csrf, meeting_of, not_found, state_of
 
 LIVE_AUDIO_LINK_S = 3600
@@ -70,27 +69,27 @@ async def bundle(request: Request) -> Response:
                             "try again shortly", {"Retry-After": str(RETRY_AFTER_S)})
     work = Path(tempfile.mkdtemp(prefix="voicetrack-web-zip-"))
     name = f"voicetrack-{view.id}.zip"
+    build = asyncio.ensure_future(st.reader.bundle(view.id, work / name))
+    built = False
     try:
-        await _unless_client_leaves(request, st.reader.bundle(view.id, work / name))
+        await _unless_client_leaves(request, build)
+        built = True
     except ClientGone:
-        release_bundle(work, slot)
         return Response(status_code=499)  # nobody reads it; uvicorn drops the connection
     except NotFoundError as exc:
-        release_bundle(work, slot)
         raise HTTPException(404, str(exc)) from exc
     except (InvalidInputError, TemporaryFailure) as exc:
-        release_bundle(work, slot)
         raise HTTPException(502, f"the zip could not be built: {exc}") from exc
-    except BaseException:
-        release_bundle(work, slot)
-        raise
+    finally:
+        if not built:
+            release_when_stopped(build, work, slot)
     return BundleResponse(work / name, work, slot, name)
 
 
-async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result; cancelled, and ClientGone raised, once the client disconnects
-    (checked every DISCONNECT_POLL_S; a thread already running finishes its step)."""
-    task = asyncio.ensure_future(work)
+async def _unless_client_leaves(request: Request, task: asyncio.Future[T]) -> T:
+    """`task`'s result; once the client disconnects (checked every DISCONNECT_POLL_S)
+    `task` is cancelled and awaited until it has stopped (the bundle's build stops its
+    ffmpeg and waits for its thread), then ClientGone is raised."""
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
@@ -101,8 +100,7 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task})
 
 
 def live_layout(view: MeetingView) -> MeetingLayout:
