@@ -53,6 +53,7 @@ from voicetrack_operator.services.isolation import (
     chunk_refusal,
     refusal_message,
 )
+from voicetrack_operator.services.sessionview import parse_time
 from voicetrack_operator.services.unparsable import usable_chunks
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def session_facts(session: dict[str, Any], spec: SessionSpec) -> SessionFacts:
         ref=SessionRef(name=meta["name"], namespace=meta["namespace"], uid=uid),
         layout=MeetingLayout(spec.storage.prefix, spec.guild_id, session_meeting_id(session)),
         raw_format=spec.storage.raw_format,
-        created=datetime.fromisoformat(str(meta["creationTimestamp"]).replace("Z", "+00:00")))
+        created=parse_time(str(meta["creationTimestamp"])))
 
 
 class ChunkService:
