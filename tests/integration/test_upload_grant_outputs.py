@@ -198,11 +198,12 @@ def test_a_chunk_without_frozen_copies_is_read_from_its_chunk_folder(
     and makes the same final tracks. It writes no frozen copy itself."""
     rec = _recorded(s3_server)
     store = rec.store
-    full = promote(store, LAYOUT.promotion_plan_key, incremental=False)
+    full, incremental = _promoted(store)
     frozen = [LAYOUT.frozen_raw_key(c.index, u, "ogg-opus") for c, u, _ in _spoken(rec)]
     assert store.delete_keys(frozen) == len(frozen) == 4
     old_full, old_incremental = _promoted(store)
     assert _tracks(old_full) == _tracks(full)
+    assert _tracks(old_incremental) == _tracks(incremental)
     assert not [k for k in frozen if store.exists(k)]
 
 
