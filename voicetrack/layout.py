@@ -4,6 +4,7 @@
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/chunk.json           chunk spec
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/<userId>.<fmt>      transcoded track
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/raw-<userId>.<raw-ext> frozen raw track
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/chunk.json          frozen chunk spec
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/result.json         transcoder manifest
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece-<track>.<fmt> promotion piece
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece.json          piece manifest
@@ -27,11 +28,14 @@ pieces and their `piece.json`, `result.json`, `head-after.json` and the chunk ou
 The grant can still overwrite a chunk's raw tracks in `chunks/<index>/` after they were
 transcoded, so the chunk's Job stores the exact bytes it verified (sha256 against the
 chunk's spec) as the frozen raw track `outputs/<index>/raw-<userId>.<raw-ext>` before its
-`result.json`: a done chunk always has them, and every later read of the chunk's raw audio
+`result.json`, with the spec it verified them against (`outputs/<index>/chunk.json`): a
+done chunk always has them, and every later read of the chunk's raw audio
 (promotion in full, assembly's renders, the next chunk's piece) takes the frozen copy,
 verified again, and reads `chunks/<index>/` only when there is none (a chunk transcoded
-before frozen copies existed; `voicetrack_transcoder.rawtracks.load_raw`). Overwriting a
-done chunk's raw track then changes nothing the final tracks are made of.
+before frozen copies existed; `voicetrack_transcoder.rawtracks.load_raw`), and a chunk
+rebuilt when its RecordingChunk is gone takes the frozen spec over the recorder's
+`chunk.json` (`voicetrack_operator.services.inventory`). Overwriting a done chunk's raw
+track or `chunk.json` then changes nothing the final tracks are made of.
 Collection deletes a chunk's `outputs/<index>/` with its `chunks/<index>/`. Sessions
 transcoded before this split (outputs inside `chunks/<index>/`) are still promoted: their
 pieces are not found at the new keys, so promotion is the full one from the raw chunks
@@ -94,7 +98,7 @@ class MeetingLayout:
 
     def output_dir(self, index: int) -> str:
         """`<root>/outputs/<index:06d>` (no trailing slash): the transcoder's outputs of
-        chunk `index` (frozen raw tracks, transcoded tracks, `result.json`, pieces,
+        chunk `index` (frozen raw tracks and spec, transcoded tracks, `result.json`, pieces,
         `piece.json`, `head-after.json`); collected with `chunk_dir(index)`."""
         return f"{self.root}/outputs/{index:06d}"
 
@@ -108,6 +112,13 @@ class MeetingLayout:
         (outside the recorder's grant) before its `result.json`; collected with the
         chunk's folder. `raw-` keeps it apart from the transcoded `<userId>.<fmt>`."""
         return f"{self.output_dir(index)}/raw-{user_id}.{RAW_EXTENSIONS[raw_format]}"
+
+    def frozen_spec_key(self, index: int) -> str:
+        """Key of the frozen copy of chunk `index`'s spec: the spec (the RecordingChunk's,
+        immutable) its Job verified the raw tracks against, stored with the frozen raw
+        tracks before `result.json`; what rebuilds the chunk when its RecordingChunk is
+        gone, rather than the `chunk.json` the recorder can overwrite."""
+        return f"{self.output_dir(index)}/{CHUNK_MANIFEST_NAME}"
 
     def chunk_output_key(self, index: int, user_id: str, fmt: str) -> str:
         """Key of a speaker's transcoded track in chunk `index` (`mp3`, `flac`, `ogg`)."""
@@ -207,7 +218,8 @@ def output_extension(fmt: str) -> str:
 class ParsedKey:
     """What a key under some prefix says: its meeting, and for chunk objects the chunk index
     and the file name. `area` is `chunks` (the recorder's: `<userId>.<raw-ext>`,
-    `chunk.json`), `outputs` (the transcoder's: `raw-<userId>.<raw-ext>`, `<userId>.<fmt>`,
+    `chunk.json`), `outputs` (the transcoder's: `raw-<userId>.<raw-ext>`, `chunk.json`,
+    `<userId>.<fmt>`,
     `result.json`, pieces,
     `piece.json`, `head-after.json`), `final` (`name`: the rest of the key after
     `final/`) or `promotion` (the plan; no index, no name). `live/` keys parse to None."""

@@ -19,6 +19,7 @@ chunk folders).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from voicetrack.resources import SessionSpec
 pytestmark = pytest.mark.e2e
 
 GUILD, NS_GUILD = "300000000000000091", "300000000000000092"
-GUILD_BAD = "300000000000000093"
+GUILD_BAD, NS_SPEC_GUILD = "300000000000000093", "300000000000000094"
 USERS = ["400000000000000071", "400000000000000072"]  # test_auto_promote.session's speakers
 AUDIO_MS = 7_000
 PROMOTED_S = 120
@@ -66,7 +67,12 @@ class Recorded:
         return int(self.bad["spec"]["index"])
 
 
-def record_and_forge(stack: Stack, ns: str, guild: str, damage_frozen: bool) -> Recorded:
+def record_and_forge(stack: Stack, ns: str, guild: str, damage_frozen: bool,
+                     forge_spec: bool = False) -> Recorded:
+    """Record, then overwrite the loudest track of the last chunk with audio; with
+    `damage_frozen` damage its frozen copy too, with `forge_spec` also overwrite that
+    chunk's `chunk.json` (through the grant's prefix) to name the forged object's sha256
+    and size, as a compromised recorder would before the namespace goes."""
     keys = []
     for s in (Speaker(USERS[0], 170.0, talks=[(300, 3000)], markers=[]),
               Speaker(USERS[1], 260.0, talks=[(3500, 6500)], markers=[])):
@@ -121,6 +127,11 @@ def record_and_forge(stack: Stack, ns: str, guild: str, damage_frozen: bool) -> 
     stack.store.put_bytes(track["key"], FORGED, "audio/ogg")
     if damage_frozen:  # only a store fault does this: the grant cannot write there
         stack.store.put_bytes(frozen, DAMAGED, "audio/ogg")
+    if forge_spec:
+        forged = json.loads(json.dumps(bad["spec"]))
+        forged["tracks"][0].update(sha256=hashlib.sha256(FORGED).hexdigest(),
+                                   bytes=len(FORGED))
+        stack.store.put_json(layout.chunk_manifest_key(int(bad["spec"]["index"])), forged)
     return Recorded(status["meetingId"], layout, chunks, bad,
                     {t["userId"] for c in spoken[:-1] for t in c["spec"]["tracks"]},
                     loud[track["userId"]])
@@ -234,3 +245,19 @@ def test_the_namespace_of_a_session_with_an_overwritten_chunk_is_deleted_cleanly
         "get", "namespace", ns, check=False).returncode != 0,
         lambda: (get(stack, ns, "recsess", "forged") or {}).get("status"))
     check_promoted_without(stack, rec)
+
+
+def test_a_namespace_deleted_after_a_chunks_raw_track_and_chunk_json_were_forged(
+        stack: Stack, e2e_namespace: str) -> None:
+    """The namespace goes, so the chunks are rebuilt from S3: the forged chunk's from the
+    frozen copy of its spec its Job stored (outside the grant), not the `chunk.json` the
+    recorder overwrote, so it is promoted with its genuine audio. Rebuilt from the forged
+    `chunk.json`, its sha256 did not match the frozen raw track and the chunk was left
+    out (and with no frozen copies at all the forged object would have been promoted)."""
+    ns = e2e_namespace
+    rec = record_and_forge(stack, ns, NS_SPEC_GUILD, damage_frozen=False, forge_spec=True)
+    stack.kubectl("delete", "namespace", ns, "--wait=false")
+    wait_gone(stack, f"namespace {ns}", lambda: stack.kubectl(
+        "get", "namespace", ns, check=False).returncode != 0,
+        lambda: (get(stack, ns, "recsess", "forged") or {}).get("status"))
+    check_promoted_with(stack, rec)

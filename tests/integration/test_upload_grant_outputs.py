@@ -87,6 +87,7 @@ def test_the_grant_cannot_overwrite_any_transcoder_output(
                   if not k.startswith(LAYOUT.chunks_root) and k != LAYOUT.promotion_plan_key)
     for key in (LAYOUT.chunk_output_key(0, A, "mp3"), LAYOUT.result_key(0),
                 LAYOUT.frozen_raw_key(0, A, "ogg-opus"), LAYOUT.frozen_raw_key(2, B, "ogg-opus"),
+                LAYOUT.frozen_spec_key(0), LAYOUT.frozen_spec_key(2),
                 LAYOUT.piece_key(0, A, "mp3"), LAYOUT.piece_key(2, "mix", "mp3"),
                 LAYOUT.piece_manifest_key(0), LAYOUT.piece_manifest_key(2),
                 LAYOUT.head_after_key(0), LAYOUT.head_after_key(2)):
@@ -170,9 +171,11 @@ def test_raw_tracks_overwritten_through_the_grant_after_their_transcode_change_n
     rec = _recorded(s3_server)
     store = rec.store
     spoken = _spoken(rec)
-    for chunk, user, _ in spoken:  # the exact bytes the chunk verified
+    for chunk, user, _ in spoken:  # the exact bytes the chunk verified, and its spec
         frozen = store.get_bytes(LAYOUT.frozen_raw_key(chunk.index, user, "ogg-opus"))
         assert sha256_hex(frozen) == next(t.sha256 for t in chunk.tracks if t.user_id == user)
+        assert ChunkSpec.model_validate(store.get_json(LAYOUT.frozen_spec_key(chunk.index))
+                                        ) == chunk
     full, incremental = _promoted(store)
 
     grant = grant_for(store, LAYOUT)

@@ -3,7 +3,7 @@
 Order of work, which makes the command safe to run again: read and validate every raw track
 first (bad input stops here, before anything is written); encode all tracks and formats with
 one ffmpeg run; hash and upload the outputs while one more ffmpeg run decodes them to measure
-their true length; store the verified raw tracks as the chunk's frozen copies
+their true length; store the verified raw tracks and the spec as the chunk's frozen copies
 (`voicetrack.layout`, "Who writes where": outside the recorder's upload grant, so
 overwriting the raw track after this changes nothing promotion reads); write `result.json`
 last, so its presence means every output it lists and every frozen copy is in place.
@@ -57,7 +57,8 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     `tracks` (`perSpeaker`, `mixed`, `both`; None: no piece) asks for the chunk's piece
     of those final tracks when `formats` is `["mp3"]` (see the module docstring).
     The raw tracks are read by `rawtracks.load_raw` (a frozen copy a run before stored,
-    else `chunk.tracks[].key`) and stored as frozen copies before `result.json`.
+    else `chunk.tracks[].key`) and stored as frozen copies, with `chunk` itself
+    (`MeetingLayout.frozen_spec_key`), before `result.json`.
     Raises InvalidInputError (exit 2) for a bad window, a missing, empty or corrupt raw
     object or a sha256 mismatch, before writing anything; TemporaryFailure (exit 1) for
     S3 or ffmpeg failures.
@@ -118,6 +119,7 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
         if not raw.frozen:
             store.put_bytes(layout.frozen_raw_key(chunk.index, raw.track.user_id,
                                                   raw.raw_format), raw.data)
+    store.put_json(layout.frozen_spec_key(chunk.index), chunk.to_api())  # what they match
     result = TranscodeResult(tool_version=TOOL_VERSION, index=chunk.index, outputs=outputs)
     store.put_json(layout.result_key(chunk.index), result.to_api())
     if tracks is not None and formats == ["mp3"]:
