@@ -3,6 +3,8 @@
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/<userId>.<raw-ext>   raw track
     <prefix>/<guildId>/<meetingId>/chunks/<index:06d>/chunk.json           chunk spec
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/<userId>.<fmt>      transcoded track
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/raw-<userId>.<raw-ext> frozen raw track
+    <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/chunk.json          frozen chunk spec
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/result.json         transcoder manifest
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece-<track>.<fmt> promotion piece
     <prefix>/<guildId>/<meetingId>/outputs/<index:06d>/piece.json          piece manifest
@@ -23,6 +25,17 @@ upload grant (`chunks_root`, `voicetrack.uploadgrant`). Everything the transcode
 from a chunk lies in the chunk's `outputs/<index>/` folder, outside that prefix, so a
 recorder (even a compromised one) cannot write what assembly and the operator trust: the
 pieces and their `piece.json`, `result.json`, `head-after.json` and the chunk outputs.
+The grant can still overwrite a chunk's raw tracks in `chunks/<index>/` after they were
+transcoded, so the chunk's Job stores the exact bytes it verified (sha256 against the
+chunk's spec) as the frozen raw track `outputs/<index>/raw-<userId>.<raw-ext>` before its
+`result.json`, with the spec it verified them against (`outputs/<index>/chunk.json`): a
+done chunk always has them, and every later read of the chunk's raw audio
+(promotion in full, assembly's renders, the next chunk's piece) takes the frozen copy,
+verified again, and reads `chunks/<index>/` only when there is none (a chunk transcoded
+before frozen copies existed; `voicetrack_transcoder.rawtracks.load_raw`), and a chunk
+rebuilt when its RecordingChunk is gone takes the frozen spec over the recorder's
+`chunk.json` (`voicetrack_operator.services.inventory`). Overwriting a done chunk's raw
+track or `chunk.json` then changes nothing the final tracks are made of.
 Collection deletes a chunk's `outputs/<index>/` with its `chunks/<index>/`. Sessions
 transcoded before this split (outputs inside `chunks/<index>/`) are still promoted: their
 pieces are not found at the new keys, so promotion is the full one from the raw chunks
@@ -85,13 +98,27 @@ class MeetingLayout:
 
     def output_dir(self, index: int) -> str:
         """`<root>/outputs/<index:06d>` (no trailing slash): the transcoder's outputs of
-        chunk `index` (transcoded tracks, `result.json`, pieces, `piece.json`,
-        `head-after.json`); collected with `chunk_dir(index)`."""
+        chunk `index` (frozen raw tracks and spec, transcoded tracks, `result.json`, pieces,
+        `piece.json`, `head-after.json`); collected with `chunk_dir(index)`."""
         return f"{self.root}/outputs/{index:06d}"
 
     def raw_key(self, index: int, user_id: str, raw_format: str) -> str:
         """Key of a speaker's raw track in chunk `index` (`.opus` or `.pcm`)."""
         return f"{self.chunk_dir(index)}/{user_id}.{RAW_EXTENSIONS[raw_format]}"
+
+    def frozen_raw_key(self, index: int, user_id: str, raw_format: str) -> str:
+        """Key of the frozen copy of a speaker's raw track in chunk `index`: the bytes the
+        chunk's Job verified against the chunk's spec, stored in the chunk's outputs folder
+        (outside the recorder's grant) before its `result.json`; collected with the
+        chunk's folder. `raw-` keeps it apart from the transcoded `<userId>.<fmt>`."""
+        return f"{self.output_dir(index)}/raw-{user_id}.{RAW_EXTENSIONS[raw_format]}"
+
+    def frozen_spec_key(self, index: int) -> str:
+        """Key of the frozen copy of chunk `index`'s spec: the spec (the RecordingChunk's,
+        immutable) its Job verified the raw tracks against, stored with the frozen raw
+        tracks before `result.json`; what rebuilds the chunk when its RecordingChunk is
+        gone, rather than the `chunk.json` the recorder can overwrite."""
+        return f"{self.output_dir(index)}/{CHUNK_MANIFEST_NAME}"
 
     def chunk_output_key(self, index: int, user_id: str, fmt: str) -> str:
         """Key of a speaker's transcoded track in chunk `index` (`mp3`, `flac`, `ogg`)."""
@@ -191,7 +218,9 @@ def output_extension(fmt: str) -> str:
 class ParsedKey:
     """What a key under some prefix says: its meeting, and for chunk objects the chunk index
     and the file name. `area` is `chunks` (the recorder's: `<userId>.<raw-ext>`,
-    `chunk.json`), `outputs` (the transcoder's: `<userId>.<fmt>`, `result.json`, pieces,
+    `chunk.json`), `outputs` (the transcoder's: `raw-<userId>.<raw-ext>`, `chunk.json`,
+    `<userId>.<fmt>`,
+    `result.json`, pieces,
     `piece.json`, `head-after.json`), `final` (`name`: the rest of the key after
     `final/`) or `promotion` (the plan; no index, no name). `live/` keys parse to None."""
 

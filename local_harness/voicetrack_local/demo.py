@@ -260,6 +260,20 @@ def _write_outputs(store: ObjectStore, manifest: FinalManifest, layout: MeetingL
     return doc
 
 
+def outputs_bytes(store: ObjectStore, layout: MeetingLayout) -> tuple[int, int]:
+    """(frozen raw copies, transcoded chunk tracks) in bytes under the meeting's
+    `outputs/` now (`voicetrack.layout`: `raw-<user>.<ext>`, `<user>.<fmt>`); pieces
+    and manifests are not counted. Each object is read once (a demo's few MB)."""
+    frozen = tracks = 0
+    for key in store.list_keys(layout.outputs_root):
+        name = key.rsplit("/", 1)[-1]
+        if name.startswith("raw-"):
+            frozen += store.digest(key)[0]
+        elif name.split(".")[0].isdigit():
+            tracks += store.digest(key)[0]
+    return frozen, tracks
+
+
 def _print_rows(database_url: str, meeting_id: str) -> None:
     async def rows() -> list[Any]:
         svc = RecordingService.from_url(database_url)
@@ -338,6 +352,7 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
         meeting_id = obj.get("status", {}).get("meetingId", "")
         chunks = int(obj.get("status", {}).get("chunks", {}).get("total", 0))
         _wait_transcoded(kc.kubeconfig, 120)
+        frozen, encoded = outputs_bytes(store, MeetingLayout("recordings", GUILD, meeting_id))
         p50, p95, n = _latency(database_url, meeting_id)
         kubectl(kc.kubeconfig, "-n", NAMESPACE, "delete", "recsess", SESSION, "--wait=false")
         console.print("[green]RecordingSession deleted: stop → transcodes → promotion[/green]")
@@ -364,6 +379,9 @@ def run_demo(audio: list[Path], offsets: list[int], out: Path, *, postgres: bool
                       f"{total} for {chunks} chunk(s) = {total / max(chunks, 1):.1f} per chunk")
         console.print("API writes by resource: " + ", ".join(
             f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])))
+        console.print(f"before stop: frozen raw copies {frozen / 1e3:.0f} kB = "
+                      f"{100 * frozen / max(encoded, 1):.0f}% of the MP3 chunk tracks "
+                      f"({encoded / 1e3:.0f} kB), until collection")
         console.print(f"final tracks in {out}")
         if web_s > 0:  # the web page on this demo's meeting, logged in via the local Discord
             console.print(f"web page on this meeting for {web_s:g} s "

@@ -9,6 +9,13 @@ tracks. They now lie under `<root>/outputs/` (`voicetrack.layout`): S3 itself re
 grant's POST there (403 AccessDenied, the policy's starts-with condition), even when the
 recorder's client-side prefix check is bypassed. A session transcoded before the split
 (outputs still in `chunks/<k>/`) is promoted in full from its raw chunks.
+
+The grant can still overwrite a done chunk's raw tracks in `chunks/<k>/` (issue 15): the
+promotion found the sha256 mismatch and left the chunk out, so a recorder could take its
+earlier audio out of the final tracks after the fact. Each chunk's Job now stores the raw
+tracks it verified as frozen copies in `outputs/<k>/` (`MeetingLayout.frozen_raw_key`),
+which promotion reads instead: the overwrite changes no final track. A chunk with no frozen
+copy (transcoded before them) is still read from `chunks/<k>/`.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import pytest
 from tests.audio_helpers import Speaker, upload_chunks
 from tests.integration.test_upload_grant import grant_for, raw_file
 from voicetrack.chunkspec import ChunkSpec
+from voicetrack.errors import ChunkInputError
 from voicetrack.layout import MeetingLayout, parse_key
-from voicetrack.manifests import PromotionPlan
+from voicetrack.manifests import FinalManifest, PromotionPlan
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack.uploadgrant import GrantRefused, post_object
 from voicetrack_transcoder.chunk import transcode_chunk
@@ -76,8 +84,10 @@ def test_the_grant_cannot_overwrite_any_transcoder_output(
     assert [c.index for c in rec.chunks if not c.tracks] == [1]
     # what the transcodes made: everything but the raw tracks, chunk.json and the plan
     made = sorted(k for k in store.list_keys(LAYOUT.root + "/")
-                  if not k.endswith((".opus", "/chunk.json", "/promotion.json")))
+                  if not k.startswith(LAYOUT.chunks_root) and k != LAYOUT.promotion_plan_key)
     for key in (LAYOUT.chunk_output_key(0, A, "mp3"), LAYOUT.result_key(0),
+                LAYOUT.frozen_raw_key(0, A, "ogg-opus"), LAYOUT.frozen_raw_key(2, B, "ogg-opus"),
+                LAYOUT.frozen_spec_key(0), LAYOUT.frozen_spec_key(2),
                 LAYOUT.piece_key(0, A, "mp3"), LAYOUT.piece_key(2, "mix", "mp3"),
                 LAYOUT.piece_manifest_key(0), LAYOUT.piece_manifest_key(2),
                 LAYOUT.head_after_key(0), LAYOUT.head_after_key(2)):
@@ -118,10 +128,97 @@ def test_a_session_transcoded_before_the_split_is_promoted_in_full(
     for key in store.list_keys(LAYOUT.outputs_root):
         parsed = parse_key(key, LAYOUT.prefix)
         assert parsed is not None and parsed.index is not None and parsed.name is not None
-        store.copy(key, f"{LAYOUT.chunk_dir(parsed.index)}/{parsed.name}")
+        if not parsed.name.startswith("raw-"):  # no frozen copies then
+            store.copy(key, f"{LAYOUT.chunk_dir(parsed.index)}/{parsed.name}")
     assert store.delete_prefix(LAYOUT.outputs_root) > 0
     manifest = promote(store, LAYOUT.promotion_plan_key)
     assert manifest.assembly == "full"
     assert manifest.fallback_reason is not None and "piece.json" in manifest.fallback_reason
     assert manifest.duration_ms == SESSION_MS
     assert {t.track for t in manifest.tracks} == {A, B, "mix"}
+
+
+def _tracks(manifest: FinalManifest) -> dict[str, tuple[int, str]]:
+    """track → (bytes, sha256) of a promotion's final tracks."""
+    return {t.track: (t.bytes, t.sha256) for t in manifest.tracks}
+
+
+def _promoted(store: ObjectStore) -> tuple[FinalManifest, FinalManifest]:
+    """(full, incremental) promotions of the plan. Chunk 0's `head-after.json` is gone, so
+    the assembly renders the silent unit after it from chunk 0's raw tracks (as it does
+    when that head was never made)."""
+    full = promote(store, LAYOUT.promotion_plan_key, incremental=False)
+    assert (full.assembly, full.gaps, full.duration_ms) == ("full", [], SESSION_MS)
+    store.delete_keys([LAYOUT.head_after_key(0)])
+    incremental = promote(store, LAYOUT.promotion_plan_key)
+    assert (incremental.assembly, incremental.fallback_reason, incremental.gaps) == (
+        "incremental", None, [])
+    return full, incremental
+
+
+def _spoken(rec: Recorded) -> list[tuple[ChunkSpec, str, str]]:
+    """(chunk, user id, raw key) of every raw track of the session."""
+    return [(c, t.user_id, t.key) for c in rec.chunks for t in c.tracks]
+
+
+def test_raw_tracks_overwritten_through_the_grant_after_their_transcode_change_nothing(
+        s3_server: S3Settings, tmp_path: Path) -> None:
+    """Issue 15: every raw track of both spoken chunks overwritten through the recorder's
+    grant after the chunks were transcoded. Promotion, in full and assembled (rendering
+    from chunk 0's raw tracks), makes the same final tracks as without the overwrite;
+    before frozen copies it failed on chunk 0 (ChunkInputError, sha256), the chunk left
+    out. A second run of a chunk's Job reads the frozen copies too."""
+    rec = _recorded(s3_server)
+    store = rec.store
+    spoken = _spoken(rec)
+    for chunk, user, _ in spoken:  # the exact bytes the chunk verified, and its spec
+        frozen = store.get_bytes(LAYOUT.frozen_raw_key(chunk.index, user, "ogg-opus"))
+        assert sha256_hex(frozen) == next(t.sha256 for t in chunk.tracks if t.user_id == user)
+        assert ChunkSpec.model_validate(store.get_json(LAYOUT.frozen_spec_key(chunk.index))
+                                        ) == chunk
+    full, incremental = _promoted(store)
+
+    grant = grant_for(store, LAYOUT)
+    forged = raw_file(tmp_path, b"OggS forged by a compromised recorder" * 40)
+    for _, _, key in spoken:
+        post_object(store.settings.endpoint, grant, key, forged)
+    assert {store.get_bytes(key) for _, _, key in spoken} == {Path(forged).read_bytes()}
+
+    again = promote(store, LAYOUT.promotion_plan_key, incremental=False)
+    assert (again.gaps, _tracks(again)) == ([], _tracks(full))
+    assembled = promote(store, LAYOUT.promotion_plan_key)
+    assert (assembled.assembly, assembled.fallback_reason) == ("incremental", None)
+    assert _tracks(assembled) == _tracks(incremental)
+    before = store.get_bytes(LAYOUT.result_key(0))
+    transcode_chunk(store, rec.chunks[0], LAYOUT.prefix, ["mp3"], 96, tracks="both")
+    assert store.get_bytes(LAYOUT.result_key(0)) == before
+
+
+def test_a_chunk_without_frozen_copies_is_read_from_its_chunk_folder(
+        s3_server: S3Settings) -> None:
+    """A chunk transcoded before frozen copies existed (an upgrade before the promotion)
+    has none: promotion reads and verifies its raw tracks in `chunks/<k>/`, as before,
+    and makes the same final tracks. It writes no frozen copy itself."""
+    rec = _recorded(s3_server)
+    store = rec.store
+    full, incremental = _promoted(store)
+    frozen = [LAYOUT.frozen_raw_key(c.index, u, "ogg-opus") for c, u, _ in _spoken(rec)]
+    assert store.delete_keys(frozen) == len(frozen) == 4
+    old_full, old_incremental = _promoted(store)
+    assert _tracks(old_full) == _tracks(full)
+    assert _tracks(old_incremental) == _tracks(incremental)
+    assert not [k for k in frozen if store.exists(k)]
+
+
+def test_a_frozen_copy_that_does_not_verify_fails_its_chunk(s3_server: S3Settings) -> None:
+    """Only a store fault can change a frozen copy (the grant cannot write there). It is
+    verified against the plan's sha256 like any raw track and fails its chunk, naming it
+    (the operator leaves the chunk out); the intact raw track in `chunks/<k>/` is not read
+    instead."""
+    rec = _recorded(s3_server)
+    store = rec.store
+    key = LAYOUT.frozen_raw_key(2, B, "ogg-opus")
+    store.put_bytes(key, b"OggS damaged" * 10)
+    with pytest.raises(ChunkInputError, match=r"sha256") as err:
+        promote(store, LAYOUT.promotion_plan_key, incremental=False)
+    assert err.value.index == 2 and key in str(err.value)

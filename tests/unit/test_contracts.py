@@ -39,6 +39,10 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
         (lay.piece_key(3, "mix", "mp3"), "outputs", 3, "piece-mix.mp3"),
         (lay.piece_manifest_key(3), "outputs", 3, "piece.json"),
         (lay.head_after_key(4), "outputs", 4, "head-after.json"),
+        # a flat name, so the janitor (which deletes by parsed key) sweeps frozen copies
+        (lay.frozen_raw_key(5, USER, "ogg-opus"), "outputs", 5, f"raw-{USER}.opus"),
+        (lay.frozen_raw_key(5, USER, "pcm-s16le"), "outputs", 5, f"raw-{USER}.pcm"),
+        (lay.frozen_spec_key(5), "outputs", 5, "chunk.json"),
         (lay.final_key("mix", "mp3"), "final", None, "mix.mp3"),
         (lay.final_manifest_key, "final", None, "manifest.json"),
         (lay.promotion_plan_key, "promotion", None, None),
@@ -53,14 +57,16 @@ def test_every_key_the_layout_writes_parses_back(prefix: str) -> None:
 def test_the_recorders_grant_prefix_holds_only_what_the_recorder_writes() -> None:
     """Review of deletion, item 3: the upload grant covers `chunks_root`; no key the
     transcoder writes lies under it (a recorder could forge pieces, piece.json,
-    result.json), and each chunk's outputs folder is its own."""
+    result.json, or the frozen copies of raw tracks promotion reads: issue 15), and each
+    chunk's outputs folder is its own."""
     lay = MeetingLayout("recordings", GUILD, MEETING)
     recorder = [lay.raw_key(7, USER, "ogg-opus"), lay.raw_key(7, USER, "pcm-s16le"),
                 lay.chunk_manifest_key(7)]
     transcoder = [*(lay.chunk_output_key(7, USER, f) for f in ("mp3", "flac", "opus")),
                   lay.result_key(7), lay.piece_key(7, USER, "mp3"),
                   lay.piece_key(7, "mix", "mp3"), lay.piece_manifest_key(7),
-                  lay.head_after_key(7)]
+                  lay.head_after_key(7), lay.frozen_raw_key(7, USER, "ogg-opus"),
+                  lay.frozen_raw_key(7, USER, "pcm-s16le"), lay.frozen_spec_key(7)]
     assert all(k.startswith(lay.chunk_dir(7) + "/") for k in recorder)
     assert not [k for k in transcoder if k.startswith(lay.chunks_root)]
     assert all(k.startswith(lay.output_dir(7) + "/") and k.startswith(lay.outputs_root)

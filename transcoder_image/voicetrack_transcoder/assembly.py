@@ -6,6 +6,10 @@ Consent (docs/consent.md, "Promotion"): a piece made from the audio of a member 
 excludes (in `sources`, `prevSources` or as a track of its own) is never used: assembly
 raises PiecesUnusable and promotion runs in full from the plan's raw tracks, which leave
 the excluded members out.
+
+What assembly renders (`pieces.render`) reads each chunk's raw tracks by
+`rawtracks.load_raw`: the frozen copy the chunk's Job stored, `chunks/<index>/` only for a
+chunk transcoded before frozen copies existed.
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 Order of work, which makes the command safe to run again: read and validate every raw track
 first (bad input stops here, before anything is written); encode all tracks and formats with
 one ffmpeg run; hash and upload the outputs while one more ffmpeg run decodes them to measure
-their true length; write `result.json` last, so its presence means every output it lists is
-in place. Outputs are
+their true length; store the verified raw tracks and the spec as the chunk's frozen copies
+(`voicetrack.layout`, "Who writes where": outside the recorder's upload grant, so
+overwriting the raw track after this changes nothing promotion reads); write `result.json`
+last, so its presence means every output it lists and every frozen copy is in place.
+Outputs are
 bit-exact functions of the raw input, so a second run writes the same keys and bytes.
 Then, for an MP3-only session, the chunk's piece of the final tracks (`pieces.py`): an
 optimisation only, so its failure is logged and leaves the chunk done (promotion then
@@ -53,6 +56,9 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     decoder returns), else as stereo.
     `tracks` (`perSpeaker`, `mixed`, `both`; None: no piece) asks for the chunk's piece
     of those final tracks when `formats` is `["mp3"]` (see the module docstring).
+    The raw tracks are read by `rawtracks.load_raw` (a frozen copy a run before stored,
+    else `chunk.tracks[].key`) and stored as frozen copies, with `chunk` itself
+    (`MeetingLayout.frozen_spec_key`), before `result.json`.
     Raises InvalidInputError (exit 2) for a bad window, a missing, empty or corrupt raw
     object or a sha256 mismatch, before writing anything; TemporaryFailure (exit 1) for
     S3 or ffmpeg failures.
@@ -64,7 +70,7 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     if len(set(users)) != len(users):
         raise InvalidInputError(f"chunk {chunk.index}: a user id appears twice in tracks")
     layout = MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)
-    raws: list[RawTrack] = [load_raw(store, chunk, t) for t in chunk.tracks]
+    raws: list[RawTrack] = [load_raw(store, layout, chunk, t) for t in chunk.tracks]
 
     outputs: list[ChunkOutput] = []
     with tempfile.TemporaryDirectory(prefix="vt-chunk-") as tmp:
@@ -109,6 +115,11 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
             outputs.append(ChunkOutput(
                 user_id=raw.track.user_id, format=fmt, key=key, bytes=size, sha256=digest,
                 duration_ms=samples_to_ms(samples)))
+    for raw in raws:  # the exact bytes verified above, never a copy of what is there now
+        if not raw.frozen:
+            store.put_bytes(layout.frozen_raw_key(chunk.index, raw.track.user_id,
+                                                  raw.raw_format), raw.data)
+    store.put_json(layout.frozen_spec_key(chunk.index), chunk.to_api())  # what they match
     result = TranscodeResult(tool_version=TOOL_VERSION, index=chunk.index, outputs=outputs)
     store.put_json(layout.result_key(chunk.index), result.to_api())
     if tracks is not None and formats == ["mp3"]:

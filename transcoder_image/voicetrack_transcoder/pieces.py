@@ -125,7 +125,7 @@ def render(store: ObjectStore, layout: MeetingLayout, placed: list[Placed], from
     n = ms_to_samples(to_ms - from_ms)
     out = Rendered(ms_to_samples(from_ms))
     with ThreadPoolExecutor(4, thread_name_prefix="piece-fetch") as pool:
-        fetcher = RawFetcher(store, chunks, pool)
+        fetcher = RawFetcher(store, layout, chunks, pool)
         for user in speakers:
             stream = SpeakerStream(user, plan, timeline, fetcher, channels[user])
             try:
@@ -278,7 +278,7 @@ def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: 
         unit_start = prev_out_end
         try:  # a bad previous chunk fails its own transcode: silence in the plan
             for raw_track in ctx.prev.tracks:
-                load_raw(store, ctx.prev, raw_track)
+                load_raw(store, layout, ctx.prev, raw_track)
             prev_used = True
             placed.insert(0, Placed(ctx.prev, prev_out_end - ctx.prev.duration_ms))
         except InvalidInputError:

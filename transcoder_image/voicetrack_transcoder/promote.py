@@ -27,6 +27,12 @@ assembly would use holds it, the WHOLE meeting is promoted in full from the raw 
 plan lists (the simplest correct choice: one path, already the verified fallback), so no
 final object holds their audio or names them.
 
+Raw tracks are read as `rawtracks.load_raw` reads them: each chunk's frozen copy in its
+outputs folder (stored by its Job, verified again against the plan's sha256), the
+recorder's object in `chunks/<index>/` only for a chunk transcoded before frozen copies
+existed, so a recorder that overwrites a done chunk's raw track cannot take its audio out
+of the final tracks.
+
 Everything goes to local files first. Only when every track is complete are the final
 tracks and waveforms uploaded, and `final/manifest.json` last: a bad raw object found halfway
 (exit 2) leaves S3 as it was.
@@ -166,7 +172,7 @@ def promote(store: ObjectStore, plan_key: str, progress: Progress | None = None,
         longest = max((c.duration_ms for c in plan.chunks), default=1)
         budget = PREFETCH_AUDIO_MS[plan.chunks[0].raw_format if plan.chunks
                                    else RAW_FORMAT_OGG_OPUS]
-        fetcher = RawFetcher(store, plan.chunks, fetch_pool,
+        fetcher = RawFetcher(store, layout, plan.chunks, fetch_pool,
                              ahead=min(PREFETCH_CHUNKS, budget // longest))
         detectors = {u: SpeechDetector() for u in speakers}
         readers = [ReadAhead(SpeakerStream(u, plan, timeline, fetcher, channels[u],

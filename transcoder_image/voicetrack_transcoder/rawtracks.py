@@ -5,6 +5,14 @@ exactly: Ogg Opus with pre-skip 0 and one 20 ms packet per slot, or s16le 48 kHz
 of `(endMs - startMs) * 48` samples. Anything else is bad input of that chunk
 (`ChunkInputError`, an InvalidInputError carrying the chunk's index: exit 2, the index in
 the termination message) and the object is left as it is.
+
+Frozen copies (`voicetrack.layout`, "Who writes where"): the recorder's upload grant can
+overwrite a chunk's raw track in `chunks/<index>/` after the chunk was transcoded. The
+chunk's Job stores the bytes it verified at `MeetingLayout.frozen_raw_key`, outside the
+grant, and every read of a chunk's raw audio goes through `load_raw`, which takes that
+frozen copy (verified again against the spec's sha256) and reads `chunks/<index>/` only
+when there is no frozen copy: a chunk not transcoded yet, or one transcoded before frozen
+copies existed (an upgrade between a chunk's transcode and the promotion).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from voicetrack.audio import (
 )
 from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.errors import ChunkInputError, InvalidInputError, NotFoundError
+from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.oggopus import OggOpusError, decode_ogg_opus
 from voicetrack.opuspacket import is_one_slot
@@ -39,13 +48,15 @@ def check_window(start_ms: int, end_ms: int, what: str) -> int:
 
 @dataclass
 class RawTrack:
-    """A validated raw track: its bytes and, for Ogg Opus, its packets (one per slot)."""
+    """A validated raw track: its bytes and, for Ogg Opus, its packets (one per slot).
+    `frozen`: read from the chunk's frozen copy (`load_raw`), not from `track.key`."""
 
     track: ChunkTrack
     raw_format: str
     data: bytes
     packets: list[bytes] | None
     slots: int
+    frozen: bool = False
 
 
 def fetch_raw(store: ObjectStore, chunk: ChunkSpec, track: ChunkTrack) -> bytes:
@@ -72,13 +83,15 @@ def fetch_raw(store: ObjectStore, chunk: ChunkSpec, track: ChunkTrack) -> bytes:
     return data
 
 
-def validate_raw(chunk: ChunkSpec, track: ChunkTrack, data: bytes) -> RawTrack:
-    """Check `data` against the chunk: sha256 equal to `track.sha256`, and a stream that
-    covers the window exactly (see the module docstring).
+def validate_raw(chunk: ChunkSpec, track: ChunkTrack, data: bytes, key: str | None = None
+                 ) -> RawTrack:
+    """Check `data` (read from `key`, default `track.key`: named in errors) against the
+    chunk: sha256 equal to `track.sha256`, and a stream that covers the window exactly
+    (see the module docstring).
 
     Raises ChunkInputError naming the chunk, the key and what is wrong (InvalidInputError
     for a window off the slot grid: the chunk's spec, not its raw object)."""
-    where = f"chunk {chunk.index}: raw object {track.key}"
+    where = f"chunk {chunk.index}: raw object {key or track.key}"
     slots = check_window(chunk.start_ms, chunk.end_ms, f"chunk {chunk.index}")
     if not data:
         raise ChunkInputError(chunk.index, f"{where} is empty")
@@ -112,6 +125,35 @@ def validate_raw(chunk: ChunkSpec, track: ChunkTrack, data: bytes) -> RawTrack:
     return RawTrack(track, RAW_FORMAT_OGG_OPUS, data, stream.packets, slots)
 
 
-def load_raw(store: ObjectStore, chunk: ChunkSpec, track: ChunkTrack) -> RawTrack:
-    """fetch_raw then validate_raw."""
-    return validate_raw(chunk, track, fetch_raw(store, chunk, track))
+def fetch_frozen(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec,
+                 track: ChunkTrack) -> tuple[str, bytes | None]:
+    """(key, bytes) of the frozen copy of `track` (`MeetingLayout.frozen_raw_key`), at
+    most `track.bytes` read; bytes None when there is none. Raises ChunkInputError when it
+    is larger than the chunk says (only a store fault could make it so)."""
+    key = layout.frozen_raw_key(chunk.index, track.user_id, chunk.raw_format)
+    try:
+        return key, store.get_bytes(key, limit=track.bytes)
+    except NotFoundError:
+        return key, None
+    except InvalidInputError as err:
+        raise ChunkInputError(
+            chunk.index, f"chunk {chunk.index}: frozen raw object {key} is larger than the "
+            f"chunk's {track.bytes} bytes ({err})") from None
+
+
+def load_raw(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec, track: ChunkTrack
+             ) -> RawTrack:
+    """The validated raw track `track` of `chunk` (a chunk of the meeting at `layout`):
+    its frozen copy when there is one (`frozen` set), else the recorder's object at
+    `track.key` (`fetch_raw`): a chunk not transcoded yet, or one transcoded before frozen
+    copies existed (an upgrade). Either is checked by `validate_raw` against the spec's
+    sha256; a frozen copy that fails is the chunk's bad input (ChunkInputError: only a
+    store fault makes one, and it is reported, not hidden by reading the recorder's
+    object instead).
+    Raises as `fetch_raw` and `validate_raw`."""
+    key, data = fetch_frozen(store, layout, chunk, track)
+    if data is None:
+        return validate_raw(chunk, track, fetch_raw(store, chunk, track))
+    raw = validate_raw(chunk, track, data, key)
+    raw.frozen = True
+    return raw

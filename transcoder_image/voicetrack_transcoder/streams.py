@@ -27,6 +27,7 @@ from voicetrack.audio import (
 )
 from voicetrack.chunkspec import ChunkSpec, ChunkTrack
 from voicetrack.errors import InvalidInputError
+from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
 from voicetrack.objectstore import ObjectStore
 from voicetrack_transcoder.opusdec import OpusDecodeError, OpusDecoder
@@ -94,12 +95,15 @@ def build_timeline(plan: PromotionPlan) -> list[Segment]:
 class RawFetcher:
     """Fetches and validates raw tracks a few chunks ahead of the decoders, in threads.
 
-    `get(pos, user)` returns the RawTrack of the chunk at `pos` in `plan.chunks` (raising
-    its InvalidInputError if it is bad); each is handed out once and then forgotten."""
+    `get(pos, user)` returns the RawTrack of the chunk at `pos` in `chunks` (raising its
+    InvalidInputError if it is bad); each is handed out once and then forgotten. Each is
+    read by `rawtracks.load_raw`: the chunk's frozen copy under `layout` (the meeting's
+    layout), or its raw object in `chunks/<index>/` only when it has none."""
 
-    def __init__(self, store: ObjectStore, chunks: list[ChunkSpec], pool: ThreadPoolExecutor,
-                 ahead: int = PREFETCH_CHUNKS) -> None:
-        self.store, self.chunks, self.pool, self.ahead = store, chunks, pool, ahead
+    def __init__(self, store: ObjectStore, layout: MeetingLayout, chunks: list[ChunkSpec],
+                 pool: ThreadPoolExecutor, ahead: int = PREFETCH_CHUNKS) -> None:
+        self.store, self.layout, self.chunks = store, layout, chunks
+        self.pool, self.ahead = pool, ahead
         self._futures: dict[tuple[int, str], Future[RawTrack]] = {}
         self._submitted = 0
         self._lock = threading.Lock()
@@ -109,7 +113,7 @@ class RawFetcher:
             chunk = self.chunks[self._submitted]
             for track in chunk.tracks:
                 self._futures[(self._submitted, track.user_id)] = self.pool.submit(
-                    load_raw, self.store, chunk, track)
+                    load_raw, self.store, self.layout, chunk, track)
             self._submitted += 1
 
     def get(self, pos: int, user_id: str) -> RawTrack:

@@ -4,7 +4,13 @@ garbage collector during `kubectl delete --cascade=foreground`) or was never mad
 chunk the recorder flushes at SIGTERM while the session's namespace terminates: the API
 server refuses the create, 403) while its raw tracks are in S3 is rebuilt from its
 `chunk.json`, which the recorder writes after the raw tracks and before the object, and
-the operator again when it first sees the chunk.
+the operator again when it first sees the chunk. A chunk its Job transcoded is rebuilt
+from the frozen copy of its spec instead (`MeetingLayout.frozen_spec_key`, outside the
+recorder's upload grant, stored by the Job with the frozen raw tracks it verified), so a
+recorder that overwrites a done chunk's `chunk.json` cannot change what is promoted (drop
+a track, or name a sha256 the frozen raw tracks do not match, which left the chunk out);
+`chunks/<index>/chunk.json` is read only when there is none (a chunk not transcoded, or
+transcoded before frozen copies existed).
 
 Whose `chunk.json` is adopted: only the session's own, read from the session's own chunk
 folders (its bucket, prefix, guild and meeting id). Those are written by the operator and
@@ -134,6 +140,8 @@ async def chunk_inventory(ctx: Context, s: SessionView,
         if index in inv.chunks:
             continue
         manifest = next((k for k in keys if k.endswith("/chunk.json")), None)
+        if await store.exists(s.layout.frozen_spec_key(index)):
+            manifest = s.layout.frozen_spec_key(index)
         spec = None
         if manifest is not None:
             try:

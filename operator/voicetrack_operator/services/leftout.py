@@ -3,8 +3,14 @@
 A chunk is `done` once its transcoder Job verified its raw tracks (sha256) and transcoded
 them. Its raw objects stay in S3 until promotion, in a folder the recorder's upload grant
 (a POST policy for the session's prefix) can still write: a compromised or buggy recorder
-can overwrite one later. The promotion Job then fails on that chunk (exit 2, its
-termination message a `TerminationReport` naming it; `promotion.ChunkInputFailed`).
+can overwrite one later. That alone no longer reaches promotion: the Job stored the raw
+tracks it verified as frozen copies in the chunk's outputs folder, outside the grant,
+and promotion reads those (`voicetrack.layout`, "Who writes where";
+`voicetrack_transcoder.rawtracks.load_raw`). A chunk's raw input is still bad at
+promotion when a frozen copy is damaged (a store fault) or, for a chunk transcoded
+before frozen copies existed, when its raw object was overwritten. The promotion Job
+then fails on that chunk (exit 2, its termination message a `TerminationReport` naming
+it; `promotion.ChunkInputFailed`).
 Failing the whole meeting for it would keep the session's finalizer, and its namespace,
 for ever (`PromotionFailed` retried every 300 s). Instead the deletion's promote step
 (`services.deletion`) leaves that chunk out, once, and promotes the rest at once:
@@ -17,7 +23,8 @@ for ever (`PromotionFailed` retried every 300 s). Instead the deletion's promote
   (`inventory.ChunkInventory.leave_out`);
 - the plan is built again: its window is a `chunk-failed` gap like any failed chunk's,
   and its opt-outs still count (`plan.build_promotion_plan` reads every chunk's);
-- its raw tracks (the bad objects: evidence) are kept under `final/failed/<index>/` with
+- its raw tracks as the recorder's folder holds them (evidence) are kept under
+  `final/failed/<index>/` with
   the reason in `final/failed-chunks.json` (`inventory.keep_failed`), never deleted.
 
 Not a loop: a report naming a chunk the current plan does not promote (already left out,
