@@ -141,6 +141,19 @@ def test_the_bundled_seaweedfs_is_the_only_s3_peer_by_default(helm: Helm) -> Non
     assert checked == 5  # recorder and transcoder in rel and team, the operator
 
 
+def test_a_pod_endpoint_beside_the_bundled_seaweedfs_keeps_s3_open(helm: Helm) -> None:  # noqa: F811
+    """`s3.podEndpoint` (a proxy, say) wins for the operator's pods over the bundled
+    SeaweedFS: their S3 rule must not be narrowed to SeaweedFS's pods (review: uploads and
+    transcodes would have been blocked on the proxy's port)."""
+    objs = docs(helm("template", "vt", str(CHART), *KUBE, "--namespace", "rel",
+                     "--set", "seaweedfs.enabled=true",
+                     "--set", "s3.podEndpoint=http://proxy.rel.svc:9000").stdout)
+    rec = next(o for o in objs if o["kind"] == "NetworkPolicy"
+               and o["metadata"]["name"] == "vt-voicetrack-recorder")  # fmt: skip
+    (s3_rule,) = [r for r in rec["spec"]["egress"] if ("TCP", 9000) in ports([r])]
+    assert "to" not in s3_rule
+
+
 def test_policies_are_off_when_disabled(helm: Helm) -> None:  # noqa: F811
     objs = docs(helm("template", "vt", str(CHART), *KUBE,
                      "--set", "networkPolicy.enabled=false").stdout)

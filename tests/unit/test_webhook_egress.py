@@ -49,6 +49,7 @@ def test_internal_addresses_are_refused_by_name(address: str, what: str) -> None
 @pytest.mark.parametrize(("address", "what"), [
     ("::127.0.0.1", "loopback"),  # IPv4-compatible (RFC 4291 2.5.5.1, deprecated)
     ("::10.1.2.3", "private"),
+    ("::ffff:0:a00:1", "private"),  # IPv4-translated (RFC 2765, SIIT): 10.0.0.1 inside
     ("2002:7f00:1::", "loopback"),  # 6to4 (RFC 3056): 127.0.0.1 inside
     ("2002:a9fe:a9fe::1", "the cloud metadata address"),  # 169.254.169.254 inside
     ("2002:c0a8:101::", "private"),  # 192.168.1.1 inside

@@ -85,13 +85,14 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- end }}
 
 {{/* The peers (NetworkPolicyPeer list, YAML) of the S3 egress rules: networkPolicy.s3.peers;
-     when empty and the bundled SeaweedFS is the store (seaweedfs.enabled, no
-     seaweedfs.host), its pods in the release namespace; else nothing (any address on the
-     port: an external S3's addresses are known only to you). */}}
+     when empty and the bundled SeaweedFS is the store of every pod (seaweedfs.enabled, no
+     seaweedfs.host, no s3.podEndpoint: that one, a proxy say, wins for the operator's pods),
+     its pods in the release namespace; else nothing (any address on the port: an external
+     S3's addresses are known only to you). */}}
 {{- define "voicetrack.s3Peers" -}}
 {{- if .Values.networkPolicy.s3.peers }}
 {{- toYaml .Values.networkPolicy.s3.peers }}
-{{- else if and .Values.seaweedfs.enabled (not .Values.seaweedfs.host) }}
+{{- else if and .Values.seaweedfs.enabled (not .Values.seaweedfs.host) (not .Values.s3.podEndpoint) }}
 - namespaceSelector:
     matchLabels:
       kubernetes.io/metadata.name: {{ .Release.Namespace }}

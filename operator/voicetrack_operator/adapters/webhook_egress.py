@@ -62,7 +62,8 @@ _REFUSED: tuple[tuple[str, IPNetwork], ...] = tuple(
 
 _EMBEDDING_V4 = (ipaddress.ip_network("::ffff:0:0/96"),  # IPv4-mapped
                  ipaddress.ip_network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
-                 ipaddress.ip_network("::/96"))  # IPv4-compatible (RFC 4291 2.5.5.1)
+                 ipaddress.ip_network("::/96"),  # IPv4-compatible (RFC 4291 2.5.5.1)
+                 ipaddress.ip_network("::ffff:0:0:0/96"))  # IPv4-translated (RFC 2765 2.1)
 
 
 class WebhookAddressRefused(InvalidInputError):
@@ -71,8 +72,8 @@ class WebhookAddressRefused(InvalidInputError):
 
 
 def _embedded_v4(ip: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 address reaches: inside an IPv4-mapped, NAT64 well-known,
-    IPv4-compatible (`::a.b.c.d`, but `::` and `::1` are themselves) or 6to4 (`2002::/16`,
+    """The IPv4 address an IPv6 address reaches: inside an IPv4-mapped, IPv4-translated
+    (SIIT), NAT64 well-known, IPv4-compatible (`::a.b.c.d`, but `::` and `::1` are themselves) or 6to4 (`2002::/16`,
     RFC 3056 section 2) address; else `ip`."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.sixtofour is not None:
