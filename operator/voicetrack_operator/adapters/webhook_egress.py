@@ -73,8 +73,8 @@ class WebhookAddressRefused(InvalidInputError):
 
 def _embedded_v4(ip: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 address reaches: inside an IPv4-mapped, IPv4-translated
-    (SIIT), NAT64 well-known, IPv4-compatible (`::a.b.c.d`, but `::` and `::1` are themselves) or 6to4 (`2002::/16`,
-    RFC 3056 section 2) address; else `ip`."""
+    (SIIT), NAT64 well-known, IPv4-compatible (`::a.b.c.d`, but `::` and `::1` are
+    themselves) or 6to4 (`2002::/16`, RFC 3056 section 2) address; else `ip`."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.sixtofour is not None:
             return ip.sixtofour
