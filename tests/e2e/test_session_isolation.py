@@ -184,6 +184,31 @@ async def test_a_chunk_whose_raw_tracks_are_absent_is_refused_a_sound_one_is_not
     assert sorted(inv.chunks) == [1, 2] and list(inv.refused) == [chunk_name("own", 0)]
 
 
+async def test_a_refused_chunk_is_not_rebuilt_from_its_manifest_later(
+        ctx: Context, namespace: str, kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RecordingChunk refused (here: its window ahead of the session's elapsed time) keeps
+    its folder out of the promotion, even when its `chunk.json`, checked later without a
+    creation time, would pass (review of the frozen copies: the inventory rebuilt such a
+    folder as a done chunk once the session had run past the window)."""
+    s = await make_session(ctx, kubectl, namespace, "ahead")
+    await SessionService(ctx).ensure_session(s)
+    doc = chunk_doc(s, 3, 600_000, 605_000)  # ten minutes ahead of a session just made
+    await put_raws(ctx, s, doc)
+    await ctx.store(s.spec.storage.bucket).put_json(s.layout.chunk_manifest_key(3),
+                                                    doc["spec"])
+    apply(kubectl, doc)
+    obj = await ctx.kube.get_chunk(namespace, chunk_name("ahead", 3))
+    assert obj is not None
+    status = await ChunkService(ctx).ensure_chunk(ChunkRef.from_object(obj))
+    assert status.refused is not None and "ends after" in status.refused
+    # as if the session had run on past the window by the time it is deleted
+    monkeypatch.setattr(isolation, "WINDOW_TOLERANCE_MS", 10**9)
+    inv = await chunk_inventory(ctx, s)
+    assert inv.chunks == {} and inv.unaccounted == {3}
+    assert chunk_name("ahead", 3) in inv.refused
+
+
 async def test_a_result_json_naming_another_sessions_outputs_fails_the_chunk(
         ctx: Context, namespace: str, kubectl: Kubectl) -> None:
     """A result.json (under `outputs/`, out of the recorder's grant since deletion review

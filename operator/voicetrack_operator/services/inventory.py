@@ -110,12 +110,14 @@ async def chunk_inventory(ctx: Context, s: SessionView,
     or refused now by `isolation.chunk_refusal`: owner, name, keys, window); a folder
     without one is rebuilt from its `chunk.json` (checked the same way): `done` when every
     raw track it names is present (promotion reads the raw audio), else `failed` with the
-    missing keys as the reason. Refused chunks are left out (`refused`). The chunks in
+    missing keys as the reason. Refused chunks are left out (`refused`), and their folders
+    are never rebuilt (kept: `unaccounted`). The chunks in
     `left_out` (the deletion's `leftOut`: index → reason) are failed
     (`ChunkInventory.leave_out`)."""
     namespace, name = s.ref.namespace, s.ref.name
     inv = ChunkInventory()
     facts, now = session_facts(s), datetime.now(UTC)
+    refused_at: set[int] = set()  # indexes of listed chunks refused: never rebuilt
     for obj in await ctx.kube.list_chunks(namespace, name, s.ref.uid):
         ref = parse_chunk(obj)
         if ref is None:  # refused as it is seen (`services.unparsable`): not a chunk of it
@@ -124,6 +126,7 @@ async def chunk_inventory(ctx: Context, s: SessionView,
         why = ref.status.refused or chunk_refusal(ref.claim, facts, now, None)
         if why is not None:
             inv.refused[ref.name] = why
+            refused_at.add(ref.spec.index)
             log.warning("session %s/%s: chunk %s refused, left out: %s", namespace, name,
                         ref.name, why)
             continue
@@ -138,6 +141,9 @@ async def chunk_inventory(ctx: Context, s: SessionView,
         folders[parsed.index].add(key)
     for index, keys in sorted(folders.items()):
         if index in inv.chunks:
+            continue
+        if index in refused_at:  # its `chunk.json`, checked with no creation time, could
+            inv.unaccounted.add(index)  # pass once the session ran past a forged window
             continue
         manifest = next((k for k in keys if k.endswith("/chunk.json")), None)
         if await store.exists(s.layout.frozen_spec_key(index)):
