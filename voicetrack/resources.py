@@ -68,6 +68,9 @@ MAX_SESSION_MS = 7 * 86_400_000
 """Bound of session time (7 days): a forged window cannot make promotion allocate more."""
 MAX_CHUNK_INDEX = 999_999
 MAX_TRACKS = 128
+MAX_CHUNK_SECONDS = 300
+"""Longest chunk window a session may ask for (`SessionSpec.chunkSeconds`): no chunk the
+recorder seals is longer (the chunker cuts at the nominal length or earlier)."""
 
 
 LONGEST_CHILD_SUFFIX = "-chunk-000000"
@@ -318,7 +321,7 @@ class SessionSpec(_Model):
     channel_id: str = Field(pattern=SNOWFLAKE_PATTERN, max_length=20)
     meeting_id: str | None = Field(default=None, pattern=MEETING_ID_PATTERN, max_length=16)
     requested_by: str | None = Field(default=None, pattern=SNOWFLAKE_PATTERN, max_length=20)
-    chunk_seconds: int = Field(default=10, ge=5, le=300)
+    chunk_seconds: int = Field(default=10, ge=5, le=MAX_CHUNK_SECONDS)
     paused: bool = False
     output: OutputSpec = Field(default_factory=OutputSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)

@@ -210,15 +210,24 @@ def test_a_chunk_without_frozen_copies_is_read_from_its_chunk_folder(
     assert not [k for k in frozen if store.exists(k)]
 
 
-def test_a_frozen_copy_that_does_not_verify_fails_its_chunk(s3_server: S3Settings) -> None:
+def test_a_damaged_frozen_copy_is_replaced_by_the_intact_recorder_object(
+        s3_server: S3Settings, tmp_path: Path) -> None:
     """Only a store fault can change a frozen copy (the grant cannot write there). It is
-    verified against the plan's sha256 like any raw track and fails its chunk, naming it
-    (the operator leaves the chunk out); the intact raw track in `chunks/<k>/` is not read
-    instead."""
+    verified against the plan's sha256 like any raw track; when it fails, the raw track in
+    `chunks/<k>/` is read instead (the same sha256 pins it): intact, the chunk promotes
+    with the same final tracks. When that object was overwritten too, the chunk fails,
+    naming it and both objects (the operator leaves the chunk out)."""
     rec = _recorded(s3_server)
     store = rec.store
+    full = promote(store, LAYOUT.promotion_plan_key, incremental=False)
     key = LAYOUT.frozen_raw_key(2, B, "ogg-opus")
     store.put_bytes(key, b"OggS damaged" * 10)
+    again = promote(store, LAYOUT.promotion_plan_key, incremental=False)
+    assert (again.gaps, _tracks(again)) == ([], _tracks(full))
+
+    raw_key = next(t.key for t in rec.chunks[2].tracks if t.user_id == B)
+    post_object(store.settings.endpoint, grant_for(store, LAYOUT), raw_key,
+                raw_file(tmp_path, b"OggS forged by a compromised recorder" * 40))
     with pytest.raises(ChunkInputError, match=r"sha256") as err:
         promote(store, LAYOUT.promotion_plan_key, incremental=False)
-    assert err.value.index == 2 and key in str(err.value)
+    assert err.value.index == 2 and key in str(err.value) and raw_key in str(err.value)

@@ -9,7 +9,7 @@ the excluded members out.
 
 What assembly renders (`pieces.render`) reads each chunk's raw tracks by
 `rawtracks.load_raw`: the frozen copy the chunk's Job stored, `chunks/<index>/` only for a
-chunk transcoded before frozen copies existed.
+chunk transcoded before frozen copies existed or one whose frozen copy is damaged.
 """
 
 from __future__ import annotations

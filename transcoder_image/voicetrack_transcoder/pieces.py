@@ -50,6 +50,7 @@ from voicetrack.manifests import (
     PromotionPlan,
 )
 from voicetrack.objectstore import ObjectStore, sha256_hex
+from voicetrack.resources import MAX_CHUNK_SECONDS
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mixer import Limiter, mix_sum
@@ -216,18 +217,54 @@ def paused_before(chunk: ChunkSpec, prev: ChunkSpec) -> int:
     return 0
 
 
+def prev_problem(prev: ChunkSpec, chunk: ChunkSpec) -> str | None:
+    """Why `prev` cannot be the chunk right before `chunk` (None when it can): its index
+    is not `chunk.index - 1`, it does not end where `chunk`'s leading gap starts (or,
+    without a gap, where `chunk` starts), or it is longer than any chunk the recorder
+    seals (`MAX_CHUNK_SECONDS`). A forged one could otherwise widen a render to hours."""
+    start = chunk.gap.start_ms if chunk.gap is not None else chunk.start_ms
+    if prev.index != chunk.index - 1:
+        return f"index {prev.index}, not {chunk.index - 1}"
+    if prev.end_ms != start:
+        return f"ends at {prev.end_ms} ms, not where chunk {chunk.index} begins ({start} ms)"
+    if prev.duration_ms > MAX_CHUNK_SECONDS * 1000:
+        return f"{prev.duration_ms} ms long, more than {MAX_CHUNK_SECONDS} s"
+    return None
+
+
+def prev_spec(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
+              ) -> ChunkSpec | None:
+    """The spec of the chunk before `chunk` (not index 0): its frozen copy
+    (`MeetingLayout.frozen_spec_key`, outside the recorder's grant) when there is one that
+    fits (`prev_problem`), else the recorder's `chunk.json` in `chunks/<index>/` when it
+    fits; None when neither does (each refusal logged) or there is none: the caller
+    treats the chunk before as unknown."""
+    index = chunk.index - 1
+    for key in (layout.frozen_spec_key(index), layout.chunk_manifest_key(index)):
+        try:
+            spec = ChunkSpec.model_validate(store.get_json(key))
+        except NotFoundError:
+            continue
+        except (InvalidInputError, ValidationError) as err:
+            log.warning("chunk %d: %s is not a chunk spec: %s", chunk.index, key, err)
+            continue
+        problem = prev_problem(spec, chunk)
+        if problem is None:
+            return spec
+        log.warning("chunk %d: %s is not the chunk before it: %s", chunk.index, key, problem)
+    return None
+
+
 def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
                   ) -> ChunkContext | None:
-    """The context of `chunk` from S3: the previous chunk's `chunk.json`, and the pause
-    total from its `piece.json` (else from every earlier `chunk.json`). None when it cannot
-    be known (the previous chunk's spec is missing)."""
+    """The context of `chunk` from S3: the previous chunk's spec (`prev_spec`), and the
+    pause total from its `piece.json` (else from every earlier `chunk.json`). None when it
+    cannot be known (the previous chunk's spec is missing or refused)."""
     if chunk.index == 0:
         return ChunkContext(chunk.start_ms, 0, None, 0, any(t.channels == 2
                                                              for t in chunk.tracks))
-    try:
-        prev = ChunkSpec.model_validate(store.get_json(layout.chunk_manifest_key(
-            chunk.index - 1)))
-    except (NotFoundError, InvalidInputError, ValidationError):
+    prev = prev_spec(store, layout, chunk)
+    if prev is None:
         return None
     stereo_now = any(t.channels == 2 for t in chunk.tracks)
     try:

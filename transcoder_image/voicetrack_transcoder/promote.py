@@ -30,8 +30,8 @@ final object holds their audio or names them.
 Raw tracks are read as `rawtracks.load_raw` reads them: each chunk's frozen copy in its
 outputs folder (stored by its Job, verified again against the plan's sha256), the
 recorder's object in `chunks/<index>/` only for a chunk transcoded before frozen copies
-existed, so a recorder that overwrites a done chunk's raw track cannot take its audio out
-of the final tracks.
+existed or one whose frozen copy is damaged (the same sha256 pins it), so a recorder
+that overwrites a done chunk's raw track cannot take its audio out of the final tracks.
 
 Everything goes to local files first. Only when every track is complete are the final
 tracks and waveforms uploaded, and `final/manifest.json` last: a bad raw object found halfway

@@ -12,11 +12,13 @@ chunk's Job stores the bytes it verified at `MeetingLayout.frozen_raw_key`, outs
 grant, and every read of a chunk's raw audio goes through `load_raw`, which takes that
 frozen copy (verified again against the spec's sha256) and reads `chunks/<index>/` only
 when there is no frozen copy: a chunk not transcoded yet, or one transcoded before frozen
-copies existed (an upgrade between a chunk's transcode and the promotion).
+copies existed (an upgrade between a chunk's transcode and the promotion), or when the
+frozen copy fails its check (a store fault; the same sha256 pins the recorder's object).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from voicetrack.audio import (
@@ -33,6 +35,8 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.oggopus import OggOpusError, decode_ogg_opus
 from voicetrack.opuspacket import is_one_slot
+
+log = logging.getLogger(__name__)
 
 
 def check_window(start_ms: int, end_ms: int, what: str) -> int:
@@ -147,13 +151,36 @@ def load_raw(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec, track:
     its frozen copy when there is one (`frozen` set), else the recorder's object at
     `track.key` (`fetch_raw`): a chunk not transcoded yet, or one transcoded before frozen
     copies existed (an upgrade). Either is checked by `validate_raw` against the spec's
-    sha256; a frozen copy that fails is the chunk's bad input (ChunkInputError: only a
-    store fault makes one, and it is reported, not hidden by reading the recorder's
-    object instead).
-    Raises as `fetch_raw` and `validate_raw`."""
+    sha256. A frozen copy that fails its check (only a store fault makes one) is logged
+    as a warning naming its key and the recorder's object is read instead: the same
+    trusted sha256 pins its bytes, so it is as safe, and an intact one saves the chunk.
+    Raises the frozen copy's ChunkInputError, naming both objects, when the recorder's
+    object fails too (or is missing); otherwise raises as `fetch_raw` and
+    `validate_raw`."""
+    try:
+        frozen = _load_frozen(store, layout, chunk, track)
+    except ChunkInputError as frozen_err:
+        log.warning("chunk %d: frozen raw copy of user %s is damaged (%s); reading %s "
+                    "instead", chunk.index, track.user_id, frozen_err, track.key)
+        try:
+            return validate_raw(chunk, track, fetch_raw(store, chunk, track))
+        except InvalidInputError as raw_err:  # ChunkInputError, or a missing object
+            raise ChunkInputError(
+                chunk.index, f"{frozen_err}; and the recorder's copy fails too: {raw_err}",
+            ) from None
+    if frozen is None:
+        return validate_raw(chunk, track, fetch_raw(store, chunk, track))
+    return frozen
+
+
+def _load_frozen(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec,
+                 track: ChunkTrack) -> RawTrack | None:
+    """The validated frozen copy of `track` (`frozen` set), None when there is none.
+    Raises ChunkInputError, naming its key, when it is larger than the chunk says or
+    fails `validate_raw`."""
     key, data = fetch_frozen(store, layout, chunk, track)
     if data is None:
-        return validate_raw(chunk, track, fetch_raw(store, chunk, track))
+        return None
     raw = validate_raw(chunk, track, data, key)
     raw.frozen = True
     return raw

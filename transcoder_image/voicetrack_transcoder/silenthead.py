@@ -54,6 +54,7 @@ from voicetrack_transcoder.pieces import (
     Work,
     chunk_sources,
     paused_before,
+    prev_spec,
     render,
 )
 from voicetrack_transcoder.silence import (
@@ -69,16 +70,9 @@ from voicetrack_transcoder.waveform import SAMPLES_PER_PIXEL
 log = logging.getLogger(__name__)
 
 MAX_LOOK_BACK = 8
-"""Chunks before the spoken one a Job reads (one `chunk.json` GET each) to place every
+"""Chunks before the spoken one a Job reads (one spec each, `pieces.prev_spec`) to place every
 chunk a head's render decodes (`silence.reach_ms`: ~1.1 s before the unit): none for a
 chunk longer than that, the usual case; past this many, no head (assembly computes it)."""
-
-
-def _spec(store: ObjectStore, layout: MeetingLayout, index: int) -> ChunkSpec | None:
-    try:
-        return ChunkSpec.model_validate(store.get_json(layout.chunk_manifest_key(index)))
-    except (NotFoundError, InvalidInputError, ValidationError):
-        return None
 
 
 def placed_before(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec,
@@ -87,8 +81,8 @@ def placed_before(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec,
     ms `reach`, placed in output time as the plan places them when none of them failed
     (paused gaps cut), in order; None when a spec is missing, the chunk before `chunk`
     is needed but its raw tracks were bad (`piece.prev_used`), or more than
-    `MAX_LOOK_BACK` are needed. Reads one `chunk.json` per chunk before `chunk` placed
-    or checked."""
+    `MAX_LOOK_BACK` are needed. Reads one spec (`pieces.prev_spec`: the frozen one
+    first, refused unless it fits) per chunk before `chunk` placed or checked."""
     placed = [Placed(chunk, piece.unit_end_ms - chunk.duration_ms)]
     for looked in range(MAX_LOOK_BACK + 1):
         later = placed[0]
@@ -96,7 +90,7 @@ def placed_before(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec,
             return placed
         if looked == MAX_LOOK_BACK or (looked == 0 and not piece.prev_used):
             return None
-        spec = _spec(store, layout, later.chunk.index - 1)
+        spec = prev_spec(store, layout, later.chunk)
         if spec is None:
             return None
         cut = paused_before(later.chunk, spec)

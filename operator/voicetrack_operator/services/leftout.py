@@ -7,8 +7,9 @@ can overwrite one later. That alone no longer reaches promotion: the Job stored 
 tracks it verified as frozen copies in the chunk's outputs folder, outside the grant,
 and promotion reads those (`voicetrack.layout`, "Who writes where";
 `voicetrack_transcoder.rawtracks.load_raw`). A chunk's raw input is still bad at
-promotion when a frozen copy is damaged (a store fault) or, for a chunk transcoded
-before frozen copies existed, when its raw object was overwritten. The promotion Job
+promotion when a frozen copy is damaged (a store fault) and its raw object overwritten
+(a damaged frozen copy alone is replaced by the intact raw object) or, for a chunk
+transcoded before frozen copies existed, when its raw object was overwritten. The promotion Job
 then fails on that chunk (exit 2, its termination message a `TerminationReport` naming
 it; `promotion.ChunkInputFailed`).
 Failing the whole meeting for it would keep the session's finalizer, and its namespace,
