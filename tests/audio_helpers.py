@@ -13,9 +13,12 @@ Opus (or PCM) tracks and their `ChunkSpec`s.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import discord.opus
@@ -33,6 +36,7 @@ from voicetrack.audio import (
 )
 from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap
 from voicetrack.layout import MeetingLayout
+from voicetrack.manifests import FinalManifest, PromotionPlan
 from voicetrack.objectstore import ObjectStore
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack_recorder.opusenc import code_as_mono
@@ -239,3 +243,18 @@ def find_click(track: np.ndarray, around_ms: int, search_ms: int = 150) -> int:
     mono = track[a:b].astype(np.int64).sum(axis=1)
     steps = np.abs(np.diff(mono))
     return (a + int(np.argmax(steps))) // (SAMPLE_RATE // 1000)
+
+
+def promote_plan(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan,
+                 timeout_s: float = 300) -> FinalManifest:
+    """Store `plan` as the meeting's `promotion.json` and run the real promotion
+    (`voicetrack-transcoder promote`, beside this interpreter) against `store`; its final
+    manifest. Fails the test (AssertionError with ffmpeg's and the transcoder's stderr) on
+    a non-zero exit."""
+    store.put_json(layout.promotion_plan_key, plan.to_api())
+    exe = Path(sys.executable).with_name("voicetrack-transcoder")
+    proc = subprocess.run([str(exe), "promote", "--plan-key", layout.promotion_plan_key],
+                          env={**os.environ, **store.settings.env()}, capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return FinalManifest.model_validate(store.get_json(layout.final_manifest_key))

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.audio_helpers import Speaker, upload_chunks
+from tests.audio_helpers import Speaker, promote_plan, upload_chunks
 from voicetrack.db.migrate import upgrade_head
 from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError
@@ -104,13 +104,7 @@ def _promote(store: ObjectStore, layout: MeetingLayout) -> FinalManifest:
                              consent_degraded=DegradedConsent(
                                  reason="MembersIntentRefused", message="4014 refused",
                                  since_ms=2000, until_ms=6000)))
-    store.put_json(layout.promotion_plan_key, plan.to_api())
-    proc = subprocess.run([str(BIN / "voicetrack-transcoder"), "promote", "--plan-key",
-                           layout.promotion_plan_key],
-                          env={**os.environ, **store.settings.env()}, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return FinalManifest.model_validate(store.get_json(layout.final_manifest_key))
+    return promote_plan(store, layout, plan, 300)
 
 
 async def _record(svc: RecordingService, manifest: FinalManifest) -> None:

@@ -11,7 +11,6 @@ import dataclasses
 import os
 import re
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.audio_helpers import Speaker, upload_chunks
+from tests.audio_helpers import Speaker, promote_plan, upload_chunks
 from tests.integration.test_recordings_cli import (  # noqa: F401 (the fixture)
     BIN,
     DONE,
@@ -64,13 +63,7 @@ def promoted(s3_server: S3Settings) -> tuple[ObjectStore, MeetingLayout, FinalMa
     plan = PromotionPlan(guild_id=GUILD, meeting_id=DONE, prefix=layout.prefix,
                          session_end_ms=SESSION_MS, speakers=[A, B], chunks=session.chunks,
                          formats=["flac"])
-    store.put_json(layout.promotion_plan_key, plan.to_api())
-    proc = subprocess.run([str(BIN / "voicetrack-transcoder"), "promote", "--plan-key",
-                           layout.promotion_plan_key],
-                          env={**os.environ, **store.settings.env()}, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return store, layout, FinalManifest.model_validate(store.get_json(layout.final_manifest_key))
+    return store, layout, promote_plan(store, layout, plan, 600)
 
 
 def ffmpeg_builds(tmp: Path) -> dict[int, str]:

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.audio_helpers import Speaker, upload_chunks
+from tests.audio_helpers import Speaker, promote_plan, upload_chunks
 from tests.integration.test_recordings_cli import (  # noqa: F401 (the fixture)
     BIN,
     DONE,
@@ -63,13 +62,7 @@ def promoted(s3_server: S3Settings) -> tuple[ObjectStore, MeetingLayout, FinalMa
     plan = PromotionPlan(guild_id=GUILD, meeting_id=DONE, prefix=layout.prefix,
                          session_end_ms=SESSION_MS, speakers=[A, B], chunks=session.chunks,
                          formats=["flac"])
-    store.put_json(layout.promotion_plan_key, plan.to_api())
-    proc = subprocess.run([str(BIN / "voicetrack-transcoder"), "promote", "--plan-key",
-                           layout.promotion_plan_key],
-                          env={**os.environ, **store.settings.env()}, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return store, layout, FinalManifest.model_validate(store.get_json(layout.final_manifest_key))
+    return store, layout, promote_plan(store, layout, plan, 300)
 
 
 @pytest.fixture
