@@ -77,18 +77,23 @@ class SessionRef:
     uid: str
 
 
-_RESTRICTED_POD = {
+RESTRICTED_POD = {
     "runAsNonRoot": True,
     "runAsUser": 10001,
     "runAsGroup": 10001,
     "fsGroup": 10001,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-_RESTRICTED_CONTAINER = {
+"""Pod securityContext of every pod the operator makes: non-root UID/GID 10001 (the
+images' user), RuntimeDefault seccomp; what the `restricted` Pod Security Standard asks."""
+RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
 }
+"""Container securityContext of every operator-made container: no privilege escalation, a
+read-only root filesystem (scratch goes to the `tmp` emptyDir, `tmp_volume`), no
+capabilities."""
 
 
 TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
@@ -96,11 +101,13 @@ TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 termination message file if it wrote one, else the tail of its log."""
 
 
-def _labels(owner: SessionRef, component: str, **extra: str) -> dict[str, str]:
+def pod_labels(owner: SessionRef, component: str, **extra: str) -> dict[str, str]:
+    """The labels of an object made for session `owner`: its name (`LABEL_SESSION`),
+    `component` (`LABEL_COMPONENT`), managed-by, and `extra`."""
     return {LABEL_SESSION: owner.name, LABEL_COMPONENT: component, **MANAGED_BY, **extra}
 
 
-def _s3_key_env(settings: PodSettings) -> list[dict[str, Any]]:
+def s3_key_env(settings: PodSettings) -> list[dict[str, Any]]:
     """VOICETRACK_S3_ACCESS_KEY/SECRET_KEY from `settings.s3_secret`; none when it is empty."""
     if not settings.s3_secret:
         return []
@@ -128,7 +135,7 @@ def _recorder_s3_env(owner: SessionRef, spec: SessionSpec, settings: PodSettings
         {"name": GRANT_SECRET_ENV, "value": recorder_service_account(owner)},
     ]
     if spec.source.type == "files":
-        env.extend(_s3_key_env(settings))
+        env.extend(s3_key_env(settings))
     return env
 
 
@@ -138,12 +145,12 @@ def build_upload_grant_secret(owner: SessionRef, grant_json: str) -> dict[str, A
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": recorder_service_account(owner),
                          "namespace": owner.namespace,
-                         "labels": _labels(owner, "recorder"),
+                         "labels": pod_labels(owner, "recorder"),
                          "ownerReferences": [owner_reference(owner.name, owner.uid)]},
             "stringData": {GRANT_SECRET_KEY: grant_json}}
 
 
-def _placement(settings: PodSettings) -> dict[str, Any]:
+def pod_placement(settings: PodSettings) -> dict[str, Any]:
     """Pod spec fields that send a pod to `settings.node_pool` ({} without one)."""
     if not settings.node_pool:
         return {}
@@ -152,7 +159,9 @@ def _placement(settings: PodSettings) -> dict[str, Any]:
                              "value": settings.node_pool, "effect": "NoSchedule"}]}
 
 
-def _tmp_volume() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def tmp_volume() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): an emptyDir named `tmp` mounted at /tmp, the one writable
+    place under `RESTRICTED_CONTAINER`'s read-only root."""
     return ([{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}])
 
 
@@ -184,22 +193,22 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
             ("VOICETRACK_DISCORD_API_BASE", settings.discord_api_base),
             ("VOICETRACK_DISCORD_GATEWAY_URL", settings.discord_gateway_url),
             ("VOICETRACK_DISCORD_CA_BUNDLE", settings.discord_ca_bundle)) if value)
-    volumes, mounts = _tmp_volume()
+    volumes, mounts = tmp_volume()
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": recorder_pod_name(owner.name),
             "namespace": owner.namespace,
-            "labels": _labels(owner, "recorder"),
+            "labels": pod_labels(owner, "recorder"),
             "ownerReferences": [owner_reference(owner.name, owner.uid)],
         },
         "spec": {
             "serviceAccountName": recorder_service_account(owner),
             "restartPolicy": "OnFailure",
             "terminationGracePeriodSeconds": 30,
-            "securityContext": _RESTRICTED_POD,
-            **_placement(settings),
+            "securityContext": RESTRICTED_POD,
+            **pod_placement(settings),
             "volumes": volumes,
             "containers": [{
                 "name": "recorder",
@@ -208,7 +217,7 @@ def build_recorder_pod(owner: SessionRef, spec: SessionSpec, meeting_id: str,
                 "env": env,
                 "volumeMounts": mounts,
                 "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
-                "securityContext": _RESTRICTED_CONTAINER,
+                "securityContext": RESTRICTED_CONTAINER,
                 "resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
                               "limits": {"memory": "512Mi"}},
             }],
@@ -239,7 +248,7 @@ def build_session_recorder_rbac(owner: SessionRef) -> list[dict[str, Any]]:
     name = recorder_service_account(owner)
     group = API_VERSION.split("/")[0]
     meta = {"name": name, "namespace": owner.namespace,
-            "labels": _labels(owner, "recorder"),
+            "labels": pod_labels(owner, "recorder"),
             "ownerReferences": [owner_reference(owner.name, owner.uid)]}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},

@@ -23,15 +23,15 @@ from voicetrack.resources import (
 )
 from voicetrack.termination import EXIT_BAD_INPUT
 from voicetrack_operator.builders import (
-    _RESTRICTED_CONTAINER,
-    _RESTRICTED_POD,
+    RESTRICTED_CONTAINER,
+    RESTRICTED_POD,
     TERMINATION_MESSAGE_POLICY,
     PodSettings,
     SessionRef,
-    _labels,
-    _placement,
-    _s3_key_env,
-    _tmp_volume,
+    pod_labels,
+    pod_placement,
+    s3_key_env,
+    tmp_volume,
 )
 
 
@@ -42,7 +42,7 @@ def _s3_env(settings: PodSettings, bucket: str) -> list[dict[str, Any]]:
         {"name": "VOICETRACK_S3_ENDPOINT", "value": settings.s3_endpoint},
         {"name": "VOICETRACK_S3_REGION", "value": settings.s3_region},
         {"name": "VOICETRACK_S3_BUCKET", "value": bucket},
-        *_s3_key_env(settings),
+        *s3_key_env(settings),
     ]
 
 
@@ -51,15 +51,15 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
          ) -> dict[str, Any]:
     """The Job `name` (labelled `component` and `labels`, owned by `owner`) running
     `voicetrack-transcoder <args>` against `bucket`, within `deadline_s` seconds."""
-    volumes, mounts = _tmp_volume()
-    pod_labels = _labels(owner, component, **labels)
+    volumes, mounts = tmp_volume()
+    job_labels = pod_labels(owner, component, **labels)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name,
             "namespace": owner.namespace,
-            "labels": pod_labels,
+            "labels": job_labels,
             "ownerReferences": [owner_reference(owner.name, owner.uid)],
         },
         "spec": {
@@ -76,13 +76,13 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
                  "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": job_labels},
                 "spec": {
                     "serviceAccountName": TRANSCODER_SERVICE_ACCOUNT,
                     "automountServiceAccountToken": False,
                     "restartPolicy": "Never",
-                    "securityContext": _RESTRICTED_POD,
-                    **_placement(settings),
+                    "securityContext": RESTRICTED_POD,
+                    **pod_placement(settings),
                     "volumes": volumes,
                     "containers": [{
                         "name": "transcoder",
@@ -92,7 +92,7 @@ def _job(owner: SessionRef, name: str, component: str, labels: dict[str, str],
                         "env": _s3_env(settings, bucket),
                         "volumeMounts": mounts,
                         "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
-                        "securityContext": _RESTRICTED_CONTAINER,
+                        "securityContext": RESTRICTED_CONTAINER,
                         "resources": {"requests": {"cpu": "250m", "memory": "128Mi"},
                                       "limits": {"memory": "768Mi"}},
                     }],
