@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from voicetrack.audio import CHANNELS, SAMPLE_RATE
+from voicetrack.opuspacket import toc_frame_samples
 
 VENDOR = b"voicetrack"
 _PAGE_HEADER = struct.Struct("<4sBBqIIIB")
@@ -50,13 +51,7 @@ def opus_packet_samples(packet: bytes) -> int:
     if not packet:
         raise OggOpusError("empty Opus packet")
     toc = packet[0]
-    config = toc >> 3
-    if config < 12:  # SILK-only: 10, 20, 40, 60 ms
-        frame = (480, 960, 1920, 2880)[config & 3]
-    elif config < 16:  # Hybrid: 10, 20 ms
-        frame = (480, 960)[config & 1]
-    else:  # CELT-only: 2.5, 5, 10, 20 ms
-        frame = (120, 240, 480, 960)[config & 3]
+    frame = toc_frame_samples(toc)
     code = toc & 3
     if code == 0:
         count = 1

@@ -46,10 +46,33 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+MAX_FRAME_BYTES = 1275
+"""RFC 6716 §3.2.1 and R2 of §3.4: no frame is longer than 1275 bytes."""
+
+
+def toc_frame_samples(toc: int) -> int:
+    """Samples per channel at 48 kHz of each frame of a packet whose TOC byte is `toc`
+    (RFC 6716 §3.1, Table 2: `config` 0–11 SILK-only 10/20/40/60 ms, 12–15 hybrid
+    10/20 ms, 16–31 CELT-only 2.5/5/10/20 ms); what libopus's
+    `opus_packet_get_samples_per_frame` gives at 48 kHz."""
+    config = toc >> 3
+    if config < 12:
+        return (480, 960, 1920, 2880)[config & 3]
+    if config < 16:
+        return (480, 960)[config & 1]
+    return (120, 240, 480, 960)[config & 3]
+
+
 def packet_samples(packet: bytes) -> int | None:
     """Samples per channel at 48 kHz that `packet` decodes to, or None when libopus's
     `opus_packet_parse` refuses it (empty, a code-3 packet without its frame-count byte,
-    padding longer than the packet, frame lengths that do not add up: RFC 6716 §3.4)."""
+    padding longer than the packet, frame lengths that do not add up: RFC 6716 §3.4).
+
+    A code-0 packet (one frame, what Discord clients send) is judged here by the same
+    rules (R1: at least the TOC byte; R2: a frame of at most MAX_FRAME_BYTES), sparing
+    the recorder a ctypes call per received packet; codes 1–3 go to libopus."""
+    if packet and not packet[0] & 3:
+        return toc_frame_samples(packet[0]) if len(packet) - 1 <= MAX_FRAME_BYTES else None
     lib = _lib()
     sizes = (ctypes.c_int16 * _MAX_FRAMES)()
     toc = ctypes.c_ubyte()

@@ -187,3 +187,30 @@ async def test_dave_refuses_a_user_id_davey_cannot_take() -> None:
     frame = a.frame(encode_frames(tone_pcm(1, 440))[0])
     assert h.receiver.dave.decrypt("1" * 25, frame) is None
     assert h.receiver.dave.stats["1" * 25].failures == {"bad_user_id": 1}
+
+
+def test_code_0_packets_are_judged_as_libopus_judges_them() -> None:
+    """`packet_samples` answers one-frame (code 0) packets without libopus: for every TOC
+    byte and the lengths around the 1275-byte frame limit its answer is libopus's own
+    (`opus_packet_parse` × `opus_packet_get_samples_per_frame`), and so is the per-frame
+    table `oggopus` uses for every code."""
+    import ctypes
+
+    from voicetrack import opuspacket
+
+    lib = opuspacket._lib()
+    checked = 0
+    for toc in range(256):
+        assert opuspacket.toc_frame_samples(toc) == lib.opus_packet_get_samples_per_frame(
+            bytes([toc]), 48000)
+        if toc & 3:
+            continue
+        for length in (1, 2, 3, 200, 1275, 1276, 1277, 1500):
+            packet = bytes([toc]) + bytes(length - 1)
+            sizes = (ctypes.c_int16 * 48)()
+            count = lib.opus_packet_parse(packet, len(packet), ctypes.byref(ctypes.c_ubyte()),
+                                          None, sizes, ctypes.byref(ctypes.c_int()))
+            expected = (count * opuspacket.toc_frame_samples(toc)) if count > 0 else None
+            assert opuspacket.packet_samples(packet) == expected, (toc, length)
+            checked += 1
+    assert checked == 64 * 8
