@@ -32,10 +32,11 @@ chunk's spec) as the frozen raw track `outputs/<index>/raw-<userId>.<raw-ext>` b
 done chunk always has them, and every later read of the chunk's raw audio
 (promotion in full, assembly's renders, the next chunk's piece) takes the frozen copy,
 verified again, and reads `chunks/<index>/` only when there is none (a chunk transcoded
-before frozen copies existed; `voicetrack_transcoder.rawtracks.load_raw`), and a chunk
+before frozen copies existed; `voicetrack_transcoder.rawtracks.load_raw`); a chunk
 rebuilt when its RecordingChunk is gone takes the frozen spec over the recorder's
-`chunk.json` (`voicetrack_operator.services.inventory`). Overwriting a done chunk's raw
-track or `chunk.json` then changes nothing the final tracks are made of.
+`chunk.json` (`voicetrack_operator.services.inventory`), and so does a later chunk's Job
+placing its piece in output time (`voicetrack_transcoder.context`). Overwriting a done
+chunk's raw track or `chunk.json` then changes nothing the final tracks are made of.
 Collection deletes a chunk's `outputs/<index>/` with its `chunks/<index>/`. Sessions
 transcoded before this split (outputs inside `chunks/<index>/`) are still promoted: their
 pieces are not found at the new keys, so promotion is the full one from the raw chunks

@@ -1,5 +1,5 @@
 """The spec of the chunk before, as a chunk's piece and silent head read it, on real
-SeaweedFS, ffmpeg and libopus (`pieces.prev_spec`).
+SeaweedFS, ffmpeg and libopus (`context.prev_spec`).
 
 The recorder's upload grant covers `chunks/<k>/`, `chunk.json` included. A forged
 `chunks/<k-1>/chunk.json` with a far window (chunk 60 at 3 600 000 ms reading
@@ -7,12 +7,18 @@ The recorder's upload grant covers `chunks/<k>/`, `chunk.json` included. A forge
 hour-long render and MP3 encode that could OOM-kill the chunk's Job. The frozen spec the
 chunk before's Job stored (`outputs/<k-1>/chunk.json`, outside the grant) is read first,
 and either spec is refused unless it is the chunk right before (index, adjacency, length).
+
+Without the chunk before's `piece.json`, the context is summed from the earlier specs
+(`context.chunk_context`): those were the recorder's `chunk.json` of every earlier chunk,
+so a forged earlier window moved the piece in output time. Each is now the frozen copy
+where there is one, and a set that does not make one chain gives no context.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import os
 
 import pytest
@@ -23,7 +29,8 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PieceManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_transcoder.chunk import transcode_chunk
-from voicetrack_transcoder.pieces import build_piece, chunk_context
+from voicetrack_transcoder.context import chunk_context
+from voicetrack_transcoder.pieces import build_piece
 from voicetrack_transcoder.silenthead import placed_before
 
 pytestmark = pytest.mark.integration
@@ -99,3 +106,67 @@ def test_the_frozen_previous_spec_is_preferred_to_the_recorders(
     store.delete_keys([LAYOUT.frozen_spec_key(1)])
     ctx = chunk_context(store, LAYOUT, chunk)
     assert ctx is not None and ctx.prev == ChunkSpec.model_validate(forged)
+
+
+FORGED_WINDOWS = {0: {"startMs": 1000, "endMs": 2000},
+                  1: {"startMs": 3000, "endMs": 4000, "tracks": [],
+                      "gap": {"startMs": 2000, "endMs": 3000, "cause": "paused"}}}
+"""Earlier chunks' `chunk.json` moved through the grant: chunk 0 starting 1 s late (the
+origin), chunk 1 after a forged 1 s pause (the pause total). Read as they are, they
+placed chunk 2's piece 1 s early and 1 s late."""
+
+
+@pytest.mark.parametrize("pieces_before", [[0], []], ids=["piece-0", "no-piece"])
+def test_forged_earlier_chunk_jsons_do_not_move_the_piece(
+        s3_server: S3Settings, caplog: pytest.LogCaptureFixture,
+        pieces_before: list[int]) -> None:
+    """Chunk 1 without a `piece.json` (its piece failed; `pieces_before` lists the
+    earlier pieces kept): chunk 2's context is read from the earlier specs. With the
+    recorder's `chunk.json` of chunks 0 and 1 forged (`FORGED_WINDOWS`) and their frozen
+    copies intact, the context is the one the genuine chain gives, and the piece the
+    same as the one made from chunk 1's `piece.json`; a forged copy read next to its
+    frozen one is logged."""
+    made = _made(s3_server)
+    store, chunk = made.store, made.chunks[2]
+    from_piece = chunk_context(store, LAYOUT, chunk)
+    assert from_piece is not None and from_piece.prev == made.chunks[1]
+    store.delete_keys([LAYOUT.piece_manifest_key(i) for i in (0, 1, 2)
+                       if i not in pieces_before])
+    assert chunk_context(store, LAYOUT, chunk) == from_piece
+    for index, forged in FORGED_WINDOWS.items():
+        store.put_json(LAYOUT.chunk_manifest_key(index),
+                       {**made.chunks[index].to_api(), **forged})
+    with caplog.at_level(logging.WARNING, logger="voicetrack_transcoder.context"):
+        assert chunk_context(store, LAYOUT, chunk) == from_piece
+    if not pieces_before:  # chunk 0's spec was read from both copies
+        assert "chunk 0: the recorder's" in caplog.text and "differs" in caplog.text
+    assert build_piece(store, chunk, LAYOUT.prefix, 96) == made.piece
+
+
+@pytest.mark.parametrize("forged", [
+    {"endMs": 2020},                                   # overlaps chunk 1
+    {"endMs": 1980},                                   # a hole before chunk 1, no gap
+    {"index": 1, "tracks": []},                        # a second chunk 1
+    {"meetingId": "OtHeRmEeTiNgIdAa", "tracks": []},   # another meeting's
+    None,                                              # missing
+], ids=["overlap", "hole", "duplicate", "other-meeting", "missing"])
+def test_recorder_specs_that_do_not_chain_give_no_context(
+        s3_server: S3Settings, forged: dict[str, object] | None) -> None:
+    """No piece before chunk 2 and no frozen spec of chunk 0 (its Job not done yet):
+    chunk 0's `chunk.json` is what there is, and is used as it is (the same context);
+    forged so that the specs do not make one chain (an overlap, a hole, a duplicate
+    index, another meeting, none at all), chunk 2 gets no context and no piece
+    (assembly renders its unit), never a context summed from an inconsistent set."""
+    made = _made(s3_server)
+    store, chunk = made.store, made.chunks[2]
+    genuine = chunk_context(store, LAYOUT, chunk)
+    store.delete_keys([*(LAYOUT.piece_manifest_key(i) for i in (0, 1, 2)),
+                       LAYOUT.frozen_spec_key(0)])
+    assert chunk_context(store, LAYOUT, chunk) == genuine
+    if forged is None:
+        store.delete_keys([LAYOUT.chunk_manifest_key(0)])
+    else:
+        store.put_json(LAYOUT.chunk_manifest_key(0), {**made.chunks[0].to_api(), **forged})
+    assert chunk_context(store, LAYOUT, chunk) is None
+    assert build_piece(store, chunk, LAYOUT.prefix, 96) is None
+    assert not store.exists(LAYOUT.piece_manifest_key(2))

@@ -1,4 +1,4 @@
-"""`pieces.prev_problem`: which spec may be the chunk right before a chunk, without
+"""`context.prev_problem`: which spec may be the chunk right before a chunk, without
 servers (the integration side is `tests/integration/test_transcoder_prev_spec.py`)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.resources import MAX_CHUNK_SECONDS
-from voicetrack_transcoder.pieces import prev_problem
+from voicetrack_transcoder.context import prev_problem
 
 pytestmark = pytest.mark.unit
 

@@ -30,7 +30,6 @@ Only MP3 is assembled from pieces; a plan asking for FLAC or Opus is promoted in
 
 from __future__ import annotations
 
-import itertools
 import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -38,11 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import ValidationError
 
 from voicetrack.audio import FRAME_MS, Channels, ms_to_samples, samples_to_ms
 from voicetrack.chunkspec import ChunkSpec
-from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import (
     PieceManifest,
@@ -50,8 +48,8 @@ from voicetrack.manifests import (
     PromotionPlan,
 )
 from voicetrack.objectstore import ObjectStore, sha256_hex
-from voicetrack.resources import MAX_CHUNK_SECONDS
 from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.context import chunk_context
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.mixer import Limiter, mix_sum
 from voicetrack_transcoder.mp3grid import (
@@ -192,114 +190,16 @@ def make(rendered: Rendered, work: Work, mp3_bitrate: int, workdir: Path,
 # ---------------------------------------------------------------- the chunk's piece
 
 
-@dataclass(frozen=True)
-class ChunkContext:
-    """Where chunk `k` sits in output time: the session's origin (first chunk's start,
-    session ms), the paused ms cut before it, the chunk before it (None for the first)
-    and whether any earlier speaker was stereo."""
-
-    origin_ms: int
-    paused_ms: int
-    prev: ChunkSpec | None
-    prev_paused_ms: int
-    stereo_seen: bool
-
-
 def chunk_sources(chunk: ChunkSpec) -> list[str]:
     return sorted(f"{t.user_id}:{t.sha256}" for t in chunk.tracks)
-
-
-def paused_before(chunk: ChunkSpec, prev: ChunkSpec) -> int:
-    """Paused ms between `prev` and `chunk`: the whole interval when the chunk's recorded
-    gap is a pause (as the promotion plan reads it, `plan.py`)."""
-    if chunk.gap is not None and chunk.gap.cause == "paused":
-        return chunk.start_ms - prev.end_ms
-    return 0
-
-
-def prev_problem(prev: ChunkSpec, chunk: ChunkSpec) -> str | None:
-    """Why `prev` cannot be the chunk right before `chunk` (None when it can): its index
-    is not `chunk.index - 1`, it does not end where `chunk`'s leading gap starts (or,
-    without a gap, where `chunk` starts), or it is longer than any chunk the recorder
-    seals (`MAX_CHUNK_SECONDS`). A forged one could otherwise widen a render to hours."""
-    start = chunk.gap.start_ms if chunk.gap is not None else chunk.start_ms
-    if prev.index != chunk.index - 1:
-        return f"index {prev.index}, not {chunk.index - 1}"
-    if prev.end_ms != start:
-        return f"ends at {prev.end_ms} ms, not where chunk {chunk.index} begins ({start} ms)"
-    if prev.duration_ms > MAX_CHUNK_SECONDS * 1000:
-        return f"{prev.duration_ms} ms long, more than {MAX_CHUNK_SECONDS} s"
-    return None
-
-
-def prev_spec(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
-              ) -> ChunkSpec | None:
-    """The spec of the chunk before `chunk` (not index 0): its frozen copy
-    (`MeetingLayout.frozen_spec_key`, outside the recorder's grant) when there is one that
-    fits (`prev_problem`), else the recorder's `chunk.json` in `chunks/<index>/` when it
-    fits; None when neither does (each refusal logged) or there is none: the caller
-    treats the chunk before as unknown."""
-    index = chunk.index - 1
-    for key in (layout.frozen_spec_key(index), layout.chunk_manifest_key(index)):
-        try:
-            spec = ChunkSpec.model_validate(store.get_json(key))
-        except NotFoundError:
-            continue
-        except (InvalidInputError, ValidationError) as err:
-            log.warning("chunk %d: %s is not a chunk spec: %s", chunk.index, key, err)
-            continue
-        problem = prev_problem(spec, chunk)
-        if problem is None:
-            return spec
-        log.warning("chunk %d: %s is not the chunk before it: %s", chunk.index, key, problem)
-    return None
-
-
-def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
-                  ) -> ChunkContext | None:
-    """The context of `chunk` from S3: the previous chunk's spec (`prev_spec`), and the
-    pause total from its `piece.json` (else from every earlier `chunk.json`). None when it
-    cannot be known (the previous chunk's spec is missing or refused)."""
-    if chunk.index == 0:
-        return ChunkContext(chunk.start_ms, 0, None, 0, any(t.channels == 2
-                                                             for t in chunk.tracks))
-    prev = prev_spec(store, layout, chunk)
-    if prev is None:
-        return None
-    stereo_now = any(t.channels == 2 for t in chunk.tracks)
-    try:
-        piece = PieceManifest.model_validate(store.get_json(layout.piece_manifest_key(
-            prev.index)))
-        return ChunkContext(piece.origin_ms, piece.paused_ms + paused_before(chunk, prev),
-                            prev, piece.paused_ms, piece.stereo_seen or stereo_now)
-    except (NotFoundError, InvalidInputError, ValidationError):
-        pass
-    earlier: list[ChunkSpec] = []
-    for key in store.list_keys(layout.chunks_root):
-        if key.endswith("/chunk.json"):
-            try:
-                spec = ChunkSpec.model_validate(store.get_json(key))
-            except (NotFoundError, InvalidInputError, ValidationError):
-                return None
-            if spec.index < chunk.index:
-                earlier.append(spec)
-    earlier.sort(key=lambda c: c.start_ms)
-    if not earlier or earlier[-1].index != prev.index:
-        return None
-    paused = 0
-    for before, after in itertools.pairwise(earlier):
-        paused += paused_before(after, before)
-    stereo = stereo_now or any(t.channels == 2 for c in earlier for t in c.tracks)
-    return ChunkContext(earlier[0].start_ms, paused + paused_before(chunk, prev), prev,
-                        paused, stereo)
 
 
 def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: int,
                 tracks: str = "both") -> PieceManifest | None:
     """Make and upload chunk `chunk`'s piece (see the module docstring); `piece.json` is
     written last. Returns None (and writes nothing) when the chunk's place in the output
-    cannot be known. Raises InvalidInputError for a bad raw track of the chunk itself,
-    TemporaryFailure for S3 or ffmpeg failures."""
+    cannot be known (`context.chunk_context`). Raises InvalidInputError for a bad raw
+    track of the chunk itself, TemporaryFailure for S3 or ffmpeg failures."""
     layout = MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)
     ctx = chunk_context(store, layout, chunk)
     if ctx is None:

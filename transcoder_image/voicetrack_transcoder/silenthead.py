@@ -47,14 +47,13 @@ from voicetrack.manifests import (
 )
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
+from voicetrack_transcoder.context import paused_before, prev_spec
 from voicetrack_transcoder.mp3grid import owned_end, silent_frames, split_frames
 from voicetrack_transcoder.pieces import (
     Made,
     Placed,
     Work,
     chunk_sources,
-    paused_before,
-    prev_spec,
     render,
 )
 from voicetrack_transcoder.silence import (
@@ -70,8 +69,8 @@ from voicetrack_transcoder.waveform import SAMPLES_PER_PIXEL
 log = logging.getLogger(__name__)
 
 MAX_LOOK_BACK = 8
-"""Chunks before the spoken one a Job reads (one spec each, `pieces.prev_spec`) to place every
-chunk a head's render decodes (`silence.reach_ms`: ~1.1 s before the unit): none for a
+"""Chunks before the spoken one a Job reads (one spec each, `context.prev_spec`) to place
+every chunk a head's render decodes (`silence.reach_ms`: ~1.1 s before the unit): none for a
 chunk longer than that, the usual case; past this many, no head (assembly computes it)."""
 
 
@@ -81,7 +80,7 @@ def placed_before(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec,
     ms `reach`, placed in output time as the plan places them when none of them failed
     (paused gaps cut), in order; None when a spec is missing, the chunk before `chunk`
     is needed but its raw tracks were bad (`piece.prev_used`), or more than
-    `MAX_LOOK_BACK` are needed. Reads one spec (`pieces.prev_spec`: the frozen one
+    `MAX_LOOK_BACK` are needed. Reads one spec (`context.prev_spec`: the frozen one
     first, refused unless it fits) per chunk before `chunk` placed or checked."""
     placed = [Placed(chunk, piece.unit_end_ms - chunk.duration_ms)]
     for looked in range(MAX_LOOK_BACK + 1):
