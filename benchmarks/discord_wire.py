@@ -27,12 +27,13 @@ from pathlib import Path
 import discord
 import yarl
 
-from tests.discord_rig import tone_pcm
-from tests.local_discord_clients import dave_ready, play, start_client, stop_client
-from voicetrack_local.discord.relay import Faults
-from voicetrack_local.discord.server import LocalDiscord, Settings
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `make bench` runs it as a script: `tests` is at the root
+
+from tests.discord_rig import tone_pcm  # noqa: E402
+from tests.local_discord_clients import dave_ready, play, start_client, stop_client  # noqa: E402
+from voicetrack_local.discord.relay import Faults  # noqa: E402
+from voicetrack_local.discord.server import LocalDiscord, Settings  # noqa: E402
 
 
 async def run(senders: int, minutes: float, loss_pct: float) -> None:
