@@ -10,6 +10,7 @@ chain; no credentials at all → CredentialsUnavailable, a TemporaryFailure).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -236,9 +237,17 @@ class ObjectStore:
             self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
 
     def get_file(self, key: str, path: str) -> None:
-        """Download `key` to a local file, streamed. NotFoundError when it does not exist."""
-        with s3_call(f"get {key}"):
-            self.client.fget_object(self.bucket, key, path)
+        """Download `key` to the local file `path`, streamed through `<path>.minio` that is
+        renamed over `path` once whole; when the download fails (NotFoundError when `key`
+        does not exist, TemporaryFailure, an OSError writing) the temp file is deleted and
+        `path` left as it was (the client alone keeps its partial file for a resume)."""
+        tmp = f"{path}.minio"
+        try:
+            with s3_call(f"get {key}"):
+                self.client.fget_object(self.bucket, key, path, tmp_file_path=tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def get_json(self, key: str) -> Any:
         """The object at `key` parsed as JSON. Raises NotFoundError when it does not exist,

@@ -4,7 +4,8 @@ Discord's log-in and SQLite: clients that post and never read hold their bundle'
 until they leave; at most `max_bundles` zips are on the pod's disk at once; a second
 bundle of the same user and a bundle past the limit are answered 429 with Retry-After
 (nothing waits on disk); once the clients leave the zips are deleted and a bundle is
-served again."""
+served again. A bundle whose disk fails it (the temp dir gone) is 503 with Retry-After and
+frees its slot."""
 
 from __future__ import annotations
 
@@ -199,3 +200,34 @@ def test_bundles_are_bounded_until_sent(web: WebProcess, discord_info: dict[str,
     watch.stop()
     assert r.status_code == 200 and r.content[:2] == b"PK", r.status_code
     assert watch.most <= MAX_BUNDLES and watch.now() == 0
+
+
+def test_a_bundle_the_disk_fails_frees_its_slot(web: WebProcess, discord_info: dict[str, Any],
+                                                tmp_path: Path) -> None:
+    """The web's temp dir gone (as when `/tmp` is full or unwritable): the bundle's
+    directory cannot be made, the answer is 503 with Retry-After, and its slot is free at
+    once: with the disk back, the same users and everyone else get their zip (before, the
+    slot stayed taken: alice, then with both slots lost everyone, got 429 until a restart)."""
+    alice, bob, carol = (log_in(web, discord_info, u) for u in ("alice", "bob", "carol"))
+    tmp = tmp_path / "tmp"
+    watch = DiskWatch(tmp)
+    try:
+        r = post(web, *alice)  # the process found its temp dir (cached from now on)
+        assert r.status_code == 200 and r.content[:2] == b"PK", r.status_code
+        watch.wait_for(0)
+        tmp.rmdir()
+        for who, cookie in (("alice", alice), ("bob", bob)):
+            r = post(web, *cookie)
+            assert r.status_code == 503, (who, r.status_code, r.text[:300])
+            assert int(r.headers["retry-after"]) > 0, who
+            assert "cannot be made on the server now (No such file or directory)" in r.text, \
+                r.text[-1000:]
+            assert str(tmp) not in r.text, "the answer names a server path"
+        tmp.mkdir()
+        for who, cookie in (("carol", carol), ("alice", alice)):
+            r = post(web, *cookie)
+            assert r.status_code == 200 and r.content[:2] == b"PK", (who, r.status_code)
+        watch.wait_for(0)
+    finally:
+        watch.stop()
+        tmp.mkdir(exist_ok=True)

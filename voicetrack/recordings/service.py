@@ -251,7 +251,8 @@ class RecordingsReader:
         before the cancellation is raised: the running ffmpeg is stopped
         (`bundle.stop_process`), a running S3 read or zip write is awaited (the zip write
         gives up between members) and the scratch files are deleted; nothing of the build
-        outlives it."""
+        outlives it, even when the cancellation arrives as the zip is finished (`out` is then
+        left as it was, and the `.part` deleted like on every failure)."""
         detail = await self.show(ref)
         meeting = detail.record.meeting_id
         if not detail.tracks or detail.manifest is None or detail.manifest_key is None:
@@ -260,16 +261,30 @@ class RecordingsReader:
         ffmpeg = ffmpeg_path()
         duration_ms = detail.manifest.duration_ms
         samples = duration_ms * SAMPLES_PER_MS
-        sources = render_sources(detail.tracks)
-        folder = f"voicetrack-{meeting}"
         out.parent.mkdir(parents=True, exist_ok=True)
         part = out.with_name(f".{out.name}.part")
+        try:
+            members = await self._write_bundle(detail, detail.manifest_key, part, samples,
+                                               ffmpeg, on_file)
+            part.replace(out)
+        except BaseException:  # failed or cancelled, however late: no part is left
+            part.unlink(missing_ok=True)
+            raise
+        return Bundle(out, tuple(members), samples, duration_ms)
+
+    async def _write_bundle(self, detail: MeetingDetail, manifest_key: str, part: Path,
+                            samples: int, ffmpeg: str, on_file: Progress | None
+                            ) -> list[str]:
+        """`bundle`'s build: the zip written at `part` (its member names), its sources
+        fetched and rendered in a scratch directory next to `part`, deleted on return."""
+        meeting = detail.record.meeting_id
+        folder = f"voicetrack-{meeting}"
         stop = threading.Event()
-        with tempfile.TemporaryDirectory(prefix=".voicetrack-zip-", dir=out.parent) as tmp:
+        with tempfile.TemporaryDirectory(prefix=".voicetrack-zip-", dir=part.parent) as tmp:
             work, src = Path(tmp), Path(tmp) / "src"
             src.mkdir()
             names = []
-            for t in sources:
+            for t in render_sources(detail.tracks):
                 fetched = await in_thread(stop, self._fetch_verified, t, src / t.filename)
                 if isinstance(fetched, str):
                     raise ChecksumMismatch(f"{t.filename}: {fetched} (the object in S3 is "
@@ -280,17 +295,14 @@ class RecordingsReader:
                 if on_file:
                     on_file(name)
             lof = lof_text([LofEntry(n) for n in names])
-            manifest = await in_thread(stop, self.store.get_bytes, detail.manifest_key)
+            manifest = await in_thread(stop, self.store.get_bytes, manifest_key)
             texts = [(f"{meeting}.lof", lof.encode()), ("manifest.json", manifest)]
             for name, key in ((TIMELINE_NAME, detail.timeline_key),
                               (CONSENT_NAME, detail.consent_key)):
                 if key:
                     with contextlib.suppress(NotFoundError):
                         texts.append((name, await in_thread(stop, self.store.get_bytes, key)))
-            members = await in_thread(stop, _write_zip, part, folder, work, names, texts,
-                                      stop)
-        part.replace(out)
-        return Bundle(out, tuple(members), samples, duration_ms)
+            return await in_thread(stop, _write_zip, part, folder, work, names, texts, stop)
 
 
 def _write_zip(part: Path, folder: str, work: Path, names: list[str],

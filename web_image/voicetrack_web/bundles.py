@@ -9,7 +9,9 @@ memory). `BundleResponse` streams the zip and deletes it (releasing the slot) wh
 response ends: sent, the client gone, or `SEND_LIMIT_S` passed (a client that stops
 reading cannot keep a slot forever). A build that fails or is cancelled (its client
 left) keeps its slot until it has stopped (`release_when_stopped`): leaving and asking
-again cannot run more builds than slots.
+again cannot run more builds than slots. A request that took a slot and never started its
+build (its directory could not be made: `/tmp` full or gone) frees it at once: every path
+after `take` ends in exactly one `release_when_stopped` or `BundleResponse`.
 """
 
 from __future__ import annotations
@@ -88,24 +90,28 @@ class BundleResponse(FileResponse):
             release_bundle(self.work, self.slot)
 
 
-def release_bundle(work: Path, slot: BundleSlot) -> None:
-    """Delete the bundle's directory `work`, then free its slot."""
-    shutil.rmtree(work, ignore_errors=True)
+def release_bundle(work: Path | None, slot: BundleSlot) -> None:
+    """Delete the bundle's directory `work` (None: none was made), then free its slot."""
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     slot.release()
 
 
-def release_when_stopped(build: asyncio.Future[Any], work: Path, slot: BundleSlot) -> None:
-    """`release_bundle(work, slot)` once `build` is over: now when it is, else when it
-    ends (however: the slot stays held while the build still runs, even when whoever
-    awaited it was cancelled meanwhile). `build`'s error is taken as seen: the caller
-    answered it, or nobody is left to."""
+def release_when_stopped(build: asyncio.Future[Any] | None, work: Path | None,
+                         slot: BundleSlot) -> None:
+    """`release_bundle(work, slot)` once `build` is over: now when it is (or was never
+    started: None), else when it ends (however: the slot stays held while the build still
+    runs, even when whoever awaited it was cancelled meanwhile). `build`'s error is taken
+    as seen: the caller answered it, or nobody is left to."""
 
     def over(done: asyncio.Future[Any]) -> None:
         if not done.cancelled():
             done.exception()
         release_bundle(work, slot)
 
-    if build.done():
+    if build is None:
+        release_bundle(work, slot)
+    elif build.done():
         over(build)
     else:
         build.add_done_callback(over)

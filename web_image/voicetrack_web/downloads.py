@@ -7,7 +7,8 @@ rule as every other meeting route (`context.meeting_of`: 404 when not visible).
   `timeline.json`) in a fresh directory under the pod's temp dir, streamed as an
   attachment and deleted once sent (or when building fails, or the client leaves while
   it is built: the build is stopped, its ffmpeg too, and its slot held until it has).
-  Nothing is written to S3. At most `max_bundles` are
+  Nothing is written to S3. The pod's disk failing it (`/tmp` full or gone) is 503 with
+  `Retry-After`, its slot freed at once. At most `max_bundles` are
   held at once (built or being sent, `bundles.BundleSlots`), one per user; more are
   answered 429 with `Retry-After`.
 - `GET /api/meetings/{meeting}/live`: the live manifest the transcoder's `assemble_live`
@@ -36,6 +37,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack.recordings.models import Bundle
 from voicetrack_web.access import MeetingView
 from voicetrack_web.bundles import RETRY_AFTER_S, BundleResponse, release_when_stopped
 from voicetrack_web.context import check_csrf, meeting_of, not_found, state_of
@@ -55,7 +57,10 @@ async def bundle(request: Request) -> Response:
     """`POST /meetings/{meeting}/bundle`: the zip as `voicetrack-<meeting>.zip`. 403
     without the form's CSRF token; 404 when not visible or not promoted yet; 429 with
     `Retry-After` when the user's bundle is still held or every slot is; 502 when a
-    source is damaged or ffmpeg fails (the message says which)."""
+    source is damaged or ffmpeg fails (the message says which); 503 with `Retry-After`
+    on an OSError (the pod's temp dir full, read-only or gone). The slot taken here is
+    freed on every path: by the response once sent, else once the build (if it started)
+    has stopped."""
     form = await request.form()
     token = form.get("csrf_token")
     check_csrf(request, token if isinstance(token, str) else None)
@@ -67,23 +72,29 @@ async def bundle(request: Request) -> Response:
     if slot is None:
         raise HTTPException(429, "a zip is being made or sent for you or others already: "
                             "try again shortly", {"Retry-After": str(RETRY_AFTER_S)})
-    work = Path(tempfile.mkdtemp(prefix="voicetrack-web-zip-"))
     name = f"voicetrack-{view.id}.zip"
-    build = asyncio.ensure_future(st.reader.bundle(view.id, work / name))
-    built = False
+    work: Path | None = None
+    build: asyncio.Future[Bundle] | None = None
+    response: BundleResponse | None = None
     try:
+        work = Path(tempfile.mkdtemp(prefix="voicetrack-web-zip-"))
+        build = asyncio.ensure_future(st.reader.bundle(view.id, work / name))
         await _unless_client_leaves(request, build)
-        built = True
+        response = BundleResponse(work / name, work, slot, name)
+        return response
     except ClientGone:
         return Response(status_code=499)  # nobody reads it; uvicorn drops the connection
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     except (InvalidInputError, TemporaryFailure) as exc:
         raise HTTPException(502, f"the zip could not be built: {exc}") from exc
+    except OSError as exc:  # the pod's disk (or limits): no path in the answer
+        raise HTTPException(503, "the zip cannot be made on the server now "
+                            f"({exc.strerror or type(exc).__name__}); try again shortly",
+                            {"Retry-After": str(RETRY_AFTER_S)}) from exc
     finally:
-        if not built:
+        if response is None:  # not handed to the response: freed here, once
             release_when_stopped(build, work, slot)
-    return BundleResponse(work / name, work, slot, name)
 
 
 async def _unless_client_leaves(request: Request, task: asyncio.Future[T]) -> T:
