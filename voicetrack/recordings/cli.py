@@ -27,6 +27,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -131,7 +132,8 @@ def main(
 
 def _run(ctx: typer.Context, call: Callable[[RecordingsReader], Awaitable[T]],
          s3: bool = True) -> T:
-    """Run `call` on a reader built from the group's settings; a Voicetrack error is one
+    """Run `call` on a reader built from the group's settings; a Voicetrack error, or an
+    OSError of this machine (a full disk, a file too large, no permission on DIR), is one
     line on stderr and exit code 1."""
     settings: Settings = ctx.obj
 
@@ -146,8 +148,8 @@ def _run(ctx: typer.Context, call: Callable[[RecordingsReader], Awaitable[T]],
 
     try:
         return asyncio.run(go())
-    except VoicetrackError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+    except (VoicetrackError, OSError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(1) from e
 
 
