@@ -28,12 +28,13 @@ pieces and their `piece.json`, `result.json`, `head-after.json` and the chunk ou
 The grant can still overwrite a chunk's raw tracks in `chunks/<index>/` after they were
 transcoded, so the chunk's Job stores the exact bytes it verified (sha256 against the
 chunk's spec) as the frozen raw track `outputs/<index>/raw-<userId>.<raw-ext>` before its
-`result.json`, with the spec it verified them against (`outputs/<index>/chunk.json`): a
-done chunk always has them, and every later read of the chunk's raw audio
-(promotion in full, assembly's renders, the next chunk's piece) takes the frozen copy,
-verified again, and reads `chunks/<index>/` only when there is none (a chunk transcoded
-before frozen copies existed; `voicetrack_transcoder.rawtracks.load_raw`); a chunk
-rebuilt when its RecordingChunk is gone takes the frozen spec over the recorder's
+`result.json`, with the spec it verified them against (`outputs/<index>/chunk.json`,
+which the operator already wrote from the RecordingChunk when it took the chunk, for a
+chunk without tracks too): a done chunk always has them, and every later read of the
+chunk's raw audio (promotion in full, assembly's renders, the next chunk's piece) takes
+the frozen copy, verified again, and reads `chunks/<index>/` only when there is none (a
+chunk transcoded before frozen copies existed; `voicetrack_transcoder.rawtracks.load_raw`);
+a chunk rebuilt when its RecordingChunk is gone takes the frozen spec over the recorder's
 `chunk.json` (`voicetrack_operator.services.inventory`), and so does a later chunk's Job
 placing its piece in output time (`voicetrack_transcoder.context`). Overwriting a done
 chunk's raw track or `chunk.json` then changes nothing the final tracks are made of.
@@ -115,10 +116,12 @@ class MeetingLayout:
         return f"{self.output_dir(index)}/raw-{user_id}.{RAW_EXTENSIONS[raw_format]}"
 
     def frozen_spec_key(self, index: int) -> str:
-        """Key of the frozen copy of chunk `index`'s spec: the spec (the RecordingChunk's,
-        immutable) its Job verified the raw tracks against, stored with the frozen raw
-        tracks before `result.json`; what rebuilds the chunk when its RecordingChunk is
-        gone, rather than the `chunk.json` the recorder can overwrite."""
+        """Key of the frozen copy of chunk `index`'s spec (the RecordingChunk's,
+        immutable): written by the operator when it first takes the chunk (a chunk
+        without tracks has no Job) and again by its Job, which verified the raw tracks
+        against it, before `result.json`; what rebuilds the chunk when its RecordingChunk
+        is gone and what later Jobs place their pieces by, rather than the `chunk.json`
+        the recorder can overwrite."""
         return f"{self.output_dir(index)}/{CHUNK_MANIFEST_NAME}"
 
     def chunk_output_key(self, index: int, user_id: str, fmt: str) -> str:

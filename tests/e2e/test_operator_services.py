@@ -753,6 +753,11 @@ async def test_a_session_nobody_spoke_in_is_promoted_to_no_recordings(
         assert obj is not None
         status = await ChunkService(ctx).ensure_chunk(ChunkRef.from_object(obj))
         assert status.transcode_status is TranscodeStatus.DONE  # no tracks: no Job
+        # no Job to freeze its spec: the operator stores the frozen copy later Jobs place
+        # their pieces by (`voicetrack_transcoder.context`), outside the recorder's grant
+        frozen = await ctx.store(s.spec.storage.bucket).get_json(
+            s.layout.frozen_spec_key(index))
+        assert frozen == ChunkRef.from_object(obj).spec.to_api()
     await ctx.store(s.spec.storage.bucket).put_json(s.layout.final_manifest_key, FinalManifest(
         tool_version="test", meeting_id=s.meeting_id, duration_ms=10000, recorded_ms=10000,
         paused_ms=0, tracks=[]).to_api())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import os
 
 import pytest
@@ -118,14 +117,13 @@ placed chunk 2's piece 1 s early and 1 s late."""
 
 @pytest.mark.parametrize("pieces_before", [[0], []], ids=["piece-0", "no-piece"])
 def test_forged_earlier_chunk_jsons_do_not_move_the_piece(
-        s3_server: S3Settings, caplog: pytest.LogCaptureFixture,
-        pieces_before: list[int]) -> None:
+        s3_server: S3Settings, pieces_before: list[int]) -> None:
     """Chunk 1 without a `piece.json` (its piece failed; `pieces_before` lists the
     earlier pieces kept): chunk 2's context is read from the earlier specs. With the
     recorder's `chunk.json` of chunks 0 and 1 forged (`FORGED_WINDOWS`) and their frozen
     copies intact, the context is the one the genuine chain gives, and the piece the
-    same as the one made from chunk 1's `piece.json`; a forged copy read next to its
-    frozen one is logged."""
+    same as the one made from chunk 1's `piece.json`: where a frozen copy is, the
+    recorder's is never read."""
     made = _made(s3_server)
     store, chunk = made.store, made.chunks[2]
     from_piece = chunk_context(store, LAYOUT, chunk)
@@ -136,27 +134,25 @@ def test_forged_earlier_chunk_jsons_do_not_move_the_piece(
     for index, forged in FORGED_WINDOWS.items():
         store.put_json(LAYOUT.chunk_manifest_key(index),
                        {**made.chunks[index].to_api(), **forged})
-    with caplog.at_level(logging.WARNING, logger="voicetrack_transcoder.context"):
-        assert chunk_context(store, LAYOUT, chunk) == from_piece
-    if not pieces_before:  # chunk 0's spec was read from both copies
-        assert "chunk 0: the recorder's" in caplog.text and "differs" in caplog.text
+    assert chunk_context(store, LAYOUT, chunk) == from_piece
     assert build_piece(store, chunk, LAYOUT.prefix, 96) == made.piece
 
 
 @pytest.mark.parametrize("forged", [
     {"endMs": 2020},                                   # overlaps chunk 1
-    {"endMs": 1980},                                   # a hole before chunk 1, no gap
     {"index": 1, "tracks": []},                        # a second chunk 1
     {"meetingId": "OtHeRmEeTiNgIdAa", "tracks": []},   # another meeting's
+    {"startMs": 0, "endMs": 2000, "gap": {"startMs": 20, "endMs": 40, "cause": "paused"}},
     None,                                              # missing
-], ids=["overlap", "hole", "duplicate", "other-meeting", "missing"])
+], ids=["overlap", "duplicate", "other-meeting", "gap-after-start", "missing"])
 def test_recorder_specs_that_do_not_chain_give_no_context(
         s3_server: S3Settings, forged: dict[str, object] | None) -> None:
-    """No piece before chunk 2 and no frozen spec of chunk 0 (its Job not done yet):
-    chunk 0's `chunk.json` is what there is, and is used as it is (the same context);
-    forged so that the specs do not make one chain (an overlap, a hole, a duplicate
-    index, another meeting, none at all), chunk 2 gets no context and no piece
-    (assembly renders its unit), never a context summed from an inconsistent set."""
+    """No piece before chunk 2 and no frozen spec of chunk 0 (a chunk from before the
+    operator froze specs): chunk 0's `chunk.json` is what there is, and is used as it
+    is (the same context); forged so that the specs cannot be one session (an overlap,
+    a duplicate index, another meeting, a gap after the chunk's start: a negative pause;
+    none at all: no origin), chunk 2 gets no context and no piece (assembly renders its
+    unit), never a context summed from an inconsistent set."""
     made = _made(s3_server)
     store, chunk = made.store, made.chunks[2]
     genuine = chunk_context(store, LAYOUT, chunk)
@@ -170,3 +166,29 @@ def test_recorder_specs_that_do_not_chain_give_no_context(
     assert chunk_context(store, LAYOUT, chunk) is None
     assert build_piece(store, chunk, LAYOUT.prefix, 96) is None
     assert not store.exists(LAYOUT.piece_manifest_key(2))
+
+
+def test_a_hole_before_a_chunk_does_not_stop_the_pieces_after_it(s3_server: S3Settings) -> None:
+    """Holes the promotion plan accepts (chunk 0 ending 20 ms before chunk 1 begins, with
+    no gap: a window nobody sealed; chunk 2's specs gone: an index never sealed, as a
+    recorder's lost-window marker can leave one) are not a broken chain: without the
+    pieces before, the chunks after are still placed from the specs there are, as the
+    plan places them.
+    Before, one such hole refused every later chunk's context walking back to the same
+    piece: no piece for the rest of the session."""
+    made = _made(s3_server)
+    store, chunk = made.store, made.chunks[2]
+    genuine = chunk_context(store, LAYOUT, chunk)
+    store.delete_keys([LAYOUT.piece_manifest_key(i) for i in (0, 1, 2)])
+    store.put_json(LAYOUT.frozen_spec_key(0), {**made.chunks[0].to_api(), "endMs": 1980})
+    assert chunk_context(store, LAYOUT, chunk) == genuine
+    store.delete_keys([LAYOUT.frozen_spec_key(0), LAYOUT.chunk_manifest_key(0)])
+    store.put_json(LAYOUT.frozen_spec_key(0), made.chunks[0].to_api())
+    later = made.chunks[1].model_copy(update={"index": 3, "start_ms": 4000, "end_ms": 6000,
+                                             "tracks": []})
+    chunk3 = made.chunks[2].model_copy(update={"index": 4, "start_ms": 6000, "end_ms": 8000,
+                                               "tracks": []})
+    store.put_json(LAYOUT.frozen_spec_key(3), later.to_api())
+    store.delete_keys([LAYOUT.frozen_spec_key(2), LAYOUT.chunk_manifest_key(2)])
+    ctx = chunk_context(store, LAYOUT, chunk3)  # chunk 2 gone as well: a hole of indexes
+    assert ctx is not None and (ctx.origin_ms, ctx.paused_ms, ctx.prev) == (0, 0, later)

@@ -49,28 +49,39 @@ def test_a_piece_before_continues_the_chain() -> None:
     known = Known(index=1, end_ms=7000, origin_ms=1000, paused_ms=2000, stereo_seen=False)
     whole = context_from(CHUNK, CHAIN[3], None, CHAIN[:4])
     assert context_from(CHUNK, CHAIN[3], known, CHAIN[2:4]) == whole
-    prev_piece = Known(index=3, end_ms=12000, origin_ms=1000, paused_ms=2000,
-                       stereo_seen=True)
-    assert context_from(CHUNK, CHAIN[3], prev_piece, []) == whole
 
 
 @pytest.mark.parametrize(("known", "specs", "why"), [
-    (None, [CHAIN[0], CHAIN[2], CHAIN[3]], "not one each of 0..3"),        # one missing
-    (None, [CHAIN[0], CHAIN[1], CHAIN[1], CHAIN[3]], "not one each"),      # duplicate
-    (None, CHAIN[1:4], "not one each of 0..3"),                            # no chunk 0
-    (None, [CHAIN[0], _spec(1, 2000, 7000), *CHAIN[2:4]], "chunk 0: ends at"),  # overlap
-    (None, [*CHAIN[:2], _spec(2, 7020, 10000), CHAIN[3]], "chunk 1: ends at"),  # a hole
+    (None, [CHAIN[0], CHAIN[1], CHAIN[1], CHAIN[3]], "chunk 1 after chunk 1"),  # duplicate
+    (None, [CHAIN[0], CHAIN[2], CHAIN[1], CHAIN[3]], "chunk 1 after chunk 2"),  # disorder
+    (None, CHAIN[1:4], "no spec of chunk 0"),                              # no origin
+    (None, [CHAIN[0], _spec(1, 2000, 7000), *CHAIN[2:4]], "begins at 2000 ms, before"),
+    (None, [*CHAIN[:2], _spec(2, 8000, 10000, _pause(8020, 8040)), CHAIN[3]],
+     "gap does not lie before its start"),                                 # negative pause
     (None, [_spec(0, 0, 3000), CHAIN[1], CHAIN[2], _spec(3, 10000, 12000)],
      "spec is not the one placed"),                                        # not prev
-    (Known(index=1, end_ms=6000, origin_ms=1000, paused_ms=2000, stereo_seen=False),
-     CHAIN[2:4], "not where chunk 1's piece ends"),
-    (Known(index=0, end_ms=3000, origin_ms=1000, paused_ms=0, stereo_seen=False),
-     CHAIN[2:4], "not one each of 1..3"),
+    (None, [], "spec is not the one placed"),
+    (Known(index=1, end_ms=7500, origin_ms=1000, paused_ms=2000, stereo_seen=False),
+     CHAIN[2:4], "does not follow chunk 1's piece"),                       # overlaps it
+    (Known(index=2, end_ms=10000, origin_ms=1000, paused_ms=2000, stereo_seen=False),
+     CHAIN[2:4], "does not follow chunk 2's piece"),                       # not after it
 ])
-def test_specs_that_do_not_make_one_chain_are_refused(
+def test_specs_that_cannot_be_one_session_are_refused(
         known: Known | None, specs: list[ChunkSpec], why: str) -> None:
     made = context_from(CHUNK, CHAIN[3], known, specs)
     assert isinstance(made, str) and why in made, made
+
+
+def test_holes_are_read_as_the_plan_reads_them() -> None:
+    """A missing index or a window nobody sealed is a hole, not a refusal (the plan
+    accepts both): only pauses are cut, so a hole after chunk 1 changes nothing."""
+    whole = context_from(CHUNK, CHAIN[3], None, CHAIN[:4])
+    assert context_from(CHUNK, CHAIN[3], None, [CHAIN[0], CHAIN[1], CHAIN[3]]) == whole
+    late = _spec(2, 8020, 10000, Gap(start_ms=7020, end_ms=8020, cause="recorder-restart"))
+    assert context_from(CHUNK, CHAIN[3], None, [*CHAIN[:2], late, CHAIN[3]]) == whole
+    known = Known(index=0, end_ms=3000, origin_ms=1000, paused_ms=0, stereo_seen=False)
+    assert context_from(CHUNK, CHAIN[3], known, CHAIN[2:4]) == ChunkContext(
+        origin_ms=1000, paused_ms=1000, prev=CHAIN[3], prev_paused_ms=0, stereo_seen=True)
 
 
 def test_a_chunk_longer_than_the_recorder_seals_is_refused() -> None:

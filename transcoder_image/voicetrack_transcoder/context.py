@@ -3,17 +3,19 @@
 before it and the paused time cut before it.
 
 Trust (`voicetrack.layout`, "Who writes where"). The recorder's upload grant covers
-`chunks/<k>/`, `chunk.json` included, at any time; the frozen copy of a transcoded
-chunk's spec (`MeetingLayout.frozen_spec_key`) and its `piece.json` lie in `outputs/<k>/`,
-outside it. So every earlier spec read here is the frozen copy where there is one that
-parses, the recorder's only where there is none (a chunk nobody spoke in has no Job,
-hence no frozen copy; a chunk whose Job has not finished yet); where both exist and
-differ the frozen one wins and the difference is logged. The chain is continued from the
-nearest earlier `piece.json` (its Job's context), and every spec read after it is
-checked before it is summed (`context_from`): one spec per index, contiguous up to the
-chunk before, each the chunk right before the next (`prev_problem`: index, adjacency, at
-most `MAX_CHUNK_SECONDS`). Anything else means no context: no piece, and assembly
-renders that unit itself.
+`chunks/<k>/`, `chunk.json` included, at any time; the frozen copy of a chunk's spec
+(`MeetingLayout.frozen_spec_key`: written by the operator when it takes the chunk, and by
+the chunk's Job) and its `piece.json` lie in `outputs/<k>/`, outside it. So every earlier
+spec read here is the frozen copy where there is one, the recorder's only where there is
+none (a chunk from before the upgrade) or it cannot be read. The chain is continued from
+the nearest earlier `piece.json` (its Job's context) at most `MAX_LOOK_BACK` chunks back
+(else from the session's start when that is as near), and the specs after it are checked
+as the promotion plan reads them (`context_from`): in index order, none overlapping the
+one before, none longer than `MAX_CHUNK_SECONDS`, chunk 0 present when the chain starts
+there. Holes (an index never sealed, a window nobody sealed) are what the plan accepts too.
+Anything else means no context: no piece, and assembly renders that unit itself. A piece
+placed from a wrong spec set is refused by assembly's checks against the plan
+(`piececheck`), never promoted.
 """
 
 from __future__ import annotations
@@ -25,12 +27,18 @@ from pydantic import ValidationError
 
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import InvalidInputError, NotFoundError
-from voicetrack.layout import MeetingLayout, parse_key
+from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PieceManifest
 from voicetrack.objectstore import ObjectStore
 from voicetrack.resources import MAX_CHUNK_SECONDS
 
 log = logging.getLogger(__name__)
+
+MAX_LOOK_BACK = 64
+"""How many chunks back a Job looks for a `piece.json` to continue the chain from (and so
+how many specs it reads at most): past it the chunk gets no context, hence no piece (64
+chunks of 10 s: about 11 minutes). Bounds the S3 reads of a Job after a long run of
+chunks without pieces."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ def prev_problem(prev: ChunkSpec, chunk: ChunkSpec) -> str | None:
                 f"({_begins(chunk)} ms)")
     if prev.duration_ms > MAX_CHUNK_SECONDS * 1000:
         return f"{prev.duration_ms} ms long, more than {MAX_CHUNK_SECONDS} s"
+    if _begins(chunk) > chunk.start_ms:
+        return f"chunk {chunk.index}'s gap does not lie before its start"
     return None
 
 
@@ -132,89 +142,99 @@ def _read_spec(store: ObjectStore, layout: MeetingLayout, key: str, index: int,
     return spec
 
 
+def _spec_at(store: ObjectStore, layout: MeetingLayout, index: int) -> ChunkSpec | None:
+    """Chunk `index`'s spec: the frozen copy when it is there and is that chunk's
+    (`spec_problem`), else the recorder's `chunk.json` when the frozen copy is missing or
+    unreadable; None when neither is usable (each refusal logged). A frozen copy that is
+    another chunk's is a refusal, never a reason to trust the recorder's copy."""
+    key = layout.frozen_spec_key(index)
+    try:
+        frozen: ChunkSpec | None = ChunkSpec.model_validate(store.get_json(key))
+    except NotFoundError:
+        frozen = None
+    except (InvalidInputError, ValidationError) as err:
+        log.warning("chunk %d: frozen spec %s is not a chunk spec: %s", index, key, err)
+        frozen = None
+    if frozen is not None:
+        problem = spec_problem(frozen, layout, index)
+        if problem is None:
+            return frozen
+        log.warning("chunk %d: frozen spec %s refused: %s", index, key, problem)
+        return None
+    return _read_spec(store, layout, layout.chunk_manifest_key(index), index,
+                      "recorder's spec")
+
+
 def prev_spec(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
               ) -> ChunkSpec | None:
-    """The spec of the chunk before `chunk` (not index 0): its frozen copy
-    (`MeetingLayout.frozen_spec_key`, outside the recorder's grant) when there is one that
-    fits (`spec_problem`, `prev_problem`), else the recorder's `chunk.json` in
-    `chunks/<index>/` when it fits; None when neither does (each refusal logged) or there
-    is none: the caller treats the chunk before as unknown."""
+    """The spec of the chunk before `chunk` (not index 0), read as `_spec_at` reads it,
+    when it fits (`prev_problem`); None when it does not (logged) or there is none: the
+    caller treats the chunk before as unknown. S3: one GET, two without a frozen copy."""
     index = chunk.index - 1
-    for key, whose in ((layout.frozen_spec_key(index), "frozen spec"),
-                       (layout.chunk_manifest_key(index), "recorder's spec")):
-        spec = _read_spec(store, layout, key, index, whose)
-        if spec is None:
-            continue
-        problem = prev_problem(spec, chunk)
-        if problem is None:
-            return spec
-        log.warning("chunk %d: %s is not the chunk before it: %s", chunk.index, key, problem)
+    spec = _spec_at(store, layout, index)
+    if spec is None:
+        return None
+    problem = prev_problem(spec, chunk)
+    if problem is not None:
+        log.warning("chunk %d: chunk %d's spec is not the chunk before it: %s", chunk.index,
+                    index, problem)
+        return None
+    return spec
+
+
+def _follow_problem(before: ChunkSpec, after: ChunkSpec) -> str | None:
+    """Why `after` cannot follow `before` in one session (None when it can, holes
+    allowed): not a later index, or beginning (its leading gap included) before `before`
+    ends."""
+    if after.index <= before.index:
+        return f"chunk {after.index} after chunk {before.index}"
+    if _begins(after) < before.end_ms:
+        return (f"chunk {after.index} begins at {_begins(after)} ms, before chunk "
+                f"{before.index} ends ({before.end_ms} ms)")
     return None
 
 
 def context_from(chunk: ChunkSpec, prev: ChunkSpec, known: Known | None,
                  specs: list[ChunkSpec]) -> ChunkContext | str:
     """`chunk`'s context from the chain `known` at the end of some earlier chunk (None:
-    from the session's start) and the specs of every chunk after that one up to `prev`,
+    from the session's start) and the specs of the chunks after that one up to `prev`,
     the chunk right before `chunk` (already checked against it), in index order; or why
-    they do not make one chain (a str): indexes not exactly `known.index + 1` (0 without
-    `known`) .. `prev.index`, the last not `prev`, a spec that is not the chunk right
-    before the next (`prev_problem`), the first not beginning where `known`'s chunk
-    ends. Pure; times in ms."""
-    first = 0 if known is None else known.index + 1
-    if [s.index for s in specs] != list(range(first, prev.index + 1)):
-        return (f"specs of chunks {[s.index for s in specs]}, not one each of "
-                f"{first}..{prev.index}")
-    if specs and specs[-1] != prev:
+    they cannot be read as one session (a str), as the promotion plan would read them:
+    the last is not `prev`; without `known` the first is not chunk 0 (the origin); a
+    spec is not a later chunk than the one before it or begins before it ends
+    (`_follow_problem`, the first against `known`'s chunk); a gap does not lie before
+    its chunk's start; a spec is longer than `MAX_CHUNK_SECONDS`. Missing indexes and
+    windows are holes, as in the plan: only a pause is cut. Pure; times in ms."""
+    if not specs or specs[-1] != prev:
         return f"chunk {prev.index}'s spec is not the one placed before chunk {chunk.index}"
-    if known is not None:
-        head = specs[0] if specs else chunk
-        if _begins(head) != known.end_ms:
-            return (f"chunk {head.index} begins at {_begins(head)} ms, not where chunk "
-                    f"{known.index}'s piece ends ({known.end_ms} ms)")
+    if known is None:
+        if specs[0].index != 0:
+            return f"no spec of chunk 0 (the first is chunk {specs[0].index}'s)"
+        origin, paused, end, stereo = specs[0].start_ms, 0, specs[0].start_ms, False
+    else:
+        head = specs[0]
+        if head.index <= known.index or _begins(head) < known.end_ms:
+            return (f"chunk {head.index} (from {_begins(head)} ms) does not follow chunk "
+                    f"{known.index}'s piece (ending at {known.end_ms} ms)")
         origin, paused, end, stereo = (known.origin_ms, known.paused_ms, known.end_ms,
                                        known.stereo_seen)
-    else:
-        origin, paused, end, stereo = specs[0].start_ms, 0, specs[0].end_ms, False
-    for i, spec in enumerate(specs):
-        if i + 1 < len(specs):
-            problem = prev_problem(spec, specs[i + 1])
+    before: ChunkSpec | None = None
+    for spec in specs:
+        if spec.duration_ms > MAX_CHUNK_SECONDS * 1000:
+            return (f"chunk {spec.index}: {spec.duration_ms} ms long, more than "
+                    f"{MAX_CHUNK_SECONDS} s")
+        if _begins(spec) > spec.start_ms:
+            return f"chunk {spec.index}'s gap does not lie before its start"
+        if before is not None:
+            problem = _follow_problem(before, spec)
             if problem is not None:
-                return f"chunk {spec.index}: {problem}"
-        if known is not None or i > 0:
+                return problem
+        if known is not None or before is not None:
             paused += _cut(spec, end)
-        end = spec.end_ms
+        end, before = spec.end_ms, spec
         stereo = stereo or any(t.channels == 2 for t in spec.tracks)
     stereo = stereo or any(t.channels == 2 for t in chunk.tracks)
     return ChunkContext(origin, paused + paused_before(chunk, prev), prev, paused, stereo)
-
-
-@dataclass
-class _Listed:
-    """Indexes up to the chunk before with a frozen spec, a recorder's spec, a piece."""
-
-    frozen: set[int]
-    recorder: set[int]
-    pieces: set[int]
-
-
-def _listed(store: ObjectStore, layout: MeetingLayout, up_to: int) -> _Listed:
-    """One listing of `outputs/` and one of `chunks/`: which chunks `<= up_to` have which
-    of the objects `chunk_context` may read."""
-    found = _Listed(set(), set(), set())
-    for root in (layout.outputs_root, layout.chunks_root):
-        for key in store.list_keys(root):
-            parsed = parse_key(key, layout.prefix)
-            if parsed is None or parsed.index is None or parsed.index > up_to:
-                continue
-            i = parsed.index
-            if key == layout.frozen_spec_key(i):
-                found.frozen.add(i)
-            elif key == layout.piece_manifest_key(i):
-                found.pieces.add(i)
-            elif key == layout.chunk_manifest_key(i):
-                found.recorder.add(i)
-    return found
 
 
 def _known(store: ObjectStore, layout: MeetingLayout, index: int) -> Known | None:
@@ -228,35 +248,16 @@ def _known(store: ObjectStore, layout: MeetingLayout, index: int) -> Known | Non
     return Known.of_piece(piece) if piece.index == index else None
 
 
-def _earlier_spec(store: ObjectStore, layout: MeetingLayout, index: int,
-                  listed: _Listed) -> ChunkSpec | None:
-    """Chunk `index`'s spec: the frozen copy when it is listed and fits (`spec_problem`),
-    else the recorder's; both are read when both are listed, and a recorder's copy that
-    differs from the frozen one is logged (the frozen one is used)."""
-    frozen = recorder = None
-    if index in listed.frozen:
-        frozen = _read_spec(store, layout, layout.frozen_spec_key(index), index,
-                            "frozen spec")
-    if index in listed.recorder:
-        recorder = _read_spec(store, layout, layout.chunk_manifest_key(index), index,
-                              "recorder's spec")
-    if frozen is not None and recorder is not None and frozen != recorder:
-        log.warning("chunk %d: the recorder's %s differs from the frozen spec %s, which is "
-                    "used", index, layout.chunk_manifest_key(index),
-                    layout.frozen_spec_key(index))
-    return frozen if frozen is not None else recorder
-
-
 def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
                   ) -> ChunkContext | None:
     """The context of `chunk` from S3: the previous chunk's spec (`prev_spec`), and the
     chain from its `piece.json`; without a usable one, from the nearest earlier
-    `piece.json` (none: the session's start) and the spec of every chunk after it, each
-    the frozen copy when one parses, else the recorder's (see the module docstring), all
-    checked by `context_from`. S3: two GETs on the first path; else one listing each of
-    `outputs/` and `chunks/`, one GET of that piece and up to two per chunk after it.
-    None (logged) when it cannot be known: the previous chunk's spec is missing or
-    refused, a spec is missing, or they do not make one chain."""
+    `piece.json` at most `MAX_LOOK_BACK` chunks back (none: the session's start, when it
+    is that near) and the spec of every chunk after it (`_spec_at`; an index with none
+    is a hole), all checked by `context_from`. S3: two GETs on the first path; else one
+    GET per chunk looked back at and one or two per spec read. None (logged) when it
+    cannot be known: the previous chunk's spec is missing or refused, no piece and no
+    session start within reach, or the specs cannot be read as one session."""
     if chunk.index == 0:
         return ChunkContext(chunk.start_ms, 0, None, 0, any(t.channels == 2
                                                              for t in chunk.tracks))
@@ -266,17 +267,28 @@ def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
     known = _known(store, layout, prev.index)
     specs: list[ChunkSpec] = []
     if known is None:
-        listed = _listed(store, layout, prev.index)
-        base = max((i for i in listed.pieces if i < prev.index), default=None)
-        known = None if base is None else _known(store, layout, base)
+        first = max(prev.index - MAX_LOOK_BACK, 0)
+        for index in range(prev.index - 1, first - 1, -1):
+            known = _known(store, layout, index)
+            if known is not None:
+                break
+        if known is None and first > 0:
+            log.warning("chunk %d: no context: no piece within %d chunks before it",
+                        chunk.index, MAX_LOOK_BACK)
+            return None
         for index in range(0 if known is None else known.index + 1, prev.index):
-            spec = _earlier_spec(store, layout, index, listed)
-            if spec is None:
-                log.warning("chunk %d: no context: no usable spec of chunk %d", chunk.index,
-                            index)
-                return None
-            specs.append(spec)
+            spec = _spec_at(store, layout, index)
+            if spec is not None:
+                specs.append(spec)
         specs.append(prev)
+    else:
+        if known.end_ms != prev.end_ms:
+            log.warning("chunk %d: no context: chunk %d's piece ends at %d ms, its spec at "
+                        "%d ms", chunk.index, prev.index, known.end_ms, prev.end_ms)
+            return None
+        return ChunkContext(known.origin_ms, known.paused_ms + paused_before(chunk, prev),
+                            prev, known.paused_ms,
+                            known.stereo_seen or any(t.channels == 2 for t in chunk.tracks))
     made = context_from(chunk, prev, known, specs)
     if isinstance(made, str):
         log.warning("chunk %d: no context: %s", chunk.index, made)

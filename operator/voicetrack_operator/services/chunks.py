@@ -152,11 +152,16 @@ class ChunkService:
         resumed = chunk.ensured
         if not chunk.ensured:
             # its spec next to its raw tracks first: the RecordingChunk is not the only
-            # index of the raw audio (a chunk deleted by hand is rebuilt from it)
+            # index of the raw audio (a chunk deleted by hand is rebuilt from it); and its
+            # frozen copy outside the recorder's grant, which later Jobs place their
+            # pieces by (`voicetrack_transcoder.context`): a chunk nobody spoke in has no
+            # Job to freeze it, and the recorder may rewrite `chunk.json` at any time
             layout = MeetingLayout(spec.storage.prefix, spec.guild_id,
                                    session_meeting_id(session))
-            await self.ctx.store(spec.storage.bucket).put_json(
-                layout.chunk_manifest_key(chunk.spec.index), chunk.spec.to_api())
+            store = self.ctx.store(spec.storage.bucket)
+            for key in (layout.chunk_manifest_key(chunk.spec.index),
+                        layout.frozen_spec_key(chunk.spec.index)):
+                await store.put_json(key, chunk.spec.to_api())
             if not await self.ctx.kube.patch_chunk_status(
                     chunk.namespace, chunk.name, status.to_api(), chunk.resource_version):
                 return chunk.status  # handled meanwhile by the other path (event or timer)
