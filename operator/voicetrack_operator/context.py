@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from voicetrack.db.service import RecordingService
+from voicetrack.errors import InvalidInputError
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.uploadgrant import GRANT_SECONDS_ENV, grant_seconds
 from voicetrack_operator.adapters.kube import KubeAdapter
@@ -44,7 +46,10 @@ class OperatorSettings:
     LISTEN_ADDRESS of both (127.0.0.1); OPERATOR_NAMESPACE (the pod's own, else
     `default`): where promotion Jobs of sessions in a namespace being deleted run;
     S3_BUCKETS: comma-separated buckets sessions may name in `spec.storage.bucket` besides
-    S3_BUCKET, always allowed (`allowed_buckets`; unset: S3_BUCKET only)."""
+    S3_BUCKET, always allowed (`allowed_buckets`; unset: S3_BUCKET only);
+    POLICY_NAMESPACES: comma-separated namespaces where the chart's NetworkPolicies confine
+    recorder and transcoder pods; a session in any other is refused (`policy_namespaces`;
+    unset or empty: no check)."""
 
     database_url: str
     s3: S3Settings
@@ -62,6 +67,10 @@ class OperatorSettings:
     (`services.deletion`); it needs the S3 Secret there (`PodSettings.s3_secret`)."""
     s3_buckets: frozenset[str] = frozenset()
     """Buckets sessions may use besides `s3.bucket` (VOICETRACK_S3_BUCKETS)."""
+    policy_namespaces: frozenset[str] | None = None
+    """The only namespaces sessions may record in, those where NetworkPolicies confine
+    their pods (VOICETRACK_POLICY_NAMESPACES, `parse_policy_namespaces`); None: any
+    (`services.admission.namespace_refusal`)."""
 
     @property
     def allowed_buckets(self) -> frozenset[str]:
@@ -102,7 +111,36 @@ class OperatorSettings:
             operator_namespace=_env("OPERATOR_NAMESPACE", "") or own_namespace(),
             s3_buckets=frozenset(b.strip() for b in _env("S3_BUCKETS", "").split(",")
                                  if b.strip()),
+            policy_namespaces=parse_policy_namespaces(
+                os.environ.get(POLICY_NAMESPACES_ENV)),
         )
+
+
+POLICY_NAMESPACES_ENV = "VOICETRACK_POLICY_NAMESPACES"
+"""The namespaces whose recorder and transcoder pods NetworkPolicies confine (the chart
+sets it when `networkPolicy.enabled`: the release namespace and `networkPolicy.namespaces`)."""
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""A namespace name: a DNS label (RFC 1123), at most 63 characters."""
+
+
+def parse_policy_namespaces(text: str | None) -> frozenset[str] | None:
+    """$VOICETRACK_POLICY_NAMESPACES parsed: None for unset or blank (no check), else the
+    set of namespace names it lists (comma-separated, blanks around and between ignored).
+    Raises InvalidInputError naming the variable for a name that is not a namespace name
+    (a DNS label: a glob, an uppercase name, a path) or a value listing none (`,`): such
+    a list must not widen nor silently empty what is confined, so the operator does not
+    start."""
+    if text is None or not text.strip():
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not _NAMESPACE.match(n)]
+    if bad:
+        raise InvalidInputError(f"{POLICY_NAMESPACES_ENV}={text!r}: {', '.join(bad)} "
+                                "is not a namespace name (a DNS label)")
+    if not names:
+        raise InvalidInputError(f"{POLICY_NAMESPACES_ENV}={text!r} lists no namespace")
+    return frozenset(names)
 
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

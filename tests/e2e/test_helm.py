@@ -429,3 +429,27 @@ def test_the_bots_default_bucket_is_allowed_with_the_operators(helm: Helm) -> No
     assert env("bot.specDefaults.storage.bucket=team-audio",
                "s3.allowedBuckets={archive,team-audio}")["VOICETRACK_S3_BUCKETS"] \
         == "archive,team-audio"
+
+
+def test_the_operator_gets_the_namespaces_the_network_policies_are_rendered_in(
+        helm: Helm) -> None:
+    """Issue 15: the NetworkPolicies confine recorder and transcoder pods only in the
+    release namespace and `networkPolicy.namespaces`, while the operator serves every
+    namespace. With them enabled the operator gets exactly the namespaces they are
+    rendered in (VOICETRACK_POLICY_NAMESPACES) and refuses sessions elsewhere; disabled,
+    no list (no check). Before, it had no list: a session in any other namespace ran its
+    pods unconfined."""
+    def render(*sets: str) -> tuple[str | None, set[str]]:
+        args = [a for s in sets for a in ("--set", s)]
+        objs = docs(helm("template", "v", str(CHART), "-n", "rel", *KUBE, *args).stdout)
+        env = {e["name"]: e.get("value", "") for e in _operator_pod(objs)["containers"][0]["env"]}
+        policed = {o["metadata"]["namespace"] for o in objs if o["kind"] == "NetworkPolicy"
+                   and o["metadata"]["name"].endswith(("-recorder", "-transcoder"))}
+        return env.get("VOICETRACK_POLICY_NAMESPACES"), policed
+
+    value, policed = render()
+    assert value == "rel" and policed == {"rel"}
+    value, policed = render("networkPolicy.namespaces={team-a,rel,team-b}")
+    assert value == "rel,team-a,team-b" and policed == {"rel", "team-a", "team-b"}
+    value, policed = render("networkPolicy.enabled=false", "seaweedfs.enabled=false")
+    assert value is None and not policed

@@ -1,6 +1,8 @@
 """Sessions record only into buckets the operator allows (`OperatorSettings.allowed_buckets`:
 its own bucket and VOICETRACK_S3_BUCKETS), and the orphan sweep lists only those, a page
-at a time.
+at a time. Likewise they record only in namespaces whose NetworkPolicies confine their pods
+when the operator is told which (`OperatorSettings.policy_namespaces`,
+VOICETRACK_POLICY_NAMESPACES: issue 15).
 
 The operator's services against the local API server, SeaweedFS and SQLite at its head,
 as `test_operator_services`. Before the fix a session could name any bucket its S3 keys
@@ -30,6 +32,7 @@ from voicetrack.errors import NotFoundError
 from voicetrack.layout import MeetingLayout
 from voicetrack.names import recorder_pod_name, transcode_job_name
 from voicetrack.resources import TranscodeStatus
+from voicetrack_operator.builders import recorder_service_account
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.deletion import DeletionService
@@ -141,3 +144,64 @@ async def test_the_sweep_lists_a_page_at_a_time(ctx: Context) -> None:
         await store.put_json(key, {})
     pages = [[k for k, _ in page] async for page in store.object_pages("p/", size=2)]
     assert pages == [keys[:2], keys[2:4], keys[4:]]
+
+
+def policed_only(ctx: Context, *namespaces: str) -> None:
+    """Set the operator's NetworkPolicy namespaces (VOICETRACK_POLICY_NAMESPACES) on `ctx`."""
+    ctx.settings = dataclasses.replace(ctx.settings, policy_namespaces=frozenset(namespaces))
+
+
+async def test_a_session_in_a_namespace_without_network_policies_is_refused(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Issue 15: with VOICETRACK_POLICY_NAMESPACES set, a session in a namespace not on it
+    (its recorder and transcoder pods would run with no NetworkPolicy) is refused at start
+    (Ready=False, reason NoNetworkPolicy, the message naming metadata.namespace and the
+    chart value): no recorder pod, no upload grant, no meeting row, nothing in S3; its
+    deletion completes at once and writes nothing. Listed, the same namespace starts.
+    (Before: every namespace started its recorder.)"""
+    policed_only(ctx, "voicetrack", "team-a")
+    s = await make_session(ctx, kubectl, namespace, "unpoliced")
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    ready = {c["type"]: c for c in s.status.get("conditions") or []}.get("Ready") or {}
+    assert s.status.get("state") == "Refused", s.status
+    assert ready.get("reason") == "NoNetworkPolicy", ready
+    for part in ("metadata.namespace", namespace, "networkPolicy.namespaces", "unconfined"):
+        assert part in ready["message"], (part, ready)
+    assert await ctx.kube.get_pod(namespace, recorder_pod_name("unpoliced")) is None
+    assert await ctx.kube.get_secret(namespace, recorder_service_account(s.ref)) is None
+    with pytest.raises(NotFoundError):
+        await ctx.db.get_meeting(s.meeting_id)
+    store = ctx.store(s.spec.storage.bucket)
+    out = await DeletionService(ctx).finalize_session(s)  # as its deletion would
+    assert out.done and out.state == "Refused", out.message
+    assert await store.list_keys(s.layout.root + "/") == []
+
+    policed_only(ctx, "voicetrack", namespace)
+    s = await make_session(ctx, kubectl, namespace, "policed")
+    status = await SessionService(ctx).ensure_session(s)
+    assert status.get("state") != "Refused" and status.get("recorderPod"), status
+    assert await ctx.kube.get_pod(namespace, recorder_pod_name("policed")) is not None
+    assert await ctx.kube.get_secret(namespace, recorder_service_account(s.ref)) is not None
+
+
+async def test_a_session_refused_for_its_namespace_that_recorded_is_released_unpromoted(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A session refused for its namespace, given a RecordingChunk by hand whose raw
+    tracks are in S3 (as a start whose status patch was lost leaves): the chunk is refused
+    (no transcoder Job: it would run unconfined), and deleting the session releases it at
+    once with no Job, its raw tracks left in S3 and nothing promoted."""
+    policed_only(ctx, "voicetrack")
+    s = await make_session(ctx, kubectl, namespace, "unpoliced")
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    assert s.status["state"] == "Refused"
+    chunk = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    status = await ChunkService(ctx).ensure_chunk(chunk)
+    assert status.transcode_status is TranscodeStatus.FAILED and status.refused, status
+    assert "metadata.namespace" in status.refused
+    store = ctx.store(s.spec.storage.bucket)
+    before = sorted(await store.list_keys(s.layout.root + "/"))
+    out = await DeletionService(ctx).finalize_session(s)
+    assert out.done and out.state == "Refused", out.message
+    assert await ctx.kube.get_job(namespace, transcode_job_name("unpoliced", 0)) is None
+    assert sorted(await store.list_keys(s.layout.root + "/")) == before
+    assert s.layout.raw_key(0, USERS[0], "ogg-opus") in before

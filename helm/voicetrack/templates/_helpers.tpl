@@ -243,3 +243,13 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- define "voicetrack.readerDatabaseSecretKey" -}}
 {{- if include "voicetrack.readOnlyDatabase" . }}url{{ else }}{{ include "voicetrack.databaseSecretKey" . }}{{ end }}
 {{- end }}
+
+{{/* The namespaces where NetworkPolicies confine recorder and transcoder pods, comma-separated:
+     the release namespace and networkPolicy.namespaces (empty without networkPolicy.enabled).
+     networkpolicy.yaml renders its policies in each; the operator refuses sessions anywhere
+     else (VOICETRACK_POLICY_NAMESPACES): one list for both. */}}
+{{- define "voicetrack.policyNamespaces" -}}
+{{- if .Values.networkPolicy.enabled }}
+{{- concat (list .Release.Namespace) (.Values.networkPolicy.namespaces | default list) | uniq | join "," }}
+{{- end }}
+{{- end }}

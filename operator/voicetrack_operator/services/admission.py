@@ -1,5 +1,6 @@
 """Who may record: one session per guild at a time (a bot is in one voice channel per
-guild), one session per meeting id, and only into a bucket the operator allows. Read from
+guild), one session per meeting id, only into a bucket the operator allows and only in a
+namespace whose NetworkPolicies confine its pods. Read from
 kopf's session index when the operator runs (`handlers/index.py`), else from a list of
 every session; `SessionService` refuses what these find.
 """
@@ -11,8 +12,11 @@ from typing import Any
 from voicetrack.errors import NotFoundError, TemporaryFailure
 from voicetrack.names import recorder_pod_name
 from voicetrack.resources import INACTIVE_STATES, SessionState
-from voicetrack_operator.context import Context
+from voicetrack_operator.context import POLICY_NAMESPACES_ENV, Context, OperatorSettings
 from voicetrack_operator.services.sessionview import SessionView
+
+NO_NETWORK_POLICY = "NoNetworkPolicy"
+"""The Ready reason of a session refused for its namespace (`namespace_refusal`)."""
 
 
 async def _other_sessions(ctx: Context, s: SessionView, key: tuple[str, str]
@@ -130,3 +134,20 @@ def bucket_refusal(ctx: Context, s: SessionView) -> str | None:
             f"(allowed: {', '.join(sorted(allowed))}; VOICETRACK_S3_BUCKETS, chart value "
             "s3.allowedBuckets): its S3 keys may reach other installs' buckets, whose "
             "recordings a session there could overwrite and delete")
+
+
+def namespace_refusal(settings: OperatorSettings, namespace: str) -> str | None:
+    """Why a session in `namespace` may not record there, None when it may: always when
+    `settings.policy_namespaces` is None (no check: the local stack, tests), else when
+    `namespace` is one of them. The chart's NetworkPolicies confine recorder pods (which
+    parse hostile network input from Discord) and transcoder pods only in the namespaces
+    it renders them in, while the operator serves every namespace: elsewhere those pods
+    would run with no egress limit at all, so the session is refused instead."""
+    allowed = settings.policy_namespaces
+    if allowed is None or namespace in allowed:
+        return None
+    return (f"metadata.namespace: {namespace!r} has no Voicetrack NetworkPolicies (they "
+            f"are rendered in: {', '.join(sorted(allowed))}; {POLICY_NAMESPACES_ENV}, "
+            "chart value networkPolicy.namespaces): its recorder and transcoder pods would "
+            "run unconfined, so it records nothing; add the namespace to "
+            "networkPolicy.namespaces and upgrade the release, or record elsewhere")

@@ -30,6 +30,7 @@ from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.builders import SessionRef
 from voicetrack_operator.context import Context
 from voicetrack_operator.jobs import build_transcode_job
+from voicetrack_operator.services.admission import namespace_refusal
 from voicetrack_operator.services.chunkmirror import mirror
 from voicetrack_operator.services.chunkresult import (
     PREVIOUS_RESULT,
@@ -97,9 +98,14 @@ class ChunkService:
         """Why `chunk` is not a chunk of `session` (`isolation.chunk_refusal`, its raw
         tracks looked up in S3 with one listing of its folder), None when it is. Raises
         TemporaryFailure while S3 is away. A session that never started in a bucket the
-        operator does not allow (`admission.bucket_refusal`) has no chunks there."""
-        if spec.storage.bucket not in self.ctx.settings.allowed_buckets \
-                and not (session.get("status") or {}).get("startedAt"):
+        operator does not allow (`admission.bucket_refusal`) or in a namespace without
+        NetworkPolicies (`admission.namespace_refusal`: its transcoder Job would run
+        unconfined) has no chunks there."""
+        started = bool((session.get("status") or {}).get("startedAt"))
+        if not started and (why := namespace_refusal(
+                self.ctx.settings, str(session["metadata"]["namespace"]))):
+            return f"its session's {why}"
+        if spec.storage.bucket not in self.ctx.settings.allowed_buckets and not started:
             return f"its session's spec.storage.bucket {spec.storage.bucket!r} is not allowed"
         facts = session_facts(session, spec)
         present = None

@@ -27,6 +27,7 @@ from voicetrack.names import controller_uid, recorder_pod_name
 from voicetrack.resources import SessionState
 from voicetrack_operator.context import Context
 from voicetrack_operator.plan import build_promotion_plan, overlapping
+from voicetrack_operator.services.admission import NO_NETWORK_POLICY
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import parsed
 from voicetrack_operator.services.consent import record_degraded_consent
@@ -148,18 +149,22 @@ class DeletionService:
         made its recorder pod, and a later start found its guild busy (the index's lag)
         and refused it. Then its recorder pod or chunks exist, and its deletion runs every
         step as a Failed session's does (its audio promoted, its recorder stopped), except
-        when the refusal says its meeting id is another session's (`MeetingIdInUse`) or
-        its bucket is not one the operator may use (`BucketNotAllowed`): its promotion
-        would write into, and its collection delete from, what is not its own, so it is
-        released and its raw chunks stay in S3 (logged)."""
+        when the refusal says its meeting id is another session's (`MeetingIdInUse`), its
+        bucket is not one the operator may use (`BucketNotAllowed`): its promotion would
+        write into, and its collection delete from, what is not its own; or its namespace
+        has no NetworkPolicies (`NoNetworkPolicy`): its transcoder and promotion Jobs
+        would run there unconfined. It is then released and its raw chunks stay in S3
+        (logged)."""
         ns, name, uid = s.ref.namespace, s.ref.name, s.ref.uid
         pod = await self.ctx.kube.get_pod(ns, recorder_pod_name(name))
         recorded = (pod is not None and controller_uid(pod) == uid) \
             or bool(await self.ctx.kube.list_chunks(ns, name, uid))
         if recorded and any(c.get("type") == "Ready" and c.get("reason") in (
-                "MeetingIdInUse", "BucketNotAllowed") for c in s.status.get("conditions") or []):
-            log.warning("session %s/%s refused (its meeting id or bucket is not its own) but "
-                        "it recorded: released unpromoted, its raw chunks left in S3", ns, name)
+                "MeetingIdInUse", "BucketNotAllowed", NO_NETWORK_POLICY)
+                for c in s.status.get("conditions") or []):
+            log.warning("session %s/%s refused (its meeting id or bucket is not its own, or "
+                        "its namespace has no NetworkPolicies) but it recorded: released "
+                        "unpromoted, its raw chunks left in S3", ns, name)
             if pod is not None and controller_uid(pod) == uid:
                 await self.ctx.kube.delete_pod(ns, recorder_pod_name(name))
             return False

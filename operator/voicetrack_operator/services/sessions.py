@@ -26,10 +26,12 @@ from voicetrack.resources import (
 from voicetrack_operator.builders import build_recorder_pod, build_recorder_rbac
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.admission import (
+    NO_NETWORK_POLICY,
     bucket_refusal,
     busy_guild,
     guild_rival,
     meeting_owner,
+    namespace_refusal,
 )
 from voicetrack_operator.services.autostop import delete_stopped, recorder_end, stopped_by_itself
 from voicetrack_operator.services.chunkmirror import audit_mirror, resync_chunks
@@ -80,9 +82,10 @@ class SessionService:
     # ------------------------------------------------------------------ start
 
     async def ensure_session(self, s: SessionView) -> dict[str, Any]:
-        """Start (or, after an operator restart, keep) the session: refuse a bucket the
-        operator does not allow (`admission.bucket_refusal`) and a busy guild, write the
-        meeting row, make the recorder's RBAC and Pod. Returns status fields.
+        """Start (or, after an operator restart, keep) the session: refuse a namespace
+        without NetworkPolicies (`admission.namespace_refusal`), a bucket the operator does
+        not allow (`admission.bucket_refusal`) and a busy guild, write the meeting row, make
+        the recorder's RBAC and Pod. Returns status fields.
 
         With the database away the recorder starts anyway on a derived meeting id (unique:
         it comes from the uid; the row is written later) but not on a chosen
@@ -98,6 +101,8 @@ class SessionService:
         except ValueError as err:
             return self._refused(s, f"{err}: its recorder could write no chunk",
                                  "NameTooLong")
+        if why := namespace_refusal(self.ctx.settings, s.ref.namespace):
+            return self._refused(s, why, NO_NETWORK_POLICY)
         if why := bucket_refusal(self.ctx, s):
             return self._refused(s, why, "BucketNotAllowed")
         busy = await busy_guild(self.ctx, s)
