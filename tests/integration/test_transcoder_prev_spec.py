@@ -143,26 +143,22 @@ def test_forged_earlier_chunk_jsons_do_not_move_the_piece(
     {"index": 1, "tracks": []},                        # a second chunk 1
     {"meetingId": "OtHeRmEeTiNgIdAa", "tracks": []},   # another meeting's
     {"startMs": 0, "endMs": 2000, "gap": {"startMs": 20, "endMs": 40, "cause": "paused"}},
-    None,                                              # missing
-], ids=["overlap", "duplicate", "other-meeting", "gap-after-start", "missing"])
+], ids=["overlap", "duplicate", "other-meeting", "gap-after-start"])
 def test_recorder_specs_that_do_not_chain_give_no_context(
-        s3_server: S3Settings, forged: dict[str, object] | None) -> None:
+        s3_server: S3Settings, forged: dict[str, object]) -> None:
     """No piece before chunk 2 and no frozen spec of chunk 0 (a chunk from before the
     operator froze specs): chunk 0's `chunk.json` is what there is, and is used as it
     is (the same context); forged so that the specs cannot be one session (an overlap,
-    a duplicate index, another meeting, a gap after the chunk's start: a negative pause;
-    none at all: no origin), chunk 2 gets no context and no piece (assembly renders its
-    unit), never a context summed from an inconsistent set."""
+    a duplicate index, another meeting, a gap after the chunk's start: a negative
+    pause), chunk 2 gets no context and no piece (assembly renders its unit), never a
+    context summed from an inconsistent set."""
     made = _made(s3_server)
     store, chunk = made.store, made.chunks[2]
     genuine = chunk_context(store, LAYOUT, chunk)
     store.delete_keys([*(LAYOUT.piece_manifest_key(i) for i in (0, 1, 2)),
                        LAYOUT.frozen_spec_key(0)])
     assert chunk_context(store, LAYOUT, chunk) == genuine
-    if forged is None:
-        store.delete_keys([LAYOUT.chunk_manifest_key(0)])
-    else:
-        store.put_json(LAYOUT.chunk_manifest_key(0), {**made.chunks[0].to_api(), **forged})
+    store.put_json(LAYOUT.chunk_manifest_key(0), {**made.chunks[0].to_api(), **forged})
     assert chunk_context(store, LAYOUT, chunk) is None
     assert build_piece(store, chunk, LAYOUT.prefix, 96) is None
     assert not store.exists(LAYOUT.piece_manifest_key(2))
@@ -192,3 +188,28 @@ def test_a_hole_before_a_chunk_does_not_stop_the_pieces_after_it(s3_server: S3Se
     store.delete_keys([LAYOUT.frozen_spec_key(2), LAYOUT.chunk_manifest_key(2)])
     ctx = chunk_context(store, LAYOUT, chunk3)  # chunk 2 gone as well: a hole of indexes
     assert ctx is not None and (ctx.origin_ms, ctx.paused_ms, ctx.prev) == (0, 0, later)
+
+
+def test_a_long_silence_does_not_stop_the_pieces_after_it(s3_server: S3Settings) -> None:
+    """Nobody speaks for 70 chunks (about 12 minutes of 10 s chunks): those chunks have no
+    tracks, hence no Job and no piece, only the frozen specs the operator wrote. The
+    first chunk after the silence is placed from the last piece before it (chunk 2's)
+    and the specs in between; before, a look-back of 64 chunks gave no context, so no
+    piece for the rest of the session. Chunk 0 never coming is no stop either: the
+    origin is the first chunk there is, as in the plan."""
+    made = _made(s3_server)
+    store = made.store
+    silent = [made.chunks[1].model_copy(update={
+        "index": i, "start_ms": 6000 + 2000 * (i - 3), "end_ms": 8000 + 2000 * (i - 3),
+        "tracks": []}) for i in range(3, 73)]
+    for spec in silent:
+        store.put_json(LAYOUT.frozen_spec_key(spec.index), spec.to_api())
+    after = made.chunks[2].model_copy(update={
+        "index": 73, "start_ms": silent[-1].end_ms, "end_ms": silent[-1].end_ms + 2000,
+        "tracks": []})
+    ctx = chunk_context(store, LAYOUT, after)
+    assert ctx is not None and (ctx.origin_ms, ctx.paused_ms, ctx.prev) == (0, 0, silent[-1])
+    store.delete_keys([LAYOUT.piece_manifest_key(i) for i in (0, 1, 2)]
+                      + [LAYOUT.frozen_spec_key(0), LAYOUT.chunk_manifest_key(0)])
+    ctx = chunk_context(store, LAYOUT, after)
+    assert ctx is not None and (ctx.origin_ms, ctx.paused_ms) == (2000, 0)

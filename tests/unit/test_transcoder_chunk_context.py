@@ -54,7 +54,6 @@ def test_a_piece_before_continues_the_chain() -> None:
 @pytest.mark.parametrize(("known", "specs", "why"), [
     (None, [CHAIN[0], CHAIN[1], CHAIN[1], CHAIN[3]], "chunk 1 after chunk 1"),  # duplicate
     (None, [CHAIN[0], CHAIN[2], CHAIN[1], CHAIN[3]], "chunk 1 after chunk 2"),  # disorder
-    (None, CHAIN[1:4], "no spec of chunk 0"),                              # no origin
     (None, [CHAIN[0], _spec(1, 2000, 7000), *CHAIN[2:4]], "begins at 2000 ms, before"),
     (None, [*CHAIN[:2], _spec(2, 8000, 10000, _pause(8020, 8040)), CHAIN[3]],
      "gap does not lie before its start"),                                 # negative pause
@@ -79,6 +78,9 @@ def test_holes_are_read_as_the_plan_reads_them() -> None:
     assert context_from(CHUNK, CHAIN[3], None, [CHAIN[0], CHAIN[1], CHAIN[3]]) == whole
     late = _spec(2, 8020, 10000, Gap(start_ms=7020, end_ms=8020, cause="recorder-restart"))
     assert context_from(CHUNK, CHAIN[3], None, [*CHAIN[:2], late, CHAIN[3]]) == whole
+    no_first = context_from(CHUNK, CHAIN[3], None, CHAIN[1:4])  # chunk 0 never came
+    assert isinstance(no_first, ChunkContext) and (no_first.origin_ms, no_first.paused_ms) \
+        == (5000, 1000)  # the plan's origin: the first chunk there is
     known = Known(index=0, end_ms=3000, origin_ms=1000, paused_ms=0, stereo_seen=False)
     assert context_from(CHUNK, CHAIN[3], known, CHAIN[2:4]) == ChunkContext(
         origin_ms=1000, paused_ms=1000, prev=CHAIN[3], prev_paused_ms=0, stereo_seen=True)

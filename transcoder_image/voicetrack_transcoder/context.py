@@ -11,8 +11,8 @@ none (a chunk from before the upgrade) or it cannot be read. The chain is contin
 the nearest earlier `piece.json` (its Job's context) at most `MAX_LOOK_BACK` chunks back
 (else from the session's start when that is as near), and the specs after it are checked
 as the promotion plan reads them (`context_from`): in index order, none overlapping the
-one before, none longer than `MAX_CHUNK_SECONDS`, chunk 0 present when the chain starts
-there. Holes (an index never sealed, a window nobody sealed) are what the plan accepts too.
+one before, none longer than `MAX_CHUNK_SECONDS`, the origin the first chunk there is.
+Holes (an index never sealed, a window nobody sealed) are what the plan accepts too.
 Anything else means no context: no piece, and assembly renders that unit itself. A piece
 placed from a wrong spec set is refused by assembly's checks against the plan
 (`piececheck`), never promoted.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Final, Literal
 
 from pydantic import ValidationError
 
@@ -34,11 +35,13 @@ from voicetrack.resources import MAX_CHUNK_SECONDS
 
 log = logging.getLogger(__name__)
 
-MAX_LOOK_BACK = 64
+MAX_LOOK_BACK = 2000
 """How many chunks back a Job looks for a `piece.json` to continue the chain from (and so
-how many specs it reads at most): past it the chunk gets no context, hence no piece (64
-chunks of 10 s: about 11 minutes). Bounds the S3 reads of a Job after a long run of
-chunks without pieces."""
+how many specs it reads at most); past it the chunk gets no context, hence no piece. Far
+above a 4 h session of 10 s chunks (1440): a long silence (chunks without tracks have no
+Job, hence no piece) or a run of failed Jobs costs the next Job one GET per chunk back
+and its piece re-anchors the chain; the bound only caps a Job's reads in a days-long
+session whose pieces all failed."""
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,17 @@ def _read_spec(store: ObjectStore, layout: MeetingLayout, key: str, index: int,
     return spec
 
 
-def _spec_at(store: ObjectStore, layout: MeetingLayout, index: int) -> ChunkSpec | None:
+REFUSED: Final = "refused"
+"""`_spec_at`'s answer for a chunk whose spec is there but is not that chunk's."""
+
+
+def _spec_at(store: ObjectStore, layout: MeetingLayout, index: int
+             ) -> ChunkSpec | Literal["refused"] | None:
     """Chunk `index`'s spec: the frozen copy when it is there and is that chunk's
     (`spec_problem`), else the recorder's `chunk.json` when the frozen copy is missing or
-    unreadable; None when neither is usable (each refusal logged). A frozen copy that is
-    another chunk's is a refusal, never a reason to trust the recorder's copy."""
+    unreadable; REFUSED when the one read is not usable (logged), None when there is
+    none. A frozen copy that is another chunk's is a refusal, never a reason to trust the
+    recorder's copy."""
     key = layout.frozen_spec_key(index)
     try:
         frozen: ChunkSpec | None = ChunkSpec.model_validate(store.get_json(key))
@@ -160,9 +169,12 @@ def _spec_at(store: ObjectStore, layout: MeetingLayout, index: int) -> ChunkSpec
         if problem is None:
             return frozen
         log.warning("chunk %d: frozen spec %s refused: %s", index, key, problem)
+        return REFUSED
+    recorder_key = layout.chunk_manifest_key(index)
+    if not store.exists(recorder_key):
         return None
-    return _read_spec(store, layout, layout.chunk_manifest_key(index), index,
-                      "recorder's spec")
+    spec = _read_spec(store, layout, recorder_key, index, "recorder's spec")
+    return REFUSED if spec is None else spec
 
 
 def prev_spec(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
@@ -172,8 +184,9 @@ def prev_spec(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
     caller treats the chunk before as unknown. S3: one GET, two without a frozen copy."""
     index = chunk.index - 1
     spec = _spec_at(store, layout, index)
-    if spec is None:
+    if spec is None or spec == REFUSED:
         return None
+    assert isinstance(spec, ChunkSpec)
     problem = prev_problem(spec, chunk)
     if problem is not None:
         log.warning("chunk %d: chunk %d's spec is not the chunk before it: %s", chunk.index,
@@ -200,16 +213,16 @@ def context_from(chunk: ChunkSpec, prev: ChunkSpec, known: Known | None,
     from the session's start) and the specs of the chunks after that one up to `prev`,
     the chunk right before `chunk` (already checked against it), in index order; or why
     they cannot be read as one session (a str), as the promotion plan would read them:
-    the last is not `prev`; without `known` the first is not chunk 0 (the origin); a
+    the last is not `prev`; a
     spec is not a later chunk than the one before it or begins before it ends
     (`_follow_problem`, the first against `known`'s chunk); a gap does not lie before
     its chunk's start; a spec is longer than `MAX_CHUNK_SECONDS`. Missing indexes and
-    windows are holes, as in the plan: only a pause is cut. Pure; times in ms."""
+    windows are holes, as in the plan: only a pause is cut, and without `known` the
+    origin is the first spec's start (chunk 0's, unless it never came). Pure; times in
+    ms."""
     if not specs or specs[-1] != prev:
         return f"chunk {prev.index}'s spec is not the one placed before chunk {chunk.index}"
-    if known is None:
-        if specs[0].index != 0:
-            return f"no spec of chunk 0 (the first is chunk {specs[0].index}'s)"
+    if known is None:  # the origin is the first chunk there is, as in the plan
         origin, paused, end, stereo = specs[0].start_ms, 0, specs[0].start_ms, False
     else:
         head = specs[0]
@@ -278,7 +291,11 @@ def chunk_context(store: ObjectStore, layout: MeetingLayout, chunk: ChunkSpec
             return None
         for index in range(0 if known is None else known.index + 1, prev.index):
             spec = _spec_at(store, layout, index)
-            if spec is not None:
+            if spec == REFUSED:  # there, but not that chunk's: something is wrong
+                log.warning("chunk %d: no context: chunk %d's spec refused", chunk.index,
+                            index)
+                return None
+            if isinstance(spec, ChunkSpec):  # none at all: a hole, as in the plan
                 specs.append(spec)
         specs.append(prev)
     else:
