@@ -138,7 +138,8 @@ def test_pod_security_restricted_and_probes(helm: Helm) -> None:
 
 
 def _operator_pod(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    return dict(next(o for o in objs if o["kind"] == "Deployment")["spec"]["template"]["spec"])
+    return dict(next(o for o in objs if o["kind"] == "Deployment" and o["spec"]["template"][
+        "spec"]["containers"][0]["name"] == "operator")["spec"]["template"]["spec"])
 
 
 def test_the_default_database_lives_on_a_kept_claim_mounted_at_var_lib(helm: Helm) -> None:
@@ -453,3 +454,8 @@ def test_the_operator_gets_the_namespaces_the_network_policies_are_rendered_in(
     assert value == "rel,team-a,team-b" and policed == {"rel", "team-a", "team-b"}
     value, policed = render("networkPolicy.enabled=false", "seaweedfs.enabled=false")
     assert value is None and not policed
+    # the bot's sessions run in its namespace: policed there too, never refused there
+    # (before, an upgrade with bot.namespace set refused every `/record start`)
+    value, policed = render("bot.enabled=true", "bot.existingSecret=botsec",
+                            "bot.namespace=recordings")
+    assert value == "rel,recordings" and policed == {"rel", "recordings"}

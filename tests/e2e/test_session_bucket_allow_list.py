@@ -205,3 +205,17 @@ async def test_a_session_refused_for_its_namespace_that_recorded_is_released_unp
     assert await ctx.kube.get_job(namespace, transcode_job_name("unpoliced", 0)) is None
     assert sorted(await store.list_keys(s.layout.root + "/")) == before
     assert s.layout.raw_key(0, USERS[0], "ogg-opus") in before
+
+
+async def test_a_session_started_before_the_namespace_check_keeps_recording(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A session the operator had started (`startedAt` set) but whose recorder pod it had
+    not yet recorded in status when an upgrade turned the namespace check on is not
+    refused: its pod is made and it will be promoted, as its chunks are. Before, it was
+    Refused, and deletion then released it unpromoted: the audio it took stranded."""
+    s = await make_session(ctx, kubectl, namespace, "halfway")
+    s = await set_status(ctx, s, {"startedAt": "2026-12-05T00:00:00Z"})
+    policed_only(ctx, "voicetrack")
+    status = await SessionService(ctx).ensure_session(s)
+    assert status.get("state") != "Refused" and status.get("recorderPod"), status
+    assert await ctx.kube.get_pod(namespace, recorder_pod_name("halfway")) is not None

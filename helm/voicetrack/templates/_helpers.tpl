@@ -245,11 +245,14 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- end }}
 
 {{/* The namespaces where NetworkPolicies confine recorder and transcoder pods, comma-separated:
-     the release namespace and networkPolicy.namespaces (empty without networkPolicy.enabled).
+     the release namespace, the bot's (bot.namespace, where its sessions run, when bot.enabled)
+     and networkPolicy.namespaces (empty without networkPolicy.enabled).
      networkpolicy.yaml renders its policies in each; the operator refuses sessions anywhere
      else (VOICETRACK_POLICY_NAMESPACES): one list for both. */}}
 {{- define "voicetrack.policyNamespaces" -}}
 {{- if .Values.networkPolicy.enabled }}
-{{- concat (list .Release.Namespace) (.Values.networkPolicy.namespaces | default list) | uniq | join "," }}
+{{- $bot := list }}
+{{- if .Values.bot.enabled }}{{ $bot = list (default .Release.Namespace .Values.bot.namespace) }}{{ end }}
+{{- concat (list .Release.Namespace) $bot (.Values.networkPolicy.namespaces | default list) | uniq | join "," }}
 {{- end }}
 {{- end }}

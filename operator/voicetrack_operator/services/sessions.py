@@ -101,7 +101,11 @@ class SessionService:
         except ValueError as err:
             return self._refused(s, f"{err}: its recorder could write no chunk",
                                  "NameTooLong")
-        if why := namespace_refusal(self.ctx.settings, s.ref.namespace):
+        # a session already started (its recorder pod may be on its way) keeps recording
+        # and is promoted, as its chunks are (`ChunkService.refusal`): an upgrade that
+        # turns the check on never strands audio a session took
+        if not s.status.get("startedAt") and (
+                why := namespace_refusal(self.ctx.settings, s.ref.namespace)):
             return self._refused(s, why, NO_NETWORK_POLICY)
         if why := bucket_refusal(self.ctx, s):
             return self._refused(s, why, "BucketNotAllowed")
