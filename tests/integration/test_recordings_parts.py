@@ -16,6 +16,7 @@ import resource
 import signal
 import subprocess
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,6 @@ def test_a_cancel_as_the_zip_is_finished_leaves_no_part(
     out = tmp_path / "zips" / "bundle.zip"
     out.parent.mkdir()
     out.write_bytes(b"an older zip")  # what a cancelled build must leave as it was
-    part = out.with_name(f".{out.name}.part")
     real = service._write_zip
     whole: list[bool] = []
 
@@ -63,8 +63,8 @@ def test_a_cancel_as_the_zip_is_finished_leaves_no_part(
             cancelled.set()
 
         def writer(*args: Any) -> list[str]:
-            members = real(*args)  # the zip is whole at `part` now
-            whole.append(part.is_file())
+            members = real(*args)  # the zip is whole at its part file now
+            whole.append(Path(args[0]).is_file())
             loop.call_soon_threadsafe(cancel)  # the build is cancelled while awaiting us
             assert cancelled.wait(10), "the cancellation was never delivered"
             return members
@@ -91,6 +91,38 @@ def test_a_failed_rename_leaves_no_part_and_out_as_it_was(world: World,  # noqa:
     left = sorted(p.name for p in out.parent.iterdir())
     assert left == ["bundle.zip"], f"a failed bundle left {left}"
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_two_zips_of_one_meeting_into_one_file_both_finish_whole(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Two `zip` runs with the same OUT (two terminals, or a retry while the first still
+    runs): each builds through its own part file, so both finish and OUT is a whole zip.
+    Before, both wrote `.bundle.zip.part`; the first rename took it and the second run
+    failed (FileNotFoundError), or renamed a file the other was still writing."""
+    out = tmp_path / "zips" / "bundle.zip"
+    out.parent.mkdir()
+    real = service._write_zip
+    both_written = threading.Barrier(2, timeout=60)
+    parts: list[str] = []
+
+    def writer(*args: Any) -> list[str]:
+        members = real(*args)
+        parts.append(str(args[0]))
+        both_written.wait()  # neither renames before the other's zip is whole
+        return members
+
+    monkeypatch.setattr(service, "_write_zip", writer)
+
+    async def go(reader: RecordingsReader) -> list[Any]:
+        return list(await asyncio.gather(reader.bundle(DONE, out), reader.bundle(DONE, out)))
+
+    bundles = asyncio.run(_with_reader(world, go))
+    assert len(set(parts)) == 2, parts
+    assert [b.path for b in bundles] == [out, out]
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None
+        assert sorted(z.namelist()) == sorted(bundles[0].members), z.namelist()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bundle.zip"]
 
 
 def _file_size_limit(limit: int) -> Callable[[], None]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import posixpath
 import re
 import tempfile
@@ -222,7 +223,7 @@ class RecordingsReader:
         not match its row (and then neither the part nor `target` is left)."""
         if t.sha256 and target.is_file() and sha256_file(target) == t.sha256:
             return DownloadedFile(t, target, t.sha256, verified=True, reused=True)
-        part = target.with_name(f".{target.name}.part")
+        part = part_beside(target)
         try:
             self.store.get_file(t.key, str(part))
             digest, size = sha256_file(part), part.stat().st_size
@@ -262,7 +263,7 @@ class RecordingsReader:
         duration_ms = detail.manifest.duration_ms
         samples = duration_ms * SAMPLES_PER_MS
         out.parent.mkdir(parents=True, exist_ok=True)
-        part = out.with_name(f".{out.name}.part")
+        part = part_beside(out)
         try:
             members = await self._write_bundle(detail, detail.manifest_key, part, samples,
                                                ffmpeg, on_file)
@@ -303,6 +304,17 @@ class RecordingsReader:
                     with contextlib.suppress(NotFoundError):
                         texts.append((name, await in_thread(stop, self.store.get_bytes, key)))
             return await in_thread(stop, _write_zip, part, folder, work, names, texts, stop)
+
+
+def part_beside(target: Path) -> Path:
+    """A new hidden file beside `target` to write it through, `.<name>.<random>.part`
+    (created empty and exclusively; `target`'s directory must exist). Concurrent writers of
+    one `target` (two `zip` or `download` runs into one directory) each get their own:
+    with one shared `.<name>.part`, one run's rename took the other's half-written file.
+    Raises OSError when the directory does not take it."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def _write_zip(part: Path, folder: str, work: Path, names: list[str],
