@@ -46,6 +46,15 @@ class NamespaceTerminating(TemporaryFailure):
     they meant to create (the recorder: `chunk.json` in S3) stop retrying."""
 
 
+class ApiAccessDenied(TemporaryFailure):
+    """The API server refused the caller's credentials (401: a token whose ServiceAccount
+    is gone, or expired) or RBAC denied the request (403 without the NamespaceTerminating
+    cause). Retried like any TemporaryFailure (an admin fixes RBAC, a fresh RoleBinding
+    propagates late); a caller with a deadline and another place for its work stops
+    retrying (the recorder while stopping: its session's ServiceAccount, Role and
+    RoleBinding are collected with the session, before its last flush)."""
+
+
 class NotFoundError(InvalidInputError):
     """A named thing (object, row, resource) does not exist."""
 

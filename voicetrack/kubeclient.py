@@ -10,6 +10,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from voicetrack.errors import (
+    ApiAccessDenied,
     ConflictError,
     InvalidInputError,
     NamespaceTerminating,
@@ -81,8 +82,9 @@ def translate_api_error(err: BaseException, what: str) -> VoicetrackError:
     - 408, 429, 5xx, no status, and network errors (`NETWORK_ERRORS`) → TemporaryFailure;
     - 403 with the NamespaceTerminating cause → NamespaceTerminating (a TemporaryFailure:
       a create in a namespace being deleted);
-    - 401 and other 403 → TemporaryFailure too: credentials and RBAC are fixed by an admin
-      or propagate late (a fresh RoleBinding, a rotated token), and retrying loses nothing;
+    - 401 and other 403 → ApiAccessDenied (a TemporaryFailure too): credentials and RBAC are
+      fixed by an admin or propagate late (a fresh RoleBinding, a rotated token), and
+      retrying loses nothing;
     - other 4xx (400, 422: a manifest or patch the API refuses) → InvalidInputError with
       the API server's message.
     Any other exception is a bug and is not passed here."""
@@ -95,7 +97,9 @@ def translate_api_error(err: BaseException, what: str) -> VoicetrackError:
             return NotFoundError(message)
         if status == 409:
             return ConflictError(message)
-        if status in (0, 401, 403, 408, 429) or status >= 500:
+        if status in (401, 403):
+            return ApiAccessDenied(message, delay=5)
+        if status in (0, 408, 429) or status >= 500:
             return TemporaryFailure(message, delay=5)
         return InvalidInputError(message)
     if isinstance(err, NETWORK_ERRORS):

@@ -354,7 +354,7 @@ class Recorder:
                 await self._wake.wait()
                 continue
             await asyncio.to_thread(self.uploader.upload, self._pending[0],
-                                    lambda: self.flush_deadline)
+                                    lambda: self.flush_deadline, self.forced)
             self._pending.popleft()
 
     def _give_up(self, deadline: Deadline) -> None:

@@ -7,7 +7,11 @@ file, for a chunk without tracks too: `MeetingLayout.chunk_manifest_key`), creat
 RecordingChunk, and only then removes the files: a chunk is acknowledged once both exist.
 The spec in S3 lets the operator promote a chunk whose RecordingChunk was never made: the
 chunks flushed at SIGTERM while the session's namespace terminates, where the API server
-refuses every create (403, `NamespaceTerminating`). Such a refusal is not retried: the
+refuses every create (403, `NamespaceTerminating`), and the chunks flushed after the
+session's own ServiceAccount, Role or RoleBinding were collected (a deletion with
+`--cascade=foreground` collects them at once, before the recorder's SIGTERM flush: 401 or
+403, `ApiAccessDenied`, taken so only when the end is forced). Such a refusal is not
+retried: the
 chunk counts as uploaded with its spec in S3, so every spooled chunk gets its turn inside
 the termination grace (before, the first one retried its create until the deadline and
 the rest were given up).
@@ -30,7 +34,10 @@ written (`RecorderKube.chunk_exists`): the raw objects of a chunk that exists wi
 spec (a second recorder of the session: a pod force-deleted on a node cut off from the API
 server but not from S3) are never overwritten; before, they were, and that window's
 transcode failed its sha256 check for good (silence). Two writers racing between the read
-and the create can still both write; the read narrows that to one round trip.
+and the create can still both write; the read narrows that to one round trip. The
+S3-only writes after an ApiAccessDenied at a forced end cannot read first (the API refuses
+the recorder): there, a second writer's chunk could be overwritten, which needs a
+force-deleted recorder still running at its session's deletion.
 
 Every acknowledged index is kept (`UploadStats.acked`) and written as JSON to the ack file
 after each acknowledgement ($VOICETRACK_ACK_FILE, default `$TMPDIR/voicetrack-acked.json`),
@@ -50,7 +57,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from voicetrack.chunkspec import ChunkSpec, Gap
-from voicetrack.errors import InvalidInputError, NamespaceTerminating, TemporaryFailure
+from voicetrack.errors import (
+    ApiAccessDenied,
+    InvalidInputError,
+    NamespaceTerminating,
+    TemporaryFailure,
+)
 from voicetrack.uploadgrant import UploadGrant, post_object
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.faults import FIRST_DELAY_S, index_ranges, next_delay, raise_if_permanent
@@ -102,6 +114,11 @@ def read_acked(path: str) -> list[int]:
             return [int(i) for i in json.load(f).get("acked", [])]
     except (OSError, ValueError, AttributeError, TypeError):
         return []
+
+
+def _kept_in_s3_only(spec: ChunkSpec, why: Exception) -> None:
+    log.warning("chunk %d: %s; kept in S3 only (chunk.json: the operator's inventory "
+                "promotes it)", spec.index, why)
 
 
 class RawWriter(Protocol):
@@ -185,7 +202,8 @@ class ChunkUploader:
         return queue
 
     def upload(self, spooled: SpooledChunk,
-               deadline: Callable[[], float | None] = lambda: None) -> ChunkSpec:
+               deadline: Callable[[], float | None] = lambda: None,
+               forced: Callable[[], bool] = lambda: False) -> ChunkSpec:
         """Write the chunk's raw objects then its RecordingChunk, unless that exists already
         (`RecorderKube.chunk_exists`, read first: as this chunk it is done; with another
         spec or owner nothing is written, so a second recorder of the session never
@@ -193,14 +211,24 @@ class ChunkUploader:
         Retries TemporaryFailure with backoff (0.5 s doubling to 10 s, no count limit)
         until `deadline()` (monotonic seconds, or None = forever; read before every retry,
         so a stop sets one deadline for all pending uploads); then removes its spool files.
+        When the end is forced (`forced()`, read once per refusal: SIGTERM or the session
+        deleted, so no run of this pod follows), an ApiAccessDenied (401 or 403: the
+        session's recorder identity is gone, collected before this flush) is not retried:
+        the raw objects and `chunk.json` are written without the read (no API answers it)
+        and the chunk counts as uploaded, as for NamespaceTerminating (module doc).
+        Otherwise it is retried like any TemporaryFailure (the spool keeps the chunk): a
+        run restarted after an error end resumes after the last RecordingChunk, and would
+        reuse the index of a chunk acknowledged in S3 only.
         Raises TemporaryFailure when the deadline passes first (the files stay),
         InvalidInputError for a permanent failure (a bad bucket or credentials, a refused
         RecordingChunk, one that exists with another spec or owner)."""
         spec = spooled.spec
         delay = FIRST_DELAY_S
+        denied: ApiAccessDenied | None = None  # S3 only: the API refuses a forced end
+        written = False  # this chunk's raw objects and spec are in S3
         while True:
             try:
-                if self.kube.chunk_exists(spec, self.session_uid):
+                if denied is None and self.kube.chunk_exists(spec, self.session_uid):
                     break  # an earlier try got through: its raw objects are written
                 for key, path in spooled.files.items():
                     self.store.put_file(key, path, "audio/ogg" if key.endswith(".opus")
@@ -210,13 +238,26 @@ class ChunkUploader:
                 self.store.put_file(self.spool.layout.chunk_manifest_key(spec.index),
                                     os.path.join(spooled.directory, SPEC_FILE),
                                     "application/json")
+                written = True
+                if denied is not None:
+                    _kept_in_s3_only(spec, denied)
+                    break
                 self.kube.create_chunk(spec, self.session_uid)
                 break
             except NamespaceTerminating as err:  # the object never will be: S3 holds it
-                log.warning("chunk %d: %s; kept in S3 only (chunk.json: the operator's "
-                            "inventory promotes it)", spec.index, err)
+                _kept_in_s3_only(spec, err)
                 break
             except TemporaryFailure as err:
+                if isinstance(err, ApiAccessDenied) and denied is None and forced():
+                    # a forced end, and the API refuses this recorder: its ServiceAccount,
+                    # Role or RoleBinding is gone (collected with a session deleted with
+                    # --cascade=foreground before this flush). Retrying until the deadline
+                    # gave the chunk up; S3 still takes it (the grant needs no API)
+                    denied = err
+                    if written:  # the create was refused: S3 has it all already
+                        _kept_in_s3_only(spec, err)
+                        break
+                    continue
                 raise_if_permanent(err)
                 self.stats.retries += 1
                 limit = deadline()

@@ -177,19 +177,7 @@ def crd_age_s(stack: Stack) -> float:
     return (datetime.now(UTC) - created).total_seconds()
 
 
-CASCADE_LOSES_THE_LAST_CHUNK = (
-    "Known fault (found 2026-12-05, open in issue 15): with --cascade=foreground the garbage "
-    "collector deletes the session's recorder ServiceAccount while the recorder still runs; "
-    "the API then refuses its token (401), so the chunk it flushes at SIGTERM is never "
-    "created, nor written to S3 (upload reads the RecordingChunk first), and is given up "
-    "as a lost window: a chunk-failed gap. Timing-dependent: it fails when the SA goes "
-    "before that flush. Fix: upload's S3 writes must not wait on the API, as for a "
-    "terminating namespace.")
-
-
-@pytest.mark.parametrize("how", ["chunk-deleted-by-hand", pytest.param(
-    "cascade-foreground", marks=pytest.mark.xfail(strict=False,
-                                                  reason=CASCADE_LOSES_THE_LAST_CHUNK))])
+@pytest.mark.parametrize("how", ["chunk-deleted-by-hand", "cascade-foreground"])
 def test_chunks_whose_objects_are_gone_are_still_promoted(how: str, stack: Stack,
                                                           e2e_namespace: str) -> None:
     """Item 1. The RecordingChunk objects are not the only index of the raw audio: one
@@ -198,7 +186,9 @@ def test_chunks_whose_objects_are_gone_are_still_promoted(how: str, stack: Stack
     stored, and promoted: the final track keeps its timeline (no gap, every click marker
     where it was said) and no chunk folder is collected unpromoted. (Before: the missing
     window became a made-up `recorder-restart` gap of silence, or no recording at all, and
-    the raw audio was deleted.)"""
+    the raw audio was deleted. With the cascade, the last chunk, flushed at SIGTERM after
+    the GC had deleted the recorder's ServiceAccount, was given up as a lost window:
+    `test_recorder_identity_gone` pins that down without the race.)"""
     ns, name = e2e_namespace, "indexed"
     audio_ms = 16_000
     talks = [(500, 2500), (8000, 10_000)]

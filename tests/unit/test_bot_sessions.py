@@ -10,7 +10,13 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.unit.test_bot_app import unreachable_api
-from voicetrack.errors import ConflictError, InvalidInputError, NotFoundError, TemporaryFailure
+from voicetrack.errors import (
+    ApiAccessDenied,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    TemporaryFailure,
+)
 from voicetrack_recorder.bot.sessions import BotSessions
 from voicetrack_recorder.bot.sessionspec import session_name
 
@@ -37,7 +43,7 @@ def test_session_name_is_derived_from_the_guild() -> None:
 
 
 @pytest.mark.parametrize("status, kind", [
-    (404, NotFoundError), (400, InvalidInputError), (403, TemporaryFailure),
+    (404, NotFoundError), (400, InvalidInputError), (403, ApiAccessDenied),
     (409, ConflictError), (422, InvalidInputError), (429, TemporaryFailure),
     (500, TemporaryFailure), (503, TemporaryFailure),
 ])

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from voicetrack.chunkspec import ChunkStatus
 from voicetrack.errors import (
+    ApiAccessDenied,
     ConflictError,
     InvalidInputError,
     NamespaceTerminating,
@@ -97,7 +98,7 @@ def _api(status: int, message: str = "") -> ApiException:
 
 @pytest.mark.parametrize(("status", "kind"), [
     (404, NotFoundError), (409, ConflictError), (400, InvalidInputError),
-    (422, InvalidInputError), (401, TemporaryFailure), (403, TemporaryFailure),
+    (422, InvalidInputError), (401, ApiAccessDenied), (403, ApiAccessDenied),
     (408, TemporaryFailure), (429, TemporaryFailure), (500, TemporaryFailure),
     (503, TemporaryFailure), (0, TemporaryFailure),
 ])
@@ -111,7 +112,7 @@ def test_one_translation_of_api_errors(status: int, kind: type[Exception]) -> No
 
 def test_a_create_in_a_terminating_namespace_is_told_apart() -> None:
     """The API server's 403 there (body as the local control plane sends it): the cause's
-    type travels as `reason`. Any other 403 stays a plain TemporaryFailure."""
+    type travels as `reason`. Any other 403 is ApiAccessDenied (RBAC), a TemporaryFailure."""
     err = ApiException(status=403, reason="Forbidden")
     err.body = json.dumps({
         "kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
@@ -123,8 +124,8 @@ def test_a_create_in_a_terminating_namespace_is_told_apart() -> None:
     translated = translate_api_error(err, "create x")
     assert type(translated) is NamespaceTerminating
     assert isinstance(translated, TemporaryFailure) and "being terminated" in str(translated)
-    assert type(translate_api_error(_api(403, "forbidden: RBAC"), "create x")) \
-        is TemporaryFailure
+    denied = translate_api_error(_api(403, "forbidden: RBAC"), "create x")
+    assert type(denied) is ApiAccessDenied and isinstance(denied, TemporaryFailure)
 
 
 def test_network_errors_are_temporary_and_bugs_are_not_translated() -> None:

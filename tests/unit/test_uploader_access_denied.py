@@ -1,0 +1,128 @@
+"""`ChunkUploader.upload` when the API server refuses the recorder (401: its ServiceAccount
+is gone; 403: its Role or RoleBinding is), as after a `--cascade=foreground` deletion of
+its session: at a forced end the chunk goes to S3 only (raw tracks and `chunk.json`, each
+written once) and is acknowledged; before the end is forced it is retried and kept in the
+spool. Before the fix every such chunk was retried until the stop deadline and given up.
+
+The API server is a loopback HTTP server answering every request with the status under
+test (the Kubernetes client's real request path); the raw writer records what it is
+given (the `RawWriter` protocol, S3 itself is `tests/e2e/test_recorder_identity_gone`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.unit.test_recorder_spool import LAYOUT, chunk_of, sine_packet
+from voicetrack.errors import TemporaryFailure
+from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.spool import Spool
+from voicetrack_recorder.uploader import ChunkUploader
+
+pytestmark = pytest.mark.unit
+
+
+class Api:
+    """What the loopback API server answers: `get` and `post` statuses; `seen` requests."""
+
+    def __init__(self, get: int, post: int) -> None:
+        self.get, self.post = get, post
+        self.seen: list[str] = []
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[Api, str]]:
+    state = Api(401, 401)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status: int) -> None:
+            state.seen.append(f"{self.command} {self.path}")
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "code": status, "message": f"answer {status}"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._answer(state.get)
+
+        def do_POST(self) -> None:
+            self._answer(state.post)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Written:
+    """A RawWriter that records each key it is given."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def put_file(self, key: str, path: str,
+                 content_type: str = "application/octet-stream") -> None:
+        assert Path(path).is_file()
+        self.keys.append(key)
+
+
+def uploader_for(host: str, tmp_path: Path) -> tuple[ChunkUploader, Written]:
+    kube = RecorderKube(client.ApiClient(client.Configuration(host=host)), "rec", "standup")
+    writer = Written()
+    spool = Spool(tmp_path / "spool", 1 << 24, LAYOUT, "standup")
+    return ChunkUploader(writer, kube, spool, "uid-1", str(tmp_path / "acks.json")), writer
+
+
+@pytest.mark.parametrize(("get", "post"), [(401, 401), (403, 403), (404, 401), (404, 403)])
+def test_a_forced_end_refused_by_the_api_keeps_the_chunk_in_s3_only(
+        api: tuple[Api, str], tmp_path: Path, get: int, post: int) -> None:
+    """Refused at the read (`get` 401/403) or only at the create (`get` 404: no chunk yet,
+    then `post` refused): either way each object is written once and the chunk is
+    acknowledged at once, its spool files removed."""
+    state, host = api
+    state.get, state.post = get, post
+    uploader, written = uploader_for(host, tmp_path)
+    spooled = uploader.spool_chunk(chunk_of(3, 10, sine_packet()))
+    began = time.monotonic()
+    spec = uploader.upload(spooled, lambda: time.monotonic() + 30, lambda: True)
+    assert time.monotonic() - began < 2  # no retry, no backoff
+    assert written.keys == [*(t.key for t in spec.tracks), LAYOUT.chunk_manifest_key(3)]
+    assert uploader.stats.acked == [3] and uploader.stats.retries == 0
+    assert not Path(spooled.directory).exists()
+    posts = [r for r in state.seen if r.startswith("POST")]
+    assert len(posts) == (1 if get == 404 else 0)  # no create tried without a read
+
+
+def test_before_the_end_is_forced_a_refusal_is_retried_and_the_spool_keeps_it(
+        api: tuple[Api, str], tmp_path: Path) -> None:
+    """Not forced (an error end restarts the container, whose next run resumes after the
+    last RecordingChunk and would reuse an index acknowledged in S3 only): the refusal is
+    retried until the deadline and nothing is acknowledged."""
+    _, host = api
+    uploader, written = uploader_for(host, tmp_path)
+    spooled = uploader.spool_chunk(chunk_of(0, 10, sine_packet()))
+    deadline = time.monotonic() + 1.2
+    with pytest.raises(TemporaryFailure):
+        uploader.upload(spooled, lambda: deadline, lambda: False)
+    assert written.keys == [] and uploader.stats.acked == []
+    assert uploader.stats.retries >= 1
+    assert Path(spooled.directory).is_dir()
