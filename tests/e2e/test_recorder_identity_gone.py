@@ -22,17 +22,17 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e import test_operator_services as services_tests
-from tests.e2e.test_operator_services import make_session
+from tests.e2e.test_operator_services import kubeconfig_with, make_session
+from tests.e2e.test_recorder_terminating_namespace import assert_in_s3
 from tests.fixtures.cluster import Kubectl
 from tests.unit.test_recorder_spool import chunk_of, sine_packet
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import ApiAccessDenied
 from voicetrack.kubeclient import load_api_client
-from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
+from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.inventory import chunk_inventory
@@ -50,22 +50,6 @@ ctx = services_tests.ctx
 USER = "200000000000000001"
 SLOTS = 10  # 200 ms chunks: their windows stay within the session's elapsed time
 DEADLINE_S = 10.0
-
-
-def token_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
-    """A kubeconfig for the local cluster that authenticates with bearer `token` only."""
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]["cluster"]
-    ca = server.get("certificate-authority")
-    if ca and not Path(ca).is_absolute():
-        server["certificate-authority"] = str(cluster.kubeconfig.parent / ca)
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "recorder",
-        "clusters": [{"name": "local", "cluster": server}],
-        "users": [{"name": "recorder", "user": {"token": token}}],
-        "contexts": [{"name": "recorder", "context": {"cluster": "local",
-                                                      "user": "recorder"}}]}))
-    return path
 
 
 def refusal(kube: RecorderKube, spec: ChunkSpec, uid: str) -> int | None:
@@ -88,7 +72,7 @@ async def test_a_recorder_refused_by_the_api_while_stopping_gets_its_chunks_into
     account = await ensure_recorder_identity(ctx, s.ref)
     token = kubectl("-n", namespace, "create", "token", account,
                     "--duration=15m").stdout.strip()
-    api = load_api_client(str(token_kubeconfig(cluster, token, tmp_path / "kubeconfig")))
+    api = load_api_client(kubeconfig_with(cluster, tmp_path, token=token))
     kube = RecorderKube(api, s.ref.namespace, s.ref.name, s.ref.uid)
     time.sleep(1)  # the chunks' windows end 600 ms after the session's start
     spool = Spool(tmp_path / "spool", 1 << 30, s.layout, s.ref.name, "ogg-opus")
@@ -127,13 +111,7 @@ async def test_a_recorder_refused_by_the_api_while_stopping_gets_its_chunks_into
     assert took < DEADLINE_S / 2, took  # nothing retried until the deadline
     assert not any(Path(one.directory).exists() for one in spooled)  # acknowledged
 
-    store = ObjectStore(s3_server)
-    for one in spooled:
-        stored = ChunkSpec.model_validate(
-            store.get_json(s.layout.chunk_manifest_key(one.spec.index)))
-        assert stored == one.spec
-        for track in one.spec.tracks:
-            assert sha256_hex(store.get_bytes(track.key)) == track.sha256
+    assert_in_s3(ObjectStore(s3_server), s.layout, spooled)
     inv = await chunk_inventory(ctx, s)
     assert sorted(inv.chunks) == [0, 1, 2] and not inv.refused
     assert not inv.chunks[0].rebuilt

@@ -25,13 +25,14 @@ from tests.fixtures.cluster import Kubectl
 from tests.unit.test_recorder_spool import chunk_of, sine_packet
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.kubeclient import load_api_client
+from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_operator.context import Context
 from voicetrack_operator.services.inventory import chunk_inventory
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.spool import Spool
+from voicetrack_recorder.spool import Spool, SpooledChunk
 from voicetrack_recorder.uploader import ChunkUploader
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +43,17 @@ ctx = services_tests.ctx
 USER = "200000000000000001"
 SLOTS = 10  # 200 ms chunks: their windows stay within the session's elapsed time
 DEADLINE_S = 10.0
+
+
+def assert_in_s3(store: ObjectStore, layout: MeetingLayout,
+                 spooled: list[SpooledChunk]) -> None:
+    """Each spooled chunk's `chunk.json` in S3 is its spec, each raw track its bytes."""
+    for one in spooled:
+        stored = ChunkSpec.model_validate(
+            store.get_json(layout.chunk_manifest_key(one.spec.index)))
+        assert stored == one.spec
+        for track in one.spec.tracks:
+            assert sha256_hex(store.get_bytes(track.key)) == track.sha256
 
 
 async def test_a_terminating_namespace_gets_every_spooled_chunk_into_s3(
@@ -68,13 +80,7 @@ async def test_a_terminating_namespace_gets_every_spooled_chunk_into_s3(
         assert uploader.stats.acked == [0, 1, 2]
         assert took < DEADLINE_S / 2, took  # no create retried until the deadline
 
-        store = ObjectStore(s3_server)
-        for one in spooled:
-            stored = ChunkSpec.model_validate(
-                store.get_json(s.layout.chunk_manifest_key(one.spec.index)))
-            assert stored == one.spec
-            for track in one.spec.tracks:
-                assert sha256_hex(store.get_bytes(track.key)) == track.sha256
+        assert_in_s3(ObjectStore(s3_server), s.layout, spooled)
         inv = await chunk_inventory(ctx, s)
         assert sorted(inv.chunks) == [0, 1, 2] and not inv.refused
         assert all(c.rebuilt and c.status.transcode_status == "done"
