@@ -77,6 +77,12 @@ class OptOut(_Model):
     via: Literal["role", "user"]
 
 
+SPEC_MAX_BYTES = 1024**2
+"""The largest `chunk.json` (a ChunkSpec as JSON, bytes) the operator and the transcoder
+read from S3: the recorder writes it, so it is untrusted, and a legitimate one (at most
+`MAX_TRACKS` tracks with keys of at most `KEY_MAX` characters, and the opt-out lists) is
+a few hundred KB at most."""
+
 CONDITION_REASON_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
 """A Kubernetes condition reason: UpperCamelCase, letters and digits (API conventions,
 "Typical status properties"; `metav1.Condition.reason`)."""

@@ -137,6 +137,12 @@ POOL_CONNECTIONS = 32
 store at the same time (the operator's 32 blocking-call threads, promotion's 8 fetchers)."""
 
 
+JSON_MAX_BYTES = 64 * 1024**2
+"""The largest JSON document `get_json` reads (bytes): far above any Voicetrack writes (a
+4 h session's promotion plan at 5 s chunks is a few MB); readers of documents a recorder
+writes pass the smaller `voicetrack.chunkspec.SPEC_MAX_BYTES`."""
+
+
 class ObjectStore:
     """One bucket of an S3 server, signed for with `credentials_provider(settings)`. Every
     method raises NotFoundError, TemporaryFailure or InvalidInputError for S3 and network
@@ -249,14 +255,18 @@ class ObjectStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def get_json(self, key: str) -> Any:
-        """The object at `key` parsed as JSON. Raises NotFoundError when it does not exist,
-        InvalidInputError when it is not JSON."""
-        data = self.get_bytes(key)
+    def get_json(self, key: str, limit: int = JSON_MAX_BYTES) -> Any:
+        """The object at `key` parsed as JSON, read only up to `limit` bytes (a document
+        someone else can write, e.g. a recorder's `chunk.json`, never fills memory).
+        Raises NotFoundError when it does not exist, InvalidInputError when it is larger
+        than `limit` or not JSON (nested too deeply for the parser too: before, that
+        RecursionError escaped every caller's error handling)."""
+        data = self.get_bytes(key, limit=limit)
         try:
             return json.loads(data)
-        except ValueError as err:
-            raise InvalidInputError(f"{key}: not JSON: {err}") from err
+        except (ValueError, RecursionError) as err:
+            raise InvalidInputError(f"{key}: not JSON: {type(err).__name__}: "
+                                    f"{str(err)[:200]}") from err
 
     def exists(self, key: str) -> bool:
         """Whether an object is at `key` (False also when the bucket is missing)."""

@@ -35,7 +35,7 @@ from tests.e2e.test_operator_services import (
     put_raws,
 )
 from tests.fixtures.cluster import Kubectl
-from voicetrack.chunkspec import ChunkOutput, ChunkSpec
+from voicetrack.chunkspec import SPEC_MAX_BYTES, ChunkOutput, ChunkSpec
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
 from voicetrack.names import chunk_name, owner_reference, transcode_job_name
@@ -207,6 +207,28 @@ async def test_a_refused_chunk_is_not_rebuilt_from_its_manifest_later(
     inv = await chunk_inventory(ctx, s)
     assert inv.chunks == {} and inv.unaccounted == {3}
     assert chunk_name("ahead", 3) in inv.refused
+
+
+async def test_a_forged_chunk_json_neither_crashes_nor_fills_the_inventory(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A recorder can write any `chunks/<i>/chunk.json` its grant allows: one nested too
+    deeply for the JSON parser, and one larger than any chunk spec, are kept unaccounted
+    (their folders left in place) and the rest of the inventory goes on. Before, the first
+    raised RecursionError out of `chunk_inventory` (the deletion's handler failed at every
+    retry, the finalizer held for good) and the second was read whole into the operator's
+    memory (up to the grant's 2 GB: an OOM kill, and the same deletion again after it)."""
+    s = await make_session(ctx, kubectl, namespace, "forged")
+    await SessionService(ctx).ensure_session(s)
+    store = ctx.store(s.spec.storage.bucket)
+    store.sync.put_bytes(s.layout.chunk_manifest_key(5), b"[" * 200_000, "application/json")
+    store.sync.put_bytes(s.layout.chunk_manifest_key(6),
+                         b'{"pad": "' + b"x" * (SPEC_MAX_BYTES + 10) + b'"}', "application/json")
+    doc = chunk_doc(s, 7, 0, 200)
+    await put_raws(ctx, s, doc)
+    await store.put_json(s.layout.chunk_manifest_key(7), doc["spec"])
+    inv = await chunk_inventory(ctx, s)
+    assert inv.unaccounted == {5, 6}
+    assert sorted(inv.chunks) == [7] and inv.chunks[7].rebuilt
 
 
 async def test_a_result_json_naming_another_sessions_outputs_fails_the_chunk(

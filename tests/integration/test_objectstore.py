@@ -34,6 +34,19 @@ def test_missing_key_is_not_found(object_store: ObjectStore, tmp_path: Path) -> 
     assert object_store.list_keys("") == []
 
 
+def test_json_too_large_or_too_deep_is_invalid_input(object_store: ObjectStore) -> None:
+    """`get_json` reads at most `limit` bytes, and a document nested past the parser's
+    recursion limit is InvalidInputError like any non-JSON one (before: RecursionError,
+    which no caller handles)."""
+    object_store.put_bytes("deep.json", b"[" * 200_000, "application/json")
+    with pytest.raises(InvalidInputError, match=r"deep\.json: not JSON: RecursionError"):
+        object_store.get_json("deep.json")
+    object_store.put_bytes("big.json", b'{"a": "' + b"x" * 2000 + b'"}', "application/json")
+    with pytest.raises(InvalidInputError, match=r"big\.json: larger than 1000 bytes"):
+        object_store.get_json("big.json", limit=1000)
+    assert object_store.get_json("big.json", limit=4000)["a"] == "x" * 2000
+
+
 def test_missing_bucket_is_not_found(s3_server: S3Settings) -> None:
     store = ObjectStore(dataclasses.replace(s3_server, bucket="vt-never-created"))
     with pytest.raises(NotFoundError, match="NoSuchBucket"):

@@ -26,7 +26,7 @@ from typing import Final, Literal
 
 from pydantic import ValidationError
 
-from voicetrack.chunkspec import ChunkSpec
+from voicetrack.chunkspec import SPEC_MAX_BYTES, ChunkSpec
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PieceManifest
@@ -132,7 +132,7 @@ def _read_spec(store: ObjectStore, layout: MeetingLayout, key: str, index: int,
     """The spec at `key` if it parses and is chunk `index`'s (`spec_problem`), else None
     (a refusal logged with `whose`)."""
     try:
-        spec = ChunkSpec.model_validate(store.get_json(key))
+        spec = ChunkSpec.model_validate(store.get_json(key, SPEC_MAX_BYTES))
     except NotFoundError:
         return None
     except (InvalidInputError, ValidationError) as err:
@@ -158,7 +158,8 @@ def _spec_at(store: ObjectStore, layout: MeetingLayout, index: int
     recorder's copy."""
     key = layout.frozen_spec_key(index)
     try:
-        frozen: ChunkSpec | None = ChunkSpec.model_validate(store.get_json(key))
+        frozen: ChunkSpec | None = ChunkSpec.model_validate(store.get_json(key,
+                                                                           SPEC_MAX_BYTES))
     except NotFoundError:
         frozen = None
     except (InvalidInputError, ValidationError) as err:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from voicetrack.objectstore import ObjectStore
+from voicetrack.objectstore import JSON_MAX_BYTES, ObjectStore
 
 LIST_PAGE = 1000
 """Keys per page of `AsyncObjectStore.object_pages` (S3's own page size)."""
@@ -37,9 +37,10 @@ class AsyncObjectStore:
         """Write `doc` as JSON at `key`; returns its sha256 (hex)."""
         return await asyncio.to_thread(self.sync.put_json, key, doc)
 
-    async def get_json(self, key: str) -> Any:
-        """The JSON document at `key`. Raises NotFoundError, InvalidInputError (not JSON)."""
-        return await asyncio.to_thread(self.sync.get_json, key)
+    async def get_json(self, key: str, limit: int = JSON_MAX_BYTES) -> Any:
+        """The JSON document at `key`, at most `limit` bytes (`ObjectStore.get_json`).
+        Raises NotFoundError, InvalidInputError (larger, or not JSON)."""
+        return await asyncio.to_thread(self.sync.get_json, key, limit)
 
     async def digest(self, key: str) -> tuple[int, str]:
         """(size in bytes, sha256 hex) of the object at `key`, streamed."""

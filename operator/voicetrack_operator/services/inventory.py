@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from voicetrack.chunkspec import ChunkSpec, ChunkStatus
+from voicetrack.chunkspec import SPEC_MAX_BYTES, ChunkSpec, ChunkStatus
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import parse_key
 from voicetrack.manifests import PromotionPlan
@@ -151,7 +151,8 @@ async def chunk_inventory(ctx: Context, s: SessionView,
         spec = None
         if manifest is not None:
             try:
-                spec = ChunkSpec.model_validate(await store.get_json(manifest))
+                spec = ChunkSpec.model_validate(await store.get_json(manifest,
+                                                                     SPEC_MAX_BYTES))
             except (InvalidInputError, NotFoundError, ValueError) as err:
                 log.warning("chunk manifest %s unusable: %s", manifest, err)
         why = None if spec is None else chunk_refusal(
