@@ -25,18 +25,23 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e import test_operator_services as services_tests
-from tests.e2e.test_operator_services import kubeconfig_with, make_session
+from tests.e2e.test_operator_services import kubeconfig_with, make_session, set_status
 from tests.e2e.test_recorder_terminating_namespace import assert_in_s3
 from tests.fixtures.cluster import Kubectl
 from tests.unit.test_recorder_spool import chunk_of, sine_packet
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import ApiAccessDenied
 from voicetrack.kubeclient import load_api_client
+from voicetrack.layout import MIX_TRACK
+from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_operator.context import Context
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
 from voicetrack_operator.services.inventory import chunk_inventory
 from voicetrack_operator.services.isolation import ensure_recorder_identity
+from voicetrack_operator.services.sessions import SessionService
 from voicetrack_recorder.chunker import SealedChunk
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.spool import Spool
@@ -116,3 +121,35 @@ async def test_a_recorder_refused_by_the_api_while_stopping_gets_its_chunks_into
     assert sorted(inv.chunks) == [0, 1, 2] and not inv.refused
     assert not inv.chunks[0].rebuilt
     assert inv.chunks[1].rebuilt and inv.chunks[2].rebuilt
+
+
+async def test_a_meeting_whose_chunks_were_all_rebuilt_from_s3_is_recorded(
+        ctx: Context, kubectl: Kubectl, namespace: str) -> None:
+    """The record step after a promotion of chunks rebuilt from S3 only (a young session
+    deleted with `--cascade=foreground`: its RecordingChunks went before any was mirrored
+    `done`, so SQL has no done temp row): the verified final manifest is recorded, the
+    meeting ends `completed`. Before, `promote_temp_recordings_to_persistent` returned
+    nothing without a done temp row and the step raised PromotionFailed at every retry:
+    the finalizer held for good (review of 4b38f23)."""
+    s = await make_session(ctx, kubectl, namespace, "young")
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    store = ctx.store(s.spec.storage.bucket)
+    tracks = []
+    for kind, user in (("speaker", USER), ("mixed", None)):
+        key = s.layout.final_key(user or MIX_TRACK, "mp3")
+        body = f"final {kind}".encode()
+        tracks.append(FinalTrack(track=user or MIX_TRACK, kind=kind, user_id=user, format="mp3",
+                                 key=key, bytes=len(body),
+                                 sha256=store.sync.put_bytes(key, body, "audio/mpeg"),
+                                 duration_ms=1000))
+    await store.put_json(s.layout.final_manifest_key, FinalManifest(
+        tool_version="test", meeting_id=s.meeting_id, duration_ms=1000, recorded_ms=1000,
+        paused_ms=0, tracks=tracks).to_api())
+    assert await ctx.db.get_temp_recordings_for_meeting(s.meeting_id) == []
+
+    p = await DeletionService(ctx).record(s, DeletionProgress(step=DeletionStep.RECORD,
+                                                              promoted=True))
+    assert p.step is DeletionStep.COLLECT and p.recording_ids and len(p.recording_ids) == 2
+    rows = await ctx.db.get_recordings_for_meeting(s.meeting_id)
+    assert sorted(r.object_key for r in rows) == sorted(t.key for t in tracks)
+    assert (await ctx.db.get_meeting(s.meeting_id)).status == "completed"

@@ -375,6 +375,20 @@ async def test_promotion_without_done_chunk_is_empty(db_service: RecordingServic
     assert await db_service.get_recordings_for_meeting(MEETING) == []
 
 
+async def test_promotion_of_a_verified_manifest_needs_no_done_row(
+        db_service: RecordingService) -> None:
+    """`require_done_rows=False` (the operator, its final manifest verified, its chunks
+    rebuilt from S3 with no row mirrored done): the tracks are recorded all the same, and
+    the temp rows there are retired."""
+    await db_service.create_meeting(MEETING, GUILD, CHANNEL, T0)
+    await mirror(db_service, 0, ALICE, "in_progress")
+    ids = await db_service.promote_temp_recordings_to_persistent(
+        MEETING, "both", final_tracks(), require_done_rows=False)
+    rows = await db_service.get_recordings_for_meeting(MEETING)
+    assert sorted(r.id for r in rows) == sorted(ids) and len(ids) == len(final_tracks())
+    assert await db_service.get_temp_recordings_for_meeting(MEETING) == []
+
+
 async def test_promotion_bad_input_writes_nothing(db_service: RecordingService) -> None:
     await _meeting_with_chunks(db_service)
     speakers_only = [t for t in final_tracks() if t.kind == "speaker"]

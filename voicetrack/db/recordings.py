@@ -118,6 +118,7 @@ class PersistentRecordingStore(MeetingStore):
         *,
         keep_temp_rows: bool = False,
         session_uid: str | None = None,
+        require_done_rows: bool = True,
     ) -> list[str]:
         """Record a promoted meeting's final tracks and retire its temp rows.
 
@@ -128,7 +129,11 @@ class PersistentRecordingStore(MeetingStore):
         meeting's temp rows are deleted, or, with `keep_temp_rows` (audit), marked
         `cleaned = 1`. Returns the recording ids: speakers in the given order, then the mix.
 
-        With no `done` temp row the result is `[]` and nothing is written or deleted.
+        With no `done` temp row the result is `[]` and nothing is written or deleted,
+        unless `require_done_rows` is False: the operator's promotion verified `tracks`
+        against chunks it rebuilt from S3 (their RecordingChunks deleted before any was
+        mirrored `done`: a young session deleted with `--cascade=foreground`, or its
+        namespace deleted), so the final manifest, not the mirror, says they exist.
         Idempotent: a track already recorded for the meeting (same object key) keeps its row
         and id, so a retried promotion returns the same ids, also after the temp rows are
         gone. NotFoundError for an unknown meeting; MeetingIdInUse (nothing written) when
@@ -159,7 +164,7 @@ class PersistentRecordingStore(MeetingStore):
                 )
             )
         }
-        if len(existing) < len(rows):
+        if require_done_rows and len(existing) < len(rows):
             done = await self.session.scalar(
                 select(func.count())
                 .select_from(TempRecording)

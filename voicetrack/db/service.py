@@ -325,6 +325,7 @@ class RecordingService:
         *,
         keep_temp_rows: bool = False,
         session_uid: str | None = None,
+        require_done_rows: bool = True,
     ) -> list[str]:
         """See `RecordingStore.promote_temp_recordings_to_persistent`: the rows and the
         temp-row deletion (or `cleaned = 1`) commit together or not at all; with
@@ -332,7 +333,7 @@ class RecordingService:
         return await self._run(
             lambda s: s.promote_temp_recordings_to_persistent(
                 meeting_id, tracks_option, tracks, keep_temp_rows=keep_temp_rows,
-                session_uid=session_uid,
+                session_uid=session_uid, require_done_rows=require_done_rows,
             )
         )
 

@@ -58,7 +58,6 @@ from voicetrack_operator.services.leftout import (
 from voicetrack_operator.services.live import LiveService
 from voicetrack_operator.services.promotion import (
     ChunkInputFailed,
-    PromotionFailed,
     final_manifest,
     run_promotion,
 )
@@ -311,12 +310,14 @@ class DeletionService:
             ok, message = await self.sessions.resync(s, objs)
             if not ok:
                 raise TemporaryFailure(message, delay=5)
+            # the verified final manifest is the record, also when no temp row is done:
+            # chunks rebuilt from S3 (their objects deleted before any was mirrored done,
+            # e.g. --cascade=foreground on a young session) have none; before, that
+            # failed the promotion for good and held the finalizer
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(
                 s.meeting_id, s.spec.output.tracks, manifest.tracks,
-                keep_temp_rows=s.spec.retain_temp_rows, session_uid=s.ref.uid)
-            if not ids:
-                raise PromotionFailed("final tracks exist but no temp row is done in SQL, so "
-                                      "no recordings row was written; raw chunks kept")
+                keep_temp_rows=s.spec.retain_temp_rows, session_uid=s.ref.uid,
+                require_done_rows=False)
         failed, done = spoken_chunks(objs)  # done but promoted to nothing: opted out
         outcome = meeting_outcome(s.status, ids, (failed, done if p.promoted else 0))
         with contextlib.suppress(NotFoundError):
