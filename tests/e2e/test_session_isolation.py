@@ -33,6 +33,7 @@ from tests.e2e.test_operator_services import (
     kubeconfig_with,
     make_session,
     put_raws,
+    set_status,
 )
 from tests.fixtures.cluster import Kubectl
 from voicetrack.chunkspec import SPEC_MAX_BYTES, ChunkOutput, ChunkSpec
@@ -229,6 +230,38 @@ async def test_a_forged_chunk_json_neither_crashes_nor_fills_the_inventory(
     inv = await chunk_inventory(ctx, s)
     assert inv.unaccounted == {5, 6}
     assert sorted(inv.chunks) == [7] and inv.chunks[7].rebuilt
+
+
+async def test_a_rebuilt_chunk_is_done_only_when_its_raw_tracks_are_what_it_says(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """Chunks rebuilt from S3 with every raw track present: one whose raw track is not the
+    one its `chunk.json` names (sha256), and one the SQL mirror recorded `failed` before
+    its RecordingChunk went, are `failed` with the reason; one whose raw tracks match is
+    `done`. Before, all three were `done` (raw objects present), so each bad one cost a
+    promotion run before being left out, and a fourth failed the promotion for good
+    (`leftout.LEAVE_OUT_MAX`): a recorder could wedge its session's deletion with four
+    forged `chunk.json`s."""
+    s = await make_session(ctx, kubectl, namespace, "rebuilt")
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    store = ctx.store(s.spec.storage.bucket)
+    for index in (3, 4, 5):
+        doc = chunk_doc(s, index, index * 200, index * 200 + 200)
+        for track in doc["spec"]["tracks"]:
+            body = f"raw {track['key']}".encode()
+            track["sha256"] = store.sync.put_bytes(track["key"], body)
+            track["bytes"] = len(body) + (1 if index == 3 else 0)  # 3: not what it says
+        await store.put_json(s.layout.chunk_manifest_key(index), doc["spec"])
+    spec4 = ChunkSpec.model_validate(
+        await store.get_json(s.layout.chunk_manifest_key(4)))
+    await ctx.db.upsert_chunk_status(s.ref.uid, 4, spec4.tracks[0].user_id, s.meeting_id,
+                                     s.spec.guild_id, spec4.tracks[0].key, "ogg-opus",
+                                     "failed", error="opus: corrupted stream")
+    inv = await chunk_inventory(ctx, s)
+    assert sorted(inv.chunks) == [3, 4, 5] and all(c.rebuilt for c in inv.chunks.values())
+    got = {i: (c.status.transcode_status, c.status.error) for i, c in inv.chunks.items()}
+    assert got[3][0] == "failed" and "is not the one its chunk.json names" in got[3][1]
+    assert got[4][0] == "failed" and "opus: corrupted stream" in got[4][1]
+    assert got[5] == ("done", None)
 
 
 async def test_a_result_json_naming_another_sessions_outputs_fails_the_chunk(

@@ -46,6 +46,7 @@ from voicetrack_operator.context import Context
 from voicetrack_operator.plan import excluded_users
 from voicetrack_operator.services.chunkstate import parsed as parse_chunk
 from voicetrack_operator.services.isolation import ChunkClaim, SessionFacts, chunk_refusal
+from voicetrack_operator.services.rebuilt import failed_indexes, rebuilt_status
 from voicetrack_operator.services.sessionview import SessionView, parse_time
 from voicetrack_operator.services.stuck import force_stuck
 
@@ -108,12 +109,13 @@ async def chunk_inventory(ctx: Context, s: SessionView,
     """Reconcile the session's chunk folders in S3 with the chunks the API lists. A listed
     chunk is taken as it is, unless it is not this session's (refused when it was ensured,
     or refused now by `isolation.chunk_refusal`: owner, name, keys, window); a folder
-    without one is rebuilt from its `chunk.json` (checked the same way): `done` when every
-    raw track it names is present (promotion reads the raw audio), else `failed` with the
-    missing keys as the reason. Refused chunks are left out (`refused`), and their folders
-    are never rebuilt (kept: `unaccounted`). The chunks in
+    without one is rebuilt from its `chunk.json` (checked the same way), its state judged
+    by `rebuilt.rebuilt_status` (raw tracks present, then its Job's result, the SQL
+    mirror's `failed`, or the raw tracks' sha256). Refused chunks are left out
+    (`refused`), and their folders are never rebuilt (kept: `unaccounted`). The chunks in
     `left_out` (the deletion's `leftOut`: index → reason) are failed
-    (`ChunkInventory.leave_out`)."""
+    (`ChunkInventory.leave_out`). Raises TemporaryFailure (S3, the API server or, for a
+    rebuilt chunk its Job never vouched for, the database away)."""
     namespace, name = s.ref.namespace, s.ref.name
     inv = ChunkInventory()
     facts, now = session_facts(s), datetime.now(UTC)
@@ -132,6 +134,18 @@ async def chunk_inventory(ctx: Context, s: SessionView,
             continue
         inv.chunks[ref.spec.index] = InventoryChunk(ref.spec, ref.status)
     store = ctx.store(s.spec.storage.bucket)
+    failed_in_sql: dict[int, str] | None = None
+
+    async def failed_rows() -> dict[int, str]:
+        nonlocal failed_in_sql
+        if failed_in_sql is None:
+            try:
+                rows = await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
+            except NotFoundError:  # no meeting row (never written): no row failed
+                rows = []
+            failed_in_sql = failed_indexes(rows, s.ref.uid)
+        return failed_in_sql
+
     folders: dict[int, set[str]] = defaultdict(set)
     for key in await store.list_keys(s.layout.chunks_root):
         parsed = parse_key(key, s.spec.storage.prefix)
@@ -167,12 +181,7 @@ async def chunk_inventory(ctx: Context, s: SessionView,
             log.warning("session %s/%s: chunk %06d has objects in S3 but no RecordingChunk "
                         "and no manifest: kept", namespace, name, index)
             continue
-        missing = [t.key for t in spec.tracks if t.key not in keys]
-        status = ChunkStatus(
-            transcode_status=TranscodeStatus.FAILED if missing else TranscodeStatus.DONE,
-            track_count=len(spec.tracks),
-            error=f"RecordingChunk gone and raw tracks missing: {', '.join(missing)}"
-            if missing else None)
+        status = await rebuilt_status(store, s.layout, spec, keys, failed_rows)
         log.info("session %s/%s: chunk %06d rebuilt from its manifest (%s)", namespace, name,
                  index, status.transcode_status)
         inv.chunks[index] = InventoryChunk(spec, status, rebuilt=True)
