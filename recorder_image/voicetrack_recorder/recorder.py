@@ -312,10 +312,11 @@ class Recorder:
             self._paused_at = now
             log.info("paused at %d ms", now * FRAME_MS)
         elif not paused and self._paused_at is not None:
-            start = self._paused_at
+            start = self._paused_at  # after a restart: the last chunk's end, maybe ahead
             self._paused_at = None
             gap = Gap(start_ms=start * FRAME_MS, end_ms=now * FRAME_MS, cause="paused") \
                 if now > start else None
+            now = max(now, start)  # never over the last chunk (promotion refuses overlaps)
             self.chunker.open(now, gap)
             log.info("resumed at %d ms", now * FRAME_MS)
 

@@ -7,7 +7,11 @@ ValidationError, and any disk error other than ENOSPC an OSError: neither is Spo
 either left the capture loop, the index was used up without a gap and the container
 crash-looped, losing every chunk. Now the chunker keeps the MAX_TRACKS speakers with the
 most frames, and any failure to spool a chunk drops its window into the next chunk's
-`connection-lost` gap as a full spool does."""
+`connection-lost` gap as a full spool does.
+
+(B) A restart while paused took the last chunk's end (up to MAX_CLOCK_LEAD_MS ahead of this
+node's clock) as the pause slot, and the resume opened the next window at the clock's "now",
+before that end: an overlapping chunk, which promotion leaves out."""
 
 from __future__ import annotations
 
@@ -124,3 +128,30 @@ async def test_a_disk_error_drops_the_window_into_the_next_chunks_gap(
     last = rec._pending[-1].spec
     assert (last.index, last.start_ms) == (1, 10_000)
     assert last.gap == Gap(start_ms=5_000, end_ms=10_000, cause="connection-lost")
+
+
+@pytest.mark.parametrize(("resume_s", "gap"), [
+    (70.0, None),
+    (100.0, Gap(start_ms=90_000, end_ms=100_000, cause="paused"))])
+async def test_a_paused_restart_resumes_at_the_last_chunks_end_at_the_earliest(
+        tmp_path: Path, resume_s: float, gap: Gap | None) -> None:
+    """The session's last chunk ends at 90 s, 30 s ahead of this node's clock (skew
+    within MAX_CLOCK_LEAD_MS), and the restarted recorder starts paused. A resume at 70 s
+    opens at 90 s without a gap (before, at 70 s: a chunk over the last one's window,
+    which promotion leaves out); one at 100 s opens there after a `paused` gap from 90 s."""
+    now = [60.0]
+    rec = recorder_at(tmp_path, now)
+    rec.chunker.next_index = 7
+    rec.resume_point(90_000, paused=True)
+    assert not rec.chunker.is_open
+    now[0] = resume_s
+    rec.kube.paused = False
+    await rec._follow_pause(rec.clock.now_slot())
+    packet = sine_packet()
+    start = max(rec.clock.now_slot(), 90_000 // 20)
+    for slot in range(start - 10, start + WINDOW):  # frames before the window are late
+        rec.push(user(1), slot, packet)
+    await rec._spool(rec.chunker.seal())
+    spec = rec._pending[-1].spec
+    assert (spec.index, spec.start_ms, spec.gap) == (7, max(resume_s * 1000, 90_000), gap)
+    assert spec.tracks[0].frames == WINDOW
