@@ -8,7 +8,9 @@ received for it or the Opus silence frame, so every track of a chunk decodes to 
 `(endMs - startMs) * 48` samples per channel and tracks align by construction (DESIGN.md,
 "Raw chunk format").
 
-The chunker holds no clock and does no I/O: the recorder's loop decides when to seal.
+The chunker holds no clock and does no I/O (it logs): the recorder's loop decides when to
+seal. A window of more than MAX_TRACKS speakers keeps the MAX_TRACKS with the most frames
+(`seal`; the others are logged and counted, `SealedChunk.left_out`).
 
 A pause or the end of a run `stop`s recording at a slot without sealing: the open window
 ends there and takes the frames still coming for the slots before it (a jitter buffer
@@ -26,12 +28,16 @@ consent runs degraded (`Consent.degraded`) says so (`SealedChunk.consent_degrade
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME
 from voicetrack.chunkspec import ConsentDegraded, Gap, OptOut
+from voicetrack.resources import MAX_TRACKS
 from voicetrack_recorder.consent import Consent
+
+log = logging.getLogger(__name__)
 
 MAX_AHEAD_SLOTS = 50 * 60
 """Frames more than a minute ahead of the open window are refused (a bad timestamp)."""
@@ -63,6 +69,9 @@ class SealedChunk:
     """Members opted out when the window was sealed (`ChunkSpec.optedOut`)."""
     consent_degraded: ConsentDegraded | None = None
     """Why consent ran degraded when the window was sealed (`ChunkSpec.consentDegraded`)."""
+    left_out: list[str] = field(default_factory=list)
+    """Speakers with audio in the window but no track: past MAX_TRACKS, those with the
+    fewest frames (logged; not in the ChunkSpec, see `Chunker.seal`)."""
 
 
 @dataclass
@@ -87,6 +96,8 @@ class ChunkerStats:
     ahead: int = 0
     opted_out: int = 0
     """Frames refused or cut because their user had opted out by their slot."""
+    left_out: int = 0
+    """Frames of speakers left out of a window past MAX_TRACKS speakers (`Chunker.seal`)."""
 
 
 class Chunker:
@@ -222,7 +233,15 @@ class Chunker:
         With `reopen`, the next window opens at `end_slot` at once (no gap), unless the
         window ends where recording stopped (`stop`): then the first queued window opens,
         if any (likewise without `reopen`). Returns None when no window is open or the
-        window would be empty (end <= start)."""
+        window would be empty (end <= start).
+
+        A chunk has at most MAX_TRACKS tracks (the ChunkSpec model's and the CRD's bound;
+        a raid of more speakers in one window made the spool's spec raise, and the recorder
+        crash-looped losing every chunk): past it, the speakers with the most frames keep
+        theirs (ties by user id), the others' frames of the window are dropped, counted in
+        `stats.left_out`, listed in `SealedChunk.left_out` and logged (a warning naming
+        them). They are not written into the chunk: the ChunkSpec is bounded by design (the
+        object's size) and has no field for them."""
         if self.start_slot is None:
             return None
         start = self.start_slot
@@ -235,12 +254,23 @@ class Chunker:
             return None
         for user_id, since_ms in self.consent.cuts() if self.consent is not None else ():
             self.cut(user_id, since_ms)
+        counts = {u: sum(start <= s < end for s in f) for u, f in self._frames.items()}
+        speakers = sorted((u for u, n in counts.items() if n), key=lambda u: (-counts[u], u))
+        left_out = sorted(speakers[MAX_TRACKS:])  # past the model's and the CRD's bound
+        for user_id in left_out:  # their frames of the window go with them
+            frames = self._frames[user_id]
+            for s in [s for s in frames if start <= s < end]:
+                del frames[s]
+            self.stats.left_out += counts[user_id]
+        if left_out:
+            log.warning("chunk %d [%d, %d) ms: %d speakers, at most %d tracks: left out the "
+                        "%d with the fewest frames (%d frames): %s", self.next_index,
+                        start * FRAME_MS, end * FRAME_MS, len(speakers), MAX_TRACKS,
+                        len(left_out), sum(counts[u] for u in left_out), ", ".join(left_out))
         tracks: list[SealedTrack] = []
-        for user_id in sorted(self._frames):
+        for user_id in sorted(speakers[:MAX_TRACKS]):
             frames = self._frames[user_id]
             got = sorted(s for s in frames if start <= s < end)
-            if not got:
-                continue
             packets = [frames.pop(s, OPUS_SILENCE_FRAME) for s in range(start, end)]
             tracks.append(SealedTrack(user_id=user_id, packets=packets, frames=len(got),
                                       first_ms=got[0] * FRAME_MS, last_ms=got[-1] * FRAME_MS))
@@ -250,7 +280,7 @@ class Chunker:
             opted_out = self.consent.opted_out()
         chunk = SealedChunk(index=self.next_index, start_ms=start * FRAME_MS,
                             end_ms=end * FRAME_MS, gap=gap, tracks=tracks,
-                            opted_out=opted_out, consent_degraded=(
+                            opted_out=opted_out, left_out=left_out, consent_degraded=(
                                 self.consent.degraded if self.consent is not None else None))
         self.next_index += 1
         self._follow(closed, end, None)

@@ -8,20 +8,20 @@ or the end of a run (SIGTERM too) ends the open chunk at its slot, sealed by the
 (`sealing`: frames a jitter buffer still holds make it in, none after that slot); on resume
 the next chunk carries a `paused` gap, which promotion cuts.
 
-Sealed chunks go to the spool on the pod's disk first (bounded: `voicetrack_recorder.
-spool`), and the upload task sends them in index order, retrying an S3 or API outage
-without a count limit while the session lives; in memory only their specs wait. A chunk the
-spool cannot take (full) is dropped and its window becomes the next chunk's
-`connection-lost` gap (the index is reused, so indices stay consecutive). When the end is
-forced (SIGTERM: the pod is being deleted; or the session deleted), what cannot be uploaded
-within the grace period (re-adopted chunks too) is given up the same way: one marker chunk
-without tracks (it needs no S3) carries the lost window as its `connection-lost` gap, so
-nothing disappears without a cause. A run that ends by itself (auto-stop, a limit) has no
-such deadline at first: it keeps uploading with the same backoff until the spool is empty,
-and arms the deadline when SIGTERM or the deletion comes meanwhile, or after DRAIN_MAX_S;
-an error end (the source or the uploads failed) arms it at once (before, an S3 outage at an
-auto-stop lost the spooled audio after 20 s though nothing forced an end). The operator
-keeps the upload grant valid while the pod has not Succeeded.
+Sealed chunks go to the spool on the pod's disk first (bounded:
+`voicetrack_recorder.spool`), and the upload task sends them in index order, retrying an S3
+or API outage without a count limit while the session lives; in memory only their specs
+wait. A chunk the spool cannot take (full, or a disk error) is dropped and its window
+becomes the next chunk's `connection-lost` gap (the index is reused, so indices stay
+consecutive). When the end is forced (SIGTERM: the pod is being deleted; or the session
+deleted), what cannot be uploaded within the grace period (re-adopted chunks too) is given
+up the same way: one marker chunk without tracks (it needs no S3) carries the lost window
+as its `connection-lost` gap, so nothing disappears without a cause. A run that ends by
+itself (auto-stop, a limit) has no such deadline at first: it keeps uploading with the same
+backoff until the spool is empty, and arms the deadline when SIGTERM or the deletion comes
+meanwhile, or after DRAIN_MAX_S; an error end (the source or the uploads failed) arms it at
+once (before, an S3 outage at an auto-stop lost the spooled audio after 20 s though nothing
+forced an end). The operator keeps the upload grant valid while the pod has not Succeeded.
 
 Consent at stop (issue 12, docs/consent.md): an opt-out that no chunk carried (made while
 paused, or seen after the last seal) is written at stop in a consent marker chunk; it and
@@ -312,17 +312,21 @@ class Recorder:
             self._paused_at = now
             log.info("paused at %d ms", now * FRAME_MS)
         elif not paused and self._paused_at is not None:
-            start = self._paused_at
+            start = self._paused_at  # after a restart: the last chunk's end, maybe ahead
             self._paused_at = None
             gap = Gap(start_ms=start * FRAME_MS, end_ms=now * FRAME_MS, cause="paused") \
                 if now > start else None
+            now = max(now, start)  # never over the last chunk (promotion refuses overlaps)
             self.chunker.open(now, gap)
             log.info("resumed at %d ms", now * FRAME_MS)
 
     async def _spool(self, chunk: SealedChunk | None) -> None:
-        """Write a sealed chunk to the spool and queue its upload. When the spool is full
-        the chunk is dropped: its index goes back to the chunker and its window (with the
-        gap it carried) becomes the `connection-lost` gap of the next chunk spooled."""
+        """Write a sealed chunk to the spool and queue its upload. When the spool is full,
+        or writing it fails otherwise (an OSError such as EIO, EDQUOT or EROFS, a spec the
+        model refuses: logged with its traceback; before, it ended the run and the
+        container crash-looped), the chunk is dropped: its index goes back to the chunker
+        and its window (with the gap it carried) becomes the `connection-lost` gap of the
+        next chunk spooled."""
         if chunk is None:
             return
         if self._lost is not None:  # the lost window ends where this chunk starts or before
@@ -330,12 +334,13 @@ class Recorder:
                             cause="connection-lost")
         try:
             spooled = await asyncio.to_thread(self.uploader.spool_chunk, chunk)
-        except SpoolFull as err:
+        except Exception as err:  # any failure to keep it drops the window (not a crash)
             self.chunker.reclaim(chunk)
             start = chunk.gap.start_ms if chunk.gap is not None else chunk.start_ms
             self._lost = Gap(start_ms=start, end_ms=chunk.end_ms, cause="connection-lost")
             log.error("chunk %d [%d, %d) ms dropped: %s; lost since %d ms", chunk.index,
-                      chunk.start_ms, chunk.end_ms, err, start)
+                      chunk.start_ms, chunk.end_ms, err, start,
+                      exc_info=not isinstance(err, SpoolFull))
             return
         self._lost = None
         self._last = (chunk.end_ms, list(chunk.opted_out))

@@ -159,7 +159,8 @@ class ChunkUploader:
         self.stats = UploadStats(acked=read_acked(self.ack_file))
 
     def spool_chunk(self, chunk: SealedChunk) -> SpooledChunk:
-        """Encode `chunk` into the spool (chunks in index order). Raises SpoolFull."""
+        """Encode `chunk` into the spool (chunks in index order). Raises SpoolFull, OSError
+        (another disk failure) or pydantic's ValidationError (`Spool.add`)."""
         return self.spool.add(chunk)
 
     def adopt(self, existing: list[ChunkSpec]) -> list[SpooledChunk]:

@@ -1,0 +1,157 @@
+"""Review findings in the recorder's seal → spool path, with real libopus packets and a real
+Spool (the Kubernetes client and the object store point at a loopback port nothing listens
+on: spooling touches neither).
+
+(A) More than MAX_TRACKS speakers in one window made the spool's ChunkSpec raise a
+ValidationError, and any disk error other than ENOSPC an OSError: neither is SpoolFull, so
+either left the capture loop, the index was used up without a gap and the container
+crash-looped, losing every chunk. Now the chunker keeps the MAX_TRACKS speakers with the
+most frames, and any failure to spool a chunk drops its window into the next chunk's
+`connection-lost` gap as a full spool does.
+
+(B) A restart while paused took the last chunk's end (up to MAX_CLOCK_LEAD_MS ahead of this
+node's clock) as the pause slot, and the resume opened the next window at the clock's "now",
+before that end: an overlapping chunk, which promotion leaves out."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.unit.test_recorder_spool import GUILD, LAYOUT, sine_packet, unreachable
+from voicetrack.chunkspec import Gap
+from voicetrack.objectstore import ObjectStore, S3Settings
+from voicetrack.resources import MAX_TRACKS, SessionSpec
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.recorder import Recorder
+from voicetrack_recorder.spool import Spool
+from voicetrack_recorder.uploader import ChunkUploader
+
+pytestmark = pytest.mark.unit
+
+WINDOW = 250
+"""Slots of a 5 s chunk."""
+
+
+def recorder_at(tmp_path: Path, now_s: list[float]) -> Recorder:
+    """A recorder of 5 s chunks on a real spool under `tmp_path`, its session clock at
+    `now_s[0]` seconds (session time; mutable)."""
+    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
+                        "rec", "standup")
+    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
+                                   secret_key="b"))
+    spool = Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup")
+    spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD,
+                                       "chunkSeconds": 5})
+    uploader = ChunkUploader(store, kube, spool, "uid-1", str(tmp_path / "acks.json"))
+    return Recorder(kube, uploader, spec, SessionClock(0, time_fn=lambda: now_s[0]))
+
+
+def user(i: int) -> str:
+    return f"{2 * 10**17 + i}"
+
+
+async def test_more_than_max_tracks_speakers_keep_the_busiest_and_the_run_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """130 speakers in one window: the chunk spools with the 128 who sent the most frames
+    (ties by user id), the two left out are named in a warning, and they are recorded
+    again in the next window. Before, the spool's spec raised a ValidationError out of
+    `_spool` (the run ended, the container crash-looped)."""
+    rec = recorder_at(tmp_path, [0.0])
+    packet = sine_packet()
+    rec.chunker.open(0)
+    for i in range(MAX_TRACKS + 2):  # users 0-126: 20+ frames; users 127-129: 5 each
+        frames = 20 + i if i < MAX_TRACKS - 1 else 5
+        for slot in range(frames):
+            assert rec.push(user(i), slot, packet)
+    with caplog.at_level(logging.WARNING):
+        chunk = rec.chunker.seal()
+        await rec._spool(chunk)
+    assert chunk is not None and chunk.left_out == [user(128), user(129)]
+    spec = rec._pending[-1].spec
+    assert spec.index == 0 and len(spec.tracks) == MAX_TRACKS
+    assert [t.user_id for t in spec.tracks] == [user(i) for i in range(MAX_TRACKS)]
+    assert [t.frames for t in spec.tracks][-2:] == [20 + MAX_TRACKS - 2, 5]
+    assert rec.chunker.stats.left_out == 10
+    assert f"{user(128)}, {user(129)}" in caplog.text and "left out" in caplog.text
+    for slot in range(WINDOW, WINDOW + 3):  # the next window records them again
+        assert rec.push(user(129), slot, packet)
+    await rec._spool(rec.chunker.seal())
+    nxt = rec._pending[-1].spec
+    assert (nxt.index, nxt.gap, [t.user_id for t in nxt.tracks]) == (1, None, [user(129)])
+
+
+@contextmanager
+def file_size_limit() -> Iterator[None]:
+    """Within: every write past 4 KiB of a file fails with EFBIG (RLIMIT_FSIZE, SIGXFSZ
+    ignored), a disk error that is not ENOSPC."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+async def test_a_disk_error_drops_the_window_into_the_next_chunks_gap(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An OSError other than ENOSPC while writing a chunk (here EFBIG from a file-size
+    limit) is handled as a full spool: the window is dropped, its index given back, and
+    the next chunk spooled carries it as a `connection-lost` gap. Before, the OSError left
+    `_spool` (the run ended, the container crash-looped losing every chunk)."""
+    rec = recorder_at(tmp_path, [0.0])
+    packet = sine_packet()
+    rec.chunker.open(0)
+
+    async def window(n: int) -> None:
+        for slot in range(n * WINDOW, (n + 1) * WINDOW):
+            rec.push(user(1), slot, packet)
+        await rec._spool(rec.chunker.seal())
+
+    await window(0)
+    with file_size_limit(), caplog.at_level(logging.ERROR):
+        await window(1)
+    assert [s.index for s in rec._pending] == [0] and rec.chunker.next_index == 1
+    assert "File too large" in caplog.text and "chunk 1 [5000, 10000) ms dropped" in caplog.text
+    assert not (rec.uploader.spool.root / "000001").exists()  # nothing half-written left
+    await window(2)
+    last = rec._pending[-1].spec
+    assert (last.index, last.start_ms) == (1, 10_000)
+    assert last.gap == Gap(start_ms=5_000, end_ms=10_000, cause="connection-lost")
+
+
+@pytest.mark.parametrize(("resume_s", "gap"), [
+    (70.0, None),
+    (100.0, Gap(start_ms=90_000, end_ms=100_000, cause="paused"))])
+async def test_a_paused_restart_resumes_at_the_last_chunks_end_at_the_earliest(
+        tmp_path: Path, resume_s: float, gap: Gap | None) -> None:
+    """The session's last chunk ends at 90 s, 30 s ahead of this node's clock (skew
+    within MAX_CLOCK_LEAD_MS), and the restarted recorder starts paused. A resume at 70 s
+    opens at 90 s without a gap (before, at 70 s: a chunk over the last one's window,
+    which promotion leaves out); one at 100 s opens there after a `paused` gap from 90 s."""
+    now = [60.0]
+    rec = recorder_at(tmp_path, now)
+    rec.chunker.next_index = 7
+    rec.resume_point(90_000, paused=True)
+    assert not rec.chunker.is_open
+    now[0] = resume_s
+    rec.kube.paused = False
+    await rec._follow_pause(rec.clock.now_slot())
+    packet = sine_packet()
+    start = max(rec.clock.now_slot(), 90_000 // 20)
+    for slot in range(start - 10, start + WINDOW):  # frames before the window are late
+        rec.push(user(1), slot, packet)
+    await rec._spool(rec.chunker.seal())
+    spec = rec._pending[-1].spec
+    assert (spec.index, spec.start_ms, spec.gap) == (7, max(resume_s * 1000, 90_000), gap)
+    assert spec.tracks[0].frames == WINDOW
