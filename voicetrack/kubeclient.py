@@ -39,9 +39,10 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, urllib3.exceptions.HTTPError)
-"""What the client raises when the API server cannot be reached: connection refused and
-timeouts (OSError) and urllib3's MaxRetryError, ProtocolError, … (not OSErrors). Always
-temporary: the API server comes back."""
+"""What the client raises when the API server cannot be reached or does not answer:
+connection refused and socket timeouts (OSError) and urllib3's MaxRetryError,
+ProtocolError, ConnectTimeoutError and ReadTimeoutError (a `_request_timeout` that ran
+out; HTTPErrors, not OSErrors). Always temporary: the API server comes back."""
 
 
 def api_message(err: ApiException) -> str:

@@ -5,8 +5,8 @@ holds only the grant its pod started with.
 
 `RenewingGrantWriter` writes raw tracks like `uploader.GrantWriter` and reads the Secret
 again (`SecretGrantSource`, through the Kubernetes API as the recorder's own
-ServiceAccount, whose Role may `get` that one Secret; each read bounded by
-`READ_TIMEOUT_S`) when:
+ServiceAccount, whose Role may `get` that one Secret; each read bounded like every
+recorder call, `kube.API_TIMEOUTS`) when:
 
 - the grant it holds has less than `RECORDER_SHARE` of its renewal margin left (the
   operator renews at the whole margin, so the new one is there by then); at most once per
@@ -35,7 +35,6 @@ grant it holds is used.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -52,7 +51,7 @@ from voicetrack.uploadgrant import (
     post_object,
     renewal_due,
 )
-from voicetrack_recorder.kube import CLIENT_ERRORS
+from voicetrack_recorder.kube import API_TIMEOUTS, CLIENT_ERRORS, ApiTimeouts, bounded_client
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,6 @@ margin left (`voicetrack.uploadgrant.renewal_due`): after the operator's renewal
 READ_EVERY_S = 5.0
 """At most one read of the Secret per this many seconds (monotonic) for a grant near its
 end, while the Secret still holds the same grant."""
-READ_TIMEOUT_S = (5.0, 10.0)
-"""(connect, read) timeout (s) of one read of the grant Secret: an API server that accepts
-and never answers must not hold the upload path."""
 REFRESH_CODES = frozenset({"AccessDenied", "ExpiredToken", "TokenRefreshRequired",
                            "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 """S3 error codes of a refused POST that a newer grant may cure: an expired policy or a
@@ -100,26 +96,26 @@ class GrantSource(Protocol):
 
 class SecretGrantSource:
     """The grant in Secret `namespace/name`, key `uploadGrant` (the operator's
-    `build_upload_grant_secret`)."""
+    `build_upload_grant_secret`). One read is bounded by `timeouts.request` (an API
+    server that accepts and never answers must not hold the upload path), on a client
+    urllib3 does not retry (`kube.bounded_client`)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
-        # a client of its own that does not retry: one read is bounded by READ_TIMEOUT_S,
-        # not by four of them (urllib3 retries a timed-out GET 3 times by default)
-        config = copy.copy(api.configuration)
-        config.retries = 0
-        self.core = client.CoreV1Api(client.ApiClient(config))
+    def __init__(self, api: client.ApiClient, namespace: str, name: str,
+                 timeouts: ApiTimeouts = API_TIMEOUTS) -> None:
+        self.core = client.CoreV1Api(bounded_client(api))
+        self.timeouts = timeouts
         self.namespace = namespace
         self.name = name
 
     def read(self) -> UploadGrant:
         """The grant the Secret holds now. Raises TemporaryFailure (API unreachable or no
-        answer within `READ_TIMEOUT_S`, 401, 403, 429, 5xx: `translate_api_error`),
+        answer within `timeouts.request`, 401, 403, 429, 5xx: `translate_api_error`),
         NotFoundError (no such Secret), InvalidInputError (no `uploadGrant` key, or not a
         grant: `UploadGrant.from_secret_data`)."""
         what = f"get Secret {self.namespace}/{self.name}"
         try:
             secret = self.core.read_namespaced_secret(self.name, self.namespace,
-                                                      _request_timeout=READ_TIMEOUT_S)
+                                                      _request_timeout=self.timeouts.request)
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, what) from err
         return UploadGrant.from_secret_data(secret.data, f"{self.namespace}/{self.name}")

@@ -12,17 +12,28 @@ and an earlier session's chunks outlive it until the garbage collector deletes t
 `list_chunks` keeps only chunks owned by this session's uid, and a 409 against such a
 leftover is retried (`check_existing`), not taken for another's object.
 
+Every call is bounded (`ApiTimeouts`, the recorder's one home for them: `API_TIMEOUTS`):
+a (connect, read) timeout on each request, on a client of its own that urllib3 does not
+retry (`bounded_client`: its default retries a timed-out GET 3 times), so an API server
+that accepts and never answers (a half-open flow behind a load balancer) holds an upload
+one timeout at most, not past the stop deadline for good; the session watch asks the
+server to end each stream after `watch_s` and reads with a longer timeout, so a dead
+stream ends and is re-opened (pause, opt-outs and the deletion are seen again).
+
 Client errors are translated where they are raised, by `voicetrack.kubeclient.
 translate_api_error` (404 NotFoundError, 409 ConflictError, 401/403/408/429/5xx and an
-unreachable API server TemporaryFailure, other 4xx InvalidInputError), so the uploader's
-retry loop sees a brief API outage as the TemporaryFailure it retries.
+unreachable or silent API server, a timeout included, TemporaryFailure, other 4xx
+InvalidInputError), so the uploader's retry loop sees a brief API outage as the
+TemporaryFailure it retries.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 from kubernetes import client, watch
@@ -59,6 +70,54 @@ NAMESAKE_RETRY_S = 2.0
 still holds (the garbage collector deletes those within seconds to minutes)."""
 
 
+@dataclass(frozen=True)
+class ApiTimeouts:
+    """How long the recorder waits on the Kubernetes API server (s). One call ends within
+    `connect_s + read_s` (a TemporaryFailure when it times out); the flush deadline is
+    read between attempts, so an attempt under way at it overruns it by its calls' time
+    (recorder.FLUSH_GRACE_S). Raises ValueError when `watch_read_s` is not longer than
+    `watch_s` (a quiet watch would then time out before the server ends it)."""
+
+    connect_s: float = 3.0
+    """TCP connect (one SYN retransmission)."""
+    read_s: float = 4.0
+    """Between bytes of one answer (the API server's latency objective for one object is
+    1 s)."""
+    watch_s: int = 30
+    """The server ends each session watch after this long (`timeoutSeconds`)."""
+    watch_read_s: float = 40.0
+    """Between bytes of a watch stream: a quiet watch sends nothing until the server ends
+    it, so only a stream dead for longer than `watch_s` hits this."""
+
+    def __post_init__(self) -> None:
+        if self.watch_read_s <= self.watch_s:
+            raise ValueError(f"watch_read_s ({self.watch_read_s}) must exceed watch_s "
+                             f"({self.watch_s})")
+
+    @property
+    def request(self) -> tuple[float, float]:
+        """`_request_timeout` of one call: (connect, read) s."""
+        return (self.connect_s, self.read_s)
+
+    @property
+    def watch_request(self) -> tuple[float, float]:
+        """`_request_timeout` of one watch stream: (connect, read) s."""
+        return (self.connect_s, self.watch_read_s)
+
+
+API_TIMEOUTS = ApiTimeouts()
+"""The recorder's timeouts on the Kubernetes API (its Secret read too: `grant`)."""
+
+
+def bounded_client(api: client.ApiClient) -> client.ApiClient:
+    """A client on a copy of `api`'s configuration that urllib3 does not retry (its
+    default retries a GET that timed out 3 times: four timeouts where one was meant); the
+    caller retries TemporaryFailure itself."""
+    config = copy.copy(api.configuration)
+    config.retries = 0
+    return client.ApiClient(config)
+
+
 CLOCK_RTT_MAX_S = 2.0
 """A `get_session` answer slower than this (s) does not measure the clock offset: its
 error is up to half the round trip (`clock.server_offset_ms`)."""
@@ -77,10 +136,12 @@ class RecorderKube:
     """The session `name` in `namespace`, seen from its recorder."""
 
     def __init__(self, api: client.ApiClient, namespace: str, name: str,
-                 uid: str | None = None) -> None:
+                 uid: str | None = None, timeouts: ApiTimeouts = API_TIMEOUTS) -> None:
         """`uid`: the session's `metadata.uid` when known; else the first `get_session`
-        binds it (main.py reads the session before anything else)."""
-        self.objects = client.CustomObjectsApi(api)
+        binds it (main.py reads the session before anything else). `timeouts` bound every
+        call (tests shorten them); calls go through `bounded_client(api)`."""
+        self.objects = client.CustomObjectsApi(bounded_client(api))
+        self.timeouts = timeouts
         self.namespace = namespace
         self.name = name
         self.uid = uid
@@ -103,7 +164,8 @@ class RecorderKube:
         sent = time.time()
         try:
             data, _, headers = self.objects.get_namespaced_custom_object_with_http_info(
-                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name)
+                GROUP, VERSION, self.namespace, SESSION_PLURAL, self.name,
+                _request_timeout=self.timeouts.request)
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, f"get RecordingSession {self.name}") from err
         obj = cast(dict[str, Any], data)
@@ -135,7 +197,8 @@ class RecorderKube:
         try:
             res = cast(dict[str, Any], self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL,
-                label_selector=f"{LABEL_SESSION}={self.name}"))
+                label_selector=f"{LABEL_SESSION}={self.name}",
+                _request_timeout=self.timeouts.request))
             items: list[dict[str, Any]] = res["items"]
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, f"list RecordingChunks of {self.name}") from err
@@ -177,7 +240,8 @@ class RecorderKube:
         }
         try:
             self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, CHUNK_PLURAL, body)
+                GROUP, VERSION, self.namespace, CHUNK_PLURAL, body,
+                _request_timeout=self.timeouts.request)
         except CLIENT_ERRORS as err:
             translated = translate_api_error(err, f"create RecordingChunk {name}")
             if isinstance(translated, ConflictError):
@@ -212,7 +276,8 @@ class RecorderKube:
         """The RecordingChunk `name`, None when there is none (404)."""
         try:
             return cast(dict[str, Any], self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, CHUNK_PLURAL, name))
+                GROUP, VERSION, self.namespace, CHUNK_PLURAL, name,
+                _request_timeout=self.timeouts.request))
         except CLIENT_ERRORS as err:
             translated = translate_api_error(err, f"get RecordingChunk {name}")
             if isinstance(translated, NotFoundError):
@@ -256,7 +321,9 @@ class RecorderKube:
         """Keep `self.paused` equal to the session's `spec.paused`, and `self.opt_out` to
         its opt-out lists, until `stop` (a thread body; each attribute is replaced whole,
         so the event loop reads a consistent value). Sets `self.deleted` when the session
-        is being deleted, or is gone (404, or another uid now holds its name)."""
+        is being deleted, or is gone (404, or another uid now holds its name). A stream
+        silent past `timeouts.watch_read_s` (the server ends a live one after `watch_s`)
+        raises urllib3's ReadTimeoutError and is re-opened like any broken watch."""
         while not stop.is_set():
             try:
                 obj = self.get_session()
@@ -265,7 +332,9 @@ class RecorderKube:
                 for event in w.stream(
                         self.objects.list_namespaced_custom_object, GROUP, VERSION,
                         self.namespace, SESSION_PLURAL,
-                        field_selector=f"metadata.name={self.name}", timeout_seconds=30,
+                        field_selector=f"metadata.name={self.name}",
+                        timeout_seconds=self.timeouts.watch_s,
+                        _request_timeout=self.timeouts.watch_request,
                         resource_version=obj["metadata"]["resourceVersion"]):
                     if stop.is_set():
                         w.stop()

@@ -63,10 +63,19 @@ TICK_S = 0.05
 FLUSH_GRACE_S = 20.0
 """How long a recorder forced to stop (SIGTERM, the session deleted) keeps retrying the
 upload of its last chunks, in all: one deadline from the moment the end is forced, inside
-the pod's 30 s termination grace."""
+the pod's 30 s termination grace. The deadline is read between attempts, so an attempt
+under way when it passes ends when its calls do: each Kubernetes call within
+`kube.API_TIMEOUTS` (3 s connect, 4 s read). Against an API server that accepts and never
+answers, the flush ends by 24 s and the lost window's marker create (`MARKER_GRACE_S`;
+one try at least) by 28 s, inside the grace, and its spec goes to S3; a consent marker due
+as well tries once more and may be cut by the SIGKILL. Before the calls were bounded they
+waited for good and the pod was SIGKILLed with no marker. A POST to a silent S3 is
+bounded by its own timeout (`voicetrack.uploadgrant`, 120 s read), which the grace does not
+cover."""
 MARKER_GRACE_S = 5.0
 """After the flush deadline, how long creating the lost window's marker chunk may retry
-(20 + 5 s, inside the 30 s termination grace)."""
+(20 + 5 s, inside the 30 s termination grace; a create under way then ends within one
+call's timeout, `FLUSH_GRACE_S`)."""
 DRAIN_MAX_S = 3600.0
 """How long a run that ended by itself keeps uploading its spool before the flush deadline
 is armed all the same (within the upload grant, which lasts the session's maximum duration

@@ -29,6 +29,7 @@ from voicetrack.uploadgrant import GrantRefused, UploadGrant, mint_upload_grant
 from voicetrack_recorder import grant as grant_module
 from voicetrack_recorder.faults import permanent_cause
 from voicetrack_recorder.grant import GrantAwaited, RenewingGrantWriter, SecretGrantSource
+from voicetrack_recorder.kube import ApiTimeouts
 
 pytestmark = pytest.mark.integration
 
@@ -143,8 +144,7 @@ def test_a_refusal_of_the_policys_conditions_is_not_waited_for(
     assert source.reads == 0 and not object_store.exists(victim)
 
 
-def test_the_grant_secret_read_gives_up_on_a_silent_api_server(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_grant_secret_read_gives_up_on_a_silent_api_server() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)  # accepts (the kernel's backlog) and never answers
@@ -152,8 +152,8 @@ def test_the_grant_secret_read_gives_up_on_a_silent_api_server(
     config.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
     # retries left unset, as `load_api_client` leaves them (urllib3 then retries a GET that
     # timed out 3 times: four timeouts where one was meant)
-    monkeypatch.setattr(grant_module, "READ_TIMEOUT_S", (1.0, 1.0))
-    source = SecretGrantSource(client.ApiClient(config), "ns", "s-recorder")
+    source = SecretGrantSource(client.ApiClient(config), "ns", "s-recorder",
+                               ApiTimeouts(connect_s=1.0, read_s=1.0))
     outcome: list[BaseException] = []
 
     def read() -> None:
