@@ -83,6 +83,10 @@ class ApiTimeouts:
     read_s: float = 4.0
     """Between bytes of one answer (the API server's latency objective for one object is
     1 s)."""
+    list_read_s: float = 30.0
+    """Between bytes of the one list call (`list_chunks`, at start): the API server
+    gathers every chunk of a long session (thousands of objects) before it answers, so
+    `read_s` would time it out for good under load and the recorder would never start."""
     watch_s: int = 30
     """The server ends each session watch after this long (`timeoutSeconds`)."""
     watch_read_s: float = 40.0
@@ -98,6 +102,11 @@ class ApiTimeouts:
     def request(self) -> tuple[float, float]:
         """`_request_timeout` of one call: (connect, read) s."""
         return (self.connect_s, self.read_s)
+
+    @property
+    def list_request(self) -> tuple[float, float]:
+        """`_request_timeout` of the list call: (connect, list read) s."""
+        return (self.connect_s, self.list_read_s)
 
     @property
     def watch_request(self) -> tuple[float, float]:
@@ -198,7 +207,7 @@ class RecorderKube:
             res = cast(dict[str, Any], self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, CHUNK_PLURAL,
                 label_selector=f"{LABEL_SESSION}={self.name}",
-                _request_timeout=self.timeouts.request))
+                _request_timeout=self.timeouts.list_request))
             items: list[dict[str, Any]] = res["items"]
         except CLIENT_ERRORS as err:
             raise translate_api_error(err, f"list RecordingChunks of {self.name}") from err
