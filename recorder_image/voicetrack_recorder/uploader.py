@@ -10,8 +10,8 @@ chunks flushed at SIGTERM while the session's namespace terminates, where the AP
 refuses every create (403, `NamespaceTerminating`), and the chunks flushed after the
 session's own ServiceAccount, Role or RoleBinding were collected (a deletion with
 `--cascade=foreground` collects them at once, before the recorder's SIGTERM flush: 401 or
-403, `ApiAccessDenied`, taken so only when the end is forced). Such a refusal is not
-retried: the
+403, `ApiAccessDenied`), or the API server away at that flush: taken so only when the end
+is forced (`upload`). Such a refusal is not retried: the
 chunk counts as uploaded with its spec in S3, so every spooled chunk gets its turn inside
 the termination grace (before, the first one retried its create until the deadline and
 the rest were given up).
@@ -35,7 +35,7 @@ spec (a second recorder of the session: a pod force-deleted on a node cut off fr
 server but not from S3) are never overwritten; before, they were, and that window's
 transcode failed its sha256 check for good (silence). Two writers racing between the read
 and the create can still both write; the read narrows that to one round trip. The
-S3-only writes after an ApiAccessDenied at a forced end cannot read first (the API refuses
+S3-only writes after an API failure at a forced end cannot read first (the API refuses
 the recorder): there, a second writer's chunk could be overwritten, which needs a
 force-deleted recorder still running at its session's deletion.
 
@@ -58,7 +58,6 @@ from typing import Protocol
 
 from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.errors import (
-    ApiAccessDenied,
     InvalidInputError,
     NamespaceTerminating,
     TemporaryFailure,
@@ -212,25 +211,30 @@ class ChunkUploader:
         Retries TemporaryFailure with backoff (0.5 s doubling to 10 s, no count limit)
         until `deadline()` (monotonic seconds, or None = forever; read before every retry,
         so a stop sets one deadline for all pending uploads); then removes its spool files.
-        When the end is forced (`forced()`, read once per refusal: SIGTERM or the session
-        deleted, so no run of this pod follows), an ApiAccessDenied (401 or 403: the
-        session's recorder identity is gone, collected before this flush) is not retried:
-        the raw objects and `chunk.json` are written without the read (no API answers it)
-        and the chunk counts as uploaded, as for NamespaceTerminating (module doc).
-        Otherwise it is retried like any TemporaryFailure (the spool keeps the chunk): a
-        run restarted after an error end resumes after the last RecordingChunk, and would
-        reuse the index of a chunk acknowledged in S3 only.
+        When the end is forced (`forced()`, read once per failure: SIGTERM or the session
+        deleted, so no run of this pod follows and its spool goes with it), a
+        TemporaryFailure of the API (ApiAccessDenied, 401 or 403: the session's recorder
+        identity is gone, collected before this flush; or the API server away) is not
+        retried: the raw objects and `chunk.json` are written without the read and the
+        chunk counts as uploaded, as for NamespaceTerminating (module doc); S3's failures
+        are still retried until the deadline. Before the end is forced it is retried like
+        any TemporaryFailure (the spool keeps the chunk): a run restarted after an error
+        end resumes after the last RecordingChunk and would reuse the index of a chunk
+        acknowledged in S3 only. (A pod replaced while its session lives, e.g. drained, may
+        reuse it too; that chunk's audio was lost with the pod's spool before.)
         Raises TemporaryFailure when the deadline passes first (the files stay),
         InvalidInputError for a permanent failure (a bad bucket or credentials, a refused
         RecordingChunk, one that exists with another spec or owner)."""
         spec = spooled.spec
         delay = FIRST_DELAY_S
-        denied: ApiAccessDenied | None = None  # S3 only: the API refuses a forced end
+        api_failed: TemporaryFailure | None = None  # S3 only: no API at a forced end
         written = False  # this chunk's raw objects and spec are in S3
         while True:
+            in_api = True  # which side the next failure comes from
             try:
-                if denied is None and self.kube.chunk_exists(spec, self.session_uid):
+                if api_failed is None and self.kube.chunk_exists(spec, self.session_uid):
                     break  # an earlier try got through: its raw objects are written
+                in_api = False
                 for key, path in spooled.files.items():
                     self.store.put_file(key, path, "audio/ogg" if key.endswith(".opus")
                                         else "application/octet-stream")
@@ -240,22 +244,24 @@ class ChunkUploader:
                                     os.path.join(spooled.directory, SPEC_FILE),
                                     "application/json")
                 written = True
-                if denied is not None:
-                    _kept_in_s3_only(spec, denied)
+                if api_failed is not None:
+                    _kept_in_s3_only(spec, api_failed)
                     break
+                in_api = True
                 self.kube.create_chunk(spec, self.session_uid)
                 break
             except NamespaceTerminating as err:  # the object never will be: S3 holds it
                 _kept_in_s3_only(spec, err)
                 break
             except TemporaryFailure as err:
-                if isinstance(err, ApiAccessDenied) and denied is None and forced():
-                    # a forced end, and the API refuses this recorder: its ServiceAccount,
-                    # Role or RoleBinding is gone (collected with a session deleted with
-                    # --cascade=foreground before this flush). Retrying until the deadline
-                    # gave the chunk up; S3 still takes it (the grant needs no API)
-                    denied = err
-                    if written:  # the create was refused: S3 has it all already
+                if in_api and api_failed is None and forced():
+                    # a forced end, and the API refuses this recorder (401/403: its
+                    # ServiceAccount, Role or RoleBinding collected with a session deleted
+                    # with --cascade=foreground) or is away (5xx, unreachable, silent).
+                    # Retrying until the deadline gave the chunk up, and the spool goes
+                    # with the pod; S3 still takes it (the grant needs no API)
+                    api_failed = err
+                    if written:  # only the create failed: S3 has it all already
                         _kept_in_s3_only(spec, err)
                         break
                     continue

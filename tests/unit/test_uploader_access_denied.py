@@ -1,6 +1,6 @@
 """`ChunkUploader.upload` when the API server refuses the recorder (401: its ServiceAccount
 is gone; 403: its Role or RoleBinding is), as after a `--cascade=foreground` deletion of
-its session: at a forced end the chunk goes to S3 only (raw tracks and `chunk.json`, each
+its session, or is away (503): at a forced end the chunk goes to S3 only (raw tracks and `chunk.json`, each
 written once) and is acknowledged; before the end is forced it is retried and kept in the
 spool. Before the fix every such chunk was retried until the stop deadline and given up.
 
@@ -92,12 +92,15 @@ def uploader_for(host: str, tmp_path: Path) -> tuple[ChunkUploader, Written]:
     return ChunkUploader(writer, kube, spool, "uid-1", str(tmp_path / "acks.json")), writer
 
 
-@pytest.mark.parametrize(("get", "post"), [(401, 401), (403, 403), (404, 401), (404, 403)])
+@pytest.mark.parametrize(("get", "post"), [(401, 401), (403, 403), (404, 401), (404, 403),
+                                           (503, 503), (404, 503)])
 def test_a_forced_end_refused_by_the_api_keeps_the_chunk_in_s3_only(
         api: tuple[Api, str], tmp_path: Path, get: int, post: int) -> None:
-    """Refused at the read (`get` 401/403) or only at the create (`get` 404: no chunk yet,
-    then `post` refused): either way each object is written once and the chunk is
-    acknowledged at once, its spool files removed."""
+    """Refused at the read (`get` 401/403, or 503: the API server away) or only at the
+    create (`get` 404: no chunk yet, then `post` refused or 503): either way each object
+    is written once and the chunk is acknowledged at once, its spool files removed (the
+    pod's spool goes with it). Before, an API server away at the forced end gave every
+    spooled chunk up, though S3 was there."""
     state, host = api
     state.get, state.post = get, post
     uploader, written = uploader_for(host, tmp_path)
