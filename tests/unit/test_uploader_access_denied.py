@@ -2,7 +2,8 @@
 is gone; 403: its Role or RoleBinding is), as after a `--cascade=foreground` deletion of
 its session, or is away (503): at a forced end the chunk goes to S3 only (raw tracks and
 `chunk.json`, each written once) and is acknowledged; before the end is forced it is
-retried and kept in the spool. Before the fix every such chunk was retried until the stop deadline and given up.
+retried and kept in the spool. Before the fix every such chunk was retried until the stop
+deadline and given up.
 
 The API server is a loopback HTTP server answering every request with the status under
 test (the Kubernetes client's real request path); the raw writer records what it is
