@@ -21,7 +21,9 @@ itself (auto-stop, a limit) has no such deadline at first: it keeps uploading wi
 backoff until the spool is empty, and arms the deadline when SIGTERM or the deletion comes
 meanwhile, or after DRAIN_MAX_S; an error end (the source or the uploads failed) arms it at
 once (before, an S3 outage at an auto-stop lost the spooled audio after 20 s though nothing
-forced an end). The operator keeps the upload grant valid while the pod has not Succeeded.
+forced an end), and after `RESTARTED_ENDS` what was not uploaded stays in the spool for
+the restarted container (exit 1, same pod) to adopt. The operator keeps the upload grant
+valid while the pod has not Succeeded.
 
 Consent at stop (issue 12, docs/consent.md): an opt-out that no chunk carried (made while
 paused, or seen after the last seal) is written at stop in a consent marker chunk; it and
@@ -84,6 +86,14 @@ ERROR_ENDS = ("source-failed", "upload-failed", "clock-stepped")
 """Ends after which the flush deadline is armed at once, as for a forced end: the
 container restarts and capture resumes sooner (second review: a voice connection lost
 during an S3 outage held capture down for the whole outage)."""
+
+
+RESTARTED_ENDS = ("source-failed", "clock-stepped")
+"""Error ends whose chunks not uploaded by the deadline stay in the spool: the process exits
+1, the container restarts in the same pod (its emptyDir kept) and the next run adopts them
+(`ChunkUploader.adopt`) and uploads them first. Before, they were given up as a lost
+window though the next run was seconds away. Not `upload-failed`: an upload that failed
+for good would fail again."""
 
 
 MAX_CLOCK_LEAD_MS = 60_000
@@ -274,9 +284,14 @@ class Recorder:
                 await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
-            await asyncio.to_thread(self._give_up, self._marker_deadline)
-            self.follow_consent()  # what the session watch saw while the uploads drained
-            await asyncio.to_thread(self._mark_consent, self._marker_deadline)
+            if self._pending and reason in RESTARTED_ENDS and not self.forced():
+                # the container restarts in this pod: its next run adopts the spool
+                log.warning("capture ended (%s): %d chunk(s) not uploaded left in the spool "
+                            "for the restarted container", reason, len(self._pending))
+            else:
+                await asyncio.to_thread(self._give_up, self._marker_deadline)
+                self.follow_consent()  # what the session watch saw while uploads drained
+                await asyncio.to_thread(self._mark_consent, self._marker_deadline)
             arming.cancel()
             await asyncio.gather(arming, return_exceptions=True)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,

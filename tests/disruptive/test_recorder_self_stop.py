@@ -178,13 +178,15 @@ async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
         weed: SeaweedServer, tmp_path: Path) -> None:
     """S3 stays down. `source-failed`: the deadline starts when capture ends, so the
     container restarts and captures again soon (before, it waited for S3 with capture
-    down); `drain-limit`: a run that ended by itself gives up after `drain_max_s` (before,
-    a pod whose S3 never came back never ended and held its guild). Both record the loss
-    as a forced end does (second review)."""
+    down), and what it could not upload stays in the spool, adopted and uploaded by the
+    next run (before, it was given up: review of the stop path); `drain-limit`: a run
+    that ended by itself gives up after `drain_max_s` (before, a pod whose S3 never came
+    back never ended and held its guild) and records the loss as a forced end does."""
     limit_s = END_S if end == "drain-limit" else 600  # else the source ends it first
     new_session(kubectl, namespace, "self-stop", limits={"maxDurationSeconds": limit_s})
-    assert weed.settings is not None
-    recorder, _ = build(cluster, namespace, "self-stop", weed.settings, tmp_path)
+    s3 = weed.settings
+    assert s3 is not None
+    recorder, _ = build(cluster, namespace, "self-stop", s3, tmp_path)
     recorder.flush_grace_s = GRACE_S
     recorder.drain_max_s = 2 * GRACE_S
     await recorder.prepare()
@@ -200,4 +202,24 @@ async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
     limit = GRACE_S + (recorder.drain_max_s if end == "drain-limit" else 0)
     assert took <= limit + recorder.marker_grace_s + 11, took  # + one backoff sleep
     assert result.reason == ("source-failed" if end == "source-failed" else "max-duration")
-    assert_loss_recorded(recorder)
+    if end == "drain-limit":
+        assert_loss_recorded(recorder)
+        return
+    # source-failed: the container restarts in the pod, so its spool is kept for the next
+    # run (before, it was given up as a lost window seconds before that run could adopt it)
+    left = [p.spec for p in recorder._pending]
+    assert left and recorder.uploader.stats.lost == [] and recorder.uploader.spool.used > 0
+    assert [c.index for c in chunks_in_api(recorder)] == [0]
+    await asyncio.to_thread(restart_weed, weed, s3)
+    again, store = build(cluster, namespace, "self-stop", s3, tmp_path)
+    await again.prepare()
+    assert [p.spec for p in again._pending] == left  # adopted, uploaded first
+    for spooled in list(again._pending):
+        await asyncio.to_thread(again.uploader.upload, spooled)
+    chunks = chunks_in_api(again)
+    assert [c.index for c in chunks] == list(range(len(left) + 1))
+    assert all(a.end_ms == b.start_ms for a, b in itertools.pairwise(chunks))
+    for chunk in chunks:
+        for track in chunk.tracks:
+            assert sha256_hex(store.get_bytes(track.key)) == track.sha256
+    assert again.uploader.spool.used == 0
