@@ -107,6 +107,31 @@ class SessionClock:
     offset_ms: int | None = None
     """This node's clock minus the API server's (ms) when `t0_ms` was set
     (`SessionOrigin.measured_ms`); None: not measured."""
+    mono_fn: Callable[[], float] | None = None
+    """A monotonic clock (s) `wall_stepped` compares `time_fn` with: `time.monotonic` when
+    `time_fn` is `time.time` (None: the check is off, as with a replayed `time_fn`)."""
+
+    def __post_init__(self) -> None:
+        if self.mono_fn is None and self.time_fn is time.time:
+            self.mono_fn = time.monotonic
+        self._base = (self.time_fn(), self.mono_fn() if self.mono_fn else 0.0)
+
+    def wall_stepped(self) -> str | None:
+        """Why session time no longer follows real time, None while it does: this node's
+        wall clock moved more than `STEP_ABOVE_MS` against its monotonic clock since this
+        clock was set. NTP slews both alike; only a step (settimeofday, an NTP step, a VM
+        resumed) moves one against the other. Seen at the next tick, unlike `stepped`,
+        which waits for the session watch's next measure (up to its 30 s): before, a 3 h
+        forward step sealed a flood of empty windows and ended the session as
+        `max-duration`."""
+        if self.mono_fn is None:
+            return None
+        wall0, mono0 = self._base
+        step = int(((self.time_fn() - wall0) - (self.mono_fn() - mono0)) * 1000)
+        if abs(step) <= STEP_ABOVE_MS:
+            return None
+        return (f"this node's clock stepped {step} ms against its monotonic clock since "
+                "the session clock was set: restarting to measure it again")
 
     def stepped(self, measured_ms: int | None) -> str | None:
         """Why session time no longer follows the API server's clock, None while it does:

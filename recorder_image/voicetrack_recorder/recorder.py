@@ -228,6 +228,7 @@ class Recorder:
         reason = "stopped"
         error: BaseException | None = None
         max_ms = self.spec.limits.max_duration_seconds * 1000
+        last_now = self.clock.now_slot()  # the last tick's slot before a clock step
         try:
             while not self.stop.is_set():
                 await asyncio.sleep(TICK_S)
@@ -235,11 +236,13 @@ class Recorder:
                 if self.kube.deleted.is_set():
                     reason = "session-deleted"
                     break
-                stepped = self.clock.stepped(self.kube.clock_offset_ms)
+                stepped = self.clock.wall_stepped() \
+                    or self.clock.stepped(self.kube.clock_offset_ms)
                 if stepped is not None:  # windows would go off: measure again (a restart)
                     error, reason = TemporaryFailure(stepped), "clock-stepped"
                     log.error("%s", stepped)
                     break
+                last_now = now
                 if source_task.done() and source_task.exception() is not None:
                     error = source_task.exception()
                     reason = "source-failed"
@@ -264,9 +267,12 @@ class Recorder:
                 self.follow_consent()
                 while self.chunker.due(sealable_slot(now, source_watermark(source))):
                     await self._spool(self.chunker.seal())
+            def now_slot() -> int:  # after a clock step, the time before it
+                return last_now if reason == "clock-stepped" else self.clock.now_slot()
+
             await seal_tail(  # the last word on consent for the last chunk: follow_consent
-                self.chunker, min(self.clock.now_slot(), max_ms // FRAME_MS),
-                lambda: sealable_slot(self.clock.now_slot(), source_watermark(source)),
+                self.chunker, min(now_slot(), max_ms // FRAME_MS),
+                lambda: sealable_slot(now_slot(), source_watermark(source)),
                 self._spool, 0.0 if source_task.done() else TAIL_WAIT_MAX_S,
                 self.follow_consent)
         finally:
