@@ -10,8 +10,8 @@ chunks flushed at SIGTERM while the session's namespace terminates, where the AP
 refuses every create (403, `NamespaceTerminating`), and the chunks flushed after the
 session's own ServiceAccount, Role or RoleBinding were collected (a deletion with
 `--cascade=foreground` collects them at once, before the recorder's SIGTERM flush: 401 or
-403, `ApiAccessDenied`), or the API server away at that flush: taken so only when the end
-is forced (`upload`). Such a refusal is not retried: the
+403, `ApiAccessDenied`), or the API server away at the flush of a session being deleted:
+taken so only when the end is forced (`upload`). Such a refusal is not retried: the
 chunk counts as uploaded with its spec in S3, so every spooled chunk gets its turn inside
 the termination grace (before, the first one retried its create until the deadline and
 the rest were given up).
@@ -58,6 +58,7 @@ from typing import Protocol
 
 from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.errors import (
+    ApiAccessDenied,
     InvalidInputError,
     NamespaceTerminating,
     TemporaryFailure,
@@ -212,16 +213,16 @@ class ChunkUploader:
         until `deadline()` (monotonic seconds, or None = forever; read before every retry,
         so a stop sets one deadline for all pending uploads); then removes its spool files.
         When the end is forced (`forced()`, read once per failure: SIGTERM or the session
-        deleted, so no run of this pod follows and its spool goes with it), a
-        TemporaryFailure of the API (ApiAccessDenied, 401 or 403: the session's recorder
-        identity is gone, collected before this flush; or the API server away) is not
-        retried: the raw objects and `chunk.json` are written without the read and the
-        chunk counts as uploaded, as for NamespaceTerminating (module doc); S3's failures
-        are still retried until the deadline. Before the end is forced it is retried like
-        any TemporaryFailure (the spool keeps the chunk): a run restarted after an error
-        end resumes after the last RecordingChunk and would reuse the index of a chunk
-        acknowledged in S3 only. (A pod replaced while its session lives, e.g. drained, may
-        reuse it too; that chunk's audio was lost with the pod's spool before.)
+        deleted, so no run of this pod follows and its spool goes with it), an
+        ApiAccessDenied (401 or 403: the session's recorder identity is gone, collected
+        before this flush), or any TemporaryFailure of the API once the session is being
+        deleted (`RecorderKube.deleted`), is not retried: the raw objects and `chunk.json`
+        are written without the read and the chunk counts as uploaded, as for
+        NamespaceTerminating (module doc); S3's failures are still retried until the
+        deadline. Otherwise it is retried like any TemporaryFailure (the spool keeps the
+        chunk): a run restarted after an error end, or the pod that replaces a drained
+        one, resumes after the last RecordingChunk and would reuse the index of a chunk
+        acknowledged in S3 only.
         Raises TemporaryFailure when the deadline passes first (the files stay),
         InvalidInputError for a permanent failure (a bad bucket or credentials, a refused
         RecordingChunk, one that exists with another spec or owner)."""
@@ -254,12 +255,15 @@ class ChunkUploader:
                 _kept_in_s3_only(spec, err)
                 break
             except TemporaryFailure as err:
-                if in_api and api_failed is None and forced():
+                if in_api and api_failed is None and forced() and (
+                        isinstance(err, ApiAccessDenied) or self.kube.deleted.is_set()):
                     # a forced end, and the API refuses this recorder (401/403: its
                     # ServiceAccount, Role or RoleBinding collected with a session deleted
-                    # with --cascade=foreground) or is away (5xx, unreachable, silent).
-                    # Retrying until the deadline gave the chunk up, and the spool goes
-                    # with the pod; S3 still takes it (the grant needs no API)
+                    # with --cascade=foreground), or is away while the session is being
+                    # deleted. Retrying until the deadline gave the chunk up, and the spool
+                    # goes with the pod; S3 still takes it (the grant needs no API). Not
+                    # for a pod deleted while its session lives (a drain): its successor
+                    # would reuse the index, so that is retried and given up as before
                     api_failed = err
                     if written:  # only the create failed: S3 has it all already
                         _kept_in_s3_only(spec, err)

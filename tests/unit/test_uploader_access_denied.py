@@ -105,6 +105,8 @@ def test_a_forced_end_refused_by_the_api_keeps_the_chunk_in_s3_only(
     state, host = api
     state.get, state.post = get, post
     uploader, written = uploader_for(host, tmp_path)
+    if 503 in (get, post):  # the API away: S3 only once the session is being deleted
+        uploader.kube.deleted.set()
     spooled = uploader.spool_chunk(chunk_of(3, 10, sine_packet()))
     began = time.monotonic()
     spec = uploader.upload(spooled, lambda: time.monotonic() + 30, lambda: True)
@@ -114,6 +116,23 @@ def test_a_forced_end_refused_by_the_api_keeps_the_chunk_in_s3_only(
     assert not Path(spooled.directory).exists()
     posts = [r for r in state.seen if r.startswith("POST")]
     assert len(posts) == (1 if get == 404 else 0)  # no create tried without a read
+
+
+def test_the_api_away_at_a_drain_is_retried_not_s3_only(
+        api: tuple[Api, str], tmp_path: Path) -> None:
+    """SIGTERM while the session lives (a drained node, a pod deleted by hand): an API
+    server away (503) is retried until the deadline, not taken as S3 only, since the pod
+    that replaces this one resumes after the last RecordingChunk and would reuse (and
+    overwrite) that index (second review)."""
+    state, host = api
+    state.get = state.post = 503
+    uploader, written = uploader_for(host, tmp_path)
+    spooled = uploader.spool_chunk(chunk_of(0, 10, sine_packet()))
+    deadline = time.monotonic() + 1.2
+    with pytest.raises(TemporaryFailure):
+        uploader.upload(spooled, lambda: deadline, lambda: True)
+    assert written.keys == [] and uploader.stats.acked == []
+    assert Path(spooled.directory).is_dir()
 
 
 def test_before_the_end_is_forced_a_refusal_is_retried_and_the_spool_keeps_it(
