@@ -93,7 +93,8 @@ RESTARTED_ENDS = ("source-failed", "clock-stepped")
 1, the container restarts in the same pod (its emptyDir kept) and the next run adopts them
 (`ChunkUploader.adopt`) and uploads them first. Before, they were given up as a lost
 window though the next run was seconds away. Not `upload-failed`: an upload that failed
-for good would fail again."""
+for good would fail again; nor a source failing on bad input (InvalidInputError, exit 2:
+the operator fails the session and deletes the pod, so no run would adopt them)."""
 
 
 MAX_CLOCK_LEAD_MS = 60_000
@@ -290,7 +291,8 @@ class Recorder:
                 await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
-            if self._pending and reason in RESTARTED_ENDS and not self.forced():
+            if self._pending and reason in RESTARTED_ENDS and not self.forced() \
+                    and not isinstance(error, InvalidInputError):
                 # the container restarts in this pod: its next run adopts the spool
                 log.warning("capture ended (%s): %d chunk(s) not uploaded left in the spool "
                             "for the restarted container", reason, len(self._pending))
