@@ -734,6 +734,10 @@ async def test_record_writes_the_rows_a_killed_replica_left_behind(
     assert out.step is DeletionStep.COLLECT and out.recording_ids
     recs = await ctx.db.get_recordings_for_meeting(s.meeting_id)
     assert sorted(str(r.kind) for r in recs) == ["mixed", "speaker", "speaker"]
+    # the audit caught the mirror up (the rows stay, cleaned, until the collect step)
+    rows = await ctx.db.get_temp_recordings_for_meeting(s.meeting_id)
+    assert sorted(str(r.transcode_status) for r in rows) == ["done", "done"], rows
+    assert {r.cleaned for r in rows} == {1}
 
 
 async def test_a_session_nobody_spoke_in_is_promoted_to_no_recordings(

@@ -39,6 +39,8 @@ from tests.fixtures.cluster import Kubectl
 from voicetrack.chunkspec import SPEC_MAX_BYTES, ChunkOutput, ChunkSpec
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
+from voicetrack.layout import MIX_TRACK
+from voicetrack.manifests import FinalManifest, FinalTrack
 from voicetrack.names import chunk_name, owner_reference, transcode_job_name
 from voicetrack.resources import CHUNK_PLURAL, GROUP, MAX_SESSION_MS, SESSION_PLURAL, VERSION
 from voicetrack.uploadgrant import UploadGrant
@@ -52,6 +54,8 @@ from voicetrack_operator.context import Context
 from voicetrack_operator.services import isolation
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import ChunkRef
+from voicetrack_operator.services.deletion import DeletionService
+from voicetrack_operator.services.deletionstate import DeletionProgress, DeletionStep
 from voicetrack_operator.services.inventory import chunk_inventory
 from voicetrack_operator.services.sessions import SessionService
 from voicetrack_operator.services.sessionview import SessionView
@@ -262,6 +266,44 @@ async def test_a_rebuilt_chunk_is_done_only_when_its_raw_tracks_are_what_it_says
     assert got[3][0] == "failed" and "is not the one its chunk.json names" in got[3][1]
     assert got[4][0] == "failed" and "opus: corrupted stream" in got[4][1]
     assert got[5] == ("done", None)
+
+
+async def test_a_rebuilt_chunk_that_failed_stays_failed_after_the_record_step(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """The collect step takes the inventory again after the record step: the temp rows
+    that said a rebuilt chunk's transcode had failed must still be there (kept, cleaned =
+    1, until collect deletes them). Before, the record step deleted them, the chunk came
+    back `done` at collect (its raw tracks intact), in no plan and not failed: its
+    folder, opted-out members' raw tracks included, stayed in S3 for good (second
+    review of aeab8e8)."""
+    s = await make_session(ctx, kubectl, namespace, "failedkept")
+    s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
+    store = ctx.store(s.spec.storage.bucket)
+    doc = chunk_doc(s, 0, 0, 200)
+    for track in doc["spec"]["tracks"]:
+        body = f"raw {track['key']}".encode()
+        track["sha256"], track["bytes"] = store.sync.put_bytes(track["key"], body), len(body)
+    await store.put_json(s.layout.chunk_manifest_key(0), doc["spec"])
+    first = doc["spec"]["tracks"][0]
+    await ctx.db.upsert_chunk_status(s.ref.uid, 0, first["userId"], s.meeting_id,
+                                     s.spec.guild_id, first["key"], "ogg-opus", "failed",
+                                     error="opus: corrupted stream")
+    finals = []
+    for name, user in ((first["userId"], first["userId"]), (MIX_TRACK, None)):
+        key = s.layout.final_key(name, "mp3")
+        finals.append(FinalTrack(track=name, kind="mixed" if user is None else "speaker",
+                                 user_id=user, format="mp3", key=key, bytes=5,
+                                 sha256=store.sync.put_bytes(key, b"final"),
+                                 duration_ms=200))
+    await store.put_json(s.layout.final_manifest_key, FinalManifest(
+        tool_version="test", meeting_id=s.meeting_id, duration_ms=200, recorded_ms=200,
+        paused_ms=0, tracks=finals).to_api())
+    out = await DeletionService(ctx).record(s, DeletionProgress(
+        step=DeletionStep.RECORD, promoted=True))
+    assert out.recording_ids
+    inv = await chunk_inventory(ctx, s)
+    assert inv.chunks[0].status.transcode_status == "failed", inv.chunks[0].status
+    assert [c.spec.index for c in inv.failed] == [0]
 
 
 async def test_a_result_json_naming_another_sessions_outputs_fails_the_chunk(

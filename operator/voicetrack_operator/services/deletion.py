@@ -314,10 +314,13 @@ class DeletionService:
             # chunks rebuilt from S3 (their objects deleted before any was mirrored done,
             # e.g. --cascade=foreground on a young session) have none; before, that
             # failed the promotion for good and held the finalizer
+            # the temp rows stay (cleaned = 1) until the collect step deletes them (unless
+            # retained): its inventory judges chunks rebuilt from S3 by their failed rows
+            # (`rebuilt.rebuilt_status`); deleted here, a chunk whose transcode had failed
+            # came back done, in no plan and not failed, its folder left in S3 for good
             ids = await self.ctx.db.promote_temp_recordings_to_persistent(
                 s.meeting_id, s.spec.output.tracks, manifest.tracks,
-                keep_temp_rows=s.spec.retain_temp_rows, session_uid=s.ref.uid,
-                require_done_rows=False)
+                keep_temp_rows=True, session_uid=s.ref.uid, require_done_rows=False)
         failed, done = spoken_chunks(objs)  # done but promoted to nothing: opted out
         outcome = meeting_outcome(s.status, ids, (failed, done if p.promoted else 0))
         with contextlib.suppress(NotFoundError):
