@@ -32,6 +32,7 @@ from tests.disruptive.test_recorder_outages import (
     wait_async,
 )
 from tests.fixtures.cluster import Kubectl
+from voicetrack.errors import InvalidInputError
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.seaweed import SeaweedServer
@@ -172,7 +173,18 @@ class FailingSource(TickSource):
             raise ConnectionError("voice connection lost") from None
 
 
-@pytest.mark.parametrize("end", ["source-failed", "drain-limit"])
+class RefusedSource(TickSource):
+    """A TickSource that fails after END_S on bad input (InvalidInputError: the recorder
+    exits 2, the operator fails the session and deletes its pod: no run follows)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(super().run(stop), END_S)
+        except TimeoutError:
+            raise InvalidInputError("the voice channel is gone") from None
+
+
+@pytest.mark.parametrize("end", ["source-failed", "source-refused", "drain-limit"])
 async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
         end: str, cluster: LocalCluster, crds: None, namespace: str, kubectl: Kubectl,
         weed: SeaweedServer, tmp_path: Path) -> None:
@@ -190,8 +202,8 @@ async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
     recorder.flush_grace_s = GRACE_S
     recorder.drain_max_s = 2 * GRACE_S
     await recorder.prepare()
-    source = FailingSource(recorder, recorder.clock) if end == "source-failed" \
-        else TickSource(recorder, recorder.clock)
+    source = {"source-failed": FailingSource, "source-refused": RefusedSource}.get(
+        end, TickSource)(recorder, recorder.clock)
     run = asyncio.create_task(recorder.run(source))
     await wait_async("chunk 0 acknowledged", lambda: recorder.uploader.stats.acked == [0], 20)
     await asyncio.to_thread(weed.stop)
@@ -201,8 +213,8 @@ async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
     took = time.monotonic() - ended
     limit = GRACE_S + (recorder.drain_max_s if end == "drain-limit" else 0)
     assert took <= limit + recorder.marker_grace_s + 11, took  # + one backoff sleep
-    assert result.reason == ("source-failed" if end == "source-failed" else "max-duration")
-    if end == "drain-limit":
+    assert result.reason == ("max-duration" if end == "drain-limit" else "source-failed")
+    if end != "source-failed":  # no run of this pod follows: the loss is recorded
         assert_loss_recorded(recorder)
         return
     # source-failed: the container restarts in the pod, so its spool is kept for the next
