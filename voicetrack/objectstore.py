@@ -268,6 +268,12 @@ class ObjectStore:
             raise InvalidInputError(f"{key}: not JSON: {type(err).__name__}: "
                                     f"{str(err)[:200]}") from err
 
+    def size(self, key: str) -> int:
+        """The size (bytes) of the object at `key`, from its metadata (nothing is read).
+        Raises NotFoundError when it does not exist."""
+        with s3_call(f"stat {key}"):
+            return int(self.client.stat_object(self.bucket, key).size or 0)
+
     def exists(self, key: str) -> bool:
         """Whether an object is at `key` (False also when the bucket is missing)."""
         try:

@@ -248,12 +248,14 @@ async def test_a_rebuilt_chunk_is_done_only_when_its_raw_tracks_are_what_it_says
     s = await make_session(ctx, kubectl, namespace, "rebuilt")
     s = await set_status(ctx, s, await SessionService(ctx).ensure_session(s))
     store = ctx.store(s.spec.storage.bucket)
-    for index in (3, 4, 5):
+    for index in (3, 4, 5, 6):
         doc = chunk_doc(s, index, index * 200, index * 200 + 200)
         for track in doc["spec"]["tracks"]:
             body = f"raw {track['key']}".encode()
             track["sha256"] = store.sync.put_bytes(track["key"], body)
             track["bytes"] = len(body) + (1 if index == 3 else 0)  # 3: not what it says
+            if index == 6:  # more than 200 ms of raw audio can be: never read
+                track["bytes"] = 10**9
         await store.put_json(s.layout.chunk_manifest_key(index), doc["spec"])
     spec4 = ChunkSpec.model_validate(
         await store.get_json(s.layout.chunk_manifest_key(4)))
@@ -261,9 +263,11 @@ async def test_a_rebuilt_chunk_is_done_only_when_its_raw_tracks_are_what_it_says
                                      s.spec.guild_id, spec4.tracks[0].key, "ogg-opus",
                                      "failed", error="opus: corrupted stream")
     inv = await chunk_inventory(ctx, s)
-    assert sorted(inv.chunks) == [3, 4, 5] and all(c.rebuilt for c in inv.chunks.values())
+    assert sorted(inv.chunks) == [3, 4, 5, 6]
+    assert all(c.rebuilt for c in inv.chunks.values())
     got = {i: (c.status.transcode_status, c.status.error) for i, c in inv.chunks.items()}
     assert got[3][0] == "failed" and "is not the one its chunk.json names" in got[3][1]
+    assert got[6][0] == "failed" and "more than its 200 ms window can hold" in got[6][1]
     assert got[4][0] == "failed" and "opus: corrupted stream" in got[4][1]
     assert got[5] == ("done", None)
 

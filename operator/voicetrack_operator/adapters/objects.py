@@ -49,6 +49,10 @@ class AsyncObjectStore:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.sync.exists, key)
 
+    async def size(self, key: str) -> int:
+        """The object's size in bytes (`ObjectStore.size`). Raises NotFoundError."""
+        return await asyncio.to_thread(self.sync.size, key)
+
     async def copy(self, src: str, dst: str) -> None:
         """Server-side copy within the bucket. Raises NotFoundError when `src` is missing."""
         await asyncio.to_thread(self.sync.copy, src, dst)

@@ -14,20 +14,35 @@ good. So, in this order:
 3. the SQL mirror (`temp_recordings`, this session's rows of that index) recorded it
    `failed` → `failed`, with the error recorded there;
 4. otherwise (never transcoded: the chunk flushed at SIGTERM, or the Job had not finished)
-   each raw track's size and sha256 are checked against the spec, streamed → `done`, or
-   `failed` naming the first mismatch. Only these chunks cost a read of their raw bytes.
+   each raw track's size (its window's bound, then the object's metadata) and sha256
+   (streamed) are checked against the spec → `done`, or `failed` naming the first
+   mismatch. Only these chunks cost a read of their raw bytes, at most their window's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 
+from voicetrack.audio import PCM_BYTES_PER_SAMPLE, SAMPLES_PER_MS
 from voicetrack.chunkspec import ChunkSpec, ChunkStatus, TranscodeStatus
 from voicetrack.db.schema import TempRecording
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
 from voicetrack_operator.adapters.objects import AsyncObjectStore
 from voicetrack_operator.services.chunkresult import read_result
+
+RAW_SLACK_BYTES = 64 * 1024
+"""What a raw track may hold beyond its window's PCM (container pages, headers)."""
+
+
+def raw_bytes_bound(spec: ChunkSpec) -> int:
+    """The most bytes (int) one raw track of `spec` can hold: its window as 48 kHz stereo
+    s16le PCM, the largest raw format (Ogg Opus is far smaller), plus RAW_SLACK_BYTES. A
+    rebuilt chunk whose `chunk.json` claims more is failed unread: a recorder's grant
+    lets it upload gigabytes, which the operator would otherwise stream to digest."""
+    return (spec.end_ms - spec.start_ms) * SAMPLES_PER_MS * PCM_BYTES_PER_SAMPLE \
+        + RAW_SLACK_BYTES
+
 
 FailedRows = Callable[[], Awaitable[dict[int, str]]]
 """The session's chunk indexes the SQL mirror recorded `failed`, with their errors (read
@@ -63,8 +78,17 @@ async def rebuilt_status(store: AsyncObjectStore, layout: MeetingLayout, spec: C
     recorded = (await failed_rows()).get(spec.index)
     if recorded is not None:
         return failed(f"RecordingChunk gone; its transcode had failed: {recorded}")
+    bound = raw_bytes_bound(spec)
     for track in spec.tracks:
+        if track.bytes > bound:
+            return failed(f"RecordingChunk gone and its chunk.json says raw track "
+                          f"{track.key} has {track.bytes} bytes, more than its "
+                          f"{spec.end_ms - spec.start_ms} ms window can hold ({bound})")
         try:
+            size = await store.size(track.key)
+            if size != track.bytes:  # judged from the metadata: nothing to read
+                return failed(f"RecordingChunk gone and raw track {track.key} is not the "
+                              f"one its chunk.json names: {size} bytes, not {track.bytes}")
             size, digest = await store.digest(track.key)
         except NotFoundError:
             return failed(f"RecordingChunk gone and raw track {track.key} missing")
