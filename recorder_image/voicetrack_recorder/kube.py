@@ -33,7 +33,7 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from kubernetes import client, watch
@@ -80,9 +80,13 @@ class ApiTimeouts:
 
     connect_s: float = 3.0
     """TCP connect (one SYN retransmission)."""
-    read_s: float = 4.0
-    """Between bytes of one answer (the API server's latency objective for one object is
-    1 s)."""
+    read_s: float = 15.0
+    """Between bytes of one answer while recording (the API server's latency objective for
+    one object is 1 s; a loaded one, queueing under API Priority and Fairness, can take
+    several: a shorter bound failed every upload there and filled the spool)."""
+    stop_read_s: float = 4.0
+    """`read_s` once the flush deadline is armed (`stopping`): an attempt under way at the
+    deadline must end inside the termination grace (recorder.FLUSH_GRACE_S)."""
     list_read_s: float = 30.0
     """Between bytes of the one list call (`list_chunks`, at start): the API server
     gathers every chunk of a long session (thousands of objects) before it answers, so
@@ -97,6 +101,10 @@ class ApiTimeouts:
         if self.watch_read_s <= self.watch_s:
             raise ValueError(f"watch_read_s ({self.watch_read_s}) must exceed watch_s "
                              f"({self.watch_s})")
+
+    def stopping(self) -> ApiTimeouts:
+        """These timeouts with `read_s` cut to `stop_read_s` (for the flush at a stop)."""
+        return replace(self, read_s=min(self.read_s, self.stop_read_s))
 
     @property
     def request(self) -> tuple[float, float]:

@@ -67,10 +67,12 @@ FLUSH_GRACE_S = 20.0
 upload of its last chunks, in all: one deadline from the moment the end is forced, inside
 the pod's 30 s termination grace. The deadline is read between attempts, so an attempt
 under way when it passes ends when its calls do: each Kubernetes call within
-`kube.API_TIMEOUTS` (3 s connect, 4 s read). Against an API server that accepts and never
-answers, the flush ends by 24 s and the lost window's marker create (`MARKER_GRACE_S`;
-one try at least) by 28 s, inside the grace, and its spec goes to S3; a consent marker due
-as well tries once more and may be cut by the SIGKILL. Before the calls were bounded they
+`kube.API_TIMEOUTS` (3 s connect, 4 s read once the deadline is armed: `stopping`; 15 s
+while recording). Against an API server that accepts and never answers, the flush ends by
+24 s and the lost window's marker create (`MARKER_GRACE_S`; one try at least) by 28 s,
+inside the grace (it needs the API: when it fails the window's loss is in the recorder's
+log and termination message only); a consent marker due as well tries once more and may
+be cut by the SIGKILL. Before the calls were bounded they
 waited for good and the pod was SIGKILLed with no marker. A POST to a silent S3 is
 bounded by its own timeout (`voicetrack.uploadgrant`, 120 s read), which the grace does not
 cover."""
@@ -315,6 +317,7 @@ class Recorder:
         """Set `flush_deadline` to now + `flush_grace_s` unless set already."""
         if self.flush_deadline is None:
             self.flush_deadline = time.monotonic() + self.flush_grace_s
+            self.kube.timeouts = self.kube.timeouts.stopping()  # attempts end in the grace
             if self._pending:
                 log.warning("stop forced: %d chunk(s) left to upload within %.0f s",
                             len(self._pending), self.flush_grace_s)

@@ -94,3 +94,20 @@ async def test_a_wall_clock_step_mid_run_ends_it_as_clock_stepped(step_s: float,
     assert [p.spec.index for p in recorder._pending] == [0]
     assert recorder._pending[0].spec.end_ms <= 2000, recorder._pending[0].spec
     assert recorder.chunker.next_index == 1 and uploader.stats.chunks == 0
+
+
+def test_the_flush_deadline_cuts_the_api_read_timeout(tmp_path: Path) -> None:
+    """Arming the flush deadline (a forced or error end) shortens the Kubernetes calls'
+    read timeout to `stop_read_s`, so an attempt under way at the deadline ends inside the
+    termination grace; while recording it is the longer `read_s`."""
+    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
+                        "rec", "standup")
+    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
+                                   secret_key="b"))
+    spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD})
+    uploader = ChunkUploader(store, kube, Spool(tmp_path / "s", 1 << 20, LAYOUT, "standup"),
+                             "uid-1", str(tmp_path / "acks.json"))
+    recorder = Recorder(kube, uploader, spec, SessionClock(0))
+    assert kube.timeouts.request[1] == kube.timeouts.read_s > kube.timeouts.stop_read_s
+    recorder._arm_flush_deadline()
+    assert kube.timeouts.request[1] == kube.timeouts.stop_read_s
