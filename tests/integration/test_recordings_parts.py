@@ -12,6 +12,7 @@ a real promotion in SeaweedFS, real ffmpeg and the database on PostgreSQL and SQ
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import subprocess
@@ -123,6 +124,9 @@ def test_two_zips_of_one_meeting_into_one_file_both_finish_whole(
         assert z.testzip() is None
         assert sorted(z.namelist()) == sorted(bundles[0].members), z.namelist()
     assert sorted(p.name for p in out.parent.iterdir()) == ["bundle.zip"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain create makes it
 
 
 def _file_size_limit(limit: int) -> Callable[[], None]:

@@ -30,6 +30,7 @@ import contextlib
 import os
 import posixpath
 import re
+import secrets
 import tempfile
 import threading
 import zipfile
@@ -308,13 +309,16 @@ class RecordingsReader:
 
 def part_beside(target: Path) -> Path:
     """A new hidden file beside `target` to write it through, `.<name>.<random>.part`
-    (created empty and exclusively; `target`'s directory must exist). Concurrent writers of
+    (created empty and exclusively, with the mode a plain create gives; `target`'s
+    directory must exist). Concurrent writers of
     one `target` (two `zip` or `download` runs into one directory) each get their own:
     with one shared `.<name>.part`, one run's rename took the other's half-written file.
     Raises OSError when the directory does not take it."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    return Path(name)
+    part = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
+    # created as open(…, "w") would (mode 0666 less the umask: mkstemp's 0600 made every
+    # zip private), but exclusively
+    os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return part
 
 
 def _write_zip(part: Path, folder: str, work: Path, names: list[str],
