@@ -2,11 +2,13 @@
 
 Everything comes from the environment the operator's pod manifest sets (each option also
 reads its VOICETRACK_* variable); S3 credentials and the bot token come from Secrets.
-Exit codes: 0 after a clean stop (SIGTERM, limits, session gone), 2 for input it cannot
-record (a bad spec, token, bucket, S3 credentials or channel permission), 1 for anything
-else. The pod's restartPolicy OnFailure restarts it after either (with the kubelet's
-back-off); a restarted recorder continues at the next chunk index. Start-up waits for the
-API server and S3 (retrying without a count limit until SIGTERM) instead of exiting.
+Exit codes: 0 after a clean stop (SIGTERM, limits, session gone; a SIGTERM before
+recording started, while it waits for the API server or S3, is `stopped before start`), 2
+for input it cannot record (a bad spec, token, bucket, S3 credentials or channel
+permission), 1 for anything else. The pod's restartPolicy OnFailure restarts it after
+either (with the kubelet's back-off); a restarted recorder continues at the next chunk
+index. Start-up waits for the API server and S3 (retrying without a count limit until
+SIGTERM) instead of exiting.
 
 Every exit writes one line to the termination message file (`/dev/termination-log`, or
 $VOICETRACK_TERMINATION_LOG; `$TMPDIR/termination-log` when neither can be written): the
@@ -22,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -138,24 +141,33 @@ def _origin(session: dict[str, Any], started_at_ms: int, offset_ms: int | None
     return origin
 
 
-async def _record(namespace: str, session: str, started_at_ms: int, outcome: Outcome) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    api = load_api_client()
-    kube = RecorderKube(api, namespace, session)
-    try:
-        obj = await retry_async(lambda: asyncio.to_thread(kube.get_session),
-                                "get RecordingSession", stop)
-        spec = _parse_spec(obj)
-        layout = session_layout(spec, meeting_id_of(obj))
-        store, writer = await _storage(spec, stop, api, namespace)
-    except TemporaryFailure:
-        if stop.is_set():  # SIGTERM while waiting for the API server or S3
-            outcome.reason = "stopped before start"
-            return EXIT_OK
-        raise
+STOPPED_BEFORE_START = "stopped before start"
+"""The termination reason of a recorder stopped (SIGTERM: its pod deleted) before it began
+recording: nothing recorded, exit 0."""
+
+
+@dataclass
+class Prepared:
+    """What `_prepare` readies for a run: the recorder (its first window open unless
+    paused), what it records from, and the session watch's stop event."""
+
+    recorder: Recorder
+    source: Source
+    watch_stop: threading.Event
+
+
+async def _prepare(api: ApiClient, kube: RecorderKube, namespace: str, session: str,
+                   started_at_ms: int, stop: asyncio.Event, outcome: Outcome) -> Prepared:
+    """Read the session, reach storage, build the spool, uploader, clock and recorder,
+    continue after the session's chunks (`Recorder.prepare`) and build the source;
+    `outcome.summary` is set when it fails after the uploader exists.
+    Raises TemporaryFailure when `stop` is set while it waits for the API server or S3,
+    InvalidInputError for a session it cannot record."""
+    obj = await retry_async(lambda: asyncio.to_thread(kube.get_session),
+                            "get RecordingSession", stop)
+    spec = _parse_spec(obj)
+    layout = session_layout(spec, meeting_id_of(obj))
+    store, writer = await _storage(spec, stop, api, namespace)
     root, max_bytes = spool_settings_from_env(session)
     spool = Spool(root, max_bytes, layout, session, spec.storage.raw_format)
     uploader = ChunkUploader(writer, kube, spool, obj["metadata"]["uid"])
@@ -171,10 +183,42 @@ async def _record(namespace: str, session: str, started_at_ms: int, outcome: Out
             raise InvalidInputError("the files source reads its speakers from S3: "
                                     "VOICETRACK_S3_ACCESS_KEY/SECRET_KEY are not set")
         source = _build_source(spec, store, clock, recorder, origin)
+    except BaseException:
+        watch_stop.set()
+        outcome.summary = uploader.stats.summary()  # acks of earlier runs in this pod
+        if stop.is_set() and spool.adopted:
+            logging.getLogger(__name__).warning(
+                "stopped before start: %d chunk(s) a previous run left in the spool are "
+                "not uploaded", len(spool.adopted))
+        raise
+    return Prepared(recorder, source, watch_stop)
+
+
+async def _record(namespace: str, session: str, started_at_ms: int, outcome: Outcome) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    api = load_api_client()
+    kube = RecorderKube(api, namespace, session)
+    try:
+        ready = await _prepare(api, kube, namespace, session, started_at_ms, stop, outcome)
+    except TemporaryFailure:
+        if not stop.is_set():
+            raise
+        # SIGTERM while waiting for the API server or S3 (the session, the bucket, the
+        # session's chunks): the pod is deleted before it recorded anything. Before, the
+        # wait for the chunk list ended in exit 1 (a failed container, an alert).
+        outcome.reason = STOPPED_BEFORE_START
+        logging.getLogger(__name__).info(
+            "stopped before recording started (SIGTERM while preparing): nothing recorded")
+        return EXIT_OK
+    recorder, source = ready.recorder, ready.source
+    try:
         result = await recorder.run(source)
     finally:
-        watch_stop.set()
-        outcome.summary = uploader.stats.summary()
+        ready.watch_stop.set()
+        outcome.summary = recorder.uploader.stats.summary()
     degraded = getattr(source, "degraded", None)  # e.g. GUILD_MEMBERS refused (4014)
     outcome.reason = f"{result.reason} ({degraded})" if degraded else result.reason
     logging.getLogger(__name__).info("done: %s; %s", result, outcome.summary)
