@@ -13,7 +13,8 @@ Sealed chunks go to the spool on the pod's disk first (bounded:
 or API outage without a count limit while the session lives; in memory only their specs
 wait. A chunk the spool cannot take (full, or a disk error) is dropped and its window
 becomes the next chunk's `connection-lost` gap (the index is reused, so indices stay
-consecutive). When the end is forced (SIGTERM: the pod is being deleted; or the session
+consecutive); a pause next to it keeps its `paused` gap, in a marker chunk of its own
+when needed (`gaps`). When the end is forced (SIGTERM: the pod is being deleted; or the session
 deleted), what cannot be uploaded within the grace period (re-adopted chunks too) is given
 up the same way: one marker chunk without tracks (it needs no S3) carries the lost window
 as its `connection-lost` gap, so nothing disappears without a cause. A run that ends by
@@ -38,7 +39,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from voicetrack.audio import FRAME_MS
@@ -51,6 +52,7 @@ from voicetrack_recorder.chunker import Chunker, SealedChunk
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.faults import retry_async
+from voicetrack_recorder.gaps import LOST, carry, unsaid
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_SLOTS
 from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
@@ -138,8 +140,10 @@ class Recorder:
         is on disk)."""
         self._wake = asyncio.Event()
         self._closed = False
-        self._lost: Gap | None = None
-        """The window dropped because the spool was full, not yet carried by a chunk."""
+        self._unsaid: list[Gap] = []
+        """Contiguous gaps since the last chunk spooled, not yet carried by a chunk: the
+        windows dropped (the spool full or failing) and the gaps they carried
+        (`gaps.unsaid`)."""
         self._paused_at: int | None = None
         self._last: LastWord | None = None
         """The session's last chunk's end and `optedOut` (`stopmarkers.LastWord`)."""
@@ -359,27 +363,41 @@ class Recorder:
         """Write a sealed chunk to the spool and queue its upload. When the spool is full,
         or writing it fails otherwise (an OSError such as EIO, EDQUOT or EROFS, a spec the
         model refuses: logged with its traceback; before, it ended the run and the
-        container crash-looped), the chunk is dropped: its index goes back to the chunker
-        and its window (with the gap it carried) becomes the `connection-lost` gap of the
-        next chunk spooled."""
+        container crash-looped), the chunk is dropped: its index goes back to the chunker,
+        its window becomes a `connection-lost` gap and the gap it carried keeps its cause,
+        both carried by the next chunk spooled. Gaps of different causes waiting for one
+        chunk (a pause next to a dropped window) go each in its own chunk: marker chunks
+        without tracks before it (`gaps.carry`), spooled with it or not at all; before,
+        one `connection-lost` gap took them all and a pause became silence."""
         if chunk is None:
             return
-        if self._lost is not None:  # the lost window ends where this chunk starts or before
-            chunk.gap = Gap(start_ms=self._lost.start_ms, end_ms=chunk.start_ms,
-                            cause="connection-lost")
+        waiting = unsaid(self._unsaid + ([chunk.gap] if chunk.gap is not None else []),
+                         chunk.start_ms)
+        markers, gap = carry(waiting)
+        items = [SealedChunk(index=chunk.index + i, start_ms=m.start_ms, end_ms=m.end_ms,
+                             gap=m.gap, opted_out=list(chunk.opted_out),
+                             consent_degraded=chunk.consent_degraded)
+                 for i, m in enumerate(markers)]
+        items.append(replace(chunk, index=chunk.index + len(markers), gap=gap))
+        spooled: list[SpooledChunk] = []
         try:
-            spooled = await asyncio.to_thread(self.uploader.spool_chunk, chunk)
+            for item in items:
+                spooled.append(await asyncio.to_thread(self.uploader.spool_chunk, item))
         except Exception as err:  # any failure to keep it drops the window (not a crash)
+            for done in spooled:  # all or nothing: the markers wait with the window
+                self.uploader.spool.remove(done)
             self.chunker.reclaim(chunk)
-            start = chunk.gap.start_ms if chunk.gap is not None else chunk.start_ms
-            self._lost = Gap(start_ms=start, end_ms=chunk.end_ms, cause="connection-lost")
-            log.error("chunk %d [%d, %d) ms dropped: %s; lost since %d ms", chunk.index,
-                      chunk.start_ms, chunk.end_ms, err, start,
+            window = Gap(start_ms=chunk.start_ms, end_ms=chunk.end_ms, cause=LOST)
+            self._unsaid = unsaid([*waiting, window], chunk.end_ms)
+            log.error("chunk %d [%d, %d) ms dropped: %s; not carried yet: %s", chunk.index,
+                      chunk.start_ms, chunk.end_ms, err, ", ".join(
+                          f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in self._unsaid),
                       exc_info=not isinstance(err, SpoolFull))
             return
-        self._lost = None
+        self.chunker.next_index += len(markers)
+        self._unsaid = []
         self._last = (chunk.end_ms, list(chunk.opted_out))
-        self._pending.append(spooled)
+        self._pending.extend(spooled)
         self._wake.set()
 
     async def _upload_loop(self) -> None:
@@ -399,7 +417,9 @@ class Recorder:
 
     def _give_up(self, deadline: Deadline) -> None:
         """At stop: the lost window's marker (`stopmarkers.give_up`). Runs in a thread."""
-        last = give_up(self._pending, self._lost, self.chunker, self.consent, self.uploader,
+        lost = Gap(start_ms=self._unsaid[0].start_ms, end_ms=self._unsaid[-1].end_ms,
+                   cause=LOST) if self._unsaid else None
+        last = give_up(self._pending, lost, self.chunker, self.consent, self.uploader,
                        deadline)
         if last is not None:
             self._last = last

@@ -225,7 +225,7 @@ async def test_a_full_spool_stops_keeping_audio_and_records_the_gap(
     stats = recorder.uploader.stats
     await wait_async("chunk 0 acknowledged", lambda: stats.acked == [0], 20)
     await asyncio.to_thread(weed.stop)
-    await wait_async("a window dropped", lambda: recorder._lost is not None, 25)
+    await wait_async("a window dropped", lambda: bool(recorder._unsaid), 25)
     spool = recorder.uploader.spool
     on_disk = sum(p.stat().st_size for p in spool.root.rglob("*") if p.is_file())
     assert on_disk == spool.used <= bound and [c.index for c in recorder._pending] == [1]

@@ -154,7 +154,7 @@ def test_the_marker_chunk_of_a_lost_window_lists_the_opted_out(tmp_path: Path) -
     at(time, rec, 700)
     rec.kube.opt_out = (frozenset({B}), frozenset())
     rec.follow_consent()
-    rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")  # S3 down at stop
+    rec._unsaid = [Gap(start_ms=0, end_ms=1000, cause="connection-lost")]  # S3 down at stop
     rec._give_up(deadline=0.0)
     (marker,) = uploader.markers
     assert marker.tracks == [] and [(o.user_id, o.since_ms) for o in marker.opted_out] == [
@@ -176,7 +176,7 @@ def test_a_lost_window_marker_never_made_leaves_consent_to_a_stored_marker(
     at(time, rec, 700)
     rec.kube.opt_out = (frozenset({B}), frozenset())
     rec.follow_consent()
-    rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")
+    rec._unsaid = [Gap(start_ms=0, end_ms=1000, cause="connection-lost")]
     rec._give_up(deadline=0.0)
     rec._mark_consent(deadline=0.0)
     assert uploader.markers == []
@@ -194,7 +194,7 @@ def test_a_consent_marker_after_a_lost_window_marker_takes_the_next_index(
     uploader = MarkerUploader(Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"))
     rec.uploader = cast(Any, uploader)
     rec.push(B, 0, FRAME)
-    rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")
+    rec._unsaid = [Gap(start_ms=0, end_ms=1000, cause="connection-lost")]
     rec._give_up(deadline=0.0)
     at(time, rec, 1200)
     rec.kube.opt_out = (frozenset({B}), frozenset())

@@ -100,7 +100,7 @@ def test_marker_chunks_written_at_stop_carry_it(tmp_path: Path) -> None:
     rec.consent.lacks_members(DEGRADED)  # what DiscordSource says of its gateway
     rec.consent.set_policy([], ["500000000000000001"])  # the session has role opt-outs
     rec.push(B, 0, FRAME)
-    rec._lost = Gap(start_ms=0, end_ms=1000, cause="connection-lost")  # S3 down at stop
+    rec._unsaid = [Gap(start_ms=0, end_ms=1000, cause="connection-lost")]  # S3 down at stop
     rec._give_up(deadline=0.0)
     at(time, rec, 1200)
     rec.kube.opt_out = (frozenset({B}), frozenset({"500000000000000001"}))  # an opt-out

@@ -155,3 +155,63 @@ async def test_a_paused_restart_resumes_at_the_last_chunks_end_at_the_earliest(
     spec = rec._pending[-1].spec
     assert (spec.index, spec.start_ms, spec.gap) == (7, max(resume_s * 1000, 90_000), gap)
     assert spec.tracks[0].frames == WINDOW
+
+
+async def test_a_window_dropped_at_a_pause_keeps_the_pause_a_pause(tmp_path: Path) -> None:
+    """The window sealed at a pause [0, 2) s is dropped (the spool full); the recording
+    resumes at 10 s. The pause [2, 10) s stays a `paused` gap (promotion cuts it) and the
+    dropped window a `connection-lost` one (silence): a marker chunk without tracks on
+    the lost window's last 20 ms carries it, the resumed chunk the pause. Before, the
+    resumed chunk's gap became `connection-lost` over [0, 10) s: 8 s of pause rendered as
+    silence in the output."""
+    now = [0.0]
+    rec = recorder_at(tmp_path, now)
+    packet = sine_packet()
+    rec.chunker.open(0)
+    for slot in range(100):
+        rec.push(user(1), slot, packet)
+    rec.kube.paused = True
+    await rec._follow_pause(100)
+    spool = rec.uploader.spool
+    bound, spool.max_bytes = spool.max_bytes, 0  # full
+    await rec._spool(rec.chunker.seal())
+    assert not rec._pending and rec.chunker.next_index == 0
+    spool.max_bytes = bound
+    rec.kube.paused = False
+    await rec._follow_pause(500)
+    for slot in range(500, 500 + WINDOW):
+        rec.push(user(1), slot, packet)
+    await rec._spool(rec.chunker.seal())
+    got = [(s.spec.index, s.spec.start_ms, s.spec.end_ms, s.spec.gap, len(s.spec.tracks))
+           for s in rec._pending]
+    assert got == [
+        (0, 1_980, 2_000, Gap(start_ms=0, end_ms=1_980, cause="connection-lost"), 0),
+        (1, 10_000, 15_000, Gap(start_ms=2_000, end_ms=10_000, cause="paused"), 1)]
+    assert rec.chunker.next_index == 2
+
+
+async def test_a_dropped_window_after_a_pause_keeps_the_pause_a_pause(tmp_path: Path) -> None:
+    """Paused [2, 10) s after chunk 0; the first window after the resume, [10, 15) s and
+    carrying the `paused` gap, is dropped (the spool full); the next one spools. The pause
+    stays `paused` (carried by a marker on the lost window's first 20 ms) and the lost
+    window `connection-lost`. Before, the dropped chunk's pause was folded into one
+    `connection-lost` gap [2, 15) s."""
+    rec = recorder_at(tmp_path, [0.0])
+    packet = sine_packet()
+    rec.chunker.next_index = 1
+    rec.resume_point(2_000, paused=True)  # chunk 0 ended at 2 s, paused since
+    rec.kube.paused = False
+    await rec._follow_pause(500)
+    for slot in range(500, 500 + 2 * WINDOW):
+        rec.push(user(1), slot, packet)
+    spool = rec.uploader.spool
+    bound, spool.max_bytes = spool.max_bytes, 0  # full
+    await rec._spool(rec.chunker.seal())
+    spool.max_bytes = bound
+    await rec._spool(rec.chunker.seal())
+    got = [(s.spec.index, s.spec.start_ms, s.spec.end_ms, s.spec.gap, len(s.spec.tracks))
+           for s in rec._pending]
+    assert got == [
+        (1, 10_000, 10_020, Gap(start_ms=2_000, end_ms=10_000, cause="paused"), 0),
+        (2, 15_000, 20_000, Gap(start_ms=10_020, end_ms=15_000, cause="connection-lost"), 1)]
+    assert rec.chunker.next_index == 3

@@ -1,0 +1,82 @@
+"""Gaps waiting for a chunk to carry them, each with its own cause (pure).
+
+A chunk carries one gap (`ChunkSpec.gap`, the interval before it). When windows are dropped
+(the spool full or failing: `Recorder._spool`), the interval before the next chunk spooled
+can hold gaps of different causes: a `paused` interval (cut from the output) next to a
+dropped window (`connection-lost`, rendered as silence). Folding them into one gap gave
+the pause the lost window's cause: minutes of pause became minutes of silence. Instead,
+`carry` plans marker chunks without tracks, 20 ms each, placed inside a silent interval
+(where a marker's window is silence anyway), so each gap keeps its cause:
+
+- a silent interval followed by another cause: a marker on its last 20 ms carries the
+  rest of it;
+- a `paused` interval followed by another cause: a marker on the first 20 ms of what
+  follows carries the pause.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from voicetrack.audio import FRAME_MS
+from voicetrack.chunkspec import Gap
+
+LOST: Final = "connection-lost"
+CUT: Final = "paused"
+"""The one cause promotion cuts from the output; every other becomes silence."""
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A chunk without tracks: window `[start_ms, end_ms)` session ms, after `gap`."""
+
+    start_ms: int
+    end_ms: int
+    gap: Gap | None
+
+
+def unsaid(gaps: list[Gap], until_ms: int) -> list[Gap]:
+    """`gaps` (in time order, each not before the previous one's end) as contiguous
+    intervals ending at `until_ms` (ms): a hole between two, or between the last and
+    `until_ms`, becomes a `connection-lost` interval (nothing was captured there); adjacent
+    intervals of one cause are merged; empty ones are left out."""
+    out: list[Gap] = []
+
+    def add(gap: Gap) -> None:
+        if out and out[-1].end_ms < gap.start_ms:  # a hole: nothing captured there
+            add(Gap(start_ms=out[-1].end_ms, end_ms=gap.start_ms, cause=LOST))
+        if out and out[-1].cause == gap.cause:
+            out[-1] = Gap(start_ms=out[-1].start_ms, end_ms=gap.end_ms, cause=gap.cause)
+        else:
+            out.append(gap)
+
+    for gap in gaps:
+        add(gap)
+    if out and out[-1].end_ms < until_ms:
+        add(Gap(start_ms=out[-1].end_ms, end_ms=until_ms, cause=LOST))
+    return out
+
+
+def carry(gaps: list[Gap]) -> tuple[list[Marker], Gap | None]:
+    """How contiguous `gaps` (`unsaid`: adjacent ones of different causes) are carried:
+    (the marker chunks to write first, in order; the gap of the chunk that follows them).
+    A silent interval of 20 ms needs no gap of its own (its marker covers it); one of
+    40 ms or more between a pause and another cause takes two markers."""
+    markers: list[Marker] = []
+    held: Gap | None = None
+    for gap in gaps:
+        if held is None:
+            held = gap
+        elif held.cause != CUT:  # a marker on held's last 20 ms carries the rest of it
+            end = held.end_ms - FRAME_MS
+            markers.append(Marker(end, held.end_ms, Gap(
+                start_ms=held.start_ms, end_ms=end, cause=held.cause)
+                if end > held.start_ms else None))
+            held = gap
+        else:  # a pause: a marker on the first 20 ms of the silent gap after it
+            start = gap.start_ms + FRAME_MS
+            markers.append(Marker(gap.start_ms, start, held))
+            held = Gap(start_ms=start, end_ms=gap.end_ms, cause=gap.cause) \
+                if gap.end_ms > start else None
+    return markers, held
