@@ -75,7 +75,7 @@ class ApiTimeouts:
     """How long the recorder waits on the Kubernetes API server (s). One call ends within
     `connect_s + read_s` (a TemporaryFailure when it times out); the flush deadline is
     read between attempts, so an attempt under way at it overruns it by its calls' time
-    (recorder.FLUSH_GRACE_S). Raises ValueError when `watch_read_s` is not longer than
+    (ending.FLUSH_GRACE_S). Raises ValueError when `watch_read_s` is not longer than
     `watch_s` (a quiet watch would then time out before the server ends it)."""
 
     connect_s: float = 3.0
@@ -86,7 +86,7 @@ class ApiTimeouts:
     several: a shorter bound failed every upload there and filled the spool)."""
     stop_read_s: float = 4.0
     """`read_s` once the flush deadline is armed (`stopping`): an attempt under way at the
-    deadline must end inside the termination grace (recorder.FLUSH_GRACE_S)."""
+    deadline must end inside the termination grace (ending.FLUSH_GRACE_S)."""
     list_read_s: float = 30.0
     """Between bytes of the one list call (`list_chunks`, at start): the API server
     gathers every chunk of a long session (thousands of objects) before it answers, so

@@ -35,6 +35,8 @@ from pydantic import ValidationError
 
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.kubeclient import load_api_client
+from voicetrack.layout import MeetingLayout
+from voicetrack.names import session_meeting_id
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec
 from voicetrack.termination import write_termination_message
@@ -50,17 +52,33 @@ from voicetrack_recorder.files_source import FilesSource
 from voicetrack_recorder.grant import RenewingGrantWriter, SecretGrantSource
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.logs import configure_logging
-from voicetrack_recorder.recorder import (
-    Recorder,
-    Source,
-    meeting_id_of,
-    session_layout,
-    start_pause_watch,
-)
+from voicetrack_recorder.recorder import Recorder, Source
 from voicetrack_recorder.spool import Spool, spool_settings_from_env
 from voicetrack_recorder.uploader import ChunkUploader, GrantWriter, RawWriter
 
 app = typer.Typer(no_args_is_help=True, help="Voicetrack recorder: capture one session.")
+
+
+def start_pause_watch(kube: RecorderKube) -> threading.Event:
+    """Start the session watch thread; returns the event that stops it."""
+    stop = threading.Event()
+    threading.Thread(target=kube.watch_paused, args=(stop,), daemon=True,
+                     name="session-watch").start()
+    return stop
+
+
+def session_layout(spec: SessionSpec, meeting_id: str) -> MeetingLayout:
+    """The S3 key layout of the session's meeting (`<prefix>/<guildId>/<meetingId>/…`)."""
+    return MeetingLayout(prefix=spec.storage.prefix, guild_id=spec.guild_id,
+                         meeting_id=meeting_id)
+
+
+def meeting_id_of(obj: dict[str, Any]) -> str:
+    """The meeting id of session object `obj`: VOICETRACK_MEETING_ID when the operator set
+    it in the pod, else the project's one derivation (`session_meeting_id`: the recorded
+    `status.meetingId`, else `spec.meetingId`, else from the session's uid), so it is known
+    before the session has a status."""
+    return os.environ.get("VOICETRACK_MEETING_ID") or session_meeting_id(obj)
 
 
 async def _storage(spec: SessionSpec, stop: asyncio.Event, api: ApiClient, namespace: str

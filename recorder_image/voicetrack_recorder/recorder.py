@@ -14,17 +14,12 @@ or API outage without a count limit while the session lives; in memory only thei
 wait. A chunk the spool cannot take (full, or a disk error) is dropped and its window
 becomes the next chunk's `connection-lost` gap (the index is reused, so indices stay
 consecutive); a pause next to it keeps its `paused` gap, in a marker chunk of its own
-when needed (`gaps`). When the end is forced (SIGTERM: the pod is being deleted; or the session
-deleted), what cannot be uploaded within the grace period (re-adopted chunks too) is given
-up the same way: one marker chunk without tracks (it needs no S3) carries the lost window
-as its `connection-lost` gap, so nothing disappears without a cause. A run that ends by
-itself (auto-stop, a limit) has no such deadline at first: it keeps uploading with the same
-backoff until the spool is empty, and arms the deadline when SIGTERM or the deletion comes
-meanwhile, or after DRAIN_MAX_S; an error end (the source or the uploads failed) arms it at
-once (before, an S3 outage at an auto-stop lost the spooled audio after 20 s though nothing
-forced an end), and after `RESTARTED_ENDS` what was not uploaded stays in the spool for
-the restarted container (exit 1, same pod) to adopt. The operator keeps the upload grant
-valid while the pod has not Succeeded.
+when needed (`gaps`). When the end is forced (SIGTERM: the pod is being deleted; or the
+session deleted), what cannot be uploaded within the grace period (re-adopted chunks too)
+is given up the same way: one marker chunk without tracks (it needs no S3) carries the lost window
+as its `connection-lost` gap, so nothing disappears without a cause. How a run ends (the
+flush deadline, the ends that arm it at once, the spool left for a restarted container)
+is `ending`.
 
 Consent at stop (issue 12, docs/consent.md): an opt-out that no chunk carried (made while
 paused, or seen after the last seal) is written at stop in a consent marker chunk; it and
@@ -35,22 +30,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
-import time
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Protocol
 
 from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import Gap
 from voicetrack.errors import InvalidInputError, TemporaryFailure
-from voicetrack.layout import MeetingLayout
-from voicetrack.names import session_meeting_id
 from voicetrack.resources import SessionSpec
 from voicetrack_recorder.chunker import Chunker, SealedChunk
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
+from voicetrack_recorder.ending import FlushDeadline, RecorderResult, arms_at_once, keeps_spool
 from voicetrack_recorder.faults import retry_async
 from voicetrack_recorder.gaps import LOST, carry, unsaid
 from voicetrack_recorder.kube import RecorderKube
@@ -64,43 +55,6 @@ from voicetrack_recorder.uploader import ChunkUploader, Deadline
 log = logging.getLogger(__name__)
 
 TICK_S = 0.05
-FLUSH_GRACE_S = 20.0
-"""How long a recorder forced to stop (SIGTERM, the session deleted) keeps retrying the
-upload of its last chunks, in all: one deadline from the moment the end is forced, inside
-the pod's 30 s termination grace. The deadline is read between attempts, so an attempt
-under way when it passes ends when its calls do: each Kubernetes call within
-`kube.API_TIMEOUTS` (3 s connect, 4 s read once the deadline is armed: `stopping`; 15 s
-while recording). Against an API server that accepts and never answers, the flush ends by
-24 s and the lost window's marker create (`MARKER_GRACE_S`; one try at least) by 28 s,
-inside the grace (it needs the API: when it fails the window's loss is in the recorder's
-log and termination message only); a consent marker due as well tries once more and may
-be cut by the SIGKILL. Before the calls were bounded they
-waited for good and the pod was SIGKILLed with no marker. A POST to a silent S3 is
-bounded by its own timeout (`voicetrack.uploadgrant`, 120 s read), which the grace does not
-cover."""
-MARKER_GRACE_S = 5.0
-"""After the flush deadline, how long creating the lost window's marker chunk may retry
-(20 + 5 s, inside the 30 s termination grace; a create under way then ends within one
-call's timeout, `FLUSH_GRACE_S`)."""
-DRAIN_MAX_S = 3600.0
-"""How long a run that ended by itself keeps uploading its spool before the flush deadline
-is armed all the same (within the upload grant, which lasts the session's maximum duration
-plus an hour): a pod that never ends while S3 never comes back would hold its guild."""
-ERROR_ENDS = ("source-failed", "upload-failed", "clock-stepped")
-"""Ends after which the flush deadline is armed at once, as for a forced end: the
-container restarts and capture resumes sooner (second review: a voice connection lost
-during an S3 outage held capture down for the whole outage)."""
-
-
-RESTARTED_ENDS = ("source-failed", "clock-stepped")
-"""Error ends whose chunks not uploaded by the deadline stay in the spool: the process exits
-1, the container restarts in the same pod (its emptyDir kept) and the next run adopts them
-(`ChunkUploader.adopt`) and uploads them first. Before, they were given up as a lost
-window though the next run was seconds away. Not `upload-failed`: an upload that failed
-for good would fail again; nor a source failing on bad input (InvalidInputError, exit 2:
-the operator fails the session and deletes the pod, so no run would adopt them)."""
-
-
 MAX_CLOCK_LEAD_MS = 60_000
 """How far (ms) the session's last chunk may end ahead of the session clock at start (clock
 skew between the nodes of two runs) before `resume_point` calls it a fault."""
@@ -110,15 +64,6 @@ class Source(Protocol):
     """What captures audio: `run` pushes frames into the recorder until `stop`."""
 
     async def run(self, stop: asyncio.Event) -> None: ...
-
-
-@dataclass
-class RecorderResult:
-    """How a run ended: chunks written, why, and the source's error if it failed."""
-
-    chunks: int
-    reason: str
-    error: BaseException | None = None
 
 
 class Recorder:
@@ -147,12 +92,8 @@ class Recorder:
         self._paused_at: int | None = None
         self._last: LastWord | None = None
         """The session's last chunk's end and `optedOut` (`stopmarkers.LastWord`)."""
-        self.flush_deadline: float | None = None
-        """Monotonic time after which uploads stop retrying; None until the end is forced
-        (`forced`)."""
-        self.flush_grace_s = FLUSH_GRACE_S
-        self.marker_grace_s = MARKER_GRACE_S
-        self.drain_max_s = DRAIN_MAX_S
+        self.flush = FlushDeadline(kube)
+        """When the uploads of the last chunks stop retrying (`ending.FlushDeadline`)."""
 
     def push(self, user_id: str, slot: int, packet: bytes) -> bool:
         """The FrameSink the source feeds (runs on the event loop thread); refuses every
@@ -283,29 +224,29 @@ class Recorder:
                 self._spool, 0.0 if source_task.done() else TAIL_WAIT_MAX_S,
                 self.follow_consent)
         finally:
-            if self.forced() or reason in ERROR_ENDS:
-                self._arm_flush_deadline()
-            arming = asyncio.create_task(self._arm_when_forced())
+            if arms_at_once(reason, self.forced()):
+                self.flush.arm(len(self._pending))
+            arming = asyncio.create_task(self.flush.arm_when_forced(
+                self.forced, lambda: len(self._pending), TICK_S))
             self.source_stop.set()
             self._closed = True
             self._wake.set()
             if not uploader_task.done():
-                if self.flush_deadline is None and self._pending:
+                if self.flush.at is None and self._pending:
                     log.warning("capture ended (%s); uploading %d spooled chunk(s) without a "
                                 "deadline until done, SIGTERM or the session's deletion",
                                 reason, len(self._pending))
                 await asyncio.gather(uploader_task, return_exceptions=True)
             source_task.cancel()
             await asyncio.gather(source_task, return_exceptions=True)
-            if self._pending and reason in RESTARTED_ENDS and not self.forced() \
-                    and not isinstance(error, InvalidInputError):
+            if self._pending and keeps_spool(reason, error, self.forced()):
                 # the container restarts in this pod: its next run adopts the spool
                 log.warning("capture ended (%s): %d chunk(s) not uploaded left in the spool "
                             "for the restarted container", reason, len(self._pending))
             else:
-                await asyncio.to_thread(self._give_up, self._marker_deadline)
+                await asyncio.to_thread(self._give_up, self.flush.marker_at)
                 self.follow_consent()  # what the session watch saw while uploads drained
-                await asyncio.to_thread(self._mark_consent, self._marker_deadline)
+                await asyncio.to_thread(self._mark_consent, self.flush.marker_at)
             arming.cancel()
             await asyncio.gather(arming, return_exceptions=True)
         log.info("recorder ends (%s): %d chunks, %d bytes", reason, self.uploader.stats.chunks,
@@ -316,31 +257,6 @@ class Recorder:
         """Whether the end is forced: SIGTERM (`stop`: the pod is being deleted, its
         termination grace runs) or the session deleted (its recorder pod goes next)."""
         return self.stop.is_set() or self.kube.deleted.is_set()
-
-    def _arm_flush_deadline(self) -> None:
-        """Set `flush_deadline` to now + `flush_grace_s` unless set already."""
-        if self.flush_deadline is None:
-            self.flush_deadline = time.monotonic() + self.flush_grace_s
-            self.kube.timeouts = self.kube.timeouts.stopping()  # attempts end in the grace
-            if self._pending:
-                log.warning("stop forced: %d chunk(s) left to upload within %.0f s",
-                            len(self._pending), self.flush_grace_s)
-
-    async def _arm_when_forced(self) -> None:
-        """Arm the flush deadline when SIGTERM or the session's deletion comes while the
-        last chunks upload, or once they have uploaded for `drain_max_s` (polled every
-        TICK_S; cancelled when the run is done)."""
-        until = time.monotonic() + self.drain_max_s
-        while not self.forced() and time.monotonic() < until:
-            await asyncio.sleep(TICK_S)
-        self._arm_flush_deadline()
-
-    def _marker_deadline(self) -> float | None:
-        """When creating a marker chunk stops retrying: `marker_grace_s` after the flush
-        deadline; None (no limit) while the end is not forced."""
-        if self.flush_deadline is None:
-            return None
-        return self.flush_deadline + self.marker_grace_s
 
     async def _follow_pause(self, now: int) -> None:
         """Pause at slot `now` (`Chunker.stop`: the loop seals by the seal rule) or resume
@@ -412,7 +328,7 @@ class Recorder:
                 await self._wake.wait()
                 continue
             await asyncio.to_thread(self.uploader.upload, self._pending[0],
-                                    lambda: self.flush_deadline, self.forced)
+                                    lambda: self.flush.at, self.forced)
             self._pending.popleft()
 
     def _give_up(self, deadline: Deadline) -> None:
@@ -433,24 +349,3 @@ class Recorder:
         if last is not None:
             self._last = last
 
-
-def start_pause_watch(kube: RecorderKube) -> threading.Event:
-    """Start the session watch thread; returns the event that stops it."""
-    stop = threading.Event()
-    threading.Thread(target=kube.watch_paused, args=(stop,), daemon=True,
-                     name="session-watch").start()
-    return stop
-
-
-def session_layout(spec: SessionSpec, meeting_id: str) -> MeetingLayout:
-    """The S3 key layout of the session's meeting (`<prefix>/<guildId>/<meetingId>/…`)."""
-    return MeetingLayout(prefix=spec.storage.prefix, guild_id=spec.guild_id,
-                         meeting_id=meeting_id)
-
-
-def meeting_id_of(obj: dict[str, Any]) -> str:
-    """The meeting id of session object `obj`: VOICETRACK_MEETING_ID when the operator set
-    it in the pod, else the project's one derivation (`session_meeting_id`: the recorded
-    `status.meetingId`, else `spec.meetingId`, else from the session's uid), so it is known
-    before the session has a status."""
-    return os.environ.get("VOICETRACK_MEETING_ID") or session_meeting_id(obj)

@@ -36,14 +36,10 @@ from voicetrack_local.procs import ProcRecord, spawn, terminate
 from voicetrack_local.seaweed import SeaweedServer
 from voicetrack_local.stack import install_crds
 from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.ending import RecorderResult
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import (
-    Recorder,
-    RecorderResult,
-    meeting_id_of,
-    session_layout,
-    start_pause_watch,
-)
+from voicetrack_recorder.main import meeting_id_of, session_layout, start_pause_watch
+from voicetrack_recorder.recorder import Recorder
 from voicetrack_recorder.spool import Spool
 from voicetrack_recorder.uploader import ChunkUploader
 
@@ -257,7 +253,7 @@ async def test_s3_down_at_stop_records_the_lost_window_as_a_connection_lost_gap(
     new_session(kubectl, namespace, "s3-at-stop")
     assert weed.settings is not None
     recorder, _ = build(cluster, namespace, "s3-at-stop", weed.settings, tmp_path)
-    recorder.flush_grace_s = 3.0
+    recorder.flush.grace_s = 3.0
     await recorder.prepare()
     run = asyncio.create_task(recorder.run(TickSource(recorder, recorder.clock)))
     stats = recorder.uploader.stats

@@ -36,7 +36,8 @@ from voicetrack.errors import InvalidInputError
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.seaweed import SeaweedServer
-from voicetrack_recorder.recorder import Recorder, RecorderResult
+from voicetrack_recorder.ending import RecorderResult
+from voicetrack_recorder.recorder import Recorder
 
 pytestmark = [pytest.mark.disruptive, pytest.mark.timeout(150)]
 
@@ -74,7 +75,7 @@ async def stop_s3_and_end_by_itself(recorder: Recorder, how: str, weed: SeaweedS
     """Run `recorder` until chunk 0 is acknowledged, stop S3, and return the run's task
     once capture has ended by itself (`how`: `channel-empty` or `max-duration`), with
     chunks left in the spool."""
-    recorder.flush_grace_s = GRACE_S
+    recorder.flush.grace_s = GRACE_S
     await recorder.prepare()
     source = AutoStopSource(recorder, recorder.clock) if how == "channel-empty" \
         else TickSource(recorder, recorder.clock)
@@ -122,7 +123,7 @@ async def test_s3_down_when_the_session_ends_by_itself_loses_nothing(
     run = await stop_s3_and_end_by_itself(recorder, how, weed)
     await asyncio.sleep(OUTAGE_AFTER_END_S)
     assert not run.done(), run.result()
-    assert recorder.flush_deadline is None and recorder.uploader.stats.lost == []
+    assert recorder.flush.at is None and recorder.uploader.stats.lost == []
     await asyncio.to_thread(restart_weed, weed, settings)
     result = await asyncio.wait_for(run, 60)
     assert_everything_arrived(recorder, store, result, how)
@@ -144,7 +145,7 @@ async def test_sigterm_while_a_self_ended_run_uploads_arms_the_deadline(
     recorder.stop.set()
     result = await asyncio.wait_for(run, 60)
     took = time.monotonic() - sigterm
-    assert took <= GRACE_S + recorder.marker_grace_s + 11, took  # + one backoff sleep
+    assert took <= GRACE_S + recorder.flush.marker_grace_s + 11, took  # + one backoff sleep
     assert result.reason == "max-duration"
     assert_loss_recorded(recorder)
 
@@ -192,15 +193,16 @@ async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
     container restarts and captures again soon (before, it waited for S3 with capture
     down), and what it could not upload stays in the spool, adopted and uploaded by the
     next run (before, it was given up: review of the stop path); `drain-limit`: a run
-    that ended by itself gives up after `drain_max_s` (before, a pod whose S3 never came
-    back never ended and held its guild) and records the loss as a forced end does."""
+    that ended by itself gives up after `FlushDeadline.drain_max_s` (before, a pod whose
+    S3 never came back never ended and held its guild) and records the loss as a forced
+    end does."""
     limit_s = END_S if end == "drain-limit" else 600  # else the source ends it first
     new_session(kubectl, namespace, "self-stop", limits={"maxDurationSeconds": limit_s})
     s3 = weed.settings
     assert s3 is not None
     recorder, _ = build(cluster, namespace, "self-stop", s3, tmp_path)
-    recorder.flush_grace_s = GRACE_S
-    recorder.drain_max_s = 2 * GRACE_S
+    recorder.flush.grace_s = GRACE_S
+    recorder.flush.drain_max_s = 2 * GRACE_S
     await recorder.prepare()
     source = {"source-failed": FailingSource, "source-refused": RefusedSource}.get(
         end, TickSource)(recorder, recorder.clock)
@@ -211,8 +213,8 @@ async def test_an_error_end_or_a_drain_past_its_limit_arms_the_deadline(
     ended = time.monotonic()
     result = await asyncio.wait_for(run, 60)
     took = time.monotonic() - ended
-    limit = GRACE_S + (recorder.drain_max_s if end == "drain-limit" else 0)
-    assert took <= limit + recorder.marker_grace_s + 11, took  # + one backoff sleep
+    limit = GRACE_S + (recorder.flush.drain_max_s if end == "drain-limit" else 0)
+    assert took <= limit + recorder.flush.marker_grace_s + 11, took  # + one backoff sleep
     assert result.reason == ("max-duration" if end == "drain-limit" else "source-failed")
     if end != "source-failed":  # no run of this pod follows: the loss is recorded
         assert_loss_recorded(recorder)

@@ -47,7 +47,8 @@ from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.seaweed import SeaweedServer
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import Recorder, meeting_id_of, session_layout
+from voicetrack_recorder.main import meeting_id_of, session_layout
+from voicetrack_recorder.recorder import Recorder
 from voicetrack_recorder.spool import Spool
 from voicetrack_recorder.uploader import ChunkUploader, read_acked
 

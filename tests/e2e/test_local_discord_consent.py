@@ -49,12 +49,8 @@ from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.discord.endpoint import DiscordEndpoint
 from voicetrack_recorder.discord.source import DiscordSource
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import (
-    Recorder,
-    meeting_id_of,
-    session_layout,
-    start_pause_watch,
-)
+from voicetrack_recorder.main import meeting_id_of, session_layout, start_pause_watch
+from voicetrack_recorder.recorder import Recorder
 from voicetrack_recorder.spool import Spool
 from voicetrack_recorder.uploader import ChunkUploader
 

@@ -158,7 +158,7 @@ async def test_a_consent_marker_a_terminating_namespace_refuses_is_stored_in_s3(
     grant = mint_upload_grant(object_store.settings, object_store.settings.bucket,
                               layout.chunks_root, datetime.now(UTC) + timedelta(hours=1))
     rec.uploader.store = GrantWriter(object_store.settings.endpoint, grant)
-    rec.flush_grace_s, rec.marker_grace_s = 1.0, 1.0
+    rec.flush.grace_s, rec.flush.marker_grace_s = 1.0, 1.0
     roles: dict[str, list[str]] = {A: []}
     rec.consent.roles_of = roles.get
     await rec.prepare()

@@ -52,7 +52,8 @@ from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.stack import install_crds
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import Recorder, start_pause_watch
+from voicetrack_recorder.main import start_pause_watch
+from voicetrack_recorder.recorder import Recorder
 from voicetrack_recorder.spool import Spool
 from voicetrack_recorder.uploader import ChunkUploader
 

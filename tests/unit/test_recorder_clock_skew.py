@@ -143,7 +143,7 @@ async def test_a_recorder_whose_node_clock_stepped_ends_with_a_failure(tmp_path:
                              "uid-1", str(tmp_path / "acks.json"))
     clock = SessionClock(0, time_fn=lambda: 100.0, offset_ms=1500)
     recorder = Recorder(kube, uploader, spec, clock)
-    recorder.flush_grace_s = 0.2
+    recorder.flush.grace_s = 0.2
     recorder.chunker.open(clock.now_slot())
     kube.clock_offset_ms = 1500 + 800  # measuring noise: recording goes on
 

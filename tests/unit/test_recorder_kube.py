@@ -19,7 +19,7 @@ from voicetrack.errors import TemporaryFailure
 from voicetrack.names import derive_meeting_id
 from voicetrack.resources import GROUP, SESSION_PLURAL, VERSION
 from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import meeting_id_of
+from voicetrack_recorder.main import meeting_id_of
 
 pytestmark = pytest.mark.unit
 

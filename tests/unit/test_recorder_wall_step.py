@@ -82,7 +82,7 @@ async def test_a_wall_clock_step_mid_run_ends_it_as_clock_stepped(step_s: float,
     uploader = ChunkUploader(store, kube, spool, "uid-1", str(tmp_path / "acks.json"))
     recorder = Recorder(kube, uploader, spec, SessionClock(
         int(clocks.wall() * 1000), time_fn=clocks.wall, mono_fn=clocks.mono))
-    recorder.flush_grace_s = 1.0  # nothing is reachable: the uploads give up soon
+    recorder.flush.grace_s = 1.0  # nothing is reachable: the uploads give up soon
     recorder.chunker.open(recorder.clock.now_slot())
     run = asyncio.create_task(recorder.run(Waiting()))
     await asyncio.sleep(0.5)
@@ -109,5 +109,5 @@ def test_the_flush_deadline_cuts_the_api_read_timeout(tmp_path: Path) -> None:
                              "uid-1", str(tmp_path / "acks.json"))
     recorder = Recorder(kube, uploader, spec, SessionClock(0))
     assert kube.timeouts.request[1] == kube.timeouts.read_s > kube.timeouts.stop_read_s
-    recorder._arm_flush_deadline()
+    recorder.flush.arm(0)
     assert kube.timeouts.request[1] == kube.timeouts.stop_read_s

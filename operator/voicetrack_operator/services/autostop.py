@@ -4,7 +4,7 @@
 The recorder ends by itself when nobody but it has been in the voice channel for
 `limits.emptyChannelSeconds` (end reason `channel-empty`), or at `limits.maxDurationSeconds`
 (`max-duration`) or `limits.maxBytes` (`max-bytes`). It exits 0 only after its spooled
-chunks are uploaded (`voicetrack_recorder.recorder`: a run that ended by itself drains its
+chunks are uploaded (`voicetrack_recorder.ending`: a run that ended by itself drains its
 spool without a deadline), so its pod Succeeds and the session shows Stopped. A Succeeded
 pod is never restarted: left alone, the session would stay Stopped, its audio never
 promoted and its guild busy for good. Promotion runs in the deletion path
