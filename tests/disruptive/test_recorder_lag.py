@@ -22,7 +22,7 @@ from tests.disruptive.test_recorder_outages import (
     wait_async,
 )
 from tests.fixtures.cluster import Kubectl
-from tests.unit.test_recorder_spool import sine_packet
+from tests.unit.recorder_rig import sine_packet
 from voicetrack.audio import FRAME_MS
 from voicetrack_local.cluster import LocalCluster
 from voicetrack_local.seaweed import SeaweedServer

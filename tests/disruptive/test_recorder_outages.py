@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.cluster import Kubectl
-from tests.unit.test_recorder_spool import sine_packet
+from tests.unit.recorder_rig import sine_packet
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex

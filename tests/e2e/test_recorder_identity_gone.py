@@ -28,7 +28,7 @@ from tests.e2e import test_operator_services as services_tests
 from tests.e2e.test_operator_services import kubeconfig_with, make_session, set_status
 from tests.e2e.test_recorder_terminating_namespace import assert_in_s3
 from tests.fixtures.cluster import Kubectl
-from tests.unit.test_recorder_spool import chunk_of, sine_packet
+from tests.unit.recorder_rig import chunk_of, sine_packet
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.errors import ApiAccessDenied
 from voicetrack.kubeclient import load_api_client

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.unit.test_recorder_spool import sine_packet
+from tests.unit.recorder_rig import sine_packet
 from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.kubeclient import load_api_client

@@ -22,7 +22,7 @@ from tests.e2e import test_operator_services as services_tests
 from tests.e2e.test_operator_services import make_session
 from tests.e2e.test_recorder_consent_marker import hold_terminating
 from tests.fixtures.cluster import Kubectl
-from tests.unit.test_recorder_spool import chunk_of, sine_packet
+from tests.unit.recorder_rig import chunk_of, sine_packet
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.kubeclient import load_api_client
 from voicetrack.layout import MeetingLayout

@@ -17,7 +17,7 @@ import pytest
 from tests.e2e import test_operator_services as services_tests
 from tests.e2e.test_operator_services import make_session
 from tests.fixtures.cluster import Kubectl
-from tests.unit.test_recorder_spool import chunk_of, sine_packet
+from tests.unit.recorder_rig import chunk_of, sine_packet
 from voicetrack.errors import InvalidInputError
 from voicetrack.kubeclient import load_api_client
 from voicetrack.objectstore import ObjectStore, S3Settings

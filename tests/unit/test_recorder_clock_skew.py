@@ -18,13 +18,10 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
+from tests.unit.recorder_rig import recorder_at
 from tests.unit.test_operator_isolation import SESSION, claim
-from tests.unit.test_recorder_spool import GUILD, LAYOUT, unreachable
 from voicetrack.errors import TemporaryFailure
-from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack.resources import SessionSpec
 from voicetrack_operator.services.isolation import chunk_refusal
 from voicetrack_recorder.clock import (
     CORRECT_ABOVE_MS,
@@ -33,10 +30,6 @@ from voicetrack_recorder.clock import (
     server_offset_ms,
     session_origin,
 )
-from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import Recorder
-from voicetrack_recorder.spool import Spool
-from voicetrack_recorder.uploader import ChunkUploader
 
 pytestmark = pytest.mark.unit
 
@@ -133,16 +126,9 @@ async def test_a_recorder_whose_node_clock_stepped_ends_with_a_failure(tmp_path:
     """The pause watch re-reads the session (and the offset) while recording: a step past
     STEP_ABOVE_MS ends the run with a TemporaryFailure (the container restarts, measures
     again and continues at the next index) instead of sealing windows that far off."""
-    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
-                        "rec", "standup")
-    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
-                                   secret_key="b"))
-    spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD,
-                                       "chunkSeconds": 5})
-    uploader = ChunkUploader(store, kube, Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"),
-                             "uid-1", str(tmp_path / "acks.json"))
     clock = SessionClock(0, time_fn=lambda: 100.0, offset_ms=1500)
-    recorder = Recorder(kube, uploader, spec, clock)
+    recorder = recorder_at(tmp_path, clock, chunkSeconds=5)
+    kube = recorder.kube
     recorder.flush.grace_s = 0.2
     recorder.chunker.open(clock.now_slot())
     kube.clock_offset_ms = 1500 + 800  # measuring noise: recording goes on

@@ -21,8 +21,8 @@ import pytest
 import urllib3
 from kubernetes import client
 
+from tests.unit.recorder_rig import LAYOUT, chunk_of, sine_packet
 from tests.unit.test_recorder_kube import chunk_spec
-from tests.unit.test_recorder_spool import LAYOUT, chunk_of, sine_packet
 from tests.unit.test_uploader_access_denied import Written
 from voicetrack.errors import TemporaryFailure
 from voicetrack.kubeclient import translate_api_error

@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client
 
 from tests.discord_rig import VirtualTime
+from tests.unit.recorder_rig import LAYOUT, unreachable
 from tests.unit.test_chunker_consent import CHANNEL, GUILD
-from tests.unit.test_recorder_spool import LAYOUT, unreachable
 from voicetrack.chunkspec import ChunkSpec, OptOut
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import SessionSpec

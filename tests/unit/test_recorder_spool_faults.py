@@ -1,6 +1,6 @@
 """Review findings in the recorder's seal → spool path, with real libopus packets and a real
-Spool (the Kubernetes client and the object store point at a loopback port nothing listens
-on: spooling touches neither).
+Spool (`recorder_rig`: the Kubernetes client and the object store point at a loopback port
+nothing listens on; spooling touches neither).
 
 (A) More than MAX_TRACKS speakers in one window made the spool's ChunkSpec raise a
 ValidationError, and any disk error other than ENOSPC an OSError: neither is SpoolFull, so
@@ -23,17 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
-from tests.unit.test_recorder_spool import GUILD, LAYOUT, sine_packet, unreachable
+from tests.unit.recorder_rig import recorder_at, sine_packet
 from voicetrack.chunkspec import Gap
-from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack.resources import MAX_TRACKS, SessionSpec
+from voicetrack.resources import MAX_TRACKS
 from voicetrack_recorder.clock import SessionClock
-from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.recorder import Recorder
-from voicetrack_recorder.spool import Spool
-from voicetrack_recorder.uploader import ChunkUploader
 
 pytestmark = pytest.mark.unit
 
@@ -41,18 +36,10 @@ WINDOW = 250
 """Slots of a 5 s chunk."""
 
 
-def recorder_at(tmp_path: Path, now_s: list[float]) -> Recorder:
-    """A recorder of 5 s chunks on a real spool under `tmp_path`, its session clock at
+def five_s(tmp_path: Path, now_s: list[float]) -> Recorder:
+    """The rig's recorder of 5 s chunks (`recorder_rig.recorder_at`), its session clock at
     `now_s[0]` seconds (session time; mutable)."""
-    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
-                        "rec", "standup")
-    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
-                                   secret_key="b"))
-    spool = Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup")
-    spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD,
-                                       "chunkSeconds": 5})
-    uploader = ChunkUploader(store, kube, spool, "uid-1", str(tmp_path / "acks.json"))
-    return Recorder(kube, uploader, spec, SessionClock(0, time_fn=lambda: now_s[0]))
+    return recorder_at(tmp_path, SessionClock(0, time_fn=lambda: now_s[0]), chunkSeconds=5)
 
 
 def user(i: int) -> str:
@@ -65,7 +52,7 @@ async def test_more_than_max_tracks_speakers_keep_the_busiest_and_the_run_goes_o
     (ties by user id), the two left out are named in a warning, and they are recorded
     again in the next window. Before, the spool's spec raised a ValidationError out of
     `_spool` (the run ended, the container crash-looped)."""
-    rec = recorder_at(tmp_path, [0.0])
+    rec = five_s(tmp_path, [0.0])
     packet = sine_packet()
     rec.chunker.open(0)
     for i in range(MAX_TRACKS + 2):  # users 0-126: 20+ frames; users 127-129: 5 each
@@ -109,7 +96,7 @@ async def test_a_disk_error_drops_the_window_into_the_next_chunks_gap(
     limit) is handled as a full spool: the window is dropped, its index given back, and
     the next chunk spooled carries it as a `connection-lost` gap. Before, the OSError left
     `_spool` (the run ended, the container crash-looped losing every chunk)."""
-    rec = recorder_at(tmp_path, [0.0])
+    rec = five_s(tmp_path, [0.0])
     packet = sine_packet()
     rec.chunker.open(0)
 
@@ -140,7 +127,7 @@ async def test_a_paused_restart_resumes_at_the_last_chunks_end_at_the_earliest(
     opens at 90 s without a gap (before, at 70 s: a chunk over the last one's window,
     which promotion leaves out); one at 100 s opens there after a `paused` gap from 90 s."""
     now = [60.0]
-    rec = recorder_at(tmp_path, now)
+    rec = five_s(tmp_path, now)
     rec.chunker.next_index = 7
     rec.resume_point(90_000, paused=True)
     assert not rec.chunker.is_open
@@ -165,7 +152,7 @@ async def test_a_window_dropped_at_a_pause_keeps_the_pause_a_pause(tmp_path: Pat
     resumed chunk's gap became `connection-lost` over [0, 10) s: 8 s of pause rendered as
     silence in the output."""
     now = [0.0]
-    rec = recorder_at(tmp_path, now)
+    rec = five_s(tmp_path, now)
     packet = sine_packet()
     rec.chunker.open(0)
     for slot in range(100):
@@ -196,7 +183,7 @@ async def test_a_dropped_window_after_a_pause_keeps_the_pause_a_pause(tmp_path: 
     stays `paused` (carried by a marker on the lost window's first 20 ms) and the lost
     window `connection-lost`. Before, the dropped chunk's pause was folded into one
     `connection-lost` gap [2, 15) s."""
-    rec = recorder_at(tmp_path, [0.0])
+    rec = five_s(tmp_path, [0.0])
     packet = sine_packet()
     rec.chunker.next_index = 1
     rec.resume_point(2_000, paused=True)  # chunk 0 ended at 2 s, paused since

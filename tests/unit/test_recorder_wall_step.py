@@ -7,7 +7,7 @@ step dropped frames as late until then.
 
 The recorder runs for real (its capture loop, chunker and spool) with a wall clock and a
 monotonic clock the test moves; the Kubernetes client and S3 point at a loopback port
-nothing listens on (nothing is uploaded: no chunk is due before the step)."""
+nothing listens on (`recorder_rig`) (nothing is uploaded: no chunk is due before the step)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
-from tests.unit.test_recorder_spool import GUILD, LAYOUT, unreachable
-from voicetrack.objectstore import ObjectStore, S3Settings
-from voicetrack.resources import SessionSpec
+from tests.unit.recorder_rig import recorder_at
 from voicetrack_recorder.clock import STEP_ABOVE_MS, SessionClock
-from voicetrack_recorder.kube import RecorderKube
-from voicetrack_recorder.recorder import Recorder
-from voicetrack_recorder.spool import Spool
-from voicetrack_recorder.uploader import ChunkUploader
 
 pytestmark = pytest.mark.unit
 
@@ -71,17 +64,10 @@ def test_the_wall_clock_against_the_monotonic_one() -> None:
 async def test_a_wall_clock_step_mid_run_ends_it_as_clock_stepped(step_s: float,
                                                                    tmp_path: Path) -> None:
     clocks = Clocks(1_000.0)
-    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
-                        "rec", "standup")
-    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
-                                   secret_key="b"))
-    spool = Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup")
-    spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD,
-                                       "chunkSeconds": 5,
-                                       "limits": {"maxDurationSeconds": 7200}})
-    uploader = ChunkUploader(store, kube, spool, "uid-1", str(tmp_path / "acks.json"))
-    recorder = Recorder(kube, uploader, spec, SessionClock(
-        int(clocks.wall() * 1000), time_fn=clocks.wall, mono_fn=clocks.mono))
+    recorder = recorder_at(tmp_path, SessionClock(
+        int(clocks.wall() * 1000), time_fn=clocks.wall, mono_fn=clocks.mono),
+        chunkSeconds=5, limits={"maxDurationSeconds": 7200})
+    uploader = recorder.uploader
     recorder.flush.grace_s = 1.0  # nothing is reachable: the uploads give up soon
     recorder.chunker.open(recorder.clock.now_slot())
     run = asyncio.create_task(recorder.run(Waiting()))
@@ -100,14 +86,8 @@ def test_the_flush_deadline_cuts_the_api_read_timeout(tmp_path: Path) -> None:
     """Arming the flush deadline (a forced or error end) shortens the Kubernetes calls'
     read timeout to `stop_read_s`, so an attempt under way at the deadline ends inside the
     termination grace; while recording it is the longer `read_s`."""
-    kube = RecorderKube(client.ApiClient(client.Configuration(host=f"http://{unreachable()}")),
-                        "rec", "standup")
-    store = ObjectStore(S3Settings(endpoint=f"http://{unreachable()}", access_key="a",
-                                   secret_key="b"))
-    spec = SessionSpec.model_validate({"guildId": GUILD, "channelId": GUILD})
-    uploader = ChunkUploader(store, kube, Spool(tmp_path / "s", 1 << 20, LAYOUT, "standup"),
-                             "uid-1", str(tmp_path / "acks.json"))
-    recorder = Recorder(kube, uploader, spec, SessionClock(0))
+    recorder = recorder_at(tmp_path, SessionClock(0), 1 << 20)
+    kube = recorder.kube
     assert kube.timeouts.request[1] == kube.timeouts.read_s > kube.timeouts.stop_read_s
     recorder.flush.arm(0)
     assert kube.timeouts.request[1] == kube.timeouts.stop_read_s

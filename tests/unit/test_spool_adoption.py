@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.unit.test_recorder_spool import LAYOUT, chunk_of, sine_packet, unreachable
+from tests.unit.recorder_rig import LAYOUT, chunk_of, sine_packet, unreachable
 from voicetrack.chunkspec import ChunkSpec
 from voicetrack.layout import MeetingLayout
 from voicetrack.objectstore import ObjectStore, S3Settings

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.unit.test_recorder_spool import LAYOUT, chunk_of, sine_packet
+from tests.unit.recorder_rig import LAYOUT, chunk_of, sine_packet
 from voicetrack.errors import TemporaryFailure
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.spool import Spool
