@@ -144,6 +144,22 @@ async def test_a_paused_restart_resumes_at_the_last_chunks_end_at_the_earliest(
     assert spec.tracks[0].frames == WINDOW
 
 
+async def spool_while_full(rec: Recorder) -> None:
+    """Seal the open window and spool it while the spool is full (its bound 0 bytes)."""
+    spool = rec.uploader.spool
+    bound, spool.max_bytes = spool.max_bytes, 0
+    try:
+        await rec._spool(rec.chunker.seal())
+    finally:
+        spool.max_bytes = bound
+
+
+def pending(rec: Recorder) -> list[tuple[int, int, int, Gap | None, int]]:
+    """(index, startMs, endMs, gap, tracks) of each chunk spooled and not uploaded."""
+    return [(s.spec.index, s.spec.start_ms, s.spec.end_ms, s.spec.gap, len(s.spec.tracks))
+            for s in rec._pending]
+
+
 async def test_a_window_dropped_at_a_pause_keeps_the_pause_a_pause(tmp_path: Path) -> None:
     """The window sealed at a pause [0, 2) s is dropped (the spool full); the recording
     resumes at 10 s. The pause [2, 10) s stays a `paused` gap (promotion cuts it) and the
@@ -159,19 +175,14 @@ async def test_a_window_dropped_at_a_pause_keeps_the_pause_a_pause(tmp_path: Pat
         rec.push(user(1), slot, packet)
     rec.kube.paused = True
     await rec._follow_pause(100)
-    spool = rec.uploader.spool
-    bound, spool.max_bytes = spool.max_bytes, 0  # full
-    await rec._spool(rec.chunker.seal())
+    await spool_while_full(rec)
     assert not rec._pending and rec.chunker.next_index == 0
-    spool.max_bytes = bound
     rec.kube.paused = False
     await rec._follow_pause(500)
     for slot in range(500, 500 + WINDOW):
         rec.push(user(1), slot, packet)
     await rec._spool(rec.chunker.seal())
-    got = [(s.spec.index, s.spec.start_ms, s.spec.end_ms, s.spec.gap, len(s.spec.tracks))
-           for s in rec._pending]
-    assert got == [
+    assert pending(rec) == [
         (0, 1_980, 2_000, Gap(start_ms=0, end_ms=1_980, cause="connection-lost"), 0),
         (1, 10_000, 15_000, Gap(start_ms=2_000, end_ms=10_000, cause="paused"), 1)]
     assert rec.chunker.next_index == 2
@@ -191,14 +202,9 @@ async def test_a_dropped_window_after_a_pause_keeps_the_pause_a_pause(tmp_path: 
     await rec._follow_pause(500)
     for slot in range(500, 500 + 2 * WINDOW):
         rec.push(user(1), slot, packet)
-    spool = rec.uploader.spool
-    bound, spool.max_bytes = spool.max_bytes, 0  # full
+    await spool_while_full(rec)
     await rec._spool(rec.chunker.seal())
-    spool.max_bytes = bound
-    await rec._spool(rec.chunker.seal())
-    got = [(s.spec.index, s.spec.start_ms, s.spec.end_ms, s.spec.gap, len(s.spec.tracks))
-           for s in rec._pending]
-    assert got == [
+    assert pending(rec) == [
         (1, 10_000, 10_020, Gap(start_ms=2_000, end_ms=10_000, cause="paused"), 0),
         (2, 15_000, 20_000, Gap(start_ms=10_020, end_ms=15_000, cause="connection-lost"), 1)]
     assert rec.chunker.next_index == 3

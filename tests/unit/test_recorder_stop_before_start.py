@@ -17,15 +17,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.unit.loopback_api import loopback_api, status_doc
 from voicetrack.resources import API_VERSION, GROUP, SESSION_KIND, SESSION_PLURAL, VERSION
 
 pytestmark = pytest.mark.unit
@@ -34,48 +33,20 @@ GUILD = "300000000000000001"
 SESSION_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/rec/{SESSION_PLURAL}/standup"
 
 
-class Seen:
-    """The paths the loopback API server was asked for."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-
-
 @pytest.fixture
-def api() -> Iterator[tuple[Seen, str]]:
-    """A loopback API server: 200 with the session for its GET, 503 for every other
-    request (the chunk list, the session watch). Yields (what it saw, its URL)."""
-    seen = Seen()
+def api() -> Iterator[tuple[list[str], str]]:
+    """A loopback API server (`loopback_api`): 200 with the session for its GET, 503 for
+    every other request (the chunk list, the session watch). Yields (the requests it saw,
+    its URL)."""
     session = {"apiVersion": API_VERSION, "kind": SESSION_KIND,
                "metadata": {"name": "standup", "namespace": "rec",
                             "uid": "5e551011-0000-4000-8000-000000000001",
                             "creationTimestamp": datetime.now(UTC).strftime(
                                 "%Y-%m-%dT%H:%M:%SZ")},
                "spec": {"guildId": GUILD, "channelId": GUILD}}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.paths.append(self.path)
-            status, doc = (200, session) if self.path == SESSION_PATH else (503, {
-                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
-                "message": "answer 503"})
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield seen, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_api(lambda method, path: (200, session) if (method, path) == (
+            "GET", SESSION_PATH) else (503, status_doc(503))) as served:
+        yield served
 
 
 def recorder_env(tmp_path: Path, url: str) -> dict[str, str]:
@@ -107,7 +78,7 @@ def recorder_env(tmp_path: Path, url: str) -> dict[str, str]:
 
 
 def test_sigterm_while_preparing_is_a_clean_stop(tmp_path: Path,
-                                                 api: tuple[Seen, str]) -> None:
+                                                 api: tuple[list[str], str]) -> None:
     seen, url = api
     proc = subprocess.Popen(
         [sys.executable, "-c", "from voicetrack_recorder.main import app; app()", "run"],
@@ -115,9 +86,9 @@ def test_sigterm_while_preparing_is_a_clean_stop(tmp_path: Path,
         text=True)
     try:
         deadline = time.monotonic() + 30
-        while not any("recordingchunks" in p for p in seen.paths):  # prepare is retrying
+        while not any("recordingchunks" in p for p in seen):  # prepare is retrying
             assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, seen.paths
+            assert time.monotonic() < deadline, seen
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0]

@@ -11,16 +11,15 @@ given (the `RawWriter` protocol, S3 itself is `tests/e2e/test_recorder_identity_
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 
+from tests.unit.loopback_api import loopback_api, status_doc
 from tests.unit.recorder_rig import LAYOUT, chunk_of, sine_packet
 from voicetrack.errors import TemporaryFailure
 from voicetrack_recorder.kube import RecorderKube
@@ -42,36 +41,13 @@ class Api:
 def api() -> Iterator[tuple[Api, str]]:
     state = Api(401, 401)
 
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self, status: int) -> None:
-            state.seen.append(f"{self.command} {self.path}")
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "code": status, "message": f"answer {status}"}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(method: str, path: str) -> tuple[int, dict[str, Any]]:
+        code = state.get if method == "GET" else state.post
+        return code, status_doc(code)
 
-        def do_GET(self) -> None:
-            self._answer(state.get)
-
-        def do_POST(self) -> None:
-            self._answer(state.post)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_api(answer) as (seen, url):
+        state.seen = seen
+        yield state, url
 
 
 class Written:
