@@ -16,10 +16,10 @@ becomes the next chunk's `connection-lost` gap (the index is reused, so indices 
 consecutive); a pause next to it keeps its `paused` gap, in a marker chunk of its own
 when needed (`gaps`). When the end is forced (SIGTERM: the pod is being deleted; or the
 session deleted), what cannot be uploaded within the grace period (re-adopted chunks too)
-is given up the same way: one marker chunk without tracks (it needs no S3) carries the lost window
-as its `connection-lost` gap, so nothing disappears without a cause. How a run ends (the
-flush deadline, the ends that arm it at once, the spool left for a restarted container)
-is `ending`.
+is given up the same way: one marker chunk without tracks (it needs no S3) carries the lost
+window as its `connection-lost` gap, so nothing disappears without a cause. How a run ends
+(the flush deadline, the ends that arm it at once, the spool left for a restarted
+container) is `ending`.
 
 Consent at stop (issue 12, docs/consent.md): an opt-out that no chunk carried (made while
 paused, or seen after the last seal) is written at stop in a consent marker chunk; it and
