@@ -332,11 +332,10 @@ class Recorder:
             self._pending.popleft()
 
     def _give_up(self, deadline: Deadline) -> None:
-        """At stop: the lost window's marker (`stopmarkers.give_up`). Runs in a thread."""
-        lost = Gap(start_ms=self._unsaid[0].start_ms, end_ms=self._unsaid[-1].end_ms,
-                   cause=LOST) if self._unsaid else None
-        last = give_up(self._pending, lost, self.chunker, self.consent, self.uploader,
-                       deadline)
+        """At stop: the lost window's markers (`stopmarkers.give_up`). Runs in a thread."""
+        last = give_up(self._pending, self._unsaid, self.chunker, self.consent,
+                       self.uploader, deadline)
+        self._unsaid = []
         if last is not None:
             self._last = last
 

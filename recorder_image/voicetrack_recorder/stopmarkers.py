@@ -1,9 +1,10 @@
 """The chunks a recorder writes at stop besides its audio: markers without tracks.
 
-- **The lost window's marker** (`give_up`): what could not be uploaded by the stop deadline
-  (the spooled chunks left, a window dropped while the spool was full) becomes one
-  `connection-lost` gap carried by a marker chunk on the window's last 20 ms slot, so
-  nothing disappears without a cause.
+- **The lost window's markers** (`give_up`): what could not be uploaded by the stop
+  deadline (the spooled chunks left, windows dropped while the spool was full) becomes
+  `connection-lost` gaps carried by marker chunks, the last on the window's last 20 ms
+  slot, so nothing disappears without a cause; a pause among them keeps its cause
+  (`gaps.carry`).
 - **The consent marker** (`mark_consent`, docs/consent.md): an opt-out that no chunk
   carried (made while paused, or seen after the last seal) goes into a chunk at the next
   index, the 20 ms window `[end, end + 20)` after the last chunk, with the current
@@ -27,6 +28,7 @@ from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import Gap, OptOut
 from voicetrack_recorder.chunker import Chunker
 from voicetrack_recorder.consent import Consent
+from voicetrack_recorder.gaps import CUT, LOST, Marker, carry, unsaid
 from voicetrack_recorder.spool import SpooledChunk
 from voicetrack_recorder.uploader import ChunkUploader, Deadline
 
@@ -37,41 +39,59 @@ LastWord = tuple[int, list[OptOut] | None]
 when that chunk was a lost window's marker never made (its list unsaid)."""
 
 
-def give_up(pending: deque[SpooledChunk], lost: Gap | None, chunker: Chunker,
+def give_up(pending: deque[SpooledChunk], dropped: list[Gap], chunker: Chunker,
             consent: Consent, uploader: ChunkUploader, deadline: Deadline) -> LastWord | None:
-    """Record what could not be uploaded (the chunks left in `pending`, a window `lost`
-    while the spool was full) as one `connection-lost` gap carried by a marker chunk
-    without tracks on the window's last 20 ms slot, created until `deadline`
-    (`uploader.Deadline`: monotonic s, None = no limit, or read before every retry); then
-    drop the spool files and empty `pending`. Returns the session's new last word, None
-    when nothing was lost. Runs in a thread."""
+    """Record what could not be uploaded as gaps carried by marker chunks without tracks,
+    created in index order until `deadline` (`uploader.Deadline`: monotonic s, None = no
+    limit, or read before every retry); then drop the spool files and empty `pending`.
+
+    What is lost: the windows of the chunks left in `pending` and `dropped` (the
+    contiguous gaps not carried yet since the last chunk spooled, `gaps.unsaid`: windows
+    dropped while the spool was full, and the gaps they carried), all `connection-lost`
+    except the gaps the chunks carried, which keep their cause: a pause stays `paused`
+    (cut from the output), not silence. `gaps.carry` plans a marker between causes; the
+    last marker sits on the window's last 20 ms slot and carries the rest. A marker not
+    made (deadline, API refusal) ends the run of markers, so indexes stay consecutive.
+    Returns the session's new last word (endMs, and its `optedOut` when every marker was
+    made, else None: unsaid), None when nothing was lost. Runs in a thread."""
     left = list(pending)
-    if not left and lost is None:
+    if not left and not dropped:
         return None
-    first = left[0].spec if left else None
-    if first is not None:
-        start = first.gap.start_ms if first.gap is not None else first.start_ms
-    else:
-        assert lost is not None
-        start = lost.start_ms
-    end = lost.end_ms if lost is not None else left[-1].spec.end_ms
-    index = first.index if first is not None else chunker.next_index
+    intervals: list[Gap] = []
+    for spooled in left:
+        if spooled.spec.gap is not None:
+            intervals.append(spooled.spec.gap)
+        intervals.append(Gap(start_ms=spooled.spec.start_ms, end_ms=spooled.spec.end_ms,
+                             cause=LOST))
+    intervals += dropped
+    end = intervals[-1].end_ms
+    waiting = unsaid(intervals, end)
+    index = left[0].index if left else chunker.next_index
     for spooled in left:
         uploader.spool.remove(spooled)
     pending.clear()
-    uploader.stats.lost.append(Gap(start_ms=start, end_ms=end, cause="connection-lost"))
-    log.error("chunks %s not uploaded: [%d, %d) ms lost (connection-lost)",
-              [s.index for s in left], start, end)
-    marker_start = end - FRAME_MS
-    spec = uploader.spool.marker_spec(
-        index, marker_start, end, consent.opted_out(),  # the last word on consent
-        consent.degraded, Gap(start_ms=start, end_ms=marker_start,
-                              cause="connection-lost") if marker_start > start else None)
-    made = uploader.create_marker(spec, deadline)
-    if made:  # a lost window's marker takes the index the chunker would give next
-        chunker.next_index = max(chunker.next_index, index + 1)
+    lost = [g for g in waiting if g.cause != CUT]
+    uploader.stats.lost.extend(lost)
+    log.error("chunks %s not uploaded: %s", [s.index for s in left], ", ".join(
+        f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in waiting))
+    markers, held = carry(waiting)
+    if held is not None:  # the last marker, on the window's last 20 ms, carries the rest
+        last_start = held.end_ms - FRAME_MS if held.cause != CUT else held.end_ms
+        markers.append(Marker(last_start, last_start + FRAME_MS, Gap(
+            start_ms=held.start_ms, end_ms=last_start, cause=held.cause)
+            if last_start > held.start_ms else None))
+    opted_out = consent.opted_out()  # the last word on consent
+    made = 0
+    for i, marker in enumerate(markers):
+        spec = uploader.spool.marker_spec(index + i, marker.start_ms, marker.end_ms,
+                                          opted_out, consent.degraded, marker.gap)
+        if not uploader.create_marker(spec, deadline):
+            break
+        made += 1
+    # the markers made take the indexes the chunker would give next
+    chunker.next_index = max(chunker.next_index, index + made)
     uploader.write_ack_file()
-    return end, list(spec.opted_out) if made else None
+    return markers[-1].end_ms, list(opted_out) if made == len(markers) else None
 
 
 def mark_consent(last: LastWord | None, chunker: Chunker, consent: Consent,

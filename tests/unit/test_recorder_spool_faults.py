@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.recorder_rig import recorder_at, sine_packet
-from voicetrack.chunkspec import Gap
+from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.resources import MAX_TRACKS
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.recorder import Recorder
@@ -208,3 +208,90 @@ async def test_a_dropped_window_after_a_pause_keeps_the_pause_a_pause(tmp_path: 
         (1, 10_000, 10_020, Gap(start_ms=2_000, end_ms=10_000, cause="paused"), 0),
         (2, 15_000, 20_000, Gap(start_ms=10_020, end_ms=15_000, cause="connection-lost"), 1)]
     assert rec.chunker.next_index == 3
+
+
+def markers_made(rec: Recorder, refuse_from: int | None = None) -> list[ChunkSpec]:
+    """Capture the marker chunks `rec` creates at stop (the API stands in a list); with
+    `refuse_from`, the API refuses that index and every later one (the deadline passed)."""
+    made: list[ChunkSpec] = []
+
+    def create(spec: ChunkSpec, deadline: object) -> bool:
+        if refuse_from is not None and spec.index >= refuse_from:
+            return False
+        made.append(spec)
+        return True
+
+    rec.uploader.create_marker = create  # type: ignore[method-assign]
+    return made
+
+
+async def paused_between_dropped_windows(rec: Recorder) -> None:
+    """[0, 2) s of speech, paused [2, 600) s, [600, 605) s of speech: both windows dropped
+    while the spool is full, so nothing is spooled when the recorder stops."""
+    packet = sine_packet()
+    rec.chunker.open(0)
+    for slot in range(100):
+        rec.push(user(1), slot, packet)
+    rec.kube.paused = True
+    await rec._follow_pause(100)
+    await spool_while_full(rec)
+    rec.kube.paused = False
+    await rec._follow_pause(30_000)
+    for slot in range(30_000, 30_000 + WINDOW):
+        rec.push(user(1), slot, packet)
+    await spool_while_full(rec)
+
+
+async def test_given_up_at_stop_a_pause_between_dropped_windows_stays_a_pause(
+        tmp_path: Path) -> None:
+    """The stop path (`stopmarkers.give_up`) with a pause between two windows the full
+    spool dropped: the markers carry [0, 2) s and [600, 605) s as `connection-lost`
+    (silence) and [2, 600) s as `paused` (cut), chained at consecutive indexes from 0.
+    Before, one `connection-lost` gap took [0, 605) s: 598 s of pause became silence."""
+    rec = five_s(tmp_path, [0.0])
+    made = markers_made(rec)
+    await paused_between_dropped_windows(rec)
+    rec._give_up(None)
+    assert [(m.index, m.start_ms, m.end_ms, m.gap) for m in made] == [
+        (0, 1_980, 2_000, Gap(start_ms=0, end_ms=1_980, cause="connection-lost")),
+        (1, 600_000, 600_020, Gap(start_ms=2_000, end_ms=600_000, cause="paused")),
+        (2, 604_980, 605_000, Gap(start_ms=600_020, end_ms=604_980,
+                                  cause="connection-lost"))]
+    assert rec.chunker.next_index == 3 and rec._last == (605_000, [])
+    assert rec.uploader.stats.lost == [Gap(start_ms=0, end_ms=2_000, cause="connection-lost"),
+                                       Gap(start_ms=600_000, end_ms=605_000,
+                                           cause="connection-lost")]
+
+
+async def test_a_pending_chunks_pause_given_up_at_stop_stays_a_pause(tmp_path: Path) -> None:
+    """A chunk spooled after a pause and not uploaded by the deadline is given up: its
+    window is lost, its `paused` gap stays a pause (a marker on the window's first 20 ms
+    carries it). Before, the pause was folded into the lost window's gap."""
+    rec = five_s(tmp_path, [0.0])
+    made = markers_made(rec)
+    rec.chunker.next_index = 1
+    rec.resume_point(2_000, paused=True)  # chunk 0 ended at 2 s, paused since
+    rec.kube.paused = False
+    await rec._follow_pause(500)
+    packet = sine_packet()
+    for slot in range(500, 500 + WINDOW):
+        rec.push(user(1), slot, packet)
+    await rec._spool(rec.chunker.seal())
+    assert len(rec._pending) == 1
+    rec._give_up(None)
+    assert not rec._pending and [(m.index, m.start_ms, m.end_ms, m.gap) for m in made] == [
+        (1, 10_000, 10_020, Gap(start_ms=2_000, end_ms=10_000, cause="paused")),
+        (2, 14_980, 15_000, Gap(start_ms=10_020, end_ms=14_980, cause="connection-lost"))]
+    assert rec.chunker.next_index == 3
+
+
+async def test_markers_refused_at_stop_end_the_run_of_indexes(tmp_path: Path) -> None:
+    """The API refuses the second marker (its deadline passed): the first stays, the
+    chunker's next index follows it (no hole for a consent marker to skip), and the last
+    word on consent is unsaid (None), so `mark_consent` writes one."""
+    rec = five_s(tmp_path, [0.0])
+    made = markers_made(rec, refuse_from=1)
+    await paused_between_dropped_windows(rec)
+    rec._give_up(None)
+    assert [m.index for m in made] == [0]
+    assert rec.chunker.next_index == 1 and rec._last == (605_000, None)
