@@ -42,7 +42,7 @@ from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.flacassembly import FlacContext, fetch_verified, flac_tracks
 from voicetrack_transcoder.flacassembly import check_pieces as check_flac
-from voicetrack_transcoder.flacpieces import pieced
+from voicetrack_transcoder.flacpieces import READABLE_SAMPLES, pieced
 from voicetrack_transcoder.infotag import MP3_BITRATES, MusicCrc, frame_bytes, info_head
 from voicetrack_transcoder.mp3grid import (
     FRAME,
@@ -127,7 +127,8 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), when
     audio it must render holds a packet libopus rejects (the full promotion conceals and
     counts it), for formats other than MP3 or MP3 and FLAC (`flacpieces.pieced`; a piece
-    without FLAC frames when the plan asks for FLAC) or a bitrate no MPEG-1 frame has;
+    without FLAC frames when the plan asks for FLAC; FLAC of `flacpieces.READABLE_SAMPLES`
+    or more) or a bitrate no MPEG-1 frame has;
     InvalidInputError / TemporaryFailure as the full promotion does. The FLAC tracks
     (`flacassembly.py`) are listed after each track's MP3, in the plan's format order."""
     if not pieced(plan.formats):
@@ -146,8 +147,11 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     track_channels = {**channels, MIX_TRACK: mix_channels}
 
     # 1. the pieces: read and check every manifest against the plan
-    pieces = read_pieces(store, layout, plan, units, names, track_channels)
     want_flac = "flac" in plan.formats
+    if want_flac and n_total >= READABLE_SAMPLES:
+        raise PiecesUnusable(f"FLAC of {n_total} samples: ffmpeg stops reading an assembled "
+                             "(variable-blocksize) FLAC at sample 2^31")
+    pieces = read_pieces(store, layout, plan, units, names, track_channels)
     if want_flac:
         check_flac(units, pieces, lambda pos: plan.chunks[pos].index)
 

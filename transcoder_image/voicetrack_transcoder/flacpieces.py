@@ -12,14 +12,14 @@ not computed, RFC 9639 §8.2) and every unit's frames in order. Units without a 
 failed chunk's window, a chunk nobody spoke in, the time after the last piece) are
 rendered at assembly as the MP3 path renders them and encoded the same way; where their
 audio is digital silence, and for a speaker absent from a piece, the frames are
-CONSTANT subframes of 0, built here (`flacframes.silent_frames`).
+CONSTANT subframes of 0 (`flacframes.silent_frames`).
 
 Not exact in one case: a render decodes Opus from the start of the chunk before the unit
 with a fresh decoder; when a speaker talks across that start, the decoder state at the
 unit differs slightly from that of the full promotion's one decoder for the whole
-session (a few LSB, measured in tests/integration/test_transcoder_flac_pieces.py), as it
-does for the MP3 pieces. PCM raw chunks, and Opus whose warm-up starts in silence, are
-sample-exact.
+session (up to 50 LSB over ~0.2 s in tests/integration/test_transcoder_flac_pieces.py),
+as it does for the MP3 pieces. PCM raw chunks, and Opus whose warm-up starts in silence,
+are sample-exact.
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ from voicetrack.manifests import FlacPiece
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack_transcoder.ffmpeg import BITEXACT, CONTENT_TYPES, encode_args, pcm_input, run
 from voicetrack_transcoder.flacframes import renumber, silent_frames, strip_head
+
+READABLE_SAMPLES = 1 << 31
+"""Samples per channel (12.4 h at 48 kHz) from which an assembled FLAC track is not made:
+ffmpeg 5.1 (what the transcoder and the zip bundle decode with) stops decoding a
+variable-blocksize stream at sample 2^31 + 1024 without an error, though RFC 9639 codes
+sample numbers up to 2^36 (tests/integration/test_transcoder_flac_pieces.py shows it);
+its fixed-blocksize streams, what the full promotion writes, are read to the end. Such
+a meeting is promoted in full."""
 
 
 def pieced(formats: list[str]) -> bool:
