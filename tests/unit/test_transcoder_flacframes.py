@@ -150,6 +150,33 @@ def test_renumbered_runs_join_into_one_stream(channels: int) -> None:
     assert proc.returncode != 0 or proc.stderr
 
 
+def test_a_header_inside_a_body_is_not_a_boundary() -> None:
+    """Frame 0's body holds an exact copy of frame 1's header (sync code, right CRC-8, the
+    coded number that follows frame 0): it is not taken for a frame, because frame 0 would
+    then end without its CRC-16. Without that check the split lands inside frame 0."""
+    data, _ = silent_frames(3 * 4608, 2, 0)
+    frames = frames_of(data)
+    f0, f1 = frames[0], frames[1]
+    h1 = data[f1.start: f1.start + f1.header.size]
+    body = data[f0.start: f0.end - 2]
+    forged = body[: f0.header.size + 1] + h1 + body[f0.header.size + 1:]
+    frame0 = forged + crc16(forged).to_bytes(2, "big")
+    joined = frame0 + data[f1.start:]
+    found = frames_of(joined)
+    assert [(f.start, f.end) for f in found] == [
+        (0, len(frame0)), (len(frame0), len(frame0) + f1.end - f1.start),
+        (len(frame0) + f1.end - f1.start, len(joined))]
+    assert joined.find(h1) < len(frame0)  # the copy is there, before the real one
+
+
+def test_a_wrong_crc16_is_refused() -> None:
+    data, _ = silent_frames(2 * 4608, 1, 0)
+    bad = bytearray(data)
+    bad[-1] ^= 0x01
+    with pytest.raises(ValueError, match="CRC-16"):
+        frames_of(bytes(bad))
+
+
 def test_frames_of_needs_a_frame_at_the_start() -> None:
     data, _ = silent_frames(100, 1, 0)
     with pytest.raises(ValueError):

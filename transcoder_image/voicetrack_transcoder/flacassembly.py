@@ -100,7 +100,8 @@ def render_units(ctx: FlacContext, pool: Executor, work: Path) -> Computed:
     """The FLAC frames of every unit without a piece, by unit position: silent frames when
     no chunk with tracks is within `REACH_MS` before its end, else rendered
     (`pieces.render`) and encoded. Raises PiecesUnusable when a packet does not decode
-    (the full promotion conceals it); TemporaryFailure for S3 or ffmpeg failures."""
+    (the full promotion conceals it) or ffmpeg's FLAC is not the frames expected;
+    TemporaryFailure for S3 or ffmpeg failures."""
     rendering = threading.BoundedSemaphore(2)
     mix_channels = ctx.track_channels[MIX_TRACK] if ctx.want_mix else None
 
@@ -129,8 +130,11 @@ def render_units(ctx: FlacContext, pool: Executor, work: Path) -> Computed:
                                   ctx.speakers, channels, mix_channels)
             except UndecodableOpus as err:
                 raise PiecesUnusable(f"a packet does not decode ({err})") from None
-            return kept(u, encode_runs({n: rendered.cut(n, a, b) for n in ctx.names}, a,
-                                       own))
+            try:
+                runs = encode_runs({n: rendered.cut(n, a, b) for n in ctx.names}, a, own)
+            except ValueError as err:  # ffmpeg's output not the frames expected
+                raise PiecesUnusable(f"unit at {unit.start_ms} ms: {err}") from None
+            return kept(u, runs)
 
     todo = [u for u, unit in enumerate(ctx.units) if unit.chunk_pos is None]
     return dict(pool.map(one, todo))

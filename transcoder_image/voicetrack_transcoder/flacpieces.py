@@ -73,7 +73,8 @@ class FlacRun:
 def encode_runs(pcm: dict[str, np.ndarray], first_sample: int, workdir: Path) -> dict[str, FlacRun]:
     """Each track's samples (int16, shape (n, channels)) as FLAC frames from sample
     `first_sample` of the final track: one ffmpeg run for the tracks with sound, CONSTANT
-    frames for the all-zero ones. Raises TemporaryFailure for ffmpeg failures."""
+    frames for the all-zero ones. Raises TemporaryFailure for ffmpeg failures, ValueError
+    when ffmpeg's output is not frames of the samples given (`flacframes.frames_of`)."""
     out: dict[str, FlacRun] = {}
     loud = {k: v for k, v in pcm.items() if np.any(v)}
     for k, v in pcm.items():
@@ -92,6 +93,9 @@ def encode_runs(pcm: dict[str, np.ndarray], first_sample: int, workdir: Path) ->
         run(args, "flac pieces")
     for k, src, dst in files:
         frames, blocks = renumber(strip_head(dst.read_bytes()), first_sample)
+        if sum(blocks) != pcm[k].shape[0]:
+            raise ValueError(f"FLAC of {k}: {sum(blocks)} samples in the frames found, "
+                             f"{pcm[k].shape[0]} encoded")
         out[k] = FlacRun(frames, blocks)
         src.unlink()
         dst.unlink()
