@@ -26,9 +26,14 @@ Per stage (the last stop -> final run): when each stage ran (s from the stop), t
 wall time its calls add up to, and the CPU seconds of this process and of SeaweedFS over
 the whole promotion (on 2 shared cores these bound the wall time).
 
+With `--formats mp3,flac` every piece also holds FLAC frames (`flacpieces.py`) and the
+final FLAC tracks are assembled too; for the 10 min session each assembled FLAC track is
+compared sample for sample with the full promotion's (`flac: ...` line: samples that
+differ, the largest difference in LSB).
+
 Usage: python benchmarks/promote.py [--speakers 5] [--runs 5] [--minutes 10,60] [--silent-every 6]
-[--data-dir DIR] (`--data-dir`: SeaweedFS keeps its data there between runs, and a session
-already recorded there is reused: its pieces are not made again)
+[--formats mp3] [--data-dir DIR] (`--data-dir`: SeaweedFS keeps its data there between
+runs, and a session already recorded there is reused: its pieces are not made again)
 Last line: `promote: stop_to_final_p95 S s (1h x 5), boundary_err_ms E,
 ratio_to_single_pass X`.
 """
@@ -108,9 +113,10 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def decode(data: bytes, channels: int) -> np.ndarray:
-    """An MP3's samples (int16 (n, channels)), gapless as ffmpeg reads a file."""
-    with tempfile.NamedTemporaryFile(suffix=".mp3") as f:
+def decode(data: bytes, channels: int, suffix: str = ".mp3") -> np.ndarray:
+    """An MP3's (or FLAC's) samples (int16 (n, channels)), gapless as ffmpeg reads a
+    file."""
+    with tempfile.NamedTemporaryFile(suffix=suffix) as f:
         f.write(data)
         f.flush()
         out = subprocess.run(["ffmpeg", "-v", "error", "-i", f.name, "-f", "s16le",
@@ -129,7 +135,7 @@ def record_pieces(store: ObjectStore, layout: MeetingLayout, plan: PromotionPlan
             continue  # a silent window: the operator marks it done, no Job, no piece
         t0 = time.perf_counter()
         piece = pieces.build_piece(store, chunk, layout.prefix, plan.mp3_bitrate,
-                                   plan.tracks)
+                                   plan.tracks, flac="flac" in plan.formats)
         if piece is not None:
             silenthead.build_head_after(store, chunk, piece, layout.prefix,
                                         plan.mp3_bitrate, plan.tracks)
@@ -219,13 +225,31 @@ def recorded(store: ObjectStore, layout: MeetingLayout, speakers: int
     return plan if len(plan.speakers) == speakers else None
 
 
+def flac_figures(inc: dict[str, bytes], full: dict[str, bytes],
+                 channels: dict[str, int]) -> tuple[int, int]:
+    """(samples that differ, largest difference in LSB) of the assembled FLAC tracks
+    against the full promotion's, over every track (FLAC bytes by track name)."""
+    differ, largest = 0, 0
+    for track, data in inc.items():
+        x = decode(data, channels[track], ".flac").astype(np.int32)
+        y = decode(full[track], channels[track], ".flac").astype(np.int32)
+        assert x.shape == y.shape, (track, x.shape, y.shape)
+        diff = np.abs(x - y).max(axis=1)
+        differ += int(np.count_nonzero(diff))
+        largest = max(largest, int(diff.max()))
+    return differ, largest
+
+
 def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: int,
-          silent_every: int) -> dict[str, float]:
-    layout = MeetingLayout("bench", GUILD, f"PrOmOtEbEnCh{minutes:03d}{silent_every % 10}")
+          silent_every: int, formats: list[str]) -> dict[str, float]:
+    kind = "f" if "flac" in formats else "h"
+    layout = MeetingLayout("bench", GUILD,
+                           f"PrOmOtEbEnC{kind}{minutes:03d}{silent_every % 10}")
     plan = recorded(store, layout, speakers)
     if plan is None:
         plan = upload_session(store, layout, minutes / 60, speakers, True,
-                              silent_every).model_copy(update={"prefix": layout.prefix})
+                              silent_every).model_copy(update={"prefix": layout.prefix,
+                                                               "formats": formats})
         store.put_json(layout.promotion_plan_key, plan.to_api())
         times = record_pieces(store, layout, plan)
     else:
@@ -255,7 +279,7 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
         t0 = time.perf_counter()
         if last.tracks:  # a silent last window has no Job
             piece = pieces.build_piece(store, last, layout.prefix, plan.mp3_bitrate,
-                                       plan.tracks)
+                                       plan.tracks, flac="flac" in plan.formats)
             if piece is not None:
                 silenthead.build_head_after(store, last, piece, layout.prefix,
                                             plan.mp3_bitrate, plan.tracks)
@@ -274,8 +298,10 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
           f"({stops[-1]:.1f} s): {stages.report()}; CPU: this process {cpu:.1f} s, "
           f"its ffmpeg {kids:.1f} s, SeaweedFS {weed:.1f} s; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
-    inc_tracks = {t.track: store.get_bytes(t.key) for t in manifest.tracks} \
-        if minutes <= 10 else {}
+    inc_tracks = {t.track: store.get_bytes(t.key) for t in manifest.tracks
+                  if t.format == "mp3"} if minutes <= 10 else {}
+    inc_flac = {t.track: store.get_bytes(t.key) for t in manifest.tracks
+                if t.format == "flac"} if minutes <= 10 else {}
     t0 = time.perf_counter()
     full = promote(store, layout.promotion_plan_key, incremental=False)
     full_s = time.perf_counter() - t0
@@ -286,13 +312,20 @@ def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: 
           f"p50 {out['stop_p50']:.2f} s p95 {out['stop_p95']:.2f} s ({runs} runs); full "
           f"promotion {full_s:.1f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
     if inc_tracks:
-        full_tracks = {t.track: store.get_bytes(t.key) for t in full.tracks}
+        full_tracks = {t.track: store.get_bytes(t.key) for t in full.tracks
+                       if t.format == "mp3"}
         lag, corr, near, far = boundary_figures(
             inc_tracks, full_tracks, {t.track: t.channels for t in full.tracks}, plan)
         print(f"{minutes} min boundaries (every track against the single-pass encode): "
               f"largest lag {lag:.2f} ms, lowest correlation {corr:.4f}, largest sample "
               f"difference within 1152 samples of a junction {near} vs {far} elsewhere", flush=True)
         out.update(lag=lag, corr=corr, near=near, far=far)
+    if inc_flac:
+        differ, largest = flac_figures(
+            inc_flac, {t.track: store.get_bytes(t.key) for t in full.tracks
+                       if t.format == "flac"}, {t.track: t.channels for t in full.tracks})
+        print(f"{minutes} min flac: assembled against the full promotion, {differ} samples "
+              f"differ (every track), largest difference {largest} LSB", flush=True)
     return out
 
 
@@ -304,6 +337,8 @@ def main() -> None:
     parser.add_argument("--silent-every", type=int, default=6,
                         help="every Nth 10 s window nobody speaks (a chunk without "
                              "tracks, no piece); 0: someone speaks in every window")
+    parser.add_argument("--formats", default="mp3",
+                        help="output formats: mp3, or mp3,flac (FLAC assembled too)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="SeaweedFS data directory kept between runs (sessions "
                              "recorded there are reused)")
@@ -317,7 +352,8 @@ def main() -> None:
             assert server.process is not None
             for minutes in (int(m) for m in args.minutes.split(",")):
                 results[minutes] = bench(store, minutes, args.speakers, args.runs,
-                                         server.process.pid, args.silent_every)
+                                         server.process.pid, args.silent_every,
+                                         args.formats.split(","))
         finally:
             server.stop()
     longest = results[max(results)]

@@ -139,12 +139,33 @@ class FinalManifest(_Model):
     concealed_frames: dict[str, int] = Field(default_factory=dict)
 
 
+class FlacPiece(_Model):
+    """A final track's FLAC piece in a chunk (`outputs/<index>/piece-<track>.flac`): the
+    FLAC frames (RFC 9639 §9, no `fLaC`, no metadata) of the piece's whole unit, `samples`
+    per channel in `frames` frames, already numbered as variable-blocksize frames at
+    their place in the final track (`voicetrack_transcoder.flacframes`), `bytes` long,
+    `sha256` of them. `minBlock`/`maxBlock`: the smallest and largest block size of
+    every frame but the last (0 for a single frame), `lastBlock` the last one's."""
+
+    key: str
+    samples: int = Field(ge=0)
+    frames: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str
+    min_block: int = Field(ge=0)
+    max_block: int = Field(ge=0)
+    last_block: int = Field(ge=0)
+
+
 class PieceTrack(_Model):
     """One final track's piece in a chunk (`outputs/<index>/piece-<track>.<ext>`).
 
     For MP3: `frames` whole MPEG-1 Layer III frames (1152 samples each, ISO/IEC 11172-3),
     no tag, `bytes` long, `sha256` of them. `peaks`: 8-bit min/max pairs per 480-sample
-    pixel over the piece's unit (the audiowaveform layout, `waveform.py`)."""
+    pixel over the piece's unit (the audiowaveform layout, `waveform.py`). `flac`: the
+    same unit as FLAC frames (`FlacPiece`), when the session asked for FLAC; absent in
+    pieces made without it (and before FLAC pieces existed): a plan asking for FLAC is
+    then promoted in full."""
 
     track: str
     channels: Channels
@@ -153,6 +174,7 @@ class PieceTrack(_Model):
     bytes: int = Field(ge=0)
     sha256: str
     peaks: list[int] = Field(default_factory=list)
+    flac: FlacPiece | None = None
 
 
 class PieceManifest(_Model):

@@ -1,6 +1,6 @@
-"""Incremental promotion, the assembly: the final MP3 tracks, waveforms, timeline and
-manifest joined from the chunks' pieces (`pieces.py`, whose module docstring describes
-units, pieces and assembly) after stop.
+"""Incremental promotion, the assembly: the final MP3 tracks (and FLAC ones,
+`flacassembly.py`), waveforms, timeline and manifest joined from the chunks' pieces
+(`pieces.py`, whose module docstring describes units, pieces and assembly) after stop.
 
 Consent (docs/consent.md, "Promotion"): a piece made from the audio of a member the plan
 excludes (in `sources`, `prevSources` or as a track of its own) is never used: assembly
@@ -40,6 +40,9 @@ from voicetrack.manifests import (
 from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
+from voicetrack_transcoder.flacassembly import FlacContext, fetch_verified, flac_tracks
+from voicetrack_transcoder.flacassembly import check_pieces as check_flac
+from voicetrack_transcoder.flacpieces import READABLE_SAMPLES, pieced
 from voicetrack_transcoder.infotag import MP3_BITRATES, MusicCrc, frame_bytes, info_head
 from voicetrack_transcoder.mp3grid import (
     FRAME,
@@ -117,15 +120,20 @@ def fetched_in_order(pool: Executor, items: Iterable[T], fetch: Callable[[T], R]
 def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
              channels: dict[str, Channels], mix_channels: Channels,
              progress: Callable[[float], None] | None = None) -> FinalManifest:
-    """The final MP3 tracks, waveforms, timeline and manifest from the chunks' pieces.
+    """The final MP3 (and FLAC) tracks, waveforms, timeline and manifest from the chunks'
+    pieces.
 
     Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
     plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), when
     audio it must render holds a packet libopus rejects (the full promotion conceals and
-    counts it), and for formats other than MP3 alone or a bitrate no MPEG-1 frame has;
-    InvalidInputError / TemporaryFailure as the full promotion does."""
-    if plan.formats != ["mp3"]:
-        raise PiecesUnusable(f"formats {plan.formats}: only MP3 is assembled from pieces")
+    counts it), for formats other than MP3 or MP3 and FLAC (`flacpieces.pieced`; a piece
+    without FLAC frames when the plan asks for FLAC; FLAC of `flacpieces.READABLE_SAMPLES`
+    or more) or a bitrate no MPEG-1 frame has;
+    InvalidInputError / TemporaryFailure as the full promotion does. The FLAC tracks
+    (`flacassembly.py`) are listed after each track's MP3, in the plan's format order."""
+    if not pieced(plan.formats):
+        raise PiecesUnusable(f"formats {plan.formats}: only MP3, or MP3 and FLAC, are "
+                             "assembled from pieces")
     if plan.mp3_bitrate not in MP3_BITRATES:  # LAME rounded it: the full encode does too
         raise PiecesUnusable(f"mp3 bitrate {plan.mp3_bitrate} kbit/s is no MPEG-1 Layer III "
                              "bitrate: only those are assembled from pieces")
@@ -139,7 +147,13 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     track_channels = {**channels, MIX_TRACK: mix_channels}
 
     # 1. the pieces: read and check every manifest against the plan
+    want_flac = "flac" in plan.formats
+    if want_flac and n_total >= READABLE_SAMPLES:
+        raise PiecesUnusable(f"FLAC of {n_total} samples: ffmpeg stops reading an assembled "
+                             "(variable-blocksize) FLAC at sample 2^31")
     pieces = read_pieces(store, layout, plan, units, names, track_channels)
+    if want_flac:
+        check_flac(units, pieces, lambda pos: plan.chunks[pos].index)
 
     with tempfile.TemporaryDirectory(prefix="vt-assemble-") as tmp, \
             ThreadPoolExecutor(8, thread_name_prefix="pieces") as pool, \
@@ -317,6 +331,15 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
 
         with ThreadPoolExecutor(max(len(names), 1), thread_name_prefix="track") as tp:
             final_tracks = list(tp.map(finish, names))
+        if want_flac:
+            largest = max((t.flac.bytes for p in pieces.values() for t in p.tracks
+                           if t.flac is not None), default=1)
+            final_tracks = flac_tracks(FlacContext(
+                store, layout, plan, units, placed, pieces, names, speakers,
+                track_channels, want_mix), final_tracks, pool, work, upload,
+                lambda items: fetched_in_order(
+                    pool, items, lambda f: fetch_verified(store, f),
+                    prefetch_depth(largest, 1)))
         list(uploader.map(lambda item: store.put_file(item[0], str(item[1]), item[2]),
                           uploads))
         if progress:

@@ -9,7 +9,8 @@ overwriting the raw track after this changes nothing promotion reads); write `re
 last, so its presence means every output it lists and every frozen copy is in place.
 Outputs are
 bit-exact functions of the raw input, so a second run writes the same keys and bytes.
-Then, for an MP3-only session, the chunk's piece of the final tracks (`pieces.py`): an
+Then, for an MP3 (or MP3 and FLAC) session, the chunk's piece of the final tracks
+(`pieces.py`, `flacpieces.py`): an
 optimisation only, so its failure is logged and leaves the chunk done (promotion then
 runs in full); and the head of a silent unit that may follow the chunk (a window nobody
 speaks in, a failed chunk's gap, the time up to stop: `silenthead.py`), made before anyone
@@ -37,6 +38,7 @@ from voicetrack_transcoder.ffmpeg import (
     pcm_input,
     run,
 )
+from voicetrack_transcoder.flacpieces import pieced
 from voicetrack_transcoder.pieces import build_piece
 from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
 from voicetrack_transcoder.silenthead import build_head_after
@@ -55,7 +57,8 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     (mono-coded packets) is encoded as mono (its left channel, which is what a mono libopus
     decoder returns), else as stereo.
     `tracks` (`perSpeaker`, `mixed`, `both`; None: no piece) asks for the chunk's piece
-    of those final tracks when `formats` is `["mp3"]` (see the module docstring).
+    of those final tracks when `formats` is MP3, or MP3 and FLAC (`pieced`; see the
+    module docstring).
     The raw tracks are read by `rawtracks.load_raw` (a frozen copy a run before stored,
     else `chunk.tracks[].key`) and stored as frozen copies, with `chunk` itself
     (`MeetingLayout.frozen_spec_key`), before `result.json`.
@@ -122,9 +125,10 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     store.put_json(layout.frozen_spec_key(chunk.index), chunk.to_api())  # what they match
     result = TranscodeResult(tool_version=TOOL_VERSION, index=chunk.index, outputs=outputs)
     store.put_json(layout.result_key(chunk.index), result.to_api())
-    if tracks is not None and formats == ["mp3"]:
+    if tracks is not None and pieced(formats):
         try:
-            piece = build_piece(store, chunk, prefix, mp3_bitrate, tracks)
+            piece = build_piece(store, chunk, prefix, mp3_bitrate, tracks,
+                                flac="flac" in formats)
         except Exception as err:  # an optimisation: promotion falls back to the full path
             log.info("chunk %d: no piece: %s: %s", chunk.index, type(err).__name__, err)
             print(f"chunk {chunk.index}: no piece ({type(err).__name__}: {err})", flush=True)

@@ -25,7 +25,13 @@ the music CRC (`infotag.info_head`), written once into the final file. A missing
 mismatching piece raises PiecesUnusable and promotion falls back to the full
 re-promotion (`promote.py`).
 
-Only MP3 is assembled from pieces; a plan asking for FLAC or Opus is promoted in full.
+FLAC: when the session asks for MP3 and FLAC, the Job also stores each track's unit as
+FLAC frames beside the MP3 piece (`flacpieces.py`), and assembly joins them
+(`flacassembly.py`). A plan asking for Opus, or for FLAC without MP3, is promoted in
+full: the final Opus tracks are one libopus encode of the decoded audio, and Opus
+packets carry encoder state (pre-skip, MDCT overlap, prediction) across their
+boundaries, so pieces encoded per unit cannot be cut and joined at unit boundaries
+without re-encoding; the MP3 piece is what the units, peaks and voice activity hang on.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.context import chunk_context
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
+from voicetrack_transcoder.flacpieces import encode_runs, store_pieces
 from voicetrack_transcoder.mixer import Limiter, mix_sum
 from voicetrack_transcoder.mp3grid import (
     FRAME,
@@ -195,11 +202,13 @@ def chunk_sources(chunk: ChunkSpec) -> list[str]:
 
 
 def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: int,
-                tracks: str = "both") -> PieceManifest | None:
+                tracks: str = "both", flac: bool = False) -> PieceManifest | None:
     """Make and upload chunk `chunk`'s piece (see the module docstring); `piece.json` is
-    written last. Returns None (and writes nothing) when the chunk's place in the output
-    cannot be known (`context.chunk_context`). Raises InvalidInputError for a bad raw
-    track of the chunk itself, TemporaryFailure for S3 or ffmpeg failures."""
+    written last. With `flac`, each track's unit is also stored as FLAC frames
+    (`flacpieces.py`), described in its PieceTrack's `flac`. Returns None (and writes
+    nothing) when the chunk's place in the output cannot be known
+    (`context.chunk_context`). Raises InvalidInputError for a bad raw track of the chunk
+    itself, TemporaryFailure for S3 or ffmpeg failures."""
     layout = MeetingLayout(prefix, chunk.guild_id, chunk.meeting_id)
     ctx = chunk_context(store, layout, chunk)
     if ctx is None:
@@ -240,6 +249,10 @@ def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: 
     with tempfile.TemporaryDirectory(prefix="vt-piece-") as tmp:
         made = make(rendered, Work(first, end, unit_start, out_end), mp3_bitrate, Path(tmp),
                     speakers)
+        a, b = ms_to_samples(unit_start), ms_to_samples(out_end)
+        flacs = store_pieces(store, layout, chunk.index, encode_runs(
+            {track: rendered.cut(track, a, b) for track in made.frames}, a, Path(tmp))) \
+            if flac else {}
     piece_tracks = []
     for track, frames in made.frames.items():
         data = b"".join(frames)
@@ -251,7 +264,7 @@ def build_piece(store: ObjectStore, chunk: ChunkSpec, prefix: str, mp3_bitrate: 
         piece_tracks.append(PieceTrack(
             track=track, channels=mix_channels if track == MIX_TRACK else channels[track],
             key=key, frames=len(frames), bytes=len(data), sha256=sha256_hex(data),
-            peaks=pairs.tolist()))
+            peaks=pairs.tolist(), flac=flacs.get(track)))
     manifest = PieceManifest(
         tool_version=TOOL_VERSION, index=chunk.index, mp3_bitrate=mp3_bitrate,
         origin_ms=ctx.origin_ms, paused_ms=ctx.paused_ms, chunk_end_ms=chunk.end_ms,
