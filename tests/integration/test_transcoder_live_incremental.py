@@ -15,13 +15,14 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.audio_helpers import Speaker, upload_chunks
+from tests.counting_store import CountingStore
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import FinalManifest, PieceManifest, PieceTrack
@@ -50,46 +51,6 @@ NOBODY = {2, 3}
 """Chunks nobody spoke in (no tracks, no Job)."""
 FAILED = 5
 """A chunk with speech whose transcode failed: no piece, named silent by the operator."""
-
-
-class CountingStore(ObjectStore):
-    """An ObjectStore that counts the bytes it reads and uploads, and what it composes."""
-
-    def __init__(self, settings: S3Settings) -> None:
-        super().__init__(settings)
-        self.reset()
-
-    def reset(self) -> None:
-        """Start counting again."""
-        self.read: dict[str, int] = {}
-        self.uploaded: dict[str, int] = {}
-        self.composed: dict[str, int] = {}
-
-    def get_bytes(self, key: str, limit: int | None = None) -> bytes:
-        data = super().get_bytes(key, limit)
-        self.read[key] = self.read.get(key, 0) + len(data)
-        return data
-
-    def iter_range(self, key: str, offset: int = 0, etag: str | None = None,
-                   part: int = 1 << 20) -> Generator[bytes, None, None]:
-        for block in super().iter_range(key, offset, etag, part):
-            self.read[key] = self.read.get(key, 0) + len(block)
-            yield block
-
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"
-                  ) -> str:
-        self.uploaded[key] = self.uploaded.get(key, 0) + len(data)
-        return super().put_bytes(key, data, content_type)
-
-    def put_file(self, key: str, path: str, content_type: str = "application/octet-stream"
-                 ) -> None:
-        self.uploaded[key] = self.uploaded.get(key, 0) + os.path.getsize(path)
-        super().put_file(key, path, content_type)
-
-    def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
-                content_type: str = "application/octet-stream") -> None:
-        self.composed[key] = sum(p[2] for p in parts)
-        super().compose(key, parts, content_type)
 
 
 def _bucket(s3_server: S3Settings, name: str) -> CountingStore:
