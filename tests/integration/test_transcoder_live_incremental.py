@@ -42,8 +42,9 @@ A, B = "111111111111111111", "222222222222222222"
 SPEAKERS = [
     # A's speech reaches the end of chunk 1: the silent chunk 2 has a stored head
     Speaker(A, 190, talks=[(300, 3990), (10300, 11700)], markers=[1010, 3500, 11000]),
-    # B joins in chunk 4
-    Speaker(B, 260, talks=[(8200, 9800), (12300, 15600)], markers=[9010, 13010]),
+    # B joins in chunk 4, mono-coded (a mono track: another Info frame layout)
+    Speaker(B, 260, talks=[(8200, 9800), (12300, 15600)], markers=[9010, 13010],
+            mono_coded=True),
 ]
 WINDOWS = [(0, 2000), (2000, 4000), (4000, 6000), (6000, 8000), (8000, 10000),
            (10000, 12000), (12000, 14000), (14000, 16000)]
@@ -136,6 +137,7 @@ def test_each_step_equals_the_full_assembly(recorded: CountingStore) -> None:
         _same(store, live, _reference(store, chunks, silent))
         assert not store.list_keys(f"{LAYOUT.live_root}parts/")
     assert live is not None and {t.track for t in live.tracks} == {A, B, "mix"}
+    assert {t.track: t.channels for t in live.tracks} == {A: 2, B: 1, "mix": 2}
 
 
 def test_a_damaged_state_or_live_object_assembles_from_chunk_0(
