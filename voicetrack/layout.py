@@ -16,6 +16,7 @@
     <prefix>/<guildId>/<meetingId>/final/timeline.json                     speech timeline
     <prefix>/<guildId>/<meetingId>/final/consent.json                      who was recorded
     <prefix>/<guildId>/<meetingId>/live/<track>.<fmt> | manifest.json      audio so far
+    <prefix>/<guildId>/<meetingId>/live/state.json | parts/<track>.<part>  live assembly's own
     <prefix>/<guildId>/<meetingId>/final/failed/<index:06d>/<userId>.<ext> raw of a failed chunk
     <prefix>/<guildId>/<meetingId>/final/failed-chunks.json                why each one failed
 
@@ -187,6 +188,17 @@ class MeetingLayout:
     def live_manifest_key(self) -> str:
         """Key of the `manifest.json` (a FinalManifest) of the audio so far."""
         return f"{self.root}/live/manifest.json"
+
+    @property
+    def live_state_key(self) -> str:
+        """Key of the live assembly's own record (`state.json`, transcoder-internal: the
+        chunks the live tracks cover and what extending them needs)."""
+        return f"{self.root}/live/state.json"
+
+    def live_part_key(self, track: str, part: str) -> str:
+        """Key of a temporary part (`head`, `tail`) a live Job uploads to compose a live
+        track server-side; deleted by the same Job."""
+        return f"{self.root}/live/parts/{track}.{part}"
 
     @property
     def final_manifest_key(self) -> str:

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import CopySource
+from minio.commonconfig import ComposeSource, CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.helpers import check_bucket_name
@@ -241,6 +241,51 @@ class ObjectStore:
         """Server-side copy of `src` to `dst` in this bucket. NotFoundError if `src` is gone."""
         with s3_call(f"copy {src}"):
             self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
+
+    def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
+                content_type: str = "application/octet-stream") -> None:
+        """Write `key` server-side from byte ranges of objects in this bucket, in order:
+        `parts` are (source key, offset, length, ETag the source must still have or None),
+        each at least 5 MiB but the last (S3's
+        multipart minimum; one UploadPartCopy with `x-amz-copy-source-range` each, so the
+        bytes never pass through this process). `key` may be one of the sources: the new
+        object replaces it only once every part is copied. On failure the upload is
+        aborted and `key` left as it was. NotFoundError when a source is gone,
+        InvalidInputError for a range outside a source, a part too small or a source
+        whose ETag is not the one given (PreconditionFailed)."""
+        with s3_call(f"compose {key}"):
+            self.client.compose_object(
+                self.bucket, key,
+                [ComposeSource(self.bucket, src, offset=offset, length=length,
+                               match_etag=etag)
+                 for src, offset, length, etag in parts],
+                metadata={"Content-Type": content_type})
+
+    def stat(self, key: str) -> tuple[int, str]:
+        """(size in bytes, ETag without quotes) of the object at `key`, from its metadata
+        (nothing is read): the ETag changes whenever the object is written again.
+        Raises NotFoundError when it does not exist."""
+        with s3_call(f"stat {key}"):
+            meta = self.client.stat_object(self.bucket, key)
+        return int(meta.size or 0), (meta.etag or "").strip('"')
+
+    def iter_range(self, key: str, offset: int = 0, etag: str | None = None,
+                   part: int = 1 << 20) -> Generator[bytes, None, None]:
+        """The object at `key` from byte `offset` to its end, in blocks of up to `part`
+        bytes as the caller iterates (one ranged GET; nothing held beyond a block); with
+        `etag`, only while the object still has that ETag (If-Match). Errors come out
+        translated (`s3_call`; NotFoundError when it does not exist, InvalidInputError
+        when its ETag differs) from the `next()` that met them."""
+        headers: dict[str, str | list[str] | tuple[str]] | None = (
+            {"If-Match": f'"{etag}"'} if etag else None)
+        with s3_call(f"get {key}"):
+            resp = self.client.get_object(self.bucket, key, offset=offset,
+                                          request_headers=headers)
+            try:
+                yield from resp.stream(part)
+            finally:
+                resp.close()
+                resp.release_conn()
 
     def get_file(self, key: str, path: str) -> None:
         """Download `key` to the local file `path`, streamed through `<path>.minio` that is

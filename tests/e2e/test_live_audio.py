@@ -277,7 +277,9 @@ def test_a_failed_live_job_keeps_the_previous_audio_and_is_retried(
         live_stack: LiveStack, live_namespace: str) -> None:
     """A piece the live Job needs is gone (S3 lost it): the Job fails, the previous live
     files and status.live stay, no chunk or session is marked failed; once the piece is
-    back the next interval's Job brings the audio so far up to date."""
+    back the next interval's Job brings the audio so far up to date. (A Job extending the
+    last one's tracks never reads chunk 0's piece again, so the live state goes too: the
+    next Job assembles from chunk 0 and needs it.)"""
     stack, ns = live_stack, live_namespace
     layout = start_session(stack, ns, "faulty", "400000000000000004")
 
@@ -289,7 +291,7 @@ def test_a_failed_live_job_keeps_the_previous_audio_and_is_retried(
     piece = stack.store.get_json(layout.piece_manifest_key(0))
     mix = next(t for t in piece["tracks"] if t["track"] == "mix")
     kept = stack.store.get_bytes(mix["key"])
-    stack.store.delete_keys([mix["key"]])
+    stack.store.delete_keys([mix["key"], layout.live_state_key])
 
     def failed_live_job() -> bool:
         jobs = json.loads(stack.kubectl("-n", ns, "get", "jobs", "-l",
@@ -298,7 +300,11 @@ def test_a_failed_live_job_keeps_the_previous_audio_and_is_retried(
                    for j in jobs["items"] for c in (j.get("status") or {}).get("conditions")
                    or [])
 
-    wait_for("a live Job to fail on the missing piece", failed_live_job, 120)
+    def failed_from_chunk_0() -> bool:  # a Job under way may write a state again
+        stack.store.delete_keys([layout.live_state_key])
+        return failed_live_job()
+
+    wait_for("a live Job to fail on the missing piece", failed_from_chunk_0, 120)
     before = live_status()
     manifest = stack.store.get_json(layout.live_manifest_key)
     time.sleep(2 * INTERVAL_S + 4)  # retries come and fail again meanwhile

@@ -42,6 +42,14 @@ def store(s3_server: S3Settings) -> ObjectStore:
     return st
 
 
+def _never_assembled(store: ObjectStore) -> None:
+    """Empty `live/` (as the operator does when consent changes): the next Job assembles
+    from chunk 0. Tests that remove a piece the module's earlier Jobs already joined call
+    it, since a piece is never removed once a live Job used it (each Job extends the last
+    one's tracks from `live/state.json`)."""
+    store.delete_prefix(LAYOUT.live_root)
+
+
 def _live_files(store: ObjectStore) -> dict[str, bytes]:
     return {k: store.get_bytes(k) for k in store.list_keys(LAYOUT.live_root)}
 
@@ -93,6 +101,7 @@ def test_a_piece_never_made_is_silence_once_a_later_one_exists(store: ObjectStor
     key = LAYOUT.piece_manifest_key(1)
     saved = store.get_json(key)
     store.delete_keys([key])
+    _never_assembled(store)
     try:
         live = assemble_live(store, LAYOUT, chunks=4)
         assert live is not None
@@ -141,6 +150,7 @@ def test_silent_chunks_are_bridged_with_silence(store: ObjectStore) -> None:
     operator names it in `silent`, and the audio so far goes on after it, silent in its
     unit and the same frames as without the gap elsewhere (before the fix the run
     stopped at that chunk for good)."""
+    _never_assembled(store)
     whole = assemble_live(store, LAYOUT, chunks=4)
     assert whole is not None
     reference = {t.track: decode_file(store.get_bytes(t.key)) for t in whole.tracks}
@@ -149,7 +159,9 @@ def test_silent_chunks_are_bridged_with_silence(store: ObjectStore) -> None:
     store.delete_keys([key])
     try:
         # not named silent but followed by chunk 3's piece: bridged the same way (fault 7)
+        _never_assembled(store)
         unnamed = assemble_live(store, LAYOUT, chunks=4)
+        _never_assembled(store)
         bridged = assemble_live(store, LAYOUT, chunks=4, silent={2})
         assert bridged is not None and bridged.duration_ms == whole.duration_ms
         assert unnamed is not None and [t.sha256 for t in unnamed.tracks] == [

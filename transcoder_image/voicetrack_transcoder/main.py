@@ -146,7 +146,9 @@ def live(
              "(failed, or nobody spoke).")] = "",
 ) -> None:
     """Assemble the audio so far of a live session from its chunks' pieces into
-    live/<track>.mp3 and live/manifest.json (replaced each time)."""
+    live/<track>.mp3 and live/manifest.json (replaced each time), extending the last
+    run's tracks from live/state.json (only the new chunks' pieces are read) or, without a
+    usable state, from chunk 0."""
     try:
         silent = {int(i) for i in silent_chunks.split(",") if i.strip()}
     except ValueError:

@@ -3,7 +3,9 @@ session's `status.live` says.
 
 While a session records, each chunk's transcoder Job also makes the chunk's MP3 piece of
 the final tracks; a live Job (`jobs.build_live_job`, `voicetrack-transcoder live`)
-joins the pieces of chunks `0..N-1` into `live/<track>.mp3` and `live/manifest.json`. The
+joins the pieces of chunks `0..N-1` into `live/<track>.mp3` and `live/manifest.json`
+(extending the last Job's tracks from `live/state.json`: it reads only the chunks after
+them; with no state, e.g. once `live/` is emptied, from chunk 0). The
 observe timer calls `LiveService.observe` with what the watches show (no API read): it
 decides with the pure `decide`, deletes superseded Jobs, starts the next one, and reads the
 manifest of a Job that completed (one S3 read per live Job) for the status.
