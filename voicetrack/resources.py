@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -210,6 +211,16 @@ class FileSpeaker(_Model):
 class SourceSpec(_Model):
     type: Literal["discord", "files"] = "discord"
     speakers: list[FileSpeaker] = Field(default_factory=list, max_length=25)
+
+
+def pieced(formats: Iterable[str]) -> bool:
+    """Whether a session of output `formats` gets pieces while it records (each chunk's
+    share of the final tracks, made by its transcoder Job: incremental promotion, and the
+    audio so far of a live session): MP3, or MP3 and FLAC. Opus is not cut at chunk
+    boundaries without re-encoding, and FLAC alone has no MP3 pieces to ride on
+    (transcoder `pieces.py`, `flacpieces.py`)."""
+    wanted = set(formats)
+    return "mp3" in wanted and wanted <= {"mp3", "flac"}
 
 
 class OutputSpec(_Model):

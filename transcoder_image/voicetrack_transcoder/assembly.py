@@ -38,11 +38,12 @@ from voicetrack.manifests import (
     SpeechTimeline,
 )
 from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
+from voicetrack.resources import pieced
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.flacassembly import FlacContext, fetch_verified, flac_tracks
 from voicetrack_transcoder.flacassembly import check_pieces as check_flac
-from voicetrack_transcoder.flacpieces import READABLE_SAMPLES, pieced
+from voicetrack_transcoder.flacpieces import READABLE_SAMPLES
 from voicetrack_transcoder.infotag import MP3_BITRATES, MusicCrc, frame_bytes, info_head
 from voicetrack_transcoder.mp3grid import (
     FRAME,
@@ -126,7 +127,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
     Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
     plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), when
     audio it must render holds a packet libopus rejects (the full promotion conceals and
-    counts it), for formats other than MP3 or MP3 and FLAC (`flacpieces.pieced`; a piece
+    counts it), for formats other than MP3 or MP3 and FLAC (`resources.pieced`; a piece
     without FLAC frames when the plan asks for FLAC; FLAC of `flacpieces.READABLE_SAMPLES`
     or more) or a bitrate no MPEG-1 frame has;
     InvalidInputError / TemporaryFailure as the full promotion does. The FLAC tracks

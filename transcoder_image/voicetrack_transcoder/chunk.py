@@ -29,6 +29,7 @@ from voicetrack.errors import InvalidInputError
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import TranscodeResult
 from voicetrack.objectstore import ObjectStore, sha256_file
+from voicetrack.resources import pieced
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import (
     BITEXACT,
@@ -38,7 +39,6 @@ from voicetrack_transcoder.ffmpeg import (
     pcm_input,
     run,
 )
-from voicetrack_transcoder.flacpieces import pieced
 from voicetrack_transcoder.pieces import build_piece
 from voicetrack_transcoder.rawtracks import RawTrack, check_window, load_raw
 from voicetrack_transcoder.silenthead import build_head_after

@@ -37,7 +37,13 @@ from typing import Any
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
 from voicetrack.names import controller_uid
-from voicetrack.resources import LABEL_COMPONENT, SessionSpec, SessionState, TranscodeStatus
+from voicetrack.resources import (
+    LABEL_COMPONENT,
+    SessionSpec,
+    SessionState,
+    TranscodeStatus,
+    pieced,
+)
 from voicetrack_operator.context import Context
 from voicetrack_operator.jobs import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
 from voicetrack_operator.services.chunkstate import job_state
@@ -196,9 +202,10 @@ class LiveService:
 
     def enabled(self, s: SessionView) -> bool:
         """Live assembly runs for session view `s` when the interval is on, the session's
-        output is MP3 only (pieces are MP3), and it has recorded (`LIVE_STATES`)."""
+        chunks get pieces (`resources.pieced`: MP3, or MP3 and FLAC; the audio so far is
+        MP3), and it has recorded (`LIVE_STATES`)."""
         return self.ctx.settings.live_interval_s > 0 and s.state in LIVE_STATES \
-            and list(s.spec.output.formats) == ["mp3"]
+            and pieced(s.spec.output.formats)
 
     async def observe(self, s: SessionView, chunks: list[dict[str, Any]],
                       jobs: list[dict[str, Any]]) -> dict[str, Any]:
