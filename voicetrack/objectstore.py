@@ -195,11 +195,15 @@ class ObjectStore:
         return sha256_hex(data)
 
     def put_file(self, key: str, path: str, content_type: str = "application/octet-stream"
-                 ) -> None:
-        """Upload a local file (streamed in parts) to `key`. A missing or unreadable local
+                 ) -> str:
+        """Upload a local file (streamed in parts) to `key`; returns the ETag (without
+        quotes) the store gave the object written: a later `compose` passing it copies this
+        object, never one another writer put at `key` since. A missing or unreadable local
         file raises its OSError (FileNotFoundError, …) unchanged."""
         with s3_call(f"put {key}"):
-            self.client.fput_object(self.bucket, key, path, content_type=content_type)
+            result = self.client.fput_object(self.bucket, key, path,
+                                             content_type=content_type)
+        return (result.etag or "").strip('"')
 
     def put_json(self, key: str, doc: Any) -> str:
         """Write `doc` as indented, key-sorted JSON at `key`; returns its sha256 (hex)."""

@@ -1,0 +1,117 @@
+"""The incremental live assembly (`liveextend.py`) against other writers on real SeaweedFS:
+two live Jobs composing the same track at once (a deleted Job's pod still running), a
+source rewritten shorter under a compose, and a Job killed mid-compose whose incomplete
+multipart upload must not outlive `live/` being emptied (withhold, collection)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_transcoder_live_incremental import A, BIG, REF, _synthetic_pieces
+from voicetrack.errors import InvalidInputError, TemporaryFailure
+from voicetrack.manifests import FinalManifest
+from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
+from voicetrack_transcoder.live import assemble_live
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def _store(s3: S3Settings, name: str) -> ObjectStore:
+    store = ObjectStore(dataclasses.replace(s3, bucket=f"{name}-{os.getpid()}"))
+    store.ensure_bucket()
+    return store
+
+
+class _Interleaved(ObjectStore):
+    """An ObjectStore whose uploads of track A's composed parts and compose of A's live
+    object wait for their turn in `order` (`<thread name>:head|tail|compose|composed`,
+    the last once the compose returned)."""
+
+    def __init__(self, settings: S3Settings, order: list[str]) -> None:
+        super().__init__(settings)
+        self.order = order
+        self.turn = threading.Condition()
+        self.parts = f"{BIG.live_root}parts/{A}."
+
+    def _gate(self, op: str) -> None:
+        me = f"{threading.current_thread().name}:{op}"
+        with self.turn:
+            self.turn.wait_for(lambda: not self.order or self.order[0] == me, timeout=30)
+            if self.order and self.order[0] == me:
+                self.order.pop(0)
+            self.turn.notify_all()
+
+    def put_file(self, key: str, path: str, content_type: str = "application/octet-stream"
+                 ) -> str:
+        for op in ("head", "tail"):
+            if key.startswith(self.parts + op):
+                self._gate(op)
+        return super().put_file(key, path, content_type)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"
+                  ) -> str:
+        if key.startswith(self.parts + "head"):
+            self._gate("head")
+        return super().put_bytes(key, data, content_type)
+
+    def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
+                content_type: str = "application/octet-stream") -> None:
+        if key != BIG.live_key(A, "mp3"):
+            super().compose(key, parts, content_type)
+            return
+        self._gate("compose")
+        try:
+            super().compose(key, parts, content_type)
+        finally:
+            self._gate("composed")
+
+
+def test_two_jobs_composing_one_track_at_once_never_mix_their_parts(
+        s3_server: S3Settings) -> None:
+    """Jobs X (2 chunks) and Y (3 chunks) extend the same state, interleaved X:head,
+    Y:head, Y:tail, X:tail, X:compose (to its end), Y:compose. X's track is the full
+    assembly's bytes (before, both used `live/parts/<track>.head`: X composed Y's head, whose Info frame
+    counts Y's frames, over its own body, same size, wrong sha256); Y, whose copy source
+    X rewrote, fails with TemporaryFailure; no part is left."""
+    base = _store(s3_server, "vt-liverace")
+    with tempfile.TemporaryDirectory() as tmp:
+        _synthetic_pieces(base, Path(tmp))
+    assert assemble_live(base, BIG, chunks=1) is not None
+    store = _Interleaved(base.settings,
+                         ["X:head", "Y:head", "Y:tail", "X:tail", "X:compose", "X:composed",
+                          "Y:compose"])
+    out: dict[str, object] = {}
+
+    def job(chunks: int) -> None:
+        try:
+            out[threading.current_thread().name] = assemble_live(store, BIG, chunks=chunks)
+        except Exception as err:  # noqa: BLE001 - reported by the assertions below
+            out[threading.current_thread().name] = err
+
+    jobs = [threading.Thread(target=job, args=(2,), name="X"),
+            threading.Thread(target=job, args=(3,), name="Y")]
+    for t in jobs:
+        t.start()
+    for t in jobs:
+        t.join(120)
+    assert not store.order, store.order
+    live = out["X"]
+    assert isinstance(live, FinalManifest), repr(out)
+    track = next(t for t in live.tracks if t.track == A)
+    data = base.get_bytes(track.key)
+    assert isinstance(out["Y"], TemporaryFailure), out
+    assert not base.list_keys(f"{BIG.live_root}parts/")
+    base.delete_prefix(REF.live_root)
+    ref = assemble_live(base, REF, chunks=2)
+    assert ref is not None
+    want = next(t for t in ref.tracks if t.track == A)
+    assert (len(data), sha256_hex(data)) == (want.bytes, want.sha256)
+    assert (track.bytes, track.sha256) == (want.bytes, want.sha256)
