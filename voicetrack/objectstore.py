@@ -255,15 +255,19 @@ class ObjectStore:
         bytes never pass through this process). `key` may be one of the sources: the new
         object replaces it only once every part is copied. On failure the upload is
         aborted and `key` left as it was. NotFoundError when a source is gone,
-        InvalidInputError for a range outside a source, a part too small or a source
-        whose ETag is not the one given (PreconditionFailed)."""
-        with s3_call(f"compose {key}"):
-            self.client.compose_object(
-                self.bucket, key,
-                [ComposeSource(self.bucket, src, offset=offset, length=length,
-                               match_etag=etag)
-                 for src, offset, length, etag in parts],
-                metadata={"Content-Type": content_type})
+        InvalidInputError for a range outside a source (one rewritten shorter since it
+        was planned too), a part too small or a source whose ETag is not the one given
+        (PreconditionFailed)."""
+        try:
+            with s3_call(f"compose {key}"):
+                self.client.compose_object(
+                    self.bucket, key,
+                    [ComposeSource(self.bucket, src, offset=offset, length=length,
+                                   match_etag=etag)
+                     for src, offset, length, etag in parts],
+                    metadata={"Content-Type": content_type})
+        except ValueError as err:  # minio checks sizes against its stat before any copy
+            raise InvalidInputError(f"compose {key}: {err}") from err
 
     def stat(self, key: str) -> tuple[int, str]:
         """(size in bytes, ETag without quotes) of the object at `key`, from its metadata

@@ -115,3 +115,18 @@ def test_two_jobs_composing_one_track_at_once_never_mix_their_parts(
     want = next(t for t in ref.tracks if t.track == A)
     assert (len(data), sha256_hex(data)) == (want.bytes, want.sha256)
     assert (track.bytes, track.sha256) == (want.bytes, want.sha256)
+
+
+def test_compose_of_a_source_rewritten_shorter_raises_invalid_input(
+        s3_server: S3Settings) -> None:
+    """A source another Job rewrote shorter than the range asked for: InvalidInputError,
+    as documented (minio's bare ValueError before, which `liveextend._write` does not
+    catch; it turns InvalidInputError into TemporaryFailure), and the key left as is."""
+    store = _store(s3_server, "vt-liveshrink")
+    store.put_bytes("k", os.urandom(11 * MiB))
+    _, etag = store.stat("k")
+    store.put_bytes("head", os.urandom(5 * MiB))
+    store.put_bytes("k", os.urandom(6 * MiB))  # rewritten shorter by another Job
+    with pytest.raises(InvalidInputError, match="compose k"):
+        store.compose("k", [("head", 0, 5 * MiB, None), ("k", 5 * MiB, 6 * MiB, etag)])
+    assert store.size("k") == 6 * MiB
