@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_transcoder_live_incremental import A, BIG, REF, _synthetic_pieces
+from tests.integration.test_transcoder_live_incremental import BIG, REF, A, _synthetic_pieces
 from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
@@ -78,9 +78,9 @@ def test_two_jobs_composing_one_track_at_once_never_mix_their_parts(
         s3_server: S3Settings) -> None:
     """Jobs X (2 chunks) and Y (3 chunks) extend the same state, interleaved X:head,
     Y:head, Y:tail, X:tail, X:compose (to its end), Y:compose. X's track is the full
-    assembly's bytes (before, both used `live/parts/<track>.head`: X composed Y's head, whose Info frame
-    counts Y's frames, over its own body, same size, wrong sha256); Y, whose copy source
-    X rewrote, fails with TemporaryFailure; no part is left."""
+    assembly's bytes (before, both used `live/parts/<track>.head`: X composed Y's head,
+    whose Info frame counts Y's frames, over its own body, same size, wrong sha256); Y,
+    whose copy source X rewrote, fails with TemporaryFailure; no part is left."""
     base = _store(s3_server, "vt-liverace")
     with tempfile.TemporaryDirectory() as tmp:
         _synthetic_pieces(base, Path(tmp))
@@ -93,7 +93,7 @@ def test_two_jobs_composing_one_track_at_once_never_mix_their_parts(
     def job(chunks: int) -> None:
         try:
             out[threading.current_thread().name] = assemble_live(store, BIG, chunks=chunks)
-        except Exception as err:  # noqa: BLE001 - reported by the assertions below
+        except Exception as err:
             out[threading.current_thread().name] = err
 
     jobs = [threading.Thread(target=job, args=(2,), name="X"),
