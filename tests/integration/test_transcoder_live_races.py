@@ -18,6 +18,7 @@ from voicetrack.errors import InvalidInputError, TemporaryFailure
 from voicetrack.manifests import FinalManifest
 from voicetrack.objectstore import ObjectStore, S3Settings, sha256_hex
 from voicetrack_transcoder.live import assemble_live
+from voicetrack_transcoder.livestate import load_state
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +131,33 @@ def test_compose_of_a_source_rewritten_shorter_raises_invalid_input(
     with pytest.raises(InvalidInputError, match="compose k"):
         store.compose("k", [("head", 0, 5 * MiB, None), ("k", 5 * MiB, 6 * MiB, etag)])
     assert store.size("k") == 6 * MiB
+
+
+class _Overwritten(ObjectStore):
+    """An ObjectStore where another writer puts bytes of the same size at track A's live
+    key right after this one uploads it whole."""
+
+    def put_file(self, key: str, path: str, content_type: str = "application/octet-stream"
+                 ) -> str:
+        etag = super().put_file(key, path, content_type)
+        if key == BIG.live_key(A, "mp3"):
+            self.put_bytes(key, os.urandom(os.path.getsize(path)), content_type)
+        return etag
+
+
+def test_a_full_assembly_records_the_etag_of_what_it_wrote(s3_server: S3Settings) -> None:
+    """Another writer replaces a live track with bytes of the same size right after the
+    full assembly uploads it: the state holds the ETag of the upload, so the next Job
+    sees the track changed and assembles from chunk 0 (before, a stat after the upload
+    recorded the other writer's ETag and the next Job extended its bytes)."""
+    base = _store(s3_server, "vt-liveetag")
+    with tempfile.TemporaryDirectory() as tmp:
+        _synthetic_pieces(base, Path(tmp))
+    assert assemble_live(_Overwritten(base.settings), BIG, chunks=1) is not None
+    reason = load_state(base, BIG)
+    assert isinstance(reason, str) and "changed" in reason, reason
+    live = assemble_live(base, BIG, chunks=2)
+    assert live is not None
+    track = next(t for t in live.tracks if t.track == A)
+    data = base.get_bytes(track.key)
+    assert (len(data), sha256_hex(data)) == (track.bytes, track.sha256)
