@@ -161,3 +161,26 @@ def test_a_full_assembly_records_the_etag_of_what_it_wrote(s3_server: S3Settings
     track = next(t for t in live.tracks if t.track == A)
     data = base.get_bytes(track.key)
     assert (len(data), sha256_hex(data)) == (track.bytes, track.sha256)
+
+
+def test_a_state_whose_last_piece_is_not_that_chunks_piece_json_is_not_extended(
+        s3_server: S3Settings) -> None:
+    """`live/state.json` rewritten with a last piece that is not chunk 0's `piece.json`
+    (every other check still passes): the state is refused, and the next Job assembles
+    from chunk 0 (before, it was trusted)."""
+    store = _store(s3_server, "vt-livelast")
+    with tempfile.TemporaryDirectory() as tmp:
+        _synthetic_pieces(store, Path(tmp))
+    assert assemble_live(store, BIG, chunks=1) is not None
+    assert not isinstance(load_state(store, BIG), str)
+    state = store.get_json(BIG.live_state_key)
+    state["last_piece"]["chunk_end_ms"] += 24
+    store.put_json(BIG.live_state_key, state)
+    reason = load_state(store, BIG)
+    assert isinstance(reason, str) and "piece.json" in reason, reason
+    live = assemble_live(store, BIG, chunks=2)
+    store.delete_prefix(REF.live_root)
+    ref = assemble_live(store, REF, chunks=2)
+    assert live is not None and ref is not None
+    assert [(t.bytes, t.sha256) for t in live.tracks] == \
+        [(t.bytes, t.sha256) for t in ref.tracks]
