@@ -10,7 +10,10 @@ state's last piece on); the new head replaces the old one. When the old body is 
 `ObjectStore.compose`) onto its own key: part 1 is the new head and the body's first
 5 MiB (uploaded; S3 wants every part but the last to be 5 MiB or more), part 2 the rest
 of the old body copied in the store (only while the object has the ETag the state
-recorded), part 3 the new frames (uploaded). A smaller track is uploaded whole. The key
+recorded), part 3 the new frames (uploaded). The uploaded parts go to temporary keys of
+this Job's own (`live/parts/<track>.head|tail.<random token>`, each copied only while it
+has the ETag its upload returned, deleted after): two live Jobs at once (a deleted Job's
+pod still running) never compose or delete each other's parts. A smaller track is uploaded whole. The key
 stays the same, so presigned links already handed out keep working, as before.
 
 What the Job still reads in proportion to the session: the old bodies, streamed once
