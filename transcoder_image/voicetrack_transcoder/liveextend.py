@@ -13,8 +13,9 @@ of the old body copied in the store (only while the object has the ETag the stat
 recorded), part 3 the new frames (uploaded). The uploaded parts go to temporary keys of
 this Job's own (`live/parts/<track>.head|tail.<random token>`, each copied only while it
 has the ETag its upload returned, deleted after): two live Jobs at once (a deleted Job's
-pod still running) never compose or delete each other's parts. A smaller track is uploaded whole. The key
-stays the same, so presigned links already handed out keep working, as before.
+pod still running) never compose or delete each other's parts. A smaller track is
+uploaded whole. The key stays the same, so presigned links already handed out keep
+working, as before.
 
 What the Job still reads in proportion to the session: the old bodies, streamed once
 each (one GET per track) only to compute the new file's sha256 for the manifest; SHA-256
