@@ -46,10 +46,10 @@ class CountingStore(ObjectStore):
         return super().put_bytes(key, data, content_type)
 
     def put_file(self, key: str, path: str, content_type: str = "application/octet-stream"
-                 ) -> None:
+                 ) -> str:
         self.requests += 1
         self.uploaded[key] = self.uploaded.get(key, 0) + os.path.getsize(path)
-        super().put_file(key, path, content_type)
+        return super().put_file(key, path, content_type)
 
     def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
                 content_type: str = "application/octet-stream") -> None:

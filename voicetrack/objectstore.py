@@ -195,11 +195,15 @@ class ObjectStore:
         return sha256_hex(data)
 
     def put_file(self, key: str, path: str, content_type: str = "application/octet-stream"
-                 ) -> None:
-        """Upload a local file (streamed in parts) to `key`. A missing or unreadable local
+                 ) -> str:
+        """Upload a local file (streamed in parts) to `key`; returns the ETag (without
+        quotes) the store gave the object written: a later `compose` passing it copies this
+        object, never one another writer put at `key` since. A missing or unreadable local
         file raises its OSError (FileNotFoundError, …) unchanged."""
         with s3_call(f"put {key}"):
-            self.client.fput_object(self.bucket, key, path, content_type=content_type)
+            result = self.client.fput_object(self.bucket, key, path,
+                                             content_type=content_type)
+        return (result.etag or "").strip('"')
 
     def put_json(self, key: str, doc: Any) -> str:
         """Write `doc` as indented, key-sorted JSON at `key`; returns its sha256 (hex)."""
@@ -251,15 +255,19 @@ class ObjectStore:
         bytes never pass through this process). `key` may be one of the sources: the new
         object replaces it only once every part is copied. On failure the upload is
         aborted and `key` left as it was. NotFoundError when a source is gone,
-        InvalidInputError for a range outside a source, a part too small or a source
-        whose ETag is not the one given (PreconditionFailed)."""
-        with s3_call(f"compose {key}"):
-            self.client.compose_object(
-                self.bucket, key,
-                [ComposeSource(self.bucket, src, offset=offset, length=length,
-                               match_etag=etag)
-                 for src, offset, length, etag in parts],
-                metadata={"Content-Type": content_type})
+        InvalidInputError for a range outside a source (one rewritten shorter since it
+        was planned too), a part too small or a source whose ETag is not the one given
+        (PreconditionFailed)."""
+        try:
+            with s3_call(f"compose {key}"):
+                self.client.compose_object(
+                    self.bucket, key,
+                    [ComposeSource(self.bucket, src, offset=offset, length=length,
+                                   match_etag=etag)
+                     for src, offset, length, etag in parts],
+                    metadata={"Content-Type": content_type})
+        except ValueError as err:  # minio checks sizes against its stat before any copy
+            raise InvalidInputError(f"compose {key}: {err}") from err
 
     def stat(self, key: str) -> tuple[int, str]:
         """(size in bytes, ETag without quotes) of the object at `key`, from its metadata
@@ -364,8 +372,37 @@ class ObjectStore:
         return len(keys)
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under `prefix`; returns the count."""
+        """Delete every object under `prefix`, after aborting every incomplete multipart
+        upload under it (`abort_uploads`: a writer killed mid-upload leaves its parts,
+        audio, in the store); returns the count of objects deleted."""
+        self.abort_uploads(prefix)
         return self.delete_keys(self.list_keys(prefix))
+
+    def abort_uploads(self, prefix: str, rounds: int = 100) -> int:
+        """Abort every incomplete multipart upload of a key under `prefix` (a compose or
+        `put_file` whose process was killed: its parts hold data no object lists); returns
+        how many were aborted. Listed a page (1000) at a time, `rounds` pages at most (an
+        aborted upload leaves the listing, so no marker is needed). minio exposes
+        ListMultipartUploads and AbortMultipartUpload only as private methods
+        (`_list_multipart_uploads`, `_abort_multipart_upload`, minio 7.2): this adapter is
+        their one caller."""
+        aborted = 0
+        with s3_call(f"abort uploads {prefix}"):
+            for _ in range(rounds):
+                page = self.client._list_multipart_uploads(self.bucket, prefix=prefix)
+                for upload in page.uploads:
+                    if not upload.upload_id:
+                        continue
+                    try:
+                        self.client._abort_multipart_upload(
+                            self.bucket, upload.object_name, upload.upload_id)
+                    except S3Error as err:  # completed or aborted since it was listed
+                        if err.code != "NoSuchUpload":
+                            raise
+                    aborted += 1
+                if not page.uploads or not page.is_truncated:
+                    break
+        return aborted
 
     def presigned_get(self, key: str, expires_s: int = 3600,
                       download_as: str | None = None) -> str:

@@ -63,3 +63,30 @@ async def test_live_files_are_removed_while_withheld(s3_server: S3Settings) -> N
     # back in: the audio so far is assembled again from chunk 0
     await service.observe(_session(bucket, [], None), chunks, [])
     assert kube.calls == [("ensure", "standup-live-000002")]
+
+
+async def test_a_killed_jobs_incomplete_upload_is_aborted_while_withheld(
+        s3_server: S3Settings) -> None:
+    """A live Job killed mid-compose (SIGKILL after the grace: no code runs) leaves an
+    incomplete multipart upload of `live/<track>.mp3` whose part holds audio and that no
+    object listing shows: withholding aborts it with `live/` (before, it stayed)."""
+    bucket = f"vt-live-upload-{os.getpid()}"
+    sync = ObjectStore(dataclasses.replace(s3_server, bucket=bucket))
+    sync.ensure_bucket()
+    settings = OperatorSettings(database_url="sqlite+aiosqlite://", s3=s3_server,
+                                pods=PodSettings(), live_interval_s=30)
+    ctx = Context(settings=settings, kube=RecordingKube(), db=None)  # type: ignore[arg-type]
+    s = _session(bucket, [BOB], None)
+    key = s.layout.live_key(BOB, "mp3")
+    upload = sync.client._create_multipart_upload(bucket, key, {})
+    sync.client._upload_part(bucket, key, os.urandom(64 * 1024), None, upload, 1)
+    other = sync.client._create_multipart_upload(bucket, "elsewhere/kept.mp3", {})
+
+    def uploads() -> list[str]:
+        return sorted(u.object_name or "" for u in
+                      sync.client._list_multipart_uploads(bucket).uploads)
+
+    assert uploads() == ["elsewhere/kept.mp3", key]
+    await LiveService(ctx).observe(s, [chunk_obj(0, (ANN, BOB))], [])
+    assert uploads() == ["elsewhere/kept.mp3"]
+    sync.client._abort_multipart_upload(bucket, "elsewhere/kept.mp3", other)

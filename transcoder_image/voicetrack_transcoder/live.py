@@ -121,12 +121,12 @@ def _assemble_full(store: ObjectStore, layout: MeetingLayout, chunks: int | None
                 frames=run[-1].end_frame, music_crc=file_crc(frames_path),
                 sha256=tracks[-1].sha256))
         store.delete_keys([layout.live_state_key])  # stale from here until rewritten
-        for key, path in built:  # only once every track is made: nothing half-replaced
-            store.put_file(key, str(path), CONTENT_TYPES["mp3"])
+        for (key, path), t in zip(built, states, strict=True):  # every track made first
+            # the ETag of the object this Job wrote (not a later stat's: another writer's
+            # object of the same size would pass the state's checks)
+            t.etag = store.put_file(key, str(path), CONTENT_TYPES["mp3"])
     manifest = live_manifest(layout, run[-1], tracks)
     store.put_json(layout.live_manifest_key, manifest.to_api())
-    for t in states:
-        t.etag = store.stat(t.key)[1]
     save_state(store, layout, LiveState(meeting_id=layout.meeting_id, mp3_bitrate=bitrate,
                                         last_piece=run[-1], tracks=states))
     return manifest

@@ -10,8 +10,12 @@ state's last piece on); the new head replaces the old one. When the old body is 
 `ObjectStore.compose`) onto its own key: part 1 is the new head and the body's first
 5 MiB (uploaded; S3 wants every part but the last to be 5 MiB or more), part 2 the rest
 of the old body copied in the store (only while the object has the ETag the state
-recorded), part 3 the new frames (uploaded). A smaller track is uploaded whole. The key
-stays the same, so presigned links already handed out keep working, as before.
+recorded), part 3 the new frames (uploaded). The uploaded parts go to temporary keys of
+this Job's own (`live/parts/<track>.head|tail.<random token>`, each copied only while it
+has the ETag its upload returned, deleted after): two live Jobs at once (a deleted Job's
+pod still running) never compose or delete each other's parts. A smaller track is
+uploaded whole. The key stays the same, so presigned links already handed out keep
+working, as before.
 
 What the Job still reads in proportion to the session: the old bodies, streamed once
 each (one GET per track) only to compute the new file's sha256 for the manifest; SHA-256
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import tempfile
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -228,16 +233,21 @@ def _write(store: ObjectStore, layout: MeetingLayout, plan: _Plan) -> None:
         store.put_file(key, str(plan.path), mp3)
     else:
         assert plan.copy is not None and plan.tail is not None
-        head_key = layout.live_part_key(plan.track.track, "head")
-        tail_key = layout.live_part_key(plan.track.track, "tail")
+        # this Job's own part keys, each copied only while it has the ETag this Job's put
+        # gave it: another live Job (a deleted Job's pod still running) composing the same
+        # track neither mixes its parts into ours nor deletes ours
+        token = secrets.token_hex(8)
+        head_key = layout.live_part_key(plan.track.track, f"head.{token}")
+        tail_key = layout.live_part_key(plan.track.track, f"tail.{token}")
+        head_path = plan.tail.with_suffix(".head")
+        head_path.write_bytes(plan.head)
         try:
-            store.put_bytes(head_key, plan.head, mp3)
             parts: list[tuple[str, int, int, str | None]] = [
-                (head_key, 0, len(plan.head), None), (key, *plan.copy)]
+                (head_key, 0, len(plan.head), store.put_file(head_key, str(head_path), mp3)),
+                (key, *plan.copy)]
             size = plan.tail.stat().st_size
             if size:
-                store.put_file(tail_key, str(plan.tail), mp3)
-                parts.append((tail_key, 0, size, None))
+                parts.append((tail_key, 0, size, store.put_file(tail_key, str(plan.tail), mp3)))
             store.compose(key, parts, mp3)
         except (NotFoundError, InvalidInputError) as err:
             raise TemporaryFailure(f"{key} changed while the live Job extended it; the "

@@ -2,8 +2,9 @@
 the chunks the live tracks cover and what extending them needs, so that each live Job
 reads and writes only the chunks transcoded since the last one (`liveextend.py`).
 
-The state is trusted only while it agrees with `live/manifest.json` and with the live
-objects themselves (their size and ETag, from metadata: nothing is read); anything else
+The state is trusted only while it agrees with `live/manifest.json`, with the live
+objects themselves (their size and ETag, from metadata: nothing is read) and with the
+`piece.json` of the last chunk it covers; anything else
 (missing, unreadable, another meeting, a track rewritten since) makes `load_state` return
 None with the reason, and the caller assembles from chunk 0 (`live.assemble_live`).
 """
@@ -74,7 +75,8 @@ def load_state(store: ObjectStore, layout: MeetingLayout
                ) -> tuple[LiveState, FinalManifest] | str:
     """The state and the live manifest it describes when they and the live objects agree
     (same tracks, keys, sizes and sha256; each object's size and ETag as recorded; every
-    body a whole number of frames); else the reason (str) they cannot be extended.
+    body a whole number of frames) and its last piece is that chunk's `piece.json` (one
+    GET); else the reason (str) they cannot be extended.
     Raises TemporaryFailure for S3 failures."""
     try:
         state = LiveState.model_validate(store.get_json(layout.live_state_key))
@@ -94,6 +96,14 @@ def load_state(store: ObjectStore, layout: MeetingLayout
         size = frame_bytes(state.mp3_bitrate)
     except ValueError:
         return f"state bitrate {state.mp3_bitrate} is not an MP3 one"
+    last = state.last_piece
+    try:
+        piece = PieceManifest.model_validate(
+            store.get_json(layout.piece_manifest_key(last.index)))
+    except (NotFoundError, InvalidInputError, ValidationError) as err:
+        return f"piece.json of the state's last chunk {last.index}: {str(err)[:200]}"
+    if piece != last:
+        return f"the state's last piece is not chunk {last.index}'s piece.json"
     for t in state.tracks:
         if t.frames != state.last_piece.end_frame or t.body_bytes != t.frames * size:
             return f"track {t.track}: {t.frames} frame(s) in {t.body_bytes} bytes do not " \
