@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from minio.helpers import check_bucket_name
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.s3credentials import credentials_provider
 from voicetrack.s3errors import s3_call
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -371,11 +374,15 @@ class ObjectStore:
             raise TemporaryFailure(f"delete failed for {len(bad)} object(s): {bad[0].message}")
         return len(keys)
 
-    def delete_prefix(self, prefix: str) -> int:
+    def delete_prefix(self, prefix: str, abort: bool = True) -> int:
         """Delete every object under `prefix`, after aborting every incomplete multipart
         upload under it (`abort_uploads`: a writer killed mid-upload leaves its parts,
-        audio, in the store); returns the count of objects deleted."""
-        self.abort_uploads(prefix)
+        audio, in the store) unless `abort` is False (the caller aborted them under a
+        wider prefix already); returns the count of objects deleted. A store that refuses
+        to list uploads is logged (`abort_uploads`) and the objects are deleted all the
+        same."""
+        if abort:
+            self.abort_uploads(prefix)
         return self.delete_keys(self.list_keys(prefix))
 
     def abort_uploads(self, prefix: str, rounds: int = 100) -> int:
@@ -385,7 +392,16 @@ class ObjectStore:
         aborted upload leaves the listing, so no marker is needed). minio exposes
         ListMultipartUploads and AbortMultipartUpload only as private methods
         (`_list_multipart_uploads`, `_abort_multipart_upload`, minio 7.2): this adapter is
-        their one caller."""
+        their one caller. A store that refuses the listing (an S3 error that is not
+        temporary, e.g. NotImplemented) is logged and 0 returned: deletion goes on; raises
+        TemporaryFailure when S3 is away."""
+        try:
+            return self._abort_uploads(prefix, rounds)
+        except InvalidInputError as err:
+            log.warning("incomplete uploads under %s not aborted: %s", prefix, err)
+            return 0
+
+    def _abort_uploads(self, prefix: str, rounds: int) -> int:
         aborted = 0
         with s3_call(f"abort uploads {prefix}"):
             for _ in range(rounds):

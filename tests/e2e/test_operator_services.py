@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -903,6 +904,35 @@ async def test_a_retried_collection_keeps_every_failed_chunks_reason(
         (1, USERS[1], "bang")]
     for e in failed:
         assert await store.exists(e["key"]), e
+
+
+async def test_collection_aborts_uploads_killed_mid_way_in_chunk_folders(
+        ctx: Context, namespace: str, kubectl: Kubectl) -> None:
+    """A recorder killed while uploading a large raw track (a multipart upload: PCM of a
+    long chunk) leaves its parts, audio, in S3 where no listing of objects shows them.
+    Collection aborts the incomplete uploads under the meeting's chunk and output folders
+    (one listing each, not one per chunk folder); one elsewhere is left alone. (Before:
+    deleting the folders' objects left the parts for good.)"""
+    s = await make_session(ctx, kubectl, namespace, "killedupload")
+    await set_status(ctx, s, {"meetingId": s.meeting_id})
+    store = ctx.store(s.spec.storage.bucket)
+    chunk = await make_chunk(ctx, kubectl, s, 0, 0, 5000)
+    await ctx.kube.patch_chunk_status(namespace, chunk.name, {
+        "transcodeStatus": "failed", "error": "boom"})
+    client, bucket = store.sync.client, s.spec.storage.bucket
+    raw = s.layout.raw_key(0, USERS[0], "pcm-s16le")
+    elsewhere = f"{s.layout.root}/elsewhere.bin"
+    ids = {key: client._create_multipart_upload(bucket, key, {}) for key in (raw, elsewhere)}
+    client._upload_part(bucket, raw, os.urandom(64 * 1024), None, ids[raw], 1)
+
+    def uploads() -> list[str]:
+        return sorted(u.object_name or "" for u in client._list_multipart_uploads(
+            bucket, prefix=s.layout.root + "/").uploads)
+
+    assert uploads() == sorted([raw, elsewhere])
+    await collect_chunks(ctx, s)
+    assert uploads() == [elsewhere]
+    client._abort_multipart_upload(bucket, elsewhere, ids[elsewhere])
 
 
 async def test_a_lost_meeting_row_is_rebuilt_from_the_cluster(

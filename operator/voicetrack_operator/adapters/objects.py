@@ -88,6 +88,13 @@ class AsyncObjectStore:
         """Delete `keys` (missing ones count as deleted); returns how many were asked."""
         return await asyncio.to_thread(self.sync.delete_keys, keys)
 
-    async def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under `prefix`; returns the count."""
-        return await asyncio.to_thread(self.sync.delete_prefix, prefix)
+    async def delete_prefix(self, prefix: str, abort: bool = True) -> int:
+        """Delete every object under `prefix`, and first abort the incomplete multipart
+        uploads under it unless `abort` is False (`ObjectStore.delete_prefix`); returns
+        the count of objects deleted."""
+        return await asyncio.to_thread(self.sync.delete_prefix, prefix, abort)
+
+    async def abort_uploads(self, prefix: str) -> int:
+        """Abort every incomplete multipart upload under `prefix`
+        (`ObjectStore.abort_uploads`); returns how many."""
+        return await asyncio.to_thread(self.sync.abort_uploads, prefix)

@@ -224,9 +224,11 @@ async def collect_chunks(ctx: Context, s: SessionView,
     kept = await keep_failed(ctx, s, inv, plan)
     promoted = {c.index for c in plan.chunks} if plan else set()
     deleted = 0
+    for root in (layout.chunks_root, layout.outputs_root):  # once, not per chunk folder:
+        await store.abort_uploads(root)  # a recorder or Job killed mid-upload left parts
     for index in sorted(promoted | kept):
-        deleted += await store.delete_prefix(layout.chunk_dir(index) + "/")
-        deleted += await store.delete_prefix(layout.output_dir(index) + "/")
+        deleted += await store.delete_prefix(layout.chunk_dir(index) + "/", abort=False)
+        deleted += await store.delete_prefix(layout.output_dir(index) + "/", abort=False)
     left = sorted(set(inv.chunks) - promoted - kept) + sorted(inv.unaccounted)
     if left:
         log.warning("session %s/%s: chunk folders %s neither promoted nor kept: left in S3",
