@@ -27,7 +27,6 @@ from typing import TypeVar
 import numpy as np
 
 from voicetrack.audio import FRAME_MS, Channels, ms_to_samples, samples_to_ms
-from voicetrack.errors import NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import (
     FinalManifest,
@@ -37,7 +36,7 @@ from voicetrack.manifests import (
     PromotionPlan,
     SpeechTimeline,
 )
-from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
+from voicetrack.objectstore import ObjectStore, sha256_file
 from voicetrack.resources import pieced
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
@@ -53,7 +52,14 @@ from voicetrack_transcoder.mp3grid import (
     total_frames,
 )
 from voicetrack_transcoder.piececheck import Unit, around, plan_units, read_pieces
-from voicetrack_transcoder.pieces import Made, PiecesUnusable, Work, make, render
+from voicetrack_transcoder.pieces import (
+    Made,
+    PiecesUnusable,
+    Work,
+    checked_bytes,
+    make,
+    render,
+)
 from voicetrack_transcoder.silence import head_plan, settled_made, silent_made
 from voicetrack_transcoder.silenthead import stored_head
 from voicetrack_transcoder.speech import (
@@ -163,15 +169,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
 
         # 2. how a piece's frames are fetched (verified), a few ahead per track in step 4
         def fetch(t: PieceTrack) -> bytes:
-            try:
-                data = store.get_bytes(t.key)
-            except NotFoundError:
-                raise PiecesUnusable(f"{t.key} is missing") from None
-            if len(data) != t.bytes or sha256_hex(data) != t.sha256:
-                raise PiecesUnusable(f"{t.key}: {len(data)} bytes sha256 "
-                                     f"{sha256_hex(data)[:12]}… but piece.json says "
-                                     f"{t.bytes} bytes {t.sha256[:12]}…")
-            return data
+            return checked_bytes(store, t.key, t.bytes, t.sha256)
 
         def own_piece(unit: Unit) -> PieceManifest | None:
             return pieces.get(plan.chunks[unit.chunk_pos].index) \

@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from voicetrack.audio import FRAME_MS, Channels, ms_to_samples
-from voicetrack.errors import NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalTrack, FlacPiece, PieceManifest, PromotionPlan
-from voicetrack.objectstore import ObjectStore, sha256_file, sha256_hex
+from voicetrack.objectstore import ObjectStore, sha256_file
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.flacframes import STREAMINFO_BYTES, silent_frames, stream_head
 from voicetrack_transcoder.flacpieces import FlacRun, encode_runs
 from voicetrack_transcoder.piececheck import Unit, around
-from voicetrack_transcoder.pieces import PiecesUnusable, Placed, render
+from voicetrack_transcoder.pieces import PiecesUnusable, Placed, checked_bytes, render
 from voicetrack_transcoder.streams import UndecodableOpus
 
 REACH_MS = 1000
@@ -178,16 +177,9 @@ def write_track(ctx: FlacContext, name: str, path: Path, computed: Computed,
 
 
 def fetch_verified(store: ObjectStore, flac: FlacPiece) -> bytes:
-    """A FLAC piece's bytes, checked against its manifest. Raises PiecesUnusable when
-    missing or different."""
-    try:
-        data = store.get_bytes(flac.key)
-    except NotFoundError:
-        raise PiecesUnusable(f"{flac.key} is missing") from None
-    if len(data) != flac.bytes or sha256_hex(data) != flac.sha256:
-        raise PiecesUnusable(f"{flac.key}: {len(data)} bytes sha256 {sha256_hex(data)[:12]}… "
-                             f"but piece.json says {flac.bytes} bytes {flac.sha256[:12]}…")
-    return data
+    """A FLAC piece's bytes, checked against its manifest (`pieces.checked_bytes`).
+    Raises PiecesUnusable when missing or different."""
+    return checked_bytes(store, flac.key, flac.bytes, flac.sha256)
 
 
 def flac_tracks(ctx: FlacContext, mp3_tracks: list[FinalTrack], pool: Executor, work: Path,

@@ -19,11 +19,11 @@ from voicetrack.audio import Channels, samples_to_ms
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import FinalManifest, FinalTrack, PieceManifest, PieceTrack
-from voicetrack.objectstore import ObjectStore, sha256_hex
+from voicetrack.objectstore import ObjectStore
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.assembly import fetched_in_order, prefetch_depth
 from voicetrack_transcoder.mp3grid import FRAME, TOTAL_DELAY, split_frames
-from voicetrack_transcoder.pieces import PiecesUnusable
+from voicetrack_transcoder.pieces import PiecesUnusable, checked_bytes
 from voicetrack_transcoder.silenthead import live_head
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,10 @@ def silent_heads(store: ObjectStore, layout: MeetingLayout, pieces: list[PieceMa
 def piece_fetcher(store: ObjectStore) -> Callable[[PieceTrack], bytes]:
     """Reads a piece track's frames, checked against its piece.json (PiecesUnusable)."""
     def fetch(t: PieceTrack) -> bytes:
-        try:
-            data = store.get_bytes(t.key)
-        except NotFoundError:
-            raise PiecesUnusable(f"{t.key} is missing") from None
-        if len(data) != t.bytes or sha256_hex(data) != t.sha256 \
-                or t.frames != len(split_frames(data)):
-            raise PiecesUnusable(f"{t.key} does not match its piece.json")
+        data = checked_bytes(store, t.key, t.bytes, t.sha256)
+        if t.frames != len(split_frames(data)):
+            raise PiecesUnusable(f"{t.key}: {len(split_frames(data))} frames but piece.json "
+                                 f"says {t.frames}")
         return data
     return fetch
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from voicetrack.audio import FRAME_MS, Channels, ms_to_samples, samples_to_ms
 from voicetrack.chunkspec import ChunkSpec
-from voicetrack.errors import InvalidInputError
+from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
 from voicetrack.manifests import (
     PieceManifest,
@@ -78,6 +78,20 @@ log = logging.getLogger(__name__)
 class PiecesUnusable(Exception):
     """The pieces cannot make the final tracks (missing, damaged, made from other input):
     the message says which and why. Promotion then runs in full."""
+
+
+def checked_bytes(store: ObjectStore, key: str, size: int, sha256: str) -> bytes:
+    """The object at `key` (a piece's frames), checked to be the `size` bytes of digest
+    `sha256` its piece.json says. Raises PiecesUnusable when it is missing or different;
+    TemporaryFailure when S3 is away."""
+    try:
+        data = store.get_bytes(key)
+    except NotFoundError:
+        raise PiecesUnusable(f"{key} is missing") from None
+    if len(data) != size or sha256_hex(data) != sha256:
+        raise PiecesUnusable(f"{key}: {len(data)} bytes sha256 {sha256_hex(data)[:12]}… but "
+                             f"piece.json says {size} bytes {sha256[:12]}…")
+    return data
 
 
 # ---------------------------------------------------------------- rendering
