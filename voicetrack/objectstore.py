@@ -250,7 +250,7 @@ class ObjectStore:
             self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
 
     def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
-                content_type: str = "application/octet-stream") -> None:
+                content_type: str = "application/octet-stream") -> str:
         """Write `key` server-side from byte ranges of objects in this bucket, in order:
         `parts` are (source key, offset, length, ETag the source must still have or None),
         each at least 5 MiB but the last (S3's
@@ -260,15 +260,15 @@ class ObjectStore:
         aborted and `key` left as it was. NotFoundError when a source is gone,
         InvalidInputError for a range outside a source (one rewritten shorter since it
         was planned too), a part too small or a source whose ETag is not the one given
-        (PreconditionFailed)."""
+        (PreconditionFailed). Returns the new object's ETag."""
         try:
             with s3_call(f"compose {key}"):
-                self.client.compose_object(
+                return (self.client.compose_object(
                     self.bucket, key,
                     [ComposeSource(self.bucket, src, offset=offset, length=length,
                                    match_etag=etag)
                      for src, offset, length, etag in parts],
-                    metadata={"Content-Type": content_type})
+                    metadata={"Content-Type": content_type}).etag or "").strip('"')
         except ValueError as err:  # minio checks sizes against its stat before any copy
             raise InvalidInputError(f"compose {key}: {err}") from err
 
@@ -375,15 +375,16 @@ class ObjectStore:
         return len(keys)
 
     def delete_prefix(self, prefix: str, abort: bool = True) -> int:
-        """Delete every object under `prefix`, after aborting every incomplete multipart
+        """Delete every object under `prefix`, then abort every incomplete multipart
         upload under it (`abort_uploads`: a writer killed mid-upload leaves its parts,
-        audio, in the store) unless `abort` is False (the caller aborted them under a
-        wider prefix already); returns the count of objects deleted. A store that refuses
-        to list uploads is logged (`abort_uploads`) and the objects are deleted all the
-        same."""
+        audio, in the store) unless `abort` is False (the caller aborts them under a
+        wider prefix); returns the count of objects deleted. The objects go first, so a
+        store or policy that refuses the upload listing or abort never keeps them (it is
+        logged). Raises TemporaryFailure when the objects cannot be listed or deleted."""
+        deleted = self.delete_keys(self.list_keys(prefix))
         if abort:
             self.abort_uploads(prefix)
-        return self.delete_keys(self.list_keys(prefix))
+        return deleted
 
     def abort_uploads(self, prefix: str, rounds: int = 100) -> int:
         """Abort every incomplete multipart upload of a key under `prefix` (a compose or
@@ -392,12 +393,13 @@ class ObjectStore:
         aborted upload leaves the listing, so no marker is needed). minio exposes
         ListMultipartUploads and AbortMultipartUpload only as private methods
         (`_list_multipart_uploads`, `_abort_multipart_upload`, minio 7.2): this adapter is
-        their one caller. A store that refuses the listing (an S3 error that is not
-        temporary, e.g. NotImplemented) is logged and 0 returned: deletion goes on; raises
-        TemporaryFailure when S3 is away."""
+        their one caller. Best effort: any S3 failure (a store answering NotImplemented,
+        a policy without s3:ListBucketMultipartUploads or s3:AbortMultipartUpload, S3
+        away) is logged as a warning and 0 returned, so deletion goes on; a later call
+        (the next withholding tick) tries again."""
         try:
             return self._abort_uploads(prefix, rounds)
-        except InvalidInputError as err:
+        except (InvalidInputError, TemporaryFailure) as err:
             log.warning("incomplete uploads under %s not aborted: %s", prefix, err)
             return 0
 

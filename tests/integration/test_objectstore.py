@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
+from minio.error import S3Error
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.objectstore import ObjectStore, S3Settings
@@ -150,3 +152,37 @@ def test_a_raw_object_larger_than_its_chunk_says_is_refused_unread(
     with pytest.raises(InvalidInputError, match="larger than 10 bytes"):
         object_store.get_bytes(key, limit=10)
     assert len(object_store.get_bytes(key, limit=3 << 20)) == 3 << 20
+
+
+class RefusesUploadListing:
+    """The real minio client of a store, except that ListMultipartUploads is refused as a
+    store answering 501 NotImplemented (or a policy without
+    s3:ListBucketMultipartUploads, 403) refuses it."""
+
+    def __init__(self, client: Any, code: str, status: int) -> None:
+        self._client, self._code, self._status = client, code, status
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _list_multipart_uploads(self, *args: Any, **kwargs: Any) -> Any:
+        raise S3Error(urllib3.HTTPResponse(status=self._status), self._code, "refused",
+                      "/", "request", "host")
+
+
+@pytest.mark.parametrize(("code", "status"), [("NotImplemented", 501), ("AccessDenied", 403)])
+def test_a_store_refusing_the_upload_listing_still_deletes_the_objects(
+        object_store: ObjectStore, code: str, status: int) -> None:
+    """`delete_prefix` deletes the objects first and only then aborts incomplete uploads,
+    best effort: a store or policy that refuses ListMultipartUploads is logged and the
+    objects (a withheld member's live audio) are gone all the same. (Before: the refusal
+    raised TemporaryFailure before a single object was deleted, on every try.)"""
+    keys = [f"m/live/{name}" for name in ("u.mp3", "mix.mp3")]
+    for key in keys:
+        object_store.put_bytes(key, b"audio")
+    object_store.put_bytes("m/final/kept.mp3", b"final")
+    refusing = ObjectStore(object_store.settings)
+    refusing.client = RefusesUploadListing(refusing.client, code, status)  # type: ignore[assignment]
+    assert refusing.delete_prefix("m/live/") == 2
+    assert object_store.list_keys("m/") == ["m/final/kept.mp3"]
+    assert refusing.abort_uploads("m/") == 0
