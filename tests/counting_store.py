@@ -52,10 +52,10 @@ class CountingStore(ObjectStore):
         return super().put_file(key, path, content_type)
 
     def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
-                content_type: str = "application/octet-stream") -> None:
+                content_type: str = "application/octet-stream") -> str:
         self.requests += 1
         self.composed[key] = sum(p[2] for p in parts)
-        super().compose(key, parts, content_type)
+        return super().compose(key, parts, content_type)
 
     def stat(self, key: str) -> tuple[int, str]:
         self.requests += 1

@@ -64,13 +64,12 @@ class _Interleaved(ObjectStore):
         return super().put_bytes(key, data, content_type)
 
     def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
-                content_type: str = "application/octet-stream") -> None:
+                content_type: str = "application/octet-stream") -> str:
         if key != BIG.live_key(A, "mp3"):
-            super().compose(key, parts, content_type)
-            return
+            return super().compose(key, parts, content_type)
         self._gate("compose")
         try:
-            super().compose(key, parts, content_type)
+            return super().compose(key, parts, content_type)
         finally:
             self._gate("composed")
 

@@ -230,7 +230,7 @@ def _write(store: ObjectStore, layout: MeetingLayout, plan: _Plan) -> None:
     key = plan.track.key
     mp3 = CONTENT_TYPES["mp3"]
     if plan.path is not None:
-        store.put_file(key, str(plan.path), mp3)
+        etag = store.put_file(key, str(plan.path), mp3)
     else:
         assert plan.copy is not None and plan.tail is not None
         # this Job's own part keys, each copied only while it has the ETag this Job's put
@@ -248,12 +248,14 @@ def _write(store: ObjectStore, layout: MeetingLayout, plan: _Plan) -> None:
             size = plan.tail.stat().st_size
             if size:
                 parts.append((tail_key, 0, size, store.put_file(tail_key, str(plan.tail), mp3)))
-            store.compose(key, parts, mp3)
+            etag = store.compose(key, parts, mp3)
         except (NotFoundError, InvalidInputError) as err:
             raise TemporaryFailure(f"{key} changed while the live Job extended it; the "
                                    f"next one assembles from chunk 0: {err}") from err
         finally:
             store.delete_keys([head_key, tail_key])
-    size, plan.state.etag = store.stat(key)
-    if size != plan.track.bytes:
-        raise TemporaryFailure(f"{key}: {size} bytes written, {plan.track.bytes} meant")
+    size, now = store.stat(key)
+    if size != plan.track.bytes or now != etag:  # another writer's object since ours
+        raise TemporaryFailure(f"{key}: {size} bytes (ETag {now}) after this Job wrote "
+                               f"{plan.track.bytes} (ETag {etag})")
+    plan.state.etag = etag
