@@ -28,7 +28,7 @@ from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import Gap, OptOut
 from voicetrack_recorder.chunker import Chunker
 from voicetrack_recorder.consent import Consent
-from voicetrack_recorder.gaps import CUT, LOST, Marker, carry, unsaid
+from voicetrack_recorder.gaps import LOST, Marker, carry, unsaid
 from voicetrack_recorder.spool import SpooledChunk
 from voicetrack_recorder.uploader import ChunkUploader, Deadline
 
@@ -70,26 +70,34 @@ def give_up(pending: deque[SpooledChunk], dropped: list[Gap], chunker: Chunker,
     for spooled in left:
         uploader.spool.remove(spooled)
     pending.clear()
-    lost = [g for g in waiting if g.cause != CUT]
+    lost = [g for g in waiting if g.cause == LOST]  # what this run lost (UploadStats)
     uploader.stats.lost.extend(lost)
     log.error("chunks %s not uploaded: %s", [s.index for s in left], ", ".join(
         f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in waiting))
     markers, held = carry(waiting)
     if held is not None:  # the last marker, on the window's last 20 ms, carries the rest
-        last_start = held.end_ms - FRAME_MS if held.cause != CUT else held.end_ms
+        last_start = held.end_ms - FRAME_MS  # held is a lost window (the chunks' windows
+        # and the dropped ones end every interval), never past the session's end
         markers.append(Marker(last_start, last_start + FRAME_MS, Gap(
             start_ms=held.start_ms, end_ms=last_start, cause=held.cause)
             if last_start > held.start_ms else None))
     opted_out = consent.opted_out()  # the last word on consent
     made = 0
     for i, marker in enumerate(markers):
-        spec = uploader.spool.marker_spec(index + i, marker.start_ms, marker.end_ms,
-                                          opted_out, consent.degraded, marker.gap)
+        try:
+            spec = uploader.spool.marker_spec(index + i, marker.start_ms, marker.end_ms,
+                                              opted_out, consent.degraded, marker.gap)
+        except ValidationError as err:  # e.g. past the session's time limit
+            log.error("marker [%d, %d) ms not written: %s", marker.start_ms,
+                      marker.end_ms, err)
+            break
         if not uploader.create_marker(spec, deadline):
             break
         made += 1
-    # the markers made take the indexes the chunker would give next
-    chunker.next_index = max(chunker.next_index, index + made)
+    # the chunker's next index follows the markers made, also when they are fewer than
+    # the chunks given up (whose indexes were never created): no hole for the consent
+    # marker or a next recorder to leave (the live audio stops at the first missing index)
+    chunker.next_index = index + made
     uploader.write_ack_file()
     return markers[-1].end_ms, list(opted_out) if made == len(markers) else None
 

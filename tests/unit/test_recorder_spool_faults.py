@@ -295,3 +295,23 @@ async def test_markers_refused_at_stop_end_the_run_of_indexes(tmp_path: Path) ->
     rec._give_up(None)
     assert [m.index for m in made] == [0]
     assert rec.chunker.next_index == 1 and rec._last == (605_000, None)
+
+
+async def test_chunks_given_up_at_stop_leave_no_index_hole(tmp_path: Path) -> None:
+    """Three chunks spooled and not uploaded are given up as one lost window, one marker
+    at the first one's index: the chunker's next index follows it (the consent marker or
+    a next recorder takes index 1). Before, it stayed at 3 and indexes 1 and 2 never
+    existed, which stops the audio so far at index 1 for the rest of the session."""
+    rec = five_s(tmp_path, [0.0])
+    made = markers_made(rec)
+    packet = sine_packet()
+    rec.chunker.open(0)
+    for w in range(3):
+        for slot in range(w * WINDOW, (w + 1) * WINDOW):
+            rec.push(user(1), slot, packet)
+        await rec._spool(rec.chunker.seal())
+    assert [s.index for s in rec._pending] == [0, 1, 2]
+    rec._give_up(None)
+    assert [(m.index, m.start_ms, m.end_ms) for m in made] == [(0, 14_980, 15_000)]
+    assert rec.chunker.next_index == 1
+    assert rec.uploader.stats.lost == [Gap(start_ms=0, end_ms=15_000, cause="connection-lost")]
