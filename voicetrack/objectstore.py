@@ -3,6 +3,8 @@
 Calls are synchronous (the recorder and transcoder are plain processes); the operator runs
 them off the event loop with `asyncio.to_thread`. S3 and network errors become the
 project's own in one place (`voicetrack.s3errors`, used by every call through `s3_call`).
+The multipart operations (compose, ranged reads, aborting incomplete uploads) are in
+`voicetrack.s3multipart`, which `ObjectStore` inherits.
 
 Credentials: `voicetrack.s3credentials` (the settings' explicit keys, else the standard AWS
 chain; no credentials at all → CredentialsUnavailable, a TemporaryFailure).
@@ -14,7 +16,6 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import os
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import ComposeSource, CopySource
+from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from minio.helpers import check_bucket_name
@@ -32,8 +33,7 @@ from minio.helpers import check_bucket_name
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.s3credentials import credentials_provider
 from voicetrack.s3errors import s3_call
-
-log = logging.getLogger(__name__)
+from voicetrack.s3multipart import MultipartOps
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ JSON_MAX_BYTES = 64 * 1024**2
 writes pass the smaller `voicetrack.chunkspec.SPEC_MAX_BYTES`."""
 
 
-class ObjectStore:
+class ObjectStore(MultipartOps):
     """One bucket of an S3 server, signed for with `credentials_provider(settings)`. Every
     method raises NotFoundError, TemporaryFailure or InvalidInputError for S3 and network
     failures (`voicetrack.s3errors`), CredentialsUnavailable (a TemporaryFailure) when
@@ -249,29 +249,6 @@ class ObjectStore:
         with s3_call(f"copy {src}"):
             self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
 
-    def compose(self, key: str, parts: list[tuple[str, int, int, str | None]],
-                content_type: str = "application/octet-stream") -> str:
-        """Write `key` server-side from byte ranges of objects in this bucket, in order:
-        `parts` are (source key, offset, length, ETag the source must still have or None),
-        each at least 5 MiB but the last (S3's
-        multipart minimum; one UploadPartCopy with `x-amz-copy-source-range` each, so the
-        bytes never pass through this process). `key` may be one of the sources: the new
-        object replaces it only once every part is copied. On failure the upload is
-        aborted and `key` left as it was. NotFoundError when a source is gone,
-        InvalidInputError for a range outside a source (one rewritten shorter since it
-        was planned too), a part too small or a source whose ETag is not the one given
-        (PreconditionFailed). Returns the new object's ETag."""
-        try:
-            with s3_call(f"compose {key}"):
-                return (self.client.compose_object(
-                    self.bucket, key,
-                    [ComposeSource(self.bucket, src, offset=offset, length=length,
-                                   match_etag=etag)
-                     for src, offset, length, etag in parts],
-                    metadata={"Content-Type": content_type}).etag or "").strip('"')
-        except ValueError as err:  # minio checks sizes against its stat before any copy
-            raise InvalidInputError(f"compose {key}: {err}") from err
-
     def stat(self, key: str) -> tuple[int, str]:
         """(size in bytes, ETag without quotes) of the object at `key`, from its metadata
         (nothing is read): the ETag changes whenever the object is written again.
@@ -279,24 +256,6 @@ class ObjectStore:
         with s3_call(f"stat {key}"):
             meta = self.client.stat_object(self.bucket, key)
         return int(meta.size or 0), (meta.etag or "").strip('"')
-
-    def iter_range(self, key: str, offset: int = 0, etag: str | None = None,
-                   part: int = 1 << 20) -> Generator[bytes, None, None]:
-        """The object at `key` from byte `offset` to its end, in blocks of up to `part`
-        bytes as the caller iterates (one ranged GET; nothing held beyond a block); with
-        `etag`, only while the object still has that ETag (If-Match). Errors come out
-        translated (`s3_call`; NotFoundError when it does not exist, InvalidInputError
-        when its ETag differs) from the `next()` that met them."""
-        headers: dict[str, str | list[str] | tuple[str]] | None = (
-            {"If-Match": f'"{etag}"'} if etag else None)
-        with s3_call(f"get {key}"):
-            resp = self.client.get_object(self.bucket, key, offset=offset,
-                                          request_headers=headers)
-            try:
-                yield from resp.stream(part)
-            finally:
-                resp.close()
-                resp.release_conn()
 
     def get_file(self, key: str, path: str) -> None:
         """Download `key` to the local file `path`, streamed through `<path>.minio` that is
@@ -385,42 +344,6 @@ class ObjectStore:
         if abort:
             self.abort_uploads(prefix)
         return deleted
-
-    def abort_uploads(self, prefix: str, rounds: int = 100) -> int:
-        """Abort every incomplete multipart upload of a key under `prefix` (a compose or
-        `put_file` whose process was killed: its parts hold data no object lists); returns
-        how many were aborted. Listed a page (1000) at a time, `rounds` pages at most (an
-        aborted upload leaves the listing, so no marker is needed). minio exposes
-        ListMultipartUploads and AbortMultipartUpload only as private methods
-        (`_list_multipart_uploads`, `_abort_multipart_upload`, minio 7.2): this adapter is
-        their one caller. Best effort: any S3 failure (a store answering NotImplemented,
-        a policy without s3:ListBucketMultipartUploads or s3:AbortMultipartUpload, S3
-        away) is logged as a warning and 0 returned, so deletion goes on; a later call
-        (the next withholding tick) tries again."""
-        try:
-            return self._abort_uploads(prefix, rounds)
-        except (InvalidInputError, TemporaryFailure) as err:
-            log.warning("incomplete uploads under %s not aborted: %s", prefix, err)
-            return 0
-
-    def _abort_uploads(self, prefix: str, rounds: int) -> int:
-        aborted = 0
-        with s3_call(f"abort uploads {prefix}"):
-            for _ in range(rounds):
-                page = self.client._list_multipart_uploads(self.bucket, prefix=prefix)
-                for upload in page.uploads:
-                    if not upload.upload_id:
-                        continue
-                    try:
-                        self.client._abort_multipart_upload(
-                            self.bucket, upload.object_name, upload.upload_id)
-                    except S3Error as err:  # completed or aborted since it was listed
-                        if err.code != "NoSuchUpload":
-                            raise
-                    aborted += 1
-                if not page.uploads or not page.is_truncated:
-                    break
-        return aborted
 
     def presigned_get(self, key: str, expires_s: int = 3600,
                       download_as: str | None = None) -> str:
