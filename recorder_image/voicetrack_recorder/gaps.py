@@ -12,6 +12,9 @@ the pause the lost window's cause: minutes of pause became minutes of silence. I
   rest of it;
 - a `paused` interval followed by another cause: a marker on the first 20 ms of what
   follows carries the pause.
+
+What waits unsaid outlives a container restart in the spool (`Spool.save_unsaid`); the
+next run keeps it when it follows the session's last chunk (`follow`).
 """
 
 from __future__ import annotations
@@ -80,3 +83,18 @@ def carry(gaps: list[Gap]) -> tuple[list[Marker], Gap | None]:
             held = Gap(start_ms=start, end_ms=gap.end_ms, cause=gap.cause) \
                 if gap.end_ms > start else None
     return markers, held
+
+
+def follow(gaps: list[Gap], end_ms: int | None) -> list[Gap]:
+    """The part of contiguous `gaps` (a previous run's unsaid ones) after session ms
+    `end_ms`, the end of the session's last chunk (None: there is none, so all of them):
+    all of `gaps` when they start there; the rest of them when that chunk ends inside
+    them (a marker chunk spooled with the chunk that was to carry them, the run ended
+    before that one); [] when they start after it (a hole: the chunk they followed is
+    gone) or end at or before it (a chunk carried them)."""
+    if end_ms is None or not gaps:
+        return list(gaps)
+    if not gaps[0].start_ms <= end_ms < gaps[-1].end_ms:
+        return []
+    return [g if g.start_ms >= end_ms else Gap(start_ms=end_ms, end_ms=g.end_ms, cause=g.cause)
+            for g in gaps if g.end_ms > end_ms]

@@ -2,11 +2,13 @@
 
 Session time starts at the session's `status.startedAt` (passed in by the operator), so a
 restarted recorder keeps the same timeline: it uploads first what its previous run left in
-the spool (`ChunkUploader.adopt`), continues at the next chunk index and records the
-interval it missed (after the last chunk) as a gap with cause `recorder-restart`. A pause
+the spool (`ChunkUploader.adopt`) and takes the gaps it left unsaid (`Spool.unsaid`),
+continues at the next chunk index and records the interval it missed (after the last chunk
+and those gaps) as a gap with cause `recorder-restart`. A pause
 or the end of a run (SIGTERM too) ends the open chunk at its slot, sealed by the seal rule
 (`sealing`: frames a jitter buffer still holds make it in, none after that slot); on resume
-the next chunk carries a `paused` gap, which promotion cuts.
+the next chunk carries a `paused` gap, which promotion cuts (kept in the spool until that
+chunk is spooled, `_keep_unsaid`, so a restart meanwhile keeps it a pause).
 
 Sealed chunks go to the spool on the pod's disk first (bounded:
 `voicetrack_recorder.spool`), and the upload task sends them in index order, retrying an S3
@@ -43,7 +45,7 @@ from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.ending import FlushDeadline, RecorderResult, arms_at_once, keeps_spool
 from voicetrack_recorder.faults import retry_async
-from voicetrack_recorder.gaps import LOST, carry, unsaid
+from voicetrack_recorder.gaps import CUT, LOST, carry, follow, unsaid
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_SLOTS
 from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
@@ -88,7 +90,7 @@ class Recorder:
         self._unsaid: list[Gap] = []
         """Contiguous gaps since the last chunk spooled, not yet carried by a chunk: the
         windows dropped (the spool full or failing) and the gaps they carried
-        (`gaps.unsaid`)."""
+        (`gaps.unsaid`); kept in the spool too, for a restart (`_keep_unsaid`)."""
         self._paused_at: int | None = None
         self._last: LastWord | None = None
         """The session's last chunk's end and `optedOut` (`stopmarkers.LastWord`)."""
@@ -117,7 +119,8 @@ class Recorder:
 
     def resume_point(self, existing_end_ms: int | None, paused: bool) -> None:
         """Open the first window now, after a gap since `existing_end_ms` (session ms, the
-        end of the session's last chunk, spooled or in the API) if any. An end ahead of the
+        end of the session's last chunk, spooled or in the API, or of the gaps a previous
+        run left unsaid after it) if any. An end ahead of the
         clock (clock skew between the nodes of two runs) opens at that end, so windows never
         overlap (a warning past 1 s). An end more than MAX_CLOCK_LEAD_MS ahead is a fault (a
         moved `startedAt`, a node clock far off): InvalidInputError, the recorder exits 2,
@@ -129,13 +132,14 @@ class Recorder:
         lead = (existing_end_ms or 0) - now * FRAME_MS
         if existing_end_ms is not None and lead > MAX_CLOCK_LEAD_MS:
             raise InvalidInputError(
-                f"the session's last chunk ends at {existing_end_ms} ms, {lead} ms ahead of "
+                f"the session's last chunk (or the gaps a previous run left unsaid after it) "
+                f"ends at {existing_end_ms} ms, {lead} ms ahead of "
                 f"this node's session clock ({now * FRAME_MS} ms; more than "
                 f"{MAX_CLOCK_LEAD_MS} ms of clock skew): check the nodes' clocks and the "
                 "session's status.startedAt")
         if existing_end_ms is not None and lead > 1000:
-            log.warning("the session's last chunk ends %d ms ahead of this node's session "
-                        "clock (clock skew between nodes?): continuing at its end", lead)
+            log.warning("the session's last chunk (or unsaid gaps) ends %d ms ahead of this "
+                        "node's session clock (clock skew?): continuing at its end", lead)
         if paused:
             self._paused_at = now if existing_end_ms is None else existing_end_ms // FRAME_MS
             return
@@ -148,25 +152,47 @@ class Recorder:
 
     async def prepare(self) -> int:
         """Continue after the session's chunks and those a previous run left in the spool
-        (`ChunkUploader.adopt`: queued first) or start fresh; opens the first window unless
-        paused. Returns the capture origin slot: the start of the session's first chunk
-        (t = 0 of the final recording)."""
+        (`ChunkUploader.adopt`: queued first), and after the gaps that run left unsaid
+        (`_restore_unsaid`), or start fresh; opens the first window unless paused. Returns
+        the capture origin slot: the start of the session's first chunk, or of those gaps
+        when there is none (t = 0 of the final recording)."""
         existing = await retry_async(lambda: asyncio.to_thread(self.kube.list_chunks),
                                      "list RecordingChunks", self.stop)
         self._pending.extend(await asyncio.to_thread(self.uploader.adopt, existing))
         chunks = existing + [s.spec for s in self._pending]
+        await asyncio.to_thread(self._restore_unsaid, chunks[-1].end_ms if chunks else None)
         if chunks:
             self.chunker.next_index = chunks[-1].index + 1
             self.consent.restore(chunks[-1].opted_out)
             # who has audio in the chunks so far: listed first when optedOut is full
             self.consent.note_recorded(t.user_id for c in chunks for t in c.tracks)
             self._last = (chunks[-1].end_ms, list(chunks[-1].opted_out))
-        self.resume_point(chunks[-1].end_ms if chunks else None, bool(self.kube.paused))
+        end = self._unsaid[-1].end_ms if self._unsaid else chunks[-1].end_ms if chunks else None
+        self.resume_point(end, bool(self.kube.paused))
         if chunks:
             return chunks[0].start_ms // FRAME_MS
+        if self._unsaid:
+            return self._unsaid[0].start_ms // FRAME_MS
         if self.chunker.start_slot is not None:
             return self.chunker.start_slot
         return max(self.clock.now_slot(), 0)
+
+    def _restore_unsaid(self, end_ms: int | None) -> None:
+        """Take the gaps a previous run left unsaid (`Spool.unsaid`, taken once) that follow
+        the session's last chunk, ending at `end_ms` (None: no chunk), as `gaps.follow`
+        keeps them; the rest is dropped with a warning (their time falls in the restart
+        gap) and the spool's file rewritten to match. Runs in a thread."""
+        spool = self.uploader.spool
+        saved, spool.unsaid = spool.unsaid, []
+        self._unsaid = follow(saved, end_ms)
+        if saved and not self._unsaid:
+            log.warning("the gaps a previous run left unsaid, %s, do not follow the "
+                        "session's last chunk (ending at %s ms): discarded",
+                        _spans(saved), end_ms)
+        elif self._unsaid:
+            log.warning("a previous run left unsaid %s: the next chunk carries them",
+                        _spans(self._unsaid))
+        spool.save_unsaid(self._unsaid)  # rewritten only when it differs
 
     async def run(self, source: Source) -> RecorderResult:
         """Capture until stop (call `prepare` first); returns how many chunks were written
@@ -274,6 +300,23 @@ class Recorder:
             now = max(now, start)  # never over the last chunk (promotion refuses overlaps)
             self.chunker.open(now, gap)
             log.info("resumed at %d ms", now * FRAME_MS)
+            await self._keep_unsaid()  # the pause, until a chunk spooled carries it
+
+    def _unsaid_now(self) -> list[Gap]:
+        """What a restarted container must carry (`gaps.unsaid` shape): `_unsaid`, then
+        the `paused` gap of the open window (`Chunker.gap`, a resume not spooled yet),
+        which starts where they (or the last chunk spooled) end; a resume queued behind
+        the stopped window's seal counts once that window is spooled."""
+        held = self.chunker.gap
+        if held is None or held.cause != CUT:
+            return list(self._unsaid)
+        return unsaid([*self._unsaid, held], held.end_ms)
+
+    async def _keep_unsaid(self) -> None:
+        """Keep `_unsaid_now` in `unsaid.json` (`Spool.save_unsaid`: only when changed;
+        never raises). Before, a resumed pause lived in the chunker only: a restart before
+        its chunk was spooled made it `recorder-restart` time (silence, not cut)."""
+        await asyncio.to_thread(self.uploader.spool.save_unsaid, self._unsaid_now())
 
     async def _spool(self, chunk: SealedChunk | None) -> None:
         """Write a sealed chunk to the spool and queue its upload. When the spool is full,
@@ -306,15 +349,17 @@ class Recorder:
             window = Gap(start_ms=chunk.start_ms, end_ms=chunk.end_ms, cause=LOST)
             self._unsaid = unsaid([*waiting, window], chunk.end_ms)
             log.error("chunk %d [%d, %d) ms dropped: %s; not carried yet: %s", chunk.index,
-                      chunk.start_ms, chunk.end_ms, err, ", ".join(
-                          f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in self._unsaid),
+                      chunk.start_ms, chunk.end_ms, err, _spans(self._unsaid),
                       exc_info=not isinstance(err, SpoolFull))
+            # kept on disk: a restart (while paused too) carries them with their causes
+            await self._keep_unsaid()
             return
         self.chunker.next_index += len(markers)
-        self._unsaid = []
+        self._unsaid = []  # the chunks spooled carry them now
         self._last = (chunk.end_ms, list(chunk.opted_out))
         self._pending.extend(spooled)
         self._wake.set()
+        await self._keep_unsaid()  # [], or the pause a queued resume opened with
 
     async def _upload_loop(self) -> None:
         """Upload spooled chunks in index order until closed and drained; a chunk leaves
@@ -332,10 +377,10 @@ class Recorder:
             self._pending.popleft()
 
     def _give_up(self, deadline: Deadline) -> None:
-        """At stop: the lost window's markers (`stopmarkers.give_up`). Runs in a thread."""
+        """At stop: the lost window's markers (`stopmarkers.give_up`; it leaves in
+        `_unsaid`, and the spool, what the markers made do not carry). Runs in a thread."""
         last = give_up(self._pending, self._unsaid, self.chunker, self.consent,
                        self.uploader, deadline)
-        self._unsaid = []
         if last is not None:
             self._last = last
 
@@ -344,7 +389,12 @@ class Recorder:
         marker (`stopmarkers.mark_consent`). Runs in a thread."""
         if self._pending:
             return
-        last = mark_consent(self._last, self.chunker, self.consent, self.uploader, deadline)
+        last = mark_consent(self._last, self._unsaid, self.chunker, self.consent,
+                            self.uploader, deadline)
         if last is not None:
             self._last = last
 
+
+def _spans(gaps: list[Gap]) -> str:
+    """`gaps` for a log line: `[start, end) ms cause, …`."""
+    return ", ".join(f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in gaps)

@@ -22,11 +22,19 @@ the last of them ends. Before, the spool was deleted at start and those chunks b
 of the `recorder-restart` gap, although their files were on disk.
 
 The spool holds at most `max_bytes` (env VOICETRACK_SPOOL_MAX_BYTES, default 1 GiB; spec
-files included): a chunk that would pass it is refused with SpoolFull (and so is one the
-disk has no room for), and the recorder records the window it could not keep as a
-`connection-lost` gap. Adopted chunks count in `used` (a bound lowered since refuses new
-chunks until they are uploaded; the adopted ones are kept). A chunk's files are removed
-only once its RecordingChunk exists or it is given up (`remove`).
+files and `unsaid.json` included): a chunk that would pass it is refused with SpoolFull
+(and so is one the disk has no room for), and the recorder records the window it could not
+keep as a `connection-lost` gap. Adopted chunks count in `used` (a bound lowered since
+refuses new chunks until they are uploaded; the adopted ones are kept). A chunk's files
+are removed only once its RecordingChunk exists or it is given up (`remove`).
+
+The gaps not carried by a chunk yet (a dropped window's, the recorder's `_unsaid`, and the
+pause a resumed window holds) are kept there too, in `unsaid.json` (`save_unsaid`,
+`voicetrack_recorder.unsaid_file`): a restart while paused took the pause to start at the
+last chunk on disk and cut the lost window as paused time. `Spool.unsaid` holds what a
+previous run left if it is this session's, meeting's and guild's and its gaps have the
+shape the recorder writes (anything else is removed with a warning); whether it follows
+the session's chunks is the recorder's check (`gaps.follow`).
 """
 
 from __future__ import annotations
@@ -56,6 +64,13 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import RawFormat
 from voicetrack_recorder.chunker import SealedChunk
+from voicetrack_recorder.unsaid_file import (
+    UNSAID_FILE,
+    Owner,
+    read_unsaid,
+    write_atomic,
+    write_unsaid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +124,9 @@ class Spool:
     Encoding state (one continuous libopus decoder per speaker for PCM, so the PCM has no
     restart click at chunk boundaries) lives here: chunks must be added in index order.
     `adopted`: the complete chunks of this session and meeting a previous run left under
-    `root` (index order), verified against their specs; everything else found there is
-    removed at construction."""
+    `root` (index order), verified against their specs; `unsaid`: the gaps its
+    `unsaid.json` holds, when they are this session's (the file is kept until
+    `save_unsaid` changes it); everything else found there is removed at construction."""
 
     def __init__(self, root: Path, max_bytes: int, layout: MeetingLayout, session_name: str,
                  raw_format: RawFormat = "ogg-opus") -> None:
@@ -123,8 +139,14 @@ class Spool:
         self.raw_format = raw_format
         self._decoders: dict[str, opus.Decoder] = {}
         root.mkdir(parents=True, exist_ok=True)
+        self.unsaid: list[Gap]
+        """The gaps a previous run left unsaid (`save_unsaid`), checked; [] when none."""
+        self.unsaid, self._unsaid_bytes = read_unsaid(root, self._owner())
+        """`_unsaid_bytes`: the size of `unsaid.json` (counted in `used`), 0: none."""
+        self._kept = list(self.unsaid)
+        """What `unsaid.json` holds now."""
         self.adopted: list[SpooledChunk] = self._adopt()
-        self.used = sum(s.size for s in self.adopted)
+        self.used = sum(s.size for s in self.adopted) + self._unsaid_bytes
 
     def estimate(self, chunk: SealedChunk) -> int:
         """Bytes `chunk` will take on disk: exact for PCM; for Ogg Opus its packets plus
@@ -226,6 +248,8 @@ class Spool:
         every other entry there is removed (logged as a warning)."""
         adopted: list[SpooledChunk] = []
         for entry in sorted(self.root.iterdir()):
+            if entry.name == UNSAID_FILE:  # `unsaid_file.read_unsaid`'s
+                continue
             try:
                 found = self._verify(entry)
             except (OSError, ValueError) as err:  # ValidationError is a ValueError
@@ -241,6 +265,21 @@ class Spool:
                      found.size)
             adopted.append(found)
         return adopted
+
+    def save_unsaid(self, gaps: list[Gap]) -> None:
+        """Keep `gaps` (contiguous, `unsaid_file.check_shape`) as `unsaid.json` in the root
+        (`unsaid_file.write_unsaid`; counted in `used`, never refused for the bound), or
+        remove it when `gaps` is empty; nothing when the file holds `gaps` already. Never
+        raises: a failure is logged and the old file removed; capture goes on."""
+        if gaps == self._kept:
+            return
+        self.used -= self._unsaid_bytes
+        self._unsaid_bytes = write_unsaid(self.root, self._owner(), gaps)
+        self.used += self._unsaid_bytes
+        self._kept = list(gaps) if self._unsaid_bytes or not gaps else []
+
+    def _owner(self) -> Owner:
+        return (self.session_name, self.layout.meeting_id, self.layout.guild_id)
 
     def _verify(self, directory: Path) -> SpooledChunk:
         """`directory` as a spooled chunk of this session and meeting whose files match
@@ -286,20 +325,10 @@ def spec_json(spec: ChunkSpec) -> bytes:
 
 
 def write_spec(directory: Path, spec: ChunkSpec) -> int:
-    """Write `spec` to `directory/chunk.json` atomically: a temporary file, fsynced, then
-    `os.replace`, then the directory fsynced. Returns its size in bytes; raises OSError."""
+    """Write `spec` to `directory/chunk.json` atomically (`write_atomic`). Returns its size
+    in bytes; raises OSError."""
     data = spec_json(spec)
-    tmp = directory / f"{SPEC_FILE}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / SPEC_FILE)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(directory / SPEC_FILE, data)
     return len(data)
 
 

@@ -7,14 +7,28 @@
   (`gaps.carry`).
 - **The consent marker** (`mark_consent`, docs/consent.md): an opt-out that no chunk
   carried (made while paused, or seen after the last seal) goes into a chunk at the next
-  index, the 20 ms window `[end, end + 20)` after the last chunk, with the current
-  `optedOut`; promotion reads the opt-outs of every chunk.
+  index, the 20 ms window `[end, end + 20)` after the last chunk (after the pause the
+  time left unsaid begins with, which it then carries), with the current `optedOut`;
+  promotion reads the opt-outs of every chunk.
 
 A marker needs no S3: it is created through the API only. When the API server refuses the
 consent marker (403 while the session's namespace terminates) or stays away past the
 deadline, its spec is stored in S3 instead (`ChunkUploader.store_marker_spec`), which the
 operator's inventory promotes from. A lost window's marker never made leaves the session's
-last word on consent unsaid (`LastWord` with `None`), so the consent marker follows it.
+last word on consent unsaid (`LastWord` with `None`), so a consent marker is written, after
+the last marker made.
+
+A lost window's marker not made (the API away past the deadline or refusing it, or a
+window the model refuses) ends the run of markers: the time the rest would have carried
+lies after the last chunk made, and the consent marker follows that chunk, not the end of
+the time nobody carries. Before, it followed the end: a hole between the two with no gap,
+which promotion takes for missing chunks (`chunk-failed` silence, a pause in it too). The
+time not carried stays unsaid in the spool (`Spool.save_unsaid`) for a restarted container
+to carry with its causes; when none follows (the pod goes), the recording ends before it:
+it was lost at the end of the session, so no audio after it moves. When that time begins
+with a pause (the refused marker was the one carrying it), the consent marker is placed
+after the pause and carries it; before, it sat on the pause's first 20 ms while the spool
+still kept the pause from its start, so a restarted container cut 20 ms less than the pause.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import Gap, OptOut
 from voicetrack_recorder.chunker import Chunker
 from voicetrack_recorder.consent import Consent
-from voicetrack_recorder.gaps import LOST, Marker, carry, unsaid
+from voicetrack_recorder.gaps import CUT, LOST, Marker, carry, follow, unsaid
 from voicetrack_recorder.spool import SpooledChunk
 from voicetrack_recorder.uploader import ChunkUploader, Deadline
 
@@ -43,7 +57,8 @@ def give_up(pending: deque[SpooledChunk], dropped: list[Gap], chunker: Chunker,
             consent: Consent, uploader: ChunkUploader, deadline: Deadline) -> LastWord | None:
     """Record what could not be uploaded as gaps carried by marker chunks without tracks,
     created in index order until `deadline` (`uploader.Deadline`: monotonic s, None = no
-    limit, or read before every retry); then drop the spool files and empty `pending`.
+    limit, or read before every retry); then drop the spool files, empty `pending`, and
+    leave in `dropped` (and the spool's `unsaid.json`) what the markers made do not carry.
 
     What is lost: the windows of the chunks left in `pending` and `dropped` (the
     contiguous gaps not carried yet since the last chunk spooled, `gaps.unsaid`: windows
@@ -51,9 +66,11 @@ def give_up(pending: deque[SpooledChunk], dropped: list[Gap], chunker: Chunker,
     except the gaps the chunks carried, which keep their cause: a pause stays `paused`
     (cut from the output), not silence. `gaps.carry` plans a marker between causes; the
     last marker sits on the window's last 20 ms slot and carries the rest. A marker not
-    made (deadline, API refusal) ends the run of markers, so indexes stay consecutive.
-    Returns the session's new last word (endMs, and its `optedOut` when every marker was
-    made, else None: unsaid), None when nothing was lost. Runs in a thread."""
+    made (deadline, API refusal, the model's refusal) ends the run of markers, so indexes
+    stay consecutive, and the time after the last one made stays unsaid (module doc).
+    Returns the session's new last word: the end of the last marker made (of the last
+    chunk before the lost window when none was), with its `optedOut` when every marker
+    was made, else None (unsaid); None when nothing was lost. Runs in a thread."""
     left = list(pending)
     if not left and not dropped:
         return None
@@ -72,15 +89,19 @@ def give_up(pending: deque[SpooledChunk], dropped: list[Gap], chunker: Chunker,
     pending.clear()
     lost = [g for g in waiting if g.cause == LOST]  # what this run lost (UploadStats)
     uploader.stats.lost.extend(lost)
-    log.error("chunks %s not uploaded: %s", [s.index for s in left], ", ".join(
-        f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in waiting))
+    if left or lost:  # a pause alone waiting (a restart while paused) lost nothing
+        log.error("chunks %s not uploaded: %s", [s.index for s in left], ", ".join(
+            f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in waiting))
     markers, held = carry(waiting)
-    if held is not None:  # the last marker, on the window's last 20 ms, carries the rest
-        last_start = held.end_ms - FRAME_MS  # held is a lost window (the chunks' windows
-        # and the dropped ones end every interval), never past the session's end
+    if held is not None and held.cause != CUT:  # the last marker, on the window's last
+        # 20 ms (never past the session's end), carries the rest
+        last_start = held.end_ms - FRAME_MS
         markers.append(Marker(last_start, last_start + FRAME_MS, Gap(
             start_ms=held.start_ms, end_ms=last_start, cause=held.cause)
             if last_start > held.start_ms else None))
+    # else a pause ends what is lost (a resume a previous run kept unsaid, its window
+    # never spooled): no marker in it (its 20 ms would be silence, not cut); it stays
+    # unsaid, which ends the recording before it, or the consent marker carries it
     opted_out = consent.opted_out()  # the last word on consent
     made = 0
     for i, marker in enumerate(markers):
@@ -99,33 +120,49 @@ def give_up(pending: deque[SpooledChunk], dropped: list[Gap], chunker: Chunker,
     # marker or a next recorder to leave (the live audio stops at the first missing index)
     chunker.next_index = index + made
     uploader.write_ack_file()
-    return markers[-1].end_ms, list(opted_out) if made == len(markers) else None
+    end = markers[made - 1].end_ms if made else waiting[0].start_ms
+    dropped[:] = follow(waiting, end)  # the time no marker made carries: unsaid
+    uploader.spool.save_unsaid(dropped)
+    if not markers:  # a pause alone: the last chunk's word stands
+        return None
+    return end, list(opted_out) if made == len(markers) else None
 
 
-def mark_consent(last: LastWord | None, chunker: Chunker, consent: Consent,
-                 uploader: ChunkUploader, deadline: Deadline) -> LastWord | None:
+def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
+                 consent: Consent, uploader: ChunkUploader, deadline: Deadline
+                 ) -> LastWord | None:
     """After `give_up`: when the members opted out now differ from `last`'s (or it is
     unsaid), create a consent marker chunk until `deadline`: the chunker's next index, no
-    tracks, the window `[end, end + 20)` ms after the last chunk (20 ms of silence in the
-    output), the current `optedOut`; stored in S3 instead when the API server refuses it
-    or stays away (module doc). Returns the session's new last word when it was written,
-    None when nothing was (no chunk yet: no audio to exclude; nothing new; the window
-    past the session's time limit; neither store took it). Runs in a thread."""
+    tracks, the current `optedOut`, the 20 ms window `[end, end + 20)` ms after the last
+    chunk (20 ms of silence in the output), or, when the gaps left unsaid after it
+    (`dropped`, as `give_up` leaves them) begin with a pause, the 20 ms after that pause,
+    which it carries as its gap: the pause stays cut whole, never 20 ms of it silence.
+    Stored in S3 instead when the API server refuses it or stays away (module doc). When
+    the API took it, `dropped` (and the spool's `unsaid.json`) keeps only what follows
+    it. Returns the session's new last word when it was written, None when nothing was
+    (no chunk yet: no audio to exclude; nothing new; the window past the session's time
+    limit; neither store took it). Runs in a thread."""
     if last is None:
         return None
     end, listed = last
     now = consent.opted_out()
     if now == listed:
         return None
+    pause = dropped[0] if dropped and dropped[0].cause == CUT \
+        and dropped[0].start_ms == end else None
+    start = pause.end_ms if pause is not None else end
     try:
-        spec = uploader.spool.marker_spec(chunker.next_index, end, end + FRAME_MS, now,
-                                          consent.degraded)
+        spec = uploader.spool.marker_spec(chunker.next_index, start, start + FRAME_MS, now,
+                                          consent.degraded, pause)
     except ValidationError as err:  # e.g. the session's time limit reached
         log.error("consent marker after %d ms not written: %s", end, err)
         return None
-    log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, end,
-             end + FRAME_MS, [o.user_id for o in now])
-    if uploader.create_marker(spec, deadline) or uploader.store_marker_spec(spec, deadline):
-        chunker.next_index += 1
-        return spec.end_ms, now
-    return None
+    log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, start,
+             start + FRAME_MS, [o.user_id for o in now])
+    if uploader.create_marker(spec, deadline):
+        dropped[:] = follow(dropped, spec.end_ms)
+        uploader.spool.save_unsaid(dropped)
+    elif not uploader.store_marker_spec(spec, deadline):
+        return None
+    chunker.next_index += 1
+    return spec.end_ms, now

@@ -167,7 +167,8 @@ def test_a_lost_window_marker_never_made_leaves_consent_to_a_stored_marker(
     marker is not made, so the opt-out it carried must still reach promotion; the consent
     marker after it is stored in S3 (`store_marker_spec`), which the inventory reads.
     Before: `_give_up` took the unmade marker's list as said, and no consent marker was
-    written."""
+    written. It follows the last chunk made (none: the lost window's start), not the end
+    of the window no marker carries (a hole promotion took for missing chunks)."""
     rec, time = recorder()
     uploader = MarkerUploader(Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup"),
                               creates=False)
@@ -181,7 +182,7 @@ def test_a_lost_window_marker_never_made_leaves_consent_to_a_stored_marker(
     rec._mark_consent(deadline=0.0)
     assert uploader.markers == []
     (stored,) = uploader.stored
-    assert stored.tracks == [] and (stored.start_ms, stored.end_ms) == (1000, 1020)
+    assert stored.tracks == [] and (stored.start_ms, stored.end_ms) == (0, 20)
     assert [(o.user_id, o.since_ms) for o in stored.opted_out] == [(B, 700)]
 
 

@@ -21,14 +21,16 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.unit.recorder_rig import recorder_at, sine_packet
+from tests.unit.recorder_rig import LAYOUT, recorder_at, sine_packet
 from voicetrack.chunkspec import ChunkSpec, Gap
-from voicetrack.resources import MAX_TRACKS
+from voicetrack.resources import MAX_CHUNK_INDEX, MAX_TRACKS
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.recorder import Recorder
+from voicetrack_recorder.spool import Spool
 
 pytestmark = pytest.mark.unit
 
@@ -287,14 +289,63 @@ async def test_a_pending_chunks_pause_given_up_at_stop_stays_a_pause(tmp_path: P
 
 async def test_markers_refused_at_stop_end_the_run_of_indexes(tmp_path: Path) -> None:
     """The API refuses the second marker (its deadline passed): the first stays, the
-    chunker's next index follows it (no hole for a consent marker to skip), and the last
-    word on consent is unsaid (None), so `mark_consent` writes one."""
+    chunker's next index follows it (no hole for a consent marker to skip), the last word
+    is the first marker's end, and the word on consent is unsaid (None), so
+    `mark_consent` writes one."""
     rec = five_s(tmp_path, [0.0])
     made = markers_made(rec, refuse_from=1)
     await paused_between_dropped_windows(rec)
     rec._give_up(None)
     assert [m.index for m in made] == [0]
-    assert rec.chunker.next_index == 1 and rec._last == (605_000, None)
+    assert rec.chunker.next_index == 1 and rec._last == (2_000, None)
+
+
+@pytest.mark.parametrize("refusal", ["api", "model"])
+async def test_a_marker_refused_at_stop_leaves_no_time_hole_before_the_consent_marker(
+        tmp_path: Path, refusal: str) -> None:
+    """The marker carrying the pause [2, 600) s is refused (by the API: its deadline, a
+    403; or by the model: here its index past MAX_CHUNK_INDEX), so the run of markers ends
+    after the first, [1.98, 2) s. The consent marker that follows (the word on consent is
+    unsaid) starts where the pause left unsaid after it ends, 600 s, and carries it: every
+    chunk starts where the previous one (or its gap) ends, and the pause stays cut whole
+    (`test_recorder_resume_restart`). The time not carried after it stays unsaid in the
+    spool, with its causes, for a restarted container. Before, the consent marker sat at
+    605 s, after the end of the markers planned: a hole [2, 605) s with no gap, which
+    promotion takes for missing chunks (`chunk-failed` silence: 598 s of pause rendered
+    as silence)."""
+    rec = five_s(tmp_path, [0.0])
+    made: list[ChunkSpec] = []
+
+    refused: list[int] = []
+
+    def create(spec: ChunkSpec, deadline: object) -> bool:  # the API stands in a list
+        if spec.gap is not None and spec.gap.cause == "paused" and refusal == "api" \
+                and not refused:  # the pause's marker, once
+            refused.append(spec.index)
+            return False
+        made.append(spec)
+        return True
+
+    rec.uploader.create_marker = create  # type: ignore[method-assign]
+    await paused_between_dropped_windows(rec)
+    if refusal == "model":  # the pause's marker (index 1) past the model's bound
+        spool = rec.uploader.spool
+        real, asked = spool.marker_spec, []
+
+        def marker_spec(index: int, *args: Any, **kwargs: Any) -> ChunkSpec:
+            asked.append(index)  # the first spec asked for index 1 is the pause's marker
+            return real(index + (MAX_CHUNK_INDEX if asked.count(1) == 1 == index else 0),
+                        *args, **kwargs)
+
+        spool.marker_spec = marker_spec  # type: ignore[method-assign]
+    rec._give_up(None)
+    rec._mark_consent(None)
+    assert [(m.index, m.start_ms, m.end_ms, m.gap) for m in made] == [
+        (0, 1_980, 2_000, Gap(start_ms=0, end_ms=1_980, cause="connection-lost")),
+        (1, 600_000, 600_020, Gap(start_ms=2_000, end_ms=600_000, cause="paused"))]
+    assert rec.chunker.next_index == 2
+    assert Spool(rec.uploader.spool.root, 1 << 30, LAYOUT, "standup").unsaid == [
+        Gap(start_ms=600_020, end_ms=605_000, cause="connection-lost")]
 
 
 async def test_chunks_given_up_at_stop_leave_no_index_hole(tmp_path: Path) -> None:
