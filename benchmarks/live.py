@@ -13,13 +13,18 @@ same chunks (another meeting holding copies of the piece documents, no state) is
 measured the same way: the cost every Job had before. "composed in S3": the size of the
 tracks written by server-side compose (their uploaded parts included).
 
-What stays in proportion to the session: the bytes read, since the Job streams each old
-track once to compute the new file's sha256 for the manifest (`liveextend.py`).
+"of old tracks": the bytes of the live objects the Job read. Since the live manifest has
+no sha256 of a live track (`liveextend.py`), a Job reads of each old track only the first
+5 MiB of its body (the compose's uploaded first part): what a Job reads stays flat as the
+session grows, where it used to grow with it (each old track streamed whole for the
+sha256). The last line's read figures are the incremental Job's at a third, two thirds
+and the end of the session.
 
 Usage: python benchmarks/live.py [--minutes 30] [--speakers 5] [--chunk-seconds 10]
 [--job-every 3] [--bitrate 128]
 Last line: `live: per Job at M min x S: read OLD -> NEW MB, uploaded OLD -> NEW MB,
-S3 calls OLD -> NEW, wall OLD -> NEW s; session total read OLD -> NEW GB`.
+S3 calls OLD -> NEW, wall OLD -> NEW s; session total read OLD -> NEW GB; incremental
+read per Job at A/B/C min: X/Y/Z MB`.
 """
 
 from __future__ import annotations
@@ -78,15 +83,20 @@ def _record(store: CountingStore, index: int, chunk_ms: int, tracks: list[str],
         store.put_json(layout.piece_manifest_key(index), piece.to_api())
 
 
-def _job(store: CountingStore, layout: MeetingLayout, chunks: int
-         ) -> tuple[int, int, int, int, float]:
-    """One live Job: (bytes read, uploaded, copied server-side, S3 calls, wall s)."""
+Figures = tuple[int, int, int, int, float, int]
+
+
+def _job(store: CountingStore, layout: MeetingLayout, chunks: int) -> Figures:
+    """One live Job: (bytes read, uploaded, copied server-side, S3 calls, wall s, bytes
+    of the old live tracks read)."""
     store.reset()
     start = time.perf_counter()
     assemble_live(store, layout, chunks=chunks)
     wall = time.perf_counter() - start
+    old = sum(n for k, n in store.read.items()
+              if k.startswith(layout.live_root) and k.endswith(".mp3"))
     return (sum(store.read.values()), sum(store.uploaded.values()),
-            sum(store.composed.values()), store.requests, wall)
+            sum(store.composed.values()), store.requests, wall, old)
 
 
 def main() -> None:
@@ -102,8 +112,8 @@ def main() -> None:
     tracks = [f"{10**17 + i}" for i in range(args.speakers)] + [MIX_TRACK]
     samples = {total // 3 // args.job_every * args.job_every,
                2 * total // 3 // args.job_every * args.job_every, total}
-    new: dict[int, tuple[int, int, int, int, float]] = {}
-    old: dict[int, tuple[int, int, int, int, float]] = {}
+    new: dict[int, Figures] = {}
+    old: dict[int, Figures] = {}
     with tempfile.TemporaryDirectory(prefix="vt-bench-live-") as tmp:
         server = SeaweedServer(Path(tmp) / "seaweedfs", bucket="bench")
         settings = server.start()
@@ -132,7 +142,8 @@ def main() -> None:
     for chunks in sorted(old):
         o, n = old[chunks], new[chunks]
         print(f"at {chunks * args.chunk_seconds / 60:5.1f} min: read {o[0] / MB:7.1f} -> "
-              f"{n[0] / MB:7.1f} MB, uploaded {o[1] / MB:7.1f} -> {n[1] / MB:6.2f} MB "
+              f"{n[0] / MB:7.1f} MB (of old tracks {n[5] / MB:5.1f}), uploaded "
+              f"{o[1] / MB:7.1f} -> {n[1] / MB:6.2f} MB "
               f"(composed in S3 {n[2] / MB:6.1f} MB), S3 calls {o[3]:5d} -> {n[3]:3d}, wall "
               f"{o[4]:5.2f} -> {n[4]:5.2f} s (identical files)")
     # before, every Job cost what the full assembly of its chunks costs: linear in the
@@ -144,7 +155,9 @@ def main() -> None:
     print(f"live: per Job at {args.minutes} min x {args.speakers}: read {o[0] / MB:.1f} -> "
           f"{n[0] / MB:.1f} MB, uploaded {o[1] / MB:.1f} -> {n[1] / MB:.2f} MB, S3 calls "
           f"{o[3]} -> {n[3]}, wall {o[4]:.2f} -> {n[4]:.2f} s; session total read "
-          f"{old_total:.2f} -> {new_total:.2f} GB")
+          f"{old_total:.2f} -> {new_total:.2f} GB; incremental read per Job at "
+          + "/".join(f"{c * args.chunk_seconds / 60:.0f}" for c in sorted(old))
+          + " min: " + "/".join(f"{new[c][0] / MB:.1f}" for c in sorted(old)) + " MB")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ class CountingStore(ObjectStore):
         return data
 
     def iter_range(self, key: str, offset: int = 0, etag: str | None = None,
-                   part: int = 1 << 20) -> Generator[bytes, None, None]:
+                   part: int = 1 << 20, length: int | None = None
+                   ) -> Generator[bytes, None, None]:
         self.requests += 1
-        for block in super().iter_range(key, offset, etag, part):
+        for block in super().iter_range(key, offset, etag, part, length):
             self.read[key] = self.read.get(key, 0) + len(block)
             yield block
 

@@ -12,6 +12,12 @@ class InvalidInputError(VoicetrackError):
     """Bad input: retrying cannot help (kopf PermanentError; transcoder exit code 2)."""
 
 
+class PreconditionFailed(InvalidInputError):
+    """S3 refused a conditional request (HTTP 412 PreconditionFailed): the object no
+    longer has the ETag the caller gave (If-Match, or a copy source's match ETag): another
+    writer replaced it since that ETag was read."""
+
+
 class ChunkInputError(InvalidInputError):
     """Bad input that is one chunk's: a raw object of chunk `index` is missing, empty, not
     the object its chunk verified (sha256) or not a valid raw track. A promotion failing on

@@ -3,9 +3,9 @@ promotion plan, and the promotion's final `manifest.json`. One home for each sha
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from voicetrack.audio import Channels
 from voicetrack.chunkspec import ChunkOutput, ChunkSpec, ConsentDegraded, Gap
@@ -96,8 +96,10 @@ class PromotionPlan(_Model):
     consent: ConsentRecord | None = None
 
 
-class FinalTrack(_Model):
-    """One final track: a speaker's (`userId` set, kind `speaker`) or the mix."""
+class _Track(_Model):
+    """What a final and a live track (`FinalTrack`, `LiveTrack`) both say: a speaker's
+    (`userId` set, kind `speaker`) or the mix, at `key`, `bytes` long, `durationMs` of
+    audio."""
 
     track: str
     kind: Literal["speaker", "mixed"]
@@ -105,7 +107,6 @@ class FinalTrack(_Model):
     format: str
     key: str
     bytes: int
-    sha256: str
     duration_ms: int
     channels: Channels = 2
     """1 for a speaker whose packets were all mono-coded (and the mix when every speaker's
@@ -114,7 +115,51 @@ class FinalTrack(_Model):
     overview_key: str | None = None
 
 
-class FinalManifest(_Model):
+class FinalTrack(_Track):
+    """One final track (`final/manifest.json`): `sha256` (hex) of the whole object,
+    always; the operator records it and downloads are verified against it."""
+
+    sha256: str
+
+
+class LiveTrack(_Track):
+    """One track of the audio so far (`live/manifest.json`), replaced every live interval.
+
+    `etag`: the S3 ETag of the object the live Job wrote (its own PUT's or server-side
+    compose's, `voicetrack_transcoder.liveextend`); a reader checks what it fetched by
+    `bytes` and that ETag (the object is the one this manifest describes, not the next
+    Job's or a damaged one). `sha256`: absent in what live Jobs write now (a live Job
+    extends the last object without reading it, and SHA-256 cannot be continued past the
+    header it rewrites); kept, and then checked, in live manifests written before. Absent
+    `etag`: only in those older manifests. An empty string is refused for either (it
+    would be no check at all); a `LiveManifest` refuses a track with neither."""
+
+    sha256: str | None = Field(default=None, min_length=1)
+    etag: str | None = Field(default=None, min_length=1)
+
+
+TrackT = TypeVar("TrackT", FinalTrack, LiveTrack)
+
+
+class _Manifest(_Model, Generic[TrackT]):
+    """What the final and the live manifest (`FinalManifest`, `LiveManifest`) both hold;
+    only their tracks differ (`FinalTrack`, `LiveTrack`)."""
+
+    tool_version: str
+    meeting_id: str
+    duration_ms: int
+    recorded_ms: int
+    paused_ms: int
+    tracks: list[TrackT]
+    gaps: list[Gap] = Field(default_factory=list)
+    timeline_key: str | None = None
+    consent_key: str | None = None
+    assembly: Literal["incremental", "full"] | None = None
+    fallback_reason: str | None = None
+    concealed_frames: dict[str, int] = Field(default_factory=dict)
+
+
+class FinalManifest(_Manifest[FinalTrack]):
     """`final/manifest.json`: what promotion wrote, for the operator to verify and record.
 
     `assembly` says how the tracks were made: `incremental` (from the chunks' pieces,
@@ -123,20 +168,27 @@ class FinalManifest(_Model):
     speech timeline (`SpeechTimeline`), `consentKey` the consent record (`ConsentRecord`;
     None when the plan carried none). `concealedFrames`: user id → 20 ms slots of that
     speaker whose packet libopus rejected and promotion concealed (absent speakers: none;
-    `voicetrack_transcoder.opusdec`)."""
+    `voicetrack_transcoder.opusdec`). Every track has its `sha256`."""
 
-    tool_version: str
-    meeting_id: str
-    duration_ms: int
-    recorded_ms: int
-    paused_ms: int
-    tracks: list[FinalTrack]
-    gaps: list[Gap] = Field(default_factory=list)
-    timeline_key: str | None = None
-    consent_key: str | None = None
-    assembly: Literal["incremental", "full"] | None = None
-    fallback_reason: str | None = None
-    concealed_frames: dict[str, int] = Field(default_factory=dict)
+
+class LiveManifest(_Manifest[LiveTrack]):
+    """`live/manifest.json`: the audio so far of a live session (`assembly`
+    `incremental`, `voicetrack_transcoder.live`), replaced every live interval: its
+    tracks (`LiveTrack`) carry their S3 ETag and no sha256 (older ones: a sha256 and no
+    ETag). Never the final tracks: promotion makes those from the pieces. Validation
+    fails (ValueError, a pydantic ValidationError) naming a track that has neither an
+    `etag` nor a `sha256`: what a reader fetched of it could not be checked. (A live Job
+    makes each `LiveTrack` before its object is written, so the track alone may lack the
+    ETag until then; the manifest is made after.)"""
+
+    @model_validator(mode="after")
+    def _every_track_checkable(self) -> LiveManifest:
+        for t in self.tracks:
+            if not t.etag and not t.sha256:
+                raise ValueError(
+                    f"live track {t.track!r} ({t.key}) has neither an etag nor a sha256: "
+                    "what is fetched of it could not be checked")
+        return self
 
 
 class FlacPiece(_Model):

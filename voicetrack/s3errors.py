@@ -7,6 +7,9 @@ object-store adapter (`voicetrack.objectstore`) makes:
   settings (an admin fixes them; the caller retries meanwhile);
 - S3Error with a 5xx status, SlowDown, InternalError, ServiceUnavailable, RequestTimeout,
   RequestTimeTooSkewed → ServiceUnavailable;
+- S3Error PreconditionFailed (HTTP 412: an If-Match or copy-source ETag refused) →
+  PreconditionFailed (an InvalidInputError: the object changed, retrying the same
+  request cannot help);
 - any other S3Error (InvalidBucketName, EntityTooLarge, …) → InvalidInputError;
 - minio ServerError / InvalidResponseError, urllib3 HTTPError (connection refused, timeouts,
   retries exhausted), ConnectionError, TimeoutError and DNS failures → ServiceUnavailable.
@@ -24,7 +27,12 @@ from contextlib import contextmanager
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from voicetrack.errors import InvalidInputError, NotFoundError, ServiceUnavailable
+from voicetrack.errors import (
+    InvalidInputError,
+    NotFoundError,
+    PreconditionFailed,
+    ServiceUnavailable,
+)
 
 S3_RETRY_DELAY_S = 10.0
 """Suggested wait (s) before retrying after an S3 outage (`TemporaryFailure.delay`)."""
@@ -59,6 +67,8 @@ def translate_s3_error(err: BaseException, what: str) -> Exception | None:
                 "check VOICETRACK_S3_ACCESS_KEY / VOICETRACK_S3_SECRET_KEY (or the AWS "
                 f"credentials they leave to the chain) and the bucket policy ({err.message})",
                 delay=S3_RETRY_DELAY_S)
+        if code == "PreconditionFailed" or status == 412:
+            return PreconditionFailed(f"{what}: PreconditionFailed: {err.message}")
         if code in _TEMPORARY_CODES or status >= 500:
             return ServiceUnavailable(f"{what}: {code or status}: {err.message}",
                                     delay=S3_RETRY_DELAY_S)

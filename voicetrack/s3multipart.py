@@ -7,7 +7,7 @@ goes through `s3_call`, so S3 and network errors come out as the project's own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Mapping
 
 from minio import Minio
 from minio.commonconfig import ComposeSource
@@ -50,18 +50,25 @@ class MultipartOps:
             raise InvalidInputError(f"compose {key}: {err}") from err
 
     def iter_range(self, key: str, offset: int = 0, etag: str | None = None,
-                   part: int = 1 << 20) -> Generator[bytes, None, None]:
-        """The object at `key` from byte `offset` to its end, in blocks of up to `part`
-        bytes as the caller iterates (one ranged GET; nothing held beyond a block); with
-        `etag`, only while the object still has that ETag (If-Match). Errors come out
-        translated (`s3_call`; NotFoundError when it does not exist, InvalidInputError
-        when its ETag differs) from the `next()` that met them."""
+                   part: int = 1 << 20, length: int | None = None,
+                   on_headers: Callable[[Mapping[str, str]], None] | None = None
+                   ) -> Generator[bytes, None, None]:
+        """The object at `key` from byte `offset` to its end (or `length` bytes of it, fewer
+        when it ends first), in blocks of up to `part` bytes as the caller iterates (one
+        ranged GET; nothing held beyond a block); with
+        `etag`, only while the object still has that ETag (If-Match). `on_headers`, when
+        given, is called once with the GET response's headers (case-insensitive keys)
+        before the first block. Errors come out translated (`s3_call`; NotFoundError when
+        it does not exist, PreconditionFailed when its ETag differs) from the `next()`
+        that met them."""
         headers: dict[str, str | list[str] | tuple[str]] | None = (
             {"If-Match": f'"{etag}"'} if etag else None)
         with s3_call(f"get {key}"):
             resp = self.client.get_object(self.bucket, key, offset=offset,
-                                          request_headers=headers)
+                                          length=length or 0, request_headers=headers)
             try:
+                if on_headers is not None:
+                    on_headers(resp.headers)
                 yield from resp.stream(part)
             finally:
                 resp.close()

@@ -11,7 +11,6 @@ running recorder, transcoder and live pods, SeaweedFS, PostgreSQL, ffmpeg.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import secrets
@@ -34,7 +33,7 @@ from tests.unit.test_bot_app import GUILD as BOT_GUILD
 from tests.unit.test_bot_app import RECORDER_ROLE, discord_world
 from voicetrack.kubeclient import load_api_client
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest
+from voicetrack.manifests import FinalManifest, LiveManifest
 from voicetrack.objectstore import ObjectStore, S3Settings
 from voicetrack.resources import StorageSpec
 from voicetrack_local.kubectl import kubectl
@@ -132,7 +131,7 @@ async def bot_status(stack: LiveStack, ns: str) -> list[discord.Embed]:
 
 
 def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
-        live_stack: LiveStack, live_namespace: str) -> None:
+        live_stack: LiveStack, live_namespace: str, tmp_path: Path) -> None:
     stack, ns = live_stack, live_namespace
     layout = start_session(stack, ns, "standup", GUILD)
     meeting = layout.meeting_id
@@ -192,7 +191,7 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
     assert len(manifests) >= 2 and manifests == sorted(manifests), manifests
     assert len(live_seen) >= 2 and [c for _, c, _ in live_seen] == sorted(
         c for _, c, _ in live_seen), live_seen
-    live = FinalManifest.model_validate(stack.store.get_json(layout.live_manifest_key))
+    live = LiveManifest.model_validate(stack.store.get_json(layout.live_manifest_key))
     assert live.assembly == "incremental" and live.meeting_id == meeting
     assert status["live"]["durationMs"] == live.duration_ms
     assert status["live"]["updatedAt"].endswith("Z")
@@ -206,11 +205,13 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
           f"{len(lags)} chunks; durations {manifests}")
     assert max(lags) <= INTERVAL_S + 30  # one interval plus a Job's start and run
 
-    # Each live MP3 decodes to the manifest's duration ± 1 frame.
+    # Each live MP3 decodes to the manifest's duration ± 1 frame; a live track has no
+    # sha256, but its size and the ETag of the object the Job wrote.
     live_audio = {}
     for t in live.tracks:
         data = stack.store.get_bytes(t.key)
-        assert hashlib.sha256(data).hexdigest() == t.sha256
+        assert t.sha256 is None
+        assert (len(data), stack.store.stat(t.key)[1]) == (t.bytes, t.etag)
         pcm = decode_file(data)
         assert abs(pcm.shape[0] / 48 - live.duration_ms) <= FRAME_MS, t.track
         live_audio[t.track] = pcm
@@ -222,9 +223,20 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
     with urllib.request.urlopen(link["url"], timeout=30) as resp:
         got = resp.read()
     mix = next(t for t in live.tracks if t.track == "mix")
-    assert hashlib.sha256(got).hexdigest() == mix.sha256
+    mix_bytes = stack.store.get_bytes(mix.key)
+    assert got == mix_bytes and len(got) == mix.bytes
     shown = json.loads(cli(stack, "show", meeting, "--json").stdout)
     assert shown["live"]["duration_ms"] == live.duration_ms
+    assert {t["track"]: (t["etag"], t["sha256"]) for t in shown["live"]["tracks"]} == {
+        t.track: (t.etag, None) for t in live.tracks}
+    # `voicetrack recordings download --live`: each file verified by size and ETag
+    res = cli(stack, "download", meeting, str(tmp_path / "so-far"), "--live")
+    assert res.returncode == 0, res.stderr
+    for t in live.tracks:
+        saved = tmp_path / "so-far" / f"{meeting}-live-{t.track}.mp3"
+        assert saved.read_bytes() == stack.store.get_bytes(t.key)
+        assert f"{saved}  live, verified by size and ETag {t.etag}" in res.stdout
+    assert "sha256 mismatch" not in res.stdout + res.stderr
 
     # `/record status` (an offline interaction of the real bot, the real session read
     # from the cluster): links to the audio so far that download its bytes.
@@ -233,7 +245,7 @@ def test_audio_so_far_grows_while_recording_and_goes_after_promotion(
     assert "So far" in fields and "So far: Mix" in fields, fields
     url = fields["So far: Mix"].split("](", 1)[1].split(")", 1)[0]
     with urllib.request.urlopen(url, timeout=30) as resp:
-        assert hashlib.sha256(resp.read()).hexdigest() == mix.sha256
+        assert resp.read() == mix_bytes
 
     # Stop: promotion does not wait for live Jobs, and live/ is collected.
     stack.kubectl("-n", ns, "delete", "recsess", "standup", "--wait=false")
@@ -310,8 +322,9 @@ def test_a_failed_live_job_keeps_the_previous_audio_and_is_retried(
     time.sleep(2 * INTERVAL_S + 4)  # retries come and fail again meanwhile
     assert live_status() == before
     assert stack.store.get_json(layout.live_manifest_key) == manifest
-    for t in manifest["tracks"]:  # the previous files, whole
-        assert hashlib.sha256(stack.store.get_bytes(t["key"])).hexdigest() == t["sha256"]
+    for t in manifest["tracks"]:  # the previous files, whole: size and ETag as written
+        assert (len(stack.store.get_bytes(t["key"])), stack.store.stat(t["key"])[1]) == (
+            t["bytes"], t["etag"])
     st = (stack.get(ns, "recsess", "faulty") or {})["status"]
     assert st["chunks"]["failed"] == 0 and st["state"] == "Recording"
 

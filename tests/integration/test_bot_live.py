@@ -1,16 +1,18 @@
 """The bot's audio-so-far links (`MeetingArchive.live`, `live_links`, `add_live_links`) on a
 real SeaweedFS: the live manifest of the guild's meeting only, links that download the
-bytes its sha256 names, and an embed that stays within Discord's 25 fields."""
+bytes whose size and ETag it names (a live track has no sha256; an older manifest's
+sha256 is still read), and an embed that stays within Discord's 25 fields."""
 
 from __future__ import annotations
 
+import hashlib
 import urllib.request
 
 import discord
 import pytest
 
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack.manifests import LiveManifest, LiveTrack
 from voicetrack.objectstore import ObjectStore, sha256_hex
 from voicetrack.resources import StorageSpec
 from voicetrack_recorder.bot.archive import LIVE_LINK_S, MeetingArchive
@@ -23,8 +25,11 @@ GUILD, OTHER = "300000000000000011", "300000000000000012"
 MEETING = "LiveLiveLiveLiv1"
 
 
-def save_live(store: ObjectStore, guild: str, speakers: list[str]) -> FinalManifest:
-    """Write the audio so far as the live Job does: tracks, then the manifest."""
+def save_live(store: ObjectStore, guild: str, speakers: list[str], old: bool = False
+              ) -> LiveManifest:
+    """Write the audio so far as the live Job does: tracks, then the manifest (each track
+    with its size and ETag; `old`: with its sha256 and no ETag, as live Jobs wrote
+    before)."""
     layout = MeetingLayout("recordings", guild, MEETING)
     tracks = []
     for user in [*speakers, None]:
@@ -32,10 +37,13 @@ def save_live(store: ObjectStore, guild: str, speakers: list[str]) -> FinalManif
         audio = f"so far {name}".encode()
         key = layout.live_key(name, "mp3")
         store.put_bytes(key, audio, "audio/mpeg")
-        tracks.append(FinalTrack(track=name, kind="mixed" if user is None else "speaker",
-                                 user_id=user, format="mp3", key=key, bytes=len(audio),
-                                 sha256=sha256_hex(audio), duration_ms=12_000))
-    manifest = FinalManifest(tool_version="test", meeting_id=MEETING, duration_ms=12_000,
+        etag = store.stat(key)[1]
+        tracks.append(LiveTrack(track=name, kind="mixed" if user is None else "speaker",
+                                user_id=user, format="mp3", key=key, bytes=len(audio),
+                                etag=None if old else etag,
+                                sha256=sha256_hex(audio) if old else None,
+                                duration_ms=12_000))
+    manifest = LiveManifest(tool_version="test", meeting_id=MEETING, duration_ms=12_000,
                              recorded_ms=12_000, paused_ms=0, tracks=tracks,
                              assembly="incremental")
     store.put_json(layout.live_manifest_key, manifest.to_api())
@@ -55,8 +63,10 @@ async def test_live_links_download_the_audio_so_far(object_store: ObjectStore) -
     for link, track in zip(links, sorted(saved.tracks, key=lambda t: t.kind == "mixed"),
                            strict=True):
         assert link.link.expires_in_seconds == LIVE_LINK_S
+        assert (link.bytes, link.sha256) == (track.bytes, None)
         with urllib.request.urlopen(link.link.url, timeout=30) as resp:
-            assert sha256_hex(resp.read()) == track.sha256
+            data = resp.read()  # a single-part upload's ETag is its MD5
+            assert (len(data), hashlib.md5(data).hexdigest()) == (track.bytes, track.etag)
 
     [embed] = add_live_links(discord.Embed(title="Recording"), live, links,
                              {"400000000000000001": "alice"})
@@ -65,6 +75,19 @@ async def test_live_links_download_the_audio_so_far(object_store: ObjectStore) -
     assert "5 min" in fields["So far"]
     assert str(fields["So far: alice"]).startswith("[Listen mp3](http")
     assert "So far: user 400000000000000002" in fields and "So far: Mix" in fields
+
+
+async def test_a_live_manifest_from_before_etags_is_read(object_store: ObjectStore
+                                                         ) -> None:
+    """A live manifest as live Jobs wrote it before (each track's sha256, no ETag): read as
+    it is, and its links carry the sha256 of the bytes they download."""
+    archive = MeetingArchive(object_store.settings, StorageSpec(bucket=object_store.bucket))
+    saved = save_live(object_store, GUILD, ["400000000000000003"], old=True)
+    live = await archive.live(GUILD, MEETING)
+    assert live == saved and all(t.sha256 and t.etag is None for t in live.tracks)
+    for link in await archive.live_links(live):
+        with urllib.request.urlopen(link.link.url, timeout=30) as resp:
+            assert sha256_hex(resp.read()) == link.sha256
 
 
 async def test_many_speakers_stay_within_discords_fields(object_store: ObjectStore) -> None:

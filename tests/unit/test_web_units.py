@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from voicetrack.manifests import FinalManifest
+from voicetrack.manifests import LiveManifest
 from voicetrack_web.access import meeting_root
 from voicetrack_web.bundles import BundleSlots
 from voicetrack_web.discord import DiscordOAuth, display_name, guild_access
@@ -162,15 +162,23 @@ def test_meeting_root_from_an_object_key(key: str | None, root: str | None) -> N
     assert meeting_root(key, "300000000000000001", "abcdEFGH12345678") == root
 
 
-def test_live_version_changes_with_any_track() -> None:
-    def manifest(sha: str, ms: int) -> FinalManifest:
-        return FinalManifest.model_validate({
-            "toolVersion": "t", "meetingId": "abcdEFGH12345678", "durationMs": ms,
-            "recordedMs": ms, "pausedMs": 0, "tracks": [{
-                "track": "mix", "kind": "mixed", "format": "mp3", "key": "k/live/mix.mp3",
-                "bytes": 1, "sha256": sha, "durationMs": ms}]})
+def _live(ms: int, size: int = 1, **check: str) -> LiveManifest:
+    return LiveManifest.model_validate({
+        "toolVersion": "t", "meetingId": "abcdEFGH12345678", "durationMs": ms,
+        "recordedMs": ms, "pausedMs": 0, "tracks": [{
+            "track": "mix", "kind": "mixed", "format": "mp3", "key": "k/live/mix.mp3",
+            "bytes": size, "durationMs": ms, **check}]})
 
-    a = live_version(manifest("a" * 64, 5000))
-    assert a == live_version(manifest("a" * 64, 5000))
-    assert a != live_version(manifest("b" * 64, 5000))
-    assert a != live_version(manifest("a" * 64, 10000))
+
+def test_live_version_changes_with_any_track() -> None:
+    """A live track has an ETag and no sha256: the version follows the ETag and size
+    (before, it hashed the sha256, None for every live track now, so a track rewritten
+    at the same length kept the version); a manifest from before ETags, its sha256."""
+    a = live_version(_live(5000, etag="e1-3"))
+    assert a == live_version(_live(5000, etag="e1-3"))
+    assert a != live_version(_live(5000, etag="e2-3"))
+    assert a != live_version(_live(5000, 2, etag="e1-3"))
+    assert a != live_version(_live(10000, etag="e1-3"))
+    old = live_version(_live(5000, sha256="a" * 64))
+    assert old == live_version(_live(5000, sha256="a" * 64))
+    assert old != live_version(_live(5000, sha256="b" * 64))

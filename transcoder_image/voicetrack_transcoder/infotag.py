@@ -9,7 +9,8 @@ counted), the byte count (the Info frame and the audio), a 100-byte seek TOC, th
 (0), then the LAME extension: a 9-byte encoder string, revision, lowpass, replay gain
 (8), flags, bitrate, 12-bit encoder delay and 12-bit padding, misc, mp3 gain, preset (2),
 music length (4: the byte count again), music CRC (CRC-16/ARC of the audio frames) and
-the tag CRC (CRC-16/ARC of the frame's bytes before it). Which fields ffmpeg 5.1's mp3
+the tag CRC (CRC-16/ARC of the frame's bytes before it; the layout's constants, the CRC
+and the reader's check are in `voicetrack.lametag`). Which fields ffmpeg 5.1's mp3
 muxer fills, and how (`libavformat/mp3enc.c`: the frame header's bitrate, the encoder
 string `Lavf` under `+bitexact`, the TOC sampled from its 400 "bags" of byte positions,
 the empty ID3v2.4 tag it writes first), is reproduced so that the bytes equal what
@@ -23,29 +24,25 @@ frame count alone.
 
 from __future__ import annotations
 
-import anycrc
-
+from voicetrack.lametag import (
+    BITRATES,
+    ID3V2_EMPTY,
+    LAME_BYTES,
+    RATE_INDEX_48K,
+    XING_BYTES,
+    crc16,
+    side_info_bytes,
+)
 from voicetrack_transcoder.mp3grid import ENCODER_DELAY, FRAME
 
-ID3V2_EMPTY = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10)
-"""The ID3v2.4 tag ffmpeg's mp3 muxer writes with `+bitexact` and no metadata: a header
-giving 10 bytes of padding, then the padding."""
+__all__ = ["ID3V2_EMPTY", "MP3_BITRATES", "MusicCrc", "crc16", "frame_bytes", "info_head",
+           "toc"]
 
-_BITRATES = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320]
-"""MPEG-1 Layer III bitrates (kbit/s) by header index (ISO/IEC 11172-3 §2.4.2.3)."""
-MP3_BITRATES = frozenset(_BITRATES[1:])
+MP3_BITRATES = frozenset(BITRATES[1:])
 """The bitrates (kbit/s) a final track's frames can have; the spec allows any 32..320,
 which LAME rounds to one of these, so only these are assembled from pieces."""
-_RATE_INDEX_48K = 1
 _BAGS = 400
 """ffmpeg's XING_NUM_BAGS: byte positions sampled, halved when full."""
-_XING_BYTES = 4 + 4 + 4 + 4 + 100 + 4
-"""`Info`, flags, frames, bytes, TOC, quality."""
-_LAME_BYTES = 36
-"""The LAME extension, through the tag CRC."""
-
-_CRC16_ARC = anycrc.CRC(width=16, poly=0x8005, init=0, refin=True, refout=True, xorout=0)
-"""CRC-16/ARC, the CRC of the LAME tag (check value 0xBB3D, as `mp3grid.crc16_lame`)."""
 
 
 class MusicCrc:
@@ -56,12 +53,7 @@ class MusicCrc:
 
     def update(self, data: bytes) -> None:
         """Continue the CRC over `data`."""
-        self.value = _CRC16_ARC.calc(data, self.value) if data else self.value
-
-
-def crc16(data: bytes, start: int = 0) -> int:
-    """CRC-16/ARC of `data`, continued from `start`."""
-    return _CRC16_ARC.calc(data, start) if data else start
+        self.value = crc16(data, self.value)
 
 
 def frame_bytes(mp3_bitrate: int) -> int:
@@ -76,13 +68,13 @@ def _header(mp3_bitrate: int, channels: int) -> tuple[bytes, int, int]:
     """(4-byte header, frame bytes, side information bytes) of the Info frame: ffmpeg's
     dummy header (no CRC, mode stereo or mono, no flags) at the stream's bitrate, or the
     next one up where the tag does not fit."""
-    side = 17 if channels == 1 else 32
-    index = _BITRATES.index(mp3_bitrate)
-    while 4 + side + _XING_BYTES + _LAME_BYTES > frame_bytes(_BITRATES[index]):
+    side = side_info_bytes(channels)
+    index = BITRATES.index(mp3_bitrate)
+    while 4 + side + XING_BYTES + LAME_BYTES > frame_bytes(BITRATES[index]):
         index += 1
     mode = 0xC0 if channels == 1 else 0x00
-    head = bytes([0xFF, 0xFB, (index << 4) | (_RATE_INDEX_48K << 2), mode])
-    return head, frame_bytes(_BITRATES[index]), side
+    head = bytes([0xFF, 0xFB, (index << 4) | (RATE_INDEX_48K << 2), mode])
+    return head, frame_bytes(BITRATES[index]), side
 
 
 def toc(frames: int, info_bytes: int, audio_frame_bytes: int) -> bytes:
@@ -126,7 +118,7 @@ def info_head(frames: int, mp3_bitrate: int, channels: int, n_samples: int,
     frame[at: at + 16] = b"Info" + (0x0F).to_bytes(4, "big") + frames.to_bytes(4, "big") \
         + total.to_bytes(4, "big")
     frame[at + 16: at + 116] = toc(frames, size, frame_bytes(mp3_bitrate))
-    lame = at + _XING_BYTES
+    lame = at + XING_BYTES
     frame[lame: lame + 4] = b"Lavf"
     frame[lame + 21: lame + 24] = ((ENCODER_DELAY << 12) | padding).to_bytes(3, "big")
     frame[lame + 28: lame + 32] = total.to_bytes(4, "big")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from voicetrack.audio import samples_to_ms
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest, FinalTrack
-from voicetrack.objectstore import ObjectStore, sha256_file
+from voicetrack.manifests import LiveManifest, LiveTrack
+from voicetrack.objectstore import ObjectStore
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.liveextend import extend_live
 from voicetrack_transcoder.liveframes import (
@@ -39,10 +39,11 @@ log = logging.getLogger(__name__)
 
 
 def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None = None,
-                  silent: Collection[int] = ()) -> FinalManifest | None:
+                  silent: Collection[int] = ()) -> LiveManifest | None:
     """"Audio so far" of a live session: every track up to the last chunk of the unbroken
     run of pieces from chunk 0, at `live/<track>.mp3` with `live/manifest.json` (a
-    FinalManifest, `assembly` incremental), replaced on every call.
+    LiveManifest, `assembly` incremental: each track's size and the ETag of the object
+    written, no sha256), replaced on every call.
 
     `chunks` (the operator's live Job passes it): assemble exactly chunks `[0, chunks)`,
     which it saw transcoded; a run of pieces shorter than that raises PiecesUnusable
@@ -85,7 +86,7 @@ def assemble_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None 
 
 
 def _assemble_full(store: ObjectStore, layout: MeetingLayout, chunks: int | None,
-                   silent: Collection[int]) -> FinalManifest | None:
+                   silent: Collection[int]) -> LiveManifest | None:
     """`assemble_live` from chunk 0, then `live/state.json` for the next Job."""
     run = extend_run(store, layout, None, chunks, silent)
     if not run or run[-1].end_frame == 0:
@@ -95,7 +96,7 @@ def _assemble_full(store: ObjectStore, layout: MeetingLayout, chunks: int | None
     n = run[-1].end_frame * FRAME - TOTAL_DELAY
     duration_ms = samples_to_ms(n)
     bitrate = run[0].mp3_bitrate
-    tracks: list[FinalTrack] = []
+    tracks: list[LiveTrack] = []
     states: list[LiveTrackState] = []
     built: list[tuple[str, Path]] = []
     with tempfile.TemporaryDirectory(prefix="vt-live-") as tmp, \
@@ -114,17 +115,16 @@ def _assemble_full(store: ObjectStore, layout: MeetingLayout, chunks: int | None
             built.append((key, path))
             body = frames_path.stat().st_size
             tracks.append(live_track(name, channels[name], key, path.stat().st_size,
-                                     sha256_file(path), duration_ms))
+                                     duration_ms))
             states.append(LiveTrackState(
                 track=name, channels=channels[name], key=key, etag="",
                 head_bytes=path.stat().st_size - body, body_bytes=body,
-                frames=run[-1].end_frame, music_crc=file_crc(frames_path),
-                sha256=tracks[-1].sha256))
+                frames=run[-1].end_frame, music_crc=file_crc(frames_path)))
         store.delete_keys([layout.live_state_key])  # stale from here until rewritten
-        for (key, path), t in zip(built, states, strict=True):  # every track made first
+        for (key, path), t, entry in zip(built, states, tracks, strict=True):  # all made
             # the ETag of the object this Job wrote (not a later stat's: another writer's
             # object of the same size would pass the state's checks)
-            t.etag = store.put_file(key, str(path), CONTENT_TYPES["mp3"])
+            t.etag = entry.etag = store.put_file(key, str(path), CONTENT_TYPES["mp3"])
     manifest = live_manifest(layout, run[-1], tracks)
     store.put_json(layout.live_manifest_key, manifest.to_api())
     save_state(store, layout, LiveState(meeting_id=layout.meeting_id, mp3_bitrate=bitrate,

@@ -17,14 +17,20 @@ pod still running) never compose or delete each other's parts. A smaller track i
 uploaded whole. The key stays the same, so presigned links already handed out keep
 working, as before.
 
-What the Job still reads in proportion to the session: the old bodies, streamed once
-each (one GET per track) only to compute the new file's sha256 for the manifest; SHA-256
-cannot be continued past a head that changes, so no constant-size state gives it.
+What the Job reads: the new pieces (and documents), and of each old track one ranged GET
+of its body: the first 5 MiB when the body is at least COMPOSE_MIN_BODY (10 MiB; the
+uploaded first part holds them, the rest is copied in the store), else the whole body (a
+track that small is uploaded whole again); so at most 10 MiB a track, nothing in
+proportion to the session. So the live manifest (`LiveManifest`) has no
+sha256 of a live track: SHA-256 cannot be continued past a head that changes, and
+hashlib's state cannot be kept between Jobs. Each track carries instead the ETag of the
+object this Job wrote (its PUT's or compose's, checked by a stat after the write), which
+readers check what they fetch against, with its size (docs/recordings.md, "The audio so
+far"). The final tracks, made by promotion, keep their sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import tempfile
@@ -39,7 +45,7 @@ from minio.helpers import MIN_PART_SIZE
 from voicetrack.audio import Channels, samples_to_ms
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest, FinalTrack, PieceManifest
+from voicetrack.manifests import LiveManifest, LiveTrack, PieceManifest
 from voicetrack.objectstore import ObjectStore
 from voicetrack_transcoder.ffmpeg import CONTENT_TYPES
 from voicetrack_transcoder.infotag import crc16, info_head
@@ -78,7 +84,7 @@ class _Plan:
     """How one track is written: whole from `path`, or composed (`head` bytes uploaded,
     then `copy` = (offset, length) of the old object, then the new frames at `tail`)."""
 
-    track: FinalTrack
+    track: LiveTrack
     state: LiveTrackState
     path: Path | None = None
     head: bytes = b""
@@ -87,7 +93,7 @@ class _Plan:
 
 
 def extend_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None,
-                silent: Collection[int]) -> FinalManifest | str | None:
+                silent: Collection[int]) -> LiveManifest | str | None:
     """`live.assemble_live` from `live/state.json`: the live manifest once the tracks
     are extended by the pieces after the state's last (unchanged when there are none),
     or the reason (str) the state cannot be extended (then nothing was written; the
@@ -138,12 +144,14 @@ def extend_live(store: ObjectStore, layout: MeetingLayout, chunks: int | None,
 def _plan(store: ObjectStore, layout: MeetingLayout, name: str, channels: Channels,
           old: LiveTrackState | None, frames: Path, silence: bytes, last: PieceManifest,
           end: PieceManifest, bitrate: int) -> _Plan:
-    """Track `name` extended by the new `frames` (a local file): its new head, sha256 and
-    state, and how it is written. A track new in this Job (a speaker who joined) is
-    silence before them, written whole. Raises _Stale when the old object is not as the
-    state says."""
+    """Track `name` extended by the new `frames` (a local file): its new head and state,
+    and how it is written. A track new in this Job (a speaker who joined) is silence
+    before them, written whole. Of the old object one ranged GET reads (while it has the
+    ETag the state recorded) the body's first MIN_PART_SIZE (5 MiB) bytes when the body
+    is at least COMPOSE_MIN_BODY (10 MiB: what the uploaded first part of the compose
+    holds), else the whole body (the small object is uploaded whole again). Raises
+    _Stale when the old object is not as the state says."""
     n = end.end_frame * FRAME - TOTAL_DELAY
-    added = frames.stat().st_size
     key = layout.live_key(name, "mp3")
     if old is None:
         block = silence * 1024
@@ -154,74 +162,71 @@ def _plan(store: ObjectStore, layout: MeetingLayout, name: str, channels: Channe
         crc = file_crc(frames, crc16(silence * rest, crc))
         head = info_head(end.end_frame, bitrate, channels, n, crc)
         path = frames.with_suffix(".mp3")
-        sha = hashlib.sha256(head)
         with path.open("wb") as out:
             out.write(head)
             for chunk in [block] * whole + [silence * rest]:
                 out.write(chunk)
-                sha.update(chunk)
-            _append(frames, out, sha)
+            _append(frames, out)
         body = path.stat().st_size - len(head)
-        return _Plan(_track(name, channels, key, path.stat().st_size, sha, n),
-                     _state(name, channels, key, head, body, end, crc, sha), path=path)
+        return _Plan(_track(name, channels, key, path.stat().st_size, n),
+                     _state(name, channels, key, head, body, end, crc), path=path)
     crc = file_crc(frames, old.music_crc)
     head = info_head(end.end_frame, bitrate, channels, n, crc)
     if len(head) != old.head_bytes or old.key != key:
         raise _Stale(f"{old.key}: head of {old.head_bytes} bytes, {len(head)} now")
     compose = old.body_bytes >= COMPOSE_MIN_BODY
     keep = MIN_PART_SIZE if compose else old.body_bytes
-    sha = hashlib.sha256(head)
-    first = bytearray()
-    read = 0
-    try:
-        for block in store.iter_range(old.key, old.head_bytes, old.etag):
-            sha.update(block)
-            read += len(block)
-            if len(first) < keep:
-                first += block[: keep - len(first)]
-    except (NotFoundError, InvalidInputError) as err:
-        raise _Stale(f"{old.key}: {err}") from err
-    if read != old.body_bytes:
-        raise _Stale(f"{old.key}: body of {read} bytes, the state says {old.body_bytes}")
-    with frames.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    body = old.body_bytes + added
-    track = _track(name, channels, key, len(head) + body, sha, n)
-    state = _state(name, channels, key, head, body, end, crc, sha)
+    first = _read_first(store, old, keep)
+    body = old.body_bytes + frames.stat().st_size
+    track = _track(name, channels, key, len(head) + body, n)
+    state = _state(name, channels, key, head, body, end, crc)
     if compose:
-        return _Plan(track, state, head=head + bytes(first),
+        return _Plan(track, state, head=head + first,
                      copy=(old.head_bytes + keep, old.body_bytes - keep, old.etag),
                      tail=frames)
     path = frames.with_suffix(".mp3")
     with path.open("wb") as out:
         out.write(head)
         out.write(first)
-        _append(frames, out, None)
+        _append(frames, out)
     return _Plan(track, state, path=path)
 
 
-def _append(src: Path, out: BinaryIO, sha: hashlib._Hash | None) -> None:
-    """Copy the file `src` onto the open binary file `out`, feeding `sha` too."""
+def _read_first(store: ObjectStore, old: LiveTrackState, keep: int) -> bytes:
+    """The first `keep` bytes of `old`'s body, read while its object has the ETag the
+    state recorded. Raises _Stale when it is missing, has another ETag or is shorter."""
+    first = bytearray()
+    if keep:
+        try:
+            for block in store.iter_range(old.key, old.head_bytes, old.etag,
+                                          length=keep):
+                first += block
+        except (NotFoundError, InvalidInputError) as err:
+            raise _Stale(f"{old.key}: {err}") from err
+    if len(first) != keep:
+        raise _Stale(f"{old.key}: {len(first)} bytes of body read, {keep} wanted")
+    return bytes(first)
+
+
+def _append(src: Path, out: BinaryIO) -> None:
+    """Copy the file `src` onto the open binary file `out`."""
     with src.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             out.write(block)
-            if sha is not None:
-                sha.update(block)
 
 
-def _track(name: str, channels: Channels, key: str, size: int, sha: hashlib._Hash,
-           n: int) -> FinalTrack:
-    """The manifest entry of the extended track (`n` samples)."""
-    return live_track(name, channels, key, size, sha.hexdigest(), samples_to_ms(n))
+def _track(name: str, channels: Channels, key: str, size: int, n: int) -> LiveTrack:
+    """The manifest entry of the extended track (`n` samples; its ETag filled in by
+    `_write`)."""
+    return live_track(name, channels, key, size, samples_to_ms(n))
 
 
 def _state(name: str, channels: Channels, key: str, head: bytes, body: int,
-           end: PieceManifest, crc: int, sha: hashlib._Hash) -> LiveTrackState:
+           end: PieceManifest, crc: int) -> LiveTrackState:
     """The track's state once written (its ETag filled in by `_write`)."""
     return LiveTrackState(track=name, channels=channels, key=key, etag="",
                           head_bytes=len(head), body_bytes=body, frames=end.end_frame,
-                          music_crc=crc, sha256=sha.hexdigest())
+                          music_crc=crc)
 
 
 def _write(store: ObjectStore, layout: MeetingLayout, plan: _Plan) -> None:
@@ -258,4 +263,4 @@ def _write(store: ObjectStore, layout: MeetingLayout, plan: _Plan) -> None:
     if size != plan.track.bytes or now != etag:  # another writer's object since ours
         raise TemporaryFailure(f"{key}: {size} bytes (ETag {now}) after this Job wrote "
                                f"{plan.track.bytes} (ETag {etag})")
-    plan.state.etag = etag
+    plan.state.etag = plan.track.etag = etag

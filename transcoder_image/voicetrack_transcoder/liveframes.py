@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from voicetrack.audio import Channels, samples_to_ms
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MIX_TRACK, MeetingLayout
-from voicetrack.manifests import FinalManifest, FinalTrack, PieceManifest, PieceTrack
+from voicetrack.manifests import LiveManifest, LiveTrack, PieceManifest, PieceTrack
 from voicetrack.objectstore import ObjectStore
 from voicetrack_transcoder import TOOL_VERSION
 from voicetrack_transcoder.assembly import fetched_in_order, prefetch_depth
@@ -143,20 +143,21 @@ def write_frames(out: BinaryIO, name: str, pieces: list[PieceManifest], heads: H
                       else silence * (piece.end_frame - piece.first_frame))
 
 
-def live_manifest(layout: MeetingLayout, last: PieceManifest, tracks: list[FinalTrack]
-                  ) -> FinalManifest:
+def live_manifest(layout: MeetingLayout, last: PieceManifest, tracks: list[LiveTrack]
+                  ) -> LiveManifest:
     """The live manifest of `tracks` up to piece `last`."""
     duration_ms = samples_to_ms(last.end_frame * FRAME - TOTAL_DELAY)
-    return FinalManifest(
+    return LiveManifest(
         tool_version=TOOL_VERSION, meeting_id=layout.meeting_id, duration_ms=duration_ms,
         recorded_ms=duration_ms, paused_ms=last.paused_ms, tracks=tracks,
         assembly="incremental")
 
 
-def live_track(name: str, channels: Channels, key: str, size: int, sha256: str,
-               duration_ms: int) -> FinalTrack:
-    """The manifest entry of live track `name`."""
-    return FinalTrack(
+def live_track(name: str, channels: Channels, key: str, size: int, duration_ms: int,
+               etag: str | None = None) -> LiveTrack:
+    """The manifest entry of live track `name`, `size` bytes at `key`; `etag` is the
+    object's once written (set before the manifest is)."""
+    return LiveTrack(
         track=name, kind="mixed" if name == MIX_TRACK else "speaker",
         user_id=None if name == MIX_TRACK else name, format="mp3", key=key,
-        channels=channels, bytes=size, sha256=sha256, duration_ms=duration_ms)
+        channels=channels, bytes=size, duration_ms=duration_ms, etag=etag)

@@ -19,19 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from voicetrack.audio import Channels
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest, PieceManifest
+from voicetrack.manifests import LiveManifest, PieceManifest
 from voicetrack.objectstore import ObjectStore
 from voicetrack_transcoder.infotag import crc16, frame_bytes
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: no sha256 (the live manifest has none since the Jobs stopped reading the old
+bodies); a version-1 state is not extended (the next Job assembles from chunk 0)."""
 
 
 class LiveTrackState(BaseModel):
     """One live track as the last Job wrote it: `key` (ETag `etag`) holds `head_bytes` of
     ID3v2 tag and Info frame, then `frames` audio frames (`body_bytes`), whose
-    CRC-16/ARC (the LAME music CRC) is `music_crc`; `sha256` of the whole object."""
+    CRC-16/ARC (the LAME music CRC) is `music_crc`."""
 
     model_config = ConfigDict(extra="forbid")
     track: str
@@ -42,7 +44,6 @@ class LiveTrackState(BaseModel):
     body_bytes: int = Field(ge=0)
     frames: int = Field(ge=0)
     music_crc: int = Field(ge=0, lt=1 << 16)
-    sha256: str
 
 
 class LiveState(BaseModel):
@@ -72,23 +73,23 @@ def save_state(store: ObjectStore, layout: MeetingLayout, state: LiveState) -> N
 
 
 def load_state(store: ObjectStore, layout: MeetingLayout
-               ) -> tuple[LiveState, FinalManifest] | str:
+               ) -> tuple[LiveState, LiveManifest] | str:
     """The state and the live manifest it describes when they and the live objects agree
-    (same tracks, keys, sizes and sha256; each object's size and ETag as recorded; every
+    (same tracks, keys, sizes, ETags and channels; each object's size and ETag as recorded; every
     body a whole number of frames) and its last piece is that chunk's `piece.json` (one
     GET); else the reason (str) they cannot be extended.
     Raises TemporaryFailure for S3 failures."""
     try:
         state = LiveState.model_validate(store.get_json(layout.live_state_key))
-        manifest = FinalManifest.model_validate(store.get_json(layout.live_manifest_key))
+        manifest = LiveManifest.model_validate(store.get_json(layout.live_manifest_key))
     except NotFoundError as err:
         return f"no state to extend ({err})"
     except (InvalidInputError, ValidationError) as err:
         return f"state or manifest unreadable: {str(err)[:200]}"
     if state.version != STATE_VERSION or state.meeting_id != layout.meeting_id:
         return "state of another version or meeting"
-    listed = {t.track: (t.key, t.bytes, t.sha256, t.channels) for t in manifest.tracks}
-    recorded = {t.track: (t.key, t.head_bytes + t.body_bytes, t.sha256, t.channels)
+    listed = {t.track: (t.key, t.bytes, t.etag, t.channels) for t in manifest.tracks}
+    recorded = {t.track: (t.key, t.head_bytes + t.body_bytes, t.etag, t.channels)
                 for t in state.tracks}
     if listed != recorded:
         return "state and manifest disagree on the tracks"

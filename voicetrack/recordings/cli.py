@@ -36,7 +36,7 @@ from voicetrack.db.service import RecordingService
 from voicetrack.errors import InvalidInputError, VoicetrackError
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, S3Settings
 from voicetrack.recordings.expiry import parse_expiry
-from voicetrack.recordings.live import LiveAudio, live_audio, live_links
+from voicetrack.recordings.live import LiveAudio, download_live, live_audio, live_links
 from voicetrack.recordings.models import MeetingDetail, TrackLink
 from voicetrack.recordings.service import RecordingsReader
 from voicetrack.recordings.text import chunks_cell, hms, reason_cell, show_live, show_text
@@ -276,11 +276,23 @@ def download(
     meeting: Annotated[str, typer.Argument(help="Meeting id, or namespace/session-name.")],
     dest: Annotated[Path, typer.Argument(help="Directory to save the tracks in.",
                                          file_okay=False)],
+    live: Annotated[bool, typer.Option(
+        "--live", help="The audio so far of a live meeting (MP3, up to the last chunk "
+                       "assembled), verified by size and S3 ETag.")] = False,
 ) -> None:
     """Download every track into DEST, each verified against its sha256.
 
     The sha256 and size are the recordings row's. A file that does not match is not kept
-    and is named in the error (exit code 1)."""
+    and is named in the error (exit code 1). With --live, the audio so far instead, as
+    <meeting>-live-<track>.mp3: a live track has no sha256 (it grows every interval), so
+    each is verified by the live manifest's size and the ETag of the object the live Job
+    wrote, and its bytes by their MD5 when the ETag is one (else, multipart or SSE-KMS/C,
+    by the track's LAME Info tag CRCs). A track replaced meanwhile is fetched again once
+    the live manifest names the new object (up to 60 s); one not fetched, like a
+    damaged one, is named in the error after the others are saved."""
+    if live:
+        _download_live(ctx, meeting, dest)
+        return
 
     async def go(reader: RecordingsReader) -> Any:
         total = len(await reader.tracks(await reader.resolve(meeting)))
@@ -293,6 +305,19 @@ def download(
         note = "verified" if f.verified else "UNVERIFIED (no sha256 in SQL)"
         out.print(f"{f.path}  {f.sha256}  {note}{' (already there)' if f.reused else ''}",
                   markup=False)
+
+
+def _download_live(ctx: typer.Context, meeting: str, dest: Path) -> None:
+    """`download --live`: each file with how it was verified."""
+    async def go(reader: RecordingsReader) -> Any:
+        with _bar() as bar:
+            task = bar.add_task("downloading", total=None, current="")
+            return await download_live(
+                reader, meeting, dest, lambda name: bar.update(task, advance=1, current=name))
+
+    _, files = _run(ctx, go)
+    for f in files:
+        out.print(f"{f.path}  live, verified by {f.check}", markup=False)
 
 
 @app.command("zip")

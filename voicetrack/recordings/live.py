@@ -2,49 +2,92 @@
 
 While a session records, the operator's live Jobs keep `<prefix>/<guild>/<meeting>/live/`
 current (one MP3 per speaker and the mix, up to the last transcoded chunk, and a
-`FinalManifest` with `assembly: incremental`). The prefix is not in the meetings table, so
-it is read from a temp row's raw chunk key (`<prefix>/<guild>/<meeting>/chunks/…`), as
-`service.meeting_layout` reads it from a final track's key.
+`LiveManifest` with `assembly: incremental`: each track's size and the S3 ETag of the
+object the live Job wrote, no sha256, since a live Job extends the last object without
+reading it; docs/recordings.md, "The audio so far"). The prefix is not in the meetings
+table, so it is read from a temp row's raw chunk key
+(`<prefix>/<guild>/<meeting>/chunks/…`), as `service.meeting_layout` reads it from a final
+track's key.
 
 Errors: InvalidInputError when the meeting is not live (its final tracks are what
 `links` gives); NotFoundError when it is live but there is no audio so far yet (no chunk
 recorded, or none assembled: the live manifest is absent), or TRACK names no live track.
+
+`download_live` saves the live tracks verified by what the manifest says of them: the
+size, and the ETag (the GET asks for that object only, If-Match). The bytes themselves
+are checked by the MD5 when the ETag is a single-part one (32 hex digits) and the object
+is not SSE-KMS/SSE-C encrypted (then the ETag is the MD5); else (a multipart object, over
+5 MiB, ETag `<md5>-<parts>`; or an encrypted one) by the track's own LAME Info tag
+(`voicetrack.lametag`); or by the sha256 a manifest written before live tracks had ETags
+gives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from voicetrack.db.queries import MeetingRecord
-from voicetrack.errors import InvalidInputError, NotFoundError
+from voicetrack.errors import (
+    InvalidInputError,
+    NotFoundError,
+    PreconditionFailed,
+    TemporaryFailure,
+)
+from voicetrack.lametag import LameCheck
 from voicetrack.layout import MIX_TRACK, MeetingLayout
-from voicetrack.manifests import FinalManifest
-from voicetrack.objectstore import DEFAULT_LINK_S
-from voicetrack.recordings.models import TrackLink
-from voicetrack.recordings.service import RecordingsReader
+from voicetrack.manifests import LiveManifest, LiveTrack
+from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore
+from voicetrack.recordings.models import ChecksumMismatch, TrackLink
+from voicetrack.recordings.service import RecordingsReader, part_beside
+
+FETCH_ATTEMPTS = 3
+"""Times `download_live` fetches a track that a newer live Job replaces meanwhile."""
+REPLACED_WAIT_S = 60.0
+"""How long (s) `download_live` waits, after a track's If-Match is refused, for the live
+manifest naming the new object: a live Job writes it after its objects; about two live
+intervals (VOICETRACK_LIVE_INTERVAL_SECONDS, 30 s by default)."""
+MANIFEST_POLL_S = 2.0
+"""How often (s) the live manifest is read again meanwhile."""
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
 class LiveAudio:
     """A live meeting's audio so far: its record, `live/manifest.json` (tracks with
-    `durationMs`, bytes, sha256) and that manifest's key."""
+    `durationMs`, bytes, ETag) and that manifest's key."""
 
     record: MeetingRecord
-    manifest: FinalManifest
+    manifest: LiveManifest
     manifest_key: str
 
     def as_dict(self) -> dict[str, Any]:
-        """`{duration_ms, manifest_key, tracks: [{track, format, key, bytes, sha256,
-        duration_ms, channels}]}`."""
+        """`{duration_ms, manifest_key, tracks: [{track, format, key, bytes, etag, sha256,
+        duration_ms, channels}]}`: `etag` null, `sha256` set only in a manifest from
+        before live tracks had ETags; else `sha256` null."""
         return {"duration_ms": self.manifest.duration_ms, "manifest_key": self.manifest_key,
                 "tracks": [{"track": t.track, "format": t.format, "key": t.key,
-                            "bytes": t.bytes, "sha256": t.sha256,
+                            "bytes": t.bytes, "etag": t.etag, "sha256": t.sha256,
                             "duration_ms": t.duration_ms, "channels": t.channels}
                            for t in self.manifest.tracks]}
+
+
+@dataclass(frozen=True)
+class LiveFile:
+    """A live track saved at `path`, and how it was verified (`check`: `size and ETag
+    <etag>, MD5` when the ETag is the bytes' MD5, `size and ETag <etag>, LAME music and
+    tag CRCs` when it is not; or `sha256 <hex>`)."""
+
+    track: LiveTrack
+    path: Path
+    check: str
 
 
 def layout_from_raw_key(record: MeetingRecord, key: str) -> MeetingLayout:
@@ -82,7 +125,7 @@ async def live_audio(reader: RecordingsReader, ref: str) -> LiveAudio:
             f"has been assembled ({layout.live_manifest_key} is absent; the operator "
             "assembles one every VOICETRACK_LIVE_INTERVAL_SECONDS)") from None
     try:
-        manifest = FinalManifest.model_validate(doc)
+        manifest = LiveManifest.model_validate(doc)
     except ValidationError as err:
         raise InvalidInputError(f"{layout.live_manifest_key}: not a manifest: {err}"
                                 ) from err
@@ -109,3 +152,168 @@ async def live_links(reader: RecordingsReader, ref: str, track: str | None = Non
         link = await asyncio.to_thread(store.presigned_link, t.key, expires_s)
         links.append(TrackLink(t.track, t.kind, t.user_id, link))
     return live, links
+
+
+async def download_live(reader: RecordingsReader, ref: str, dest: Path,
+                        on_file: Callable[[str], None] | None = None,
+                        replaced_wait_s: float = REPLACED_WAIT_S,
+                        poll_s: float = MANIFEST_POLL_S
+                        ) -> tuple[LiveAudio, list[LiveFile]]:
+    """Save the audio so far of live meeting `ref` in directory `dest` (made if missing),
+    one `<meeting>-live-<track>.mp3` per live track, each verified as the module docstring
+    says. A track a newer live Job replaced meanwhile (the GET's If-Match refused, 412) is
+    fetched again once the manifest names its new ETag: a live Job writes the manifest
+    after its objects, so the manifest is read again every `poll_s` seconds, for at most
+    `replaced_wait_s` (about two live intervals); FETCH_ATTEMPTS fetches in all. The files
+    may so cover different lengths. Errors as `live_audio`; after every other track is
+    saved, ChecksumMismatch naming every file that does not match (such a file is not
+    kept, nor an older copy at its name) and every track not fetched, or TemporaryFailure
+    naming the tracks not fetched when none is damaged (replaced and no newer manifest in
+    time, replaced FETCH_ATTEMPTS times, or gone from the manifest); TemporaryFailure too
+    when S3 is away."""
+    live = await live_audio(reader, ref)
+    dest.mkdir(parents=True, exist_ok=True)
+    saved: list[LiveFile] = []
+    bad: list[tuple[str, str]] = []
+    missed: list[tuple[str, str]] = []
+    stale: set[tuple[tuple[str, str | None], ...]] = set()  # manifests waited out
+    for name in [t.track for t in live.manifest.tracks]:
+        target = dest / f"{live.record.meeting_id}-live-{name}.mp3"
+        live, result = await _fetch_current(reader, ref, live, name, target,
+                                            replaced_wait_s, poll_s, stale)
+        if isinstance(result, LiveFile):
+            saved.append(result)
+        elif isinstance(result, _Missed):
+            missed.append((target.name, result.why))
+        else:
+            bad.append((target.name, result))
+        if on_file:
+            on_file(target.name)
+    said = "; ".join(f"{name}: {why}" for name, why in bad + missed)
+    if bad:
+        raise ChecksumMismatch(
+            said + " (not saved: a damaged object in S3 is not kept, a track not fetched "
+            "has no file; the other files are verified)", [name for name, _ in bad + missed])
+    if missed:
+        raise TemporaryFailure(said + " (not saved; the other files are verified; try "
+                               "again)")
+    return live, saved
+
+
+@dataclass(frozen=True)
+class _Missed:
+    """Why a track was not fetched (not a damaged object: it may be there next time)."""
+
+    why: str
+
+
+def _fingerprint(live: LiveAudio) -> tuple[tuple[str, str | None], ...]:
+    """A live manifest's tracks and ETags: the same for a manifest not rewritten."""
+    return tuple((t.track, t.etag) for t in live.manifest.tracks)
+
+
+async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, name: str,
+                         target: Path, replaced_wait_s: float, poll_s: float,
+                         stale: set[tuple[tuple[str, str | None], ...]]
+                         ) -> tuple[LiveAudio, LiveFile | str | _Missed]:
+    """Fetch live track `name` as `live`'s manifest describes it; when its object was
+    replaced meanwhile, wait for the manifest naming the new one (polled every `poll_s`
+    s, at most `replaced_wait_s` s) and fetch that, FETCH_ATTEMPTS fetches at most (no
+    wait after the last). A manifest already waited out for another track (in `stale`,
+    which this adds to) is not waited for again: a Job that died between its objects and
+    its manifest costs one wait per download, not one per track. Returns the manifest
+    last read and `fetch_live_track`'s result, or _Missed (also for an object gone from
+    S3: the session ended and `live/` was emptied)."""
+    loop = asyncio.get_running_loop()
+    for attempt in range(FETCH_ATTEMPTS):
+        track = next((t for t in live.manifest.tracks if t.track == name), None)
+        if track is None:
+            return live, _Missed(f"gone from {live.manifest_key} while it was downloaded")
+        try:
+            result = await asyncio.to_thread(fetch_live_track, reader.store, track, target)
+        except NotFoundError as err:
+            return live, _Missed(f"gone from S3 while it was downloaded ({err})")
+        if result is not None:
+            return live, result
+        if attempt == FETCH_ATTEMPTS - 1:
+            break
+        waited_out = _fingerprint(live) in stale
+        deadline = loop.time() + (0 if waited_out else replaced_wait_s)
+        while True:  # until the manifest names another object (or none) for the track
+            left = deadline - loop.time()
+            if left <= 0:
+                stale.add(_fingerprint(live))
+                return live, _Missed(
+                    f"replaced by a newer live Job while it was downloaded, and "
+                    f"{live.manifest_key} still names the old object (ETag {track.etag}) "
+                    + ("(this manifest was waited out for another track)" if waited_out
+                       else f"{replaced_wait_s:g} s later"))
+            await asyncio.sleep(min(poll_s, left))
+            try:
+                live = await live_audio(reader, ref)
+            except InvalidInputError as err:  # ended meanwhile, or its manifest is gone
+                return live, _Missed(str(err))
+            now = next((t for t in live.manifest.tracks if t.track == name), None)
+            if now is None or now.etag != track.etag:
+                break
+    return live, _Missed(f"replaced by a newer live Job {FETCH_ATTEMPTS} times while it "
+                         "was downloaded")
+
+
+def _encrypted(headers: Mapping[str, str]) -> bool:
+    """Whether a GET response's (lower-cased) headers say the object is stored with
+    SSE-KMS or SSE-C, whose single-part ETag is not the MD5 of the bytes (S3's
+    "Checking object integrity"; SSE-S3, `AES256`, keeps the MD5)."""
+    sse = headers.get("x-amz-server-side-encryption", "").lower()
+    return sse.startswith("aws:kms") or (
+        "x-amz-server-side-encryption-customer-algorithm" in headers)
+
+
+def fetch_live_track(store: ObjectStore, t: LiveTrack, target: Path) -> LiveFile | str | None:
+    """Download live track `t` to `target` through a hidden `.part` file: the file; why
+    it does not match `t` (str; then neither the part nor `target` is left); None when
+    the object is no longer the one `t` describes (the GET's If-Match refused, 412: a
+    newer live Job's). Checked: the size; then the MD5 when the ETag is a single-part
+    one and the object is not SSE-KMS/SSE-C encrypted, else the sha256 of an older
+    manifest, else the track's LAME Info tag (`voicetrack.lametag`: the CRCs of its Info
+    frame and of its audio, and its byte count), which every live track carries."""
+    part = part_beside(target)
+    md5, sha, lame = hashlib.md5(usedforsecurity=False), hashlib.sha256(), LameCheck()
+    headers: dict[str, str] = {}
+    try:
+        try:
+            with part.open("wb") as out:
+                for block in store.iter_range(
+                        t.key, 0, t.etag,
+                        on_headers=lambda h: headers.update(
+                            {k.lower(): v for k, v in h.items()})):
+                    out.write(block)
+                    md5.update(block)
+                    sha.update(block)
+                    lame.update(block)
+        except PreconditionFailed:
+            if t.etag:  # If-Match refused: replaced since the manifest was read
+                return None
+            raise
+        size = part.stat().st_size
+        by_md5 = bool(t.etag and _MD5_ETAG.fullmatch(t.etag) and not _encrypted(headers))
+        why = None
+        if size != t.bytes:
+            why = f"{size} bytes, the live manifest says {t.bytes}"
+        elif by_md5 and md5.hexdigest() != t.etag:
+            why = f"MD5 {md5.hexdigest()}, the live manifest's ETag is {t.etag}"
+        elif t.sha256 and sha.hexdigest() != t.sha256:
+            why = f"sha256 {sha.hexdigest()}, the live manifest says {t.sha256}"
+        elif not by_md5 and not t.sha256 and (said := lame.verdict()):
+            why = f"LAME Info tag: {said}"
+        if why:
+            target.unlink(missing_ok=True)
+            return why
+        part.replace(target)
+    finally:
+        part.unlink(missing_ok=True)
+    if t.sha256:
+        return LiveFile(t, target, f"sha256 {t.sha256}")
+    check = ", MD5" if by_md5 else ", LAME music and tag CRCs"
+    return LiveFile(t, target, f"size and ETag {t.etag}{check}" if t.etag
+                    else f"size{check}")

@@ -116,8 +116,9 @@ def show_live(out: Console, live: LiveAudio | str) -> None:
         return
     out.print(f"so far    {hms(live.manifest.duration_ms)} ({live.manifest.duration_ms} ms; "
               "`voicetrack recordings url MEETING --live`)", markup=False)
-    table = Table("LIVE TRACK", "FORMAT", "SIZE", "SO FAR", "CH", "SHA256")
+    # a live track has the ETag of its object, no sha256 (older manifests: the reverse)
+    table = Table("LIVE TRACK", "FORMAT", "SIZE", "SO FAR", "CH", "ETAG")
     for t in live.manifest.tracks:
         table.add_row(t.track, t.format, size(t.bytes), f"{t.duration_ms} ms",
-                      str(t.channels), t.sha256)
+                      str(t.channels), t.etag or (f"sha256 {t.sha256}" if t.sha256 else "-"))
     out.print(table)

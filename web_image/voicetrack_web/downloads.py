@@ -12,10 +12,11 @@ rule as every other meeting route (`context.meeting_of`: 404 when not visible).
   held at once (built or being sent, `bundles.BundleSlots`), one per user; more are
   answered 429 with `Retry-After`.
 - `GET /api/meetings/{meeting}/live`: the live manifest the transcoder's `assemble_live`
-  writes at `MeetingLayout.live_manifest_key` (`live/manifest.json`, a `FinalManifest`):
+  writes at `MeetingLayout.live_manifest_key` (`live/manifest.json`, a `LiveManifest`):
   `{version, duration_ms, tracks: [{track, name, kind, format, duration_ms, bytes,
-  audio_url, link_url}]}`; `version` is the manifest's tracks' sha256s hashed (changes
-  when any track does). 404 when the meeting has final tracks or no live manifest yet.
+  audio_url, link_url}]}`; `version` is the manifest's tracks' sizes and ETags hashed
+  (sha256s in a manifest from before live tracks had ETags): it changes when any track
+  does. 404 when the meeting has final tracks or no live manifest yet.
 - `GET /meetings/{meeting}/live/{track}`: 302 to a presigned URL of the live track.
 - `POST /api/meetings/{meeting}/live-link/{track}` (CSRF header): `{url,
   expires_in_seconds, format}`, saved as `<meeting>-live-<track>.<format>`.
@@ -36,7 +37,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack.manifests import LiveManifest, LiveTrack
 from voicetrack.recordings.models import Bundle
 from voicetrack_web.access import MeetingView
 from voicetrack_web.bundles import RETRY_AFTER_S, BundleResponse, release_when_stopped
@@ -122,21 +123,21 @@ def live_layout(view: MeetingView) -> MeetingLayout:
     return MeetingLayout(view.root[: -len(tail)].rstrip("/"), view.guild_id, view.id)
 
 
-async def _live_manifest(request: Request, view: MeetingView) -> FinalManifest:
+async def _live_manifest(request: Request, view: MeetingView) -> LiveManifest:
     """The live manifest; 404 when the meeting is promoted or none was written yet."""
     if view.tracks:
         raise HTTPException(404, "the meeting is finished: its final tracks are there")
     key = live_layout(view).live_manifest_key
     try:
         doc = await asyncio.to_thread(state_of(request).store.get_json, key)
-        return FinalManifest.model_validate(doc)
+        return LiveManifest.model_validate(doc)
     except NotFoundError:
         raise HTTPException(404, "no audio so far yet") from None
     except (ValidationError, ValueError) as exc:
         raise HTTPException(502, f"{key}: not a live manifest") from exc
 
 
-def _live_track(manifest: FinalManifest, view: MeetingView, name: str) -> FinalTrack:
+def _live_track(manifest: LiveManifest, view: MeetingView, name: str) -> LiveTrack:
     """The manifest's track `name`, only when its key is under the meeting's `live/`."""
     root = live_layout(view).live_root
     track = next((t for t in manifest.tracks if t.track == name), None)
@@ -145,11 +146,13 @@ def _live_track(manifest: FinalManifest, view: MeetingView, name: str) -> FinalT
     return track
 
 
-def live_version(manifest: FinalManifest) -> str:
-    """A short digest that changes whenever any live track (or the length) does."""
+def live_version(manifest: LiveManifest) -> str:
+    """A short digest that changes whenever any live track (or the length) does: of each
+    track its size and ETag (the object's own, new on every write), or its sha256 in a
+    manifest from before live tracks had ETags."""
     h = hashlib.sha256(str(manifest.duration_ms).encode())
     for t in manifest.tracks:
-        h.update(f"{t.track}:{t.sha256}".encode())
+        h.update(f"{t.track}:{t.bytes}:{t.etag or ''}:{t.sha256 or ''}".encode())
     return h.hexdigest()[:16]
 
 

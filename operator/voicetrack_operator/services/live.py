@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
-from voicetrack.manifests import FinalManifest
+from voicetrack.manifests import LiveManifest
 from voicetrack.names import controller_uid
 from voicetrack.resources import (
     LABEL_COMPONENT,
@@ -270,7 +270,7 @@ class LiveService:
         try:
             doc = await self.ctx.store(s.spec.storage.bucket).get_json(
                 s.layout.live_manifest_key)
-            duration_ms = FinalManifest.model_validate(doc).duration_ms
+            duration_ms = LiveManifest.model_validate(doc).duration_ms
         except NotFoundError:  # the Job found only silent chunks: nothing to hear yet
             duration_ms = 0
         except (InvalidInputError, ValueError) as err:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from voicetrack.errors import InvalidInputError, NotFoundError
 from voicetrack.layout import MeetingLayout
-from voicetrack.manifests import FinalManifest, FinalTrack
+from voicetrack.manifests import FinalManifest, LiveManifest, TrackT
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore, PresignedUrl, S3Settings
 from voicetrack.resources import MEETING_ID_PATTERN, StorageSpec
 from voicetrack.trackchoice import select_tracks
@@ -42,8 +42,8 @@ LIST_LIMIT = 10
 """Meetings `/record list` shows (the most recently saved first)."""
 
 
-def one_per_track(tracks: list[FinalTrack], meeting_id: str, fmt: str | None = None
-                  ) -> list[FinalTrack]:
+def one_per_track(tracks: list[TrackT], meeting_id: str, fmt: str | None = None
+                  ) -> list[TrackT]:
     """One file per track, speakers in manifest order then the mix, in format `fmt` or
     by default mp3 when the track has it (`voicetrack.trackchoice.select_tracks`, the
     CLI's rule too). One link per track keeps an answer small: a presigned URL is some
@@ -79,13 +79,14 @@ class SavedMeeting:
 @dataclass(frozen=True)
 class TrackLink:
     """A minted link to one final track: `user_id` None for the mix; `link` is
-    `{url, expires_in_seconds, format}`; `bytes` and `sha256` are the manifest's."""
+    `{url, expires_in_seconds, format}`; `bytes` and `sha256` are the manifest's
+    (`sha256` None for a live track: the live manifest has none)."""
 
     user_id: str | None
     kind: str
     link: PresignedUrl
     bytes: int
-    sha256: str
+    sha256: str | None
     duration_ms: int
 
 
@@ -173,7 +174,7 @@ class MeetingArchive:
             raise InvalidInputError(f"{key}: not a promotion manifest") from err
         return SavedMeeting(guild_id, meeting_id, when, manifest)
 
-    async def live(self, guild_id: str, meeting_id: str) -> FinalManifest | None:
+    async def live(self, guild_id: str, meeting_id: str) -> LiveManifest | None:
         """The audio so far of live meeting `meeting_id` of `guild_id` (its
         `live/manifest.json`), None when there is none yet (or not a manifest). Raises
         TemporaryFailure (S3 away)."""
@@ -182,11 +183,11 @@ class MeetingArchive:
         key = MeetingLayout(self.prefix, guild_id, meeting_id).live_manifest_key
         try:
             doc = await asyncio.to_thread(self.store.get_json, key)
-            return FinalManifest.model_validate(doc)
+            return LiveManifest.model_validate(doc)
         except (NotFoundError, InvalidInputError, ValidationError):
             return None
 
-    async def live_links(self, manifest: FinalManifest, expires_s: int = LIVE_LINK_S
+    async def live_links(self, manifest: LiveManifest, expires_s: int = LIVE_LINK_S
                          ) -> list[TrackLink]:
         """A link per live track of `manifest` in one format (`one_per_track`; speakers,
         then the mix), each valid `expires_s` seconds from now."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import discord
 
-from voicetrack.manifests import FinalManifest
+from voicetrack.manifests import LiveManifest
 from voicetrack_recorder.bot.archive import SavedMeeting, TrackLink
 from voicetrack_recorder.bot.embeds import (
     BLURPLE,
@@ -110,7 +110,7 @@ def saved_embed(meeting: str, title: str = "Recording saved") -> discord.Embed:
         "Server and members who spoke in it (`/record get`)."))
 
 
-def add_live_links(embed: discord.Embed, manifest: FinalManifest, links: list[TrackLink],
+def add_live_links(embed: discord.Embed, manifest: LiveManifest, links: list[TrackLink],
                    names: dict[str, str]) -> list[discord.Embed]:
     """`/record status` of a live session: `embed` (the session's) with the audio so far
     (`manifest`, the live manifest) as a "So far" field (its length, the links' validity
