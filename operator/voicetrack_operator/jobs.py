@@ -175,6 +175,11 @@ def live_job_name(session: str, chunks: int) -> str:
     return child_name(session, f"live-{chunks:06d}")
 
 
+LIVE_JOB_TTL_S = 120
+"""`ttlSecondsAfterFinished` of a live Job (s): long enough for the observe timer (2 s) to
+read a completed one's manifest, and for a failed one's pod log to be looked at."""
+
+
 def build_live_job(owner: SessionRef, spec: SessionSpec, meeting_id: str, chunks: int,
                    settings: PodSettings, silent: list[int] | None = None) -> dict[str, Any]:
     """The live-assembly Job `<session>-live-<chunks:06d>`: `voicetrack-transcoder live`
@@ -182,7 +187,9 @@ def build_live_job(owner: SessionRef, spec: SessionSpec, meeting_id: str, chunks
     `live/manifest.json` (the audio so far), the chunks in `silent` (no piece: failed, or
     nobody spoke) as silence. The transcoder image, S3 access and pod settings of the
     chunk Jobs; `backoffLimit` 0, since the operator's next interval is its retry
-    (`services.live`), and it is labelled with `chunks`."""
+    (`services.live`), `ttlSecondsAfterFinished` `LIVE_JOB_TTL_S` (a finished live Job is
+    superseded by the next one or has been read once; the Job controller removes it), and
+    it is labelled with `chunks`."""
     args = ["live", "--prefix", spec.storage.prefix, "--guild-id", spec.guild_id,
             "--meeting-id", meeting_id, "--chunks", str(chunks)]
     if silent:
@@ -191,4 +198,5 @@ def build_live_job(owner: SessionRef, spec: SessionSpec, meeting_id: str, chunks
                {LABEL_LIVE_CHUNKS: str(chunks)}, args, settings, spec.storage.bucket,
                settings.transcode_deadline_s)
     job["spec"]["backoffLimit"] = 0
+    job["spec"]["ttlSecondsAfterFinished"] = LIVE_JOB_TTL_S
     return job

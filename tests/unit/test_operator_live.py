@@ -15,6 +15,7 @@ from voicetrack_operator.builders import PodSettings, SessionRef
 from voicetrack_operator.context import Context, OperatorSettings
 from voicetrack_operator.jobs import (
     LABEL_LIVE_CHUNKS,
+    LIVE_JOB_TTL_S,
     build_live_job,
     build_transcode_job,
     live_job_name,
@@ -48,7 +49,7 @@ def test_live_job_manifest() -> None:
     assert live["metadata"]["labels"]["voicetrack.dev/session"] == "standup"
     assert live["metadata"]["ownerReferences"][0]["uid"] == "0b6c-uid"
     assert live["spec"]["backoffLimit"] == 0  # the next interval is the retry
-    assert live["spec"]["ttlSecondsAfterFinished"] == settings.job_ttl_s
+    assert live["spec"]["ttlSecondsAfterFinished"] == LIVE_JOB_TTL_S  # no delete of ours
     c = live["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "reg/tx:1"
     assert c["args"] == ["live", "--prefix", "recordings", "--guild-id", SPEC.guild_id,
@@ -98,9 +99,14 @@ def test_completed_job_is_reported_once() -> None:
     assert again.report is None
 
 
-def test_superseded_jobs_are_deleted() -> None:
+def test_superseded_jobs_are_left_to_their_ttl_unless_still_running() -> None:
+    """A finished superseded Job costs no delete of ours (the Job controller removes it after
+    `LIVE_JOB_TTL_S`); one still running behind a newer one is deleted."""
     d = decide([job(1, D, 90), job(3, D, 40), job(2, F, 60, deleting=True)], ready=3,
                reported=3, interval_s=30, now=NOW)
+    assert d.delete == []
+    d = decide([job(1, R, 90), job(2, F, 70), job(3, D, 40)], ready=3, reported=3,
+               interval_s=30, now=NOW)
     assert d.delete == [live_job_name("standup", 1)]
 
 

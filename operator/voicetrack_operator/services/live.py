@@ -7,7 +7,8 @@ joins the pieces of chunks `0..N-1` into `live/<track>.mp3` and `live/manifest.j
 (extending the last Job's tracks from `live/state.json`: it reads only the chunks after
 them; with no state, e.g. once `live/` is emptied, from chunk 0). The
 observe timer calls `LiveService.observe` with what the watches show (no API read): it
-decides with the pure `decide`, deletes superseded Jobs, starts the next one, and reads the
+decides with the pure `decide`, deletes a superseded Job still running (finished ones go by
+their `ttlSecondsAfterFinished`), starts the next one, and reads the
 manifest of a Job that completed (one S3 read per live Job) for the status.
 
 Debounce: at most one live Job per session runs; a new one starts only when more chunks
@@ -103,8 +104,9 @@ class LiveJob:
 @dataclass(frozen=True)
 class LiveDecision:
     """What to do now: `launch` a Job for that many chunks (None: none), `delete` these
-    Jobs (superseded, or a failed one whose name the next launch needs), `report` the
-    completed Job whose manifest is not in the status yet (None: nothing new)."""
+    Jobs (superseded and still running, or a failed one whose name the next launch needs),
+    `report` the completed Job whose manifest is not in the status yet (None: nothing
+    new)."""
 
     launch: int | None = None
     delete: list[str] = field(default_factory=list)
@@ -166,16 +168,19 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     off, nothing is done); `now`: aware UTC.
 
     The newest Job (most chunks, then latest created) is the current one; every other one
-    is deleted. A completed current Job that covers more than `reported` is reported. A
-    new Job is launched when none runs, `ready` exceeds what the audio so far covers (the
-    current Job's chunks if it completed, else `reported`), and `interval_s` has passed
-    since the current Job was created. If the new Job's name is taken by a failed current
-    one (the same chunks again), that one is deleted now and the launch waits a tick."""
+    still running is deleted (one at a time runs, so only a leftover), and a finished one is
+    left to its `ttlSecondsAfterFinished` (`jobs.LIVE_JOB_TTL_S`): the Job controller
+    removes it, one API write per live Job less of ours (issue 16). A completed current Job
+    that covers more than `reported` is reported. A new Job is launched when none runs,
+    `ready` exceeds what the audio so far covers (the current Job's chunks if it completed,
+    else `reported`), and `interval_s` has passed since the current Job was created. If the
+    new Job's name is taken by a failed current one (the same chunks again), that one is
+    deleted now and the launch waits a tick."""
     if interval_s <= 0:
         return LiveDecision()
     live = [j for j in jobs if not j.deleting]
     current = max(live, key=lambda j: (j.chunks, j.created or now), default=None)
-    delete = [j.name for j in live if j is not current]
+    delete = [j.name for j in live if j is not current and not j.state.terminal]
     report = None
     covered = reported
     if current is not None and current.state is TranscodeStatus.DONE:
