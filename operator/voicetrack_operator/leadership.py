@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -106,11 +107,20 @@ class PeeringConfig:
                    lifetime_s=lifetime)
 
 
-def seniority_priority(started: datetime) -> int:
+TIEBREAK = 1000
+"""Priorities per millisecond of start time: the random `tiebreak` below it."""
+
+
+def seniority_priority(started: datetime, tiebreak: int | None = None) -> int:
     """A kopf priority that is higher the earlier `started` is (ms resolution):
-    `-epoch_ms`. Two replicas starting in the same millisecond would tie (kopf then pauses
-    both until one restarts); set VOICETRACK_PEERING_PRIORITY to rule that out."""
-    return -int(started.timestamp() * 1000)
+    `-(epoch_ms * TIEBREAK + tiebreak)`, `tiebreak` in [0, TIEBREAK) at random unless
+    given. Two replicas starting in the same millisecond (a Deployment's replicas start
+    together) then tie only one time in a thousand; a tie makes kopf pause both until one
+    restarts, and a Deployment's replicas cannot be given distinct
+    VOICETRACK_PEERING_PRIORITY values. Before, every same-millisecond start tied. The
+    magnitude (about 1.8e15) stays below 2**53, exact in any JSON reader."""
+    rank = secrets.randbelow(TIEBREAK) if tiebreak is None else tiebreak
+    return -(int(started.timestamp() * 1000) * TIEBREAK + rank)
 
 
 def is_active(status: Mapping[str, Any], identity: str, priority: int,

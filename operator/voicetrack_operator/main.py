@@ -61,7 +61,13 @@ def run(argv: list[str] | None = None) -> None:
              standalone=not peering.enabled, peering_name=peering.name or None,
              priority=peering.priority, identity=peering.identity,  # type: ignore[arg-type]  # kopf NewType,
              memo=kopf.Memo(leadership=Leadership(peering)),
-             liveness_endpoint=f"http://{host}:{port}/healthz" if port else None)
+             liveness_endpoint=f"http://{_url_host(host)}:{port}/healthz" if port else None)
+
+
+def _url_host(host: str) -> str:
+    """`host` as a URL's host: an IPv6 literal (the pod IP on a single-stack IPv6 cluster,
+    through `$(POD_IP)`) in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def watched_namespaces(value: str) -> list[str]:

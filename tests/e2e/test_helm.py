@@ -91,6 +91,35 @@ def test_chart_lints_and_the_schema_rejects_bad_values_naming_the_field(helm: He
     assert res.returncode != 0 and "database.url is required" in res.stderr, res.stderr
 
 
+def test_watch_namespaces_that_would_leave_sessions_unserved_or_refused_are_rejected(
+        helm: Helm) -> None:
+    """operator.watchNamespaces (VOICETRACK_NAMESPACES) against the namespaces sessions are
+    allowed in (VOICETRACK_POLICY_NAMESPACES) and the bot's: a combination in which the
+    bot's sessions are never seen, or every session of a served namespace is Refused,
+    fails at install, naming the values."""
+    def render(*values: str) -> subprocess.CompletedProcess[str]:
+        return helm("template", "rel", str(CHART), *KUBE, "--namespace", "rel",
+                    *[a for v in values for a in ("--set", v)], check=False)
+
+    bot = ("bot.enabled=true", "bot.namespace=recordings", "bot.existingSecret=bot")
+    refused = {
+        ("operator.watchNamespaces={team-a}", *bot): "does not serve the bot's namespace",
+        ("operator.watchNamespaces={team-a}",): "serves team-a, which is not in",
+        ("operator.watchNamespaces={team-*,!team-x}", "networkPolicy.namespaces={team-x}"):
+            "networkPolicy.namespaces lists team-x",
+        ("operator.watchNamespaces={Team}",): "/operator/watchNamespaces/0",
+    }
+    for values, message in refused.items():
+        res = render(*values)
+        assert res.returncode != 0 and message in res.stderr, (values, res.stderr)
+    ok = render("operator.watchNamespaces={team-*,rel,recordings}",
+                "networkPolicy.namespaces={team-b}", *bot)
+    assert ok.returncode == 0, ok.stderr
+    assert 'value: "team-*,rel,recordings"' in ok.stdout
+    assert "verbs: [get, list, watch]" in ok.stdout  # kopf lists namespaces for its globs
+    assert "VOICETRACK_NAMESPACES" not in render().stdout  # default: the whole cluster
+
+
 def test_existing_secrets_replace_the_chart_managed_ones(helm: Helm) -> None:
     out = helm("template", "v", str(CHART), *KUBE, "--namespace", "ops",
                "--set", "s3.existingSecret=my-s3", "--set", "database.existingSecret=my-db",
@@ -280,14 +309,20 @@ def test_helm_install_runs_the_operator_deployment_with_its_service_account(
                    "--set", f"database.url={db_url}",
                    "--set", f"operator.healthPort={health}",
                    "--set", f"operator.metricsPort={metrics}",
-                   # the local node agent runs pods on the host: keep them on loopback
-                   "--set", "operator.listenAddress=127.0.0.1", env=env)
+                   # the local node agent runs pods on the host: keep them on the pod's
+                   # own loopback address
+                   "--set", "operator.listenAddress=$(POD_IP)", env=env)
         assert f"helm test {release} -n {ns}" in out.stdout
         assert "Data: the database is the external one" in out.stdout  # no claim for it
         pods = json.loads(stack.kubectl("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
         (pod,) = pods
         assert pod["spec"]["serviceAccountName"] == f"{release}-voicetrack"
-        wait_for("the operator's /healthz", lambda: _healthz(health), 60)
+        ip = wait_for("the pod's IP", lambda: json.loads(stack.kubectl(
+            "-n", ns, "get", "pod", pod["metadata"]["name"], "-o", "json").stdout)[
+            "status"].get("podIP"), 60)
+        assert ip != "127.0.0.1"
+        wait_for("the operator's /healthz at its pod IP", lambda: _healthz(health, ip), 60)
+        assert not _healthz(health), "bound to 127.0.0.1 too"
         status = json.loads(helm("status", release, "--namespace", ns, "-o", "json",
                                  env=env).stdout)
         assert status["info"]["status"] == "deployed"
@@ -295,14 +330,14 @@ def test_helm_install_runs_the_operator_deployment_with_its_service_account(
         helm("uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s",
              env=env, check=False)
         stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-    wait_for("the operator stopped", lambda: not _healthz(health), 30)
+    wait_for("the operator stopped", lambda: not _healthz(health, ip), 30)
     assert stack.kubectl("get", "clusterrole", f"{release}-voicetrack",
                          check=False).returncode != 0
 
 
-def _healthz(port: int) -> bool:
+def _healthz(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
             return bool(r.status == 200)
     except OSError:
         return False

@@ -109,8 +109,8 @@ def test_the_default_install_keeps_its_database_across_operator_restarts_and_uni
         "--set", f"s3.secretKey={stack.s3.secret_key}",
         "--set", f"s3.bucket={stack.s3.bucket}",
         "--set", f"operator.healthPort={health}", "--set", f"operator.metricsPort={metrics}",
-        # the local node agent runs pods on the host: keep them on loopback
-        "--set", "operator.listenAddress=127.0.0.1",
+        # the local node agent runs pods on the host: keep them on the pod's own loopback
+        "--set", "operator.listenAddress=$(POD_IP)",
     )  # fmt: skip  (no database.url, no persistence values: the defaults)
     stack.kubectl("create", "namespace", ns)
     stack.kubectl("apply", "-f", "-", input=json.dumps({

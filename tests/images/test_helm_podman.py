@@ -70,7 +70,7 @@ def test_helm_install_records_a_session_with_every_pod_in_its_image(
              "--set", f"s3.secretKey={s3.secret_key}", "--set", f"s3.bucket={s3.bucket}",
              "--set", f"database.url={db_url}",
              "--set", f"operator.healthPort={health}", "--set", f"operator.metricsPort={metrics}",
-             "--set", "operator.listenAddress=127.0.0.1"],
+             "--set", "operator.listenAddress=$(POD_IP)"],
             env=env, capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
         pods = json.loads(pk("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
         assert install.returncode == 0, install.stderr + json.dumps(

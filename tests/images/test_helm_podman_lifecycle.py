@@ -154,7 +154,8 @@ def test_helm_lifecycle_operator_restart_helm_test_and_uninstall(
              "--set", f"s3.endpoint={s3.endpoint}", "--set", f"s3.accessKey={s3.access_key}",
              "--set", f"s3.secretKey={s3.secret_key}", "--set", f"s3.bucket={s3.bucket}",
              "--set", f"operator.healthPort={health}", "--set", f"operator.metricsPort={metrics}",
-             "--set", "operator.listenAddress=127.0.0.1")  # fmt: skip  (the default database)
+             # the pod's own address: the check pod asks the operator at its pod IP
+             "--set", "operator.listenAddress=$(POD_IP)")  # fmt: skip  (the default database)
         pvc = _json(pk, "-n", ns, "get", "pvc", f"{FULLNAME}-data")
         assert pvc["status"]["phase"] == "Bound" and pvc["spec"]["volumeName"] == pv_name
         first = wait_for("the operator ready", lambda: _ready_operator(pk, ns), 60)
@@ -167,7 +168,8 @@ def test_helm_lifecycle_operator_restart_helm_test_and_uninstall(
            json.dumps({"stringData": {"secretKey": "not-the-key"}}))  # fmt: skip
         assert helm_test(helm) == "Failed"
         log = pk("-n", ns, "logs", f"{FULLNAME}-test").stdout
-        assert "ok   operator: http://127.0.0.1:" in log, log
+        assert f"ok   operator: http://{first['status']['podIP']}:{health}/healthz" in log, log
+        assert first["status"]["podIP"] != "127.0.0.1"  # the pod's own loopback address
         assert "ok   database: SQLite" in log and "FAIL s3:" in log, log
         pk("-n", ns, "patch", "secret", "voicetrack-s3", "-p",
            json.dumps({"stringData": {"secretKey": s3.secret_key}}))  # fmt: skip

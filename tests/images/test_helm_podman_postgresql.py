@@ -85,7 +85,7 @@ def test_bundled_postgresql_keeps_the_data_across_its_pod_and_an_upgrade(
     values = ("--set", f"s3.endpoint={s3.endpoint}", "--set", f"s3.accessKey={s3.access_key}",
               "--set", f"s3.secretKey={s3.secret_key}", "--set", f"s3.bucket={s3.bucket}",
               "--set", f"operator.healthPort={health}", "--set", f"operator.metricsPort={metrics}",
-              "--set", "operator.listenAddress=127.0.0.1",
+              "--set", "operator.listenAddress=$(POD_IP)",
               # the local node runs pods on the host network: no Service, no cluster DNS
               "--set", "postgresql.enabled=true", "--set", "postgresql.host=127.0.0.1",
               "--set", f"postgresql.port={pg_port}",

@@ -58,7 +58,7 @@ def test_bundled_seaweedfs_keeps_the_tracks_across_its_pod_and_an_upgrade(
     pvs = [static_pv(pk, tmp_path / "sw", ns, f"data-{SW}-0"),  # volumeClaimTemplates' claims
            static_pv(pk, tmp_path / "pg", ns, f"data-{PG}-0")]  # fmt: skip
     values = ["--set", f"operator.healthPort={health}", "--set", f"operator.metricsPort={metrics}",
-              "--set", "operator.listenAddress=127.0.0.1",
+              "--set", "operator.listenAddress=$(POD_IP)",
               # the local node runs pods on the host network: no Service, no cluster DNS
               "--set", "seaweedfs.enabled=true", "--set", "seaweedfs.host=127.0.0.1",
               "--set", "seaweedfs.bindAddress=127.0.0.1",

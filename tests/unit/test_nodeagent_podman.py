@@ -29,7 +29,7 @@ from voicetrack_local.nodeagent.podmanargs import (
 )
 from voicetrack_local.nodeagent.podspec import ConfigError, container_env, service_env
 from voicetrack_local.nodeagent.podstatus import pod_conditions
-from voicetrack_local.nodeagent.probes import ProbeState, probe_states, run_handler
+from voicetrack_local.nodeagent.probes import ProbeState, probe_states, run_handler, run_probe
 
 pytestmark = pytest.mark.unit
 
@@ -223,20 +223,27 @@ def test_probe_states_for_declared_probes_only() -> None:
     assert list(states) == ["readinessProbe"]
 
 
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/ok" else 503)
+        self.end_headers()
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
+def _serve(host: str) -> http.server.ThreadingHTTPServer:
+    srv = http.server.ThreadingHTTPServer((host, 0), _Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 @pytest.fixture
 def http_server() -> Iterator[int]:
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/ok" else 503)
-            self.end_headers()
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = _serve("127.0.0.1")
     yield srv.server_address[1]
     srv.shutdown()
+    srv.server_close()
 
 
 def no_exec(cmd: list[str], timeout: float) -> int:
@@ -389,3 +396,41 @@ def test_container_ids_name_the_runtime() -> None:
     p = Container("c", {"image": "i"}, False)
     p.pid, p.state = 42, {"running": {"startedAt": "t"}}
     assert container_status(p)["containerID"] == "voicetrack://42"
+
+
+def test_probes_go_to_the_pod_ip_and_fall_back_to_the_nodes_loopback(http_server: int) -> None:
+    """The probe's host is the pod IP (each local pod has a loopback address of its own);
+    a process that binds 127.0.0.1 (every local pod shares it) still passes, a process
+    bound to another pod's address does not, and an explicit host gets no second try."""
+    ours, other = "127.64.9.10", "127.64.9.11"
+    srv = _serve(ours)
+    port = srv.server_address[1]
+    try:
+        assert run_handler({"httpGet": {"path": "/ok", "port": port}}, {}, no_exec, ours)[0]
+        assert run_handler({"tcpSocket": {"port": port}}, {}, no_exec, ours)[0]
+        ok, msg = run_handler({"tcpSocket": {"port": port}}, {}, no_exec, other)
+        assert not ok and "Connection refused" in msg and "at 127.0.0.1" in msg, msg
+        # a container answered at its pod IP is never again answered by 127.0.0.1
+        st = ProbeState("livenessProbe", {"tcpSocket": {"port": port}}, 0.0)
+        assert run_probe(st, {}, no_exec, ours) == (True, "") and st.pod_ip_answered
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with socket.socket() as late:  # another pod on 127.0.0.1 and the same port
+        late.bind(("127.0.0.1", port))
+        late.listen()
+        ok, msg = run_probe(st, {}, no_exec, ours)
+        assert not ok and "at 127.0.0.1" not in msg, msg
+        fresh = ProbeState("livenessProbe", {"tcpSocket": {"port": port}}, 0.0)
+        assert run_probe(fresh, {}, no_exec, ours)[0] and not fresh.pod_ip_answered
+    # bound to 127.0.0.1: passes through the fallback, for HTTP and TCP, and says so
+    assert run_handler({"httpGet": {"path": "/ok", "port": http_server}}, {}, no_exec,
+                       ours) == (True, f"answered at 127.0.0.1, not at the pod IP {ours}")
+    assert run_handler({"tcpSocket": {"port": http_server}}, {}, no_exec, ours)[0]
+    # a container once answered at its pod IP gets no second try: another pod's server on
+    # 127.0.0.1 and the same port must not keep a dead one alive
+    ok, msg = run_handler({"tcpSocket": {"port": http_server}}, {}, no_exec, ours,
+                          fallback=False)
+    assert not ok and "at 127.0.0.1" not in msg, msg
+    ok, msg = run_handler({"tcpSocket": {"port": http_server, "host": ours}}, {}, no_exec, ours)
+    assert not ok and "at 127.0.0.1" not in msg, msg

@@ -4,6 +4,8 @@ computed without a cluster from a pod dict and the Secrets / ConfigMaps it reads
 from __future__ import annotations
 
 import base64
+import ipaddress
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from voicetrack_local.nodeagent.podspec import (
     container_env,
     env_refs,
     field_value,
+    pod_ip,
     termination_log,
     tmpdir,
 )
@@ -99,7 +102,7 @@ def test_field_refs_of_metadata_and_status() -> None:
     env = env_of(c)
     assert (env["NAME"], env["NS"], env["UID"], env["APP"]) == ("p", "ns", "u-1", "rec")
     assert env["LABELS"] == 'app="rec"\ntier="x"'
-    assert env["IP"] == "127.0.0.1"
+    assert env["IP"] == pod_ip(pod(c)) != "127.0.0.1"
     assert env["NODE"] == "n1"
     assert env["SA"] == "default"
     assert field_value(pod(c), "metadata.annotations['a/b']") == "c"
@@ -195,3 +198,26 @@ def test_tmpdir_is_the_empty_dir_at_tmp_else_the_first_empty_dir() -> None:
     assert tmpdir(pod(first, volumes=vols), first, POD_DIR) == POD_DIR / "volumes" / "work"
     assert tmpdir(pod(none, volumes=vols), none, POD_DIR) == POD_DIR / "tmp"
     assert env_of(at_tmp, pod(at_tmp, volumes=vols))["TMPDIR"] == str(POD_DIR / "volumes/work")
+
+
+def test_each_pod_gets_its_own_loopback_address_and_host_network_pods_the_nodes() -> None:
+    """Replicas of one Deployment bind their pod IP, so the addresses must differ between
+    pods, stay the same for one pod (an agent restart), lie in 127.0.0.0/8 (routed to
+    loopback) and be bindable; a hostNetwork pod has the node's address."""
+    pods = [{"metadata": {"uid": f"uid-{i}"}, "spec": {}} for i in range(200)]
+    ips = [pod_ip(p) for p in pods]
+    assert len(set(ips)) == len(ips)
+    assert ips == [pod_ip(p) for p in pods]
+    for ip in ips:
+        addr = ipaddress.ip_address(ip)
+        assert addr in ipaddress.ip_network("127.64.0.0/10") and ip.split(".")[3] not in (
+            "0", "255")
+    assert pod_ip({"metadata": {"uid": "x"}, "spec": {"hostNetwork": True}}) == "127.0.0.1"
+    a, b = socket.socket(), socket.socket()
+    try:  # two pods bind the same port, each on its own address
+        a.bind((ips[0], 0))
+        port = a.getsockname()[1]
+        b.bind((ips[1], port))
+    finally:
+        a.close()
+        b.close()

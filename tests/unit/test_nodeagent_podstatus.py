@@ -151,15 +151,17 @@ def test_container_status_moves_the_container_id_out_of_the_state() -> None:
 def test_pod_status_conditions_keep_transition_times() -> None:
     c = running(ctr())
     st = pod_status("Running", [], [c], old_conditions=[], prepared=True, start_time=T0,
-                    reason=None, message=None, now=T0)  # fmt: skip
+                    reason=None, message=None, now=T0, ip="127.64.1.2")  # fmt: skip
     conds = {x["type"]: x for x in st["conditions"]}
     assert all(conds[t]["status"] == "True" for t in ("Ready", "ContainersReady", "Initialized"))
-    assert st["podIP"] == "127.0.0.1" and st["startTime"] == T0
+    assert st["podIP"] == "127.64.1.2" and st["podIPs"] == [{"ip": "127.64.1.2"}]
+    assert st["hostIP"] == "127.0.0.1" and st["startTime"] == T0
     assert "initContainerStatuses" not in st
     exited(c, 1, "Never")
     c.pid = None
     later = pod_status("Failed", [], [c], old_conditions=st["conditions"] + [{"type": "X"}],
-                       prepared=True, start_time=T0, reason=None, message=None, now=T1)  # fmt: skip
+                       prepared=True, start_time=T0, reason=None, message=None, now=T1,
+                       ip="127.64.1.2")  # fmt: skip
     conds = {x["type"]: x for x in later["conditions"]}
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "PodCompleted"
     assert conds["Ready"]["lastTransitionTime"] == T1

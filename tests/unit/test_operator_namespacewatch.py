@@ -12,7 +12,7 @@ import pytest
 from kopf._cogs.structs import references
 from kopf._core.reactor import observation
 
-from voicetrack_operator.main import watched_namespaces
+from voicetrack_operator.main import _url_host, watched_namespaces
 from voicetrack_operator.namespacewatch import keep_terminating_namespaces, namespace_gone
 
 pytestmark = pytest.mark.unit
@@ -112,3 +112,11 @@ def test_namespace_patterns_mean_what_the_readme_says(value: str, yes: list[str]
     for ns in no:
         assert not served(value, ns), (value, ns)
     assert watched_namespaces("") == [] and watched_namespaces(" , ") == []
+
+
+def test_the_liveness_url_brackets_an_ipv6_listen_address() -> None:
+    """`operator.listenAddress=$(POD_IP)` on a single-stack IPv6 cluster gives an IPv6
+    literal; kopf's liveness endpoint is a URL, whose host needs brackets."""
+    assert _url_host("fd00::1") == "[fd00::1]"
+    assert _url_host("[fd00::1]") == "[fd00::1]"
+    assert _url_host("127.64.0.9") == "127.64.0.9" and _url_host("0.0.0.0") == "0.0.0.0"

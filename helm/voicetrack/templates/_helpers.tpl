@@ -256,3 +256,54 @@ operator's selector labels, whose component would otherwise be written twice. Ca
 {{- concat (list .Release.Namespace) $bot (.Values.networkPolicy.namespaces | default list) | uniq | join "," }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when namespace `ns` is served by the kopf globs `globs` (operator.watchNamespaces: one
+inclusive glob matches, `*` when there are only exclusions, and no `!` glob does; the same
+rule as the operator's `watched_namespaces`), or when `globs` is empty (the whole cluster).
+The schema admits only [a-z0-9*?[]-] in a glob, so `*` -> `.*` and `?` -> `.` make it a regex.
+*/}}
+{{- define "voicetrack.served" -}}
+{{- $ns := index . 0 }}{{- $globs := index . 1 }}
+{{- if not $globs }}true{{- else }}
+{{- $in := false }}{{- $out := false }}{{- $inclusive := 0 }}
+{{- range $g := $globs }}
+{{- $neg := hasPrefix "!" $g }}
+{{- $re := printf "^%s$" (trimPrefix "!" $g | replace "*" ".*" | replace "?" ".") }}
+{{- if not $neg }}{{ $inclusive = add1 $inclusive }}{{ end }}
+{{- if regexMatch $re $ns }}{{ if $neg }}{{ $out = true }}{{ else }}{{ $in = true }}{{ end }}{{ end }}
+{{- end }}
+{{- if and (or $in (eq $inclusive 0)) (not $out) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuse operator.watchNamespaces that leave recording broken: the bot's namespace not
+served (its sessions would never be seen), a networkPolicy.namespaces entry not served,
+or, with the NetworkPolicies on, a namespace named exactly in watchNamespaces that is not
+in the policy list (every session there would be Refused, NoNetworkPolicy).
+*/}}
+{{- define "voicetrack.checkWatchNamespaces" -}}
+{{- $globs := .Values.operator.watchNamespaces | default list }}
+{{- if $globs }}
+{{- if .Values.bot.enabled }}
+{{- $botNs := default .Release.Namespace .Values.bot.namespace }}
+{{- if not (include "voicetrack.served" (list $botNs $globs)) }}
+{{- fail (printf "operator.watchNamespaces %s does not serve the bot's namespace %s (bot.namespace): its sessions would never be seen" (join "," $globs) $botNs) }}
+{{- end }}
+{{- end }}
+{{- if .Values.networkPolicy.enabled }}
+{{- range $ns := .Values.networkPolicy.namespaces | default list }}
+{{- if not (include "voicetrack.served" (list $ns $globs)) }}
+{{- fail (printf "networkPolicy.namespaces lists %s, which operator.watchNamespaces %s does not serve" $ns (join "," $globs)) }}
+{{- end }}
+{{- end }}
+{{- $policy := splitList "," (include "voicetrack.policyNamespaces" .) }}
+{{- range $g := $globs }}
+{{- if and (not (hasPrefix "!" $g)) (regexMatch "^[a-z0-9-]+$" $g) (not (has $g $policy)) }}
+{{- fail (printf "operator.watchNamespaces serves %s, which is not in networkPolicy.namespaces (nor the release's or the bot's namespace): every session there would be Refused (NoNetworkPolicy)" $g) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

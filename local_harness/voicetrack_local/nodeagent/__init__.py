@@ -66,11 +66,12 @@ in-cluster configuration works unchanged.
 declares ``ExtendWebSocketsToKubelet``, so v1.36's API server proxies the stream to it.
 
 Not done (documented limits): TTYs, SPDY exec, attach, port-forward, OOMKilled and
-StartError reasons under podman (its exit code is reported), network isolation (host network;
-every pod's IP is 127.0.0.1), with the process runtime images, resource limits and service
-environment variables (in-cluster clients there use ``KUBECONFIG``) and mount paths other
-than a claim's (programs find their files through cwd/TMPDIR); volumes other than the
-above.
+StartError reasons under podman (its exit code is reported), network isolation (every pod
+shares the host network; each has a loopback address of its own as its pod IP,
+``podspec.pod_ip``, so replicas that bind their ``$(POD_IP)`` do not clash on ports), with
+the process runtime images, resource limits and service environment variables (in-cluster
+clients there use ``KUBECONFIG``) and mount paths other than a claim's (programs find their
+files through cwd/TMPDIR); volumes other than the above.
 
 The agent talks to the API with the admin kubeconfig of the state directory (a node
 identity with NodeRestriction is not needed for a single-user local cluster).

@@ -336,13 +336,14 @@ def podman_run_args(
     ``pod`` in the foreground, and the variables to add to podman's own environment (see
     :func:`env_args`).
 
-    The container shares the host's network (``--network host``: every local pod's IP is
-    127.0.0.1, the API server is reachable there), has the pod's ``hostname``, its volume
-    mounts (:func:`mount_args`), its termination-message file bind-mounted at
-    ``terminationMessagePath``, its security context (:func:`security_args`) and
-    resources (:func:`resource_args`); podman keeps no log (the agent writes the attached
-    output to the pod's log files).  The container is kept after it exits, so the agent can
-    tell a start failure from an exit, then removes it.
+    The container shares the host's network (``--network host``: the API server is
+    reachable at 127.0.0.1, and the pod's own IP, ``podspec.pod_ip``, is a loopback
+    address), has the pod's ``hostname``, its volume mounts (:func:`mount_args`), its
+    termination-message file bind-mounted at ``terminationMessagePath``, its security
+    context (:func:`security_args`) and resources (:func:`resource_args`); podman keeps no
+    log (the agent writes the attached output to the pod's log files).  The container is
+    kept after it exits, so the agent can tell a start failure from an exit, then removes
+    it.
 
     Args:
         image: the full local image name (:func:`image_candidates`, resolved).

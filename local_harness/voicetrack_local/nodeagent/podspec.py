@@ -9,6 +9,7 @@ ConfigMaps that :func:`env_refs` names and passes them in.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -77,9 +78,36 @@ def quantity(q: str | int | float) -> float:
     return float(m.group(1)) * _SUFFIX[m.group(2)]
 
 
+NODE_IP = "127.0.0.1"
+"""The local node's address (``InternalIP``, every pod's ``hostIP``)."""
+
+
+def pod_ip(pod: Mapping[str, Any]) -> str:
+    """The address the local node gives ``pod``: the node's own (127.0.0.1) for a
+    ``hostNetwork`` pod, else a loopback address of its own in 127.64.0.0/10, from the
+    pod's uid (so the same after an agent restart).
+
+    Every local pod shares the host's network namespace, but Linux routes all of
+    127.0.0.0/8 to the loopback interface: a process that binds its pod IP (a Deployment's
+    replicas told ``$(POD_IP)`` through the downward API) does not clash with its sibling
+    replicas on the same ports, as pods with their own network namespaces would not. A
+    process binding 0.0.0.0 is still reachable at its pod IP. Two of the 2**22 addresses
+    coincide for two pods with probability about n**2 / 2**23 (n: the pods of every node
+    agent on this host, which share one loopback interface; .1 and .252 are twice as
+    likely as the others), and then those two share an address, as every pod did
+    before."""
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        return NODE_IP
+    digest = hashlib.sha256(str(pod["metadata"].get("uid", "")).encode()).digest()
+    n = int.from_bytes(digest[:3], "big") & 0x3FFFFF
+    if n & 0xFF in (0, 255):  # keep clear of .0 and .255, which tools read as special
+        n ^= 1 if n & 0xFF == 0 else 3
+    return f"127.{64 + (n >> 16)}.{(n >> 8) & 0xFF}.{n & 0xFF}"
+
+
 def field_value(pod: dict[str, Any], path: str) -> str:
-    """Value of a downward-API ``fieldPath`` of ``pod`` (the addresses are 127.0.0.1, where
-    every local pod runs).
+    """Value of a downward-API ``fieldPath`` of ``pod`` (the host address is 127.0.0.1,
+    where every local pod runs; the pod's own is `pod_ip`'s).
 
     Raises:
         ConfigError: a field path the agent does not support."""
@@ -90,10 +118,10 @@ def field_value(pod: dict[str, Any], path: str) -> str:
         "metadata.uid": meta.get("uid", ""),
         "spec.nodeName": pod["spec"].get("nodeName", ""),
         "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-        "status.hostIP": "127.0.0.1",
-        "status.hostIPs": "127.0.0.1",
-        "status.podIP": "127.0.0.1",
-        "status.podIPs": "127.0.0.1",
+        "status.hostIP": NODE_IP,
+        "status.hostIPs": NODE_IP,
+        "status.podIP": pod_ip(pod),
+        "status.podIPs": pod_ip(pod),
     }
     if path in simple:
         return str(simple[path])

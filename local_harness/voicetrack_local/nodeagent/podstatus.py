@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from voicetrack_local.nodeagent.container import BACKOFF_MAX, BACKOFF_START, Container
+from voicetrack_local.nodeagent.podspec import NODE_IP
 
 #: the kubelet's limits: the message file's last 4 KiB; log fallback 80 lines, 2 KiB
 MAX_MESSAGE_BYTES = 4096
@@ -208,10 +209,12 @@ def pod_status(
     reason: str | None,
     message: str | None,
     now: str,
+    ip: str,
 ) -> dict[str, Any]:
-    """The pod's ``status`` as the agent reports it (addresses are 127.0.0.1).
+    """The pod's ``status`` as the agent reports it (the host's address is 127.0.0.1).
 
     Args:
+        ip: the pod's IP (``podspec.pod_ip``).
         old_conditions: the conditions the API holds now.
         prepared: the pod's sandbox (directory, volumes, token) is set up.
         now: Kubernetes ``Time`` for new transitions."""
@@ -220,10 +223,10 @@ def pod_status(
         "conditions": pod_conditions(
             old_conditions, phase=phase, prepared=prepared, inits=inits, ctrs=ctrs, now=now
         ),
-        "hostIP": "127.0.0.1",
-        "hostIPs": [{"ip": "127.0.0.1"}],
-        "podIP": "127.0.0.1",
-        "podIPs": [{"ip": "127.0.0.1"}],
+        "hostIP": NODE_IP,
+        "hostIPs": [{"ip": NODE_IP}],
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
         "startTime": start_time,
         "containerStatuses": [container_status(c) for c in ctrs],
         "reason": reason,

@@ -11,7 +11,7 @@ container/configure-liveness-readiness-startup-probes/ and the API reference, Pr
 
 Defaults: ``initialDelaySeconds`` 0, ``periodSeconds`` 10, ``timeoutSeconds`` 1,
 ``successThreshold`` 1, ``failureThreshold`` 3.  Handlers: ``httpGet`` (success: status
-200–399; ``host`` defaults to the pod IP, here 127.0.0.1; HTTPS without certificate
+200–399; ``host`` defaults to the pod IP, ``podspec.pod_ip``; HTTPS without certificate
 checks), ``tcpSocket`` (a connection opens), ``exec`` (exit code 0 within the time-out).
 
 :class:`ProbeState` is pure (times come in as monotonic seconds); :func:`run_handler`
@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from voicetrack_local.nodeagent.podspec import ConfigError
+from voicetrack_local.nodeagent.podspec import NODE_IP, ConfigError
 
 KINDS = ("startupProbe", "livenessProbe", "readinessProbe")
 
@@ -43,7 +43,10 @@ class ProbeState:
         spec: the Probe dict.
         started: monotonic seconds the container started.
         result: the current verdict: None before the first decision, then True / False.
-        next_at: monotonic time of the next probe."""
+        next_at: monotonic time of the next probe.
+        pod_ip_answered: a probe of this container start succeeded at the pod IP itself;
+            from then on a refusal there is a failure, with no second try at 127.0.0.1
+            (where another pod may listen on the same port)."""
 
     kind: str
     spec: dict[str, Any]
@@ -52,6 +55,7 @@ class ProbeState:
     successes: int = 0
     failures: int = 0
     next_at: float = 0.0
+    pod_ip_answered: bool = False
 
     def __post_init__(self) -> None:
         self.next_at = self.started + float(self.spec.get("initialDelaySeconds") or 0)
@@ -112,14 +116,51 @@ def run_handler(
     spec: Mapping[str, Any],
     container: Mapping[str, Any],
     exec_run: Callable[[list[str], float], int],
-    host: str = "127.0.0.1",
+    host: str = NODE_IP,
+    fallback: bool = True,
 ) -> tuple[bool, str]:
-    """Perform one probe ``spec`` of ``container``; returns ``(success, message)``.
+    """Perform one probe ``spec`` of ``container``; returns ``(success, message)``: the
+    message says why a probe failed, and is empty for a success at ``host`` itself.
 
     Args:
         exec_run: runs an ``exec`` probe's command with a time-out (s) in the container's
             runtime and returns its exit code (raising ``subprocess.TimeoutExpired``).
-        host: the pod IP (``httpGet.host`` and ``tcpSocket.host`` override it)."""
+        host: the pod IP (``httpGet.host`` and ``tcpSocket.host`` override it).
+        fallback: allow the second try below (the caller turns it off once the container
+            was answered at its pod IP: see ``ProbeState.pod_ip_answered``).
+
+    A connection the pod IP refuses is tried once more at the node's loopback (127.0.0.1),
+    which every local pod shares: a process that binds 127.0.0.1 (what the local node's
+    pods were told before each had an address of its own) still passes, where a real pod's
+    would fail; the success's message then says so. A failure's message names both
+    attempts."""
+    ok, msg = _attempt(spec, container, exec_run, host)
+    explicit = (spec.get("httpGet") or spec.get("tcpSocket") or {}).get("host")
+    if ok or not fallback or host == NODE_IP or explicit or _REFUSED not in msg:
+        return ok, "" if ok else msg
+    ok, again = _attempt(spec, container, exec_run, NODE_IP)
+    if ok:
+        return True, f"answered at {NODE_IP}, not at the pod IP {host}"
+    return False, f"{msg}; at {NODE_IP}: {again}"
+
+
+_REFUSED = "Connection refused"
+
+
+def run_probe(st: ProbeState, container: Mapping[str, Any],
+              exec_run: Callable[[list[str], float], int], host: str) -> tuple[bool, str]:
+    """`run_handler` for the probe ``st`` of ``container`` at the pod IP ``host``, with the
+    second try at 127.0.0.1 only until this container start has been answered at ``host``
+    itself (then ``st.pod_ip_answered`` is set). Returns ``(success, message)`` as
+    `run_handler` does; the caller does not count the outcome (``st.record``)."""
+    ok, msg = run_handler(st.spec, container, exec_run, host, fallback=not st.pod_ip_answered)
+    if ok and not msg:
+        st.pod_ip_answered = True
+    return ok, msg
+
+
+def _attempt(spec: Mapping[str, Any], container: Mapping[str, Any],
+             exec_run: Callable[[list[str], float], int], host: str) -> tuple[bool, str]:
     timeout = float(spec.get("timeoutSeconds") or 1)
     try:
         if "httpGet" in spec:

@@ -22,6 +22,7 @@ from voicetrack_local.nodeagent.container import (
 from voicetrack_local.nodeagent.kube import now_iso
 from voicetrack_local.nodeagent.podspec import (
     ConfigError,
+    pod_ip,
     service_env,
 )
 from voicetrack_local.nodeagent.podstatus import (
@@ -30,7 +31,7 @@ from voicetrack_local.nodeagent.podstatus import (
     pod_phase,
     pod_status,
 )
-from voicetrack_local.nodeagent.probes import run_handler
+from voicetrack_local.nodeagent.probes import run_probe
 from voicetrack_local.nodeagent.runs import config_failed, maybe_start, poll_exits
 from voicetrack_local.nodeagent.sandbox import prepare_sandbox
 from voicetrack_local.nodeagent.termination import (
@@ -266,7 +267,11 @@ class PodWorker(threading.Thread):
             st = c.probes.get(kind)
             if st is None or not st.due(now):
                 continue
-            ok, msg = run_handler(st.spec, c.spec, lambda cmd, t: self._exec(c, cmd, t))
+            ok, msg = run_probe(st, c.spec, lambda cmd, t: self._exec(c, cmd, t),
+                                pod_ip(self.pod))
+            if ok and msg and st.successes == 0:  # once per run of successes
+                log.warning("%s/%s %s %s: %s (bind $(POD_IP) or 0.0.0.0)", self.ns,
+                            self.pod_name, c.name, kind, msg)
             verdict = st.record(ok, time.monotonic())
             label = kind[: -len("Probe")].capitalize()
             if not ok:
@@ -295,6 +300,7 @@ class PodWorker(threading.Thread):
             reason=self.reason,
             message=self.message,
             now=now_iso(),
+            ip=pod_ip(self.pod),
         )
 
     def report(self) -> None:
