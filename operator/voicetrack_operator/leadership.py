@@ -33,6 +33,13 @@ without a gap, read after read (`record_lapsed`); when it lapsed, this replica s
 (and `SETTLE_S` more, for the junior to stop), as a new turn (so `Context.turned_active`
 runs: the SQL mirror audit is redone, which finds rows the other replica left behind).
 
+Ties. Equal priorities despite the random tiebreak (`seniority_priority`: one same-ms start
+in a thousand) would pause every tied replica for good: kopf resumes only when the tie is
+gone, and nothing restarts a paused replica (its liveness passes). `Leadership.observe`
+breaks it: of two live peers with one priority, the one whose identity sorts later lowers
+its own by one (`tied_peer`), in kopf's settings too (kopf's keep-alive writes
+`settings.peering.priority` each time), so its next keep-alive ends the tie for both.
+
 Without `VOICETRACK_PEERING` the operator is standalone (one replica, always active).
 """
 
@@ -45,7 +52,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -141,6 +148,24 @@ def is_active(status: Mapping[str, Any], identity: str, priority: int,
     return True
 
 
+def tied_peer(status: Mapping[str, Any], identity: str, priority: int,
+              now: datetime) -> str | None:
+    """The identity of a live peer in the peering `status` (records as in `is_active`) that
+    has exactly `priority` and whose identity sorts before ours, the earliest such; None
+    when there is none. Of two tied replicas only the later identity sees the other, so
+    exactly one of them yields (`Leadership.observe`)."""
+    tied = []
+    for other, info in status.items():
+        if other >= identity or not isinstance(info, Mapping):
+            continue
+        seen = info.get("lastseen")
+        deadline = (datetime.fromisoformat(seen) if seen else now) + timedelta(
+            seconds=int(info.get("lifetime", 60)))
+        if deadline > now and int(info.get("priority", 0)) == priority:
+            tied.append(other)
+    return min(tied, default=None)
+
+
 def own_record(status: Mapping[str, Any], identity: str,
                now: datetime) -> tuple[datetime, datetime] | None:
     """This replica's record in the peering `status` as its peers read it: (lastseen, end =
@@ -201,6 +226,15 @@ class Leadership:
         """Stepped down after a lapse: passive until our record is live again."""
         self._revived: datetime | None = None
         """After a lapse: the lastseen of our first record live again."""
+        self._kopf_settings: Any = None
+        """kopf's OperatorSettings (`bind`): where a yielded priority must go too."""
+        self.yields = 0
+        """How often this replica lowered its priority to break a tie (for tests)."""
+
+    def bind(self, settings: Any) -> None:
+        """Keep kopf's `OperatorSettings` (the startup handler's `settings`), whose
+        `peering.priority` kopf's keep-alives write: `observe` lowers it on a tie."""
+        self._kopf_settings = settings
 
     @property
     def active(self) -> bool:
@@ -268,7 +302,22 @@ class Leadership:
             if now - self._revived < timedelta(seconds=SETTLE_S):
                 return  # our peers may not have seen us yet
             self._lapsed, self._revived = False, None
+        tie = tied_peer(status, self.config.identity, self.config.priority, now)
+        if tie is not None:
+            self._yield_to(tie)
         self.set_active(is_active(status, self.config.identity, self.config.priority, now))
+
+    def _yield_to(self, peer: str) -> None:
+        """Break a tie with `peer` (module doc, "Ties"): our priority one lower, here and in
+        kopf's settings; kopf's next keep-alive publishes it."""
+        lowered = self.config.priority - 1
+        log.warning("replica %s has this replica's priority %d: a tie pauses both, so this "
+                    "one (%s) yields, priority %d from its next keep-alive", peer,
+                    self.config.priority, self.config.identity, lowered)
+        self.config = replace(self.config, priority=lowered)
+        if self._kopf_settings is not None:
+            self._kopf_settings.peering.priority = lowered
+        self.yields += 1
 
     async def while_active(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run `work()` while this replica is active: start it on becoming active, cancel

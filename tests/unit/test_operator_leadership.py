@@ -173,3 +173,32 @@ def test_observe_first_turn_needs_no_record_of_ours_yet() -> None:
     lead.observe({}, NOW)  # kopf's first keep-alive not written yet
     lead.observe({}, NOW + timedelta(seconds=1))
     assert lead.active and (lead.changes, lead.lapses) == (1, 0)
+
+
+class _KopfSettings:
+    """The part of kopf's OperatorSettings that `Leadership.bind` keeps."""
+
+    class peering:  # kopf's attribute name
+        priority = 7
+
+
+def test_a_tie_is_broken_by_the_later_identity_lowering_its_priority() -> None:
+    """Two live replicas with one priority: kopf pauses both until the tie is gone, and
+    nothing would end it. The later identity yields (one lower, in kopf's settings too, so
+    its next keep-alive says so); the earlier one acts once that keep-alive is read."""
+    settings = _KopfSettings()
+    later, earlier = Leadership(PeeringConfig("vt", "op-b", 7, 10)), \
+        Leadership(PeeringConfig("vt", "op-a", 7, 10))
+    later.bind(settings)
+    both = {"op-a": {**mine(0), "priority": 7}, "op-b": {**mine(0), "priority": 7}}
+    later.observe(both, NOW)
+    earlier.observe(both, NOW)
+    assert (later.config.priority, settings.peering.priority, later.yields) == (6, 6, 1)
+    assert (earlier.config.priority, earlier.yields) == (7, 0)
+    assert not later.active and not earlier.active  # op-b's record still says 7
+    t = NOW + timedelta(seconds=1)
+    keepalive = {"op-a": {**mine(0, t), "priority": 7}, "op-b": {**mine(0, t), "priority": 6}}
+    earlier.observe(keepalive, t)
+    later.observe(keepalive, t)
+    assert earlier.active and not later.active
+    assert later.yields == 1  # no tie any more: it yields once

@@ -91,6 +91,7 @@ async def on_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs:
     janitor = JanitorService(ctx)
     memo.ctx = ctx
     lead = leadership(memo)
+    lead.bind(settings)  # a tie lowers the priority kopf's keep-alives write
     memo.tasks = [
         asyncio.create_task(lead.while_active(
             "heartbeat", lambda: _every(HEARTBEAT_S, "heartbeat", janitor.beat))),
