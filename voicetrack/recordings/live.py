@@ -10,8 +10,10 @@ table, so it is read from a temp row's raw chunk key
 track's key.
 
 Errors: InvalidInputError when the meeting is not live (its final tracks are what
-`links` gives); NotFoundError when it is live but there is no audio so far yet (no chunk
-recorded, or none assembled: the live manifest is absent), or TRACK names no live track.
+`links` gives), or its live manifest names a track whose name is not a safe file name
+component or whose key is not in the meeting's `live/` (`voicetrack.layout`);
+NotFoundError when it is live but there is no audio so far yet (no chunk recorded, or
+none assembled: the live manifest is absent), or TRACK names no live track.
 
 `download_live` saves the live tracks verified by what the manifest says of them: the
 size, and the ETag (the GET asks for that object only, If-Match). The bytes themselves
@@ -42,7 +44,7 @@ from voicetrack.errors import (
     TemporaryFailure,
 )
 from voicetrack.lametag import LameCheck
-from voicetrack.layout import MIX_TRACK, MeetingLayout
+from voicetrack.layout import MIX_TRACK, MeetingLayout, is_track_name
 from voicetrack.manifests import LiveManifest, LiveTrack
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore
 from voicetrack.recordings.models import ChecksumMismatch, TrackLink
@@ -104,7 +106,9 @@ def layout_from_raw_key(record: MeetingRecord, key: str) -> MeetingLayout:
 
 async def live_audio(reader: RecordingsReader, ref: str) -> LiveAudio:
     """The audio so far of live meeting `ref` (a meeting id or `namespace/session-name`).
-    InvalidInputError when it is not live; NotFoundError when there is none yet."""
+    InvalidInputError when it is not live, or its manifest is not one or names a track
+    by an unsafe name (`is_track_name`) or at a key outside its `live/`
+    (`MeetingLayout.holds_live_track`); NotFoundError when there is none yet."""
     record = await reader.resolve(ref)
     if not record.live:
         raise InvalidInputError(
@@ -129,6 +133,12 @@ async def live_audio(reader: RecordingsReader, ref: str) -> LiveAudio:
     except ValidationError as err:
         raise InvalidInputError(f"{layout.live_manifest_key}: not a manifest: {err}"
                                 ) from err
+    for t in manifest.tracks:  # as the web page refuses them (voicetrack.layout)
+        if not is_track_name(t.track) or not layout.holds_live_track(t.key):
+            raise InvalidInputError(
+                f"{layout.live_manifest_key}: track {t.track!r} at {t.key!r} is refused: "
+                "a track name must be 1-64 of A-Z a-z 0-9 _ - and its key an object "
+                f"directly in {layout.live_root}")
     return LiveAudio(record, manifest, layout.live_manifest_key)
 
 
