@@ -1,6 +1,7 @@
 """`recordings download --live` (`voicetrack.recordings.live.download_live`) against a
-fake store: a manifest naming a key outside the meeting's `live/` or an unsafe track
-name is refused."""
+fake store: a track replaced after the wait was spent still gets one fresh read of the
+manifest, one track's S3 failure does not stop the others, and a manifest naming a key
+outside the meeting's `live/` or an unsafe track name is refused."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from starlette.exceptions import HTTPException
 from voicetrack.errors import (
     InvalidInputError,
     PreconditionFailed,
+    ServiceUnavailable,
+    TemporaryFailure,
 )
 from voicetrack.layout import MeetingLayout, is_track_name
 from voicetrack.manifests import LiveManifest
@@ -107,6 +110,28 @@ def _live(store: Store, names: list[str], version: bytes = b"v1") -> dict[str, s
 def _download(store: Store, dest: Path, wait_s: float = 0.2) -> Any:
     return asyncio.run(download_live(Reader(store), MEETING, dest, replaced_wait_s=wait_s,
                                      poll_s=0.02))
+
+
+@pytest.mark.parametrize("failure", [
+    ServiceUnavailable("get k: S3 server error: IncompleteRead(4 bytes read, 9 more "
+                       "expected)"),
+    TemporaryFailure("get k: S3 endpoint unreachable")])
+def test_one_tracks_s3_failure_misses_that_track_only(tmp_path: Path,
+                                                      failure: Exception) -> None:
+    """Before, a TemporaryFailure mid-track aborted the download: B was not attempted,
+    the saved mix not named. Now A is missed with the reason, no file or `.part` is left
+    for it, and the others are saved."""
+    store = Store()
+    keys = _live(store, ["mix", A, B])
+    store.write_manifest(keys)
+    store.cut[keys[A]] = failure
+    with pytest.raises(TemporaryFailure) as caught:
+        _download(store, tmp_path)
+    said = str(caught.value)
+    assert f"{MEETING}-live-{A}.mp3: not fetched: {failure}" in said
+    assert f"saved and verified: {MEETING}-live-mix.mp3, {MEETING}-live-{B}.mp3" in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{MEETING}-live-mix.mp3", f"{MEETING}-live-{B}.mp3"])
 
 
 @pytest.mark.parametrize(("name", "key"), [

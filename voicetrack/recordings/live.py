@@ -179,8 +179,10 @@ async def download_live(reader: RecordingsReader, ref: str, dest: Path,
     saved, ChecksumMismatch naming every file that does not match (such a file is not
     kept, nor an older copy at its name) and every track not fetched, or TemporaryFailure
     naming the tracks not fetched when none is damaged (replaced and no newer manifest in
-    time, replaced FETCH_ATTEMPTS times, or gone from the manifest); TemporaryFailure too
-    when S3 is away."""
+    time, replaced FETCH_ATTEMPTS times, gone from the manifest, or S3 failing while it
+    was fetched: a TemporaryFailure of one track does not stop the others). Either error
+    names the files saved and verified too. TemporaryFailure as well when S3 is away
+    before any track (the manifest unread)."""
     live = await live_audio(reader, ref)
     dest.mkdir(parents=True, exist_ok=True)
     saved: list[LiveFile] = []
@@ -200,13 +202,14 @@ async def download_live(reader: RecordingsReader, ref: str, dest: Path,
         if on_file:
             on_file(target.name)
     said = "; ".join(f"{name}: {why}" for name, why in bad + missed)
+    kept = (f"saved and verified: {', '.join(f.path.name for f in saved)}" if saved
+            else "no track saved")
     if bad:
         raise ChecksumMismatch(
-            said + " (not saved: a damaged object in S3 is not kept, a track not fetched "
-            "has no file; the other files are verified)", [name for name, _ in bad + missed])
+            said + f" (not saved: a damaged object in S3 is not kept, a track not fetched "
+            f"has no file; {kept})", [name for name, _ in bad + missed])
     if missed:
-        raise TemporaryFailure(said + " (not saved; the other files are verified; try "
-                               "again)")
+        raise TemporaryFailure(said + f" (not saved; {kept}; try again)")
     return live, saved
 
 
@@ -230,10 +233,12 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
     replaced meanwhile, wait for the manifest naming the new one (polled every `poll_s`
     s, at most `replaced_wait_s` s) and fetch that, FETCH_ATTEMPTS fetches at most (no
     wait after the last). A manifest already waited out for another track (in `stale`,
-    which this adds to) is not waited for again: a Job that died between its objects and
-    its manifest costs one wait per download, not one per track. Returns the manifest
-    last read and `fetch_live_track`'s result, or _Missed (also for an object gone from
-    S3: the session ended and `live/` was emptied)."""
+    which this adds to) is not waited for again: a Job that died between its objects
+    and its manifest costs one wait per download, not one per track. Returns the
+    manifest last read and `fetch_live_track`'s result, or _Missed (also for an object
+    gone from S3: the session ended and `live/` was emptied; and for a TemporaryFailure
+    fetching it: S3 away or erring, a body cut short; no file or part is left for it
+    then)."""
     loop = asyncio.get_running_loop()
     for attempt in range(FETCH_ATTEMPTS):
         track = next((t for t in live.manifest.tracks if t.track == name), None)
@@ -243,6 +248,8 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
             result = await asyncio.to_thread(fetch_live_track, reader.store, track, target)
         except NotFoundError as err:
             return live, _Missed(f"gone from S3 while it was downloaded ({err})")
+        except TemporaryFailure as err:  # S3 away, a 5xx, a body cut short: this track only
+            return live, _Missed(f"not fetched: {err}")
         if result is not None:
             return live, result
         if attempt == FETCH_ATTEMPTS - 1:
@@ -261,8 +268,8 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
             await asyncio.sleep(min(poll_s, left))
             try:
                 live = await live_audio(reader, ref)
-            except InvalidInputError as err:  # ended meanwhile, or its manifest is gone
-                return live, _Missed(str(err))
+            except (InvalidInputError, TemporaryFailure) as err:  # ended meanwhile, its
+                return live, _Missed(str(err))  # manifest gone or refused, or S3 away
             now = next((t for t in live.manifest.tracks if t.track == name), None)
             if now is None or now.etag != track.etag:
                 break
