@@ -112,6 +112,44 @@ def _download(store: Store, dest: Path, wait_s: float = 0.2) -> Any:
                                      poll_s=0.02))
 
 
+def test_a_later_replaced_track_reads_the_manifest_again_after_the_wait_is_spent(
+        tmp_path: Path) -> None:
+    """A Job died after rewriting A's and B's objects, not the manifest: A waits it out
+    and is missed. The next Job writes a manifest while mix is fetched; B's 412 then
+    reads the manifest once more and fetches B's new object. Before, B was missed at
+    once, "still names the old object", the manifest never read again."""
+    store = Store()
+    keys = _live(store, [A, "mix", B])
+    store.write_manifest(keys)
+    for n in (A, B):
+        store.put(keys[n], b"v2 of track " + n.encode())
+    store.on_get[keys["mix"]] = lambda: store.write_manifest(keys)
+    with pytest.raises(TemporaryFailure) as caught:
+        _download(store, tmp_path)
+    said = str(caught.value)
+    assert f"{MEETING}-live-{A}.mp3: replaced by a newer live Job" in said
+    assert f"{MEETING}-live-{B}.mp3" not in said.split("(not saved")[0]
+    assert (tmp_path / f"{MEETING}-live-{B}.mp3").read_bytes() == b"v2 of track " + B.encode()
+    assert f"saved and verified: {MEETING}-live-mix.mp3, {MEETING}-live-{B}.mp3" in said
+
+
+def test_after_the_wait_a_replaced_track_is_missed_on_a_true_reread(
+        tmp_path: Path) -> None:
+    """No newer manifest at all: B's 412 reads it once more (no wait) and says so."""
+    store = Store()
+    keys = _live(store, [A, B])
+    store.write_manifest(keys)
+    for n in (A, B):
+        store.put(keys[n], b"v2 of track " + n.encode())
+    reads: list[int] = []
+    store.on_get[keys[B]] = lambda: reads.append(store.reads)
+    with pytest.raises(TemporaryFailure) as caught:
+        _download(store, tmp_path, wait_s=0.1)
+    assert store.reads == reads[0] + 1  # exactly one fresh read for B
+    b_said = str(caught.value).split(f"{MEETING}-live-{B}.mp3: ")[1]
+    assert "still names the old object" in b_said and "read again at once" in b_said
+
+
 @pytest.mark.parametrize("failure", [
     ServiceUnavailable("get k: S3 server error: IncompleteRead(4 bytes read, 9 more "
                        "expected)"),

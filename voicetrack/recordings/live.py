@@ -233,12 +233,12 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
     replaced meanwhile, wait for the manifest naming the new one (polled every `poll_s`
     s, at most `replaced_wait_s` s) and fetch that, FETCH_ATTEMPTS fetches at most (no
     wait after the last). A manifest already waited out for another track (in `stale`,
-    which this adds to) is not waited for again: a Job that died between its objects
-    and its manifest costs one wait per download, not one per track. Returns the
-    manifest last read and `fetch_live_track`'s result, or _Missed (also for an object
-    gone from S3: the session ended and `live/` was emptied; and for a TemporaryFailure
-    fetching it: S3 away or erring, a body cut short; no file or part is left for it
-    then)."""
+    which this adds to) is not waited for again, only read again once at once (a newer
+    Job may have written it since): a Job that died between its objects and its
+    manifest costs one wait per download, not one per track. Returns the manifest last
+    read and `fetch_live_track`'s result, or _Missed (also for an object gone from S3:
+    the session ended and `live/` was emptied; and for a TemporaryFailure fetching it:
+    S3 away or erring, a body cut short; no file or part is left for it then)."""
     loop = asyncio.get_running_loop()
     for attempt in range(FETCH_ATTEMPTS):
         track = next((t for t in live.manifest.tracks if t.track == name), None)
@@ -256,16 +256,20 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
             break
         waited_out = _fingerprint(live) in stale
         deadline = loop.time() + (0 if waited_out else replaced_wait_s)
+        reread = False
         while True:  # until the manifest names another object (or none) for the track
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 and reread:
                 stale.add(_fingerprint(live))
                 return live, _Missed(
                     f"replaced by a newer live Job while it was downloaded, and "
                     f"{live.manifest_key} still names the old object (ETag {track.etag}) "
-                    + ("(this manifest was waited out for another track)" if waited_out
+                    + ("when read again at once (the manifest before was already waited "
+                       "out for another track)" if waited_out
                        else f"{replaced_wait_s:g} s later"))
-            await asyncio.sleep(min(poll_s, left))
+            if left > 0:
+                await asyncio.sleep(min(poll_s, left))
+            reread = True
             try:
                 live = await live_audio(reader, ref)
             except (InvalidInputError, TemporaryFailure) as err:  # ended meanwhile, its
