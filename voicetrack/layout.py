@@ -67,6 +67,16 @@ CHUNK_MANIFEST_NAME = "chunk.json"
 MIX_TRACK = "mix"
 """The track name of the mixed track (speaker tracks are named by user id)."""
 
+_TRACK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_track_name(name: str) -> bool:
+    """Whether `name` can be a track's name (a user id, a snowflake, or MIX_TRACK): 1-64
+    of `A-Z a-z 0-9 _ -`, so it is safe as one component of a key or a local file name
+    (no `/`, no `.`/`..`, nothing a shell or a file system treats specially). What a
+    reader checks of a name taken from a manifest before it builds a path from it."""
+    return _TRACK_NAME.fullmatch(name) is not None
+
 
 @dataclass(frozen=True)
 class MeetingLayout:
@@ -178,6 +188,15 @@ class MeetingLayout:
     def live_root(self) -> str:
         """`<root>/live/`: the audio so far; collected with the chunks after promotion."""
         return f"{self.root}/live/"
+
+    def holds_live_track(self, key: str) -> bool:
+        """Whether `key`, as a live manifest names a track's object, is one this meeting's
+        live Jobs write: directly in `live_root` (`<root>/live/<name>`, no further `/`,
+        `<name>` not empty, `.` or `..`). What a reader (the web page, `recordings
+        download --live`) checks before it fetches or links a key a manifest gives: the
+        manifest is an S3 object, not proof the key is this meeting's."""
+        rest = key[len(self.live_root):] if key.startswith(self.live_root) else ""
+        return rest not in ("", ".", "..") and "/" not in rest
 
     def live_key(self, track: str, fmt: str) -> str:
         """Key of a live session's "audio so far" of a track (a user id or MIX_TRACK): the

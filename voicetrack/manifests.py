@@ -122,6 +122,10 @@ class FinalTrack(_Track):
     sha256: str
 
 
+ETAG_PATTERN = r"^[\x21\x23-\x7e]+$"
+"""An ETag without its quotes: RFC 7232 §2.3 `etagc` less obs-text, at least one."""
+
+
 class LiveTrack(_Track):
     """One track of the audio so far (`live/manifest.json`), replaced every live interval.
 
@@ -132,10 +136,15 @@ class LiveTrack(_Track):
     extends the last object without reading it, and SHA-256 cannot be continued past the
     header it rewrites); kept, and then checked, in live manifests written before. Absent
     `etag`: only in those older manifests. An empty string is refused for either (it
-    would be no check at all); a `LiveManifest` refuses a track with neither."""
+    would be no check at all); a `LiveManifest` refuses a track with neither. `etag` is
+    what goes between the quotes of an RFC 7232 §2.3 opaque-tag (If-Match): one or more
+    of %x21 / %x23-7E (no quote, space, control character or obs-text), as
+    `ObjectStore.put_file`/`compose`/`stat` return it (the quotes S3, SeaweedFS and MinIO
+    send stripped); anything else (a quoted ETag would make If-Match `""x""`, CR/LF
+    an HTTP client error) fails validation naming `etag`."""
 
     sha256: str | None = Field(default=None, min_length=1)
-    etag: str | None = Field(default=None, min_length=1)
+    etag: str | None = Field(default=None, pattern=ETAG_PATTERN)
 
 
 TrackT = TypeVar("TrackT", FinalTrack, LiveTrack)

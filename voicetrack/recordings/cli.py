@@ -288,8 +288,9 @@ def download(
     each is verified by the live manifest's size and the ETag of the object the live Job
     wrote, and its bytes by their MD5 when the ETag is one (else, multipart or SSE-KMS/C,
     by the track's LAME Info tag CRCs). A track replaced meanwhile is fetched again once
-    the live manifest names the new object (up to 60 s); one not fetched, like a
-    damaged one, is named in the error after the others are saved."""
+    the live manifest names the new object (up to 60 s); one not fetched (replaced
+    again, or S3 failing on it), like a damaged one, is named in the error after the
+    others are saved, and so are the files saved."""
     if live:
         _download_live(ctx, meeting, dest)
         return

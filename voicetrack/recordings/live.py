@@ -10,8 +10,10 @@ table, so it is read from a temp row's raw chunk key
 track's key.
 
 Errors: InvalidInputError when the meeting is not live (its final tracks are what
-`links` gives); NotFoundError when it is live but there is no audio so far yet (no chunk
-recorded, or none assembled: the live manifest is absent), or TRACK names no live track.
+`links` gives), or its live manifest names a track whose name is not a safe file name
+component or whose key is not in the meeting's `live/` (`voicetrack.layout`);
+NotFoundError when it is live but there is no audio so far yet (no chunk recorded, or
+none assembled: the live manifest is absent), or TRACK names no live track.
 
 `download_live` saves the live tracks verified by what the manifest says of them: the
 size, and the ETag (the GET asks for that object only, If-Match). The bytes themselves
@@ -42,7 +44,7 @@ from voicetrack.errors import (
     TemporaryFailure,
 )
 from voicetrack.lametag import LameCheck
-from voicetrack.layout import MIX_TRACK, MeetingLayout
+from voicetrack.layout import MIX_TRACK, MeetingLayout, is_track_name
 from voicetrack.manifests import LiveManifest, LiveTrack
 from voicetrack.objectstore import DEFAULT_LINK_S, ObjectStore
 from voicetrack.recordings.models import ChecksumMismatch, TrackLink
@@ -104,7 +106,9 @@ def layout_from_raw_key(record: MeetingRecord, key: str) -> MeetingLayout:
 
 async def live_audio(reader: RecordingsReader, ref: str) -> LiveAudio:
     """The audio so far of live meeting `ref` (a meeting id or `namespace/session-name`).
-    InvalidInputError when it is not live; NotFoundError when there is none yet."""
+    InvalidInputError when it is not live, or its manifest is not one or names a track
+    by an unsafe name (`is_track_name`) or at a key outside its `live/`
+    (`MeetingLayout.holds_live_track`); NotFoundError when there is none yet."""
     record = await reader.resolve(ref)
     if not record.live:
         raise InvalidInputError(
@@ -129,6 +133,12 @@ async def live_audio(reader: RecordingsReader, ref: str) -> LiveAudio:
     except ValidationError as err:
         raise InvalidInputError(f"{layout.live_manifest_key}: not a manifest: {err}"
                                 ) from err
+    for t in manifest.tracks:  # as the web page refuses them (voicetrack.layout)
+        if not is_track_name(t.track) or not layout.holds_live_track(t.key):
+            raise InvalidInputError(
+                f"{layout.live_manifest_key}: track {t.track!r} at {t.key!r} is refused: "
+                "a track name must be 1-64 of A-Z a-z 0-9 _ - and its key an object "
+                f"directly in {layout.live_root}")
     return LiveAudio(record, manifest, layout.live_manifest_key)
 
 
@@ -169,8 +179,10 @@ async def download_live(reader: RecordingsReader, ref: str, dest: Path,
     saved, ChecksumMismatch naming every file that does not match (such a file is not
     kept, nor an older copy at its name) and every track not fetched, or TemporaryFailure
     naming the tracks not fetched when none is damaged (replaced and no newer manifest in
-    time, replaced FETCH_ATTEMPTS times, or gone from the manifest); TemporaryFailure too
-    when S3 is away."""
+    time, replaced FETCH_ATTEMPTS times, gone from the manifest, or S3 failing while it
+    was fetched: a TemporaryFailure of one track does not stop the others). Either error
+    names the files saved and verified too. TemporaryFailure as well when S3 is away
+    before any track (the manifest unread)."""
     live = await live_audio(reader, ref)
     dest.mkdir(parents=True, exist_ok=True)
     saved: list[LiveFile] = []
@@ -190,13 +202,14 @@ async def download_live(reader: RecordingsReader, ref: str, dest: Path,
         if on_file:
             on_file(target.name)
     said = "; ".join(f"{name}: {why}" for name, why in bad + missed)
+    kept = (f"saved and verified: {', '.join(f.path.name for f in saved)}" if saved
+            else "no track saved")
     if bad:
         raise ChecksumMismatch(
-            said + " (not saved: a damaged object in S3 is not kept, a track not fetched "
-            "has no file; the other files are verified)", [name for name, _ in bad + missed])
+            said + f" (not saved: a damaged object in S3 is not kept, a track not fetched "
+            f"has no file; {kept})", [name for name, _ in bad + missed])
     if missed:
-        raise TemporaryFailure(said + " (not saved; the other files are verified; try "
-                               "again)")
+        raise TemporaryFailure(said + f" (not saved; {kept}; try again)")
     return live, saved
 
 
@@ -220,10 +233,12 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
     replaced meanwhile, wait for the manifest naming the new one (polled every `poll_s`
     s, at most `replaced_wait_s` s) and fetch that, FETCH_ATTEMPTS fetches at most (no
     wait after the last). A manifest already waited out for another track (in `stale`,
-    which this adds to) is not waited for again: a Job that died between its objects and
-    its manifest costs one wait per download, not one per track. Returns the manifest
-    last read and `fetch_live_track`'s result, or _Missed (also for an object gone from
-    S3: the session ended and `live/` was emptied)."""
+    which this adds to) is not waited for again, only read again once at once (a newer
+    Job may have written it since): a Job that died between its objects and its
+    manifest costs one wait per download, not one per track. Returns the manifest last
+    read and `fetch_live_track`'s result, or _Missed (also for an object gone from S3:
+    the session ended and `live/` was emptied; and for a TemporaryFailure fetching it:
+    S3 away or erring, a body cut short; no file or part is left for it then)."""
     loop = asyncio.get_running_loop()
     for attempt in range(FETCH_ATTEMPTS):
         track = next((t for t in live.manifest.tracks if t.track == name), None)
@@ -233,26 +248,32 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
             result = await asyncio.to_thread(fetch_live_track, reader.store, track, target)
         except NotFoundError as err:
             return live, _Missed(f"gone from S3 while it was downloaded ({err})")
+        except TemporaryFailure as err:  # S3 away, a 5xx, a body cut short: this track only
+            return live, _Missed(f"not fetched: {err}")
         if result is not None:
             return live, result
         if attempt == FETCH_ATTEMPTS - 1:
             break
         waited_out = _fingerprint(live) in stale
         deadline = loop.time() + (0 if waited_out else replaced_wait_s)
+        reread = False
         while True:  # until the manifest names another object (or none) for the track
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 and reread:
                 stale.add(_fingerprint(live))
                 return live, _Missed(
                     f"replaced by a newer live Job while it was downloaded, and "
                     f"{live.manifest_key} still names the old object (ETag {track.etag}) "
-                    + ("(this manifest was waited out for another track)" if waited_out
+                    + ("when read again at once (the manifest before was already waited "
+                       "out for another track)" if waited_out
                        else f"{replaced_wait_s:g} s later"))
-            await asyncio.sleep(min(poll_s, left))
+            if left > 0:
+                await asyncio.sleep(min(poll_s, left))
+            reread = True
             try:
                 live = await live_audio(reader, ref)
-            except InvalidInputError as err:  # ended meanwhile, or its manifest is gone
-                return live, _Missed(str(err))
+            except (InvalidInputError, TemporaryFailure) as err:  # ended meanwhile, its
+                return live, _Missed(str(err))  # manifest gone or refused, or S3 away
             now = next((t for t in live.manifest.tracks if t.track == name), None)
             if now is None or now.etag != track.etag:
                 break

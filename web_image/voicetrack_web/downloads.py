@@ -138,10 +138,11 @@ async def _live_manifest(request: Request, view: MeetingView) -> LiveManifest:
 
 
 def _live_track(manifest: LiveManifest, view: MeetingView, name: str) -> LiveTrack:
-    """The manifest's track `name`, only when its key is under the meeting's `live/`."""
-    root = live_layout(view).live_root
+    """The manifest's track `name`, only when its key is directly in the meeting's `live/`
+    (`MeetingLayout.holds_live_track`, the check `recordings download --live` makes)."""
+    layout = live_layout(view)
     track = next((t for t in manifest.tracks if t.track == name), None)
-    if track is None or not track.key.startswith(root) or ".." in track.key:
+    if track is None or not layout.holds_live_track(track.key):
         raise not_found()
     return track
 
