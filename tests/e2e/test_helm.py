@@ -120,6 +120,27 @@ def test_watch_namespaces_that_would_leave_sessions_unserved_or_refused_are_reje
     assert "VOICETRACK_NAMESPACES" not in render().stdout  # default: the whole cluster
 
 
+def test_each_release_has_a_peering_of_its_own(helm: Helm) -> None:
+    """With operator.ha, the ClusterKopfPeering (cluster-scoped) and the replicas'
+    VOICETRACK_PEERING default to the release's full name: two releases (e.g. with disjoint
+    operator.watchNamespaces) never share one peering, in which only one replica of both
+    releases would act. Before, both defaulted to `voicetrack`."""
+    def peering(release: str, *values: str) -> tuple[str, str]:
+        objs = docs(helm("template", release, str(CHART), *KUBE, "--set",
+                         "operator.ha.enabled=true", "--set", "operator.replicas=2", "--set",
+                         "database.url=postgresql+psycopg://u:p@db:5432/v",
+                         *[a for v in values for a in ("--set", v)]).stdout)
+        obj = next(o for o in objs if o["kind"] == "ClusterKopfPeering")
+        deploy = next(o for o in objs if o["kind"] == "Deployment")
+        env = {e["name"]: e.get("value")
+               for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return obj["metadata"]["name"], str(env["VOICETRACK_PEERING"])
+
+    assert peering("team-a") == ("team-a-voicetrack", "team-a-voicetrack")
+    assert peering("team-b") == ("team-b-voicetrack", "team-b-voicetrack")
+    assert peering("team-a", "operator.ha.peeringName=shared") == ("shared", "shared")
+
+
 def test_existing_secrets_replace_the_chart_managed_ones(helm: Helm) -> None:
     out = helm("template", "v", str(CHART), *KUBE, "--namespace", "ops",
                "--set", "s3.existingSecret=my-s3", "--set", "database.existingSecret=my-db",

@@ -307,3 +307,12 @@ in the policy list (every session there would be Refused, NoNetworkPolicy).
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{- /*
+The ClusterKopfPeering of this release's operator replicas: operator.ha.peeringName, or the
+release's full name when empty (one peering per release: cluster-scoped, and replicas of two
+releases in one would let only one release act).
+*/}}
+{{- define "voicetrack.peeringName" -}}
+{{- .Values.operator.ha.peeringName | default (include "voicetrack.fullname" .) -}}
+{{- end }}
