@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from voicetrack_local.nodeagent.listeners import (
     pod_processes,
     socket_inodes,
 )
+from voicetrack_local.nodeagent.probes import ProbeState, run_handler, run_probe
 
 pytestmark = pytest.mark.unit
 
@@ -154,3 +157,75 @@ def test_real_listeners_of_a_pods_child_and_of_an_unrelated_process(
     assert msg is not None and msg.startswith(f"127.0.0.1:{other_port} is held by pid {other} ")
     msg = loopback_owner_error(pod_port, [other])
     assert msg is not None and "not by a process of this pod" in msg, msg
+
+
+def _no_exec(cmd: list[str], timeout: float) -> int:
+    raise AssertionError("not an exec probe")
+
+
+def test_probe_fallback_counts_only_for_the_pods_own_listener_at_127_0_0_1(
+    spawn: Callable[[str], tuple[int, int]],
+) -> None:
+    """A pod that never listens at its pod IP is not kept alive (liveness) or ready by
+    another process listening on 127.0.0.1 and the same port; its own process bound to
+    127.0.0.1 still passes through the fallback."""
+    pod, pod_port = spawn(PARENT)  # this pod: its main process's child binds 127.0.0.1
+    other, other_port = spawn(LISTEN)  # another pod (or hostNetwork pod) on 127.0.0.1
+    ip = "127.64.9.12"  # this pod's IP: nothing listens there
+    live = ProbeState("livenessProbe", {"tcpSocket": {"port": other_port}}, 0.0)
+    # no process of the pod known: the fallback proves nothing
+    ok, msg = run_probe(live, {}, _no_exec, ip)
+    assert not ok and f"pid {other}" in msg and "Connection refused" in msg, msg
+    verdicts = []
+    for i in range(3):
+        ok, msg = run_probe(live, {}, _no_exec, ip, lambda: [pod])
+        assert not ok and f"127.0.0.1:{other_port} is held by pid {other} (python" in msg, msg
+        verdicts.append(live.record(ok, float(i)))
+    assert verdicts[-1] is False  # failureThreshold reached: the container is restarted
+    # the pod's own listener on 127.0.0.1: passes, says so, and is not "answered at the IP"
+    own = ProbeState("readinessProbe", {"tcpSocket": {"port": pod_port}}, 0.0)
+    ok, msg = run_probe(own, {}, _no_exec, ip, lambda: [pod])
+    assert (ok, msg) == (True, f"answered at 127.0.0.1, not at the pod IP {ip}")
+    assert not own.pod_ip_answered
+    ok, msg = run_probe(own, {}, _no_exec, ip, lambda: [other])
+    assert not ok and f"pid {pod}" not in msg and "not by a process of this pod" in msg, msg
+    # httpGet the same way: a server of this test process answers for it, not for the pod
+    srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        spec = {"httpGet": {"path": "/", "port": srv.server_address[1]}}
+        ok, msg = run_handler(spec, {}, _no_exec, ip, pod_pids=lambda: [pod])
+        assert not ok and f"pid {os.getpid()} " in msg, msg
+        ok, msg = run_handler(spec, {}, _no_exec, ip, pod_pids=lambda: [os.getpid()])
+        assert not ok and "statuscode: 501" in msg, msg  # answered, by the owner: its status
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_main_pids_of_a_process_and_of_a_podman_container() -> None:
+    """The process runtime's main pid is its process; podman's is the container's
+    ``State.Pid`` (looked up once a run, once the container runs) and ``podman run``'s."""
+    from voicetrack_local.nodeagent.container import Container
+    from voicetrack_local.nodeagent.podman import Podman, PodmanContainer
+
+    calls: list[tuple[str, ...]] = []
+    answers = ["0\n", "4242\n"]
+
+    class FakePodman:
+        def run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+            calls.append(args)
+            return subprocess.CompletedProcess(args, 0, answers.pop(0) if answers else "", "")
+
+    p = Container("c", {}, False)
+    assert p.main_pids() == []
+    p.pid = 17
+    assert p.main_pids() == [17]
+    fake: Podman = FakePodman()  # type: ignore[assignment]
+    c = PodmanContainer("c", {}, False, podman=fake, cname="k8s_c")
+    c.pid = 17
+    assert c.main_pids() == [17]  # created, not running yet: State.Pid 0
+    assert c.main_pids() == [17, 4242] and c.main_pids() == [17, 4242]
+    assert calls == [("container", "inspect", "--format", "{{.State.Pid}}", "k8s_c")] * 2
+    c.release()
+    assert c.container_pid is None and c.main_pids() == []
