@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -403,6 +404,10 @@ def test_probes_go_to_the_pod_ip_and_fall_back_to_the_nodes_loopback(http_server
     a process that binds 127.0.0.1 (every local pod shares it) still passes, a process
     bound to another pod's address does not, and an explicit host gets no second try."""
     ours, other = "127.64.9.10", "127.64.9.11"
+
+    def me() -> list[int]:  # the "pod" whose listeners on 127.0.0.1 these are
+        return [os.getpid()]
+
     srv = _serve(ours)
     port = srv.server_address[1]
     try:
@@ -422,11 +427,14 @@ def test_probes_go_to_the_pod_ip_and_fall_back_to_the_nodes_loopback(http_server
         ok, msg = run_probe(st, {}, no_exec, ours)
         assert not ok and "at 127.0.0.1" not in msg, msg
         fresh = ProbeState("livenessProbe", {"tcpSocket": {"port": port}}, 0.0)
-        assert run_probe(fresh, {}, no_exec, ours)[0] and not fresh.pod_ip_answered
-    # bound to 127.0.0.1: passes through the fallback, for HTTP and TCP, and says so
-    assert run_handler({"httpGet": {"path": "/ok", "port": http_server}}, {}, no_exec,
-                       ours) == (True, f"answered at 127.0.0.1, not at the pod IP {ours}")
-    assert run_handler({"tcpSocket": {"port": http_server}}, {}, no_exec, ours)[0]
+        assert run_probe(fresh, {}, no_exec, ours, me)[0] and not fresh.pod_ip_answered
+        assert not run_probe(fresh, {}, no_exec, ours)[0]  # not the pod's: no process known
+    # bound to 127.0.0.1 by the pod (here: this process): passes through the fallback, for
+    # HTTP and TCP, and says so (another process's listener: test_nodeagent_listeners)
+    http = {"httpGet": {"path": "/ok", "port": http_server}}
+    assert run_handler(http, {}, no_exec, ours, pod_pids=me) == (
+        True, f"answered at 127.0.0.1, not at the pod IP {ours}")
+    assert run_handler({"tcpSocket": {"port": http_server}}, {}, no_exec, ours, pod_pids=me)[0]
     # a container once answered at its pod IP gets no second try: another pod's server on
     # 127.0.0.1 and the same port must not keep a dead one alive
     ok, msg = run_handler({"tcpSocket": {"port": http_server}}, {}, no_exec, ours,

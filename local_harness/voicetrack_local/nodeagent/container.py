@@ -86,6 +86,11 @@ class Container:
         ``voicetrack://<pid>`` of the local process."""
         return f"voicetrack://{self.pid}"
 
+    def main_pids(self) -> list[int]:
+        """Host pids of the current run's main process(es), for the probes' check that a
+        listener at 127.0.0.1 is this pod's (:mod:`.listeners`): the local process."""
+        return [self.pid] if self.pid is not None else []
+
     def start_failure(self, log_tail: bytes) -> str | None:
         """After its process ended: the runtime's error when the container never started
         (reported as the kubelet's ``StartError``, exit code 128), else None.  A local

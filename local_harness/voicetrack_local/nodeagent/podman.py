@@ -130,6 +130,7 @@ class PodmanContainer(Container):
     cname: str | None = None
     pulls: int = field(default=0)  # failed pulls in a row (ErrImagePull, then ImagePullBackOff)
     sigkilled: bool = field(default=False)  # this run was still running when SIGKILLed
+    container_pid: int | None = field(default=None)  # State.Pid of this run, once known
 
     def signal_group(self, sig: int) -> None:
         if self.podman is not None and self.cname is not None:
@@ -168,6 +169,19 @@ class PodmanContainer(Container):
     def release(self) -> None:
         super().release()
         self.sigkilled = False
+        self.container_pid = None
+
+    def main_pids(self) -> list[int]:
+        """The container's main process as the host sees it (``podman container inspect``'s
+        ``State.Pid``: conmon starts it, so it descends from no process of the agent's),
+        and the ``podman run`` process; looked up once a run (0 = not running yet)."""
+        pids = super().main_pids()
+        if pids and self.container_pid is None and self.podman and self.cname is not None:
+            r = self.podman.run("container", "inspect", "--format", "{{.State.Pid}}", self.cname)
+            pid = r.stdout.strip()
+            if r.returncode == 0 and pid.isdigit() and int(pid) > 0:
+                self.container_pid = int(pid)
+        return pids + ([self.container_pid] if self.container_pid else [])
 
     @property
     def runtime_id(self) -> str:

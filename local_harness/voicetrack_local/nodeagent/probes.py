@@ -13,6 +13,10 @@ Defaults: ``initialDelaySeconds`` 0, ``periodSeconds`` 10, ``timeoutSeconds`` 1,
 ``successThreshold`` 1, ``failureThreshold`` 3.  Handlers: ``httpGet`` (success: status
 200–399; ``host`` defaults to the pod IP, ``podspec.pod_ip``; HTTPS without certificate
 checks), ``tcpSocket`` (a connection opens), ``exec`` (exit code 0 within the time-out).
+A pod IP that refuses an ``httpGet``/``tcpSocket`` probe gets a second try at 127.0.0.1
+(:func:`run_handler`), which counts only while the container has not yet been answered at
+its pod IP and only when the listener there is a process of this pod's
+(:mod:`.listeners`): another process listening on 127.0.0.1 and that port passes nothing.
 
 :class:`ProbeState` is pure (times come in as monotonic seconds); :func:`run_handler`
 performs one probe.
@@ -25,10 +29,11 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from voicetrack_local.nodeagent.listeners import loopback_owner_error
 from voicetrack_local.nodeagent.podspec import NODE_IP, ConfigError
 
 KINDS = ("startupProbe", "livenessProbe", "readinessProbe")
@@ -118,6 +123,7 @@ def run_handler(
     exec_run: Callable[[list[str], float], int],
     host: str = NODE_IP,
     fallback: bool = True,
+    pod_pids: Callable[[], Iterable[int]] | None = None,
 ) -> tuple[bool, str]:
     """Perform one probe ``spec`` of ``container``; returns ``(success, message)``: the
     message says why a probe failed, and is empty for a success at ``host`` itself.
@@ -128,16 +134,31 @@ def run_handler(
         host: the pod IP (``httpGet.host`` and ``tcpSocket.host`` override it).
         fallback: allow the second try below (the caller turns it off once the container
             was answered at its pod IP: see ``ProbeState.pod_ip_answered``).
+        pod_pids: the host pids of the pod's main processes (called only for the second
+            try); None: none known, so no answer at 127.0.0.1 is the pod's.
 
     A connection the pod IP refuses is tried once more at the node's loopback (127.0.0.1),
-    which every local pod shares: a process that binds 127.0.0.1 (what the local node's
-    pods were told before each had an address of its own) still passes, where a real pod's
-    would fail; the success's message then says so. A failure's message names both
-    attempts."""
+    which every local pod shares: a process of this pod that binds 127.0.0.1 (what the
+    local node's pods were told before each had an address of its own) still passes, where
+    a real pod's would fail; the success's message then says so. That answer counts only
+    when the socket listening at 127.0.0.1:<port> is held by a process of the pod (a main
+    process, a descendant or a member of its session: `listeners.loopback_owner_error`):
+    another pod's or a hostNetwork pod's listener there must not keep a pod that never
+    bound its own address alive or ready. A failure's message names both attempts."""
     ok, msg = _attempt(spec, container, exec_run, host)
     explicit = (spec.get("httpGet") or spec.get("tcpSocket") or {}).get("host")
     if ok or not fallback or host == NODE_IP or explicit or _REFUSED not in msg:
         return ok, "" if ok else msg
+    # whose socket answers at 127.0.0.1: decided before the attempt, so that a probe of a
+    # port held by someone else sends that process nothing
+    handler = spec.get("httpGet") or spec.get("tcpSocket") or {}
+    try:
+        port = _port(handler.get("port"), container)
+    except ConfigError as e:  # unreachable: the first attempt resolved it
+        return False, f"{msg}; at {NODE_IP}: {e}"
+    foreign = loopback_owner_error(port, pod_pids() if pod_pids is not None else [])
+    if foreign is not None:
+        return False, f"{msg}; at {NODE_IP}: {foreign}"
     ok, again = _attempt(spec, container, exec_run, NODE_IP)
     if ok:
         return True, f"answered at {NODE_IP}, not at the pod IP {host}"
@@ -147,13 +168,20 @@ def run_handler(
 _REFUSED = "Connection refused"
 
 
-def run_probe(st: ProbeState, container: Mapping[str, Any],
-              exec_run: Callable[[list[str], float], int], host: str) -> tuple[bool, str]:
+def run_probe(
+    st: ProbeState,
+    container: Mapping[str, Any],
+    exec_run: Callable[[list[str], float], int],
+    host: str,
+    pod_pids: Callable[[], Iterable[int]] | None = None,
+) -> tuple[bool, str]:
     """`run_handler` for the probe ``st`` of ``container`` at the pod IP ``host``, with the
     second try at 127.0.0.1 only until this container start has been answered at ``host``
-    itself (then ``st.pod_ip_answered`` is set). Returns ``(success, message)`` as
-    `run_handler` does; the caller does not count the outcome (``st.record``)."""
-    ok, msg = run_handler(st.spec, container, exec_run, host, fallback=not st.pod_ip_answered)
+    itself (then ``st.pod_ip_answered`` is set), and only to a listener that ``pod_pids``'
+    processes hold. Returns ``(success, message)`` as `run_handler` does; the caller does
+    not count the outcome (``st.record``)."""
+    ok, msg = run_handler(st.spec, container, exec_run, host, fallback=not st.pod_ip_answered,
+                          pod_pids=pod_pids)  # fmt: skip
     if ok and not msg:
         st.pod_ip_answered = True
     return ok, msg

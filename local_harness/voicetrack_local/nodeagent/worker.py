@@ -251,6 +251,11 @@ class PodWorker(threading.Thread):
         return subprocess.run(argv, env=env, cwd=self.dir, capture_output=True,
                               timeout=timeout, check=False).returncode  # fmt: skip
 
+    def _pod_pids(self) -> list[int]:
+        """Host pids of the main processes of this pod's running containers (a sidecar's
+        listener at 127.0.0.1 is the pod's as well: the probes' fallback)."""
+        return [p for c in [*self.inits, *self.ctrs] if c.running for p in c.main_pids()]
+
     def _probe(self, pod: dict[str, Any], c: Container) -> None:
         """Run ``c``'s due probes (startup first, then liveness and readiness); a failed
         startup or liveness probe stops the container (SIGTERM, SIGKILL after the grace
@@ -268,7 +273,7 @@ class PodWorker(threading.Thread):
             if st is None or not st.due(now):
                 continue
             ok, msg = run_probe(st, c.spec, lambda cmd, t: self._exec(c, cmd, t),
-                                pod_ip(self.pod))
+                                pod_ip(self.pod), self._pod_pids)
             if ok and msg and st.successes == 0:  # once per run of successes
                 log.warning("%s/%s %s %s: %s (bind $(POD_IP) or 0.0.0.0)", self.ns,
                             self.pod_name, c.name, kind, msg)
