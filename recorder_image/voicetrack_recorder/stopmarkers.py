@@ -138,10 +138,12 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
     (`dropped`, as `give_up` leaves them) begin with a pause, the 20 ms after that pause,
     which it carries as its gap: the pause stays cut whole, never 20 ms of it silence.
     Stored in S3 instead when the API server refuses it or stays away (module doc). When
-    the API took it, `dropped` (and the spool's `unsaid.json`) keeps only what follows
-    it. Returns the session's new last word when it was written, None when nothing was
-    (no chunk yet: no audio to exclude; nothing new; the window past the session's time
-    limit; neither store took it). Runs in a thread."""
+    either took it, `dropped` (and the spool's `unsaid.json`, rewritten atomically) keeps
+    only what follows it (ms after its end); before, a marker stored in S3 left the pause
+    it carried unsaid, for a restarted container to carry again. Returns the session's new
+    last word when it was written, None when nothing was (no chunk yet: no audio to
+    exclude; nothing new; the window past the session's time limit; neither store took
+    it). Runs in a thread."""
     if last is None:
         return None
     end, listed = last
@@ -159,10 +161,10 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
         return None
     log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, start,
              start + FRAME_MS, [o.user_id for o in now])
-    if uploader.create_marker(spec, deadline):
-        dropped[:] = follow(dropped, spec.end_ms)
-        uploader.spool.save_unsaid(dropped)
-    elif not uploader.store_marker_spec(spec, deadline):
-        return None
+    if not uploader.create_marker(spec, deadline):
+        if not uploader.store_marker_spec(spec, deadline):
+            return None
+    dropped[:] = follow(dropped, spec.end_ms)  # said, in the API or in S3: not again
+    uploader.spool.save_unsaid(dropped)
     chunker.next_index += 1
     return spec.end_ms, now
