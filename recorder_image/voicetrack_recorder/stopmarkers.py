@@ -14,9 +14,12 @@
 A marker needs no S3: it is created through the API only. When the API server refuses the
 consent marker (403 while the session's namespace terminates) or stays away past the
 deadline, its spec is stored in S3 instead (`ChunkUploader.store_marker_spec`), which the
-operator's inventory promotes from. A lost window's marker never made leaves the session's
-last word on consent unsaid (`LastWord` with `None`), so a consent marker is written, after
-the last marker made.
+operator's inventory promotes from; it is said as an API-created one is (the gaps it
+carried are trimmed from what stays unsaid) and kept in the spool
+(`Spool.save_stored_marker`), so a restarted container continues at the index after it
+(`restart.said_chunks`): before, it reused that index over the marker's window. A lost
+window's marker never made leaves the session's last word on consent unsaid (`LastWord`
+with `None`), so a consent marker is written, after the last marker made.
 
 A lost window's marker not made (the API away past the deadline or refusing it, or a
 window the model refuses) ends the run of markers: the time the rest would have carried
@@ -164,6 +167,7 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
     if not uploader.create_marker(spec, deadline):
         if not uploader.store_marker_spec(spec, deadline):
             return None
+        uploader.spool.save_stored_marker(spec)  # a restarted container follows it
     dropped[:] = follow(dropped, spec.end_ms)  # said, in the API or in S3: not again
     uploader.spool.save_unsaid(dropped)
     chunker.next_index += 1
