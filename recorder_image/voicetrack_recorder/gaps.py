@@ -98,3 +98,8 @@ def follow(gaps: list[Gap], end_ms: int | None) -> list[Gap]:
         return []
     return [g if g.start_ms >= end_ms else Gap(start_ms=end_ms, end_ms=g.end_ms, cause=g.cause)
             for g in gaps if g.end_ms > end_ms]
+
+
+def spans(gaps: list[Gap]) -> str:
+    """`gaps` for a log line: `[start, end) ms cause, …`."""
+    return ", ".join(f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in gaps)

@@ -45,8 +45,9 @@ from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.ending import FlushDeadline, RecorderResult, arms_at_once, keeps_spool
 from voicetrack_recorder.faults import retry_async
-from voicetrack_recorder.gaps import CUT, LOST, carry, follow, unsaid
+from voicetrack_recorder.gaps import CUT, LOST, carry, spans, unsaid
 from voicetrack_recorder.kube import RecorderKube
+from voicetrack_recorder.restart import restore_unsaid, said_chunks
 from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_SLOTS
 from voicetrack_recorder.sealing import SEAL_DELAY_SLOTS as SEAL_DELAY_SLOTS
 from voicetrack_recorder.sealing import TAIL_WAIT_MAX_S, seal_tail, sealable_slot, source_watermark
@@ -152,15 +153,19 @@ class Recorder:
 
     async def prepare(self) -> int:
         """Continue after the session's chunks and those a previous run left in the spool
-        (`ChunkUploader.adopt`: queued first), and after the gaps that run left unsaid
-        (`_restore_unsaid`), or start fresh; opens the first window unless paused. Returns
-        the capture origin slot: the start of the session's first chunk, or of those gaps
+        (`ChunkUploader.adopt`: queued first) or stored in S3 only (a marker:
+        `restart.said_chunks`), and after the gaps that run left unsaid
+        (`restart.restore_unsaid`), or start fresh; opens the first window unless paused.
+        Returns the capture origin slot: the start of the session's first chunk, or of those gaps
         when there is none (t = 0 of the final recording)."""
         existing = await retry_async(lambda: asyncio.to_thread(self.kube.list_chunks),
                                      "list RecordingChunks", self.stop)
+        # with the marker a previous run stored in S3 only (`restart.said_chunks`)
+        existing = await asyncio.to_thread(said_chunks, self.uploader.spool, existing)
         self._pending.extend(await asyncio.to_thread(self.uploader.adopt, existing))
         chunks = existing + [s.spec for s in self._pending]
-        await asyncio.to_thread(self._restore_unsaid, chunks[-1].end_ms if chunks else None)
+        self._unsaid = await asyncio.to_thread(restore_unsaid, self.uploader.spool,
+                                               chunks[-1].end_ms if chunks else None)
         if chunks:
             self.chunker.next_index = chunks[-1].index + 1
             self.consent.restore(chunks[-1].opted_out)
@@ -176,23 +181,6 @@ class Recorder:
         if self.chunker.start_slot is not None:
             return self.chunker.start_slot
         return max(self.clock.now_slot(), 0)
-
-    def _restore_unsaid(self, end_ms: int | None) -> None:
-        """Take the gaps a previous run left unsaid (`Spool.unsaid`, taken once) that follow
-        the session's last chunk, ending at `end_ms` (None: no chunk), as `gaps.follow`
-        keeps them; the rest is dropped with a warning (their time falls in the restart
-        gap) and the spool's file rewritten to match. Runs in a thread."""
-        spool = self.uploader.spool
-        saved, spool.unsaid = spool.unsaid, []
-        self._unsaid = follow(saved, end_ms)
-        if saved and not self._unsaid:
-            log.warning("the gaps a previous run left unsaid, %s, do not follow the "
-                        "session's last chunk (ending at %s ms): discarded",
-                        _spans(saved), end_ms)
-        elif self._unsaid:
-            log.warning("a previous run left unsaid %s: the next chunk carries them",
-                        _spans(self._unsaid))
-        spool.save_unsaid(self._unsaid)  # rewritten only when it differs
 
     async def run(self, source: Source) -> RecorderResult:
         """Capture until stop (call `prepare` first); returns how many chunks were written
@@ -349,7 +337,7 @@ class Recorder:
             window = Gap(start_ms=chunk.start_ms, end_ms=chunk.end_ms, cause=LOST)
             self._unsaid = unsaid([*waiting, window], chunk.end_ms)
             log.error("chunk %d [%d, %d) ms dropped: %s; not carried yet: %s", chunk.index,
-                      chunk.start_ms, chunk.end_ms, err, _spans(self._unsaid),
+                      chunk.start_ms, chunk.end_ms, err, spans(self._unsaid),
                       exc_info=not isinstance(err, SpoolFull))
             # kept on disk: a restart (while paused too) carries them with their causes
             await self._keep_unsaid()
@@ -393,8 +381,3 @@ class Recorder:
                             self.uploader, deadline)
         if last is not None:
             self._last = last
-
-
-def _spans(gaps: list[Gap]) -> str:
-    """`gaps` for a log line: `[start, end) ms cause, …`."""
-    return ", ".join(f"[{g.start_ms}, {g.end_ms}) ms {g.cause}" for g in gaps)

@@ -34,7 +34,10 @@ pause a resumed window holds) are kept there too, in `unsaid.json` (`save_unsaid
 last chunk on disk and cut the lost window as paused time. `Spool.unsaid` holds what a
 previous run left if it is this session's, meeting's and guild's and its gaps have the
 shape the recorder writes (anything else is removed with a warning); whether it follows
-the session's chunks is the recorder's check (`gaps.follow`).
+the session's chunks is the recorder's check (`gaps.follow`). The last marker chunk stored
+in S3 only (the API server refused it or stayed away: `stopmarkers.mark_consent`) is kept
+there as `stored-marker.json` (`save_stored_marker`, `voicetrack_recorder.marker_file`), so
+a restarted container, which cannot list S3, continues after it (`restart.said_chunks`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import RawFormat
 from voicetrack_recorder.chunker import SealedChunk
+from voicetrack_recorder.marker_file import MARKER_FILE, read_stored_marker, write_stored_marker
 from voicetrack_recorder.unsaid_file import (
     UNSAID_FILE,
     Owner,
@@ -145,8 +149,13 @@ class Spool:
         """`_unsaid_bytes`: the size of `unsaid.json` (counted in `used`), 0: none."""
         self._kept = list(self.unsaid)
         """What `unsaid.json` holds now."""
+        self.stored_marker: ChunkSpec | None
+        """The last marker chunk a previous run stored in S3 only (`save_stored_marker`),
+        checked; None when none."""
+        self.stored_marker, self._marker_bytes = read_stored_marker(root, self._owner())
+        """`_marker_bytes`: the size of `stored-marker.json` (counted in `used`), 0: none."""
         self.adopted: list[SpooledChunk] = self._adopt()
-        self.used = sum(s.size for s in self.adopted) + self._unsaid_bytes
+        self.used = sum(s.size for s in self.adopted) + self._unsaid_bytes + self._marker_bytes
 
     def estimate(self, chunk: SealedChunk) -> int:
         """Bytes `chunk` will take on disk: exact for PCM; for Ogg Opus its packets plus
@@ -248,7 +257,7 @@ class Spool:
         every other entry there is removed (logged as a warning)."""
         adopted: list[SpooledChunk] = []
         for entry in sorted(self.root.iterdir()):
-            if entry.name == UNSAID_FILE:  # `unsaid_file.read_unsaid`'s
+            if entry.name in (UNSAID_FILE, MARKER_FILE):  # `read_unsaid`'s, `read_stored_marker`'s
                 continue
             try:
                 found = self._verify(entry)
@@ -277,6 +286,15 @@ class Spool:
         self._unsaid_bytes = write_unsaid(self.root, self._owner(), gaps)
         self.used += self._unsaid_bytes
         self._kept = list(gaps) if self._unsaid_bytes or not gaps else []
+
+    def save_stored_marker(self, spec: ChunkSpec | None) -> None:
+        """Keep marker chunk `spec`, stored in S3 only, as `stored-marker.json` in the root
+        (`marker_file.write_stored_marker`; counted in `used`, never refused for the
+        bound), so a restarted container continues after it; None removes the file. Never
+        raises: a failure is logged and the old file removed."""
+        self.used -= self._marker_bytes
+        self._marker_bytes = write_stored_marker(self.root, self._owner(), spec)
+        self.used += self._marker_bytes
 
     def _owner(self) -> Owner:
         return (self.session_name, self.layout.meeting_id, self.layout.guild_id)

@@ -14,9 +14,12 @@
 A marker needs no S3: it is created through the API only. When the API server refuses the
 consent marker (403 while the session's namespace terminates) or stays away past the
 deadline, its spec is stored in S3 instead (`ChunkUploader.store_marker_spec`), which the
-operator's inventory promotes from. A lost window's marker never made leaves the session's
-last word on consent unsaid (`LastWord` with `None`), so a consent marker is written, after
-the last marker made.
+operator's inventory promotes from; it is said as an API-created one is (the gaps it
+carried are trimmed from what stays unsaid) and kept in the spool
+(`Spool.save_stored_marker`), so a restarted container continues at the index after it
+(`restart.said_chunks`): before, it reused that index over the marker's window. A lost
+window's marker never made leaves the session's last word on consent unsaid (`LastWord`
+with `None`), so a consent marker is written, after the last marker made.
 
 A lost window's marker not made (the API away past the deadline or refusing it, or a
 window the model refuses) ends the run of markers: the time the rest would have carried
@@ -138,10 +141,12 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
     (`dropped`, as `give_up` leaves them) begin with a pause, the 20 ms after that pause,
     which it carries as its gap: the pause stays cut whole, never 20 ms of it silence.
     Stored in S3 instead when the API server refuses it or stays away (module doc). When
-    the API took it, `dropped` (and the spool's `unsaid.json`) keeps only what follows
-    it. Returns the session's new last word when it was written, None when nothing was
-    (no chunk yet: no audio to exclude; nothing new; the window past the session's time
-    limit; neither store took it). Runs in a thread."""
+    either took it, `dropped` (and the spool's `unsaid.json`, rewritten atomically) keeps
+    only what follows it (ms after its end); before, a marker stored in S3 left the pause
+    it carried unsaid, for a restarted container to carry again. Returns the session's new
+    last word when it was written, None when nothing was (no chunk yet: no audio to
+    exclude; nothing new; the window past the session's time limit; neither store took
+    it). Runs in a thread."""
     if last is None:
         return None
     end, listed = last
@@ -159,10 +164,11 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
         return None
     log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, start,
              start + FRAME_MS, [o.user_id for o in now])
-    if uploader.create_marker(spec, deadline):
-        dropped[:] = follow(dropped, spec.end_ms)
-        uploader.spool.save_unsaid(dropped)
-    elif not uploader.store_marker_spec(spec, deadline):
-        return None
+    if not uploader.create_marker(spec, deadline):
+        if not uploader.store_marker_spec(spec, deadline):
+            return None
+        uploader.spool.save_stored_marker(spec)  # a restarted container follows it
+    dropped[:] = follow(dropped, spec.end_ms)  # said, in the API or in S3: not again
+    uploader.spool.save_unsaid(dropped)
     chunker.next_index += 1
     return spec.end_ms, now

@@ -222,3 +222,30 @@ def test_a_consent_marker_the_api_refuses_is_stored_in_s3(tmp_path: Path) -> Non
     assert (stored.index, stored.start_ms, stored.end_ms) == (1, 5000, 5020)
     assert [o.user_id for o in stored.opted_out] == [A]
     assert rec.chunker.next_index == 2
+
+
+def test_a_consent_marker_stored_in_s3_says_the_pause_it_carried(tmp_path: Path) -> None:
+    """A pause [5, 30) s left unsaid at stop (in `unsaid.json`), carried by the consent
+    marker after it, chunk 1 [30, 30.02) s; the API server refuses it, so it is stored in
+    S3. It is said as when the API takes it: nothing is left unsaid, in memory or in the
+    spool. Before: the pause stayed in `unsaid.json`, and a restarted container carried it
+    again (the pause counted twice)."""
+    rec, time = recorder()
+    spool = Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup")
+    uploader = MarkerUploader(spool, creates=False)
+    rec.uploader = cast(Any, uploader)
+    rec.push(A, 0, FRAME)
+    rec._last = (5000, [])
+    rec.chunker.next_index = 1
+    rec._unsaid = [Gap(start_ms=5000, end_ms=30_000, cause="paused")]
+    spool.save_unsaid(rec._unsaid)
+    at(time, rec, 30_000)
+    rec.kube.opt_out = (frozenset({A}), frozenset())
+    rec.follow_consent()
+    rec._mark_consent(deadline=0.0)
+    (stored,) = uploader.stored
+    assert (stored.index, stored.start_ms, stored.end_ms, stored.gap) == (
+        1, 30_000, 30_020, Gap(start_ms=5000, end_ms=30_000, cause="paused"))
+    assert rec._unsaid == []
+    assert not (tmp_path / "s" / "unsaid.json").exists()
+    assert Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup").unsaid == []

@@ -1,0 +1,194 @@
+"""A consent marker stored in S3 only is said, and a restarted container follows it.
+
+When the API server refuses the consent marker (403 while the namespace terminates) or
+stays away past the deadline, its spec is stored in S3 (`ChunkUploader.store_marker_spec`)
+and the operator's inventory rebuilds the chunk from it. Before, that marker counted for
+nothing in the spool: the gaps it carried stayed in `unsaid.json`, and its index was known
+nowhere a restarted container reads (the recorder cannot list S3). After a restart in the
+same pod (`source-failed`, `clock-stepped`, a crash) the next run created its own chunk at
+the same index, over the marker's window, carrying those gaps again: two specs for one
+index, a pause or lost window counted twice. Now the stored marker is kept in the spool
+(`stored-marker.json`, `voicetrack_recorder.marker_file`) and the gaps it carried are
+trimmed as when the API takes it.
+
+Real Spool and libopus (`recorder_rig`); the API server's chunks are handed to `prepare`,
+the marker create refused and the S3 store taken by stand-ins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.unit.recorder_rig import GUILD, recorder_at, sine_packet
+from voicetrack.chunkspec import ChunkSpec, Gap
+from voicetrack_recorder.clock import SessionClock
+from voicetrack_recorder.recorder import Recorder
+
+pytestmark = pytest.mark.unit
+
+WINDOW = 250
+"""Slots of a 5 s chunk."""
+SPEAKER = "200000000000000001"
+OUT = "400000000000000071"
+"""The member who opts out while nothing is recorded."""
+LOST, PAUSE = "connection-lost", "paused"
+MARKER = "stored-marker.json"
+"""Where the spool keeps the marker stored in S3 only (`marker_file.MARKER_FILE`)."""
+
+
+def chunk0() -> ChunkSpec:
+    """The session's RecordingChunk 0, [0, 5) s, created before the first run's end."""
+    return ChunkSpec(session_name="standup", meeting_id="abcdef0123456789", guild_id=GUILD,
+                     index=0, start_ms=0, end_ms=5_000)
+
+
+async def run(tmp_path: Path, now_s: list[float], paused: bool,
+              existing: list[ChunkSpec]) -> tuple[Recorder, list[ChunkSpec]]:
+    """A container's run on the spool `tmp_path/s` after `prepare` (the API server lists
+    `existing`); its marker creates refused, its S3 stores listed in the list returned."""
+    rec = recorder_at(tmp_path, SessionClock(0, time_fn=lambda: now_s[0]), chunkSeconds=5)
+    rec.kube.paused = paused
+    rec.kube.list_chunks = lambda: list(existing)  # type: ignore[method-assign]
+    stored: list[ChunkSpec] = []
+
+    def store(spec: ChunkSpec, deadline: object) -> bool:
+        stored.append(spec)
+        return True
+
+    rec.uploader.create_marker = lambda spec, deadline: False  # type: ignore[method-assign]
+    rec.uploader.store_marker_spec = store  # type: ignore[method-assign]
+    await rec.prepare()
+    return rec, stored
+
+
+async def stop_with_an_opt_out(rec: Recorder) -> None:
+    """`OUT` opts out (nothing records them), then the stop path's markers (the API away:
+    the consent marker goes to S3)."""
+    rec.push(OUT, 0, sine_packet())  # seen by consent (its frame kept or not)
+    rec.kube.opt_out = (frozenset({OUT}), frozenset())
+    rec.follow_consent()
+    rec._give_up(deadline=0.0)
+    rec._mark_consent(deadline=0.0)
+
+
+def pending(rec: Recorder) -> list[tuple[int, int, int, Gap | None, int]]:
+    """(index, startMs, endMs, gap, tracks) of each chunk spooled and not uploaded."""
+    return [(s.spec.index, s.spec.start_ms, s.spec.end_ms, s.spec.gap, len(s.spec.tracks))
+            for s in rec._pending]
+
+
+async def resume_and_spool(rec: Recorder, now_s: list[float], at_s: float) -> None:
+    """Resume at `at_s` seconds and spool one 5 s window of tone."""
+    now_s[0] = at_s
+    rec.kube.paused = False
+    slot = int(at_s * 50)
+    await rec._follow_pause(slot)
+    packet = sine_packet()
+    for s in range(slot, slot + WINDOW):
+        assert rec.push(SPEAKER, s, packet)
+    await rec._spool(rec.chunker.seal())
+
+
+async def test_a_restart_after_a_stored_consent_marker_continues_after_it(
+        tmp_path: Path) -> None:
+    """Paused at 5 s after chunk 0; a member opts out while paused; the source fails: the
+    consent marker, chunk 1 [5, 5.02) s, is stored in S3. The restarted container starts
+    at chunk 2, after the marker (its pause starts at 5.02 s) with the marker's optedOut as
+    the last word. Before: it reused index 1 over the marker's window, its pause from 5 s."""
+    now = [6.0]
+    rec, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    await stop_with_an_opt_out(rec)
+    assert [(s.index, s.start_ms, s.end_ms) for s in stored] == [(1, 5_000, 5_020)]
+    again, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert again.chunker.next_index == 2
+    assert again._last is not None and again._last[0] == 5_020
+    assert [o.user_id for o in again._last[1]] == [OUT]
+    await resume_and_spool(again, now, 100.0)
+    assert pending(again) == [
+        (2, 100_000, 105_000, Gap(start_ms=5_020, end_ms=100_000, cause=PAUSE), 1)]
+    again._mark_consent(deadline=0.0)  # the opt-out was said: no second consent marker
+    assert stored == []
+    third, _ = await run(tmp_path, now, paused=False, existing=[chunk0()])  # a crash
+    assert pending(third) == [  # adopted: it follows the stored marker
+        (2, 100_000, 105_000, Gap(start_ms=5_020, end_ms=100_000, cause=PAUSE), 1)]
+    assert third.chunker.next_index == 3
+
+
+async def test_a_stored_consent_marker_trims_the_gaps_it_carried(tmp_path: Path) -> None:
+    """Chunk 0 created; the window [5, 7) s dropped (the spool full) at a pause; an opt-out
+    while paused; the source fails with the API away: the lost window's marker is not made,
+    and the consent marker, chunk 1 [5, 5.02) s, stored in S3. The window left unsaid
+    (`unsaid.json`) then starts at 5.02 s, as when the API takes the marker; the restarted
+    run carries it from there at chunk 2. Before: unsaid.json kept [5, 7) s and the next
+    run's marker took index 1 again, its gap over the stored marker's window."""
+    now = [5.0]
+    rec, stored = await run(tmp_path, now, paused=False, existing=[chunk0()])
+    packet = sine_packet()
+    for slot in range(WINDOW, 350):
+        assert rec.push(SPEAKER, slot, packet)
+    now[0] = 7.0
+    rec.kube.paused = True
+    await rec._follow_pause(350)
+    spool = rec.uploader.spool
+    bound, spool.max_bytes = spool.max_bytes, 0
+    await rec._spool(rec.chunker.seal())  # dropped: the spool full
+    spool.max_bytes = bound
+    await stop_with_an_opt_out(rec)
+    assert [(s.index, s.start_ms, s.end_ms) for s in stored] == [(1, 5_000, 5_020)]
+    left = [Gap(start_ms=5_020, end_ms=7_000, cause=LOST)]
+    assert rec._unsaid == left
+    doc = json.loads((tmp_path / "s" / "unsaid.json").read_bytes())
+    assert [Gap.model_validate(g) for g in doc["gaps"]] == left
+    again, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert again.chunker.next_index == 2 and again._unsaid == left
+    await resume_and_spool(again, now, 100.0)
+    assert pending(again) == [
+        (2, 6_980, 7_000, Gap(start_ms=5_020, end_ms=6_980, cause=LOST), 0),
+        (3, 100_000, 105_000, Gap(start_ms=7_000, end_ms=100_000, cause=PAUSE), 1)]
+
+
+def stored_marker(tmp_path: Path, **doc: object) -> ChunkSpec:
+    """Write `stored-marker.json` in the spool `tmp_path/s` as a previous run would have
+    for marker chunk 1 [5, 5.02) s after `chunk0`, with the file's fields replaced by
+    `doc`'s; returns the marker's spec."""
+    marker = ChunkSpec(session_name="standup", meeting_id="abcdef0123456789",
+                       guild_id=GUILD, index=1, start_ms=5_000, end_ms=5_020)
+    root = tmp_path / "s"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text(json.dumps({
+        "sessionName": "standup", "meetingId": "abcdef0123456789", "guildId": GUILD,
+        "spec": marker.to_api(), **doc}))
+    return marker
+
+
+@pytest.mark.parametrize("doc", [
+    {"sessionName": "other"}, {"meetingId": "0123456789abcdef"},
+    {"spec": {"sessionName": "standup"}}, {"spec": []}])
+async def test_a_stored_marker_file_not_this_sessions_marker_is_discarded(
+        tmp_path: Path, doc: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    """Another session's or meeting's file, or one without a chunk spec: removed with a
+    warning, never trusted; the run continues after the API server's last chunk."""
+    stored_marker(tmp_path, **doc)
+    with caplog.at_level(logging.WARNING):
+        rec, _ = await run(tmp_path, [6.0], paused=True, existing=[chunk0()])
+    assert f"discarding {MARKER}" in caplog.text
+    assert rec.chunker.next_index == 1 and not (tmp_path / "s" / MARKER).exists()
+
+
+async def test_a_stored_marker_the_api_lists_or_not_following_is_forgotten(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Once the API server lists a chunk at the marker's index (the inventory made it, or
+    a later run's chunk) the file is removed; a marker that does not follow the API
+    server's last chunk (a chunk before it gone) is discarded with a warning."""
+    marker = stored_marker(tmp_path)
+    rec, _ = await run(tmp_path, [6.0], paused=True, existing=[chunk0(), marker])
+    assert rec.chunker.next_index == 2 and not (tmp_path / "s" / MARKER).exists()
+    stored_marker(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        rec, _ = await run(tmp_path, [6.0], paused=True, existing=[])
+    assert "does not follow" in caplog.text
+    assert rec.chunker.next_index == 0 and not (tmp_path / "s" / MARKER).exists()
