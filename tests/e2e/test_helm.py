@@ -141,6 +141,36 @@ def test_each_release_has_a_peering_of_its_own(helm: Helm) -> None:
     assert peering("team-a", "operator.ha.peeringName=shared") == ("shared", "shared")
 
 
+def test_an_upgrade_keeps_the_peering_the_release_already_owns(helm: Helm,
+                                                               stack: Stack) -> None:
+    """A release installed when the peering's default name was `voicetrack` keeps it on
+    upgrade (`lookup` of the ClusterKopfPeering Helm made for it): a new name would roll
+    the new replicas into an empty peering, where they act at once, while the old ones,
+    whose peering Helm deletes, act on until they stop. Another release's `voicetrack`
+    changes nothing. Rendered against the local cluster (`--dry-run=server`)."""
+    ns = f"vt-peer-{secrets.token_hex(3)}"
+    env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig)}
+
+    def name(release: str) -> str:
+        out = helm("template", release, str(CHART), *KUBE, "--namespace", ns,
+                   "--dry-run=server", "--set", "operator.ha.enabled=true", "--set",
+                   "operator.replicas=2", "--set",
+                   "database.url=postgresql+psycopg://u:p@db:5432/v", env=env).stdout
+        obj = next(o for o in docs(out) if o["kind"] == "ClusterKopfPeering")
+        return str(obj["metadata"]["name"])
+
+    assert name("old") == "old-voicetrack"  # nothing to keep: the release's full name
+    owned = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+             "metadata": {"name": "voicetrack", "annotations": {
+                 "meta.helm.sh/release-name": "old", "meta.helm.sh/release-namespace": ns}}}
+    stack.kubectl("apply", "-f", "-", input=json.dumps(owned))
+    try:
+        assert name("old") == "voicetrack"  # the upgrade keeps it
+        assert name("new") == "new-voicetrack"  # not this release's
+    finally:
+        stack.kubectl("delete", "clusterkopfpeering", "voicetrack", "--ignore-not-found")
+
+
 def test_existing_secrets_replace_the_chart_managed_ones(helm: Helm) -> None:
     out = helm("template", "v", str(CHART), *KUBE, "--namespace", "ops",
                "--set", "s3.existingSecret=my-s3", "--set", "database.existingSecret=my-db",

@@ -309,10 +309,24 @@ in the policy list (every session there would be Refused, NoNetworkPolicy).
 {{- end }}
 
 {{- /*
-The ClusterKopfPeering of this release's operator replicas: operator.ha.peeringName, or the
-release's full name when empty (one peering per release: cluster-scoped, and replicas of two
-releases in one would let only one release act).
+The ClusterKopfPeering of this release's operator replicas: operator.ha.peeringName, or by
+default the release's full name (one peering per release: it is cluster-scoped, and the
+replicas of two releases in one would let only one release act). A release that already
+owns the ClusterKopfPeering `voicetrack` (the default before) keeps that name on upgrade:
+renaming it would roll new replicas into a new, empty peering, which act at once, while the
+old ones, whose peering is deleted, go on acting until they stop (both act for the rollout).
+`lookup` sees nothing under `helm template` (no cluster): the release's full name.
 */}}
 {{- define "voicetrack.peeringName" -}}
-{{- .Values.operator.ha.peeringName | default (include "voicetrack.fullname" .) -}}
+{{- if .Values.operator.ha.peeringName -}}
+{{- .Values.operator.ha.peeringName -}}
+{{- else -}}
+{{- $old := lookup "kopf.dev/v1" "ClusterKopfPeering" "" "voicetrack" -}}
+{{- $annotations := dig "metadata" "annotations" (dict) ($old | default (dict)) -}}
+{{- if and (eq (get $annotations "meta.helm.sh/release-name") .Release.Name) (eq (get $annotations "meta.helm.sh/release-namespace") .Release.Namespace) -}}
+voicetrack
+{{- else -}}
+{{- include "voicetrack.fullname" . -}}
+{{- end -}}
+{{- end -}}
 {{- end }}
