@@ -442,3 +442,32 @@ def test_probes_go_to_the_pod_ip_and_fall_back_to_the_nodes_loopback(http_server
     assert not ok and "at 127.0.0.1" not in msg, msg
     ok, msg = run_handler({"tcpSocket": {"port": http_server, "host": ours}}, {}, no_exec, ours)
     assert not ok and "at 127.0.0.1" not in msg, msg
+
+
+def test_a_pid_lookup_podman_does_not_answer_fails_the_probe_not_the_pod() -> None:
+    """`podman container inspect` of the container's pid timing out (podman busy on its
+    storage lock) or not starting (OSError) on the 127.0.0.1 fallback: that probe fails,
+    naming the listener as not the pod's, and the next call asks again. Before, the
+    exception escaped the probe into the pod's worker, which SIGKILLs every container and
+    marks the pod Failed (second review)."""
+    class Hung:
+        calls = 0
+
+        def run(self, *args: str, timeout: float = 30) -> Any:
+            Hung.calls += 1
+            if Hung.calls == 1:
+                raise subprocess.TimeoutExpired(["podman", *args], timeout)
+            raise OSError(11, "Resource temporarily unavailable")
+
+    from voicetrack_local.nodeagent.podman import PodmanContainer
+    c = PodmanContainer("c", {"name": "c"}, False, podman=Hung(), cname="k8s_c",  # type: ignore[arg-type]
+                        pid=os.getpid() + 4_000_000)  # no such process: not this listener's
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        spec = {"tcpSocket": {"port": s.getsockname()[1]}}
+        st = ProbeState("readinessProbe", spec, 0.0)
+        ok, msg = run_probe(st, spec, lambda cmd, t: 0, "127.64.0.9", c.main_pids)
+        assert not ok and "not by a process of this pod" in msg, msg
+        ok, msg = run_probe(st, spec, lambda cmd, t: 0, "127.64.0.9", c.main_pids)
+        assert not ok and Hung.calls == 2 and c.container_pid is None

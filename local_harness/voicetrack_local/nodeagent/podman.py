@@ -30,6 +30,9 @@ log = logging.getLogger("voicetrack.nodeagent")
 CONTAINERS_CONF = Path(__file__).resolve().parents[3] / "images" / "containers.conf"
 #: seconds a ``podman pull`` may take before it counts as failed
 PULL_TIMEOUT = 120.0
+#: seconds a probe waits for ``podman container inspect`` of a container's pid
+#: (`PodmanContainer.main_pids`): it runs on the pod's worker thread
+PID_LOOKUP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -174,10 +177,19 @@ class PodmanContainer(Container):
     def main_pids(self) -> list[int]:
         """The container's main process as the host sees it (``podman container inspect``'s
         ``State.Pid``: conmon starts it, so it descends from no process of the agent's),
-        and the ``podman run`` process; looked up once a run (0 = not running yet)."""
+        and the ``podman run`` process; looked up once a run (0 = not running yet). A
+        lookup that fails (podman slower than `PID_LOOKUP_S`, busy on its storage lock, or
+        not started: OSError) gives only the ``podman run`` process this time and is tried
+        again on the next call: a probe then fails rather than the pod's worker."""
         pids = super().main_pids()
         if pids and self.container_pid is None and self.podman and self.cname is not None:
-            r = self.podman.run("container", "inspect", "--format", "{{.State.Pid}}", self.cname)
+            try:
+                r = self.podman.run("container", "inspect", "--format", "{{.State.Pid}}",
+                                    self.cname, timeout=PID_LOOKUP_S)
+            except (subprocess.TimeoutExpired, OSError) as e:
+                log.warning("%s: the container's pid not read (%s): its listeners do not "
+                            "count as the pod's for this probe", self.cname, e)
+                return pids
             pid = r.stdout.strip()
             if r.returncode == 0 and pid.isdigit() and int(pid) > 0:
                 self.container_pid = int(pid)
