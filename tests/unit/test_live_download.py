@@ -221,3 +221,25 @@ def test_the_web_page_makes_the_same_key_check(key: str, served: bool) -> None:
     else:
         with pytest.raises(HTTPException):
             _live_track(manifest, view, "mix")
+
+
+def test_s3_failing_for_two_tracks_in_a_row_stops_the_download(tmp_path: Path) -> None:
+    """S3 away mid-download: after two tracks in a row fail, the rest are missed untried,
+    each named; before, every track paid the client's time-outs one after another (a
+    blackholed S3: ~20 s a track). A failure between successes does not count on."""
+    store = Store()
+    names = ["mix", A, B, "400000000000000013", "400000000000000014"]
+    keys = _live(store, names)
+    store.write_manifest(keys)
+    tried: list[str] = []
+    for n in names[1:]:
+        store.on_get[keys[n]] = lambda n=n: tried.append(n)  # type: ignore[misc]
+        store.cut[keys[n]] = TemporaryFailure("get k: S3 endpoint unreachable")
+    with pytest.raises(TemporaryFailure) as caught:
+        _download(store, tmp_path)
+    said = str(caught.value)
+    assert tried == [A, B]
+    for n in names[3:]:
+        assert f"{MEETING}-live-{n}.mp3: not tried: S3 failed for the 2 tracks before it" \
+            in said
+    assert f"saved and verified: {MEETING}-live-mix.mp3" in said

@@ -58,6 +58,10 @@ manifest naming the new object: a live Job writes it after its objects; about tw
 intervals (VOICETRACK_LIVE_INTERVAL_SECONDS, 30 s by default)."""
 MANIFEST_POLL_S = 2.0
 """How often (s) the live manifest is read again meanwhile."""
+S3_FAILURES_TO_STOP = 2
+"""Tracks in a row S3 fails for (TemporaryFailure) after which `download_live` tries no
+more: an S3 that is away costs each try the client's time-outs and retries (about 20 s for
+an address that does not answer), so a 20-speaker meeting would take minutes to say so."""
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 
 
@@ -180,7 +184,9 @@ async def download_live(reader: RecordingsReader, ref: str, dest: Path,
     kept, nor an older copy at its name) and every track not fetched, or TemporaryFailure
     naming the tracks not fetched when none is damaged (replaced and no newer manifest in
     time, replaced FETCH_ATTEMPTS times, gone from the manifest, or S3 failing while it
-    was fetched: a TemporaryFailure of one track does not stop the others). Either error
+    was fetched: a TemporaryFailure of one track does not stop the others, but after
+    `S3_FAILURES_TO_STOP` tracks in a row the rest are not tried, since each try of an S3
+    that is away costs the client's whole time-out and retries). Either error
     names the files saved and verified too. TemporaryFailure as well when S3 is away
     before any track (the manifest unread)."""
     live = await live_audio(reader, ref)
@@ -189,10 +195,18 @@ async def download_live(reader: RecordingsReader, ref: str, dest: Path,
     bad: list[tuple[str, str]] = []
     missed: list[tuple[str, str]] = []
     stale: set[tuple[tuple[str, str | None], ...]] = set()  # manifests waited out
+    failing = 0  # tracks in a row S3 failed for
     for name in [t.track for t in live.manifest.tracks]:
         target = dest / f"{live.record.meeting_id}-live-{name}.mp3"
+        if failing >= S3_FAILURES_TO_STOP:
+            missed.append((target.name, f"not tried: S3 failed for the {failing} tracks "
+                                        "before it"))
+            if on_file:
+                on_file(target.name)
+            continue
         live, result = await _fetch_current(reader, ref, live, name, target,
                                             replaced_wait_s, poll_s, stale)
+        failing = failing + 1 if isinstance(result, _Missed) and result.s3_failed else 0
         if isinstance(result, LiveFile):
             saved.append(result)
         elif isinstance(result, _Missed):
@@ -218,6 +232,8 @@ class _Missed:
     """Why a track was not fetched (not a damaged object: it may be there next time)."""
 
     why: str
+    s3_failed: bool = False
+    """S3 failed (a TemporaryFailure): counted towards `S3_FAILURES_TO_STOP`."""
 
 
 def _fingerprint(live: LiveAudio) -> tuple[tuple[str, str | None], ...]:
@@ -249,7 +265,7 @@ async def _fetch_current(reader: RecordingsReader, ref: str, live: LiveAudio, na
         except NotFoundError as err:
             return live, _Missed(f"gone from S3 while it was downloaded ({err})")
         except TemporaryFailure as err:  # S3 away, a 5xx, a body cut short: this track only
-            return live, _Missed(f"not fetched: {err}")
+            return live, _Missed(f"not fetched: {err}", s3_failed=True)
         if result is not None:
             return live, result
         if attempt == FETCH_ATTEMPTS - 1:
