@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Generic, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from voicetrack.audio import Channels
 from voicetrack.chunkspec import ChunkOutput, ChunkSpec, ConsentDegraded, Gap
@@ -143,6 +143,9 @@ class LiveTrack(_Track):
     send stripped); anything else (a quoted ETag would make If-Match `""x""`, CR/LF
     an HTTP client error) fails validation naming `etag`."""
 
+    # revalidated when a manifest is made of it: the ETag is assigned after the track is
+    model_config = ConfigDict(revalidate_instances="always")
+
     sha256: str | None = Field(default=None, min_length=1)
     etag: str | None = Field(default=None, pattern=ETAG_PATTERN)
 
@@ -188,7 +191,9 @@ class LiveManifest(_Manifest[LiveTrack]):
     fails (ValueError, a pydantic ValidationError) naming a track that has neither an
     `etag` nor a `sha256`: what a reader fetched of it could not be checked. (A live Job
     makes each `LiveTrack` before its object is written, so the track alone may lack the
-    ETag until then; the manifest is made after.)"""
+    ETag until then; the manifest is made after, and revalidates each track then: an ETag
+    set afterwards by assignment is checked against its pattern before the manifest is
+    written, not first by every reader.)"""
 
     @model_validator(mode="after")
     def _every_track_checkable(self) -> LiveManifest:

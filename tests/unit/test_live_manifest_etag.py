@@ -46,3 +46,21 @@ def test_object_store_returns_etags_without_quotes() -> None:
                  store.compose("k", [("src", 0, 5 << 20, None)], "audio/mpeg")):
         assert etag == quoted.strip('"')
         assert LiveTrack.model_validate({**_TRACK, "etag": etag}).etag == etag
+
+
+def test_an_etag_assigned_after_the_track_was_made_is_checked_when_the_manifest_is() -> None:
+    """A live Job makes each track before its object is written and assigns the ETag
+    after; the manifest it then builds refuses one outside the pattern, so no manifest
+    every reader refuses is written (before, pydantic took the track as it was)."""
+    from voicetrack.layout import MeetingLayout
+    from voicetrack.manifests import PieceManifest
+    from voicetrack_transcoder.liveframes import live_manifest, live_track
+
+    layout = MeetingLayout("p", "123456789012345678", "abcdefABCDEF0123")
+    track = live_track("mix", 1, layout.live_key("mix", "mp3"), 10, 1000)
+    track.etag = '"0123456789abcdef0123456789abcdef"'
+    last = PieceManifest.model_construct(end_frame=100, paused_ms=0)
+    with pytest.raises(ValueError, match="etag"):
+        live_manifest(layout, last, [track])
+    track.etag = "0123456789abcdef0123456789abcdef"
+    assert live_manifest(layout, last, [track]).tracks[0].etag == track.etag
