@@ -14,10 +14,10 @@
 A marker needs no S3: it is created through the API only. When the API server refuses the
 consent marker (403 while the session's namespace terminates) or stays away past the
 deadline, its spec is stored in S3 instead (`ChunkUploader.store_marker_spec`), which the
-operator's inventory promotes from; it is said as an API-created one is (the gaps it
-carried are trimmed from what stays unsaid) and kept in the spool
-(`Spool.save_stored_marker`), so a restarted container continues at the index after it
-(`restart.said_chunks`): before, it reused that index over the marker's window. A lost
+operator's inventory promotes from, and kept in the spool with the others stored so
+(`Spool.add_stored_marker`), so a restarted container continues at the index after it
+(`restart.said_chunks`): before, it reused that index over the marker's window. It is
+said as an API-created one is (the gaps it carried are trimmed from what stays unsaid). A lost
 window's marker never made leaves the session's last word on consent unsaid (`LastWord`
 with `None`), so a consent marker is written, after the last marker made.
 
@@ -167,7 +167,7 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
     if not uploader.create_marker(spec, deadline):
         if not uploader.store_marker_spec(spec, deadline):
             return None
-        uploader.spool.save_stored_marker(spec)  # a restarted container follows it
+        uploader.spool.add_stored_marker(spec)  # a restarted container follows it
     dropped[:] = follow(dropped, spec.end_ms)  # said, in the API or in S3: not again
     uploader.spool.save_unsaid(dropped)
     chunker.next_index += 1
