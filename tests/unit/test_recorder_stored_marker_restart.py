@@ -230,6 +230,36 @@ async def test_two_markers_stored_in_s3_across_restarts_chain(tmp_path: Path) ->
     assert [s["index"] for s in doc["specs"]] == [2]
 
 
+async def test_a_marker_not_kept_in_the_spool_leaves_its_gaps_unsaid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consent marker is stored in S3 but `stored-marker.json` cannot be written (EIO,
+    ENOSPC, EROFS): a restart cannot know the marker, so the pause it carried must stay in
+    `unsaid.json` for the chunk that reuses its index to carry again. Before: the pause
+    was trimmed anyway, and the restarted run's chunk 1 took it as silence (no gap)."""
+    import errno
+
+    import voicetrack_recorder.marker_file as marker_file
+
+    def fail(path: Path, data: bytes) -> None:
+        raise OSError(errno.EIO, "I/O error", str(path))
+
+    now = [6.0]
+    rec, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    rec._unsaid = [Gap(start_ms=5_000, end_ms=6_000, cause=PAUSE)]  # a pause from 5 s
+    rec.uploader.spool.save_unsaid(rec._unsaid)
+    monkeypatch.setattr(marker_file, "write_atomic", fail)
+    await stop_with_an_opt_out(rec)
+    monkeypatch.undo()
+    assert [(s.index, s.gap) for s in stored][:1] == [
+        (1, Gap(start_ms=5_000, end_ms=6_000, cause=PAUSE))]
+    assert not (tmp_path / "s" / MARKER).exists()
+    doc = json.loads((tmp_path / "s" / "unsaid.json").read_bytes())
+    assert Gap.model_validate(doc["gaps"][0]).start_ms == 5_000
+    again, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert again.chunker.next_index == 1
+    assert again._unsaid[:1] == [Gap(start_ms=5_000, end_ms=6_000, cause=PAUSE)]
+
+
 def marker(index: int, start_ms: int) -> ChunkSpec:
     """Marker chunk `index`, the 20 ms from `start_ms`."""
     return ChunkSpec(session_name="standup", meeting_id="abcdef0123456789", guild_id=GUILD,
