@@ -1,22 +1,31 @@
-"""`stored-marker.json` in the spool root: the last marker chunk stored in S3 only.
+"""`stored-marker.json` in the spool root: the marker chunks stored in S3 only.
 
-When the API server refuses the consent marker (403 while the session's namespace
+When the API server refuses a consent marker (403 while the session's namespace
 terminates) or stays away past the deadline, its spec is stored in S3
 (`ChunkUploader.store_marker_spec`) and the operator's inventory rebuilds the chunk from
 it. The recorder cannot list S3 (it only uploads through a POST policy), so a container
 restarted in the same pod learns of that chunk from the spool (an emptyDir that survives
-container restarts): `write_stored_marker` keeps its spec there, written atomically, and
-`read_stored_marker` gives it back when it is this session's, meeting's and guild's
-marker (no tracks); anything else (damaged, forged, another session's) is removed with a
-warning, never trusted. The recorder takes it as the session's last chunk when it follows
-the API server's (`restart.said_chunks`): the next chunk index follows it and the gaps it
-carried are not carried again. Before, the restarted run reused its index over its window.
+container restarts): `write_stored_markers` keeps the specs of every such marker the API
+server does not list yet, in index order, written atomically, and `read_stored_markers`
+gives them back when they are this session's, meeting's and guild's markers (no tracks,
+indexes increasing); anything else (damaged, forged, another session's) is removed with
+a warning, never trusted. The recorder takes the chain of them that follows the API
+server's last chunk as the session's last chunks (`restart.said_chunks`): the next chunk
+index follows them and the gaps they carried are not carried again. Before, the file held
+the last marker only: after two runs each storing one (the API away at both ends), the
+third found it not following the API server's last chunk, discarded it and reused the
+first marker's index, its opt-out taken as none.
+
+At most `MAX_STORED_MARKERS` are kept (a marker is made only at a stop or a consent
+change: a few a run); past that a new one is not kept (`Spool.add_stored_marker`), and
+is then handled as if the file could not be written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from itertools import pairwise
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -27,20 +36,24 @@ from voicetrack_recorder.unsaid_file import Owner, discard, sync_directory, writ
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "stored-marker.json"
-"""The last marker chunk stored in S3 only, in the spool root (`write_stored_marker`)."""
+"""The marker chunks stored in S3 only, in the spool root (`write_stored_markers`)."""
+
+MAX_STORED_MARKERS = 64
+"""The most marker chunks `stored-marker.json` holds (each about 0.5 KB)."""
 
 
-def write_stored_marker(root: Path, owner: Owner, spec: ChunkSpec | None) -> int:
-    """Keep marker chunk `spec` (stored in S3 only) as `root/stored-marker.json`, or remove
-    the file when `spec` is None. The file is `{"sessionName", "meetingId", "guildId",
-    "spec": <the RecordingChunk spec, camelCase>}`. Returns its size in bytes (0: none).
-    Never raises: a failure is logged (a restart would reuse the marker's index) and the
-    old file removed (a stale marker must not outlive a newer one), and 0 returned."""
+def write_stored_markers(root: Path, owner: Owner, specs: list[ChunkSpec]) -> int:
+    """Keep marker chunks `specs` (stored in S3 only, index order) as
+    `root/stored-marker.json`, or remove the file when `specs` is empty. The file is
+    `{"sessionName", "meetingId", "guildId", "specs": [<RecordingChunk spec, camelCase>]}`.
+    Returns its size in bytes (0: none). Raises OSError (EIO, ENOSPC, EROFS...) when
+    the file cannot be written or removed; the old file is then removed if it can be (a
+    stale list must not outlive a newer one) and the error logged."""
     path = root / MARKER_FILE
     try:
-        if spec is not None:
+        if specs:
             data = json.dumps({"sessionName": owner[0], "meetingId": owner[1],
-                               "guildId": owner[2], "spec": spec.to_api()},
+                               "guildId": owner[2], "specs": [s.to_api() for s in specs]},
                               separators=(",", ":")).encode()
             write_atomic(path, data)
             return len(data)
@@ -48,42 +61,50 @@ def write_stored_marker(root: Path, owner: Owner, spec: ChunkSpec | None) -> int
             path.unlink()
             sync_directory(root)
     except OSError as err:
-        log.warning("spool %s: %s not kept (%s); a restart would not know marker chunk %s "
-                    "stored in S3", root, MARKER_FILE, err,
-                    spec.index if spec is not None else None)
+        log.warning("spool %s: %s not kept (%s); a restart would not know marker chunks %s "
+                    "stored in S3", root, MARKER_FILE, err, [s.index for s in specs])
         discard(path)
+        raise
     return 0
 
 
-def read_stored_marker(root: Path, owner: Owner) -> tuple[ChunkSpec | None, int]:
-    """(the marker's spec, the file's size in bytes) of `root/stored-marker.json` when it
-    is `owner`'s (the file's and the spec's session, meeting and guild) and the spec has
-    no tracks; else (None, 0), and the file, if any, is removed (logged as a warning)."""
+def read_stored_markers(root: Path, owner: Owner) -> tuple[list[ChunkSpec], int]:
+    """(the markers' specs, the file's size in bytes) of `root/stored-marker.json` when
+    it is `owner`'s (the file's and each spec's session, meeting and guild), every spec
+    has no tracks, and their indexes increase; else ([], 0), and the file, if any, is
+    removed (logged as a warning). A file of the earlier form (one `spec`) is read as a
+    list of that one."""
     path = root / MARKER_FILE
     if not path.exists():
-        return None, 0
+        return [], 0
     try:
         raw = path.read_bytes()
         doc = json.loads(raw)
         theirs = (doc["sessionName"], doc["meetingId"], doc["guildId"])
         if theirs != owner:
             raise ValueError(f"of (session, meeting, guild) {theirs}, not {owner}")
-        spec = ChunkSpec.model_validate(doc["spec"])
-        if (spec.session_name, spec.meeting_id, spec.guild_id) != owner:
-            raise ValueError(f"its spec is of (session, meeting, guild) "
-                             f"{(spec.session_name, spec.meeting_id, spec.guild_id)}")
-        if spec.tracks:
-            raise ValueError("its spec has tracks: not a marker")
+        docs = doc["specs"] if "specs" in doc else [doc["spec"]]
+        if not isinstance(docs, list) or not 0 < len(docs) <= MAX_STORED_MARKERS:
+            raise ValueError(f"not 1 to {MAX_STORED_MARKERS} specs")
+        specs = [ChunkSpec.model_validate(d) for d in docs]
+        for spec in specs:
+            if (spec.session_name, spec.meeting_id, spec.guild_id) != owner:
+                raise ValueError(f"a spec is of (session, meeting, guild) "
+                                 f"{(spec.session_name, spec.meeting_id, spec.guild_id)}")
+            if spec.tracks:
+                raise ValueError(f"spec {spec.index} has tracks: not a marker")
+        if any(a.index >= b.index for a, b in pairwise(specs)):
+            raise ValueError("indexes not increasing")
     except ValidationError as err:
         log.warning("spool %s: discarding %s left by a previous run: not a chunk spec: %s",
                     root, MARKER_FILE, err.errors()[0]["msg"])
         discard(path)
-        return None, 0
+        return [], 0
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         log.warning("spool %s: discarding %s left by a previous run: %s", root,
                     MARKER_FILE, str(err)[:200])
         discard(path)
-        return None, 0
-    log.info("spool %s: a previous run stored marker chunk %d [%d, %d) ms in S3", root,
-             spec.index, spec.start_ms, spec.end_ms)
-    return spec, len(raw)
+        return [], 0
+    log.info("spool %s: a previous run stored marker chunks %s in S3", root,
+             [(s.index, s.start_ms, s.end_ms) for s in specs])
+    return specs, len(raw)

@@ -153,14 +153,14 @@ class Recorder:
 
     async def prepare(self) -> int:
         """Continue after the session's chunks and those a previous run left in the spool
-        (`ChunkUploader.adopt`: queued first) or stored in S3 only (a marker:
+        (`ChunkUploader.adopt`: queued first) or stored in S3 only (markers:
         `restart.said_chunks`), and after the gaps that run left unsaid
         (`restart.restore_unsaid`), or start fresh; opens the first window unless paused.
         Returns the capture origin slot: the start of the session's first chunk, or of those gaps
         when there is none (t = 0 of the final recording)."""
         existing = await retry_async(lambda: asyncio.to_thread(self.kube.list_chunks),
                                      "list RecordingChunks", self.stop)
-        # with the marker a previous run stored in S3 only (`restart.said_chunks`)
+        # with the markers previous runs stored in S3 only (`restart.said_chunks`)
         existing = await asyncio.to_thread(said_chunks, self.uploader.spool, existing)
         self._pending.extend(await asyncio.to_thread(self.uploader.adopt, existing))
         chunks = existing + [s.spec for s in self._pending]

@@ -4,10 +4,11 @@ The container restarts in the same pod (`ending.RESTARTED_ENDS`, a crash, an OOM
 spool, an emptyDir, outlives it. Besides the chunks sealed and not uploaded
 (`ChunkUploader.adopt`), the next run takes from it:
 
-- the marker chunk a previous run stored in S3 only (`marker_file`; the API server refused
-  it or stayed away: `stopmarkers.mark_consent`), which the recorder cannot list in S3:
-  `said_chunks` makes it the session's last chunk when it follows the API server's, so
-  the next index follows it and the gaps it carried are not carried again;
+- the marker chunks previous runs stored in S3 only (`marker_file`; the API server refused
+  them or stayed away: `stopmarkers.mark_consent`), which the recorder cannot list in S3:
+  `said_chunks` makes the chain of them that follows the API server's last chunk the
+  session's last chunks, so the next index follows them and the gaps they carried are not
+  carried again;
 - the gaps a previous run left unsaid (`unsaid_file`), as far as they follow the session's
   last chunk (`restore_unsaid`).
 """
@@ -24,34 +25,45 @@ log = logging.getLogger(__name__)
 
 
 def said_chunks(spool: Spool, existing: list[ChunkSpec]) -> list[ChunkSpec]:
-    """The session's RecordingChunks `existing` (index order), followed by the marker chunk
-    a previous run stored in S3 only (`Spool.stored_marker`, taken once) when it follows
-    them: the next index after the last one's (0 when there is none) and starting (or its
-    gap starting, ms) where the last one ends. Its file is kept for a further restart
-    until the API server lists a chunk at or past its index (made from it, or the next
-    run's chunks), then removed; so is one that does not follow (logged as a warning: a
-    chunk before it is gone). Runs in a thread (file I/O)."""
-    marker, spool.stored_marker = spool.stored_marker, None
-    if marker is None:
+    """The session's RecordingChunks `existing` (index order), followed by the marker
+    chunks previous runs stored in S3 only (`Spool.stored_markers`, index order) that the
+    API server does not list yet, as far as they form a chain after them: each at the next
+    index after the chunk before (0 when there is none) and starting (or its gap starting,
+    ms) where that one ends. The spool's file keeps that chain for a further restart; the
+    markers the API server lists (index at or below its last: made from S3, or a later
+    run's chunks) are dropped from it, and so is the rest of a chain that does not follow
+    (logged as a warning: a chunk before it is gone). Never raises (the file's failures
+    are logged). Runs in a thread (file I/O)."""
+    markers = spool.stored_markers
+    if not markers:
         return existing
     last = existing[-1] if existing else None
-    start = marker.gap.start_ms if marker.gap is not None else marker.start_ms
-    if (marker.index == 0 and last is None) or (
-            last is not None and marker.index == last.index + 1 and start == last.end_ms):
-        log.warning("chunk %d [%d, %d) ms, a marker a previous run stored in S3 only, is "
-                    "the session's last: continuing after it", marker.index,
-                    marker.start_ms, marker.end_ms)
-        return [*existing, marker]
-    if last is not None and marker.index <= last.index:
-        log.info("chunk %d, a marker a previous run stored in S3 only: the API server "
-                 "lists chunks up to %d now; forgotten", marker.index, last.index)
-    else:
-        log.warning("chunk %d [%d, %d) ms, a marker a previous run stored in S3 only, does "
-                    "not follow chunk %s ending at %s ms: discarded", marker.index,
-                    start, marker.end_ms, last.index if last else None,
-                    last.end_ms if last else None)
-    spool.save_stored_marker(None)
-    return existing
+    listed = [m for m in markers if last is not None and m.index <= last.index]
+    if listed:
+        log.info("chunks %s, markers a previous run stored in S3 only: the API server lists "
+                 "chunks up to %d now; forgotten", [m.index for m in listed],
+                 last.index if last else None)
+    chain: list[ChunkSpec] = []
+    for marker in markers[len(listed):]:  # indexes increase (`read_stored_markers`)
+        start = marker.gap.start_ms if marker.gap is not None else marker.start_ms
+        if not ((marker.index == 0 and last is None) or (
+                last is not None and marker.index == last.index + 1
+                and start == last.end_ms)):
+            log.warning("chunk %d [%d, %d) ms, a marker a previous run stored in S3 only, "
+                        "does not follow chunk %s ending at %s ms: discarded with the %d "
+                        "after it", marker.index, start, marker.end_ms,
+                        last.index if last else None, last.end_ms if last else None,
+                        len(markers) - len(listed) - len(chain) - 1)
+            break
+        chain.append(marker)
+        last = marker
+    if chain:
+        log.warning("chunks %s, markers a previous run stored in S3 only, are the session's "
+                    "last: continuing after them", [(m.index, m.start_ms, m.end_ms)
+                                                    for m in chain])
+    if len(chain) != len(markers):
+        spool.save_stored_markers(chain)
+    return [*existing, *chain]
 
 
 def restore_unsaid(spool: Spool, end_ms: int | None) -> list[Gap]:

@@ -34,10 +34,11 @@ pause a resumed window holds) are kept there too, in `unsaid.json` (`save_unsaid
 last chunk on disk and cut the lost window as paused time. `Spool.unsaid` holds what a
 previous run left if it is this session's, meeting's and guild's and its gaps have the
 shape the recorder writes (anything else is removed with a warning); whether it follows
-the session's chunks is the recorder's check (`gaps.follow`). The last marker chunk stored
-in S3 only (the API server refused it or stayed away: `stopmarkers.mark_consent`) is kept
-there as `stored-marker.json` (`save_stored_marker`, `voicetrack_recorder.marker_file`), so
-a restarted container, which cannot list S3, continues after it (`restart.said_chunks`).
+the session's chunks is the recorder's check (`gaps.follow`). The marker chunks stored in
+S3 only (the API server refused them or stayed away: `stopmarkers.mark_consent`) and not
+listed by it yet are kept there, in index order, as `stored-marker.json`
+(`add_stored_marker`, `voicetrack_recorder.marker_file`), so a restarted container, which
+cannot list S3, continues after them (`restart.said_chunks`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ from voicetrack.layout import MeetingLayout
 from voicetrack.oggopus import encode_ogg_opus
 from voicetrack.resources import RawFormat
 from voicetrack_recorder.chunker import SealedChunk
-from voicetrack_recorder.marker_file import MARKER_FILE, read_stored_marker, write_stored_marker
+from voicetrack_recorder.marker_file import (
+    MARKER_FILE,
+    MAX_STORED_MARKERS,
+    read_stored_markers,
+    write_stored_markers,
+)
 from voicetrack_recorder.unsaid_file import (
     UNSAID_FILE,
     Owner,
@@ -149,10 +155,10 @@ class Spool:
         """`_unsaid_bytes`: the size of `unsaid.json` (counted in `used`), 0: none."""
         self._kept = list(self.unsaid)
         """What `unsaid.json` holds now."""
-        self.stored_marker: ChunkSpec | None
-        """The last marker chunk a previous run stored in S3 only (`save_stored_marker`),
-        checked; None when none."""
-        self.stored_marker, self._marker_bytes = read_stored_marker(root, self._owner())
+        self.stored_markers: list[ChunkSpec]
+        """What `stored-marker.json` holds: the marker chunks stored in S3 only (by a
+        previous run, checked, or by this one: `add_stored_marker`), index order; []: none."""
+        self.stored_markers, self._marker_bytes = read_stored_markers(root, self._owner())
         """`_marker_bytes`: the size of `stored-marker.json` (counted in `used`), 0: none."""
         self.adopted: list[SpooledChunk] = self._adopt()
         self.used = sum(s.size for s in self.adopted) + self._unsaid_bytes + self._marker_bytes
@@ -257,7 +263,7 @@ class Spool:
         every other entry there is removed (logged as a warning)."""
         adopted: list[SpooledChunk] = []
         for entry in sorted(self.root.iterdir()):
-            if entry.name in (UNSAID_FILE, MARKER_FILE):  # `read_unsaid`'s, `read_stored_marker`'s
+            if entry.name in (UNSAID_FILE, MARKER_FILE):  # `read_unsaid`, `read_stored_markers`
                 continue
             try:
                 found = self._verify(entry)
@@ -287,14 +293,35 @@ class Spool:
         self.used += self._unsaid_bytes
         self._kept = list(gaps) if self._unsaid_bytes or not gaps else []
 
-    def save_stored_marker(self, spec: ChunkSpec | None) -> None:
-        """Keep marker chunk `spec`, stored in S3 only, as `stored-marker.json` in the root
-        (`marker_file.write_stored_marker`; counted in `used`, never refused for the
-        bound), so a restarted container continues after it; None removes the file. Never
-        raises: a failure is logged and the old file removed."""
+    def save_stored_markers(self, specs: list[ChunkSpec]) -> bool:
+        """Keep marker chunks `specs` (stored in S3 only, index order) as
+        `stored-marker.json` in the root (`marker_file.write_stored_markers`; counted in
+        `used`, never refused for the bound), so a restarted container continues after
+        them; [] removes the file. Returns whether the file now holds `specs`. Never
+        raises: a failure (OSError) is logged and the old file removed (`stored_markers`
+        then [])."""
         self.used -= self._marker_bytes
-        self._marker_bytes = write_stored_marker(self.root, self._owner(), spec)
-        self.used += self._marker_bytes
+        try:
+            self._marker_bytes = write_stored_markers(self.root, self._owner(), specs)
+            self.stored_markers = list(specs)
+            return True
+        except OSError:
+            self._marker_bytes, self.stored_markers = 0, []
+            return False
+        finally:
+            self.used += self._marker_bytes
+
+    def add_stored_marker(self, spec: ChunkSpec) -> bool:
+        """Keep marker chunk `spec`, just stored in S3 only, after those `stored-marker.json`
+        holds (`save_stored_markers`). Returns whether it is kept: False when the file
+        cannot be written (logged) or holds `MAX_STORED_MARKERS` already (logged as a
+        warning; the file is left as is, so a restart still follows the markers before)."""
+        if len(self.stored_markers) >= MAX_STORED_MARKERS:
+            log.warning("spool %s: %s holds %d markers already; marker chunk %d stored in S3 "
+                        "not kept: a restart would reuse its index", self.root, MARKER_FILE,
+                        len(self.stored_markers), spec.index)
+            return False
+        return self.save_stored_markers([*self.stored_markers, spec])
 
     def _owner(self) -> Owner:
         return (self.session_name, self.layout.meeting_id, self.layout.guild_id)

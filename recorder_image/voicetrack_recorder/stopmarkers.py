@@ -14,10 +14,14 @@
 A marker needs no S3: it is created through the API only. When the API server refuses the
 consent marker (403 while the session's namespace terminates) or stays away past the
 deadline, its spec is stored in S3 instead (`ChunkUploader.store_marker_spec`), which the
-operator's inventory promotes from; it is said as an API-created one is (the gaps it
-carried are trimmed from what stays unsaid) and kept in the spool
-(`Spool.save_stored_marker`), so a restarted container continues at the index after it
-(`restart.said_chunks`): before, it reused that index over the marker's window. A lost
+operator's inventory promotes from, and kept in the spool with the others stored so
+(`Spool.add_stored_marker`), so a restarted container continues at the index after it
+(`restart.said_chunks`): before, it reused that index over the marker's window. Once kept
+there it is said as an API-created one is (the gaps it carried are trimmed from what stays
+unsaid); when the spool cannot keep it (`stored-marker.json` not written: EIO, ENOSPC,
+EROFS, or full), those gaps stay unsaid, so the restarted run's chunk at that index (its
+`chunk.json` replacing the marker's in S3) carries them again. Before, they were trimmed
+anyway, and a pause it carried became silence. A lost
 window's marker never made leaves the session's last word on consent unsaid (`LastWord`
 with `None`), so a consent marker is written, after the last marker made.
 
@@ -141,9 +145,11 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
     (`dropped`, as `give_up` leaves them) begin with a pause, the 20 ms after that pause,
     which it carries as its gap: the pause stays cut whole, never 20 ms of it silence.
     Stored in S3 instead when the API server refuses it or stays away (module doc). When
-    either took it, `dropped` (and the spool's `unsaid.json`, rewritten atomically) keeps
-    only what follows it (ms after its end); before, a marker stored in S3 left the pause
-    it carried unsaid, for a restarted container to carry again. Returns the session's new
+    it is recorded (created, or stored in S3 and kept in the spool's
+    `stored-marker.json`), `dropped` (and the spool's `unsaid.json`, rewritten atomically)
+    keeps only what follows it (ms after its end); stored in S3 but not kept in the spool
+    (the file's write failed: logged), they stay as they are, for the restarted run that
+    reuses its index. Returns the session's new
     last word when it was written, None when nothing was (no chunk yet: no audio to
     exclude; nothing new; the window past the session's time limit; neither store took
     it). Runs in a thread."""
@@ -164,11 +170,14 @@ def mark_consent(last: LastWord | None, dropped: list[Gap], chunker: Chunker,
         return None
     log.info("consent marker chunk %d [%d, %d) ms: optedOut %s", spec.index, start,
              start + FRAME_MS, [o.user_id for o in now])
-    if not uploader.create_marker(spec, deadline):
-        if not uploader.store_marker_spec(spec, deadline):
-            return None
-        uploader.spool.save_stored_marker(spec)  # a restarted container follows it
-    dropped[:] = follow(dropped, spec.end_ms)  # said, in the API or in S3: not again
-    uploader.spool.save_unsaid(dropped)
+    if uploader.create_marker(spec, deadline):
+        recorded = True
+    elif uploader.store_marker_spec(spec, deadline):
+        recorded = uploader.spool.add_stored_marker(spec)  # a restart follows it
+    else:
+        return None
+    if recorded:  # said, in the API or in S3 and the spool: not again
+        dropped[:] = follow(dropped, spec.end_ms)
+        uploader.spool.save_unsaid(dropped)
     chunker.next_index += 1
     return spec.end_ms, now

@@ -192,3 +192,135 @@ async def test_a_stored_marker_the_api_lists_or_not_following_is_forgotten(
         rec, _ = await run(tmp_path, [6.0], paused=True, existing=[])
     assert "does not follow" in caplog.text
     assert rec.chunker.next_index == 0 and not (tmp_path / "s" / MARKER).exists()
+
+
+OUT2 = "400000000000000072"
+"""A second member who opts out in the restarted run, also while nothing is recorded."""
+
+
+async def test_two_markers_stored_in_s3_across_restarts_chain(tmp_path: Path) -> None:
+    """Run 1 stores consent marker 1 [5, 5.02) s in S3; restarted while paused, run 2
+    follows it (the API server still lists chunk 0 only); a second member opts out and run
+    2 stores marker 2 [5.02, 5.04) s in S3 too. Run 3 (the API server still at chunk 0)
+    continues after both: index 3, both opt-outs its last word, its pause from 5.04 s.
+    Before: the file kept only marker 2, which does not follow chunk 0: discarded, so run 3
+    reused index 1 (over marker 1 in S3) and took the opt-outs as none."""
+    now = [6.0]
+    rec, first = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    await stop_with_an_opt_out(rec)
+    again, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert again.chunker.next_index == 2
+    again.push(OUT2, 0, sine_packet())
+    again.kube.opt_out = (frozenset({OUT, OUT2}), frozenset())
+    again.follow_consent()
+    again._give_up(deadline=0.0)
+    again._mark_consent(deadline=0.0)
+    assert [(s.index, s.start_ms, s.end_ms) for s in stored] == [(2, 5_020, 5_040)]
+    third, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert third.chunker.next_index == 3
+    assert third._last is not None and third._last[0] == 5_040
+    assert sorted(o.user_id for o in third._last[1]) == [OUT, OUT2]
+    await resume_and_spool(third, now, 100.0)
+    assert pending(third) == [
+        (3, 100_000, 105_000, Gap(start_ms=5_040, end_ms=100_000, cause=PAUSE), 1)]
+    # the API server lists marker 1 now (the inventory made it): only marker 2 stays
+    fourth, _ = await run(tmp_path, now, paused=True, existing=[chunk0(), first[0]])
+    assert fourth.chunker.next_index == 4
+    doc = json.loads((tmp_path / "s" / MARKER).read_bytes())
+    assert [s["index"] for s in doc["specs"]] == [2]
+
+
+async def test_a_marker_not_kept_in_the_spool_leaves_its_gaps_unsaid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consent marker is stored in S3 but `stored-marker.json` cannot be written (EIO,
+    ENOSPC, EROFS): a restart cannot know the marker, so the pause it carried must stay in
+    `unsaid.json` for the chunk that reuses its index to carry again. Before: the pause
+    was trimmed anyway, and the restarted run's chunk 1 took it as silence (no gap)."""
+    import errno
+
+    import voicetrack_recorder.marker_file as marker_file
+
+    def fail(path: Path, data: bytes) -> None:
+        raise OSError(errno.EIO, "I/O error", str(path))
+
+    now = [6.0]
+    rec, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    rec._unsaid = [Gap(start_ms=5_000, end_ms=6_000, cause=PAUSE)]  # a pause from 5 s
+    rec.uploader.spool.save_unsaid(rec._unsaid)
+    monkeypatch.setattr(marker_file, "write_atomic", fail)
+    await stop_with_an_opt_out(rec)
+    monkeypatch.undo()
+    assert [(s.index, s.gap) for s in stored][:1] == [
+        (1, Gap(start_ms=5_000, end_ms=6_000, cause=PAUSE))]
+    assert not (tmp_path / "s" / MARKER).exists()
+    doc = json.loads((tmp_path / "s" / "unsaid.json").read_bytes())
+    assert Gap.model_validate(doc["gaps"][0]).start_ms == 5_000
+    again, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert again.chunker.next_index == 1
+    assert again._unsaid[:1] == [Gap(start_ms=5_000, end_ms=6_000, cause=PAUSE)]
+
+
+def marker(index: int, start_ms: int) -> ChunkSpec:
+    """Marker chunk `index`, the 20 ms from `start_ms`."""
+    return ChunkSpec(session_name="standup", meeting_id="abcdef0123456789", guild_id=GUILD,
+                     index=index, start_ms=start_ms, end_ms=start_ms + 20)
+
+
+def stored_markers(tmp_path: Path, specs: list[ChunkSpec]) -> None:
+    """Write `stored-marker.json` holding `specs` in the spool `tmp_path/s`."""
+    root = tmp_path / "s"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text(json.dumps({
+        "sessionName": "standup", "meetingId": "abcdef0123456789", "guildId": GUILD,
+        "specs": [s.to_api() for s in specs]}))
+
+
+async def test_a_stored_marker_chain_is_followed_as_far_as_it_follows(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Markers 1, 2 and 4 kept: 1 and 2 follow chunk 0, 4 does not follow 2 (a marker
+    between gone): the run continues after 2, and the file keeps 1 and 2 only."""
+    stored_markers(tmp_path, [marker(1, 5_000), marker(2, 5_020), marker(4, 5_060)])
+    with caplog.at_level(logging.WARNING):
+        rec, _ = await run(tmp_path, [6.0], paused=True, existing=[chunk0()])
+    assert "chunk 4 [5060, 5080) ms" in caplog.text and "does not follow" in caplog.text
+    assert rec.chunker.next_index == 3
+    doc = json.loads((tmp_path / "s" / MARKER).read_bytes())
+    assert [s["index"] for s in doc["specs"]] == [1, 2]
+
+
+@pytest.mark.parametrize("specs", [[(2, 5_020), (1, 5_000)], [(1, 5_000), (1, 5_000)]])
+async def test_stored_markers_not_in_index_order_are_discarded(
+        tmp_path: Path, specs: list[tuple[int, int]], caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """A file whose indexes do not increase was not written by a recorder: removed."""
+    stored_markers(tmp_path, [marker(i, s) for i, s in specs])
+    with caplog.at_level(logging.WARNING):
+        rec, _ = await run(tmp_path, [6.0], paused=True, existing=[chunk0()])
+    assert f"discarding {MARKER}" in caplog.text
+    assert rec.chunker.next_index == 1 and not (tmp_path / "s" / MARKER).exists()
+
+
+async def test_a_marker_past_the_bound_is_not_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """The spool keeps at most `MAX_STORED_MARKERS` (1 here): run 2's marker 2 is stored
+    in S3 but not kept; run 3 continues after marker 1 (kept), reusing index 2."""
+    import voicetrack_recorder.marker_file as marker_file
+    import voicetrack_recorder.spool as spool
+
+    monkeypatch.setattr(marker_file, "MAX_STORED_MARKERS", 1)
+    monkeypatch.setattr(spool, "MAX_STORED_MARKERS", 1)
+    now = [6.0]
+    rec, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    await stop_with_an_opt_out(rec)
+    again, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    again.push(OUT2, 0, sine_packet())
+    again.kube.opt_out = (frozenset({OUT, OUT2}), frozenset())
+    again.follow_consent()
+    again._give_up(deadline=0.0)
+    with caplog.at_level(logging.WARNING):
+        again._mark_consent(deadline=0.0)
+    assert [s.index for s in stored] == [2] and "holds 1 markers already" in caplog.text
+    third, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert third.chunker.next_index == 2
+    assert third._last is not None and [o.user_id for o in third._last[1]] == [OUT]
