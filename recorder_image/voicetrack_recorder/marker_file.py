@@ -23,7 +23,6 @@ is then handled as if the file could not be written.
 
 from __future__ import annotations
 
-import json
 import logging
 from itertools import pairwise
 from pathlib import Path
@@ -31,7 +30,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from voicetrack.chunkspec import ChunkSpec
-from voicetrack_recorder.unsaid_file import Owner, discard, sync_directory, write_atomic
+from voicetrack_recorder.unsaid_file import (
+    Owner,
+    discard,
+    read_owned,
+    remove_synced,
+    write_owned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +57,8 @@ def write_stored_markers(root: Path, owner: Owner, specs: list[ChunkSpec]) -> in
     path = root / MARKER_FILE
     try:
         if specs:
-            data = json.dumps({"sessionName": owner[0], "meetingId": owner[1],
-                               "guildId": owner[2], "specs": [s.to_api() for s in specs]},
-                              separators=(",", ":")).encode()
-            write_atomic(path, data)
-            return len(data)
-        if path.exists():
-            path.unlink()
-            sync_directory(root)
+            return write_owned(path, owner, {"specs": [s.to_api() for s in specs]})
+        remove_synced(path)
     except OSError as err:
         log.warning("spool %s: %s not kept (%s); a restart would not know marker chunks %s "
                     "stored in S3", root, MARKER_FILE, err, [s.index for s in specs])
@@ -78,11 +77,7 @@ def read_stored_markers(root: Path, owner: Owner) -> tuple[list[ChunkSpec], int]
     if not path.exists():
         return [], 0
     try:
-        raw = path.read_bytes()
-        doc = json.loads(raw)
-        theirs = (doc["sessionName"], doc["meetingId"], doc["guildId"])
-        if theirs != owner:
-            raise ValueError(f"of (session, meeting, guild) {theirs}, not {owner}")
+        doc, size = read_owned(path, owner)
         docs = doc["specs"] if "specs" in doc else [doc["spec"]]
         if not isinstance(docs, list) or not 0 < len(docs) <= MAX_STORED_MARKERS:
             raise ValueError(f"not 1 to {MAX_STORED_MARKERS} specs")
@@ -107,4 +102,4 @@ def read_stored_markers(root: Path, owner: Owner) -> tuple[list[ChunkSpec], int]
         return [], 0
     log.info("spool %s: a previous run stored marker chunks %s in S3", root,
              [(s.index, s.start_ms, s.end_ms) for s in specs])
-    return specs, len(raw)
+    return specs, size

@@ -19,6 +19,7 @@ import os
 import shutil
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from voicetrack.chunkspec import Gap
 
@@ -52,15 +53,9 @@ def write_unsaid(root: Path, owner: Owner, gaps: list[Gap]) -> int:
     path = root / UNSAID_FILE
     try:
         if gaps:
-            data = json.dumps({
-                "sessionName": owner[0], "meetingId": owner[1], "guildId": owner[2],
-                "gaps": [g.model_dump(by_alias=True) for g in gaps]},
-                separators=(",", ":")).encode()
-            write_atomic(path, data)
-            return len(data)
-        if path.exists():
-            path.unlink()
-            sync_directory(root)
+            return write_owned(path, owner, {
+                "gaps": [g.model_dump(by_alias=True) for g in gaps]})
+        remove_synced(path)
     except OSError as err:
         log.warning("spool %s: %s not kept (%s); a restart would not know the gaps %s",
                     root, UNSAID_FILE, err, [g.model_dump() for g in gaps])
@@ -76,11 +71,7 @@ def read_unsaid(root: Path, owner: Owner) -> tuple[list[Gap], int]:
     if not path.exists():
         return [], 0
     try:
-        raw = path.read_bytes()
-        doc = json.loads(raw)
-        theirs = (doc["sessionName"], doc["meetingId"], doc["guildId"])
-        if theirs != owner:
-            raise ValueError(f"of (session, meeting, guild) {theirs}, not {owner}")
+        doc, size = read_owned(path, owner)
         gaps = [Gap.model_validate(g) for g in doc["gaps"]]
         check_shape(gaps)
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
@@ -90,7 +81,36 @@ def read_unsaid(root: Path, owner: Owner) -> tuple[list[Gap], int]:
         return [], 0
     log.info("spool %s: a previous run left unsaid gaps %s", root,
              [g.model_dump() for g in gaps])
-    return gaps, len(raw)
+    return gaps, size
+
+
+def write_owned(path: Path, owner: Owner, body: dict[str, Any]) -> int:
+    """Write `{"sessionName", "meetingId", "guildId", **body}` (owner's, compact JSON) to
+    `path` atomically (`write_atomic`); returns its size in bytes. Raises OSError."""
+    data = json.dumps({"sessionName": owner[0], "meetingId": owner[1],
+                       "guildId": owner[2], **body}, separators=(",", ":")).encode()
+    write_atomic(path, data)
+    return len(data)
+
+
+def read_owned(path: Path, owner: Owner) -> tuple[dict[str, Any], int]:
+    """(the JSON object, its size in bytes) of a file `write_owned` wrote for `owner`.
+    Raises OSError (unreadable), ValueError (not JSON, or another owner's), KeyError /
+    TypeError (not such an object), RecursionError (nested past the parser's limit): the
+    caller discards the file."""
+    raw = path.read_bytes()
+    doc = json.loads(raw)
+    theirs = (doc["sessionName"], doc["meetingId"], doc["guildId"])
+    if theirs != owner:
+        raise ValueError(f"of (session, meeting, guild) {theirs}, not {owner}")
+    return doc, len(raw)
+
+
+def remove_synced(path: Path) -> None:
+    """Remove file `path` if it exists, and fsync its directory. Raises OSError."""
+    if path.exists():
+        path.unlink()
+        sync_directory(path.parent)
 
 
 def discard(path: Path) -> None:

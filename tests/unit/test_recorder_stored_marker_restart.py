@@ -240,14 +240,14 @@ async def test_a_marker_not_kept_in_the_spool_leaves_its_gaps_unsaid(
 
     import voicetrack_recorder.marker_file as marker_file
 
-    def fail(path: Path, data: bytes) -> None:
+    def fail(path: Path, owner: object, body: object) -> int:
         raise OSError(errno.EIO, "I/O error", str(path))
 
     now = [6.0]
     rec, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
     rec._unsaid = [Gap(start_ms=5_000, end_ms=6_000, cause=PAUSE)]  # a pause from 5 s
     rec.uploader.spool.save_unsaid(rec._unsaid)
-    monkeypatch.setattr(marker_file, "write_atomic", fail)
+    monkeypatch.setattr(marker_file, "write_owned", fail)
     await stop_with_an_opt_out(rec)
     monkeypatch.undo()
     assert [(s.index, s.gap) for s in stored][:1] == [
