@@ -52,17 +52,21 @@ def write_stored_markers(root: Path, owner: Owner, specs: list[ChunkSpec]) -> in
     `root/stored-marker.json`, or remove the file when `specs` is empty. The file is
     `{"sessionName", "meetingId", "guildId", "specs": [<RecordingChunk spec, camelCase>]}`.
     Returns its size in bytes (0: none). Raises OSError (EIO, ENOSPC, EROFS...) when
-    the file cannot be written or removed; the old file is then removed if it can be (a
-    stale list must not outlive a newer one) and the error logged."""
+    the file cannot be written or removed, logged; the old file is then left as it was
+    (only the temporary file removed): it still says true things. The callers only ever
+    append a marker or drop the ones the API server lists, so the old list is a prefix of
+    the new one, or holds markers a restart drops again by index; removing it, as before,
+    forgot markers still unlisted (a restart then reused their indexes)."""
     path = root / MARKER_FILE
     try:
         if specs:
             return write_owned(path, owner, {"specs": [s.to_api() for s in specs]})
         remove_synced(path)
     except OSError as err:
-        log.warning("spool %s: %s not kept (%s); a restart would not know marker chunks %s "
-                    "stored in S3", root, MARKER_FILE, err, [s.index for s in specs])
-        discard(path)
+        log.warning("spool %s: %s not rewritten (%s), kept as it was; a restart would not "
+                    "know marker chunks %s stored in S3 unless it lists them", root,
+                    MARKER_FILE, err, [s.index for s in specs])
+        discard(path.with_name(f"{path.name}.tmp"))
         raise
     return 0
 

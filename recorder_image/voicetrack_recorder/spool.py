@@ -298,15 +298,19 @@ class Spool:
         `stored-marker.json` in the root (`marker_file.write_stored_markers`; counted in
         `used`, never refused for the bound), so a restarted container continues after
         them; [] removes the file. Returns whether the file now holds `specs`. Never
-        raises: a failure (OSError) is logged and the old file removed (`stored_markers`
-        then [])."""
+        raises: a failure (OSError) is logged and the old file kept as it was, and
+        `stored_markers` with it (`marker_file.write_stored_markers`), its size counted
+        as it now is on disk."""
         self.used -= self._marker_bytes
         try:
             self._marker_bytes = write_stored_markers(self.root, self._owner(), specs)
             self.stored_markers = list(specs)
             return True
         except OSError:
-            self._marker_bytes, self.stored_markers = 0, []
+            try:
+                self._marker_bytes = (self.root / MARKER_FILE).stat().st_size
+            except OSError:  # gone, or not even that can be read
+                self._marker_bytes = 0
             return False
         finally:
             self.used += self._marker_bytes

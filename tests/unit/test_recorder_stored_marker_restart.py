@@ -324,3 +324,60 @@ async def test_a_marker_past_the_bound_is_not_kept(
     third, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
     assert third.chunker.next_index == 2
     assert third._last is not None and [o.user_id for o in third._last[1]] == [OUT]
+
+
+def _no_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every atomic spool write fails as on a full emptyDir (ENOSPC on the temp file)."""
+    import errno
+
+    import voicetrack_recorder.unsaid_file as unsaid_file
+
+    def fail(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(unsaid_file, "write_atomic", fail)
+
+
+async def test_a_later_markers_failed_write_keeps_the_markers_kept_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run 1 keeps marker 1; run 2 stores marker 2 in S3 but the spool is full: the file
+    must still hold marker 1, so run 3 continues after it (index 2, marker 2's, is reused:
+    it was never kept). Before, the failed write removed the file, and run 3 reused index
+    1 and took the opt-out as none (third review)."""
+    now = [6.0]
+    rec, first = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    await stop_with_an_opt_out(rec)
+    assert [s.index for s in first] == [1]
+    again, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert again.chunker.next_index == 2
+    again.push(OUT2, 0, sine_packet())
+    again.kube.opt_out = (frozenset({OUT, OUT2}), frozenset())
+    again.follow_consent()
+    again._give_up(deadline=0.0)
+    _no_space(monkeypatch)
+    again._mark_consent(deadline=0.0)
+    monkeypatch.undo()
+    assert [s.index for s in stored] == [2]
+    doc = json.loads((tmp_path / "s" / MARKER).read_bytes())
+    assert [s["index"] for s in doc["specs"]] == [1]
+    assert again.uploader.spool.stored_markers == [first[0]]
+    assert not (tmp_path / "s" / f"{MARKER}.tmp").exists()
+    third, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert third.chunker.next_index == 2
+    assert third._last is not None and [o.user_id for o in third._last[1]] == [OUT]
+
+
+async def test_a_failed_rewrite_at_start_keeps_the_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file holds markers 1 and 2, the API server lists 1: the start-up rewrite to [2]
+    fails (spool full). The file stays as it was, so the next restart still continues
+    after marker 2; before, it was removed and the next restart reused index 2."""
+    m1, m2 = marker(1, 5_000), marker(2, 5_020)
+    stored_markers(tmp_path, [m1, m2])
+    _no_space(monkeypatch)
+    rec, _ = await run(tmp_path, [6.0], paused=True, existing=[chunk0(), m1])
+    monkeypatch.undo()
+    assert rec.chunker.next_index == 3
+    assert (tmp_path / "s" / MARKER).exists()
+    again, _ = await run(tmp_path, [6.0], paused=True, existing=[chunk0(), m1])
+    assert again.chunker.next_index == 3
