@@ -14,6 +14,7 @@ State directory layout (``$VOICETRACK_STATE_DIR``, default
     logs/<name>.log     their stdout/stderr
     agent/pods/...      the node agent's per-pod directories (see the nodeagent package)
     agent/nodes/<node>/pods/...  the same of node agents 2.. (``up(nodes=N)``)
+    agent/pod-ips/<ip>  the pod IPs every node agent holds (``nodeagent.podips``)
     volumes/pv-NN/      the static hostPath PersistentVolumes `up` makes (:func:`static_volumes`)
 
 Usage: ``up(state_dir) -> LocalCluster`` (reuses a running cluster), ``cluster.stop()`` /

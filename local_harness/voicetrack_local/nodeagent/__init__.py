@@ -67,8 +67,9 @@ declares ``ExtendWebSocketsToKubelet``, so v1.36's API server proxies the stream
 
 Not done (documented limits): TTYs, SPDY exec, attach, port-forward, OOMKilled and
 StartError reasons under podman (its exit code is reported), network isolation (every pod
-shares the host network; each has a loopback address of its own as its pod IP,
-``podspec.pod_ip``, so replicas that bind their ``$(POD_IP)`` do not clash on ports), with
+shares the host network; each has a loopback address of its own as its pod IP, from
+:mod:`.podips` (collision-free across the cluster's agents, kept across agent restarts), so
+replicas that bind their ``$(POD_IP)`` do not clash on ports), with
 the process runtime images, resource limits and service environment variables (in-cluster
 clients there use ``KUBECONFIG``) and mount paths other than a claim's (programs find their
 files through cwd/TMPDIR); volumes other than the above.
@@ -84,8 +85,9 @@ and state),
 :mod:`.podman` (the podman runtime) with its pure :mod:`.podmanargs` (``podman run``
 arguments), :mod:`.probes` (probe counters and handlers), :mod:`.execstream` (exec),
 :mod:`.sandbox` (a pod's directory, token, volumes), pure :mod:`.podspec` (environment),
-:mod:`.volumes` (volume plans) and :mod:`.podstatus` (phase, container statuses, termination
-messages), :mod:`.kube` (API access), :mod:`.logs` (the kubelet endpoint).
+:mod:`.volumes` (volume plans), :mod:`.podips` (pod IPs) and :mod:`.podstatus` (phase,
+container statuses, termination messages), :mod:`.kube` (API access), :mod:`.logs` (the
+kubelet endpoint).
 """
 
 from voicetrack_local.nodeagent.agent import NodeAgent, main

@@ -23,6 +23,7 @@ from voicetrack_local.nodeagent.container import Container
 from voicetrack_local.nodeagent.kube import Kube, now_iso
 from voicetrack_local.nodeagent.logs import LogServer
 from voicetrack_local.nodeagent.node import NodeRegistration
+from voicetrack_local.nodeagent.podips import PodIPs, reported_first
 from voicetrack_local.nodeagent.podman import Podman, PodmanContainer
 from voicetrack_local.nodeagent.podspec import ConfigError
 from voicetrack_local.nodeagent.worker import PodWorker
@@ -49,6 +50,12 @@ def read_runtime(state_dir: Path) -> str:
     return runtime
 
 
+def pod_ips_dir(state_dir: Path) -> Path:
+    """Where the node agents of the cluster in ``state_dir`` hold their pods' IPs
+    (:class:`~voicetrack_local.nodeagent.podips.PodIPs`): ``agent/pod-ips/``, one for all."""
+    return agent_dir(state_dir, 1) / "pod-ips"
+
+
 class NodeAgent:
     """Registers the node, keeps its Lease, watches its pods and runs them (one
     :class:`PodWorker` thread each), serves container logs.  :meth:`run` blocks until
@@ -60,7 +67,8 @@ class NodeAgent:
         index: which node of the cluster (1-based, ``up(nodes=N)``): its Node name
             (:func:`~voicetrack_local.state.node_name`), kubelet port (``cluster.json``
             ports, :func:`~voicetrack_local.state.kubelet_port_key`) and pods directory
-            (:func:`~voicetrack_local.state.agent_dir`) are its own.
+            (:func:`~voicetrack_local.state.agent_dir`) are its own; pod IPs are handed
+            out by all the cluster's agents together (:func:`pod_ips_dir`).
 
     Raises:
         RuntimeError: ``podman`` asked for and not installed."""
@@ -83,6 +91,8 @@ class NodeAgent:
         self.watch_kube = Kube(state_dir / "kubeconfig", pool=4)
         self.pods_dir = agent_dir(state_dir, index) / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
+        #: pod IPs, held in one directory by every agent of the cluster (no two pods share one)
+        self.pod_ips = PodIPs(pod_ips_dir(state_dir), self.node)
         self.ca_pem = (state_dir / "pki" / "ca.crt").read_bytes()
         self.workers: dict[str, PodWorker] = {}
         self.by_name: dict[tuple[str, str], str] = {}
@@ -183,8 +193,8 @@ class NodeAgent:
             return self.workers.get(uid) if uid else None
 
     def worker_done(self, worker: PodWorker) -> None:
-        """Called by a worker thread as it ends: forget it and remove its directory once
-        the pod is gone (or was finally deleted) or the agent stops."""
+        """Called by a worker thread as it ends: forget it and remove its directory and
+        free its pod IP once the pod is gone (or was finally deleted)."""
         with self.lock:
             ended = worker.gone or worker.final_deleted or worker.crashed
             if self.workers.get(worker.uid) is worker and ended:
@@ -193,6 +203,7 @@ class NodeAgent:
                     del self.by_name[(worker.ns, worker.pod_name)]
         if worker.gone or worker.final_deleted:
             shutil.rmtree(worker.dir, ignore_errors=True)
+            self.pod_ips.release(worker.uid)
 
     # ---- pods
     def _dispatch(self, pod: dict[str, Any]) -> None:
@@ -224,11 +235,13 @@ class NodeAgent:
                 if code != 200:
                     raise RuntimeError(f"list pods: HTTP {code}")
                 seen = set()
-                for pod in lst.get("items") or []:
+                for pod in reported_first(lst.get("items") or []):
                     seen.add(pod["metadata"]["uid"])
                     self._dispatch(pod)
                 with self.lock:
                     stale = [u for u in self.workers if u not in seen]
+                    running = set(self.workers)
+                self.pod_ips.keep_only(seen | running)  # pods deleted while the agent was away
                 for u in stale:
                     self._gone(u)
                 rv = lst["metadata"]["resourceVersion"]

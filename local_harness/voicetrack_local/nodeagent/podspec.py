@@ -82,32 +82,41 @@ NODE_IP = "127.0.0.1"
 """The local node's address (``InternalIP``, every pod's ``hostIP``)."""
 
 
-def pod_ip(pod: Mapping[str, Any]) -> str:
-    """The address the local node gives ``pod``: the node's own (127.0.0.1) for a
-    ``hostNetwork`` pod, else a loopback address of its own in 127.64.0.0/10, from the
-    pod's uid (so the same after an agent restart).
-
-    Every local pod shares the host's network namespace, but Linux routes all of
-    127.0.0.0/8 to the loopback interface: a process that binds its pod IP (a Deployment's
-    replicas told ``$(POD_IP)`` through the downward API) does not clash with its sibling
-    replicas on the same ports, as pods with their own network namespaces would not. A
-    process binding 0.0.0.0 is still reachable at its pod IP. Two of the 2**22 addresses
-    coincide for two pods with probability about n**2 / 2**23 (n: the pods of every node
-    agent on this host, which share one loopback interface; .1 and .252 are twice as
-    likely as the others), and then those two share an address, as every pod did
-    before."""
-    if (pod.get("spec") or {}).get("hostNetwork"):
-        return NODE_IP
-    digest = hashlib.sha256(str(pod["metadata"].get("uid", "")).encode()).digest()
+def uid_ip(uid: str) -> str:
+    """The first-choice pod IP of the pod with ``uid``: a loopback address in
+    127.64.0.0/10 from a hash of the uid, never ending in .0 or .255 (which tools read as
+    special; .1 and .252 are therefore twice as likely as the others).  Two pods' first
+    choices coincide with probability about n**2 / 2**23 (n: the pods of every node agent
+    on this host, which share one loopback interface); the agent then gives the second the
+    next free address (:class:`~.podips.PodIPs`)."""
+    digest = hashlib.sha256(uid.encode()).digest()
     n = int.from_bytes(digest[:3], "big") & 0x3FFFFF
     if n & 0xFF in (0, 255):  # keep clear of .0 and .255, which tools read as special
         n ^= 1 if n & 0xFF == 0 else 3
     return f"127.{64 + (n >> 16)}.{(n >> 8) & 0xFF}.{n & 0xFF}"
 
 
+def pod_ip(pod: Mapping[str, Any]) -> str:
+    """The address of ``pod``: the node's own (127.0.0.1) for a ``hostNetwork`` pod, else
+    its ``status.podIP`` (the worker hands its functions a pod carrying the address the
+    agent assigned, :class:`~.podips.PodIPs`), else its uid's first choice (:func:`uid_ip`).
+
+    Every local pod shares the host's network namespace, but Linux routes all of
+    127.0.0.0/8 to the loopback interface: a process that binds its pod IP (a Deployment's
+    replicas told ``$(POD_IP)`` through the downward API) does not clash with its sibling
+    replicas on the same ports, as pods with their own network namespaces would not. A
+    process binding 0.0.0.0 is still reachable at its pod IP."""
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        return NODE_IP
+    reported = (pod.get("status") or {}).get("podIP")
+    if reported:
+        return str(reported)
+    return uid_ip(str(pod["metadata"].get("uid", "")))
+
+
 def field_value(pod: dict[str, Any], path: str) -> str:
     """Value of a downward-API ``fieldPath`` of ``pod`` (the host address is 127.0.0.1,
-    where every local pod runs; the pod's own is `pod_ip`'s).
+    where every local pod runs; the pod's own is :func:`pod_ip`'s: its ``status.podIP``).
 
     Raises:
         ConfigError: a field path the agent does not support."""

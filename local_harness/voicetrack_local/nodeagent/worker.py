@@ -22,7 +22,6 @@ from voicetrack_local.nodeagent.container import (
 from voicetrack_local.nodeagent.kube import now_iso
 from voicetrack_local.nodeagent.podspec import (
     ConfigError,
-    pod_ip,
     service_env,
 )
 from voicetrack_local.nodeagent.podstatus import (
@@ -64,6 +63,8 @@ class PodWorker(threading.Thread):
         self.pod_name: str = meta["name"]
         # <ns>_<name>_<uid>, the name cut so the entry stays within NAME_MAX (255 bytes)
         self.dir = agent.pods_dir / f"{self.ns}_{self.pod_name[:120]}_{self.uid}"
+        #: the pod's IP, held for it until it is gone (the same after an agent restart)
+        self.ip: str = agent.pod_ips.assign(pod)
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.gone = False  # the API object no longer exists
@@ -119,6 +120,11 @@ class PodWorker(threading.Thread):
     def log_file(self, ctr: str, restart: int) -> Path:
         """Log file of container ``ctr``'s run number ``restart`` (0-based)."""
         return self.dir / "logs" / ctr / f"{restart}.log"
+
+    def with_ip(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """``pod`` carrying its assigned IP as ``status.podIP`` (a shallow copy), for the
+        downward API (``podspec.pod_ip``) before the status reports it."""
+        return {**pod, "status": {**(pod.get("status") or {}), "podIP": self.ip}}
 
     def find(self, name: str) -> Container | None:
         """The container (init or regular) called ``name``."""
@@ -182,7 +188,7 @@ class PodWorker(threading.Thread):
             else:
                 check_deadline(self, pod)
                 if self.phase not in ("Succeeded", "Failed") and self.kill_deadline is None:
-                    self._step(pod)
+                    self._step(self.with_ip(pod))
             finish_if_terminal(self)
             self.report()
             busy = any(c.proc is not None for c in self.inits + self.ctrs) or (
@@ -273,7 +279,7 @@ class PodWorker(threading.Thread):
             if st is None or not st.due(now):
                 continue
             ok, msg = run_probe(st, c.spec, lambda cmd, t: self._exec(c, cmd, t),
-                                pod_ip(self.pod), self._pod_pids)
+                                self.ip, self._pod_pids)
             if ok and msg and st.successes == 0:  # once per run of successes
                 log.warning("%s/%s %s %s: %s (bind $(POD_IP) or 0.0.0.0)", self.ns,
                             self.pod_name, c.name, kind, msg)
@@ -305,7 +311,7 @@ class PodWorker(threading.Thread):
             reason=self.reason,
             message=self.message,
             now=now_iso(),
-            ip=pod_ip(self.pod),
+            ip=self.ip,
         )
 
     def report(self) -> None:
