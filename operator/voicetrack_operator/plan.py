@@ -15,11 +15,21 @@ in the mix, even for audio recorded before they opted out (retroactive: none of 
 bytes in any final object); their raw chunks, chunk MP3s and pieces go with the normal
 collection of the chunk folders. A member who opted out and back in keeps their audio
 outside the opted-out interval (the recorder dropped it there: silence).
+
+Only the chunks of the session's run of consecutive indexes decide who is excluded
+(`consent_chunks`): a recorder numbers its chunks 0, 1, 2, … with no hole (a restart
+continues after the last one, a lost window becomes a marker at its index), but its
+upload grant lets it store a `chunk.json` at any index, which the inventory rebuilds
+(`services.inventory`), and its ServiceAccount may create a RecordingChunk at any index.
+A chunk past a hole in the indexes (a forged one at index 999999 listing every member in
+`optedOut`) decided the exclusion before, and every speaker's audio was dropped and then
+collected. Its opt-outs are now not applied retroactively (`rejected_consent` says so);
+`spec.optOutUserIds` and the last chunk of the run still exclude as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from voicetrack.chunkspec import ChunkSpec, Gap
 from voicetrack.manifests import (
@@ -32,12 +42,57 @@ from voicetrack.manifests import (
 from voicetrack.resources import SessionSpec, TranscodeStatus
 
 
-def excluded_users(spec: SessionSpec, chunks: Iterable[ChunkSpec]) -> set[str]:
-    """The user ids opted out at stop (see the module docstring): the last chunk's (by
-    `index`) `optedOut` and `spec.optOutUserIds`. Includes listed users who never were in
-    the channel; callers that report them intersect with who was there."""
-    last = max(chunks, key=lambda c: c.index, default=None)
+def consent_chunks(chunks: Iterable[ChunkSpec], held: Collection[int] = ()
+                   ) -> tuple[list[ChunkSpec], list[ChunkSpec]]:
+    """(trusted, rejected) for consent: the `chunks` whose index lies in the run of
+    consecutive indexes that starts at the lowest index held, and the others (past a hole).
+
+    `held`: the indexes that hold anything besides `chunks` (a refused chunk, a folder in S3
+    whose `chunk.json` is unusable: `ChunkInventory.held`), so an honest chunk that could not
+    be used leaves no hole. The run starts at the lowest index, not 0: a collection retried
+    after deleting the first folders (their RecordingChunks gone) leaves the rest a run.
+    Both lists keep the order of `chunks`."""
+    chunks = list(chunks)
+    indexes = set(held) | {c.index for c in chunks}
+    end = min(indexes, default=-1)
+    while end + 1 in indexes:  # at most len(indexes) steps
+        end += 1
+    return [c for c in chunks if c.index <= end], [c for c in chunks if c.index > end]
+
+
+def excluded_users(spec: SessionSpec, chunks: Iterable[ChunkSpec],
+                   held: Collection[int] = ()) -> set[str]:
+    """The user ids opted out at stop (see the module docstring): the `optedOut` of the
+    last chunk (by `index`) of the run `consent_chunks` trusts, and `spec.optOutUserIds`.
+    Includes listed users who never were in the channel; callers that report them
+    intersect with who was there."""
+    trusted, _ = consent_chunks(chunks, held)
+    last = max(trusted, key=lambda c: c.index, default=None)
     return set(spec.opt_out_user_ids) | ({o.user_id for o in last.opted_out} if last else set())
+
+
+def rejected_consent(spec: SessionSpec, chunks: Iterable[ChunkSpec],
+                     held: Collection[int] = ()) -> str | None:
+    """The warning (str, names no member) for the chunks past a hole in the indexes
+    (`consent_chunks`) whose `optedOut` lists members not excluded otherwise: their audio
+    recorded before those chunks is kept. None when there are none."""
+    chunks = list(chunks)
+    trusted, rejected = consent_chunks(chunks, held)
+    excluded = excluded_users(spec, chunks, held)
+    claims = [(c.index, len({o.user_id for o in c.opted_out} - excluded))
+              for c in sorted(rejected, key=lambda c: c.index)]
+    claims = [(i, n) for i, n in claims if n]
+    if not claims:
+        return None
+    end = max((c.index for c in trusted), default=None)
+    ends = f"end at {end}" if end is not None else "hold no chunk"
+    shown = ", ".join(f"{i} ({n} member(s))" for i, n in claims[:5])
+    more = f" and {len(claims) - 5} more" if len(claims) > 5 else ""
+    return (f"opt-outs of chunk(s) {shown}{more} not applied to audio recorded before "
+            f"them: they lie past a hole in the session's chunk indexes (its consecutive "
+            f"chunks {ends}), which no recorder leaves (a forged chunk.json or "
+            f"RecordingChunk); that audio is kept. spec.optOutUserIds and the last "
+            f"consecutive chunk's optedOut still exclude")
 
 
 def output_ms(session_ms: int, origin_ms: int, gaps: list[Gap]) -> int:
@@ -122,10 +177,14 @@ def overlapping(chunks: Iterable[tuple[ChunkSpec, TranscodeStatus]]) -> list[Chu
 
 
 def build_promotion_plan(spec: SessionSpec, meeting_id: str,
-                         chunks: list[tuple[ChunkSpec, TranscodeStatus]]) -> PromotionPlan | None:
-    """The plan for `chunks` (spec, transcode status) or None when no chunk is `done`.
+                         chunks: list[tuple[ChunkSpec, TranscodeStatus]],
+                         held: Collection[int] = ()) -> PromotionPlan | None:
+    """The plan for `chunks` (spec, transcode status) or None when no chunk is `done`;
+    `held`: the other indexes that hold something (`consent_chunks`).
 
-    Consent (module docstring): the excluded users' tracks are left out of the promoted
+    Consent (module docstring): only the chunks `consent_chunks` trusts count (`optedOut`
+    of the others is neither applied nor listed: `rejected_consent` reports it); the
+    excluded users' tracks are left out of the promoted
     chunks and of `speakers`, the ones who were in the channel are listed in `excluded`,
     and `consent` holds `final/consent.json` (`consent_record`). `spec.optOutUserIds` is
     read as it is now (deletion time).
@@ -139,7 +198,8 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
                      key=lambda c: (c[0].start_ms, c[0].index))
     if not any(status == TranscodeStatus.DONE for _, status in ordered):
         return None
-    excluded = excluded_users(spec, (c for c, _ in chunks))
+    trusted, _ = consent_chunks((c for c, _ in chunks), held)
+    excluded = excluded_users(spec, (c for c, _ in chunks), held)
     origin = ordered[0][0].start_ms
     cursor = origin
     promoted: list[ChunkSpec] = []
@@ -165,10 +225,11 @@ def build_promotion_plan(spec: SessionSpec, meeting_id: str,
         cursor = end
     speakers = sorted({t.user_id for c in promoted for t in c.tracks})
     present = {t.user_id for c, _ in chunks for t in c.tracks} | {
-        o.user_id for c, _ in chunks for o in c.opted_out}
-    consent = consent_record(meeting_id, sorted((c for c, _ in chunks),
-                                                key=lambda c: c.start_ms),
-                             excluded, origin, cursor - origin, gaps)
+        o.user_id for c in trusted for o in c.opted_out}
+    listed = {id(c) for c in trusted}  # the rejected chunks' tracks only, not their opt-outs
+    consent = consent_record(meeting_id, sorted(
+        (c if id(c) in listed else c.model_copy(update={"opted_out": []}) for c, _ in chunks),
+        key=lambda c: c.start_ms), excluded, origin, cursor - origin, gaps)
     return PromotionPlan(
         guild_id=spec.guild_id, meeting_id=meeting_id, prefix=spec.storage.prefix,
         session_end_ms=cursor - origin, speakers=speakers, chunks=promoted, gaps=gaps,

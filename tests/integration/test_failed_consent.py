@@ -105,3 +105,29 @@ async def test_failed_raw_of_a_member_excluded_by_the_plan_is_not_kept(
         [s.layout.failed_raw_key(0, ANN, "ogg-opus"), s.layout.failed_manifest_key])
     doc = store.get_json(s.layout.failed_manifest_key)
     assert [e["userId"] for e in doc["failed"]] == [ANN]
+
+
+async def test_a_forged_chunk_past_a_hole_does_not_drop_failed_raw_tracks(
+        s3_server: S3Settings) -> None:
+    """Review note: a trackless `chunk.json` stored by the recorder at index 999999 (rebuilt
+    from S3), listing every member in `optedOut`, was the last chunk: ANN's and CAT's
+    failed raw tracks were neither kept nor listed, and collection deleted them. It lies
+    past a hole in the indexes: it decides nothing, both are kept. Failed before."""
+    store, ctx, s = _world(s3_server, "failed-forged")
+    failed = _chunk(store, s, 0, [ANN, CAT], [])
+    last = _chunk(store, s, 1, [ANN], [])
+    everyone = [{"userId": u, "sinceMs": 0, "via": "user"} for u in (ANN, CAT)]
+    forged = _chunk(store, s, 2, [], everyone).model_copy(update={"index": 999_999})
+    inv = ChunkInventory(chunks={
+        0: InventoryChunk(failed, ChunkStatus(transcode_status=TranscodeStatus.FAILED,
+                                              error="corrupt")),
+        1: InventoryChunk(last, ChunkStatus(transcode_status=TranscodeStatus.DONE)),
+        999_999: InventoryChunk(forged, ChunkStatus(transcode_status=TranscodeStatus.DONE),
+                                rebuilt=True)})
+
+    assert await keep_failed(ctx, s, inv) == {0}
+    assert sorted(store.list_keys(s.layout.final_root)) == sorted(
+        [s.layout.failed_raw_key(0, ANN, "ogg-opus"),
+         s.layout.failed_raw_key(0, CAT, "ogg-opus"), s.layout.failed_manifest_key])
+    doc = store.get_json(s.layout.failed_manifest_key)
+    assert [e["userId"] for e in doc["failed"]] == [ANN, CAT]

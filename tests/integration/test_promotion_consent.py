@@ -98,6 +98,10 @@ class Promoted:
     """Every object under final/ after the promotion with C excluded."""
     back_in: FinalManifest
     """The same chunks with C opted back in before stop."""
+    forged: FinalManifest
+    """The same chunks and a forged trackless chunk at index 999999 opting everyone out."""
+    forged_consent: dict[str, object]
+    """`final/consent.json` of that promotion."""
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,13 @@ def promoted(s3_server: S3Settings) -> Promoted:
     finals = {k: store.get_bytes(k) for k in store.list_keys(LAYOUT.final_root)}
     last = chunks[-1].model_copy(update={"opted_out": []})
     back_in = promote_chunks(store, [*chunks[:-1], last])
-    return Promoted(manifest, finals, back_in)
+    everyone = [{"userId": u, "sinceMs": 0, "via": "user"} for u in (A, B, C, D)]
+    forged_chunk = ChunkSpec.model_validate({
+        **chunks[-1].to_api(), "index": 999_999, "startMs": SESSION_MS,
+        "endMs": SESSION_MS + 20, "tracks": [], "optedOut": everyone})
+    store.put_json(LAYOUT.chunk_manifest_key(999_999), forged_chunk.to_api())
+    forged = promote_chunks(store, [*chunks, forged_chunk])
+    return Promoted(manifest, finals, back_in, forged, store.get_json(LAYOUT.consent_key))
 
 
 def _pcm(promoted: Promoted, track: str) -> np.ndarray:
@@ -188,6 +198,15 @@ def test_no_final_object_but_consent_names_the_excluded(promoted: Promoted) -> N
         assert C not in key
         if key != LAYOUT.consent_key:
             assert C.encode() not in data, key
+
+
+def test_a_forged_chunk_past_a_hole_excludes_nobody_more(promoted: Promoted) -> None:
+    """Review note: a trackless `chunk.json` stored by the recorder at index 999999 with
+    every member in `optedOut` was the last chunk and excluded all four: no final track.
+    It lies past a hole in the indexes (`plan.consent_chunks`): only C (the last
+    consecutive chunk's opt-out) is excluded, as without it. Failed before."""
+    assert sorted(t.track for t in promoted.forged.tracks) == sorted([A, B, D, MIX_TRACK])
+    assert promoted.forged_consent == json.loads(promoted.finals[LAYOUT.consent_key])
 
 
 def test_back_in_before_stop_is_assembled_from_pieces_with_their_track(

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from voicetrack.chunkspec import ChunkSpec, ChunkTrack, Gap, OptOut
+from voicetrack.chunkspec import ChunkSpec, ChunkStatus, ChunkTrack, Gap, OptOut
 from voicetrack.layout import MeetingLayout
 from voicetrack.manifests import PromotionPlan
 from voicetrack.resources import SessionSpec, TranscodeStatus
 from voicetrack_operator.plan import (
     build_promotion_plan,
+    consent_chunks,
     excluded_users,
     output_ms,
     overlapping,
+    rejected_consent,
 )
+from voicetrack_operator.services.inventory import ChunkInventory, InventoryChunk
 
 GUILD = "123456789012345678"
 MEETING = "m" * 16
@@ -195,3 +198,85 @@ def test_a_left_out_chunk_still_counts_its_opt_outs_and_its_time() -> None:
     assert plan.consent is not None and CAT in [o.user_id for o in plan.consent.opted_out]
     assert plan.session_end_ms == 30_000
     assert plan.gaps[-1] == Gap(start_ms=20_000, end_ms=30_000, cause="chunk-failed")
+
+
+# ---------------------------------------------------------------- forged consent claims
+
+
+def test_a_forged_chunk_past_a_hole_cannot_exclude_every_speaker() -> None:
+    """Review note: the chunk of highest index decided, rebuilt ones included. A trackless
+    `chunk.json` the recorder's grant let it store at index 999999, listing every member
+    in `optedOut`, excluded ANN and BOB: no final track, and collection then deleted their
+    raw audio. It lies past a hole in the indexes: its opt-outs are not applied, the
+    audio is kept and the warning says which chunk. Failed before."""
+    genuine = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), BOB: (100, 9_000)}), DONE),
+               (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980)}), DONE)]
+    forged = chunk(999_999, 20_000, 20_020, {},
+                   opted=((ANN, 0, "user"), (BOB, 0, "user"), (CAT, 0, "role")))
+    plan = plan_of([*genuine, (forged, DONE)])
+    assert plan.excluded == [] and plan.speakers == [ANN, BOB]
+    assert users_in(plan) == [[ANN, BOB], [ANN], []]
+    assert plan.consent is not None and plan.consent.opted_out == []  # not its word
+    assert [r.user_id for r in plan.consent.recorded] == [ANN, BOB]
+    assert excluded_users(spec(), [c for c, _ in genuine] + [forged]) == set()
+    specs = [c for c, _ in genuine] + [forged]
+    warning = rejected_consent(spec(), specs)
+    assert warning is not None and "999999 (3 member(s))" in warning
+    assert "end at 1" in warning and ANN not in warning  # names the chunk, no member
+    # a member the spec opts out is excluded all the same, and not counted as rejected
+    backed = plan_of([*genuine, (forged, DONE)], opt_out_users=(BOB,))
+    assert backed.excluded == [BOB] and backed.speakers == [ANN]
+    assert "999999 (2 member(s))" in (rejected_consent(spec((BOB,)), specs) or "")
+
+
+def test_a_forged_recording_chunk_past_a_hole_is_rejected_the_same() -> None:
+    """A RecordingChunk at an implausible index (its window within the session's elapsed
+    time, so not refused): the same rule, whatever the index it claims."""
+    genuine = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), BOB: (0, 9_980)}), DONE),
+               (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980), BOB: (10_000, 19_980)},
+                      opted=((CAT, 5_000, "role"),)), DONE)]
+    forged = chunk(3, 20_000, 30_000, {ANN: (20_000, 29_980)}, opted=((BOB, 20_000, "user"),))
+    plan = plan_of([*genuine, (forged, DONE)])
+    assert plan.excluded == [CAT] and plan.speakers == [ANN, BOB]  # chunk 1 decides
+    assert users_in(plan) == [[ANN, BOB], [ANN, BOB], [ANN]]  # its audio is promoted
+
+
+def test_genuine_opt_outs_still_exclude_with_holes_held() -> None:
+    """The last consecutive chunk still decides: a consent marker at the next index (or a
+    chain of them, stored in S3 across restarts), and after an index that holds a refused
+    chunk or an unusable `chunk.json` (`held`)."""
+    base = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), BOB: (0, 9_980)}), DONE),
+            (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980), BOB: (10_000, 19_980)}),
+             DONE)]
+    markers = [(chunk(2, 20_000, 20_020, {}, opted=((BOB, 20_010, "user"),)), DONE),
+               (chunk(3, 20_020, 20_040, {}, opted=((BOB, 20_010, "user"),
+                                                    (ANN, 20_030, "role"))), DONE)]
+    assert plan_of([*base, markers[0]]).excluded == [BOB]
+    assert plan_of([*base, *markers]).excluded == [ANN, BOB]
+    assert rejected_consent(spec(), [c for c, _ in [*base, *markers]]) is None
+    after_refused = chunk(3, 30_000, 40_000, {ANN: (30_000, 39_980)},
+                          opted=((BOB, 25_000, "user"),))
+    chunks = [*base, (after_refused, DONE)]
+    assert build_promotion_plan(spec(), MEETING, chunks).excluded == []  # type: ignore[union-attr]
+    plan = build_promotion_plan(spec(), MEETING, chunks, held={2})  # index 2 held: no hole
+    assert plan is not None and plan.excluded == [BOB] and plan.speakers == [ANN]
+    assert rejected_consent(spec(), [c for c, _ in chunks], {2}) is None
+
+
+def test_consent_chunks_runs_from_the_lowest_index() -> None:
+    specs = [chunk(i, i * 1_000, i * 1_000 + 1_000, {}) for i in (4, 5, 6, 9)]
+    trusted, rejected = consent_chunks(specs)
+    assert [c.index for c in trusted] == [4, 5, 6] and [c.index for c in rejected] == [9]
+    assert consent_chunks([]) == ([], [])
+
+
+def test_the_inventory_holds_refused_and_unaccounted_indexes() -> None:
+    """`ChunkInventory.held`: an index whose RecordingChunk was refused or whose folder has
+    no usable `chunk.json` is no hole for `consent_chunks`."""
+    inv = ChunkInventory(chunks={i: InventoryChunk(chunk(i, i * 1_000, i * 1_000 + 1_000, {}),
+                                                   ChunkStatus(transcode_status=DONE))
+                                 for i in (0, 1, 4)},
+                         unaccounted={2}, refused_indexes={3})
+    assert inv.held == {0, 1, 2, 3, 4}
+    trusted, rejected = consent_chunks([c.spec for c in inv.chunks.values()], inv.held)
+    assert [c.index for c in trusted] == [0, 1, 4] and rejected == []

@@ -26,7 +26,7 @@ from voicetrack.errors import InvalidInputError, NotFoundError, TemporaryFailure
 from voicetrack.names import controller_uid, recorder_pod_name
 from voicetrack.resources import SessionState
 from voicetrack_operator.context import Context
-from voicetrack_operator.plan import build_promotion_plan, overlapping
+from voicetrack_operator.plan import build_promotion_plan, overlapping, rejected_consent
 from voicetrack_operator.services.admission import NO_NETWORK_POLICY
 from voicetrack_operator.services.chunks import ChunkService
 from voicetrack_operator.services.chunkstate import parsed
@@ -265,8 +265,9 @@ class DeletionService:
         match."""
         if await self.ctx.db.get_recordings_for_meeting(s.meeting_id):
             return replace(p, step=DeletionStep.RECORD, promoted=True)  # progress was lost
-        chunks = (await chunk_inventory(self.ctx, s, p.left_out)).for_plan()
-        plan = build_promotion_plan(s.spec, s.meeting_id, chunks)
+        inv = await chunk_inventory(self.ctx, s, p.left_out)
+        chunks = inv.for_plan()
+        plan = build_promotion_plan(s.spec, s.meeting_id, chunks, inv.held)
         if plan is None:
             return replace(p, step=DeletionStep.RECORD, promoted=False)
         try:
@@ -286,6 +287,9 @@ class DeletionService:
                            f"{c.index} [{c.start_ms}, {c.end_ms}) ms" for c in left_out))
             log.warning("session %s/%s: %s", s.ref.namespace, s.ref.name, message)
             self.notices.append(("ChunksOverlap", message))
+        if rejected := rejected_consent(s.spec, (c for c, _ in chunks), inv.held):
+            log.warning("session %s/%s: %s", s.ref.namespace, s.ref.name, rejected)
+            self.notices.append(("ConsentClaimRejected", rejected))  # said once, too
         return replace(p, step=DeletionStep.RECORD, promoted=True)
 
     async def record(self, s: SessionView, p: DeletionProgress) -> DeletionProgress:

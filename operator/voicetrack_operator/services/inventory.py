@@ -76,6 +76,15 @@ class ChunkInventory:
     refused: dict[str, str] = field(default_factory=dict)
     """Chunks (RecordingChunk name, or S3 manifest key) that are not this session's, and
     why (`isolation.chunk_refusal`): neither promoted, kept nor collected."""
+    refused_indexes: set[int] = field(default_factory=set)
+    """Indices of the listed RecordingChunks refused."""
+
+    @property
+    def held(self) -> set[int]:
+        """Every index that holds something: a chunk, a refused RecordingChunk, or objects
+        in S3 (`plan.consent_chunks`: an honest chunk that cannot be used leaves no hole
+        in the indexes that decide consent)."""
+        return set(self.chunks) | self.unaccounted | self.refused_indexes
 
     def leave_out(self, left_out: Mapping[int, str]) -> None:
         """Mark the chunks `left_out` names (index → reason: left out of the promotion,
@@ -119,7 +128,7 @@ async def chunk_inventory(ctx: Context, s: SessionView,
     namespace, name = s.ref.namespace, s.ref.name
     inv = ChunkInventory()
     facts, now = session_facts(s), datetime.now(UTC)
-    refused_at: set[int] = set()  # indexes of listed chunks refused: never rebuilt
+    refused_at = inv.refused_indexes  # indexes of listed chunks refused: never rebuilt
     for obj in await ctx.kube.list_chunks(namespace, name, s.ref.uid):
         ref = parse_chunk(obj)
         if ref is None:  # refused as it is seen (`services.unparsable`): not a chunk of it
@@ -244,15 +253,19 @@ async def keep_failed(ctx: Context, s: SessionView, inv: ChunkInventory,
     nothing. Consent (`plan.excluded_users`, docs/consent.md): the tracks of members
     opted out at stop are neither copied nor listed; they go with their chunk folder.
     Opted out at stop means excluded by the stored promotion `plan` (the decision the
-    final tracks were made by; the spec may have changed since) or by the spec and
-    chunks now, whichever names more. Returns the indices kept (their folders are
-    collected)."""
+    final tracks were made by) or by `spec.optOutUserIds` now (it may have changed
+    since); without a plan, by the spec and the chunks now (`plan.excluded_users`: the
+    chunks past a hole in the indexes decide nothing). The chunks now are not read when
+    there is a plan: a retry after some folders were collected sees fewer of them.
+    Returns the indices kept (their folders are collected)."""
     failed = inv.failed
     if not failed:
         return set()
     store, layout = ctx.store(s.spec.storage.bucket), s.layout
-    excluded = excluded_users(s.spec, (c.spec for c in inv.chunks.values()))
-    excluded |= set(plan.excluded) if plan else set()
+    if plan is not None:
+        excluded = set(plan.excluded) | set(s.spec.opt_out_user_ids)
+    else:
+        excluded = excluded_users(s.spec, (c.spec for c in inv.chunks.values()), inv.held)
     entries: list[dict[str, Any]] = []
     for chunk in failed:
         for track in chunk.spec.tracks:
