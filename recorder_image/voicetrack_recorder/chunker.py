@@ -176,6 +176,15 @@ class Chunker:
         elif self.stop_slot is None:
             self.stop_slot = slot
 
+    def unsealed(self) -> list[tuple[int, Gap | None, int | None]]:
+        """The recording not sealed yet, in time order: (start slot, the gap before it,
+        the slot where it stops or None: still recording) of the open window and of
+        each window queued behind its stop (`open`); [] when no window is open."""
+        if self.start_slot is None:
+            return []
+        return [(self.start_slot, self.gap, self.stop_slot),
+                *((seg.start, seg.gap, seg.stop) for seg in self._queue)]
+
     def _takes(self, slot: int) -> bool:
         """Whether `slot` (not before the open window) is recorded: before the stop, or in
         a queued segment."""

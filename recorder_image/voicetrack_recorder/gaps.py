@@ -26,6 +26,7 @@ from voicetrack.audio import FRAME_MS
 from voicetrack.chunkspec import Gap
 
 LOST: Final = "connection-lost"
+RESTART: Final = "recorder-restart"
 CUT: Final = "paused"
 """The one cause promotion cuts from the output; every other becomes silence."""
 
@@ -59,6 +60,40 @@ def unsaid(gaps: list[Gap], until_ms: int) -> list[Gap]:
     if out and out[-1].end_ms < until_ms:
         add(Gap(start_ms=out[-1].end_ms, end_ms=until_ms, cause=LOST))
     return out
+
+
+def unsaid_now(gaps: list[Gap], unsealed: list[tuple[int, Gap | None, int | None]],
+               paused: bool) -> list[Gap]:
+    """What a restarted container must carry (`unsaid` shape; [] none), given `gaps`
+    (the recorder's unsaid ones, contiguous from the last chunk spooled), the recording
+    not sealed yet (`Chunker.unsealed`: start slot, gap, stop slot) and whether the
+    recorder is `paused` now:
+
+    - nothing stopped (recording, or all sealed): `gaps`, then the open window's gap
+      when it is a pause (a resume whose window is not spooled yet);
+    - a stop not sealed yet (a pause waits for its window's seal, maybe with resumes
+      queued behind it): `gaps`, then each stretch's gap and the stretch itself as
+      `recorder-restart` time up to its stop (lost if the run dies before the seal;
+      silence), and, when `paused`, the pause's first 20 ms from the last stop: a
+      restarted run paused continues the pause from there, so the cut starts where the
+      pause began, not at the last chunk spooled (before, the stopped window was cut
+      with it and all later audio moved earlier; a resume queued behind the seal,
+      known nowhere on disk, became `recorder-restart` silence)."""
+    if all(stop is None for _, _, stop in unsealed):
+        held = unsealed[0][1] if unsealed else None
+        if held is None or held.cause != CUT:
+            return list(gaps)
+        return unsaid([*gaps, held], held.end_ms)
+    out = list(gaps)
+    for start, gap, stop in unsealed:
+        if gap is not None:
+            out.append(gap)
+        if stop is not None and stop > start:
+            out.append(Gap(start_ms=start * FRAME_MS, end_ms=stop * FRAME_MS, cause=RESTART))
+    last = unsealed[-1][2]
+    if paused and last is not None:
+        out.append(Gap(start_ms=last * FRAME_MS, end_ms=(last + 1) * FRAME_MS, cause=CUT))
+    return unsaid(out, out[-1].end_ms)
 
 
 def carry(gaps: list[Gap]) -> tuple[list[Marker], Gap | None]:

@@ -7,8 +7,9 @@ continues at the next chunk index and records the interval it missed (after the 
 and those gaps) as a gap with cause `recorder-restart`. A pause
 or the end of a run (SIGTERM too) ends the open chunk at its slot, sealed by the seal rule
 (`sealing`: frames a jitter buffer still holds make it in, none after that slot); on resume
-the next chunk carries a `paused` gap, which promotion cuts (kept in the spool until that
-chunk is spooled, `_keep_unsaid`, so a restart meanwhile keeps it a pause).
+the next chunk carries a `paused` gap, which promotion cuts (kept in the spool from the
+pause on until a chunk spooled carries it, `_keep_unsaid`: a restart meanwhile cuts from
+where it began, and keeps it a pause after a resume).
 
 Sealed chunks go to the spool on the pod's disk first (bounded:
 `voicetrack_recorder.spool`), and the upload task sends them in index order, retrying an S3
@@ -45,7 +46,7 @@ from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
 from voicetrack_recorder.ending import FlushDeadline, RecorderResult, arms_at_once, keeps_spool
 from voicetrack_recorder.faults import retry_async
-from voicetrack_recorder.gaps import CUT, LOST, carry, spans, unsaid
+from voicetrack_recorder.gaps import LOST, carry, spans, unsaid, unsaid_now
 from voicetrack_recorder.kube import RecorderKube
 from voicetrack_recorder.restart import restore_unsaid, said_chunks
 from voicetrack_recorder.sealing import MAX_SOURCE_LAG_SLOTS as MAX_SOURCE_LAG_SLOTS
@@ -280,6 +281,7 @@ class Recorder:
             self.chunker.stop(now)
             self._paused_at = now
             log.info("paused at %d ms", now * FRAME_MS)
+            await self._keep_unsaid()  # where it began, until its window is spooled
         elif not paused and self._paused_at is not None:
             start = self._paused_at  # after a restart: the last chunk's end, maybe ahead
             self._paused_at = None
@@ -291,14 +293,10 @@ class Recorder:
             await self._keep_unsaid()  # the pause, until a chunk spooled carries it
 
     def _unsaid_now(self) -> list[Gap]:
-        """What a restarted container must carry (`gaps.unsaid` shape): `_unsaid`, then
-        the `paused` gap of the open window (`Chunker.gap`, a resume not spooled yet),
-        which starts where they (or the last chunk spooled) end; a resume queued behind
-        the stopped window's seal counts once that window is spooled."""
-        held = self.chunker.gap
-        if held is None or held.cause != CUT:
-            return list(self._unsaid)
-        return unsaid([*self._unsaid, held], held.end_ms)
+        """What a restarted container must carry (`gaps.unsaid_now`): `_unsaid`, the
+        `paused` gap of a resume not spooled yet, and a pause (and resumes) waiting for
+        the stopped window's seal, from where the pause began."""
+        return unsaid_now(self._unsaid, self.chunker.unsealed(), self._paused_at is not None)
 
     async def _keep_unsaid(self) -> None:
         """Keep `_unsaid_now` in `unsaid.json` (`Spool.save_unsaid`: only when changed;

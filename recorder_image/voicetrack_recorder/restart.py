@@ -33,7 +33,9 @@ def said_chunks(spool: Spool, existing: list[ChunkSpec]) -> list[ChunkSpec]:
     markers the API server lists (index at or below its last: made from S3, or a later
     run's chunks) are dropped from it, and so is the rest of a chain that does not follow
     (logged as a warning: a chunk before it is gone). Never raises (the file's failures
-    are logged). Runs in a thread (file I/O)."""
+    are logged); when that rewrite fails, the file stays as it was and `stored_markers`
+    becomes the chain all the same, so a marker kept later is written after the chain.
+    Runs in a thread (file I/O)."""
     markers = spool.stored_markers
     if not markers:
         return existing
@@ -61,8 +63,12 @@ def said_chunks(spool: Spool, existing: list[ChunkSpec]) -> list[ChunkSpec]:
         log.warning("chunks %s, markers a previous run stored in S3 only, are the session's "
                     "last: continuing after them", [(m.index, m.start_ms, m.end_ms)
                                                     for m in chain])
-    if len(chain) != len(markers):
-        spool.save_stored_markers(chain)
+    if len(chain) != len(markers) and not spool.save_stored_markers(chain):
+        # the file keeps the old list (a restart drops the same markers again), but the
+        # next marker kept must follow the chain: appended after a marker dropped here
+        # with a higher index, the file's indexes no longer increased and the next read
+        # refused it whole, forgetting every marker in it
+        spool.stored_markers = chain
     return [*existing, *chain]
 
 

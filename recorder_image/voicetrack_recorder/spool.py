@@ -156,8 +156,10 @@ class Spool:
         self._kept = list(self.unsaid)
         """What `unsaid.json` holds now."""
         self.stored_markers: list[ChunkSpec]
-        """What `stored-marker.json` holds: the marker chunks stored in S3 only (by a
-        previous run, checked, or by this one: `add_stored_marker`), index order; []: none."""
+        """The marker chunks stored in S3 only (by a previous run, checked, or by this
+        one: `add_stored_marker`), index order, that the API server does not list; []:
+        none. What `stored-marker.json` holds, or should: after a failed start-up rewrite
+        (`restart.said_chunks`) the file keeps markers a restart drops again."""
         self.stored_markers, self._marker_bytes = read_stored_markers(root, self._owner())
         """`_marker_bytes`: the size of `stored-marker.json` (counted in `used`), 0: none."""
         self.adopted: list[SpooledChunk] = self._adopt()

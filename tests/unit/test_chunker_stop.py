@@ -129,3 +129,20 @@ async def test_seal_tail_does_not_wait_for_an_ended_source_nor_past_its_bound() 
         assert wait_s <= time.monotonic() - t0 < wait_s + 0.2
         assert [(s.start_ms, s.end_ms) for s in sealed if s] == [
             (0, 1000), (1000, 2000), (2000, 2400)]
+
+
+def test_unsealed_lists_the_open_window_and_those_queued_behind_its_stop() -> None:
+    """`Chunker.unsealed`: (start slot, gap, stop slot) of each stretch not sealed yet."""
+    c = Chunker(chunk_slots=500)
+    assert c.unsealed() == []
+    c.open(0)
+    assert c.unsealed() == [(0, None, None)]
+    c.stop(100)
+    gap = Gap(start_ms=2000, end_ms=2300, cause="paused")
+    c.open(115, gap)
+    c.stop(130)
+    assert c.unsealed() == [(0, None, 100), (115, gap, 130)]
+    c.seal()
+    assert c.unsealed() == [(115, gap, 130)]
+    c.seal()
+    assert c.unsealed() == []

@@ -381,3 +381,33 @@ async def test_a_failed_rewrite_at_start_keeps_the_chain(
     assert (tmp_path / "s" / MARKER).exists()
     again, _ = await run(tmp_path, [6.0], paused=True, existing=[chunk0(), m1])
     assert again.chunker.next_index == 3
+
+
+async def test_a_marker_kept_after_a_failed_rewrite_at_start_follows_the_chain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file holds markers 1, 2 and 4 (4 does not follow 2: a marker between gone);
+    the start-up rewrite to the chain [1, 2] fails (spool full), so the file stays as it
+    was. The run then stores consent marker 3 [5.04, 5.06) s in S3 with the spool
+    writable again: the file holds the chain and it, [1, 2, 3], and the next restart
+    continues after marker 3 with its opt-out. Before, the spool kept [1, 2, 4] in memory
+    too and wrote [1, 2, 4, 3]: the next read refused the whole file (indexes not
+    increasing), so that restart reused index 1 and took the opt-out as none."""
+    stored_markers(tmp_path, [marker(1, 5_000), marker(2, 5_020), marker(4, 5_060)])
+    _no_space(monkeypatch)
+    now = [6.0]
+    rec, stored = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    monkeypatch.undo()
+    assert rec.chunker.next_index == 3
+    doc = json.loads((tmp_path / "s" / MARKER).read_bytes())
+    assert [s["index"] for s in doc["specs"]] == [1, 2, 4]  # not rewritten
+    assert [m.index for m in rec.uploader.spool.stored_markers] == [1, 2]
+    assert rec.uploader.spool.used == (tmp_path / "s" / MARKER).stat().st_size
+    await stop_with_an_opt_out(rec)
+    assert [(s.index, s.start_ms, s.end_ms) for s in stored] == [(3, 5_040, 5_060)]
+    doc = json.loads((tmp_path / "s" / MARKER).read_bytes())
+    assert [s["index"] for s in doc["specs"]] == [1, 2, 3]
+    assert rec.uploader.spool.used == (tmp_path / "s" / MARKER).stat().st_size
+    again, _ = await run(tmp_path, now, paused=True, existing=[chunk0()])
+    assert again.chunker.next_index == 4
+    assert again._last is not None and again._last[0] == 5_060
+    assert [o.user_id for o in again._last[1]] == [OUT]
