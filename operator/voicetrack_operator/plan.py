@@ -74,25 +74,32 @@ def excluded_users(spec: SessionSpec, chunks: Iterable[ChunkSpec],
 def rejected_consent(spec: SessionSpec, chunks: Iterable[ChunkSpec],
                      held: Collection[int] = ()) -> str | None:
     """The warning (str, names no member) for the chunks past a hole in the indexes
-    (`consent_chunks`) whose `optedOut` lists members not excluded otherwise: their audio
-    recorded before those chunks is kept. None when there are none."""
+    (`consent_chunks`) that disagree with the decision: their `optedOut` lists members not
+    excluded otherwise (their audio recorded before those chunks is kept), or leaves out
+    members the last consecutive chunk excludes (an opt-in not applied: they stay
+    excluded, the privacy-safe reading, and an honest hole would cost their audio, so it
+    is said too). None when there are none."""
     chunks = list(chunks)
     trusted, rejected = consent_chunks(chunks, held)
     excluded = excluded_users(spec, chunks, held)
-    claims = [(c.index, len({o.user_id for o in c.opted_out} - excluded))
-              for c in sorted(rejected, key=lambda c: c.index)]
-    claims = [(i, n) for i, n in claims if n]
+    by_run = excluded - set(spec.opt_out_user_ids)  # what only the last consecutive chunk says
+    claims = []
+    for c in sorted(rejected, key=lambda c: c.index):
+        listed = {o.user_id for o in c.opted_out}
+        outs, ins = len(listed - excluded), len(by_run - listed)
+        if outs or ins:
+            said = [f"{outs} opted out" if outs else "", f"{ins} opted in" if ins else ""]
+            claims.append(f"{c.index} ({', '.join(x for x in said if x)})")
     if not claims:
         return None
     end = max((c.index for c in trusted), default=None)
     ends = f"end at {end}" if end is not None else "hold no chunk"
-    shown = ", ".join(f"{i} ({n} member(s))" for i, n in claims[:5])
     more = f" and {len(claims) - 5} more" if len(claims) > 5 else ""
-    return (f"opt-outs of chunk(s) {shown}{more} not applied to audio recorded before "
-            f"them: they lie past a hole in the session's chunk indexes (its consecutive "
-            f"chunks {ends}), which no recorder leaves (a forged chunk.json or "
-            f"RecordingChunk); that audio is kept. spec.optOutUserIds and the last "
-            f"consecutive chunk's optedOut still exclude")
+    return (f"consent of chunk(s) {', '.join(claims[:5])}{more} not applied: they lie past "
+            f"a hole in the session's chunk indexes (its consecutive chunks {ends}), which "
+            f"no recorder leaves (a forged chunk.json or RecordingChunk). Audio recorded "
+            f"before them is kept for members they opt out; members they opt back in stay "
+            f"excluded. spec.optOutUserIds and the last consecutive chunk's optedOut decide")
 
 
 def output_ms(session_ms: int, origin_ms: int, gaps: list[Gap]) -> int:

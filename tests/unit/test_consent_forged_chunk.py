@@ -64,7 +64,7 @@ async def test_a_forged_chunk_is_reported_and_excludes_nobody(
     service, (plan,) = await promote_with(monkeypatch, inventory(forged))
     assert plan.excluded == [] and plan.speakers == [ANN, BOB]
     ((reason, message),) = service.notices
-    assert reason == "ConsentClaimRejected" and "999999 (2 member(s))" in message
+    assert reason == "ConsentClaimRejected" and "999999 (2 opted out)" in message
     assert ANN not in message and BOB not in message
 
 
@@ -76,3 +76,24 @@ async def test_a_genuine_marker_after_a_held_index_excludes_unreported(
     service, (plan,) = await promote_with(monkeypatch, inventory(marker, unaccounted={2}))
     assert plan.excluded == [BOB, CAT] and plan.speakers == [ANN]
     assert service.notices == []
+
+
+async def test_an_unparsable_recording_chunk_holds_its_index() -> None:
+    """Review rev-consent finding 1: a RecordingChunk the operator's model cannot parse
+    (a consent marker stored before a CRD update) is refused as it is seen, and its index
+    was not held: with no folder in S3 (a marker made through the API only) it left a
+    hole, so the chunks after it decided nothing and a role opt-out there was not
+    applied. Its index (its raw `spec.index`) is held now. Failed before."""
+    from tests.unit.test_operator_observe_indexed import chunk as chunk_obj
+    from tests.unit.test_operator_unparsable_chunks import unparsable
+    from voicetrack_operator.services.inventory import chunk_inventory
+
+    class EmptyStore:  # no folder in S3: the marker was made through the API only
+        async def list_keys(self, prefix: str) -> list[str]:
+            return []
+
+    objs = [chunk_obj(0, "done", 60), unparsable(1), chunk_obj(2, "done", 60)]
+    ctx = ctx_with(Kube(objs))
+    ctx.store = lambda bucket: EmptyStore()
+    inv = await chunk_inventory(ctx, session_view())
+    assert sorted(inv.chunks) == [0, 2] and inv.held == {0, 1, 2}

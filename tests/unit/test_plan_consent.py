@@ -221,12 +221,12 @@ def test_a_forged_chunk_past_a_hole_cannot_exclude_every_speaker() -> None:
     assert excluded_users(spec(), [c for c, _ in genuine] + [forged]) == set()
     specs = [c for c, _ in genuine] + [forged]
     warning = rejected_consent(spec(), specs)
-    assert warning is not None and "999999 (3 member(s))" in warning
+    assert warning is not None and "999999 (3 opted out)" in warning
     assert "end at 1" in warning and ANN not in warning  # names the chunk, no member
     # a member the spec opts out is excluded all the same, and not counted as rejected
     backed = plan_of([*genuine, (forged, DONE)], opt_out_users=(BOB,))
     assert backed.excluded == [BOB] and backed.speakers == [ANN]
-    assert "999999 (2 member(s))" in (rejected_consent(spec((BOB,)), specs) or "")
+    assert "999999 (2 opted out)" in (rejected_consent(spec((BOB,)), specs) or "")
 
 
 def test_a_forged_recording_chunk_past_a_hole_is_rejected_the_same() -> None:
@@ -280,3 +280,24 @@ def test_the_inventory_holds_refused_and_unaccounted_indexes() -> None:
     assert inv.held == {0, 1, 2, 3, 4}
     trusted, rejected = consent_chunks([c.spec for c in inv.chunks.values()], inv.held)
     assert [c.index for c in trusted] == [0, 1, 4] and rejected == []
+
+
+def test_an_opt_in_past_a_hole_is_said_not_silent() -> None:
+    """Review rev-consent finding 2: a member the last consecutive chunk opts out (by
+    role) and a chunk past a hole lists as recorded again stays excluded (the
+    privacy-safe reading), but the warning now says so: before, `rejected_consent`
+    counted only opt-outs and returned None, so an honest hole cost that member's audio
+    with nothing said. Failed before."""
+    genuine = [(chunk(0, 0, 10_000, {ANN: (0, 9_980), BOB: (0, 9_980)}), DONE),
+               (chunk(1, 10_000, 20_000, {ANN: (10_000, 19_980)},
+                      opted=((BOB, 10_000, "role"),)), DONE)]
+    later = chunk(3, 30_000, 40_000, {ANN: (30_000, 39_980), BOB: (30_000, 39_980)})
+    chunks = [*genuine, (later, DONE)]
+    plan = plan_of(chunks)
+    assert plan.excluded == [BOB]
+    warning = rejected_consent(spec(), [c for c, _ in chunks])
+    assert warning is not None and "3 (1 opted in)" in warning and BOB not in warning
+    # with index 2 held there is no hole: chunk 3 decides, BOB is kept, nothing to say
+    assert build_promotion_plan(  # type: ignore[union-attr]
+        spec(), MEETING, chunks, held={2}).excluded == []
+    assert rejected_consent(spec(), [c for c, _ in chunks], {2}) is None

@@ -78,13 +78,17 @@ class ChunkInventory:
     why (`isolation.chunk_refusal`): neither promoted, kept nor collected."""
     refused_indexes: set[int] = field(default_factory=set)
     """Indices of the listed RecordingChunks refused."""
+    unparsed_indexes: set[int] = field(default_factory=set)
+    """The `spec.index` of listed RecordingChunks whose spec does not parse (a marker
+    stored before a CRD update): their folders are still rebuilt, as before."""
 
     @property
     def held(self) -> set[int]:
-        """Every index that holds something: a chunk, a refused RecordingChunk, or objects
-        in S3 (`plan.consent_chunks`: an honest chunk that cannot be used leaves no hole
-        in the indexes that decide consent)."""
-        return set(self.chunks) | self.unaccounted | self.refused_indexes
+        """Every index that holds something: a chunk, a refused or unparsable
+        RecordingChunk, or objects in S3 (`plan.consent_chunks`: an honest chunk that
+        cannot be used leaves no hole in the indexes that decide consent)."""
+        return set(self.chunks) | self.unaccounted | self.refused_indexes \
+            | self.unparsed_indexes
 
     def leave_out(self, left_out: Mapping[int, str]) -> None:
         """Mark the chunks `left_out` names (index → reason: left out of the promotion,
@@ -133,6 +137,9 @@ async def chunk_inventory(ctx: Context, s: SessionView,
         ref = parse_chunk(obj)
         if ref is None:  # refused as it is seen (`services.unparsable`): not a chunk of it
             inv.refused[str(obj["metadata"]["name"])] = "spec does not parse"
+            index = (obj.get("spec") or {}).get("index")
+            if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+                inv.unparsed_indexes.add(index)  # held: an honest one leaves no hole
             continue
         why = ref.status.refused or chunk_refusal(ref.claim, facts, now, None)
         if why is not None:
