@@ -22,6 +22,7 @@ from voicetrack.names import meeting_id_for
 from voicetrack.objectstore import S3Settings
 from voicetrack_operator.builders import PodSettings
 from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.jobs import LIVE_JOB_TTL_S
 from voicetrack_operator.services import live, sessions
 from voicetrack_operator.services.sessions import SessionService
 from voicetrack_operator.services.sessionview import Observed
@@ -55,17 +56,19 @@ class Clock:
 
 
 class LiveKube:
-    """The API as the live path uses it: live Job creates (completing `LIVE_JOB_S` after)
-    and deletes, counted."""
+    """The API as the live path uses it: live Job creates (completing `LIVE_JOB_S` after,
+    gone `LIVE_JOB_TTL_S` after that) and deletes, counted."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.jobs: dict[str, tuple[dict[str, Any], float]] = {}
         self.creates = 0
         self.deletes = 0
+        self.names: list[str] = []
 
     async def ensure(self, manifest: dict[str, Any]) -> bool:
         self.creates += 1
+        self.names.append(manifest["metadata"]["name"])
         manifest["metadata"]["creationTimestamp"] = stamp(self.clock.now())
         self.jobs[manifest["metadata"]["name"]] = (manifest, self.clock.t)
         return True
@@ -78,6 +81,8 @@ class LiveKube:
         """The live Jobs as the watch shows them now."""
         out = []
         for manifest, created in self.jobs.values():
+            if self.clock.t >= created + LIVE_JOB_S + LIVE_JOB_TTL_S:
+                continue  # removed by the TTL controller
             job = {**manifest, "status": {"active": 1}}
             if self.clock.t >= created + LIVE_JOB_S:
                 done = BASE + timedelta(seconds=created + LIVE_JOB_S)
@@ -110,10 +115,11 @@ def apply(status: dict[str, Any], patch: dict[str, Any]) -> None:
             status[key] = value
 
 
-async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 30
-              ) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
-    """Tick the observe timer every `TICK_S` while `chunks` chunks are recorded, then for
-    a minute of quiet. Returns (status patches, the kube, the store, the final status)."""
+async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 30,
+              chunk_s: int = CHUNK_S) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
+    """Tick the observe timer every `TICK_S` while `chunks` chunks of `chunk_s` are
+    recorded, then for a minute of quiet (two chunk periods when longer). Returns (status
+    patches, the kube, the store, the final status)."""
     clock = Clock()
     monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=clock.monotonic))
     monkeypatch.setattr(live, "datetime", SimpleNamespace(now=lambda tz=None: clock.now(),
@@ -128,13 +134,14 @@ async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 
     monkeypatch.setattr(ctx, "store", lambda bucket: store)
     service, s = SessionService(ctx), session_view()
     s.status["state"] = "Recording"
+    s.spec.chunk_seconds = chunk_s
     patches = 0
-    end = chunks * CHUNK_S
-    while clock.t < end + 60:
-        made = [i for i in range(chunks) if clock.t >= i * CHUNK_S + 1]
+    end = chunks * chunk_s
+    while clock.t < end + max(60, 2 * chunk_s):
+        made = [i for i in range(chunks) if clock.t >= i * chunk_s + 1]
         objs = []
         for i in made:
-            done = clock.t >= i * CHUNK_S + 1 + TRANSCODE_S
+            done = clock.t >= i * chunk_s + 1 + TRANSCODE_S
             # a chunk transcoding is young: the safety net leaves it to its Job
             objs.append(chunk(i, "done", 30) if done else chunk(i, "queued", 0))
         patch = await service.observe_session(s, Observed(pod=RUNNING_POD, chunks=objs,
@@ -203,3 +210,14 @@ async def test_a_withdrawal_of_status_live_is_not_held_by_the_budget(
     s.spec.opt_out_user_ids = [objs[0]["spec"]["tracks"][0]["userId"]]
     patch = await service.observe_session(s, Observed(pod=RUNNING_POD, chunks=objs))
     assert patch == {"live": None} and emptied
+
+
+async def test_long_chunks_report_a_live_job_before_its_ttl(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 150 s: the next free period comes after the finished live Job's TTL
+    (`LIVE_JOB_TTL_S`) removed it from the watch; its report does not wait that long, so
+    status.live is current and no Job is run twice for the same chunks."""
+    n = 8
+    _, kube, _, status = await run(monkeypatch, n, chunk_s=150)
+    assert status["live"]["chunks"] == n
+    assert len(set(kube.names)) == len(kube.names), kube.names

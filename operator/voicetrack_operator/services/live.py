@@ -52,12 +52,21 @@ from voicetrack.resources import (
     pieced,
 )
 from voicetrack_operator.context import Context
-from voicetrack_operator.jobs import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
+from voicetrack_operator.jobs import (
+    LABEL_LIVE_CHUNKS,
+    LIVE_COMPONENT,
+    LIVE_JOB_TTL_S,
+    build_live_job,
+)
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
 
 log = logging.getLogger(__name__)
+
+REPORT_WAIT_MAX_S = LIVE_JOB_TTL_S / 2
+"""Longest wait (s) of a completed live Job's `status.live` report for the session's write
+budget: half the Job's `ttlSecondsAfterFinished`, so the watch still shows it."""
 
 LIVE_STATES = (SessionState.RECORDING, SessionState.PAUSED, SessionState.STOPPED,
                SessionState.FAILED)
@@ -244,9 +253,9 @@ class LiveService:
         live Job create per chunk period): a Job is launched only when `slot` (the
         period's write is free), and then nothing is reported (the create is that write);
         a completed Job is reported (its manifest read) only when `report` (a status patch
-        goes out this tick). A withdrawal is returned whatever the budget. The API or S3
-        away is logged and the next tick tries again: the audio so far never holds up the
-        session's status."""
+        goes out this tick) or when it is `overdue`. A withdrawal is returned whatever the
+        budget. The API or S3 away is logged and the next tick tries again: the audio so far
+        never holds up the session's status."""
         if not self.enabled(s):
             return LiveTick()
         try:
@@ -255,6 +264,14 @@ class LiveService:
             log.info("session %s/%s: audio so far not updated: %s", s.ref.namespace,
                      s.ref.name, err)
             return LiveTick()
+
+    @staticmethod
+    def overdue(job: LiveJob) -> bool:
+        """True when completed `job` ended `REPORT_WAIT_MAX_S` ago or more: it is reported
+        whatever the budget, before its TTL removes it from the watch (a chunk period over
+        a minute would otherwise lose the report, and run the Job again)."""
+        return job.finished is not None and \
+            (datetime.now(UTC) - job.finished).total_seconds() >= REPORT_WAIT_MAX_S
 
     def interval_s(self, s: SessionView) -> float:
         """The least seconds between two live Jobs' starts for `s`: the setting, but at
@@ -286,7 +303,8 @@ class LiveService:
             log.warning("session %s/%s: live Job %s failed; the audio so far stays at %d "
                         "chunk(s) and is assembled again", s.ref.namespace, s.ref.name,
                         j.name, reported)
-        if decision.report is None or launched or not report:
+        if decision.report is None or launched or not (report or self.overdue(
+                decision.report)):
             return LiveTick(launched=launched)
         return LiveTick({"live": await self.read_live(s, decision.report)})
 

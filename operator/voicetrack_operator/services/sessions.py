@@ -275,7 +275,7 @@ class SessionService:
                 self.ctx.progress_patched[s.ref.uid] = time.monotonic()
                 return live.patch
             if not slot and not significant:
-                return live.patch  # only a withdrawal of status.live (consent): at once
+                return live.patch  # a withdrawal (consent) or an overdue report: at once
             if changed or live.patch or live.launched:
                 self.ctx.progress_patched[s.ref.uid] = time.monotonic()
         return {**changed, **live.patch, **auto}
