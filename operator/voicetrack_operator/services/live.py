@@ -216,7 +216,7 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
 
 @dataclass(frozen=True)
 class LiveTick:
-    """What one `LiveService.observe` did: `patch`, the session status patch
+    """What one `LiveService.tick` did: `patch`, the session status patch
     (`{"live": {...}}`, `{"live": None}` or {}), and whether it `launched` a live Job (an
     API write: the session's write of that chunk period)."""
 
@@ -225,7 +225,7 @@ class LiveTick:
 
 
 class LiveService:
-    """Runs the live-assembly Jobs of sessions; the observe timer calls `observe`."""
+    """Runs the live-assembly Jobs of sessions; the observe timer calls `tick`."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
