@@ -218,7 +218,8 @@ class Context:
     last turned active (emptied then: a replica killed between a chunk's status patch and
     its SQL write leaves a row behind, which only such a comparison finds)."""
     progress_patched: dict[str, float] = field(default_factory=dict)
-    """Session uid -> when the observe timer last returned a status patch (monotonic s)."""
+    """Session uid -> when the observe timer last returned a status patch or created a
+    live Job (monotonic s): its write budget (`SessionService.observe_session`)."""
     meeting_checked: dict[str, float] = field(default_factory=dict)
     """Meeting id -> when its row was last seen (monotonic s), for
     `SessionService.repair_meeting`'s throttle. Meeting ids are unique per session (a

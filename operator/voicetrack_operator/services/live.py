@@ -6,14 +6,20 @@ the final tracks; a live Job (`jobs.build_live_job`, `voicetrack-transcoder live
 joins the pieces of chunks `0..N-1` into `live/<track>.mp3` and `live/manifest.json`
 (extending the last Job's tracks from `live/state.json`: it reads only the chunks after
 them; with no state, e.g. once `live/` is emptied, from chunk 0). The
-observe timer calls `LiveService.observe` with what the watches show (no API read): it
+observe timer calls `LiveService.tick` with what the watches show (no API read): it
 decides with the pure `decide`, deletes a superseded Job still running (finished ones go by
 their `ttlSecondsAfterFinished`), starts the next one, and reads the
 manifest of a Job that completed (one S3 read per live Job) for the status.
 
 Debounce: at most one live Job per session runs; a new one starts only when more chunks
 are transcoded than the audio so far covers and `interval_s` has passed since the last one
-started. A failed live Job (a piece missing, S3 down) marks nothing failed: the previous
+started (at least two chunk periods: `LiveService.interval_s`). A Job's create is the
+session's one budgeted write of its chunk period (`services.sessions`, issue 16: the
+operator's writes per chunk ≤ 4), so a due Job waits for a period whose write is free, and
+the progress patch of that period waits for the next; `status.live` rides on the period's
+status patch (alone when nothing else changed; at most a chunk period after the Job ended;
+`live/manifest.json`, what `recordings download --live` and the web page read, is current
+at once). A failed live Job (a piece missing, S3 down) marks nothing failed: the previous
 live files stay (the transcoder uploads only a complete set) and the next interval tries
 again. Deletion removes the live Jobs first (`stop`), so promotion never waits for one.
 
@@ -46,12 +52,21 @@ from voicetrack.resources import (
     pieced,
 )
 from voicetrack_operator.context import Context
-from voicetrack_operator.jobs import LABEL_LIVE_CHUNKS, LIVE_COMPONENT, build_live_job
+from voicetrack_operator.jobs import (
+    LABEL_LIVE_CHUNKS,
+    LIVE_COMPONENT,
+    LIVE_JOB_TTL_S,
+    build_live_job,
+)
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
 
 log = logging.getLogger(__name__)
+
+REPORT_WAIT_MAX_S = LIVE_JOB_TTL_S / 2
+"""Longest wait (s) of a completed live Job's `status.live` report for the session's write
+budget: half the Job's `ttlSecondsAfterFinished`, so the watch still shows it."""
 
 LIVE_STATES = (SessionState.RECORDING, SessionState.PAUSED, SessionState.STOPPED,
                SessionState.FAILED)
@@ -199,8 +214,18 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     return LiveDecision(launch=launch, delete=delete, report=report)
 
 
+@dataclass(frozen=True)
+class LiveTick:
+    """What one `LiveService.tick` did: `patch`, the session status patch
+    (`{"live": {...}}`, `{"live": None}` or {}), and whether it `launched` a live Job (an
+    API write: the session's write of that chunk period)."""
+
+    patch: dict[str, Any] = field(default_factory=dict)
+    launched: bool = False
+
+
 class LiveService:
-    """Runs the live-assembly Jobs of sessions; the observe timer calls `observe`."""
+    """Runs the live-assembly Jobs of sessions; the observe timer calls `tick`."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -214,33 +239,59 @@ class LiveService:
 
     async def observe(self, s: SessionView, chunks: list[dict[str, Any]],
                       jobs: list[dict[str, Any]]) -> dict[str, Any]:
-        """One tick for session view `s` from the watches' view of
-        its RecordingChunks and live Jobs: delete, launch, and return the status patch
-        (`{"live": {...}}` when a Job completed since the status was written, else {}).
-        The API or S3 away is logged and the next tick tries again: the audio so far never
-        holds up the session's status."""
+        """`tick` with the period's write free and a status patch going out: its patch."""
+        return (await self.tick(s, chunks, jobs)).patch
+
+    async def tick(self, s: SessionView, chunks: list[dict[str, Any]],
+                   jobs: list[dict[str, Any]], *, slot: bool = True,
+                   report: bool = True) -> LiveTick:
+        """One tick for session view `s` from the watches' view of its RecordingChunks
+        and live Jobs: delete, launch, and the status patch (`{"live": {...}}` when a Job
+        completed since the status was written, `{"live": None}` when withheld, else {}).
+
+        The session's write budget (`services.sessions`, issue 16: one status patch or
+        live Job create per chunk period): a Job is launched only when `slot` (the
+        period's write is free), and then nothing is reported (the create is that write);
+        a completed Job is reported (its manifest read) only when `report` (a status patch
+        goes out this tick) or when it is `overdue`. A withdrawal is returned whatever the
+        budget. The API or S3 away is logged and the next tick tries again: the audio so far
+        never holds up the session's status."""
         if not self.enabled(s):
-            return {}
+            return LiveTick()
         try:
-            return await self._tick(s, chunks, jobs)
+            return await self._tick(s, chunks, jobs, slot, report)
         except TemporaryFailure as err:
             log.info("session %s/%s: audio so far not updated: %s", s.ref.namespace,
                      s.ref.name, err)
-            return {}
+            return LiveTick()
+
+    @staticmethod
+    def overdue(job: LiveJob) -> bool:
+        """True when completed `job` ended `REPORT_WAIT_MAX_S` ago or more: it is reported
+        whatever the budget, before its TTL removes it from the watch (a chunk period over
+        a minute would otherwise lose the report, and run the Job again)."""
+        return job.finished is not None and \
+            (datetime.now(UTC) - job.finished).total_seconds() >= REPORT_WAIT_MAX_S
+
+    def interval_s(self, s: SessionView) -> float:
+        """The least seconds between two live Jobs' starts for `s`: the setting, but at
+        least two chunk periods, so the budget's periods between two launches leave one
+        for the progress patch (a Job per period would starve it)."""
+        return max(self.ctx.settings.live_interval_s, 2.0 * s.spec.chunk_seconds)
 
     async def _tick(self, s: SessionView, chunks: list[dict[str, Any]],
-                    jobs: list[dict[str, Any]]) -> dict[str, Any]:
+                    jobs: list[dict[str, Any]], slot: bool, report: bool) -> LiveTick:
         mine = [j for j in (LiveJob.from_object(o) for o in jobs
                             if controller_uid(o) == s.ref.uid) if j is not None]
         if withheld(s.spec, chunks):
-            return await self.withhold(s, mine)
+            return LiveTick(await self.withhold(s, mine))
         reported = int((s.status.get("live") or {}).get("chunks") or 0)
         ready, silent = transcoded_run(chunks)
-        decision = decide(mine, ready, reported, self.ctx.settings.live_interval_s,
-                          datetime.now(UTC))
+        decision = decide(mine, ready, reported, self.interval_s(s), datetime.now(UTC))
         for name in decision.delete:
             await self.ctx.kube.delete_job(s.ref.namespace, name)
-        if decision.launch is not None:
+        launched = decision.launch is not None and slot
+        if decision.launch is not None and slot:
             await self.ctx.kube.ensure(build_live_job(
                 s.ref, s.spec, s.meeting_id, decision.launch, self.ctx.settings.pods,
                 silent))
@@ -252,9 +303,10 @@ class LiveService:
             log.warning("session %s/%s: live Job %s failed; the audio so far stays at %d "
                         "chunk(s) and is assembled again", s.ref.namespace, s.ref.name,
                         j.name, reported)
-        if decision.report is None:
-            return {}
-        return {"live": await self.read_live(s, decision.report)}
+        if decision.report is None or launched or not (report or self.overdue(
+                decision.report)):
+            return LiveTick(launched=launched)
+        return LiveTick({"live": await self.read_live(s, decision.report)})
 
     async def withhold(self, s: SessionView, jobs: list[LiveJob]) -> dict[str, Any]:
         """Stop the audio so far while someone is withheld (module docstring): delete the

@@ -41,7 +41,7 @@ from voicetrack_operator.services.consent import note_degraded_consent
 from voicetrack_operator.services.failures import recorder_failure
 from voicetrack_operator.services.grants import forget_grant, renew_upload_grant
 from voicetrack_operator.services.isolation import ensure_recorder_access
-from voicetrack_operator.services.live import LiveService
+from voicetrack_operator.services.live import LiveService, LiveTick
 from voicetrack_operator.services.sessionview import Observed, SessionView, parse_time, rfc3339
 from voicetrack_operator.services.unparsable import usable_chunks
 from voicetrack_operator.status import ChunkView, Observation, build_status, status_changed
@@ -181,9 +181,12 @@ class SessionService:
         whose recorder ended by itself (Stopped) is deleted, which promotes it
         (`services.autostop`; the patch then has `autoStop`).
 
-        With `seen` (the watches' view: the timer) no API read is made, and a session the
-        create handler has not started yet is left to it; without it the pod is read and
-        the chunks and Jobs are listed."""
+        With `seen` (the watches' view: the timer) no API read is made, a session the
+        create handler has not started yet is left to it, and the live Jobs are run
+        (`services.live`) within the session's write budget: one status patch (progress,
+        `status.live` riding on it) or live Job create per chunk period, a new state or
+        condition at once (issue 16: with the chunk's three writes, ≤ 4 per chunk).
+        Without it the pod is read and the chunks and Jobs are listed."""
         if s.state is SessionState.REFUSED or s.deletion:
             forget_grant(s.ref.uid)
             return {}
@@ -258,17 +261,30 @@ class SessionService:
         new = build_status(obs, s.status.get("conditions"), rfc3339(datetime.now(UTC)))
         await note_degraded_consent(self.ctx, s, new)  # into the meeting history
         changed = status_changed(s.status, new)
-        live = {} if seen is None else await LiveService(self.ctx).observe(s, objs, seen.live)
+        significant = bool(changed) and \
+            _significant(s.status) != _significant({**s.status, **changed})
+        slot = seen is not None and self._slot_free(s)
+        live = LiveTick() if seen is None else await LiveService(self.ctx).tick(
+            s, objs, seen.live, slot=slot, report=slot or significant)
         auto = await delete_stopped(self.ctx, s, pod) \
             if stopped_by_itself(s, new["state"], pod) else {}  # with the state, at once
-        if seen is not None and changed and not auto:
-            # progress only (counts, seconds, speakers): at most one patch per chunk period
-            last = self.ctx.progress_patched.get(s.ref.uid)
-            if last is not None and time.monotonic() - last < s.spec.chunk_seconds \
-                    and _significant(s.status) == _significant({**s.status, **changed}):
-                return live  # the audio so far is reported at once
-            self.ctx.progress_patched[s.ref.uid] = time.monotonic()
-        return {**changed, **live, **auto}
+        if seen is not None and not auto:
+            # the write budget (issue 16): one status patch (progress, and status.live
+            # riding on it) or live Job create per chunk period; a new state goes at once
+            if live.launched and not significant:  # the period's write: the Job's create
+                self.ctx.progress_patched[s.ref.uid] = time.monotonic()
+                return live.patch
+            if not slot and not significant:
+                return live.patch  # a withdrawal (consent) or an overdue report: at once
+            if changed or live.patch or live.launched:
+                self.ctx.progress_patched[s.ref.uid] = time.monotonic()
+        return {**changed, **live.patch, **auto}
+
+    def _slot_free(self, s: SessionView) -> bool:
+        """True when the observe timer may spend `s`'s budgeted write now: none in the
+        last chunk period (`ctx.progress_patched`)."""
+        last = self.ctx.progress_patched.get(s.ref.uid)
+        return last is None or time.monotonic() - last >= s.spec.chunk_seconds
 
     @staticmethod
     def _start_unrecorded(s: SessionView, pod: dict[str, Any] | None) -> bool:

@@ -1,0 +1,223 @@
+"""The observe timer's API writes for one recording session with live Jobs on (issue 16:
+the operator's writes per chunk ≤ 4).
+
+Each chunk costs three writes of the chunk path (its `queued` status, its transcoder Job,
+its `done` status: `services.chunks`), so the session's own writes (status patches and
+live Job creates) may be one per chunk period. Before, a live Job's create and its
+`status.live` patch came on top of the progress patch: ~1.6 per chunk at 10 s chunks and
+a 30 s interval (benchmarks/scale.py: 4.53 per chunk in all). The timer is run here on a
+fake clock over a session recording 10 s chunks, each transcoded 2 s after it appears,
+with every live Job completing 4 s after its create."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from voicetrack.errors import NotFoundError
+from voicetrack.names import meeting_id_for
+from voicetrack.objectstore import S3Settings
+from voicetrack_operator.builders import PodSettings
+from voicetrack_operator.context import Context, OperatorSettings
+from voicetrack_operator.jobs import LIVE_JOB_TTL_S
+from voicetrack_operator.services import live, sessions
+from voicetrack_operator.services.sessions import SessionService
+from voicetrack_operator.services.sessionview import Observed
+
+from .test_operator_observe_indexed import (
+    RUNNING_POD,
+    UID,
+    FakeDb,
+    _fresh_grant,  # noqa: F401  (autouse: the grant Secret is not read)
+    chunk,
+    session_view,
+)
+
+pytestmark = pytest.mark.unit
+
+BASE = datetime(2026, 12, 5, 12, 0, 0, tzinfo=UTC)
+CHUNK_S, TICK_S, TRANSCODE_S, LIVE_JOB_S = 10, 2, 2, 4
+
+
+class Clock:
+    """The fake time of the run: `t` seconds after BASE (monotonic and wall)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def monotonic(self) -> float:
+        return 1000.0 + self.t
+
+    def now(self) -> datetime:
+        return BASE + timedelta(seconds=self.t)
+
+
+class LiveKube:
+    """The API as the live path uses it: live Job creates (completing `LIVE_JOB_S` after,
+    gone `LIVE_JOB_TTL_S` after that) and deletes, counted."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.jobs: dict[str, tuple[dict[str, Any], float]] = {}
+        self.creates = 0
+        self.deletes = 0
+        self.names: list[str] = []
+
+    async def ensure(self, manifest: dict[str, Any]) -> bool:
+        self.creates += 1
+        self.names.append(manifest["metadata"]["name"])
+        manifest["metadata"]["creationTimestamp"] = stamp(self.clock.now())
+        self.jobs[manifest["metadata"]["name"]] = (manifest, self.clock.t)
+        return True
+
+    async def delete_job(self, ns: str, name: str) -> bool:
+        self.deletes += 1
+        return self.jobs.pop(name, None) is not None
+
+    def seen(self) -> list[dict[str, Any]]:
+        """The live Jobs as the watch shows them now."""
+        out = []
+        for manifest, created in self.jobs.values():
+            if self.clock.t >= created + LIVE_JOB_S + LIVE_JOB_TTL_S:
+                continue  # removed by the TTL controller
+            job = {**manifest, "status": {"active": 1}}
+            if self.clock.t >= created + LIVE_JOB_S:
+                done = BASE + timedelta(seconds=created + LIVE_JOB_S)
+                job["status"] = {"conditions": [{"type": "Complete", "status": "True"}],
+                                 "completionTime": stamp(done)}
+            out.append(job)
+        return out
+
+
+class NoManifest:
+    """S3 without live/manifest.json (the generator's Jobs write none): durationMs 0."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def get_json(self, key: str) -> Any:
+        self.reads += 1
+        raise NotFoundError(key)
+
+
+def stamp(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def apply(status: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            status.pop(key, None)
+        else:
+            status[key] = value
+
+
+async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 30,
+              chunk_s: int = CHUNK_S) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
+    """Tick the observe timer every `TICK_S` while `chunks` chunks of `chunk_s` are
+    recorded, then for a minute of quiet (two chunk periods when longer). Returns (status
+    patches, the kube, the store, the final status)."""
+    clock = Clock()
+    monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(live, "datetime", SimpleNamespace(now=lambda tz=None: clock.now(),
+                                                          fromisoformat=datetime.fromisoformat))
+    kube, store = LiveKube(clock), NoManifest()
+    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
+                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
+                                              secret_key="b", bucket="voicetrack"),
+                                pods=PodSettings(), live_interval_s=interval_s)
+    ctx = Context(settings=settings, kube=kube, db=FakeDb({meeting_id_for(UID, None)}))  # type: ignore[arg-type]
+    ctx.audited.add(UID)
+    monkeypatch.setattr(ctx, "store", lambda bucket: store)
+    service, s = SessionService(ctx), session_view()
+    s.status["state"] = "Recording"
+    s.spec.chunk_seconds = chunk_s
+    patches = 0
+    end = chunks * chunk_s
+    while clock.t < end + max(60, 2 * chunk_s):
+        made = [i for i in range(chunks) if clock.t >= i * chunk_s + 1]
+        objs = []
+        for i in made:
+            done = clock.t >= i * chunk_s + 1 + TRANSCODE_S
+            # a chunk transcoding is young: the safety net leaves it to its Job
+            objs.append(chunk(i, "done", 30) if done else chunk(i, "queued", 0))
+        patch = await service.observe_session(s, Observed(pod=RUNNING_POD, chunks=objs,
+                                                          live=kube.seen()))
+        if patch:
+            patches += 1
+            apply(s.status, patch)
+        clock.t += TICK_S
+    return patches, kube, store, s.status
+
+
+async def test_session_writes_with_live_jobs_are_one_per_chunk_period(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 chunks (5 minutes): the session's status patches and live Job creates together
+    are at most one per chunk period (plus the first tick's), live Jobs still run about
+    every interval, and at the end status.live and the counts are current."""
+    n = 30
+    patches, kube, store, status = await run(monkeypatch, n)
+    writes = patches + kube.creates
+    assert writes <= n + 6 + 1, (patches, kube.creates)  # + the quiet minute's 6 periods
+    assert kube.creates >= n * CHUNK_S // 40, kube.creates  # one per ≤ 40 s (30 s interval)
+    assert kube.deletes == 0
+    assert status["chunks"]["total"] == n
+    assert status["live"]["chunks"] == n  # eventually current
+    assert store.reads <= kube.creates  # the manifest is read once per reported Job
+
+
+async def test_a_short_interval_still_leaves_room_for_progress(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interval shorter than the chunk period: live Jobs take at most every other
+    chunk period, so the progress patch is never starved, and writes stay one per
+    period."""
+    n = 20
+    patches, kube, _, status = await run(monkeypatch, n, interval_s=5)
+    assert patches + kube.creates <= n + 6 + 1, (patches, kube.creates)
+    assert patches >= n // 2 and kube.creates >= n // 3, (patches, kube.creates)
+    assert status["chunks"]["total"] == n and status["live"]["chunks"] == n
+
+
+async def test_a_withdrawal_of_status_live_is_not_held_by_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member opted out with audio in the chunks (consent): `status.live` is removed at
+    the next tick even when the period's write is spent, and `live/` emptied."""
+    clock = Clock()
+    monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=clock.monotonic))
+    emptied: list[str] = []
+
+    class Store(NoManifest):
+        async def delete_prefix(self, prefix: str) -> int:
+            emptied.append(prefix)
+            return 0
+
+    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
+                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
+                                              secret_key="b", bucket="voicetrack"),
+                                pods=PodSettings(), live_interval_s=30)
+    ctx = Context(settings=settings, kube=LiveKube(clock),  # type: ignore[arg-type]
+                  db=FakeDb({meeting_id_for(UID, None)}))  # type: ignore[arg-type]
+    ctx.audited.add(UID)
+    monkeypatch.setattr(ctx, "store", lambda bucket: Store())
+    service, s = SessionService(ctx), session_view()
+    objs = [chunk(0, "done", 30)]
+    s.status.update(await service.observe_session(s, Observed(pod=RUNNING_POD, chunks=objs)))
+    s.status["live"] = {"chunks": 1, "durationMs": 10_000, "updatedAt": stamp(BASE)}
+    clock.t += TICK_S  # the period's write was just spent
+    s.spec.opt_out_user_ids = [objs[0]["spec"]["tracks"][0]["userId"]]
+    patch = await service.observe_session(s, Observed(pod=RUNNING_POD, chunks=objs))
+    assert patch == {"live": None} and emptied
+
+
+async def test_long_chunks_report_a_live_job_before_its_ttl(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 150 s: the next free period comes after the finished live Job's TTL
+    (`LIVE_JOB_TTL_S`) removed it from the watch; its report does not wait that long, so
+    status.live is current and no Job is run twice for the same chunks."""
+    n = 8
+    _, kube, _, status = await run(monkeypatch, n, chunk_s=150)
+    assert status["live"]["chunks"] == n
+    assert len(set(kube.names)) == len(kube.names), kube.names
