@@ -45,7 +45,7 @@ class _Sink:
         self.consent, self.chunker = consent, chunker
 
     def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
-        return not self.consent.see(user_id) and self.chunker.push(user_id, slot, packet)
+        return not self.consent.see(user_id) and self.chunker.push(user_id, slot, packet, phase)
 
 
 @pytest.mark.parametrize("allowed", [False, True])
