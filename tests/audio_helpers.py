@@ -127,9 +127,11 @@ class Session:
 
 def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Speaker],
                   windows: list[tuple[int, int]], session_ms: int, gaps: list[Gap],
-                  raw_format: RawFormat = "ogg-opus") -> Session:
+                  raw_format: RawFormat = "ogg-opus", phases: dict[str, int] | None = None
+                  ) -> Session:
     """Write each speaker's raw track for every chunk window in which the speaker makes a
-    sound, and return the chunk specs (index = position in `windows`)."""
+    sound, and return the chunk specs (index = position in `windows`); `phases`: user →
+    `phaseSamples` of all their tracks (0 when absent)."""
     sources = {s.user_id: s.pcm(session_ms) for s in speakers}
     packets = {}
     if raw_format == RAW_FORMAT_OGG_OPUS:
@@ -158,7 +160,8 @@ def upload_chunks(store: ObjectStore, layout: MeetingLayout, speakers: list[Spea
             tracks.append(ChunkTrack(
                 user_id=user, key=key, frames=len(nonsilent),
                 first_ms=nonsilent[0] * FRAME_MS, last_ms=nonsilent[-1] * FRAME_MS,
-                bytes=len(data), sha256=sha256(data), channels=channels))
+                bytes=len(data), sha256=sha256(data), channels=channels,
+                phase_samples=(phases or {}).get(user, 0)))
         chunks.append(ChunkSpec(
             session_name="synthetic", meeting_id=layout.meeting_id, guild_id=layout.guild_id,
             index=index, start_ms=start, end_ms=end, raw_format=raw_format, tracks=tracks))

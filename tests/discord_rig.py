@@ -386,16 +386,19 @@ class VirtualTime:
 
 
 class CaptureSink:
-    """A FrameSink that keeps every frame: `frames[user_id][slot] = packet`."""
+    """A FrameSink that keeps every frame: `frames[user_id][slot] = packet`, and its
+    phase (samples) in `phases[user_id][slot]`."""
 
     def __init__(self) -> None:
         self.frames: dict[str, dict[int, bytes]] = {}
+        self.phases: dict[str, dict[int, int]] = {}
 
-    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+    def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
         track = self.frames.setdefault(user_id, {})
         if slot in track:
             return False
         track[slot] = packet
+        self.phases.setdefault(user_id, {})[slot] = phase
         return True
 
 

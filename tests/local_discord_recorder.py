@@ -33,10 +33,10 @@ class TimedSink(CaptureSink):
         super().__init__()
         self.first: tuple[float, float] | None = None
 
-    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+    def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
         if self.first is None:
             self.first = (time.process_time(), time.monotonic())
-        return super().push(user_id, slot, packet)
+        return super().push(user_id, slot, packet, phase)
 
 
 async def main(path: str, token: str | None = None, empty_channel_s: str | None = None

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from voicetrack.audio import RAW_EXTENSIONS, Channels
+from voicetrack.audio import FRAME_SAMPLES, RAW_EXTENSIONS, Channels
 from voicetrack.resources import (
     DNS_LABEL_MAX,
     FRAME_GRID_MS,
@@ -65,6 +65,13 @@ class ChunkTrack(_Model):
     """1 when every packet of the track is mono-coded (`voicetrack.audio.opus_channels`):
     both decoded channels are then identical and outputs are mono. 2 (the default, also
     for chunks written before this field existed) otherwise."""
+    phase_samples: int = Field(default=0, ge=0, le=FRAME_SAMPLES - 1)
+    """The track's audio belongs this many samples (48 kHz, 0..959) after the 20 ms slots
+    it is stored in: its true session time is slot start + `phaseSamples`. The recorder
+    places each Discord stream on the slot grid rounded down and keeps the sub-slot rest
+    here (`voicetrack_recorder.discord.timeline`); promotion delays the track by it
+    (`voicetrack_transcoder.streams.SpeakerStream`). 0 for chunks written before this
+    field existed and for the files source."""
 
 
 class OptOut(_Model):

@@ -1,7 +1,9 @@
 """The chunker: per-speaker Opus frames on the 20 ms slot grid, sealed into chunk windows.
 
-Every source (`files`, `discord`) ends here. A source pushes `(user_id, slot, packet)`
-where `slot` is session time in 20 ms units (slot 0 = session start). The chunker keeps
+Every source (`files`, `discord`) ends here. A source pushes `(user_id, slot, packet,
+phase)` where `slot` is session time in 20 ms units (slot 0 = session start) and `phase`
+how many samples (48 kHz, 0..959) after its slot the packet's audio belongs (the Discord
+timeline's estimate for the speaker's stream; 0 for the files source). The chunker keeps
 each speaker's packets by slot, and `seal` cuts the open window `[start, end)` into one
 raw track per speaker who sent anything in it: each slot of the window holds the packet
 received for it or the Opus silence frame, so every track of a chunk decodes to exactly
@@ -11,6 +13,11 @@ received for it or the Opus silence frame, so every track of a chunk decodes to 
 The chunker holds no clock and does no I/O (it logs): the recorder's loop decides when to
 seal. A window of more than MAX_TRACKS speakers keeps the MAX_TRACKS with the most frames
 (`seal`; the others are logged and counted, `SealedChunk.left_out`).
+
+A track has one phase (`ChunkTrack.phaseSamples`): that of the speaker's last frame in the
+window (by slot). A speaker's phase changes only with a new stream (timeline.py), so a
+change inside a window takes effect at the next chunk: the audio before it in the window
+is off by the difference, under one slot.
 
 A pause or the end of a run `stop`s recording at a slot without sealing: the open window
 ends there and takes the frames still coming for the slots before it (a jitter buffer
@@ -32,7 +39,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from voicetrack.audio import FRAME_MS, OPUS_SILENCE_FRAME
+from voicetrack.audio import FRAME_MS, FRAME_SAMPLES, OPUS_SILENCE_FRAME
 from voicetrack.chunkspec import ConsentDegraded, Gap, OptOut
 from voicetrack.resources import MAX_TRACKS
 from voicetrack_recorder.consent import Consent
@@ -54,6 +61,8 @@ class SealedTrack:
     frames: int
     first_ms: int
     last_ms: int
+    phase_samples: int = 0
+    """The phase (samples, 0..959) of the last of them (`ChunkTrack.phaseSamples`)."""
 
 
 @dataclass
@@ -120,6 +129,8 @@ class Chunker:
         self.stats = ChunkerStats()
         self.consent = consent
         self._frames: dict[str, dict[int, bytes]] = defaultdict(dict)
+        self._phases: dict[str, dict[int, int]] = defaultdict(dict)
+        """Each held frame's phase when it is not 0 (user → slot → samples)."""
         self.stop_slot: int | None = None
         """Where recording stops (`stop`): the open window ends there at the latest."""
         self._queue: list[_Segment] = []
@@ -162,6 +173,7 @@ class Chunker:
         for frames in self._frames.values():  # anything before the new window is stale
             for old in [s for s in frames if s < slot]:
                 del frames[old]
+        self._forget_phases(slot)
 
     def stop(self, slot: int) -> None:
         """Stop recording at `slot` (a pause, the end of the run): the open window, or the
@@ -193,10 +205,13 @@ class Chunker:
         return any(seg.start <= slot and (seg.stop is None or slot < seg.stop)
                    for seg in self._queue)
 
-    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
-        """Record `packet` for `user_id` at `slot`; False (and counted) when dropped:
-        an empty packet, no open window, before the window, a duplicate slot, or absurdly
-        far ahead."""
+    def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
+        """Record `packet` for `user_id` at `slot`, its audio `phase` samples (48 kHz,
+        0..959) after the slot's start; False (and counted) when dropped: an empty packet,
+        no open window, before the window, a duplicate slot, or absurdly far ahead.
+        Raises ValueError for a phase out of range."""
+        if not 0 <= phase < FRAME_SAMPLES:
+            raise ValueError(f"phase {phase} is not in 0..{FRAME_SAMPLES - 1} samples")
         if not packet:
             self.stats.empty += 1
             return False
@@ -221,6 +236,8 @@ class Chunker:
             self.stats.duplicate += 1
             return False
         frames[slot] = packet
+        if phase:
+            self._phases[user_id][slot] = phase
         self.stats.accepted += 1
         return True
 
@@ -282,7 +299,9 @@ class Chunker:
             got = sorted(s for s in frames if start <= s < end)
             packets = [frames.pop(s, OPUS_SILENCE_FRAME) for s in range(start, end)]
             tracks.append(SealedTrack(user_id=user_id, packets=packets, frames=len(got),
-                                      first_ms=got[0] * FRAME_MS, last_ms=got[-1] * FRAME_MS))
+                                      first_ms=got[0] * FRAME_MS, last_ms=got[-1] * FRAME_MS,
+                                      phase_samples=self._phases[user_id].get(got[-1], 0)))
+        self._forget_phases(end)
         opted_out: list[OptOut] = []
         if self.consent is not None:  # listed after noting who has audio (bounded list)
             self.consent.note_recorded(t.user_id for t in tracks)
@@ -294,6 +313,15 @@ class Chunker:
         self.next_index += 1
         self._follow(closed, end, None)
         return chunk
+
+    def _forget_phases(self, before: int) -> None:
+        """Drop the phases of slots before `before` (their frames are sealed or stale)."""
+        for user_id in list(self._phases):
+            phases = self._phases[user_id]
+            for old in [s for s in phases if s < before]:
+                del phases[old]
+            if not phases:
+                del self._phases[user_id]
 
     def _follow(self, closed: bool, slot: int, gap: Gap | None) -> None:
         """After a seal: open the next window at `slot` (after `gap`) unless the sealed one

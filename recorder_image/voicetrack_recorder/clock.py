@@ -165,6 +165,7 @@ class SessionClock:
 class FrameSink(Protocol):
     """Where a source delivers frames: the chunker's `push`."""
 
-    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
-        """Record one 20 ms Opus packet of `user_id` at session `slot`; False if dropped."""
+    def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
+        """Record one 20 ms Opus packet of `user_id` at session `slot`, its audio `phase`
+        samples (48 kHz, 0..959) after the slot's start; False if dropped."""
         ...

@@ -99,13 +99,13 @@ class Recorder:
         self.flush = FlushDeadline(kube)
         """When the uploads of the last chunks stop retrying (`ending.FlushDeadline`)."""
 
-    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+    def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
         """The FrameSink the source feeds (runs on the event loop thread); refuses every
         frame of a member opted out now (consent; the `files` source's speakers are seen
         here)."""
         if self.consent.see(user_id):
             return False
-        return self.chunker.push(user_id, slot, packet)
+        return self.chunker.push(user_id, slot, packet, phase)
 
     def follow_consent(self) -> None:
         """Apply the session's opt-out lists as the watch last saw them and re-evaluate

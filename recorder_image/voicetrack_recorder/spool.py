@@ -214,7 +214,8 @@ class Spool:
         """`chunk`'s ChunkSpec, each track's (bytes, sha256 hex) from `written`."""
         tracks = [ChunkTrack(user_id=t.user_id, key=self._key(chunk.index, t.user_id),
                              frames=t.frames, first_ms=t.first_ms, last_ms=t.last_ms,
-                             bytes=size, sha256=digest, channels=opus_channels(t.packets))
+                             bytes=size, sha256=digest, channels=opus_channels(t.packets),
+                             phase_samples=t.phase_samples)
                   for t, (size, digest) in zip(chunk.tracks, written, strict=True)]
         return ChunkSpec(session_name=self.session_name, meeting_id=self.layout.meeting_id,
                          guild_id=self.layout.guild_id, index=chunk.index,

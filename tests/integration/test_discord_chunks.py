@@ -131,7 +131,8 @@ async def test_markers_at_true_time_after_promotion(object_store: ObjectStore,
             object_store.put_bytes(key, data, "audio/ogg")
             tracks.append(ChunkTrack(user_id=track.user_id, key=key, frames=track.frames,
                                      first_ms=track.first_ms, last_ms=track.last_ms,
-                                     bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+                                     bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                     phase_samples=track.phase_samples))
         chunks.append(ChunkSpec(session_name="rig", meeting_id=layout.meeting_id,
                                 guild_id=layout.guild_id, index=chunk.index,
                                 start_ms=chunk.start_ms, end_ms=chunk.end_ms, tracks=tracks))

@@ -44,8 +44,8 @@ class _Sink:
     def __init__(self, consent: Consent, chunker: Chunker) -> None:
         self.consent, self.chunker = consent, chunker
 
-    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
-        return not self.consent.see(user_id) and self.chunker.push(user_id, slot, packet)
+    def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
+        return not self.consent.see(user_id) and self.chunker.push(user_id, slot, packet, phase)
 
 
 @pytest.mark.parametrize("allowed", [False, True])

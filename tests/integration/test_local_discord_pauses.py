@@ -47,9 +47,9 @@ class PushTimes(CaptureSink):
         super().__init__()
         self.pushed_ms: dict[str, dict[int, float]] = {}
 
-    def push(self, user_id: str, slot: int, packet: bytes) -> bool:
+    def push(self, user_id: str, slot: int, packet: bytes, phase: int = 0) -> bool:
         self.pushed_ms.setdefault(user_id, {})[slot] = time.time() * 1000
-        return super().push(user_id, slot, packet)
+        return super().push(user_id, slot, packet, phase)
 
 
 def runs(frames: dict[int, bytes]) -> list[list[int]]:

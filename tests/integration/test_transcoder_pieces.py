@@ -84,11 +84,13 @@ class Run:
     gaps: list[Gap]
 
 
-def record(store: ObjectStore, layout: MeetingLayout) -> Run:
-    """Upload the chunks, then transcode each in order as its Job would (chunk.json first,
-    as the operator writes it), the corrupt one failing; return the plan the operator
-    would build."""
-    session = upload_chunks(store, layout, SPEAKERS, WINDOWS, SESSION_MS, [RESTART, PAUSE])
+def record(store: ObjectStore, layout: MeetingLayout, phases: dict[str, int] | None = None
+           ) -> Run:
+    """Upload the chunks (each speaker's tracks at `phases`), then transcode each in order
+    as its Job would (chunk.json first, as the operator writes it), the corrupt one
+    failing; return the plan the operator would build."""
+    session = upload_chunks(store, layout, SPEAKERS, WINDOWS, SESSION_MS, [RESTART, PAUSE],
+                            phases=phases)
     bad = session.chunks[FAILED]
     store.put_bytes(bad.tracks[0].key, b"OggS" + b"\0" * 100)
     for chunk in session.chunks:
@@ -314,3 +316,37 @@ def test_audio_so_far_is_the_final_tracks_up_to_the_last_piece(both: Both) -> No
         final = decode_file(both.inc[t.track])[:n]
         assert np.array_equal(pcm[: n - FRAME], final[: n - FRAME]), t.track
     assert store.get_json(LAYOUT.live_manifest_key)["durationMs"] == live.duration_ms
+
+
+PHASES = {A: 350, C: 959}
+"""`phaseSamples` of the phased run: A 7.3 ms, B 0, C a slot less one sample."""
+
+
+def test_phases_delay_each_speaker_and_the_pieces_agree(both: Both, s3_server: S3Settings
+                                                        ) -> None:
+    """The same session with every track of A at phase 350 and of C at 959: promoted in
+    full, A and C come out exactly that many samples later than unphased (B, and the
+    lengths, unchanged), and the tracks assembled from pieces (and from the stored heads
+    of the silences after them) match that full promotion as the unphased ones do."""
+    store = _store(s3_server)
+    layout = MeetingLayout("inc", "123456789012345678", "PhAsEdPiEcEs0001")
+    record(store, layout, PHASES)
+    inc_m = promote(store, layout.promotion_plan_key)
+    assert inc_m.assembly == "incremental" and inc_m.fallback_reason is None
+    inc = {t.track: decode_file(store.get_bytes(t.key)) for t in inc_m.tracks}
+    full_m = promote(store, layout.promotion_plan_key, incremental=False)
+    full = {t.track: decode_file(store.get_bytes(t.key)) for t in full_m.tracks}
+    for speaker in (A, B, C):
+        ref = decode_file(both.ref[speaker])
+        assert full[speaker].shape == ref.shape
+        corr, lag = best_correlation(ref, full[speaker], ms_to_samples(20))
+        assert corr >= 0.99 and lag == PHASES.get(speaker, 0), (speaker, corr, lag)
+    for track in full:
+        assert inc[track].shape[0] == ms_to_samples(OUTPUT_MS)
+        corr, lag = best_correlation(full[track], inc[track], ms_to_samples(20))
+        assert corr >= 0.99 and lag == 0, (track, corr, lag)
+        err = np.abs(inc[track].astype(np.int64) - full[track]).max(axis=1)
+        scale = max(int(np.abs(full[track]).max()), 1)
+        for c in _junctions(both.run):
+            near = err[max(c - FRAME, 0): c + FRAME].max()
+            assert near <= 0.08 * scale, (track, c, int(near), scale)

@@ -77,3 +77,26 @@ def test_sealed_track_round_trips_through_ogg_opus() -> None:
     stream = decode_ogg_opus(encode_ogg_opus(track.packets, serial=7))
     assert stream.packets == track.packets
     assert stream.pre_skip == 0 and stream.samples == 75 * 960 == stream.granule
+
+
+def test_each_track_takes_the_phase_of_its_last_frame_in_the_window() -> None:
+    """A track's `phase_samples` is its speaker's last frame's in the window (a change
+    inside the window takes effect at the next chunk); frames of the next window keep
+    theirs for it; a speaker pushed without one (the files source) is 0; a phase of a
+    whole slot is refused."""
+    c = Chunker(chunk_slots=50)
+    c.open(0)
+    assert c.push("a", 0, pkt(1), 350)
+    assert c.push("a", 30, pkt(2), 700)  # a new stream of "a"
+    assert c.push("a", 60, pkt(3), 120)  # next window
+    assert c.push("b", 10, pkt(4))
+    with pytest.raises(ValueError, match="phase 960"):
+        c.push("b", 11, pkt(5), 960)
+    first = c.seal()
+    assert first is not None
+    assert [(t.user_id, t.phase_samples) for t in first.tracks] == [("a", 700), ("b", 0)]
+    assert c.push("a", 55, pkt(6), 700)  # out of order: the last by slot decides
+    second = c.seal()
+    assert second is not None
+    assert [(t.user_id, t.phase_samples) for t in second.tracks] == [("a", 120)]
+    assert not c._phases  # nothing kept for sealed slots

@@ -187,3 +187,19 @@ def test_session_state_of_an_object() -> None:
     assert SessionState.of({"status": {"state": "Paused"}}) is SessionState.PAUSED
     assert SessionState.of({"status": {}}) is None and SessionState.of({}) is None
     assert SessionState.of({"status": {"state": "FromTheFuture"}}) is None
+
+
+def test_chunk_track_phase_is_a_sub_slot_count_of_samples() -> None:
+    """`phaseSamples` (0..959, 48 kHz) defaults to 0 for chunks written before it, round-
+    trips in camelCase, and a whole slot (960) or a negative count is refused by name."""
+    from pydantic import ValidationError
+
+    from voicetrack.chunkspec import ChunkTrack
+    base = {"userId": USER, "key": f"{GUILD}/{MEETING}/chunks/000000/{USER}.opus",
+            "frames": 1, "firstMs": 0, "lastMs": 0, "bytes": 1, "sha256": "0" * 64}
+    assert ChunkTrack.model_validate(base).phase_samples == 0
+    track = ChunkTrack.model_validate({**base, "phaseSamples": 959})
+    assert track.phase_samples == 959 and track.to_api()["phaseSamples"] == 959
+    for bad in (960, -1):
+        with pytest.raises(ValidationError, match="phaseSamples"):
+            ChunkTrack.model_validate({**base, "phaseSamples": bad})

@@ -110,3 +110,21 @@ async def test_a_role_in_opt_out_roles_drops_its_member() -> None:
     await h.finish()
     assert set(h.sink.frames) == {str(B)} and str(A) not in h.receiver.stats.decrypt
     assert [(o.user_id, o.via) for o in consent.opted_out()] == [(str(A), "role")]
+
+
+async def test_each_speakers_frames_reach_the_sink_with_their_streams_phase() -> None:
+    """Not consent, but the same pipeline: A's packets arrive 8 ms into their slots and
+    B's 3 ms later still, so the sink gets A's frames at phase 8 ms (384 samples) and B's
+    at 11 ms (528), every frame of a stream the same (timeline.py, "Phase")."""
+    h, _ = await _harness()
+    a, b = await h.rig.join(A, B)
+    await h.settle()
+    pa, pb = encode_frames(tone_pcm(60, 440)), encode_frames(tone_pcm(60, 660))
+    schedule = []
+    for i in range(60):
+        schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS, h.rig.packet(a, pa[i])))
+        schedule.append((START_MS + 20 * (i + 1) + LATENCY_MS + 3, h.rig.packet(b, pb[i])))
+    await h.play(schedule)
+    await h.finish()
+    assert set(h.sink.phases[str(A)].values()) == {8 * 48}
+    assert set(h.sink.phases[str(B)].values()) == {11 * 48}

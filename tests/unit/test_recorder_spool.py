@@ -97,3 +97,12 @@ def test_a_restarted_recorder_keeps_adding_to_the_ack_file(tmp_path: Path) -> No
     uploader = uploader_at(tmp_path, 1 << 20)
     assert uploader.stats.acked == [0, 1, 2]
     assert uploader.stats.summary().startswith("acknowledged 0-2 (0 by this run, 0 bytes)")
+
+
+def test_the_spec_carries_each_tracks_phase(tmp_path: Path) -> None:
+    chunk = chunk_of(0, 50, sine_packet())
+    chunk.tracks[0].phase_samples = 431
+    spooled = Spool(tmp_path / "s", 1 << 30, LAYOUT, "standup").add(chunk)
+    assert spooled.spec.tracks[0].phase_samples == 431
+    saved = json.loads((Path(spooled.directory) / "chunk.json").read_text())
+    assert saved["tracks"][0]["phaseSamples"] == 431

@@ -9,6 +9,9 @@ overwriting the raw track after this changes nothing promotion reads); write `re
 last, so its presence means every output it lists and every frozen copy is in place.
 Outputs are
 bit-exact functions of the raw input, so a second run writes the same keys and bytes.
+A chunk's own outputs are its window as stored, not delayed by the tracks'
+`phaseSamples` (under a slot: they span exactly the window); the final tracks are
+(`streams.py`, "Phase").
 Then, for an MP3 (or MP3 and FLAC) session, the chunk's piece of the final tracks
 (`pieces.py`, `flacpieces.py`): an
 optimisation only, so its failure is logged and leaves the chunk done (promotion then

@@ -3,7 +3,20 @@ one continuous decoded stream per speaker (one libopus decoder for the whole ses
 no restart at chunk boundaries), decoded ahead of the encoders in its own thread.
 
 Shapes: samples are int16 at 48 kHz, arrays of shape (n, channels); a slot is 20 ms
-(`FRAME_SAMPLES` samples per channel). Used by `promote.py`.
+(`FRAME_SAMPLES` samples per channel). Used by `promote.py` and `pieces.render` (so by
+every piece, head and unit assembly renders too).
+
+Phase. A raw track is stored on the 20 ms slot grid, but its audio belongs
+`ChunkTrack.phaseSamples` (0..959) later (the recorder rounds each stream's anchor down
+to a slot, `voicetrack_recorder.discord.timeline`). `SpeakerStream` delays the speaker's
+decoded audio by it: in a chunk's window output sample n is decoded sample n - phase, the
+last `phase` samples carried over into what follows (the next block, the next chunk, or
+the silence after it). When the phase of a speaker's next chunk differs (a new stream:
+rejoin, new SSRC), |delta| samples are inserted (zeros) or dropped (the last decoded ones
+before that chunk, normally the silence frame's) at its start. Silence, gaps and cuts keep
+the delay. Each `read(slots)` still returns exactly `slots` x 960 samples; the carry past
+the end of the timeline is dropped. With every phase 0 the output is that of the undelayed
+stream, bit for bit.
 """
 
 from __future__ import annotations
@@ -151,6 +164,9 @@ class SpeakerStream:
         self._pieces = self._iter_pieces(plan, timeline, fetcher)
         self._piece: list[bytes] | np.ndarray | int | None = None
         self._offset = 0
+        self._phase = 0
+        """The current delay (samples): `_carry` holds that many decoded samples."""
+        self._carry = np.zeros((0, channels), dtype=np.int16)
         self._decoder = OpusDecoder(channels, conceal) if self.opus else None
 
     @property
@@ -159,8 +175,9 @@ class SpeakerStream:
         return self._decoder.concealed if self._decoder is not None else 0
 
     def _iter_pieces(self, plan: PromotionPlan, timeline: list[Segment], fetcher: RawFetcher
-                     ) -> Iterator[list[bytes] | np.ndarray | int]:
-        """Packets (Opus), samples (PCM) or a count of silent slots, in output order."""
+                     ) -> Iterator[tuple[list[bytes] | np.ndarray | int, int]]:
+        """Packets (Opus), samples (PCM) or a count of silent slots, in output order, each
+        with the track's phase (samples; 0 for silence, which keeps the delay)."""
         for seg in timeline:
             if seg.cut:
                 continue
@@ -171,25 +188,28 @@ class SpeakerStream:
                 track = next((t for t in chunk.tracks if t.user_id == self.user_id), None)
             if seg.chunk is None or track is None:
                 if slots:
-                    yield slots
+                    yield slots, 0
                 continue
             raw = fetcher.get(seg.chunk, self.user_id)
             if raw.packets is not None:
-                yield raw.packets
+                yield raw.packets, track.phase_samples
             else:
-                yield np.frombuffer(raw.data, dtype="<i2").reshape(-1, CHANNELS)
+                yield (np.frombuffer(raw.data, dtype="<i2").reshape(-1, CHANNELS),
+                       track.phase_samples)
 
     def read(self, slots: int) -> np.ndarray:
         """The next `slots` slots of audio; silence past the end of the timeline."""
         out = np.zeros((slots * FRAME_SAMPLES, self.channels), dtype=np.int16)
         packets: list[bytes] = []
+        phases: list[tuple[int, int]] = []  # (sample in this block, phase) at a chunk's start
         filled = 0
         while filled < slots:
             if self._piece is None:
-                self._piece = next(self._pieces, None)
+                item = next(self._pieces, None)
+                self._piece, phase = item if item is not None else (1 << 62, 0)  # past the end
                 self._offset = 0
-                if self._piece is None:
-                    self._piece = 1 << 62  # past the end: silence
+                if not isinstance(self._piece, int):
+                    phases.append((filled * FRAME_SAMPLES, phase))
             piece = self._piece
             length = piece if isinstance(piece, int) else (
                 len(piece) if isinstance(piece, list) else piece.shape[0] // FRAME_SAMPLES)
@@ -216,7 +236,30 @@ class SpeakerStream:
             if n != out.shape[0]:
                 raise InvalidInputError(f"user {self.user_id}: decoded {n} samples for "
                                         f"{out.shape[0]}")
-        return out
+        return self._delay(out, phases)
+
+    def _delay(self, block: np.ndarray, phases: list[tuple[int, int]]) -> np.ndarray:
+        """`block` (decoded, stored slot time) delayed by the current phase, which becomes
+        each `(at, phase)`'s from sample `at` of the block on (module docstring, Phase):
+        the same number of samples, the rest carried into the next block."""
+        if self._phase == 0 and all(p == 0 for _, p in phases):
+            return block  # the undelayed stream, untouched
+        parts, size, at = [self._carry], self._carry.shape[0], 0
+        for start, phase in phases:
+            parts.append(block[at:start])
+            size, at = size + start - at, start
+            if phase > self._phase:  # later than before: zeros in between
+                parts.append(np.zeros((phase - self._phase, block.shape[1]), np.int16))
+                size += phase - self._phase
+            elif phase < self._phase:  # earlier: drop the last samples before the chunk
+                joined = np.concatenate(parts)[:size - (self._phase - phase)]
+                parts, size = [joined], joined.shape[0]
+            self._phase = phase
+        parts.append(block[at:])
+        joined = np.concatenate(parts)
+        n = block.shape[0]
+        self._carry = joined[n:].copy()
+        return joined[:n]
 
     def close(self) -> None:
         if self._decoder is not None:

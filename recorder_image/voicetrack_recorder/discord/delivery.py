@@ -4,7 +4,8 @@ A frame released by a speaker's jitter buffer (in sequence order) waits while th
 settles a talk spurt's onset (timeline.py `hold`/`settle`), is opened by DAVE (dave.py; a
 frame sealed with keys of an epoch not processed yet waits ≤ key_wait_ms for it), has the
 frames lost before it rebuilt by FEC/PLC (conceal.py), and is pushed at the slot the
-speaker's timeline gives it (`FrameSink.push(user, slot, opus)`). `VoiceReceiver`
+speaker's timeline gives it, with the phase of the speaker's stream
+(`FrameSink.push(user, slot, opus, phase)`; timeline.py, "Phase"). `VoiceReceiver`
 (receiver.py) runs these stages as part of itself; they run on its thread.
 """
 
@@ -147,7 +148,7 @@ class FrameDelivery:
             self.stats.dropped["overlap"] += 1
             return False
         self.timeline.placed(user, slot)
-        if not self.sink.push(user, slot, packet):
+        if not self.sink.push(user, slot, packet, self.timeline.phase(user)):
             self.stats.dropped["sink"] += 1
             return False
         self.stats.frames += 1

@@ -11,7 +11,7 @@
         decrypt (dave.py; a frame sealed with keys of an epoch not processed yet waits
         ≤ key_wait_ms for it)
       → FEC/PLC for lost frames (conceal.py)
-      → slot from the speaker's timeline (timeline.py) → FrameSink.push(user, slot, opus)
+      → slot from the speaker's timeline (timeline.py) → FrameSink.push(user, slot, opus, phase)
 
 Everything here runs on one thread (the event loop's: `DiscordSource` hands datagrams over
 from discord.py's socket-reader thread), the same thread on which discord.py processes the

@@ -74,7 +74,7 @@ class DiscordSource:
     """Records the voice channel `channel_id` of guild `guild_id` into `sink`.
 
     `token` is the bot token (from the Secret, via the environment); ids are snowflakes.
-    Frames go to `sink.push(user_id, slot, opus)` with slots of `clock`. `notice` sets the
+    Frames go to `sink.push(user_id, slot, opus, phase)` with slots of `clock`. `notice` sets the
     nickname suffix `[REC]` and posts `NOTICE` in the channel's text chat (best effort).
     `endpoint`: where Discord is (applied to discord.py and its connector when `run`
     starts; None leaves discord.py as it is, i.e. Discord itself).

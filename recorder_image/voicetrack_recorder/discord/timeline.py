@@ -70,6 +70,20 @@ The anchor is kept across transport reconnects and DAVE epoch changes (neither t
 timestamps) and renewed when the stream changes (a new SSRC for the user: rejoin, new
 client): placed at its first packet's arrival slot, but never before the speaker's last
 placed slot.
+
+Phase. Slots are whole 20 ms, but a stream's frames are captured at any instant: placing
+by the slot of `arrival - 20 ms`, rounded down, puts the audio early by that instant's
+place in its slot (0-20 ms), and two speakers up to a slot apart. So each stream keeps its
+evidence to the sample: the least `arrival - 20 ms` (session ms) seen for an RTP timestamp
+(`_Stream.evidence`, the least-delayed arrival; a window's for a settled onset), and
+`phase(user)` is how far (samples at 48 kHz, 0..959) that lies after the start of the
+slot the placing anchor gives that timestamp: 0 when it lies before it (the least-delayed
+evidence came after the anchor was set, or the anchor was put after the speaker's last
+slot), 959 at most. It is computed when the placing anchor changes and kept until the
+next change, so a stream's audio is never shifted within itself; the chunker writes it
+into the chunk (`ChunkTrack.phaseSamples`) and promotion delays the track by it. A change
+of the estimate to a later slot by the `resync_ms` rule keeps no evidence finer than its
+slot (phase 0 there, as before).
 """
 
 from __future__ import annotations
@@ -128,6 +142,11 @@ class _Stream:
     """Arrival of the first packet of the current run of packets > `resync_ms` late."""
     late_min: int = 0
     """The least lateness (slots) in that run."""
+    evidence: tuple[int, float] = (0, 0.0)
+    """(RTP timestamp, session ms): that timestamp was captured at or before then, by the
+    least-delayed arrival (`arrival - 20 ms`) since the estimate last moved later."""
+    phase: int = 0
+    """Samples (48 kHz, 0..959) the placed audio belongs after its slots (`Timeline.phase`)."""
 
 
 @dataclass(slots=True)
@@ -146,6 +165,8 @@ class _Window:
     """The onset's own evidence for `anchor.timestamp`."""
     evidence: list[int]
     """Every arrival's evidence (slot) for `anchor.timestamp`, the onset's first."""
+    best_ms: float = 0.0
+    """The least evidence (session ms) for `anchor.timestamp`, to the sample."""
 
 
 class Timeline:
@@ -180,6 +201,8 @@ class Timeline:
         window = self._windows.get(key)
         if window is not None:
             base = window.anchor.timestamp
+            window.best_ms = min(window.best_ms, self._session_ms(arrival_ms)
+                                 - ts_diff(timestamp, base) / FRAME_SAMPLES * FRAME_MS)
             window.evidence.append(anchor.at(base))
             if anchor.at(base) < window.anchor.slot:
                 window.anchor = _Anchor(base, anchor.at(base))
@@ -192,7 +215,7 @@ class Timeline:
             if not heard[2] or rtp_ms <= 0 or arrival_ms - heard[1] - rtp_ms < ONSET_MS:
                 return False  # in step, mid-spurt, or the timestamps went back (`slot`)
         self._windows[key] = _Window(anchor, arrival_ms, arrival_ms, arrival_ms,
-                                     anchor.slot, [anchor.slot])
+                                     anchor.slot, [anchor.slot], self._session_ms(arrival_ms))
         return True
 
     def settle(self, user_id: str, ssrc: int, now_ms: float) -> bool:
@@ -217,13 +240,17 @@ class Timeline:
         del self._windows[key]
         anchor, stream = window.anchor, self._streams.get(user_id)
         last = self.last_slot.get(user_id)
+        evidence = (anchor.timestamp, window.best_ms)
         if stream is None or stream.ssrc != ssrc:
             start = anchor.slot if last is None else max(anchor.slot, last + 1)
-            self._streams[user_id] = _Stream(ssrc, anchor, _Anchor(anchor.timestamp, start))
+            self._streams[user_id] = stream = _Stream(
+                ssrc, anchor, _Anchor(anchor.timestamp, start), evidence=evidence)
+            stream.phase = self._phase(stream)
         elif (anchor.slot - stream.estimate.at(anchor.timestamp) >= EARLY_SLOTS
               and not (draining and window.onset_slot - anchor.slot >= EARLY_SLOTS)
               and sum(e <= anchor.slot + 1 for e in window.evidence) >= STEADY_FRAMES):
             stream.estimate, stream.late_since_ms = anchor, None
+            stream.evidence = evidence
         return True
 
     def slot(self, user_id: str, ssrc: int, timestamp: int, arrival_ms: float) -> int:
@@ -235,9 +262,12 @@ class Timeline:
         stream = self._streams.get(user_id)
         if stream is None or stream.ssrc != ssrc:
             start = arrival_slot if last is None else max(arrival_slot, last + 1)
-            self._streams[user_id] = _Stream(ssrc, _Anchor(timestamp, arrival_slot),
-                                             _Anchor(timestamp, start))
+            self._streams[user_id] = stream = _Stream(
+                ssrc, _Anchor(timestamp, arrival_slot), _Anchor(timestamp, start),
+                evidence=(timestamp, self._session_ms(arrival_ms)))
+            stream.phase = self._phase(stream)
             return start
+        self._witness(stream, timestamp, arrival_ms)
         estimate, jumped = self._estimate(stream, timestamp, arrival_ms, arrival_slot, last)
         slot = stream.placing.at(timestamp)
         if slot == estimate:
@@ -251,7 +281,34 @@ class Timeline:
         else:
             return slot  # an earlier estimate waits for a pause long enough
         self.resyncs += 1
+        stream.phase = self._phase(stream)
         return stream.placing.at(timestamp)
+
+    def phase(self, user_id: str) -> int:
+        """Samples (48 kHz, 0..959) after its slot that the audio of `user_id`'s current
+        stream belongs (module docstring, Phase); 0 for a user with no stream."""
+        stream = self._streams.get(user_id)
+        return stream.phase if stream is not None else 0
+
+    def _session_ms(self, arrival_ms: float) -> float:
+        """Session ms by which a frame that arrived at `arrival_ms` (Unix ms) was captured."""
+        return arrival_ms - FRAME_MS - self.clock.t0_ms
+
+    def _witness(self, stream: _Stream, timestamp: int, arrival_ms: float) -> None:
+        """Keep the arrival as the stream's evidence when it is the least delayed yet."""
+        ts, ms = stream.evidence
+        here = self._session_ms(arrival_ms)
+        if here < ms + ts_diff(timestamp, ts) / FRAME_SAMPLES * FRAME_MS:
+            stream.evidence = (timestamp, here)
+
+    @staticmethod
+    def _phase(stream: _Stream) -> int:
+        """How far (samples, 0..959) the evidence lies after the placing anchor's slot."""
+        ts, ms = stream.evidence
+        at = ms + ts_diff(stream.placing.timestamp, ts) / FRAME_SAMPLES * FRAME_MS
+        offset = at - stream.placing.slot * FRAME_MS
+        return 0 if offset <= 0 else min(round(offset * FRAME_SAMPLES / FRAME_MS),
+                                         FRAME_SAMPLES - 1)
 
     def _estimate(self, stream: _Stream, timestamp: int, arrival_ms: float,
                   arrival_slot: int, last: int | None) -> tuple[int, bool]:
@@ -275,6 +332,8 @@ class Timeline:
             shift = lateness if went_back else stream.late_min
             stream.estimate = _Anchor(timestamp, estimate + shift)
             stream.late_since_ms = None
+            stream.evidence = (timestamp, self._session_ms(arrival_ms) if went_back
+                               else (estimate + shift) * FRAME_MS)
             return estimate + shift, True
         return estimate, False
 
