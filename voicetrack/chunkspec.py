@@ -9,9 +9,15 @@ states the same schema, and `tests/unit/test_crd_models.py` checks the two agree
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from voicetrack.audio import FRAME_SAMPLES, RAW_EXTENSIONS, Channels
@@ -71,7 +77,17 @@ class ChunkTrack(_Model):
     places each Discord stream on the slot grid rounded down and keeps the sub-slot rest
     here (`voicetrack_recorder.discord.timeline`); promotion delays the track by it
     (`voicetrack_transcoder.streams.SpeakerStream`). 0 for chunks written before this
-    field existed and for the files source."""
+    field existed and for the files source; 0 is left out of the JSON form (`to_api`),
+    so such chunks stay readable by an operator or transcoder of before the field (their
+    models forbid unknown fields) while an upgrade rolls out."""
+
+    @model_serializer(mode="wrap")
+    def _phase_only_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if self.phase_samples == 0:
+            out.pop("phaseSamples", None)
+            out.pop("phase_samples", None)
+        return out
 
 
 class OptOut(_Model):

@@ -200,6 +200,10 @@ def test_chunk_track_phase_is_a_sub_slot_count_of_samples() -> None:
     assert ChunkTrack.model_validate(base).phase_samples == 0
     track = ChunkTrack.model_validate({**base, "phaseSamples": 959})
     assert track.phase_samples == 959 and track.to_api()["phaseSamples"] == 959
+    # 0 is left out, so a chunk without a phase stays readable by an operator or
+    # transcoder of before the field (extra="forbid") while an upgrade rolls out
+    assert "phaseSamples" not in ChunkTrack.model_validate(base).to_api()
+    assert ChunkTrack.model_validate(base).to_api() == base | {"channels": 2}
     for bad in (960, -1):
         with pytest.raises(ValidationError, match="phaseSamples"):
             ChunkTrack.model_validate({**base, "phaseSamples": bad})
