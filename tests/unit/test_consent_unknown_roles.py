@@ -11,8 +11,12 @@ audio from before the opt-out was promoted), and a member not cached yet was rec
 
 from __future__ import annotations
 
+import pytest
+
 from voicetrack_recorder.clock import SessionClock
 from voicetrack_recorder.consent import Consent
+
+pytestmark = pytest.mark.unit
 
 ROLE = "900000000000000001"
 ALICE = "100000000000000001"

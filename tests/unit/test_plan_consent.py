@@ -19,6 +19,8 @@ from voicetrack_operator.plan import (
 )
 from voicetrack_operator.services.inventory import ChunkInventory, InventoryChunk
 
+pytestmark = pytest.mark.unit
+
 GUILD = "123456789012345678"
 MEETING = "m" * 16
 ANN, BOB, CAT, DAN = ("111111111111111111", "222222222222222222", "333333333333333333",

@@ -28,6 +28,8 @@ from voicetrack.s3credentials import (
 )
 from voicetrack.uploadgrant import mint_upload_grant
 
+pytestmark = pytest.mark.unit
+
 ENDPOINT = "http://127.0.0.1:9"  # never contacted: presigning and minting are local
 TOKEN = "FwoGZXIvYXdzEXAMPLEsessiontoken"
 

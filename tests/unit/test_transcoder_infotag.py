@@ -19,6 +19,8 @@ from voicetrack_transcoder.infotag import (
 )
 from voicetrack_transcoder.mp3grid import FRAME, crc16_lame, encode_frames, tag_file
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("mp3_bitrate", [48, 64, 128, 320])
 @pytest.mark.parametrize("channels", [1, 2])
