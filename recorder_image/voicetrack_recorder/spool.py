@@ -288,13 +288,23 @@ class Spool:
         """Keep `gaps` (contiguous, `unsaid_file.check_shape`) as `unsaid.json` in the root
         (`unsaid_file.write_unsaid`; counted in `used`, never refused for the bound), or
         remove it when `gaps` is empty; nothing when the file holds `gaps` already. Never
-        raises: a failure is logged and the old file removed; capture goes on."""
+        raises: a failure is logged and the old file kept as it was (and `_kept` with it,
+        so the next call writes again), its size counted as it is on disk; capture goes
+        on."""
         if gaps == self._kept:
             return
         self.used -= self._unsaid_bytes
-        self._unsaid_bytes = write_unsaid(self.root, self._owner(), gaps)
+        size = write_unsaid(self.root, self._owner(), gaps)
+        if size is None:  # the old file, if any, as it was
+            try:
+                self._unsaid_bytes = (self.root / UNSAID_FILE).stat().st_size
+            except OSError:  # none (or unreadable: then a restart discards it)
+                self._unsaid_bytes = 0
+            if not self._unsaid_bytes:
+                self._kept = []
+        else:
+            self._unsaid_bytes, self._kept = size, list(gaps)
         self.used += self._unsaid_bytes
-        self._kept = list(gaps) if self._unsaid_bytes or not gaps else []
 
     def save_stored_markers(self, specs: list[ChunkSpec]) -> bool:
         """Keep marker chunks `specs` (stored in S3 only, index order) as

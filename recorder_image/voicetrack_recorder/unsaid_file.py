@@ -45,22 +45,27 @@ def check_shape(gaps: list[Gap]) -> None:
             raise ValueError(f"two adjacent gaps of cause {a.cause}")
 
 
-def write_unsaid(root: Path, owner: Owner, gaps: list[Gap]) -> int:
+def write_unsaid(root: Path, owner: Owner, gaps: list[Gap]) -> int | None:
     """Keep `gaps` (shaped as `check_shape` wants) as `root/unsaid.json`, or remove the
-    file when `gaps` is empty. Returns the file's size in bytes (0: none). Never raises:
-    a failure is logged and the old file removed (a stale one must not outlive what it
-    said), and 0 returned."""
+    file when `gaps` is empty. Returns the file's size in bytes (0: none), or None when
+    that failed (logged): the old file is then kept as it was, since what it says is still
+    true up to where it ends (the gaps only ever grow at the end or are carried by chunks
+    spooled, which `gaps.follow` trims them at on restart), and removing it made a restart
+    forget them (a lost window then cut as paused by a pause that came after it: review
+    rev-rec); anything else at that path (a directory) is removed. Never raises."""
     path = root / UNSAID_FILE
     try:
         if gaps:
             return write_owned(path, owner, {
                 "gaps": [g.model_dump(by_alias=True) for g in gaps]})
         remove_synced(path)
+        return 0
     except OSError as err:
-        log.warning("spool %s: %s not kept (%s); a restart would not know the gaps %s",
-                    root, UNSAID_FILE, err, [g.model_dump() for g in gaps])
-        discard(path)
-    return 0
+        log.warning("spool %s: %s not rewritten (%s), kept as it was; a restart would not "
+                    "know the gaps %s", root, UNSAID_FILE, err, [g.model_dump() for g in gaps])
+        if path.exists() and not path.is_file():
+            discard(path)
+        return None
 
 
 def read_unsaid(root: Path, owner: Owner) -> tuple[list[Gap], int]:

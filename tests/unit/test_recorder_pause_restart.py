@@ -150,3 +150,45 @@ def test_unsaid_now_adds_a_pause_only_while_paused() -> None:
     assert unsaid_now(lost, [], paused=True) == lost
     resumed = Gap(start_ms=5_000, end_ms=6_000, cause=PAUSED)
     assert unsaid_now([], [(300, resumed, None)], paused=False) == [resumed]
+
+
+async def test_a_failed_write_at_the_pause_keeps_the_lost_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review rev-rec fault 1: chunk 0 spooled, the window [5, 10) s dropped (spool full:
+    `unsaid.json` says connection-lost [5, 10) s), a pause at 12 s whose write of
+    `unsaid.json` fails (ENOSPC), and the container dies before the stopped window is
+    sealed. A failed write removed the file, so the restart paused from chunk 0's end and
+    cut [5, 100) s: the lost window was cut, not silence. The old file is kept now: the
+    lost window stays silence and the cut starts at its end (the pause's real start at
+    12 s is what the failed write would have said). Failed before."""
+    import errno
+
+    from tests.unit.test_recorder_unsaid_restart import drop
+    from voicetrack_recorder import unsaid_file
+
+    now = [12.0]
+    rec = five_s(tmp_path, now)
+    rec.chunker.open(0)
+    await record(rec, 0, WINDOW)
+    await rec._spool(rec.chunker.seal())
+    await record(rec, WINDOW, 2 * WINDOW)
+    await drop(rec)
+    await record(rec, 2 * WINDOW, 600)
+
+    def no_space(*_: object, **__: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(unsaid_file, "write_owned", no_space)
+    rec.kube.paused = True
+    await rec._follow_pause(600)
+    monkeypatch.undo()
+    now[0] = 13.0
+    again = await restarted(tmp_path, now, paused=True)
+    now[0] = 100.0
+    again.kube.paused = False
+    await again._follow_pause(5_000)
+    await record(again, 5_000, 5_000 + WINDOW)
+    await again._spool(again.chunker.seal())
+    gaps = [(g.start_ms, g.end_ms, g.cause) for *_, g, _ in pending(again) if g]
+    # the lost window is silence (its last 20 ms the marker chunk that carries it)
+    assert gaps == [(5_000, 9_980, "connection-lost"), (10_000, 100_000, PAUSED)]

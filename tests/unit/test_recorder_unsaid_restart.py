@@ -202,25 +202,31 @@ def test_an_unsaid_file_is_adopted_exactly_and_not_taken_for_a_chunk(tmp_path: P
     assert Spool(tmp_path / "s", 1 << 30, other, "standup").unsaid == []
 
 
-def test_an_unsaid_file_that_cannot_be_written_is_removed_and_capture_goes_on(
+def test_an_unsaid_file_that_cannot_be_written_is_kept_and_capture_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Writing `unsaid.json` fails (its temporary file's path is a directory: an OSError
     even as root): `save_unsaid` raises nothing (the capture loop goes on), logs it, and
-    removes the older file, whose gaps are stale now. The same when `unsaid.json` itself
-    is a directory, which a new Spool removes too. Before, removing it raised
-    IsADirectoryError out of the capture loop."""
+    keeps the older file as it was: what it says stays true (review rev-rec: removing it
+    made a restart forget a lost window that a later pause then cut). The next call
+    writes again. When `unsaid.json` itself is a directory, it is removed (a new Spool
+    removes it too). Before, removing it raised IsADirectoryError out of the capture
+    loop."""
     gaps = [Gap.model_validate(g) for g in unsaid_doc()["gaps"]]  # type: ignore[attr-defined]
     root = tmp_path / "s"
     spool = Spool(root, 1 << 30, LAYOUT, "standup")
     spool.save_unsaid(gaps[:1])
+    size = (root / UNSAID).stat().st_size
     (root / f"{UNSAID}.tmp").mkdir()
     with caplog.at_level(logging.WARNING):
         spool.save_unsaid(gaps)
-    assert not (root / UNSAID).exists() and spool.used == 0
-    assert f"{UNSAID} not kept" in caplog.text
-    (root / f"{UNSAID}.tmp").rmdir()
+    assert spool.used == size and f"{UNSAID} not rewritten" in caplog.text
+    assert Spool(root, 1 << 30, LAYOUT, "standup").unsaid == gaps[:1]  # as it was
+    assert not (root / f"{UNSAID}.tmp").exists()  # the failed write's leftovers removed
+    spool.save_unsaid(gaps)  # written again once it can be
+    assert Spool(root, 1 << 30, LAYOUT, "standup").unsaid == gaps
+    (root / UNSAID).unlink()
     (root / UNSAID).mkdir()
-    spool.save_unsaid(gaps)  # os.replace onto a directory fails
+    spool.save_unsaid(gaps[:1])  # os.replace onto a directory fails
     assert not (root / UNSAID).exists() and spool.used == 0
     (root / UNSAID).mkdir()
     with caplog.at_level(logging.WARNING):
