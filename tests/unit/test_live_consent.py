@@ -46,6 +46,19 @@ def test_withheld_is_opted_out_now_with_audio_in_a_chunk() -> None:
     assert withheld(spec(), []) == set()
 
 
+def test_withheld_follows_the_consecutive_chunks_and_stays_strict_past_a_hole() -> None:
+    """Review rev-consent finding 4: the live audio took "opted out now" from the chunk of
+    the highest index, past a hole included, while promotion goes by the last chunk of the
+    consecutive run (`plan.consent_chunks`). A chunk past a hole that no longer listed a
+    member the run's last chunk opts out served their audio live though the final tracks
+    leave it out. Now either one opting out withholds. Failed before."""
+    run = [chunk_obj(0, (ANN, CAT)), chunk_obj(1, (ANN,), opted=(CAT,))]
+    assert withheld(spec(), [*run, chunk_obj(5, (ANN,))]) == {CAT}  # past a hole: in again
+    assert withheld(spec(), [*run, chunk_obj(2, (ANN,))]) == set()  # consecutive: in again
+    forged = chunk_obj(999_999, (), opted=(ANN,))
+    assert withheld(spec(), [chunk_obj(0, (ANN, CAT)), forged]) == {ANN}  # strict: withheld
+
+
 def _session(opt_out_users: tuple[str, ...], live: dict[str, Any] | None) -> SessionView:
     status: dict[str, Any] = {"state": "Recording"}
     if live is not None:

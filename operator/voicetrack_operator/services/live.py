@@ -25,11 +25,12 @@ again. Deletion removes the live Jobs first (`stop`), so promotion never waits f
 
 Consent (docs/consent.md, "Promotion"): a piece holds the audio of every speaker of its
 chunk in their track and in the mix, and the mix cannot be remade from pieces without one
-of them. So while a member who is opted out now (`spec.optOutUserIds`, or the latest
-chunk's `optedOut`) has a track in any chunk (`withheld`), live assembly stops: every live
-Job is deleted, `live/` is emptied on every tick (a Job that was running may still upload)
-and `status.live` is removed. It resumes, from chunk 0, once nobody is withheld (they
-opted back in: promotion keeps their audio then too). A member opted out who never spoke
+of them. So while a member who is opted out now (`spec.optOutUserIds`, or the
+`optedOut` of the last consecutive chunk or of the latest one) has a track in any chunk
+(`withheld`), live assembly stops: every live Job is deleted, `live/` is emptied on every
+tick (a Job that was running may still upload) and `status.live` is removed. It resumes,
+from chunk 0, once nobody is withheld (they opted back in: promotion keeps their audio
+then too). A member opted out who never spoke
 holds nothing back.
 """
 
@@ -156,20 +157,30 @@ def transcoded_run(chunks: Iterable[dict[str, Any]]) -> tuple[int, list[int]]:
 
 
 def withheld(spec: SessionSpec, chunks: Iterable[dict[str, Any]]) -> set[str]:
-    """The user ids whose audio the audio so far must not serve now: opted out now
-    (`spec.optOutUserIds`, or the `optedOut` of the chunk with the highest index) and
-    with a track in any chunk (so in its pieces: their own, and the mix). `chunks` are
-    RecordingChunk objects (as dicts, as the watch shows them) in any order; refused ones
-    count too (their audio is not served, but nothing is lost by being careful)."""
-    latest: dict[str, Any] = {}
+    """The user ids whose audio the audio so far must not serve now: opted out now and
+    with a track in any chunk (so in its pieces: their own, and the mix). Opted out now:
+    `spec.optOutUserIds`, the `optedOut` of the last chunk of the run of consecutive
+    indexes from the lowest (the chunk promotion goes by, `plan.consent_chunks`), and that
+    of the chunk with the highest index when it lies past a hole: the stricter of the two,
+    so a chunk past a hole that opts a member back in serves nothing promotion would leave
+    out. `chunks` are RecordingChunk objects (as dicts, as the watch shows them) in any
+    order; refused and unparsable ones count too (their index holds no hole, their audio
+    is not served, and nothing is lost by being careful)."""
+    by_index: dict[int, dict[str, Any]] = {}
     speakers: set[str] = set()
     for obj in chunks:
         chunk = obj.get("spec") or {}
         speakers |= {str(t.get("userId")) for t in chunk.get("tracks") or []}
-        if int(chunk.get("index", -1)) >= int(latest.get("index", -1)):
-            latest = chunk
-    now = set(spec.opt_out_user_ids) | {str(o.get("userId"))
-                                         for o in latest.get("optedOut") or []}
+        index = chunk.get("index")
+        if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+            by_index[index] = chunk
+    now = set(spec.opt_out_user_ids)
+    if by_index:
+        end = min(by_index)
+        while end + 1 in by_index:
+            end += 1
+        for index in {end, max(by_index)}:
+            now |= {str(o.get("userId")) for o in by_index[index].get("optedOut") or []}
     return now & speakers
 
 
