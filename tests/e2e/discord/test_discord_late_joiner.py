@@ -163,9 +163,10 @@ async def _record_and_check(cluster: Any, s3: S3Settings, operator: OperatorProc
     worst = max(abs(e) for _, _, e in errors)
     print(f"markers {len(errors)}: worst error {worst:.2f} ms; segment starts after "
           f"sender 0 {[round((t - start0) * 1000) for _, t, _ in segments]} ms")
-    # the same bound as the three-sender test (one 20 ms slot of first-packet anchoring
-    # plus jitter; see its comment)
-    assert all(abs(e) <= 40 for _, _, e in errors), [x for x in errors if abs(x[2]) > 40]
+    # the bound, as in the three-sender test: each stream's sub-slot phase is kept
+    # (phaseSamples), the rejoin's and the late joiner's new streams too (worst 2.50 ms
+    # measured; before the phase, ±40 ms was asserted: a slot of anchoring plus jitter)
+    assert all(abs(e) <= 20 for _, _, e in errors), [x for x in errors if abs(x[2]) > 20]
     assert all(len(s.markers) >= 3 for s, _, _ in segments)  # each segment is checked
 
     def peak(user: str, from_ms: float, to_ms: float) -> int:
