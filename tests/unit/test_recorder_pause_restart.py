@@ -29,6 +29,7 @@ from tests.unit.test_recorder_unsaid_restart import (
     pending,
     record,
     restarted,
+    resume_and_seal,
 )
 from voicetrack.chunkspec import Gap
 from voicetrack_recorder.gaps import unsaid_now
@@ -73,11 +74,7 @@ async def test_a_restart_while_paused_before_the_seal_cuts_from_the_pause(
                                         Gap(start_ms=7_000, end_ms=7_020, cause=PAUSED)]
     now[0] = 7.5
     rec = await restarted(tmp_path, now, paused=True)
-    now[0] = 100.0
-    rec.kube.paused = False
-    await rec._follow_pause(5_000)
-    await record(rec, 5_000, 5_000 + WINDOW)
-    await rec._spool(rec.chunker.seal())
+    await resume_and_seal(rec, now)
     assert pending(rec) == [
         (0, 0, 5_000, None, 1),
         (1, 6_980, 7_000, Gap(start_ms=5_000, end_ms=6_980, cause=RESTART), 0),
@@ -184,11 +181,7 @@ async def test_a_failed_write_at_the_pause_keeps_the_lost_window(
     monkeypatch.undo()
     now[0] = 13.0
     again = await restarted(tmp_path, now, paused=True)
-    now[0] = 100.0
-    again.kube.paused = False
-    await again._follow_pause(5_000)
-    await record(again, 5_000, 5_000 + WINDOW)
-    await again._spool(again.chunker.seal())
+    await resume_and_seal(again, now)
     gaps = [(g.start_ms, g.end_ms, g.cause) for *_, g, _ in pending(again) if g]
     # the lost window is silence (its last 20 ms the marker chunk that carries it)
     assert gaps == [(5_000, 9_980, "connection-lost"), (10_000, 100_000, PAUSED)]

@@ -73,6 +73,16 @@ async def restarted(tmp_path: Path, now_s: list[float], paused: bool,
     return rec
 
 
+async def resume_and_seal(rec: Recorder, now_s: list[float], slot: int = 5_000) -> None:
+    """Resumed at 100 s (the session clock), at `slot`; a window of tone recorded from
+    there, sealed and spooled."""
+    now_s[0] = 100.0
+    rec.kube.paused = False
+    await rec._follow_pause(slot)
+    await record(rec, slot, slot + WINDOW)
+    await rec._spool(rec.chunker.seal())
+
+
 def pending(rec: Recorder) -> list[tuple[int, int, int, Gap | None, int]]:
     """(index, startMs, endMs, gap, tracks) of each chunk spooled and not uploaded."""
     return [(s.spec.index, s.spec.start_ms, s.spec.end_ms, s.spec.gap, len(s.spec.tracks))
@@ -106,11 +116,7 @@ async def test_a_restart_while_paused_keeps_the_dropped_window_before_the_pause(
     await paused_after_a_dropped_window(tmp_path, now)
     assert (tmp_path / "s" / UNSAID).exists()
     rec = await restarted(tmp_path, now, paused=True)
-    now[0] = 100.0
-    rec.kube.paused = False
-    await rec._follow_pause(5_000)
-    await record(rec, 5_000, 5_000 + WINDOW)
-    await rec._spool(rec.chunker.seal())
+    await resume_and_seal(rec, now)
     assert pending(rec) == [
         (0, 0, 5_000, None, 1),
         (1, 6_980, 7_000, Gap(start_ms=5_000, end_ms=6_980, cause="connection-lost"), 0),
