@@ -91,3 +91,21 @@ def test_a_new_stream_gets_its_own_phase() -> None:
     tl = Timeline(SessionClock(T0))
     assert set(place(tl, "u", 1, arrivals(range(100, 200), 4.0))) == {4 * MS}
     assert set(place(tl, "u", 2, arrivals(range(300, 400), 16.5))) == {round(16.5 * MS)}
+
+
+def test_an_anchor_move_within_a_stream_keeps_its_phase() -> None:
+    """Review rev-phase fault 3: the phase was computed again at every change of the
+    placing anchor within one stream (a first packet 45 ms late, then on-time packets
+    after a pause: an earlier anchor), so the chunk after the pause carried another
+    phase and promotion inserted or dropped the difference at that chunk's start, in the
+    middle of speech. The stream keeps the phase it started with now; the anchor moves
+    its audio by whole slots only. Failed before."""
+    tl = Timeline(SessionClock(T0))
+    frames = arrivals(range(100, 400), 7.3)
+    late = [(k, ts, at + 45.0) for k, ts, at in frames[:1]]
+    first = place(tl, "u", SSRC, late)[0]
+    place(tl, "u", SSRC, frames[1:100])  # talking: the earlier estimate waits
+    resyncs = tl.resyncs
+    after = place(tl, "u", SSRC, frames[150:])  # after a pause of 1 s: it applies
+    assert tl.resyncs > resyncs  # the anchor moved
+    assert set(after) == {first}  # the phase did not
