@@ -29,6 +29,10 @@ ALLOWED_DIFFERENCES: dict[str, str] = {
     "RecordingChunk.status:transcodeStatus:default":
         "the model reads a missing status as `queued`; the CRD has no default, because the "
         "operator takes a status without transcodeStatus to mean a chunk it has not seen",
+    "RecordingChunk.spec.tracks[]:phaseSamples:default":
+        "the model reads a missing phase as 0; the CRD has no default, because the API "
+        "server fills schema defaults into every object it serves, and an operator of "
+        "before the field (extra=forbid) then refused every chunk (review rev-phase)",
 }
 """`<kind>.<path>:<what>` → why the CRD and the model differ there on purpose."""
 
@@ -285,3 +289,13 @@ def test_models_refuse_what_their_constructors_are_given() -> None:
     with pytest.raises(ValidationError, match="key"):
         ChunkTrack(user_id=USER, key="../x.opus", frames=0, first_ms=0, last_ms=0, bytes=0,
                    sha256=SHA)
+
+
+def test_phase_samples_has_no_schema_default() -> None:
+    """Review rev-phase fault 1: with `default: 0` the API server filled `phaseSamples`
+    into every track of every RecordingChunk it served once the CRD was applied, and an
+    operator of before the field (its model forbids unknown fields) refused every chunk
+    as unparsable, done ones included: their audio became chunk-failed silence. Failed
+    before."""
+    tracks = crd_schema("recordingchunks")["properties"]["spec"]["properties"]["tracks"]
+    assert "default" not in tracks["items"]["properties"]["phaseSamples"]
