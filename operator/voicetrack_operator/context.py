@@ -220,6 +220,10 @@ class Context:
     progress_patched: dict[str, float] = field(default_factory=dict)
     """Session uid -> when the observe timer last returned a status patch or created a
     live Job (monotonic s): its write budget (`SessionService.observe_session`)."""
+    live_launched: dict[str, float] = field(default_factory=dict)
+    """Session uid -> when the observe timer last created a live Job for it (monotonic s):
+    the live interval counts from it, so it holds after the finished Job left the watch
+    (its TTL) and whatever the API server's clock says (`live.decide`)."""
     meeting_checked: dict[str, float] = field(default_factory=dict)
     """Meeting id -> when its row was last seen (monotonic s), for
     `SessionService.repair_meeting`'s throttle. Meeting ids are unique per session (a
@@ -234,6 +238,7 @@ class Context:
         operator holds nothing per past session (issue 16: thousands of sessions a day)."""
         self.audited.discard(uid)
         self.progress_patched.pop(uid, None)
+        self.live_launched.pop(uid, None)
         self.meeting_checked.pop(meeting_id, None)
 
     def turned_active(self) -> None:
@@ -245,6 +250,7 @@ class Context:
         (`Leadership.observe`)."""
         self.audited.clear()
         self.progress_patched.clear()
+        self.live_launched.clear()
         self.meeting_checked.clear()
 
     def store(self, bucket: str) -> AsyncObjectStore:

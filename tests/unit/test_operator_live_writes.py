@@ -56,11 +56,13 @@ class Clock:
 
 
 class LiveKube:
-    """The API as the live path uses it: live Job creates (completing `LIVE_JOB_S` after,
-    gone `LIVE_JOB_TTL_S` after that) and deletes, counted."""
+    """The API as the live path uses it: live Job creates (completing `job_s` after,
+    gone `LIVE_JOB_TTL_S` after that; the API server's clock `skew_s` behind the
+    operator's) and deletes, counted."""
 
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
+    def __init__(self, clock: Clock, job_s: float = LIVE_JOB_S, skew_s: float = 0) -> None:
+        self.clock, self.job_s, self.skew_s = clock, job_s, skew_s
+        self.launched_at: list[float] = []
         self.jobs: dict[str, tuple[dict[str, Any], float]] = {}
         self.creates = 0
         self.deletes = 0
@@ -69,7 +71,9 @@ class LiveKube:
     async def ensure(self, manifest: dict[str, Any]) -> bool:
         self.creates += 1
         self.names.append(manifest["metadata"]["name"])
-        manifest["metadata"]["creationTimestamp"] = stamp(self.clock.now())
+        self.launched_at.append(self.clock.t)
+        manifest["metadata"]["creationTimestamp"] = stamp(
+            self.clock.now() - timedelta(seconds=self.skew_s))
         self.jobs[manifest["metadata"]["name"]] = (manifest, self.clock.t)
         return True
 
@@ -81,11 +85,11 @@ class LiveKube:
         """The live Jobs as the watch shows them now."""
         out = []
         for manifest, created in self.jobs.values():
-            if self.clock.t >= created + LIVE_JOB_S + LIVE_JOB_TTL_S:
+            if self.clock.t >= created + self.job_s + LIVE_JOB_TTL_S:
                 continue  # removed by the TTL controller
             job = {**manifest, "status": {"active": 1}}
-            if self.clock.t >= created + LIVE_JOB_S:
-                done = BASE + timedelta(seconds=created + LIVE_JOB_S)
+            if self.clock.t >= created + self.job_s:
+                done = BASE + timedelta(seconds=created + self.job_s - self.skew_s)
                 job["status"] = {"conditions": [{"type": "Complete", "status": "True"}],
                                  "completionTime": stamp(done)}
             out.append(job)
@@ -116,15 +120,20 @@ def apply(status: dict[str, Any], patch: dict[str, Any]) -> None:
 
 
 async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 30,
-              chunk_s: int = CHUNK_S) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
+              chunk_s: int = CHUNK_S, job_s: float = LIVE_JOB_S, skew_s: float = 0,
+              lags: list[float] | None = None, lives: list[int] | None = None
+              ) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
     """Tick the observe timer every `TICK_S` while `chunks` chunks of `chunk_s` are
-    recorded, then for a minute of quiet (two chunk periods when longer). Returns (status
-    patches, the kube, the store, the final status)."""
+    recorded, then for a minute of quiet (two chunk periods when longer); live Jobs take
+    `job_s`, the API server's clock is `skew_s` behind. Returns (status patches, the kube,
+    the store, the final status); `lags` gets, per tick while recording, how long (s) the
+    oldest transcoded chunk the status does not count yet has been done (0: current), and
+    `lives` the chunks `status.live` covers (0: not set)."""
     clock = Clock()
     monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=clock.monotonic))
     monkeypatch.setattr(live, "datetime", SimpleNamespace(now=lambda tz=None: clock.now(),
                                                           fromisoformat=datetime.fromisoformat))
-    kube, store = LiveKube(clock), NoManifest()
+    kube, store = LiveKube(clock, job_s, skew_s), NoManifest()
     settings = OperatorSettings(database_url="sqlite+aiosqlite://",
                                 s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
                                               secret_key="b", bucket="voicetrack"),
@@ -149,6 +158,13 @@ async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 
         if patch:
             patches += 1
             apply(s.status, patch)
+        if lags is not None and clock.t < end:
+            counted = s.status["chunks"]["done"]
+            lags.append(max(0, clock.t - (counted * chunk_s + 1 + TRANSCODE_S))
+                        if counted < sum(1 for o in objs if o["status"]["transcodeStatus"]
+                                         == "done") else 0)
+        if lives is not None and clock.t < end:
+            lives.append(int((s.status.get("live") or {}).get("chunks") or 0))
         clock.t += TICK_S
     return patches, kube, store, s.status
 
@@ -221,3 +237,47 @@ async def test_long_chunks_report_a_live_job_before_its_ttl(
     _, kube, _, status = await run(monkeypatch, n, chunk_s=150)
     assert status["live"]["chunks"] == n
     assert len(set(kube.names)) == len(kube.names), kube.names
+
+
+async def test_long_chunks_keep_progress_current_and_the_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 150 s (interval two periods, 300 s): the finished live Job leaves the
+    watch at its TTL long before the next launch is due; the interval still holds (it
+    counts from the operator's launch, not the Job), so the progress patch gets every
+    other period: the chunk counts are never more than two chunk periods behind. Before,
+    a Job gone made the next one due at once, every free period went to a launch, and the
+    counts stayed 0 while recording."""
+    n, chunk_s = 8, 150
+    lags: list[float] = []
+    _, kube, _, status = await run(monkeypatch, n, chunk_s=chunk_s, lags=lags)
+    assert max(lags) <= 2 * chunk_s, lags
+    gaps = [b - a for a, b in zip(kube.launched_at, kube.launched_at[1:], strict=False)]
+    assert gaps and min(gaps) >= 2 * chunk_s, kube.launched_at
+    assert status["chunks"]["done"] == n and status["live"]["chunks"] == n
+
+
+async def test_slow_live_jobs_are_reported_while_recording(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live Jobs taking 25 s (10 s chunks, 30 s interval): a completed Job's report
+    waiting for a free period while the next Job is launched is still made at the next
+    (the newest completed Job is reported, not only the current one), so `status.live` is
+    set while the session records; the counts stay within two chunk periods. Before, the
+    next Job became the current one and no Job was ever reported while recording."""
+    n, lags, lives = 30, list[float](), list[int]()
+    patches, kube, _, status = await run(monkeypatch, n, job_s=25, lags=lags, lives=lives)
+    assert max(lags) <= 2 * CHUNK_S, lags
+    assert len(set(lives) - {0}) >= n * CHUNK_S // 40 - 1, lives  # set, and growing
+    assert status["live"]["chunks"] == n
+    assert patches + kube.creates <= n + 6 + 1, (patches, kube.creates)
+
+
+async def test_the_interval_ignores_the_api_servers_clock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API server's clock 25 s behind the operator's: the interval counts from the
+    operator's own launch (monotonic), so Jobs do not run every free period and progress
+    is not held back."""
+    n = 30
+    lags: list[float] = []
+    _, kube, _, _ = await run(monkeypatch, n, skew_s=25, lags=lags)
+    assert max(lags) <= 2 * CHUNK_S, lags
+    assert kube.creates <= n * CHUNK_S // 30 + 1, kube.launched_at

@@ -13,15 +13,21 @@ manifest of a Job that completed (one S3 read per live Job) for the status.
 
 Debounce: at most one live Job per session runs; a new one starts only when more chunks
 are transcoded than the audio so far covers and `interval_s` has passed since the last one
-started (at least two chunk periods: `LiveService.interval_s`). A Job's create is the
-session's one budgeted write of its chunk period (`services.sessions`, issue 16: the
+started (at least two chunk periods: `LiveService.interval_s`; counted on the operator's
+monotonic clock from its last create, `ctx.live_launched`, so it holds after the finished
+Job left the watch at its TTL and whatever the API server's clock says). A Job's create is
+the session's one budgeted write of its chunk period (`services.sessions`, issue 16: the
 operator's writes per chunk ≤ 4), so a due Job waits for a period whose write is free, and
-the progress patch of that period waits for the next; `status.live` rides on the period's
-status patch (alone when nothing else changed; at most a chunk period after the Job ended;
-`live/manifest.json`, what `recordings download --live` and the web page read, is current
-at once). A failed live Job (a piece missing, S3 down) marks nothing failed: the previous
-live files stay (the transcoder uploads only a complete set) and the next interval tries
-again. Deletion removes the live Jobs first (`stop`), so promotion never waits for one.
+the progress patch of that period waits for the next: with the interval at least two
+periods, the progress patch gets at least every other period (chunk counts at most two
+chunk periods old). `status.live` rides on the period's status patch (alone when nothing
+else changed), for the newest completed Job (a report that waited while the next Job was
+launched goes at the next patch): usually a chunk period after the Job ended, at most two
+periods (`REPORT_WAIT_MAX_S` when shorter); `live/manifest.json`, what `recordings
+download --live` and the web page read, is current at once. A failed live Job (a piece
+missing, S3 down) marks nothing failed: the previous live files stay (the transcoder
+uploads only a complete set) and the next interval tries again. Deletion removes the live
+Jobs first (`stop`), so promotion never waits for one.
 
 Consent (docs/consent.md, "Promotion"): a piece holds the audio of every speaker of its
 chunk in their track and in the mix, and the mix cannot be remade from pieces without one
@@ -185,23 +191,27 @@ def withheld(spec: SessionSpec, chunks: Iterable[dict[str, Any]]) -> set[str]:
 
 
 def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
-           now: datetime) -> LiveDecision:
+           now: datetime, since_launch: float | None = None) -> LiveDecision:
     """The debounce, pure.
 
     `jobs`: the session's live Jobs; `ready`: chunks a Job could assemble now
     (`transcoded_run`); `reported`: chunks `status.live` says the audio so far covers (0
     before any); `interval_s`: the least time between two Jobs' starts (seconds; 0 or less:
-    off, nothing is done); `now`: aware UTC.
+    off, nothing is done); `now`: aware UTC; `since_launch`: seconds since this operator
+    last created a live Job for the session (its monotonic clock), None when it has not
+    (then the current Job's `creationTimestamp`, the API server's clock, is used).
 
     The newest Job (most chunks, then latest created) is the current one; every other one
     still running is deleted (one at a time runs, so only a leftover), and a finished one is
     left to its `ttlSecondsAfterFinished` (`jobs.LIVE_JOB_TTL_S`): the Job controller
-    removes it, one API write per live Job less of ours (issue 16). A completed current Job
-    that covers more than `reported` is reported. A new Job is launched when none runs,
-    `ready` exceeds what the audio so far covers (the current Job's chunks if it completed,
-    else `reported`), and `interval_s` has passed since the current Job was created. If the
-    new Job's name is taken by a failed current one (the same chunks again), that one is
-    deleted now and the launch waits a tick."""
+    removes it, one API write per live Job less of ours (issue 16). The newest completed
+    Job (the current one or an older one, e.g. one whose report waited while the next was
+    launched) is reported when it covers more than `reported`. A new Job is launched when
+    none runs, `ready` exceeds what the audio so far covers (the newest completed Job's
+    chunks, or `reported`), and `interval_s` has passed since the last launch
+    (`since_launch`; without it, since the current Job was created, or at once when the
+    watch shows none). If the new Job's name is taken by a failed current one (the same
+    chunks again), that one is deleted now and the launch waits a tick."""
     if interval_s <= 0:
         return LiveDecision()
     live = [j for j in jobs if not j.deleting]
@@ -209,13 +219,18 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     delete = [j.name for j in live if j is not current and not j.state.terminal]
     report = None
     covered = reported
-    if current is not None and current.state is TranscodeStatus.DONE:
-        covered = max(covered, current.chunks)
-        if current.chunks > reported:
-            report = current
+    done = max((j for j in live if j.state is TranscodeStatus.DONE),
+               key=lambda j: (j.chunks, j.created or now), default=None)
+    if done is not None:
+        covered = max(covered, done.chunks)
+        if done.chunks > reported:
+            report = done
     running = current is not None and not current.state.terminal
-    due = current is None or current.created is None \
-        or (now - current.created).total_seconds() >= interval_s
+    if since_launch is not None:
+        due = since_launch >= interval_s
+    else:
+        due = current is None or current.created is None \
+            or (now - current.created).total_seconds() >= interval_s
     launch = None
     if not running and due and ready > covered and ready > 0:
         if current is not None and current.chunks == ready:  # a failed one: its name
@@ -255,7 +270,7 @@ class LiveService:
 
     async def tick(self, s: SessionView, chunks: list[dict[str, Any]],
                    jobs: list[dict[str, Any]], *, slot: bool = True,
-                   report: bool = True) -> LiveTick:
+                   report: bool = True, since_launch: float | None = None) -> LiveTick:
         """One tick for session view `s` from the watches' view of its RecordingChunks
         and live Jobs: delete, launch, and the status patch (`{"live": {...}}` when a Job
         completed since the status was written, `{"live": None}` when withheld, else {}).
@@ -265,12 +280,14 @@ class LiveService:
         period's write is free), and then nothing is reported (the create is that write);
         a completed Job is reported (its manifest read) only when `report` (a status patch
         goes out this tick) or when it is `overdue`. A withdrawal is returned whatever the
-        budget. The API or S3 away is logged and the next tick tries again: the audio so far
-        never holds up the session's status."""
+        budget. `since_launch`: seconds since the caller last launched a Job for `s` (its
+        monotonic clock; None: not known, `decide` goes by the Jobs' creation times). The
+        API or S3 away is logged and the next tick tries again: the audio so far never
+        holds up the session's status."""
         if not self.enabled(s):
             return LiveTick()
         try:
-            return await self._tick(s, chunks, jobs, slot, report)
+            return await self._tick(s, chunks, jobs, slot, report, since_launch)
         except TemporaryFailure as err:
             log.info("session %s/%s: audio so far not updated: %s", s.ref.namespace,
                      s.ref.name, err)
@@ -291,14 +308,16 @@ class LiveService:
         return max(self.ctx.settings.live_interval_s, 2.0 * s.spec.chunk_seconds)
 
     async def _tick(self, s: SessionView, chunks: list[dict[str, Any]],
-                    jobs: list[dict[str, Any]], slot: bool, report: bool) -> LiveTick:
+                    jobs: list[dict[str, Any]], slot: bool, report: bool,
+                    since_launch: float | None) -> LiveTick:
         mine = [j for j in (LiveJob.from_object(o) for o in jobs
                             if controller_uid(o) == s.ref.uid) if j is not None]
         if withheld(s.spec, chunks):
             return LiveTick(await self.withhold(s, mine))
         reported = int((s.status.get("live") or {}).get("chunks") or 0)
         ready, silent = transcoded_run(chunks)
-        decision = decide(mine, ready, reported, self.interval_s(s), datetime.now(UTC))
+        decision = decide(mine, ready, reported, self.interval_s(s), datetime.now(UTC),
+                          since_launch)
         for name in decision.delete:
             await self.ctx.kube.delete_job(s.ref.namespace, name)
         launched = decision.launch is not None and slot

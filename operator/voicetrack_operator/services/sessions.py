@@ -264,8 +264,12 @@ class SessionService:
         significant = bool(changed) and \
             _significant(s.status) != _significant({**s.status, **changed})
         slot = seen is not None and self._slot_free(s)
+        launched_at = self.ctx.live_launched.get(s.ref.uid)
         live = LiveTick() if seen is None else await LiveService(self.ctx).tick(
-            s, objs, seen.live, slot=slot, report=slot or significant)
+            s, objs, seen.live, slot=slot, report=slot or significant,
+            since_launch=None if launched_at is None else time.monotonic() - launched_at)
+        if live.launched:  # the interval counts from here (not the Job, gone at its TTL)
+            self.ctx.live_launched[s.ref.uid] = time.monotonic()
         auto = await delete_stopped(self.ctx, s, pod) \
             if stopped_by_itself(s, new["state"], pod) else {}  # with the state, at once
         if seen is not None and not auto:
