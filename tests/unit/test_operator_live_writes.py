@@ -121,9 +121,9 @@ def apply(status: dict[str, Any], patch: dict[str, Any]) -> None:
 
 async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 30,
               chunk_s: int = CHUNK_S, job_s: float = LIVE_JOB_S, skew_s: float = 0,
-              lags: list[float] | None = None, lives: list[int] | None = None
-              ) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
-    """Tick the observe timer every `TICK_S` while `chunks` chunks of `chunk_s` are
+              lags: list[float] | None = None, lives: list[int] | None = None,
+              tick_s: float = TICK_S) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
+    """Tick the observe timer every `tick_s` while `chunks` chunks of `chunk_s` are
     recorded, then for a minute of quiet (two chunk periods when longer); live Jobs take
     `job_s`, the API server's clock is `skew_s` behind. Returns (status patches, the kube,
     the store, the final status); `lags` gets, per tick while recording, how long (s) the
@@ -165,7 +165,7 @@ async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 
                                          == "done") else 0)
         if lives is not None and clock.t < end:
             lives.append(int((s.status.get("live") or {}).get("chunks") or 0))
-        clock.t += TICK_S
+        clock.t += tick_s
     return patches, kube, store, s.status
 
 
@@ -281,3 +281,30 @@ async def test_the_interval_ignores_the_api_servers_clock(
     _, kube, _, _ = await run(monkeypatch, n, skew_s=25, lags=lags)
     assert max(lags) <= 2 * CHUNK_S, lags
     assert kube.creates <= n * CHUNK_S // 30 + 1, kube.launched_at
+
+
+async def test_a_pending_report_goes_before_the_next_launch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review rev-live2 fault 2: 45 s chunks and live Jobs of 55 s. A completed Job's
+    report waited while the next Job's launch took the free period, passed
+    `REPORT_WAIT_MAX_S` and went out overdue, unbudgeted: three writes per two chunk
+    periods (and, with the next Job's manifest already written, `status.live` paired one
+    Job's chunks with the next one's duration: fault 1). The report now has the period
+    before a launch. Failed before."""
+    n = 12
+    patches, kube, _, status = await run(monkeypatch, n, chunk_s=45, job_s=55)
+    assert patches + kube.creates <= n + 2 + 1, (patches, kube.creates)  # + 2 quiet periods
+    # the last Job (90 s after the one before, then 55 s) has not completed by the end
+    assert status["live"]["chunks"] >= n - 1 and status["chunks"]["done"] == n
+
+
+async def test_a_timer_as_coarse_as_two_periods_leaves_progress_its_share(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review rev-live2 fault 3: the observe timer ticking every 10 s over 5 s chunks
+    (a loaded operator, or `VOICETRACK_OBSERVE_INTERVAL_S`) with live Jobs done within a
+    tick: every tick had a free period and a due launch, so every write was a create and
+    the chunk counts stayed 0 while recording. A report now takes every other one, and
+    the progress patch rides on it. Failed before."""
+    lags: list[float] = []
+    await run(monkeypatch, 40, interval_s=5, chunk_s=5, job_s=9, tick_s=10, lags=lags)
+    assert max(lags) <= 2 * 5 + 2 * 10, max(lags)

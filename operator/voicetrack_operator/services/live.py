@@ -21,10 +21,12 @@ operator's writes per chunk ≤ 4), so a due Job waits for a period whose write 
 the progress patch of that period waits for the next: with the interval at least two
 periods, the progress patch gets at least every other period (chunk counts at most two
 chunk periods old). `status.live` rides on the period's status patch (alone when nothing
-else changed), for the newest completed Job (a report that waited while the next Job was
-launched goes at the next patch): usually a chunk period after the Job ended, at most two
-periods (`REPORT_WAIT_MAX_S` when shorter); `live/manifest.json`, what `recordings
-download --live` and the web page read, is current at once. A failed live Job (a piece
+else changed), for the newest completed Job; a pending report has the period's write
+before a launch (the launch takes the next free period), so no newer Job has written the
+manifest the report reads, and reports and launches alternate whatever the timer's pace:
+usually a chunk period after the Job ended (`REPORT_WAIT_MAX_S` at most);
+`live/manifest.json`, what `recordings download --live` and the web page read, is current
+at once. A failed live Job (a piece
 missing, S3 down) marks nothing failed: the previous live files stay (the transcoder
 uploads only a complete set) and the next interval tries again. Deletion removes the live
 Jobs first (`stop`), so promotion never waits for one.
@@ -320,8 +322,13 @@ class LiveService:
                           since_launch)
         for name in decision.delete:
             await self.ctx.kube.delete_job(s.ref.namespace, name)
-        launched = decision.launch is not None and slot
-        if decision.launch is not None and slot:
+        # a pending report has the period's write before a launch (it rides on the
+        # progress patch; the launch takes the next free period): launched first, the
+        # report waited past the next Job's manifest (status.live paired one Job's chunks
+        # with the next one's duration) or went overdue unbudgeted, and with a timer as
+        # coarse as two periods every write was a launch and progress starved
+        launched = decision.launch is not None and slot and decision.report is None
+        if launched and decision.launch is not None:
             await self.ctx.kube.ensure(build_live_job(
                 s.ref, s.spec, s.meeting_id, decision.launch, self.ctx.settings.pods,
                 silent))
