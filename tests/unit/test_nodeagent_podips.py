@@ -177,3 +177,39 @@ def test_temporary_files_a_killed_agent_left_are_removed(tmp_path: Path) -> None
     os.utime(old, (1, 1))
     PodIPs(tmp_path, "n1")
     assert not old.exists() and fresh.exists()  # a claim under way elsewhere is left
+
+
+def test_a_pod_ip_that_cannot_be_claimed_stalls_that_pod_not_the_node(
+        state: Path, agents: list[NodeAgent], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review rev-node fault 1: an OSError claiming an IP (ENOSPC, EROFS, a filesystem
+    without hard links) raised out of `PodWorker.__init__` through `_dispatch` into the
+    watch loop, which listed again every second and stopped at that pod for ever: later
+    pods never started and deleted ones were never marked gone. Now that pod is skipped
+    (tried again at its next event or list) and the list goes on; a claim's temporary
+    file is removed even when writing it fails, and a gone pod's file that cannot be
+    removed is logged, not raised. Failed before."""
+    from voicetrack_local.nodeagent import podips
+
+    agents.append(NodeAgent(state, "process"))
+    agent = agents[0]
+    monkeypatch.setattr(PodWorker, "start", lambda self: None)
+    agent._dispatch(pod("old", "old"))
+    real_link = os.link
+
+    def no_space(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(podips.os, "link", no_space)
+    agent._dispatch(pod(UID_A, "a"))  # no IP: skipped, nothing raised
+    assert UID_A not in agent.workers
+    agent._dispatch(pod(UID_B, "b", "127.70.0.1"))  # reported before, not claimable either
+    monkeypatch.setattr(podips.os, "link", real_link)
+    agent._dispatch(pod(UID_A, "a"))  # its next event: claimed now
+    assert UID_A in agent.workers and agent.workers[UID_A].ip == SHARED
+    assert not [f for f in pod_ips_dir(state).iterdir() if f.name.startswith(".")]
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    agent.pod_ips.release(UID_A)  # logged, not raised

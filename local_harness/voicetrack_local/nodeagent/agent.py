@@ -23,7 +23,7 @@ from voicetrack_local.nodeagent.container import Container
 from voicetrack_local.nodeagent.kube import Kube, now_iso
 from voicetrack_local.nodeagent.logs import LogServer
 from voicetrack_local.nodeagent.node import NodeRegistration
-from voicetrack_local.nodeagent.podips import PodIPs, reported_first
+from voicetrack_local.nodeagent.podips import NoFreeIP, PodIPs, reported_first
 from voicetrack_local.nodeagent.podman import Podman, PodmanContainer
 from voicetrack_local.nodeagent.podspec import ConfigError
 from voicetrack_local.nodeagent.worker import PodWorker
@@ -212,7 +212,12 @@ class NodeAgent:
         with self.lock:
             w = self.workers.get(uid)
             if w is None:
-                w = PodWorker(self, pod)
+                try:
+                    w = PodWorker(self, pod)
+                except (OSError, NoFreeIP) as err:  # no pod IP: this pod waits, not the node
+                    log.warning("pod %s/%s: no pod IP (%s); tried again at its next event "
+                                "or list", meta["namespace"], meta["name"], err)
+                    return
                 self.workers[uid] = w
                 self.by_name[(meta["namespace"], meta["name"])] = uid
                 w.start()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from voicetrack_local.nodeagent.podspec import NODE_IP, uid_ip
+
+log = logging.getLogger("voicetrack.nodeagent")
 
 #: the pod addresses: 2**22 loopback addresses, all routed to ``lo`` by Linux
 POD_NET = ipaddress.ip_network("127.64.0.0/10")
@@ -111,8 +114,8 @@ class PodIPs:
     def _claim(self, ip: str, uid: str) -> bool:
         """Hold ``ip`` for pod ``uid``: True when it is now ``uid``'s (or already was)."""
         tmp = self.dir / f".{uid}.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_text(json.dumps({"uid": uid, "node": self.node}))
         try:
+            tmp.write_text(json.dumps({"uid": uid, "node": self.node}))
             os.link(tmp, self.dir / ip)
             return True
         except FileExistsError:
@@ -147,12 +150,16 @@ class PodIPs:
         raise NoFreeIP(f"no free pod IP in {POD_NET} for pod {uid}")
 
     def release(self, uid: str) -> None:
-        """Pod ``uid`` is gone: free its address (nothing when it holds none)."""
+        """Pod ``uid`` is gone: free its address (nothing when it holds none). A file that
+        cannot be removed (EROFS, EIO) is logged and left: the address stays held until an
+        agent of this node starts again and frees it. Never raises."""
         with self._lock:
             ip = self._mine.pop(uid, None)
             if ip is not None and (self._owner(ip) or {}).get("uid") == uid:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.dir / ip).unlink()
+                try:
+                    (self.dir / ip).unlink(missing_ok=True)
+                except OSError as err:
+                    log.warning("pod IP %s of gone pod %s not freed: %s", ip, uid, err)
 
     def keep_only(self, uids: Iterable[str]) -> None:
         """Free the addresses of this node's pods other than ``uids`` (the pods a list
