@@ -293,18 +293,11 @@ class Spool:
         on."""
         if gaps == self._kept:
             return
-        self.used -= self._unsaid_bytes
-        size = write_unsaid(self.root, self._owner(), gaps)
-        if size is None:  # the old file, if any, as it was
-            try:
-                self._unsaid_bytes = (self.root / UNSAID_FILE).stat().st_size
-            except OSError:  # none (or unreadable: then a restart discards it)
-                self._unsaid_bytes = 0
-            if not self._unsaid_bytes:
-                self._kept = []
-        else:
-            self._unsaid_bytes, self._kept = size, list(gaps)
-        self.used += self._unsaid_bytes
+        size, written = write_unsaid(self.root, self._owner(), gaps)
+        self.used += size - self._unsaid_bytes
+        self._unsaid_bytes = size
+        if written or not size:  # else the old file, as it was: the next call writes again
+            self._kept = list(gaps) if written else []
 
     def save_stored_markers(self, specs: list[ChunkSpec]) -> bool:
         """Keep marker chunks `specs` (stored in S3 only, index order) as

@@ -45,27 +45,31 @@ def check_shape(gaps: list[Gap]) -> None:
             raise ValueError(f"two adjacent gaps of cause {a.cause}")
 
 
-def write_unsaid(root: Path, owner: Owner, gaps: list[Gap]) -> int | None:
+def write_unsaid(root: Path, owner: Owner, gaps: list[Gap]) -> tuple[int, bool]:
     """Keep `gaps` (shaped as `check_shape` wants) as `root/unsaid.json`, or remove the
-    file when `gaps` is empty. Returns the file's size in bytes (0: none), or None when
-    that failed (logged): the old file is then kept as it was, since what it says is still
-    true up to where it ends (the gaps only ever grow at the end or are carried by chunks
-    spooled, which `gaps.follow` trims them at on restart), and removing it made a restart
-    forget them (a lost window then cut as paused by a pause that came after it: review
-    rev-rec); anything else at that path (a directory) is removed. Never raises."""
+    file when `gaps` is empty. Returns (the file's size in bytes now, 0: none; whether it
+    now holds `gaps`). On a failure (logged) the old file is kept as it was, since what it
+    says is still true up to where it ends (the gaps only ever grow at the end or are
+    carried by chunks spooled, which `gaps.follow` trims them at on restart), and removing
+    it made a restart forget them (a lost window then cut as paused by a pause that came
+    after it: review rev-rec); anything else at that path (a directory) is removed. Never
+    raises."""
     path = root / UNSAID_FILE
     try:
         if gaps:
             return write_owned(path, owner, {
-                "gaps": [g.model_dump(by_alias=True) for g in gaps]})
+                "gaps": [g.model_dump(by_alias=True) for g in gaps]}), True
         remove_synced(path)
-        return 0
+        return 0, True
     except OSError as err:
         log.warning("spool %s: %s not rewritten (%s), kept as it was; a restart would not "
                     "know the gaps %s", root, UNSAID_FILE, err, [g.model_dump() for g in gaps])
         if path.exists() and not path.is_file():
             discard(path)
-        return None
+    try:
+        return path.stat().st_size, False
+    except OSError:  # none (or unreadable: then a restart discards it)
+        return 0, False
 
 
 def read_unsaid(root: Path, owner: Owner) -> tuple[list[Gap], int]:
