@@ -42,6 +42,15 @@ from voicetrack.manifests import (
 from voicetrack.resources import SessionSpec, TranscodeStatus
 
 
+def run_end(indexes: Collection[int]) -> int:
+    """The last index of the run of consecutive `indexes` from the lowest (-1 when empty):
+    the chunks that decide consent (`consent_chunks`, `services.live.withheld`)."""
+    end = min(indexes, default=-1)
+    while end + 1 in indexes:  # at most len(indexes) steps
+        end += 1
+    return end
+
+
 def consent_chunks(chunks: Iterable[ChunkSpec], held: Collection[int] = ()
                    ) -> tuple[list[ChunkSpec], list[ChunkSpec]]:
     """(trusted, rejected) for consent: the `chunks` whose index lies in the run of
@@ -53,10 +62,7 @@ def consent_chunks(chunks: Iterable[ChunkSpec], held: Collection[int] = ()
     after deleting the first folders (their RecordingChunks gone) leaves the rest a run.
     Both lists keep the order of `chunks`."""
     chunks = list(chunks)
-    indexes = set(held) | {c.index for c in chunks}
-    end = min(indexes, default=-1)
-    while end + 1 in indexes:  # at most len(indexes) steps
-        end += 1
+    end = run_end(set(held) | {c.index for c in chunks})
     return [c for c in chunks if c.index <= end], [c for c in chunks if c.index > end]
 
 

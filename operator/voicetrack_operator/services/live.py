@@ -67,6 +67,7 @@ from voicetrack_operator.jobs import (
     LIVE_JOB_TTL_S,
     build_live_job,
 )
+from voicetrack_operator.plan import run_end
 from voicetrack_operator.services.chunkstate import job_state
 from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
@@ -184,10 +185,7 @@ def withheld(spec: SessionSpec, chunks: Iterable[dict[str, Any]]) -> set[str]:
             by_index[index] = chunk
     now = set(spec.opt_out_user_ids)
     if by_index:
-        end = min(by_index)
-        while end + 1 in by_index:
-            end += 1
-        for index in {end, max(by_index)}:
+        for index in {run_end(by_index.keys()), max(by_index)}:
             now |= {str(o.get("userId")) for o in by_index[index].get("optedOut") or []}
     return now & speakers
 
