@@ -216,11 +216,13 @@ class SourceSpec(_Model):
 def pieced(formats: Iterable[str]) -> bool:
     """Whether a session of output `formats` gets pieces while it records (each chunk's
     share of the final tracks, made by its transcoder Job: incremental promotion, and the
-    audio so far of a live session): MP3, or MP3 and FLAC. Opus is not cut at chunk
-    boundaries without re-encoding, and FLAC alone has no MP3 pieces to ride on
-    (transcoder `pieces.py`, `flacpieces.py`)."""
+    audio so far of a live session): MP3, FLAC, or MP3 and FLAC. The MP3 pieces are made
+    for every such session, FLAC alone too: they carry the units, peaks and voice
+    activity, and the audio so far is MP3; assembly writes only the formats asked for.
+    Opus is not cut at chunk boundaries without re-encoding (transcoder `pieces.py`,
+    `flacpieces.py`). False for no formats."""
     wanted = set(formats)
-    return "mp3" in wanted and wanted <= {"mp3", "flac"}
+    return bool(wanted) and wanted <= {"mp3", "flac"}
 
 
 class OutputSpec(_Model):

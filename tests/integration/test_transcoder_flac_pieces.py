@@ -84,9 +84,12 @@ class Promoted:
 
 
 def record(s3_server: S3Settings, meeting: str, raw_format: RawFormat,
-           tracks: str = "both") -> tuple[ObjectStore, MeetingLayout]:
+           tracks: str = "both", formats: list[str] | None = None
+           ) -> tuple[ObjectStore, MeetingLayout]:
     """Upload the chunks, transcode each as its Job would (the failed one failing, the
-    silent one without a Job), write the plan the operator would build."""
+    silent one without a Job), write the plan the operator would build; the session's
+    `formats` (default `FORMATS`)."""
+    formats = formats or FORMATS
     store = ObjectStore(dataclasses.replace(
         s3_server, bucket=f"vt-flac-{os.getpid()}-{next(_buckets)}"))
     store.ensure_bucket()
@@ -100,16 +103,16 @@ def record(s3_server: S3Settings, meeting: str, raw_format: RawFormat,
         store.put_json(layout.chunk_manifest_key(chunk.index), chunk.to_api())
         if chunk.index == FAILED:
             with pytest.raises(InvalidInputError):
-                transcode_chunk(store, chunk, layout.prefix, FORMATS, 128, tracks=tracks)
+                transcode_chunk(store, chunk, layout.prefix, formats, 128, tracks=tracks)
         elif chunk.tracks:
-            transcode_chunk(store, chunk, layout.prefix, FORMATS, 128, tracks=tracks)
+            transcode_chunk(store, chunk, layout.prefix, formats, 128, tracks=tracks)
     failed = Gap(start_ms=bad.start_ms, end_ms=bad.end_ms, cause="chunk-failed")
     plan = PromotionPlan(
         guild_id=layout.guild_id, meeting_id=layout.meeting_id, prefix=layout.prefix,
         session_end_ms=SESSION_MS, speakers=[A, B, C],
         chunks=[c.model_copy(update={"gap": None}) for c in session.chunks
                 if c.index != FAILED],
-        gaps=sorted([RESTART, PAUSE, failed], key=lambda g: g.start_ms), formats=FORMATS,
+        gaps=sorted([RESTART, PAUSE, failed], key=lambda g: g.start_ms), formats=formats,
         mp3_bitrate=128, tracks=tracks)
     store.put_json(layout.promotion_plan_key, plan.to_api())
     return store, layout

@@ -209,14 +209,16 @@ def _session(state: str, formats: list[str] | None = None) -> SessionView:
 
 
 async def test_observe_starts_one_job_only_while_recorded_with_pieces() -> None:
-    """A live Job runs for a recorded session whose chunks get MP3 pieces: MP3, or MP3
-    and FLAC (before, only MP3 alone, though MP3 + FLAC sessions have the pieces too)."""
+    """A live Job runs for a recorded session whose chunks get MP3 pieces: MP3, FLAC, or
+    MP3 and FLAC (before, only MP3 alone, though MP3 + FLAC sessions have the pieces too;
+    then not FLAC alone, whose chunks had no pieces before issue 13)."""
     chunks = [chunk_obj(0, "done"), chunk_obj(1, "done")]
-    for formats in (None, ["mp3", "flac"], ["flac", "mp3"]):
+    for formats in (None, ["mp3", "flac"], ["flac", "mp3"], ["flac"]):
         service, kube = _service(30)
         assert await service.observe(_session("Recording", formats), chunks, []) == {}
         assert kube.calls == [("ensure", "standup-live-000002")], formats
-    for state, formats, interval in (("Pending", None, 30), ("Recording", ["flac"], 30),
+    for state, formats, interval in (("Pending", None, 30),
+                                     ("Recording", ["flac", "opus"], 30),
                                      ("Recording", ["mp3", "opus"], 30),
                                      ("Recording", None, 0)):
         service, kube = _service(interval)

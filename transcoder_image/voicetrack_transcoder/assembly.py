@@ -1,6 +1,8 @@
-"""Incremental promotion, the assembly: the final MP3 tracks (and FLAC ones,
-`flacassembly.py`), waveforms, timeline and manifest joined from the chunks' pieces
+"""Incremental promotion, the assembly: the final MP3 tracks and/or FLAC ones
+(`flacassembly.py`), waveforms, timeline and manifest joined from the chunks' pieces
 (`pieces.py`, whose module docstring describes units, pieces and assembly) after stop.
+The MP3 pieces are read for every plan (their peaks and voice activity); a FLAC-only plan
+gets no MP3 final track (nothing written, none in the manifest).
 
 Consent (docs/consent.md, "Promotion"): a piece made from the audio of a member the plan
 excludes (in `sources`, `prevSources` or as a track of its own) is never used: assembly
@@ -127,19 +129,21 @@ def fetched_in_order(pool: Executor, items: Iterable[T], fetch: Callable[[T], R]
 def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
              channels: dict[str, Channels], mix_channels: Channels,
              progress: Callable[[float], None] | None = None) -> FinalManifest:
-    """The final MP3 (and FLAC) tracks, waveforms, timeline and manifest from the chunks'
-    pieces.
+    """The final MP3 and/or FLAC tracks (the plan's formats), waveforms, timeline and
+    manifest from the chunks' pieces.
 
     Raises PiecesUnusable (nothing written) when a piece is missing, does not match the
     plan, or holds audio of a member the plan excludes (`piececheck.holds_excluded`), when
     audio it must render holds a packet libopus rejects (the full promotion conceals and
-    counts it), for formats other than MP3 or MP3 and FLAC (`resources.pieced`; a piece
+    counts it), for formats other than MP3, FLAC or both (`resources.pieced`; a piece
     without FLAC frames when the plan asks for FLAC; FLAC of `flacpieces.READABLE_SAMPLES`
-    or more) or a bitrate no MPEG-1 frame has;
-    InvalidInputError / TemporaryFailure as the full promotion does. The FLAC tracks
-    (`flacassembly.py`) are listed after each track's MP3, in the plan's format order."""
+    or more) or a bitrate no MPEG-1 frame has (the MP3 pieces', FLAC-only plans too);
+    InvalidInputError / TemporaryFailure as the full promotion does. Each track's FLAC
+    (`flacassembly.py`) is listed beside its MP3 in the plan's format order; a FLAC-only
+    plan lists (and writes) only the FLAC tracks, with the waveforms of the MP3 pieces'
+    peaks."""
     if not pieced(plan.formats):
-        raise PiecesUnusable(f"formats {plan.formats}: only MP3, or MP3 and FLAC, are "
+        raise PiecesUnusable(f"formats {plan.formats}: only MP3, FLAC, or both, are "
                              "assembled from pieces")
     if plan.mp3_bitrate not in MP3_BITRATES:  # LAME rounded it: the full encode does too
         raise PiecesUnusable(f"mp3 bitrate {plan.mp3_bitrate} kbit/s is no MPEG-1 Layer III "
@@ -155,6 +159,7 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
 
     # 1. the pieces: read and check every manifest against the plan
     want_flac = "flac" in plan.formats
+    want_mp3 = "mp3" in plan.formats  # else the MP3 pieces' peaks only, no MP3 written
     if want_flac and n_total >= READABLE_SAMPLES:
         raise PiecesUnusable(f"FLAC of {n_total} samples: ffmpeg stops reading an assembled "
                              "(variable-blocksize) FLAC at sample 2^31")
@@ -264,13 +269,14 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
             maxs: list[np.ndarray] = []
             frames = 0
             mine = [t for own in map(own_piece, units) if own is not None
-                    for t in own.tracks if t.track == name]
+                    for t in own.tracks if t.track == name] if want_mp3 else []
             blobs = fetched_in_order(pool, mine, fetch, prefetch_depth(
                 max((t.bytes for t in mine), default=1), len(names)))
 
             def put(data: bytes) -> None:
-                out.write(data)
-                music.update(data)
+                if want_mp3:
+                    out.write(data)
+                    music.update(data)
 
             with path.open("wb") as out, contextlib.closing(blobs):
                 out.write(bytes(head_bytes))
@@ -290,7 +296,8 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                                 raise PiecesUnusable(f"{t.key}: {t.frames} frames of "
                                                      f"{t.bytes} bytes, the piece owns "
                                                      f"{count} of {frame_size} bytes")
-                            put(next(blobs))
+                            if want_mp3:
+                                put(next(blobs))
                             pk = np.asarray(t.peaks, dtype=np.int8)
                             mins.append(pk[0::2])
                             maxs.append(pk[1::2])
@@ -305,14 +312,16 @@ def assemble(store: ObjectStore, plan: PromotionPlan, speakers: list[str],
                     tail = computed[len(units)].frames[name]
                     put(b"".join(tail))
                     frames += len(tail)
-                if frames != want_frames or out.tell() != head_bytes + frames * frame_size:
+                written = out.tell() - head_bytes if want_mp3 else frames * frame_size
+                if frames != want_frames or written != frames * frame_size:
                     raise PiecesUnusable(f"track {name}: {frames} frames ({out.tell()} "
                                          f"bytes) assembled, one encode of {n_total} "
                                          f"samples has {want_frames}")
                 out.seek(0)
                 out.write(info_head(frames, plan.mp3_bitrate, n_ch, n_total, music.value))
             key = layout.final_key(name, "mp3")
-            upload(key, path, CONTENT_TYPES["mp3"])
+            if want_mp3:
+                upload(key, path, CONTENT_TYPES["mp3"])
             mn, mx = np.concatenate(mins), np.concatenate(maxs)
             peaks_key = layout.waveform_key(name, "json")
             overview_key = layout.waveform_key(name, "png")

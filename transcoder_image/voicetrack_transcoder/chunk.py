@@ -12,8 +12,9 @@ bit-exact functions of the raw input, so a second run writes the same keys and b
 A chunk's own outputs are its window as stored, not delayed by the tracks'
 `phaseSamples` (under a slot: they span exactly the window); the final tracks are
 (`streams.py`, "Phase").
-Then, for an MP3 (or MP3 and FLAC) session, the chunk's piece of the final tracks
-(`pieces.py`, `flacpieces.py`): an
+Then, for an MP3, FLAC, or MP3 and FLAC session, the chunk's piece of the final tracks
+(`pieces.py`; MP3 always, and FLAC frames beside it when FLAC is asked for:
+`flacpieces.py`): an
 optimisation only, so its failure is logged and leaves the chunk done (promotion then
 runs in full); and the head of a silent unit that may follow the chunk (a window nobody
 speaks in, a failed chunk's gap, the time up to stop: `silenthead.py`), made before anyone
@@ -60,8 +61,9 @@ def transcode_chunk(store: ObjectStore, chunk: ChunkSpec, prefix: str, formats: 
     (mono-coded packets) is encoded as mono (its left channel, which is what a mono libopus
     decoder returns), else as stereo.
     `tracks` (`perSpeaker`, `mixed`, `both`; None: no piece) asks for the chunk's piece
-    of those final tracks when `formats` is MP3, or MP3 and FLAC (`pieced`; see the
-    module docstring).
+    of those final tracks when `formats` is MP3, FLAC, or both (`pieced`: the MP3 piece
+    at `mp3_bitrate` always, FLAC frames too when `formats` has FLAC; see the module
+    docstring).
     The raw tracks are read by `rawtracks.load_raw` (a frozen copy a run before stored,
     else `chunk.tracks[].key`) and stored as frozen copies, with `chunk` itself
     (`MeetingLayout.frozen_spec_key`), before `result.json`.

@@ -1,6 +1,7 @@
 """Incremental promotion, the FLAC final tracks joined from the chunks' FLAC pieces
 (`flacpieces.py` describes them) at assembly (`assembly.assemble`, which verifies the
-pieces' manifests against the plan and writes the MP3 tracks, waveforms and timeline).
+pieces' manifests against the plan and writes the MP3 tracks when the plan asks for MP3,
+and the waveforms and timeline from the MP3 pieces always).
 
 A final FLAC track is `fLaC`, one STREAMINFO (exact total samples, true min/max block
 sizes, frame sizes 0 = unknown, MD5 all zero = not computed: RFC 9639 §8.2) and every
@@ -188,7 +189,8 @@ def flac_tracks(ctx: FlacContext, mp3_tracks: list[FinalTrack], pool: Executor, 
     """The final FLAC track of every track in `mp3_tracks` (the MP3 ones assembly made,
     whose waveforms they share), written to `work` and handed to `upload(key, path,
     content type)`; returns `mp3_tracks` with each FLAC track placed as the plan's format
-    order puts it. `fetched(pieces)` yields the pieces' bytes, verified
+    order puts it, or, for a plan without MP3 (whose `mp3_tracks` assembly described but
+    did not write), the FLAC tracks alone. `fetched(pieces)` yields the pieces' bytes, verified
     (`fetch_verified`), in order. Raises PiecesUnusable as `write_track`, `render_units`
     and `fetch_verified` do; TemporaryFailure for S3 or ffmpeg failures."""
     computed = render_units(ctx, pool, work)
@@ -211,6 +213,10 @@ def flac_tracks(ctx: FlacContext, mp3_tracks: list[FinalTrack], pool: Executor, 
         flac = mp3.model_copy(update={"format": "flac", "key": key,
                                       "bytes": path.stat().st_size,
                                       "sha256": sha256_file(path)})
-        out += [mp3, flac] if ctx.plan.formats.index("mp3") < ctx.plan.formats.index(
-            "flac") else [flac, mp3]
+        formats = ctx.plan.formats
+        if "mp3" not in formats:
+            out.append(flac)
+        else:
+            out += [mp3, flac] if formats.index("mp3") < formats.index("flac") \
+                else [flac, mp3]
     return out

@@ -1,6 +1,8 @@
 """Incremental promotion of FLAC final tracks: each chunk's FLAC piece, made by its Job
-beside the MP3 one (`pieces.build_piece`); the final FLAC tracks are joined from them at
-assembly (`flacassembly.py`).
+beside the MP3 one (`pieces.build_piece`), for every session that asks for FLAC, with MP3
+or alone (a FLAC-only session's MP3 pieces serve its waveforms, timeline and audio so far,
+never a final MP3); the final FLAC tracks are joined from them at assembly
+(`flacassembly.py`).
 
 FLAC frames are independent (`flacframes.py`), and FLAC is lossless: a piece is the unit's
 PCM (the piece's render, the same samples the MP3 piece encodes) as FLAC frames

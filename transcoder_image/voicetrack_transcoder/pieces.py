@@ -25,13 +25,15 @@ the music CRC (`infotag.info_head`), written once into the final file. A missing
 mismatching piece raises PiecesUnusable and promotion falls back to the full
 re-promotion (`promote.py`).
 
-FLAC: when the session asks for MP3 and FLAC, the Job also stores each track's unit as
-FLAC frames beside the MP3 piece (`flacpieces.py`), and assembly joins them
-(`flacassembly.py`). A plan asking for Opus, or for FLAC without MP3, is promoted in
-full: the final Opus tracks are one libopus encode of the decoded audio, and Opus
-packets carry encoder state (pre-skip, MDCT overlap, prediction) across their
-boundaries, so pieces encoded per unit cannot be cut and joined at unit boundaries
-without re-encoding; the MP3 piece is what the units, peaks and voice activity hang on.
+FLAC: when the session asks for FLAC (with MP3 or alone), the Job also stores each
+track's unit as FLAC frames beside the MP3 piece (`flacpieces.py`), and assembly joins
+them (`flacassembly.py`). The MP3 piece is made for a FLAC-only session too: the units,
+peaks and voice activity hang on it, and the audio so far of a live session is MP3
+(`live.py`); assembly then writes the FLAC tracks only (no MP3 final object, none in the
+manifest). A plan asking for Opus is promoted in full: the final Opus tracks are one
+libopus encode of the decoded audio, and Opus packets carry encoder state (pre-skip,
+MDCT overlap, prediction) across their boundaries, so pieces encoded per unit cannot be
+cut and joined at unit boundaries without re-encoding.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ same path with samples instead of packets. The mix is the sum of the speakers th
 limiter (mixer.py). Audio streams through in one-second blocks; raw chunks are fetched a few
 chunks ahead; nothing holds a whole track in memory.
 
-A plan for MP3, or MP3 and FLAC, is first assembled from the pieces the chunk transcodes
-made while recording (`pieces.py`, `assembly.py`; FLAC: `flacpieces.py`,
-`flacassembly.py`): only the last chunk and the assembly remain after stop. Opus, and
-FLAC without MP3, are promoted in full (`pieces.py` says why). When a piece is missing or
+A plan for MP3, FLAC, or MP3 and FLAC, is first assembled from the pieces the chunk
+transcodes made while recording (`pieces.py`, `assembly.py`; FLAC: `flacpieces.py`,
+`flacassembly.py`; a FLAC-only plan's assembly reads the MP3 pieces for the waveforms
+and timeline and writes FLAC only): only the last chunk and the assembly remain after
+stop. Opus is promoted in full (`pieces.py` says why). When a piece is missing or
 does not verify, the full promotion below runs instead and the manifest says why
 (`fallbackReason`). Both write the speech timeline (`speech.py`) and the consent record
 (`final/consent.json`, from the plan).

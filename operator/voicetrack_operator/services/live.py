@@ -258,8 +258,9 @@ class LiveService:
 
     def enabled(self, s: SessionView) -> bool:
         """Live assembly runs for session view `s` when the interval is on, the session's
-        chunks get pieces (`resources.pieced`: MP3, or MP3 and FLAC; the audio so far is
-        MP3), and it has recorded (`LIVE_STATES`)."""
+        chunks get pieces (`resources.pieced`: MP3, FLAC, or both; the audio so far is
+        MP3, from the MP3 pieces every such session's chunks get), and it has recorded
+        (`LIVE_STATES`)."""
         return self.ctx.settings.live_interval_s > 0 and s.state in LIVE_STATES \
             and pieced(s.spec.output.formats)
 
