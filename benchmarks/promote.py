@@ -26,8 +26,8 @@ Per stage (the last stop -> final run): when each stage ran (s from the stop), t
 wall time its calls add up to, and the CPU seconds of this process and of SeaweedFS over
 the whole promotion (on 2 shared cores these bound the wall time).
 
-With `--formats mp3,flac` every piece also holds FLAC frames (`flacpieces.py`) and the
-final FLAC tracks are assembled too; for the 10 min session each assembled FLAC track is
+With `--formats mp3,flac` (or `flac`) every piece also holds FLAC frames (`flacpieces.py`)
+and the final FLAC tracks are assembled too (alone with `flac`); for the 10 min session each assembled FLAC track is
 compared sample for sample with the full promotion's (`flac: ...` line: samples that
 differ, the largest difference in LSB).
 
@@ -242,7 +242,8 @@ def flac_figures(inc: dict[str, bytes], full: dict[str, bytes],
 
 def bench(store: ObjectStore, minutes: int, speakers: int, runs: int, weed_pid: int,
           silent_every: int, formats: list[str]) -> dict[str, float]:
-    kind = "f" if "flac" in formats else "h"
+    # one recorded session per format set in --data-dir (their pieces differ)
+    kind = "f" if "mp3" in formats and "flac" in formats else "l" if "flac" in formats else "h"
     layout = MeetingLayout("bench", GUILD,
                            f"PrOmOtEbEnC{kind}{minutes:03d}{silent_every % 10}")
     plan = recorded(store, layout, speakers)
@@ -338,7 +339,7 @@ def main() -> None:
                         help="every Nth 10 s window nobody speaks (a chunk without "
                              "tracks, no piece); 0: someone speaks in every window")
     parser.add_argument("--formats", default="mp3",
-                        help="output formats: mp3, or mp3,flac (FLAC assembled too)")
+                        help="output formats: mp3, mp3,flac or flac (FLAC assembled too)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="SeaweedFS data directory kept between runs (sessions "
                              "recorded there are reused)")
