@@ -8,6 +8,8 @@ import pytest
 
 from voicetrack.resources import SessionSpec, pieced
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("formats", [["mp3"], ["flac"], ["mp3", "flac"], ["flac", "mp3"]])
 def test_mp3_flac_or_both_get_pieces(formats: list[str]) -> None:
