@@ -27,9 +27,9 @@ wall time its calls add up to, and the CPU seconds of this process and of Seawee
 the whole promotion (on 2 shared cores these bound the wall time).
 
 With `--formats mp3,flac` (or `flac`) every piece also holds FLAC frames (`flacpieces.py`)
-and the final FLAC tracks are assembled too (alone with `flac`); for the 10 min session each assembled FLAC track is
-compared sample for sample with the full promotion's (`flac: ...` line: samples that
-differ, the largest difference in LSB).
+and the final FLAC tracks are assembled too (alone with `flac`); for the 10 min session
+each assembled FLAC track is compared sample for sample with the full promotion's
+(`flac: ...` line: samples that differ, the largest difference in LSB).
 
 Usage: python benchmarks/promote.py [--speakers 5] [--runs 5] [--minutes 10,60] [--silent-every 6]
 [--formats mp3] [--data-dir DIR] (`--data-dir`: SeaweedFS keeps its data there between

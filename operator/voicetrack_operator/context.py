@@ -224,6 +224,9 @@ class Context:
     """Session uid -> when the observe timer last created a live Job for it (monotonic s):
     the live interval counts from it, so it holds after the finished Job left the watch
     (its TTL) and whatever the API server's clock says (`live.decide`)."""
+    live_tries: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Session uid -> (chunks, launches): how many live Jobs this replica launched in a row
+    for that chunk count (`live.decide` stops at `LIVE_TRIES` until more are ready)."""
     meeting_checked: dict[str, float] = field(default_factory=dict)
     """Meeting id -> when its row was last seen (monotonic s), for
     `SessionService.repair_meeting`'s throttle. Meeting ids are unique per session (a
@@ -239,6 +242,7 @@ class Context:
         self.audited.discard(uid)
         self.progress_patched.pop(uid, None)
         self.live_launched.pop(uid, None)
+        self.live_tries.pop(uid, None)
         self.meeting_checked.pop(meeting_id, None)
 
     def turned_active(self) -> None:
@@ -251,6 +255,7 @@ class Context:
         self.audited.clear()
         self.progress_patched.clear()
         self.live_launched.clear()
+        self.live_tries.clear()
         self.meeting_checked.clear()
 
     def store(self, bucket: str) -> AsyncObjectStore:

@@ -20,7 +20,13 @@ from voicetrack_operator.jobs import (
     build_transcode_job,
     live_job_name,
 )
-from voicetrack_operator.services.live import LiveJob, LiveService, decide, transcoded_run
+from voicetrack_operator.services.live import (
+    LIVE_TRIES,
+    LiveJob,
+    LiveService,
+    decide,
+    transcoded_run,
+)
 from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
 
@@ -120,6 +126,14 @@ def test_failed_job_is_retried_at_the_next_interval_and_marks_nothing() -> None:
     assert decide([], ready=3, reported=2, interval_s=30, now=NOW).launch == 3
     more = decide([job(3, F, 31)], ready=5, reported=2, interval_s=30, now=NOW)
     assert more.launch == 5 and more.delete == []
+    # tried LIVE_TRIES times for these chunks: nothing more until more chunks are ready
+    spent = decide([job(3, F, 31)], ready=3, reported=2, interval_s=30, now=NOW,
+                   tries=(3, LIVE_TRIES))
+    assert (spent.launch, spent.delete) == (None, [])
+    assert decide([], ready=3, reported=2, interval_s=30, now=NOW,
+                  tries=(3, LIVE_TRIES - 1)).launch == 3
+    assert decide([job(3, F, 31)], ready=4, reported=2, interval_s=30, now=NOW,
+                  tries=(3, LIVE_TRIES)).launch == 4
 
 
 def chunk_obj(index: int, status: str | None, tracks: int = 1) -> dict[str, Any]:

@@ -60,8 +60,9 @@ class LiveKube:
     gone `LIVE_JOB_TTL_S` after that; the API server's clock `skew_s` behind the
     operator's) and deletes, counted."""
 
-    def __init__(self, clock: Clock, job_s: float = LIVE_JOB_S, skew_s: float = 0) -> None:
-        self.clock, self.job_s, self.skew_s = clock, job_s, skew_s
+    def __init__(self, clock: Clock, job_s: float = LIVE_JOB_S, skew_s: float = 0,
+                 fail: bool = False) -> None:
+        self.clock, self.job_s, self.skew_s, self.fail = clock, job_s, skew_s, fail
         self.launched_at: list[float] = []
         self.jobs: dict[str, tuple[dict[str, Any], float]] = {}
         self.creates = 0
@@ -92,6 +93,10 @@ class LiveKube:
                 done = BASE + timedelta(seconds=created + self.job_s - self.skew_s)
                 job["status"] = {"conditions": [{"type": "Complete", "status": "True"}],
                                  "completionTime": stamp(done)}
+                if self.fail:
+                    job["status"] = {"failed": 1, "conditions": [
+                        {"type": "Failed", "status": "True",
+                         "lastTransitionTime": stamp(done)}]}
             out.append(job)
         return out
 
@@ -122,18 +127,19 @@ def apply(status: dict[str, Any], patch: dict[str, Any]) -> None:
 async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 30,
               chunk_s: int = CHUNK_S, job_s: float = LIVE_JOB_S, skew_s: float = 0,
               lags: list[float] | None = None, lives: list[int] | None = None,
-              tick_s: float = TICK_S) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
+              tick_s: float = TICK_S, fail: bool = False,
+              quiet_s: float = 60) -> tuple[int, LiveKube, NoManifest, dict[str, Any]]:
     """Tick the observe timer every `tick_s` while `chunks` chunks of `chunk_s` are
-    recorded, then for a minute of quiet (two chunk periods when longer); live Jobs take
-    `job_s`, the API server's clock is `skew_s` behind. Returns (status patches, the kube,
-    the store, the final status); `lags` gets, per tick while recording, how long (s) the
-    oldest transcoded chunk the status does not count yet has been done (0: current), and
-    `lives` the chunks `status.live` covers (0: not set)."""
+    recorded, then for `quiet_s` of quiet (two chunk periods when longer); live Jobs take
+    `job_s` and fail when `fail`, the API server's clock is `skew_s` behind. Returns
+    (status patches, the kube, the store, the final status); `lags` gets, per tick while
+    recording, how long (s) the oldest transcoded chunk the status does not count yet has
+    been done (0: current), and `lives` the chunks `status.live` covers (0: not set)."""
     clock = Clock()
     monkeypatch.setattr(sessions, "time", SimpleNamespace(monotonic=clock.monotonic))
     monkeypatch.setattr(live, "datetime", SimpleNamespace(now=lambda tz=None: clock.now(),
                                                           fromisoformat=datetime.fromisoformat))
-    kube, store = LiveKube(clock, job_s, skew_s), NoManifest()
+    kube, store = LiveKube(clock, job_s, skew_s, fail), NoManifest()
     settings = OperatorSettings(database_url="sqlite+aiosqlite://",
                                 s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
                                               secret_key="b", bucket="voicetrack"),
@@ -146,7 +152,7 @@ async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 
     s.spec.chunk_seconds = chunk_s
     patches = 0
     end = chunks * chunk_s
-    while clock.t < end + max(60, 2 * chunk_s):
+    while clock.t < end + max(quiet_s, 2 * chunk_s):
         made = [i for i in range(chunks) if clock.t >= i * chunk_s + 1]
         objs = []
         for i in made:
@@ -308,3 +314,18 @@ async def test_a_timer_as_coarse_as_two_periods_leaves_progress_its_share(
     lags: list[float] = []
     await run(monkeypatch, 40, interval_s=5, chunk_s=5, job_s=9, tick_s=10, lags=lags)
     assert max(lags) <= 2 * 5 + 2 * 10, max(lags)
+
+
+async def test_a_live_job_that_keeps_failing_is_not_relaunched_for_ever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live Jobs that cannot succeed (e.g. a FLAC-only session's chunks transcoded before
+    pieces were made for it, review rev-flac fault 1) are launched `LIVE_TRIES` times for
+    the same chunks, then only when more chunks are ready: a session kept Stopped for an
+    hour no longer costs a Job create and a pod every interval. Before, 6 chunks and an
+    hour of quiet took a Job every 30 s: 121 creates."""
+    _, kube, _, status = await run(monkeypatch, chunks=6, fail=True, quiet_s=3600)
+    assert "live" not in status
+    ready_counts = [int(n.rsplit("-", 1)[1]) for n in kube.names]
+    assert ready_counts.count(6) == 3, kube.names  # live.LIVE_TRIES
+    assert kube.creates <= 3 * 2 + 2, kube.names
+    assert live.LIVE_TRIES == 3

@@ -26,10 +26,11 @@ before a launch (the launch takes the next free period), so no newer Job has wri
 manifest the report reads, and reports and launches alternate whatever the timer's pace:
 usually a chunk period after the Job ended (`REPORT_WAIT_MAX_S` at most);
 `live/manifest.json`, what `recordings download --live` and the web page read, is current
-at once. A failed live Job (a piece
-missing, S3 down) marks nothing failed: the previous live files stay (the transcoder
-uploads only a complete set) and the next interval tries again. Deletion removes the live
-Jobs first (`stop`), so promotion never waits for one.
+at once. A failed live Job (a piece missing, S3 down) marks nothing failed: the previous
+live files stay (the transcoder uploads only a complete set) and the next interval tries
+again, `LIVE_TRIES` times for the same chunks (then only more chunks bring a Job: no Job
+every interval for a kept Stopped session whose Jobs cannot succeed). Deletion removes the
+live Jobs first (`stop`), so promotion never waits for one.
 
 Consent (docs/consent.md, "Promotion"): a piece holds the audio of every speaker of its
 chunk in their track and in the mix, and the mix cannot be remade from pieces without one
@@ -77,6 +78,10 @@ log = logging.getLogger(__name__)
 REPORT_WAIT_MAX_S = LIVE_JOB_TTL_S / 2
 """Longest wait (s) of a completed live Job's `status.live` report for the session's write
 budget: half the Job's `ttlSecondsAfterFinished`, so the watch still shows it."""
+
+LIVE_TRIES = 3
+"""Live Jobs launched for the same chunk count before waiting for more chunks (`decide`):
+a lasting failure would cost a Job and a pod every interval while the session is kept."""
 
 LIVE_STATES = (SessionState.RECORDING, SessionState.PAUSED, SessionState.STOPPED,
                SessionState.FAILED)
@@ -191,7 +196,8 @@ def withheld(spec: SessionSpec, chunks: Iterable[dict[str, Any]]) -> set[str]:
 
 
 def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
-           now: datetime, since_launch: float | None = None) -> LiveDecision:
+           now: datetime, since_launch: float | None = None,
+           tries: tuple[int, int] | None = None) -> LiveDecision:
     """The debounce, pure.
 
     `jobs`: the session's live Jobs; `ready`: chunks a Job could assemble now
@@ -199,7 +205,9 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     before any); `interval_s`: the least time between two Jobs' starts (seconds; 0 or less:
     off, nothing is done); `now`: aware UTC; `since_launch`: seconds since this operator
     last created a live Job for the session (its monotonic clock), None when it has not
-    (then the current Job's `creationTimestamp`, the API server's clock, is used).
+    (then the current Job's `creationTimestamp`, the API server's clock, is used);
+    `tries`: (chunks, launches) of this operator's last live Jobs for one chunk count
+    (`ctx.live_tries`), None when it launched none.
 
     The newest Job (most chunks, then latest created) is the current one; every other one
     still running is deleted (one at a time runs, so only a leftover), and a finished one is
@@ -211,7 +219,8 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     chunks, or `reported`), and `interval_s` has passed since the last launch
     (`since_launch`; without it, since the current Job was created, or at once when the
     watch shows none). If the new Job's name is taken by a failed current one (the same
-    chunks again), that one is deleted now and the launch waits a tick."""
+    chunks again), that one is deleted now and the launch waits a tick; after `LIVE_TRIES`
+    launches for the same chunks nothing is launched (nor deleted) until more are ready."""
     if interval_s <= 0:
         return LiveDecision()
     live = [j for j in jobs if not j.deleting]
@@ -232,7 +241,8 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
         due = current is None or current.created is None \
             or (now - current.created).total_seconds() >= interval_s
     launch = None
-    if not running and due and ready > covered and ready > 0:
+    spent = tries is not None and tries[0] == ready and tries[1] >= LIVE_TRIES
+    if not running and due and ready > covered and ready > 0 and not spent:
         if current is not None and current.chunks == ready:  # a failed one: its name
             delete.append(current.name)
         else:
@@ -318,7 +328,7 @@ class LiveService:
         reported = int((s.status.get("live") or {}).get("chunks") or 0)
         ready, silent = transcoded_run(chunks)
         decision = decide(mine, ready, reported, self.interval_s(s), datetime.now(UTC),
-                          since_launch)
+                          since_launch, self.ctx.live_tries.get(s.ref.uid))
         for name in decision.delete:
             await self.ctx.kube.delete_job(s.ref.namespace, name)
         # a pending report has the period's write before a launch (it rides on the
@@ -333,6 +343,9 @@ class LiveService:
                 silent))
             log.info("session %s/%s: live Job for %d chunk(s)", s.ref.namespace, s.ref.name,
                      decision.launch)
+            tried, n = self.ctx.live_tries.get(s.ref.uid, (0, 0))
+            self.ctx.live_tries[s.ref.uid] = \
+                (decision.launch, n + 1 if tried == decision.launch else 1)
         failed = [j for j in mine if j.state is TranscodeStatus.FAILED and j.name in
                   decision.delete]
         for j in failed:
