@@ -44,7 +44,7 @@ from voicetrack.resources import SessionSpec, TranscodeStatus
 
 def run_end(indexes: Collection[int]) -> int:
     """The last index of the run of consecutive `indexes` from the lowest (-1 when empty):
-    the chunks that decide consent (`consent_chunks`, `services.live.withheld`)."""
+    the chunks that decide consent (`consent_chunks`, `services.livechunks.withheld`)."""
     end = min(indexes, default=-1)
     while end + 1 in indexes:  # at most len(indexes) steps
         end += 1

@@ -1,5 +1,5 @@
 """Consent and the audio so far, pure (docs/consent.md, "Promotion"): who is withheld
-(`services.live.withheld`), and that no live Job runs while someone is."""
+(`services.livechunks.withheld`), and that no live Job runs while someone is."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.unit.test_operator_live import _service
 from voicetrack.resources import SessionSpec
 from voicetrack_operator.builders import PodSettings, SessionRef
 from voicetrack_operator.jobs import build_live_job
-from voicetrack_operator.services.live import withheld
+from voicetrack_operator.services.livechunks import withheld
 from voicetrack_operator.services.sessionview import SessionView
 
 pytestmark = pytest.mark.unit

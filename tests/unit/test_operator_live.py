@@ -21,12 +21,14 @@ from voicetrack_operator.jobs import (
     live_job_name,
 )
 from voicetrack_operator.services.live import (
+    LIVE_BACKOFF_MAX_S,
     LIVE_TRIES,
+    LiveDecision,
     LiveJob,
     LiveService,
     decide,
-    transcoded_run,
 )
+from voicetrack_operator.services.livechunks import transcoded_run
 from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
 
@@ -126,14 +128,19 @@ def test_failed_job_is_retried_at_the_next_interval_and_marks_nothing() -> None:
     assert decide([], ready=3, reported=2, interval_s=30, now=NOW).launch == 3
     more = decide([job(3, F, 31)], ready=5, reported=2, interval_s=30, now=NOW)
     assert more.launch == 5 and more.delete == []
-    # tried LIVE_TRIES times for these chunks: nothing more until more chunks are ready
-    spent = decide([job(3, F, 31)], ready=3, reported=2, interval_s=30, now=NOW,
-                   tries=(3, LIVE_TRIES))
-    assert (spent.launch, spent.delete) == (None, [])
-    assert decide([], ready=3, reported=2, interval_s=30, now=NOW,
-                  tries=(3, LIVE_TRIES - 1)).launch == 3
-    assert decide([job(3, F, 31)], ready=4, reported=2, interval_s=30, now=NOW,
-                  tries=(3, LIVE_TRIES)).launch == 4
+    # tried LIVE_TRIES times for these chunks: the wait doubles with each further try,
+    # up to LIVE_BACKOFF_MAX_S; more chunks are launched at the interval
+    def after(since: float, n: int, ready: int = 3) -> LiveDecision:
+        return decide([job(3, F, since)], ready=ready, reported=2, interval_s=30, now=NOW,
+                      since_launch=since, tries=(3, n))
+
+    assert after(31, LIVE_TRIES - 1).delete == [live_job_name("standup", 3)]
+    assert (after(31, LIVE_TRIES).launch, after(31, LIVE_TRIES).delete) == (None, [])
+    assert after(61, LIVE_TRIES).delete == [live_job_name("standup", 3)]
+    assert after(119, LIVE_TRIES + 1).delete == [] and after(121, LIVE_TRIES + 1).delete
+    assert after(LIVE_BACKOFF_MAX_S - 1, LIVE_TRIES + 20).delete == []
+    assert after(LIVE_BACKOFF_MAX_S, LIVE_TRIES + 20).delete
+    assert after(31, LIVE_TRIES + 5, ready=4).launch == 4
 
 
 def chunk_obj(index: int, status: str | None, tracks: int = 1) -> dict[str, Any]:

@@ -334,10 +334,12 @@ async def test_a_finished_session_leaves_nothing_behind_in_the_replica() -> None
         s, Observed(pod=RUNNING_POD, chunks=[chunk(0, "done", 30), chunk(1, "done", 30)])))
     await service.repair_meeting(s, throttle=True)
     assert UID in ctx.progress_patched and s.meeting_id in ctx.meeting_checked
+    ctx.live_launched[UID], ctx.live_tries[UID] = 1.0, (2, 3)
     s.status["deletion"] = {"step": "done", "promoted": True, "recordingIds": ["1"]}
     out = await DeletionService(ctx).finalize_session(s)
     assert out.state == "Promoted"
     assert (ctx.audited, ctx.progress_patched, ctx.meeting_checked) == (set(), {}, {})
+    assert (ctx.live_launched, ctx.live_tries) == ({}, {})
 
 
 async def test_a_turn_to_active_forgets_the_last_turns_clocks() -> None:
@@ -345,5 +347,7 @@ async def test_a_turn_to_active_forgets_the_last_turns_clocks() -> None:
     ctx, _ = make_ctx(FakeDb())
     ctx.progress_patched[UID] = 1.0
     ctx.meeting_checked["m"] = 1.0
+    ctx.live_launched[UID], ctx.live_tries[UID] = 1.0, (2, 3)
     ctx.turned_active()
     assert (ctx.audited, ctx.progress_patched, ctx.meeting_checked) == (set(), {}, {})
+    assert (ctx.live_launched, ctx.live_tries) == ({}, {})

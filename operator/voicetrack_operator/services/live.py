@@ -28,9 +28,9 @@ usually a chunk period after the Job ended (`REPORT_WAIT_MAX_S` at most);
 `live/manifest.json`, what `recordings download --live` and the web page read, is current
 at once. A failed live Job (a piece missing, S3 down) marks nothing failed: the previous
 live files stay (the transcoder uploads only a complete set) and the next interval tries
-again, `LIVE_TRIES` times for the same chunks (then only more chunks bring a Job: no Job
-every interval for a kept Stopped session whose Jobs cannot succeed). Deletion removes the
-live Jobs first (`stop`), so promotion never waits for one.
+again; after `LIVE_TRIES` failed Jobs for the same chunks the wait doubles up to
+`LIVE_BACKOFF_MAX_S` (a kept Stopped session whose Jobs cannot succeed costs a few Jobs an
+hour, not one every interval). Deletion removes the live Jobs first (`stop`).
 
 Consent (docs/consent.md, "Promotion"): a piece holds the audio of every speaker of its
 chunk in their track and in the mix, and the mix cannot be remade from pieces without one
@@ -46,7 +46,6 @@ holds nothing back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,7 +55,6 @@ from voicetrack.manifests import LiveManifest
 from voicetrack.names import controller_uid
 from voicetrack.resources import (
     LABEL_COMPONENT,
-    SessionSpec,
     SessionState,
     TranscodeStatus,
     pieced,
@@ -68,8 +66,8 @@ from voicetrack_operator.jobs import (
     LIVE_JOB_TTL_S,
     build_live_job,
 )
-from voicetrack_operator.plan import run_end
 from voicetrack_operator.services.chunkstate import job_state
+from voicetrack_operator.services.livechunks import transcoded_run, withheld
 from voicetrack_operator.services.sessionview import SessionView
 from voicetrack_operator.status import live_status
 
@@ -80,8 +78,9 @@ REPORT_WAIT_MAX_S = LIVE_JOB_TTL_S / 2
 budget: half the Job's `ttlSecondsAfterFinished`, so the watch still shows it."""
 
 LIVE_TRIES = 3
-"""Live Jobs launched for the same chunk count before waiting for more chunks (`decide`):
-a lasting failure would cost a Job and a pod every interval while the session is kept."""
+"""Live Jobs launched for the same chunks at the interval before the wait doubles
+(`decide`), up to `LIVE_BACKOFF_MAX_S` (s) between two."""
+LIVE_BACKOFF_MAX_S = 1800.0
 
 LIVE_STATES = (SessionState.RECORDING, SessionState.PAUSED, SessionState.STOPPED,
                SessionState.FAILED)
@@ -143,58 +142,6 @@ class LiveDecision:
     report: LiveJob | None = None
 
 
-def transcoded_run(chunks: Iterable[dict[str, Any]]) -> tuple[int, list[int]]:
-    """`(n, silent)`: how many chunks from index 0 on, without a hole, have a final
-    transcode status (the chunks a live Job can assemble), and which of those have no
-    piece and never will (`silent`: failed, or no tracks since nobody spoke; promotion
-    makes their windows silence). `chunks` are RecordingChunk objects (as dicts) in any
-    order; a refused chunk (not this session's) is not counted. A chunk still queued or
-    transcoding, or a missing index, ends the run."""
-    by_index: dict[int, dict[str, Any]] = {}
-    for obj in chunks:
-        if (obj.get("status") or {}).get("refused"):
-            continue
-        try:
-            by_index[int((obj.get("spec") or {})["index"])] = obj
-        except (KeyError, TypeError, ValueError):
-            continue
-    n, silent = 0, []
-    while n in by_index:
-        obj = by_index[n]
-        status = (obj.get("status") or {}).get("transcodeStatus")
-        if status not in (TranscodeStatus.DONE.value, TranscodeStatus.FAILED.value):
-            break
-        if status == TranscodeStatus.FAILED.value or not (obj.get("spec") or {}).get("tracks"):
-            silent.append(n)
-        n += 1
-    return n, silent
-
-
-def withheld(spec: SessionSpec, chunks: Iterable[dict[str, Any]]) -> set[str]:
-    """The user ids whose audio the audio so far must not serve now: opted out now and
-    with a track in any chunk (so in its pieces: their own, and the mix). Opted out now:
-    `spec.optOutUserIds`, the `optedOut` of the last chunk of the run of consecutive
-    indexes from the lowest (the chunk promotion goes by, `plan.consent_chunks`), and that
-    of the chunk with the highest index when it lies past a hole: the stricter of the two,
-    so a chunk past a hole that opts a member back in serves nothing promotion would leave
-    out. `chunks` are RecordingChunk objects (as dicts, as the watch shows them) in any
-    order; refused and unparsable ones count too (their index holds no hole, their audio
-    is not served, and nothing is lost by being careful)."""
-    by_index: dict[int, dict[str, Any]] = {}
-    speakers: set[str] = set()
-    for obj in chunks:
-        chunk = obj.get("spec") or {}
-        speakers |= {str(t.get("userId")) for t in chunk.get("tracks") or []}
-        index = chunk.get("index")
-        if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
-            by_index[index] = chunk
-    now = set(spec.opt_out_user_ids)
-    if by_index:
-        for index in {run_end(by_index.keys()), max(by_index)}:
-            now |= {str(o.get("userId")) for o in by_index[index].get("optedOut") or []}
-    return now & speakers
-
-
 def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
            now: datetime, since_launch: float | None = None,
            tries: tuple[int, int] | None = None) -> LiveDecision:
@@ -206,8 +153,8 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     off, nothing is done); `now`: aware UTC; `since_launch`: seconds since this operator
     last created a live Job for the session (its monotonic clock), None when it has not
     (then the current Job's `creationTimestamp`, the API server's clock, is used);
-    `tries`: (chunks, launches) of this operator's last live Jobs for one chunk count
-    (`ctx.live_tries`), None when it launched none.
+    `tries`: (chunks, launches) of this operator's live Jobs for one chunk count since
+    one succeeded (`ctx.live_tries`), None when none failed.
 
     The newest Job (most chunks, then latest created) is the current one; every other one
     still running is deleted (one at a time runs, so only a leftover), and a finished one is
@@ -220,7 +167,7 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     (`since_launch`; without it, since the current Job was created, or at once when the
     watch shows none). If the new Job's name is taken by a failed current one (the same
     chunks again), that one is deleted now and the launch waits a tick; after `LIVE_TRIES`
-    launches for the same chunks nothing is launched (nor deleted) until more are ready."""
+    launches for the same chunks the interval doubles with each (`LIVE_BACKOFF_MAX_S`)."""
     if interval_s <= 0:
         return LiveDecision()
     live = [j for j in jobs if not j.deleting]
@@ -240,9 +187,12 @@ def decide(jobs: list[LiveJob], ready: int, reported: int, interval_s: float,
     else:
         due = current is None or current.created is None \
             or (now - current.created).total_seconds() >= interval_s
+    if tries is not None and tries[0] == ready and tries[1] >= LIVE_TRIES \
+            and since_launch is not None:
+        due = since_launch >= min(interval_s * 2 ** (tries[1] - LIVE_TRIES + 1),
+                                  LIVE_BACKOFF_MAX_S)
     launch = None
-    spent = tries is not None and tries[0] == ready and tries[1] >= LIVE_TRIES
-    if not running and due and ready > covered and ready > 0 and not spent:
+    if not running and due and ready > covered and ready > 0:
         if current is not None and current.chunks == ready:  # a failed one: its name
             delete.append(current.name)
         else:
@@ -323,12 +273,18 @@ class LiveService:
                     since_launch: float | None) -> LiveTick:
         mine = [j for j in (LiveJob.from_object(o) for o in jobs
                             if controller_uid(o) == s.ref.uid) if j is not None]
+        tries = self.ctx.live_tries.get(s.ref.uid)
+        if tries and any(j.state is TranscodeStatus.DONE and j.chunks >= tries[0]
+                         for j in mine):  # only the tries since a success count
+            del self.ctx.live_tries[s.ref.uid]
+            tries = None
         if withheld(s.spec, chunks):
+            self.ctx.live_tries.pop(s.ref.uid, None)
             return LiveTick(await self.withhold(s, mine))
         reported = int((s.status.get("live") or {}).get("chunks") or 0)
         ready, silent = transcoded_run(chunks)
         decision = decide(mine, ready, reported, self.interval_s(s), datetime.now(UTC),
-                          since_launch, self.ctx.live_tries.get(s.ref.uid))
+                          since_launch, tries)
         for name in decision.delete:
             await self.ctx.kube.delete_job(s.ref.namespace, name)
         # a pending report has the period's write before a launch (it rides on the
@@ -338,14 +294,17 @@ class LiveService:
         # coarse as two periods every write was a launch and progress starved
         launched = decision.launch is not None and slot and decision.report is None
         if launched and decision.launch is not None:
-            await self.ctx.kube.ensure(build_live_job(
-                s.ref, s.spec, s.meeting_id, decision.launch, self.ctx.settings.pods,
-                silent))
+            if await self.ctx.kube.ensure(build_live_job(
+                    s.ref, s.spec, s.meeting_id, decision.launch, self.ctx.settings.pods,
+                    silent)):
+                n = tries[1] + 1 if tries and tries[0] == decision.launch else 1
+                self.ctx.live_tries[s.ref.uid] = (decision.launch, n)
+                if n == LIVE_TRIES:
+                    log.warning("session %s/%s: live Jobs for %d chunk(s) keep failing; "
+                                "the next ones wait longer", s.ref.namespace, s.ref.name,
+                                decision.launch)
             log.info("session %s/%s: live Job for %d chunk(s)", s.ref.namespace, s.ref.name,
                      decision.launch)
-            tried, n = self.ctx.live_tries.get(s.ref.uid, (0, 0))
-            self.ctx.live_tries[s.ref.uid] = \
-                (decision.launch, n + 1 if tried == decision.launch else 1)
         failed = [j for j in mine if j.state is TranscodeStatus.FAILED and j.name in
                   decision.delete]
         for j in failed:
