@@ -125,6 +125,20 @@ def apply(status: dict[str, Any], patch: dict[str, Any]) -> None:
             status[key] = value
 
 
+def live_ctx(monkeypatch: pytest.MonkeyPatch, kube: LiveKube, store: NoManifest,
+             interval_s: float = 30) -> Context:
+    """The operator's context over `kube` and `store`, live Jobs every `interval_s`."""
+    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
+                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
+                                              secret_key="b", bucket="voicetrack"),
+                                pods=PodSettings(), live_interval_s=interval_s)
+    ctx = Context(settings=settings, kube=kube,  # type: ignore[arg-type]
+                  db=FakeDb({meeting_id_for(UID, None)}))  # type: ignore[arg-type]
+    ctx.audited.add(UID)
+    monkeypatch.setattr(ctx, "store", lambda bucket: store)
+    return ctx
+
+
 async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 30,
               chunk_s: int = CHUNK_S, job_s: float = LIVE_JOB_S, skew_s: float = 0,
               lags: list[float] | None = None, lives: list[int] | None = None,
@@ -142,13 +156,7 @@ async def run(monkeypatch: pytest.MonkeyPatch, chunks: int, interval_s: float = 
     monkeypatch.setattr(live, "datetime", SimpleNamespace(now=lambda tz=None: clock.now(),
                                                           fromisoformat=datetime.fromisoformat))
     kube, store = LiveKube(clock, job_s, skew_s, fail_until), NoManifest()
-    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
-                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
-                                              secret_key="b", bucket="voicetrack"),
-                                pods=PodSettings(), live_interval_s=interval_s)
-    ctx = Context(settings=settings, kube=kube, db=FakeDb({meeting_id_for(UID, None)}))  # type: ignore[arg-type]
-    ctx.audited.add(UID)
-    monkeypatch.setattr(ctx, "store", lambda bucket: store)
+    ctx = live_ctx(monkeypatch, kube, store, interval_s)
     service, s = SessionService(ctx), session_view()
     s.status["state"] = "Recording"
     s.spec.chunk_seconds = chunk_s
@@ -218,14 +226,7 @@ async def test_a_withdrawal_of_status_live_is_not_held_by_the_budget(
             emptied.append(prefix)
             return 0
 
-    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
-                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
-                                              secret_key="b", bucket="voicetrack"),
-                                pods=PodSettings(), live_interval_s=30)
-    ctx = Context(settings=settings, kube=LiveKube(clock),  # type: ignore[arg-type]
-                  db=FakeDb({meeting_id_for(UID, None)}))  # type: ignore[arg-type]
-    ctx.audited.add(UID)
-    monkeypatch.setattr(ctx, "store", lambda bucket: Store())
+    ctx = live_ctx(monkeypatch, LiveKube(clock), Store(), 30)
     service, s = SessionService(ctx), session_view()
     objs = [chunk(0, "done", 30)]
     s.status.update(await service.observe_session(s, Observed(pod=RUNNING_POD, chunks=objs)))
@@ -358,14 +359,7 @@ async def test_the_audio_so_far_comes_back_after_every_withdrawal(
             return 0
 
     kube = LiveKube(clock)
-    settings = OperatorSettings(database_url="sqlite+aiosqlite://",
-                                s3=S3Settings(endpoint="http://127.0.0.1:1", access_key="a",
-                                              secret_key="b", bucket="voicetrack"),
-                                pods=PodSettings(), live_interval_s=30)
-    ctx = Context(settings=settings, kube=kube,  # type: ignore[arg-type]
-                  db=FakeDb({meeting_id_for(UID, None)}))  # type: ignore[arg-type]
-    ctx.audited.add(UID)
-    monkeypatch.setattr(ctx, "store", lambda bucket: Store())
+    ctx = live_ctx(monkeypatch, kube, Store(), 30)
     service, s = SessionService(ctx), session_view()
     s.status["state"] = "Stopped"
     s.spec.limits.delete_when_stopped = False  # kept Stopped
