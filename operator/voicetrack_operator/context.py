@@ -225,8 +225,9 @@ class Context:
     the live interval counts from it, so it holds after the finished Job left the watch
     (its TTL) and whatever the API server's clock says (`live.decide`)."""
     live_tries: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """Session uid -> (chunks, launches): how many live Jobs this replica launched in a row
-    for that chunk count (`live.decide` stops at `LIVE_TRIES` until more are ready)."""
+    """Session uid -> (chunks, launches): how many live Jobs this replica launched for that
+    chunk count since one succeeded (`live.decide` waits twice as long after each past
+    `LIVE_TRIES`; a success or a withdrawal forgets them)."""
     meeting_checked: dict[str, float] = field(default_factory=dict)
     """Meeting id -> when its row was last seen (monotonic s), for
     `SessionService.repair_meeting`'s throttle. Meeting ids are unique per session (a
